@@ -1,0 +1,54 @@
+"""Status codes and exception types shared by every backend."""
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.Enum):
+    """Outcome of a solve; each member carries the message shown to the user."""
+
+    SUCCESS = "The solve reached the final time."
+    EVENT = "A terminal event stopped the solve."
+    MAX_STEPS = "The maximum number of steps was reached. Try increasing `max_num_steps` in options."
+    STEP_UNDERFLOW = (
+        "The step size fell below the minimum. The problem may be stiff (try an implicit method such as "
+        "'rodas4' or 'kvaerno5') or the tolerances too tight for the dtype (try float64 or larger rtol/atol)."
+    )
+    NONFINITE = (
+        "The state became NaN or infinite. Check the vector field for overflow, lower the tolerances or the "
+        "first step, or use a stiff solver."
+    )
+    NEWTON_FAILED = "The Newton iteration of the implicit solver did not converge even at the minimum step size."
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+
+class HybridNodeError(Exception):
+    """Base class of every error raised by hybrid_node."""
+
+
+class BackendError(HybridNodeError, ValueError):
+    """A backend cannot do what was asked; the message names what it can do instead."""
+
+
+class JuliaNotAvailableError(BackendError, ImportError):
+    """The Julia backend was asked for but no usable Julia installation was found."""
+
+
+class SolverError(HybridNodeError, RuntimeError):
+    """A solve failed before the final time.
+
+    Attributes:
+        status: the :class:`Status` of the failure.
+        t: the time the solver had reached.
+    """
+
+    def __init__(self, status: Status, t: float, detail: str = ""):
+        self.status = status
+        self.t = t
+        msg = f"Solve failed at t={t:.6g}: {status.message}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
