@@ -1,0 +1,336 @@
+"""Public entry points: validate once, build solver/controller/sensitivity objects, dispatch on backend."""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ._backend import resolve_backend
+from ._errors import BackendError, Status
+from ._problem import Problem, integrate, make_problem
+from ._solution import Solution, State
+from .controllers import ConstantStepSize, PIDController
+from .sensitivity.settings import (BacksolveAdjoint, DirectBackprop, GaussAdjoint, InterpolatingAdjoint,
+                                   QuadratureAdjoint)
+from .solvers import IMPLICIT_FIXED_NAMES, METHODS, ScipySolver
+
+ADAPTIVE_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm",
+                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff")
+FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype")
+
+
+def _method_table() -> dict:
+    table = dict(METHODS)
+    try:  # stiff solvers extend the table when present
+        from .solvers.implicit import IMPLICIT_METHODS
+    except ImportError:
+        IMPLICIT_METHODS = {}
+    table.update(IMPLICIT_METHODS)
+    return table
+
+
+def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rtol, atol):
+    """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
+
+    Returns:
+        solver, controller, and a dict with ``jump_t``, ``step_t``, ``t_dtype``.
+
+    Raises:
+        ValueError: for an unknown method or option (the message lists the valid ones).
+    """
+    method = "dopri5" if method is None else method
+    options = dict(options or {})
+    table = _method_table()
+    if method not in table:
+        if method in IMPLICIT_FIXED_NAMES:
+            raise ValueError(f"method {method!r} needs the implicit solvers, which are not available in this build.")
+        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(sorted(table))}.")
+    factory, solver_keys = table[method]
+    solver_kwargs = {k: options.pop(k) for k in solver_keys if k in options}
+    if method == "scipy_solver":
+        solver = factory(**solver_kwargs)
+        valid = solver_keys + ("dtype",)
+        unknown = set(options) - set(valid)
+        if unknown:
+            raise ValueError(f"Unknown options {sorted(unknown)} for method 'scipy_solver'. Valid options: {list(valid)}.")
+        return solver, PIDController(rtol=rtol, atol=atol), {"t_dtype": options.get("dtype")}
+    if method in ("implicit_adams", "fixed_adams"):
+        solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
+        solver_kwargs.setdefault("atol", atol if isinstance(atol, float) else 1e-9)
+    solver = factory(**solver_kwargs)
+    extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": ()}
+    if solver.adaptive:
+        valid = ADAPTIVE_OPTIONS + solver_keys
+        unknown = set(options) - set(valid)
+        if unknown:
+            raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}.")
+        for key in ("jump_t", "step_t"):
+            if key in options:
+                extras[key] = tuple(float(x) for x in torch.as_tensor(options.pop(key)).reshape(-1))
+        controller = PIDController(rtol=rtol, atol=atol, **options)
+    else:
+        valid = FIXED_OPTIONS + solver_keys
+        unknown = set(options) - set(valid)
+        if unknown:
+            raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}.")
+        if "step_size" in options and options["step_size"] is not None:
+            options["step_size"] = float(options["step_size"])
+        controller = ConstantStepSize(**options)
+    return solver, controller, extras
+
+
+def _finish(problem: Problem, integration, throw: bool) -> Solution:
+    ys = torch.stack(integration.ys)
+    if throw and integration.status == Status.SUCCESS and not bool(torch.isfinite(ys).all()):
+        from ._errors import SolverError
+
+        bad = int((~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1).nonzero()[0])
+        t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
+        raise SolverError(Status.NONFINITE, -t_bad if problem.reverse else t_bad)
+    t_final = None
+    if integration.event_t is not None:
+        te = -integration.event_t if problem.reverse else integration.event_t
+        t_final = torch.tensor(te, dtype=problem.t.dtype, device=problem.t.device)
+    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=integration.stats, status=integration.status,
+                    t_final=t_final)
+
+
+def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensitivity=None, backend: Optional[str] = None,
+          adjoint_params: Optional[Sequence[torch.Tensor]] = None, event_fn: Optional[Callable] = None,
+          jump_t: Sequence[float] = (), step_t: Sequence[float] = (), t_dtype: Optional[torch.dtype] = None,
+          throw: bool = True) -> Solution:
+    """Solve dy/dt = func(t, y) from y(t[0]) = y0 and return the states at every time in ``t``.
+
+    Args:
+        func: the vector field ``func(t, y)``; ``y`` is a tensor of any shape or a tuple of tensors.
+        y0: initial state (tensor or tuple of tensors, float32 or float64).
+        t: 1-D tensor of output times, strictly increasing or strictly decreasing.
+        solver: a solver object (e.g. ``hn.Tsit5()``); default Dopri5.
+        controller: ``hn.PIDController(...)`` for adaptive pairs, ``hn.ConstantStepSize(...)`` for fixed
+            steps; default PIDController() or ConstantStepSize() to match the solver.
+        sensitivity: how gradients are computed: ``hn.DirectBackprop()`` (default), ``hn.BacksolveAdjoint()``,
+            ``hn.InterpolatingAdjoint()``; on the Julia backend also GaussAdjoint/QuadratureAdjoint.
+        backend: "torch" or "julia"; default the process default (``hn.set_backend``).
+        adjoint_params: tensors to differentiate with the adjoint (default: func.parameters()).
+        event_fn: terminal event ``event_fn(t, y)``; the solve stops where it changes sign, and
+            ``sol.t_final`` holds the event time and ``sol.ys`` the states at t[0] and the event.
+        jump_t, step_t: times where steps must end (jump_t also re-evaluates the field after the jump).
+        t_dtype: dtype of the time tensor handed to ``func`` (default: t's dtype).
+        throw: raise SolverError on failure (default); False returns the solution with its status and NaN
+            at the times not reached.
+
+    Returns:
+        Solution with ``ys`` of shape (len(t), *y0.shape) (tuple for tuple states), ``stats`` and ``status``.
+
+    Raises:
+        ValueError, TypeError: invalid inputs (the message says how to fix them).
+        BackendError: a combination the backend cannot do; JuliaNotAvailableError: no usable Julia.
+        SolverError: the solve failed (max steps, step-size underflow, non-finite state).
+    """
+    solver = METHODS["dopri5"][0]() if solver is None else solver
+    if controller is None:
+        controller = PIDController() if getattr(solver, "adaptive", True) else ConstantStepSize()
+    if getattr(solver, "adaptive", False) is False and isinstance(controller, PIDController):
+        raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
+    if resolve_backend(backend) == "julia":
+        return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn)
+    sensitivity = DirectBackprop() if sensitivity is None else sensitivity
+    if isinstance(sensitivity, (GaussAdjoint, QuadratureAdjoint)):
+        raise BackendError(f"{type(sensitivity).__name__} exists only on the Julia backend; on the torch backend use "
+                           "BacksolveAdjoint, InterpolatingAdjoint or DirectBackprop.")
+    problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
+    if isinstance(solver, ScipySolver):
+        if event_fn is not None:
+            raise BackendError("scipy_solver does not support events; use an adaptive torch solver such as 'dopri5'.")
+        params = tuple(adjoint_params) if adjoint_params is not None else (
+            tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
+        term = problem.term()
+        ys = solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
+        from ._solution import Stats
+
+        return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
+    if isinstance(sensitivity, (BacksolveAdjoint, InterpolatingAdjoint)):
+        from .sensitivity.adjoint import solve_adjoint
+
+        return solve_adjoint(problem, sensitivity, adjoint_params, event_fn=event_fn, throw=throw)
+    if not isinstance(sensitivity, DirectBackprop):
+        raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
+    term = problem.term()
+    integration = integrate(problem, term, problem.y0, problem.ts, event_fn=event_fn, throw=throw)
+    return _finish(problem, integration, throw)
+
+
+def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn) -> Solution:
+    """Hand a solve to the Julia backend, translating the settings objects to its keyword form."""
+    from .backends import julia_backend
+
+    if event_fn is not None:
+        raise BackendError("events are only available on the torch backend; use backend='torch'.")
+    options = {}
+    if isinstance(controller, PIDController):
+        rtol, atol = controller.rtol, controller.atol
+        if controller.max_num_steps != PIDController.max_num_steps:
+            options["max_num_steps"] = controller.max_num_steps
+        if controller.first_step is not None:
+            options["first_step"] = controller.first_step
+    else:
+        rtol, atol = PIDController.rtol, PIDController.atol
+        if controller.step_size is not None:
+            options["step_size"] = controller.step_size
+    return julia_backend.solve(func, y0, t, method=solver.name, rtol=rtol, atol=atol, options=options,
+                               sensitivity=sensitivity, adjoint_params=adjoint_params)
+
+
+def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None,
+           options: Optional[Mapping[str, Any]] = None, event_fn: Optional[Callable] = None,
+           backend: Optional[str] = None):
+    """Integrate an ODE; a drop-in replacement for ``torchdiffeq.odeint``.
+
+    Args:
+        func: ``func(t, y)`` returning dy/dt (tensor, or tuple of tensors for tuple states).
+        y0: initial state, a tensor of any shape or a tuple of tensors.
+        t: 1-D tensor of output times, strictly increasing or strictly decreasing.
+        rtol, atol: relative and absolute tolerances (floats, or tensors broadcastable to the state).
+        method: solver name (default "dopri5"); see ``hybrid_node.METHODS``.
+        options: method options (torchdiffeq's names: step_size, first_step, max_num_steps, jump_t, ...).
+        event_fn: terminal event; then returns ``(event_t, solution)`` as torchdiffeq does.
+        backend: "torch" or "julia"; default the process default.
+
+    Returns:
+        Tensor of shape (len(t), *y0.shape) (tuple for tuple states); with ``event_fn`` the pair
+        (event time, states at t[0] and the event time).
+
+    Raises:
+        ValueError: unknown method/option or invalid input; SolverError: the solve failed;
+        JuliaNotAvailableError: the Julia backend was asked for without Julia.
+    """
+    if resolve_backend(backend) == "julia":
+        from .backends import julia_backend
+
+        if event_fn is not None:
+            raise BackendError("events are only available on the torch backend; use backend='torch'.")
+        return julia_backend.solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=dict(options or {}),
+                                   sensitivity=None, adjoint_params=None).ys
+    solver, controller, extras = build_solver(method, options, rtol, atol)
+    sol = solve(func, y0, t, solver=solver, controller=controller, backend="torch", event_fn=event_fn,
+                jump_t=extras.get("jump_t", ()), step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
+    if event_fn is not None:
+        return sol.t_final, sol.ys
+    return sol.ys
+
+
+def odeint_event(func: Callable, y0: State, t0, *, event_fn: Callable, reverse_time: bool = False,
+                 odeint_interface: Callable = odeint, **kwargs):
+    """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
+
+    Args:
+        func, y0: the field and initial state.
+        t0: start time (scalar tensor or float).
+        event_fn: terminal event function.
+        reverse_time: integrate towards decreasing time.
+        odeint_interface: ``odeint`` or ``odeint_adjoint``.
+        **kwargs: passed to the interface (rtol, atol, method, options, ...).
+
+    Returns:
+        ``(event_t, solution)``: the event time and the states at t0 and at the event.
+    """
+    t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype).reshape(-1)
+    direction = -1.0 if reverse_time else 1.0
+    t = torch.cat([t0, t0.detach() + direction])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+@dataclasses.dataclass
+class DenseSolution:
+    """A continuous solution y(t) over [t0, t1] (callable), from :func:`odeint_dense`.
+
+    Call with a scalar time or a 1-D tensor of times inside the solved interval.
+    """
+
+    problem: Problem
+    segments: list
+    stats: Any
+
+    def __post_init__(self):
+        self._starts = [s.t0 for s in self.segments]
+
+    def __call__(self, t) -> State:
+        tt = torch.as_tensor(t, dtype=torch.float64)
+        scalar = tt.dim() == 0
+        out = []
+        lo, hi = self.segments[0].t0, self.segments[-1].t1
+        for x in tt.reshape(-1).tolist():
+            s = -x if self.problem.reverse else x
+            if not (lo - 1e-12 * max(1, abs(lo)) <= s <= hi + 1e-12 * max(1, abs(hi))):
+                raise ValueError(f"t={x} is outside the solved interval.")
+            i = min(max(bisect.bisect_right(self._starts, s) - 1, 0), len(self.segments) - 1)
+            out.append(self.segments[i](min(max(s, self.segments[i].t0), self.segments[i].t1)))
+        ys = torch.stack(out)
+        ys = self.problem.unflatten(ys)
+        if scalar:
+            return tuple(y[0] for y in ys) if isinstance(ys, tuple) else ys[0]
+        return ys
+
+
+def odeint_dense(func: Callable, y0: State, t0, t1, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None,
+                 options: Optional[Mapping[str, Any]] = None) -> DenseSolution:
+    """Solve on [t0, t1] and return the continuous solution (the solver's dense output) as a callable.
+
+    Returns:
+        DenseSolution; ``sol(t)`` gives y(t) for any t in the interval, with gradients (direct).
+    """
+    solver, controller, extras = build_solver(method, options, rtol, atol)
+    t = torch.tensor([float(t0), float(t1)], dtype=torch.float64)
+    problem = make_problem(func, y0, t, solver, controller, t_dtype=extras.get("t_dtype"),
+                           jump_t=extras.get("jump_t", ()), step_t=extras.get("step_t", ()))
+    if isinstance(solver, ScipySolver):
+        raise ValueError("odeint_dense needs a torch solver; scipy_solver has no dense output here.")
+    integration = integrate(problem, problem.term(), problem.y0, problem.ts, dense=True)
+    return DenseSolution(problem, integration.segments, integration.stats)
+
+
+def odeint_adjoint(func: Callable, y0: State, t: torch.Tensor, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None,
+                   options: Optional[Mapping[str, Any]] = None, event_fn: Optional[Callable] = None,
+                   adjoint_rtol: Optional[float] = None, adjoint_atol: Optional[float] = None,
+                   adjoint_method: Optional[str] = None, adjoint_options: Optional[Mapping[str, Any]] = None,
+                   adjoint_params: Optional[Sequence[torch.Tensor]] = None, backend: Optional[str] = None):
+    """``odeint`` with gradients by the adjoint method (O(1) memory), as ``torchdiffeq.odeint_adjoint``.
+
+    Args:
+        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the backward solve
+            (default: the forward ones); ``adjoint_options={"norm": "seminorm"}`` leaves the
+            parameter-gradient channels out of the backward error norm.
+        adjoint_params: tensors to differentiate; required when ``func`` is not an ``nn.Module``.
+        Other arguments as :func:`odeint`.
+
+    Returns:
+        As :func:`odeint`.
+
+    Raises:
+        ValueError: ``func`` is not an nn.Module and no ``adjoint_params`` were given.
+    """
+    if adjoint_params is None and not isinstance(func, torch.nn.Module):
+        raise ValueError("func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "
+                         "the tensors to differentiate (an empty tuple if none).")
+    adj_opts = dict(adjoint_options or {})
+    norm = adj_opts.pop("norm", "default")
+    if not isinstance(norm, str):
+        raise ValueError("adjoint_options['norm'] must be 'default' or 'seminorm'.")
+    sensitivity = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
+                                   options=adj_opts or None, norm=norm)
+    if resolve_backend(backend) == "julia":
+        from .backends import julia_backend
+
+        if event_fn is not None:
+            raise BackendError("events are only available on the torch backend; use backend='torch'.")
+        return julia_backend.solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=dict(options or {}),
+                                   sensitivity=sensitivity, adjoint_params=adjoint_params).ys
+    solver, controller, extras = build_solver(method, options, rtol, atol)
+    sol = solve(func, y0, t, solver=solver, controller=controller, sensitivity=sensitivity, backend="torch",
+                adjoint_params=adjoint_params, event_fn=event_fn, jump_t=extras.get("jump_t", ()),
+                step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
+    if event_fn is not None:
+        return sol.t_final, sol.ys
+    return sol.ys

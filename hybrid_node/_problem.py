@@ -1,0 +1,158 @@
+"""Validated inputs of one solve, in the form the loops use (flat state, increasing host times)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import torch
+
+from ._term import Term, TupleLayout
+from .backends.torch_backend import Integration, integrate_adaptive, integrate_fixed
+from .controllers import ConstantStepSize, PIDController
+
+
+MAX_EVENT_GRID_STEPS = 10**6  # a fixed-grid event solve gives up after this many steps
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean().sqrt()
+
+
+def check_times(t) -> torch.Tensor:
+    """Validate output times: a 1-D floating tensor, finite, strictly increasing or decreasing."""
+    if not isinstance(t, torch.Tensor):
+        try:
+            t = torch.as_tensor(t, dtype=torch.float64)
+        except Exception as e:
+            raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}.") from e
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}.")
+    if not t.is_floating_point():
+        raise TypeError(f"t must have a floating dtype, got {t.dtype}; use e.g. torch.linspace(0, 1, 10).")
+    host = t.detach().cpu().double()
+    if not bool(torch.isfinite(host).all()):
+        raise ValueError("t contains NaN or infinite values.")
+    if t.numel() > 1:
+        d = host[1:] - host[:-1]
+        if not (bool((d > 0).all()) or bool((d < 0).all())):
+            raise ValueError(
+                "t must be strictly increasing or strictly decreasing (no repeated or out-of-order times); "
+                "sort it and remove duplicates, e.g. torch.unique(t)."
+            )
+    return t
+
+
+def check_state(y0) -> Tuple[torch.Tensor, Optional[TupleLayout]]:
+    """Validate the initial state; returns the flat state and the tuple layout (None for a tensor)."""
+    tensors = y0 if isinstance(y0, (tuple, list)) else (y0,)
+    if len(tensors) == 0:
+        raise ValueError("y0 is an empty tuple; give at least one tensor.")
+    for i, y in enumerate(tensors):
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y0 must be a tensor or a tuple of tensors; element {i} is {type(y).__name__}.")
+        if not y.is_floating_point():
+            raise TypeError(f"y0 must have a floating dtype (float32 or float64), got {y.dtype}; use y0.float().")
+    if len({y.dtype for y in tensors}) > 1 or len({y.device for y in tensors}) > 1:
+        raise TypeError("all tensors of a tuple state must share one dtype and one device.")
+    for i, y in enumerate(tensors):
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"y0{'' if len(tensors) == 1 else f'[{i}]'} contains NaN or infinite values.")
+    if isinstance(y0, (tuple, list)):
+        layout = TupleLayout(tensors)
+        return layout.flatten(tensors), layout
+    return y0, None
+
+
+def _tolerance(tol, layout: Optional[TupleLayout], like: torch.Tensor):
+    if isinstance(tol, (int, float)):
+        return float(tol)
+    if layout is not None and isinstance(tol, (tuple, list)):
+        if len(tol) != len(layout.shapes):
+            raise ValueError(f"a tolerance tuple needs one entry per state tensor ({len(layout.shapes)}).")
+        return torch.cat([torch.as_tensor(v, dtype=like.dtype, device=like.device).expand(s).reshape(-1)
+                          for v, s in zip(tol, layout.shapes)])
+    tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+    try:
+        torch.broadcast_shapes(tol.shape, like.shape)
+    except RuntimeError:
+        raise ValueError(f"a tolerance of shape {tuple(tol.shape)} does not broadcast to the state {tuple(like.shape)}.")
+    return tol
+
+
+@dataclasses.dataclass
+class Problem:
+    """Everything a loop needs, derived once from the user's call.
+
+    Attributes:
+        func: the user's field; y0: flat initial state; layout: tuple layout or None; t: output times
+        as given; ts: increasing host floats (negated when ``reverse``); solver, controller: settings;
+        rtol, atol: tolerances (float or tensor on the flat state); norm: error norm on the flat state;
+        jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func.
+    """
+
+    func: Callable
+    y0: torch.Tensor
+    layout: Optional[TupleLayout]
+    t: torch.Tensor
+    ts: list
+    reverse: bool
+    solver: Any
+    controller: Any
+    rtol: Any = 1e-7
+    atol: Any = 1e-9
+    norm: Callable = _rms
+    jump_t: Sequence[float] = ()
+    step_t: Sequence[float] = ()
+    t_dtype: torch.dtype = torch.float64
+
+    def term(self, func: Optional[Callable] = None) -> Term:
+        return Term(self.func if func is None else func, self.y0, self.t_dtype, self.layout, self.reverse)
+
+    def unflatten(self, ys: torch.Tensor):
+        """(T, *flat shape) -> the user's layout."""
+        return ys if self.layout is None else self.layout.unflatten(ys)
+
+
+def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), step_t=()) -> Problem:
+    """Validate and normalise one solve's inputs."""
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
+    t = check_times(t)
+    flat, layout = check_state(y0)
+    host = [float(x) for x in t.detach().cpu().double()]
+    reverse = len(host) > 1 and host[1] < host[0]
+    sgn = -1.0 if reverse else 1.0
+    ts = [sgn * x for x in host]
+    rtol = atol = None
+    norm = _rms
+    if isinstance(controller, PIDController):
+        rtol = _tolerance(controller.rtol, layout, flat)
+        atol = _tolerance(controller.atol, layout, flat)
+        if controller.norm is not None:
+            user = controller.norm
+            norm = user if layout is None else (lambda x: user(layout.unflatten(x)))
+        elif layout is not None and len(layout.sizes) > 1:
+            parts = layout.slices()
+            norm = lambda x: torch.stack([_rms(x[..., s]) for s in parts]).max()  # noqa: E731
+    if t_dtype is None:
+        t_dtype = t.dtype
+    return Problem(func, flat, layout, t, ts, reverse, solver, controller, rtol, atol, norm,
+                   tuple(sorted(sgn * float(x) for x in jump_t)), tuple(sorted(sgn * float(x) for x in step_t)),
+                   t_dtype)
+
+
+def integrate(problem: Problem, term: Term, y0: torch.Tensor, ts: Sequence[float], *, event_fn=None,
+              dense: bool = False, throw: bool = True) -> Integration:
+    """Run the loop that fits the problem's controller on the given term, state and times."""
+    ctrl = problem.controller
+    if isinstance(ctrl, ConstantStepSize):
+        if event_fn is not None:
+            if ctrl.step_size is None:
+                raise ValueError("an event solve on a fixed grid needs options={'step_size': ...}.")
+            grid = (ts[0] + k * float(ctrl.step_size) for k in range(MAX_EVENT_GRID_STEPS))
+        else:
+            grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
+        return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
+    return integrate_adaptive(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,
+                              norm=problem.norm, jump_t=problem.jump_t, step_t=problem.step_t,
+                              event_fn=event_fn, dense=dense, throw=throw)

@@ -1,0 +1,109 @@
+"""The vector field as the solver sees it: a flat tensor state, float times, evaluation counting."""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+
+class TupleLayout:
+    """How a tuple of tensors is packed into one flat vector and back."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        self.shapes = [t.shape for t in tensors]
+        self.sizes = [t.numel() for t in tensors]
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, flat: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Split the trailing dimension of ``flat`` (shape (..., N)) into the tuple's shapes."""
+        lead = flat.shape[:-1]
+        return tuple(p.reshape(tuple(lead) + tuple(s)) for p, s in zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
+
+    def slices(self) -> List[slice]:
+        out, start = [], 0
+        for n in self.sizes:
+            out.append(slice(start, start + n))
+            start += n
+        return out
+
+
+class Term:
+    """Wraps ``func(t, y)`` for the solvers.
+
+    The solvers call ``term(t, y)`` with a Python float time and the (flat, for tuple states) state
+    tensor. The wrapper builds the time tensor, unpacks tuple states, flips the sign for solves
+    backwards in time, checks the first output's shape and dtype, and counts evaluations.
+
+    Args:
+        func: the user's vector field ``func(t, y)``.
+        y0: the initial state as the solver sees it (flat for tuples), for shape and dtype checks.
+        t_dtype: dtype of the time tensor handed to ``func``.
+        layout: TupleLayout for tuple states, else None.
+        reverse: solve backwards: the solver's time s maps to t = -s and the field to -f(-s, y).
+    """
+
+    def __init__(self, func: Callable, y0: torch.Tensor, t_dtype: torch.dtype, layout: Optional[TupleLayout] = None,
+                 reverse: bool = False):
+        self.func = func
+        self.layout = layout
+        self.reverse = reverse
+        self.t_dtype = t_dtype
+        self.device = y0.device
+        self.shape = y0.shape
+        self.dtype = y0.dtype
+        self.nfe = 0
+        self._checked = False
+        self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
+
+    def time(self, t: float, perturb: int = 0) -> torch.Tensor:
+        """The user-facing time tensor for solver time ``t``; ``perturb`` = +1/-1 moves one ulp."""
+        tt = -t if self.reverse else t
+        if perturb:
+            direction = perturb * (-1 if self.reverse else 1)
+            tt = float(np.nextafter(self._np_dtype(tt), self._np_dtype(math.inf * direction)))
+        return torch.tensor(tt, dtype=self.t_dtype, device=self.device)
+
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        self.nfe += 1
+        tt = self.time(t, perturb)
+        if self.layout is None:
+            out = self.func(tt, y)
+        else:
+            out = self.func(tt, self.layout.unflatten(y))
+            if not isinstance(out, (tuple, list)) or len(out) != len(self.layout.shapes):
+                raise TypeError(
+                    f"func returned {type(out).__name__}; for a tuple state of {len(self.layout.shapes)} tensors it "
+                    "must return a tuple of as many tensors, one derivative per state tensor."
+                )
+            if not self._checked:
+                for i, (o, s) in enumerate(zip(out, self.layout.shapes)):
+                    if not isinstance(o, torch.Tensor) or o.shape != s:
+                        raise ValueError(
+                            f"func returned a derivative of shape {tuple(getattr(o, 'shape', ()))} for state tensor {i} "
+                            f"of shape {tuple(s)}; each derivative must have its state's shape."
+                        )
+            out = torch.cat([o.reshape(-1) for o in out])
+        if not self._checked:
+            self._check(out, y)
+        return -out if self.reverse else out
+
+    def _check(self, out, y: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"func must return a torch.Tensor, got {type(out).__name__}.")
+        if out.shape != y.shape:
+            raise ValueError(
+                f"func returned shape {tuple(out.shape)} but the state has shape {tuple(y.shape)}; "
+                "dy/dt must have the state's shape."
+            )
+        if out.dtype != y.dtype:
+            raise TypeError(
+                f"func returned dtype {out.dtype} but the state is {y.dtype}; return dy/dt in the state's dtype "
+                "(e.g. build the model with .to(y0.dtype))."
+            )
+        if out.device != y.device:
+            raise ValueError(f"func returned a tensor on {out.device} but the state is on {y.device}.")
+        self._checked = True

@@ -1,0 +1,241 @@
+"""The integration loops of the torch backend: adaptive stepping and fixed grids.
+
+Times are host floats (the step decision needs a host value anyway); states stay on their device.
+Each loop returns the states at the requested times, the counters and how the solve ended.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from .._errors import SolverError, Status
+from .._solution import Stats
+from .._term import Term
+from ..controllers import ConstantStepSize, PIDController, initial_step
+from ..interpolation import HermiteInterpolant, LinearInterpolant
+
+_EPS = 2.220446049250313e-16
+
+
+@dataclasses.dataclass
+class DenseSegment:
+    """One accepted step [t0, t1] and its interpolant, in solver time."""
+
+    t0: float
+    t1: float
+    interpolant: Callable[[float], torch.Tensor]
+
+    def __call__(self, t: float) -> torch.Tensor:
+        if t == self.t1:
+            return self.interpolant(1.0)
+        return self.interpolant((t - self.t0) / (self.t1 - self.t0))
+
+
+@dataclasses.dataclass
+class Integration:
+    """Raw result of a loop (solver time, flat states)."""
+
+    ys: List[torch.Tensor]
+    stats: Stats
+    status: Status
+    t_reached: float
+    segments: Optional[List[DenseSegment]] = None
+    event_t: Optional[float] = None
+
+
+def _fail(status: Status, t: float, throw: bool, term: Term, detail: str = ""):
+    if throw:
+        raise SolverError(status, -t if term.reverse else t, detail)
+
+
+def _pad_failed(ys: List[torch.Tensor], n: int, like: torch.Tensor) -> List[torch.Tensor]:
+    """Fill the outputs a failed solve did not reach with NaN, so they can never pass for results."""
+    return ys + [torch.full_like(like, math.nan) for _ in range(n - len(ys))]
+
+
+def _locate_event(event_fn, term: Term, seg: DenseSegment, sign0: torch.Tensor) -> float:
+    """Bisection on the dense output for the first time an event function changes sign.
+
+    Reference: the event location of Shampine & Thompson, "Event location for ordinary differential
+    equations", Comput. Math. Appl. 39 (2000); bisection keeps it robust for vector event functions.
+    """
+    lo, hi = seg.t0, seg.t1
+    while hi - lo > 4 * _EPS * max(1.0, abs(lo), abs(hi)):
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break
+        changed = bool(torch.any(torch.sign(event_fn(term.time(mid), seg(mid))) != sign0))
+        if changed:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.Tensor, ts: Sequence[float], *,
+                       rtol, atol, norm, jump_t: Sequence[float] = (), step_t: Sequence[float] = (),
+                       event_fn=None, dense: bool = False, throw: bool = True) -> Integration:
+    """Integrate with an embedded pair from ts[0] through the increasing times ``ts``.
+
+    Args:
+        term: the wrapped field (solver time).
+        solver: an adaptive solver (``init``, ``step``, ``next_state``, ``interpolant``, ``error_order``).
+        controller: the step-size controller.
+        y0: flat initial state.
+        ts: increasing output times (host floats, solver time).
+        rtol, atol: tolerances (floats or tensors broadcastable to the state).
+        norm: error norm.
+        jump_t: times where the field may jump: steps end there and the derivative is re-evaluated.
+        step_t: times where steps must end (no re-evaluation).
+        event_fn: terminal event ``event_fn(t, y)``: the solve stops where any element changes sign.
+        dense: keep every step's interpolant (for dense output and events).
+        throw: raise SolverError on failure, else report the status.
+
+    Returns:
+        Integration with the states at ``ts`` (up to the event for event solves).
+
+    Raises:
+        SolverError: on max steps, step-size underflow or a non-finite state, when ``throw``.
+    """
+    stats = Stats()
+    t, y = ts[0], y0
+    t_end = ts[-1]
+    state = solver.init(term, t, y)
+    stops = sorted({s for s in list(jump_t) + list(step_t) if ts[0] < s < t_end})
+    jumps = set(jump_t)
+    if controller.first_step is not None:
+        dt = float(controller.first_step)
+    else:
+        dt = initial_step(term, t, y, state, solver.error_order, rtol, atol, norm)
+    dt = min(max(dt, controller.min_step), controller.max_step)
+    cstate = controller.init()
+    ys = [y0]
+    segments = [] if dense else None
+    i_out = 1
+    stop_i = 0
+    n_attempts = 0
+    last_nonfinite = False
+    sign0 = torch.sign(event_fn(term.time(t), y)) if event_fn is not None else None
+    t_stop = math.inf if event_fn is not None else t_end
+    while (i_out < len(ts)) if event_fn is None else True:
+        if n_attempts >= controller.max_num_steps:
+            _fail(Status.MAX_STEPS, t, throw, term, f"max_num_steps={controller.max_num_steps}")
+            return Integration(_pad_failed(ys, len(ts), y0), stats, Status.MAX_STEPS, t)
+        n_attempts += 1
+        while stop_i < len(stops) and stops[stop_i] <= t:
+            stop_i += 1
+        step_dt = dt
+        landing = None
+        if stop_i < len(stops) and t + step_dt >= stops[stop_i]:
+            landing = stops[stop_i]
+        elif t + step_dt >= t_stop:
+            landing = t_stop
+        if landing is not None:
+            step_dt = landing - t
+        step = solver.step(term, t, y, state, step_dt)
+        scale = atol + rtol * torch.maximum(torch.abs(y), torch.abs(step.y1))
+        ratio = float(norm(step.error / scale))
+        accepted = ratio <= 1.0
+        if accepted:
+            t1 = landing if landing is not None else t + step_dt
+            stats.n_accepted += 1
+            new_state = solver.next_state(term, t1, step)
+            seg = None
+            if dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1):
+                seg = DenseSegment(t, t1, solver.interpolant(term, t, y, step_dt, step, new_state))
+                if dense:
+                    segments.append(seg)
+            if landing is not None and landing in jumps:
+                new_state = term(t1, step.y1, perturb=1)  # the derivative on the far side of the jump
+            if event_fn is not None:
+                sign1 = torch.sign(event_fn(term.time(t1), step.y1))
+                if bool(torch.any(sign1 != sign0)):
+                    te = _locate_event(event_fn, term, seg, sign0)
+                    ye = seg(te)
+                    stats.nfe = term.nfe
+                    return Integration([y0, ye], stats, Status.EVENT, te, segments, event_t=te)
+            while i_out < len(ts) and ts[i_out] <= t1:
+                ys.append(step.y1 if ts[i_out] == t1 else seg(ts[i_out]))
+                i_out += 1
+            t, y, state = t1, step.y1, new_state
+            last_nonfinite = False
+            if t >= t_end and event_fn is None:
+                break
+        else:
+            stats.n_rejected += 1
+            last_nonfinite = not math.isfinite(ratio)
+        dt, cstate = controller.adapt(step_dt, ratio, accepted, cstate, solver.error_order)
+        floor = max(controller.min_step, 4 * _EPS * max(1.0, abs(t)))
+        if dt < floor:
+            status = Status.NONFINITE if last_nonfinite else Status.STEP_UNDERFLOW
+            _fail(status, t, throw, term, f"dt={dt:.3g}")
+            return Integration(_pad_failed(ys, len(ts), y0), stats, status, t)
+    stats.nfe = term.nfe
+    return Integration(ys, stats, Status.SUCCESS, t, segments)
+
+
+def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequence[float], y0: torch.Tensor,
+                    ts: Sequence[float], *, event_fn=None, dense: bool = False) -> Integration:
+    """Integrate on a fixed grid; outputs between grid points are interpolated (linear or cubic Hermite).
+
+    Args:
+        term: the wrapped field (solver time).
+        solver: a solver with ``init``, ``step``, ``next_state``.
+        controller: the ConstantStepSize settings (interp, perturb).
+        grid: increasing step end points from ts[0] to ts[-1] (for events: to the last grid point).
+        y0: flat initial state.
+        ts: increasing output times.
+        event_fn: terminal event function (located by bisection on the step's interpolant).
+        dense: keep the interpolants.
+
+    Returns:
+        Integration with the states at ``ts``.
+    """
+    stats = Stats()
+    perturb = 1 if controller.perturb else 0
+    ys = [y0]
+    segments = [] if dense else None
+    y = y0
+    state = solver.init(term, ts[0], y) if not perturb else None
+    i_out = 1
+    sign0 = torch.sign(event_fn(term.time(ts[0]), y)) if event_fn is not None else None
+    grid = iter(grid)
+    t1 = next(grid)
+    for t_next in grid:
+        t0, t1 = t1, t_next
+        dt = t1 - t0
+        if perturb:
+            # evaluate just after t0: the field may jump at grid points
+            state = solver.init(lambda t, yy: term(t, yy, perturb=1), t0, y)
+        step = solver.step(term, t0, y, state, dt)
+        y1 = step.y1
+        stats.n_accepted += 1
+        need_interp = dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1)
+        seg = None
+        if need_interp:
+            if controller.interp == "cubic":
+                f0 = term(t0, y, perturb=perturb)
+                f1 = term(t1, y1, perturb=-perturb)
+                seg = DenseSegment(t0, t1, HermiteInterpolant(y, y1, f0, f1, dt))
+            else:
+                seg = DenseSegment(t0, t1, LinearInterpolant(y, y1))
+            if dense:
+                segments.append(seg)
+        if event_fn is not None:
+            if bool(torch.any(torch.sign(event_fn(term.time(t1), y1)) != sign0)):
+                te = _locate_event(event_fn, term, seg, sign0)
+                stats.nfe = term.nfe
+                return Integration([y0, seg(te)], stats, Status.EVENT, te, segments, event_t=te)
+        while i_out < len(ts) and ts[i_out] <= t1:
+            ys.append(y1 if ts[i_out] == t1 else seg(ts[i_out]))
+            i_out += 1
+        y = y1
+        if not perturb:
+            state = solver.next_state(term, t1, step)
+    stats.nfe = term.nfe
+    if event_fn is not None:
+        raise SolverError(Status.MAX_STEPS, t1, "no event occurred on the fixed grid")
+    return Integration(ys, stats, Status.SUCCESS, ts[-1], segments)

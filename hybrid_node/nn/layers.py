@@ -1,0 +1,137 @@
+"""Layers for time-dependent dynamics ``f(t, y)``: time enters as one extra input feature or channel.
+
+Concatenating ``t`` to the input is the simplest way to make a vector field non-autonomous and is
+what the convolutional ODE-Net of Chen et al. (2018) uses in every convolution of its ODE block.
+
+Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
+NeurIPS 2018, Section 3 and the MNIST ODE-Net.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _time_like(t: torch.Tensor | float, x: torch.Tensor, shape: tuple) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.numel() != 1:
+        raise ValueError(f"t must be a scalar time, got shape {tuple(t.shape)}.")
+    return t.reshape(()).expand(shape)
+
+
+class TimeLinear(nn.Module):
+    """``Linear`` on ``[t, x]``: an affine map whose input has the time as one extra feature.
+
+    Args:
+        in_features: features of ``x`` (the time feature is added on top).
+        out_features: output features.
+        bias: whether to learn an additive bias.
+
+    Forward:
+        ``layer(t, x)`` with a scalar ``t`` and ``x`` of shape (..., in_features) returns
+        (..., out_features).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}.")
+        self.linear = nn.Linear(in_features + 1, out_features, bias=bias)
+
+    def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        tt = _time_like(t, x, (*x.shape[:-1], 1))
+        return self.linear(torch.cat([tt, x], dim=-1))
+
+
+class TimeConv2d(nn.Module):
+    """``Conv2d`` on ``[t, x]``: the time is added as one constant input channel.
+
+    Args:
+        in_channels: channels of ``x`` (the time channel is added on top).
+        out_channels: output channels.
+        kernel_size, stride, padding, dilation, groups, bias: as for :class:`torch.nn.Conv2d`
+            (``groups`` must divide ``in_channels + 1``).
+
+    Forward:
+        ``layer(t, x)`` with a scalar ``t`` and ``x`` of shape (N, C, H, W) returns (N, out_channels, H', W').
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, dilation: int = 1, groups: int = 1, bias: bool = True):
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}.")
+        self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride=stride, padding=padding,
+                              dilation=dilation, groups=groups, bias=bias)
+
+    def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"TimeConv2d expects x of shape (N, C, H, W), got {tuple(x.shape)}.")
+        tt = _time_like(t, x, (x.shape[0], 1, x.shape[2], x.shape[3]))
+        return self.conv(torch.cat([tt, x], dim=1))
+
+
+class MLPDynamics(nn.Module):
+    """A multilayer perceptron vector field ``f(t, y)`` with the time fed to every layer.
+
+    Args:
+        dim: state dimension (input and output features).
+        hidden: width of each hidden layer.
+        layers: number of hidden layers (>= 1).
+        activation: module applied after each hidden layer (a fresh copy per layer).
+        time_dependent: feed ``t`` into every layer (:class:`TimeLinear`); if False the field is autonomous.
+    """
+
+    def __init__(self, dim: int, hidden: int = 32, layers: int = 1, activation: nn.Module | None = None,
+                 time_dependent: bool = True):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}.")
+        act = activation if activation is not None else nn.ReLU()
+        sizes = [dim] + [hidden] * layers + [dim]
+        make = TimeLinear if time_dependent else nn.Linear
+        self.time_dependent = time_dependent
+        self.linears = nn.ModuleList(make(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activations = nn.ModuleList(_copy(act) for _ in range(layers))
+
+    def forward(self, t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
+        h = y
+        for i, lin in enumerate(self.linears):
+            h = lin(t, h) if self.time_dependent else lin(h)
+            if i < len(self.activations):
+                h = self.activations[i](h)
+        return h
+
+
+class ConvDynamics(nn.Module):
+    """The ODE-Net vector field: GroupNorm, ReLU, time-conv 3x3, GroupNorm, ReLU, time-conv 3x3, GroupNorm.
+
+    Args:
+        channels: channels of the state (N, channels, H, W).
+        groups: GroupNorm groups (``min(32, channels)`` if None; must divide ``channels``).
+
+    Reference: the MNIST ODE-Net of Chen et al. (2018), a pre-activation residual block
+    (He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016) turned into a vector field.
+    """
+
+    def __init__(self, channels: int, groups: int | None = None):
+        super().__init__()
+        groups = min(32, channels) if groups is None else groups
+        if channels % groups:
+            raise ValueError(f"groups ({groups}) must divide channels ({channels}).")
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = TimeConv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = TimeConv2d(channels, channels, 3, padding=1)
+        self.norm3 = nn.GroupNorm(groups, channels)
+
+    def forward(self, t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(t, torch.relu(self.norm1(y)))
+        h = self.conv2(t, torch.relu(self.norm2(h)))
+        return self.norm3(h)
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)

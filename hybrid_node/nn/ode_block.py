@@ -1,0 +1,213 @@
+"""A continuous-depth layer: ``ODEBlock`` maps ``y(t0)`` to ``y(t1)`` by solving ``dy/dt = f(t, y)``.
+
+The block replaces a stack of residual blocks ``y <- y + f(y)`` by the limit of infinitely many
+infinitesimal ones (Chen et al. 2018). How it is solved (method, tolerances, gradient method, backend)
+is an immutable :class:`SolveSettings`; training and evaluation may use different settings, which
+the block picks from ``self.training``, e.g. a loose tolerance to train and a tight one to test.
+
+The block counts evaluations of its vector field: ``nfe_forward`` after each forward pass and
+``nfe_backward`` after the following ``backward()`` (zero for :class:`DirectBackprop`, whose
+backward pass replays the recorded graph without calling the field).
+
+Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
+NeurIPS 2018.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .._backend import BACKENDS
+from ..sensitivity.settings import (
+    BacksolveAdjoint,
+    DirectBackprop,
+    GaussAdjoint,
+    InterpolatingAdjoint,
+    QuadratureAdjoint,
+)
+from torchdiffeq import odeint, odeint_adjoint  # TEMPORARY until hybrid_node's own odeint exists
+
+SensitivityT = Union[DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint]
+_SENSITIVITIES = (DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint)
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveSettings:
+    """How an :class:`ODEBlock` solves its ODE.
+
+    Attributes:
+        method: solver name as for :func:`hybrid_node.odeint` ("dopri5", "rk4", "euler", ...).
+        rtol: relative tolerance of adaptive methods.
+        atol: absolute tolerance of adaptive methods.
+        options: solver options, e.g. ``{"step_size": 0.1}`` for fixed-step methods.
+        sensitivity: how gradients are computed (:class:`DirectBackprop` backpropagates through the
+            solver; :class:`BacksolveAdjoint` is the paper's O(1)-memory adjoint).
+        backend: "torch", "julia" or None (the process default).
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    options: Optional[Mapping[str, Any]] = None
+    sensitivity: SensitivityT = DirectBackprop()
+    backend: Optional[str] = None
+
+    def __post_init__(self):
+        if not isinstance(self.method, str):
+            raise TypeError(f"method must be a solver name (str), got {type(self.method).__name__}.")
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        if not isinstance(self.sensitivity, _SENSITIVITIES):
+            raise TypeError("sensitivity must be one of DirectBackprop(), BacksolveAdjoint(), "
+                            f"InterpolatingAdjoint(), GaussAdjoint(), QuadratureAdjoint(); got {self.sensitivity!r}.")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {self.backend!r}.")
+        if self.options is not None and not isinstance(self.options, Mapping):
+            raise TypeError(f"options must be a mapping or None, got {type(self.options).__name__}.")
+
+
+class _CountingField:
+    """Calls ``func(t, y)`` and counts the calls; not a Module so the block's parameter names stay plain."""
+
+    def __init__(self, func: Callable, counter: list):
+        self.func = func
+        self.counter = counter
+
+    def __call__(self, t, y):
+        self.counter[0] += 1
+        return self.func(t, y)
+
+
+def _as_times(t: Union[Sequence[float], torch.Tensor]) -> torch.Tensor:
+    times = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
+    if times.dim() != 1 or times.numel() < 2:
+        raise ValueError(f"t must be a 1-D sequence of at least two times (e.g. (0.0, 1.0)), got {t!r}.")
+    if not torch.is_floating_point(times):
+        times = times.to(torch.get_default_dtype())
+    diffs = times[1:] - times[:-1]
+    if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
+        raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times.tolist()}.")
+    return times
+
+
+def integrate(func: Callable, y0: torch.Tensor, t: torch.Tensor, settings: SolveSettings,
+              params: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """Solve ``dy/dt = func(t, y)`` from ``y0`` and return the states at ``t`` (shape (len(t), *y0.shape)).
+
+    Args:
+        func: the vector field ``f(t, y)``.
+        y0: the initial state.
+        t: 1-D tensor of output times.
+        settings: a :class:`SolveSettings`.
+        params: the parameters the adjoint methods differentiate with respect to.
+
+    Returns:
+        The solution at ``t``.
+
+    Raises:
+        ValueError: for a sensitivity method this entry point cannot run.
+    """
+    kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method,
+                  options=dict(settings.options) if settings.options is not None else None)
+    if settings.backend is not None:
+        kwargs["backend"] = settings.backend
+    sens = settings.sensitivity
+    if isinstance(sens, DirectBackprop):
+        return odeint(func, y0, t, **kwargs)
+    if isinstance(sens, BacksolveAdjoint):
+        return odeint_adjoint(
+            func, y0, t, adjoint_rtol=sens.rtol if sens.rtol is not None else settings.rtol,
+            adjoint_atol=sens.atol if sens.atol is not None else settings.atol,
+            adjoint_method=sens.method if sens.method is not None else settings.method,
+            adjoint_options=dict(sens.options) if sens.options is not None else None,
+            adjoint_params=tuple(params), **kwargs)
+    raise ValueError(f"{type(sens).__name__} is not available to ODEBlock yet; use DirectBackprop() or "
+                     "BacksolveAdjoint().")
+
+
+class ODEBlock(nn.Module):
+    """Continuous-depth layer: returns ``y(t1)`` (or the trajectory) of ``dy/dt = func(t, y)``, ``y(t0) = x``.
+
+    Args:
+        func: the vector field, a module called as ``func(t, y)`` returning a tensor shaped like ``y``.
+        t: the integration interval ``(t0, t1)`` or a 1-D sequence of output times (default (0, 1)).
+        train_settings: :class:`SolveSettings` used in training mode (default: dopri5, rtol = atol = 1e-3,
+            direct backpropagation).
+        eval_settings: settings used in evaluation mode (``model.eval()``); None means the training ones.
+        return_trajectory: return all states at ``t`` (shape (len(t), *x.shape)) instead of the last one.
+
+    Attributes:
+        nfe_forward: vector-field evaluations of the latest forward pass.
+        nfe_backward: evaluations since that forward pass ended, i.e. of the backward pass once
+            ``backward()`` has run (0 with direct backpropagation).
+
+    Raises:
+        TypeError: if ``func`` is not callable or settings have the wrong type.
+        ValueError: if ``t`` is not a strictly monotone sequence of at least two times.
+
+    Reference: Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018.
+    """
+
+    def __init__(self, func: nn.Module, t: Union[Sequence[float], torch.Tensor] = (0.0, 1.0), *,
+                 train_settings: Optional[SolveSettings] = None, eval_settings: Optional[SolveSettings] = None,
+                 return_trajectory: bool = False):
+        super().__init__()
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
+        for name, value in (("train_settings", train_settings), ("eval_settings", eval_settings)):
+            if value is not None and not isinstance(value, SolveSettings):
+                raise TypeError(f"{name} must be a SolveSettings or None, got {type(value).__name__}.")
+        self.func = func
+        self.register_buffer("t", _as_times(t), persistent=False)
+        self.train_settings = train_settings if train_settings is not None else SolveSettings()
+        self.eval_settings = eval_settings
+        self.return_trajectory = bool(return_trajectory)
+        self._calls = [0]
+        self._calls_after_forward = 0
+        self.nfe_forward = 0
+
+    @property
+    def settings(self) -> SolveSettings:
+        """The settings the next forward pass uses (depends on ``self.training``)."""
+        if self.training or self.eval_settings is None:
+            return self.train_settings
+        return self.eval_settings
+
+    @property
+    def nfe_backward(self) -> int:
+        return self._calls[0] - self._calls_after_forward
+
+    def forward(self, x: torch.Tensor, t: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Solve from ``x`` over ``t`` (default: the block's own times).
+
+        Args:
+            x: the initial state, any shape the vector field accepts.
+            t: optional 1-D output times overriding the block's.
+
+        Returns:
+            ``y(t[-1])`` shaped like ``x``, or the trajectory (len(t), *x.shape) if ``return_trajectory``.
+        """
+        if not torch.is_tensor(x):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}.")
+        times = self.t if t is None else _as_times(t)
+        times = times.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else times.dtype)
+        field = _CountingField(self.func, self._calls)
+        params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
+        start = self._calls[0]
+        ys = integrate(field, x, times, self.settings, params)
+        self._calls_after_forward = self._calls[0]
+        self.nfe_forward = self._calls[0] - start
+        return ys if self.return_trajectory else ys[-1]
+
+    def extra_repr(self) -> str:
+        return (f"t={self.t.tolist()}, train_settings={self.train_settings}, eval_settings={self.eval_settings}, "
+                f"return_trajectory={self.return_trajectory}")
+
+
+# The name used in the paper's text and by most users.
+NeuralODE = ODEBlock

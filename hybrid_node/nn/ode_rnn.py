@@ -1,0 +1,152 @@
+"""ODE-RNN: a recurrent network whose hidden state follows a learned ODE between observations.
+
+Between two observations the hidden state h solves dh/dt = f(h); at an observation a GRU cell updates
+h with the observed values and their mask. Used on its own for one-step-ahead prediction and
+extrapolation, and run backwards in time as the encoder of a latent ODE.
+
+Per-sample time gaps: every sample has its own gap t_k - t_{k-1}. One batched solve covers all of them
+by a change of variable s in [0, 1], t = t_{k-1} + s * gap_b, so dh/ds = gap_b * f(h): the same solve
+(same s grid) advances each sample by its own gap, and a zero gap (padding) leaves h unchanged.
+
+Reference: Y. Rubanova, R. T. Q. Chen, D. Duvenaud, "Latent ODEs for Irregularly-Sampled Time Series",
+NeurIPS 2019, Algorithm 1.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..data.irregular import IrregularBatch
+from ._solve import odeint
+
+Tensor = torch.Tensor
+
+
+class _ScaledField(nn.Module):
+    """dh/ds = gap * f(h): advances each sample by its own time gap over s in [0, 1]."""
+
+    def __init__(self, field: nn.Module, gap: Tensor):
+        super().__init__()
+        self.field = field
+        self.gap = gap
+
+    def forward(self, s: Tensor, h: Tensor) -> Tensor:
+        return self.gap * self.field(h)
+
+
+def hidden_field(hidden: int, width: int) -> nn.Module:
+    """The default hidden-state dynamics f(h): an MLP hidden -> width -> hidden with tanh."""
+    return nn.Sequential(nn.Linear(hidden, width), nn.Tanh(), nn.Linear(width, hidden))
+
+
+class ODERNN(nn.Module):
+    """ODE-RNN over an :class:`~hybrid_node.data.irregular.IrregularBatch`.
+
+    Args:
+        obs_dim: channels D of the observations.
+        hidden: size of the hidden state.
+        ode_hidden: width of the hidden-state dynamics MLP.
+        out_dim: size of the read-out (default ``obs_dim``: predictions of the next observation).
+        method, rtol, atol, options: settings of the ODE solves between observations.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        hidden: int = 25,
+        ode_hidden: int = 50,
+        out_dim: Optional[int] = None,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        options: Optional[dict] = None,
+    ):
+        super().__init__()
+        if obs_dim < 1 or hidden < 1 or ode_hidden < 1:
+            raise ValueError("obs_dim, hidden and ode_hidden must be positive integers.")
+        self.obs_dim = obs_dim
+        self.hidden = hidden
+        self.field = hidden_field(hidden, ode_hidden)
+        # The cell sees the masked values and the mask itself, so missing channels are distinguishable.
+        self.cell = nn.GRUCell(2 * obs_dim, hidden)
+        self.readout = nn.Linear(hidden, obs_dim if out_dim is None else out_dim)
+        self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
+
+    def evolve(self, h: Tensor, gap: Tensor) -> Tensor:
+        """Advance each sample's hidden state by its own time ``gap`` (B,) (negative: backwards in time)."""
+        if bool((gap == 0).all()):
+            return h
+        s = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
+        field = _ScaledField(self.field, gap.to(h.dtype).unsqueeze(-1))
+        return odeint(field, h, s, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)[-1]
+
+    def run(self, batch: IrregularBatch, t_start: Optional[Tensor] = None, backwards: bool = False) -> Tuple[Tensor, Tensor]:
+        """Run over the observations.
+
+        Forwards: h starts at 0 at ``t_start`` (default: each sample's first time), is evolved to each
+        observation, read out (a prediction made before seeing it) and updated. Backwards: h starts at 0
+        at each sample's last observation, goes from the last observation to the first, and is finally
+        evolved back to ``t_start`` (default: the first observation).
+
+        Args:
+            batch: the observations.
+            t_start: scalar or (B,) start (forwards) or end (backwards) time.
+            backwards: run from the last observation to the first.
+
+        Returns:
+            ``(h_final, priors)``: the (B, hidden) final state and the (B, L, hidden) states just before
+            each observation's update (in time order).
+        """
+        bsz, length = batch.times.shape
+        h = batch.values.new_zeros(bsz, self.hidden)
+        t0 = batch.times[:, 0] if t_start is None else torch.as_tensor(t_start, dtype=batch.times.dtype).expand(bsz)
+        observed = batch.time_mask
+        inputs = torch.cat([batch.values * batch.mask, batch.mask], dim=-1)
+        priors = [None] * length
+        order = range(length - 1, -1, -1) if backwards else range(length)
+        t_prev = None if backwards else t0
+        for k in order:
+            t_k = batch.times[:, k]
+            if t_prev is not None:
+                # Padded positions repeat the last time, so their gap is zero and h is left alone.
+                h = self.evolve(h, t_k - t_prev)
+            priors[k] = h
+            m = observed[:, k].unsqueeze(-1)
+            h = m * self.cell(inputs[:, k], h) + (1 - m) * h
+            t_prev = t_k
+        if backwards:
+            h = self.evolve(h, t0 - batch.times[:, 0])
+        return h, torch.stack(priors, dim=1)
+
+    def forward(self, batch: IrregularBatch, t_start: Optional[Tensor] = None) -> Tensor:
+        """(B, L, out_dim) one-step-ahead predictions: the read-out just before each observation."""
+        _, priors = self.run(batch, t_start)
+        return self.readout(priors)
+
+    def loss(self, batch: IrregularBatch, t_start: Optional[Tensor] = None) -> Tensor:
+        """Masked mean squared error of the one-step-ahead predictions (the first point is skipped when
+        ``t_start`` is not given, since nothing precedes it)."""
+        pred = self(batch, t_start)
+        mask = batch.mask.clone()
+        if t_start is None:
+            mask[:, 0] = 0
+        return ((pred - batch.values) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+    def extrapolate(self, batch: IrregularBatch, times: Tensor, t_start: Optional[Tensor] = None) -> Tensor:
+        """Predict at future ``times`` (T,) after every sample's observations.
+
+        Returns:
+            (B, T, out_dim) read-outs of the hidden state evolved (without updates) to ``times``.
+        """
+        h, _ = self.run(batch, t_start)
+        t_prev = batch.times[:, -1]  # padding repeats the last observed time
+        if bool((times[0] < t_prev).any()):
+            raise ValueError("extrapolation times must not precede the last observation of any sample.")
+        outs = []
+        for t in times:
+            h = self.evolve(h, t - t_prev)
+            t_prev = t.expand_as(t_prev)
+            outs.append(self.readout(h))
+        return torch.stack(outs, dim=1)

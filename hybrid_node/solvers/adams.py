@@ -1,0 +1,124 @@
+"""Fixed-step Adams-Bashforth and Adams-Bashforth-Moulton (predictor-corrector) methods.
+
+The history of derivatives is the explicit solver state. Until enough equally spaced history exists
+(at the start, and after any change of step size), a step of Kutta's 3/8 rule is taken, so the global
+order is min(4, max_order).
+
+Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section III.1.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import torch
+
+from ..interpolation import linear_combination
+from .fixed_rk import RK4_38_TABLEAU
+from .runge_kutta import ExplicitRungeKutta
+
+# Coefficients on f_n, f_(n-1), ... (Bashforth) and on f_(n+1), f_n, ... (Moulton), uniform steps.
+BASHFORTH = (
+    (1.0,),
+    (3 / 2, -1 / 2),
+    (23 / 12, -16 / 12, 5 / 12),
+    (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+)
+MOULTON = (
+    (1.0,),
+    (1 / 2, 1 / 2),
+    (5 / 12, 8 / 12, -1 / 12),
+    (9 / 24, 19 / 24, -5 / 24, 1 / 24),
+)
+_STARTER = ExplicitRungeKutta(RK4_38_TABLEAU, "rk4")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamsState:
+    """Derivatives at the last grid points (newest first) and the step that separates them."""
+
+    fs: Tuple[torch.Tensor, ...]
+    dt: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamsStep:
+    y1: torch.Tensor
+    error: None
+    f1: Optional[torch.Tensor]
+    state: AdamsState
+    dt: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Adams:
+    """Adams-Bashforth (``corrector=False``) or Adams-Bashforth-Moulton in PECE form iterated up to
+    ``max_iters`` times (``corrector=True``).
+
+    Args:
+        max_order: the order used once enough history exists (1 to 4).
+        corrector: apply the Moulton corrector.
+        max_iters: corrector iterations per step.
+        rtol, atol: the corrector stops early when successive iterates agree to these tolerances.
+        name: the method name.
+    """
+
+    max_order: int = 4
+    corrector: bool = False
+    max_iters: int = 4
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    name: str = "explicit_adams"
+
+    def __post_init__(self):
+        if self.max_order not in (1, 2, 3, 4):
+            raise ValueError(f"max_order must be 1, 2, 3 or 4, got {self.max_order!r}.")
+        if not (isinstance(self.max_iters, int) and self.max_iters >= 1):
+            raise ValueError(f"max_iters must be a positive int, got {self.max_iters!r}.")
+
+    order = property(lambda self: self.max_order)
+    adaptive = False
+    error_order = None
+
+    def init(self, f, t0: float, y0: torch.Tensor) -> AdamsState:
+        return AdamsState((f(t0, y0),), None)
+
+    def step(self, f, t: float, y: torch.Tensor, state: AdamsState, dt: float) -> AdamsStep:
+        same_dt = state.dt is not None and abs(dt - state.dt) <= 1e-12 * abs(dt)
+        fs = state.fs if same_dt else state.fs[:1]
+        if len(fs) < self.max_order:
+            if self.max_order == 1:
+                y1 = y + dt * fs[0]
+            else:
+                y1 = _STARTER.step(f, t, y, fs[0], dt).y1
+            return AdamsStep(y1, None, None, AdamsState(fs, dt), dt)
+        y1 = linear_combination(y, dt, BASHFORTH[self.max_order - 1], fs)
+        f1 = None
+        if self.corrector:
+            coeffs = MOULTON[self.max_order - 1]
+            for _ in range(self.max_iters):
+                f1 = f(t + dt, y1)
+                y_new = linear_combination(y, dt, coeffs, (f1,) + fs[: self.max_order - 1])
+                converged = bool(torch.all(torch.abs(y_new - y1) <= self.atol + self.rtol * torch.abs(y_new)))
+                y1 = y_new
+                if converged:
+                    break
+            f1 = None  # the derivative at the corrected point is evaluated afresh
+        return AdamsStep(y1, None, f1, AdamsState(fs, dt), dt)
+
+    def next_state(self, f, t1: float, step: AdamsStep) -> AdamsState:
+        f1 = step.f1 if step.f1 is not None else f(t1, step.y1)
+        fs = (f1,) + step.state.fs[: self.max_order - 1]
+        return AdamsState(fs, step.dt)
+
+
+def AdamsBashforth(max_order: int = 4) -> Adams:
+    """Explicit Adams-Bashforth, fixed step (``method="explicit_adams"``)."""
+    return Adams(max_order=max_order, corrector=False, name="explicit_adams")
+
+
+def AdamsBashforthMoulton(max_order: int = 4, max_iters: int = 4, rtol: float = 1e-7, atol: float = 1e-9,
+                          name: str = "implicit_adams") -> Adams:
+    """Adams-Bashforth predictor with Adams-Moulton corrector, fixed step (``"implicit_adams"``,
+    ``"fixed_adams"``)."""
+    return Adams(max_order=max_order, corrector=True, max_iters=max_iters, rtol=rtol, atol=atol, name=name)

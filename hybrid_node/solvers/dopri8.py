@@ -1,0 +1,66 @@
+"""Dormand-Prince 8(5,3) (DOP853), the 8th-order pair of Hairer's DOP853 code.
+
+The coefficients are read from scipy, which ships them as data; the error estimate used here is the
+embedded fifth-order difference (E5), so steps are controlled as for a 5th-order estimate.
+
+Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.10; P. J. Prince and J. R.
+Dormand, "High order embedded Runge-Kutta formulae", J. Comput. Appl. Math. 7 (1981).
+"""
+from __future__ import annotations
+
+from scipy.integrate._ivp import dop853_coefficients as _dop
+
+from ..interpolation import linear_combination
+from .runge_kutta import ExplicitRungeKutta
+from .tableau import ButcherTableau
+
+_S = _dop.N_STAGES  # 12 stages, plus the FSAL evaluation at the new point
+_B = tuple(float(x) for x in _dop.B) + (0.0,)
+
+DOPRI8_TABLEAU = ButcherTableau(
+    c=tuple(float(x) for x in _dop.C[:_S]) + (1.0,),
+    a=tuple(tuple(float(x) for x in _dop.A[i, :i]) for i in range(_S)) + (_B[:_S],),
+    b=_B,
+    order=8,
+    b_error=tuple(float(x) for x in _dop.E5),
+    error_order=5,
+)
+
+
+
+
+class Dopri8Interpolant:
+    """DOP853's seventh-order continuous extension; its three extra stages are evaluated on first use.
+
+    Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.10 (dense output of DOP853).
+    """
+
+    def __init__(self, f, t0: float, y0, dt: float, step):
+        self.f, self.t0, self.y0, self.dt, self.step = f, t0, y0, dt, step
+        self._coeffs = None
+
+    def _prepare(self):
+        ks = list(self.step.ks)  # 13 stages: 12 + the FSAL derivative at the new point
+        for s in range(13, 16):
+            yi = linear_combination(self.y0, self.dt, [float(x) for x in _dop.A[s, :s]], ks)
+            ks.append(self.f(self.t0 + float(_dop.C[s]) * self.dt, yi))
+        dy = self.step.y1 - self.y0
+        h = self.dt
+        coeffs = [dy, ks[0] * h - dy, 2 * dy - (ks[0] + ks[12]) * h]
+        for row in _dop.D:
+            coeffs.append(linear_combination(None, h, [float(x) for x in row], ks))
+        self._coeffs = coeffs
+
+    def __call__(self, theta: float):
+        if self._coeffs is None:
+            self._prepare()
+        acc = None
+        for i, c in enumerate(reversed(self._coeffs)):
+            acc = c if acc is None else acc + c
+            acc = acc * (theta if i % 2 == 0 else 1 - theta)
+        return self.y0 + acc
+
+
+def Dopri8() -> ExplicitRungeKutta:
+    """Dormand-Prince 8th order (DOP853 coefficients), FSAL, seventh-order dense output (``method="dopri8"``)."""
+    return ExplicitRungeKutta(DOPRI8_TABLEAU, "dopri8", dense_output=Dopri8Interpolant)

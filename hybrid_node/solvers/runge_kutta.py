@@ -1,0 +1,90 @@
+"""One generic explicit Runge-Kutta step that consumes any :class:`ButcherTableau`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from ..interpolation import HermiteInterpolant, PolynomialInterpolant, linear_combination
+from .tableau import ButcherTableau
+
+Field = Callable[[float, torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class RKStep:
+    """What one explicit RK step produced (kept until the step is accepted or rejected)."""
+
+    y1: torch.Tensor
+    error: Optional[torch.Tensor]
+    ks: Tuple[torch.Tensor, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplicitRungeKutta:
+    """An explicit Runge-Kutta method defined by its tableau.
+
+    The solver holds no per-solve state: the derivative at the start of a step (``f0``) is passed in
+    and returned explicitly, so the same object can serve any number of solves.
+
+    Args:
+        tableau: the checked Butcher tableau.
+        name: the method name used by ``odeint(method=...)``.
+        dense_output: optional ``factory(f, t0, y0, dt, step)`` of a method-specific interpolant that
+            needs extra evaluations (otherwise the tableau's polynomial, else cubic Hermite).
+    """
+
+    tableau: ButcherTableau
+    name: str
+    dense_output: Optional[Callable] = None
+
+    @property
+    def order(self) -> int:
+        return self.tableau.order
+
+    @property
+    def error_order(self) -> Optional[int]:
+        return self.tableau.error_order
+
+    @property
+    def adaptive(self) -> bool:
+        return self.tableau.adaptive
+
+    def init(self, f: Field, t0: float, y0: torch.Tensor) -> torch.Tensor:
+        """Return the solver state at the start: the derivative f(t0, y0)."""
+        return f(t0, y0)
+
+    def step(self, f: Field, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> RKStep:
+        """Advance one step of size ``dt`` from (t, y) with f0 = f(t, y).
+
+        Returns:
+            The new state, the error estimate (None for fixed-step tableaus) and the stage derivatives.
+        """
+        tab = self.tableau
+        ks = [f0]
+        y1 = None
+        last = tab.stages - 1
+        for i in range(1, tab.stages):
+            yi = linear_combination(y, dt, tab.a[i], ks)
+            if i == last and tab.fsal:
+                y1 = yi  # the last stage is evaluated at the solution itself
+            ks.append(f(t + tab.c[i] * dt, yi))
+        if y1 is None:
+            y1 = linear_combination(y, dt, tab.b, ks)
+        error = None
+        if tab.b_error is not None:
+            error = linear_combination(None, dt, tab.b_error, ks)
+        return RKStep(y1, error, tuple(ks))
+
+    def next_state(self, f: Field, t1: float, step: RKStep) -> torch.Tensor:
+        """The state for the next step after ``step`` is accepted: f(t1, y1), free for FSAL tableaus."""
+        return step.ks[-1] if self.tableau.fsal else f(t1, step.y1)
+
+    def interpolant(self, f: Field, t0: float, y0: torch.Tensor, dt: float, step: RKStep, f1: torch.Tensor):
+        """Dense output over the accepted step: the method's own, the tableau's polynomial, else Hermite."""
+        if self.dense_output is not None:
+            return self.dense_output(f, t0, y0, dt, step)
+        if self.tableau.dense is not None:
+            return PolynomialInterpolant(y0, step.ks, dt, self.tableau.dense)
+        return HermiteInterpolant(y0, step.y1, step.ks[0], f1, dt)

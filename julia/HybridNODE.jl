@@ -1,0 +1,38 @@
+"""
+    HybridNODE
+
+The Julia half of hybrid_node's `backend="julia"`: solves Neural ODEs with OrdinaryDiffEq and
+differentiates them with SciMLSensitivity, either for an MLP rebuilt natively from torch's flat
+parameter vector (`forward_mlp`) or for any torch module called back through PythonCall
+(`forward_callback`). `backward` turns the cotangent of the saved states into gradients of the
+initial state and the parameters.
+
+The Python side (hybrid_node/backends/julia_backend.py) uses the layout of this module: a torch
+`(B, D)` state is a Julia `(D, B)` matrix, saved states are `(D, B, T)`, everything is Float64.
+"""
+module HybridNODE
+
+using ADTypes: AutoFiniteDiff
+using OrdinaryDiffEqBDF: FBDF, QNDF
+using OrdinaryDiffEqLowOrderRK: BS3, DP5, Euler, RK4
+using OrdinaryDiffEqRosenbrock: Rodas5P, Rosenbrock23
+using OrdinaryDiffEqSDIRK: KenCarp4, TRBDF2
+using OrdinaryDiffEqTsit5: Tsit5
+using OrdinaryDiffEqVerner: Vern7, Vern9
+using PrecompileTools: @compile_workload, @setup_workload
+using PythonCall: Py, PyArray
+using SciMLBase: FullSpecialize, ODEFunction, ODEProblem, solve, successful_retcode
+using SciMLSensitivity: BacksolveAdjoint, GaussAdjoint, InterpolatingAdjoint, QuadratureAdjoint,
+                        ZygoteVJP
+using Zygote: Zygote
+
+export forward_mlp, forward_callback, backward, algorithm_names, sensitivity_names
+
+include("activations.jl")
+include("mlp.jl")
+include("algorithms.jl")
+include("callback.jl")
+include("bridge.jl")
+include("precompile.jl")
+
+end # module HybridNODE

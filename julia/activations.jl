@@ -1,0 +1,34 @@
+# Activation functions defined to agree with torch.nn's defaults exactly (same formulas, same
+# thresholds), so that a translated MLP computes what the torch module computes.
+
+"torch.nn.Softplus(beta=1, threshold=20): linear above the threshold."
+softplus_torch(x) = x > 20 ? x : log1p(exp(x))
+
+"torch.nn.Sigmoid."
+sigmoid_torch(x) = inv(one(x) + exp(-x))
+
+"torch.nn.SiLU (swish): x * sigmoid(x)."
+silu_torch(x) = x * sigmoid_torch(x)
+
+"torch.nn.ELU(alpha=1)."
+elu_torch(x) = x > 0 ? x : expm1(x)
+
+"torch.nn.ReLU."
+relu_torch(x) = max(x, zero(x))
+
+"""
+    activation(name) -> Function
+
+The scalar function for an activation name sent by the Python side ("identity" for none).
+"""
+function activation(name::AbstractString)
+    name == "identity" && return identity
+    name == "tanh" && return tanh
+    name == "relu" && return relu_torch
+    name == "softplus" && return softplus_torch
+    name == "sigmoid" && return sigmoid_torch
+    name == "silu" && return silu_torch
+    name == "elu" && return elu_torch
+    throw(ArgumentError("unknown activation \"$name\"; expected identity, tanh, relu, softplus, " *
+                        "sigmoid, silu or elu"))
+end

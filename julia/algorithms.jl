@@ -1,0 +1,71 @@
+# Names the Python side sends, mapped to OrdinaryDiffEq algorithms and SciMLSensitivity adjoints.
+
+const EXPLICIT_ALGORITHMS = ("Tsit5", "DP5", "BS3", "RK4", "Euler", "Vern7", "Vern9")
+const STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF")
+const ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23")
+const SENSITIVITIES = ("GaussAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint",
+                       "BacksolveAdjoint")
+
+algorithm_names() = (EXPLICIT_ALGORITHMS..., STIFF_ALGORITHMS...)
+sensitivity_names() = SENSITIVITIES
+
+"""
+    make_algorithm(name; finite_diff=false)
+
+The OrdinaryDiffEq algorithm called `name`. With `finite_diff`, implicit and Rosenbrock methods
+build their Jacobians and time derivatives by finite differences, so that ForwardDiff's Dual
+numbers never reach a Python callback.
+"""
+function make_algorithm(name::AbstractString; finite_diff::Bool = false)
+    name == "Tsit5" && return Tsit5()
+    name == "DP5" && return DP5()
+    name == "BS3" && return BS3()
+    name == "RK4" && return RK4()
+    name == "Euler" && return Euler()
+    name == "Vern7" && return Vern7()
+    name == "Vern9" && return Vern9()
+    if finite_diff
+        ad = AutoFiniteDiff()
+        name == "Rodas5P" && return Rodas5P(autodiff = ad)
+        name == "Rosenbrock23" && return Rosenbrock23(autodiff = ad)
+        name == "KenCarp4" && return KenCarp4(autodiff = ad)
+        name == "TRBDF2" && return TRBDF2(autodiff = ad)
+        name == "FBDF" && return FBDF(autodiff = ad)
+        name == "QNDF" && return QNDF(autodiff = ad)
+    else
+        name == "Rodas5P" && return Rodas5P()
+        name == "Rosenbrock23" && return Rosenbrock23()
+        name == "KenCarp4" && return KenCarp4()
+        name == "TRBDF2" && return TRBDF2()
+        name == "FBDF" && return FBDF()
+        name == "QNDF" && return QNDF()
+    end
+    throw(ArgumentError("unknown algorithm \"$name\"; expected one of $(algorithm_names())"))
+end
+
+"""
+    make_sensealg(name, algorithm; checkpointing=false, quad_abstol=1e-6, quad_reltol=1e-3)
+
+The SciMLSensitivity adjoint called `name`. Vector-Jacobian products use Zygote on the native path;
+on the callback path the ODEFunction's own `vjp`/`vjp_p` fields are used instead.
+`InterpolatingAdjoint(checkpointing=true)` with a Rosenbrock method is refused (SciMLSensitivity
+issue #1075).
+"""
+function make_sensealg(name::AbstractString, algorithm::AbstractString;
+                       checkpointing::Bool = false, quad_abstol::Real = 1e-6,
+                       quad_reltol::Real = 1e-3)
+    vjp = ZygoteVJP()
+    name == "GaussAdjoint" && return GaussAdjoint(autojacvec = vjp)
+    name == "BacksolveAdjoint" && return BacksolveAdjoint(autojacvec = vjp)
+    name == "QuadratureAdjoint" &&
+        return QuadratureAdjoint(autojacvec = vjp, abstol = quad_abstol, reltol = quad_reltol)
+    if name == "InterpolatingAdjoint"
+        if checkpointing && algorithm in ROSENBROCK_ALGORITHMS
+            throw(ArgumentError("InterpolatingAdjoint(checkpointing=true) with $algorithm is " *
+                                "broken upstream (SciMLSensitivity #1075); use GaussAdjoint or " *
+                                "an SDIRK/BDF method"))
+        end
+        return InterpolatingAdjoint(autojacvec = vjp, checkpointing = checkpointing)
+    end
+    throw(ArgumentError("unknown sensitivity \"$name\"; expected one of $(SENSITIVITIES)"))
+end

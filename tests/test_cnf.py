@@ -1,0 +1,242 @@
+"""Continuous normalizing flows: traces, densities, consistency, regularisers, gradients, errors."""
+import math
+
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.linalg
+import torch
+from torch import nn
+
+from hybrid_node.data.toy2d import sample_toy2d
+from hybrid_node.nn.cnf import CNF, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
+from hybrid_node.nn.cnf_fields import PlanarCNFField, TimeMLPField
+from hybrid_node.nn.cnf_trace import exact_divergence, hutchinson_divergence, sample_noise
+
+TIGHT = CNFSolver(rtol=1e-9, atol=1e-9)
+
+
+class LinearField(nn.Module):
+    """f(t, z) = A z with a fixed matrix: every quantity has a closed form."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.register_buffer("a", torch.as_tensor(a, dtype=torch.float64))
+
+    def forward(self, t, z):
+        return z @ self.a.T
+
+
+def _full_jacobian_trace(field, t, z):
+    out = []
+    for zi in z:
+        jac = torch.autograd.functional.jacobian(lambda v: field(t, v[None])[0], zi)
+        out.append((torch.trace(jac), jac.pow(2).sum()))
+    return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_exact_trace_equals_trace_of_full_jacobian(dim):
+    torch.manual_seed(0)
+    field = TimeMLPField(dim, (16, 16)).double()
+    z, t = torch.randn(7, dim, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    div = exact_divergence(lambda v: field(t, v), z, create_graph=False)
+    tr, frob = _full_jacobian_trace(field, t, z)
+    torch.testing.assert_close(div.trace, tr, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(div.frobenius_sq, frob, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(div.f, field(t, z))
+
+
+def test_exact_trace_matches_planar_closed_form():
+    torch.manual_seed(1)
+    field = PlanarCNFField(3, width=6).double()
+    z, t = torch.randn(9, 3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    div = exact_divergence(lambda v: field(t, v), z, create_graph=False)
+    torch.testing.assert_close(div.trace, field.divergence(t, z), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(noise):
+    # Many independent probes at the same 3 points: the sample mean must agree with the exact trace
+    # (and Frobenius norm) within 5 standard errors, a test that fails with probability < 1e-5 if the
+    # estimator is unbiased and almost surely detects a bias larger than ~5 standard errors.
+    torch.manual_seed(2)
+    field = TimeMLPField(3, (16,)).double()
+    t = torch.tensor(0.1, dtype=torch.float64)
+    points = torch.randn(3, 3, dtype=torch.float64)
+    n = 20_000
+    z = points.repeat_interleave(n, dim=0)
+    eps = sample_noise(noise, z, torch.Generator().manual_seed(5))
+    est = hutchinson_divergence(lambda v: field(t, v), z, eps, create_graph=False)
+    exact = exact_divergence(lambda v: field(t, v), points, create_graph=False)
+    for quantity, truth in ((est.trace, exact.trace), (est.frobenius_sq, exact.frobenius_sq)):
+        q = quantity.reshape(3, n)
+        se = q.std(dim=1) / math.sqrt(n)
+        assert (q.mean(dim=1) - truth).abs().le(5 * se).all(), (q.mean(dim=1), truth, se)
+        assert (se > 0).all()
+
+
+def test_noise_has_identity_covariance():
+    like = torch.zeros(100_000, 3)
+    for kind in ("rademacher", "gaussian"):
+        eps = sample_noise(kind, like, torch.Generator().manual_seed(0))
+        cov = eps.T @ eps / len(eps)
+        torch.testing.assert_close(cov, torch.eye(3), atol=0.02, rtol=0)
+    assert set(sample_noise("rademacher", like).unique().tolist()) == {-1.0, 1.0}
+
+
+@pytest.mark.parametrize("end_time", [1.0, 0.7])
+def test_linear_flow_log_prob_and_regularisers_by_hand(end_time):
+    # dz/dt = A z over [0, T]: x = expm(TA) z0, log p(x) = log N(expm(-TA) x) - T tr(A).
+    # In solver time s, g = T A z and z(s) = expm(-TAs) x on the way to the base, so
+    # kinetic = int_0^1 ||T A expm(-TAs) x||^2 ds, jacobian (exact) = ||T A||_F^2 and
+    # jacobian (Hutchinson, fixed eps) = ||eps^T T A||^2.
+    a = np.array([[-0.3, 0.8], [-0.5, 0.2]])
+    flow = CNF([LinearField(a)], dim=2, end_time=end_time, learn_end_time=False, solver=TIGHT).double()
+    x = torch.tensor([[0.5, -1.0], [1.5, 0.3], [-2.0, 0.7]], dtype=torch.float64)
+    res = flow.to_base(x, regularize=True)
+    xn = x.numpy()
+    z0 = xn @ scipy.linalg.expm(-end_time * a).T
+    logp = -0.5 * (z0**2).sum(1) - math.log(2 * math.pi) - end_time * np.trace(a)
+    np.testing.assert_allclose(res.log_prob.numpy(), logp, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(res.z.numpy(), z0, rtol=1e-7, atol=1e-8)
+    ta = end_time * a
+    kinetic = [
+        scipy.integrate.quad(lambda s, v=v: float(np.sum((ta @ scipy.linalg.expm(-ta * s) @ v) ** 2)), 0, 1,
+                             epsabs=1e-12, epsrel=1e-12)[0]
+        for v in xn
+    ]
+    np.testing.assert_allclose(res.kinetic.numpy(), kinetic, rtol=1e-7)
+    np.testing.assert_allclose(res.jacobian.numpy(), np.full(3, np.sum(ta**2)), rtol=1e-8)
+
+    gen_seed = 11
+    res_h = flow.to_base(x, trace=HutchinsonTrace("gaussian"), regularize=True,
+                         generator=torch.Generator().manual_seed(gen_seed))
+    eps = sample_noise("gaussian", x, torch.Generator().manual_seed(gen_seed)).numpy()
+    np.testing.assert_allclose(res_h.jacobian.numpy(), np.sum((eps @ ta) ** 2, axis=1), rtol=1e-8)
+    # Hutchinson's trace of a constant Jacobian along a fixed probe: eps^T (TA) eps.
+    expected_delta = np.einsum("bi,ij,bj->b", eps, ta, eps)
+    np.testing.assert_allclose(res_h.delta_logp.numpy(), expected_delta, rtol=1e-8)
+
+
+def test_sample_then_evaluate_is_consistent():
+    torch.manual_seed(3)
+    flow = CNF([PlanarCNFField(2, 4), TimeMLPField(2, (16, 16))], dim=2, solver=TIGHT).double()
+    with torch.no_grad():
+        for p in flow.parameters():  # move away from the near-identity initialisation
+            p.mul_(2.0)
+    x, logq = flow.sample(64, generator=torch.Generator().manual_seed(0))
+    res = flow.to_base(x)
+    torch.testing.assert_close(res.log_prob, logq, rtol=0, atol=1e-6)
+    assert (logq - flow.base_log_prob(x)).abs().max() > 0.05  # the flow is not the identity
+    # Going back lands on the same base points.
+    z = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.z, z, rtol=0, atol=1e-6)
+
+
+def test_path_output_runs_from_base_to_data():
+    flow = CNF([TimeMLPField(2, (8,)), TimeMLPField(2, (8,))], dim=2).double()
+    z = torch.randn(5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        out = flow.from_base(z, n_times=4)
+    assert out.path.shape == (7, 5, 2)  # 4 times per block, the shared boundary counted once
+    torch.testing.assert_close(out.path[0], z)
+    torch.testing.assert_close(out.path[-1], out.z)
+
+
+def test_trained_density_integrates_to_one():
+    # Train briefly on two moons, then integrate exp(log p) over a grid that holds essentially all
+    # the mass; the midpoint rule on a 0.1 grid is accurate to well under 1% for this smooth density.
+    torch.manual_seed(0)
+    flow = CNF([TimeMLPField(2, (16, 16))], dim=2, solver=CNFSolver(rtol=1e-4, atol=1e-4))
+    opt = torch.optim.Adam(flow.parameters(), lr=2e-2)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(40):
+        x = torch.from_numpy(sample_toy2d("two_moons", 128, rng=rng))
+        opt.zero_grad()
+        loss, _ = flow.loss(x)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2  # it trained
+    flow = flow.double()
+    object.__setattr__(flow, "solver", CNFSolver(rtol=1e-6, atol=1e-6))
+    h = 0.1
+    axis = torch.arange(-7 + h / 2, 7, h, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    with torch.no_grad():
+        mass = flow.log_prob(grid).exp().sum().item() * h * h
+    assert abs(mass - 1.0) < 0.01, mass
+
+
+def test_learnable_end_time_gradient_matches_finite_difference_and_adjoint():
+    torch.manual_seed(4)
+    flow = CNF([TimeMLPField(2, (8, 8))], dim=2, solver=TIGHT).double()
+    x = torch.randn(16, 2, dtype=torch.float64)
+
+    def loss_at(log_t):
+        with torch.no_grad():
+            flow.blocks[0].log_end_time.fill_(log_t)
+            return flow.loss(x)[0].item()
+
+    log_t0 = flow.blocks[0].log_end_time.item()
+    h = 1e-5
+    fd = (loss_at(log_t0 + h) - loss_at(log_t0 - h)) / (2 * h)
+    with torch.no_grad():
+        flow.blocks[0].log_end_time.fill_(log_t0)
+    flow.zero_grad()
+    flow.loss(x)[0].backward()
+    direct = [p.grad.clone() for p in flow.parameters()]
+    assert abs(direct[0].item() - fd) < 1e-6 * max(1.0, abs(fd))
+
+    adj = CNF([TimeMLPField(2, (8, 8))], dim=2, solver=CNFSolver(rtol=1e-9, atol=1e-9, adjoint=True)).double()
+    adj.load_state_dict(flow.state_dict())
+    adj.loss(x)[0].backward()
+    for g_direct, p in zip(direct, adj.parameters()):
+        torch.testing.assert_close(p.grad, g_direct, rtol=1e-5, atol=1e-7)
+
+
+def test_loss_adds_weighted_regularisers():
+    torch.manual_seed(5)
+    reg = RNODERegularization(kinetic=0.3, jacobian=0.2)
+    flow = CNF([TimeMLPField(2, (8,))], dim=2, regularization=reg).double()
+    x = torch.randn(8, 2, dtype=torch.float64)
+    loss, res = flow.loss(x)
+    expected = -res.log_prob.mean() + 0.3 * res.kinetic.mean() + 0.2 * res.jacobian.mean()
+    torch.testing.assert_close(loss, expected)
+    assert CNF([TimeMLPField(2, (8,))], dim=2).to_base(x.float()).kinetic is None
+
+
+def test_hutchinson_training_step_runs_and_noise_is_fixed_within_a_solve():
+    # With a linear field the Hutchinson integrand eps^T (TA) eps is constant only if eps is fixed
+    # over the solve; a fresh probe per evaluation would not reproduce this exact value.
+    a = np.array([[0.4, -0.2], [0.1, -0.6]])
+    flow = CNF([LinearField(a)], dim=2, learn_end_time=False, solver=CNFSolver(method="rk4", options={"step_size": 0.1})).double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    res = flow.to_base(x, trace=HutchinsonTrace(), generator=torch.Generator().manual_seed(1))
+    eps = sample_noise("rademacher", x, torch.Generator().manual_seed(1)).numpy()
+    np.testing.assert_allclose(res.delta_logp.numpy(), np.einsum("bi,ij,bj->b", eps, a, eps), rtol=1e-10)
+    assert res.nfe == 40  # 10 RK4 steps of 4 stages
+
+
+def test_bad_input_messages():
+    field = TimeMLPField(2, (8,))
+    with pytest.raises(ValueError, match="shape"):
+        CNF([field], dim=2).log_prob(torch.zeros(3, 3))
+    with pytest.raises(TypeError, match="floating"):
+        CNF([field], dim=2).log_prob(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="rademacher"):
+        HutchinsonTrace("uniform")
+    with pytest.raises(TypeError, match="ExactTrace"):
+        CNF([field], dim=2, trace="exact")
+    with pytest.raises(ValueError, match=">= 0"):
+        RNODERegularization(kinetic=-1.0)
+    with pytest.raises(ValueError, match="positive"):
+        CNFSolver(rtol=0)
+    with pytest.raises(ValueError, match="at least one"):
+        CNF([], dim=2)
+    with pytest.raises(ValueError, match="n_times"):
+        CNF([field], dim=2).from_base(torch.zeros(2, 2), n_times=1)
+    with pytest.raises(ValueError, match="activation"):
+        TimeMLPField(2, activation="relu6")

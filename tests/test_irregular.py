@@ -1,0 +1,89 @@
+"""The irregular batch format: padding, masks, union-of-times gathering, collation."""
+import pytest
+import torch
+
+from hybrid_node.data.irregular import (
+    IrregularBatch,
+    collate,
+    from_sequences,
+    gather_union,
+    select,
+    subsample_grid,
+    union_grid,
+)
+
+
+def _two_series():
+    t1 = torch.tensor([0.1, 0.5, 0.7])
+    t2 = torch.tensor([0.2, 0.5])
+    v1 = torch.arange(6.0).reshape(3, 2)
+    v2 = -torch.arange(4.0).reshape(2, 2) - 1
+    return from_sequences([t1, t2], [v1, v2])
+
+
+def test_from_sequences_pads_with_last_time_and_zero_mask():
+    b = _two_series()
+    assert b.times.shape == (2, 3) and b.values.shape == (2, 3, 2)
+    assert torch.equal(b.times[1], torch.tensor([0.2, 0.5, 0.5]))
+    assert torch.equal(b.mask[1, 2], torch.zeros(2)) and torch.equal(b.mask[0], torch.ones(3, 2))
+    assert b.lengths.tolist() == [3, 2]
+    # the padded position has gap 0 (time repeats) so time-aware models leave their state alone there
+    assert b.gaps()[1, 2] == 0
+    assert torch.allclose(b.gaps(t0=0.0)[0], torch.tensor([0.1, 0.4, 0.2]))
+
+
+def test_union_grid_gathers_each_samples_own_times():
+    b = _two_series()
+    union, index = union_grid(b, extra_times=torch.tensor([0.0]))
+    assert torch.equal(union, torch.tensor([0.0, 0.1, 0.2, 0.5, 0.7]))
+    # a fake "solve" whose state is the time itself: gathering must return each sample's times
+    ys = union.reshape(-1, 1, 1).expand(-1, 2, 1)
+    assert torch.equal(gather_union(ys, index)[..., 0], b.times)
+
+
+def test_union_index_rejects_missing_times():
+    b = _two_series()
+    with pytest.raises(ValueError, match="union_grid"):
+        b.union_index(torch.tensor([0.1, 0.5]))
+
+
+def test_collate_and_select_round_trip():
+    b = _two_series()
+    short = select(b, torch.tensor([1]))
+    short = IrregularBatch(short.times[:, :2], short.values[:, :2], short.mask[:, :2])
+    both = collate([select(b, torch.tensor([0])), short])
+    assert torch.equal(both.times, b.times) and torch.equal(both.mask, b.mask)
+    assert torch.equal(both.values * both.mask, b.values * b.mask)
+
+
+def test_subsample_grid_keeps_distinct_sorted_points_per_sample():
+    times = torch.linspace(0, 1, 20)
+    values = torch.randn(50, 20, 2)
+    b = subsample_grid(times, values, 7, generator=torch.Generator().manual_seed(0))
+    assert b.times.shape == (50, 7)
+    assert bool((b.times[:, 1:] > b.times[:, :-1]).all())  # sorted and without repeats
+    idx = torch.searchsorted(times, b.times)
+    assert torch.equal(times[idx], b.times)
+    assert torch.equal(values[torch.arange(50)[:, None], idx], b.values)
+    assert len({tuple(r.tolist()) for r in idx}) > 40  # grids differ between samples
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(times=torch.zeros(2, 3, 1)), "times must have shape"),
+        (dict(values=torch.zeros(2, 4, 2)), "values must have shape"),
+        (dict(mask=torch.zeros(2, 3, 1)), "mask must have"),
+        (dict(times=torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 2.0]])), "sorted"),
+    ],
+)
+def test_invalid_batches_raise(kwargs, match):
+    base = dict(times=torch.zeros(2, 3), values=torch.zeros(2, 3, 2), mask=torch.ones(2, 3, 2))
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        IrregularBatch(**base)
+
+
+def test_subsample_rejects_bad_n():
+    with pytest.raises(ValueError, match="between 1"):
+        subsample_grid(torch.linspace(0, 1, 5), torch.zeros(2, 5, 1), 6)

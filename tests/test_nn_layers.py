@@ -1,0 +1,50 @@
+"""Time-dependent layers: shapes, that time really enters, and equality with the explicit concatenation."""
+import pytest
+import torch
+
+from hybrid_node.nn import ConvDynamics, MLPDynamics, TimeConv2d, TimeLinear
+
+
+def test_time_linear_equals_linear_on_concatenation():
+    layer = TimeLinear(3, 5)
+    x = torch.randn(4, 3)
+    expected = layer.linear(torch.cat([torch.full((4, 1), 0.7), x], dim=1))
+    torch.testing.assert_close(layer(torch.tensor(0.7), x), expected)
+    assert layer(0.7, torch.randn(2, 6, 3)).shape == (2, 6, 5)
+
+
+def test_time_conv_equals_conv_on_concatenation_and_depends_on_t():
+    layer = TimeConv2d(2, 4, 3, padding=1)
+    x = torch.randn(3, 2, 5, 5)
+    expected = layer.conv(torch.cat([torch.full((3, 1, 5, 5), 0.3), x], dim=1))
+    torch.testing.assert_close(layer(0.3, x), expected)
+    assert not torch.allclose(layer(0.0, x), layer(1.0, x))
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        layer(0.0, torch.randn(2, 5, 5))
+
+
+def test_time_must_be_scalar():
+    with pytest.raises(ValueError, match="scalar"):
+        TimeLinear(2, 2)(torch.ones(3), torch.randn(3, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dynamics_shapes_and_dtypes(dtype):
+    mlp = MLPDynamics(3, hidden=8, layers=2).to(dtype)
+    y = torch.randn(5, 3, dtype=dtype)
+    assert mlp(torch.tensor(0.5, dtype=dtype), y).shape == (5, 3)
+    conv = ConvDynamics(8, groups=4).to(dtype)
+    z = torch.randn(2, 8, 6, 6, dtype=dtype)
+    out = conv(torch.tensor(0.1, dtype=dtype), z)
+    assert out.shape == z.shape and out.dtype == dtype
+    auto = MLPDynamics(3, time_dependent=False)
+    torch.testing.assert_close(auto(0.0, y.float()), auto(5.0, y.float()))
+
+
+def test_bad_sizes_raise():
+    with pytest.raises(ValueError):
+        TimeLinear(0, 3)
+    with pytest.raises(ValueError, match="divide"):
+        ConvDynamics(6, groups=4)
+    with pytest.raises(ValueError, match="layers"):
+        MLPDynamics(2, layers=0)

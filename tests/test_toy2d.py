@@ -1,0 +1,58 @@
+"""Toy 2-D data sets: shapes, determinism, scale, and the geometry each generator promises."""
+import numpy as np
+import pytest
+
+from hybrid_node.data.toy2d import TOY2D_NAMES, sample_toy2d
+
+
+@pytest.mark.parametrize("name", TOY2D_NAMES)
+def test_shape_dtype_range_and_determinism(name):
+    x = sample_toy2d(name, 2000, seed=3)
+    assert x.shape == (2000, 2) and x.dtype == np.float32
+    assert np.isfinite(x).all()
+    # Documented scale: the data lie in about [-4, 4]^2 (a few noisy points may stray slightly).
+    assert np.mean(np.abs(x) <= 4.5) > 0.99
+    assert x.std() > 0.5  # not collapsed
+    np.testing.assert_array_equal(x, sample_toy2d(name, 2000, seed=3))
+    assert not np.array_equal(x, sample_toy2d(name, 2000, seed=4))
+
+
+def test_two_circles_radii():
+    r = np.linalg.norm(sample_toy2d("two_circles", 4000, seed=0), axis=1)
+    # Two rings at radii 3 and 1.5 with noise 0.2: the radii split cleanly at 2.25.
+    assert abs(np.median(r[r > 2.25]) - 3.0) < 0.05
+    assert abs(np.median(r[r < 2.25]) - 1.5) < 0.05
+    assert 0.45 < np.mean(r < 2.25) < 0.55
+
+
+def test_rings_and_gaussians_geometry():
+    r = np.linalg.norm(sample_toy2d("rings", 8000, seed=0), axis=1)
+    nearest = np.array([0.8, 1.6, 2.4, 3.2])[np.argmin(np.abs(r[:, None] - np.array([0.8, 1.6, 2.4, 3.2])), axis=1)]
+    assert np.abs(r - nearest).std() < 0.1  # noise 0.08 around one of the four radii
+    x = sample_toy2d("8gaussians", 8000, seed=0)
+    angle = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi)
+    counts = np.bincount(np.round(angle / (np.pi / 4)).astype(int) % 8, minlength=8)
+    assert counts.min() > 800  # eight balanced modes
+
+
+def test_checkerboard_only_black_cells():
+    x = sample_toy2d("checkerboard", 4000, seed=0)
+    cell = np.floor((x + 4.0) / 2.0).astype(int)
+    assert ((cell >= 0) & (cell < 4)).all()
+    assert ((cell[:, 0] + cell[:, 1]) % 2 == 0).all()
+
+
+def test_rng_argument_advances():
+    rng = np.random.default_rng(0)
+    a = sample_toy2d("two_moons", 10, rng=rng)
+    b = sample_toy2d("two_moons", 10, rng=rng)
+    assert not np.array_equal(a, b)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="two_moons"):
+        sample_toy2d("moons", 10)
+    with pytest.raises(ValueError, match="positive"):
+        sample_toy2d("two_moons", 0)
+    with pytest.raises(TypeError):
+        sample_toy2d("two_moons", 10.0)
