@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv, installs hybrid_node, then runs what you ask.
+#   bash dev.sh demo     set up, then train the spiral demo (hybrid-node demo)
+#   bash dev.sh test     set up, then run the default test suite
+#   bash dev.sh <hybrid-node subcommand and arguments>
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${HYBRID_NODE_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import hybrid_node, pytest" 2>/dev/null; then
+    # The explicit pin takes the CPU build of torch; an open range could pull a multi-GB CUDA build.
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+fi
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+    test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+    *) exec "$VENV/bin/hybrid-node" "$cmd" "$@" ;;
+esac
