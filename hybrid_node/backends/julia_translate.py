@@ -149,7 +149,7 @@ def translate_mlp(func) -> Tuple[Optional[MLPSpec], str]:
     for k in range(1, len(n_in)):
         if n_in[k] != n_out[k - 1]:
             return None, f"layer {k} takes {n_in[k]} features but receives {n_out[k - 1]}"
-    if list(params) != list(net.parameters()):
+    if [id(p) for p in params] != [id(p) for p in net.parameters()]:
         return None, "the network has parameters outside its Linear layers"
     spec = MLPSpec(tuple(n_in), tuple(n_out), tuple(has_bias), tuple(acts), bool(time_input),
                    tuple(params))

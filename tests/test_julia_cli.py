@@ -1,0 +1,47 @@
+"""`hybrid-node doctor` and `hybrid-node julia-setup` without Julia."""
+from __future__ import annotations
+
+import argparse
+
+from hybrid_node.backends import doctor, julia_runtime, julia_setup
+
+
+def test_doctor_reports_torch_and_why_julia_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(julia_runtime, "probe",
+                        lambda: julia_runtime.Availability(False, None, False, "juliacall is not installed"))
+    assert doctor.run(argparse.Namespace(start=False, timeout=1.0)) == 0
+    out = capsys.readouterr().out
+    assert "torch  : OK" in out
+    assert "julia  : NOT AVAILABLE (juliacall is not installed)" in out
+    assert "julia-setup" in out
+
+
+def test_doctor_reports_found_julia_without_starting_it(monkeypatch, capsys):
+    monkeypatch.setattr(julia_runtime, "probe",
+                        lambda: julia_runtime.Availability(True, "/opt/julia/bin/julia", False, ""))
+    doctor.run(argparse.Namespace(start=False, timeout=1.0))
+    out = capsys.readouterr().out
+    assert "probably OK" in out and "/opt/julia/bin/julia" in out
+
+
+def test_probe_honours_the_executable_variable(monkeypatch, tmp_path):
+    exe = tmp_path / "julia"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PYTHON_JULIAPKG_EXE", str(exe))
+    assert julia_runtime.find_julia_executable() == str(exe)
+
+
+def test_julia_setup_without_juliacall_explains_how_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: None)
+    args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
+    assert julia_setup.run(args) == 1
+    assert "pip install 'hybrid_node[julia]'" in capsys.readouterr().out
+
+
+def test_cli_lists_both_subcommands():
+    from hybrid_node import cli
+
+    parser = cli.build_parser()
+    help_text = parser.format_help()
+    assert "doctor" in help_text and "julia-setup" in help_text

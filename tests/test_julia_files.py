@@ -1,0 +1,158 @@
+"""Checks of the Julia sources and manifests that run without Julia.
+
+They catch syntax errors (tree-sitter-julia), undeclared packages, manifests that disagree, and
+names that the Python side sends but the Julia side does not know. They cannot catch undefined
+names or wrong keyword arguments inside Julia code: that needs Julia (tests/test_cross_backend.py).
+"""
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hybrid_node.backends import julia_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+JULIA_DIR = ROOT / "julia"
+PROJECT = tomllib.loads((ROOT / "Project.toml").read_text())
+JULIAPKG_PATH = ROOT / "hybrid_node" / "juliapkg.json"
+JULIAPKG = json.loads(JULIAPKG_PATH.read_text())
+SOURCES = sorted(JULIA_DIR.glob("*.jl"))
+STDLIBS = {"LinearAlgebra", "Random", "Test", "Pkg", "Libdl", "Base", "Core"}
+
+
+def _parser():
+    ts = pytest.importorskip("tree_sitter", reason="tree-sitter is in the `test` extra")
+    tsj = pytest.importorskip("tree_sitter_julia", reason="tree-sitter-julia is in the `test` extra")
+    return ts.Parser(ts.Language(tsj.language()))
+
+
+def _problems(tree):
+    found = []
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            found.append(f"{node.type}{' (missing)' if node.is_missing else ''} at line {node.start_point[0] + 1}")
+        stack.extend(node.children)
+    return found
+
+
+def _code(path: Path) -> str:
+    """Source without comments and docstrings (so prose cannot fake a `using` line)."""
+    text = re.sub(r'"""(.|\n)*?"""', "", path.read_text())
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def test_sources_exist_and_module_includes_them_all():
+    module = (JULIA_DIR / "HybridNODE.jl").read_text()
+    included = set(re.findall(r'include\("([^"]+)"\)', module))
+    assert included, "HybridNODE.jl includes no files"
+    assert included == {p.name for p in SOURCES} - {"HybridNODE.jl"}
+    assert re.search(r"^module HybridNODE\b", module, re.M)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_julia_file_parses_without_errors(path):
+    tree = _parser().parse(path.read_bytes())
+    assert _problems(tree) == []
+
+
+def test_parser_detects_broken_code():
+    # Control: the check above must be able to fail.
+    parser = _parser()
+    assert _problems(parser.parse(b"function f(x)\n    y = (x + 1\nend\n"))
+    assert _problems(parser.parse(b"module M\nfunction g() 1 end\n"))
+
+
+def test_every_used_package_is_declared_with_compat():
+    used = set()
+    for path in SOURCES:
+        for match in re.finditer(r"^\s*(?:using|import)\s+([A-Za-z0-9_., :]+)", _code(path), re.M):
+            statement = match.group(1)
+            # `using A: x, y` loads A only; `using A, B` loads both.
+            parts = [statement.split(":", 1)[0]] if ":" in statement else statement.split(",")
+            for part in parts:
+                name = part.strip().split(".")[0].strip()
+                if name:
+                    used.add(name)
+    used -= STDLIBS
+    assert used, "no `using` lines found"
+    deps = set(PROJECT["deps"])
+    assert used <= deps, f"used but not in [deps]: {sorted(used - deps)}"
+    assert deps <= used, f"declared but never used: {sorted(deps - used)}"
+    assert set(PROJECT["compat"]) == deps | {"julia"}, "every dependency (and julia) needs [compat]"
+
+
+def test_juliapkg_json_equals_project_toml():
+    packages = dict(JULIAPKG["packages"])
+    own = packages.pop(PROJECT["name"])
+    assert own["uuid"] == PROJECT["uuid"] and own["dev"] is True
+    assert {name: entry["uuid"] for name, entry in packages.items()} == PROJECT["deps"]
+    assert {name: entry["version"] for name, entry in packages.items()} == \
+        {name: c for name, c in PROJECT["compat"].items() if name != "julia"}
+    assert JULIAPKG["julia"] == PROJECT["compat"]["julia"]
+
+
+def test_uuids_are_well_formed_and_distinct():
+    uuids = list(PROJECT["deps"].values()) + [PROJECT["uuid"]]
+    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", u) for u in uuids)
+    assert len(set(uuids)) == len(uuids)
+
+
+def test_compat_entries_parse_and_admit_juliacalls_pythoncall():
+    compat = pytest.importorskip("juliapkg.compat", reason="juliapkg comes with the `julia` extra")
+    for name, spec in PROJECT["compat"].items():
+        assert compat.Compat.parse(spec), f"{name} compat {spec!r} is empty"
+    # juliacall pins PythonCall to its own version; ours must admit the 0.9.34+ series.
+    pythoncall = compat.Compat.parse(PROJECT["compat"]["PythonCall"])
+    assert pythoncall & compat.Compat.parse("=0.9.37")
+
+
+def test_juliapkg_path_resolves_to_the_package():
+    entry = JULIAPKG["packages"][PROJECT["name"]]
+    pkg_dir = (JULIAPKG_PATH.parent / entry["path"]).resolve()
+    assert (pkg_dir / "Project.toml").is_file()
+    assert tomllib.loads((pkg_dir / "Project.toml").read_text())["uuid"] == PROJECT["uuid"]
+    entry_file = pkg_dir / "src" / f"{PROJECT['name']}.jl"
+    assert entry_file.is_file()
+    assert entry_file.read_text() == (JULIA_DIR / "HybridNODE.jl").read_text()
+
+
+def _julia_tuple(name: str) -> set:
+    text = (JULIA_DIR / "algorithms.jl").read_text()
+    match = re.search(rf"const {name} = \(([^)]*)\)", text)
+    assert match, name
+    return set(re.findall(r'"([A-Za-z0-9]+)"', match.group(1)))
+
+
+def test_python_and_julia_agree_on_algorithm_and_sensitivity_names():
+    julia_algs = _julia_tuple("EXPLICIT_ALGORITHMS") | _julia_tuple("STIFF_ALGORITHMS")
+    assert julia_algs == set(julia_backend.JULIA_ALGORITHMS) == set(julia_backend.METHODS.values())
+    assert _julia_tuple("STIFF_ALGORITHMS") == set(julia_backend.STIFF_ALGORITHMS)
+    assert _julia_tuple("ROSENBROCK_ALGORITHMS") == set(julia_backend.ROSENBROCK_ALGORITHMS)
+    assert _julia_tuple("SENSITIVITIES") == {"GaussAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint",
+                                             "BacksolveAdjoint"}
+    text = (JULIA_DIR / "algorithms.jl").read_text()
+    for alg in julia_algs:
+        assert f'name == "{alg}" && return {alg}(' in text, f"make_algorithm does not build {alg}"
+
+
+def test_python_sends_the_keywords_julia_accepts():
+    text = (JULIA_DIR / "bridge.jl").read_text()
+    for fn in ("forward_mlp", "forward_callback"):
+        signature = re.search(rf"function {fn}\((.*?)\)\n", text, re.S).group(1)
+        keywords = set(re.findall(r"(\w+)(?:::[\w{}]+)?(?: = [^,]+)?(?:,|$)", signature.split(";", 1)[1]))
+        python = set(re.findall(r"(\w+)=config\.", Path(julia_backend.__file__).read_text()))
+        assert python == keywords, (fn, python ^ keywords)
+
+
+def test_julia_activation_names_match_translation():
+    from hybrid_node.backends.julia_translate import ACTIVATION_NAMES
+
+    text = (JULIA_DIR / "activations.jl").read_text()
+    julia_names = set(re.findall(r'name == "(\w+)" && return', text)) - {"identity"}
+    assert julia_names == set(ACTIVATION_NAMES)

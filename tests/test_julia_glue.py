@@ -1,0 +1,322 @@
+"""The Python side of the Julia backend, end to end against a stand-in engine (tests/julia_standin.py).
+
+The stand-in honours the engine contract with scipy, so these tests check layouts, dtypes, the
+autograd bridge (gradients of y0, parameters and t, via gradcheck) and error paths; they do not
+exercise Julia (tests/test_cross_backend.py does, where Julia exists).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hybrid_node._errors import BackendError, JuliaNotAvailableError, SolverError, Status
+from hybrid_node.backends import julia_backend as jb
+from hybrid_node.backends import julia_runtime
+from hybrid_node.backends.julia_translate import MLPSpec, MLPVectorField
+from hybrid_node.sensitivity.settings import (
+    BacksolveAdjoint,
+    DirectBackprop,
+    GaussAdjoint,
+    InterpolatingAdjoint,
+    QuadratureAdjoint,
+)
+from julia_standin import StandinEngine
+
+TIGHT = dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+class PlainMLP(nn.Module):
+    """Same maths as MLPVectorField(net, time_input=True) but without mlp_spec: callback path."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return self.net(torch.cat([y, t.to(y.dtype).expand(*y.shape[:-1], 1)], -1))
+
+
+def _net(d_in, d_out, hidden=4, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out)).double()
+
+
+def _solve(func, y0, t, engine=None, **kw):
+    return jb.solve_with_engine(engine or StandinEngine(), func, y0, t, **{**TIGHT, **kw})
+
+
+# ---------------------------------------------------------------- gradients (gradcheck, float64)
+
+def test_gradcheck_native_path_y0_t_params():
+    func = MLPVectorField(_net(3, 2), time_input=True)
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 0.7], dtype=torch.float64, requires_grad=True)
+    params = tuple(func.parameters())
+    engine = StandinEngine()
+
+    def fn(y0, t, *ps):
+        return _solve(func, y0, t, engine).ys
+
+    assert torch.autograd.gradcheck(fn, (y0, t, *params), atol=1e-5, rtol=1e-4)
+    assert isinstance(engine.forward_calls[0]["problem"], MLPSpec)
+
+
+def test_gradcheck_callback_path_y0_t_params():
+    func = PlainMLP(_net(3, 2, hidden=3))
+    y0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 0.6], dtype=torch.float64, requires_grad=True)
+    engine = StandinEngine()
+
+    def fn(y0, t, *ps):
+        return _solve(func, y0, t, engine).ys
+
+    assert torch.autograd.gradcheck(fn, (y0, t, *func.parameters()), atol=1e-5, rtol=1e-4, fast_mode=True)
+    assert not isinstance(engine.forward_calls[0]["problem"], MLPSpec)
+
+
+def test_gradcheck_decreasing_times_and_tuple_state():
+    w = torch.tensor([0.5, -0.8], dtype=torch.float64, requires_grad=True)
+
+    def func(t, state):
+        a, b = state
+        return (w[0] * b.sum() * torch.ones_like(a) - a, w[1] * torch.sin(a).sum() + t * b)
+
+    a0 = torch.tensor([0.3, -0.1], dtype=torch.float64, requires_grad=True)
+    b0 = torch.tensor([[0.2]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.0, 0.6, 0.1], dtype=torch.float64, requires_grad=True)
+
+    def fn(a0, b0, t, w):
+        return _solve(func, (a0, b0), t, adjoint_params=(w,)).ys
+
+    assert torch.autograd.gradcheck(fn, (a0, b0, t, w), atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def test_time_gradient_matches_finite_differences_of_a_linear_system():
+    A = torch.tensor([[-0.5, 1.0], [-1.0, -0.2]], dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    t = torch.tensor([0.2, 0.9, 1.5], dtype=torch.float64, requires_grad=True)
+    ys = _solve(lambda t, y: y @ A.T, y0, t).ys
+    weights = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 0.25]], dtype=torch.float64)
+    (ys * weights).sum().backward()
+
+    def loss(tt):  # exact solution y(t_i) = expm(A (t_i - t_0)) y0
+        out = [torch.linalg.matrix_exp(A * (ti - tt[0])) @ y0 for ti in tt]
+        return (torch.stack(out) * weights).sum()
+
+    eps = 1e-6
+    for i in range(3):
+        e = torch.zeros(3, dtype=torch.float64)
+        e[i] = eps
+        fd = (loss(t.detach() + e) - loss(t.detach() - e)) / (2 * eps)
+        assert abs(float(t.grad[i]) - float(fd)) < 1e-6
+
+
+# ---------------------------------------------------------------- layouts, dtypes, devices
+
+@pytest.mark.parametrize("shape", [(2,), (5, 2), (3, 4, 2)])
+def test_output_layout_matches_exact_solution(shape):
+    A = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    y0 = torch.randn(*shape, dtype=torch.float64)
+    t = torch.linspace(0, 1.3, 4, dtype=torch.float64)
+    sol = _solve(lambda t, y: y @ A.T, y0, t)
+    assert sol.ys.shape == (4, *shape)
+    exact = torch.stack([y0 @ torch.linalg.matrix_exp(A * ti).T for ti in t])
+    torch.testing.assert_close(sol.ys, exact, rtol=1e-9, atol=1e-9)
+    assert sol.stats.nfe > 0 and sol.status is Status.SUCCESS
+
+
+def test_engine_receives_julia_layout_and_float64():
+    func = MLPVectorField(_net(2, 2))
+    engine = StandinEngine()
+    y0 = torch.arange(6, dtype=torch.float32).reshape(3, 2) / 10  # B=3, D=2
+    sol = _solve(func, y0, torch.tensor([0.0, 0.5]), engine)
+    call = engine.forward_calls[0]
+    assert call["u0"].shape == (2, 3) and call["u0"].dtype == np.float64
+    np.testing.assert_array_equal(call["u0"], y0.double().numpy().T)
+    assert sol.ys.dtype == torch.float32 and sol.ys.shape == (2, 3, 2)
+    np.testing.assert_allclose(call["theta"], nn.utils.parameters_to_vector(func.parameters()).detach().numpy())
+
+
+def test_float32_parameters_get_float32_gradients():
+    func = MLPVectorField(_net(2, 2).float())
+    y0 = torch.randn(4, 2, requires_grad=True)
+    _solve(func, y0, torch.tensor([0.0, 0.5])).ys.square().sum().backward()
+    assert y0.grad.dtype == torch.float32
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in func.parameters())
+
+
+def test_adjoint_params_subset_gets_gradients_only_there():
+    func = MLPVectorField(_net(2, 2))
+    first, *rest = list(func.parameters())
+    _solve(func, torch.randn(3, 2, dtype=torch.float64), torch.tensor([0.0, 0.5]),
+           adjoint_params=(first,)).ys.sum().backward()
+    assert first.grad is not None and all(p.grad is None for p in rest)
+
+
+def test_native_and_callback_paths_agree():
+    net = _net(3, 2)
+    y0 = torch.randn(4, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    native = _solve(MLPVectorField(net, time_input=True), y0, t).ys
+    callback = _solve(PlainMLP(net), y0, t).ys
+    torch.testing.assert_close(native, callback, rtol=1e-9, atol=1e-10)
+
+
+def test_stiff_methods_send_a_jacobian_and_solve_robertson():
+    def robertson(t, y):
+        y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+        return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 ** 2,
+                            3e7 * y2 ** 2], -1)
+
+    engine = StandinEngine()
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    sol = jb.solve_with_engine(engine, robertson, y0, torch.tensor([0.0, 1.0, 40.0], dtype=torch.float64),
+                               method="rodas5p", rtol=1e-8, atol=1e-10)
+    assert engine.forward_calls[0]["config"].stiff
+    torch.testing.assert_close(sol.ys.sum(-1), torch.ones(3, dtype=torch.float64), rtol=1e-7, atol=1e-7)
+    # Reference at t=40: y1 = 0.7158271, y3 = 0.2841637 (Hairer & Wanner, Solving ODEs II).
+    assert abs(float(sol.ys[2, 0]) - 0.7158271) < 1e-5 and abs(float(sol.ys[2, 2]) - 0.2841637) < 1e-5
+
+
+def test_single_time_returns_y0_without_the_engine():
+    engine = StandinEngine()
+    y0 = torch.randn(2, requires_grad=True)
+    sol = jb.solve_with_engine(engine, lambda t, y: y, y0, torch.tensor([0.3]))
+    assert sol.ys.shape == (1, 2) and not engine.forward_calls
+    sol.ys.sum().backward()
+    torch.testing.assert_close(y0.grad, torch.ones(2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_state_comes_back_on_cuda():
+    func = MLPVectorField(_net(2, 2).cuda())
+    y0 = torch.randn(3, 2, dtype=torch.float64, device="cuda", requires_grad=True)
+    sol = _solve(func, y0, torch.tensor([0.0, 0.5], device="cuda"))
+    assert sol.ys.device.type == "cuda"
+    sol.ys.sum().backward()
+    assert y0.grad.device.type == "cuda"
+
+
+# ---------------------------------------------------------------- configuration mapping
+
+@pytest.mark.parametrize("name, julia", [("dopri5", "DP5"), (None, "DP5"), ("Tsit5", "Tsit5"), ("tsit5", "Tsit5"),
+                                         ("bosh3", "BS3"), ("rk4", "RK4"), ("euler", "Euler"), ("Vern7", "Vern7"),
+                                         ("vern9", "Vern9"), ("Rodas5P", "Rodas5P"), ("rosenbrock23", "Rosenbrock23"),
+                                         ("KenCarp4", "KenCarp4"), ("trbdf2", "TRBDF2"), ("FBDF", "FBDF"),
+                                         ("qndf", "QNDF")])
+def test_method_names_map_to_julia_algorithms(name, julia):
+    assert jb.resolve_method(name) == julia
+
+
+def test_torch_only_method_names_the_julia_methods():
+    with pytest.raises(BackendError, match="adaptive_heun.*torch backend.*tsit5"):
+        jb.resolve_method("adaptive_heun")
+    with pytest.raises(BackendError, match="Unknown method"):
+        jb.resolve_method("rk45")
+    with pytest.raises(TypeError):
+        jb.resolve_method(5)
+
+
+@pytest.mark.parametrize("setting, name, checkpointing", [
+    (None, "GaussAdjoint", False), (GaussAdjoint(), "GaussAdjoint", False),
+    (InterpolatingAdjoint(), "InterpolatingAdjoint", False),
+    (InterpolatingAdjoint(checkpoints=4), "InterpolatingAdjoint", True),
+    (QuadratureAdjoint(), "QuadratureAdjoint", False), (BacksolveAdjoint(), "BacksolveAdjoint", False)])
+def test_sensitivity_mapping(setting, name, checkpointing):
+    assert jb.resolve_sensitivity(setting, "Tsit5", 1e-6, 1e-8)[:2] == (name, checkpointing)
+
+
+def test_quadrature_tolerances_default_to_forward_and_can_be_set():
+    assert jb.resolve_sensitivity(QuadratureAdjoint(), "Tsit5", 1e-6, 1e-8)[2:] == (1e-6, 1e-8)
+    assert jb.resolve_sensitivity(QuadratureAdjoint(rtol=1e-3, atol=1e-4), "Tsit5", 1e-6, 1e-8)[2:] == (1e-3, 1e-4)
+
+
+@pytest.mark.parametrize("setting, match", [
+    (DirectBackprop(), "GaussAdjoint"),
+    (InterpolatingAdjoint(checkpoints=3), "#1075"),
+    (GaussAdjoint(norm="seminorm"), "seminorm"),
+    (GaussAdjoint(rtol=1e-3), "forward tolerances"),
+    (BacksolveAdjoint(method="tsit5"), "forward method"),
+    (GaussAdjoint(options={"max_num_steps": 3}), "options"),
+])
+def test_impossible_sensitivities_raise_backend_error(setting, match):
+    with pytest.raises(BackendError, match=match):
+        jb.resolve_sensitivity(setting, "Rodas5P", 1e-6, 1e-8)
+
+
+def test_options_map_to_dt_and_maxiters():
+    ts = np.array([0.0, 0.5, 1.5])
+    assert jb.resolve_options({}, "Tsit5", ts) == (None, None, False)
+    assert jb.resolve_options({"first_step": 0.01, "max_num_steps": 50}, "Tsit5", ts) == (0.01, 50, False)
+    assert jb.resolve_options(None, "RK4", ts) == (0.5, None, True)  # steps on the output grid
+    assert jb.resolve_options({"step_size": 0.1}, "Euler", ts) == (0.1, None, True)
+    with pytest.raises(ValueError, match=r"valid options are \['first_step', 'max_num_steps'\]"):
+        jb.resolve_options({"step_size": 0.1}, "Tsit5", ts)
+    with pytest.raises(ValueError, match="max_num_steps"):
+        jb.resolve_options({"max_num_steps": 0}, "Tsit5", ts)
+
+
+# ---------------------------------------------------------------- error paths
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(y0=[1.0]), TypeError, "y0 must be a tensor"),
+    (dict(y0=torch.tensor([1, 2])), TypeError, "floating"),
+    (dict(t=torch.tensor([0.0, 1.0, 0.5])), ValueError, "strictly increasing"),
+    (dict(t=torch.tensor([[0.0, 1.0]])), ValueError, "1-D"),
+    (dict(rtol=-1.0), ValueError, "rtol"),
+    (dict(atol=torch.ones(2)), ValueError, "scalar"),
+    (dict(options={"bogus": 1}), ValueError, "valid options"),
+    (dict(method="adaptive_heun"), BackendError, "torch backend"),
+    (dict(func=3), TypeError, "callable"),
+])
+def test_bad_input_is_reported_before_julia_starts(kwargs, error, match, monkeypatch):
+    monkeypatch.setattr(julia_runtime, "load_module", lambda: pytest.fail("Julia must not start"))
+    args = dict(func=lambda t, y: -y, y0=torch.ones(2), t=torch.tensor([0.0, 1.0]))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        jb.solve(args.pop("func"), args.pop("y0"), args.pop("t"), **args)
+
+
+def test_wrong_output_shape_of_func_is_reported():
+    with pytest.raises(ValueError, match="must return the shape of y0"):
+        _solve(lambda t, y: y[..., :1], torch.ones(3, 2), torch.tensor([0.0, 1.0]))
+
+
+def test_failed_solve_raises_solver_error():
+    with pytest.raises(SolverError) as info:
+        _solve(lambda t, y: y ** 2, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 2.0]), rtol=1e-6,
+               atol=1e-8)
+    assert info.value.status is Status.MAX_STEPS and 0.9 < info.value.t < 1.01
+
+
+def test_missing_julia_raises_with_install_instructions(monkeypatch):
+    monkeypatch.setattr(julia_runtime, "_MODULE", None)
+    monkeypatch.setattr(julia_runtime, "probe",
+                        lambda: julia_runtime.Availability(False, None, False, "juliacall is not installed"))
+    with pytest.raises(JuliaNotAvailableError, match=r"(?s)pip install 'hybrid_node\[julia\]'.*julia-setup.*PYTHON_JULIAPKG_OFFLINE") as info:
+        jb.solve(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]))
+    assert isinstance(info.value, ImportError) and isinstance(info.value, BackendError)
+
+
+def test_importing_hybrid_node_never_starts_julia():
+    code = ("import sys, hybrid_node, hybrid_node.backends.julia_backend, hybrid_node.backends.doctor; "
+            "print('juliacall' in sys.modules, 'juliapkg' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_status_from_retcode():
+    assert jb.status_from_retcode("ReturnCode.MaxIters") is Status.MAX_STEPS
+    assert jb.status_from_retcode("DtLessThanMin") is Status.STEP_UNDERFLOW
+    assert jb.status_from_retcode("Unstable") is Status.NONFINITE
+    assert jb.status_from_retcode("ConvergenceFailure") is Status.NEWTON_FAILED

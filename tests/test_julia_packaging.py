@@ -1,0 +1,53 @@
+"""The Julia package ships inside the wheel, where juliapkg.json's path must find it."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _package_data():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return config["tool"]["setuptools"]["package-data"]["hybrid_node"]
+
+
+def test_package_data_covers_the_julia_package():
+    pkg = ROOT / "hybrid_node"
+    matched = {p.resolve() for pattern in _package_data() for p in pkg.glob(pattern)}
+    wanted = {(ROOT / "Project.toml").resolve(), (pkg / "juliapkg.json").resolve()}
+    wanted |= {p.resolve() for p in (ROOT / "julia").glob("*.jl")}
+    assert wanted <= matched
+
+
+def test_bundled_package_is_the_repository_one():
+    bundled = ROOT / "hybrid_node" / "_julia" / "HybridNODE"
+    assert (bundled / "Project.toml").read_bytes() == (ROOT / "Project.toml").read_bytes()
+    for source in (ROOT / "julia").glob("*.jl"):
+        assert (bundled / "src" / source.name).read_bytes() == source.read_bytes()
+
+
+@pytest.mark.slow
+def test_built_wheel_contains_the_julia_package(tmp_path):
+    if importlib.util.find_spec("build") is None:
+        pytest.skip("needs the `build` package")
+    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "-o", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("*.whl"))  # built from the sdist, so the sdist is checked too
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("hybrid_node/juliapkg.json"))
+        entry = manifest["packages"]["HybridNODE"]
+        pkg_dir = PurePosixPath("hybrid_node") / entry["path"]
+        assert str(pkg_dir / "Project.toml") in names
+        assert str(pkg_dir / "src" / "HybridNODE.jl") in names
+        for source in (ROOT / "julia").glob("*.jl"):
+            assert zf.read(str(pkg_dir / "src" / source.name)) == source.read_bytes()
+        assert zf.read(str(pkg_dir / "Project.toml")) == (ROOT / "Project.toml").read_bytes()
