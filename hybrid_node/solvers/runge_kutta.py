@@ -74,7 +74,8 @@ class ExplicitRungeKutta:
             y1 = linear_combination(y, dt, tab.b, ks)
         error = None
         if tab.b_error is not None:
-            error = linear_combination(None, dt, tab.b_error, ks)
+            with torch.no_grad():  # the estimate only decides the step: no autograd graph for it
+                error = linear_combination(None, dt, tab.b_error, ks)
         return RKStep(y1, error, tuple(ks))
 
     def next_state(self, f: Field, t1: float, step: RKStep) -> torch.Tensor:

@@ -1,0 +1,349 @@
+"""Singly diagonally implicit Runge-Kutta methods (ESDIRK/SDIRK) with simplified Newton.
+
+Each implicit stage solves ``Y_i = y + h sum_{j<i} a_ij k_j + h gamma f(t + c_i h, Y_i)`` by simplified
+Newton (:mod:`.newton`) with the LU factors of ``I - h gamma J``, shared by all stages (one diagonal
+value). The Jacobian is kept across steps while Newton converges fast (rate below ``0.1``), refreshed
+when it converges slowly or fails; the LU factors are reused while ``h gamma`` stays within 20% of the
+value they were built for. The embedded error estimate is filtered through the same LU factors
+(``smooth_error``). The stage derivative is recovered as ``k_i = (Y_i - base_i) / (h gamma)``
+(no extra evaluation, robust for stiff components). Dense output is cubic Hermite.
+
+References:
+- Hairer & Wanner, Solving ODEs II, 2nd ed., Sections IV.6 (SDIRK methods) and IV.8 (Newton, reuse).
+- TR-BDF2: M. E. Hosea & L. F. Shampine, "Analysis and implementation of TR-BDF2", Appl. Numer. Math.
+  20 (1996) (ESDIRK form, embedded third-order estimate).
+- KenCarp4: C. A. Kennedy & M. H. Carpenter, "Additive Runge-Kutta schemes for convection-diffusion-
+  reaction equations", Appl. Numer. Math. 44 (2003), ARK4(3)6L[2]SA, implicit part.
+- Kvaerno3/Kvaerno5: A. Kværnø, "Singly diagonally implicit Runge-Kutta methods with an explicit first
+  stage", BIT 44 (2004).
+- SDIRK2: R. Alexander, "Diagonally implicit Runge-Kutta methods for stiff ODEs", SIAM J. Numer. Anal.
+  14 (1977), the two-stage L-stable method of order 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .._errors import SolverError, Status
+from ..interpolation import HermiteInterpolant
+from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
+from .newton import NewtonSettings, error_scale, newton_solve, tolerances
+
+
+@dataclasses.dataclass(frozen=True)
+class DirkTableau:
+    """A (E)SDIRK tableau; checked on construction.
+
+    Attributes:
+        a: lower-triangular rows including the diagonal (row i has i+1 entries); the diagonal is
+            ``gamma`` except possibly a zero first entry (explicit first stage).
+        c: stage times; b: weights; b_error: b - bhat (None for a method without an error estimate).
+        order, error_order: orders of the method and its embedded estimate.
+    """
+
+    a: tuple[tuple[float, ...], ...]
+    c: tuple[float, ...]
+    b: tuple[float, ...]
+    order: int
+    b_error: tuple[float, ...] | None = None
+    error_order: int | None = None
+
+    def __post_init__(self):
+        s = len(self.c)
+        if len(self.a) != s or len(self.b) != s or (self.b_error is not None and len(self.b_error) != s):
+            raise ValueError("DIRK tableau: a, b, b_error need one entry per stage.")
+        for i, row in enumerate(self.a):
+            if len(row) != i + 1:
+                raise ValueError(f"DIRK tableau: row {i} must have {i + 1} entries (including the diagonal).")
+            if abs(sum(row) - self.c[i]) > 1e-9:
+                raise ValueError(f"DIRK tableau: row {i} sums to {sum(row)}, not c[{i}] = {self.c[i]}.")
+        diag = {row[-1] for row in self.a[1:]} | ({self.a[0][0]} if self.a[0][0] != 0 else set())
+        if len(diag) != 1:
+            raise ValueError("DIRK tableau: the implicit stages must share one diagonal coefficient.")
+        if abs(sum(self.b) - 1.0) > 1e-9:
+            raise ValueError("DIRK tableau: the weights must sum to 1.")
+        if self.b_error is not None and abs(sum(self.b_error)) > 1e-9:
+            raise ValueError("DIRK tableau: the error weights must sum to 0.")
+
+    @property
+    def gamma(self) -> float:
+        return self.a[-1][-1]
+
+    @property
+    def explicit_first(self) -> bool:
+        return self.a[0][0] == 0.0
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+
+_SQ2 = math.sqrt(2.0)
+_TRBDF2_D = 1.0 - _SQ2 / 2.0
+_TRBDF2_W = _SQ2 / 4.0
+TRBDF2_TABLEAU = DirkTableau(
+    a=((0.0,), (_TRBDF2_D, _TRBDF2_D), (_TRBDF2_W, _TRBDF2_W, _TRBDF2_D)),
+    c=(0.0, 2.0 - _SQ2, 1.0),
+    b=(_TRBDF2_W, _TRBDF2_W, _TRBDF2_D),
+    order=2,
+    b_error=(_TRBDF2_W - (1 - _TRBDF2_W) / 3, _TRBDF2_W - (3 * _TRBDF2_W + 1) / 3, _TRBDF2_D - _TRBDF2_D / 3),
+    error_order=2,
+)
+
+_KV3_G = 0.4358665215
+_KV3_ROW3 = (0.490563388419108, 0.073570090080892, _KV3_G)
+_KV3_ROW4 = (0.308809969973036, 1.490563388254106, -1.235239879727145, _KV3_G)
+KVAERNO3_TABLEAU = DirkTableau(
+    a=((0.0,), (_KV3_G, _KV3_G), _KV3_ROW3, _KV3_ROW4),
+    c=(0.0, 2 * _KV3_G, 1.0, 1.0),
+    b=_KV3_ROW4,
+    order=3,
+    b_error=tuple(b - e for b, e in zip(_KV3_ROW4, _KV3_ROW3 + (0.0,))),
+    error_order=2,
+)
+
+_KC4_ROWS = (
+    (0.0,),
+    (0.25, 0.25),
+    (8611 / 62500, -1743 / 31250, 0.25),
+    (5012029 / 34652500, -654441 / 2922500, 174375 / 388108, 0.25),
+    (15267082809 / 155376265600, -71443401 / 120774400, 730878875 / 902184768, 2285395 / 8070912, 0.25),
+    (82889 / 524892, 0.0, 15625 / 83664, 69875 / 102672, -2260 / 8211, 0.25),
+)
+KENCARP4_TABLEAU = DirkTableau(
+    a=_KC4_ROWS,
+    c=(0.0, 0.5, 83 / 250, 31 / 50, 17 / 20, 1.0),
+    b=_KC4_ROWS[-1],
+    order=4,
+    b_error=(-31666707 / 9881966720, 0.0, 256875 / 105007616, 2768025 / 128864768, -169839 / 3864644,
+             5247 / 225920),
+    error_order=3,
+)
+
+_KV5_G = 0.26
+_KV5_ROWS = (
+    (0.0,),
+    (_KV5_G, _KV5_G),
+    (0.13, 0.84033320996790809, _KV5_G),
+    (0.22371961478320505, 0.47675532319799699, -0.06470895363112615, _KV5_G),
+    (0.16648564323248321, 0.1045001884159172, 0.03631482272098715, -0.13090704451073998, _KV5_G),
+    (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676, _KV5_G),
+    (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046, 0.62993304899016403,
+     0.06962479448202728, _KV5_G),
+)
+KVAERNO5_TABLEAU = DirkTableau(
+    a=_KV5_ROWS,
+    c=(0.0, 0.52, 1.230333209967908, 0.895765984350076, 0.436393609858648, 1.0, 1.0),
+    b=_KV5_ROWS[-1],
+    order=5,
+    b_error=tuple(b - e for b, e in zip(_KV5_ROWS[-1], _KV5_ROWS[-2] + (0.0,))),
+    error_order=4,
+)
+
+IMPLICIT_EULER_TABLEAU = DirkTableau(a=((1.0,),), c=(1.0,), b=(1.0,), order=1)
+_SD2_G = 1.0 - _SQ2 / 2.0
+SDIRK2_TABLEAU = DirkTableau(a=((_SD2_G,), (1.0 - _SD2_G, _SD2_G)), c=(_SD2_G, 1.0), b=(1.0 - _SD2_G, _SD2_G), order=2)
+TRAPEZOID_TABLEAU = DirkTableau(a=((0.0,), (0.5, 0.5)), c=(0.0, 1.0), b=(0.5, 0.5), order=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class DirkState:
+    """Per-solve state carried between steps: f at the step start, the Jacobian and the LU factors."""
+
+    f0: torch.Tensor
+    jac: torch.Tensor | None
+    jac_t: float | None
+    lu: Factorization | None
+    eta: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DirkStep:
+    """What one step produced; ``failed`` marks a Newton failure (the error is then infinite)."""
+
+    y1: torch.Tensor
+    error: torch.Tensor | None
+    f0: torch.Tensor
+    jac: torch.Tensor
+    jac_t: float
+    lu: Factorization
+    theta: float
+    eta: float
+    failed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Dirk:
+    """An (E)SDIRK method solved by simplified Newton.
+
+    Args:
+        tableau: the coefficients.
+        name: the method name for ``odeint(method=...)``.
+        adaptive: use the embedded estimate (needs ``tableau.b_error``); False for fixed steps.
+        jacobian, batch_dims: see :class:`~hybrid_node.solvers.linalg.JacobianSettings`.
+        max_newton_iters, newton_kappa: the Newton iteration's limits (:class:`NewtonSettings`).
+        newton_rtol, newton_atol: the Newton test's error scale; None takes the controller's tolerances
+            (fixed-step solves use 1e-9 / 1e-12).
+        smooth_error: filter the embedded error estimate through ``(I - h gamma J)^{-1}`` so that stiff
+            components do not inflate it (Shampine's device; Hairer & Wanner IV.8, eq. 8.20).
+    """
+
+    tableau: DirkTableau
+    name: str
+    adaptive: bool = True
+    jacobian: object = "jacrev"
+    batch_dims: int | None = None
+    max_newton_iters: int = 10
+    newton_kappa: float = 0.01
+    newton_rtol: float | None = None
+    newton_atol: float | None = None
+    smooth_error: bool = True
+
+    def __post_init__(self):
+        JacobianSettings(self.jacobian, self.batch_dims)
+        _ = self.newton  # validates the Newton settings
+        if self.adaptive and self.tableau.b_error is None:
+            raise ValueError(f"method {self.name!r} has no error estimate; use fixed steps (adaptive=False).")
+
+    @property
+    def newton(self) -> NewtonSettings:
+        return NewtonSettings(self.max_newton_iters, self.newton_kappa,
+                              1e-9 if self.newton_rtol is None else self.newton_rtol,
+                              1e-12 if self.newton_atol is None else self.newton_atol)
+
+    def with_tolerances(self, rtol, atol) -> Dirk:
+        """This solver with the controller's tolerances as the Newton scale (unless set explicitly)."""
+        r, a = tolerances(rtol, atol)
+        return dataclasses.replace(self, newton_rtol=r if self.newton_rtol is None else self.newton_rtol,
+                                   newton_atol=a if self.newton_atol is None else self.newton_atol)
+
+    def fixed_steps(self) -> Dirk:
+        """The same method on fixed steps (torchdiffeq's meaning of ``trbdf2`` with a step_size)."""
+        return dataclasses.replace(self, adaptive=False)
+
+    @property
+    def order(self) -> int:
+        return self.tableau.order
+
+    @property
+    def error_order(self) -> int | None:
+        return self.tableau.error_order
+
+    def init(self, f, t0: float, y0: torch.Tensor) -> DirkState:
+        """State at the start: f(t0, y0); the Jacobian is computed by the first step."""
+        return DirkState(f(t0, y0), None, None, None)
+
+    def _jacobian(self, f, t, y):
+        f0, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims))
+        return f0, jac.detach()  # J only steers Newton: its derivative is not needed (see newton.py)
+
+    def step(self, f, t: float, y: torch.Tensor, state: DirkState, dt: float) -> DirkStep:
+        """One step of size dt.
+
+        Raises:
+            SolverError: Newton failed on a fixed-step solve (adaptive solves reject the step instead).
+        """
+        tab = self.tableau
+        settings = self.newton
+        f0, jac, jac_t = state.f0, state.jac, state.jac_t
+        if jac is None:
+            _, jac = self._jacobian(f, t, y)
+            jac_t = t
+        hg = dt * tab.gamma
+        lu = state.lu
+        if lu is None or lu.lu.shape[:-2] != jac.shape[:-2] or not (0.8 <= hg / lu.scale <= 1.25):
+            lu = factorize(jac, hg, y.shape)
+        scale = error_scale(y, settings.rtol, settings.atol)
+        ks = []
+        eta, theta_max = state.eta, 0.0
+        failed = False
+        for i in range(tab.stages):
+            row = tab.a[i]
+            if i == 0 and tab.explicit_first:
+                ks.append(f0)
+                continue
+            base = y
+            for a, k in zip(row[:-1], ks):
+                if a != 0.0:
+                    base = base + (dt * a) * k
+            ti = t + tab.c[i] * dt
+            z0 = hg * (ks[-1] if ks else f0)
+            res = newton_solve(lambda z, ti=ti, base=base: z - hg * f(ti, base + z), lu.solve, z0, scale, settings, eta)
+            theta_max = max(theta_max, res.theta)
+            eta = res.eta
+            if not res.converged:
+                failed = True
+                break
+            ks.append(res.z / hg)
+        if failed:
+            if not self.adaptive:
+                raise SolverError(Status.NEWTON_FAILED, -t if getattr(f, "reverse", False) else t,
+                                  "use a smaller step_size")
+            bad = torch.full_like(y, math.inf)
+            return DirkStep(bad, bad, f0, jac, jac_t, lu, math.inf, 1.0, True)
+        y1 = y
+        for b, k in zip(tab.b, ks):
+            if b != 0.0:
+                y1 = y1 + (dt * b) * k
+        error = None
+        if tab.b_error is not None:
+            error = torch.zeros_like(y)
+            for be, k in zip(tab.b_error, ks):
+                if be != 0.0:
+                    error = error + (dt * be) * k
+            if self.smooth_error:
+                error = lu.solve(error)
+        return DirkStep(y1, error, f0, jac, jac_t, lu, theta_max, eta, False)
+
+    def next_state(self, f, t1: float, step: DirkStep) -> DirkState:
+        """Carry the Jacobian and LU on, unless Newton converged slowly (then refresh at the next step)."""
+        keep = step.theta <= 0.1
+        return DirkState(f(t1, step.y1), step.jac if keep else None, step.jac_t if keep else None,
+                         step.lu if keep else None, step.eta)
+
+    def reject(self, f, t: float, y: torch.Tensor, state: DirkState, step: DirkStep) -> DirkState:
+        """After a rejected step: keep a current Jacobian, refresh a stale one if Newton failed."""
+        if step.failed and step.jac_t != t:
+            return DirkState(state.f0, None, None, None)
+        return DirkState(state.f0, step.jac, step.jac_t, step.lu if not step.failed else None, state.eta)
+
+    def interpolant(self, f, t0: float, y0: torch.Tensor, dt: float, step: DirkStep, state: DirkState):
+        """Cubic Hermite from the end values and derivatives (third order)."""
+        return HermiteInterpolant(y0, step.y1, step.f0, state.f0, dt)
+
+
+def TRBDF2(**options) -> Dirk:
+    """TR-BDF2 (Hosea & Shampine), order 2, L-stable, with an embedded estimate (``method="trbdf2"``)."""
+    return Dirk(TRBDF2_TABLEAU, "trbdf2", **options)
+
+
+def Kvaerno3(**options) -> Dirk:
+    """Kværnø's ESDIRK 3(2), stiffly accurate, L-stable (``method="kvaerno3"``)."""
+    return Dirk(KVAERNO3_TABLEAU, "kvaerno3", **options)
+
+
+def KenCarp4(**options) -> Dirk:
+    """Kennedy & Carpenter's ESDIRK 4(3) (implicit part of ARK4(3)6L[2]SA), L-stable (``method="kencarp4"``)."""
+    return Dirk(KENCARP4_TABLEAU, "kencarp4", **options)
+
+
+def Kvaerno5(**options) -> Dirk:
+    """Kværnø's ESDIRK 5(4), stiffly accurate, L-stable (``method="kvaerno5"``)."""
+    return Dirk(KVAERNO5_TABLEAU, "kvaerno5", **options)
+
+
+def ImplicitEuler(**options) -> Dirk:
+    """Backward Euler, order 1, fixed steps (``method="implicit_euler"``)."""
+    return Dirk(IMPLICIT_EULER_TABLEAU, "implicit_euler", adaptive=False, **options)
+
+
+def SDIRK2(**options) -> Dirk:
+    """Alexander's two-stage L-stable SDIRK of order 2, fixed steps (``method="sdirk2"``)."""
+    return Dirk(SDIRK2_TABLEAU, "sdirk2", adaptive=False, **options)
+
+
+def Trapezoid(**options) -> Dirk:
+    """The trapezoidal rule (Crank-Nicolson), order 2, A-stable, fixed steps (``method="trapezoid"``)."""
+    return Dirk(TRAPEZOID_TABLEAU, "trapezoid", adaptive=False, **options)

@@ -1,0 +1,114 @@
+"""Simplified Newton iteration for the stage equations of implicit Runge-Kutta methods.
+
+The iteration solves ``G(z) = 0`` with a frozen matrix (the LU factors of ``I - h*gamma*J`` or of the
+full stage system), ``z <- z + M^{-1}(-G(z))``, and stops by Hairer & Wanner's convergence test: with
+the contraction rate ``theta_k = |dz_k| / |dz_(k-1)|`` and ``eta = theta / (1 - theta)``, the remaining
+error is about ``eta * |dz_k|``; the iteration has converged when that is below ``kappa`` (in the units of
+the error norm, where 1 is the tolerance) and fails when ``theta >= 1`` (divergence) or after
+``max_iters`` iterations.
+
+Every operation is a differentiable torch op, so backpropagating through the iterations converges to
+the implicit-function derivative at the same rate as the iteration itself.
+
+Reference: Hairer & Wanner, Solving ODEs II, 2nd ed., Section IV.8, "Stopping criterion" (eq. 8.10-8.12).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class NewtonSettings:
+    """Settings of the simplified Newton iteration.
+
+    Args:
+        max_iters: iterations per stage before the step is declared failed.
+        kappa: stop when the estimated remaining error is below kappa (1 = the tolerance).
+        rtol, atol: the error scale ``atol + rtol*|y|`` of the convergence test (the adaptive solvers
+            take them from the controller; fixed-step solves use these defaults).
+    """
+
+    max_iters: int = 10
+    kappa: float = 0.01
+    rtol: float = 1e-9
+    atol: float = 1e-12
+
+    def __post_init__(self):
+        if not (isinstance(self.max_iters, int) and self.max_iters >= 1):
+            raise ValueError(f"max_newton_iters must be a positive int, got {self.max_iters!r}.")
+        if not (0 < self.kappa < 1):
+            raise ValueError(f"newton_kappa must be in (0, 1), got {self.kappa!r}.")
+        if not (self.rtol >= 0 and self.atol >= 0 and self.rtol + self.atol > 0):
+            raise ValueError("Newton tolerances must be non-negative and not both zero.")
+
+
+@dataclasses.dataclass(frozen=True)
+class NewtonResult:
+    """Outcome of one Newton solve: the solution, whether it converged, the worst rate and the last eta."""
+
+    z: torch.Tensor
+    converged: bool
+    iters: int
+    theta: float
+    eta: float
+
+
+def newton_solve(residual: Callable[[torch.Tensor], torch.Tensor], solve: Callable[[torch.Tensor], torch.Tensor],
+                 z0: torch.Tensor, scale: torch.Tensor, settings: NewtonSettings, eta0: float = 1.0
+                 ) -> NewtonResult:
+    """Solve ``residual(z) = 0`` by simplified Newton.
+
+    Args:
+        residual: ``G(z)``.
+        solve: applies the frozen inverse, ``solve(r) ~ (dG/dz)^{-1} r``.
+        z0: the predictor.
+        scale: the error scale (``atol + rtol*|y|``), broadcastable to z.
+        settings: iteration limits and tolerance.
+        eta0: eta carried over from the previous solve (used before a rate is known).
+
+    Returns:
+        NewtonResult.
+    """
+    z = z0
+    eps = torch.finfo(z0.dtype).eps
+    floor = 10.0 * eps / max(settings.rtol, eps)  # round-off level of the scaled norm
+    prev = None
+    eta = max(eta0, eps) ** 0.8
+    theta_max = 0.0
+    for it in range(1, settings.max_iters + 1):
+        dz = solve(-residual(z))
+        z = z + dz
+        norm = float((dz.detach() / scale).pow(2).mean().sqrt())
+        if math.isnan(norm):
+            return NewtonResult(z, False, it, float("inf"), eta)
+        if prev is not None:
+            theta = norm / prev if prev > 0 else 0.0
+            theta_max = max(theta_max, theta)
+            if theta >= 1.0 and norm > floor:
+                return NewtonResult(z, False, it, theta, eta)
+            eta = theta / (1.0 - theta) if theta < 1.0 else 1.0
+        if eta * norm <= settings.kappa or norm <= floor:
+            return NewtonResult(z, True, it, theta_max, eta)
+        prev = norm
+    return NewtonResult(z, False, settings.max_iters, theta_max, eta)
+
+
+def error_scale(y: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
+    """``atol + rtol*|y|`` (detached: the test only decides when to stop)."""
+    return atol + rtol * y.detach().abs()
+
+
+def tolerances(rtol, atol) -> tuple | None:
+    """Scalar tolerances for the Newton test from the controller's (the smallest of each)."""
+    def smallest(v):
+        if isinstance(v, torch.Tensor):
+            return float(v.detach().min())
+        if isinstance(v, (tuple, list)):
+            return min(float(torch.as_tensor(x).min()) for x in v)
+        return float(v)
+
+    return smallest(rtol), smallest(atol)

@@ -1,0 +1,415 @@
+"""Stiff solvers of the torch backend: orders, stiff benchmark problems against scipy, Jacobians, gradients."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from scipy.integrate import solve_ivp
+
+import hybrid_node as hn
+from hybrid_node.solvers.esdirk import DirkTableau
+from hybrid_node.solvers.implicit import IMPLICIT_METHODS
+from hybrid_node.solvers.linalg import JacobianSettings, block_jacobian
+from hybrid_node.solvers.rosenbrock import RosenbrockTableau
+
+torch.set_num_threads(1)
+F64 = torch.float64
+
+ADAPTIVE = ["rodas5p", "rodas4", "ros3p", "rosenbrock23", "kencarp4", "kvaerno3", "kvaerno5", "trbdf2"]
+L_STABLE = ["rodas5p", "rodas4", "rosenbrock23", "kencarp4", "kvaerno3", "kvaerno5", "trbdf2"]
+# method -> (order, step counts): the fixed-step error must fall with this slope
+ORDERS = {
+    "rodas5p": (5, (8, 16, 32)), "rodas4": (4, (8, 16, 32)), "ros3p": (3, (8, 16, 32)),
+    "rosenbrock23": (2, (8, 16, 32)), "kencarp4": (4, (8, 16, 32)), "kvaerno3": (3, (8, 16, 32)),
+    "kvaerno5": (5, (4, 8, 16)), "trbdf2": (2, (8, 16, 32)), "implicit_euler": (1, (16, 32, 64)),
+    "sdirk2": (2, (8, 16, 32)), "trapezoid": (2, (8, 16, 32)), "implicit_midpoint": (2, (8, 16, 32)),
+    "gl4": (4, (4, 8, 16)), "gl6": (6, (2, 4, 8)), "radauIIA3": (3, (8, 16, 32)), "radauIIA5": (5, (4, 8, 16)),
+}
+_A = torch.tensor([[-1.0, 0.5, 0.0], [0.3, -2.0, 0.1], [0.0, 0.2, -0.5]], dtype=F64)
+
+
+def mildly_nonlinear(t, y):
+    return y @ _A.T + 0.1 * y**2 + torch.sin(t) * torch.tensor([1.0, 0.0, 0.5], dtype=F64)
+
+
+def _solver(name, **kw):
+    return IMPLICIT_METHODS[name][0](**kw)
+
+
+@pytest.fixture(scope="module")
+def order_reference():
+    y0 = torch.tensor([[1.0, 0.5, -0.3]], dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    return y0, t, hn.odeint(mildly_nonlinear, y0, t, method="dopri8", rtol=1e-13, atol=1e-14)[-1]
+
+
+@pytest.mark.parametrize("name", sorted(ORDERS))
+def test_convergence_order(name, order_reference):
+    """Fixed steps on a non-autonomous nonlinear problem: the log-log slope of the error is the order."""
+    y0, t, ref = order_reference
+    order, counts = ORDERS[name]
+    solver = _solver(name, newton_rtol=1e-13, newton_atol=1e-15) if name in IMPLICIT_METHODS and \
+        "max_newton_iters" in IMPLICIT_METHODS[name][1] else _solver(name)
+    if solver.adaptive:
+        solver = solver.fixed_steps() if hasattr(solver, "fixed_steps") else type(solver)(
+            **{**{f: getattr(solver, f) for f in solver.__dataclass_fields__}, "adaptive": False})
+    errs = []
+    for n in counts:
+        ys = hn.solve(mildly_nonlinear, y0, t, solver=solver, controller=hn.ConstantStepSize(step_size=2.0 / n)).ys
+        errs.append(float((ys[-1] - ref).abs().max()))
+    slope = np.polyfit(np.log(2.0 / np.array(counts)), np.log(errs), 1)[0]
+    assert slope > order - 0.35, (errs, slope)
+
+
+def test_tableaus_check_themselves():
+    with pytest.raises(ValueError, match="sums to"):
+        DirkTableau(a=((0.0,), (0.3, 0.3)), c=(0.0, 0.5), b=(0.5, 0.5), order=2)
+    with pytest.raises(ValueError, match="one diagonal"):
+        DirkTableau(a=((0.0,), (0.2, 0.3), (0.3, 0.3, 0.4)), c=(0.0, 0.5, 1.0), b=(0.3, 0.3, 0.4), order=2)
+    with pytest.raises(ValueError, match="entries"):
+        RosenbrockTableau(0.5, ((), (1.0, 2.0)), ((), (1.0,)), (0.0, 1.0), (0.5, 0.0), (0.5, 0.5), (0.0, 1.0), 2, 1)
+
+
+# ---------------------------------------------------------------- stiff problems against scipy
+
+
+def robertson(t, y):
+    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
+
+
+def van_der_pol(mu):
+    def f(t, y):
+        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+    return f
+
+
+def hires(t, y):
+    y1, y2, y3, y4, y5, y6, y7, y8 = y.unbind(-1)
+    return torch.stack([
+        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+        1.71 * y1 - 8.75 * y2,
+        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+        280.0 * y6 * y8 - 1.81 * y7,
+        -280.0 * y6 * y8 + 1.81 * y7,
+    ], -1)
+
+
+HIRES_Y0 = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0057]
+
+
+def _numpy_field(f):
+    """The torch field as a numpy function for scipy (the reference solver never sees our code)."""
+    def fn(tt, yy):
+        with torch.no_grad():
+            return f(torch.tensor(tt, dtype=F64), torch.from_numpy(np.ascontiguousarray(yy))).numpy()
+    return fn
+
+
+def _scipy_reference(f, y0, t, jac=None):
+    """scipy's Radau at rtol=1e-11 as the reference."""
+    r = solve_ivp(_numpy_field(f), (float(t[0]), float(t[-1])), np.asarray(y0, dtype=float), method="Radau",
+                  rtol=1e-11, atol=1e-13, t_eval=t.numpy(), jac=jac)
+    assert r.success
+    return torch.tensor(r.y.T)
+
+
+def _jac_np(f):
+    """The exact Jacobian for scipy (computed by autograd, so scipy needs no finite differences)."""
+    def jac(tt, yy):
+        return torch.autograd.functional.jacobian(lambda z: f(torch.tensor(tt, dtype=F64), z),
+                                                  torch.from_numpy(np.ascontiguousarray(yy))).numpy()
+    return jac
+
+
+def _relerr(ys, ref, floor):
+    return float(((ys - ref).abs() / (floor + ref.abs())).max())
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "kencarp4"])
+def test_robertson_against_scipy(name):
+    t = torch.tensor([0.0, 1e-3, 1.0, 40.0], dtype=F64)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    ref = _scipy_reference(robertson, y0, t, _jac_np(robertson))
+    sol = hn.solve(robertson, y0, t, solver=_solver(name), controller=hn.PIDController(rtol=1e-6, atol=1e-12))
+    # y2 ~ 1e-5 is the stiff component: relative error with a floor far below its size
+    assert _relerr(sol.ys, ref, 1e-10) < 3e-4
+    assert sol.stats.n_accepted < 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", L_STABLE)
+def test_robertson_long_tight(name):
+    t = torch.tensor([0.0, 1.0, 1e2, 1e4], dtype=F64)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    ref = _scipy_reference(robertson, y0, t, _jac_np(robertson))
+    sol = hn.solve(robertson, y0, t, solver=_solver(name), controller=hn.PIDController(rtol=1e-8, atol=1e-12))
+    assert _relerr(sol.ys, ref, 1e-10) < 2e-4
+
+
+def test_hires_against_scipy():
+    t = torch.tensor([0.0, 5.0, 20.0], dtype=F64)
+    y0 = torch.tensor(HIRES_Y0, dtype=F64)
+    ref = _scipy_reference(hires, y0, t, _jac_np(hires))
+    sol = hn.odeint(hires, y0, t, method="rodas5p", rtol=1e-7, atol=1e-9)
+    assert _relerr(sol, ref, 1e-7) < 2e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", L_STABLE)
+def test_hires_all_methods(name):
+    t = torch.tensor([0.0, 321.8122], dtype=F64)
+    y0 = torch.tensor(HIRES_Y0, dtype=F64)
+    ref = _scipy_reference(hires, y0, t, _jac_np(hires))
+    sol = hn.odeint(hires, y0, t, method=name, rtol=1e-8, atol=1e-10)
+    assert _relerr(sol, ref, 1e-7) < 1e-4
+
+
+def test_van_der_pol_stiff_against_scipy_and_far_fewer_steps_than_dopri5():
+    """mu = 1000: rodas5p follows scipy's Radau; dopri5 is held to its stability limit."""
+    f = van_der_pol(1000.0)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 100.0, 300.0], dtype=F64)
+    ref = _scipy_reference(f, y0, t, _jac_np(f))
+    sol = hn.solve(f, y0, t, solver=_solver("rodas5p"), controller=hn.PIDController(rtol=1e-7, atol=1e-7))
+    assert _relerr(sol.ys, ref, 1e-3) < 1e-4
+    # dopri5 on the first 5 time units already needs more steps than rodas5p on all 300
+    short = torch.tensor([0.0, 5.0], dtype=F64)
+    explicit = hn.solve(f, y0, short, solver=hn.Dopri5(), controller=hn.PIDController(rtol=1e-6, atol=1e-6,
+                        max_num_steps=4000), throw=False)
+    steps = explicit.stats.n_accepted + explicit.stats.n_rejected
+    assert steps > 5 * (sol.stats.n_accepted + sol.stats.n_rejected)
+
+
+def test_stiff_linear_batched_against_expm():
+    """A batch of different stiff linear systems (eigenvalues to -1e4) against the matrix exponential."""
+    gen = torch.Generator().manual_seed(0)
+    mats = []
+    for scale in (1.0, 1e2, 1e4):
+        q, _ = torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=F64))
+        mats.append(q @ torch.diag(torch.tensor([-1.0, -10.0, -scale, -0.5 * scale], dtype=F64)) @ q.T)
+    a = torch.stack(mats)  # (3, 4, 4)
+
+    def f(t, y):
+        return torch.einsum("bij,bj->bi", a, y)
+
+    y0 = torch.randn(3, 4, generator=gen, dtype=F64)
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
+    exact = torch.stack([torch.stack([torch.tensor(scipy.linalg.expm(float(tt) * m.numpy())) @ y for m, y in
+                                      zip(a, y0)]) for tt in t])
+    for name in ("rodas4", "kvaerno5"):
+        sol = hn.solve(f, y0, t, solver=_solver(name), controller=hn.PIDController(rtol=1e-8, atol=1e-10))
+        assert float((sol.ys - exact).abs().max()) < 1e-7
+        assert sol.stats.n_accepted < 500
+
+
+# ---------------------------------------------------------------- Jacobians and linear algebra
+
+
+def test_block_jacobian_modes_match_autograd():
+    w = torch.randn(3, 3, dtype=F64)
+
+    def f(t, y):
+        return torch.tanh(y @ w.T) * (1 + t)
+
+    y = torch.randn(5, 3, dtype=F64)
+    full = torch.autograd.functional.jacobian(lambda z: f(torch.tensor(0.5, dtype=F64), z), y)  # (5,3,5,3)
+    blocks = torch.stack([full[b, :, b, :] for b in range(5)])
+    term = lambda t, z: f(torch.tensor(t, dtype=F64), z)
+    for mode in ("jacrev", "jacfwd", "loop", "fd"):
+        f0, jac = block_jacobian(term, 0.5, y, JacobianSettings(mode))
+        assert jac.shape == (5, 3, 3)
+        torch.testing.assert_close(jac, blocks, **({"rtol": 1e-6, "atol": 1e-6} if mode == "fd" else {}))
+        torch.testing.assert_close(f0, term(0.5, y))
+    _, coupled = block_jacobian(term, 0.5, y, JacobianSettings("jacrev", batch_dims=0))
+    torch.testing.assert_close(coupled, full.reshape(15, 15))
+
+
+def test_user_jacobian_is_used_and_checked():
+    lam = -50.0
+
+    def f(t, y):
+        return lam * (y - torch.cos(t))
+
+    calls = []
+
+    def jac(t, y):
+        calls.append(1)
+        return torch.full(y.shape[:-1] + (1, 1), lam, dtype=y.dtype)
+
+    y0 = torch.ones(4, 1, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    ys = hn.odeint(f, y0, t, method="rodas4", options={"jacobian": jac})
+    ref = hn.odeint(f, y0, t, method="rodas4")
+    torch.testing.assert_close(ys, ref)
+    assert calls
+    with pytest.raises(TypeError, match="per-sample blocks"):
+        hn.odeint(f, y0, t, method="rodas4", options={"jacobian": lambda t, y: torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match="jacobian must be one of"):
+        hn.odeint(f, y0, t, method="rodas4", options={"jacobian": "finite"})
+
+
+def test_newton_methods_reuse_the_jacobian():
+    f = van_der_pol(10.0)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+    sol = hn.solve(f, y0, t, solver=_solver("kencarp4"), controller=hn.PIDController(rtol=1e-6, atol=1e-8))
+    assert 0 < sol.stats.n_jacobian < sol.stats.n_accepted / 2
+    ros = hn.solve(f, y0, t, solver=_solver("rodas4"), controller=hn.PIDController(rtol=1e-6, atol=1e-8))
+    assert ros.stats.n_jacobian == ros.stats.n_accepted + 1  # Rosenbrock: one per accepted step (+ the start)
+
+
+# ---------------------------------------------------------------- odeint names, options, dense output
+
+
+@pytest.mark.parametrize("name", ["implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "radauIIA5",
+                                  "gl4", "gl6", "sdirk2", "trbdf2"])
+def test_torchdiffeq_fixed_step_names(name):
+    """torchdiffeq's fixed-step implicit names: fixed steps on the given step_size (or the output grid)."""
+    lam = -1000.0
+
+    def f(t, y):
+        return lam * (y - torch.cos(t)) - torch.sin(t)  # solution cos(t) from y0 = 1, stiff
+
+    t = torch.linspace(0, 1, 6, dtype=F64)
+    ys = hn.odeint(f, torch.ones(2, dtype=F64), t, method=name, options={"step_size": 0.05})
+    tol = 0.2 if name == "implicit_midpoint" or name == "gl4" or name == "gl6" or name == "trapezoid" else 1e-3
+    # A-stable but not L-stable methods keep an undamped stiff error that does not grow; L-stable ones damp it
+    assert float((ys - torch.cos(t)[:, None]).abs().max()) < tol
+    grid = hn.odeint(f, torch.ones(2, dtype=F64), t, method=name)  # the output times are the grid
+    assert torch.isfinite(grid).all()
+
+
+def test_trbdf2_is_adaptive_without_a_step_size():
+    f = van_der_pol(5.0)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 3.0], dtype=F64)
+    solver, controller, _ = hn._api.build_solver("trbdf2", None, 1e-6, 1e-8)
+    assert solver.adaptive and isinstance(controller, hn.PIDController)
+    solver, controller, _ = hn._api.build_solver("trbdf2", {"step_size": 0.1}, 1e-6, 1e-8)
+    assert not solver.adaptive and isinstance(controller, hn.ConstantStepSize)
+    ref = _scipy_reference(f, y0, t, _jac_np(f))
+    assert float((hn.odeint(f, y0, t, method="trbdf2", rtol=1e-7, atol=1e-9) - ref).abs().max()) < 1e-4
+
+
+def test_unknown_option_raises():
+    with pytest.raises(ValueError, match="Unknown options"):
+        hn.odeint(robertson, torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0]), method="rodas5p",
+                  options={"newton_kappa": 0.1})
+
+
+@pytest.mark.parametrize("name", ["rodas5p", pytest.param("rodas4", marks=pytest.mark.slow),
+                                  pytest.param("rosenbrock23", marks=pytest.mark.slow),
+                                  pytest.param("kencarp4", marks=pytest.mark.slow)])
+def test_dense_output(name):
+    f = van_der_pol(1.0)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    t_out = torch.linspace(0, 4, 41, dtype=F64)
+    ref = _scipy_reference(f, y0, t_out, _jac_np(f))
+    dense = hn.odeint_dense(f, y0, 0.0, 4.0, method=name, rtol=1e-7, atol=1e-9)
+    err = float((dense(t_out) - ref).abs().max())
+    assert err < (1e-3 if name == "rosenbrock23" else 2e-5)
+
+
+def test_float32_batched():
+    f = van_der_pol(10.0)
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 0.5], [-1.5, 0.1]])
+    t = torch.tensor([0.0, 1.0, 2.0])
+    for name in ("rodas5p", "kvaerno5"):
+        ys = hn.odeint(f, y0, t, method=name, rtol=1e-5, atol=1e-6)
+        assert ys.dtype == torch.float32 and ys.shape == (3, 3, 2)
+        ref = torch.stack([_scipy_reference(f, y.double(), t.double(), _jac_np(f)) for y in y0], 1)
+        assert float((ys.double() - ref).abs().max()) < 2e-3
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def _decay_problem(k):
+    """y' = -k (y - sin t): stiff for large k, solution known in closed form."""
+    def f(t, y):
+        return -k * (y - torch.sin(t))
+    return f
+
+
+def _decay_exact(k, t, y0):
+    # y(t) = C e^{-kt} + k (k sin t - cos t)/(k^2+1), with C fixed by y(0) = y0
+    c = y0 + k / (k**2 + 1)
+    return c * torch.exp(-k * t) + k * (k * torch.sin(t) - torch.cos(t)) / (k**2 + 1)
+
+
+@pytest.mark.parametrize("name", ["rodas4", "kencarp4", pytest.param("rosenbrock23", marks=pytest.mark.slow)])
+def test_direct_gradient_against_analytic_and_finite_differences(name):
+    k = torch.tensor(200.0, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([0.7], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.02, 1.0], dtype=F64)
+    ys = hn.odeint(_decay_problem(k), y0, t, method=name, rtol=1e-9, atol=1e-11)
+    loss = ys[1:].sum()
+    gk, gy0 = torch.autograd.grad(loss, (k, y0))
+    kk = k.detach().clone().requires_grad_(True)
+    yy = y0.detach().clone().requires_grad_(True)
+    exact = _decay_exact(kk, t[1:], yy).sum()
+    ek, ey0 = torch.autograd.grad(exact, (kk, yy))
+    tol = 5e-4 if name == "rosenbrock23" else 2e-5
+    assert abs(float(gk) - float(ek)) < tol * abs(float(ek)) + 1e-8
+    assert abs(float(gy0) - float(ey0)) < tol * abs(float(ey0)) + 1e-8
+    # central finite differences of the solver itself (k = 200: h = 1e-2 keeps Newton noise / h small)
+    h = 1e-2
+    with torch.no_grad():
+        fp = hn.odeint(_decay_problem(k + h), y0, t, method=name, rtol=1e-9, atol=1e-11)[1:].sum()
+        fm = hn.odeint(_decay_problem(k - h), y0, t, method=name, rtol=1e-9, atol=1e-11)[1:].sum()
+    assert abs(float((fp - fm) / (2 * h)) - float(gk)) < 1e-3 * abs(float(gk)) + 1e-7
+
+
+def test_gradient_through_batched_module_fixed_radau():
+    """gradcheck-style: backprop through a fixed-step Radau IIA solve of a batched nn.Module field."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y) - 30.0 * y
+
+    field = Field()
+    y0 = torch.randn(3, 2, dtype=F64)
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    params = list(field.parameters())
+
+    def loss_fn():
+        return hn.odeint(field, y0, t, method="radauIIA5", options={"step_size": 0.1})[-1].pow(2).sum()
+
+    grads = torch.autograd.grad(loss_fn(), params)
+    p = params[0]
+    idx = (0, 1)
+    h = 1e-6
+    with torch.no_grad():
+        p[idx] += h
+        lp = loss_fn()
+        p[idx] -= 2 * h
+        lm = loss_fn()
+        p[idx] += h
+    fd = float((lp - lm) / (2 * h))
+    assert abs(float(grads[0][idx]) - fd) < 1e-6 * max(1.0, abs(fd))
+
+
+@pytest.mark.slow
+def test_adjoint_with_implicit_adjoint_method():
+    """Backsolve adjoint whose backward solve is implicit too (kvaerno5; Jacobian of the augmented field by
+    forward differences, since that field calls torch.autograd itself)."""
+    pytest.importorskip("hybrid_node.sensitivity.adjoint")
+    k = torch.tensor(100.0, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([0.7], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    ys = hn.odeint_adjoint(_decay_problem(k), y0, t, method="kvaerno5", rtol=1e-9, atol=1e-11,
+                           adjoint_method="kvaerno5", adjoint_params=(k,))
+    (gk,) = torch.autograd.grad(ys[1:].sum(), (k,))
+    kk = k.detach().clone().requires_grad_(True)
+    (ek,) = torch.autograd.grad(_decay_exact(kk, t[1:], y0).sum(), (kk,))
+    assert abs(float(gk) - float(ek)) < 1e-3 * abs(float(ek)) + 1e-7
