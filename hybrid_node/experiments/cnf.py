@@ -342,6 +342,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=None, help=f"density grid per side (default {d.grid})")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quick", action="store_true", help="small models and budget (minutes on a CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: small 2-D batches gain nothing from more)")
     parser.add_argument("--out", default=None, help="run folder (default runs/cnf-<timestamp>)")
 
 
@@ -371,7 +373,9 @@ def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     folder = run_folder(args.out, f"cnf-{cfg.data}")
     rows = run_experiment(cfg, folder)

@@ -30,10 +30,9 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .._api import odeint as _odeint
+from .._api import odeint_adjoint as _odeint_adjoint
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
-
-# The one place that picks the ODE solver.
-from torchdiffeq import odeint as _odeint, odeint_adjoint as _odeint_adjoint
 
 __all__ = [
     "CNF",
@@ -97,7 +96,7 @@ class CNFSolver:
     """How each block is integrated.
 
     Attributes:
-        method: ODE method name (torchdiffeq's names, e.g. "dopri5", "rk4").
+        method: ODE method name as accepted by :func:`hybrid_node.odeint` (e.g. "dopri5", "rk4").
         rtol, atol: tolerances of adaptive methods (FFJORD uses 1e-5 on toy data).
         options: solver options, e.g. {"step_size": 0.05} for fixed-step methods.
         adjoint: compute gradients with the adjoint method (O(1) memory) instead of backpropagating
@@ -401,7 +400,10 @@ class CNF(nn.Module):
 
     def _solve(self, dyn, state, s, block):
         st = self.solver
-        kwargs = dict(rtol=st.rtol, atol=st.atol, method=st.method, options=dict(st.options) if st.options else None)
+        # The augmented dynamics differentiate the field with torch autograd at every evaluation, which
+        # the Julia backend cannot translate; the CNF therefore always runs on the torch backend.
+        kwargs = dict(rtol=st.rtol, atol=st.atol, method=st.method, options=dict(st.options) if st.options else None,
+                      backend="torch")
         if st.adjoint:
             params = tuple(p for p in block.parameters() if p.requires_grad)
             if params and torch.is_grad_enabled():

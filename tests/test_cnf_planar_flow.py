@@ -1,0 +1,74 @@
+"""Discrete planar normalizing flow (the CNF comparison's baseline)."""
+import pytest
+import torch
+
+from hybrid_node.nn.planar_flow import PlanarFlow
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _flow(seed=0, k=6):
+    torch.manual_seed(seed)
+    flow = PlanarFlow(2, k, init_scale=1.0).double()  # large weights: a strongly non-linear map
+    return flow
+
+
+def test_log_det_matches_autograd_jacobian():
+    flow = _flow()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    _, log_det = flow.to_base(x)
+    for i in range(5):
+        jac = torch.autograd.functional.jacobian(lambda v: flow.to_base(v[None])[0][0], x[i])
+        torch.testing.assert_close(log_det[i], torch.linalg.slogdet(jac)[1], rtol=1e-10, atol=1e-10)
+
+
+def test_invertibility_constraint_holds():
+    flow = _flow()
+    with torch.no_grad():
+        flow.u.copy_(-5 * flow.w)  # a raw u that would make a layer non-invertible
+        assert ((flow._u_hat() * flow.w).sum(-1) > -1).all()
+
+
+def test_from_base_inverts_to_base():
+    flow = _flow(1)
+    with torch.no_grad():
+        x = torch.randn(200, 2, dtype=torch.float64) * 2
+        z, _ = flow.to_base(x)
+        torch.testing.assert_close(flow.from_base(z), x, rtol=0, atol=1e-9)
+
+
+def test_density_integrates_to_one():
+    flow = _flow(2, k=4)
+    h = 0.05
+    axis = torch.arange(-9 + h / 2, 9, h, dtype=torch.float64)
+    with torch.no_grad():
+        mass = flow.log_prob(torch.cartesian_prod(axis, axis)).exp().sum().item() * h * h
+    assert abs(mass - 1.0) < 5e-3, mass
+
+
+def test_training_lowers_nll():
+    torch.manual_seed(0)
+    flow = PlanarFlow(2, 8)
+    target = torch.randn(512, 2) * torch.tensor([2.0, 0.5]) + torch.tensor([1.0, -1.0])
+    opt = torch.optim.Adam(flow.parameters(), lr=5e-2)
+    start = -flow.log_prob(target).mean().item()
+    for _ in range(50):
+        opt.zero_grad()
+        (-flow.log_prob(target).mean()).backward()
+        opt.step()
+    assert -flow.log_prob(target).mean().item() < start - 0.3
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="n_layers"):
+        PlanarFlow(2, 0)
+    with pytest.raises(ValueError, match="shape"):
+        PlanarFlow(2, 3).log_prob(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="positive"):
+        PlanarFlow(2, 3).sample(0)
