@@ -14,10 +14,10 @@ from ._solution import Solution, State
 from .controllers import ConstantStepSize, PIDController
 from .sensitivity.settings import (BacksolveAdjoint, DirectBackprop, GaussAdjoint, InterpolatingAdjoint,
                                    QuadratureAdjoint)
-from .solvers import IMPLICIT_FIXED_NAMES, METHODS, ScipySolver
+from .solvers import METHODS, ScipySolver
 
 ADAPTIVE_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm",
-                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff")
+                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff", "per_sample")
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype")
 
 
@@ -44,8 +44,6 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
     options = dict(options or {})
     table = _method_table()
     if method not in table:
-        if method in IMPLICIT_FIXED_NAMES:
-            raise ValueError(f"method {method!r} needs the implicit solvers, which are not available in this build.")
         raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(sorted(table))}.")
     factory, solver_keys = table[method]
     solver_kwargs = {k: options.pop(k) for k in solver_keys if k in options}
@@ -60,6 +58,8 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
         solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
         solver_kwargs.setdefault("atol", atol if isinstance(atol, float) else 1e-9)
     solver = factory(**solver_kwargs)
+    if solver.adaptive and hasattr(solver, "fixed_steps") and ({"step_size", "grid_constructor"} & set(options)):
+        solver = solver.fixed_steps()  # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given
     extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": ()}
     if solver.adaptive:
         valid = ADAPTIVE_OPTIONS + solver_keys
@@ -68,7 +68,7 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
             raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}.")
         for key in ("jump_t", "step_t"):
             if key in options:
-                extras[key] = tuple(float(x) for x in torch.as_tensor(options.pop(key)).reshape(-1))
+                extras[key] = tuple(float(x) for x in torch.as_tensor(options.pop(key), dtype=torch.float64).reshape(-1))
         controller = PIDController(rtol=rtol, atol=atol, **options)
     else:
         valid = FIXED_OPTIONS + solver_keys
@@ -83,17 +83,23 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
 
 def _finish(problem: Problem, integration, throw: bool) -> Solution:
     ys = torch.stack(integration.ys)
-    if throw and integration.status == Status.SUCCESS and not bool(torch.isfinite(ys).all()):
-        from ._errors import SolverError
-
+    status = integration.status
+    if status in (Status.SUCCESS, Status.EVENT) and not bool(torch.isfinite(ys).all()):
+        # fixed-grid loops have no step decision to catch it: the first non-finite output reports it
         bad = int((~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1).nonzero()[0])
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
-        raise SolverError(Status.NONFINITE, -t_bad if problem.reverse else t_bad)
+        if throw:
+            from ._errors import SolverError
+
+            sgn = -1.0 if problem.reverse else 1.0
+            raise SolverError(Status.NONFINITE, sgn * t_bad,
+                              f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}")
+        status = Status.NONFINITE
     t_final = None
     if integration.event_t is not None:
         te = -integration.event_t if problem.reverse else integration.event_t
         t_final = torch.tensor(te, dtype=problem.t.dtype, device=problem.t.device)
-    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=integration.stats, status=integration.status,
+    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=integration.stats, status=status,
                     t_final=t_final)
 
 
@@ -136,6 +142,8 @@ def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensiti
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
     if resolve_backend(backend) == "julia":
         return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn)
+    if isinstance(controller, PIDController) and hasattr(solver, "with_tolerances"):
+        solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
     sensitivity = DirectBackprop() if sensitivity is None else sensitivity
     if isinstance(sensitivity, (GaussAdjoint, QuadratureAdjoint)):
         raise BackendError(f"{type(sensitivity).__name__} exists only on the Julia backend; on the torch backend use "
@@ -157,6 +165,10 @@ def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensiti
         return solve_adjoint(problem, sensitivity, adjoint_params, event_fn=event_fn, throw=throw)
     if not isinstance(sensitivity, DirectBackprop):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
+    if event_fn is not None or problem.t.requires_grad:  # gradients for the event time and for t
+        from .sensitivity.direct import solve_direct
+
+        return solve_direct(problem, event_fn=event_fn, throw=throw)
     term = problem.term()
     integration = integrate(problem, term, problem.y0, problem.ts, event_fn=event_fn, throw=throw)
     return _finish(problem, integration, throw)

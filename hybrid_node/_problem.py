@@ -9,13 +9,10 @@ import torch
 from ._term import Term, TupleLayout
 from .backends.torch_backend import Integration, integrate_adaptive, integrate_fixed
 from .controllers import ConstantStepSize, PIDController
+from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
 
 
 MAX_EVENT_GRID_STEPS = 10**6  # a fixed-grid event solve gives up after this many steps
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return x.pow(2).mean().sqrt()
 
 
 def check_times(t) -> torch.Tensor:
@@ -153,6 +150,14 @@ def integrate(problem: Problem, term: Term, y0: torch.Tensor, ts: Sequence[float
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
+    if getattr(ctrl, "per_sample", False):
+        from .backends.per_sample import check_per_sample, integrate_per_sample
+
+        check_per_sample(problem, event_fn)
+        if dense:
+            raise ValueError("per_sample has no dense output over the whole interval; use the shared-step solver.")
+        return integrate_per_sample(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,
+                                    throw=throw)
     return integrate_adaptive(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,
                               norm=problem.norm, jump_t=problem.jump_t, step_t=problem.step_t,
                               event_fn=event_fn, dense=dense, throw=throw)

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 
 
+_EPS = 2.220446049250313e-16
+
+
 class TupleLayout:
     """How a tuple of tensors is packed into one flat vector and back."""
 
@@ -56,6 +59,10 @@ class Term:
         self.shape = y0.shape
         self.dtype = y0.dtype
         self.nfe = 0
+        self.n_jacobian = 0  # Jacobian evaluations, counted by the implicit solvers
+        # When set (by the loops, for one step that ends at a jump), evaluations at this solver time
+        # take the left limit: the field just before the jump, as the step's own formula needs.
+        self.left_limit_at: Optional[float] = None
         self._checked = False
         self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
 
@@ -65,10 +72,14 @@ class Term:
         if perturb:
             direction = perturb * (-1 if self.reverse else 1)
             tt = float(np.nextafter(self._np_dtype(tt), self._np_dtype(math.inf * direction)))
-        return torch.tensor(tt, dtype=self.t_dtype, device=self.device)
+        # a fill kernel, not a host-to-device copy: no synchronisation with the GPU per stage
+        return torch.full((), tt, dtype=self.t_dtype, device=self.device)
 
     def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         self.nfe += 1
+        end = self.left_limit_at
+        if end is not None and not perturb and t >= end - 8 * _EPS * max(1.0, abs(end)):
+            t, perturb = end, -1  # a stage at the step's end (t0 + 1.0 * dt may be off by an ulp)
         tt = self.time(t, perturb)
         if self.layout is None:
             out = self.func(tt, y)

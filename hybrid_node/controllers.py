@@ -71,6 +71,9 @@ class PIDController:
         min_step, max_step: bounds on |dt|; min_step=0 means the floating-point underflow bound.
         max_num_steps: the solve fails after this many attempted steps.
         norm: ``norm(tensor) -> scalar``; default RMS (max of per-tensor RMS for tuple states).
+        per_sample: give every element of the batch (first state dimension) its own step size and
+            accept/reject decision (see ``hybrid_node.backends.per_sample``); the field then receives
+            a time vector of shape (batch,).
     """
 
     rtol: Any = 1e-7
@@ -86,6 +89,7 @@ class PIDController:
     max_step: float = math.inf
     max_num_steps: int = 2**31 - 1
     norm: Optional[Callable] = None
+    per_sample: bool = False
 
     def __post_init__(self):
         for name in ("rtol", "atol"):
@@ -127,19 +131,44 @@ class PIDController:
         return min(dt * factor, self.max_step), new_state
 
 
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square of all elements: the default error norm (Hairer, Nørsett, Wanner, II.4)."""
+    return x.pow(2).mean().sqrt()
+
+
+def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> float:
+    """``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a host float: the step's accept/reject measure.
+
+    Computed without autograd (it only decides the step), with in-place arithmetic on one scratch
+    tensor and, for the default RMS norm, one reduction kernel.
+    """
+    with torch.no_grad():
+        scale = torch.maximum(y0.abs(), y1.abs())
+        if isinstance(rtol, float) and isinstance(atol, float):
+            scale.mul_(rtol).add_(atol)
+        else:
+            scale = atol + rtol * scale
+        r = torch.div(error, scale)
+        if norm is rms_norm:
+            return float(torch.linalg.vector_norm(r)) / math.sqrt(max(r.numel(), 1))
+        return float(norm(r))
+
+
 def initial_step(f, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm) -> float:
     """Hairer's heuristic for the first step (one extra evaluation of f).
 
     Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
     """
-    scale = atol + torch.abs(y0) * rtol
-    d0 = float(norm(y0 / scale))
-    d1 = float(norm(f0 / scale))
-    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-    if not math.isfinite(h0):
-        h0 = 1e-6
+    with torch.no_grad():  # the heuristic only picks a number; f itself runs with autograd as usual
+        scale = atol + torch.abs(y0) * rtol
+        d0 = float(norm(y0 / scale))
+        d1 = float(norm(f0 / scale))
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        if not math.isfinite(h0):
+            h0 = 1e-6
     f1 = f(t0 + h0, y0 + h0 * f0)
-    d2 = float(norm((f1 - f0) / scale)) / h0
+    with torch.no_grad():
+        d2 = float(norm((f1 - f0) / scale)) / h0
     if not math.isfinite(d2):
         return h0 * 1e-3
     if max(d1, d2) <= 1e-15:

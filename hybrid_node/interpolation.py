@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence, Tuple
 
+import numpy as np
 import torch
 
 
@@ -11,19 +12,44 @@ def linear_combination(y, scale: float, coeffs: Sequence[float], ks: Sequence[to
     """Return ``y + scale * sum_i coeffs[i] * ks[i]`` (just the sum when ``y`` is None), skipping zeros.
 
     Used by every stage and output formula; written with in-place accumulation on a fresh tensor so
-    that a step costs one kernel per nonzero coefficient.
+    that a combination costs one kernel per nonzero coefficient (the first one folds in ``y``).
     """
     acc = None
     for c, k in zip(coeffs, ks):
         if c == 0.0:
             continue
         if acc is None:
-            acc = k * (scale * c)
+            acc = k * (scale * c) if y is None else torch.add(y, k, alpha=scale * c)
         else:
             acc.add_(k, alpha=scale * c)
-    if y is None:
-        return acc if acc is not None else torch.zeros_like(ks[0])
-    return y if acc is None else y + acc
+    if acc is None:
+        return torch.zeros_like(ks[0]) if y is None else y
+    return acc
+
+
+def host_matrix(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A small host matrix as a tensor on ``like``'s device and dtype, without a blocking copy on CUDA."""
+    m = torch.from_numpy(np.ascontiguousarray(rows))
+    if like.device.type == "cpu":
+        return m.to(like.dtype)
+    # pinned memory + non_blocking: the copy is queued on the stream, the host does not wait for the GPU
+    return m.to(like.dtype).pin_memory().to(like.device, non_blocking=True)
+
+
+def combine_rows(y0, scale: float, weights: np.ndarray, ks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Return ``y0 + scale * weights @ ks`` for many weight rows at once, shape (rows, *ks[0].shape).
+
+    ``y0`` may be None (no constant term). One stack and one matrix product replace rows x stages
+    elementwise kernels (dense output at many times inside one step).
+    """
+    shape = (weights.shape[0],) + tuple(ks[0].shape)
+    keep = np.flatnonzero(np.any(weights != 0.0, axis=0)).tolist()
+    if not keep:
+        return torch.zeros(shape, dtype=ks[0].dtype, device=ks[0].device) if y0 is None else y0.expand(shape).clone()
+    k = torch.stack([ks[j].reshape(-1) for j in keep])
+    w = host_matrix(weights[:, keep] * scale, k)
+    out = torch.mm(w, k) if y0 is None else torch.addmm(y0.reshape(1, -1), w, k)
+    return out.reshape(shape)
 
 
 @dataclasses.dataclass
@@ -41,6 +67,12 @@ class PolynomialInterpolant:
     def __call__(self, theta: float) -> torch.Tensor:
         weights = [sum(c * theta ** (p + 1) for p, c in enumerate(row)) for row in self.coeffs]
         return linear_combination(self.y0, self.dt, weights, self.ks)
+
+    def many(self, thetas: Sequence[float]) -> torch.Tensor:
+        """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
+        c = np.asarray(self.coeffs, dtype=np.float64)  # (stages, degree)
+        powers = np.asarray(thetas, dtype=np.float64)[:, None] ** np.arange(1, c.shape[1] + 1)
+        return combine_rows(self.y0, self.dt, powers @ c.T, self.ks)
 
 
 @dataclasses.dataclass
@@ -63,6 +95,13 @@ class HermiteInterpolant:
         h11 = theta**2 * (theta - 1)
         return self.y0 * h00 + self.y1 * h01 + self.f0 * (h10 * self.dt) + self.f1 * (h11 * self.dt)
 
+    def many(self, thetas: Sequence[float]) -> torch.Tensor:
+        """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
+        th = np.asarray(thetas, dtype=np.float64)
+        w = np.stack([(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th), th * (1 - th) ** 2 * self.dt,
+                      th**2 * (th - 1) * self.dt], axis=1)
+        return combine_rows(None, 1.0, w, (self.y0, self.y1, self.f0, self.f1))
+
 
 @dataclasses.dataclass
 class LinearInterpolant:
@@ -73,3 +112,8 @@ class LinearInterpolant:
 
     def __call__(self, theta: float) -> torch.Tensor:
         return torch.lerp(self.y0, self.y1, theta)
+
+    def many(self, thetas: Sequence[float]) -> torch.Tensor:
+        """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
+        th = np.asarray(thetas, dtype=np.float64)
+        return combine_rows(self.y0, 1.0, np.stack([-th, th], axis=1), (self.y0, self.y1))

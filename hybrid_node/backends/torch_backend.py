@@ -14,7 +14,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import ConstantStepSize, PIDController, initial_step
+from ..controllers import ConstantStepSize, PIDController, error_ratio, initial_step
 from ..interpolation import HermiteInterpolant, LinearInterpolant
 
 _EPS = 2.220446049250313e-16
@@ -32,6 +32,26 @@ class DenseSegment:
         if t == self.t1:
             return self.interpolant(1.0)
         return self.interpolant((t - self.t0) / (self.t1 - self.t0))
+
+    def many(self, ts: Sequence[float]) -> List[torch.Tensor]:
+        """The interpolant at several times of this step (one batched evaluation when supported)."""
+        if len(ts) == 1 or not hasattr(self.interpolant, "many"):
+            return [self(t) for t in ts]
+        h = self.t1 - self.t0
+        return list(self.interpolant.many([1.0 if t == self.t1 else (t - self.t0) / h for t in ts]).unbind(0))
+
+
+def _emit(ys: List[torch.Tensor], ts: Sequence[float], i_out: int, t1: float, y1: torch.Tensor, seg) -> int:
+    """Append the outputs at ts[i_out:] that lie in the step ending at t1; return the next output index."""
+    j = i_out
+    while j < len(ts) and ts[j] <= t1:
+        j += 1
+    inner = j - 1 if j > i_out and ts[j - 1] == t1 else j  # the step's end point is y1 itself
+    if inner > i_out:
+        ys.extend(seg.many(ts[i_out:inner]))
+    if inner < j:
+        ys.append(y1)
+    return j
 
 
 @dataclasses.dataclass
@@ -77,7 +97,8 @@ def _locate_event(event_fn, term: Term, seg: DenseSegment, sign0: torch.Tensor) 
 
 def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.Tensor, ts: Sequence[float], *,
                        rtol, atol, norm, jump_t: Sequence[float] = (), step_t: Sequence[float] = (),
-                       event_fn=None, dense: bool = False, throw: bool = True) -> Integration:
+                       event_fn=None, dense: bool = False, throw: bool = True,
+                       at_output: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> Integration:
     """Integrate with an embedded pair from ts[0] through the increasing times ``ts``.
 
     Args:
@@ -93,6 +114,10 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
         event_fn: terminal event ``event_fn(t, y)``: the solve stops where any element changes sign.
         dense: keep every step's interpolant (for dense output and events).
         throw: raise SolverError on failure, else report the status.
+        at_output: ``at_output(i, y) -> y_new``, an impulse at the inner output times ts[i]
+            (0 < i < len(ts) - 1): steps end exactly there, the state is replaced by the returned one
+            (which is also the recorded output) and the solver restarts from it, while step-size
+            control carries on (used by the adjoint's backward solve to add cotangents).
 
     Returns:
         Integration with the states at ``ts`` (up to the event for event solves).
@@ -104,12 +129,15 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
     t, y = ts[0], y0
     t_end = ts[-1]
     state = solver.init(term, t, y)
-    stops = sorted({s for s in list(jump_t) + list(step_t) if ts[0] < s < t_end})
+    reject = getattr(solver, "reject", None)
+    impulse_t = list(ts[1:-1]) if at_output is not None else []
+    stops = sorted({s for s in list(jump_t) + list(step_t) + impulse_t if ts[0] < s < t_end})
     jumps = set(jump_t)
     if controller.first_step is not None:
         dt = float(controller.first_step)
     else:
-        dt = initial_step(term, t, y, state, solver.error_order, rtol, atol, norm)
+        f0 = getattr(state, "f0", state)  # a solver state is f(t0, y0) or carries it as .f0
+        dt = initial_step(term, t, y, f0, solver.error_order, rtol, atol, norm)
     dt = min(max(dt, controller.min_step), controller.max_step)
     cstate = controller.init()
     ys = [y0]
@@ -123,6 +151,7 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
     while (i_out < len(ts)) if event_fn is None else True:
         if n_attempts >= controller.max_num_steps:
             _fail(Status.MAX_STEPS, t, throw, term, f"max_num_steps={controller.max_num_steps}")
+            stats.nfe = term.nfe  # a failed solve reports its work too
             return Integration(_pad_failed(ys, len(ts), y0), stats, Status.MAX_STEPS, t)
         n_attempts += 1
         while stop_i < len(stops) and stops[stop_i] <= t:
@@ -135,9 +164,11 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
             landing = t_stop
         if landing is not None:
             step_dt = landing - t
+        if landing is not None and landing in jumps:
+            term.left_limit_at = landing  # the stages at the jump see the field before it
         step = solver.step(term, t, y, state, step_dt)
-        scale = atol + rtol * torch.maximum(torch.abs(y), torch.abs(step.y1))
-        ratio = float(norm(step.error / scale))
+        term.left_limit_at = None
+        ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
         accepted = ratio <= 1.0
         if accepted:
             t1 = landing if landing is not None else t + step_dt
@@ -156,29 +187,41 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
                     te = _locate_event(event_fn, term, seg, sign0)
                     ye = seg(te)
                     stats.nfe = term.nfe
+                    stats.n_jacobian = term.n_jacobian
                     return Integration([y0, ye], stats, Status.EVENT, te, segments, event_t=te)
+            y1 = step.y1
+            if at_output is None:
+                i_out = _emit(ys, ts, i_out, t1, y1, seg)
             while i_out < len(ts) and ts[i_out] <= t1:
-                ys.append(step.y1 if ts[i_out] == t1 else seg(ts[i_out]))
+                if at_output is not None and ts[i_out] == t1 and i_out < len(ts) - 1:
+                    y1 = at_output(i_out, y1)
+                    new_state = solver.init(term, t1, y1)
+                ys.append(y1 if ts[i_out] == t1 else seg(ts[i_out]))
                 i_out += 1
-            t, y, state = t1, step.y1, new_state
+            t, y, state = t1, y1, new_state
             last_nonfinite = False
             if t >= t_end and event_fn is None:
                 break
         else:
             stats.n_rejected += 1
             last_nonfinite = not math.isfinite(ratio)
+            if reject is not None:  # e.g. an implicit solver refreshes a stale Jacobian
+                state = reject(term, t, y, state, step)
         dt, cstate = controller.adapt(step_dt, ratio, accepted, cstate, solver.error_order)
         floor = max(controller.min_step, 4 * _EPS * max(1.0, abs(t)))
         if dt < floor:
             status = Status.NONFINITE if last_nonfinite else Status.STEP_UNDERFLOW
             _fail(status, t, throw, term, f"dt={dt:.3g}")
+            stats.nfe = term.nfe
             return Integration(_pad_failed(ys, len(ts), y0), stats, status, t)
     stats.nfe = term.nfe
+    stats.n_jacobian = term.n_jacobian
     return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 
 def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequence[float], y0: torch.Tensor,
-                    ts: Sequence[float], *, event_fn=None, dense: bool = False) -> Integration:
+                    ts: Sequence[float], *, event_fn=None, dense: bool = False,
+                    at_output: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> Integration:
     """Integrate on a fixed grid; outputs between grid points are interpolated (linear or cubic Hermite).
 
     Args:
@@ -190,6 +233,8 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
         ts: increasing output times.
         event_fn: terminal event function (located by bisection on the step's interpolant).
         dense: keep the interpolants.
+        at_output: impulse at the inner output times, as in :func:`integrate_adaptive`; those times
+            must be grid points.
 
     Returns:
         Integration with the states at ``ts``.
@@ -200,6 +245,7 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
     segments = [] if dense else None
     y = y0
     state = solver.init(term, ts[0], y) if not perturb else None
+    previous = None  # the last step, whose next_state is computed only if another step follows
     i_out = 1
     sign0 = torch.sign(event_fn(term.time(ts[0]), y)) if event_fn is not None else None
     grid = iter(grid)
@@ -208,9 +254,14 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
         t0, t1 = t1, t_next
         dt = t1 - t0
         if perturb:
-            # evaluate just after t0: the field may jump at grid points
+            # the field may jump at grid points: evaluate just after t0 and, for stages at the end of
+            # the step, just before t1 (torchdiffeq's perturb semantics)
             state = solver.init(lambda t, yy: term(t, yy, perturb=1), t0, y)
+            term.left_limit_at = t1
+        elif previous is not None:
+            state = solver.next_state(term, t0, previous)
         step = solver.step(term, t0, y, state, dt)
+        term.left_limit_at = None
         y1 = step.y1
         stats.n_accepted += 1
         need_interp = dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1)
@@ -228,14 +279,25 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
             if bool(torch.any(torch.sign(event_fn(term.time(t1), y1)) != sign0)):
                 te = _locate_event(event_fn, term, seg, sign0)
                 stats.nfe = term.nfe
+                stats.n_jacobian = term.n_jacobian
                 return Integration([y0, seg(te)], stats, Status.EVENT, te, segments, event_t=te)
+        restart = False
+        if at_output is None:
+            i_out = _emit(ys, ts, i_out, t1, y1, seg)
         while i_out < len(ts) and ts[i_out] <= t1:
+            if at_output is not None and ts[i_out] == t1 and i_out < len(ts) - 1:
+                y1 = at_output(i_out, y1)
+                restart = True
             ys.append(y1 if ts[i_out] == t1 else seg(ts[i_out]))
             i_out += 1
         y = y1
-        if not perturb:
-            state = solver.next_state(term, t1, step)
+        previous = None
+        if restart and not perturb:
+            state = solver.init(term, t1, y1)
+        elif not perturb:
+            previous = step
     stats.nfe = term.nfe
+    stats.n_jacobian = term.n_jacobian
     if event_fn is not None:
         raise SolverError(Status.MAX_STEPS, t1, "no event occurred on the fixed grid")
     return Integration(ys, stats, Status.SUCCESS, ts[-1], segments)

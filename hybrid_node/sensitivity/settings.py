@@ -63,7 +63,9 @@ class InterpolatingAdjoint(_AdjointSettings):
     forwards during the backward pass, so the adjoint uses the true forward trajectory.
 
     Args:
-        checkpoints: number of stored states (None: one per output time). Memory is O(checkpoints).
+        checkpoints: cut the interval into this many equal segments, besides the output times (whose
+            states are kept anyway); None: segments between output times only. Memory is
+            O(outputs + checkpoints + steps of one segment). Fixed-step solvers checkpoint on grid points.
 
     Reference: Zhuang et al., "Adaptive Checkpoint Adjoint Method", ICML 2020; SciMLSensitivity's
     InterpolatingAdjoint(checkpointing=true).

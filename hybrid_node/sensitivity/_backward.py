@@ -1,0 +1,281 @@
+"""What both adjoint methods share: the parameters, the backward solve's settings, the augmented
+field's term and error norm, and the loop that runs the backward solve.
+
+Time conventions. The forward loop runs in solver time ``s`` (increasing; ``s = -t`` for solves
+backwards in time). The backward solve runs in ``r = -s``, so it too runs with increasing time and
+reuses the forward loops unchanged. An augmented state is one flat vector of channels, e.g.
+``[z, a, q]``: state, adjoint ``a = dL/dz`` and the accumulated parameter gradient ``q``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .._problem import Problem
+from ..backends.torch_backend import Integration, integrate_adaptive, integrate_fixed
+from ..controllers import ConstantStepSize, PIDController
+
+#: relative spacing below which a grid point is merged into a required time
+_MERGE = 1e-9
+
+
+def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+    """The tensors the adjoint differentiates: ``adjoint_params`` or ``func.parameters()``.
+
+    Only tensors that require gradients are kept, each once.
+
+    Raises:
+        ValueError: ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given.
+        TypeError: ``adjoint_params`` is not a sequence of tensors.
+    """
+    if adjoint_params is None:
+        if not isinstance(func, torch.nn.Module):
+            raise ValueError(
+                "func is not an nn.Module, so the adjoint cannot find its parameters: pass "
+                "adjoint_params=(...) with the tensors to differentiate (an empty tuple if none)."
+            )
+        params = tuple(func.parameters())
+    else:
+        if isinstance(adjoint_params, torch.Tensor):
+            raise TypeError("adjoint_params must be a tuple of tensors, e.g. (w,) or tuple(model.parameters()); "
+                            "got a single tensor.")
+        try:
+            params = tuple(adjoint_params)
+        except TypeError as e:
+            raise TypeError(f"adjoint_params must be a sequence of tensors, got {type(adjoint_params).__name__}.") from e
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"adjoint_params[{i}] is a {type(p).__name__}; every entry must be a tensor.")
+    seen, out = set(), []
+    for p in params:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return tuple(out)
+
+
+def user_field(problem: Problem, term, s: float, y: torch.Tensor) -> torch.Tensor:
+    """dy/dt in the user's time at solver time ``s`` (the term returns the solver-time field)."""
+    f = term(s, y)
+    return -f if problem.reverse else f
+
+
+class AugmentedTerm:
+    """A field on the flat augmented state in backward time ``r``, with the interface the loops use.
+
+    Args:
+        field: ``field(r, x) -> dx/dr``.
+        problem: the forward problem (for error messages in the user's time).
+    """
+
+    def __init__(self, field: Callable[[float, torch.Tensor], torch.Tensor], problem: Problem):
+        self.field = field
+        # the loops report failures at -r when ``reverse``; user time is t = -r forwards, r backwards
+        self.reverse = not problem.reverse
+        self.nfe = 0
+        self.n_jacobian = 0
+
+    def time(self, r: float, perturb: int = 0) -> torch.Tensor:
+        return torch.tensor(-r if self.reverse else r, dtype=torch.float64)
+
+    def __call__(self, r: float, x: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        self.nfe += 1
+        return self.field(r, x)
+
+
+class GroupRMS:
+    """Max over channel groups of the RMS within each group (one reduction, no Python loop per group).
+
+    Groups are the state tensors of each state channel and each parameter; ``seminorm`` keeps only
+    the state channels (Kidger, Chen, Lyons, "'Hey, that's not an ODE': Faster ODE Adjoints via
+    Seminorms", ICML 2021).
+    """
+
+    def __init__(self, sizes: Sequence[int], like: torch.Tensor):
+        sizes = [n for n in sizes]
+        self.n = sum(sizes)
+        ids = torch.repeat_interleave(torch.arange(len(sizes), device=like.device),
+                                      torch.tensor(sizes, device=like.device))
+        self.ids = ids
+        self.counts = torch.tensor([max(n, 1) for n in sizes], dtype=like.dtype, device=like.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        sq = x[: self.n].reshape(-1).pow(2)
+        sums = torch.zeros_like(self.counts).index_add_(0, self.ids, sq)
+        return (sums / self.counts).sqrt().max()
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardPlan:
+    """Settings of one backward solve, derived once from the problem and the sensitivity settings.
+
+    Attributes:
+        solver, controller: the backward solver and controller (the forward ones unless the
+            sensitivity names others).
+        rtol, atol: backward tolerances (floats or tensors on the forward state).
+        seminorm: leave the parameter channels out of the error norm.
+        user_norm: a norm on the flat augmented state from the sensitivity's ``options``, else None.
+        same_as_forward: the forward controller is reused (its grid, for fixed steps).
+    """
+
+    solver: Any
+    controller: Any
+    rtol: Any
+    atol: Any
+    seminorm: bool
+    user_norm: Callable | None
+    same_as_forward: bool
+
+
+def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
+    """Resolve the backward solve's solver, controller and tolerances from the sensitivity settings."""
+    def pick(value, forward, default):
+        if value is not None:
+            return value
+        return forward if forward is not None else default
+
+    rtol = pick(sensitivity.rtol, problem.rtol, PIDController.rtol)
+    atol = pick(sensitivity.atol, problem.atol, PIDController.atol)
+    if sensitivity.method is None and sensitivity.options is None:
+        return BackwardPlan(problem.solver, problem.controller, rtol, atol, sensitivity.norm == "seminorm", None, True)
+    from .._api import build_solver
+
+    method = sensitivity.method if sensitivity.method is not None else problem.solver.name
+    options = dict(sensitivity.options or {})
+    user_norm = options.get("norm") if callable(options.get("norm")) else None
+    if isinstance(options.get("norm"), str):
+        raise ValueError("set the backward norm with the sensitivity's norm='seminorm' (or adjoint_options="
+                         "{'norm': 'seminorm'} in odeint_adjoint), not inside its options.")
+    solver, controller, _ = build_solver(method, options, rtol if isinstance(rtol, float) else PIDController.rtol,
+                                         atol if isinstance(atol, float) else PIDController.atol)
+    return BackwardPlan(solver, controller, rtol, atol, sensitivity.norm == "seminorm", user_norm, False)
+
+
+def channel_tolerance(tol, n_channels: int, state_like: torch.Tensor, n_params: int):
+    """A tolerance on the augmented state: floats pass through; a per-component tensor is repeated for
+    each state channel, and the parameter channel gets its smallest value."""
+    if isinstance(tol, (int, float)):
+        return float(tol)
+    tol = torch.as_tensor(tol, dtype=state_like.dtype, device=state_like.device)
+    per_state = tol.expand(state_like.shape).reshape(-1)
+    q = torch.full((n_params,), float(tol.min()), dtype=state_like.dtype, device=state_like.device)
+    return torch.cat([per_state] * n_channels + [q])
+
+
+def augmented_norm(problem: Problem, plan: BackwardPlan, n_channels: int, params: Sequence[torch.Tensor]):
+    """The backward error norm: a user norm, else max of group RMS (seminorm: state channels only)."""
+    if plan.user_norm is not None:
+        return plan.user_norm
+    state_sizes = problem.layout.sizes if problem.layout is not None else [problem.y0.numel()]
+    sizes = [n for _ in range(n_channels) for n in state_sizes]
+    if not plan.seminorm:
+        sizes += [p.numel() for p in params]
+    sizes = [n for n in sizes if n > 0]
+    return GroupRMS(sizes, problem.y0)
+
+
+def merge_times(points: Sequence[float], required: Sequence[float]) -> list[float]:
+    """Sorted union of grid points and required times, dropping grid points that nearly coincide with a
+    required time (they would make a step of rounding-error size)."""
+    required = sorted(set(required))
+    lo, hi = required[0], required[-1]
+    scale = max(1.0, abs(lo), abs(hi))
+    out = list(required)
+    for p in points:
+        if lo < p < hi and all(abs(p - q) > _MERGE * scale for q in required):
+            out.append(p)
+    return sorted(set(out))
+
+
+def forward_grid(problem: Problem, ts: Sequence[float]) -> list[float]:
+    """The forward fixed-step grid over the solver times ``ts`` (host floats)."""
+    ctrl = problem.controller
+    return ctrl.grid(problem.func, problem.y0, torch.tensor(ts, dtype=torch.float64))
+
+
+def backward_grid(problem: Problem, plan: BackwardPlan, ts: Sequence[float], required_r: Sequence[float]) -> list[float]:
+    """The backward fixed-step grid in r: the mirrored forward grid (or the backward controller's own
+    grid) merged with the times where the backward solve must stop."""
+    if plan.same_as_forward:
+        points = [-g for g in reversed(forward_grid(problem, ts))]
+    else:
+        points = plan.controller.grid(None, None, torch.tensor([-ts[-1], -ts[0]], dtype=torch.float64))
+    return merge_times(points, required_r)
+
+
+def run_backward(problem: Problem, plan: BackwardPlan, term: AugmentedTerm, x0: torch.Tensor, rs: Sequence[float], *,
+                 rtol, atol, norm, at_output: Callable, stops: Sequence[float] = (),
+                 ts: Sequence[float] = ()) -> Integration:
+    """Solve the augmented system over the increasing backward times ``rs`` in one pass.
+
+    Step-size control runs on through the output times: a step ends exactly at each of them, the
+    cotangent is added there (``at_output``) and only the solver's derivative is re-evaluated.
+
+    Args:
+        problem, plan: forward problem and backward settings.
+        term: the augmented field.
+        x0: augmented state at rs[0].
+        rs: backward output times (the mirrored forward output times).
+        rtol, atol, norm: tolerances and error norm on the augmented state (adaptive solvers).
+        at_output: impulse at the inner times of ``rs`` (adds the cotangents there).
+        stops: further times where steps must end (checkpoint boundaries).
+        ts: the forward solver times (for the mirrored fixed grid).
+
+    Returns:
+        The loop's Integration (the state at rs[-1] is its last output).
+
+    Raises:
+        SolverError: the backward solve failed.
+    """
+    if isinstance(plan.controller, ConstantStepSize):
+        grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
+        return integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
+    return integrate_adaptive(term, plan.solver, plan.controller, x0, rs, rtol=rtol, atol=atol, norm=norm,
+                              step_t=tuple(stops), at_output=at_output, throw=True)
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.reshape(-1) * b.reshape(-1)).sum()
+
+
+def vjp(g: torch.Tensor, inputs: Sequence[torch.Tensor], cotangent: torch.Tensor) -> list[torch.Tensor]:
+    """Vector-Jacobian products of ``g`` with ``cotangent`` for every input (zeros where unused)."""
+    if not g.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(g, inputs, cotangent, allow_unused=True)
+    return [torch.zeros_like(x) if gr is None else gr for x, gr in zip(inputs, grads)]
+
+
+def flat_cat(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).to(dtype) for t in tensors]) if tensors else torch.zeros(0, dtype=dtype)
+
+
+def split_params(q: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The flat parameter channel back to the parameters' shapes and dtypes."""
+    out, start = [], 0
+    for p in params:
+        n = p.numel()
+        out.append(q[start:start + n].reshape(p.shape).to(p.dtype))
+        start += n
+    return out
+
+
+def time_gradients(problem: Problem, fterm, ts: Sequence[float], ys: torch.Tensor, grad_ys: torch.Tensor,
+                   a0: torch.Tensor, event: bool) -> torch.Tensor:
+    """dL/dt_i = <dL/dy_i, f(t_i, y_i)> for i > 0 and dL/dt_0 = -<a(t_0), f(t_0, y_0)>.
+
+    ``a0`` is the adjoint at t_0 without the cotangent of the output y(t_0) = y0 (which does not move
+    with t_0). For an event solve the second time is the event time, whose gradient is added by the
+    implicit function theorem instead (see :mod:`hybrid_node.sensitivity.events`).
+    """
+    t = problem.t
+    out = torch.zeros(len(t), dtype=t.dtype, device=t.device)
+    with torch.no_grad():
+        out[0] = -dot(a0, user_field(problem, fterm, ts[0], ys[0]))
+        if not event:
+            for i in range(1, len(ts)):
+                out[i] = dot(grad_ys[i], user_field(problem, fterm, ts[i], ys[i]))
+    return out

@@ -1,0 +1,117 @@
+"""The adjoint method of Chen et al. (2018): reconstruct the state backwards together with the adjoint.
+
+In backward time ``r = -s`` (``s`` the forward solver time, ``g`` the field in solver time) the
+augmented state ``x = [z, a, q]`` obeys
+
+    dz/dr = -g(s, z),    da/dr = a^T dg/dz,    dq/dr = a^T dg/dtheta,
+
+from ``z = y(s_N)``, ``a = dL/dy(s_N)``, ``q = 0``. One backward solve covers all output intervals: at
+each inner output time the cotangent ``dL/dy(s_i)`` is added to ``a`` and ``z`` is reset to the stored
+forward state (which bounds the reconstruction's drift to one interval); step-size control runs on.
+At the end ``a = dL/dy0`` and ``q = dL/dtheta``. Output times get dL/dt_i = <dL/dy_i, f(t_i, y_i)>
+(i > 0) and dL/dt_0 = -<a(t_0), f(t_0, y_0)>, the derivatives of the continuous solution.
+
+Memory is O(1) in the number of steps. On contracting or stiff problems the reconstructed ``z`` can
+drift far from the forward trajectory (the backward solve of a contracting system is expanding);
+:class:`~hybrid_node.sensitivity.interpolating.Interpolating` avoids that.
+
+Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
+2018, Algorithm 1 and Appendix B; seminorm: Kidger, Chen, Lyons, ICML 2021.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .._problem import Problem, integrate
+from ._backward import (
+    AugmentedTerm,
+    BackwardPlan,
+    augmented_norm,
+    channel_tolerance,
+    flat_cat,
+    run_backward,
+    split_params,
+    time_gradients,
+    vjp,
+)
+
+
+class Backsolve:
+    """One solve's backsolve adjoint: ``forward`` solves without a graph, ``backward`` solves [z, a, q].
+
+    Args:
+        problem: the forward problem.
+        plan: the backward solve's settings.
+        params: the tensors to differentiate (all require grad).
+        event_fn: terminal event of the forward solve, or None.
+        throw: raise on a failed forward solve.
+    """
+
+    def __init__(self, problem: Problem, plan: BackwardPlan, params: tuple[torch.Tensor, ...],
+                 event_fn: Callable | None, throw: bool):
+        self.problem = problem
+        self.plan = plan
+        self.params = params
+        self.event_fn = event_fn
+        self.throw = throw
+        self.integration = None
+        self.ts: list[float] = list(problem.ts)
+
+    def forward(self, y0: torch.Tensor) -> torch.Tensor:
+        """Solve without a graph; returns the stacked flat states at the output (or event) times."""
+        problem = self.problem
+        with torch.no_grad():
+            self.integration = integrate(problem, problem.term(), y0.detach(), problem.ts, event_fn=self.event_fn,
+                                         throw=self.throw)
+        if self.integration.event_t is not None:
+            self.ts = [problem.ts[0], self.integration.event_t]
+        return torch.stack(self.integration.ys)
+
+    def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
+        """Solve the augmented system from the last output time to the first.
+
+        Returns:
+            (dL/dt or None, dL/dy0, [dL/dp for p in params]).
+        """
+        problem, params, ts = self.problem, self.params, self.ts
+        fterm = problem.term()
+        dtype = ys.dtype
+        n = ys[0].numel()
+        shape = ys[0].shape
+        q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
+        x = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1), q0])
+
+        def field(r: float, xx: torch.Tensor) -> torch.Tensor:
+            s = -r
+            with torch.enable_grad():
+                z = xx[:n].detach().reshape(shape).requires_grad_(True)
+                g = fterm(s, z)
+                grads = vjp(g, (z,) + params, xx[n:2 * n].reshape(shape))
+            return torch.cat([-g.detach().reshape(-1)] + [gr.reshape(-1).to(dtype) for gr in grads])
+
+        last = len(ts) - 1
+
+        def at_output(j: int, xx: torch.Tensor) -> torch.Tensor:
+            i = last - j  # backward output j is forward output i
+            return torch.cat([ys[i].reshape(-1), xx[n:2 * n] + grad_ys[i].reshape(-1), xx[2 * n:]])
+
+        term = AugmentedTerm(field, problem)
+        steps = 0
+        if last > 0:
+            rs = [-s for s in reversed(ts)]
+            tol = {"rtol": channel_tolerance(self.plan.rtol, 2, ys[0], q0.numel()),
+                       "atol": channel_tolerance(self.plan.atol, 2, ys[0], q0.numel()),
+                       "norm": augmented_norm(problem, self.plan, 2, params)}
+            result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, ts=ts, **tol)
+            x = result.ys[-1]
+            steps = result.stats.n_accepted
+        a0 = x[n:2 * n].reshape(shape)
+        grad_t = None
+        if need_t:
+            grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
+        stats = self.integration.stats
+        stats.nfe_backward += fterm.nfe  # every evaluation of the user's field in this pass
+        stats.n_steps_backward += steps
+        return grad_t, a0 + grad_ys[0], split_params(x[2 * n:], params)

@@ -1,0 +1,104 @@
+"""Direct backpropagation through the solve, plus gradients for the output times and event times.
+
+The loop's operations are differentiated by autograd (the exact gradient of the discrete solution).
+The times are host floats inside the loop, so their gradients are added around it, as the
+derivatives of the continuous solution y(t; t_0, y_0):
+
+    dy(t_i)/dt_i = f(t_i, y_i)        dy(t_i)/dt_0 = -J(t_i, t_0) f(t_0, y_0),
+
+the second through an identity on y0 whose backward turns dL/dy0 into dL/dt_0 = -<dL/dy0, f(t_0, y_0)>
+(the cotangent of the output y(t_0) = y0, which does not move with t_0, is left out). Event times
+get theirs from :mod:`hybrid_node.sensitivity.events`.
+
+Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
+2018, Appendix B.2 (gradients with respect to the times).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .._problem import Problem, integrate
+from .._solution import Solution
+from ._backward import user_field
+from .events import event_outputs
+
+
+class _StartTime(torch.autograd.Function):
+    """Identity on y0; its backward gives t_0 the gradient -<dL/dy0, f(t_0, y_0)>."""
+
+    @staticmethod
+    def forward(ctx, t0: torch.Tensor, y0: torch.Tensor, field: Callable) -> torch.Tensor:
+        ctx.field = field
+        ctx.t_dtype = t0.dtype
+        ctx.save_for_backward(y0)
+        return y0.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y0,) = ctx.saved_tensors
+        grad_t0 = None
+        if ctx.needs_input_grad[0]:
+            with torch.no_grad():
+                grad_t0 = -(grad.reshape(-1) * ctx.field(0, y0).reshape(-1)).sum().to(ctx.t_dtype)
+        return grad_t0, grad, None
+
+
+class _OutputTimes(torch.autograd.Function):
+    """Identity on the outputs; its backward gives t_i (i > 0) the gradient <dL/dy_i, f(t_i, y_i)>."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, ys: torch.Tensor, field: Callable) -> torch.Tensor:
+        ctx.field = field
+        ctx.t_dtype = t.dtype
+        ctx.save_for_backward(ys)
+        return ys.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ys,) = ctx.saved_tensors
+        grad_t = None
+        if ctx.needs_input_grad[0]:
+            grad_t = torch.zeros(len(ys), dtype=ctx.t_dtype, device=ys.device)
+            with torch.no_grad():
+                for i in range(1, len(ys)):
+                    grad_t[i] = (grad[i].reshape(-1) * ctx.field(i, ys[i]).reshape(-1)).sum()
+        return grad_t, grad, None
+
+
+def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool = True) -> Solution:
+    """Solve with direct backpropagation, adding gradients for ``t`` and the event time.
+
+    Args:
+        problem: the validated problem.
+        event_fn: terminal event, or None.
+        throw: raise SolverError on failure, else report the status.
+
+    Returns:
+        Solution whose ``ys`` (and ``t_final`` for events) carry gradients for y0, the field's
+        parameters, ``t`` (when it requires grad) and the event time.
+    """
+    from .._api import _finish  # the shared way a loop's result becomes a Solution
+
+    term = problem.term()
+    t = problem.t
+    with_t = t.requires_grad and torch.is_grad_enabled()
+    fterm = problem.term()  # a second term, so the extra evaluations do not count as the solve's
+    ts = problem.ts
+
+    def field(i: int, y: torch.Tensor) -> torch.Tensor:
+        return user_field(problem, fterm, ts[i], y)
+
+    y0 = _StartTime.apply(t[0], problem.y0, field) if with_t else problem.y0
+    integration = integrate(problem, term, y0, ts, event_fn=event_fn, throw=throw)
+    integration.ys[0] = problem.y0
+    t_final = None
+    if integration.event_t is not None:
+        t_final, integration.ys[1] = event_outputs(problem, fterm, event_fn, integration.event_t, integration.ys[1])
+    elif with_t and len(integration.ys) > 1:
+        integration.ys = list(_OutputTimes.apply(t, torch.stack(integration.ys), field).unbind(0))
+    sol = _finish(problem, integration, throw)
+    if t_final is not None:
+        sol.t_final = t_final
+    return sol

@@ -1,0 +1,95 @@
+"""Problems and helpers shared by the gradient tests (float64 throughout)."""
+from __future__ import annotations
+
+import torch
+
+import hybrid_node as hn
+
+METHODS = {
+    "direct": hn.DirectBackprop(),
+    "backsolve": hn.BacksolveAdjoint(),
+    "interpolating": hn.InterpolatingAdjoint(),
+    "interpolating-3": hn.InterpolatingAdjoint(checkpoints=3),
+}
+
+
+class Linear(torch.nn.Module):
+    """y' = A y (A a parameter); nn.Module so the adjoint finds A by itself."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.A = torch.nn.Parameter(torch.as_tensor(a, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return y @ self.A.T
+
+
+class VanDerPol(torch.nn.Module):
+    """x'' = mu (1 - x^2) x' - x, written as a 2-vector state."""
+
+    def __init__(self, mu=1.0):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.tensor(mu, dtype=torch.float64))
+
+    def forward(self, t, y):
+        x, v = y[..., 0], y[..., 1]
+        return torch.stack([v, self.mu * (1 - x**2) * v - x], dim=-1)
+
+
+class MLPField(torch.nn.Module):
+    """A small time-dependent MLP field."""
+
+    def __init__(self, width=16, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.l1 = torch.nn.Linear(3, width).double()
+        self.l2 = torch.nn.Linear(width, 2).double()
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+
+    def forward(self, t, y):
+        tt = t.expand(y.shape[:-1] + (1,)).to(y.dtype)
+        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], dim=-1))))
+
+
+class Oscillator(torch.nn.Module):
+    """A damped oscillator on a tuple state (x, v): x' = v, v' = -k x - c v."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+        self.c = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+    def forward(self, t, state):
+        x, v = state
+        return v, -self.k * x - self.c * v
+
+
+def solve(func, y0, t, sensitivity, rtol=1e-10, atol=1e-12, solver=None, controller=None, **kw):
+    """hn.solve with tight tolerances by default."""
+    if controller is None:
+        controller = hn.PIDController(rtol=rtol, atol=atol)
+    return hn.solve(func, y0, t, sensitivity=sensitivity, solver=solver, controller=controller, **kw)
+
+
+def weighted_loss(ys, seed=1):
+    """A loss that weights every output time and component differently."""
+    if isinstance(ys, tuple):
+        return sum(weighted_loss(y, seed + i) for i, y in enumerate(ys))
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(ys.shape, generator=g, dtype=ys.dtype)
+    return (w * ys).sum() + 0.5 * (ys**2).sum()
+
+
+def central_difference(fn, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """d fn / d x by central differences, one entry at a time."""
+    grad = torch.zeros_like(x)
+    flat = grad.reshape(-1)
+    base = x.detach().clone()
+    for i in range(base.numel()):
+        plus, minus = base.clone(), base.clone()
+        plus.reshape(-1)[i] += eps
+        minus.reshape(-1)[i] -= eps
+        flat[i] = (fn(plus) - fn(minus)) / (2 * eps)
+    return grad
