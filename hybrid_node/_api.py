@@ -152,6 +152,9 @@ def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensiti
     if isinstance(solver, ScipySolver):
         if event_fn is not None:
             raise BackendError("scipy_solver does not support events; use an adaptive torch solver such as 'dopri5'.")
+        if not isinstance(sensitivity, DirectBackprop):
+            raise BackendError("scipy_solver computes no gradients, so it cannot be used with an adjoint; use a torch "
+                               "solver such as 'dopri5'.")
         params = tuple(adjoint_params) if adjoint_params is not None else (
             tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
         term = problem.term()

@@ -148,6 +148,7 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
     last_nonfinite = False
     sign0 = torch.sign(event_fn(term.time(t), y)) if event_fn is not None else None
     t_stop = math.inf if event_fn is not None else t_end
+    t_limit = 1e-6 * torch.finfo(y0.dtype).max  # beyond it a step's coefficients overflow the state's dtype
     while (i_out < len(ts)) if event_fn is None else True:
         if n_attempts >= controller.max_num_steps:
             _fail(Status.MAX_STEPS, t, throw, term, f"max_num_steps={controller.max_num_steps}")
@@ -157,6 +158,10 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
         while stop_i < len(stops) and stops[stop_i] <= t:
             stop_i += 1
         step_dt = dt
+        if not abs(t + step_dt) < t_limit:  # only an event solve has no end time: it ran out of numbers
+            stats.nfe = term.nfe
+            _fail(Status.NO_EVENT, t, throw, term)
+            return Integration(_pad_failed(ys, len(ts), y0), stats, Status.NO_EVENT, t)
         landing = None
         if stop_i < len(stops) and t + step_dt >= stops[stop_i]:
             landing = stops[stop_i]
@@ -299,5 +304,5 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
     if event_fn is not None:
-        raise SolverError(Status.MAX_STEPS, t1, "no event occurred on the fixed grid")
+        raise SolverError(Status.NO_EVENT, -t1 if term.reverse else t1, "no event on the whole fixed grid")
     return Integration(ys, stats, Status.SUCCESS, ts[-1], segments)

@@ -1,0 +1,93 @@
+"""Adapters: one ``prepare(workload) -> run()`` per framework, so the runner treats them alike.
+
+``run()`` performs one timed unit of work (forward, or forward+backward of the workload's loss) and
+returns the solution tensor of shape (len(t), *y0.shape). A framework that is not installed is
+reported as unavailable, never as an error of the suite.
+"""
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import torch
+
+from .workloads import Workload
+
+
+def available() -> dict[str, bool]:
+    """Which frameworks can run in this process."""
+    return {
+        "hybrid_node": True,
+        "torchdiffeq": importlib.util.find_spec("torchdiffeq") is not None,
+        "torchode": importlib.util.find_spec("torchode") is not None,
+        "diffrax": importlib.util.find_spec("diffrax") is not None and importlib.util.find_spec("jax") is not None,
+    }
+
+
+def _unit(w: Workload, solve: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Wrap a solve into the workload's unit of work (no_grad forward, or loss + backward)."""
+    if w.mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return solve()
+    else:
+        def run():
+            for p in w.field.parameters():
+                p.grad = None
+            ys = solve()
+            w.loss(ys).backward()
+            return ys
+    return run
+
+
+def _options(w: Workload):
+    return {"step_size": w.step_size} if w.step_size is not None else None
+
+
+def prepare_hybrid_node(w: Workload, extra_options=None):
+    import hybrid_node as hn
+
+    options = dict(_options(w) or {}, **(extra_options or {})) or None
+    if w.mode == "adjoint":
+        params = tuple(w.field.parameters())
+        return _unit(w, lambda: hn.odeint_adjoint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method,
+                                                  options=options, adjoint_params=params))
+    return _unit(w, lambda: hn.odeint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method,
+                                      options=options))
+
+
+def prepare_torchdiffeq(w: Workload):
+    import torchdiffeq
+
+    if w.mode == "adjoint":
+        params = tuple(w.field.parameters())
+        return _unit(w, lambda: torchdiffeq.odeint_adjoint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol,
+                                                           method=w.method, options=_options(w),
+                                                           adjoint_params=params))
+    return _unit(w, lambda: torchdiffeq.odeint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method,
+                                               options=_options(w)))
+
+
+def prepare_torchode(w: Workload):
+    """torchode with per-sample control where the workload's samples are independent, else one (1, N) sample."""
+    import torchode as to
+
+    if w.method != "dopri5":
+        raise NotImplementedError("the torchode adapter only runs dopri5")
+    y0 = w.y0 if w.per_sample_ok else w.y0.reshape(1, -1)
+    batch = y0.shape[0]
+    term = to.ODETerm(w.field)
+    step = to.Dopri5(term=term)
+    ctrl = to.IntegralController(atol=w.atol, rtol=w.rtol, term=term)
+    solver = to.JointBacksolveAdjoint(term, step, ctrl) if w.mode == "adjoint" else to.AutoDiffAdjoint(step, ctrl)
+    t_eval = w.t.unsqueeze(0).expand(batch, -1)
+
+    def solve():
+        sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t_eval))
+        ys = sol.ys.transpose(0, 1)  # (T, batch, features)
+        return ys.reshape((len(w.t),) + tuple(w.y0.shape))
+
+    return _unit(w, solve)
+
+
+PREPARE = {"hybrid_node": prepare_hybrid_node, "torchdiffeq": prepare_torchdiffeq, "torchode": prepare_torchode}

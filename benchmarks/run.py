@@ -1,0 +1,224 @@
+"""Side-by-side benchmark of hybrid_node against torchdiffeq, torchode (and diffrax where installed).
+
+Usage::
+
+    python -m benchmarks.run                      # all workloads, CPU
+    python -m benchmarks.run --quick              # 3 rounds, memory at 10/100 steps
+    python -m benchmarks.run --workloads mlp-fwd mlp-train-direct --repeats 20
+    python -m benchmarks.run --device cuda        # the same workloads on the GPU
+
+The frameworks run interleaved in one process (a shuffled order in every round), so that the load of
+a shared machine hits them alike; ratios are the median of the per-round ratios. Solver overhead is
+wall time / (NFE x the time of one bare call of the dynamics, timed in the same rounds). The gradient
+error is relative to a float64 torchdiffeq solve at tolerance 1e-10 (an independent implementation).
+Results: a printed table, and ``results.json`` + ``results.md`` in ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from . import frameworks
+from .workloads import WORKLOADS, Workload, make
+
+PEERS = ("hybrid_node", "torchdiffeq", "torchode")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _grads(field) -> torch.Tensor | None:
+    gs = [p.grad.reshape(-1) for p in field.parameters() if p.grad is not None]
+    return torch.cat(gs).double() if gs else None
+
+
+def reference_gradient(w: Workload) -> torch.Tensor | None:
+    """The loss gradient from a float64 torchdiffeq direct solve at rtol = atol = 1e-10."""
+    try:
+        import torchdiffeq
+    except ImportError:
+        return None
+    field = copy.deepcopy(w.field).double()
+    ys = torchdiffeq.odeint(field, w.y0.double(), w.t.double(), rtol=1e-10, atol=1e-10, method=w.method,
+                            options={"step_size": w.step_size} if w.step_size else None)
+    w.loss(ys).backward()
+    return _grads(field)
+
+
+def bench_workload(name: str, fws: list[str], args) -> list[dict]:
+    """Time one workload for every framework, interleaved; return one row per framework."""
+    w = make(name, device=args.device)
+    runs, rows = {}, {}
+    for fw in fws:
+        try:
+            runs[fw] = frameworks.PREPARE[fw](w)
+        except Exception as e:  # noqa: BLE001 -- a framework that cannot do a workload is reported, not fatal
+            rows[fw] = {"workload": name, "framework": fw, "error": f"{type(e).__name__}: {e}"}
+    if w.mode == "fwd":  # one bare evaluation of the dynamics, the unit of the solver overhead
+        def bare():
+            with torch.no_grad():
+                for _ in range(10):
+                    w.field(w.t[0], w.y0)
+        runs["bare f (x10)"] = bare
+    ref = reference_gradient(w) if (w.mode != "fwd" and not name.startswith("conv") and args.grad_error) else None
+    nfe, grad_err, times = {}, {}, {k: [] for k in runs}
+    for fw, run in list(runs.items()):  # warm-up, NFE and gradient error
+        try:
+            for _ in range(args.warmup):
+                run()
+            w.field.nfe = 0
+            run()
+            nfe[fw] = w.field.nfe
+            if ref is not None and fw != "bare f (x10)":
+                g = _grads(w.field)
+                grad_err[fw] = float((g - ref).norm() / ref.norm()) if g is not None else math.nan
+        except Exception as e:  # noqa: BLE001 -- a failing framework is reported in the table
+            rows[fw] = {"workload": name, "framework": fw, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+            del runs[fw]
+    rng = random.Random(0)
+    for _ in range(args.repeats):
+        order = list(runs)
+        rng.shuffle(order)
+        for fw in order:
+            times[fw].append(_timed(runs[fw], args.device))
+    bare_t = statistics.median(times.pop("bare f (x10)")) / 10 if "bare f (x10)" in times else None
+    runs.pop("bare f (x10)", None)
+    for fw in runs:
+        ts = times[fw]
+        row = {"workload": name, "framework": fw, "median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts),
+               "max_ms": 1e3 * max(ts), "nfe": nfe.get(fw), "grad_rel_err": grad_err.get(fw)}
+        if times.get("torchdiffeq"):
+            row["speedup_vs_torchdiffeq"] = statistics.median(a / b for a, b in zip(times["torchdiffeq"], ts))
+        if bare_t and nfe.get(fw):
+            row["overhead"] = statistics.median(ts) / (nfe[fw] * bare_t)
+        rows[fw] = row
+    if bare_t:
+        for row in rows.values():
+            row["bare_f_ms"] = 1e3 * bare_t
+    return [rows[fw] for fw in fws if fw in rows]
+
+
+def memory_rows(fws: list[str], steps: list[int], args) -> list[dict]:
+    """Peak memory of one forward+backward, each in a fresh process (see benchmarks/memory.py)."""
+    rows = []
+    for fw in fws:
+        for mode in ("direct", "adjoint"):
+            row = {"workload": "memory-vs-steps", "framework": fw, "mode": mode}
+            for n in steps:
+                cmd = [sys.executable, "-m", "benchmarks.memory", "--framework", fw, "--mode", mode, "--steps", str(n),
+                       "--device", args.device]
+                res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
+                    os.path.abspath(__file__))))
+                try:
+                    row[f"peak_mb_{n}"] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
+                except (ValueError, IndexError, KeyError):  # the child failed: keep its last error line
+                    row[f"peak_mb_{n}"] = None
+                    row["error"] = (res.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            rows.append(row)
+    return rows
+
+
+def _fmt(x, spec=".1f"):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def markdown(rows: list[dict], mem: list[dict], meta: dict) -> str:
+    header = (f"device: {meta['device']}, torch {meta['torch']}, threads {meta['threads']}, "
+              f"rounds {meta['repeats']}, {meta['date']}")
+    lines = [header, "",
+             "| workload | framework | median ms | min | max | NFE | speedup vs torchdiffeq | overhead | grad rel err |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['workload']} | {r['framework']} | failed: {r['error'][:80]} | | | | | | |")
+            continue
+        lines.append(f"| {r['workload']} | {r['framework']} | {_fmt(r['median_ms'])} | {_fmt(r['min_ms'])} | "
+                     f"{_fmt(r['max_ms'])} | {_fmt(r['nfe'], 'd')} | {_fmt(r.get('speedup_vs_torchdiffeq'), '.2f')} | "
+                     f"{_fmt(r.get('overhead'), '.2f')} | {_fmt(r.get('grad_rel_err'), '.1e')} |")
+    if mem:
+        steps = sorted({int(k[8:]) for r in mem for k in r if k.startswith("peak_mb_")})
+        lines += ["", "| memory-vs-steps (peak MB) | mode | " + " | ".join(f"{n} steps" for n in steps) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in steps) + " |"]
+        for r in mem:
+            lines.append(f"| {r['framework']} | {r['mode']} | " + " | ".join(_fmt(r.get(f'peak_mb_{n}')) for n in steps)
+                         + " |" + (f" {r['error']}" if "error" in r and all(r.get(f'peak_mb_{n}') is None for n in steps) else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS) + ["none"])
+    parser.add_argument("--frameworks", nargs="+", default=list(PEERS))
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per workload")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, memory at 10 and 100 steps")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")),
+                        help="torch CPU threads (default 2, as in BENCHMARKS.md)")
+    parser.add_argument("--memory-steps", type=int, nargs="*", default=None,
+                        help="step counts of memory-vs-steps (default 10 100 1000; none to skip)")
+    parser.add_argument("--no-grad-error", dest="grad_error", action="store_false")
+    parser.add_argument("--out", default=None, help="result folder (default runs/benchmarks-<timestamp>)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup = min(args.repeats, 3), 1
+    if args.memory_steps is None:
+        args.memory_steps = [10, 100] if args.quick else [10, 100, 1000]
+    torch.set_num_threads(args.threads)
+    have = frameworks.available()
+    fws = [f for f in args.frameworks if have.get(f)]
+    skipped = [f for f in args.frameworks if not have.get(f)]
+    if "diffrax" in fws:
+        fws.remove("diffrax")
+        skipped.append("diffrax (installed, but no adapter in this suite yet)")
+    if skipped:
+        print("skipped (not installed): " + ", ".join(skipped))
+    rows = []
+    names = [n for n in args.workloads if n != "none"]
+    try:
+        from tqdm import tqdm
+        names_iter = tqdm(names, desc="workloads")
+    except ImportError:
+        names_iter = names
+    for name in names_iter:
+        rows.extend(bench_workload(name, fws, args))
+    mem = memory_rows(fws, args.memory_steps, args) if args.memory_steps else []
+    meta = {"device": args.device, "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "skipped": skipped, "argv": sys.argv[1:]}
+    table = markdown(rows, mem, meta)
+    print(table)
+    out = args.out or os.path.join("runs", "benchmarks-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump({"meta": meta, "timings": rows, "memory": mem}, fh, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write(table + "\n")
+    print(f"wrote {out}/results.json and results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
