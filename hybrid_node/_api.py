@@ -165,6 +165,10 @@ def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensiti
     if isinstance(sensitivity, (BacksolveAdjoint, InterpolatingAdjoint)):
         from .sensitivity.adjoint import solve_adjoint
 
+        if getattr(controller, "per_sample", False):
+            raise ValueError("per-sample step control is not available with the adjoint methods; use "
+                             "sensitivity=DirectBackprop() or drop per_sample.")
+
         return solve_adjoint(problem, sensitivity, adjoint_params, event_fn=event_fn, throw=throw)
     if not isinstance(sensitivity, DirectBackprop):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")

@@ -19,6 +19,10 @@ class Status(enum.Enum):
         "first step, or use a stiff solver."
     )
     NEWTON_FAILED = "The Newton iteration of the implicit solver did not converge even at the minimum step size."
+    NO_EVENT = (
+        "The event function never changed sign, and the solve could not go on. Check event_fn (the solve stops "
+        "where any of its elements changes sign) and the initial state."
+    )
 
     @property
     def message(self) -> str:

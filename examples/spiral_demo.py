@@ -1,0 +1,12 @@
+"""The classic Neural ODE demo from Python: learn dy/dt = (y^3) A from one noisy spiral trajectory.
+
+The same as `hybrid-node demo`; run: python examples/spiral_demo.py [--iters N] [--out DIR]
+"""
+import argparse
+
+from hybrid_node.experiments import spiral_demo
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=spiral_demo.HELP)
+    spiral_demo.add_arguments(parser)
+    raise SystemExit(spiral_demo.run(parser.parse_args()))

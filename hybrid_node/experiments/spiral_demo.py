@@ -1,0 +1,297 @@
+"""The classic Neural ODE demo: learn the dynamics of a 2-D spiral from one noisy trajectory.
+
+The true system is dy/dt = (y^3) A with A = [[-0.1, 2.0], [-2.0, -0.1]] (row vector y), from
+y(0) = (2, 0) over t in [0, 25] (the toy problem of Chen et al., NeurIPS 2018, and of torchdiffeq's
+example). One trajectory is observed at ``data_size`` times with Gaussian noise. The model is
+dy/dt = MLP(y^3) (the cube is a fixed input feature, as in the original demo); it is trained on short
+random windows of the noisy trajectory: each window starts at an observed state and is integrated
+``batch_time`` observations ahead with ``odeint`` (or ``odeint_adjoint``), and the mean absolute error
+to the observations is minimised with Adam.
+
+Reports the error of the learned trajectory over the whole interval against the noise-free truth
+(sensitive to small phase drift over the long horizon) and the relative error of the learned vector
+field at the points of the true trajectory and over its bounding box. A learning rate of 1e-2 with a
+cosine decay to 1e-4 over 1000 iterations takes about 15 s of CPU time. Writes
+``results.md``/``results.json``, ``trajectories.png`` (true, observed and learned x(t), y(t)),
+``phase_portrait.png`` (true vs learned trajectory in the phase plane), ``vector_field.png`` (true vs
+learned field) and ``loss.png`` into the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._api import odeint, odeint_adjoint
+from ._output import pyplot, run_folder, write_results
+
+HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
+
+SPIRAL_A = ((-0.1, 2.0), (-2.0, -0.1))
+SPIRAL_Y0 = (2.0, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """Settings of one demo run (defaults: the classic demo's sizes, on a budget of about a minute)."""
+
+    iters: int = 1000
+    data_size: int = 1000
+    t_max: float = 25.0
+    noise: float = 0.02  #: standard deviation of the observation noise
+    batch_time: int = 10  #: observations per training window
+    batch_size: int = 20  #: windows per iteration
+    hidden: int = 50
+    lr: float = 1e-2
+    cosine: bool = True  #: decay the learning rate to 1% by a cosine schedule (steadier final fit)
+    method: str = "dopri5"
+    rtol: float = 1e-6
+    atol: float = 1e-7
+    adjoint: bool = False
+    test_every: int = 50  #: evaluate the full trajectory every this many iterations
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("iters", "data_size", "batch_size", "hidden", "test_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 2 <= self.batch_time < self.data_size:
+            raise ValueError(f"batch_time must be in [2, data_size), got {self.batch_time}.")
+        if self.noise < 0 or self.t_max <= 0 or self.lr <= 0:
+            raise ValueError("noise must be >= 0, t_max and lr positive.")
+
+
+def true_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The spiral dynamics dy/dt = (y^3) A for a row-vector state y of shape (..., 2)."""
+    return (y**3) @ torch.tensor(SPIRAL_A, dtype=y.dtype, device=y.device)
+
+
+class SpiralField(nn.Module):
+    """The learned dynamics dy/dt = MLP(y^3), a tanh MLP 2 -> hidden -> 2.
+
+    Args:
+        hidden: width of the hidden layer.
+    """
+
+    def __init__(self, hidden: int = 50):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):  # small initial field: the first windows stay well-posed
+                nn.init.normal_(layer.weight, std=0.1)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y**3)
+
+
+def make_data(s: DemoSettings):
+    """The observation times, the noise-free trajectory and the noisy observations (float32).
+
+    Returns:
+        (t, y_true, y_obs) with shapes (data_size,), (data_size, 2), (data_size, 2).
+    """
+    t = torch.linspace(0.0, s.t_max, s.data_size, dtype=torch.float64)
+    y0 = torch.tensor([SPIRAL_Y0], dtype=torch.float64)
+    with torch.no_grad():
+        y_true = odeint(true_field, y0, t, rtol=1e-10, atol=1e-12)[:, 0]
+    gen = torch.Generator().manual_seed(s.seed)
+    y_obs = y_true + s.noise * torch.randn(y_true.shape, generator=gen, dtype=torch.float64)
+    return t.float(), y_true.float(), y_obs.float()
+
+
+def sample_windows(t: torch.Tensor, y_obs: torch.Tensor, s: DemoSettings, gen: torch.Generator):
+    """Random training windows: start states (B, 1, 2), relative times (T,), targets (T, B, 1, 2)."""
+    starts = torch.randperm(len(t) - s.batch_time, generator=gen)[: s.batch_size]
+    y0 = y_obs[starts][:, None, :]
+    times = t[: s.batch_time] - t[0]
+    targets = torch.stack([y_obs[starts + i] for i in range(s.batch_time)], dim=0)[:, :, None, :]
+    return y0, times, targets
+
+
+def _integrate(model: SpiralField, y0: torch.Tensor, t: torch.Tensor, s: DemoSettings) -> torch.Tensor:
+    if s.adjoint:
+        return odeint_adjoint(model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method,
+                              adjoint_params=tuple(model.parameters()))
+    return odeint(model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method)
+
+
+def field_error(model: SpiralField, pts: torch.Tensor) -> float:
+    """Relative L2 error ||f_learned - f_true|| / ||f_true|| of the learned field at the points ``pts``
+    (N, 2): on the true trajectory it measures how well the dynamics the data show were recovered;
+    on a grid over the plane, how far that knowledge extends."""
+    with torch.no_grad():
+        learned = model(torch.tensor(0.0), pts)
+        true = true_field(torch.tensor(0.0), pts)
+    return float((learned - true).norm() / true.norm())
+
+
+def _box_grid(y: torch.Tensor, n: int = 25) -> torch.Tensor:
+    """An n x n grid over the bounding box of the points y (N, 2)."""
+    lo, hi = y.min(dim=0).values, y.max(dim=0).values
+    xs = torch.linspace(float(lo[0]), float(hi[0]), n)
+    gx, gy = torch.meshgrid(xs, torch.linspace(float(lo[1]), float(hi[1]), n), indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def train(s: DemoSettings, progress: bool = True) -> Dict:
+    """Generate the data, train the model and evaluate it.
+
+    Returns:
+        dict with ``model``, the data (``t``, ``y_true``, ``y_obs``), the learned trajectory ``y_pred``,
+        the loss and evaluation history and the final metrics.
+    """
+    from tqdm import tqdm
+
+    torch.manual_seed(s.seed)
+    t, y_true, y_obs = make_data(s)
+    model = SpiralField(s.hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.iters, eta_min=0.01 * s.lr) if s.cosine else None
+    gen = torch.Generator().manual_seed(s.seed + 1)
+    hist: Dict[str, List[float]] = {"iter": [], "loss": [], "eval_iter": [], "eval_mae": []}
+    y0_full = y_obs[:1]  # the model only ever sees the noisy data, starting state included
+    start = time.perf_counter()
+    bar = tqdm(range(1, s.iters + 1), desc="spiral demo", disable=not progress)
+    for it in bar:
+        y0, times, targets = sample_windows(t, y_obs, s, gen)
+        opt.zero_grad()
+        pred = _integrate(model, y0, times, s)
+        loss = (pred - targets).abs().mean()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        hist["iter"].append(it)
+        hist["loss"].append(loss.item())
+        if it % s.test_every == 0 or it == s.iters:
+            with torch.no_grad():
+                full = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
+            hist["eval_iter"].append(it)
+            hist["eval_mae"].append(float((full - y_true).abs().mean()))
+            bar.set_postfix(loss=f"{loss.item():.4f}", traj_mae=f"{hist['eval_mae'][-1]:.4f}")
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        y_pred = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
+    metrics = {
+        "iterations": s.iters,
+        "final_loss": hist["loss"][-1],
+        "trajectory_mae": float((y_pred - y_true).abs().mean()),
+        "noise_mae": float((y_obs - y_true).abs().mean()),
+        "field_rel_error": field_error(model, y_true),
+        "field_rel_error_box": field_error(model, _box_grid(y_true)),
+        "train_seconds": seconds,
+    }
+    return {"model": model, "t": t, "y_true": y_true, "y_obs": y_obs, "y_pred": y_pred, "history": hist,
+            "metrics": metrics}
+
+
+def plot_results(folder: Path, result: Dict) -> None:
+    """Write trajectories.png, phase_portrait.png, vector_field.png and loss.png."""
+    plt = pyplot()
+    t, y_true, y_obs, y_pred = (result[k].numpy() for k in ("t", "y_true", "y_obs", "y_pred"))
+    model, hist = result["model"], result["history"]
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    for i, (ax, name) in enumerate(zip(axes, ("x", "y"))):
+        ax.plot(t, y_obs[:, i], ".", ms=2, color="0.6", label="observed (noisy)")
+        ax.plot(t, y_true[:, i], "g-", lw=1.5, label="true")
+        ax.plot(t, y_pred[:, i], "b--", lw=1.5, label="learned")
+        ax.set_ylabel(name)
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].set_xlabel("t")
+    fig.suptitle("Spiral: true vs learned trajectories")
+    fig.tight_layout()
+    fig.savefig(folder / "trajectories.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(y_obs[:, 0], y_obs[:, 1], ".", ms=2, color="0.6", label="observed")
+    ax.plot(y_true[:, 0], y_true[:, 1], "g-", lw=1.5, label="true")
+    ax.plot(y_pred[:, 0], y_pred[:, 1], "b--", lw=1.5, label="learned")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8)
+    ax.set_title("Phase portrait")
+    fig.tight_layout()
+    fig.savefig(folder / "phase_portrait.png", dpi=120)
+    plt.close(fig)
+
+    lim = 1.1 * float(np.abs(y_true).max())
+    g = torch.linspace(-lim, lim, 21)
+    gx, gy = torch.meshgrid(g, g, indexing="xy")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+    with torch.no_grad():
+        fields = {"true": true_field(torch.tensor(0.0), pts), "learned": model(torch.tensor(0.0), pts)}
+    vmax = max(float(f.norm(dim=-1).max()) for f in fields.values())  # one colour scale for both panels
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    for ax, (name, f) in zip(axes, fields.items()):
+        u = f[:, 0].reshape(gx.shape).numpy()
+        v = f[:, 1].reshape(gx.shape).numpy()
+        speed = np.hypot(u, v)
+        scale = np.maximum(speed, 1e-12) ** 0.5  # arrows drawn at sqrt(speed) so slow regions stay visible
+        ax.quiver(gx.numpy(), gy.numpy(), u / scale, v / scale, speed, cmap="viridis", clim=(0.0, vmax))
+        ax.plot(y_true[:, 0], y_true[:, 1], "g-", lw=0.8, alpha=0.7)
+        ax.set_title(f"{name} vector field")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(folder / "vector_field.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(hist["iter"], hist["loss"], lw=0.8, label="training loss (window MAE)")
+    ax.semilogy(hist["eval_iter"], hist["eval_mae"], "o-", ms=3, label="full trajectory MAE vs truth")
+    ax.set_xlabel("iteration")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DemoSettings()
+    parser.add_argument("--iters", type=int, default=d.iters, help=f"training iterations (default {d.iters})")
+    parser.add_argument("--quick", action="store_true", help="a small budget (300 iterations)")
+    parser.add_argument("--noise", type=float, default=d.noise, help=f"observation noise std (default {d.noise})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--batch-time", type=int, default=d.batch_time)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--method", default=d.method, help="odeint method (default dopri5)")
+    parser.add_argument("--rtol", type=float, default=d.rtol)
+    parser.add_argument("--atol", type=float, default=d.atol)
+    parser.add_argument("--adjoint", action="store_true", help="gradients by the adjoint method (odeint_adjoint)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--out", default=None, help="run folder (default runs/demo-<timestamp>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
+    iters = 300 if args.quick and args.iters == DemoSettings.iters else args.iters
+    s = DemoSettings(iters=iters, noise=args.noise, batch_size=args.batch_size, batch_time=args.batch_time,
+                     lr=args.lr, method=args.method, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint,
+                     seed=args.seed, test_every=max(1, min(50, iters)))
+    folder = run_folder(args.out, "demo")
+    result = train(s, progress=not args.no_progress)
+    m = result["metrics"]
+    row = {k: m[k] for k in ("iterations", "final_loss", "trajectory_mae", "noise_mae", "field_rel_error",
+                             "field_rel_error_box", "train_seconds")}
+    meta = {"system": "dy/dt = (y^3) A, A = [[-0.1, 2.0], [-2.0, -0.1]], y0 = (2, 0), t in [0, 25]",
+            "settings": dataclasses.asdict(s)}
+    table = write_results(folder, "results", [row], list(row), meta)
+    plot_results(folder, result)
+    print(table)
+    print(f"final loss {m['final_loss']:.4f}; learned trajectory MAE vs truth {m['trajectory_mae']:.4f} "
+          f"(observation noise MAE {m['noise_mae']:.4f}); vector field relative error {m['field_rel_error']:.3f} "
+          f"on the trajectory, {m['field_rel_error_box']:.3f} over its bounding box")
+    print(f"results and plots in {folder}")
+    return 0
