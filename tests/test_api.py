@@ -121,7 +121,7 @@ def test_adaptive_methods_agree_with_torchdiffeq_within_tolerance(method):
 
 @pytest.mark.parametrize("method", ADAMS)
 def test_adams_agree_with_torchdiffeq_and_exact(method):
-    # torchdiffeq's Adams methods raise the order up to 12; ours stop at max_order 4. Both converge.
+    # torchdiffeq's Adams methods default to max_order 12 and ramp the order up; ours default to 4. Both converge.
     opts = {"step_size": 0.01}
     ours = hn.odeint(linear, Y0, T_OUT, method=method, options=opts)
     exact = exact_linear(Y0, T_OUT)

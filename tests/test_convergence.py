@@ -164,3 +164,14 @@ def test_scipy_solver_error_scales_with_tolerance(inner):
     slope = _slope(tols, errors)
     assert 0.7 < slope < 1.4, f"scipy {inner}: error ~ tol^{slope:.2f}; {errors}"
     assert errors[-1] < 1e-8
+
+
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams"])
+def test_adams_high_order_is_limited_by_the_rk4_starter(method):
+    """max_order above 4 is accepted (as torchdiffeq allows up to 12); the rk4 start-up steps have
+    O(h^5) local errors, so order 5 is observed for max_order 5 and 8 alike."""
+    ns = (64, 128, 256, 512)
+    for k in (5, 8):
+        errors = _fixed_errors(method, ns, {"max_order": k}, "linear")
+        slope = _slope([T / n for n in ns[1:]], errors[1:])
+        assert abs(slope - 5) < 0.3 if method == "implicit_adams" or k == 5 else slope > 4.7, (k, slope, errors)

@@ -33,11 +33,16 @@ class ExplicitRungeKutta:
         name: the method name used by ``odeint(method=...)``.
         dense_output: optional ``factory(f, t0, y0, dt, step)`` of a method-specific interpolant that
             needs extra evaluations (otherwise the tableau's polynomial, else cubic Hermite).
+        error_estimate: optional ``estimate(dt, ks) -> error`` replacing ``dt * sum(b_error * ks)``.
+        error_estimate_order: the order q the step-size controller assumes for that estimate (it
+            behaves like O(h^(q+1))); default the tableau's ``error_order``.
     """
 
     tableau: ButcherTableau
     name: str
     dense_output: Optional[Callable] = None
+    error_estimate: Optional[Callable] = None
+    error_estimate_order: Optional[int] = None
 
     @property
     def order(self) -> int:
@@ -45,7 +50,7 @@ class ExplicitRungeKutta:
 
     @property
     def error_order(self) -> Optional[int]:
-        return self.tableau.error_order
+        return self.error_estimate_order if self.error_estimate_order is not None else self.tableau.error_order
 
     @property
     def adaptive(self) -> bool:
@@ -75,7 +80,10 @@ class ExplicitRungeKutta:
         error = None
         if tab.b_error is not None:
             with torch.no_grad():  # the estimate only decides the step: no autograd graph for it
-                error = linear_combination(None, dt, tab.b_error, ks)
+                if self.error_estimate is not None:
+                    error = self.error_estimate(dt, ks)
+                else:
+                    error = linear_combination(None, dt, tab.b_error, ks)
         return RKStep(y1, error, tuple(ks))
 
     def next_state(self, f: Field, t1: float, step: RKStep) -> torch.Tensor:
