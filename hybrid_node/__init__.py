@@ -26,6 +26,9 @@ from .solvers import (RK4, AdamsBashforth, AdamsBashforthMoulton, AdaptiveHeun, 
                       Dopri8, Euler, ExplicitRungeKutta, Fehlberg2, Heun2, Heun3, Midpoint, RK4Classic, ScipySolver,
                       Tsit5)
 from .solvers import METHODS as METHODS
+from .solvers.implicit import (ROS3P, SDIRK2, TRBDF2, Dirk, GaussLegendre4, GaussLegendre6, ImplicitEuler,
+                               ImplicitMidpoint, ImplicitRungeKutta, KenCarp4, Kvaerno3, Kvaerno5, RadauIIA3,
+                               RadauIIA5, Rodas4, Rodas5P, Rosenbrock, Rosenbrock23, Trapezoid)
 
 __version__ = "0.1.0"
 

@@ -5,8 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from hybrid_node.nn import (AugmentedNeuralODE, MLPDynamics, SecondOrderDynamics, SecondOrderNeuralODE,
-                            SolveSettings, augment)
+from hybrid_node.nn import (
+    AugmentedNeuralODE,
+    MLPDynamics,
+    SecondOrderDynamics,
+    SecondOrderNeuralODE,
+    SolveSettings,
+    augment,
+)
 
 TIGHT = SolveSettings("dopri5", rtol=1e-10, atol=1e-12)
 

@@ -4,8 +4,14 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from hybrid_node import BackendError
 from hybrid_node.nn import ODEBlock, SolveSettings
-from hybrid_node.sensitivity import BacksolveAdjoint, DirectBackprop, InterpolatingAdjoint
+from hybrid_node.sensitivity import (
+    BacksolveAdjoint,
+    DirectBackprop,
+    GaussAdjoint,
+    InterpolatingAdjoint,
+)
 
 
 class Linear(nn.Module):
@@ -136,9 +142,24 @@ def test_bad_inputs_raise_clear_errors():
         SolveSettings(backend="jax")
 
 
-def test_unsupported_sensitivity_names_the_alternatives():
-    block = ODEBlock(Linear(A.clone()), train_settings=SolveSettings(sensitivity=InterpolatingAdjoint()))
-    try:
+def test_interpolating_adjoint_matches_direct_gradient():
+    y0 = torch.randn(2, 2, dtype=torch.float64)
+    grads = []
+    for sens in (DirectBackprop(), InterpolatingAdjoint(checkpoints=4)):
+        func = Linear(A.clone())
+        block = ODEBlock(func, (0.0, 1.5), train_settings=SolveSettings(rtol=1e-9, atol=1e-10, sensitivity=sens))
+        block(y0).pow(2).sum().backward()
+        grads.append(func.a.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-8)
+
+
+def test_julia_only_sensitivity_on_torch_names_the_alternatives():
+    block = ODEBlock(Linear(A.clone()), train_settings=SolveSettings(sensitivity=GaussAdjoint(), backend="torch"))
+    with pytest.raises(BackendError, match="BacksolveAdjoint"):
         block(torch.randn(1, 2, dtype=torch.float64))
-    except ValueError as e:  # until the core's InterpolatingAdjoint is wired in
-        assert "DirectBackprop" in str(e)
+
+
+def test_unknown_method_is_reported():
+    block = ODEBlock(Linear(A.clone()), train_settings=SolveSettings(method="rk99"))
+    with pytest.raises(ValueError, match="Unknown method"):
+        block(torch.randn(1, 2, dtype=torch.float64))

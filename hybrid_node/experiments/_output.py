@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 
-def run_folder(out: Optional[str], name: str) -> Path:
+def run_folder(out: str | None, name: str) -> Path:
     """Create and return the run folder: ``out`` if given, else ``runs/<name>-<timestamp>``."""
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -32,7 +32,7 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
 
 
 def write_results(folder: Path, stem: str, rows: Sequence[Mapping], columns: Sequence[str],
-                  meta: Optional[Mapping] = None) -> str:
+                  meta: Mapping | None = None) -> str:
     """Write ``<stem>.md`` and ``<stem>.json`` into ``folder`` and return the markdown table."""
     table = markdown_table(rows, columns)
     header = ""

@@ -26,7 +26,7 @@ import argparse
 import dataclasses
 import math
 import time
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -53,14 +53,14 @@ class MNISTConfig:
     models: Sequence[str] = MODELS
     channels: int = 64
     epochs: int = 160
-    iters: Optional[int] = None  #: stop each model after this many training iterations
+    iters: int | None = None  #: stop each model after this many training iterations
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.1
     lr_milestones: Sequence[int] = (60, 100, 140)  #: epochs at which the learning rate is divided by 10
     augment: bool = True
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
+    train_subset: int | None = None
+    test_subset: int | None = None
     tol: float = 1e-3
     rk_steps: int = 4
     adjoint: bool = True
@@ -82,8 +82,10 @@ class MNISTConfig:
             raise ValueError(f"channels ({self.channels}) must be a multiple of 32 or at most 32 (GroupNorm).")
 
 
-QUICK = dict(channels=32, epochs=1, batch_size=128, optimizer="adam", lr=3e-3, lr_milestones=(), augment=False,
-             train_subset=20000, rk_steps=4)
+# Small models, one epoch, Adam with a one-cycle schedule: the three models beat 95% test accuracy in
+# minutes on two CPU cores (see the README for measured numbers).
+QUICK = {"channels": 16, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 5e-3, "lr_milestones": (),
+         "augment": False, "train_subset": None, "rk_steps": 4}
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -138,7 +140,7 @@ def build_model(kind: str, channels: int, *, tol: float = 1e-3, rk_steps: int = 
     return nn.Sequential(*stem, *features, *head)
 
 
-def ode_block(model: nn.Module) -> Optional[ODEBlock]:
+def ode_block(model: nn.Module) -> ODEBlock | None:
     """The model's ODEBlock, or None (ResNet)."""
     return next((m for m in model.modules() if isinstance(m, ODEBlock)), None)
 
@@ -157,16 +159,17 @@ class SavedActivationMeter:
 
     def __init__(self, exclude: Sequence[torch.Tensor] = ()):
         self._exclude = {p.untyped_storage().data_ptr() for p in exclude}
-        self._seen: Dict[int, int] = {}
+        self._seen: dict[int, int] = {}
 
     @property
     def total(self) -> int:
         return sum(self._seen.values())
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in self._exclude:
-            self._seen[storage.data_ptr()] = storage.nbytes()
+        key = t.untyped_storage().data_ptr()
+        if key not in self._exclude:
+            # A view (e.g. a batch sliced from the data set) counts as its own extent, not its base storage.
+            self._seen[key] = max(self._seen.get(key, 0), t.numel() * t.element_size())
         return t
 
     def __enter__(self):
@@ -211,7 +214,7 @@ def _random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> Dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
     """Test error (%) and the mean forward NFE per batch of the model's ODE block (0 for ResNet)."""
     model.eval()
     wrong, nfes = 0, []
@@ -226,7 +229,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTConfig, *,
-                desc: str = "train") -> Dict[str, list]:
+                desc: str = "train") -> dict[str, list]:
     """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history."""
     from tqdm.auto import tqdm
 
@@ -239,12 +242,12 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTCo
     total = cfg.epochs * per_epoch if cfg.iters is None else min(cfg.iters, cfg.epochs * per_epoch)
     milestones = [m * per_epoch for m in cfg.lr_milestones]
     if cfg.optimizer == "adam" and not milestones:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
     else:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
     block = ode_block(model)
     loss_fn = nn.CrossEntropyLoss()
-    hist: Dict[str, list] = {"loss": [], "nfe_forward": [], "nfe_backward": [], "epoch": []}
+    hist: dict[str, list] = {"loss": [], "nfe_forward": [], "nfe_backward": [], "epoch": []}
     model.train()
     it = 0
     with tqdm(total=total, desc=desc, leave=False) as bar:
@@ -262,7 +265,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTCo
                 loss.backward()
                 opt.step()
                 sched.step()
-                hist["loss"].append(float(loss))
+                hist["loss"].append(loss.item())
                 hist["epoch"].append(it / per_epoch)
                 if block is not None:
                     hist["nfe_forward"].append(block.nfe_forward)
@@ -274,7 +277,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTCo
     return hist
 
 
-def run_table1(cfg: MNISTConfig, data_root: Optional[str] = None, folder=None) -> Dict[str, object]:
+def run_table1(cfg: MNISTConfig, data_root: str | None = None, folder=None) -> dict[str, object]:
     """Train and evaluate every model of ``cfg``; returns result rows and training histories."""
     torch.manual_seed(cfg.seed)
     train, test = load_mnist(data_root, train=True), load_mnist(data_root, train=False)
@@ -290,7 +293,7 @@ def run_table1(cfg: MNISTConfig, data_root: Optional[str] = None, folder=None) -
     for kind in cfg.models:
         torch.manual_seed(cfg.seed)
         model = build_model(kind, cfg.channels, tol=cfg.tol, rk_steps=cfg.rk_steps, adjoint=cfg.adjoint).to(cfg.device)
-        mem_batch = xtr[:cfg.batch_size].to(cfg.device), ytr[:cfg.batch_size].to(cfg.device)
+        mem_batch = xtr[:cfg.batch_size].clone().to(cfg.device), ytr[:cfg.batch_size].clone().to(cfg.device)
         memory = measure_training_memory(model, *mem_batch)
         start = time.perf_counter()
         hist = train_model(model, xtr, ytr, cfg, desc=kind)
@@ -342,7 +345,7 @@ def _plots(folder, histories) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="small models, one epoch on 20k images with Adam (minutes on a CPU)")
+                        help="16 channels, one epoch with Adam, batch 64 (minutes on a CPU)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of resnet,rknet,odenet")
     parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (else the offline copy)")
     parser.add_argument("--out", default=None, help="run folder (default runs/mnist-<timestamp>)")

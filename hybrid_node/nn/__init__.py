@@ -1,10 +1,19 @@
 """Continuous-depth models: ODE blocks, time-dependent layers, augmented and second-order Neural ODEs."""
-from .augmented import AugmentedNeuralODE as AugmentedNeuralODE, augment as augment
-from .layers import (
-    ConvDynamics as ConvDynamics,
-    MLPDynamics as MLPDynamics,
-    TimeConv2d as TimeConv2d,
-    TimeLinear as TimeLinear,
-)
-from .ode_block import NeuralODE as NeuralODE, ODEBlock as ODEBlock, SolveSettings as SolveSettings
-from .second_order import SecondOrderDynamics as SecondOrderDynamics, SecondOrderNeuralODE as SecondOrderNeuralODE
+from .augmented import AugmentedNeuralODE as AugmentedNeuralODE
+from .augmented import augment as augment
+from .cnf import CNF as CNF
+from .cnf import CNFSolver as CNFSolver
+from .cnf import ExactTrace as ExactTrace
+from .cnf import HutchinsonTrace as HutchinsonTrace
+from .cnf import RNODERegularization as RNODERegularization
+from .latent_ode import ElboTerms as ElboTerms  # irregular time series (issue 7)
+from .latent_ode import LatentODE as LatentODE
+from .layers import ConvDynamics as ConvDynamics
+from .layers import MLPDynamics as MLPDynamics
+from .layers import TimeConv2d as TimeConv2d
+from .layers import TimeLinear as TimeLinear
+from .ode_block import NeuralODE as NeuralODE
+from .ode_block import ODEBlock as ODEBlock
+from .ode_block import SolveSettings as SolveSettings
+from .second_order import SecondOrderDynamics as SecondOrderDynamics
+from .second_order import SecondOrderNeuralODE as SecondOrderNeuralODE

@@ -8,7 +8,7 @@ Reference: Dupont, Doucet, Teh, "Augmented Neural ODEs", NeurIPS 2019.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -58,8 +58,8 @@ class AugmentedNeuralODE(nn.Module):
     """
 
     def __init__(self, func: nn.Module, augment_dim: int, *, dim: int = 1,
-                 t: Union[Sequence[float], torch.Tensor] = (0.0, 1.0),
-                 train_settings: Optional[SolveSettings] = None, eval_settings: Optional[SolveSettings] = None,
+                 t: Sequence[float] | torch.Tensor = (0.0, 1.0),
+                 train_settings: SolveSettings | None = None, eval_settings: SolveSettings | None = None,
                  return_trajectory: bool = False):
         super().__init__()
         if not isinstance(augment_dim, int) or augment_dim < 0:
@@ -77,6 +77,6 @@ class AugmentedNeuralODE(nn.Module):
     def nfe_backward(self) -> int:
         return self.block.nfe_backward
 
-    def forward(self, x: torch.Tensor, t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Augment ``x`` and solve; returns the augmented final state (or trajectory)."""
         return self.block(augment(x, self.augment_dim, self.dim), t)

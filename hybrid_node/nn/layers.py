@@ -8,6 +8,8 @@ NeurIPS 2018, Section 3 and the MNIST ODE-Net.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -91,7 +93,7 @@ class MLPDynamics(nn.Module):
         sizes = [dim] + [hidden] * layers + [dim]
         make = TimeLinear if time_dependent else nn.Linear
         self.time_dependent = time_dependent
-        self.linears = nn.ModuleList(make(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.linears = nn.ModuleList(make(a, b) for a, b in itertools.pairwise(sizes))
         self.activations = nn.ModuleList(_copy(act) for _ in range(layers))
 
     def forward(self, t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,13 @@ NeurIPS 2018.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._api import build_solver, solve
 from .._backend import BACKENDS
 from ..sensitivity.settings import (
     BacksolveAdjoint,
@@ -28,9 +30,8 @@ from ..sensitivity.settings import (
     InterpolatingAdjoint,
     QuadratureAdjoint,
 )
-from torchdiffeq import odeint, odeint_adjoint  # TEMPORARY until hybrid_node's own odeint exists
 
-SensitivityT = Union[DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint]
+SensitivityT = DirectBackprop | BacksolveAdjoint | InterpolatingAdjoint | GaussAdjoint | QuadratureAdjoint
 _SENSITIVITIES = (DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint)
 
 
@@ -51,9 +52,9 @@ class SolveSettings:
     method: str = "dopri5"
     rtol: float = 1e-3
     atol: float = 1e-3
-    options: Optional[Mapping[str, Any]] = None
-    sensitivity: SensitivityT = DirectBackprop()
-    backend: Optional[str] = None
+    options: Mapping[str, Any] | None = None
+    sensitivity: SensitivityT = dataclasses.field(default_factory=DirectBackprop)
+    backend: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.method, str):
@@ -83,7 +84,7 @@ class _CountingField:
         return self.func(t, y)
 
 
-def _as_times(t: Union[Sequence[float], torch.Tensor]) -> torch.Tensor:
+def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
     times = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
     if times.dim() != 1 or times.numel() < 2:
         raise ValueError(f"t must be a 1-D sequence of at least two times (e.g. (0.0, 1.0)), got {t!r}.")
@@ -110,24 +111,15 @@ def integrate(func: Callable, y0: torch.Tensor, t: torch.Tensor, settings: Solve
         The solution at ``t``.
 
     Raises:
-        ValueError: for a sensitivity method this entry point cannot run.
+        ValueError: for an unknown method or option.
+        BackendError: for a sensitivity method the backend cannot run.
+        SolverError: if the solve fails.
     """
-    kwargs = dict(rtol=settings.rtol, atol=settings.atol, method=settings.method,
-                  options=dict(settings.options) if settings.options is not None else None)
-    if settings.backend is not None:
-        kwargs["backend"] = settings.backend
-    sens = settings.sensitivity
-    if isinstance(sens, DirectBackprop):
-        return odeint(func, y0, t, **kwargs)
-    if isinstance(sens, BacksolveAdjoint):
-        return odeint_adjoint(
-            func, y0, t, adjoint_rtol=sens.rtol if sens.rtol is not None else settings.rtol,
-            adjoint_atol=sens.atol if sens.atol is not None else settings.atol,
-            adjoint_method=sens.method if sens.method is not None else settings.method,
-            adjoint_options=dict(sens.options) if sens.options is not None else None,
-            adjoint_params=tuple(params), **kwargs)
-    raise ValueError(f"{type(sens).__name__} is not available to ODEBlock yet; use DirectBackprop() or "
-                     "BacksolveAdjoint().")
+    solver, controller, extras = build_solver(settings.method, settings.options, settings.rtol, settings.atol)
+    sol = solve(func, y0, t, solver=solver, controller=controller, sensitivity=settings.sensitivity,
+                backend=settings.backend, adjoint_params=tuple(params), jump_t=extras.get("jump_t", ()),
+                step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
+    return sol.ys
 
 
 class ODEBlock(nn.Module):
@@ -153,8 +145,8 @@ class ODEBlock(nn.Module):
     Reference: Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018.
     """
 
-    def __init__(self, func: nn.Module, t: Union[Sequence[float], torch.Tensor] = (0.0, 1.0), *,
-                 train_settings: Optional[SolveSettings] = None, eval_settings: Optional[SolveSettings] = None,
+    def __init__(self, func: nn.Module, t: Sequence[float] | torch.Tensor = (0.0, 1.0), *,
+                 train_settings: SolveSettings | None = None, eval_settings: SolveSettings | None = None,
                  return_trajectory: bool = False):
         super().__init__()
         if not callable(func):
@@ -182,7 +174,7 @@ class ODEBlock(nn.Module):
     def nfe_backward(self) -> int:
         return self._calls[0] - self._calls_after_forward
 
-    def forward(self, x: torch.Tensor, t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Solve from ``x`` over ``t`` (default: the block's own times).
 
         Args:

@@ -10,7 +10,7 @@ Neural ODEs", NeurIPS 2020.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -59,9 +59,9 @@ class SecondOrderNeuralODE(nn.Module):
     Reference: Norcliffe et al., "On Second Order Behaviour in Augmented Neural ODEs", NeurIPS 2020.
     """
 
-    def __init__(self, acceleration: nn.Module, *, initial_velocity: Optional[nn.Module] = None, dim: int = 1,
-                 t: Union[Sequence[float], torch.Tensor] = (0.0, 1.0),
-                 train_settings: Optional[SolveSettings] = None, eval_settings: Optional[SolveSettings] = None,
+    def __init__(self, acceleration: nn.Module, *, initial_velocity: nn.Module | None = None, dim: int = 1,
+                 t: Sequence[float] | torch.Tensor = (0.0, 1.0),
+                 train_settings: SolveSettings | None = None, eval_settings: SolveSettings | None = None,
                  return_trajectory: bool = False, return_velocity: bool = False):
         super().__init__()
         self.initial_velocity = initial_velocity
@@ -78,7 +78,7 @@ class SecondOrderNeuralODE(nn.Module):
     def nfe_backward(self) -> int:
         return self.block.nfe_backward
 
-    def forward(self, x0: torch.Tensor, v0: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None):
+    def forward(self, x0: torch.Tensor, v0: torch.Tensor | None = None, t: torch.Tensor | None = None):
         """Solve from position ``x0`` and velocity ``v0``.
 
         Returns:

@@ -1,0 +1,161 @@
+"""Figure 3 of Chen et al. (2018): what the tolerance buys and costs in a trained ODE-Net.
+
+Trains a (small) MNIST ODE-Net with the adjoint method, recording forward and backward NFE at every
+iteration, then sweeps the tolerance of the trained model and measures, per tolerance:
+
+(a) the numerical error of the ODE block's output against a tight-tolerance solve, vs forward NFE;
+(b) the wall time of a forward pass vs forward NFE;
+(c) the backward (adjoint) NFE vs the forward NFE;
+(d) and, from training, the forward NFE against the epoch.
+
+Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
+NeurIPS 2018, Figure 3.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..data.mnist import load_mnist, to_float
+from ..nn.ode_block import SolveSettings
+from ..sensitivity.settings import BacksolveAdjoint
+from ._output import pyplot, run_folder, write_results
+from .mnist import MNISTConfig, build_model, ode_block, train_model
+
+HELP = "Figure 3: error and time vs tolerance, backward vs forward NFE, NFE during training (MNIST ODE-Net)."
+TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+
+
+def tolerance_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequence[float], *,
+                    reference_tol: float = 1e-7, repeats: int = 3) -> list[dict[str, float]]:
+    """Measure NFE, error, forward time and adjoint backward NFE of the trained model per tolerance.
+
+    Args:
+        model: a trained ODE-Net from :func:`hybrid_node.experiments.mnist.build_model`.
+        x, y: one batch of images and labels.
+        tolerances: rtol = atol values to sweep.
+        reference_tol: tolerance of the reference solve the error is measured against.
+        repeats: forward passes timed per tolerance (the median is reported).
+
+    Returns:
+        One dict per tolerance.
+    """
+    block = ode_block(model)
+    stem_end = list(model).index(block)
+    stem, head = nn.Sequential(*list(model)[:stem_end]), nn.Sequential(*list(model)[stem_end + 1:])
+    old_train, old_eval = block.train_settings, block.eval_settings
+    model.eval()
+    try:
+        with torch.no_grad():
+            h0 = stem(x)
+            block.eval_settings = SolveSettings("dopri5", reference_tol, reference_tol)
+            reference = block(h0)
+        rows = []
+        for tol in tolerances:
+            block.eval_settings = SolveSettings("dopri5", tol, tol)
+            times = []
+            with torch.no_grad():
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    out = block(h0)
+                    times.append(time.perf_counter() - start)
+                nfe_forward = block.nfe_forward
+                error = float((out - reference).abs().max())
+                wrong = int((head(out).argmax(1) != y).sum())
+            # Backward pass with the adjoint at the same tolerance (training mode selects train_settings).
+            block.train_settings = SolveSettings("dopri5", tol, tol, sensitivity=BacksolveAdjoint())
+            block.train()
+            h = h0.detach().requires_grad_(True)
+            nn.functional.cross_entropy(head(block(h)), y).backward()
+            block.eval()
+            rows.append({"tolerance": tol, "NFE forward": nfe_forward, "NFE backward": block.nfe_backward,
+                         "max abs error": error, "forward time (ms)": 1e3 * sorted(times)[len(times) // 2],
+                         "test error (%)": 100.0 * wrong / len(y)})
+        return rows
+    finally:
+        block.train_settings, block.eval_settings = old_train, old_eval
+        model.zero_grad(set_to_none=True)
+
+
+def _plots(folder, rows, hist) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    nf = [r["NFE forward"] for r in rows]
+    axes[0].loglog(nf, [max(r["max abs error"], 1e-12) for r in rows], "o-")
+    axes[0].set_xlabel("NFE forward"), axes[0].set_ylabel("numerical error"), axes[0].set_title("(a) error vs NFE")
+    axes[1].plot(nf, [r["forward time (ms)"] for r in rows], "o-")
+    axes[1].set_xlabel("NFE forward"), axes[1].set_ylabel("forward time (ms)"), axes[1].set_title("(b) time vs NFE")
+    axes[2].plot(nf, [r["NFE backward"] for r in rows], "o-", label="measured")
+    top = max(nf + [1])
+    axes[2].plot([0, top], [0, 0.5 * top], "k--", lw=0.8, label="backward = forward / 2")
+    axes[2].plot([0, top], [0, top], "k:", lw=0.8, label="backward = forward")
+    axes[2].set_xlabel("NFE forward"), axes[2].set_ylabel("NFE backward"), axes[2].legend()
+    axes[2].set_title("(c) backward vs forward NFE")
+    axes[3].plot(hist["epoch"], hist["nfe_forward"], lw=0.8)
+    axes[3].set_xlabel("epoch"), axes[3].set_ylabel("NFE forward"), axes[3].set_title("(d) NFE during training")
+    fig.tight_layout(), fig.savefig(folder / "nfe_figure3.png", dpi=120), plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="16 channels, 300 iterations of batch 64 on 19.2k images")
+    parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (else the offline copy)")
+    parser.add_argument("--out", default=None, help="run folder (default runs/nfe-<timestamp>)")
+    parser.add_argument("--channels", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None, help="training iterations")
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--eval-batch", type=int, default=256, help="images used in the tolerance sweep")
+    parser.add_argument("--tolerances", default=",".join(f"{t:g}" for t in TOLERANCES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        tolerances = [float(v) for v in args.tolerances.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--tolerances must be comma-separated numbers, got {args.tolerances!r}.") from None
+    if not tolerances or any(t <= 0 for t in tolerances):
+        raise ValueError("--tolerances must hold at least one positive number.")
+    values = {"models": ("odenet",), "channels": 32, "epochs": 10, "optimizer": "adam", "lr": 3e-3,
+              "lr_milestones": (), "augment": False, "seed": args.seed, "device": args.device}
+    if args.quick:
+        values.update(channels=16, epochs=1, batch_size=64, lr=5e-3, iters=300, train_subset=19200)
+    for name in ("channels", "epochs", "iters", "train_subset"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    cfg = MNISTConfig(**values)
+    folder = run_folder(args.out, "nfe")
+    torch.manual_seed(cfg.seed)
+    train, test = load_mnist(args.data_root, train=True), load_mnist(args.data_root, train=False)
+    xtr, ytr = to_float(train.images), train.labels
+    if cfg.train_subset is not None:
+        xtr, ytr = xtr[:cfg.train_subset], ytr[:cfg.train_subset]
+    model = build_model("odenet", cfg.channels, tol=cfg.tol, adjoint=True).to(cfg.device)
+    start = time.perf_counter()
+    hist = train_model(model, xtr, ytr, cfg, desc="odenet")
+    train_time = time.perf_counter() - start
+    xte = to_float(test.images[:args.eval_batch]).to(cfg.device)
+    rows = tolerance_sweep(model, xte, test.labels[:args.eval_batch].to(cfg.device), tolerances)
+    columns = ["tolerance", "NFE forward", "NFE backward", "max abs error", "forward time (ms)", "test error (%)"]
+    n = max(1, len(hist["nfe_forward"]) // 10)
+    meta = {"data": train.source, "config": dataclasses.asdict(cfg), "train time (s)": round(train_time, 1),
+            "NFE forward, first 10% of training": round(sum(hist["nfe_forward"][:n]) / n, 1),
+            "NFE forward, last 10% of training": round(sum(hist["nfe_forward"][-n:]) / n, 1),
+            "NFE backward / forward over training": round(sum(hist["nfe_backward"]) / max(1, sum(hist["nfe_forward"])), 2),
+            "error reference": "dopri5 at rtol = atol = 1e-7 on the same batch"}
+    table = write_results(folder, "results", rows, columns, meta)
+    _plots(folder, rows, hist)
+    print(table)
+    for key in list(meta)[3:6]:
+        print(f"{key}: {meta[key]}")
+    print(f"\nresults and figure in {folder}")
+    return 0
