@@ -71,14 +71,14 @@ def test_subsample_grid_keeps_distinct_sorted_points_per_sample():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(times=torch.zeros(2, 3, 1)), "times must have shape"),
-        (dict(values=torch.zeros(2, 4, 2)), "values must have shape"),
-        (dict(mask=torch.zeros(2, 3, 1)), "mask must have"),
-        (dict(times=torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 2.0]])), "sorted"),
+        ({"times": torch.zeros(2, 3, 1)}, "times must have shape"),
+        ({"values": torch.zeros(2, 4, 2)}, "values must have shape"),
+        ({"mask": torch.zeros(2, 3, 1)}, "mask must have"),
+        ({"times": torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 2.0]])}, "sorted"),
     ],
 )
 def test_invalid_batches_raise(kwargs, match):
-    base = dict(times=torch.zeros(2, 3), values=torch.zeros(2, 3, 2), mask=torch.ones(2, 3, 2))
+    base = {"times": torch.zeros(2, 3), "values": torch.zeros(2, 3, 2), "mask": torch.ones(2, 3, 2)}
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
         IrregularBatch(**base)

@@ -19,6 +19,15 @@ from hybrid_node.nn.ode_rnn import ODERNN
 from hybrid_node.nn.rnn_baselines import RNNBaseline
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny recurrent models: one thread avoids thread-pool overhead on a shared machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _batch(bsz=3, length=6, dim=2, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     times = (torch.rand(bsz, length, generator=g, dtype=dtype) * 2 + 0.05).sort(dim=1).values
@@ -118,7 +127,7 @@ def test_padding_with_masked_garbage_changes_nothing(encoder):
     short = IrregularBatch(full.times[1:, :3], full.values[1:, :3], full.mask[1:, :3])
     padded = from_sequences([full.times[0], short.times[0]], [full.values[0], short.values[0]])
     padded.values[1, 3:] = 123.0  # garbage where the mask is 0
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(1)
     both = model.elbo(padded, 0.0, generator=g())
     first = model.elbo(select(full, torch.tensor([0])), 0.0, generator=g())
     assert torch.allclose(both.log_likelihood[0], first.log_likelihood[0])
@@ -178,16 +187,17 @@ def tiny_spirals():
 
 def test_latent_ode_trains_on_tiny_set(tiny_spirals):
     torch.manual_seed(0)
-    model = LatentODE(rtol=1e-4, atol=1e-5)
-    losses = _train(model, lambda: model(tiny_spirals), 40)
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    # Fixed-step RK4 keeps the cost of this test independent of how stiff training makes the field.
+    model = LatentODE(method="rk4", options={"step_size": 0.4})
+    losses = _train(model, lambda: model(tiny_spirals), 20)
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
 
 
 def test_rnn_baselines_train_on_tiny_set(tiny_spirals):
     for gaps in (False, True):
         torch.manual_seed(0)
         model = RNNBaseline(use_time_gaps=gaps)
-        losses = _train(model, lambda: model.loss(tiny_spirals), 40)
+        losses = _train(model, lambda m=model: m.loss(tiny_spirals), 30)
         assert losses[-1] < 0.5 * losses[0]
 
 
@@ -205,8 +215,9 @@ def test_ode_rnn_trains_and_extrapolates(tiny_spirals):
 def test_latent_variants_give_gradients(tiny_spirals):
     torch.manual_seed(0)
     batch = select(tiny_spirals, torch.arange(4))
-    for kwargs in (dict(encoder="ode-rnn"), dict(poisson=True)):
-        model = LatentODE(rtol=1e-3, atol=1e-4, **kwargs)
+    rk4 = {"method": "rk4", "options": {"step_size": 0.5}}
+    for kwargs in ({"encoder": "ode-rnn", "ode_rnn_kwargs": rk4}, {"poisson": True}):
+        model = LatentODE(method="rk4", options={"step_size": 0.5}, **kwargs)
         model(batch).backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 

@@ -18,7 +18,7 @@ union stays short.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -73,7 +73,7 @@ class IrregularBatch:
         """(B,) number of time points with at least one observation."""
         return self.time_mask.sum(-1).long()
 
-    def to(self, *args, **kwargs) -> "IrregularBatch":
+    def to(self, *args, **kwargs) -> IrregularBatch:
         """Move/cast like ``Tensor.to``; times keep a floating dtype, the mask follows ``values``."""
         values = self.values.to(*args, **kwargs)
         times = self.times.to(*args, **kwargs)
@@ -91,7 +91,7 @@ class IrregularBatch:
             raise ValueError("union_times does not contain every time of the batch; build it with union_grid().")
         return idx
 
-    def gaps(self, t0: Optional[Tensor] = None) -> Tensor:
+    def gaps(self, t0: Tensor | None = None) -> Tensor:
         """(B, L) time since the previous observation; the first entry is measured from ``t0``.
 
         Args:
@@ -102,7 +102,7 @@ class IrregularBatch:
         return self.times - prev
 
 
-def union_grid(batch: IrregularBatch, extra_times: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def union_grid(batch: IrregularBatch, extra_times: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Sorted union of the batch's times (plus ``extra_times``) and each sample's index into it.
 
     Args:
@@ -137,7 +137,7 @@ def gather_union(ys: Tensor, index: Tensor) -> Tensor:
 
 
 def from_sequences(
-    times: Sequence[Tensor], values: Sequence[Tensor], masks: Optional[Sequence[Tensor]] = None
+    times: Sequence[Tensor], values: Sequence[Tensor], masks: Sequence[Tensor] | None = None
 ) -> IrregularBatch:
     """Pad a list of series of different lengths into one :class:`IrregularBatch`.
 
@@ -212,7 +212,7 @@ def select(batch: IrregularBatch, index: Tensor) -> IrregularBatch:
 
 
 def subsample_grid(
-    times: Tensor, values: Tensor, n: int, generator: Optional[torch.Generator] = None
+    times: Tensor, values: Tensor, n: int, generator: torch.Generator | None = None
 ) -> IrregularBatch:
     """Keep ``n`` random points per sample (without replacement, sorted) of series on a shared grid.
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -96,7 +95,7 @@ class SpiralData:
         return subsample_grid(self.times, self.observed, n, generator=gen)
 
 
-def spiral_curves(config: SpiralConfig = SpiralConfig()) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spiral_curves(config: SpiralConfig = SpiralConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The two noise-free spirals on the full grid.
 
     Returns:
@@ -112,7 +111,7 @@ def spiral_curves(config: SpiralConfig = SpiralConfig()) -> Tuple[np.ndarray, np
     return ts, cw, cc
 
 
-def make_spirals(config: SpiralConfig = SpiralConfig(), seed: Optional[int] = 0) -> SpiralData:
+def make_spirals(config: SpiralConfig = SpiralConfig(), seed: int | None = 0) -> SpiralData:
     """Generate the bi-directional spirals data set.
 
     Args:

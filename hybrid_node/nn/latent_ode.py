@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,7 +34,7 @@ Tensor = torch.Tensor
 
 # ----------------------------------------------------------------------------------------------------
 # ELBO pieces
-def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor, mask: Optional[Tensor] = None) -> Tensor:
+def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor, mask: Tensor | None = None) -> Tensor:
     """Per-sample log N(x | mean, std^2) summed over the observed entries.
 
     Args:
@@ -95,7 +94,7 @@ class ElboTerms:
 
     log_likelihood: Tensor
     kl: Tensor
-    poisson: Optional[Tensor] = None
+    poisson: Tensor | None = None
 
     @property
     def elbo(self) -> Tensor:
@@ -130,7 +129,7 @@ class RecognitionRNN(nn.Module):
         self.i2h = nn.Linear(2 * obs_dim + int(use_time_gaps) + hidden, hidden)
         self.h2o = nn.Linear(hidden, 2 * latent_dim)
 
-    def forward(self, batch: IrregularBatch, t0: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, batch: IrregularBatch, t0: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (mean, logvar) of q(z0 | x), each (B, latent_dim)."""
         parts = [batch.values * batch.mask, batch.mask]
         if self.use_time_gaps:
@@ -153,7 +152,7 @@ class ODERNNEncoder(nn.Module):
         super().__init__()
         self.ode_rnn = ODERNN(obs_dim, hidden=hidden, out_dim=2 * latent_dim, **ode_rnn_kwargs)
 
-    def forward(self, batch: IrregularBatch, t0: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, batch: IrregularBatch, t0: Tensor) -> tuple[Tensor, Tensor]:
         h, _ = self.ode_rnn.run(batch, t_start=t0, backwards=True)
         mean, logvar = self.ode_rnn.readout(h).chunk(2, dim=-1)
         return mean, logvar
@@ -202,6 +201,10 @@ class LatentODE(nn.Module):
         obs_std: standard deviation of the Gaussian likelihood.
         poisson: add a Poisson process likelihood of the observation times (one intensity per channel).
         method, rtol, atol, options: settings of the latent solve.
+        ode_rnn_kwargs: keyword arguments of the ODE-RNN encoder (``ode_hidden``, ``method``, ``rtol``, ...).
+
+    Raises:
+        ValueError: for an unknown encoder or a non-positive ``obs_std``.
     """
 
     def __init__(
@@ -217,7 +220,8 @@ class LatentODE(nn.Module):
         method: str = "dopri5",
         rtol: float = 1e-7,
         atol: float = 1e-9,
-        options: Optional[dict] = None,
+        options: dict | None = None,
+        ode_rnn_kwargs: dict | None = None,
     ):
         super().__init__()
         if obs_std <= 0:
@@ -225,7 +229,7 @@ class LatentODE(nn.Module):
         if encoder == "rnn":
             self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim)
         elif encoder == "ode-rnn":
-            self.encoder = ODERNNEncoder(obs_dim, rec_hidden, latent_dim)
+            self.encoder = ODERNNEncoder(obs_dim, rec_hidden, latent_dim, **(ode_rnn_kwargs or {}))
         else:
             raise ValueError(f"encoder must be 'rnn' or 'ode-rnn'; got {encoder!r}.")
         self.latent_dim = latent_dim
@@ -235,7 +239,7 @@ class LatentODE(nn.Module):
         self.obs_std = obs_std
         self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
 
-    def encode(self, batch: IrregularBatch, t0: float | Tensor = 0.0) -> Tuple[Tensor, Tensor]:
+    def encode(self, batch: IrregularBatch, t0: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
         """(mean, logvar) of q(z0 | x), each (B, latent_dim); z0 lives at time ``t0``."""
         t0 = torch.as_tensor(t0, dtype=batch.times.dtype)
         if bool((batch.times < t0).any()):
@@ -243,7 +247,7 @@ class LatentODE(nn.Module):
         return self.encoder(batch, t0)
 
     @staticmethod
-    def sample_z0(mean: Tensor, logvar: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample_z0(mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Reparameterised draw z0 = mean + exp(logvar / 2) * eps, eps ~ N(0, I)."""
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + torch.exp(0.5 * logvar) * eps
@@ -267,7 +271,7 @@ class LatentODE(nn.Module):
         return self.decoder(zs).transpose(0, 1)
 
     def elbo(
-        self, batch: IrregularBatch, t0: float | Tensor = 0.0, generator: Optional[torch.Generator] = None
+        self, batch: IrregularBatch, t0: float | Tensor = 0.0, generator: torch.Generator | None = None
     ) -> ElboTerms:
         """ELBO terms of a batch with one reparameterised sample of z0 per series.
 

@@ -13,8 +13,6 @@ NeurIPS 2019, Algorithm 1.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import nn
 
@@ -57,11 +55,11 @@ class ODERNN(nn.Module):
         obs_dim: int,
         hidden: int = 25,
         ode_hidden: int = 50,
-        out_dim: Optional[int] = None,
+        out_dim: int | None = None,
         method: str = "dopri5",
         rtol: float = 1e-3,
         atol: float = 1e-4,
-        options: Optional[dict] = None,
+        options: dict | None = None,
     ):
         super().__init__()
         if obs_dim < 1 or hidden < 1 or ode_hidden < 1:
@@ -82,7 +80,7 @@ class ODERNN(nn.Module):
         field = _ScaledField(self.field, gap.to(h.dtype).unsqueeze(-1))
         return odeint(field, h, s, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)[-1]
 
-    def run(self, batch: IrregularBatch, t_start: Optional[Tensor] = None, backwards: bool = False) -> Tuple[Tensor, Tensor]:
+    def run(self, batch: IrregularBatch, t_start: Tensor | None = None, backwards: bool = False) -> tuple[Tensor, Tensor]:
         """Run over the observations.
 
         Forwards: h starts at 0 at ``t_start`` (default: each sample's first time), is evolved to each
@@ -120,12 +118,12 @@ class ODERNN(nn.Module):
             h = self.evolve(h, t0 - batch.times[:, 0])
         return h, torch.stack(priors, dim=1)
 
-    def forward(self, batch: IrregularBatch, t_start: Optional[Tensor] = None) -> Tensor:
+    def forward(self, batch: IrregularBatch, t_start: Tensor | None = None) -> Tensor:
         """(B, L, out_dim) one-step-ahead predictions: the read-out just before each observation."""
         _, priors = self.run(batch, t_start)
         return self.readout(priors)
 
-    def loss(self, batch: IrregularBatch, t_start: Optional[Tensor] = None) -> Tensor:
+    def loss(self, batch: IrregularBatch, t_start: Tensor | None = None) -> Tensor:
         """Masked mean squared error of the one-step-ahead predictions (the first point is skipped when
         ``t_start`` is not given, since nothing precedes it)."""
         pred = self(batch, t_start)
@@ -134,7 +132,7 @@ class ODERNN(nn.Module):
             mask[:, 0] = 0
         return ((pred - batch.values) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
-    def extrapolate(self, batch: IrregularBatch, times: Tensor, t_start: Optional[Tensor] = None) -> Tensor:
+    def extrapolate(self, batch: IrregularBatch, times: Tensor, t_start: Tensor | None = None) -> Tensor:
         """Predict at future ``times`` (T,) after every sample's observations.
 
         Returns:

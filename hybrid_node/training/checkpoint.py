@@ -12,27 +12,27 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """The current states of the torch, numpy and Python global generators."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Restore generator states captured by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 
 
-def save_checkpoint(path: PathLike, state: Dict[str, Any], include_rng: bool = True) -> Path:
+def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = True) -> Path:
     """Write ``state`` (plus the generator states) to ``path`` atomically.
 
     Args:
@@ -54,6 +54,9 @@ def save_checkpoint(path: PathLike, state: Dict[str, Any], include_rng: bool = T
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -62,7 +65,7 @@ def save_checkpoint(path: PathLike, state: Dict[str, Any], include_rng: bool = T
     return path
 
 
-def load_checkpoint(path: PathLike, restore_rng: bool = True) -> Optional[Dict[str, Any]]:
+def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] | None:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Args:
