@@ -97,3 +97,16 @@ def test_saved_activation_meter_counts_bytes():
         (x @ w).tanh().sum()
     # matmul saves x (1200 bytes, w excluded); tanh saves its output (100 x 3 float32 = 1200 bytes)
     assert meter.total == 2400
+
+
+def test_mnist_quick_trains_odenet_without_adjoint_unless_asked():
+    import argparse
+
+    from hybrid_node.experiments.mnist import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args([])).adjoint is True  # the paper's recipe
+    assert config_from_args(parser.parse_args(["--quick"])).adjoint is False
+    assert config_from_args(parser.parse_args(["--quick", "--adjoint"])).adjoint is True
+    assert config_from_args(parser.parse_args(["--no-adjoint"])).adjoint is False

@@ -23,7 +23,14 @@ from _gradient_problems import (
 
 import hybrid_node as hn
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These tests build their tensors in float64; restore the default dtype for the other modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 A0 = [[-0.2, 1.3], [-1.1, -0.4]]
 

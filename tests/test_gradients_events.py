@@ -14,7 +14,14 @@ import torch
 
 import hybrid_node as hn
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These tests build their tensors in float64; restore the default dtype for the other modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 class Decay(torch.nn.Module):
     def __init__(self, theta):
