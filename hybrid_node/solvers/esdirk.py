@@ -6,7 +6,12 @@ value). The Jacobian is kept across steps while Newton converges fast (rate belo
 when it converges slowly or fails; the LU factors are reused while ``h gamma`` stays within 20% of the
 value they were built for. The embedded error estimate is filtered through the same LU factors
 (``smooth_error``). The stage derivative is recovered as ``k_i = (Y_i - base_i) / (h gamma)``
-(no extra evaluation, robust for stiff components). Dense output is cubic Hermite.
+(no extra evaluation, robust for stiff components). A Jacobian is kept for the next step only while it
+still satisfies the secant condition along the step (one extra evaluation per accepted step), since a
+stale one can make Newton stop early and the filtered error estimate miss the error. Dense output is
+cubic Hermite on the end values and the method's own end slopes (the recovered last-stage derivative of
+a stiffly accurate method), not on ``f(t, y)``, which amplifies tolerance-level errors of stiff
+components by their eigenvalues.
 
 References:
 - Hairer & Wanner, Solving ODEs II, 2nd ed., Sections IV.6 (SDIRK methods) and IV.8 (Newton, reuse).
@@ -150,18 +155,27 @@ TRAPEZOID_TABLEAU = DirkTableau(a=((0.0,), (0.5, 0.5)), c=(0.0, 1.0), b=(0.5, 0.
 
 @dataclasses.dataclass(frozen=True)
 class DirkState:
-    """Per-solve state carried between steps: f at the step start, the Jacobian and the LU factors."""
+    """Per-solve state carried between steps: f at the step start, the Jacobian and the LU factors.
+
+    ``dy0`` is the derivative at the step start for dense output: the previous step's recovered last-stage
+    derivative (None at the start of a solve, then ``f0`` is used).
+    """
 
     f0: torch.Tensor
     jac: torch.Tensor | None
     jac_t: float | None
     lu: Factorization | None
     eta: float = 1.0
+    dy0: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DirkStep:
-    """What one step produced; ``failed`` marks a Newton failure (the error is then infinite)."""
+    """What one step produced; ``failed`` marks a Newton failure (the error is then infinite).
+
+    ``dy0``/``dy1`` are the derivatives at the step's ends used by dense output (None: use f there);
+    ``y0`` is the state the step started from.
+    """
 
     y1: torch.Tensor
     error: torch.Tensor | None
@@ -172,6 +186,9 @@ class DirkStep:
     theta: float
     eta: float
     failed: bool
+    dy0: torch.Tensor | None = None
+    dy1: torch.Tensor | None = None
+    y0: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,23 +312,70 @@ class Dirk:
                     error = error + (dt * be) * k
             if self.smooth_error:
                 error = lu.solve(error)
-        return DirkStep(y1, error, f0, jac, jac_t, lu, theta_max, eta, False)
+        # stiffly accurate (y1 is the last stage, at c = 1): its recovered derivative is the method's own
+        # slope at t + dt, used by dense output instead of f(t + dt, y1) (see interpolant)
+        dy1 = ks[-1] if self._recovers_end_derivative else None
+        return DirkStep(y1, error, f0, jac, jac_t, lu, theta_max, eta, False, state.dy0, dy1, y)
 
     def next_state(self, f, t1: float, step: DirkStep) -> DirkState:
-        """Carry the Jacobian and LU on, unless Newton converged slowly (then refresh at the next step)."""
-        keep = step.theta <= 0.1
-        return DirkState(f(t1, step.y1), step.jac if keep else None, step.jac_t if keep else None,
-                         step.lu if keep else None, step.eta)
+        """Carry the Jacobian and LU on while they are still good, else refresh them at the next step.
+
+        They are kept when Newton converged fast (rate at most 0.1) and the Jacobian still satisfies the
+        secant condition along the step (:func:`_secant_mismatch` at most 0.5). The rate alone can miss a
+        stale Jacobian: when the old iteration matrix barely contracts a slow mode, the increments of that
+        mode are tiny, the measured rate is set by the fast modes and Newton stops far from the solution;
+        the filtered error estimate ``(I - h gamma J)^{-1} err`` is then wrong too.
+        """
+        f1 = f(t1, step.y1)
+        keep = step.theta <= 0.1 and _secant_mismatch(f, t1, step, f1) <= 0.5
+        return DirkState(f1, step.jac if keep else None, step.jac_t if keep else None,
+                         step.lu if keep else None, step.eta, step.dy1)
 
     def reject(self, f, t: float, y: torch.Tensor, state: DirkState, step: DirkStep) -> DirkState:
         """After a rejected step: keep a current Jacobian, refresh a stale one if Newton failed."""
         if step.failed and step.jac_t != t:
-            return DirkState(state.f0, None, None, None)
-        return DirkState(state.f0, step.jac, step.jac_t, step.lu if not step.failed else None, state.eta)
+            return DirkState(state.f0, None, None, None, 1.0, state.dy0)
+        return DirkState(state.f0, step.jac, step.jac_t, step.lu if not step.failed else None, state.eta, state.dy0)
 
     def interpolant(self, f, t0: float, y0: torch.Tensor, dt: float, step: DirkStep, state: DirkState):
-        """Cubic Hermite from the end values and derivatives (third order)."""
-        return HermiteInterpolant(y0, step.y1, step.f0, state.f0, dt)
+        """Cubic Hermite from the end values and the method's own end slopes (third order).
+
+        For a stiffly accurate method the slope at each end is the last stage's recovered derivative
+        ``(Y_s - base_s) / (h gamma)``, not ``f(t, y)``: on a stiff component ``f`` multiplies the
+        state's error (Newton's and the tolerance-level one) by the stiff eigenvalue, and over a long
+        step ``dt * f`` then dominates the interpolant, while the recovered slope's error stays of the
+        size of the Newton error divided by ``h gamma``.
+        """
+        d0 = step.f0 if step.dy0 is None else step.dy0
+        d1 = state.f0 if step.dy1 is None else step.dy1
+        return HermiteInterpolant(y0, step.y1, d0, d1, dt)
+
+    @property
+    def _recovers_end_derivative(self) -> bool:
+        tab = self.tableau
+        return tab.b == tab.a[-1] and tab.c[-1] == 1.0
+
+
+def _secant_mismatch(f, t1: float, step: DirkStep, f1: torch.Tensor) -> float:
+    """How far the step's Jacobian is from the secant condition along the step (one evaluation of f).
+
+    Returns ``max over samples of |df - J dy| / max(|df|, |J dy|)`` with ``dy = y1 - y0`` and
+    ``df = f(t1, y1) - f(t1, y0)`` (both at t1, so a time-dependent forcing does not count): about
+    ``|dy| * |f''| / |J|`` (small) for a current Jacobian, of order 1 for one from a different regime.
+
+    Reference: the secant condition of quasi-Newton updates, J. E. Dennis & R. B. Schnabel, Numerical
+    Methods for Unconstrained Optimization and Nonlinear Equations (1983), Chapter 8.
+    """
+    jac = step.jac
+    with torch.no_grad():
+        df = (f1 - f(t1, step.y0)).reshape(jac.shape[:-1])
+        dy = (step.y1 - step.y0).reshape(jac.shape[:-1])
+        jdy = (jac @ dy.unsqueeze(-1)).squeeze(-1)
+        num = (df - jdy).norm(dim=-1)
+        den = torch.maximum(df.norm(dim=-1), jdy.norm(dim=-1))
+        if not bool((den > 0).all()):
+            den = den.clamp_min(torch.finfo(den.dtype).tiny)
+        return float((num / den).max())
 
 
 def TRBDF2(**options) -> Dirk:
