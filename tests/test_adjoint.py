@@ -10,13 +10,7 @@ from _gradient_problems import Linear, MLPField, solve, weighted_loss
 import hybrid_node as hn
 
 
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """These tests build their tensors in float64; restore the default dtype for the other modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tensors built in float64
 
 
 def test_backsolve_drifts_on_a_contracting_problem_and_interpolating_does_not():

@@ -15,13 +15,7 @@ import torch
 import hybrid_node as hn
 
 
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """These tests build their tensors in float64; restore the default dtype for the other modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # tensors built in float64
 
 class Decay(torch.nn.Module):
     def __init__(self, theta):
