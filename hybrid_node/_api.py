@@ -9,7 +9,7 @@ import torch
 
 from ._backend import resolve_backend
 from ._errors import BackendError, Status
-from ._problem import Problem, integrate, make_problem
+from ._problem import Problem, all_finite, integrate, make_problem
 from ._solution import Solution, State
 from .controllers import ConstantStepSize, PIDController
 from .sensitivity.settings import (BacksolveAdjoint, DirectBackprop, GaussAdjoint, InterpolatingAdjoint,
@@ -84,7 +84,7 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
 def _finish(problem: Problem, integration, throw: bool) -> Solution:
     ys = torch.stack(integration.ys)
     status = integration.status
-    if status in (Status.SUCCESS, Status.EVENT) and not bool(torch.isfinite(ys).all()):
+    if status in (Status.SUCCESS, Status.EVENT) and not all_finite(ys):
         # fixed-grid loops have no step decision to catch it: the first non-finite output reports it
         bad = int((~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1).nonzero()[0])
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t

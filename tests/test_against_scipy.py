@@ -116,8 +116,13 @@ def test_adaptive_solver_matches_scipy(method, problem):
         # no less accurate than scipy's solver of the same family (3x for differing step sequences)
         assert err < 3 * err_scipy + tol, f"{method}: {err:.3g} vs scipy {scipy_method}: {err_scipy:.3g}"
         if method in ("dopri5", "bosh3"):
-            # the same pair and the same I controller: the same work, to a few steps (initial step)
-            assert abs(sol.stats.nfe - theirs.nfev) <= 0.02 * theirs.nfev + 20, (sol.stats.nfe, theirs.nfev)
+            # the same pair and the same I controller: the same work, to a few steps (initial step);
+            # scipy's RK45 estimates the error with Dormand and Prince's embedded solution, our dopri5
+            # by default with Shampine's (a smaller estimate, so fewer steps)
+            same = sol if method == "bosh3" else hn.solve(
+                f_torch, torch.tensor(y0, dtype=torch.float64), t, solver=hn.solvers.Dopri5("dormand-prince"),
+                controller=hn.PIDController(rtol=tol, atol=tol))
+            assert abs(same.stats.nfe - theirs.nfev) <= 0.02 * theirs.nfev + 20, (same.stats.nfe, theirs.nfev)
 
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "dopri8"])

@@ -89,7 +89,10 @@ class Backsolve:
                 z = xx[:n].detach().reshape(shape).requires_grad_(True)
                 g = fterm(s, z)
                 grads = vjp(g, (z,) + params, xx[n:2 * n].reshape(shape))
-            return torch.cat([-g.detach().reshape(-1)] + [gr.reshape(-1).to(dtype) for gr in grads])
+            parts = [g.detach().reshape(-1)] + [gr.reshape(-1) for gr in grads]
+            out = torch.cat([p if p.dtype == dtype else p.to(dtype) for p in parts])
+            out[:n].neg_()  # dz/dr = -g, negated in place rather than as one more tensor
+            return out
 
         last = len(ts) - 1
 
