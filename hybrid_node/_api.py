@@ -225,19 +225,23 @@ def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol=1e-7, atol=1e-9, 
         ValueError: unknown method/option or invalid input; SolverError: the solve failed;
         JuliaNotAvailableError: the Julia backend was asked for without Julia.
     """
+    return _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, None, None)
+
+
+def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params):
+    """What odeint and odeint_adjoint share: map the torchdiffeq-style call to a backend's solve."""
     if resolve_backend(backend) == "julia":
         from .backends import julia_backend
 
         if event_fn is not None:
             raise BackendError("events are only available on the torch backend; use backend='torch'.")
         return julia_backend.solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=dict(options or {}),
-                                   sensitivity=None, adjoint_params=None).ys
+                                   sensitivity=sensitivity, adjoint_params=adjoint_params).ys
     solver, controller, extras = build_solver(method, options, rtol, atol)
-    sol = solve(func, y0, t, solver=solver, controller=controller, backend="torch", event_fn=event_fn,
-                jump_t=extras.get("jump_t", ()), step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
-    if event_fn is not None:
-        return sol.t_final, sol.ys
-    return sol.ys
+    sol = solve(func, y0, t, solver=solver, controller=controller, sensitivity=sensitivity, backend="torch",
+                adjoint_params=adjoint_params, event_fn=event_fn, jump_t=extras.get("jump_t", ()),
+                step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
+    return (sol.t_final, sol.ys) if event_fn is not None else sol.ys
 
 
 def odeint_event(func: Callable, y0: State, t0, *, event_fn: Callable, reverse_time: bool = False,
@@ -339,17 +343,4 @@ def odeint_adjoint(func: Callable, y0: State, t: torch.Tensor, *, rtol=1e-7, ato
         raise ValueError("adjoint_options['norm'] must be 'default' or 'seminorm'.")
     sensitivity = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
                                    options=adj_opts or None, norm=norm)
-    if resolve_backend(backend) == "julia":
-        from .backends import julia_backend
-
-        if event_fn is not None:
-            raise BackendError("events are only available on the torch backend; use backend='torch'.")
-        return julia_backend.solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=dict(options or {}),
-                                   sensitivity=sensitivity, adjoint_params=adjoint_params).ys
-    solver, controller, extras = build_solver(method, options, rtol, atol)
-    sol = solve(func, y0, t, solver=solver, controller=controller, sensitivity=sensitivity, backend="torch",
-                adjoint_params=adjoint_params, event_fn=event_fn, jump_t=extras.get("jump_t", ()),
-                step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
-    if event_fn is not None:
-        return sol.t_final, sol.ys
-    return sol.ys
+    return _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params)
