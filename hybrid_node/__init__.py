@@ -1,4 +1,5 @@
 """hybrid_node: Neural ODEs in PyTorch with torch and Julia backends."""
+from . import nn as nn
 from ._api import DenseSolution as DenseSolution
 from ._api import odeint as odeint
 from ._api import odeint_adjoint as odeint_adjoint
@@ -22,14 +23,42 @@ from .sensitivity import DirectBackprop as DirectBackprop
 from .sensitivity import GaussAdjoint as GaussAdjoint
 from .sensitivity import InterpolatingAdjoint as InterpolatingAdjoint
 from .sensitivity import QuadratureAdjoint as QuadratureAdjoint
-from .solvers import (RK4, AdamsBashforth, AdamsBashforthMoulton, AdaptiveHeun, Bosh3, ButcherTableau, Dopri5,
-                      Dopri8, Euler, ExplicitRungeKutta, Fehlberg2, Heun2, Heun3, Midpoint, RK4Classic, ScipySolver,
-                      Tsit5)
 from .solvers import METHODS as METHODS
-from .solvers.implicit import (ROS3P, SDIRK2, TRBDF2, Dirk, GaussLegendre4, GaussLegendre6, ImplicitEuler,
-                               ImplicitMidpoint, ImplicitRungeKutta, KenCarp4, Kvaerno3, Kvaerno5, RadauIIA3,
-                               RadauIIA5, Rodas4, Rodas5P, Rosenbrock, Rosenbrock23, Trapezoid)
+from .solvers import RK4 as RK4
+from .solvers import AdamsBashforth as AdamsBashforth
+from .solvers import AdamsBashforthMoulton as AdamsBashforthMoulton
+from .solvers import AdaptiveHeun as AdaptiveHeun
+from .solvers import Bosh3 as Bosh3
+from .solvers import ButcherTableau as ButcherTableau
+from .solvers import Dopri5 as Dopri5
+from .solvers import Dopri8 as Dopri8
+from .solvers import Euler as Euler
+from .solvers import ExplicitRungeKutta as ExplicitRungeKutta
+from .solvers import Fehlberg2 as Fehlberg2
+from .solvers import Heun2 as Heun2
+from .solvers import Heun3 as Heun3
+from .solvers import Midpoint as Midpoint
+from .solvers import RK4Classic as RK4Classic
+from .solvers import ScipySolver as ScipySolver
+from .solvers import Tsit5 as Tsit5
+from .solvers.implicit import ROS3P as ROS3P
+from .solvers.implicit import SDIRK2 as SDIRK2
+from .solvers.implicit import TRBDF2 as TRBDF2
+from .solvers.implicit import Dirk as Dirk
+from .solvers.implicit import GaussLegendre4 as GaussLegendre4
+from .solvers.implicit import GaussLegendre6 as GaussLegendre6
+from .solvers.implicit import ImplicitEuler as ImplicitEuler
+from .solvers.implicit import ImplicitMidpoint as ImplicitMidpoint
+from .solvers.implicit import ImplicitRungeKutta as ImplicitRungeKutta
+from .solvers.implicit import KenCarp4 as KenCarp4
+from .solvers.implicit import Kvaerno3 as Kvaerno3
+from .solvers.implicit import Kvaerno5 as Kvaerno5
+from .solvers.implicit import RadauIIA3 as RadauIIA3
+from .solvers.implicit import RadauIIA5 as RadauIIA5
+from .solvers.implicit import Rodas4 as Rodas4
+from .solvers.implicit import Rodas5P as Rodas5P
+from .solvers.implicit import Rosenbrock as Rosenbrock
+from .solvers.implicit import Rosenbrock23 as Rosenbrock23
+from .solvers.implicit import Trapezoid as Trapezoid
 
 __version__ = "0.1.0"
-
-__all__ = [name for name in dir() if not name.startswith("_")]

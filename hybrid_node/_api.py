@@ -3,32 +3,23 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
 from ._backend import resolve_backend
-from ._errors import BackendError, Status
+from ._errors import BackendError, SolverError, Status
 from ._problem import Problem, all_finite, integrate, make_problem
 from ._solution import Solution, State
 from .controllers import ConstantStepSize, PIDController
 from .sensitivity.settings import (BacksolveAdjoint, DirectBackprop, GaussAdjoint, InterpolatingAdjoint,
                                    QuadratureAdjoint)
 from .solvers import METHODS, ScipySolver
+from .solvers.implicit import IMPLICIT_METHODS
 
 ADAPTIVE_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm",
                     "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff", "per_sample")
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype")
-
-
-def _method_table() -> dict:
-    table = dict(METHODS)
-    try:  # stiff solvers extend the table when present
-        from .solvers.implicit import IMPLICIT_METHODS
-    except ImportError:
-        IMPLICIT_METHODS = {}
-    table.update(IMPLICIT_METHODS)
-    return table
 
 
 def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rtol, atol):
@@ -42,7 +33,7 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
     """
     method = "dopri5" if method is None else method
     options = dict(options or {})
-    table = _method_table()
+    table = {**METHODS, **IMPLICIT_METHODS}
     if method not in table:
         raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(sorted(table))}.")
     factory, solver_keys = table[method]
@@ -89,8 +80,6 @@ def _finish(problem: Problem, integration, throw: bool) -> Solution:
         bad = int((~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1).nonzero()[0])
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
         if throw:
-            from ._errors import SolverError
-
             sgn = -1.0 if problem.reverse else 1.0
             raise SolverError(Status.NONFINITE, sgn * t_bad,
                               f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hybrid_node.data.toy2d import sample_toy2d
-from hybrid_node.nn.cnf import CNF, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
+from hybrid_node.nn.cnf import CNF, CNFSolver, HutchinsonTrace, RNODERegularization
 from hybrid_node.nn.cnf_fields import PlanarCNFField, TimeMLPField
 from hybrid_node.nn.cnf_trace import exact_divergence, hutchinson_divergence, sample_noise
 

@@ -9,6 +9,10 @@ from .scipy_solver import ScipySolver
 from .tableau import ButcherTableau
 from .tsit5 import Tsit5
 
+__all__ = ["METHODS", "Adams", "AdamsBashforth", "AdamsBashforthMoulton", "AdaptiveHeun", "Bosh3", "ButcherTableau",
+           "Dopri5", "Dopri8", "Euler", "ExplicitRungeKutta", "Fehlberg2", "Heun2", "Heun3", "Midpoint", "RK4",
+           "RK4Classic", "ScipySolver", "Tsit5"]
+
 #: method name -> (factory, names of the method options the factory takes)
 METHODS = {
     "dopri5": (Dopri5, ()),
