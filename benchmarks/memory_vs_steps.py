@@ -1,6 +1,6 @@
 """memory-vs-steps: peak memory of one training step versus the number of solver steps, per gradient method.
 
-Workload (BENCHMARKS.md): dynamics MLP 2->64->64->2 tanh, batch 512, y0 ~ N(0, 1) (numpy seed 0),
+Workload (memory-vs-steps): dynamics MLP 2->64->64->2 tanh, batch 512, y0 ~ N(0, 1) (numpy seed 0),
 fixed-step rk4 over t in [0, 5] with 10, 100, 1000 steps, MSE of y(5) against zeros, one
 forward+backward. Each measurement runs in a fresh process:
 

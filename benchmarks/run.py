@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, memory at 10 and 100 steps")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")),
-                        help="torch CPU threads (default 2, as in BENCHMARKS.md)")
+                        help="torch CPU threads (default 2, the reference machine's cores)")
     parser.add_argument("--memory-steps", type=int, nargs="*", default=None,
                         help="step counts of memory-vs-steps (default 10 100 1000; none to skip)")
     parser.add_argument("--no-grad-error", dest="grad_error", action="store_false")

@@ -1,4 +1,4 @@
-"""The benchmark workloads of BENCHMARKS.md: dynamics, initial states, losses and tolerances.
+"""The benchmark workloads (mlp-fwd, mlp-train, conv-odenet, cnf-2d, memory-vs-steps): dynamics, initial states, losses and tolerances.
 
 Every framework gets the same weights (built from one numpy seed), the same initial state and the same
 tolerances. The dynamics accept a scalar time (torchdiffeq, hybrid_node) and a per-sample time vector
@@ -190,6 +190,6 @@ def make(name: str, device="cpu", batch: int | None = None) -> Workload:
     raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
 
 
-#: workload names in the order of BENCHMARKS.md (the "-hard" one is the harder mlp setting)
+#: workload names in the order of the README table (the "-hard" one is the harder mlp setting)
 WORKLOADS = ("mlp-fwd", "mlp-hard-fwd", "mlp-train-direct", "mlp-train-adjoint", "conv-fwd", "conv-direct",
              "conv-adjoint", "cnf-direct", "cnf-adjoint")
