@@ -1,8 +1,10 @@
 """Adapters: one ``prepare(workload) -> run()`` per framework, so the runner treats them alike.
 
 ``run()`` performs one timed unit of work (forward, or forward+backward of the workload's loss) and
-returns the solution tensor of shape (len(t), *y0.shape). A framework that is not installed is
-reported as unavailable, never as an error of the suite.
+returns the solution tensor of shape (len(t), *y0.shape) (diffrax: its JAX outputs). A framework that
+is not installed is reported as unavailable, never as an error of the suite. A framework whose
+evaluations or gradients do not pass through the torch field (diffrax) gives its ``run`` the
+attributes ``nfe()`` and ``grads()`` (and ``compile_s``), which the runner reads instead.
 """
 from __future__ import annotations
 
@@ -90,4 +92,12 @@ def prepare_torchode(w: Workload):
     return _unit(w, solve)
 
 
-PREPARE = {"hybrid_node": prepare_hybrid_node, "torchdiffeq": prepare_torchdiffeq, "torchode": prepare_torchode}
+def prepare_diffrax(w: Workload):
+    """diffrax/JAX, compiled by XLA (see benchmarks/diffrax_peer.py); imported only when it runs."""
+    from .diffrax_peer import prepare_diffrax as prepare
+
+    return prepare(w)
+
+
+PREPARE = {"hybrid_node": prepare_hybrid_node, "torchdiffeq": prepare_torchdiffeq, "torchode": prepare_torchode,
+           "diffrax": prepare_diffrax}

@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of hybrid_node against torchdiffeq, torchode (and diffrax where installed).
+"""Side-by-side benchmark of hybrid_node against torchdiffeq, torchode and diffrax (each where installed).
 
 Usage::
 
@@ -11,6 +11,8 @@ The frameworks run interleaved in one process (a shuffled order in every round),
 a shared machine hits them alike; ratios are the median of the per-round ratios. Solver overhead is
 wall time / (NFE x the time of one bare call of the dynamics, timed in the same rounds). The gradient
 error is relative to a float64 torchdiffeq solve at tolerance 1e-10 (an independent implementation).
+diffrax (JAX) runs compiled: its compile time is reported apart, its NFE is counted in an untimed
+instrumented run (see benchmarks/diffrax_peer.py), and workloads it has no port of are marked skipped.
 Results: a printed table, and ``results.json`` + ``results.md`` in ``--out``.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from . import frameworks
 from .workloads import WORKLOADS, Workload, make
 
-PEERS = ("hybrid_node", "torchdiffeq", "torchode")
+PEERS = ("hybrid_node", "torchdiffeq", "torchode", "diffrax")
 
 
 def _sync(device: str) -> None:
@@ -73,6 +75,8 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
     for fw in fws:
         try:
             runs[fw] = frameworks.PREPARE[fw](w)
+        except NotImplementedError as e:  # a workload the adapter has no port of
+            rows[fw] = {"workload": name, "framework": fw, "skipped": str(e)}
         except Exception as e:  # noqa: BLE001 -- a framework that cannot do a workload is reported, not fatal
             rows[fw] = {"workload": name, "framework": fw, "error": f"{type(e).__name__}: {e}"}
     if w.mode == "fwd":  # one bare evaluation of the dynamics, the unit of the solver overhead
@@ -89,9 +93,9 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
                 run()
             w.field.nfe = 0
             run()
-            nfe[fw] = w.field.nfe
+            nfe[fw] = run.nfe() if hasattr(run, "nfe") else w.field.nfe
             if ref is not None and fw != "bare f (x10)":
-                g = _grads(w.field)
+                g = run.grads() if hasattr(run, "grads") else _grads(w.field)
                 grad_err[fw] = float((g - ref).norm() / ref.norm()) if g is not None else math.nan
         except Exception as e:  # noqa: BLE001 -- a failing framework is reported in the table
             rows[fw] = {"workload": name, "framework": fw, "error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -104,7 +108,7 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
             times[fw].append(_timed(runs[fw], args.device))
     bare_t = statistics.median(times.pop("bare f (x10)")) / 10 if "bare f (x10)" in times else None
     runs.pop("bare f (x10)", None)
-    for fw in runs:
+    for fw, run in runs.items():
         ts = times[fw]
         row = {"workload": name, "framework": fw, "median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts),
                "max_ms": 1e3 * max(ts), "nfe": nfe.get(fw), "grad_rel_err": grad_err.get(fw)}
@@ -112,6 +116,9 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
             row["speedup_vs_torchdiffeq"] = statistics.median(a / b for a, b in zip(times["torchdiffeq"], ts))
         if bare_t and nfe.get(fw):
             row["overhead"] = statistics.median(ts) / (nfe[fw] * bare_t)
+        if hasattr(run, "compile_s"):  # ahead-of-time compilation, outside the timed rounds
+            row["compile_ms"] = 1e3 * run.compile_s
+            row["num_steps"] = run.num_steps
         rows[fw] = row
     if bare_t:
         for row in rows.values():
@@ -152,12 +159,19 @@ def markdown(rows: list[dict], mem: list[dict], meta: dict) -> str:
              "| workload | framework | median ms | min | max | NFE | speedup vs torchdiffeq | overhead | grad rel err |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['workload']} | {r['framework']} | skipped: {r['skipped'][:80]} | | | | | | |")
+            continue
         if "error" in r:
             lines.append(f"| {r['workload']} | {r['framework']} | failed: {r['error'][:80]} | | | | | | |")
             continue
         lines.append(f"| {r['workload']} | {r['framework']} | {_fmt(r['median_ms'])} | {_fmt(r['min_ms'])} | "
                      f"{_fmt(r['max_ms'])} | {_fmt(r['nfe'], 'd')} | {_fmt(r.get('speedup_vs_torchdiffeq'), '.2f')} | "
                      f"{_fmt(r.get('overhead'), '.2f')} | {_fmt(r.get('grad_rel_err'), '.1e')} |")
+    compiled = [r for r in rows if "compile_ms" in r]
+    if compiled:
+        lines += ["", "Compile time, outside the timed rounds: " + ", ".join(
+            f"{r['workload']} {r['framework']} {r['compile_ms'] / 1e3:.1f} s" for r in compiled) + "."]
     if mem:
         steps = sorted({int(k[8:]) for r in mem for k in r if k.startswith("peak_mb_")})
         lines += ["", "| memory-vs-steps (peak MB) | mode | " + " | ".join(f"{n} steps" for n in steps) + " |",
@@ -191,9 +205,6 @@ def main(argv=None) -> int:
     have = frameworks.available()
     fws = [f for f in args.frameworks if have.get(f)]
     skipped = [f for f in args.frameworks if not have.get(f)]
-    if "diffrax" in fws:
-        fws.remove("diffrax")
-        skipped.append("diffrax (installed, but no adapter in this suite yet)")
     if skipped:
         print("skipped (not installed): " + ", ".join(skipped))
     rows = []
@@ -205,7 +216,9 @@ def main(argv=None) -> int:
         names_iter = names
     for name in names_iter:
         rows.extend(bench_workload(name, fws, args))
-    mem = memory_rows(fws, args.memory_steps, args) if args.memory_steps else []
+    # diffrax has no fixed-step rk4 adapter here (and its memory is XLA's, not the process's torch allocations)
+    mem_fws = [f for f in fws if f != "diffrax"]
+    mem = memory_rows(mem_fws, args.memory_steps, args) if args.memory_steps else []
     meta = {"device": args.device, "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "skipped": skipped, "argv": sys.argv[1:]}
     table = markdown(rows, mem, meta)
