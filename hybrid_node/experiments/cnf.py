@@ -279,23 +279,20 @@ def run_experiment(cfg: CNFExperimentConfig, folder) -> List[dict]:
     torch.manual_seed(cfg.seed)
     rows, histories, densities, samples = [], {}, [], []
     name = f"CNF ({'planar, M=%d' % cfg.width if cfg.model == 'planar' else 'MLP'})"
-    cnf = build_cnf(cfg)
-    histories[name] = train_cnf(cnf, cfg, name)
-    rows.append(evaluate_cnf(cnf, cfg, histories[name], name))
-    densities.append((name, lambda p, m=cnf: m.log_prob(p, trace=ExactTrace())))
-    with torch.no_grad():
-        samples.append((name, cnf.sample(2000, generator=torch.Generator().manual_seed(2))[0].numpy()))
 
+    def add_cnf(label: str, cnf) -> None:
+        histories[label] = train_cnf(cnf, cfg, label)
+        rows.append(evaluate_cnf(cnf, cfg, histories[label], label))
+        densities.append((label, lambda p, m=cnf: m.log_prob(p, trace=ExactTrace())))
+        with torch.no_grad():
+            samples.append((label, cnf.sample(2000, generator=torch.Generator().manual_seed(2))[0].numpy()))
+
+    cnf = build_cnf(cfg)
+    add_cnf(name, cnf)
     if cfg.regularize:
         torch.manual_seed(cfg.seed)
         reg = RNODERegularization(kinetic=cfg.kinetic_weight, jacobian=cfg.jacobian_weight)
-        rname = f"{name} + RNODE"
-        rcnf = build_cnf(cfg, reg)
-        histories[rname] = train_cnf(rcnf, cfg, rname)
-        rows.append(evaluate_cnf(rcnf, cfg, histories[rname], rname))
-        densities.append((rname, lambda p, m=rcnf: m.log_prob(p, trace=ExactTrace())))
-        with torch.no_grad():
-            samples.append((rname, rcnf.sample(2000, generator=torch.Generator().manual_seed(2))[0].numpy()))
+        add_cnf(f"{name} + RNODE", build_cnf(cfg, reg))
 
     if cfg.compare_nf:
         torch.manual_seed(cfg.seed)

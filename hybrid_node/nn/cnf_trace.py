@@ -46,6 +46,15 @@ def _as_differentiable(z: torch.Tensor, outer_grad: bool) -> torch.Tensor:
     return z.detach().requires_grad_(True)
 
 
+
+def _evaluate(fn, z: torch.Tensor, outer_grad: bool):
+    """``fn`` at a differentiable copy of ``z`` (call inside enable_grad); checks the shape is kept."""
+    z = _as_differentiable(z, outer_grad)
+    f = fn(z)
+    if f.shape != z.shape:
+        raise ValueError(f"The vector field must return the shape of its input {tuple(z.shape)}, got {tuple(f.shape)}.")
+    return z, f
+
 def _check_batch(z: torch.Tensor) -> None:
     if not isinstance(z, torch.Tensor) or z.dim() != 2:
         raise ValueError(
@@ -73,10 +82,7 @@ def exact_divergence(
     _check_batch(z)
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():
-        z = _as_differentiable(z, outer_grad)
-        f = fn(z)
-        if f.shape != z.shape:
-            raise ValueError(f"The vector field must return the shape of its input {tuple(z.shape)}, got {tuple(f.shape)}.")
+        z, f = _evaluate(fn, z, outer_grad)
         batch, dim = z.shape
         # Row i of the Jacobian for every sample at once: the D cotangents e_i are batched by vmap.
         basis = torch.eye(dim, dtype=z.dtype, device=z.device).unsqueeze(1).expand(dim, batch, dim)
@@ -113,10 +119,7 @@ def hutchinson_divergence(
         raise ValueError(f"noise must have the shape of z {tuple(z.shape)}, got {tuple(noise.shape)}.")
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():
-        z = _as_differentiable(z, outer_grad)
-        f = fn(z)
-        if f.shape != z.shape:
-            raise ValueError(f"The vector field must return the shape of its input {tuple(z.shape)}, got {tuple(f.shape)}.")
+        z, f = _evaluate(fn, z, outer_grad)
         (vjp,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
     return Divergence(f, (vjp * noise).sum(-1), vjp.pow(2).sum(-1))
 
