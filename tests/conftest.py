@@ -10,3 +10,12 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: many tiny solves only pay thread-pool overhead for more."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

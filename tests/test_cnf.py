@@ -15,14 +15,7 @@ from hybrid_node.nn.cnf_trace import exact_divergence, hutchinson_divergence, sa
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Many small solves: OpenMP threads only add contention (they slowed these tests 40x on a busy
-    # two-core machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TIGHT = CNFSolver(rtol=1e-9, atol=1e-9)  # for the linear fields, where steps are cheap

@@ -5,12 +5,7 @@ import torch
 from hybrid_node.nn.planar_flow import PlanarFlow
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flow(seed=0, k=6):

@@ -13,12 +13,7 @@ from hybrid_node.data.spirals import SpiralConfig, make_spirals, spiral_curves
 from hybrid_node.nn.latent_ode import LatentODE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

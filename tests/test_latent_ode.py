@@ -19,13 +19,7 @@ from hybrid_node.nn.ode_rnn import ODERNN
 from hybrid_node.nn.rnn_baselines import RNNBaseline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny recurrent models: one thread avoids thread-pool overhead on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(bsz=3, length=6, dim=2, seed=0, dtype=torch.float64):
