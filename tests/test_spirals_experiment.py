@@ -1,4 +1,5 @@
 """Checkpoint/resume of training runs and the `hybrid-node spirals` path on a tiny budget."""
+import dataclasses
 import json
 import os
 
@@ -7,16 +8,11 @@ import torch
 
 from hybrid_node.cli import main
 from hybrid_node.data.spirals import SpiralConfig, make_spirals
-from hybrid_node.experiments.spirals import SpiralsSettings, train_one
+from hybrid_node.experiments.spirals import SpiralsSettings, learning_rate, predict, rmse, train_one
 from hybrid_node.training.checkpoint import load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(**kw):
@@ -29,14 +25,65 @@ def _settings(**kw):
 def test_resume_from_checkpoint_gives_the_same_state(tmp_path, name):
     # Minibatches (batch_size < nspiral) and the latent ODE's reparameterisation both draw random
     # numbers, so this also checks that the generator states are restored.
-    train = make_spirals(SpiralConfig(nspiral=12), seed=0).subsample(10, seed=0)
-    straight = train_one(name, 10, _settings(), train, tmp_path / "a.pt", False, lambda k, loss: None)
-    train_one(name, 10, _settings(iters=3, rnn_iters=3), train, tmp_path / "b.pt", False, lambda k, loss: None)
+    # The learning rate decays over the run and a validation set picks the kept iterate, so the
+    # interruption must come mid-run (after the checkpoint of step 3), not from a smaller budget.
+    data = make_spirals(SpiralConfig(nspiral=12), seed=0)
+    train = data.subsample(10, seed=0)
+    vdata = make_spirals(SpiralConfig(nspiral=4), seed=1)
+    val = (vdata.subsample(10, seed=1), vdata.extrap_times[:5], vdata.extrap[:, :5])
+    s = _settings(val_every=2)
+    straight = train_one(name, 10, s, train, tmp_path / "a.pt", False, lambda k, loss: None, val)
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def interrupt_at_step_4(k, loss):
+        calls.append(k)
+        if len(calls) == 4:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_one(name, 10, s, train, tmp_path / "b.pt", False, interrupt_at_step_4, val)
+    assert load_checkpoint(tmp_path / "b.pt", restore_rng=False)["step"] == 3
     torch.rand(7)  # disturb the global generator, as anything between interruption and resume might
-    resumed = train_one(name, 10, _settings(), train, tmp_path / "b.pt", True, lambda k, loss: None)
+    resumed = train_one(name, 10, s, train, tmp_path / "b.pt", True, lambda k, loss: None, val)
     assert resumed.history == straight.history
+    assert resumed.val_history == straight.val_history and resumed.best_step == straight.best_step
     for (k, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), k
+
+
+def test_learning_rate_schedules():
+    s = _settings(lr=0.01, lr_final_ratio=0.1)
+    for decay in ("cosine", "exp"):
+        sd = dataclasses.replace(s, lr_decay=decay)
+        lrs = [learning_rate(sd, k, 100) for k in range(101)]
+        assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)
+        assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert learning_rate(dataclasses.replace(s, lr_decay="cosine"), 50, 100) == pytest.approx(0.0055)
+    assert learning_rate(dataclasses.replace(s, lr_decay="exp"), 50, 100) == pytest.approx(0.01 * 0.1**0.5)
+    assert learning_rate(dataclasses.replace(s, lr_decay="none"), 70, 100) == 0.01
+
+
+@pytest.mark.parametrize("select", ["val_loss", "val_rmse", "last"])
+def test_kept_iterate_is_the_best_by_validation(tmp_path, select):
+    data = make_spirals(SpiralConfig(nspiral=12), seed=0)
+    vdata = make_spirals(SpiralConfig(nspiral=6), seed=1)
+    val = (vdata.subsample(10, seed=1), vdata.extrap_times[:20], vdata.extrap[:, :20])
+    s = _settings(iters=8, rnn_iters=8, lr=0.05, val_every=2, select=select)
+    model = train_one("rnn", 10, s, data.subsample(10, seed=0), tmp_path / "c.pt", False, lambda k, loss: None, val)
+    steps, losses, scores = zip(*model.val_history)
+    assert steps == (2, 4, 6, 8)
+    by = {"val_loss": losses, "val_rmse": scores, "last": None}[select]
+    expected = steps[by.index(min(by))] if by else 8
+    assert model.best_step == expected
+    # The returned weights really are that iterate: re-scoring gives the recorded validation numbers.
+    row = model.val_history[steps.index(expected)]
+    assert rmse(predict("rnn", model, val[0], val[1]), val[2]) == pytest.approx(row[2], rel=1e-6)
+    with torch.no_grad():
+        assert float(model.loss(val[0])) == pytest.approx(row[1], rel=1e-6)
 
 
 def test_checkpoint_write_is_atomic(tmp_path):
