@@ -13,6 +13,8 @@ wall time / (NFE x the time of one bare call of the dynamics, timed in the same 
 error is relative to a float64 torchdiffeq solve at tolerance 1e-10 (an independent implementation).
 diffrax (JAX) runs compiled: its compile time is reported apart, its NFE is counted in an untimed
 instrumented run (see benchmarks/diffrax_peer.py), and workloads it has no port of are marked skipped.
+``hybrid_node+compile`` is hybrid_node with ``options={"compile": True}`` (compiled step attempts);
+its first, compiling run is timed apart like diffrax's compilation.
 Results: a printed table, and ``results.json`` + ``results.md`` in ``--out``.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 from . import frameworks
 from .workloads import WORKLOADS, Workload, make
 
-PEERS = ("hybrid_node", "torchdiffeq", "torchode", "diffrax")
+PEERS = ("hybrid_node", "hybrid_node+compile", "torchdiffeq", "torchode", "diffrax")
 
 
 def _sync(device: str) -> None:
@@ -118,7 +120,8 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
             row["overhead"] = statistics.median(ts) / (nfe[fw] * bare_t)
         if hasattr(run, "compile_s"):  # ahead-of-time compilation, outside the timed rounds
             row["compile_ms"] = 1e3 * run.compile_s
-            row["num_steps"] = run.num_steps
+            if hasattr(run, "num_steps"):
+                row["num_steps"] = run.num_steps
         rows[fw] = row
     if bare_t:
         for row in rows.values():
@@ -216,8 +219,9 @@ def main(argv=None) -> int:
         names_iter = names
     for name in names_iter:
         rows.extend(bench_workload(name, fws, args))
-    # diffrax has no fixed-step rk4 adapter here (and its memory is XLA's, not the process's torch allocations)
-    mem_fws = [f for f in fws if f != "diffrax"]
+    # diffrax has no fixed-step rk4 adapter here (and its memory is XLA's, not the process's torch
+    # allocations); compiled steps change the time per step, not what the graph keeps
+    mem_fws = [f for f in fws if f not in ("diffrax", "hybrid_node+compile")]
     mem = memory_rows(mem_fws, args.memory_steps, args) if args.memory_steps else []
     meta = {"device": args.device, "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "skipped": skipped, "argv": sys.argv[1:]}

@@ -18,8 +18,8 @@ from .solvers import METHODS, ScipySolver
 from .solvers.implicit import IMPLICIT_METHODS
 
 ADAPTIVE_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm",
-                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff", "per_sample")
-FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype")
+                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff", "per_sample", "compile")
+FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile")
 
 
 def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rtol, atol):
@@ -52,6 +52,11 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
     if solver.adaptive and hasattr(solver, "fixed_steps") and ({"step_size", "grid_constructor"} & set(options)):
         solver = solver.fixed_steps()  # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given
     extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": ()}
+    if options.pop("compile", False):
+        if not hasattr(solver, "compiled"):
+            raise ValueError(f"options['compile'] is available for the explicit Runge-Kutta methods only, not "
+                             f"{method!r}; drop the option for this method.")
+        solver = solver.compiled()
     if solver.adaptive:
         valid = ADAPTIVE_OPTIONS + solver_keys
         unknown = set(options) - set(valid)

@@ -164,6 +164,8 @@ def integrate(problem: Problem, term: Term, y0: torch.Tensor, ts: Sequence[float
         from .backends.per_sample import check_per_sample, integrate_per_sample
 
         check_per_sample(problem, event_fn)
+        if getattr(problem.solver, "compile", False):
+            raise ValueError("compiled steps cannot be combined with per_sample step control; drop one of them.")
         if dense:
             raise ValueError("per_sample has no dense output over the whole interval; use the shared-step solver.")
         return integrate_per_sample(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,

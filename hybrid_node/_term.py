@@ -34,6 +34,38 @@ class TupleLayout:
         return out
 
 
+def apply_field(func: Callable, layout: Optional[TupleLayout], tt: torch.Tensor, y: torch.Tensor,
+                check: bool = False) -> torch.Tensor:
+    """``func(tt, y)`` on a flat state: tuple states are unpacked for ``func`` and its output packed again.
+
+    Args:
+        func: the user's field.
+        layout: the tuple layout, or None for a tensor state.
+        tt: the time tensor handed to ``func``.
+        y: the flat state.
+        check: validate the tuple output's structure (done on the first call of a solve).
+
+    Raises:
+        TypeError, ValueError: (with ``check``) a tuple output with the wrong length or shapes.
+    """
+    if layout is None:
+        return func(tt, y)
+    out = func(tt, layout.unflatten(y))
+    if check:
+        if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
+            raise TypeError(
+                f"func returned {type(out).__name__}; for a tuple state of {len(layout.shapes)} tensors it "
+                "must return a tuple of as many tensors, one derivative per state tensor."
+            )
+        for i, (o, s) in enumerate(zip(out, layout.shapes)):
+            if not isinstance(o, torch.Tensor) or o.shape != s:
+                raise ValueError(
+                    f"func returned a derivative of shape {tuple(getattr(o, 'shape', ()))} for state tensor {i} "
+                    f"of shape {tuple(s)}; each derivative must have its state's shape."
+                )
+    return torch.cat([o.reshape(-1) for o in out])
+
+
 class Term:
     """Wraps ``func(t, y)`` for the solvers.
 
@@ -81,23 +113,7 @@ class Term:
         if end is not None and not perturb and t >= end - 8 * _EPS * max(1.0, abs(end)):
             t, perturb = end, -1  # a stage at the step's end (t0 + 1.0 * dt may be off by an ulp)
         tt = self.time(t, perturb)
-        if self.layout is None:
-            out = self.func(tt, y)
-        else:
-            out = self.func(tt, self.layout.unflatten(y))
-            if not isinstance(out, (tuple, list)) or len(out) != len(self.layout.shapes):
-                raise TypeError(
-                    f"func returned {type(out).__name__}; for a tuple state of {len(self.layout.shapes)} tensors it "
-                    "must return a tuple of as many tensors, one derivative per state tensor."
-                )
-            if not self._checked:
-                for i, (o, s) in enumerate(zip(out, self.layout.shapes)):
-                    if not isinstance(o, torch.Tensor) or o.shape != s:
-                        raise ValueError(
-                            f"func returned a derivative of shape {tuple(getattr(o, 'shape', ()))} for state tensor {i} "
-                            f"of shape {tuple(s)}; each derivative must have its state's shape."
-                        )
-            out = torch.cat([o.reshape(-1) for o in out])
+        out = apply_field(self.func, self.layout, tt, y, check=not self._checked)
         if not self._checked:
             self._check(out, y)
         return -out if self.reverse else out

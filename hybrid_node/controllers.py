@@ -136,11 +136,11 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean().sqrt()
 
 
-def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> float:
-    """``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a host float: the step's accept/reject measure.
+def error_ratio_tensor(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> torch.Tensor:
+    """``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a 0-d tensor: the step's accept/reject measure.
 
     Computed without autograd (it only decides the step), with in-place arithmetic on one scratch
-    tensor and, for the default RMS norm, one reduction kernel.
+    tensor and, for the default RMS norm, one reduction kernel. Stays on the device (no host sync).
     """
     with torch.no_grad():
         scale = torch.maximum(y0.abs(), y1.abs())
@@ -150,8 +150,13 @@ def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, a
             scale = atol + rtol * scale
         r = torch.div(error, scale)
         if norm is rms_norm:
-            return float(torch.linalg.vector_norm(r)) / math.sqrt(max(r.numel(), 1))
-        return float(norm(r))
+            return torch.linalg.vector_norm(r) / math.sqrt(max(r.numel(), 1))
+        return norm(r)
+
+
+def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> float:
+    """:func:`error_ratio_tensor` as a host float."""
+    return float(error_ratio_tensor(error, y0, y1, rtol, atol, norm))
 
 
 def initial_step(f, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm) -> float:

@@ -8,12 +8,20 @@ import numpy as np
 import torch
 
 
-def linear_combination(y, scale: float, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
+def linear_combination(y, scale, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return ``y + scale * sum_i coeffs[i] * ks[i]`` (just the sum when ``y`` is None), skipping zeros.
 
     Used by every stage and output formula; written with in-place accumulation on a fresh tensor so
     that a combination costs one kernel per nonzero coefficient (the first one folds in ``y``).
+    ``scale`` may also be a 0-d tensor (the step size inside compiled steps): then the sum is formed
+    out of place, which the compiler fuses into one kernel anyway.
     """
+    if isinstance(scale, torch.Tensor):
+        terms = [c * k for c, k in zip(coeffs, ks) if c != 0.0]
+        if not terms:
+            return torch.zeros_like(ks[0]) if y is None else y
+        total = scale * sum(terms[1:], terms[0])
+        return total if y is None else y + total
     acc = None
     for c, k in zip(coeffs, ks):
         if c == 0.0:

@@ -16,6 +16,7 @@ from .._solution import Stats
 from .._term import Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, initial_step
 from ..interpolation import HermiteInterpolant, LinearInterpolant
+from .compiled_step import compiled_attempt
 
 _EPS = 2.220446049250313e-16
 # A step that would end within 1% of its size before a time where steps must end is stretched to end
@@ -134,6 +135,7 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
     t_end = ts[-1]
     state = solver.init(term, t, y)
     reject = getattr(solver, "reject", None)
+    attempt = compiled_attempt(term, solver, rtol, atol, norm)
     impulse_t = list(ts[1:-1]) if at_output is not None else []
     stops = sorted({s for s in list(jump_t) + list(step_t) + impulse_t if ts[0] < s < t_end})
     jumps = set(jump_t)
@@ -176,9 +178,12 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
             step_dt = landing - t
         if landing is not None and landing in jumps:
             term.left_limit_at = landing  # the stages at the jump see the field before it
-        step = solver.step(term, t, y, state, step_dt)
+        if attempt is not None and landing not in jumps:
+            step, ratio = attempt(t, y, state, step_dt)
+        else:
+            step = solver.step(term, t, y, state, step_dt)
+            ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
         term.left_limit_at = None
-        ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
         accepted = ratio <= 1.0
         if accepted:
             t1 = landing if landing is not None else t + step_dt
@@ -259,6 +264,7 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
     previous = None  # the last step, whose next_state is computed only if another step follows
     i_out = 1
     sign0 = torch.sign(event_fn(term.time(ts[0]), y)) if event_fn is not None else None
+    attempt = compiled_attempt(term, solver)
     grid = iter(grid)
     t1 = next(grid)
     for t_next in grid:
@@ -271,7 +277,10 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
             term.left_limit_at = t1
         elif previous is not None:
             state = solver.next_state(term, t0, previous)
-        step = solver.step(term, t0, y, state, dt)
+        if attempt is not None and not perturb:
+            step = attempt(t0, y, state, dt)[0]
+        else:
+            step = solver.step(term, t0, y, state, dt)
         term.left_limit_at = None
         y1 = step.y1
         stats.n_accepted += 1

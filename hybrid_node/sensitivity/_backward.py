@@ -77,6 +77,7 @@ class AugmentedTerm:
         self.reverse = not problem.reverse
         self.nfe = 0
         self.n_jacobian = 0
+        self.pure_field = None  # a traceable equivalent of ``field`` for compiled steps, when one exists
 
     def time(self, r: float, perturb: int = 0) -> torch.Tensor:
         return torch.tensor(-r if self.reverse else r, dtype=torch.float64)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from .._problem import Problem, integrate
+from ..backends.compiled_step import PureField, solver_time_field
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
@@ -101,6 +102,8 @@ class Backsolve:
             return torch.cat([ys[i].reshape(-1), xx[n:2 * n] + grad_ys[i].reshape(-1), xx[2 * n:]])
 
         term = AugmentedTerm(field, problem)
+        if getattr(self.plan.solver, "compile", False):
+            term.pure_field = traceable_augmented_field(problem, params, dtype)
         steps = 0
         if last > 0:
             rs = [-s for s in reversed(ts)]
@@ -112,9 +115,46 @@ class Backsolve:
             steps = result.stats.n_accepted
         a0 = x[n:2 * n].reshape(shape)
         grad_t = None
+        tterm = problem.term()
         if need_t:
-            grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
+            grad_t = time_gradients(problem, tterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
         stats = self.integration.stats
-        stats.nfe_backward += fterm.nfe  # every evaluation of the user's field in this pass
+        # every evaluation of the user's field in this pass: one per augmented evaluation (eager or
+        # compiled), plus the time gradients'
+        stats.nfe_backward += term.nfe + tterm.nfe
         stats.n_steps_backward += steps
         return grad_t, a0 + grad_ys[0], split_params(x[2 * n:], params)
+
+
+def traceable_augmented_field(problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype) -> PureField | None:
+    """The augmented field written with ``torch.func.vjp`` so that a compiler can trace it.
+
+    Available when the user's field is an ``nn.Module`` and ``params`` are exactly its parameters
+    that require gradients, in order (the default of ``adjoint_params``); else None (eager field).
+    """
+    func = problem.func
+    if not isinstance(func, torch.nn.Module):
+        return None
+    named = [(name, p) for name, p in func.named_parameters() if p.requires_grad]
+    if len(named) != len(params) or any(p is not q for (_, p), q in zip(named, params)):
+        return None
+    names = tuple(name for name, _ in named)
+    n, shape = problem.y0.numel(), problem.y0.shape
+    layout, reverse, t_dtype, device = problem.layout, problem.reverse, problem.t_dtype, problem.y0.device
+
+    def field(r, xx):
+        pp = {name: p for name, p in func.named_parameters() if name in names}
+
+        def g(z, pdict):
+            user = solver_time_field(lambda tt, y: torch.func.functional_call(func, pdict, (tt, y)),
+                                     layout, reverse, t_dtype, device)
+            return user(-r, z)
+
+        gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)
+        a_z, a_p = pull(xx[n:2 * n].reshape(shape))
+        parts = [-gz.reshape(-1), a_z.reshape(-1)] + [a_p[name].reshape(-1).to(dtype) for name in names]
+        return torch.cat(parts)
+
+    key = ("backsolve", names, n, tuple(shape), None if layout is None else tuple(layout.shapes), reverse, t_dtype,
+           device, dtype)
+    return PureField(func, key, field)

@@ -36,6 +36,8 @@ class ExplicitRungeKutta:
         error_estimate: optional ``estimate(dt, ks) -> error`` replacing ``dt * sum(b_error * ks)``.
         error_estimate_order: the order q the step-size controller assumes for that estimate (it
             behaves like O(h^(q+1))); default the tableau's ``error_order``.
+        compile: run each step attempt (stages, field and error norm) as one torch.compile graph
+            (see :mod:`hybrid_node.backends.compiled_step`); ``solver.compiled()`` sets it.
     """
 
     tableau: ButcherTableau
@@ -43,6 +45,11 @@ class ExplicitRungeKutta:
     dense_output: Optional[Callable] = None
     error_estimate: Optional[Callable] = None
     error_estimate_order: Optional[int] = None
+    compile: bool = False
+
+    def compiled(self) -> "ExplicitRungeKutta":
+        """This method with compiled step attempts (the ``options={"compile": True}`` of odeint)."""
+        return dataclasses.replace(self, compile=True)
 
     @property
     def order(self) -> int:
