@@ -23,6 +23,7 @@ Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInducto
 from __future__ import annotations
 
 import dataclasses
+import types
 import weakref
 from typing import Callable, Hashable, Optional, Tuple
 
@@ -32,7 +33,8 @@ from .._term import Term, apply_field
 from ..controllers import error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 
-# owner (the user's field) -> {key -> compiled attempt}; weak, so a dropped model frees its graphs
+# owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
+# dropped model frees its graphs
 _CACHE: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -41,42 +43,56 @@ class PureField:
     """A field the compiler can trace, with what identifies it across solves.
 
     Attributes:
-        owner: the object the compiled graphs are cached on (the user's field).
+        owner: the user's field; the compiled graphs are cached on it and it is passed to ``field``
+            on every call (so no graph keeps it alive).
         key: everything besides ``owner`` that ``field`` depends on; two solves with equal owner and
             key may share one compiled graph.
-        field: ``field(t, y) -> dy/dt`` in solver time, free of side effects and of autograd calls.
+        field: ``field(owner, t, y) -> dy/dt`` in solver time, free of side effects and of autograd
+            calls; ``t`` is a 0-d float64 tensor on the state's device.
     """
 
     owner: Callable
     key: Hashable
-    field: Callable[[float, torch.Tensor], torch.Tensor]
+    field: Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def solver_time_field(func: Callable, layout, reverse: bool, t_dtype: torch.dtype, device) -> Callable:
+def solver_time_field(func: Callable, t: torch.Tensor, y: torch.Tensor, layout, reverse: bool,
+                      t_dtype: torch.dtype) -> torch.Tensor:
     """``func`` as a solver-time field on the flat state: time tensor, tuple packing, direction."""
-
-    def field(t, y):
-        tt = (-t if reverse else t).to(t_dtype)  # t: a 0-d float64 tensor on the state's device
-        out = apply_field(func, layout, tt, y)
-        return -out if reverse else out
-
-    return field
+    out = apply_field(func, layout, (-t if reverse else t).to(t_dtype), y)
+    return -out if reverse else out
 
 
 def term_field(term: Term) -> PureField:
     """The traceable part of a :class:`Term`."""
-    field = solver_time_field(term.func, term.layout, term.reverse, term.t_dtype, term.device)
-    shapes = None if term.layout is None else tuple(term.layout.shapes)
-    return PureField(term.func, ("term", shapes, term.reverse, term.t_dtype, term.device), field)
+    layout, reverse, t_dtype = term.layout, term.reverse, term.t_dtype
+
+    def field(func, t, y):
+        return solver_time_field(func, t, y, layout, reverse, t_dtype)
+
+    shapes = None if layout is None else tuple(layout.shapes)
+    return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)
 
 
 def _build(field: Callable, solver: ExplicitRungeKutta, adaptive: bool):
-    def attempt(t, dt, y, f0, rtol, atol, norm):
-        step = solver.step(field, t, y, f0, dt)
+    def attempt(owner, t, dt, y, f0, rtol, atol, norm):
+        step = solver.step(lambda tt, yy: field(owner, tt, yy), t, y, f0, dt)
         ratio = error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm) if adaptive else None
         return step.y1, step.error, step.ks, ratio
 
-    return torch.compile(attempt)
+    # a code object of its own: the compiler's cache and recompilation limit are per code object,
+    # and graphs for other fields or shapes must not use them up
+    attempt = types.FunctionType(attempt.__code__.replace(), attempt.__globals__, attempt.__name__, None,
+                                 attempt.__closure__)
+    compiled = torch.compile(attempt)
+
+    def run(*args):
+        # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
+        # is common) must be a graph input, not a constant guarded on: else every call recompiles
+        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):
+            return compiled(*args)
+
+    return run
 
 
 class CompiledAttempt:
@@ -96,7 +112,7 @@ class CompiledAttempt:
         if not isinstance(solver, ExplicitRungeKutta):
             raise ValueError(f"compile=True is available for the explicit Runge-Kutta methods only, not "
                              f"{getattr(solver, 'name', type(solver).__name__)!r}; drop the option for this method.")
-        self.term = term
+        self.term, self.owner = term, pure.owner
         self.rtol, self.atol, self.norm = rtol, atol, norm
         self.n_evals = solver.tableau.stages - 1
         adaptive = solver.tableau.b_error is not None
@@ -120,7 +136,7 @@ class CompiledAttempt:
         # recompilation per value) or handled symbolically, which the compiler gets wrong for some ops
         tt = torch.full((), t, dtype=torch.float64, device=y.device)
         hh = torch.full((), dt, dtype=torch.float64, device=y.device)
-        y1, error, ks, ratio = self._attempt(tt, hh, y, f0, self.rtol, self.atol, self.norm)
+        y1, error, ks, ratio = self._attempt(self.owner, tt, hh, y, f0, self.rtol, self.atol, self.norm)
         self.term.nfe += self.n_evals
         return RKStep(y1, error, tuple(ks)), (None if ratio is None else float(ratio))
 

@@ -140,21 +140,21 @@ def traceable_augmented_field(problem: Problem, params: tuple[torch.Tensor, ...]
         return None
     names = tuple(name for name, _ in named)
     n, shape = problem.y0.numel(), problem.y0.shape
-    layout, reverse, t_dtype, device = problem.layout, problem.reverse, problem.t_dtype, problem.y0.device
+    layout, reverse, t_dtype = problem.layout, problem.reverse, problem.t_dtype
 
-    def field(r, xx):
-        pp = {name: p for name, p in func.named_parameters() if name in names}
-
+    def field(module, r, xx):
         def g(z, pdict):
-            user = solver_time_field(lambda tt, y: torch.func.functional_call(func, pdict, (tt, y)),
-                                     layout, reverse, t_dtype, device)
-            return user(-r, z)
+            def call(tt, y):
+                return torch.func.functional_call(module, pdict, (tt, y))
 
+            return solver_time_field(call, -r, z, layout, reverse, t_dtype)
+
+        pp = {name: p for name, p in module.named_parameters() if name in names}
         gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)
         a_z, a_p = pull(xx[n:2 * n].reshape(shape))
         parts = [-gz.reshape(-1), a_z.reshape(-1)] + [a_p[name].reshape(-1).to(dtype) for name in names]
         return torch.cat(parts)
 
-    key = ("backsolve", names, n, tuple(shape), None if layout is None else tuple(layout.shapes), reverse, t_dtype,
-           device, dtype)
+    key = ("backsolve", names, tuple(shape), None if layout is None else tuple(layout.shapes), reverse, t_dtype,
+           problem.y0.device, dtype)
     return PureField(func, key, field)
