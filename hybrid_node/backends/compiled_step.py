@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import types
+import warnings
 import weakref
 from typing import Callable, Hashable, Optional, Tuple
 
 import torch
 
 from .._term import Term, apply_field
-from ..controllers import error_ratio_tensor
+from ..controllers import error_ratio, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 
 # owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
@@ -98,8 +99,12 @@ def _build(field: Callable, solver: ExplicitRungeKutta, adaptive: bool):
 class CompiledAttempt:
     """Step attempts of ``solver`` on a pure field, through a compiled graph cached per field.
 
+    A field the compiler cannot handle (the first compiled call raises a compiler error) is stepped
+    eagerly from then on, for this and every later solve, after one warning: compilation is an
+    optimisation and never changes whether a solve works.
+
     Args:
-        term: the loop's term (its ``nfe`` counts the attempts' evaluations).
+        term: the loop's term (its ``nfe`` counts the attempts' evaluations; eager steps use it).
         pure: the traceable field.
         solver: an explicit Runge-Kutta solver.
         rtol, atol, norm: the error test (ignored for fixed-step tableaus).
@@ -112,18 +117,17 @@ class CompiledAttempt:
         if not isinstance(solver, ExplicitRungeKutta):
             raise ValueError(f"compile=True is available for the explicit Runge-Kutta methods only, not "
                              f"{getattr(solver, 'name', type(solver).__name__)!r}; drop the option for this method.")
-        self.term, self.owner = term, pure.owner
+        self.term, self.owner, self.solver = term, pure.owner, solver
         self.rtol, self.atol, self.norm = rtol, atol, norm
         self.n_evals = solver.tableau.stages - 1
-        adaptive = solver.tableau.b_error is not None
-        key = (pure.key, solver, adaptive)
+        self.adaptive = solver.tableau.b_error is not None
+        self._key = (pure.key, solver, self.adaptive)
         try:
-            graphs = _CACHE.setdefault(pure.owner, {})
+            self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
-            graphs = {}
-        if key not in graphs:
-            graphs[key] = _build(pure.field, solver, adaptive)
-        self._attempt = graphs[key]
+            self._graphs = {}
+        if self._key not in self._graphs:
+            self._graphs[self._key] = _build(pure.field, solver, self.adaptive)
 
     def __call__(self, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> Tuple[RKStep, Optional[float]]:
         """One attempt from (t, y) with f0 = f(t, y) and step ``dt``.
@@ -132,13 +136,24 @@ class CompiledAttempt:
             The step (as :meth:`ExplicitRungeKutta.step` returns it) and the error ratio as a host
             float (None for fixed-step tableaus).
         """
-        # times travel as 0-d tensors: Python floats would be specialised into the graph (one
-        # recompilation per value) or handled symbolically, which the compiler gets wrong for some ops
-        tt = torch.full((), t, dtype=torch.float64, device=y.device)
-        hh = torch.full((), dt, dtype=torch.float64, device=y.device)
-        y1, error, ks, ratio = self._attempt(self.owner, tt, hh, y, f0, self.rtol, self.atol, self.norm)
-        self.term.nfe += self.n_evals
-        return RKStep(y1, error, tuple(ks)), (None if ratio is None else float(ratio))
+        graph = self._graphs[self._key]
+        if graph is not None:
+            # times travel as 0-d tensors: Python floats would be specialised into the graph (one
+            # recompilation per value) or handled symbolically, which the compiler gets wrong for some ops
+            tt = torch.full((), t, dtype=torch.float64, device=y.device)
+            hh = torch.full((), dt, dtype=torch.float64, device=y.device)
+            try:
+                y1, error, ks, ratio = graph(self.owner, tt, hh, y, f0, self.rtol, self.atol, self.norm)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                warnings.warn(f"compile=True: this field cannot be compiled ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); it is stepped eagerly.", RuntimeWarning, stacklevel=2)
+                self._graphs[self._key] = None
+            else:
+                self.term.nfe += self.n_evals
+                return RKStep(y1, error, tuple(ks)), (None if ratio is None else float(ratio))
+        step = self.solver.step(self.term, t, y, f0, dt)
+        ratio = error_ratio(step.error, y, step.y1, self.rtol, self.atol, self.norm) if self.adaptive else None
+        return step, ratio
 
 
 def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> Optional[CompiledAttempt]:
