@@ -1,9 +1,10 @@
-"""The diffrax (JAX) adapter of the benchmark runner: the mlp and cnf workloads, compiled whole by XLA.
+"""The diffrax (JAX) adapter of the benchmark runner: the mlp, conv and cnf workloads, compiled whole by XLA.
 
 The weights are copied from the workload's torch field (itself built from one numpy seed), so every
 framework integrates the same dynamics from the same state at the same tolerances: dopri5 is
 ``diffrax.Dopri5`` with a ``PIDController`` (integral control, rtol/atol of the workload), outputs at
-the workload's times, float32 with strict fp32 matmuls (``jax_default_matmul_precision = "highest"``).
+the workload's times, float32 with strict fp32 matmuls and convolutions
+(``jax_default_matmul_precision = "highest"``).
 Direct training backpropagates through the solver (diffrax's default ``RecursiveCheckpointAdjoint``);
 the adjoint mode uses ``BacksolveAdjoint`` (the continuous adjoint of Chen et al., NeurIPS 2018).
 
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from .workloads import CNFField, MLPField, Workload
+from .workloads import CNFField, ConvField, MLPField, Workload
 
 
 def _configure_threads() -> None:
@@ -55,6 +56,52 @@ def _mlp(params, x):
     return x
 
 
+def _group_norm(x, weight, bias, groups: int, eps: float):
+    """``torch.nn.GroupNorm`` on an NCHW array: biased variance over each group's channels and pixels, then affine."""
+    import jax.numpy as jnp
+
+    g = x.reshape(x.shape[0], groups, -1)
+    g = (g - g.mean(axis=2, keepdims=True)) / jnp.sqrt(g.var(axis=2, keepdims=True) + eps)
+    return g.reshape(x.shape) * weight[:, None, None] + bias[:, None, None]
+
+
+def _conv_field(field: ConvField, shifted: bool):
+    """The ODE-Net block ``f(t, y, params)`` of the torch ``field`` (``params`` in ``field.parameters()`` order).
+
+    The state is NCHW and the weights OIHW as torch's; each 3x3 convolution runs channels-last, by
+    ``lax.conv_general_dilated`` or (``shifted``) as nine shifted matmuls. XLA:CPU runs convolutions inside
+    a while loop (the solver's) far slower than outside it, channels-first ones and the weight gradient's
+    about 30x (jax-ml/jax#12868); the matmuls' gradients are not affected, so the CPU trains with them.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    idx = {name: i for i, (name, _) in enumerate(field.named_parameters())}
+    norms = [(getattr(field, k).num_groups, getattr(field, k).eps) for k in ("norm1", "norm2", "norm3")]
+
+    def norm(k, x, params):
+        groups, eps = norms[k - 1]
+        return _group_norm(x, params[idx[f"norm{k}.weight"]], params[idx[f"norm{k}.bias"]], groups, eps)
+
+    def conv(k, t, x, params):  # 3x3 over [t, x], a constant time channel first, as _ConcatConv (NCHW, OIHW)
+        x = jnp.concatenate([jnp.full_like(x[:, :1], t), x], axis=1)
+        weight, bias = params[idx[f"conv{k}.conv.weight"]], params[idx[f"conv{k}.conv.bias"]][:, None, None]
+        if shifted:
+            h, wd = x.shape[2:]
+            xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))).transpose(0, 2, 3, 1)
+            out = sum(xp[:, i:i + h, j:j + wd] @ weight[:, :, i, j].T for i in range(3) for j in range(3))
+        else:
+            out = jax.lax.conv_general_dilated(x.transpose(0, 2, 3, 1), weight.transpose(2, 3, 1, 0), (1, 1),
+                                               ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return out.transpose(0, 3, 1, 2) + bias
+
+    def f(t, y, params):
+        out = conv(1, t, jax.nn.relu(norm(1, y, params)), params)
+        out = conv(2, t, jax.nn.relu(norm(2, out, params)), params)
+        return norm(3, out, params)
+    return f
+
+
 def _vector_field(w: Workload, counter=None):
     """The workload's dynamics ``f(t, y, params)``; ``counter`` (a list) counts evaluations through a host callback."""
     import jax
@@ -83,6 +130,12 @@ def _vector_field(w: Workload, counter=None):
                 e = jnp.zeros_like(z).at[:, i].set(1.0)
                 trace = trace + jax.jvp(g, (z,), (e,))[1][:, i]
             return jnp.concatenate([dz, -trace[:, None]], axis=1)
+    elif isinstance(w.field, ConvField):
+        conv_f = _conv_field(w.field, shifted=w.y0.device.type == "cpu" and w.mode != "fwd")
+
+        def f(t, y, params):
+            count()
+            return conv_f(t, y, params)
     else:
         raise NotImplementedError(f"the diffrax adapter has no port of {type(w.field).__name__} (workload {w.name})")
     return f
@@ -94,11 +147,13 @@ def _loss_fn(w: Workload):
 
     if w.mode == "fwd":
         return None
-    if isinstance(w.field, MLPField):  # MSE against fixed targets: recover them from the torch loss's closure
+    if isinstance(w.field, (MLPField, ConvField)):  # MSE against fixed targets from the torch loss's closure
         cells = [c.cell_contents for c in (w.loss.__closure__ or ()) if isinstance(c.cell_contents, torch.Tensor)]
         if len(cells) != 1:
-            raise NotImplementedError("cannot find the mlp workload's targets")
+            raise NotImplementedError(f"cannot find the {w.name} workload's targets")
         target = jnp.asarray(cells[0].cpu().numpy().astype(np.float32))
+        if isinstance(w.field, ConvField):  # conv: at t = 1 only
+            return lambda ys: jnp.mean((ys[-1] - target) ** 2)
         return lambda ys: jnp.mean((ys - target) ** 2)
 
     def nll(ys):  # as the cnf workload: NLL under N(0, I) at t = 1
@@ -151,7 +206,7 @@ def prepare_diffrax(w: Workload):
         ``grads()`` (the last gradient as one float64 torch vector in ``field.parameters()`` order, or None).
 
     Raises:
-        NotImplementedError: for workloads without a JAX port (conv-odenet) or a device JAX does not have.
+        NotImplementedError: for workloads without a JAX port or a device JAX does not have.
     """
     _configure_threads()
     import jax

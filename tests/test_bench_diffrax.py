@@ -46,3 +46,22 @@ def test_mlp_train_gradients_match_the_reference_direct_and_adjoint():
         g = run.grads()
         assert g.shape == ref.shape
         assert float((g - ref).norm() / ref.norm()) < 1e-4, name
+
+
+def test_conv_field_matches_the_torch_field():
+    # the JAX ODE-Net block (GroupNorm, time-channel convs, same weights) gives the torch block's output
+    # to float32 rounding, at two times (the time channel matters)
+    import jax
+
+    w = make("conv-fwd", batch=2)
+    params = diffrax_peer._params(w.field)
+    y = w.y0.numpy()
+    for shifted in (False, True):  # lax.conv_general_dilated, and the CPU's nine shifted matmuls
+        f = diffrax_peer._conv_field(w.field, shifted)
+        for t in (0.0, 0.7):
+            with torch.no_grad():
+                ref = w.field(torch.tensor(t), w.y0).numpy()
+            with jax.default_matmul_precision("highest"):
+                out = np.asarray(f(np.float32(t), y, params))
+            assert out.shape == ref.shape == (2, 64, 7, 7)
+            assert np.abs(out - ref).max() < 1e-4 * np.abs(ref).max()
