@@ -45,7 +45,7 @@ def test_compiled_forward_equals_eager_both_directions(field):
         eager = hn.odeint(field, y0, t, method="rk4", options={"step_size": 0.1})
         fast = hn.odeint(field, y0, t, method="rk4", options={"step_size": 0.1, "compile": True})
     torch.testing.assert_close(fast, eager, rtol=1e-11, atol=1e-12)
-    assert {key[2] for key in compiled_step._CACHE[field]} == {True, False}  # both kinds of graph ran
+    assert {key[2] for key in compiled_step._CACHE[field] if len(key) == 3} == {True, False}  # both kinds ran
 
 
 def test_compiled_backsolve_gradients_equal_eager(field):
@@ -100,7 +100,7 @@ def test_field_the_compiler_rejects_is_stepped_eagerly(float64_default, one_thre
         return ys.detach(), field.w.grad.clone()
 
     # the adjoint's vector-Jacobian products go through torch.func, which refuses requires_grad_
-    with pytest.warns(RuntimeWarning, match="stepped eagerly"):
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
         ys, grad = solve({"compile": True})
     exact = y0 / torch.sqrt(1 + 2 * y0 ** 2 * t[:, None])  # dy/dt = -y^3 at w = 1
     torch.testing.assert_close(ys, exact, rtol=1e-7, atol=1e-9)

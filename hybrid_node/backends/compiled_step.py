@@ -75,17 +75,12 @@ def term_field(term: Term) -> PureField:
     return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)
 
 
-def _build(field: Callable, solver: ExplicitRungeKutta, adaptive: bool):
-    def attempt(owner, t, dt, y, f0, rtol, atol, norm):
-        step = solver.step(lambda tt, yy: field(owner, tt, yy), t, y, f0, dt)
-        ratio = error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm) if adaptive else None
-        return step.y1, step.error, step.ks, ratio
-
-    # a code object of its own: the compiler's cache and recompilation limit are per code object,
-    # and graphs for other fields or shapes must not use them up
-    attempt = types.FunctionType(attempt.__code__.replace(), attempt.__globals__, attempt.__name__, None,
-                                 attempt.__closure__)
-    compiled = torch.compile(attempt)
+def _compile(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` on a code object of its own, run with integer module attributes as inputs."""
+    # the compiler's cache and recompilation limit are per code object: graphs for other fields or
+    # shapes must not use them up
+    fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
+    compiled = torch.compile(fn)
 
     def run(*args):
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
@@ -96,15 +91,25 @@ def _build(field: Callable, solver: ExplicitRungeKutta, adaptive: bool):
     return run
 
 
-class CompiledAttempt:
-    """Step attempts of ``solver`` on a pure field, through a compiled graph cached per field.
+def _build_attempt(field: Callable, solver: ExplicitRungeKutta, adaptive: bool) -> Callable:
+    def attempt(owner, t, dt, y, f0, rtol, atol, norm):
+        step = solver.step(lambda tt, yy: field(owner, tt, yy), t, y, f0, dt)
+        ratio = error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm) if adaptive else None
+        return step.y1, step.error, step.ks, ratio
 
-    A field the compiler cannot handle (the first compiled call raises a compiler error) is stepped
+    return _compile(attempt)
+
+
+class CompiledAttempt:
+    """Step attempts of ``solver`` on a pure field, and single evaluations of the field (the
+    derivative a restarted solver needs), through compiled graphs cached per field.
+
+    A field the compiler cannot handle (the first compiled call raises a compiler error) is run
     eagerly from then on, for this and every later solve, after one warning: compilation is an
     optimisation and never changes whether a solve works.
 
     Args:
-        term: the loop's term (its ``nfe`` counts the attempts' evaluations; eager steps use it).
+        term: the loop's term (its ``nfe`` counts the evaluations; eager fallbacks call it).
         pure: the traceable field.
         solver: an explicit Runge-Kutta solver.
         rtol, atol, norm: the error test (ignored for fixed-step tableaus).
@@ -121,13 +126,34 @@ class CompiledAttempt:
         self.rtol, self.atol, self.norm = rtol, atol, norm
         self.n_evals = solver.tableau.stages - 1
         self.adaptive = solver.tableau.b_error is not None
-        self._key = (pure.key, solver, self.adaptive)
+        self._step_key = (pure.key, solver, self.adaptive)
+        self._field_key = (pure.key, "field")
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
             self._graphs = {}
-        if self._key not in self._graphs:
-            self._graphs[self._key] = _build(pure.field, solver, self.adaptive)
+        if self._step_key not in self._graphs:
+            self._graphs[self._step_key] = _build_attempt(pure.field, solver, self.adaptive)
+            self._graphs[self._field_key] = _compile(pure.field)
+
+    def _run(self, key, *args):
+        """The graph ``key`` on ``args``, or None when it has failed (now or in an earlier solve)."""
+        graph = self._graphs[key]
+        if graph is None:
+            return None
+        try:
+            return graph(self.owner, *args)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            warnings.warn(f"compile=True: this field cannot be compiled ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); it runs eagerly.", RuntimeWarning, stacklevel=3)
+            self._graphs[self._step_key] = self._graphs[self._field_key] = None
+            return None
+
+    @staticmethod
+    def _time(x: float, like: torch.Tensor) -> torch.Tensor:
+        # times travel as 0-d tensors: Python floats would be specialised into the graph (one
+        # recompilation per value) or handled symbolically, which the compiler gets wrong for some ops
+        return torch.full((), x, dtype=torch.float64, device=like.device)
 
     def __call__(self, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> Tuple[RKStep, Optional[float]]:
         """One attempt from (t, y) with f0 = f(t, y) and step ``dt``.
@@ -136,24 +162,22 @@ class CompiledAttempt:
             The step (as :meth:`ExplicitRungeKutta.step` returns it) and the error ratio as a host
             float (None for fixed-step tableaus).
         """
-        graph = self._graphs[self._key]
-        if graph is not None:
-            # times travel as 0-d tensors: Python floats would be specialised into the graph (one
-            # recompilation per value) or handled symbolically, which the compiler gets wrong for some ops
-            tt = torch.full((), t, dtype=torch.float64, device=y.device)
-            hh = torch.full((), dt, dtype=torch.float64, device=y.device)
-            try:
-                y1, error, ks, ratio = graph(self.owner, tt, hh, y, f0, self.rtol, self.atol, self.norm)
-            except torch._dynamo.exc.TorchDynamoException as e:
-                warnings.warn(f"compile=True: this field cannot be compiled ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); it is stepped eagerly.", RuntimeWarning, stacklevel=2)
-                self._graphs[self._key] = None
-            else:
-                self.term.nfe += self.n_evals
-                return RKStep(y1, error, tuple(ks)), (None if ratio is None else float(ratio))
-        step = self.solver.step(self.term, t, y, f0, dt)
-        ratio = error_ratio(step.error, y, step.y1, self.rtol, self.atol, self.norm) if self.adaptive else None
-        return step, ratio
+        out = self._run(self._step_key, self._time(t, y), self._time(dt, y), y, f0, self.rtol, self.atol, self.norm)
+        if out is None:
+            step = self.solver.step(self.term, t, y, f0, dt)
+            ratio = error_ratio(step.error, y, step.y1, self.rtol, self.atol, self.norm) if self.adaptive else None
+            return step, ratio
+        y1, error, ks, ratio = out
+        self.term.nfe += self.n_evals
+        return RKStep(y1, error, tuple(ks)), (None if ratio is None else float(ratio))
+
+    def init(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """The solver state at (t, y), as ``solver.init(term, t, y)``: the derivative f(t, y)."""
+        out = self._run(self._field_key, self._time(t, y), y)
+        if out is None:
+            return self.solver.init(self.term, t, y)
+        self.term.nfe += 1
+        return out
 
 
 def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> Optional[CompiledAttempt]:

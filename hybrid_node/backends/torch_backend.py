@@ -211,7 +211,7 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
             while i_out < len(ts) and ts[i_out] <= t1:
                 if at_output is not None and ts[i_out] == t1 and i_out < len(ts) - 1:
                     y1 = at_output(i_out, y1)
-                    new_state = solver.init(term, t1, y1)
+                    new_state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
                 ys.append(y1 if ts[i_out] == t1 else seg(ts[i_out]))
                 i_out += 1
             t, y, state = t1, y1, new_state
@@ -313,7 +313,7 @@ def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequ
         y = y1
         previous = None
         if restart and not perturb:
-            state = solver.init(term, t1, y1)
+            state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
         elif not perturb:
             previous = step
     stats.nfe = term.nfe
