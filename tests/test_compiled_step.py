@@ -48,15 +48,16 @@ def test_compiled_forward_equals_eager_both_directions(field):
     assert {key[2] for key in compiled_step._CACHE[field] if len(key) == 3} == {True, False}  # both kinds ran
 
 
-def test_compiled_backsolve_gradients_equal_eager(field):
+@pytest.mark.parametrize("method, options", [("dopri5", {}), ("rk4", {"step_size": 0.1})])
+def test_compiled_backsolve_gradients_equal_eager(field, method, options):
     y0 = torch.randn(8, 2, requires_grad=True)
     t = torch.linspace(0.0, 2.0, 5)
     target = torch.randn(5, 8, 2)
 
-    def gradients(options):
+    def gradients(extra):
         field.zero_grad()
         y0.grad = None
-        ys = hn.odeint_adjoint(field, y0, t, rtol=1e-8, atol=1e-10, options=options)
+        ys = hn.odeint_adjoint(field, y0, t, rtol=1e-8, atol=1e-10, method=method, options={**options, **extra})
         ((ys - target) ** 2).sum().backward()
         return [y0.grad.clone()] + [p.grad.clone() for p in field.parameters()]
 
