@@ -70,7 +70,9 @@ class SpiralData:
         observed: (N, nsample, 2) noisy window values.
         clean: (N, nsample, 2) noise-free window values.
         extrap_times: (nextrap,) the times after the window.
-        extrap: (N, nextrap, 2) noise-free values at ``extrap_times``.
+        extrap: (N, nextrap, 2) noise-free values at ``extrap_times`` (the extrapolation score's target).
+        extrap_observed: (N, nextrap, 2) the same points with observation noise: what a training series
+            would have recorded after its window (the targets of the forecasting objective).
         clockwise: (N,) bool direction of each sample.
         start_index: (N,) index of the window start on the underlying grid.
         config: the generator settings.
@@ -81,6 +83,7 @@ class SpiralData:
     clean: torch.Tensor
     extrap_times: torch.Tensor
     extrap: torch.Tensor
+    extrap_observed: torch.Tensor
     clockwise: torch.Tensor
     start_index: torch.Tensor
     config: SpiralConfig
@@ -134,6 +137,8 @@ def make_spirals(config: SpiralConfig = SpiralConfig(), seed: int | None = 0) ->
     clean = curves[rows, window]
     extrap = curves[rows, after]
     observed = clean + rng.standard_normal(clean.shape) * config.noise_std
+    # Drawn after the window noise, so the windows do not depend on whether the future is used.
+    extrap_observed = extrap + rng.standard_normal(extrap.shape) * config.noise_std
     dt = ts[1] - ts[0]
     f32 = torch.float32
     return SpiralData(
@@ -142,6 +147,7 @@ def make_spirals(config: SpiralConfig = SpiralConfig(), seed: int | None = 0) ->
         clean=torch.as_tensor(clean, dtype=f32),
         extrap_times=torch.as_tensor((ns + np.arange(ne)) * dt, dtype=f32),
         extrap=torch.as_tensor(extrap, dtype=f32),
+        extrap_observed=torch.as_tensor(extrap_observed, dtype=f32),
         clockwise=torch.as_tensor(clockwise),
         start_index=torch.as_tensor(starts),
         config=config,

@@ -5,6 +5,16 @@ points of each noisy training window; each is then scored on a separate test set
 predictions on the 100 points that follow the window against the noise-free spiral. Training state is
 checkpointed atomically; ``--resume`` continues an interrupted run in the same ``--out`` folder.
 
+Training objective (``objective``): "window" trains on the observed window points only (the latent ODE
+on its ELBO, the RNNs on one-step-ahead prediction). "forecast" (default) also scores the 100 points
+that follow each *training* window, which are known for training series: the latent ODE's likelihood
+covers the window and those points while its encoder still reads only the n observed window points
+(as Rubanova et al. 2019 train latent ODEs for extrapolation), and the RNNs are trained on the same
+points: by default one-step-ahead over window + future with the true previous point as input
+(``rnn_forecast="teacher"``), or on their free-running forecast of them (``"rollout"``, which on the
+spirals collapses to predicting each spiral's centre). Test series and the score are the same under
+both objectives; at test time every model extrapolates from the n observed window points alone.
+
 Training schedule: Adam with the learning rate decayed from ``lr`` to ``lr * lr_final_ratio`` (cosine,
 Loshchilov and Hutter 2017, or exponential), and, every ``val_every`` steps, the extrapolation RMSE on a
 separate validation set (never the test set) decide which iterate is kept and scored ("keep the best
@@ -12,7 +22,10 @@ iterate", i.e. early stopping by held-out error; Prechelt 1998): by default the 
 validation loss (negative ELBO for the latent ODE, one-step-ahead loss for the RNNs). Selecting by
 validation extrapolation RMSE can keep an almost untrained model that predicts each spiral's centre.
 
-References: I. Loshchilov, F. Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017;
+References: Y. Rubanova, R. T. Q. Chen, D. Duvenaud, "Latent ODEs for Irregularly-Sampled Time Series",
+NeurIPS 2019 (extrapolation training); R. J. Williams, D. Zipser, "A Learning Algorithm for
+Continually Running Fully Recurrent Neural Networks", Neural Computation 1 (1989) (teacher forcing);
+I. Loshchilov, F. Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017;
 L. Prechelt, "Early Stopping - But When?", Neural Networks: Tricks of the Trade, 1998.
 
 Reference: R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud, "Neural Ordinary Differential
@@ -67,12 +80,51 @@ class SpiralsSettings:
     nval: int = 200
     val_every: int = 50
     select: str = "val_loss"
+    objective: str = "forecast"
+    rnn_forecast: str = "teacher"
 
 
 QUICK = {"iters": 300, "rnn_iters": 300, "nspiral": 300, "ntest": 300, "batch_size": 300, "rtol": 1e-5, "atol": 1e-6,
          "nval": 100, "val_every": 25}
 LR_DECAYS = ("none", "cosine", "exp")
 SELECTIONS = ("val_loss", "val_rmse", "last")
+OBJECTIVES = ("window", "forecast")
+RNN_FORECASTS = ("teacher", "rollout")
+
+
+@dataclasses.dataclass(frozen=True)
+class Future:
+    """The points after each training window: what the forecasting objective scores.
+
+    Attributes:
+        times: (T,) times after the window, on the window's clock.
+        values: (B, T, D) noisy observations there (one row per series of the batch).
+    """
+
+    times: torch.Tensor
+    values: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> Future:
+        return Future(self.times, self.values[index])
+
+
+def with_future(batch: IrregularBatch, future: Future) -> IrregularBatch:
+    """The batch's observations followed by the future points: the forecasting likelihood's targets.
+
+    Raises:
+        ValueError: if the future does not match the batch or starts before its last time.
+    """
+    if future.values.shape[:1] != (batch.batch_size,) or future.values.shape[1:] != (future.times.numel(), batch.obs_dim):
+        raise ValueError(
+            f"future values must have shape ({batch.batch_size}, {future.times.numel()}, {batch.obs_dim}); "
+            f"got {tuple(future.values.shape)}."
+        )
+    if bool((future.times[0] <= batch.times[:, -1]).any()):
+        raise ValueError("future times must come after every observation of the batch.")
+    times = torch.cat([batch.times, future.times.to(batch.times.dtype).expand(batch.batch_size, -1)], dim=1)
+    values = torch.cat([batch.values, future.values.to(batch.values.dtype)], dim=1)
+    mask = torch.cat([batch.mask, torch.ones_like(future.values, dtype=batch.mask.dtype)], dim=1)
+    return IrregularBatch(times=times, values=values, mask=mask)
 
 
 def learning_rate(s: SpiralsSettings, step: int, iters: int) -> float:
@@ -113,6 +165,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="iterate to keep and score: lowest validation loss (negative ELBO for the latent "
                              "ODE), lowest validation extrapolation RMSE, or the last one (default "
                              f"{d.select})")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
+                        help="training targets: the observed window points only ('window', the plain ELBO / "
+                             "one-step-ahead loss), or also the 100 points after each training window "
+                             f"('forecast'; the encoder still sees only the window) (default {d.objective})")
+    parser.add_argument("--rnn-forecast", choices=RNN_FORECASTS, default=d.rnn_forecast,
+                        help="how the RNNs learn the future points under --objective forecast: one-step-ahead "
+                             "prediction over window + future with the true previous point as input "
+                             "('teacher'), or their free-running forecast after the window ('rollout') "
+                             f"(default {d.rnn_forecast})")
     parser.add_argument("--rtol", type=float, default=None, help=f"latent solve rtol (default {d.rtol})")
     parser.add_argument("--atol", type=float, default=None, help=f"latent solve atol (default {d.atol})")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -137,7 +198,7 @@ def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
     s = SpiralsSettings(
         ns=tuple(args.n), models=tuple(args.models), lr=args.lr, seed=args.seed,
         checkpoint_every=args.checkpoint_every, lr_decay=args.lr_decay, lr_final_ratio=args.lr_final_ratio,
-        select=args.select, **base,
+        select=args.select, objective=args.objective, rnn_forecast=args.rnn_forecast, **base,
     )
     if min(s.ns) < 2 or max(s.ns) > 100:
         raise ValueError("--n values must lie between 2 and 100 (the window has 100 points).")
@@ -145,8 +206,10 @@ def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
         raise ValueError("--iters/--rnn-iters must be >= 0 and --nspiral/--ntest/--batch-size >= 1.")
     if s.nval < 1 or s.val_every < 1 or not 0 < s.lr_final_ratio <= 1:
         raise ValueError("--nval and --val-every must be >= 1 and --lr-final-ratio in (0, 1].")
-    if s.select not in SELECTIONS or s.lr_decay not in LR_DECAYS:
-        raise ValueError(f"--select must be one of {SELECTIONS} and --lr-decay one of {LR_DECAYS}.")
+    if (s.select not in SELECTIONS or s.lr_decay not in LR_DECAYS or s.objective not in OBJECTIVES
+            or s.rnn_forecast not in RNN_FORECASTS):
+        raise ValueError(f"--select must be one of {SELECTIONS}, --lr-decay one of {LR_DECAYS}, --objective "
+                         f"one of {OBJECTIVES} and --rnn-forecast one of {RNN_FORECASTS}.")
     return s
 
 
@@ -156,8 +219,25 @@ def build_model(name: str, s: SpiralsSettings) -> torch.nn.Module:
     return RNNBaseline(obs_dim=2, hidden=25, use_time_gaps=(name == "rnn_gaps"))
 
 
-def model_loss(name: str, model: torch.nn.Module, batch: IrregularBatch) -> torch.Tensor:
-    return model(batch) if name == "latent_ode" else model.loss(batch)
+def model_loss(
+    name: str, model: torch.nn.Module, batch: IrregularBatch, future: Future | None = None,
+    generator: torch.Generator | None = None, rnn_forecast: str = "teacher",
+) -> torch.Tensor:
+    """Training loss: on the window only, or with ``future`` also on the points after it.
+
+    Latent ODE: negative ELBO whose likelihood covers the window (and the future points; the encoder
+    reads only the window). RNNs: one-step-ahead error on the window; with ``future`` and
+    ``rnn_forecast`` "teacher" the same error over window + future (teacher forcing, Williams and Zipser
+    1989), with "rollout" the window's error plus that of the free-running forecast of the future.
+    """
+    if name == "latent_ode":
+        targets = None if future is None else with_future(batch, future)
+        return model.elbo(batch, generator=generator, targets=targets).loss
+    if future is None:
+        return model.loss(batch)
+    if rnn_forecast == "teacher":
+        return model.loss(with_future(batch, future))
+    return model.forecast_loss(batch, future.times, future.values)
 
 
 def predict(name: str, model: torch.nn.Module, batch: IrregularBatch, times: torch.Tensor) -> torch.Tensor:
@@ -172,9 +252,32 @@ def rmse(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(torch.sqrt(((pred - target) ** 2).mean()))
 
 
+HORIZONS = (10, 25, 50)
+
+
+def breakdown(pred: torch.Tensor, data: SpiralData) -> dict:
+    """Extrapolation RMSE split by horizon, direction and window start (all against noise-free targets).
+
+    Returns:
+        ``rmse_first`` (over the first k targets, k in ``HORIZONS``), ``rmse_direction`` (clockwise /
+        counter-clockwise series) and ``rmse_start`` (windows starting before / from grid index 200:
+        the later ones extrapolate into the last stretch of the grid, where the clockwise radius grows
+        fastest).
+    """
+    target, cw, early = data.extrap, data.clockwise, data.start_index < 200
+
+    def part(mask: torch.Tensor) -> float | None:
+        return rmse(pred[mask], target[mask]) if bool(mask.any()) else None
+
+    return {"rmse_first": {k: rmse(pred[:, :k], target[:, :k]) for k in HORIZONS},
+            "rmse_direction": {"clockwise": part(cw), "counter_clockwise": part(~cw)},
+            "rmse_start": {"before_200": part(early), "from_200": part(~early)}}
+
+
 def train_one(
     name: str, n: int, s: SpiralsSettings, train: IrregularBatch, ckpt: Path, resume: bool,
     on_step: Callable[[int, float], None], val: tuple[IrregularBatch, torch.Tensor, torch.Tensor] | None = None,
+    future: Future | None = None, val_future: Future | None = None,
 ) -> torch.nn.Module:
     """Train one model, checkpointing every ``s.checkpoint_every`` steps; resumes from ``ckpt``.
 
@@ -188,6 +291,9 @@ def train_one(
             steps and at the end the loss and the extrapolation RMSE on it are recorded in
             ``model.val_history``; with ``s.select`` "val_loss" / "val_rmse" the returned model holds
             the iterate with the lowest of that score.
+        future: the points after the training windows (one row per series of ``train``); given, the
+            model trains on the forecasting objective (see :func:`model_loss`).
+        val_future: the same for the validation series; the validation loss then uses it too.
 
     Returns:
         The trained model, with ``history`` (losses), ``val_history`` ([step, loss, RMSE] rows) and
@@ -212,24 +318,22 @@ def train_one(
             return
         score = rmse(predict(name, model, val[0], val[1]), val[2])
         with torch.no_grad():
-            if name == "latent_ode":  # a fixed generator: the same z0 draws at every validation
-                vloss = float(model.elbo(val[0], generator=torch.Generator().manual_seed(0)).loss)
-            else:
-                vloss = float(model.loss(val[0]))
+            # A fixed generator: the latent ODE gets the same z0 draws at every validation.
+            vloss = float(model_loss(name, model, val[0], val_future, torch.Generator().manual_seed(0), s.rnn_forecast))
         val_history.append([done, vloss, score])
         key = vloss if s.select == "val_loss" else score
         if best is None or "score" not in best or key < best["score"]:
             best = {"step": done, "score": key, "model": copy.deepcopy(model.state_dict())}
 
     for step in range(start, iters):
+        batch, fut = train, future
         if s.batch_size < train.batch_size:
-            batch = select(train, torch.randperm(train.batch_size)[: s.batch_size])
-        else:
-            batch = train
+            index = torch.randperm(train.batch_size)[: s.batch_size]
+            batch, fut = select(train, index), None if future is None else future.select(index)
         for group in opt.param_groups:
             group["lr"] = learning_rate(s, step, iters)
         opt.zero_grad()
-        loss = model_loss(name, model, batch)
+        loss = model_loss(name, model, batch, fut, rnn_forecast=s.rnn_forecast)
         loss.backward()
         opt.step()
         history.append(loss.item())
@@ -269,6 +373,9 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
         train = train_data.subsample(n, seed=s.seed + n)
         test = test_data.subsample(n, seed=s.seed + 10_000 + n)
         val = (val_data.subsample(n, seed=s.seed + 20_000 + n), val_data.extrap_times, val_data.extrap)
+        forecast = s.objective == "forecast"
+        future = Future(train_data.extrap_times, train_data.extrap_observed) if forecast else None
+        val_future = Future(val_data.extrap_times, val_data.extrap_observed) if forecast else None
         for name in s.models:
             key = f"{name}/n={n}"
             bar.set_postfix_str(key)
@@ -278,15 +385,15 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
                 bar.update(k)
                 bar.set_postfix_str(f"{key} loss={loss:.4g}")
 
-            model = train_one(name, n, s, train, out / "checkpoints" / f"{name}-n{n}.pt", resume, on_step, val)
+            model = train_one(name, n, s, train, out / "checkpoints" / f"{name}-n{n}.pt", resume, on_step, val,
+                              future, val_future)
             pred = predict(name, model, test, test_data.extrap_times)
-            entry = {"rmse": rmse(pred, test_data.extrap), "final_loss": model.history[-1] if model.history else None,
+            entry = {"rmse": rmse(pred, test_data.extrap), **breakdown(pred, test_data),
+                     "final_loss": model.history[-1] if model.history else None,
                      "iterations": len(model.history), "kept_step": model.best_step,
                      "val": next((r[1:] for r in model.val_history if r[0] == model.best_step), None),
                      "val_history": model.val_history,
-                     "seconds": round(time.time() - t_start, 1),
-                     # Error grows with the horizon: RMSE over the first k targets only.
-                     "rmse_first": {k: rmse(pred[:, :k], test_data.extrap[:, :k]) for k in (10, 25, 50)}}
+                     "seconds": round(time.time() - t_start, 1)}
             if name == "latent_ode":
                 entry["recon_rmse"] = rmse(predict(name, model, test, test_data.times), test_data.clean)
             rows[key] = entry
@@ -318,6 +425,22 @@ def format_table(results: dict, s: SpiralsSettings) -> str:
         lines += ["", "Latent ODE reconstruction RMSE of the whole 100-point window from n points:",
                   "| " + " | ".join(f"n={n}" for n in s.ns) + " |", "|" + " --- |" * len(s.ns),
                   "| " + " | ".join("-" if r is None else f"{r:.4f}" for r in recon) + " |"]
+    lines += ["", "Extrapolation RMSE by direction, window start and horizon (first k of the 100 targets):",
+              "| model | n | clockwise | counter-clockwise | start < 200 | start >= 200 | "
+              + " | ".join(f"first {k}" for k in HORIZONS) + " |", "|" + " --- |" * (6 + len(HORIZONS))]
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    for name in s.models:
+        for n in s.ns:
+            e = results["rmse"].get(f"{name}/n={n}")
+            if not e or "rmse_direction" not in e:
+                continue
+            first = [e["rmse_first"].get(str(k), e["rmse_first"].get(k)) for k in HORIZONS]
+            cells = [e["rmse_direction"]["clockwise"], e["rmse_direction"]["counter_clockwise"],
+                     e["rmse_start"]["before_200"], e["rmse_start"]["from_200"], *first]
+            lines.append(f"| {MODEL_NAMES[name]} | {n} | " + " | ".join(fmt(c) for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -271,34 +271,59 @@ class LatentODE(nn.Module):
         return self.decoder(zs).transpose(0, 1)
 
     def elbo(
-        self, batch: IrregularBatch, t0: float | Tensor = 0.0, generator: torch.Generator | None = None
+        self,
+        batch: IrregularBatch,
+        t0: float | Tensor = 0.0,
+        generator: torch.Generator | None = None,
+        targets: IrregularBatch | None = None,
     ) -> ElboTerms:
         """ELBO terms of a batch with one reparameterised sample of z0 per series.
 
+        With ``targets`` the encoder still reads only ``batch`` but the likelihood scores ``targets``:
+        a forecasting objective when ``targets`` holds the observations plus later points of the same
+        series (as Rubanova et al. 2019 train latent ODEs for extrapolation). Otherwise the likelihood
+        scores ``batch`` itself (the plain ELBO of Chen et al. 2018).
+
         Args:
-            batch: observations on per-sample grids.
-            t0: time of z0 (at or before every observation).
+            batch: observations on per-sample grids (what the encoder sees).
+            t0: time of z0 (at or before every observation and target).
             generator: optional generator for the noise of the reparameterisation.
+            targets: optional series scored by the likelihood (same batch size and channels as
+                ``batch``); default ``batch``.
 
         Returns:
             :class:`ElboTerms`; ``.loss`` is the negative mean ELBO.
+
+        Raises:
+            ValueError: if ``targets`` does not match ``batch`` in batch size or channels, or has a
+                time before ``t0``.
         """
+        scored = batch if targets is None else targets
+        if scored.batch_size != batch.batch_size or scored.obs_dim != batch.obs_dim:
+            raise ValueError(
+                f"targets must have the batch size and channels of batch ({batch.batch_size}, {batch.obs_dim}); "
+                f"got ({scored.batch_size}, {scored.obs_dim})."
+            )
+        if bool((scored.times < torch.as_tensor(t0, dtype=scored.times.dtype)).any()):
+            raise ValueError("every target time must be >= t0 (the latent initial time).")
         mean, logvar = self.encode(batch, t0)
         z0 = self.sample_z0(mean, logvar, generator)
-        union, index = union_grid(batch)
+        union, index = union_grid(scored)
         states = gather_union(self.latent_trajectory(z0, union, t0), index)  # (B, L, state)
         z = states[..., : self.latent_dim]
-        loglik = gaussian_log_likelihood(batch.values, self.decoder(z), self.obs_std, batch.mask)
+        loglik = gaussian_log_likelihood(scored.values, self.decoder(z), self.obs_std, scored.mask)
         poisson = None
         if self.log_intensity is not None:
             # Window: t0 to each sample's last time (padding repeats it, so position -1 holds it).
             integrated = states[:, -1, self.latent_dim :]
-            poisson = poisson_process_log_likelihood(self.log_intensity(z), batch.mask, integrated)
+            poisson = poisson_process_log_likelihood(self.log_intensity(z), scored.mask, integrated)
         return ElboTerms(log_likelihood=loglik, kl=normal_kl(mean, logvar), poisson=poisson)
 
-    def forward(self, batch: IrregularBatch, t0: float | Tensor = 0.0) -> Tensor:
-        """The training loss (negative mean ELBO) of a batch."""
-        return self.elbo(batch, t0).loss
+    def forward(
+        self, batch: IrregularBatch, t0: float | Tensor = 0.0, targets: IrregularBatch | None = None
+    ) -> Tensor:
+        """The training loss (negative mean ELBO) of a batch; ``targets`` as in :meth:`elbo`."""
+        return self.elbo(batch, t0, targets=targets).loss
 
     @torch.no_grad()
     def predict(self, batch: IrregularBatch, times: Tensor, t0: float | Tensor = 0.0, sample: bool = False) -> Tensor:

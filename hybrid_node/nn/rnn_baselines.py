@@ -2,7 +2,8 @@
 
 Both are one-step-ahead predictors trained by teacher forcing: after reading observation k the network
 predicts observation k+1. The plain RNN does not know when the next point comes; the time-gap variant
-gets t_{k+1} - t_k as an extra input. Extrapolation feeds the network its own predictions.
+gets t_{k+1} - t_k as an extra input. Extrapolation feeds the network its own predictions; when the
+points after a training window are known, ``forecast_loss`` also trains on that free-running forecast.
 
 Reference: R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud, "Neural Ordinary Differential
 Equations", NeurIPS 2018, Section 5.1 (the RNN baselines of Table 2); J. L. Elman, "Finding structure in
@@ -68,12 +69,18 @@ class RNNBaseline(nn.Module):
         mask = batch.mask[:, 1:]
         return ((pred - batch.values[:, 1:]) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
-    @torch.no_grad()
-    def extrapolate(self, batch: IrregularBatch, times: Tensor) -> Tensor:
-        """Autoregressive predictions at future ``times`` (T,) after each sample's observations.
+    def rollout(self, batch: IrregularBatch, times: Tensor) -> tuple[Tensor, Tensor]:
+        """Read the observations, then predict future ``times`` (T,) from the network's own outputs.
+
+        Differentiable (used by :meth:`forecast_loss`); :meth:`extrapolate` is the no-grad version.
 
         Returns:
-            (B, T, D) predictions.
+            ``(window, future)``: (B, L, D) predictions made after each observation (the one after
+            observation k is for observation k+1; after the last one, for ``times[0]``) and (B, T, D)
+            predictions at ``times``.
+
+        Raises:
+            ValueError: if ``times`` precede the last observation of a sample.
         """
         if bool((times[0] < batch.times[:, -1]).any()):
             raise ValueError("extrapolation times must not precede the last observation of any sample.")
@@ -84,4 +91,32 @@ class RNNBaseline(nn.Module):
             gap = (times[j] - times[j - 1]).expand(batch.batch_size).to(out[0].dtype)
             h = self._step(out[-1], ones, gap, h)
             out.append(self.readout(h))
-        return torch.stack(out, dim=1)
+        return preds, torch.stack(out, dim=1)
+
+    def forecast_loss(self, batch: IrregularBatch, times: Tensor, future: Tensor) -> Tensor:
+        """Mean squared error over the window's one-step-ahead predictions and a free-running forecast.
+
+        The forecasting counterpart of :meth:`loss`: besides predicting each observation from the
+        ones before (teacher forcing), the network is scored on ``future`` (B, T, D) at ``times`` (T,)
+        after the window, predicted from its own outputs exactly as :meth:`extrapolate` does at test
+        time. Every scored point has the same weight.
+
+        Raises:
+            ValueError: if ``future`` does not have shape (B, T, D).
+        """
+        expected = (batch.batch_size, times.numel(), batch.obs_dim)
+        if tuple(future.shape) != expected:
+            raise ValueError(f"future must have shape {expected} (batch, len(times), channels); got {tuple(future.shape)}.")
+        window, ahead = self.rollout(batch, times)
+        mask = batch.mask[:, 1:]
+        sq = ((window[:, :-1] - batch.values[:, 1:]) ** 2 * mask).sum() + ((ahead - future) ** 2).sum()
+        return sq / (mask.sum() + future.numel())
+
+    @torch.no_grad()
+    def extrapolate(self, batch: IrregularBatch, times: Tensor) -> Tensor:
+        """Autoregressive predictions at future ``times`` (T,) after each sample's observations.
+
+        Returns:
+            (B, T, D) predictions.
+        """
+        return self.rollout(batch, times)[1]
