@@ -21,6 +21,8 @@ def available() -> dict[str, bool]:
     return {
         "hybrid_node": True,
         "hybrid_node+compile": True,
+        "hybrid_node+device": True,
+        "hybrid_node+device+compile": True,
         "torchdiffeq": importlib.util.find_spec("torchdiffeq") is not None,
         "torchode": importlib.util.find_spec("torchode") is not None,
         "diffrax": importlib.util.find_spec("diffrax") is not None and importlib.util.find_spec("jax") is not None,
@@ -70,6 +72,22 @@ def prepare_hybrid_node_compiled(w: Workload):
     return run
 
 
+def prepare_hybrid_node_device(w: Workload):
+    """hybrid_node with the device-resident loop (``options={"device_loop": True}``), run eagerly."""
+    return prepare_hybrid_node(w, {"device_loop": True})
+
+
+def prepare_hybrid_node_device_compiled(w: Workload):
+    """The device-resident loop with each run of attempts compiled; the first run is timed apart."""
+    import time
+
+    run = prepare_hybrid_node(w, {"device_loop": True, "compile": True})
+    start = time.perf_counter()
+    run()
+    run.compile_s = time.perf_counter() - start
+    return run
+
+
 def prepare_torchdiffeq(w: Workload):
     import torchdiffeq
 
@@ -112,5 +130,7 @@ def prepare_diffrax(w: Workload):
 
 
 PREPARE = {"hybrid_node": prepare_hybrid_node, "hybrid_node+compile": prepare_hybrid_node_compiled,
+           "hybrid_node+device": prepare_hybrid_node_device,
+           "hybrid_node+device+compile": prepare_hybrid_node_device_compiled,
            "torchdiffeq": prepare_torchdiffeq, "torchode": prepare_torchode,
            "diffrax": prepare_diffrax}

@@ -14,7 +14,8 @@ error is relative to a float64 torchdiffeq solve at tolerance 1e-10 (an independ
 diffrax (JAX) runs compiled: its compile time is reported apart, its NFE is counted in an untimed
 instrumented run (see benchmarks/diffrax_peer.py), and workloads it has no port of are marked skipped.
 ``hybrid_node+compile`` is hybrid_node with ``options={"compile": True}`` (compiled step attempts);
-its first, compiling run is timed apart like diffrax's compilation.
+its first, compiling run is timed apart like diffrax's compilation. ``hybrid_node+device`` uses the
+device-resident loop (``options={"device_loop": True}``), ``hybrid_node+device+compile`` compiles its runs.
 Results: a printed table, and ``results.json`` + ``results.md`` in ``--out``.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ import torch
 from . import frameworks
 from .workloads import WORKLOADS, Workload, make
 
-PEERS = ("hybrid_node", "hybrid_node+compile", "torchdiffeq", "torchode", "diffrax")
+PEERS = ("hybrid_node", "hybrid_node+compile", "hybrid_node+device", "hybrid_node+device+compile", "torchdiffeq",
+         "torchode", "diffrax")
 
 
 def _sync(device: str) -> None:
@@ -221,7 +223,8 @@ def main(argv=None) -> int:
         rows.extend(bench_workload(name, fws, args))
     # diffrax has no fixed-step rk4 adapter here (and its memory is XLA's, not the process's torch
     # allocations); compiled steps change the time per step, not what the graph keeps
-    mem_fws = [f for f in fws if f not in ("diffrax", "hybrid_node+compile")]
+    mem_fws = [f for f in fws if f not in ("diffrax", "hybrid_node+compile", "hybrid_node+device",
+                                          "hybrid_node+device+compile")]  # (the device loop is adaptive only)
     mem = memory_rows(mem_fws, args.memory_steps, args) if args.memory_steps else []
     meta = {"device": args.device, "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "skipped": skipped, "argv": sys.argv[1:]}

@@ -18,7 +18,8 @@ from .solvers import METHODS, ScipySolver
 from .solvers.implicit import IMPLICIT_METHODS
 
 ADAPTIVE_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm",
-                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff", "per_sample", "compile")
+                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff", "per_sample", "compile",
+                    "device_loop", "sync_every")
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile")
 
 

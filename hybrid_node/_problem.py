@@ -160,6 +160,12 @@ def integrate(problem: Problem, term: Term, y0: torch.Tensor, ts: Sequence[float
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
+    if getattr(ctrl, "device_loop", False) and not dense:  # dense output over the interval: host loop
+        from .backends.device_loop import check_device_loop, integrate_device
+
+        check_device_loop(problem, event_fn)
+        return integrate_device(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,
+                                norm=problem.norm, throw=throw)
     if getattr(ctrl, "per_sample", False):
         from .backends.per_sample import check_per_sample, integrate_per_sample
 

@@ -74,6 +74,9 @@ class PIDController:
         per_sample: give every element of the batch (first state dimension) its own step size and
             accept/reject decision (see ``hybrid_node.backends.per_sample``); the field then receives
             a time vector of shape (batch,).
+        device_loop: decide the steps on the state's device, ``sync_every`` attempts per host check
+            (see ``hybrid_node.backends.device_loop``); explicit first-same-as-last pairs only.
+        sync_every: step attempts per run of the device loop (one host read per run).
     """
 
     rtol: Any = 1e-7
@@ -90,6 +93,8 @@ class PIDController:
     max_num_steps: int = 2**31 - 1
     norm: Optional[Callable] = None
     per_sample: bool = False
+    device_loop: bool = False
+    sync_every: int = 8
 
     def __post_init__(self):
         for name in ("rtol", "atol"):
@@ -109,6 +114,11 @@ class PIDController:
             raise ValueError("need 0 <= min_step <= max_step.")
         if not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
             raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
+        if not isinstance(self.device_loop, bool):
+            raise ValueError(f"device_loop must be True or False, got {self.device_loop!r}.")
+        if isinstance(self.sync_every, bool) or not (isinstance(self.sync_every, int) and self.sync_every > 0):
+            raise ValueError(f"sync_every must be a positive int (step attempts per host check), "
+                             f"got {self.sync_every!r}.")
 
     def init(self) -> Tuple[float, float]:
         """Controller state: the previous two error ratios."""

@@ -75,12 +75,12 @@ def term_field(term: Term) -> PureField:
     return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)
 
 
-def _compile(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` on a code object of its own, run with integer module attributes as inputs."""
+def _compile(fn: Callable, mode: Optional[str] = None) -> Callable:
+    """``torch.compile(fn, mode=mode)`` on a code object of its own, run with integer module attributes as inputs."""
     # the compiler's cache and recompilation limit are per code object: graphs for other fields or
     # shapes must not use them up
     fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
-    compiled = torch.compile(fn)
+    compiled = torch.compile(fn, mode=mode)
 
     def run(*args):
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
