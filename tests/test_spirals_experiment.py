@@ -67,6 +67,23 @@ def test_learning_rate_schedules():
     assert learning_rate(dataclasses.replace(s, lr_decay="none"), 70, 100) == 0.01
 
 
+def test_gradient_clipping_bounds_the_step(tmp_path):
+    # Adam divides by the gradient's running size, so only a clip far below the gradient norm shows:
+    # with the norm clipped to 1e-12 the first step is eps-dominated (about lr * 1e-4), without it lr.
+    data = make_spirals(SpiralConfig(nspiral=12), seed=0)
+    train = data.subsample(10, seed=0)
+
+    def moved(clip):
+        s = _settings(iters=1, rnn_iters=1, lr=0.01, batch_size=12, grad_clip=clip)
+        start = [p.detach().clone() for p in train_one("rnn", 10, dataclasses.replace(s, iters=0, rnn_iters=0), train,
+                                                       tmp_path / f"a{clip}.pt", False, lambda k, loss: None).parameters()]
+        model = train_one("rnn", 10, s, train, tmp_path / f"b{clip}.pt", False, lambda k, loss: None)
+        return max(float((p - q).abs().max()) for p, q in zip(model.parameters(), start))
+
+    assert moved(0.0) == pytest.approx(0.01, rel=1e-3)
+    assert moved(1e-12) < 1e-5
+
+
 @pytest.mark.parametrize("select", ["val_loss", "val_rmse", "last"])
 def test_kept_iterate_is_the_best_by_validation(tmp_path, select):
     data = make_spirals(SpiralConfig(nspiral=12), seed=0)
@@ -122,3 +139,5 @@ def test_cli_tiny_budget_writes_table_plots_and_resumes(tmp_path, capsys):
 def test_cli_rejects_bad_budget(tmp_path):
     with pytest.raises(ValueError, match="--n"):
         main(["spirals", "--n", "150", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--grad-clip"):
+        main(["spirals", "--grad-clip", "-1", "--out", str(tmp_path)])

@@ -15,8 +15,11 @@ points: by default one-step-ahead over window + future with the true previous po
 spirals collapses to predicting each spiral's centre). Test series and the score are the same under
 both objectives; at test time every model extrapolates from the n observed window points alone.
 
-Training schedule: Adam with the learning rate decayed from ``lr`` to ``lr * lr_final_ratio`` (cosine,
-Loshchilov and Hutter 2017, or exponential), and, every ``val_every`` steps, the extrapolation RMSE on a
+Training schedule: Adam on minibatches of ``batch_size`` series, the gradient's global norm clipped
+at ``grad_clip`` (Pascanu et al. 2013: the latent ODE's loss, a sum over about 130 points per series,
+has gradient norms of 1e3-1e4 and rare far larger spikes that otherwise undo hundreds of steps), the
+learning rate decayed from ``lr`` to ``lr * lr_final_ratio`` (cosine, Loshchilov and Hutter 2017, or
+exponential), and, every ``val_every`` steps, the extrapolation RMSE on a
 separate validation set (never the test set) decide which iterate is kept and scored ("keep the best
 iterate", i.e. early stopping by held-out error; Prechelt 1998): by default the one with the lowest
 validation loss (negative ELBO for the latent ODE, one-step-ahead loss for the RNNs). Selecting by
@@ -26,7 +29,8 @@ References: Y. Rubanova, R. T. Q. Chen, D. Duvenaud, "Latent ODEs for Irregularl
 NeurIPS 2019 (extrapolation training); R. J. Williams, D. Zipser, "A Learning Algorithm for
 Continually Running Fully Recurrent Neural Networks", Neural Computation 1 (1989) (teacher forcing);
 I. Loshchilov, F. Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017;
-L. Prechelt, "Early Stopping - But When?", Neural Networks: Tricks of the Trade, 1998.
+L. Prechelt, "Early Stopping - But When?", Neural Networks: Tricks of the Trade, 1998; R. Pascanu,
+T. Mikolov, Y. Bengio, "On the difficulty of training recurrent neural networks", ICML 2013.
 
 Reference: R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud, "Neural Ordinary Differential
 Equations", NeurIPS 2018, Section 5.1, Table 2.
@@ -65,11 +69,11 @@ class SpiralsSettings:
 
     ns: tuple = (30, 50, 100)
     models: tuple = ("latent_ode", "rnn", "rnn_gaps")
-    iters: int = 2000
-    rnn_iters: int = 2000
+    iters: int = 6000
+    rnn_iters: int = 6000
     nspiral: int = 1000
     ntest: int = 1000
-    batch_size: int = 1000
+    batch_size: int = 100
     lr: float = 0.01
     rtol: float = 1e-7
     atol: float = 1e-9
@@ -82,6 +86,7 @@ class SpiralsSettings:
     select: str = "val_loss"
     objective: str = "forecast"
     rnn_forecast: str = "teacher"
+    grad_clip: float = 1000.0
 
 
 QUICK = {"iters": 300, "rnn_iters": 300, "nspiral": 300, "ntest": 300, "batch_size": 300, "rtol": 1e-5, "atol": 1e-6,
@@ -151,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rnn-iters", type=int, default=None, help=f"RNN iterations (default {d.rnn_iters})")
     parser.add_argument("--nspiral", type=int, default=None, help=f"training series (default {d.nspiral})")
     parser.add_argument("--ntest", type=int, default=None, help=f"test series (default {d.ntest})")
-    parser.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: all series)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"minibatch size (default {d.batch_size}; --quick: all series)")
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
                         help=f"learning-rate schedule over the run (default {d.lr_decay})")
@@ -174,6 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "prediction over window + future with the true previous point as input "
                              "('teacher'), or their free-running forecast after the window ('rollout') "
                              f"(default {d.rnn_forecast})")
+    parser.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                        help="clip the gradient's global norm to this before each Adam step, 0 to turn off "
+                             f"(default {d.grad_clip:g})")
     parser.add_argument("--rtol", type=float, default=None, help=f"latent solve rtol (default {d.rtol})")
     parser.add_argument("--atol", type=float, default=None, help=f"latent solve atol (default {d.atol})")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -193,19 +201,18 @@ def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
         value = getattr(args, key)
         if value is not None:
             base[key] = value
-    if args.batch_size is None:  # full batch, as in the reference
-        base["batch_size"] = base.get("nspiral", SpiralsSettings.nspiral)
     s = SpiralsSettings(
         ns=tuple(args.n), models=tuple(args.models), lr=args.lr, seed=args.seed,
         checkpoint_every=args.checkpoint_every, lr_decay=args.lr_decay, lr_final_ratio=args.lr_final_ratio,
-        select=args.select, objective=args.objective, rnn_forecast=args.rnn_forecast, **base,
+        select=args.select, objective=args.objective, rnn_forecast=args.rnn_forecast, grad_clip=args.grad_clip,
+        **base,
     )
     if min(s.ns) < 2 or max(s.ns) > 100:
         raise ValueError("--n values must lie between 2 and 100 (the window has 100 points).")
     if s.iters < 0 or s.rnn_iters < 0 or s.nspiral < 1 or s.ntest < 1 or s.batch_size < 1:
         raise ValueError("--iters/--rnn-iters must be >= 0 and --nspiral/--ntest/--batch-size >= 1.")
-    if s.nval < 1 or s.val_every < 1 or not 0 < s.lr_final_ratio <= 1:
-        raise ValueError("--nval and --val-every must be >= 1 and --lr-final-ratio in (0, 1].")
+    if s.nval < 1 or s.val_every < 1 or not 0 < s.lr_final_ratio <= 1 or not s.grad_clip >= 0:
+        raise ValueError("--nval and --val-every must be >= 1, --lr-final-ratio in (0, 1] and --grad-clip >= 0.")
     if (s.select not in SELECTIONS or s.lr_decay not in LR_DECAYS or s.objective not in OBJECTIVES
             or s.rnn_forecast not in RNN_FORECASTS):
         raise ValueError(f"--select must be one of {SELECTIONS}, --lr-decay one of {LR_DECAYS}, --objective "
@@ -335,6 +342,8 @@ def train_one(
         opt.zero_grad()
         loss = model_loss(name, model, batch, fut, rnn_forecast=s.rnn_forecast)
         loss.backward()
+        if s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         opt.step()
         history.append(loss.item())
         on_step(1, history[-1])
