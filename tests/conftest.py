@@ -19,3 +19,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class TimeMLP(torch.nn.Module):
+    """A small time-dependent MLP field, f(t, y) = MLP(y) cos(t)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    def forward(self, t, y):
+        return self.net(y) * torch.cos(t)
+
+
+@pytest.fixture
+def time_mlp(float64_default, one_thread):
+    """A seeded :class:`TimeMLP` in float64 on one thread."""
+    torch.manual_seed(0)
+    return TimeMLP()

@@ -12,21 +12,9 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cl
                                 reason="torch.compile needs a C++ compiler for CPU tensors")
 
 
-class Field(torch.nn.Module):
-    """A small time-dependent MLP field."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-
-    def forward(self, t, y):
-        return self.net(y) * torch.cos(t)
-
-
 @pytest.fixture
-def field(float64_default, one_thread):
-    torch.manual_seed(0)
-    return Field()
+def field(time_mlp):
+    return time_mlp
 
 
 def test_compiled_forward_equals_eager_both_directions(field):

@@ -11,21 +11,9 @@ from hybrid_node._errors import SolverError, Status
 from hybrid_node.backends import device_loop
 
 
-class MLP(torch.nn.Module):
-    """A small time-dependent MLP field."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-
-    def forward(self, t, y):
-        return self.net(y) * torch.cos(t)
-
-
 @pytest.fixture
-def field(float64_default, one_thread):
-    torch.manual_seed(0)
-    return MLP()
+def field(time_mlp):
+    return time_mlp
 
 
 def _pair(func, y0, t, method="dopri5", throw=True, **settings):
@@ -267,9 +255,8 @@ def test_compiled_runs_equal_eager(field):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_device_loop_equals_host(float64_default):
-    torch.manual_seed(0)
-    field = MLP().cuda()
+def test_cuda_device_loop_equals_host(time_mlp):
+    field = time_mlp.cuda()
     y0 = torch.randn(64, 2, device="cuda")
     t = torch.linspace(0.0, 3.0, 7, device="cuda")
     with torch.no_grad():
