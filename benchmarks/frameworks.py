@@ -61,15 +61,20 @@ def prepare_hybrid_node(w: Workload, extra_options=None):
                                       options=options))
 
 
-def prepare_hybrid_node_compiled(w: Workload):
-    """hybrid_node with compiled step attempts; the first (compiling) run is timed apart as ``compile_s``."""
+def _timed_first_run(w: Workload, options: dict):
+    """hybrid_node with compiling ``options``; the first (compiling) run is timed apart as ``compile_s``."""
     import time
 
-    run = prepare_hybrid_node(w, {"compile": True})
+    run = prepare_hybrid_node(w, options)
     start = time.perf_counter()
     run()
     run.compile_s = time.perf_counter() - start
     return run
+
+
+def prepare_hybrid_node_compiled(w: Workload):
+    """hybrid_node with compiled step attempts."""
+    return _timed_first_run(w, {"compile": True})
 
 
 def prepare_hybrid_node_device(w: Workload):
@@ -78,14 +83,8 @@ def prepare_hybrid_node_device(w: Workload):
 
 
 def prepare_hybrid_node_device_compiled(w: Workload):
-    """The device-resident loop with each run of attempts compiled; the first run is timed apart."""
-    import time
-
-    run = prepare_hybrid_node(w, {"device_loop": True, "compile": True})
-    start = time.perf_counter()
-    run()
-    run.compile_s = time.perf_counter() - start
-    return run
+    """The device-resident loop with each run of attempts compiled."""
+    return _timed_first_run(w, {"device_loop": True, "compile": True})
 
 
 def prepare_torchdiffeq(w: Workload):

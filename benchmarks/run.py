@@ -221,10 +221,10 @@ def main(argv=None) -> int:
         names_iter = names
     for name in names_iter:
         rows.extend(bench_workload(name, fws, args))
-    # diffrax has no fixed-step rk4 adapter here (and its memory is XLA's, not the process's torch
-    # allocations); compiled steps change the time per step, not what the graph keeps
-    mem_fws = [f for f in fws if f not in ("diffrax", "hybrid_node+compile", "hybrid_node+device",
-                                          "hybrid_node+device+compile")]  # (the device loop is adaptive only)
+    # only the plain torch frameworks: diffrax has no fixed-step rk4 adapter here (and its memory is
+    # XLA's, not the process's torch allocations), compiled steps change the time per step, not what
+    # the graph keeps, and the device loop is adaptive only (every "+" variant)
+    mem_fws = [f for f in fws if f != "diffrax" and "+" not in f]
     mem = memory_rows(mem_fws, args.memory_steps, args) if args.memory_steps else []
     meta = {"device": args.device, "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "skipped": skipped, "argv": sys.argv[1:]}

@@ -124,18 +124,23 @@ class PIDController:
         """Controller state: the previous two error ratios."""
         return (1.0, 1.0)
 
-    def adapt(self, dt: float, ratio: float, accepted: bool, state: Tuple[float, float], error_order: int):
-        """Return the next step size and controller state after a step with error ratio ``ratio``."""
+    def exponents(self, error_order: int) -> Tuple[float, float, float]:
+        """The PID formula's exponents (-b1 / k, -b2 / k, -b3 / k) for a method of the given error order."""
         k = error_order + 1
         b1 = self.pcoeff + self.icoeff + self.dcoeff
         b2 = -(self.pcoeff + 2 * self.dcoeff)
         b3 = self.dcoeff
+        return -b1 / k, -b2 / k, -b3 / k
+
+    def adapt(self, dt: float, ratio: float, accepted: bool, state: Tuple[float, float], error_order: int):
+        """Return the next step size and controller state after a step with error ratio ``ratio``."""
         r = max(ratio, 1e-10)
         if not math.isfinite(ratio):
             factor = self.dfactor
         else:
             r1, r2 = state
-            factor = self.safety * r ** (-b1 / k) * r1 ** (-b2 / k) * r2 ** (-b3 / k)
+            e1, e2, e3 = self.exponents(error_order)
+            factor = self.safety * r**e1 * r1**e2 * r2**e3
             factor = min(self.ifactor if accepted else 1.0, max(self.dfactor, factor))
         new_state = (r, state[0]) if accepted else state
         return min(dt * factor, self.max_step), new_state

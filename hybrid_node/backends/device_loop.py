@@ -55,10 +55,10 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController, error_ratio_tensor, initial_step
+from ..controllers import PIDController, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from .compiled_step import _CACHE, PureField, _compile, term_field
-from .torch_backend import _EPS, _STRETCH, Integration
+from .torch_backend import _EPS, _STRETCH, Integration, first_step
 
 # status codes of a device solve (a 0-d int64 tensor)
 RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NONFINITE, NO_EVENT = range(6)
@@ -140,11 +140,7 @@ class LoopConstants:
     @staticmethod
     def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int) -> "LoopConstants":
         """The constants for ``controller`` and a method of the given error order on ``dtype`` states."""
-        k = error_order + 1
-        b1 = controller.pcoeff + controller.icoeff + controller.dcoeff
-        b2 = -(controller.pcoeff + 2 * controller.dcoeff)
-        b3 = controller.dcoeff
-        return LoopConstants(-b1 / k, -b2 / k, -b3 / k, float(controller.safety), float(controller.ifactor),
+        return LoopConstants(*controller.exponents(error_order), float(controller.safety), float(controller.ifactor),
                              float(controller.dfactor), float(controller.min_step), float(controller.max_step),
                              int(controller.max_num_steps), 1e-6 * torch.finfo(dtype).max, int(attempts))
 
@@ -420,16 +416,6 @@ def initial_state(y0: torch.Tensor, f0: torch.Tensor, t0: float, dt0: float, n_o
                      i64(RUNNING), false(), false())
 
 
-def _first_step(term: Term, solver: ExplicitRungeKutta, controller: PIDController, t0: float, y0, f0,
-                rtol, atol, norm) -> float:
-    """The host loop's first step: the controller's, else Hairer's heuristic; within [min_step, max_step]."""
-    if controller.first_step is not None:
-        dt = float(controller.first_step)
-    else:
-        dt = initial_step(term, t0, y0, f0, solver.error_order, rtol, atol, norm)
-    return min(max(dt, controller.min_step), controller.max_step)
-
-
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
 
@@ -461,7 +447,7 @@ def integrate_device(term: Term, solver: ExplicitRungeKutta, controller: PIDCont
         raise ValueError(f"the device loop cannot run this solve: {reason or 'the field is not a plain torch field'}.")
     stats = Stats()
     f0 = solver.init(term, ts[0], y0)
-    dt0 = _first_step(term, solver, controller, ts[0], y0, f0, rtol, atol, norm)
+    dt0 = first_step(term, solver, controller, ts[0], y0, f0, rtol, atol, norm)
     if len(ts) == 1:
         stats.nfe = term.nfe
         return Integration([y0], stats, Status.SUCCESS, ts[0])

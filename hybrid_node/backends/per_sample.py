@@ -125,9 +125,7 @@ def integrate_per_sample(term: Term, solver, controller: PIDController, y0: torc
         dt = dt.clamp(min=controller.min_step, max=controller.max_step)
         r_prev = torch.ones(batch, dtype=tdt, device=dev)
         r_prev2 = torch.ones(batch, dtype=tdt, device=dev)
-    b1 = controller.pcoeff + controller.icoeff + controller.dcoeff
-    b2 = -(controller.pcoeff + 2 * controller.dcoeff)
-    b3 = controller.dcoeff
+    e1, e2, e3 = controller.exponents(solver.error_order)
     dense = tab.dense
     outs = [y0] + [torch.full_like(y0, math.nan) for _ in ts[1:]]
     y = y0
@@ -177,7 +175,7 @@ def integrate_per_sample(term: Term, solver, controller: PIDController, y0: torc
         with torch.no_grad():
             t = torch.where(accept, t_new, t)
             r = ratio.clamp_min(1e-10)
-            factor = controller.safety * r ** (-b1 / k_order) * r_prev ** (-b2 / k_order) * r_prev2 ** (-b3 / k_order)
+            factor = controller.safety * r**e1 * r_prev**e2 * r_prev2**e3
             upper = torch.where(accept, torch.full_like(r, controller.ifactor), torch.ones_like(r))
             factor = torch.minimum(upper, torch.clamp(factor, min=controller.dfactor))
             factor = torch.where(finite, factor, torch.full_like(factor, controller.dfactor))

@@ -100,6 +100,20 @@ def _locate_event(event_fn, term: Term, seg: DenseSegment, sign0: torch.Tensor) 
     return hi
 
 
+def first_step(term: Term, solver, controller: PIDController, t0: float, y0: torch.Tensor, state,
+               rtol, atol, norm) -> float:
+    """The first step of an adaptive solve: the controller's, else Hairer's heuristic; within [min_step, max_step].
+
+    ``state`` is the solver's state at (t0, y0): f(t0, y0) itself or an object carrying it as ``.f0``.
+    """
+    if controller.first_step is not None:
+        dt = float(controller.first_step)
+    else:
+        f0 = getattr(state, "f0", state)
+        dt = initial_step(term, t0, y0, f0, solver.error_order, rtol, atol, norm)
+    return min(max(dt, controller.min_step), controller.max_step)
+
+
 def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.Tensor, ts: Sequence[float], *,
                        rtol, atol, norm, jump_t: Sequence[float] = (), step_t: Sequence[float] = (),
                        event_fn=None, dense: bool = False, throw: bool = True,
@@ -139,12 +153,7 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
     impulse_t = list(ts[1:-1]) if at_output is not None else []
     stops = sorted({s for s in list(jump_t) + list(step_t) + impulse_t if ts[0] < s < t_end})
     jumps = set(jump_t)
-    if controller.first_step is not None:
-        dt = float(controller.first_step)
-    else:
-        f0 = getattr(state, "f0", state)  # a solver state is f(t0, y0) or carries it as .f0
-        dt = initial_step(term, t, y, f0, solver.error_order, rtol, atol, norm)
-    dt = min(max(dt, controller.min_step), controller.max_step)
+    dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
     cstate = controller.init()
     ys = [y0]
     segments = [] if dense else None
