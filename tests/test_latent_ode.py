@@ -113,7 +113,27 @@ def test_recognition_rnn_with_full_mask_equals_plain_backward_rnn():
     assert torch.allclose(torch.cat([mean, logvar], -1), out)
 
 
-@pytest.mark.parametrize("encoder", ["rnn", "ode-rnn"])
+def test_recognition_gru_equals_hand_written_backward_gru():
+    torch.manual_seed(0)
+    rnn = RecognitionRNN(obs_dim=2, hidden=7, latent_dim=3, cell="gru").double()
+    batch = _batch()
+    mean, logvar = rnn(batch, torch.tensor(0.0, dtype=torch.float64))
+    gaps = batch.gaps(0.0)
+    w_ih, w_hh, b_ih, b_hh = rnn.gru.weight_ih, rnn.gru.weight_hh, rnn.gru.bias_ih, rnn.gru.bias_hh
+    h = torch.zeros(3, 7, dtype=torch.float64)
+    for k in reversed(range(6)):  # Cho et al. (2014) update, gates in torch's (reset, update, new) order
+        x = torch.cat([batch.values[:, k], torch.ones(3, 2, dtype=torch.float64), gaps[:, k : k + 1]], -1)
+        xr, xz, xn = (x @ w_ih.T + b_ih).chunk(3, -1)
+        hr, hz, hn = (h @ w_hh.T + b_hh).chunk(3, -1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+    out = h @ rnn.h2o.weight.T + rnn.h2o.bias
+    assert torch.allclose(torch.cat([mean, logvar], -1), out)
+    with pytest.raises(ValueError, match="cell"):
+        RecognitionRNN(obs_dim=2, cell="lstm")
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "gru", "ode-rnn"])
 def test_padding_with_masked_garbage_changes_nothing(encoder):
     torch.manual_seed(0)
     model = LatentODE(obs_dim=2, encoder=encoder, rtol=1e-9, atol=1e-11).double()
@@ -135,12 +155,13 @@ def test_padding_with_masked_garbage_changes_nothing(encoder):
     assert torch.allclose(both.log_likelihood[1], ll[0])
 
 
-def test_rnn_baseline_padding_changes_nothing():
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_rnn_baseline_padding_changes_nothing(cell):
     torch.manual_seed(0)
     full = _batch(bsz=2, length=5)
     future = torch.tensor([2.2, 2.4, 2.5], dtype=torch.float64)
     for gaps in (False, True):
-        model = RNNBaseline(obs_dim=2, hidden=6, use_time_gaps=gaps).double()
+        model = RNNBaseline(obs_dim=2, hidden=6, use_time_gaps=gaps, cell=cell).double()
         padded = from_sequences([full.times[0], full.times[1, :3]], [full.values[0], full.values[1, :3]])
         padded.values[1, 3:] = -50.0
         alone = IrregularBatch(full.times[1:, :3], full.values[1:, :3], full.mask[1:, :3])
@@ -187,10 +208,11 @@ def test_latent_ode_trains_on_tiny_set(tiny_spirals):
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
 
 
-def test_rnn_baselines_train_on_tiny_set(tiny_spirals):
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_rnn_baselines_train_on_tiny_set(tiny_spirals, cell):
     for gaps in (False, True):
         torch.manual_seed(0)
-        model = RNNBaseline(use_time_gaps=gaps)
+        model = RNNBaseline(use_time_gaps=gaps, cell=cell)
         losses = _train(model, lambda m=model: m.loss(tiny_spirals), 30)
         assert losses[-1] < 0.5 * losses[0]
 
@@ -219,6 +241,8 @@ def test_latent_variants_give_gradients(tiny_spirals):
 def test_invalid_settings_raise():
     with pytest.raises(ValueError, match="encoder"):
         LatentODE(encoder="lstm")
+    with pytest.raises(ValueError, match="cell"):
+        RNNBaseline(cell="lstm")
     with pytest.raises(ValueError, match="obs_std"):
         LatentODE(obs_std=0)
     model = LatentODE()

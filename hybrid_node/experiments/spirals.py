@@ -15,6 +15,11 @@ points: by default one-step-ahead over window + future with the true previous po
 spirals collapses to predicting each spiral's centre). Test series and the score are the same under
 both objectives; at test time every model extrapolates from the n observed window points alone.
 
+Recurrent cell (``cell``): the latent ODE's recognition network and both RNN baselines use the same
+cell with 25 units, a GRU by default (Cho et al. 2014; the paper's Elman cell with "rnn"). With the
+Elman cell the latent ODE's amortised inference is its weak part: the trained decoder and dynamics fit
+the test spirals to 0.06 RMSE from a z0 optimised per series, while the encoder's z0 extrapolates at 0.25.
+
 Training schedule: Adam on minibatches of ``batch_size`` series, the gradient's global norm clipped
 at ``grad_clip`` (Pascanu et al. 2013: the latent ODE's loss, a sum over about 130 points per series,
 has gradient norms of 1e3-1e4 and rare far larger spikes that otherwise undo hundreds of steps), the
@@ -30,7 +35,9 @@ NeurIPS 2019 (extrapolation training); R. J. Williams, D. Zipser, "A Learning Al
 Continually Running Fully Recurrent Neural Networks", Neural Computation 1 (1989) (teacher forcing);
 I. Loshchilov, F. Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017;
 L. Prechelt, "Early Stopping - But When?", Neural Networks: Tricks of the Trade, 1998; R. Pascanu,
-T. Mikolov, Y. Bengio, "On the difficulty of training recurrent neural networks", ICML 2013.
+T. Mikolov, Y. Bengio, "On the difficulty of training recurrent neural networks", ICML 2013; K. Cho et al.,
+"Learning Phrase Representations using RNN Encoder-Decoder for Statistical Machine Translation",
+EMNLP 2014.
 
 Reference: R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud, "Neural Ordinary Differential
 Equations", NeurIPS 2018, Section 5.1, Table 2.
@@ -81,20 +88,23 @@ class SpiralsSettings:
     checkpoint_every: int = 50
     lr_decay: str = "cosine"
     lr_final_ratio: float = 0.1
-    nval: int = 200
+    nval: int = 1000
     val_every: int = 50
     select: str = "val_loss"
     objective: str = "forecast"
     rnn_forecast: str = "teacher"
     grad_clip: float = 1000.0
+    cell: str = "gru"
+    restarts: int = 2
 
 
 QUICK = {"iters": 300, "rnn_iters": 300, "nspiral": 300, "ntest": 300, "batch_size": 300, "rtol": 1e-5, "atol": 1e-6,
-         "nval": 100, "val_every": 25}
+         "nval": 100, "val_every": 25, "restarts": 1}
 LR_DECAYS = ("none", "cosine", "exp")
 SELECTIONS = ("val_loss", "val_rmse", "last")
 OBJECTIVES = ("window", "forecast")
 RNN_FORECASTS = ("teacher", "rollout")
+CELLS = ("rnn", "gru")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +192,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-clip", type=float, default=d.grad_clip,
                         help="clip the gradient's global norm to this before each Adam step, 0 to turn off "
                              f"(default {d.grad_clip:g})")
+    parser.add_argument("--cell", choices=CELLS, default=d.cell,
+                        help="recurrent cell (25 units) of the latent ODE's recognition network and of both RNN "
+                             "baselines: Elman tanh cell or GRU (default %(default)s)")
+    parser.add_argument("--restarts", type=int, default=None,
+                        help="independently initialised training runs per model and n; the one with the best "
+                             f"validation score (the --select score of its kept iterate) is scored (default {d.restarts})")
     parser.add_argument("--rtol", type=float, default=None, help=f"latent solve rtol (default {d.rtol})")
     parser.add_argument("--atol", type=float, default=None, help=f"latent solve atol (default {d.atol})")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -197,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
     base = dict(QUICK) if args.quick else {}
-    for key in ("iters", "rnn_iters", "nspiral", "ntest", "batch_size", "rtol", "atol", "nval", "val_every"):
+    for key in ("iters", "rnn_iters", "nspiral", "ntest", "batch_size", "rtol", "atol", "nval", "val_every", "restarts"):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
@@ -205,25 +221,26 @@ def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
         ns=tuple(args.n), models=tuple(args.models), lr=args.lr, seed=args.seed,
         checkpoint_every=args.checkpoint_every, lr_decay=args.lr_decay, lr_final_ratio=args.lr_final_ratio,
         select=args.select, objective=args.objective, rnn_forecast=args.rnn_forecast, grad_clip=args.grad_clip,
+        cell=args.cell,
         **base,
     )
     if min(s.ns) < 2 or max(s.ns) > 100:
         raise ValueError("--n values must lie between 2 and 100 (the window has 100 points).")
-    if s.iters < 0 or s.rnn_iters < 0 or s.nspiral < 1 or s.ntest < 1 or s.batch_size < 1:
-        raise ValueError("--iters/--rnn-iters must be >= 0 and --nspiral/--ntest/--batch-size >= 1.")
+    if s.iters < 0 or s.rnn_iters < 0 or min(s.nspiral, s.ntest, s.batch_size, s.restarts) < 1:
+        raise ValueError("--iters/--rnn-iters must be >= 0 and --nspiral/--ntest/--batch-size/--restarts >= 1.")
     if s.nval < 1 or s.val_every < 1 or not 0 < s.lr_final_ratio <= 1 or not s.grad_clip >= 0:
         raise ValueError("--nval and --val-every must be >= 1, --lr-final-ratio in (0, 1] and --grad-clip >= 0.")
     if (s.select not in SELECTIONS or s.lr_decay not in LR_DECAYS or s.objective not in OBJECTIVES
-            or s.rnn_forecast not in RNN_FORECASTS):
+            or s.rnn_forecast not in RNN_FORECASTS or s.cell not in CELLS):
         raise ValueError(f"--select must be one of {SELECTIONS}, --lr-decay one of {LR_DECAYS}, --objective "
-                         f"one of {OBJECTIVES} and --rnn-forecast one of {RNN_FORECASTS}.")
+                         f"one of {OBJECTIVES}, --rnn-forecast one of {RNN_FORECASTS} and --cell one of {CELLS}.")
     return s
 
 
 def build_model(name: str, s: SpiralsSettings) -> torch.nn.Module:
     if name == "latent_ode":
-        return LatentODE(rtol=s.rtol, atol=s.atol)
-    return RNNBaseline(obs_dim=2, hidden=25, use_time_gaps=(name == "rnn_gaps"))
+        return LatentODE(rtol=s.rtol, atol=s.atol, encoder=s.cell)
+    return RNNBaseline(obs_dim=2, hidden=25, use_time_gaps=(name == "rnn_gaps"), cell=s.cell)
 
 
 def model_loss(
@@ -281,10 +298,53 @@ def breakdown(pred: torch.Tensor, data: SpiralData) -> dict:
             "rmse_start": {"before_200": part(early), "from_200": part(~early)}}
 
 
+def inference_gap(model: LatentODE, data: SpiralData, batch: IrregularBatch, steps: int = 400, lr: float = 0.02) -> dict:
+    """How much of a latent ODE's extrapolation error its encoder causes.
+
+    Scores the extrapolation from the encoder's posterior mean, then optimises z0 per series (Adam,
+    decoder and dynamics frozen) to fit the noise-free spiral over the window and the 100 following
+    points, and scores again. A small fitted error beside a large encoder error means the amortised
+    inference, not the generative model, limits the extrapolation.
+
+    Args:
+        model: a trained latent ODE.
+        data: the spirals (noise-free window and targets) behind ``batch``.
+        batch: the observed points the encoder reads.
+        steps, lr: Adam iterations and learning rate of the fit.
+
+    Returns:
+        ``{"encoder": RMSE from the encoder's z0, "fitted": RMSE from the fitted z0}`` on the
+        extrapolation targets, and ``"encoder_window"``, ``"fitted_window"``: the same on the window.
+    """
+    times = torch.cat([data.times, data.extrap_times])
+    target = torch.cat([data.clean, data.extrap], dim=1)
+    frozen = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            z0 = model.encode(batch)[0]
+            encoded = model.decode(z0, times)
+        z0 = z0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z0], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            ((model.decode(z0, times) - target) ** 2).mean().backward()
+            opt.step()
+        with torch.no_grad():
+            fitted = model.decode(z0, times)
+    finally:
+        for p, flag in zip(model.parameters(), frozen):
+            p.requires_grad_(flag)
+    w = data.times.numel()
+    return {"encoder": rmse(encoded[:, w:], data.extrap), "fitted": rmse(fitted[:, w:], data.extrap),
+            "encoder_window": rmse(encoded[:, :w], data.clean), "fitted_window": rmse(fitted[:, :w], data.clean)}
+
+
 def train_one(
     name: str, n: int, s: SpiralsSettings, train: IrregularBatch, ckpt: Path, resume: bool,
     on_step: Callable[[int, float], None], val: tuple[IrregularBatch, torch.Tensor, torch.Tensor] | None = None,
-    future: Future | None = None, val_future: Future | None = None,
+    future: Future | None = None, val_future: Future | None = None, restart: int = 0,
 ) -> torch.nn.Module:
     """Train one model, checkpointing every ``s.checkpoint_every`` steps; resumes from ``ckpt``.
 
@@ -301,13 +361,14 @@ def train_one(
         future: the points after the training windows (one row per series of ``train``); given, the
             model trains on the forecasting objective (see :func:`model_loss`).
         val_future: the same for the validation series; the validation loss then uses it too.
+        restart: index of an independent run (another initialisation and minibatch order).
 
     Returns:
         The trained model, with ``history`` (losses), ``val_history`` ([step, loss, RMSE] rows) and
         ``best_step`` (the step of the returned weights).
     """
     iters = s.iters if name == "latent_ode" else s.rnn_iters
-    torch.manual_seed(s.seed * 1000 + n)
+    torch.manual_seed(s.seed * 1000 + n + 100_003 * restart)
     model = build_model(name, s)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     start, history, val_history, best = 0, [], [], None
@@ -362,6 +423,14 @@ def train_one(
     return model
 
 
+def validation_score(kept: list | None, select: str) -> float:
+    """The score that picks one of several restarts: validation RMSE of the kept iterate under
+    ``select`` "val_rmse", else its validation loss (inf without a validation record)."""
+    if kept is None:
+        return math.inf
+    return kept[1] if select == "val_rmse" else kept[0]
+
+
 def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: bool = True, progress: bool = True) -> dict:
     """Train and score every (model, n); returns the results dict also written to ``results.json``."""
     from tqdm.auto import tqdm
@@ -375,7 +444,7 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
     train_data = make_spirals(cfg, seed=s.seed)
     test_data = make_spirals(dataclasses.replace(cfg, nspiral=s.ntest), seed=s.seed + 10_000)
     val_data = make_spirals(dataclasses.replace(cfg, nspiral=s.nval), seed=s.seed + 20_000)
-    total = sum((s.iters if m == "latent_ode" else s.rnn_iters) for m in s.models) * len(s.ns)
+    total = sum((s.iters if m == "latent_ode" else s.rnn_iters) for m in s.models) * len(s.ns) * s.restarts
     bar = tqdm(total=total, desc="spirals", disable=not progress)
     models: dict[tuple, torch.nn.Module] = {}
     for n in s.ns:
@@ -394,14 +463,22 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
                 bar.update(k)
                 bar.set_postfix_str(f"{key} loss={loss:.4g}")
 
-            model = train_one(name, n, s, train, out / "checkpoints" / f"{name}-n{n}.pt", resume, on_step, val,
-                              future, val_future)
+            runs = []
+            for r in range(s.restarts):
+                ckpt = out / "checkpoints" / (f"{name}-n{n}.pt" if r == 0 else f"{name}-n{n}-r{r}.pt")
+                m = train_one(name, n, s, train, ckpt, resume, on_step, val, future, val_future, restart=r)
+                kept = next((row[1:] for row in m.val_history if row[0] == m.best_step), None)
+                runs.append((m, kept))
+            choice = min(range(len(runs)), key=lambda r: validation_score(runs[r][1], s.select))
+            model, kept = runs[choice]
             pred = predict(name, model, test, test_data.extrap_times)
             entry = {"rmse": rmse(pred, test_data.extrap), **breakdown(pred, test_data),
                      "final_loss": model.history[-1] if model.history else None,
-                     "iterations": len(model.history), "kept_step": model.best_step,
-                     "val": next((r[1:] for r in model.val_history if r[0] == model.best_step), None),
-                     "val_history": model.val_history,
+                     "iterations": len(model.history), "kept_step": model.best_step, "val": kept,
+                     "val_history": model.val_history, "restart": choice,
+                     "restarts": [{"kept_step": m.best_step, "val": v,
+                                   "test_rmse": rmse(predict(name, m, test, test_data.extrap_times), test_data.extrap)}
+                                  for m, v in runs],
                      "seconds": round(time.time() - t_start, 1)}
             if name == "latent_ode":
                 entry["recon_rmse"] = rmse(predict(name, model, test, test_data.times), test_data.clean)

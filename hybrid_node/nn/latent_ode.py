@@ -110,7 +110,7 @@ class ElboTerms:
 # ----------------------------------------------------------------------------------------------------
 # Networks
 class RecognitionRNN(nn.Module):
-    """Elman RNN read backwards over (values, mask, time gap) that outputs q(z0 | x).
+    """Recurrent network read backwards over (values, mask, time gap) that outputs q(z0 | x).
 
     The gap fed with observation k is t_k - t_{k-1} (t_{-1} = t0): the stretch of time the network
     crosses next when it reads backwards. Unobserved positions leave the hidden state unchanged.
@@ -120,14 +120,33 @@ class RecognitionRNN(nn.Module):
         hidden: RNN units.
         latent_dim: size of z0.
         use_time_gaps: feed the time gaps (otherwise the network sees only the values and mask).
+        cell: ``"rnn"`` (Elman tanh cell, as Chen et al. 2018) or ``"gru"`` (gated recurrent unit,
+            Cho et al. 2014, as in the recognition networks of Rubanova et al. 2019).
+
+    Raises:
+        ValueError: for an unknown ``cell``.
     """
 
-    def __init__(self, obs_dim: int, hidden: int = 25, latent_dim: int = 4, use_time_gaps: bool = True):
+    CELLS = ("rnn", "gru")
+
+    def __init__(self, obs_dim: int, hidden: int = 25, latent_dim: int = 4, use_time_gaps: bool = True,
+                 cell: str = "rnn"):
         super().__init__()
+        if cell not in self.CELLS:
+            raise ValueError(f"cell must be one of {self.CELLS}; got {cell!r}.")
         self.use_time_gaps = use_time_gaps
         self.hidden = hidden
-        self.i2h = nn.Linear(2 * obs_dim + int(use_time_gaps) + hidden, hidden)
+        n_in = 2 * obs_dim + int(use_time_gaps)
+        if cell == "gru":
+            self.gru = nn.GRUCell(n_in, hidden)
+        else:
+            self.i2h = nn.Linear(n_in + hidden, hidden)
         self.h2o = nn.Linear(hidden, 2 * latent_dim)
+
+    def _update(self, x: Tensor, h: Tensor) -> Tensor:
+        if hasattr(self, "gru"):
+            return self.gru(x, h)
+        return torch.tanh(self.i2h(torch.cat([x, h], dim=-1)))
 
     def forward(self, batch: IrregularBatch, t0: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (mean, logvar) of q(z0 | x), each (B, latent_dim)."""
@@ -139,8 +158,7 @@ class RecognitionRNN(nn.Module):
         h = batch.values.new_zeros(batch.batch_size, self.hidden)
         for k in range(batch.times.shape[1] - 1, -1, -1):
             m = observed[:, k].unsqueeze(-1)
-            h_new = torch.tanh(self.i2h(torch.cat([inputs[:, k], h], dim=-1)))
-            h = m * h_new + (1 - m) * h
+            h = m * self._update(inputs[:, k], h) + (1 - m) * h
         mean, logvar = self.h2o(h).chunk(2, dim=-1)
         return mean, logvar
 
@@ -197,7 +215,8 @@ class LatentODE(nn.Module):
         rec_hidden: units of the recognition network.
         dyn_hidden: width of the dynamics MLP.
         dec_hidden: width of the decoder.
-        encoder: ``"rnn"`` (backwards Elman RNN over values and time gaps) or ``"ode-rnn"``.
+        encoder: ``"rnn"`` (backwards Elman RNN over values and time gaps), ``"gru"`` (the same with a
+            GRU cell) or ``"ode-rnn"``.
         obs_std: standard deviation of the Gaussian likelihood.
         poisson: add a Poisson process likelihood of the observation times (one intensity per channel).
         method, rtol, atol, options: settings of the latent solve.
@@ -226,12 +245,12 @@ class LatentODE(nn.Module):
         super().__init__()
         if obs_std <= 0:
             raise ValueError(f"obs_std must be positive; got {obs_std}.")
-        if encoder == "rnn":
-            self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim)
+        if encoder in RecognitionRNN.CELLS:
+            self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim, cell=encoder)
         elif encoder == "ode-rnn":
             self.encoder = ODERNNEncoder(obs_dim, rec_hidden, latent_dim, **(ode_rnn_kwargs or {}))
         else:
-            raise ValueError(f"encoder must be 'rnn' or 'ode-rnn'; got {encoder!r}.")
+            raise ValueError(f"encoder must be 'rnn', 'gru' or 'ode-rnn'; got {encoder!r}.")
         self.latent_dim = latent_dim
         self.dynamics = LatentDynamics(latent_dim, dyn_hidden)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))

@@ -7,7 +7,8 @@ points after a training window are known, ``forecast_loss`` also trains on that 
 
 Reference: R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud, "Neural Ordinary Differential
 Equations", NeurIPS 2018, Section 5.1 (the RNN baselines of Table 2); J. L. Elman, "Finding structure in
-time", Cognitive Science 14 (1990) (the tanh recurrent cell used here).
+time", Cognitive Science 14 (1990) (the tanh recurrent cell); K. Cho et al., "Learning Phrase
+Representations using RNN Encoder-Decoder for Statistical Machine Translation", EMNLP 2014 (the GRU cell).
 """
 from __future__ import annotations
 
@@ -20,20 +21,27 @@ Tensor = torch.Tensor
 
 
 class RNNBaseline(nn.Module):
-    """Elman RNN one-step-ahead predictor with optional time-gap input.
+    """Recurrent one-step-ahead predictor with optional time-gap input.
 
     Args:
         obs_dim: channels D.
         hidden: RNN units.
         use_time_gaps: feed the gap to the point being predicted as an extra input.
+        cell: ``"rnn"`` (Elman tanh cell) or ``"gru"``.
+
+    Raises:
+        ValueError: for non-positive sizes or an unknown ``cell``.
     """
 
-    def __init__(self, obs_dim: int = 2, hidden: int = 25, use_time_gaps: bool = False):
+    def __init__(self, obs_dim: int = 2, hidden: int = 25, use_time_gaps: bool = False, cell: str = "rnn"):
         super().__init__()
         if obs_dim < 1 or hidden < 1:
             raise ValueError("obs_dim and hidden must be positive integers.")
+        if cell not in ("rnn", "gru"):
+            raise ValueError(f"cell must be 'rnn' or 'gru'; got {cell!r}.")
         self.obs_dim, self.hidden, self.use_time_gaps = obs_dim, hidden, use_time_gaps
-        self.cell = nn.RNNCell(2 * obs_dim + int(use_time_gaps), hidden, nonlinearity="tanh")
+        n_in = 2 * obs_dim + int(use_time_gaps)
+        self.cell = nn.GRUCell(n_in, hidden) if cell == "gru" else nn.RNNCell(n_in, hidden, nonlinearity="tanh")
         self.readout = nn.Linear(hidden, obs_dim)
 
     def _step(self, x: Tensor, m: Tensor, gap: Tensor, h: Tensor) -> Tensor:
