@@ -57,7 +57,7 @@ import torch
 
 from ..data.irregular import IrregularBatch, select
 from ..data.spirals import SpiralConfig, SpiralData, make_spirals
-from ..nn.latent_ode import LatentODE
+from ..nn.latent_ode import LatentODE, RecognitionRNN
 from ..nn.rnn_baselines import RNNBaseline
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -104,7 +104,7 @@ LR_DECAYS = ("none", "cosine", "exp")
 SELECTIONS = ("val_loss", "val_rmse", "last")
 OBJECTIVES = ("window", "forecast")
 RNN_FORECASTS = ("teacher", "rollout")
-CELLS = ("rnn", "gru")
+CELLS = RecognitionRNN.CELLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,14 +471,14 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
                 runs.append((m, kept))
             choice = min(range(len(runs)), key=lambda r: validation_score(runs[r][1], s.select))
             model, kept = runs[choice]
-            pred = predict(name, model, test, test_data.extrap_times)
+            preds = [predict(name, m, test, test_data.extrap_times) for m, _ in runs]
+            pred = preds[choice]
             entry = {"rmse": rmse(pred, test_data.extrap), **breakdown(pred, test_data),
                      "final_loss": model.history[-1] if model.history else None,
                      "iterations": len(model.history), "kept_step": model.best_step, "val": kept,
                      "val_history": model.val_history, "restart": choice,
-                     "restarts": [{"kept_step": m.best_step, "val": v,
-                                   "test_rmse": rmse(predict(name, m, test, test_data.extrap_times), test_data.extrap)}
-                                  for m, v in runs],
+                     "restarts": [{"kept_step": m.best_step, "val": v, "test_rmse": rmse(p, test_data.extrap)}
+                                  for (m, v), p in zip(runs, preds)],
                      "seconds": round(time.time() - t_start, 1)}
             if name == "latent_ode":
                 entry["recon_rmse"] = rmse(predict(name, model, test, test_data.times), test_data.clean)
