@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(**kw):
-    base = {"ns": (10,), "iters": 6, "rnn_iters": 6, "nspiral": 12, "ntest": 6, "batch_size": 5, "rtol": 1e-3, "atol": 1e-4, "checkpoint_every": 3}
+    base = {"ns": (10,), "iters": 6, "rnn_iters": 6, "nspiral": 12, "ntest": 6, "batch_size": 5, "rtol": 1e-3, "atol": 1e-4, "checkpoint_every": 3,
+            "refine": (0, 2)}
     base.update(kw)
     return SpiralsSettings(**base)
 
@@ -123,10 +124,11 @@ def test_checkpoint_write_is_atomic(tmp_path):
 def test_cli_tiny_budget_writes_table_plots_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["spirals", "--n", "10", "30", "--iters", "2", "--rnn-iters", "2", "--nspiral", "8", "--ntest", "6",
-            "--rtol", "1e-3", "--atol", "1e-4", "--out", str(out), "--checkpoint-every", "1"]
+            "--rtol", "1e-3", "--atol", "1e-4", "--out", str(out), "--checkpoint-every", "1", "--refine-steps", "0", "3"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "0.3937" in printed and "0.1642" in printed  # the paper's numbers are shown beside ours
+    assert "Latent ODE, z0 refined" in printed
     results = json.loads((out / "results.json").read_text())
     assert set(results["rmse"]) == {f"{m}/n={n}" for m in ("latent_ode", "rnn", "rnn_gaps") for n in (10, 30)}
     assert all(v["rmse"] > 0 for v in results["rmse"].values())
@@ -143,6 +145,8 @@ def test_cli_rejects_bad_budget(tmp_path):
         main(["spirals", "--n", "150", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--grad-clip"):
         main(["spirals", "--grad-clip", "-1", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--refine-steps"):
+        main(["spirals", "--refine-steps", "0", "-2", "--out", str(tmp_path)])
 
 
 def test_cell_setting_reaches_every_recurrent_network():
@@ -180,3 +184,14 @@ def test_restarts_are_independent_and_the_best_by_validation_is_scored(tmp_path)
         assert entry["restart"] == losses.index(min(losses))
         assert entry["rmse"] == runs[entry["restart"]]["test_rmse"]
     assert (tmp_path / "checkpoints" / "latent_ode-n10-r2.pt").exists()
+
+
+def test_refinement_steps_are_chosen_on_validation_and_scored_on_test(tmp_path):
+    s = _settings(models=("latent_ode",), nval=6, refine=(0, 3, 8))
+    entry = run_experiment(s, tmp_path, plots=False, progress=False)["rmse"]["latent_ode/n=10"]
+    refined = entry["refined"]
+    assert set(refined["val_rmse"]) == set(refined["test_rmse"]) == {0, 3, 8}
+    assert refined["steps"] == min(refined["val_rmse"], key=refined["val_rmse"].get)
+    assert refined["rmse"] == refined["test_rmse"][refined["steps"]]
+    assert refined["test_rmse"][0] == pytest.approx(entry["rmse"], rel=1e-6)  # 0 steps: the encoder's mean
+    assert len(set(refined["test_rmse"].values())) == 3  # the steps move z0

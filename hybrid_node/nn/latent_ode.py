@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -326,17 +327,63 @@ class LatentODE(nn.Module):
         if bool((scored.times < torch.as_tensor(t0, dtype=scored.times.dtype)).any()):
             raise ValueError("every target time must be >= t0 (the latent initial time).")
         mean, logvar = self.encode(batch, t0)
-        z0 = self.sample_z0(mean, logvar, generator)
+        loglik, poisson = self.log_likelihood(self.sample_z0(mean, logvar, generator), scored, t0)
+        return ElboTerms(log_likelihood=loglik, kl=normal_kl(mean, logvar), poisson=poisson)
+
+    def log_likelihood(self, z0: Tensor, scored: IrregularBatch, t0: float | Tensor = 0.0) -> tuple[Tensor, Tensor | None]:
+        """log p(x | z0) of the observed entries of ``scored``: the Gaussian term and the Poisson process
+        term of the observation times (None without ``poisson``), each (B,)."""
         union, index = union_grid(scored)
         states = gather_union(self.latent_trajectory(z0, union, t0), index)  # (B, L, state)
         z = states[..., : self.latent_dim]
         loglik = gaussian_log_likelihood(scored.values, self.decoder(z), self.obs_std, scored.mask)
-        poisson = None
-        if self.log_intensity is not None:
-            # Window: t0 to each sample's last time (padding repeats it, so position -1 holds it).
-            integrated = states[:, -1, self.latent_dim :]
-            poisson = poisson_process_log_likelihood(self.log_intensity(z), scored.mask, integrated)
-        return ElboTerms(log_likelihood=loglik, kl=normal_kl(mean, logvar), poisson=poisson)
+        if self.log_intensity is None:
+            return loglik, None
+        # Window: t0 to each sample's last time (padding repeats it, so position -1 holds it).
+        integrated = states[:, -1, self.latent_dim :]
+        return loglik, poisson_process_log_likelihood(self.log_intensity(z), scored.mask, integrated)
+
+    def refine_z0(self, batch: IrregularBatch, steps: int, lr: float = 0.05, t0: float | Tensor = 0.0) -> Iterator[Tensor]:
+        """Move z0 from the encoder's posterior mean towards the posterior mode of the generative model.
+
+        Semi-amortised inference: Adam steps on -log p(x | z0) - log N(z0; 0, I), one z0 per series, with
+        the network weights fixed. The encoder's guess is only as good as its amortisation; the mode uses
+        the decoder and dynamics themselves to fit the observed points. Like the encoder, it reads only
+        ``batch``.
+
+        Args:
+            batch: observations of the series.
+            steps: Adam steps (>= 0).
+            lr: Adam learning rate.
+            t0: time of z0.
+
+        Returns:
+            An iterator over the (B, latent_dim) z0 after 0, 1, ..., ``steps`` steps (detached); the first
+            is the encoder's mean.
+
+        Raises:
+            ValueError: for negative ``steps`` or a non-positive ``lr``.
+
+        Reference: Y. Kim, S. Wiseman, A. C. Miller, D. Sontag, A. M. Rush, "Semi-Amortized Variational
+        Autoencoders", ICML 2018.
+        """
+        if steps < 0 or not lr > 0:
+            raise ValueError(f"refine_z0 needs steps >= 0 and lr > 0; got steps={steps}, lr={lr}.")
+        return self._refine_path(batch, steps, lr, t0)
+
+    def _refine_path(self, batch: IrregularBatch, steps: int, lr: float, t0: float | Tensor) -> Iterator[Tensor]:
+        with torch.no_grad():
+            z0 = self.encode(batch, t0)[0].clone()
+        yield z0.clone()
+        z0.requires_grad_(True)
+        opt = torch.optim.Adam([z0], lr=lr)
+        for _ in range(steps):
+            with torch.enable_grad():
+                loglik, poisson = self.log_likelihood(z0, batch, t0)
+                logp = loglik - 0.5 * (z0**2).sum(-1) + (0 if poisson is None else poisson)
+                (z0.grad,) = torch.autograd.grad(-logp.sum(), z0)
+            opt.step()
+            yield z0.detach().clone()
 
     def forward(
         self, batch: IrregularBatch, t0: float | Tensor = 0.0, targets: IrregularBatch | None = None
@@ -345,12 +392,29 @@ class LatentODE(nn.Module):
         return self.elbo(batch, t0, targets=targets).loss
 
     @torch.no_grad()
-    def predict(self, batch: IrregularBatch, times: Tensor, t0: float | Tensor = 0.0, sample: bool = False) -> Tensor:
+    def predict(
+        self, batch: IrregularBatch, times: Tensor, t0: float | Tensor = 0.0, sample: bool = False,
+        refine_steps: int = 0, refine_lr: float = 0.05,
+    ) -> Tensor:
         """Reconstruct or extrapolate at shared ``times`` (T,) from the posterior mean of z0 (or a draw).
+
+        Args:
+            batch, times, t0: observations, output times, time of z0.
+            sample: decode a draw from q(z0 | x) instead of its mean.
+            refine_steps, refine_lr: with ``refine_steps`` > 0, decode the z0 that :meth:`refine_z0`
+                reaches after that many steps instead of the encoder's mean.
 
         Returns:
             (B, T, obs_dim) decoded means.
+
+        Raises:
+            ValueError: for ``sample`` together with ``refine_steps`` > 0.
         """
+        if refine_steps > 0:
+            if sample:
+                raise ValueError("predict: choose sample=True or refine_steps > 0, not both.")
+            *_, z0 = self.refine_z0(batch, refine_steps, refine_lr, t0)
+            return self.decode(z0, times, t0)
         mean, logvar = self.encode(batch, t0)
         z0 = self.sample_z0(mean, logvar) if sample else mean
         return self.decode(z0, times, t0)
