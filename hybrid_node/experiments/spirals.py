@@ -63,7 +63,7 @@ import torch
 
 from ..data.irregular import IrregularBatch, select
 from ..data.spirals import SpiralConfig, SpiralData, make_spirals
-from ..nn.latent_ode import LatentODE, RecognitionRNN
+from ..nn.latent_ode import LatentODE, RecognitionRNN, descend_z0
 from ..nn.rnn_baselines import RNNBaseline
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -334,24 +334,11 @@ def inference_gap(model: LatentODE, data: SpiralData, batch: IrregularBatch, ste
     """
     times = torch.cat([data.times, data.extrap_times])
     target = torch.cat([data.clean, data.extrap], dim=1)
-    frozen = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.no_grad():
-            z0 = model.encode(batch)[0]
-            encoded = model.decode(z0, times)
-        z0 = z0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([z0], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            ((model.decode(z0, times) - target) ** 2).mean().backward()
-            opt.step()
-        with torch.no_grad():
-            fitted = model.decode(z0, times)
-    finally:
-        for p, flag in zip(model.parameters(), frozen):
-            p.requires_grad_(flag)
+    with torch.no_grad():
+        z0 = model.encode(batch)[0]
+        encoded = model.decode(z0, times)
+        *_, z0 = descend_z0(z0, lambda z: ((model.decode(z, times) - target) ** 2).mean(), steps, lr)
+        fitted = model.decode(z0, times)
     w = data.times.numel()
     return {"encoder": rmse(encoded[:, w:], data.extrap), "fitted": rmse(fitted[:, w:], data.extrap),
             "encoder_window": rmse(encoded[:, :w], data.clean), "fitted_window": rmse(fitted[:, :w], data.clean)}

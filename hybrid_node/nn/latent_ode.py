@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -106,6 +106,24 @@ class ElboTerms:
     def loss(self) -> Tensor:
         """Negative ELBO averaged over the batch (what to minimise)."""
         return -self.elbo.mean()
+
+
+def descend_z0(z0: Tensor, loss: Callable[[Tensor], Tensor], steps: int, lr: float) -> Iterator[Tensor]:
+    """Adam on z0 alone: minimises the scalar ``loss(z0)`` by its gradient with respect to z0, so no
+    network weight gets a gradient or changes.
+
+    Returns:
+        An iterator over z0 (detached copies) before the first step and after each of ``steps`` steps.
+    """
+    z0 = z0.detach().clone()
+    yield z0.clone()
+    z0.requires_grad_(True)
+    opt = torch.optim.Adam([z0], lr=lr)
+    for _ in range(steps):
+        with torch.enable_grad():
+            (z0.grad,) = torch.autograd.grad(loss(z0), z0)
+        opt.step()
+        yield z0.detach().clone()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -372,18 +390,13 @@ class LatentODE(nn.Module):
         return self._refine_path(batch, steps, lr, t0)
 
     def _refine_path(self, batch: IrregularBatch, steps: int, lr: float, t0: float | Tensor) -> Iterator[Tensor]:
+        def neg_log_posterior(z0: Tensor) -> Tensor:
+            loglik, poisson = self.log_likelihood(z0, batch, t0)
+            return -(loglik - 0.5 * (z0**2).sum(-1) + (0 if poisson is None else poisson)).sum()
+
         with torch.no_grad():
-            z0 = self.encode(batch, t0)[0].clone()
-        yield z0.clone()
-        z0.requires_grad_(True)
-        opt = torch.optim.Adam([z0], lr=lr)
-        for _ in range(steps):
-            with torch.enable_grad():
-                loglik, poisson = self.log_likelihood(z0, batch, t0)
-                logp = loglik - 0.5 * (z0**2).sum(-1) + (0 if poisson is None else poisson)
-                (z0.grad,) = torch.autograd.grad(-logp.sum(), z0)
-            opt.step()
-            yield z0.detach().clone()
+            start = self.encode(batch, t0)[0]
+        return descend_z0(start, neg_log_posterior, steps, lr)
 
     def forward(
         self, batch: IrregularBatch, t0: float | Tensor = 0.0, targets: IrregularBatch | None = None
