@@ -128,7 +128,7 @@ def test_cli_tiny_budget_writes_table_plots_and_resumes(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "0.3937" in printed and "0.1642" in printed  # the paper's numbers are shown beside ours
-    assert "Latent ODE, z0 refined" in printed
+    assert "Latent ODE, z0 refined" in printed and "Latent ODE, empirical prior" in printed
     results = json.loads((out / "results.json").read_text())
     assert set(results["rmse"]) == {f"{m}/n={n}" for m in ("latent_ode", "rnn", "rnn_gaps") for n in (10, 30)}
     assert all(v["rmse"] > 0 for v in results["rmse"].values())
@@ -195,3 +195,5 @@ def test_refinement_steps_are_chosen_on_validation_and_scored_on_test(tmp_path):
     assert refined["rmse"] == refined["test_rmse"][refined["steps"]]
     assert refined["test_rmse"][0] == pytest.approx(entry["rmse"], rel=1e-6)  # 0 steps: the encoder's mean
     assert len(set(refined["test_rmse"].values())) == 3  # the steps move z0
+    empirical = entry["empirical_prior"]
+    assert set(empirical) == {"rmse", "val_rmse"} and all(0 < v < float("inf") for v in empirical.values())

@@ -6,7 +6,8 @@ from .cnf import CNFSolver as CNFSolver
 from .cnf import ExactTrace as ExactTrace
 from .cnf import HutchinsonTrace as HutchinsonTrace
 from .cnf import RNODERegularization as RNODERegularization
-from .latent_ode import ElboTerms as ElboTerms  # irregular time series (issue 7)
+from .empirical_prior import EmpiricalPrior as EmpiricalPrior  # irregular time series (issue 7)
+from .latent_ode import ElboTerms as ElboTerms
 from .latent_ode import LatentODE as LatentODE
 from .layers import ConvDynamics as ConvDynamics
 from .layers import MLPDynamics as MLPDynamics
