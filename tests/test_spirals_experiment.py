@@ -138,6 +138,8 @@ def test_cli_tiny_budget_writes_table_plots_and_resumes(tmp_path, capsys):
     assert main(args[:5] + ["3", "--rnn-iters", "3"] + args[8:] + ["--resume", "--no-plots"]) == 0
     state = torch.load(out / "checkpoints" / "latent_ode-n10.pt", weights_only=False)
     assert state["step"] == 3 and len(state["history"]) == 3
+    resumed = json.loads((out / "results.json").read_text())["rmse"]
+    assert all(resumed[k]["seconds"] > results["rmse"][k]["seconds"] for k in resumed)  # time adds up
 
 
 def test_cli_rejects_bad_budget(tmp_path):

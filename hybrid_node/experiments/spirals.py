@@ -530,7 +530,8 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
                      "val_history": model.val_history, "restart": choice,
                      "restarts": [{"kept_step": m.best_step, "val": v, "test_rmse": rmse(p, test_data.extrap)}
                                   for (m, v), p in zip(runs, preds)],
-                     "seconds": round(time.time() - t_start, 1)}
+                     # Over every invocation (a resumed run adds to what the interrupted one spent).
+                     "seconds": round(rows.get(key, {}).get("seconds", 0.0) + time.time() - t_start, 1)}
             if name == "latent_ode":
                 entry["recon_rmse"] = rmse(predict(name, model, test, test_data.times), test_data.clean)
                 if max(s.refine) > 0:
