@@ -561,18 +561,17 @@ def format_table(results: dict, s: SpiralsSettings) -> str:
             cells_paper.append(f"{paper:.4f}" if paper else "-")
             cells += [f"{entry['rmse']:.4f}" if entry else "-", cells_paper[-1]]
         lines.append(f"| {MODEL_NAMES[name]} | " + " | ".join(cells) + " |")
-        refined = [results["rmse"].get(f"{name}/n={n}", {}).get("refined") for n in s.ns]
-        if any(refined):
-            cells = []
-            for r, paper in zip(refined, cells_paper):
-                cells += ["-" if not r else f"{r['rmse']:.4f} ({r['steps']} steps)", paper]
-            lines.append(f"| {MODEL_NAMES[name]}, z0 refined | " + " | ".join(cells) + " |")
-        empirical = [results["rmse"].get(f"{name}/n={n}", {}).get("empirical_prior") for n in s.ns]
-        if any(empirical):
-            cells = []
-            for e, paper in zip(empirical, cells_paper):
-                cells += ["-" if not e else f"{e['rmse']:.4f}", paper]
-            lines.append(f"| {MODEL_NAMES[name]}, empirical prior | " + " | ".join(cells) + " |")
+        # Other inference of the same kept model: (results key, row label, cell text).
+        for key, label, text in (
+            ("refined", "z0 refined", lambda r: f"{r['rmse']:.4f} ({r['steps']} steps)"),
+            ("empirical_prior", "empirical prior", lambda r: f"{r['rmse']:.4f}"),
+        ):
+            found = [results["rmse"].get(f"{name}/n={n}", {}).get(key) for n in s.ns]
+            if any(found):
+                cells = []
+                for r, paper in zip(found, cells_paper):
+                    cells += ["-" if not r else text(r), paper]
+                lines.append(f"| {MODEL_NAMES[name]}, {label} | " + " | ".join(cells) + " |")
     recon = [results["rmse"].get(f"latent_ode/n={n}", {}).get("recon_rmse") for n in s.ns]
     if any(r is not None for r in recon):
         lines += ["", "Latent ODE reconstruction RMSE of the whole 100-point window from n points:",

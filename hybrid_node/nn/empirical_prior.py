@@ -74,7 +74,7 @@ class EmpiricalPrior:
 
     @torch.no_grad()
     def log_likelihoods(self, model: LatentODE, batch: IrregularBatch, t0: float | Tensor = 0.0, chunk: int = 64) -> Tensor:
-        """log p(x_b | z_i) of every series b of ``batch`` under every anchor i.
+        """log p(x_b | z_i) of every series b of ``batch`` under every anchor i (no gradients).
 
         One batched solve of the anchors on the union of the batch's observation times; each series
         then reads its own times (Gaussian term, plus the Poisson process term for models with one).
