@@ -21,7 +21,7 @@ import dataclasses
 import torch
 
 from ..data.irregular import IrregularBatch, union_grid
-from .latent_ode import LatentODE, gaussian_log_likelihood, poisson_process_log_likelihood
+from .latent_ode import LatentODE
 
 Tensor = torch.Tensor
 
@@ -94,7 +94,7 @@ class EmpiricalPrior:
         self._check(model)
         union, index = union_grid(batch)
         states = model.latent_trajectory(self.anchors.to(batch.values.dtype), union, t0)  # (U, N, S)
-        n, d = self.anchors.shape[0], model.latent_dim
+        n = self.anchors.shape[0]
         rows = []
         for lo in range(0, batch.batch_size, chunk):
             idx = index[lo : lo + chunk]  # (b, L)
@@ -104,12 +104,9 @@ class EmpiricalPrior:
             def tile(x: Tensor) -> Tensor:
                 return x.expand(n, *x.shape).reshape(-1, *x.shape[1:])
 
-            values, mask = tile(batch.values[lo : lo + chunk]), tile(batch.mask[lo : lo + chunk])
-            z = flat[..., :d]
-            ll = gaussian_log_likelihood(values, model.decoder(z), model.obs_std, mask)
-            if model.log_intensity is not None:
-                ll = ll + poisson_process_log_likelihood(model.log_intensity(z), mask, flat[:, -1, d:])
-            rows.append(ll.reshape(n, -1).T)
+            loglik, poisson = model.log_likelihood_of_states(
+                flat, tile(batch.values[lo : lo + chunk]), tile(batch.mask[lo : lo + chunk]))
+            rows.append((loglik if poisson is None else loglik + poisson).reshape(n, -1).T)
         return torch.cat(rows)
 
     def posterior(self, model: LatentODE, batch: IrregularBatch, t0: float | Tensor = 0.0) -> Tensor:

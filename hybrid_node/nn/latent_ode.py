@@ -353,13 +353,18 @@ class LatentODE(nn.Module):
         term of the observation times (None without ``poisson``), each (B,)."""
         union, index = union_grid(scored)
         states = gather_union(self.latent_trajectory(z0, union, t0), index)  # (B, L, state)
+        return self.log_likelihood_of_states(states, scored.values, scored.mask)
+
+    def log_likelihood_of_states(self, states: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The terms of :meth:`log_likelihood` from solved states (B, L, state) at each sample's own
+        times, padding included (it repeats the last time); ``values`` and ``mask`` are (B, L, D)."""
         z = states[..., : self.latent_dim]
-        loglik = gaussian_log_likelihood(scored.values, self.decoder(z), self.obs_std, scored.mask)
+        loglik = gaussian_log_likelihood(values, self.decoder(z), self.obs_std, mask)
         if self.log_intensity is None:
             return loglik, None
         # Window: t0 to each sample's last time (padding repeats it, so position -1 holds it).
         integrated = states[:, -1, self.latent_dim :]
-        return loglik, poisson_process_log_likelihood(self.log_intensity(z), scored.mask, integrated)
+        return loglik, poisson_process_log_likelihood(self.log_intensity(z), mask, integrated)
 
     def refine_z0(self, batch: IrregularBatch, steps: int, lr: float = 0.05, t0: float | Tensor = 0.0) -> Iterator[Tensor]:
         """Move z0 from the encoder's posterior mean towards the posterior mode of the generative model.
