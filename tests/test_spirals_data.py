@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from hybrid_node.data.periodic import PeriodicConfig, make_periodic
-from hybrid_node.data.spirals import SpiralConfig, make_spirals, spiral_curves
+from hybrid_node.data.irregular import IrregularBatch
+from hybrid_node.data.spirals import SpiralConfig, bayes_forecast, make_spirals, spiral_curves
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,42 @@ def test_periodic_set():
     assert abs((batch.values - clean).std().item() - 0.01) < 0.001
     own, _ = make_periodic(PeriodicConfig(n_traj=5, shared_times=False), seed=0)
     assert not torch.equal(own.times[0], own.times[1])
+
+
+def test_bayes_forecast_against_brute_force_posterior():
+    cfg = SpiralConfig(nspiral=6)
+    data = make_spirals(cfg, seed=3)
+    batch = data.subsample(10, seed=4)
+    ts, cw, cc = spiral_curves(cfg)
+    k = np.round(batch.times.numpy() / (ts[1] - ts[0])).astype(int)  # (B, L) window indices
+    expected = []
+    for b in range(6):
+        x = batch.values[b].double().numpy()
+        logp, fut = [], []
+        for curve in (cw, cc):
+            for start in range(cfg.nsample, cfg.ntotal - cfg.nsample - cfg.nextrap):
+                resid = x - curve[start + k[b]]
+                logp.append(-0.5 * (resid**2).sum() / cfg.noise_std**2)
+                fut.append(curve[start + cfg.nsample: start + cfg.nsample + cfg.nextrap])
+        w = np.exp(np.array(logp) - max(logp))
+        expected.append(np.tensordot(w / w.sum(), np.array(fut), axes=1))
+    got = bayes_forecast(cfg, batch, chunk=4)
+    np.testing.assert_allclose(got.numpy(), np.array(expected), atol=1e-5)
+    assert torch.equal(got, bayes_forecast(cfg, batch, chunk=100))
+
+
+def test_bayes_forecast_finds_the_true_future_at_low_noise():
+    cfg = SpiralConfig(nspiral=50, noise_std=0.01)
+    data = make_spirals(cfg, seed=1)
+    # Neighbouring starts differ by ~0.1 per point, i.e. ~50 nats per observed point at this noise.
+    assert torch.allclose(bayes_forecast(cfg, data.subsample(10, seed=2)), data.extrap, atol=1e-4)
+
+
+def test_bayes_forecast_rejects_bad_input():
+    data = make_spirals(SpiralConfig(nspiral=3), seed=0)
+    batch = data.subsample(5, seed=0)
+    with pytest.raises(ValueError, match="noise_std > 0"):
+        bayes_forecast(SpiralConfig(noise_std=0.0), batch)
+    shifted = IrregularBatch(batch.times + 0.01, batch.values, batch.mask)
+    with pytest.raises(ValueError, match="grid"):
+        bayes_forecast(SpiralConfig(), shifted)

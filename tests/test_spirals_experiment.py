@@ -132,6 +132,10 @@ def test_cli_tiny_budget_writes_table_plots_and_resumes(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert set(results["rmse"]) == {f"{m}/n={n}" for m in ("latent_ode", "rnn", "rnn_gaps") for n in (10, 30)}
     assert all(v["rmse"] > 0 for v in results["rmse"].values())
+    # The generator-aware floor is in the table, and no (barely trained) model is below it.
+    assert "Bayes-optimal (knows the generator)" in printed
+    for n in (10, 30):
+        assert 0 < results["bayes_optimal"][str(n)] < min(results["rmse"][f"{m}/n={n}"]["rmse"] for m in ("rnn", "rnn_gaps"))
     for name in ("table2.md", "spirals_n10.png", "spirals_n30.png"):
         assert (out / name).stat().st_size > 0
     # Resume with a larger budget: training continues from step 2 of the stored checkpoints.

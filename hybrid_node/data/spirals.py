@@ -152,3 +152,61 @@ def make_spirals(config: SpiralConfig = SpiralConfig(), seed: int | None = 0) ->
         start_index=torch.as_tensor(starts),
         config=config,
     )
+
+
+def _candidates(config: SpiralConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every noise-free (window, future) the generator can draw: both directions times every start.
+
+    Returns:
+        ``(windows, futures)``, (K, nsample, 2) and (K, nextrap, 2) float64, K = 2 x number of starts.
+    """
+    ts, cw, cc = spiral_curves(config)
+    ns, ne = config.nsample, config.nextrap
+    starts = np.arange(ns, config.ntotal - ns - ne)
+    curves = np.concatenate([np.broadcast_to(cw, (starts.size,) + cw.shape), np.broadcast_to(cc, (starts.size,) + cc.shape)])
+    first = np.concatenate([starts, starts])[:, None]
+    rows = np.arange(curves.shape[0])[:, None]
+    windows = curves[rows, first + np.arange(ns)[None]]
+    futures = curves[rows, first + ns + np.arange(ne)[None]]
+    return torch.as_tensor(windows), torch.as_tensor(futures)
+
+
+def bayes_forecast(config: SpiralConfig, batch: IrregularBatch, chunk: int = 100) -> torch.Tensor:
+    """The minimum-MSE forecast of a predictor that knows the generator: the posterior mean of the
+    ``nextrap`` noise-free points after each window, given the window's observed points.
+
+    The generator draws the direction with probability 1/2 and the start uniformly, so under a uniform
+    prior over the K possible noise-free windows the posterior is proportional to the Gaussian
+    likelihood (std ``noise_std``) of the observed points; the forecast averages the candidates'
+    futures with it. No learner can beat its expected squared error on data from ``config``, so its
+    RMSE is the floor of the extrapolation score (Bayes decision rule under squared loss).
+
+    Args:
+        config: the generator settings the series were drawn with (``nextrap`` > 0, ``noise_std`` > 0).
+        batch: observed points, on the window clock (times ``k * dt`` of the shared grid, as
+            :meth:`SpiralData.subsample` returns them).
+        chunk: series scored at a time (memory: chunk x K x observed points).
+
+    Returns:
+        (B, nextrap, 2) float32 forecasts at ``SpiralData.extrap_times``.
+
+    Raises:
+        ValueError: for ``nextrap`` or ``noise_std`` of 0, or observation times off the grid.
+    """
+    if config.nextrap < 1 or config.noise_std <= 0:
+        raise ValueError("bayes_forecast needs nextrap >= 1 and noise_std > 0 (the posterior is a likelihood ratio).")
+    windows, futures = _candidates(config)
+    dt = (config.stop - config.start) / (config.ntotal - 1)
+    steps = batch.times.double() / dt
+    index = steps.round().long()
+    if bool((steps - index).abs().max() > 1e-3) or bool((index < 0).any()) or bool((index >= config.nsample).any()):
+        raise ValueError("observation times must lie on the window's grid (k * dt, 0 <= k < nsample); "
+                         "pass the batch SpiralData.subsample returns.")
+    out = []
+    for lo in range(0, batch.batch_size, chunk):
+        rows = slice(lo, lo + chunk)
+        mean = windows[:, index[rows]]  # (K, b, L, 2)
+        sq = ((batch.values[rows].double() - mean) ** 2 * batch.mask[rows].double()).sum((-1, -2))
+        weights = torch.softmax(-sq / (2 * config.noise_std**2), dim=0)  # (K, b)
+        out.append(torch.einsum("kb,ktd->btd", weights, futures))
+    return torch.cat(out).float()

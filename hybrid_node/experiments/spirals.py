@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 
 from ..data.irregular import IrregularBatch, select
-from ..data.spirals import SpiralConfig, SpiralData, make_spirals
+from ..data.spirals import SpiralConfig, SpiralData, bayes_forecast, make_spirals
 from ..nn.empirical_prior import EmpiricalPrior
 from ..nn.latent_ode import LatentODE, RecognitionRNN, descend_z0
 from ..nn.rnn_baselines import RNNBaseline
@@ -502,6 +502,8 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
         train = train_data.subsample(n, seed=s.seed + n)
         test = test_data.subsample(n, seed=s.seed + 10_000 + n)
         val = (val_data.subsample(n, seed=s.seed + 20_000 + n), val_data.extrap_times, val_data.extrap)
+        # The floor no learner can beat on this data (it knows the generator): a yardstick for the table.
+        results.setdefault("bayes_optimal", {})[str(n)] = rmse(bayes_forecast(test_data.config, test), test_data.extrap)
         forecast = s.objective == "forecast"
         future = Future(train_data.extrap_times, train_data.extrap_observed) if forecast else None
         val_future = Future(val_data.extrap_times, val_data.extrap_observed) if forecast else None
@@ -572,6 +574,10 @@ def format_table(results: dict, s: SpiralsSettings) -> str:
                 for r, paper in zip(found, cells_paper):
                     cells += ["-" if not r else text(r), paper]
                 lines.append(f"| {MODEL_NAMES[name]}, {label} | " + " | ".join(cells) + " |")
+    floor = [results.get("bayes_optimal", {}).get(str(n)) for n in s.ns]
+    if any(f is not None for f in floor):
+        lines.append("| Bayes-optimal (knows the generator) | "
+                     + " | ".join(("-" if f is None else f"{f:.4f}") + " | -" for f in floor) + " |")
     recon = [results["rmse"].get(f"latent_ode/n={n}", {}).get("recon_rmse") for n in s.ns]
     if any(r is not None for r in recon):
         lines += ["", "Latent ODE reconstruction RMSE of the whole 100-point window from n points:",
