@@ -160,14 +160,12 @@ def _candidates(config: SpiralConfig) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         ``(windows, futures)``, (K, nsample, 2) and (K, nextrap, 2) float64, K = 2 x number of starts.
     """
-    ts, cw, cc = spiral_curves(config)
+    _, cw, cc = spiral_curves(config)
     ns, ne = config.nsample, config.nextrap
-    starts = np.arange(ns, config.ntotal - ns - ne)
-    curves = np.concatenate([np.broadcast_to(cw, (starts.size,) + cw.shape), np.broadcast_to(cc, (starts.size,) + cc.shape)])
-    first = np.concatenate([starts, starts])[:, None]
-    rows = np.arange(curves.shape[0])[:, None]
-    windows = curves[rows, first + np.arange(ns)[None]]
-    futures = curves[rows, first + ns + np.arange(ne)[None]]
+    starts = np.arange(ns, config.ntotal - ns - ne)[:, None]  # the range make_spirals draws from
+    curves = np.stack([cw, cc])  # (2, ntotal, 2)
+    windows = curves[:, starts + np.arange(ns)].reshape(-1, ns, 2)
+    futures = curves[:, starts + ns + np.arange(ne)].reshape(-1, ne, 2)
     return torch.as_tensor(windows), torch.as_tensor(futures)
 
 
