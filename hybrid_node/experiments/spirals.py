@@ -536,9 +536,10 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
                      "seconds": round(rows.get(key, {}).get("seconds", 0.0) + time.time() - t_start, 1)}
             if name == "latent_ode":
                 entry["recon_rmse"] = rmse(predict(name, model, test, test_data.times), test_data.clean)
+                scored = (test, test_data.extrap_times, test_data.extrap)
                 if max(s.refine) > 0:
-                    entry["refined"] = refinement(model, s, val, (test, test_data.extrap_times, test_data.extrap))
-                entry["empirical_prior"] = empirical_prior_scores(model, train, val, (test, test_data.extrap_times, test_data.extrap))
+                    entry["refined"] = refinement(model, s, val, scored)
+                entry["empirical_prior"] = empirical_prior_scores(model, train, val, scored)
             rows[key] = entry
             models[(name, n)] = model
             results_path.write_text(json.dumps(results, indent=2))
