@@ -6,6 +6,7 @@ Usage::
 
     python -m benchmarks.accuracy mlp-fwd mlp-hard-fwd conv-fwd cnf-direct
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,14 @@ def main(argv=None) -> int:
         f64 = copy.deepcopy(w.field).double()
         tight = 1e-7 if name.startswith("conv") else 1e-11
         with torch.no_grad():
-            ref = torchdiffeq.odeint(f64, w.y0.double(), w.t.double(), rtol=tight, atol=tight,
-                                     method="dopri5" if name.startswith("conv") else "dopri8")
+            ref = torchdiffeq.odeint(
+                f64,
+                w.y0.double(),
+                w.t.double(),
+                rtol=tight,
+                atol=tight,
+                method="dopri5" if name.startswith("conv") else "dopri8",
+            )
             w.field.nfe = 0
             theirs = torchdiffeq.odeint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol)
             nfe_theirs = w.field.nfe
@@ -45,11 +52,19 @@ def main(argv=None) -> int:
         print(f"| {name} | torchdiffeq dopri5 | {nfe_theirs} | | | {err(theirs):.2e} |", flush=True)
         for embedded in ("shampine", "dormand-prince"):
             with torch.no_grad():
-                sol = hn.solve(w.field, w.y0, w.t, solver=hn.solvers.Dopri5(embedded),
-                               controller=hn.PIDController(rtol=w.rtol, atol=w.atol))
+                sol = hn.solve(
+                    w.field,
+                    w.y0,
+                    w.t,
+                    solver=hn.solvers.Dopri5(embedded),
+                    controller=hn.PIDController(rtol=w.rtol, atol=w.atol),
+                )
             s = sol.stats
-            print(f"| {name} | hybrid_node dopri5 ({embedded}) | {s.nfe} | {s.n_accepted} | {s.n_rejected} | "
-                  f"{err(sol.ys):.2e} |", flush=True)
+            print(
+                f"| {name} | hybrid_node dopri5 ({embedded}) | {s.nfe} | {s.n_accepted} | {s.n_rejected} | "
+                f"{err(sol.ys):.2e} |",
+                flush=True,
+            )
     return 0
 
 

@@ -16,6 +16,7 @@ beside it.
 
 Reference: Kidger, "On Neural Differential Equations", PhD thesis, Oxford 2021 (diffrax).
 """
+
 from __future__ import annotations
 
 import os
@@ -89,16 +90,22 @@ def _conv_field(field: ConvField, shifted: bool):
         if shifted:
             h, wd = x.shape[2:]
             xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))).transpose(0, 2, 3, 1)
-            out = sum(xp[:, i:i + h, j:j + wd] @ weight[:, :, i, j].T for i in range(3) for j in range(3))
+            out = sum(xp[:, i : i + h, j : j + wd] @ weight[:, :, i, j].T for i in range(3) for j in range(3))
         else:
-            out = jax.lax.conv_general_dilated(x.transpose(0, 2, 3, 1), weight.transpose(2, 3, 1, 0), (1, 1),
-                                               ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            out = jax.lax.conv_general_dilated(
+                x.transpose(0, 2, 3, 1),
+                weight.transpose(2, 3, 1, 0),
+                (1, 1),
+                ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
         return out.transpose(0, 3, 1, 2) + bias
 
     def f(t, y, params):
         out = conv(1, t, jax.nn.relu(norm(1, y, params)), params)
         out = conv(2, t, jax.nn.relu(norm(2, out, params)), params)
         return norm(3, out, params)
+
     return f
 
 
@@ -112,10 +119,12 @@ def _vector_field(w: Workload, counter=None):
             jax.debug.callback(lambda: counter.__setitem__(0, counter[0] + 1))
 
     if isinstance(w.field, MLPField):
+
         def f(t, y, params):
             count()
             return _mlp(params, y)
     elif isinstance(w.field, CNFField):
+
         def f(t, y, params):  # FFJORD-style: dz = g(t, z), d delta = -tr(dg/dz), exact trace by two JVPs
             count()
             z = y[:, :2]
@@ -158,8 +167,9 @@ def _loss_fn(w: Workload):
 
     def nll(ys):  # as the cnf workload: NLL under N(0, I) at t = 1
         z1, delta = ys[-1][:, :2], ys[-1][:, 2]
-        logp_z = -0.5 * jnp.sum(z1 ** 2, axis=1) - np.log(2 * np.pi)
+        logp_z = -0.5 * jnp.sum(z1**2, axis=1) - np.log(2 * np.pi)
         return -jnp.mean(logp_z - delta)
+
     return nll
 
 
@@ -178,10 +188,19 @@ def _build(w: Workload, counter=None, forward_only: bool = False):
     adjoint = diffrax.BacksolveAdjoint() if w.mode == "adjoint" else diffrax.RecursiveCheckpointAdjoint()
 
     def solve(params):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(f), diffrax.Dopri5(), ts[0], ts[-1], None, y0, args=params,
-                                  saveat=diffrax.SaveAt(ts=ts),
-                                  stepsize_controller=diffrax.PIDController(rtol=w.rtol, atol=w.atol),
-                                  adjoint=adjoint, max_steps=16384)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(f),
+            diffrax.Dopri5(),
+            ts[0],
+            ts[-1],
+            None,
+            y0,
+            args=params,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(rtol=w.rtol, atol=w.atol),
+            adjoint=adjoint,
+            max_steps=16384,
+        )
         return sol.ys, sol.stats["num_steps"]
 
     loss = _loss_fn(w)

@@ -9,6 +9,7 @@ Usage::
 
     python -m benchmarks.floors --repeats 7
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ from .workloads import make
 def _floor(w, nfe: int):
     params = tuple(w.field.parameters())
     if w.mode == "direct":
+
         def run():
             for p in params:
                 p.grad = None
@@ -42,6 +44,7 @@ def _floor(w, nfe: int):
                 with torch.enable_grad():
                     g = w.field(w.t[0], z)
                     torch.autograd.grad((g * cot).sum(), (z,) + params)
+
     return run
 
 
@@ -51,8 +54,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="+", default=["mlp-train-direct", "mlp-train-adjoint"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print("| workload | NFE (ours) | hybrid_node ms | torchdiffeq ms | floor ms | hybrid_node / floor | "
-          "torchdiffeq / floor | speedup vs torchdiffeq |")
+    print(
+        "| workload | NFE (ours) | hybrid_node ms | torchdiffeq ms | floor ms | hybrid_node / floor | "
+        "torchdiffeq / floor | speedup vs torchdiffeq |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.workloads:
         w = make(name)
@@ -75,8 +80,11 @@ def main(argv=None) -> int:
         def ratio(a, b, times=times):
             return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
-        print(f"| {name} | {nfe} | {med['hn']:.0f} | {med['tdq']:.0f} | {med['floor']:.0f} | {ratio('hn', 'floor'):.2f} | "
-              f"{ratio('tdq', 'floor'):.2f} | {ratio('tdq', 'hn'):.2f} |", flush=True)
+        print(
+            f"| {name} | {nfe} | {med['hn']:.0f} | {med['tdq']:.0f} | {med['floor']:.0f} | {ratio('hn', 'floor'):.2f} | "  # noqa: E501
+            f"{ratio('tdq', 'floor'):.2f} | {ratio('tdq', 'hn'):.2f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -6,6 +6,7 @@ is not installed is reported as unavailable, never as an error of the suite. A f
 evaluations or gradients do not pass through the torch field (diffrax) gives its ``run`` the
 attributes ``nfe()`` and ``grads()`` (and ``compile_s``), which the runner reads instead.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,16 +33,19 @@ def available() -> dict[str, bool]:
 def _unit(w: Workload, solve: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     """Wrap a solve into the workload's unit of work (no_grad forward, or loss + backward)."""
     if w.mode == "fwd":
+
         def run():
             with torch.no_grad():
                 return solve()
     else:
+
         def run():
             for p in w.field.parameters():
                 p.grad = None
             ys = solve()
             w.loss(ys).backward()
             return ys
+
     return run
 
 
@@ -55,10 +59,13 @@ def prepare_hybrid_node(w: Workload, extra_options=None):
     options = dict(_options(w) or {}, **(extra_options or {})) or None
     if w.mode == "adjoint":
         params = tuple(w.field.parameters())
-        return _unit(w, lambda: hn.odeint_adjoint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method,
-                                                  options=options, adjoint_params=params))
-    return _unit(w, lambda: hn.odeint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method,
-                                      options=options))
+        return _unit(
+            w,
+            lambda: hn.odeint_adjoint(
+                w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method, options=options, adjoint_params=params
+            ),
+        )
+    return _unit(w, lambda: hn.odeint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method, options=options))
 
 
 def _timed_first_run(w: Workload, options: dict):
@@ -92,11 +99,23 @@ def prepare_torchdiffeq(w: Workload):
 
     if w.mode == "adjoint":
         params = tuple(w.field.parameters())
-        return _unit(w, lambda: torchdiffeq.odeint_adjoint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol,
-                                                           method=w.method, options=_options(w),
-                                                           adjoint_params=params))
-    return _unit(w, lambda: torchdiffeq.odeint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method,
-                                               options=_options(w)))
+        return _unit(
+            w,
+            lambda: torchdiffeq.odeint_adjoint(
+                w.field,
+                w.y0,
+                w.t,
+                rtol=w.rtol,
+                atol=w.atol,
+                method=w.method,
+                options=_options(w),
+                adjoint_params=params,
+            ),
+        )
+    return _unit(
+        w,
+        lambda: torchdiffeq.odeint(w.field, w.y0, w.t, rtol=w.rtol, atol=w.atol, method=w.method, options=_options(w)),
+    )
 
 
 def prepare_torchode(w: Workload):
@@ -128,8 +147,12 @@ def prepare_diffrax(w: Workload):
     return prepare(w)
 
 
-PREPARE = {"hybrid_node": prepare_hybrid_node, "hybrid_node+compile": prepare_hybrid_node_compiled,
-           "hybrid_node+device": prepare_hybrid_node_device,
-           "hybrid_node+device+compile": prepare_hybrid_node_device_compiled,
-           "torchdiffeq": prepare_torchdiffeq, "torchode": prepare_torchode,
-           "diffrax": prepare_diffrax}
+PREPARE = {
+    "hybrid_node": prepare_hybrid_node,
+    "hybrid_node+compile": prepare_hybrid_node_compiled,
+    "hybrid_node+device": prepare_hybrid_node_device,
+    "hybrid_node+device+compile": prepare_hybrid_node_device_compiled,
+    "torchdiffeq": prepare_torchdiffeq,
+    "torchode": prepare_torchode,
+    "diffrax": prepare_diffrax,
+}

@@ -8,6 +8,7 @@ Prints one JSON line ``{"peak_mb": ...}``. On the CPU the figure is the growth o
 resident set (VmHWM, reset just before the solve) over its size then (after a small warm-up solve); on CUDA it is
 ``torch.cuda.max_memory_allocated`` above the memory allocated before the solve.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,18 @@ def main(argv=None) -> int:
     target = torch.zeros_like(y0)
 
     def build(steps):
-        return Workload("memory", field, y0, t, 0.0, 0.0, args.mode, lambda ys: (ys[-1] - target).pow(2).mean(),
-                        method="rk4", step_size=5.0 / steps)
+        return Workload(
+            "memory",
+            field,
+            y0,
+            t,
+            0.0,
+            0.0,
+            args.mode,
+            lambda ys: (ys[-1] - target).pow(2).mean(),
+            method="rk4",
+            step_size=5.0 / steps,
+        )
 
     if args.framework == "torchode":
         print(json.dumps({"peak_mb": None, "note": "torchode has no fixed-step rk4 adapter here"}))

@@ -21,6 +21,7 @@ Direct backpropagation keeps every stage's activations: memory grows linearly wi
 adjoints keep O(1) (backsolve) or O(checkpoints + steps per segment) (interpolating; "interpolating"
 has one segment here, "interpolating-32" 32 checkpoints) states.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def _field(width: int = 64):
     class Field(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = torch.nn.Sequential(linear(2, width), torch.nn.Tanh(), linear(width, width), torch.nn.Tanh(),
-                                           linear(width, 2))
+            self.net = torch.nn.Sequential(
+                linear(2, width), torch.nn.Tanh(), linear(width, width), torch.nn.Tanh(), linear(width, 2)
+            )
 
         def forward(self, t, y):
             return self.net(y)
@@ -71,13 +73,17 @@ def measure(method: str, steps: int, device: str) -> float:
     field, y0 = _field()
     field, y0 = field.to(device), y0.to(device)
     t = torch.tensor([0.0, 5.0], device=device)
-    sensitivity = {"direct": hn.DirectBackprop(), "backsolve": hn.BacksolveAdjoint(),
-                   "interpolating": hn.InterpolatingAdjoint(),
-                   "interpolating-32": hn.InterpolatingAdjoint(checkpoints=32)}[method]
+    sensitivity = {
+        "direct": hn.DirectBackprop(),
+        "backsolve": hn.BacksolveAdjoint(),
+        "interpolating": hn.InterpolatingAdjoint(),
+        "interpolating-32": hn.InterpolatingAdjoint(checkpoints=32),
+    }[method]
 
     def step(n):
-        sol = hn.solve(field, y0, t, solver=hn.RK4(), controller=hn.ConstantStepSize(step_size=5.0 / n),
-                       sensitivity=sensitivity)
+        sol = hn.solve(
+            field, y0, t, solver=hn.RK4(), controller=hn.ConstantStepSize(step_size=5.0 / n), sensitivity=sensitivity
+        )
         loss = sol.ys[-1].pow(2).mean()
         loss.backward()
         field.zero_grad(set_to_none=True)
@@ -112,11 +118,19 @@ def main(argv=None) -> int:
     rows = {}
     for method in args.methods:
         for steps in args.steps:
-            out = subprocess.run([sys.executable, __file__, "--device", args.device, "--one", method, str(steps)],
-                                 capture_output=True, text=True, check=True, env=env)
+            out = subprocess.run(
+                [sys.executable, __file__, "--device", args.device, "--one", method, str(steps)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
             rows[method, steps] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
-    unit = "max_memory_allocated" if args.device.startswith("cuda") else (
-        "peak RSS growth" + (", raw malloc" if args.raw_malloc else ""))
+    unit = (
+        "max_memory_allocated"
+        if args.device.startswith("cuda")
+        else ("peak RSS growth" + (", raw malloc" if args.raw_malloc else ""))
+    )
     print(f"memory-vs-steps ({args.device}, {unit}, MiB): MLP 2-64-64-2 tanh, batch 512, rk4, MSE at t=5")
     print("| method | " + " | ".join(f"{s} steps" for s in args.steps) + " |")
     print("| --- | " + " | ".join("---" for _ in args.steps) + " |")

@@ -14,6 +14,7 @@ Workloads (dopri5, float64, rtol 1e-6, atol 1e-8, 20 output times):
 
 Prints a table (median ms, batched field evaluations, max error) and writes JSON to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,13 @@ class Pulses(torch.nn.Module):
         self.net = None
         if hidden:
             torch.manual_seed(0)
-            self.net = torch.nn.Sequential(torch.nn.Linear(1, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden),
-                                           torch.nn.Tanh(), torch.nn.Linear(hidden, 1)).double()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(1, hidden),
+                torch.nn.Tanh(),
+                torch.nn.Linear(hidden, hidden),
+                torch.nn.Tanh(),
+                torch.nn.Linear(hidden, 1),
+            ).double()
 
     def forward(self, t, y):
         self.nfe += 1
@@ -62,7 +68,11 @@ def pulses_exact(centres: np.ndarray, ts: np.ndarray) -> np.ndarray:
     out = np.empty((len(ts), len(centres)))
     for i, t in enumerate(ts):
         # int_0^t e^s exp(-((s-c)/w)^2)/(w sqrt(pi)) ds = 0.5 e^{c + w^2/4} [erf((t-c)/w - w/2) - erf(-c/w - w/2)]
-        a = 0.5 * np.exp(centres + WIDTH**2 / 4) * (erf((t - centres) / WIDTH - WIDTH / 2) - erf(-centres / WIDTH - WIDTH / 2))
+        a = (
+            0.5
+            * np.exp(centres + WIDTH**2 / 4)
+            * (erf((t - centres) / WIDTH - WIDTH / 2) - erf(-centres / WIDTH - WIDTH / 2))
+        )
         out[i] = np.exp(-t) * (1.0 + a)
     return out
 
@@ -90,8 +100,9 @@ def main(argv=None) -> int:
         ("pulses", "shared"): lambda: hn.odeint(pulse, y0, t, rtol=1e-6, atol=1e-8),
         ("pulses", "per-sample"): lambda: hn.odeint(pulse, y0, t, rtol=1e-6, atol=1e-8, options={"per_sample": True}),
         ("pulses+mlp", "shared"): lambda: hn.odeint(neural, y0, t, rtol=1e-6, atol=1e-8),
-        ("pulses+mlp", "per-sample"): lambda: hn.odeint(neural, y0, t, rtol=1e-6, atol=1e-8,
-                                                        options={"per_sample": True}),
+        ("pulses+mlp", "per-sample"): lambda: hn.odeint(
+            neural, y0, t, rtol=1e-6, atol=1e-8, options={"per_sample": True}
+        ),
         ("uniform", "shared"): lambda: hn.odeint(mlp, my0, mt, rtol=1e-5, atol=1e-6),
         ("uniform", "per-sample"): lambda: hn.odeint(mlp, my0, mt, rtol=1e-5, atol=1e-6, options={"per_sample": True}),
     }
@@ -135,8 +146,13 @@ def main(argv=None) -> int:
     print("| workload | stepping | median ms | min ms | batched NFE | max error |")
     print("| --- | --- | --- | --- | --- | --- |")
     for k in cases:
-        row = {"workload": k[0], "stepping": k[1], "median_ms": 1e3 * statistics.median(times[k]),
-               "min_ms": 1e3 * min(times[k]), **info[k]}
+        row = {
+            "workload": k[0],
+            "stepping": k[1],
+            "median_ms": 1e3 * statistics.median(times[k]),
+            "min_ms": 1e3 * min(times[k]),
+            **info[k],
+        }
         rows.append(row)
         err = "-" if row["max_err"] is None else f"{row['max_err']:.1e}"
         print(f"| {k[0]} | {k[1]} | {row['median_ms']:.1f} | {row['min_ms']:.1f} | {row['nfe']} | {err} |")

@@ -18,6 +18,7 @@ its first, compiling run is timed apart like diffrax's compilation. ``hybrid_nod
 device-resident loop (``options={"device_loop": True}``), ``hybrid_node+device+compile`` compiles its runs.
 Results: a printed table, and ``results.json`` + ``results.md`` in ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,15 @@ import torch
 from . import frameworks
 from .workloads import WORKLOADS, Workload, make
 
-PEERS = ("hybrid_node", "hybrid_node+compile", "hybrid_node+device", "hybrid_node+device+compile", "torchdiffeq",
-         "torchode", "diffrax")
+PEERS = (
+    "hybrid_node",
+    "hybrid_node+compile",
+    "hybrid_node+device",
+    "hybrid_node+device+compile",
+    "torchdiffeq",
+    "torchode",
+    "diffrax",
+)
 
 
 def _sync(device: str) -> None:
@@ -66,8 +74,15 @@ def reference_gradient(w: Workload) -> torch.Tensor | None:
     except ImportError:
         return None
     field = copy.deepcopy(w.field).double()
-    ys = torchdiffeq.odeint(field, w.y0.double(), w.t.double(), rtol=1e-10, atol=1e-10, method=w.method,
-                            options={"step_size": w.step_size} if w.step_size else None)
+    ys = torchdiffeq.odeint(
+        field,
+        w.y0.double(),
+        w.t.double(),
+        rtol=1e-10,
+        atol=1e-10,
+        method=w.method,
+        options={"step_size": w.step_size} if w.step_size else None,
+    )
     w.loss(ys).backward()
     return _grads(field)
 
@@ -84,10 +99,12 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
         except Exception as e:  # noqa: BLE001 -- a framework that cannot do a workload is reported, not fatal
             rows[fw] = {"workload": name, "framework": fw, "error": f"{type(e).__name__}: {e}"}
     if w.mode == "fwd":  # one bare evaluation of the dynamics, the unit of the solver overhead
+
         def bare():
             with torch.no_grad():
                 for _ in range(10):
                     w.field(w.t[0], w.y0)
+
         runs["bare f (x10)"] = bare
     ref = reference_gradient(w) if (w.mode != "fwd" and not name.startswith("conv") and args.grad_error) else None
     nfe, grad_err, times = {}, {}, {k: [] for k in runs}
@@ -114,8 +131,15 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
     runs.pop("bare f (x10)", None)
     for fw, run in runs.items():
         ts = times[fw]
-        row = {"workload": name, "framework": fw, "median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts),
-               "max_ms": 1e3 * max(ts), "nfe": nfe.get(fw), "grad_rel_err": grad_err.get(fw)}
+        row = {
+            "workload": name,
+            "framework": fw,
+            "median_ms": 1e3 * statistics.median(ts),
+            "min_ms": 1e3 * min(ts),
+            "max_ms": 1e3 * max(ts),
+            "nfe": nfe.get(fw),
+            "grad_rel_err": grad_err.get(fw),
+        }
         if times.get("torchdiffeq"):
             row["speedup_vs_torchdiffeq"] = statistics.median(a / b for a, b in zip(times["torchdiffeq"], ts))
         if bare_t and nfe.get(fw):
@@ -138,10 +162,26 @@ def memory_rows(fws: list[str], steps: list[int], args) -> list[dict]:
         for mode in ("direct", "adjoint"):
             row = {"workload": "memory-vs-steps", "framework": fw, "mode": mode}
             for n in steps:
-                cmd = [sys.executable, "-m", "benchmarks.memory", "--framework", fw, "--mode", mode, "--steps", str(n),
-                       "--device", args.device]
-                res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
-                    os.path.abspath(__file__))))
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.memory",
+                    "--framework",
+                    fw,
+                    "--mode",
+                    mode,
+                    "--steps",
+                    str(n),
+                    "--device",
+                    args.device,
+                ]
+                res = subprocess.run(
+                    cmd,
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                )
                 try:
                     row[f"peak_mb_{n}"] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
                 except (ValueError, IndexError, KeyError):  # the child failed: keep its last error line
@@ -158,11 +198,16 @@ def _fmt(x, spec=".1f"):
 
 
 def markdown(rows: list[dict], mem: list[dict], meta: dict) -> str:
-    header = (f"device: {meta['device']}, torch {meta['torch']}, threads {meta['threads']}, "
-              f"rounds {meta['repeats']}, {meta['date']}")
-    lines = [header, "",
-             "| workload | framework | median ms | min | max | NFE | speedup vs torchdiffeq | overhead | grad rel err |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    header = (
+        f"device: {meta['device']}, torch {meta['torch']}, threads {meta['threads']}, "
+        f"rounds {meta['repeats']}, {meta['date']}"
+    )
+    lines = [
+        header,
+        "",
+        "| workload | framework | median ms | min | max | NFE | speedup vs torchdiffeq | overhead | grad rel err |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['workload']} | {r['framework']} | skipped: {r['skipped'][:80]} | | | | | | |")
@@ -170,20 +215,33 @@ def markdown(rows: list[dict], mem: list[dict], meta: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['workload']} | {r['framework']} | failed: {r['error'][:80]} | | | | | | |")
             continue
-        lines.append(f"| {r['workload']} | {r['framework']} | {_fmt(r['median_ms'])} | {_fmt(r['min_ms'])} | "
-                     f"{_fmt(r['max_ms'])} | {_fmt(r['nfe'], 'd')} | {_fmt(r.get('speedup_vs_torchdiffeq'), '.2f')} | "
-                     f"{_fmt(r.get('overhead'), '.2f')} | {_fmt(r.get('grad_rel_err'), '.1e')} |")
+        lines.append(
+            f"| {r['workload']} | {r['framework']} | {_fmt(r['median_ms'])} | {_fmt(r['min_ms'])} | "
+            f"{_fmt(r['max_ms'])} | {_fmt(r['nfe'], 'd')} | {_fmt(r.get('speedup_vs_torchdiffeq'), '.2f')} | "
+            f"{_fmt(r.get('overhead'), '.2f')} | {_fmt(r.get('grad_rel_err'), '.1e')} |"
+        )
     compiled = [r for r in rows if "compile_ms" in r]
     if compiled:
-        lines += ["", "Compile time, outside the timed rounds: " + ", ".join(
-            f"{r['workload']} {r['framework']} {r['compile_ms'] / 1e3:.1f} s" for r in compiled) + "."]
+        lines += [
+            "",
+            "Compile time, outside the timed rounds: "
+            + ", ".join(f"{r['workload']} {r['framework']} {r['compile_ms'] / 1e3:.1f} s" for r in compiled)
+            + ".",
+        ]
     if mem:
         steps = sorted({int(k[8:]) for r in mem for k in r if k.startswith("peak_mb_")})
-        lines += ["", "| memory-vs-steps (peak MB) | mode | " + " | ".join(f"{n} steps" for n in steps) + " |",
-                  "| --- | --- | " + " | ".join("---" for _ in steps) + " |"]
+        lines += [
+            "",
+            "| memory-vs-steps (peak MB) | mode | " + " | ".join(f"{n} steps" for n in steps) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in steps) + " |",
+        ]
         for r in mem:
-            lines.append(f"| {r['framework']} | {r['mode']} | " + " | ".join(_fmt(r.get(f'peak_mb_{n}')) for n in steps)
-                         + " |" + (f" {r['error']}" if "error" in r and all(r.get(f'peak_mb_{n}') is None for n in steps) else ""))
+            lines.append(
+                f"| {r['framework']} | {r['mode']} | "
+                + " | ".join(_fmt(r.get(f"peak_mb_{n}")) for n in steps)
+                + " |"
+                + (f" {r['error']}" if "error" in r and all(r.get(f"peak_mb_{n}") is None for n in steps) else "")
+            )
     return "\n".join(lines)
 
 
@@ -195,10 +253,19 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, memory at 10 and 100 steps")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")),
-                        help="torch CPU threads (default 2, the reference machine's cores)")
-    parser.add_argument("--memory-steps", type=int, nargs="*", default=None,
-                        help="step counts of memory-vs-steps (default 10 100 1000; none to skip)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("BENCH_THREADS", "2")),
+        help="torch CPU threads (default 2, the reference machine's cores)",
+    )
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        nargs="*",
+        default=None,
+        help="step counts of memory-vs-steps (default 10 100 1000; none to skip)",
+    )
     parser.add_argument("--no-grad-error", dest="grad_error", action="store_false")
     parser.add_argument("--out", default=None, help="result folder (default runs/benchmarks-<timestamp>)")
     args = parser.parse_args(argv)
@@ -216,6 +283,7 @@ def main(argv=None) -> int:
     names = [n for n in args.workloads if n != "none"]
     try:
         from tqdm import tqdm
+
         names_iter = tqdm(names, desc="workloads")
     except ImportError:
         names_iter = names
@@ -226,8 +294,15 @@ def main(argv=None) -> int:
     # the graph keeps, and the device loop is adaptive only (every "+" variant)
     mem_fws = [f for f in fws if f != "diffrax" and "+" not in f]
     mem = memory_rows(mem_fws, args.memory_steps, args) if args.memory_steps else []
-    meta = {"device": args.device, "torch": torch.__version__, "threads": args.threads, "repeats": args.repeats,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"), "skipped": skipped, "argv": sys.argv[1:]}
+    meta = {
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "skipped": skipped,
+        "argv": sys.argv[1:],
+    }
     table = markdown(rows, mem, meta)
     print(table)
     out = args.out or os.path.join("runs", "benchmarks-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))

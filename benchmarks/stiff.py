@@ -8,6 +8,7 @@ blocks); on a GPU pass ``--device cuda``.
 
     python benchmarks/stiff.py [--quick] [--batch 1024] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,19 @@ def van_der_pol(t, y, mu=1000.0):
 
 def hires(t, y):
     y1, y2, y3, y4, y5, y6, y7, y8 = y.unbind(-1)
-    return torch.stack([
-        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007, 1.71 * y1 - 8.75 * y2,
-        -10.03 * y3 + 0.43 * y4 + 0.035 * y5, 8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-        -1.745 * y5 + 0.43 * y6 + 0.43 * y7, -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-        280.0 * y6 * y8 - 1.81 * y7, -280.0 * y6 * y8 + 1.81 * y7], -1)
+    return torch.stack(
+        [
+            -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+            1.71 * y1 - 8.75 * y2,
+            -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+            8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+            -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+            -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+            280.0 * y6 * y8 - 1.81 * y7,
+            -280.0 * y6 * y8 + 1.81 * y7,
+        ],
+        -1,
+    )
 
 
 PROBLEMS = {
@@ -50,13 +59,16 @@ def _np(f):
     def fn(t, y):
         with torch.no_grad():
             return f(torch.tensor(t, dtype=torch.float64), torch.from_numpy(np.ascontiguousarray(y))).numpy()
+
     return fn
 
 
 def _jac(f):
     def jac(t, y):
-        return torch.autograd.functional.jacobian(lambda z: f(torch.tensor(t, dtype=torch.float64), z),
-                                                  torch.from_numpy(np.ascontiguousarray(y))).numpy()
+        return torch.autograd.functional.jacobian(
+            lambda z: f(torch.tensor(t, dtype=torch.float64), z), torch.from_numpy(np.ascontiguousarray(y))
+        ).numpy()
+
     return jac
 
 
@@ -74,8 +86,16 @@ def run_problem(name, methods, rtol, atol, dopri_cap):
         el = time.perf_counter() - start
         ok = sol.status == hn.Status.SUCCESS
         err = float(np.max(np.abs(sol.ys.numpy() - ref) / (floor + np.abs(ref)))) if ok else float("nan")
-        rows.append((m, sol.stats.n_accepted, sol.stats.nfe, sol.stats.n_jacobian, el,
-                     err if ok else f"stopped at {dopri_cap} steps"))
+        rows.append(
+            (
+                m,
+                sol.stats.n_accepted,
+                sol.stats.nfe,
+                sol.stats.n_jacobian,
+                el,
+                err if ok else f"stopped at {dopri_cap} steps",
+            )
+        )
     for m in ("Radau", "BDF", "LSODA"):
         start = time.perf_counter()
         r = solve_ivp(_np(f), (0, t1), y0, method=m, rtol=rtol, atol=atol, t_eval=t.numpy(), jac=_jac(f))
@@ -95,8 +115,9 @@ def run_batched(batch, device, methods, rtol, atol):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        sol = hn.solve(van_der_pol, y0, t, solver=IMPLICIT_METHODS[m][0](),
-                       controller=hn.PIDController(rtol=rtol, atol=atol))
+        sol = hn.solve(
+            van_der_pol, y0, t, solver=IMPLICIT_METHODS[m][0](), controller=hn.PIDController(rtol=rtol, atol=atol)
+        )
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         el = time.perf_counter() - start
@@ -121,15 +142,20 @@ def main(argv=None):
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    methods = ["rodas5p", "kencarp4"] if args.quick else ["rodas5p", "rodas4", "rosenbrock23", "kencarp4",
-                                                         "kvaerno5", "trbdf2"]
+    methods = (
+        ["rodas5p", "kencarp4"]
+        if args.quick
+        else ["rodas5p", "rodas4", "rosenbrock23", "kencarp4", "kvaerno5", "trbdf2"]
+    )
     rtol, atol = (1e-5, 1e-8) if args.quick else (1e-6, 1e-10)
     for name in args.problems.split(","):
         a = atol if name != "vanderpol-1000" else rtol
         print_table(f"{name}, rtol={rtol}, atol={a}", run_problem(name, methods, rtol, a, dopri_cap=20000))
     if args.batch:
-        print_table(f"vanderpol-1000 batched x{args.batch} on {args.device}, t in [0, 100], rtol=atol={rtol}",
-                    run_batched(args.batch, args.device, methods, rtol, rtol))
+        print_table(
+            f"vanderpol-1000 batched x{args.batch} on {args.device}, t in [0, 100], rtol=atol={rtol}",
+            run_batched(args.batch, args.device, methods, rtol, rtol),
+        )
     return 0
 
 

@@ -1,9 +1,12 @@
-"""The benchmark workloads (mlp-fwd, mlp-train, conv-odenet, cnf-2d, memory-vs-steps): dynamics, initial states, losses and tolerances.
+"""The benchmark workloads (mlp-fwd, mlp-train, conv-odenet, cnf-2d, memory-vs-steps).
+
+Each gives its dynamics, initial states, losses and tolerances.
 
 Every framework gets the same weights (built from one numpy seed), the same initial state and the same
 tolerances. The dynamics accept a scalar time (torchdiffeq, hybrid_node) and a per-sample time vector
 (torchode), and count their evaluations.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +40,13 @@ class MLPField(Counted):
 
     def __init__(self, rng: np.random.Generator, width: int = 64, gain: float = 1.0):
         super().__init__()
-        self.net = nn.Sequential(_linear(rng, 2, width, gain), nn.Tanh(), _linear(rng, width, width, gain), nn.Tanh(),
-                                 _linear(rng, width, 2, gain))
+        self.net = nn.Sequential(
+            _linear(rng, 2, width, gain),
+            nn.Tanh(),
+            _linear(rng, width, width, gain),
+            nn.Tanh(),
+            _linear(rng, width, 2, gain),
+        )
 
     def forward(self, t, y):
         self.nfe += 1
@@ -60,8 +68,15 @@ class CNFField(Counted):
 
     def __init__(self, rng: np.random.Generator, width: int = 64):
         super().__init__()
-        self.net = nn.Sequential(_linear(rng, 3, width), nn.Tanh(), _linear(rng, width, width), nn.Tanh(),
-                                 _linear(rng, width, width), nn.Tanh(), _linear(rng, width, 2))
+        self.net = nn.Sequential(
+            _linear(rng, 3, width),
+            nn.Tanh(),
+            _linear(rng, width, width),
+            nn.Tanh(),
+            _linear(rng, width, width),
+            nn.Tanh(),
+            _linear(rng, width, 2),
+        )
 
     def forward(self, t, y):
         self.nfe += 1
@@ -140,8 +155,9 @@ class Workload:
     step_size: float | None = None
 
 
-def mlp_problem(seed: int = 0, batch: int = 512, gain: float = 1.0, t_end: float = 5.0, device="cpu",
-                dtype=torch.float32):
+def mlp_problem(
+    seed: int = 0, batch: int = 512, gain: float = 1.0, t_end: float = 5.0, device="cpu", dtype=torch.float32
+):
     """The mlp field, y0 ~ N(0, 1) of shape (batch, 2), 50 times on [0, t_end] and fixed MSE targets."""
     rng = np.random.default_rng(seed)
     field = MLPField(rng, gain=gain).to(device, dtype)
@@ -155,8 +171,9 @@ def make(name: str, device="cpu", batch: int | None = None) -> Workload:
     """Build the workload ``name`` (see :data:`WORKLOADS`) on ``device``."""
     if name.startswith("mlp"):
         hard = name.startswith("mlp-hard")
-        field, y0, t, target = mlp_problem(batch=batch or 512, gain=2.5 if hard else 1.0,
-                                           t_end=20.0 if hard else 5.0, device=device)
+        field, y0, t, target = mlp_problem(
+            batch=batch or 512, gain=2.5 if hard else 1.0, t_end=20.0 if hard else 5.0, device=device
+        )
         mode = name.split("-")[-1]
         loss = None if mode == "fwd" else (lambda ys: (ys - target).pow(2).mean())
         return Workload(name, field, y0, t, 1e-5, 1e-6, mode, loss)
@@ -168,8 +185,9 @@ def make(name: str, device="cpu", batch: int | None = None) -> Workload:
         target = torch.from_numpy(rng.standard_normal(shape)).float().to(device)
         mode = name.split("-")[-1]
         loss = None if mode == "fwd" else (lambda ys: (ys[-1] - target).pow(2).mean())
-        return Workload(name, field, y0, torch.tensor([0.0, 1.0], device=device), 1e-3, 1e-3, mode, loss,
-                        per_sample_ok=False)
+        return Workload(
+            name, field, y0, torch.tensor([0.0, 1.0], device=device), 1e-3, 1e-3, mode, loss, per_sample_ok=False
+        )
     if name.startswith("cnf"):
         rng = np.random.default_rng(2)
         b = batch or 1024
@@ -185,11 +203,19 @@ def make(name: str, device="cpu", batch: int | None = None) -> Workload:
             logp_z = -0.5 * z1.pow(2).sum(1) - np.log(2 * np.pi)
             return -(logp_z - delta).mean()
 
-        return Workload(name, field, y0, torch.tensor([0.0, 1.0], device=device), 1e-5, 1e-5,
-                        name.split("-")[-1], nll)
+        return Workload(name, field, y0, torch.tensor([0.0, 1.0], device=device), 1e-5, 1e-5, name.split("-")[-1], nll)
     raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
 
 
 #: workload names in the order of the README table (the "-hard" one is the harder mlp setting)
-WORKLOADS = ("mlp-fwd", "mlp-hard-fwd", "mlp-train-direct", "mlp-train-adjoint", "conv-fwd", "conv-direct",
-             "conv-adjoint", "cnf-direct", "cnf-adjoint")
+WORKLOADS = (
+    "mlp-fwd",
+    "mlp-hard-fwd",
+    "mlp-train-direct",
+    "mlp-train-adjoint",
+    "conv-fwd",
+    "conv-direct",
+    "conv-adjoint",
+    "cnf-direct",
+    "cnf-adjoint",
+)

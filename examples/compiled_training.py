@@ -6,6 +6,7 @@ prints the time per iteration and the final losses (equal up to rounding).
 
 Run: python examples/compiled_training.py
 """
+
 import time
 
 import torch
@@ -48,5 +49,6 @@ def train(options, iters=30):
 for name, options in (("eager", {}), ("compiled", {"compile": True})):
     loss, times = train(options)
     steady = sorted(times[1:])[len(times[1:]) // 2]
-    print(f"{name:9s} first iteration {times[0]:6.2f} s, then {1e3 * steady:6.1f} ms per iteration, "
-          f"final loss {loss:.5f}")
+    print(
+        f"{name:9s} first iteration {times[0]:6.2f} s, then {1e3 * steady:6.1f} ms per iteration, final loss {loss:.5f}"
+    )

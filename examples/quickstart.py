@@ -2,6 +2,7 @@
 
 Run: python examples/quickstart.py
 """
+
 import torch
 
 import hybrid_node as hn
@@ -28,8 +29,9 @@ print("rk4, step 0.01: max error", f"{(ys_rk4 - exact).abs().max():.2e}")
 
 # 2. solve: solver and step-size controller as objects; the Solution carries stats and status
 sol = hn.solve(field, y0, t, solver=hn.Tsit5(), controller=hn.PIDController(rtol=1e-8, atol=1e-10))
-print("solve:", sol.status.name, "nfe", sol.stats.nfe, "accepted", sol.stats.n_accepted,
-      "rejected", sol.stats.n_rejected)
+print(
+    "solve:", sol.status.name, "nfe", sol.stats.nfe, "accepted", sol.stats.n_accepted, "rejected", sol.stats.n_rejected
+)
 
 # Failures are errors that name the time reached, or a status with throw=False
 try:

@@ -2,6 +2,7 @@
 
 The same as `hybrid-node demo`; run: python examples/spiral_demo.py [--iters N] [--out DIR]
 """
+
 import argparse
 
 from hybrid_node.experiments import spiral_demo

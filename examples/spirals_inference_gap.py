@@ -6,6 +6,7 @@ spiral (dynamics and decoder frozen). See `hybrid_node.experiments.spirals.infer
 
 Run: python examples/spirals_inference_gap.py RUN_FOLDER N [--series 200]
 """
+
 import argparse
 import dataclasses
 import json

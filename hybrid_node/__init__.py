@@ -1,4 +1,5 @@
 """hybrid_node: Neural ODEs in PyTorch with torch and Julia backends."""
+
 from . import nn as nn
 from ._api import DenseSolution as DenseSolution
 from ._api import odeint as odeint

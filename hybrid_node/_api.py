@@ -1,9 +1,11 @@
 """Public entry points: validate once, build solver/controller/sensitivity objects, dispatch on backend."""
+
 from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -12,18 +14,40 @@ from ._errors import BackendError, SolverError, Status
 from ._problem import Problem, all_finite, integrate, make_problem
 from ._solution import Solution, State
 from .controllers import ConstantStepSize, PIDController
-from .sensitivity.settings import (BacksolveAdjoint, DirectBackprop, GaussAdjoint, InterpolatingAdjoint,
-                                   QuadratureAdjoint)
+from .sensitivity.settings import (
+    BacksolveAdjoint,
+    DirectBackprop,
+    GaussAdjoint,
+    InterpolatingAdjoint,
+    QuadratureAdjoint,
+)
 from .solvers import METHODS, ScipySolver
 from .solvers.implicit import IMPLICIT_METHODS
 
-ADAPTIVE_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_num_steps", "step_t", "jump_t", "norm",
-                    "dtype", "min_step", "max_step", "pcoeff", "icoeff", "dcoeff", "per_sample", "compile",
-                    "device_loop", "sync_every")
+ADAPTIVE_OPTIONS = (
+    "first_step",
+    "safety",
+    "ifactor",
+    "dfactor",
+    "max_num_steps",
+    "step_t",
+    "jump_t",
+    "norm",
+    "dtype",
+    "min_step",
+    "max_step",
+    "pcoeff",
+    "icoeff",
+    "dcoeff",
+    "per_sample",
+    "compile",
+    "device_loop",
+    "sync_every",
+)
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile")
 
 
-def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rtol, atol):
+def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
     """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
 
     Returns:
@@ -44,7 +68,9 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
         valid = solver_keys + ("dtype",)
         unknown = set(options) - set(valid)
         if unknown:
-            raise ValueError(f"Unknown options {sorted(unknown)} for method 'scipy_solver'. Valid options: {list(valid)}.")
+            raise ValueError(
+                f"Unknown options {sorted(unknown)} for method 'scipy_solver'. Valid options: {list(valid)}."
+            )
         return solver, PIDController(rtol=rtol, atol=atol), {"t_dtype": options.get("dtype")}
     if method in ("implicit_adams", "fixed_adams"):
         solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
@@ -55,23 +81,31 @@ def build_solver(method: Optional[str], options: Optional[Mapping[str, Any]], rt
     extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": ()}
     if options.pop("compile", False):
         if not hasattr(solver, "compiled"):
-            raise ValueError(f"options['compile'] is available for the explicit Runge-Kutta methods only, not "
-                             f"{method!r}; drop the option for this method.")
+            raise ValueError(
+                f"options['compile'] is available for the explicit Runge-Kutta methods only, not "
+                f"{method!r}; drop the option for this method."
+            )
         solver = solver.compiled()
     if solver.adaptive:
         valid = ADAPTIVE_OPTIONS + solver_keys
         unknown = set(options) - set(valid)
         if unknown:
-            raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}.")
+            raise ValueError(
+                f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
+            )
         for key in ("jump_t", "step_t"):
             if key in options:
-                extras[key] = tuple(float(x) for x in torch.as_tensor(options.pop(key), dtype=torch.float64).reshape(-1))
+                extras[key] = tuple(
+                    float(x) for x in torch.as_tensor(options.pop(key), dtype=torch.float64).reshape(-1)
+                )
         controller = PIDController(rtol=rtol, atol=atol, **options)
     else:
         valid = FIXED_OPTIONS + solver_keys
         unknown = set(options) - set(valid)
         if unknown:
-            raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}.")
+            raise ValueError(
+                f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
+            )
         if "step_size" in options and options["step_size"] is not None:
             options["step_size"] = float(options["step_size"])
         controller = ConstantStepSize(**options)
@@ -87,21 +121,35 @@ def _finish(problem: Problem, integration, throw: bool) -> Solution:
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
         if throw:
             sgn = -1.0 if problem.reverse else 1.0
-            raise SolverError(Status.NONFINITE, sgn * t_bad,
-                              f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}")
+            raise SolverError(
+                Status.NONFINITE,
+                sgn * t_bad,
+                f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}",
+            )
         status = Status.NONFINITE
     t_final = None
     if integration.event_t is not None:
         te = -integration.event_t if problem.reverse else integration.event_t
         t_final = torch.tensor(te, dtype=problem.t.dtype, device=problem.t.device)
-    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=integration.stats, status=status,
-                    t_final=t_final)
+    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=integration.stats, status=status, t_final=t_final)
 
 
-def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensitivity=None, backend: Optional[str] = None,
-          adjoint_params: Optional[Sequence[torch.Tensor]] = None, event_fn: Optional[Callable] = None,
-          jump_t: Sequence[float] = (), step_t: Sequence[float] = (), t_dtype: Optional[torch.dtype] = None,
-          throw: bool = True) -> Solution:
+def solve(
+    func: Callable,
+    y0: State,
+    t,
+    *,
+    solver=None,
+    controller=None,
+    sensitivity=None,
+    backend: str | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    event_fn: Callable | None = None,
+    jump_t: Sequence[float] = (),
+    step_t: Sequence[float] = (),
+    t_dtype: torch.dtype | None = None,
+    throw: bool = True,
+) -> Solution:
     """Solve dy/dt = func(t, y) from y(t[0]) = y0 and return the states at every time in ``t``.
 
     Args:
@@ -141,17 +189,24 @@ def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensiti
         solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
     sensitivity = DirectBackprop() if sensitivity is None else sensitivity
     if isinstance(sensitivity, (GaussAdjoint, QuadratureAdjoint)):
-        raise BackendError(f"{type(sensitivity).__name__} exists only on the Julia backend; on the torch backend use "
-                           "BacksolveAdjoint, InterpolatingAdjoint or DirectBackprop.")
+        raise BackendError(
+            f"{type(sensitivity).__name__} exists only on the Julia backend; on the torch backend use "
+            "BacksolveAdjoint, InterpolatingAdjoint or DirectBackprop."
+        )
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
     if isinstance(solver, ScipySolver):
         if event_fn is not None:
             raise BackendError("scipy_solver does not support events; use an adaptive torch solver such as 'dopri5'.")
         if not isinstance(sensitivity, DirectBackprop):
-            raise BackendError("scipy_solver computes no gradients, so it cannot be used with an adjoint; use a torch "
-                               "solver such as 'dopri5'.")
-        params = tuple(adjoint_params) if adjoint_params is not None else (
-            tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
+            raise BackendError(
+                "scipy_solver computes no gradients, so it cannot be used with an adjoint; use a torch "
+                "solver such as 'dopri5'."
+            )
+        params = (
+            tuple(adjoint_params)
+            if adjoint_params is not None
+            else (tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
+        )
         term = problem.term()
         ys = solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
         from ._solution import Stats
@@ -161,8 +216,10 @@ def solve(func: Callable, y0: State, t, *, solver=None, controller=None, sensiti
         from .sensitivity.adjoint import solve_adjoint
 
         if getattr(controller, "per_sample", False):
-            raise ValueError("per-sample step control is not available with the adjoint methods; use "
-                             "sensitivity=DirectBackprop() or drop per_sample.")
+            raise ValueError(
+                "per-sample step control is not available with the adjoint methods; use "
+                "sensitivity=DirectBackprop() or drop per_sample."
+            )
 
         return solve_adjoint(problem, sensitivity, adjoint_params, event_fn=event_fn, throw=throw)
     if not isinstance(sensitivity, DirectBackprop):
@@ -193,13 +250,31 @@ def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, e
         rtol, atol = PIDController.rtol, PIDController.atol
         if controller.step_size is not None:
             options["step_size"] = controller.step_size
-    return julia_backend.solve(func, y0, t, method=solver.name, rtol=rtol, atol=atol, options=options,
-                               sensitivity=sensitivity, adjoint_params=adjoint_params)
+    return julia_backend.solve(
+        func,
+        y0,
+        t,
+        method=solver.name,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        sensitivity=sensitivity,
+        adjoint_params=adjoint_params,
+    )
 
 
-def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None,
-           options: Optional[Mapping[str, Any]] = None, event_fn: Optional[Callable] = None,
-           backend: Optional[str] = None):
+def odeint(
+    func: Callable,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    rtol=1e-7,
+    atol=1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    event_fn: Callable | None = None,
+    backend: str | None = None,
+):
     """Integrate an ODE; a drop-in replacement for ``torchdiffeq.odeint``.
 
     Args:
@@ -230,17 +305,45 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensiti
 
         if event_fn is not None:
             raise BackendError("events are only available on the torch backend; use backend='torch'.")
-        return julia_backend.solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=dict(options or {}),
-                                   sensitivity=sensitivity, adjoint_params=adjoint_params).ys
+        return julia_backend.solve(
+            func,
+            y0,
+            t,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            options=dict(options or {}),
+            sensitivity=sensitivity,
+            adjoint_params=adjoint_params,
+        ).ys
     solver, controller, extras = build_solver(method, options, rtol, atol)
-    sol = solve(func, y0, t, solver=solver, controller=controller, sensitivity=sensitivity, backend="torch",
-                adjoint_params=adjoint_params, event_fn=event_fn, jump_t=extras.get("jump_t", ()),
-                step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
+    sol = solve(
+        func,
+        y0,
+        t,
+        solver=solver,
+        controller=controller,
+        sensitivity=sensitivity,
+        backend="torch",
+        adjoint_params=adjoint_params,
+        event_fn=event_fn,
+        jump_t=extras.get("jump_t", ()),
+        step_t=extras.get("step_t", ()),
+        t_dtype=extras.get("t_dtype"),
+    )
     return (sol.t_final, sol.ys) if event_fn is not None else sol.ys
 
 
-def odeint_event(func: Callable, y0: State, t0, *, event_fn: Callable, reverse_time: bool = False,
-                 odeint_interface: Callable = odeint, **kwargs):
+def odeint_event(
+    func: Callable,
+    y0: State,
+    t0,
+    *,
+    event_fn: Callable,
+    reverse_time: bool = False,
+    odeint_interface: Callable = odeint,
+    **kwargs,
+):
     """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
 
     Args:
@@ -292,8 +395,17 @@ class DenseSolution:
         return ys
 
 
-def odeint_dense(func: Callable, y0: State, t0, t1, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None,
-                 options: Optional[Mapping[str, Any]] = None) -> DenseSolution:
+def odeint_dense(
+    func: Callable,
+    y0: State,
+    t0,
+    t1,
+    *,
+    rtol=1e-7,
+    atol=1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> DenseSolution:
     """Solve on [t0, t1] and return the continuous solution (the solver's dense output) as a callable.
 
     Returns:
@@ -301,19 +413,39 @@ def odeint_dense(func: Callable, y0: State, t0, t1, *, rtol=1e-7, atol=1e-9, met
     """
     solver, controller, extras = build_solver(method, options, rtol, atol)
     t = torch.tensor([float(t0), float(t1)], dtype=torch.float64)
-    problem = make_problem(func, y0, t, solver, controller, t_dtype=extras.get("t_dtype"),
-                           jump_t=extras.get("jump_t", ()), step_t=extras.get("step_t", ()))
+    problem = make_problem(
+        func,
+        y0,
+        t,
+        solver,
+        controller,
+        t_dtype=extras.get("t_dtype"),
+        jump_t=extras.get("jump_t", ()),
+        step_t=extras.get("step_t", ()),
+    )
     if isinstance(solver, ScipySolver):
         raise ValueError("odeint_dense needs a torch solver; scipy_solver has no dense output here.")
     integration = integrate(problem, problem.term(), problem.y0, problem.ts, dense=True)
     return DenseSolution(problem, integration.segments, integration.stats)
 
 
-def odeint_adjoint(func: Callable, y0: State, t: torch.Tensor, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None,
-                   options: Optional[Mapping[str, Any]] = None, event_fn: Optional[Callable] = None,
-                   adjoint_rtol: Optional[float] = None, adjoint_atol: Optional[float] = None,
-                   adjoint_method: Optional[str] = None, adjoint_options: Optional[Mapping[str, Any]] = None,
-                   adjoint_params: Optional[Sequence[torch.Tensor]] = None, backend: Optional[str] = None):
+def odeint_adjoint(
+    func: Callable,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    rtol=1e-7,
+    atol=1e-9,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    event_fn: Callable | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: Mapping[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    backend: str | None = None,
+):
     """``odeint`` with gradients by the adjoint method (O(1) memory), as ``torchdiffeq.odeint_adjoint``.
 
     Args:
@@ -330,12 +462,15 @@ def odeint_adjoint(func: Callable, y0: State, t: torch.Tensor, *, rtol=1e-7, ato
         ValueError: ``func`` is not an nn.Module and no ``adjoint_params`` were given.
     """
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
-        raise ValueError("func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "
-                         "the tensors to differentiate (an empty tuple if none).")
+        raise ValueError(
+            "func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "
+            "the tensors to differentiate (an empty tuple if none)."
+        )
     adj_opts = dict(adjoint_options or {})
     norm = adj_opts.pop("norm", "default")
     if not isinstance(norm, str):
         raise ValueError("adjoint_options['norm'] must be 'default' or 'seminorm'.")
-    sensitivity = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
-                                   options=adj_opts or None, norm=norm)
+    sensitivity = BacksolveAdjoint(
+        rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adj_opts or None, norm=norm
+    )
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params)

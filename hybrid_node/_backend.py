@@ -1,9 +1,10 @@
 """The process-wide default backend: the one global setting of the library."""
+
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 BACKENDS = ("torch", "julia")
 _ENV = "HYBRID_NODE_BACKEND"

@@ -1,4 +1,5 @@
 """Status codes and exception types shared by every backend."""
+
 from __future__ import annotations
 
 import enum

@@ -1,8 +1,10 @@
 """Validated inputs of one solve, in the form the loops use (flat state, increasing host times)."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -10,7 +12,6 @@ from ._term import Term, TupleLayout
 from .backends.torch_backend import Integration, integrate_adaptive, integrate_fixed
 from .controllers import ConstantStepSize, PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
-
 
 MAX_EVENT_GRID_STEPS = 10**6  # a fixed-grid event solve gives up after this many steps
 
@@ -49,7 +50,7 @@ def check_times(t) -> torch.Tensor:
     return t
 
 
-def check_state(y0) -> Tuple[torch.Tensor, Optional[TupleLayout]]:
+def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
     """Validate the initial state; returns the flat state and the tuple layout (None for a tensor)."""
     tensors = y0 if isinstance(y0, (tuple, list)) else (y0,)
     if len(tensors) == 0:
@@ -70,19 +71,25 @@ def check_state(y0) -> Tuple[torch.Tensor, Optional[TupleLayout]]:
     return y0, None
 
 
-def _tolerance(tol, layout: Optional[TupleLayout], like: torch.Tensor):
+def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor):
     if isinstance(tol, (int, float)):
         return float(tol)
     if layout is not None and isinstance(tol, (tuple, list)):
         if len(tol) != len(layout.shapes):
             raise ValueError(f"a tolerance tuple needs one entry per state tensor ({len(layout.shapes)}).")
-        return torch.cat([torch.as_tensor(v, dtype=like.dtype, device=like.device).expand(s).reshape(-1)
-                          for v, s in zip(tol, layout.shapes)])
+        return torch.cat(
+            [
+                torch.as_tensor(v, dtype=like.dtype, device=like.device).expand(s).reshape(-1)
+                for v, s in zip(tol, layout.shapes)
+            ]
+        )
     tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
     try:
         torch.broadcast_shapes(tol.shape, like.shape)
     except RuntimeError:
-        raise ValueError(f"a tolerance of shape {tuple(tol.shape)} does not broadcast to the state {tuple(like.shape)}.")
+        raise ValueError(  # noqa: B904 - the broadcast error adds nothing
+            f"a tolerance of shape {tuple(tol.shape)} does not broadcast to the state {tuple(like.shape)}."
+        )
     return tol
 
 
@@ -99,7 +106,7 @@ class Problem:
 
     func: Callable
     y0: torch.Tensor
-    layout: Optional[TupleLayout]
+    layout: TupleLayout | None
     t: torch.Tensor
     ts: list
     reverse: bool
@@ -112,7 +119,7 @@ class Problem:
     step_t: Sequence[float] = ()
     t_dtype: torch.dtype = torch.float64
 
-    def term(self, func: Optional[Callable] = None) -> Term:
+    def term(self, func: Callable | None = None) -> Term:
         return Term(self.func if func is None else func, self.y0, self.t_dtype, self.layout, self.reverse)
 
     def unflatten(self, ys: torch.Tensor):
@@ -143,13 +150,34 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             norm = lambda x: torch.stack([_rms(x[..., s]) for s in parts]).max()  # noqa: E731
     if t_dtype is None:
         t_dtype = t.dtype
-    return Problem(func, flat, layout, t, ts, reverse, solver, controller, rtol, atol, norm,
-                   tuple(sorted(sgn * float(x) for x in jump_t)), tuple(sorted(sgn * float(x) for x in step_t)),
-                   t_dtype)
+    return Problem(
+        func,
+        flat,
+        layout,
+        t,
+        ts,
+        reverse,
+        solver,
+        controller,
+        rtol,
+        atol,
+        norm,
+        tuple(sorted(sgn * float(x) for x in jump_t)),
+        tuple(sorted(sgn * float(x) for x in step_t)),
+        t_dtype,
+    )
 
 
-def integrate(problem: Problem, term: Term, y0: torch.Tensor, ts: Sequence[float], *, event_fn=None,
-              dense: bool = False, throw: bool = True) -> Integration:
+def integrate(
+    problem: Problem,
+    term: Term,
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    event_fn=None,
+    dense: bool = False,
+    throw: bool = True,
+) -> Integration:
     """Run the loop that fits the problem's controller on the given term, state and times."""
     ctrl = problem.controller
     if isinstance(ctrl, ConstantStepSize):
@@ -164,8 +192,9 @@ def integrate(problem: Problem, term: Term, y0: torch.Tensor, ts: Sequence[float
         from .backends.device_loop import check_device_loop, integrate_device
 
         check_device_loop(problem, event_fn)
-        return integrate_device(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,
-                                norm=problem.norm, throw=throw)
+        return integrate_device(
+            term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, norm=problem.norm, throw=throw
+        )
     if getattr(ctrl, "per_sample", False):
         from .backends.per_sample import check_per_sample, integrate_per_sample
 
@@ -174,8 +203,21 @@ def integrate(problem: Problem, term: Term, y0: torch.Tensor, ts: Sequence[float
             raise ValueError("compiled steps cannot be combined with per_sample step control; drop one of them.")
         if dense:
             raise ValueError("per_sample has no dense output over the whole interval; use the shared-step solver.")
-        return integrate_per_sample(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,
-                                    throw=throw)
-    return integrate_adaptive(term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol,
-                              norm=problem.norm, jump_t=problem.jump_t, step_t=problem.step_t,
-                              event_fn=event_fn, dense=dense, throw=throw)
+        return integrate_per_sample(
+            term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, throw=throw
+        )
+    return integrate_adaptive(
+        term,
+        problem.solver,
+        ctrl,
+        y0,
+        ts,
+        rtol=problem.rtol,
+        atol=problem.atol,
+        norm=problem.norm,
+        jump_t=problem.jump_t,
+        step_t=problem.step_t,
+        event_fn=event_fn,
+        dense=dense,
+        throw=throw,
+    )

@@ -1,14 +1,15 @@
 """What a solve returns."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple, Union
+from typing import Union
 
 import torch
 
 from ._errors import Status
 
-State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 
 @dataclasses.dataclass
@@ -49,5 +50,5 @@ class Solution:
     ys: State
     stats: Stats
     status: Status = Status.SUCCESS
-    t_final: Optional[torch.Tensor] = None
-    interpolant: Optional[object] = None
+    t_final: torch.Tensor | None = None
+    interpolant: object | None = None

@@ -1,12 +1,12 @@
 """The vector field as the solver sees it: a flat tensor state, float times, evaluation counting."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-
 
 _EPS = 2.220446049250313e-16
 
@@ -21,12 +21,14 @@ class TupleLayout:
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
 
-    def unflatten(self, flat: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split the trailing dimension of ``flat`` (shape (..., N)) into the tuple's shapes."""
         lead = flat.shape[:-1]
-        return tuple(p.reshape(tuple(lead) + tuple(s)) for p, s in zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
+        return tuple(
+            p.reshape(tuple(lead) + tuple(s)) for p, s in zip(torch.split(flat, self.sizes, dim=-1), self.shapes)
+        )
 
-    def slices(self) -> List[slice]:
+    def slices(self) -> list[slice]:
         out, start = [], 0
         for n in self.sizes:
             out.append(slice(start, start + n))
@@ -34,8 +36,9 @@ class TupleLayout:
         return out
 
 
-def apply_field(func: Callable, layout: Optional[TupleLayout], tt: torch.Tensor, y: torch.Tensor,
-                check: bool = False) -> torch.Tensor:
+def apply_field(
+    func: Callable, layout: TupleLayout | None, tt: torch.Tensor, y: torch.Tensor, check: bool = False
+) -> torch.Tensor:
     """``func(tt, y)`` on a flat state: tuple states are unpacked for ``func`` and its output packed again.
 
     Args:
@@ -81,8 +84,14 @@ class Term:
         reverse: solve backwards: the solver's time s maps to t = -s and the field to -f(-s, y).
     """
 
-    def __init__(self, func: Callable, y0: torch.Tensor, t_dtype: torch.dtype, layout: Optional[TupleLayout] = None,
-                 reverse: bool = False):
+    def __init__(
+        self,
+        func: Callable,
+        y0: torch.Tensor,
+        t_dtype: torch.dtype,
+        layout: TupleLayout | None = None,
+        reverse: bool = False,
+    ):
         self.func = func
         self.layout = layout
         self.reverse = reverse
@@ -94,7 +103,7 @@ class Term:
         self.n_jacobian = 0  # Jacobian evaluations, counted by the implicit solvers
         # When set (by the loops, for one step that ends at a jump), evaluations at this solver time
         # take the left limit: the field just before the jump, as the step's own formula needs.
-        self.left_limit_at: Optional[float] = None
+        self.left_limit_at: float | None = None
         self._checked = False
         self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
 

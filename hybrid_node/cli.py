@@ -4,12 +4,13 @@ Each subcommand lives in its own module, which defines ``HELP`` (one line), ``ad
 and ``run(args) -> int``. Only the module of the subcommand that runs is imported, so ``--help`` and
 light subcommands start fast.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 #: subcommand -> (module, one-line summary shown by ``hybrid-node --help``)
 SUBCOMMANDS = {
@@ -24,7 +25,7 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; the options of ``command`` (if given) are loaded from its module."""
     parser = argparse.ArgumentParser(prog="hybrid-node", description="Neural ODE experiments and tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,7 +40,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)

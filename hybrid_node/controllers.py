@@ -3,11 +3,13 @@
 References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, initial step);
 G. Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29 (2003) (PI/PID control).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -24,8 +26,8 @@ class ConstantStepSize:
             fields with jumps at grid points); passes ``perturb=`` to the user's function.
     """
 
-    step_size: Optional[float] = None
-    grid_constructor: Optional[Callable] = None
+    step_size: float | None = None
+    grid_constructor: Callable | None = None
     interp: str = "linear"
     perturb: bool = False
 
@@ -87,11 +89,11 @@ class PIDController:
     safety: float = 0.9
     ifactor: float = 10.0
     dfactor: float = 0.2
-    first_step: Optional[float] = None
+    first_step: float | None = None
     min_step: float = 0.0
     max_step: float = math.inf
     max_num_steps: int = 2**31 - 1
-    norm: Optional[Callable] = None
+    norm: Callable | None = None
     per_sample: bool = False
     device_loop: bool = False
     sync_every: int = 8
@@ -99,8 +101,14 @@ class PIDController:
     def __post_init__(self):
         for name in ("rtol", "atol"):
             v = getattr(self, name)
-            values = v.detach().reshape(-1).tolist() if isinstance(v, torch.Tensor) else (
-                [x for part in v for x in torch.as_tensor(part).reshape(-1).tolist()] if isinstance(v, (tuple, list)) else [v]
+            values = (
+                v.detach().reshape(-1).tolist()
+                if isinstance(v, torch.Tensor)
+                else (
+                    [x for part in v for x in torch.as_tensor(part).reshape(-1).tolist()]
+                    if isinstance(v, (tuple, list))
+                    else [v]
+                )
             )
             if any(not (isinstance(x, (int, float)) and x >= 0 and math.isfinite(x)) for x in values):
                 raise ValueError(f"{name} must be finite and non-negative, got {v!r}.")
@@ -117,14 +125,15 @@ class PIDController:
         if not isinstance(self.device_loop, bool):
             raise ValueError(f"device_loop must be True or False, got {self.device_loop!r}.")
         if isinstance(self.sync_every, bool) or not (isinstance(self.sync_every, int) and self.sync_every > 0):
-            raise ValueError(f"sync_every must be a positive int (step attempts per host check), "
-                             f"got {self.sync_every!r}.")
+            raise ValueError(
+                f"sync_every must be a positive int (step attempts per host check), got {self.sync_every!r}."
+            )
 
-    def init(self) -> Tuple[float, float]:
+    def init(self) -> tuple[float, float]:
         """Controller state: the previous two error ratios."""
         return (1.0, 1.0)
 
-    def exponents(self, error_order: int) -> Tuple[float, float, float]:
+    def exponents(self, error_order: int) -> tuple[float, float, float]:
         """The PID formula's exponents (-b1 / k, -b2 / k, -b3 / k) for a method of the given error order."""
         k = error_order + 1
         b1 = self.pcoeff + self.icoeff + self.dcoeff
@@ -132,7 +141,7 @@ class PIDController:
         b3 = self.dcoeff
         return -b1 / k, -b2 / k, -b3 / k
 
-    def adapt(self, dt: float, ratio: float, accepted: bool, state: Tuple[float, float], error_order: int):
+    def adapt(self, dt: float, ratio: float, accepted: bool, state: tuple[float, float], error_order: int):
         """Return the next step size and controller state after a step with error ratio ``ratio``."""
         r = max(ratio, 1e-10)
         if not math.isfinite(ratio):

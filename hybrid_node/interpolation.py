@@ -1,8 +1,9 @@
 """Dense output inside one accepted step: y(t0 + theta * dt) for theta in [0, 1]."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -68,9 +69,9 @@ class PolynomialInterpolant:
     """
 
     y0: torch.Tensor
-    ks: Tuple[torch.Tensor, ...]
+    ks: tuple[torch.Tensor, ...]
     dt: float
-    coeffs: Tuple[Tuple[float, ...], ...]
+    coeffs: tuple[tuple[float, ...], ...]
 
     def __call__(self, theta: float) -> torch.Tensor:
         weights = [sum(c * theta ** (p + 1) for p, c in enumerate(row)) for row in self.coeffs]
@@ -106,8 +107,15 @@ class HermiteInterpolant:
     def many(self, thetas: Sequence[float]) -> torch.Tensor:
         """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
         th = np.asarray(thetas, dtype=np.float64)
-        w = np.stack([(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th), th * (1 - th) ** 2 * self.dt,
-                      th**2 * (th - 1) * self.dt], axis=1)
+        w = np.stack(
+            [
+                (1 + 2 * th) * (1 - th) ** 2,
+                th**2 * (3 - 2 * th),
+                th * (1 - th) ** 2 * self.dt,
+                th**2 * (th - 1) * self.dt,
+            ],
+            axis=1,
+        )
         return combine_rows(None, 1.0, w, (self.y0, self.y1, self.f0, self.f1))
 
 

@@ -1,4 +1,5 @@
 """The tiny Neural ODE shared by tests/test_distributed.py and its torchrun worker."""
+
 import torch
 from torch import nn
 
@@ -37,8 +38,15 @@ class ODEModel(nn.Module):
 
     def forward(self, y0):
         solver, controller, sensitivity = CASES[self.case]
-        sol = hn.solve(self.func, y0, T, solver=solver(), controller=controller(), sensitivity=sensitivity(),
-                       adjoint_params=tuple(self.func.parameters()))
+        sol = hn.solve(
+            self.func,
+            y0,
+            T,
+            solver=solver(),
+            controller=controller(),
+            sensitivity=sensitivity(),
+            adjoint_params=tuple(self.func.parameters()),
+        )
         return sol.ys
 
 

@@ -3,6 +3,7 @@
 Launched by torchrun; every rank solves its half of a fixed batch with each gradient method and
 saves the all-reduced gradients to ``<out>/grads_rank<r>.pt``.
 """
+
 import argparse
 import os
 import sys

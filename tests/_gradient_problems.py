@@ -1,4 +1,5 @@
 """Problems and helpers shared by the gradient tests (float64 throughout)."""
+
 from __future__ import annotations
 
 import torch

@@ -9,6 +9,7 @@ Algorithm 1, with the forward trajectory interpolated instead of recomputed).
 The MLP of the native path is evaluated with the Julia module's formula,
 W = transpose(reshape(theta[r], in, out)), in numpy, and differentiated by hand.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -113,12 +114,13 @@ class StandinEngine:
             gu, gp = mlp_vjp(problem, theta, x.reshape(shape, order="F"), t, lam.reshape(shape, order="F"))
             return gu.reshape(-1, order="F"), gp
         out = np.asarray(problem.vjp(lam.copy(), x.copy(), t), dtype=float)
-        return out[: problem.n_state], out[problem.n_state:]
+        return out[: problem.n_state], out[problem.n_state :]
 
     def forward(self, problem, u0, theta, ts, config):
         assert u0.ndim == 2, "the engine receives the Julia (D, B) layout"
-        self.forward_calls.append(dict(problem=problem, u0=np.array(u0), theta=np.array(theta),
-                                       ts=np.array(ts), config=config))
+        self.forward_calls.append(
+            dict(problem=problem, u0=np.array(u0), theta=np.array(theta), ts=np.array(ts), config=config)
+        )
         shape = u0.shape
         x0 = np.asarray(u0, dtype=float).reshape(-1, order="F")
         kw = dict(rtol=config.rtol, atol=config.atol, dense_output=True, t_eval=ts)
@@ -128,14 +130,18 @@ class StandinEngine:
             method = "Radau"
         else:
             method = "DOP853"
-        sol = solve_ivp(lambda t, x: self._f(problem, theta, shape, x, t), (ts[0], ts[-1]), x0,
-                        method=method, **kw)
+        sol = solve_ivp(lambda t, x: self._f(problem, theta, shape, x, t), (ts[0], ts[-1]), x0, method=method, **kw)
         ys = sol.y.reshape(shape + (len(ts),), order="F") if sol.success else np.zeros(shape + (0,))
         stats = Stats(nfe=int(sol.nfev), n_accepted=max(0, len(sol.t) - 1), n_jacobian=int(sol.njev))
         handle = _Handle(problem, np.array(theta, dtype=float), np.array(ts, dtype=float), sol.sol, shape, config)
-        return ForwardOutput(ys=ys, handle=handle, success=bool(sol.success),
-                             retcode="Success" if sol.success else "MaxIters",
-                             t_final=self._reached(sol, ts), stats=stats)
+        return ForwardOutput(
+            ys=ys,
+            handle=handle,
+            success=bool(sol.success),
+            retcode="Success" if sol.success else "MaxIters",
+            t_final=self._reached(sol, ts),
+            stats=stats,
+        )
 
     @staticmethod
     def _reached(sol, ts):

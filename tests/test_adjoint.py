@@ -1,4 +1,5 @@
 """Adjoint-specific behaviour: drift, seminorm, stats, options, parameters and errors (float64)."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,6 @@ import torch
 from _gradient_problems import Linear, MLPField, solve, weighted_loss
 
 import hybrid_node as hn
-
 
 pytestmark = pytest.mark.usefixtures("float64_default")  # tensors built in float64
 
@@ -35,8 +35,13 @@ def test_seminorm_needs_fewer_backward_evaluations():
     for norm in ("default", "seminorm"):
         func = MLPField(width=16, seed=2)
         y0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
-        sol = hn.solve(func, y0, torch.linspace(0, 2, 4), sensitivity=hn.BacksolveAdjoint(norm=norm),
-                       controller=hn.PIDController(rtol=1e-6, atol=1e-8))
+        sol = hn.solve(
+            func,
+            y0,
+            torch.linspace(0, 2, 4),
+            sensitivity=hn.BacksolveAdjoint(norm=norm),
+            controller=hn.PIDController(rtol=1e-6, atol=1e-8),
+        )
         weighted_loss(sol.ys).backward()
         nfe[norm] = sol.stats.nfe_backward
     assert nfe["seminorm"] < nfe["default"], nfe
@@ -67,8 +72,13 @@ def test_one_backward_solve_over_many_outputs():
     """50 output times must not cost a fresh step-size search per interval: the backward solve takes
     about as many steps as the forward (torchdiffeq's per-interval restarts cost ~20x here)."""
     func = MLPField()
-    sol = hn.solve(func, torch.ones(4, 2), torch.linspace(0, 5, 50), sensitivity=hn.BacksolveAdjoint(),
-                   controller=hn.PIDController(rtol=1e-5, atol=1e-6))
+    sol = hn.solve(
+        func,
+        torch.ones(4, 2),
+        torch.linspace(0, 5, 50),
+        sensitivity=hn.BacksolveAdjoint(),
+        controller=hn.PIDController(rtol=1e-5, atol=1e-6),
+    )
     weighted_loss(sol.ys).backward()
     assert sol.stats.n_steps_backward <= 49 + 3 * sol.stats.n_accepted, sol.stats
 
@@ -78,17 +88,24 @@ def test_adjoint_tolerances_and_method():
     y0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(5))
     t = torch.linspace(0, 2, 4)
     ref = torch.autograd.grad(weighted_loss(hn.odeint(func, y0, t, rtol=1e-10, atol=1e-12)), tuple(func.parameters()))
-    loose = hn.solve(func, y0, t, controller=hn.PIDController(rtol=1e-10, atol=1e-12),
-                     sensitivity=hn.BacksolveAdjoint(rtol=1e-4, atol=1e-6))
-    tight = hn.solve(func, y0, t, controller=hn.PIDController(rtol=1e-10, atol=1e-12),
-                     sensitivity=hn.BacksolveAdjoint())
+    loose = hn.solve(
+        func,
+        y0,
+        t,
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12),
+        sensitivity=hn.BacksolveAdjoint(rtol=1e-4, atol=1e-6),
+    )
+    tight = hn.solve(
+        func, y0, t, controller=hn.PIDController(rtol=1e-10, atol=1e-12), sensitivity=hn.BacksolveAdjoint()
+    )
     g_loose = torch.autograd.grad(weighted_loss(loose.ys), tuple(func.parameters()))
     g_tight = torch.autograd.grad(weighted_loss(tight.ys), tuple(func.parameters()))
     assert loose.stats.nfe_backward < tight.stats.nfe_backward
     err = lambda g: max(float((a - b).abs().max()) for a, b in zip(g, ref))
     assert err(g_tight) < 1e-7 < err(g_loose) < 1e-2
-    ys = hn.odeint_adjoint(func, y0, t, rtol=1e-10, atol=1e-12, adjoint_method="rk4",
-                           adjoint_options={"step_size": 0.01})
+    ys = hn.odeint_adjoint(
+        func, y0, t, rtol=1e-10, atol=1e-12, adjoint_method="rk4", adjoint_options={"step_size": 0.01}
+    )
     g_rk4 = torch.autograd.grad(weighted_loss(ys), tuple(func.parameters()))
     assert err(g_rk4) < 1e-6
 

@@ -6,6 +6,7 @@ tolerance, and no worse than scipy's own solver of the same family at the same t
 scipy has the same pair with the same controller (dopri5 = RK45, bosh3 = RK23), the work must match
 too.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -105,8 +106,13 @@ def test_adaptive_solver_matches_scipy(method, problem):
     f_np, f_torch, y0, T = PROBLEMS[problem]
     tol, scipy_method, max_ratio = SETTINGS[method]
     t = torch.linspace(0.0, T, TIMES, dtype=torch.float64)
-    sol = hn.solve(f_torch, torch.tensor(y0, dtype=torch.float64), t, solver=METHODS[method][0](),
-                   controller=hn.PIDController(rtol=tol, atol=tol))
+    sol = hn.solve(
+        f_torch,
+        torch.tensor(y0, dtype=torch.float64),
+        t,
+        solver=METHODS[method][0](),
+        controller=hn.PIDController(rtol=tol, atol=tol),
+    )
     ref = reference(problem)
     err = np.abs(sol.ys.numpy() - ref).max()
     assert err < max_ratio * tol, f"{method} on {problem}: error {err:.3g} at tol {tol:g}"
@@ -119,9 +125,17 @@ def test_adaptive_solver_matches_scipy(method, problem):
             # the same pair and the same I controller: the same work, to a few steps (initial step);
             # scipy's RK45 estimates the error with Dormand and Prince's embedded solution, our dopri5
             # by default with Shampine's (a smaller estimate, so fewer steps)
-            same = sol if method == "bosh3" else hn.solve(
-                f_torch, torch.tensor(y0, dtype=torch.float64), t, solver=hn.solvers.Dopri5("dormand-prince"),
-                controller=hn.PIDController(rtol=tol, atol=tol))
+            same = (
+                sol
+                if method == "bosh3"
+                else hn.solve(
+                    f_torch,
+                    torch.tensor(y0, dtype=torch.float64),
+                    t,
+                    solver=hn.solvers.Dopri5("dormand-prince"),
+                    controller=hn.PIDController(rtol=tol, atol=tol),
+                )
+            )
             assert abs(same.stats.nfe - theirs.nfev) <= 0.02 * theirs.nfev + 20, (same.stats.nfe, theirs.nfev)
 
 

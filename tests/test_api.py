@@ -1,6 +1,7 @@
 """The public API: torchdiffeq compatibility (signature, method names, options, outputs), state
 layouts and dtypes, time direction, events, dense output, jump/step times, tolerances, scipy_solver
 and the backend flag."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -96,8 +97,10 @@ def test_fixed_step_grid_constructor_and_perturb_equal_torchdiffeq(method):
     def jumpy(t, y):  # jumps at the grid point 0.5: perturb decides which side each evaluation sees
         return -y if t < 0.5 else 0.5 * y + 1.0
 
-    for opts in ({"grid_constructor": lambda f, y0, t: grid}, {"grid_constructor": lambda f, y0, t: grid,
-                                                               "perturb": True}):
+    for opts in (
+        {"grid_constructor": lambda f, y0, t: grid},
+        {"grid_constructor": lambda f, y0, t: grid, "perturb": True},
+    ):
         ours = hn.odeint(jumpy, Y0, T_OUT, method=method, options=opts)
         theirs = torchdiffeq.odeint(jumpy, Y0, T_OUT, method=method, options=opts)
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
@@ -157,18 +160,43 @@ def test_tuple_state_equals_concatenated_state(method):
     # x' = -y, y' = x as the tuple (x of shape (3,), y of shape (3, 1)) and as one (6,) tensor
     opts = {"step_size": 0.05, "interp": "cubic"} if method == "rk4" else {}
     x0, y0 = torch.tensor([1.0, 0.5, -1.0], dtype=F64), torch.tensor([[0.0], [1.0], [0.3]], dtype=F64)
-    tup = hn.odeint(lambda t, s: (-s[1].reshape(3), s[0].reshape(3, 1)), (x0, y0), T_OUT, method=method,
-                    options=opts, rtol=1e-9, atol=1e-11)
+    tup = hn.odeint(
+        lambda t, s: (-s[1].reshape(3), s[0].reshape(3, 1)),
+        (x0, y0),
+        T_OUT,
+        method=method,
+        options=opts,
+        rtol=1e-9,
+        atol=1e-11,
+    )
     assert isinstance(tup, tuple) and tup[0].shape == (5, 3) and tup[1].shape == (5, 3, 1)
-    flat = hn.odeint(lambda t, z: torch.cat([-z[3:], z[:3]]), torch.cat([x0, y0.reshape(3)]), T_OUT, method=method,
-                     options=opts, rtol=1e-9, atol=1e-11)
+    flat = hn.odeint(
+        lambda t, z: torch.cat([-z[3:], z[:3]]),
+        torch.cat([x0, y0.reshape(3)]),
+        T_OUT,
+        method=method,
+        options=opts,
+        rtol=1e-9,
+        atol=1e-11,
+    )
     exact = x0 * torch.cos(T_OUT)[:, None] - y0.reshape(3) * torch.sin(T_OUT)[:, None]
     torch.testing.assert_close(tup[0], exact, rtol=0, atol=1e-6 if method == "rk4" else 1e-8)
     if method == "rk4":  # a fixed grid is the same computation either way
         torch.testing.assert_close(tup[0], flat[:, :3], rtol=1e-14, atol=1e-14)
         torch.testing.assert_close(tup[1].reshape(5, 3), flat[:, 3:], rtol=1e-14, atol=1e-14)
-    theirs = torchdiffeq.odeint(lambda t, s: (-s[1].reshape(3), s[0].reshape(3, 1)), (x0, y0), T_OUT,
-                                method=method, options=opts, rtol=1e-9, atol=1e-11) if method != "tsit5" else None
+    theirs = (
+        torchdiffeq.odeint(
+            lambda t, s: (-s[1].reshape(3), s[0].reshape(3, 1)),
+            (x0, y0),
+            T_OUT,
+            method=method,
+            options=opts,
+            rtol=1e-9,
+            atol=1e-11,
+        )
+        if method != "tsit5"
+        else None
+    )
     if theirs is not None:
         torch.testing.assert_close(tup[1], theirs[1], rtol=0, atol=1e-6 if method == "rk4" else 1e-8)
 
@@ -214,8 +242,13 @@ def test_backwards_in_time(method):
     torch.testing.assert_close(ys, torch.flip(exact_linear(Y0, T_OUT), [0]), rtol=0, atol=1e-7)
     # a non-autonomous field sees the true (negative-direction) times
     times = []
-    hn.odeint(lambda t, y: times.append(float(t)) or -y, torch.ones(1), torch.tensor([2.0, 1.0]), method=method,
-              options={"step_size": 0.25} if opts else {})
+    hn.odeint(
+        lambda t, y: times.append(float(t)) or -y,
+        torch.ones(1),
+        torch.tensor([2.0, 1.0]),
+        method=method,
+        options={"step_size": 0.25} if opts else {},
+    )
     assert max(times) <= 2.0 + 1e-6 and min(times) >= 1.0 - 1e-6 and times[0] == 2.0
 
 
@@ -267,8 +300,12 @@ def test_pi_controller_options():
 
 def test_first_step_option():
     calls = []
-    hn.odeint(lambda t, y: calls.append(float(t)) or -y, torch.ones(1), torch.tensor([0.0, 1.0]),
-              options={"first_step": 0.125})
+    hn.odeint(
+        lambda t, y: calls.append(float(t)) or -y,
+        torch.ones(1),
+        torch.tensor([0.0, 1.0]),
+        options={"first_step": 0.125},
+    )
     assert calls[1] == pytest.approx(0.125 / 5)  # dopri5's second stage sits at c2 = 1/5 of the first step
 
 
@@ -309,15 +346,17 @@ def kink(t, y):
 def test_jump_t_handles_a_discontinuity():
     t = torch.tensor([0.0, 1.0], dtype=F64)
     exact = 0.5 + math.exp(-0.5)
-    with_jump = hn.solve(kink, torch.ones(1, dtype=F64), t, controller=hn.PIDController(rtol=1e-8, atol=1e-10),
-                         jump_t=[0.5])
+    with_jump = hn.solve(
+        kink, torch.ones(1, dtype=F64), t, controller=hn.PIDController(rtol=1e-8, atol=1e-10), jump_t=[0.5]
+    )
     without = hn.solve(kink, torch.ones(1, dtype=F64), t, controller=hn.PIDController(rtol=1e-8, atol=1e-10))
     assert abs(float(with_jump.ys[-1, 0]) - exact) < 1e-9
     assert with_jump.stats.n_rejected < without.stats.n_rejected  # no fight with the discontinuity
     ys = hn.odeint(kink, torch.ones(1, dtype=F64), t, rtol=1e-8, atol=1e-10, options={"jump_t": torch.tensor([0.5])})
     torch.testing.assert_close(ys, with_jump.ys)
-    theirs = torchdiffeq.odeint(kink, torch.ones(1, dtype=F64), t, rtol=1e-8, atol=1e-10,
-                                options={"jump_t": torch.tensor([0.5])})
+    theirs = torchdiffeq.odeint(
+        kink, torch.ones(1, dtype=F64), t, rtol=1e-8, atol=1e-10, options={"jump_t": torch.tensor([0.5])}
+    )
     torch.testing.assert_close(ys[-1], theirs[-1], rtol=0, atol=1e-8)
 
 
@@ -362,8 +401,9 @@ def height(t, s):
 def test_odeint_event_falling_ball(method):
     h0 = torch.tensor([10.0], dtype=F64, requires_grad=True)
     s0 = (h0, torch.zeros(1, dtype=F64))
-    t_event, sol = hn.odeint_event(ball, s0, torch.tensor(0.0, dtype=F64), event_fn=height, method=method,
-                                   rtol=1e-9, atol=1e-11)
+    t_event, sol = hn.odeint_event(
+        ball, s0, torch.tensor(0.0, dtype=F64), event_fn=height, method=method, rtol=1e-9, atol=1e-11
+    )
     exact = math.sqrt(2 * 10.0 / G)
     assert t_event.item() == pytest.approx(exact, abs=1e-8)
     assert sol[0].shape == (2, 1) and sol[0][-1].item() == pytest.approx(0.0, abs=1e-7)
@@ -387,8 +427,9 @@ def test_odeint_event_matches_torchdiffeq_on_a_fixed_grid():
 def test_event_reverse_time():
     # thrown up with speed g from the ground at t = 1: backwards, the apex (v = 0) is at t = 0
     s1 = (torch.zeros(1, dtype=F64), torch.tensor([-G], dtype=F64))
-    t_event, sol = hn.odeint_event(ball, s1, torch.tensor(1.0, dtype=F64), event_fn=lambda t, s: s[1],
-                                   reverse_time=True, rtol=1e-9, atol=1e-11)
+    t_event, sol = hn.odeint_event(
+        ball, s1, torch.tensor(1.0, dtype=F64), event_fn=lambda t, s: s[1], reverse_time=True, rtol=1e-9, atol=1e-11
+    )
     assert float(t_event) == pytest.approx(0.0, abs=1e-8)
     assert float(sol[0][-1]) == pytest.approx(G / 2, abs=1e-7)
 
@@ -397,8 +438,9 @@ def test_event_fn_in_odeint_returns_event_time_and_states():
     s0 = (torch.tensor([10.0], dtype=F64), torch.zeros(1, dtype=F64))
     t_event, sol = hn.odeint(ball, s0, torch.tensor([0.0, 5.0], dtype=F64), event_fn=height, rtol=1e-9, atol=1e-11)
     assert float(t_event) == pytest.approx(math.sqrt(2 * 10.0 / G), abs=1e-8)
-    theirs_t, theirs_sol = torchdiffeq.odeint(ball, s0, torch.tensor([0.0, 5.0], dtype=F64), event_fn=height,
-                                              rtol=1e-9, atol=1e-11)
+    theirs_t, theirs_sol = torchdiffeq.odeint(
+        ball, s0, torch.tensor([0.0, 5.0], dtype=F64), event_fn=height, rtol=1e-9, atol=1e-11
+    )
     assert float(t_event) == pytest.approx(float(theirs_t), abs=1e-8)
     assert sol[0].shape == theirs_sol[0].shape
 
@@ -406,8 +448,14 @@ def test_event_fn_in_odeint_returns_event_time_and_states():
 def test_event_with_a_vector_event_function():
     # the first of several components to cross zero stops the solve
     y0 = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
-    t_event, sol = hn.odeint_event(lambda t, y: -torch.ones_like(y), y0, torch.tensor(0.0, dtype=F64),
-                                   event_fn=lambda t, y: y - 0.5, rtol=1e-9, atol=1e-11)
+    t_event, sol = hn.odeint_event(
+        lambda t, y: -torch.ones_like(y),
+        y0,
+        torch.tensor(0.0, dtype=F64),
+        event_fn=lambda t, y: y - 0.5,
+        rtol=1e-9,
+        atol=1e-11,
+    )
     assert float(t_event) == pytest.approx(0.5, abs=1e-8)
 
 
@@ -421,13 +469,19 @@ def test_odeint_dense(method):
 
 
 def test_odeint_dense_backwards_and_tuple():
-    dense = hn.odeint_dense(lambda t, s: (-s[0], 2 * s[1]), (torch.ones(2, dtype=F64), torch.ones(1, dtype=F64)),
-                            1.0, 0.0, rtol=1e-9, atol=1e-11)
+    dense = hn.odeint_dense(
+        lambda t, s: (-s[0], 2 * s[1]),
+        (torch.ones(2, dtype=F64), torch.ones(1, dtype=F64)),
+        1.0,
+        0.0,
+        rtol=1e-9,
+        atol=1e-11,
+    )
     a, b = dense(torch.tensor([0.25, 0.5], dtype=F64))
-    torch.testing.assert_close(a, torch.exp(1 - torch.tensor([0.25, 0.5], dtype=F64))[:, None].expand(2, 2),
-                               rtol=1e-6, atol=0)
-    torch.testing.assert_close(b[:, 0], torch.exp(-2 * (1 - torch.tensor([0.25, 0.5], dtype=F64))), rtol=1e-6,
-                               atol=0)
+    torch.testing.assert_close(
+        a, torch.exp(1 - torch.tensor([0.25, 0.5], dtype=F64))[:, None].expand(2, 2), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(b[:, 0], torch.exp(-2 * (1 - torch.tensor([0.25, 0.5], dtype=F64))), rtol=1e-6, atol=0)
 
 
 def test_odeint_dense_fixed_grid_interpolates():
@@ -448,13 +502,19 @@ def test_step_size_and_grid_constructor():
         times.append(float(t))
         return -y
 
-    hn.odeint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="euler",
-              options={"step_size": 0.25})
+    hn.odeint(
+        f, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="euler", options={"step_size": 0.25}
+    )
     assert times == [0.0, 0.25, 0.5, 0.75]
     times.clear()
     grid = torch.tensor([0.0, 0.1, 0.6, 1.0], dtype=F64)
-    hn.odeint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="euler",
-              options={"grid_constructor": lambda func, y0, t: grid})
+    hn.odeint(
+        f,
+        torch.ones(1, dtype=F64),
+        torch.tensor([0.0, 1.0], dtype=F64),
+        method="euler",
+        options={"grid_constructor": lambda func, y0, t: grid},
+    )
     assert times == pytest.approx([0.0, 0.1, 0.6])
     times.clear()  # without step_size the output times are the grid
     hn.odeint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 0.3, 1.0], dtype=F64), method="euler")
@@ -468,8 +528,13 @@ def test_perturb_evaluates_just_inside_each_step():
         times.append(float(t))
         return -y
 
-    hn.odeint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="euler",
-              options={"step_size": 0.5, "perturb": True})
+    hn.odeint(
+        f,
+        torch.ones(1, dtype=F64),
+        torch.tensor([0.0, 1.0], dtype=F64),
+        method="euler",
+        options={"step_size": 0.5, "perturb": True},
+    )
     assert times[0] > 0.0 and times[0] == pytest.approx(0.0, abs=1e-300)
     assert times[1] > 0.5 and times[1] == pytest.approx(0.5, abs=1e-15)
 
@@ -494,11 +559,11 @@ def test_scipy_solver(direction):
     y_start = Y0 if direction == "forward" else exact_linear(Y0, T_OUT)[-1]
     ys = hn.odeint(linear, y_start, t, method="scipy_solver", rtol=1e-10, atol=1e-12, options={"solver": "DOP853"})
     expected = exact_linear(Y0, T_OUT)
-    torch.testing.assert_close(ys, expected if direction == "forward" else torch.flip(expected, [0]), rtol=0,
-                               atol=1e-8)
+    torch.testing.assert_close(ys, expected if direction == "forward" else torch.flip(expected, [0]), rtol=0, atol=1e-8)
     assert ys.dtype == F64 and ys.shape == (5, 2, 2)
-    theirs = torchdiffeq.odeint(linear, y_start, t, method="scipy_solver", rtol=1e-10, atol=1e-12,
-                                options={"solver": "DOP853"})
+    theirs = torchdiffeq.odeint(
+        linear, y_start, t, method="scipy_solver", rtol=1e-10, atol=1e-12, options={"solver": "DOP853"}
+    )
     torch.testing.assert_close(ys, theirs, rtol=0, atol=1e-9)
 
 
@@ -563,9 +628,11 @@ def _julia_present() -> bool:
 
 @pytest.mark.skipif(_julia_present(), reason="a Julia installation may be present; the Julia tests cover it")
 def test_julia_without_julia_raises_a_clear_error():
-    for call in (lambda: hn.odeint(linear, Y0, T_OUT, backend="julia"),
-                 lambda: hn.solve(linear, Y0, T_OUT, backend="julia"),
-                 lambda: hn.odeint_adjoint(linear, Y0, T_OUT, adjoint_params=(), backend="julia")):
+    for call in (
+        lambda: hn.odeint(linear, Y0, T_OUT, backend="julia"),
+        lambda: hn.solve(linear, Y0, T_OUT, backend="julia"),
+        lambda: hn.odeint_adjoint(linear, Y0, T_OUT, adjoint_params=(), backend="julia"),
+    ):
         with pytest.raises(JuliaNotAvailableError, match="pip install") as info:
             call()
         assert isinstance(info.value, ImportError) and isinstance(info.value, hn.BackendError)

@@ -2,6 +2,7 @@
 
 Skipped where JAX/diffrax are not installed (they are optional: the ``bench`` extra).
 """
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """The ``hybrid-node`` command: help, and the spiral demo on a tiny budget."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,14 @@ def test_demo_help(capsys):
 def test_demo_runs_on_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["demo", "--iters", "3", "--out", str(out)]) == 0
-    for name in ("trajectories.png", "phase_portrait.png", "vector_field.png", "loss.png", "results.md",
-                 "results.json"):
+    for name in (
+        "trajectories.png",
+        "phase_portrait.png",
+        "vector_field.png",
+        "loss.png",
+        "results.md",
+        "results.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     printed = capsys.readouterr()
     assert "final loss" in printed.out and str(out) in printed.out

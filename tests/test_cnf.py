@@ -1,4 +1,5 @@
 """Continuous normalizing flows: traces, densities, consistency, regularisers, gradients, errors."""
+
 import math
 
 import numpy as np
@@ -12,8 +13,6 @@ from hybrid_node.data.toy2d import sample_toy2d
 from hybrid_node.nn.cnf import CNF, CNFSolver, HutchinsonTrace, RNODERegularization
 from hybrid_node.nn.cnf_fields import PlanarCNFField, TimeMLPField
 from hybrid_node.nn.cnf_trace import exact_divergence, hutchinson_divergence, sample_noise
-
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,8 +107,9 @@ def test_linear_flow_log_prob_and_regularisers_by_hand(end_time):
     np.testing.assert_allclose(res.z.numpy(), z0, rtol=1e-7, atol=1e-8)
     ta = end_time * a
     kinetic = [
-        scipy.integrate.quad(lambda s, v=v: float(np.sum((ta @ scipy.linalg.expm(-ta * s) @ v) ** 2)), 0, 1,
-                             epsabs=1e-12, epsrel=1e-12)[0]
+        scipy.integrate.quad(
+            lambda s, v=v: float(np.sum((ta @ scipy.linalg.expm(-ta * s) @ v) ** 2)), 0, 1, epsabs=1e-12, epsrel=1e-12
+        )[0]
         for v in xn
     ]
     np.testing.assert_allclose(res.kinetic.numpy(), kinetic, rtol=1e-7)
@@ -117,8 +117,9 @@ def test_linear_flow_log_prob_and_regularisers_by_hand(end_time):
 
     gen_seed = 11
     with torch.no_grad():
-        res_h = flow.to_base(x, trace=HutchinsonTrace("gaussian"), regularize=True,
-                             generator=torch.Generator().manual_seed(gen_seed))
+        res_h = flow.to_base(
+            x, trace=HutchinsonTrace("gaussian"), regularize=True, generator=torch.Generator().manual_seed(gen_seed)
+        )
     eps = sample_noise("gaussian", x, torch.Generator().manual_seed(gen_seed)).numpy()
     np.testing.assert_allclose(res_h.jacobian.numpy(), np.sum((eps @ ta) ** 2, axis=1), rtol=1e-8)
     # Hutchinson's trace of a constant Jacobian along a fixed probe: eps^T (TA) eps.
@@ -130,8 +131,9 @@ def test_sample_then_evaluate_is_consistent():
     # Base -> data with log q accumulated on the way, then data -> base: both directions must agree to
     # within the solver tolerance (1e-8 here; the observed gap is ~1e-8).
     torch.manual_seed(3)
-    flow = CNF([PlanarCNFField(2, 4), TimeMLPField(2, (16, 16))], dim=2,
-               solver=CNFSolver(rtol=1e-8, atol=1e-8)).double()
+    flow = CNF(
+        [PlanarCNFField(2, 4), TimeMLPField(2, (16, 16))], dim=2, solver=CNFSolver(rtol=1e-8, atol=1e-8)
+    ).double()
     with torch.no_grad():
         for p in flow.parameters():  # move away from the near-identity initialisation
             p.mul_(2.0)
@@ -227,7 +229,9 @@ def test_hutchinson_training_step_runs_and_noise_is_fixed_within_a_solve():
     # With a linear field the Hutchinson integrand eps^T (TA) eps is constant only if eps is fixed
     # over the solve; a fresh probe per evaluation would not reproduce this exact value.
     a = np.array([[0.4, -0.2], [0.1, -0.6]])
-    flow = CNF([LinearField(a)], dim=2, learn_end_time=False, solver=CNFSolver(method="rk4", options={"step_size": 0.1})).double()
+    flow = CNF(
+        [LinearField(a)], dim=2, learn_end_time=False, solver=CNFSolver(method="rk4", options={"step_size": 0.1})
+    ).double()
     x = torch.randn(4, 2, dtype=torch.float64)
     with torch.no_grad():
         res = flow.to_base(x, trace=HutchinsonTrace(), generator=torch.Generator().manual_seed(1))

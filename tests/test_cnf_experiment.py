@@ -1,4 +1,5 @@
 """The ``hybrid-node cnf`` experiment on a tiny budget: every output is written and sensible."""
+
 import json
 import math
 
@@ -17,11 +18,32 @@ def _restore_threads():
 
 def test_cnf_experiment_tiny_budget(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main([
-        "cnf", "--data", "two_moons", "--iters", "2", "--quick", "--hidden", "8,8", "--width", "4",
-        "--n-test", "64", "--grid", "12", "--batch-size", "32", "--compare-nf", "--regularize",
-        "--trace", "hutchinson", "--out", str(out),
-    ])
+    code = main(
+        [
+            "cnf",
+            "--data",
+            "two_moons",
+            "--iters",
+            "2",
+            "--quick",
+            "--hidden",
+            "8,8",
+            "--width",
+            "4",
+            "--n-test",
+            "64",
+            "--grid",
+            "12",
+            "--batch-size",
+            "32",
+            "--compare-nf",
+            "--regularize",
+            "--trace",
+            "hutchinson",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     for name in ("results.md", "results.json", "density.png", "samples.png", "flow_evolution.png", "training.png"):
         assert (out / name).stat().st_size > 0, name
@@ -34,8 +56,31 @@ def test_cnf_experiment_tiny_budget(tmp_path, capsys):
 
 
 def test_cnf_experiment_planar_model_and_bad_flags(tmp_path):
-    assert main(["cnf", "--data", "two_circles", "--model", "planar", "--iters", "1", "--quick", "--width", "3",
-                 "--n-test", "32", "--grid", "8", "--batch-size", "16", "--out", str(tmp_path / "p")]) == 0
+    assert (
+        main(
+            [
+                "cnf",
+                "--data",
+                "two_circles",
+                "--model",
+                "planar",
+                "--iters",
+                "1",
+                "--quick",
+                "--width",
+                "3",
+                "--n-test",
+                "32",
+                "--grid",
+                "8",
+                "--batch-size",
+                "16",
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(ValueError, match="comma-separated"):
         main(["cnf", "--iters", "1", "--hidden", "a,b", "--out", str(tmp_path / "q")])
     with pytest.raises(SystemExit):

@@ -1,9 +1,9 @@
 """Discrete planar normalizing flow (the CNF comparison's baseline)."""
+
 import pytest
 import torch
 
 from hybrid_node.nn.planar_flow import PlanarFlow
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,5 @@
 """Compiled step attempts (options={"compile": True}) against the eager solver they replace."""
+
 import shutil
 import warnings
 
@@ -8,8 +9,10 @@ import torch
 import hybrid_node as hn
 from hybrid_node.backends import compiled_step
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
-                                reason="torch.compile needs a C++ compiler for CPU tensors")
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("clang++") is None,
+    reason="torch.compile needs a C++ compiler for CPU tensors",
+)
 
 
 @pytest.fixture
@@ -22,12 +25,16 @@ def test_compiled_forward_equals_eager_both_directions(field):
     for t in (torch.linspace(0.0, 3.0, 7), torch.linspace(3.0, 0.0, 7)):
         with torch.no_grad():
             eager = hn.solve(field, y0, t, solver=hn.Dopri5(), controller=hn.PIDController(rtol=1e-7, atol=1e-9))
-            fast = hn.solve(field, y0, t, solver=hn.Dopri5().compiled(),
-                            controller=hn.PIDController(rtol=1e-7, atol=1e-9))
+            fast = hn.solve(
+                field, y0, t, solver=hn.Dopri5().compiled(), controller=hn.PIDController(rtol=1e-7, atol=1e-9)
+            )
         # the same arithmetic, fused: equal up to rounding, and the same step sequence
         torch.testing.assert_close(fast.ys, eager.ys, rtol=1e-11, atol=1e-12)
         assert (fast.stats.nfe, fast.stats.n_accepted, fast.stats.n_rejected) == (
-            eager.stats.nfe, eager.stats.n_accepted, eager.stats.n_rejected)
+            eager.stats.nfe,
+            eager.stats.n_accepted,
+            eager.stats.n_rejected,
+        )
     with torch.no_grad():  # fixed grid: no error estimate in the graph
         t = torch.linspace(0.0, 3.0, 7)
         eager = hn.odeint(field, y0, t, method="rk4", options={"step_size": 0.1})
@@ -56,11 +63,13 @@ def test_compiled_backsolve_gradients_equal_eager(field, method, options):
 
 def test_compile_option_is_checked():
     with pytest.raises(ValueError, match="explicit Runge-Kutta"):
-        hn.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3), method="explicit_adams",
-                  options={"compile": True})
+        hn.odeint(
+            lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3), method="explicit_adams", options={"compile": True}
+        )
     with pytest.raises(ValueError, match="per_sample"):
-        hn.odeint(lambda t, y: -y, torch.ones(2, 2), torch.linspace(0, 1, 3), options={"compile": True,
-                                                                                       "per_sample": True})
+        hn.odeint(
+            lambda t, y: -y, torch.ones(2, 2), torch.linspace(0, 1, 3), options={"compile": True, "per_sample": True}
+        )
 
 
 class GradientField(torch.nn.Module):
@@ -73,7 +82,7 @@ class GradientField(torch.nn.Module):
     def forward(self, t, y):
         with torch.enable_grad():
             z = y if y.requires_grad else y.detach().requires_grad_(True)
-            energy = self.w * (z ** 4).sum() / 4
+            energy = self.w * (z**4).sum() / 4
             return -torch.autograd.grad(energy, z, create_graph=True)[0]
 
 
@@ -91,7 +100,7 @@ def test_field_the_compiler_rejects_is_stepped_eagerly(float64_default, one_thre
     # the adjoint's vector-Jacobian products go through torch.func, which refuses requires_grad_
     with pytest.warns(RuntimeWarning, match="runs eagerly"):
         ys, grad = solve({"compile": True})
-    exact = y0 / torch.sqrt(1 + 2 * y0 ** 2 * t[:, None])  # dy/dt = -y^3 at w = 1
+    exact = y0 / torch.sqrt(1 + 2 * y0**2 * t[:, None])  # dy/dt = -y^3 at w = 1
     torch.testing.assert_close(ys, exact, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(grad, solve({})[1], rtol=1e-8, atol=1e-10)
     with warnings.catch_warnings():

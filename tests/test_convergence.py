@@ -9,6 +9,7 @@
   what an I controller on a local error estimate of order q+1 gives (Hairer, Nørsett, Wanner, Solving
   ODEs I, Section II.4).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,10 +60,17 @@ FIXED_GRID = {
     "implicit_adams": (4, (32, 64, 128, 256), {}),
     "fixed_adams": (4, (32, 64, 128, 256), {}),
 }
-FORCED_STEPS = {"dopri5": (8, 16, 32, 64), "tsit5": (8, 16, 32, 64), "dopri8": (4, 6, 8, 12),
-                "heun3": (64, 128, 256, 512), "rk4_classic": (64, 128, 256, 512), "euler": (64, 128, 256, 512),
-                "explicit_adams": (128, 256, 512, 1024), "implicit_adams": (128, 256, 512, 1024),
-                "fixed_adams": (128, 256, 512, 1024)}
+FORCED_STEPS = {
+    "dopri5": (8, 16, 32, 64),
+    "tsit5": (8, 16, 32, 64),
+    "dopri8": (4, 6, 8, 12),
+    "heun3": (64, 128, 256, 512),
+    "rk4_classic": (64, 128, 256, 512),
+    "euler": (64, 128, 256, 512),
+    "explicit_adams": (128, 256, 512, 1024),
+    "implicit_adams": (128, 256, 512, 1024),
+    "fixed_adams": (128, 256, 512, 1024),
+}
 # Lower Adams orders through the max_order option (the first steps use rk4, so order = max_order).
 ADAMS_ORDERS = [(m, k) for m in ("explicit_adams", "implicit_adams") for k in (1, 2, 3)]
 
@@ -159,8 +167,17 @@ def test_adaptive_error_scales_with_tolerance(method):
 def test_scipy_solver_error_scales_with_tolerance(inner):
     tols = (1e-4, 1e-6, 1e-8, 1e-10)
     t = torch.tensor([0.0, T], dtype=torch.float64)
-    errors = [float((hn.odeint(linear, Y0, t, method="scipy_solver", rtol=tol, atol=tol,
-                               options={"solver": inner})[-1] - exact_linear(T)).abs().max()) for tol in tols]
+    errors = [
+        float(
+            (
+                hn.odeint(linear, Y0, t, method="scipy_solver", rtol=tol, atol=tol, options={"solver": inner})[-1]
+                - exact_linear(T)
+            )
+            .abs()
+            .max()
+        )
+        for tol in tols
+    ]
     slope = _slope(tols, errors)
     assert 0.7 < slope < 1.4, f"scipy {inner}: error ~ tol^{slope:.2f}; {errors}"
     assert errors[-1] < 1e-8

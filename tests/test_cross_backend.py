@@ -6,6 +6,7 @@ callback paths, every Julia sensitivity), a batched state, and Robertson's stiff
 run this module too: ``pytest -m julia tests/test_cross_backend.py``. Without a working Julia
 everything here is skipped with a one-line reason.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -41,8 +42,15 @@ def _grads(func, y0, t, backend, method, sensitivity=None, params=()):
     if backend == "torch":
         ys = hn.odeint(func, y0, t, method=method, backend="torch", **TOL)
     else:
-        ys = hn.solve(func, y0, t, solver=_solver(method), controller=hn.PIDController(**TOL),
-                      sensitivity=sensitivity, backend="julia").ys
+        ys = hn.solve(
+            func,
+            y0,
+            t,
+            solver=_solver(method),
+            controller=hn.PIDController(**TOL),
+            sensitivity=sensitivity,
+            backend="julia",
+        ).ys
     weights = torch.linspace(0.5, 1.5, ys.numel(), dtype=ys.dtype).reshape(ys.shape)
     (ys * weights).sum().backward()
     return ys.detach(), y0.grad, t.grad, [p.grad.clone() for p in params]
@@ -98,30 +106,50 @@ class VanDerPol(nn.Module):
 
     def forward(self, t, y):
         x, v = y[..., 0], y[..., 1]
-        return torch.stack([v, self.mu * (1 - x ** 2) * v - x], -1)
+        return torch.stack([v, self.mu * (1 - x**2) * v - x], -1)
 
 
 def test_van_der_pol():
     func = VanDerPol()
-    _compare(func, torch.tensor([2.0, 0.0], dtype=torch.float64), torch.linspace(0, 3, 4, dtype=torch.float64),
-             "dopri5", params=(func.mu,))
+    _compare(
+        func,
+        torch.tensor([2.0, 0.0], dtype=torch.float64),
+        torch.linspace(0, 3, 4, dtype=torch.float64),
+        "dopri5",
+        params=(func.mu,),
+    )
 
 
 def _mlp(time_input=True):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(2 + time_input, 16), nn.Tanh(), nn.Linear(16, 16), nn.Softplus(),
-                        nn.Linear(16, 2)).double()
+    net = nn.Sequential(
+        nn.Linear(2 + time_input, 16), nn.Tanh(), nn.Linear(16, 16), nn.Softplus(), nn.Linear(16, 2)
+    ).double()
     return MLPVectorField(net, time_input=time_input)
 
 
-@pytest.mark.parametrize("sensitivity", [hn.GaussAdjoint(), hn.InterpolatingAdjoint(),
-                                         hn.InterpolatingAdjoint(checkpoints=4), hn.QuadratureAdjoint(),
-                                         hn.BacksolveAdjoint()], ids=lambda s: repr(s))
+@pytest.mark.parametrize(
+    "sensitivity",
+    [
+        hn.GaussAdjoint(),
+        hn.InterpolatingAdjoint(),
+        hn.InterpolatingAdjoint(checkpoints=4),
+        hn.QuadratureAdjoint(),
+        hn.BacksolveAdjoint(),
+    ],
+    ids=lambda s: repr(s),
+)
 def test_mlp_neural_ode_native_path_every_sensitivity(sensitivity):
     func = _mlp()
     y0 = torch.tensor([0.5, -0.3], dtype=torch.float64)
-    _compare(func, y0, torch.linspace(0, 1, 3, dtype=torch.float64), "tsit5", params=tuple(func.parameters()),
-             sensitivity=sensitivity)
+    _compare(
+        func,
+        y0,
+        torch.linspace(0, 1, 3, dtype=torch.float64),
+        "tsit5",
+        params=tuple(func.parameters()),
+        sensitivity=sensitivity,
+    )
 
 
 class Callback(nn.Module):
@@ -139,8 +167,7 @@ def test_mlp_neural_ode_callback_path_batched_state():
     func = _mlp()
     wrapped = Callback(func)
     y0 = torch.randn(5, 2, dtype=torch.float64)
-    _compare(wrapped, y0, torch.linspace(0, 1, 3, dtype=torch.float64), "dopri5",
-             params=tuple(wrapped.parameters()))
+    _compare(wrapped, y0, torch.linspace(0, 1, 3, dtype=torch.float64), "dopri5", params=tuple(wrapped.parameters()))
 
 
 def test_batched_state_native_path():
@@ -157,7 +184,7 @@ class Robertson(nn.Module):
     def forward(self, t, y):
         y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
         k1, k2, k3 = self.k
-        return torch.stack([-k1 * y1 + k2 * y2 * y3, k1 * y1 - k2 * y2 * y3 - k3 * y2 ** 2, k3 * y2 ** 2], -1)
+        return torch.stack([-k1 * y1 + k2 * y2 * y3, k1 * y1 - k2 * y2 * y3 - k3 * y2**2, k3 * y2**2], -1)
 
 
 @pytest.mark.slow  # the torch reference takes ~15 s at these tolerances

@@ -1,4 +1,5 @@
 """The device-resident adaptive loop (options={"device_loop": True}) against the host loop it must reproduce."""
+
 import math
 import shutil
 
@@ -21,8 +22,14 @@ def _pair(func, y0, t, method="dopri5", throw=True, **settings):
     solver = hn.solvers.METHODS[method][0]()
     sync_every = settings.pop("sync_every", 8)
     host = hn.solve(func, y0, t, solver=solver, controller=hn.PIDController(**settings), throw=throw)
-    dev = hn.solve(func, y0, t, solver=solver, throw=throw,
-                   controller=hn.PIDController(device_loop=True, sync_every=sync_every, **settings))
+    dev = hn.solve(
+        func,
+        y0,
+        t,
+        solver=solver,
+        throw=throw,
+        controller=hn.PIDController(device_loop=True, sync_every=sync_every, **settings),
+    )
     return host, dev
 
 
@@ -34,7 +41,10 @@ def _assert_same(host, dev, rtol=1e-12):
         scale = h.abs().max()
         assert float((h - d).abs().max()) <= rtol * float(scale), float((h - d).abs().max() / scale)
     assert (dev.stats.nfe, dev.stats.n_accepted, dev.stats.n_rejected) == (
-        host.stats.nfe, host.stats.n_accepted, host.stats.n_rejected)
+        host.stats.nfe,
+        host.stats.n_accepted,
+        host.stats.n_rejected,
+    )
     assert dev.status == host.status
 
 
@@ -87,8 +97,9 @@ def test_rejections_are_reproduced(field):
 
 def test_step_within_one_percent_of_the_end_is_stretched(float64_default, one_thread):
     # a first step of 0.995 ends within 1% of t = 1: both loops stretch it to end there (one step)
-    host, dev = _pair(lambda tt, y: -y, torch.ones(2), torch.tensor([0.0, 0.5, 1.0]), rtol=1e-3, atol=1e-6,
-                      first_step=0.995)
+    host, dev = _pair(
+        lambda tt, y: -y, torch.ones(2), torch.tensor([0.0, 0.5, 1.0]), rtol=1e-3, atol=1e-6, first_step=0.995
+    )
     assert host.stats.n_accepted == 1
     _assert_same(host, dev)
 
@@ -110,8 +121,9 @@ def test_one_host_read_per_run(field, monkeypatch):
 
     monkeypatch.setattr(device_loop.DeviceRuns, "__call__", counted)
     y0 = torch.randn(8, 2)
-    sol = hn.odeint(field, y0, torch.linspace(0.0, 6.0, 4), rtol=1e-8, atol=1e-10,
-                    options={"device_loop": True, "sync_every": 5})
+    sol = hn.odeint(
+        field, y0, torch.linspace(0.0, 6.0, 4), rtol=1e-8, atol=1e-10, options={"device_loop": True, "sync_every": 5}
+    )
     assert sol.shape == (4, 8, 2)
     stats = hn.solve(field, y0, torch.linspace(0.0, 6.0, 4), controller=hn.PIDController(rtol=1e-8, atol=1e-10)).stats
     n_attempts = stats.n_accepted + stats.n_rejected
@@ -239,16 +251,19 @@ def test_adjoint_forward_solves_through_device_loop(field, sensitivity):
 
 
 @pytest.mark.slow  # about 45 s of compilation on a 2-core CPU
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
-                    reason="torch.compile needs a C++ compiler for CPU tensors")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("clang++") is None,
+    reason="torch.compile needs a C++ compiler for CPU tensors",
+)
 def test_compiled_runs_equal_eager(field):
     y0 = torch.randn(8, 2)
     t = torch.linspace(0.0, 3.0, 7)
     opts = {"device_loop": True, "sync_every": 4}
     with torch.no_grad():
         eager = hn.solve(field, y0, t, controller=hn.PIDController(rtol=1e-7, atol=1e-9, **opts))
-        fast = hn.solve(field, y0, t, solver=hn.Dopri5().compiled(),
-                        controller=hn.PIDController(rtol=1e-7, atol=1e-9, **opts))
+        fast = hn.solve(
+            field, y0, t, solver=hn.Dopri5().compiled(), controller=hn.PIDController(rtol=1e-7, atol=1e-9, **opts)
+        )
     assert any(key[0] == "device_loop" for key in device_loop._CACHE[field])  # the compiled run was built
     _assert_same(eager, fast, rtol=1e-11)
 
@@ -262,8 +277,13 @@ def test_cuda_device_loop_equals_host(time_mlp):
     with torch.no_grad():
         host, dev = _pair(field, y0, t, rtol=1e-7, atol=1e-9)
         _assert_same(host, dev)
-        compiled = hn.solve(field, y0, t, solver=hn.Dopri5().compiled(),
-                            controller=hn.PIDController(rtol=1e-7, atol=1e-9, device_loop=True))
+        compiled = hn.solve(
+            field,
+            y0,
+            t,
+            solver=hn.Dopri5().compiled(),
+            controller=hn.PIDController(rtol=1e-7, atol=1e-9, device_loop=True),
+        )
         _assert_same(host, compiled, rtol=1e-11)
     target = torch.randn(7, 64, 2, device="cuda")
     host_g = _gradients(field, y0, t, target, {})

@@ -1,5 +1,6 @@
 """Data-parallel training: two CPU processes (torchrun, gloo, DistributedDataParallel) must produce
 the gradients of single-process training on the full batch, for every gradient method."""
+
 import os
 import subprocess
 import sys
@@ -15,8 +16,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
 def test_ddp_two_processes_match_single_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(HERE, "_ddp_worker.py"), "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(HERE, "_ddp_worker.py"),
+        "--out",
+        str(tmp_path),
+    ]
     res = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"grads_rank{r}.pt") for r in range(2)]

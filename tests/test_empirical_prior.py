@@ -1,4 +1,5 @@
 """The empirical (aggregate-posterior) prior on a latent ODE's z0 (hybrid_node.nn.empirical_prior)."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Every error path: bad inputs are rejected early with a message that says what to change, and
 failed solves name the time they reached (or, with throw=False, report a status and NaN-padded ys)."""
+
 from __future__ import annotations
 
 import math
@@ -22,9 +23,16 @@ def decay(t, y):
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("t", [torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0.0, 1.0, 1.0]),
-                               torch.tensor([1.0, 0.0, 0.5]), torch.tensor([0.0, 0.0])],
-                         ids=["non-monotone", "duplicate", "reverse-non-monotone", "all-equal"])
+@pytest.mark.parametrize(
+    "t",
+    [
+        torch.tensor([0.0, 1.0, 0.5]),
+        torch.tensor([0.0, 1.0, 1.0]),
+        torch.tensor([1.0, 0.0, 0.5]),
+        torch.tensor([0.0, 0.0]),
+    ],
+    ids=["non-monotone", "duplicate", "reverse-non-monotone", "all-equal"],
+)
 def test_times_must_be_strictly_monotone(t):
     with pytest.raises(ValueError, match="strictly increasing or strictly decreasing.*torch.unique"):
         hn.odeint(decay, torch.ones(2), t)
@@ -151,8 +159,14 @@ def test_min_step_underflow():
         return -y if float(t) < 0.5 else -1e6 * (y - torch.cos(t))
 
     with pytest.raises(SolverError, match=r"Solve failed at t=0\.[45][0-9]*: The step size.*\(dt=") as info:
-        hn.odeint(steep, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
-                  rtol=1e-10, atol=1e-10, options={"min_step": 1e-3})
+        hn.odeint(
+            steep,
+            torch.ones(1, dtype=torch.float64),
+            torch.tensor([0.0, 1.0], dtype=torch.float64),
+            rtol=1e-10,
+            atol=1e-10,
+            options={"min_step": 1e-3},
+        )
     assert info.value.status is Status.STEP_UNDERFLOW
     assert 0.49 < info.value.t < 0.51
 
@@ -168,8 +182,9 @@ def test_max_num_steps():
 
 def test_throw_false_reports_status_and_nan_pads():
     t = torch.tensor([0.0, 0.01, 5.0, 10.0], dtype=torch.float64)
-    sol = hn.solve(decay, torch.ones(3, dtype=torch.float64), t, controller=hn.PIDController(max_num_steps=5),
-                   throw=False)
+    sol = hn.solve(
+        decay, torch.ones(3, dtype=torch.float64), t, controller=hn.PIDController(max_num_steps=5), throw=False
+    )
     assert sol.status is Status.MAX_STEPS
     assert sol.ys.shape == (4, 3)
     torch.testing.assert_close(sol.ys[1], torch.full((3,), math.exp(-0.01), dtype=torch.float64), rtol=1e-6, atol=0)
@@ -206,13 +221,16 @@ def test_unknown_method_lists_the_valid_ones():
         hn.odeint(decay, torch.ones(1), T01, method="rk5")
 
 
-@pytest.mark.parametrize("method,option,valid", [
-    ("dopri5", "step_size", "first_step"),  # a fixed-step option on an adaptive method
-    ("rk4", "first_step", "step_size"),  # and the other way round
-    ("dopri5", "foo", "max_num_steps"),
-    ("scipy_solver", "max_num_steps", "solver"),
-    ("explicit_adams", "max_iters", "max_order"),
-])
+@pytest.mark.parametrize(
+    "method,option,valid",
+    [
+        ("dopri5", "step_size", "first_step"),  # a fixed-step option on an adaptive method
+        ("rk4", "first_step", "step_size"),  # and the other way round
+        ("dopri5", "foo", "max_num_steps"),
+        ("scipy_solver", "max_num_steps", "solver"),
+        ("explicit_adams", "max_iters", "max_order"),
+    ],
+)
 def test_unknown_options_list_the_valid_ones(method, option, valid):
     with pytest.raises(ValueError, match=rf"Unknown options \['{option}'\] for method '{method}'.*{valid}"):
         hn.odeint(decay, torch.ones(1), T01, method=method, options={option: 1})
@@ -240,11 +258,14 @@ def test_invalid_option_values():
         hn.odeint(decay, y0, T01, method="scipy_solver", options={"solver": "RK99"})
 
 
-@pytest.mark.parametrize("rtol,atol,match", [
-    (-1e-3, 1e-6, "rtol must be finite and non-negative"),
-    (1e-3, math.nan, "atol must be finite and non-negative"),
-    (torch.ones(4), 1e-6, r"tolerance of shape \(4,\) does not broadcast to the state \(3,\)"),
-])
+@pytest.mark.parametrize(
+    "rtol,atol,match",
+    [
+        (-1e-3, 1e-6, "rtol must be finite and non-negative"),
+        (1e-3, math.nan, "atol must be finite and non-negative"),
+        (torch.ones(4), 1e-6, r"tolerance of shape \(4,\) does not broadcast to the state \(3,\)"),
+    ],
+)
 def test_invalid_tolerances(rtol, atol, match):
     with pytest.raises(ValueError, match=match):
         hn.odeint(decay, torch.ones(3), T01, rtol=rtol, atol=atol)
@@ -293,17 +314,28 @@ def test_solver_error_is_a_runtime_error_and_status_carries_the_fix():
 def test_event_that_never_happens_stops_with_a_clear_error(reverse):
     # a constant state: the steps grow without bound and the solve runs out of representable times
     with pytest.raises(SolverError, match="event function never changed sign") as info:
-        hn.odeint_event(lambda t, y: torch.zeros_like(y), torch.ones(1), torch.tensor(0.0),
-                        event_fn=lambda t, y: y + 1.0, reverse_time=reverse)
+        hn.odeint_event(
+            lambda t, y: torch.zeros_like(y),
+            torch.ones(1),
+            torch.tensor(0.0),
+            event_fn=lambda t, y: y + 1.0,
+            reverse_time=reverse,
+        )
     assert info.value.status is Status.NO_EVENT
     assert (info.value.t < 0) == reverse
-    sol = hn.solve(lambda t, y: torch.zeros_like(y), torch.ones(1), torch.tensor([0.0, 1.0]),
-                   event_fn=lambda t, y: y + 1.0, throw=False)
+    sol = hn.solve(
+        lambda t, y: torch.zeros_like(y),
+        torch.ones(1),
+        torch.tensor([0.0, 1.0]),
+        event_fn=lambda t, y: y + 1.0,
+        throw=False,
+    )
     assert sol.status is Status.NO_EVENT
 
 
 def test_event_solve_respects_max_num_steps():
     # a decaying state never reaches -1; max_num_steps bounds the search
     with pytest.raises(SolverError, match="max_num_steps=50"):
-        hn.odeint_event(decay, torch.ones(1), torch.tensor(0.0), event_fn=lambda t, y: y + 1.0,
-                        options={"max_num_steps": 50})
+        hn.odeint_event(
+            decay, torch.ones(1), torch.tensor(0.0), event_fn=lambda t, y: y + 1.0, options={"max_num_steps": 50}
+        )

@@ -1,4 +1,5 @@
 """The mnist, nfe and anode subcommands on tiny budgets, and the anode claim on g1d."""
+
 import json
 
 import pytest
@@ -26,8 +27,25 @@ def tiny_mnist(tmp_path):
 
 def test_mnist_subcommand_tiny(tiny_mnist, tmp_path):
     out = tmp_path / "run"
-    rc = main(["mnist", "--data-root", str(tiny_mnist), "--out", str(out), "--iters", "2", "--channels", "4",
-               "--batch-size", "16", "--epochs", "1", "--threads", "1"])
+    rc = main(
+        [
+            "mnist",
+            "--data-root",
+            str(tiny_mnist),
+            "--out",
+            str(out),
+            "--iters",
+            "2",
+            "--channels",
+            "4",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["ResNet", "RK-Net", "ODE-Net"]
@@ -40,8 +58,25 @@ def test_mnist_subcommand_tiny(tiny_mnist, tmp_path):
 
 def test_nfe_subcommand_tiny(tiny_mnist, tmp_path):
     out = tmp_path / "nfe"
-    rc = main(["nfe", "--data-root", str(tiny_mnist), "--out", str(out), "--iters", "2", "--channels", "4",
-               "--eval-batch", "8", "--tolerances", "1e-1,1e-4", "--threads", "1"])
+    rc = main(
+        [
+            "nfe",
+            "--data-root",
+            str(tiny_mnist),
+            "--out",
+            str(out),
+            "--iters",
+            "2",
+            "--channels",
+            "4",
+            "--eval-batch",
+            "8",
+            "--tolerances",
+            "1e-1,1e-4",
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["tolerance"] for r in rows] == [1e-1, 1e-4]
@@ -54,8 +89,12 @@ def test_anode_subcommand_tiny(tmp_path):
     out = tmp_path / "anode"
     assert main(["anode", "--out", str(out), "--iters", "3", "--hidden", "8"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["task"], r["model"][:5]) for r in rows] == [("g1d", "NODE"), ("g1d", "ANODE"),
-                                                           ("spheres", "NODE"), ("spheres", "ANODE")]
+    assert [(r["task"], r["model"][:5]) for r in rows] == [
+        ("g1d", "NODE"),
+        ("g1d", "ANODE"),
+        ("spheres", "NODE"),
+        ("spheres", "ANODE"),
+    ]
     for name in ("anode_loss_nfe.png", "g1d_trajectories.png", "spheres_trajectories.png"):
         assert (out / name).is_file()
 

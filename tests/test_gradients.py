@@ -5,6 +5,7 @@ within ~1e-8 of the continuous ones; finite differences with eps=1e-6 on smooth 
 O(eps^2) ~ 1e-12 truncation error plus ~1e-10/eps ~ 1e-4 * |L| from the solver's tolerance-level
 noise, hence the 1e-6 to 1e-5 relative tolerances below.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,6 @@ from _gradient_problems import (
 )
 
 import hybrid_node as hn
-
 
 pytestmark = pytest.mark.usefixtures("float64_default")  # tensors built in float64
 
@@ -148,8 +148,9 @@ def test_gradcheck(name):
             k.copy_(kk)
         sens = METHODS[name]
         params = () if isinstance(sens, hn.DirectBackprop) else (k,)
-        sol = hn.solve(field, y0, t, sensitivity=sens, adjoint_params=params,
-                       controller=hn.PIDController(rtol=1e-10, atol=1e-12))
+        sol = hn.solve(
+            field, y0, t, sensitivity=sens, adjoint_params=params, controller=hn.PIDController(rtol=1e-10, atol=1e-12)
+        )
         return sol.ys
 
     # the parameter enters through a closure, so differentiate k itself and check y0 and t by gradcheck

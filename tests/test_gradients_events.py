@@ -5,6 +5,7 @@ dt_e/dtheta = -(t_e - t0) / theta, dt_e/dy0 = 1 / (theta y0), dt_e/dt0 = 1, and 
 is c whatever the parameters (its total gradient is zero). Backwards in time y grows, so there the
 level is c > y0 and t_e < t0 (the same formula).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ import torch
 
 import hybrid_node as hn
 
-
 pytestmark = pytest.mark.usefixtures("float64_default")  # tensors built in float64
+
 
 class Decay(torch.nn.Module):
     def __init__(self, theta):
@@ -41,8 +42,14 @@ def test_event_time_gradient_is_exact(name, reverse):
         t_e, ys = hn.odeint_event(func, y0, t0, odeint_interface=hn.odeint_adjoint, **kw)
     else:
         t = torch.cat([t0.reshape(1), t0.detach().reshape(1) + (-1 if reverse else 1)])
-        sol = hn.solve(func, y0, t, event_fn=event, sensitivity=hn.InterpolatingAdjoint(),
-                       controller=hn.PIDController(rtol=1e-10, atol=1e-12))
+        sol = hn.solve(
+            func,
+            y0,
+            t,
+            event_fn=event,
+            sensitivity=hn.InterpolatingAdjoint(),
+            controller=hn.PIDController(rtol=1e-10, atol=1e-12),
+        )
         t_e, ys = sol.t_final, sol.ys
     c = float(level.detach())
     theta, duration = 1.5, math.log(2.0 / c) / 1.5

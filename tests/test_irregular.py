@@ -1,4 +1,5 @@
 """The irregular batch format: padding, masks, union-of-times gathering, collation."""
+
 import pytest
 import torch
 

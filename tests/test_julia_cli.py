@@ -1,4 +1,5 @@
 """`hybrid-node doctor` and `hybrid-node julia-setup` without Julia."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,9 @@ from hybrid_node.backends import doctor, julia_runtime, julia_setup
 
 
 def test_doctor_reports_torch_and_why_julia_is_missing(monkeypatch, capsys):
-    monkeypatch.setattr(julia_runtime, "probe",
-                        lambda: julia_runtime.Availability(False, None, False, "juliacall is not installed"))
+    monkeypatch.setattr(
+        julia_runtime, "probe", lambda: julia_runtime.Availability(False, None, False, "juliacall is not installed")
+    )
     assert doctor.run(argparse.Namespace(start=False, timeout=1.0)) == 0
     out = capsys.readouterr().out
     assert "torch  : OK" in out
@@ -17,8 +19,9 @@ def test_doctor_reports_torch_and_why_julia_is_missing(monkeypatch, capsys):
 
 
 def test_doctor_reports_found_julia_without_starting_it(monkeypatch, capsys):
-    monkeypatch.setattr(julia_runtime, "probe",
-                        lambda: julia_runtime.Availability(True, "/opt/julia/bin/julia", False, ""))
+    monkeypatch.setattr(
+        julia_runtime, "probe", lambda: julia_runtime.Availability(True, "/opt/julia/bin/julia", False, "")
+    )
     doctor.run(argparse.Namespace(start=False, timeout=1.0))
     out = capsys.readouterr().out
     assert "probably OK" in out and "/opt/julia/bin/julia" in out

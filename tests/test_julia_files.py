@@ -4,14 +4,15 @@ They catch syntax errors (tree-sitter-julia), undeclared packages, manifests tha
 names that the Python side sends but the Julia side does not know. They cannot catch undefined
 names or wrong keyword arguments inside Julia code: that needs Julia (tests/test_cross_backend.py).
 """
+
 from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from hybrid_node.backends import julia_backend
 
@@ -92,8 +93,9 @@ def test_juliapkg_json_equals_project_toml():
     own = packages.pop(PROJECT["name"])
     assert own["uuid"] == PROJECT["uuid"] and own["dev"] is True
     assert {name: entry["uuid"] for name, entry in packages.items()} == PROJECT["deps"]
-    assert {name: entry["version"] for name, entry in packages.items()} == \
-        {name: c for name, c in PROJECT["compat"].items() if name != "julia"}
+    assert {name: entry["version"] for name, entry in packages.items()} == {
+        name: c for name, c in PROJECT["compat"].items() if name != "julia"
+    }
     assert JULIAPKG["julia"] == PROJECT["compat"]["julia"]
 
 
@@ -134,8 +136,12 @@ def test_python_and_julia_agree_on_algorithm_and_sensitivity_names():
     assert julia_algs == set(julia_backend.JULIA_ALGORITHMS) == set(julia_backend.METHODS.values())
     assert _julia_tuple("STIFF_ALGORITHMS") == set(julia_backend.STIFF_ALGORITHMS)
     assert _julia_tuple("ROSENBROCK_ALGORITHMS") == set(julia_backend.ROSENBROCK_ALGORITHMS)
-    assert _julia_tuple("SENSITIVITIES") == {"GaussAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint",
-                                             "BacksolveAdjoint"}
+    assert _julia_tuple("SENSITIVITIES") == {
+        "GaussAdjoint",
+        "InterpolatingAdjoint",
+        "QuadratureAdjoint",
+        "BacksolveAdjoint",
+    }
     text = (JULIA_DIR / "algorithms.jl").read_text()
     for alg in julia_algs:
         assert f'name == "{alg}" && return {alg}(' in text, f"make_algorithm does not build {alg}"

@@ -4,6 +4,7 @@ The stand-in honours the engine contract with scipy, so these tests check layout
 autograd bridge (gradients of y0, parameters and t, via gradcheck) and error paths; they do not
 exercise Julia (tests/test_cross_backend.py does, where Julia exists).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from julia_standin import StandinEngine
 from torch import nn
 
 from hybrid_node._errors import BackendError, JuliaNotAvailableError, SolverError, Status
@@ -25,7 +27,6 @@ from hybrid_node.sensitivity.settings import (
     InterpolatingAdjoint,
     QuadratureAdjoint,
 )
-from julia_standin import StandinEngine
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
@@ -56,6 +57,7 @@ def _solve(func, y0, t, engine=None, **kw):
 
 
 # ---------------------------------------------------------------- gradients (gradcheck, float64)
+
 
 def test_gradcheck_native_path_y0_t_params():
     func = MLPVectorField(_net(3, 2), time_input=True)
@@ -123,6 +125,7 @@ def test_time_gradient_matches_finite_differences_of_a_linear_system():
 
 # ---------------------------------------------------------------- layouts, dtypes, devices
 
+
 @pytest.mark.parametrize("shape", [(2,), (5, 2), (3, 4, 2)])
 def test_output_layout_matches_exact_solution(shape):
     A = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
@@ -158,8 +161,9 @@ def test_float32_parameters_get_float32_gradients():
 def test_adjoint_params_subset_gets_gradients_only_there():
     func = MLPVectorField(_net(2, 2))
     first, *rest = list(func.parameters())
-    _solve(func, torch.randn(3, 2, dtype=torch.float64), torch.tensor([0.0, 0.5]),
-           adjoint_params=(first,)).ys.sum().backward()
+    _solve(
+        func, torch.randn(3, 2, dtype=torch.float64), torch.tensor([0.0, 0.5]), adjoint_params=(first,)
+    ).ys.sum().backward()
     assert first.grad is not None and all(p.grad is None for p in rest)
 
 
@@ -175,13 +179,19 @@ def test_native_and_callback_paths_agree():
 def test_stiff_methods_send_a_jacobian_and_solve_robertson():
     def robertson(t, y):
         y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-        return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2 ** 2,
-                            3e7 * y2 ** 2], -1)
+        return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
 
     engine = StandinEngine()
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
-    sol = jb.solve_with_engine(engine, robertson, y0, torch.tensor([0.0, 1.0, 40.0], dtype=torch.float64),
-                               method="rodas5p", rtol=1e-8, atol=1e-10)
+    sol = jb.solve_with_engine(
+        engine,
+        robertson,
+        y0,
+        torch.tensor([0.0, 1.0, 40.0], dtype=torch.float64),
+        method="rodas5p",
+        rtol=1e-8,
+        atol=1e-10,
+    )
     assert engine.forward_calls[0]["config"].stiff
     torch.testing.assert_close(sol.ys.sum(-1), torch.ones(3, dtype=torch.float64), rtol=1e-7, atol=1e-7)
     # Reference at t=40: y1 = 0.7158271, y3 = 0.2841637 (Hairer & Wanner, Solving ODEs II).
@@ -209,11 +219,27 @@ def test_cuda_state_comes_back_on_cuda():
 
 # ---------------------------------------------------------------- configuration mapping
 
-@pytest.mark.parametrize("name, julia", [("dopri5", "DP5"), (None, "DP5"), ("Tsit5", "Tsit5"), ("tsit5", "Tsit5"),
-                                         ("bosh3", "BS3"), ("rk4", "RK4"), ("euler", "Euler"), ("Vern7", "Vern7"),
-                                         ("vern9", "Vern9"), ("Rodas5P", "Rodas5P"), ("rosenbrock23", "Rosenbrock23"),
-                                         ("KenCarp4", "KenCarp4"), ("trbdf2", "TRBDF2"), ("FBDF", "FBDF"),
-                                         ("qndf", "QNDF")])
+
+@pytest.mark.parametrize(
+    "name, julia",
+    [
+        ("dopri5", "DP5"),
+        (None, "DP5"),
+        ("Tsit5", "Tsit5"),
+        ("tsit5", "Tsit5"),
+        ("bosh3", "BS3"),
+        ("rk4", "RK4"),
+        ("euler", "Euler"),
+        ("Vern7", "Vern7"),
+        ("vern9", "Vern9"),
+        ("Rodas5P", "Rodas5P"),
+        ("rosenbrock23", "Rosenbrock23"),
+        ("KenCarp4", "KenCarp4"),
+        ("trbdf2", "TRBDF2"),
+        ("FBDF", "FBDF"),
+        ("qndf", "QNDF"),
+    ],
+)
 def test_method_names_map_to_julia_algorithms(name, julia):
     assert jb.resolve_method(name) == julia
 
@@ -227,11 +253,17 @@ def test_torch_only_method_names_the_julia_methods():
         jb.resolve_method(5)
 
 
-@pytest.mark.parametrize("setting, name, checkpointing", [
-    (None, "GaussAdjoint", False), (GaussAdjoint(), "GaussAdjoint", False),
-    (InterpolatingAdjoint(), "InterpolatingAdjoint", False),
-    (InterpolatingAdjoint(checkpoints=4), "InterpolatingAdjoint", True),
-    (QuadratureAdjoint(), "QuadratureAdjoint", False), (BacksolveAdjoint(), "BacksolveAdjoint", False)])
+@pytest.mark.parametrize(
+    "setting, name, checkpointing",
+    [
+        (None, "GaussAdjoint", False),
+        (GaussAdjoint(), "GaussAdjoint", False),
+        (InterpolatingAdjoint(), "InterpolatingAdjoint", False),
+        (InterpolatingAdjoint(checkpoints=4), "InterpolatingAdjoint", True),
+        (QuadratureAdjoint(), "QuadratureAdjoint", False),
+        (BacksolveAdjoint(), "BacksolveAdjoint", False),
+    ],
+)
 def test_sensitivity_mapping(setting, name, checkpointing):
     assert jb.resolve_sensitivity(setting, "Tsit5", 1e-6, 1e-8)[:2] == (name, checkpointing)
 
@@ -241,14 +273,17 @@ def test_quadrature_tolerances_default_to_forward_and_can_be_set():
     assert jb.resolve_sensitivity(QuadratureAdjoint(rtol=1e-3, atol=1e-4), "Tsit5", 1e-6, 1e-8)[2:] == (1e-3, 1e-4)
 
 
-@pytest.mark.parametrize("setting, match", [
-    (DirectBackprop(), "GaussAdjoint"),
-    (InterpolatingAdjoint(checkpoints=3), "#1075"),
-    (GaussAdjoint(norm="seminorm"), "seminorm"),
-    (GaussAdjoint(rtol=1e-3), "forward tolerances"),
-    (BacksolveAdjoint(method="tsit5"), "forward method"),
-    (GaussAdjoint(options={"max_num_steps": 3}), "options"),
-])
+@pytest.mark.parametrize(
+    "setting, match",
+    [
+        (DirectBackprop(), "GaussAdjoint"),
+        (InterpolatingAdjoint(checkpoints=3), "#1075"),
+        (GaussAdjoint(norm="seminorm"), "seminorm"),
+        (GaussAdjoint(rtol=1e-3), "forward tolerances"),
+        (BacksolveAdjoint(method="tsit5"), "forward method"),
+        (GaussAdjoint(options={"max_num_steps": 3}), "options"),
+    ],
+)
 def test_impossible_sensitivities_raise_backend_error(setting, match):
     with pytest.raises(BackendError, match=match):
         jb.resolve_sensitivity(setting, "Rodas5P", 1e-6, 1e-8)
@@ -268,17 +303,21 @@ def test_options_map_to_dt_and_maxiters():
 
 # ---------------------------------------------------------------- error paths
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(y0=[1.0]), TypeError, "y0 must be a tensor"),
-    (dict(y0=torch.tensor([1, 2])), TypeError, "floating"),
-    (dict(t=torch.tensor([0.0, 1.0, 0.5])), ValueError, "strictly increasing"),
-    (dict(t=torch.tensor([[0.0, 1.0]])), ValueError, "1-D"),
-    (dict(rtol=-1.0), ValueError, "rtol"),
-    (dict(atol=torch.ones(2)), ValueError, "scalar"),
-    (dict(options={"bogus": 1}), ValueError, "valid options"),
-    (dict(method="adaptive_heun"), BackendError, "torch backend"),
-    (dict(func=3), TypeError, "callable"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(y0=[1.0]), TypeError, "y0 must be a tensor"),
+        (dict(y0=torch.tensor([1, 2])), TypeError, "floating"),
+        (dict(t=torch.tensor([0.0, 1.0, 0.5])), ValueError, "strictly increasing"),
+        (dict(t=torch.tensor([[0.0, 1.0]])), ValueError, "1-D"),
+        (dict(rtol=-1.0), ValueError, "rtol"),
+        (dict(atol=torch.ones(2)), ValueError, "scalar"),
+        (dict(options={"bogus": 1}), ValueError, "valid options"),
+        (dict(method="adaptive_heun"), BackendError, "torch backend"),
+        (dict(func=3), TypeError, "callable"),
+    ],
+)
 def test_bad_input_is_reported_before_julia_starts(kwargs, error, match, monkeypatch):
     monkeypatch.setattr(julia_runtime, "load_module", lambda: pytest.fail("Julia must not start"))
     args = dict(func=lambda t, y: -y, y0=torch.ones(2), t=torch.tensor([0.0, 1.0]))
@@ -294,23 +333,27 @@ def test_wrong_output_shape_of_func_is_reported():
 
 def test_failed_solve_raises_solver_error():
     with pytest.raises(SolverError) as info:
-        _solve(lambda t, y: y ** 2, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 2.0]), rtol=1e-6,
-               atol=1e-8)
+        _solve(lambda t, y: y**2, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 2.0]), rtol=1e-6, atol=1e-8)
     assert info.value.status is Status.MAX_STEPS and 0.9 < info.value.t < 1.01
 
 
 def test_missing_julia_raises_with_install_instructions(monkeypatch):
     monkeypatch.setattr(julia_runtime, "_MODULE", None)
-    monkeypatch.setattr(julia_runtime, "probe",
-                        lambda: julia_runtime.Availability(False, None, False, "juliacall is not installed"))
-    with pytest.raises(JuliaNotAvailableError, match=r"(?s)pip install 'hybrid_node\[julia\]'.*julia-setup.*PYTHON_JULIAPKG_OFFLINE") as info:
+    monkeypatch.setattr(
+        julia_runtime, "probe", lambda: julia_runtime.Availability(False, None, False, "juliacall is not installed")
+    )
+    with pytest.raises(
+        JuliaNotAvailableError, match=r"(?s)pip install 'hybrid_node\[julia\]'.*julia-setup.*PYTHON_JULIAPKG_OFFLINE"
+    ) as info:
         jb.solve(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]))
     assert isinstance(info.value, ImportError) and isinstance(info.value, BackendError)
 
 
 def test_importing_hybrid_node_never_starts_julia():
-    code = ("import sys, hybrid_node, hybrid_node.backends.julia_backend, hybrid_node.backends.doctor; "
-            "print('juliacall' in sys.modules, 'juliapkg' in sys.modules)")
+    code = (
+        "import sys, hybrid_node, hybrid_node.backends.julia_backend, hybrid_node.backends.doctor; "
+        "print('juliacall' in sys.modules, 'juliapkg' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -1,15 +1,16 @@
 """The Julia package ships inside the wheel, where juliapkg.json's path must find it."""
+
 from __future__ import annotations
 
 import importlib.util
 import json
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +39,11 @@ def test_bundled_package_is_the_repository_one():
 def test_built_wheel_contains_the_julia_package(tmp_path):
     if importlib.util.find_spec("build") is None:
         pytest.skip("needs the `build` package")
-    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "-o", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "-o", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("*.whl"))  # built from the sdist, so the sdist is checked too
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())

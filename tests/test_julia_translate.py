@@ -1,13 +1,14 @@
 """The native path's MLP translation, checked by evaluating the Julia formula in numpy against torch."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from julia_standin import julia_weight, mlp_forward, mlp_vjp
 from torch import nn
 
 from hybrid_node.backends.julia_translate import MLPVectorField, make_callbacks, translate_mlp
-from julia_standin import julia_weight, mlp_forward, mlp_vjp
 
 ACTS = [nn.Tanh(), nn.ReLU(), nn.Softplus(), nn.Sigmoid(), nn.SiLU(), nn.ELU()]
 
@@ -21,8 +22,9 @@ def _theta(spec):
 def test_julia_formula_matches_torch(act, time_input):
     torch.manual_seed(0)
     D = 3
-    net = nn.Sequential(nn.Linear(D + time_input, 5), act, nn.Linear(5, 4, bias=False), nn.Tanh(),
-                        nn.Linear(4, D)).double()
+    net = nn.Sequential(
+        nn.Linear(D + time_input, 5), act, nn.Linear(5, 4, bias=False), nn.Tanh(), nn.Linear(4, D)
+    ).double()
     func = MLPVectorField(net, time_input=time_input)
     spec, why = translate_mlp(func)
     assert spec is not None, why
@@ -70,15 +72,18 @@ def test_hand_written_mlp_vjp_matches_autograd():
     np.testing.assert_allclose(gp, torch.cat([g.reshape(-1) for g in grads[1:]]).numpy(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("net, reason", [
-    (nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 2)), "not translatable"),
-    (nn.Sequential(nn.Linear(2, 2), nn.Softplus(beta=2.0), nn.Linear(2, 2)), "not translatable"),
-    (nn.Sequential(nn.Linear(2, 2), nn.ELU(alpha=0.5), nn.Linear(2, 2)), "not translatable"),
-    (nn.Sequential(nn.Tanh(), nn.Linear(2, 2)), "must follow a Linear"),
-    (nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Tanh(), nn.Linear(2, 2)), "must follow a Linear"),
-    (nn.Sequential(nn.Linear(2, 3), nn.Linear(2, 2)), "takes 2 features"),
-    (nn.Sequential(nn.Linear(2, 3)), "maps 2 state features to 3"),
-])
+@pytest.mark.parametrize(
+    "net, reason",
+    [
+        (nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 2)), "not translatable"),
+        (nn.Sequential(nn.Linear(2, 2), nn.Softplus(beta=2.0), nn.Linear(2, 2)), "not translatable"),
+        (nn.Sequential(nn.Linear(2, 2), nn.ELU(alpha=0.5), nn.Linear(2, 2)), "not translatable"),
+        (nn.Sequential(nn.Tanh(), nn.Linear(2, 2)), "must follow a Linear"),
+        (nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Tanh(), nn.Linear(2, 2)), "must follow a Linear"),
+        (nn.Sequential(nn.Linear(2, 3), nn.Linear(2, 2)), "takes 2 features"),
+        (nn.Sequential(nn.Linear(2, 3)), "maps 2 state features to 3"),
+    ],
+)
 def test_untranslatable_networks_fall_back_with_a_reason(net, reason):
     spec, why = translate_mlp(MLPVectorField(net))
     assert spec is None and reason in why
@@ -107,8 +112,8 @@ def test_callbacks_match_autograd_and_use_column_major_jacobian():
     gy, gw = torch.autograd.grad(field(torch.tensor(0.5), yr), (yr, w), torch.tensor(lam).reshape(B, D))
     out = cb.vjp(lam, u, 0.5)
     assert out.shape == (B * D + 2,) and cb.n_state == B * D and cb.n_params == 2
-    np.testing.assert_allclose(out[:B * D], gy.reshape(-1).numpy(), rtol=1e-12)
-    np.testing.assert_allclose(out[B * D:], gw.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out[: B * D], gy.reshape(-1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out[B * D :], gw.numpy(), rtol=1e-12)
     J = cb.jac(u, 0.5).reshape((B * D, B * D), order="F")  # as Julia reads it
     eps = 1e-7
     for j in range(B * D):

@@ -4,6 +4,7 @@ The spirals score is the RMSE on the 100 grid points after each window. These te
 targets are those points on the training clock, and that the model decodes them from z0 at t0 = 0 (the
 window start) along the same latent trajectory that reconstructs the window.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +12,6 @@ from scipy.integrate import solve_ivp
 
 from hybrid_node.data.spirals import SpiralConfig, make_spirals, spiral_curves
 from hybrid_node.nn.latent_ode import LatentODE
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,11 +58,19 @@ def test_decoder_uses_absolute_times_from_t0(data):
     future = data.extrap_times.double()
     mean, _ = model.encode(batch)
     with torch.no_grad():
+
         def field(t, z):
             return model.dynamics(t, torch.as_tensor(z).reshape(mean.shape)).reshape(-1).numpy()
 
-        sol = solve_ivp(field, (0.0, float(future[-1])), mean.reshape(-1).numpy(), method="DOP853",
-                        t_eval=future.numpy(), rtol=1e-11, atol=1e-12)
+        sol = solve_ivp(
+            field,
+            (0.0, float(future[-1])),
+            mean.reshape(-1).numpy(),
+            method="DOP853",
+            t_eval=future.numpy(),
+            rtol=1e-11,
+            atol=1e-12,
+        )
         z = torch.as_tensor(sol.y.T).reshape(len(future), *mean.shape)
         expected = model.decoder(z).transpose(0, 1)
     got = model.predict(batch, future)

@@ -4,6 +4,7 @@ For training spirals the 100 points after the window are known; the forecasting 
 model on them too while the encoder (and the RNNs' read-in) still sees only the n observed window
 points. These tests pin down which points are scored and that each loss is exactly the sum over them.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -125,8 +126,18 @@ def test_rnn_forecast_loss_by_hand(data):
 def test_forecast_training_lowers_the_forecast_loss(tmp_path, name):
     big = make_spirals(SpiralConfig(nspiral=64), seed=0)
     train, future = big.subsample(30, seed=0), _future(big)
-    s = SpiralsSettings(ns=(30,), iters=25, rnn_iters=25, batch_size=64, lr=0.02, rtol=1e-4, atol=1e-5,
-                        val_every=100, lr_decay="none", select="last")
+    s = SpiralsSettings(
+        ns=(30,),
+        iters=25,
+        rnn_iters=25,
+        batch_size=64,
+        lr=0.02,
+        rtol=1e-4,
+        atol=1e-5,
+        val_every=100,
+        lr_decay="none",
+        select="last",
+    )
     model = train_one(name, 30, s, train, tmp_path / "m.pt", False, lambda k, loss: None, None, future)
     first, last = np.mean(model.history[:3]), np.mean(model.history[-3:])
     assert last < 0.8 * first, (first, last)
@@ -142,8 +153,20 @@ def test_minibatches_select_the_matching_future_rows(data):
 
 @pytest.mark.parametrize("objective", ["window", "forecast"])
 def test_experiment_records_objective_and_breakdown(tmp_path, objective):
-    s = SpiralsSettings(ns=(10,), models=("latent_ode", "rnn"), iters=2, rnn_iters=2, nspiral=8, ntest=8,
-                        batch_size=8, nval=4, val_every=1, rtol=1e-3, atol=1e-4, objective=objective)
+    s = SpiralsSettings(
+        ns=(10,),
+        models=("latent_ode", "rnn"),
+        iters=2,
+        rnn_iters=2,
+        nspiral=8,
+        ntest=8,
+        batch_size=8,
+        nval=4,
+        val_every=1,
+        rtol=1e-3,
+        atol=1e-4,
+        objective=objective,
+    )
     results = run_experiment(s, tmp_path / objective, plots=False, progress=False)
     assert results["settings"]["objective"] == objective
     entry = results["rmse"]["latent_ode/n=10"]

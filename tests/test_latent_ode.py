@@ -1,4 +1,5 @@
 """Latent ODE, ODE-RNN and RNN baselines: ELBO pieces by hand, masks, per-sample grids, training."""
+
 import math
 
 import pytest
@@ -17,7 +18,6 @@ from hybrid_node.nn.latent_ode import (
 )
 from hybrid_node.nn.ode_rnn import ODERNN
 from hybrid_node.nn.rnn_baselines import RNNBaseline
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,5 @@
 """Refining a latent ODE's z0 towards the posterior mode (LatentODE.refine_z0)."""
+
 import pytest
 import torch
 

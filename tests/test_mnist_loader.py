@@ -1,4 +1,5 @@
 """MNIST loader: IDX files written here (plain, gzip, torchvision layout), errors, and the offline copy."""
+
 import gzip
 import struct
 
@@ -72,7 +73,9 @@ def test_to_float_shape_and_range():
     torch.testing.assert_close(x.flatten(), torch.tensor([0.0, 1.0]))
 
 
-@pytest.mark.skipif(mnist_mod.offline_copy_path() is None, reason="offline MNIST wheel (hybrid_node[mnist]) not installed")
+@pytest.mark.skipif(
+    mnist_mod.offline_copy_path() is None, reason="offline MNIST wheel (hybrid_node[mnist]) not installed"
+)
 def test_offline_copy_is_the_real_mnist():
     pytest.importorskip("zarr")
     test = load_mnist(None, train=False)

@@ -1,4 +1,5 @@
 """Augmented and second-order Neural ODEs: shapes, zero padding, and the harmonic oscillator."""
+
 import math
 
 import pytest

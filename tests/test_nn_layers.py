@@ -1,4 +1,5 @@
 """Time-dependent layers: shapes, that time really enters, and equality with the explicit concatenation."""
+
 import pytest
 import torch
 

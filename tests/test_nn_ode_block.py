@@ -1,4 +1,5 @@
 """ODEBlock: accuracy against the matrix exponential, shapes/dtypes, train/eval settings, NFE counts."""
+
 import pytest
 import scipy.linalg
 import torch
@@ -65,8 +66,12 @@ def test_cuda_device_is_kept():
 def test_train_and_eval_settings_switch_with_mode():
     y0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     exact = y0 @ torch.from_numpy(scipy.linalg.expm(5.0 * A.numpy())).T
-    block = ODEBlock(Linear(A.clone()), (0.0, 5.0), train_settings=SolveSettings(rtol=1e-2, atol=1e-2),
-                     eval_settings=SolveSettings(rtol=1e-9, atol=1e-11))
+    block = ODEBlock(
+        Linear(A.clone()),
+        (0.0, 5.0),
+        train_settings=SolveSettings(rtol=1e-2, atol=1e-2),
+        eval_settings=SolveSettings(rtol=1e-9, atol=1e-11),
+    )
     loose = block(y0)
     nfe_train = block.nfe_forward
     block.eval()

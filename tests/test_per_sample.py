@@ -1,4 +1,5 @@
 """Per-sample adaptive stepping (options={"per_sample": True})."""
+
 import math
 
 import pytest
@@ -17,8 +18,8 @@ def field(t, y):
 
 
 def exact(t: float, lam: torch.Tensor) -> torch.Tensor:
-    l = lam[:, None]
-    return (1 - l / (l**2 + 1)) * torch.exp(-l * t) + (l * math.cos(t) + math.sin(t)) / (l**2 + 1)
+    lm = lam[:, None]
+    return (1 - lm / (lm**2 + 1)) * torch.exp(-lm * t) + (lm * math.cos(t) + math.sin(t)) / (lm**2 + 1)
 
 
 def test_matches_exact_solution_per_element():

@@ -1,12 +1,13 @@
 """Statistics of the spirals generator and the periodic toy set."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from hybrid_node.data.periodic import PeriodicConfig, make_periodic
 from hybrid_node.data.irregular import IrregularBatch
+from hybrid_node.data.periodic import PeriodicConfig, make_periodic
 from hybrid_node.data.spirals import SpiralConfig, bayes_forecast, make_spirals, spiral_curves
 
 
@@ -87,7 +88,7 @@ def test_bayes_forecast_against_brute_force_posterior():
             for start in range(cfg.nsample, cfg.ntotal - cfg.nsample - cfg.nextrap):
                 resid = x - curve[start + k[b]]
                 logp.append(-0.5 * (resid**2).sum() / cfg.noise_std**2)
-                fut.append(curve[start + cfg.nsample: start + cfg.nsample + cfg.nextrap])
+                fut.append(curve[start + cfg.nsample : start + cfg.nsample + cfg.nextrap])
         w = np.exp(np.array(logp) - max(logp))
         expected.append(np.tensordot(w / w.sum(), np.array(fut), axes=1))
     got = bayes_forecast(cfg, batch, chunk=4)

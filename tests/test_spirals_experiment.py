@@ -1,4 +1,5 @@
 """Checkpoint/resume of training runs and the `hybrid-node spirals` path on a tiny budget."""
+
 import dataclasses
 import json
 import os
@@ -9,17 +10,33 @@ import torch
 from hybrid_node.cli import main
 from hybrid_node.data.spirals import SpiralConfig, make_spirals
 from hybrid_node.experiments.spirals import (
-    SpiralsSettings, build_model, inference_gap, learning_rate, predict, rmse, run_experiment, train_one,
+    SpiralsSettings,
+    build_model,
+    inference_gap,
+    learning_rate,
+    predict,
+    rmse,
+    run_experiment,
+    train_one,
 )
 from hybrid_node.training.checkpoint import load_checkpoint, save_checkpoint
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(**kw):
-    base = {"ns": (10,), "iters": 6, "rnn_iters": 6, "nspiral": 12, "ntest": 6, "batch_size": 5, "rtol": 1e-3, "atol": 1e-4, "checkpoint_every": 3,
-            "refine": (0, 2)}
+    base = {
+        "ns": (10,),
+        "iters": 6,
+        "rnn_iters": 6,
+        "nspiral": 12,
+        "ntest": 6,
+        "batch_size": 5,
+        "rtol": 1e-3,
+        "atol": 1e-4,
+        "checkpoint_every": 3,
+        "refine": (0, 2),
+    }
     base.update(kw)
     return SpiralsSettings(**base)
 
@@ -78,8 +95,18 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
 
     def moved(clip):
         s = _settings(iters=1, rnn_iters=1, lr=0.01, batch_size=12, grad_clip=clip)
-        start = [p.detach().clone() for p in train_one("rnn", 10, dataclasses.replace(s, iters=0, rnn_iters=0), train,
-                                                       tmp_path / f"a{clip}.pt", False, lambda k, loss: None).parameters()]
+        start = [
+            p.detach().clone()
+            for p in train_one(
+                "rnn",
+                10,
+                dataclasses.replace(s, iters=0, rnn_iters=0),
+                train,
+                tmp_path / f"a{clip}.pt",
+                False,
+                lambda k, loss: None,
+            ).parameters()
+        ]
         model = train_one("rnn", 10, s, train, tmp_path / f"b{clip}.pt", False, lambda k, loss: None)
         return max(float((p.detach() - q).abs().max()) for p, q in zip(model.parameters(), start))
 
@@ -123,8 +150,31 @@ def test_checkpoint_write_is_atomic(tmp_path):
 
 def test_cli_tiny_budget_writes_table_plots_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["spirals", "--n", "10", "30", "--iters", "2", "--rnn-iters", "2", "--nspiral", "8", "--ntest", "6",
-            "--rtol", "1e-3", "--atol", "1e-4", "--out", str(out), "--checkpoint-every", "1", "--refine-steps", "0", "3"]
+    args = [
+        "spirals",
+        "--n",
+        "10",
+        "30",
+        "--iters",
+        "2",
+        "--rnn-iters",
+        "2",
+        "--nspiral",
+        "8",
+        "--ntest",
+        "6",
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-4",
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "1",
+        "--refine-steps",
+        "0",
+        "3",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "0.3937" in printed and "0.1642" in printed  # the paper's numbers are shown beside ours
@@ -135,7 +185,11 @@ def test_cli_tiny_budget_writes_table_plots_and_resumes(tmp_path, capsys):
     # The generator-aware floor is in the table, and no (barely trained) model is below it.
     assert "Bayes-optimal (knows the generator)" in printed
     for n in (10, 30):
-        assert 0 < results["bayes_optimal"][str(n)] < min(results["rmse"][f"{m}/n={n}"]["rmse"] for m in ("rnn", "rnn_gaps"))
+        assert (
+            0
+            < results["bayes_optimal"][str(n)]
+            < min(results["rmse"][f"{m}/n={n}"]["rmse"] for m in ("rnn", "rnn_gaps"))
+        )
     for name in ("table2.md", "spirals_n10.png", "spirals_n30.png"):
         assert (out / name).stat().st_size > 0
     # Resume with a larger budget: training continues from step 2 of the stored checkpoints.
@@ -179,8 +233,7 @@ def test_inference_gap_recovers_a_z0_the_model_can_reach():
 
 
 def test_restarts_are_independent_and_the_best_by_validation_is_scored(tmp_path):
-    s = _settings(ns=(10,), models=("latent_ode", "rnn_gaps"), iters=3, rnn_iters=3, nval=5, val_every=1,
-                  restarts=3)
+    s = _settings(ns=(10,), models=("latent_ode", "rnn_gaps"), iters=3, rnn_iters=3, nval=5, val_every=1, restarts=3)
     results = run_experiment(s, tmp_path, plots=False, progress=False)
     for name in s.models:
         entry = results["rmse"][f"{name}/n=10"]

@@ -1,4 +1,5 @@
 """Details of the adaptive loop and of dopri5's error estimate that decide how many steps a solve takes."""
+
 import math
 
 import pytest
@@ -35,8 +36,7 @@ def test_stretching_applies_to_inner_stops_and_respects_max_step():
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     # step_t stops: a step of 0.4975 reaches 0.5 when stretched by 1%
     y0 = torch.ones(1, dtype=torch.float64)
-    sol = hn.solve(decay, y0, t, controller=hn.PIDController(rtol=1e-2, atol=1e-2, first_step=0.4975),
-                   step_t=(0.5,))
+    sol = hn.solve(decay, y0, t, controller=hn.PIDController(rtol=1e-2, atol=1e-2, first_step=0.4975), step_t=(0.5,))
     assert abs(float(sol.ys[1, 0]) - math.exp(-0.5)) < 1e-3
     assert sol.stats.n_accepted == 2  # 0 -> 0.5 -> 1, no sliver steps
     # max_step caps the stretch: 0.995 may not grow to 1 when max_step is 0.995
@@ -82,6 +82,7 @@ def test_all_finite_survives_an_overflowing_sum():
     assert not all_finite(torch.tensor([1.0, math.nan]))
     assert not all_finite(torch.tensor([math.inf, -math.inf]))  # the sum is NaN
     assert not all_finite(torch.tensor([1.0, math.inf]))
-    ys = hn.odeint(lambda t, y: torch.zeros_like(y), big, torch.tensor([0.0, 1.0]), method="rk4",
-                   options={"step_size": 0.5})
+    ys = hn.odeint(
+        lambda t, y: torch.zeros_like(y), big, torch.tensor([0.0, 1.0]), method="rk4", options={"step_size": 0.5}
+    )
     assert torch.equal(ys[-1], big)  # large finite states are not mistaken for a failure

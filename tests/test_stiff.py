@@ -22,11 +22,22 @@ ADAPTIVE = ["rodas5p", "rodas4", "ros3p", "rosenbrock23", "kencarp4", "kvaerno3"
 L_STABLE = ["rodas5p", "rodas4", "rosenbrock23", "kencarp4", "kvaerno3", "kvaerno5", "trbdf2"]
 # method -> (order, step counts): the fixed-step error must fall with this slope
 ORDERS = {
-    "rodas5p": (5, (8, 16, 32)), "rodas4": (4, (8, 16, 32)), "ros3p": (3, (8, 16, 32)),
-    "rosenbrock23": (2, (8, 16, 32)), "kencarp4": (4, (8, 16, 32)), "kvaerno3": (3, (8, 16, 32)),
-    "kvaerno5": (5, (4, 8, 16)), "trbdf2": (2, (8, 16, 32)), "implicit_euler": (1, (16, 32, 64)),
-    "sdirk2": (2, (8, 16, 32)), "trapezoid": (2, (8, 16, 32)), "implicit_midpoint": (2, (8, 16, 32)),
-    "gl4": (4, (4, 8, 16)), "gl6": (6, (2, 4, 8)), "radauIIA3": (3, (8, 16, 32)), "radauIIA5": (5, (4, 8, 16)),
+    "rodas5p": (5, (8, 16, 32)),
+    "rodas4": (4, (8, 16, 32)),
+    "ros3p": (3, (8, 16, 32)),
+    "rosenbrock23": (2, (8, 16, 32)),
+    "kencarp4": (4, (8, 16, 32)),
+    "kvaerno3": (3, (8, 16, 32)),
+    "kvaerno5": (5, (4, 8, 16)),
+    "trbdf2": (2, (8, 16, 32)),
+    "implicit_euler": (1, (16, 32, 64)),
+    "sdirk2": (2, (8, 16, 32)),
+    "trapezoid": (2, (8, 16, 32)),
+    "implicit_midpoint": (2, (8, 16, 32)),
+    "gl4": (4, (4, 8, 16)),
+    "gl6": (6, (2, 4, 8)),
+    "radauIIA3": (3, (8, 16, 32)),
+    "radauIIA5": (5, (4, 8, 16)),
 }
 _A = torch.tensor([[-1.0, 0.5, 0.0], [0.3, -2.0, 0.1], [0.0, 0.2, -0.5]], dtype=F64)
 
@@ -51,11 +62,17 @@ def test_convergence_order(name, order_reference):
     """Fixed steps on a non-autonomous nonlinear problem: the log-log slope of the error is the order."""
     y0, t, ref = order_reference
     order, counts = ORDERS[name]
-    solver = _solver(name, newton_rtol=1e-13, newton_atol=1e-15) if name in IMPLICIT_METHODS and \
-        "max_newton_iters" in IMPLICIT_METHODS[name][1] else _solver(name)
+    solver = (
+        _solver(name, newton_rtol=1e-13, newton_atol=1e-15)
+        if name in IMPLICIT_METHODS and "max_newton_iters" in IMPLICIT_METHODS[name][1]
+        else _solver(name)
+    )
     if solver.adaptive:
-        solver = solver.fixed_steps() if hasattr(solver, "fixed_steps") else type(solver)(
-            **{**{f: getattr(solver, f) for f in solver.__dataclass_fields__}, "adaptive": False})
+        solver = (
+            solver.fixed_steps()
+            if hasattr(solver, "fixed_steps")
+            else type(solver)(**{**{f: getattr(solver, f) for f in solver.__dataclass_fields__}, "adaptive": False})
+        )
     errs = []
     for n in counts:
         ys = hn.solve(mildly_nonlinear, y0, t, solver=solver, controller=hn.ConstantStepSize(step_size=2.0 / n)).ys
@@ -84,21 +101,25 @@ def robertson(t, y):
 def van_der_pol(mu):
     def f(t, y):
         return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
     return f
 
 
 def hires(t, y):
     y1, y2, y3, y4, y5, y6, y7, y8 = y.unbind(-1)
-    return torch.stack([
-        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
-        1.71 * y1 - 8.75 * y2,
-        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
-        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
-        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-        280.0 * y6 * y8 - 1.81 * y7,
-        -280.0 * y6 * y8 + 1.81 * y7,
-    ], -1)
+    return torch.stack(
+        [
+            -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+            1.71 * y1 - 8.75 * y2,
+            -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+            8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+            -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+            -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+            280.0 * y6 * y8 - 1.81 * y7,
+            -280.0 * y6 * y8 + 1.81 * y7,
+        ],
+        -1,
+    )
 
 
 HIRES_Y0 = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0057]
@@ -124,16 +145,24 @@ def _van_der_pol_np(mu):
 
     def jac(t, y):
         return np.array([[0.0, 1.0], [-2 * mu * y[0] * y[1] - 1, mu * (1 - y[0] ** 2)]])
+
     return fun, jac
 
 
 def _hires_np(t, y):
     y1, y2, y3, y4, y5, y6, y7, y8 = y
-    return np.array([-1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007, 1.71 * y1 - 8.75 * y2,
-                     -10.03 * y3 + 0.43 * y4 + 0.035 * y5, 8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-                     -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
-                     -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-                     280.0 * y6 * y8 - 1.81 * y7, -280.0 * y6 * y8 + 1.81 * y7])
+    return np.array(
+        [
+            -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+            1.71 * y1 - 8.75 * y2,
+            -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+            8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+            -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+            -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+            280.0 * y6 * y8 - 1.81 * y7,
+            -280.0 * y6 * y8 + 1.81 * y7,
+        ]
+    )
 
 
 def _hires_jac_np(t, y):
@@ -156,8 +185,16 @@ HIRES_NP = (_hires_np, _hires_jac_np)
 def _scipy_reference(problem, y0, t):
     """scipy's Radau at rtol=1e-11 on the numpy version ``problem = (fun, jac)`` of a test problem."""
     fun, jac = problem
-    r = solve_ivp(fun, (float(t[0]), float(t[-1])), np.asarray(y0, dtype=float), method="Radau",
-                  rtol=1e-11, atol=1e-13, t_eval=np.asarray(t, dtype=float), jac=jac)
+    r = solve_ivp(
+        fun,
+        (float(t[0]), float(t[-1])),
+        np.asarray(y0, dtype=float),
+        method="Radau",
+        rtol=1e-11,
+        atol=1e-13,
+        t_eval=np.asarray(t, dtype=float),
+        jac=jac,
+    )
     assert r.success
     return torch.tensor(r.y.T)
 
@@ -165,8 +202,11 @@ def _scipy_reference(problem, y0, t):
 def test_numpy_references_match_the_torch_problems():
     """The numpy copies used by the references are the same fields (values and Jacobians)."""
     gen = np.random.default_rng(0)
-    for f, (fun, jac), d in ((robertson, ROBERTSON_NP, 3), (van_der_pol(7.0), _van_der_pol_np(7.0), 2),
-                             (hires, HIRES_NP, 8)):
+    for f, (fun, jac), d in (
+        (robertson, ROBERTSON_NP, 3),
+        (van_der_pol(7.0), _van_der_pol_np(7.0), 2),
+        (hires, HIRES_NP, 8),
+    ):
         y = gen.uniform(0.1, 1.0, d)
         yt = torch.tensor(y)
         np.testing.assert_allclose(f(torch.tensor(0.3, dtype=F64), yt).numpy(), fun(0.3, y), rtol=1e-12)
@@ -227,8 +267,14 @@ def test_van_der_pol_stiff_against_scipy_and_far_fewer_steps_than_dopri5():
     assert _relerr(sol.ys, ref, 1e-3) < 1e-4
     # dopri5 on the first 5 time units already needs more steps than rodas5p on all 300
     short = torch.tensor([0.0, 5.0], dtype=F64)
-    explicit = hn.solve(f, y0, short, solver=hn.Dopri5(), controller=hn.PIDController(rtol=1e-6, atol=1e-6,
-                        max_num_steps=4000), throw=False)
+    explicit = hn.solve(
+        f,
+        y0,
+        short,
+        solver=hn.Dopri5(),
+        controller=hn.PIDController(rtol=1e-6, atol=1e-6, max_num_steps=4000),
+        throw=False,
+    )
     steps = explicit.stats.n_accepted + explicit.stats.n_rejected
     assert steps > 5 * (sol.stats.n_accepted + sol.stats.n_rejected)
 
@@ -294,8 +340,9 @@ def test_stiff_linear_batched_against_expm():
 
     y0 = torch.randn(3, 4, generator=gen, dtype=F64)
     t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
-    exact = torch.stack([torch.stack([torch.tensor(scipy.linalg.expm(float(tt) * m.numpy())) @ y for m, y in
-                                      zip(a, y0)]) for tt in t])
+    exact = torch.stack(
+        [torch.stack([torch.tensor(scipy.linalg.expm(float(tt) * m.numpy())) @ y for m, y in zip(a, y0)]) for tt in t]
+    )
     for name in ("rodas4", "kvaerno5"):
         sol = hn.solve(f, y0, t, solver=_solver(name), controller=hn.PIDController(rtol=1e-8, atol=1e-10))
         assert float((sol.ys - exact).abs().max()) < 1e-7
@@ -361,8 +408,10 @@ def test_newton_methods_reuse_the_jacobian():
 # ---------------------------------------------------------------- odeint names, options, dense output
 
 
-@pytest.mark.parametrize("name", ["implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "radauIIA5",
-                                  "gl4", "gl6", "sdirk2", "trbdf2"])
+@pytest.mark.parametrize(
+    "name",
+    ["implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "radauIIA5", "gl4", "gl6", "sdirk2", "trbdf2"],
+)
 def test_torchdiffeq_fixed_step_names(name):
     """torchdiffeq's fixed-step implicit names: fixed steps on the given step_size (or the output grid)."""
     lam = -1000.0
@@ -393,13 +442,24 @@ def test_trbdf2_is_adaptive_without_a_step_size():
 
 def test_unknown_option_raises():
     with pytest.raises(ValueError, match="Unknown options"):
-        hn.odeint(robertson, torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0]), method="rodas5p",
-                  options={"newton_kappa": 0.1})
+        hn.odeint(
+            robertson,
+            torch.tensor([1.0, 0.0, 0.0]),
+            torch.tensor([0.0, 1.0]),
+            method="rodas5p",
+            options={"newton_kappa": 0.1},
+        )
 
 
-@pytest.mark.parametrize("name", ["rodas5p", pytest.param("rodas4", marks=pytest.mark.slow),
-                                  pytest.param("rosenbrock23", marks=pytest.mark.slow),
-                                  pytest.param("kencarp4", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rodas5p",
+        pytest.param("rodas4", marks=pytest.mark.slow),
+        pytest.param("rosenbrock23", marks=pytest.mark.slow),
+        pytest.param("kencarp4", marks=pytest.mark.slow),
+    ],
+)
 def test_dense_output(name):
     f = van_der_pol(1.0)
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
@@ -426,8 +486,10 @@ def test_float32_batched():
 
 def _decay_problem(k):
     """y' = -k (y - sin t): stiff for large k, solution known in closed form."""
+
     def f(t, y):
         return -k * (y - torch.sin(t))
+
     return f
 
 
@@ -503,8 +565,16 @@ def test_adjoint_with_implicit_adjoint_method():
     k = torch.tensor(100.0, dtype=F64, requires_grad=True)
     y0 = torch.tensor([0.7], dtype=F64)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
-    ys = hn.odeint_adjoint(_decay_problem(k), y0, t, method="kvaerno5", rtol=1e-9, atol=1e-11,
-                           adjoint_method="kvaerno5", adjoint_params=(k,))
+    ys = hn.odeint_adjoint(
+        _decay_problem(k),
+        y0,
+        t,
+        method="kvaerno5",
+        rtol=1e-9,
+        atol=1e-11,
+        adjoint_method="kvaerno5",
+        adjoint_params=(k,),
+    )
     (gk,) = torch.autograd.grad(ys[1:].sum(), (k,))
     kk = k.detach().clone().requires_grad_(True)
     (ek,) = torch.autograd.grad(_decay_exact(kk, t[1:], y0).sum(), (kk,))
@@ -521,8 +591,9 @@ def test_adjoint_with_rosenbrock_adjoint_method(name):
     k = torch.tensor(50.0, dtype=F64, requires_grad=True)
     y0 = torch.tensor([0.7, -0.2], dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.1, 0.5], dtype=F64)
-    ys = hn.odeint_adjoint(_decay_problem(k), y0, t, method=name, rtol=1e-8, atol=1e-10, adjoint_method=name,
-                           adjoint_params=(k,))
+    ys = hn.odeint_adjoint(
+        _decay_problem(k), y0, t, method=name, rtol=1e-8, atol=1e-10, adjoint_method=name, adjoint_params=(k,)
+    )
     gk, gy0 = torch.autograd.grad((ys[1:] ** 2).sum(), (k, y0))
     kk = k.detach().clone().requires_grad_(True)
     yy = y0.detach().clone().requires_grad_(True)

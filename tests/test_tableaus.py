@@ -5,13 +5,14 @@ The order conditions are generated from rooted trees (Butcher's theory, see Hair
 Solving ODEs I, 2nd ed., Section II.2): a method has order p when b . g(t) = 1 / gamma(t) for every
 rooted tree t with at most p nodes, where g(leaf) = 1 and g([t1, ..., tm]) = prod_k A g(t_k).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import pkgutil
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -35,10 +36,10 @@ def _grow(tree):
     yield tree + ((),)  # a new leaf at the root
     for i, child in enumerate(tree):
         for grown in _grow(child):
-            yield tree[:i] + (grown,) + tree[i + 1:]
+            yield tree[:i] + (grown,) + tree[i + 1 :]
 
 
-@lru_cache(maxsize=None)
+@cache
 def trees_of_order(n: int):
     if n == 1:
         return ((),)
@@ -118,8 +119,20 @@ IDS = [name for name, _ in TABLEAUS]
 def test_every_rk_method_is_covered():
     names = {n for n, _ in TABLEAUS}
     assert len(TABLEAUS) >= 12, names
-    for method in ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic", "bosh3", "fehlberg2",
-                   "adaptive_heun", "dopri5", "tsit5", "dopri8"):
+    for method in (
+        "euler",
+        "midpoint",
+        "heun2",
+        "heun3",
+        "rk4",
+        "rk4_classic",
+        "bosh3",
+        "fehlberg2",
+        "adaptive_heun",
+        "dopri5",
+        "tsit5",
+        "dopri8",
+    ):
         assert any(METHODS[method][0]().tableau is tab for _, tab in TABLEAUS), method
 
 
@@ -145,8 +158,9 @@ def test_embedded_solution_has_its_error_order(name, tab):
     assert order_defects(embedded, tab, tab.error_order + 1)[tab.error_order + 1] > 1e-8
 
 
-@pytest.mark.parametrize("name,tab", [x for x in TABLEAUS if x[1].dense is not None],
-                         ids=[n for n, t in TABLEAUS if t.dense is not None])
+@pytest.mark.parametrize(
+    "name,tab", [x for x in TABLEAUS if x[1].dense is not None], ids=[n for n, t in TABLEAUS if t.dense is not None]
+)
 @pytest.mark.parametrize("theta", [0.0, 0.25, 0.5, 0.8, 1.0])
 def test_dense_output_is_fourth_order_at_every_theta(name, tab, theta):
     # b_i(theta) = sum_p dense[i][p] theta^(p+1); a continuous extension of order q satisfies
@@ -169,9 +183,19 @@ def test_structure(name, tab):
         tab.order = 99  # settings are immutable
 
 
-@pytest.mark.parametrize("method,fsal", [("dopri5", True), ("tsit5", True), ("bosh3", True), ("dopri8", True),
-                                         ("rk4", False), ("euler", False), ("fehlberg2", False),
-                                         ("adaptive_heun", False)])
+@pytest.mark.parametrize(
+    "method,fsal",
+    [
+        ("dopri5", True),
+        ("tsit5", True),
+        ("bosh3", True),
+        ("dopri8", True),
+        ("rk4", False),
+        ("euler", False),
+        ("fehlberg2", False),
+        ("adaptive_heun", False),
+    ],
+)
 def test_fsal_is_derived(method, fsal):
     assert METHODS[method][0]().tableau.fsal is fsal
 

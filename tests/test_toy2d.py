@@ -1,4 +1,5 @@
 """Toy 2-D data sets: shapes, determinism, scale, and the geometry each generator promises."""
+
 import numpy as np
 import pytest
 

@@ -20,13 +20,14 @@ model, as in training.
 Reference: Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
 Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInductor).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import types
 import warnings
 import weakref
-from typing import Callable, Hashable, Optional, Tuple
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -36,7 +37,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 
 # owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
 # dropped model frees its graphs
-_CACHE: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +58,9 @@ class PureField:
     field: Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def solver_time_field(func: Callable, t: torch.Tensor, y: torch.Tensor, layout, reverse: bool,
-                      t_dtype: torch.dtype) -> torch.Tensor:
+def solver_time_field(
+    func: Callable, t: torch.Tensor, y: torch.Tensor, layout, reverse: bool, t_dtype: torch.dtype
+) -> torch.Tensor:
     """``func`` as a solver-time field on the flat state: time tensor, tuple packing, direction."""
     out = apply_field(func, layout, (-t if reverse else t).to(t_dtype), y)
     return -out if reverse else out
@@ -75,7 +77,7 @@ def term_field(term: Term) -> PureField:
     return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)
 
 
-def _compile(fn: Callable, mode: Optional[str] = None) -> Callable:
+def _compile(fn: Callable, mode: str | None = None) -> Callable:
     """``torch.compile(fn, mode=mode)`` on a code object of its own, run with integer module attributes as inputs."""
     # the compiler's cache and recompilation limit are per code object: graphs for other fields or
     # shapes must not use them up
@@ -120,8 +122,10 @@ class CompiledAttempt:
 
     def __init__(self, term, pure: PureField, solver, rtol=None, atol=None, norm=None):
         if not isinstance(solver, ExplicitRungeKutta):
-            raise ValueError(f"compile=True is available for the explicit Runge-Kutta methods only, not "
-                             f"{getattr(solver, 'name', type(solver).__name__)!r}; drop the option for this method.")
+            raise ValueError(
+                f"compile=True is available for the explicit Runge-Kutta methods only, not "
+                f"{getattr(solver, 'name', type(solver).__name__)!r}; drop the option for this method."
+            )
         self.term, self.owner, self.solver = term, pure.owner, solver
         self.rtol, self.atol, self.norm = rtol, atol, norm
         self.n_evals = solver.tableau.stages - 1
@@ -144,8 +148,12 @@ class CompiledAttempt:
         try:
             return graph(self.owner, *args)
         except torch._dynamo.exc.TorchDynamoException as e:
-            warnings.warn(f"compile=True: this field cannot be compiled ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}); it runs eagerly.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"compile=True: this field cannot be compiled ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); it runs eagerly.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             self._graphs[self._step_key] = self._graphs[self._field_key] = None
             return None
 
@@ -155,7 +163,7 @@ class CompiledAttempt:
         # recompilation per value) or handled symbolically, which the compiler gets wrong for some ops
         return torch.full((), x, dtype=torch.float64, device=like.device)
 
-    def __call__(self, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> Tuple[RKStep, Optional[float]]:
+    def __call__(self, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> tuple[RKStep, float | None]:
         """One attempt from (t, y) with f0 = f(t, y) and step ``dt``.
 
         Returns:
@@ -180,7 +188,7 @@ class CompiledAttempt:
         return out
 
 
-def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> Optional[CompiledAttempt]:
+def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> CompiledAttempt | None:
     """A :class:`CompiledAttempt` when ``solver`` asks for compilation and the field can be traced, else None."""
     if not getattr(solver, "compile", False):
         return None

@@ -43,12 +43,14 @@ References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (err
 control, initial step); G. Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29 (2003)
 (PID control); Ansel et al., "PyTorch 2", ASPLOS 2024 (torch.compile and CUDA graphs).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import warnings
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -62,8 +64,13 @@ from .torch_backend import _EPS, _STRETCH, Integration, first_step
 
 # status codes of a device solve (a 0-d int64 tensor)
 RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NONFINITE, NO_EVENT = range(6)
-_STATUS = {SUCCESS: Status.SUCCESS, MAX_STEPS: Status.MAX_STEPS, STEP_UNDERFLOW: Status.STEP_UNDERFLOW,
-           NONFINITE: Status.NONFINITE, NO_EVENT: Status.NO_EVENT}
+_STATUS = {
+    SUCCESS: Status.SUCCESS,
+    MAX_STEPS: Status.MAX_STEPS,
+    STEP_UNDERFLOW: Status.STEP_UNDERFLOW,
+    NONFINITE: Status.NONFINITE,
+    NO_EVENT: Status.NO_EVENT,
+}
 
 
 class LoopState(NamedTuple):
@@ -110,8 +117,8 @@ class Tables(NamedTuple):
 
     ts: torch.Tensor
     index: torch.Tensor
-    dense: Optional[torch.Tensor]
-    powers: Optional[torch.Tensor]
+    dense: torch.Tensor | None
+    powers: torch.Tensor | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +145,22 @@ class LoopConstants:
     attempts: int
 
     @staticmethod
-    def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int) -> "LoopConstants":
+    def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int) -> LoopConstants:
         """The constants for ``controller`` and a method of the given error order on ``dtype`` states."""
-        return LoopConstants(*controller.exponents(error_order), float(controller.safety), float(controller.ifactor),
-                             float(controller.dfactor), float(controller.min_step), float(controller.max_step),
-                             int(controller.max_num_steps), 1e-6 * torch.finfo(dtype).max, int(attempts))
+        return LoopConstants(
+            *controller.exponents(error_order),
+            float(controller.safety),
+            float(controller.ifactor),
+            float(controller.dfactor),
+            float(controller.min_step),
+            float(controller.max_step),
+            int(controller.max_num_steps),
+            1e-6 * torch.finfo(dtype).max,
+            int(attempts),
+        )
 
 
-def unsupported_reason(solver) -> Optional[str]:
+def unsupported_reason(solver) -> str | None:
     """Why ``solver`` cannot run in the device loop, or None when it can."""
     name = getattr(solver, "name", type(solver).__name__)
     if not isinstance(solver, ExplicitRungeKutta) or not solver.adaptive:
@@ -170,8 +185,10 @@ def check_device_loop(problem, event_fn) -> None:
     fix = "drop options['device_loop'] (the host loop supports it)"
     reason = unsupported_reason(problem.solver)
     if reason is not None:
-        raise ValueError(f"device_loop=True needs a first-same-as-last embedded pair (dopri5, tsit5, bosh3): "
-                         f"{reason}; choose one of those or {fix}.")
+        raise ValueError(
+            f"device_loop=True needs a first-same-as-last embedded pair (dopri5, tsit5, bosh3): "
+            f"{reason}; choose one of those or {fix}."
+        )
     if event_fn is not None:
         raise ValueError(f"device_loop=True does not locate events; {fix}.")
     if problem.jump_t or problem.step_t:
@@ -197,8 +214,9 @@ def _column(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.reshape((-1,) + (1,) * like.dim())
 
 
-def _dense_values(tables: Tables, theta: torch.Tensor, h: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor,
-                  ks: Sequence[torch.Tensor]) -> torch.Tensor:
+def _dense_values(
+    tables: Tables, theta: torch.Tensor, h: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """The step's dense output at every theta (rows of the result), shape (len(theta), *y0.shape).
 
     The tableau's polynomial ``y0 + h sum_i b_i(theta) k_i`` where it has one, else the cubic Hermite
@@ -210,15 +228,17 @@ def _dense_values(tables: Tables, theta: torch.Tensor, h: torch.Tensor, y0: torc
         flat = torch.addmm(y0.reshape(1, -1), weights.to(y0.dtype), stages)
     else:
         th = theta[:, None]
-        weights = torch.cat([(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th), th * (1 - th) ** 2 * h,
-                             th**2 * (th - 1) * h], dim=1)
+        weights = torch.cat(
+            [(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th), th * (1 - th) ** 2 * h, th**2 * (th - 1) * h], dim=1
+        )
         ends = torch.stack([y0.reshape(-1), y1.reshape(-1), ks[0].reshape(-1), ks[-1].reshape(-1)])
         flat = weights.to(y0.dtype) @ ends
     return flat.reshape((len(theta),) + tuple(y0.shape))
 
 
-def _write_outputs(s: LoopState, tables: Tables, accepted: torch.Tensor, t1: torch.Tensor, h: torch.Tensor,
-                   y1: torch.Tensor, ks) -> Tuple[torch.Tensor, torch.Tensor]:
+def _write_outputs(
+    s: LoopState, tables: Tables, accepted: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y1: torch.Tensor, ks
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The output buffer and next output index after an attempt that ended at t1 (if ``accepted``)."""
     inner = tables.ts[1:]
     within = accepted & (tables.index >= s.i_out) & (inner <= t1)
@@ -231,8 +251,9 @@ def _write_outputs(s: LoopState, tables: Tables, accepted: torch.Tensor, t1: tor
     return outs, i_out
 
 
-def _propose(c: LoopConstants, s: LoopState, step_dt: torch.Tensor, ratio: torch.Tensor,
-             accepted: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _propose(
+    c: LoopConstants, s: LoopState, step_dt: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The next step and controller memory: :meth:`PIDController.adapt` on tensors."""
     finite = torch.isfinite(ratio)
     r = torch.clamp(ratio, min=1e-10)
@@ -244,8 +265,9 @@ def _propose(c: LoopConstants, s: LoopState, step_dt: torch.Tensor, ratio: torch
     return dt, torch.where(accepted, r, s.r1), torch.where(accepted, s.r1, s.r2)
 
 
-def _combine(y: Optional[torch.Tensor], dt: torch.Tensor, coeffs: Sequence[float],
-             ks: Sequence[torch.Tensor]) -> torch.Tensor:
+def _combine(
+    y: torch.Tensor | None, dt: torch.Tensor, coeffs: Sequence[float], ks: Sequence[torch.Tensor]
+) -> torch.Tensor:
     """``y + dt * sum_i coeffs[i] * ks[i]`` (just the sum when ``y`` is None), skipping zero coefficients.
 
     The host step adds each term with ``torch.add(acc, k, alpha=dt * c)``, a fused multiply-add; with
@@ -260,8 +282,9 @@ def _combine(y: Optional[torch.Tensor], dt: torch.Tensor, coeffs: Sequence[float
     return torch.zeros_like(ks[0]) if acc is None else acc
 
 
-def _stages(field: Callable, solver: ExplicitRungeKutta, t: torch.Tensor, y: torch.Tensor, f0: torch.Tensor,
-            dt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, ...]]:
+def _stages(
+    field: Callable, solver: ExplicitRungeKutta, t: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """One first-same-as-last explicit RK step from (t, y) with f0 = f(t, y): (y1, error, stage derivatives).
 
     :meth:`ExplicitRungeKutta.step` with the step size as a tensor, in the host step's order of operations.
@@ -277,8 +300,9 @@ def _stages(field: Callable, solver: ExplicitRungeKutta, t: torch.Tensor, y: tor
     return y1, error, tuple(ks)
 
 
-def attempt(field: Callable, solver: ExplicitRungeKutta, c: LoopConstants, tables: Tables, rtol, atol, norm,
-            s: LoopState) -> LoopState:
+def attempt(
+    field: Callable, solver: ExplicitRungeKutta, c: LoopConstants, tables: Tables, rtol, atol, norm, s: LoopState
+) -> LoopState:
     """One step attempt of a device solve (a masked no-op once the solve has ended).
 
     Args:
@@ -319,10 +343,19 @@ def attempt(field: Callable, solver: ExplicitRungeKutta, c: LoopConstants, table
     small = active & ~done & (dt < floor)
     status = torch.where(small, torch.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW), status)
     return LoopState(
-        t=t, dt=torch.where(active, dt, s.dt), r1=r1, r2=r2,
-        y=torch.where(accepted, y1, s.y), f0=torch.where(accepted, ks[-1], s.f0),
-        outs=outs, i_out=i_out, n_att=s.n_att + active.long(), n_acc=s.n_acc + accepted.long(),
-        n_rej=s.n_rej + rejected.long(), status=status, last_nonfinite=last_nonfinite,
+        t=t,
+        dt=torch.where(active, dt, s.dt),
+        r1=r1,
+        r2=r2,
+        y=torch.where(accepted, y1, s.y),
+        f0=torch.where(accepted, ks[-1], s.f0),
+        outs=outs,
+        i_out=i_out,
+        n_att=s.n_att + active.long(),
+        n_acc=s.n_acc + accepted.long(),
+        n_rej=s.n_rej + rejected.long(),
+        status=status,
+        last_nonfinite=last_nonfinite,
         saw_nonfinite=s.saw_nonfinite | (active & nonfinite),
     )
 
@@ -330,8 +363,9 @@ def attempt(field: Callable, solver: ExplicitRungeKutta, c: LoopConstants, table
 def summary(s: LoopState) -> torch.Tensor:
     """What the host reads after a run, as one float64 vector: status, t, dt, attempts, accepted,
     rejected, non-finite flag."""
-    return torch.stack([s.status.double(), s.t, s.dt, s.n_att.double(), s.n_acc.double(), s.n_rej.double(),
-                        s.saw_nonfinite.double()])
+    return torch.stack(
+        [s.status.double(), s.t, s.dt, s.n_att.double(), s.n_acc.double(), s.n_rej.double(), s.saw_nonfinite.double()]
+    )
 
 
 def _run_function(pure_field: Callable, solver: ExplicitRungeKutta, c: LoopConstants) -> Callable:
@@ -364,8 +398,7 @@ class DeviceRuns:
         cuda_graphs: replay the compiled run as a CUDA graph.
     """
 
-    def __init__(self, pure: PureField, solver: ExplicitRungeKutta, c: LoopConstants, compile: bool,
-                 cuda_graphs: bool):
+    def __init__(self, pure: PureField, solver: ExplicitRungeKutta, c: LoopConstants, compile: bool, cuda_graphs: bool):
         self.owner = pure.owner
         self.eager = _run_function(pure.field, solver, c)
         self.cuda_graphs = compile and cuda_graphs
@@ -380,7 +413,7 @@ class DeviceRuns:
             if self._key not in self._graphs:
                 self._graphs[self._key] = _compile(self.eager, mode=mode)
 
-    def __call__(self, state: LoopState, tables: Tables, rtol, atol, norm) -> Tuple[LoopState, torch.Tensor]:
+    def __call__(self, state: LoopState, tables: Tables, rtol, atol, norm) -> tuple[LoopState, torch.Tensor]:
         """One run from ``state``; returns the new state and its :func:`summary`."""
         graph = None if self._graphs is None else self._graphs[self._key]
         if graph is not None:
@@ -391,9 +424,12 @@ class DeviceRuns:
                     return LoopState(*(x.clone() for x in out_state)), out_summary.clone()
                 return graph(self.owner, state, tables, rtol, atol, norm)
             except torch._dynamo.exc.TorchDynamoException as e:
-                warnings.warn(f"compile=True: this field cannot be compiled ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); the device loop runs eagerly.", RuntimeWarning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"compile=True: this field cannot be compiled ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}); the device loop runs eagerly.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 self._graphs[self._key] = None
         return self.eager(self.owner, state, tables, rtol, atol, norm)
 
@@ -412,16 +448,40 @@ def initial_state(y0: torch.Tensor, f0: torch.Tensor, t0: float, dt0: float, n_o
         return torch.zeros((), dtype=torch.bool, device=dev)
 
     outs = torch.full((n_out - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev)
-    return LoopState(f64(t0), f64(dt0), f64(1.0), f64(1.0), y0, f0, outs, i64(1), i64(0), i64(0), i64(0),
-                     i64(RUNNING), false(), false())
+    return LoopState(
+        f64(t0),
+        f64(dt0),
+        f64(1.0),
+        f64(1.0),
+        y0,
+        f0,
+        outs,
+        i64(1),
+        i64(0),
+        i64(0),
+        i64(0),
+        i64(RUNNING),
+        false(),
+        false(),
+    )
 
 
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
 
 
-def integrate_device(term: Term, solver: ExplicitRungeKutta, controller: PIDController, y0: torch.Tensor,
-                     ts: Sequence[float], *, rtol, atol, norm, throw: bool = True) -> Integration:
+def integrate_device(
+    term: Term,
+    solver: ExplicitRungeKutta,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    throw: bool = True,
+) -> Integration:
     """Integrate with the device-resident loop from ts[0] through the increasing times ``ts``.
 
     Args:
@@ -453,8 +513,9 @@ def integrate_device(term: Term, solver: ExplicitRungeKutta, controller: PIDCont
         return Integration([y0], stats, Status.SUCCESS, ts[0])
     c = LoopConstants.of(controller, solver.error_order, y0.dtype, controller.sync_every)
     grad = _needs_grad(y0, f0)
-    runs = DeviceRuns(pure, solver, c, compile=getattr(solver, "compile", False),
-                      cuda_graphs=y0.device.type == "cuda" and not grad)
+    runs = DeviceRuns(
+        pure, solver, c, compile=getattr(solver, "compile", False), cuda_graphs=y0.device.type == "cuda" and not grad
+    )
     tables = make_tables(solver, ts, y0)
     state = initial_state(y0, f0, ts[0], dt0, len(ts))
     while True:
@@ -468,10 +529,14 @@ def integrate_device(term: Term, solver: ExplicitRungeKutta, controller: PIDCont
     status = _STATUS[int(code)]
     if status is not Status.SUCCESS and throw:
         detail = {Status.MAX_STEPS: f"max_num_steps={controller.max_num_steps}", Status.NO_EVENT: ""}.get(
-            status, f"dt={dt:.3g}")
+            status, f"dt={dt:.3g}"
+        )
         raise SolverError(status, -t if term.reverse else t, detail)
     if saw_nonfinite and grad:
-        warnings.warn("device_loop: an attempted step had a non-finite error estimate; its zero cotangent may "
-                      "still make gradients NaN. Drop options['device_loop'] for this solve if they are.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "device_loop: an attempted step had a non-finite error estimate; its zero cotangent may "
+            "still make gradients NaN. Drop options['device_loop'] for this solve if they are.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return Integration(ys, stats, status, t)

@@ -20,11 +20,13 @@ References: Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018 
 and the time gradients); Rackauckas et al., "Universal Differential Equations for Scientific
 Machine Learning", arXiv:2001.04385 (SciMLSensitivity's adjoints).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -42,14 +44,17 @@ from ..sensitivity.settings import (
 from . import julia_runtime
 from .julia_translate import CallbackProblem, MLPSpec, make_callbacks, translate_mlp
 
-State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 #: user method name (lower case, torch- or Julia-style) -> OrdinaryDiffEq algorithm
-METHODS: Dict[str, str] = {
-    "dopri5": "DP5", "dp5": "DP5",
+METHODS: dict[str, str] = {
+    "dopri5": "DP5",
+    "dp5": "DP5",
     "tsit5": "Tsit5",
-    "bosh3": "BS3", "bs3": "BS3",
-    "rk4": "RK4", "rk4_classic": "RK4",
+    "bosh3": "BS3",
+    "bs3": "BS3",
+    "rk4": "RK4",
+    "rk4_classic": "RK4",
     "euler": "Euler",
     "vern7": "Vern7",
     "vern9": "Vern9",
@@ -60,15 +65,47 @@ METHODS: Dict[str, str] = {
     "fbdf": "FBDF",
     "qndf": "QNDF",
 }
-JULIA_ALGORITHMS = ("DP5", "Tsit5", "BS3", "RK4", "Euler", "Vern7", "Vern9", "Rodas5P",
-                    "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF")
+JULIA_ALGORITHMS = (
+    "DP5",
+    "Tsit5",
+    "BS3",
+    "RK4",
+    "Euler",
+    "Vern7",
+    "Vern9",
+    "Rodas5P",
+    "Rosenbrock23",
+    "KenCarp4",
+    "TRBDF2",
+    "FBDF",
+    "QNDF",
+)
 STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF")
 ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23")
 FIXED_STEP_ALGORITHMS = ("RK4", "Euler")
-TORCH_ONLY_METHODS = ("adaptive_heun", "dopri8", "fehlberg2", "heun2", "heun3", "midpoint",
-                      "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver", "implicit_euler",
-                      "implicit_midpoint", "trapezoid", "radauiia3", "radauiia5", "gl4", "gl6", "sdirk2",
-                      "rodas4", "kvaerno3", "kvaerno5")
+TORCH_ONLY_METHODS = (
+    "adaptive_heun",
+    "dopri8",
+    "fehlberg2",
+    "heun2",
+    "heun3",
+    "midpoint",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+    "scipy_solver",
+    "implicit_euler",
+    "implicit_midpoint",
+    "trapezoid",
+    "radauiia3",
+    "radauiia5",
+    "gl4",
+    "gl6",
+    "sdirk2",
+    "rodas4",
+    "kvaerno3",
+    "kvaerno5",
+)
 DEFAULT_METHOD = "dopri5"
 
 FIXED_STEP_OPTIONS = ("step_size", "max_num_steps")
@@ -86,7 +123,7 @@ def _method_list() -> str:
     return ", ".join(sorted(METHODS))
 
 
-def resolve_method(method: Optional[str]) -> str:
+def resolve_method(method: str | None) -> str:
     """Map a user method name to a Julia algorithm name.
 
     Args:
@@ -109,7 +146,8 @@ def resolve_method(method: Optional[str]) -> str:
     if key in TORCH_ONLY_METHODS:
         raise BackendError(
             f"Method {method!r} exists only on the torch backend. The Julia backend offers: "
-            f"{_method_list()} (use backend='torch' for {method!r}).")
+            f"{_method_list()} (use backend='torch' for {method!r})."
+        )
     raise BackendError(f"Unknown method {method!r} for the Julia backend; choose one of: {_method_list()}.")
 
 
@@ -135,8 +173,8 @@ class SolveConfig:
     atol: float
     quad_rtol: float
     quad_atol: float
-    maxiters: Optional[int]
-    dt: Optional[float]
+    maxiters: int | None
+    dt: float | None
     fixed_step: bool
 
     @property
@@ -144,7 +182,7 @@ class SolveConfig:
         return self.algorithm in STIFF_ALGORITHMS
 
 
-def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -> Tuple[str, bool, float, float]:
+def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -> tuple[str, bool, float, float]:
     """Map a sensitivity settings object to SciMLSensitivity's adjoint.
 
     Args:
@@ -165,21 +203,30 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
         raise BackendError(
             "DirectBackprop differentiates through torch operations and does not exist on the Julia "
             "backend; use GaussAdjoint() (recommended), InterpolatingAdjoint(), QuadratureAdjoint() or "
-            "BacksolveAdjoint(), or backend='torch'.")
-    kinds = {GaussAdjoint: "GaussAdjoint", InterpolatingAdjoint: "InterpolatingAdjoint",
-             QuadratureAdjoint: "QuadratureAdjoint", BacksolveAdjoint: "BacksolveAdjoint"}
+            "BacksolveAdjoint(), or backend='torch'."
+        )
+    kinds = {
+        GaussAdjoint: "GaussAdjoint",
+        InterpolatingAdjoint: "InterpolatingAdjoint",
+        QuadratureAdjoint: "QuadratureAdjoint",
+        BacksolveAdjoint: "BacksolveAdjoint",
+    }
     name = kinds.get(type(sensitivity))
     if name is None:
         raise TypeError(
             "sensitivity must be GaussAdjoint, InterpolatingAdjoint, QuadratureAdjoint or BacksolveAdjoint "
-            f"from hybrid_node.sensitivity, got {type(sensitivity).__name__}.")
+            f"from hybrid_node.sensitivity, got {type(sensitivity).__name__}."
+        )
     if sensitivity.norm != "default":
         raise BackendError(
             f"norm={sensitivity.norm!r} is not available on the Julia backend; leave norm='default' "
-            "or use backend='torch'.")
+            "or use backend='torch'."
+        )
     if sensitivity.options:
-        raise BackendError("Backward solver options are not available on the Julia backend; leave "
-                           "options=None (the backward pass uses the forward method's settings).")
+        raise BackendError(
+            "Backward solver options are not available on the Julia backend; leave "
+            "options=None (the backward pass uses the forward method's settings)."
+        )
     if sensitivity.method is not None:
         try:
             same = resolve_method(sensitivity.method) == algorithm
@@ -188,7 +235,8 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
         if not same:
             raise BackendError(
                 f"The Julia backend solves the adjoint with the forward method ({algorithm}); leave the "
-                f"sensitivity's method=None (got {sensitivity.method!r}) or use backend='torch'.")
+                f"sensitivity's method=None (got {sensitivity.method!r}) or use backend='torch'."
+            )
     quad_rtol, quad_atol = rtol, atol
     if name == "QuadratureAdjoint":
         quad_rtol = sensitivity.rtol if sensitivity.rtol is not None else rtol
@@ -200,18 +248,21 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
                 raise BackendError(
                     f"The Julia backend solves the {name} backward pass with the forward tolerances; "
                     f"leave {field}=None (adjoint_{field}) or set it equal to the forward {field}, or use "
-                    "QuadratureAdjoint, whose quadrature tolerances can be set.")
+                    "QuadratureAdjoint, whose quadrature tolerances can be set."
+                )
     checkpointing = isinstance(sensitivity, InterpolatingAdjoint) and sensitivity.checkpoints is not None
     if checkpointing and algorithm in ROSENBROCK_ALGORITHMS:
         raise BackendError(
             f"InterpolatingAdjoint(checkpoints=...) with {algorithm} is broken upstream "
             "(SciMLSensitivity issue #1075); use GaussAdjoint(), InterpolatingAdjoint() without "
-            "checkpoints, or a non-Rosenbrock stiff method (KenCarp4, TRBDF2, FBDF, QNDF).")
+            "checkpoints, or a non-Rosenbrock stiff method (KenCarp4, TRBDF2, FBDF, QNDF)."
+        )
     return name, checkpointing, float(quad_rtol), float(quad_atol)
 
 
-def resolve_options(options: Optional[Mapping[str, Any]], algorithm: str,
-                    ts: np.ndarray) -> Tuple[Optional[float], Optional[int], bool]:
+def resolve_options(
+    options: Mapping[str, Any] | None, algorithm: str, ts: np.ndarray
+) -> tuple[float | None, int | None, bool]:
     """Check the solver options and map them to Julia's ``dt``/``maxiters``.
 
     Args:
@@ -230,8 +281,9 @@ def resolve_options(options: Optional[Mapping[str, Any]], algorithm: str,
     valid = FIXED_STEP_OPTIONS if fixed else ADAPTIVE_OPTIONS
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} for method {algorithm} on the Julia backend; "
-                         f"valid options are {list(valid)}.")
+        raise ValueError(
+            f"Unknown option(s) {unknown} for method {algorithm} on the Julia backend; valid options are {list(valid)}."
+        )
     maxiters = options.get("max_num_steps")
     if maxiters is not None:
         if isinstance(maxiters, bool) or not isinstance(maxiters, (int, np.integer)) or maxiters < 1:
@@ -277,26 +329,47 @@ class JuliaEngine:
     def __init__(self, module):
         self.jl = module
 
-    def forward(self, problem, u0: np.ndarray, theta: np.ndarray, ts: np.ndarray,
-                config: SolveConfig) -> ForwardOutput:
-        kwargs = dict(algorithm=config.algorithm, sensitivity=config.sensitivity,
-                      checkpointing=config.checkpointing, abstol=config.atol, reltol=config.rtol,
-                      quad_abstol=config.quad_atol, quad_reltol=config.quad_rtol,
-                      maxiters=config.maxiters, dt=config.dt, fixed_step=config.fixed_step)
+    def forward(self, problem, u0: np.ndarray, theta: np.ndarray, ts: np.ndarray, config: SolveConfig) -> ForwardOutput:
+        kwargs = dict(
+            algorithm=config.algorithm,
+            sensitivity=config.sensitivity,
+            checkpointing=config.checkpointing,
+            abstol=config.atol,
+            reltol=config.rtol,
+            quad_abstol=config.quad_atol,
+            quad_reltol=config.quad_rtol,
+            maxiters=config.maxiters,
+            dt=config.dt,
+            fixed_step=config.fixed_step,
+        )
         if isinstance(problem, MLPSpec):
             res = self.jl.forward_mlp(
-                np.asarray(problem.n_in, dtype=np.int64), np.asarray(problem.n_out, dtype=np.int64),
-                np.asarray(problem.has_bias, dtype=bool), ",".join(problem.activations),
-                problem.time_input, theta, u0, ts, **kwargs)
+                np.asarray(problem.n_in, dtype=np.int64),
+                np.asarray(problem.n_out, dtype=np.int64),
+                np.asarray(problem.has_bias, dtype=bool),
+                ",".join(problem.activations),
+                problem.time_input,
+                theta,
+                u0,
+                ts,
+                **kwargs,
+            )
         else:
             jac = problem.jac if config.stiff else None
             res = self.jl.forward_callback(problem.f, problem.vjp, jac, theta, u0, ts, **kwargs)
-        stats = Stats(nfe=int(res.nf), n_accepted=int(res.naccept), n_rejected=int(res.nreject),
-                      n_jacobian=int(res.njacs))
-        return ForwardOutput(ys=np.array(res.ys, dtype=np.float64), handle=res, success=bool(res.success),
-                             retcode=str(res.retcode), t_final=float(res.t_final), stats=stats)
+        stats = Stats(
+            nfe=int(res.nf), n_accepted=int(res.naccept), n_rejected=int(res.nreject), n_jacobian=int(res.njacs)
+        )
+        return ForwardOutput(
+            ys=np.array(res.ys, dtype=np.float64),
+            handle=res,
+            success=bool(res.success),
+            retcode=str(res.retcode),
+            t_final=float(res.t_final),
+            stats=stats,
+        )
 
-    def backward(self, handle, ybar: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def backward(self, handle, ybar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u0bar, thetabar = self.jl.backward(handle, ybar)
         return np.array(u0bar, dtype=np.float64), np.array(thetabar, dtype=np.float64).reshape(-1)
 
@@ -314,11 +387,11 @@ class _Run:
     """One solve's fixed data, shared by the autograd Function's forward and backward."""
 
     engine: Any
-    problem: Union[MLPSpec, CallbackProblem]
+    problem: MLPSpec | CallbackProblem
     config: SolveConfig
     field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # f on the (B, D) layout
     n_theta: int
-    stats: Optional[Stats] = None
+    stats: Stats | None = None
 
 
 def _flat_params(params: Sequence[torch.Tensor], n_theta: int) -> np.ndarray:
@@ -374,7 +447,7 @@ class _JuliaSolve(torch.autograd.Function):
         offset = 0
         for shape, dtype, device in ctx.param_meta:
             n = int(np.prod(shape, dtype=np.int64))
-            g = torch.from_numpy(np.array(thetabar[offset:offset + n])).reshape(shape)
+            g = torch.from_numpy(np.array(thetabar[offset : offset + n])).reshape(shape)
             grads.append(g.to(device=device, dtype=dtype))
             offset += n
         return (None, grad_y0, grad_t, *grads)
@@ -387,8 +460,9 @@ class _JuliaSolve(torch.autograd.Function):
 def _check_tolerance(name: str, value) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar on the Julia backend, got a tensor of shape "
-                             f"{tuple(value.shape)}.")
+            raise ValueError(
+                f"{name} must be a scalar on the Julia backend, got a tensor of shape {tuple(value.shape)}."
+            )
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
@@ -412,7 +486,7 @@ def _check_times(t) -> torch.Tensor:
     return t
 
 
-def _check_state(y0) -> Tuple[torch.Tensor, ...]:
+def _check_state(y0) -> tuple[torch.Tensor, ...]:
     tensors = y0 if isinstance(y0, tuple) else (y0,)
     if isinstance(y0, tuple) and not y0:
         raise ValueError("y0 is an empty tuple; give at least one tensor.")
@@ -432,13 +506,13 @@ def _check_state(y0) -> Tuple[torch.Tensor, ...]:
 class _Layout:
     """How the user's state maps to the (B, D) matrix sent to Julia."""
 
-    shapes: Tuple[torch.Size, ...]
+    shapes: tuple[torch.Size, ...]
     is_tuple: bool
     batch: int
     dim: int
 
     @staticmethod
-    def of(y0: State) -> "_Layout":
+    def of(y0: State) -> _Layout:
         if isinstance(y0, tuple):
             return _Layout(tuple(y.shape for y in y0), True, 1, sum(y.numel() for y in y0))
         shape = y0.shape
@@ -460,24 +534,27 @@ class _Layout:
         parts, offset = [], 0
         for shape in self.shapes:
             n = int(np.prod(shape, dtype=np.int64))
-            parts.append(flat[..., offset:offset + n].reshape(*lead, *shape))
+            parts.append(flat[..., offset : offset + n].reshape(*lead, *shape))
             offset += n
         return tuple(parts)
 
     def field(self, func) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """func(t, y) on the user's layout, as a function of a (B, D) matrix."""
+
         def on_matrix(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             out = func(t, self.from_matrix(m))
             outs = out if isinstance(out, tuple) else (out,)
             if len(outs) != len(self.shapes) or any(o.shape != s for o, s in zip(outs, self.shapes)):
                 got = tuple(tuple(o.shape) for o in outs) if all(isinstance(o, torch.Tensor) for o in outs) else out
-                raise ValueError(f"func(t, y) must return the shape of y0 {tuple(tuple(s) for s in self.shapes)}, "
-                                 f"got {got}.")
+                raise ValueError(
+                    f"func(t, y) must return the shape of y0 {tuple(tuple(s) for s in self.shapes)}, got {got}."
+                )
             return self.to_matrix(out)
+
         return on_matrix
 
 
-def _check_params(func, adjoint_params) -> Tuple[torch.Tensor, ...]:
+def _check_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
     if adjoint_params is None:
         return tuple(func.parameters()) if isinstance(func, nn.Module) else ()
     params = tuple(adjoint_params)
@@ -491,8 +568,18 @@ def _check_params(func, adjoint_params) -> Tuple[torch.Tensor, ...]:
 # Entry point
 
 
-def prepare(func, y0: State, t: torch.Tensor, *, method: Optional[str], rtol, atol,
-            options: Optional[Mapping[str, Any]], sensitivity, adjoint_params):
+def prepare(
+    func,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    method: str | None,
+    rtol,
+    atol,
+    options: Mapping[str, Any] | None,
+    sensitivity,
+    adjoint_params,
+):
     """Validate a call and build everything but the engine.
 
     Returns:
@@ -514,9 +601,18 @@ def prepare(func, y0: State, t: torch.Tensor, *, method: Optional[str], rtol, at
     dt, maxiters, fixed = resolve_options(options, algorithm, ts if ts.size > 1 else np.array([0.0, 1.0]))
     name, checkpointing, quad_rtol, quad_atol = resolve_sensitivity(sensitivity, algorithm, rtol, atol)
     params = _check_params(func, adjoint_params)
-    config = SolveConfig(algorithm=algorithm, sensitivity=name, checkpointing=checkpointing, rtol=rtol,
-                         atol=atol, quad_rtol=quad_rtol, quad_atol=quad_atol, maxiters=maxiters, dt=dt,
-                         fixed_step=fixed)
+    config = SolveConfig(
+        algorithm=algorithm,
+        sensitivity=name,
+        checkpointing=checkpointing,
+        rtol=rtol,
+        atol=atol,
+        quad_rtol=quad_rtol,
+        quad_atol=quad_atol,
+        maxiters=maxiters,
+        dt=dt,
+        fixed_step=fixed,
+    )
     layout = _Layout.of(y0 if isinstance(y0, tuple) else tensors[0])
     field = layout.field(func)
     spec, _why = translate_mlp(func)
@@ -528,18 +624,35 @@ def prepare(func, y0: State, t: torch.Tensor, *, method: Optional[str], rtol, at
         problem = spec
     else:
         theta_params = params
-        problem = make_callbacks(field, (layout.batch, layout.dim), params, tensors[0].dtype,
-                                 tensors[0].device)
+        problem = make_callbacks(field, (layout.batch, layout.dim), params, tensors[0].dtype, tensors[0].device)
     return layout, config, problem, field, theta_params, native
 
 
-def solve_with_engine(engine, func, y0: State, t: torch.Tensor, *, method: Optional[str] = None,
-                      rtol=1e-7, atol=1e-9, options: Optional[Mapping[str, Any]] = None,
-                      sensitivity=None, adjoint_params=None) -> Solution:
+def solve_with_engine(
+    engine,
+    func,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    method: str | None = None,
+    rtol=1e-7,
+    atol=1e-9,
+    options: Mapping[str, Any] | None = None,
+    sensitivity=None,
+    adjoint_params=None,
+) -> Solution:
     """:func:`solve` on a given engine (the real one or, in tests only, a stand-in)."""
     layout, config, problem, field, params, _native = prepare(
-        func, y0, t, method=method, rtol=rtol, atol=atol, options=options, sensitivity=sensitivity,
-        adjoint_params=adjoint_params)
+        func,
+        y0,
+        t,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        sensitivity=sensitivity,
+        adjoint_params=adjoint_params,
+    )
     m0 = layout.to_matrix(y0)
     if t.numel() == 1:
         ys = m0.unsqueeze(0)
@@ -547,12 +660,21 @@ def solve_with_engine(engine, func, y0: State, t: torch.Tensor, *, method: Optio
     n_theta = problem.n_params if isinstance(problem, CallbackProblem) else 0
     run = _Run(engine=engine, problem=problem, config=config, field=field, n_theta=n_theta)
     ys = _JuliaSolve.apply(run, m0, t, *params)
-    return Solution(ts=t, ys=layout.from_matrix(ys), stats=run.stats or Stats(), status=Status.SUCCESS,
-                    t_final=t[-1])
+    return Solution(ts=t, ys=layout.from_matrix(ys), stats=run.stats or Stats(), status=Status.SUCCESS, t_final=t[-1])
 
 
-def solve(func, y0: State, t: torch.Tensor, *, method: Optional[str] = None, rtol=1e-7, atol=1e-9,
-          options: Optional[Mapping[str, Any]] = None, sensitivity=None, adjoint_params=None) -> Solution:
+def solve(
+    func,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    method: str | None = None,
+    rtol=1e-7,
+    atol=1e-9,
+    options: Mapping[str, Any] | None = None,
+    sensitivity=None,
+    adjoint_params=None,
+) -> Solution:
     """Solve ``dy/dt = func(t, y)`` with DifferentialEquations.jl, differentiable through SciMLSensitivity.
 
     Args:
@@ -578,8 +700,27 @@ def solve(func, y0: State, t: torch.Tensor, *, method: Optional[str] = None, rto
         JuliaNotAvailableError: Julia or juliacall is missing (with install instructions).
         SolverError: the solver stopped before the last time.
     """
-    prepare(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, sensitivity=sensitivity,
-            adjoint_params=adjoint_params)  # report mistakes before starting Julia
+    prepare(
+        func,
+        y0,
+        t,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        sensitivity=sensitivity,
+        adjoint_params=adjoint_params,
+    )  # report mistakes before starting Julia
     engine = JuliaEngine(julia_runtime.load_module())
-    return solve_with_engine(engine, func, y0, t, method=method, rtol=rtol, atol=atol, options=options,
-                             sensitivity=sensitivity, adjoint_params=adjoint_params)
+    return solve_with_engine(
+        engine,
+        func,
+        y0,
+        t,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        sensitivity=sensitivity,
+        adjoint_params=adjoint_params,
+    )

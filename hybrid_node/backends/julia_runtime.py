@@ -15,6 +15,7 @@ Environment variables (all optional; they are juliacall's and juliapkg's own):
 - ``JULIA_NUM_THREADS``: juliacall starts one Julia thread unless told otherwise; keep it at 1
   (the callback path runs Python on the calling thread).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,6 @@ import importlib.util
 import os
 import shutil
 import sys
-from typing import Optional
 
 from .._errors import JuliaNotAvailableError
 
@@ -50,7 +50,7 @@ class Availability:
     """
 
     juliacall: bool
-    julia_exe: Optional[str]
+    julia_exe: str | None
     started: bool
     reason: str
 
@@ -65,7 +65,7 @@ def julia_started() -> bool:
     return bool(module is not None and getattr(module, "CONFIG", {}).get("inited"))
 
 
-def find_julia_executable() -> Optional[str]:
+def find_julia_executable() -> str | None:
     """A Julia executable juliacall could use, found without running or downloading anything.
 
     Looks at the override variables, ``PYTHON_JULIACALL_BINDIR``, juliapkg's own install prefix,
@@ -135,5 +135,6 @@ def load_module():
         raise
     except Exception as e:  # noqa: BLE001 - any failure to start Julia means "not available"
         raise JuliaNotAvailableError(
-            f"Julia could not load the HybridNODE package: {type(e).__name__}: {e}\n{INSTALL_HELP}") from e
+            f"Julia could not load the HybridNODE package: {type(e).__name__}: {e}\n{INSTALL_HELP}"
+        ) from e
     return _MODULE

@@ -6,6 +6,7 @@ The documented variables are honoured: ``PYTHON_JULIAPKG_EXE`` (use this Julia),
 ``PYTHON_JULIAPKG_PROJECT`` (install into this project), ``PYTHON_JULIAPKG_OFFLINE=yes`` (no
 downloads). The command-line flags below set them for this run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,14 @@ HELP = "Install Julia and the Julia packages of the julia backend, and precompil
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--julia", metavar="EXE", help="use this Julia executable (PYTHON_JULIAPKG_EXE)")
-    parser.add_argument("--project", metavar="DIR",
-                        help="install into this Julia project, an absolute path (PYTHON_JULIAPKG_PROJECT)")
-    parser.add_argument("--offline", action="store_true",
-                        help="download nothing; only precompile what is installed (PYTHON_JULIAPKG_OFFLINE=yes)")
+    parser.add_argument(
+        "--project", metavar="DIR", help="install into this Julia project, an absolute path (PYTHON_JULIAPKG_PROJECT)"
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="download nothing; only precompile what is installed (PYTHON_JULIAPKG_OFFLINE=yes)",
+    )
     parser.add_argument("--update", action="store_true", help="update the Julia packages within [compat]")
 
 
@@ -38,9 +43,11 @@ def _apply_environment(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("juliacall") is None or importlib.util.find_spec("juliapkg") is None:
-        print("juliacall is not installed. Install the Julia extra first:\n"
-              "    pip install 'hybrid_node[julia]'\n"
-              "then run `hybrid-node julia-setup` again.")
+        print(
+            "juliacall is not installed. Install the Julia extra first:\n"
+            "    pip install 'hybrid_node[julia]'\n"
+            "then run `hybrid-node julia-setup` again."
+        )
         return 1
     try:
         _apply_environment(args)

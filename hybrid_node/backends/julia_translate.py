@@ -13,10 +13,11 @@ vector-Jacobian product (state and parameter parts together) and, for stiff meth
 All callbacks exchange flat float64 arrays whose order is that of a torch ``(B, D)`` tensor, which
 is also the memory order of the Julia ``(D, B)`` state.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class MLPVectorField(nn.Module):
             y = torch.cat([y, tt], dim=-1)
         return self.net(y)
 
-    def mlp_spec(self) -> Tuple[nn.Sequential, bool]:
+    def mlp_spec(self) -> tuple[nn.Sequential, bool]:
         return self.net, self.time_input
 
 
@@ -74,12 +75,12 @@ class MLPSpec:
         params: the parameter tensors, in the order of the flat vector.
     """
 
-    n_in: Tuple[int, ...]
-    n_out: Tuple[int, ...]
-    has_bias: Tuple[bool, ...]
-    activations: Tuple[str, ...]
+    n_in: tuple[int, ...]
+    n_out: tuple[int, ...]
+    has_bias: tuple[bool, ...]
+    activations: tuple[str, ...]
     time_input: bool
-    params: Tuple[torch.Tensor, ...]
+    params: tuple[torch.Tensor, ...]
 
     @property
     def n_state_in(self) -> int:
@@ -98,7 +99,7 @@ class MLPSpec:
             yield w, b
 
 
-def _activation_name(module: nn.Module) -> Optional[str]:
+def _activation_name(module: nn.Module) -> str | None:
     entry = _ACTIVATIONS.get(type(module))
     if entry is None:
         return None
@@ -109,7 +110,7 @@ def _activation_name(module: nn.Module) -> Optional[str]:
     return name
 
 
-def translate_mlp(func) -> Tuple[Optional[MLPSpec], str]:
+def translate_mlp(func) -> tuple[MLPSpec | None, str]:
     """Translate ``func`` for the native path.
 
     Args:
@@ -151,8 +152,7 @@ def translate_mlp(func) -> Tuple[Optional[MLPSpec], str]:
             return None, f"layer {k} takes {n_in[k]} features but receives {n_out[k - 1]}"
     if [id(p) for p in params] != [id(p) for p in net.parameters()]:
         return None, "the network has parameters outside its Linear layers"
-    spec = MLPSpec(tuple(n_in), tuple(n_out), tuple(has_bias), tuple(acts), bool(time_input),
-                   tuple(params))
+    spec = MLPSpec(tuple(n_in), tuple(n_out), tuple(has_bias), tuple(acts), bool(time_input), tuple(params))
     if spec.n_out[-1] != spec.n_state_in:
         return None, f"the network maps {spec.n_state_in} state features to {spec.n_out[-1]}"
     return spec, ""
@@ -177,9 +177,13 @@ class CallbackProblem:
     n_params: int
 
 
-def make_callbacks(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   state_shape: Tuple[int, int], params: Sequence[torch.Tensor],
-                   dtype: torch.dtype, device: torch.device) -> CallbackProblem:
+def make_callbacks(
+    field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    state_shape: tuple[int, int],
+    params: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> CallbackProblem:
     """Build the callbacks for ``field(t, y)`` acting on a ``(B, D)`` state.
 
     Args:
@@ -226,8 +230,7 @@ def make_callbacks(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     def jac(u, t):
         tt = time(t)
         with torch.enable_grad():
-            J = torch.autograd.functional.jacobian(
-                lambda v: field(tt, v.reshape(B, D)).reshape(-1), tensor(u))
+            J = torch.autograd.functional.jacobian(lambda v: field(tt, v.reshape(B, D)).reshape(-1), tensor(u))
         # J[i, j] = d f_i / d u_j; Julia reads the flat array column-major.
         return J.detach().to("cpu", torch.float64).t().contiguous().reshape(-1).numpy()
 

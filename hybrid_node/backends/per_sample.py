@@ -14,6 +14,7 @@ Reference: the batch-parallel, per-instance step-size control of M. Lienen and S
 Equations II, NeurIPS 2022 workshop; error norm and initial step from Hairer, Nørsett, Wanner,
 Solving ODEs I, 2nd ed., Section II.4.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,10 @@ def check_per_sample(problem, event_fn) -> None:
     if tableau is None or tableau.b_error is None:
         raise ValueError("per_sample needs an explicit embedded Runge-Kutta pair (e.g. dopri5, tsit5, bosh3).")
     if problem.layout is not None:
-        raise ValueError("per_sample needs a single tensor state whose first dimension is the batch; "
-                         "concatenate tuple states into one tensor.")
+        raise ValueError(
+            "per_sample needs a single tensor state whose first dimension is the batch; "
+            "concatenate tuple states into one tensor."
+        )
     if problem.y0.dim() < 1 or problem.y0.shape[0] < 1:
         raise ValueError("per_sample needs a state of shape (batch, ...).")
     if event_fn is not None or problem.jump_t or problem.step_t:
@@ -67,8 +70,17 @@ def _combine(y, scale, coeffs: Sequence[float], ks: Sequence[torch.Tensor]):
     return acc * scale if y is None else torch.addcmul(y, acc, scale)
 
 
-def integrate_per_sample(term: Term, solver, controller: PIDController, y0: torch.Tensor, ts: Sequence[float], *,
-                         rtol, atol, throw: bool = True) -> Integration:
+def integrate_per_sample(
+    term: Term,
+    solver,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    rtol,
+    atol,
+    throw: bool = True,
+) -> Integration:
     """Integrate every batch element with its own step-size control through the increasing times ``ts``.
 
     Args:
@@ -119,7 +131,9 @@ def integrate_per_sample(term: Term, solver, controller: PIDController, y0: torc
         if f1 is not None:
             d2 = _rms_rows((f1 - f0) / sc).to(tdt) / h0
             dmax = torch.maximum(d1, d2)
-            h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / k_order))
+            h1 = torch.where(
+                dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / k_order)
+            )
             dt = torch.minimum(100 * h0, h1)
             dt = torch.where(torch.isfinite(d2), dt, h0 * 1e-3)
         dt = dt.clamp(min=controller.min_step, max=controller.max_step)
@@ -156,10 +170,14 @@ def integrate_per_sample(term: Term, solver, controller: PIDController, y0: torc
             accept = (ratio <= 1.0) & ~done
             t_new = torch.where(lands, torch.full_like(t, t_end), t + h)
             # one host synchronisation per batched step: the span of times covered and whether all are done
-            lo, hi, n_acc, all_done = torch.stack([
-                torch.where(accept, t, torch.full_like(t, math.inf)).min(),
-                torch.where(accept, t_new, torch.full_like(t, -math.inf)).max(),
-                accept.sum().to(tdt), (done | (accept & lands)).all().to(tdt)]).tolist()
+            lo, hi, n_acc, all_done = torch.stack(
+                [
+                    torch.where(accept, t, torch.full_like(t, math.inf)).min(),
+                    torch.where(accept, t_new, torch.full_like(t, -math.inf)).max(),
+                    accept.sum().to(tdt),
+                    (done | (accept & lands)).all().to(tdt),
+                ]
+            ).tolist()
         if n_acc > 0:
             stats.n_accepted += 1
             _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, y1, ks, dense, f_end=None)

@@ -3,11 +3,12 @@
 Times are host floats (the step decision needs a host value anyway); states stay on their device.
 Each loop returns the states at the requested times, the counters and how the solve ended.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -38,7 +39,7 @@ class DenseSegment:
             return self.interpolant(1.0)
         return self.interpolant((t - self.t0) / (self.t1 - self.t0))
 
-    def many(self, ts: Sequence[float]) -> List[torch.Tensor]:
+    def many(self, ts: Sequence[float]) -> list[torch.Tensor]:
         """The interpolant at several times of this step (one batched evaluation when supported)."""
         if len(ts) == 1 or not hasattr(self.interpolant, "many"):
             return [self(t) for t in ts]
@@ -46,7 +47,7 @@ class DenseSegment:
         return list(self.interpolant.many([1.0 if t == self.t1 else (t - self.t0) / h for t in ts]).unbind(0))
 
 
-def _emit(ys: List[torch.Tensor], ts: Sequence[float], i_out: int, t1: float, y1: torch.Tensor, seg) -> int:
+def _emit(ys: list[torch.Tensor], ts: Sequence[float], i_out: int, t1: float, y1: torch.Tensor, seg) -> int:
     """Append the outputs at ts[i_out:] that lie in the step ending at t1; return the next output index."""
     j = i_out
     while j < len(ts) and ts[j] <= t1:
@@ -63,12 +64,12 @@ def _emit(ys: List[torch.Tensor], ts: Sequence[float], i_out: int, t1: float, y1
 class Integration:
     """Raw result of a loop (solver time, flat states)."""
 
-    ys: List[torch.Tensor]
+    ys: list[torch.Tensor]
     stats: Stats
     status: Status
     t_reached: float
-    segments: Optional[List[DenseSegment]] = None
-    event_t: Optional[float] = None
+    segments: list[DenseSegment] | None = None
+    event_t: float | None = None
 
 
 def _fail(status: Status, t: float, throw: bool, term: Term, detail: str = ""):
@@ -76,7 +77,7 @@ def _fail(status: Status, t: float, throw: bool, term: Term, detail: str = ""):
         raise SolverError(status, -t if term.reverse else t, detail)
 
 
-def _pad_failed(ys: List[torch.Tensor], n: int, like: torch.Tensor) -> List[torch.Tensor]:
+def _pad_failed(ys: list[torch.Tensor], n: int, like: torch.Tensor) -> list[torch.Tensor]:
     """Fill the outputs a failed solve did not reach with NaN, so they can never pass for results."""
     return ys + [torch.full_like(like, math.nan) for _ in range(n - len(ys))]
 
@@ -100,8 +101,9 @@ def _locate_event(event_fn, term: Term, seg: DenseSegment, sign0: torch.Tensor) 
     return hi
 
 
-def first_step(term: Term, solver, controller: PIDController, t0: float, y0: torch.Tensor, state,
-               rtol, atol, norm) -> float:
+def first_step(
+    term: Term, solver, controller: PIDController, t0: float, y0: torch.Tensor, state, rtol, atol, norm
+) -> float:
     """The first step of an adaptive solve: the controller's, else Hairer's heuristic; within [min_step, max_step].
 
     ``state`` is the solver's state at (t0, y0): f(t0, y0) itself or an object carrying it as ``.f0``.
@@ -114,10 +116,23 @@ def first_step(term: Term, solver, controller: PIDController, t0: float, y0: tor
     return min(max(dt, controller.min_step), controller.max_step)
 
 
-def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.Tensor, ts: Sequence[float], *,
-                       rtol, atol, norm, jump_t: Sequence[float] = (), step_t: Sequence[float] = (),
-                       event_fn=None, dense: bool = False, throw: bool = True,
-                       at_output: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> Integration:
+def integrate_adaptive(
+    term: Term,
+    solver,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    jump_t: Sequence[float] = (),
+    step_t: Sequence[float] = (),
+    event_fn=None,
+    dense: bool = False,
+    throw: bool = True,
+    at_output: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> Integration:
     """Integrate with an embedded pair from ts[0] through the increasing times ``ts``.
 
     Args:
@@ -244,9 +259,18 @@ def integrate_adaptive(term: Term, solver, controller: PIDController, y0: torch.
     return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 
-def integrate_fixed(term: Term, solver, controller: ConstantStepSize, grid: Sequence[float], y0: torch.Tensor,
-                    ts: Sequence[float], *, event_fn=None, dense: bool = False,
-                    at_output: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> Integration:
+def integrate_fixed(
+    term: Term,
+    solver,
+    controller: ConstantStepSize,
+    grid: Sequence[float],
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    event_fn=None,
+    dense: bool = False,
+    at_output: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> Integration:
     """Integrate on a fixed grid; outputs between grid points are interpolated (linear or cubic Hermite).
 
     Args:

@@ -15,6 +15,7 @@ The latent ODE in :mod:`hybrid_node.nn.latent_ode` uses the union of times: one 
 cheaper than B small ones, and on data whose times come from a shared clock (sensors, the spirals) the
 union stays short.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,9 +48,7 @@ class IrregularBatch:
         if t.ndim != 2:
             raise ValueError(f"times must have shape (B, L); got {tuple(t.shape)}.")
         if v.ndim != 3 or v.shape[:2] != t.shape:
-            raise ValueError(
-                f"values must have shape (B, L, D) matching times {tuple(t.shape)}; got {tuple(v.shape)}."
-            )
+            raise ValueError(f"values must have shape (B, L, D) matching times {tuple(t.shape)}; got {tuple(v.shape)}.")
         if m.shape != v.shape:
             raise ValueError(f"mask must have the shape of values {tuple(v.shape)}; got {tuple(m.shape)}.")
         if t.shape[1] > 1 and bool((t[:, 1:] < t[:, :-1]).any()):
@@ -211,9 +210,7 @@ def select(batch: IrregularBatch, index: Tensor) -> IrregularBatch:
     return IrregularBatch(times=batch.times[index], values=batch.values[index], mask=batch.mask[index])
 
 
-def subsample_grid(
-    times: Tensor, values: Tensor, n: int, generator: torch.Generator | None = None
-) -> IrregularBatch:
+def subsample_grid(times: Tensor, values: Tensor, n: int, generator: torch.Generator | None = None) -> IrregularBatch:
     """Keep ``n`` random points per sample (without replacement, sorted) of series on a shared grid.
 
     Args:

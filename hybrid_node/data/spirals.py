@@ -14,6 +14,7 @@ for late windows. With ``nextrap > 0`` the start is drawn from [nsample, ntotal 
 every sample has its full extrapolation target on the same 500-point grid (a spiral cannot be extended
 past the grid: the clockwise radius diverges there).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -128,7 +129,9 @@ def make_spirals(config: SpiralConfig = SpiralConfig(), seed: int | None = 0) ->
     ts, cw, cc = spiral_curves(config)
     n, ns, ne = config.nspiral, config.nsample, config.nextrap
     # Leave `nsample` points of margin at the start (as the reference does) and room for the targets.
-    starts = rng.integers(ns, config.ntotal - ns - ne, size=n) if ne > 0 else rng.integers(ns, config.ntotal - ns, size=n)
+    starts = (
+        rng.integers(ns, config.ntotal - ns - ne, size=n) if ne > 0 else rng.integers(ns, config.ntotal - ns, size=n)
+    )
     clockwise = rng.random(n) < 0.5
     curves = np.where(clockwise[:, None, None], cw[None], cc[None])  # (N, ntotal, 2)
     window = starts[:, None] + np.arange(ns)[None]
@@ -198,8 +201,10 @@ def bayes_forecast(config: SpiralConfig, batch: IrregularBatch, chunk: int = 100
     steps = batch.times.double() / dt
     index = steps.round().long()
     if bool((steps - index).abs().max() > 1e-3) or bool((index < 0).any()) or bool((index >= config.nsample).any()):
-        raise ValueError("observation times must lie on the window's grid (k * dt, 0 <= k < nsample); "
-                         "pass the batch SpiralData.subsample returns.")
+        raise ValueError(
+            "observation times must lie on the window's grid (k * dt, 0 <= k < nsample); "
+            "pass the batch SpiralData.subsample returns."
+        )
     out = []
     for lo in range(0, batch.batch_size, chunk):
         rows = slice(lo, lo + chunk)

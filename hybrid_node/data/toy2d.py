@@ -10,9 +10,10 @@ Example:
     >>> x.shape
     (1000, 2)
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def _swiss_roll(n: int, rng: np.random.Generator) -> np.ndarray:
     return x + 0.1 * rng.standard_normal((n, 2))
 
 
-_GENERATORS: Dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
+_GENERATORS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
     "two_circles": _two_circles,
     "two_moons": _two_moons,
     "8gaussians": _eight_gaussians,
@@ -108,8 +109,8 @@ def sample_toy2d(
     name: str,
     n: int,
     *,
-    seed: Optional[int] = None,
-    rng: Optional[np.random.Generator] = None,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Draw ``n`` points from a toy two-dimensional density.
 

@@ -1,4 +1,5 @@
 """Run folders and result tables shared by the model experiments (mnist, nfe, anode)."""
+
 from __future__ import annotations
 
 import datetime
@@ -31,16 +32,18 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(folder: Path, stem: str, rows: Sequence[Mapping], columns: Sequence[str],
-                  meta: Mapping | None = None) -> str:
+def write_results(
+    folder: Path, stem: str, rows: Sequence[Mapping], columns: Sequence[str], meta: Mapping | None = None
+) -> str:
     """Write ``<stem>.md`` and ``<stem>.json`` into ``folder`` and return the markdown table."""
     table = markdown_table(rows, columns)
     header = ""
     if meta:
         header = "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n"
     (folder / f"{stem}.md").write_text(header + table + "\n")
-    (folder / f"{stem}.json").write_text(json.dumps({"meta": dict(meta or {}), "rows": list(rows)}, indent=2,
-                                                    default=str))
+    (folder / f"{stem}.json").write_text(
+        json.dumps({"meta": dict(meta or {}), "rows": list(rows)}, indent=2, default=str)
+    )
     return table
 
 

@@ -14,6 +14,7 @@ rtol = atol = 1e-3 and MSE loss, as in the paper.
 
 Reference: Dupont, Doucet, Teh, "Augmented Neural ODEs", NeurIPS 2019, Sections 3-5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,14 +67,17 @@ class FlowModel(nn.Module):
     def __init__(self, in_dim: int, augment_dim: int, hidden: int, readout: str, tol: float):
         super().__init__()
         settings = SolveSettings("dopri5", tol, tol)
-        self.ode = AugmentedNeuralODE(MLPDynamics(in_dim + augment_dim, hidden, layers=1, time_dependent=False),
-                                      augment_dim, train_settings=settings)
+        self.ode = AugmentedNeuralODE(
+            MLPDynamics(in_dim + augment_dim, hidden, layers=1, time_dependent=False),
+            augment_dim,
+            train_settings=settings,
+        )
         self.in_dim = in_dim
         self.readout = nn.Linear(in_dim + augment_dim, 1) if readout == "linear" else None
 
     def forward(self, x):
         h = self.ode(x)
-        return self.readout(h) if self.readout is not None else h[:, :self.in_dim]
+        return self.readout(h) if self.readout is not None else h[:, : self.in_dim]
 
     def trajectory(self, x, steps: int = 30):
         """States at ``steps`` times in [0, 1] (no gradient), shape (steps, N, in_dim + augment_dim)."""
@@ -86,8 +90,17 @@ class FlowModel(nn.Module):
                 block.return_trajectory = False
 
 
-def train_flow(task: str, augment_dim: int, *, iters: int, hidden: int = 32, lr: float = 1e-3, batch: int = 128,
-               tol: float = 1e-3, seed: int = 0) -> dict[str, object]:
+def train_flow(
+    task: str,
+    augment_dim: int,
+    *,
+    iters: int,
+    hidden: int = 32,
+    lr: float = 1e-3,
+    batch: int = 128,
+    tol: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, object]:
     """Train one model on one task with Adam and MSE loss.
 
     Args:
@@ -131,8 +144,7 @@ def train_flow(task: str, augment_dim: int, *, iters: int, hidden: int = 32, lr:
         pred = model(x)
         final = float(nn.functional.mse_loss(pred, y))
         acc = float(((pred > 0) == (y > 0)).float().mean())
-    return {"model": model, "x": x, "y": y, "hist": hist, "loss": final, "accuracy": acc,
-            "nfe": model.ode.nfe_forward}
+    return {"model": model, "x": x, "y": y, "hist": hist, "loss": final, "accuracy": acc, "nfe": model.ode.nfe_forward}
 
 
 def _plot_g1d(folder, results):
@@ -199,22 +211,38 @@ def run(args: argparse.Namespace) -> int:
     iters = args.iters if args.iters is not None else (300 if args.quick else 1500)
     folder = run_folder(args.out, "anode")
     rows, all_results = [], {}
-    jobs = [(task, name, aug) for task in tasks for name, aug in (("NODE", 0), (f"ANODE (aug {args.augment_dim})",
-                                                                                args.augment_dim))]
+    jobs = [
+        (task, name, aug)
+        for task in tasks
+        for name, aug in (("NODE", 0), (f"ANODE (aug {args.augment_dim})", args.augment_dim))
+    ]
     start = time.perf_counter()
     for task, name, aug in tqdm(jobs, desc="anode"):
         t0 = time.perf_counter()
         res = train_flow(task, aug, iters=iters, hidden=args.hidden, lr=args.lr, seed=args.seed)
         all_results.setdefault(task, {})[name] = res
         nfe = res["hist"]["nfe"]
-        tail = nfe[-max(1, len(nfe) // 10):]
-        rows.append({"task": task, "model": name, "final loss": res["loss"],
-                     "accuracy": res["accuracy"] if task == "spheres" else "-",
-                     "NFE (last 10%)": round(sum(tail) / len(tail), 1), "params": sum(
-                         p.numel() for p in res["model"].parameters()), "time (s)": round(time.perf_counter() - t0, 1)})
+        tail = nfe[-max(1, len(nfe) // 10) :]
+        rows.append(
+            {
+                "task": task,
+                "model": name,
+                "final loss": res["loss"],
+                "accuracy": res["accuracy"] if task == "spheres" else "-",
+                "NFE (last 10%)": round(sum(tail) / len(tail), 1),
+                "params": sum(p.numel() for p in res["model"].parameters()),
+                "time (s)": round(time.perf_counter() - t0, 1),
+            }
+        )
     columns = ["task", "model", "final loss", "accuracy", "NFE (last 10%)", "params", "time (s)"]
-    meta = {"iterations": iters, "hidden": args.hidden, "augment_dim": args.augment_dim, "lr": args.lr,
-            "solver": "dopri5 rtol=atol=1e-3, direct backprop", "wall time (s)": round(time.perf_counter() - start, 1)}
+    meta = {
+        "iterations": iters,
+        "hidden": args.hidden,
+        "augment_dim": args.augment_dim,
+        "lr": args.lr,
+        "solver": "dopri5 rtol=atol=1e-3, direct backprop",
+        "wall time (s)": round(time.perf_counter() - start, 1),
+    }
     table = write_results(folder, "results", rows, columns, meta)
     _plot_curves(folder, all_results)
     if "g1d" in all_results:
@@ -224,4 +252,3 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nresults and plots in {folder}")
     return 0
-

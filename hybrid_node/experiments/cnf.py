@@ -15,12 +15,13 @@ Writes into the run folder: ``results.md``/``results.json``, ``density.png`` (da
 densities), ``samples.png``, ``flow_evolution.png`` (samples moving from the base to the data) and
 ``training.png`` (loss and NFE per iteration).
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import time
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class CNFExperimentConfig:
     atol: float = 1e-5
     adjoint: bool = False
     compare_nf: bool = False
-    nf_layers: Optional[int] = None  #: K of the planar NF; default M (= width)
+    nf_layers: int | None = None  #: K of the planar NF; default M (= width)
     nf_lr: float = 1e-2
     regularize: bool = False
     kinetic_weight: float = 0.01
@@ -77,8 +78,9 @@ class CNFExperimentConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
 
-def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization = RNODERegularization()) -> CNF:
-    """The CNF of ``cfg`` (float32, fresh parameters)."""
+def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization | None = None) -> CNF:
+    """The CNF of ``cfg`` (float32, fresh parameters); ``regularization`` defaults to none."""
+    regularization = RNODERegularization() if regularization is None else regularization
     if cfg.model == "planar":
         fields = [PlanarCNFField(2, cfg.width) for _ in range(cfg.blocks)]
     else:
@@ -98,12 +100,12 @@ def _batches(cfg: CNFExperimentConfig):
         yield torch.from_numpy(sample_toy2d(cfg.data, cfg.batch_size, rng=rng))
 
 
-def train_cnf(model: CNF, cfg: CNFExperimentConfig, label: str) -> Dict[str, List[float]]:
+def train_cnf(model: CNF, cfg: CNFExperimentConfig, label: str) -> dict[str, list[float]]:
     """Maximum-likelihood training; returns per-iteration loss, NLL, forward NFE and wall time."""
     from tqdm import tqdm
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    hist: Dict[str, List[float]] = {"loss": [], "nll": [], "nfe": [], "seconds": []}
+    hist: dict[str, list[float]] = {"loss": [], "nll": [], "nfe": [], "seconds": []}
     data = _batches(cfg)
     bar = tqdm(range(cfg.iters), desc=label, leave=False)
     for _ in bar:
@@ -121,12 +123,12 @@ def train_cnf(model: CNF, cfg: CNFExperimentConfig, label: str) -> Dict[str, Lis
     return hist
 
 
-def train_planar_nf(model: PlanarFlow, cfg: CNFExperimentConfig) -> Dict[str, List[float]]:
+def train_planar_nf(model: PlanarFlow, cfg: CNFExperimentConfig) -> dict[str, list[float]]:
     """Maximum-likelihood training of the discrete planar flow on the same data stream."""
     from tqdm import tqdm
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.nf_lr)
-    hist: Dict[str, List[float]] = {"loss": [], "nll": [], "seconds": []}
+    hist: dict[str, list[float]] = {"loss": [], "nll": [], "seconds": []}
     data = _batches(cfg)
     bar = tqdm(range(cfg.iters), desc="planar NF", leave=False)
     for _ in bar:
@@ -274,11 +276,11 @@ def _plot_training(plt, folder, histories):
     plt.close(fig)
 
 
-def run_experiment(cfg: CNFExperimentConfig, folder) -> List[dict]:
+def run_experiment(cfg: CNFExperimentConfig, folder) -> list[dict]:
     """Train the requested models, write tables and plots into ``folder``, return the result rows."""
     torch.manual_seed(cfg.seed)
     rows, histories, densities, samples = [], {}, [], []
-    name = f"CNF ({'planar, M=%d' % cfg.width if cfg.model == 'planar' else 'MLP'})"
+    name = f"CNF ({f'planar, M={cfg.width}' if cfg.model == 'planar' else 'MLP'})"
 
     def add_cnf(label: str, cnf) -> None:
         histories[label] = train_cnf(cnf, cfg, label)
@@ -302,7 +304,9 @@ def run_experiment(cfg: CNFExperimentConfig, folder) -> List[dict]:
         rows.append(evaluate_nf(nf, cfg, hist))
         densities.append((f"planar NF, K={nf.n_layers}", nf.log_prob))
         with torch.no_grad():
-            samples.append((f"planar NF, K={nf.n_layers}", nf.sample(2000, generator=torch.Generator().manual_seed(2)).numpy()))
+            samples.append(
+                (f"planar NF, K={nf.n_layers}", nf.sample(2000, generator=torch.Generator().manual_seed(2)).numpy())
+            )
 
     plt = pyplot()
     _plot_density(plt, folder, cfg, densities)
@@ -339,8 +343,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=None, help=f"density grid per side (default {d.grid})")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quick", action="store_true", help="small models and budget (minutes on a CPU)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: small 2-D batches gain nothing from more)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: small 2-D batches gain nothing from more)"
+    )
     parser.add_argument("--out", default=None, help="run folder (default runs/cnf-<timestamp>)")
 
 
@@ -360,12 +365,28 @@ def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
         raise ValueError(f"--hidden must be comma-separated integers such as 64,64,64, got {hidden_text!r}.") from None
     tol = pick("tol", d.rtol)
     return CNFExperimentConfig(
-        data=args.data, model=args.model, hidden=hidden, width=pick("width", d.width), blocks=args.blocks,
-        iters=pick("iters", d.iters), batch_size=args.batch_size, lr=pick("lr", d.lr), trace=args.trace,
-        noise=args.noise, method=args.method, rtol=tol, atol=tol, adjoint=args.adjoint,
-        compare_nf=args.compare_nf, nf_layers=args.nf_layers, regularize=args.regularize,
-        kinetic_weight=args.kinetic_weight, jacobian_weight=args.jacobian_weight,
-        n_test=pick("n_test", d.n_test), grid=pick("grid", d.grid), seed=args.seed,
+        data=args.data,
+        model=args.model,
+        hidden=hidden,
+        width=pick("width", d.width),
+        blocks=args.blocks,
+        iters=pick("iters", d.iters),
+        batch_size=args.batch_size,
+        lr=pick("lr", d.lr),
+        trace=args.trace,
+        noise=args.noise,
+        method=args.method,
+        rtol=tol,
+        atol=tol,
+        adjoint=args.adjoint,
+        compare_nf=args.compare_nf,
+        nf_layers=args.nf_layers,
+        regularize=args.regularize,
+        kinetic_weight=args.kinetic_weight,
+        jacobian_weight=args.jacobian_weight,
+        n_test=pick("n_test", d.n_test),
+        grid=pick("grid", d.grid),
+        seed=args.seed,
     )
 
 
@@ -377,8 +398,14 @@ def run(args: argparse.Namespace) -> int:
     folder = run_folder(args.out, f"cnf-{cfg.data}")
     rows = run_experiment(cfg, folder)
     meta = {
-        "data": cfg.data, "iters": cfg.iters, "batch": cfg.batch_size, "method": cfg.method,
-        "rtol=atol": cfg.rtol, "training trace": cfg.trace, "test trace": "exact", "n_test": cfg.n_test,
+        "data": cfg.data,
+        "iters": cfg.iters,
+        "batch": cfg.batch_size,
+        "method": cfg.method,
+        "rtol=atol": cfg.rtol,
+        "training trace": cfg.trace,
+        "test trace": "exact",
+        "n_test": cfg.n_test,
     }
     table = write_results(folder, "results", rows, COLUMNS, meta)
     print(table)

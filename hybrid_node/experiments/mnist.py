@@ -22,6 +22,7 @@ O(L) / O(1) column is about.
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
 NeurIPS 2018, Section 3 and Table 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,8 +88,18 @@ class MNISTConfig:
 # Small models, one epoch, Adam with a one-cycle schedule, ODE-Net trained by backpropagating through
 # dopri5: the three models beat 95% test accuracy (ResNet and RK-Net 97%+) in about 5 minutes of CPU
 # time on one thread (see the README for measured numbers).
-QUICK = {"channels": 16, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 1e-2, "lr_milestones": (),
-         "augment": False, "train_subset": None, "rk_steps": 4, "adjoint": False}
+QUICK = {
+    "channels": 16,
+    "epochs": 1,
+    "batch_size": 64,
+    "optimizer": "adam",
+    "lr": 1e-2,
+    "lr_milestones": (),
+    "augment": False,
+    "train_subset": None,
+    "rk_steps": 4,
+    "adjoint": False,
+}
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -128,8 +139,15 @@ def build_model(kind: str, channels: int, *, tol: float = 1e-3, rk_steps: int = 
     if kind not in MODELS:
         raise ValueError(f"kind must be one of {MODELS}, got {kind!r}.")
     c = channels
-    stem = [nn.Conv2d(1, c, 3, 1), _norm(c), nn.ReLU(), nn.Conv2d(c, c, 4, 2, 1), _norm(c), nn.ReLU(),
-            nn.Conv2d(c, c, 4, 2, 1)]
+    stem = [
+        nn.Conv2d(1, c, 3, 1),
+        _norm(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 4, 2, 1),
+        _norm(c),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 4, 2, 1),
+    ]
     if kind == "resnet":
         features = [ResidualBlock(c) for _ in range(6)]
     elif kind == "rknet":
@@ -137,8 +155,9 @@ def build_model(kind: str, channels: int, *, tol: float = 1e-3, rk_steps: int = 
         features = [ODEBlock(ConvDynamics(c), (0.0, 1.0), train_settings=rk)]
     else:
         sens = BacksolveAdjoint() if adjoint else DirectBackprop()
-        features = [ODEBlock(ConvDynamics(c), (0.0, 1.0),
-                             train_settings=SolveSettings("dopri5", tol, tol, sensitivity=sens))]
+        features = [
+            ODEBlock(ConvDynamics(c), (0.0, 1.0), train_settings=SolveSettings("dopri5", tol, tol, sensitivity=sens))
+        ]
     head = [_norm(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
     return nn.Sequential(*stem, *features, *head)
 
@@ -213,7 +232,7 @@ def _random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torc
     """Random-crop augmentation: pad by ``pad`` and crop back at a random offset per batch."""
     dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
     padded = nn.functional.pad(x, (pad, pad, pad, pad), value=float(x.min()))
-    return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+    return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
 
 
 @torch.no_grad()
@@ -223,16 +242,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     wrong, nfes = 0, []
     block = ode_block(model)
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        wrong += int((logits.argmax(1) != y[i:i + batch_size]).sum())
+        logits = model(x[i : i + batch_size])
+        wrong += int((logits.argmax(1) != y[i : i + batch_size]).sum())
         if block is not None:
             nfes.append(block.nfe_forward)
     model.train()
     return {"error": 100.0 * wrong / len(x), "nfe": sum(nfes) / len(nfes) if nfes else 0.0}
 
 
-def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTConfig, *,
-                desc: str = "train") -> dict[str, list]:
+def train_model(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTConfig, *, desc: str = "train"
+) -> dict[str, list]:
     """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history."""
     from tqdm.auto import tqdm
 
@@ -259,7 +279,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTCo
             for j in range(0, len(x), cfg.batch_size):
                 if it >= total:
                     break
-                idx = perm[j:j + cfg.batch_size]
+                idx = perm[j : j + cfg.batch_size]
                 xb = x[idx].to(cfg.device)
                 if cfg.augment:
                     xb = _random_shift(xb, 4, gen)
@@ -275,8 +295,9 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTCo
                     hist["nfe_backward"].append(block.nfe_backward)
                 it += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}",
-                                nfe=hist["nfe_forward"][-1] if block is not None else "-")
+                bar.set_postfix(
+                    loss=f"{hist['loss'][-1]:.3f}", nfe=hist["nfe_forward"][-1] if block is not None else "-"
+                )
     return hist
 
 
@@ -287,16 +308,16 @@ def run_table1(cfg: MNISTConfig, data_root: str | None = None, folder=None) -> d
     gen = torch.Generator().manual_seed(cfg.seed)
     xtr, ytr = to_float(train.images), train.labels
     if cfg.train_subset is not None and cfg.train_subset < len(xtr):
-        idx = torch.randperm(len(xtr), generator=gen)[:cfg.train_subset]
+        idx = torch.randperm(len(xtr), generator=gen)[: cfg.train_subset]
         xtr, ytr = xtr[idx], ytr[idx]
     xte, yte = to_float(test.images).to(cfg.device), test.labels.to(cfg.device)
     if cfg.test_subset is not None:
-        xte, yte = xte[:cfg.test_subset], yte[:cfg.test_subset]
+        xte, yte = xte[: cfg.test_subset], yte[: cfg.test_subset]
     rows, histories = [], {}
     for kind in cfg.models:
         torch.manual_seed(cfg.seed)
         model = build_model(kind, cfg.channels, tol=cfg.tol, rk_steps=cfg.rk_steps, adjoint=cfg.adjoint).to(cfg.device)
-        mem_batch = xtr[:cfg.batch_size].clone().to(cfg.device), ytr[:cfg.batch_size].clone().to(cfg.device)
+        mem_batch = xtr[: cfg.batch_size].clone().to(cfg.device), ytr[: cfg.batch_size].clone().to(cfg.device)
         memory = measure_training_memory(model, *mem_batch)
         start = time.perf_counter()
         hist = train_model(model, xtr, ytr, cfg, desc=kind)
@@ -304,28 +325,46 @@ def run_table1(cfg: MNISTConfig, data_root: str | None = None, folder=None) -> d
         result = evaluate(model, xte, yte)
         nf, nb = hist["nfe_forward"], hist["nfe_backward"]
         paper = PAPER[kind]
-        rows.append({
-            "model": {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}[kind],
-            "gradients": {"resnet": "backprop", "rknet": "backprop (rk4)",
-                          "odenet": "adjoint" if cfg.adjoint else "backprop (dopri5)"}[kind],
-            "test error (%)": round(result["error"], 2),
-            "params": count_parameters(model),
-            "memory (MB)": round(memory, 2),
-            "NFE fwd (train)": round(sum(nf) / len(nf), 1) if nf else "-",
-            "NFE bwd (train)": round(sum(nb) / len(nb), 1) if nb and kind == "odenet" and cfg.adjoint else "-",
-            "NFE fwd (test)": round(result["nfe"], 1) if kind != "resnet" else "-",
-            "train time (s)": round(train_time, 1),
-            "iterations": len(hist["loss"]),
-            "paper error (%)": paper[0],
-            "paper params": f"{paper[1]}M",
-            "paper memory": paper[2],
-        })
+        rows.append(
+            {
+                "model": {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}[kind],
+                "gradients": {
+                    "resnet": "backprop",
+                    "rknet": "backprop (rk4)",
+                    "odenet": "adjoint" if cfg.adjoint else "backprop (dopri5)",
+                }[kind],
+                "test error (%)": round(result["error"], 2),
+                "params": count_parameters(model),
+                "memory (MB)": round(memory, 2),
+                "NFE fwd (train)": round(sum(nf) / len(nf), 1) if nf else "-",
+                "NFE bwd (train)": round(sum(nb) / len(nb), 1) if nb and kind == "odenet" and cfg.adjoint else "-",
+                "NFE fwd (test)": round(result["nfe"], 1) if kind != "resnet" else "-",
+                "train time (s)": round(train_time, 1),
+                "iterations": len(hist["loss"]),
+                "paper error (%)": paper[0],
+                "paper params": f"{paper[1]}M",
+                "paper memory": paper[2],
+            }
+        )
         histories[kind] = hist
     return {"rows": rows, "histories": histories, "source": train.source, "n_train": len(xtr), "n_test": len(xte)}
 
 
-COLUMNS = ["model", "gradients", "test error (%)", "params", "memory (MB)", "NFE fwd (train)", "NFE bwd (train)",
-           "NFE fwd (test)", "train time (s)", "iterations", "paper error (%)", "paper params", "paper memory"]
+COLUMNS = [
+    "model",
+    "gradients",
+    "test error (%)",
+    "params",
+    "memory (MB)",
+    "NFE fwd (train)",
+    "NFE bwd (train)",
+    "NFE fwd (test)",
+    "train time (s)",
+    "iterations",
+    "paper error (%)",
+    "paper params",
+    "paper memory",
+]
 
 
 def _plots(folder, histories) -> None:
@@ -349,9 +388,11 @@ def _plots(folder, histories) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="16 channels, one epoch with Adam, batch 64, ODE-Net without the adjoint "
-                             "(minutes on a CPU)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="16 channels, one epoch with Adam, batch 64, ODE-Net without the adjoint (minutes on a CPU)",
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of resnet,rknet,odenet")
     parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (else the offline copy)")
     parser.add_argument("--out", default=None, help="run folder (default runs/mnist-<timestamp>)")
@@ -363,9 +404,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--test-subset", type=int, default=None)
     parser.add_argument("--tol", type=float, default=None, help="ODE-Net rtol = atol (paper: 1e-3)")
-    parser.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=None,
-                        help="train ODE-Net with the adjoint method (default: on, off with --quick); "
-                             "--no-adjoint backpropagates through dopri5")
+    parser.add_argument(
+        "--adjoint",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train ODE-Net with the adjoint method (default: on, off with --quick); "
+        "--no-adjoint backpropagates through dopri5",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -380,8 +425,9 @@ def config_from_args(args: argparse.Namespace) -> MNISTConfig:
             values[name] = v
     if args.adjoint is not None:
         values["adjoint"] = args.adjoint
-    values.update(models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seed=args.seed,
-                  device=args.device)
+    values.update(
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seed=args.seed, device=args.device
+    )
     return MNISTConfig(**values)
 
 
@@ -393,11 +439,18 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     res = run_table1(cfg, args.data_root)
     elapsed = time.perf_counter() - start
-    meta = {"data": res["source"], "train images": res["n_train"], "test images": res["n_test"],
-            "device": cfg.device, "torch threads": torch.get_num_threads(), "wall time (s)": round(elapsed, 1),
-            "config": dataclasses.asdict(cfg),
-            "memory": "peak CUDA allocation of one training step" if cfg.device.startswith("cuda")
-            else "activations saved for backward by one training forward pass (CPU)"}
+    meta = {
+        "data": res["source"],
+        "train images": res["n_train"],
+        "test images": res["n_test"],
+        "device": cfg.device,
+        "torch threads": torch.get_num_threads(),
+        "wall time (s)": round(elapsed, 1),
+        "config": dataclasses.asdict(cfg),
+        "memory": "peak CUDA allocation of one training step"
+        if cfg.device.startswith("cuda")
+        else "activations saved for backward by one training forward pass (CPU)",
+    }
     table = write_results(folder, "results", res["rows"], COLUMNS, meta)
     _plots(folder, res["histories"])
     print(table)

@@ -11,6 +11,7 @@ iteration, then sweeps the tolerance of the trained model and measures, per tole
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
 NeurIPS 2018, Figure 3.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ HELP = "Figure 3: error and time vs tolerance, backward vs forward NFE, NFE duri
 TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 
 
-def tolerance_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequence[float], *,
-                    reference_tol: float = 1e-7, repeats: int = 3) -> list[dict[str, float]]:
+def tolerance_sweep(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tolerances: Sequence[float],
+    *,
+    reference_tol: float = 1e-7,
+    repeats: int = 3,
+) -> list[dict[str, float]]:
     """Measure NFE, error, forward time and adjoint backward NFE of the trained model per tolerance.
 
     Args:
@@ -47,7 +55,7 @@ def tolerance_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, toleranc
     """
     block = ode_block(model)
     stem_end = list(model).index(block)
-    stem, head = nn.Sequential(*list(model)[:stem_end]), nn.Sequential(*list(model)[stem_end + 1:])
+    stem, head = nn.Sequential(*list(model)[:stem_end]), nn.Sequential(*list(model)[stem_end + 1 :])
     old_train, old_eval = block.train_settings, block.eval_settings
     model.eval()
     try:
@@ -73,9 +81,16 @@ def tolerance_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, toleranc
             h = h0.detach().requires_grad_(True)
             nn.functional.cross_entropy(head(block(h)), y).backward()
             block.eval()
-            rows.append({"tolerance": tol, "NFE forward": nfe_forward, "NFE backward": block.nfe_backward,
-                         "max abs error": error, "forward time (ms)": 1e3 * sorted(times)[len(times) // 2],
-                         "test error (%)": 100.0 * wrong / len(y)})
+            rows.append(
+                {
+                    "tolerance": tol,
+                    "NFE forward": nfe_forward,
+                    "NFE backward": block.nfe_backward,
+                    "max abs error": error,
+                    "forward time (ms)": 1e3 * sorted(times)[len(times) // 2],
+                    "test error (%)": 100.0 * wrong / len(y),
+                }
+            )
         return rows
     finally:
         block.train_settings, block.eval_settings = old_train, old_eval
@@ -125,8 +140,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tolerances must be comma-separated numbers, got {args.tolerances!r}.") from None
     if not tolerances or any(t <= 0 for t in tolerances):
         raise ValueError("--tolerances must hold at least one positive number.")
-    values = {"models": ("odenet",), "channels": 32, "epochs": 10, "optimizer": "adam", "lr": 3e-3,
-              "lr_milestones": (), "augment": False, "seed": args.seed, "device": args.device}
+    values = {
+        "models": ("odenet",),
+        "channels": 32,
+        "epochs": 10,
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "lr_milestones": (),
+        "augment": False,
+        "seed": args.seed,
+        "device": args.device,
+    }
     if args.quick:
         values.update(channels=16, epochs=1, batch_size=64, lr=5e-3, iters=300, train_subset=19200)
     for name in ("channels", "epochs", "iters", "train_subset"):
@@ -138,20 +162,24 @@ def run(args: argparse.Namespace) -> int:
     train, test = load_mnist(args.data_root, train=True), load_mnist(args.data_root, train=False)
     xtr, ytr = to_float(train.images), train.labels
     if cfg.train_subset is not None:
-        xtr, ytr = xtr[:cfg.train_subset], ytr[:cfg.train_subset]
+        xtr, ytr = xtr[: cfg.train_subset], ytr[: cfg.train_subset]
     model = build_model("odenet", cfg.channels, tol=cfg.tol, adjoint=True).to(cfg.device)
     start = time.perf_counter()
     hist = train_model(model, xtr, ytr, cfg, desc="odenet")
     train_time = time.perf_counter() - start
-    xte = to_float(test.images[:args.eval_batch]).to(cfg.device)
-    rows = tolerance_sweep(model, xte, test.labels[:args.eval_batch].to(cfg.device), tolerances)
+    xte = to_float(test.images[: args.eval_batch]).to(cfg.device)
+    rows = tolerance_sweep(model, xte, test.labels[: args.eval_batch].to(cfg.device), tolerances)
     columns = ["tolerance", "NFE forward", "NFE backward", "max abs error", "forward time (ms)", "test error (%)"]
     n = max(1, len(hist["nfe_forward"]) // 10)
-    meta = {"data": train.source, "config": dataclasses.asdict(cfg), "train time (s)": round(train_time, 1),
-            "NFE forward, first 10% of training": round(sum(hist["nfe_forward"][:n]) / n, 1),
-            "NFE forward, last 10% of training": round(sum(hist["nfe_forward"][-n:]) / n, 1),
-            "NFE backward / forward over training": round(sum(hist["nfe_backward"]) / max(1, sum(hist["nfe_forward"])), 2),
-            "error reference": "dopri5 at rtol = atol = 1e-7 on the same batch"}
+    meta = {
+        "data": train.source,
+        "config": dataclasses.asdict(cfg),
+        "train time (s)": round(train_time, 1),
+        "NFE forward, first 10% of training": round(sum(hist["nfe_forward"][:n]) / n, 1),
+        "NFE forward, last 10% of training": round(sum(hist["nfe_forward"][-n:]) / n, 1),
+        "NFE backward / forward over training": round(sum(hist["nfe_backward"]) / max(1, sum(hist["nfe_forward"])), 2),
+        "error reference": "dopri5 at rtol = atol = 1e-7 on the same batch",
+    }
     table = write_results(folder, "results", rows, columns, meta)
     _plots(folder, rows, hist)
     print(table)

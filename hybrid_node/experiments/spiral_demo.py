@@ -16,13 +16,13 @@ cosine decay to 1e-4 over 1000 iterations takes about 15 s of CPU time. Writes
 ``phase_portrait.png`` (true vs learned trajectory in the phase plane), ``vector_field.png`` (true vs
 learned field) and ``loss.png`` into the run folder.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import torch
@@ -117,8 +117,9 @@ def sample_windows(t: torch.Tensor, y_obs: torch.Tensor, s: DemoSettings, gen: t
 
 def _integrate(model: SpiralField, y0: torch.Tensor, t: torch.Tensor, s: DemoSettings) -> torch.Tensor:
     if s.adjoint:
-        return odeint_adjoint(model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method,
-                              adjoint_params=tuple(model.parameters()))
+        return odeint_adjoint(
+            model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, adjoint_params=tuple(model.parameters())
+        )
     return odeint(model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method)
 
 
@@ -140,7 +141,7 @@ def _box_grid(y: torch.Tensor, n: int = 25) -> torch.Tensor:
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
 
 
-def train(s: DemoSettings, progress: bool = True) -> Dict:
+def train(s: DemoSettings, progress: bool = True) -> dict:
     """Generate the data, train the model and evaluate it.
 
     Returns:
@@ -155,7 +156,7 @@ def train(s: DemoSettings, progress: bool = True) -> Dict:
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.iters, eta_min=0.01 * s.lr) if s.cosine else None
     gen = torch.Generator().manual_seed(s.seed + 1)
-    hist: Dict[str, List[float]] = {"iter": [], "loss": [], "eval_iter": [], "eval_mae": []}
+    hist: dict[str, list[float]] = {"iter": [], "loss": [], "eval_iter": [], "eval_mae": []}
     y0_full = y_obs[:1]  # the model only ever sees the noisy data, starting state included
     start = time.perf_counter()
     bar = tqdm(range(1, s.iters + 1), desc="spiral demo", disable=not progress)
@@ -188,11 +189,18 @@ def train(s: DemoSettings, progress: bool = True) -> Dict:
         "field_rel_error_box": field_error(model, _box_grid(y_true)),
         "train_seconds": seconds,
     }
-    return {"model": model, "t": t, "y_true": y_true, "y_obs": y_obs, "y_pred": y_pred, "history": hist,
-            "metrics": metrics}
+    return {
+        "model": model,
+        "t": t,
+        "y_true": y_true,
+        "y_obs": y_obs,
+        "y_pred": y_pred,
+        "history": hist,
+        "metrics": metrics,
+    }
 
 
-def plot_results(folder: Path, result: Dict) -> None:
+def plot_results(folder: Path, result: dict) -> None:
     """Write trajectories.png, phase_portrait.png, vector_field.png and loss.png."""
     plt = pyplot()
     t, y_true, y_obs, y_pred = (result[k].numpy() for k in ("t", "y_true", "y_obs", "y_pred"))
@@ -277,21 +285,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
     iters = 300 if args.quick and args.iters == DemoSettings.iters else args.iters
-    s = DemoSettings(iters=iters, noise=args.noise, batch_size=args.batch_size, batch_time=args.batch_time,
-                     lr=args.lr, method=args.method, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint,
-                     seed=args.seed, test_every=max(1, min(50, iters)))
+    s = DemoSettings(
+        iters=iters,
+        noise=args.noise,
+        batch_size=args.batch_size,
+        batch_time=args.batch_time,
+        lr=args.lr,
+        method=args.method,
+        rtol=args.rtol,
+        atol=args.atol,
+        adjoint=args.adjoint,
+        seed=args.seed,
+        test_every=max(1, min(50, iters)),
+    )
     folder = run_folder(args.out, "demo")
     result = train(s, progress=not args.no_progress)
     m = result["metrics"]
-    row = {k: m[k] for k in ("iterations", "final_loss", "trajectory_mae", "noise_mae", "field_rel_error",
-                             "field_rel_error_box", "train_seconds")}
-    meta = {"system": "dy/dt = (y^3) A, A = [[-0.1, 2.0], [-2.0, -0.1]], y0 = (2, 0), t in [0, 25]",
-            "settings": dataclasses.asdict(s)}
+    row = {
+        k: m[k]
+        for k in (
+            "iterations",
+            "final_loss",
+            "trajectory_mae",
+            "noise_mae",
+            "field_rel_error",
+            "field_rel_error_box",
+            "train_seconds",
+        )
+    }
+    meta = {
+        "system": "dy/dt = (y^3) A, A = [[-0.1, 2.0], [-2.0, -0.1]], y0 = (2, 0), t in [0, 25]",
+        "settings": dataclasses.asdict(s),
+    }
     table = write_results(folder, "results", [row], list(row), meta)
     plot_results(folder, result)
     print(table)
-    print(f"final loss {m['final_loss']:.4f}; learned trajectory MAE vs truth {m['trajectory_mae']:.4f} "
-          f"(observation noise MAE {m['noise_mae']:.4f}); vector field relative error {m['field_rel_error']:.3f} "
-          f"on the trajectory, {m['field_rel_error_box']:.3f} over its bounding box")
+    print(
+        f"final loss {m['final_loss']:.4f}; learned trajectory MAE vs truth {m['trajectory_mae']:.4f} "
+        f"(observation noise MAE {m['noise_mae']:.4f}); vector field relative error {m['field_rel_error']:.3f} "
+        f"on the trajectory, {m['field_rel_error_box']:.3f} over its bounding box"
+    )
     print(f"results and plots in {folder}")
     return 0

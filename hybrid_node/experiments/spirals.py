@@ -51,6 +51,7 @@ EMNLP 2014.
 Reference: R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud, "Neural Ordinary Differential
 Equations", NeurIPS 2018, Section 5.1, Table 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,8 +111,18 @@ class SpiralsSettings:
     refine_lr: float = 0.05
 
 
-QUICK = {"iters": 300, "rnn_iters": 300, "nspiral": 300, "ntest": 300, "batch_size": 300, "rtol": 1e-5, "atol": 1e-6,
-         "nval": 100, "val_every": 25, "restarts": 1}
+QUICK = {
+    "iters": 300,
+    "rnn_iters": 300,
+    "nspiral": 300,
+    "ntest": 300,
+    "batch_size": 300,
+    "rtol": 1e-5,
+    "atol": 1e-6,
+    "nval": 100,
+    "val_every": 25,
+    "restarts": 1,
+}
 LR_DECAYS = ("none", "cosine", "exp")
 SELECTIONS = ("val_loss", "val_rmse", "last")
 OBJECTIVES = ("window", "forecast")
@@ -141,7 +152,10 @@ def with_future(batch: IrregularBatch, future: Future) -> IrregularBatch:
     Raises:
         ValueError: if the future does not match the batch or starts before its last time.
     """
-    if future.values.shape[:1] != (batch.batch_size,) or future.values.shape[1:] != (future.times.numel(), batch.obs_dim):
+    if future.values.shape[:1] != (batch.batch_size,) or future.values.shape[1:] != (
+        future.times.numel(),
+        batch.obs_dim,
+    ):
         raise ValueError(
             f"future values must have shape ({batch.batch_size}, {future.times.numel()}, {batch.obs_dim}); "
             f"got {tuple(future.values.shape)}."
@@ -178,44 +192,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rnn-iters", type=int, default=None, help=f"RNN iterations (default {d.rnn_iters})")
     parser.add_argument("--nspiral", type=int, default=None, help=f"training series (default {d.nspiral})")
     parser.add_argument("--ntest", type=int, default=None, help=f"test series (default {d.ntest})")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"minibatch size (default {d.batch_size}; --quick: all series)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help=f"minibatch size (default {d.batch_size}; --quick: all series)"
+    )
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
-                        help=f"learning-rate schedule over the run (default {d.lr_decay})")
-    parser.add_argument("--lr-final-ratio", type=float, default=d.lr_final_ratio,
-                        help=f"final lr / --lr for the decay (default {d.lr_final_ratio})")
-    parser.add_argument("--nval", type=int, default=None,
-                        help=f"validation series for choosing the kept iterate (default {d.nval})")
-    parser.add_argument("--val-every", type=int, default=None,
-                        help=f"steps between validation scores (default {d.val_every})")
-    parser.add_argument("--select", choices=SELECTIONS, default=d.select,
-                        help="iterate to keep and score: lowest validation loss (negative ELBO for the latent "
-                             "ODE), lowest validation extrapolation RMSE, or the last one (default "
-                             f"{d.select})")
-    parser.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
-                        help="training targets: the observed window points only ('window', the plain ELBO / "
-                             "one-step-ahead loss), or also the 100 points after each training window "
-                             f"('forecast'; the encoder still sees only the window) (default {d.objective})")
-    parser.add_argument("--rnn-forecast", choices=RNN_FORECASTS, default=d.rnn_forecast,
-                        help="how the RNNs learn the future points under --objective forecast: one-step-ahead "
-                             "prediction over window + future with the true previous point as input "
-                             "('teacher'), or their free-running forecast after the window ('rollout') "
-                             f"(default {d.rnn_forecast})")
-    parser.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                        help="clip the gradient's global norm to this before each Adam step, 0 to turn off "
-                             f"(default {d.grad_clip:g})")
-    parser.add_argument("--cell", choices=CELLS, default=d.cell,
-                        help="recurrent cell (25 units) of the latent ODE's recognition network and of both RNN "
-                             "baselines: Elman tanh cell or GRU (default %(default)s)")
-    parser.add_argument("--restarts", type=int, default=None,
-                        help="independently initialised training runs per model and n; the one with the best "
-                             f"validation score (the --select score of its kept iterate) is scored (default {d.restarts})")
-    parser.add_argument("--refine-steps", type=int, nargs="+", default=list(d.refine),
-                        help="candidate numbers of Adam steps that move the latent ODE's z0 from the encoder's "
-                             "mean towards the posterior mode given the observed points (LatentODE.refine_z0); "
-                             "the validation RMSE picks one, 0 alone turns it off (default %(default)s)")
-    parser.add_argument("--refine-lr", type=float, default=d.refine_lr, help="Adam learning rate of that refinement "
-                        "(default %(default)s)")
+    parser.add_argument(
+        "--lr-decay",
+        choices=LR_DECAYS,
+        default=d.lr_decay,
+        help=f"learning-rate schedule over the run (default {d.lr_decay})",
+    )
+    parser.add_argument(
+        "--lr-final-ratio",
+        type=float,
+        default=d.lr_final_ratio,
+        help=f"final lr / --lr for the decay (default {d.lr_final_ratio})",
+    )
+    parser.add_argument(
+        "--nval", type=int, default=None, help=f"validation series for choosing the kept iterate (default {d.nval})"
+    )
+    parser.add_argument(
+        "--val-every", type=int, default=None, help=f"steps between validation scores (default {d.val_every})"
+    )
+    parser.add_argument(
+        "--select",
+        choices=SELECTIONS,
+        default=d.select,
+        help="iterate to keep and score: lowest validation loss (negative ELBO for the latent "
+        "ODE), lowest validation extrapolation RMSE, or the last one (default "
+        f"{d.select})",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=d.objective,
+        help="training targets: the observed window points only ('window', the plain ELBO / "
+        "one-step-ahead loss), or also the 100 points after each training window "
+        f"('forecast'; the encoder still sees only the window) (default {d.objective})",
+    )
+    parser.add_argument(
+        "--rnn-forecast",
+        choices=RNN_FORECASTS,
+        default=d.rnn_forecast,
+        help="how the RNNs learn the future points under --objective forecast: one-step-ahead "
+        "prediction over window + future with the true previous point as input "
+        "('teacher'), or their free-running forecast after the window ('rollout') "
+        f"(default {d.rnn_forecast})",
+    )
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        default=d.grad_clip,
+        help=f"clip the gradient's global norm to this before each Adam step, 0 to turn off (default {d.grad_clip:g})",
+    )
+    parser.add_argument(
+        "--cell",
+        choices=CELLS,
+        default=d.cell,
+        help="recurrent cell (25 units) of the latent ODE's recognition network and of both RNN "
+        "baselines: Elman tanh cell or GRU (default %(default)s)",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=None,
+        help="independently initialised training runs per model and n; the one with the best "
+        f"validation score (the --select score of its kept iterate) is scored (default {d.restarts})",
+    )
+    parser.add_argument(
+        "--refine-steps",
+        type=int,
+        nargs="+",
+        default=list(d.refine),
+        help="candidate numbers of Adam steps that move the latent ODE's z0 from the encoder's "
+        "mean towards the posterior mode given the observed points (LatentODE.refine_z0); "
+        "the validation RMSE picks one, 0 alone turns it off (default %(default)s)",
+    )
+    parser.add_argument(
+        "--refine-lr",
+        type=float,
+        default=d.refine_lr,
+        help="Adam learning rate of that refinement (default %(default)s)",
+    )
     parser.add_argument("--rtol", type=float, default=None, help=f"latent solve rtol (default {d.rtol})")
     parser.add_argument("--atol", type=float, default=None, help=f"latent solve atol (default {d.atol})")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -223,23 +281,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small budget (under 10 minutes on 2 CPU cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/spirals-<timestamp>)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its checkpoints (with --iters 0 --rnn-iters 0: "
-                             "only evaluate the stored checkpoints)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoints (with --iters 0 --rnn-iters 0: "
+        "only evaluate the stored checkpoints)",
+    )
     parser.add_argument("--no-plots", action="store_true")
 
 
 def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
     base = dict(QUICK) if args.quick else {}
-    for key in ("iters", "rnn_iters", "nspiral", "ntest", "batch_size", "rtol", "atol", "nval", "val_every", "restarts"):
+    for key in (
+        "iters",
+        "rnn_iters",
+        "nspiral",
+        "ntest",
+        "batch_size",
+        "rtol",
+        "atol",
+        "nval",
+        "val_every",
+        "restarts",
+    ):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
     s = SpiralsSettings(
-        ns=tuple(args.n), models=tuple(args.models), lr=args.lr, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, lr_decay=args.lr_decay, lr_final_ratio=args.lr_final_ratio,
-        select=args.select, objective=args.objective, rnn_forecast=args.rnn_forecast, grad_clip=args.grad_clip,
-        cell=args.cell, refine=tuple(sorted(set(args.refine_steps))), refine_lr=args.refine_lr,
+        ns=tuple(args.n),
+        models=tuple(args.models),
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        lr_decay=args.lr_decay,
+        lr_final_ratio=args.lr_final_ratio,
+        select=args.select,
+        objective=args.objective,
+        rnn_forecast=args.rnn_forecast,
+        grad_clip=args.grad_clip,
+        cell=args.cell,
+        refine=tuple(sorted(set(args.refine_steps))),
+        refine_lr=args.refine_lr,
         **base,
     )
     if min(s.ns) < 2 or max(s.ns) > 100:
@@ -250,10 +332,17 @@ def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
         raise ValueError("--nval and --val-every must be >= 1, --lr-final-ratio in (0, 1] and --grad-clip >= 0.")
     if min(s.refine) < 0 or not s.refine_lr > 0:
         raise ValueError("--refine-steps must be >= 0 and --refine-lr > 0.")
-    if (s.select not in SELECTIONS or s.lr_decay not in LR_DECAYS or s.objective not in OBJECTIVES
-            or s.rnn_forecast not in RNN_FORECASTS or s.cell not in CELLS):
-        raise ValueError(f"--select must be one of {SELECTIONS}, --lr-decay one of {LR_DECAYS}, --objective "
-                         f"one of {OBJECTIVES}, --rnn-forecast one of {RNN_FORECASTS} and --cell one of {CELLS}.")
+    if (
+        s.select not in SELECTIONS
+        or s.lr_decay not in LR_DECAYS
+        or s.objective not in OBJECTIVES
+        or s.rnn_forecast not in RNN_FORECASTS
+        or s.cell not in CELLS
+    ):
+        raise ValueError(
+            f"--select must be one of {SELECTIONS}, --lr-decay one of {LR_DECAYS}, --objective "
+            f"one of {OBJECTIVES}, --rnn-forecast one of {RNN_FORECASTS} and --cell one of {CELLS}."
+        )
     return s
 
 
@@ -264,8 +353,12 @@ def build_model(name: str, s: SpiralsSettings) -> torch.nn.Module:
 
 
 def model_loss(
-    name: str, model: torch.nn.Module, batch: IrregularBatch, future: Future | None = None,
-    generator: torch.Generator | None = None, rnn_forecast: str = "teacher",
+    name: str,
+    model: torch.nn.Module,
+    batch: IrregularBatch,
+    future: Future | None = None,
+    generator: torch.Generator | None = None,
+    rnn_forecast: str = "teacher",
 ) -> torch.Tensor:
     """Training loss: on the window only, or with ``future`` also on the points after it.
 
@@ -313,12 +406,16 @@ def breakdown(pred: torch.Tensor, data: SpiralData) -> dict:
     def part(mask: torch.Tensor) -> float | None:
         return rmse(pred[mask], target[mask]) if bool(mask.any()) else None
 
-    return {"rmse_first": {k: rmse(pred[:, :k], target[:, :k]) for k in HORIZONS},
-            "rmse_direction": {"clockwise": part(cw), "counter_clockwise": part(~cw)},
-            "rmse_start": {"before_200": part(early), "from_200": part(~early)}}
+    return {
+        "rmse_first": {k: rmse(pred[:, :k], target[:, :k]) for k in HORIZONS},
+        "rmse_direction": {"clockwise": part(cw), "counter_clockwise": part(~cw)},
+        "rmse_start": {"before_200": part(early), "from_200": part(~early)},
+    }
 
 
-def inference_gap(model: LatentODE, data: SpiralData, batch: IrregularBatch, steps: int = 400, lr: float = 0.02) -> dict:
+def inference_gap(
+    model: LatentODE, data: SpiralData, batch: IrregularBatch, steps: int = 400, lr: float = 0.02
+) -> dict:
     """How much of a latent ODE's extrapolation error its encoder causes.
 
     Scores the extrapolation from the encoder's posterior mean, then optimises z0 per series (Adam,
@@ -344,8 +441,12 @@ def inference_gap(model: LatentODE, data: SpiralData, batch: IrregularBatch, ste
         *_, z0 = descend_z0(z0, lambda z: ((model.decode(z, times) - target) ** 2).mean(), steps, lr)
         fitted = model.decode(z0, times)
     w = data.times.numel()
-    return {"encoder": rmse(encoded[:, w:], data.extrap), "fitted": rmse(fitted[:, w:], data.extrap),
-            "encoder_window": rmse(encoded[:, :w], data.clean), "fitted_window": rmse(fitted[:, :w], data.clean)}
+    return {
+        "encoder": rmse(encoded[:, w:], data.extrap),
+        "fitted": rmse(fitted[:, w:], data.extrap),
+        "encoder_window": rmse(encoded[:, :w], data.clean),
+        "fitted_window": rmse(fitted[:, :w], data.clean),
+    }
 
 
 def refinement(model: LatentODE, s: SpiralsSettings, val: tuple, test: tuple) -> dict:
@@ -388,14 +489,24 @@ def empirical_prior_scores(model: LatentODE, train: IrregularBatch, val: tuple, 
         ``{"rmse": test RMSE, "val_rmse": validation RMSE}``; nothing is tuned on either.
     """
     prior = EmpiricalPrior.from_series(model, train)
-    return {"rmse": rmse(prior.predict(model, test[0], test[1]), test[2]),
-            "val_rmse": rmse(prior.predict(model, val[0], val[1]), val[2])}
+    return {
+        "rmse": rmse(prior.predict(model, test[0], test[1]), test[2]),
+        "val_rmse": rmse(prior.predict(model, val[0], val[1]), val[2]),
+    }
 
 
 def train_one(
-    name: str, n: int, s: SpiralsSettings, train: IrregularBatch, ckpt: Path, resume: bool,
-    on_step: Callable[[int, float], None], val: tuple[IrregularBatch, torch.Tensor, torch.Tensor] | None = None,
-    future: Future | None = None, val_future: Future | None = None, restart: int = 0,
+    name: str,
+    n: int,
+    s: SpiralsSettings,
+    train: IrregularBatch,
+    ckpt: Path,
+    resume: bool,
+    on_step: Callable[[int, float], None],
+    val: tuple[IrregularBatch, torch.Tensor, torch.Tensor] | None = None,
+    future: Future | None = None,
+    val_future: Future | None = None,
+    restart: int = 0,
 ) -> torch.nn.Module:
     """Train one model, checkpointing every ``s.checkpoint_every`` steps; resumes from ``ckpt``.
 
@@ -463,8 +574,17 @@ def train_one(
         if done % s.val_every == 0 or done == iters:
             validate(done)
         if done % s.checkpoint_every == 0 or done == iters:
-            save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                                   "history": history, "val_history": val_history, "best": best})
+            save_checkpoint(
+                ckpt,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": done,
+                    "history": history,
+                    "val_history": val_history,
+                    "best": best,
+                },
+            )
     model.best_step = len(history)
     if s.select != "last" and best is not None:
         model.load_state_dict(best["model"])
@@ -482,7 +602,9 @@ def validation_score(kept: list | None, select: str) -> float:
     return kept[1] if select == "val_rmse" else kept[0]
 
 
-def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: bool = True, progress: bool = True) -> dict:
+def run_experiment(
+    s: SpiralsSettings, out: Path, resume: bool = False, plots: bool = True, progress: bool = True
+) -> dict:
     """Train and score every (model, n); returns the results dict also written to ``results.json``."""
     from tqdm.auto import tqdm
 
@@ -526,14 +648,22 @@ def run_experiment(s: SpiralsSettings, out: Path, resume: bool = False, plots: b
             model, kept = runs[choice]
             preds = [predict(name, m, test, test_data.extrap_times) for m, _ in runs]
             pred = preds[choice]
-            entry = {"rmse": rmse(pred, test_data.extrap), **breakdown(pred, test_data),
-                     "final_loss": model.history[-1] if model.history else None,
-                     "iterations": len(model.history), "kept_step": model.best_step, "val": kept,
-                     "val_history": model.val_history, "restart": choice,
-                     "restarts": [{"kept_step": m.best_step, "val": v, "test_rmse": rmse(p, test_data.extrap)}
-                                  for (m, v), p in zip(runs, preds)],
-                     # Over every invocation (a resumed run adds to what the interrupted one spent).
-                     "seconds": round(rows.get(key, {}).get("seconds", 0.0) + time.time() - t_start, 1)}
+            entry = {
+                "rmse": rmse(pred, test_data.extrap),
+                **breakdown(pred, test_data),
+                "final_loss": model.history[-1] if model.history else None,
+                "iterations": len(model.history),
+                "kept_step": model.best_step,
+                "val": kept,
+                "val_history": model.val_history,
+                "restart": choice,
+                "restarts": [
+                    {"kept_step": m.best_step, "val": v, "test_rmse": rmse(p, test_data.extrap)}
+                    for (m, v), p in zip(runs, preds)
+                ],
+                # Over every invocation (a resumed run adds to what the interrupted one spent).
+                "seconds": round(rows.get(key, {}).get("seconds", 0.0) + time.time() - t_start, 1),
+            }
             if name == "latent_ode":
                 entry["recon_rmse"] = rmse(predict(name, model, test, test_data.times), test_data.clean)
                 scored = (test, test_data.extrap_times, test_data.extrap)
@@ -577,16 +707,28 @@ def format_table(results: dict, s: SpiralsSettings) -> str:
                 lines.append(f"| {MODEL_NAMES[name]}, {label} | " + " | ".join(cells) + " |")
     floor = [results.get("bayes_optimal", {}).get(str(n)) for n in s.ns]
     if any(f is not None for f in floor):
-        lines.append("| Bayes-optimal (knows the generator) | "
-                     + " | ".join(("-" if f is None else f"{f:.4f}") + " | -" for f in floor) + " |")
+        lines.append(
+            "| Bayes-optimal (knows the generator) | "
+            + " | ".join(("-" if f is None else f"{f:.4f}") + " | -" for f in floor)
+            + " |"
+        )
     recon = [results["rmse"].get(f"latent_ode/n={n}", {}).get("recon_rmse") for n in s.ns]
     if any(r is not None for r in recon):
-        lines += ["", "Latent ODE reconstruction RMSE of the whole 100-point window from n points:",
-                  "| " + " | ".join(f"n={n}" for n in s.ns) + " |", "|" + " --- |" * len(s.ns),
-                  "| " + " | ".join("-" if r is None else f"{r:.4f}" for r in recon) + " |"]
-    lines += ["", "Extrapolation RMSE by direction, window start and horizon (first k of the 100 targets):",
-              "| model | n | clockwise | counter-clockwise | start < 200 | start >= 200 | "
-              + " | ".join(f"first {k}" for k in HORIZONS) + " |", "|" + " --- |" * (6 + len(HORIZONS))]
+        lines += [
+            "",
+            "Latent ODE reconstruction RMSE of the whole 100-point window from n points:",
+            "| " + " | ".join(f"n={n}" for n in s.ns) + " |",
+            "|" + " --- |" * len(s.ns),
+            "| " + " | ".join("-" if r is None else f"{r:.4f}" for r in recon) + " |",
+        ]
+    lines += [
+        "",
+        "Extrapolation RMSE by direction, window start and horizon (first k of the 100 targets):",
+        "| model | n | clockwise | counter-clockwise | start < 200 | start >= 200 | "
+        + " | ".join(f"first {k}" for k in HORIZONS)
+        + " |",
+        "|" + " --- |" * (6 + len(HORIZONS)),
+    ]
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.4f}"
@@ -597,8 +739,13 @@ def format_table(results: dict, s: SpiralsSettings) -> str:
             if not e or "rmse_direction" not in e:
                 continue
             first = [e["rmse_first"].get(str(k), e["rmse_first"].get(k)) for k in HORIZONS]
-            cells = [e["rmse_direction"]["clockwise"], e["rmse_direction"]["counter_clockwise"],
-                     e["rmse_start"]["before_200"], e["rmse_start"]["from_200"], *first]
+            cells = [
+                e["rmse_direction"]["clockwise"],
+                e["rmse_direction"]["counter_clockwise"],
+                e["rmse_start"]["before_200"],
+                e["rmse_start"]["from_200"],
+                *first,
+            ]
             lines.append(f"| {MODEL_NAMES[name]} | {n} | " + " | ".join(fmt(c) for c in cells) + " |")
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
 """Continuous-depth models: ODE blocks, time-dependent layers, augmented and second-order Neural ODEs."""
+
 from .augmented import AugmentedNeuralODE as AugmentedNeuralODE
 from .augmented import augment as augment
 from .cnf import CNF as CNF

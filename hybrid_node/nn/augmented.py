@@ -6,6 +6,7 @@ The flow of an ODE is a homeomorphism, so a plain Neural ODE cannot change the t
 
 Reference: Dupont, Doucet, Teh, "Augmented Neural ODEs", NeurIPS 2019.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,17 +58,25 @@ class AugmentedNeuralODE(nn.Module):
     Reference: Dupont, Doucet, Teh, "Augmented Neural ODEs", NeurIPS 2019.
     """
 
-    def __init__(self, func: nn.Module, augment_dim: int, *, dim: int = 1,
-                 t: Sequence[float] | torch.Tensor = (0.0, 1.0),
-                 train_settings: SolveSettings | None = None, eval_settings: SolveSettings | None = None,
-                 return_trajectory: bool = False):
+    def __init__(
+        self,
+        func: nn.Module,
+        augment_dim: int,
+        *,
+        dim: int = 1,
+        t: Sequence[float] | torch.Tensor = (0.0, 1.0),
+        train_settings: SolveSettings | None = None,
+        eval_settings: SolveSettings | None = None,
+        return_trajectory: bool = False,
+    ):
         super().__init__()
         if not isinstance(augment_dim, int) or augment_dim < 0:
             raise ValueError(f"augment_dim must be a non-negative int, got {augment_dim!r}.")
         self.augment_dim = augment_dim
         self.dim = dim
-        self.block = ODEBlock(func, t, train_settings=train_settings, eval_settings=eval_settings,
-                              return_trajectory=return_trajectory)
+        self.block = ODEBlock(
+            func, t, train_settings=train_settings, eval_settings=eval_settings, return_trajectory=return_trajectory
+        )
 
     @property
     def nfe_forward(self) -> int:

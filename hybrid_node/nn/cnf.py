@@ -21,11 +21,13 @@ Example:
     >>> x, logq = flow.sample(16)
     >>> logp = flow.log_prob(x)          # equals logq up to the solver tolerance
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -106,7 +108,7 @@ class CNFSolver:
     method: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
-    options: Optional[Mapping[str, Any]] = None
+    options: Mapping[str, Any] | None = None
     adjoint: bool = False
 
     def __post_init__(self):
@@ -135,10 +137,10 @@ class FlowResult:
     z: torch.Tensor
     log_prob: torch.Tensor
     delta_logp: torch.Tensor
-    kinetic: Optional[torch.Tensor] = None
-    jacobian: Optional[torch.Tensor] = None
+    kinetic: torch.Tensor | None = None
+    jacobian: torch.Tensor | None = None
     nfe: int = 0
-    path: Optional[torch.Tensor] = None
+    path: torch.Tensor | None = None
 
 
 class CNFBlock(nn.Module):
@@ -178,8 +180,15 @@ class _AugmentedDynamics:
     Holds the per-solve state (direction, probe noise, evaluation count); built afresh for each solve.
     """
 
-    def __init__(self, block: CNFBlock, *, reverse: bool, estimator: TraceEstimator,
-                 noise: Optional[torch.Tensor], regularize: bool):
+    def __init__(
+        self,
+        block: CNFBlock,
+        *,
+        reverse: bool,
+        estimator: TraceEstimator,
+        noise: torch.Tensor | None,
+        regularize: bool,
+    ):
         self.block = block
         self.reverse = reverse
         self.estimator = estimator
@@ -187,7 +196,7 @@ class _AugmentedDynamics:
         self.regularize = regularize
         self.nfe = 0
 
-    def __call__(self, s: torch.Tensor, state: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+    def __call__(self, s: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         self.nfe += 1
         z = state[0]
         keep_graph = torch.is_grad_enabled()
@@ -230,7 +239,7 @@ class CNF(nn.Module):
 
     def __init__(
         self,
-        fields: Union[nn.Module, Sequence[nn.Module]],
+        fields: nn.Module | Sequence[nn.Module],
         dim: int,
         *,
         end_time: float = 1.0,
@@ -272,9 +281,9 @@ class CNF(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        trace: Optional[TraceEstimator] = None,
-        regularize: Optional[bool] = None,
-        generator: Optional[torch.Generator] = None,
+        trace: TraceEstimator | None = None,
+        regularize: bool | None = None,
+        generator: torch.Generator | None = None,
     ) -> FlowResult:
         """Integrate data to the base density: log p(x) = log p_base(z) - delta_logp.
 
@@ -292,12 +301,25 @@ class CNF(nn.Module):
         """
         self._check_points(x, "x")
         regularize = self.regularization.active if regularize is None else bool(regularize)
-        z, delta, reg, nfe, _ = self._run(x, list(reversed(self.blocks)), reverse=True, trace=trace,
-                                          regularize=regularize, n_times=None, generator=generator)
-        return FlowResult(z=z, log_prob=self.base_log_prob(z) - delta, delta_logp=delta,
-                          kinetic=reg[0] if regularize else None, jacobian=reg[1] if regularize else None, nfe=nfe)
+        z, delta, reg, nfe, _ = self._run(
+            x,
+            list(reversed(self.blocks)),
+            reverse=True,
+            trace=trace,
+            regularize=regularize,
+            n_times=None,
+            generator=generator,
+        )
+        return FlowResult(
+            z=z,
+            log_prob=self.base_log_prob(z) - delta,
+            delta_logp=delta,
+            kinetic=reg[0] if regularize else None,
+            jacobian=reg[1] if regularize else None,
+            nfe=nfe,
+        )
 
-    def log_prob(self, x: torch.Tensor, *, trace: Optional[TraceEstimator] = None) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, *, trace: TraceEstimator | None = None) -> torch.Tensor:
         """log-density of ``x`` (B, D) under the model, shape (B,)."""
         return self.to_base(x, trace=trace, regularize=False).log_prob
 
@@ -305,9 +327,9 @@ class CNF(nn.Module):
         self,
         z: torch.Tensor,
         *,
-        trace: Optional[TraceEstimator] = None,
-        n_times: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        trace: TraceEstimator | None = None,
+        n_times: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> FlowResult:
         """Integrate base points to data space: log q(x) = log p_base(z) + delta_logp.
 
@@ -326,13 +348,14 @@ class CNF(nn.Module):
         self._check_points(z, "z")
         if n_times is not None and (isinstance(n_times, bool) or not isinstance(n_times, int) or n_times < 2):
             raise ValueError(f"n_times must be an int >= 2 or None, got {n_times!r}.")
-        x, delta, _, nfe, path = self._run(z, list(self.blocks), reverse=False, trace=trace,
-                                           regularize=False, n_times=n_times, generator=generator)
+        x, delta, _, nfe, path = self._run(
+            z, list(self.blocks), reverse=False, trace=trace, regularize=False, n_times=n_times, generator=generator
+        )
         return FlowResult(z=x, log_prob=self.base_log_prob(z) + delta, delta_logp=delta, nfe=nfe, path=path)
 
     def sample(
-        self, n: int, *, trace: Optional[TraceEstimator] = None, generator: Optional[torch.Generator] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, n: int, *, trace: TraceEstimator | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``n`` samples and their log-densities.
 
         Returns:
@@ -350,7 +373,7 @@ class CNF(nn.Module):
         out = self.from_base(z, trace=trace, generator=generator)
         return out.z, out.log_prob
 
-    def loss(self, x: torch.Tensor, *, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, FlowResult]:
+    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, FlowResult]:
         """Mean negative log-likelihood plus the weighted RNODE regularisers.
 
         Returns:
@@ -402,8 +425,13 @@ class CNF(nn.Module):
         st = self.solver
         # The augmented dynamics differentiate the field with torch autograd at every evaluation, which
         # the Julia backend cannot translate; the CNF therefore always runs on the torch backend.
-        kwargs = dict(rtol=st.rtol, atol=st.atol, method=st.method, options=dict(st.options) if st.options else None,
-                      backend="torch")
+        kwargs = dict(
+            rtol=st.rtol,
+            atol=st.atol,
+            method=st.method,
+            options=dict(st.options) if st.options else None,
+            backend="torch",
+        )
         if st.adjoint:
             params = tuple(p for p in block.parameters() if p.requires_grad)
             if params and torch.is_grad_enabled():
@@ -413,6 +441,4 @@ class CNF(nn.Module):
 
 def _check_estimator(estimator) -> None:
     if not isinstance(estimator, (ExactTrace, HutchinsonTrace)):
-        raise TypeError(
-            f"trace must be ExactTrace() or HutchinsonTrace(noise=...), got {type(estimator).__name__}."
-        )
+        raise TypeError(f"trace must be ExactTrace() or HutchinsonTrace(noise=...), got {type(estimator).__name__}.")

@@ -7,9 +7,10 @@ tensor ``t`` and a batch ``z`` of shape (B, D), and returns (B, D).
 - :class:`TimeMLPField`: the multilayer perceptron of FFJORD's toy experiments (Grathwohl et al. 2019,
   Section 5.1): hidden layers of width 64 with t concatenated to the input of every layer.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

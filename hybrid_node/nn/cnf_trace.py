@@ -11,9 +11,11 @@ Both also return the squared Frobenius norm of the Jacobian used by RNODE's regu
 (Finlay et al. 2020, "How to train your neural ODE", Eq. 4): exactly for the exact method, and as the
 unbiased estimate ||eps^T J||^2 for Hutchinson's.
 """
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -46,7 +48,6 @@ def _as_differentiable(z: torch.Tensor, outer_grad: bool) -> torch.Tensor:
     return z.detach().requires_grad_(True)
 
 
-
 def _evaluate(fn, z: torch.Tensor, outer_grad: bool):
     """``fn`` at a differentiable copy of ``z`` (call inside enable_grad); checks the shape is kept."""
     z = _as_differentiable(z, outer_grad)
@@ -54,6 +55,7 @@ def _evaluate(fn, z: torch.Tensor, outer_grad: bool):
     if f.shape != z.shape:
         raise ValueError(f"The vector field must return the shape of its input {tuple(z.shape)}, got {tuple(f.shape)}.")
     return z, f
+
 
 def _check_batch(z: torch.Tensor) -> None:
     if not isinstance(z, torch.Tensor) or z.dim() != 2:
@@ -63,9 +65,7 @@ def _check_batch(z: torch.Tensor) -> None:
         )
 
 
-def exact_divergence(
-    fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, create_graph: bool
-) -> Divergence:
+def exact_divergence(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, create_graph: bool) -> Divergence:
     """Exact trace and Frobenius norm of the Jacobian of ``fn`` at each row of ``z``.
 
     Args:

@@ -14,6 +14,7 @@ References:
     posterior is the prior that maximises the ELBO).
     J. M. Tomczak, M. Welling, "VAE with a VampPrior", AISTATS 2018 (mixtures of posteriors as prior).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,7 +49,11 @@ class EmpiricalPrior:
 
     @classmethod
     def from_series(
-        cls, model: LatentODE, batch: IrregularBatch, t0: float | Tensor = 0.0, refine_steps: int = 0,
+        cls,
+        model: LatentODE,
+        batch: IrregularBatch,
+        t0: float | Tensor = 0.0,
+        refine_steps: int = 0,
         refine_lr: float = 0.05,
     ) -> EmpiricalPrior:
         """Anchors at the z0s a trained model infers for ``batch`` (its posterior means, or with
@@ -73,7 +78,9 @@ class EmpiricalPrior:
             )
 
     @torch.no_grad()
-    def log_likelihoods(self, model: LatentODE, batch: IrregularBatch, t0: float | Tensor = 0.0, chunk: int = 64) -> Tensor:
+    def log_likelihoods(
+        self, model: LatentODE, batch: IrregularBatch, t0: float | Tensor = 0.0, chunk: int = 64
+    ) -> Tensor:
         """log p(x_b | z_i) of every series b of ``batch`` under every anchor i (no gradients).
 
         One batched solve of the anchors on the union of the batch's observation times; each series
@@ -105,7 +112,8 @@ class EmpiricalPrior:
                 return x.expand(n, *x.shape).reshape(-1, *x.shape[1:])
 
             loglik, poisson = model.log_likelihood_of_states(
-                flat, tile(batch.values[lo : lo + chunk]), tile(batch.mask[lo : lo + chunk]))
+                flat, tile(batch.values[lo : lo + chunk]), tile(batch.mask[lo : lo + chunk])
+            )
             rows.append((loglik if poisson is None else loglik + poisson).reshape(n, -1).T)
         return torch.cat(rows)
 

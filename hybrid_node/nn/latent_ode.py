@@ -17,6 +17,7 @@ References:
     NeurIPS 2019 (ODE-RNN encoder).
     D. P. Kingma, M. Welling, "Auto-Encoding Variational Bayes", ICLR 2014 (reparameterisation, analytic KL).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -148,8 +149,9 @@ class RecognitionRNN(nn.Module):
 
     CELLS = ("rnn", "gru")
 
-    def __init__(self, obs_dim: int, hidden: int = 25, latent_dim: int = 4, use_time_gaps: bool = True,
-                 cell: str = "rnn"):
+    def __init__(
+        self, obs_dim: int, hidden: int = 25, latent_dim: int = 4, use_time_gaps: bool = True, cell: str = "rnn"
+    ):
         super().__init__()
         if cell not in self.CELLS:
             raise ValueError(f"cell must be one of {self.CELLS}; got {cell!r}.")
@@ -300,7 +302,9 @@ class LatentODE(nn.Module):
         if self.log_intensity is not None:
             field = _WithIntensity(self.dynamics, self.log_intensity, self.latent_dim)
             state = torch.cat([z0, z0.new_zeros(z0.shape[0], self.log_intensity.out_features)], dim=-1)
-        ys = odeint(field, state, grid.to(z0.dtype), rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
+        ys = odeint(
+            field, state, grid.to(z0.dtype), rtol=self.rtol, atol=self.atol, method=self.method, options=self.options
+        )
         return ys[1:] if grid.numel() > times.numel() else ys
 
     def decode(self, z0: Tensor, times: Tensor, t0: float | Tensor = 0.0) -> Tensor:
@@ -348,7 +352,9 @@ class LatentODE(nn.Module):
         loglik, poisson = self.log_likelihood(self.sample_z0(mean, logvar, generator), scored, t0)
         return ElboTerms(log_likelihood=loglik, kl=normal_kl(mean, logvar), poisson=poisson)
 
-    def log_likelihood(self, z0: Tensor, scored: IrregularBatch, t0: float | Tensor = 0.0) -> tuple[Tensor, Tensor | None]:
+    def log_likelihood(
+        self, z0: Tensor, scored: IrregularBatch, t0: float | Tensor = 0.0
+    ) -> tuple[Tensor, Tensor | None]:
         """log p(x | z0) of the observed entries of ``scored``: the Gaussian term and the Poisson process
         term of the observation times (None without ``poisson``), each (B,)."""
         union, index = union_grid(scored)
@@ -366,7 +372,9 @@ class LatentODE(nn.Module):
         integrated = states[:, -1, self.latent_dim :]
         return loglik, poisson_process_log_likelihood(self.log_intensity(z), mask, integrated)
 
-    def refine_z0(self, batch: IrregularBatch, steps: int, lr: float = 0.05, t0: float | Tensor = 0.0) -> Iterator[Tensor]:
+    def refine_z0(
+        self, batch: IrregularBatch, steps: int, lr: float = 0.05, t0: float | Tensor = 0.0
+    ) -> Iterator[Tensor]:
         """Move z0 from the encoder's posterior mean towards the posterior mode of the generative model.
 
         Semi-amortised inference: Adam steps on -log p(x | z0) - log N(z0; 0, I), one z0 per series, with
@@ -403,16 +411,19 @@ class LatentODE(nn.Module):
             start = self.encode(batch, t0)[0]
         return descend_z0(start, neg_log_posterior, steps, lr)
 
-    def forward(
-        self, batch: IrregularBatch, t0: float | Tensor = 0.0, targets: IrregularBatch | None = None
-    ) -> Tensor:
+    def forward(self, batch: IrregularBatch, t0: float | Tensor = 0.0, targets: IrregularBatch | None = None) -> Tensor:
         """The training loss (negative mean ELBO) of a batch; ``targets`` as in :meth:`elbo`."""
         return self.elbo(batch, t0, targets=targets).loss
 
     @torch.no_grad()
     def predict(
-        self, batch: IrregularBatch, times: Tensor, t0: float | Tensor = 0.0, sample: bool = False,
-        refine_steps: int = 0, refine_lr: float = 0.05,
+        self,
+        batch: IrregularBatch,
+        times: Tensor,
+        t0: float | Tensor = 0.0,
+        sample: bool = False,
+        refine_steps: int = 0,
+        refine_lr: float = 0.05,
     ) -> Tensor:
         """Reconstruct or extrapolate at shared ``times`` (T,) from the posterior mean of z0 (or a draw).
 

@@ -6,6 +6,7 @@ what the convolutional ODE-Net of Chen et al. (2018) uses in every convolution o
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
 NeurIPS 2018, Section 3 and the MNIST ODE-Net.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -58,13 +59,30 @@ class TimeConv2d(nn.Module):
         ``layer(t, x)`` with a scalar ``t`` and ``x`` of shape (N, C, H, W) returns (N, out_channels, H', W').
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, dilation: int = 1, groups: int = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}.")
-        self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride=stride, padding=padding,
-                              dilation=dilation, groups=groups, bias=bias)
+        self.conv = nn.Conv2d(
+            in_channels + 1,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
 
     def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
@@ -84,8 +102,14 @@ class MLPDynamics(nn.Module):
         time_dependent: feed ``t`` into every layer (:class:`TimeLinear`); if False the field is autonomous.
     """
 
-    def __init__(self, dim: int, hidden: int = 32, layers: int = 1, activation: nn.Module | None = None,
-                 time_dependent: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 32,
+        layers: int = 1,
+        activation: nn.Module | None = None,
+        time_dependent: bool = True,
+    ):
         super().__init__()
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}.")

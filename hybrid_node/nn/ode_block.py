@@ -12,6 +12,7 @@ backward pass replays the recorded graph without calling the field).
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
 NeurIPS 2018.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,10 @@ class SolveSettings:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
         if not isinstance(self.sensitivity, _SENSITIVITIES):
-            raise TypeError("sensitivity must be one of DirectBackprop(), BacksolveAdjoint(), "
-                            f"InterpolatingAdjoint(), GaussAdjoint(), QuadratureAdjoint(); got {self.sensitivity!r}.")
+            raise TypeError(
+                "sensitivity must be one of DirectBackprop(), BacksolveAdjoint(), "
+                f"InterpolatingAdjoint(), GaussAdjoint(), QuadratureAdjoint(); got {self.sensitivity!r}."
+            )
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {self.backend!r}.")
         if self.options is not None and not isinstance(self.options, Mapping):
@@ -96,8 +99,9 @@ def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
     return times
 
 
-def integrate(func: Callable, y0: torch.Tensor, t: torch.Tensor, settings: SolveSettings,
-              params: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+def integrate(
+    func: Callable, y0: torch.Tensor, t: torch.Tensor, settings: SolveSettings, params: Sequence[torch.Tensor] = ()
+) -> torch.Tensor:
     """Solve ``dy/dt = func(t, y)`` from ``y0`` and return the states at ``t`` (shape (len(t), *y0.shape)).
 
     Args:
@@ -116,9 +120,19 @@ def integrate(func: Callable, y0: torch.Tensor, t: torch.Tensor, settings: Solve
         SolverError: if the solve fails.
     """
     solver, controller, extras = build_solver(settings.method, settings.options, settings.rtol, settings.atol)
-    sol = solve(func, y0, t, solver=solver, controller=controller, sensitivity=settings.sensitivity,
-                backend=settings.backend, adjoint_params=tuple(params), jump_t=extras.get("jump_t", ()),
-                step_t=extras.get("step_t", ()), t_dtype=extras.get("t_dtype"))
+    sol = solve(
+        func,
+        y0,
+        t,
+        solver=solver,
+        controller=controller,
+        sensitivity=settings.sensitivity,
+        backend=settings.backend,
+        adjoint_params=tuple(params),
+        jump_t=extras.get("jump_t", ()),
+        step_t=extras.get("step_t", ()),
+        t_dtype=extras.get("t_dtype"),
+    )
     return sol.ys
 
 
@@ -145,9 +159,15 @@ class ODEBlock(nn.Module):
     Reference: Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018.
     """
 
-    def __init__(self, func: nn.Module, t: Sequence[float] | torch.Tensor = (0.0, 1.0), *,
-                 train_settings: SolveSettings | None = None, eval_settings: SolveSettings | None = None,
-                 return_trajectory: bool = False):
+    def __init__(
+        self,
+        func: nn.Module,
+        t: Sequence[float] | torch.Tensor = (0.0, 1.0),
+        *,
+        train_settings: SolveSettings | None = None,
+        eval_settings: SolveSettings | None = None,
+        return_trajectory: bool = False,
+    ):
         super().__init__()
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
@@ -197,8 +217,10 @@ class ODEBlock(nn.Module):
         return ys if self.return_trajectory else ys[-1]
 
     def extra_repr(self) -> str:
-        return (f"t={self.t.tolist()}, train_settings={self.train_settings}, eval_settings={self.eval_settings}, "
-                f"return_trajectory={self.return_trajectory}")
+        return (
+            f"t={self.t.tolist()}, train_settings={self.train_settings}, eval_settings={self.eval_settings}, "
+            f"return_trajectory={self.return_trajectory}"
+        )
 
 
 # The name used in the paper's text and by most users.

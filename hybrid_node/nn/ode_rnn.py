@@ -11,6 +11,7 @@ by a change of variable s in [0, 1], t = t_{k-1} + s * gap_b, so dh/ds = gap_b *
 Reference: Y. Rubanova, R. T. Q. Chen, D. Duvenaud, "Latent ODEs for Irregularly-Sampled Time Series",
 NeurIPS 2019, Algorithm 1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -80,7 +81,9 @@ class ODERNN(nn.Module):
         field = _ScaledField(self.field, gap.to(h.dtype).unsqueeze(-1))
         return odeint(field, h, s, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)[-1]
 
-    def run(self, batch: IrregularBatch, t_start: Tensor | None = None, backwards: bool = False) -> tuple[Tensor, Tensor]:
+    def run(
+        self, batch: IrregularBatch, t_start: Tensor | None = None, backwards: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Run over the observations.
 
         Forwards: h starts at 0 at ``t_start`` (default: each sample's first time), is evolved to each

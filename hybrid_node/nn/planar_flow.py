@@ -11,10 +11,10 @@ strictly increasing scalar equation w^T y = a + (w^T u_hat) tanh(a + b) in a = w
 within |w^T u_hat| of w^T y and is found by bisection; the rest is z = y - u_hat tanh(a + b).
 Chen et al. 2018 (Section 4.1) compare a CNF with M hidden units against this flow with K = M layers.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -60,7 +60,7 @@ class PlanarFlow(nn.Module):
         var = self.base_std**2
         return -0.5 * z.pow(2).sum(-1) / var - 0.5 * self.dim * math.log(2 * math.pi * var)
 
-    def to_base(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def to_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map data to base points.
 
         Args:
@@ -105,7 +105,7 @@ class PlanarFlow(nn.Module):
             y = y - torch.tanh(a + b)[:, None] * uk
         return y
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` samples, shape (n, D)."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"n must be a positive int, got {n!r}.")

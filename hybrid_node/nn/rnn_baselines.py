@@ -10,6 +10,7 @@ Equations", NeurIPS 2018, Section 5.1 (the RNN baselines of Table 2); J. L. Elma
 time", Cognitive Science 14 (1990) (the tanh recurrent cell); K. Cho et al., "Learning Phrase
 Representations using RNN Encoder-Decoder for Statistical Machine Translation", EMNLP 2014 (the GRU cell).
 """
+
 from __future__ import annotations
 
 import torch
@@ -114,7 +115,9 @@ class RNNBaseline(nn.Module):
         """
         expected = (batch.batch_size, times.numel(), batch.obs_dim)
         if tuple(future.shape) != expected:
-            raise ValueError(f"future must have shape {expected} (batch, len(times), channels); got {tuple(future.shape)}.")
+            raise ValueError(
+                f"future must have shape {expected} (batch, len(times), channels); got {tuple(future.shape)}."
+            )
         window, ahead = self.rollout(batch, times)
         mask = batch.mask[:, 1:]
         sq = ((window[:, :-1] - batch.values[:, 1:]) ** 2 * mask).sum() + ((ahead - future) ** 2).sum()

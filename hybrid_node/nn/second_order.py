@@ -8,6 +8,7 @@ dimensions.
 Reference: Norcliffe, Bodnar, Day, Simidjievski, Liò, "On Second Order Behaviour in Augmented
 Neural ODEs", NeurIPS 2020.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +36,10 @@ class SecondOrderDynamics(nn.Module):
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if z.shape[self.dim] % 2:
-            raise ValueError(f"the state must hold position and velocity (even size along dim {self.dim}), "
-                             f"got shape {tuple(z.shape)}.")
+            raise ValueError(
+                f"the state must hold position and velocity (even size along dim {self.dim}), "
+                f"got shape {tuple(z.shape)}."
+            )
         x, v = z.chunk(2, dim=self.dim)
         a = self.acceleration(t, x, v)
         if a.shape != x.shape:
@@ -59,16 +62,29 @@ class SecondOrderNeuralODE(nn.Module):
     Reference: Norcliffe et al., "On Second Order Behaviour in Augmented Neural ODEs", NeurIPS 2020.
     """
 
-    def __init__(self, acceleration: nn.Module, *, initial_velocity: nn.Module | None = None, dim: int = 1,
-                 t: Sequence[float] | torch.Tensor = (0.0, 1.0),
-                 train_settings: SolveSettings | None = None, eval_settings: SolveSettings | None = None,
-                 return_trajectory: bool = False, return_velocity: bool = False):
+    def __init__(
+        self,
+        acceleration: nn.Module,
+        *,
+        initial_velocity: nn.Module | None = None,
+        dim: int = 1,
+        t: Sequence[float] | torch.Tensor = (0.0, 1.0),
+        train_settings: SolveSettings | None = None,
+        eval_settings: SolveSettings | None = None,
+        return_trajectory: bool = False,
+        return_velocity: bool = False,
+    ):
         super().__init__()
         self.initial_velocity = initial_velocity
         self.dim = dim
         self.return_velocity = bool(return_velocity)
-        self.block = ODEBlock(SecondOrderDynamics(acceleration, dim), t, train_settings=train_settings,
-                              eval_settings=eval_settings, return_trajectory=return_trajectory)
+        self.block = ODEBlock(
+            SecondOrderDynamics(acceleration, dim),
+            t,
+            train_settings=train_settings,
+            eval_settings=eval_settings,
+            return_trajectory=return_trajectory,
+        )
 
     @property
     def nfe_forward(self) -> int:

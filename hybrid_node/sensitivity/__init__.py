@@ -1,8 +1,17 @@
 """Gradient methods: settings objects here, implementations per backend."""
+
 from .settings import (
     BacksolveAdjoint as BacksolveAdjoint,
+)
+from .settings import (
     DirectBackprop as DirectBackprop,
+)
+from .settings import (
     GaussAdjoint as GaussAdjoint,
+)
+from .settings import (
     InterpolatingAdjoint as InterpolatingAdjoint,
+)
+from .settings import (
     QuadratureAdjoint as QuadratureAdjoint,
 )

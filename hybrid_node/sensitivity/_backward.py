@@ -6,6 +6,7 @@ backwards in time). The backward solve runs in ``r = -s``, so it too runs with i
 reuses the forward loops unchanged. An augmented state is one flat vector of channels, e.g.
 ``[z, a, q]``: state, adjoint ``a = dL/dz`` and the accumulated parameter gradient ``q``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,12 +41,16 @@ def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None
         params = tuple(func.parameters())
     else:
         if isinstance(adjoint_params, torch.Tensor):
-            raise TypeError("adjoint_params must be a tuple of tensors, e.g. (w,) or tuple(model.parameters()); "
-                            "got a single tensor.")
+            raise TypeError(
+                "adjoint_params must be a tuple of tensors, e.g. (w,) or tuple(model.parameters()); "
+                "got a single tensor."
+            )
         try:
             params = tuple(adjoint_params)
         except TypeError as e:
-            raise TypeError(f"adjoint_params must be a sequence of tensors, got {type(adjoint_params).__name__}.") from e
+            raise TypeError(
+                f"adjoint_params must be a sequence of tensors, got {type(adjoint_params).__name__}."
+            ) from e
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"adjoint_params[{i}] is a {type(p).__name__}; every entry must be a tensor.")
@@ -98,8 +103,9 @@ class GroupRMS:
     def __init__(self, sizes: Sequence[int], like: torch.Tensor):
         sizes = [n for n in sizes]
         self.n = sum(sizes)
-        ids = torch.repeat_interleave(torch.arange(len(sizes), device=like.device),
-                                      torch.tensor(sizes, device=like.device))
+        ids = torch.repeat_interleave(
+            torch.arange(len(sizes), device=like.device), torch.tensor(sizes, device=like.device)
+        )
         self.ids = ids
         self.counts = torch.tensor([max(n, 1) for n in sizes], dtype=like.dtype, device=like.device)
 
@@ -133,6 +139,7 @@ class BackwardPlan:
 
 def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
     """Resolve the backward solve's solver, controller and tolerances from the sensitivity settings."""
+
     def pick(value, forward, default):
         if value is not None:
             return value
@@ -148,10 +155,16 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
     options = dict(sensitivity.options or {})
     user_norm = options.get("norm") if callable(options.get("norm")) else None
     if isinstance(options.get("norm"), str):
-        raise ValueError("set the backward norm with the sensitivity's norm='seminorm' (or adjoint_options="
-                         "{'norm': 'seminorm'} in odeint_adjoint), not inside its options.")
-    solver, controller, _ = build_solver(method, options, rtol if isinstance(rtol, float) else PIDController.rtol,
-                                         atol if isinstance(atol, float) else PIDController.atol)
+        raise ValueError(
+            "set the backward norm with the sensitivity's norm='seminorm' (or adjoint_options="
+            "{'norm': 'seminorm'} in odeint_adjoint), not inside its options."
+        )
+    solver, controller, _ = build_solver(
+        method,
+        options,
+        rtol if isinstance(rtol, float) else PIDController.rtol,
+        atol if isinstance(atol, float) else PIDController.atol,
+    )
     return BackwardPlan(solver, controller, rtol, atol, sensitivity.norm == "seminorm", user_norm, False)
 
 
@@ -197,7 +210,9 @@ def forward_grid(problem: Problem, ts: Sequence[float]) -> list[float]:
     return ctrl.grid(problem.func, problem.y0, torch.tensor(ts, dtype=torch.float64))
 
 
-def backward_grid(problem: Problem, plan: BackwardPlan, ts: Sequence[float], required_r: Sequence[float]) -> list[float]:
+def backward_grid(
+    problem: Problem, plan: BackwardPlan, ts: Sequence[float], required_r: Sequence[float]
+) -> list[float]:
     """The backward fixed-step grid in r: the mirrored forward grid (or the backward controller's own
     grid) merged with the times where the backward solve must stop."""
     if plan.same_as_forward:
@@ -207,9 +222,20 @@ def backward_grid(problem: Problem, plan: BackwardPlan, ts: Sequence[float], req
     return merge_times(points, required_r)
 
 
-def run_backward(problem: Problem, plan: BackwardPlan, term: AugmentedTerm, x0: torch.Tensor, rs: Sequence[float], *,
-                 rtol, atol, norm, at_output: Callable, stops: Sequence[float] = (),
-                 ts: Sequence[float] = ()) -> Integration:
+def run_backward(
+    problem: Problem,
+    plan: BackwardPlan,
+    term: AugmentedTerm,
+    x0: torch.Tensor,
+    rs: Sequence[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    at_output: Callable,
+    stops: Sequence[float] = (),
+    ts: Sequence[float] = (),
+) -> Integration:
     """Solve the augmented system over the increasing backward times ``rs`` in one pass.
 
     Step-size control runs on through the output times: a step ends exactly at each of them, the
@@ -234,8 +260,19 @@ def run_backward(problem: Problem, plan: BackwardPlan, term: AugmentedTerm, x0: 
     if isinstance(plan.controller, ConstantStepSize):
         grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
         return integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
-    return integrate_adaptive(term, plan.solver, plan.controller, x0, rs, rtol=rtol, atol=atol, norm=norm,
-                              step_t=tuple(stops), at_output=at_output, throw=True)
+    return integrate_adaptive(
+        term,
+        plan.solver,
+        plan.controller,
+        x0,
+        rs,
+        rtol=rtol,
+        atol=atol,
+        norm=norm,
+        step_t=tuple(stops),
+        at_output=at_output,
+        throw=True,
+    )
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -261,13 +298,14 @@ def split_params(q: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.
     out, start = [], 0
     for p in params:
         n = p.numel()
-        out.append(q[start:start + n].reshape(p.shape).to(p.dtype))
+        out.append(q[start : start + n].reshape(p.shape).to(p.dtype))
         start += n
     return out
 
 
-def time_gradients(problem: Problem, fterm, ts: Sequence[float], ys: torch.Tensor, grad_ys: torch.Tensor,
-                   a0: torch.Tensor, event: bool) -> torch.Tensor:
+def time_gradients(
+    problem: Problem, fterm, ts: Sequence[float], ys: torch.Tensor, grad_ys: torch.Tensor, a0: torch.Tensor, event: bool
+) -> torch.Tensor:
     """dL/dt_i = <dL/dy_i, f(t_i, y_i)> for i > 0 and dL/dt_0 = -<a(t_0), f(t_0, y_0)>.
 
     ``a0`` is the adjoint at t_0 without the cotangent of the output y(t_0) = y0 (which does not move

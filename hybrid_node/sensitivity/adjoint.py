@@ -14,6 +14,7 @@ The work of the backward pass is added to the solution's stats when it runs::
     sol.ys[-1].sum().backward()
     sol.stats.nfe_backward, sol.stats.n_steps_backward   # summed over backward passes
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -52,8 +53,13 @@ class _AdjointFunction(torch.autograd.Function):
         return (None, grad_t, grad_y0, *grad_params)
 
 
-def solve_adjoint(problem: Problem, sensitivity, adjoint_params: Sequence[torch.Tensor] | None,
-                  event_fn: Callable | None = None, throw: bool = True) -> Solution:
+def solve_adjoint(
+    problem: Problem,
+    sensitivity,
+    adjoint_params: Sequence[torch.Tensor] | None,
+    event_fn: Callable | None = None,
+    throw: bool = True,
+) -> Solution:
     """Solve ``problem`` forwards without a graph; gradients come from an adjoint backward solve.
 
     Args:
@@ -81,7 +87,9 @@ def solve_adjoint(problem: Problem, sensitivity, adjoint_params: Sequence[torch.
     elif isinstance(sensitivity, InterpolatingAdjoint):
         run = Interpolating(problem, plan, params, event_fn, throw, sensitivity.checkpoints)
     else:
-        raise TypeError(f"solve_adjoint takes BacksolveAdjoint or InterpolatingAdjoint, got {type(sensitivity).__name__}.")
+        raise TypeError(
+            f"solve_adjoint takes BacksolveAdjoint or InterpolatingAdjoint, got {type(sensitivity).__name__}."
+        )
     ys = _AdjointFunction.apply(run, problem.t, problem.y0, *params)
     integration = run.integration
     outputs = list(ys.unbind(0))

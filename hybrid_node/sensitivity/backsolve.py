@@ -18,6 +18,7 @@ drift far from the forward trajectory (the backward solve of a contracting syste
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
 2018, Algorithm 1 and Appendix B; seminorm: Kidger, Chen, Lyons, ICML 2021.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -50,8 +51,14 @@ class Backsolve:
         throw: raise on a failed forward solve.
     """
 
-    def __init__(self, problem: Problem, plan: BackwardPlan, params: tuple[torch.Tensor, ...],
-                 event_fn: Callable | None, throw: bool):
+    def __init__(
+        self,
+        problem: Problem,
+        plan: BackwardPlan,
+        params: tuple[torch.Tensor, ...],
+        event_fn: Callable | None,
+        throw: bool,
+    ):
         self.problem = problem
         self.plan = plan
         self.params = params
@@ -64,8 +71,9 @@ class Backsolve:
         """Solve without a graph; returns the stacked flat states at the output (or event) times."""
         problem = self.problem
         with torch.no_grad():
-            self.integration = integrate(problem, problem.term(), y0.detach(), problem.ts, event_fn=self.event_fn,
-                                         throw=self.throw)
+            self.integration = integrate(
+                problem, problem.term(), y0.detach(), problem.ts, event_fn=self.event_fn, throw=self.throw
+            )
         if self.integration.event_t is not None:
             self.ts = [problem.ts[0], self.integration.event_t]
         return torch.stack(self.integration.ys)
@@ -89,7 +97,7 @@ class Backsolve:
             with torch.enable_grad():
                 z = xx[:n].detach().reshape(shape).requires_grad_(True)
                 g = fterm(s, z)
-                grads = vjp(g, (z,) + params, xx[n:2 * n].reshape(shape))
+                grads = vjp(g, (z,) + params, xx[n : 2 * n].reshape(shape))
             parts = [g.detach().reshape(-1)] + [gr.reshape(-1) for gr in grads]
             out = torch.cat([p if p.dtype == dtype else p.to(dtype) for p in parts])
             out[:n].neg_()  # dz/dr = -g, negated in place rather than as one more tensor
@@ -99,7 +107,7 @@ class Backsolve:
 
         def at_output(j: int, xx: torch.Tensor) -> torch.Tensor:
             i = last - j  # backward output j is forward output i
-            return torch.cat([ys[i].reshape(-1), xx[n:2 * n] + grad_ys[i].reshape(-1), xx[2 * n:]])
+            return torch.cat([ys[i].reshape(-1), xx[n : 2 * n] + grad_ys[i].reshape(-1), xx[2 * n :]])
 
         term = AugmentedTerm(field, problem)
         if getattr(self.plan.solver, "compile", False):
@@ -107,13 +115,15 @@ class Backsolve:
         steps = 0
         if last > 0:
             rs = [-s for s in reversed(ts)]
-            tol = {"rtol": channel_tolerance(self.plan.rtol, 2, ys[0], q0.numel()),
-                       "atol": channel_tolerance(self.plan.atol, 2, ys[0], q0.numel()),
-                       "norm": augmented_norm(problem, self.plan, 2, params)}
+            tol = {
+                "rtol": channel_tolerance(self.plan.rtol, 2, ys[0], q0.numel()),
+                "atol": channel_tolerance(self.plan.atol, 2, ys[0], q0.numel()),
+                "norm": augmented_norm(problem, self.plan, 2, params),
+            }
             result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, ts=ts, **tol)
             x = result.ys[-1]
             steps = result.stats.n_accepted
-        a0 = x[n:2 * n].reshape(shape)
+        a0 = x[n : 2 * n].reshape(shape)
         grad_t = None
         tterm = problem.term()
         if need_t:
@@ -123,10 +133,12 @@ class Backsolve:
         # compiled), plus the time gradients'
         stats.nfe_backward += term.nfe + tterm.nfe
         stats.n_steps_backward += steps
-        return grad_t, a0 + grad_ys[0], split_params(x[2 * n:], params)
+        return grad_t, a0 + grad_ys[0], split_params(x[2 * n :], params)
 
 
-def traceable_augmented_field(problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype) -> PureField | None:
+def traceable_augmented_field(
+    problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype
+) -> PureField | None:
     """The augmented field written with ``torch.func.vjp`` so that a compiler can trace it.
 
     Available when the user's field is an ``nn.Module`` and ``params`` are exactly its parameters
@@ -151,10 +163,18 @@ def traceable_augmented_field(problem: Problem, params: tuple[torch.Tensor, ...]
 
         pp = {name: p for name, p in module.named_parameters() if name in names}
         gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)
-        a_z, a_p = pull(xx[n:2 * n].reshape(shape))
+        a_z, a_p = pull(xx[n : 2 * n].reshape(shape))
         parts = [-gz.reshape(-1), a_z.reshape(-1)] + [a_p[name].reshape(-1).to(dtype) for name in names]
         return torch.cat(parts)
 
-    key = ("backsolve", names, tuple(shape), None if layout is None else tuple(layout.shapes), reverse, t_dtype,
-           problem.y0.device, dtype)
+    key = (
+        "backsolve",
+        names,
+        tuple(shape),
+        None if layout is None else tuple(layout.shapes),
+        reverse,
+        t_dtype,
+        problem.y0.device,
+        dtype,
+    )
     return PureField(func, key, field)

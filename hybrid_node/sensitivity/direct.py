@@ -13,6 +13,7 @@ get theirs from :mod:`hybrid_node.sensitivity.events`.
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
 2018, Appendix B.2 (gradients with respect to the times).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

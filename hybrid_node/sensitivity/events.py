@@ -12,6 +12,7 @@ the right gradient, so any gradient path composes with it.
 Reference: Chen, Amos, Nickel, "Learning Neural Event Functions for Ordinary Differential Equations",
 ICLR 2021, Section 3 (and the implicit function theorem).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,8 +31,9 @@ def _triggered(g_e: torch.Tensor, g_0: torch.Tensor) -> int:
     return int(torch.argmin(torch.abs(g_e)))
 
 
-def event_outputs(problem: Problem, term, event_fn: Callable, s_event: float,
-                  y_event: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def event_outputs(
+    problem: Problem, term, event_fn: Callable, s_event: float, y_event: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The event time as a tensor and the event state, both with their total gradients.
 
     Args:

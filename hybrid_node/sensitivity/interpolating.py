@@ -17,6 +17,7 @@ References: SciMLSensitivity's InterpolatingAdjoint(checkpointing=true) (Rackauc
 "Universal Differential Equations for Scientific Machine Learning", 2020); Zhuang et al.,
 "Adaptive Checkpoint Adjoint Method for Gradient Estimation in Neural ODE", ICML 2020.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -83,8 +84,15 @@ class Interpolating:
         checkpoints: number of evenly spaced segments besides the output times (None: outputs only).
     """
 
-    def __init__(self, problem: Problem, plan: BackwardPlan, params: tuple[torch.Tensor, ...],
-                 event_fn: Callable | None, throw: bool, checkpoints: int | None):
+    def __init__(
+        self,
+        problem: Problem,
+        plan: BackwardPlan,
+        params: tuple[torch.Tensor, ...],
+        event_fn: Callable | None,
+        throw: bool,
+        checkpoints: int | None,
+    ):
         self.problem = problem
         self.plan = plan
         self.params = params
@@ -187,9 +195,11 @@ class Interpolating:
         if last > 0:
             rs = [-s for s in reversed(ts)]
             stops = [-c for c in reversed(cps[1:-1])]
-            tol = {"rtol": channel_tolerance(self.plan.rtol, 1, ys[0], q0.numel()),
-                       "atol": channel_tolerance(self.plan.atol, 1, ys[0], q0.numel()),
-                       "norm": augmented_norm(problem, self.plan, 1, params)}
+            tol = {
+                "rtol": channel_tolerance(self.plan.rtol, 1, ys[0], q0.numel()),
+                "atol": channel_tolerance(self.plan.atol, 1, ys[0], q0.numel()),
+                "norm": augmented_norm(problem, self.plan, 1, params),
+            }
             result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, stops=stops, ts=ts, **tol)
             x = result.ys[-1]
             steps = result.stats.n_accepted

@@ -12,10 +12,12 @@ GaussAdjoint           no     yes
 QuadratureAdjoint      no     yes
 =====================  =====  =====
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 NORMS = ("default", "seminorm")
 
@@ -30,10 +32,10 @@ class DirectBackprop:
 
 @dataclasses.dataclass(frozen=True)
 class _AdjointSettings:
-    rtol: Optional[float] = None  #: backward tolerance; None reuses the forward one
-    atol: Optional[float] = None
-    method: Optional[str] = None  #: backward solver; None reuses the forward one
-    options: Optional[Mapping[str, Any]] = None  #: backward solver options
+    rtol: float | None = None  #: backward tolerance; None reuses the forward one
+    atol: float | None = None
+    method: str | None = None  #: backward solver; None reuses the forward one
+    options: Mapping[str, Any] | None = None  #: backward solver options
     norm: str = "default"  #: "seminorm" leaves the parameter-gradient channels out of the error norm
 
     def __post_init__(self):
@@ -71,7 +73,7 @@ class InterpolatingAdjoint(_AdjointSettings):
     InterpolatingAdjoint(checkpointing=true).
     """
 
-    checkpoints: Optional[int] = None
+    checkpoints: int | None = None
 
     def __post_init__(self):
         super().__post_init__()

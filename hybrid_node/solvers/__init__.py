@@ -1,4 +1,5 @@
 """Solvers of the torch backend and the table that maps ``odeint`` method names to them."""
+
 from .adams import Adams, AdamsBashforth, AdamsBashforthMoulton
 from .dopri5 import Dopri5
 from .dopri8 import Dopri8
@@ -9,9 +10,27 @@ from .scipy_solver import ScipySolver
 from .tableau import ButcherTableau
 from .tsit5 import Tsit5
 
-__all__ = ["METHODS", "Adams", "AdamsBashforth", "AdamsBashforthMoulton", "AdaptiveHeun", "Bosh3", "ButcherTableau",
-           "Dopri5", "Dopri8", "Euler", "ExplicitRungeKutta", "Fehlberg2", "Heun2", "Heun3", "Midpoint", "RK4",
-           "RK4Classic", "ScipySolver", "Tsit5"]
+__all__ = [
+    "METHODS",
+    "Adams",
+    "AdamsBashforth",
+    "AdamsBashforthMoulton",
+    "AdaptiveHeun",
+    "Bosh3",
+    "ButcherTableau",
+    "Dopri5",
+    "Dopri8",
+    "Euler",
+    "ExplicitRungeKutta",
+    "Fehlberg2",
+    "Heun2",
+    "Heun3",
+    "Midpoint",
+    "RK4",
+    "RK4Classic",
+    "ScipySolver",
+    "Tsit5",
+]
 
 #: method name -> (factory, names of the method options the factory takes)
 METHODS = {
@@ -35,5 +54,13 @@ METHODS = {
 
 #: torchdiffeq's fixed-step implicit method names, provided by the stiff solvers.
 IMPLICIT_FIXED_NAMES = (
-    "implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "radauIIA5", "gl4", "gl6", "sdirk2", "trbdf2",
+    "implicit_euler",
+    "implicit_midpoint",
+    "trapezoid",
+    "radauIIA3",
+    "radauIIA5",
+    "gl4",
+    "gl6",
+    "sdirk2",
+    "trbdf2",
 )

@@ -6,10 +6,10 @@ order is min(5, max_order) (the starter's local errors are O(h^5)).
 
 Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section III.1.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .runge_kutta import ExplicitRungeKutta
 MAX_ORDER = 12
 
 
-def _integrated_lagrange(nodes) -> Tuple[float, ...]:
+def _integrated_lagrange(nodes) -> tuple[float, ...]:
     """Weights w_j = integral over s in [0, 1] of the Lagrange basis polynomial of node j."""
     weights = []
     for j, sj in enumerate(nodes):
@@ -45,15 +45,15 @@ _STARTER = ExplicitRungeKutta(RK4_38_TABLEAU, "rk4")
 class AdamsState:
     """Derivatives at the last grid points (newest first) and the step that separates them."""
 
-    fs: Tuple[torch.Tensor, ...]
-    dt: Optional[float]
+    fs: tuple[torch.Tensor, ...]
+    dt: float | None
 
 
 @dataclasses.dataclass(frozen=True)
 class AdamsStep:
     y1: torch.Tensor
     error: None
-    f1: Optional[torch.Tensor]
+    f1: torch.Tensor | None
     state: AdamsState
     dt: float
 
@@ -125,8 +125,9 @@ def AdamsBashforth(max_order: int = 4) -> Adams:
     return Adams(max_order=max_order, corrector=False, name="explicit_adams")
 
 
-def AdamsBashforthMoulton(max_order: int = 4, max_iters: int = 4, rtol: float = 1e-7, atol: float = 1e-9,
-                          name: str = "implicit_adams") -> Adams:
+def AdamsBashforthMoulton(
+    max_order: int = 4, max_iters: int = 4, rtol: float = 1e-7, atol: float = 1e-9, name: str = "implicit_adams"
+) -> Adams:
     """Adams-Bashforth predictor with Adams-Moulton corrector, fixed step (``"implicit_adams"``,
     ``"fixed_adams"``)."""
     return Adams(max_order=max_order, corrector=True, max_iters=max_iters, rtol=rtol, atol=atol, name=name)

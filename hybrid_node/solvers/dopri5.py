@@ -5,6 +5,7 @@ Math. 6 (1980) (the stages and the fifth-order solution); L. F. Shampine, "Some 
 formulas", Math. Comp. 46 (1986) (the fourth-order solution the error estimate compares with); dense
 output from Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.6.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,13 @@ _B_EMBEDDED = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 
 _B_EMBEDDED_DP = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
 # Hairer's dense-output weights d_i (DOPRI5's continuous extension).
 _D = (
-    -12715105075 / 11282082432, 0.0, 87487479700 / 32700410799, -10690763975 / 1880347072,
-    701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423,
+    -12715105075 / 11282082432,
+    0.0,
+    87487479700 / 32700410799,
+    -10690763975 / 1880347072,
+    701980252875 / 199316789632,
+    -1453857185 / 822651844,
+    69997945 / 29380423,
 )
 
 

@@ -6,6 +6,7 @@ embedded fifth- and third-order differences as DOP853 does, so it behaves like a
 Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.10; P. J. Prince and J. R.
 Dormand, "High order embedded Runge-Kutta formulae", J. Comput. Appl. Math. 7 (1981).
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,6 @@ def _combined_error(dt: float, ks):
     n3 = err3.pow(2).mean()
     denom = (n5 + 0.01 * n3).sqrt()
     return err5 * torch.where(denom > 0, n5.sqrt() / denom, torch.ones_like(denom))
-
-
 
 
 class Dopri8Interpolant:
@@ -75,5 +74,6 @@ class Dopri8Interpolant:
 
 def Dopri8() -> ExplicitRungeKutta:
     """Dormand-Prince 8th order (DOP853 coefficients), FSAL, seventh-order dense output (``method="dopri8"``)."""
-    return ExplicitRungeKutta(DOPRI8_TABLEAU, "dopri8", dense_output=Dopri8Interpolant,
-                               error_estimate=_combined_error, error_estimate_order=7)
+    return ExplicitRungeKutta(
+        DOPRI8_TABLEAU, "dopri8", dense_output=Dopri8Interpolant, error_estimate=_combined_error, error_estimate_order=7
+    )

@@ -24,6 +24,7 @@ References:
 - SDIRK2: R. Alexander, "Diagonally implicit Runge-Kutta methods for stiff ODEs", SIAM J. Numer. Anal.
   14 (1977), the two-stage L-stable method of order 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -122,8 +123,7 @@ KENCARP4_TABLEAU = DirkTableau(
     c=(0.0, 0.5, 83 / 250, 31 / 50, 17 / 20, 1.0),
     b=_KC4_ROWS[-1],
     order=4,
-    b_error=(-31666707 / 9881966720, 0.0, 256875 / 105007616, 2768025 / 128864768, -169839 / 3864644,
-             5247 / 225920),
+    b_error=(-31666707 / 9881966720, 0.0, 256875 / 105007616, 2768025 / 128864768, -169839 / 3864644, 5247 / 225920),
     error_order=3,
 )
 
@@ -135,8 +135,15 @@ _KV5_ROWS = (
     (0.22371961478320505, 0.47675532319799699, -0.06470895363112615, _KV5_G),
     (0.16648564323248321, 0.1045001884159172, 0.03631482272098715, -0.13090704451073998, _KV5_G),
     (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141, 0.61943039072480676, _KV5_G),
-    (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046, 0.62993304899016403,
-     0.06962479448202728, _KV5_G),
+    (
+        0.13659751177640291,
+        0.0,
+        -0.05496908796538376,
+        -0.04118626728321046,
+        0.62993304899016403,
+        0.06962479448202728,
+        _KV5_G,
+    ),
 )
 KVAERNO5_TABLEAU = DirkTableau(
     a=_KV5_ROWS,
@@ -226,15 +233,21 @@ class Dirk:
 
     @property
     def newton(self) -> NewtonSettings:
-        return NewtonSettings(self.max_newton_iters, self.newton_kappa,
-                              1e-9 if self.newton_rtol is None else self.newton_rtol,
-                              1e-12 if self.newton_atol is None else self.newton_atol)
+        return NewtonSettings(
+            self.max_newton_iters,
+            self.newton_kappa,
+            1e-9 if self.newton_rtol is None else self.newton_rtol,
+            1e-12 if self.newton_atol is None else self.newton_atol,
+        )
 
     def with_tolerances(self, rtol, atol) -> Dirk:
         """This solver with the controller's tolerances as the Newton scale (unless set explicitly)."""
         r, a = tolerances(rtol, atol)
-        return dataclasses.replace(self, newton_rtol=r if self.newton_rtol is None else self.newton_rtol,
-                                   newton_atol=a if self.newton_atol is None else self.newton_atol)
+        return dataclasses.replace(
+            self,
+            newton_rtol=r if self.newton_rtol is None else self.newton_rtol,
+            newton_atol=a if self.newton_atol is None else self.newton_atol,
+        )
 
     def fixed_steps(self) -> Dirk:
         """The same method on fixed steps (torchdiffeq's meaning of ``trbdf2`` with a step_size)."""
@@ -296,8 +309,9 @@ class Dirk:
             ks.append(res.z / hg)
         if failed:
             if not self.adaptive:
-                raise SolverError(Status.NEWTON_FAILED, -t if getattr(f, "reverse", False) else t,
-                                  "use a smaller step_size")
+                raise SolverError(
+                    Status.NEWTON_FAILED, -t if getattr(f, "reverse", False) else t, "use a smaller step_size"
+                )
             bad = torch.full_like(y, math.inf)
             return DirkStep(bad, bad, f0, jac, jac_t, lu, math.inf, 1.0, True)
         y1 = y
@@ -328,8 +342,9 @@ class Dirk:
         """
         f1 = f(t1, step.y1)
         keep = step.theta <= 0.1 and _secant_mismatch(f, t1, step, f1) <= 0.5
-        return DirkState(f1, step.jac if keep else None, step.jac_t if keep else None,
-                         step.lu if keep else None, step.eta, step.dy1)
+        return DirkState(
+            f1, step.jac if keep else None, step.jac_t if keep else None, step.lu if keep else None, step.eta, step.dy1
+        )
 
     def reject(self, f, t: float, y: torch.Tensor, state: DirkState, step: DirkStep) -> DirkState:
         """After a rejected step: keep a current Jacobian, refresh a stale one if Newton failed."""

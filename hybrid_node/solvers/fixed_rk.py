@@ -3,6 +3,7 @@
 References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.1 (Euler, midpoint, Heun's
 second- and third-order methods, the classic fourth-order method and Kutta's 3/8 rule).
 """
+
 from __future__ import annotations
 
 from .runge_kutta import ExplicitRungeKutta
@@ -11,9 +12,7 @@ from .tableau import ButcherTableau
 EULER_TABLEAU = ButcherTableau(c=(0.0,), a=((),), b=(1.0,), order=1)
 MIDPOINT_TABLEAU = ButcherTableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2)
 HEUN2_TABLEAU = ButcherTableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2)
-HEUN3_TABLEAU = ButcherTableau(
-    c=(0.0, 1 / 3, 2 / 3), a=((), (1 / 3,), (0.0, 2 / 3)), b=(1 / 4, 0.0, 3 / 4), order=3
-)
+HEUN3_TABLEAU = ButcherTableau(c=(0.0, 1 / 3, 2 / 3), a=((), (1 / 3,), (0.0, 2 / 3)), b=(1 / 4, 0.0, 3 / 4), order=3)
 RK4_CLASSIC_TABLEAU = ButcherTableau(
     c=(0.0, 0.5, 0.5, 1.0),
     a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),

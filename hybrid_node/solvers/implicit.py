@@ -5,6 +5,7 @@ cross-backend tests can pair them; torchdiffeq's fixed-step implicit names keep 
 ``trbdf2`` is adaptive (as on the Julia backend) unless ``options`` give ``step_size`` or
 ``grid_constructor``, then it takes torchdiffeq's fixed steps with the same formula.
 """
+
 from __future__ import annotations
 
 from .esdirk import (

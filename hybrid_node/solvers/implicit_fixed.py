@@ -10,6 +10,7 @@ References: Hairer & Wanner, Solving ODEs II, 2nd ed., Section IV.5 (Gauss and R
 Table 5.5/5.6) and IV.8 (simplified Newton for the stage system, eq. 8.2-8.4); the implicit midpoint
 rule is the one-stage Gauss method.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,18 +52,29 @@ class ImplicitTableau:
 _S3, _S6, _S15 = math.sqrt(3.0), math.sqrt(6.0), math.sqrt(15.0)
 IMPLICIT_MIDPOINT_TABLEAU = ImplicitTableau(a=((0.5,),), b=(1.0,), c=(0.5,), order=2)
 GL4_TABLEAU = ImplicitTableau(
-    a=((0.25, 0.25 - _S3 / 6), (0.25 + _S3 / 6, 0.25)), b=(0.5, 0.5), c=(0.5 - _S3 / 6, 0.5 + _S3 / 6), order=4)
+    a=((0.25, 0.25 - _S3 / 6), (0.25 + _S3 / 6, 0.25)), b=(0.5, 0.5), c=(0.5 - _S3 / 6, 0.5 + _S3 / 6), order=4
+)
 GL6_TABLEAU = ImplicitTableau(
-    a=((5 / 36, 2 / 9 - _S15 / 15, 5 / 36 - _S15 / 30),
-       (5 / 36 + _S15 / 24, 2 / 9, 5 / 36 - _S15 / 24),
-       (5 / 36 + _S15 / 30, 2 / 9 + _S15 / 15, 5 / 36)),
-    b=(5 / 18, 4 / 9, 5 / 18), c=(0.5 - _S15 / 10, 0.5, 0.5 + _S15 / 10), order=6)
+    a=(
+        (5 / 36, 2 / 9 - _S15 / 15, 5 / 36 - _S15 / 30),
+        (5 / 36 + _S15 / 24, 2 / 9, 5 / 36 - _S15 / 24),
+        (5 / 36 + _S15 / 30, 2 / 9 + _S15 / 15, 5 / 36),
+    ),
+    b=(5 / 18, 4 / 9, 5 / 18),
+    c=(0.5 - _S15 / 10, 0.5, 0.5 + _S15 / 10),
+    order=6,
+)
 RADAU_IIA3_TABLEAU = ImplicitTableau(a=((5 / 12, -1 / 12), (0.75, 0.25)), b=(0.75, 0.25), c=(1 / 3, 1.0), order=3)
 RADAU_IIA5_TABLEAU = ImplicitTableau(
-    a=(((88 - 7 * _S6) / 360, (296 - 169 * _S6) / 1800, (-2 + 3 * _S6) / 225),
-       ((296 + 169 * _S6) / 1800, (88 + 7 * _S6) / 360, (-2 - 3 * _S6) / 225),
-       ((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9)),
-    b=((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9), c=((4 - _S6) / 10, (4 + _S6) / 10, 1.0), order=5)
+    a=(
+        ((88 - 7 * _S6) / 360, (296 - 169 * _S6) / 1800, (-2 + 3 * _S6) / 225),
+        ((296 + 169 * _S6) / 1800, (88 + 7 * _S6) / 360, (-2 - 3 * _S6) / 225),
+        ((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9),
+    ),
+    b=((16 - _S6) / 36, (16 + _S6) / 36, 1 / 9),
+    c=((4 - _S6) / 10, (4 + _S6) / 10, 1.0),
+    order=5,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +146,9 @@ class ImplicitRungeKutta:
         z0 = torch.stack([(tab.c[j] * dt) * f0 for j in range(s)])
         res = newton_solve(residual, solve, z0, error_scale(y, settings.rtol, settings.atol), settings)
         if not res.converged:
-            raise SolverError(Status.NEWTON_FAILED, -t if getattr(f, "reverse", False) else t, "use a smaller step_size")
+            raise SolverError(
+                Status.NEWTON_FAILED, -t if getattr(f, "reverse", False) else t, "use a smaller step_size"
+            )
         y1 = y
         for di, zi in zip(tab.d, res.z):
             y1 = y1 + di * zi

@@ -16,6 +16,7 @@ References: Hairer & Wanner, Solving ODEs II, 2nd ed., Section IV.8 (iteration m
 Jacobians and LU factors); the per-sample block trick is the column-compression idea of Curtis,
 Powell & Reid, "On the estimation of sparse Jacobian matrices", IMA J. Appl. Math. 13 (1974).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,8 @@ class JacobianSettings:
             (forward mode, vmapped Jacobian-vector products; cheaper for wide systems), "loop" (one
             autograd call per row, for fields that ``torch.func.vmap`` cannot trace, e.g. with ``.item()``),
             "fd" (forward differences, D evaluations; for fields autograd cannot differentiate twice, used
-            automatically when the others fail that way), or a callable ``jac(t, y)`` returning the blocks, shape ``(*batch, D, D)`` for a tensor state.
+            automatically when the others fail that way), or a callable ``jac(t, y)`` returning the blocks,
+            shape ``(*batch, D, D)`` for a tensor state.
         batch_dims: number of leading state dimensions that index independent samples (default: all but
             the last); 0 means one coupled system.
     """
@@ -47,7 +49,9 @@ class JacobianSettings:
 
     def __post_init__(self):
         if not callable(self.jacobian) and self.jacobian not in JACOBIAN_MODES:
-            raise ValueError(f"jacobian must be one of {JACOBIAN_MODES} or a callable jac(t, y), got {self.jacobian!r}.")
+            raise ValueError(
+                f"jacobian must be one of {JACOBIAN_MODES} or a callable jac(t, y), got {self.jacobian!r}."
+            )
         if self.batch_dims is not None and not (isinstance(self.batch_dims, int) and self.batch_dims >= 0):
             raise ValueError(f"batch_dims must be a non-negative int or None, got {self.batch_dims!r}.")
 
@@ -62,8 +66,10 @@ def system_shape(y: torch.Tensor, batch_dims: int | None) -> tuple[tuple[int, ..
         return (), 1
     nb = y.dim() - 1 if batch_dims is None else batch_dims
     if nb > max(y.dim() - 1, 0):
-        raise ValueError(f"batch_dims={batch_dims} leaves no system dimension in a state of shape {tuple(y.shape)}; "
-                         f"use at most {y.dim() - 1}.")
+        raise ValueError(
+            f"batch_dims={batch_dims} leaves no system dimension in a state of shape {tuple(y.shape)}; "
+            f"use at most {y.dim() - 1}."
+        )
     batch = tuple(y.shape[:nb])
     return batch, int(math.prod(y.shape[nb:]))
 
@@ -74,8 +80,9 @@ def _count(f) -> None:
         f.n_jacobian += 1
 
 
-def block_jacobian(f: Callable, t: float, y: torch.Tensor, settings: JacobianSettings
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def block_jacobian(
+    f: Callable, t: float, y: torch.Tensor, settings: JacobianSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluate f(t, y) and the blocks of its Jacobian.
 
     Args:
@@ -116,8 +123,10 @@ def block_jacobian(f: Callable, t: float, y: torch.Tensor, settings: JacobianSet
             return out.reshape(y.shape), cols.movedim(0, -1)
     except RuntimeError as e:
         if "functorch transform" not in str(e):
-            raise RuntimeError(f"{e}\nThe Jacobian of the vector field could not be vectorised with torch.func; "
-                               "pass options={'jacobian': 'loop'} (slower) or a callable jac(t, y).") from e
+            raise RuntimeError(
+                f"{e}\nThe Jacobian of the vector field could not be vectorised with torch.func; "
+                "pass options={'jacobian': 'loop'} (slower) or a callable jac(t, y)."
+            ) from e
         mode = "loop"  # the field itself calls torch.autograd (e.g. the adjoint's augmented field)
     if mode == "fd":
         return _fd_jacobian(g, ybd, y.shape, d)
@@ -170,13 +179,16 @@ def _fd_jacobian(g, ybd, shape, d):
 def _user_jacobian(f, jac, t, y, batch, d) -> torch.Tensor:
     """A user-supplied ``jac(t, y)`` in the user's time; the solver's field may be time-reversed."""
     if getattr(f, "layout", None) is not None:
-        raise TypeError("a user Jacobian is supported for tensor states only; flatten the tuple state or use "
-                        "jacobian='jacrev'.")
+        raise TypeError(
+            "a user Jacobian is supported for tensor states only; flatten the tuple state or use jacobian='jacrev'."
+        )
     time = f.time(t) if hasattr(f, "time") else torch.as_tensor(t, dtype=y.dtype)
     out = jac(time, y)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != batch + (d, d):
-        raise TypeError(f"jac(t, y) must return a tensor of shape {batch + (d, d)} (the per-sample blocks), got "
-                        f"{tuple(getattr(out, 'shape', ()))}.")
+        raise TypeError(
+            f"jac(t, y) must return a tensor of shape {batch + (d, d)} (the per-sample blocks), got "
+            f"{tuple(getattr(out, 'shape', ()))}."
+        )
     return -out if getattr(f, "reverse", False) else out
 
 

@@ -5,6 +5,7 @@ References: P. Bogacki, L. F. Shampine, "A 3(2) pair of Runge-Kutta formulas", A
 (1969) (the RKF1(2) pair, propagating the second-order solution); Hairer, Nørsett, Wanner, Solving
 ODEs I, Section II.4 (Heun-Euler pair).
 """
+
 from __future__ import annotations
 
 from .runge_kutta import ExplicitRungeKutta

@@ -12,6 +12,7 @@ the implicit-function derivative at the same rate as the iteration itself.
 
 Reference: Hairer & Wanner, Solving ODEs II, 2nd ed., Section IV.8, "Stopping criterion" (eq. 8.10-8.12).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,9 +58,14 @@ class NewtonResult:
     eta: float
 
 
-def newton_solve(residual: Callable[[torch.Tensor], torch.Tensor], solve: Callable[[torch.Tensor], torch.Tensor],
-                 z0: torch.Tensor, scale: torch.Tensor, settings: NewtonSettings, eta0: float = 1.0
-                 ) -> NewtonResult:
+def newton_solve(
+    residual: Callable[[torch.Tensor], torch.Tensor],
+    solve: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    scale: torch.Tensor,
+    settings: NewtonSettings,
+    eta0: float = 1.0,
+) -> NewtonResult:
     """Solve ``residual(z) = 0`` by simplified Newton.
 
     Args:
@@ -104,6 +110,7 @@ def error_scale(y: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
 
 def tolerances(rtol, atol) -> tuple | None:
     """Scalar tolerances for the Newton test from the controller's (the smallest of each)."""
+
     def smallest(v):
         if isinstance(v, torch.Tensor):
             return float(v.detach().min())

@@ -1,8 +1,9 @@
 """One generic explicit Runge-Kutta step that consumes any :class:`ButcherTableau`."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 
@@ -17,8 +18,8 @@ class RKStep:
     """What one explicit RK step produced (kept until the step is accepted or rejected)."""
 
     y1: torch.Tensor
-    error: Optional[torch.Tensor]
-    ks: Tuple[torch.Tensor, ...]
+    error: torch.Tensor | None
+    ks: tuple[torch.Tensor, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +43,12 @@ class ExplicitRungeKutta:
 
     tableau: ButcherTableau
     name: str
-    dense_output: Optional[Callable] = None
-    error_estimate: Optional[Callable] = None
-    error_estimate_order: Optional[int] = None
+    dense_output: Callable | None = None
+    error_estimate: Callable | None = None
+    error_estimate_order: int | None = None
     compile: bool = False
 
-    def compiled(self) -> "ExplicitRungeKutta":
+    def compiled(self) -> ExplicitRungeKutta:
         """This method with compiled step attempts (the ``options={"compile": True}`` of odeint)."""
         return dataclasses.replace(self, compile=True)
 
@@ -56,7 +57,7 @@ class ExplicitRungeKutta:
         return self.tableau.order
 
     @property
-    def error_order(self) -> Optional[int]:
+    def error_order(self) -> int | None:
         return self.error_estimate_order if self.error_estimate_order is not None else self.tableau.error_order
 
     @property

@@ -1,4 +1,5 @@
 """``method="scipy_solver"``: forward solves by scipy.integrate.solve_ivp (no gradients)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,13 +1,14 @@
 """Butcher tableaus as data that checks its own consistency."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 _TOL = 1e-12
 
 
-def _as_tuple(x: Sequence[float]) -> Tuple[float, ...]:
+def _as_tuple(x: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(v) for v in x)
 
 
@@ -31,13 +32,13 @@ class ButcherTableau:
             weights do not sum to 0, or the dense output does not reproduce ``b`` at theta = 1.
     """
 
-    c: Tuple[float, ...]
-    a: Tuple[Tuple[float, ...], ...]
-    b: Tuple[float, ...]
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
     order: int
-    b_error: Optional[Tuple[float, ...]] = None
-    error_order: Optional[int] = None
-    dense: Optional[Tuple[Tuple[float, ...], ...]] = None
+    b_error: tuple[float, ...] | None = None
+    error_order: int | None = None
+    dense: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "c", _as_tuple(self.c))

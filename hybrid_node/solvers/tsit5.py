@@ -3,19 +3,30 @@
 Reference: Ch. Tsitouras, "Runge-Kutta pairs of order 5(4) satisfying only the first column
 simplifying assumption", Comput. Math. Appl. 62 (2011) 770-775.
 """
+
 from __future__ import annotations
 
 from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
 
 _B = (
-    0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
-    2.324710524099774, 0.0,
+    0.09646076681806523,
+    0.01,
+    0.4798896504144996,
+    1.379008574103742,
+    -3.290069515436081,
+    2.324710524099774,
+    0.0,
 )
 # b minus the embedded fourth-order weights.
 _B_ERROR = (
-    -0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995, -0.1447110071732629,
-    0.5823571654525552, -0.45808210592918697, 0.015151515151515152,
+    -0.00178001105222577714,
+    -0.0008164344596567469,
+    0.007880878010261995,
+    -0.1447110071732629,
+    0.5823571654525552,
+    -0.45808210592918697,
+    0.015151515151515152,
 )
 # b_i(theta) = sum_p coeff[p] theta^(p+1); the paper's interpolation polynomials expanded.
 _DENSE = (

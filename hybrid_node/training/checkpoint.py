@@ -6,6 +6,7 @@ continues with the same random draws as an uninterrupted one. Writing goes to a 
 same folder followed by ``os.replace``, which is atomic on POSIX and Windows: an interruption leaves
 either the old checkpoint or the new one, never a truncated file.
 """
+
 from __future__ import annotations
 
 import os
