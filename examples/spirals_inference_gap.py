@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from hybrid_node.data.irregular import select
 from hybrid_node.data.spirals import SpiralConfig, make_spirals
 from hybrid_node.experiments.spirals import SpiralsSettings, build_model, inference_gap
+from hybrid_node.irregular import select
 from hybrid_node.training.checkpoint import load_checkpoint
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

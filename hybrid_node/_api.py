@@ -10,10 +10,15 @@ from typing import Any
 import torch
 
 from ._backend import resolve_backend
-from ._errors import BackendError, SolverError, Status
-from ._problem import Problem, all_finite, integrate, make_problem
-from ._solution import Solution, State
+from ._errors import BackendError
+from ._problem import Problem, make_problem
+from ._registry import build_solver
+from ._solution import Solution, State, Stats
 from .controllers import ConstantStepSize, PIDController
+from .julia import backend as julia_backend
+from .loop import integrate, to_solution
+from .sensitivity.adjoint import solve_adjoint
+from .sensitivity.direct import solve_direct
 from .sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -22,116 +27,6 @@ from .sensitivity.settings import (
     QuadratureAdjoint,
 )
 from .solvers import METHODS, ScipySolver
-from .solvers.implicit import IMPLICIT_METHODS
-
-ADAPTIVE_OPTIONS = (
-    "first_step",
-    "safety",
-    "ifactor",
-    "dfactor",
-    "max_num_steps",
-    "step_t",
-    "jump_t",
-    "norm",
-    "dtype",
-    "min_step",
-    "max_step",
-    "pcoeff",
-    "icoeff",
-    "dcoeff",
-    "per_sample",
-    "compile",
-    "device_loop",
-    "sync_every",
-)
-FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile")
-
-
-def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
-    """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
-
-    Returns:
-        solver, controller, and a dict with ``jump_t``, ``step_t``, ``t_dtype``.
-
-    Raises:
-        ValueError: for an unknown method or option (the message lists the valid ones).
-    """
-    method = "dopri5" if method is None else method
-    options = dict(options or {})
-    table = {**METHODS, **IMPLICIT_METHODS}
-    if method not in table:
-        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(sorted(table))}.")
-    factory, solver_keys = table[method]
-    solver_kwargs = {k: options.pop(k) for k in solver_keys if k in options}
-    if method == "scipy_solver":
-        solver = factory(**solver_kwargs)
-        valid = solver_keys + ("dtype",)
-        unknown = set(options) - set(valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown options {sorted(unknown)} for method 'scipy_solver'. Valid options: {list(valid)}."
-            )
-        return solver, PIDController(rtol=rtol, atol=atol), {"t_dtype": options.get("dtype")}
-    if method in ("implicit_adams", "fixed_adams"):
-        solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
-        solver_kwargs.setdefault("atol", atol if isinstance(atol, float) else 1e-9)
-    solver = factory(**solver_kwargs)
-    if solver.adaptive and hasattr(solver, "fixed_steps") and ({"step_size", "grid_constructor"} & set(options)):
-        solver = solver.fixed_steps()  # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given
-    extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": ()}
-    if options.pop("compile", False):
-        if not hasattr(solver, "compiled"):
-            raise ValueError(
-                f"options['compile'] is available for the explicit Runge-Kutta methods only, not "
-                f"{method!r}; drop the option for this method."
-            )
-        solver = solver.compiled()
-    if solver.adaptive:
-        valid = ADAPTIVE_OPTIONS + solver_keys
-        unknown = set(options) - set(valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
-            )
-        for key in ("jump_t", "step_t"):
-            if key in options:
-                extras[key] = tuple(
-                    float(x) for x in torch.as_tensor(options.pop(key), dtype=torch.float64).reshape(-1)
-                )
-        controller = PIDController(rtol=rtol, atol=atol, **options)
-    else:
-        valid = FIXED_OPTIONS + solver_keys
-        unknown = set(options) - set(valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
-            )
-        if "step_size" in options and options["step_size"] is not None:
-            options["step_size"] = float(options["step_size"])
-        controller = ConstantStepSize(**options)
-    return solver, controller, extras
-
-
-def _finish(problem: Problem, integration, throw: bool) -> Solution:
-    ys = torch.stack(integration.ys)
-    status = integration.status
-    if status in (Status.SUCCESS, Status.EVENT) and not all_finite(ys):
-        # fixed-grid loops have no step decision to catch it: the first non-finite output reports it
-        bad = int((~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1).nonzero()[0])
-        t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
-        if throw:
-            sgn = -1.0 if problem.reverse else 1.0
-            raise SolverError(
-                Status.NONFINITE,
-                sgn * t_bad,
-                f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}",
-            )
-        status = Status.NONFINITE
-    t_final = None
-    if integration.event_t is not None:
-        te = -integration.event_t if problem.reverse else integration.event_t
-        t_final = torch.tensor(te, dtype=problem.t.dtype, device=problem.t.device)
-    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=integration.stats, status=status, t_final=t_final)
 
 
 def solve(
@@ -209,12 +104,9 @@ def solve(
         )
         term = problem.term()
         ys = solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
-        from ._solution import Stats
 
         return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
     if isinstance(sensitivity, (BacksolveAdjoint, InterpolatingAdjoint)):
-        from .sensitivity.adjoint import solve_adjoint
-
         if getattr(controller, "per_sample", False):
             raise ValueError(
                 "per-sample step control is not available with the adjoint methods; use "
@@ -225,17 +117,14 @@ def solve(
     if not isinstance(sensitivity, DirectBackprop):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
     if event_fn is not None or problem.t.requires_grad:  # gradients for the event time and for t
-        from .sensitivity.direct import solve_direct
-
         return solve_direct(problem, event_fn=event_fn, throw=throw)
     term = problem.term()
     integration = integrate(problem, term, problem.y0, problem.ts, event_fn=event_fn, throw=throw)
-    return _finish(problem, integration, throw)
+    return to_solution(problem, integration, throw)
 
 
 def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn) -> Solution:
     """Hand a solve to the Julia backend, translating the settings objects to its keyword form."""
-    from .backends import julia_backend
 
     if event_fn is not None:
         raise BackendError("events are only available on the torch backend; use backend='torch'.")
@@ -301,8 +190,6 @@ def odeint(
 def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params):
     """What odeint and odeint_adjoint share: map the torchdiffeq-style call to a backend's solve."""
     if resolve_backend(backend) == "julia":
-        from .backends import julia_backend
-
         if event_fn is not None:
             raise BackendError("events are only available on the torch backend; use backend='torch'.")
         return julia_backend.solve(

@@ -9,11 +9,8 @@ from typing import Any
 import torch
 
 from ._term import Term, TupleLayout
-from .backends.torch_backend import Integration, integrate_adaptive, integrate_fixed
-from .controllers import ConstantStepSize, PIDController
+from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
-
-MAX_EVENT_GRID_STEPS = 10**6  # a fixed-grid event solve gives up after this many steps
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -165,59 +162,4 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
         tuple(sorted(sgn * float(x) for x in jump_t)),
         tuple(sorted(sgn * float(x) for x in step_t)),
         t_dtype,
-    )
-
-
-def integrate(
-    problem: Problem,
-    term: Term,
-    y0: torch.Tensor,
-    ts: Sequence[float],
-    *,
-    event_fn=None,
-    dense: bool = False,
-    throw: bool = True,
-) -> Integration:
-    """Run the loop that fits the problem's controller on the given term, state and times."""
-    ctrl = problem.controller
-    if isinstance(ctrl, ConstantStepSize):
-        if event_fn is not None:
-            if ctrl.step_size is None:
-                raise ValueError("an event solve on a fixed grid needs options={'step_size': ...}.")
-            grid = (ts[0] + k * float(ctrl.step_size) for k in range(MAX_EVENT_GRID_STEPS))
-        else:
-            grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
-        return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
-    if getattr(ctrl, "device_loop", False) and not dense:  # dense output over the interval: host loop
-        from .backends.device_loop import check_device_loop, integrate_device
-
-        check_device_loop(problem, event_fn)
-        return integrate_device(
-            term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, norm=problem.norm, throw=throw
-        )
-    if getattr(ctrl, "per_sample", False):
-        from .backends.per_sample import check_per_sample, integrate_per_sample
-
-        check_per_sample(problem, event_fn)
-        if getattr(problem.solver, "compile", False):
-            raise ValueError("compiled steps cannot be combined with per_sample step control; drop one of them.")
-        if dense:
-            raise ValueError("per_sample has no dense output over the whole interval; use the shared-step solver.")
-        return integrate_per_sample(
-            term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, throw=throw
-        )
-    return integrate_adaptive(
-        term,
-        problem.solver,
-        ctrl,
-        y0,
-        ts,
-        rtol=problem.rtol,
-        atol=problem.atol,
-        norm=problem.norm,
-        jump_t=problem.jump_t,
-        step_t=problem.step_t,
-        event_fn=event_fn,
-        dense=dense,
-        throw=throw,
     )

@@ -20,8 +20,8 @@ SUBCOMMANDS = {
     "anode": ("hybrid_node.experiments.anode", "plain vs augmented Neural ODEs (Dupont et al. 2019)"),
     "cnf": ("hybrid_node.experiments.cnf", "continuous normalizing flows on toy 2-D densities"),
     "spirals": ("hybrid_node.experiments.spirals", "latent ODE vs RNNs on irregular spirals (paper's Table 2)"),
-    "doctor": ("hybrid_node.backends.doctor", "show which backends work on this machine and why not"),
-    "julia-setup": ("hybrid_node.backends.julia_setup", "install and precompile the Julia backend"),
+    "doctor": ("hybrid_node.commands.doctor", "show which backends work on this machine and why not"),
+    "julia-setup": ("hybrid_node.julia.setup", "install and precompile the Julia backend"),
 }
 
 

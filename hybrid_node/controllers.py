@@ -74,10 +74,10 @@ class PIDController:
         max_num_steps: the solve fails after this many attempted steps.
         norm: ``norm(tensor) -> scalar``; default RMS (max of per-tensor RMS for tuple states).
         per_sample: give every element of the batch (first state dimension) its own step size and
-            accept/reject decision (see ``hybrid_node.backends.per_sample``); the field then receives
+            accept/reject decision (see ``hybrid_node.loop.per_sample``); the field then receives
             a time vector of shape (batch,).
         device_loop: decide the steps on the state's device, ``sync_every`` attempts per host check
-            (see ``hybrid_node.backends.device_loop``); explicit first-same-as-last pairs only.
+            (see ``hybrid_node.loop.device``); explicit first-same-as-last pairs only.
         sync_every: step attempts per run of the device loop (one host read per run).
     """
 

@@ -1,6 +1,6 @@
 """A stand-in for the Julia engine, for tests only (never selectable as a backend).
 
-It honours the engine contract of hybrid_node.backends.julia_backend (Julia layouts: state
+It honours the engine contract of hybrid_node.julia.backend (Julia layouts: state
 (D, B), saved states (D, B, T), flat vectors in column-major order) with an independent solver:
 scipy's solve_ivp forward (DOP853, or Radau with the callback Jacobian for stiff methods) and a
 continuous adjoint solved backwards against the dense forward solution (Chen et al. 2018,
@@ -18,8 +18,8 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from hybrid_node._solution import Stats
-from hybrid_node.backends.julia_backend import ForwardOutput
-from hybrid_node.backends.julia_translate import MLPSpec
+from hybrid_node.julia.backend import ForwardOutput
+from hybrid_node.julia.translate import MLPSpec
 
 
 def _act(name, z):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hybrid_node as hn
-from hybrid_node.backends import compiled_step
+from hybrid_node.loop import compiled_step
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("clang++") is None,

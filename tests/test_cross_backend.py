@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import hybrid_node as hn
-from hybrid_node.backends import julia_runtime
-from hybrid_node.backends.julia_translate import MLPVectorField
+from hybrid_node.julia import runtime as julia_runtime
+from hybrid_node.julia.translate import MLPVectorField
 
 pytestmark = pytest.mark.julia
 

@@ -9,7 +9,7 @@ import torch
 
 import hybrid_node as hn
 from hybrid_node._errors import SolverError, Status
-from hybrid_node.backends import device_loop
+from hybrid_node.loop import device as device_loop
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybrid_node.data.irregular import IrregularBatch
+from hybrid_node.irregular import IrregularBatch
 from hybrid_node.nn.empirical_prior import EmpiricalPrior
 from hybrid_node.nn.latent_ode import LatentODE
 

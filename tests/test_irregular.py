@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybrid_node.data.irregular import (
+from hybrid_node.irregular import (
     IrregularBatch,
     collate,
     from_sequences,

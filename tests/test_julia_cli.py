@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from hybrid_node.backends import doctor, julia_runtime, julia_setup
+from hybrid_node.commands import doctor
+from hybrid_node.julia import runtime as julia_runtime
+from hybrid_node.julia import setup as julia_setup
 
 
 def test_doctor_reports_torch_and_why_julia_is_missing(monkeypatch, capsys):

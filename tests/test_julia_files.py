@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from hybrid_node.backends import julia_backend
+from hybrid_node.julia import backend as julia_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 JULIA_DIR = ROOT / "julia"
@@ -157,7 +157,7 @@ def test_python_sends_the_keywords_julia_accepts():
 
 
 def test_julia_activation_names_match_translation():
-    from hybrid_node.backends.julia_translate import ACTIVATION_NAMES
+    from hybrid_node.julia.translate import ACTIVATION_NAMES
 
     text = (JULIA_DIR / "activations.jl").read_text()
     julia_names = set(re.findall(r'name == "(\w+)" && return', text)) - {"identity"}

@@ -17,9 +17,9 @@ from julia_standin import StandinEngine
 from torch import nn
 
 from hybrid_node._errors import BackendError, JuliaNotAvailableError, SolverError, Status
-from hybrid_node.backends import julia_backend as jb
-from hybrid_node.backends import julia_runtime
-from hybrid_node.backends.julia_translate import MLPSpec, MLPVectorField
+from hybrid_node.julia import backend as jb
+from hybrid_node.julia import runtime as julia_runtime
+from hybrid_node.julia.translate import MLPSpec, MLPVectorField
 from hybrid_node.sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -351,7 +351,7 @@ def test_missing_julia_raises_with_install_instructions(monkeypatch):
 
 def test_importing_hybrid_node_never_starts_julia():
     code = (
-        "import sys, hybrid_node, hybrid_node.backends.julia_backend, hybrid_node.backends.doctor; "
+        "import sys, hybrid_node, hybrid_node.julia.backend, hybrid_node.commands.doctor; "
         "print('juliacall' in sys.modules, 'juliapkg' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

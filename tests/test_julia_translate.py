@@ -8,7 +8,7 @@ import torch
 from julia_standin import julia_weight, mlp_forward, mlp_vjp
 from torch import nn
 
-from hybrid_node.backends.julia_translate import MLPVectorField, make_callbacks, translate_mlp
+from hybrid_node.julia.translate import MLPVectorField, make_callbacks, translate_mlp
 
 ACTS = [nn.Tanh(), nn.ReLU(), nn.Softplus(), nn.Sigmoid(), nn.SiLU(), nn.ELU()]
 

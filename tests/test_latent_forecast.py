@@ -10,7 +10,6 @@ import pytest
 import torch
 from scipy import stats
 
-from hybrid_node.data.irregular import select
 from hybrid_node.data.spirals import SpiralConfig, make_spirals, spiral_curves
 from hybrid_node.experiments.spirals import (
     Future,
@@ -20,6 +19,7 @@ from hybrid_node.experiments.spirals import (
     train_one,
     with_future,
 )
+from hybrid_node.irregular import select
 from hybrid_node.nn.latent_ode import LatentODE, normal_kl
 from hybrid_node.nn.rnn_baselines import RNNBaseline
 

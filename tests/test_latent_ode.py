@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from hybrid_node.data.irregular import IrregularBatch, from_sequences, select
 from hybrid_node.data.spirals import SpiralConfig, make_spirals
+from hybrid_node.irregular import IrregularBatch, from_sequences, select
 from hybrid_node.nn._solve import odeint
 from hybrid_node.nn.latent_ode import (
     LatentODE,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybrid_node.data.irregular import IrregularBatch
+from hybrid_node.irregular import IrregularBatch
 from hybrid_node.nn.latent_ode import LatentODE
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_node.data.irregular import IrregularBatch
 from hybrid_node.data.periodic import PeriodicConfig, make_periodic
 from hybrid_node.data.spirals import SpiralConfig, bayes_forecast, make_spirals, spiral_curves
+from hybrid_node.irregular import IrregularBatch
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .irregular import IrregularBatch
+from ..irregular import IrregularBatch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from .irregular import IrregularBatch, subsample_grid
+from ..irregular import IrregularBatch, subsample_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ class SpiralData:
         """Keep ``n`` of each window's points at random (per sample, without replacement).
 
         Returns:
-            An :class:`~hybrid_node.data.irregular.IrregularBatch` of noisy observations.
+            An :class:`~hybrid_node.irregular.IrregularBatch` of noisy observations.
         """
         gen = torch.Generator().manual_seed(seed)
         return subsample_grid(self.times, self.observed, n, generator=gen)

@@ -65,8 +65,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.irregular import IrregularBatch, select
 from ..data.spirals import SpiralConfig, SpiralData, bayes_forecast, make_spirals
+from ..irregular import IrregularBatch, select
 from ..nn.empirical_prior import EmpiricalPrior
 from ..nn.latent_ode import LatentODE, RecognitionRNN, descend_z0
 from ..nn.rnn_baselines import RNNBaseline

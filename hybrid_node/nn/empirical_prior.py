@@ -21,7 +21,7 @@ import dataclasses
 
 import torch
 
-from ..data.irregular import IrregularBatch, union_grid
+from ..irregular import IrregularBatch, union_grid
 from .latent_ode import LatentODE
 
 Tensor = torch.Tensor

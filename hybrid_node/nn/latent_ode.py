@@ -7,7 +7,7 @@ evidence lower bound (ELBO) log p(x | z) - KL(q(z0 | x) || N(0, I)), optionally 
 likelihood of the observation times.
 
 Irregular per-sample grids: the decoder solves once on the sorted union of all observation times of the
-batch and gathers each sample's own times (see :mod:`hybrid_node.data.irregular`); masks remove unobserved
+batch and gathers each sample's own times (see :mod:`hybrid_node.irregular`); masks remove unobserved
 entries from the likelihood. One batched solve is much cheaper than a solve per sample.
 
 References:
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ..data.irregular import IrregularBatch, gather_union, union_grid
+from ..irregular import IrregularBatch, gather_union, union_grid
 from ._solve import odeint
 from .ode_rnn import ODERNN
 

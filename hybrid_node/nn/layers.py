@@ -9,6 +9,7 @@ NeurIPS 2018, Section 3 and the MNIST ODE-Net.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import torch
@@ -158,6 +159,4 @@ class ConvDynamics(nn.Module):
 
 
 def _copy(module: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(module)

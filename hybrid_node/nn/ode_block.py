@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._api import build_solver, solve
+from .._api import solve
 from .._backend import BACKENDS
+from .._registry import build_solver
 from ..sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.irregular import IrregularBatch
+from ..irregular import IrregularBatch
 from ._solve import odeint
 
 Tensor = torch.Tensor
@@ -41,7 +41,7 @@ def hidden_field(hidden: int, width: int) -> nn.Module:
 
 
 class ODERNN(nn.Module):
-    """ODE-RNN over an :class:`~hybrid_node.data.irregular.IrregularBatch`.
+    """ODE-RNN over an :class:`~hybrid_node.irregular.IrregularBatch`.
 
     Args:
         obs_dim: channels D of the observations.

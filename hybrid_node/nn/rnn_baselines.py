@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.irregular import IrregularBatch
+from ..irregular import IrregularBatch
 
 Tensor = torch.Tensor
 

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from .._problem import Problem
-from ..backends.torch_backend import Integration, integrate_adaptive, integrate_fixed
+from .._registry import build_solver
 from ..controllers import ConstantStepSize, PIDController
+from ..loop.host import Integration, integrate_adaptive, integrate_fixed
 
 #: relative spacing below which a grid point is merged into a required time
 _MERGE = 1e-9
@@ -149,8 +150,6 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
     atol = pick(sensitivity.atol, problem.atol, PIDController.atol)
     if sensitivity.method is None and sensitivity.options is None:
         return BackwardPlan(problem.solver, problem.controller, rtol, atol, sensitivity.norm == "seminorm", None, True)
-    from .._api import build_solver
-
     method = sensitivity.method if sensitivity.method is not None else problem.solver.name
     options = dict(sensitivity.options or {})
     user_norm = options.get("norm") if callable(options.get("norm")) else None

@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from .._problem import Problem
 from .._solution import Solution
+from ..loop import to_solution
 from ._backward import backward_plan, resolve_params
 from .backsolve import Backsolve
 from .events import event_outputs
@@ -78,8 +79,6 @@ def solve_adjoint(
         TypeError: ``adjoint_params`` is not a sequence of tensors, or an unknown sensitivity.
         SolverError: the forward solve failed (``throw``), or the backward solve failed.
     """
-    from .._api import _finish  # the shared way a loop's result becomes a Solution
-
     params = resolve_params(problem.func, adjoint_params)
     plan = backward_plan(problem, sensitivity)
     if isinstance(sensitivity, BacksolveAdjoint):
@@ -97,7 +96,7 @@ def solve_adjoint(
     if integration.event_t is not None:
         t_final, outputs[1] = event_outputs(problem, problem.term(), event_fn, integration.event_t, outputs[1])
     integration.ys = outputs
-    sol = _finish(problem, integration, throw)
+    sol = to_solution(problem, integration, throw)
     if t_final is not None:
         sol.t_final = t_final
     return sol

@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 import torch
 
-from .._problem import Problem, integrate
-from ..backends.compiled_step import PureField, solver_time_field
+from .._problem import Problem
+from ..loop import integrate
+from ..loop.compiled_step import PureField, solver_time_field
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,

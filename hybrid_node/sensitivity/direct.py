@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 import torch
 
-from .._problem import Problem, integrate
+from .._problem import Problem
 from .._solution import Solution
+from ..loop import integrate, to_solution
 from ._backward import user_field
 from .events import event_outputs
 
@@ -80,8 +81,6 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
         Solution whose ``ys`` (and ``t_final`` for events) carry gradients for y0, the field's
         parameters, ``t`` (when it requires grad) and the event time.
     """
-    from .._api import _finish  # the shared way a loop's result becomes a Solution
-
     term = problem.term()
     t = problem.t
     with_t = t.requires_grad and torch.is_grad_enabled()
@@ -99,7 +98,7 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
         t_final, integration.ys[1] = event_outputs(problem, fterm, event_fn, integration.event_t, integration.ys[1])
     elif with_t and len(integration.ys) > 1:
         integration.ys = list(_OutputTimes.apply(t, torch.stack(integration.ys), field).unbind(0))
-    sol = _finish(problem, integration, throw)
+    sol = to_solution(problem, integration, throw)
     if t_final is not None:
         sol.t_final = t_final
     return sol

@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._problem import Problem, integrate
-from ..backends.torch_backend import integrate_fixed
+from .._problem import Problem
 from ..controllers import ConstantStepSize
+from ..loop import integrate
+from ..loop.host import integrate_fixed
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,

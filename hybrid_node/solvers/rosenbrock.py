@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..interpolation import HermiteInterpolant
 from .linalg import (
     Factorization,
     JacobianSettings,
@@ -333,8 +334,6 @@ class Rosenbrock:
     ) -> Callable[[float], torch.Tensor]:
         """The method's continuous extension (Hermite from the end derivatives when it has none)."""
         if self.tableau.dense is None:
-            from ..interpolation import HermiteInterpolant
-
             return HermiteInterpolant(y0, step.y1, step.f0, state.f0, dt)
         kd = []
         for row in self.tableau.dense:

@@ -38,7 +38,7 @@ class ExplicitRungeKutta:
         error_estimate_order: the order q the step-size controller assumes for that estimate (it
             behaves like O(h^(q+1))); default the tableau's ``error_order``.
         compile: run each step attempt (stages, field and error norm) as one torch.compile graph
-            (see :mod:`hybrid_node.backends.compiled_step`); ``solver.compiled()`` sets it.
+            (see :mod:`hybrid_node.loop.compiled_step`); ``solver.compiled()`` sets it.
     """
 
     tableau: ButcherTableau

@@ -1,0 +1,1 @@
+"""Subcommands of the ``hybrid-node`` command that are not experiments (``doctor``)."""

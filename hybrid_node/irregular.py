@@ -1,0 +1,234 @@
+"""A batch format for irregularly sampled time series with per-sample time grids and masks.
+
+Different series are observed at different times, and a series may miss some channels at a time. An
+:class:`IrregularBatch` keeps each sample's own (sorted) time grid, padded to a common length, with a
+mask that says which entries were observed. Padding repeats the sample's last time, so time gaps at
+padded positions are zero and padded times never add new points to a union grid.
+
+Two ways to decode a batch with an ODE both start from this format:
+
+* union of times (:func:`union_grid`): solve once, batched, on the sorted union of every observed time
+  in the batch and gather each sample's own times with an index (:meth:`IrregularBatch.union_index`);
+* per sample: solve each series on its own grid (simple, but one solve per sample).
+
+The latent ODE in :mod:`hybrid_node.nn.latent_ode` uses the union of times: one batched solve is far
+cheaper than B small ones, and on data whose times come from a shared clock (sensors, the spirals) the
+union stays short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class IrregularBatch:
+    """A padded batch of irregularly sampled series.
+
+    Attributes:
+        times: (B, L) observation times of each sample, non-decreasing along L. Padded positions
+            repeat the sample's last observed time.
+        values: (B, L, D) observed values; entries where ``mask`` is 0 are ignored (any value).
+        mask: (B, L, D) 1.0 where a value was observed, 0.0 otherwise (same dtype as ``values``).
+    """
+
+    times: Tensor
+    values: Tensor
+    mask: Tensor
+
+    def __post_init__(self) -> None:
+        t, v, m = self.times, self.values, self.mask
+        if not all(isinstance(x, torch.Tensor) for x in (t, v, m)):
+            raise TypeError("IrregularBatch needs torch tensors for times, values and mask.")
+        if t.ndim != 2:
+            raise ValueError(f"times must have shape (B, L); got {tuple(t.shape)}.")
+        if v.ndim != 3 or v.shape[:2] != t.shape:
+            raise ValueError(f"values must have shape (B, L, D) matching times {tuple(t.shape)}; got {tuple(v.shape)}.")
+        if m.shape != v.shape:
+            raise ValueError(f"mask must have the shape of values {tuple(v.shape)}; got {tuple(m.shape)}.")
+        if t.shape[1] > 1 and bool((t[:, 1:] < t[:, :-1]).any()):
+            raise ValueError("times must be sorted (non-decreasing) within each sample; sort them first.")
+
+    @property
+    def batch_size(self) -> int:
+        return self.times.shape[0]
+
+    @property
+    def obs_dim(self) -> int:
+        return self.values.shape[2]
+
+    @property
+    def time_mask(self) -> Tensor:
+        """(B, L) 1.0 where at least one channel was observed."""
+        return (self.mask.sum(-1) > 0).to(self.values.dtype)
+
+    @property
+    def lengths(self) -> Tensor:
+        """(B,) number of time points with at least one observation."""
+        return self.time_mask.sum(-1).long()
+
+    def to(self, *args, **kwargs) -> IrregularBatch:
+        """Move/cast like ``Tensor.to``; times keep a floating dtype, the mask follows ``values``."""
+        values = self.values.to(*args, **kwargs)
+        times = self.times.to(*args, **kwargs)
+        return IrregularBatch(times=times, values=values, mask=self.mask.to(device=values.device, dtype=values.dtype))
+
+    def union_index(self, union_times: Tensor) -> Tensor:
+        """(B, L) index of each sample's times in a sorted ``union_times`` that contains all of them.
+
+        Raises:
+            ValueError: if some time of the batch is not in ``union_times``.
+        """
+        idx = torch.searchsorted(union_times.contiguous(), self.times.contiguous())
+        idx = idx.clamp(max=union_times.numel() - 1)
+        if not torch.equal(union_times[idx], self.times):
+            raise ValueError("union_times does not contain every time of the batch; build it with union_grid().")
+        return idx
+
+    def gaps(self, t0: Tensor | None = None) -> Tensor:
+        """(B, L) time since the previous observation; the first entry is measured from ``t0``.
+
+        Args:
+            t0: scalar or (B,) start time; defaults to each sample's first time (first gap 0).
+        """
+        first = self.times[:, :1] if t0 is None else torch.as_tensor(t0, dtype=self.times.dtype).reshape(-1, 1)
+        prev = torch.cat([first.expand(self.batch_size, 1), self.times[:, :-1]], dim=1)
+        return self.times - prev
+
+
+def union_grid(batch: IrregularBatch, extra_times: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Sorted union of the batch's times (plus ``extra_times``) and each sample's index into it.
+
+    Args:
+        batch: the batch.
+        extra_times: optional 1-D times to include (for example the start time t0).
+
+    Returns:
+        ``(union_times, index)``: (T,) sorted unique times and the (B, L) index of every entry of
+        ``batch.times`` in it, so ``ys[index[b, l]]`` is the state at ``batch.times[b, l]``.
+    """
+    t = batch.times.reshape(-1)
+    if extra_times is not None:
+        t = torch.cat([t, torch.as_tensor(extra_times, dtype=t.dtype, device=t.device).reshape(-1)])
+    union = torch.unique(t, sorted=True)
+    return union, batch.union_index(union)
+
+
+def gather_union(ys: Tensor, index: Tensor) -> Tensor:
+    """Pick each sample's own times out of a batched solve on the union grid.
+
+    Args:
+        ys: (T, B, *S) states on the union grid, batch on dim 1 (the layout of ``odeint``).
+        index: (B, L) indices into the T axis (from :func:`union_grid`).
+
+    Returns:
+        (B, L, *S) states at each sample's times.
+    """
+    if ys.shape[1] != index.shape[0]:
+        raise ValueError(f"ys has batch size {ys.shape[1]} but index has {index.shape[0]}.")
+    b = torch.arange(index.shape[0], device=index.device).unsqueeze(1).expand_as(index)
+    return ys[index, b]
+
+
+def from_sequences(
+    times: Sequence[Tensor], values: Sequence[Tensor], masks: Sequence[Tensor] | None = None
+) -> IrregularBatch:
+    """Pad a list of series of different lengths into one :class:`IrregularBatch`.
+
+    Args:
+        times: B tensors of shape (L_b,), sorted within each series.
+        values: B tensors of shape (L_b, D).
+        masks: optional B tensors of shape (L_b, D) (default: everything observed).
+
+    Returns:
+        The padded batch (padding repeats the last time, values 0, mask 0).
+
+    Raises:
+        ValueError: on empty input, mismatched lengths or channel counts, or unsorted times.
+    """
+    if len(times) == 0 or len(times) != len(values) or (masks is not None and len(masks) != len(times)):
+        raise ValueError("from_sequences needs equally many (non-zero) times, values (and masks).")
+    dims = {v.shape[-1] for v in values}
+    if len(dims) != 1 or any(v.ndim != 2 for v in values):
+        raise ValueError("every values tensor must have shape (L_b, D) with the same D.")
+    (d,) = dims
+    length = max(int(t.numel()) for t in times)
+    if length == 0:
+        raise ValueError("every series is empty; nothing to batch.")
+    dtype = values[0].dtype
+    bsz = len(times)
+    out_t = torch.zeros(bsz, length, dtype=times[0].dtype)
+    out_v = torch.zeros(bsz, length, d, dtype=dtype)
+    out_m = torch.zeros(bsz, length, d, dtype=dtype)
+    for i, (t, v) in enumerate(zip(times, values)):
+        n = int(t.numel())
+        if v.shape[0] != n:
+            raise ValueError(f"series {i}: {n} times but {v.shape[0]} values.")
+        if n == 0:
+            continue
+        out_t[i, :n] = t
+        out_t[i, n:] = t[-1]
+        out_v[i, :n] = v
+        out_m[i, :n] = 1.0 if masks is None else masks[i].to(dtype)
+    return IrregularBatch(times=out_t, values=out_v, mask=out_m)
+
+
+def collate(batches: Sequence[IrregularBatch]) -> IrregularBatch:
+    """Concatenate batches along the batch axis, padding to the longest grid.
+
+    Args:
+        batches: batches with the same number of channels D.
+
+    Returns:
+        One :class:`IrregularBatch`.
+    """
+    if len(batches) == 0:
+        raise ValueError("collate needs at least one batch.")
+    length = max(b.times.shape[1] for b in batches)
+    ts, vs, ms = [], [], []
+    for b in batches:
+        pad = length - b.times.shape[1]
+        if pad:
+            ts.append(torch.cat([b.times, b.times[:, -1:].expand(-1, pad)], dim=1))
+            zeros = b.values.new_zeros(b.batch_size, pad, b.obs_dim)
+            vs.append(torch.cat([b.values, zeros], dim=1))
+            ms.append(torch.cat([b.mask, zeros], dim=1))
+        else:
+            ts.append(b.times)
+            vs.append(b.values)
+            ms.append(b.mask)
+    return IrregularBatch(times=torch.cat(ts), values=torch.cat(vs), mask=torch.cat(ms))
+
+
+def select(batch: IrregularBatch, index: Tensor) -> IrregularBatch:
+    """The samples ``index`` (a 1-D index or boolean tensor) of a batch."""
+    return IrregularBatch(times=batch.times[index], values=batch.values[index], mask=batch.mask[index])
+
+
+def subsample_grid(times: Tensor, values: Tensor, n: int, generator: torch.Generator | None = None) -> IrregularBatch:
+    """Keep ``n`` random points per sample (without replacement, sorted) of series on a shared grid.
+
+    Args:
+        times: (L,) shared time grid.
+        values: (B, L, D) values on that grid.
+        n: points to keep per sample, 1 <= n <= L.
+        generator: optional torch generator for reproducibility.
+
+    Returns:
+        An :class:`IrregularBatch` with L = n where every sample has its own times.
+    """
+    bsz, length, _ = values.shape
+    if not 1 <= n <= length:
+        raise ValueError(f"n must be between 1 and the grid length {length}; got {n}.")
+    if times.shape != (length,):
+        raise ValueError(f"times must have shape ({length},); got {tuple(times.shape)}.")
+    keys = torch.rand(bsz, length, generator=generator)
+    idx = keys.argsort(dim=1)[:, :n].sort(dim=1).values
+    b = torch.arange(bsz).unsqueeze(1)
+    vals = values[b, idx]
+    return IrregularBatch(times=times[idx], values=vals, mask=torch.ones_like(vals))

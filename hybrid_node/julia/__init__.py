@@ -1,0 +1,1 @@
+"""The Python side of the Julia backend: runtime (juliacall), bridge, model translation, setup."""

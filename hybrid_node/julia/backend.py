@@ -1,0 +1,726 @@
+"""The "julia" backend: DifferentialEquations.jl / SciMLSensitivity.jl through juliacall.
+
+:func:`solve` is what ``odeint``, ``odeint_adjoint`` and ``solve`` call when the backend resolves
+to "julia". It validates everything in Python first (so mistakes are reported without starting
+Julia), then hands the problem to an *engine* with two methods:
+
+- ``forward(problem, u0, theta, ts, config) -> ForwardOutput``: ``u0`` is the Julia ``(D, B)``
+  layout of a torch ``(B, D)`` state (its transpose), ``theta`` the flat float64 parameters,
+  ``ts`` the output times; the output states are ``(D, B, T)``.
+- ``backward(handle, ybar) -> (u0bar, thetabar)``: ``ybar`` is the ``(D, B, T)`` cotangent of the
+  states; returns the ``(D, B)`` and ``(P,)`` gradients.
+
+:class:`JuliaEngine` is the real one (Julia module ``HybridNODE`` in ``julia/``). A
+``torch.autograd.Function`` bridges it to torch, so ``loss.backward()`` fills the gradients of
+``y0``, the parameters and ``t``. Gradients with respect to the output times are formed in Python:
+``dL/dt_i = <Ybar_i, f(t_i, Y_i)>`` for ``i >= 1`` and ``dL/dt_0 = -<a_0, f(t_0, y_0)>``, where
+``a_0`` is the gradient of ``y_0`` carried back through the solve (excluding the direct ``Ybar_0``).
+
+References: Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018 (adjoint method
+and the time gradients); Rackauckas et al., "Universal Differential Equations for Scientific
+Machine Learning", arXiv:2001.04385 (SciMLSensitivity's adjoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._errors import BackendError, SolverError, Status
+from .._solution import Solution, Stats
+from ..sensitivity.settings import (
+    BacksolveAdjoint,
+    DirectBackprop,
+    GaussAdjoint,
+    InterpolatingAdjoint,
+    QuadratureAdjoint,
+)
+from . import runtime as julia_runtime
+from .translate import CallbackProblem, MLPSpec, make_callbacks, translate_mlp
+
+State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+#: user method name (lower case, torch- or Julia-style) -> OrdinaryDiffEq algorithm
+METHODS: dict[str, str] = {
+    "dopri5": "DP5",
+    "dp5": "DP5",
+    "tsit5": "Tsit5",
+    "bosh3": "BS3",
+    "bs3": "BS3",
+    "rk4": "RK4",
+    "rk4_classic": "RK4",
+    "euler": "Euler",
+    "vern7": "Vern7",
+    "vern9": "Vern9",
+    "rodas5p": "Rodas5P",
+    "rosenbrock23": "Rosenbrock23",
+    "kencarp4": "KenCarp4",
+    "trbdf2": "TRBDF2",
+    "fbdf": "FBDF",
+    "qndf": "QNDF",
+}
+JULIA_ALGORITHMS = (
+    "DP5",
+    "Tsit5",
+    "BS3",
+    "RK4",
+    "Euler",
+    "Vern7",
+    "Vern9",
+    "Rodas5P",
+    "Rosenbrock23",
+    "KenCarp4",
+    "TRBDF2",
+    "FBDF",
+    "QNDF",
+)
+STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF")
+ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23")
+FIXED_STEP_ALGORITHMS = ("RK4", "Euler")
+TORCH_ONLY_METHODS = (
+    "adaptive_heun",
+    "dopri8",
+    "fehlberg2",
+    "heun2",
+    "heun3",
+    "midpoint",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+    "scipy_solver",
+    "implicit_euler",
+    "implicit_midpoint",
+    "trapezoid",
+    "radauiia3",
+    "radauiia5",
+    "gl4",
+    "gl6",
+    "sdirk2",
+    "rodas4",
+    "kvaerno3",
+    "kvaerno5",
+)
+DEFAULT_METHOD = "dopri5"
+
+FIXED_STEP_OPTIONS = ("step_size", "max_num_steps")
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps")
+
+_RETCODES = (
+    ("MaxIters", Status.MAX_STEPS),
+    ("DtLessThanMin", Status.STEP_UNDERFLOW),
+    ("Unstable", Status.NONFINITE),
+    ("ConvergenceFailure", Status.NEWTON_FAILED),
+)
+
+
+def _method_list() -> str:
+    return ", ".join(sorted(METHODS))
+
+
+def resolve_method(method: str | None) -> str:
+    """Map a user method name to a Julia algorithm name.
+
+    Args:
+        method: torch-style ("dopri5") or Julia-style ("Tsit5") name, any case; None: "dopri5".
+
+    Returns:
+        The OrdinaryDiffEq algorithm name.
+
+    Raises:
+        TypeError: ``method`` is not a string.
+        BackendError: the method does not exist on the Julia backend.
+    """
+    if method is None:
+        method = DEFAULT_METHOD
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}.")
+    key = method.strip().lower()
+    if key in METHODS:
+        return METHODS[key]
+    if key in TORCH_ONLY_METHODS:
+        raise BackendError(
+            f"Method {method!r} exists only on the torch backend. The Julia backend offers: "
+            f"{_method_list()} (use backend='torch' for {method!r})."
+        )
+    raise BackendError(f"Unknown method {method!r} for the Julia backend; choose one of: {_method_list()}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveConfig:
+    """Everything the engine needs besides the problem and the data.
+
+    Attributes:
+        algorithm: OrdinaryDiffEq algorithm name.
+        sensitivity: SciMLSensitivity adjoint name.
+        checkpointing: InterpolatingAdjoint's checkpointing.
+        rtol, atol: forward (and backward) tolerances.
+        quad_rtol, quad_atol: QuadratureAdjoint's quadrature tolerances.
+        maxiters: maximum number of steps, or None for Julia's default.
+        dt: fixed step (fixed-step methods) or first step (adaptive), or None.
+        fixed_step: the method steps on a fixed grid (also stopping at each output time).
+    """
+
+    algorithm: str
+    sensitivity: str
+    checkpointing: bool
+    rtol: float
+    atol: float
+    quad_rtol: float
+    quad_atol: float
+    maxiters: int | None
+    dt: float | None
+    fixed_step: bool
+
+    @property
+    def stiff(self) -> bool:
+        return self.algorithm in STIFF_ALGORITHMS
+
+
+def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -> tuple[str, bool, float, float]:
+    """Map a sensitivity settings object to SciMLSensitivity's adjoint.
+
+    Args:
+        sensitivity: an object from :mod:`hybrid_node.sensitivity.settings` or None (GaussAdjoint).
+        algorithm: the forward Julia algorithm.
+        rtol, atol: forward tolerances.
+
+    Returns:
+        ``(name, checkpointing, quad_rtol, quad_atol)``.
+
+    Raises:
+        BackendError: a combination the Julia backend cannot do, naming what to use instead.
+        TypeError: ``sensitivity`` is not a settings object.
+    """
+    if sensitivity is None:
+        sensitivity = GaussAdjoint()
+    if isinstance(sensitivity, DirectBackprop):
+        raise BackendError(
+            "DirectBackprop differentiates through torch operations and does not exist on the Julia "
+            "backend; use GaussAdjoint() (recommended), InterpolatingAdjoint(), QuadratureAdjoint() or "
+            "BacksolveAdjoint(), or backend='torch'."
+        )
+    kinds = {
+        GaussAdjoint: "GaussAdjoint",
+        InterpolatingAdjoint: "InterpolatingAdjoint",
+        QuadratureAdjoint: "QuadratureAdjoint",
+        BacksolveAdjoint: "BacksolveAdjoint",
+    }
+    name = kinds.get(type(sensitivity))
+    if name is None:
+        raise TypeError(
+            "sensitivity must be GaussAdjoint, InterpolatingAdjoint, QuadratureAdjoint or BacksolveAdjoint "
+            f"from hybrid_node.sensitivity, got {type(sensitivity).__name__}."
+        )
+    if sensitivity.norm != "default":
+        raise BackendError(
+            f"norm={sensitivity.norm!r} is not available on the Julia backend; leave norm='default' "
+            "or use backend='torch'."
+        )
+    if sensitivity.options:
+        raise BackendError(
+            "Backward solver options are not available on the Julia backend; leave "
+            "options=None (the backward pass uses the forward method's settings)."
+        )
+    if sensitivity.method is not None:
+        try:
+            same = resolve_method(sensitivity.method) == algorithm
+        except BackendError:
+            same = False
+        if not same:
+            raise BackendError(
+                f"The Julia backend solves the adjoint with the forward method ({algorithm}); leave the "
+                f"sensitivity's method=None (got {sensitivity.method!r}) or use backend='torch'."
+            )
+    quad_rtol, quad_atol = rtol, atol
+    if name == "QuadratureAdjoint":
+        quad_rtol = sensitivity.rtol if sensitivity.rtol is not None else rtol
+        quad_atol = sensitivity.atol if sensitivity.atol is not None else atol
+    else:
+        for field, forward in (("rtol", rtol), ("atol", atol)):
+            value = getattr(sensitivity, field)
+            if value is not None and value != forward:
+                raise BackendError(
+                    f"The Julia backend solves the {name} backward pass with the forward tolerances; "
+                    f"leave {field}=None (adjoint_{field}) or set it equal to the forward {field}, or use "
+                    "QuadratureAdjoint, whose quadrature tolerances can be set."
+                )
+    checkpointing = isinstance(sensitivity, InterpolatingAdjoint) and sensitivity.checkpoints is not None
+    if checkpointing and algorithm in ROSENBROCK_ALGORITHMS:
+        raise BackendError(
+            f"InterpolatingAdjoint(checkpoints=...) with {algorithm} is broken upstream "
+            "(SciMLSensitivity issue #1075); use GaussAdjoint(), InterpolatingAdjoint() without "
+            "checkpoints, or a non-Rosenbrock stiff method (KenCarp4, TRBDF2, FBDF, QNDF)."
+        )
+    return name, checkpointing, float(quad_rtol), float(quad_atol)
+
+
+def resolve_options(
+    options: Mapping[str, Any] | None, algorithm: str, ts: np.ndarray
+) -> tuple[float | None, int | None, bool]:
+    """Check the solver options and map them to Julia's ``dt``/``maxiters``.
+
+    Args:
+        options: dict of torch-style options (may be None or empty).
+        algorithm: the Julia algorithm.
+        ts: the output times.
+
+    Returns:
+        ``(dt, maxiters, fixed_step)``.
+
+    Raises:
+        ValueError: an unknown key or a bad value; the message lists the valid keys.
+    """
+    options = dict(options or {})
+    fixed = algorithm in FIXED_STEP_ALGORITHMS
+    valid = FIXED_STEP_OPTIONS if fixed else ADAPTIVE_OPTIONS
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for method {algorithm} on the Julia backend; valid options are {list(valid)}."
+        )
+    maxiters = options.get("max_num_steps")
+    if maxiters is not None:
+        if isinstance(maxiters, bool) or not isinstance(maxiters, (int, np.integer)) or maxiters < 1:
+            raise ValueError(f"max_num_steps must be a positive int, got {maxiters!r}.")
+        maxiters = int(maxiters)
+    key = "step_size" if fixed else "first_step"
+    dt = options.get(key)
+    if dt is not None:
+        dt = float(torch.as_tensor(dt)) if isinstance(dt, torch.Tensor) else dt
+        if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+            raise ValueError(f"{key} must be a positive number, got {options.get(key)!r}.")
+        dt = float(dt)
+    elif fixed:
+        # Like torch's fixed-grid solvers without step_size: step on the grid of output times.
+        dt = float(np.min(np.abs(np.diff(ts))))
+    return dt, maxiters, fixed
+
+
+@dataclasses.dataclass
+class ForwardOutput:
+    """What an engine's forward returns.
+
+    Attributes:
+        ys: states ``(D, B, T)``.
+        handle: whatever the engine's backward needs.
+        success: the solve reached the last time.
+        retcode: the solver's return code.
+        t_final: the time reached.
+        stats: work counters.
+    """
+
+    ys: np.ndarray
+    handle: Any
+    success: bool
+    retcode: str
+    t_final: float
+    stats: Stats
+
+
+class JuliaEngine:
+    """The engine backed by the Julia module HybridNODE (see ``julia/bridge.jl``)."""
+
+    def __init__(self, module):
+        self.jl = module
+
+    def forward(self, problem, u0: np.ndarray, theta: np.ndarray, ts: np.ndarray, config: SolveConfig) -> ForwardOutput:
+        kwargs = dict(
+            algorithm=config.algorithm,
+            sensitivity=config.sensitivity,
+            checkpointing=config.checkpointing,
+            abstol=config.atol,
+            reltol=config.rtol,
+            quad_abstol=config.quad_atol,
+            quad_reltol=config.quad_rtol,
+            maxiters=config.maxiters,
+            dt=config.dt,
+            fixed_step=config.fixed_step,
+        )
+        if isinstance(problem, MLPSpec):
+            res = self.jl.forward_mlp(
+                np.asarray(problem.n_in, dtype=np.int64),
+                np.asarray(problem.n_out, dtype=np.int64),
+                np.asarray(problem.has_bias, dtype=bool),
+                ",".join(problem.activations),
+                problem.time_input,
+                theta,
+                u0,
+                ts,
+                **kwargs,
+            )
+        else:
+            jac = problem.jac if config.stiff else None
+            res = self.jl.forward_callback(problem.f, problem.vjp, jac, theta, u0, ts, **kwargs)
+        stats = Stats(
+            nfe=int(res.nf), n_accepted=int(res.naccept), n_rejected=int(res.nreject), n_jacobian=int(res.njacs)
+        )
+        return ForwardOutput(
+            ys=np.array(res.ys, dtype=np.float64),
+            handle=res,
+            success=bool(res.success),
+            retcode=str(res.retcode),
+            t_final=float(res.t_final),
+            stats=stats,
+        )
+
+    def backward(self, handle, ybar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u0bar, thetabar = self.jl.backward(handle, ybar)
+        return np.array(u0bar, dtype=np.float64), np.array(thetabar, dtype=np.float64).reshape(-1)
+
+
+def status_from_retcode(retcode: str) -> Status:
+    """The :class:`Status` for a SciML return code (NONFINITE when unrecognised)."""
+    for key, status in _RETCODES:
+        if key in retcode:
+            return status
+    return Status.NONFINITE
+
+
+@dataclasses.dataclass
+class _Run:
+    """One solve's fixed data, shared by the autograd Function's forward and backward."""
+
+    engine: Any
+    problem: MLPSpec | CallbackProblem
+    config: SolveConfig
+    field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # f on the (B, D) layout
+    n_theta: int
+    stats: Stats | None = None
+
+
+def _flat_params(params: Sequence[torch.Tensor], n_theta: int) -> np.ndarray:
+    if not params:
+        return np.zeros(n_theta)
+    return torch.cat([p.detach().to("cpu", torch.float64).reshape(-1) for p in params]).numpy()
+
+
+class _JuliaSolve(torch.autograd.Function):
+    """ys = solve(field, y0, t) on an engine, differentiable w.r.t. y0, t and the parameters."""
+
+    @staticmethod
+    def forward(ctx, run: _Run, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
+        u0 = y0.detach().to("cpu", torch.float64).numpy()  # (B, D), C-contiguous
+        theta = _flat_params(params, run.n_theta)
+        ts = t.detach().to("cpu", torch.float64).numpy()
+        # u0.T is the Julia (D, B) matrix over the same memory; states come back (D, B, T).
+        out = run.engine.forward(run.problem, u0.T, theta, ts, run.config)
+        if not out.success:
+            raise SolverError(status_from_retcode(out.retcode), out.t_final, f"Julia retcode {out.retcode}")
+        run.stats = out.stats
+        ys = torch.from_numpy(np.ascontiguousarray(np.transpose(out.ys, (2, 1, 0))))
+        ys = ys.to(device=y0.device, dtype=y0.dtype)
+        ctx.run = run
+        ctx.handle = out.handle
+        ctx.param_meta = [(tuple(p.shape), p.dtype, p.device) for p in params]
+        ctx.save_for_backward(ys, t)
+        return ys
+
+    @staticmethod
+    def backward(ctx, ybar: torch.Tensor):
+        ys, t = ctx.saved_tensors
+        run: _Run = ctx.run
+        yb = ybar.detach().to("cpu", torch.float64).numpy().copy()  # (T, B, D)
+        direct0 = yb[0].copy()
+        # Y_0 is y0 itself: its cotangent goes straight to y0, not through the adjoint.
+        yb[0] = 0.0
+        u0bar_jl, thetabar = run.engine.backward(ctx.handle, np.transpose(yb, (2, 1, 0)))
+        adjoint0 = np.asarray(u0bar_jl, dtype=np.float64).T  # (B, D): gradient carried back to t_0
+        grad_y0 = torch.from_numpy(np.ascontiguousarray(adjoint0 + direct0)).to(ybar.device, ybar.dtype)
+
+        grad_t = None
+        if ctx.needs_input_grad[2]:
+            values = []
+            with torch.no_grad():
+                for i in range(t.shape[0]):
+                    f_i = run.field(t[i], ys[i]).detach().to("cpu", torch.float64).numpy()
+                    weight = -adjoint0 if i == 0 else yb[i]
+                    values.append(float(np.sum(weight * f_i)))
+            grad_t = torch.tensor(values, dtype=t.dtype, device=t.device)
+
+        grads = []
+        offset = 0
+        for shape, dtype, device in ctx.param_meta:
+            n = int(np.prod(shape, dtype=np.int64))
+            g = torch.from_numpy(np.array(thetabar[offset : offset + n])).reshape(shape)
+            grads.append(g.to(device=device, dtype=dtype))
+            offset += n
+        return (None, grad_y0, grad_t, *grads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input validation and state layout
+
+
+def _check_tolerance(name: str, value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be a scalar on the Julia backend, got a tensor of shape {tuple(value.shape)}."
+            )
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return float(value)
+
+
+def _check_times(t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}.")
+    if t.dim() != 1 or t.numel() < 1:
+        raise ValueError(f"t must be a non-empty 1-D tensor, got shape {tuple(t.shape)}.")
+    if not t.is_floating_point():
+        raise TypeError(f"t must have a floating dtype, got {t.dtype}; use t.double().")
+    ts = t.detach().to("cpu", torch.float64)
+    if not torch.isfinite(ts).all():
+        raise ValueError("t contains NaN or infinite values.")
+    if t.numel() > 1:
+        d = ts[1:] - ts[:-1]
+        if not ((d > 0).all() or (d < 0).all()):
+            raise ValueError("t must be strictly increasing or strictly decreasing.")
+    return t
+
+
+def _check_state(y0) -> tuple[torch.Tensor, ...]:
+    tensors = y0 if isinstance(y0, tuple) else (y0,)
+    if isinstance(y0, tuple) and not y0:
+        raise ValueError("y0 is an empty tuple; give at least one tensor.")
+    for k, y in enumerate(tensors):
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y0 must be a tensor or a tuple of tensors; element {k} is {type(y).__name__}.")
+        if not y.is_floating_point():
+            raise TypeError(f"y0 must have a real floating dtype, got {y.dtype}; use y0.double().")
+    devices = {y.device for y in tensors}
+    dtypes = {y.dtype for y in tensors}
+    if len(devices) > 1 or len(dtypes) > 1:
+        raise ValueError(f"all tensors of a tuple state must share device and dtype, got {devices}, {dtypes}.")
+    return tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How the user's state maps to the (B, D) matrix sent to Julia."""
+
+    shapes: tuple[torch.Size, ...]
+    is_tuple: bool
+    batch: int
+    dim: int
+
+    @staticmethod
+    def of(y0: State) -> _Layout:
+        if isinstance(y0, tuple):
+            return _Layout(tuple(y.shape for y in y0), True, 1, sum(y.numel() for y in y0))
+        shape = y0.shape
+        dim = shape[-1] if len(shape) >= 1 else 1
+        batch = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) >= 1 else 1
+        return _Layout((shape,), False, batch, dim)
+
+    def to_matrix(self, y: State) -> torch.Tensor:
+        if self.is_tuple:
+            return torch.cat([yi.reshape(-1) for yi in y]).reshape(1, self.dim)
+        return y.reshape(self.batch, self.dim)
+
+    def from_matrix(self, m: torch.Tensor) -> State:
+        """(..., B, D) -> the user's layout with the same leading dims."""
+        lead = m.shape[:-2]
+        if not self.is_tuple:
+            return m.reshape(*lead, *self.shapes[0])
+        flat = m.reshape(*lead, self.dim)
+        parts, offset = [], 0
+        for shape in self.shapes:
+            n = int(np.prod(shape, dtype=np.int64))
+            parts.append(flat[..., offset : offset + n].reshape(*lead, *shape))
+            offset += n
+        return tuple(parts)
+
+    def field(self, func) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """func(t, y) on the user's layout, as a function of a (B, D) matrix."""
+
+        def on_matrix(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            out = func(t, self.from_matrix(m))
+            outs = out if isinstance(out, tuple) else (out,)
+            if len(outs) != len(self.shapes) or any(o.shape != s for o, s in zip(outs, self.shapes)):
+                got = tuple(tuple(o.shape) for o in outs) if all(isinstance(o, torch.Tensor) for o in outs) else out
+                raise ValueError(
+                    f"func(t, y) must return the shape of y0 {tuple(tuple(s) for s in self.shapes)}, got {got}."
+                )
+            return self.to_matrix(out)
+
+        return on_matrix
+
+
+def _check_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
+    if adjoint_params is None:
+        return tuple(func.parameters()) if isinstance(func, nn.Module) else ()
+    params = tuple(adjoint_params)
+    for k, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"adjoint_params must hold tensors; element {k} is {type(p).__name__}.")
+    return params
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+def prepare(
+    func,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    method: str | None,
+    rtol,
+    atol,
+    options: Mapping[str, Any] | None,
+    sensitivity,
+    adjoint_params,
+):
+    """Validate a call and build everything but the engine.
+
+    Returns:
+        ``(layout, config, problem, field, params, native)``.
+
+    Raises:
+        TypeError, ValueError, BackendError: bad input, with how to fix it.
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
+    tensors = _check_state(y0)
+    t = _check_times(t)
+    rtol = _check_tolerance("rtol", rtol)
+    atol = _check_tolerance("atol", atol)
+    algorithm = resolve_method(method)
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict or None, got {type(options).__name__}.")
+    ts = t.detach().to("cpu", torch.float64).numpy()
+    dt, maxiters, fixed = resolve_options(options, algorithm, ts if ts.size > 1 else np.array([0.0, 1.0]))
+    name, checkpointing, quad_rtol, quad_atol = resolve_sensitivity(sensitivity, algorithm, rtol, atol)
+    params = _check_params(func, adjoint_params)
+    config = SolveConfig(
+        algorithm=algorithm,
+        sensitivity=name,
+        checkpointing=checkpointing,
+        rtol=rtol,
+        atol=atol,
+        quad_rtol=quad_rtol,
+        quad_atol=quad_atol,
+        maxiters=maxiters,
+        dt=dt,
+        fixed_step=fixed,
+    )
+    layout = _Layout.of(y0 if isinstance(y0, tuple) else tensors[0])
+    field = layout.field(func)
+    spec, _why = translate_mlp(func)
+    native = spec is not None and not layout.is_tuple and layout.dim == spec.n_state_in
+    if native:
+        wanted = {id(p) for p in params}
+        # Parameters the caller did not ask gradients for enter detached (gradient dropped).
+        theta_params = tuple(p if id(p) in wanted else p.detach() for p in spec.params)
+        problem = spec
+    else:
+        theta_params = params
+        problem = make_callbacks(field, (layout.batch, layout.dim), params, tensors[0].dtype, tensors[0].device)
+    return layout, config, problem, field, theta_params, native
+
+
+def solve_with_engine(
+    engine,
+    func,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    method: str | None = None,
+    rtol=1e-7,
+    atol=1e-9,
+    options: Mapping[str, Any] | None = None,
+    sensitivity=None,
+    adjoint_params=None,
+) -> Solution:
+    """:func:`solve` on a given engine (the real one or, in tests only, a stand-in)."""
+    layout, config, problem, field, params, _native = prepare(
+        func,
+        y0,
+        t,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        sensitivity=sensitivity,
+        adjoint_params=adjoint_params,
+    )
+    m0 = layout.to_matrix(y0)
+    if t.numel() == 1:
+        ys = m0.unsqueeze(0)
+        return Solution(ts=t, ys=layout.from_matrix(ys), stats=Stats(), status=Status.SUCCESS, t_final=t[-1])
+    n_theta = problem.n_params if isinstance(problem, CallbackProblem) else 0
+    run = _Run(engine=engine, problem=problem, config=config, field=field, n_theta=n_theta)
+    ys = _JuliaSolve.apply(run, m0, t, *params)
+    return Solution(ts=t, ys=layout.from_matrix(ys), stats=run.stats or Stats(), status=Status.SUCCESS, t_final=t[-1])
+
+
+def solve(
+    func,
+    y0: State,
+    t: torch.Tensor,
+    *,
+    method: str | None = None,
+    rtol=1e-7,
+    atol=1e-9,
+    options: Mapping[str, Any] | None = None,
+    sensitivity=None,
+    adjoint_params=None,
+) -> Solution:
+    """Solve ``dy/dt = func(t, y)`` with DifferentialEquations.jl, differentiable through SciMLSensitivity.
+
+    Args:
+        func: ``func(t, y)``; an :class:`~hybrid_node.julia.translate.MLPVectorField` (or
+            any module with ``mlp_spec()``) is solved natively in Julia, anything else through
+            callbacks into torch.
+        y0: tensor ``(..., D)`` (leading dims are a batch) or a tuple of tensors.
+        t: 1-D strictly monotonic output times; differentiable.
+        method: torch-style or Julia-style name (see :data:`METHODS`); None: "dopri5" (DP5).
+        rtol, atol: scalar tolerances.
+        options: ``first_step``/``max_num_steps`` (adaptive) or ``step_size``/``max_num_steps``
+            (euler, rk4).
+        sensitivity: GaussAdjoint (default when None), InterpolatingAdjoint, QuadratureAdjoint or
+            BacksolveAdjoint settings.
+        adjoint_params: tensors to differentiate; None: ``func.parameters()`` for a module.
+
+    Returns:
+        :class:`~hybrid_node._solution.Solution` with ``ys`` of shape ``(len(t), *y0.shape)``.
+
+    Raises:
+        TypeError, ValueError: invalid input.
+        BackendError: a method, option or sensitivity the Julia backend cannot do.
+        JuliaNotAvailableError: Julia or juliacall is missing (with install instructions).
+        SolverError: the solver stopped before the last time.
+    """
+    prepare(
+        func,
+        y0,
+        t,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        sensitivity=sensitivity,
+        adjoint_params=adjoint_params,
+    )  # report mistakes before starting Julia
+    engine = JuliaEngine(julia_runtime.load_module())
+    return solve_with_engine(
+        engine,
+        func,
+        y0,
+        t,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        options=options,
+        sensitivity=sensitivity,
+        adjoint_params=adjoint_params,
+    )

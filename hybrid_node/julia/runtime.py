@@ -1,0 +1,140 @@
+"""Finding and starting Julia, lazily: importing hybrid_node never starts or downloads Julia.
+
+Julia starts the first time a solve asks for ``backend="julia"``; :func:`probe` checks, without
+starting or downloading anything, whether that can work.
+
+Environment variables (all optional; they are juliacall's and juliapkg's own):
+
+- ``PYTHON_JULIACALL_EXE`` and ``PYTHON_JULIACALL_PROJECT`` (set both): use this Julia and this
+  Julia project as they are. The project must contain HybridNODE and PythonCall at exactly
+  juliacall's version.
+- ``PYTHON_JULIAPKG_EXE``: the Julia executable juliapkg should use instead of finding or
+  installing one.
+- ``PYTHON_JULIAPKG_PROJECT``: the Julia project (environment) juliapkg installs into.
+- ``PYTHON_JULIAPKG_OFFLINE=yes``: never download; use what is installed.
+- ``JULIA_NUM_THREADS``: juliacall starts one Julia thread unless told otherwise; keep it at 1
+  (the callback path runs Python on the calling thread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+import sys
+
+from .._errors import JuliaNotAvailableError
+
+INSTALL_HELP = (
+    "Install the Julia backend with:\n"
+    "    pip install 'hybrid_node[julia]'\n"
+    "    hybrid-node julia-setup        # installs Julia if needed, the Julia packages, precompiles\n"
+    "To use an existing Julia set PYTHON_JULIAPKG_EXE=/path/to/julia (or PYTHON_JULIACALL_EXE and "
+    "PYTHON_JULIACALL_PROJECT together); offline, add PYTHON_JULIAPKG_OFFLINE=yes. "
+    "`hybrid-node doctor` shows what is missing."
+)
+
+_EXE_VARIABLES = ("PYTHON_JULIACALL_EXE", "PYTHON_JULIAPKG_EXE")
+
+
+@dataclasses.dataclass(frozen=True)
+class Availability:
+    """What :func:`probe` found.
+
+    Attributes:
+        juliacall: juliacall is installed.
+        julia_exe: a Julia executable that juliacall would use, if one was found.
+        started: Julia is already running in this process.
+        reason: why the backend cannot be used ("" when it can, as far as can be told).
+    """
+
+    juliacall: bool
+    julia_exe: str | None
+    started: bool
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def julia_started() -> bool:
+    """Whether juliacall has already started Julia in this process."""
+    module = sys.modules.get("juliacall")
+    return bool(module is not None and getattr(module, "CONFIG", {}).get("inited"))
+
+
+def find_julia_executable() -> str | None:
+    """A Julia executable juliacall could use, found without running or downloading anything.
+
+    Looks at the override variables, ``PYTHON_JULIACALL_BINDIR``, juliapkg's own install prefix,
+    then ``julia`` and ``juliaup`` on the PATH.
+    """
+    for var in _EXE_VARIABLES:
+        value = os.environ.get(var)
+        if value:
+            return shutil.which(value) or (value if os.path.isfile(value) else None)
+    bindir = os.environ.get("PYTHON_JULIACALL_BINDIR")
+    if bindir:
+        exe = os.path.join(bindir, "julia.exe" if os.name == "nt" else "julia")
+        if os.path.isfile(exe):
+            return exe
+    if importlib.util.find_spec("juliapkg") is not None:
+        try:
+            from juliapkg.state import STATE  # reading juliapkg's settings downloads nothing
+        except Exception:  # noqa: BLE001 - an unusable juliapkg just means "not found here"
+            STATE = {}
+        install = STATE.get("install")
+        if install:
+            exe = shutil.which(os.path.join(install, "bin", "julia"))
+            if exe:
+                return exe
+    return shutil.which("julia") or shutil.which("juliaup")
+
+
+def probe() -> Availability:
+    """Check whether the Julia backend can start, without starting or downloading anything."""
+    if julia_started():
+        return Availability(True, None, True, "")
+    has_juliacall = importlib.util.find_spec("juliacall") is not None
+    exe = find_julia_executable()
+    if not has_juliacall:
+        reason = "juliacall is not installed"
+    elif exe is None:
+        reason = "no Julia executable found (juliacall would download one; run `hybrid-node julia-setup`)"
+    else:
+        reason = ""
+    return Availability(has_juliacall, exe, False, reason)
+
+
+_MODULE = None  # the loaded Julia module; filled on first use, never at import
+
+
+def load_module():
+    """Start Julia (once) and return the Julia module ``HybridNODE``.
+
+    Returns:
+        The juliacall handle of ``HybridNODE``.
+
+    Raises:
+        JuliaNotAvailableError: juliacall or Julia is missing, or HybridNODE cannot be loaded.
+    """
+    global _MODULE
+    if _MODULE is not None:
+        return _MODULE
+    status = probe()
+    if not status.ok:
+        raise JuliaNotAvailableError(f"The Julia backend is not available: {status.reason}.\n{INSTALL_HELP}")
+    try:
+        from juliacall import Main as jl  # noqa: PLC0415 - starting Julia is deliberately lazy
+
+        jl.seval("using HybridNODE")
+        _MODULE = jl.HybridNODE
+    except JuliaNotAvailableError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to start Julia means "not available"
+        raise JuliaNotAvailableError(
+            f"Julia could not load the HybridNODE package: {type(e).__name__}: {e}\n{INSTALL_HELP}"
+        ) from e
+    return _MODULE

@@ -1,0 +1,196 @@
+"""Compiled step attempts: one explicit Runge-Kutta step and its error ratio as one torch.compile graph.
+
+With ``options={"compile": True}`` (or ``solver.compiled()``) the adaptive and fixed-grid loops hand
+each step attempt to a function that runs every stage of the method, the field included, the stage
+combinations and the error norm as one compiled graph. Inductor fuses the elementwise work (the stage
+sums, the field's bias-and-activation pairs, the error scaling) into a few kernels, where the eager
+step launches one kernel per operation. The loop itself stays in Python: it reads the error ratio
+(one host scalar per attempt) and decides the step exactly as in eager mode, so the step sequence and
+the dense output are those of the eager solver up to rounding.
+
+Two fields can be compiled: the user's field of a forward solve, and the backsolve adjoint's
+augmented field when the user's field is an ``nn.Module`` differentiated with respect to its own
+parameters (its vector-Jacobian products are then written with ``torch.func.vjp``, which the
+compiler traces, instead of ``torch.autograd.grad``). Other fields run eagerly.
+
+Compilation happens on the first step of a solve with a new field, shape or grad mode (seconds to
+tens of seconds); later solves reuse the compiled graph, so it pays for repeated solves of one
+model, as in training.
+
+Reference: Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
+Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInductor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Hashable
+
+import torch
+
+from .._term import Term, apply_field
+from ..controllers import error_ratio, error_ratio_tensor
+from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
+
+# owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
+# dropped model frees its graphs
+_CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass(frozen=True)
+class PureField:
+    """A field the compiler can trace, with what identifies it across solves.
+
+    Attributes:
+        owner: the user's field; the compiled graphs are cached on it and it is passed to ``field``
+            on every call (so no graph keeps it alive).
+        key: everything besides ``owner`` that ``field`` depends on; two solves with equal owner and
+            key may share one compiled graph.
+        field: ``field(owner, t, y) -> dy/dt`` in solver time, free of side effects and of autograd
+            calls; ``t`` is a 0-d float64 tensor on the state's device.
+    """
+
+    owner: Callable
+    key: Hashable
+    field: Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def solver_time_field(
+    func: Callable, t: torch.Tensor, y: torch.Tensor, layout, reverse: bool, t_dtype: torch.dtype
+) -> torch.Tensor:
+    """``func`` as a solver-time field on the flat state: time tensor, tuple packing, direction."""
+    out = apply_field(func, layout, (-t if reverse else t).to(t_dtype), y)
+    return -out if reverse else out
+
+
+def term_field(term: Term) -> PureField:
+    """The traceable part of a :class:`Term`."""
+    layout, reverse, t_dtype = term.layout, term.reverse, term.t_dtype
+
+    def field(func, t, y):
+        return solver_time_field(func, t, y, layout, reverse, t_dtype)
+
+    shapes = None if layout is None else tuple(layout.shapes)
+    return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)
+
+
+def _compile(fn: Callable, mode: str | None = None) -> Callable:
+    """``torch.compile(fn, mode=mode)`` on a code object of its own, run with integer module attributes as inputs."""
+    # the compiler's cache and recompilation limit are per code object: graphs for other fields or
+    # shapes must not use them up
+    fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
+    compiled = torch.compile(fn, mode=mode)
+
+    def run(*args):
+        # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
+        # is common) must be a graph input, not a constant guarded on: else every call recompiles
+        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):
+            return compiled(*args)
+
+    return run
+
+
+def _build_attempt(field: Callable, solver: ExplicitRungeKutta, adaptive: bool) -> Callable:
+    def attempt(owner, t, dt, y, f0, rtol, atol, norm):
+        step = solver.step(lambda tt, yy: field(owner, tt, yy), t, y, f0, dt)
+        ratio = error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm) if adaptive else None
+        return step.y1, step.error, step.ks, ratio
+
+    return _compile(attempt)
+
+
+class CompiledAttempt:
+    """Step attempts of ``solver`` on a pure field, and single evaluations of the field (the
+    derivative a restarted solver needs), through compiled graphs cached per field.
+
+    A field the compiler cannot handle (the first compiled call raises a compiler error) is run
+    eagerly from then on, for this and every later solve, after one warning: compilation is an
+    optimisation and never changes whether a solve works.
+
+    Args:
+        term: the loop's term (its ``nfe`` counts the evaluations; eager fallbacks call it).
+        pure: the traceable field.
+        solver: an explicit Runge-Kutta solver.
+        rtol, atol, norm: the error test (ignored for fixed-step tableaus).
+
+    Raises:
+        ValueError: ``solver`` is not an explicit Runge-Kutta method.
+    """
+
+    def __init__(self, term, pure: PureField, solver, rtol=None, atol=None, norm=None):
+        if not isinstance(solver, ExplicitRungeKutta):
+            raise ValueError(
+                f"compile=True is available for the explicit Runge-Kutta methods only, not "
+                f"{getattr(solver, 'name', type(solver).__name__)!r}; drop the option for this method."
+            )
+        self.term, self.owner, self.solver = term, pure.owner, solver
+        self.rtol, self.atol, self.norm = rtol, atol, norm
+        self.n_evals = solver.tableau.stages - 1
+        self.adaptive = solver.tableau.b_error is not None
+        self._step_key = (pure.key, solver, self.adaptive)
+        self._field_key = (pure.key, "field")
+        try:
+            self._graphs = _CACHE.setdefault(pure.owner, {})
+        except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
+            self._graphs = {}
+        if self._step_key not in self._graphs:
+            self._graphs[self._step_key] = _build_attempt(pure.field, solver, self.adaptive)
+            self._graphs[self._field_key] = _compile(pure.field)
+
+    def _run(self, key, *args):
+        """The graph ``key`` on ``args``, or None when it has failed (now or in an earlier solve)."""
+        graph = self._graphs[key]
+        if graph is None:
+            return None
+        try:
+            return graph(self.owner, *args)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            warnings.warn(
+                f"compile=True: this field cannot be compiled ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); it runs eagerly.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._graphs[self._step_key] = self._graphs[self._field_key] = None
+            return None
+
+    @staticmethod
+    def _time(x: float, like: torch.Tensor) -> torch.Tensor:
+        # times travel as 0-d tensors: Python floats would be specialised into the graph (one
+        # recompilation per value) or handled symbolically, which the compiler gets wrong for some ops
+        return torch.full((), x, dtype=torch.float64, device=like.device)
+
+    def __call__(self, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> tuple[RKStep, float | None]:
+        """One attempt from (t, y) with f0 = f(t, y) and step ``dt``.
+
+        Returns:
+            The step (as :meth:`ExplicitRungeKutta.step` returns it) and the error ratio as a host
+            float (None for fixed-step tableaus).
+        """
+        out = self._run(self._step_key, self._time(t, y), self._time(dt, y), y, f0, self.rtol, self.atol, self.norm)
+        if out is None:
+            step = self.solver.step(self.term, t, y, f0, dt)
+            ratio = error_ratio(step.error, y, step.y1, self.rtol, self.atol, self.norm) if self.adaptive else None
+            return step, ratio
+        y1, error, ks, ratio = out
+        self.term.nfe += self.n_evals
+        return RKStep(y1, error, tuple(ks)), (None if ratio is None else float(ratio))
+
+    def init(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """The solver state at (t, y), as ``solver.init(term, t, y)``: the derivative f(t, y)."""
+        out = self._run(self._field_key, self._time(t, y), y)
+        if out is None:
+            return self.solver.init(self.term, t, y)
+        self.term.nfe += 1
+        return out
+
+
+def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> CompiledAttempt | None:
+    """A :class:`CompiledAttempt` when ``solver`` asks for compilation and the field can be traced, else None."""
+    if not getattr(solver, "compile", False):
+        return None
+    pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
+    return None if pure is None else CompiledAttempt(term, pure, solver, rtol, atol, norm)

@@ -1,0 +1,542 @@
+"""A device-resident adaptive loop: runs of step attempts decided on the state's device, no host read per step.
+
+The host loop (:func:`~hybrid_node.loop.host.integrate_adaptive`) reads the error ratio
+of every attempt to decide it. On a GPU that read waits for the whole queue of kernels, so the step
+rate is bounded by launch latency and synchronisation rather than by arithmetic. Here everything the
+decision needs lives in tensors on the state's device: the time, the proposed step, the PID
+controller's memory, the counters, the index of the next output and a status code. One *run* is
+``sync_every`` attempts executed back to back; each attempt
+
+1. clamps the step to the end time as the host loop does (with the same 1% stretch, ``_STRETCH``),
+2. evaluates the stages and the error ratio (:func:`~hybrid_node.controllers.error_ratio_tensor`),
+3. accepts when the ratio is at most 1 (a NaN ratio is a rejection), and selects the new state, time,
+   first-same-as-last derivative and controller memory with ``torch.where``,
+4. writes every output time inside an accepted step from the method's dense output into an output
+   buffer of shape (T - 1, *state) (a mask over the output times; the end point is the step's y1),
+5. proposes the next step with the PID formula and sets a failure code (maximum number of attempts,
+   step below the floor, non-finite state) exactly where the host loop would fail.
+
+Attempts after the solve has ended are masked no-ops (a zero step, not counted). After each run the
+host reads one small tensor (status, time, step, counters) and stops when the status is no longer
+"running". A run is a plain function of tensors, so with ``compile`` it is handed to ``torch.compile``
+whole (with CUDA graphs, mode "reduce-overhead", for CUDA solves without autograd).
+
+The decisions are those of the host loop: same initial step (computed on the host), same stretch
+rule, controller formula, step bounds, floor and failures, and the stage sums rounded as the host
+step rounds them (fused multiply-adds, see :func:`_combine`), so run eagerly on the CPU it takes the
+very same accepted and rejected steps, and its outputs differ only by the rounding of the dense
+output's matrix product. Compiled, or on a GPU, the kernels may round differently, so a step whose
+error ratio lies within rounding of 1 may be decided the other way.
+
+The price is work the host loop does not do: the dense output is evaluated for all T output times
+on every attempt (masked), and up to ``sync_every - 1`` masked attempts run after the end; direct
+backpropagation keeps every attempt in the graph (a rejected attempt receives a zero cotangent; if
+its stages were non-finite that zero can still turn into NaN in the gradient, for which a warning
+is raised). A field that counts its own calls counts the masked attempts too; the solve's ``nfe``
+counts only the attempts the host loop would make.
+
+Scope: forward solves with an explicit first-same-as-last embedded pair (dopri5, tsit5, bosh3) and
+a torch field; no events, ``jump_t``/``step_t``, impulses at outputs or dense output over the whole
+interval (the callers fall back to the host loop for the latter two).
+
+References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, step-size
+control, initial step); G. Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29 (2003)
+(PID control); Ansel et al., "PyTorch 2", ASPLOS 2024 (torch.compile and CUDA graphs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from .._errors import SolverError, Status
+from .._solution import Stats
+from .._term import Term
+from ..controllers import PIDController, error_ratio_tensor
+from ..solvers.runge_kutta import ExplicitRungeKutta
+from .compiled_step import _CACHE, PureField, _compile, term_field
+from .host import _EPS, _STRETCH, Integration, first_step
+
+# status codes of a device solve (a 0-d int64 tensor)
+RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NONFINITE, NO_EVENT = range(6)
+_STATUS = {
+    SUCCESS: Status.SUCCESS,
+    MAX_STEPS: Status.MAX_STEPS,
+    STEP_UNDERFLOW: Status.STEP_UNDERFLOW,
+    NONFINITE: Status.NONFINITE,
+    NO_EVENT: Status.NO_EVENT,
+}
+
+
+class LoopState(NamedTuple):
+    """Everything a device solve carries from one attempt to the next (all tensors on the state's device).
+
+    Attributes:
+        t, dt: current solver time and proposed next step (0-d float64).
+        r1, r2: the controller's memory, the error ratios of the last two accepted steps (0-d float64).
+        y, f0: current state and its derivative (first same as last).
+        outs: states at the output times ts[1:], NaN where not reached yet, shape (T - 1, *y.shape).
+        i_out: index in ts of the next output to write (0-d int64).
+        n_att, n_acc, n_rej: attempted, accepted and rejected steps (0-d int64).
+        status: RUNNING or the code the solve ended with (0-d int64).
+        last_nonfinite: the last attempt was rejected with a non-finite error ratio (0-d bool).
+        saw_nonfinite: some attempt had a non-finite error ratio (0-d bool; gradients may be NaN).
+    """
+
+    t: torch.Tensor
+    dt: torch.Tensor
+    r1: torch.Tensor
+    r2: torch.Tensor
+    y: torch.Tensor
+    f0: torch.Tensor
+    outs: torch.Tensor
+    i_out: torch.Tensor
+    n_att: torch.Tensor
+    n_acc: torch.Tensor
+    n_rej: torch.Tensor
+    status: torch.Tensor
+    last_nonfinite: torch.Tensor
+    saw_nonfinite: torch.Tensor
+
+
+class Tables(NamedTuple):
+    """Per-solve constants on the device: output times and the dense-output coefficients.
+
+    Attributes:
+        ts: all output times in solver time (T,), float64.
+        index: 1..T-1 (the indices of the buffered outputs), int64.
+        dense: (stages, degree) float64 coefficients of the tableau's continuous extension, or None
+            for the cubic Hermite interpolant.
+        powers: 1..degree as float64 (exponents of theta), or None.
+    """
+
+    ts: torch.Tensor
+    index: torch.Tensor
+    dense: torch.Tensor | None
+    powers: torch.Tensor | None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConstants:
+    """The step-control numbers of one solve, as the loop uses them (hashable: compiled runs are cached per value).
+
+    Attributes:
+        e1, e2, e3: exponents of the PID formula, -b1/k, -b2/k, -b3/k with k = error order + 1.
+        safety, ifactor, dfactor, min_step, max_step, max_num_steps: the controller's settings.
+        t_limit: the largest |t| whose step coefficients cannot overflow the state's dtype.
+        attempts: attempts per run (``sync_every``).
+    """
+
+    e1: float
+    e2: float
+    e3: float
+    safety: float
+    ifactor: float
+    dfactor: float
+    min_step: float
+    max_step: float
+    max_num_steps: int
+    t_limit: float
+    attempts: int
+
+    @staticmethod
+    def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int) -> LoopConstants:
+        """The constants for ``controller`` and a method of the given error order on ``dtype`` states."""
+        return LoopConstants(
+            *controller.exponents(error_order),
+            float(controller.safety),
+            float(controller.ifactor),
+            float(controller.dfactor),
+            float(controller.min_step),
+            float(controller.max_step),
+            int(controller.max_num_steps),
+            1e-6 * torch.finfo(dtype).max,
+            int(attempts),
+        )
+
+
+def unsupported_reason(solver) -> str | None:
+    """Why ``solver`` cannot run in the device loop, or None when it can."""
+    name = getattr(solver, "name", type(solver).__name__)
+    if not isinstance(solver, ExplicitRungeKutta) or not solver.adaptive:
+        return f"method {name!r} is not an explicit embedded Runge-Kutta pair"
+    if not solver.tableau.fsal:
+        return f"method {name!r} is not first-same-as-last"
+    if solver.dense_output is not None or solver.error_estimate is not None:
+        return f"method {name!r} has its own dense output or error estimate"
+    return None
+
+
+def check_device_loop(problem, event_fn) -> None:
+    """Raise ValueError where the device loop cannot serve a problem; the message says what to do instead.
+
+    Args:
+        problem: the validated problem (its solver, controller, ``jump_t`` and ``step_t``).
+        event_fn: the terminal event function of the solve, or None.
+
+    Raises:
+        ValueError: events, ``jump_t``/``step_t``, per-sample control or an unsupported method.
+    """
+    fix = "drop options['device_loop'] (the host loop supports it)"
+    reason = unsupported_reason(problem.solver)
+    if reason is not None:
+        raise ValueError(
+            f"device_loop=True needs a first-same-as-last embedded pair (dopri5, tsit5, bosh3): "
+            f"{reason}; choose one of those or {fix}."
+        )
+    if event_fn is not None:
+        raise ValueError(f"device_loop=True does not locate events; {fix}.")
+    if problem.jump_t or problem.step_t:
+        raise ValueError(f"device_loop=True does not support jump_t or step_t; {fix}.")
+    if getattr(problem.controller, "per_sample", False):
+        raise ValueError("device_loop=True and per_sample=True cannot be combined; choose one of them.")
+
+
+def make_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.Tensor) -> Tables:
+    """The per-solve constants of :class:`Tables` on ``like``'s device."""
+    dev = like.device
+    times = torch.tensor(list(ts), dtype=torch.float64, device=dev)
+    index = torch.arange(1, len(ts), dtype=torch.int64, device=dev)
+    if solver.tableau.dense is None:
+        return Tables(times, index, None, None)
+    dense = torch.tensor(solver.tableau.dense, dtype=torch.float64, device=dev)
+    powers = torch.arange(1, dense.shape[1] + 1, dtype=torch.float64, device=dev)
+    return Tables(times, index, dense, powers)
+
+
+def _column(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (rows,) mask shaped to broadcast against (rows, *like.shape)."""
+    return mask.reshape((-1,) + (1,) * like.dim())
+
+
+def _dense_values(
+    tables: Tables, theta: torch.Tensor, h: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """The step's dense output at every theta (rows of the result), shape (len(theta), *y0.shape).
+
+    The tableau's polynomial ``y0 + h sum_i b_i(theta) k_i`` where it has one, else the cubic Hermite
+    interpolant of (y0, f0, y1, f1) (Hairer, Nørsett, Wanner, Section II.6); one matrix product each.
+    """
+    if tables.dense is not None:
+        weights = (theta[:, None] ** tables.powers) @ tables.dense.T * h
+        stages = torch.stack([k.reshape(-1) for k in ks])
+        flat = torch.addmm(y0.reshape(1, -1), weights.to(y0.dtype), stages)
+    else:
+        th = theta[:, None]
+        weights = torch.cat(
+            [(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th), th * (1 - th) ** 2 * h, th**2 * (th - 1) * h], dim=1
+        )
+        ends = torch.stack([y0.reshape(-1), y1.reshape(-1), ks[0].reshape(-1), ks[-1].reshape(-1)])
+        flat = weights.to(y0.dtype) @ ends
+    return flat.reshape((len(theta),) + tuple(y0.shape))
+
+
+def _write_outputs(
+    s: LoopState, tables: Tables, accepted: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y1: torch.Tensor, ks
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output buffer and next output index after an attempt that ended at t1 (if ``accepted``)."""
+    inner = tables.ts[1:]
+    within = accepted & (tables.index >= s.i_out) & (inner <= t1)
+    # rows outside the step get theta 0: the unused rows stay finite (no NaN in gradients)
+    theta = torch.where(within, (inner - s.t) / (t1 - s.t), 0.0)
+    values = _dense_values(tables, theta, h, s.y, y1, ks)
+    values = torch.where(_column(within & (inner == t1), y1), y1.unsqueeze(0), values)  # the end is y1 itself
+    outs = torch.where(_column(within, y1), values, s.outs)
+    i_out = torch.where(accepted, (tables.ts <= t1).sum(), s.i_out)
+    return outs, i_out
+
+
+def _propose(
+    c: LoopConstants, s: LoopState, step_dt: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next step and controller memory: :meth:`PIDController.adapt` on tensors."""
+    finite = torch.isfinite(ratio)
+    r = torch.clamp(ratio, min=1e-10)
+    factor = c.safety * r**c.e1 * s.r1**c.e2 * s.r2**c.e3
+    cap = torch.where(accepted, torch.full_like(r, c.ifactor), 1.0)
+    factor = torch.minimum(cap, torch.clamp(factor, min=c.dfactor))
+    factor = torch.where(finite, factor, c.dfactor)
+    dt = torch.clamp(step_dt * factor, max=c.max_step)
+    return dt, torch.where(accepted, r, s.r1), torch.where(accepted, s.r1, s.r2)
+
+
+def _combine(
+    y: torch.Tensor | None, dt: torch.Tensor, coeffs: Sequence[float], ks: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """``y + dt * sum_i coeffs[i] * ks[i]`` (just the sum when ``y`` is None), skipping zero coefficients.
+
+    The host step adds each term with ``torch.add(acc, k, alpha=dt * c)``, a fused multiply-add; with
+    the step as a 0-d tensor, ``torch.addcmul`` rounds the same way, so eager device and host steps
+    agree to the last bit on the CPU (and the decisions they take agree exactly).
+    """
+    acc = y
+    for c, k in zip(coeffs, ks):
+        if c == 0.0:
+            continue
+        acc = k * (dt * c) if acc is None else torch.addcmul(acc, k, dt * c)
+    return torch.zeros_like(ks[0]) if acc is None else acc
+
+
+def _stages(
+    field: Callable, solver: ExplicitRungeKutta, t: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One first-same-as-last explicit RK step from (t, y) with f0 = f(t, y): (y1, error, stage derivatives).
+
+    :meth:`ExplicitRungeKutta.step` with the step size as a tensor, in the host step's order of operations.
+    """
+    tab = solver.tableau
+    ks = [f0]
+    y1 = y
+    for i in range(1, tab.stages):
+        y1 = _combine(y, dt, tab.a[i], ks)
+        ks.append(field(t + tab.c[i] * dt, y1))  # the last stage is evaluated at y1 itself
+    with torch.no_grad():  # the estimate only decides the step
+        error = _combine(None, dt, tab.b_error, ks)
+    return y1, error, tuple(ks)
+
+
+def attempt(
+    field: Callable, solver: ExplicitRungeKutta, c: LoopConstants, tables: Tables, rtol, atol, norm, s: LoopState
+) -> LoopState:
+    """One step attempt of a device solve (a masked no-op once the solve has ended).
+
+    Args:
+        field: ``field(t, y)`` with a 0-d float64 solver time.
+        solver: the first-same-as-last embedded pair.
+        c: the step-control constants.
+        tables: the output times and dense-output coefficients.
+        rtol, atol, norm: the error test.
+        s: the state before the attempt.
+
+    Returns:
+        The state after the attempt.
+    """
+    active = s.status == RUNNING
+    maxed = active & (s.n_att >= c.max_num_steps)
+    status = torch.where(maxed, MAX_STEPS, s.status)
+    active = active & ~maxed
+    beyond = active & ~((s.t + s.dt).abs() < c.t_limit)  # the step's coefficients would overflow
+    status = torch.where(beyond, NO_EVENT, status)
+    active = active & ~beyond
+    t_end = tables.ts[-1]
+    reach = s.t + torch.maximum(s.dt, torch.clamp(s.dt * _STRETCH, max=c.max_step))
+    land = reach >= t_end
+    step_dt = torch.where(active, torch.where(land, t_end - s.t, s.dt), 0.0)
+    t1 = torch.where(land, t_end, s.t + step_dt)
+    y1, error, ks = _stages(field, solver, s.t, s.y, s.f0, step_dt)
+    ratio = error_ratio_tensor(error, s.y, y1, rtol, atol, norm).to(torch.float64)
+    accepted = active & (ratio <= 1.0)
+    rejected = active & ~(ratio <= 1.0)
+    outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks)
+    t = torch.where(accepted, t1, s.t)
+    nonfinite = ~torch.isfinite(ratio)
+    last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))
+    dt, r1, r2 = _propose(c, s, step_dt, ratio, accepted)
+    done = accepted & (i_out >= tables.ts.shape[0])
+    status = torch.where(done, SUCCESS, status)
+    floor = torch.clamp(4 * _EPS * torch.clamp(t.abs(), min=1.0), min=c.min_step)
+    small = active & ~done & (dt < floor)
+    status = torch.where(small, torch.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW), status)
+    return LoopState(
+        t=t,
+        dt=torch.where(active, dt, s.dt),
+        r1=r1,
+        r2=r2,
+        y=torch.where(accepted, y1, s.y),
+        f0=torch.where(accepted, ks[-1], s.f0),
+        outs=outs,
+        i_out=i_out,
+        n_att=s.n_att + active.long(),
+        n_acc=s.n_acc + accepted.long(),
+        n_rej=s.n_rej + rejected.long(),
+        status=status,
+        last_nonfinite=last_nonfinite,
+        saw_nonfinite=s.saw_nonfinite | (active & nonfinite),
+    )
+
+
+def summary(s: LoopState) -> torch.Tensor:
+    """What the host reads after a run, as one float64 vector: status, t, dt, attempts, accepted,
+    rejected, non-finite flag."""
+    return torch.stack(
+        [s.status.double(), s.t, s.dt, s.n_att.double(), s.n_acc.double(), s.n_rej.double(), s.saw_nonfinite.double()]
+    )
+
+
+def _run_function(pure_field: Callable, solver: ExplicitRungeKutta, c: LoopConstants) -> Callable:
+    """``run(owner, state, tables, rtol, atol, norm) -> (state, summary)``: ``c.attempts`` attempts."""
+
+    def run(owner, state, tables, rtol, atol, norm):
+        def field(t, y):
+            return pure_field(owner, t, y)
+
+        for _ in range(c.attempts):
+            state = attempt(field, solver, c, tables, rtol, atol, norm, state)
+        return state, summary(state)
+
+    return run
+
+
+class DeviceRuns:
+    """Runs of ``c.attempts`` attempts of one solve's field, eager or as one compiled graph per run.
+
+    The compiled run is cached on the user's field like :class:`~hybrid_node.loop.compiled_step.CompiledAttempt`'s
+    graphs; a field the compiler rejects runs eagerly from then on, after one warning. On CUDA without
+    autograd the graph is replayed as a CUDA graph (mode "reduce-overhead"); each run's outputs are then
+    copied out of the graph's memory pool before the next replay overwrites it.
+
+    Args:
+        pure: the traceable field.
+        solver: the first-same-as-last embedded pair.
+        c: the step-control constants.
+        compile: compile the run.
+        cuda_graphs: replay the compiled run as a CUDA graph.
+    """
+
+    def __init__(self, pure: PureField, solver: ExplicitRungeKutta, c: LoopConstants, compile: bool, cuda_graphs: bool):
+        self.owner = pure.owner
+        self.eager = _run_function(pure.field, solver, c)
+        self.cuda_graphs = compile and cuda_graphs
+        self._graphs, self._key = None, None
+        if compile:
+            mode = "reduce-overhead" if self.cuda_graphs else None
+            self._key = ("device_loop", pure.key, solver, c, mode)
+            try:
+                self._graphs = _CACHE.setdefault(pure.owner, {})
+            except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
+                self._graphs = {}
+            if self._key not in self._graphs:
+                self._graphs[self._key] = _compile(self.eager, mode=mode)
+
+    def __call__(self, state: LoopState, tables: Tables, rtol, atol, norm) -> tuple[LoopState, torch.Tensor]:
+        """One run from ``state``; returns the new state and its :func:`summary`."""
+        graph = None if self._graphs is None else self._graphs[self._key]
+        if graph is not None:
+            try:
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                    out_state, out_summary = graph(self.owner, state, tables, rtol, atol, norm)
+                    return LoopState(*(x.clone() for x in out_state)), out_summary.clone()
+                return graph(self.owner, state, tables, rtol, atol, norm)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                warnings.warn(
+                    f"compile=True: this field cannot be compiled ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}); the device loop runs eagerly.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._graphs[self._key] = None
+        return self.eager(self.owner, state, tables, rtol, atol, norm)
+
+
+def initial_state(y0: torch.Tensor, f0: torch.Tensor, t0: float, dt0: float, n_out: int) -> LoopState:
+    """The state at the start of a device solve with ``n_out`` output times."""
+    dev = y0.device
+
+    def f64(x: float) -> torch.Tensor:
+        return torch.full((), x, dtype=torch.float64, device=dev)
+
+    def i64(x: int) -> torch.Tensor:
+        return torch.full((), x, dtype=torch.int64, device=dev)
+
+    def false() -> torch.Tensor:  # one tensor per flag: a compiled run guards on inputs not aliasing
+        return torch.zeros((), dtype=torch.bool, device=dev)
+
+    outs = torch.full((n_out - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev)
+    return LoopState(
+        f64(t0),
+        f64(dt0),
+        f64(1.0),
+        f64(1.0),
+        y0,
+        f0,
+        outs,
+        i64(1),
+        i64(0),
+        i64(0),
+        i64(0),
+        i64(RUNNING),
+        false(),
+        false(),
+    )
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
+
+
+def integrate_device(
+    term: Term,
+    solver: ExplicitRungeKutta,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    throw: bool = True,
+) -> Integration:
+    """Integrate with the device-resident loop from ts[0] through the increasing times ``ts``.
+
+    Args:
+        term: the wrapped field (solver time); counts the evaluations.
+        solver: a first-same-as-last embedded pair (its ``compile`` flag compiles the runs).
+        controller: the step-size controller (its ``sync_every`` sets the attempts per run).
+        y0: flat initial state.
+        ts: increasing output times (host floats, solver time).
+        rtol, atol: tolerances (floats or tensors broadcastable to the state).
+        norm: error norm (must return a tensor).
+        throw: raise SolverError on failure, else report the status (outputs not reached are NaN).
+
+    Returns:
+        Integration with the states at ``ts``, the counters and the status, as the host loop returns them.
+
+    Raises:
+        ValueError: the solver is not supported or the term has no traceable field.
+        SolverError: on max steps, step-size underflow or a non-finite state, when ``throw``.
+    """
+    reason = unsupported_reason(solver)
+    pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
+    if reason is not None or pure is None:
+        raise ValueError(f"the device loop cannot run this solve: {reason or 'the field is not a plain torch field'}.")
+    stats = Stats()
+    f0 = solver.init(term, ts[0], y0)
+    dt0 = first_step(term, solver, controller, ts[0], y0, f0, rtol, atol, norm)
+    if len(ts) == 1:
+        stats.nfe = term.nfe
+        return Integration([y0], stats, Status.SUCCESS, ts[0])
+    c = LoopConstants.of(controller, solver.error_order, y0.dtype, controller.sync_every)
+    grad = _needs_grad(y0, f0)
+    runs = DeviceRuns(
+        pure, solver, c, compile=getattr(solver, "compile", False), cuda_graphs=y0.device.type == "cuda" and not grad
+    )
+    tables = make_tables(solver, ts, y0)
+    state = initial_state(y0, f0, ts[0], dt0, len(ts))
+    while True:
+        state, info = runs(state, tables, rtol, atol, norm)
+        code, t, dt, n_att, n_acc, n_rej, saw_nonfinite = info.tolist()  # the one host read per run
+        if code != RUNNING:
+            break
+    term.nfe += (solver.tableau.stages - 1) * int(n_att)
+    stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, int(n_acc), int(n_rej)
+    ys = [y0] + list(state.outs.unbind(0))
+    status = _STATUS[int(code)]
+    if status is not Status.SUCCESS and throw:
+        detail = {Status.MAX_STEPS: f"max_num_steps={controller.max_num_steps}", Status.NO_EVENT: ""}.get(
+            status, f"dt={dt:.3g}"
+        )
+        raise SolverError(status, -t if term.reverse else t, detail)
+    if saw_nonfinite and grad:
+        warnings.warn(
+            "device_loop: an attempted step had a non-finite error estimate; its zero cotangent may "
+            "still make gradients NaN. Drop options['device_loop'] for this solve if they are.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return Integration(ys, stats, status, t)
