@@ -14,7 +14,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..interpolation import linear_combination
+from ..interpolation import HermiteInterpolant, linear_combination
+from .base import AbstractSolver
 from .fixed_rk import RK4_38_TABLEAU
 from .runge_kutta import ExplicitRungeKutta
 
@@ -59,7 +60,7 @@ class AdamsStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class Adams:
+class Adams(AbstractSolver):
     """Adams-Bashforth (``corrector=False``) or Adams-Bashforth-Moulton in PECE form iterated up to
     ``max_iters`` times (``corrector=True``).
 
@@ -84,9 +85,9 @@ class Adams:
         if not (isinstance(self.max_iters, int) and self.max_iters >= 1):
             raise ValueError(f"max_iters must be a positive int, got {self.max_iters!r}.")
 
-    order = property(lambda self: self.max_order)
-    adaptive = False
-    error_order = None
+    @property
+    def order(self) -> int:
+        return self.max_order
 
     def init(self, f, t0: float, y0: torch.Tensor) -> AdamsState:
         return AdamsState((f(t0, y0),), None)
@@ -118,6 +119,13 @@ class Adams:
         f1 = step.f1 if step.f1 is not None else f(t1, step.y1)
         fs = (f1,) + step.state.fs[: self.max_order - 1]
         return AdamsState(fs, step.dt)
+
+    def derivative(self, state: AdamsState) -> torch.Tensor:
+        return state.fs[0]
+
+    def interpolant(self, f, t0: float, y0: torch.Tensor, dt: float, step: AdamsStep, next_state: AdamsState):
+        """Cubic Hermite from the derivatives at both ends (Hairer, Nørsett, Wanner, Section II.6)."""
+        return HermiteInterpolant(y0, step.y1, step.state.fs[0], next_state.fs[0], dt)
 
 
 def AdamsBashforth(max_order: int = 4) -> Adams:

@@ -34,6 +34,7 @@ import torch
 
 from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant
+from .base import AbstractSolver
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
 from .newton import NewtonSettings, error_scale, newton_solve, tolerances
 
@@ -199,7 +200,7 @@ class DirkStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class Dirk:
+class Dirk(AbstractSolver):
     """An (E)SDIRK method solved by simplified Newton.
 
     Args:
@@ -260,6 +261,11 @@ class Dirk:
     @property
     def error_order(self) -> int | None:
         return self.tableau.error_order
+
+    implicit = True
+
+    def derivative(self, state) -> torch.Tensor:
+        return state.f0
 
     def init(self, f, t0: float, y0: torch.Tensor) -> DirkState:
         """State at the start: f(t0, y0); the Jacobian is computed by the first step."""

@@ -21,6 +21,7 @@ import torch
 
 from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant
+from .base import AbstractSolver
 from .linalg import JacobianSettings, block_jacobian, system_shape
 from .newton import NewtonSettings, error_scale, newton_solve
 
@@ -85,7 +86,7 @@ class FirkStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImplicitRungeKutta:
+class ImplicitRungeKutta(AbstractSolver):
     """A fully implicit Runge-Kutta method on fixed steps (no error estimate).
 
     Args:
@@ -112,6 +113,8 @@ class ImplicitRungeKutta:
     @property
     def order(self) -> int:
         return self.tableau.order
+
+    implicit = True
 
     def init(self, f, t0: float, y0: torch.Tensor) -> torch.Tensor:
         return f(t0, y0)

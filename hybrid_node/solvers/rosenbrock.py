@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ..interpolation import HermiteInterpolant
+from .base import AbstractSolver
 from .linalg import (
     Factorization,
     JacobianSettings,
@@ -259,7 +260,7 @@ class RosenbrockStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rosenbrock:
+class Rosenbrock(AbstractSolver):
     """A Rosenbrock method given by its tableau (adaptive, with dense output).
 
     Args:
@@ -292,6 +293,11 @@ class Rosenbrock:
         f0, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims))
         f_t = None if self.autonomous else time_derivative(f, t, y, f0)
         return RosenbrockState(f0, jac, f_t)
+
+    implicit = True
+
+    def derivative(self, state) -> torch.Tensor:
+        return state.f0
 
     def init(self, f, t0: float, y0: torch.Tensor) -> RosenbrockState:
         """State at the start: f, the Jacobian and df/dt at (t0, y0)."""
@@ -368,7 +374,7 @@ class Rosenbrock23Step:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rosenbrock23:
+class Rosenbrock23(AbstractSolver):
     """Shampine & Reichelt's ode23s: order 2, L-stable, third-order error estimate, second-order dense output.
 
     Args: as :class:`Rosenbrock` (without a tableau).
@@ -387,6 +393,11 @@ class Rosenbrock23:
 
     _d = 1.0 / (2.0 + math.sqrt(2.0))
     _e32 = 6.0 + math.sqrt(2.0)
+
+    implicit = True
+
+    def derivative(self, state) -> torch.Tensor:
+        return state.f0
 
     def init(self, f, t0, y0) -> RosenbrockState:
         return Rosenbrock._state(self, f, t0, y0)  # same state as the generic methods

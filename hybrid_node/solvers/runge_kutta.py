@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ..interpolation import HermiteInterpolant, PolynomialInterpolant, linear_combination
+from .base import AbstractSolver
 from .tableau import ButcherTableau
 
 Field = Callable[[float, torch.Tensor], torch.Tensor]
@@ -23,7 +24,7 @@ class RKStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExplicitRungeKutta:
+class ExplicitRungeKutta(AbstractSolver):
     """An explicit Runge-Kutta method defined by its tableau.
 
     The solver holds no per-solve state: the derivative at the start of a step (``f0``) is passed in
@@ -48,6 +49,8 @@ class ExplicitRungeKutta:
     error_estimate_order: int | None = None
     compile: bool = False
 
+    supports_compile = True
+
     def compiled(self) -> ExplicitRungeKutta:
         """This method with compiled step attempts (the ``options={"compile": True}`` of odeint)."""
         return dataclasses.replace(self, compile=True)
@@ -63,6 +66,14 @@ class ExplicitRungeKutta:
     @property
     def adaptive(self) -> bool:
         return self.tableau.adaptive
+
+    @property
+    def supports_device_loop(self) -> bool:
+        return self.adaptive and self.tableau.fsal and self.dense_output is None and self.error_estimate is None
+
+    @property
+    def supports_per_sample(self) -> bool:
+        return self.adaptive
 
     def init(self, f: Field, t0: float, y0: torch.Tensor) -> torch.Tensor:
         """Return the solver state at the start: the derivative f(t0, y0)."""

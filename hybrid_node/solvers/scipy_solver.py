@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .._errors import SolverError, Status
+from .base import ExternalSolver
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
@@ -26,7 +27,7 @@ class _NoGradient(torch.autograd.Function):
 
 
 @dataclasses.dataclass(frozen=True)
-class ScipySolver:
+class ScipySolver(ExternalSolver):
     """Wraps scipy.integrate.solve_ivp; the field is evaluated by torch under no_grad.
 
     Args:

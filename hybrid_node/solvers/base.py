@@ -1,0 +1,145 @@
+"""The interfaces every torch-backend solver implements.
+
+A solver holds settings only (it is a frozen object); everything that changes during a solve (the
+derivative at the start of the step, a Jacobian and its factorisation, the Adams history) is the
+solver *state*, created by :meth:`AbstractSolver.init` and handed back explicitly on every call, so
+one solver object serves any number of solves. The loops in :mod:`hybrid_node.loop` drive a solver
+through these methods only, and decide what they may do with it from its declared capabilities,
+never by probing for attributes.
+
+References: the split into solver, step-size controller and solution follows Hairer, Nørsett,
+Wanner, Solving ODEs I, 2nd ed., Section II.4 (a step with its error estimate, a separate step-size
+rule), as DifferentialEquations.jl and diffrax separate algorithm, controller and solution.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+#: ``f(t, y)`` in solver time (a host float) on the flat state: what a solver evaluates.
+Field = Callable[..., torch.Tensor]
+
+
+class StepResult(Protocol):
+    """What a step attempt returns: the new state and the error estimate (None without one)."""
+
+    @property
+    def y1(self) -> torch.Tensor: ...
+
+    @property
+    def error(self) -> torch.Tensor | None: ...
+
+
+class Interpolant(abc.ABC):
+    """Dense output inside one accepted step: ``y(t0 + theta * dt)`` for theta in [0, 1]."""
+
+    @abc.abstractmethod
+    def __call__(self, theta: float) -> torch.Tensor:
+        """The state at the fraction ``theta`` of the step."""
+
+    def many(self, thetas: Sequence[float]) -> torch.Tensor:
+        """The state at several fractions of the step, shape (len(thetas), *y0.shape).
+
+        Subclasses override this with one batched evaluation where they can.
+        """
+        return torch.stack([self(theta) for theta in thetas])
+
+
+class AbstractSolver(abc.ABC):
+    """A solver that the loops of :mod:`hybrid_node.loop` drive one step attempt at a time.
+
+    Capabilities are declared, not probed: ``adaptive`` (has an error estimate), ``implicit``,
+    ``supports_compile`` (``compiled()`` works), ``supports_device_loop`` and ``supports_per_sample``
+    (the loop strategies that can run it).
+    """
+
+    #: the method name of ``odeint(method=...)``
+    name: str
+    #: solves a nonlinear system per step (Newton or a linearly implicit method)
+    implicit: bool = False
+    #: ``compiled()`` returns the same method with step attempts compiled by torch.compile
+    supports_compile: bool = False
+
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        """Order of the propagated solution."""
+
+    @property
+    def error_order(self) -> int | None:
+        """Order q of the error estimate (it behaves like O(h^(q+1))); None for fixed-step methods."""
+        return None
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method has an error estimate, so a PIDController can choose its steps."""
+        return self.error_order is not None
+
+    @property
+    def supports_device_loop(self) -> bool:
+        """Whether the device-resident loop can run this method (explicit first-same-as-last pairs)."""
+        return False
+
+    @property
+    def supports_per_sample(self) -> bool:
+        """Whether per-sample step control can run this method (explicit embedded pairs)."""
+        return False
+
+    @abc.abstractmethod
+    def init(self, f: Field, t0: float, y0: torch.Tensor) -> Any:
+        """The solver state at the start of a solve (or after a restart) at (t0, y0)."""
+
+    @abc.abstractmethod
+    def step(self, f: Field, t: float, y: torch.Tensor, state: Any, dt: float) -> StepResult:
+        """Attempt one step of size ``dt`` from (t, y); the loop accepts or rejects it."""
+
+    @abc.abstractmethod
+    def next_state(self, f: Field, t1: float, step: Any) -> Any:
+        """The solver state after ``step`` was accepted, at its end time ``t1``."""
+
+    @abc.abstractmethod
+    def interpolant(self, f: Field, t0: float, y0: torch.Tensor, dt: float, step: Any, next_state: Any) -> Interpolant:
+        """Dense output over the accepted ``step`` from (t0, y0) of size ``dt``."""
+
+    def derivative(self, state: Any) -> torch.Tensor:
+        """f(t, y) at the point the state belongs to (for the initial-step heuristic)."""
+        return state
+
+    def reject(self, f: Field, t: float, y: torch.Tensor, state: Any, step: Any) -> Any:
+        """The state to retry from after ``step`` was rejected (e.g. with a refreshed Jacobian)."""
+        return state
+
+    def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
+        """This method with the solve's tolerances where it uses them itself (a Newton stopping test)."""
+        return self
+
+    def fixed_steps(self) -> AbstractSolver:
+        """This method for fixed steps (an adaptive method that has a fixed-step variant returns it)."""
+        return self
+
+    def compiled(self) -> AbstractSolver:
+        """This method with compiled step attempts (``options={"compile": True}``).
+
+        Raises:
+            ValueError: the method cannot be compiled (``supports_compile`` is False).
+        """
+        raise ValueError(
+            f"options['compile'] is available for the explicit Runge-Kutta methods only, not {self.name!r}; "
+            "drop the option for this method."
+        )
+
+
+class ExternalSolver(abc.ABC):
+    """A solver that runs its own integration loop over all output times (e.g. scipy's solvers)."""
+
+    name: str
+
+    @abc.abstractmethod
+    def integrate(
+        self, term: Field, y0: torch.Tensor, ts: Sequence[float], rtol: Any, atol: Any, grad_inputs: Sequence = ()
+    ) -> torch.Tensor:
+        """The states at every time of ``ts`` (stacked), integrating ``term`` from (ts[0], y0)."""
