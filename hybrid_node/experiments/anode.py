@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,7 +101,7 @@ def train_flow(
     batch: int = 128,
     tol: float = 1e-3,
     seed: int = 0,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Train one model on one task with Adam and MSE loss.
 
     Args:
@@ -131,7 +132,7 @@ def train_flow(
         model = FlowModel(2, augment_dim, hidden, "linear", tol)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    hist = {"loss": [], "nfe": []}
+    hist: dict[str, list[float]] = {"loss": [], "nfe": []}
     for _ in range(iters):
         idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen) if len(x) > batch else torch.arange(len(x))
         loss = nn.functional.mse_loss(model(x[idx]), y[idx])
@@ -210,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--augment-dim must be >= 1, got {args.augment_dim}.")
     iters = args.iters if args.iters is not None else (300 if args.quick else 1500)
     folder = run_folder(args.out, "anode")
-    rows, all_results = [], {}
+    rows: list[dict[str, Any]] = []
+    all_results: dict[str, dict[str, dict[str, Any]]] = {}
     jobs = [
         (task, name, aug)
         for task in tasks

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.toy2d import TOY2D_NAMES, sample_toy2d
-from ..nn.cnf import CNF, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
+from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
 from ._output import pyplot, run_folder, write_results
@@ -81,6 +83,7 @@ class CNFExperimentConfig:
 def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization | None = None) -> CNF:
     """The CNF of ``cfg`` (float32, fresh parameters); ``regularization`` defaults to none."""
     regularization = RNODERegularization() if regularization is None else regularization
+    fields: list[nn.Module]
     if cfg.model == "planar":
         fields = [PlanarCNFField(2, cfg.width) for _ in range(cfg.blocks)]
     else:
@@ -170,6 +173,7 @@ def evaluate_cnf(model: CNF, cfg: CNFExperimentConfig, hist, name: str) -> dict:
     x = _test_data(cfg)
     with torch.no_grad():
         res = model.to_base(x, trace=ExactTrace(), regularize=True)
+    assert res.kinetic is not None and res.jacobian is not None  # regularize=True integrates both
     return {
         "model": name,
         "params": _n_params(model),
@@ -178,7 +182,7 @@ def evaluate_cnf(model: CNF, cfg: CNFExperimentConfig, hist, name: str) -> dict:
         "test NFE": res.nfe,
         "kinetic": res.kinetic.mean().item(),
         "jacobian": res.jacobian.mean().item(),
-        "T": ", ".join(f"{b.end_time.item():.3g}" for b in model.blocks),
+        "T": ", ".join(f"{cast(CNFBlock, b).end_time.item():.3g}" for b in model.blocks),
         "train s": sum(hist["seconds"]),
         "ms/iter": 1000 * _mean_tail(hist["seconds"]),
     }
@@ -241,6 +245,7 @@ def _plot_evolution(plt, folder, model: CNF, n_panels: int = 6):
     z = torch.randn(2000, 2, generator=gen) * model.base_std
     with torch.no_grad():
         path = model.from_base(z, n_times=n_panels).path
+    assert path is not None  # n_times asks for the path
     idx = np.linspace(0, len(path) - 1, n_panels).round().astype(int)
     fig, axes = plt.subplots(1, n_panels, figsize=(2.4 * n_panels, 2.6))
     colour = torch.atan2(z[:, 1], z[:, 0]).numpy()  # colour by the base angle to show how points move
@@ -279,13 +284,16 @@ def _plot_training(plt, folder, histories):
 def run_experiment(cfg: CNFExperimentConfig, folder) -> list[dict]:
     """Train the requested models, write tables and plots into ``folder``, return the result rows."""
     torch.manual_seed(cfg.seed)
-    rows, histories, densities, samples = [], {}, [], []
+    rows: list[dict] = []
+    histories: dict[str, dict] = {}
+    densities: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
+    samples: list[tuple[str, np.ndarray]] = []
     name = f"CNF ({f'planar, M={cfg.width}' if cfg.model == 'planar' else 'MLP'})"
 
-    def add_cnf(label: str, cnf) -> None:
+    def add_cnf(label: str, cnf: CNF) -> None:
         histories[label] = train_cnf(cnf, cfg, label)
         rows.append(evaluate_cnf(cnf, cfg, histories[label], label))
-        densities.append((label, lambda p, m=cnf: m.log_prob(p, trace=ExactTrace())))
+        densities.append((label, functools.partial(cnf.log_prob, trace=ExactTrace())))
         with torch.no_grad():
             samples.append((label, cnf.sample(2000, generator=torch.Generator().manual_seed(2))[0].numpy()))
 

@@ -30,6 +30,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,7 +89,7 @@ class MNISTConfig:
 # Small models, one epoch, Adam with a one-cycle schedule, ODE-Net trained by backpropagating through
 # dopri5: the three models beat 95% test accuracy (ResNet and RK-Net 97%+) in about 5 minutes of CPU
 # time on one thread (see the README for measured numbers).
-QUICK = {
+QUICK: dict[str, Any] = {
     "channels": 16,
     "epochs": 1,
     "batch_size": 64,
@@ -120,7 +121,9 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(torch.relu(self.norm2(h)))
 
 
-def build_model(kind: str, channels: int, *, tol: float = 1e-3, rk_steps: int = 4, adjoint: bool = True) -> nn.Module:
+def build_model(
+    kind: str, channels: int, *, tol: float = 1e-3, rk_steps: int = 4, adjoint: bool = True
+) -> nn.Sequential:
     """One of the three Table-1 classifiers.
 
     Args:
@@ -148,6 +151,7 @@ def build_model(kind: str, channels: int, *, tol: float = 1e-3, rk_steps: int = 
         nn.ReLU(),
         nn.Conv2d(c, c, 4, 2, 1),
     ]
+    features: list[nn.Module]
     if kind == "resnet":
         features = [ResidualBlock(c) for _ in range(6)]
     elif kind == "rknet":
@@ -257,6 +261,7 @@ def train_model(
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(cfg.seed)
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     else:
@@ -264,6 +269,7 @@ def train_model(
     per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = cfg.epochs * per_epoch if cfg.iters is None else min(cfg.iters, cfg.epochs * per_epoch)
     milestones = [m * per_epoch for m in cfg.lr_milestones]
+    sched: torch.optim.lr_scheduler.LRScheduler
     if cfg.optimizer == "adam" and not milestones:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
     else:
@@ -301,7 +307,7 @@ def train_model(
     return hist
 
 
-def run_table1(cfg: MNISTConfig, data_root: str | None = None, folder=None) -> dict[str, object]:
+def run_table1(cfg: MNISTConfig, data_root: str | None = None, folder=None) -> dict[str, Any]:
     """Train and evaluate every model of ``cfg``; returns result rows and training histories."""
     torch.manual_seed(cfg.seed)
     train, test = load_mnist(data_root, train=True), load_mnist(data_root, train=False)
@@ -418,7 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> MNISTConfig:
     """Build the config: the paper's recipe, or QUICK with ``--quick``, then explicit flags on top."""
-    values = dict(QUICK) if args.quick else {}
+    values: dict[str, Any] = dict(QUICK) if args.quick else {}
     for name in ("channels", "epochs", "iters", "batch_size", "lr", "train_subset", "test_subset", "tol"):
         v = getattr(args, name)
         if v is not None:

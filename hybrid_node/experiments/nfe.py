@@ -33,7 +33,7 @@ TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 
 
 def tolerance_sweep(
-    model: nn.Module,
+    model: nn.Sequential,
     x: torch.Tensor,
     y: torch.Tensor,
     tolerances: Sequence[float],
@@ -52,8 +52,13 @@ def tolerance_sweep(
 
     Returns:
         One dict per tolerance.
+
+    Raises:
+        ValueError: if the model has no ODEBlock.
     """
     block = ode_block(model)
+    if block is None:
+        raise ValueError("tolerance_sweep needs an ODE-Net: the model has no ODEBlock.")
     stem_end = list(model).index(block)
     stem, head = nn.Sequential(*list(model)[:stem_end]), nn.Sequential(*list(model)[stem_end + 1 :])
     old_train, old_eval = block.train_settings, block.eval_settings

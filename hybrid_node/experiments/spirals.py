@@ -62,6 +62,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -291,7 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
-    base = dict(QUICK) if args.quick else {}
+    base: dict[str, Any] = dict(QUICK) if args.quick else {}
     for key in (
         "iters",
         "rnn_iters",
@@ -346,7 +347,19 @@ def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
     return s
 
 
-def build_model(name: str, s: SpiralsSettings) -> torch.nn.Module:
+def _latent(model: torch.nn.Module) -> LatentODE:
+    if not isinstance(model, LatentODE):
+        raise TypeError(f"the latent_ode model must be a LatentODE, got {type(model).__name__}.")
+    return model
+
+
+def _rnn(model: torch.nn.Module) -> RNNBaseline:
+    if not isinstance(model, RNNBaseline):
+        raise TypeError(f"an RNN model must be an RNNBaseline, got {type(model).__name__}.")
+    return model
+
+
+def build_model(name: str, s: SpiralsSettings) -> LatentODE | RNNBaseline:
     if name == "latent_ode":
         return LatentODE(rtol=s.rtol, atol=s.atol, encoder=s.cell)
     return RNNBaseline(obs_dim=2, hidden=25, use_time_gaps=(name == "rnn_gaps"), cell=s.cell)
@@ -369,20 +382,21 @@ def model_loss(
     """
     if name == "latent_ode":
         targets = None if future is None else with_future(batch, future)
-        return model.elbo(batch, generator=generator, targets=targets).loss
+        return _latent(model).elbo(batch, generator=generator, targets=targets).loss
+    rnn = _rnn(model)
     if future is None:
-        return model.loss(batch)
+        return rnn.loss(batch)
     if rnn_forecast == "teacher":
-        return model.loss(with_future(batch, future))
-    return model.forecast_loss(batch, future.times, future.values)
+        return rnn.loss(with_future(batch, future))
+    return rnn.forecast_loss(batch, future.times, future.values)
 
 
 def predict(name: str, model: torch.nn.Module, batch: IrregularBatch, times: torch.Tensor) -> torch.Tensor:
     """(B, T, 2) predictions at shared future ``times``."""
     with torch.no_grad():
         if name == "latent_ode":
-            return model.predict(batch, times)
-        return model.extrapolate(batch, times)
+            return _latent(model).predict(batch, times)
+        return _rnn(model).extrapolate(batch, times)
 
 
 def rmse(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -585,12 +599,13 @@ def train_one(
                     "best": best,
                 },
             )
-    model.best_step = len(history)
+    # Plain Python attributes: torch's stubs type Module.__setattr__ for tensors and modules only.
+    model.best_step = len(history)  # type: ignore[assignment]
     if s.select != "last" and best is not None:
         model.load_state_dict(best["model"])
         model.best_step = best["step"]
-    model.history = history
-    model.val_history = val_history
+    model.history = history  # type: ignore[assignment]
+    model.val_history = val_history  # type: ignore[assignment]
     return model
 
 
@@ -642,17 +657,19 @@ def run_experiment(
             for r in range(s.restarts):
                 ckpt = out / "checkpoints" / (f"{name}-n{n}.pt" if r == 0 else f"{name}-n{n}-r{r}.pt")
                 m = train_one(name, n, s, train, ckpt, resume, on_step, val, future, val_future, restart=r)
-                kept = next((row[1:] for row in m.val_history if row[0] == m.best_step), None)
+                rows_m = cast(list[list[float]], m.val_history)  # [step, loss, RMSE] rows from train_one
+                kept = next((row[1:] for row in rows_m if row[0] == m.best_step), None)
                 runs.append((m, kept))
             choice = min(range(len(runs)), key=lambda r: validation_score(runs[r][1], s.select))
             model, kept = runs[choice]
+            history = cast(list[float], model.history)  # the losses train_one recorded
             preds = [predict(name, m, test, test_data.extrap_times) for m, _ in runs]
             pred = preds[choice]
             entry = {
                 "rmse": rmse(pred, test_data.extrap),
                 **breakdown(pred, test_data),
-                "final_loss": model.history[-1] if model.history else None,
-                "iterations": len(model.history),
+                "final_loss": history[-1] if history else None,
+                "iterations": len(history),
                 "kept_step": model.best_step,
                 "val": kept,
                 "val_history": model.val_history,
@@ -668,8 +685,8 @@ def run_experiment(
                 entry["recon_rmse"] = rmse(predict(name, model, test, test_data.times), test_data.clean)
                 scored = (test, test_data.extrap_times, test_data.extrap)
                 if max(s.refine) > 0:
-                    entry["refined"] = refinement(model, s, val, scored)
-                entry["empirical_prior"] = empirical_prior_scores(model, train, val, scored)
+                    entry["refined"] = refinement(_latent(model), s, val, scored)
+                entry["empirical_prior"] = empirical_prior_scores(_latent(model), train, val, scored)
             rows[key] = entry
             models[(name, n)] = model
             results_path.write_text(json.dumps(results, indent=2))
@@ -702,8 +719,8 @@ def format_table(results: dict, s: SpiralsSettings) -> str:
             found = [results["rmse"].get(f"{name}/n={n}", {}).get(key) for n in s.ns]
             if any(found):
                 cells = []
-                for r, paper in zip(found, cells_paper):
-                    cells += ["-" if not r else text(r), paper]
+                for r, paper_cell in zip(found, cells_paper):
+                    cells += ["-" if not r else text(r), paper_cell]
                 lines.append(f"| {MODEL_NAMES[name]}, {label} | " + " | ".join(cells) + " |")
     floor = [results.get("bayes_optimal", {}).get(str(n)) for n in s.ns]
     if any(f is not None for f in floor):
@@ -739,14 +756,14 @@ def format_table(results: dict, s: SpiralsSettings) -> str:
             if not e or "rmse_direction" not in e:
                 continue
             first = [e["rmse_first"].get(str(k), e["rmse_first"].get(k)) for k in HORIZONS]
-            cells = [
+            values = [
                 e["rmse_direction"]["clockwise"],
                 e["rmse_direction"]["counter_clockwise"],
                 e["rmse_start"]["before_200"],
                 e["rmse_start"]["from_200"],
                 *first,
             ]
-            lines.append(f"| {MODEL_NAMES[name]} | {n} | " + " | ".join(fmt(c) for c in cells) + " |")
+            lines.append(f"| {MODEL_NAMES[name]} | {n} | " + " | ".join(fmt(v) for v in values) + " |")
     return "\n".join(lines)
 
 

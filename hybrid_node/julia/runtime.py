@@ -87,9 +87,9 @@ def find_julia_executable() -> str | None:
             STATE = {}
         install = STATE.get("install")
         if install:
-            exe = shutil.which(os.path.join(install, "bin", "julia"))
-            if exe:
-                return exe
+            found = shutil.which(os.path.join(install, "bin", "julia"))
+            if found:
+                return found
     return shutil.which("julia") or shutil.which("juliaup")
 
 

@@ -211,6 +211,7 @@ class _AugmentedDynamics:
         if isinstance(self.estimator, ExactTrace):
             div = exact_divergence(g, z, create_graph=keep_graph)
         else:
+            assert self.noise is not None, "a Hutchinson estimator is built with its noise"
             div = hutchinson_divergence(g, z, self.noise, create_graph=keep_graph)
         out = [div.f, -div.trace]
         if self.regularize:
@@ -383,6 +384,8 @@ class CNF(nn.Module):
         loss = -res.log_prob.mean()
         w = self.regularization
         if w.active:
+            # to_base integrates the regularisers whenever their weights are active.
+            assert res.kinetic is not None and res.jacobian is not None
             loss = loss + w.kinetic * res.kinetic.mean() + w.jacobian * res.jacobian.mean()
         return loss, res
 

@@ -266,6 +266,7 @@ class LatentODE(nn.Module):
         super().__init__()
         if obs_std <= 0:
             raise ValueError(f"obs_std must be positive; got {obs_std}.")
+        self.encoder: RecognitionRNN | ODERNNEncoder
         if encoder in RecognitionRNN.CELLS:
             self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim, cell=encoder)
         elif encoder == "ode-rnn":
@@ -298,7 +299,8 @@ class LatentODE(nn.Module):
         if bool((times[0] < t0).any()):
             raise ValueError("times must not precede t0.")
         grid = torch.cat([t0, times]) if bool(times[0] > t0) else times
-        field, state = self.dynamics, z0
+        field: nn.Module = self.dynamics
+        state = z0
         if self.log_intensity is not None:
             field = _WithIntensity(self.dynamics, self.log_intensity, self.latent_dim)
             state = torch.cat([z0, z0.new_zeros(z0.shape[0], self.log_intensity.out_features)], dim=-1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -134,7 +134,8 @@ def integrate(
         step_t=extras.get("step_t", ()),
         t_dtype=extras.get("t_dtype"),
     )
-    return sol.ys
+    # A tensor y0 gives a tensor of states (only tuple states give a tuple).
+    return cast(torch.Tensor, sol.ys)
 
 
 class ODEBlock(nn.Module):
@@ -159,6 +160,8 @@ class ODEBlock(nn.Module):
 
     Reference: Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018.
     """
+
+    t: torch.Tensor  # a non-persistent buffer
 
     def __init__(
         self,

@@ -105,7 +105,7 @@ class ODERNN(nn.Module):
         t0 = batch.times[:, 0] if t_start is None else torch.as_tensor(t_start, dtype=batch.times.dtype).expand(bsz)
         observed = batch.time_mask
         inputs = torch.cat([batch.values * batch.mask, batch.mask], dim=-1)
-        priors = [None] * length
+        priors: list[Tensor] = []  # in the order visited; put in time order below
         order = range(length - 1, -1, -1) if backwards else range(length)
         t_prev = None if backwards else t0
         for k in order:
@@ -113,12 +113,13 @@ class ODERNN(nn.Module):
             if t_prev is not None:
                 # Padded positions repeat the last time, so their gap is zero and h is left alone.
                 h = self.evolve(h, t_k - t_prev)
-            priors[k] = h
+            priors.append(h)
             m = observed[:, k].unsqueeze(-1)
             h = m * self.cell(inputs[:, k], h) + (1 - m) * h
             t_prev = t_k
         if backwards:
             h = self.evolve(h, t0 - batch.times[:, 0])
+            priors.reverse()
         return h, torch.stack(priors, dim=1)
 
     def forward(self, batch: IrregularBatch, t_start: Tensor | None = None) -> Tensor:
