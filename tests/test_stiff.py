@@ -561,7 +561,6 @@ def test_gradient_through_batched_module_fixed_radau():
 def test_adjoint_with_implicit_adjoint_method():
     """Backsolve adjoint whose backward solve is implicit too (kvaerno5; Jacobian of the augmented field by
     forward differences, since that field calls torch.autograd itself)."""
-    pytest.importorskip("hybrid_node.sensitivity.adjoint")
     k = torch.tensor(100.0, dtype=F64, requires_grad=True)
     y0 = torch.tensor([0.7], dtype=F64)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
@@ -587,7 +586,6 @@ def test_adjoint_with_rosenbrock_adjoint_method(name):
     torch.autograd itself, so torch.func cannot take its Jacobian and the Rosenbrock step falls back to
     row-by-row autograd (or forward differences); the gradient must still match the closed form and central
     finite differences of the forward solver."""
-    pytest.importorskip("hybrid_node.sensitivity.adjoint")
     k = torch.tensor(50.0, dtype=F64, requires_grad=True)
     y0 = torch.tensor([0.7, -0.2], dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.1, 0.5], dtype=F64)
