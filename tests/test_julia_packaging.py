@@ -28,6 +28,11 @@ def test_package_data_covers_the_julia_package():
     assert wanted <= matched
 
 
+def test_package_data_ships_py_typed():
+    assert (ROOT / "hybrid_node" / "py.typed").is_file()
+    assert "py.typed" in _package_data()
+
+
 def test_bundled_package_is_the_repository_one():
     bundled = ROOT / "hybrid_node" / "_julia" / "HybridNODE"
     assert (bundled / "Project.toml").read_bytes() == (ROOT / "Project.toml").read_bytes()
@@ -47,6 +52,7 @@ def test_built_wheel_contains_the_julia_package(tmp_path):
     wheel = next(tmp_path.glob("*.whl"))  # built from the sdist, so the sdist is checked too
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
+        assert "hybrid_node/py.typed" in names
         manifest = json.loads(zf.read("hybrid_node/juliapkg.json"))
         entry = manifest["packages"]["HybridNODE"]
         pkg_dir = PurePosixPath("hybrid_node") / entry["path"]
