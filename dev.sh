@@ -2,6 +2,7 @@
 # One entry point for a fresh machine: creates .venv, installs hybrid_node, then runs what you ask.
 #   bash dev.sh demo     set up, then train the spiral demo (hybrid-node demo)
 #   bash dev.sh test     set up, then run the default test suite
+#   bash dev.sh lint     set up, then run ruff (lint and format check) and mypy, as CI does
 #   bash dev.sh <hybrid-node subcommand and arguments>
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,7 +11,7 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import hybrid_node, pytest" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import hybrid_node, pytest, ruff, mypy" 2>/dev/null; then
     # The explicit pin takes the CPU build of torch; an open range could pull a multi-GB CUDA build.
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
     "$VENV/bin/python" -m pip install -q -e ".[test]"
@@ -19,5 +20,10 @@ cmd=${1:-test}
 shift || true
 case "$cmd" in
     test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+    lint)
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        exec "$VENV/bin/mypy"
+        ;;
     *) exec "$VENV/bin/hybrid-node" "$cmd" "$@" ;;
 esac
