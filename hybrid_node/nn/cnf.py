@@ -428,7 +428,7 @@ class CNF(nn.Module):
         st = self.solver
         # The augmented dynamics differentiate the field with torch autograd at every evaluation, which
         # the Julia backend cannot translate; the CNF therefore always runs on the torch backend.
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             rtol=st.rtol,
             atol=st.atol,
             method=st.method,
