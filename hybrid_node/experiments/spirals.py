@@ -677,6 +677,35 @@ def validation_score(kept: list | None, select: str) -> float:
     return kept[1] if select == "val_rmse" else kept[0]
 
 
+def checkpoint_path(out: Path, name: str, n: int, restart: int) -> Path:
+    """The checkpoint file of one training run.
+
+    Args:
+        out: run folder.
+        name: model name.
+        n: observed points per series.
+        restart: index of the independent restart.
+
+    Returns:
+        ``out/checkpoints/<name>-n<n>[-r<restart>].pt``.
+    """
+    return out / "checkpoints" / (f"{name}-n{n}.pt" if restart == 0 else f"{name}-n{n}-r{restart}.pt")
+
+
+def checkpoint_paths(out: Path, s: SpiralsSettings) -> list[Path]:
+    """The checkpoint files of the run ``s`` in ``out`` that exist.
+
+    Args:
+        out: run folder.
+        s: settings (which models, n and restarts run).
+
+    Returns:
+        The existing checkpoint files, in training order.
+    """
+    paths = (checkpoint_path(out, m, n, r) for n in s.ns for m in s.models for r in range(s.restarts))
+    return [p for p in paths if p.exists()]
+
+
 def run_experiment(
     s: SpiralsSettings, out: Path, resume: bool = False, plots: bool = True, progress: bool = True
 ) -> dict:
@@ -720,6 +749,13 @@ def run_experiment(
             )
         if isinstance(results.get("settings"), dict):
             _check_same_settings(results["settings"], s, results_path)
+    if resume:
+        # Before anything is written or trained: every checkpoint this run continues must be readable
+        # and from the same settings.
+        for path in checkpoint_paths(out, s):
+            state = load_checkpoint(path, restore_rng=False)
+            if isinstance(state, dict) and isinstance(state.get("settings"), dict):
+                _check_same_settings(state["settings"], s, path)
     results["settings"] = dataclasses.asdict(s)
     atomic_write_json(results_path, results, indent=2)
     rows = results.setdefault("rmse", {})
@@ -750,7 +786,7 @@ def run_experiment(
 
             runs = []
             for r in range(s.restarts):
-                ckpt = out / "checkpoints" / (f"{name}-n{n}.pt" if r == 0 else f"{name}-n{n}-r{r}.pt")
+                ckpt = checkpoint_path(out, name, n, r)
                 m = train_one(name, n, s, train, ckpt, resume, on_step, val, future, val_future, restart=r)
                 kept = next((row[1:] for row in m.val_history if row[0] == m.best_step), None)
                 runs.append((m, kept))
