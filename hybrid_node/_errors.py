@@ -70,6 +70,9 @@ class CheckpointError(HybridNodeError, ValueError):
         self.path = path
         super().__init__(message)
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, str(self))  # picklable (e.g. across DataLoader workers)
+
 
 class ResumeError(HybridNodeError, ValueError):
     """``--resume`` cannot continue: nothing to resume, or the run was started with other settings."""
