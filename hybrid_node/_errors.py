@@ -57,3 +57,22 @@ class SolverError(HybridNodeError, RuntimeError):
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
+
+
+class CheckpointError(HybridNodeError, ValueError):
+    """A checkpoint or run file cannot be read: truncated, damaged or not written by hybrid_node.
+
+    Attributes:
+        path: the file.
+    """
+
+    def __init__(self, path: object, message: str):
+        self.path = path
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, str(self))  # picklable (e.g. across DataLoader workers)
+
+
+class ResumeError(HybridNodeError, ValueError):
+    """``--resume`` cannot continue: nothing to resume, or the run was started with other settings."""

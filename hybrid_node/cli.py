@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ._errors import HybridNodeError
+
 #: subcommand -> (module, one-line summary shown by ``hybrid-node --help``)
 SUBCOMMANDS = {
     "demo": ("hybrid_node.experiments.spiral_demo", "train a Neural ODE on a 2-D spiral (the classic demo)"),
@@ -41,10 +43,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hybrid-node`` with ``argv`` (default: the process arguments).
+
+    Args:
+        argv: the arguments after the program name.
+
+    Returns:
+        The exit status: the subcommand's, or 2 when it stopped with a :class:`HybridNodeError` (bad
+        input, a damaged checkpoint, nothing to resume, ...), whose message is printed to stderr
+        without a traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except HybridNodeError as e:
+        print(f"hybrid-node {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -80,10 +80,48 @@ def julia_report(start: bool = False, timeout: float = 600.0) -> tuple[bool, lis
     return True, [f"julia  : OK ({proc.stdout.strip()})"] + lines
 
 
+def default_backend_report(julia_ok: bool) -> tuple[bool, list[str]]:
+    """Lines describing the default backend that solves without ``backend=`` use.
+
+    Args:
+        julia_ok: whether the Julia backend was found usable.
+
+    Returns:
+        ``(ok, lines)``: not ok when ``HYBRID_NODE_BACKEND`` holds an unknown name (every solve would
+        then fail) or names the Julia backend while it is not available; the lines give the fix.
+    """
+    from .._backend import _ENV, BACKENDS
+
+    raw = os.environ.get(_ENV)
+    if not raw:
+        return True, ["default: torch (HYBRID_NODE_BACKEND is not set)"]
+    name = raw.strip().lower()
+    if name not in BACKENDS:
+        return False, [
+            f"default: INVALID ({_ENV}={raw!r} is not a backend; every solve without backend= fails)",
+            f"         fix: unset {_ENV}, or set it to one of: {', '.join(BACKENDS)}",
+        ]
+    if name == "julia" and not julia_ok:
+        return False, [
+            f"default: julia ({_ENV}={raw!r}) but the Julia backend is NOT AVAILABLE (see above)",
+            f"         fix: set it up (hybrid-node julia-setup), or unset {_ENV} to solve with torch",
+        ]
+    return True, [f"default: {name} ({_ENV}={raw!r})"]
+
+
 def run(args: argparse.Namespace) -> int:
+    """Print the report.
+
+    Args:
+        args: the parsed options (``start``, ``timeout``).
+
+    Returns:
+        0 when the torch backend and the default backend work, else 1.
+    """
     ok_torch, torch_lines = torch_report()
     ok_julia, julia_lines = julia_report(start=getattr(args, "start", False), timeout=getattr(args, "timeout", 600.0))
+    ok_default, default_lines = default_backend_report(ok_julia)
     print("hybrid_node backends")
-    for line in torch_lines + julia_lines:
+    for line in torch_lines + julia_lines + default_lines:
         print(line)
-    return 0 if ok_torch else 1
+    return 0 if ok_torch and ok_default else 1

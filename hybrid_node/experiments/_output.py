@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from ..training.atomic import atomic_write_json, atomic_write_text
 
 
 def run_folder(out: str | None, name: str) -> Path:
@@ -35,15 +36,24 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
 def write_results(
     folder: Path, stem: str, rows: Sequence[Mapping], columns: Sequence[str], meta: Mapping | None = None
 ) -> str:
-    """Write ``<stem>.md`` and ``<stem>.json`` into ``folder`` and return the markdown table."""
+    """Write ``<stem>.md`` and ``<stem>.json`` into ``folder`` (each atomically) and return the markdown table.
+
+    Args:
+        folder: the run folder.
+        stem: file name without suffix.
+        rows: one dict per table row.
+        columns: the table's column order.
+        meta: settings listed above the table and stored under ``"meta"``.
+
+    Returns:
+        The markdown table.
+    """
     table = markdown_table(rows, columns)
     header = ""
     if meta:
         header = "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n"
-    (folder / f"{stem}.md").write_text(header + table + "\n")
-    (folder / f"{stem}.json").write_text(
-        json.dumps({"meta": dict(meta or {}), "rows": list(rows)}, indent=2, default=str)
-    )
+    atomic_write_text(folder / f"{stem}.md", header + table + "\n")
+    atomic_write_json(folder / f"{stem}.json", {"meta": dict(meta or {}), "rows": list(rows)}, indent=2, default=str)
     return table
 
 

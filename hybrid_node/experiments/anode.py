@@ -27,6 +27,7 @@ from torch import nn
 from ..nn.augmented import AugmentedNeuralODE
 from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
+from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
 
 HELP = "Dupont et al. 2019: plain vs augmented Neural ODEs on g1d and concentric spheres (loss, NFE, trajectories)."
@@ -159,7 +160,7 @@ def _plot_g1d(folder, results):
             highlight = abs(abs(float(starts[i])) - 1.0) < 1e-6
             ax.plot(ts, traj[:, i], color="C3" if highlight else "0.7", lw=2 if highlight else 1)
         ax.set_title(f"{name}: final loss {res['loss']:.3g}"), ax.set_xlabel("t"), ax.set_ylabel("h(t)")
-    fig.tight_layout(), fig.savefig(folder / "g1d_trajectories.png", dpi=120), plt.close(fig)
+    fig.tight_layout(), atomic_savefig(fig, folder / "g1d_trajectories.png", dpi=120), plt.close(fig)
 
 
 def _plot_spheres(folder, results):
@@ -174,7 +175,7 @@ def _plot_spheres(folder, results):
         ax.scatter(traj[-1, :, 0], traj[-1, :, 1], c=colors, s=4)
         ax.set_title(f"{name}: loss {res['loss']:.3g}, NFE {res['nfe']}\n(first two state coordinates)")
         ax.set_aspect("equal")
-    fig.tight_layout(), fig.savefig(folder / "spheres_trajectories.png", dpi=120), plt.close(fig)
+    fig.tight_layout(), atomic_savefig(fig, folder / "spheres_trajectories.png", dpi=120), plt.close(fig)
 
 
 def _plot_curves(folder, all_results):
@@ -187,7 +188,7 @@ def _plot_curves(folder, all_results):
         axes[0][col].set_title(task), axes[0][col].set_ylabel("MSE loss"), axes[0][col].set_yscale("log")
         axes[1][col].set_ylabel("forward NFE"), axes[1][col].set_xlabel("iteration")
         axes[0][col].legend(), axes[1][col].legend()
-    fig.tight_layout(), fig.savefig(folder / "anode_loss_nfe.png", dpi=120), plt.close(fig)
+    fig.tight_layout(), atomic_savefig(fig, folder / "anode_loss_nfe.png", dpi=120), plt.close(fig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ from ..data.toy2d import TOY2D_NAMES, sample_toy2d
 from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
+from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
 
 HELP = "Continuous normalizing flows on toy 2-D densities (test NLL, NFE; --compare-nf, --regularize)."
@@ -222,7 +223,7 @@ def _plot_density(plt, folder, cfg, entries):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(folder / "density.png", dpi=110)
+    atomic_savefig(fig, folder / "density.png", dpi=110)
     plt.close(fig)
 
 
@@ -236,7 +237,7 @@ def _plot_samples(plt, folder, cfg, entries):
         ax.set_aspect("equal")
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(folder / "samples.png", dpi=110)
+    atomic_savefig(fig, folder / "samples.png", dpi=110)
     plt.close(fig)
 
 
@@ -260,7 +261,7 @@ def _plot_evolution(plt, folder, model: CNF, n_panels: int = 6):
         ax.set_title(f"s = {i / (len(path) - 1):.2f}")
     fig.suptitle("CNF samples from base (left) to data (right)")
     fig.tight_layout()
-    fig.savefig(folder / "flow_evolution.png", dpi=110)
+    atomic_savefig(fig, folder / "flow_evolution.png", dpi=110)
     plt.close(fig)
 
 
@@ -277,7 +278,7 @@ def _plot_training(plt, folder, histories):
     ax1.legend()
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(folder / "training.png", dpi=110)
+    atomic_savefig(fig, folder / "training.png", dpi=110)
     plt.close(fig)
 
 

@@ -39,6 +39,7 @@ from ..data.mnist import load_mnist, to_float
 from ..nn.layers import ConvDynamics
 from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
+from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
 
 HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
@@ -382,7 +383,7 @@ def _plots(folder, histories) -> None:
         smooth = loss.unfold(0, k, k).mean(1) if len(loss) >= k else loss
         ax.plot(torch.arange(len(smooth)) * k, smooth, label=kind)
     ax.set_xlabel("iteration"), ax.set_ylabel("training loss"), ax.set_yscale("log"), ax.legend()
-    fig.tight_layout(), fig.savefig(folder / "mnist_loss.png", dpi=120), plt.close(fig)
+    fig.tight_layout(), atomic_savefig(fig, folder / "mnist_loss.png", dpi=120), plt.close(fig)
     if "odenet" in histories and histories["odenet"]["nfe_forward"]:
         h = histories["odenet"]
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -390,7 +391,7 @@ def _plots(folder, histories) -> None:
         if any(h["nfe_backward"]):
             ax.plot(h["epoch"], h["nfe_backward"], label="backward (adjoint)")
         ax.set_xlabel("epoch"), ax.set_ylabel("NFE per batch"), ax.legend()
-        fig.tight_layout(), fig.savefig(folder / "mnist_nfe.png", dpi=120), plt.close(fig)
+        fig.tight_layout(), atomic_savefig(fig, folder / "mnist_nfe.png", dpi=120), plt.close(fig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from ..data.mnist import load_mnist, to_float
 from ..nn.ode_block import SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint
+from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
 from .mnist import MNISTConfig, build_model, ode_block, train_model
 
@@ -118,7 +119,7 @@ def _plots(folder, rows, hist) -> None:
     axes[2].set_title("(c) backward vs forward NFE")
     axes[3].plot(hist["epoch"], hist["nfe_forward"], lw=0.8)
     axes[3].set_xlabel("epoch"), axes[3].set_ylabel("NFE forward"), axes[3].set_title("(d) NFE during training")
-    fig.tight_layout(), fig.savefig(folder / "nfe_figure3.png", dpi=120), plt.close(fig)
+    fig.tight_layout(), atomic_savefig(fig, folder / "nfe_figure3.png", dpi=120), plt.close(fig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._api import odeint, odeint_adjoint
+from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
 
 HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
@@ -216,7 +217,7 @@ def plot_results(folder: Path, result: dict) -> None:
     axes[1].set_xlabel("t")
     fig.suptitle("Spiral: true vs learned trajectories")
     fig.tight_layout()
-    fig.savefig(folder / "trajectories.png", dpi=120)
+    atomic_savefig(fig, folder / "trajectories.png", dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -229,7 +230,7 @@ def plot_results(folder: Path, result: dict) -> None:
     ax.legend(fontsize=8)
     ax.set_title("Phase portrait")
     fig.tight_layout()
-    fig.savefig(folder / "phase_portrait.png", dpi=120)
+    atomic_savefig(fig, folder / "phase_portrait.png", dpi=120)
     plt.close(fig)
 
     lim = 1.1 * float(np.abs(y_true).max())
@@ -252,7 +253,7 @@ def plot_results(folder: Path, result: dict) -> None:
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(folder / "vector_field.png", dpi=120)
+    atomic_savefig(fig, folder / "vector_field.png", dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -261,7 +262,7 @@ def plot_results(folder: Path, result: dict) -> None:
     ax.set_xlabel("iteration")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "loss.png", dpi=120)
+    atomic_savefig(fig, folder / "loss.png", dpi=120)
     plt.close(fig)
 
 

@@ -60,17 +60,19 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
+from .._errors import CheckpointError, ResumeError
 from ..data.spirals import SpiralConfig, SpiralData, bayes_forecast, make_spirals
 from ..irregular import IrregularBatch, select
 from ..nn.empirical_prior import EmpiricalPrior
 from ..nn.latent_ode import LatentODE, RecognitionRNN, descend_z0
 from ..nn.rnn_baselines import RNNBaseline
+from ..training.atomic import atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 
 HELP = "Latent ODE vs RNN baselines on irregularly sampled bi-directional spirals (paper's Table 2)."
@@ -183,6 +185,59 @@ def learning_rate(s: SpiralsSettings, step: int, iters: int) -> float:
     if s.lr_decay == "exp":
         return s.lr * s.lr_final_ratio**frac
     return s.lr
+
+
+#: Settings a resumed run may change: the budget, which models and n run, and what happens after
+#: training. Every other setting shapes the trained weights, so a checkpoint only continues under it.
+RESUMABLE_SETTINGS = frozenset(
+    {"ns", "models", "iters", "rnn_iters", "checkpoint_every", "ntest", "restarts", "refine", "refine_lr"}
+)
+_OPTIONS = {"ns": "--n", "refine": "--refine-steps"}
+
+
+def training_settings(s: SpiralsSettings) -> dict[str, Any]:
+    """The settings that shape the trained weights (all but :data:`RESUMABLE_SETTINGS`), JSON-compatible.
+
+    Args:
+        s: the run's settings.
+
+    Returns:
+        A dict of plain values (tuples as lists), as stored in checkpoints and ``results.json``.
+    """
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(s))).items() if k not in RESUMABLE_SETTINGS}
+
+
+def settings_differences(stored: Mapping[str, Any], s: SpiralsSettings) -> list[str]:
+    """The command-line options whose value differs between a stored run and ``s``.
+
+    Args:
+        stored: settings saved by an earlier invocation (:func:`training_settings` or the full dict of
+            ``results.json``); keys in :data:`RESUMABLE_SETTINGS` are ignored.
+        s: the settings given now.
+
+    Returns:
+        One ``"--option stored (now given)"`` string per differing setting, empty when they agree.
+    """
+    current = training_settings(s)
+    missing = object()
+    found = []
+    for key in sorted(set(current) | (set(stored) - RESUMABLE_SETTINGS)):
+        old, new = stored.get(key, missing), current.get(key, missing)
+        if old != new:
+            option = _OPTIONS.get(key, "--" + key.replace("_", "-"))
+            old, new = ("(unset)" if v is missing else v for v in (old, new))
+            found.append(f"{option} {old} (now {new})")
+    return found
+
+
+def _check_same_settings(stored: Mapping[str, Any], s: SpiralsSettings, where: Path) -> None:
+    differences = settings_differences(stored, s)
+    if differences:
+        raise ResumeError(
+            f"Cannot resume from {str(where)!r}: it was started with other settings: {'; '.join(differences)}. "
+            "Resume with the settings the run was started with (the first value of each), or drop --resume "
+            "and pass another --out to start a new run with the new settings."
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -550,8 +605,26 @@ def train_one(
     start, history, val_history, best = 0, [], [], None
     state = load_checkpoint(ckpt) if resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        missing = [k for k in ("model", "optimizer", "step", "history") if k not in state]
+        if missing:
+            raise CheckpointError(
+                ckpt,
+                f"The checkpoint {str(ckpt)!r} lacks {', '.join(missing)}: it is not a checkpoint of "
+                "`hybrid-node spirals`. Delete it to train that model from the start, then resume.",
+            )
+        if "settings" in state:
+            _check_same_settings(state["settings"], s, ckpt)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ResumeError(
+                f"The checkpoint {str(ckpt)!r} does not fit the {MODEL_NAMES.get(name, name)} built from the "
+                f"given settings ({first}); it was written with other settings (e.g. another --cell). Resume "
+                "with the settings the run was started with, or delete the checkpoint to train that model "
+                "from the start."
+            ) from e
         start, history = state["step"], state["history"]
         val_history, best = state.get("val_history", []), state.get("best")
         on_step(start, history[-1] if history else float("nan"))
@@ -597,6 +670,7 @@ def train_one(
                     "history": history,
                     "val_history": val_history,
                     "best": best,
+                    "settings": training_settings(s),
                 },
             )
     # Plain Python attributes: torch's stubs type Module.__setattr__ for tensors and modules only.
@@ -617,16 +691,87 @@ def validation_score(kept: list | None, select: str) -> float:
     return kept[1] if select == "val_rmse" else kept[0]
 
 
+def checkpoint_path(out: Path, name: str, n: int, restart: int) -> Path:
+    """The checkpoint file of one training run.
+
+    Args:
+        out: run folder.
+        name: model name.
+        n: observed points per series.
+        restart: index of the independent restart.
+
+    Returns:
+        ``out/checkpoints/<name>-n<n>[-r<restart>].pt``.
+    """
+    return out / "checkpoints" / (f"{name}-n{n}.pt" if restart == 0 else f"{name}-n{n}-r{restart}.pt")
+
+
+def checkpoint_paths(out: Path, s: SpiralsSettings) -> list[Path]:
+    """The checkpoint files of the run ``s`` in ``out`` that exist.
+
+    Args:
+        out: run folder.
+        s: settings (which models, n and restarts run).
+
+    Returns:
+        The existing checkpoint files, in training order.
+    """
+    paths = (checkpoint_path(out, m, n, r) for n in s.ns for m in s.models for r in range(s.restarts))
+    return [p for p in paths if p.exists()]
+
+
 def run_experiment(
     s: SpiralsSettings, out: Path, resume: bool = False, plots: bool = True, progress: bool = True
 ) -> dict:
-    """Train and score every (model, n); returns the results dict also written to ``results.json``."""
+    """Train and score every (model, n); returns the results dict also written to ``results.json``.
+
+    ``results.json`` (with the settings) is written before training starts and after each model, every
+    file atomically, so a killed run can always be resumed from its folder.
+
+    Args:
+        s: settings.
+        out: run folder (created if needed).
+        resume: continue from the checkpoints and ``results.json`` in ``out``.
+        plots: draw the example plots.
+        progress: show a progress bar.
+
+    Returns:
+        The results dict.
+
+    Raises:
+        CheckpointError: ``results.json`` or a checkpoint is damaged (the message names it).
+        ResumeError: with ``resume``, the run in ``out`` was started with settings that shape the trained
+            weights differently (the message names them).
+    """
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if resume and results_path.exists() else {}
+    results = {}
+    if resume and results_path.exists():
+        results = read_json(
+            results_path,
+            "results file",
+            "Delete it and resume again: the finished models are scored again from their checkpoints "
+            "(only the recorded training seconds are lost).",
+        )
+        if not isinstance(results, dict):
+            raise CheckpointError(
+                results_path,
+                f"The results file {str(results_path)!r} does not hold a JSON object. Delete it and resume "
+                "again: the finished models are scored again from their checkpoints.",
+            )
+        if isinstance(results.get("settings"), dict):
+            _check_same_settings(results["settings"], s, results_path)
+    if resume:
+        # Before anything is written or trained: every checkpoint this run continues must be readable
+        # and from the same settings.
+        for path in checkpoint_paths(out, s):
+            state = load_checkpoint(path, restore_rng=False)
+            if isinstance(state, dict) and isinstance(state.get("settings"), dict):
+                _check_same_settings(state["settings"], s, path)
     results["settings"] = dataclasses.asdict(s)
+    atomic_write_json(results_path, results, indent=2)
     rows = results.setdefault("rmse", {})
     cfg = SpiralConfig(nspiral=s.nspiral)
     train_data = make_spirals(cfg, seed=s.seed)
@@ -655,7 +800,7 @@ def run_experiment(
 
             runs = []
             for r in range(s.restarts):
-                ckpt = out / "checkpoints" / (f"{name}-n{n}.pt" if r == 0 else f"{name}-n{n}-r{r}.pt")
+                ckpt = checkpoint_path(out, name, n, r)
                 m = train_one(name, n, s, train, ckpt, resume, on_step, val, future, val_future, restart=r)
                 rows_m = cast(list[list[float]], m.val_history)  # [step, loss, RMSE] rows from train_one
                 kept = next((row[1:] for row in rows_m if row[0] == m.best_step), None)
@@ -689,10 +834,10 @@ def run_experiment(
                 entry["empirical_prior"] = empirical_prior_scores(_latent(model), train, val, scored)
             rows[key] = entry
             models[(name, n)] = model
-            results_path.write_text(json.dumps(results, indent=2))
+            atomic_write_json(results_path, results, indent=2)
     bar.close()
     table = format_table(results, s)
-    (out / "table2.md").write_text(table + "\n")
+    atomic_write_text(out / "table2.md", table + "\n")
     if plots:
         for n in s.ns:
             plot_examples(out / f"spirals_n{n}.png", n, s, test_data, models)
@@ -796,8 +941,45 @@ def plot_examples(path: Path, n: int, s: SpiralsSettings, data: SpiralData, mode
         ax.set_aspect("equal", adjustable="datalim")
     axes[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
+
+
+def has_run(out: Path) -> bool:
+    """Whether ``out`` holds a spirals run: its ``results.json`` or a checkpoint.
+
+    Args:
+        out: the run folder.
+
+    Returns:
+        True when there is something to resume.
+    """
+    ckpts = out / "checkpoints"
+    return (out / "results.json").is_file() or (ckpts.is_dir() and any(ckpts.glob("*.pt")))
+
+
+def check_resumable(out: Path) -> None:
+    """Refuse ``--resume`` when ``out`` holds no run to continue.
+
+    Args:
+        out: the ``--out`` folder.
+
+    Raises:
+        ResumeError: ``out`` does not exist, is not a folder, or holds neither ``results.json`` nor
+            checkpoints; the message says what to do.
+    """
+    if not out.exists():
+        raise ResumeError(
+            f"Nothing to resume: the --out folder {str(out)!r} does not exist. Check the path, or drop "
+            "--resume to start a new run there."
+        )
+    if not out.is_dir():
+        raise ResumeError(f"--out {str(out)!r} is a file, not a run folder; pass the folder of the run to resume.")
+    if not has_run(out):
+        raise ResumeError(
+            f"Nothing to resume: {str(out)!r} holds neither results.json nor checkpoints/*.pt of a spirals "
+            "run. Check the path, or drop --resume to start a new run there."
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -806,7 +988,14 @@ def run(args: argparse.Namespace) -> int:
     s = settings_from_args(args)
     out = args.out or Path("runs") / f"spirals-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and args.out is None:
-        raise ValueError("--resume needs --out pointing at the run folder to continue.")
+        raise ResumeError("--resume needs --out pointing at the run folder to continue.")
+    if args.resume:
+        check_resumable(out)
+    elif has_run(out):
+        raise ResumeError(
+            f"The folder {str(out)!r} already holds a spirals run (results.json or checkpoints/); a new run "
+            "would overwrite it. Pass --resume to continue that run, or another --out for a new one."
+        )
     results = run_experiment(s, out, resume=args.resume, plots=not args.no_plots)
     print(format_table(results, s))
     print(f"results written to {out}")

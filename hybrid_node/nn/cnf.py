@@ -265,6 +265,15 @@ class CNF(nn.Module):
             raise TypeError(f"regularization must be an RNODERegularization, got {type(regularization).__name__}.")
         if not base_std > 0:
             raise ValueError(f"base_std must be positive, got {base_std}.")
+        from .cnf_fields import PlanarCNFField, TimeMLPField
+
+        for i, field in enumerate(fields):
+            field_dim = field.dim if isinstance(field, (PlanarCNFField, TimeMLPField)) else dim
+            if field_dim != dim:
+                raise ValueError(
+                    f"fields[{i}] ({type(field).__name__}) is a {field_dim}-d vector field but the CNF has "
+                    f"dim={dim}; build the field with dim={dim} or the CNF with dim={field_dim}."
+                )
         self.dim = dim
         self.blocks = nn.ModuleList(CNFBlock(f, end_time, learn_end_time) for f in fields)
         self.trace = trace

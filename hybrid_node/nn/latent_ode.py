@@ -273,6 +273,7 @@ class LatentODE(nn.Module):
             self.encoder = ODERNNEncoder(obs_dim, rec_hidden, latent_dim, **(ode_rnn_kwargs or {}))
         else:
             raise ValueError(f"encoder must be 'rnn', 'gru' or 'ode-rnn'; got {encoder!r}.")
+        self.obs_dim = obs_dim
         self.latent_dim = latent_dim
         self.dynamics = LatentDynamics(latent_dim, dyn_hidden)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))
@@ -280,8 +281,21 @@ class LatentODE(nn.Module):
         self.obs_std = obs_std
         self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
 
+    def _check_channels(self, batch: IrregularBatch, name: str) -> None:
+        if batch.obs_dim != self.obs_dim:
+            raise ValueError(
+                f"LatentODE was built for obs_dim={self.obs_dim} channels, but {name} has {batch.obs_dim} "
+                f"(values of shape {tuple(batch.values.shape)}; expected (batch, time, {self.obs_dim})). "
+                f"Build the model with obs_dim={batch.obs_dim}, or pass series with {self.obs_dim} channels."
+            )
+
     def encode(self, batch: IrregularBatch, t0: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
-        """(mean, logvar) of q(z0 | x), each (B, latent_dim); z0 lives at time ``t0``."""
+        """(mean, logvar) of q(z0 | x), each (B, latent_dim); z0 lives at time ``t0``.
+
+        Raises:
+            ValueError: ``batch`` has another number of channels than ``obs_dim``, or a time before ``t0``.
+        """
+        self._check_channels(batch, "batch")
         t0 = torch.as_tensor(t0, dtype=batch.times.dtype)
         if bool((batch.times < t0).any()):
             raise ValueError("every observation time must be >= t0 (the latent initial time).")
@@ -359,6 +373,7 @@ class LatentODE(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """log p(x | z0) of the observed entries of ``scored``: the Gaussian term and the Poisson process
         term of the observation times (None without ``poisson``), each (B,)."""
+        self._check_channels(scored, "the scored series")
         union, index = union_grid(scored)
         states = gather_union(self.latent_trajectory(z0, union, t0), index)  # (B, L, state)
         return self.log_likelihood_of_states(states, scored.values, scored.mask)

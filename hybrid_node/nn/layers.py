@@ -40,9 +40,15 @@ class TimeLinear(nn.Module):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}.")
+        self.in_features = in_features
         self.linear = nn.Linear(in_features + 1, out_features, bias=bias)
 
     def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"TimeLinear expects x of shape (..., {self.in_features}) (the time feature is added inside), "
+                f"got {tuple(x.shape)}."
+            )
         tt = _time_like(t, x, (*x.shape[:-1], 1))
         return self.linear(torch.cat([tt, x], dim=-1))
 
@@ -115,6 +121,7 @@ class MLPDynamics(nn.Module):
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}.")
         act = activation if activation is not None else nn.ReLU()
+        self.dim = dim
         sizes = [dim] + [hidden] * layers + [dim]
         make = TimeLinear if time_dependent else nn.Linear
         self.time_dependent = time_dependent

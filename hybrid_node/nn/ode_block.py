@@ -32,6 +32,7 @@ from ..sensitivity.settings import (
     InterpolatingAdjoint,
     QuadratureAdjoint,
 )
+from .layers import MLPDynamics
 
 SensitivityT = DirectBackprop | BacksolveAdjoint | InterpolatingAdjoint | GaussAdjoint | QuadratureAdjoint
 _SENSITIVITIES = (DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint)
@@ -207,9 +208,21 @@ class ODEBlock(nn.Module):
 
         Returns:
             ``y(t[-1])`` shaped like ``x``, or the trajectory (len(t), *x.shape) if ``return_trajectory``.
+
+        Raises:
+            TypeError: ``x`` is not a tensor.
+            ValueError: the vector field is an :class:`MLPDynamics` of another ``dim`` than ``x.shape[-1]``.
         """
         if not torch.is_tensor(x):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}.")
+        # Only fields whose ``dim`` is known to be the state size (a user module's ``dim`` may mean an axis).
+        dim = self.func.dim if isinstance(self.func, MLPDynamics) else None
+        if dim is not None and (x.dim() < 1 or x.shape[-1] != dim):
+            raise ValueError(
+                f"ODEBlock's vector field ({type(self.func).__name__}) takes states of shape (..., {dim}), "
+                f"got x of shape {tuple(x.shape)}; pass states with {dim} features in the last dimension or "
+                f"build the field with dim={x.shape[-1] if x.dim() else 1}."
+            )
         times = self.t if t is None else _as_times(t)
         times = times.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else times.dtype)
         field = _CountingField(self.func, self._calls)

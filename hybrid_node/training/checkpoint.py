@@ -4,19 +4,22 @@ A checkpoint holds whatever state dict the caller passes (model and optimizer st
 history) plus the random number generator states of torch, numpy and Python, so that a resumed run
 continues with the same random draws as an uninterrupted one. Writing goes to a temporary file in the
 same folder followed by ``os.replace``, which is atomic on POSIX and Windows: an interruption leaves
-either the old checkpoint or the new one, never a truncated file.
+either the old checkpoint or the new one, never a truncated file. A file that is damaged anyway (a disk
+problem, a copy cut short) is reported by :func:`load_checkpoint` as a :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .._errors import CheckpointError
+from .atomic import atomic_write, remove_stale_temp_files
 
 PathLike = str | os.PathLike
 
@@ -36,6 +39,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = True) -> Path:
     """Write ``state`` (plus the generator states) to ``path`` atomically.
 
+    The payload goes to ``<name>.<pid>-<random>.tmp`` beside ``path`` and replaces it only once complete
+    and fsynced; temporary files that killed writers left behind are removed (see
+    :mod:`hybrid_node.training.atomic`).
+
     Args:
         path: destination file; its folder is created if needed.
         state: anything ``torch.save`` accepts (typically state dicts and counters).
@@ -44,30 +51,25 @@ def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = T
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(state)
     if include_rng:
         payload["rng"] = rng_state()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _damaged(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        path,
+        f"The checkpoint {str(path)!r} cannot be loaded: {reason}. It is damaged (cut short by an interrupted "
+        "write of an older version, or by a disk problem) or is not a hybrid_node checkpoint. Delete it to "
+        "train that model again from the start, or put back an earlier copy of it, then resume.",
+    )
 
 
 def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] | None:
     """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Temporary files left beside it by writes that were killed are removed first.
 
     Args:
         path: the file.
@@ -75,12 +77,29 @@ def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] 
 
     Returns:
         The stored dict, or None if ``path`` does not exist.
+
+    Raises:
+        CheckpointError: the file is empty, truncated, damaged or not a checkpoint; the message names
+            it and says what to do.
     """
     path = Path(path)
+    remove_stale_temp_files(path)
     if not path.exists():
         return None
-    # weights_only=False: the payload holds numpy/Python generator states, and the file is our own.
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if path.is_dir():
+        raise _damaged(path, "it is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise _damaged(path, "the file is empty")
+    try:
+        # weights_only=False: the payload holds numpy/Python generator states, and the file is our own.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - damaged pickles raise almost anything
+        raise _damaged(path, f"{type(e).__name__}: {e}") from e
+    if not isinstance(payload, dict):
+        raise _damaged(path, f"it holds a {type(payload).__name__}, not a dict of training state")
     if restore_rng and "rng" in payload:
-        set_rng_state(payload["rng"])
+        try:
+            set_rng_state(payload["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise _damaged(path, f"its generator states are invalid ({type(e).__name__}: {e})") from e
     return payload
