@@ -217,7 +217,9 @@ def _first_line(message):
 
 
 def _mask(line):
-    return re.sub(r"(?<![A-Za-z_])[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", "#", line)
+    """Numbers as #, and a list of numbers as [#, ...] (names such as float64 keep their digits)."""
+    line = re.sub(r"(?<![\w.])[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", "#", line)
+    return re.sub(r"\[#(?:, #)*\]", "[#, ...]", line)
 
 
 def _label(entry):
@@ -505,7 +507,7 @@ def title_of(result, info):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tests", required=True, help="a local copy of torchdiffeq's tests/ folder")
+    parser.add_argument("--tests", help="a local copy of torchdiffeq's tests/ folder")
     parser.add_argument("--failures", help="write the failures, grouped by first error line, to this file")
     parser.add_argument("--json", help="write counts, per-function results and failures to this JSON file")
     parser.add_argument("--reference", action="store_true", help="run against the installed torchdiffeq (no shim)")
@@ -521,7 +523,21 @@ def main(argv=None):
     parser.add_argument("--workdir", help="use this directory instead of a fresh temporary one (kept afterwards)")
     parser.add_argument("--log", help="write pytest's output to this file (default: a temporary file, kept)")
     parser.add_argument("--echo", action="store_true", help="also show pytest's output while it runs")
+    parser.add_argument("--summarise", metavar="JSON", help="no run: print and --failures a --json file written before")
     args = parser.parse_args(argv)
+
+    if args.summarise:
+        data = json.loads(Path(args.summarise).read_text())
+        result = {k: data[k] for k in ("session", "functions", "failures")}
+        result["counts"] = {k: collections.Counter(v) if isinstance(v, dict) else v for k, v in data["counts"].items()}
+        for f in result["functions"].values():
+            f["subtests"] = collections.Counter(f["subtests"])
+        title = title_of(result, data["info"])
+        print(format_table(result, title))
+        if args.failures:
+            Path(args.failures).write_text(format_failures(result, title) + "\n")
+            print(f"failures: {args.failures}")
+        return 0
 
     result, info = run_suite(
         args.tests,
