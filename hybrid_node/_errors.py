@@ -20,6 +20,13 @@ class Status(enum.Enum):
         "first step, or use a stiff solver."
     )
     NEWTON_FAILED = "The Newton iteration of the implicit solver did not converge even at the minimum step size."
+    INITIAL_FAILURE = (
+        "The solver could not start from the initial state (for example a NaN or infinite y0, or a vector "
+        "field that is not finite there)."
+    )
+    TIME_LIMIT = "The solver's wall-clock time limit was reached before the final time."
+    STALLED = "The solver stalled: it could not make further progress towards the final time."
+    FAILED = "The solver stopped before the final time (see the solver's return code)."
     NO_EVENT = (
         "The event function never changed sign, and the solve could not go on. Check event_fn (the solve stops "
         "where any of its elements changes sign) and the initial state."

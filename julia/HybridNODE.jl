@@ -7,7 +7,7 @@ parameter vector (`forward_mlp`) or for any torch module called back through Pyt
 (`forward_callback`). `backward` turns the cotangent of the saved states into gradients of the
 initial state and the parameters.
 
-The Python side (hybrid_node/backends/julia_backend.py) uses the layout of this module: a torch
+The Python side (hybrid_node/julia/backend.py) uses the layout of this module: a torch
 `(B, D)` state is a Julia `(D, B)` matrix, saved states are `(D, B, T)`, everything is Float64.
 """
 module HybridNODE
@@ -20,13 +20,15 @@ using OrdinaryDiffEqSDIRK: KenCarp4, TRBDF2
 using OrdinaryDiffEqTsit5: Tsit5
 using OrdinaryDiffEqVerner: Vern7, Vern9
 using PrecompileTools: @compile_workload, @setup_workload
-using PythonCall: Py, PyArray
-using SciMLBase: FullSpecialize, ODEFunction, ODEProblem, solve, successful_retcode
+using PythonCall: Py, PyArray, PyException
+using SciMLBase: FullSpecialize, ODEFunction, ODEProblem, init, remake, solve, solve!,
+                  successful_retcode
 using SciMLSensitivity: BacksolveAdjoint, GaussAdjoint, InterpolatingAdjoint, QuadratureAdjoint,
                         ZygoteVJP
 using Zygote: Zygote
 
-export forward_mlp, forward_callback, backward, algorithm_names, sensitivity_names
+export forward_mlp, forward_callback, backward, python_exception, algorithm_names,
+       sensitivity_names
 
 include("activations.jl")
 include("mlp.jl")

@@ -32,3 +32,33 @@ function activation(name::AbstractString)
     throw(ArgumentError("unknown activation \"$name\"; expected identity, tanh, relu, softplus, " *
                         "sigmoid, silu or elu"))
 end
+
+"The activation names in the order of their codes (`DenseLayer.act`)."
+const ACTIVATION_NAMES = ("identity", "tanh", "relu", "softplus", "sigmoid", "silu", "elu")
+
+"""
+    activation_code(name) -> Int
+
+The code of an activation name (its index in `ACTIVATION_NAMES`); errors like `activation`.
+"""
+function activation_code(name::AbstractString)
+    activation(name)  # throws the error message for an unknown name
+    return findfirst(==(name), ACTIVATION_NAMES)
+end
+
+"""
+    apply_activation(code, z)
+
+The activation with code `code` applied elementwise. A branch on runtime data, so every layer has
+one concrete type and Zygote sees an ordinary broadcast in each branch.
+"""
+function apply_activation(code::Int, z)
+    code == 1 && return z
+    code == 2 && return tanh.(z)
+    code == 3 && return relu_torch.(z)
+    code == 4 && return softplus_torch.(z)
+    code == 5 && return sigmoid_torch.(z)
+    code == 6 && return silu_torch.(z)
+    code == 7 && return elu_torch.(z)
+    throw(ArgumentError("unknown activation code $code"))
+end

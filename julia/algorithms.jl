@@ -48,6 +48,9 @@ end
 
 The SciMLSensitivity adjoint called `name`. Vector-Jacobian products use Zygote on the native path;
 on the callback path the ODEFunction's own `vjp`/`vjp_p` fields are used instead.
+QuadratureAdjoint's `abstol`/`reltol` only matter if they equal the solve's: concrete_solve passes
+the solve's tolerances on to `adjoint_sensitivities`, whose keywords override the fields
+(quadrature_adjoint.jl), so `check_quadrature_tolerances` refuses differing ones.
 `InterpolatingAdjoint(checkpointing=true)` with a Rosenbrock method is refused (SciMLSensitivity
 issue #1075).
 """
@@ -68,4 +71,19 @@ function make_sensealg(name::AbstractString, algorithm::AbstractString;
         return InterpolatingAdjoint(autojacvec = vjp, checkpointing = checkpointing)
     end
     throw(ArgumentError("unknown sensitivity \"$name\"; expected one of $(SENSITIVITIES)"))
+end
+
+"""
+    check_quadrature_tolerances(sensitivity; abstol, reltol, quad_abstol, quad_reltol)
+
+Refuse QuadratureAdjoint tolerances that differ from the forward ones: upstream would accept and
+ignore them (see `make_sensealg`). The Python side refuses them first, with a BackendError.
+"""
+function check_quadrature_tolerances(sensitivity::AbstractString; abstol, reltol, quad_abstol,
+                                     quad_reltol)
+    sensitivity == "QuadratureAdjoint" || return nothing
+    (quad_abstol == abstol && quad_reltol == reltol) ||
+        throw(ArgumentError("QuadratureAdjoint runs with the forward tolerances (abstol=$abstol, " *
+                            "reltol=$reltol); SciMLSensitivity ignores its own abstol/reltol"))
+    return nothing
 end

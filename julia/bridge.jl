@@ -2,7 +2,9 @@
 
 """
 Result of a forward solve. `ys` is `(D, B, T)`; `back` is the Zygote pullback of the solve;
-the statistics come from the solution's `DEStats`.
+the statistics come from the solution's `DEStats`. `t_final` is the last time of the returned
+solution, which SciMLSensitivity sets to `ts[end]` even after a failure; `t_reached` is the time the
+solver really reached (see `reached_time`).
 """
 struct ForwardResult
     ys::Array{Float64, 3}
@@ -10,6 +12,7 @@ struct ForwardResult
     success::Bool
     retcode::String
     t_final::Float64
+    t_reached::Float64
     nf::Int
     naccept::Int
     nreject::Int
@@ -18,8 +21,8 @@ struct ForwardResult
     n_params::Int
 end
 
-stat(stats, name::Symbol) = (stats === nothing || !hasproperty(stats, name)) ? 0 :
-                            Int(getproperty(stats, name))
+stat_count(stats, name::Symbol) = (stats === nothing || !hasproperty(stats, name)) ? 0 :
+                                  Int(getproperty(stats, name))
 
 function solver_options(ts; abstol, reltol, maxiters, dt, fixed_step)
     opts = (abstol = Float64(abstol), reltol = Float64(reltol))
@@ -30,10 +33,26 @@ function solver_options(ts; abstol, reltol, maxiters, dt, fixed_step)
     return opts
 end
 
+"""
+    reached_time(prob, alg, u0, θ, opts) -> Float64
+
+The time a failed solve really reached. After a failure SciMLSensitivity's concrete_solve still
+returns `sol(ts)` (the interpolation extrapolates past the failure) and `sensitivity_solution` sets
+`sol.t = ts`, so the AD solution cannot tell. A plain solve (no AD, nothing saved) stops where the
+forward one did; its integrator's `t` is the answer.
+"""
+function reached_time(prob, alg, u0, θ, opts)
+    integrator = init(remake(prob; u0 = u0, p = θ), alg; save_everystep = false,
+                      save_start = false, save_end = false, opts...)
+    solve!(integrator)
+    return Float64(integrator.t)
+end
+
 function run_forward(prob, alg, sensealg, u0::Matrix{Float64}, θ::Vector{Float64},
                      ts::Vector{Float64}, opts)
-    # Both alg and sensealg are always explicit: the automatic choices push Dual numbers or
-    # Zygote into f, and the default algorithm broke with matrix states (SciMLSensitivity #1165).
+    # Both alg and sensealg are always explicit: the automatic sensealg choice may differentiate f
+    # with ForwardDiff or Zygote (Dual numbers or Zygote reaching a Python callback), and the
+    # automatic algorithm choice is not one of the methods the Python side maps.
     function solve_array(u0_, θ_)
         sol = solve(prob, alg; u0 = u0_, p = θ_, saveat = ts, sensealg = sensealg, opts...)
         return Array(sol), sol
@@ -41,9 +60,12 @@ function run_forward(prob, alg, sensealg, u0::Matrix{Float64}, θ::Vector{Float6
     (ys, sol), back = Zygote.pullback(solve_array, u0, θ)
     stats = hasproperty(sol, :stats) ? sol.stats : nothing
     t_final = isempty(sol.t) ? ts[1] : Float64(sol.t[end])
-    return ForwardResult(Array{Float64, 3}(ys), back, successful_retcode(sol),
-                         string(sol.retcode), t_final, stat(stats, :nf), stat(stats, :naccept),
-                         stat(stats, :nreject), stat(stats, :njacs), size(u0), length(θ))
+    success = successful_retcode(sol)
+    t_reached = success ? ts[end] : reached_time(prob, alg, u0, θ, opts)
+    return ForwardResult(Array{Float64, 3}(ys), back, success, string(sol.retcode), t_final,
+                         t_reached, stat_count(stats, :nf), stat_count(stats, :naccept),
+                         stat_count(stats, :nreject), stat_count(stats, :njacs), size(u0),
+                         length(θ))
 end
 
 function prepare(u0, θ, ts)
@@ -51,28 +73,39 @@ function prepare(u0, θ, ts)
     θv = collect(Float64, θ)
     tsv = collect(Float64, ts)
     length(tsv) >= 2 || throw(ArgumentError("need at least two output times"))
+    # Every adjoint but BacksolveAdjoint returns the states at sort(ts) and walks the cotangents in
+    # that order (SciMLSensitivity concrete_solve.jl, ReverseLossCallback), so a decreasing ts would
+    # be paired with the wrong states. The Python side solves a decreasing t in reversed time
+    # s = -t (`time_reversed` / the callbacks' sign), so ts arrives increasing.
+    all(>(0), diff(tsv)) ||
+        throw(ArgumentError("output times must be strictly increasing (solve a decreasing t in " *
+                            "reversed time: time_reversed = true with ts = -t)"))
     return u0m, θv, tsv
 end
 
 """
     forward_mlp(n_in, n_out, has_bias, activations, time_input, θ, u0, ts; algorithm,
-                sensitivity, checkpointing=false, abstol, reltol, quad_abstol=1e-6,
-                quad_reltol=1e-3, maxiters=nothing, dt=nothing, fixed_step=false) -> ForwardResult
+                sensitivity, checkpointing=false, abstol, reltol, quad_abstol=abstol,
+                quad_reltol=reltol, maxiters=nothing, dt=nothing, fixed_step=false,
+                time_reversed=false) -> ForwardResult
 
-Solve the MLP Neural ODE (Path A) from `u0` (D, B) over the times `ts`, saving at `ts`.
-`activations` is a comma-separated list of names, one per layer.
+Solve the MLP Neural ODE (Path A) from `u0` (D, B) over the increasing times `ts`, saving at `ts`.
+`activations` is a comma-separated list of names, one per layer. With `time_reversed` the problem
+is `du/ds = -mlp(u, θ, -s)`: the Python side sends `ts = -t` for a decreasing `t`.
 """
 function forward_mlp(n_in, n_out, has_bias, activations::AbstractString, time_input::Bool, θ,
                      u0, ts; algorithm::AbstractString, sensitivity::AbstractString,
                      checkpointing::Bool = false, abstol::Real, reltol::Real,
-                     quad_abstol::Real = 1e-6, quad_reltol::Real = 1e-3, maxiters = nothing,
-                     dt = nothing, fixed_step::Bool = false)
+                     quad_abstol::Real = abstol, quad_reltol::Real = reltol, maxiters = nothing,
+                     dt = nothing, fixed_step::Bool = false, time_reversed::Bool = false)
     mlp = MLP(collect(Int, n_in), collect(Int, n_out), collect(Bool, has_bias),
               split(activations, ","), time_input)
     u0m, θv, tsv = prepare(u0, θ, ts)
     length(θv) == mlp.n_params ||
         throw(DimensionMismatch("θ has $(length(θv)) entries, the MLP needs $(mlp.n_params)"))
-    prob = ODEProblem{false}((u, p, t) -> mlp(u, p, t), u0m, (tsv[1], tsv[end]), θv)
+    check_quadrature_tolerances(sensitivity; abstol, reltol, quad_abstol, quad_reltol)
+    σ = time_reversed ? -1.0 : 1.0
+    prob = ODEProblem{false}(MLPField(mlp, σ), u0m, (tsv[1], tsv[end]), θv)
     alg = make_algorithm(algorithm)
     sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
     opts = solver_options(tsv; abstol, reltol, maxiters, dt, fixed_step)
@@ -83,14 +116,16 @@ end
     forward_callback(f, vjp, jac, θ, u0, ts; algorithm, sensitivity, ...) -> ForwardResult
 
 Solve with a torch module as the vector field (Path B); see `callback_function`. `θ` is the flat
-parameter vector (its values are only used for sizes: torch holds the parameters).
+parameter vector (its values are only used for sizes: torch holds the parameters). For a decreasing
+`t` the Python callbacks already compute the reversed-time field `-f(-s, u)`, and `ts = -t`.
 """
 function forward_callback(f::Py, vjp::Py, jac, θ, u0, ts; algorithm::AbstractString,
                           sensitivity::AbstractString, checkpointing::Bool = false,
-                          abstol::Real, reltol::Real, quad_abstol::Real = 1e-6,
-                          quad_reltol::Real = 1e-3, maxiters = nothing, dt = nothing,
+                          abstol::Real, reltol::Real, quad_abstol::Real = abstol,
+                          quad_reltol::Real = reltol, maxiters = nothing, dt = nothing,
                           fixed_step::Bool = false)
     u0m, θv, tsv = prepare(u0, θ, ts)
+    check_quadrature_tolerances(sensitivity; abstol, reltol, quad_abstol, quad_reltol)
     stiff = algorithm in STIFF_ALGORITHMS
     cb = TorchCallbacks(f, vjp, jac, length(u0m), length(θv))
     odef = callback_function(cb; stiff)
@@ -115,4 +150,35 @@ function backward(result::ForwardResult, ybar)
     ū0 = ū0 === nothing ? zeros(result.state_size) : Matrix{Float64}(reshape(ū0, result.state_size))
     θ̄ = θ̄ === nothing ? zeros(result.n_params) : collect(Float64, vec(θ̄))
     return ū0, θ̄
+end
+
+"""
+    python_exception(e) -> Union{Py, Nothing}
+
+The Python exception inside the Julia exception `e`, if a Python callback raised one: `e` itself
+when it is a `PyException`, else searched through the fields (and a failed task's exception) of
+the exceptions solver layers wrap it in. The Python side re-raises it, so the user sees their own
+error instead of a `juliacall.JuliaError`.
+"""
+function python_exception(e, depth::Int = 0)
+    e isa PyException && return e.v
+    depth > 8 && return nothing
+    if e isa TaskFailedException
+        return python_exception(e.task.exception, depth + 1)
+    elseif e isa CompositeException
+        for x in e.exceptions
+            found = python_exception(x, depth + 1)
+            found === nothing || return found
+        end
+        return nothing
+    end
+    e isa Exception || return nothing
+    for name in fieldnames(typeof(e))
+        isdefined(e, name) || continue
+        x = getfield(e, name)
+        x isa Exception || continue
+        found = python_exception(x, depth + 1)
+        found === nothing || return found
+    end
+    return nothing
 end

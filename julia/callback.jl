@@ -3,7 +3,7 @@
 # for the Jacobian. Everything crosses the boundary as flat Float64 vectors: `vec` of a Julia
 # (D, B) state has the memory order of a torch (B, D) tensor.
 #
-# The Python callables (built in hybrid_node/backends/julia_translate.py) are
+# The Python callables (built in hybrid_node/julia/translate.py) are
 #   f(u, t)      -> length-N array                      (N = D * B)
 #   vjp(λ, u, t) -> length-(N + P) array [λᵀ ∂f/∂u; λᵀ ∂f/∂θ]
 #   jac(u, t)    -> length-N² array, ∂f/∂u in column-major order (or `nothing`)

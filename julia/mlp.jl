@@ -3,17 +3,22 @@
 # torch.nn.utils.parameters_to_vector lays out each Linear as weight (out, in) flattened row-major,
 # then bias (out). Read column-major, that weight block is an (in, out) matrix, so the layer's
 # weight is W = transpose(reshape(view(θ, r), in, out)).
+#
+# The architecture is runtime data (sizes, ranges, activation codes in a Vector), not type
+# parameters: every network has the same concrete type, so one compiled solve and adjoint serve
+# all MLPs instead of recompiling for each new layer count or activation sequence.
 
-struct DenseLayer{F}
+struct DenseLayer
     n_in::Int
     n_out::Int
     weight::UnitRange{Int}
-    bias::Union{Nothing, UnitRange{Int}}
-    act::F
+    bias::UnitRange{Int}  # empty without a bias
+    has_bias::Bool
+    act::Int  # index into ACTIVATION_NAMES (activations.jl)
 end
 
-struct MLP{L}
-    layers::L
+struct MLP
+    layers::Vector{DenseLayer}
     time_input::Bool
     n_params::Int
 end
@@ -22,8 +27,8 @@ end
     MLP(n_in, n_out, has_bias, activations, time_input) -> MLP
 
 Describe an MLP whose layer `k` maps `n_in[k]` to `n_out[k]` features, has a bias when
-`has_bias[k]`, and applies `activations[k]` (a name from `activation`). With `time_input`, the time
-is appended as the last input feature of the first layer.
+`has_bias[k]`, and applies `activations[k]` (a name from `ACTIVATION_NAMES`). With `time_input`,
+the time is appended as the last input feature of the first layer.
 """
 function MLP(n_in::AbstractVector{<:Integer}, n_out::AbstractVector{<:Integer},
              has_bias::AbstractVector{Bool}, activations::AbstractVector{<:AbstractString},
@@ -36,23 +41,24 @@ function MLP(n_in::AbstractVector{<:Integer}, n_out::AbstractVector{<:Integer},
         nw = n_in[k] * n_out[k]
         w = (offset + 1):(offset + nw)
         offset += nw
-        b = nothing
+        b = (offset + 1):offset
         if has_bias[k]
             b = (offset + 1):(offset + n_out[k])
             offset += n_out[k]
         end
-        push!(layers, DenseLayer(Int(n_in[k]), Int(n_out[k]), w, b, activation(activations[k])))
+        push!(layers, DenseLayer(Int(n_in[k]), Int(n_out[k]), w, b, has_bias[k],
+                                 activation_code(activations[k])))
     end
-    return MLP(Tuple(layers), time_input, offset)
+    return MLP(layers, time_input, offset)
 end
 
 function apply_layer(layer::DenseLayer, x, θ)
     W = transpose(reshape(view(θ, layer.weight), layer.n_in, layer.n_out))
     z = W * x
-    if layer.bias !== nothing
+    if layer.has_bias
         z = z .+ view(θ, layer.bias)
     end
-    return layer.act.(z)
+    return apply_activation(layer.act, z)
 end
 
 "Evaluate the MLP on a `(D, B)` state at time `t` (out-of-place, Zygote-differentiable)."
@@ -64,3 +70,16 @@ function (m::MLP)(u, θ, t)
     end
     return x
 end
+
+"""
+    MLPField(mlp, σ)
+
+The ODE right-hand side `(u, θ, s) -> σ * mlp(u, θ, σ * s)`: `σ = 1` is the MLP itself, `σ = -1`
+the reversed-time field used for a decreasing `t` (the Python side sends `ts = -t`).
+"""
+struct MLPField
+    mlp::MLP
+    σ::Float64
+end
+
+(f::MLPField)(u, θ, s) = f.σ > 0 ? f.mlp(u, θ, s) : -f.mlp(u, θ, -s)

@@ -2,9 +2,26 @@
 
 It honours the engine contract of hybrid_node.julia.backend (Julia layouts: state
 (D, B), saved states (D, B, T), flat vectors in column-major order) with an independent solver:
-scipy's solve_ivp forward (DOP853, or Radau with the callback Jacobian for stiff methods) and a
+scipy's DOP853 (or Radau with the callback Jacobian for stiff methods) stepped forward, and a
 continuous adjoint solved backwards against the dense forward solution (Chen et al. 2018,
 Algorithm 1, with the forward trajectory interpolated instead of recomputed).
+
+Where upstream Julia does something surprising, the stand-in does the same, so that the Python glue
+is tested against what Julia will really return (SciMLSensitivity 7.97-7.112, src/concrete_solve.jl;
+SciMLBase sensitivity_solution; OrdinaryDiffEqCore solve!; PythonCall JlWrap/base.jl):
+
+- Saved states. Every adjoint but BacksolveAdjoint solves without ``saveat`` and returns
+  ``sol(sort(ts))``: the states at the *sorted* times. The backward pass adds the cotangent of index
+  ``T, T-1, ...`` at each output time as the backward integration passes it (ReverseLossCallback's
+  ``cur_time`` counts down), whatever the direction of time. BacksolveAdjoint keeps the order of ``ts``.
+- Failures. No retcode check happens before ``sol(ts)``: the states past the failure are the
+  interpolation's extrapolation, and ``sensitivity_solution`` sets ``sol.t = ts``, so the solution's
+  last time (``t_final``) is ``max(ts)``. BacksolveAdjoint returns only the output times reached.
+  ``t_reached`` is what HybridNODE's bridge.jl reports from a plain re-solve (the integrator's time).
+- Callback errors. A Python exception raised in a callback comes out of the engine inside a
+  ``JuliaError`` (shaped like juliacall's: ``args = (julia_exception, backtrace)``), with the
+  Python exception held by a PyException nested in a Julia exception; ``python_exception`` finds it
+  as bridge.jl's ``python_exception`` does.
 
 The MLP of the native path is evaluated with the Julia module's formula,
 W = transpose(reshape(theta[r], in, out)), in numpy, and differentiated by hand.
@@ -15,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.integrate import solve_ivp
+from scipy.integrate import DOP853, OdeSolution, Radau, solve_ivp
 
 from hybrid_node._solution import Stats
 from hybrid_node.julia.backend import ForwardOutput
@@ -85,14 +102,70 @@ def mlp_vjp(spec: MLPSpec, theta, u, t, lam):
     return g[: u.shape[0]], g_theta
 
 
+class JuliaError(Exception):
+    """Shaped like juliacall.JuliaError: ``args = (exception, backtrace)``."""
+
+    def __init__(self, exception, backtrace=None):
+        super().__init__(exception, backtrace)
+
+    @property
+    def exception(self):
+        return self.args[0]
+
+
+@dataclasses.dataclass
+class PyException:
+    """PythonCall.PyException: ``v`` is the Python exception value."""
+
+    v: BaseException
+
+
+@dataclasses.dataclass
+class WrappedJuliaException:
+    """A Julia exception holding another one in a field (as solver layers rethrow)."""
+
+    msg: str
+    error: object
+
+
+def python_exception(jl_exc, depth: int = 0):
+    """bridge.jl's python_exception: the Python exception held anywhere in a Julia exception."""
+    if isinstance(jl_exc, PyException):
+        return jl_exc.v
+    if depth > 8 or not dataclasses.is_dataclass(jl_exc):
+        return None
+    for field in dataclasses.fields(jl_exc):
+        found = python_exception(getattr(jl_exc, field.name), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _from_julia(fn):
+    """Call a Python callback as Julia would: its exception comes out wrapped in a JuliaError."""
+
+    def call(*args):
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - re-raised wrapped, as through juliacall
+            raise JuliaError(WrappedJuliaException("error in a solver callback", PyException(e)), None) from None
+
+    return call
+
+
 @dataclasses.dataclass
 class _Handle:
     problem: object
     theta: np.ndarray
     ts: np.ndarray
+    saved_ts: np.ndarray
     dense: object
     shape: tuple
     config: object
+
+
+def _sorts_saveat(config) -> bool:
+    return config.sensitivity != "BacksolveAdjoint"
 
 
 class StandinEngine:
@@ -103,18 +176,27 @@ class StandinEngine:
         self.backward_calls = []
 
     # vector field and its vjp on flat column-major vectors
-    def _f(self, problem, theta, shape, x, t):
+    def _f(self, problem, theta, shape, config, x, t):
         if isinstance(problem, MLPSpec):
             u = x.reshape(shape, order="F")
+            if config.time_reversed:  # bridge.jl: (u, p, s) -> -mlp(u, p, -s)
+                return -mlp_forward(problem, theta, u, -t)[0].reshape(-1, order="F")
             return mlp_forward(problem, theta, u, t)[0].reshape(-1, order="F")
-        return np.asarray(problem.f(x.copy(), t), dtype=float)
+        return np.asarray(_from_julia(problem.f)(x.copy(), t), dtype=float)
 
-    def _vjp(self, problem, theta, shape, lam, x, t):
+    def _vjp(self, problem, theta, shape, config, lam, x, t):
         if isinstance(problem, MLPSpec):
-            gu, gp = mlp_vjp(problem, theta, x.reshape(shape, order="F"), t, lam.reshape(shape, order="F"))
-            return gu.reshape(-1, order="F"), gp
-        out = np.asarray(problem.vjp(lam.copy(), x.copy(), t), dtype=float)
+            sign = -1.0 if config.time_reversed else 1.0
+            u, lm = x.reshape(shape, order="F"), lam.reshape(shape, order="F")
+            gu, gp = mlp_vjp(problem, theta, u, sign * t, lm)
+            return sign * gu.reshape(-1, order="F"), sign * gp
+        out = np.asarray(_from_julia(problem.vjp)(lam.copy(), x.copy(), t), dtype=float)
         return out[: problem.n_state], out[problem.n_state :]
+
+    def python_exception(self, err):
+        if not isinstance(err, JuliaError):
+            return None
+        return python_exception(err.exception)
 
     def forward(self, problem, u0, theta, ts, config):
         assert u0.ndim == 2, "the engine receives the Julia (D, B) layout"
@@ -122,33 +204,57 @@ class StandinEngine:
             dict(problem=problem, u0=np.array(u0), theta=np.array(theta), ts=np.array(ts), config=config)
         )
         shape = u0.shape
+        ts = np.asarray(ts, dtype=float)
         x0 = np.asarray(u0, dtype=float).reshape(-1, order="F")
-        kw = dict(rtol=config.rtol, atol=config.atol, dense_output=True, t_eval=ts)
+        fun = lambda t, x: self._f(problem, theta, shape, config, x, t)
+        kw = dict(rtol=config.rtol, atol=config.atol)
         if config.stiff and not isinstance(problem, MLPSpec):
             n = problem.n_state
-            kw["jac"] = lambda t, x: np.asarray(problem.jac(x.copy(), t)).reshape((n, n), order="F")
-            method = "Radau"
+            jac = _from_julia(problem.jac)
+            solver = Radau(
+                fun, ts[0], x0, ts[-1], jac=lambda t, x: np.asarray(jac(x.copy(), t)).reshape((n, n), order="F"), **kw
+            )
         else:
-            method = "DOP853"
-        sol = solve_ivp(lambda t, x: self._f(problem, theta, shape, x, t), (ts[0], ts[-1]), x0, method=method, **kw)
-        ys = sol.y.reshape(shape + (len(ts),), order="F") if sol.success else np.zeros(shape + (0,))
-        stats = Stats(nfe=int(sol.nfev), n_accepted=max(0, len(sol.t) - 1), n_jacobian=int(sol.njev))
-        handle = _Handle(problem, np.array(theta, dtype=float), np.array(ts, dtype=float), sol.sol, shape, config)
+            solver = DOP853(fun, ts[0], x0, ts[-1], **kw)
+        maxiters = config.maxiters or 100_000  # OrdinaryDiffEq's default maxiters for adaptive methods
+        steps, interpolants, retcode, accepted = [ts[0]], [], "Success", 0
+        while solver.status == "running":
+            if accepted >= maxiters:
+                retcode = "MaxIters"
+                break
+            solver.step()
+            if solver.status == "failed":
+                retcode = "DtLessThanMin"
+                break
+            if not np.all(np.isfinite(solver.y)):
+                retcode = "Unstable"
+                break
+            accepted += 1
+            steps.append(solver.t)
+            interpolants.append(solver.dense_output())
+        success = retcode == "Success"
+        reached = float(steps[-1])
+        dense = OdeSolution(steps, interpolants) if interpolants else (lambda t: x0.copy())
+        sorts = _sorts_saveat(config)
+        if sorts:
+            saved = np.sort(ts)  # concrete_solve.jl: _saveat = sort(saveat); sol(ts), extrapolating
+        else:
+            direction = np.sign(ts[-1] - ts[0])
+            saved = ts if success else ts[direction * ts <= direction * reached]
+        ys = np.stack([dense(t) for t in saved], axis=-1) if len(saved) else np.zeros((x0.size, 0))
+        ys = ys.reshape(shape + (len(saved),), order="F")
+        njev = getattr(solver, "njev", 0)
+        stats = Stats(nfe=int(solver.nfev), n_accepted=accepted, n_jacobian=int(njev))
+        handle = _Handle(problem, np.array(theta, dtype=float), ts, saved, dense, shape, config)
         return ForwardOutput(
             ys=ys,
             handle=handle,
-            success=bool(sol.success),
-            retcode="Success" if sol.success else "MaxIters",
-            t_final=self._reached(sol, ts),
+            success=success,
+            retcode=retcode,
+            t_final=float(saved[-1]) if len(saved) else float(ts[0]),
             stats=stats,
+            t_reached=float(ts[-1]) if success else reached,
         )
-
-    @staticmethod
-    def _reached(sol, ts):
-        dense = sol.sol
-        if dense is not None and len(dense.ts):
-            return float(dense.ts[-1])
-        return float(sol.t[-1]) if len(sol.t) else float(ts[0])
 
     def backward(self, handle: _Handle, ybar):
         ybar = np.asarray(ybar, dtype=float)
@@ -157,17 +263,24 @@ class StandinEngine:
         n = int(np.prod(handle.shape))
         p = len(handle.theta)
         ts, cfg = handle.ts, handle.config
+        T = len(ts)
 
         def rhs(t, z):
             a = z[:n]
             x = handle.dense(t)
-            gu, gp = self._vjp(handle.problem, handle.theta, handle.shape, a, x, t)
+            gu, gp = self._vjp(handle.problem, handle.theta, handle.shape, cfg, a, x, t)
             return np.concatenate([-gu, -gp])
 
+        # ReverseLossCallback: the output times are met in the backward direction (from ts[end]
+        # towards ts[1]); at the k-th one met, the cotangent of index T - k is added.
+        direction = np.sign(ts[-1] - ts[0])
+        visits = sorted(handle.saved_ts, key=lambda tau: -direction * tau)
         z = np.zeros(n + p)
-        for i in range(len(ts) - 1, 0, -1):
-            z[:n] += ybar[..., i].reshape(-1, order="F")
-            sol = solve_ivp(rhs, (ts[i], ts[i - 1]), z, method="DOP853", rtol=cfg.rtol, atol=cfg.atol)
-            z = sol.y[:, -1].copy()
-        z[:n] += ybar[..., 0].reshape(-1, order="F")
+        t_cur = ts[-1]
+        for k, tau in enumerate(visits):
+            if tau != t_cur:
+                sol = solve_ivp(rhs, (t_cur, tau), z, method="DOP853", rtol=cfg.rtol, atol=cfg.atol)
+                z = sol.y[:, -1].copy()
+                t_cur = tau
+            z[:n] += ybar[..., T - 1 - k].reshape(-1, order="F")
         return z[:n].reshape(handle.shape, order="F"), z[n:]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from hybrid_node.commands import doctor
 from hybrid_node.julia import runtime as julia_runtime
 from hybrid_node.julia import setup as julia_setup
@@ -35,6 +37,35 @@ def test_probe_honours_the_executable_variable(monkeypatch, tmp_path):
     exe.chmod(0o755)
     monkeypatch.setenv("PYTHON_JULIAPKG_EXE", str(exe))
     assert julia_runtime.find_julia_executable() == str(exe)
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"PYTHON_JULIACALL_EXE": "julia"},
+        {"PYTHON_JULIACALL_BINDIR": "/opt/julia/bin"},
+        {"PYTHON_JULIACALL_PROJECT": "/tmp/env"},
+    ],
+)
+def test_doctor_reports_juliacall_variables_set_alone(variables, monkeypatch, capsys, tmp_path):
+    # Issue 20 item 6: juliacall refuses an executable without a project (and the reverse).
+    for var in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIACALL_BINDIR", "PYTHON_JULIACALL_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in variables.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(julia_runtime.importlib.util, "find_spec", lambda name: object())
+    status = julia_runtime.probe()
+    assert not status.ok and "needs both together" in status.reason
+    doctor.run(argparse.Namespace(start=False, timeout=1.0))
+    out = capsys.readouterr().out
+    assert "julia  : NOT AVAILABLE" in out and "needs both together" in out
+    assert f"{next(iter(variables))}=" in out
+
+
+def test_juliacall_variables_together_are_accepted(monkeypatch):
+    monkeypatch.setenv("PYTHON_JULIACALL_EXE", "julia")
+    monkeypatch.setenv("PYTHON_JULIACALL_PROJECT", "/tmp/env")
+    assert julia_runtime.juliacall_variables_problem() == ""
 
 
 def test_julia_setup_without_juliacall_explains_how_to_install(monkeypatch, capsys):

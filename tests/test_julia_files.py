@@ -147,13 +147,95 @@ def test_python_and_julia_agree_on_algorithm_and_sensitivity_names():
         assert f'name == "{alg}" && return {alg}(' in text, f"make_algorithm does not build {alg}"
 
 
-def test_python_sends_the_keywords_julia_accepts():
+def _keywords(fn: str) -> set:
     text = (JULIA_DIR / "bridge.jl").read_text()
-    for fn in ("forward_mlp", "forward_callback"):
-        signature = re.search(rf"function {fn}\((.*?)\)\n", text, re.S).group(1)
-        keywords = set(re.findall(r"(\w+)(?:::[\w{}]+)?(?: = [^,]+)?(?:,|$)", signature.split(";", 1)[1]))
-        python = set(re.findall(r"(\w+)=config\.", Path(julia_backend.__file__).read_text()))
-        assert python == keywords, (fn, python ^ keywords)
+    signature = re.search(rf"function {fn}\((.*?)\)\n", text, re.S).group(1)
+    return set(re.findall(r"(\w+)(?:::[\w{}]+)?(?: = [^,]+)?(?:,|$)", signature.split(";", 1)[1]))
+
+
+def test_python_sends_the_keywords_julia_accepts():
+    python = set(re.findall(r"(\w+)=config\.", Path(julia_backend.__file__).read_text()))
+    # time_reversed goes to forward_mlp only: the callback path reverses time in its Python callbacks.
+    assert python == _keywords("forward_mlp")
+    assert python - {"time_reversed"} == _keywords("forward_callback")
+
+
+def test_python_reads_only_fields_the_julia_result_has():
+    text = (JULIA_DIR / "bridge.jl").read_text()
+    struct = re.search(r"struct ForwardResult\n(.*?)\nend", text, re.S).group(1)
+    fields = set(re.findall(r"^\s*(\w+)::", struct, re.M))
+    read = set(re.findall(r"\bres\.(\w+)", Path(julia_backend.__file__).read_text()))
+    assert read and read <= fields, read - fields
+    assert "t_reached" in read  # issue 20 item 2: the time reached, not sol.t[end]
+
+
+def test_failed_solves_get_the_reached_time_from_the_solver():
+    # Issue 20 item 2: sol.t is ts after sensitivity_solution; a plain re-solve's integrator knows.
+    code = _code(JULIA_DIR / "bridge.jl")
+    assert re.search(r"t_reached = success \? ts\[end\] : reached_time\(", code)
+    body = re.search(r"function reached_time\(.*?\nend", code, re.S).group(0)
+    assert "init(remake(prob" in body and "solve!(integrator)" in body and "integrator.t" in body
+
+
+def test_julia_refuses_decreasing_times_and_reverses_time_instead():
+    # Issue 20 item 1: upstream returns sol(sort(ts)) for every adjoint but BacksolveAdjoint.
+    code = _code(JULIA_DIR / "bridge.jl")
+    assert re.search(r"all\(>\(0\), diff\(tsv\)\) \|\|", code)
+    assert "MLPField(mlp, σ)" in code and "time_reversed ? -1.0 : 1.0" in code
+    assert "-f.mlp(u, θ, -s)" in _code(JULIA_DIR / "mlp.jl")
+
+
+def test_python_exceptions_are_unwrapped_in_julia():
+    # Issue 20 item 5: the helper the Python side calls on a JuliaError.
+    code = _code(JULIA_DIR / "bridge.jl")
+    assert "e isa PyException && return e.v" in code
+    assert "python_exception" in (JULIA_DIR / "HybridNODE.jl").read_text().split("export", 1)[1]
+    assert "self.jl.python_exception(" in Path(julia_backend.__file__).read_text()
+
+
+def test_quadrature_tolerances_are_checked_in_julia_too():
+    # Issue 20 item 3.
+    code = _code(JULIA_DIR / "bridge.jl")
+    assert code.count("check_quadrature_tolerances(sensitivity;") == 2
+
+
+def test_mlp_architecture_is_runtime_data():
+    # Issue 20 item 7: MLP{L} compiled a new solve and adjoint for every network.
+    code = _code(JULIA_DIR / "mlp.jl")
+    assert re.search(r"^struct MLP\n", code, re.M) and re.search(r"^struct DenseLayer\n", code, re.M)
+    assert not re.search(r"struct (MLP|DenseLayer|MLPField)\{", code)
+    assert "layers::Vector{DenseLayer}" in code
+
+
+def test_precompile_workload_cannot_break_loading():
+    # Issue 20 item 7: an exception in @compile_workload would make `using HybridNODE` fail.
+    code = _code(JULIA_DIR / "precompile.jl")
+    workload = code.split("@compile_workload", 1)[1]
+    assert re.search(r"\btry\b(.|\n)*forward_mlp(.|\n)*backward(.|\n)*\bcatch\b", workload)
+
+
+def test_small_review_findings_are_gone():
+    # Issue 20 item 9: no Base.stat shadowing, no citation of SciMLSensitivity #1165 for a reason it
+    # is not about, and the manifest names only test files that exist.
+    for path in SOURCES:
+        code = _code(path)
+        assert not re.search(r"^\s*stat\(", code, re.M), path.name
+        assert "#1165" not in path.read_text(), path.name
+    for name in re.findall(r"tests/\w+\.py", (ROOT / "Project.toml").read_text()):
+        assert (ROOT / name).is_file(), name
+
+
+def test_julia_test_suite_is_wired_into_the_package():
+    runtests = JULIA_DIR / "test" / "runtests.jl"
+    assert runtests.is_file()
+    assert (ROOT / "hybrid_node" / "_julia" / "HybridNODE" / "test" / "runtests.jl").resolve() == runtests.resolve()
+    assert set(PROJECT["targets"]["test"]) <= set(PROJECT["extras"])
+    used = set(re.findall(r"^using (\w+)", _code(runtests), re.M))
+    assert used - {"HybridNODE", "PythonCall"} <= set(PROJECT["extras"])
+    assert _problems(_parser().parse(runtests.read_bytes())) == []
+    text = runtests.read_text()
+    for what in ("native path", "callback path", "MLP translation", "sensitivity_names()"):
+        assert what in text
 
 
 def test_julia_activation_names_match_translation():

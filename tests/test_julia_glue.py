@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from hybrid_node.sensitivity.settings import (
 )
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)
+SENSITIVITIES = (GaussAdjoint(), InterpolatingAdjoint(), QuadratureAdjoint(), BacksolveAdjoint())
 
 
 @pytest.fixture(autouse=True)
@@ -259,7 +262,6 @@ def test_torch_only_method_names_the_julia_methods():
         (None, "GaussAdjoint", False),
         (GaussAdjoint(), "GaussAdjoint", False),
         (InterpolatingAdjoint(), "InterpolatingAdjoint", False),
-        (InterpolatingAdjoint(checkpoints=4), "InterpolatingAdjoint", True),
         (QuadratureAdjoint(), "QuadratureAdjoint", False),
         (BacksolveAdjoint(), "BacksolveAdjoint", False),
     ],
@@ -268,9 +270,23 @@ def test_sensitivity_mapping(setting, name, checkpointing):
     assert jb.resolve_sensitivity(setting, "Tsit5", 1e-6, 1e-8)[:2] == (name, checkpointing)
 
 
-def test_quadrature_tolerances_default_to_forward_and_can_be_set():
+def test_checkpoint_count_is_said_to_be_unused_upstream():
+    # Issue 20 item 9: SciMLSensitivity's InterpolatingAdjoint(checkpointing=true) checkpoints at the
+    # saved times; N cannot be passed on, and the user is told so.
+    with pytest.warns(UserWarning, match=r"checkpoints=4.*output times t only.*not used"):
+        assert jb.resolve_sensitivity(InterpolatingAdjoint(checkpoints=4), "Tsit5", 1e-6, 1e-8)[:2] == (
+            "InterpolatingAdjoint",
+            True,
+        )
+
+
+def test_quadrature_tolerances_are_the_forward_ones_and_differing_ones_are_refused():
+    # Issue 20 item 3: upstream overrides QuadratureAdjoint's own abstol/reltol with the solve's.
     assert jb.resolve_sensitivity(QuadratureAdjoint(), "Tsit5", 1e-6, 1e-8)[2:] == (1e-6, 1e-8)
-    assert jb.resolve_sensitivity(QuadratureAdjoint(rtol=1e-3, atol=1e-4), "Tsit5", 1e-6, 1e-8)[2:] == (1e-3, 1e-4)
+    assert jb.resolve_sensitivity(QuadratureAdjoint(rtol=1e-6, atol=1e-8), "Tsit5", 1e-6, 1e-8)[2:] == (1e-6, 1e-8)
+    for setting in (QuadratureAdjoint(rtol=1e-3), QuadratureAdjoint(atol=1e-4)):
+        with pytest.raises(BackendError, match="QuadratureAdjoint backward pass with the forward tolerances"):
+            jb.resolve_sensitivity(setting, "Tsit5", 1e-6, 1e-8)
 
 
 @pytest.mark.parametrize(
@@ -278,6 +294,7 @@ def test_quadrature_tolerances_default_to_forward_and_can_be_set():
     [
         (DirectBackprop(), "GaussAdjoint"),
         (InterpolatingAdjoint(checkpoints=3), "#1075"),
+        (QuadratureAdjoint(rtol=1e-3), "forward tolerances"),
         (GaussAdjoint(norm="seminorm"), "seminorm"),
         (GaussAdjoint(rtol=1e-3), "forward tolerances"),
         (BacksolveAdjoint(method="tsit5"), "forward method"),
@@ -334,7 +351,48 @@ def test_wrong_output_shape_of_func_is_reported():
 def test_failed_solve_raises_solver_error():
     with pytest.raises(SolverError) as info:
         _solve(lambda t, y: y**2, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 2.0]), rtol=1e-6, atol=1e-8)
-    assert info.value.status is Status.MAX_STEPS and 0.9 < info.value.t < 1.01
+    assert info.value.status in (Status.STEP_UNDERFLOW, Status.NONFINITE) and 0.9 < info.value.t < 1.01
+
+
+@pytest.mark.parametrize("sensitivity", SENSITIVITIES, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("decreasing", [False, True], ids=["increasing", "decreasing"])
+def test_failed_solve_reports_the_time_reached_not_the_last_output_time(sensitivity, decreasing):
+    # Issue 20 item 2: upstream's solution says t[end] after a failure (sensitivity_solution sets
+    # sol.t = ts); the error must carry the time the solver reached.
+    t = torch.tensor([0.0, 1.0, 5.0, 50.0], dtype=torch.float64)
+    t = -t if decreasing else t
+    with pytest.raises(SolverError, match="max_num_steps") as info:
+        _solve(
+            lambda t, y: -y,
+            torch.ones(2, dtype=torch.float64),
+            t,
+            options={"max_num_steps": 8},
+            sensitivity=sensitivity,
+            rtol=1e-8,
+            atol=1e-10,
+        )
+    assert info.value.status is Status.MAX_STEPS
+    reached = abs(info.value.t)
+    assert 0.0 < reached < 50.0 and np.sign(info.value.t) == (-1 if decreasing else 1)
+
+
+@pytest.mark.parametrize(
+    "retcode, status",
+    [
+        ("ReturnCode.MaxIters", Status.MAX_STEPS),
+        ("DtLessThanMin", Status.STEP_UNDERFLOW),
+        ("Unstable", Status.NONFINITE),
+        ("ConvergenceFailure", Status.NEWTON_FAILED),
+        ("ReturnCode.InitialFailure", Status.INITIAL_FAILURE),
+        ("MaxTime", Status.TIME_LIMIT),
+        ("Stalled", Status.STALLED),
+        ("Failure", Status.FAILED),
+    ],
+)
+def test_each_retcode_has_its_own_message(retcode, status):
+    # Issue 20 item 9: InitialFailure, MaxTime and Stalled were reported as "the state became NaN".
+    assert jb.status_from_retcode(retcode) is status
+    assert status is Status.NONFINITE or status.message != Status.NONFINITE.message
 
 
 def test_missing_julia_raises_with_install_instructions(monkeypatch):
@@ -358,8 +416,175 @@ def test_importing_hybrid_node_never_starts_julia():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_status_from_retcode():
-    assert jb.status_from_retcode("ReturnCode.MaxIters") is Status.MAX_STEPS
-    assert jb.status_from_retcode("DtLessThanMin") is Status.STEP_UNDERFLOW
-    assert jb.status_from_retcode("Unstable") is Status.NONFINITE
-    assert jb.status_from_retcode("ConvergenceFailure") is Status.NEWTON_FAILED
+# ---------------------------------------------------------------- issue 20: what upstream really does
+
+A2 = torch.tensor([[-0.5, 1.0], [-1.0, -0.2]], dtype=torch.float64)
+
+
+class LinearField(nn.Module):
+    """dy/dt = y A^T with A a parameter: exact solution expm(A (t - t0)) y0 (callback path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = nn.Parameter(A2.clone())
+
+    def forward(self, t, y):
+        return y @ self.A.T
+
+
+def _exact_loss(A, y0, t, weights):
+    out = torch.stack([y0 @ torch.linalg.matrix_exp(A * (ti - t[0])).T for ti in t])
+    return (out * weights).sum(), out
+
+
+@pytest.mark.parametrize("sensitivity", SENSITIVITIES, ids=lambda s: type(s).__name__)
+def test_decreasing_times_give_the_exact_states_and_gradients(sensitivity):
+    # Issue 20 item 1: non-backsolve adjoints return sol(sort(ts)); the glue must still pair every
+    # state and cotangent with its own time. The engine only ever sees increasing times.
+    func = LinearField()
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.5, 0.9, 0.2, -0.4], dtype=torch.float64, requires_grad=True)
+    weights = torch.linspace(0.5, 2.0, 16, dtype=torch.float64).reshape(4, 2, 2)
+    engine = StandinEngine()
+    ys = _solve(func, y0, t, engine, sensitivity=sensitivity).ys
+    (ys * weights).sum().backward()
+    assert np.all(np.diff(engine.forward_calls[0]["ts"]) > 0)
+
+    A = A2.clone().requires_grad_(True)
+    y0r, tr = y0.detach().clone().requires_grad_(True), t.detach().clone().requires_grad_(True)
+    loss, exact = _exact_loss(A, y0r, tr, weights)
+    loss.backward()
+    torch.testing.assert_close(ys.detach(), exact.detach(), rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(y0.grad, y0r.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(func.A.grad, A.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(t.grad, tr.grad, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("sensitivity", SENSITIVITIES, ids=lambda s: type(s).__name__)
+def test_decreasing_times_on_the_native_path(sensitivity):
+    func = MLPVectorField(_net(3, 2), time_input=True)
+    y0 = torch.randn(3, 2, dtype=torch.float64)
+    t_dec = torch.tensor([0.8, 0.3, -0.2], dtype=torch.float64)
+    native = _solve(func, y0, t_dec, sensitivity=sensitivity).ys
+    reference = _solve(PlainMLP(func.net), y0, t_dec, sensitivity=sensitivity).ys  # callback path
+    torch.testing.assert_close(native, reference, rtol=1e-9, atol=1e-10)
+    # against the increasing solve from the final state back: the same trajectory
+    back = _solve(func, native[-1], t_dec.flip(0)).ys.flip(0)
+    torch.testing.assert_close(native, back, rtol=1e-7, atol=1e-8)
+
+
+def test_standin_returns_sorted_saveat_except_for_backsolve():
+    # The stand-in must do what SciMLSensitivity's concrete_solve.jl does, or the tests above
+    # would prove nothing: sol(sort(ts)) for every adjoint but BacksolveAdjoint.
+    func = LinearField()
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    problem = jb.make_callbacks(lambda t, m: func(t, m), (1, 2), tuple(func.parameters()), torch.float64, "cpu")
+    ts = np.array([1.0, 0.5, 0.0])
+    for sensitivity, expect in (("GaussAdjoint", np.sort(ts)), ("BacksolveAdjoint", ts)):
+        config = jb.SolveConfig(
+            algorithm="DP5",
+            sensitivity=sensitivity,
+            checkpointing=False,
+            rtol=1e-10,
+            atol=1e-12,
+            quad_rtol=1e-10,
+            quad_atol=1e-12,
+            maxiters=None,
+            dt=None,
+            fixed_step=False,
+        )
+        out = StandinEngine().forward(problem, y0.numpy().T, np.zeros(4), ts, config)
+        exact = np.stack([(torch.linalg.matrix_exp(A2 * (tau - 1.0)) @ y0[0]).numpy() for tau in expect], -1)
+        np.testing.assert_allclose(out.ys[:, 0, :], exact, rtol=1e-8, atol=1e-10)
+
+
+def test_standin_extrapolates_and_reports_the_last_output_time_after_a_failure():
+    # sol(ts) without a retcode check, and sensitivity_solution's sol.t = ts.
+    problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
+    config = jb.SolveConfig(
+        algorithm="DP5",
+        sensitivity="GaussAdjoint",
+        checkpointing=False,
+        rtol=1e-8,
+        atol=1e-10,
+        quad_rtol=1e-8,
+        quad_atol=1e-10,
+        maxiters=5,
+        dt=None,
+        fixed_step=False,
+    )
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 10.0, 100.0]), config)
+    assert not out.success and out.retcode == "MaxIters"
+    assert out.ys.shape == (1, 1, 3) and np.all(np.isfinite(out.ys))
+    assert out.t_final == 100.0 and out.t_reached < 10.0
+
+
+class Boom(Exception):
+    pass
+
+
+def test_an_error_raised_in_func_during_the_solve_reaches_the_user_as_itself():
+    # Issue 20 item 5: from inside Julia it would arrive as a juliacall.JuliaError.
+    def func(t, y):
+        if float(t) > 0.5:
+            raise Boom("bad vector field")
+        return -y
+
+    with pytest.raises(Boom, match="bad vector field"):
+        _solve(func, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+def test_an_error_raised_in_the_backward_callbacks_reaches_the_user_as_itself():
+    calls = {"n": 0}
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+
+    def func(t, y):
+        if torch.is_grad_enabled() and y.requires_grad:
+            calls["n"] += 1
+            raise Boom("bad vjp")
+        return -w * y
+
+    ys = _solve(func, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0]), adjoint_params=(w,)).ys
+    with pytest.raises(Boom, match="bad vjp"):
+        ys.sum().backward()
+    assert calls["n"] >= 1
+
+
+def test_wrong_output_shape_is_reported_before_julia_starts(monkeypatch):
+    monkeypatch.setattr(julia_runtime, "load_module", lambda: pytest.fail("Julia must not start"))
+    with pytest.raises(ValueError, match="must return the shape of y0"):
+        jb.solve(lambda t, y: y[..., :1], torch.ones(3, 2), torch.tensor([0.0, 1.0]))
+
+
+def test_float32_callback_field_at_tight_tolerances_warns():
+    # Issue 20 item 8: Julia integrates in Float64 at rtol 1e-7 while the field rounds at ~6e-8.
+    net = _net(3, 2).float()
+    y0 = torch.randn(2, 2)
+    with pytest.warns(UserWarning, match=r"float32.*rtol=1e-07.*double\(\)"):
+        jb.solve_with_engine(StandinEngine(), PlainMLP(net), y0, torch.tensor([0.0, 0.5]), rtol=1e-7, atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jb.solve_with_engine(StandinEngine(), PlainMLP(net), y0, torch.tensor([0.0, 0.5]), rtol=1e-5, atol=1e-7)
+        jb.solve_with_engine(
+            StandinEngine(), PlainMLP(net.double()), y0.double(), torch.tensor([0.0, 0.5]), rtol=1e-7, atol=1e-9
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_backward_enters_the_engine_on_the_calling_thread():
+    # Issue 20 item 4: a CUDA input would put the Function's backward on PyTorch's CUDA worker
+    # thread, which Julia did not start.
+    seen = []
+
+    class ThreadRecorder(StandinEngine):
+        def backward(self, handle, ybar):
+            seen.append(threading.get_ident())
+            return super().backward(handle, ybar)
+
+    func = PlainMLP(_net(3, 2).cuda())
+    y0 = torch.randn(3, 2, dtype=torch.float64, device="cuda", requires_grad=True)
+    ys = _solve(func, y0, torch.tensor([0.0, 0.5], device="cuda", dtype=torch.float64), ThreadRecorder()).ys
+    assert ys.device.type == "cuda"
+    ys.square().sum().backward()
+    assert seen == [threading.get_ident()]
+    assert y0.grad.device.type == "cuda" and all(p.grad.device.type == "cuda" for p in func.parameters())

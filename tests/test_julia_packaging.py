@@ -61,3 +61,13 @@ def test_built_wheel_contains_the_julia_package(tmp_path):
         for source in (ROOT / "julia").glob("*.jl"):
             assert zf.read(str(pkg_dir / "src" / source.name)) == source.read_bytes()
         assert zf.read(str(pkg_dir / "Project.toml")) == (ROOT / "Project.toml").read_bytes()
+
+
+def test_julia_extra_does_not_pull_in_diffeqpy():
+    # diffeqpy is never imported, and its juliapkg.json would merge DifferentialEquations,
+    # ModelingToolkit and Sundials into the Julia project HybridNODE runs in (issue 20).
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = config["project"]["optional-dependencies"]["julia"]
+    assert not any(req.lower().startswith("diffeqpy") for req in extra)
+    assert any(req.startswith("juliacall") for req in extra)
+    assert "diffeqpy is not a dependency" in (ROOT / "README.md").read_text()

@@ -55,6 +55,7 @@ def julia_report(start: bool = False, timeout: float = 600.0) -> tuple[bool, lis
     for var in (
         "PYTHON_JULIACALL_EXE",
         "PYTHON_JULIACALL_PROJECT",
+        "PYTHON_JULIACALL_BINDIR",
         "PYTHON_JULIAPKG_EXE",
         "PYTHON_JULIAPKG_PROJECT",
         "PYTHON_JULIAPKG_OFFLINE",

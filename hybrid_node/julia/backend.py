@@ -9,6 +9,13 @@ Julia), then hands the problem to an *engine* with two methods:
   ``ts`` the output times; the output states are ``(D, B, T)``.
 - ``backward(handle, ybar) -> (u0bar, thetabar)``: ``ybar`` is the ``(D, B, T)`` cotangent of the
   states; returns the ``(D, B)`` and ``(P,)`` gradients.
+- ``python_exception(err) -> BaseException | None``: the Python exception a callback raised, when
+  ``err`` (a ``juliacall.JuliaError``) carries one.
+
+The engine only ever receives strictly increasing ``ts``: SciMLSensitivity's non-backsolve adjoints
+return the states at ``sort(saveat)`` and walk the cotangents in that order, so a decreasing ``t`` is
+solved in reversed time ``s = -t`` (``dy/ds = -f(-s, y)``; same states, same gradients of ``y0``
+and the parameters).
 
 :class:`JuliaEngine` is the real one (Julia module ``HybridNODE`` in ``julia/``). A
 ``torch.autograd.Function`` bridges it to torch, so ``loss.backward()`` fills the gradients of
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
@@ -116,6 +124,10 @@ _RETCODES = (
     ("DtLessThanMin", Status.STEP_UNDERFLOW),
     ("Unstable", Status.NONFINITE),
     ("ConvergenceFailure", Status.NEWTON_FAILED),
+    ("InitialFailure", Status.INITIAL_FAILURE),
+    ("MaxTime", Status.TIME_LIMIT),
+    ("Stalled", Status.STALLED),
+    ("DtNaN", Status.NONFINITE),
 )
 
 
@@ -164,6 +176,7 @@ class SolveConfig:
         maxiters: maximum number of steps, or None for Julia's default.
         dt: fixed step (fixed-step methods) or first step (adaptive), or None.
         fixed_step: the method steps on a fixed grid (also stopping at each output time).
+        time_reversed: the engine solves ``dy/ds = -f(-s, y)`` over ``s = -t`` (``t`` decreasing).
     """
 
     algorithm: str
@@ -176,6 +189,7 @@ class SolveConfig:
     maxiters: int | None
     dt: float | None
     fixed_step: bool
+    time_reversed: bool = False
 
     @property
     def stiff(self) -> bool:
@@ -237,25 +251,34 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
                 f"The Julia backend solves the adjoint with the forward method ({algorithm}); leave the "
                 f"sensitivity's method=None (got {sensitivity.method!r}) or use backend='torch'."
             )
+    # Every adjoint, QuadratureAdjoint included, runs its backward pass with the forward tolerances:
+    # SciMLSensitivity's concrete_solve passes the solve's abstol/reltol on to adjoint_sensitivities,
+    # and quadrature_adjoint.jl uses those for the adjoint solve and quadgk, overriding the
+    # QuadratureAdjoint(abstol, reltol) fields. Different values would be accepted and ignored.
+    for field, forward in (("rtol", rtol), ("atol", atol)):
+        value = getattr(sensitivity, field)
+        if value is not None and value != forward:
+            raise BackendError(
+                f"The Julia backend solves the {name} backward pass with the forward tolerances "
+                f"(SciMLSensitivity passes the solve's tolerances on to the adjoint"
+                f"{' and its quadrature' if name == 'QuadratureAdjoint' else ''}); leave {field}=None "
+                f"(adjoint_{field}) or set it equal to the forward {field}={forward:g}, or use backend='torch'."
+            )
     quad_rtol, quad_atol = rtol, atol
-    if name == "QuadratureAdjoint":
-        quad_rtol = sensitivity.rtol if sensitivity.rtol is not None else rtol
-        quad_atol = sensitivity.atol if sensitivity.atol is not None else atol
-    else:
-        for field, forward in (("rtol", rtol), ("atol", atol)):
-            value = getattr(sensitivity, field)
-            if value is not None and value != forward:
-                raise BackendError(
-                    f"The Julia backend solves the {name} backward pass with the forward tolerances; "
-                    f"leave {field}=None (adjoint_{field}) or set it equal to the forward {field}, or use "
-                    "QuadratureAdjoint, whose quadrature tolerances can be set."
-                )
     checkpointing = isinstance(sensitivity, InterpolatingAdjoint) and sensitivity.checkpoints is not None
     if checkpointing and algorithm in ROSENBROCK_ALGORITHMS:
         raise BackendError(
             f"InterpolatingAdjoint(checkpoints=...) with {algorithm} is broken upstream "
             "(SciMLSensitivity issue #1075); use GaussAdjoint(), InterpolatingAdjoint() without "
             "checkpoints, or a non-Rosenbrock stiff method (KenCarp4, TRBDF2, FBDF, QNDF)."
+        )
+    if checkpointing:
+        warnings.warn(
+            f"InterpolatingAdjoint(checkpoints={sensitivity.checkpoints}) on the Julia backend switches "
+            "SciMLSensitivity's checkpointing on, which checkpoints at the output times t only: the "
+            "number of checkpoints is not used. Add output times to get more checkpoints.",
+            UserWarning,
+            stacklevel=3,
         )
     return name, checkpointing, float(quad_rtol), float(quad_atol)
 
@@ -311,8 +334,12 @@ class ForwardOutput:
         handle: whatever the engine's backward needs.
         success: the solve reached the last time.
         retcode: the solver's return code.
-        t_final: the time reached.
+        t_final: the last time of the returned solution. Upstream sets it to ``ts[end]`` even after a
+            failure (the states past the failure are the interpolation's extrapolation), so it is
+            kept for diagnosis only.
         stats: work counters.
+        t_reached: the time the solver really reached (``ts[end]`` on success; on failure found by
+            the engine from the solver itself). This is what :class:`SolverError` reports.
     """
 
     ys: np.ndarray
@@ -321,6 +348,7 @@ class ForwardOutput:
     retcode: str
     t_final: float
     stats: Stats
+    t_reached: float | None = None
 
 
 class JuliaEngine:
@@ -352,6 +380,7 @@ class JuliaEngine:
                 theta,
                 u0,
                 ts,
+                time_reversed=config.time_reversed,
                 **kwargs,
             )
         else:
@@ -367,19 +396,43 @@ class JuliaEngine:
             retcode=str(res.retcode),
             t_final=float(res.t_final),
             stats=stats,
+            t_reached=float(res.t_reached),
         )
 
     def backward(self, handle, ybar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u0bar, thetabar = self.jl.backward(handle, ybar)
         return np.array(u0bar, dtype=np.float64), np.array(thetabar, dtype=np.float64).reshape(-1)
 
+    def python_exception(self, err: BaseException) -> BaseException | None:
+        """The Python exception inside a ``juliacall.JuliaError`` (a PyException somewhere in it)."""
+        if type(err).__name__ != "JuliaError" or not err.args:
+            return None
+        try:
+            found = self.jl.python_exception(err.args[0])
+        except Exception:  # noqa: BLE001 - unwrapping is best effort; the JuliaError stands otherwise
+            return None
+        return found if isinstance(found, BaseException) else None
+
+
+def _call_engine(engine, method: Callable, *args):
+    """Call an engine method; a Python exception raised in a callback reaches the user as itself."""
+    try:
+        return method(*args)
+    except Exception as err:
+        unwrap = getattr(engine, "python_exception", None)
+        original = unwrap(err) if unwrap is not None else None
+        if original is None:
+            raise
+        raise original from None
+
 
 def status_from_retcode(retcode: str) -> Status:
-    """The :class:`Status` for a SciML return code (NONFINITE when unrecognised)."""
+    """The :class:`Status` for a SciML return code (FAILED, naming the code, when unrecognised)."""
+    name = retcode.rsplit(".", 1)[-1].strip()
     for key, status in _RETCODES:
-        if key in retcode:
+        if key == name:
             return status
-    return Status.NONFINITE
+    return Status.FAILED
 
 
 @dataclasses.dataclass
@@ -392,6 +445,7 @@ class _Run:
     field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # f on the (B, D) layout
     n_theta: int
     stats: Stats | None = None
+    device: torch.device = torch.device("cpu")  # where field is evaluated (the user's device)
 
 
 def _flat_params(params: Sequence[torch.Tensor], n_theta: int) -> np.ndarray:
@@ -405,16 +459,21 @@ class _JuliaSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, run: _Run, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
+        # Inputs are CPU tensors (see solve_with_engine), so backward runs on the thread that called
+        # .backward() -- never on a CUDA autograd worker thread that Julia did not start.
         u0 = y0.detach().to("cpu", torch.float64).numpy()  # (B, D), C-contiguous
         theta = _flat_params(params, run.n_theta)
         ts = t.detach().to("cpu", torch.float64).numpy()
-        # u0.T is the Julia (D, B) matrix over the same memory; states come back (D, B, T).
-        out = run.engine.forward(run.problem, u0.T, theta, ts, run.config)
+        sign = -1.0 if run.config.time_reversed else 1.0
+        # u0.T is the Julia (D, B) matrix over the same memory; states come back (D, B, T), in the
+        # order of ts (the engine sees sign * ts, which is increasing).
+        out = _call_engine(run.engine, run.engine.forward, run.problem, u0.T, theta, sign * ts, run.config)
         if not out.success:
-            raise SolverError(status_from_retcode(out.retcode), out.t_final, f"Julia retcode {out.retcode}")
+            reached = out.t_reached if out.t_reached is not None else out.t_final
+            raise SolverError(status_from_retcode(out.retcode), sign * reached, f"Julia retcode {out.retcode}")
         run.stats = out.stats
         ys = torch.from_numpy(np.ascontiguousarray(np.transpose(out.ys, (2, 1, 0))))
-        ys = ys.to(device=y0.device, dtype=y0.dtype)
+        ys = ys.to(dtype=y0.dtype)
         ctx.run = run
         ctx.handle = out.handle
         ctx.param_meta = [(tuple(p.shape), p.dtype, p.device) for p in params]
@@ -429,7 +488,7 @@ class _JuliaSolve(torch.autograd.Function):
         direct0 = yb[0].copy()
         # Y_0 is y0 itself: its cotangent goes straight to y0, not through the adjoint.
         yb[0] = 0.0
-        u0bar_jl, thetabar = run.engine.backward(ctx.handle, np.transpose(yb, (2, 1, 0)))
+        u0bar_jl, thetabar = _call_engine(run.engine, run.engine.backward, ctx.handle, np.transpose(yb, (2, 1, 0)))
         adjoint0 = np.asarray(u0bar_jl, dtype=np.float64).T  # (B, D): gradient carried back to t_0
         grad_y0 = torch.from_numpy(np.ascontiguousarray(adjoint0 + direct0)).to(ybar.device, ybar.dtype)
 
@@ -438,7 +497,8 @@ class _JuliaSolve(torch.autograd.Function):
             values = []
             with torch.no_grad():
                 for i in range(t.shape[0]):
-                    f_i = run.field(t[i], ys[i]).detach().to("cpu", torch.float64).numpy()
+                    f_i = run.field(t[i].to(run.device), ys[i].to(run.device))
+                    f_i = f_i.detach().to("cpu", torch.float64).numpy()
                     weight = -adjoint0 if i == 0 else yb[i]
                     values.append(float(np.sum(weight * f_i)))
             grad_t = torch.tensor(values, dtype=t.dtype, device=t.device)
@@ -601,6 +661,7 @@ def prepare(
     dt, maxiters, fixed = resolve_options(options, algorithm, ts if ts.size > 1 else np.array([0.0, 1.0]))
     name, checkpointing, quad_rtol, quad_atol = resolve_sensitivity(sensitivity, algorithm, rtol, atol)
     params = _check_params(func, adjoint_params)
+    time_reversed = bool(ts.size > 1 and ts[1] < ts[0])
     config = SolveConfig(
         algorithm=algorithm,
         sensitivity=name,
@@ -612,6 +673,7 @@ def prepare(
         maxiters=maxiters,
         dt=dt,
         fixed_step=fixed,
+        time_reversed=time_reversed,
     )
     layout = _Layout.of(y0 if isinstance(y0, tuple) else tensors[0])
     field = layout.field(func)
@@ -624,8 +686,34 @@ def prepare(
         problem = spec
     else:
         theta_params = params
-        problem = make_callbacks(field, (layout.batch, layout.dim), params, tensors[0].dtype, tensors[0].device)
+        # Call func once here, so a wrong shape or a bug in it is reported in Python before Julia
+        # starts (from inside Julia it would arrive wrapped in a juliacall.JuliaError).
+        with torch.no_grad():
+            field(t[0].detach(), layout.to_matrix(y0).detach())
+        # Julia solves dy/ds = -f(-s, y) for a decreasing t (see the module docstring).
+        engine_field = field if not time_reversed else (lambda s, m: -field(-s, m))
+        problem = make_callbacks(engine_field, (layout.batch, layout.dim), params, tensors[0].dtype, tensors[0].device)
     return layout, config, problem, field, theta_params, native
+
+
+#: below these tolerances a float32 vector field's rounding (about 6e-8 relative per evaluation,
+#: more through a network) dominates the local error estimate of Julia's Float64 integration.
+LOW_PRECISION_RTOL = 1e-6
+
+
+def _warn_low_precision(dtype: torch.dtype, params: Sequence[torch.Tensor], rtol: float) -> None:
+    """Warn when the callback path evaluates a below-float64 field at tolerances it cannot meet."""
+    dtypes = {dtype, *(p.dtype for p in params)}
+    low = sorted(str(d) for d in dtypes if d.is_floating_point and torch.finfo(d).eps > 1e-10)
+    if low and rtol < LOW_PRECISION_RTOL:
+        warnings.warn(
+            f"The Julia backend integrates in Float64 but calls back into torch for a {', '.join(low)} "
+            f"vector field, whose rounding is above rtol={rtol:g}: the tolerance cannot be met (steps get "
+            f"rejected, results are float32-accurate). Use func.double() and y0.double(), or "
+            f"rtol >= {LOW_PRECISION_RTOL:g}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def solve_with_engine(
@@ -657,9 +745,15 @@ def solve_with_engine(
     if t.numel() == 1:
         ys = m0.unsqueeze(0)
         return Solution(ts=t, ys=layout.from_matrix(ys), stats=Stats(), status=Status.SUCCESS, t_final=t[-1])
+    if isinstance(problem, CallbackProblem):
+        _warn_low_precision(m0.dtype, params, config.rtol)
     n_theta = problem.n_params if isinstance(problem, CallbackProblem) else 0
-    run = _Run(engine=engine, problem=problem, config=config, field=field, n_theta=n_theta)
-    ys = _JuliaSolve.apply(run, m0, t, *params)
+    device = m0.device
+    run = _Run(engine=engine, problem=problem, config=config, field=field, n_theta=n_theta, device=device)
+    # The autograd Function works on CPU copies (differentiable moves), so its backward runs on
+    # the thread that called .backward(), not on PyTorch's CUDA worker thread; results move back here.
+    cpu = torch.device("cpu")
+    ys = _JuliaSolve.apply(run, m0.to(cpu), t.to(cpu), *(p.to(cpu) for p in params)).to(device)
     return Solution(ts=t, ys=layout.from_matrix(ys), stats=run.stats or Stats(), status=Status.SUCCESS, t_final=t[-1])
 
 

@@ -93,14 +93,40 @@ def find_julia_executable() -> str | None:
     return shutil.which("julia") or shutil.which("juliaup")
 
 
+def juliacall_variables_problem() -> str:
+    """Why juliacall would refuse its environment variables ("" when it would not).
+
+    juliacall takes its executable from ``PYTHON_JULIACALL_EXE`` (or ``PYTHON_JULIACALL_BINDIR``/julia)
+    and raises "Both PYTHON_JULIACALL_PROJECT and PYTHON_JULIACALL_EXE must be set together" when
+    only one of executable and project is given (juliacall/__init__.py, 0.9.34 onwards).
+    """
+    exe = os.environ.get("PYTHON_JULIACALL_EXE") or os.environ.get("PYTHON_JULIACALL_BINDIR")
+    project = os.environ.get("PYTHON_JULIACALL_PROJECT")
+    if bool(exe) == bool(project):
+        return ""
+    given = (
+        "PYTHON_JULIACALL_PROJECT"
+        if project
+        else ("PYTHON_JULIACALL_EXE" if os.environ.get("PYTHON_JULIACALL_EXE") else "PYTHON_JULIACALL_BINDIR")
+    )
+    missing = "PYTHON_JULIACALL_EXE (or PYTHON_JULIACALL_BINDIR)" if project else "PYTHON_JULIACALL_PROJECT"
+    return (
+        f"{given} is set without {missing}; juliacall needs both together (or neither: then "
+        "PYTHON_JULIAPKG_EXE selects the Julia executable)"
+    )
+
+
 def probe() -> Availability:
     """Check whether the Julia backend can start, without starting or downloading anything."""
     if julia_started():
         return Availability(True, None, True, "")
     has_juliacall = importlib.util.find_spec("juliacall") is not None
     exe = find_julia_executable()
+    mismatch = juliacall_variables_problem()
     if not has_juliacall:
         reason = "juliacall is not installed"
+    elif mismatch:
+        reason = mismatch
     elif exe is None:
         reason = "no Julia executable found (juliacall would download one; run `hybrid-node julia-setup`)"
     else:

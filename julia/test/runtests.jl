@@ -1,0 +1,119 @@
+# HybridNODE's own tests, for a machine with Julia (no torch needed). From the repository root:
+#     cd hybrid_node/_julia/HybridNODE && julia --project=. -e 'using Pkg; Pkg.test()'
+# (that directory is the package: Project.toml, src/ and test/ link to the repository's files).
+# The callback path is driven by Python callables made with PythonCall's `pyfunc` and the standard
+# library's `array`, so only PythonCall's own Python is needed.
+using HybridNODE
+using HybridNODE: MLP, MLPField, apply_activation, activation_code, ACTIVATION_NAMES
+using LinearAlgebra: I
+using PythonCall: pyfunc, pyimport, pylist, pybuiltins, PyException
+using Test
+
+const A = [-0.5 1.0; -1.0 -0.2]          # du/dt = A u, exact u(t) = exp(A (t - t0)) u0
+const U0 = [1.0 -0.3; 0.5 0.8]            # (D, B) = (2, 2)
+const θA = vec(permutedims(A))            # torch's row-major Linear(2, 2).weight == A
+const TOL = (abstol = 1e-12, reltol = 1e-12)
+
+exact(ts) = cat([exp(A * (t - ts[1])) * U0 for t in ts]...; dims = 3)
+weights(T) = reshape(collect(range(0.5, 2.0; length = 4T)), 2, 2, T)
+# d/du0 of sum(w .* u(t_i)) = sum_i exp(A (t_i - t0))' w_i
+exact_u0bar(ts, w) = sum(exp(A * (ts[i] - ts[1]))' * w[:, :, i] for i in eachindex(ts))
+
+linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
+
+@testset "HybridNODE" begin
+    @testset "MLP translation (torch layout)" begin
+        n_in, n_out = [3, 4], [4, 2]
+        θ = collect(range(-1.0, 1.0; length = 3 * 4 + 4 + 4 * 2 + 2))
+        mlp = MLP(n_in, n_out, [true, true], ["tanh", "identity"], true)
+        @test mlp.n_params == length(θ)
+        u, t = [0.2 -0.1; 0.4 0.3], 0.7
+        W1 = permutedims(reshape(θ[1:12], 3, 4)); b1 = θ[13:16]
+        W2 = permutedims(reshape(θ[17:24], 4, 2)); b2 = θ[25:26]
+        x = vcat(u, fill(t, 1, 2))
+        @test mlp(u, θ, t) ≈ W2 * tanh.(W1 * x .+ b1) .+ b2
+        @test MLPField(mlp, -1.0)(u, θ, -t) ≈ -mlp(u, θ, t)
+        # one concrete type for every architecture (no recompilation per network)
+        @test typeof(MLP([2], [2], [false], ["relu"], false)) === typeof(mlp)
+        for (k, name) in enumerate(ACTIVATION_NAMES)
+            @test activation_code(name) == k
+            @test apply_activation(k, [-0.5, 0.5]) ≈ HybridNODE.activation(name).([-0.5, 0.5])
+        end
+    end
+
+    @testset "native path, $sens, $alg" for sens in sensitivity_names(), alg in ("Tsit5", "Vern9")
+        for ts in ([0.0, 0.4, 1.1, 1.5], [1.5, 0.9, 0.2, -0.4])
+            reversed = ts[end] < ts[1]
+            r = forward_mlp(linear_mlp()..., θA, U0, reversed ? -ts : ts; algorithm = alg,
+                            sensitivity = sens, time_reversed = reversed, TOL...)
+            @test r.success
+            @test r.ys ≈ exact(ts) rtol = 1e-8
+            w = weights(length(ts))
+            ū0, θ̄ = backward(r, w)
+            @test ū0 ≈ exact_u0bar(ts, w) rtol = 1e-6
+            # θ gradient against central differences of the exact solution
+            loss(θ) = sum(w .* cat([exp(permutedims(reshape(θ, 2, 2)) * (t - ts[1])) * U0
+                                    for t in ts]...; dims = 3))
+            h = 1e-6
+            fd = [(loss(θA + h * e) - loss(θA - h * e)) / 2h for e in eachcol(Matrix(1.0I, 4, 4))]
+            @test θ̄ ≈ fd rtol = 1e-5
+        end
+    end
+
+    @testset "stiff native path, $alg" for alg in ("Rodas5P", "KenCarp4", "FBDF")
+        ts = [0.0, 0.5, 1.0]
+        r = forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = alg,
+                        sensitivity = "GaussAdjoint", abstol = 1e-10, reltol = 1e-10)
+        @test r.success
+        @test r.ys ≈ exact(ts) rtol = 1e-6
+    end
+
+    @testset "callback path, $sens" for sens in sensitivity_names()
+        arr(v) = pyimport("array").array("d", pylist(collect(Float64, v)))
+        f = pyfunc((u, t) -> arr(vec(A * reshape(u, 2, 2))))
+        vjp = pyfunc((λ, u, t) -> begin
+            L, X = reshape(λ, 2, 2), reshape(u, 2, 2)
+            arr(vcat(vec(A' * L), vec(permutedims(L * X'))))  # [λᵀ∂f/∂u; λᵀ∂f/∂θ (row-major)]
+        end)
+        ts = [0.0, 0.4, 1.1]
+        r = forward_callback(f, vjp, nothing, θA, U0, ts; algorithm = "Tsit5",
+                             sensitivity = sens, TOL...)
+        @test r.success
+        @test r.ys ≈ exact(ts) rtol = 1e-8
+        w = weights(3)
+        ū0, θ̄ = backward(r, w)
+        @test ū0 ≈ exact_u0bar(ts, w) rtol = 1e-6
+        native = backward(forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = "Tsit5",
+                                      sensitivity = sens, TOL...), w)[2]
+        @test θ̄ ≈ native rtol = 1e-6
+    end
+
+    @testset "failures report the time reached" begin
+        ts = [0.0, 1.0, 50.0]
+        r = forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = "Tsit5",
+                        sensitivity = "GaussAdjoint", maxiters = 5, TOL...)
+        @test !r.success && occursin("MaxIters", r.retcode)
+        @test 0.0 < r.t_reached < 50.0
+    end
+
+    @testset "refusals" begin
+        @test_throws ArgumentError forward_mlp(linear_mlp()..., θA, U0, [1.0, 0.0];
+                                               algorithm = "Tsit5", sensitivity = "GaussAdjoint",
+                                               TOL...)
+        @test_throws ArgumentError forward_mlp(linear_mlp()..., θA, U0, [0.0, 1.0];
+                                               algorithm = "Tsit5",
+                                               sensitivity = "QuadratureAdjoint",
+                                               quad_abstol = 1e-3, TOL...)
+    end
+
+    @testset "python_exception" begin
+        err = try
+            pybuiltins.int("not a number")
+        catch e
+            e
+        end
+        @test err isa PyException
+        @test python_exception(err) !== nothing
+        @test python_exception(ErrorException("plain")) === nothing
+    end
+end
