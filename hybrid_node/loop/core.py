@@ -3,9 +3,10 @@
 The host loop decides on Python floats, the device-resident loop on 0-d tensors and the per-sample
 loop on (batch,) tensors. The decision (where a step lands, accept/reject, the PID proposal, the
 step floor, the failure codes) and which output times an accepted step emits are written here once,
-against a tiny array namespace (:data:`FLOAT` or :data:`TENSOR`: ``where``, ``minimum`` and ``maximum``
-against a number, ``smaller`` of two arrays, ``isfinite``, ...); the loops are strategies around these functions (how a step is
-evaluated, where the numbers live, when the host reads them), not copies of them.
+against a tiny array namespace (:data:`FLOAT` or :data:`TENSOR`: ``where``, ``minimum`` and
+``maximum`` against a number, ``smaller`` of two arrays, ``isfinite``, ...); the loops are strategies
+around these functions (how a step is evaluated, where the numbers live, when the host reads them),
+not copies of them.
 
 Every function evaluates the same operations in the same order for both namespaces, so a float
 host solve and an eager 0-d tensor solve round alike and take the very same steps.
