@@ -101,9 +101,6 @@ class Term:
         self.dtype = y0.dtype
         self.nfe = 0
         self.n_jacobian = 0  # Jacobian evaluations, counted by the implicit solvers
-        # When set (by the loops, for one step that ends at a jump), evaluations at this solver time
-        # take the left limit: the field just before the jump, as the step's own formula needs.
-        self.left_limit_at: float | None = None
         self._checked = False
         self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
 
@@ -116,11 +113,12 @@ class Term:
         # a fill kernel, not a host-to-device copy: no synchronisation with the GPU per stage
         return torch.full((), tt, dtype=self.t_dtype, device=self.device)
 
+    def left_limit(self, end: float) -> LeftLimit:
+        """This field for one step that ends at a jump at solver time ``end``: see :class:`LeftLimit`."""
+        return LeftLimit(self, end)
+
     def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         self.nfe += 1
-        end = self.left_limit_at
-        if end is not None and not perturb and t >= end - 8 * _EPS * max(1.0, abs(end)):
-            t, perturb = end, -1  # a stage at the step's end (t0 + 1.0 * dt may be off by an ulp)
         tt = self.time(t, perturb)
         out = apply_field(self.func, self.layout, tt, y, check=not self._checked)
         if not self._checked:
@@ -143,3 +141,38 @@ class Term:
         if out.device != y.device:
             raise ValueError(f"func returned a tensor on {out.device} but the state is on {y.device}.")
         self._checked = True
+
+
+class LeftLimit:
+    """A term seen by one step that ends at a jump of the field at solver time ``end``.
+
+    Evaluations at the step's end take the left limit, the field just before the jump, as the
+    step's own formula needs (the step integrates the smooth piece before the jump); everything
+    else, including the counters the solvers update, is the term's. Immutable: the loop hands one
+    to the solver for that step instead of switching the term into a mode and back.
+
+    Args:
+        term: the wrapped term.
+        end: the solver time of the jump.
+    """
+
+    __slots__ = ("_term", "_end")
+
+    def __init__(self, term: Term, end: float):
+        object.__setattr__(self, "_term", term)
+        object.__setattr__(self, "_end", end)
+
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        end = self._end
+        if not perturb and t >= end - 8 * _EPS * max(1.0, abs(end)):
+            t, perturb = end, -1  # a stage at the step's end (t0 + 1.0 * dt may be off by an ulp)
+        return self._term(t, y, perturb)
+
+    def __getattr__(self, name: str):
+        # layout, reverse, time, t_dtype, ...: the term's (read by the implicit solvers)
+        return getattr(self._term, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in ("nfe", "n_jacobian"):
+            raise AttributeError(f"LeftLimit is immutable; cannot set {name!r}.")
+        setattr(self._term, name, value)  # the counters are the term's (``f.n_jacobian += 1``)

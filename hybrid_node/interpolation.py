@@ -12,27 +12,46 @@ import torch
 def linear_combination(y, scale, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return ``y + scale * sum_i coeffs[i] * ks[i]`` (just the sum when ``y`` is None), skipping zeros.
 
-    Used by every stage and output formula; written with in-place accumulation on a fresh tensor so
-    that a combination costs one kernel per nonzero coefficient (the first one folds in ``y``).
-    ``scale`` may also be a 0-d tensor (the step size inside compiled steps): then the sum is formed
-    out of place, which the compiler fuses into one kernel anyway.
+    The one stage-sum kernel of every step, output formula and loop (Hairer, Nørsett, Wanner, Solving
+    ODEs I, 2nd ed., Section II.1: the stages and the solution of a Runge-Kutta step are such sums).
+    Each term is one fused multiply-add ``acc + k * (scale * c)``, with ``scale * c`` rounded once in
+    the scale's precision, whatever form ``scale`` takes:
+
+    - a float (the host step): ``torch.add(acc, k, alpha=scale * c)``, in place after the first term
+      (the accumulator is a fresh tensor), one kernel per nonzero coefficient;
+    - a 0-d tensor (compiled steps, the device loop): ``torch.addcmul(acc, k, scale * c)``, out of
+      place (the compiler fuses it); it rounds as ``torch.add`` with ``alpha`` does, so host and
+      device steps agree to the last bit on the CPU;
+    - a per-sample column (batch, 1, ...) (per-sample control): as the 0-d tensor, the factor cast
+      to the state's dtype (a float64 column would otherwise promote the state).
+
+    Args:
+        y: the constant term, or None.
+        scale: the step size: float, 0-d tensor or per-sample column tensor.
+        coeffs: one coefficient per stage derivative.
+        ks: the stage derivatives.
+
+    Returns:
+        A new tensor (``y`` itself when every coefficient is zero).
     """
-    if isinstance(scale, torch.Tensor):
-        terms = [c * k for c, k in zip(coeffs, ks) if c != 0.0]
-        if not terms:
-            return torch.zeros_like(ks[0]) if y is None else y
-        total = scale * sum(terms[1:], terms[0])
-        return total if y is None else y + total
-    acc = None
+    column = isinstance(scale, torch.Tensor) and scale.dim() > 0
+    acc = y
+    fresh = False  # whether ``acc`` is a tensor of our own (safe to update in place)
     for c, k in zip(coeffs, ks):
         if c == 0.0:
             continue
-        if acc is None:
-            acc = k * (scale * c) if y is None else torch.add(y, k, alpha=scale * c)
-        else:
+        if isinstance(scale, torch.Tensor):
+            s = (scale * c).to(k.dtype) if column else scale * c
+            acc = k * s if acc is None else torch.addcmul(acc, k, s)
+        elif acc is None:
+            acc = k * (scale * c)
+        elif fresh:
             acc.add_(k, alpha=scale * c)
+        else:
+            acc = torch.add(acc, k, alpha=scale * c)
+        fresh = True
     if acc is None:
-        return torch.zeros_like(ks[0]) if y is None else y
+        return torch.zeros_like(ks[0])
     return acc
 
 

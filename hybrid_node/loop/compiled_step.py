@@ -190,7 +190,7 @@ class CompiledAttempt:
 
 def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> CompiledAttempt | None:
     """A :class:`CompiledAttempt` when ``solver`` asks for compilation and the field can be traced, else None."""
-    if not getattr(solver, "compile", False):
+    if not (isinstance(solver, ExplicitRungeKutta) and solver.compile):  # only they declare ``compile``
         return None
     pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
     return None if pure is None else CompiledAttempt(term, pure, solver, rtol, atol, norm)

@@ -7,7 +7,7 @@ decision needs lives in tensors on the state's device: the time, the proposed st
 controller's memory, the counters, the index of the next output and a status code. One *run* is
 ``sync_every`` attempts executed back to back; each attempt
 
-1. clamps the step to the end time as the host loop does (with the same 1% stretch, ``_STRETCH``),
+1. clamps the step to the end time as the host loop does (:func:`~hybrid_node.loop.core.landing`),
 2. evaluates the stages and the error ratio (:func:`~hybrid_node.controllers.error_ratio_tensor`),
 3. accepts when the ratio is at most 1 (a NaN ratio is a rejection), and selects the new state, time,
    first-same-as-last derivative and controller memory with ``torch.where``,
@@ -23,7 +23,8 @@ whole (with CUDA graphs, mode "reduce-overhead", for CUDA solves without autogra
 
 The decisions are those of the host loop: same initial step (computed on the host), same stretch
 rule, controller formula, step bounds, floor and failures, and the stage sums rounded as the host
-step rounds them (fused multiply-adds, see :func:`_combine`), so run eagerly on the CPU it takes the
+step rounds them (one kernel, :func:`~hybrid_node.interpolation.linear_combination`), so run eagerly
+on the CPU it takes the
 very same accepted and rejected steps, and its outputs differ only by the rounding of the dense
 output's matrix product. Compiled, or on a GPU, the kernels may round differently, so a step whose
 error ratio lies within rounding of 1 may be decided the other way.
@@ -46,7 +47,6 @@ control, initial step); G. Söderlind, "Digital filters in adaptive time-steppin
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,18 +59,13 @@ from .._solution import Stats
 from .._term import Term
 from ..controllers import PIDController, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta
+from . import core
 from .compiled_step import _CACHE, PureField, _compile, term_field
-from .host import _EPS, _STRETCH, Integration, first_step
+from .core import RUNNING, TENSOR
+from .host import Integration, first_step
 
-# status codes of a device solve (a 0-d int64 tensor)
-RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NONFINITE, NO_EVENT = range(6)
-_STATUS = {
-    SUCCESS: Status.SUCCESS,
-    MAX_STEPS: Status.MAX_STEPS,
-    STEP_UNDERFLOW: Status.STEP_UNDERFLOW,
-    NONFINITE: Status.NONFINITE,
-    NO_EVENT: Status.NO_EVENT,
-}
+# the step-control constants of a solve (the old name of :class:`~hybrid_node.loop.core.StepControl`)
+LoopConstants = core.StepControl
 
 
 class LoopState(NamedTuple):
@@ -121,57 +116,6 @@ class Tables(NamedTuple):
     powers: torch.Tensor | None
 
 
-@dataclasses.dataclass(frozen=True)
-class LoopConstants:
-    """The step-control numbers of one solve, as the loop uses them (hashable: compiled runs are cached per value).
-
-    Attributes:
-        e1, e2, e3: exponents of the PID formula, -b1/k, -b2/k, -b3/k with k = error order + 1.
-        safety, ifactor, dfactor, min_step, max_step, max_num_steps: the controller's settings.
-        t_limit: the largest |t| whose step coefficients cannot overflow the state's dtype.
-        attempts: attempts per run (``sync_every``).
-    """
-
-    e1: float
-    e2: float
-    e3: float
-    safety: float
-    ifactor: float
-    dfactor: float
-    min_step: float
-    max_step: float
-    max_num_steps: int
-    t_limit: float
-    attempts: int
-
-    @staticmethod
-    def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int) -> LoopConstants:
-        """The constants for ``controller`` and a method of the given error order on ``dtype`` states."""
-        return LoopConstants(
-            *controller.exponents(error_order),
-            float(controller.safety),
-            float(controller.ifactor),
-            float(controller.dfactor),
-            float(controller.min_step),
-            float(controller.max_step),
-            int(controller.max_num_steps),
-            1e-6 * torch.finfo(dtype).max,
-            int(attempts),
-        )
-
-
-def unsupported_reason(solver) -> str | None:
-    """Why ``solver`` cannot run in the device loop, or None when it can."""
-    name = getattr(solver, "name", type(solver).__name__)
-    if not isinstance(solver, ExplicitRungeKutta) or not solver.adaptive:
-        return f"method {name!r} is not an explicit embedded Runge-Kutta pair"
-    if not solver.tableau.fsal:
-        return f"method {name!r} is not first-same-as-last"
-    if solver.dense_output is not None or solver.error_estimate is not None:
-        return f"method {name!r} has its own dense output or error estimate"
-    return None
-
-
 def check_device_loop(problem, event_fn) -> None:
     """Raise ValueError where the device loop cannot serve a problem; the message says what to do instead.
 
@@ -183,17 +127,16 @@ def check_device_loop(problem, event_fn) -> None:
         ValueError: events, ``jump_t``/``step_t``, per-sample control or an unsupported method.
     """
     fix = "drop options['device_loop'] (the host loop supports it)"
-    reason = unsupported_reason(problem.solver)
-    if reason is not None:
+    if not problem.solver.supports_device_loop:
         raise ValueError(
-            f"device_loop=True needs a first-same-as-last embedded pair (dopri5, tsit5, bosh3): "
-            f"{reason}; choose one of those or {fix}."
+            f"device_loop=True needs a first-same-as-last embedded pair (dopri5, tsit5, bosh3) without "
+            f"its own dense output or error estimate, not {problem.solver.name!r}; choose one of those or {fix}."
         )
     if event_fn is not None:
         raise ValueError(f"device_loop=True does not locate events; {fix}.")
     if problem.jump_t or problem.step_t:
         raise ValueError(f"device_loop=True does not support jump_t or step_t; {fix}.")
-    if getattr(problem.controller, "per_sample", False):
+    if problem.controller.per_sample:
         raise ValueError("device_loop=True and per_sample=True cannot be combined; choose one of them.")
 
 
@@ -240,68 +183,17 @@ def _write_outputs(
     s: LoopState, tables: Tables, accepted: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y1: torch.Tensor, ks
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output buffer and next output index after an attempt that ended at t1 (if ``accepted``)."""
-    inner = tables.ts[1:]
-    within = accepted & (tables.index >= s.i_out) & (inner <= t1)
-    # rows outside the step get theta 0: the unused rows stay finite (no NaN in gradients)
-    theta = torch.where(within, (inner - s.t) / (t1 - s.t), 0.0)
+    within, at_end, theta = core.emission(TENSOR, tables.ts[1:], s.t, t1)
+    within = accepted & within
     values = _dense_values(tables, theta, h, s.y, y1, ks)
-    values = torch.where(_column(within & (inner == t1), y1), y1.unsqueeze(0), values)  # the end is y1 itself
+    values = torch.where(_column(at_end, y1), y1.unsqueeze(0), values)  # the end is y1 itself
     outs = torch.where(_column(within, y1), values, s.outs)
     i_out = torch.where(accepted, (tables.ts <= t1).sum(), s.i_out)
     return outs, i_out
 
 
-def _propose(
-    c: LoopConstants, s: LoopState, step_dt: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The next step and controller memory: :meth:`PIDController.adapt` on tensors."""
-    finite = torch.isfinite(ratio)
-    r = torch.clamp(ratio, min=1e-10)
-    factor = c.safety * r**c.e1 * s.r1**c.e2 * s.r2**c.e3
-    cap = torch.where(accepted, torch.full_like(r, c.ifactor), 1.0)
-    factor = torch.minimum(cap, torch.clamp(factor, min=c.dfactor))
-    factor = torch.where(finite, factor, c.dfactor)
-    dt = torch.clamp(step_dt * factor, max=c.max_step)
-    return dt, torch.where(accepted, r, s.r1), torch.where(accepted, s.r1, s.r2)
-
-
-def _combine(
-    y: torch.Tensor | None, dt: torch.Tensor, coeffs: Sequence[float], ks: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """``y + dt * sum_i coeffs[i] * ks[i]`` (just the sum when ``y`` is None), skipping zero coefficients.
-
-    The host step adds each term with ``torch.add(acc, k, alpha=dt * c)``, a fused multiply-add; with
-    the step as a 0-d tensor, ``torch.addcmul`` rounds the same way, so eager device and host steps
-    agree to the last bit on the CPU (and the decisions they take agree exactly).
-    """
-    acc = y
-    for c, k in zip(coeffs, ks):
-        if c == 0.0:
-            continue
-        acc = k * (dt * c) if acc is None else torch.addcmul(acc, k, dt * c)
-    return torch.zeros_like(ks[0]) if acc is None else acc
-
-
-def _stages(
-    field: Callable, solver: ExplicitRungeKutta, t: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, dt: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-    """One first-same-as-last explicit RK step from (t, y) with f0 = f(t, y): (y1, error, stage derivatives).
-
-    :meth:`ExplicitRungeKutta.step` with the step size as a tensor, in the host step's order of operations.
-    """
-    tab = solver.tableau
-    ks = [f0]
-    y1 = y
-    for i in range(1, tab.stages):
-        y1 = _combine(y, dt, tab.a[i], ks)
-        ks.append(field(t + tab.c[i] * dt, y1))  # the last stage is evaluated at y1 itself
-    with torch.no_grad():  # the estimate only decides the step
-        error = _combine(None, dt, tab.b_error, ks)
-    return y1, error, tuple(ks)
-
-
 def attempt(
-    field: Callable, solver: ExplicitRungeKutta, c: LoopConstants, tables: Tables, rtol, atol, norm, s: LoopState
+    field: Callable, solver: ExplicitRungeKutta, c: core.StepControl, tables: Tables, rtol, atol, norm, s: LoopState
 ) -> LoopState:
     """One step attempt of a device solve (a masked no-op once the solve has ended).
 
@@ -317,31 +209,23 @@ def attempt(
         The state after the attempt.
     """
     active = s.status == RUNNING
-    maxed = active & (s.n_att >= c.max_num_steps)
-    status = torch.where(maxed, MAX_STEPS, s.status)
-    active = active & ~maxed
-    beyond = active & ~((s.t + s.dt).abs() < c.t_limit)  # the step's coefficients would overflow
-    status = torch.where(beyond, NO_EVENT, status)
-    active = active & ~beyond
-    t_end = tables.ts[-1]
-    reach = s.t + torch.maximum(s.dt, torch.clamp(s.dt * _STRETCH, max=c.max_step))
-    land = reach >= t_end
-    step_dt = torch.where(active, torch.where(land, t_end - s.t, s.dt), 0.0)
-    t1 = torch.where(land, t_end, s.t + step_dt)
-    y1, error, ks = _stages(field, solver, s.t, s.y, s.f0, step_dt)
-    ratio = error_ratio_tensor(error, s.y, y1, rtol, atol, norm).to(torch.float64)
+    status = torch.where(active, core.precheck(TENSOR, c, s.n_att, s.t, s.dt), s.status)
+    active = status == RUNNING
+    lands, step_dt, t1 = core.landing(TENSOR, s.t, s.dt, tables.ts[-1], c.max_step)
+    step_dt = torch.where(active, step_dt, 0.0)  # an ended solve attempts a zero step (a no-op)
+    step = solver.step(field, s.t, s.y, s.f0, step_dt)
+    y1, ks = step.y1, step.ks
+    ratio = error_ratio_tensor(step.error, s.y, y1, rtol, atol, norm).to(torch.float64)
     accepted = active & (ratio <= 1.0)
     rejected = active & ~(ratio <= 1.0)
     outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks)
     t = torch.where(accepted, t1, s.t)
     nonfinite = ~torch.isfinite(ratio)
     last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))
-    dt, r1, r2 = _propose(c, s, step_dt, ratio, accepted)
+    dt, r1, r2 = core.propose(TENSOR, c, step_dt, ratio, accepted, s.r1, s.r2)
     done = accepted & (i_out >= tables.ts.shape[0])
-    status = torch.where(done, SUCCESS, status)
-    floor = torch.clamp(4 * _EPS * torch.clamp(t.abs(), min=1.0), min=c.min_step)
-    small = active & ~done & (dt < floor)
-    status = torch.where(small, torch.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW), status)
+    floor = core.step_floor(TENSOR, t, c.min_step)
+    status = torch.where(active, core.settle(TENSOR, done, dt, floor, last_nonfinite), status)
     return LoopState(
         t=t,
         dt=torch.where(active, dt, s.dt),
@@ -368,7 +252,7 @@ def summary(s: LoopState) -> torch.Tensor:
     )
 
 
-def _run_function(pure_field: Callable, solver: ExplicitRungeKutta, c: LoopConstants) -> Callable:
+def _run_function(pure_field: Callable, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
     """``run(owner, state, tables, rtol, atol, norm) -> (state, summary)``: ``c.attempts`` attempts."""
 
     def run(owner, state, tables, rtol, atol, norm):
@@ -398,7 +282,9 @@ class DeviceRuns:
         cuda_graphs: replay the compiled run as a CUDA graph.
     """
 
-    def __init__(self, pure: PureField, solver: ExplicitRungeKutta, c: LoopConstants, compile: bool, cuda_graphs: bool):
+    def __init__(
+        self, pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, compile: bool, cuda_graphs: bool
+    ):
         self.owner = pure.owner
         self.eager = _run_function(pure.field, solver, c)
         self.cuda_graphs = compile and cuda_graphs
@@ -501,21 +387,21 @@ def integrate_device(
         ValueError: the solver is not supported or the term has no traceable field.
         SolverError: on max steps, step-size underflow or a non-finite state, when ``throw``.
     """
-    reason = unsupported_reason(solver)
     pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
-    if reason is not None or pure is None:
-        raise ValueError(f"the device loop cannot run this solve: {reason or 'the field is not a plain torch field'}.")
+    if not solver.supports_device_loop or pure is None:
+        reason = (
+            f"method {solver.name!r} is not supported" if pure is not None else "the field is not a plain torch field"
+        )
+        raise ValueError(f"the device loop cannot run this solve: {reason}.")
     stats = Stats()
-    f0 = solver.init(term, ts[0], y0)
+    f0 = solver.derivative(solver.init(term, ts[0], y0))
     dt0 = first_step(term, solver, controller, ts[0], y0, f0, rtol, atol, norm)
     if len(ts) == 1:
         stats.nfe = term.nfe
         return Integration([y0], stats, Status.SUCCESS, ts[0])
-    c = LoopConstants.of(controller, solver.error_order, y0.dtype, controller.sync_every)
+    c = core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every)
     grad = _needs_grad(y0, f0)
-    runs = DeviceRuns(
-        pure, solver, c, compile=getattr(solver, "compile", False), cuda_graphs=y0.device.type == "cuda" and not grad
-    )
+    runs = DeviceRuns(pure, solver, c, compile=solver.compile, cuda_graphs=y0.device.type == "cuda" and not grad)
     tables = make_tables(solver, ts, y0)
     state = initial_state(y0, f0, ts[0], dt0, len(ts))
     while True:
@@ -526,7 +412,7 @@ def integrate_device(
     term.nfe += (solver.tableau.stages - 1) * int(n_att)
     stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, int(n_acc), int(n_rej)
     ys = [y0] + list(state.outs.unbind(0))
-    status = _STATUS[int(code)]
+    status = core.STATUS[int(code)]
     if status is not Status.SUCCESS and throw:
         detail = {Status.MAX_STEPS: f"max_num_steps={controller.max_num_steps}", Status.NO_EVENT: ""}.get(
             status, f"dt={dt:.3g}"

@@ -17,13 +17,11 @@ from .._solution import Stats
 from .._term import Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, initial_step
 from ..interpolation import HermiteInterpolant, LinearInterpolant
+from . import core
 from .compiled_step import compiled_attempt
-
-_EPS = 2.220446049250313e-16
-# A step that would end within 1% of its size before a time where steps must end is stretched to end
-# there, instead of leaving a sliver that costs a whole extra step (Hairer, Nørsett, Wanner, Solving
-# ODEs I, 2nd ed., Section II.4, as in their code DOPRI5). The error test still judges the longer step.
-_STRETCH = 1.01
+from .core import _EPS as _EPS
+from .core import _STRETCH as _STRETCH
+from .core import FLOAT, RUNNING
 
 
 @dataclasses.dataclass
@@ -41,23 +39,43 @@ class DenseSegment:
 
     def many(self, ts: Sequence[float]) -> list[torch.Tensor]:
         """The interpolant at several times of this step (one batched evaluation when supported)."""
-        if len(ts) == 1 or not hasattr(self.interpolant, "many"):
+        if len(ts) == 1:
             return [self(t) for t in ts]
         h = self.t1 - self.t0
         return list(self.interpolant.many([1.0 if t == self.t1 else (t - self.t0) / h for t in ts]).unbind(0))
 
 
-def _emit(ys: list[torch.Tensor], ts: Sequence[float], i_out: int, t1: float, y1: torch.Tensor, seg) -> int:
-    """Append the outputs at ts[i_out:] that lie in the step ending at t1; return the next output index."""
+def _emit(ys: list[torch.Tensor], ts: Sequence[float], i_out: int, t0: float, t1: float, y1, seg, at_output) -> tuple:
+    """Append the outputs at ts[i_out:] that the accepted step [t0, t1] emits (:func:`core.emission`).
+
+    Inner times are the segment's dense output (one batched evaluation); a time at t1 is y1 itself,
+    or, with ``at_output`` and before the last output, the state after the impulse there.
+
+    Returns:
+        ``(i_out, y1, restarted)``: the next output index, the state to continue from and whether an
+        impulse replaced it (the solver then restarts).
+    """
+    inner: list[float] = []
     j = i_out
-    while j < len(ts) and ts[j] <= t1:
+    end = False
+    while j < len(ts):
+        within, at_end, _ = core.emission(FLOAT, ts[j], t0, t1)
+        if not within:
+            break
+        if at_end:
+            end = True
+        else:
+            inner.append(ts[j])
         j += 1
-    inner = j - 1 if j > i_out and ts[j - 1] == t1 else j  # the step's end point is y1 itself
-    if inner > i_out:
-        ys.extend(seg.many(ts[i_out:inner]))
-    if inner < j:
+    if inner:
+        ys.extend(seg.many(inner))
+    restarted = False
+    if end:
+        if at_output is not None and j - 1 < len(ts) - 1:
+            y1 = at_output(j - 1, y1)
+            restarted = True
         ys.append(y1)
-    return j
+    return j, y1, restarted
 
 
 @dataclasses.dataclass
@@ -106,12 +124,12 @@ def first_step(
 ) -> float:
     """The first step of an adaptive solve: the controller's, else Hairer's heuristic; within [min_step, max_step].
 
-    ``state`` is the solver's state at (t0, y0): f(t0, y0) itself or an object carrying it as ``.f0``.
+    ``state`` is the solver's state at (t0, y0); ``solver.derivative(state)`` is f(t0, y0).
     """
     if controller.first_step is not None:
         dt = float(controller.first_step)
     else:
-        f0 = getattr(state, "f0", state)
+        f0 = solver.derivative(state)
         dt = initial_step(term, t0, y0, f0, solver.error_order, rtol, atol, norm)
     return min(max(dt, controller.min_step), controller.max_step)
 
@@ -163,13 +181,13 @@ def integrate_adaptive(
     t, y = ts[0], y0
     t_end = ts[-1]
     state = solver.init(term, t, y)
-    reject = getattr(solver, "reject", None)
     attempt = compiled_attempt(term, solver, rtol, atol, norm)
     impulse_t = list(ts[1:-1]) if at_output is not None else []
     stops = sorted({s for s in list(jump_t) + list(step_t) + impulse_t if ts[0] < s < t_end})
     jumps = set(jump_t)
     dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
-    cstate = controller.init()
+    c = core.StepControl.of(controller, solver.error_order, y0.dtype)
+    r1, r2 = controller.init()
     ys = [y0]
     segments = [] if dense else None
     i_out = 1
@@ -178,39 +196,32 @@ def integrate_adaptive(
     last_nonfinite = False
     sign0 = torch.sign(event_fn(term.time(t), y)) if event_fn is not None else None
     t_stop = math.inf if event_fn is not None else t_end
-    t_limit = 1e-6 * torch.finfo(y0.dtype).max  # beyond it a step's coefficients overflow the state's dtype
+
+    def failed(code: int, detail: str) -> Integration:
+        status = core.STATUS[code]
+        _fail(status, t, throw, term, detail)
+        stats.nfe = term.nfe  # a failed solve reports its work too
+        return Integration(_pad_failed(ys, len(ts), y0), stats, status, t)
+
     while (i_out < len(ts)) if event_fn is None else True:
-        if n_attempts >= controller.max_num_steps:
-            _fail(Status.MAX_STEPS, t, throw, term, f"max_num_steps={controller.max_num_steps}")
-            stats.nfe = term.nfe  # a failed solve reports its work too
-            return Integration(_pad_failed(ys, len(ts), y0), stats, Status.MAX_STEPS, t)
+        code = core.precheck(FLOAT, c, n_attempts, t, dt)  # NO_EVENT: only an event solve has no end
+        if code != RUNNING:
+            return failed(code, f"max_num_steps={controller.max_num_steps}" if code == core.MAX_STEPS else "")
         n_attempts += 1
         while stop_i < len(stops) and stops[stop_i] <= t:
             stop_i += 1
-        step_dt = dt
-        if not abs(t + step_dt) < t_limit:  # only an event solve has no end time: it ran out of numbers
-            stats.nfe = term.nfe
-            _fail(Status.NO_EVENT, t, throw, term)
-            return Integration(_pad_failed(ys, len(ts), y0), stats, Status.NO_EVENT, t)
-        landing = None
-        reach = t + max(step_dt, min(step_dt * _STRETCH, controller.max_step))
-        if stop_i < len(stops) and reach >= stops[stop_i]:
-            landing = stops[stop_i]
-        elif reach >= t_stop:
-            landing = t_stop
-        if landing is not None:
-            step_dt = landing - t
-        if landing is not None and landing in jumps:
-            term.left_limit_at = landing  # the stages at the jump see the field before it
-        if attempt is not None and landing not in jumps:
+        stop = stops[stop_i] if stop_i < len(stops) else t_stop
+        lands, step_dt, t1 = core.landing(FLOAT, t, dt, stop, c.max_step)
+        at_jump = lands and stop in jumps
+        if attempt is not None and not at_jump:
             step, ratio = attempt(t, y, state, step_dt)
         else:
-            step = solver.step(term, t, y, state, step_dt)
+            # a step that ends at a jump sees the field's left limit there
+            field = term.left_limit(stop) if at_jump else term
+            step = solver.step(field, t, y, state, step_dt)
             ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
-        term.left_limit_at = None
         accepted = ratio <= 1.0
         if accepted:
-            t1 = landing if landing is not None else t + step_dt
             stats.n_accepted += 1
             new_state = solver.next_state(term, t1, step)
             seg = None
@@ -218,7 +229,7 @@ def integrate_adaptive(
                 seg = DenseSegment(t, t1, solver.interpolant(term, t, y, step_dt, step, new_state))
                 if dense:
                     segments.append(seg)
-            if landing is not None and landing in jumps:
+            if at_jump:
                 # restart the solver from the far side of the jump (its state is rebuilt there)
                 new_state = solver.init(lambda tt, yy: term(tt, yy, perturb=1), t1, step.y1)
             if event_fn is not None:
@@ -229,15 +240,9 @@ def integrate_adaptive(
                     stats.nfe = term.nfe
                     stats.n_jacobian = term.n_jacobian
                     return Integration([y0, ye], stats, Status.EVENT, te, segments, event_t=te)
-            y1 = step.y1
-            if at_output is None:
-                i_out = _emit(ys, ts, i_out, t1, y1, seg)
-            while i_out < len(ts) and ts[i_out] <= t1:
-                if at_output is not None and ts[i_out] == t1 and i_out < len(ts) - 1:
-                    y1 = at_output(i_out, y1)
-                    new_state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
-                ys.append(y1 if ts[i_out] == t1 else seg(ts[i_out]))
-                i_out += 1
+            i_out, y1, restarted = _emit(ys, ts, i_out, t, t1, step.y1, seg, at_output)
+            if restarted:
+                new_state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
             t, y, state = t1, y1, new_state
             last_nonfinite = False
             if t >= t_end and event_fn is None:
@@ -245,15 +250,11 @@ def integrate_adaptive(
         else:
             stats.n_rejected += 1
             last_nonfinite = not math.isfinite(ratio)
-            if reject is not None:  # e.g. an implicit solver refreshes a stale Jacobian
-                state = reject(term, t, y, state, step)
-        dt, cstate = controller.adapt(step_dt, ratio, accepted, cstate, solver.error_order)
-        floor = max(controller.min_step, 4 * _EPS * max(1.0, abs(t)))
-        if dt < floor:
-            status = Status.NONFINITE if last_nonfinite else Status.STEP_UNDERFLOW
-            _fail(status, t, throw, term, f"dt={dt:.3g}")
-            stats.nfe = term.nfe
-            return Integration(_pad_failed(ys, len(ts), y0), stats, status, t)
+            state = solver.reject(term, t, y, state, step)  # e.g. an implicit solver refreshes a Jacobian
+        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
+        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step), last_nonfinite)
+        if code != RUNNING:
+            return failed(code, f"dt={dt:.3g}")
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
     return Integration(ys, stats, Status.SUCCESS, t, segments)
@@ -307,14 +308,12 @@ def integrate_fixed(
             # the field may jump at grid points: evaluate just after t0 and, for stages at the end of
             # the step, just before t1 (torchdiffeq's perturb semantics)
             state = solver.init(lambda t, yy: term(t, yy, perturb=1), t0, y)
-            term.left_limit_at = t1
         elif previous is not None:
             state = solver.next_state(term, t0, previous)
         if attempt is not None and not perturb:
             step = attempt(t0, y, state, dt)[0]
         else:
-            step = solver.step(term, t0, y, state, dt)
-        term.left_limit_at = None
+            step = solver.step(term.left_limit(t1) if perturb else term, t0, y, state, dt)
         y1 = step.y1
         stats.n_accepted += 1
         need_interp = dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1)
@@ -334,15 +333,7 @@ def integrate_fixed(
                 stats.nfe = term.nfe
                 stats.n_jacobian = term.n_jacobian
                 return Integration([y0, seg(te)], stats, Status.EVENT, te, segments, event_t=te)
-        restart = False
-        if at_output is None:
-            i_out = _emit(ys, ts, i_out, t1, y1, seg)
-        while i_out < len(ts) and ts[i_out] <= t1:
-            if at_output is not None and ts[i_out] == t1 and i_out < len(ts) - 1:
-                y1 = at_output(i_out, y1)
-                restart = True
-            ys.append(y1 if ts[i_out] == t1 else seg(ts[i_out]))
-            i_out += 1
+        i_out, y1, restart = _emit(ys, ts, i_out, t0, t1, y1, seg, at_output)
         y = y1
         previous = None
         if restart and not perturb:

@@ -27,15 +27,15 @@ from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
 from ..controllers import PIDController
+from ..interpolation import linear_combination
+from . import core
+from .core import TENSOR
 from .host import Integration
-
-_EPS = 2.220446049250313e-16
 
 
 def check_per_sample(problem, event_fn) -> None:
     """Raise ValueError where per-sample stepping cannot serve the problem (says what to use instead)."""
-    tableau = getattr(problem.solver, "tableau", None)
-    if tableau is None or tableau.b_error is None:
+    if not problem.solver.supports_per_sample:
         raise ValueError("per_sample needs an explicit embedded Runge-Kutta pair (e.g. dopri5, tsit5, bosh3).")
     if problem.layout is not None:
         raise ValueError(
@@ -57,17 +57,6 @@ def _rms_rows(x: torch.Tensor) -> torch.Tensor:
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-sample vector shaped to broadcast against the state."""
     return v.reshape((-1,) + (1,) * (like.dim() - 1)).to(like.dtype)
-
-
-def _combine(y, scale, coeffs: Sequence[float], ks: Sequence[torch.Tensor]):
-    """y + scale * sum_i coeffs[i] ks[i] with a per-sample scale (y None: no constant term)."""
-    acc = None
-    for c, k in zip(coeffs, ks):
-        if c != 0.0:
-            acc = k * c if acc is None else acc.add_(k, alpha=c)
-    if acc is None:
-        return torch.zeros_like(ks[0]) if y is None else y
-    return acc * scale if y is None else torch.addcmul(y, acc, scale)
 
 
 def integrate_per_sample(
@@ -139,7 +128,7 @@ def integrate_per_sample(
         dt = dt.clamp(min=controller.min_step, max=controller.max_step)
         r_prev = torch.ones(batch, dtype=tdt, device=dev)
         r_prev2 = torch.ones(batch, dtype=tdt, device=dev)
-    e1, e2, e3 = controller.exponents(solver.error_order)
+    c = core.StepControl.of(controller, solver.error_order, y0.dtype)
     dense = tab.dense
     outs = [y0] + [torch.full_like(y0, math.nan) for _ in ts[1:]]
     y = y0
@@ -151,24 +140,26 @@ def integrate_per_sample(
         n_iter += 1
         with torch.no_grad():
             done = t >= t_end
-            lands = (t + dt >= t_end) & ~done
-            h = torch.where(done, torch.zeros_like(dt), torch.where(lands, t_end - t, dt))
-        hc = _col(h, y)
+            # no 1% stretch here (stretch 1.0): an element lands on t_end only when its step reaches it
+            lands, h, t_new = core.landing(TENSOR, t, dt, t_end, c.max_step, stretch=1.0)
+            lands = lands & ~done
+            h = torch.where(done, torch.zeros_like(dt), h)
+            t_new = torch.where(lands, t_new, t + h)
+        hc = h.reshape((-1,) + (1,) * (y.dim() - 1))  # the step as a column (in the time dtype)
         ks = [f0]
         y1 = None
         for i in range(1, tab.stages):
-            yi = _combine(y, hc, tab.a[i], ks)
+            yi = linear_combination(y, hc, tab.a[i], ks)
             if i == last and tab.fsal:
                 y1 = yi
             ks.append(field(t + tab.c[i] * h, yi))
         if y1 is None:
-            y1 = _combine(y, hc, tab.b, ks)
+            y1 = linear_combination(y, hc, tab.b, ks)
         with torch.no_grad():
-            err = _combine(None, hc, tab.b_error, ks)
+            err = linear_combination(None, hc, tab.b_error, ks)
             ratio = _rms_rows(err / scale_of(y, y1)).to(tdt)
             finite = torch.isfinite(ratio)
             accept = (ratio <= 1.0) & ~done
-            t_new = torch.where(lands, torch.full_like(t, t_end), t + h)
             # one host synchronisation per batched step: the span of times covered and whether all are done
             lo, hi, n_acc, all_done = torch.stack(
                 [
@@ -192,21 +183,14 @@ def integrate_per_sample(
             f0 = torch.where(acc_col, f_next, f0)
         with torch.no_grad():
             t = torch.where(accept, t_new, t)
-            r = ratio.clamp_min(1e-10)
-            factor = controller.safety * r**e1 * r_prev**e2 * r_prev2**e3
-            upper = torch.where(accept, torch.full_like(r, controller.ifactor), torch.ones_like(r))
-            factor = torch.minimum(upper, torch.clamp(factor, min=controller.dfactor))
-            factor = torch.where(finite, factor, torch.full_like(factor, controller.dfactor))
-            step_taken = ~done
-            dt = torch.where(step_taken, torch.clamp(h * factor, max=controller.max_step), dt)
-            r_prev2 = torch.where(accept, r_prev, r_prev2)
-            r_prev = torch.where(accept, r, r_prev)
+            dt_next, r_prev, r_prev2 = core.propose(TENSOR, c, h, ratio, accept, r_prev, r_prev2)
+            dt = torch.where(~done, dt_next, dt)
         if all_done:
             break
         with torch.no_grad():
-            floor = torch.clamp(4 * _EPS * t.abs().clamp_min(1.0), min=controller.min_step)
-            under = (dt < floor) & (t < t_end)
-            bad, nonfinite = torch.stack([under.any(), (under & ~finite).any()]).tolist()
+            # an element rejected with a non-finite ratio is the per-element ``last_nonfinite``
+            code = core.settle(TENSOR, t >= t_end, dt, core.step_floor(TENSOR, t, c.min_step), ~finite & ~accept)
+            bad, nonfinite = torch.stack([(code > core.SUCCESS).any(), (code == core.NONFINITE).any()]).tolist()
         if bad:
             status = Status.NONFINITE if nonfinite else Status.STEP_UNDERFLOW
             return _failed(status, t, outs, stats, term, throw, "per-sample step size underflow")
@@ -232,9 +216,8 @@ def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, y1, ks, dense, f_end
         return
     with torch.no_grad():
         tj = torch.tensor([ts[j] for j in js], dtype=t.dtype, device=t.device)[:, None]  # (J, 1)
-        safe_h = torch.where(h > 0, h, torch.ones_like(h))
-        theta = ((tj - t) / safe_h).clamp(0.0, 1.0)  # (J, B)
-        masks = accept & (t < tj) & (tj <= t_new)  # (J, B)
+        within, _, theta = core.emission(TENSOR, tj, t, t_new)  # (J, B)
+        masks = accept & within
     batch = y.shape[0]
     flat_y = y.reshape(batch, -1)
     if dense is not None:

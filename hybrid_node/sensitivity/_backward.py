@@ -92,6 +92,10 @@ class AugmentedTerm:
         self.nfe += 1
         return self.field(r, x)
 
+    def left_limit(self, end: float) -> AugmentedTerm:
+        """The field for a step that ends at a jump: itself (the augmented field takes no one-sided limits)."""
+        return self
+
 
 class GroupRMS:
     """Max over channel groups of the RMS within each group (one reduction, no Python loop per group).

@@ -13,6 +13,7 @@ import torch
 from scipy.integrate._ivp import dop853_coefficients as _dop
 
 from ..interpolation import linear_combination
+from .base import Interpolant
 from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
 
@@ -40,7 +41,7 @@ def _combined_error(dt: float, ks):
     return err5 * torch.where(denom > 0, n5.sqrt() / denom, torch.ones_like(denom))
 
 
-class Dopri8Interpolant:
+class Dopri8Interpolant(Interpolant):
     """DOP853's seventh-order continuous extension; its three extra stages are evaluated on first use.
 
     Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.10 (dense output of DOP853).

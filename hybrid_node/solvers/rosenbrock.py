@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ..interpolation import HermiteInterpolant
-from .base import AbstractSolver
+from .base import AbstractSolver, Interpolant
 from .linalg import (
     Factorization,
     JacobianSettings,
@@ -352,7 +352,7 @@ class Rosenbrock(AbstractSolver):
 
 
 @dataclasses.dataclass(frozen=True)
-class _RodasInterpolant:
+class _RodasInterpolant(Interpolant):
     y0: torch.Tensor
     y1: torch.Tensor
     kd: tuple[torch.Tensor, ...]
@@ -362,6 +362,22 @@ class _RodasInterpolant:
         for k in reversed(self.kd[:-1]):
             inner = k + theta * inner
         return (1 - theta) * self.y0 + theta * (self.y1 + (1 - theta) * inner)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rosenbrock23Interpolant(Interpolant):
+    """Rosenbrock23's second-order dense output (Shampine and Reichelt, SIAM J. Sci. Comput. 18, 1997)."""
+
+    y0: torch.Tensor
+    k1: torch.Tensor
+    k2: torch.Tensor
+    dt: float
+    d: float
+
+    def __call__(self, theta: float) -> torch.Tensor:
+        c1 = theta * (1 - theta) / (1 - 2 * self.d)
+        c2 = theta * (theta - 2 * self.d) / (1 - 2 * self.d)
+        return self.y0 + self.dt * (c1 * self.k1 + c2 * self.k2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,15 +439,7 @@ class Rosenbrock23(AbstractSolver):
         return Rosenbrock._state(self, f, t1, step.y1)
 
     def interpolant(self, f, t0, y0, dt, step: Rosenbrock23Step, state):
-        d = self._d
-        k1, k2 = step.k1, step.k2
-
-        def at(theta: float) -> torch.Tensor:
-            c1 = theta * (1 - theta) / (1 - 2 * d)
-            c2 = theta * (theta - 2 * d) / (1 - 2 * d)
-            return y0 + dt * (c1 * k1 + c2 * k2)
-
-        return at
+        return _Rosenbrock23Interpolant(y0, step.k1, step.k2, dt, self._d)
 
 
 def Rodas5P(**options) -> Rosenbrock:

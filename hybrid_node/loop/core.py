@@ -1,0 +1,258 @@
+"""The one adaptive core: the step decision and the output emission, written once for every loop.
+
+The host loop decides on Python floats, the device-resident loop on 0-d tensors and the per-sample
+loop on (batch,) tensors. The decision (where a step lands, accept/reject, the PID proposal, the
+step floor, the failure codes) and which output times an accepted step emits are written here once,
+against a tiny array namespace (:data:`FLOAT` or :data:`TENSOR`: ``where``, ``minimum`` and
+``maximum`` against a number, ``smaller`` of two arrays, ``isfinite``, ...); the loops are strategies
+around these functions (how a step is evaluated, where the numbers live, when the host reads them),
+not copies of them.
+
+Every function evaluates the same operations in the same order for both namespaces, so a float
+host solve and an eager 0-d tensor solve round alike and take the very same steps.
+
+References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, step-size
+control, stretching the last step); G. Söderlind, "Digital filters in adaptive time-stepping",
+ACM TOMS 29 (2003) (PID control).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from .._errors import Status
+from ..controllers import PIDController
+
+_EPS = 2.220446049250313e-16
+# A step that would end within 1% of its size before a time where steps must end is stretched to end
+# there, instead of leaving a sliver that costs a whole extra step (Hairer, Nørsett, Wanner, Solving
+# ODEs I, 2nd ed., Section II.4, as in their code DOPRI5). The error test still judges the longer step.
+_STRETCH = 1.01
+
+# status codes of a solve in progress (ints on the host, int64 tensors on the device)
+RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NONFINITE, NO_EVENT = range(6)
+STATUS = {
+    SUCCESS: Status.SUCCESS,
+    MAX_STEPS: Status.MAX_STEPS,
+    STEP_UNDERFLOW: Status.STEP_UNDERFLOW,
+    NONFINITE: Status.NONFINITE,
+    NO_EVENT: Status.NO_EVENT,
+}
+
+
+class _FloatOps:
+    """The array namespace on Python floats and bools (the host loop)."""
+
+    @staticmethod
+    def where(cond: bool, a: Any, b: Any) -> Any:
+        return a if cond else b
+
+    @staticmethod
+    def minimum(a: float, b: float) -> float:
+        return min(a, b)
+
+    @staticmethod
+    def maximum(a: float, b: float) -> float:
+        return max(a, b)
+
+    @staticmethod
+    def smaller(a: float, b: float) -> float:
+        return min(a, b)
+
+    @staticmethod
+    def full_like(like: float, value: float) -> float:
+        return value
+
+    @staticmethod
+    def where_divide(cond: bool, a: float, b: float) -> float:
+        return a / b if cond else 0.0  # b may be 0 where cond is False
+
+    @staticmethod
+    def isfinite(x: float) -> bool:
+        return math.isfinite(x)
+
+    @staticmethod
+    def logical_not(x: bool) -> bool:
+        return not x
+
+
+class _TensorOps:
+    """The array namespace on tensors (0-d for the device loop, (batch,) for per-sample control)."""
+
+    @staticmethod
+    def where(cond: torch.Tensor, a: Any, b: Any) -> torch.Tensor:
+        return torch.where(cond, a, b)
+
+    @staticmethod
+    def minimum(a: torch.Tensor, b: float) -> torch.Tensor:
+        return torch.clamp(a, max=b)
+
+    @staticmethod
+    def maximum(a: torch.Tensor, b: float) -> torch.Tensor:
+        return torch.clamp(a, min=b)
+
+    @staticmethod
+    def smaller(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(a, b)
+
+    @staticmethod
+    def full_like(like: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.full_like(like, value)
+
+    @staticmethod
+    def where_divide(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(cond, a / b, 0.0)  # b may be 0 where cond is False: masked out
+
+    @staticmethod
+    def isfinite(x: torch.Tensor) -> torch.Tensor:
+        return torch.isfinite(x)
+
+    @staticmethod
+    def logical_not(x: torch.Tensor) -> torch.Tensor:
+        return ~x
+
+
+FLOAT = _FloatOps()
+TENSOR = _TensorOps()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepControl:
+    """The step-control numbers of one solve (hashable: compiled device runs are cached per value).
+
+    Attributes:
+        e1, e2, e3: exponents of the PID formula, -b1/k, -b2/k, -b3/k with k = error order + 1.
+        safety, ifactor, dfactor, min_step, max_step, max_num_steps: the controller's settings.
+        t_limit: the largest |t| whose step coefficients cannot overflow the state's dtype.
+        attempts: attempts per run of the device loop (``sync_every``; unused by the other loops).
+    """
+
+    e1: float
+    e2: float
+    e3: float
+    safety: float
+    ifactor: float
+    dfactor: float
+    min_step: float
+    max_step: float
+    max_num_steps: int
+    t_limit: float
+    attempts: int = 1
+
+    @staticmethod
+    def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int = 1) -> StepControl:
+        """The constants for ``controller`` and a method of the given error order on ``dtype`` states.
+
+        Args:
+            controller: the PID settings.
+            error_order: the order q of the method's error estimate (k = q + 1 in the exponents).
+            dtype: the state's dtype (sets ``t_limit``).
+            attempts: attempts per device run.
+        """
+        return StepControl(
+            *controller.exponents(error_order),
+            float(controller.safety),
+            float(controller.ifactor),
+            float(controller.dfactor),
+            float(controller.min_step),
+            float(controller.max_step),
+            int(controller.max_num_steps),
+            1e-6 * torch.finfo(dtype).max,
+            int(attempts),
+        )
+
+
+def landing(xp, t, dt, stop, max_step: float, stretch: float = _STRETCH):
+    """Where the attempt from ``t`` with proposed step ``dt`` ends, given the next time ``stop`` where steps must end.
+
+    A step that would reach within ``stretch - 1`` of its size before ``stop`` (and may grow that far
+    under ``max_step``) is stretched to end exactly there (Hairer, Nørsett, Wanner, II.4).
+
+    Args:
+        xp: the array namespace.
+        t: current time; dt: proposed step; stop: the next stop (output end, jump, ...).
+        max_step: the controller's bound on the step.
+        stretch: the stretch factor (1.0: land only when the step reaches ``stop`` itself).
+
+    Returns:
+        ``(lands, step_dt, t1)``: whether the step ends at ``stop``, the step to attempt and its end time.
+    """
+    reach = t + xp.maximum(dt, xp.minimum(dt * stretch, max_step))
+    lands = reach >= stop
+    step_dt = xp.where(lands, stop - t, dt)
+    return lands, step_dt, xp.where(lands, stop, t + step_dt)
+
+
+def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
+    """The next step and the controller's memory after an attempt of size ``dt`` with error ratio ``ratio``.
+
+    ``dt * safety * r^e1 * r1^e2 * r2^e3`` (Söderlind 2003), the factor clipped below by ``dfactor``
+    and above by ``ifactor`` after an accepted step (by 1 after a rejected one, so a rejection never
+    grows the step); a non-finite ratio shrinks by ``dfactor``; the step is capped by ``max_step``.
+
+    Args:
+        xp: the array namespace.
+        c: the step-control constants.
+        dt: the attempted step; ratio: its error ratio (accepted when at most 1).
+        accepted: whether the attempt was accepted.
+        r1, r2: the error ratios of the last two accepted steps (1.0 before any).
+
+    Returns:
+        ``(dt_next, r1_next, r2_next)``.
+    """
+    r = xp.maximum(ratio, 1e-10)  # a NaN ratio stays NaN on tensors; it is replaced below anyway
+    factor = c.safety * r**c.e1 * r1**c.e2 * r2**c.e3
+    cap = xp.where(accepted, xp.full_like(r, c.ifactor), 1.0)
+    factor = xp.smaller(cap, xp.maximum(factor, c.dfactor))
+    factor = xp.where(xp.isfinite(ratio), factor, c.dfactor)
+    return xp.minimum(dt * factor, c.max_step), xp.where(accepted, r, r1), xp.where(accepted, r1, r2)
+
+
+def step_floor(xp, t, min_step: float):
+    """The smallest step that still moves ``t``: ``max(min_step, 4 eps max(1, |t|))``.
+
+    Args:
+        xp: the array namespace.
+        t: the current time.
+        min_step: the controller's lower bound.
+    """
+    return xp.maximum(4 * _EPS * xp.maximum(abs(t), 1.0), min_step)
+
+
+def precheck(xp, c: StepControl, n_attempts, t, dt):
+    """The failure before an attempt: MAX_STEPS when the attempts are used up, NO_EVENT when
+    ``t + dt`` is beyond ``t_limit`` (only an event solve has no end time), else RUNNING."""
+    beyond = xp.logical_not(abs(t + dt) < c.t_limit)
+    return xp.where(n_attempts >= c.max_num_steps, MAX_STEPS, xp.where(beyond, NO_EVENT, RUNNING))
+
+
+def settle(xp, done, dt, floor, last_nonfinite):
+    """The status after an attempt: SUCCESS when the solve is ``done``, a failure when the next step
+    ``dt`` is below ``floor`` (NONFINITE when the last attempt was rejected for a non-finite error
+    ratio, else STEP_UNDERFLOW), else RUNNING."""
+    small = xp.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW)
+    return xp.where(done, SUCCESS, xp.where(dt < floor, small, RUNNING))
+
+
+def emission(xp, ts, t0, t1):
+    """The output times that an accepted step [t0, t1] emits, and where in the step they lie.
+
+    Output times are strictly increasing, so the step emits exactly those in (t0, t1]; one at t1
+    itself is the step's end state, the others its dense output at ``theta = (t - t0) / (t1 - t0)``.
+
+    Args:
+        xp: the array namespace.
+        ts: output time(s): a float, or a tensor broadcastable against ``t0`` and ``t1``.
+        t0, t1: the step's start and end.
+
+    Returns:
+        ``(within, at_end, theta)``; theta is 0 outside the step (finite, so masked rows keep
+        gradients finite).
+    """
+    within = (ts > t0) & (ts <= t1)
+    at_end = within & (ts == t1)
+    return within, at_end, xp.where_divide(within, ts - t0, t1 - t0)
