@@ -12,21 +12,15 @@ import torch
 from ._backend import resolve_backend
 from ._errors import BackendError
 from ._problem import Problem, make_problem
-from ._registry import build_solver
+from ._registry import build_solver, method_list
 from ._solution import Solution, State, Stats
-from .controllers import ConstantStepSize, PIDController
+from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
-from .loop import integrate, to_solution
-from .sensitivity.adjoint import solve_adjoint
-from .sensitivity.direct import solve_direct
-from .sensitivity.settings import (
-    BacksolveAdjoint,
-    DirectBackprop,
-    GaussAdjoint,
-    InterpolatingAdjoint,
-    QuadratureAdjoint,
-)
-from .solvers import METHODS, ScipySolver
+from .loop import integrate
+from .sensitivity.base import AbstractSensitivity
+from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
+from .solvers import Dopri5
+from .solvers.base import AbstractSolver, ExternalSolver
 
 
 def solve(
@@ -73,54 +67,52 @@ def solve(
         BackendError: a combination the backend cannot do; JuliaNotAvailableError: no usable Julia.
         SolverError: the solve failed (max steps, step-size underflow, non-finite state).
     """
-    solver = METHODS["dopri5"][0]() if solver is None else solver
+    solver = Dopri5() if solver is None else solver
+    if not isinstance(solver, (AbstractSolver, ExternalSolver)):
+        raise TypeError(f"solver must be a solver object such as hn.Tsit5(), got {type(solver).__name__}.")
     if controller is None:
-        controller = PIDController() if getattr(solver, "adaptive", True) else ConstantStepSize()
-    if getattr(solver, "adaptive", False) is False and isinstance(controller, PIDController):
+        controller = PIDController() if solver.adaptive else ConstantStepSize()
+    if not isinstance(controller, AbstractController):
+        raise TypeError(
+            f"controller must be hn.PIDController(...) or hn.ConstantStepSize(...), got {type(controller).__name__}."
+        )
+    if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
     if resolve_backend(backend) == "julia":
         return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn)
-    if isinstance(controller, PIDController) and hasattr(solver, "with_tolerances"):
-        solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
     sensitivity = DirectBackprop() if sensitivity is None else sensitivity
-    if isinstance(sensitivity, (GaussAdjoint, QuadratureAdjoint)):
-        raise BackendError(
-            f"{type(sensitivity).__name__} exists only on the Julia backend; on the torch backend use "
-            "BacksolveAdjoint, InterpolatingAdjoint or DirectBackprop."
-        )
-    problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
-    if isinstance(solver, ScipySolver):
-        if event_fn is not None:
-            raise BackendError("scipy_solver does not support events; use an adaptive torch solver such as 'dopri5'.")
-        if not isinstance(sensitivity, DirectBackprop):
-            raise BackendError(
-                "scipy_solver computes no gradients, so it cannot be used with an adjoint; use a torch "
-                "solver such as 'dopri5'."
-            )
-        params = (
-            tuple(adjoint_params)
-            if adjoint_params is not None
-            else (tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
-        )
-        term = problem.term()
-        ys = solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
-
-        return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
-    if isinstance(sensitivity, (BacksolveAdjoint, InterpolatingAdjoint)):
-        if getattr(controller, "per_sample", False):
-            raise ValueError(
-                "per-sample step control is not available with the adjoint methods; use "
-                "sensitivity=DirectBackprop() or drop per_sample."
-            )
-
-        return solve_adjoint(problem, sensitivity, adjoint_params, event_fn=event_fn, throw=throw)
-    if not isinstance(sensitivity, DirectBackprop):
+    if not isinstance(sensitivity, AbstractSensitivity):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
-    if event_fn is not None or problem.t.requires_grad:  # gradients for the event time and for t
-        return solve_direct(problem, event_fn=event_fn, throw=throw)
+    if isinstance(solver, ExternalSolver):
+        return _solve_external(
+            func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
+        )
+    if isinstance(controller, PIDController):
+        solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
+    problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
+    return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
+
+
+def _solve_external(
+    func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
+) -> Solution:
+    """Hand a solve to a solver that runs its own loop (scipy): forward only, no events."""
+    problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
+    if event_fn is not None:
+        raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
+    if not isinstance(sensitivity, DirectBackprop):
+        raise BackendError(
+            f"{solver.name} computes no gradients, so it cannot be used with an adjoint; use a torch "
+            "solver such as 'dopri5'."
+        )
+    params = (
+        tuple(adjoint_params)
+        if adjoint_params is not None
+        else (tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
+    )
     term = problem.term()
-    integration = integrate(problem, term, problem.y0, problem.ts, event_fn=event_fn, throw=throw)
-    return to_solution(problem, integration, throw)
+    ys = solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
+    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
 
 
 def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn) -> Solution:
@@ -171,7 +163,9 @@ def odeint(
         y0: initial state, a tensor of any shape or a tuple of tensors.
         t: 1-D tensor of output times, strictly increasing or strictly decreasing.
         rtol, atol: relative and absolute tolerances (floats, or tensors broadcastable to the state).
-        method: solver name (default "dopri5"); see ``hybrid_node.METHODS``.
+        method: solver name (default "dopri5"); ``hybrid_node.METHODS`` says which backend has which.
+            Torch backend: <torch methods>. Julia backend (any case, also OrdinaryDiffEq's names):
+            <julia methods>.
         options: method options (torchdiffeq's names: step_size, first_step, max_num_steps, jump_t, ...).
         event_fn: terminal event; then returns ``(event_t, solution)`` as torchdiffeq does.
         backend: "torch" or "julia"; default the process default.
@@ -185,6 +179,12 @@ def odeint(
         JuliaNotAvailableError: the Julia backend was asked for without Julia.
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, None, None)
+
+
+# the method names in odeint's docstring come from the registry, like every other list of them
+odeint.__doc__ = odeint.__doc__.replace("<torch methods>", method_list("torch")).replace(
+    "<julia methods>", method_list("julia")
+)
 
 
 def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params):
@@ -310,8 +310,8 @@ def odeint_dense(
         jump_t=extras.get("jump_t", ()),
         step_t=extras.get("step_t", ()),
     )
-    if isinstance(solver, ScipySolver):
-        raise ValueError("odeint_dense needs a torch solver; scipy_solver has no dense output here.")
+    if isinstance(solver, ExternalSolver):
+        raise ValueError(f"odeint_dense needs a torch solver; {solver.name} has no dense output here.")
     integration = integrate(problem, problem.term(), problem.y0, problem.ts, dense=True)
     return DenseSolution(problem, integration.segments, integration.stats)
 

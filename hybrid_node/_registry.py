@@ -1,4 +1,5 @@
-"""Map torchdiffeq-style method names and options to solver and controller objects."""
+"""The method registry (every name ``odeint`` accepts, see :mod:`hybrid_node.solvers.registry`) and the
+mapping of torchdiffeq-style method names and options to solver and controller objects."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from typing import Any
 
 import torch
 
+from ._errors import BackendError
 from .controllers import ConstantStepSize, PIDController
-from .solvers import METHODS
-from .solvers.implicit import IMPLICIT_METHODS
+from .solvers.base import AbstractSolver, ExternalSolver
+from .solvers.registry import LOOPS as LOOPS
+from .solvers.registry import METHOD_SPECS as METHOD_SPECS
+from .solvers.registry import MethodSpec as MethodSpec
 
 ADAPTIVE_OPTIONS = (
     "first_step",
@@ -31,48 +35,110 @@ ADAPTIVE_OPTIONS = (
     "device_loop",
     "sync_every",
 )
+_SHOWN = {"torch": "torch", "julia": "Julia"}  # backend names as the messages write them
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile")
+
+
+def method_spec(method: str, backend: str) -> MethodSpec:
+    """The registry entry of ``method`` for ``backend``.
+
+    Args:
+        method: the method name: exact on the torch backend; any case on the Julia backend, which also
+            takes OrdinaryDiffEq's names ("Tsit5", "DP5").
+        backend: "torch" or "julia".
+
+    Returns:
+        The method's :class:`MethodSpec`.
+
+    Raises:
+        BackendError: the method exists, but only on the other backend; on the Julia backend also an
+            unknown method (the message lists the backend's methods).
+        ValueError: an unknown method on the torch backend (the message lists its methods).
+    """
+    key = method if backend == "torch" else method.strip().lower()
+    specs = METHOD_SPECS if backend == "torch" else {name.lower(): spec for name, spec in METHOD_SPECS.items()}
+    spec = specs.get(key)
+    if spec is not None and backend in spec.backends:
+        return spec
+    if spec is not None:
+        other = "torch" if backend == "julia" else "julia"
+        raise BackendError(
+            f"Method {method!r} is available on the {_SHOWN[other]} backend only (use backend={other!r} for it). "
+            f"The {_SHOWN[backend]} backend offers: {method_list(backend)}."
+        )
+    if backend == "torch":  # torchdiffeq's users know this as a ValueError
+        raise ValueError(f"Unknown method {method!r}. Valid methods: {method_list(backend)}.")
+    raise BackendError(f"Unknown method {method!r} for the Julia backend. Valid methods: {method_list(backend)}.")
+
+
+def method_list(backend: str) -> str:
+    """The names of the methods ``backend`` has, sorted and comma-separated (for error messages)."""
+    return ", ".join(sorted(name for name, spec in METHOD_SPECS.items() if backend in spec.backends))
+
+
+def methods_table() -> str:
+    """The method table of the README (markdown), rendered from the registry.
+
+    Returns:
+        One row per method name: its order (with the embedded order of an adaptive pair), whether it
+        chooses its own steps, the backends that have it (with the Julia algorithm), the torch loop
+        strategies that can run it, and notes.
+    """
+    rows = [
+        "| method | order | adaptive | torch | julia | torch loops | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, spec in METHOD_SPECS.items():
+        order, adaptive = "—", "—"
+        if spec.solver is not None:
+            solver = spec.solver()
+            adaptive = "yes" if solver.adaptive else "no"
+            if isinstance(solver, AbstractSolver):
+                order = str(solver.order) + (f"({solver.error_order})" if solver.adaptive else "")
+        torch_has = "yes" if "torch" in spec.backends else "no"
+        julia = f"`{spec.julia}`" if spec.julia is not None else "no"
+        loops = ", ".join(spec.loops) or "—"
+        rows.append(f"| `{name}` | {order} | {adaptive} | {torch_has} | {julia} | {loops} | {spec.notes} |")
+    return "\n".join(rows) + "\n"
 
 
 def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
     """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
+
+    Args:
+        method: a method name of the registry (None: "dopri5").
+        options: the method and step-size options (torchdiffeq's names).
+        rtol, atol: the solve's tolerances.
 
     Returns:
         solver, controller, and a dict with ``jump_t``, ``step_t``, ``t_dtype``.
 
     Raises:
         ValueError: for an unknown method or option (the message lists the valid ones).
+        BackendError: the method exists on the Julia backend only (a ValueError too).
     """
     method = "dopri5" if method is None else method
     options = dict(options or {})
-    table = {**METHODS, **IMPLICIT_METHODS}
-    if method not in table:
-        raise ValueError(f"Unknown method {method!r}. Valid methods: {', '.join(sorted(table))}.")
-    factory, solver_keys = table[method]
+    spec = method_spec(method, "torch")
+    solver_keys = spec.options
     solver_kwargs = {k: options.pop(k) for k in solver_keys if k in options}
-    if method == "scipy_solver":
-        solver = factory(**solver_kwargs)
+    if spec.uses_tolerances:  # the Adams corrector stops on the solve's (scalar) tolerances
+        solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
+        solver_kwargs.setdefault("atol", atol if isinstance(atol, float) else 1e-9)
+    solver = spec.solver(**solver_kwargs)
+    if isinstance(solver, ExternalSolver):
         valid = solver_keys + ("dtype",)
         unknown = set(options) - set(valid)
         if unknown:
-            raise ValueError(
-                f"Unknown options {sorted(unknown)} for method 'scipy_solver'. Valid options: {list(valid)}."
-            )
+            raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {list(valid)}.")
         return solver, PIDController(rtol=rtol, atol=atol), {"t_dtype": options.get("dtype")}
-    if method in ("implicit_adams", "fixed_adams"):
-        solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
-        solver_kwargs.setdefault("atol", atol if isinstance(atol, float) else 1e-9)
-    solver = factory(**solver_kwargs)
-    if solver.adaptive and hasattr(solver, "fixed_steps") and ({"step_size", "grid_constructor"} & set(options)):
-        solver = solver.fixed_steps()  # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given
+    if solver.adaptive and ({"step_size", "grid_constructor"} & set(options)):
+        # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given; methods without a
+        # fixed-step variant return themselves and the step options are reported as unknown below
+        solver = solver.fixed_steps()
     extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": ()}
     if options.pop("compile", False):
-        if not hasattr(solver, "compiled"):
-            raise ValueError(
-                f"options['compile'] is available for the explicit Runge-Kutta methods only, not "
-                f"{method!r}; drop the option for this method."
-            )
-        solver = solver.compiled()
+        solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:
         valid = ADAPTIVE_OPTIONS + solver_keys
         unknown = set(options) - set(valid)

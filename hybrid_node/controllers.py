@@ -6,6 +6,7 @@ G. Söderlind, "Digital filters in adaptive time-stepping", ACM TOMS 29 (2003) (
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Callable
@@ -14,8 +15,28 @@ from typing import Any
 import torch
 
 
+class AbstractController(abc.ABC):
+    """A step-size rule: settings only; its per-solve state comes from :meth:`init` and is passed back.
+
+    What the loops and the entry points read is declared here, so nothing probes for attributes:
+    ``adaptive`` (steps chosen from the error estimate; the solver must have one), ``per_sample`` and
+    ``device_loop`` (the loop strategies it asks for; False unless a controller offers them).
+    """
+
+    #: steps are chosen from the solver's error estimate (PIDController), not given (ConstantStepSize)
+    adaptive: bool = False
+    #: every element of the batch takes its own steps
+    per_sample: bool = False
+    #: the steps are decided on the state's device
+    device_loop: bool = False
+
+    @abc.abstractmethod
+    def init(self) -> Any:
+        """The controller state at the start of a solve (None for a controller without one)."""
+
+
 @dataclasses.dataclass(frozen=True)
-class ConstantStepSize:
+class ConstantStepSize(AbstractController):
     """Fixed steps on a grid.
 
     Args:
@@ -39,6 +60,10 @@ class ConstantStepSize:
         if self.interp not in ("linear", "cubic"):
             raise ValueError(f"interp must be 'linear' or 'cubic', got {self.interp!r}.")
 
+    def init(self) -> None:
+        """Fixed steps keep no state between steps."""
+        return None
+
     def grid(self, func, y0, t: torch.Tensor) -> list:
         """The grid of step end points (host floats), from t[0] to t[-1] inclusive, increasing."""
         t0, t1 = float(t[0]), float(t[-1])
@@ -57,7 +82,7 @@ class ConstantStepSize:
 
 
 @dataclasses.dataclass(frozen=True)
-class PIDController:
+class PIDController(AbstractController):
     """Adaptive step-size control from the embedded error estimate.
 
     The error ratio of a step is ``norm(err / (atol + rtol * max(|y0|, |y1|)))``; the step is accepted when
@@ -97,6 +122,8 @@ class PIDController:
     per_sample: bool = False
     device_loop: bool = False
     sync_every: int = 8
+
+    adaptive = True  # a class attribute (no annotation), not a setting
 
     def __post_init__(self):
         for name in ("rtol", "atol"):

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .._errors import BackendError, SolverError, Status
+from .._registry import METHOD_SPECS, method_spec
 from .._solution import Solution, Stats
 from ..sensitivity.settings import (
     BacksolveAdjoint,
@@ -54,66 +55,14 @@ from .translate import CallbackProblem, MLPSpec, make_callbacks, translate_mlp
 
 State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
-#: user method name (lower case, torch- or Julia-style) -> OrdinaryDiffEq algorithm
-METHODS: dict[str, str] = {
-    "dopri5": "DP5",
-    "dp5": "DP5",
-    "tsit5": "Tsit5",
-    "bosh3": "BS3",
-    "bs3": "BS3",
-    "rk4": "RK4",
-    "rk4_classic": "RK4",
-    "euler": "Euler",
-    "vern7": "Vern7",
-    "vern9": "Vern9",
-    "rodas5p": "Rodas5P",
-    "rosenbrock23": "Rosenbrock23",
-    "kencarp4": "KenCarp4",
-    "trbdf2": "TRBDF2",
-    "fbdf": "FBDF",
-    "qndf": "QNDF",
-}
-JULIA_ALGORITHMS = (
-    "DP5",
-    "Tsit5",
-    "BS3",
-    "RK4",
-    "Euler",
-    "Vern7",
-    "Vern9",
-    "Rodas5P",
-    "Rosenbrock23",
-    "KenCarp4",
-    "TRBDF2",
-    "FBDF",
-    "QNDF",
-)
+#: user method name (lower case, torch- or Julia-style) -> OrdinaryDiffEq algorithm, from the registry
+METHODS: dict[str, str] = {name.lower(): spec.julia for name, spec in METHOD_SPECS.items() if spec.julia is not None}
+JULIA_ALGORITHMS = tuple(dict.fromkeys(METHODS.values()))
 STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF")
 ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23")
 FIXED_STEP_ALGORITHMS = ("RK4", "Euler")
-TORCH_ONLY_METHODS = (
-    "adaptive_heun",
-    "dopri8",
-    "fehlberg2",
-    "heun2",
-    "heun3",
-    "midpoint",
-    "explicit_adams",
-    "implicit_adams",
-    "fixed_adams",
-    "scipy_solver",
-    "implicit_euler",
-    "implicit_midpoint",
-    "trapezoid",
-    "radauiia3",
-    "radauiia5",
-    "gl4",
-    "gl6",
-    "sdirk2",
-    "rodas4",
-    "kvaerno3",
-    "kvaerno5",
-)
+#: the (lower-case) names only the torch backend has, from the registry
+TORCH_ONLY_METHODS = tuple(name.lower() for name, spec in METHOD_SPECS.items() if spec.backends == ("torch",))
 DEFAULT_METHOD = "dopri5"
 
 FIXED_STEP_OPTIONS = ("step_size", "max_num_steps")
@@ -131,10 +80,6 @@ _RETCODES = (
 )
 
 
-def _method_list() -> str:
-    return ", ".join(sorted(METHODS))
-
-
 def resolve_method(method: str | None) -> str:
     """Map a user method name to a Julia algorithm name.
 
@@ -146,21 +91,14 @@ def resolve_method(method: str | None) -> str:
 
     Raises:
         TypeError: ``method`` is not a string.
-        BackendError: the method does not exist on the Julia backend.
+        BackendError: the method does not exist on the Julia backend (it says whether the torch backend
+            has it).
     """
     if method is None:
         method = DEFAULT_METHOD
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}.")
-    key = method.strip().lower()
-    if key in METHODS:
-        return METHODS[key]
-    if key in TORCH_ONLY_METHODS:
-        raise BackendError(
-            f"Method {method!r} exists only on the torch backend. The Julia backend offers: "
-            f"{_method_list()} (use backend='torch' for {method!r})."
-        )
-    raise BackendError(f"Unknown method {method!r} for the Julia backend; choose one of: {_method_list()}.")
+    return method_spec(method, "julia").julia
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,8 +193,7 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
     # SciMLSensitivity's concrete_solve passes the solve's abstol/reltol on to adjoint_sensitivities,
     # and quadrature_adjoint.jl uses those for the adjoint solve and quadgk, overriding the
     # QuadratureAdjoint(abstol, reltol) fields. Different values would be accepted and ignored.
-    for field, forward in (("rtol", rtol), ("atol", atol)):
-        value = getattr(sensitivity, field)
+    for field, value, forward in (("rtol", sensitivity.rtol, rtol), ("atol", sensitivity.atol, atol)):
         if value is not None and value != forward:
             raise BackendError(
                 f"The Julia backend solves the {name} backward pass with the forward tolerances "

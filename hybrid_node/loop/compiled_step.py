@@ -124,7 +124,7 @@ class CompiledAttempt:
         if not isinstance(solver, ExplicitRungeKutta):
             raise ValueError(
                 f"compile=True is available for the explicit Runge-Kutta methods only, not "
-                f"{getattr(solver, 'name', type(solver).__name__)!r}; drop the option for this method."
+                f"{solver.name!r}; drop the option for this method."
             )
         self.term, self.owner, self.solver = term, pure.owner, solver
         self.rtol, self.atol, self.norm = rtol, atol, norm

@@ -38,14 +38,14 @@ def integrate(
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
-    if getattr(ctrl, "device_loop", False) and not dense:  # dense output over the interval: host loop
+    if ctrl.device_loop and not dense:  # dense output over the interval: host loop
         check_device_loop(problem, event_fn)
         return integrate_device(
             term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, norm=problem.norm, throw=throw
         )
-    if getattr(ctrl, "per_sample", False):
+    if ctrl.per_sample:
         check_per_sample(problem, event_fn)
-        if getattr(problem.solver, "compile", False):
+        if problem.solver.compile:
             raise ValueError("compiled steps cannot be combined with per_sample step control; drop one of them.")
         if dense:
             raise ValueError("per_sample has no dense output over the whole interval; use the shared-step solver.")

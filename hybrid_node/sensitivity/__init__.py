@@ -1,5 +1,6 @@
 """Gradient methods: settings objects here, implementations per backend."""
 
+from .base import AbstractSensitivity as AbstractSensitivity
 from .settings import (
     BacksolveAdjoint as BacksolveAdjoint,
 )

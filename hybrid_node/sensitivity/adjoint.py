@@ -26,10 +26,7 @@ from .._problem import Problem
 from .._solution import Solution
 from ..loop import to_solution
 from ._backward import backward_plan, resolve_params
-from .backsolve import Backsolve
 from .events import event_outputs
-from .interpolating import Interpolating
-from .settings import BacksolveAdjoint, InterpolatingAdjoint
 
 
 class _AdjointFunction(torch.autograd.Function):
@@ -81,14 +78,7 @@ def solve_adjoint(
     """
     params = resolve_params(problem.func, adjoint_params)
     plan = backward_plan(problem, sensitivity)
-    if isinstance(sensitivity, BacksolveAdjoint):
-        run = Backsolve(problem, plan, params, event_fn, throw)
-    elif isinstance(sensitivity, InterpolatingAdjoint):
-        run = Interpolating(problem, plan, params, event_fn, throw, sensitivity.checkpoints)
-    else:
-        raise TypeError(
-            f"solve_adjoint takes BacksolveAdjoint or InterpolatingAdjoint, got {type(sensitivity).__name__}."
-        )
+    run = sensitivity.backward_pass(problem, plan, params, event_fn, throw)  # Backsolve or Interpolating
     ys = _AdjointFunction.apply(run, problem.t, problem.y0, *params)
     integration = run.integration
     outputs = list(ys.unbind(0))

@@ -111,7 +111,7 @@ class Backsolve:
             return torch.cat([ys[i].reshape(-1), xx[n : 2 * n] + grad_ys[i].reshape(-1), xx[2 * n :]])
 
         term = AugmentedTerm(field, problem)
-        if getattr(self.plan.solver, "compile", False):
+        if self.plan.solver.compile:
             term.pure_field = traceable_augmented_field(problem, params, dtype)
         steps = 0
         if last > 0:

@@ -16,22 +16,53 @@ QuadratureAdjoint      no     yes
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import torch
+
+from .._errors import BackendError
+from .._problem import Problem
+from .._solution import Solution
+from ..loop import integrate, to_solution
+from .adjoint import solve_adjoint
+from .backsolve import Backsolve
+from .base import AbstractSensitivity
+from .direct import solve_direct
+from .interpolating import Interpolating
 
 NORMS = ("default", "seminorm")
 
 
 @dataclasses.dataclass(frozen=True)
-class DirectBackprop:
+class DirectBackprop(AbstractSensitivity):
     """Differentiate through every operation of the forward solve (exact gradient of the discrete solution).
 
     Memory grows linearly with the number of steps.
     """
 
+    backends = ("torch",)
+
+    def solve(
+        self,
+        problem: Problem,
+        adjoint_params: Sequence[torch.Tensor] | None,
+        event_fn: Callable | None = None,
+        throw: bool = True,
+    ) -> Solution:
+        """Solve with autograd recording every step (``adjoint_params`` is not used: autograd finds all).
+
+        Returns:
+            The Solution; see :meth:`AbstractSensitivity.solve`.
+        """
+        if event_fn is not None or problem.t.requires_grad:  # gradients for the event time and for t
+            return solve_direct(problem, event_fn=event_fn, throw=throw)
+        integration = integrate(problem, problem.term(), problem.y0, problem.ts, event_fn=event_fn, throw=throw)
+        return to_solution(problem, integration, throw)
+
 
 @dataclasses.dataclass(frozen=True)
-class _AdjointSettings:
+class _AdjointSettings(AbstractSensitivity):
     rtol: float | None = None  #: backward tolerance; None reuses the forward one
     atol: float | None = None
     method: str | None = None  #: backward solver; None reuses the forward one
@@ -41,10 +72,46 @@ class _AdjointSettings:
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}.")
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
+        for name, value in (("rtol", self.rtol), ("atol", self.atol)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}.")
+
+    def solve(
+        self,
+        problem: Problem,
+        adjoint_params: Sequence[torch.Tensor] | None,
+        event_fn: Callable | None = None,
+        throw: bool = True,
+    ) -> Solution:
+        """Solve forwards without a graph; the gradients come from an adjoint solve backwards.
+
+        Returns:
+            The Solution; see :meth:`AbstractSensitivity.solve`.
+
+        Raises:
+            ValueError: the controller asks for per-sample steps (not available with the adjoints).
+        """
+        if problem.controller.per_sample:
+            raise ValueError(
+                "per-sample step control is not available with the adjoint methods; use "
+                "sensitivity=DirectBackprop() or drop per_sample."
+            )
+        return solve_adjoint(problem, self, adjoint_params, event_fn=event_fn, throw=throw)
+
+    def backward_pass(self, problem: Problem, plan, params, event_fn: Callable | None, throw: bool):
+        """The run object of :mod:`hybrid_node.sensitivity.adjoint` that does this method's backward solve.
+
+        Raises:
+            TypeError: this adjoint has no torch implementation.
+        """
+        raise TypeError(f"solve_adjoint takes BacksolveAdjoint or InterpolatingAdjoint, got {type(self).__name__}.")
+
+
+def _julia_only(sensitivity: AbstractSensitivity) -> BackendError:
+    return BackendError(
+        f"{type(sensitivity).__name__} exists only on the Julia backend; on the torch backend use "
+        "BacksolveAdjoint, InterpolatingAdjoint or DirectBackprop."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +124,12 @@ class BacksolveAdjoint(_AdjointSettings):
     Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
     NeurIPS 2018, Algorithm 1.
     """
+
+    backends = ("torch", "julia")
+
+    def backward_pass(self, problem: Problem, plan, params, event_fn: Callable | None, throw: bool) -> Backsolve:
+        """Reconstruct the state backwards together with the adjoint."""
+        return Backsolve(problem, plan, params, event_fn, throw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +148,12 @@ class InterpolatingAdjoint(_AdjointSettings):
 
     checkpoints: int | None = None
 
+    backends = ("torch", "julia")
+
+    def backward_pass(self, problem: Problem, plan, params, event_fn: Callable | None, throw: bool) -> Interpolating:
+        """Re-solve each segment forwards from its checkpoint while the adjoint goes backwards."""
+        return Interpolating(problem, plan, params, event_fn, throw, self.checkpoints)
+
     def __post_init__(self):
         super().__post_init__()
         if self.checkpoints is not None and (not isinstance(self.checkpoints, int) or self.checkpoints < 1):
@@ -86,10 +165,22 @@ class GaussAdjoint(_AdjointSettings):
     """SciMLSensitivity's GaussAdjoint (Julia backend only): adjoint with Gauss-Kronrod quadrature of
     the parameter gradient."""
 
+    backends = ("julia",)
+
+    def solve(self, problem, adjoint_params, event_fn=None, throw=True) -> Solution:
+        """Raises BackendError: the torch backend has no GaussAdjoint."""
+        raise _julia_only(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class QuadratureAdjoint(_AdjointSettings):
     """SciMLSensitivity's QuadratureAdjoint (Julia backend only)."""
+
+    backends = ("julia",)
+
+    def solve(self, problem, adjoint_params, event_fn=None, throw=True) -> Solution:
+        """Raises BackendError: the torch backend has no QuadratureAdjoint."""
+        raise _julia_only(self)
 
 
 Sensitivity = (DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint)

@@ -59,7 +59,7 @@ class AdamsStep:
     dt: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Adams(AbstractSolver):
     """Adams-Bashforth (``corrector=False``) or Adams-Bashforth-Moulton in PECE form iterated up to
     ``max_iters`` times (``corrector=True``).
@@ -128,14 +128,44 @@ class Adams(AbstractSolver):
         return HermiteInterpolant(y0, step.y1, step.state.fs[0], next_state.fs[0], dt)
 
 
-def AdamsBashforth(max_order: int = 4) -> Adams:
-    """Explicit Adams-Bashforth, fixed step (``method="explicit_adams"``)."""
-    return Adams(max_order=max_order, corrector=False, name="explicit_adams")
+class AdamsBashforth(Adams):
+    """Explicit Adams-Bashforth, fixed step (``method="explicit_adams"``).
+
+    Args:
+        max_order: the order used once enough history exists (1 to 12).
+        **fields: further settings of :class:`Adams`; ``dataclasses.replace`` passes them all.
+    """
+
+    def __init__(self, max_order: int = 4, **fields):
+        super().__init__(**{"max_order": max_order, "corrector": False, "name": "explicit_adams", **fields})
 
 
-def AdamsBashforthMoulton(
-    max_order: int = 4, max_iters: int = 4, rtol: float = 1e-7, atol: float = 1e-9, name: str = "implicit_adams"
-) -> Adams:
+class AdamsBashforthMoulton(Adams):
     """Adams-Bashforth predictor with Adams-Moulton corrector, fixed step (``"implicit_adams"``,
-    ``"fixed_adams"``)."""
-    return Adams(max_order=max_order, corrector=True, max_iters=max_iters, rtol=rtol, atol=atol, name=name)
+    ``"fixed_adams"``).
+
+    Args:
+        max_order, max_iters, rtol, atol, name: as :class:`Adams`.
+        **fields: further settings of :class:`Adams`; ``dataclasses.replace`` passes them all.
+    """
+
+    def __init__(
+        self,
+        max_order: int = 4,
+        max_iters: int = 4,
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+        name: str = "implicit_adams",
+        **fields,
+    ):
+        super().__init__(
+            **{
+                "max_order": max_order,
+                "corrector": True,
+                "max_iters": max_iters,
+                "rtol": rtol,
+                "atol": atol,
+                "name": name,
+                **fields,
+            }
+        )

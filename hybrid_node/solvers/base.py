@@ -15,6 +15,7 @@ rule), as DifferentialEquations.jl and diffrax separate algorithm, controller an
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -63,11 +64,30 @@ class AbstractSolver(abc.ABC):
     implicit: bool = False
     #: ``compiled()`` returns the same method with step attempts compiled by torch.compile
     supports_compile: bool = False
+    #: step attempts run compiled (a family that supports it holds this as a setting)
+    compile: bool = False
 
     @property
     @abc.abstractmethod
     def order(self) -> int:
         """Order of the propagated solution."""
+
+    def __repr__(self) -> str:
+        """``Dopri5()``, ``TRBDF2(jacobian='jacfwd')``: the class and the settings that differ from its defaults.
+
+        A family class without defaults (``ExplicitRungeKutta(tableau, name)``) shows every setting.
+        """
+        try:
+            default = type(self)()
+        except TypeError:  # a family class whose constructor needs its tableau: no defaults to omit
+            default = None
+        shown = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if default is not None and _same(value, getattr(default, field.name)):
+                continue
+            shown.append(f"{field.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def error_order(self) -> int | None:
@@ -137,9 +157,23 @@ class ExternalSolver(abc.ABC):
     """A solver that runs its own integration loop over all output times (e.g. scipy's solvers)."""
 
     name: str
+    #: it chooses its own steps from the solve's tolerances (so the default controller is a PIDController)
+    adaptive: bool = True
 
     @abc.abstractmethod
     def integrate(
         self, term: Field, y0: torch.Tensor, ts: Sequence[float], rtol: Any, atol: Any, grad_inputs: Sequence = ()
     ) -> torch.Tensor:
         """The states at every time of ``ts`` (stacked), integrating ``term`` from (ts[0], y0)."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two settings are equal (identity first: tensors and callables compare by identity)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False

@@ -73,8 +73,20 @@ class Dopri8Interpolant(Interpolant):
         return self.y0 + acc
 
 
-def Dopri8() -> ExplicitRungeKutta:
-    """Dormand-Prince 8th order (DOP853 coefficients), FSAL, seventh-order dense output (``method="dopri8"``)."""
-    return ExplicitRungeKutta(
-        DOPRI8_TABLEAU, "dopri8", dense_output=Dopri8Interpolant, error_estimate=_combined_error, error_estimate_order=7
-    )
+class Dopri8(ExplicitRungeKutta):
+    """Dormand-Prince 8th order (DOP853 coefficients), FSAL, seventh-order dense output (``method="dopri8"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        defaults = {
+            "tableau": DOPRI8_TABLEAU,
+            "name": "dopri8",
+            "dense_output": Dopri8Interpolant,
+            "error_estimate": _combined_error,
+            "error_estimate_order": 7,
+        }
+        super().__init__(**{**defaults, **fields})

@@ -199,7 +199,7 @@ class DirkStep:
     y0: torch.Tensor | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Dirk(AbstractSolver):
     """An (E)SDIRK method solved by simplified Newton.
 
@@ -399,36 +399,78 @@ def _secant_mismatch(f, t1: float, step: DirkStep, f1: torch.Tensor) -> float:
         return float((num / den).max())
 
 
-def TRBDF2(**options) -> Dirk:
-    """TR-BDF2 (Hosea & Shampine), order 2, L-stable, with an embedded estimate (``method="trbdf2"``)."""
-    return Dirk(TRBDF2_TABLEAU, "trbdf2", **options)
+class TRBDF2(Dirk):
+    """TR-BDF2 (Hosea & Shampine), order 2, L-stable, with an embedded estimate (``method="trbdf2"``).
+
+    Args:
+        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": TRBDF2_TABLEAU, "name": "trbdf2", **options})
 
 
-def Kvaerno3(**options) -> Dirk:
-    """Kværnø's ESDIRK 3(2), stiffly accurate, L-stable (``method="kvaerno3"``)."""
-    return Dirk(KVAERNO3_TABLEAU, "kvaerno3", **options)
+class Kvaerno3(Dirk):
+    """Kværnø's ESDIRK 3(2), stiffly accurate, L-stable (``method="kvaerno3"``).
+
+    Args:
+        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": KVAERNO3_TABLEAU, "name": "kvaerno3", **options})
 
 
-def KenCarp4(**options) -> Dirk:
-    """Kennedy & Carpenter's ESDIRK 4(3) (implicit part of ARK4(3)6L[2]SA), L-stable (``method="kencarp4"``)."""
-    return Dirk(KENCARP4_TABLEAU, "kencarp4", **options)
+class KenCarp4(Dirk):
+    """Kennedy & Carpenter's ESDIRK 4(3) (implicit part of ARK4(3)6L[2]SA), L-stable (``method="kencarp4"``).
+
+    Args:
+        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": KENCARP4_TABLEAU, "name": "kencarp4", **options})
 
 
-def Kvaerno5(**options) -> Dirk:
-    """Kværnø's ESDIRK 5(4), stiffly accurate, L-stable (``method="kvaerno5"``)."""
-    return Dirk(KVAERNO5_TABLEAU, "kvaerno5", **options)
+class Kvaerno5(Dirk):
+    """Kværnø's ESDIRK 5(4), stiffly accurate, L-stable (``method="kvaerno5"``).
+
+    Args:
+        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": KVAERNO5_TABLEAU, "name": "kvaerno5", **options})
 
 
-def ImplicitEuler(**options) -> Dirk:
-    """Backward Euler, order 1, fixed steps (``method="implicit_euler"``)."""
-    return Dirk(IMPLICIT_EULER_TABLEAU, "implicit_euler", adaptive=False, **options)
+class ImplicitEuler(Dirk):
+    """Backward Euler, order 1, fixed steps (``method="implicit_euler"``).
+
+    Args:
+        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": IMPLICIT_EULER_TABLEAU, "name": "implicit_euler", "adaptive": False, **options})
 
 
-def SDIRK2(**options) -> Dirk:
-    """Alexander's two-stage L-stable SDIRK of order 2, fixed steps (``method="sdirk2"``)."""
-    return Dirk(SDIRK2_TABLEAU, "sdirk2", adaptive=False, **options)
+class SDIRK2(Dirk):
+    """Alexander's two-stage L-stable SDIRK of order 2, fixed steps (``method="sdirk2"``).
+
+    Args:
+        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": SDIRK2_TABLEAU, "name": "sdirk2", "adaptive": False, **options})
 
 
-def Trapezoid(**options) -> Dirk:
-    """The trapezoidal rule (Crank-Nicolson), order 2, A-stable, fixed steps (``method="trapezoid"``)."""
-    return Dirk(TRAPEZOID_TABLEAU, "trapezoid", adaptive=False, **options)
+class Trapezoid(Dirk):
+    """The trapezoidal rule (Crank-Nicolson), order 2, A-stable, fixed steps (``method="trapezoid"``).
+
+    Args:
+        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": TRAPEZOID_TABLEAU, "name": "trapezoid", "adaptive": False, **options})

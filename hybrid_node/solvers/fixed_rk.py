@@ -27,31 +27,73 @@ RK4_38_TABLEAU = ButcherTableau(
 )
 
 
-def Euler() -> ExplicitRungeKutta:
-    """Forward Euler, order 1 (``method="euler"``)."""
-    return ExplicitRungeKutta(EULER_TABLEAU, "euler")
+class Euler(ExplicitRungeKutta):
+    """Forward Euler, order 1 (``method="euler"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": EULER_TABLEAU, "name": "euler", **fields})
 
 
-def Midpoint() -> ExplicitRungeKutta:
-    """Explicit midpoint rule, order 2 (``method="midpoint"``)."""
-    return ExplicitRungeKutta(MIDPOINT_TABLEAU, "midpoint")
+class Midpoint(ExplicitRungeKutta):
+    """Explicit midpoint rule, order 2 (``method="midpoint"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": MIDPOINT_TABLEAU, "name": "midpoint", **fields})
 
 
-def Heun2() -> ExplicitRungeKutta:
-    """Heun's method (explicit trapezoid), order 2 (``method="heun2"``)."""
-    return ExplicitRungeKutta(HEUN2_TABLEAU, "heun2")
+class Heun2(ExplicitRungeKutta):
+    """Heun's method (explicit trapezoid), order 2 (``method="heun2"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": HEUN2_TABLEAU, "name": "heun2", **fields})
 
 
-def Heun3() -> ExplicitRungeKutta:
-    """Heun's third-order method (``method="heun3"``)."""
-    return ExplicitRungeKutta(HEUN3_TABLEAU, "heun3")
+class Heun3(ExplicitRungeKutta):
+    """Heun's third-order method (``method="heun3"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": HEUN3_TABLEAU, "name": "heun3", **fields})
 
 
-def RK4() -> ExplicitRungeKutta:
-    """Kutta's 3/8 rule, order 4 (``method="rk4"``, the same formula as torchdiffeq's rk4)."""
-    return ExplicitRungeKutta(RK4_38_TABLEAU, "rk4")
+class RK4(ExplicitRungeKutta):
+    """Kutta's 3/8 rule, order 4 (``method="rk4"``, the same formula as torchdiffeq's rk4).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": RK4_38_TABLEAU, "name": "rk4", **fields})
 
 
-def RK4Classic() -> ExplicitRungeKutta:
-    """The classic fourth-order Runge-Kutta method (``method="rk4_classic"``)."""
-    return ExplicitRungeKutta(RK4_CLASSIC_TABLEAU, "rk4_classic")
+class RK4Classic(ExplicitRungeKutta):
+    """The classic fourth-order Runge-Kutta method (``method="rk4_classic"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": RK4_CLASSIC_TABLEAU, "name": "rk4_classic", **fields})

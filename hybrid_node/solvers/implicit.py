@@ -26,33 +26,16 @@ from .implicit_fixed import (
     RadauIIA3,
     RadauIIA5,
 )
+from .registry import NEWTON_OPTIONS, ROSENBROCK_OPTIONS, solver_table
 from .rosenbrock import ROS3P, Rodas4, Rodas5P, Rosenbrock, Rosenbrock23
 
-ROSENBROCK_OPTIONS = ("jacobian", "batch_dims", "autonomous")
-NEWTON_OPTIONS = ("jacobian", "batch_dims", "max_newton_iters", "newton_kappa", "newton_rtol", "newton_atol")
-
-#: method name -> (factory, names of the method options the factory takes)
-IMPLICIT_METHODS = {
-    "rodas5p": (Rodas5P, ROSENBROCK_OPTIONS),
-    "rodas4": (Rodas4, ROSENBROCK_OPTIONS),
-    "ros3p": (ROS3P, ROSENBROCK_OPTIONS),
-    "rosenbrock23": (Rosenbrock23, ROSENBROCK_OPTIONS),
-    "kencarp4": (KenCarp4, NEWTON_OPTIONS),
-    "kvaerno3": (Kvaerno3, NEWTON_OPTIONS),
-    "kvaerno5": (Kvaerno5, NEWTON_OPTIONS),
-    "trbdf2": (TRBDF2, NEWTON_OPTIONS),
-    "implicit_euler": (ImplicitEuler, NEWTON_OPTIONS),
-    "sdirk2": (SDIRK2, NEWTON_OPTIONS),
-    "trapezoid": (Trapezoid, NEWTON_OPTIONS),
-    "implicit_midpoint": (ImplicitMidpoint, NEWTON_OPTIONS),
-    "gl4": (GaussLegendre4, NEWTON_OPTIONS),
-    "gl6": (GaussLegendre6, NEWTON_OPTIONS),
-    "radauIIA3": (RadauIIA3, NEWTON_OPTIONS),
-    "radauIIA5": (RadauIIA5, NEWTON_OPTIONS),
-}
+#: method name -> (factory, names of the method options the factory takes), read from the registry
+IMPLICIT_METHODS = solver_table(implicit=True)
 
 __all__ = [
     "IMPLICIT_METHODS",
+    "NEWTON_OPTIONS",
+    "ROSENBROCK_OPTIONS",
     "ROS3P",
     "SDIRK2",
     "TRBDF2",

@@ -85,7 +85,7 @@ class FirkStep:
     f0: torch.Tensor
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class ImplicitRungeKutta(AbstractSolver):
     """A fully implicit Runge-Kutta method on fixed steps (no error estimate).
 
@@ -164,26 +164,56 @@ class ImplicitRungeKutta(AbstractSolver):
         return HermiteInterpolant(y0, step.y1, step.f0, f1, dt)
 
 
-def ImplicitMidpoint(**options) -> ImplicitRungeKutta:
-    """The implicit midpoint rule (one-stage Gauss), order 2, symplectic (``method="implicit_midpoint"``)."""
-    return ImplicitRungeKutta(IMPLICIT_MIDPOINT_TABLEAU, "implicit_midpoint", **options)
+class ImplicitMidpoint(ImplicitRungeKutta):
+    """The implicit midpoint rule (one-stage Gauss), order 2, symplectic (``method="implicit_midpoint"``).
+
+    Args:
+        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": IMPLICIT_MIDPOINT_TABLEAU, "name": "implicit_midpoint", **options})
 
 
-def GaussLegendre4(**options) -> ImplicitRungeKutta:
-    """Two-stage Gauss-Legendre, order 4 (``method="gl4"``)."""
-    return ImplicitRungeKutta(GL4_TABLEAU, "gl4", **options)
+class GaussLegendre4(ImplicitRungeKutta):
+    """Two-stage Gauss-Legendre, order 4 (``method="gl4"``).
+
+    Args:
+        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": GL4_TABLEAU, "name": "gl4", **options})
 
 
-def GaussLegendre6(**options) -> ImplicitRungeKutta:
-    """Three-stage Gauss-Legendre, order 6 (``method="gl6"``)."""
-    return ImplicitRungeKutta(GL6_TABLEAU, "gl6", **options)
+class GaussLegendre6(ImplicitRungeKutta):
+    """Three-stage Gauss-Legendre, order 6 (``method="gl6"``).
+
+    Args:
+        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": GL6_TABLEAU, "name": "gl6", **options})
 
 
-def RadauIIA3(**options) -> ImplicitRungeKutta:
-    """Two-stage Radau IIA, order 3, L-stable (``method="radauIIA3"``)."""
-    return ImplicitRungeKutta(RADAU_IIA3_TABLEAU, "radauIIA3", **options)
+class RadauIIA3(ImplicitRungeKutta):
+    """Two-stage Radau IIA, order 3, L-stable (``method="radauIIA3"``).
+
+    Args:
+        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": RADAU_IIA3_TABLEAU, "name": "radauIIA3", **options})
 
 
-def RadauIIA5(**options) -> ImplicitRungeKutta:
-    """Three-stage Radau IIA, order 5, L-stable (``method="radauIIA5"``)."""
-    return ImplicitRungeKutta(RADAU_IIA5_TABLEAU, "radauIIA5", **options)
+class RadauIIA5(ImplicitRungeKutta):
+    """Three-stage Radau IIA, order 5, L-stable (``method="radauIIA5"``).
+
+    Args:
+        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": RADAU_IIA5_TABLEAU, "name": "radauIIA5", **options})

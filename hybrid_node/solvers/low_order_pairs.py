@@ -40,16 +40,37 @@ ADAPTIVE_HEUN_TABLEAU = ButcherTableau(
 )
 
 
-def Bosh3() -> ExplicitRungeKutta:
-    """Bogacki-Shampine 3(2), FSAL (``method="bosh3"``)."""
-    return ExplicitRungeKutta(BOSH3_TABLEAU, "bosh3")
+class Bosh3(ExplicitRungeKutta):
+    """Bogacki-Shampine 3(2), FSAL (``method="bosh3"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": BOSH3_TABLEAU, "name": "bosh3", **fields})
 
 
-def Fehlberg2() -> ExplicitRungeKutta:
-    """Runge-Kutta-Fehlberg 2(1) (``method="fehlberg2"``)."""
-    return ExplicitRungeKutta(FEHLBERG2_TABLEAU, "fehlberg2")
+class Fehlberg2(ExplicitRungeKutta):
+    """Runge-Kutta-Fehlberg 2(1) (``method="fehlberg2"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": FEHLBERG2_TABLEAU, "name": "fehlberg2", **fields})
 
 
-def AdaptiveHeun() -> ExplicitRungeKutta:
-    """Heun's method with an embedded Euler error estimate, 2(1) (``method="adaptive_heun"``)."""
-    return ExplicitRungeKutta(ADAPTIVE_HEUN_TABLEAU, "adaptive_heun")
+class AdaptiveHeun(ExplicitRungeKutta):
+    """Heun's method with an embedded Euler error estimate, 2(1) (``method="adaptive_heun"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": ADAPTIVE_HEUN_TABLEAU, "name": "adaptive_heun", **fields})

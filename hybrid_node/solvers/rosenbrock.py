@@ -259,7 +259,7 @@ class RosenbrockStep:
     f0: torch.Tensor
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Rosenbrock(AbstractSolver):
     """A Rosenbrock method given by its tableau (adaptive, with dense output).
 
@@ -389,7 +389,7 @@ class Rosenbrock23Step:
     f0: torch.Tensor
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Rosenbrock23(AbstractSolver):
     """Shampine & Reichelt's ode23s: order 2, L-stable, third-order error estimate, second-order dense output.
 
@@ -442,16 +442,34 @@ class Rosenbrock23(AbstractSolver):
         return _Rosenbrock23Interpolant(y0, step.k1, step.k2, dt, self._d)
 
 
-def Rodas5P(**options) -> Rosenbrock:
-    """Steinebach's Rodas5P: order 5(4), stiffly accurate, L-stable, dense output (``method="rodas5p"``)."""
-    return Rosenbrock(RODAS5P_TABLEAU, "rodas5p", **options)
+class Rodas5P(Rosenbrock):
+    """Steinebach's Rodas5P: order 5(4), stiffly accurate, L-stable, dense output (``method="rodas5p"``).
+
+    Args:
+        **options: settings of :class:`Rosenbrock` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": RODAS5P_TABLEAU, "name": "rodas5p", **options})
 
 
-def Rodas4(**options) -> Rosenbrock:
-    """Hairer & Wanner's RODAS: order 4(3), stiffly accurate, L-stable, dense output (``method="rodas4"``)."""
-    return Rosenbrock(RODAS4_TABLEAU, "rodas4", **options)
+class Rodas4(Rosenbrock):
+    """Hairer & Wanner's RODAS: order 4(3), stiffly accurate, L-stable, dense output (``method="rodas4"``).
+
+    Args:
+        **options: settings of :class:`Rosenbrock` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": RODAS4_TABLEAU, "name": "rodas4", **options})
 
 
-def ROS3P(**options) -> Rosenbrock:
-    """Lang & Verwer's ROS3P: order 3(2), A-stable (``method="ros3p"``)."""
-    return Rosenbrock(ROS3P_TABLEAU, "ros3p", **options)
+class ROS3P(Rosenbrock):
+    """Lang & Verwer's ROS3P: order 3(2), A-stable (``method="ros3p"``).
+
+    Args:
+        **options: settings of :class:`Rosenbrock` (``jacobian``, ``batch_dims``, ...).
+    """
+
+    def __init__(self, **options):
+        super().__init__(**{"tableau": ROS3P_TABLEAU, "name": "ros3p", **options})

@@ -23,7 +23,7 @@ class RKStep:
     ks: tuple[torch.Tensor, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class ExplicitRungeKutta(AbstractSolver):
     """An explicit Runge-Kutta method defined by its tableau.
 

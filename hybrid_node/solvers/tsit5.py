@@ -58,6 +58,13 @@ TSIT5_TABLEAU = ButcherTableau(
 )
 
 
-def Tsit5() -> ExplicitRungeKutta:
-    """Tsitouras 5(4), FSAL, with its own dense output (``method="tsit5"``)."""
-    return ExplicitRungeKutta(TSIT5_TABLEAU, "tsit5")
+class Tsit5(ExplicitRungeKutta):
+    """Tsitouras 5(4), FSAL, with its own dense output (``method="tsit5"``).
+
+    Args:
+        **fields: settings of :class:`ExplicitRungeKutta` (e.g. ``compile=True``); ``dataclasses.replace``
+            passes them all.
+    """
+
+    def __init__(self, **fields):
+        super().__init__(**{"tableau": TSIT5_TABLEAU, "name": "tsit5", **fields})
