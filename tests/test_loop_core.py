@@ -1,0 +1,103 @@
+"""The shared step decision of hybrid_node.loop.core: one formula, identical on floats and tensors.
+
+The host loop decides on Python floats and the device-resident loop on 0-d float64 tensors; both
+must take the very same steps, so every decision function must give bit-identical results in both
+namespaces. The per-sample loop runs the same functions on (batch,) tensors: elementwise, each
+element must equal the scalar decision.
+"""
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from hybrid_node.controllers import PIDController
+from hybrid_node.loop import core
+
+CONTROL = core.StepControl.of(PIDController(pcoeff=0.2, icoeff=0.5, dcoeff=0.1, max_step=0.7), 4, torch.float64)
+
+
+def _f64(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def _same(a, b) -> bool:
+    """Float ``a`` equals tensor ``b`` exactly (NaN equal to NaN)."""
+    b = float(b) if not isinstance(b, bool) else b
+    return (math.isnan(a) and math.isnan(b)) if isinstance(a, float) and math.isnan(a) else a == b
+
+
+def _cases(n=300, seed=0):
+    rng = random.Random(seed)
+    specials = [0.0, 1.0, 1e-10, 0.5, 2.0, math.inf, math.nan]
+    for _ in range(n):
+        ratio = rng.choice(specials) if rng.random() < 0.2 else 10 ** rng.uniform(-6, 3)
+        yield rng.uniform(-5, 5), 10 ** rng.uniform(-8, 0), ratio, rng.random() < 0.5, 10 ** rng.uniform(-3, 1)
+
+
+def test_propose_is_bit_identical_on_floats_and_tensors():
+    for _t, dt, ratio, accepted, r1 in _cases():
+        want = core.propose(core.FLOAT, CONTROL, dt, ratio, accepted, r1, 0.3)
+        got = core.propose(core.TENSOR, CONTROL, _f64(dt), _f64(ratio), torch.tensor(accepted), _f64(r1), _f64(0.3))
+        assert all(_same(a, b) for a, b in zip(want, got)), (dt, ratio, accepted, r1)
+
+
+def test_landing_floor_settle_precheck_and_emission_are_bit_identical():
+    for t, dt, *_ in _cases(seed=1):
+        stop = t + dt * random.Random(int(1e6 * dt)).uniform(0.5, 1.5)
+        lands, step, t1 = core.landing(core.FLOAT, t, dt, stop, CONTROL.max_step)
+        lands_t, step_t, t1_t = core.landing(core.TENSOR, _f64(t), _f64(dt), _f64(stop), CONTROL.max_step)
+        assert (lands, step, t1) == (bool(lands_t), float(step_t), float(t1_t))
+        floor = core.step_floor(core.FLOAT, t, 1e-9)
+        assert floor == float(core.step_floor(core.TENSOR, _f64(t), 1e-9))
+        for done, nonfinite in itertools.product((False, True), repeat=2):
+            want = core.settle(core.FLOAT, done, dt, floor, nonfinite)
+            got = core.settle(core.TENSOR, torch.tensor(done), _f64(dt), _f64(floor), torch.tensor(nonfinite))
+            assert want == int(got)
+        n_attempts = torch.tensor(5)  # the device loop counts attempts in an int64 tensor
+        assert core.precheck(core.FLOAT, CONTROL, 5, t, dt) == int(
+            core.precheck(core.TENSOR, CONTROL, n_attempts, _f64(t), _f64(dt))
+        )
+        for ts in (t, t + 0.5 * step, t1, t1 + 1e-3):
+            within, at_end, theta = core.emission(core.FLOAT, ts, t, t1)
+            within_t, at_end_t, theta_t = core.emission(core.TENSOR, _f64(ts), _f64(t), _f64(t1))
+            assert (within, at_end, theta) == (bool(within_t), bool(at_end_t), float(theta_t))
+
+
+def test_per_sample_decisions_equal_the_scalar_ones_elementwise():
+    # vectorised pow may round differently from the scalar one by an ulp: equal to 2 eps, not bitwise
+    cases = list(_cases(64, seed=2))
+    dt, ratio, accepted, r1 = (
+        _f64([c[1] for c in cases]),
+        _f64([c[2] for c in cases]),
+        torch.tensor([c[3] for c in cases]),
+        _f64([c[4] for c in cases]),
+    )
+    batch = core.propose(core.TENSOR, CONTROL, dt, ratio, accepted, r1, torch.full_like(dt, 0.3))
+    for i, (_, d, r, a, q) in enumerate(cases):
+        scalar = core.propose(core.FLOAT, CONTROL, d, r, a, q, 0.3)
+        for s, b in zip(scalar, batch):
+            assert (math.isnan(s) and math.isnan(float(b[i]))) or float(b[i]) == pytest.approx(s, rel=4e-16, abs=0)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1e-3, 0.5, 0.99])
+def test_an_accepted_step_grows_at_most_by_ifactor(ratio):
+    dt, _, _ = core.propose(core.FLOAT, CONTROL, 0.01, ratio, True, 1.0, 1.0)
+    assert 0.01 * CONTROL.dfactor <= dt <= 0.01 * CONTROL.ifactor
+
+
+@pytest.mark.parametrize("ratio", [1.5, 10.0, 1e6, math.inf, math.nan])
+def test_a_rejected_step_never_grows_and_a_nonfinite_ratio_shrinks_by_dfactor(ratio):
+    dt, r1, r2 = core.propose(core.FLOAT, CONTROL, 0.01, ratio, False, 0.4, 0.2)
+    assert dt <= 0.01 and (r1, r2) == (0.4, 0.2)  # a rejection leaves the controller's memory alone
+    if not math.isfinite(ratio):
+        assert dt == pytest.approx(0.01 * CONTROL.dfactor)
+
+
+def test_landing_stretches_a_step_that_would_leave_a_sliver():
+    lands, step, t1 = core.landing(core.FLOAT, 0.0, 0.995, 1.0, math.inf)
+    assert lands and step == 1.0 and t1 == 1.0
+    lands, step, t1 = core.landing(core.FLOAT, 0.0, 0.98, 1.0, math.inf)
+    assert not lands and step == 0.98
