@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from .core import _EPS as _EPS
 from .core import _STRETCH as _STRETCH
 from .core import FLOAT, RUNNING
 
+if TYPE_CHECKING:
+    from ..solvers.base import Interpolant
+
 
 @dataclasses.dataclass
 class DenseSegment:
@@ -30,7 +34,7 @@ class DenseSegment:
 
     t0: float
     t1: float
-    interpolant: Callable[[float], torch.Tensor]
+    interpolant: Interpolant
 
     def __call__(self, t: float) -> torch.Tensor:
         if t == self.t1:
