@@ -42,7 +42,7 @@ def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None
                 "func is not an nn.Module, so the adjoint cannot find its parameters: pass "
                 "adjoint_params=(...) with the tensors to differentiate (an empty tuple if none)."
             )
-        params = tuple(func.parameters())
+        params: tuple[torch.Tensor, ...] = tuple(func.parameters())
     else:
         if isinstance(adjoint_params, torch.Tensor):
             raise TypeError(

@@ -28,6 +28,7 @@ import torch
 from .._problem import Problem
 from ..loop import integrate
 from ..loop.compiled_step import PureField, solver_time_field
+from ..loop.host import Integration
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
@@ -65,7 +66,7 @@ class Backsolve:
         self.params = params
         self.event_fn = event_fn
         self.throw = throw
-        self.integration = None
+        self.integration: Integration | None = None
         self.ts: list[float] = list(problem.ts)
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
@@ -127,6 +128,7 @@ class Backsolve:
         a0 = x[n : 2 * n].reshape(shape)
         grad_t = None
         tterm = problem.term()
+        assert self.integration is not None  # set by forward
         if need_t:
             grad_t = time_gradients(problem, tterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
         stats = self.integration.stats
