@@ -358,8 +358,7 @@ def _call_engine(engine, method: Callable, *args):
     try:
         return method(*args)
     except Exception as err:
-        unwrap = getattr(engine, "python_exception", None)
-        original = unwrap(err) if unwrap is not None else None
+        original = engine.python_exception(err)  # every engine declares it (see the module docstring)
         if original is None:
             raise
         raise original from None
