@@ -96,7 +96,11 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
 def _build_attempt(field: Callable, solver: ExplicitRungeKutta, adaptive: bool) -> Callable:
     def attempt(owner, t, dt, y, f0, rtol, atol, norm):
         step = solver.step(lambda tt, yy: field(owner, tt, yy), t, y, f0, dt)
-        ratio = error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm) if adaptive else None
+        ratio = (
+            error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm)
+            if adaptive and step.error is not None
+            else None
+        )
         return step.y1, step.error, step.ks, ratio
 
     return _compile(attempt)

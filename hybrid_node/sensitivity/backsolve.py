@@ -165,7 +165,7 @@ def traceable_augmented_field(
             return solver_time_field(call, -r, z, layout, reverse, t_dtype)
 
         pp = {name: p for name, p in module.named_parameters() if name in names}
-        gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)
+        gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
         a_z, a_p = pull(xx[n : 2 * n].reshape(shape))
         parts = [-gz.reshape(-1), a_z.reshape(-1)] + [a_p[name].reshape(-1).to(dtype) for name in names]
         return torch.cat(parts)
