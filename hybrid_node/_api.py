@@ -120,7 +120,7 @@ def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, e
 
     if event_fn is not None:
         raise BackendError("events are only available on the torch backend; use backend='torch'.")
-    options = {}
+    options: dict[str, Any] = {}
     if isinstance(controller, PIDController):
         rtol, atol = controller.rtol, controller.atol
         if controller.max_num_steps != PIDController.max_num_steps:
@@ -182,6 +182,7 @@ def odeint(
 
 
 # the method names in odeint's docstring come from the registry, like every other list of them
+assert odeint.__doc__ is not None
 odeint.__doc__ = odeint.__doc__.replace("<torch methods>", method_list("torch")).replace(
     "<julia methods>", method_list("julia")
 )
@@ -313,6 +314,7 @@ def odeint_dense(
     if isinstance(solver, ExternalSolver):
         raise ValueError(f"odeint_dense needs a torch solver; {solver.name} has no dense output here.")
     integration = integrate(problem, problem.term(), problem.y0, problem.ts, dense=True)
+    assert integration.segments is not None  # dense=True
     return DenseSolution(problem, integration.segments, integration.stats)
 
 

@@ -125,6 +125,7 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
     if spec.uses_tolerances:  # the Adams corrector stops on the solve's (scalar) tolerances
         solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
         solver_kwargs.setdefault("atol", atol if isinstance(atol, float) else 1e-9)
+    assert spec.solver is not None  # method_spec checked that the torch backend has the method
     solver = spec.solver(**solver_kwargs)
     if isinstance(solver, ExternalSolver):
         valid = solver_keys + ("dtype",)
@@ -151,7 +152,7 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
                 extras[key] = tuple(
                     float(x) for x in torch.as_tensor(options.pop(key), dtype=torch.float64).reshape(-1)
                 )
-        controller = PIDController(rtol=rtol, atol=atol, **options)
+        controller: PIDController | ConstantStepSize = PIDController(rtol=rtol, atol=atol, **options)
     else:
         valid = FIXED_OPTIONS + solver_keys
         unknown = set(options) - set(valid)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .loop.compiled_step import PureField
 
 _EPS = 2.220446049250313e-16
 
@@ -112,6 +116,13 @@ class Term:
             tt = float(np.nextafter(self._np_dtype(tt), self._np_dtype(math.inf * direction)))
         # a fill kernel, not a host-to-device copy: no synchronisation with the GPU per stage
         return torch.full((), tt, dtype=self.t_dtype, device=self.device)
+
+    @property
+    def pure_field(self) -> PureField:
+        """The traceable part of this term (the user's ``func`` and how it is called), for compiled steps."""
+        from .loop.compiled_step import term_field  # the loops import this module
+
+        return term_field(self)
 
     def left_limit(self, end: float) -> LeftLimit:
         """This field for one step that ends at a jump at solver time ``end``: see :class:`LeftLimit`."""

@@ -193,7 +193,8 @@ class StandinEngine:
         out = np.asarray(_from_julia(problem.vjp)(lam.copy(), x.copy(), t), dtype=float)
         return out[: problem.n_state], out[problem.n_state :]
 
-    def python_exception(self, err):
+    def python_exception(self, err: BaseException) -> BaseException | None:
+        """The engine interface's unwrapping (JuliaEngine.python_exception), on the stand-in's JuliaError."""
         if not isinstance(err, JuliaError):
             return None
         return python_exception(err.exception)

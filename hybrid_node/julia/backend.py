@@ -34,7 +34,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 import torch
@@ -98,7 +98,9 @@ def resolve_method(method: str | None) -> str:
         method = DEFAULT_METHOD
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}.")
-    return method_spec(method, "julia").julia
+    julia = method_spec(method, "julia").julia
+    assert julia is not None  # method_spec checked that the Julia backend has the method
+    return julia
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +159,7 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
             "backend; use GaussAdjoint() (recommended), InterpolatingAdjoint(), QuadratureAdjoint() or "
             "BacksolveAdjoint(), or backend='torch'."
         )
-    kinds = {
+    kinds: dict[type, str] = {
         GaussAdjoint: "GaussAdjoint",
         InterpolatingAdjoint: "InterpolatingAdjoint",
         QuadratureAdjoint: "QuadratureAdjoint",
@@ -356,8 +358,7 @@ def _call_engine(engine, method: Callable, *args):
     try:
         return method(*args)
     except Exception as err:
-        unwrap = getattr(engine, "python_exception", None)
-        original = unwrap(err) if unwrap is not None else None
+        original = engine.python_exception(err)  # every engine declares it (see the module docstring)
         if original is None:
             raise
         raise original from None
@@ -435,9 +436,9 @@ class _JuliaSolve(torch.autograd.Function):
             with torch.no_grad():
                 for i in range(t.shape[0]):
                     f_i = run.field(t[i].to(run.device), ys[i].to(run.device))
-                    f_i = f_i.detach().to("cpu", torch.float64).numpy()
+                    f_np = f_i.detach().to("cpu", torch.float64).numpy()
                     weight = -adjoint0 if i == 0 else yb[i]
-                    values.append(float(np.sum(weight * f_i)))
+                    values.append(float(np.sum(weight * f_np)))
             grad_t = torch.tensor(values, dtype=t.dtype, device=t.device)
 
         grads = []
@@ -520,7 +521,7 @@ class _Layout:
     def to_matrix(self, y: State) -> torch.Tensor:
         if self.is_tuple:
             return torch.cat([yi.reshape(-1) for yi in y]).reshape(1, self.dim)
-        return y.reshape(self.batch, self.dim)
+        return cast(torch.Tensor, y).reshape(self.batch, self.dim)
 
     def from_matrix(self, m: torch.Tensor) -> State:
         """(..., B, D) -> the user's layout with the same leading dims."""
@@ -616,11 +617,11 @@ def prepare(
     field = layout.field(func)
     spec, _why = translate_mlp(func)
     native = spec is not None and not layout.is_tuple and layout.dim == spec.n_state_in
-    if native:
+    if spec is not None and native:
         wanted = {id(p) for p in params}
         # Parameters the caller did not ask gradients for enter detached (gradient dropped).
         theta_params = tuple(p if id(p) in wanted else p.detach() for p in spec.params)
-        problem = spec
+        problem: MLPSpec | CallbackProblem = spec
     else:
         theta_params = params
         # Call func once here, so a wrong shape or a bug in it is reported in Python before Julia

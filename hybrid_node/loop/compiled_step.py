@@ -96,7 +96,11 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
 def _build_attempt(field: Callable, solver: ExplicitRungeKutta, adaptive: bool) -> Callable:
     def attempt(owner, t, dt, y, f0, rtol, atol, norm):
         step = solver.step(lambda tt, yy: field(owner, tt, yy), t, y, f0, dt)
-        ratio = error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm) if adaptive else None
+        ratio = (
+            error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm)
+            if adaptive and step.error is not None
+            else None
+        )
         return step.y1, step.error, step.ks, ratio
 
     return _compile(attempt)
@@ -173,7 +177,11 @@ class CompiledAttempt:
         out = self._run(self._step_key, self._time(t, y), self._time(dt, y), y, f0, self.rtol, self.atol, self.norm)
         if out is None:
             step = self.solver.step(self.term, t, y, f0, dt)
-            ratio = error_ratio(step.error, y, step.y1, self.rtol, self.atol, self.norm) if self.adaptive else None
+            ratio = (
+                error_ratio(step.error, y, step.y1, self.rtol, self.atol, self.norm)
+                if self.adaptive and step.error is not None
+                else None
+            )
             return step, ratio
         y1, error, ks, ratio = out
         self.term.nfe += self.n_evals
@@ -192,5 +200,5 @@ def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> CompiledA
     """A :class:`CompiledAttempt` when ``solver`` asks for compilation and the field can be traced, else None."""
     if not (isinstance(solver, ExplicitRungeKutta) and solver.compile):  # only they declare ``compile``
         return None
-    pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
+    pure = term.pure_field
     return None if pure is None else CompiledAttempt(term, pure, solver, rtol, atol, norm)

@@ -60,7 +60,7 @@ from .._term import Term
 from ..controllers import PIDController, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, _compile, term_field
+from .compiled_step import _CACHE, PureField, _compile
 from .core import RUNNING, TENSOR
 from .host import Integration, first_step
 
@@ -111,7 +111,7 @@ class Tables(NamedTuple):
     """
 
     ts: torch.Tensor
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # the field shadows tuple.index, which is never used
     dense: torch.Tensor | None
     powers: torch.Tensor | None
 
@@ -166,6 +166,7 @@ def _dense_values(
     interpolant of (y0, f0, y1, f1) (Hairer, Nørsett, Wanner, Section II.6); one matrix product each.
     """
     if tables.dense is not None:
+        assert tables.powers is not None  # set together with dense
         weights = (theta[:, None] ** tables.powers) @ tables.dense.T * h
         stages = torch.stack([k.reshape(-1) for k in ks])
         flat = torch.addmm(y0.reshape(1, -1), weights.to(y0.dtype), stages)
@@ -215,6 +216,7 @@ def attempt(
     step_dt = torch.where(active, step_dt, 0.0)  # an ended solve attempts a zero step (a no-op)
     step = solver.step(field, s.t, s.y, s.f0, step_dt)
     y1, ks = step.y1, step.ks
+    assert step.error is not None  # the device loop runs embedded pairs only
     ratio = error_ratio_tensor(step.error, s.y, y1, rtol, atol, norm).to(torch.float64)
     accepted = active & (ratio <= 1.0)
     rejected = active & ~(ratio <= 1.0)
@@ -316,6 +318,7 @@ class DeviceRuns:
                     RuntimeWarning,
                     stacklevel=3,
                 )
+                assert self._graphs is not None  # graph came from it
                 self._graphs[self._key] = None
         return self.eager(self.owner, state, tables, rtol, atol, norm)
 
@@ -387,7 +390,7 @@ def integrate_device(
         ValueError: the solver is not supported or the term has no traceable field.
         SolverError: on max steps, step-size underflow or a non-finite state, when ``throw``.
     """
-    pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
+    pure = term.pure_field
     if not solver.supports_device_loop or pure is None:
         reason = (
             f"method {solver.name!r} is not supported" if pure is not None else "the field is not a plain torch field"
@@ -399,6 +402,7 @@ def integrate_device(
     if len(ts) == 1:
         stats.nfe = term.nfe
         return Integration([y0], stats, Status.SUCCESS, ts[0])
+    assert solver.error_order is not None  # supports_device_loop: an embedded pair
     c = core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every)
     grad = _needs_grad(y0, f0)
     runs = DeviceRuns(pure, solver, c, compile=solver.compile, cuda_graphs=y0.device.type == "cuda" and not grad)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -34,7 +34,7 @@ def integrate(
         if event_fn is not None:
             if ctrl.step_size is None:
                 raise ValueError("an event solve on a fixed grid needs options={'step_size': ...}.")
-            grid = (ts[0] + k * float(ctrl.step_size) for k in range(MAX_EVENT_GRID_STEPS))
+            grid: Iterable[float] = (ts[0] + k * float(ctrl.step_size) for k in range(MAX_EVENT_GRID_STEPS))
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +24,10 @@ from .core import _EPS as _EPS
 from .core import _STRETCH as _STRETCH
 from .core import FLOAT, RUNNING
 
+if TYPE_CHECKING:
+    from ..sensitivity._backward import AugmentedTerm
+    from ..solvers.base import Interpolant
+
 
 @dataclasses.dataclass
 class DenseSegment:
@@ -30,7 +35,7 @@ class DenseSegment:
 
     t0: float
     t1: float
-    interpolant: Callable[[float], torch.Tensor]
+    interpolant: Interpolant
 
     def __call__(self, t: float) -> torch.Tensor:
         if t == self.t1:
@@ -90,7 +95,7 @@ class Integration:
     event_t: float | None = None
 
 
-def _fail(status: Status, t: float, throw: bool, term: Term, detail: str = ""):
+def _fail(status: Status, t: float, throw: bool, term: Term | AugmentedTerm, detail: str = ""):
     if throw:
         raise SolverError(status, -t if term.reverse else t, detail)
 
@@ -100,7 +105,7 @@ def _pad_failed(ys: list[torch.Tensor], n: int, like: torch.Tensor) -> list[torc
     return ys + [torch.full_like(like, math.nan) for _ in range(n - len(ys))]
 
 
-def _locate_event(event_fn, term: Term, seg: DenseSegment, sign0: torch.Tensor) -> float:
+def _locate_event(event_fn, term: Term | AugmentedTerm, seg: DenseSegment, sign0: torch.Tensor) -> float:
     """Bisection on the dense output for the first time an event function changes sign.
 
     Reference: the event location of Shampine & Thompson, "Event location for ordinary differential
@@ -120,7 +125,7 @@ def _locate_event(event_fn, term: Term, seg: DenseSegment, sign0: torch.Tensor) 
 
 
 def first_step(
-    term: Term, solver, controller: PIDController, t0: float, y0: torch.Tensor, state, rtol, atol, norm
+    term: Term | AugmentedTerm, solver, controller: PIDController, t0: float, y0: torch.Tensor, state, rtol, atol, norm
 ) -> float:
     """The first step of an adaptive solve: the controller's, else Hairer's heuristic; within [min_step, max_step].
 
@@ -135,7 +140,7 @@ def first_step(
 
 
 def integrate_adaptive(
-    term: Term,
+    term: Term | AugmentedTerm,
     solver,
     controller: PIDController,
     y0: torch.Tensor,
@@ -189,7 +194,7 @@ def integrate_adaptive(
     c = core.StepControl.of(controller, solver.error_order, y0.dtype)
     r1, r2 = controller.init()
     ys = [y0]
-    segments = [] if dense else None
+    segments: list[DenseSegment] | None = [] if dense else None
     i_out = 1
     stop_i = 0
     n_attempts = 0
@@ -215,6 +220,7 @@ def integrate_adaptive(
         at_jump = lands and stop in jumps
         if attempt is not None and not at_jump:
             step, ratio = attempt(t, y, state, step_dt)
+            assert ratio is not None  # an adaptive solver's attempt has an error ratio
         else:
             # a step that ends at a jump sees the field's left limit there
             field = term.left_limit(stop) if at_jump else term
@@ -227,13 +233,14 @@ def integrate_adaptive(
             seg = None
             if dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1):
                 seg = DenseSegment(t, t1, solver.interpolant(term, t, y, step_dt, step, new_state))
-                if dense:
+                if segments is not None:
                     segments.append(seg)
             if at_jump:
                 # restart the solver from the far side of the jump (its state is rebuilt there)
                 new_state = solver.init(lambda tt, yy: term(tt, yy, perturb=1), t1, step.y1)
             if event_fn is not None:
                 sign1 = torch.sign(event_fn(term.time(t1), step.y1))
+                assert seg is not None and sign0 is not None  # set whenever event_fn is
                 if bool(torch.any(sign1 != sign0)):
                     te = _locate_event(event_fn, term, seg, sign0)
                     ye = seg(te)
@@ -261,10 +268,10 @@ def integrate_adaptive(
 
 
 def integrate_fixed(
-    term: Term,
+    term: Term | AugmentedTerm,
     solver,
     controller: ConstantStepSize,
-    grid: Sequence[float],
+    grid: Iterable[float],
     y0: torch.Tensor,
     ts: Sequence[float],
     *,
@@ -292,9 +299,9 @@ def integrate_fixed(
     stats = Stats()
     perturb = 1 if controller.perturb else 0
     ys = [y0]
-    segments = [] if dense else None
+    segments: list[DenseSegment] | None = [] if dense else None
     y = y0
-    state = solver.init(term, ts[0], y) if not perturb else None
+    state: Any = solver.init(term, ts[0], y) if not perturb else None
     previous = None  # the last step, whose next_state is computed only if another step follows
     i_out = 1
     sign0 = torch.sign(event_fn(term.time(ts[0]), y)) if event_fn is not None else None
@@ -325,9 +332,10 @@ def integrate_fixed(
                 seg = DenseSegment(t0, t1, HermiteInterpolant(y, y1, f0, f1, dt))
             else:
                 seg = DenseSegment(t0, t1, LinearInterpolant(y, y1))
-            if dense:
+            if segments is not None:
                 segments.append(seg)
         if event_fn is not None:
+            assert seg is not None and sign0 is not None  # set whenever event_fn is
             if bool(torch.any(torch.sign(event_fn(term.time(t1), y1)) != sign0)):
                 te = _locate_event(event_fn, term, seg, sign0)
                 stats.nfe = term.nfe

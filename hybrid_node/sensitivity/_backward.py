@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from .._problem import Problem
 from .._registry import build_solver
 from ..controllers import ConstantStepSize, PIDController
 from ..loop.host import Integration, integrate_adaptive, integrate_fixed
+
+if TYPE_CHECKING:
+    from ..loop.compiled_step import PureField
 
 #: relative spacing below which a grid point is merged into a required time
 _MERGE = 1e-9
@@ -39,7 +42,7 @@ def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None
                 "func is not an nn.Module, so the adjoint cannot find its parameters: pass "
                 "adjoint_params=(...) with the tensors to differentiate (an empty tuple if none)."
             )
-        params = tuple(func.parameters())
+        params: tuple[torch.Tensor, ...] = tuple(func.parameters())
     else:
         if isinstance(adjoint_params, torch.Tensor):
             raise TypeError(
@@ -83,7 +86,7 @@ class AugmentedTerm:
         self.reverse = not problem.reverse
         self.nfe = 0
         self.n_jacobian = 0
-        self.pure_field = None  # a traceable equivalent of ``field`` for compiled steps, when one exists
+        self.pure_field: PureField | None = None  # a traceable ``field`` for compiled steps, if one exists
 
     def time(self, r: float, perturb: int = 0) -> torch.Tensor:
         return torch.tensor(-r if self.reverse else r, dtype=torch.float64)

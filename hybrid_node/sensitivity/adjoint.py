@@ -84,6 +84,7 @@ def solve_adjoint(
     outputs = list(ys.unbind(0))
     t_final = None
     if integration.event_t is not None:
+        assert event_fn is not None  # only an event solve stops at an event
         t_final, outputs[1] = event_outputs(problem, problem.term(), event_fn, integration.event_t, outputs[1])
     integration.ys = outputs
     sol = to_solution(problem, integration, throw)

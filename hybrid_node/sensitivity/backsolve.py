@@ -28,6 +28,7 @@ import torch
 from .._problem import Problem
 from ..loop import integrate
 from ..loop.compiled_step import PureField, solver_time_field
+from ..loop.host import Integration
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
@@ -65,7 +66,7 @@ class Backsolve:
         self.params = params
         self.event_fn = event_fn
         self.throw = throw
-        self.integration = None
+        self.integration: Integration | None = None
         self.ts: list[float] = list(problem.ts)
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
@@ -127,6 +128,7 @@ class Backsolve:
         a0 = x[n : 2 * n].reshape(shape)
         grad_t = None
         tterm = problem.term()
+        assert self.integration is not None  # set by forward
         if need_t:
             grad_t = time_gradients(problem, tterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
         stats = self.integration.stats
@@ -163,7 +165,7 @@ def traceable_augmented_field(
             return solver_time_field(call, -r, z, layout, reverse, t_dtype)
 
         pp = {name: p for name, p in module.named_parameters() if name in names}
-        gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)
+        gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
         a_z, a_p = pull(xx[n : 2 * n].reshape(shape))
         parts = [-gz.reshape(-1), a_z.reshape(-1)] + [a_p[name].reshape(-1).to(dtype) for name in names]
         return torch.cat(parts)

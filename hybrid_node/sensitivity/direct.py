@@ -95,6 +95,7 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
     integration.ys[0] = problem.y0
     t_final = None
     if integration.event_t is not None:
+        assert event_fn is not None  # only an event solve stops at an event
         t_final, integration.ys[1] = event_outputs(problem, fterm, event_fn, integration.event_t, integration.ys[1])
     elif with_t and len(integration.ys) > 1:
         integration.ys = list(_OutputTimes.apply(t, torch.stack(integration.ys), field).unbind(0))

@@ -29,7 +29,7 @@ import torch
 from .._problem import Problem
 from ..controllers import ConstantStepSize
 from ..loop import integrate
-from ..loop.host import integrate_fixed
+from ..loop.host import Integration, integrate_fixed
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
@@ -100,7 +100,7 @@ class Interpolating:
         self.event_fn = event_fn
         self.throw = throw
         self.checkpoints = checkpoints
-        self.integration = None
+        self.integration: Integration | None = None
         self.ts: list[float] = list(problem.ts)
         self.grid: list[float] | None = None
         self.cps: list[float] = []
@@ -128,12 +128,14 @@ class Interpolating:
             # outputs do not change the steps, so one pass yields the outputs and the checkpoints
             times = sorted(set(self.cps) | set(self.ts))
             if fixed:
+                assert self.grid is not None  # set for fixed steps
                 kept = integrate_fixed(term, problem.solver, problem.controller, self.grid, y0, times)
             else:
                 kept = integrate(problem, term, y0, times, throw=self.throw)
         at = dict(zip(times, kept.ys))
         self.states = {c: at[c] for c in self.cps}
         if outputs is not None:
+            assert self.integration is not None  # the event solve above
             self.integration.stats.nfe = term.nfe
             return torch.stack(outputs)
         kept.ys = [at[s] for s in self.ts]
@@ -153,6 +155,7 @@ class Interpolating:
             else:
                 result = integrate(problem, term, y, [c0, c1], dense=True)
         pieces = result.segments
+        assert pieces is not None  # dense=True
         return _Segment(j, [p.t0 for p in pieces], pieces)
 
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
@@ -175,6 +178,7 @@ class Interpolating:
             if current[0] is None or current[0].index != j:
                 current[0] = None  # free the previous segment before re-solving the next
                 current[0] = self._resolve(j, rterm)
+            assert current[0] is not None
             return current[0](s)
 
         def field(r: float, xx: torch.Tensor) -> torch.Tensor:
@@ -209,6 +213,7 @@ class Interpolating:
         grad_t = None
         if need_t:
             grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=self.event_fn is not None)
+        assert self.integration is not None  # set by forward
         stats = self.integration.stats
         stats.nfe_backward += fterm.nfe + rterm.nfe
         stats.n_steps_backward += steps

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -35,7 +35,7 @@ class StepResult(Protocol):
     def error(self) -> torch.Tensor | None: ...
 
 
-class Interpolant(abc.ABC):
+class Interpolant(Protocol):
     """Dense output inside one accepted step: ``y(t0 + theta * dt)`` for theta in [0, 1]."""
 
     @abc.abstractmethod
@@ -82,7 +82,7 @@ class AbstractSolver(abc.ABC):
         except TypeError:  # a family class whose constructor needs its tableau: no defaults to omit
             default = None
         shown = []
-        for field in dataclasses.fields(self):
+        for field in dataclasses.fields(cast(Any, self)):  # every concrete solver is a dataclass
             value = getattr(self, field.name)
             if default is not None and _same(value, getattr(default, field.name)):
                 continue

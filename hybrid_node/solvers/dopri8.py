@@ -19,13 +19,14 @@ from .tableau import ButcherTableau
 
 _S = _dop.N_STAGES  # 12 stages, plus the FSAL evaluation at the new point
 _B = tuple(float(x) for x in _dop.B) + (0.0,)
+_E5 = tuple(float(x) for x in _dop.E5)
 
 DOPRI8_TABLEAU = ButcherTableau(
     c=tuple(float(x) for x in _dop.C[:_S]) + (1.0,),
     a=tuple(tuple(float(x) for x in _dop.A[i, :i]) for i in range(_S)) + (_B[:_S],),
     b=_B,
     order=8,
-    b_error=tuple(float(x) for x in _dop.E5),
+    b_error=_E5,
     error_order=5,
 )
 _E3 = tuple(float(x) for x in _dop.E3)
@@ -33,7 +34,7 @@ _E3 = tuple(float(x) for x in _dop.E3)
 
 def _combined_error(dt: float, ks):
     """DOP853's error estimate: err5 * |err5| / sqrt(|err5|^2 + 0.01 |err3|^2), norms taken as RMS."""
-    err5 = linear_combination(None, dt, DOPRI8_TABLEAU.b_error, ks)
+    err5 = linear_combination(None, dt, _E5, ks)
     err3 = linear_combination(None, dt, _E3, ks)
     n5 = err5.pow(2).mean()
     n3 = err3.pow(2).mean()
@@ -49,9 +50,9 @@ class Dopri8Interpolant(Interpolant):
 
     def __init__(self, f, t0: float, y0, dt: float, step):
         self.f, self.t0, self.y0, self.dt, self.step = f, t0, y0, dt, step
-        self._coeffs = None
+        self._coeffs: list[torch.Tensor] | None = None
 
-    def _prepare(self):
+    def _prepare(self) -> list[torch.Tensor]:
         ks = list(self.step.ks)  # 13 stages: 12 + the FSAL derivative at the new point
         for s in range(13, 16):
             yi = linear_combination(self.y0, self.dt, [float(x) for x in _dop.A[s, :s]], ks)
@@ -62,12 +63,12 @@ class Dopri8Interpolant(Interpolant):
         for row in _dop.D:
             coeffs.append(linear_combination(None, h, [float(x) for x in row], ks))
         self._coeffs = coeffs
+        return coeffs
 
     def __call__(self, theta: float):
-        if self._coeffs is None:
-            self._prepare()
+        coeffs = self._coeffs if self._coeffs is not None else self._prepare()
         acc = None
-        for i, c in enumerate(reversed(self._coeffs)):
+        for i, c in enumerate(reversed(coeffs)):
             acc = c if acc is None else acc + c
             acc = acc * (theta if i % 2 == 0 else 1 - theta)
         return self.y0 + acc

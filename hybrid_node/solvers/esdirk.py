@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -189,7 +190,7 @@ class DirkStep:
     error: torch.Tensor | None
     f0: torch.Tensor
     jac: torch.Tensor
-    jac_t: float
+    jac_t: float | None
     lu: Factorization
     theta: float
     eta: float
@@ -218,7 +219,7 @@ class Dirk(AbstractSolver):
     tableau: DirkTableau
     name: str
     adaptive: bool = True
-    jacobian: object = "jacrev"
+    jacobian: str | Callable = "jacrev"
     batch_dims: int | None = None
     max_newton_iters: int = 10
     newton_kappa: float = 0.01
@@ -306,7 +307,11 @@ class Dirk(AbstractSolver):
                     base = base + (dt * a) * k
             ti = t + tab.c[i] * dt
             z0 = hg * (ks[-1] if ks else f0)
-            res = newton_solve(lambda z, ti=ti, base=base: z - hg * f(ti, base + z), lu.solve, z0, scale, settings, eta)
+
+            def residual(z: torch.Tensor, ti: float = ti, base: torch.Tensor = base) -> torch.Tensor:
+                return z - hg * f(ti, base + z)
+
+            res = newton_solve(residual, lu.solve, z0, scale, settings, eta)
             theta_max = max(theta_max, res.theta)
             eta = res.eta
             if not res.converged:
@@ -388,6 +393,7 @@ def _secant_mismatch(f, t1: float, step: DirkStep, f1: torch.Tensor) -> float:
     Methods for Unconstrained Optimization and Nonlinear Equations (1983), Chapter 8.
     """
     jac = step.jac
+    assert step.y0 is not None  # set on every step that Newton completed
     with torch.no_grad():
         df = (f1 - f(t1, step.y0)).reshape(jac.shape[:-1])
         dy = (step.y1 - step.y0).reshape(jac.shape[:-1])

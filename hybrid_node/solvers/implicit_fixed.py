@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class ImplicitRungeKutta(AbstractSolver):
 
     tableau: ImplicitTableau
     name: str
-    jacobian: object = "jacrev"
+    jacobian: str | Callable = "jacrev"
     batch_dims: int | None = None
     max_newton_iters: int = 10
     newton_kappa: float = 0.01

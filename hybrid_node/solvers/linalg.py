@@ -114,7 +114,7 @@ def block_jacobian(
     basis = basis.expand((d,) + batch + (d,))
     try:
         if mode == "jacrev":
-            out, pullback = vjp(g, ybd)
+            out, pullback = vjp(g, ybd)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
             rows = vmap(pullback)(basis)[0]  # (D_i, *batch, D_j)
             return out.reshape(y.shape), rows.movedim(0, -2)
         if mode == "jacfwd":

@@ -108,7 +108,7 @@ def error_scale(y: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
     return atol + rtol * y.detach().abs()
 
 
-def tolerances(rtol, atol) -> tuple | None:
+def tolerances(rtol, atol) -> tuple[float, float]:
     """Scalar tolerances for the Newton test from the controller's (the smallest of each)."""
 
     def smallest(v):

@@ -273,7 +273,7 @@ class Rosenbrock(AbstractSolver):
 
     tableau: RosenbrockTableau
     name: str
-    jacobian: object = "jacrev"
+    jacobian: str | Callable = "jacrev"
     batch_dims: int | None = None
     autonomous: bool = False
     adaptive: bool = True
@@ -289,7 +289,7 @@ class Rosenbrock(AbstractSolver):
     def error_order(self) -> int:
         return self.tableau.error_order
 
-    def _state(self, f, t: float, y: torch.Tensor) -> RosenbrockState:
+    def _state(self: Rosenbrock | Rosenbrock23, f, t: float, y: torch.Tensor) -> RosenbrockState:
         f0, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims))
         f_t = None if self.autonomous else time_derivative(f, t, y, f0)
         return RosenbrockState(f0, jac, f_t)
@@ -308,7 +308,7 @@ class Rosenbrock(AbstractSolver):
         tab = self.tableau
         hg = dt * tab.gamma
         lu: Factorization = factorize(state.jac, hg, y.shape)
-        ks = []
+        ks: list[torch.Tensor] = []
         for i in range(tab.stages):
             u = y
             for a, k in zip(tab.a[i], ks):
@@ -337,7 +337,7 @@ class Rosenbrock(AbstractSolver):
 
     def interpolant(
         self, f, t0: float, y0: torch.Tensor, dt: float, step: RosenbrockStep, state: RosenbrockState
-    ) -> Callable[[float], torch.Tensor]:
+    ) -> Interpolant:
         """The method's continuous extension (Hermite from the end derivatives when it has none)."""
         if self.tableau.dense is None:
             return HermiteInterpolant(y0, step.y1, step.f0, state.f0, dt)
@@ -347,6 +347,7 @@ class Rosenbrock(AbstractSolver):
             for h, k in zip(row, step.ks):
                 if h != 0.0:
                     acc = h * k if acc is None else acc + h * k
+            assert acc is not None  # every dense row has a nonzero coefficient
             kd.append(acc)
         return _RodasInterpolant(y0, step.y1, tuple(kd))
 
@@ -397,7 +398,7 @@ class Rosenbrock23(AbstractSolver):
     """
 
     name: str = "rosenbrock23"
-    jacobian: object = "jacrev"
+    jacobian: str | Callable = "jacrev"
     batch_dims: int | None = None
     autonomous: bool = False
     adaptive: bool = True

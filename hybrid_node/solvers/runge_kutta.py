@@ -79,8 +79,10 @@ class ExplicitRungeKutta(AbstractSolver):
         """Return the solver state at the start: the derivative f(t0, y0)."""
         return f(t0, y0)
 
-    def step(self, f: Field, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> RKStep:
-        """Advance one step of size ``dt`` from (t, y) with f0 = f(t, y).
+    def step(
+        self, f: Field, t: float | torch.Tensor, y: torch.Tensor, f0: torch.Tensor, dt: float | torch.Tensor
+    ) -> RKStep:
+        """Advance one step of size ``dt`` from (t, y) with f0 = f(t, y) (times may be 0-d tensors: the device loop).
 
         Returns:
             The new state, the error estimate (None for fixed-step tableaus) and the stage derivatives.
@@ -93,7 +95,7 @@ class ExplicitRungeKutta(AbstractSolver):
             yi = linear_combination(y, dt, tab.a[i], ks)
             if i == last and tab.fsal:
                 y1 = yi  # the last stage is evaluated at the solution itself
-            ks.append(f(t + tab.c[i] * dt, yi))
+            ks.append(f(t + tab.c[i] * dt, yi))  # type: ignore[arg-type]  # float * Tensor is Tensor.__rmul__
         if y1 is None:
             y1 = linear_combination(y, dt, tab.b, ks)
         error = None
