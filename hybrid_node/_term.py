@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from .loop.compiled_step import PureField
 
 _EPS = 2.220446049250313e-16
 
@@ -120,8 +117,6 @@ class Term:
     @property
     def pure_field(self) -> PureField:
         """The traceable part of this term (the user's ``func`` and how it is called), for compiled steps."""
-        from .loop.compiled_step import term_field  # the loops import this module
-
         return term_field(self)
 
     def left_limit(self, end: float) -> LeftLimit:
@@ -187,3 +182,40 @@ class LeftLimit:
         if name not in ("nfe", "n_jacobian"):
             raise AttributeError(f"LeftLimit is immutable; cannot set {name!r}.")
         setattr(self._term, name, value)  # the counters are the term's (``f.n_jacobian += 1``)
+
+
+@dataclasses.dataclass(frozen=True)
+class PureField:
+    """A field the compiler can trace, with what identifies it across solves.
+
+    Attributes:
+        owner: the user's field; the compiled graphs are cached on it and it is passed to ``field``
+            on every call (so no graph keeps it alive).
+        key: everything besides ``owner`` that ``field`` depends on; two solves with equal owner and
+            key may share one compiled graph.
+        field: ``field(owner, t, y) -> dy/dt`` in solver time, free of side effects and of autograd
+            calls; ``t`` is a 0-d float64 tensor on the state's device.
+    """
+
+    owner: Callable
+    key: Hashable
+    field: Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def solver_time_field(
+    func: Callable, t: torch.Tensor, y: torch.Tensor, layout, reverse: bool, t_dtype: torch.dtype
+) -> torch.Tensor:
+    """``func`` as a solver-time field on the flat state: time tensor, tuple packing, direction."""
+    out = apply_field(func, layout, (-t if reverse else t).to(t_dtype), y)
+    return -out if reverse else out
+
+
+def term_field(term: Term) -> PureField:
+    """The traceable part of a :class:`Term`."""
+    layout, reverse, t_dtype = term.layout, term.reverse, term.t_dtype
+
+    def field(func, t, y):
+        return solver_time_field(func, t, y, layout, reverse, t_dtype)
+
+    shapes = None if layout is None else tuple(layout.shapes)
+    return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+from .._backend import _ENV, BACKENDS
 from ..julia import runtime as julia_runtime
 
 HELP = "Show which backends (torch, julia) work on this machine and why not."
@@ -91,8 +92,6 @@ def default_backend_report(julia_ok: bool) -> tuple[bool, list[str]]:
         ``(ok, lines)``: not ok when ``HYBRID_NODE_BACKEND`` holds an unknown name (every solve would
         then fail) or names the Julia backend while it is not available; the lines give the fix.
     """
-    from .._backend import _ENV, BACKENDS
-
     raw = os.environ.get(_ENV)
     if not raw:
         return True, ["default: torch (HYBRID_NODE_BACKEND is not set)"]

@@ -23,58 +23,22 @@ Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInducto
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 import torch
 
-from .._term import Term, apply_field
+from .._term import PureField as PureField
+from .._term import solver_time_field as solver_time_field
+from .._term import term_field as term_field
 from ..controllers import error_ratio, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 
 # owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
 # dropped model frees its graphs
 _CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
-
-
-@dataclasses.dataclass(frozen=True)
-class PureField:
-    """A field the compiler can trace, with what identifies it across solves.
-
-    Attributes:
-        owner: the user's field; the compiled graphs are cached on it and it is passed to ``field``
-            on every call (so no graph keeps it alive).
-        key: everything besides ``owner`` that ``field`` depends on; two solves with equal owner and
-            key may share one compiled graph.
-        field: ``field(owner, t, y) -> dy/dt`` in solver time, free of side effects and of autograd
-            calls; ``t`` is a 0-d float64 tensor on the state's device.
-    """
-
-    owner: Callable
-    key: Hashable
-    field: Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def solver_time_field(
-    func: Callable, t: torch.Tensor, y: torch.Tensor, layout, reverse: bool, t_dtype: torch.dtype
-) -> torch.Tensor:
-    """``func`` as a solver-time field on the flat state: time tensor, tuple packing, direction."""
-    out = apply_field(func, layout, (-t if reverse else t).to(t_dtype), y)
-    return -out if reverse else out
-
-
-def term_field(term: Term) -> PureField:
-    """The traceable part of a :class:`Term`."""
-    layout, reverse, t_dtype = term.layout, term.reverse, term.t_dtype
-
-    def field(func, t, y):
-        return solver_time_field(func, t, y, layout, reverse, t_dtype)
-
-    shapes = None if layout is None else tuple(layout.shapes)
-    return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)
 
 
 def _compile(fn: Callable, mode: str | None = None) -> Callable:

@@ -34,6 +34,7 @@ from torch import nn
 
 from .._api import odeint as _odeint
 from .._api import odeint_adjoint as _odeint_adjoint
+from .cnf_fields import PlanarCNFField, TimeMLPField
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
 
 __all__ = [
@@ -265,8 +266,6 @@ class CNF(nn.Module):
             raise TypeError(f"regularization must be an RNODERegularization, got {type(regularization).__name__}.")
         if not base_std > 0:
             raise ValueError(f"base_std must be positive, got {base_std}.")
-        from .cnf_fields import PlanarCNFField, TimeMLPField
-
         for i, field in enumerate(fields):
             field_dim = field.dim if isinstance(field, (PlanarCNFField, TimeMLPField)) else dim
             if field_dim != dim:
