@@ -67,5 +67,10 @@ from .solvers.implicit import Rodas5P as Rodas5P
 from .solvers.implicit import Rosenbrock as Rosenbrock
 from .solvers.implicit import Rosenbrock23 as Rosenbrock23
 from .solvers.implicit import Trapezoid as Trapezoid
+from .solvers.symplectic import Leapfrog as Leapfrog
+from .solvers.symplectic import PartitionedComposition as PartitionedComposition
+from .solvers.symplectic import SymplecticEuler as SymplecticEuler
+from .solvers.symplectic import Yoshida4 as Yoshida4
+from .solvers.symplectic import Yoshida6 as Yoshida6
 
 __version__ = "0.1.0"
