@@ -63,6 +63,8 @@ def _forward(problem: Problem, solver: Reversible, term, y0: torch.Tensor):
                     stats.n_accepted += 1
                 outputs.append(y)
         else:
+            if solver.error_order is None:
+                raise ValueError(f"{solver!r} has no error estimate; use ConstantStepSize(step_size=...).")
             c = core.StepControl.of(ctrl, solver.error_order, y0.dtype)
             dt = first_step(term, solver, ctrl, t, y, state, problem.rtol, problem.atol, problem.norm)
             r1, r2 = ctrl.init()
@@ -74,6 +76,8 @@ def _forward(problem: Problem, solver: Reversible, term, y0: torch.Tensor):
                     n_attempts += 1
                     _, step_dt, t1 = core.landing(FLOAT, t, dt, t_out, c.max_step)
                     step = solver.step(term, t, y, state, step_dt)
+                    if step.error is None:  # a base method without an estimate was caught above
+                        raise ValueError(f"{solver!r} produced no error estimate for adaptive steps.")
                     ratio = error_ratio(step.error, y, step.y1, problem.rtol, problem.atol, problem.norm)
                     accepted = ratio <= 1.0
                     if accepted:
