@@ -31,7 +31,7 @@ import resource
 import subprocess
 import sys
 
-METHODS = ("direct", "backsolve", "interpolating", "interpolating-32")
+METHODS = ("direct", "backsolve", "interpolating", "interpolating-32", "reversible")
 STEPS = (10, 100, 1000)
 
 
@@ -78,11 +78,13 @@ def measure(method: str, steps: int, device: str) -> float:
         "backsolve": hn.BacksolveAdjoint(),
         "interpolating": hn.InterpolatingAdjoint(),
         "interpolating-32": hn.InterpolatingAdjoint(checkpoints=32),
+        "reversible": hn.ReversibleAdjoint(),  # on hn.Reversible(rk4): exact discrete gradient, O(1) memory
     }[method]
+    solver = hn.Reversible(hn.RK4()) if method == "reversible" else hn.RK4()
 
     def step(n):
         sol = hn.solve(
-            field, y0, t, solver=hn.RK4(), controller=hn.ConstantStepSize(step_size=5.0 / n), sensitivity=sensitivity
+            field, y0, t, solver=solver, controller=hn.ConstantStepSize(step_size=5.0 / n), sensitivity=sensitivity
         )
         loss = sol.ys[-1].pow(2).mean()
         loss.backward()

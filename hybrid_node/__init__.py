@@ -29,6 +29,7 @@ from .sensitivity import DirectBackprop as DirectBackprop
 from .sensitivity import GaussAdjoint as GaussAdjoint
 from .sensitivity import InterpolatingAdjoint as InterpolatingAdjoint
 from .sensitivity import QuadratureAdjoint as QuadratureAdjoint
+from .sensitivity import ReversibleAdjoint as ReversibleAdjoint
 from .solvers import RK4 as RK4
 from .solvers import AdamsBashforth as AdamsBashforth
 from .solvers import AdamsBashforthMoulton as AdamsBashforthMoulton
@@ -67,5 +68,11 @@ from .solvers.implicit import Rodas5P as Rodas5P
 from .solvers.implicit import Rosenbrock as Rosenbrock
 from .solvers.implicit import Rosenbrock23 as Rosenbrock23
 from .solvers.implicit import Trapezoid as Trapezoid
+from .solvers.reversible import Reversible as Reversible
+from .solvers.symplectic import Leapfrog as Leapfrog
+from .solvers.symplectic import PartitionedComposition as PartitionedComposition
+from .solvers.symplectic import SymplecticEuler as SymplecticEuler
+from .solvers.symplectic import Yoshida4 as Yoshida4
+from .solvers.symplectic import Yoshida6 as Yoshida6
 
 __version__ = "0.1.0"

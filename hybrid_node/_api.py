@@ -18,9 +18,11 @@ from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .loop import integrate
 from .sensitivity.base import AbstractSensitivity
+from .sensitivity.reversible import ReversibleAdjoint
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from .solvers import Dopri5
 from .solvers.base import AbstractSolver, ExternalSolver
+from .solvers.reversible import Reversible
 
 
 def solve(
@@ -340,7 +342,10 @@ def odeint_adjoint(
     Args:
         adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the backward solve
             (default: the forward ones); ``adjoint_options={"norm": "seminorm"}`` leaves the
-            parameter-gradient channels out of the backward error norm.
+            parameter-gradient channels out of the backward error norm. ``adjoint_options=
+            {"reversible": True, "coupling": 0.999}`` instead wraps the explicit ``method`` in
+            ``hn.Reversible`` and differentiates with ``hn.ReversibleAdjoint`` (exact discrete
+            gradient, memory independent of the number of steps; McCallum & Foster 2024).
         adjoint_params: tensors to differentiate; required when ``func`` is not an ``nn.Module``.
         Other arguments as :func:`odeint`.
 
@@ -359,7 +364,43 @@ def odeint_adjoint(
     norm = adj_opts.pop("norm", "default")
     if not isinstance(norm, str):
         raise ValueError("adjoint_options['norm'] must be 'default' or 'seminorm'.")
+    if adj_opts.pop("reversible", False):
+        # McCallum & Foster 2024: the forward method made algebraically reversible, exact gradients in O(1) memory
+        return _odeint_reversible(func, y0, t, rtol, atol, method, options, event_fn, backend, adj_opts, adjoint_params)
     sensitivity = BacksolveAdjoint(
         rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adj_opts or None, norm=norm
     )
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params)
+
+
+def _odeint_reversible(func, y0, t, rtol, atol, method, options, event_fn, backend, adj_opts, adjoint_params):
+    """``odeint_adjoint(..., adjoint_options={"reversible": True})``: Reversible(method) with ReversibleAdjoint.
+
+    Raises:
+        ValueError: an option other than ``coupling`` in ``adjoint_options``, events, or a method that
+            cannot be made reversible (implicit, partitioned, external).
+        BackendError: the Julia backend was asked for.
+    """
+    unknown = set(adj_opts) - {"coupling"}
+    if unknown:
+        raise ValueError(f"Unknown adjoint_options {sorted(unknown)} with reversible=True; valid: ['coupling'].")
+    if resolve_backend(backend) != "torch":
+        raise BackendError("the reversible adjoint is available on the torch backend only; use backend='torch'.")
+    if event_fn is not None:
+        raise ValueError("the reversible adjoint does not support events; use odeint_adjoint without it.")
+    solver, controller, extras = build_solver(method, options, rtol, atol)
+    if not isinstance(solver, AbstractSolver):
+        raise ValueError(f"method {method!r} runs its own loop and cannot be made reversible; use e.g. 'tsit5'.")
+    reversible = Reversible(solver, coupling=float(adj_opts.get("coupling", 0.999)))
+    sol = solve(
+        func,
+        y0,
+        t,
+        solver=reversible,
+        controller=controller,
+        sensitivity=ReversibleAdjoint(),
+        backend="torch",
+        adjoint_params=adjoint_params,
+        t_dtype=extras.get("t_dtype"),
+    )
+    return sol.ys

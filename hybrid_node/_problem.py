@@ -11,6 +11,7 @@ import torch
 from ._term import Term, TupleLayout
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
+from .solvers.base import AbstractSolver
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -130,6 +131,12 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
     t = check_times(t)
     flat, layout = check_state(y0)
+    if isinstance(solver, AbstractSolver) and solver.partitioned and (layout is None or len(layout.sizes) != 2):
+        raise ValueError(
+            f"method {solver.name!r} steps q and p separately and needs a tuple state y0 = (q, p) whose func "
+            "returns (dq/dt, dp/dt); pass y0 as a pair, or use a method such as 'rk4' (or 'implicit_midpoint' "
+            "/ 'gl4', symplectic for any Hamiltonian)."
+        )
     host = [float(x) for x in t.detach().cpu().double()]
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0

@@ -30,6 +30,7 @@ FAMILIES = {
     hn.Rosenbrock23: ["Rosenbrock23"],
     hn.Dirk: ["KenCarp4", "Kvaerno3", "Kvaerno5", "TRBDF2", "ImplicitEuler", "SDIRK2", "Trapezoid"],
     hn.ImplicitRungeKutta: ["ImplicitMidpoint", "GaussLegendre4", "GaussLegendre6", "RadauIIA3", "RadauIIA5"],
+    hn.PartitionedComposition: ["SymplecticEuler", "Leapfrog", "Yoshida4", "Yoshida6"],
 }
 CLASSES = [(family, name) for family, names in FAMILIES.items() for name in names]
 

@@ -1,4 +1,4 @@
-"""Continuous-depth models: ODE blocks, time-dependent layers, augmented and second-order Neural ODEs."""
+"""Continuous-depth models: ODE blocks, time-dependent layers, augmented, second-order and Hamiltonian Neural ODEs."""
 
 from .augmented import AugmentedNeuralODE as AugmentedNeuralODE
 from .augmented import augment as augment
@@ -8,6 +8,8 @@ from .cnf import ExactTrace as ExactTrace
 from .cnf import HutchinsonTrace as HutchinsonTrace
 from .cnf import RNODERegularization as RNODERegularization
 from .empirical_prior import EmpiricalPrior as EmpiricalPrior  # irregular time series (issue 7)
+from .hamiltonian import BaselineODE as BaselineODE
+from .hamiltonian import HamiltonianNN as HamiltonianNN
 from .latent_ode import ElboTerms as ElboTerms
 from .latent_ode import LatentODE as LatentODE
 from .layers import ConvDynamics as ConvDynamics

@@ -1,6 +1,7 @@
 """Gradient methods: settings objects here, implementations per backend."""
 
 from .base import AbstractSensitivity as AbstractSensitivity
+from .reversible import ReversibleAdjoint as ReversibleAdjoint
 from .settings import (
     BacksolveAdjoint as BacksolveAdjoint,
 )

@@ -55,7 +55,7 @@ class AbstractSolver(abc.ABC):
 
     Capabilities are declared, not probed: ``adaptive`` (has an error estimate), ``implicit``,
     ``supports_compile`` (``compiled()`` works), ``supports_device_loop`` and ``supports_per_sample``
-    (the loop strategies that can run it).
+    (the loop strategies that can run it), ``partitioned`` (needs a tuple state ``(q, p)``).
     """
 
     #: the method name of ``odeint(method=...)``
@@ -66,6 +66,9 @@ class AbstractSolver(abc.ABC):
     supports_compile: bool = False
     #: step attempts run compiled (a family that supports it holds this as a setting)
     compile: bool = False
+    #: steps the parts of a two-tensor tuple state ``(q, p)`` separately (a symplectic splitting), so it
+    #: needs such a state; it finds the split in the field's ``layout`` (:class:`hybrid_node._term.TupleLayout`)
+    partitioned: bool = False
 
     @property
     @abc.abstractmethod
@@ -159,6 +162,8 @@ class ExternalSolver(abc.ABC):
     name: str
     #: it chooses its own steps from the solve's tolerances (so the default controller is a PIDController)
     adaptive: bool = True
+    #: never a partitioned (q, p) method (see :attr:`AbstractSolver.partitioned`)
+    partitioned: bool = False
 
     @abc.abstractmethod
     def integrate(

@@ -23,6 +23,7 @@ from .implicit_fixed import GaussLegendre4, GaussLegendre6, ImplicitMidpoint, Ra
 from .low_order_pairs import AdaptiveHeun, Bosh3, Fehlberg2
 from .rosenbrock import ROS3P, Rodas4, Rodas5P, Rosenbrock23
 from .scipy_solver import ScipySolver
+from .symplectic import Leapfrog, SymplecticEuler, Yoshida4, Yoshida6
 from .tsit5 import Tsit5
 
 ROSENBROCK_OPTIONS = ("jacobian", "batch_dims", "autonomous")
@@ -77,6 +78,8 @@ _ADAMS_ORDER = (
     "Adams-Bashforth, rk4 start-up; order `max_order` (default 4, up to 12; ≤ 5 observed with the rk4 start-up)"
 )
 
+_SYMPLECTIC = "symplectic for separable H; tuple state `(q, p)`, func returns `(dq/dt, dp/dt)`"
+
 #: method name -> MethodSpec; the order is the order of the method table (README, ``methods_table``)
 METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
     {
@@ -94,6 +97,10 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         "heun3": MethodSpec(Heun3),
         "rk4": MethodSpec(RK4, julia="RK4", notes="Kutta's 3/8 rule (torchdiffeq's `rk4`); Julia: classic RK4"),
         "rk4_classic": MethodSpec(RK4Classic, julia="RK4", notes="the classic RK4"),
+        "symplectic_euler": MethodSpec(SymplecticEuler, notes=_SYMPLECTIC),
+        "leapfrog": MethodSpec(Leapfrog, notes="Störmer-Verlet (velocity Verlet); " + _SYMPLECTIC),
+        "yoshida4": MethodSpec(Yoshida4, notes="Yoshida / Forest-Ruth triple jump; " + _SYMPLECTIC),
+        "yoshida6": MethodSpec(Yoshida6, notes="Yoshida 1990 solution A; " + _SYMPLECTIC),
         "explicit_adams": MethodSpec(AdamsBashforth, ("max_order",), notes=_ADAMS_ORDER),
         "implicit_adams": MethodSpec(
             AdamsBashforthMoulton,
@@ -125,9 +132,15 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         "implicit_euler": MethodSpec(ImplicitEuler, NEWTON_OPTIONS, notes="DIRK, stiff"),
         "sdirk2": MethodSpec(SDIRK2, NEWTON_OPTIONS, notes="DIRK, stiff"),
         "trapezoid": MethodSpec(Trapezoid, NEWTON_OPTIONS, notes="DIRK, stiff"),
-        "implicit_midpoint": MethodSpec(ImplicitMidpoint, NEWTON_OPTIONS, notes="fully implicit RK, stiff"),
-        "gl4": MethodSpec(GaussLegendre4, NEWTON_OPTIONS, notes="fully implicit RK (Gauss-Legendre)"),
-        "gl6": MethodSpec(GaussLegendre6, NEWTON_OPTIONS, notes="fully implicit RK (Gauss-Legendre)"),
+        "implicit_midpoint": MethodSpec(
+            ImplicitMidpoint, NEWTON_OPTIONS, notes="fully implicit RK, stiff; symplectic for any Hamiltonian"
+        ),
+        "gl4": MethodSpec(
+            GaussLegendre4, NEWTON_OPTIONS, notes="fully implicit RK (Gauss-Legendre); symplectic for any Hamiltonian"
+        ),
+        "gl6": MethodSpec(
+            GaussLegendre6, NEWTON_OPTIONS, notes="fully implicit RK (Gauss-Legendre); symplectic for any Hamiltonian"
+        ),
         "radauIIA3": MethodSpec(RadauIIA3, NEWTON_OPTIONS, notes="fully implicit RK, stiff"),
         "radauIIA5": MethodSpec(RadauIIA5, NEWTON_OPTIONS, notes="fully implicit RK, stiff"),
         "dp5": MethodSpec(None, julia="DP5", notes="Julia's name of `dopri5`"),

@@ -1,0 +1,264 @@
+"""Hamiltonian Neural Networks vs a baseline Neural ODE on the ideal mass-spring and the ideal pendulum.
+
+The paper's recipe (data generated in code): trajectories from random initial energies, observed at
+regular times over a short window with Gaussian noise on (q, p); the models are trained to match the
+true time derivatives at the noisy observations (train/test loss = MSE between true and predicted
+derivatives; half of the trajectories are the test set). Both models are then rolled out from the
+test trajectories' initial states far beyond the training window, and the energy MSE is the mean
+squared difference between the true energy (constant: the systems are ideal) and the true energy
+function evaluated along the model's rollout.
+
+- mass-spring: H = q^2/2 + p^2/2, initial radius sqrt(2H) uniform in [0.1, 1], t in [0, 3], 30 points.
+- pendulum: H = 2 m g l (1 - cos q) + l^2 p^2 / (2 m), m = l = 1, g = 3; radius uniform in [1.3, 2.6],
+  t in [0, 5], 75 points.
+
+Reference: Greydanus, Dzamba, Yosinski, "Hamiltonian Neural Networks", NeurIPS 2019, Section 4 and
+Table 1 (MLP 200-200 tanh, Adam lr 1e-3, 2000 full-batch steps, noise std 0.1, 50 trajectories).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._api import odeint
+from ..nn.hamiltonian import BaselineODE, HamiltonianNN
+from ..training.atomic import atomic_savefig
+from ._output import pyplot, run_folder, write_results
+
+HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
+TASKS = ("spring", "pendulum")
+
+#: the paper's Table 1 (test loss and energy MSE, baseline and HNN), from docs REFERENCE
+PAPER = {
+    "spring": {"baseline": (3.67e-2, 1.71e-1), "hnn": (3.59e-2, 3.84e-4)},
+    "pendulum": {"baseline": (3.53e-2, 4.15e-2), "hnn": (3.56e-2, 2.49e-2)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """An ideal one-degree-of-freedom Hamiltonian system and the paper's sampling of its trajectories."""
+
+    name: str
+    energy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    force: Callable[[torch.Tensor], torch.Tensor]  #: dp/dt = -dH/dq (dq/dt = p for both systems)
+    radius: tuple[float, float]  #: the initial state's distance from the origin, uniform in this range
+    t_end: float
+    n_points: int
+
+    def field(self, t: torch.Tensor, y: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        q, p = y
+        return p, self.force(q)
+
+
+SYSTEMS = {
+    "spring": System("spring", lambda q, p: 0.5 * q**2 + 0.5 * p**2, lambda q: -q, (0.1, 1.0), 3.0, 30),
+    "pendulum": System(
+        "pendulum",
+        lambda q, p: 6.0 * (1.0 - torch.cos(q)) + 0.5 * p**2,
+        lambda q: -6.0 * torch.sin(q),
+        (1.3, 2.6),
+        5.0,
+        75,
+    ),
+}
+
+
+def exact_trajectories(system: System, q0: torch.Tensor, p0: torch.Tensor, t: torch.Tensor):
+    """The true trajectories (yoshida6, far more accurate than any learned model here)."""
+    step = min(0.05, float(t[1] - t[0]))  # sixth order: errors ~1e-8, far below the models'
+    return odeint(system.field, (q0, p0), t, method="yoshida6", options={"step_size": step})
+
+
+def make_data(system: System, n_traj: int, noise: float, seed: int) -> dict[str, torch.Tensor]:
+    """Noisy observations and true derivatives of ``n_traj`` trajectories; half train, half test.
+
+    Returns:
+        dict with ``x_train``, ``dx_train``, ``x_test``, ``dx_test`` (points (N, 2) as (q, p) and their
+        true time derivatives) and ``y0_test`` (the test trajectories' clean initial states, (n, 2)).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    angle = 2 * math.pi * torch.rand(n_traj, generator=gen, dtype=torch.float64)
+    lo, hi = system.radius
+    r = lo + (hi - lo) * torch.rand(n_traj, generator=gen, dtype=torch.float64)
+    q0, p0 = r * torch.cos(angle), r * torch.sin(angle)
+    t = torch.linspace(0.0, system.t_end, system.n_points, dtype=torch.float64)
+    q, p = exact_trajectories(system, q0, p0, t)  # (T, n_traj)
+    dq, dp = system.field(t, (q, p))  # derivatives of the clean states, as the paper's generator
+    q = q + noise * torch.randn(q.shape, generator=gen, dtype=torch.float64)
+    p = p + noise * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    x = torch.stack([q, p], -1).transpose(0, 1).float()  # (n_traj, T, 2)
+    dx = torch.stack([dq, dp], -1).transpose(0, 1).float()
+    half = n_traj // 2
+    return {
+        "x_train": x[:half].reshape(-1, 2),
+        "dx_train": dx[:half].reshape(-1, 2),
+        "x_test": x[half:].reshape(-1, 2),
+        "dx_test": dx[half:].reshape(-1, 2),
+        "y0_test": torch.stack([q0[half:], p0[half:]], -1).float(),
+    }
+
+
+def train_model(
+    model: nn.Module, data: dict[str, torch.Tensor], iters: int, lr: float, progress: bool, label: str
+) -> dict[str, Any]:
+    """Fit the model's field to the true derivatives (full batch, Adam), as the paper does.
+
+    Returns:
+        dict with ``train_loss``, ``test_loss``, the loss ``history`` and ``seconds``.
+    """
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0)
+    zero = torch.zeros(())
+    history = []
+    start = time.perf_counter()
+    bar = tqdm(range(iters), desc=label, disable=not progress)
+    for _ in bar:
+        opt.zero_grad()
+        loss = ((model(zero, data["x_train"]) - data["dx_train"]) ** 2).mean()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+        bar.set_postfix(loss=f"{history[-1]:.3g}")
+    seconds = time.perf_counter() - start
+    out = {"history": history, "seconds": seconds}
+    for split in ("train", "test"):
+        with torch.enable_grad():  # the HNN's field is a gradient
+            pred = model(zero, data[f"x_{split}"]).detach()
+        out[f"{split}_loss"] = float(((pred - data[f"dx_{split}"]) ** 2).mean())
+    return out
+
+
+def rollout(model: nn.Module, y0: torch.Tensor, t: torch.Tensor, method: str, step: float) -> torch.Tensor:
+    """The model's trajectories from ``y0`` (n, 2) at times ``t``: shape (len(t), n, 2)."""
+    with torch.no_grad():
+        return odeint(model, y0, t, method=method, options={"step_size": step})
+
+
+def run_task(task: str, s: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    """Data, both models, rollouts and metrics of one task."""
+    system = SYSTEMS[task]
+    data = make_data(system, s.trajectories, s.noise, s.seed)
+    t_roll = torch.linspace(0.0, s.rollout_factor * system.t_end, int(s.rollout_factor * system.n_points) + 1)
+    y0 = data["y0_test"]
+    true_q, true_p = exact_trajectories(system, y0[:, 0].double(), y0[:, 1].double(), t_roll.double())
+    true_energy = system.energy(y0[:, 0], y0[:, 1]).double()  # conserved by the ideal systems
+    models: dict[str, nn.Module] = {}
+    results: dict[str, Any] = {"t": t_roll, "true": torch.stack([true_q, true_p], -1), "system": system}
+    for kind in ("baseline", "hnn"):
+        torch.manual_seed(s.seed)
+        model = BaselineODE(1, s.hidden) if kind == "baseline" else HamiltonianNN(1, s.hidden)
+        fit = train_model(model, data, s.iters, s.lr, progress, f"{task} {kind}")
+        traj = rollout(model, y0, t_roll, s.method, s.step_size)
+        energy = system.energy(traj[..., 0], traj[..., 1]).double()
+        inside = t_roll <= system.t_end
+        fit.update(
+            trajectory=traj,
+            energy=energy,
+            energy_mse=float(((energy - true_energy) ** 2).mean()),
+            energy_mse_window=float(((energy[inside] - true_energy) ** 2).mean()),
+            state_mse=float(((traj.double() - results["true"]) ** 2).mean()),
+        )
+        models[kind] = model
+        results[kind] = fit
+    results["true_energy"] = true_energy
+    return results
+
+
+def plot_task(folder: Path, task: str, res: dict[str, Any]) -> None:
+    """``<task>_trajectories.png`` (phase space and q(t) of one test trajectory) and ``<task>_energy.png``."""
+    plt = pyplot()
+    t = res["t"].numpy()
+    true = res["true"][:, 0].numpy()
+    styles = {"baseline": ("r--", "baseline NN"), "hnn": ("b-", "HNN")}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax1.plot(true[:, 0], true[:, 1], "k-", lw=2, alpha=0.4, label="true")
+    ax2.plot(t, true[:, 0], "k-", lw=2, alpha=0.4, label="true")
+    for kind, (style, label) in styles.items():
+        traj = res[kind]["trajectory"][:, 0].numpy()
+        ax1.plot(traj[:, 0], traj[:, 1], style, lw=1, label=label)
+        ax2.plot(t, traj[:, 0], style, lw=1, label=label)
+    ax1.set_xlabel("q")
+    ax1.set_ylabel("p")
+    ax1.set_aspect("equal")
+    ax1.set_title(f"{task}: phase space, one test trajectory")
+    ax2.axvline(res["system"].t_end, color="0.5", lw=0.8, ls=":", label="end of training window")
+    ax2.set_xlabel("t")
+    ax2.set_ylabel("q")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, folder / f"{task}_trajectories.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(t, t * 0 + float(res["true_energy"][0]), "k-", lw=2, alpha=0.4, label="true")
+    for kind, (style, label) in styles.items():
+        ax.plot(t, res[kind]["energy"][:, 0].numpy(), style, lw=1, label=label)
+    ax.axvline(res["system"].t_end, color="0.5", lw=0.8, ls=":")
+    ax.set_xlabel("t")
+    ax.set_ylabel("true energy along the rollout")
+    ax.set_title(f"{task}: energy of one test trajectory")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, folder / f"{task}_energy.png", dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--iters", type=int, default=2000, help="full-batch Adam steps per model (paper: 2000)")
+    parser.add_argument("--hidden", type=int, default=200, help="hidden width of both MLPs (paper: 200)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--trajectories", type=int, default=50, help="trajectories per task, half for testing")
+    parser.add_argument("--noise", type=float, default=0.1, help="observation noise std (paper: 0.1)")
+    parser.add_argument("--rollout-factor", type=float, default=10.0, help="rollout length / training window")
+    parser.add_argument("--method", default="rk4", help="rollout method (paper: RK4)")
+    parser.add_argument("--step-size", type=float, default=0.02, help="rollout step size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="run folder (default runs/hnn-<timestamp>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
+    folder = run_folder(args.out, "hnn")
+    rows = []
+    for task in args.tasks:
+        res = run_task(task, args, progress=not args.no_progress)
+        for kind in ("baseline", "hnn"):
+            r = res[kind]
+            paper_test, paper_energy = PAPER[task][kind]
+            rows.append(
+                {
+                    "task": task,
+                    "model": kind,
+                    "train loss": r["train_loss"],
+                    "test loss": r["test_loss"],
+                    "energy MSE (training window)": r["energy_mse_window"],
+                    f"energy MSE (x{args.rollout_factor:g} window)": r["energy_mse"],
+                    "state MSE": r["state_mse"],
+                    "paper test loss": paper_test,
+                    "paper energy MSE": paper_energy,
+                    "train s": r["seconds"],
+                }
+            )
+        plot_task(folder, task, res)
+    meta = {
+        "paper": "Greydanus, Dzamba, Yosinski 2019, Table 1 (mean of their runs)",
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "torch": torch.__version__,
+    }
+    table = write_results(folder, "results", rows, list(rows[0]), meta)
+    print(table)
+    print(f"results and plots in {folder}")
+    return 0

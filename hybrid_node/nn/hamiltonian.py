@@ -1,0 +1,140 @@
+"""Hamiltonian neural networks: learn a scalar energy H_theta(q, p) and integrate its symplectic gradient.
+
+The field is ``dq/dt = dH/dp``, ``dp/dt = -dH/dq`` (``J grad H`` with ``J = [[0, I], [-I, 0]]``), taken
+by autograd. It conserves H_theta exactly along its own exact flows and is divergence-free (volume
+preserving), whatever the weights: the structure is in the architecture, not learned. A plain
+Neural ODE that outputs the derivatives directly has neither property, so its energy drifts in long
+rollouts.
+
+References:
+    Greydanus, Dzamba, Yosinski, "Hamiltonian Neural Networks", NeurIPS 2019 (arXiv 1906.01563).
+    Hairer, Lubich, Wanner, Geometric Numerical Integration, 2nd ed., Section VI.2 (Hamiltonian flows
+    are symplectic and preserve H and volume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _mlp(in_dim: int, out_dim: int, hidden: int, layers: int, activation: Callable[[], nn.Module]) -> nn.Sequential:
+    """An MLP with ``layers`` hidden layers of width ``hidden`` (smooth activations: H must be twice differentiable)."""
+    modules: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers):
+        modules += [nn.Linear(width, hidden), activation()]
+        width = hidden
+    modules.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*modules)
+
+
+class HamiltonianNN(nn.Module):
+    """A learned Hamiltonian H_theta(q, p) whose ``forward(t, y)`` is the field ``J grad H_theta``.
+
+    The state is either the pair ``(q, p)`` (for the symplectic methods ``leapfrog``, ``yoshida4``...,
+    though those are only symplectic for a separable H; ``implicit_midpoint``/``gl4`` are for any H)
+    or one tensor whose last dimension holds q then p (for any other solver). The derivatives are taken
+    with ``create_graph`` whenever gradients are being recorded, so a loss on the field or on a solve
+    trains the weights (double backprop); under ``torch.no_grad()`` they are detached.
+
+    Args:
+        dim: the number of coordinates q (and of momenta p).
+        hidden: width of the hidden layers of the default MLP (the paper: 200).
+        layers: number of hidden layers of the default MLP (the paper: 2).
+        hamiltonian: optional module ``H(x) -> (..., 1)`` on ``x = cat(q, p)`` replacing the default MLP.
+        activation: activation class of the default MLP (smooth; the paper uses tanh).
+
+    Raises:
+        ValueError: ``dim`` or ``hidden`` is not positive.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 200,
+        layers: int = 2,
+        hamiltonian: nn.Module | None = None,
+        activation: Callable[[], nn.Module] = nn.Tanh,
+    ):
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"dim and hidden must be positive, got dim={dim}, hidden={hidden}.")
+        self.dim = dim
+        self.net = hamiltonian if hamiltonian is not None else _mlp(2 * dim, 1, hidden, layers, activation)
+
+    def hamiltonian(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """H_theta(q, p), one value per sample: shape ``q.shape[:-1]``.
+
+        Args:
+            q, p: coordinates and momenta, shape (..., dim).
+
+        Returns:
+            The learned energy.
+        """
+        return self.net(torch.cat((q, p), dim=-1)).squeeze(-1)
+
+    def symplectic_gradient(self, q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dH/dp, -dH/dq)``: the Hamiltonian field at (q, p).
+
+        Args:
+            q, p: coordinates and momenta, shape (..., dim).
+
+        Returns:
+            ``(dq/dt, dp/dt)``, each shaped like q.
+
+        Raises:
+            ValueError: q or p does not end in ``dim`` entries.
+        """
+        if q.shape[-1] != self.dim or p.shape != q.shape:
+            raise ValueError(
+                f"q and p must both have shape (..., {self.dim}), got {tuple(q.shape)} and {tuple(p.shape)}."
+            )
+        recording = torch.is_grad_enabled()
+        with torch.enable_grad():  # the field is a gradient even in no_grad rollouts
+            # a state that is not part of a graph becomes a leaf we can differentiate against
+            q_in = q if q.requires_grad else q.detach().requires_grad_(True)
+            p_in = p if p.requires_grad else p.detach().requires_grad_(True)
+            energy = self.hamiltonian(q_in, p_in)
+            # samples are independent, so the gradient of the sum is every sample's own gradient
+            dh_dq, dh_dp = torch.autograd.grad(energy.sum(), (q_in, p_in), create_graph=recording)
+        return dh_dp, -dh_dq
+
+    def forward(self, t: torch.Tensor, y: State) -> State:
+        """The field at (t, y): a pair for a pair state, one tensor (q then p on the last dim) otherwise."""
+        if isinstance(y, (tuple, list)):
+            q, p = y
+            return self.symplectic_gradient(q, p)
+        if y.shape[-1] != 2 * self.dim:
+            raise ValueError(f"a tensor state must end in 2 * dim = {2 * self.dim} entries (q then p), got {y.shape}.")
+        dq, dp = self.symplectic_gradient(y[..., : self.dim], y[..., self.dim :])
+        return torch.cat((dq, dp), dim=-1)
+
+
+class BaselineODE(nn.Module):
+    """The paper's baseline: an MLP that outputs (dq/dt, dp/dt) directly, on the same state layouts.
+
+    Reference: Greydanus et al. 2019, Section 3 ("Baseline NN").
+
+    Args:
+        dim: the number of coordinates q (and of momenta p).
+        hidden: hidden width (200 in the paper).
+        layers: number of hidden layers (2 in the paper).
+        activation: activation class (tanh in the paper).
+    """
+
+    def __init__(self, dim: int, hidden: int = 200, layers: int = 2, activation: Callable[[], nn.Module] = nn.Tanh):
+        super().__init__()
+        self.dim = dim
+        self.net = _mlp(2 * dim, 2 * dim, hidden, layers, activation)
+
+    def forward(self, t: torch.Tensor, y: State) -> State:
+        """The field at (t, y): a pair for a pair state, one tensor otherwise."""
+        if isinstance(y, (tuple, list)):
+            out = self.net(torch.cat(tuple(y), dim=-1))
+            return out[..., : self.dim], out[..., self.dim :]
+        return self.net(y)

@@ -1,0 +1,150 @@
+"""Algebraically reversible wrapper of an explicit Runge-Kutta method (McCallum & Foster 2024).
+
+With the base method's increment ``Psi_h(t, x) = step(t, x, h) - x`` and a coupling parameter
+``lambda`` in (0, 1], the method carries a pair of states (y, z), both starting at y0:
+
+    y_{n+1} = lambda y_n + (1 - lambda) z_n + Psi_h(t_n, z_n)
+    z_{n+1} = z_n - Psi_{-h}(t_{n+1}, y_{n+1})
+
+and returns y. Each step is inverted in closed form, with the same two base steps:
+
+    z_n = z_{n+1} + Psi_{-h}(t_{n+1}, y_{n+1})
+    y_n = (y_{n+1} - (1 - lambda) z_n - Psi_h(t_n, z_n)) / lambda
+
+so a backward pass can rebuild the forward trajectory step by step instead of storing it: gradients
+that equal direct backpropagation through the same discrete solve, in memory independent of the
+number of steps (:class:`hybrid_node.ReversibleAdjoint`). The method keeps the base method's order;
+lambda < 1 makes it stable where the base method is (lambda = 1 is only linearly stable on the
+imaginary axis), at the price of amplifying rounding in the reconstruction by lambda^-n.
+
+Reference: McCallum & Foster, "Efficient, accurate and stable gradients for Neural ODEs",
+arXiv:2410.11648 (2024), Section 3 (the reversible scheme, its inverse, order and stability); the
+ODE counterpart of reversible Heun (Kidger, Foster, Li, Lyons, ICML 2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..interpolation import LinearInterpolant
+from .base import AbstractSolver, Field
+
+
+@dataclasses.dataclass(frozen=True)
+class ReversibleState:
+    """The solver state between steps: the coupled state z and f(t, z) (the base method's first stage)."""
+
+    z: torch.Tensor
+    fz: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class ReversibleStep:
+    """One step's result: the new y and z, and the base method's error estimate of the step from z."""
+
+    y1: torch.Tensor
+    z1: torch.Tensor
+    error: torch.Tensor | None
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Reversible(AbstractSolver):
+    """``hn.Reversible(hn.Tsit5(), coupling=0.999)``: the algebraically reversible form of an explicit method.
+
+    Fixed steps with ``ConstantStepSize`` for any explicit base method; adaptive steps with a
+    ``PIDController`` when the base method has an error estimate (the estimate of the forward base
+    step from z decides). Dense output between step ends is linear; put the output times on step
+    ends (they are, for :class:`hybrid_node.ReversibleAdjoint`) for full accuracy.
+
+    Args:
+        base: an explicit (not implicit, not partitioned) solver, e.g. ``hn.Tsit5()`` or ``hn.RK4()``.
+        coupling: lambda in (0, 1]; the paper's default is 0.999.
+
+    Raises:
+        TypeError: ``base`` is not a solver object.
+        ValueError: ``base`` is implicit or partitioned, or ``coupling`` is outside (0, 1].
+    """
+
+    base: AbstractSolver
+    coupling: float = 0.999
+
+    def __post_init__(self):
+        if not isinstance(self.base, AbstractSolver):
+            raise TypeError(f"base must be a solver object such as hn.Tsit5(), got {type(self.base).__name__}.")
+        if self.base.implicit or self.base.partitioned or isinstance(self.base, Reversible):
+            raise ValueError(
+                f"Reversible wraps an explicit one-state method such as hn.Tsit5() or hn.RK4(), not {self.base!r}."
+            )
+        if not 0.0 < self.coupling <= 1.0:
+            raise ValueError(f"coupling must be in (0, 1] (the paper uses 0.999), got {self.coupling!r}.")
+
+    def __repr__(self) -> str:
+        return f"Reversible({self.base!r}, coupling={self.coupling!r})"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"reversible_{self.base.name}"
+
+    @property
+    def order(self) -> int:
+        return self.base.order
+
+    @property
+    def error_order(self) -> int | None:
+        return self.base.error_order
+
+    def fixed_steps(self) -> Reversible:
+        return dataclasses.replace(self, base=self.base.fixed_steps())
+
+    def _increment(self, f: Field, t: float, x: torch.Tensor, fx: torch.Tensor | None, dt: float):
+        """``(Psi_dt(t, x), error)``: the base method's increment from (t, x) and its error estimate."""
+        state = self.base.init(f, t, x) if fx is None else fx
+        step = self.base.step(f, t, x, state, dt)
+        return step.y1 - x, step.error
+
+    def init(self, f: Field, t0: float, y0: torch.Tensor) -> ReversibleState:
+        """z0 = y0 and f(t0, y0)."""
+        return ReversibleState(y0, self.base.init(f, t0, y0))
+
+    def step(self, f: Field, t: float, y: torch.Tensor, state: ReversibleState, dt: float) -> ReversibleStep:
+        """One reversible step of size ``dt`` from (t, y, z): two base steps (forward from z, backward from y1).
+
+        Returns:
+            The new y and z and the error estimate of the forward base step (None for fixed-step bases).
+        """
+        lam = self.coupling
+        forward, error = self._increment(f, t, state.z, state.fz, dt)
+        y1 = lam * y + (1.0 - lam) * state.z + forward if lam != 1.0 else y + forward
+        backward, _ = self._increment(f, t + dt, y1, None, -dt)
+        return ReversibleStep(y1, state.z - backward, error)
+
+    def inverse(self, f: Field, t1: float, y1: torch.Tensor, z1: torch.Tensor, dt: float):
+        """The step's inverse: ``(y, z)`` at t1 - dt from ``(y1, z1)`` at t1, in closed form.
+
+        Args:
+            f: the field.
+            t1: the step's end time; dt: its size.
+            y1, z1: the states at its end.
+
+        Returns:
+            ``(y, z)`` at its start, equal to the forward step's inputs up to rounding.
+        """
+        lam = self.coupling
+        backward, _ = self._increment(f, t1, y1, None, -dt)
+        z = z1 + backward
+        forward, _ = self._increment(f, t1 - dt, z, None, dt)
+        rest = y1 - (1.0 - lam) * z - forward if lam != 1.0 else y1 - forward
+        return (rest / lam if lam != 1.0 else rest), z
+
+    def next_state(self, f: Field, t1: float, step: ReversibleStep) -> ReversibleState:
+        return ReversibleState(step.z1, self.base.init(f, t1, step.z1))
+
+    def interpolant(self, f: Field, t0: float, y0: torch.Tensor, dt: float, step: Any, next_state: Any):
+        """Linear between the step's ends (y alone has no dense output of the base method's order)."""
+        return LinearInterpolant(y0, step.y1)
+
+    def derivative(self, state: ReversibleState) -> torch.Tensor:
+        return state.fz

@@ -1,0 +1,89 @@
+"""Hamiltonian neural networks: structure (divergence-free, conserves its own H), solvers, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hybrid_node as hn
+from hybrid_node.nn import BaselineODE, HamiltonianNN
+
+F64 = torch.float64
+
+
+def _model(dim: int = 2) -> HamiltonianNN:
+    torch.manual_seed(0)
+    return HamiltonianNN(dim, hidden=16).to(F64)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_field_is_divergence_free():
+    model = _model()
+    t = torch.zeros((), dtype=F64)
+    for x in torch.randn(5, 4, dtype=F64):
+        jac = torch.autograd.functional.jacobian(lambda y: model(t, y), x)
+        assert abs(float(torch.trace(jac))) < 1e-12
+        # and J grad H: the Jacobian is J times a symmetric Hessian, so J^T jac is symmetric
+        j = torch.zeros(4, 4, dtype=F64)
+        j[:2, 2:] = torch.eye(2, dtype=F64)
+        j[2:, :2] = -torch.eye(2, dtype=F64)
+        sym = j.T @ jac
+        torch.testing.assert_close(sym, sym.T, rtol=0, atol=1e-12)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_conserves_its_own_hamiltonian_along_accurate_flows():
+    model = _model()
+    q0, p0 = torch.randn(4, 2, dtype=F64), torch.randn(4, 2, dtype=F64)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    with torch.no_grad():
+        q, p = hn.odeint(model, (q0, p0), t, method="dopri5", rtol=1e-10, atol=1e-10)  # tuple state
+        flat = hn.odeint(model, torch.cat([q0, p0], -1), t, method="dopri5", rtol=1e-10, atol=1e-10)  # flat state
+        energy = model.hamiltonian(q, p)
+        drift = (energy - energy[0]).abs().max()
+    scale = float(energy.abs().max())
+    assert float(drift) < 1e-8 * max(scale, 1.0)
+    torch.testing.assert_close(flat, torch.cat([q, p], -1), rtol=1e-7, atol=1e-7)
+    with torch.no_grad():  # a Gauss-Legendre solve (symplectic for this non-separable H) is fine too
+        q2, p2 = hn.odeint(model, (q0, p0), t, method="gl4", options={"step_size": 0.1})
+    assert float((model.hamiltonian(q2, p2) - energy[0]).abs().max()) < 1e-6 * max(scale, 1.0)
+
+
+def test_field_trains_by_double_backprop_and_outputs_are_detached_without_grad():
+    model = _model(1)
+    q, p = torch.randn(16, 1, dtype=F64), torch.randn(16, 1, dtype=F64)
+    dq, dp = model(torch.zeros(()), (q, p))
+    loss = ((dq - p) ** 2 + (dp + q) ** 2).mean()
+    loss.backward()
+    # every parameter but the output bias (H is only defined up to a constant, so it has no gradient)
+    *trained, out_bias = list(model.parameters())
+    assert out_bias.grad is None
+    assert all(prm.grad is not None and torch.isfinite(prm.grad).all() for prm in trained)
+    with torch.no_grad():
+        dq, _ = model(torch.zeros(()), (q, p))
+    assert not dq.requires_grad
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_hnn_learns_the_spring_and_baseline_has_the_same_interface():
+    torch.manual_seed(1)
+    x = torch.randn(256, 2)
+    target = torch.stack([x[:, 1], -x[:, 0]], dim=1)  # H = (q^2 + p^2) / 2
+    for model in (HamiltonianNN(1, hidden=16), BaselineODE(1, hidden=16)):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        first = None
+        for _ in range(60):
+            opt.zero_grad()
+            loss = ((model(torch.zeros(()), x) - target) ** 2).mean()
+            loss.backward()
+            opt.step()
+            first = float(loss) if first is None else first
+        assert float(loss) < 0.1 * first
+
+
+def test_shape_errors_say_what_is_expected():
+    model = _model(2)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
+        model(torch.zeros(()), (torch.zeros(3, 1, dtype=F64), torch.zeros(3, 1, dtype=F64)))
+    with pytest.raises(ValueError, match="2 \\* dim = 4"):
+        model(torch.zeros(()), torch.zeros(3, 3, dtype=F64))

@@ -1,0 +1,105 @@
+"""Algebraically reversible solvers and the reversible adjoint (McCallum & Foster 2024)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+F64 = torch.float64
+
+
+class MLPField(torch.nn.Module):
+    def __init__(self, dim: int = 3, hidden: int = 16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, dim))
+        self.to(F64)
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+def _gradient(field, y0, t, controller, sensitivity, step_t=()):
+    sol = hn.solve(
+        field, y0, t, solver=hn.Reversible(hn.Tsit5()), controller=controller, sensitivity=sensitivity, step_t=step_t
+    )
+    loss = (sol.ys**2).sum() + sol.ys[-1].sin().sum()
+    grads = torch.autograd.grad(loss, (y0, *field.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads]), sol
+
+
+def test_step_inverse_reconstructs_the_start_to_rounding():
+    field = MLPField()
+    solver = hn.Reversible(hn.Tsit5(), coupling=0.999)  # rounding grows like coupling^-n backwards
+    f = lambda t, y: field(t, y)  # noqa: E731
+    y = torch.randn(4, 3, dtype=F64)
+    state = solver.init(f, 0.0, y)
+    y0, z0 = y, state.z
+    t, dt, n = 0.0, 0.05, 200
+    with torch.no_grad():
+        for _ in range(n):
+            step = solver.step(f, t, y, state, dt)
+            state = solver.next_state(f, t + dt, step)
+            t, y = t + dt, step.y1
+        z = state.z
+        for _ in range(n):
+            y, z = solver.inverse(f, t, y, z, dt)
+            t -= dt
+    assert float((y - y0).abs().max()) < 1e-11 and float((z - z0).abs().max()) < 1e-11
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_reversible_adjoint_equals_direct_backprop(adaptive):
+    field = MLPField()
+    y0 = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)  # on the fixed grid: the direct solve steps there too
+    ctrl = hn.PIDController(rtol=1e-6, atol=1e-8) if adaptive else hn.ConstantStepSize(step_size=0.05)
+    step_t = t if adaptive else ()  # the adaptive direct solve then lands on the outputs, as the adjoint does
+    direct, sol_d = _gradient(field, y0, t, ctrl, hn.DirectBackprop(), step_t)
+    reversible, sol_r = _gradient(field, y0, t, ctrl, hn.ReversibleAdjoint())
+    assert sol_d.stats.n_accepted == sol_r.stats.n_accepted
+    torch.testing.assert_close(sol_r.ys, sol_d.ys, rtol=1e-13, atol=1e-13)
+    assert float((reversible - direct).norm() / direct.norm()) < 1e-10
+
+
+def test_order_is_the_base_methods():
+    y0 = torch.tensor([1.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    errors = []
+    for n in (10, 20, 40):
+        sol = hn.solve(
+            lambda t, y: -y * (1 + t),
+            y0,
+            t,
+            solver=hn.Reversible(hn.RK4Classic(), coupling=0.999),
+            controller=hn.ConstantStepSize(step_size=1 / n),
+        )
+        errors.append(abs(float(sol.ys[-1, 0]) - math.exp(-1.5)))
+    slope = math.log(errors[0] / errors[-1]) / math.log(4)
+    assert 3.7 < slope < 4.3, errors
+
+
+def test_odeint_adjoint_reversible_spelling_and_errors():
+    field = MLPField()
+    y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    ys = hn.odeint_adjoint(
+        field, y0, t, method="rk4", options={"step_size": 0.05}, adjoint_options={"reversible": True}
+    )
+    ys.sum().backward()
+    ref = y0.detach().clone().requires_grad_(True)
+    direct = hn.solve(field, ref, t, solver=hn.Reversible(hn.RK4()), controller=hn.ConstantStepSize(step_size=0.05)).ys
+    direct.sum().backward()
+    torch.testing.assert_close(y0.grad, ref.grad, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="coupling"):
+        hn.Reversible(hn.Tsit5(), coupling=0.0)
+    with pytest.raises(ValueError, match="explicit one-state method"):
+        hn.Reversible(hn.ImplicitEuler())
+    with pytest.raises(ValueError, match="needs solver=hn.Reversible"):
+        hn.solve(field, y0, t, solver=hn.Tsit5(), sensitivity=hn.ReversibleAdjoint())
+    with pytest.raises(ValueError, match="Unknown adjoint_options"):
+        hn.odeint_adjoint(field, y0, t, adjoint_options={"reversible": True, "norm2": 1})
