@@ -182,8 +182,26 @@ class PIDController(AbstractController):
         return min(dt * factor, self.max_step), new_state
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Root mean square of all elements: the default error norm (Hairer, Nørsett, Wanner, II.4)."""
+    """Root mean square of all elements: the default error norm (Hairer, Nørsett, Wanner, II.4).
+
+    Complex elements count by their magnitude (as torchdiffeq's norm); half-precision elements are
+    squared in float32, since float16's squares overflow from 256 on (the first-step heuristic's
+    ``y0 / tolerance`` is often larger), which made every float16 solve start with a zero step.
+
+    Args:
+        x: the tensor.
+
+    Returns:
+        A 0-d real tensor (float32 for half-precision input).
+    """
+    if x.is_complex():
+        x = x.abs()
+    if x.dtype in _HALF:
+        x = x.float()
     return x.pow(2).mean().sqrt()
 
 

@@ -252,7 +252,7 @@ def integrate_adaptive(
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(term, t, y, state, step)  # e.g. an implicit solver refreshes a Jacobian
         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
-        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step), last_nonfinite)
+        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
         if code != RUNNING:
             return failed(code, f"dt={dt:.3g}")
     stats.nfe = term.nfe
