@@ -102,3 +102,144 @@ def test_float16_with_tolerances_below_its_precision_says_so():
     with deadline(60), pytest.raises(SolverError, match="tolerances too tight for the dtype") as info:
         hn.odeint(decay, torch.ones(1, dtype=torch.float16), T01)
     assert "event" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4: an event search that finds nothing ends, with "event not found before ..."
+# ----------------------------------------------------------------------------------------------------
+
+
+def oscillator(t, y):
+    return torch.stack([y[1], -y[0]])
+
+
+def test_event_search_has_a_default_step_cap(monkeypatch):
+    # |y| stays 1, so y[0] - 2 never changes sign; the steps stay small: only a step cap ends it
+    from hybrid_node.loop import dispatch
+
+    assert dispatch.EVENT_MAX_STEPS < 2**31 - 1
+    monkeypatch.setattr(dispatch, "EVENT_MAX_STEPS", 200)
+    with deadline(60), pytest.raises(SolverError, match="event not found before t=.*max_num_steps=200") as info:
+        hn.odeint_event(oscillator, torch.tensor([1.0, 0.0]), torch.tensor(0.0), event_fn=lambda t, y: y[0] - 2.0)
+    assert info.value.status is Status.NO_EVENT
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_event_search_ends_at_t_end(reverse):
+    with deadline(60), pytest.raises(SolverError, match="event not found before t_end=") as info:
+        hn.odeint_event(
+            oscillator,
+            torch.tensor([1.0, 0.0]),
+            torch.tensor(1.0),
+            event_fn=lambda t, y: y[0] - 2.0,
+            t_end=-9.0 if reverse else 11.0,
+            reverse_time=reverse,
+        )
+    assert info.value.t == pytest.approx(-9.0 if reverse else 11.0)
+
+
+def test_event_before_t_end_is_found():
+    t_e, ys = hn.odeint_event(
+        oscillator, torch.tensor([1.0, 0.0]), torch.tensor(0.0), event_fn=lambda t, y: y[0], t_end=5.0
+    )
+    assert float(t_e) == pytest.approx(math.pi / 2, abs=1e-5)
+
+
+def test_fixed_grid_event_search_ends_at_t_end_and_at_its_cap():
+    with deadline(60), pytest.raises(SolverError, match="event not found before t=5") as info:
+        hn.odeint_event(
+            oscillator,
+            torch.tensor([1.0, 0.0]),
+            torch.tensor(0.0),
+            event_fn=lambda t, y: y[0] - 2.0,
+            method="rk4",
+            options={"step_size": 0.1},
+            t_end=5.0,
+        )
+    assert info.value.status is Status.NO_EVENT
+    with deadline(60), pytest.raises(SolverError, match=r"event not found before t=3\b.*30 steps"):
+        hn.odeint_event(
+            oscillator,
+            torch.tensor([1.0, 0.0]),
+            torch.tensor(0.0),
+            event_fn=lambda t, y: y[0] - 2.0,
+            method="rk4",
+            options={"step_size": 0.1, "max_num_steps": 30},
+        )
+
+
+@pytest.mark.parametrize("t_end", [-1.0, math.inf, "soon"])
+def test_invalid_t_end_is_named(t_end):
+    with pytest.raises((ValueError, TypeError), match="t_end"):
+        hn.odeint_event(
+            oscillator, torch.tensor([1.0, 0.0]), torch.tensor(0.0), event_fn=lambda t, y: y[0], t_end=t_end
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5: fixed-step solves have a step cap, checked before the solve starts
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_fixed_step_grid_longer_than_the_cap_is_refused_up_front():
+    with deadline(30), pytest.raises(ValueError, match=r"step_size=1e-13 .* 10,000,000,000,000 steps.*max_num_steps"):
+        hn.odeint(decay, torch.ones(1), T01, method="euler", options={"step_size": 1e-13})
+    with deadline(30), pytest.raises(ValueError, match="max_num_steps"):
+        hn.solve(decay, torch.ones(1), T01, solver=hn.Euler(), controller=hn.ConstantStepSize(step_size=1e-13))
+
+
+def test_fixed_step_cap_can_be_raised_and_lowered():
+    ys = hn.odeint(decay, torch.ones(1), T01, method="euler", options={"step_size": 1e-3, "max_num_steps": 1000})
+    assert float(ys[-1]) == pytest.approx(math.exp(-1), abs=1e-3)
+    with pytest.raises(ValueError, match="takes 1,000 steps, more than max_num_steps=999"):
+        hn.odeint(decay, torch.ones(1), T01, method="euler", options={"step_size": 1e-3, "max_num_steps": 999})
+    with pytest.raises(ValueError, match="max_num_steps must be a positive int"):
+        hn.ConstantStepSize(step_size=0.1, max_num_steps=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6: rtol = atol = 0 is an invalid tolerance, not a NaN state
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_zero_tolerances_are_refused_as_invalid():
+    with pytest.raises(ValueError, match="rtol and atol are both 0.*not a valid tolerance") as info:
+        hn.odeint(decay, torch.ones(1), T01, rtol=0, atol=0)
+    assert "NaN" not in str(info.value)
+    with pytest.raises(ValueError, match="rtol and atol are both 0 for some state elements"):
+        hn.odeint(decay, torch.ones(2), T01, rtol=torch.tensor([0.0, 1e-6]), atol=torch.tensor([0.0, 1e-8]))
+    # one of them zero is fine
+    ys = hn.odeint(decay, torch.ones(1, dtype=torch.float64), T01, rtol=1e-8, atol=0)
+    assert float(ys[-1]) == pytest.approx(math.exp(-1), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 13: a wrong options or event_fn result is named
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [0.1, [("step_size", 0.1)], "rk4"])
+def test_options_that_are_not_a_mapping_are_named(options):
+    with pytest.raises(TypeError, match="options must be a dict"):
+        hn.odeint(decay, torch.ones(1), T01, options=options)
+
+
+def test_adjoint_options_that_are_not_a_mapping_are_named():
+    with pytest.raises(TypeError, match="adjoint_options must be a dict"):
+        hn.odeint_adjoint(decay, torch.ones(1), T01, adjoint_options=0.1, adjoint_params=())
+
+
+def test_event_fn_returning_a_float_is_named():
+    with pytest.raises(TypeError, match="event_fn must return a tensor, got float"):
+        hn.odeint_event(decay, torch.ones(1), torch.tensor(0.0), event_fn=lambda t, y: 0.5 - float(y[0]))
+
+
+def test_event_fn_returning_nan_at_the_start_is_named():
+    # a NaN has no sign: before, every step "changed sign" and a wrong event was reported at once
+    with pytest.raises(ValueError, match="event_fn returned NaN at the start"):
+        hn.odeint_event(decay, torch.ones(1), torch.tensor(0.0), event_fn=lambda t, y: y * math.nan)
+
+
+def test_event_fn_returning_a_complex_tensor_is_named():
+    with pytest.raises(TypeError, match="event_fn must return a real tensor"):
+        hn.odeint_event(decay, torch.ones(1), torch.tensor(0.0), event_fn=lambda t, y: (y - 0.5) * 1j)
