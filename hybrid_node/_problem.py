@@ -12,6 +12,7 @@ import torch
 from ._term import Term, TupleLayout
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
+from .solvers.base import AbstractSolver
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -56,8 +57,11 @@ def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
     for i, y in enumerate(tensors):
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y0 must be a tensor or a tuple of tensors; element {i} is {type(y).__name__}.")
-        if not y.is_floating_point():
-            raise TypeError(f"y0 must have a floating dtype (float32 or float64), got {y.dtype}; use y0.float().")
+        if not (y.is_floating_point() or y.is_complex()):
+            raise TypeError(
+                f"y0 must have a floating or complex dtype (float32, float64, complex64 or complex128), got "
+                f"{y.dtype}; use y0.float() for integer or boolean data."
+            )
     if len({y.dtype for y in tensors}) > 1 or len({y.device for y in tensors}) > 1:
         raise TypeError("all tensors of a tuple state must share one dtype and one device.")
     for i, y in enumerate(tensors):
@@ -146,6 +150,13 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
     t = check_times(t)
     flat, layout = check_state(y0)
+    if flat.is_complex() and not (isinstance(solver, AbstractSolver) and not solver.implicit):
+        raise TypeError(
+            f"method {solver.name!r} does not integrate complex states ({flat.dtype}); the explicit methods "
+            "(dopri5, tsit5, bosh3, dopri8, rk4, euler, explicit_adams, ...) do. For this method, solve "
+            "the real system: torch.view_as_real(y0) as the state and a field that maps it with "
+            "torch.view_as_complex / torch.view_as_real."
+        )
     host = [float(x) for x in t.detach().cpu().double()]
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0

@@ -6,6 +6,7 @@ seconds instead of stalling the suite.
 
 from __future__ import annotations
 
+import cmath
 import contextlib
 import math
 import signal
@@ -243,3 +244,77 @@ def test_event_fn_returning_nan_at_the_start_is_named():
 def test_event_fn_returning_a_complex_tensor_is_named():
     with pytest.raises(TypeError, match="event_fn must return a real tensor"):
         hn.odeint_event(decay, torch.ones(1), torch.tensor(0.0), event_fn=lambda t, y: (y - 0.5) * 1j)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 14: complex states on the explicit methods (error norms on magnitudes), as torchdiffeq
+# ----------------------------------------------------------------------------------------------------
+
+A_COMPLEX = torch.tensor([[-0.1 + 1j, 0.3], [0.2j, -0.5 + 0.5j]], dtype=torch.complex128)
+
+
+def complex_field(t, y):
+    return y @ A_COMPLEX.T.to(y.dtype) + torch.cos(t).to(y.dtype)
+
+
+def real_field(t, y):
+    # the same system on torch.view_as_real(y): (..., 2, 2) real and imaginary parts
+    return torch.view_as_real(complex_field(t, torch.view_as_complex(y.contiguous())))
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dopri5", {}),
+        ("tsit5", {}),
+        ("bosh3", {}),
+        ("dopri8", {}),
+        ("rk4", {"step_size": 0.01}),
+        ("explicit_adams", {"step_size": 0.01}),
+        ("dopri5", {"device_loop": True}),
+    ],
+)
+def test_complex_state_matches_the_real_system(method, options):
+    t = torch.linspace(0.0, 3.0, 5, dtype=torch.float64)
+    y0 = torch.tensor([[1 + 0.5j, -0.2j]] * 3, dtype=torch.complex128)
+    ours = hn.odeint(complex_field, y0, t, method=method, options=options, rtol=1e-10, atol=1e-12)
+    assert ours.dtype == torch.complex128
+    real = hn.odeint(real_field, torch.view_as_real(y0), t, method="dopri5", rtol=1e-12, atol=1e-14)
+    tol = 1e-6 if "step_size" in options else 1e-8
+    assert torch.allclose(ours, torch.view_as_complex(real.contiguous()), atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_state_agrees_with_torchdiffeq(dtype):
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    t = torch.linspace(0.0, 3.0, 5, dtype=dtype.to_real())
+    y0 = torch.tensor([[1 + 0.5j, -0.2j]], dtype=dtype)
+    ours = hn.odeint(complex_field, y0, t, rtol=1e-6, atol=1e-8)
+    theirs = torchdiffeq.odeint(complex_field, y0, t, rtol=1e-6, atol=1e-8)
+    assert ours.dtype == dtype
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_complex_state_has_gradients_by_direct_backpropagation():
+    w = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    y0 = torch.tensor([1 + 0.5j], dtype=torch.complex128)
+    y1 = hn.odeint(lambda t, y: (w * 1j - 0.1) * y, y0, t, rtol=1e-10, atol=1e-12)[-1]
+    (grad,) = torch.autograd.grad(y1.real.sum(), w)
+    # y1 = y0 exp((i w - 0.1) t): d Re(y1) / dw = Re(i t y1)
+    exact = (1j * 2.0 * y0 * cmath.exp((0.7j - 0.1) * 2.0)).real.sum()
+    assert float(grad) == pytest.approx(float(exact), rel=1e-7)
+
+
+def test_complex_state_where_unsupported_is_refused_honestly():
+    y0 = torch.tensor([1 + 0.5j], dtype=torch.complex128)
+    for method in ("rodas4", "kvaerno5"):
+        with pytest.raises(TypeError, match="does not integrate complex states.*view_as_real") as info:
+            hn.odeint(complex_field, y0.expand(1, 2), T01.double(), method=method)
+        assert "y0.float()" not in str(info.value)
+    with pytest.raises(ValueError, match="per_sample does not integrate complex states"):
+        hn.odeint(complex_field, y0.expand(3, 2), T01.double(), options={"per_sample": True})
+    with pytest.raises(TypeError, match="direct backpropagation only"):
+        hn.odeint_adjoint(complex_field, y0.expand(1, 2), T01.double(), adjoint_params=())
+    with pytest.raises(TypeError, match="use y0.float\\(\\) for integer"):
+        hn.odeint(decay, torch.ones(1, dtype=torch.int64), T01)

@@ -48,6 +48,11 @@ def check_per_sample(problem, event_fn) -> None:
         raise ValueError("per_sample does not support events, jump_t or step_t; use the shared-step solver.")
     if problem.controller.norm is not None:
         raise ValueError("per_sample uses the per-sample RMS norm; a custom norm is not supported.")
+    if problem.y0.is_complex():
+        raise ValueError(
+            "per_sample does not integrate complex states; use the shared-step solver (per_sample=False), or "
+            "torch.view_as_real(y0) as a real state."
+        )
 
 
 def _rms_rows(x: torch.Tensor) -> torch.Tensor:
