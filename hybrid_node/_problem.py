@@ -59,7 +59,7 @@ def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
             raise TypeError(f"y0 must be a tensor or a tuple of tensors; element {i} is {type(y).__name__}.")
         if not (y.is_floating_point() or y.is_complex()):
             raise TypeError(
-                f"y0 must have a floating or complex dtype (float32, float64, complex64 or complex128), got "
+                f"y0 must have a floating dtype (float32, float64) or a complex one (complex64, complex128), got "
                 f"{y.dtype}; use y0.float() for integer or boolean data."
             )
     if len({y.dtype for y in tensors}) > 1 or len({y.device for y in tensors}) > 1:
