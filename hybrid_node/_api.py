@@ -12,7 +12,7 @@ import torch
 from ._backend import resolve_backend
 from ._errors import BackendError
 from ._problem import Problem, make_problem
-from ._registry import build_solver, method_list
+from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
@@ -40,6 +40,7 @@ def solve(
     step_t: Sequence[float] = (),
     t_dtype: torch.dtype | None = None,
     throw: bool = True,
+    event_t_end: float | None = None,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from y(t[0]) = y0 and return the states at every time in ``t``.
 
@@ -60,6 +61,8 @@ def solve(
         t_dtype: dtype of the time tensor handed to ``func`` (default: t's dtype).
         throw: raise SolverError on failure (default); False returns the solution with its status and NaN
             at the times not reached.
+        event_t_end: with ``event_fn``, the time where the event search gives up (NO_EVENT); without
+            it the search ends after ``max_num_steps`` steps (100,000 unless set).
 
     Returns:
         Solution with ``ys`` of shape (len(t), *y0.shape) (tuple for tuple states), ``stats`` and ``status``.
@@ -91,7 +94,16 @@ def solve(
         )
     if isinstance(controller, PIDController):
         solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
-    problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
+    if event_t_end is not None and event_fn is None:
+        raise ValueError("event_t_end ends an event search; it needs an event_fn (or leave it out).")
+    problem = make_problem(
+        func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t, event_t_end=event_t_end
+    )
+    if problem.y0.is_complex() and not isinstance(sensitivity, DirectBackprop):
+        raise TypeError(
+            f"complex states get gradients by direct backpropagation only, not by {type(sensitivity).__name__}; "
+            "use odeint (DirectBackprop), or solve the real system torch.view_as_real(y0) with the adjoint."
+        )
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
 
 
@@ -133,6 +145,8 @@ def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, e
         rtol, atol = PIDController.rtol, PIDController.atol
         if controller.step_size is not None:
             options["step_size"] = controller.step_size
+        if controller.max_num_steps != ConstantStepSize.max_num_steps:
+            options["max_num_steps"] = controller.max_num_steps
     return julia_backend.solve(
         func,
         y0,
@@ -168,7 +182,8 @@ def odeint(
         method: solver name (default "dopri5"); ``hybrid_node.METHODS`` says which backend has which.
             Torch backend: <torch methods>. Julia backend (any case, also OrdinaryDiffEq's names):
             <julia methods>.
-        options: method options (torchdiffeq's names: step_size, first_step, max_num_steps, jump_t, ...).
+        options: a dict of method options (torchdiffeq's names: step_size, first_step, max_num_steps,
+            jump_t, ...); with ``event_fn`` also ``event_t_end``, the time where the event search gives up.
         event_fn: terminal event; then returns ``(event_t, solution)`` as torchdiffeq does.
         backend: "torch" or "julia"; default the process default.
 
@@ -192,6 +207,7 @@ odeint.__doc__ = odeint.__doc__.replace("<torch methods>", method_list("torch"))
 
 def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params):
     """What odeint and odeint_adjoint share: map the torchdiffeq-style call to a backend's solve."""
+    check_options(options, "options")
     if resolve_backend(backend) == "julia":
         if event_fn is not None:
             raise BackendError("events are only available on the torch backend; use backend='torch'.")
@@ -220,6 +236,7 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensiti
         jump_t=extras.get("jump_t", ()),
         step_t=extras.get("step_t", ()),
         t_dtype=extras.get("t_dtype"),
+        event_t_end=extras.get("event_t_end"),
     )
     return (sol.t_final, sol.ys) if event_fn is not None else sol.ys
 
@@ -232,21 +249,36 @@ def odeint_event(
     event_fn: Callable,
     reverse_time: bool = False,
     odeint_interface: Callable = odeint,
+    t_end: float | None = None,
     **kwargs,
 ):
     """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
 
+    The search is bounded: it gives up at ``t_end`` when given, else after ``max_num_steps`` steps
+    (``options={'max_num_steps': ...}``; 100,000 unless set), and then raises a SolverError with
+    status NO_EVENT that says where it stopped ("event not found before t=...").
+
     Args:
         func, y0: the field and initial state.
         t0: start time (scalar tensor or float).
-        event_fn: terminal event function.
+        event_fn: terminal event function; it must return a tensor built from ``t`` and ``y``.
         reverse_time: integrate towards decreasing time.
         odeint_interface: ``odeint`` or ``odeint_adjoint``.
+        t_end: the time where the search gives up (after t0; before it with ``reverse_time``);
+            passed to the interface as ``options['event_t_end']``.
         **kwargs: passed to the interface (rtol, atol, method, options, ...).
 
     Returns:
         ``(event_t, solution)``: the event time and the states at t0 and at the event.
+
+    Raises:
+        SolverError: no event was found (status NO_EVENT), or the solve failed.
+        TypeError, ValueError: invalid inputs, e.g. an ``event_fn`` that returns a Python float.
     """
+    if t_end is not None:
+        options = dict(check_options(kwargs.get("options"), "options"))
+        options["event_t_end"] = t_end  # checked (a number after t0) when the problem is made
+        kwargs["options"] = options
     t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype).reshape(-1)
     direction = -1.0 if reverse_time else 1.0
     t = torch.cat([t0, t0.detach() + direction])
@@ -360,7 +392,7 @@ def odeint_adjoint(
             "func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "
             "the tensors to differentiate (an empty tuple if none)."
         )
-    adj_opts = dict(adjoint_options or {})
+    adj_opts = dict(check_options(adjoint_options, "adjoint_options"))
     norm = adj_opts.pop("norm", "default")
     if not isinstance(norm, str):
         raise ValueError("adjoint_options['norm'] must be 'default' or 'seminorm'.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,8 +57,11 @@ def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
     for i, y in enumerate(tensors):
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y0 must be a tensor or a tuple of tensors; element {i} is {type(y).__name__}.")
-        if not y.is_floating_point():
-            raise TypeError(f"y0 must have a floating dtype (float32 or float64), got {y.dtype}; use y0.float().")
+        if not (y.is_floating_point() or y.is_complex()):
+            raise TypeError(
+                f"y0 must have a floating dtype (float32, float64) or a complex one (complex64, complex128), got "
+                f"{y.dtype}; use y0.float() for integer or boolean data."
+            )
     if len({y.dtype for y in tensors}) > 1 or len({y.device for y in tensors}) > 1:
         raise TypeError("all tensors of a tuple state must share one dtype and one device.")
     for i, y in enumerate(tensors):
@@ -99,7 +103,8 @@ class Problem:
         func: the user's field; y0: flat initial state; layout: tuple layout or None; t: output times
         as given; ts: increasing host floats (negated when ``reverse``); solver, controller: settings;
         rtol, atol: tolerances (float or tensor on the flat state); norm: error norm on the flat state;
-        jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func.
+        jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func;
+        event_t_end: where an event search gives up (solver time), None: no end time.
     """
 
     func: Callable
@@ -116,6 +121,7 @@ class Problem:
     jump_t: Sequence[float] = ()
     step_t: Sequence[float] = ()
     t_dtype: torch.dtype = torch.float64
+    event_t_end: float | None = None
 
     def term(self, func: Callable | None = None) -> Term:
         return Term(self.func if func is None else func, self.y0, self.t_dtype, self.layout, self.reverse)
@@ -125,8 +131,21 @@ class Problem:
         return ys if self.layout is None else self.layout.unflatten(ys)
 
 
-def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), step_t=()) -> Problem:
-    """Validate and normalise one solve's inputs."""
+def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), step_t=(), event_t_end=None) -> Problem:
+    """Validate and normalise one solve's inputs.
+
+    Args:
+        func, y0, t, solver, controller: as :func:`hybrid_node.solve`.
+        t_dtype: dtype of the time handed to ``func`` (None: t's).
+        jump_t, step_t: times where steps must end.
+        event_t_end: the time where an event search gives up (None: no end time).
+
+    Returns:
+        The :class:`Problem`.
+
+    Raises:
+        TypeError, ValueError: an invalid input (the message says how to fix it).
+    """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
     t = check_times(t)
@@ -137,6 +156,13 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             "returns (dq/dt, dp/dt); pass y0 as a pair, or use a method such as 'rk4' (or 'implicit_midpoint' "
             "/ 'gl4', symplectic for any Hamiltonian)."
         )
+    if flat.is_complex() and not (isinstance(solver, AbstractSolver) and not solver.implicit):
+        raise TypeError(
+            f"method {solver.name!r} does not integrate complex states ({flat.dtype}); the explicit methods "
+            "(dopri5, tsit5, bosh3, dopri8, rk4, euler, explicit_adams, ...) do. For this method, solve "
+            "the real system: torch.view_as_real(y0) as the state and a field that maps it with "
+            "torch.view_as_complex / torch.view_as_real."
+        )
     host = [float(x) for x in t.detach().cpu().double()]
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0
@@ -146,6 +172,12 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
     if isinstance(controller, PIDController):
         rtol = _tolerance(controller.rtol, layout, flat)
         atol = _tolerance(controller.atol, layout, flat)
+        if bool(torch.any(torch.as_tensor(rtol) + torch.as_tensor(atol) == 0)):  # per element
+            raise ValueError(
+                "rtol and atol are both 0 for some state elements, which is not a valid tolerance: their error "
+                "is measured against atol + rtol * |y|, so no step could pass the error test. Give each element "
+                "a positive rtol or atol."
+            )
         if controller.norm is not None:
             user = controller.norm
             norm = user if layout is None else (lambda x: user(layout.unflatten(x)))
@@ -154,6 +186,19 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             norm = lambda x: torch.stack([_rms(x[..., s]) for s in parts]).max()  # noqa: E731
     if t_dtype is None:
         t_dtype = t.dtype
+    end = None
+    if event_t_end is not None:
+        try:
+            end = sgn * float(event_t_end)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(  # noqa: B904 - the conversion error adds nothing
+                f"t_end must be a number (the time where the event search gives up), got {type(event_t_end).__name__}."
+            )
+        if not (math.isfinite(end) and end > ts[0]):
+            raise ValueError(
+                f"t_end={float(event_t_end):g} must be a finite time after t0={host[0]:g} in the direction of "
+                "integration (before t0 with reverse_time=True)."
+            )
     return Problem(
         func,
         flat,
@@ -169,4 +214,5 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
         tuple(sorted(sgn * float(x) for x in jump_t)),
         tuple(sorted(sgn * float(x) for x in step_t)),
         t_dtype,
+        end,
     )

@@ -36,7 +36,7 @@ ADAPTIVE_OPTIONS = (
     "sync_every",
 )
 _SHOWN = {"torch": "torch", "julia": "Julia"}  # backend names as the messages write them
-FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile")
+FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile", "max_num_steps")
 
 
 def method_spec(method: str, backend: str) -> MethodSpec:
@@ -102,6 +102,29 @@ def methods_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def check_options(options: Any, name: str) -> Mapping[str, Any]:
+    """``options`` as a mapping (None: empty), or a TypeError that names the argument.
+
+    Args:
+        options: what the caller passed as ``name``.
+        name: the argument's name, for the message ("options", "adjoint_options").
+
+    Returns:
+        The mapping.
+
+    Raises:
+        TypeError: ``options`` is not a mapping (e.g. ``options=0.1`` meant as a step size).
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"{name} must be a dict of option names to values, such as {{'step_size': 0.1}} or "
+            f"{{'max_num_steps': 1000}}, got {type(options).__name__} {options!r}."
+        )
+    return options
+
+
 def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
     """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
 
@@ -118,7 +141,8 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
         BackendError: the method exists on the Julia backend only (a ValueError too).
     """
     method = "dopri5" if method is None else method
-    options = dict(options or {})
+    options = dict(check_options(options, "options"))
+    event_t_end = options.pop("event_t_end", None)
     spec = method_spec(method, "torch")
     solver_keys = spec.options
     solver_kwargs = {k: options.pop(k) for k in solver_keys if k in options}
@@ -137,7 +161,7 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
         # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given; methods without a
         # fixed-step variant return themselves and the step options are reported as unknown below
         solver = solver.fixed_steps()
-    extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": ()}
+    extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": (), "event_t_end": event_t_end}
     if options.pop("compile", False):
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:

@@ -45,12 +45,20 @@ class ConstantStepSize(AbstractController):
         interp: how outputs between grid points are obtained: "linear" or "cubic" (Hermite).
         perturb: evaluate the field just after the start and just before the end of each step (for
             fields with jumps at grid points); passes ``perturb=`` to the user's function.
+        max_num_steps: the most steps a ``step_size`` grid may have; a longer one is refused before
+            the solve starts (``step_size=1e-13`` on [0, 1] would otherwise run for days). An event
+            search on a fixed grid stops after this many steps, or after ``EVENT_MAX_STEPS`` of
+            :mod:`hybrid_node.loop.dispatch` while this is left at its default.
+
+    Raises:
+        ValueError: an invalid setting (the message names it).
     """
 
     step_size: float | None = None
     grid_constructor: Callable | None = None
     interp: str = "linear"
     perturb: bool = False
+    max_num_steps: int = 10**6
 
     def __post_init__(self):
         if self.step_size is not None and self.grid_constructor is not None:
@@ -59,13 +67,27 @@ class ConstantStepSize(AbstractController):
             raise ValueError(f"step_size must be a positive finite number, got {self.step_size!r}.")
         if self.interp not in ("linear", "cubic"):
             raise ValueError(f"interp must be 'linear' or 'cubic', got {self.interp!r}.")
+        if isinstance(self.max_num_steps, bool) or not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
+            raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
 
     def init(self) -> None:
         """Fixed steps keep no state between steps."""
         return None
 
     def grid(self, func, y0, t: torch.Tensor) -> list:
-        """The grid of step end points (host floats), from t[0] to t[-1] inclusive, increasing."""
+        """The grid of step end points (host floats), from t[0] to t[-1] inclusive, increasing.
+
+        Args:
+            func, y0: passed to ``grid_constructor``.
+            t: the output times (increasing).
+
+        Returns:
+            The grid: the output times, the ``grid_constructor``'s, or ``step_size`` apart.
+
+        Raises:
+            ValueError: a ``grid_constructor`` grid that does not run from t[0] to t[-1], or a
+                ``step_size`` grid of more than ``max_num_steps`` steps.
+        """
         t0, t1 = float(t[0]), float(t[-1])
         if self.grid_constructor is not None:
             g = self.grid_constructor(func, y0, t)
@@ -77,6 +99,12 @@ class ConstantStepSize(AbstractController):
             return [float(x) for x in t]
         h = float(self.step_size)
         n = max(1, math.ceil((t1 - t0) / h - 1e-9))
+        if n > self.max_num_steps:
+            raise ValueError(
+                f"step_size={h:g} over an interval of length {t1 - t0:g} takes {n:,} steps, more than "
+                f"max_num_steps={self.max_num_steps:,}; use a larger step_size (or an adaptive method such as "
+                f"'dopri5'), or allow them with options={{'max_num_steps': {n}}}."
+            )
         grid = [t0 + i * h for i in range(n)] + [t1]
         return grid
 
@@ -139,6 +167,12 @@ class PIDController(AbstractController):
             )
             if any(not (isinstance(x, (int, float)) and x >= 0 and math.isfinite(x)) for x in values):
                 raise ValueError(f"{name} must be finite and non-negative, got {v!r}.")
+        if _is_zero(self.rtol) and _is_zero(self.atol):
+            raise ValueError(
+                "rtol and atol are both 0, which is not a valid tolerance: every step's error is measured "
+                "against atol + rtol * |y|, so no step could pass the error test. Give a positive rtol or atol "
+                "(e.g. rtol=1e-7, atol=1e-9), or use a fixed-step method with options={'step_size': ...}."
+            )
         if not 0 < self.safety <= 1:
             raise ValueError(f"safety must be in (0, 1], got {self.safety}.")
         if not (self.ifactor >= 1 and 0 < self.dfactor <= 1):
@@ -182,8 +216,31 @@ class PIDController(AbstractController):
         return min(dt * factor, self.max_step), new_state
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _is_zero(tol) -> bool:
+    """Whether a scalar tolerance is 0 (tensor and tuple tolerances are checked per element by the solve)."""
+    return isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol == 0
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Root mean square of all elements: the default error norm (Hairer, Nørsett, Wanner, II.4)."""
+    """Root mean square of all elements: the default error norm (Hairer, Nørsett, Wanner, II.4).
+
+    Complex elements count by their magnitude (as torchdiffeq's norm); half-precision elements are
+    squared in float32, since float16's squares overflow from 256 on (the first-step heuristic's
+    ``y0 / tolerance`` is often larger), which made every float16 solve start with a zero step.
+
+    Args:
+        x: the tensor.
+
+    Returns:
+        A 0-d real tensor (float32 for half-precision input).
+    """
+    if x.is_complex():
+        x = x.abs()
+    if x.dtype in _HALF:
+        x = x.float()
     return x.pow(2).mean().sqrt()
 
 

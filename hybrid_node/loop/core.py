@@ -127,8 +127,11 @@ class StepControl:
     Attributes:
         e1, e2, e3: exponents of the PID formula, -b1/k, -b2/k, -b3/k with k = error order + 1.
         safety, ifactor, dfactor, min_step, max_step, max_num_steps: the controller's settings.
-        t_limit: the largest |t| whose step coefficients cannot overflow the state's dtype.
+        t_limit: the largest |t| a solve without an end time (an event solve) may reach (see
+            :func:`time_limit`).
         attempts: attempts per run of the device loop (``sync_every``; unused by the other loops).
+        eps: the machine epsilon of the state's (real) dtype: the step floor's resolution (see
+            :func:`step_floor`).
     """
 
     e1: float
@@ -142,6 +145,7 @@ class StepControl:
     max_num_steps: int
     t_limit: float
     attempts: int = 1
+    eps: float = _EPS
 
     @staticmethod
     def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int = 1) -> StepControl:
@@ -150,8 +154,12 @@ class StepControl:
         Args:
             controller: the PID settings.
             error_order: the order q of the method's error estimate (k = q + 1 in the exponents).
-            dtype: the state's dtype (sets ``t_limit``).
+            dtype: the state's dtype (sets ``t_limit`` and ``eps``; complex dtypes count as their real
+                and imaginary parts' dtype).
             attempts: attempts per device run.
+
+        Returns:
+            The constants, with ``eps`` and ``t_limit`` from ``dtype`` rather than from float64.
         """
         return StepControl(
             *controller.exponents(error_order),
@@ -161,9 +169,27 @@ class StepControl:
             float(controller.min_step),
             float(controller.max_step),
             int(controller.max_num_steps),
-            1e-6 * torch.finfo(dtype).max,
+            time_limit(dtype),
             int(attempts),
+            float(torch.finfo(dtype.to_real()).eps),
         )
+
+
+def time_limit(dtype: torch.dtype) -> float:
+    """The largest |t| a solve without an end time may reach before it reports that no event was found.
+
+    ``1e-6`` of the largest finite number, so that a step's coefficients (``dt`` times the stage
+    derivatives) stay finite; taken at least from float32's range, because float16's (65504) would
+    end every solve at t = 0.066 although its times are float32 or wider (an overflow of a float16
+    state is caught by the error test, which rejects a non-finite step).
+
+    Args:
+        dtype: the state's dtype (a complex dtype counts as its real dtype).
+
+    Returns:
+        The limit, a host float.
+    """
+    return 1e-6 * max(torch.finfo(dtype.to_real()).max, torch.finfo(torch.float32).max)
 
 
 def landing(xp, t, dt, stop, max_step: float, stretch: float = _STRETCH):
@@ -212,15 +238,26 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
     return xp.minimum(dt * factor, c.max_step), xp.where(accepted, r, r1), xp.where(accepted, r1, r2)
 
 
-def step_floor(xp, t, min_step: float):
-    """The smallest step that still moves ``t``: ``max(min_step, 4 eps max(1, |t|))``.
+def step_floor(xp, t, min_step: float, eps: float = _EPS):
+    """The smallest step the solve may take: ``max(min_step, 4 eps max(1, |t|))``.
+
+    ``eps`` is the state dtype's machine epsilon (:attr:`StepControl.eps`), not float64's: the
+    float64 host time still moves by steps far below float32's resolution, but a float32 state
+    does not, so with float64's floor a float32 solve that overflows crept on forever with steps
+    that leave the state unchanged (an accepted no-op, then a rejected overflow, and again)
+    instead of reporting the non-finite state; the same floor ends a float64 solve at the float64
+    overflow.
 
     Args:
         xp: the array namespace.
         t: the current time.
         min_step: the controller's lower bound.
+        eps: the machine epsilon the floor is relative to (default float64's).
+
+    Returns:
+        The floor, in ``xp``'s kind (host float or tensor).
     """
-    return xp.maximum(4 * _EPS * xp.maximum(abs(t), 1.0), min_step)
+    return xp.maximum(4 * eps * xp.maximum(abs(t), 1.0), min_step)
 
 
 def precheck(xp, c: StepControl, n_attempts, t, dt):

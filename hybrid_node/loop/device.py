@@ -226,7 +226,7 @@ def attempt(
     last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))
     dt, r1, r2 = core.propose(TENSOR, c, step_dt, ratio, accepted, s.r1, s.r2)
     done = accepted & (i_out >= tables.ts.shape[0])
-    floor = core.step_floor(TENSOR, t, c.min_step)
+    floor = core.step_floor(TENSOR, t, c.min_step, c.eps)
     status = torch.where(active, core.settle(TENSOR, done, dt, floor, last_nonfinite), status)
     return LoopState(
         t=t,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -10,12 +12,69 @@ from .._errors import SolverError, Status
 from .._problem import Problem, all_finite
 from .._solution import Solution
 from .._term import Term
-from ..controllers import ConstantStepSize
+from ..controllers import ConstantStepSize, PIDController
 from .device import check_device_loop, integrate_device
 from .host import Integration, integrate_adaptive, integrate_fixed
 from .per_sample import check_per_sample, integrate_per_sample
 
-MAX_EVENT_GRID_STEPS = 10**6  # a fixed-grid event solve gives up after this many steps
+#: an event search stops after this many steps unless ``max_num_steps`` is given: an event that never
+#: happens would otherwise run on for the controller's default of 2**31 - 1 steps (days)
+EVENT_MAX_STEPS = 10**5
+MAX_EVENT_GRID_STEPS = EVENT_MAX_STEPS  # the old name, for a fixed-grid event search
+
+
+class CheckedEvent:
+    """``event_fn`` with its results checked, so a wrong one is named instead of failing inside the loop.
+
+    Args:
+        event_fn: the user's terminal event function ``event_fn(t, y)``.
+
+    Raises (when called):
+        TypeError: ``event_fn`` returned something other than a real tensor (a Python float, a
+            complex or bool tensor), which the sign test cannot use.
+        ValueError: its first value (at the start of the solve) is NaN: a NaN has no sign, so it
+            would report an event at once.
+    """
+
+    def __init__(self, event_fn: Callable):
+        self.event_fn = event_fn
+        self.checked = False
+
+    def __call__(self, t: torch.Tensor, y):
+        g = self.event_fn(t, y)
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(
+                f"event_fn must return a tensor, got {type(g).__name__}; build it from t and y with torch "
+                "operations (e.g. return y[..., 0] - 1.0, not float(y[0]) - 1.0), so the event time can be "
+                "located and differentiated."
+            )
+        if not self.checked:
+            if g.is_complex() or g.dtype == torch.bool:
+                raise TypeError(
+                    f"event_fn must return a real tensor whose sign change marks the event, got dtype {g.dtype}."
+                )
+            if bool(torch.isnan(g).any()):
+                raise ValueError(
+                    f"event_fn returned NaN at the start of the solve (t={float(t):g}); a NaN has no sign, so no "
+                    "event could be located. Check event_fn at the initial state."
+                )
+            self.checked = True
+        return g
+
+
+def _event_cap(max_num_steps: int, default: int) -> int:
+    """The step cap of an event search: the controller's when given, else :data:`EVENT_MAX_STEPS`."""
+    return EVENT_MAX_STEPS if max_num_steps == default else max_num_steps
+
+
+def _event_grid(ts: Sequence[float], h: float, cap: int, end: float | None) -> Iterator[float]:
+    """The grid of a fixed-step event search: ``h`` apart from ts[0], at most ``cap`` steps, ending at ``end``."""
+    for k in range(cap + 1):
+        t = ts[0] + k * h
+        if end is not None and t >= end:
+            yield end
+            return
+        yield t
 
 
 def integrate(
@@ -28,13 +87,36 @@ def integrate(
     dense: bool = False,
     throw: bool = True,
 ) -> Integration:
-    """Run the loop that fits the problem's controller on the given term, state and times."""
+    """Run the loop that fits the problem's controller on the given term, state and times.
+
+    An event search (``event_fn``) is bounded: it ends at ``problem.event_t_end`` when given, and
+    after ``max_num_steps`` steps (:data:`EVENT_MAX_STEPS` unless the controller sets it), with a
+    NO_EVENT failure that says where the search stopped.
+
+    Args:
+        problem: the validated problem.
+        term, y0, ts: the field, the flat initial state and the increasing output times (solver time).
+        event_fn: terminal event function, or None.
+        dense: keep every step's interpolant.
+        throw: raise SolverError on failure, else report the status.
+
+    Returns:
+        The loop's :class:`Integration`.
+
+    Raises:
+        SolverError: the solve failed (with ``throw``); ValueError, TypeError: settings the loop cannot
+            serve, or an event function whose result is not a real tensor.
+    """
     ctrl = problem.controller
+    if event_fn is not None and not isinstance(event_fn, CheckedEvent):
+        event_fn = CheckedEvent(event_fn)
     if isinstance(ctrl, ConstantStepSize):
+        grid: Iterable[float]
         if event_fn is not None:
             if ctrl.step_size is None:
                 raise ValueError("an event solve on a fixed grid needs options={'step_size': ...}.")
-            grid: Iterable[float] = (ts[0] + k * float(ctrl.step_size) for k in range(MAX_EVENT_GRID_STEPS))
+            cap = _event_cap(ctrl.max_num_steps, ConstantStepSize.max_num_steps)
+            grid = _event_grid(ts, float(ctrl.step_size), cap, problem.event_t_end)
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
@@ -52,6 +134,8 @@ def integrate(
         return integrate_per_sample(
             term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, throw=throw
         )
+    if event_fn is not None:
+        ctrl = dataclasses.replace(ctrl, max_num_steps=_event_cap(ctrl.max_num_steps, PIDController.max_num_steps))
     return integrate_adaptive(
         term,
         problem.solver,
@@ -64,6 +148,7 @@ def integrate(
         jump_t=problem.jump_t,
         step_t=problem.step_t,
         event_fn=event_fn,
+        event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
         dense=dense,
         throw=throw,
     )

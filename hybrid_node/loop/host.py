@@ -152,6 +152,7 @@ def integrate_adaptive(
     jump_t: Sequence[float] = (),
     step_t: Sequence[float] = (),
     event_fn=None,
+    event_end: float = math.inf,
     dense: bool = False,
     throw: bool = True,
     at_output: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
@@ -169,6 +170,8 @@ def integrate_adaptive(
         jump_t: times where the field may jump: steps end there and the derivative is re-evaluated.
         step_t: times where steps must end (no re-evaluation).
         event_fn: terminal event ``event_fn(t, y)``: the solve stops where any element changes sign.
+        event_end: where an event search gives up (solver time; default: no end). An event search
+            that reaches it, runs out of ``max_num_steps`` or of the dtype's times fails with NO_EVENT.
         dense: keep every step's interpolant (for dense output and events).
         throw: raise SolverError on failure, else report the status.
         at_output: ``at_output(i, y) -> y_new``, an impulse at the inner output times ts[i]
@@ -200,7 +203,10 @@ def integrate_adaptive(
     n_attempts = 0
     last_nonfinite = False
     sign0 = torch.sign(event_fn(term.time(t), y)) if event_fn is not None else None
-    t_stop = math.inf if event_fn is not None else t_end
+    t_stop = event_end if event_fn is not None else t_end
+
+    def user_t(s: float) -> float:
+        return -s if term.reverse else s
 
     def failed(code: int, detail: str) -> Integration:
         status = core.STATUS[code]
@@ -211,7 +217,16 @@ def integrate_adaptive(
     while (i_out < len(ts)) if event_fn is None else True:
         code = core.precheck(FLOAT, c, n_attempts, t, dt)  # NO_EVENT: only an event solve has no end
         if code != RUNNING:
-            return failed(code, f"max_num_steps={controller.max_num_steps}" if code == core.MAX_STEPS else "")
+            if event_fn is None:
+                return failed(code, f"max_num_steps={controller.max_num_steps}" if code == core.MAX_STEPS else "")
+            if code == core.MAX_STEPS:
+                return failed(
+                    core.NO_EVENT,
+                    f"event not found before t={user_t(t):.6g}: the search stopped after max_num_steps="
+                    f"{controller.max_num_steps} steps; give odeint_event a t_end, or raise options['max_num_steps'] "
+                    "if the event lies further on",
+                )
+            return failed(code, f"event not found before t={user_t(t):.6g}, beyond which the steps would overflow")
         n_attempts += 1
         while stop_i < len(stops) and stops[stop_i] <= t:
             stop_i += 1
@@ -254,12 +269,14 @@ def integrate_adaptive(
             last_nonfinite = False
             if t >= t_end and event_fn is None:
                 break
+            if event_fn is not None and t >= t_stop:
+                return failed(core.NO_EVENT, f"event not found before t_end={user_t(t_stop):.6g}")
         else:
             stats.n_rejected += 1
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(term, t, y, state, step)  # e.g. an implicit solver refreshes a Jacobian
         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
-        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step), last_nonfinite)
+        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
         if code != RUNNING:
             return failed(code, f"dt={dt:.3g}")
     stats.nfe = term.nfe
@@ -351,5 +368,10 @@ def integrate_fixed(
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
     if event_fn is not None:
-        raise SolverError(Status.NO_EVENT, -t1 if term.reverse else t1, "no event on the whole fixed grid")
+        raise SolverError(
+            Status.NO_EVENT,
+            -t1 if term.reverse else t1,
+            f"event not found before t={-t1 if term.reverse else t1:.6g}, the end of the fixed grid "
+            f"({stats.n_accepted} steps); give odeint_event a later t_end or raise options['max_num_steps']",
+        )
     return Integration(ys, stats, Status.SUCCESS, ts[-1], segments)

@@ -48,10 +48,25 @@ def check_per_sample(problem, event_fn) -> None:
         raise ValueError("per_sample does not support events, jump_t or step_t; use the shared-step solver.")
     if problem.controller.norm is not None:
         raise ValueError("per_sample uses the per-sample RMS norm; a custom norm is not supported.")
+    if problem.y0.is_complex():
+        raise ValueError(
+            "per_sample does not integrate complex states; use the shared-step solver (per_sample=False), or "
+            "torch.view_as_real(y0) as a real state."
+        )
 
 
 def _rms_rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
+    """The RMS of each row (first dimension) of ``x``, as :func:`~hybrid_node.controllers.rms_norm` per element.
+
+    Complex elements count by magnitude; half-precision ones are squared in float32 (float16's
+    squares overflow from 256 on).
+    """
+    x = x.reshape(x.shape[0], -1)
+    if x.is_complex():
+        x = x.abs()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return x.pow(2).mean(1).sqrt()
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -189,7 +204,7 @@ def integrate_per_sample(
             break
         with torch.no_grad():
             # an element rejected with a non-finite ratio is the per-element ``last_nonfinite``
-            code = core.settle(TENSOR, t >= t_end, dt, core.step_floor(TENSOR, t, c.min_step), ~finite & ~accept)
+            code = core.settle(TENSOR, t >= t_end, dt, core.step_floor(TENSOR, t, c.min_step, c.eps), ~finite & ~accept)
             bad, nonfinite = torch.stack([(code > core.SUCCESS).any(), (code == core.NONFINITE).any()]).tolist()
         if bad:
             status = Status.NONFINITE if nonfinite else Status.STEP_UNDERFLOW

@@ -32,12 +32,17 @@ DOPRI8_TABLEAU = ButcherTableau(
 _E3 = tuple(float(x) for x in _dop.E3)
 
 
+def _mean_square(x: torch.Tensor) -> torch.Tensor:
+    """The mean of |x|^2 (magnitudes for a complex state, so the estimate's weight is real)."""
+    return (x.abs() if x.is_complex() else x).pow(2).mean()
+
+
 def _combined_error(dt: float, ks):
     """DOP853's error estimate: err5 * |err5| / sqrt(|err5|^2 + 0.01 |err3|^2), norms taken as RMS."""
     err5 = linear_combination(None, dt, _E5, ks)
     err3 = linear_combination(None, dt, _E3, ks)
-    n5 = err5.pow(2).mean()
-    n3 = err3.pow(2).mean()
+    n5 = _mean_square(err5)
+    n3 = _mean_square(err3)
     denom = (n5 + 0.01 * n3).sqrt()
     return err5 * torch.where(denom > 0, n5.sqrt() / denom, torch.ones_like(denom))
 
