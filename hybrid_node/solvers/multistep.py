@@ -70,6 +70,9 @@ _LU_DRIFT = 0.3  # refactor when l0 h moved more than this fraction from the fac
 _ADAMS_STABILITY = (0.5, 0.575, 0.55, 0.45, 0.35, 0.25, 0.2, 0.15, 0.1, 0.075, 0.05, 0.025)
 _SWITCH_RATIO = 5.0  # BDF must promise this much longer steps before LSODA leaves Adams
 _SWITCH_WAIT = 20  # steps between two LSODA switches
+# Adams steps in a row at 90% of the stability bound that make LSODA switch to BDF in any case: there
+# the error estimate carries the weakly damped stiff mode, so the BDF step predicted from it is too short
+_LIMITED_STEPS = 10
 
 
 def _adams_lambda(q: int) -> Polynomial:
@@ -204,6 +207,7 @@ class NordsieckState:
         n_fail: consecutive rejected attempts.
         rho: the last stiffness estimate (a bound on the Jacobian's spectral radius; LSODA).
         since_switch: steps since the last switch of family (LSODA).
+        n_limited: Adams steps in a row limited by the stability bound (LSODA).
     """
 
     z: torch.Tensor
@@ -219,6 +223,7 @@ class NordsieckState:
     n_fail: int = 0
     rho: float = 0.0
     since_switch: int = 0
+    n_limited: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,10 +387,25 @@ class Nordsieck(AbstractSolver):
             rho=rho,
             since_switch=s.since_switch + 1,
         )
-        if n_same < q + 1:  # hold the step: the estimates at other orders need equal spacing
-            return new
         err = _rms(fam.const[q] * step.e, ewt)
         r_same = _factor(err, q + 1, _BIAS_SAME)
+        if not s.stiff and rho * step.dt >= 0.9 * _ADAMS_STABILITY[q - 1]:
+            new = dataclasses.replace(new, n_limited=s.n_limited + 1)
+        else:
+            new = dataclasses.replace(new, n_limited=0)
+        if self.family == "lsoda" and new.since_switch >= _SWITCH_WAIT:
+            # checked after every step: a stiff problem under Adams rejects often, so that the
+            # q+1 equal steps the order selection waits for may never come
+            switched = self._switch(f, new, step, r_same, ewt)
+            if switched is not None:
+                return switched
+        stable = self.family == "lsoda" and not s.stiff and rho > 0.0
+        if stable and rho * step.dt > _ADAMS_STABILITY[q - 1]:
+            # LSODA keeps the Adams step inside its stability bound (else the corrector diverges, or the
+            # error estimate fills with the unstable mode), so that stiffness shows as a limited step
+            return dataclasses.replace(new, n_same=0, e_prev=None, factor=_ADAMS_STABILITY[q - 1] / (rho * step.dt))
+        if n_same < q + 1:  # hold the step: the estimates at other orders need equal spacing
+            return new
         r_down = 0.0
         if q > self.min_order:
             err_down = _rms(fam.lte[q - 1] * math.factorial(q) * step.z[q], ewt)
@@ -394,10 +414,10 @@ class Nordsieck(AbstractSolver):
         if q < self._top(s.stiff) and s.e_prev is not None:
             err_up = _rms(fam.lte[q + 1] * (step.e - s.e_prev) / fam.e[q], ewt)
             r_up = _factor(err_up, q + 2, _BIAS_UP)
-        if self.family == "lsoda" and new.since_switch >= _SWITCH_WAIT:
-            switched = self._switch(f, new, step, err, r_same, ewt)
-            if switched is not None:
-                return switched
+        if stable:  # each candidate order within its own stability bound
+            r_down = min(r_down, _ADAMS_STABILITY[max(q - 2, 0)] / (rho * step.dt))
+            r_same = min(r_same, _ADAMS_STABILITY[q - 1] / (rho * step.dt))
+            r_up = min(r_up, _ADAMS_STABILITY[min(q, MAX_ADAMS_ORDER - 1)] / (rho * step.dt))
         best = max(r_same, r_down, r_up)
         if best < _MIN_CHANGE:
             return new
@@ -406,7 +426,7 @@ class Nordsieck(AbstractSolver):
         if order > q:  # the new column approximates h^(q+1) y^(q+1) / (q+1)!
             z = torch.cat([z, (step.e / (fam.e[q] * math.factorial(q + 1))).unsqueeze(0)])
         elif order < q:
-            z = z[:order + 1]
+            z = z[: order + 1]
         return dataclasses.replace(new, z=z, order=order, n_same=0, e_prev=None, factor=min(best, _MAX_GROWTH))
 
     def reject(self, f: Field, t: float, y: torch.Tensor, state: NordsieckState, step: NordsieckStep) -> NordsieckState:
@@ -421,7 +441,8 @@ class Nordsieck(AbstractSolver):
         q = s.order
         fam = BDF_FAMILY if s.stiff else ADAMS
         n_fail = s.n_fail + 1
-        base = dataclasses.replace(s, n_same=0, e_prev=None, n_fail=n_fail, lu=None)
+        rho = max(s.rho, step.rho) if step.rho is not None else s.rho
+        base = dataclasses.replace(s, n_same=0, e_prev=None, n_fail=n_fail, lu=None, rho=rho)
         if not step.converged:
             return dataclasses.replace(base, factor=0.25)
         ewt = self.atol + self.rtol * y.detach().abs()
@@ -439,7 +460,7 @@ class Nordsieck(AbstractSolver):
             r_down = _factor(_rms(fam.lte[q - 1] * math.factorial(q) * s.z[q], ewt), q, _BIAS_DOWN)
             if r_down > factor:
                 order, factor = q - 1, min(0.9, max(0.2, r_down))
-                z = s.z[:order + 1]
+                z = s.z[: order + 1]
         return dataclasses.replace(base, z=z, order=order, factor=factor)
 
     def propose_step(self, state: NordsieckState, dt: float, proposal: float) -> float:
@@ -526,9 +547,7 @@ class Nordsieck(AbstractSolver):
             s = dataclasses.replace(s, jac=None, lu=None)
         return e, False, s, rho
 
-    def _switch(
-        self, f: Field, new: NordsieckState, step: NordsieckStep, err: float, r_same: float, ewt
-    ) -> NordsieckState | None:
+    def _switch(self, f: Field, new: NordsieckState, step: NordsieckStep, r_same: float, ewt) -> NordsieckState | None:
         """LSODA's method switch after an accepted step, or None to stay (Petzold 1983).
 
         Both families' steps are estimated from the same derivative estimate ``h^(q+1) y^(q+1)``
@@ -551,13 +570,14 @@ class Nordsieck(AbstractSolver):
             h_bdf = dt * _factor(_rms(BDF_FAMILY.lte[q_bdf] * d_bdf, ewt), q_bdf + 1, _BIAS_SAME)
             h_stab = _ADAMS_STABILITY[q - 1] / rho
             h_adams = min(dt * r_same, h_stab)
-            if h_stab >= dt * r_same or h_bdf <= _SWITCH_RATIO * h_adams:
+            limited = new.n_limited >= _LIMITED_STEPS
+            if h_bdf <= _SWITCH_RATIO * h_adams and not limited:
                 return None
             _count_switch(f)
             z = step.z[: q_bdf + 1]
             factor = min(max(h_bdf / dt, 1.0), _MAX_GROWTH)
             return dataclasses.replace(
-                new, z=z, order=q_bdf, stiff=True, n_same=0, e_prev=None, factor=factor, since_switch=0
+                new, z=z, order=q_bdf, stiff=True, n_same=0, e_prev=None, factor=factor, since_switch=0, n_limited=0
             )
         if new.jac is None or rho <= 0.0:
             return None
