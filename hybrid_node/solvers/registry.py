@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from .adams import AdamsBashforth, AdamsBashforthMoulton
+from .auto_switch import AutoSwitch
 from .base import AbstractSolver, ExternalSolver
 from .dopri5 import Dopri5
 from .dopri8 import Dopri8
@@ -145,6 +146,12 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
             julia="FBDF",
             uses_tolerances=True,
             notes="variable-step, variable-order BDF (orders 1-5), quasi-Newton reusing Jacobian and LU; stiff",
+        ),
+        "auto": MethodSpec(
+            AutoSwitch,
+            ("jacobian", "batch_dims", "autonomous"),
+            julia="AutoTsit5Rodas5P",
+            notes="tsit5, switching to rodas5p while stiff (stiffness estimate) and back; `stats.n_switches`",
         ),
         "lsoda": MethodSpec(
             LSODA,
