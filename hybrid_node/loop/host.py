@@ -239,7 +239,7 @@ def integrate_adaptive(
                     ye = seg(te)
                     stats.nfe = term.nfe
                     stats.n_jacobian = term.n_jacobian
-                    stats.n_switches = term.n_switches
+                    stats.n_switches = getattr(term, "n_switches", 0)
                     return Integration([y0, ye], stats, Status.EVENT, te, segments, event_t=te)
             i_out, y1, restarted = _emit(ys, ts, i_out, t, t1, step.y1, seg, at_output)
             if restarted:
@@ -259,7 +259,7 @@ def integrate_adaptive(
             return failed(code, f"dt={dt:.3g}")
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
-    stats.n_switches = term.n_switches
+    stats.n_switches = getattr(term, "n_switches", 0)
     return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 
