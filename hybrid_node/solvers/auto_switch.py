@@ -53,7 +53,7 @@ class AutoStep:
     """One attempt: the active method's step result, which method took it, and the votes before it."""
 
     y1: torch.Tensor
-    error: torch.Tensor
+    error: torch.Tensor | None
     inner: Any
     stiff: bool
     y0: torch.Tensor
@@ -137,10 +137,9 @@ class AutoSwitch(AbstractSolver):
     def interpolant(
         self, f: Field, t0: float, y0: torch.Tensor, dt: float, step: AutoStep, next_state: Any
     ) -> Interpolant:
-        """The dense output of the method that took the step."""
-        if step.stiff:
-            return self._stiff_solver().interpolant(f, t0, y0, dt, step.inner, None)
-        return self._nonstiff_solver().interpolant(f, t0, y0, dt, step.inner, None)
+        """The dense output of the method that took the step (both have their own; no end state needed)."""
+        solver: Any = self._stiff_solver() if step.stiff else self._nonstiff_solver()
+        return solver.interpolant(f, t0, y0, dt, step.inner, None)
 
     def _tsit5_rho(self, step: AutoStep) -> float:
         """``|k7 - k6| / |y1 - y6|`` per sample, the largest: both stages sit at the step's end."""

@@ -334,7 +334,8 @@ class Nordsieck(AbstractSolver):
 
     def with_tolerances(self, rtol: Any, atol: Any) -> Nordsieck:
         """This method with the solve's (smallest) tolerances for its corrector test and order selection."""
-        r, a = tolerances(rtol, atol)
+        scalars = tolerances(rtol, atol)
+        r, a = scalars if scalars is not None else (self.rtol, self.atol)
         return dataclasses.replace(self, rtol=r, atol=a)
 
     # ------------------------------------------------------------------ the solver interface
@@ -509,13 +510,14 @@ class Nordsieck(AbstractSolver):
             f_pred = None
             if s.stiff:
                 if s.jac is None or s.jac_age >= _MAX_JAC_AGE:
-                    f_pred, jac = block_jacobian(f, t1, y_pred, JacobianSettings(self.jacobian, self.batch_dims))
+                    settings = JacobianSettings(self.jacobian, self.batch_dims)  # type: ignore[arg-type]
+                    f_pred, jac = block_jacobian(f, t1, y_pred, settings)
                     with torch.no_grad():  # the inf-norm bounds the spectral radius (LSODA's test)
                         rho = float(jac.detach().abs().sum(-1).max()) if jac.numel() else 0.0
                     s = dataclasses.replace(s, jac=jac, jac_age=0, lu=None)
                     fresh = True
                 scale = l0 * dt
-                if s.lu is None or abs(scale / s.lu.scale - 1.0) > _LU_DRIFT:
+                if s.jac is not None and (s.lu is None or abs(scale / s.lu.scale - 1.0) > _LU_DRIFT):
                     s = dataclasses.replace(s, lu=factorize(s.jac, scale, y_pred.shape))
             e = torch.zeros_like(y_pred)
             y = y_pred
