@@ -7,6 +7,12 @@ for B independent initial states in one batched solve (the implicit solvers use 
 blocks); on a GPU pass ``--device cuda``.
 
     python benchmarks/stiff.py [--quick] [--batch 1024] [--device cuda]
+    python benchmarks/stiff.py --multistep [--batches 1,256]   # the table of docs/stiff.md
+
+``--multistep`` compares the variable-order methods (bdf, lsoda, auto) with rodas5p, kencarp4 and scipy's
+BDF, LSODA and Radau: steps, NFE, Jacobians, LU factorisations, wall time and error, for a batch of B
+copies of each problem (perturbed initial states; scipy solves the stacked system with its dense
+Jacobian, as a user of scipy would), float64.
 """
 
 from __future__ import annotations
@@ -19,7 +25,25 @@ import torch
 from scipy.integrate import solve_ivp
 
 import hybrid_node as hn
+from hybrid_node.solvers import esdirk, multistep, rosenbrock
 from hybrid_node.solvers.implicit import IMPLICIT_METHODS
+from hybrid_node.solvers.registry import METHOD_SPECS
+
+_LU_COUNT = [0]
+
+
+def _counting(factorize):
+    """The solvers' ``factorize`` with a counter (benchmark instrumentation: Stats has no LU count)."""
+
+    def wrapped(*args, **kwargs):
+        _LU_COUNT[0] += 1
+        return factorize(*args, **kwargs)
+
+    return wrapped
+
+
+for _module in (esdirk, multistep, rosenbrock):
+    _module.factorize = _counting(_module.factorize)
 
 
 def robertson(t, y):
@@ -125,6 +149,60 @@ def run_batched(batch, device, methods, rtol, atol):
     return rows
 
 
+def _batched_problem(name, batch):
+    """B perturbed copies of a problem: the torch state (B, D) and scipy's stacked (B*D,) system."""
+    f, y0, t1, floor = PROBLEMS[name]
+    gen = torch.Generator().manual_seed(0)
+    base = torch.tensor(y0, dtype=torch.float64)
+    y0b = base * (1 + 0.01 * torch.rand(batch, base.numel(), generator=gen, dtype=torch.float64)) if batch > 1 else base
+    y0b = y0b.reshape(batch, -1) if batch > 1 else base
+
+    def fun(t, y):
+        with torch.no_grad():
+            z = torch.from_numpy(np.ascontiguousarray(y)).reshape(batch, -1)
+            return f(torch.tensor(t, dtype=torch.float64), z).reshape(-1).numpy()
+
+    def jac(t, y):
+        z = torch.from_numpy(np.ascontiguousarray(y)).reshape(batch, -1)
+        blocks = torch.func.vmap(torch.func.jacrev(lambda v: f(torch.tensor(t, dtype=torch.float64), v)))(z)
+        return __import__("scipy.linalg").linalg.block_diag(*blocks.numpy())
+
+    return f, y0b, t1, floor, fun, jac
+
+
+def run_multistep(name, batch, rtol, atol):
+    """One problem, batch B: our bdf/lsoda/auto/rodas5p/kencarp4 against scipy BDF/LSODA/Radau."""
+    f, y0b, t1, floor, fun, jac = _batched_problem(name, batch)
+    t = torch.tensor([0.0, t1], dtype=torch.float64)
+    y0flat = y0b.reshape(-1).numpy()
+    ref = solve_ivp(fun, (0, t1), y0flat, method="Radau", rtol=1e-11, atol=1e-13, jac=jac).y[:, -1]
+    rows = []
+    for m in ("bdf", "lsoda", "auto", "rodas5p", "kencarp4"):
+        solver = METHOD_SPECS[m].solver()
+        _LU_COUNT[0] = 0
+        start = time.perf_counter()
+        sol = hn.solve(f, y0b, t, solver=solver, controller=hn.PIDController(rtol=rtol, atol=atol))
+        el = time.perf_counter() - start
+        err = float(np.max(np.abs(sol.ys[-1].reshape(-1).numpy() - ref) / (floor + np.abs(ref))))
+        steps = sol.stats.n_accepted + sol.stats.n_rejected
+        rows.append((m, steps, sol.stats.nfe, sol.stats.n_jacobian, _LU_COUNT[0], el, err))
+    for m in ("BDF", "LSODA", "Radau"):
+        start = time.perf_counter()
+        r = solve_ivp(fun, (0, t1), y0flat, method=m, rtol=rtol, atol=atol, jac=jac)
+        el = time.perf_counter() - start
+        err = float(np.max(np.abs(r.y[:, -1] - ref) / (floor + np.abs(ref))))
+        rows.append((f"scipy {m}", len(r.t) - 1, r.nfev, r.njev, r.nlu, el, err))
+    return rows
+
+
+def print_multistep_table(title, rows):
+    print(f"\n### {title}\n")
+    print("| solver | steps | NFE | Jacobians | LUs | time (s) | max rel. error |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for m, steps, nfe, njac, nlu, el, err in rows:
+        print(f"| {m} | {steps} | {nfe} | {njac} | {nlu} | {el:.2f} | {err:.1e} |")
+
+
 def print_table(title, rows):
     print(f"\n### {title}\n")
     print("| solver | steps | NFE | Jacobians | time (s) | max rel. error |")
@@ -140,8 +218,18 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=0, help="also solve Van der Pol for this many states at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--multistep", action="store_true", help="the bdf/lsoda/auto table (docs/stiff.md)")
+    parser.add_argument("--batches", default="1,256", help="batch sizes of --multistep")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.multistep:
+        rtol, atol = 1e-6, 1e-8
+        for batch in (int(b) for b in args.batches.split(",")):
+            for name in args.problems.split(","):
+                a = atol if name != "vanderpol-1000" else rtol
+                title = f"{name}, batch x{batch}, float64, rtol={rtol}, atol={a}"
+                print_multistep_table(title, run_multistep(name, batch, rtol, a))
+        return 0
     methods = (
         ["rodas5p", "kencarp4"]
         if args.quick

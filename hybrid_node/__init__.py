@@ -47,6 +47,7 @@ from .solvers import Midpoint as Midpoint
 from .solvers import RK4Classic as RK4Classic
 from .solvers import ScipySolver as ScipySolver
 from .solvers import Tsit5 as Tsit5
+from .solvers.auto_switch import AutoSwitch as AutoSwitch
 from .solvers.base import AbstractSolver as AbstractSolver
 from .solvers.base import ExternalSolver as ExternalSolver
 from .solvers.implicit import ROS3P as ROS3P
@@ -68,6 +69,10 @@ from .solvers.implicit import Rodas5P as Rodas5P
 from .solvers.implicit import Rosenbrock as Rosenbrock
 from .solvers.implicit import Rosenbrock23 as Rosenbrock23
 from .solvers.implicit import Trapezoid as Trapezoid
+from .solvers.multistep import BDF as BDF
+from .solvers.multistep import LSODA as LSODA
+from .solvers.multistep import Nordsieck as Nordsieck
+from .solvers.multistep import VariableAdams as VariableAdams
 from .solvers.reversible import Reversible as Reversible
 from .solvers.symplectic import Leapfrog as Leapfrog
 from .solvers.symplectic import PartitionedComposition as PartitionedComposition

@@ -23,6 +23,7 @@ class Stats:
         nfe_backward: evaluations during the backward (adjoint) pass; filled in when it has run.
         n_steps_backward: accepted steps of the backward pass.
         n_jacobian: Jacobian evaluations (implicit solvers).
+        n_switches: switches between the non-stiff and the stiff method (``auto``, ``lsoda``).
     """
 
     nfe: int = 0
@@ -31,6 +32,7 @@ class Stats:
     nfe_backward: int = 0
     n_steps_backward: int = 0
     n_jacobian: int = 0
+    n_switches: int = 0
 
 
 @dataclasses.dataclass

@@ -102,6 +102,7 @@ class Term:
         self.dtype = y0.dtype
         self.nfe = 0
         self.n_jacobian = 0  # Jacobian evaluations, counted by the implicit solvers
+        self.n_switches = 0  # switches between non-stiff and stiff methods (auto, lsoda)
         self._checked = False
         self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
 
@@ -179,7 +180,7 @@ class LeftLimit:
         return getattr(self._term, name)
 
     def __setattr__(self, name: str, value) -> None:
-        if name not in ("nfe", "n_jacobian"):
+        if name not in ("nfe", "n_jacobian", "n_switches"):
             raise AttributeError(f"LeftLimit is immutable; cannot set {name!r}.")
         setattr(self._term, name, value)  # the counters are the term's (``f.n_jacobian += 1``)
 

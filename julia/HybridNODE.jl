@@ -13,11 +13,12 @@ The Python side (hybrid_node/julia/backend.py) uses the layout of this module: a
 module HybridNODE
 
 using ADTypes: AutoFiniteDiff
+using OrdinaryDiffEqAdamsBashforthMoulton: VCABM
 using OrdinaryDiffEqBDF: FBDF, QNDF
 using OrdinaryDiffEqLowOrderRK: BS3, DP5, Euler, RK4
 using OrdinaryDiffEqRosenbrock: Rodas5P, Rosenbrock23
 using OrdinaryDiffEqSDIRK: KenCarp4, TRBDF2
-using OrdinaryDiffEqTsit5: Tsit5
+using OrdinaryDiffEqTsit5: AutoTsit5, Tsit5
 using OrdinaryDiffEqVerner: Vern7, Vern9
 using PrecompileTools: @compile_workload, @setup_workload
 using PythonCall: Py, PyArray, PyException

@@ -1,10 +1,19 @@
 # Names the Python side sends, mapped to OrdinaryDiffEq algorithms and SciMLSensitivity adjoints.
 
-const EXPLICIT_ALGORITHMS = ("Tsit5", "DP5", "BS3", "RK4", "Euler", "Vern7", "Vern9")
-const STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF")
-const ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23")
+const EXPLICIT_ALGORITHMS = ("Tsit5", "DP5", "BS3", "RK4", "Euler", "Vern7", "Vern9", "VCABM")
+const STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF",
+                          "AutoTsit5Rodas5P")
+const ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "AutoTsit5Rodas5P")
 const SENSITIVITIES = ("GaussAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint",
                        "BacksolveAdjoint")
+
+"""
+    AutoTsit5Rodas5P(; kwargs...)
+
+`AutoTsit5(Rodas5P(; kwargs...))`: Tsit5 switching to Rodas5P while the problem is stiff (the `auto`
+method); the keywords (`autodiff`) go to the stiff method, which is the one that builds Jacobians.
+"""
+AutoTsit5Rodas5P(; kwargs...) = AutoTsit5(Rodas5P(; kwargs...))
 
 algorithm_names() = (EXPLICIT_ALGORITHMS..., STIFF_ALGORITHMS...)
 sensitivity_names() = SENSITIVITIES
@@ -24,6 +33,7 @@ function make_algorithm(name::AbstractString; finite_diff::Bool = false)
     name == "Euler" && return Euler()
     name == "Vern7" && return Vern7()
     name == "Vern9" && return Vern9()
+    name == "VCABM" && return VCABM()
     if finite_diff
         ad = AutoFiniteDiff()
         name == "Rodas5P" && return Rodas5P(autodiff = ad)
@@ -32,6 +42,7 @@ function make_algorithm(name::AbstractString; finite_diff::Bool = false)
         name == "TRBDF2" && return TRBDF2(autodiff = ad)
         name == "FBDF" && return FBDF(autodiff = ad)
         name == "QNDF" && return QNDF(autodiff = ad)
+        name == "AutoTsit5Rodas5P" && return AutoTsit5Rodas5P(autodiff = ad)
     else
         name == "Rodas5P" && return Rodas5P()
         name == "Rosenbrock23" && return Rosenbrock23()
@@ -39,6 +50,7 @@ function make_algorithm(name::AbstractString; finite_diff::Bool = false)
         name == "TRBDF2" && return TRBDF2()
         name == "FBDF" && return FBDF()
         name == "QNDF" && return QNDF()
+        name == "AutoTsit5Rodas5P" && return AutoTsit5Rodas5P()
     end
     throw(ArgumentError("unknown algorithm \"$name\"; expected one of $(algorithm_names())"))
 end

@@ -143,10 +143,21 @@ ADAPTIVE = {
     "bosh3": ((1e-3, 1e-4, 1e-5, 1e-6, 1e-7), 10.0),
     "fehlberg2": ((1e-5, 1e-6, 1e-7, 1e-8), 1000.0),
     "adaptive_heun": ((1e-3, 1e-4, 1e-5, 1e-6), 10.0),
+    "adams": ((1e-4, 1e-6, 1e-8, 1e-10), 10.0),
 }
 
 
-@pytest.mark.parametrize("method", sorted(ADAPTIVE))
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(
+            m, marks=pytest.mark.xfail(reason="issue 21, open: adams' step collapses (underflow) at tight tolerances")
+        )
+        if m == "adams"
+        else m
+        for m in sorted(ADAPTIVE)
+    ],
+)
 def test_adaptive_error_scales_with_tolerance(method):
     tols, max_ratio = ADAPTIVE[method]
     t = torch.tensor([0.0, T], dtype=torch.float64)

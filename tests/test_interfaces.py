@@ -29,6 +29,8 @@ FAMILIES = {
     hn.Rosenbrock: ["Rodas5P", "Rodas4", "ROS3P"],
     hn.Rosenbrock23: ["Rosenbrock23"],
     hn.Dirk: ["KenCarp4", "Kvaerno3", "Kvaerno5", "TRBDF2", "ImplicitEuler", "SDIRK2", "Trapezoid"],
+    hn.Nordsieck: ["VariableAdams", "BDF", "LSODA"],
+    hn.AutoSwitch: ["AutoSwitch"],
     hn.ImplicitRungeKutta: ["ImplicitMidpoint", "GaussLegendre4", "GaussLegendre6", "RadauIIA3", "RadauIIA5"],
     hn.PartitionedComposition: ["SymplecticEuler", "Leapfrog", "Yoshida4", "Yoshida6"],
 }

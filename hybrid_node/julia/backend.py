@@ -58,8 +58,8 @@ State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 #: user method name (lower case, torch- or Julia-style) -> OrdinaryDiffEq algorithm, from the registry
 METHODS: dict[str, str] = {name.lower(): spec.julia for name, spec in METHOD_SPECS.items() if spec.julia is not None}
 JULIA_ALGORITHMS = tuple(dict.fromkeys(METHODS.values()))
-STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF")
-ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23")
+STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF", "AutoTsit5Rodas5P")
+ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "AutoTsit5Rodas5P")
 FIXED_STEP_ALGORITHMS = ("RK4", "Euler")
 #: the (lower-case) names only the torch backend has, from the registry
 TORCH_ONLY_METHODS = tuple(name.lower() for name, spec in METHOD_SPECS.items() if spec.backends == ("torch",))

@@ -261,6 +261,7 @@ def integrate_adaptive(
                     ye = seg(te)
                     stats.nfe = term.nfe
                     stats.n_jacobian = term.n_jacobian
+                    stats.n_switches = term.n_switches
                     return Integration([y0, ye], stats, Status.EVENT, te, segments, event_t=te)
             i_out, y1, restarted = _emit(ys, ts, i_out, t, t1, step.y1, seg, at_output)
             if restarted:
@@ -276,11 +277,13 @@ def integrate_adaptive(
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(term, t, y, state, step)  # e.g. an implicit solver refreshes a Jacobian
         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
+        dt = min(solver.propose_step(state, step_dt, dt), c.max_step)  # a variable-order method's own step
         code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
         if code != RUNNING:
             return failed(code, f"dt={dt:.3g}")
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
+    stats.n_switches = term.n_switches
     return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 

@@ -86,6 +86,7 @@ class AugmentedTerm:
         self.reverse = not problem.reverse
         self.nfe = 0
         self.n_jacobian = 0
+        self.n_switches = 0  # counted by the stiffness-switching methods, as on Term
         self.pure_field: PureField | None = None  # a traceable ``field`` for compiled steps, if one exists
 
     def time(self, r: float, perturb: int = 0) -> torch.Tensor:

@@ -136,6 +136,15 @@ class AbstractSolver(abc.ABC):
         """The state to retry from after ``step`` was rejected (e.g. with a refreshed Jacobian)."""
         return state
 
+    def propose_step(self, state: Any, dt: float, proposal: float) -> float:
+        """The next step after an attempt of size ``dt``, given the controller's ``proposal``.
+
+        The controller's formula assumes one error order; a variable-order method (its order changes
+        from step to step) returns its own choice here, from ``state`` (the state after the accepted
+        step, or the one :meth:`reject` returned). The default keeps the proposal.
+        """
+        return proposal
+
     def with_tolerances(self, rtol: Any, atol: Any) -> AbstractSolver:
         """This method with the solve's tolerances where it uses them itself (a Newton stopping test)."""
         return self

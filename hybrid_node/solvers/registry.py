@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from .adams import AdamsBashforth, AdamsBashforthMoulton
+from .auto_switch import AutoSwitch
 from .base import AbstractSolver, ExternalSolver
 from .dopri5 import Dopri5
 from .dopri8 import Dopri8
@@ -21,12 +22,14 @@ from .esdirk import SDIRK2, TRBDF2, ImplicitEuler, KenCarp4, Kvaerno3, Kvaerno5,
 from .fixed_rk import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from .implicit_fixed import GaussLegendre4, GaussLegendre6, ImplicitMidpoint, RadauIIA3, RadauIIA5
 from .low_order_pairs import AdaptiveHeun, Bosh3, Fehlberg2
+from .multistep import BDF, LSODA, VariableAdams
 from .rosenbrock import ROS3P, Rodas4, Rodas5P, Rosenbrock23
 from .scipy_solver import ScipySolver
 from .symplectic import Leapfrog, SymplecticEuler, Yoshida4, Yoshida6
 from .tsit5 import Tsit5
 
 ROSENBROCK_OPTIONS = ("jacobian", "batch_dims", "autonomous")
+MULTISTEP_OPTIONS = ("max_order", "max_iters", "jacobian", "batch_dims")
 NEWTON_OPTIONS = ("jacobian", "batch_dims", "max_newton_iters", "newton_kappa", "newton_rtol", "newton_atol")
 BACKENDS = ("torch", "julia")
 #: the torch loop strategies, in the order the method table lists them
@@ -114,6 +117,13 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
             uses_tolerances=True,
             notes="as `implicit_adams`",
         ),
+        "adams": MethodSpec(
+            VariableAdams,
+            ("max_order", "max_iters"),
+            julia="VCABM",
+            uses_tolerances=True,
+            notes="variable-step, variable-order Adams-Bashforth-Moulton (orders 1-12, Nordsieck form as LSODE)",
+        ),
         "scipy_solver": MethodSpec(
             ScipySolver,
             ("solver",),
@@ -143,6 +153,25 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         ),
         "radauIIA3": MethodSpec(RadauIIA3, NEWTON_OPTIONS, notes="fully implicit RK, stiff"),
         "radauIIA5": MethodSpec(RadauIIA5, NEWTON_OPTIONS, notes="fully implicit RK, stiff"),
+        "bdf": MethodSpec(
+            BDF,
+            MULTISTEP_OPTIONS,
+            julia="FBDF",
+            uses_tolerances=True,
+            notes="variable-step, variable-order BDF (orders 1-5), quasi-Newton reusing Jacobian and LU; stiff",
+        ),
+        "auto": MethodSpec(
+            AutoSwitch,
+            ("jacobian", "batch_dims", "autonomous"),
+            julia="AutoTsit5Rodas5P",
+            notes="tsit5, switching to rodas5p while stiff (stiffness estimate) and back; `stats.n_switches`",
+        ),
+        "lsoda": MethodSpec(
+            LSODA,
+            MULTISTEP_OPTIONS,
+            uses_tolerances=True,
+            notes="Adams/BDF switching by stiffness detection (Petzold 1983); switches in `stats.n_switches`",
+        ),
         "dp5": MethodSpec(None, julia="DP5", notes="Julia's name of `dopri5`"),
         "bs3": MethodSpec(None, julia="BS3", notes="Julia's name of `bosh3`"),
         "vern7": MethodSpec(None, julia="Vern7", notes="Verner 7(6)"),
