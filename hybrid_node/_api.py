@@ -55,7 +55,8 @@ def solve(
         event_fn: terminal event ``event_fn(t, y)``; the solve stops where it changes sign, and
             ``sol.t_final`` holds the event time and ``sol.ys`` the states at t[0] and the event.
         jump_t, step_t: times where steps must end (jump_t also re-evaluates the field after the jump).
-        t_dtype: dtype of the time tensor handed to ``func`` (default: t's dtype).
+        t_dtype: dtype of the time tensor handed to ``func`` (default: the state's real dtype, as
+            torchdiffeq; the loops keep the time as float64 internally whatever it is).
         throw: raise SolverError on failure (default); False returns the solution with its status and NaN
             at the times not reached.
 

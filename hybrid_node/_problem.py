@@ -23,6 +23,18 @@ def all_finite(x: torch.Tensor) -> bool:
         return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype of ``dtype`` (itself for a real dtype, float32 for complex64, ...).
+
+    Args:
+        dtype: a floating or complex dtype.
+
+    Returns:
+        The dtype of the real part.
+    """
+    return torch.zeros((), dtype=dtype).real.dtype
+
+
 def check_times(t) -> torch.Tensor:
     """Validate output times: a 1-D floating tensor, finite, strictly increasing or decreasing."""
     if not isinstance(t, torch.Tensor):
@@ -98,7 +110,8 @@ class Problem:
         func: the user's field; y0: flat initial state; layout: tuple layout or None; t: output times
         as given; ts: increasing host floats (negated when ``reverse``); solver, controller: settings;
         rtol, atol: tolerances (float or tensor on the flat state); norm: error norm on the flat state;
-        jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func.
+        jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func
+        (default: the state's real dtype, as torchdiffeq).
     """
 
     func: Callable
@@ -146,7 +159,9 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             parts = layout.slices()
             norm = lambda x: torch.stack([_rms(x[..., s]) for s in parts]).max()  # noqa: E731
     if t_dtype is None:
-        t_dtype = t.dtype
+        # torchdiffeq hands func the time in the state's real dtype (a float32 model given float64
+        # times computes in float32); the loops keep their own time as float64 host floats
+        t_dtype = real_dtype(flat.dtype)
     return Problem(
         func,
         flat,

@@ -8,7 +8,7 @@ import torch
 
 from .._errors import SolverError, Status
 from .._problem import Problem, all_finite
-from .._solution import Solution
+from .._solution import Solution, Stats
 from .._term import Term
 from ..controllers import ConstantStepSize
 from .device import check_device_loop, integrate_device
@@ -29,6 +29,9 @@ def integrate(
     throw: bool = True,
 ) -> Integration:
     """Run the loop that fits the problem's controller on the given term, state and times."""
+    if len(ts) == 1 and event_fn is None:
+        # nothing to integrate: y0 is the whole answer, and torchdiffeq does not evaluate func either
+        return Integration([y0], Stats(), Status.SUCCESS, ts[0], [] if dense else None)
     ctrl = problem.controller
     if isinstance(ctrl, ConstantStepSize):
         if event_fn is not None:
