@@ -16,7 +16,7 @@ from ._registry import build_solver, method_list
 from ._solution import Solution, State, Stats
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
-from .loop import integrate
+from .loop import callbacks_called, integrate, warn_unsupported_callbacks
 from .sensitivity.base import AbstractSensitivity
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from .solvers import Dopri5
@@ -91,6 +91,7 @@ def solve(
     if isinstance(controller, PIDController):
         solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
+    warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
 
 
@@ -99,6 +100,7 @@ def _solve_external(
 ) -> Solution:
     """Hand a solve to a solver that runs its own loop (scipy): forward only, no events."""
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
+    warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if event_fn is not None:
         raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
     if not isinstance(sensitivity, DirectBackprop):

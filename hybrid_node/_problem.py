@@ -129,8 +129,17 @@ class Problem:
     step_t: Sequence[float] = ()
     t_dtype: torch.dtype = torch.float64
 
-    def term(self, func: Callable | None = None) -> Term:
-        return Term(self.func if func is None else func, self.y0, self.t_dtype, self.layout, self.reverse)
+    def term(self, func: Callable | None = None, callbacks: bool = True) -> Term:
+        """The solver's view of ``func`` (default: the problem's field).
+
+        Args:
+            func: another field on the same state, or None.
+            callbacks: call the field's step callbacks from the loops that run with this term
+                (False for the extra terms of a solve: time gradients, re-solves).
+        """
+        return Term(
+            self.func if func is None else func, self.y0, self.t_dtype, self.layout, self.reverse, callbacks=callbacks
+        )
 
     def unflatten(self, ys: torch.Tensor):
         """(T, *flat shape) -> the user's layout."""

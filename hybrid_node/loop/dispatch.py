@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -9,13 +10,51 @@ import torch
 from .._errors import SolverError, Status
 from .._problem import Problem, all_finite
 from .._solution import Solution, Stats
-from .._term import Term
+from .._term import CALLBACK_NAMES, Term
 from ..controllers import ConstantStepSize
+from ..solvers.base import ExternalSolver
 from .device import check_device_loop, integrate_device
 from .host import Integration, integrate_adaptive, integrate_fixed
 from .per_sample import check_per_sample, integrate_per_sample
 
 MAX_EVENT_GRID_STEPS = 10**6  # a fixed-grid event solve gives up after this many steps
+
+
+def callbacks_called(solver, controller) -> frozenset[str]:
+    """The step callbacks (names without suffix) that a solve with these settings calls.
+
+    An adaptive host loop calls all three; fixed steps have no accept/reject decision and call
+    ``callback_step`` only; a solver with its own loop (scipy) and the device-resident and per-sample
+    loops (whose steps are not decided one at a time on the host) call none.
+
+    Args:
+        solver: the solver object.
+        controller: its controller.
+
+    Returns:
+        A subset of :data:`~hybrid_node._term.CALLBACK_NAMES`.
+    """
+    if isinstance(solver, ExternalSolver):
+        return frozenset()
+    if isinstance(controller, ConstantStepSize):
+        return frozenset({"callback_step"})
+    if controller.device_loop or controller.per_sample:
+        return frozenset()
+    return frozenset(CALLBACK_NAMES)
+
+
+def warn_unsupported_callbacks(func, method: str, valid: frozenset[str], suffix: str = "") -> None:
+    """Warn, as torchdiffeq does, about step callbacks on ``func`` that the solve will not call.
+
+    Args:
+        func: the user's field.
+        method: the method's name, for the message.
+        valid: the callbacks the solve calls (:func:`callbacks_called`).
+        suffix: "" for the solve's callbacks, "_adjoint" for those of an adjoint's backward solve.
+    """
+    invalid = {name for name in CALLBACK_NAMES if hasattr(func, name + suffix) and name not in valid}
+    if invalid:
+        warnings.warn(f"Solver '{method}' does not support callbacks {invalid}", stacklevel=3)
 
 
 def integrate(

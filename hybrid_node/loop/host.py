@@ -196,6 +196,7 @@ def integrate_adaptive(
     last_nonfinite = False
     sign0 = torch.sign(event_fn(term.time(t), y)) if event_fn is not None else None
     t_stop = math.inf if event_fn is not None else t_end
+    callbacks = term.callbacks  # the user's step callbacks, or None
 
     def failed(code: int, detail: str) -> Integration:
         status = core.STATUS[code]
@@ -213,6 +214,8 @@ def integrate_adaptive(
         stop = stops[stop_i] if stop_i < len(stops) else t_stop
         lands, step_dt, t1 = core.landing(FLOAT, t, dt, stop, c.max_step)
         at_jump = lands and stop in jumps
+        if callbacks is not None:
+            callbacks.step(t, y, step_dt)
         if attempt is not None and not at_jump:
             step, ratio = attempt(t, y, state, step_dt)
         else:
@@ -221,6 +224,8 @@ def integrate_adaptive(
             step = solver.step(field, t, y, state, step_dt)
             ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
         accepted = ratio <= 1.0
+        if callbacks is not None:
+            (callbacks.accept if accepted else callbacks.reject)(t, y, step_dt)
         if accepted:
             stats.n_accepted += 1
             new_state = solver.next_state(term, t1, step)
@@ -299,11 +304,14 @@ def integrate_fixed(
     i_out = 1
     sign0 = torch.sign(event_fn(term.time(ts[0]), y)) if event_fn is not None else None
     attempt = compiled_attempt(term, solver)
+    callbacks = term.callbacks  # the user's step callbacks, or None
     grid = iter(grid)
     t1 = next(grid)
     for t_next in grid:
         t0, t1 = t1, t_next
         dt = t1 - t0
+        if callbacks is not None:
+            callbacks.step(t0, y, dt)
         if perturb:
             # the field may jump at grid points: evaluate just after t0 and, for stages at the end of
             # the step, just before t1 (torchdiffeq's perturb semantics)

@@ -17,7 +17,9 @@ import torch
 
 from .._problem import Problem
 from .._registry import build_solver
+from .._term import CALLBACK_NAMES, StepCallbacks
 from ..controllers import ConstantStepSize, PIDController
+from ..loop import warn_unsupported_callbacks
 from ..loop.host import Integration, integrate_adaptive, integrate_fixed
 
 #: relative spacing below which a grid point is merged into a required time
@@ -75,15 +77,31 @@ class AugmentedTerm:
     Args:
         field: ``field(r, x) -> dx/dr``.
         problem: the forward problem (for error messages in the user's time).
+        unpack: the augmented state as the user's ``*_adjoint`` step callbacks receive it (a tuple
+            of the channels); None: the flat state.
     """
 
-    def __init__(self, field: Callable[[float, torch.Tensor], torch.Tensor], problem: Problem):
+    def __init__(
+        self,
+        field: Callable[[float, torch.Tensor], torch.Tensor],
+        problem: Problem,
+        unpack: Callable[[torch.Tensor], object] | None = None,
+    ):
         self.field = field
         # the loops report failures at -r when ``reverse``; user time is t = -r forwards, r backwards
         self.reverse = not problem.reverse
         self.nfe = 0
         self.n_jacobian = 0
         self.pure_field = None  # a traceable equivalent of ``field`` for compiled steps, when one exists
+        # torchdiffeq calls the field's callback_step_adjoint etc. from the backward solve
+        found = StepCallbacks(
+            problem.func,
+            "_adjoint",
+            lambda r: -r if self.reverse else r,
+            unpack if unpack is not None else (lambda x: x),
+            problem.y0.device,
+        )
+        self.callbacks = found if found else None
 
     def time(self, r: float, perturb: int = 0) -> torch.Tensor:
         return torch.tensor(-r if self.reverse else r, dtype=torch.float64)
@@ -260,7 +278,11 @@ def run_backward(
     Raises:
         SolverError: the backward solve failed.
     """
-    if isinstance(plan.controller, ConstantStepSize):
+    fixed = isinstance(plan.controller, ConstantStepSize)
+    warn_unsupported_callbacks(
+        problem.func, plan.solver.name, frozenset({"callback_step"} if fixed else CALLBACK_NAMES), "_adjoint"
+    )
+    if fixed:
         grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
         return integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
     return integrate_adaptive(

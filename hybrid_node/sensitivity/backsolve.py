@@ -86,7 +86,7 @@ class Backsolve:
             (dL/dt or None, dL/dy0, [dL/dp for p in params]).
         """
         problem, params, ts = self.problem, self.params, self.ts
-        fterm = problem.term()
+        fterm = problem.term(callbacks=False)
         dtype = ys.dtype
         n = ys[0].numel()
         shape = ys[0].shape
@@ -110,7 +110,12 @@ class Backsolve:
             i = last - j  # backward output j is forward output i
             return torch.cat([ys[i].reshape(-1), xx[n : 2 * n] + grad_ys[i].reshape(-1), xx[2 * n :]])
 
-        term = AugmentedTerm(field, problem)
+        def unpack(xx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # (y, adj_y, *adj_params), as torchdiffeq's adjoint callbacks see the augmented state
+            z, a = xx[:n].reshape(shape), xx[n : 2 * n].reshape(shape)
+            return (z, a, *split_params(xx[2 * n :], params))
+
+        term = AugmentedTerm(field, problem, unpack)
         if self.plan.solver.compile:
             term.pure_field = traceable_augmented_field(problem, params, dtype)
         steps = 0
@@ -126,7 +131,7 @@ class Backsolve:
             steps = result.stats.n_accepted
         a0 = x[n : 2 * n].reshape(shape)
         grad_t = None
-        tterm = problem.term()
+        tterm = problem.term(callbacks=False)
         if need_t:
             grad_t = time_gradients(problem, tterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
         stats = self.integration.stats
