@@ -244,3 +244,30 @@ class LeftLimit:
         if name not in ("nfe", "n_jacobian"):
             raise AttributeError(f"LeftLimit is immutable; cannot set {name!r}.")
         setattr(self._term, name, value)  # the counters are the term's (``f.n_jacobian += 1``)
+
+
+class OpenInterval(LeftLimit):
+    """A term seen by one fixed step [start, end] whose field may jump at both ends (``perturb``).
+
+    torchdiffeq's ``perturb`` semantics: evaluations at the step's start take the right limit (the
+    next float after it) and those at its end the left limit (the float before it), so that ``func``
+    is never evaluated exactly at a grid point. Every evaluation of the step goes through it: the
+    stages, an implicit solver's Jacobian and the Newton iterations.
+
+    Args:
+        term: the wrapped term (a :class:`Term` or an adjoint's augmented term).
+        start: the solver time of the step's start.
+        end: the solver time of the step's end.
+    """
+
+    __slots__ = ("_start",)
+
+    def __init__(self, term, start: float, end: float):
+        super().__init__(term, end)
+        object.__setattr__(self, "_start", start)
+
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        start = self._start
+        if not perturb and t <= start + 8 * _EPS * max(1.0, abs(start)):
+            return self._term(start, y, 1)  # a stage at the step's start (c = 0), or the Jacobian there
+        return super().__call__(t, y, perturb)

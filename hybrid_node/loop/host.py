@@ -14,7 +14,7 @@ import torch
 
 from .._errors import SolverError, Status
 from .._solution import Stats
-from .._term import Term
+from .._term import OpenInterval, Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, initial_step
 from ..interpolation import HermiteInterpolant, LinearInterpolant
 from . import core
@@ -312,16 +312,17 @@ def integrate_fixed(
         dt = t1 - t0
         if callbacks is not None:
             callbacks.step(t0, y, dt)
-        if perturb:
-            # the field may jump at grid points: evaluate just after t0 and, for stages at the end of
-            # the step, just before t1 (torchdiffeq's perturb semantics)
-            state = solver.init(lambda t, yy: term(t, yy, perturb=1), t0, y)
+        # the field may jump at grid points: with perturb every evaluation of the step is moved just
+        # after t0 or just before t1 (torchdiffeq's perturb semantics)
+        open_step = OpenInterval(term, t0, t1) if perturb else None
+        if open_step is not None:
+            state = solver.init(open_step, t0, y)
         elif previous is not None:
             state = solver.next_state(term, t0, previous)
-        if attempt is not None and not perturb:
+        if attempt is not None and open_step is None:
             step = attempt(t0, y, state, dt)[0]
         else:
-            step = solver.step(term.left_limit(t1) if perturb else term, t0, y, state, dt)
+            step = solver.step(open_step if open_step is not None else term, t0, y, state, dt)
         y1 = step.y1
         stats.n_accepted += 1
         need_interp = dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1)

@@ -17,7 +17,7 @@ import torch
 
 from .._problem import Problem
 from .._registry import build_solver
-from .._term import CALLBACK_NAMES, StepCallbacks
+from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks
 from ..controllers import ConstantStepSize, PIDController
 from ..loop import warn_unsupported_callbacks
 from ..loop.host import Integration, integrate_adaptive, integrate_fixed
@@ -75,7 +75,8 @@ class AugmentedTerm:
     """A field on the flat augmented state in backward time ``r``, with the interface the loops use.
 
     Args:
-        field: ``field(r, x) -> dx/dr``.
+        field: ``field(r, x) -> dx/dr``; called as ``field(r, x, perturb)`` when an evaluation must
+            take a one-sided limit (``perturb`` = +1/-1 in r, see :class:`~hybrid_node._term.Term`).
         problem: the forward problem (for error messages in the user's time).
         unpack: the augmented state as the user's ``*_adjoint`` step callbacks receive it (a tuple
             of the channels); None: the flat state.
@@ -83,7 +84,7 @@ class AugmentedTerm:
 
     def __init__(
         self,
-        field: Callable[[float, torch.Tensor], torch.Tensor],
+        field: Callable[..., torch.Tensor],
         problem: Problem,
         unpack: Callable[[torch.Tensor], object] | None = None,
     ):
@@ -108,11 +109,14 @@ class AugmentedTerm:
 
     def __call__(self, r: float, x: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         self.nfe += 1
+        if perturb:
+            # the user's field is evaluated one float off r (the backward solve honours perturb too)
+            return self.field(r, x, perturb)
         return self.field(r, x)
 
-    def left_limit(self, end: float) -> AugmentedTerm:
-        """The field for a step that ends at a jump: itself (the augmented field takes no one-sided limits)."""
-        return self
+    def left_limit(self, end: float) -> LeftLimit:
+        """The field for a step that ends at a jump at ``end``: its left limit there."""
+        return LeftLimit(self, end)  # type: ignore[arg-type]  # duck-typed: a term's interface
 
 
 class GroupRMS:

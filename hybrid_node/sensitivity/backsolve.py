@@ -93,11 +93,11 @@ class Backsolve:
         q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
         x = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1), q0])
 
-        def field(r: float, xx: torch.Tensor) -> torch.Tensor:
+        def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
             s = -r
             with torch.enable_grad():
                 z = xx[:n].detach().reshape(shape).requires_grad_(True)
-                g = fterm(s, z)
+                g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
                 grads = vjp(g, (z,) + params, xx[n : 2 * n].reshape(shape))
             parts = [g.detach().reshape(-1)] + [gr.reshape(-1) for gr in grads]
             out = torch.cat([p if p.dtype == dtype else p.to(dtype) for p in parts])

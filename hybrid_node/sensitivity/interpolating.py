@@ -179,11 +179,11 @@ class Interpolating:
                 current[0] = self._resolve(j, rterm)
             return current[0](s)
 
-        def field(r: float, xx: torch.Tensor) -> torch.Tensor:
+        def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
             s = -r
             with torch.enable_grad():
                 z = z_at(s).detach().reshape(shape).requires_grad_(True)
-                g = fterm(s, z)
+                g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
                 grads = vjp(g, (z,) + params, xx[:n].reshape(shape))
             return torch.cat([gr.reshape(-1).to(dtype) for gr in grads])
 
