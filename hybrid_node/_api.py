@@ -341,7 +341,9 @@ def odeint_adjoint(
     Args:
         adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the backward solve
             (default: the forward ones); ``adjoint_options={"norm": "seminorm"}`` leaves the
-            parameter-gradient channels out of the backward error norm.
+            parameter-gradient channels out of the backward error norm; ``{"norm": callable}`` is
+            called on the tuple ``(t, *y, *adj_y, *adj_params)`` as in torchdiffeq (``t`` is a 0-d
+            zero: hybrid_node's adjoint has no time channel).
         adjoint_params: tensors to differentiate; required when ``func`` is not an ``nn.Module``.
         Other arguments as :func:`odeint`.
 
@@ -358,8 +360,11 @@ def odeint_adjoint(
         )
     adj_opts = dict(adjoint_options or {})
     norm = adj_opts.pop("norm", "default")
-    if not isinstance(norm, str):
-        raise ValueError("adjoint_options['norm'] must be 'default' or 'seminorm'.")
+    if not (callable(norm) or isinstance(norm, str)):
+        raise ValueError(
+            "adjoint_options['norm'] must be 'default', 'seminorm' or a callable on the tuple "
+            "(t, *y, *adj_y, *adj_params)."
+        )
     sensitivity = BacksolveAdjoint(
         rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adj_opts or None, norm=norm
     )

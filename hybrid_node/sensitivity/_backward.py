@@ -153,6 +153,8 @@ class BackwardPlan:
         seminorm: leave the parameter channels out of the error norm.
         user_norm: a norm on the flat augmented state from the sensitivity's ``options``, else None.
         same_as_forward: the forward controller is reused (its grid, for fixed steps).
+        tuple_norm: the sensitivity's own callable norm, called as torchdiffeq calls
+            ``adjoint_options["norm"]``: on the tuple ``(t, *y, *adj_y, *adj_params)``; else None.
     """
 
     solver: Any
@@ -162,6 +164,7 @@ class BackwardPlan:
     seminorm: bool
     user_norm: Callable | None
     same_as_forward: bool
+    tuple_norm: Callable | None = None
 
 
 def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
@@ -174,8 +177,10 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
 
     rtol = pick(sensitivity.rtol, problem.rtol, PIDController.rtol)
     atol = pick(sensitivity.atol, problem.atol, PIDController.atol)
+    seminorm = isinstance(sensitivity.norm, str) and sensitivity.norm == "seminorm"
+    tuple_norm = sensitivity.norm if callable(sensitivity.norm) else None
     if sensitivity.method is None and sensitivity.options is None:
-        return BackwardPlan(problem.solver, problem.controller, rtol, atol, sensitivity.norm == "seminorm", None, True)
+        return BackwardPlan(problem.solver, problem.controller, rtol, atol, seminorm, None, True, tuple_norm)
     method = sensitivity.method if sensitivity.method is not None else problem.solver.name
     options = dict(sensitivity.options or {})
     user_norm = options.get("norm") if callable(options.get("norm")) else None
@@ -190,7 +195,7 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
         rtol if isinstance(rtol, float) else PIDController.rtol,
         atol if isinstance(atol, float) else PIDController.atol,
     )
-    return BackwardPlan(solver, controller, rtol, atol, sensitivity.norm == "seminorm", user_norm, False)
+    return BackwardPlan(solver, controller, rtol, atol, seminorm, user_norm, False, tuple_norm)
 
 
 def channel_tolerance(tol, n_channels: int, state_like: torch.Tensor, n_params: int):
@@ -208,12 +213,41 @@ def augmented_norm(problem: Problem, plan: BackwardPlan, n_channels: int, params
     """The backward error norm: a user norm, else max of group RMS (seminorm: state channels only)."""
     if plan.user_norm is not None:
         return plan.user_norm
+    if plan.tuple_norm is not None:
+        return _tuple_norm(problem, plan.tuple_norm, n_channels, params)
     state_sizes = problem.layout.sizes if problem.layout is not None else [problem.y0.numel()]
     sizes = [n for _ in range(n_channels) for n in state_sizes]
     if not plan.seminorm:
         sizes += [p.numel() for p in params]
     sizes = [n for n in sizes if n > 0]
     return GroupRMS(sizes, problem.y0)
+
+
+def _tuple_norm(
+    problem: Problem, norm: Callable, n_channels: int, params: Sequence[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A user norm on torchdiffeq's augmented tuple ``(t, *y, *adj_y, *adj_params)``, as a norm on
+    the flat augmented state.
+
+    The state channels are unpacked to the user's layout (each tensor of a tuple state on its own),
+    the parameter channel to the parameters' shapes. hybrid_node's adjoint carries no time channel
+    (it computes dL/dt separately), so ``t`` is a 0-d zero; the interpolating adjoint carries no
+    state channel, so ``y`` is left out there.
+    """
+    n = problem.y0.numel()
+    layout, shape = problem.layout, problem.y0.shape
+
+    def unpack(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return layout.unflatten(v) if layout is not None else (v.reshape(shape),)
+
+    def flat_norm(x: torch.Tensor) -> torch.Tensor:
+        parts: list[torch.Tensor] = [torch.zeros((), dtype=x.dtype, device=x.device)]
+        for i in range(n_channels):
+            parts.extend(unpack(x[i * n : (i + 1) * n]))
+        parts.extend(split_params(x[n_channels * n :], params))
+        return torch.as_tensor(norm(tuple(parts)))
+
+    return flat_norm
 
 
 def merge_times(points: Sequence[float], required: Sequence[float]) -> list[float]:
