@@ -98,15 +98,18 @@ def solve(
 def _solve_external(
     func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
 ) -> Solution:
-    """Hand a solve to a solver that runs its own loop (scipy): forward only, no events."""
+    """Hand a solve to a solver that runs its own loop (scipy): no events; gradients by the backsolve
+    adjoint only (it needs no derivatives of the solver, Chen et al. 2018)."""
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if event_fn is not None:
         raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
+    if isinstance(sensitivity, BacksolveAdjoint):
+        return sensitivity.solve(problem, adjoint_params)
     if not isinstance(sensitivity, DirectBackprop):
         raise BackendError(
-            f"{solver.name} computes no gradients, so it cannot be used with an adjoint; use a torch "
-            "solver such as 'dopri5'."
+            f"{solver.name} has no dense output, so it works with BacksolveAdjoint (odeint_adjoint) only; "
+            "for other gradient methods use a torch solver such as 'dopri5'."
         )
     params = (
         tuple(adjoint_params)

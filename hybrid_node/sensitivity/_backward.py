@@ -15,12 +15,15 @@ from typing import Any
 
 import torch
 
+from .._errors import Status
 from .._problem import Problem
 from .._registry import build_solver
+from .._solution import Stats
 from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks
 from ..controllers import ConstantStepSize, PIDController
 from ..loop import warn_unsupported_callbacks
 from ..loop.host import Integration, integrate_adaptive, integrate_fixed
+from ..solvers.base import ExternalSolver
 
 #: relative spacing below which a grid point is merged into a required time
 _MERGE = 1e-9
@@ -316,6 +319,9 @@ def run_backward(
     Raises:
         SolverError: the backward solve failed.
     """
+    if isinstance(plan.solver, ExternalSolver):
+        warn_unsupported_callbacks(problem.func, plan.solver.name, frozenset(), "_adjoint")
+        return _integrate_external(plan.solver, term, x0, rs, rtol, atol, at_output)
     fixed = isinstance(plan.controller, ConstantStepSize)
     warn_unsupported_callbacks(
         problem.func, plan.solver.name, frozenset({"callback_step"} if fixed else CALLBACK_NAMES), "_adjoint"
@@ -336,6 +342,25 @@ def run_backward(
         at_output=at_output,
         throw=True,
     )
+
+
+def _integrate_external(
+    solver: ExternalSolver, term: AugmentedTerm, x0: torch.Tensor, rs: Sequence[float], rtol, atol, at_output: Callable
+) -> Integration:
+    """The backward solve by a solver that runs its own loop (scipy), one output interval at a time.
+
+    The black-box adjoint of Chen et al. (2018): the augmented system is just another ODE to the
+    solver, so no derivative of the solver itself is needed. The cotangents are added between the
+    intervals (``at_output``); scipy restarts there, as torchdiffeq's adjoint restarts per interval.
+    """
+    x = x0
+    ys = [x0]
+    for j in range(len(rs) - 1):
+        x = solver.integrate(term, x, [rs[j], rs[j + 1]], rtol, atol)[-1]
+        if j + 1 < len(rs) - 1:
+            x = at_output(j + 1, x)
+        ys.append(x)
+    return Integration(ys, Stats(nfe=term.nfe), Status.SUCCESS, rs[-1])
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,13 @@ from collections.abc import Callable
 
 import torch
 
+from .._errors import Status
 from .._problem import Problem
+from .._solution import Stats
 from ..loop import integrate
 from ..loop.compiled_step import PureField, solver_time_field
+from ..loop.host import Integration
+from ..solvers.base import ExternalSolver
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
@@ -72,6 +76,12 @@ class Backsolve:
         """Solve without a graph; returns the stacked flat states at the output (or event) times."""
         problem = self.problem
         with torch.no_grad():
+            if isinstance(problem.solver, ExternalSolver):  # scipy runs its own loop (no events)
+                term = problem.term()
+                ys = problem.solver.integrate(term, y0.detach(), problem.ts, problem.rtol, problem.atol)
+                stats = Stats(nfe=term.nfe)
+                self.integration = Integration(list(ys.unbind(0)), stats, Status.SUCCESS, problem.ts[-1])
+                return ys
             self.integration = integrate(
                 problem, problem.term(), y0.detach(), problem.ts, event_fn=self.event_fn, throw=self.throw
             )

@@ -159,6 +159,8 @@ class ExternalSolver(abc.ABC):
     name: str
     #: it chooses its own steps from the solve's tolerances (so the default controller is a PIDController)
     adaptive: bool = True
+    #: its loop is its own: no step attempt of it is compiled by torch (read by the adjoints)
+    compile: bool = False
 
     @abc.abstractmethod
     def integrate(
