@@ -22,6 +22,7 @@ Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -69,7 +70,7 @@ class Backsolve:
         self.params = params
         self.event_fn = event_fn
         self.throw = throw
-        self.integration = None
+        self.integration: Integration | Any = None  # set by forward
         self.ts: list[float] = list(problem.ts)
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
