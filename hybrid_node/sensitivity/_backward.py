@@ -277,11 +277,34 @@ def backward_grid(
 ) -> list[float]:
     """The backward fixed-step grid in r: the mirrored forward grid (or the backward controller's own
     grid) merged with the times where the backward solve must stop."""
-    if plan.same_as_forward:
+    constructor = getattr(plan.controller, "grid_constructor", None)
+    if plan.same_as_forward and constructor is not None:
+        points = _constructed_backward_grid(problem, constructor, ts)
+    elif plan.same_as_forward:
         points = [-g for g in reversed(forward_grid(problem, ts))]
     else:
         points = plan.controller.grid(None, None, torch.tensor([-ts[-1], -ts[0]], dtype=torch.float64))
     return merge_times(points, required_r)
+
+
+def _constructed_backward_grid(problem: Problem, constructor: Callable, ts: Sequence[float]) -> list[float]:
+    """The backward grid (in r) from the user's ``grid_constructor``, called as torchdiffeq calls it in
+    the adjoint pass: with the output times in the backward direction (``t.flip(0)``, user time), so
+    it returns a grid from t[-1] to t[0].
+
+    Raises:
+        ValueError: the grid does not run monotonically from t[-1] to t[0].
+    """
+    sgn = -1.0 if problem.reverse else 1.0
+    t_back = torch.tensor([sgn * s for s in reversed(ts)], dtype=torch.float64)
+    grid = [float(x) for x in torch.as_tensor(constructor(problem.func, problem.y0, t_back)).reshape(-1)]
+    points = [-sgn * g for g in grid]  # user time -> solver time s -> backward time r = -s
+    if len(points) < 2 or any(b <= a for a, b in zip(points, points[1:])) or grid[0] != float(t_back[0]):
+        raise ValueError(
+            "in the adjoint pass grid_constructor gets the times backwards (t.flip(0)) and must return a "
+            "monotonic grid from t[-1] to t[0]."
+        )
+    return points
 
 
 def run_backward(
