@@ -16,7 +16,7 @@ from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
-from .loop import integrate
+from .loop import callbacks_called, integrate, warn_unsupported_callbacks
 from .sensitivity.base import AbstractSensitivity
 from .sensitivity.reversible import ReversibleAdjoint
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
@@ -58,7 +58,8 @@ def solve(
         event_fn: terminal event ``event_fn(t, y)``; the solve stops where it changes sign, and
             ``sol.t_final`` holds the event time and ``sol.ys`` the states at t[0] and the event.
         jump_t, step_t: times where steps must end (jump_t also re-evaluates the field after the jump).
-        t_dtype: dtype of the time tensor handed to ``func`` (default: t's dtype).
+        t_dtype: dtype of the time tensor handed to ``func`` (default: the state's real dtype, as
+            torchdiffeq; the loops keep the time as float64 internally whatever it is).
         throw: raise SolverError on failure (default); False returns the solution with its status and NaN
             at the times not reached.
         event_t_end: with ``event_fn``, the time where the event search gives up (NO_EVENT); without
@@ -104,20 +105,25 @@ def solve(
             f"complex states get gradients by direct backpropagation only, not by {type(sensitivity).__name__}; "
             "use odeint (DirectBackprop), or solve the real system torch.view_as_real(y0) with the adjoint."
         )
+    warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
 
 
 def _solve_external(
     func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
 ) -> Solution:
-    """Hand a solve to a solver that runs its own loop (scipy): forward only, no events."""
+    """Hand a solve to a solver that runs its own loop (scipy): no events; gradients by the backsolve
+    adjoint only (it needs no derivatives of the solver, Chen et al. 2018)."""
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
+    warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if event_fn is not None:
         raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
+    if isinstance(sensitivity, BacksolveAdjoint):
+        return sensitivity.solve(problem, adjoint_params)
     if not isinstance(sensitivity, DirectBackprop):
         raise BackendError(
-            f"{solver.name} computes no gradients, so it cannot be used with an adjoint; use a torch "
-            "solver such as 'dopri5'."
+            f"{solver.name} has no dense output, so it works with BacksolveAdjoint (odeint_adjoint) only; "
+            "for other gradient methods use a torch solver such as 'dopri5'."
         )
     params = (
         tuple(adjoint_params)
@@ -374,7 +380,9 @@ def odeint_adjoint(
     Args:
         adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: settings of the backward solve
             (default: the forward ones); ``adjoint_options={"norm": "seminorm"}`` leaves the
-            parameter-gradient channels out of the backward error norm. ``adjoint_options=
+            parameter-gradient channels out of the backward error norm; ``{"norm": callable}`` is
+            called on the tuple ``(t, *y, *adj_y, *adj_params)`` as in torchdiffeq (``t`` is a 0-d
+            zero: hybrid_node's adjoint has no time channel). ``adjoint_options=
             {"reversible": True, "coupling": 0.999}`` instead wraps the explicit ``method`` in
             ``hn.Reversible`` and differentiates with ``hn.ReversibleAdjoint`` (exact discrete
             gradient, memory independent of the number of steps; McCallum & Foster 2024).
@@ -394,8 +402,11 @@ def odeint_adjoint(
         )
     adj_opts = dict(check_options(adjoint_options, "adjoint_options"))
     norm = adj_opts.pop("norm", "default")
-    if not isinstance(norm, str):
-        raise ValueError("adjoint_options['norm'] must be 'default' or 'seminorm'.")
+    if not (callable(norm) or isinstance(norm, str)):
+        raise ValueError(
+            "adjoint_options['norm'] must be 'default', 'seminorm' or a callable on the tuple "
+            "(t, *y, *adj_y, *adj_params)."
+        )
     if adj_opts.pop("reversible", False):
         # McCallum & Foster 2024: the forward method made algebraically reversible, exact gradients in O(1) memory
         return _odeint_reversible(func, y0, t, rtol, atol, method, options, event_fn, backend, adj_opts, adjoint_params)

@@ -25,6 +25,18 @@ def all_finite(x: torch.Tensor) -> bool:
         return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype of ``dtype`` (itself for a real dtype, float32 for complex64, ...).
+
+    Args:
+        dtype: a floating or complex dtype.
+
+    Returns:
+        The dtype of the real part.
+    """
+    return torch.zeros((), dtype=dtype).real.dtype
+
+
 def check_times(t) -> torch.Tensor:
     """Validate output times: a 1-D floating tensor, finite, strictly increasing or decreasing."""
     if not isinstance(t, torch.Tensor):
@@ -103,8 +115,9 @@ class Problem:
         func: the user's field; y0: flat initial state; layout: tuple layout or None; t: output times
         as given; ts: increasing host floats (negated when ``reverse``); solver, controller: settings;
         rtol, atol: tolerances (float or tensor on the flat state); norm: error norm on the flat state;
-        jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func;
-        event_t_end: where an event search gives up (solver time), None: no end time.
+        jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func
+        (default: the state's real dtype, as torchdiffeq); event_t_end: where an event search gives
+        up (solver time), None: no end time.
     """
 
     func: Callable
@@ -123,8 +136,17 @@ class Problem:
     t_dtype: torch.dtype = torch.float64
     event_t_end: float | None = None
 
-    def term(self, func: Callable | None = None) -> Term:
-        return Term(self.func if func is None else func, self.y0, self.t_dtype, self.layout, self.reverse)
+    def term(self, func: Callable | None = None, callbacks: bool = True) -> Term:
+        """The solver's view of ``func`` (default: the problem's field).
+
+        Args:
+            func: another field on the same state, or None.
+            callbacks: call the field's step callbacks from the loops that run with this term
+                (False for the extra terms of a solve: time gradients, re-solves).
+        """
+        return Term(
+            self.func if func is None else func, self.y0, self.t_dtype, self.layout, self.reverse, callbacks=callbacks
+        )
 
     def unflatten(self, ys: torch.Tensor):
         """(T, *flat shape) -> the user's layout."""
@@ -185,7 +207,9 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             parts = layout.slices()
             norm = lambda x: torch.stack([_rms(x[..., s]) for s in parts]).max()  # noqa: E731
     if t_dtype is None:
-        t_dtype = t.dtype
+        # torchdiffeq hands func the time in the state's real dtype (a float32 model given float64
+        # times computes in float32); the loops keep their own time as float64 host floats
+        t_dtype = real_dtype(flat.dtype)
     end = None
     if event_t_end is not None:
         try:

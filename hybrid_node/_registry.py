@@ -125,6 +125,24 @@ def check_options(options: Any, name: str) -> Mapping[str, Any]:
     return options
 
 
+def _time_dtype_option(dtype: Any) -> None:
+    """Check ``options["dtype"]``: torchdiffeq's precision of the solver's internal time.
+
+    torchdiffeq keeps its time in ``promote_types(dtype, state dtype)`` (float64 by default) and hands
+    ``func`` the time in the state's dtype whatever ``dtype`` is. hybrid_node's loops always keep
+    their time as float64 host floats, at least as precise as any ``dtype``, so the option is
+    accepted and has nothing left to change.
+
+    Args:
+        dtype: the option's value, or None when not given.
+
+    Raises:
+        ValueError: ``dtype`` is not a floating torch dtype.
+    """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"options['dtype'] must be a floating torch dtype such as torch.float64, got {dtype!r}.")
+
+
 def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
     """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
 
@@ -134,7 +152,7 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
         rtol, atol: the solve's tolerances.
 
     Returns:
-        solver, controller, and a dict with ``jump_t``, ``step_t``, ``t_dtype``.
+        solver, controller, and a dict with ``jump_t`` and ``step_t`` (adaptive torch methods).
 
     Raises:
         ValueError: for an unknown method or option (the message lists the valid ones).
@@ -156,12 +174,14 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
         unknown = set(options) - set(valid)
         if unknown:
             raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {list(valid)}.")
-        return solver, PIDController(rtol=rtol, atol=atol), {"t_dtype": options.get("dtype")}
+        _time_dtype_option(options.get("dtype"))
+        return solver, PIDController(rtol=rtol, atol=atol), {}
     if solver.adaptive and ({"step_size", "grid_constructor"} & set(options)):
         # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given; methods without a
         # fixed-step variant return themselves and the step options are reported as unknown below
         solver = solver.fixed_steps()
-    extras = {"t_dtype": options.pop("dtype", None), "jump_t": (), "step_t": (), "event_t_end": event_t_end}
+    _time_dtype_option(options.pop("dtype", None))
+    extras: dict[str, Any] = {"jump_t": (), "step_t": (), "event_t_end": event_t_end}
     if options.pop("compile", False):
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:

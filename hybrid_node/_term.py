@@ -70,6 +70,65 @@ def apply_field(
     return torch.cat([o.reshape(-1) for o in out])
 
 
+#: torchdiffeq's step callbacks, looked up on ``func``: ``callback_step(t0, y0, dt)`` before every
+#: step attempt, ``callback_accept_step`` / ``callback_reject_step`` after its error test
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+class StepCallbacks:
+    """The step callbacks a solve calls, found once on the user's ``func``.
+
+    The loops call :meth:`step` before each step attempt and :meth:`accept` / :meth:`reject` after
+    its error test, with solver times; the user's callbacks get ``(t0, y0, dt)`` as torchdiffeq
+    gives them: ``t0`` the step's start in the user's time and ``dt`` the (positive) step, both 0-d
+    float64 tensors on the state's device, and ``y0`` the state at ``t0`` (a tuple for tuple states).
+
+    Args:
+        owner: the object carrying the callbacks (the user's ``func``).
+        suffix: "" for the solve's own callbacks, "_adjoint" for those of the adjoint's backward solve.
+        user_time: maps a solver time to the user's time.
+        unpack: turns the flat state into what the callbacks receive.
+        device: where the time tensors live.
+    """
+
+    def __init__(
+        self,
+        owner: object,
+        suffix: str,
+        user_time: Callable[[float], float],
+        unpack: Callable[[torch.Tensor], object],
+        device: torch.device,
+    ):
+        self.found = {name: getattr(owner, name + suffix) for name in CALLBACK_NAMES if hasattr(owner, name + suffix)}
+        self._step = self.found.get("callback_step")
+        self._accept = self.found.get("callback_accept_step")
+        self._reject = self.found.get("callback_reject_step")
+        self._user_time = user_time
+        self._unpack = unpack
+        self._device = device
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+    def _call(self, callback: Callable | None, t0: float, y0: torch.Tensor, dt: float) -> None:
+        if callback is None:
+            return
+        tt = torch.tensor(self._user_time(t0), dtype=torch.float64, device=self._device)
+        callback(tt, self._unpack(y0), torch.tensor(dt, dtype=torch.float64, device=self._device))
+
+    def step(self, t0: float, y0: torch.Tensor, dt: float) -> None:
+        """Before a step attempt from solver time ``t0`` with step ``dt``."""
+        self._call(self._step, t0, y0, dt)
+
+    def accept(self, t0: float, y0: torch.Tensor, dt: float) -> None:
+        """After the attempt passed its error test."""
+        self._call(self._accept, t0, y0, dt)
+
+    def reject(self, t0: float, y0: torch.Tensor, dt: float) -> None:
+        """After the attempt failed its error test."""
+        self._call(self._reject, t0, y0, dt)
+
+
 class Term:
     """Wraps ``func(t, y)`` for the solvers.
 
@@ -83,6 +142,8 @@ class Term:
         t_dtype: dtype of the time tensor handed to ``func``.
         layout: TupleLayout for tuple states, else None.
         reverse: solve backwards: the solver's time s maps to t = -s and the field to -f(-s, y).
+        callbacks: find ``func``'s step callbacks (False for the extra terms of a solve: time
+            gradients, re-solves), which the loops then call.
     """
 
     def __init__(
@@ -92,6 +153,7 @@ class Term:
         t_dtype: torch.dtype,
         layout: TupleLayout | None = None,
         reverse: bool = False,
+        callbacks: bool = True,
     ):
         self.func = func
         self.layout = layout
@@ -105,6 +167,12 @@ class Term:
         self.n_switches = 0  # switches between non-stiff and stiff methods (auto, lsoda)
         self._checked = False
         self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
+        self.callbacks: StepCallbacks | None = None
+        if callbacks:
+            found = StepCallbacks(
+                func, "", lambda s: -s if reverse else s, layout.unflatten if layout else lambda y: y, y0.device
+            )
+            self.callbacks = found if found else None
 
     def time(self, t: float, perturb: int = 0) -> torch.Tensor:
         """The user-facing time tensor for solver time ``t``; ``perturb`` = +1/-1 moves one ulp."""
@@ -220,3 +288,30 @@ def term_field(term: Term) -> PureField:
 
     shapes = None if layout is None else tuple(layout.shapes)
     return PureField(term.func, ("term", shapes, reverse, t_dtype, term.device), field)
+
+
+class OpenInterval(LeftLimit):
+    """A term seen by one fixed step [start, end] whose field may jump at both ends (``perturb``).
+
+    torchdiffeq's ``perturb`` semantics: evaluations at the step's start take the right limit (the
+    next float after it) and those at its end the left limit (the float before it), so that ``func``
+    is never evaluated exactly at a grid point. Every evaluation of the step goes through it: the
+    stages, an implicit solver's Jacobian and the Newton iterations.
+
+    Args:
+        term: the wrapped term (a :class:`Term` or an adjoint's augmented term).
+        start: the solver time of the step's start.
+        end: the solver time of the step's end.
+    """
+
+    __slots__ = ("_start",)
+
+    def __init__(self, term, start: float, end: float):
+        super().__init__(term, end)
+        object.__setattr__(self, "_start", start)
+
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        start = self._start
+        if not perturb and t <= start + 8 * _EPS * max(1.0, abs(start)):
+            return self._term(start, y, 1)  # a stage at the step's start (c = 0), or the Jacobian there
+        return super().__call__(t, y, perturb)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from .._errors import SolverError, Status
 from .._problem import Problem, all_finite
-from .._solution import Solution
-from .._term import Term
+from .._solution import Solution, Stats
+from .._term import CALLBACK_NAMES, Term
 from ..controllers import ConstantStepSize, PIDController
+from ..solvers.base import ExternalSolver
 from .device import check_device_loop, integrate_device
 from .host import Integration, integrate_adaptive, integrate_fixed
 from .per_sample import check_per_sample, integrate_per_sample
@@ -77,6 +79,43 @@ def _event_grid(ts: Sequence[float], h: float, cap: int, end: float | None) -> I
         yield t
 
 
+def callbacks_called(solver, controller) -> frozenset[str]:
+    """The step callbacks (names without suffix) that a solve with these settings calls.
+
+    An adaptive host loop calls all three; fixed steps have no accept/reject decision and call
+    ``callback_step`` only; a solver with its own loop (scipy) and the device-resident and per-sample
+    loops (whose steps are not decided one at a time on the host) call none.
+
+    Args:
+        solver: the solver object.
+        controller: its controller.
+
+    Returns:
+        A subset of :data:`~hybrid_node._term.CALLBACK_NAMES`.
+    """
+    if isinstance(solver, ExternalSolver):
+        return frozenset()
+    if isinstance(controller, ConstantStepSize):
+        return frozenset({"callback_step"})
+    if controller.device_loop or controller.per_sample:
+        return frozenset()
+    return frozenset(CALLBACK_NAMES)
+
+
+def warn_unsupported_callbacks(func, method: str, valid: frozenset[str], suffix: str = "") -> None:
+    """Warn, as torchdiffeq does, about step callbacks on ``func`` that the solve will not call.
+
+    Args:
+        func: the user's field.
+        method: the method's name, for the message.
+        valid: the callbacks the solve calls (:func:`callbacks_called`).
+        suffix: "" for the solve's callbacks, "_adjoint" for those of an adjoint's backward solve.
+    """
+    invalid = {name for name in CALLBACK_NAMES if hasattr(func, name + suffix) and name not in valid}
+    if invalid:
+        warnings.warn(f"Solver '{method}' does not support callbacks {invalid}", stacklevel=3)
+
+
 def integrate(
     problem: Problem,
     term: Term,
@@ -107,6 +146,9 @@ def integrate(
         SolverError: the solve failed (with ``throw``); ValueError, TypeError: settings the loop cannot
             serve, or an event function whose result is not a real tensor.
     """
+    if len(ts) == 1 and event_fn is None:
+        # nothing to integrate: y0 is the whole answer, and torchdiffeq does not evaluate func either
+        return Integration([y0], Stats(), Status.SUCCESS, ts[0], [] if dense else None)
     ctrl = problem.controller
     if event_fn is not None and not isinstance(event_fn, CheckedEvent):
         event_fn = CheckedEvent(event_fn)

@@ -15,7 +15,7 @@ import torch
 
 from .._errors import SolverError, Status
 from .._solution import Stats
-from .._term import Term
+from .._term import OpenInterval, Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, initial_step
 from ..interpolation import HermiteInterpolant, LinearInterpolant
 from . import core
@@ -205,6 +205,8 @@ def integrate_adaptive(
     sign0 = torch.sign(event_fn(term.time(t), y)) if event_fn is not None else None
     t_stop = event_end if event_fn is not None else t_end
 
+    callbacks = term.callbacks  # the user's step callbacks, or None
+
     def user_t(s: float) -> float:
         return -s if term.reverse else s
 
@@ -233,6 +235,8 @@ def integrate_adaptive(
         stop = stops[stop_i] if stop_i < len(stops) else t_stop
         lands, step_dt, t1 = core.landing(FLOAT, t, dt, stop, c.max_step)
         at_jump = lands and stop in jumps
+        if callbacks is not None:
+            callbacks.step(t, y, step_dt)
         if attempt is not None and not at_jump:
             step, ratio = attempt(t, y, state, step_dt)
             assert ratio is not None  # an adaptive solver's attempt has an error ratio
@@ -242,6 +246,8 @@ def integrate_adaptive(
             step = solver.step(field, t, y, state, step_dt)
             ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
         accepted = ratio <= 1.0
+        if callbacks is not None:
+            (callbacks.accept if accepted else callbacks.reject)(t, y, step_dt)
         if accepted:
             stats.n_accepted += 1
             new_state = solver.next_state(term, t1, step)
@@ -326,21 +332,25 @@ def integrate_fixed(
     i_out = 1
     sign0 = torch.sign(event_fn(term.time(ts[0]), y)) if event_fn is not None else None
     attempt = compiled_attempt(term, solver)
+    callbacks = term.callbacks  # the user's step callbacks, or None
     grid = iter(grid)
     t1 = next(grid)
     for t_next in grid:
         t0, t1 = t1, t_next
         dt = t1 - t0
-        if perturb:
-            # the field may jump at grid points: evaluate just after t0 and, for stages at the end of
-            # the step, just before t1 (torchdiffeq's perturb semantics)
-            state = solver.init(lambda t, yy: term(t, yy, perturb=1), t0, y)
+        if callbacks is not None:
+            callbacks.step(t0, y, dt)
+        # the field may jump at grid points: with perturb every evaluation of the step is moved just
+        # after t0 or just before t1 (torchdiffeq's perturb semantics)
+        open_step = OpenInterval(term, t0, t1) if perturb else None
+        if open_step is not None:
+            state = solver.init(open_step, t0, y)
         elif previous is not None:
             state = solver.next_state(term, t0, previous)
-        if attempt is not None and not perturb:
+        if attempt is not None and open_step is None:
             step = attempt(t0, y, state, dt)[0]
         else:
-            step = solver.step(term.left_limit(t1) if perturb else term, t0, y, state, dt)
+            step = solver.step(open_step if open_step is not None else term, t0, y, state, dt)
         y1 = step.y1
         stats.n_accepted += 1
         need_interp = dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1)

@@ -15,10 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._errors import Status
 from .._problem import Problem
 from .._registry import build_solver
+from .._solution import Stats
+from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks
 from ..controllers import ConstantStepSize, PIDController
+from ..loop import warn_unsupported_callbacks
 from ..loop.host import Integration, integrate_adaptive, integrate_fixed
+from ..solvers.base import ExternalSolver
 
 if TYPE_CHECKING:
     from ..loop.compiled_step import PureField
@@ -76,11 +81,19 @@ class AugmentedTerm:
     """A field on the flat augmented state in backward time ``r``, with the interface the loops use.
 
     Args:
-        field: ``field(r, x) -> dx/dr``.
+        field: ``field(r, x) -> dx/dr``; called as ``field(r, x, perturb)`` when an evaluation must
+            take a one-sided limit (``perturb`` = +1/-1 in r, see :class:`~hybrid_node._term.Term`).
         problem: the forward problem (for error messages in the user's time).
+        unpack: the augmented state as the user's ``*_adjoint`` step callbacks receive it (a tuple
+            of the channels); None: the flat state.
     """
 
-    def __init__(self, field: Callable[[float, torch.Tensor], torch.Tensor], problem: Problem):
+    def __init__(
+        self,
+        field: Callable[..., torch.Tensor],
+        problem: Problem,
+        unpack: Callable[[torch.Tensor], object] | None = None,
+    ):
         self.field = field
         # the loops report failures at -r when ``reverse``; user time is t = -r forwards, r backwards
         self.reverse = not problem.reverse
@@ -88,17 +101,29 @@ class AugmentedTerm:
         self.n_jacobian = 0
         self.n_switches = 0  # counted by the stiffness-switching methods, as on Term
         self.pure_field: PureField | None = None  # a traceable ``field`` for compiled steps, if one exists
+        # torchdiffeq calls the field's callback_step_adjoint etc. from the backward solve
+        found = StepCallbacks(
+            problem.func,
+            "_adjoint",
+            lambda r: -r if self.reverse else r,
+            unpack if unpack is not None else (lambda x: x),
+            problem.y0.device,
+        )
+        self.callbacks = found if found else None
 
     def time(self, r: float, perturb: int = 0) -> torch.Tensor:
         return torch.tensor(-r if self.reverse else r, dtype=torch.float64)
 
     def __call__(self, r: float, x: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         self.nfe += 1
+        if perturb:
+            # the user's field is evaluated one float off r (the backward solve honours perturb too)
+            return self.field(r, x, perturb)
         return self.field(r, x)
 
-    def left_limit(self, end: float) -> AugmentedTerm:
-        """The field for a step that ends at a jump: itself (the augmented field takes no one-sided limits)."""
-        return self
+    def left_limit(self, end: float) -> LeftLimit:
+        """The field for a step that ends at a jump at ``end``: its left limit there."""
+        return LeftLimit(self, end)  # type: ignore[arg-type]  # duck-typed: a term's interface
 
 
 class GroupRMS:
@@ -135,6 +160,8 @@ class BackwardPlan:
         seminorm: leave the parameter channels out of the error norm.
         user_norm: a norm on the flat augmented state from the sensitivity's ``options``, else None.
         same_as_forward: the forward controller is reused (its grid, for fixed steps).
+        tuple_norm: the sensitivity's own callable norm, called as torchdiffeq calls
+            ``adjoint_options["norm"]``: on the tuple ``(t, *y, *adj_y, *adj_params)``; else None.
     """
 
     solver: Any
@@ -144,6 +171,7 @@ class BackwardPlan:
     seminorm: bool
     user_norm: Callable | None
     same_as_forward: bool
+    tuple_norm: Callable | None = None
 
 
 def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
@@ -156,8 +184,10 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
 
     rtol = pick(sensitivity.rtol, problem.rtol, PIDController.rtol)
     atol = pick(sensitivity.atol, problem.atol, PIDController.atol)
+    seminorm = isinstance(sensitivity.norm, str) and sensitivity.norm == "seminorm"
+    tuple_norm = sensitivity.norm if callable(sensitivity.norm) else None
     if sensitivity.method is None and sensitivity.options is None:
-        return BackwardPlan(problem.solver, problem.controller, rtol, atol, sensitivity.norm == "seminorm", None, True)
+        return BackwardPlan(problem.solver, problem.controller, rtol, atol, seminorm, None, True, tuple_norm)
     method = sensitivity.method if sensitivity.method is not None else problem.solver.name
     options = dict(sensitivity.options or {})
     user_norm = options.get("norm") if callable(options.get("norm")) else None
@@ -172,7 +202,7 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
         rtol if isinstance(rtol, float) else PIDController.rtol,
         atol if isinstance(atol, float) else PIDController.atol,
     )
-    return BackwardPlan(solver, controller, rtol, atol, sensitivity.norm == "seminorm", user_norm, False)
+    return BackwardPlan(solver, controller, rtol, atol, seminorm, user_norm, False, tuple_norm)
 
 
 def channel_tolerance(tol, n_channels: int, state_like: torch.Tensor, n_params: int):
@@ -190,12 +220,41 @@ def augmented_norm(problem: Problem, plan: BackwardPlan, n_channels: int, params
     """The backward error norm: a user norm, else max of group RMS (seminorm: state channels only)."""
     if plan.user_norm is not None:
         return plan.user_norm
+    if plan.tuple_norm is not None:
+        return _tuple_norm(problem, plan.tuple_norm, n_channels, params)
     state_sizes = problem.layout.sizes if problem.layout is not None else [problem.y0.numel()]
     sizes = [n for _ in range(n_channels) for n in state_sizes]
     if not plan.seminorm:
         sizes += [p.numel() for p in params]
     sizes = [n for n in sizes if n > 0]
     return GroupRMS(sizes, problem.y0)
+
+
+def _tuple_norm(
+    problem: Problem, norm: Callable, n_channels: int, params: Sequence[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A user norm on torchdiffeq's augmented tuple ``(t, *y, *adj_y, *adj_params)``, as a norm on
+    the flat augmented state.
+
+    The state channels are unpacked to the user's layout (each tensor of a tuple state on its own),
+    the parameter channel to the parameters' shapes. hybrid_node's adjoint carries no time channel
+    (it computes dL/dt separately), so ``t`` is a 0-d zero; the interpolating adjoint carries no
+    state channel, so ``y`` is left out there.
+    """
+    n = problem.y0.numel()
+    layout, shape = problem.layout, problem.y0.shape
+
+    def unpack(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return layout.unflatten(v) if layout is not None else (v.reshape(shape),)
+
+    def flat_norm(x: torch.Tensor) -> torch.Tensor:
+        parts: list[torch.Tensor] = [torch.zeros((), dtype=x.dtype, device=x.device)]
+        for i in range(n_channels):
+            parts.extend(unpack(x[i * n : (i + 1) * n]))
+        parts.extend(split_params(x[n_channels * n :], params))
+        return torch.as_tensor(norm(tuple(parts)))
+
+    return flat_norm
 
 
 def merge_times(points: Sequence[float], required: Sequence[float]) -> list[float]:
@@ -222,11 +281,34 @@ def backward_grid(
 ) -> list[float]:
     """The backward fixed-step grid in r: the mirrored forward grid (or the backward controller's own
     grid) merged with the times where the backward solve must stop."""
-    if plan.same_as_forward:
+    constructor = getattr(plan.controller, "grid_constructor", None)
+    if plan.same_as_forward and constructor is not None:
+        points = _constructed_backward_grid(problem, constructor, ts)
+    elif plan.same_as_forward:
         points = [-g for g in reversed(forward_grid(problem, ts))]
     else:
         points = plan.controller.grid(None, None, torch.tensor([-ts[-1], -ts[0]], dtype=torch.float64))
     return merge_times(points, required_r)
+
+
+def _constructed_backward_grid(problem: Problem, constructor: Callable, ts: Sequence[float]) -> list[float]:
+    """The backward grid (in r) from the user's ``grid_constructor``, called as torchdiffeq calls it in
+    the adjoint pass: with the output times in the backward direction (``t.flip(0)``, user time), so
+    it returns a grid from t[-1] to t[0].
+
+    Raises:
+        ValueError: the grid does not run monotonically from t[-1] to t[0].
+    """
+    sgn = -1.0 if problem.reverse else 1.0
+    t_back = torch.tensor([sgn * s for s in reversed(ts)], dtype=torch.float64)
+    grid = [float(x) for x in torch.as_tensor(constructor(problem.func, problem.y0, t_back)).reshape(-1)]
+    points = [-sgn * g for g in grid]  # user time -> solver time s -> backward time r = -s
+    if len(points) < 2 or any(b <= a for a, b in zip(points, points[1:])) or grid[0] != float(t_back[0]):
+        raise ValueError(
+            "in the adjoint pass grid_constructor gets the times backwards (t.flip(0)) and must return a "
+            "monotonic grid from t[-1] to t[0]."
+        )
+    return points
 
 
 def run_backward(
@@ -264,7 +346,14 @@ def run_backward(
     Raises:
         SolverError: the backward solve failed.
     """
-    if isinstance(plan.controller, ConstantStepSize):
+    if isinstance(plan.solver, ExternalSolver):
+        warn_unsupported_callbacks(problem.func, plan.solver.name, frozenset(), "_adjoint")
+        return _integrate_external(plan.solver, term, x0, rs, rtol, atol, at_output)
+    fixed = isinstance(plan.controller, ConstantStepSize)
+    warn_unsupported_callbacks(
+        problem.func, plan.solver.name, frozenset({"callback_step"} if fixed else CALLBACK_NAMES), "_adjoint"
+    )
+    if fixed:
         grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
         return integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
     return integrate_adaptive(
@@ -280,6 +369,25 @@ def run_backward(
         at_output=at_output,
         throw=True,
     )
+
+
+def _integrate_external(
+    solver: ExternalSolver, term: AugmentedTerm, x0: torch.Tensor, rs: Sequence[float], rtol, atol, at_output: Callable
+) -> Integration:
+    """The backward solve by a solver that runs its own loop (scipy), one output interval at a time.
+
+    The black-box adjoint of Chen et al. (2018): the augmented system is just another ODE to the
+    solver, so no derivative of the solver itself is needed. The cotangents are added between the
+    intervals (``at_output``); scipy restarts there, as torchdiffeq's adjoint restarts per interval.
+    """
+    x = x0
+    ys = [x0]
+    for j in range(len(rs) - 1):
+        x = solver.integrate(term, x, [rs[j], rs[j + 1]], rtol, atol)[-1]
+        if j + 1 < len(rs) - 1:
+            x = at_output(j + 1, x)
+        ys.append(x)
+    return Integration(ys, Stats(nfe=term.nfe), Status.SUCCESS, rs[-1])
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

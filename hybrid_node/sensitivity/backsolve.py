@@ -25,10 +25,13 @@ from collections.abc import Callable
 
 import torch
 
+from .._errors import Status
 from .._problem import Problem
+from .._solution import Stats
 from ..loop import integrate
 from ..loop.compiled_step import PureField, solver_time_field
 from ..loop.host import Integration
+from ..solvers.base import ExternalSolver
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
@@ -73,6 +76,12 @@ class Backsolve:
         """Solve without a graph; returns the stacked flat states at the output (or event) times."""
         problem = self.problem
         with torch.no_grad():
+            if isinstance(problem.solver, ExternalSolver):  # scipy runs its own loop (no events)
+                term = problem.term()
+                ys = problem.solver.integrate(term, y0.detach(), problem.ts, problem.rtol, problem.atol)
+                stats = Stats(nfe=term.nfe)
+                self.integration = Integration(list(ys.unbind(0)), stats, Status.SUCCESS, problem.ts[-1])
+                return ys
             self.integration = integrate(
                 problem, problem.term(), y0.detach(), problem.ts, event_fn=self.event_fn, throw=self.throw
             )
@@ -87,18 +96,18 @@ class Backsolve:
             (dL/dt or None, dL/dy0, [dL/dp for p in params]).
         """
         problem, params, ts = self.problem, self.params, self.ts
-        fterm = problem.term()
+        fterm = problem.term(callbacks=False)
         dtype = ys.dtype
         n = ys[0].numel()
         shape = ys[0].shape
         q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
         x = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1), q0])
 
-        def field(r: float, xx: torch.Tensor) -> torch.Tensor:
+        def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
             s = -r
             with torch.enable_grad():
                 z = xx[:n].detach().reshape(shape).requires_grad_(True)
-                g = fterm(s, z)
+                g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
                 grads = vjp(g, (z,) + params, xx[n : 2 * n].reshape(shape))
             parts = [g.detach().reshape(-1)] + [gr.reshape(-1) for gr in grads]
             out = torch.cat([p if p.dtype == dtype else p.to(dtype) for p in parts])
@@ -111,7 +120,12 @@ class Backsolve:
             i = last - j  # backward output j is forward output i
             return torch.cat([ys[i].reshape(-1), xx[n : 2 * n] + grad_ys[i].reshape(-1), xx[2 * n :]])
 
-        term = AugmentedTerm(field, problem)
+        def unpack(xx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # (y, adj_y, *adj_params), as torchdiffeq's adjoint callbacks see the augmented state
+            z, a = xx[:n].reshape(shape), xx[n : 2 * n].reshape(shape)
+            return (z, a, *split_params(xx[2 * n :], params))
+
+        term = AugmentedTerm(field, problem, unpack)
         if self.plan.solver.compile:
             term.pure_field = traceable_augmented_field(problem, params, dtype)
         steps = 0

@@ -84,7 +84,7 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
     term = problem.term()
     t = problem.t
     with_t = t.requires_grad and torch.is_grad_enabled()
-    fterm = problem.term()  # a second term, so the extra evaluations do not count as the solve's
+    fterm = problem.term(callbacks=False)  # a second term, so the extra evaluations do not count as the solve's
     ts = problem.ts
 
     def field(i: int, y: torch.Tensor) -> torch.Tensor:

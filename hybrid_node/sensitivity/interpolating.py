@@ -127,6 +127,8 @@ class Interpolating:
                 return torch.stack(outputs)
             # outputs do not change the steps, so one pass yields the outputs and the checkpoints
             times = sorted(set(self.cps) | set(self.ts))
+            if outputs is not None:
+                term.callbacks = None  # the event solve above called them already
             if fixed:
                 assert self.grid is not None  # set for fixed steps
                 kept = integrate_fixed(term, problem.solver, problem.controller, self.grid, y0, times)
@@ -165,7 +167,7 @@ class Interpolating:
             (dL/dt or None, dL/dy0, [dL/dp for p in params]).
         """
         problem, params, ts, cps = self.problem, self.params, self.ts, self.cps
-        fterm, rterm = problem.term(), problem.term()
+        fterm, rterm = problem.term(callbacks=False), problem.term(callbacks=False)
         dtype, n, shape = ys.dtype, ys[0].numel(), ys[0].shape
         q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
         x = torch.cat([grad_ys[-1].reshape(-1), q0])
@@ -181,11 +183,11 @@ class Interpolating:
             assert current[0] is not None
             return current[0](s)
 
-        def field(r: float, xx: torch.Tensor) -> torch.Tensor:
+        def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
             s = -r
             with torch.enable_grad():
                 z = z_at(s).detach().reshape(shape).requires_grad_(True)
-                g = fterm(s, z)
+                g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
                 grads = vjp(g, (z,) + params, xx[:n].reshape(shape))
             return torch.cat([gr.reshape(-1).to(dtype) for gr in grads])
 
@@ -195,7 +197,11 @@ class Interpolating:
             i = last - j
             return torch.cat([xx[:n] + grad_ys[i].reshape(-1), xx[n:]])
 
-        term = AugmentedTerm(field, problem)
+        def unpack(xx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # (adj_y, *adj_params): this adjoint does not carry the state
+            return (xx[:n].reshape(shape), *split_params(xx[n:], params))
+
+        term = AugmentedTerm(field, problem, unpack)
         steps = 0
         if last > 0:
             rs = [-s for s in reversed(ts)]

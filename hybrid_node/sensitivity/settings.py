@@ -67,11 +67,13 @@ class _AdjointSettings(AbstractSensitivity):
     atol: float | None = None
     method: str | None = None  #: backward solver; None reuses the forward one
     options: Mapping[str, Any] | None = None  #: backward solver options
-    norm: str = "default"  #: "seminorm" leaves the parameter-gradient channels out of the error norm
+    #: "seminorm" leaves the parameter-gradient channels out of the error norm; a callable is
+    #: torchdiffeq's ``adjoint_options["norm"]``: called on ``(t, *y, *adj_y, *adj_params)``
+    norm: str | Callable = "default"
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}.")
+        if not callable(self.norm) and self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS} or a callable, got {self.norm!r}.")
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}.")

@@ -173,6 +173,8 @@ class ExternalSolver(abc.ABC):
     adaptive: bool = True
     #: never a partitioned (q, p) method (see :attr:`AbstractSolver.partitioned`)
     partitioned: bool = False
+    #: its loop is its own: no step attempt of it is compiled by torch (read by the adjoints)
+    compile: bool = False
 
     @abc.abstractmethod
     def integrate(

@@ -88,7 +88,11 @@ def newton_solve(
     for it in range(1, settings.max_iters + 1):
         dz = solve(-residual(z))
         z = z + dz
-        norm = float((dz.detach() / scale).pow(2).mean().sqrt())
+        # no component is asked for less than the rounding error of its own increment: a float32
+        # component that starts at 0 (e.g. an adjoint's parameter channel) has scale ~atol, far
+        # below what float32 resolves, and would stall the iteration in round-off
+        zscale = torch.maximum(scale, (8 * eps) * z.detach().abs())
+        norm = float((dz.detach() / zscale).pow(2).mean().sqrt())
         if math.isnan(norm):
             return NewtonResult(z, False, it, float("inf"), eta)
         if prev is not None:
@@ -104,7 +108,12 @@ def newton_solve(
 
 
 def error_scale(y: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
-    """``atol + rtol*|y|`` (detached: the test only decides when to stop)."""
+    """``atol + rtol*|y|`` (detached: the test only decides when to stop).
+
+    ``rtol`` is taken as at least a few units of ``y``'s rounding error, which is what a converged
+    iterate can reach (the default 1e-9 is below float32's resolution).
+    """
+    rtol = max(rtol, 8 * torch.finfo(y.dtype).eps)
     return atol + rtol * y.detach().abs()
 
 

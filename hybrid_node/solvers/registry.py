@@ -126,8 +126,8 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         ),
         "scipy_solver": MethodSpec(
             ScipySolver,
-            ("solver",),
-            notes='`options={"solver": "RK45" \\| "DOP853" \\| "LSODA" \\| ...}`; forward only (no gradients)',
+            ("solver", "min_step", "max_step", "first_step"),
+            notes='`options={"solver": "RK45" \\| "DOP853" \\| "LSODA" \\| ...}`; gradients by the adjoint only',
         ),
         "rodas5p": MethodSpec(Rodas5P, ROSENBROCK_OPTIONS, julia="Rodas5P", notes="Rosenbrock, stiff"),
         "rodas4": MethodSpec(Rodas4, ROSENBROCK_OPTIONS, notes="Rosenbrock, stiff"),

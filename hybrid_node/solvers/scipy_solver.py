@@ -1,8 +1,13 @@
-"""``method="scipy_solver"``: forward solves by scipy.integrate.solve_ivp (no gradients)."""
+"""``method="scipy_solver"``: solves by scipy.integrate.solve_ivp.
+
+scipy computes no gradients, so direct backpropagation through it is refused; the adjoint method
+(``odeint_adjoint``) needs none and solves its backward system with scipy as well (the black-box
+adjoint of Chen et al. 2018, who used scipy's LSODA this way)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -32,17 +37,44 @@ class ScipySolver(ExternalSolver):
 
     Args:
         solver: a solve_ivp method name (RK45, RK23, DOP853, Radau, BDF, LSODA).
+        min_step: LSODA's smallest step (0: none), passed to solve_ivp as torchdiffeq does.
+        max_step: the largest step (inf: none).
+        first_step: the first step (None: scipy chooses).
+
+    Raises:
+        ValueError: an unknown solver or a step bound that is not a positive number.
 
     Reference: P. Virtanen et al., "SciPy 1.0", Nature Methods 17 (2020).
     """
 
     solver: str = "LSODA"
+    min_step: float = 0.0
+    max_step: float = math.inf
+    first_step: float | None = None
     name = "scipy_solver"
     adaptive = True
 
     def __post_init__(self):
         if self.solver not in SCIPY_METHODS:
             raise ValueError(f"scipy_solver: unknown solver {self.solver!r}; choose one of {SCIPY_METHODS}.")
+        if not (float(self.min_step) >= 0 and float(self.max_step) > 0):
+            raise ValueError(
+                f"scipy_solver: min_step must be >= 0 and max_step > 0, got {self.min_step!r} and {self.max_step!r}."
+            )
+        if self.first_step is not None and not float(self.first_step) > 0:
+            raise ValueError(f"scipy_solver: first_step must be positive, got {self.first_step!r}.")
+
+    def _step_options(self) -> dict:
+        """The step bounds that differ from solve_ivp's defaults (the others are not passed: scipy
+        warns about options a method ignores, e.g. min_step for RK45)."""
+        out: dict = {}
+        if float(self.min_step) > 0:
+            out["min_step"] = float(self.min_step)
+        if math.isfinite(float(self.max_step)):
+            out["max_step"] = float(self.max_step)
+        if self.first_step is not None:
+            out["first_step"] = float(self.first_step)
+        return out
 
     def integrate(self, term, y0: torch.Tensor, ts, rtol, atol, grad_inputs=()):
         """Solve on the increasing host times ``ts``; returns the stacked states (T, *y0.shape)."""
@@ -60,7 +92,7 @@ class ScipySolver(ExternalSolver):
             out = y0n[None]
         else:
             sol = __import__("scipy.integrate", fromlist=["solve_ivp"]).solve_ivp(
-                rhs, (ts[0], ts[-1]), y0n, method=self.solver, t_eval=ts, rtol=rt, atol=at
+                rhs, (ts[0], ts[-1]), y0n, method=self.solver, t_eval=ts, rtol=rt, atol=at, **self._step_options()
             )
             if sol.status != 0:
                 raise SolverError(Status.STEP_UNDERFLOW, float(sol.t[-1]) if len(sol.t) else ts[0], sol.message)
