@@ -19,6 +19,13 @@ from ._solution import Solution as Solution
 from ._solution import Stats as Stats
 from .controllers import ConstantStepSize as ConstantStepSize
 from .controllers import PIDController as PIDController
+
+# Neural SDEs (issue 24): torchsde's API.
+from .sde import BrownianInterval as BrownianInterval
+from .sde import BrownianPath as BrownianPath
+from .sde import BrownianTree as BrownianTree
+from .sde import sdeint as sdeint
+from .sde import sdeint_adjoint as sdeint_adjoint
 from .sensitivity import BacksolveAdjoint as BacksolveAdjoint
 from .sensitivity import DirectBackprop as DirectBackprop
 from .sensitivity import GaussAdjoint as GaussAdjoint
