@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "anode": ("hybrid_node.experiments.anode", "plain vs augmented Neural ODEs (Dupont et al. 2019)"),
     "cnf": ("hybrid_node.experiments.cnf", "continuous normalizing flows on toy 2-D densities"),
     "spirals": ("hybrid_node.experiments.spirals", "latent ODE vs RNNs on irregular spirals (paper's Table 2)"),
+    "sde": ("hybrid_node.experiments.latent_sde", "latent SDE on noisy Ornstein-Uhlenbeck paths (Li et al. 2020)"),
     "doctor": ("hybrid_node.commands.doctor", "show which backends work on this machine and why not"),
     "julia-setup": ("hybrid_node.julia.setup", "install and precompile the Julia backend"),
 }

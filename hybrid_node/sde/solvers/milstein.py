@@ -35,6 +35,8 @@ def diffusion_derivative_product(sde: SDEView, t: float, y: torch.Tensor) -> tup
     with torch.enable_grad():
         yy = y if y.requires_grad else y.detach().requires_grad_(True)
         b = _column(sde, sde.g(t, yy))
+        if not b.requires_grad:  # g does not depend on y (or on anything differentiable): no correction
+            return b, torch.zeros_like(b)
         if sde.noise_type == "diagonal":
             (db,) = torch.autograd.grad(b.sum(), yy, create_graph=True, allow_unused=True)
             db = torch.zeros_like(b) if db is None else db
