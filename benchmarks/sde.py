@@ -1,8 +1,10 @@
 """hybrid_node.sdeint vs torchsde.sdeint: forward and gradients of a neural SDE (batch 512, state 8).
 
 Run from the repository root: ``python -m benchmarks.sde`` (options: ``--repeats``, ``--threads``,
-``--dt``). Each library creates its own Brownian motion (``bm=None``), as a user would. For every
-method the table shows the median wall time of: a no-grad forward solve, a forward solve plus
+``--dt``). hybrid_node creates its own Brownian motion (``bm=None``), as a user would; torchsde is
+timed both ways: with its default Brownian motion and with a BrownianInterval given the step as
+``dt`` hint (torchsde's advice for fixed steps, much faster). For every method the table shows the
+best of ``--repeats`` interleaved wall times of: a no-grad forward solve, a forward solve plus
 backprop through it (direct), and sdeint_adjoint's forward plus backward. Both libraries solve the
 same SDE with the same method and step, so the ratio is the speed-up at equal work per step.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import platform
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -44,14 +45,21 @@ class NeuralSDE(nn.Module):
         return 0.2 * torch.sigmoid(self.a * y + self.b)
 
 
-def _median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _best_seconds(fns: list[Callable[[], None]], repeats: int) -> list[float]:
+    """The fastest of ``repeats`` wall times of each function, the functions run in turn.
+
+    Interleaving makes both libraries share whatever else the machine is doing, and the minimum is the
+    estimate least disturbed by it (other processes only ever add time).
+    """
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def _cases(sdeint, sdeint_adjoint, method: str, sde: NeuralSDE, y0, ts, dt: float, adjoint_method, make_bm=None):
@@ -128,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                 torchsde.sdeint, torchsde.sdeint_adjoint, method, sde, y0, ts, args.dt, their_adjoint, make_bm
             )
         for mode, fn in ours.items():
-            t_ours = _median_seconds(fn, args.repeats)
-            t_theirs = t_hinted = float("nan")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if mode in theirs:
-                    t_theirs = _median_seconds(theirs[mode], max(1, args.repeats // 3))
-                    t_hinted = _median_seconds(hinted[mode], args.repeats)
+                    t_ours, t_hinted = _best_seconds([fn, hinted[mode]], args.repeats)
+                    (t_theirs,) = _best_seconds([theirs[mode]], 1)  # seconds per call: one timed run
+                else:
+                    (t_ours,), t_theirs, t_hinted = _best_seconds([fn], args.repeats), float("nan"), float("nan")
             best = min(t_theirs, t_hinted)
             print(
                 f"| {method} | {mode} | {1e3 * t_ours:.1f} | {1e3 * t_theirs:.0f} | {1e3 * t_hinted:.1f} | "

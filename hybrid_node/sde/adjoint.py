@@ -71,7 +71,7 @@ def backward_pass(
         h = t1 - t0
         dw = bm(t0, t1)
         # Midpoint rule for the augmented Stratonovich SDE, run from t1 down to t0.
-        phi1, vy1, _ = _increment_vjp(sde, params, t1, y, a, h, dw)
+        phi1, vy1, _ = _increment_vjp(sde, (), t1, y, a, h, dw)  # the midpoint rule drops stage 1's dL/dparams
         y_mid, a_mid = y - 0.5 * phi1, a + 0.5 * vy1
         phi2, vy2, vp2 = _increment_vjp(sde, params, t0 + 0.5 * h, y_mid, a_mid, h, dw)
         y, a = y - phi2, a + vy2
