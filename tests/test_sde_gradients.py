@@ -112,5 +112,32 @@ def test_adjoint_bad_inputs():
         hn.sdeint_adjoint(NeuralSDE("general", "stratonovich"), y0, [0.0, 1.0], adjoint_method="rk4")
     with pytest.raises(ValueError, match="nn.Module"):
         hn.sdeint_adjoint(object(), y0, [0.0, 1.0])
+    with_prior = NeuralSDE("general", "stratonovich")
+    with_prior.h = lambda t, y: torch.zeros_like(y)
+    with pytest.raises(ValueError, match="reversible adjoint"):
+        hn.sdeint_adjoint(with_prior, y0, [0.0, 1.0], method="reversible_heun", logqp=True)
     with pytest.raises(ValueError, match="adjoint_adaptive"):
         hn.sdeint_adjoint(sde, y0, [0.0, 1.0], adjoint_adaptive=True)
+
+
+def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop():
+    torch.manual_seed(0)
+    sde = NeuralSDE("diagonal", "ito")
+    prior = torch.nn.Linear(3, 3)
+    sde.prior = prior
+    sde.h = lambda t, y: prior(y)
+    y0 = torch.randn(4, 3, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=5)
+    ts = torch.tensor([0.0, 0.3, 1.0])
+
+    def loss(solve, dt):
+        ys, kl = solve(sde, y0, ts, bm=bm, method="euler", dt=dt, logqp=True)
+        return _loss(ys) + kl.sum()
+
+    inputs = (y0, *sde.parameters())
+    direct = torch.autograd.grad(loss(hn.sdeint, 0.005), inputs, allow_unused=True)
+    adjoint = torch.autograd.grad(loss(hn.sdeint_adjoint, 0.005), inputs, allow_unused=True)
+    direct = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, direct)]
+    num = sum(float((a - b).norm()) for a, b in zip(adjoint, direct))
+    assert num / sum(float(b.norm()) for b in direct) < 0.03
+    torch.testing.assert_close(adjoint[-1], direct[-1], rtol=0.05, atol=1e-3)  # the prior's bias: KL only

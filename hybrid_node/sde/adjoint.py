@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ._cotangents import step_cotangents
-from ._loop import Trajectory, integrate
+from ._loop import Trajectory, integrate, logqp_rate
 from ._sde import SDEView
 from ._validate import Prepared
 from .solvers.milstein import diffusion_derivative_product
@@ -48,14 +48,29 @@ def _increment_vjp(
     return phi.detach(), vy, vp
 
 
+def _rate_vjp(
+    sde: SDEView, params: Sequence[torch.Tensor], t: float, y: torch.Tensor, h: float, cot: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The cotangent ``cot`` of the KL increment rate(t, y) h pulled back to y and to the parameters."""
+    with torch.enable_grad():
+        yy = y.detach().requires_grad_(True)
+        grads = torch.autograd.grad(logqp_rate(sde, t, yy) * h, (yy, *params), cot, allow_unused=True)
+    vy = torch.zeros_like(y) if grads[0] is None else grads[0]
+    return vy, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
+
+
 def backward_pass(
-    prepared: Prepared, params: Sequence[torch.Tensor], traj: Trajectory, grad_ys: torch.Tensor
+    prepared: Prepared,
+    params: Sequence[torch.Tensor],
+    traj: Trajectory,
+    grad_ys: torch.Tensor,
+    grad_log_ratios: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Solve the adjoint SDE backwards over the forward step grid.
 
     Args:
         prepared: the checked problem; params: tensors to differentiate; traj: the recorded forward solve;
-        grad_ys: dL/dys.
+        grad_ys: dL/dys; grad_log_ratios: dL/d(cumulative KL integral at each output), with logqp.
 
     Returns:
         (dL/dy0, [dL/dp for p in params]).
@@ -66,6 +81,10 @@ def backward_pass(
     y = traj.kept[n_steps]
     a = inject.get(n_steps, torch.zeros_like(y))
     a_params = [torch.zeros_like(p) for p in params]
+    # The KL integral is a left-point sum over steps: the rate at step n is weighted by the cotangents of
+    # the cumulative integral at every later step, a running sum kept in ``later``.
+    inject_kl = {} if grad_log_ratios is None else step_cotangents(traj, grad_log_ratios)
+    later = inject_kl.get(n_steps)
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
         h = t1 - t0
@@ -78,8 +97,14 @@ def backward_pass(
         a_params = [acc + v for acc, v in zip(a_params, vp2)]
         if n in traj.kept:
             y = traj.kept[n]  # restart from the stored forward state: the reconstruction error stays local
+        if later is not None:
+            vy, vp = _rate_vjp(sde, params, t0, y, h, later)
+            a = a + vy
+            a_params = [acc + v for acc, v in zip(a_params, vp)]
         if n in inject:
             a = a + inject[n]
+        if n in inject_kl:
+            later = inject_kl[n] if later is None else later + inject_kl[n]
     return a, a_params
 
 
@@ -90,26 +115,30 @@ class _StochasticAdjoint(torch.autograd.Function):
             traj = integrate(prepared.solver, prepared.sde, prepared.bm, y0, prepared.ts, record=True, **settings)
         ctx.prepared, ctx.traj, ctx.saved_params = prepared, traj, params
         holder.append(traj.extra)
-        return torch.stack(traj.ys)
+        ys = torch.stack(traj.ys)
+        lrs = torch.stack(traj.log_ratios) if traj.log_ratios else ys.new_zeros(ys.shape[:2])
+        return ys, lrs
 
     @staticmethod
-    def backward(ctx, grad_ys):
+    def backward(ctx, grad_ys, grad_lrs):
         params = ctx.saved_params
-        grad_y0, grad_params = backward_pass(ctx.prepared, params, ctx.traj, grad_ys)
+        grad_lrs = grad_lrs if ctx.traj.log_ratios else None
+        grad_y0, grad_params = backward_pass(ctx.prepared, params, ctx.traj, grad_ys, grad_lrs)
         return (None, None, None, grad_y0, *grad_params)
 
 
 def solve_stochastic_adjoint(
     prepared: Prepared, y0: torch.Tensor, params: Sequence[torch.Tensor], settings: Mapping[str, Any]
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Forward solve without a graph; gradients to y0 and params by the stochastic adjoint.
 
     Args:
         prepared: the checked problem; y0: (batch, d); params: tensors to differentiate; settings: the
-            step-size settings of :func:`hybrid_node.sde._loop.integrate`.
+            step-size settings of :func:`hybrid_node.sde._loop.integrate` (``logqp`` included).
 
     Returns:
-        (ys, the solver's final extra state).
+        (ys, the cumulative KL integral at each output (len(ts), batch; zeros without logqp), the solver's
+        final extra state).
 
     Raises:
         ValueError: an Ito SDE with general noise (no Stratonovich conversion without the full Jacobian).
@@ -120,5 +149,5 @@ def solve_stochastic_adjoint(
             "form (sde_type='stratonovich') or use sdeint (direct backprop)."
         )
     holder: list = []
-    ys = _StochasticAdjoint.apply(prepared, settings, holder, y0, *params)
-    return ys, holder[0]
+    ys, log_ratios = _StochasticAdjoint.apply(prepared, settings, holder, y0, *params)
+    return ys, log_ratios, holder[0]

@@ -129,6 +129,7 @@ def sdeint_adjoint(
         adjoint_adaptive, adjoint_rtol, adjoint_atol, adjoint_options: accepted for torchsde compatibility;
             the backward solve always walks the forward step grid (adjoint_adaptive=True raises).
         adjoint_params: tensors to differentiate (default: sde.parameters()).
+        logqp: as for sdeint (stochastic adjoint only); the KL integral's gradient is taken backwards too.
         The others: as for :func:`sdeint`.
 
     Returns:
@@ -136,7 +137,7 @@ def sdeint_adjoint(
 
     Raises:
         ValueError: as for sdeint; also a non-Module sde without adjoint_params, unknown adjoint methods or
-            options, logqp/extra_solver_state (not supported by the adjoint), Ito SDEs with general noise.
+            options, extra_solver_state, logqp with the reversible adjoint, Ito SDEs with general noise.
 
     Reference:
         X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
@@ -156,22 +157,26 @@ def sdeint_adjoint(
         )
     if adjoint_options:
         raise ValueError(f"unknown adjoint_options {sorted(adjoint_options)}; the adjoint solvers take none.")
-    if logqp or extra_solver_state is not None:
-        raise ValueError(
-            "logqp and extra_solver_state are not supported by sdeint_adjoint yet; use sdeint (direct backprop) "
-            "or compute the KL term with a separate sdeint call."
-        )
-    p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, False)
+    if extra_solver_state is not None:
+        raise ValueError("extra_solver_state is not supported by sdeint_adjoint; use sdeint (direct backprop).")
+    p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
     if len(p.ts) == 1:
-        return _finish(y0.unsqueeze(0), [], None, False, extra)
-    settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min)
-    if p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun"):
+        return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], None, logqp, extra)
+    settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
+    reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
+    if reversible and logqp:
+        raise ValueError(
+            "logqp is not supported by the reversible adjoint; use adjoint_method='midpoint' (stochastic "
+            "adjoint) or sdeint (direct backprop)."
+        )
+    if reversible:
         ys, extra_state = solve_reversible_adjoint(p, y0, params, settings)
+        log_ratios = None
     elif adjoint_method in (None, "midpoint"):
-        ys, extra_state = solve_stochastic_adjoint(p, y0, params, settings)
+        ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings)
     else:
         raise ValueError(
             f"unknown adjoint_method {adjoint_method!r}: use 'midpoint' (stochastic adjoint), or "
             "'adjoint_reversible_heun' with method='reversible_heun'."
         )
-    return _finish(ys, [], extra_state, False, extra)
+    return _finish(ys, [] if log_ratios is None else list(log_ratios), extra_state, logqp, extra)
