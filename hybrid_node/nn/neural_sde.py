@@ -100,9 +100,11 @@ class LatentSDELoss:
 class LatentSDE(nn.Module):
     """A latent SDE VAE: a GRU encoder, posterior and prior SDEs in latent space, a linear decoder.
 
-    The encoder reads the observations backwards in time and gives q(z0 | x) and a context vector; the
-    posterior drift f(t, z, context) and the prior drift h(t, z) share the diagonal diffusion g(z), so the
-    KL between the two path measures is E int 1/2 |(f - h) / g|^2 dt (sdeint's ``logqp``).
+    The encoder reads the observations backwards in time; its output at observation i summarises the
+    observations from i on and is the context of the posterior drift f(t, z, context_i) for t in
+    [t_i, t_{i+1}) (as in Li et al.), its output at the first observation gives q(z0 | x). The posterior
+    drift and the prior drift h(t, z) share the diagonal diffusion g(z), so the KL between the two path
+    measures is E int 1/2 |(f - h) / g|^2 dt (sdeint's ``logqp``).
 
     Args:
         data_dim, latent_dim, context_dim, hidden: sizes.
@@ -139,23 +141,24 @@ class LatentSDE(nn.Module):
     def _h(self, t: Tensor, z: Tensor) -> Tensor:
         return self.prior_drift(torch.cat([z, t.expand(z.shape[0], 1)], -1))
 
-    def _sde(self, context: Tensor | None) -> _FieldSDE:
-        """The prior SDE (context None) or the posterior SDE given the encoder's context (with h for logqp)."""
-        if context is None:
+    def _sde(self, context: Tensor | None, ts: Tensor | None = None) -> _FieldSDE:
+        """The prior SDE (context None) or the posterior SDE given the contexts (T, batch, c) at ts."""
+        if context is None or ts is None:
             return _FieldSDE(self._h, self.diffusion, "diagonal", "ito")
-        ctx = context
+        ctx, times = context, ts.detach()
 
         def f(t: Tensor, z: Tensor) -> Tensor:
-            return self.posterior_drift(torch.cat([z, ctx, t.expand(z.shape[0], 1)], -1))
+            i = torch.searchsorted(times, t.detach().reshape(1), right=True).clamp(1, len(times)) - 1
+            return self.posterior_drift(torch.cat([z, ctx[i[0]], t.expand(z.shape[0], 1)], -1))
 
         return _FieldSDE(f, self.diffusion, "diagonal", "ito", h=self._h)
 
     def encode(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q(z0 | x) and the context from observations xs (T, batch, data_dim): (mean, std, context)."""
+        """q(z0 | x) and the contexts from observations xs (T, batch, data_dim): (mean, std, (T, batch, c))."""
         out, _ = self.encoder(torch.flip(xs, (0,)))
-        last = out[-1]
-        mean, logstd = self.to_q0(last).chunk(2, -1)
-        return mean, logstd.exp(), self.to_context(last)
+        out = torch.flip(out, (0,))  # out[i] has read observations T-1 down to i
+        mean, logstd = self.to_q0(out[0]).chunk(2, -1)
+        return mean, logstd.exp(), self.to_context(out)
 
     def forward(self, xs: Tensor, ts: Tensor, kl_weight: float = 1.0) -> LatentSDELoss:
         """The negative ELBO of observations xs (T, batch, data_dim) at times ts (T,).
@@ -165,7 +168,7 @@ class LatentSDE(nn.Module):
         """
         mean, std, context = self.encode(xs)
         z0 = mean + std * torch.randn_like(std)
-        zs, log_ratio = sdeint(self._sde(context), z0, ts, method=self.method, dt=self.dt, logqp=True)
+        zs, log_ratio = sdeint(self._sde(context, ts), z0, ts, method=self.method, dt=self.dt, logqp=True)
         xs_hat = self.decoder(zs)
         dist = torch.distributions.Normal(xs_hat, self.obs_std)
         log_lik = dist.log_prob(xs).sum((0, 2)).mean()
@@ -181,9 +184,9 @@ class LatentSDE(nn.Module):
     def sample_posterior(self, xs: Tensor, ts: Tensor, n: int = 1) -> Tensor:
         """Decoded posterior sample paths given xs (T, batch, data_dim): (T, n * batch, data_dim)."""
         mean, std, context = self.encode(xs)
-        mean, std, context = (v.repeat(n, 1) for v in (mean, std, context))
+        mean, std, context = mean.repeat(n, 1), std.repeat(n, 1), context.repeat(1, n, 1)
         z0 = mean + std * torch.randn_like(std)
-        return self.decoder(sdeint(self._sde(context), z0, ts, method=self.method, dt=self.dt))
+        return self.decoder(sdeint(self._sde(context, ts), z0, ts, method=self.method, dt=self.dt))
 
     @torch.no_grad()
     def sample_prior(self, ts: Tensor, n: int) -> Tensor:
