@@ -23,6 +23,11 @@ from ._solution import Stats as Stats
 from .controllers import AbstractController as AbstractController
 from .controllers import ConstantStepSize as ConstantStepSize
 from .controllers import PIDController as PIDController
+from .sde import BrownianInterval as BrownianInterval
+from .sde import BrownianPath as BrownianPath
+from .sde import BrownianTree as BrownianTree
+from .sde import sdeint as sdeint
+from .sde import sdeint_adjoint as sdeint_adjoint
 from .sensitivity import AbstractSensitivity as AbstractSensitivity
 from .sensitivity import BacksolveAdjoint as BacksolveAdjoint
 from .sensitivity import DirectBackprop as DirectBackprop

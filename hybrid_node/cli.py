@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "cnf": ("hybrid_node.experiments.cnf", "continuous normalizing flows on toy 2-D densities"),
     "spirals": ("hybrid_node.experiments.spirals", "latent ODE vs RNNs on irregular spirals (paper's Table 2)"),
     "hnn": ("hybrid_node.experiments.hnn", "Hamiltonian NN vs baseline on mass-spring and pendulum (Greydanus 2019)"),
+    "sde": ("hybrid_node.experiments.latent_sde", "latent SDE on noisy Ornstein-Uhlenbeck paths (Li et al. 2020)"),
     "doctor": ("hybrid_node.commands.doctor", "show which backends work on this machine and why not"),
     "julia-setup": ("hybrid_node.julia.setup", "install and precompile the Julia backend"),
 }

@@ -16,6 +16,10 @@ from .layers import ConvDynamics as ConvDynamics
 from .layers import MLPDynamics as MLPDynamics
 from .layers import TimeConv2d as TimeConv2d
 from .layers import TimeLinear as TimeLinear
+from .neural_sde import DiagonalDiffusion as DiagonalDiffusion
+from .neural_sde import LatentSDE as LatentSDE
+from .neural_sde import LatentSDELoss as LatentSDELoss
+from .neural_sde import NeuralSDE as NeuralSDE
 from .ode_block import NeuralODE as NeuralODE
 from .ode_block import ODEBlock as ODEBlock
 from .ode_block import SolveSettings as SolveSettings

@@ -1,0 +1,195 @@
+"""Neural SDE layers: a learned SDE as a module, and the latent SDE of Li et al. 2020 with its ELBO.
+
+References:
+    X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
+    Equations", AISTATS 2020 (the latent SDE, section 5; the KL between path measures, eq. 10).
+    B. Tzen, M. Raginsky, "Neural Stochastic Differential Equations", 2019 (the posterior/prior SDE pair).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..sde import sdeint, sdeint_adjoint
+
+Tensor = torch.Tensor
+
+
+class DiagonalDiffusion(nn.Module):
+    """A diagonal diffusion g_i(z_i): one small MLP 1 -> hidden -> 1 per component, all evaluated at once.
+
+    Diagonal noise needs g_i to depend on z_i only (the Milstein and SRK corrections, and the adjoint's
+    Ito-Stratonovich conversion, rely on it); a softplus keeps it positive.
+
+    Args:
+        dim: state size; hidden: width of each component's MLP; scale: initial size of g.
+    """
+
+    def __init__(self, dim: int, hidden: int = 16, scale: float = 0.1):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(dim, hidden))
+        self.w2 = nn.Parameter(torch.randn(dim, hidden) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.full((dim,), math.log(math.expm1(scale))))  # softplus^-1(scale)
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        h = torch.tanh(z.unsqueeze(-1) * self.w1 + self.b1)
+        return nn.functional.softplus((h * self.w2).sum(-1) + self.b2)
+
+
+class _FieldSDE:
+    """The torchsde-style object sdeint reads: f, g (and optionally h) plus the noise and SDE types."""
+
+    def __init__(self, f, g, noise_type: str, sde_type: str, h=None):
+        self.f, self.g, self.noise_type, self.sde_type = f, g, noise_type, sde_type
+        if h is not None:
+            self.h = h
+
+
+class NeuralSDE(nn.Module):
+    """dy = drift(t, y) dt + diffusion(t, y) dW as a layer: ``layer(y0, ts) -> ys`` of shape (len(ts), batch, d).
+
+    Args:
+        drift: module ``drift(t, y) -> (batch, d)``.
+        diffusion: module ``diffusion(t, y)``: (batch, d) for diagonal noise, (batch, d, m) otherwise.
+        noise_type, sde_type: as for :func:`hybrid_node.sdeint`.
+        method, dt: solver and step (default: torchsde's default method for the SDE, dt 1e-2).
+        adjoint: gradients by :func:`hybrid_node.sdeint_adjoint` (O(len(ts)) memory).
+    """
+
+    def __init__(
+        self,
+        drift: nn.Module,
+        diffusion: nn.Module,
+        noise_type: str = "diagonal",
+        sde_type: str = "ito",
+        method: str | None = None,
+        dt: float = 1e-2,
+        adjoint: bool = False,
+    ):
+        super().__init__()
+        self.drift, self.diffusion = drift, diffusion
+        self.noise_type, self.sde_type, self.method, self.dt, self.adjoint = noise_type, sde_type, method, dt, adjoint
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.drift(t, y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.diffusion(t, y)
+
+    def forward(self, y0: Tensor, ts: Tensor | Sequence[float], bm=None) -> Tensor:
+        solve = sdeint_adjoint if self.adjoint else sdeint
+        return solve(self, y0, ts, bm=bm, method=self.method, dt=self.dt)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSDELoss:
+    """The terms of the latent SDE's negative ELBO (means over the batch)."""
+
+    loss: Tensor  #: -log p(x | z) + kl_weight * (kl_z0 + kl_path), per observed value
+    log_likelihood: Tensor
+    kl_z0: Tensor
+    kl_path: Tensor
+
+
+class LatentSDE(nn.Module):
+    """A latent SDE VAE: a GRU encoder, posterior and prior SDEs in latent space, a linear decoder.
+
+    The encoder reads the observations backwards in time; its output at observation i summarises the
+    observations from i on and is the context of the posterior drift f(t, z, context_i) for t in
+    [t_i, t_{i+1}) (as in Li et al.), its output at the first observation gives q(z0 | x). The posterior
+    drift and the prior drift h(t, z) share the diagonal diffusion g(z), so the KL between the two path
+    measures is E int 1/2 |(f - h) / g|^2 dt (sdeint's ``logqp``).
+
+    Args:
+        data_dim, latent_dim, context_dim, hidden: sizes.
+        obs_std: standard deviation of the Gaussian observation noise.
+        method, dt: the SDE solver (Ito; default euler) and its step.
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 1,
+        latent_dim: int = 4,
+        context_dim: int = 8,
+        hidden: int = 32,
+        obs_std: float = 0.05,
+        method: str = "euler",
+        dt: float = 2e-2,
+    ):
+        super().__init__()
+        self.encoder = nn.GRU(data_dim, hidden, batch_first=False)
+        self.to_context = nn.Linear(hidden, context_dim)
+        self.to_q0 = nn.Linear(hidden, 2 * latent_dim)
+        self.posterior_drift = nn.Sequential(
+            nn.Linear(latent_dim + context_dim + 1, hidden), nn.Softplus(), nn.Linear(hidden, latent_dim)
+        )
+        self.prior_drift = nn.Sequential(
+            nn.Linear(latent_dim + 1, hidden), nn.Softplus(), nn.Linear(hidden, latent_dim)
+        )
+        self.diffusion = DiagonalDiffusion(latent_dim)
+        self.decoder = nn.Linear(latent_dim, data_dim)
+        self.p0_mean = nn.Parameter(torch.zeros(latent_dim))
+        self.p0_logstd = nn.Parameter(torch.zeros(latent_dim))
+        self.obs_std, self.method, self.dt = obs_std, method, dt
+
+    def _h(self, t: Tensor, z: Tensor) -> Tensor:
+        return self.prior_drift(torch.cat([z, t.expand(z.shape[0], 1)], -1))
+
+    def _sde(self, context: Tensor | None, ts: Tensor | None = None) -> _FieldSDE:
+        """The prior SDE (context None) or the posterior SDE given the contexts (T, batch, c) at ts."""
+        if context is None or ts is None:
+            return _FieldSDE(self._h, self.diffusion, "diagonal", "ito")
+        ctx, times = context, ts.detach()
+
+        def f(t: Tensor, z: Tensor) -> Tensor:
+            i = torch.searchsorted(times, t.detach().reshape(1), right=True).clamp(1, len(times)) - 1
+            return self.posterior_drift(torch.cat([z, ctx[i[0]], t.expand(z.shape[0], 1)], -1))
+
+        return _FieldSDE(f, self.diffusion, "diagonal", "ito", h=self._h)
+
+    def encode(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q(z0 | x) and the contexts from observations xs (T, batch, data_dim): (mean, std, (T, batch, c))."""
+        out, _ = self.encoder(torch.flip(xs, (0,)))
+        out = torch.flip(out, (0,))  # out[i] has read observations T-1 down to i
+        mean, logstd = self.to_q0(out[0]).chunk(2, -1)
+        return mean, logstd.exp(), self.to_context(out)
+
+    def forward(self, xs: Tensor, ts: Tensor, kl_weight: float = 1.0) -> LatentSDELoss:
+        """The negative ELBO of observations xs (T, batch, data_dim) at times ts (T,).
+
+        Returns:
+            :class:`LatentSDELoss`; ``loss`` is normalised per observed value.
+        """
+        mean, std, context = self.encode(xs)
+        z0 = mean + std * torch.randn_like(std)
+        zs, log_ratio = sdeint(self._sde(context, ts), z0, ts, method=self.method, dt=self.dt, logqp=True)
+        xs_hat = self.decoder(zs)
+        dist = torch.distributions.Normal(xs_hat, self.obs_std)
+        log_lik = dist.log_prob(xs).sum((0, 2)).mean()
+        q0 = torch.distributions.Normal(mean, std)
+        p0 = torch.distributions.Normal(self.p0_mean, self.p0_logstd.exp())
+        kl_z0 = torch.distributions.kl_divergence(q0, p0).sum(-1).mean()
+        kl_path = log_ratio.sum(0).mean()
+        n_values = xs.shape[0] * xs.shape[2]
+        loss = (-log_lik + kl_weight * (kl_z0 + kl_path)) / n_values
+        return LatentSDELoss(loss, log_lik, kl_z0, kl_path)
+
+    @torch.no_grad()
+    def sample_posterior(self, xs: Tensor, ts: Tensor, n: int = 1) -> Tensor:
+        """Decoded posterior sample paths given xs (T, batch, data_dim): (T, n * batch, data_dim)."""
+        mean, std, context = self.encode(xs)
+        mean, std, context = mean.repeat(n, 1), std.repeat(n, 1), context.repeat(1, n, 1)
+        z0 = mean + std * torch.randn_like(std)
+        return self.decoder(sdeint(self._sde(context, ts), z0, ts, method=self.method, dt=self.dt))
+
+    @torch.no_grad()
+    def sample_prior(self, ts: Tensor, n: int) -> Tensor:
+        """Decoded sample paths of the prior SDE: (T, n, data_dim)."""
+        z0 = self.p0_mean + self.p0_logstd.exp() * torch.randn(n, self.p0_mean.shape[0])
+        return self.decoder(sdeint(self._sde(None), z0, ts, method=self.method, dt=self.dt))

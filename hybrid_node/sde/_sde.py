@@ -1,0 +1,139 @@
+"""A uniform view of a user's SDE object: drift, diffusion and diffusion-times-noise for every noise type.
+
+The user's object follows torchsde: methods ``f(t, y)`` and ``g(t, y)`` (or ``f_and_g``, ``g_prod``,
+``f_and_g_prod``; other names through ``names``) and attributes ``noise_type`` and ``sde_type``.
+Shapes, for y of shape (batch, d): drift (batch, d); diffusion (batch, d) for diagonal noise, else
+(batch, d, m), with m = 1 for scalar noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+NOISE_TYPES = ("diagonal", "additive", "scalar", "general")
+SDE_TYPES = ("ito", "stratonovich")
+
+#: torchsde's ``names`` keys -> the default method name they rename.
+NAME_KEYS = {
+    "drift": "f",
+    "diffusion": "g",
+    "prior_drift": "h",
+    "drift_and_diffusion": "f_and_g",
+    "diffusion_prod": "g_prod",
+    "drift_and_diffusion_prod": "f_and_g_prod",
+}
+
+
+def noise_product(noise_type: str, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The diffusion applied to a noise vector, g v, for the given noise type.
+
+    Args:
+        noise_type: one of NOISE_TYPES.
+        g: diffusion, (batch, d) for diagonal noise, else (batch, d, m).
+        v: noise, (batch, d) for diagonal noise, else (batch, m).
+
+    Returns:
+        (batch, d).
+    """
+    if noise_type == "diagonal":
+        return g * v
+    if noise_type == "scalar":
+        return g[..., 0] * v  # v is (batch, 1): broadcasting is cheaper than a batched matmul
+    return torch.bmm(g, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _time(t, y: torch.Tensor) -> torch.Tensor:
+    # torchsde hands the vector fields a 0-d tensor; user code may call torch functions on it.
+    if isinstance(t, torch.Tensor):
+        return t
+    return torch.tensor(t, dtype=y.dtype, device=y.device)
+
+
+class SDEView:
+    """Normalised access to a user's SDE object (immutable after construction).
+
+    Args:
+        sde: the user's object.
+        names: optional torchsde-style renaming, e.g. ``{"drift": "my_f"}``.
+
+    Raises:
+        ValueError: missing or unknown noise_type/sde_type, no drift or no diffusion, unknown ``names`` keys.
+    """
+
+    def __init__(self, sde: Any, names: Mapping[str, str] | None = None):
+        names = dict(names or {})
+        unknown = set(names) - set(NAME_KEYS)
+        if unknown:
+            raise ValueError(f"unknown keys in names: {sorted(unknown)}; valid keys are {sorted(NAME_KEYS)}.")
+        for attr, valid in (("noise_type", NOISE_TYPES), ("sde_type", SDE_TYPES)):
+            value = getattr(sde, attr, None)
+            if value not in valid:
+                raise ValueError(f"the sde object needs an attribute {attr} in {valid}, got {value!r}.")
+        self.sde = sde
+        self.noise_type: str = sde.noise_type
+        self.sde_type: str = sde.sde_type
+
+        def get(key: str):
+            return getattr(sde, names.get(key, NAME_KEYS[key]), None)
+
+        self._f, self._g, self._h = get("drift"), get("diffusion"), get("prior_drift")
+        self._fg, self._gp, self._fgp = (
+            get("drift_and_diffusion"),
+            get("diffusion_prod"),
+            get("drift_and_diffusion_prod"),
+        )
+        if self._f is None and self._fg is None and self._fgp is None:
+            raise ValueError("the sde object must define a drift: f(t, y), f_and_g(t, y) or f_and_g_prod(t, y, v).")
+        if self._g is None and self._fg is None and self._gp is None and self._fgp is None:
+            raise ValueError("the sde object must define a diffusion: g(t, y), f_and_g(t, y) or g_prod(t, y, v).")
+        self.has_g = self._g is not None or self._fg is not None
+
+    def f(self, t, y: torch.Tensor) -> torch.Tensor:
+        t = _time(t, y)
+        if self._f is not None:
+            return self._f(t, y)
+        if self._fg is not None:
+            return self._fg(t, y)[0]
+        raise ValueError("this method needs the drift alone; define f(t, y) on the sde object.")
+
+    def g(self, t, y: torch.Tensor) -> torch.Tensor:
+        t = _time(t, y)
+        if self._g is not None:
+            return self._g(t, y)
+        if self._fg is not None:
+            return self._fg(t, y)[1]
+        raise ValueError("this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object.")
+
+    def f_and_g(self, t, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _time(t, y)
+        if self._fg is not None:
+            return self._fg(t, y)
+        return self.f(t, y), self.g(t, y)
+
+    def g_prod(self, t, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        t = _time(t, y)
+        if self._gp is not None:
+            return self._gp(t, y, v)
+        if self._fgp is not None and not self.has_g:
+            return self._fgp(t, y, v)[1]
+        return noise_product(self.noise_type, self.g(t, y), v)
+
+    def f_and_g_prod(self, t, y: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _time(t, y)
+        if self._fgp is not None:
+            return self._fgp(t, y, v)
+        return self.f(t, y), self.g_prod(t, y, v)
+
+    def h(self, t, y: torch.Tensor) -> torch.Tensor:
+        t = _time(t, y)
+        if self._h is None:
+            raise ValueError(
+                "logqp=True needs the prior drift h(t, y) on the sde object (or names={'prior_drift': ...})."
+            )
+        return self._h(t, y)
+
+    def prod(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return noise_product(self.noise_type, g, v)

@@ -1,0 +1,140 @@
+"""Validate sdeint's inputs once, with messages that say how to fix them, and fill in the defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ._sde import SDEView
+from .brownian import BrownianInterval
+from .solvers import DEFAULT_METHOD, build_solver
+from .solvers.base import SDESolver
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A checked problem: the SDE view, solver, times as floats, Brownian motion and noise size."""
+
+    sde: SDEView
+    solver: SDESolver
+    ts: list[float]
+    bm: Any
+    noise_size: int
+
+
+def _times(ts: Any, y0: torch.Tensor) -> list[float]:
+    if isinstance(ts, torch.Tensor):
+        if ts.ndim != 1:
+            raise ValueError(f"ts must be a 1-D tensor of times, got shape {tuple(ts.shape)}.")
+        out = [float(v) for v in ts.detach().cpu().tolist()]
+    elif isinstance(ts, (list, tuple)) and all(isinstance(v, (int, float)) for v in ts):
+        out = [float(v) for v in ts]
+    else:
+        raise ValueError("ts must be a 1-D tensor or a list/tuple of floats.")
+    if len(out) < 1:
+        raise ValueError("ts must hold at least one time.")
+    if any(b <= a for a, b in zip(out[:-1], out[1:])):
+        raise ValueError("ts must be strictly increasing (to solve backwards in time, reverse the SDE instead).")
+    return out
+
+
+def prepare(
+    sde: Any,
+    y0: Any,
+    ts: Any,
+    bm: Any,
+    method: str | None,
+    dt: float,
+    adaptive: bool,
+    rtol: float,
+    atol: float,
+    dt_min: float,
+    options: Mapping[str, Any] | None,
+    names: Mapping[str, str] | None,
+    logqp: bool,
+) -> Prepared:
+    """Check every input of sdeint and build the solver and (if not given) the Brownian motion.
+
+    Args:
+        As :func:`hybrid_node.sde.sdeint`.
+
+    Returns:
+        A :class:`Prepared` problem.
+
+    Raises:
+        ValueError: the message names the bad input and how to fix it.
+    """
+    view = SDEView(sde, names)
+    if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
+        shape = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
+        raise ValueError(
+            f"y0 must be a tensor of shape (batch, state), got {shape}; add a batch dimension with y0[None]."
+        )
+    if not y0.is_floating_point():
+        raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}.")
+    times = _times(ts, y0)
+    for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}.")
+    method = DEFAULT_METHOD[(view.sde_type, view.noise_type)] if method is None else method
+    solver = build_solver(method, view.sde_type, view.noise_type, dict(options or {}))
+    if solver.needs_diffusion_matrix and not view.has_g:
+        raise ValueError(
+            f"method {method!r} needs the diffusion matrix: define g(t, y) or f_and_g(t, y), not only g_prod."
+        )
+    batch, d = y0.shape
+    t0 = torch.tensor(times[0], dtype=y0.dtype, device=y0.device)
+    noise_size = None
+    with torch.no_grad():
+        f = view.f(t0, y0) if view._f is not None or view._fg is not None else None
+        if f is not None and tuple(f.shape) != (batch, d):
+            raise ValueError(f"the drift must have the shape of y0, {(batch, d)}, got {tuple(f.shape)}.")
+        if view.has_g:
+            g = view.g(t0, y0)
+            if view.noise_type == "diagonal":
+                if tuple(g.shape) != (batch, d):
+                    raise ValueError(
+                        f"with noise_type 'diagonal' the diffusion must have shape (batch, state) = {(batch, d)}, "
+                        f"got {tuple(g.shape)}; for a (batch, state, noise) matrix use noise_type 'general'."
+                    )
+                noise_size = d
+            else:
+                if g.ndim != 3 or tuple(g.shape[:2]) != (batch, d):
+                    raise ValueError(
+                        f"with noise_type {view.noise_type!r} the diffusion must have shape (batch, state, noise) = "
+                        f"({batch}, {d}, m), got {tuple(g.shape)}; for a (batch, state) diffusion use 'diagonal'."
+                    )
+                noise_size = g.shape[2]
+                if view.noise_type == "scalar" and noise_size != 1:
+                    raise ValueError(
+                        f"scalar noise needs a diffusion of shape ({batch}, {d}, 1), got {tuple(g.shape)}."
+                    )
+    if bm is not None:
+        shape = tuple(getattr(bm, "shape", ()))
+        if len(shape) != 2 or shape[0] != batch or (noise_size is not None and shape[1] != noise_size):
+            raise ValueError(f"bm must have shape (batch, noise) = ({batch}, {noise_size or 'm'}), got {shape}.")
+        noise_size = shape[1]
+        if solver.needs_levy_area and getattr(bm, "levy_area_approximation", "none") == "none":
+            raise ValueError(
+                f"method {method!r} needs a space-time Levy area: create the Brownian motion with "
+                "levy_area_approximation='space-time', or pass bm=None."
+            )
+    if noise_size is None:
+        raise ValueError("cannot tell the number of noise channels from g_prod alone; pass bm explicitly.")
+    if logqp:
+        with torch.no_grad():
+            view.h(t0, y0)  # raises with a clear message if the prior drift is missing
+    if bm is None and len(times) > 1:
+        bm = BrownianInterval(
+            times[0],
+            times[-1],
+            (batch, noise_size),
+            dtype=y0.dtype,
+            device=y0.device,
+            levy_area_approximation="space-time" if solver.needs_levy_area else "none",
+            dt=None if adaptive else dt,
+        )
+    return Prepared(view, solver, times, bm, noise_size)

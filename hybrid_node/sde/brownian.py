@@ -1,0 +1,343 @@
+"""Brownian motion that can be queried at any time, in any order, with consistent increments.
+
+A :class:`BrownianInterval` holds a sorted set of *knots* t0 = s_0 < s_1 < ... < s_K = t1 with the sampled
+values W(s_k) (and, when a space-time Levy area is asked for, K(s_k) = int_{t0}^{s_k} W(u) du). A query
+at a time that is not a knot inserts one, drawn from the Brownian bridge between its two neighbours
+(Revuz & Yor 1999, ch. I.3), so every later query sees the same path: increments over adjacent intervals
+add up, repeated and out-of-order queries return the same values, and the backward pass of an adjoint
+sees exactly the noise of the forward pass. With a ``dt`` hint the knots of the grid t0 + k dt are drawn
+at once with one ``randn`` (a fixed-step solve then only looks values up).
+
+Memory is one (size) tensor per knot: a fixed-step solve of n steps keeps n + 1 of them. Every random
+draw of an inserted knot is seeded from (entropy, knot time), so a run is reproducible for a given
+entropy and query sequence.
+
+References:
+    P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992,
+    section 10.4 (the joint law of (Delta W, int W du) used for the space-time Levy area).
+    J. T. Wilson et al., "Efficiently sampling functions from Gaussian process posteriors", ICML 2020
+    (pathwise conditioning, used to bridge W and its time integral jointly).
+    P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and Accurate Gradients for Neural SDEs", NeurIPS
+    2021, section 4 (the Brownian Interval: exact, query-order-independent noise for adjoints).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+import torch
+
+LEVY_AREA_APPROXIMATIONS = ("none", "space-time")
+_UNSUPPORTED_LEVY = ("davie", "foster")
+_MASK = (1 << 63) - 1
+
+
+def _seed(entropy: int, t: float) -> int:
+    # The draw of a knot depends only on the entropy and the knot's time (not on how many draws came
+    # before), so two objects with one entropy agree wherever they were queried in the same way.
+    return hash((entropy, float(t))) & _MASK
+
+
+class BrownianInterval:
+    """Brownian motion W on [t0, t1] with W(t0) = 0, sampled lazily and exactly.
+
+    Args:
+        t0, t1: the interval; queries outside it raise.
+        size: shape of W(t), e.g. (batch, noise channels).
+        dtype, device: of the samples (default: torch's default dtype, CPU).
+        entropy: seed; default a random one (reproducible runs pass an int).
+        levy_area_approximation: ``"none"`` or ``"space-time"`` (also return U = int_ta^tb (W(u) - W(ta)) du,
+            the integral needed by the order-1.5 SRK solvers).
+        dt: optional grid hint: knots t0 + k dt are sampled at once (fast fixed-step solves).
+        tol, pool_size, cache_size, halfway_tree: accepted for torchsde compatibility and ignored (every
+            knot is kept, so no cache or tolerance is needed).
+        W: optional value of W(t1) - W(t0) to condition on (a Brownian bridge).
+
+    Raises:
+        ValueError: t1 <= t0, an unknown or unsupported Levy area approximation, a W of the wrong shape.
+    """
+
+    def __init__(
+        self,
+        t0: float,
+        t1: float,
+        size: Sequence[int] | torch.Size = (),
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        entropy: int | None = None,
+        levy_area_approximation: str = "none",
+        dt: float | None = None,
+        tol: float = 0.0,
+        pool_size: int = 8,
+        cache_size: int | None = 45,
+        halfway_tree: bool = False,
+        W: torch.Tensor | None = None,
+        H: torch.Tensor | None = None,
+    ):
+        t0, t1 = float(t0), float(t1)
+        if not t1 > t0:
+            raise ValueError(f"BrownianInterval needs t0 < t1, got t0={t0}, t1={t1}.")
+        if levy_area_approximation in _UNSUPPORTED_LEVY:
+            raise ValueError(
+                f"levy_area_approximation={levy_area_approximation!r} is not implemented: no hybrid_node solver "
+                "needs a full Levy area. Use 'space-time' (for method='srk') or 'none'."
+            )
+        if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
+            raise ValueError(
+                f"unknown levy_area_approximation {levy_area_approximation!r}; "
+                f"choose one of {LEVY_AREA_APPROXIMATIONS}."
+            )
+        if dt is not None and not dt > 0:
+            raise ValueError(f"the grid hint dt must be positive, got {dt}.")
+        self._t0, self._t1 = t0, t1
+        self._size = torch.Size(size)
+        self._dtype = torch.get_default_dtype() if dtype is None else dtype
+        self._device = torch.device("cpu") if device is None else torch.device(device)
+        self._entropy = int(torch.randint(0, 2**62, ()).item()) if entropy is None else int(entropy)
+        self.levy_area_approximation = levy_area_approximation
+        self._levy = levy_area_approximation == "space-time"
+        self._gen = torch.Generator(device=self._device)
+        self._times: list[float] = [t0]
+        self._w: dict[float, torch.Tensor] = {t0: self._zeros()}
+        self._k: dict[float, torch.Tensor] = {t0: self._zeros()}  # int_{t0}^{s} W(u) du
+        h = t1 - t0
+        # Snap tolerance: a query this close to a knot is that knot (step times built by repeated addition
+        # differ from t0 + k dt in the last bits; a separate knot there would only cost memory).
+        self._eps = 1e-10 * max(1.0, abs(t0), abs(t1))
+        if dt is not None and dt < h:
+            self._sample_grid(dt)
+        else:
+            if W is not None and tuple(W.shape) != tuple(self._size):
+                raise ValueError(f"W must have shape {tuple(self._size)} (the size), got {tuple(W.shape)}.")
+            w1, k1 = self._fresh(t1, h, 0.0)
+            if W is not None:
+                w1 = W.to(device=self._device, dtype=self._dtype)
+                # int W du over [t0, t1] given W(t1): h W/2 + the independent space-time area.
+                k1 = h * (0.5 * w1 + math.sqrt(h / 12) * self._randn(t1 + 0.5))
+            self._insert(t1, w1, k1)
+
+    # --- properties (torchsde names) -------------------------------------------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        return self._size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def start(self) -> float:
+        return self._t0
+
+    @property
+    def end(self) -> float:
+        return self._t1
+
+    @property
+    def entropy(self) -> int:
+        return self._entropy
+
+    @property
+    def num_knots(self) -> int:
+        """How many times W has been sampled at (a measure of the memory held)."""
+        return len(self._times)
+
+    # --- sampling ------------------------------------------------------------------------------------------
+    def _zeros(self) -> torch.Tensor:
+        return torch.zeros(self._size, dtype=self._dtype, device=self._device)
+
+    def _randn(self, t: float, n: int = 1) -> torch.Tensor:
+        self._gen.manual_seed(_seed(self._entropy, t))
+        shape = self._size if n == 1 else (n, *self._size)
+        return torch.randn(shape, generator=self._gen, dtype=self._dtype, device=self._device)
+
+    def _fresh(self, t: float, h: float, w_prev) -> tuple[torch.Tensor, torch.Tensor]:
+        """A new knot at t, h after the last one, unconditioned (W increment and its time integral)."""
+        z = self._randn(t, 2) if self._levy else self._randn(t).unsqueeze(0)
+        dw = math.sqrt(h) * z[0]
+        if not self._levy:
+            return w_prev + dw, self._zeros()
+        return w_prev + dw, h * (0.5 * dw + math.sqrt(h / 12) * z[1])  # the integral of (W - W_prev) only
+
+    def _sample_grid(self, dt: float) -> None:
+        times = [self._t0]
+        while times[-1] + dt < self._t1 - self._eps:
+            times.append(times[-1] + dt)
+        times.append(self._t1)
+        hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=self._dtype, device=self._device)
+        hs = hs.reshape(-1, *([1] * len(self._size)))
+        n = len(hs)
+        z = self._randn(self._t1 + 0.25, 2 * n if self._levy else n)
+        dw = hs.sqrt() * z[:n]
+        w = torch.cat([self._zeros().unsqueeze(0), dw.cumsum(0)])
+        if self._levy:
+            # K(s_{k+1}) = K(s_k) + h_k W(s_k) + int_{s_k}^{s_{k+1}} (W - W(s_k)) du.
+            local = hs * (0.5 * dw + (hs / 12).sqrt() * z[n:])
+            k = torch.cat([self._zeros().unsqueeze(0), (local + hs * w[:-1]).cumsum(0)])
+        self._times = times
+        self._w = dict(zip(times, w.unbind(0)))
+        self._k = dict(zip(times, k.unbind(0))) if self._levy else {}
+
+    def _insert(self, t: float, w: torch.Tensor, k: torch.Tensor) -> None:
+        bisect.insort(self._times, t)
+        self._w[t] = w
+        if self._levy:
+            self._k[t] = k
+
+    def _bridge(self, t: float) -> float:
+        """Insert a knot at t strictly between two knots, conditioned on both; returns the knot time."""
+        i = bisect.bisect_left(self._times, t)
+        a, b = self._times[i - 1], self._times[i]
+        h, h1, h2 = b - a, t - a, b - t
+        wa, wb = self._w[a], self._w[b]
+        if not self._levy:
+            w = wa + (h1 / h) * (wb - wa) + math.sqrt(h1 * h2 / h) * self._randn(t)
+            self._insert(t, w, w)
+            return t
+        # Pathwise conditioning: draw (w1, i1, w2, i2), the increments and local integrals of the two
+        # halves, unconditionally, then correct them linearly so that they reproduce the parent's
+        # increment dw = w1 + w2 and integral di = i1 + i2 + h2 w1 exactly.
+        dw = wb - wa
+        di = self._k[b] - self._k[a] - h * wa
+        cov = torch.zeros(4, 4, dtype=torch.float64)
+        for j, hj in ((0, h1), (2, h2)):
+            cov[j : j + 2, j : j + 2] = torch.tensor([[hj, hj**2 / 2], [hj**2 / 2, hj**3 / 3]], dtype=torch.float64)
+        a_mat = torch.tensor([[1.0, 0.0, 1.0, 0.0], [h2, 1.0, 0.0, 1.0]], dtype=torch.float64)
+        gain = cov @ a_mat.T @ torch.linalg.inv(a_mat @ cov @ a_mat.T)  # (4, 2)
+        z = self._randn(t, 4)
+        r1, r2 = math.sqrt(h1), math.sqrt(h2)
+        x = [
+            r1 * z[0],
+            h1 * r1 * (0.5 * z[0] + z[1] / math.sqrt(12)),
+            r2 * z[2],
+            h2 * r2 * (0.5 * z[2] + z[3] / math.sqrt(12)),
+        ]
+        res_w = dw - (x[0] + x[2])
+        res_i = di - (x[1] + x[3] + h2 * x[0])
+        g = gain.tolist()
+        w1 = x[0] + g[0][0] * res_w + g[0][1] * res_i
+        i1 = x[1] + g[1][0] * res_w + g[1][1] * res_i
+        self._insert(t, wa + w1, self._k[a] + h1 * wa + i1)
+        return t
+
+    def _knot(self, t: float) -> float:
+        """The knot at time t (inserted if needed); raises outside [t0, t1]."""
+        if t in self._w:
+            return t
+        if not self._t0 - self._eps <= t <= self._t1 + self._eps:
+            raise ValueError(
+                f"the Brownian motion is defined on [{self._t0}, {self._t1}], but time {t} was asked for; create "
+                "it over the whole solve interval (ts[0], ts[-1])."
+            )
+        i = bisect.bisect_left(self._times, t)
+        for j in (i - 1, i):
+            if 0 <= j < len(self._times) and abs(self._times[j] - t) <= self._eps:
+                return self._times[j]
+        return self._bridge(t)
+
+    def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
+        """The increment W(tb) - W(ta) (or W(ta) - W(t0) when ``tb`` is None).
+
+        Args:
+            ta, tb: times in [t0, t1] with ta <= tb (floats or 0-d tensors).
+            return_U: also return U = int_ta^tb (W(u) - W(ta)) du (needs levy_area_approximation="space-time").
+            return_A: a full Levy area; not available (raises).
+
+        Returns:
+            W, or (W, U) with ``return_U``.
+
+        Raises:
+            ValueError: times outside [t0, t1], ta > tb, or an area the object was not built to give.
+        """
+        if return_A:
+            raise ValueError("full Levy areas (return_A) are not implemented; no hybrid_node solver needs them.")
+        if return_U and not self._levy:
+            raise ValueError('return_U needs BrownianInterval(..., levy_area_approximation="space-time").')
+        if tb is None:
+            ta, tb = self._t0, ta
+        a, b = self._knot(float(ta)), self._knot(float(tb))
+        if a > b:
+            raise ValueError(f"need ta <= tb, got ta={a}, tb={b}.")
+        w = self._w[b] - self._w[a]
+        if not return_U:
+            return w
+        u = self._k[b] - self._k[a] - (b - a) * self._w[a]
+        return w, u
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(t0={self._t0}, t1={self._t1}, size={tuple(self._size)}, dtype={self._dtype}, "
+            f"device={self._device}, entropy={self._entropy}, levy_area_approximation={self.levy_area_approximation!r})"
+        )
+
+
+class BrownianPath(BrownianInterval):
+    """torchsde's ``BrownianPath(t0, w0)``: a Brownian motion started at value w0 with point queries.
+
+    ``bm(t)`` returns the value w0 + W(t) and ``bm(ta, tb)`` the increment. The path is defined on
+    [t0, t1] (default t0 + 1, as torchsde does).
+
+    Args:
+        t0: start time.
+        w0: start value; its shape, dtype and device are the path's.
+        t1: end time (default t0 + 1).
+        window_size: accepted for compatibility and ignored.
+        entropy: seed.
+        levy_area_approximation: as for :class:`BrownianInterval`.
+    """
+
+    def __init__(
+        self,
+        t0: float,
+        w0: torch.Tensor,
+        t1: float | None = None,
+        window_size: int = 8,
+        entropy: int | None = None,
+        levy_area_approximation: str = "none",
+    ):
+        t1 = float(t0) + 1.0 if t1 is None else t1
+        super().__init__(t0, t1, w0.shape, w0.dtype, w0.device, entropy, levy_area_approximation)
+        self._w0 = w0
+
+    def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
+        out = super().__call__(ta, tb, return_U, return_A)
+        if tb is None and not return_U:
+            return self._w0 + out
+        return out
+
+
+class BrownianTree(BrownianPath):
+    """torchsde's ``BrownianTree(t0, w0, t1, w1)``: a Brownian motion from w0, optionally pinned to w1 at t1.
+
+    The same exact engine as :class:`BrownianInterval` (no tolerance: inserted knots are exact bridge
+    samples); ``tol``, ``pool_size``, ``cache_depth`` and ``safety`` are accepted and ignored.
+
+    Args:
+        t0, w0: start time and value.
+        t1, w1: end time (default t0 + 1) and optional end value.
+        entropy: seed.
+    """
+
+    def __init__(
+        self,
+        t0: float,
+        w0: torch.Tensor,
+        t1: float | None = None,
+        w1: torch.Tensor | None = None,
+        entropy: int | None = None,
+        tol: float = 1e-6,
+        pool_size: int = 24,
+        cache_depth: int = 9,
+        safety: float | None = None,
+    ):
+        t1 = float(t0) + 1.0 if t1 is None else t1
+        BrownianInterval.__init__(
+            self, t0, t1, w0.shape, w0.dtype, w0.device, entropy, W=None if w1 is None else w1 - w0
+        )
+        self._w0 = w0

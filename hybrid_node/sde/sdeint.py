@@ -1,0 +1,182 @@
+"""sdeint and sdeint_adjoint: torchsde's entry points on hybrid_node's solvers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ._loop import integrate
+from ._validate import prepare
+from .adjoint import solve_stochastic_adjoint
+from .reversible_adjoint import solve_reversible_adjoint
+
+
+def _finish(ys: torch.Tensor, log_ratios: list[torch.Tensor], extra_state: Any, logqp: bool, extra: bool):
+    out: list[Any] = [ys]
+    if logqp:
+        lr = torch.stack(log_ratios)
+        out.append(lr[1:] - lr[:-1])  # torchsde returns the increment over each output interval
+    if extra:
+        out.append(extra_state)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def sdeint(
+    sde: Any,
+    y0: torch.Tensor,
+    ts: torch.Tensor | Sequence[float],
+    bm: Any = None,
+    method: str | None = None,
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-4,
+    dt_min: float = 1e-5,
+    options: Mapping[str, Any] | None = None,
+    names: Mapping[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: tuple | None = None,
+):
+    """Solve dy = f(t, y) dt + g(t, y) dW from y(ts[0]) = y0; gradients by backprop through the solver.
+
+    Args:
+        sde: object with ``f(t, y)`` and ``g(t, y)`` (or ``f_and_g``, ``g_prod``), ``noise_type`` in
+            {"diagonal", "additive", "scalar", "general"} and ``sde_type`` in {"ito", "stratonovich"}.
+        y0: initial state (batch, d).
+        ts: strictly increasing output times (1-D tensor or list of floats).
+        bm: Brownian motion over [ts[0], ts[-1]] of shape (batch, m) (default: a new BrownianInterval).
+        method: "euler", "milstein", "srk" (Ito); "euler_heun", "heun", "midpoint", "reversible_heun",
+            "milstein" (Stratonovich). Default: torchsde's (srk for Ito diagonal/additive/scalar noise,
+            euler for Ito general noise, midpoint for Stratonovich).
+        dt: step size (the initial one when adaptive).
+        adaptive, rtol, atol, dt_min: step doubling with these tolerances and minimum step.
+        options: method options, e.g. ``{"grad_free": True}`` for milstein.
+        names: rename the SDE's methods, e.g. ``{"drift": "f_post", "prior_drift": "h"}``.
+        logqp: also return the KL rate integral between the posterior (f) and prior (h) SDE per output interval.
+        extra: also return the solver's final extra state (reversible_heun: (z, f, g)).
+        extra_solver_state: the solver's extra state at ts[0] (default: computed from y0).
+
+    Returns:
+        ys of shape (len(ts), batch, d); with logqp ``(ys, log_ratio)`` with log_ratio (len(ts) - 1, batch);
+        with extra the extra state last.
+
+    Raises:
+        ValueError: bad shapes, non-increasing ts, unknown methods/options or a method that does not fit
+            the SDE (the message says which do).
+        SolverError: the state became non-finite.
+
+    Reference:
+        P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992.
+    """
+    p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
+    if len(p.ts) == 1:
+        return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], extra_solver_state, logqp, extra)
+    traj = integrate(
+        p.solver,
+        p.sde,
+        p.bm,
+        y0,
+        p.ts,
+        dt=dt,
+        adaptive=adaptive,
+        rtol=rtol,
+        atol=atol,
+        dt_min=dt_min,
+        logqp=logqp,
+        extra0=extra_solver_state,
+    )
+    return _finish(torch.stack(traj.ys), traj.log_ratios, traj.extra, logqp, extra)
+
+
+def sdeint_adjoint(
+    sde: torch.nn.Module,
+    y0: torch.Tensor,
+    ts: torch.Tensor | Sequence[float],
+    bm: Any = None,
+    method: str | None = None,
+    adjoint_method: str | None = None,
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    adjoint_adaptive: bool = False,
+    rtol: float = 1e-5,
+    adjoint_rtol: float = 1e-5,
+    atol: float = 1e-4,
+    adjoint_atol: float = 1e-4,
+    dt_min: float = 1e-5,
+    options: Mapping[str, Any] | None = None,
+    adjoint_options: Mapping[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    names: Mapping[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: tuple | None = None,
+):
+    """As :func:`sdeint`, with gradients by an adjoint SDE solved backwards on the same Brownian path.
+
+    method="reversible_heun" (with adjoint_method None or "adjoint_reversible_heun") uses the
+    algebraically reversible adjoint of Kidger et al. 2021: each step is undone exactly and
+    differentiated locally, so gradients equal direct backprop to floating-point precision. Any other
+    method uses the stochastic adjoint of Li et al. 2020: the forward states are not stored (only those
+    at the output times), the augmented Stratonovich SDE for (y, dL/dy, dL/dparams) is solved backwards
+    with the midpoint method on the forward step grid; gradients converge to the true ones as dt -> 0.
+
+    Args:
+        sde: an ``nn.Module`` (its parameters are the default ``adjoint_params``), as for sdeint.
+        adjoint_method: "midpoint" (the default for the stochastic adjoint) or "adjoint_reversible_heun".
+        adjoint_adaptive, adjoint_rtol, adjoint_atol, adjoint_options: accepted for torchsde compatibility;
+            the backward solve always walks the forward step grid (adjoint_adaptive=True raises).
+        adjoint_params: tensors to differentiate (default: sde.parameters()).
+        logqp: as for sdeint (stochastic adjoint only); the KL integral's gradient is taken backwards too.
+        The others: as for :func:`sdeint`.
+
+    Returns:
+        As :func:`sdeint`.
+
+    Raises:
+        ValueError: as for sdeint; also a non-Module sde without adjoint_params, unknown adjoint methods or
+            options, extra_solver_state, logqp with the reversible adjoint, Ito SDEs with general noise.
+
+    Reference:
+        X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
+        Equations", AISTATS 2020. P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and Accurate Gradients
+        for Neural SDEs", NeurIPS 2021.
+    """
+    if adjoint_params is None:
+        if not isinstance(sde, torch.nn.Module):
+            raise ValueError(
+                "sdeint_adjoint needs sde to be an nn.Module, or the tensors to differentiate in adjoint_params."
+            )
+        adjoint_params = tuple(sde.parameters())
+    params = tuple(p for p in adjoint_params if p.requires_grad)
+    if adjoint_adaptive:
+        raise ValueError(
+            "adjoint_adaptive=True is not supported: the backward solve walks the forward step grid; drop it."
+        )
+    if adjoint_options:
+        raise ValueError(f"unknown adjoint_options {sorted(adjoint_options)}; the adjoint solvers take none.")
+    if extra_solver_state is not None:
+        raise ValueError("extra_solver_state is not supported by sdeint_adjoint; use sdeint (direct backprop).")
+    p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
+    if len(p.ts) == 1:
+        return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], None, logqp, extra)
+    settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
+    reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
+    if reversible and logqp:
+        raise ValueError(
+            "logqp is not supported by the reversible adjoint; use adjoint_method='midpoint' (stochastic "
+            "adjoint) or sdeint (direct backprop)."
+        )
+    if reversible:
+        ys, extra_state = solve_reversible_adjoint(p, y0, params, settings)
+        log_ratios = None
+    elif adjoint_method in (None, "midpoint"):
+        ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings)
+    else:
+        raise ValueError(
+            f"unknown adjoint_method {adjoint_method!r}: use 'midpoint' (stochastic adjoint), or "
+            "'adjoint_reversible_heun' with method='reversible_heun'."
+        )
+    return _finish(ys, [] if log_ratios is None else list(log_ratios), extra_state, logqp, extra)

@@ -1,0 +1,86 @@
+"""The SDE method registry: method name -> solver factory, and the default method per SDE.
+
+The one place where SDE method names live; sdeint, its error messages and the docs read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .base import SDESolver as SDESolver
+from .euler import EulerMaruyama as EulerMaruyama
+from .heun import EulerHeun as EulerHeun
+from .heun import Heun as Heun
+from .heun import Midpoint as Midpoint
+from .milstein import Milstein as Milstein
+from .reversible_heun import ReversibleHeun as ReversibleHeun
+from .srk import SRK as SRK
+
+#: method name -> (factory(sde_type, options) -> solver, option names it takes)
+METHODS: Mapping[str, tuple[Callable[..., SDESolver], tuple[str, ...]]] = {
+    "euler": (lambda sde_type, **o: EulerMaruyama(), ()),
+    "milstein": (
+        lambda sde_type, grad_free=False: Milstein(sde_type=sde_type, grad_free=bool(grad_free)),
+        ("grad_free",),
+    ),
+    "srk": (lambda sde_type, **o: SRK(), ()),
+    "euler_heun": (lambda sde_type, **o: EulerHeun(), ()),
+    "heun": (lambda sde_type, **o: Heun(), ()),
+    "midpoint": (lambda sde_type, **o: Midpoint(), ()),
+    "reversible_heun": (lambda sde_type, **o: ReversibleHeun(), ()),
+}
+
+#: the method used when none is given (torchsde's defaults)
+DEFAULT_METHOD = {
+    ("ito", "diagonal"): "srk",
+    ("ito", "additive"): "srk",
+    ("ito", "scalar"): "srk",
+    ("ito", "general"): "euler",
+    ("stratonovich", "diagonal"): "midpoint",
+    ("stratonovich", "additive"): "midpoint",
+    ("stratonovich", "scalar"): "midpoint",
+    ("stratonovich", "general"): "midpoint",
+}
+
+
+def build_solver(method: str, sde_type: str, noise_type: str, options: Mapping[str, Any]) -> SDESolver:
+    """The solver for ``method``, checked against the SDE it will solve.
+
+    Args:
+        method: a method name (a key of METHODS).
+        sde_type, noise_type: of the SDE.
+        options: method options (e.g. ``{"grad_free": True}`` for milstein).
+
+    Returns:
+        The solver object.
+
+    Raises:
+        ValueError: an unknown method or option, or a method that does not converge for this SDE type or
+            noise type (the message names the methods that do).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown SDE method {method!r}; choose one of {sorted(METHODS)}.")
+    factory, option_names = METHODS[method]
+    unknown = set(options) - set(option_names)
+    if unknown:
+        raise ValueError(
+            f"unknown options {sorted(unknown)} for method {method!r}; it takes {list(option_names) or 'none'}."
+        )
+    solver = factory(sde_type, **options)
+    fits = [
+        m
+        for m, (f, _) in METHODS.items()
+        if sde_type in f(sde_type).sde_types and noise_type in f(sde_type).noise_types
+    ]
+    if sde_type not in solver.sde_types:
+        raise ValueError(
+            f"method {method!r} solves {'/'.join(solver.sde_types)} SDEs but sde_type is {sde_type!r}; "
+            f"use one of {fits}, or convert the SDE (Ito drift = Stratonovich drift + 1/2 (dg/dy) g)."
+        )
+    if noise_type not in solver.noise_types:
+        raise ValueError(
+            f"method {method!r} supports noise types {solver.noise_types} but noise_type is {noise_type!r}; "
+            f"for {sde_type} SDEs with {noise_type} noise use one of {fits}."
+        )
+    return solver

@@ -1,0 +1,73 @@
+"""SDEs with known solutions and small neural SDEs shared by the SDE tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+class GBM(torch.nn.Module):
+    """Geometric Brownian motion dy = mu y dt + sigma y dW (diagonal noise), Ito or Stratonovich."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, sde_type: str = "ito", mu: float = 0.5, sigma: float = 0.8):
+        super().__init__()
+        self.sde_type = sde_type
+        self.mu = torch.nn.Parameter(torch.tensor(mu, dtype=torch.float64))
+        self.sigma = torch.nn.Parameter(torch.tensor(sigma, dtype=torch.float64))
+
+    def f(self, t, y):
+        return self.mu * y
+
+    def g(self, t, y):
+        return self.sigma * y
+
+    def exact(self, y0: torch.Tensor, t: float, w: torch.Tensor) -> torch.Tensor:
+        """The solution at time t given W(t) - W(0) = w."""
+        drift = self.mu - 0.5 * self.sigma**2 if self.sde_type == "ito" else self.mu
+        return y0 * torch.exp(drift * t + self.sigma * w)
+
+
+class ScalarGBM(GBM):
+    """GBM written with scalar noise: g of shape (batch, d, 1)."""
+
+    noise_type = "scalar"
+
+    def g(self, t, y):
+        return (self.sigma * y).unsqueeze(-1)
+
+
+class OU(torch.nn.Module):
+    """Ornstein-Uhlenbeck dy = -theta y dt + sigma dW (additive noise)."""
+
+    noise_type = "additive"
+    sde_type = "ito"
+
+    def __init__(self, theta: float = 1.0, sigma: float = 0.8):
+        super().__init__()
+        self.theta, self.sigma = theta, sigma
+
+    def f(self, t, y):
+        return -self.theta * y
+
+    def g(self, t, y):
+        return torch.full((*y.shape, 1), self.sigma, dtype=y.dtype)
+
+
+class NeuralSDE(torch.nn.Module):
+    """A small neural SDE with a time-dependent drift and a diagonal or general diffusion."""
+
+    def __init__(self, noise_type: str = "diagonal", sde_type: str = "stratonovich", d: int = 3, m: int = 2):
+        super().__init__()
+        self.noise_type, self.sde_type, self.d, self.m = noise_type, sde_type, d, m
+        self.drift = torch.nn.Linear(d, d)
+        self.scale = torch.nn.Parameter(0.3 * torch.randn(d))
+        self.mix = torch.nn.Linear(d, d * m)
+
+    def f(self, t, y):
+        return torch.tanh(self.drift(y)) * torch.cos(t)
+
+    def g(self, t, y):
+        if self.noise_type == "diagonal":
+            return torch.sigmoid(self.scale * y) + 0.1 * t  # g_i depends on y_i only
+        return torch.sigmoid(self.mix(y)).view(-1, self.d, self.m)

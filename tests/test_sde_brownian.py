@@ -1,0 +1,76 @@
+"""Brownian intervals: consistency of increments in any query order, reproducibility and statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+
+def test_increments_add_up_and_repeat_in_any_order():
+    bm = hn.BrownianInterval(0.0, 1.0, (4, 3), dtype=torch.float64, entropy=7, levy_area_approximation="space-time")
+    late = bm(0.6, 0.9).clone()  # queried first: later queries must stay consistent with it
+    parts = [bm(a, b) for a, b in ((0.0, 0.25), (0.25, 0.6), (0.6, 0.75), (0.75, 0.9), (0.9, 1.0))]
+    torch.testing.assert_close(parts[2] + parts[3], late)
+    torch.testing.assert_close(sum(parts), bm(0.0, 1.0))
+    torch.testing.assert_close(bm(0.25, 0.6), parts[1])
+    torch.testing.assert_close(bm(0.3), bm(0.0, 0.3))  # a point query is W(t) - W(t0)
+    # The time integrals add up too: U[a,c] = U[a,b] + U[b,c] + (c - b) W[a,b].
+    _, u_ac = bm(0.25, 0.75, return_U=True)
+    w_ab, u_ab = bm(0.25, 0.6, return_U=True)
+    _, u_bc = bm(0.6, 0.75, return_U=True)
+    torch.testing.assert_close(u_ac, u_ab + u_bc + 0.15 * w_ab)
+
+
+def test_same_entropy_same_path_and_other_entropy_other_path():
+    make = lambda e: hn.BrownianInterval(0.0, 2.0, (3,), dtype=torch.float64, entropy=e, dt=0.1)
+    a, b, c = make(1), make(1), make(2)
+    for t0, t1 in ((0.0, 0.3), (0.35, 1.7), (1.2, 1.25)):
+        torch.testing.assert_close(a(t0, t1), b(t0, t1))
+    assert not torch.equal(a(0.0, 2.0), c(0.0, 2.0))
+
+
+@pytest.mark.parametrize("dt", [None, 0.01])
+def test_increment_statistics(dt):
+    n, h = 20000, 0.1
+    bm = hn.BrownianInterval(
+        0.0, 1.0, (n,), dtype=torch.float64, entropy=3, dt=dt, levy_area_approximation="space-time"
+    )
+    bm(0.0, 1.0)
+    w, u = bm(0.3, 0.3 + h, return_U=True)  # a bridge inside a sampled interval (or grid lookups)
+    tol = 4 / math.sqrt(n)
+    assert abs(float(w.mean())) < tol * math.sqrt(h)
+    assert abs(float(w.var()) / h - 1) < 5 * tol
+    assert abs(float(u.var()) / (h**3 / 3) - 1) < 5 * tol  # Var int (W - W_a) du = h^3 / 3
+    assert abs(float((w * u).mean()) / (h**2 / 2) - 1) < 5 * tol  # Cov(dW, U) = h^2 / 2
+    w1, w2 = bm(0.0, 0.5), bm(0.5, 1.0)
+    assert abs(float((w1 * w2).mean())) < tol * 0.5 * 4  # independent increments
+
+
+def test_path_and_tree_values():
+    w0 = torch.full((2, 3), 5.0, dtype=torch.float64)
+    path = hn.BrownianPath(0.0, w0, entropy=1)
+    torch.testing.assert_close(path(0.4), w0 + path(0.0, 0.4))
+    w1 = torch.zeros(2, 3, dtype=torch.float64)
+    tree = hn.BrownianTree(0.0, w0, t1=2.0, w1=w1, entropy=1)
+    torch.testing.assert_close(tree(2.0), w1)  # pinned at the end
+    torch.testing.assert_close(tree(0.7, 1.1) + tree(0.7), tree(1.1))
+
+
+def test_bad_inputs_raise_with_fixes():
+    with pytest.raises(ValueError, match="t0 < t1"):
+        hn.BrownianInterval(1.0, 0.0, (2,))
+    with pytest.raises(ValueError, match="not implemented"):
+        hn.BrownianInterval(0.0, 1.0, (2,), levy_area_approximation="davie")
+    with pytest.raises(ValueError, match="unknown levy_area_approximation"):
+        hn.BrownianInterval(0.0, 1.0, (2,), levy_area_approximation="spacetime")
+    bm = hn.BrownianInterval(0.0, 1.0, (2,))
+    with pytest.raises(ValueError, match="whole solve interval"):
+        bm(0.5, 1.5)
+    with pytest.raises(ValueError, match="ta <= tb"):
+        bm(0.6, 0.5)
+    with pytest.raises(ValueError, match="space-time"):
+        bm(0.0, 0.5, return_U=True)

@@ -1,0 +1,143 @@
+"""SDE gradients: direct backprop vs finite differences on a fixed Brownian path (float64), adjoints vs direct."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _sde_problems import GBM, NeuralSDE
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")
+
+
+def _loss(ys: torch.Tensor) -> torch.Tensor:
+    weights = torch.linspace(0.5, 1.5, ys.shape[0]).reshape(-1, *([1] * (ys.ndim - 1)))
+    return (weights * torch.sin(ys)).sum()
+
+
+@pytest.mark.parametrize(
+    "method,noise,sde_type",
+    [
+        ("euler", "general", "ito"),
+        ("milstein", "diagonal", "ito"),
+        ("srk", "diagonal", "ito"),
+        ("heun", "general", "stratonovich"),
+        ("reversible_heun", "general", "stratonovich"),
+    ],
+)
+def test_direct_gradients_match_finite_differences(method, noise, sde_type):
+    torch.manual_seed(0)
+    sde = NeuralSDE(noise, sde_type, d=2, m=2)
+    y0 = torch.randn(3, 2, requires_grad=True)
+    m = 2
+    bm = hn.BrownianInterval(0.0, 1.0, (3, m), entropy=1, levy_area_approximation="space-time")
+    ts = [0.0, 0.4, 1.0]
+
+    def f(y0_, w):
+        sde.drift.weight.data.copy_(w)
+        return _loss(hn.sdeint(sde, y0_, ts, bm=bm, method=method, dt=0.1))
+
+    w0 = sde.drift.weight.detach().clone()
+    sde.drift.weight.requires_grad_(True)
+    loss = f(y0, w0)
+    g_y0, g_w = torch.autograd.grad(loss, (y0, sde.drift.weight))
+    eps = 1e-6
+    with torch.no_grad():
+        for i in range(2):
+            e = torch.zeros_like(y0)
+            e[0, i] = eps
+            fd = (f(y0 + e, w0) - f(y0 - e, w0)) / (2 * eps)
+            torch.testing.assert_close(g_y0[0, i], fd, rtol=1e-6, atol=1e-7)
+            e = torch.zeros_like(w0)
+            e[i, 1 - i] = eps
+            fd = (f(y0, w0 + e) - f(y0, w0 - e)) / (2 * eps)
+            torch.testing.assert_close(g_w[i, 1 - i], fd, rtol=1e-6, atol=1e-7)
+
+
+def _grads(solve, sde, y0):
+    inputs = (y0, *sde.parameters())
+    grads = torch.autograd.grad(_loss(solve()), inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
+def test_reversible_heun_adjoint_equals_direct_backprop():
+    torch.manual_seed(0)
+    sde = NeuralSDE("general", "stratonovich")
+    y0 = torch.randn(4, 3, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (4, 2), entropy=2)
+    ts = torch.tensor([0.0, 0.35, 0.8, 1.0])  # 0.35 is between steps: its cotangent is split by interpolation
+    direct = _grads(lambda: hn.sdeint(sde, y0, ts, bm=bm, method="reversible_heun", dt=0.05), sde, y0)
+    adjoint = _grads(lambda: hn.sdeint_adjoint(sde, y0, ts, bm=bm, method="reversible_heun", dt=0.05), sde, y0)
+    for a, b in zip(adjoint, direct):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "method,noise,sde_type",
+    [("midpoint", "general", "stratonovich"), ("milstein", "diagonal", "ito"), ("euler", "diagonal", "ito")],
+)
+def test_stochastic_adjoint_converges_to_direct_backprop(method, noise, sde_type):
+    torch.manual_seed(0)
+    sde = NeuralSDE(noise, sde_type)
+    y0 = torch.randn(4, 3, requires_grad=True)
+    m = 3 if noise == "diagonal" else 2
+    bm = hn.BrownianInterval(0.0, 1.0, (4, m), entropy=3)
+    ts = torch.tensor([0.0, 0.5, 1.0])
+    errs = []
+    for dt in (0.02, 0.005):
+        direct = _grads(lambda dt=dt: hn.sdeint(sde, y0, ts, bm=bm, method=method, dt=dt), sde, y0)
+        adjoint = _grads(lambda dt=dt: hn.sdeint_adjoint(sde, y0, ts, bm=bm, method=method, dt=dt), sde, y0)
+        num = sum(float((a - b).norm()) for a, b in zip(adjoint, direct))
+        errs.append(num / sum(float(b.norm()) for b in direct))
+    assert errs[-1] < 0.03 and errs[-1] < errs[0], errs
+
+
+def test_adjoint_forward_equals_sdeint_and_gbm_gradient_is_exact_in_the_limit():
+    # d y(T) / d y0 = y(T) / y0 for GBM on each path.
+    sde = GBM("stratonovich", 0.3, 0.5)
+    y0 = torch.full((200, 1), 2.0, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (200, 1), entropy=4)
+    ys = hn.sdeint_adjoint(sde, y0, [0.0, 1.0], bm=bm, method="midpoint", dt=2**-8)
+    torch.testing.assert_close(ys, hn.sdeint(sde, y0, [0.0, 1.0], bm=bm, method="midpoint", dt=2**-8).detach())
+    (g,) = torch.autograd.grad(ys[-1].sum(), y0)
+    torch.testing.assert_close(g, (ys[-1] / 2.0).detach(), rtol=1e-3, atol=1e-4)
+
+
+def test_adjoint_bad_inputs():
+    sde, y0 = NeuralSDE("general", "ito"), torch.randn(2, 3)
+    with pytest.raises(ValueError, match="Stratonovich form"):
+        hn.sdeint_adjoint(sde, y0, [0.0, 1.0], method="euler")
+    with pytest.raises(ValueError, match="unknown adjoint_method"):
+        hn.sdeint_adjoint(NeuralSDE("general", "stratonovich"), y0, [0.0, 1.0], adjoint_method="rk4")
+    with pytest.raises(ValueError, match="nn.Module"):
+        hn.sdeint_adjoint(object(), y0, [0.0, 1.0])
+    with_prior = NeuralSDE("general", "stratonovich")
+    with_prior.h = lambda t, y: torch.zeros_like(y)
+    with pytest.raises(ValueError, match="reversible adjoint"):
+        hn.sdeint_adjoint(with_prior, y0, [0.0, 1.0], method="reversible_heun", logqp=True)
+    with pytest.raises(ValueError, match="adjoint_adaptive"):
+        hn.sdeint_adjoint(sde, y0, [0.0, 1.0], adjoint_adaptive=True)
+
+
+def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop():
+    torch.manual_seed(0)
+    sde = NeuralSDE("diagonal", "ito")
+    prior = torch.nn.Linear(3, 3)
+    sde.prior = prior
+    sde.h = lambda t, y: prior(y)
+    y0 = torch.randn(4, 3, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=5)
+    ts = torch.tensor([0.0, 0.3, 1.0])
+
+    def loss(solve, dt):
+        ys, kl = solve(sde, y0, ts, bm=bm, method="euler", dt=dt, logqp=True)
+        return _loss(ys) + kl.sum()
+
+    inputs = (y0, *sde.parameters())
+    direct = torch.autograd.grad(loss(hn.sdeint, 0.005), inputs, allow_unused=True)
+    adjoint = torch.autograd.grad(loss(hn.sdeint_adjoint, 0.005), inputs, allow_unused=True)
+    direct = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, direct)]
+    num = sum(float((a - b).norm()) for a, b in zip(adjoint, direct))
+    assert num / sum(float(b.norm()) for b in direct) < 0.03
+    torch.testing.assert_close(adjoint[-1], direct[-1], rtol=0.05, atol=1e-3)  # the prior's bias: KL only

@@ -1,0 +1,78 @@
+"""Neural SDE layers, the latent SDE and the ``hybrid-node sde`` subcommand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import hybrid_node as hn
+from hybrid_node import cli
+from hybrid_node.experiments import latent_sde
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _Drift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(2, 2)
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_neural_sde_layer_trains(adjoint):
+    torch.manual_seed(0)
+    layer = hn.nn.NeuralSDE(
+        _Drift(), hn.nn.DiagonalDiffusion(2), method="euler" if not adjoint else "milstein", dt=0.05, adjoint=adjoint
+    )
+    y0, ts, target = torch.randn(16, 2), torch.linspace(0, 1, 5), torch.zeros(5, 16, 2)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    losses = []
+    for _ in range(15):
+        loss = (layer(y0, ts) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert layer(y0, ts).shape == (5, 16, 2)
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_latent_sde_elbo_goes_down_and_samples_have_the_layout():
+    torch.manual_seed(0)
+    s = latent_sde.LatentSDESettings(n_paths=16, n_obs=10)
+    ts, clean, noisy = latent_sde.make_data(s)
+    assert ts.shape == (10,) and clean.shape == noisy.shape == (10, 16, 1)
+    model = hn.nn.LatentSDE(1, 3, hidden=16, obs_std=s.obs_noise, dt=0.05)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        out = model(noisy, ts)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert float(out.kl_path.detach()) >= 0 and float(out.kl_z0.detach()) >= 0
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert model.sample_posterior(noisy, ts, n=2).shape == (10, 32, 1)
+    assert model.sample_prior(ts, 7).shape == (10, 7, 1)
+
+
+def test_sde_subcommand_writes_plots_and_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["sde", "--iters", "3", "--n-paths", "8", "--out", str(out)]) == 0
+    for name in ("posterior_samples.png", "prior_samples.png", "loss.png", "results.md", "results.json"):
+        assert (out / name).stat().st_size > 0, name
+    printed = capsys.readouterr()
+    assert "latent sde" in printed.err and str(out) in printed.out  # progress bar, folder
+    assert json.loads((out / "results.json").read_text())["rows"][0]["iterations"] == 3
+
+
+def test_sde_subcommand_rejects_bad_settings(capsys):
+    assert cli.main(["sde", "--iters", "0", "--no-progress"]) == 2
+    assert "iters must be >= 1" in capsys.readouterr().err

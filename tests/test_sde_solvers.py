@@ -1,0 +1,222 @@
+"""SDE solvers: strong and weak orders as log-log slopes, Ito vs Stratonovich, parity with torchsde, errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from _sde_problems import GBM, OU, NeuralSDE, ScalarGBM
+
+import hybrid_node as hn
+from hybrid_node.sde import METHODS
+
+pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")
+
+
+def _slope(dts, errs) -> float:
+    x, y = torch.tensor(dts).log(), torch.tensor(errs).log()
+    return float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+
+
+STRONG = [  # (method, options, sde class, sde_type, expected strong order on this problem)
+    ("euler", None, GBM, "ito", 0.5),
+    ("milstein", None, GBM, "ito", 1.0),
+    ("milstein", {"grad_free": True}, GBM, "ito", 1.0),
+    ("milstein", None, GBM, "stratonovich", 1.0),
+    ("milstein", {"grad_free": True}, GBM, "stratonovich", 1.0),
+    ("milstein", None, ScalarGBM, "ito", 1.0),
+    ("srk", None, GBM, "ito", 1.5),
+    ("srk", None, ScalarGBM, "ito", 1.5),
+    ("euler_heun", None, GBM, "stratonovich", 1.0),
+    ("heun", None, GBM, "stratonovich", 1.0),
+    ("midpoint", None, GBM, "stratonovich", 1.0),
+    ("reversible_heun", None, GBM, "stratonovich", 0.5),  # 0.5 in general (Kidger et al.); ~1 on GBM
+]
+
+
+@pytest.mark.parametrize("method,options,cls,sde_type,order", STRONG)
+def test_strong_order_on_geometric_brownian_motion(method, options, cls, sde_type, order):
+    n, t1 = 1000, 1.0
+    sde = cls(sde_type)
+    y0 = torch.ones(n, 1)
+    bm = hn.BrownianInterval(0.0, t1, (n, 1), entropy=11, levy_area_approximation="space-time")
+    exact = sde.exact(y0, t1, bm(0.0, t1)).detach()
+    dts = [2.0**-k for k in range(3, 8)]
+    with torch.no_grad():
+        errs = [
+            float(
+                (hn.sdeint(sde, y0, [0.0, t1], bm=bm, method=method, dt=dt, options=options)[-1] - exact).abs().mean()
+            )
+            for dt in dts
+        ]
+    slope = _slope(dts, errs)
+    assert slope > order - 0.15, (slope, errs)
+
+
+def _ou_exact(sde: OU, y0, bm, t1: float, fine: float):
+    """y(t1) = e^{-theta t1} y0 + sigma (W(t1) - theta int_0^t1 e^{-theta (t1 - s)} W(s) ds), the integral by
+    exact cell integrals of W (space-time Levy area) times the exponential at the cell midpoint."""
+    integral = torch.zeros_like(y0)
+    k = 0
+    while (k + 1) * fine <= t1 + 1e-12:
+        a, b = k * fine, (k + 1) * fine
+        w_a = bm(0.0, a) if a > 0 else torch.zeros_like(y0)
+        _, u = bm(a, b, return_U=True)
+        integral = integral + math.exp(-sde.theta * (t1 - 0.5 * (a + b))) * (u + fine * w_a)
+        k += 1
+    return math.exp(-sde.theta * t1) * y0 + sde.sigma * (bm(0.0, t1) - sde.theta * integral)
+
+
+@pytest.mark.parametrize("method,order", [("euler", 1.0), ("srk", 1.5)])
+def test_strong_order_on_ornstein_uhlenbeck(method, order):
+    n, t1, fine = 500, 1.0, 2.0**-11
+    sde, y0 = OU(), torch.ones(500, 1)
+    bm = hn.BrownianInterval(0.0, t1, (n, 1), entropy=5, levy_area_approximation="space-time", dt=fine)
+    exact = _ou_exact(sde, y0, bm, t1, fine)
+    dts = [2.0**-k for k in range(2, 7)]
+    errs = [float((hn.sdeint(sde, y0, [0.0, t1], bm=bm, method=method, dt=dt)[-1] - exact).abs().mean()) for dt in dts]
+    assert _slope(dts, errs) > order - 0.15, errs
+
+
+@pytest.mark.parametrize(
+    "method,sde_type", [("euler", "ito"), ("milstein", "ito"), ("srk", "ito"), ("heun", "stratonovich")]
+)
+def test_weak_order_one_on_geometric_brownian_motion(method, sde_type):
+    # E[y_h(T)] - E[y(T)] = E[y_h(T) - y(T)]: pairing each path with its exact solution removes most of
+    # the Monte Carlo noise, so the O(h) weak error shows with a few thousand paths.
+    n, t1 = 4000, 1.0
+    sde = GBM(sde_type, mu=1.0, sigma=0.5)
+    y0 = torch.ones(n, 1)
+    bm = hn.BrownianInterval(0.0, t1, (n, 1), entropy=2, levy_area_approximation="space-time")
+    exact = sde.exact(y0, t1, bm(0.0, t1)).detach()
+    dts = [2.0**-k for k in range(1, 5)]
+    with torch.no_grad():
+        errs = [
+            abs(float((hn.sdeint(sde, y0, [0.0, t1], bm=bm, method=method, dt=dt)[-1] - exact).mean())) for dt in dts
+        ]
+    assert _slope(dts, errs) > 0.8, errs
+
+
+def test_ito_and_stratonovich_differ_by_the_drift_correction():
+    # dy = mu y dt + s y dW (Ito) is dy = (mu - s^2/2) y dt + s y o dW (Stratonovich): same paths.
+    n = 200
+    bm = hn.BrownianInterval(0.0, 1.0, (n, 1), entropy=4)
+    y0 = torch.ones(n, 1)
+    ito = hn.sdeint(GBM("ito", 0.5, 0.8), y0, [0.0, 1.0], bm=bm, method="milstein", dt=2**-9)
+    strat = hn.sdeint(GBM("stratonovich", 0.5 - 0.32, 0.8), y0, [0.0, 1.0], bm=bm, method="heun", dt=2**-9)
+    uncorrected = hn.sdeint(GBM("stratonovich", 0.5, 0.8), y0, [0.0, 1.0], bm=bm, method="heun", dt=2**-9)
+    assert float((ito - strat).detach().abs().max()) < 0.02
+    assert float((ito - uncorrected).detach().abs().mean()) > 0.2
+
+
+def test_output_layout_logqp_and_extra():
+    torch.manual_seed(0)
+    sde = NeuralSDE("diagonal", "ito")
+    sde.h = lambda t, y: torch.zeros_like(y)
+    y0 = torch.randn(6, 3)
+    ts = torch.linspace(0, 1, 5)
+    ys, log_ratio = hn.sdeint(sde, y0, ts, dt=0.05, method="euler", logqp=True)
+    assert ys.shape == (5, 6, 3) and log_ratio.shape == (4, 6) and bool((log_ratio >= 0).all())
+    torch.testing.assert_close(ys[0], y0)
+    ys2, extra = hn.sdeint(NeuralSDE("general", "stratonovich"), y0, ts, method="reversible_heun", extra=True)
+    assert ys2.shape == (5, 6, 3) and len(extra) == 3 and extra[2].shape == (6, 3, 2)
+
+
+def test_adaptive_stepping_agrees_with_fine_fixed_steps():
+    n = 50
+    sde, y0 = GBM("ito"), torch.ones(n, 1)
+    bm = hn.BrownianInterval(0.0, 1.0, (n, 1), entropy=9)
+    with torch.no_grad():
+        fine = hn.sdeint(sde, y0, [0.0, 0.5, 1.0], bm=bm, method="milstein", dt=2**-10)
+        adaptive = hn.sdeint(
+            sde, y0, [0.0, 0.5, 1.0], bm=bm, method="milstein", dt=0.1, adaptive=True, rtol=1e-4, atol=1e-4
+        )
+        coarse = hn.sdeint(sde, y0, [0.0, 0.5, 1.0], bm=bm, method="milstein", dt=0.1)
+    # At ts[-1], which every grid hits (between steps outputs are linear interpolations, as in torchsde).
+    err = float(((fine[-1] - adaptive[-1]) / fine[-1]).abs().mean())
+    assert err < 2e-2 and err < 0.3 * float(((fine[-1] - coarse[-1]) / fine[-1]).abs().mean())
+
+
+def test_every_method_runs_on_every_noise_type_it_declares():
+    torch.manual_seed(1)
+    for name, (factory, _) in METHODS.items():
+        for sde_type in factory("ito").sde_types:
+            for noise in factory(sde_type).noise_types:
+                if noise in ("diagonal", "general"):
+                    sde = NeuralSDE(noise, sde_type)
+                elif noise == "scalar":
+                    sde = ScalarGBM(sde_type)
+                else:
+                    sde = OU()
+                    sde.sde_type = sde_type
+                y0 = torch.rand(4, sde.d if isinstance(sde, NeuralSDE) else 1)
+                ys = hn.sdeint(sde, y0, [0.0, 0.3], method=name, dt=0.1)
+                assert ys.shape == (2, *y0.shape) and bool(torch.isfinite(ys).all()), (name, sde_type, noise)
+
+
+def test_bad_inputs_say_how_to_fix_them():
+    sde, y0 = GBM(), torch.ones(3, 1)
+    with pytest.raises(ValueError, match="batch dimension"):
+        hn.sdeint(sde, torch.ones(3), [0.0, 1.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        hn.sdeint(sde, y0, [0.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match="unknown SDE method"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="rk4")
+    with pytest.raises(ValueError, match="unknown options"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="euler", options={"grad_free": True})
+    with pytest.raises(ValueError, match="solves stratonovich SDEs but sde_type is 'ito'"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="heun")
+    with pytest.raises(ValueError, match="for ito SDEs with general noise use one of"):
+        hn.sdeint(NeuralSDE("general", "ito"), torch.ones(2, 3), [0.0, 1.0], method="milstein")
+    bad = NeuralSDE("general", "ito")
+    bad.g = lambda t, y: torch.ones(2, 3, 2)
+    bad.noise_type = "diagonal"
+    with pytest.raises(ValueError, match="use noise_type 'general'"):
+        hn.sdeint(bad, torch.ones(2, 3), [0.0, 1.0])
+    with pytest.raises(ValueError, match="noise_type"):
+        hn.sdeint(type("S", (), {"sde_type": "ito", "f": None})(), y0, [0.0, 1.0])
+    with pytest.raises(ValueError, match="levy_area_approximation='space-time'"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="srk", bm=hn.BrownianInterval(0.0, 1.0, (3, 1)))
+    with pytest.raises(ValueError, match="bm must have shape"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="euler", bm=hn.BrownianInterval(0.0, 1.0, (2, 1)))
+    with pytest.raises(ValueError, match="prior drift"):
+        hn.sdeint(sde, y0, [0.0, 1.0], logqp=True)
+    with pytest.raises(ValueError, match="unknown keys in names"):
+        hn.sdeint(sde, y0, [0.0, 1.0], names={"drfit": "f"})
+    with pytest.raises(ValueError, match="dt must be positive"):
+        hn.sdeint(sde, y0, [0.0, 1.0], dt=0.0)
+
+
+PARITY = [  # torchsde's scalar-noise Milstein uses J^T g instead of J g, and its diagonal SRK is another tableau
+    ("euler", None, "diagonal", "ito"),
+    ("euler", None, "general", "ito"),
+    ("milstein", None, "diagonal", "ito"),
+    ("milstein", {"grad_free": True}, "diagonal", "ito"),
+    ("milstein", None, "diagonal", "stratonovich"),
+    ("euler_heun", None, "general", "stratonovich"),
+    ("heun", None, "general", "stratonovich"),
+    ("midpoint", None, "general", "stratonovich"),
+    ("reversible_heun", None, "general", "stratonovich"),
+    ("srk", None, "additive", "ito"),
+]
+
+
+@pytest.mark.parametrize("method,options,noise,sde_type", PARITY)
+def test_parity_with_torchsde_on_the_same_brownian_path(method, options, noise, sde_type):
+    torchsde = pytest.importorskip("torchsde")
+    torch.manual_seed(0)
+    if noise == "additive":
+        sde = OU()
+        y0, m = torch.randn(5, 1), 1
+    else:
+        sde = NeuralSDE(noise, sde_type)
+        y0, m = torch.randn(5, 3), 3 if noise == "diagonal" else 2
+    ts = torch.tensor([0.0, 0.3, 0.5, 1.0])
+    bm = torchsde.BrownianInterval(0.0, 1.0, (5, m), levy_area_approximation="space-time", entropy=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=1 / 64, options=options)
+    ours = hn.sdeint(sde, y0, ts, bm=bm, method=method, dt=1 / 64, options=options)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
