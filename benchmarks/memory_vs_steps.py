@@ -19,8 +19,9 @@ Usage::
 
 Direct backpropagation keeps every stage's activations: memory grows linearly with the steps;
 "checkpointed-8" (``DirectBackprop(checkpoints=8)``, binomial checkpointing) computes the same gradient
-holding at most 8 states and one step's graph. The adjoints keep O(1) (backsolve) or O(checkpoints + steps per segment) (interpolating; "interpolating"
-has one segment here, "interpolating-32" 32 checkpoints) states.
+holding at most 8 states and one step's graph. The adjoints keep O(1) (backsolve) or O(checkpoints +
+steps per segment) (interpolating; "interpolating" has one segment here, "interpolating-32" 32
+checkpoints) states.
 """
 
 from __future__ import annotations
