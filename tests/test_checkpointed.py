@@ -57,7 +57,8 @@ def test_gradient_equals_direct_backprop_for_any_number_of_checkpoints(adaptive)
         assert sol.stats.n_steps_backward == optimal_advances(n, k) + n
 
 
-def test_tuple_state_and_fixed_rk4():
+@pytest.mark.parametrize("solver", [hn.RK4(), hn.Leapfrog()], ids=["rk4", "leapfrog"])
+def test_tuple_state(solver):
     field = MLPField(dim=4)
 
     def func(t, y):
@@ -71,8 +72,8 @@ def test_tuple_state_and_fixed_rk4():
     p0 = torch.randn(5, 2, dtype=F64, requires_grad=True)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
     ctrl = hn.ConstantStepSize(step_size=0.1)
-    direct, _ = _gradient(func_module, (q0, p0), t, ctrl, hn.DirectBackprop(), solver=hn.RK4())
-    grad, sol = _gradient(func_module, (q0, p0), t, ctrl, hn.DirectBackprop(checkpoints=3), solver=hn.RK4())
+    direct, _ = _gradient(func_module, (q0, p0), t, ctrl, hn.DirectBackprop(), solver=solver)
+    grad, sol = _gradient(func_module, (q0, p0), t, ctrl, hn.DirectBackprop(checkpoints=3), solver=solver)
     assert isinstance(sol.ys, tuple) and sol.ys[0].shape == (3, 5, 2)
     assert _rel(grad, direct) < 1e-10
 

@@ -152,9 +152,10 @@ class _CheckpointedSolve(torch.autograd.Function):
         stats_out.append(rec.stats)
         ctx.problem, ctx.snaps, ctx.params, ctx.rec = problem, snaps, params, rec
         ctx.y0 = y0.detach()
-        # only the step sizes and the outputs (returned anyway) outlive the forward pass
-        rec.state = None
-        return torch.stack(rec.outputs)
+        ys = torch.stack(rec.outputs)
+        # only the step sizes outlive the forward pass (the outputs live on in ys)
+        rec.state, rec.outputs = None, []
+        return ys
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor):
