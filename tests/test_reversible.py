@@ -103,3 +103,17 @@ def test_odeint_adjoint_reversible_spelling_and_errors():
         hn.solve(field, y0, t, solver=hn.Tsit5(), sensitivity=hn.ReversibleAdjoint())
     with pytest.raises(ValueError, match="Unknown adjoint_options"):
         hn.odeint_adjoint(field, y0, t, adjoint_options={"reversible": True, "norm2": 1})
+
+
+@pytest.mark.parametrize("coupling,stable", [(0.999, False), (math.exp(-0.04), True)])
+def test_stability_on_a_contracting_field_needs_the_coupling_matched_to_the_contraction(coupling, stable):
+    """y' = -4 y, h = 0.01: the coupled mode grows by about λ e^{kh} per step (docs/reversible.md)."""
+    sol = hn.solve(
+        lambda t, y: -4.0 * y,
+        torch.ones(1, dtype=F64),
+        torch.tensor([0.0, 20.0], dtype=F64),
+        solver=hn.Reversible(hn.RK4(), coupling=coupling),
+        controller=hn.ConstantStepSize(step_size=0.01),
+    )
+    end = float(sol.ys[-1].abs())
+    assert (end < 1e-15) if stable else (end > 1.0)  # matched: the coupled mode neither grows nor decays

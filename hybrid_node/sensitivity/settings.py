@@ -28,6 +28,7 @@ from ..loop import integrate, to_solution
 from .adjoint import solve_adjoint
 from .backsolve import Backsolve
 from .base import AbstractSensitivity
+from .checkpointed import solve_checkpointed
 from .direct import solve_direct
 from .interpolating import Interpolating
 
@@ -38,10 +39,25 @@ NORMS = ("default", "seminorm")
 class DirectBackprop(AbstractSensitivity):
     """Differentiate through every operation of the forward solve (exact gradient of the discrete solution).
 
-    Memory grows linearly with the number of steps.
+    Memory grows linearly with the number of steps, unless ``checkpoints`` bounds it.
+
+    Args:
+        checkpoints: None: autograd records every step. k >= 1: binomial (revolve) checkpointing, at
+            most k states held in the backward pass, the rest recomputed; the same gradient to rounding
+            (:mod:`hybrid_node.sensitivity.checkpointed`; Griewank & Walther, ACM TOMS 26, 2000).
+            Explicit one-step solvers, ConstantStepSize or PIDController, steps ending at the output
+            times, gradients for y0 and ``adjoint_params`` (default ``func.parameters()``), no events.
     """
 
+    checkpoints: int | None = None
+
     backends = ("torch",)
+
+    def __post_init__(self):
+        if self.checkpoints is not None and (
+            isinstance(self.checkpoints, bool) or not isinstance(self.checkpoints, int) or self.checkpoints < 1
+        ):
+            raise ValueError(f"checkpoints must be a positive int or None, got {self.checkpoints!r}.")
 
     def solve(
         self,
@@ -50,11 +66,13 @@ class DirectBackprop(AbstractSensitivity):
         event_fn: Callable | None = None,
         throw: bool = True,
     ) -> Solution:
-        """Solve with autograd recording every step (``adjoint_params`` is not used: autograd finds all).
+        """Solve with autograd recording every step (``adjoint_params`` only matters with ``checkpoints``).
 
         Returns:
             The Solution; see :meth:`AbstractSensitivity.solve`.
         """
+        if self.checkpoints is not None:
+            return solve_checkpointed(problem, self.checkpoints, adjoint_params, event_fn)
         if event_fn is not None or problem.t.requires_grad:  # gradients for the event time and for t
             return solve_direct(problem, event_fn=event_fn, throw=throw)
         integration = integrate(problem, problem.term(), problem.y0, problem.ts, event_fn=event_fn, throw=throw)

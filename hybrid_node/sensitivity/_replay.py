@@ -1,0 +1,203 @@
+"""Shared pieces of the sensitivities that replay steps: a forward solve without a graph that records its
+accepted steps, and the vector-Jacobian product of one recomputed step.
+
+:class:`hybrid_node.ReversibleAdjoint` and ``DirectBackprop(checkpoints=k)`` both run their forward pass
+without recording a graph and keep only the accepted step sizes (one float each), then in the backward
+pass recompute single steps with autograd from states they rebuild (by the reversible method's inverse,
+or from a checkpoint) and pull the cotangents back through them. Replaying the recorded steps, rather
+than re-running the step-size controller, makes the recomputation take exactly the forward steps.
+
+Steps end at every output time (and at ``step_t``), so each output is the state after a whole number
+of steps and its cotangent is added there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .._errors import SolverError, Status
+from .._problem import Problem
+from .._solution import Stats
+from ..controllers import ConstantStepSize, PIDController, error_ratio
+from ..loop import core
+from ..loop.core import FLOAT, RUNNING
+from ..loop.host import first_step
+
+
+@dataclasses.dataclass
+class Recorded:
+    """A forward solve without a graph.
+
+    Attributes:
+        outputs: the states at ``problem.ts`` (output 0 is y0).
+        y: the final state; state: the solver's state there (e.g. the reversible method's z).
+        steps: the accepted steps as ``(t0, dt)`` host floats, in order.
+        counts: for each output, the number of steps before it (output i is the state after them).
+        stats: the forward counters.
+    """
+
+    outputs: list[torch.Tensor]
+    y: torch.Tensor
+    state: Any
+    steps: list[tuple[float, float]]
+    counts: list[int]
+    stats: Stats
+
+
+def _fixed_ends(problem: Problem, ctrl: ConstantStepSize, y0: torch.Tensor) -> list[float]:
+    """Step end points: the controller's grid (as the direct solve builds it) plus every output time.
+
+    A grid point within rounding of an output time is replaced by the output time itself (``t0 + i h``
+    and an output at the same point can differ in the last bit), so no step is a rounding sliver.
+    """
+    ts = problem.ts
+    grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
+    span = max(abs(ts[-1] - ts[0]), 1e-300)
+    ends = set(ts[1:]) | {s for s in problem.step_t if ts[0] < s < ts[-1]}
+    out = [g for g in grid[1:] if all(abs(g - e) > 1e-12 * span for e in ends)]
+    return sorted(set(out) | set(ends))
+
+
+def record_forward(problem: Problem, solver, term, y0: torch.Tensor) -> Recorded:
+    """Solve forwards without a graph, recording the accepted steps.
+
+    Fixed steps (``ConstantStepSize``): the controller's grid plus the output times. Adaptive steps
+    (``PIDController``): the host loop's step-size control (:mod:`hybrid_node.loop.core`), with steps
+    landing on every output time and on ``problem.step_t``.
+
+    Args:
+        problem: the validated problem.
+        solver: the solver (``problem.solver`` or a wrapper of it) with ``init``, ``step``, ``next_state``.
+        term: the field the solver sees.
+        y0: the flat initial state (detached).
+
+    Returns:
+        The :class:`Recorded` solve.
+
+    Raises:
+        ValueError: adaptive steps with a solver that has no error estimate.
+        SolverError: the adaptive solve failed (max steps, step-size underflow).
+    """
+    ts = problem.ts
+    ctrl = problem.controller
+    stats = Stats()
+    steps: list[tuple[float, float]] = []
+    outputs = [y0]
+    counts = [0]
+    with torch.no_grad():
+        t, y = ts[0], y0
+        state = solver.init(term, t, y)
+        if isinstance(ctrl, ConstantStepSize):
+            i_out = 1
+            for t1 in _fixed_ends(problem, ctrl, y0):
+                step = solver.step(term, t, y, state, t1 - t)
+                steps.append((t, t1 - t))
+                state = solver.next_state(term, t1, step)
+                t, y = t1, step.y1
+                if i_out < len(ts) and t1 == ts[i_out]:
+                    outputs.append(y)
+                    counts.append(len(steps))
+                    i_out += 1
+        else:
+            if solver.error_order is None:
+                raise ValueError(f"{solver!r} has no error estimate; use ConstantStepSize(step_size=...).")
+            c = core.StepControl.of(ctrl, solver.error_order, y0.dtype)
+            dt = first_step(term, solver, ctrl, t, y, state, problem.rtol, problem.atol, problem.norm)
+            r1, r2 = ctrl.init()
+            n_attempts = 0
+            inner = sorted(s for s in problem.step_t if ts[0] < s < ts[-1])
+            for t_out in ts[1:]:
+                stops = [s for s in inner if t < s < t_out] + [t_out]
+                for stop in stops:
+                    while t < stop:
+                        if core.precheck(FLOAT, c, n_attempts, t, dt) != RUNNING:
+                            raise SolverError(Status.MAX_STEPS, -t if problem.reverse else t, "replayed solve")
+                        n_attempts += 1
+                        _, step_dt, t1 = core.landing(FLOAT, t, dt, stop, c.max_step)
+                        step = solver.step(term, t, y, state, step_dt)
+                        if step.error is None:  # a base method without an estimate was caught above
+                            raise ValueError(f"{solver!r} produced no error estimate for adaptive steps.")
+                        ratio = error_ratio(step.error, y, step.y1, problem.rtol, problem.atol, problem.norm)
+                        accepted = ratio <= 1.0
+                        if accepted:
+                            steps.append((t, step_dt))
+                            state = solver.next_state(term, t1, step)
+                            t, y = t1, step.y1
+                            stats.n_accepted += 1
+                        else:
+                            stats.n_rejected += 1
+                        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
+                        if dt < core.step_floor(FLOAT, t, c.min_step):
+                            raise SolverError(Status.STEP_UNDERFLOW, -t if problem.reverse else t, f"dt={dt:.3g}")
+                outputs.append(y)
+                counts.append(len(steps))
+    stats.n_accepted = len(steps)
+    stats.nfe = term.nfe
+    return Recorded(outputs, y, state, steps, counts, stats)
+
+
+def check_replayable(problem: Problem, event_fn: Callable | None, who: str) -> None:
+    """Reject what a step-replaying sensitivity cannot do.
+
+    Raises:
+        ValueError: an event function, gradients for ``t``, a controller other than
+            ``ConstantStepSize`` / ``PIDController`` (or a per-sample one), or jump times.
+    """
+    if event_fn is not None or problem.t.requires_grad:
+        raise ValueError(f"{who} supports neither events nor gradients for t; use DirectBackprop().")
+    ctrl = problem.controller
+    if not isinstance(ctrl, (ConstantStepSize, PIDController)) or getattr(ctrl, "per_sample", False):
+        raise ValueError(f"{who} needs a ConstantStepSize or a (shared-step) PIDController.")
+    if isinstance(ctrl, ConstantStepSize) and ctrl.perturb:
+        raise ValueError(f"{who} does not take ConstantStepSize(perturb=True).")
+    if len(problem.jump_t):
+        raise ValueError(f"{who} does not take jump_t; use DirectBackprop() or an adjoint.")
+
+
+def differentiable_params(problem: Problem, adjoint_params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+    """The tensors to differentiate: ``adjoint_params``, else the field's parameters, those that require grad."""
+    if adjoint_params is None:
+        func = problem.func
+        adjoint_params = tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()
+    return tuple(p for p in adjoint_params if p.requires_grad)
+
+
+def outputs_after(counts: Sequence[int]) -> dict[int, list[int]]:
+    """Number of steps -> the outputs that are the state after that many steps."""
+    after: dict[int, list[int]] = {}
+    for i, k in enumerate(counts):
+        after.setdefault(k, []).append(i)
+    return after
+
+
+def backprop_step(
+    step_fn: Callable[..., tuple[torch.Tensor, ...]],
+    inputs: Sequence[torch.Tensor],
+    cotangents: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    grad_params: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Recompute one step with autograd from its (rebuilt) inputs and pull the cotangents of its outputs back.
+
+    Args:
+        step_fn: ``step_fn(*inputs) -> outputs``, the step (one output per cotangent).
+        inputs: the step's start, without a graph.
+        cotangents: dL/d(outputs).
+        params: the parameters the step depends on.
+        grad_params: accumulated dL/dparams, updated in place.
+
+    Returns:
+        dL/d(inputs) through this step (zeros where an input does not enter).
+    """
+    with torch.enable_grad():
+        xs = [x.detach().requires_grad_(True) for x in inputs]
+        outs = step_fn(*xs)
+        grads = torch.autograd.grad(outs, (*xs, *params), tuple(cotangents), allow_unused=True)
+    for i, g in enumerate(grads[len(xs) :]):
+        if g is not None:
+            grad_params[i] += g
+    return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads[: len(xs)], xs)]
