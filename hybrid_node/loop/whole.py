@@ -43,6 +43,7 @@ Bytecode Transformation and Graph Compilation", ASPLOS 2024.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,7 +54,8 @@ from torch._higher_order_ops.while_loop import while_loop
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController
+from ..controllers import PIDController, rms_norm
+from ..solvers.registry import METHOD_SPECS
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, term_field
@@ -293,3 +295,106 @@ def integrate_whole(
 
 def _has_grad_params(owner) -> bool:
     return isinstance(owner, torch.nn.Module) and any(p.requires_grad for p in owner.parameters())
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def initial_step_tensor(field: Callable, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol):
+    """Hairer's initial-step heuristic (:func:`hybrid_node.controllers.initial_step`) as tensor operations.
+
+    The same formula without host reads, so a traced solve (``torch.export``) contains it; a 0-d
+    float64 tensor. Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
+    """
+    with torch.no_grad():
+        scale = atol + torch.abs(y0) * rtol
+        d0 = _rms(y0 / scale).double()
+        d1 = _rms(f0 / scale).double()
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+        h0 = torch.where(torch.isfinite(h0), h0, 1e-6)
+        f1 = field(t0 + h0, y0 + h0.to(y0.dtype) * f0)
+        d2 = _rms((f1 - f0) / scale).double() / h0
+        d12 = torch.maximum(d1, d2)
+        h1 = torch.where(d12 <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / d12) ** (1.0 / (order + 1)))
+        return torch.where(torch.isfinite(d2), torch.minimum(100 * h0, h1), h0 * 1e-3)
+
+
+def odeint_graph(
+    func: Callable, y0: torch.Tensor, t: torch.Tensor, *, rtol: float = 1e-7, atol: float = 1e-9, method: str = "dopri5"
+) -> torch.Tensor:
+    """An adaptive solve written entirely in traceable tensor operations, for ``torch.export`` and
+    for ``torch.compile`` of a model that contains a solve.
+
+    The host loop reads the output times and the initial step on the host, which a tracer cannot
+    follow; here the times stay a tensor, the initial step is :func:`initial_step_tensor` and the loop
+    is the whole-solve ``while_loop`` of :func:`attempt`, so the traced program holds the complete
+    adaptive solve. Failures are not raised (the traced program has no host branch): outputs a failed
+    solve did not reach are NaN, as with ``throw=False``.
+
+    Args:
+        func: ``func(t, y)``, a tensor field free of side effects other than counters.
+        y0: the initial state (a tensor).
+        t: strictly increasing 1-D output times.
+        rtol, atol: float tolerances.
+        method: an explicit first-same-as-last pair (dopri5, tsit5, bosh3).
+
+    Returns:
+        The states at ``t``, shape (len(t), *y0.shape).
+
+    Raises:
+        ValueError: a method the whole-solve loop cannot run.
+    """
+    factory = METHOD_SPECS[method].solver if method in METHOD_SPECS else None
+    solver = factory() if factory is not None else None
+    if not (isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve):
+        raise ValueError(f"a traced solve runs dopri5, tsit5 or bosh3, not {method!r}.")
+    controller = PIDController(rtol=rtol, atol=atol)
+    c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
+    dev = y0.device
+    ts = t.to(torch.float64)
+
+    modules = _scalar_attributes(func)
+
+    def field(tt, yy):
+        saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
+        out = func(tt.to(t.dtype), yy)
+        for m, k, v in saved:  # a call counter inside the loop: see _solve_function
+            setattr(m, k, v)
+        return out
+
+    f0 = field(ts[0], y0)
+    dt0 = initial_step_tensor(field, ts[0], y0, f0, int(solver.error_order or 0), rtol, atol)
+    dense = solver.tableau.dense
+    tables = Tables(
+        ts,
+        torch.arange(1, ts.shape[0], device=dev),
+        None if dense is None else torch.tensor(dense, dtype=torch.float64, device=dev),
+        None if dense is None else torch.arange(1, len(dense[0]) + 1, dtype=torch.float64, device=dev),
+    )
+    zero = torch.zeros((), dtype=torch.int64, device=dev)
+    state = LoopState(
+        ts[0].clone(),
+        dt0,
+        torch.ones((), dtype=torch.float64, device=dev),
+        torch.ones((), dtype=torch.float64, device=dev),
+        y0,
+        f0,
+        torch.full((ts.shape[0] - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev),
+        zero + 1,
+        zero.clone(),
+        zero.clone(),
+        zero.clone(),
+        zero + RUNNING,
+        torch.zeros((), dtype=torch.bool, device=dev),
+        torch.zeros((), dtype=torch.bool, device=dev),
+    )
+
+    def cond_fn(*s):
+        return s[_STATUS] == RUNNING
+
+    def body_fn(*s):
+        return tuple(attempt(field, solver, c, tables, rtol, atol, rms_norm, LoopState(*s)))
+
+    out = LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+    return torch.cat([y0.unsqueeze(0), out.outs])
