@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -172,7 +173,11 @@ class WholeSolve:
         if self.key not in self._graphs:
             # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
             # the failure immediate and the fallback clean
-            self._graphs[self.key] = torch.compile(_solve_function(pure, solver, c, norm), fullgraph=True, mode=mode)
+            fn = _solve_function(pure, solver, c, norm)
+            # a code object of its own: the compiler's cache and recompilation limit are per code
+            # object, and every field, method and direction is another graph of this one function
+            fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
+            self._graphs[self.key] = torch.compile(fn, fullgraph=True, mode=mode)
             self._graphs[(self.key, "first")] = True
 
     @property
