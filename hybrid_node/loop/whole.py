@@ -177,7 +177,10 @@ class WholeSolve:
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
-            self._graphs[self.key] = torch.compile(fn, fullgraph=True, mode=mode)
+            # dynamic=False: a value seen to change between compilations in one process must not become
+            # a symbolic scalar inside the loop body, which Inductor 2.13 cannot lower (KeyError
+            # 'unbacked_bindings' on aten._local_scalar_dense, seen running tsit5 after dopri5)
+            self._graphs[self.key] = torch.compile(fn, fullgraph=True, mode=mode, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
     @property
@@ -199,7 +202,7 @@ class WholeSolve:
         try:
             with frozen_counters(modules, counters):
                 out = self._call(graph, state, tables, rtol, atol)
-        except torch._dynamo.exc.TorchDynamoException as e:
+        except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
             warnings.warn(
                 f"compile=True: this solve cannot be compiled as one graph ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:200]}); it runs with compiled steps instead.",
