@@ -13,7 +13,9 @@ wall time / (NFE x the time of one bare call of the dynamics, timed in the same 
 error is relative to a float64 torchdiffeq solve at tolerance 1e-10 (an independent implementation).
 diffrax (JAX) runs compiled: its compile time is reported apart, its NFE is counted in an untimed
 instrumented run (see benchmarks/diffrax_peer.py), and workloads it has no port of are marked skipped.
-``hybrid_node+compile`` is hybrid_node with ``options={"compile": True}`` (compiled step attempts);
+``hybrid_node+compile`` is hybrid_node with ``options={"compile": True}`` (the whole solve as one
+graph for forward solves without autograd, compiled step attempts otherwise, see docs/compiled_solve.md;
+its NFE column counts only the field's own counter, which does not advance inside the whole graph);
 its first, compiling run is timed apart like diffrax's compilation. ``hybrid_node+device`` uses the
 device-resident loop (``options={"device_loop": True}``), ``hybrid_node+device+compile`` compiles its runs.
 Results: a printed table, and ``results.json`` + ``results.md`` in ``--out``.

@@ -10,13 +10,14 @@ from typing import Any
 import torch
 
 from ._backend import resolve_backend
-from ._errors import BackendError
+from ._errors import BackendError, Status
 from ._problem import Problem, make_problem
 from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .loop import callbacks_called, integrate, warn_unsupported_callbacks
+from .loop.whole import odeint_graph
 from .sensitivity.base import AbstractSensitivity
 from .sensitivity.reversible import ReversibleAdjoint
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
@@ -93,6 +94,15 @@ def solve(
         return _solve_external(
             func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
         )
+    if (
+        torch.compiler.is_exporting()
+        and isinstance(controller, PIDController)
+        and isinstance(y0, torch.Tensor)
+        and _traceable(solver, controller, y0, event_fn, jump_t, step_t)
+    ):
+        # torch.export cannot follow the host loop's reads: the solve is traced as one while_loop
+        ys = odeint_graph(func, y0, t, rtol=controller.rtol, atol=controller.atol, method=solver.name)
+        return Solution(ts=t, ys=ys, stats=Stats(), status=Status.SUCCESS)
     if isinstance(controller, PIDController):
         solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
     if event_t_end is not None and event_fn is None:
@@ -107,6 +117,21 @@ def solve(
         )
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
+
+
+def _traceable(solver, controller, y0, event_fn, jump_t, step_t) -> bool:
+    """Whether :func:`hybrid_node.loop.whole.odeint_graph` can stand for this solve under torch.export."""
+    return bool(
+        solver.supports_whole_solve
+        and type(controller) is PIDController
+        and controller == PIDController(rtol=controller.rtol, atol=controller.atol)  # default settings
+        and isinstance(controller.rtol, float)
+        and isinstance(controller.atol, float)
+        and isinstance(y0, torch.Tensor)
+        and event_fn is None
+        and not jump_t
+        and not step_t
+    )
 
 
 def _solve_external(

@@ -18,6 +18,8 @@ from ..solvers.base import ExternalSolver
 from .device import check_device_loop, integrate_device
 from .host import Integration, integrate_adaptive, integrate_fixed
 from .per_sample import check_per_sample, integrate_per_sample
+from .whole import applies as whole_solve_applies
+from .whole import integrate_whole
 
 #: an event search stops after this many steps unless ``max_num_steps`` is given: an event that never
 #: happens would otherwise run on for the controller's default of 2**31 - 1 steps (days)
@@ -162,6 +164,12 @@ def integrate(
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
+    if whole_solve_applies(problem, event_fn, dense):  # compile=True: the whole solve as one graph
+        result = integrate_whole(
+            term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, norm=problem.norm, throw=throw
+        )
+        if result is not None:
+            return result
     if ctrl.device_loop and not dense:  # dense output over the interval: host loop
         check_device_loop(problem, event_fn)
         return integrate_device(

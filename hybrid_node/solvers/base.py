@@ -112,6 +112,11 @@ class AbstractSolver(abc.ABC):
         """Whether per-sample step control can run this method (explicit embedded pairs)."""
         return False
 
+    @property
+    def supports_whole_solve(self) -> bool:
+        """Whether ``compile=True`` can run the whole solve as one graph (:mod:`hybrid_node.loop.whole`)."""
+        return False
+
     @abc.abstractmethod
     def init(self, f: Field, t0: float, y0: torch.Tensor) -> Any:
         """The solver state at the start of a solve (or after a restart) at (t0, y0)."""

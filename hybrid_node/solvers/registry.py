@@ -33,7 +33,7 @@ MULTISTEP_OPTIONS = ("max_order", "max_iters", "jacobian", "batch_dims")
 NEWTON_OPTIONS = ("jacobian", "batch_dims", "max_newton_iters", "newton_kappa", "newton_rtol", "newton_atol")
 BACKENDS = ("torch", "julia")
 #: the torch loop strategies, in the order the method table lists them
-LOOPS = ("host", "per_sample", "device_loop", "compile")
+LOOPS = ("host", "per_sample", "device_loop", "compile", "whole_solve")
 
 
 class MethodSpec(NamedTuple):
@@ -73,7 +73,13 @@ class MethodSpec(NamedTuple):
         solver = self.solver()
         if isinstance(solver, ExternalSolver):
             return ()
-        able = (True, solver.supports_per_sample, solver.supports_device_loop, solver.supports_compile)
+        able = (
+            True,
+            solver.supports_per_sample,
+            solver.supports_device_loop,
+            solver.supports_compile,
+            solver.supports_whole_solve,
+        )
         return tuple(loop for loop, ok in zip(LOOPS, able) if ok)
 
 

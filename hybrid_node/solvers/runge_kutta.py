@@ -75,6 +75,11 @@ class ExplicitRungeKutta(AbstractSolver):
     def supports_per_sample(self) -> bool:
         return self.adaptive
 
+    @property
+    def supports_whole_solve(self) -> bool:
+        # the whole-solve graph loops over the device loop's attempt: the same methods
+        return self.supports_device_loop
+
     def init(self, f: Field, t0: float, y0: torch.Tensor) -> torch.Tensor:
         """Return the solver state at the start: the derivative f(t0, y0)."""
         return f(t0, y0)

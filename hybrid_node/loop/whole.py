@@ -1,0 +1,408 @@
+"""The whole adaptive solve as one compiled graph: a ``while_loop`` of the device loop's step attempts.
+
+The device-resident loop (:mod:`hybrid_node.loop.device`) already writes a step attempt as a pure
+tensor state machine: the landing rule, the stages, the error ratio, accept/reject by ``torch.where``,
+the PID proposal, the dense output into a preallocated buffer, the counters and the status code, all
+from the one step decision of :mod:`hybrid_node.loop.core`. It still returns to the host after every
+``sync_every`` attempts to read the status. Here the same :func:`~hybrid_node.loop.device.attempt` is
+the body of ``torch._higher_order_ops.while_loop`` whose condition is "status is RUNNING", so
+``torch.compile(fullgraph=True)`` turns the whole solve, the field included, into one graph: no Python
+runs between attempts and the host reads the result once, after the solve (diffrax's design, in
+torch: Kidger, "On Neural Differential Equations", 2021, Section 5.1; Ansel et al., "PyTorch 2",
+ASPLOS 2024, for TorchDynamo/Inductor and their higher-order operators).
+
+What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and docs/compiled_solve.md):
+
+- forward solves (no autograd graph: ``torch.no_grad``, the adjoints' forward passes, inference)
+  compile and run, with the eager solver's steps and outputs up to rounding;
+- direct backpropagation: autograd differentiates ``while_loop``, but through this graph its
+  gradients disagreed with the eager solver's and compiling the backward took minutes, so a solve
+  that needs an autograd graph runs with per-step graphs instead (see :func:`integrate_whole`);
+- ``torch.export`` of a module containing the loop works (:func:`export_solve` is the entry point);
+- ``torch.func.vmap`` and ``jacrev`` over ``while_loop`` raise inside torch (no batching rule for the
+  operator), see :func:`hybrid_node.loop.whole` tests; those transforms are documented limitations;
+- side effects of the field inside the loop are not allowed by the compiler; an ``nn.Module`` field
+  that counts its own calls (``self.nfe += 1``) is handled by restoring its plain number attributes
+  after every evaluation inside the graph, so such a counter does not advance during the loop (the
+  solution's ``stats.nfe`` does count every evaluation).
+
+Decisions equal the eager solver's (same initial step, computed on the host before the graph, the
+same stretch rule, controller, floor and failures); the compiled kernels may round differently, so a
+step whose error ratio lies within rounding of 1 may be decided the other way. Tolerances enter the
+graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph.
+
+Scope: as the device loop (forward solves with an explicit first-same-as-last pair without its own
+dense output: dopri5, tsit5, bosh3; no events, ``jump_t``/``step_t`` or dense output over the
+interval). Other methods and problems keep per-step compiled attempts (:mod:`.compiled_step`).
+
+References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, step-size
+control, initial step); Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python
+Bytecode Transformation and Graph Compilation", ASPLOS 2024.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import types
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch._higher_order_ops.while_loop import while_loop
+
+from .._errors import SolverError, Status
+from .._solution import Stats
+from .._term import Term
+from ..controllers import PIDController, rms_norm
+from ..solvers.registry import METHOD_SPECS
+from ..solvers.runge_kutta import ExplicitRungeKutta
+from . import core
+from .compiled_step import _CACHE, PureField, term_field
+from .core import RUNNING
+from .device import LoopState, Tables, attempt, initial_state, make_tables
+from .host import Integration, first_step
+
+_STATUS = LoopState._fields.index("status")
+
+#: the seconds the last compiling call of each whole-solve graph took (key -> seconds), for the
+#: benchmarks and docs; a plain record, never read by the solver
+COMPILE_SECONDS: dict = {}
+
+
+def applies(problem, event_fn, dense: bool) -> bool:
+    """Whether ``options={"compile": True}`` runs this problem as one whole-solve graph.
+
+    Args:
+        problem: the validated problem.
+        event_fn: the terminal event function, or None.
+        dense: dense output over the whole interval is requested.
+
+    Returns:
+        True for a compiled solver that declares ``supports_whole_solve`` with a PID controller that
+        asks for no other loop strategy, no events, ``jump_t``/``step_t`` or dense output.
+    """
+    solver, ctrl = problem.solver, problem.controller
+    return bool(
+        solver.compile
+        and solver.supports_whole_solve
+        and isinstance(ctrl, PIDController)
+        and not (ctrl.per_sample or ctrl.device_loop)
+        and event_fn is None
+        and not dense
+        and not problem.jump_t
+        and not problem.step_t
+    )
+
+
+def _scalar_attributes(owner) -> list:
+    """The modules of ``owner`` whose plain number attributes must be restored after each evaluation."""
+    return list(owner.modules()) if isinstance(owner, torch.nn.Module) else []
+
+
+def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm) -> Callable:
+    """``solve(owner, state, tables, rtol, atol) -> state``: attempts until the status is not RUNNING."""
+
+    def solve(owner, state, tables, rtol, atol):
+        modules = _scalar_attributes(owner)
+
+        def field(t, y):
+            # the compiler refuses a side effect that outlives the loop body; a module counting its
+            # own calls is the common one, so its number attributes are put back (traced, free)
+            saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
+            out = pure.field(owner, t, y)
+            for m, k, v in saved:
+                setattr(m, k, v)
+            return out
+
+        def cond_fn(*s):
+            return s[_STATUS] == RUNNING
+
+        def body_fn(*s):
+            return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s)))
+
+        return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+
+    return solve
+
+
+def _numbers(modules: Sequence[torch.nn.Module]) -> dict:
+    """The plain int and float attributes of ``modules``, as ``{(index, name): value}``."""
+    return {(i, k): v for i, m in enumerate(modules) for k, v in vars(m).items() if type(v) in (int, float)}
+
+
+@contextlib.contextmanager
+def frozen_counters(modules: Sequence[torch.nn.Module], counters: Sequence[tuple[int, str]]):
+    """Present the counters ``counters`` of ``modules`` to the graph as 0, and put them back after.
+
+    The graph guards on the module's number attributes; a counter that a field advances on every
+    call (found by :func:`integrate_whole` around one eager evaluation) would otherwise fail that
+    guard on every solve and recompile the graph.
+    """
+    saved = [(modules[i], k, getattr(modules[i], k)) for i, k in counters]
+    for m, k, _ in saved:
+        setattr(m, k, 0)
+    try:
+        yield
+    finally:
+        for m, k, v in saved:
+            setattr(m, k, v)
+
+
+class WholeSolve:
+    """The compiled whole-solve graph of one field, method and step control, cached on the field.
+
+    Args:
+        pure: the traceable field.
+        solver: the first-same-as-last embedded pair.
+        c: the step-control constants.
+        norm: the error norm (traced into the graph).
+        cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
+    """
+
+    def __init__(self, pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm, cuda_graphs: bool):
+        self.owner = pure.owner
+        self.cuda_graphs = cuda_graphs
+        mode = "reduce-overhead" if cuda_graphs else None
+        self.key = ("whole_solve", pure.key, solver, c, norm, mode)
+        try:
+            self._graphs = _CACHE.setdefault(pure.owner, {})
+        except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
+            self._graphs = {}
+        if self.key not in self._graphs:
+            # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
+            # the failure immediate and the fallback clean
+            fn = _solve_function(pure, solver, c, norm)
+            # a code object of its own: the compiler's cache and recompilation limit are per code
+            # object, and every field, method and direction is another graph of this one function
+            fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
+            # dynamic=False: a value seen to change between compilations in one process must not become
+            # a symbolic scalar inside the loop body, which Inductor 2.13 cannot lower (KeyError
+            # 'unbacked_bindings' on aten._local_scalar_dense, seen running tsit5 after dopri5)
+            self._graphs[self.key] = torch.compile(fn, fullgraph=True, mode=mode, dynamic=False)
+            self._graphs[(self.key, "first")] = True
+
+    @property
+    def failed(self) -> bool:
+        """The compiler rejected this field before (it is not tried again)."""
+        return self._graphs.get(self.key) is None
+
+    def __call__(self, state: LoopState, tables: Tables, rtol, atol, counters=()) -> LoopState | None:
+        """The final state of the solve from ``state``, or None when the compiler rejects the field.
+
+        ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`).
+        """
+        graph = self._graphs.get(self.key)
+        if graph is None:
+            return None
+        first = self._graphs.pop((self.key, "first"), False)
+        start = time.perf_counter()
+        modules = _scalar_attributes(self.owner)
+        try:
+            with frozen_counters(modules, counters):
+                out = self._call(graph, state, tables, rtol, atol)
+        except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
+            warnings.warn(
+                f"compile=True: this solve cannot be compiled as one graph ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); it runs with compiled steps instead.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self._graphs[self.key] = None
+            return None
+        if first:
+            COMPILE_SECONDS[self.key] = time.perf_counter() - start
+        return out
+
+    def _call(self, graph, state, tables, rtol, atol) -> LoopState:
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            out = graph(self.owner, state, tables, rtol, atol)
+            # the graph's outputs live in its memory pool until the next replay: copy them out
+            return LoopState(*(x.clone() for x in out))
+        return graph(self.owner, state, tables, rtol, atol)
+
+
+def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
+    """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
+    so every new value would compile a new graph)."""
+    return torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+
+
+def integrate_whole(
+    term: Term,
+    solver: ExplicitRungeKutta,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    throw: bool = True,
+) -> Integration | None:
+    """Integrate from ts[0] through the increasing times ``ts`` with the whole-solve graph.
+
+    Args:
+        term: the wrapped field (solver time); counts the evaluations.
+        solver: a first-same-as-last embedded pair (``supports_whole_solve``).
+        controller: the PID step-size controller.
+        y0: flat initial state.
+        ts: increasing output times (host floats, solver time).
+        rtol, atol: tolerances (floats or tensors broadcastable to the state).
+        norm: error norm (must be traceable; the default RMS norm is).
+        throw: raise SolverError on failure, else report the status (outputs not reached are NaN).
+
+    Returns:
+        Integration as the host loop returns it, or None when the field has no traceable form or
+        the compiler rejects it (the caller then runs another loop; ``term.nfe`` is left as it was).
+
+    Raises:
+        SolverError: on max steps, step-size underflow or a non-finite state, when ``throw``.
+    """
+    pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
+    if pure is None or not solver.supports_whole_solve:
+        return None
+    if torch.is_grad_enabled() and (y0.requires_grad or _has_grad_params(pure.owner)):
+        # torch 2.13 differentiates while_loop, but on this graph its gradients were wrong (up to
+        # 30 absolute against the eager solver's, docs/compiled_solve.md) and compiling the backward
+        # took minutes: direct backprop keeps the per-step graphs, whose gradients are tested
+        return None
+    c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
+    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=y0.device.type == "cuda")
+    if graph.failed:
+        return None
+    nfe_before = term.nfe
+    modules = _scalar_attributes(pure.owner)
+    before = _numbers(modules)
+    f0 = solver.init(term, ts[0], y0)
+    counters = [k for k, v in _numbers(modules).items() if before.get(k) != v]
+    dt0 = first_step(term, solver, controller, ts[0], y0, f0, rtol, atol, norm)
+    stats = Stats()
+    if len(ts) == 1:
+        stats.nfe = term.nfe
+        return Integration([y0], stats, Status.SUCCESS, ts[0])
+    tables = make_tables(solver, ts, y0)
+    state = initial_state(y0, f0, ts[0], dt0, len(ts))
+    out = graph(state, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters)
+    if out is None:
+        term.nfe = nfe_before
+        return None
+    code, t, dt, n_att, n_acc, n_rej = torch.stack(
+        [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
+    ).tolist()  # the one host read of the solve
+    term.nfe += (solver.tableau.stages - 1) * int(n_att)
+    stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, int(n_acc), int(n_rej)
+    status = core.STATUS[int(code)]
+    if status is not Status.SUCCESS and throw:
+        detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt:.3g}"
+        raise SolverError(status, -t if term.reverse else t, detail)
+    return Integration([y0] + list(out.outs.unbind(0)), stats, status, t)
+
+
+def _has_grad_params(owner) -> bool:
+    return isinstance(owner, torch.nn.Module) and any(p.requires_grad for p in owner.parameters())
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def initial_step_tensor(field: Callable, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol):
+    """Hairer's initial-step heuristic (:func:`hybrid_node.controllers.initial_step`) as tensor operations.
+
+    The same formula without host reads, so a traced solve (``torch.export``) contains it; a 0-d
+    float64 tensor. Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
+    """
+    with torch.no_grad():
+        scale = atol + torch.abs(y0) * rtol
+        d0 = _rms(y0 / scale).double()
+        d1 = _rms(f0 / scale).double()
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+        h0 = torch.where(torch.isfinite(h0), h0, 1e-6)
+        f1 = field(t0 + h0, y0 + h0.to(y0.dtype) * f0)
+        d2 = _rms((f1 - f0) / scale).double() / h0
+        d12 = torch.maximum(d1, d2)
+        h1 = torch.where(d12 <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / d12) ** (1.0 / (order + 1)))
+        return torch.where(torch.isfinite(d2), torch.minimum(100 * h0, h1), h0 * 1e-3)
+
+
+def odeint_graph(
+    func: Callable, y0: torch.Tensor, t: torch.Tensor, *, rtol: float = 1e-7, atol: float = 1e-9, method: str = "dopri5"
+) -> torch.Tensor:
+    """An adaptive solve written entirely in traceable tensor operations, for ``torch.export`` and
+    for ``torch.compile`` of a model that contains a solve.
+
+    The host loop reads the output times and the initial step on the host, which a tracer cannot
+    follow; here the times stay a tensor, the initial step is :func:`initial_step_tensor` and the loop
+    is the whole-solve ``while_loop`` of :func:`attempt`, so the traced program holds the complete
+    adaptive solve. Failures are not raised (the traced program has no host branch): outputs a failed
+    solve did not reach are NaN, as with ``throw=False``.
+
+    Args:
+        func: ``func(t, y)``, a tensor field free of side effects other than counters.
+        y0: the initial state (a tensor).
+        t: strictly increasing 1-D output times.
+        rtol, atol: float tolerances.
+        method: an explicit first-same-as-last pair (dopri5, tsit5, bosh3).
+
+    Returns:
+        The states at ``t``, shape (len(t), *y0.shape).
+
+    Raises:
+        ValueError: a method the whole-solve loop cannot run.
+    """
+    factory = METHOD_SPECS[method].solver if method in METHOD_SPECS else None
+    solver = factory() if factory is not None else None
+    if not (isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve):
+        raise ValueError(f"a traced solve runs dopri5, tsit5 or bosh3, not {method!r}.")
+    controller = PIDController(rtol=rtol, atol=atol)
+    c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
+    dev = y0.device
+    ts = t.to(torch.float64)
+
+    modules = _scalar_attributes(func)
+
+    def field(tt, yy):
+        saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
+        out = func(tt.to(t.dtype), yy)
+        for m, k, v in saved:  # a call counter inside the loop: see _solve_function
+            setattr(m, k, v)
+        return out
+
+    f0 = field(ts[0], y0)
+    dt0 = initial_step_tensor(field, ts[0], y0, f0, int(solver.error_order or 0), rtol, atol)
+    dense = solver.tableau.dense
+    tables = Tables(
+        ts,
+        torch.arange(1, ts.shape[0], device=dev),
+        None if dense is None else torch.tensor(dense, dtype=torch.float64, device=dev),
+        None if dense is None else torch.arange(1, len(dense[0]) + 1, dtype=torch.float64, device=dev),
+    )
+    zero = torch.zeros((), dtype=torch.int64, device=dev)
+    state = LoopState(
+        ts[0].clone(),
+        dt0,
+        torch.ones((), dtype=torch.float64, device=dev),
+        torch.ones((), dtype=torch.float64, device=dev),
+        y0,
+        f0,
+        torch.full((ts.shape[0] - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev),
+        zero + 1,
+        zero.clone(),
+        zero.clone(),
+        zero.clone(),
+        zero + RUNNING,
+        torch.zeros((), dtype=torch.bool, device=dev),
+        torch.zeros((), dtype=torch.bool, device=dev),
+    )
+
+    def cond_fn(*s):
+        return s[_STATUS] == RUNNING
+
+    def body_fn(*s):
+        return tuple(attempt(field, solver, c, tables, rtol, atol, rms_norm, LoopState(*s)))
+
+    out = LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+    return torch.cat([y0.unsqueeze(0), out.outs])
