@@ -11,6 +11,7 @@ import torch
 
 from ._backend import resolve_backend
 from ._errors import BackendError
+from ._event import Event
 from ._problem import Problem, make_problem
 from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
@@ -18,6 +19,7 @@ from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .loop import callbacks_called, integrate, warn_unsupported_callbacks
 from .sensitivity.base import AbstractSensitivity
+from .sensitivity.jumps import solve_with_events
 from .sensitivity.per_sample_events import solve_sample_events
 from .sensitivity.reversible import ReversibleAdjoint
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
@@ -43,6 +45,7 @@ def solve(
     throw: bool = True,
     event_t_end: float | None = None,
     per_sample_events: bool = False,
+    event: Event | None = None,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from y(t[0]) = y0 and return the states at every time in ``t``.
 
@@ -69,6 +72,9 @@ def solve(
         per_sample_events: ``event_fn`` returns one value per sample (the batch shape) and each
             sample stops at its own first root (see :func:`odeint_event`); ``sol.t_final`` then has
             the batch shape and ``sol.event_fired`` says which samples fired. Direct gradients only.
+        event: a non-terminal :class:`~hybrid_node.Event`: every crossing is recorded in
+            ``sol.events`` (time, element index, state) without stopping, and its ``on_event`` jump
+            is applied where given (the solver restarts there). Direct gradients only.
 
     Returns:
         Solution with ``ys`` of shape (len(t), *y0.shape) (tuple for tuple states), ``stats`` and ``status``.
@@ -111,6 +117,17 @@ def solve(
             "use odeint (DirectBackprop), or solve the real system torch.view_as_real(y0) with the adjoint."
         )
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
+    if event is not None:
+        if not isinstance(event, Event):
+            raise TypeError(f"event must be an hn.Event(fn, ...), got {type(event).__name__}.")
+        if event_fn is not None or per_sample_events:
+            raise ValueError("give either event (non-terminal, hn.Event) or event_fn (terminal), not both.")
+        if not isinstance(sensitivity, DirectBackprop):
+            raise ValueError(
+                "solve(event=...) gets gradients by direct backpropagation (hn.DirectBackprop()) only, "
+                f"not by {type(sensitivity).__name__}."
+            )
+        return solve_with_events(problem, event, throw=throw)
     if per_sample_events:
         if event_fn is None:
             raise ValueError("per_sample_events needs an event_fn that returns one value per sample.")

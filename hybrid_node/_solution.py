@@ -48,6 +48,8 @@ class Solution:
         interpolant: dense output over the solved interval when requested, else None.
         event_fired: with per-sample events, a bool tensor of the batch shape: whether each
             sample's event fired (its ``t_final`` is NaN where it did not); else None.
+        events: with ``solve(event=hn.Event(...))``, every recorded crossing in time order (records
+            with ``t``, ``index`` and ``y``, the state before any jump); else None.
     """
 
     ts: torch.Tensor
@@ -57,3 +59,4 @@ class Solution:
     t_final: torch.Tensor | None = None
     interpolant: object | None = None
     event_fired: torch.Tensor | None = None
+    events: list | None = None

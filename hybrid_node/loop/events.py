@@ -49,6 +49,7 @@ from ..controllers import PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
 from .host import DenseSegment, first_step
+from .host import _emit as _emit_outputs
 
 # a bracket narrower than this many ulps of the time is closed (as the single event's bisection)
 _BRACKET_ULPS = 4.0
@@ -322,3 +323,216 @@ def integrate_sample_events(
     stats.n_jacobian = term.n_jacobian
     stats.n_switches = term.n_switches
     return SampleEvents(y, t_event, fired, f_event, batch_shape, stats, status, t, detail)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-terminal events with state jumps
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EventRecord:
+    """One recorded crossing of a non-terminal event.
+
+    Attributes:
+        t: the event time (user time, 0-d tensor with its implicit-function-theorem gradient).
+        index: the crossing element's index in the event function's value (the sample, for a batch).
+        y: the state at the crossing, before any jump (user layout, with gradient).
+    """
+
+    t: torch.Tensor
+    index: tuple[int, ...]
+    y: object
+
+
+@dataclasses.dataclass
+class EventIntegration:
+    """Raw result of :func:`integrate_with_events`: outputs, records and how the solve ended."""
+
+    ys: list[torch.Tensor]
+    records: list[EventRecord]
+    stats: Stats
+    status: Status
+    t_reached: float
+
+
+def _crossings(before: torch.Tensor, after: torch.Tensor, direction: int) -> torch.Tensor:
+    """Elements whose sign changed from ``before`` (nonzero) to ``after`` in the requested direction."""
+    changed = (before != 0) & (after != before)
+    if direction > 0:
+        return changed & (after > before)
+    if direction < 0:
+        return changed & (after < before)
+    return changed
+
+
+def integrate_with_events(
+    term: Term,
+    solver,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: list[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    event_fn,
+    direction: int,
+    at_event,
+    jumps: bool,
+    throw: bool = True,
+) -> EventIntegration:
+    """Integrate through ``ts`` with a watched event function, recording (and jumping at) every crossing.
+
+    After each accepted step the signs of ``event_fn`` at its end are compared with those at its
+    start. The crossings (in ``direction``) are located in time order: bisection on the step's dense
+    output for the earliest time where any pending element has changed sign (Shampine & Thompson
+    2000); the elements changed there are recorded; without jumps the search goes on from there for
+    the others, so several crossings in one step are all reported, in order. With jumps the state
+    is replaced at the first crossing, the outputs up to it come from the dense output, and the
+    solver restarts from the new state with a fresh first step (the rest of the step is discarded).
+
+    After a jump an element that crossed takes as its sign the one its value has after the jump,
+    or, when the jump left it on the far side of the root (or at zero, like a ball on the ground
+    with its velocity flipped), the sign of its slope along the new flow: so the restart does not
+    report the same crossing again.
+
+    An element that is exactly zero at the start of a step takes its sign from the next step's end
+    (a root at t0 itself is not reported).
+
+    Args:
+        term, solver, controller, y0, ts, rtol, atol, norm: as :func:`~hybrid_node.loop.host.integrate_adaptive`.
+        event_fn: ``event_fn(t, y)`` (0-d time tensor).
+        direction: +1, -1 or 0 (see :class:`hybrid_node.Event`).
+        at_event: ``at_event(s, y_s, fired) -> (records, y_new)``: builds the records (with their
+            gradients) for the elements ``fired`` (flat bool) at solver time ``s`` of the state
+            ``y_s`` (the dense output, with its graph) and the state after the jump (None without).
+        jumps: whether ``at_event`` returns a new state (then the solver restarts there).
+        throw: raise SolverError on failure, else report the status.
+
+    Returns:
+        :class:`EventIntegration`.
+
+    Raises:
+        SolverError: max steps, step-size underflow or a non-finite state, with ``throw``.
+    """
+    stats = Stats()
+    t, y = ts[0], y0
+    t_end = ts[-1]
+    c = core.StepControl.of(controller, solver.error_order, y0.dtype)
+
+    def signs(s: float, yy: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sign(event_fn(term.time(s), yy)).reshape(-1)
+
+    def slopes(s: float, yy: torch.Tensor) -> torch.Tensor:
+        # d/dt of each element along the flow: (g(s + h, y + h f) - g(s, y)) / h, sign only
+        with torch.no_grad():
+            h = 1e-7 * max(1.0, abs(s))
+            f = term(s, yy)
+            return torch.sign(event_fn(term.time(s + h), yy + h * f) - event_fn(term.time(s), yy)).reshape(-1)
+
+    sign_prev = signs(t, y)
+    state = solver.init(term, t, y)
+    dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
+    r1, r2 = controller.init()
+    ys = [y0]
+    records: list[EventRecord] = []
+    i_out = 1
+    n_attempts = 0
+    last_nonfinite = False
+
+    def user_t(s: float) -> float:
+        return -s if term.reverse else s
+
+    def finish(status: Status, detail: str = "") -> EventIntegration:
+        if status is not Status.SUCCESS and throw:
+            raise SolverError(status, user_t(t), detail)
+        stats.nfe = term.nfe
+        stats.n_jacobian = term.n_jacobian
+        stats.n_switches = term.n_switches
+        out = ys + [torch.full_like(y0, math.nan) for _ in range(len(ts) - len(ys))]
+        return EventIntegration(out, records, stats, status, t)
+
+    while i_out < len(ts):
+        code = core.precheck(FLOAT, c, n_attempts, t, dt)
+        if code != RUNNING:
+            return finish(core.STATUS[code], f"max_num_steps={controller.max_num_steps}")
+        n_attempts += 1
+        lands, step_dt, t1 = core.landing(FLOAT, t, dt, t_end, c.max_step)
+        step = solver.step(term, t, y, state, step_dt)
+        ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
+        accepted = ratio <= 1.0
+        if accepted:
+            stats.n_accepted += 1
+            new_state = solver.next_state(term, t1, step)
+            seg = DenseSegment(t, t1, solver.interpolant(term, t, y, step_dt, step, new_state))
+            sign1 = signs(t1, step.y1)
+            # an element that starts a step at zero takes its sign from the step's end
+            sign_prev = torch.where(sign_prev == 0, sign1, sign_prev)
+            pending = _crossings(sign_prev, sign1, direction)
+            lo = t
+            jumped = None
+            while bool(pending.any()):
+                ref = sign_prev
+                # bisection for the earliest time in (lo, t1] where a pending element has left its sign
+                a, b = lo, t1
+                width = _BRACKET_ULPS * _EPS * max(1.0, abs(a), abs(b))
+                for _ in range(_MAX_HALVINGS):
+                    mid = 0.5 * (a + b)
+                    if not (b - a > width and a < mid < b):
+                        break
+                    if bool((pending & (signs(mid, seg(mid)) != ref)).any()):
+                        b = mid
+                    else:
+                        a = mid
+                fired = pending & (signs(b, seg(b)) != ref)
+                if not bool(fired.any()):  # rounding: the crossing sits at the bracket's end
+                    fired = pending
+                new_records, y_new = at_event(b, seg(b), fired)
+                records.extend(new_records)
+                pending = pending & ~fired
+                lo = b
+                if jumps:
+                    jumped = (b, y_new, fired)
+                    break
+            if jumped is not None:
+                te, y_new, fired = jumped
+                # outputs up to the jump come from this step's dense output (left limit at te)
+                j = i_out
+                while j < len(ts) and ts[j] <= te:
+                    j += 1
+                if j > i_out:
+                    ys.extend(seg.many(ts[i_out:j]))
+                i_out = j
+                sign_new = signs(te, y_new)
+                post = -sign_prev  # the side of the root the crossing elements reached
+                slope = slopes(te, y_new.detach())
+                settle_new = torch.where((sign_new == 0) | (sign_new == post), slope, sign_new)
+                sign_prev = torch.where(fired, settle_new, sign_new)
+                sign_prev = torch.where(sign_prev == 0, sign_new, sign_prev)
+                # restart there: a fresh solver state, first step and controller memory
+                t, y = te, y_new
+                state = solver.init(term, t, y)
+                dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
+                r1, r2 = controller.init()
+                last_nonfinite = False
+                if t >= t_end:
+                    break
+                continue
+            i_out, y1, _ = _emit_outputs(ys, ts, i_out, t, t1, step.y1, seg, None)
+            t, y, state = t1, y1, new_state
+            sign_prev = sign1
+            last_nonfinite = False
+            if t >= t_end:
+                break
+        else:
+            stats.n_rejected += 1
+            last_nonfinite = not math.isfinite(ratio)
+            state = solver.reject(term, t, y, state, step)
+        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
+        dt = min(solver.propose_step(state, step_dt, dt), c.max_step)
+        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
+        if code != RUNNING:
+            return finish(core.STATUS[code], f"dt={dt:.3g}")
+    return finish(Status.SUCCESS)

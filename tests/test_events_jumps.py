@@ -1,0 +1,153 @@
+"""Non-terminal events and state jumps (``hn.solve(..., event=hn.Event(...))``), float64.
+
+Bouncing balls: a ball dropped from h under gravity g with restitution e hits the ground at
+t_1 = sqrt(2 h / g) and then at t_k = t_1 (1 + 2 e + ... + 2 e^(k-1)) (each flight after an impact of
+speed v lasts 2 e v / g), so dt_k/dh = (1 + 2 sum_{j<k} e^j) / sqrt(2 g h) and
+dt_k/de = t_1 * 2 sum_{j=1}^{k-1} j e^(j-1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+G = 9.81
+
+
+def ctrl():
+    return hn.PIDController(rtol=1e-10, atol=1e-12)
+
+
+def fall(t, y):
+    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
+
+
+def impacts(h: float, e: float, n: int) -> list[float]:
+    out = [math.sqrt(2 * h / G)]
+    v = math.sqrt(2 * G * h)
+    for _ in range(n - 1):
+        v *= e
+        out.append(out[-1] + 2 * v / G)
+    return out
+
+
+def bouncing(h, e, t):
+    y0 = torch.stack([h, torch.zeros_like(h)], 1)
+
+    def bounce(t, y, fired):
+        return torch.stack([y[:, 0], torch.where(fired, -e * y[:, 1], y[:, 1])], 1)
+
+    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
+    return hn.solve(fall, y0, t, event=event, controller=ctrl())
+
+
+def test_a_batch_of_bouncing_balls_matches_the_analytic_impact_times_of_every_bounce():
+    h = torch.tensor([1.0, 2.0, 3.0])
+    sol = bouncing(h, 0.8, torch.linspace(0.0, 2.5, 6))
+    for i in range(3):
+        got = [float(r.t) for r in sol.events if r.index == (i,)]
+        assert len(got) >= 2
+        torch.testing.assert_close(got, impacts(float(h[i]), 0.8, len(got)), rtol=1e-8, atol=1e-8)
+        for r in sol.events:
+            if r.index == (i,):
+                assert abs(float(r.y[i, 0])) < 1e-8 and float(r.y[i, 1]) < 0  # on the ground, falling
+    times = [float(r.t) for r in sol.events]
+    assert times == sorted(times)
+    # the outputs between bounces lie on the analytic parabolas
+    t_out = 2.0
+    for i in range(3):
+        ts = [s for s in impacts(float(h[i]), 0.8, 20) if s < t_out]
+        v_up = math.sqrt(2 * G * float(h[i])) * 0.8 ** len(ts)
+        tau = t_out - ts[-1]
+        torch.testing.assert_close(float(sol.ys[4, i, 0]), v_up * tau - 0.5 * G * tau**2, rtol=1e-7, atol=1e-8)
+
+
+def test_jump_gradients_match_the_analytic_derivatives_and_finite_differences():
+    h = torch.tensor([2.0], requires_grad=True)
+    e = torch.tensor(0.8, requires_grad=True)
+    sol = bouncing(h, e, torch.tensor([0.0, 3.0]))
+    t3 = sol.events[2].t
+    g_h, g_e = torch.autograd.grad(t3, (h, e), retain_graph=True)
+    t1 = math.sqrt(2 * 2.0 / G)
+    torch.testing.assert_close(float(g_h), (1 + 2 * 0.8 + 2 * 0.8**2) / math.sqrt(2 * G * 2.0), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(float(g_e), t1 * (2 + 4 * 0.8), rtol=1e-6, atol=1e-9)
+    # the state at the last output, after two jumps, against central differences
+    (g_h_y, g_e_y) = torch.autograd.grad(sol.ys[-1].sum(), (h, e))
+    eps = 1e-6
+    with torch.no_grad():
+        fd_h = (
+            bouncing(h + eps, e, torch.tensor([0.0, 3.0])).ys[-1].sum()
+            - bouncing(h - eps, e, torch.tensor([0.0, 3.0])).ys[-1].sum()
+        ) / (2 * eps)
+        fd_e = (
+            bouncing(h, e + eps, torch.tensor([0.0, 3.0])).ys[-1].sum()
+            - bouncing(h, e - eps, torch.tensor([0.0, 3.0])).ys[-1].sum()
+        ) / (2 * eps)
+    torch.testing.assert_close(float(g_h_y), float(fd_h), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(float(g_e_y), float(fd_e), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("direction", [0, 1, -1])
+def test_crossings_without_jumps_are_recorded_in_order_and_filtered_by_direction(direction):
+    # x = sin t, v = cos t: x crosses zero upwards at 2k pi and downwards at (2k + 1) pi
+    osc = lambda t, y: torch.stack([y[1], -y[0]])
+    sol = hn.solve(
+        osc,
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([0.0, 10.0]),
+        event=hn.Event(lambda t, y: y[:1] - 0.0, direction=direction),
+        controller=ctrl(),
+    )
+    roots = [k * math.pi for k in range(1, 4)]  # the root at t0 itself is not reported
+    want = {0: roots, 1: [2 * math.pi], -1: [math.pi, 3 * math.pi]}[direction]
+    torch.testing.assert_close([float(r.t) for r in sol.events], want, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(float(sol.ys[-1, 0]), math.sin(10.0), rtol=1e-8, atol=1e-8)  # no jump: undisturbed
+
+
+def test_several_elements_crossing_inside_one_step_are_reported_in_time_order():
+    # y = t for every element; the levels are so close that one step holds all crossings
+    sol = hn.solve(
+        lambda t, y: torch.ones_like(y),
+        torch.zeros(1),
+        torch.tensor([0.0, 1.0]),
+        event=hn.Event(lambda t, y: y - torch.tensor([0.5003, 0.5001, 0.5002])),
+        controller=ctrl(),
+    )
+    assert [r.index for r in sol.events] == [(1,), (2,), (0,)]
+    torch.testing.assert_close([float(r.t) for r in sol.events], [0.5001, 0.5002, 0.5003], rtol=1e-12, atol=1e-12)
+
+
+def test_a_dose_jump_restarts_the_solver_and_the_elimination_continues():
+    # y' = -k y with a dose of 1 whenever t crosses 1 or 2 (time events): y(3) = e^-3k + e^-2k + e^-k
+    k = torch.tensor(0.7, requires_grad=True)
+    event = hn.Event(lambda t, y: torch.stack([t - 1.0, t - 2.0]), on_event=lambda t, y: y + 1.0)
+    sol = hn.solve(lambda t, y: -k * y, torch.tensor([1.0]), torch.tensor([0.0, 3.0]), event=event, controller=ctrl())
+    kk = 0.7
+    torch.testing.assert_close(
+        float(sol.ys[-1, 0].detach()), math.exp(-3 * kk) + math.exp(-2 * kk) + math.exp(-kk), rtol=1e-8, atol=1e-9
+    )
+    (g,) = torch.autograd.grad(sol.ys[-1, 0], k)
+    torch.testing.assert_close(
+        float(g), -3 * math.exp(-3 * kk) - 2 * math.exp(-2 * kk) - math.exp(-kk), rtol=1e-6, atol=1e-9
+    )
+
+
+def test_invalid_event_settings_are_named():
+    with pytest.raises(ValueError, match="direction"):
+        hn.Event(lambda t, y: y, direction=2)
+    with pytest.raises(ValueError, match="terminal"):
+        hn.Event(lambda t, y: y, terminal=True)
+    with pytest.raises(ValueError, match="DirectBackprop"):
+        hn.solve(
+            lambda t, y: -y,
+            torch.ones(1),
+            torch.tensor([0.0, 1.0]),
+            event=hn.Event(lambda t, y: y - 0.5),
+            sensitivity=hn.InterpolatingAdjoint(),
+        )
