@@ -25,6 +25,12 @@ class Event:
             parameters) where ``fired`` is a bool tensor of ``fn``'s shape marking the elements that
             crossed (e.g. which balls of a batch bounce). ``t`` and ``y`` carry gradients (the
             event time's by the implicit function theorem), so the jump is differentiable.
+        samples: interior points of each step's dense output where the signs are checked besides
+            the step's ends, so that two crossings of one element inside one step are both found
+            (in order) when a point lies between them. Only a strict change of sign is a crossing:
+            an element that touches zero and turns back (a grazing event) is not recorded; two
+            crossings closer together than the points are not seen (raise ``samples`` or lower
+            ``max_step``).
 
     Raises:
         ValueError, TypeError: invalid settings (checked on construction).
@@ -37,6 +43,7 @@ class Event:
     terminal: bool = False
     direction: int = 0
     on_event: Callable | None = None
+    samples: int = 4
 
     def __post_init__(self):
         if not callable(self.fn):
@@ -45,6 +52,8 @@ class Event:
             raise ValueError(f"Event direction must be -1, 0 or +1, got {self.direction!r}.")
         if self.on_event is not None and not callable(self.on_event):
             raise TypeError(f"on_event must be a callable on_event(t, y) -> y_new, got {type(self.on_event).__name__}.")
+        if not isinstance(self.samples, int) or self.samples < 0:
+            raise ValueError(f"Event samples must be a non-negative int, got {self.samples!r}.")
         if self.terminal:
             raise ValueError(
                 "Event(terminal=True) is not supported by solve(event=...); a terminal event is solve's or "

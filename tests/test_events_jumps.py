@@ -151,3 +151,40 @@ def test_invalid_event_settings_are_named():
             event=hn.Event(lambda t, y: y - 0.5),
             sensitivity=hn.InterpolatingAdjoint(),
         )
+
+
+def test_two_roots_of_one_element_inside_one_step_are_both_reported_in_order():
+    # y = t in one exact step to t = 1; g = (y - 0.5)(y - 0.65) changes sign at 0.5 and back at 0.65,
+    # with the interior sign check at 0.6 between them
+    sol = hn.solve(
+        lambda t, y: torch.ones_like(y),
+        torch.zeros(1),
+        torch.tensor([0.0, 1.0]),
+        event=hn.Event(lambda t, y: (y - 0.5) * (y - 0.65)),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12, first_step=1.0),
+    )
+    assert sol.stats.n_accepted == 1  # both roots inside one step
+    torch.testing.assert_close([float(r.t) for r in sol.events], [0.5, 0.65], rtol=1e-12, atol=1e-12)
+    down = hn.solve(
+        lambda t, y: torch.ones_like(y),
+        torch.zeros(1),
+        torch.tensor([0.0, 1.0]),
+        event=hn.Event(lambda t, y: (y - 0.5) * (y - 0.65), direction=1),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12, first_step=1.0),
+    )
+    torch.testing.assert_close([float(r.t) for r in down.events], [0.65], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("touch", [0.5, 0.4])
+def test_a_grazing_event_is_not_a_crossing_and_does_not_hide_a_later_one(touch):
+    # g = (y - touch)^2 touches zero at t = touch without crossing; y - 0.75 crosses at 0.75. With one
+    # step over [0, 1], 0.4 is an interior sign check (a zero exactly at a check point).
+    sol = hn.solve(
+        lambda t, y: torch.ones_like(y),
+        torch.zeros(1),
+        torch.tensor([0.0, 1.0]),
+        event=hn.Event(lambda t, y: torch.cat([(y - touch) ** 2, y - 0.75])),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12, first_step=1.0),
+    )
+    assert [r.index for r in sol.events] == [(1,)]
+    torch.testing.assert_close(float(sol.events[0].t), 0.75, rtol=1e-12, atol=1e-12)

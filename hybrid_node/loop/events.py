@@ -357,8 +357,12 @@ class EventIntegration:
 
 
 def _crossings(before: torch.Tensor, after: torch.Tensor, direction: int) -> torch.Tensor:
-    """Elements whose sign changed from ``before`` (nonzero) to ``after`` in the requested direction."""
-    changed = (before != 0) & (after != before)
+    """Elements whose sign went from ``before`` to the opposite nonzero ``after``, in the requested direction.
+
+    A zero on either side is no crossing: an element that only touches zero (grazing) is not an
+    event, and one that reaches zero exactly at a step's end is decided by where it goes next.
+    """
+    changed = (before != 0) & (after != 0) & (after != before)
     if direction > 0:
         return changed & (after > before)
     if direction < 0:
@@ -380,6 +384,7 @@ def integrate_with_events(
     direction: int,
     at_event,
     jumps: bool,
+    samples: int = 4,
     throw: bool = True,
 ) -> EventIntegration:
     """Integrate through ``ts`` with a watched event function, recording (and jumping at) every crossing.
@@ -408,6 +413,7 @@ def integrate_with_events(
             gradients) for the elements ``fired`` (flat bool) at solver time ``s`` of the state
             ``y_s`` (the dense output, with its graph) and the state after the jump (None without).
         jumps: whether ``at_event`` returns a new state (then the solver restarts there).
+        samples: interior points of each step's dense output where the signs are checked too.
         throw: raise SolverError on failure, else report the status.
 
     Returns:
@@ -468,34 +474,47 @@ def integrate_with_events(
             new_state = solver.next_state(term, t1, step)
             seg = DenseSegment(t, t1, solver.interpolant(term, t, y, step_dt, step, new_state))
             sign1 = signs(t1, step.y1)
-            # an element that starts a step at zero takes its sign from the step's end
-            sign_prev = torch.where(sign_prev == 0, sign1, sign_prev)
-            pending = _crossings(sign_prev, sign1, direction)
-            lo = t
+            # the signs are checked at the step's end and at ``samples`` interior points of its dense
+            # output, so two crossings of one element in a step are both found when a point lies
+            # between them; each sub-interval's crossings are then located in time order
+            h = t1 - t
+            points = [t + h * (j + 1) / (samples + 1) for j in range(samples)] + [t1]
+            a0 = t
             jumped = None
-            while bool(pending.any()):
-                ref = sign_prev
-                # bisection for the earliest time in (lo, t1] where a pending element has left its sign
-                a, b = lo, t1
-                width = _BRACKET_ULPS * _EPS * max(1.0, abs(a), abs(b))
-                for _ in range(_MAX_HALVINGS):
-                    mid = 0.5 * (a + b)
-                    if not (b - a > width and a < mid < b):
+            for p in points:
+                sign_p = sign1 if p == t1 else signs(p, seg(p))
+                # an element that starts at zero takes its first nonzero sign (no root at t0 itself)
+                sign_prev = torch.where(sign_prev == 0, sign_p, sign_prev)
+                pending = _crossings(sign_prev, sign_p, direction)
+                lo = a0
+                while bool(pending.any()):
+                    ref = sign_prev
+                    # bisection for the earliest time in (lo, p] where a pending element has left its sign
+                    a, b = lo, p
+                    width = _BRACKET_ULPS * _EPS * max(1.0, abs(a), abs(b))
+                    for _ in range(_MAX_HALVINGS):
+                        mid = 0.5 * (a + b)
+                        if not (b - a > width and a < mid < b):
+                            break
+                        if bool((pending & (signs(mid, seg(mid)) != ref)).any()):
+                            b = mid
+                        else:
+                            a = mid
+                    fired = pending & (signs(b, seg(b)) != ref)
+                    if not bool(fired.any()):  # rounding: the crossing sits at the bracket's end
+                        fired = pending
+                    new_records, y_new = at_event(b, seg(b), fired)
+                    records.extend(new_records)
+                    pending = pending & ~fired
+                    lo = b
+                    if jumps:
+                        jumped = (b, y_new, fired)
                         break
-                    if bool((pending & (signs(mid, seg(mid)) != ref)).any()):
-                        b = mid
-                    else:
-                        a = mid
-                fired = pending & (signs(b, seg(b)) != ref)
-                if not bool(fired.any()):  # rounding: the crossing sits at the bracket's end
-                    fired = pending
-                new_records, y_new = at_event(b, seg(b), fired)
-                records.extend(new_records)
-                pending = pending & ~fired
-                lo = b
-                if jumps:
-                    jumped = (b, y_new, fired)
+                if jumped is not None:
                     break
+                # the last nonzero sign: touching zero without crossing (grazing) is no event
+                sign_prev = torch.where(sign_p != 0, sign_p, sign_prev)
+                a0 = p
             if jumped is not None:
                 te, y_new, fired = jumped
                 # outputs up to the jump come from this step's dense output (left limit at te)
@@ -509,8 +528,7 @@ def integrate_with_events(
                 post = -sign_prev  # the side of the root the crossing elements reached
                 slope = slopes(te, y_new.detach())
                 settle_new = torch.where((sign_new == 0) | (sign_new == post), slope, sign_new)
-                sign_prev = torch.where(fired, settle_new, sign_new)
-                sign_prev = torch.where(sign_prev == 0, sign_new, sign_prev)
+                sign_prev = torch.where(fired, settle_new, torch.where(sign_new != 0, sign_new, sign_prev))
                 # restart there: a fresh solver state, first step and controller memory
                 t, y = te, y_new
                 state = solver.init(term, t, y)
@@ -522,7 +540,6 @@ def integrate_with_events(
                 continue
             i_out, y1, _ = _emit_outputs(ys, ts, i_out, t, t1, step.y1, seg, None)
             t, y, state = t1, y1, new_state
-            sign_prev = sign1
             last_nonfinite = False
             if t >= t_end:
                 break

@@ -147,6 +147,7 @@ def solve_with_events(problem: Problem, event: Event, throw: bool = True) -> Sol
         direction=-event.direction if problem.reverse else event.direction,
         at_event=at_event,
         jumps=event.on_event is not None,
+        samples=event.samples,
         throw=throw,
     )
     ys = problem.unflatten(torch.stack(integration.ys))
