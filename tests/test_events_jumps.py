@@ -188,3 +188,21 @@ def test_a_grazing_event_is_not_a_crossing_and_does_not_hide_a_later_one(touch):
     )
     assert [r.index for r in sol.events] == [(1,)]
     torch.testing.assert_close(float(sol.events[0].t), 0.75, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_the_bouncing_balls_example_runs_and_writes_its_plot(tmp_path):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "bouncing_balls.py"
+    argv = sys.argv
+    sys.argv = [str(path), "--out", str(tmp_path)]
+    try:
+        with pytest.raises(SystemExit) as info:
+            runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert info.value.code == 0
+    assert (tmp_path / "bouncing_balls.png").stat().st_size > 0
