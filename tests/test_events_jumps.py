@@ -206,3 +206,14 @@ def test_the_bouncing_balls_example_runs_and_writes_its_plot(tmp_path):
         sys.argv = argv
     assert info.value.code == 0
     assert (tmp_path / "bouncing_balls.png").stat().st_size > 0
+
+
+def test_tuple_states_get_events_and_jumps_in_their_own_layout():
+    h, e = 2.0, 0.8
+    field = lambda t, y: (y[1], torch.full_like(y[1], -G))
+    event = hn.Event(lambda t, y: y[0][0], direction=-1, on_event=lambda t, y: (y[0], -e * y[1]))
+    sol = hn.solve(
+        field, (torch.tensor([h]), torch.tensor([0.0])), torch.tensor([0.0, 2.0]), event=event, controller=ctrl()
+    )
+    assert isinstance(sol.ys, tuple) and isinstance(sol.events[0].y, tuple)
+    torch.testing.assert_close([float(r.t) for r in sol.events], impacts(h, e, len(sol.events)), rtol=1e-8, atol=1e-8)
