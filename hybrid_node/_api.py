@@ -45,7 +45,7 @@ def solve(
     throw: bool = True,
     event_t_end: float | None = None,
     per_sample_events: bool = False,
-    event: Event | None = None,
+    event: Event | tuple[Event, ...] | None = None,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from y(t[0]) = y0 and return the states at every time in ``t``.
 
@@ -72,7 +72,7 @@ def solve(
         per_sample_events: ``event_fn`` returns one value per sample (the batch shape) and each
             sample stops at its own first root (see :func:`odeint_event`); ``sol.t_final`` then has
             the batch shape and ``sol.event_fired`` says which samples fired. Direct gradients only.
-        event: a non-terminal :class:`~hybrid_node.Event`: every crossing is recorded in
+        event: a non-terminal :class:`~hybrid_node.Event` (or a tuple of them): every crossing is recorded in
             ``sol.events`` (time, element index, state) without stopping, and its ``on_event`` jump
             is applied where given (the solver restarts there). Direct gradients only.
 
@@ -118,8 +118,9 @@ def solve(
         )
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if event is not None:
-        if not isinstance(event, Event):
-            raise TypeError(f"event must be an hn.Event(fn, ...), got {type(event).__name__}.")
+        several = event if isinstance(event, tuple) else (event,)
+        if not several or not all(isinstance(ev, Event) for ev in several):
+            raise TypeError(f"event must be an hn.Event(fn, ...) or a tuple of them, got {event!r}.")
         if event_fn is not None or per_sample_events:
             raise ValueError("give either event (non-terminal, hn.Event) or event_fn (terminal), not both.")
         if not isinstance(sensitivity, DirectBackprop):

@@ -217,3 +217,25 @@ def test_tuple_states_get_events_and_jumps_in_their_own_layout():
     )
     assert isinstance(sol.ys, tuple) and isinstance(sol.events[0].y, tuple)
     torch.testing.assert_close([float(r.t) for r in sol.events], impacts(h, e, len(sol.events)), rtol=1e-8, atol=1e-8)
+
+
+def test_several_events_at_once_are_reported_in_time_order_with_their_own_jumps_and_directions():
+    h, e = 2.0, 0.8
+    y0 = torch.tensor([[h, 0.0]])
+
+    def bounce(t, y, fired):
+        return torch.stack([y[:, 0], torch.where(fired, -e * y[:, 1], y[:, 1])], 1)
+
+    ground = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
+    clock = hn.Event(lambda t, y: torch.stack([t - 1.0, t - 2.0]), direction=1)  # records only
+    apex = hn.Event(lambda t, y: y[:, 1], direction=-1)  # the top of each flight: velocity + to -
+    sol = hn.solve(fall, y0, torch.tensor([0.0, 2.4]), event=(ground, clock, apex), controller=ctrl())
+    hits = impacts(h, e, 3)
+    v1 = math.sqrt(2 * G * h) * e
+    want = sorted(
+        [(s, 0) for s in hits if s < 2.4] + [(1.0, 1), (2.0, 1)] + [(hits[0] + v1 / G, 2), (hits[1] + e * v1 / G, 2)]
+    )
+    got = [(float(r.t), r.event) for r in sol.events]
+    assert [w[1] for w in want] == [g[1] for g in got]
+    torch.testing.assert_close([g[0] for g in got], [w[0] for w in want], rtol=1e-8, atol=1e-8)
+    assert [r.index for r in sol.events if r.event == 1] == [(0,), (1,)]

@@ -338,11 +338,13 @@ class EventRecord:
         t: the event time (user time, 0-d tensor with its implicit-function-theorem gradient).
         index: the crossing element's index in the event function's value (the sample, for a batch).
         y: the state at the crossing, before any jump (user layout, with gradient).
+        event: which event crossed (its position in the tuple of events given to the solve).
     """
 
     t: torch.Tensor
     index: tuple[int, ...]
     y: object
+    event: int = 0
 
 
 @dataclasses.dataclass
@@ -356,13 +358,15 @@ class EventIntegration:
     t_reached: float
 
 
-def _crossings(before: torch.Tensor, after: torch.Tensor, direction: int) -> torch.Tensor:
+def _crossings(before: torch.Tensor, after: torch.Tensor, direction: int | torch.Tensor) -> torch.Tensor:
     """Elements whose sign went from ``before`` to the opposite nonzero ``after``, in the requested direction.
 
     A zero on either side is no crossing: an element that only touches zero (grazing) is not an
     event, and one that reaches zero exactly at a step's end is decided by where it goes next.
     """
     changed = (before != 0) & (after != 0) & (after != before)
+    if isinstance(direction, torch.Tensor):  # one direction per element
+        return changed & ((direction == 0) | (direction * (after - before) > 0))
     if direction > 0:
         return changed & (after > before)
     if direction < 0:
@@ -381,7 +385,7 @@ def integrate_with_events(
     atol,
     norm,
     event_fn,
-    direction: int,
+    direction: int | torch.Tensor,
     at_event,
     jumps: bool,
     samples: int = 4,
@@ -408,7 +412,7 @@ def integrate_with_events(
     Args:
         term, solver, controller, y0, ts, rtol, atol, norm: as :func:`~hybrid_node.loop.host.integrate_adaptive`.
         event_fn: ``event_fn(t, y)`` (0-d time tensor).
-        direction: +1, -1 or 0 (see :class:`hybrid_node.Event`).
+        direction: +1, -1 or 0 (see :class:`hybrid_node.Event`), or a tensor of them, one per element.
         at_event: ``at_event(s, y_s, fired) -> (records, y_new)``: builds the records (with their
             gradients) for the elements ``fired`` (flat bool) at solver time ``s`` of the state
             ``y_s`` (the dense output, with its graph) and the state after the jump (None without).

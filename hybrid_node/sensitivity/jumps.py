@@ -59,20 +59,25 @@ def _takes_fired(on_event) -> bool:
     return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-def solve_with_events(problem: Problem, event: Event, throw: bool = True) -> Solution:
-    """Solve through ``problem.t`` recording every crossing of ``event.fn``, jumping with ``event.on_event``.
+def solve_with_events(problem: Problem, events: Event | tuple[Event, ...], throw: bool = True) -> Solution:
+    """Solve through ``problem.t`` recording every crossing of the events' functions, jumping with their ``on_event``.
+
+    Several events are watched as one function (their values concatenated), so their crossings are
+    located together and reported in time order; at a crossing the jumps of the events that fired
+    are applied in the order the events were given.
 
     Args:
         problem: the validated problem (an adaptive torch solver on the host loop).
-        event: the non-terminal event.
+        events: one non-terminal :class:`~hybrid_node.Event` or a tuple of them.
         throw: raise SolverError on failure, else report the status with NaN outputs not reached.
 
     Returns:
         Solution with ``ys`` at ``t`` and ``events``: a list of :class:`~hybrid_node.loop.events.EventRecord`
-        in time order (time, element index, state before the jump).
+        in time order (time, element index, state before the jump, which event).
 
     Raises:
-        ValueError: a problem this loop cannot serve (fixed steps, per-sample or device loops).
+        ValueError: a problem this loop cannot serve (fixed steps, per-sample or device loops), or
+            an ``on_event`` that does not return a state of the state's shape.
         SolverError: the solve failed, with ``throw``.
     """
     ctrl = problem.controller
@@ -83,17 +88,30 @@ def solve_with_events(problem: Problem, event: Event, throw: bool = True) -> Sol
         )
     if problem.jump_t or problem.step_t:
         raise ValueError("solve(event=...) does not support jump_t or step_t.")
+    events = (events,) if isinstance(events, Event) else tuple(events)
     term = problem.term()
     fterm = problem.term(callbacks=False)  # the gradients' extra evaluations are not the solve's
-    fn = CheckedEvent(event.fn)
-    with_fired = event.on_event is not None and _takes_fired(event.on_event)
+    fns = [CheckedEvent(ev.fn) for ev in events]
+    with torch.no_grad():
+        shapes = [f(term.time(problem.ts[0]), problem.unflatten(problem.y0)).shape for f in fns]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    offsets = np.cumsum([0] + sizes)
+    device = problem.y0.device
+
+    def fn(t, y):
+        return torch.cat([f(t, y).reshape(-1) for f in fns])
+
+    sign = -1 if problem.reverse else 1  # a crossing upwards in t is one downwards in solver time
+    direction = torch.cat(
+        [torch.full((n,), sign * ev.direction, dtype=torch.int64, device=device) for ev, n in zip(events, sizes)]
+    )
+    with_fired = [ev.on_event is not None and _takes_fired(ev.on_event) for ev in events]
     t_dtype = problem.t.dtype
 
     def at_event(s: float, y_s: torch.Tensor, fired: torch.Tensor):
         t_user = torch.tensor(-s if problem.reverse else s, dtype=t_dtype, device=problem.t.device)
         with torch.no_grad():
             f_e = user_field(problem, fterm, s, y_s.detach())
-        shape = None
         ks = fired.nonzero().reshape(-1).tolist()
         t_e, y_e = t_user, y_s
         if torch.is_grad_enabled():
@@ -101,39 +119,42 @@ def solve_with_events(problem: Problem, event: Event, throw: bool = True) -> Sol
                 tt = t_user.clone().requires_grad_(True)
                 yy = y_s.detach().clone().requires_grad_(True)
                 g = fn(tt, problem.unflatten(yy))
-                shape = g.shape
                 k = ks[0]  # elements crossing at the very same time share it: the first one's equation
-                dg_dt, dg_dy = torch.autograd.grad(g.reshape(-1)[k], (tt, yy), allow_unused=True)
-                g_graph = fn(t_user, problem.unflatten(y_s)).reshape(-1)[k]
+                dg_dt, dg_dy = torch.autograd.grad(g[k], (tt, yy), allow_unused=True)
+                g_graph = fn(t_user, problem.unflatten(y_s))[k]
             if g_graph.requires_grad:
                 with torch.no_grad():
                     slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
                 shift = -(g_graph - g_graph.detach()) / slope
                 t_e = t_user + shift.to(t_dtype)
                 y_e = y_s + f_e * shift.to(f_e.dtype)
-        if shape is None:
-            with torch.no_grad():
-                shape = fn(t_user, problem.unflatten(y_s.detach())).shape
-        records = [
-            EventRecord(t_e, tuple(int(i) for i in np.unravel_index(k, tuple(shape))), problem.unflatten(y_e))
-            for k in ks
-        ]
-        if event.on_event is None:
+        records = []
+        for k in ks:
+            j = int(np.searchsorted(offsets, k, side="right") - 1)
+            index = tuple(int(i) for i in np.unravel_index(k - offsets[j], tuple(shapes[j])))
+            records.append(EventRecord(t_e, index, problem.unflatten(y_e), event=j))
+        if not jumps:
             return records, None
-        args = (t_e, problem.unflatten(y_e)) + ((fired.reshape(shape),) if with_fired else ())
-        y_new = event.on_event(*args)
-        y_new = y_new if problem.layout is None else problem.layout.flatten(y_new)
-        if not isinstance(y_new, torch.Tensor) or y_new.shape != y_s.shape:
-            raise ValueError(
-                f"on_event must return the new state, shaped as the state {tuple(y_s.shape)}; got "
-                f"{tuple(y_new.shape) if isinstance(y_new, torch.Tensor) else type(y_new).__name__}."
-            )
+        y_new = y_e
+        for j, ev in enumerate(events):
+            fired_j = fired[offsets[j] : offsets[j + 1]]
+            if ev.on_event is None or not bool(fired_j.any()):
+                continue
+            args = (t_e, problem.unflatten(y_new)) + ((fired_j.reshape(shapes[j]),) if with_fired[j] else ())
+            out = ev.on_event(*args)
+            if problem.layout is not None and isinstance(out, (tuple, list)):
+                out = problem.layout.flatten(out)
+            if not isinstance(out, torch.Tensor) or out.shape != y_s.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"on_event must return the new state, shaped as the state; got {got}.")
+            y_new = out
         if t_e.requires_grad:
             with torch.no_grad():
                 f_new = user_field(problem, fterm, s, y_new.detach())
             y_new = _Restart.apply(t_e, y_new, f_new)
         return records, y_new
 
+    jumps = any(ev.on_event is not None for ev in events)
     integration = integrate_with_events(
         term,
         problem.solver,
@@ -144,10 +165,10 @@ def solve_with_events(problem: Problem, event: Event, throw: bool = True) -> Sol
         atol=problem.atol,
         norm=problem.norm,
         event_fn=lambda t, y: fn(t, problem.unflatten(y)),  # the loop's states are flat (tuple states)
-        direction=-event.direction if problem.reverse else event.direction,
+        direction=direction,
         at_event=at_event,
-        jumps=event.on_event is not None,
-        samples=event.samples,
+        jumps=jumps,
+        samples=max(ev.samples for ev in events),
         throw=throw,
     )
     ys = problem.unflatten(torch.stack(integration.ys))
