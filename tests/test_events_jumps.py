@@ -239,3 +239,26 @@ def test_several_events_at_once_are_reported_in_time_order_with_their_own_jumps_
     assert [w[1] for w in want] == [g[1] for g in got]
     torch.testing.assert_close([g[0] for g in got], [w[0] for w in want], rtol=1e-8, atol=1e-8)
     assert [r.index for r in sol.events if r.event == 1] == [(0,), (1,)]
+
+
+@pytest.mark.parametrize("method", ["rodas4", "kvaerno5", "bdf", "adams"])
+def test_implicit_and_multistep_methods_restart_at_jumps(method):
+    solver = {"rodas4": hn.Rodas4(), "kvaerno5": hn.Kvaerno5(), "bdf": hn.BDF(), "adams": hn.VariableAdams()}[method]
+    h = torch.tensor([2.0])
+    y0 = torch.stack([h, torch.zeros(1)], 1)
+
+    def bounce(t, y, fired):
+        return torch.stack([y[:, 0], torch.where(fired, -0.8 * y[:, 1], y[:, 1])], 1)
+
+    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
+    sol = hn.solve(
+        fall,
+        y0,
+        torch.tensor([0.0, 2.0]),
+        solver=solver,
+        controller=hn.PIDController(rtol=1e-8, atol=1e-10),
+        event=event,
+    )
+    got = [float(r.t) for r in sol.events]
+    torch.testing.assert_close(got, impacts(2.0, 0.8, len(got)), rtol=1e-7, atol=1e-7)
+    assert len(got) == 2

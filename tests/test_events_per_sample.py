@@ -155,3 +155,13 @@ def test_invalid_per_sample_event_calls_are_named():
             per_sample=True,
             odeint_interface=hn.odeint_adjoint,
         )
+
+
+@pytest.mark.parametrize("method", ["rodas4", "kvaerno5", "bdf", "adams"])
+def test_implicit_and_multistep_methods_locate_per_sample_events(method):
+    h = torch.tensor([1.0, 2.0, 3.0])
+    y0 = torch.stack([h, torch.zeros(3)], 1)
+    t_e, ys = hn.odeint_event(
+        fall, y0, 0.0, event_fn=lambda t, y: y[:, 0], per_sample=True, method=method, rtol=1e-8, atol=1e-10
+    )
+    torch.testing.assert_close(t_e, torch.sqrt(2 * h / G), rtol=1e-7, atol=1e-7)
