@@ -117,6 +117,11 @@ def solve(
             "use odeint (DirectBackprop), or solve the real system torch.view_as_real(y0) with the adjoint."
         )
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
+    if (event is not None or per_sample_events) and problem.t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "gradients with respect to t are not available with event=... or per_sample_events; pass t.detach() "
+            "(t0.detach() to odeint_event); the event times themselves carry their gradients."
+        )
     if event is not None:
         several = event if isinstance(event, tuple) else (event,)
         if not several or not all(isinstance(ev, Event) for ev in several):

@@ -144,6 +144,10 @@ def test_reverse_time_and_t_end_before_the_events():
 
 def test_invalid_per_sample_event_calls_are_named():
     y0 = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="with respect to t"):
+        hn.odeint_event(
+            Decay(1.0), y0, torch.tensor(0.0, requires_grad=True), event_fn=lambda t, y: y[:, 0] - 0.5, per_sample=True
+        )
     with pytest.raises(ValueError, match="one value per sample"):
         hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=lambda t, y: y.sum() - 0.5, per_sample=True)
     with pytest.raises(ValueError, match="odeint_interface=odeint"):
