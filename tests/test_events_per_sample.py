@@ -169,3 +169,10 @@ def test_implicit_and_multistep_methods_locate_per_sample_events(method):
         fall, y0, 0.0, event_fn=lambda t, y: y[:, 0], per_sample=True, method=method, rtol=1e-8, atol=1e-10
     )
     torch.testing.assert_close(t_e, torch.sqrt(2 * h / G), rtol=1e-7, atol=1e-7)
+
+
+def test_a_sample_that_starts_on_its_event_fires_at_t0_and_the_others_go_on():
+    y0 = torch.tensor([[1.0], [2.0]])  # the first sample starts exactly at the level
+    t_e, ys = hn.odeint_event(Decay(1.0), y0, 0.5, event_fn=lambda t, y: y[:, 0] - 1.0, per_sample=True, **TOL)
+    torch.testing.assert_close(t_e.detach(), torch.tensor([0.5, 0.5 + math.log(2.0)]), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(ys[-1].detach(), torch.ones(2, 1), rtol=1e-8, atol=1e-10)
