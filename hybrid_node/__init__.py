@@ -15,6 +15,7 @@ from ._errors import HybridNodeError as HybridNodeError
 from ._errors import JuliaNotAvailableError as JuliaNotAvailableError
 from ._errors import SolverError as SolverError
 from ._errors import Status as Status
+from ._event import Event as Event
 from ._registry import METHOD_SPECS as METHODS
 from ._registry import MethodSpec as MethodSpec
 from ._registry import methods_table as methods_table

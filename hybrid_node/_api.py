@@ -11,6 +11,7 @@ import torch
 
 from ._backend import resolve_backend
 from ._errors import BackendError, Status
+from ._event import Event
 from ._problem import Problem, make_problem
 from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
@@ -19,6 +20,8 @@ from .julia import backend as julia_backend
 from .loop import callbacks_called, integrate, warn_unsupported_callbacks
 from .loop.whole import odeint_graph
 from .sensitivity.base import AbstractSensitivity
+from .sensitivity.jumps import solve_with_events
+from .sensitivity.per_sample_events import solve_sample_events
 from .sensitivity.reversible import ReversibleAdjoint
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from .solvers import Dopri5
@@ -42,6 +45,8 @@ def solve(
     t_dtype: torch.dtype | None = None,
     throw: bool = True,
     event_t_end: float | None = None,
+    per_sample_events: bool = False,
+    event: Event | tuple[Event, ...] | None = None,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from y(t[0]) = y0 and return the states at every time in ``t``.
 
@@ -65,6 +70,12 @@ def solve(
             at the times not reached.
         event_t_end: with ``event_fn``, the time where the event search gives up (NO_EVENT); without
             it the search ends after ``max_num_steps`` steps (100,000 unless set).
+        per_sample_events: ``event_fn`` returns one value per sample (the batch shape) and each
+            sample stops at its own first root (see :func:`odeint_event`); ``sol.t_final`` then has
+            the batch shape and ``sol.event_fired`` says which samples fired. Direct gradients only.
+        event: a non-terminal :class:`~hybrid_node.Event` (or a tuple of them): every crossing is recorded in
+            ``sol.events`` (time, element index, state) without stopping, and its ``on_event`` jump
+            is applied where given (the solver restarts there). Direct gradients only.
 
     Returns:
         Solution with ``ys`` of shape (len(t), *y0.shape) (tuple for tuple states), ``stats`` and ``status``.
@@ -116,6 +127,32 @@ def solve(
             "use odeint (DirectBackprop), or solve the real system torch.view_as_real(y0) with the adjoint."
         )
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
+    if (event is not None or per_sample_events) and problem.t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "gradients with respect to t are not available with event=... or per_sample_events; pass t.detach() "
+            "(t0.detach() to odeint_event); the event times themselves carry their gradients."
+        )
+    if event is not None:
+        several = event if isinstance(event, tuple) else (event,)
+        if not several or not all(isinstance(ev, Event) for ev in several):
+            raise TypeError(f"event must be an hn.Event(fn, ...) or a tuple of them, got {event!r}.")
+        if event_fn is not None or per_sample_events:
+            raise ValueError("give either event (non-terminal, hn.Event) or event_fn (terminal), not both.")
+        if not isinstance(sensitivity, DirectBackprop):
+            raise ValueError(
+                "solve(event=...) gets gradients by direct backpropagation (hn.DirectBackprop()) only, "
+                f"not by {type(sensitivity).__name__}."
+            )
+        return solve_with_events(problem, event, throw=throw)
+    if per_sample_events:
+        if event_fn is None:
+            raise ValueError("per_sample_events needs an event_fn that returns one value per sample.")
+        if not isinstance(sensitivity, DirectBackprop):
+            raise ValueError(
+                "per-sample events get gradients by direct backpropagation (hn.DirectBackprop()) only, "
+                f"not by {type(sensitivity).__name__}."
+            )
+        return solve_sample_events(problem, event_fn, throw=throw)
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
 
 
@@ -281,9 +318,23 @@ def odeint_event(
     reverse_time: bool = False,
     odeint_interface: Callable = odeint,
     t_end: float | None = None,
+    per_sample: bool | None = None,
+    throw: bool | None = None,
     **kwargs,
 ):
     """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
+
+    With ``per_sample=True`` the leading dimensions of the state are a batch, ``event_fn`` returns
+    one value per sample (a tensor of the batch shape) and each sample stops at its own first root:
+    the returned event time has the batch shape and ``solution[-1]`` holds each sample's state at
+    its own event time. The batch shares its steps; after each step the samples whose sign changed
+    are located on the dense output by a bisection vectorised over them and frozen (their field is
+    zero from then on) while the others go on (:mod:`hybrid_node.loop.events`). While an event is
+    located, ``event_fn`` receives ``t`` as a tensor of the batch shape (each sample's own time), so
+    build it with broadcasting operations. Gradients of every event time and event state with
+    respect to y0 and parameters come by direct backpropagation plus the implicit function theorem
+    (``odeint_interface=odeint`` only). This is not ``options={'per_sample': True}``, which is
+    per-sample step-size control.
 
     The search is bounded: it gives up at ``t_end`` when given, else after ``max_num_steps`` steps
     (``options={'max_num_steps': ...}``; 100,000 unless set), and then raises a SolverError with
@@ -297,6 +348,10 @@ def odeint_event(
         odeint_interface: ``odeint`` or ``odeint_adjoint``.
         t_end: the time where the search gives up (after t0; before it with ``reverse_time``);
             passed to the interface as ``options['event_t_end']``.
+        per_sample: one event per sample of the batch (see above); default False.
+        throw: with ``per_sample``, False reports samples whose event was not found with a NaN
+            event time (their ``solution[-1]`` is the state where the search stopped) instead of
+            raising; use :func:`solve` with ``per_sample_events=True`` for the status per sample.
         **kwargs: passed to the interface (rtol, atol, method, options, ...).
 
     Returns:
@@ -313,7 +368,42 @@ def odeint_event(
     t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype).reshape(-1)
     direction = -1.0 if reverse_time else 1.0
     t = torch.cat([t0, t0.detach() + direction])
+    if per_sample:
+        return _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw is not False, kwargs)
+    if throw is False:
+        raise ValueError("throw=False is for per_sample=True; a single event reports failures by SolverError.")
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs):
+    """``odeint_event(..., per_sample=True)``: the torchdiffeq-style call mapped to per-sample events."""
+    if odeint_interface is not odeint:
+        raise ValueError("per_sample events get gradients by direct backpropagation only; use odeint_interface=odeint.")
+    unknown = set(kwargs) - {"rtol", "atol", "method", "options", "backend"}
+    if unknown:
+        raise TypeError(f"odeint_event got unexpected arguments {sorted(unknown)}.")
+    if resolve_backend(kwargs.get("backend")) != "torch":
+        raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
+    options = check_options(kwargs.get("options"), "options")
+    solver, controller, extras = build_solver(
+        kwargs.get("method"), options, kwargs.get("rtol", 1e-7), kwargs.get("atol", 1e-9)
+    )
+    sol = solve(
+        func,
+        y0,
+        t,
+        solver=solver,
+        controller=controller,
+        backend="torch",
+        event_fn=event_fn,
+        jump_t=extras.get("jump_t", ()),
+        step_t=extras.get("step_t", ()),
+        t_dtype=extras.get("t_dtype"),
+        throw=throw,
+        event_t_end=extras.get("event_t_end"),
+        per_sample_events=True,
+    )
+    return sol.t_final, sol.ys
 
 
 @dataclasses.dataclass

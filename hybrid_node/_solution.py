@@ -46,6 +46,10 @@ class Solution:
         status: :class:`~hybrid_node.Status`; SUCCESS unless the caller asked for ``throw=False``.
         t_final: the time reached (the event time for event solves).
         interpolant: dense output over the solved interval when requested, else None.
+        event_fired: with per-sample events, a bool tensor of the batch shape: whether each
+            sample's event fired (its ``t_final`` is NaN where it did not); else None.
+        events: with ``solve(event=hn.Event(...))``, every recorded crossing in time order (records
+            with ``t``, ``index`` and ``y``, the state before any jump); else None.
     """
 
     ts: torch.Tensor
@@ -54,3 +58,5 @@ class Solution:
     status: Status = Status.SUCCESS
     t_final: torch.Tensor | None = None
     interpolant: object | None = None
+    event_fired: torch.Tensor | None = None
+    events: list | None = None

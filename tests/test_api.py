@@ -59,8 +59,9 @@ def test_signature_extends_torchdiffeqs(name):
         if pname != "odeint_interface":
             assert ours[pname].default == p.default, pname
     extra = set(ours) - set(theirs)
-    # odeint_event's t_end: where a search for an event that never comes gives up (issue 19)
-    assert extra <= ({"backend", "t_end"} if name == "odeint_event" else {"backend"}), extra
+    # odeint_event's t_end: where a search for an event that never comes gives up (issue 19);
+    # per_sample, throw: one event per sample of a batch (issue 23)
+    assert extra <= ({"backend", "t_end", "per_sample", "throw"} if name == "odeint_event" else {"backend"}), extra
     for pname in extra:
         assert ours[pname].default is None and ours[pname].kind is inspect.Parameter.KEYWORD_ONLY, pname
 

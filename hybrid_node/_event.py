@@ -1,0 +1,61 @@
+"""Event settings: what :func:`hybrid_node.solve` watches for, and what it does at a crossing."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """An event function watched during a solve, with an optional state jump at each crossing.
+
+    Every element of ``fn(t, y)`` (a tensor; for a batch typically one value per sample) is watched:
+    a change of its sign inside a step is located on the step's dense output by bisection (Shampine
+    & Thompson 2000) and recorded in ``sol.events``. With ``on_event`` the state jumps there and the
+    solver restarts from the new state with a fresh first step (no interpolation across the jump).
+
+    Args:
+        fn: ``fn(t, y) -> tensor``; its zeros are the events.
+        terminal: must be False here (non-terminal events); terminal events are ``event_fn`` of
+            :func:`hybrid_node.solve` / :func:`hybrid_node.odeint_event` (``per_sample=True`` for a batch).
+        direction: +1 records only crossings where the element increases through zero, -1 only
+            where it decreases, 0 both.
+        on_event: ``on_event(t, y) -> y_new``, or ``on_event(t, y, fired) -> y_new`` (three
+            parameters) where ``fired`` is a bool tensor of ``fn``'s shape marking the elements that
+            crossed (e.g. which balls of a batch bounce). ``t`` and ``y`` carry gradients (the
+            event time's by the implicit function theorem), so the jump is differentiable.
+        samples: interior points of each step's dense output where the signs are checked besides
+            the step's ends, so that two crossings of one element inside one step are both found
+            (in order) when a point lies between them. Only a strict change of sign is a crossing:
+            an element that touches zero and turns back (a grazing event) is not recorded; two
+            crossings closer together than the points are not seen (raise ``samples`` or lower
+            ``max_step``).
+
+    Raises:
+        ValueError, TypeError: invalid settings (checked on construction).
+
+    Reference: L. F. Shampine and S. Thompson, "Event location for ordinary differential equations",
+    Comput. Math. Appl. 39 (2000) 43-54.
+    """
+
+    fn: Callable
+    terminal: bool = False
+    direction: int = 0
+    on_event: Callable | None = None
+    samples: int = 4
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"Event needs a callable fn(t, y), got {type(self.fn).__name__}.")
+        if self.direction not in (-1, 0, 1):
+            raise ValueError(f"Event direction must be -1, 0 or +1, got {self.direction!r}.")
+        if self.on_event is not None and not callable(self.on_event):
+            raise TypeError(f"on_event must be a callable on_event(t, y) -> y_new, got {type(self.on_event).__name__}.")
+        if not isinstance(self.samples, int) or self.samples < 0:
+            raise ValueError(f"Event samples must be a non-negative int, got {self.samples!r}.")
+        if self.terminal:
+            raise ValueError(
+                "Event(terminal=True) is not supported by solve(event=...); a terminal event is solve's or "
+                "odeint_event's event_fn (with per_sample=True for one event per sample of a batch)."
+            )

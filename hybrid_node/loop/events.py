@@ -1,0 +1,559 @@
+"""Per-sample terminal events: every sample of a batch stops at its own first root of the event function.
+
+Design. The batch is integrated by the ordinary shared-step adaptive loop (one step size, one error
+test, one call of the field per stage for the whole batch); only the event bookkeeping is per sample:
+
+1. ``event_fn(t, y)`` returns one value per sample (a tensor of the batch shape, the leading
+   dimensions of the state). After every accepted step the loop compares each running sample's sign
+   with its sign at t0.
+2. For the samples whose sign changed inside the step [t0, t1], the root is located on the step's
+   dense output by bisection, vectorised over those samples: each has its own bracket, all brackets
+   are halved together, and one call of ``event_fn`` per halving evaluates every sample at its own
+   time (``t`` is then a tensor of the batch shape). Bisection on the dense output is the robust
+   variant of the event location of Shampine & Thompson (2000); the root is found to a few ulps of
+   the time, and its accuracy is that of the dense output, i.e. of the solver's tolerance.
+3. Those samples are frozen at their event state: their rows of the state are replaced by the dense
+   output at their own event times, and from then on the field is replaced by zero in their rows, so
+   every later step leaves them exactly unchanged (a Runge-Kutta step of a zero field is the
+   identity), while the error norm only measures the rows still running. The state changed, so the
+   solver restarts from it (a fresh first-same-as-last stage) with the step size it had.
+4. The solve ends when every sample has fired, or when the search reaches ``event_end`` or runs out
+   of ``max_num_steps``: the samples still running are reported as not fired (a status per sample),
+   never waited for.
+
+Freezing costs nothing extra per step (the batch is evaluated in one call anyway), and the shared
+step keeps every sample to the solver's tolerance. Each step in which samples fire costs one
+bisection (about 50 event evaluations in float64) and one field evaluation per fired sample (its
+field at its own event time, which the implicit-function-theorem gradient needs).
+
+Gradients: the frozen rows keep their autograd graph (the dense output at fixed time, then identity
+steps), and :mod:`hybrid_node.sensitivity.per_sample_events` adds the implicit-function-theorem
+term of each sample's event time, as for the single terminal event.
+
+Reference: L. F. Shampine and S. Thompson, "Event location for ordinary differential equations",
+Comput. Math. Appl. 39 (2000) 43-54.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from .._errors import SolverError, Status
+from .._solution import Stats
+from .._term import Term
+from ..controllers import PIDController, error_ratio, rms_norm
+from . import core
+from .core import _EPS, FLOAT, RUNNING
+from .host import DenseSegment, first_step
+from .host import _emit as _emit_outputs
+
+# a bracket narrower than this many ulps of the time is closed (as the single event's bisection)
+_BRACKET_ULPS = 4.0
+# bisection halves a float64 bracket to 4 ulps in at most ~60 halvings; the cap only guards a NaN
+_MAX_HALVINGS = 200
+
+
+@dataclasses.dataclass
+class SampleEvents:
+    """Raw result of :func:`integrate_sample_events` (solver time, the batch flattened to rows).
+
+    Attributes:
+        y_event: the state (the solver's shape) with each fired sample at its event state and each
+            other sample where the search stopped; it carries the autograd graph of the solve.
+        t_event: (n,) float64 array of each sample's event time (solver time); for a sample that did
+            not fire, the time where the search stopped.
+        fired: (n,) bool array: whether the sample's event fired.
+        f_event: (n, m) the field in the user's time at each fired sample's event (zero for the
+            others), without graph; for the implicit-function-theorem gradient.
+        batch_shape: the shape of the event function's value (the leading dimensions of the state).
+        stats, status, t_reached: counters; EVENT when every sample fired, else NO_EVENT or the
+            failure; the time the solve reached.
+        detail: what stopped a search that did not find every event.
+    """
+
+    y_event: torch.Tensor
+    t_event: np.ndarray
+    fired: np.ndarray
+    f_event: torch.Tensor
+    batch_shape: torch.Size
+    stats: Stats
+    status: Status
+    t_reached: float
+    detail: str = ""
+
+
+class FrozenRows:
+    """A term whose field is zero in the rows (samples) that have stopped, so steps leave them unchanged.
+
+    Everything else (time, reverse, counters, ...) is the wrapped term's, as for
+    :class:`~hybrid_node._term.LeftLimit`.
+
+    Args:
+        term: the wrapped term.
+        frozen: (n,) bool tensor, True for stopped samples (read at every call: the loop updates it).
+        batch_shape: the leading dimensions of the state that index the samples.
+    """
+
+    __slots__ = ("_term", "_frozen", "_batch_shape")
+
+    def __init__(self, term: Term, frozen: torch.Tensor, batch_shape: torch.Size):
+        object.__setattr__(self, "_term", term)
+        object.__setattr__(self, "_frozen", frozen)
+        object.__setattr__(self, "_batch_shape", batch_shape)
+
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        f = self._term(t, y, perturb)
+        # a copy: torch.where keeps its mask for the backward pass, and the loop updates ``frozen`` in place
+        mask = self._frozen.clone().reshape(tuple(self._batch_shape) + (1,) * (f.dim() - len(self._batch_shape)))
+        # torch.where, not a product: a frozen sample's field may be non-finite where it now sits
+        return torch.where(mask, torch.zeros((), dtype=f.dtype, device=f.device), f)
+
+    def __getattr__(self, name: str):
+        return getattr(self._term, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in ("nfe", "n_jacobian", "n_switches"):
+            raise AttributeError(f"FrozenRows is immutable; cannot set {name!r}.")
+        setattr(self._term, name, value)  # the counters are the term's
+
+
+def check_event_values(g0: torch.Tensor, y0: torch.Tensor) -> torch.Size:
+    """The batch shape of a per-sample event function, from its value at the start.
+
+    Args:
+        g0: ``event_fn(t0, y0)``.
+        y0: the initial state.
+
+    Returns:
+        ``g0.shape``.
+
+    Raises:
+        ValueError: the value is a scalar or its shape is not the leading dimensions of the state.
+    """
+    if g0.dim() < 1 or tuple(y0.shape[: g0.dim()]) != tuple(g0.shape):
+        raise ValueError(
+            f"with per_sample events, event_fn must return one value per sample, a tensor whose shape is the "
+            f"leading (batch) dimensions of the state; the state has shape {tuple(y0.shape)} and event_fn "
+            f"returned shape {tuple(g0.shape)} (e.g. return y[:, 0] - 1.0 for a state of shape (batch, dim))."
+        )
+    return g0.shape
+
+
+def _user_times(term: Term, s: np.ndarray) -> np.ndarray:
+    return -s if term.reverse else s
+
+
+class _Locator:
+    """Evaluates rows of one step's dense output and the event function at per-sample times."""
+
+    def __init__(self, event_fn, term: Term, seg: DenseSegment, y1: torch.Tensor, batch_shape: torch.Size):
+        self.event_fn = event_fn
+        self.term = term
+        self.seg = seg
+        self.y1 = y1
+        self.batch_shape = batch_shape
+        self.n = int(math.prod(batch_shape))
+
+    def rows(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
+        """Row ``idx[j]`` of the dense output at ``times[j]``, shape (k, m); with autograd as enabled."""
+        h = self.seg.t1 - self.seg.t0
+        thetas = [1.0 if s == self.seg.t1 else (s - self.seg.t0) / h for s in times.tolist()]
+        many = self.seg.interpolant.many(thetas).reshape(len(thetas), self.n, -1)
+        return many[torch.arange(len(thetas), device=many.device), idx]
+
+    def values(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
+        """Each sample ``idx[j]``'s event value at its own time ``times[j]`` (solver time), shape (k,)."""
+        with torch.no_grad():
+            y = self.y1.detach().reshape(self.n, -1).clone()
+            y[idx] = self.rows(times, idx)
+            t = torch.full((self.n,), self.seg.t1, dtype=torch.float64)
+            t[idx.cpu()] = torch.from_numpy(times)
+            t = torch.from_numpy(_user_times(self.term, t.numpy())).to(self.term.t_dtype).to(y.device)
+            g = self.event_fn(t.reshape(self.batch_shape), y.reshape(self.y1.shape))
+            return g.reshape(self.n)[idx]
+
+    def locate(self, idx: torch.Tensor, sign0: torch.Tensor) -> np.ndarray:
+        """Bisection for each sample ``idx[j]``'s first change of sign from ``sign0[j]`` inside the step.
+
+        Returns:
+            (k,) the right ends of the final brackets (solver time): the first times found past each root.
+        """
+        lo = np.full(len(idx), self.seg.t0)
+        hi = np.full(len(idx), self.seg.t1)
+        width = _BRACKET_ULPS * _EPS * max(1.0, abs(self.seg.t0), abs(self.seg.t1))
+        for _ in range(_MAX_HALVINGS):
+            mid = 0.5 * (lo + hi)
+            open_ = (hi - lo > width) & (mid > lo) & (mid < hi)
+            if not open_.any():
+                break
+            changed = (torch.sign(self.values(np.where(open_, mid, hi), idx)) != sign0).cpu().numpy()
+            hi = np.where(open_ & changed, mid, hi)
+            lo = np.where(open_ & ~changed, mid, lo)
+        return hi
+
+
+def integrate_sample_events(
+    term: Term,
+    solver,
+    controller: PIDController,
+    y0: torch.Tensor,
+    t0: float,
+    *,
+    rtol,
+    atol,
+    norm,
+    event_fn,
+    event_end: float = math.inf,
+    throw: bool = True,
+) -> SampleEvents:
+    """Integrate a batch from ``t0`` until every sample's event function has changed sign once.
+
+    See the module docstring for the design (shared steps, vectorised bisection, frozen samples).
+
+    Args:
+        term: the wrapped field (solver time).
+        solver: an adaptive solver of the host loop.
+        controller: the step-size controller (its ``max_num_steps`` bounds the search).
+        y0: initial state; its leading dimensions are the batch.
+        t0: start (solver time).
+        rtol, atol, norm: the error test.
+        event_fn: ``event_fn(t, y)`` returning one value per sample (the batch shape); ``t`` is a 0-d
+            tensor at step ends and a tensor of the batch shape (each sample's own time) while an
+            event is located.
+        event_end: where the search gives up (solver time).
+        throw: raise SolverError when the solve fails (step-size underflow, non-finite state); a
+            sample whose event is not found is never an error here (see :attr:`SampleEvents.fired`).
+
+    Returns:
+        :class:`SampleEvents`.
+
+    Raises:
+        ValueError: ``event_fn`` does not return one value per sample.
+        SolverError: the solve failed, with ``throw``.
+    """
+    stats = Stats()
+    with torch.no_grad():
+        g0 = event_fn(term.time(t0), y0)
+    batch_shape = check_event_values(g0, y0)
+    n = g0.numel()
+    sign0 = torch.sign(g0).reshape(n)
+    frozen = torch.zeros(n, dtype=torch.bool, device=y0.device)
+    mterm = FrozenRows(term, frozen, batch_shape)
+    t_event = np.full(n, math.nan)
+    f_event = torch.zeros(n, y0.numel() // n, dtype=y0.dtype, device=y0.device)
+
+    def running_norm(r: torch.Tensor) -> torch.Tensor:
+        # the stopped samples' zero errors would dilute an RMS over the whole batch (a looser test)
+        rows = r.reshape(n, -1)[~frozen]
+        return (norm if norm is not None else rms_norm)(rows) if len(rows) else r.new_zeros(())
+
+    t, y = t0, y0
+    state = solver.init(mterm, t, y)
+    dt = first_step(term, solver, controller, t, y, state, rtol, atol, running_norm)  # nothing frozen yet
+    c = core.StepControl.of(controller, solver.error_order, y0.dtype)
+    r1, r2 = controller.init()
+    n_attempts = 0
+    last_nonfinite = False
+    status, detail = Status.EVENT, ""
+
+    def user_t(s: float) -> float:
+        return -s if term.reverse else s
+
+    while not bool(frozen.all()):
+        code = core.precheck(FLOAT, c, n_attempts, t, dt)
+        if code != RUNNING:
+            status = Status.NO_EVENT
+            detail = (
+                f"max_num_steps={controller.max_num_steps} steps"
+                if code == core.MAX_STEPS
+                else "the steps would overflow beyond it"
+            )
+            break
+        n_attempts += 1
+        lands, step_dt, t1 = core.landing(FLOAT, t, dt, event_end, c.max_step)
+        step = solver.step(mterm, t, y, state, step_dt)
+        ratio = error_ratio(step.error, y, step.y1, rtol, atol, running_norm)
+        accepted = ratio <= 1.0
+        if accepted:
+            stats.n_accepted += 1
+            new_state = solver.next_state(mterm, t1, step)
+            y1 = step.y1
+            with torch.no_grad():
+                g1 = event_fn(term.time(t1), y1).reshape(n)
+            crossed = (~frozen) & (torch.sign(g1) != sign0)
+            if bool(crossed.any()):
+                idx = crossed.nonzero().reshape(-1)
+                seg = DenseSegment(t, t1, solver.interpolant(mterm, t, y, step_dt, step, new_state))
+                locator = _Locator(event_fn, term, seg, y1, batch_shape)
+                te = locator.locate(idx, sign0[idx])
+                rows = locator.rows(te, idx)  # with the graph: the event states' gradients at fixed time
+                y1 = torch.index_put(y1.reshape(n, -1), (idx,), rows).reshape(y1.shape)
+                with torch.no_grad():
+                    base = y1.detach()
+                    for j, s in zip(idx.tolist(), te.tolist()):
+                        f = term(s, base).reshape(n, -1)[j]  # each sample's field at its own event time
+                        f_event[j] = -f if term.reverse else f
+                t_event[idx.cpu().numpy()] = te
+                frozen[idx] = True
+                new_state = solver.init(mterm, t1, y1)  # the state changed: restart the solver there
+            t, y, state = t1, y1, new_state
+            last_nonfinite = False
+            if t >= event_end and not bool(frozen.all()):
+                status, detail = Status.NO_EVENT, f"t_end={user_t(event_end):.6g}"
+                break
+        else:
+            stats.n_rejected += 1
+            last_nonfinite = not math.isfinite(ratio)
+            state = solver.reject(mterm, t, y, state, step)
+        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
+        dt = min(solver.propose_step(state, step_dt, dt), c.max_step)
+        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
+        if code != RUNNING:
+            status, detail = core.STATUS[code], f"dt={dt:.3g}"
+            if throw:
+                raise SolverError(status, user_t(t), detail)
+            break
+    fired = frozen.cpu().numpy().copy()
+    t_event = np.where(fired, t_event, t)
+    stats.nfe = term.nfe
+    stats.n_jacobian = term.n_jacobian
+    stats.n_switches = term.n_switches
+    return SampleEvents(y, t_event, fired, f_event, batch_shape, stats, status, t, detail)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-terminal events with state jumps
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EventRecord:
+    """One recorded crossing of a non-terminal event.
+
+    Attributes:
+        t: the event time (user time, 0-d tensor with its implicit-function-theorem gradient).
+        index: the crossing element's index in the event function's value (the sample, for a batch).
+        y: the state at the crossing, before any jump (user layout, with gradient).
+        event: which event crossed (its position in the tuple of events given to the solve).
+    """
+
+    t: torch.Tensor
+    index: tuple[int, ...]
+    y: object
+    event: int = 0
+
+
+@dataclasses.dataclass
+class EventIntegration:
+    """Raw result of :func:`integrate_with_events`: outputs, records and how the solve ended."""
+
+    ys: list[torch.Tensor]
+    records: list[EventRecord]
+    stats: Stats
+    status: Status
+    t_reached: float
+
+
+def _crossings(before: torch.Tensor, after: torch.Tensor, direction: int | torch.Tensor) -> torch.Tensor:
+    """Elements whose sign went from ``before`` to the opposite nonzero ``after``, in the requested direction.
+
+    A zero on either side is no crossing: an element that only touches zero (grazing) is not an
+    event, and one that reaches zero exactly at a step's end is decided by where it goes next.
+    """
+    changed = (before != 0) & (after != 0) & (after != before)
+    if isinstance(direction, torch.Tensor):  # one direction per element
+        return changed & ((direction == 0) | (direction * (after - before) > 0))
+    if direction > 0:
+        return changed & (after > before)
+    if direction < 0:
+        return changed & (after < before)
+    return changed
+
+
+def integrate_with_events(
+    term: Term,
+    solver,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: list[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    event_fn,
+    direction: int | torch.Tensor,
+    at_event,
+    jumps: bool,
+    samples: int = 4,
+    throw: bool = True,
+) -> EventIntegration:
+    """Integrate through ``ts`` with a watched event function, recording (and jumping at) every crossing.
+
+    After each accepted step the signs of ``event_fn`` at its end are compared with those at its
+    start. The crossings (in ``direction``) are located in time order: bisection on the step's dense
+    output for the earliest time where any pending element has changed sign (Shampine & Thompson
+    2000); the elements changed there are recorded; without jumps the search goes on from there for
+    the others, so several crossings in one step are all reported, in order. With jumps the state
+    is replaced at the first crossing, the outputs up to it come from the dense output, and the
+    solver restarts from the new state with a fresh first step (the rest of the step is discarded).
+
+    After a jump an element that crossed takes as its sign the one its value has after the jump,
+    or, when the jump left it on the far side of the root (or at zero, like a ball on the ground
+    with its velocity flipped), the sign of its slope along the new flow: so the restart does not
+    report the same crossing again.
+
+    An element that is exactly zero at the start of a step takes its sign from the next step's end
+    (a root at t0 itself is not reported).
+
+    Args:
+        term, solver, controller, y0, ts, rtol, atol, norm: as :func:`~hybrid_node.loop.host.integrate_adaptive`.
+        event_fn: ``event_fn(t, y)`` (0-d time tensor).
+        direction: +1, -1 or 0 (see :class:`hybrid_node.Event`), or a tensor of them, one per element.
+        at_event: ``at_event(s, y_s, fired) -> (records, y_new)``: builds the records (with their
+            gradients) for the elements ``fired`` (flat bool) at solver time ``s`` of the state
+            ``y_s`` (the dense output, with its graph) and the state after the jump (None without).
+        jumps: whether ``at_event`` returns a new state (then the solver restarts there).
+        samples: interior points of each step's dense output where the signs are checked too.
+        throw: raise SolverError on failure, else report the status.
+
+    Returns:
+        :class:`EventIntegration`.
+
+    Raises:
+        SolverError: max steps, step-size underflow or a non-finite state, with ``throw``.
+    """
+    stats = Stats()
+    t, y = ts[0], y0
+    t_end = ts[-1]
+    c = core.StepControl.of(controller, solver.error_order, y0.dtype)
+
+    def signs(s: float, yy: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sign(event_fn(term.time(s), yy)).reshape(-1)
+
+    def slopes(s: float, yy: torch.Tensor) -> torch.Tensor:
+        # d/dt of each element along the flow: (g(s + h, y + h f) - g(s, y)) / h, sign only
+        with torch.no_grad():
+            h = 1e-7 * max(1.0, abs(s))
+            f = term(s, yy)
+            return torch.sign(event_fn(term.time(s + h), yy + h * f) - event_fn(term.time(s), yy)).reshape(-1)
+
+    sign_prev = signs(t, y)
+    state = solver.init(term, t, y)
+    dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
+    r1, r2 = controller.init()
+    ys = [y0]
+    records: list[EventRecord] = []
+    i_out = 1
+    n_attempts = 0
+    last_nonfinite = False
+
+    def user_t(s: float) -> float:
+        return -s if term.reverse else s
+
+    def finish(status: Status, detail: str = "") -> EventIntegration:
+        if status is not Status.SUCCESS and throw:
+            raise SolverError(status, user_t(t), detail)
+        stats.nfe = term.nfe
+        stats.n_jacobian = term.n_jacobian
+        stats.n_switches = term.n_switches
+        out = ys + [torch.full_like(y0, math.nan) for _ in range(len(ts) - len(ys))]
+        return EventIntegration(out, records, stats, status, t)
+
+    while i_out < len(ts):
+        code = core.precheck(FLOAT, c, n_attempts, t, dt)
+        if code != RUNNING:
+            return finish(core.STATUS[code], f"max_num_steps={controller.max_num_steps}")
+        n_attempts += 1
+        lands, step_dt, t1 = core.landing(FLOAT, t, dt, t_end, c.max_step)
+        step = solver.step(term, t, y, state, step_dt)
+        ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
+        accepted = ratio <= 1.0
+        if accepted:
+            stats.n_accepted += 1
+            new_state = solver.next_state(term, t1, step)
+            seg = DenseSegment(t, t1, solver.interpolant(term, t, y, step_dt, step, new_state))
+            sign1 = signs(t1, step.y1)
+            # the signs are checked at the step's end and at ``samples`` interior points of its dense
+            # output, so two crossings of one element in a step are both found when a point lies
+            # between them; each sub-interval's crossings are then located in time order
+            h = t1 - t
+            points = [t + h * (j + 1) / (samples + 1) for j in range(samples)] + [t1]
+            a0 = t
+            jumped = None
+            for p in points:
+                sign_p = sign1 if p == t1 else signs(p, seg(p))
+                # an element that starts at zero takes its first nonzero sign (no root at t0 itself)
+                sign_prev = torch.where(sign_prev == 0, sign_p, sign_prev)
+                pending = _crossings(sign_prev, sign_p, direction)
+                lo = a0
+                while bool(pending.any()):
+                    ref = sign_prev
+                    # bisection for the earliest time in (lo, p] where a pending element has left its sign
+                    a, b = lo, p
+                    width = _BRACKET_ULPS * _EPS * max(1.0, abs(a), abs(b))
+                    for _ in range(_MAX_HALVINGS):
+                        mid = 0.5 * (a + b)
+                        if not (b - a > width and a < mid < b):
+                            break
+                        if bool((pending & (signs(mid, seg(mid)) != ref)).any()):
+                            b = mid
+                        else:
+                            a = mid
+                    fired = pending & (signs(b, seg(b)) != ref)
+                    if not bool(fired.any()):  # rounding: the crossing sits at the bracket's end
+                        fired = pending
+                    new_records, y_new = at_event(b, seg(b), fired)
+                    records.extend(new_records)
+                    pending = pending & ~fired
+                    lo = b
+                    if jumps:
+                        jumped = (b, y_new, fired)
+                        break
+                if jumped is not None:
+                    break
+                # the last nonzero sign: touching zero without crossing (grazing) is no event
+                sign_prev = torch.where(sign_p != 0, sign_p, sign_prev)
+                a0 = p
+            if jumped is not None:
+                te, y_new, fired = jumped
+                # outputs up to the jump come from this step's dense output (left limit at te)
+                j = i_out
+                while j < len(ts) and ts[j] <= te:
+                    j += 1
+                if j > i_out:
+                    ys.extend(seg.many(ts[i_out:j]))
+                i_out = j
+                sign_new = signs(te, y_new)
+                post = -sign_prev  # the side of the root the crossing elements reached
+                slope = slopes(te, y_new.detach())
+                settle_new = torch.where((sign_new == 0) | (sign_new == post), slope, sign_new)
+                sign_prev = torch.where(fired, settle_new, torch.where(sign_new != 0, sign_new, sign_prev))
+                # restart there: a fresh solver state, first step and controller memory
+                t, y = te, y_new
+                state = solver.init(term, t, y)
+                dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
+                r1, r2 = controller.init()
+                last_nonfinite = False
+                if t >= t_end:
+                    break
+                continue
+            i_out, y1, _ = _emit_outputs(ys, ts, i_out, t, t1, step.y1, seg, None)
+            t, y, state = t1, y1, new_state
+            last_nonfinite = False
+            if t >= t_end:
+                break
+        else:
+            stats.n_rejected += 1
+            last_nonfinite = not math.isfinite(ratio)
+            state = solver.reject(term, t, y, state, step)
+        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
+        dt = min(solver.propose_step(state, step_dt, dt), c.max_step)
+        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
+        if code != RUNNING:
+            return finish(core.STATUS[code], f"dt={dt:.3g}")
+    return finish(Status.SUCCESS)

@@ -1,0 +1,175 @@
+"""Non-terminal events and state jumps (:class:`hybrid_node.Event`), differentiable by direct backpropagation.
+
+At a crossing of element k at time t_e (located on the dense output by the loop), the record and
+the jump get their gradients as follows:
+
+* the event time, by the implicit function theorem on g_k(t_e, y(t_e)) = 0 (as for a terminal
+  event, :mod:`hybrid_node.sensitivity.events`): t_e + shift with shift = 0 and
+  d shift = -(dg_k/dtheta + dg_k/dy . dy/dtheta) / (dg_k/dy . f + dg_k/dt);
+* the state at the crossing, y(t_e) + f(t_e, y) shift, moves with the event time;
+* the state after the jump, ``on_event(t_e, y(t_e))``, by autograd through the user's jump;
+* the solve restarted at t_e from y+ = the jumped state: its dependence on the start time is
+  dy(t)/dt_e = -J(t, t_e) f(t_e, y+), added by an identity on y+ whose backward turns the cotangent
+  of y+ into dL/dt_e = -<dL/dy+, f(t_e, y+)> (Chen et al. 2018, Appendix B.2, as for t_0).
+
+Everything else is autograd through the steps. References: Chen, Amos, Nickel, "Learning Neural
+Event Functions for Ordinary Differential Equations", ICLR 2021; Chen, Rubanova, Bettencourt,
+Duvenaud, "Neural Ordinary Differential Equations", NeurIPS 2018.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+from .._event import Event
+from .._problem import Problem
+from .._solution import Solution
+from ..controllers import PIDController
+from ..loop.dispatch import CheckedEvent
+from ..loop.events import EventRecord, integrate_with_events
+from ._backward import dot, user_field
+
+
+class _Restart(torch.autograd.Function):
+    """Identity on the state a solve restarts from at ``t_e``; its backward gives t_e -<grad, f(t_e, y+)>."""
+
+    @staticmethod
+    def forward(ctx, t_e: torch.Tensor, y: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(f)
+        ctx.t_dtype = t_e.dtype
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (f,) = ctx.saved_tensors
+        grad_t = -(grad.reshape(-1) * f.reshape(-1)).sum().to(ctx.t_dtype) if ctx.needs_input_grad[0] else None
+        return grad_t, grad, None
+
+
+def _takes_fired(on_event) -> bool:
+    """Whether ``on_event`` takes the ``fired`` mask as a third argument."""
+    try:
+        params = inspect.signature(on_event).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def solve_with_events(problem: Problem, events: Event | tuple[Event, ...], throw: bool = True) -> Solution:
+    """Solve through ``problem.t`` recording every crossing of the events' functions, jumping with their ``on_event``.
+
+    Several events are watched as one function (their values concatenated), so their crossings are
+    located together and reported in time order; at a crossing the jumps of the events that fired
+    are applied in the order the events were given.
+
+    Args:
+        problem: the validated problem (an adaptive torch solver on the host loop).
+        events: one non-terminal :class:`~hybrid_node.Event` or a tuple of them.
+        throw: raise SolverError on failure, else report the status with NaN outputs not reached.
+
+    Returns:
+        Solution with ``ys`` at ``t`` and ``events``: a list of :class:`~hybrid_node.loop.events.EventRecord`
+        in time order (time, element index, state before the jump, which event).
+
+    Raises:
+        ValueError: a problem this loop cannot serve (fixed steps, per-sample or device loops), or
+            an ``on_event`` that does not return a state of the state's shape.
+        SolverError: the solve failed, with ``throw``.
+    """
+    ctrl = problem.controller
+    if not isinstance(ctrl, PIDController) or ctrl.per_sample or ctrl.device_loop or problem.solver.compile:
+        raise ValueError(
+            "events with solve(event=...) run on the adaptive shared-step host loop: use an adaptive solver with "
+            "hn.PIDController (no per_sample, device_loop or compile)."
+        )
+    if problem.jump_t or problem.step_t:
+        raise ValueError("solve(event=...) does not support jump_t or step_t.")
+    events = (events,) if isinstance(events, Event) else tuple(events)
+    term = problem.term()
+    fterm = problem.term(callbacks=False)  # the gradients' extra evaluations are not the solve's
+    fns = [CheckedEvent(ev.fn) for ev in events]
+    with torch.no_grad():
+        shapes = [f(term.time(problem.ts[0]), problem.unflatten(problem.y0)).shape for f in fns]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    offsets = np.cumsum([0] + sizes)
+    device = problem.y0.device
+
+    def fn(t, y):
+        return torch.cat([f(t, y).reshape(-1) for f in fns])
+
+    sign = -1 if problem.reverse else 1  # a crossing upwards in t is one downwards in solver time
+    direction = torch.cat(
+        [torch.full((n,), sign * ev.direction, dtype=torch.int64, device=device) for ev, n in zip(events, sizes)]
+    )
+    with_fired = [ev.on_event is not None and _takes_fired(ev.on_event) for ev in events]
+    t_dtype = problem.t.dtype
+
+    def at_event(s: float, y_s: torch.Tensor, fired: torch.Tensor):
+        t_user = torch.tensor(-s if problem.reverse else s, dtype=t_dtype, device=problem.t.device)
+        with torch.no_grad():
+            f_e = user_field(problem, fterm, s, y_s.detach())
+        ks = fired.nonzero().reshape(-1).tolist()
+        t_e, y_e = t_user, y_s
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                tt = t_user.clone().requires_grad_(True)
+                yy = y_s.detach().clone().requires_grad_(True)
+                g = fn(tt, problem.unflatten(yy))
+                k = ks[0]  # elements crossing at the very same time share it: the first one's equation
+                dg_dt, dg_dy = torch.autograd.grad(g[k], (tt, yy), allow_unused=True)
+                g_graph = fn(t_user, problem.unflatten(y_s))[k]
+            if g_graph.requires_grad:
+                with torch.no_grad():
+                    slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
+                shift = -(g_graph - g_graph.detach()) / slope
+                t_e = t_user + shift.to(t_dtype)
+                y_e = y_s + f_e * shift.to(f_e.dtype)
+        records = []
+        for k in ks:
+            j = int(np.searchsorted(offsets, k, side="right") - 1)
+            index = tuple(int(i) for i in np.unravel_index(k - offsets[j], tuple(shapes[j])))
+            records.append(EventRecord(t_e, index, problem.unflatten(y_e), event=j))
+        if not jumps:
+            return records, None
+        y_new = y_e
+        for j, ev in enumerate(events):
+            fired_j = fired[offsets[j] : offsets[j + 1]]
+            if ev.on_event is None or not bool(fired_j.any()):
+                continue
+            args = (t_e, problem.unflatten(y_new)) + ((fired_j.reshape(shapes[j]),) if with_fired[j] else ())
+            out = ev.on_event(*args)
+            if problem.layout is not None and isinstance(out, (tuple, list)):
+                out = problem.layout.flatten(out)
+            if not isinstance(out, torch.Tensor) or out.shape != y_s.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"on_event must return the new state, shaped as the state; got {got}.")
+            y_new = out
+        if t_e.requires_grad:
+            with torch.no_grad():
+                f_new = user_field(problem, fterm, s, y_new.detach())
+            y_new = _Restart.apply(t_e, y_new, f_new)
+        return records, y_new
+
+    jumps = any(ev.on_event is not None for ev in events)
+    integration = integrate_with_events(
+        term,
+        problem.solver,
+        ctrl,
+        problem.y0,
+        problem.ts,
+        rtol=problem.rtol,
+        atol=problem.atol,
+        norm=problem.norm,
+        event_fn=lambda t, y: fn(t, problem.unflatten(y)),  # the loop's states are flat (tuple states)
+        direction=direction,
+        at_event=at_event,
+        jumps=jumps,
+        samples=max(ev.samples for ev in events),
+        throw=throw,
+    )
+    ys = problem.unflatten(torch.stack(integration.ys))
+    return Solution(ts=problem.t, ys=ys, stats=integration.stats, status=integration.status, events=integration.records)

@@ -1,0 +1,159 @@
+"""Per-sample terminal events with gradients of every sample's event time and event state.
+
+Sample i stops at t_i, the first root of its own event value g_i(t, y_i(t; theta), theta) = 0. By
+the implicit function theorem, as for the single event (:mod:`hybrid_node.sensitivity.events`),
+
+    dt_i/dtheta = -(dg_i/dtheta + dg_i/dy_i . dy_i/dtheta) / (dg_i/dy_i . f_i(t_i, y_i) + dg_i/dt),
+
+and the returned event state moves with its time: dy_i(t_i)/dtheta = dy_i/dtheta + f_i dt_i/dtheta.
+Both are added as zero-valued terms whose gradients are these, one per sample, on top of the direct
+backpropagation through the forward solve (which gives dy_i/dtheta at the fixed time t_i: the dense
+output of the step where the event was located, then identity steps while the sample is frozen).
+
+It assumes that g_i depends on sample i only (the value of one sample does not read another's
+state), which is what "one event per sample" means; dg_i/dy_i and dg_i/dt are then the rows of the
+gradient of sum_i g_i.
+
+Reference: Chen, Amos, Nickel, "Learning Neural Event Functions for Ordinary Differential
+Equations", ICLR 2021, Section 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .._errors import SolverError, Status
+from .._problem import Problem
+from .._solution import Solution
+from ..controllers import PIDController
+from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent
+from ..loop.events import SampleEvents, integrate_sample_events
+
+
+def _check(problem: Problem) -> None:
+    """Raise ValueError where the per-sample event loop cannot serve the problem."""
+    if problem.layout is not None:
+        raise ValueError(
+            "per-sample events need a single tensor state whose leading dimensions are the batch; "
+            "concatenate tuple states into one tensor."
+        )
+    ctrl = problem.controller
+    if not isinstance(ctrl, PIDController):
+        raise ValueError("per-sample events need an adaptive solver (e.g. method='dopri5'), not fixed steps.")
+    if ctrl.per_sample or ctrl.device_loop:
+        raise ValueError(
+            "per-sample events run on the shared-step host loop; drop options 'per_sample' (per-sample step "
+            "control) and 'device_loop'."
+        )
+    if problem.solver.compile:
+        raise ValueError("compiled steps cannot be combined with per-sample events; drop compile.")
+    if problem.jump_t or problem.step_t:
+        raise ValueError("per-sample events do not support jump_t or step_t.")
+    if problem.y0.is_complex():
+        raise ValueError("per-sample events need a real state.")
+
+
+def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample's event time and event state, with their implicit-function-theorem gradients.
+
+    Args:
+        problem: the forward problem.
+        event_fn: the per-sample event function.
+        res: the loop's result.
+
+    Returns:
+        ``(t_e, y_e)``: t_e of the batch shape in the user's time and t's dtype (NaN for samples
+        whose event did not fire); y_e the state at the events (the state where the search stopped
+        for the others).
+    """
+    t = problem.t
+    n = len(res.fired)
+    s = res.t_event
+    t_user = torch.from_numpy(-s if problem.reverse else s).to(dtype=t.dtype, device=t.device)
+    fired = torch.from_numpy(res.fired).to(t.device)
+    y_event = res.y_event
+    nan = torch.full_like(t_user, math.nan)
+    if not torch.is_grad_enabled() or not bool(fired.any()):
+        return torch.where(fired, t_user, nan).reshape(res.batch_shape), y_event
+    shape = res.batch_shape
+    with torch.enable_grad():
+        tt = t_user.clone().requires_grad_(True)
+        yy = y_event.detach().clone().requires_grad_(True)
+        g = event_fn(tt.reshape(shape), yy).reshape(n)
+        dg_dt, dg_dy = torch.autograd.grad(g.sum(), (tt, yy), allow_unused=True)
+        g_graph = event_fn(t_user.reshape(shape), y_event).reshape(n)
+    if not g_graph.requires_grad:
+        return torch.where(fired, t_user, nan).reshape(shape), y_event
+    with torch.no_grad():
+        f = res.f_event.to(y_event.dtype)
+        slope = torch.zeros(n, dtype=f.dtype, device=f.device)
+        if dg_dy is not None:
+            slope = slope + (dg_dy.reshape(n, -1) * f).sum(1)
+        if dg_dt is not None:
+            slope = slope + dg_dt.to(f.dtype)
+        # samples that did not fire get no event-time gradient (and no division by their slope)
+        slope = torch.where(fired, slope, torch.ones((), dtype=f.dtype, device=f.device))
+    shift = torch.where(fired, -(g_graph - g_graph.detach()) / slope, torch.zeros((), dtype=g_graph.dtype))
+    t_e = torch.where(fired, t_user + shift.to(t.dtype), nan)
+    y_e = y_event + (f * shift.to(f.dtype)[:, None]).reshape(y_event.shape)
+    return t_e.reshape(shape), y_e
+
+
+def solve_sample_events(problem: Problem, event_fn: Callable, throw: bool = True) -> Solution:
+    """Solve until every sample's event fires (direct backpropagation plus the implicit function theorem).
+
+    Args:
+        problem: the validated problem (its first time is t0; ``event_t_end`` bounds the search).
+        event_fn: ``event_fn(t, y)`` returning one value per sample (see
+            :func:`hybrid_node.loop.events.integrate_sample_events` for what ``t`` is).
+        throw: raise SolverError when some sample's event was not found or the solve failed; else
+            report them (``sol.event_fired``, NaN event times, ``sol.status``).
+
+    Returns:
+        Solution with ``ys`` = (y0, the event states), ``t_final`` the event times (batch shape),
+        ``event_fired`` a bool tensor of the batch shape, ``status`` EVENT when every sample fired.
+
+    Raises:
+        ValueError: a problem the per-sample event loop cannot serve.
+        SolverError: status NO_EVENT (naming the samples) or a failed solve, with ``throw``.
+    """
+    _check(problem)
+    ctrl = problem.controller
+    if ctrl.max_num_steps == PIDController.max_num_steps:
+        # an event that never happens would otherwise run on for 2**31 - 1 steps
+        ctrl = dataclasses.replace(ctrl, max_num_steps=EVENT_MAX_STEPS)
+    term = problem.term()
+    res = integrate_sample_events(
+        term,
+        problem.solver,
+        ctrl,
+        problem.y0,
+        problem.ts[0],
+        rtol=problem.rtol,
+        atol=problem.atol,
+        norm=problem.norm,
+        event_fn=CheckedEvent(event_fn),
+        event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
+        throw=throw,
+    )
+    if throw and not res.fired.all():
+        missing = np.flatnonzero(~res.fired)
+        where = ", ".join(str(np.unravel_index(i, res.batch_shape)) for i in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        t_stop = -res.t_reached if problem.reverse else res.t_reached
+        raise SolverError(
+            Status.NO_EVENT,
+            t_stop,
+            f"the events of {len(missing)} of {len(res.fired)} samples were not found before t={t_stop:.6g} "
+            f"({res.detail}): samples {where}{more}; give a later t_end, raise options['max_num_steps'], or "
+            "pass throw=False to get the others with a status",
+        )
+    t_e, y_e = sample_event_outputs(problem, event_fn, res)
+    ys = torch.stack([problem.y0, y_e])
+    fired = torch.from_numpy(res.fired).reshape(res.batch_shape).to(problem.y0.device)
+    return Solution(ts=problem.t, ys=ys, stats=res.stats, status=res.status, t_final=t_e, event_fired=fired)

@@ -1,0 +1,178 @@
+"""Per-sample terminal events (``odeint_event(..., per_sample=True)``), float64.
+
+Closed forms: decay y' = -theta y from y0_i to the level c_i reaches it at t_i = log(y0_i / c_i) / theta,
+with dt_i/dtheta = -t_i / theta, dt_i/dy0_i = 1 / (theta y0_i), dt_i/dc_i = -1 / (theta c_i) and the event
+state c_i whatever the parameters; a ball dropped from h_i under gravity g hits the ground at
+sqrt(2 h_i / g) with speed sqrt(2 g h_i), so dt_i/dh_i = 1 / sqrt(2 g h_i) and dv_i/dh_i = -sqrt(g / (2 h_i)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+TOL = {"rtol": 1e-10, "atol": 1e-12}
+G = 9.81
+
+
+class Decay(torch.nn.Module):
+    def __init__(self, theta: float):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(theta))
+
+    def forward(self, t, y):
+        return -self.theta * y
+
+
+def fall(t, y):
+    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
+
+
+def test_first_passage_times_of_a_linear_system_match_the_closed_form():
+    func = Decay(1.3)
+    y0 = torch.tensor([[2.0], [5.0], [1.5], [40.0]], requires_grad=True)
+    level = torch.tensor([0.5, 1.0, 1.2, 0.1], requires_grad=True)
+    t_e, ys = hn.odeint_event(func, y0, 0.0, event_fn=lambda t, y: y[:, 0] - level, per_sample=True, **TOL)
+    exact = torch.log(y0.detach()[:, 0] / level.detach()) / 1.3
+    assert t_e.shape == (4,) and ys.shape == (2, 4, 1)
+    torch.testing.assert_close(t_e.detach(), exact, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ys[-1, :, 0].detach(), level.detach(), rtol=1e-8, atol=1e-8)
+    g_theta, g_y0, g_c = torch.autograd.grad(t_e.sum(), (func.theta, y0, level), retain_graph=True)
+    torch.testing.assert_close(float(g_theta), float(-exact.sum() / 1.3), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(g_y0[:, 0], 1 / (1.3 * y0.detach()[:, 0]), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(g_c, -1 / (1.3 * level.detach()), rtol=1e-6, atol=1e-9)
+    # the event state is the level whatever theta and y0 are: its total gradient vanishes
+    g_theta_y, g_y0_y = torch.autograd.grad(ys[-1].sum(), (func.theta, y0))
+    assert abs(float(g_theta_y)) < 1e-6 and float(g_y0_y.abs().max()) < 1e-6
+
+
+def test_a_batch_of_dropped_balls_hits_the_ground_at_the_analytic_times():
+    h = torch.tensor([1.0, 2.0, 0.5, 3.0, 10.0], requires_grad=True)
+    y0 = torch.stack([h, torch.zeros(5)], 1)
+    t_e, ys = hn.odeint_event(fall, y0, 0.0, event_fn=lambda t, y: y[:, 0], per_sample=True, **TOL)
+    hd = h.detach()
+    torch.testing.assert_close(t_e.detach(), torch.sqrt(2 * hd / G), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ys[-1, :, 1].detach(), -torch.sqrt(2 * G * hd), rtol=1e-8, atol=1e-8)
+    assert float(ys[-1, :, 0].detach().abs().max()) < 1e-8  # each ball frozen on the ground, not fallen through
+    (g_t,) = torch.autograd.grad(t_e.sum(), h, retain_graph=True)
+    torch.testing.assert_close(g_t, 1 / torch.sqrt(2 * G * hd), rtol=1e-6, atol=1e-9)
+    (g_v,) = torch.autograd.grad(ys[-1, :, 1].sum(), h)
+    torch.testing.assert_close(g_v, -torch.sqrt(G / (2 * hd)), rtol=1e-6, atol=1e-9)
+
+
+def test_gradients_match_finite_differences_for_a_nonlinear_field_and_a_time_dependent_event():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    func = lambda t, y: net(y) + torch.stack([torch.ones_like(y[:, 0]), torch.zeros_like(y[:, 0])], 1)
+    y0 = torch.tensor([[0.1, 0.2], [-0.3, 0.5], [0.0, -0.4]])
+    event = lambda t, y: y[:, 0] + 0.3 * t - 1.0  # t is each sample's own time while it is located
+
+    def run():
+        return hn.odeint_event(func, y0, 0.0, event_fn=event, per_sample=True, **TOL)
+
+    t_e, ys = run()
+    loss_fn = lambda t_e, ys: (t_e * torch.tensor([1.0, 2.0, 3.0])).sum() + (ys[-1][:, 1] ** 2).sum()
+    w = net[0].weight
+    (grad,) = torch.autograd.grad(loss_fn(t_e, ys), w)
+    eps = 1e-6
+    for i, j in [(0, 0), (3, 1), (7, 0)]:
+        with torch.no_grad():
+            w[i, j] += eps
+            up = loss_fn(*run())
+            w[i, j] -= 2 * eps
+            down = loss_fn(*run())
+            w[i, j] += eps
+        torch.testing.assert_close(float(grad[i, j]), float((up - down) / (2 * eps)), rtol=1e-5, atol=1e-7)
+
+
+def test_batch_shape_of_several_dimensions_and_samples_firing_in_one_step():
+    y0 = torch.full((2, 3, 1), 2.0) * torch.arange(1.0, 7.0).reshape(2, 3, 1)
+    t_e, ys = hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=lambda t, y: y[..., 0] - 1.0, per_sample=True, **TOL)
+    assert t_e.shape == (2, 3)
+    torch.testing.assert_close(t_e.detach(), torch.log(y0[..., 0]), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ys[-1].detach(), torch.ones(2, 3, 1), rtol=1e-8, atol=1e-8)
+
+
+def test_a_sample_that_never_fires_is_reported_not_waited_for():
+    y0 = torch.tensor([[2.0], [0.5], [4.0]])  # the second starts below the level and only decays further
+    event = lambda t, y: y[:, 0] - 1.0
+    with pytest.raises(hn.SolverError, match=r"1 of 3 samples.*t_end") as info:
+        hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=event, per_sample=True, t_end=5.0, **TOL)
+    assert info.value.status is hn.Status.NO_EVENT
+    t_e, ys = hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=event, per_sample=True, t_end=5.0, throw=False, **TOL)
+    assert math.isnan(float(t_e[1].detach()))
+    torch.testing.assert_close(t_e[[0, 2]], torch.log(torch.tensor([2.0, 4.0])), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(float(ys[-1, 1, 0]), 0.5 * math.exp(-5.0), rtol=1e-7, atol=1e-10)  # stopped at t_end
+    sol = hn.solve(
+        Decay(1.0),
+        y0,
+        torch.tensor([0.0, 1.0]),
+        event_fn=event,
+        per_sample_events=True,
+        controller=hn.PIDController(rtol=1e-8, atol=1e-10, max_num_steps=30),
+        throw=False,
+    )
+    assert sol.status is hn.Status.NO_EVENT
+    assert sol.event_fired.tolist() == [True, False, True]
+    assert sol.stats.n_accepted + sol.stats.n_rejected <= 30  # the step cap, not a hang
+
+
+def test_reverse_time_and_t_end_before_the_events():
+    y0 = torch.tensor([[0.5], [0.25]])  # backwards in time decay grows: y = y0 exp(t0 - t)
+    t_e, ys = hn.odeint_event(
+        Decay(1.0), y0, 1.0, event_fn=lambda t, y: y[:, 0] - 1.0, per_sample=True, reverse_time=True, **TOL
+    )
+    torch.testing.assert_close(t_e, 1.0 - torch.log(1.0 / y0[:, 0]), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ys[-1].detach(), torch.ones(2, 1), rtol=1e-8, atol=1e-8)
+    with pytest.raises(hn.SolverError, match="2 of 2 samples"):
+        hn.odeint_event(
+            Decay(1.0),
+            torch.tensor([[2.0], [3.0]]),
+            0.0,
+            event_fn=lambda t, y: y[:, 0] - 1.0,
+            per_sample=True,
+            t_end=0.5,
+            **TOL,
+        )
+
+
+def test_invalid_per_sample_event_calls_are_named():
+    y0 = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="with respect to t"):
+        hn.odeint_event(
+            Decay(1.0), y0, torch.tensor(0.0, requires_grad=True), event_fn=lambda t, y: y[:, 0] - 0.5, per_sample=True
+        )
+    with pytest.raises(ValueError, match="one value per sample"):
+        hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=lambda t, y: y.sum() - 0.5, per_sample=True)
+    with pytest.raises(ValueError, match="odeint_interface=odeint"):
+        hn.odeint_event(
+            Decay(1.0),
+            y0,
+            0.0,
+            event_fn=lambda t, y: y[:, 0] - 0.5,
+            per_sample=True,
+            odeint_interface=hn.odeint_adjoint,
+        )
+
+
+@pytest.mark.parametrize("method", ["rodas4", "kvaerno5", "bdf", "adams"])
+def test_implicit_and_multistep_methods_locate_per_sample_events(method):
+    h = torch.tensor([1.0, 2.0, 3.0])
+    y0 = torch.stack([h, torch.zeros(3)], 1)
+    t_e, ys = hn.odeint_event(
+        fall, y0, 0.0, event_fn=lambda t, y: y[:, 0], per_sample=True, method=method, rtol=1e-8, atol=1e-10
+    )
+    torch.testing.assert_close(t_e, torch.sqrt(2 * h / G), rtol=1e-7, atol=1e-7)
+
+
+def test_a_sample_that_starts_on_its_event_fires_at_t0_and_the_others_go_on():
+    y0 = torch.tensor([[1.0], [2.0]])  # the first sample starts exactly at the level
+    t_e, ys = hn.odeint_event(Decay(1.0), y0, 0.5, event_fn=lambda t, y: y[:, 0] - 1.0, per_sample=True, **TOL)
+    torch.testing.assert_close(t_e.detach(), torch.tensor([0.5, 0.5 + math.log(2.0)]), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(ys[-1].detach(), torch.ones(2, 1), rtol=1e-8, atol=1e-10)
