@@ -79,7 +79,7 @@ def _forward(problem: Problem, solver: Reversible, term, y0: torch.Tensor):
                     if step.error is None:  # a base method without an estimate was caught above
                         raise ValueError(f"{solver!r} produced no error estimate for adaptive steps.")
                     ratio = error_ratio(step.error, y, step.y1, problem.rtol, problem.atol, problem.norm)
-                    accepted = ratio <= 1.0
+                    accepted = core.accepts(FLOAT, c, ratio, step_dt)
                     if accepted:
                         steps.append((t, step_dt))
                         state = solver.next_state(term, t1, step)
@@ -88,8 +88,9 @@ def _forward(problem: Problem, solver: Reversible, term, y0: torch.Tensor):
                     else:
                         stats.n_rejected += 1
                     dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
-                    if dt < core.step_floor(FLOAT, t, c.min_step):
-                        raise SolverError(Status.STEP_UNDERFLOW, -t if problem.reverse else t, f"dt={dt:.3g}")
+                    dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, not math.isfinite(ratio) and not accepted)
+                    if code != RUNNING:
+                        raise SolverError(core.STATUS[code], -t if problem.reverse else t, f"dt={dt:.3g}")
                 outputs.append(y)
     stats.nfe = term.nfe
     return outputs, y, state.z, steps, stats
