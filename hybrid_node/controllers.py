@@ -123,7 +123,9 @@ class PIDController(AbstractController):
         pcoeff, icoeff, dcoeff: PID coefficients.
         safety, ifactor, dfactor: safety factor and the largest growth / shrink factors.
         first_step: the initial step; None selects it by Hairer's heuristic (two evaluations).
-        min_step, max_step: bounds on |dt|; min_step=0 means the floating-point underflow bound.
+        min_step, max_step: bounds on |dt|. A positive min_step clamps the step up to it and accepts a
+            step of at most min_step whatever its error (as torchdiffeq does); min_step=0 means the
+            floating-point resolution bound, below which the solve fails (step size underflow).
         max_num_steps: the solve fails after this many attempted steps.
         norm: ``norm(tensor) -> scalar``; default RMS (max of per-tensor RMS for tuple states).
         per_sample: give every element of the batch (first state dimension) its own step size and

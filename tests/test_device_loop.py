@@ -173,16 +173,27 @@ def test_max_num_steps(field):
     assert torch.isnan(dev.ys[1:]).all() and torch.isnan(host.ys[1:]).all()
 
 
-def test_step_underflow(field):
-    # min_step above the steps the tolerance needs: the first rejection proposes a step below the floor
+def test_min_step_clamps_alike(field):
+    # min_step above the steps the tolerance needs: both loops clamp to it and accept (torchdiffeq's
+    # meaning, decided once in loop.core), so they take the same steps and succeed
     y0 = torch.randn(4, 2)
     t = torch.linspace(0.0, 5.0, 3)
+    host, dev = _pair(field, y0, t, rtol=1e-12, atol=1e-14, min_step=0.5)
+    assert host.status is dev.status is Status.SUCCESS
+    _assert_same(host, dev)
+    assert host.stats.n_rejected == 0 and host.stats.n_accepted <= 10  # 5 / 0.5 steps at most
+
+
+def test_step_underflow():
+    # no min_step: a step that collapses at a blow-up (y' = y^2 from 1, t = 1) fails alike in both loops
+    y0 = torch.ones(3, dtype=torch.float64)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
     with pytest.raises(SolverError) as host:
-        hn.solve(field, y0, t, controller=hn.PIDController(rtol=1e-12, atol=1e-14, min_step=0.5))
+        hn.solve(lambda t, y: y**2, y0, t, controller=hn.PIDController())
     with pytest.raises(SolverError) as dev:
-        hn.solve(field, y0, t, controller=hn.PIDController(rtol=1e-12, atol=1e-14, min_step=0.5, device_loop=True))
+        hn.solve(lambda t, y: y**2, y0, t, controller=hn.PIDController(device_loop=True))
     assert host.value.status is dev.value.status is Status.STEP_UNDERFLOW
-    assert dev.value.t == host.value.t
+    assert dev.value.t == host.value.t == pytest.approx(1.0, abs=1e-4)
 
 
 # ---- options ---------------------------------------------------------------------------------------

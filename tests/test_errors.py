@@ -154,12 +154,15 @@ def test_blowup_backwards_reports_user_time():
     assert info.value.t == pytest.approx(-1.0, abs=1e-4)
 
 
-def test_min_step_underflow():
-    # a field that is steep after t = 0.5: with min_step the solve gives up there, naming dt
+def test_min_step_clamps_until_the_state_is_nonfinite():
+    # torchdiffeq's min_step: a field that is steep after t = 0.5 no longer fails there with a step size
+    # underflow; steps of min_step are accepted whatever their error, the explicit method goes unstable on
+    # the stiff part and the solve ends when the state stops being finite (torchdiffeq: its assertion
+    # "non-finite values in state"), naming the clamped dt
     def steep(t, y):
         return -y if float(t) < 0.5 else -1e6 * (y - torch.cos(t))
 
-    with pytest.raises(SolverError, match=r"Solve failed at t=0\.[45][0-9]*: The step size.*\(dt=") as info:
+    with pytest.raises(SolverError, match=r"Solve failed at t=0\.5[0-9]*: The state became NaN.*\(dt=0\.001\)") as info:
         hn.odeint(
             steep,
             torch.ones(1, dtype=torch.float64),
@@ -168,8 +171,19 @@ def test_min_step_underflow():
             atol=1e-10,
             options={"min_step": 1e-3},
         )
-    assert info.value.status is Status.STEP_UNDERFLOW
-    assert 0.49 < info.value.t < 0.51
+    assert info.value.status is Status.NONFINITE
+    assert 0.5 < info.value.t < 0.53
+
+
+def test_step_collapse_without_min_step_is_still_underflow():
+    # min_step = 0 (the default) keeps the resolution floor: a step that collapses at a blow-up fails as
+    # STEP_UNDERFLOW, with or without a min_step below the floor being there to clamp it
+    y0 = torch.ones(1, dtype=torch.float64)
+    for options in ({}, {"min_step": 1e-300}):
+        with pytest.raises(SolverError, match="step size fell below the minimum") as info:
+            hn.odeint(lambda t, y: y**2, y0, torch.tensor([0.0, 2.0], dtype=torch.float64), options=options)
+        assert info.value.status is Status.STEP_UNDERFLOW
+        assert info.value.t == pytest.approx(1.0, abs=1e-4)
 
 
 def test_max_num_steps():

@@ -17,6 +17,7 @@ from hybrid_node.controllers import PIDController
 from hybrid_node.loop import core
 
 CONTROL = core.StepControl.of(PIDController(pcoeff=0.2, icoeff=0.5, dcoeff=0.1, max_step=0.7), 4, torch.float64)
+CLAMPED = core.StepControl.of(PIDController(min_step=1e-4, max_step=0.7), 4, torch.float64)  # torchdiffeq's min_step
 
 
 def _f64(x):
@@ -52,10 +53,17 @@ def test_landing_floor_settle_precheck_and_emission_are_bit_identical():
         assert (lands, step, t1) == (bool(lands_t), float(step_t), float(t1_t))
         floor = core.step_floor(core.FLOAT, t, 1e-9)
         assert floor == float(core.step_floor(core.TENSOR, _f64(t), 1e-9))
-        for done, nonfinite in itertools.product((False, True), repeat=2):
-            want = core.settle(core.FLOAT, done, dt, floor, nonfinite)
-            got = core.settle(core.TENSOR, torch.tensor(done), _f64(dt), _f64(floor), torch.tensor(nonfinite))
-            assert want == int(got)
+        for c, done, nonfinite in itertools.product((CONTROL, CLAMPED), (False, True), (False, True)):
+            for step_dt in (dt, 2 * dt, c.min_step):
+                want = core.settle(core.FLOAT, c, done, t, dt, step_dt, nonfinite)
+                got = core.settle(
+                    core.TENSOR, c, torch.tensor(done), _f64(t), _f64(dt), _f64(step_dt), torch.tensor(nonfinite)
+                )
+                assert want == (float(got[0]), int(got[1]))
+                for ratio in (0.5, 2.0, math.inf, math.nan):
+                    assert core.accepts(core.FLOAT, c, ratio, step_dt) == bool(
+                        core.accepts(core.TENSOR, c, _f64(ratio), _f64(step_dt))
+                    )
         n_attempts = torch.tensor(5)  # the device loop counts attempts in an int64 tensor
         assert core.precheck(core.FLOAT, CONTROL, 5, t, dt) == int(
             core.precheck(core.TENSOR, CONTROL, n_attempts, _f64(t), _f64(dt))
@@ -101,3 +109,19 @@ def test_landing_stretches_a_step_that_would_leave_a_sliver():
     assert lands and step == 1.0 and t1 == 1.0
     lands, step, t1 = core.landing(core.FLOAT, 0.0, 0.98, 1.0, math.inf)
     assert not lands and step == 0.98
+
+
+def test_min_step_clamps_and_accepts_instead_of_failing():
+    # torchdiffeq's meaning of min_step: the proposal is clamped up to it and a step of at most min_step is
+    # accepted whatever its (finite) error; without min_step a proposal below the floor fails
+    assert not core.accepts(core.FLOAT, CONTROL, 5.0, 1e-4)
+    assert core.accepts(core.FLOAT, CLAMPED, 5.0, 1e-4) and core.accepts(core.FLOAT, CLAMPED, 5.0, 5e-5)
+    assert not core.accepts(core.FLOAT, CLAMPED, 5.0, 2e-4)  # above min_step the error test decides
+    assert not core.accepts(core.FLOAT, CLAMPED, math.nan, 1e-4)  # a non-finite step is never accepted
+    assert core.settle(core.FLOAT, CLAMPED, False, 0.5, 1e-9, 2e-4, False) == (1e-4, core.RUNNING)
+    assert core.settle(core.FLOAT, CONTROL, False, 0.5, 1e-17, 2e-4, False) == (1e-17, core.STEP_UNDERFLOW)
+    # a non-finite rejection at min_step cannot shrink further: NONFINITE; above it, retry at min_step
+    assert core.settle(core.FLOAT, CLAMPED, False, 0.5, 2e-5, 1e-4, True) == (1e-4, core.NONFINITE)
+    assert core.settle(core.FLOAT, CLAMPED, False, 0.5, 2e-5, 1e-3, True) == (1e-4, core.RUNNING)
+    # a min_step below the resolution at a large |t| still fails as underflow
+    assert core.settle(core.FLOAT, CLAMPED, False, 1e13, 1e-9, 1e-3, False)[1] == core.STEP_UNDERFLOW

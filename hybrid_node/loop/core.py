@@ -239,7 +239,10 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
 
 
 def step_floor(xp, t, min_step: float, eps: float = _EPS):
-    """The smallest step the solve may take: ``max(min_step, 4 eps max(1, |t|))``.
+    """The resolution floor ``max(min_step, 4 eps max(1, |t|))``: a step below it fails the solve.
+
+    The loops pass ``min_step = 0`` (through :func:`settle`): a positive ``min_step`` clamps the step
+    instead of failing it (see :func:`settle`).
 
     ``eps`` is the state dtype's machine epsilon (:attr:`StepControl.eps`), not float64's: the
     float64 host time still moves by steps far below float32's resolution, but a float32 state
@@ -267,12 +270,59 @@ def precheck(xp, c: StepControl, n_attempts, t, dt):
     return xp.where(n_attempts >= c.max_num_steps, MAX_STEPS, xp.where(beyond, NO_EVENT, RUNNING))
 
 
-def settle(xp, done, dt, floor, last_nonfinite):
-    """The status after an attempt: SUCCESS when the solve is ``done``, a failure when the next step
-    ``dt`` is below ``floor`` (NONFINITE when the last attempt was rejected for a non-finite error
-    ratio, else STEP_UNDERFLOW), else RUNNING."""
+def accepts(xp, c: StepControl, ratio, step_dt):
+    """Whether an attempt of size ``step_dt`` with error ratio ``ratio`` is accepted.
+
+    Accepted when ``ratio <= 1``; with ``min_step > 0`` also when the step is at most ``min_step`` and
+    its ratio is finite, whatever its error: that is what ``min_step`` means in torchdiffeq (its
+    ``_adaptive_step`` accepts ``dt <= min_step``), a floor the user chose over the tolerance, e.g. to
+    bound the work on a problem whose accuracy matters less than its cost. A non-finite ratio is
+    never accepted (the state would be garbage); :func:`settle` then ends the solve.
+
+    Args:
+        xp: the array namespace.
+        c: the step-control constants.
+        ratio: the attempt's error ratio; step_dt: its size.
+
+    Returns:
+        The decision, in ``xp``'s kind.
+    """
+    ok = ratio <= 1.0
+    if c.min_step > 0:  # static: min_step = 0 leaves the decision (and a compiled graph) as it was
+        ok = ok | (xp.isfinite(ratio) & (step_dt <= c.min_step))
+    return ok
+
+
+def settle(xp, c: StepControl, done, t, dt, step_dt, last_nonfinite):
+    """The next step and the status after an attempt of size ``step_dt``.
+
+    The proposal ``dt`` is clamped below at ``min_step`` (torchdiffeq's ``dt.clamp(min_step,
+    max_step)``; the step at ``min_step`` is then accepted by :func:`accepts`). The status is SUCCESS
+    when the solve is ``done``; else a failure when the next step is below the resolution floor
+    :func:`step_floor` (``min_step = 0``, or a ``min_step`` below the floor at a large ``|t|``), or when
+    an attempt at ``min_step`` or below was rejected for a non-finite error ratio (no smaller step is
+    allowed, so retrying would repeat it): NONFINITE when the last attempt was rejected for a
+    non-finite ratio, else STEP_UNDERFLOW; else RUNNING.
+
+    Args:
+        xp: the array namespace.
+        c: the step-control constants.
+        done: whether the solve has ended.
+        t: the current time; dt: the proposed next step; step_dt: the step just attempted.
+        last_nonfinite: whether the last attempt was rejected for a non-finite ratio.
+
+    Returns:
+        ``(dt, status)``.
+    """
     small = xp.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW)
-    return xp.where(done, SUCCESS, xp.where(dt < floor, small, RUNNING))
+    floor = step_floor(xp, t, 0.0, c.eps)
+    if c.min_step > 0:  # static, as in :func:`accepts`
+        stuck = last_nonfinite & (step_dt <= c.min_step)
+        dt = xp.maximum(dt, c.min_step)
+        failing = (dt < floor) | stuck
+    else:
+        failing = dt < floor
+    return dt, xp.where(done, SUCCESS, xp.where(failing, small, RUNNING))
 
 
 def emission(xp, ts, t0, t1):

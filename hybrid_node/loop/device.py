@@ -218,16 +218,17 @@ def attempt(
     y1, ks = step.y1, step.ks
     assert step.error is not None  # the device loop runs embedded pairs only
     ratio = error_ratio_tensor(step.error, s.y, y1, rtol, atol, norm).to(torch.float64)
-    accepted = active & (ratio <= 1.0)
-    rejected = active & ~(ratio <= 1.0)
+    ok = core.accepts(TENSOR, c, ratio, step_dt)
+    accepted = active & ok
+    rejected = active & ~ok
     outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks)
     t = torch.where(accepted, t1, s.t)
     nonfinite = ~torch.isfinite(ratio)
     last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))
     dt, r1, r2 = core.propose(TENSOR, c, step_dt, ratio, accepted, s.r1, s.r2)
     done = accepted & (i_out >= tables.ts.shape[0])
-    floor = core.step_floor(TENSOR, t, c.min_step, c.eps)
-    status = torch.where(active, core.settle(TENSOR, done, dt, floor, last_nonfinite), status)
+    dt, code = core.settle(TENSOR, c, done, t, dt, step_dt, last_nonfinite)
+    status = torch.where(active, code, status)
     return LoopState(
         t=t,
         dt=torch.where(active, dt, s.dt),

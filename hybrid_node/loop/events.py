@@ -277,7 +277,7 @@ def integrate_sample_events(
         lands, step_dt, t1 = core.landing(FLOAT, t, dt, event_end, c.max_step)
         step = solver.step(mterm, t, y, state, step_dt)
         ratio = error_ratio(step.error, y, step.y1, rtol, atol, running_norm)
-        accepted = ratio <= 1.0
+        accepted = core.accepts(FLOAT, c, ratio, step_dt)
         if accepted:
             stats.n_accepted += 1
             new_state = solver.next_state(mterm, t1, step)
@@ -311,7 +311,7 @@ def integrate_sample_events(
             state = solver.reject(mterm, t, y, state, step)
         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
         dt = min(solver.propose_step(state, step_dt, dt), c.max_step)
-        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
+        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
         if code != RUNNING:
             status, detail = core.STATUS[code], f"dt={dt:.3g}"
             if throw:
@@ -472,7 +472,7 @@ def integrate_with_events(
         lands, step_dt, t1 = core.landing(FLOAT, t, dt, t_end, c.max_step)
         step = solver.step(term, t, y, state, step_dt)
         ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
-        accepted = ratio <= 1.0
+        accepted = core.accepts(FLOAT, c, ratio, step_dt)
         if accepted:
             stats.n_accepted += 1
             new_state = solver.next_state(term, t1, step)
@@ -553,7 +553,7 @@ def integrate_with_events(
             state = solver.reject(term, t, y, state, step)
         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
         dt = min(solver.propose_step(state, step_dt, dt), c.max_step)
-        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
+        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
         if code != RUNNING:
             return finish(core.STATUS[code], f"dt={dt:.3g}")
     return finish(Status.SUCCESS)

@@ -245,7 +245,7 @@ def integrate_adaptive(
             field = term.left_limit(stop) if at_jump else term
             step = solver.step(field, t, y, state, step_dt)
             ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
-        accepted = ratio <= 1.0
+        accepted = core.accepts(FLOAT, c, ratio, step_dt)
         if callbacks is not None:
             (callbacks.accept if accepted else callbacks.reject)(t, y, step_dt)
         if accepted:
@@ -284,7 +284,7 @@ def integrate_adaptive(
             state = solver.reject(term, t, y, state, step)  # e.g. an implicit solver refreshes a Jacobian
         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
         dt = min(solver.propose_step(state, step_dt, dt), c.max_step)  # a variable-order method's own step
-        code = core.settle(FLOAT, False, dt, core.step_floor(FLOAT, t, c.min_step, c.eps), last_nonfinite)
+        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
         if code != RUNNING:
             return failed(code, f"dt={dt:.3g}")
     stats.nfe = term.nfe

@@ -174,7 +174,7 @@ def integrate_per_sample(
             err = linear_combination(None, hc, tab.b_error, ks)
             ratio = _rms_rows(err / scale_of(y, y1)).to(tdt)
             finite = torch.isfinite(ratio)
-            accept = (ratio <= 1.0) & ~done
+            accept = core.accepts(TENSOR, c, ratio, h) & ~done
             # one host synchronisation per batched step: the span of times covered and whether all are done
             lo, hi, n_acc, all_done = torch.stack(
                 [
@@ -199,12 +199,12 @@ def integrate_per_sample(
         with torch.no_grad():
             t = torch.where(accept, t_new, t)
             dt_next, r_prev, r_prev2 = core.propose(TENSOR, c, h, ratio, accept, r_prev, r_prev2)
+            # an element rejected with a non-finite ratio is the per-element ``last_nonfinite``
+            dt_next, code = core.settle(TENSOR, c, t >= t_end, t, dt_next, h, ~finite & ~accept)
             dt = torch.where(~done, dt_next, dt)
         if all_done:
             break
         with torch.no_grad():
-            # an element rejected with a non-finite ratio is the per-element ``last_nonfinite``
-            code = core.settle(TENSOR, t >= t_end, dt, core.step_floor(TENSOR, t, c.min_step, c.eps), ~finite & ~accept)
             bad, nonfinite = torch.stack([(code > core.SUCCESS).any(), (code == core.NONFINITE).any()]).tolist()
         if bad:
             status = Status.NONFINITE if nonfinite else Status.STEP_UNDERFLOW

@@ -162,6 +162,9 @@ class BackwardPlan:
         same_as_forward: the forward controller is reused (its grid, for fixed steps).
         tuple_norm: the sensitivity's own callable norm, called as torchdiffeq calls
             ``adjoint_options["norm"]``: on the tuple ``(t, *y, *adj_y, *adj_params)``; else None.
+        jump_t: the jump times (user times) named in the sensitivity's own ``options``; None: the
+            forward solve's (the backward solve integrates the same field, so it jumps at the same
+            times; torchdiffeq copies the forward options, ``jump_t`` included, to the backward solve).
     """
 
     solver: Any
@@ -172,6 +175,7 @@ class BackwardPlan:
     user_norm: Callable | None
     same_as_forward: bool
     tuple_norm: Callable | None = None
+    jump_t: tuple[float, ...] | None = None
 
 
 def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
@@ -196,13 +200,31 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
             "set the backward norm with the sensitivity's norm='seminorm' (or adjoint_options="
             "{'norm': 'seminorm'} in odeint_adjoint), not inside its options."
         )
-    solver, controller, _ = build_solver(
+    jump_t = "jump_t" in options
+    solver, controller, extras = build_solver(
         method,
         options,
         rtol if isinstance(rtol, float) else PIDController.rtol,
         atol if isinstance(atol, float) else PIDController.atol,
     )
-    return BackwardPlan(solver, controller, rtol, atol, seminorm, user_norm, False, tuple_norm)
+    jumps = tuple(extras["jump_t"]) if jump_t else None
+    return BackwardPlan(solver, controller, rtol, atol, seminorm, user_norm, False, tuple_norm, jumps)
+
+
+def backward_jumps(problem: Problem, plan: BackwardPlan) -> tuple[float, ...]:
+    """The jump times of the backward solve, in its time ``r = -s`` (``s`` the forward solver time).
+
+    The backward solve must restart at the jumps too: a step across a discontinuity of the field is
+    rejected again and again until it is tiny (the error estimate sees the jump), so restarting there,
+    as the forward solve does, takes fewer evaluations and gives the one-sided derivatives (torchdiffeq's
+    adjoint flips ``jump_t`` into its backward solve for the same reason).
+    """
+    if plan.jump_t is None:
+        jumps: Sequence[float] = problem.jump_t
+    else:
+        sgn = -1.0 if problem.reverse else 1.0
+        jumps = [sgn * x for x in plan.jump_t]
+    return tuple(sorted(-s for s in jumps))
 
 
 def channel_tolerance(tol, n_channels: int, state_like: torch.Tensor, n_params: int):
@@ -365,6 +387,7 @@ def run_backward(
         rtol=rtol,
         atol=atol,
         norm=norm,
+        jump_t=backward_jumps(problem, plan),
         step_t=tuple(stops),
         at_output=at_output,
         throw=True,

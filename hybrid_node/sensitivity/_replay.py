@@ -14,6 +14,7 @@ of steps and its cotangent is added there.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -122,7 +123,7 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor) -> Recorded
                         if step.error is None:  # a base method without an estimate was caught above
                             raise ValueError(f"{solver!r} produced no error estimate for adaptive steps.")
                         ratio = error_ratio(step.error, y, step.y1, problem.rtol, problem.atol, problem.norm)
-                        accepted = ratio <= 1.0
+                        accepted = core.accepts(FLOAT, c, ratio, step_dt)
                         if accepted:
                             steps.append((t, step_dt))
                             state = solver.next_state(term, t1, step)
@@ -131,8 +132,10 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor) -> Recorded
                         else:
                             stats.n_rejected += 1
                         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
-                        if dt < core.step_floor(FLOAT, t, c.min_step):
-                            raise SolverError(Status.STEP_UNDERFLOW, -t if problem.reverse else t, f"dt={dt:.3g}")
+                        nonfinite = not math.isfinite(ratio) and not accepted
+                        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, nonfinite)
+                        if code != RUNNING:
+                            raise SolverError(core.STATUS[code], -t if problem.reverse else t, f"dt={dt:.3g}")
                 outputs.append(y)
                 counts.append(len(steps))
     stats.n_accepted = len(steps)
