@@ -3,6 +3,7 @@
 #   bash dev.sh demo     set up, then train the spiral demo (hybrid-node demo)
 #   bash dev.sh test     set up, then run the default test suite
 #   bash dev.sh lint     set up, then run ruff (lint and format check) and mypy, as CI does
+#   bash dev.sh docs     set up (with the docs extra), then build the documentation site into site/
 #   bash dev.sh <hybrid-node subcommand and arguments>
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,6 +25,12 @@ case "$cmd" in
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
         exec "$VENV/bin/mypy"
+        ;;
+    docs)
+        if ! "$VENV/bin/python" -c "import mkdocs, mkdocstrings, material" 2>/dev/null; then
+            "$VENV/bin/python" -m pip install -q -e ".[docs]"
+        fi
+        exec "$VENV/bin/mkdocs" build --strict "$@"
         ;;
     *) exec "$VENV/bin/hybrid-node" "$cmd" "$@" ;;
 esac

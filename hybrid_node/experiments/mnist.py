@@ -89,7 +89,7 @@ class MNISTConfig:
 
 # Small models, one epoch, Adam with a one-cycle schedule, ODE-Net trained by backpropagating through
 # dopri5: the three models beat 95% test accuracy (ResNet and RK-Net 97%+) in about 5 minutes of CPU
-# time on one thread (see the README for measured numbers).
+# time on one thread (see docs/reproductions/mnist.md for measured numbers).
 QUICK: dict[str, Any] = {
     "channels": 16,
     "epochs": 1,
