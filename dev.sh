@@ -30,7 +30,7 @@ case "$cmd" in
         if ! "$VENV/bin/python" -c "import mkdocs, mkdocstrings, material" 2>/dev/null; then
             "$VENV/bin/python" -m pip install -q -e ".[docs]"
         fi
-        exec "$VENV/bin/mkdocs" build --strict "$@"
+        NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict "$@"
         ;;
     *) exec "$VENV/bin/hybrid-node" "$cmd" "$@" ;;
 esac
