@@ -33,6 +33,7 @@ from .._api import odeint
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
 TASKS = ("spring", "pendulum")
@@ -116,13 +117,11 @@ def train_model(
     Returns:
         dict with ``train_loss``, ``test_loss``, the loss ``history`` and ``seconds``.
     """
-    from tqdm import tqdm
-
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0)
     zero = torch.zeros(())
     history = []
     start = time.perf_counter()
-    bar = tqdm(range(iters), desc=label, disable=not progress)
+    bar = progress_bar(range(iters), desc=label, enabled=progress)
     for _ in bar:
         opt.zero_grad()
         loss = ((model(zero, data["x_train"]) - data["dx_train"]) ** 2).mean()

@@ -41,6 +41,7 @@ from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
 MODELS = ("resnet", "rknet", "odenet")
@@ -259,8 +260,6 @@ def train_model(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTConfig, *, desc: str = "train"
 ) -> dict[str, list]:
     """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history."""
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(cfg.seed)
     opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
@@ -280,7 +279,7 @@ def train_model(
     hist: dict[str, list] = {"loss": [], "nfe_forward": [], "nfe_backward": [], "epoch": []}
     model.train()
     it = 0
-    with tqdm(total=total, desc=desc, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, leave=False) as bar:
         while it < total:
             perm = torch.randperm(len(x), generator=gen)
             for j in range(0, len(x), cfg.batch_size):
