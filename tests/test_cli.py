@@ -88,3 +88,11 @@ def test_progress_bars_are_off_without_a_terminal():
     # under pytest standard output is captured, not a terminal: no bar, whatever the command asked for
     assert progress_bar(range(3), enabled=True).disable
     assert progress_bar(range(3), enabled=False).disable
+
+
+def test_unknown_method_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["demo", "--method", "nope"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nope'" in err and "Traceback" not in err

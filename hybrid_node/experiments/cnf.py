@@ -34,6 +34,7 @@ from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNOD
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
 from ..training.atomic import atomic_savefig
+from ._args import method_name
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -337,7 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr})")
     parser.add_argument("--trace", default=d.trace, choices=("exact", "hutchinson"), help="training trace")
     parser.add_argument("--noise", default=d.noise, choices=("rademacher", "gaussian"), help="Hutchinson noise")
-    parser.add_argument("--method", default=d.method, help="ODE method")
+    parser.add_argument("--method", type=method_name, default=d.method, help="ODE method")
     parser.add_argument("--tol", type=float, default=None, help="rtol = atol (default 1e-5)")
     parser.add_argument("--adjoint", action="store_true", help="adjoint gradients (O(1) memory)")
     parser.add_argument("--compare-nf", action="store_true", help="also train a planar NF with K layers")

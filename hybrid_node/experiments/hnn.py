@@ -32,6 +32,7 @@ from torch import nn
 from .._api import odeint
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
+from ._args import method_name
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -221,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trajectories", type=int, default=50, help="trajectories per task, half for testing")
     parser.add_argument("--noise", type=float, default=0.1, help="observation noise std (paper: 0.1)")
     parser.add_argument("--rollout-factor", type=float, default=10.0, help="rollout length / training window")
-    parser.add_argument("--method", default="rk4", help="rollout method (paper: RK4)")
+    parser.add_argument("--method", type=method_name, default="rk4", help="rollout method (paper: RK4)")
     parser.add_argument("--step-size", type=float, default=0.02, help="rollout step size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/hnn-<timestamp>)")

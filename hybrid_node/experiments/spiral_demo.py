@@ -30,6 +30,7 @@ from torch import nn
 
 from .._api import odeint, odeint_adjoint
 from ..training.atomic import atomic_savefig
+from ._args import method_name
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -279,7 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--batch-time", type=int, default=d.batch_time)
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--method", default=d.method, help="odeint method (default dopri5)")
+    parser.add_argument("--method", type=method_name, default=d.method, help="odeint method (default dopri5)")
     parser.add_argument("--rtol", type=float, default=d.rtol)
     parser.add_argument("--atol", type=float, default=d.atol)
     parser.add_argument("--adjoint", action="store_true", help="gradients by the adjoint method (odeint_adjoint)")
