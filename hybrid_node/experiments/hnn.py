@@ -32,7 +32,9 @@ from torch import nn
 from .._api import odeint
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
+from ._args import method_name
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
 TASKS = ("spring", "pendulum")
@@ -116,13 +118,11 @@ def train_model(
     Returns:
         dict with ``train_loss``, ``test_loss``, the loss ``history`` and ``seconds``.
     """
-    from tqdm import tqdm
-
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0)
     zero = torch.zeros(())
     history = []
     start = time.perf_counter()
-    bar = tqdm(range(iters), desc=label, disable=not progress)
+    bar = progress_bar(range(iters), desc=label, enabled=progress)
     for _ in bar:
         opt.zero_grad()
         loss = ((model(zero, data["x_train"]) - data["dx_train"]) ** 2).mean()
@@ -222,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trajectories", type=int, default=50, help="trajectories per task, half for testing")
     parser.add_argument("--noise", type=float, default=0.1, help="observation noise std (paper: 0.1)")
     parser.add_argument("--rollout-factor", type=float, default=10.0, help="rollout length / training window")
-    parser.add_argument("--method", default="rk4", help="rollout method (paper: RK4)")
+    parser.add_argument("--method", type=method_name, default="rk4", help="rollout method (paper: RK4)")
     parser.add_argument("--step-size", type=float, default=0.02, help="rollout step size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/hnn-<timestamp>)")

@@ -41,6 +41,7 @@ from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
 MODELS = ("resnet", "rknet", "odenet")
@@ -89,7 +90,7 @@ class MNISTConfig:
 
 # Small models, one epoch, Adam with a one-cycle schedule, ODE-Net trained by backpropagating through
 # dopri5: the three models beat 95% test accuracy (ResNet and RK-Net 97%+) in about 5 minutes of CPU
-# time on one thread (see the README for measured numbers).
+# time on one thread (see docs/reproductions/mnist.md for measured numbers).
 QUICK: dict[str, Any] = {
     "channels": 16,
     "epochs": 1,
@@ -259,8 +260,6 @@ def train_model(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTConfig, *, desc: str = "train"
 ) -> dict[str, list]:
     """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history."""
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(cfg.seed)
     opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
@@ -280,7 +279,7 @@ def train_model(
     hist: dict[str, list] = {"loss": [], "nfe_forward": [], "nfe_backward": [], "epoch": []}
     model.train()
     it = 0
-    with tqdm(total=total, desc=desc, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, leave=False) as bar:
         while it < total:
             perm = torch.randperm(len(x), generator=gen)
             for j in range(0, len(x), cfg.batch_size):
@@ -420,7 +419,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 with --quick, otherwise torch's choice)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> MNISTConfig:
@@ -439,8 +443,11 @@ def config_from_args(args: argparse.Namespace) -> MNISTConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    # One thread for --quick: its small convolutions gain little from more, and with another process on the
+    # CPU oversubscribed threads ran 35x slower per step (issue 26).
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
     cfg = config_from_args(args)
     folder = run_folder(args.out, "mnist")
     start = time.perf_counter()

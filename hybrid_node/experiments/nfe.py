@@ -134,12 +134,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerances", default=",".join(f"{t:g}" for t in TOLERANCES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 with --quick, otherwise torch's choice)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    # One thread for --quick: its small convolutions gain little from more, and with another process on the
+    # CPU oversubscribed threads ran 35x slower per step (issue 26).
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         tolerances = [float(v) for v in args.tolerances.split(",") if v.strip()]
     except ValueError:

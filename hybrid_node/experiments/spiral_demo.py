@@ -30,7 +30,9 @@ from torch import nn
 
 from .._api import odeint, odeint_adjoint
 from ..training.atomic import atomic_savefig
+from ._args import method_name
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
 
@@ -149,8 +151,6 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
         dict with ``model``, the data (``t``, ``y_true``, ``y_obs``), the learned trajectory ``y_pred``,
         the loss and evaluation history and the final metrics.
     """
-    from tqdm import tqdm
-
     torch.manual_seed(s.seed)
     t, y_true, y_obs = make_data(s)
     model = SpiralField(s.hidden)
@@ -160,7 +160,7 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
     hist: dict[str, list[float]] = {"iter": [], "loss": [], "eval_iter": [], "eval_mae": []}
     y0_full = y_obs[:1]  # the model only ever sees the noisy data, starting state included
     start = time.perf_counter()
-    bar = tqdm(range(1, s.iters + 1), desc="spiral demo", disable=not progress)
+    bar = progress_bar(range(1, s.iters + 1), desc="spiral demo", enabled=progress)
     for it in bar:
         y0, times, targets = sample_windows(t, y_obs, s, gen)
         opt.zero_grad()
@@ -246,13 +246,17 @@ def plot_results(folder: Path, result: dict) -> None:
         v = f[:, 1].reshape(gx.shape).numpy()
         speed = np.hypot(u, v)
         scale = np.maximum(speed, 1e-12) ** 0.5  # arrows drawn at sqrt(speed) so slow regions stay visible
-        ax.quiver(gx.numpy(), gy.numpy(), u / scale, v / scale, speed, cmap="viridis", clim=(0.0, vmax))
-        ax.plot(y_true[:, 0], y_true[:, 1], "g-", lw=0.8, alpha=0.7)
+        arrows = ax.quiver(gx.numpy(), gy.numpy(), u / scale, v / scale, speed, cmap="viridis", clim=(0.0, vmax))
+        ax.plot(y_true[:, 0], y_true[:, 1], "g-", lw=0.8, alpha=0.7, label="true trajectory")
         ax.set_title(f"{name} vector field")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
+        ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
+    fig.colorbar(arrows, ax=list(axes), shrink=0.8, label="speed |f(x, y)|")
     atomic_savefig(fig, folder / "vector_field.png", dpi=120)
     plt.close(fig)
 
@@ -260,6 +264,8 @@ def plot_results(folder: Path, result: dict) -> None:
     ax.semilogy(hist["iter"], hist["loss"], lw=0.8, label="training loss (window MAE)")
     ax.semilogy(hist["eval_iter"], hist["eval_mae"], "o-", ms=3, label="full trajectory MAE vs truth")
     ax.set_xlabel("iteration")
+    ax.set_ylabel("mean absolute error (log scale)")
+    ax.set_title("Training")
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, folder / "loss.png", dpi=120)
@@ -274,7 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--batch-time", type=int, default=d.batch_time)
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--method", default=d.method, help="odeint method (default dopri5)")
+    parser.add_argument("--method", type=method_name, default=d.method, help="odeint method (default dopri5)")
     parser.add_argument("--rtol", type=float, default=d.rtol)
     parser.add_argument("--atol", type=float, default=d.atol)
     parser.add_argument("--adjoint", action="store_true", help="gradients by the adjoint method (odeint_adjoint)")

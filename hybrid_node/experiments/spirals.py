@@ -74,6 +74,7 @@ from ..nn.latent_ode import LatentODE, RecognitionRNN, descend_z0
 from ..nn.rnn_baselines import RNNBaseline
 from ..training.atomic import atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ._progress import progress_bar
 
 HELP = "Latent ODE vs RNN baselines on irregularly sampled bi-directional spirals (paper's Table 2)."
 
@@ -743,8 +744,6 @@ def run_experiment(
         ResumeError: with ``resume``, the run in ``out`` was started with settings that shape the trained
             weights differently (the message names them).
     """
-    from tqdm.auto import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = {}
@@ -778,7 +777,7 @@ def run_experiment(
     test_data = make_spirals(dataclasses.replace(cfg, nspiral=s.ntest), seed=s.seed + 10_000)
     val_data = make_spirals(dataclasses.replace(cfg, nspiral=s.nval), seed=s.seed + 20_000)
     total = sum((s.iters if m == "latent_ode" else s.rnn_iters) for m in s.models) * len(s.ns) * s.restarts
-    bar = tqdm(total=total, desc="spirals", disable=not progress)
+    bar = progress_bar(total=total, desc="spirals", enabled=progress)
     models: dict[tuple, torch.nn.Module] = {}
     for n in s.ns:
         train = train_data.subsample(n, seed=s.seed + n)

@@ -20,7 +20,7 @@ _B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
 # published _B_EMBEDDED_DP, Shampine _B_EMBEDDED, whose largest fifth-order defect is 2/3 of theirs
 # (5.4e-4 vs 8.1e-4). Its estimate is about 2/3 as large, so the controller takes about 8% longer steps
 # at a given tolerance; on the benchmark workloads that removes a closing step (26 instead of 32
-# evaluations on mlp-fwd) and the error against a tight reference grows by 1.0-1.4x there (README,
+# evaluations on mlp-fwd) and the error against a tight reference grows by 1.0-1.4x there (docs/performance.md,
 # benchmarks). Dopri5(embedded="dormand-prince") keeps the other estimate.
 _B_EMBEDDED = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60)
 _B_EMBEDDED_DP = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
