@@ -68,7 +68,9 @@ def _train(method: str, iters: int):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append((float(loss), float(model.log_k.exp()), sol.stats.n_accepted + sol.stats.n_rejected))
+        history.append(
+            (float(loss.detach()), float(model.log_k.detach().exp()), sol.stats.n_accepted + sol.stats.n_rejected)
+        )
     return history, sol
 
 
