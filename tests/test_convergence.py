@@ -18,6 +18,7 @@ import torch
 
 import hybrid_node as hn
 from hybrid_node.solvers import METHODS
+from hybrid_node.solvers.multistep import Nordsieck
 
 A = torch.tensor([[-0.5, 2.0, 0.0], [-2.0, -0.5, 0.3], [0.1, 0.0, -1.0]], dtype=torch.float64)
 Y0 = torch.tensor([1.0, 0.5, -0.5], dtype=torch.float64)
@@ -151,17 +152,7 @@ ADAPTIVE = {
 }
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(
-            m, marks=pytest.mark.xfail(reason="issue 21, open: adams' step collapses (underflow) at tight tolerances")
-        )
-        if m == "adams"
-        else m
-        for m in sorted(ADAPTIVE)
-    ],
-)
+@pytest.mark.parametrize("method", sorted(ADAPTIVE))
 def test_adaptive_error_scales_with_tolerance(method):
     tols, max_ratio = ADAPTIVE[method]
     t = torch.tensor([0.0, T], dtype=torch.float64)
@@ -173,8 +164,15 @@ def test_adaptive_error_scales_with_tolerance(method):
     slope = _slope(tols, errors)
     assert 0.75 < slope < 1.4, f"{method}: error ~ tol^{slope:.2f}; errors {errors}"
     assert all(e < max_ratio * tol for e, tol in zip(errors, tols)), (errors, tols)
-    q = METHODS[method][0]().error_order
+    solver = METHODS[method][0]()
     work = -_slope(tols, nfes)
+    if isinstance(solver, Nordsieck):
+        # variable order (adams: 1-12): the order rises as the tolerance tightens, so the work grows
+        # no faster than at a fixed order of 4 and no slower than at the top order
+        lo, hi = 1 / (solver.order + 1) - 0.03, 1 / 5
+        assert lo < work < hi, f"{method}: nfe ~ tol^-{work:.3f}, expected between tol^-{lo:.3f} and -{hi:.3f}; {nfes}"
+        return
+    q = solver.error_order
     assert abs(work - 1 / (q + 1)) < 0.08, f"{method}: nfe ~ tol^-{work:.3f}, expected tol^-{1 / (q + 1):.3f}; {nfes}"
 
 

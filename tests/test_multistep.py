@@ -106,7 +106,7 @@ def _arenstorf(t, y):
 
 def _dop853(f, y0, t):
     def fun(tt, y):
-        return f(None, torch.tensor(y)).numpy()
+        return f(torch.tensor(tt, dtype=F64), torch.tensor(y)).numpy()
 
     r = solve_ivp(
         fun, (float(t[0]), float(t[-1])), y0.numpy(), method="DOP853", rtol=1e-13, atol=1e-13, t_eval=t.numpy()
@@ -120,6 +120,24 @@ def test_lotka_volterra_against_dop853(name):
     t = torch.linspace(0.0, 10.0, 21, dtype=F64)
     ys = hn.odeint(_lotka_volterra, y0, t, method=name, rtol=1e-8, atol=1e-10)
     assert float((ys - _dop853(_lotka_volterra, y0, t)).abs().max()) < 1e-5
+
+
+def _duffing(t, y):
+    return torch.stack([y[..., 1], -0.2 * y[..., 1] - y[..., 0] - 0.5 * y[..., 0] ** 3 + 0.8 * torch.cos(1.3 * t)], -1)
+
+
+@pytest.mark.parametrize("tol", [1e-10, 1e-12])
+@pytest.mark.parametrize("problem", ["lotka_volterra", "duffing"])
+def test_adams_does_not_collapse_at_tight_tolerances(problem, tol):
+    """Issue 21: at rtol 1e-10 adams alternated reject/accept at order 8-9 and shrank its step to
+    underflow (~1e-15) near t=4.9 (Lotka-Volterra) and t=7.9 (Duffing); the failure count now survives
+    the accepted step between two rejections, so the order-one restart clears the noisy history."""
+    f = _lotka_volterra if problem == "lotka_volterra" else _duffing
+    y0 = torch.tensor([1.0, 1.0] if problem == "lotka_volterra" else [1.0, 0.0], dtype=F64)
+    t = torch.linspace(0.0, 10.0, 21, dtype=F64)
+    sol = hn.solve(f, y0, t, solver=VariableAdams(), controller=hn.PIDController(rtol=tol, atol=tol))
+    assert float((sol.ys - _dop853(f, y0, t)).abs().max()) < 1000 * tol
+    assert sol.stats.n_rejected < 0.1 * sol.stats.n_accepted
 
 
 @pytest.mark.parametrize("name", ["adams", "lsoda", "auto"])

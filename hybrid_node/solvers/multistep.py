@@ -205,7 +205,8 @@ class NordsieckState:
         e_prev: the last correction when it was taken with the same step and order (order increase).
         jac, jac_age, lu: the Jacobian blocks, the steps since they were evaluated, the LU factors.
         factor: the step change this method asks for: next step = factor * last step.
-        n_fail: consecutive rejected attempts.
+        n_fail: rejected attempts since the step size last held for two accepted steps (not only
+            consecutive ones: see :meth:`Nordsieck.next_state`).
         rho: the last stiffness estimate (a bound on the Jacobian's spectral radius; LSODA).
         since_switch: steps since the last switch of family (LSODA).
         n_limited: Adams steps in a row limited by the stability bound (LSODA).
@@ -377,6 +378,16 @@ class Nordsieck(AbstractSolver):
         ewt = self.atol + self.rtol * step.y1.detach().abs()
         n_same = s.n_same + 1
         rho = step.rho if step.rho is not None else s.rho
+        # Failures are forgotten only once a step has been repeated with the same size (n_same >= 2),
+        # not at the first acceptance after a rejection (issue 21). A fixed-leading-coefficient Nordsieck
+        # array whose high columns carry noise of the size of the tolerance (tight rtol, order 7-9) gets
+        # through the first, shrunken step (the rescale damps column j by r^j) and fails the next one at
+        # the same size, where the Nordsieck map amplifies that noise again (its transient growth before
+        # the q-step decay of the Adams parasitic modes); reset after every acceptance, the counter never
+        # reached the order reduction and order-one restart of ``reject`` and the step shrank by ~0.77
+        # per pair of attempts down to underflow. LSODE's restart after repeated failures (Hindmarsh
+        # 1983) relies on that count; VODE avoids the noise with variable coefficients instead (Brown,
+        # Byrne & Hindmarsh 1989; Hairer-Nørsett-Wanner I, III.7 on the instability of rescaling).
         new = dataclasses.replace(
             s,
             z=step.z,
@@ -385,7 +396,7 @@ class Nordsieck(AbstractSolver):
             e_prev=step.e,
             jac_age=s.jac_age + 1,
             factor=1.0,
-            n_fail=0,
+            n_fail=0 if n_same >= 2 else s.n_fail,
             rho=rho,
             since_switch=s.since_switch + 1,
         )
@@ -437,7 +448,8 @@ class Nordsieck(AbstractSolver):
         A corrector failure retries with a quarter of the step (the attempt already refreshed the
         Jacobian); an error-test failure with the step its estimate allows (at most 0.9, at least 0.2
         of it), after two failures also at order q-1 where that allows more, and after three at order
-        one from a fresh derivative with a tenth of the step.
+        one from a fresh derivative with a tenth of the step. Failures count until a step size has held
+        for two accepted steps, so alternating reject/accept pairs also reach the restart.
         """
         s = step.start
         q = s.order
