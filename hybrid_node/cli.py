@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(path)
             p = sub.add_parser(name, help=summary, description=module.HELP)
             module.add_arguments(p)
+            if path.startswith("hybrid_node.experiments.") and "--no-progress" not in p._option_string_actions:
+                # every experiment takes --no-progress, also those whose module has no switch of its own
+                p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
             p.set_defaults(_run=module.run)
         else:
             sub.add_parser(name, help=summary)
@@ -58,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
+    if getattr(args, "no_progress", False):  # only the experiments define the flag
+        from .experiments._progress import NO_PROGRESS_ENV  # imported only when asked: --help stays light
+
+        os.environ[NO_PROGRESS_ENV] = "1"
     try:
         return int(args._run(args) or 0)
     except HybridNodeError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -96,3 +97,36 @@ def test_unknown_method_is_a_one_line_usage_error(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "unknown method 'nope'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [c for c, (path, _) in cli.SUBCOMMANDS.items() if ".experiments." in path])
+def test_every_experiment_takes_no_progress(command):
+    args = cli.build_parser(command).parse_args([command, "--no-progress"])
+    assert args.no_progress is True
+
+
+def test_no_progress_hides_bars_even_on_a_terminal(monkeypatch):
+    from hybrid_node.experiments import _progress
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.delenv(_progress.NO_PROGRESS_ENV, raising=False)
+    assert _progress.interactive()  # a terminal: bars show
+    monkeypatch.setenv(_progress.NO_PROGRESS_ENV, "1")
+    assert not _progress.interactive() and _progress.progress_bar(range(3)).disable
+
+
+def test_cli_no_progress_sets_the_switch(monkeypatch, tmp_path):
+    from hybrid_node.experiments import _progress
+
+    monkeypatch.delenv(_progress.NO_PROGRESS_ENV, raising=False)  # also removes what cli.main sets, afterwards
+    seen = {}
+
+    def fake_run(args):
+        seen["switch"] = os.environ.get(_progress.NO_PROGRESS_ENV)
+        return 0
+
+    monkeypatch.setattr(spiral_demo, "run", fake_run)
+    assert cli.main(["demo", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert seen["switch"] == "1"
+    monkeypatch.delenv(_progress.NO_PROGRESS_ENV, raising=False)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 from tqdm.auto import tqdm
 
+#: set to any non-empty value to hide every progress bar (``hybrid-node <command> --no-progress`` sets it)
+NO_PROGRESS_ENV = "HYBRID_NODE_NO_PROGRESS"
+
 
 def interactive() -> bool:
-    """Whether both standard output and standard error are terminals."""
-    return sys.stdout.isatty() and sys.stderr.isatty()
+    """Whether bars may show: standard output and error are terminals and ``NO_PROGRESS_ENV`` is unset."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and not os.environ.get(NO_PROGRESS_ENV)
 
 
 def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any) -> tqdm:

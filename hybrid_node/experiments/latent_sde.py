@@ -27,6 +27,7 @@ from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
 from ._output import pyplot, run_folder, write_results
+from ._progress import progress_bar
 
 HELP = "Train a latent SDE (Li et al. 2020) on noisy Ornstein-Uhlenbeck sample paths; plots posterior samples."
 
@@ -92,7 +93,6 @@ def train(s: LatentSDESettings, progress: bool = True) -> dict:
     Returns:
         dict with ``model``, ``ts``, ``clean``, ``noisy``, ``history`` and ``metrics``.
     """
-    from tqdm import tqdm
 
     torch.manual_seed(s.seed)
     ts, clean, noisy = make_data(s)
@@ -102,7 +102,7 @@ def train(s: LatentSDESettings, progress: bool = True) -> dict:
     hist: dict[str, list[float]] = {"iter": [], "loss": [], "kl": []}
     gen = torch.Generator().manual_seed(s.seed + 1)
     start = time.perf_counter()
-    bar = tqdm(range(1, s.iters + 1), desc="latent sde", disable=not progress)
+    bar = progress_bar(range(1, s.iters + 1), desc="latent sde", enabled=progress)
     for it in bar:
         idx = torch.randperm(s.n_paths, generator=gen)[: s.batch_size]
         kl_weight = min(1.0, 3.0 * it / s.iters)
