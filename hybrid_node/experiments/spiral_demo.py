@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .._api import odeint, odeint_adjoint
 from ..training.atomic import atomic_savefig
@@ -59,9 +60,14 @@ class DemoSettings:
     adjoint: bool = False
     test_every: int = 50  #: evaluate the full trajectory every this many iterations
     seed: int = 0
+    #: cosine cycles of ``iters`` iterations at most: while the learned trajectory misses ``target_mae``
+    #: after a cycle, the learning rate restarts (a warm restart) and another cycle runs
+    max_cycles: int = 1
+    #: the goal: mean absolute error of the whole learned trajectory against the observations
+    target_mae: float = 0.15
 
     def __post_init__(self):
-        for name in ("iters", "data_size", "batch_size", "hidden", "test_every"):
+        for name in ("iters", "data_size", "batch_size", "hidden", "test_every", "max_cycles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 2 <= self.batch_time < self.data_size:
@@ -155,34 +161,49 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
     t, y_true, y_obs = make_data(s)
     model = SpiralField(s.hidden)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.iters, eta_min=0.01 * s.lr) if s.cosine else None
     gen = torch.Generator().manual_seed(s.seed + 1)
     hist: dict[str, list[float]] = {"iter": [], "loss": [], "eval_iter": [], "eval_mae": []}
     y0_full = y_obs[:1]  # the model only ever sees the noisy data, starting state included
     start = time.perf_counter()
-    bar = progress_bar(range(1, s.iters + 1), desc="spiral demo", enabled=progress)
-    for it in bar:
-        y0, times, targets = sample_windows(t, y_obs, s, gen)
-        opt.zero_grad()
-        pred = _integrate(model, y0, times, s)
-        loss = (pred - targets).abs().mean()
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        hist["iter"].append(it)
-        hist["loss"].append(loss.item())
-        if it % s.test_every == 0 or it == s.iters:
-            with torch.no_grad():
-                full = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
-            hist["eval_iter"].append(it)
-            hist["eval_mae"].append(float((full - y_true).abs().mean()))
-            bar.set_postfix(loss=f"{loss.item():.4f}", traj_mae=f"{hist['eval_mae'][-1]:.4f}")
+    it = 0
+    for cycle in range(1, s.max_cycles + 1):
+        for group in opt.param_groups:  # a warm restart: every cycle decays from the full rate again
+            group["lr"] = s.lr
+        sched = CosineAnnealingLR(opt, T_max=s.iters, eta_min=0.01 * s.lr) if s.cosine else None
+        desc = "spiral demo" if s.max_cycles == 1 else f"spiral demo, cycle {cycle}"
+        for k in progress_bar(range(1, s.iters + 1), desc=desc, enabled=progress):
+            it += 1
+            y0, times, targets = sample_windows(t, y_obs, s, gen)
+            opt.zero_grad()
+            pred = _integrate(model, y0, times, s)
+            loss = (pred - targets).abs().mean()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            hist["iter"].append(it)
+            hist["loss"].append(loss.item())
+            if it % s.test_every == 0 or k == s.iters:
+                with torch.no_grad():
+                    full = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
+                hist["eval_iter"].append(it)
+                hist["eval_mae"].append(float((full - y_true).abs().mean()))
+        with torch.no_grad():  # the stopping test sees only what a user has: the observations
+            obs_mae = float(
+                (odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0] - y_obs).abs().mean()
+            )
+        if obs_mae <= s.target_mae:
+            stop = f"target reached after {it} iterations: trajectory error vs data {obs_mae:.3g} <= {s.target_mae:g}"
+            break
+    else:
+        stop = f"budget used ({it} iterations): trajectory error vs data {obs_mae:.3g} > target {s.target_mae:g}"
     seconds = time.perf_counter() - start
     with torch.no_grad():
         y_pred = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
     metrics = {
-        "iterations": s.iters,
+        "iterations": it,
+        "stop": stop,
+        "observation_mae": obs_mae,
         "final_loss": hist["loss"][-1],
         "trajectory_mae": float((y_pred - y_true).abs().mean()),
         "noise_mae": float((y_obs - y_true).abs().mean()),
@@ -285,6 +306,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atol", type=float, default=d.atol)
     parser.add_argument("--adjoint", action="store_true", help="gradients by the adjoint method (odeint_adjoint)")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--max-cycles",
+        type=int,
+        default=3,
+        help="cosine cycles of --iters iterations at most, restarting while the fit misses --target-mae (default 3)",
+    )
+    parser.add_argument(
+        "--target-mae",
+        type=float,
+        default=d.target_mae,
+        help=f"stop once the learned trajectory's mean absolute error against the data is below this "
+        f"(default {d.target_mae})",
+    )
     parser.add_argument("--out", default=None, help="run folder (default runs/demo-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -304,6 +338,8 @@ def run(args: argparse.Namespace) -> int:
         adjoint=args.adjoint,
         seed=args.seed,
         test_every=max(1, min(50, iters)),
+        max_cycles=args.max_cycles,
+        target_mae=args.target_mae,
     )
     folder = run_folder(args.out, "demo")
     result = train(s, progress=not args.no_progress)
@@ -312,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
         k: m[k]
         for k in (
             "iterations",
+            "observation_mae",
             "final_loss",
             "trajectory_mae",
             "noise_mae",
@@ -321,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
         )
     }
     meta = {
+        "stop": m["stop"],
         "system": "dy/dt = (y^3) A, A = [[-0.1, 2.0], [-2.0, -0.1]], y0 = (2, 0), t in [0, 25]",
         "settings": dataclasses.asdict(s),
     }
@@ -332,5 +370,6 @@ def run(args: argparse.Namespace) -> int:
         f"(observation noise MAE {m['noise_mae']:.4f}); vector field relative error {m['field_rel_error']:.3f} "
         f"on the trajectory, {m['field_rel_error_box']:.3f} over its bounding box"
     )
+    print(m["stop"])
     print(f"results and plots in {folder}")
     return 0
