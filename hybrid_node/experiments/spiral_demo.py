@@ -20,6 +20,7 @@ learned field) and ``loss.png`` into the run folder.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -166,6 +167,7 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
     y0_full = y_obs[:1]  # the model only ever sees the noisy data, starting state included
     start = time.perf_counter()
     it = 0
+    best: tuple[float, dict, int] | None = None  # (error vs data, parameters, cycle) of the best cycle so far
     for cycle in range(1, s.max_cycles + 1):
         for group in opt.param_groups:  # a warm restart: every cycle decays from the full rate again
             group["lr"] = s.lr
@@ -192,11 +194,20 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
             obs_mae = float(
                 (odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0] - y_obs).abs().mean()
             )
+        if best is None or obs_mae < best[0]:
+            best = (obs_mae, copy.deepcopy(model.state_dict()), cycle)
         if obs_mae <= s.target_mae:
             stop = f"target reached after {it} iterations: trajectory error vs data {obs_mae:.3g} <= {s.target_mae:g}"
             break
     else:
-        stop = f"budget used ({it} iterations): trajectory error vs data {obs_mae:.3g} > target {s.target_mae:g}"
+        # a warm restart can also make the fit worse: the model keeps the best cycle's parameters
+        assert best is not None  # max_cycles >= 1
+        obs_mae = best[0]
+        model.load_state_dict(best[1])
+        stop = (
+            f"budget used ({it} iterations): trajectory error vs data {obs_mae:.3g} > target {s.target_mae:g} "
+            f"(kept cycle {best[2]}, the best)"
+        )
     seconds = time.perf_counter() - start
     with torch.no_grad():
         y_pred = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
