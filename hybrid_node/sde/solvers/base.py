@@ -6,6 +6,7 @@ between steps (empty for one-step methods) and ``step`` returns the new state an
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ Extra = tuple[torch.Tensor, ...]
 
 
 @dataclasses.dataclass(frozen=True)
-class SDESolver:
+class SDESolver(abc.ABC):
     """Base of the SDE solvers.
 
     Class attributes:
@@ -34,16 +35,16 @@ class SDESolver:
     needs_levy_area: ClassVar[bool] = False
     needs_diffusion_matrix: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def strong_order(self, noise_type: str) -> float:
         """The strong order of convergence for this noise type."""
-        raise NotImplementedError
 
     def init(self, sde: SDEView, t0: float, y0: torch.Tensor) -> Extra:
         """The extra state carried between steps (empty for one-step methods)."""
         return ()
 
+    @abc.abstractmethod
     def step(
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
     ) -> tuple[torch.Tensor, Extra]:
         """One step from (t0, y) to t1 on the Brownian path ``bm``; returns (y1, extra1)."""
-        raise NotImplementedError
