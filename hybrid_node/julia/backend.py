@@ -668,7 +668,7 @@ def solve_with_engine(
     adjoint_params=None,
 ) -> Solution:
     """:func:`solve` on a given engine (the real one or, in tests only, a stand-in)."""
-    layout, config, problem, field, params, _native = prepare(
+    prepared = prepare(
         func,
         y0,
         t,
@@ -679,6 +679,12 @@ def solve_with_engine(
         sensitivity=sensitivity,
         adjoint_params=adjoint_params,
     )
+    return _solve_prepared(engine, prepared, y0, t)
+
+
+def _solve_prepared(engine, prepared: tuple, y0: State, t: torch.Tensor) -> Solution:
+    """Run a solve that :func:`prepare` has checked and translated, on ``engine``."""
+    layout, config, problem, field, params, _native = prepared
     m0 = layout.to_matrix(y0)
     if t.numel() == 1:
         ys = m0.unsqueeze(0)
@@ -732,7 +738,7 @@ def solve(
         JuliaNotAvailableError: Julia or juliacall is missing (with install instructions).
         SolverError: the solver stopped before the last time.
     """
-    prepare(
+    prepared = prepare(
         func,
         y0,
         t,
@@ -743,16 +749,4 @@ def solve(
         sensitivity=sensitivity,
         adjoint_params=adjoint_params,
     )  # report mistakes before starting Julia
-    engine = JuliaEngine(julia_runtime.load_module())
-    return solve_with_engine(
-        engine,
-        func,
-        y0,
-        t,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        options=options,
-        sensitivity=sensitivity,
-        adjoint_params=adjoint_params,
-    )
+    return _solve_prepared(JuliaEngine(julia_runtime.load_module()), prepared, y0, t)
