@@ -59,7 +59,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_API = ("odeint", "odeint_adjoint", "odeint_event", "odeint_dense")
 
 # What torch's own autograd nodes have: a test reading these from grad_fn is not reaching into torchdiffeq.
-_TORCH_GRAD_FN_ATTRIBUTES = {"next_functions", "name", "metadata", "register_hook", "register_prehook"}
+# ``adjoint_options``: hybrid_node's adjoint node holds the backward norm there as torchdiffeq's does.
+_TORCH_GRAD_FN_ATTRIBUTES = {
+    "next_functions",
+    "name",
+    "metadata",
+    "register_hook",
+    "register_prehook",
+    "adjoint_options",
+}
 
 _SHIM = '''\
 """torchdiffeq's public API served by hybrid_node (written by benchmarks.torchdiffeq_suite; not torchdiffeq)."""

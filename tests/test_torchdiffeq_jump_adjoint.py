@@ -80,3 +80,15 @@ def test_backwards_in_time_jumps_restart_too():
     # jump is it this accurate (across it both solves, and torchdiffeq's, are off by ~6e-4)
     assert float(g) == pytest.approx(math.exp(0.25) / (1 + 0.5 * 0.5) ** 2, rel=1e-5)
     assert counts[1] < counts[0] / 2  # 39 vs 218 (torchdiffeq 0.2.5 takes 254 either way here)
+
+
+@pytest.mark.parametrize("method", ["adaptive_heun", "bosh3", "dopri5"])
+def test_float32_backward_solve_crosses_a_jump_without_jump_t(method):
+    # Without jump_t the backward solve creeps across t = 0.5 with steps of ~1e-7: the field sees a
+    # float32 time, so the jump sits inside one float32 ulp and the step floor must let a step end
+    # there (torchdiffeq's float32 time crosses the same way). The gradient is the analytic one to
+    # the accuracy the creep allows.
+    x0 = torch.tensor([1.0, 2.0], requires_grad=True)
+    xs = hn.odeint_adjoint(_Jump(), x0, torch.tensor([0.0, 1.0]), atol=1e-6, method=method, adjoint_params=())
+    (grad,) = torch.autograd.grad(xs.sum(), x0)
+    torch.testing.assert_close(grad, torch.tensor(_exact_grad(torch.tensor([1.0, 2.0]))), rtol=2e-3, atol=0)

@@ -239,7 +239,7 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
 
 
 def step_floor(xp, t, min_step: float, eps: float = _EPS):
-    """The resolution floor ``max(min_step, 4 eps max(1, |t|))``: a step below it fails the solve.
+    """The resolution floor ``max(min_step, eps max(1, |t|) / 4)``: a step below it fails the solve.
 
     The loops pass ``min_step = 0`` (through :func:`settle`): a positive ``min_step`` clamps the step
     instead of failing it (see :func:`settle`).
@@ -249,7 +249,10 @@ def step_floor(xp, t, min_step: float, eps: float = _EPS):
     does not, so with float64's floor a float32 solve that overflows crept on forever with steps
     that leave the state unchanged (an accepted no-op, then a rejected overflow, and again)
     instead of reporting the non-finite state; the same floor ends a float64 solve at the float64
-    overflow.
+    overflow. The quarter: the field sees the time in the state's dtype, one ulp of which is
+    between ``eps |t| / 2`` and ``eps |t|``, so a discontinuity of the field lies inside one ulp and
+    the step that crosses it must be allowed to be a fraction of that ulp (torchdiffeq's float32
+    time crosses the same way); a whole-ulp floor failed such solves (a jump without ``jump_t``).
 
     Args:
         xp: the array namespace.
@@ -260,7 +263,7 @@ def step_floor(xp, t, min_step: float, eps: float = _EPS):
     Returns:
         The floor, in ``xp``'s kind (host float or tensor).
     """
-    return xp.maximum(4 * eps * xp.maximum(abs(t), 1.0), min_step)
+    return xp.maximum(0.25 * eps * xp.maximum(abs(t), 1.0), min_step)
 
 
 def precheck(xp, c: StepControl, n_attempts, t, dt):

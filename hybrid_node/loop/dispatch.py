@@ -204,8 +204,9 @@ def integrate(
     )
 
 
-def to_solution(problem: Problem, integration, throw: bool) -> Solution:
-    ys = torch.stack(integration.ys)
+def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | None = None) -> Solution:
+    """The user's Solution from a loop's Integration (``ys``: its outputs already stacked, if so)."""
+    ys = torch.stack(integration.ys) if ys is None else ys
     status = integration.status
     if status in (Status.SUCCESS, Status.EVENT) and not all_finite(ys):
         # fixed-grid loops have no step decision to catch it: the first non-finite output reports it

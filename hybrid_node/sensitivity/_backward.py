@@ -253,12 +253,13 @@ def augmented_norm(problem: Problem, plan: BackwardPlan, n_channels: int, params
 
 
 def _tuple_norm(
-    problem: Problem, norm: Callable, n_channels: int, params: Sequence[torch.Tensor]
+    problem: Problem, norm: Callable, n_channels: int, params: Sequence[torch.Tensor], unpack_tuple: bool = True
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A user norm on torchdiffeq's augmented tuple ``(t, *y, *adj_y, *adj_params)``, as a norm on
     the flat augmented state.
 
-    The state channels are unpacked to the user's layout (each tensor of a tuple state on its own),
+    The state channels are unpacked to the user's layout (each tensor of a tuple state on its own;
+    with ``unpack_tuple=False`` a tuple state stays one flat tensor, torchdiffeq's internal layout),
     the parameter channel to the parameters' shapes. hybrid_node's adjoint carries no time channel
     (it computes dL/dt separately), so ``t`` is a 0-d zero; the interpolating adjoint carries no
     state channel, so ``y`` is left out there.
@@ -267,7 +268,9 @@ def _tuple_norm(
     layout, shape = problem.layout, problem.y0.shape
 
     def unpack(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return layout.unflatten(v) if layout is not None else (v.reshape(shape),)
+        if layout is None:
+            return (v.reshape(shape),)
+        return layout.unflatten(v) if unpack_tuple else (v,)
 
     def flat_norm(x: torch.Tensor) -> torch.Tensor:
         parts: list[torch.Tensor] = [torch.zeros((), dtype=x.dtype, device=x.device)]
@@ -277,6 +280,52 @@ def _tuple_norm(
         return torch.as_tensor(norm(tuple(parts)))
 
     return flat_norm
+
+
+class DefaultTupleNorm:
+    """The default backward norm on torchdiffeq's tuple ``(t, *channels, *adj_params)``: the max of
+    ``|t|`` and the RMS of every state tensor in every channel and (unless ``seminorm``) of every
+    parameter gradient -- the same value as :class:`GroupRMS` on the flat augmented state.
+
+    Each channel is a state in torchdiffeq's internal layout (a tuple state as one flat tensor).
+    """
+
+    def __init__(self, state_sizes: Sequence[int], n_channels: int, seminorm: bool):
+        self.state_sizes = list(state_sizes)
+        self.n_channels = n_channels
+        self.seminorm = seminorm
+
+    def __call__(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        t, channels, grads = parts[0], parts[1 : 1 + self.n_channels], parts[1 + self.n_channels :]
+        groups = [g for c in channels for g in c.reshape(-1).split(self.state_sizes)]
+        if not self.seminorm:
+            groups += [g.reshape(-1) for g in grads]
+        rms = [g.pow(2).mean().sqrt() for g in groups if g.numel() > 0]
+        return torch.stack([t.abs().to(parts[1].dtype), *rms]).max()
+
+
+class NormOption:
+    """The backward norm a user may replace after the forward solve, as torchdiffeq allows through
+    ``ys.grad_fn.adjoint_options["norm"]`` (:attr:`options` is that dict).
+
+    A norm left in place is used as configured; a replaced one is called on torchdiffeq's internal
+    tuple ``(t, y, adj_y, *adj_params)`` (a tuple state flat).
+    """
+
+    def __init__(self, problem: Problem, plan: BackwardPlan, n_channels: int, params: Sequence[torch.Tensor]):
+        self.problem, self.plan, self.n_channels, self.params = problem, plan, n_channels, params
+        state_sizes = problem.layout.sizes if problem.layout is not None else [problem.y0.numel()]
+        self.initial: Callable = (
+            plan.tuple_norm or plan.user_norm or DefaultTupleNorm(state_sizes, n_channels, plan.seminorm)
+        )
+        self.options: dict[str, Any] = {"norm": self.initial}
+
+    def resolve(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The norm on the flat augmented state for the backward solve."""
+        chosen = self.options["norm"]
+        if chosen is self.initial:
+            return augmented_norm(self.problem, self.plan, self.n_channels, self.params)
+        return _tuple_norm(self.problem, chosen, self.n_channels, self.params, unpack_tuple=False)
 
 
 def merge_times(points: Sequence[float], required: Sequence[float]) -> list[float]:

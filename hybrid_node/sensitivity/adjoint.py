@@ -40,6 +40,8 @@ class _AdjointFunction(torch.autograd.Function):
     def forward(ctx, run, t: torch.Tensor, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ys = run.forward(y0)
         ctx.run = run
+        # where torchdiffeq keeps its backward norm (``ys.grad_fn.adjoint_options["norm"]``, replaceable)
+        ctx.adjoint_options = run.norm.options
         ctx.save_for_backward(ys)
         return ys
 
@@ -81,13 +83,16 @@ def solve_adjoint(
     run = sensitivity.backward_pass(problem, plan, params, event_fn, throw)  # Backsolve or Interpolating
     ys = _AdjointFunction.apply(run, problem.t, problem.y0, *params)
     integration = run.integration
-    outputs = list(ys.unbind(0))
     t_final = None
-    if integration.event_t is not None:
+    if integration.event_t is None:
+        # the Function's own output, so that ys.grad_fn is its node (as in torchdiffeq)
+        sol = to_solution(problem, integration, throw, ys)
+    else:
         assert event_fn is not None  # only an event solve stops at an event
+        outputs = list(ys.unbind(0))
         t_final, outputs[1] = event_outputs(problem, problem.term(), event_fn, integration.event_t, outputs[1])
-    integration.ys = outputs
-    sol = to_solution(problem, integration, throw)
+        integration.ys = outputs
+        sol = to_solution(problem, integration, throw)
     if t_final is not None:
         sol.t_final = t_final
     return sol

@@ -35,7 +35,7 @@ from ..solvers.base import ExternalSolver
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
-    augmented_norm,
+    NormOption,
     channel_tolerance,
     flat_cat,
     run_backward,
@@ -71,6 +71,7 @@ class Backsolve:
         self.throw = throw
         self.integration: Integration | None = None
         self.ts: list[float] = list(problem.ts)
+        self.norm = NormOption(problem, plan, 2, params)
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
         """Solve without a graph; returns the stacked flat states at the output (or event) times."""
@@ -134,7 +135,7 @@ class Backsolve:
             tol = {
                 "rtol": channel_tolerance(self.plan.rtol, 2, ys[0], q0.numel()),
                 "atol": channel_tolerance(self.plan.atol, 2, ys[0], q0.numel()),
-                "norm": augmented_norm(problem, self.plan, 2, params),
+                "norm": self.norm.resolve(),
             }
             result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, ts=ts, **tol)
             x = result.ys[-1]

@@ -33,7 +33,7 @@ from ..loop.host import Integration, integrate_fixed
 from ._backward import (
     AugmentedTerm,
     BackwardPlan,
-    augmented_norm,
+    NormOption,
     channel_tolerance,
     flat_cat,
     forward_grid,
@@ -102,6 +102,7 @@ class Interpolating:
         self.checkpoints = checkpoints
         self.integration: Integration | None = None
         self.ts: list[float] = list(problem.ts)
+        self.norm = NormOption(problem, plan, 1, params)
         self.grid: list[float] | None = None
         self.cps: list[float] = []
         self.states: dict[float, torch.Tensor] = {}
@@ -209,7 +210,7 @@ class Interpolating:
             tol = {
                 "rtol": channel_tolerance(self.plan.rtol, 1, ys[0], q0.numel()),
                 "atol": channel_tolerance(self.plan.atol, 1, ys[0], q0.numel()),
-                "norm": augmented_norm(problem, self.plan, 1, params),
+                "norm": self.norm.resolve(),
             }
             result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, stops=stops, ts=ts, **tol)
             x = result.ys[-1]
