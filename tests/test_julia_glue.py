@@ -318,6 +318,19 @@ def test_options_map_to_dt_and_maxiters():
         jb.resolve_options({"max_num_steps": 0}, "Tsit5", ts)
 
 
+def test_trbdf2_takes_fixed_steps_unless_adaptive_on_julia_too():
+    # the same meaning as on torch: TRBDF2 on the output grid (or step_size), adaptive on request
+    ts = np.array([0.0, 0.5, 1.5])
+    assert jb.resolve_options(None, "TRBDF2", ts) == (0.5, None, True)
+    assert jb.resolve_options({"step_size": 0.1}, "TRBDF2", ts) == (0.1, None, True)
+    assert jb.resolve_options({"adaptive": True, "first_step": 0.01}, "TRBDF2", ts) == (0.01, None, False)
+    assert jb.resolve_options({"adaptive": True, "step_size": 0.1}, "TRBDF2", ts) == (0.1, None, True)
+    with pytest.raises(ValueError, match="valid options"):
+        jb.resolve_options({"first_step": 0.1}, "TRBDF2", ts)
+    with pytest.raises(TypeError, match="adaptive"):
+        jb.resolve_options({"adaptive": 1}, "TRBDF2", ts)
+
+
 # ---------------------------------------------------------------- error paths
 
 

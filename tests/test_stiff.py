@@ -47,6 +47,8 @@ def mildly_nonlinear(t, y):
 
 
 def _solver(name, **kw):
+    if name == "trbdf2":  # by name trbdf2 takes fixed steps (torchdiffeq's meaning); these tests need its pair
+        kw.setdefault("adaptive", True)
     return IMPLICIT_METHODS[name][0](**kw)
 
 
@@ -253,7 +255,8 @@ def test_hires_all_methods(name):
     t = torch.tensor([0.0, 321.8122], dtype=F64)
     y0 = torch.tensor(HIRES_Y0, dtype=F64)
     ref = _scipy_reference(HIRES_NP, y0, t)
-    sol = hn.odeint(hires, y0, t, method=name, rtol=1e-8, atol=1e-10)
+    options = {"adaptive": True} if name == "trbdf2" else None
+    sol = hn.odeint(hires, y0, t, method=name, rtol=1e-8, atol=1e-10, options=options)
     assert _relerr(sol, ref, 1e-7) < 1e-4
 
 
@@ -428,16 +431,28 @@ def test_torchdiffeq_fixed_step_names(name):
     assert torch.isfinite(grid).all()
 
 
-def test_trbdf2_is_adaptive_without_a_step_size():
+def test_trbdf2_takes_fixed_steps_unless_adaptive():
+    # torchdiffeq's meaning of the name: fixed steps (here the output times); the embedded pair's step
+    # control with options={"adaptive": True}, and a step_size still forces fixed steps
     f = van_der_pol(5.0)
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
     t = torch.tensor([0.0, 3.0], dtype=F64)
     solver, controller, _ = hn._api.build_solver("trbdf2", None, 1e-6, 1e-8)
+    assert not solver.adaptive and isinstance(controller, hn.ConstantStepSize)
+    solver, controller, _ = hn._api.build_solver("trbdf2", {"adaptive": True}, 1e-6, 1e-8)
     assert solver.adaptive and isinstance(controller, hn.PIDController)
-    solver, controller, _ = hn._api.build_solver("trbdf2", {"step_size": 0.1}, 1e-6, 1e-8)
+    solver, controller, _ = hn._api.build_solver("trbdf2", {"adaptive": True, "step_size": 0.1}, 1e-6, 1e-8)
     assert not solver.adaptive and isinstance(controller, hn.ConstantStepSize)
     ref = _scipy_reference(_van_der_pol_np(5.0), y0, t)
-    assert float((hn.odeint(f, y0, t, method="trbdf2", rtol=1e-7, atol=1e-9) - ref).abs().max()) < 1e-4
+    adaptive = hn.odeint(f, y0, t, method="trbdf2", rtol=1e-7, atol=1e-9, options={"adaptive": True})
+    assert float((adaptive - ref).abs().max()) < 1e-4
+    # by name: the output times are the grid, the same steps as an explicit step_size (tolerances unused)
+    grid = hn.odeint(f, y0, torch.linspace(0.0, 3.0, 301, dtype=F64), method="trbdf2", rtol=1e-7, atol=1e-9)
+    stepped = hn.odeint(f, y0, t, method="trbdf2", options={"step_size": 0.01})
+    torch.testing.assert_close(grid[-1], stepped[-1], rtol=1e-12, atol=1e-12)
+    assert float((grid[-1] - ref[-1]).abs().max()) < 1e-2  # order 2 at h = 0.01
+    with pytest.raises(TypeError, match="adaptive"):
+        hn.odeint(f, y0, t, method="trbdf2", options={"adaptive": "yes"})
 
 
 def test_unknown_option_raises():

@@ -61,6 +61,8 @@ JULIA_ALGORITHMS = tuple(dict.fromkeys(METHODS.values()))
 STIFF_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "KenCarp4", "TRBDF2", "FBDF", "QNDF", "AutoTsit5Rodas5P")
 ROSENBROCK_ALGORITHMS = ("Rodas5P", "Rosenbrock23", "AutoTsit5Rodas5P")
 FIXED_STEP_ALGORITHMS = ("RK4", "Euler")
+#: fixed steps unless ``options={"adaptive": True}`` (``trbdf2``: torchdiffeq's meaning, as on torch)
+FIXED_UNLESS_ADAPTIVE = ("TRBDF2",)
 #: the (lower-case) names only the torch backend has, from the registry
 TORCH_ONLY_METHODS = tuple(name.lower() for name, spec in METHOD_SPECS.items() if spec.backends == ("torch",))
 DEFAULT_METHOD = "dopri5"
@@ -240,7 +242,13 @@ def resolve_options(
     """
     options = dict(options or {})
     fixed = algorithm in FIXED_STEP_ALGORITHMS
-    valid = FIXED_STEP_OPTIONS if fixed else ADAPTIVE_OPTIONS
+    valid: tuple[str, ...] = FIXED_STEP_OPTIONS if fixed else ADAPTIVE_OPTIONS
+    if algorithm in FIXED_UNLESS_ADAPTIVE:
+        adaptive = options.pop("adaptive", False)
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"options['adaptive'] must be True or False, got {adaptive!r}.")
+        fixed = not adaptive or "step_size" in options  # a step size means fixed steps, as on torch
+        valid = (FIXED_STEP_OPTIONS if fixed else ADAPTIVE_OPTIONS) + ("adaptive",)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(

@@ -36,6 +36,20 @@ BACKENDS = ("torch", "julia")
 LOOPS = ("host", "per_sample", "device_loop", "compile", "whole_solve")
 
 
+def _trbdf2_by_name(adaptive: bool = False, **options) -> AbstractSolver:
+    """``method="trbdf2"``: torchdiffeq's meaning, fixed steps (``step_size``, ``grid_constructor`` or
+    the output times); ``adaptive=True`` gives the embedded pair's step control (as ``hn.TRBDF2()``
+    and DifferentialEquations.jl's ``TRBDF2``).
+
+    Raises:
+        TypeError: ``adaptive`` is not a bool.
+    """
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"options['adaptive'] must be True or False, got {adaptive!r}.")
+    solver = TRBDF2(**options)
+    return solver if adaptive else solver.fixed_steps()
+
+
 class MethodSpec(NamedTuple):
     """What one method name means on each backend.
 
@@ -143,7 +157,10 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         "kvaerno3": MethodSpec(Kvaerno3, NEWTON_OPTIONS, notes="ESDIRK, stiff"),
         "kvaerno5": MethodSpec(Kvaerno5, NEWTON_OPTIONS, notes="ESDIRK, stiff"),
         "trbdf2": MethodSpec(
-            TRBDF2, NEWTON_OPTIONS, julia="TRBDF2", notes="ESDIRK, stiff; fixed steps with `step_size`"
+            _trbdf2_by_name,
+            NEWTON_OPTIONS + ("adaptive",),
+            julia="TRBDF2",
+            notes="ESDIRK, stiff; fixed steps (torchdiffeq's meaning), adaptive with `options={'adaptive': True}`",
         ),
         "implicit_euler": MethodSpec(ImplicitEuler, NEWTON_OPTIONS, notes="DIRK, stiff"),
         "sdirk2": MethodSpec(SDIRK2, NEWTON_OPTIONS, notes="DIRK, stiff"),
