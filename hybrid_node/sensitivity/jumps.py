@@ -29,9 +29,8 @@ from .._errors import Status
 from .._event import Event
 from .._problem import Problem
 from .._solution import Solution
-from ..controllers import PIDController
 from ..loop.dispatch import CheckedEvent
-from ..loop.events import EventIntegration, EventRecord, integrate_with_events
+from ..loop.events import EventIntegration, EventRecord, check_event_controller, integrate_with_events
 from ._backward import dot, user_field
 from .event_adjoint import SegmentAdjoint
 from .interpolating import checkpoint_times
@@ -97,11 +96,7 @@ def solve_with_events(
         SolverError: the solve failed, with ``throw``.
     """
     ctrl = problem.controller
-    if not isinstance(ctrl, PIDController) or ctrl.per_sample or ctrl.device_loop or problem.solver.compile:
-        raise ValueError(
-            "events with solve(event=...) run on the adaptive shared-step host loop: use an adaptive solver with "
-            "hn.PIDController (no per_sample, device_loop or compile)."
-        )
+    check_event_controller(problem, "solve(event=...)")
     if problem.jump_t or problem.step_t:
         raise ValueError("solve(event=...) does not support jump_t or step_t.")
     events = (events,) if isinstance(events, Event) else tuple(events)
@@ -188,6 +183,7 @@ def solve_with_events(
             jumps=jumps,
             samples=max(ev.samples for ev in events),
             throw=throw,
+            max_events=[ev.max_events for ev in events],
         )
 
     if adjoint is not None:

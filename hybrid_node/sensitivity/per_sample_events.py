@@ -30,9 +30,8 @@ import torch
 from .._errors import SolverError, Status
 from .._problem import Problem
 from .._solution import Solution
-from ..controllers import PIDController
 from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
-from ..loop.events import SampleEvents, integrate_sample_events
+from ..loop.events import SampleEvents, check_event_controller, integrate_sample_events
 from .event_adjoint import SegmentAdjoint, frozen_after
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
@@ -45,16 +44,7 @@ def _check(problem: Problem) -> None:
             "per-sample events need a single tensor state whose leading dimensions are the batch; "
             "concatenate tuple states into one tensor."
         )
-    ctrl = problem.controller
-    if not isinstance(ctrl, PIDController):
-        raise ValueError("per-sample events need an adaptive solver (e.g. method='dopri5'), not fixed steps.")
-    if ctrl.per_sample or ctrl.device_loop:
-        raise ValueError(
-            "per-sample events run on the shared-step host loop; drop options 'per_sample' (per-sample step "
-            "control) and 'device_loop'."
-        )
-    if problem.solver.compile:
-        raise ValueError("compiled steps cannot be combined with per-sample events; drop compile.")
+    check_event_controller(problem, "per-sample events")
     if problem.jump_t or problem.step_t:
         raise ValueError("per-sample events do not support jump_t or step_t.")
     if problem.y0.is_complex():
@@ -138,7 +128,7 @@ def solve_sample_events(
     """
     _check(problem)
     ctrl = problem.controller
-    if ctrl.max_num_steps == PIDController.max_num_steps:
+    if ctrl.max_num_steps == type(ctrl).max_num_steps:
         # an event that never happens would otherwise run on for 2**31 - 1 steps
         ctrl = dataclasses.replace(ctrl, max_num_steps=EVENT_MAX_STEPS)
     term = problem.term()
