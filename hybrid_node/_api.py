@@ -17,6 +17,7 @@ from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
+from .julia import events as julia_events
 from .loop import callbacks_called, integrate, warn_unsupported_callbacks
 from .loop.whole import odeint_graph
 from .sensitivity.base import AbstractSensitivity
@@ -98,7 +99,10 @@ def solve(
     if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
     if resolve_backend(backend) == "julia":
-        return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn)
+        if per_sample_events:
+            raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
+        events = {"event": event, "event_fn": event_fn, "event_t_end": event_t_end, "throw": throw}
+        return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events)
     sensitivity = DirectBackprop() if sensitivity is None else sensitivity
     if not isinstance(sensitivity, AbstractSensitivity):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
@@ -202,11 +206,9 @@ def _solve_external(
     return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
 
 
-def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn) -> Solution:
-    """Hand a solve to the Julia backend, translating the settings objects to its keyword form."""
-
-    if event_fn is not None:
-        raise BackendError("events are only available on the torch backend; use backend='torch'.")
+def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events) -> Solution:
+    """Hand a solve to the Julia backend, translating the settings objects to its keyword form
+    (events, forward only: :mod:`hybrid_node.julia.events`)."""
     options: dict[str, Any] = {}
     if isinstance(controller, PIDController):
         rtol, atol = controller.rtol, controller.atol
@@ -220,6 +222,19 @@ def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, e
             options["step_size"] = controller.step_size
         if controller.max_num_steps != ConstantStepSize.max_num_steps:
             options["max_num_steps"] = controller.max_num_steps
+    if events["event"] is not None or events["event_fn"] is not None:
+        return julia_events.solve_events(
+            func,
+            y0,
+            t,
+            method=solver.name,
+            rtol=rtol,
+            atol=atol,
+            options=options,
+            sensitivity=sensitivity,
+            adjoint_params=adjoint_params,
+            **events,
+        )
     return julia_backend.solve(
         func,
         y0,
@@ -283,7 +298,22 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensiti
     check_options(options, "options")
     if resolve_backend(backend) == "julia":
         if event_fn is not None:
-            raise BackendError("events are only available on the torch backend; use backend='torch'.")
+            julia_options = dict(options or {})
+            t_end = julia_options.pop("event_t_end", None)
+            sol = julia_events.solve_events(
+                func,
+                y0,
+                t,
+                method=method,
+                rtol=rtol,
+                atol=atol,
+                options=julia_options,
+                sensitivity=sensitivity,
+                adjoint_params=adjoint_params,
+                event_fn=event_fn,
+                event_t_end=t_end,
+            )
+            return sol.t_final, sol.ys
         return julia_backend.solve(
             func,
             y0,
