@@ -214,3 +214,26 @@ def test_odeint_event_per_sample_with_odeint_adjoint_matches_direct_backprop(rev
         grads.append(torch.autograd.grad(loss, (y0,) + params))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_dose_jumps_on_a_tuple_state_backwards_in_time_match_direct_backprop_with_the_adjoint(reverse):
+    # time events at t = +-1.5 add a dose to y[0] and halve y[1]; the field couples them
+    k = torch.tensor(0.7, requires_grad=True)
+    sign = -1.0 if reverse else 1.0
+    event = hn.Event(lambda t, y: torch.stack([t - 1.5, t + 1.5]), on_event=lambda t, y: (y[0] + 1.0, 0.5 * y[1]))
+    grads = []
+    for sensitivity in (None, hn.BacksolveAdjoint(), hn.InterpolatingAdjoint(checkpoints=3)):
+        sol = hn.solve(
+            lambda t, y: (-k * y[0], -k * y[1] + y[0]),
+            (torch.tensor([1.0]), torch.tensor([0.5])),
+            torch.tensor([0.0, sign * 1.0, sign * 3.0]),
+            event=event,
+            controller=hn.PIDController(**TOL),
+            sensitivity=sensitivity,
+            adjoint_params=(k,),
+        )
+        assert [r.index for r in sol.events] == [(1,) if reverse else (0,)]
+        loss = sol.ys[0][1:].sum() + sol.ys[1][-1].sum()
+        grads.append(float(torch.autograd.grad(loss, k)[0]))
+    torch.testing.assert_close(grads[1:], grads[:1] * 2, rtol=1e-6, atol=1e-9)
