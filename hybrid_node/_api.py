@@ -77,7 +77,8 @@ def solve(
         event: a non-terminal :class:`~hybrid_node.Event` (or a tuple of them): every crossing is recorded in
             ``sol.events`` (time, element index, state) without stopping, and its ``on_event`` jump
             is applied where given (the solver restarts there). Events take DirectBackprop,
-            BacksolveAdjoint or InterpolatingAdjoint (adjoint solves between the events).
+            BacksolveAdjoint or InterpolatingAdjoint (adjoint solves between the events); on the
+            Julia backend they run forwards only (:mod:`hybrid_node.julia.events`).
 
     Returns:
         Solution with ``ys`` of shape (len(t), *y0.shape) (tuple for tuple states), ``stats`` and ``status``.
