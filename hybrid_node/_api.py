@@ -17,13 +17,14 @@ from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
+from .julia import events as julia_events
 from .loop import callbacks_called, integrate, warn_unsupported_callbacks
 from .loop.whole import odeint_graph
 from .sensitivity.base import AbstractSensitivity
 from .sensitivity.jumps import solve_with_events
 from .sensitivity.per_sample_events import solve_sample_events
 from .sensitivity.reversible import ReversibleAdjoint
-from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
+from .sensitivity.settings import BacksolveAdjoint, DirectBackprop, InterpolatingAdjoint
 from .solvers import Dopri5
 from .solvers.base import AbstractSolver, ExternalSolver
 from .solvers.reversible import Reversible
@@ -72,10 +73,12 @@ def solve(
             it the search ends after ``max_num_steps`` steps (100,000 unless set).
         per_sample_events: ``event_fn`` returns one value per sample (the batch shape) and each
             sample stops at its own first root (see :func:`odeint_event`); ``sol.t_final`` then has
-            the batch shape and ``sol.event_fired`` says which samples fired. Direct gradients only.
+            the batch shape and ``sol.event_fired`` says which samples fired.
         event: a non-terminal :class:`~hybrid_node.Event` (or a tuple of them): every crossing is recorded in
             ``sol.events`` (time, element index, state) without stopping, and its ``on_event`` jump
-            is applied where given (the solver restarts there). Direct gradients only.
+            is applied where given (the solver restarts there). Events take DirectBackprop,
+            BacksolveAdjoint or InterpolatingAdjoint (adjoint solves between the events); on the
+            Julia backend they run forwards only (:mod:`hybrid_node.julia.events`).
 
     Returns:
         Solution with ``ys`` of shape (len(t), *y0.shape) (tuple for tuple states), ``stats`` and ``status``.
@@ -97,7 +100,10 @@ def solve(
     if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
     if resolve_backend(backend) == "julia":
-        return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn)
+        if per_sample_events:
+            raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
+        events = {"event": event, "event_fn": event_fn, "event_t_end": event_t_end, "throw": throw}
+        return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events)
     sensitivity = DirectBackprop() if sensitivity is None else sensitivity
     if not isinstance(sensitivity, AbstractSensitivity):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
@@ -138,22 +144,26 @@ def solve(
             raise TypeError(f"event must be an hn.Event(fn, ...) or a tuple of them, got {event!r}.")
         if event_fn is not None or per_sample_events:
             raise ValueError("give either event (non-terminal, hn.Event) or event_fn (terminal), not both.")
-        if not isinstance(sensitivity, DirectBackprop):
-            raise ValueError(
-                "solve(event=...) gets gradients by direct backpropagation (hn.DirectBackprop()) only, "
-                f"not by {type(sensitivity).__name__}."
-            )
-        return solve_with_events(problem, event, throw=throw)
+        adjoint = _event_adjoint(sensitivity, "solve(event=...)")
+        return solve_with_events(problem, event, throw=throw, adjoint=adjoint, adjoint_params=adjoint_params)
     if per_sample_events:
         if event_fn is None:
             raise ValueError("per_sample_events needs an event_fn that returns one value per sample.")
-        if not isinstance(sensitivity, DirectBackprop):
-            raise ValueError(
-                "per-sample events get gradients by direct backpropagation (hn.DirectBackprop()) only, "
-                f"not by {type(sensitivity).__name__}."
-            )
-        return solve_sample_events(problem, event_fn, throw=throw)
+        adjoint = _event_adjoint(sensitivity, "per-sample events")
+        return solve_sample_events(problem, event_fn, throw=throw, adjoint=adjoint, adjoint_params=adjoint_params)
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
+
+
+def _event_adjoint(sensitivity: AbstractSensitivity, what: str) -> AbstractSensitivity | None:
+    """The adjoint settings of an event solve (None: direct backpropagation), or a clear refusal."""
+    if isinstance(sensitivity, DirectBackprop) and sensitivity.checkpoints is None:
+        return None
+    if isinstance(sensitivity, (BacksolveAdjoint, InterpolatingAdjoint)):
+        return sensitivity
+    raise ValueError(
+        f"{what} gets gradients by hn.DirectBackprop() (without checkpoints), hn.BacksolveAdjoint() or "
+        f"hn.InterpolatingAdjoint(), not by {sensitivity!r}."
+    )
 
 
 def _traceable(solver, controller, y0, event_fn, jump_t, step_t) -> bool:
@@ -197,11 +207,9 @@ def _solve_external(
     return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
 
 
-def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn) -> Solution:
-    """Hand a solve to the Julia backend, translating the settings objects to its keyword form."""
-
-    if event_fn is not None:
-        raise BackendError("events are only available on the torch backend; use backend='torch'.")
+def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events) -> Solution:
+    """Hand a solve to the Julia backend, translating the settings objects to its keyword form
+    (events, forward only: :mod:`hybrid_node.julia.events`)."""
     options: dict[str, Any] = {}
     if isinstance(controller, PIDController):
         rtol, atol = controller.rtol, controller.atol
@@ -215,6 +223,19 @@ def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, e
             options["step_size"] = controller.step_size
         if controller.max_num_steps != ConstantStepSize.max_num_steps:
             options["max_num_steps"] = controller.max_num_steps
+    if events["event"] is not None or events["event_fn"] is not None:
+        return julia_events.solve_events(
+            func,
+            y0,
+            t,
+            method=solver.name,
+            rtol=rtol,
+            atol=atol,
+            options=options,
+            sensitivity=sensitivity,
+            adjoint_params=adjoint_params,
+            **events,
+        )
     return julia_backend.solve(
         func,
         y0,
@@ -278,7 +299,22 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensiti
     check_options(options, "options")
     if resolve_backend(backend) == "julia":
         if event_fn is not None:
-            raise BackendError("events are only available on the torch backend; use backend='torch'.")
+            julia_options = dict(options or {})
+            t_end = julia_options.pop("event_t_end", None)
+            sol = julia_events.solve_events(
+                func,
+                y0,
+                t,
+                method=method,
+                rtol=rtol,
+                atol=atol,
+                options=julia_options,
+                sensitivity=sensitivity,
+                adjoint_params=adjoint_params,
+                event_fn=event_fn,
+                event_t_end=t_end,
+            )
+            return sol.t_final, sol.ys
         return julia_backend.solve(
             func,
             y0,
@@ -332,8 +368,9 @@ def odeint_event(
     zero from then on) while the others go on (:mod:`hybrid_node.loop.events`). While an event is
     located, ``event_fn`` receives ``t`` as a tensor of the batch shape (each sample's own time), so
     build it with broadcasting operations. Gradients of every event time and event state with
-    respect to y0 and parameters come by direct backpropagation plus the implicit function theorem
-    (``odeint_interface=odeint`` only). This is not ``options={'per_sample': True}``, which is
+    respect to y0 and parameters come by direct backpropagation (``odeint_interface=odeint``) or the
+    adjoint (``odeint_interface=odeint_adjoint``, which then also takes its ``adjoint_*`` arguments)
+    plus the implicit function theorem. This is not ``options={'per_sample': True}``, which is
     per-sample step-size control.
 
     The search is bounded: it gives up at ``t_end`` when given, else after ``max_num_steps`` steps
@@ -377,9 +414,21 @@ def odeint_event(
 
 def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs):
     """``odeint_event(..., per_sample=True)``: the torchdiffeq-style call mapped to per-sample events."""
-    if odeint_interface is not odeint:
-        raise ValueError("per_sample events get gradients by direct backpropagation only; use odeint_interface=odeint.")
-    unknown = set(kwargs) - {"rtol", "atol", "method", "options", "backend"}
+    adjoint_keys = {"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params"}
+    if odeint_interface is odeint:
+        sensitivity: AbstractSensitivity = DirectBackprop()
+        allowed = {"rtol", "atol", "method", "options", "backend"}
+    elif odeint_interface is odeint_adjoint:
+        sensitivity = _backsolve_settings(kwargs)
+        allowed = {"rtol", "atol", "method", "options", "backend"} | adjoint_keys
+        if kwargs.get("adjoint_params") is None and not isinstance(func, torch.nn.Module):
+            raise ValueError(
+                "func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "
+                "the tensors to differentiate (an empty tuple if none)."
+            )
+    else:
+        raise ValueError("per_sample events take odeint_interface=hn.odeint or hn.odeint_adjoint.")
+    unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"odeint_event got unexpected arguments {sorted(unknown)}.")
     if resolve_backend(kwargs.get("backend")) != "torch":
@@ -395,6 +444,8 @@ def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs
         solver=solver,
         controller=controller,
         backend="torch",
+        sensitivity=sensitivity,
+        adjoint_params=kwargs.get("adjoint_params"),
         event_fn=event_fn,
         jump_t=extras.get("jump_t", ()),
         step_t=extras.get("step_t", ()),
@@ -404,6 +455,21 @@ def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs
         per_sample_events=True,
     )
     return sol.t_final, sol.ys
+
+
+def _backsolve_settings(kwargs: Mapping[str, Any]) -> BacksolveAdjoint:
+    """``odeint_adjoint``'s backward settings from its keyword arguments, as odeint_adjoint reads them."""
+    adj_opts = dict(check_options(kwargs.get("adjoint_options"), "adjoint_options"))
+    norm = adj_opts.pop("norm", "default")
+    if adj_opts.pop("reversible", False):
+        raise ValueError("the reversible adjoint does not support events; drop adjoint_options['reversible'].")
+    return BacksolveAdjoint(
+        rtol=kwargs.get("adjoint_rtol"),
+        atol=kwargs.get("adjoint_atol"),
+        method=kwargs.get("adjoint_method"),
+        options=adj_opts or None,
+        norm=norm,
+    )
 
 
 @dataclasses.dataclass

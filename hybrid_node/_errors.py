@@ -31,6 +31,11 @@ class Status(enum.Enum):
         "The event function never changed sign, and the solve could not go on. Check event_fn (the solve stops "
         "where any of its elements changes sign) and the initial state."
     )
+    TOO_MANY_EVENTS = (
+        "An event crossed more often than its `max_events` allows: an accumulation of events (Zeno behaviour, "
+        "e.g. a bouncing ball coming to rest) or a jump that leaves the state on the event surface. End the "
+        "solve before the accumulation point, or raise `max_events` of the hn.Event."
+    )
 
     @property
     def message(self) -> str:

@@ -31,6 +31,10 @@ class Event:
             an element that touches zero and turns back (a grazing event) is not recorded; two
             crossings closer together than the points are not seen (raise ``samples`` or lower
             ``max_step``).
+        max_events: the most crossings of this event in one solve (all its elements together);
+            one more ends the solve with status ``TOO_MANY_EVENTS`` (a ``SolverError``, or the
+            status with ``throw=False``): the guard against an accumulation of events (Zeno
+            behaviour) or a jump that keeps the state on the event surface.
 
     Raises:
         ValueError, TypeError: invalid settings (checked on construction).
@@ -44,6 +48,7 @@ class Event:
     direction: int = 0
     on_event: Callable | None = None
     samples: int = 4
+    max_events: int = 10_000
 
     def __post_init__(self):
         if not callable(self.fn):
@@ -54,6 +59,8 @@ class Event:
             raise TypeError(f"on_event must be a callable on_event(t, y) -> y_new, got {type(self.on_event).__name__}.")
         if not isinstance(self.samples, int) or self.samples < 0:
             raise ValueError(f"Event samples must be a non-negative int, got {self.samples!r}.")
+        if isinstance(self.max_events, bool) or not isinstance(self.max_events, int) or self.max_events < 1:
+            raise ValueError(f"Event max_events must be a positive int, got {self.max_events!r}.")
         if self.terminal:
             raise ValueError(
                 "Event(terminal=True) is not supported by solve(event=...); a terminal event is solve's or "

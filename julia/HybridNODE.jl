@@ -21,9 +21,9 @@ using OrdinaryDiffEqSDIRK: KenCarp4, TRBDF2
 using OrdinaryDiffEqTsit5: AutoTsit5, Tsit5
 using OrdinaryDiffEqVerner: Vern7, Vern9
 using PrecompileTools: @compile_workload, @setup_workload
-using PythonCall: Py, PyArray, PyException
-using SciMLBase: FullSpecialize, ODEFunction, ODEProblem, init, remake, solve, solve!,
-                  successful_retcode
+using PythonCall: Py, PyArray, PyException, pyconvert
+using SciMLBase: FullSpecialize, ODEFunction, ODEProblem, VectorContinuousCallback, init, remake,
+                  set_u!, solve, solve!, successful_retcode, terminate!, u_modified!
 using SciMLSensitivity: BacksolveAdjoint, GaussAdjoint, InterpolatingAdjoint, QuadratureAdjoint,
                         ZygoteVJP
 using Zygote: Zygote
@@ -35,6 +35,7 @@ include("activations.jl")
 include("mlp.jl")
 include("algorithms.jl")
 include("callback.jl")
+include("events.jl")
 include("bridge.jl")
 include("precompile.jl")
 

@@ -91,13 +91,17 @@ end
 
 Solve the MLP Neural ODE (Path A) from `u0` (D, B) over the increasing times `ts`, saving at `ts`.
 `activations` is a comma-separated list of names, one per layer. With `time_reversed` the problem
-is `du/ds = -mlp(u, θ, -s)`: the Python side sends `ts = -t` for a decreasing `t`.
+is `du/ds = -mlp(u, θ, -s)`: the Python side sends `ts = -t` for a decreasing `t`. With
+`event_condition` (and `event_affect`, `event_jumped`, `event_len`, `event_points`) the solve runs
+forwards only with the events' callback (`event_callback`, `run_events`; no gradients).
 """
 function forward_mlp(n_in, n_out, has_bias, activations::AbstractString, time_input::Bool, θ,
                      u0, ts; algorithm::AbstractString, sensitivity::AbstractString,
                      checkpointing::Bool = false, abstol::Real, reltol::Real,
                      quad_abstol::Real = abstol, quad_reltol::Real = reltol, maxiters = nothing,
-                     dt = nothing, fixed_step::Bool = false, time_reversed::Bool = false)
+                     dt = nothing, fixed_step::Bool = false, time_reversed::Bool = false,
+                     event_condition = nothing, event_affect = nothing, event_jumped = nothing,
+                     event_len::Integer = 0, event_points::Integer = 10)
     mlp = MLP(collect(Int, n_in), collect(Int, n_out), collect(Bool, has_bias),
               split(activations, ","), time_input)
     u0m, θv, tsv = prepare(u0, θ, ts)
@@ -107,8 +111,13 @@ function forward_mlp(n_in, n_out, has_bias, activations::AbstractString, time_in
     σ = time_reversed ? -1.0 : 1.0
     prob = ODEProblem{false}(MLPField(mlp, σ), u0m, (tsv[1], tsv[end]), θv)
     alg = make_algorithm(algorithm)
-    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
     opts = solver_options(tsv; abstol, reltol, maxiters, dt, fixed_step)
+    if events_requested(event_condition)
+        cb = event_callback(event_condition, event_affect, event_jumped, event_len, length(u0m);
+                            interp_points = event_points)
+        return run_events(prob, alg, u0m, θv, tsv, opts, cb)
+    end
+    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
     return run_forward(prob, alg, sensealg, u0m, θv, tsv, opts)
 end
 
@@ -117,13 +126,16 @@ end
 
 Solve with a torch module as the vector field (Path B); see `callback_function`. `θ` is the flat
 parameter vector (its values are only used for sizes: torch holds the parameters). For a decreasing
-`t` the Python callbacks already compute the reversed-time field `-f(-s, u)`, and `ts = -t`.
+`t` the Python callbacks already compute the reversed-time field `-f(-s, u)`, and `ts = -t`. The
+`event_*` keywords are those of `forward_mlp`.
 """
 function forward_callback(f::Py, vjp::Py, jac, θ, u0, ts; algorithm::AbstractString,
                           sensitivity::AbstractString, checkpointing::Bool = false,
                           abstol::Real, reltol::Real, quad_abstol::Real = abstol,
                           quad_reltol::Real = reltol, maxiters = nothing, dt = nothing,
-                          fixed_step::Bool = false)
+                          fixed_step::Bool = false, event_condition = nothing,
+                          event_affect = nothing, event_jumped = nothing,
+                          event_len::Integer = 0, event_points::Integer = 10)
     u0m, θv, tsv = prepare(u0, θ, ts)
     check_quadrature_tolerances(sensitivity; abstol, reltol, quad_abstol, quad_reltol)
     stiff = algorithm in STIFF_ALGORITHMS
@@ -131,8 +143,13 @@ function forward_callback(f::Py, vjp::Py, jac, θ, u0, ts; algorithm::AbstractSt
     odef = callback_function(cb; stiff)
     prob = ODEProblem(odef, u0m, (tsv[1], tsv[end]), θv)
     alg = make_algorithm(algorithm; finite_diff = true)
-    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
     opts = solver_options(tsv; abstol, reltol, maxiters, dt, fixed_step)
+    if events_requested(event_condition)
+        cb = event_callback(event_condition, event_affect, event_jumped, event_len, length(u0m);
+                            interp_points = event_points)
+        return run_events(prob, alg, u0m, θv, tsv, opts, cb)
+    end
+    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
     return run_forward(prob, alg, sensealg, u0m, θv, tsv, opts)
 end
 

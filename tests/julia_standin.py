@@ -257,6 +257,99 @@ class StandinEngine:
             t_reached=float(ts[-1]) if success else reached,
         )
 
+    def forward_events(self, problem, u0, theta, ts, config, bridge):
+        """julia/events.jl's forward solve with a VectorContinuousCallback, as SciMLBase/OrdinaryDiffEq run it.
+
+        Upstream behaviour reproduced (SciMLBase 3.49 src/callbacks.jl; DiffEqBase callback
+        handling): every component is checked for a strict change of sign at ``interp_points``
+        points inside each accepted step and at its end; the earliest root among the components
+        that changed is located (``LeftRootFind``: the state handed to ``affect!`` is the left limit)
+        and ``affect!(integrator, idx)`` is called for it whatever the direction (no ``affect_neg!``),
+        with ``tprev``/``uprev`` the step's start. The integration continues from the root (from the
+        jumped state after ``set_u!``); a component whose value there is within ``abstol = 10 eps`` of
+        zero takes its sign from a point nudged ``repeat_nudge = 1/100`` of the next step ahead, so
+        the same root is not found again. ``terminate!`` ends the solve: the saved states stop at the
+        last output time reached. Nothing is saved at the events (``save_positions = (false, false)``).
+        """
+        assert u0.ndim == 2, "the engine receives the Julia (D, B) layout"
+        self.forward_calls.append(dict(problem=problem, ts=np.array(ts), config=config, events=True))
+        shape = u0.shape
+        ts = np.asarray(ts, dtype=float)
+        fun = lambda t, x: self._f(problem, theta, shape, config, x, t)
+        condition = _from_julia(bridge.condition)
+        affect = _from_julia(bridge.affect)
+        jumped = _from_julia(bridge.jumped)
+        n_points = int(bridge.interp_points)
+        abstol = 10 * np.finfo(float).eps
+        t, x = float(ts[0]), np.asarray(u0, dtype=float).reshape(-1, order="F")
+        saved: dict[float, np.ndarray] = {t: x.copy()}
+        prev = np.sign(np.asarray(condition(x.copy(), t), dtype=float))
+        nudge = np.zeros(prev.shape, dtype=bool)
+        nfe, accepted, terminated = 0, 0, False
+        while t < ts[-1] and not terminated:
+            solver = DOP853(fun, t, x, ts[-1], rtol=config.rtol, atol=config.atol)
+            restart = False
+            while solver.status == "running" and not restart:
+                solver.step()
+                accepted += 1
+                t0, t1 = solver.t_old, solver.t
+                dense = solver.dense_output()
+                x_start = dense(t0)  # integrator.uprev
+                if nudge.any():
+                    probe = t0 + (t1 - t0) / 100
+                    prev = np.where(nudge, np.sign(np.asarray(condition(dense(probe), probe), dtype=float)), prev)
+                    nudge[:] = False
+                points = [t0 + (t1 - t0) * k / (n_points + 1) for k in range(1, n_points + 2)]
+                a = t0
+                for p in points:
+                    now = np.sign(np.asarray(condition(dense(p), p), dtype=float))
+                    changed = (prev != 0) & (now != 0) & (now != prev)
+                    if changed.any():
+                        roots = {}
+                        for i in np.flatnonzero(changed):
+                            lo, hi = a, p
+                            for _ in range(200):
+                                mid = 0.5 * (lo + hi)
+                                if not lo < mid < hi:
+                                    break
+                                if np.sign(condition(dense(mid), mid)[i]) == prev[i]:
+                                    lo = mid
+                                else:
+                                    hi = mid
+                            roots[i] = lo  # the left limit
+                        idx = min(roots, key=lambda i: roots[i])
+                        t_root = roots[idx]
+                        x_root = dense(t_root)
+                        for s in ts[(ts > t) & (ts <= t_root)]:
+                            saved[float(s)] = dense(s)
+                        code = int(affect(t_root, x_root.copy(), int(idx), t0, x_start.copy()))
+                        x = np.asarray(jumped(), dtype=float).copy() if code == 2 else x_root
+                        t, terminated, restart = t_root, code == 3, True
+                        values = np.asarray(condition(x.copy(), t), dtype=float)
+                        prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))
+                        nudge = np.abs(values) <= abstol
+                        if not nudge[idx] and prev[idx] == np.sign(condition(x_root.copy(), t_root)[idx]):
+                            nudge[idx], prev[idx] = True, 0.0  # left of the root: decided after the nudge
+                        break
+                    prev = np.where(now != 0, now, prev)
+                    a = p
+                if not restart:
+                    for s in ts[(ts > t) & (ts <= t1)]:
+                        saved[float(s)] = dense(s)
+                    t, x = t1, solver.y.copy()
+            nfe += solver.nfev
+        times = [s for s in ts if float(s) in saved]
+        ys = np.stack([saved[float(s)] for s in times], axis=-1).reshape(shape + (len(times),), order="F")
+        return ForwardOutput(
+            ys=ys,
+            handle=None,
+            success=True,
+            retcode="Terminated" if terminated else "Success",
+            t_final=float(t),
+            stats=Stats(nfe=int(nfe), n_accepted=accepted),
+            t_reached=float(t),
+        )
+
     def backward(self, handle: _Handle, ybar):
         ybar = np.asarray(ybar, dtype=float)
         assert ybar.shape == handle.shape + (len(handle.ts),), "cotangent must be (D, B, T)"

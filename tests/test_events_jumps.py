@@ -149,7 +149,7 @@ def test_invalid_event_settings_are_named():
             torch.ones(1),
             torch.tensor([0.0, 1.0]),
             event=hn.Event(lambda t, y: y - 0.5),
-            sensitivity=hn.InterpolatingAdjoint(),
+            sensitivity=hn.DirectBackprop(checkpoints=2),
         )
 
 

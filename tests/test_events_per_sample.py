@@ -150,9 +150,18 @@ def test_invalid_per_sample_event_calls_are_named():
         )
     with pytest.raises(ValueError, match="one value per sample"):
         hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=lambda t, y: y.sum() - 0.5, per_sample=True)
-    with pytest.raises(ValueError, match="odeint_interface=odeint"):
+    with pytest.raises(ValueError, match="hn.odeint or hn.odeint_adjoint"):
         hn.odeint_event(
             Decay(1.0),
+            y0,
+            0.0,
+            event_fn=lambda t, y: y[:, 0] - 0.5,
+            per_sample=True,
+            odeint_interface=lambda *args, **kwargs: None,
+        )
+    with pytest.raises(ValueError, match="adjoint_params"):
+        hn.odeint_event(
+            lambda t, y: -y,
             y0,
             0.0,
             event_fn=lambda t, y: y[:, 0] - 0.5,

@@ -154,10 +154,35 @@ def _keywords(fn: str) -> set:
 
 
 def test_python_sends_the_keywords_julia_accepts():
-    python = set(re.findall(r"(\w+)=config\.", Path(julia_backend.__file__).read_text()))
+    source = Path(julia_backend.__file__).read_text()
+    python = set(re.findall(r"(\w+)=config\.", source))
+    events = set(re.findall(r"(event_\w+)=bridge\.", source))  # JuliaEngine.forward_events
+    assert events == {"event_condition", "event_affect", "event_jumped", "event_len", "event_points"}
     # time_reversed goes to forward_mlp only: the callback path reverses time in its Python callbacks.
-    assert python == _keywords("forward_mlp")
-    assert python - {"time_reversed"} == _keywords("forward_callback")
+    assert python | events == _keywords("forward_mlp")
+    assert (python | events) - {"time_reversed"} == _keywords("forward_callback")
+
+
+def test_the_event_callback_follows_scimlbase_and_the_python_bridge():
+    # SciMLBase 3.49 (src/callbacks.jl): VectorContinuousCallback(condition, affect!, len; ...) has no
+    # affect_neg! (affect! gets every crossing, with its index); terminate!, set_u! and u_modified! are
+    # the integrator interface. The action codes must be the Python bridge's.
+    from hybrid_node.julia import events as julia_events
+
+    code = _code(JULIA_DIR / "events.jl")
+    assert re.search(r"VectorContinuousCallback\(cond!, act!, Int\(len\);", code)
+    assert "affect_neg" not in code
+    assert "function cond!(out, u, t, integrator)" in code and "function act!(integrator, idx)" in code
+    assert "idx - 1" in code  # Python's components are 0-based
+    for name in ("IGNORE", "RECORD", "JUMP", "TERMINATE"):
+        value = re.search(rf"const EVENT_{name} = (\d+)", code).group(1)
+        assert int(value) == getattr(julia_events, name)
+    assert "terminate!(integrator)" in code and "set_u!(integrator," in code
+    module = (JULIA_DIR / "HybridNODE.jl").read_text()
+    for name in ("VectorContinuousCallback", "terminate!", "set_u!", "u_modified!", "pyconvert"):
+        assert name in module
+    bridge = _code(JULIA_DIR / "bridge.jl")
+    assert bridge.count("if events_requested(event_condition)") == 2  # both paths, before any sensealg
 
 
 def test_python_reads_only_fields_the_julia_result_has():

@@ -304,8 +304,11 @@ class JuliaEngine:
     def __init__(self, module):
         self.jl = module
 
-    def forward(self, problem, u0: np.ndarray, theta: np.ndarray, ts: np.ndarray, config: SolveConfig) -> ForwardOutput:
+    def forward(
+        self, problem, u0: np.ndarray, theta: np.ndarray, ts: np.ndarray, config: SolveConfig, **events
+    ) -> ForwardOutput:
         kwargs = dict(
+            **events,
             algorithm=config.algorithm,
             sensitivity=config.sensitivity,
             checkpointing=config.checkpointing,
@@ -345,6 +348,20 @@ class JuliaEngine:
             stats=stats,
             t_reached=float(res.t_reached),
         )
+
+    def forward_events(
+        self, problem, u0: np.ndarray, theta: np.ndarray, ts: np.ndarray, config: SolveConfig, bridge
+    ) -> ForwardOutput:
+        """A forward solve (no gradients) with the events of ``bridge`` (:mod:`hybrid_node.julia.events`) as a
+        VectorContinuousCallback; the states are those at the output times reached."""
+        events = dict(
+            event_condition=bridge.condition,
+            event_affect=bridge.affect,
+            event_jumped=bridge.jumped,
+            event_len=bridge.size,
+            event_points=bridge.interp_points,
+        )
+        return self.forward(problem, u0, theta, ts, config, **events)
 
     def backward(self, handle, ybar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u0bar, thetabar = self.jl.backward(handle, ybar)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController, error_ratio, rms_norm
+from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
 from .host import DenseSegment, first_step
@@ -55,6 +56,63 @@ from .host import _emit as _emit_outputs
 _BRACKET_ULPS = 4.0
 # bisection halves a float64 bracket to 4 ulps in at most ~60 halvings; the cap only guards a NaN
 _MAX_HALVINGS = 200
+
+
+class _Steps:
+    """The step decisions of the event loops: a PID controller's, or a constant step.
+
+    With :class:`~hybrid_node.ConstantStepSize` every step is ``step_size`` long and accepted (the
+    last one before the end is shortened to land there, as on a fixed grid), and a restart after a
+    jump starts a new grid at the event; the dense output is the solver's own interpolant.
+
+    Args:
+        controller: PIDController or ConstantStepSize (with ``step_size``).
+        solver: the solver (its error order and step proposals, for the PID controller).
+        dtype: the state's dtype (the time limit and the resolution of an event solve).
+    """
+
+    def __init__(self, controller: PIDController | ConstantStepSize, solver, dtype: torch.dtype):
+        self.solver = solver
+        self.pid: PIDController | None = None
+        if isinstance(controller, ConstantStepSize):
+            if controller.step_size is None:
+                raise ValueError("events on fixed steps need options={'step_size': ...} (or an adaptive method).")
+            self.h = float(controller.step_size)
+            eps = float(torch.finfo(dtype.to_real()).eps)
+            n_max, limit = controller.max_num_steps, core.time_limit(dtype)
+            # no PID terms (exponents 0, factors 1) and no step bounds: only the step cap and the time limit
+            self.c = core.StepControl(0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, math.inf, n_max, limit, 1, eps)
+        else:
+            self.pid = controller
+            self.c = core.StepControl.of(controller, solver.error_order, dtype)
+        self.fixed = self.pid is None
+
+    def first(self, term, t: float, y: torch.Tensor, state, rtol, atol, norm) -> float:
+        """The first step from (t, y): the constant one, or the initial-step heuristic's."""
+        if self.pid is None:
+            return self.h
+        return first_step(term, self.solver, self.pid, t, y, state, rtol, atol, norm)
+
+    def memory(self) -> tuple[float, float]:
+        """The controller's memory of past error ratios at a (re)start."""
+        return (1.0, 1.0) if self.pid is None else self.pid.init()
+
+    def landing(self, t: float, dt: float, stop: float):
+        """As :func:`~hybrid_node.loop.core.landing`; fixed steps are not stretched to land."""
+        if self.fixed:
+            return core.landing(FLOAT, t, dt, stop, self.c.max_step, stretch=1.0)
+        return core.landing(FLOAT, t, dt, stop, self.c.max_step)
+
+    def ratio(self, step, y: torch.Tensor, rtol, atol, norm) -> float:
+        """The attempt's error ratio (0 for fixed steps: always accepted)."""
+        return 0.0 if self.fixed else error_ratio(step.error, y, step.y1, rtol, atol, norm)
+
+    def next(self, state, step_dt: float, ratio: float, accepted: bool, r1, r2):
+        """The next step and controller memory after an attempt."""
+        if self.fixed:
+            return self.h, r1, r2
+        dt, r1, r2 = core.propose(FLOAT, self.c, step_dt, ratio, accepted, r1, r2)
+        return min(self.solver.propose_step(state, step_dt, dt), self.c.max_step), r1, r2
 
 
 @dataclasses.dataclass
@@ -119,6 +177,33 @@ class FrozenRows:
         if name not in ("nfe", "n_jacobian", "n_switches"):
             raise AttributeError(f"FrozenRows is immutable; cannot set {name!r}.")
         setattr(self._term, name, value)  # the counters are the term's
+
+
+def check_event_controller(problem, what: str) -> None:
+    """Raise ValueError where the event loops cannot serve the problem's step control.
+
+    They run on the host with shared steps: a PIDController (no ``per_sample``, ``device_loop``),
+    or a ConstantStepSize with ``step_size`` (the loop lays its own grid, restarted at each jump);
+    no compiled steps.
+
+    Args:
+        problem: the validated problem.
+        what: the kind of event solve, for the message.
+    """
+    ctrl = problem.controller
+    if isinstance(ctrl, ConstantStepSize):
+        if ctrl.step_size is None or ctrl.grid_constructor is not None or ctrl.perturb:
+            raise ValueError(
+                f"{what} on fixed steps need options={{'step_size': ...}} (hn.ConstantStepSize(step_size=...)) "
+                "and no grid_constructor or perturb: the event loop lays its own grid and restarts it at each jump."
+            )
+    elif ctrl.per_sample or ctrl.device_loop:
+        raise ValueError(
+            f"{what} run on the shared-step host loop; drop options 'per_sample' (per-sample step control) "
+            "and 'device_loop'."
+        )
+    if problem.solver.compile:
+        raise ValueError(f"compiled steps cannot be combined with {what}; drop compile.")
 
 
 def check_event_values(g0: torch.Tensor, y0: torch.Tensor) -> torch.Size:
@@ -199,7 +284,7 @@ class _Locator:
 def integrate_sample_events(
     term: Term,
     solver,
-    controller: PIDController,
+    controller: PIDController | ConstantStepSize,
     y0: torch.Tensor,
     t0: float,
     *,
@@ -217,7 +302,8 @@ def integrate_sample_events(
     Args:
         term: the wrapped field (solver time).
         solver: an adaptive solver of the host loop.
-        controller: the step-size controller (its ``max_num_steps`` bounds the search).
+        controller: the step-size controller (its ``max_num_steps`` bounds the search); a
+            ConstantStepSize with ``step_size`` takes fixed steps (:class:`_Steps`).
         y0: initial state; its leading dimensions are the batch.
         t0: start (solver time).
         rtol, atol, norm: the error test.
@@ -253,9 +339,10 @@ def integrate_sample_events(
 
     t, y = t0, y0
     state = solver.init(mterm, t, y)
-    dt = first_step(term, solver, controller, t, y, state, rtol, atol, running_norm)  # nothing frozen yet
-    c = core.StepControl.of(controller, solver.error_order, y0.dtype)
-    r1, r2 = controller.init()
+    steps = _Steps(controller, solver, y0.dtype)
+    c = steps.c
+    dt = steps.first(term, t, y, state, rtol, atol, running_norm)  # nothing frozen yet
+    r1, r2 = steps.memory()
     n_attempts = 0
     last_nonfinite = False
     status, detail = Status.EVENT, ""
@@ -274,9 +361,9 @@ def integrate_sample_events(
             )
             break
         n_attempts += 1
-        lands, step_dt, t1 = core.landing(FLOAT, t, dt, event_end, c.max_step)
+        lands, step_dt, t1 = steps.landing(t, dt, event_end)
         step = solver.step(mterm, t, y, state, step_dt)
-        ratio = error_ratio(step.error, y, step.y1, rtol, atol, running_norm)
+        ratio = steps.ratio(step, y, rtol, atol, running_norm)
         accepted = core.accepts(FLOAT, c, ratio, step_dt)
         if accepted:
             stats.n_accepted += 1
@@ -309,8 +396,7 @@ def integrate_sample_events(
             stats.n_rejected += 1
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(mterm, t, y, state, step)
-        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
-        dt = min(solver.propose_step(state, step_dt, dt), c.max_step)
+        dt, r1, r2 = steps.next(state, step_dt, ratio, accepted, r1, r2)
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
         if code != RUNNING:
             status, detail = core.STATUS[code], f"dt={dt:.3g}"
@@ -377,7 +463,7 @@ def _crossings(before: torch.Tensor, after: torch.Tensor, direction: int | torch
 def integrate_with_events(
     term: Term,
     solver,
-    controller: PIDController,
+    controller: PIDController | ConstantStepSize,
     y0: torch.Tensor,
     ts: list[float],
     *,
@@ -390,6 +476,7 @@ def integrate_with_events(
     jumps: bool,
     samples: int = 4,
     throw: bool = True,
+    max_events: Sequence[int] | None = None,
 ) -> EventIntegration:
     """Integrate through ``ts`` with a watched event function, recording (and jumping at) every crossing.
 
@@ -410,7 +497,8 @@ def integrate_with_events(
     (a root at t0 itself is not reported).
 
     Args:
-        term, solver, controller, y0, ts, rtol, atol, norm: as :func:`~hybrid_node.loop.host.integrate_adaptive`.
+        term, solver, controller, y0, ts, rtol, atol, norm: as :func:`~hybrid_node.loop.host.integrate_adaptive`;
+            the controller may also be a ConstantStepSize with ``step_size`` (fixed steps, :class:`_Steps`).
         event_fn: ``event_fn(t, y)`` (0-d time tensor).
         direction: +1, -1 or 0 (see :class:`hybrid_node.Event`), or a tensor of them, one per element.
         at_event: ``at_event(s, y_s, fired) -> (records, y_new)``: builds the records (with their
@@ -419,17 +507,22 @@ def integrate_with_events(
         jumps: whether ``at_event`` returns a new state (then the solver restarts there).
         samples: interior points of each step's dense output where the signs are checked too.
         throw: raise SolverError on failure, else report the status.
+        max_events: the most crossings of each event (indexed by :attr:`EventRecord.event`); one
+            more ends the solve with status TOO_MANY_EVENTS (a Zeno accumulation, or a jump that
+            keeps the state on its event surface). None: no limit.
 
     Returns:
         :class:`EventIntegration`.
 
     Raises:
-        SolverError: max steps, step-size underflow or a non-finite state, with ``throw``.
+        SolverError: max steps, step-size underflow, a non-finite state or too many events, with ``throw``.
     """
     stats = Stats()
     t, y = ts[0], y0
+    counts: dict[int, int] = {}
     t_end = ts[-1]
-    c = core.StepControl.of(controller, solver.error_order, y0.dtype)
+    steps = _Steps(controller, solver, y0.dtype)
+    c = steps.c
 
     def signs(s: float, yy: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -444,8 +537,8 @@ def integrate_with_events(
 
     sign_prev = signs(t, y)
     state = solver.init(term, t, y)
-    dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
-    r1, r2 = controller.init()
+    dt = steps.first(term, t, y, state, rtol, atol, norm)
+    r1, r2 = steps.memory()
     ys = [y0]
     records: list[EventRecord] = []
     i_out = 1
@@ -469,9 +562,9 @@ def integrate_with_events(
         if code != RUNNING:
             return finish(core.STATUS[code], f"max_num_steps={controller.max_num_steps}")
         n_attempts += 1
-        lands, step_dt, t1 = core.landing(FLOAT, t, dt, t_end, c.max_step)
+        lands, step_dt, t1 = steps.landing(t, dt, t_end)
         step = solver.step(term, t, y, state, step_dt)
-        ratio = error_ratio(step.error, y, step.y1, rtol, atol, norm)
+        ratio = steps.ratio(step, y, rtol, atol, norm)
         accepted = core.accepts(FLOAT, c, ratio, step_dt)
         if accepted:
             stats.n_accepted += 1
@@ -509,6 +602,14 @@ def integrate_with_events(
                         fired = pending
                     new_records, y_new = at_event(b, seg(b), fired)
                     records.extend(new_records)
+                    for r in new_records:
+                        counts[r.event] = counts.get(r.event, 0) + 1
+                        if max_events is not None and counts[r.event] > max_events[r.event]:
+                            t = b
+                            return finish(
+                                Status.TOO_MANY_EVENTS,
+                                f"event {r.event} crossed more than max_events={max_events[r.event]} times",
+                            )
                     pending = pending & ~fired
                     lo = b
                     if jumps:
@@ -536,8 +637,8 @@ def integrate_with_events(
                 # restart there: a fresh solver state, first step and controller memory
                 t, y = te, y_new
                 state = solver.init(term, t, y)
-                dt = first_step(term, solver, controller, t, y, state, rtol, atol, norm)
-                r1, r2 = controller.init()
+                dt = steps.first(term, t, y, state, rtol, atol, norm)
+                r1, r2 = steps.memory()
                 last_nonfinite = False
                 if t >= t_end:
                     break
@@ -551,8 +652,7 @@ def integrate_with_events(
             stats.n_rejected += 1
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(term, t, y, state, step)
-        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
-        dt = min(solver.propose_step(state, step_dt, dt), c.max_step)
+        dt, r1, r2 = steps.next(state, step_dt, ratio, accepted, r1, r2)
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
         if code != RUNNING:
             return finish(core.STATUS[code], f"dt={dt:.3g}")

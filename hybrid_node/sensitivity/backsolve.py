@@ -90,6 +90,17 @@ class Backsolve:
             self.ts = [problem.ts[0], self.integration.event_t]
         return torch.stack(self.integration.ys)
 
+    def adopt(self, states: dict[float, torch.Tensor], stats: Stats) -> None:
+        """Take a forward solution computed elsewhere (an event loop) instead of running :meth:`forward`.
+
+        Args:
+            states: the flat states (no graph) at increasing solver times, both ends included; the
+                backward pass takes their cotangents and resets the reconstructed state to them.
+            stats: the solve's counters; the backward pass adds its work to them.
+        """
+        self.ts = sorted(states)
+        self.integration = Integration([states[s] for s in self.ts], stats, Status.SUCCESS, self.ts[-1])
+
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
         """Solve the augmented system from the last output time to the first.
 

@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._errors import Status
 from .._problem import Problem
+from .._solution import Stats
 from ..controllers import ConstantStepSize
 from ..loop import integrate
 from ..loop.host import Integration, integrate_fixed
@@ -144,6 +146,22 @@ class Interpolating:
         kept.ys = [at[s] for s in self.ts]
         self.integration = kept
         return torch.stack(kept.ys)
+
+    def adopt(self, states: dict[float, torch.Tensor], stats: Stats) -> None:
+        """Take a forward solution computed elsewhere (an event loop) instead of running :meth:`forward`.
+
+        Args:
+            states: the flat states (no graph) at increasing solver times, both ends included; they
+                are the checkpoints (the backward pass re-solves between consecutive ones) and the
+                outputs whose cotangents the backward pass takes.
+            stats: the solve's counters; the backward pass adds its work to them.
+        """
+        times = sorted(states)
+        self.ts = times
+        self.cps = times
+        self.grid = None
+        self.states = dict(states)
+        self.integration = Integration([states[s] for s in times], stats, Status.SUCCESS, times[-1])
 
     def _resolve(self, j: int, term) -> _Segment:
         """Re-solve checkpoint interval j forwards with dense output (no graph)."""

@@ -20,17 +20,21 @@ Duvenaud, "Neural Ordinary Differential Equations", NeurIPS 2018.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .._errors import Status
 from .._event import Event
 from .._problem import Problem
 from .._solution import Solution
-from ..controllers import PIDController
 from ..loop.dispatch import CheckedEvent
-from ..loop.events import EventRecord, integrate_with_events
+from ..loop.events import EventIntegration, EventRecord, check_event_controller, integrate_with_events
 from ._backward import dot, user_field
+from .event_adjoint import SegmentAdjoint
+from .interpolating import checkpoint_times
+from .settings import InterpolatingAdjoint
 
 
 class _Restart(torch.autograd.Function):
@@ -59,7 +63,13 @@ def _takes_fired(on_event) -> bool:
     return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-def solve_with_events(problem: Problem, events: Event | tuple[Event, ...], throw: bool = True) -> Solution:
+def solve_with_events(
+    problem: Problem,
+    events: Event | tuple[Event, ...],
+    throw: bool = True,
+    adjoint=None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> Solution:
     """Solve through ``problem.t`` recording every crossing of the events' functions, jumping with their ``on_event``.
 
     Several events are watched as one function (their values concatenated), so their crossings are
@@ -70,6 +80,11 @@ def solve_with_events(problem: Problem, events: Event | tuple[Event, ...], throw
         problem: the validated problem (an adaptive torch solver on the host loop).
         events: one non-terminal :class:`~hybrid_node.Event` or a tuple of them.
         throw: raise SolverError on failure, else report the status with NaN outputs not reached.
+        adjoint: None for direct backpropagation, or ``hn.BacksolveAdjoint(...)`` /
+            ``hn.InterpolatingAdjoint(...)``: the loop then runs without a graph and the gradients
+            come from adjoint solves between the events (:func:`_replay_with_adjoint`).
+        adjoint_params: with ``adjoint``, the tensors it differentiates (default ``func.parameters()``);
+            the parameters of the event functions and jumps get their gradients in any case.
 
     Returns:
         Solution with ``ys`` at ``t`` and ``events``: a list of :class:`~hybrid_node.loop.events.EventRecord`
@@ -81,11 +96,7 @@ def solve_with_events(problem: Problem, events: Event | tuple[Event, ...], throw
         SolverError: the solve failed, with ``throw``.
     """
     ctrl = problem.controller
-    if not isinstance(ctrl, PIDController) or ctrl.per_sample or ctrl.device_loop or problem.solver.compile:
-        raise ValueError(
-            "events with solve(event=...) run on the adaptive shared-step host loop: use an adaptive solver with "
-            "hn.PIDController (no per_sample, device_loop or compile)."
-        )
+    check_event_controller(problem, "solve(event=...)")
     if problem.jump_t or problem.step_t:
         raise ValueError("solve(event=...) does not support jump_t or step_t.")
     events = (events,) if isinstance(events, Event) else tuple(events)
@@ -155,21 +166,85 @@ def solve_with_events(problem: Problem, events: Event | tuple[Event, ...], throw
         return records, y_new
 
     jumps = any(ev.on_event is not None for ev in events)
-    integration = integrate_with_events(
-        term,
-        problem.solver,
-        ctrl,
-        problem.y0,
-        problem.ts,
-        rtol=problem.rtol,
-        atol=problem.atol,
-        norm=problem.norm,
-        event_fn=lambda t, y: fn(t, problem.unflatten(y)),  # the loop's states are flat (tuple states)
-        direction=direction,
-        at_event=at_event,
-        jumps=jumps,
-        samples=max(ev.samples for ev in events),
-        throw=throw,
-    )
+
+    def run(y0: torch.Tensor, ts: list[float], hook) -> EventIntegration:
+        return integrate_with_events(
+            term,
+            problem.solver,
+            ctrl,
+            y0,
+            ts,
+            rtol=problem.rtol,
+            atol=problem.atol,
+            norm=problem.norm,
+            event_fn=lambda t, y: fn(t, problem.unflatten(y)),  # the loop's states are flat (tuple states)
+            direction=direction,
+            at_event=hook,
+            jumps=jumps,
+            samples=max(ev.samples for ev in events),
+            throw=throw,
+            max_events=[ev.max_events for ev in events],
+        )
+
+    if adjoint is not None:
+        integration = _replay_with_adjoint(problem, adjoint, adjoint_params, run, at_event, jumps)
+    else:
+        integration = run(problem.y0, problem.ts, at_event)
     ys = problem.unflatten(torch.stack(integration.ys))
     return Solution(ts=problem.t, ys=ys, stats=integration.stats, status=integration.status, events=integration.records)
+
+
+def _replay_with_adjoint(problem: Problem, adjoint, adjoint_params, run, at_event, jumps: bool) -> EventIntegration:
+    """The event loop without a graph, then its outputs and records rebuilt with adjoint gradients.
+
+    The loop runs once (``run(y0, ts, hook)``), recording each event's time, the state there before
+    the jump and the elements that fired; its outputs include the checkpoint times of an
+    :class:`~hybrid_node.InterpolatingAdjoint` (outputs do not change its steps). Then, stretch by
+    stretch between jumps, :class:`~hybrid_node.sensitivity.event_adjoint.SegmentAdjoint` makes the
+    states differentiable from the stretch's start state (an adjoint solve in the backward pass), and
+    ``at_event`` applies the implicit-function-theorem time, the jump and the restart to them with
+    their graphs, giving the next stretch's start state. Without jumps there is one stretch, and the
+    states at the crossings are among its times.
+    """
+    log: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+
+    def hook(s: float, y_s: torch.Tensor, fired: torch.Tensor):
+        log.append((s, y_s, fired.clone()))
+        return at_event(s, y_s, fired)
+
+    ts = list(problem.ts)
+    checkpoints = adjoint.checkpoints if isinstance(adjoint, InterpolatingAdjoint) else None
+    times = sorted(set(ts) | set(checkpoint_times(ts, checkpoints, None))) if checkpoints else ts
+    with torch.no_grad():
+        loop = run(problem.y0.detach(), times, hook)
+    if loop.status is not Status.SUCCESS:  # a failure reported by status: the values, without gradients
+        keep = set(ts)
+        loop.ys = [y for s, y in zip(times, loop.ys) if s in keep]
+        return loop
+    outputs = dict(zip(times, loop.ys))  # the left limits at jump times
+    crossings = {s: y for s, y, _ in log}
+    pieces = SegmentAdjoint(problem, adjoint, adjoint_params, loop.stats)
+    values: dict[float, torch.Tensor] = {ts[0]: problem.y0}
+    start, y_start = ts[0], problem.y0
+    records: list[EventRecord] = []
+    ends = [(s, fired) for s, _, fired in log] if jumps else []
+    for end, fired in ends + [(ts[-1], None)]:
+        if end > start:
+            states = {s: y for s, y in outputs.items() if start < s < end}
+            if not jumps:
+                states.update({s: y for s, y in crossings.items() if start < s < end})
+            states[start] = y_start.detach()
+            states[end] = crossings[end] if fired is not None else outputs[end]
+            values.update(pieces.states(y_start, states))
+        if fired is None:
+            break
+        # two jumps at one time (an empty stretch): the second acts on the first's result
+        new_records, y_new = at_event(end, values[end] if end > start else y_start, fired)
+        records.extend(new_records)
+        start, y_start = end, y_new
+    if not jumps:
+        for s, _, fired in log:
+            records.extend(at_event(s, values[s], fired)[0])
+    loop.ys = [values[s] for s in ts]
+    loop.records = records
+    return loop

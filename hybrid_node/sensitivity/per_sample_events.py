@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,11 @@ import torch
 from .._errors import SolverError, Status
 from .._problem import Problem
 from .._solution import Solution
-from ..controllers import PIDController
-from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent
-from ..loop.events import SampleEvents, integrate_sample_events
+from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
+from ..loop.events import SampleEvents, check_event_controller, integrate_sample_events
+from .event_adjoint import SegmentAdjoint, frozen_after
+from .interpolating import checkpoint_times
+from .settings import InterpolatingAdjoint
 
 
 def _check(problem: Problem) -> None:
@@ -42,16 +44,7 @@ def _check(problem: Problem) -> None:
             "per-sample events need a single tensor state whose leading dimensions are the batch; "
             "concatenate tuple states into one tensor."
         )
-    ctrl = problem.controller
-    if not isinstance(ctrl, PIDController):
-        raise ValueError("per-sample events need an adaptive solver (e.g. method='dopri5'), not fixed steps.")
-    if ctrl.per_sample or ctrl.device_loop:
-        raise ValueError(
-            "per-sample events run on the shared-step host loop; drop options 'per_sample' (per-sample step "
-            "control) and 'device_loop'."
-        )
-    if problem.solver.compile:
-        raise ValueError("compiled steps cannot be combined with per-sample events; drop compile.")
+    check_event_controller(problem, "per-sample events")
     if problem.jump_t or problem.step_t:
         raise ValueError("per-sample events do not support jump_t or step_t.")
     if problem.y0.is_complex():
@@ -104,8 +97,14 @@ def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents
     return t_e.reshape(shape), y_e
 
 
-def solve_sample_events(problem: Problem, event_fn: Callable, throw: bool = True) -> Solution:
-    """Solve until every sample's event fires (direct backpropagation plus the implicit function theorem).
+def solve_sample_events(
+    problem: Problem,
+    event_fn: Callable,
+    throw: bool = True,
+    adjoint=None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> Solution:
+    """Solve until every sample's event fires; gradients by direct backpropagation or an adjoint, plus the IFT.
 
     Args:
         problem: the validated problem (its first time is t0; ``event_t_end`` bounds the search).
@@ -113,6 +112,11 @@ def solve_sample_events(problem: Problem, event_fn: Callable, throw: bool = True
             :func:`hybrid_node.loop.events.integrate_sample_events` for what ``t`` is).
         throw: raise SolverError when some sample's event was not found or the solve failed; else
             report them (``sol.event_fired``, NaN event times, ``sol.status``).
+        adjoint: None for direct backpropagation through the loop, or ``hn.BacksolveAdjoint(...)`` /
+            ``hn.InterpolatingAdjoint(...)``: the loop runs without a graph and the event states'
+            gradients at fixed times come from one adjoint solve of the batch whose samples stop at
+            their own event times (:func:`~hybrid_node.sensitivity.event_adjoint.frozen_after`).
+        adjoint_params: with ``adjoint``, the tensors it differentiates (default ``func.parameters()``).
 
     Returns:
         Solution with ``ys`` = (y0, the event states), ``t_final`` the event times (batch shape),
@@ -124,23 +128,24 @@ def solve_sample_events(problem: Problem, event_fn: Callable, throw: bool = True
     """
     _check(problem)
     ctrl = problem.controller
-    if ctrl.max_num_steps == PIDController.max_num_steps:
+    if ctrl.max_num_steps == type(ctrl).max_num_steps:
         # an event that never happens would otherwise run on for 2**31 - 1 steps
         ctrl = dataclasses.replace(ctrl, max_num_steps=EVENT_MAX_STEPS)
     term = problem.term()
-    res = integrate_sample_events(
-        term,
-        problem.solver,
-        ctrl,
-        problem.y0,
-        problem.ts[0],
-        rtol=problem.rtol,
-        atol=problem.atol,
-        norm=problem.norm,
-        event_fn=CheckedEvent(event_fn),
-        event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
-        throw=throw,
-    )
+    with torch.set_grad_enabled(torch.is_grad_enabled() and adjoint is None):
+        res = integrate_sample_events(
+            term,
+            problem.solver,
+            ctrl,
+            problem.y0,
+            problem.ts[0],
+            rtol=problem.rtol,
+            atol=problem.atol,
+            norm=problem.norm,
+            event_fn=CheckedEvent(event_fn),
+            event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
+            throw=throw,
+        )
     if throw and not res.fired.all():
         missing = np.flatnonzero(~res.fired)
         where = ", ".join(str(np.unravel_index(i, res.batch_shape)) for i in missing[:10])
@@ -153,7 +158,33 @@ def solve_sample_events(problem: Problem, event_fn: Callable, throw: bool = True
             f"({res.detail}): samples {where}{more}; give a later t_end, raise options['max_num_steps'], or "
             "pass throw=False to get the others with a status",
         )
+    if adjoint is not None and torch.is_grad_enabled():
+        res.y_event = _adjoint_event_states(problem, adjoint, adjoint_params, res)
     t_e, y_e = sample_event_outputs(problem, event_fn, res)
     ys = torch.stack([problem.y0, y_e])
     fired = torch.from_numpy(res.fired).reshape(res.batch_shape).to(problem.y0.device)
     return Solution(ts=problem.t, ys=ys, stats=res.stats, status=res.status, t_final=t_e, event_fired=fired)
+
+
+def _adjoint_event_states(problem: Problem, adjoint, adjoint_params, res: SampleEvents) -> torch.Tensor:
+    """The event states of the loop, made differentiable at fixed event times by one adjoint solve.
+
+    The batch follows the field with each sample's rows switched off after its own event time (as
+    the loop froze them), from t0 to the last event; the backward solve restarts at every event time
+    (the switched field jumps there). An :class:`~hybrid_node.InterpolatingAdjoint` with
+    ``checkpoints`` gets its checkpoint states from one more forward solve of that field.
+    """
+    s0, s_end = problem.ts[0], float(np.max(res.t_event))
+    if not s_end > s0:  # every sample fired at t0: the event states are the initial ones
+        return problem.y0.clone()
+    stops = tuple(sorted({float(s) for s in res.t_event if s0 < s < s_end}))
+    frozen = frozen_after(problem, res.t_event, res.batch_shape, stops, s_end)
+    states = {s0: problem.y0.detach(), s_end: res.y_event.detach()}
+    checkpoints = adjoint.checkpoints if isinstance(adjoint, InterpolatingAdjoint) else None
+    if checkpoints:
+        times = checkpoint_times([s0, s_end], checkpoints, None)
+        with torch.no_grad():
+            kept = integrate(frozen, frozen.term(callbacks=False), problem.y0.detach(), times)
+        states.update({s: y for s, y in zip(times[1:-1], kept.ys[1:-1])})
+    pieces = SegmentAdjoint(problem, adjoint, adjoint_params, res.stats)
+    return pieces.states(problem.y0, states, frozen)[s_end]

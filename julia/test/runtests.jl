@@ -88,6 +88,44 @@ linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
         @test θ̄ ≈ native rtol = 1e-6
     end
 
+    @testset "events through Python callbacks (VectorContinuousCallback)" begin
+        # a ball under gravity as a native MLP with bias: h' = v, v' = -g; it bounces with
+        # restitution 0.8 at t_k = t_1 (1 + 2 e + ... + 2 e^(k-1)), t_1 = sqrt(2 h / g)
+        g, e, h = 9.81, 0.8, 2.0
+        θball = [0.0, 1.0, 0.0, 0.0, 0.0, -g]   # row-major W = [0 1; 0 0], then b = [0, -g]
+        ball = (Int[2], Int[2], Bool[true], "identity", false)
+        arr(v) = pyimport("array").array("d", pylist(collect(Float64, v)))
+        hits = Float64[]
+        after = Ref(zeros(2))
+        cond = pyfunc((u, t) -> arr([u[1]]))
+        function bounce(t, u, idx, tprev, uprev)
+            uprev[1] > 0 || return HybridNODE.EVENT_IGNORE    # direction -1: falling through zero
+            push!(hits, t)
+            after[] = [u[1], -e * u[2]]
+            return HybridNODE.EVENT_JUMP
+        end
+        jumped = pyfunc(() -> arr(after[]))
+        ts = [0.0, 1.0, 2.5]
+        r = forward_mlp(ball..., θball, reshape([h, 0.0], 2, 1), ts; algorithm = "Tsit5",
+                        sensitivity = "GaussAdjoint", event_condition = cond,
+                        event_affect = pyfunc(bounce), event_jumped = jumped, event_len = 1,
+                        event_points = 10, abstol = 1e-12, reltol = 1e-12)
+        t1 = sqrt(2h / g)
+        want = [t1, t1 + 2e * sqrt(2g * h) / g, t1 + 2e * sqrt(2g * h) / g + 2e^2 * sqrt(2g * h) / g]
+        @test r.success && r.back === nothing
+        @test hits ≈ want[1:length(hits)] rtol = 1e-8
+        @test length(hits) >= 2 && size(r.ys) == (2, 1, 3)
+        # terminal: the first impact ends the solve, the saved states stop before it
+        stop = pyfunc((t, u, idx, tprev, uprev) -> HybridNODE.EVENT_TERMINATE)
+        r = forward_mlp(ball..., θball, reshape([h, 0.0], 2, 1), ts; algorithm = "Tsit5",
+                        sensitivity = "GaussAdjoint", event_condition = cond,
+                        event_affect = stop, event_jumped = jumped, event_len = 1,
+                        abstol = 1e-12, reltol = 1e-12)
+        @test r.success && occursin("Terminated", r.retcode)
+        @test r.t_reached ≈ t1 rtol = 1e-8
+        @test size(r.ys, 3) == 1
+    end
+
     @testset "failures report the time reached" begin
         ts = [0.0, 1.0, 50.0]
         r = forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = "Tsit5",

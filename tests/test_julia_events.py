@@ -1,0 +1,121 @@
+"""Events on the Julia backend: the Python side, against the stand-in engine (tests/julia_standin.py).
+
+The stand-in runs the Python bridge the way julia/events.jl and SciMLBase's VectorContinuousCallback
+do (affect! at every crossing with its index, direction decided in Python, left root, nudge after
+an event; see StandinEngine.forward_events), with scipy's DOP853. The results are checked against
+closed forms and against the torch backend. Julia itself runs these paths in julia/test/runtests.jl
+("events through Python callbacks").
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from julia_standin import StandinEngine
+
+import hybrid_node as hn
+from hybrid_node._errors import BackendError, SolverError, Status
+from hybrid_node.julia import events as julia_events
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+G = 9.81
+TOL = {"rtol": 1e-10, "atol": 1e-12}
+
+
+def fall(t, y):
+    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
+
+
+def impacts(h: float, e: float, n: int) -> list[float]:
+    out = [math.sqrt(2 * h / G)]
+    v = math.sqrt(2 * G * h)
+    for _ in range(n - 1):
+        v *= e
+        out.append(out[-1] + 2 * v / G)
+    return out
+
+
+def bounce(t, y, fired):
+    return torch.stack([y[:, 0], torch.where(fired, -0.8 * y[:, 1], y[:, 1])], 1)
+
+
+def standin(func, y0, t, **kw):
+    with torch.no_grad():
+        return julia_events.solve_events(func, y0, t, method="dopri5", engine=StandinEngine(), **TOL, **kw)
+
+
+def test_a_batch_of_bouncing_balls_on_the_julia_side_matches_the_analytic_times_and_the_torch_backend():
+    hs = [1.0, 2.0, 3.0]
+    y0 = torch.tensor([[h, 0.0] for h in hs])
+    t = torch.tensor([0.0, 1.0, 2.5])
+    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
+    sol = standin(fall, y0, t, event=event)
+    assert sol.status is Status.SUCCESS
+    for i, h in enumerate(hs):
+        got = [float(r.t) for r in sol.events if r.index == (i,)]
+        assert len(got) >= 2
+        torch.testing.assert_close(got, impacts(h, 0.8, len(got)), rtol=1e-8, atol=1e-8)
+    torch_sol = hn.solve(fall, y0, t, event=event, controller=hn.PIDController(**TOL))
+    assert [r.index for r in sol.events] == [r.index for r in torch_sol.events]
+    torch.testing.assert_close(sol.ys, torch_sol.ys.detach(), rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("direction", [0, 1, -1])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_directions_are_filtered_in_python_as_on_the_torch_backend(direction, reverse):
+    # x = sin t, solved forwards to 10 or backwards to -10
+    osc = lambda t, y: torch.stack([y[..., 1], -y[..., 0]], -1)
+    sign = -1.0 if reverse else 1.0
+    t = torch.tensor([0.0, sign * 10.0])
+    event = hn.Event(lambda t, y: y[..., :1], direction=direction)
+    sol = standin(osc, torch.tensor([0.0, 1.0]), t, event=event)
+    roots = [k * math.pi for k in range(1, 4)]
+    # sin t crosses upwards (as t increases) at 2k pi and downwards at (2k + 1) pi, for negative t too
+    up = [r for k, r in enumerate(roots, 1) if k % 2 == 0]
+    down = [r for r in roots if r not in up]
+    want = {0: roots, 1: up, -1: down}[direction]
+    torch.testing.assert_close([abs(float(r.t)) for r in sol.events], want, rtol=1e-8, atol=1e-8)
+    torch_sol = hn.solve(osc, torch.tensor([0.0, 1.0]), t, event=event, controller=hn.PIDController(**TOL))
+    assert len(torch_sol.events) == len(sol.events)
+
+
+def test_a_terminal_event_stops_the_julia_solve_at_the_first_passage():
+    # y' = -theta y from y0 reaches c at log(y0 / c) / theta
+    y0 = torch.tensor([[2.0], [5.0]])
+    sol = standin(
+        lambda t, y: -1.3 * y,
+        y0,
+        torch.tensor([0.0, 1.0]),
+        event_fn=lambda t, y: (y[:, 0] - torch.tensor([0.5, 4.0])).prod().reshape(1),
+        event_t_end=10.0,
+    )
+    assert sol.status is Status.EVENT
+    first = min(math.log(2.0 / 0.5), math.log(5.0 / 4.0)) / 1.3
+    torch.testing.assert_close(float(sol.t_final), first, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(sol.ys[1, 1, 0], torch.tensor(4.0), rtol=1e-8, atol=1e-10)
+
+
+def test_too_many_events_and_missing_events_are_reported():
+    y0 = torch.tensor([[1.0, 0.0]])
+    flip = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce, max_events=3)
+    with pytest.raises(SolverError, match="max_events"):
+        standin(fall, y0, torch.tensor([0.0, 5.0]), event=flip)
+    sol = standin(fall, y0, torch.tensor([0.0, 5.0]), event=flip, throw=False)
+    assert sol.status is Status.TOO_MANY_EVENTS and len(sol.events) == 4
+    with pytest.raises(SolverError, match="event not found"):
+        standin(fall, y0, torch.tensor([0.0, 1.0]), event_fn=lambda t, y: y[:, 0] + 100.0, event_t_end=1.0)
+
+
+def test_the_julia_backend_refuses_event_gradients_per_sample_events_and_an_open_ended_terminal_event():
+    y0 = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    t = torch.tensor([0.0, 1.0])
+    event = hn.Event(lambda t, y: y[:, 0])
+    with pytest.raises(BackendError, match="no_grad"):
+        julia_events.solve_events(fall, y0, t, event=event, engine=StandinEngine())
+    with pytest.raises(BackendError, match="torch backend"):
+        hn.solve(fall, y0.detach(), t, event_fn=lambda t, y: y[:, 0], per_sample_events=True, backend="julia")
+    with pytest.raises(BackendError, match="t_end"):
+        julia_events.solve_events(fall, y0.detach(), t, event_fn=lambda t, y: y[:, 0], engine=StandinEngine())
