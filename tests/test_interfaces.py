@@ -99,9 +99,11 @@ def test_capabilities_per_family(family, adaptive, implicit, compile):
 def test_registry_solvers_are_the_public_classes():
     public = {getattr(hn, name) for _, name in CLASSES} | {hn.ScipySolver}
     for name, spec in METHOD_SPECS.items():
-        if spec.solver is not None and name != "fixed_adams":  # fixed_adams: AdamsBashforthMoulton(name=...)
+        # fixed_adams: AdamsBashforthMoulton(name=...); trbdf2: TRBDF2 on fixed steps unless adaptive=True
+        if spec.solver is not None and name not in ("fixed_adams", "trbdf2"):
             assert spec.solver in public, name
     assert type(METHOD_SPECS["fixed_adams"].solver()) is hn.AdamsBashforthMoulton
+    assert type(METHOD_SPECS["trbdf2"].solver()) is hn.TRBDF2
 
 
 def test_controllers_declare_what_the_loops_read():
