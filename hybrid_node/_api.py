@@ -223,30 +223,11 @@ def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, e
             options["step_size"] = controller.step_size
         if controller.max_num_steps != ConstantStepSize.max_num_steps:
             options["max_num_steps"] = controller.max_num_steps
+    common: dict[str, Any] = {"method": solver.name, "rtol": rtol, "atol": atol, "options": options}
+    common.update(sensitivity=sensitivity, adjoint_params=adjoint_params)
     if events["event"] is not None or events["event_fn"] is not None:
-        return julia_events.solve_events(
-            func,
-            y0,
-            t,
-            method=solver.name,
-            rtol=rtol,
-            atol=atol,
-            options=options,
-            sensitivity=sensitivity,
-            adjoint_params=adjoint_params,
-            **events,
-        )
-    return julia_backend.solve(
-        func,
-        y0,
-        t,
-        method=solver.name,
-        rtol=rtol,
-        atol=atol,
-        options=options,
-        sensitivity=sensitivity,
-        adjoint_params=adjoint_params,
-    )
+        return julia_events.solve_events(func, y0, t, **common, **events)
+    return julia_backend.solve(func, y0, t, **common)
 
 
 def odeint(

@@ -16,22 +16,18 @@ import math
 
 import pytest
 import torch
+from bouncing import Decay, G, fall
 
 import hybrid_node as hn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
-G = 9.81
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 ADJOINTS = {
     "backsolve": hn.BacksolveAdjoint(),
     "interpolating": hn.InterpolatingAdjoint(),
     "interpolating_checkpoints": hn.InterpolatingAdjoint(checkpoints=4),
 }
-
-
-def fall(t, y):
-    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
 
 
 def impact_derivatives(h: float, e: float, k: int) -> tuple[float, float]:
@@ -155,15 +151,6 @@ def test_parameter_gradients_through_events_by_the_adjoint_match_direct_backprop
         grads.append(torch.autograd.grad(loss, (y0,) + params))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
-
-
-class Decay(torch.nn.Module):
-    def __init__(self, theta: float):
-        super().__init__()
-        self.theta = torch.nn.Parameter(torch.tensor(theta))
-
-    def forward(self, t, y):
-        return -self.theta * y
 
 
 @pytest.mark.parametrize("name", list(ADJOINTS))

@@ -12,25 +12,11 @@ import math
 
 import pytest
 import torch
+from bouncing import G, fall, impacts
 
 import hybrid_node as hn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
-
-G = 9.81
-
-
-def fall(t, y):
-    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
-
-
-def impacts(h: float, e: float, n: int) -> list[float]:
-    out = [math.sqrt(2 * h / G)]
-    v = math.sqrt(2 * G * h)
-    for _ in range(n - 1):
-        v *= e
-        out.append(out[-1] + 2 * v / G)
-    return out
 
 
 def bouncing(h, e, solver, controller, sensitivity=None, t_end=2.5, max_events=10_000):

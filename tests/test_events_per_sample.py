@@ -12,26 +12,13 @@ import math
 
 import pytest
 import torch
+from bouncing import Decay, G, fall
 
 import hybrid_node as hn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
-G = 9.81
-
-
-class Decay(torch.nn.Module):
-    def __init__(self, theta: float):
-        super().__init__()
-        self.theta = torch.nn.Parameter(torch.tensor(theta))
-
-    def forward(self, t, y):
-        return -self.theta * y
-
-
-def fall(t, y):
-    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
 
 
 def test_first_passage_times_of_a_linear_system_match_the_closed_form():

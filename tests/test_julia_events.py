@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from bouncing import fall, impacts
 from julia_standin import StandinEngine
 
 import hybrid_node as hn
@@ -21,21 +22,7 @@ from hybrid_node.julia import events as julia_events
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
-G = 9.81
 TOL = {"rtol": 1e-10, "atol": 1e-12}
-
-
-def fall(t, y):
-    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
-
-
-def impacts(h: float, e: float, n: int) -> list[float]:
-    out = [math.sqrt(2 * h / G)]
-    v = math.sqrt(2 * G * h)
-    for _ in range(n - 1):
-        v *= e
-        out.append(out[-1] + 2 * v / G)
-    return out
 
 
 def bounce(t, y, fired):

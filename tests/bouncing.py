@@ -1,0 +1,35 @@
+"""Shared fields of the event tests: a falling ball (with its analytic impact times) and a decay."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+G = 9.81
+
+
+def fall(t, y):
+    """Free fall of a batch of balls: y[:, 0] height, y[:, 1] velocity."""
+    return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
+
+
+def impacts(h: float, e: float, n: int) -> list[float]:
+    """The first ``n`` impact times of a ball dropped from rest at height ``h`` with restitution ``e``."""
+    out = [math.sqrt(2 * h / G)]
+    v = math.sqrt(2 * G * h)
+    for _ in range(n - 1):
+        v *= e
+        out.append(out[-1] + 2 * v / G)
+    return out
+
+
+class Decay(torch.nn.Module):
+    """y' = -theta y with a learnable theta."""
+
+    def __init__(self, theta: float):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(theta))
+
+    def forward(self, t, y):
+        return -self.theta * y
