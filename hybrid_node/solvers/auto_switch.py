@@ -14,8 +14,9 @@ With ``stiff_method="bdf"`` the stiff phase runs the variable-order BDF of :mod:
 (fewer Jacobians and LU factorisations per step than Rodas5P, more steps): it starts at order one from
 (t1, y1) with the last Tsit5 step, chooses its own steps and orders (:meth:`AutoSwitch.propose_step`
 hands them to the loop) and retries rejected steps by its own rules (:meth:`AutoSwitch.reject`); its
-Jacobian blocks give the spectral bound of the test for switching back. This is the pairing of
-DifferentialEquations.jl's ``AutoTsit5(FBDF())``.
+Jacobian blocks give the spectral bound of the test for switching back, counted only after 20 BDF
+steps (BDF restarts at order one, and its short steps while it builds its order say nothing about
+stiffness).
 
 References: the stiffness test of Hairer & Wanner, Solving ODEs II, Section IV.2 (eigenvalue estimate
 from two stages at the same time, as in DOPRI5's stiffness detection); the switching with hysteresis
