@@ -1,4 +1,4 @@
-"""Automatic stiffness switching: Tsit5 while the problem is non-stiff, Rodas5P while it is stiff.
+"""Automatic stiffness switching: Tsit5 while the problem is non-stiff, Rodas5P (or BDF) while it is stiff.
 
 Tsit5's last two stages are both evaluated at the end of the step (c6 = c7 = 1), at two different
 states, so ``|k7 - k6| / |y7 - y6|`` estimates the largest eigenvalue magnitude of the Jacobian along
@@ -9,6 +9,14 @@ Jacobian-based). In the stiff phase the Jacobian blocks that Rodas5P evaluates a
 spectral radius (their inf-norm); after 3 steps in a row where Tsit5 could take Rodas5P's step stably
 it switches back. Both methods carry a 4th-order error estimate, so the PID controller's step rule
 holds through a switch. The switches are counted in ``stats.n_switches``.
+
+With ``stiff_method="bdf"`` the stiff phase runs the variable-order BDF of :mod:`.multistep` instead
+(fewer Jacobians and LU factorisations per step than Rodas5P, more steps): it starts at order one from
+(t1, y1) with the last Tsit5 step, chooses its own steps and orders (:meth:`AutoSwitch.propose_step`
+hands them to the loop) and retries rejected steps by its own rules (:meth:`AutoSwitch.reject`); its
+Jacobian blocks give the spectral bound of the test for switching back, counted only after 20 BDF
+steps (BDF restarts at order one, and its short steps while it builds its order say nothing about
+stiffness).
 
 References: the stiffness test of Hairer & Wanner, Solving ODEs II, Section IV.2 (eigenvalue estimate
 from two stages at the same time, as in DOPRI5's stiffness detection); the switching with hysteresis
@@ -26,7 +34,7 @@ import torch
 from ..interpolation import linear_combination
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import system_shape
-from .multistep import _count_switch
+from .multistep import _SWITCH_WAIT, BDF, NordsieckState, _count_switch
 from .newton import tolerances
 from .rosenbrock import Rodas5P, RosenbrockState
 from .tsit5 import Tsit5
@@ -37,6 +45,8 @@ _STIFF_TOL = 0.9  # dt * rho above this fraction of the region counts as stiff
 _NONSTIFF_TOL = 0.9  # ... and below it (with Rodas5P's step) as non-stiff
 _MAX_STIFF_STEPS = 10  # stiff steps in a row before switching to the stiff method
 _MAX_NONSTIFF_STEPS = 3  # non-stiff steps in a row before switching back
+#: the stiff methods ``auto`` can switch to
+STIFF_METHODS = ("rodas5p", "bdf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +73,20 @@ class AutoStep:
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class AutoSwitch(AbstractSolver):
-    """Tsit5 that switches to Rodas5P when the problem turns stiff and back when it clears (``"auto"``).
+    """Tsit5 that switches to a stiff method when the problem turns stiff and back when it clears (``"auto"``).
 
     Args:
-        jacobian, batch_dims, autonomous: Rodas5P's settings (:class:`~.rosenbrock.Rosenbrock`);
+        jacobian, batch_dims: the stiff method's Jacobian settings (:class:`~.linalg.JacobianSettings`);
             ``batch_dims`` also says which dimensions index samples for the stiffness estimate.
+        autonomous: Rodas5P's setting (:class:`~.rosenbrock.Rosenbrock`; BDF does not use it).
+        stiff_method: "rodas5p" (default; DifferentialEquations.jl's ``AutoTsit5(Rodas5P())``) or "bdf"
+            (the variable-order BDF of :class:`~.multistep.BDF`).
+        rtol, atol: the solve's tolerances, for BDF's corrector test and order selection (the loop
+            passes the controller's through :meth:`with_tolerances`).
         name: the method name.
+
+    Raises:
+        ValueError: an unknown ``stiff_method``, or invalid Jacobian settings.
 
     References: see the module docstring (Hairer & Wanner II, IV.2; DifferentialEquations.jl's
     AutoTsit5(Rodas5P()); Petzold 1983).
@@ -77,11 +95,19 @@ class AutoSwitch(AbstractSolver):
     jacobian: object = "jacrev"
     batch_dims: int | None = None
     autonomous: bool = False
+    stiff_method: str = "rodas5p"
+    rtol: float = 1e-7
+    atol: float = 1e-9
     name: str = "auto"
 
     implicit = True
 
     def __post_init__(self):
+        if self.stiff_method not in STIFF_METHODS:
+            raise ValueError(
+                f"stiff_method of 'auto' must be one of {STIFF_METHODS}, got {self.stiff_method!r}; "
+                "pass options={'stiff_method': 'bdf'} for the BDF stiff phase."
+            )
         self._stiff_solver()  # validates the Jacobian settings
 
     @property
@@ -95,19 +121,24 @@ class AutoSwitch(AbstractSolver):
     def _nonstiff_solver(self) -> Tsit5:
         return Tsit5()
 
-    def _stiff_solver(self) -> Rodas5P:
+    def _stiff_solver(self) -> Rodas5P | BDF:
+        if self.stiff_method == "bdf":
+            return BDF(jacobian=self.jacobian, batch_dims=self.batch_dims, rtol=self.rtol, atol=self.atol)
         return Rodas5P(jacobian=self.jacobian, batch_dims=self.batch_dims, autonomous=self.autonomous)
 
     def with_tolerances(self, rtol: Any, atol: Any) -> AutoSwitch:
-        tolerances(rtol, atol)  # neither method iterates: nothing to take over
-        return self
+        """This method with the solve's (smallest) tolerances, which BDF's corrector and order selection use."""
+        scalars = tolerances(rtol, atol)
+        if scalars is None:
+            return self
+        return dataclasses.replace(self, rtol=scalars[0], atol=scalars[1])
 
     def init(self, f: Field, t0: float, y0: torch.Tensor) -> AutoState:
         """Start non-stiff (a restart too): Tsit5's state is f(t0, y0)."""
         return AutoState(False, self._nonstiff_solver().init(f, t0, y0))
 
     def derivative(self, state: AutoState) -> torch.Tensor:
-        return state.inner.f0 if state.stiff else state.inner
+        return self._stiff_solver().derivative(state.inner) if state.stiff else state.inner
 
     def step(self, f: Field, t: float, y: torch.Tensor, state: AutoState, dt: float) -> AutoStep:
         """One step of the active method."""
@@ -126,13 +157,33 @@ class AutoSwitch(AbstractSolver):
                 return AutoState(False, inner, votes)
             _count_switch(f)
             return AutoState(True, self._stiff_solver().init(f, t1, step.y1))
-        inner = self._stiff_solver().next_state(f, t1, step.inner)
-        vote = step.dt * _jacobian_rho(inner) < _NONSTIFF_TOL * TSIT5_STABILITY
+        stiff = self._stiff_solver()
+        inner = stiff.next_state(f, t1, step.inner)
+        # BDF's next step is its own choice (inner.factor); Rodas5P's comes from the controller, and its
+        # last step stands in for it
+        dt = step.dt * inner.factor if isinstance(inner, NordsieckState) else step.dt
+        vote = dt * _jacobian_rho(inner) < _NONSTIFF_TOL * TSIT5_STABILITY
+        if isinstance(inner, NordsieckState) and inner.since_switch < _SWITCH_WAIT:
+            # BDF restarts at order one and shortens its steps while it builds its order: those short
+            # steps say nothing about stiffness (without this wait HIRES switched 62 times, not once)
+            vote = False
         votes = step.votes + 1 if vote else 0
         if votes < _MAX_NONSTIFF_STEPS:
             return AutoState(True, inner, votes)
         _count_switch(f)
-        return AutoState(False, inner.f0)  # Tsit5's state is f(t1, y1), which Rodas5P's holds
+        return AutoState(False, stiff.derivative(inner))  # Tsit5's state is f(t1, y1), which both hold
+
+    def reject(self, f: Field, t: float, y: torch.Tensor, state: AutoState, step: AutoStep) -> AutoState:
+        """The active method's retry state (BDF's smaller step and order, a refreshed Jacobian)."""
+        if not step.stiff:
+            return state
+        return dataclasses.replace(state, inner=self._stiff_solver().reject(f, t, y, state.inner, step.inner))
+
+    def propose_step(self, state: AutoState, dt: float, proposal: float) -> float:
+        """BDF's own step while it is active (its order changes); else the controller's proposal."""
+        if state.stiff and isinstance(state.inner, NordsieckState):
+            return self._stiff_solver().propose_step(state.inner, dt, proposal)
+        return proposal
 
     def interpolant(
         self, f: Field, t0: float, y0: torch.Tensor, dt: float, step: AutoStep, next_state: Any
@@ -156,7 +207,10 @@ class AutoSwitch(AbstractSolver):
             return float(ratio.max()) if ratio.numel() else 0.0
 
 
-def _jacobian_rho(state: RosenbrockState) -> float:
-    """The largest inf-norm of the Jacobian blocks: a bound on their spectral radii."""
+def _jacobian_rho(state: RosenbrockState | NordsieckState) -> float:
+    """The largest inf-norm of the Jacobian blocks: a bound on their spectral radii (0 without blocks)."""
+    jac = state.jac
+    if jac is None or not jac.numel():
+        return 0.0
     with torch.no_grad():
-        return float(state.jac.detach().abs().sum(-1).max()) if state.jac.numel() else 0.0
+        return float(jac.detach().abs().sum(-1).max())

@@ -185,8 +185,9 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         ),
         "auto": MethodSpec(
             AutoSwitch,
-            ("jacobian", "batch_dims", "autonomous"),
+            ("jacobian", "batch_dims", "autonomous", "stiff_method"),
             julia="AutoTsit5Rodas5P",
+            uses_tolerances=True,
             notes="tsit5, switching to rodas5p while stiff (stiffness estimate) and back; `stats.n_switches`",
         ),
         "lsoda": MethodSpec(
