@@ -27,6 +27,11 @@ class Prepared:
 
 def _times(ts: Any, y0: torch.Tensor) -> list[float]:
     if isinstance(ts, torch.Tensor):
+        if ts.requires_grad:
+            raise ValueError(
+                "gradients with respect to ts are not supported (torchsde refuses them too): pass ts.detach(). "
+                "To learn a time scale c, scale the SDE instead (same law): drift c f and diffusion sqrt(c) g."
+            )
         if ts.ndim != 1:
             raise ValueError(f"ts must be a 1-D tensor of times, got shape {tuple(ts.shape)}.")
         out = [float(v) for v in ts.detach().cpu().tolist()]
@@ -77,6 +82,8 @@ def prepare(
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}.")
     times = _times(ts, y0)
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            raise ValueError(f"{name} must not require gradients (no gradient flows to it): pass a float.")
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}.")
     method = DEFAULT_METHOD[(view.sde_type, view.noise_type)] if method is None else method

@@ -48,7 +48,7 @@ def _increment_vjp(
     return phi.detach(), vy, vp
 
 
-def _rate_vjp(
+def rate_vjp(
     sde: SDEView, params: Sequence[torch.Tensor], t: float, y: torch.Tensor, h: float, cot: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The cotangent ``cot`` of the KL increment rate(t, y) h pulled back to y and to the parameters."""
@@ -98,7 +98,7 @@ def backward_pass(
         if n in traj.kept:
             y = traj.kept[n]  # restart from the stored forward state: the reconstruction error stays local
         if later is not None:
-            vy, vp = _rate_vjp(sde, params, t0, y, h, later)
+            vy, vp = rate_vjp(sde, params, t0, y, h, later)
             a = a + vy
             a_params = [acc + v for acc, v in zip(a_params, vp)]
         if n in inject:

@@ -3,7 +3,8 @@
 The forward pass keeps no graph; the backward pass walks the steps in reverse, recovers each step's
 input exactly from its output (:func:`reverse_step`) and differentiates that one step locally. The
 gradients are those of direct backprop through the same discretisation, up to floating-point rounding,
-with O(len(ts)) memory.
+with O(len(ts)) memory. With logqp the KL integral (a left-point sum of the rate at each step's input
+state) is differentiated at the recovered states too, so its gradient is exact as well.
 
 Reference:
     P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and Accurate Gradients for Neural SDEs", NeurIPS
@@ -20,6 +21,7 @@ import torch
 from ._cotangents import step_cotangents
 from ._loop import Trajectory, integrate
 from ._validate import Prepared
+from .adjoint import rate_vjp
 from .solvers.reversible_heun import forward_step, reverse_step
 
 
@@ -29,13 +31,19 @@ def _grads(outputs, inputs, cotangents) -> list[torch.Tensor]:
 
 
 def backward_pass(
-    prepared: Prepared, params: Sequence[torch.Tensor], traj: Trajectory, grad_ys: torch.Tensor, y0: torch.Tensor
+    prepared: Prepared,
+    params: Sequence[torch.Tensor],
+    traj: Trajectory,
+    grad_ys: torch.Tensor,
+    y0: torch.Tensor,
+    grad_log_ratios: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Walk the reversible Heun steps backwards, reconstructing and differentiating each.
 
     Args:
         prepared: the checked problem; params: tensors to differentiate; traj: the recorded forward solve;
-        grad_ys: dL/dys; y0: the initial state.
+        grad_ys: dL/dys; y0: the initial state; grad_log_ratios: dL/d(cumulative KL integral at each
+        output), with logqp.
 
     Returns:
         (dL/dy0, [dL/dp for p in params]).
@@ -47,6 +55,10 @@ def backward_pass(
     a_y = inject.get(n_steps, torch.zeros_like(y))
     a_extra = [torch.zeros_like(x) for x in extra]
     a_params = [torch.zeros_like(p) for p in params]
+    # The KL rate at step n's input is weighted by the cotangents of the cumulative integral at every
+    # later step: a running sum, as in the stochastic adjoint.
+    inject_kl = {} if grad_log_ratios is None else step_cotangents(traj, grad_log_ratios)
+    later = inject_kl.get(n_steps)
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
         dw = bm(t0, t1)
@@ -58,8 +70,14 @@ def backward_pass(
             grads = _grads((y1, *extra1), (*inputs, *params), (a_y, *a_extra))
         a_y, a_extra = grads[0], grads[1:4]
         a_params = [acc + g for acc, g in zip(a_params, grads[4:])]
+        if later is not None:
+            vy, vp = rate_vjp(sde, params, t0, y, t1 - t0, later)
+            a_y = a_y + vy
+            a_params = [acc + v for acc, v in zip(a_params, vp)]
         if n in inject:
             a_y = a_y + inject[n]
+        if n in inject_kl:
+            later = inject_kl[n] if later is None else later + inject_kl[n]
     # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0.
     with torch.enable_grad():
         yy = y0.detach().requires_grad_(True)
@@ -76,11 +94,14 @@ class _ReversibleAdjoint(torch.autograd.Function):
             traj = integrate(prepared.solver, prepared.sde, prepared.bm, y0, prepared.ts, record=True, **settings)
         ctx.prepared, ctx.traj, ctx.saved_params, ctx.y0 = prepared, traj, params, y0.detach()
         holder.append(traj.extra)
-        return torch.stack(traj.ys)
+        ys = torch.stack(traj.ys)
+        lrs = torch.stack(traj.log_ratios) if traj.log_ratios else ys.new_zeros(ys.shape[:2])
+        return ys, lrs
 
     @staticmethod
-    def backward(ctx, grad_ys):
-        grad_y0, grad_params = backward_pass(ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, ctx.y0)
+    def backward(ctx, grad_ys, grad_lrs):
+        grad_lrs = grad_lrs if ctx.traj.log_ratios else None
+        grad_y0, grad_params = backward_pass(ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, ctx.y0, grad_lrs)
         return (None, None, None, grad_y0, *grad_params)
 
 
@@ -91,11 +112,13 @@ def solve_reversible_adjoint(
 
     Args:
         prepared: the checked problem (method reversible_heun); y0: (batch, d); params: tensors to
-            differentiate; settings: step-size settings of :func:`hybrid_node.sde._loop.integrate`.
+            differentiate; settings: step-size settings of :func:`hybrid_node.sde._loop.integrate`
+            (``logqp`` included).
 
     Returns:
-        (ys, the final extra state (z, f, g)).
+        (ys, the cumulative KL integral at each output (len(ts), batch; zeros without logqp), the final
+        extra state (z, f, g)).
     """
     holder: list = []
-    ys = _ReversibleAdjoint.apply(prepared, settings, holder, y0, *params)
-    return ys, holder[0]
+    ys, log_ratios = _ReversibleAdjoint.apply(prepared, settings, holder, y0, *params)
+    return ys, log_ratios, holder[0]

@@ -129,7 +129,8 @@ def sdeint_adjoint(
         adjoint_adaptive, adjoint_rtol, adjoint_atol, adjoint_options: accepted for torchsde compatibility;
             the backward solve always walks the forward step grid (adjoint_adaptive=True raises).
         adjoint_params: tensors to differentiate (default: sde.parameters()).
-        logqp: as for sdeint (stochastic adjoint only); the KL integral's gradient is taken backwards too.
+        logqp: as for sdeint; the KL integral's gradient is taken backwards too (exactly, with the
+            reversible adjoint).
         The others: as for :func:`sdeint`.
 
     Returns:
@@ -137,7 +138,7 @@ def sdeint_adjoint(
 
     Raises:
         ValueError: as for sdeint; also a non-Module sde without adjoint_params, unknown adjoint methods or
-            options, extra_solver_state, logqp with the reversible adjoint, Ito SDEs with general noise.
+            options, extra_solver_state, Ito SDEs with general noise (stochastic adjoint).
 
     Reference:
         X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
@@ -164,14 +165,8 @@ def sdeint_adjoint(
         return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], None, logqp, extra)
     settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
     reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
-    if reversible and logqp:
-        raise ValueError(
-            "logqp is not supported by the reversible adjoint; use adjoint_method='midpoint' (stochastic "
-            "adjoint) or sdeint (direct backprop)."
-        )
     if reversible:
-        ys, extra_state = solve_reversible_adjoint(p, y0, params, settings)
-        log_ratios = None
+        ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
     elif adjoint_method in (None, "midpoint"):
         ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings)
     else:
@@ -179,4 +174,4 @@ def sdeint_adjoint(
             f"unknown adjoint_method {adjoint_method!r}: use 'midpoint' (stochastic adjoint), or "
             "'adjoint_reversible_heun' with method='reversible_heun'."
         )
-    return _finish(ys, [] if log_ratios is None else list(log_ratios), extra_state, logqp, extra)
+    return _finish(ys, list(log_ratios), extra_state, logqp, extra)
