@@ -107,7 +107,7 @@ class _ReversibleAdjoint(torch.autograd.Function):
 
 def solve_reversible_adjoint(
     prepared: Prepared, y0: torch.Tensor, params: Sequence[torch.Tensor], settings: Mapping[str, Any]
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Forward reversible Heun solve without a graph; exact gradients by the reversible adjoint.
 
     Args:
