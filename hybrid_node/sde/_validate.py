@@ -46,6 +46,13 @@ def _times(ts: Any, y0: torch.Tensor) -> list[float]:
     return out
 
 
+def _default_levy(solver: SDESolver) -> str:
+    # torchsde's defaults: Foster's area for log_ode, the space-time area for srk.
+    if solver.needs_full_levy_area:
+        return "foster"
+    return "space-time" if solver.needs_levy_area else "none"
+
+
 def prepare(
     sde: Any,
     y0: Any,
@@ -124,7 +131,13 @@ def prepare(
         if len(shape) != 2 or shape[0] != batch or (noise_size is not None and shape[1] != noise_size):
             raise ValueError(f"bm must have shape (batch, noise) = ({batch}, {noise_size or 'm'}), got {shape}.")
         noise_size = shape[1]
-        if solver.needs_levy_area and getattr(bm, "levy_area_approximation", "none") == "none":
+        levy = getattr(bm, "levy_area_approximation", "none")
+        if solver.needs_full_levy_area and levy not in ("davie", "foster"):
+            raise ValueError(
+                f"method {method!r} needs a Levy area: create the Brownian motion with "
+                "levy_area_approximation='foster' (or 'davie'), or pass bm=None."
+            )
+        if solver.needs_levy_area and levy == "none":
             raise ValueError(
                 f"method {method!r} needs a space-time Levy area: create the Brownian motion with "
                 "levy_area_approximation='space-time', or pass bm=None."
@@ -141,7 +154,7 @@ def prepare(
             (batch, noise_size),
             dtype=y0.dtype,
             device=y0.device,
-            levy_area_approximation="space-time" if solver.needs_levy_area else "none",
+            levy_area_approximation=_default_levy(solver),
             dt=None if adaptive else dt,
         )
     return Prepared(view, solver, times, bm, noise_size)

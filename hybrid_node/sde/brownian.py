@@ -29,8 +29,9 @@ from collections.abc import Sequence
 
 import torch
 
-LEVY_AREA_APPROXIMATIONS = ("none", "space-time")
-_UNSUPPORTED_LEVY = ("davie", "foster")
+from .levy_area import approximate_levy_area
+
+LEVY_AREA_APPROXIMATIONS = ("none", "space-time", "davie", "foster")
 _MASK = (1 << 63) - 1
 
 
@@ -48,15 +49,16 @@ class BrownianInterval:
         size: shape of W(t), e.g. (batch, noise channels).
         dtype, device: of the samples (default: torch's default dtype, CPU).
         entropy: seed; default a random one (reproducible runs pass an int).
-        levy_area_approximation: ``"none"`` or ``"space-time"`` (also return U = int_ta^tb (W(u) - W(ta)) du,
-            the integral needed by the order-1.5 SRK solvers).
+        levy_area_approximation: ``"none"``; ``"space-time"`` (also return U = int_ta^tb (W(u) - W(ta)) du,
+            the integral needed by the order-1.5 SRK solvers); ``"davie"`` or ``"foster"`` (U and an
+            approximate Levy area A, for the log-ODE method; see :mod:`hybrid_node.sde.levy_area`).
         dt: optional grid hint: knots t0 + k dt are sampled at once (fast fixed-step solves).
         tol, pool_size, cache_size, halfway_tree: accepted for torchsde compatibility and ignored (every
             knot is kept, so no cache or tolerance is needed).
         W: optional value of W(t1) - W(t0) to condition on (a Brownian bridge).
 
     Raises:
-        ValueError: t1 <= t0, an unknown or unsupported Levy area approximation, a W of the wrong shape.
+        ValueError: t1 <= t0, an unknown Levy area approximation, a W of the wrong shape.
     """
 
     def __init__(
@@ -79,11 +81,6 @@ class BrownianInterval:
         t0, t1 = float(t0), float(t1)
         if not t1 > t0:
             raise ValueError(f"BrownianInterval needs t0 < t1, got t0={t0}, t1={t1}.")
-        if levy_area_approximation in _UNSUPPORTED_LEVY:
-            raise ValueError(
-                f"levy_area_approximation={levy_area_approximation!r} is not implemented: no hybrid_node solver "
-                "needs a full Levy area. Use 'space-time' (for method='srk') or 'none'."
-            )
         if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
             raise ValueError(
                 f"unknown levy_area_approximation {levy_area_approximation!r}; "
@@ -97,7 +94,7 @@ class BrownianInterval:
         self._device = torch.device("cpu") if device is None else torch.device(device)
         self._entropy = int(torch.randint(0, 2**62, ()).item()) if entropy is None else int(entropy)
         self.levy_area_approximation = levy_area_approximation
-        self._levy = levy_area_approximation == "space-time"
+        self._levy = levy_area_approximation != "none"  # Davie's and Foster's areas are built on U
         self._gen = torch.Generator(device=self._device)
         self._times: list[float] = [t0]
         self._w: dict[float, torch.Tensor] = {t0: self._zeros()}
@@ -246,17 +243,25 @@ class BrownianInterval:
 
         Args:
             ta, tb: times in [t0, t1] with ta <= tb (floats or 0-d tensors).
-            return_U: also return U = int_ta^tb (W(u) - W(ta)) du (needs levy_area_approximation="space-time").
-            return_A: a full Levy area; not available (raises).
+            return_U: also return U = int_ta^tb (W(u) - W(ta)) du (needs a Levy area approximation other
+                than "none").
+            return_A: also return the approximate Levy area A over [ta, tb], of shape (*size, size[-1]),
+                A[..., i, j] = 1/2 int (W_i - W_i(ta)) dW_j - 1/2 int (W_j - W_j(ta)) dW_i (needs "davie"
+                or "foster"). The draw is seeded by (entropy, ta, tb): a repeated query returns the same
+                value, but areas of adjacent intervals are separate approximations (not glued by Chen's
+                relation).
 
         Returns:
-            W, or (W, U) with ``return_U``.
+            W; (W, U) with ``return_U``; (W, A) with ``return_A``; (W, U, A) with both.
 
         Raises:
             ValueError: times outside [t0, t1], ta > tb, or an area the object was not built to give.
         """
-        if return_A:
-            raise ValueError("full Levy areas (return_A) are not implemented; no hybrid_node solver needs them.")
+        if return_A and self.levy_area_approximation not in ("davie", "foster"):
+            raise ValueError(
+                'return_A needs BrownianInterval(..., levy_area_approximation="foster") (or "davie"), got '
+                f"{self.levy_area_approximation!r}."
+            )
         if return_U and not self._levy:
             raise ValueError('return_U needs BrownianInterval(..., levy_area_approximation="space-time").')
         if tb is None:
@@ -265,10 +270,19 @@ class BrownianInterval:
         if a > b:
             raise ValueError(f"need ta <= tb, got ta={a}, tb={b}.")
         w = self._w[b] - self._w[a]
-        if not return_U:
+        if not (return_U or return_A):
             return w
         u = self._k[b] - self._k[a] - (b - a) * self._w[a]
-        return w, u
+        if not return_A:
+            return w, u
+        area = approximate_levy_area(w, u, b - a, self.levy_area_approximation, self._area_noise(a, b))
+        return (w, u, area) if return_U else (w, area)
+
+    def _area_noise(self, a: float, b: float) -> torch.Tensor:
+        """Standard normal draws for the Levy area on [a, b], seeded by the interval, of shape (*size, m)."""
+        m = self._size[-1] if len(self._size) else 1
+        self._gen.manual_seed(hash((self._entropy, a, b, -1.0)) & _MASK)
+        return torch.randn((*self._size, m), generator=self._gen, dtype=self._dtype, device=self._device)
 
     def __repr__(self) -> str:
         return (
@@ -307,7 +321,7 @@ class BrownianPath(BrownianInterval):
 
     def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
         out = super().__call__(ta, tb, return_U, return_A)
-        if tb is None and not return_U:
+        if tb is None and not (return_U or return_A):
             return self._w0 + out
         return out
 

@@ -49,7 +49,7 @@ def sdeint(
         ts: strictly increasing output times (1-D tensor or list of floats).
         bm: Brownian motion over [ts[0], ts[-1]] of shape (batch, m) (default: a new BrownianInterval).
         method: "euler", "milstein", "srk" (Ito); "euler_heun", "heun", "midpoint", "reversible_heun",
-            "milstein" (Stratonovich). Default: torchsde's (srk for Ito diagonal/additive/scalar noise,
+            "milstein", "log_ode" (Stratonovich). Default: torchsde's (srk for Ito diagonal/additive/scalar noise,
             euler for Ito general noise, midpoint for Stratonovich).
         dt: step size (the initial one when adaptive).
         adaptive, rtol, atol, dt_min: step doubling with these tolerances and minimum step.
