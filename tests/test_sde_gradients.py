@@ -24,6 +24,7 @@ def _loss(ys: torch.Tensor) -> torch.Tensor:
         ("srk", "diagonal", "ito"),
         ("heun", "general", "stratonovich"),
         ("reversible_heun", "general", "stratonovich"),
+        ("log_ode", "general", "stratonovich"),
     ],
 )
 def test_direct_gradients_match_finite_differences(method, noise, sde_type):
@@ -31,7 +32,7 @@ def test_direct_gradients_match_finite_differences(method, noise, sde_type):
     sde = NeuralSDE(noise, sde_type, d=2, m=2)
     y0 = torch.randn(3, 2, requires_grad=True)
     m = 2
-    bm = hn.BrownianInterval(0.0, 1.0, (3, m), entropy=1, levy_area_approximation="space-time")
+    bm = hn.BrownianInterval(0.0, 1.0, (3, m), entropy=1, levy_area_approximation="foster")  # U and A
     ts = [0.0, 0.4, 1.0]
 
     def f(y0_, w):
