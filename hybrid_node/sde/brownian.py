@@ -103,6 +103,13 @@ class BrownianInterval:
         # Snap tolerance: a query this close to a knot is that knot (step times built by repeated addition
         # differ from t0 + k dt in the last bits; a separate knot there would only cost memory).
         self._eps = 1e-10 * max(1.0, abs(t0), abs(t1))
+        # With a grid hint the cells' increments are kept as drawn and the knot values are summed only
+        # when a query needs them (see _materialise): a fixed-step solve reads one cell per step.
+        self._grid: dict[float, int] = {}
+        self._cell_w: torch.Tensor | None = None
+        self._cell_u: torch.Tensor | None = None
+        self._materialised = False
+        self._grid_end: list[float] = []
         if dt is not None and dt < h:
             self._sample_grid(dt)
         else:
@@ -171,15 +178,32 @@ class BrownianInterval:
         hs = hs.reshape(-1, *([1] * len(self._size)))
         n = len(hs)
         z = self._randn(self._t1 + 0.25, 2 * n if self._levy else n)
-        dw = hs.sqrt() * z[:n]
-        w = torch.cat([self._zeros().unsqueeze(0), dw.cumsum(0)])
+        self._cell_w = hs.sqrt() * z[:n]
         if self._levy:
+            # The integral of (W - W(s_k)) over cell k, drawn jointly with the cell's increment.
+            self._cell_u = hs * (0.5 * self._cell_w + (hs / 12).sqrt() * z[n:])
+        self._times = list(times)
+        self._grid = {t: k for k, t in enumerate(times[:-1])}  # cell k is [times[k], times[k + 1]]
+        self._grid_end = times
+
+    def _materialise(self) -> None:
+        """Sum the grid's cell increments into knot values W(s_k) (and K(s_k)), once.
+
+        The cells are kept: a query of a whole cell still returns the cell's own draw, bit for bit the
+        same before and after (a sum of knot differences would agree only to rounding)."""
+        if self._cell_w is None or self._materialised:
+            return
+        self._materialised = True
+        dw = self._cell_w
+        w = torch.cat([self._zeros().unsqueeze(0), dw.cumsum(0)])
+        self._w = dict(zip(self._times, w.unbind(0)))
+        if self._cell_u is not None:
             # K(s_{k+1}) = K(s_k) + h_k W(s_k) + int_{s_k}^{s_{k+1}} (W - W(s_k)) du.
-            local = hs * (0.5 * dw + (hs / 12).sqrt() * z[n:])
-            k = torch.cat([self._zeros().unsqueeze(0), (local + hs * w[:-1]).cumsum(0)])
-        self._times = times
-        self._w = dict(zip(times, w.unbind(0)))
-        self._k = dict(zip(times, k.unbind(0))) if self._levy else {}
+            hs = torch.tensor(
+                [b - a for a, b in zip(self._times[:-1], self._times[1:])], dtype=self._dtype, device=self._device
+            ).reshape(-1, *([1] * len(self._size)))
+            k = torch.cat([self._zeros().unsqueeze(0), (self._cell_u + hs * w[:-1]).cumsum(0)])
+            self._k = dict(zip(self._times, k.unbind(0)))
 
     def _insert(self, t: float, w: torch.Tensor, k: torch.Tensor) -> None:
         bisect.insort(self._times, t)
@@ -225,6 +249,7 @@ class BrownianInterval:
 
     def _knot(self, t: float) -> float:
         """The knot at time t (inserted if needed); raises outside [t0, t1]."""
+        self._materialise()
         if t in self._w:
             return t
         if not self._t0 - self._eps <= t <= self._t1 + self._eps:
@@ -266,6 +291,15 @@ class BrownianInterval:
             raise ValueError('return_U needs BrownianInterval(..., levy_area_approximation="space-time").')
         if tb is None:
             ta, tb = self._t0, ta
+        if self._grid and not return_A:
+            # Fast path: a query of one whole grid cell is the cell's own draw.
+            k = self._grid.get(float(ta))
+            if k is not None and self._grid_end[k + 1] == float(tb):
+                assert self._cell_w is not None
+                if not return_U:
+                    return self._cell_w[k]
+                assert self._cell_u is not None
+                return self._cell_w[k], self._cell_u[k]
         a, b = self._knot(float(ta)), self._knot(float(tb))
         if a > b:
             raise ValueError(f"need ta <= tb, got ta={a}, tb={b}.")

@@ -49,6 +49,11 @@ def diffusion_derivative_product(sde: SDEView, t: float, y: torch.Tensor) -> tup
         return b, jvp
 
 
+def _update(y, f, h: float, b, dw, bdb, i11) -> torch.Tensor:
+    """y + f h + b dW + 1/2 (db/dy) b I11 in three fused operations (fewer autograd nodes)."""
+    return torch.addcmul(torch.addcmul(torch.add(y, f, alpha=h), b, dw), bdb, i11, value=0.5)
+
+
 @dataclasses.dataclass(frozen=True)
 class Milstein(SDESolver):
     """Milstein's scheme: Euler-Maruyama plus the first iterated-integral term.
@@ -107,6 +112,6 @@ class Milstein(SDESolver):
                 # difference is accurate to O(h).
                 b_plus, b_minus = _column(sde, sde.g(t0, y + b * sqrt_h)), _column(sde, sde.g(t0, y - b * sqrt_h))
                 bdb = (b_plus - b_minus) / (2 * sqrt_h)
-            return y + f * h + b * dw + 0.5 * bdb * i11, extra
+            return _update(y, f, h, b, dw, bdb, i11), extra
         b, bdb = diffusion_derivative_product(sde, t0, y)
-        return y + f * h + b * dw + 0.5 * bdb * i11, extra
+        return _update(y, f, h, b, dw, bdb, i11), extra
