@@ -38,9 +38,10 @@ def diffusion_derivative_product(sde: SDEView, t: float, y: torch.Tensor) -> tup
         if not b.requires_grad:  # g does not depend on y (or on anything differentiable): no correction
             return b, torch.zeros_like(b)
         if sde.noise_type == "diagonal":
-            (db,) = torch.autograd.grad(b.sum(), yy, create_graph=True, allow_unused=True)
+            # Without gradients (a forward solve) no graph of the derivative is needed.
+            (db,) = torch.autograd.grad(b.sum(), yy, create_graph=create, allow_unused=True)
             db = torch.zeros_like(b) if db is None else db
-            return b, db * b if create else (db * b).detach()
+            return (b, db * b) if create else (b.detach(), db * b.detach())
         u = torch.ones_like(b, requires_grad=True)
         (vjp,) = torch.autograd.grad(b, yy, u, create_graph=True, allow_unused=True)
         if vjp is None:
