@@ -42,7 +42,13 @@ def _increment_vjp(
     """phi(t, y) = f h + g dW and the cotangent a pulled back to y and to the parameters."""
     with torch.enable_grad():
         yy = y.detach().requires_grad_(True)
-        phi = _stratonovich_drift(sde, t, yy) * h + sde.g_prod(t, yy, dw)
+        if sde.sde_type == "ito" and sde.noise_type in ("diagonal", "scalar") and sde.plain_g:
+            # The Ito-to-Stratonovich correction already evaluates the diffusion column b: reuse it for
+            # the noise term instead of a second diffusion call.
+            b, bdb = diffusion_derivative_product(sde, t, yy)
+            phi = torch.addcmul(torch.add(sde.f(t, yy), bdb, alpha=-0.5) * h, b, dw)
+        else:
+            phi = _stratonovich_drift(sde, t, yy) * h + sde.g_prod(t, yy, dw)
         grads = torch.autograd.grad(phi, (yy, *params), a, allow_unused=True)
     vy = torch.zeros_like(y) if grads[0] is None else grads[0]
     vp = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
