@@ -232,6 +232,24 @@ def test_log_ode_on_non_commutative_noise_strong_order_and_levy_area_in_law():
     assert all(e > 0.04 for e in weak["midpoint"]) and _slope(dts[:3], weak["midpoint"]) > 0.85, weak
 
 
+def test_reversible_heun_steps_are_undone_exactly():
+    from hybrid_node.sde._sde import SDEView
+    from hybrid_node.sde.solvers.reversible_heun import ReversibleHeun, forward_step, reverse_step
+
+    torch.manual_seed(2)
+    sde = SDEView(NeuralSDE("general", "stratonovich"))
+    y = torch.randn(4, 3)
+    extra = ReversibleHeun().init(sde, 0.0, y)
+    state = (y, extra)
+    dws = [0.3 * torch.randn(4, 2) for _ in range(20)]
+    for k, dw in enumerate(dws):
+        state = forward_step(sde, 0.05 * k, 0.05 * (k + 1), dw, *state)
+    for k, dw in reversed(list(enumerate(dws))):
+        state = reverse_step(sde, 0.05 * k, 0.05 * (k + 1), dw, *state)
+    torch.testing.assert_close(state[0], y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state[1][0], extra[0], rtol=0, atol=1e-12)
+
+
 PARITY = [  # torchsde's scalar-noise Milstein uses J^T g instead of J g, and its diagonal SRK is another tableau
     ("euler", None, "diagonal", "ito"),
     ("euler", None, "general", "ito"),
