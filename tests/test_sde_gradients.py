@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _sde_problems import GBM, NeuralSDE
+from _sde_problems import GBM, NeuralSDE, ScalarGBM
 
 import hybrid_node as hn
 
@@ -231,3 +231,16 @@ def test_adaptive_adjoint_agrees_with_direct_backprop():
         adjoint = _grads(solve, sde, y0)
         errs.append(sum(float((a - b).norm()) for a, b in zip(adjoint, direct)) / sum(float(b.norm()) for b in direct))
     assert errs[1] < 2e-3 and errs[1] < errs[0] / 2, errs
+
+
+def test_stochastic_adjoint_of_ito_scalar_noise_converges_to_direct_backprop():
+    # Ito scalar noise takes the adjoint's fused path (the correction's diffusion column reused).
+    sde = ScalarGBM("ito", 0.3, 0.5)
+    y0 = torch.full((50, 2), 1.5, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (50, 1), entropy=2)
+    errs = []
+    for dt in (2**-5, 2**-8):
+        direct = _grads(lambda dt=dt: hn.sdeint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", dt=dt), sde, y0)
+        adjoint = _grads(lambda dt=dt: hn.sdeint_adjoint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", dt=dt), sde, y0)
+        errs.append(sum(float((a - b).norm()) for a, b in zip(adjoint, direct)) / sum(float(b.norm()) for b in direct))
+    assert errs[1] < 5e-3 and errs[1] < errs[0] / 2, errs
