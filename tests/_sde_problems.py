@@ -71,3 +71,21 @@ class NeuralSDE(torch.nn.Module):
         if self.noise_type == "diagonal":
             return torch.sigmoid(self.scale * y) + 0.1 * t  # g_i depends on y_i only
         return torch.sigmoid(self.mix(y)).view(-1, self.d, self.m)
+
+
+class Heisenberg:
+    """dx1 = dW1, dx2 = dW2, dx3 = x1 o dW2 - x2 o dW1 (Stratonovich, general non-commutative noise).
+
+    From x = 0, x3(T) = 2 A_12(0, T), twice the Levy area of (W1, W2), whose characteristic function gives
+    E[cos x3(T)] = 1 / cosh(T) (P. Levy, 1951)."""
+
+    noise_type = "general"
+    sde_type = "stratonovich"
+
+    def f(self, t, y):
+        return torch.zeros_like(y)
+
+    def g(self, t, y):
+        one, zero = torch.ones_like(y[:, 0]), torch.zeros_like(y[:, 0])
+        rows = [torch.stack([one, zero], -1), torch.stack([zero, one], -1), torch.stack([-y[:, 1], y[:, 0]], -1)]
+        return torch.stack(rows, 1)

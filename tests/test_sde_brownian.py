@@ -63,8 +63,6 @@ def test_path_and_tree_values():
 def test_bad_inputs_raise_with_fixes():
     with pytest.raises(ValueError, match="t0 < t1"):
         hn.BrownianInterval(1.0, 0.0, (2,))
-    with pytest.raises(ValueError, match="not implemented"):
-        hn.BrownianInterval(0.0, 1.0, (2,), levy_area_approximation="davie")
     with pytest.raises(ValueError, match="unknown levy_area_approximation"):
         hn.BrownianInterval(0.0, 1.0, (2,), levy_area_approximation="spacetime")
     bm = hn.BrownianInterval(0.0, 1.0, (2,))
@@ -74,3 +72,48 @@ def test_bad_inputs_raise_with_fixes():
         bm(0.6, 0.5)
     with pytest.raises(ValueError, match="space-time"):
         bm(0.0, 0.5, return_U=True)
+    with pytest.raises(ValueError, match="foster"):
+        hn.BrownianInterval(0.0, 1.0, (2, 2), levy_area_approximation="space-time")(0.0, 0.5, return_A=True)
+
+
+def _fine_grid_levy_area(bm, h: float, cells: int) -> torch.Tensor:
+    """A_01 over [0, h] from the path on a fine grid: sum of W(t_k) x dW_k, antisymmetrised.
+
+    It misses the areas inside the cells, a variance deficit of h^2 / (4 cells)."""
+    area = 0.0
+    for k in range(cells):
+        a, b = k * h / cells, (k + 1) * h / cells
+        w_a = bm(a) if k else 0.0 * bm(0.0, b)
+        dw = bm(a, b)
+        area = area + 0.5 * (w_a[:, 0] * dw[:, 1] - w_a[:, 1] * dw[:, 0])
+    return area
+
+
+@pytest.mark.parametrize("kind", ["davie", "foster"])
+def test_levy_area_approximations_match_the_conditional_law_of_the_true_area(kind):
+    # The true area (from a fine grid of the same path) given (W, H) has mean H_0 W_1 - W_0 H_1 and
+    # variance h^2/20 + h (H_0^2 + H_1^2)/5; Davie's noise has the average of that variance (h^2/12),
+    # Foster's the conditional one. Both give Var A = h^2/4.
+    n, h, cells = 20000, 0.5, 128
+    bm = hn.BrownianInterval(0.0, h, (n, 2), dtype=torch.float64, entropy=1, dt=h / cells, levy_area_approximation=kind)
+    true = _fine_grid_levy_area(bm, h, cells)
+    w, u, area = bm(0.0, h, return_U=True, return_A=True)
+    torch.testing.assert_close(bm(0.0, h, return_A=True)[1], area)  # a repeated query: the same draw
+    assert area.shape == (n, 2, 2) and bool((area + area.transpose(1, 2) == 0).all())
+    hh = u / h - w / 2
+    mean = hh[:, 0] * w[:, 1] - w[:, 0] * hh[:, 1]
+    tol = 5 / math.sqrt(n)
+    assert abs(float((true * mean).mean() / (mean * mean).mean()) - 1) < 2 * tol  # E[A | W, H] = mean
+    assert abs(float(true.var()) / (h * h / 4 * (1 - 1 / cells)) - 1) < 2 * tol
+    assert abs(float(area[:, 0, 1].var()) / (h * h / 4) - 1) < 2 * tol
+    # Residual variance as a linear function of h (H_0^2 + H_1^2): intercept / h^2 and slope.
+    x = torch.stack([torch.full((n,), h * h), h * (hh[:, 0] ** 2 + hh[:, 1] ** 2)], 1)
+
+    def fit(r):
+        return torch.linalg.lstsq(x, (r * r).unsqueeze(1)).solution.squeeze(1)
+
+    truth = fit(true - mean)
+    law = torch.tensor([1 / 20 - 1 / (4 * cells), 1 / 5], dtype=torch.float64)
+    torch.testing.assert_close(truth, law, rtol=0.1, atol=0.0)
+    expected = torch.tensor([1 / 12, 0.0] if kind == "davie" else [1 / 20, 1 / 5], dtype=torch.float64)
+    torch.testing.assert_close(fit(area[:, 0, 1] - mean), expected, rtol=0.1, atol=0.01)

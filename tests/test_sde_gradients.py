@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _sde_problems import GBM, NeuralSDE
+from _sde_problems import GBM, NeuralSDE, ScalarGBM
 
 import hybrid_node as hn
 
@@ -24,6 +24,7 @@ def _loss(ys: torch.Tensor) -> torch.Tensor:
         ("srk", "diagonal", "ito"),
         ("heun", "general", "stratonovich"),
         ("reversible_heun", "general", "stratonovich"),
+        ("log_ode", "general", "stratonovich"),
     ],
 )
 def test_direct_gradients_match_finite_differences(method, noise, sde_type):
@@ -31,7 +32,7 @@ def test_direct_gradients_match_finite_differences(method, noise, sde_type):
     sde = NeuralSDE(noise, sde_type, d=2, m=2)
     y0 = torch.randn(3, 2, requires_grad=True)
     m = 2
-    bm = hn.BrownianInterval(0.0, 1.0, (3, m), entropy=1, levy_area_approximation="space-time")
+    bm = hn.BrownianInterval(0.0, 1.0, (3, m), entropy=1, levy_area_approximation="foster")  # U and A
     ts = [0.0, 0.4, 1.0]
 
     def f(y0_, w):
@@ -112,15 +113,19 @@ def test_adjoint_bad_inputs():
         hn.sdeint_adjoint(NeuralSDE("general", "stratonovich"), y0, [0.0, 1.0], adjoint_method="rk4")
     with pytest.raises(ValueError, match="nn.Module"):
         hn.sdeint_adjoint(object(), y0, [0.0, 1.0])
-    with_prior = NeuralSDE("general", "stratonovich")
-    with_prior.h = lambda t, y: torch.zeros_like(y)
-    with pytest.raises(ValueError, match="reversible adjoint"):
-        hn.sdeint_adjoint(with_prior, y0, [0.0, 1.0], method="reversible_heun", logqp=True)
-    with pytest.raises(ValueError, match="adjoint_adaptive"):
-        hn.sdeint_adjoint(sde, y0, [0.0, 1.0], adjoint_adaptive=True)
+    with pytest.raises(ValueError, match="adjoint_adaptive=True does not apply"):
+        hn.sdeint_adjoint(
+            NeuralSDE("general", "stratonovich"), y0, [0.0, 1.0], method="reversible_heun", adjoint_adaptive=True
+        )
+    ts = torch.tensor([0.0, 1.0], requires_grad=True)
+    with pytest.raises(ValueError, match="ts.detach"):
+        hn.sdeint(NeuralSDE("general", "stratonovich"), y0, ts)
+    with pytest.raises(ValueError, match="ts.detach"):
+        hn.sdeint_adjoint(NeuralSDE("general", "stratonovich"), y0, ts)
 
 
-def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop():
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop(adaptive):
     torch.manual_seed(0)
     sde = NeuralSDE("diagonal", "ito")
     prior = torch.nn.Linear(3, 3)
@@ -130,14 +135,112 @@ def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop():
     bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=5)
     ts = torch.tensor([0.0, 0.3, 1.0])
 
-    def loss(solve, dt):
-        ys, kl = solve(sde, y0, ts, bm=bm, method="euler", dt=dt, logqp=True)
+    def loss(solve, dt, **kwargs):
+        ys, kl = solve(sde, y0, ts, bm=bm, method="euler", dt=dt, logqp=True, **kwargs)
         return _loss(ys) + kl.sum()
 
     inputs = (y0, *sde.parameters())
     direct = torch.autograd.grad(loss(hn.sdeint, 0.005), inputs, allow_unused=True)
-    adjoint = torch.autograd.grad(loss(hn.sdeint_adjoint, 0.005), inputs, allow_unused=True)
+    # Adaptive: the backward pass still stops at every forward step, where the KL rate was evaluated.
+    kwargs = dict(adjoint_adaptive=True, adjoint_rtol=1e-2, adjoint_atol=1e-4) if adaptive else {}
+    adjoint = torch.autograd.grad(loss(hn.sdeint_adjoint, 0.005, **kwargs), inputs, allow_unused=True)
     direct = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, direct)]
     num = sum(float((a - b).norm()) for a, b in zip(adjoint, direct))
     assert num / sum(float(b.norm()) for b in direct) < 0.03
     torch.testing.assert_close(adjoint[-1], direct[-1], rtol=0.05, atol=1e-3)  # the prior's bias: KL only
+
+
+def test_reversible_adjoint_with_logqp_equals_direct_backprop():
+    torch.manual_seed(0)
+    sde = NeuralSDE("diagonal", "stratonovich")
+    prior = torch.nn.Linear(3, 3)
+    sde.prior = prior
+    sde.h = lambda t, y: prior(y)
+    y0 = torch.randn(4, 3, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=6)
+    ts = torch.tensor([0.0, 0.33, 0.7, 1.0])  # 0.33 falls between steps
+
+    def loss(solve):
+        ys, kl = solve(sde, y0, ts, bm=bm, method="reversible_heun", dt=0.05, logqp=True)
+        return _loss(ys) + (torch.linspace(1.0, 2.0, 3)[:, None] * kl).sum(), kl
+
+    inputs = (y0, *sde.parameters())
+    direct_loss, direct_kl = loss(hn.sdeint)
+    adjoint_loss, adjoint_kl = loss(hn.sdeint_adjoint)
+    torch.testing.assert_close(adjoint_kl, direct_kl.detach(), rtol=1e-12, atol=1e-14)
+    direct = torch.autograd.grad(direct_loss, inputs, allow_unused=True)
+    adjoint = torch.autograd.grad(adjoint_loss, inputs, allow_unused=True)
+    for a, b in zip(adjoint, direct):
+        if b is None:  # the general-noise mixing layer is unused with diagonal noise
+            assert a is None or not bool(a.any())
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert float(direct[-1].norm()) > 1e-3  # the prior's parameters get a gradient through the KL only
+
+
+def test_adaptive_adjoint_converges_to_the_exact_pathwise_gradient():
+    # Stratonovich GBM: y(T) = y0 exp(mu T + sigma W(T)), so dy(T)/dy0 = y(T)/y0, dy(T)/dmu = T y(T) and
+    # dy(T)/dsigma = W(T) y(T) on each path. The forward solve is fine (error ~1e-4); the backward SDE is
+    # solved by step doubling from dt, so its error follows adjoint_rtol.
+    sde = GBM("stratonovich", 0.3, 0.5)
+    y0 = torch.full((100, 1), 2.0, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (100, 1), entropy=4)
+    errs = []
+    for rtol in (1e-1, 1e-3):
+        ys = hn.sdeint_adjoint(
+            sde,
+            y0,
+            [0.0, 1.0],
+            bm=bm,
+            method="midpoint",
+            dt=2**-9,
+            adjoint_adaptive=True,
+            adjoint_rtol=rtol,
+            adjoint_atol=1e-2 * rtol,
+        )
+        grads = torch.autograd.grad(ys[-1].sum(), (y0, sde.mu, sde.sigma))
+        y_t = ys[-1].detach()
+        exact = (y_t / 2.0, y_t.sum(), (bm(0.0, 1.0) * y_t).sum())
+        errs.append(max(float((g - e).norm() / e.norm()) for g, e in zip(grads, exact)))
+    assert errs[1] < 3e-3 and errs[1] < errs[0] / 5, errs
+
+
+def test_adaptive_adjoint_agrees_with_direct_backprop():
+    torch.manual_seed(0)
+    sde = NeuralSDE("diagonal", "stratonovich")
+    y0 = torch.randn(4, 3, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=3)
+    ts = torch.tensor([0.0, 0.5, 1.0])
+    direct = _grads(lambda: hn.sdeint(sde, y0, ts, bm=bm, method="midpoint", dt=2**-8), sde, y0)
+    errs = []
+    for rtol in (1e-1, 1e-2):
+
+        def solve(rtol=rtol):
+            return hn.sdeint_adjoint(
+                sde,
+                y0,
+                ts,
+                bm=bm,
+                method="midpoint",
+                dt=2**-8,
+                adjoint_adaptive=True,
+                adjoint_rtol=rtol,
+                adjoint_atol=1e-2 * rtol,
+            )
+
+        adjoint = _grads(solve, sde, y0)
+        errs.append(sum(float((a - b).norm()) for a, b in zip(adjoint, direct)) / sum(float(b.norm()) for b in direct))
+    assert errs[1] < 2e-3 and errs[1] < errs[0] / 2, errs
+
+
+def test_stochastic_adjoint_of_ito_scalar_noise_converges_to_direct_backprop():
+    # Ito scalar noise takes the adjoint's fused path (the correction's diffusion column reused).
+    sde = ScalarGBM("ito", 0.3, 0.5)
+    y0 = torch.full((50, 2), 1.5, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (50, 1), entropy=2)
+    errs = []
+    for dt in (2**-5, 2**-8):
+        direct = _grads(lambda dt=dt: hn.sdeint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", dt=dt), sde, y0)
+        adjoint = _grads(lambda dt=dt: hn.sdeint_adjoint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", dt=dt), sde, y0)
+        errs.append(sum(float((a - b).norm()) for a, b in zip(adjoint, direct)) / sum(float(b.norm()) for b in direct))
+    assert errs[1] < 5e-3 and errs[1] < errs[0] / 2, errs

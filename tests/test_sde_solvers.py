@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from _sde_problems import GBM, OU, NeuralSDE, ScalarGBM
+from _sde_problems import GBM, OU, Heisenberg, NeuralSDE, ScalarGBM
 
 import hybrid_node as hn
 from hybrid_node.sde import METHODS
@@ -33,6 +33,7 @@ STRONG = [  # (method, options, sde class, sde_type, expected strong order on th
     ("heun", None, GBM, "stratonovich", 1.0),
     ("midpoint", None, GBM, "stratonovich", 1.0),
     ("reversible_heun", None, GBM, "stratonovich", 0.5),  # 0.5 in general (Kidger et al.); ~1 on GBM
+    ("log_ode", None, GBM, "stratonovich", 1.0),  # commutative noise: no Levy area term
 ]
 
 
@@ -41,7 +42,7 @@ def test_strong_order_on_geometric_brownian_motion(method, options, cls, sde_typ
     n, t1 = 1000, 1.0
     sde = cls(sde_type)
     y0 = torch.ones(n, 1)
-    bm = hn.BrownianInterval(0.0, t1, (n, 1), entropy=11, levy_area_approximation="space-time")
+    bm = hn.BrownianInterval(0.0, t1, (n, 1), entropy=11, levy_area_approximation="foster")  # gives U and A
     exact = sde.exact(y0, t1, bm(0.0, t1)).detach()
     dts = [2.0**-k for k in range(3, 8)]
     with torch.no_grad():
@@ -179,6 +180,9 @@ def test_bad_inputs_say_how_to_fix_them():
         hn.sdeint(type("S", (), {"sde_type": "ito", "f": None})(), y0, [0.0, 1.0])
     with pytest.raises(ValueError, match="levy_area_approximation='space-time'"):
         hn.sdeint(sde, y0, [0.0, 1.0], method="srk", bm=hn.BrownianInterval(0.0, 1.0, (3, 1)))
+    with pytest.raises(ValueError, match="levy_area_approximation='foster'"):
+        bm = hn.BrownianInterval(0.0, 1.0, (2, 2), levy_area_approximation="space-time")
+        hn.sdeint(NeuralSDE("general", "stratonovich"), torch.ones(2, 3), [0.0, 1.0], method="log_ode", bm=bm)
     with pytest.raises(ValueError, match="bm must have shape"):
         hn.sdeint(sde, y0, [0.0, 1.0], method="euler", bm=hn.BrownianInterval(0.0, 1.0, (2, 1)))
     with pytest.raises(ValueError, match="prior drift"):
@@ -187,6 +191,63 @@ def test_bad_inputs_say_how_to_fix_them():
         hn.sdeint(sde, y0, [0.0, 1.0], names={"drfit": "f"})
     with pytest.raises(ValueError, match="dt must be positive"):
         hn.sdeint(sde, y0, [0.0, 1.0], dt=0.0)
+
+
+def test_log_ode_on_non_commutative_noise_strong_order_and_levy_area_in_law():
+    sde, n, t1, cells = Heisenberg(), 2000, 1.0, 2**9
+    y0 = torch.zeros(n, 3)
+    bm = hn.BrownianInterval(0.0, t1, (n, 2), entropy=5, levy_area_approximation="foster", dt=t1 / cells)
+    true = 0.0  # x3(t1) = 2 A_12 on this path, from its fine grid (error ~ 1/sqrt(cells), 5 % of the finest)
+    for k in range(cells):
+        a, b = k * t1 / cells, (k + 1) * t1 / cells
+        w_a = bm(a) if k else 0.0 * bm(0.0, b)
+        dw = bm(a, b)
+        true = true + (w_a[:, 0] * dw[:, 1] - w_a[:, 1] * dw[:, 0])
+    dts = [2.0**-k for k in range(1, 7)]
+    errs = {}
+    with torch.no_grad():
+        for method in ("log_ode", "midpoint"):
+            errs[method] = [
+                float((hn.sdeint(sde, y0, [0.0, t1], bm=bm, method=method, dt=dt)[-1, :, 2] - true).abs().mean())
+                for dt in dts
+            ]
+    # Strong order 0.5 for both (an approximate area is not the path's area), the log-ODE constant smaller.
+    assert _slope(dts, errs["log_ode"]) > 0.35, errs
+    assert all(a < 0.95 * b for a, b in zip(errs["log_ode"], errs["midpoint"])), errs
+    # In law the area is right: E[cos x3(1)] = 1/cosh(1) at every step size, where the midpoint method,
+    # which sees no area inside a step, has weak error ~0.35 dt.
+    n = 20000
+    bm = hn.BrownianInterval(0.0, t1, (n, 2), entropy=3, levy_area_approximation="foster")
+    y0 = torch.zeros(n, 3)
+    weak = {}
+    with torch.no_grad():
+        for method in ("log_ode", "midpoint"):
+            weak[method] = [
+                float(torch.cos(hn.sdeint(sde, y0, [0.0, t1], bm=bm, method=method, dt=dt)[-1, :, 2]).mean())
+                - 1 / math.cosh(t1)
+                for dt in dts[:3]
+            ]
+    mc = 3 * 0.6 / math.sqrt(n)  # three standard errors of the mean of cos (its std is below 0.6)
+    assert all(abs(e) < mc for e in weak["log_ode"]), weak
+    assert all(e > 0.04 for e in weak["midpoint"]) and _slope(dts[:3], weak["midpoint"]) > 0.85, weak
+
+
+def test_reversible_heun_steps_are_undone_exactly():
+    from hybrid_node.sde._sde import SDEView
+    from hybrid_node.sde.solvers.reversible_heun import ReversibleHeun, forward_step, reverse_step
+
+    torch.manual_seed(2)
+    sde = SDEView(NeuralSDE("general", "stratonovich"))
+    y = torch.randn(4, 3)
+    extra = ReversibleHeun().init(sde, 0.0, y)
+    state = (y, extra)
+    dws = [0.3 * torch.randn(4, 2) for _ in range(20)]
+    for k, dw in enumerate(dws):
+        state = forward_step(sde, 0.05 * k, 0.05 * (k + 1), dw, *state)
+    for k, dw in reversed(list(enumerate(dws))):
+        state = reverse_step(sde, 0.05 * k, 0.05 * (k + 1), dw, *state)
+    torch.testing.assert_close(state[0], y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state[1][0], extra[0], rtol=0, atol=1e-12)
 
 
 PARITY = [  # torchsde's scalar-noise Milstein uses J^T g instead of J g, and its diagonal SRK is another tableau
@@ -200,6 +261,7 @@ PARITY = [  # torchsde's scalar-noise Milstein uses J^T g instead of J g, and it
     ("midpoint", None, "general", "stratonovich"),
     ("reversible_heun", None, "general", "stratonovich"),
     ("srk", None, "additive", "ito"),
+    ("log_ode", None, "general", "stratonovich"),
 ]
 
 
@@ -214,7 +276,8 @@ def test_parity_with_torchsde_on_the_same_brownian_path(method, options, noise, 
         sde = NeuralSDE(noise, sde_type)
         y0, m = torch.randn(5, 3), 3 if noise == "diagonal" else 2
     ts = torch.tensor([0.0, 0.3, 0.5, 1.0])
-    bm = torchsde.BrownianInterval(0.0, 1.0, (5, m), levy_area_approximation="space-time", entropy=3)
+    levy = "foster" if method == "log_ode" else "space-time"  # log_ode reads torchsde's own Levy area
+    bm = torchsde.BrownianInterval(0.0, 1.0, (5, m), levy_area_approximation=levy, entropy=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=1 / 64, options=options)

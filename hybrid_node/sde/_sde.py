@@ -45,11 +45,25 @@ def noise_product(noise_type: str, g: torch.Tensor, v: torch.Tensor) -> torch.Te
     return torch.bmm(g, v.unsqueeze(-1)).squeeze(-1)
 
 
-def _time(t, y: torch.Tensor) -> torch.Tensor:
-    # torchsde hands the vector fields a 0-d tensor; user code may call torch functions on it.
-    if isinstance(t, torch.Tensor):
-        return t
-    return torch.tensor(t, dtype=y.dtype, device=y.device)
+class _TimeCache:
+    """The 0-d time tensor of the last float time asked for: f and g of one stage share one tensor.
+
+    torchsde hands the vector fields a 0-d tensor (user code may call torch functions on it); building
+    one per call costs as much as a small tensor operation."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def __call__(self, t, y: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, torch.Tensor):
+            return t
+        key = (t, y.dtype, y.device)
+        if key != self.key or self.value is None:
+            self.key, self.value = key, torch.tensor(t, dtype=y.dtype, device=y.device)
+        return self.value
 
 
 class SDEView:
@@ -90,9 +104,12 @@ class SDEView:
         if self._g is None and self._fg is None and self._gp is None and self._fgp is None:
             raise ValueError("the sde object must define a diffusion: g(t, y), f_and_g(t, y) or g_prod(t, y, v).")
         self.has_g = self._g is not None or self._fg is not None
+        #: the diffusion matrix is the only way to the noise term (no user g_prod), so solvers may fuse it
+        self.plain_g = self.has_g and self._gp is None and self._fgp is None
+        self._time = _TimeCache()
 
     def f(self, t, y: torch.Tensor) -> torch.Tensor:
-        t = _time(t, y)
+        t = self._time(t, y)
         if self._f is not None:
             return self._f(t, y)
         if self._fg is not None:
@@ -100,7 +117,7 @@ class SDEView:
         raise ValueError("this method needs the drift alone; define f(t, y) on the sde object.")
 
     def g(self, t, y: torch.Tensor) -> torch.Tensor:
-        t = _time(t, y)
+        t = self._time(t, y)
         if self._g is not None:
             return self._g(t, y)
         if self._fg is not None:
@@ -108,13 +125,13 @@ class SDEView:
         raise ValueError("this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object.")
 
     def f_and_g(self, t, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = _time(t, y)
+        t = self._time(t, y)
         if self._fg is not None:
             return self._fg(t, y)
         return self.f(t, y), self.g(t, y)
 
     def g_prod(self, t, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        t = _time(t, y)
+        t = self._time(t, y)
         if self._gp is not None:
             return self._gp(t, y, v)
         if self._fgp is not None and not self.has_g:
@@ -122,13 +139,13 @@ class SDEView:
         return noise_product(self.noise_type, self.g(t, y), v)
 
     def f_and_g_prod(self, t, y: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = _time(t, y)
+        t = self._time(t, y)
         if self._fgp is not None:
             return self._fgp(t, y, v)
         return self.f(t, y), self.g_prod(t, y, v)
 
     def h(self, t, y: torch.Tensor) -> torch.Tensor:
-        t = _time(t, y)
+        t = self._time(t, y)
         if self._h is None:
             raise ValueError(
                 "logqp=True needs the prior drift h(t, y) on the sde object (or names={'prior_drift': ...})."
@@ -137,3 +154,18 @@ class SDEView:
 
     def prod(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return noise_product(self.noise_type, g, v)
+
+    def increment(
+        self, y: torch.Tensor, f: torch.Tensor, h: float, g: torch.Tensor, v: torch.Tensor, c: float = 1.0
+    ) -> torch.Tensor:
+        """y + c (f h + g v) in two fused operations (one autograd node each) for diagonal noise.
+
+        Args:
+            y: state; f: drift; h: step; g: the diffusion matrix; v: noise; c: a scale.
+
+        Returns:
+            (batch, d).
+        """
+        if self.noise_type == "diagonal":
+            return torch.addcmul(torch.add(y, f, alpha=c * h), g, v, value=c)
+        return torch.add(torch.add(y, f, alpha=c * h), noise_product(self.noise_type, g, v), alpha=c)

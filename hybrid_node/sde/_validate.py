@@ -27,6 +27,11 @@ class Prepared:
 
 def _times(ts: Any, y0: torch.Tensor) -> list[float]:
     if isinstance(ts, torch.Tensor):
+        if ts.requires_grad:
+            raise ValueError(
+                "gradients with respect to ts are not supported (torchsde refuses them too): pass ts.detach(). "
+                "To learn a time scale c, scale the SDE instead (same law): drift c f and diffusion sqrt(c) g."
+            )
         if ts.ndim != 1:
             raise ValueError(f"ts must be a 1-D tensor of times, got shape {tuple(ts.shape)}.")
         out = [float(v) for v in ts.detach().cpu().tolist()]
@@ -39,6 +44,13 @@ def _times(ts: Any, y0: torch.Tensor) -> list[float]:
     if any(b <= a for a, b in zip(out[:-1], out[1:])):
         raise ValueError("ts must be strictly increasing (to solve backwards in time, reverse the SDE instead).")
     return out
+
+
+def _default_levy(solver: SDESolver) -> str:
+    # torchsde's defaults: Foster's area for log_ode, the space-time area for srk.
+    if solver.needs_full_levy_area:
+        return "foster"
+    return "space-time" if solver.needs_levy_area else "none"
 
 
 def prepare(
@@ -77,6 +89,8 @@ def prepare(
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}.")
     times = _times(ts, y0)
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            raise ValueError(f"{name} must not require gradients (no gradient flows to it): pass a float.")
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}.")
     method = DEFAULT_METHOD[(view.sde_type, view.noise_type)] if method is None else method
@@ -117,7 +131,13 @@ def prepare(
         if len(shape) != 2 or shape[0] != batch or (noise_size is not None and shape[1] != noise_size):
             raise ValueError(f"bm must have shape (batch, noise) = ({batch}, {noise_size or 'm'}), got {shape}.")
         noise_size = shape[1]
-        if solver.needs_levy_area and getattr(bm, "levy_area_approximation", "none") == "none":
+        levy = getattr(bm, "levy_area_approximation", "none")
+        if solver.needs_full_levy_area and levy not in ("davie", "foster"):
+            raise ValueError(
+                f"method {method!r} needs a Levy area: create the Brownian motion with "
+                "levy_area_approximation='foster' (or 'davie'), or pass bm=None."
+            )
+        if solver.needs_levy_area and levy == "none":
             raise ValueError(
                 f"method {method!r} needs a space-time Levy area: create the Brownian motion with "
                 "levy_area_approximation='space-time', or pass bm=None."
@@ -134,7 +154,7 @@ def prepare(
             (batch, noise_size),
             dtype=y0.dtype,
             device=y0.device,
-            levy_area_approximation="space-time" if solver.needs_levy_area else "none",
+            levy_area_approximation=_default_levy(solver),
             dt=None if adaptive else dt,
         )
     return Prepared(view, solver, times, bm, noise_size)

@@ -15,6 +15,7 @@ Reference:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,14 +42,20 @@ def _increment_vjp(
     """phi(t, y) = f h + g dW and the cotangent a pulled back to y and to the parameters."""
     with torch.enable_grad():
         yy = y.detach().requires_grad_(True)
-        phi = _stratonovich_drift(sde, t, yy) * h + sde.g_prod(t, yy, dw)
+        if sde.sde_type == "ito" and sde.noise_type in ("diagonal", "scalar") and sde.plain_g:
+            # The Ito-to-Stratonovich correction already evaluates the diffusion column b: reuse it for
+            # the noise term instead of a second diffusion call.
+            b, bdb = diffusion_derivative_product(sde, t, yy)
+            phi = torch.addcmul(torch.add(sde.f(t, yy), bdb, alpha=-0.5) * h, b, dw)
+        else:
+            phi = _stratonovich_drift(sde, t, yy) * h + sde.g_prod(t, yy, dw)
         grads = torch.autograd.grad(phi, (yy, *params), a, allow_unused=True)
     vy = torch.zeros_like(y) if grads[0] is None else grads[0]
     vp = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
     return phi.detach(), vy, vp
 
 
-def _rate_vjp(
+def rate_vjp(
     sde: SDEView, params: Sequence[torch.Tensor], t: float, y: torch.Tensor, h: float, cot: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The cotangent ``cot`` of the KL increment rate(t, y) h pulled back to y and to the parameters."""
@@ -59,18 +66,115 @@ def _rate_vjp(
     return vy, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
 
 
+@dataclasses.dataclass(frozen=True)
+class BackwardSteps:
+    """How the backward adjoint SDE is stepped: on the forward grid, or adaptively by step doubling.
+
+    Attributes:
+        adaptive: step doubling (torchsde's ``adjoint_adaptive``) instead of the forward step grid.
+        dt: the first step size; rtol, atol: tolerances of the error norm; dt_min: the smallest step.
+    """
+
+    adaptive: bool = False
+    dt: float = 1e-3
+    rtol: float = 1e-5
+    atol: float = 1e-4
+    dt_min: float = 1e-5
+
+
+def _midpoint_back(
+    sde: SDEView, params: Sequence[torch.Tensor], bm: Any, t0: float, t1: float, y: torch.Tensor, a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One step of the stochastic midpoint rule for the augmented SDE, from t1 down to t0.
+
+    Returns:
+        (y at t0, a at t0, the increment of dL/dparams over the step).
+    """
+    h = t1 - t0
+    dw = bm(t0, t1)
+    phi1, vy1, _ = _increment_vjp(sde, (), t1, y, a, h, dw)  # the midpoint rule drops stage 1's dL/dparams
+    phi2, vy2, vp2 = _increment_vjp(sde, params, t0 + 0.5 * h, y - 0.5 * phi1, a + 0.5 * vy1, h, dw)
+    return y - phi2, a + vy2, vp2
+
+
+def _error_ratio(full: Sequence[torch.Tensor], halves: Sequence[torch.Tensor], rtol: float, atol: float) -> float:
+    """The largest root-mean-square error ratio over the parts of the augmented state."""
+    ratios = [
+        float(((x - z) / (atol + rtol * torch.maximum(x.abs(), z.abs()))).pow(2).mean().sqrt())
+        for x, z in zip(full, halves)
+    ]
+    return max(ratios, default=0.0)
+
+
+def _adaptive_back(
+    sde: SDEView,
+    params: Sequence[torch.Tensor],
+    bm: Any,
+    t_lo: float,
+    t_hi: float,
+    y: torch.Tensor,
+    a: torch.Tensor,
+    control: BackwardSteps,
+    step_size: float,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], float, int]:
+    """Solve the augmented SDE from t_hi down to t_lo with step doubling on the forward Brownian path.
+
+    A step of h is compared with two of h/2 (every part of the augmented state: y, a and the dL/dparams
+    increment); the two half steps are kept when accepted. The Brownian motion is queried at the new
+    times, which a Brownian interval answers from the bridge of the forward path, so the backward solve
+    still sees the forward noise.
+
+    Returns:
+        (y at t_lo, a at t_lo, the dL/dparams increment, the next step size, the number of accepted steps).
+
+    Reference:
+        X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
+        Equations", AISTATS 2020 (adaptive solves of the adjoint SDE on a Brownian tree); J. G. Gaines,
+        T. J. Lyons, SIAM J. Appl. Math. 57(5), 1997 (step doubling on a Brownian path).
+    """
+    eps = 1e-12 * max(1.0, abs(t_lo), abs(t_hi))
+    t = t_hi
+    total = [torch.zeros_like(p) for p in params]
+    accepted = 0
+    while t > t_lo + eps:
+        s = max(t - step_size, t_lo)
+        if s - t_lo < eps:
+            s = t_lo
+        mid = 0.5 * (s + t)
+        y_full, a_full, p_full = _midpoint_back(sde, params, bm, s, t, y, a)
+        y_mid, a_mid, p_mid = _midpoint_back(sde, params, bm, mid, t, y, a)
+        y_new, a_new, p_new = _midpoint_back(sde, params, bm, s, mid, y_mid, a_mid)
+        p_halves = [u + v for u, v in zip(p_mid, p_new)]
+        err = _error_ratio([y_full, a_full, *p_full], [y_new, a_new, *p_halves], control.rtol, control.atol)
+        factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err**-0.5))
+        accept = err <= 1.0 or step_size <= control.dt_min
+        step_size = max(step_size * factor, control.dt_min)
+        if accept:
+            t, y, a = s, y_new, a_new
+            total = [acc + v for acc, v in zip(total, p_halves)]
+            accepted += 1
+    return y, a, total, step_size, accepted
+
+
 def backward_pass(
     prepared: Prepared,
     params: Sequence[torch.Tensor],
     traj: Trajectory,
     grad_ys: torch.Tensor,
     grad_log_ratios: torch.Tensor | None = None,
+    control: BackwardSteps | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Solve the adjoint SDE backwards over the forward step grid.
+    """Solve the adjoint SDE backwards, on the forward step grid or adaptively.
+
+    On the forward grid: one midpoint step per forward step. Adaptive (``control.adaptive``): step
+    doubling between the step times where the backward pass must stop, those where output cotangents
+    enter or a stored forward state restarts y (and, with logqp, every forward step, where the KL
+    integral's left-point rule evaluated its rate).
 
     Args:
         prepared: the checked problem; params: tensors to differentiate; traj: the recorded forward solve;
-        grad_ys: dL/dys; grad_log_ratios: dL/d(cumulative KL integral at each output), with logqp.
+        grad_ys: dL/dys; grad_log_ratios: dL/d(cumulative KL integral at each output), with logqp;
+        control: how to step (default: the forward grid).
 
     Returns:
         (dL/dy0, [dL/dp for p in params]).
@@ -85,20 +189,26 @@ def backward_pass(
     # the cumulative integral at every later step, a running sum kept in ``later``.
     inject_kl = {} if grad_log_ratios is None else step_cotangents(traj, grad_log_ratios)
     later = inject_kl.get(n_steps)
+    adaptive = control is not None and control.adaptive
+    step_size = control.dt if control is not None else 0.0
+    hi = n_steps  # adaptive: the step index the pending backward segment starts from
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
-        h = t1 - t0
-        dw = bm(t0, t1)
-        # Midpoint rule for the augmented Stratonovich SDE, run from t1 down to t0.
-        phi1, vy1, _ = _increment_vjp(sde, (), t1, y, a, h, dw)  # the midpoint rule drops stage 1's dL/dparams
-        y_mid, a_mid = y - 0.5 * phi1, a + 0.5 * vy1
-        phi2, vy2, vp2 = _increment_vjp(sde, params, t0 + 0.5 * h, y_mid, a_mid, h, dw)
-        y, a = y - phi2, a + vy2
-        a_params = [acc + v for acc, v in zip(a_params, vp2)]
+        stop = n in traj.kept or n in inject or n in inject_kl or later is not None or n == 0
+        if not adaptive:
+            y, a, vp = _midpoint_back(sde, params, bm, t0, t1, y, a)
+            a_params = [acc + v for acc, v in zip(a_params, vp)]
+        elif stop:
+            assert control is not None
+            y, a, vp, step_size, _ = _adaptive_back(sde, params, bm, t0, steps[hi], y, a, control, step_size)
+            a_params = [acc + v for acc, v in zip(a_params, vp)]
+            hi = n
+        else:
+            continue  # nothing happens at this step time: the adaptive segment runs on past it
         if n in traj.kept:
             y = traj.kept[n]  # restart from the stored forward state: the reconstruction error stays local
         if later is not None:
-            vy, vp = _rate_vjp(sde, params, t0, y, h, later)
+            vy, vp = rate_vjp(sde, params, t0, y, t1 - t0, later)
             a = a + vy
             a_params = [acc + v for acc, v in zip(a_params, vp)]
         if n in inject:
@@ -110,10 +220,18 @@ def backward_pass(
 
 class _StochasticAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, prepared: Prepared, settings: Mapping[str, Any], holder: list, y0: torch.Tensor, *params):
+    def forward(
+        ctx,
+        prepared: Prepared,
+        settings: Mapping[str, Any],
+        control: BackwardSteps,
+        holder: list,
+        y0: torch.Tensor,
+        *params,
+    ):
         with torch.no_grad():
             traj = integrate(prepared.solver, prepared.sde, prepared.bm, y0, prepared.ts, record=True, **settings)
-        ctx.prepared, ctx.traj, ctx.saved_params = prepared, traj, params
+        ctx.prepared, ctx.traj, ctx.saved_params, ctx.control = prepared, traj, params, control
         holder.append(traj.extra)
         ys = torch.stack(traj.ys)
         lrs = torch.stack(traj.log_ratios) if traj.log_ratios else ys.new_zeros(ys.shape[:2])
@@ -123,18 +241,23 @@ class _StochasticAdjoint(torch.autograd.Function):
     def backward(ctx, grad_ys, grad_lrs):
         params = ctx.saved_params
         grad_lrs = grad_lrs if ctx.traj.log_ratios else None
-        grad_y0, grad_params = backward_pass(ctx.prepared, params, ctx.traj, grad_ys, grad_lrs)
-        return (None, None, None, grad_y0, *grad_params)
+        grad_y0, grad_params = backward_pass(ctx.prepared, params, ctx.traj, grad_ys, grad_lrs, ctx.control)
+        return (None, None, None, None, grad_y0, *grad_params)
 
 
 def solve_stochastic_adjoint(
-    prepared: Prepared, y0: torch.Tensor, params: Sequence[torch.Tensor], settings: Mapping[str, Any]
+    prepared: Prepared,
+    y0: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    settings: Mapping[str, Any],
+    control: BackwardSteps | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Forward solve without a graph; gradients to y0 and params by the stochastic adjoint.
 
     Args:
         prepared: the checked problem; y0: (batch, d); params: tensors to differentiate; settings: the
-            step-size settings of :func:`hybrid_node.sde._loop.integrate` (``logqp`` included).
+            step-size settings of :func:`hybrid_node.sde._loop.integrate` (``logqp`` included); control:
+            how the backward SDE is stepped (default: on the forward step grid).
 
     Returns:
         (ys, the cumulative KL integral at each output (len(ts), batch; zeros without logqp), the solver's
@@ -149,5 +272,6 @@ def solve_stochastic_adjoint(
             "form (sde_type='stratonovich') or use sdeint (direct backprop)."
         )
     holder: list = []
-    ys, log_ratios = _StochasticAdjoint.apply(prepared, settings, holder, y0, *params)
+    control = BackwardSteps() if control is None else control
+    ys, log_ratios = _StochasticAdjoint.apply(prepared, settings, control, holder, y0, *params)
     return ys, log_ratios, holder[0]

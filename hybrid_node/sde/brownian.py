@@ -29,8 +29,9 @@ from collections.abc import Sequence
 
 import torch
 
-LEVY_AREA_APPROXIMATIONS = ("none", "space-time")
-_UNSUPPORTED_LEVY = ("davie", "foster")
+from .levy_area import approximate_levy_area
+
+LEVY_AREA_APPROXIMATIONS = ("none", "space-time", "davie", "foster")
 _MASK = (1 << 63) - 1
 
 
@@ -48,15 +49,16 @@ class BrownianInterval:
         size: shape of W(t), e.g. (batch, noise channels).
         dtype, device: of the samples (default: torch's default dtype, CPU).
         entropy: seed; default a random one (reproducible runs pass an int).
-        levy_area_approximation: ``"none"`` or ``"space-time"`` (also return U = int_ta^tb (W(u) - W(ta)) du,
-            the integral needed by the order-1.5 SRK solvers).
+        levy_area_approximation: ``"none"``; ``"space-time"`` (also return U = int_ta^tb (W(u) - W(ta)) du,
+            the integral needed by the order-1.5 SRK solvers); ``"davie"`` or ``"foster"`` (U and an
+            approximate Levy area A, for the log-ODE method; see :mod:`hybrid_node.sde.levy_area`).
         dt: optional grid hint: knots t0 + k dt are sampled at once (fast fixed-step solves).
         tol, pool_size, cache_size, halfway_tree: accepted for torchsde compatibility and ignored (every
             knot is kept, so no cache or tolerance is needed).
         W: optional value of W(t1) - W(t0) to condition on (a Brownian bridge).
 
     Raises:
-        ValueError: t1 <= t0, an unknown or unsupported Levy area approximation, a W of the wrong shape.
+        ValueError: t1 <= t0, an unknown Levy area approximation, a W of the wrong shape.
     """
 
     def __init__(
@@ -79,11 +81,6 @@ class BrownianInterval:
         t0, t1 = float(t0), float(t1)
         if not t1 > t0:
             raise ValueError(f"BrownianInterval needs t0 < t1, got t0={t0}, t1={t1}.")
-        if levy_area_approximation in _UNSUPPORTED_LEVY:
-            raise ValueError(
-                f"levy_area_approximation={levy_area_approximation!r} is not implemented: no hybrid_node solver "
-                "needs a full Levy area. Use 'space-time' (for method='srk') or 'none'."
-            )
         if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
             raise ValueError(
                 f"unknown levy_area_approximation {levy_area_approximation!r}; "
@@ -97,7 +94,7 @@ class BrownianInterval:
         self._device = torch.device("cpu") if device is None else torch.device(device)
         self._entropy = int(torch.randint(0, 2**62, ()).item()) if entropy is None else int(entropy)
         self.levy_area_approximation = levy_area_approximation
-        self._levy = levy_area_approximation == "space-time"
+        self._levy = levy_area_approximation != "none"  # Davie's and Foster's areas are built on U
         self._gen = torch.Generator(device=self._device)
         self._times: list[float] = [t0]
         self._w: dict[float, torch.Tensor] = {t0: self._zeros()}
@@ -106,6 +103,13 @@ class BrownianInterval:
         # Snap tolerance: a query this close to a knot is that knot (step times built by repeated addition
         # differ from t0 + k dt in the last bits; a separate knot there would only cost memory).
         self._eps = 1e-10 * max(1.0, abs(t0), abs(t1))
+        # With a grid hint the cells' increments are kept as drawn and the knot values are summed only
+        # when a query needs them (see _materialise): a fixed-step solve reads one cell per step.
+        self._grid: dict[float, int] = {}
+        self._cell_w: torch.Tensor | None = None
+        self._cell_u: torch.Tensor | None = None
+        self._materialised = False
+        self._grid_end: list[float] = []
         if dt is not None and dt < h:
             self._sample_grid(dt)
         else:
@@ -174,15 +178,32 @@ class BrownianInterval:
         hs = hs.reshape(-1, *([1] * len(self._size)))
         n = len(hs)
         z = self._randn(self._t1 + 0.25, 2 * n if self._levy else n)
-        dw = hs.sqrt() * z[:n]
-        w = torch.cat([self._zeros().unsqueeze(0), dw.cumsum(0)])
+        self._cell_w = hs.sqrt() * z[:n]
         if self._levy:
+            # The integral of (W - W(s_k)) over cell k, drawn jointly with the cell's increment.
+            self._cell_u = hs * (0.5 * self._cell_w + (hs / 12).sqrt() * z[n:])
+        self._times = list(times)
+        self._grid = {t: k for k, t in enumerate(times[:-1])}  # cell k is [times[k], times[k + 1]]
+        self._grid_end = times
+
+    def _materialise(self) -> None:
+        """Sum the grid's cell increments into knot values W(s_k) (and K(s_k)), once.
+
+        The cells are kept: a query of a whole cell still returns the cell's own draw, bit for bit the
+        same before and after (a sum of knot differences would agree only to rounding)."""
+        if self._cell_w is None or self._materialised:
+            return
+        self._materialised = True
+        dw = self._cell_w
+        w = torch.cat([self._zeros().unsqueeze(0), dw.cumsum(0)])
+        self._w = dict(zip(self._times, w.unbind(0)))
+        if self._cell_u is not None:
             # K(s_{k+1}) = K(s_k) + h_k W(s_k) + int_{s_k}^{s_{k+1}} (W - W(s_k)) du.
-            local = hs * (0.5 * dw + (hs / 12).sqrt() * z[n:])
-            k = torch.cat([self._zeros().unsqueeze(0), (local + hs * w[:-1]).cumsum(0)])
-        self._times = times
-        self._w = dict(zip(times, w.unbind(0)))
-        self._k = dict(zip(times, k.unbind(0))) if self._levy else {}
+            hs = torch.tensor(
+                [b - a for a, b in zip(self._times[:-1], self._times[1:])], dtype=self._dtype, device=self._device
+            ).reshape(-1, *([1] * len(self._size)))
+            k = torch.cat([self._zeros().unsqueeze(0), (self._cell_u + hs * w[:-1]).cumsum(0)])
+            self._k = dict(zip(self._times, k.unbind(0)))
 
     def _insert(self, t: float, w: torch.Tensor, k: torch.Tensor) -> None:
         bisect.insort(self._times, t)
@@ -228,6 +249,7 @@ class BrownianInterval:
 
     def _knot(self, t: float) -> float:
         """The knot at time t (inserted if needed); raises outside [t0, t1]."""
+        self._materialise()
         if t in self._w:
             return t
         if not self._t0 - self._eps <= t <= self._t1 + self._eps:
@@ -246,29 +268,55 @@ class BrownianInterval:
 
         Args:
             ta, tb: times in [t0, t1] with ta <= tb (floats or 0-d tensors).
-            return_U: also return U = int_ta^tb (W(u) - W(ta)) du (needs levy_area_approximation="space-time").
-            return_A: a full Levy area; not available (raises).
+            return_U: also return U = int_ta^tb (W(u) - W(ta)) du (needs a Levy area approximation other
+                than "none").
+            return_A: also return the approximate Levy area A over [ta, tb], of shape (*size, size[-1]),
+                A[..., i, j] = 1/2 int (W_i - W_i(ta)) dW_j - 1/2 int (W_j - W_j(ta)) dW_i (needs "davie"
+                or "foster"). The draw is seeded by (entropy, ta, tb): a repeated query returns the same
+                value, but areas of adjacent intervals are separate approximations (not glued by Chen's
+                relation).
 
         Returns:
-            W, or (W, U) with ``return_U``.
+            W; (W, U) with ``return_U``; (W, A) with ``return_A``; (W, U, A) with both.
 
         Raises:
             ValueError: times outside [t0, t1], ta > tb, or an area the object was not built to give.
         """
-        if return_A:
-            raise ValueError("full Levy areas (return_A) are not implemented; no hybrid_node solver needs them.")
+        if return_A and self.levy_area_approximation not in ("davie", "foster"):
+            raise ValueError(
+                'return_A needs BrownianInterval(..., levy_area_approximation="foster") (or "davie"), got '
+                f"{self.levy_area_approximation!r}."
+            )
         if return_U and not self._levy:
             raise ValueError('return_U needs BrownianInterval(..., levy_area_approximation="space-time").')
         if tb is None:
             ta, tb = self._t0, ta
+        if self._grid and not return_A:
+            # Fast path: a query of one whole grid cell is the cell's own draw.
+            k = self._grid.get(float(ta))
+            if k is not None and self._grid_end[k + 1] == float(tb):
+                assert self._cell_w is not None
+                if not return_U:
+                    return self._cell_w[k]
+                assert self._cell_u is not None
+                return self._cell_w[k], self._cell_u[k]
         a, b = self._knot(float(ta)), self._knot(float(tb))
         if a > b:
             raise ValueError(f"need ta <= tb, got ta={a}, tb={b}.")
         w = self._w[b] - self._w[a]
-        if not return_U:
+        if not (return_U or return_A):
             return w
         u = self._k[b] - self._k[a] - (b - a) * self._w[a]
-        return w, u
+        if not return_A:
+            return w, u
+        area = approximate_levy_area(w, u, b - a, self.levy_area_approximation, self._area_noise(a, b))
+        return (w, u, area) if return_U else (w, area)
+
+    def _area_noise(self, a: float, b: float) -> torch.Tensor:
+        """Standard normal draws for the Levy area on [a, b], seeded by the interval, of shape (*size, m)."""
+        m = self._size[-1] if len(self._size) else 1
+        self._gen.manual_seed(hash((self._entropy, a, b, -1.0)) & _MASK)
+        return torch.randn((*self._size, m), generator=self._gen, dtype=self._dtype, device=self._device)
 
     def __repr__(self) -> str:
         return (
@@ -307,7 +355,7 @@ class BrownianPath(BrownianInterval):
 
     def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
         out = super().__call__(ta, tb, return_U, return_A)
-        if tb is None and not return_U:
+        if tb is None and not (return_U or return_A):
             return self._w0 + out
         return out
 

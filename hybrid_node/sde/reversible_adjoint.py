@@ -1,9 +1,11 @@
 """The algebraically reversible adjoint of the reversible Heun method.
 
 The forward pass keeps no graph; the backward pass walks the steps in reverse, recovers each step's
-input exactly from its output (:func:`reverse_step`) and differentiates that one step locally. The
+input exactly from its output (the algebra of
+:func:`hybrid_node.sde.solvers.reversible_heun.reverse_step`) and differentiates that one step locally. The
 gradients are those of direct backprop through the same discretisation, up to floating-point rounding,
-with O(len(ts)) memory.
+with O(len(ts)) memory. With logqp the KL integral (a left-point sum of the rate at each step's input
+state) is differentiated at the recovered states too, so its gradient is exact as well.
 
 Reference:
     P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and Accurate Gradients for Neural SDEs", NeurIPS
@@ -20,7 +22,7 @@ import torch
 from ._cotangents import step_cotangents
 from ._loop import Trajectory, integrate
 from ._validate import Prepared
-from .solvers.reversible_heun import forward_step, reverse_step
+from .adjoint import rate_vjp
 
 
 def _grads(outputs, inputs, cotangents) -> list[torch.Tensor]:
@@ -28,14 +30,40 @@ def _grads(outputs, inputs, cotangents) -> list[torch.Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
+def _prod_transpose(noise_type: str, a: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
+    """The cotangent of g in g dW given the cotangent ``a`` of g dW: a dW (diagonal) or a dW^T."""
+    if noise_type == "diagonal":
+        return a * dw
+    return a.unsqueeze(-1) * dw.unsqueeze(-2)
+
+
+def _fields_with_graph(sde, t: float, z: torch.Tensor):
+    """(z as a leaf, f(t, z), g(t, z)) with the graph from z kept for one vector-Jacobian product."""
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_(True)
+        f, g = sde.f_and_g(t, zz)
+    return zz, f, g
+
+
 def backward_pass(
-    prepared: Prepared, params: Sequence[torch.Tensor], traj: Trajectory, grad_ys: torch.Tensor, y0: torch.Tensor
+    prepared: Prepared,
+    params: Sequence[torch.Tensor],
+    traj: Trajectory,
+    grad_ys: torch.Tensor,
+    grad_log_ratios: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Walk the reversible Heun steps backwards, reconstructing and differentiating each.
 
+    One drift and diffusion evaluation per step: reconstructing step n evaluates (f, g) at z_n with its
+    graph kept, and that graph is the one step n - 1's vector-Jacobian product needs. The step's linear
+    part is differentiated by hand: with y1 = y + ((f0 + f1) h + (g0 + g1) dW) / 2,
+    z1 = 2 y - z + f0 h + g0 dW and (f1, g1) = F(z1), the cotangent of z1 is a_z1 + F'(z1)^T (a_f1 +
+    h a_y1 / 2, a_g1 + a_y1 dW^T / 2), and then a_y = a_y1 + 2 a_z1, a_z = -a_z1, a_f0 = h (a_y1 / 2 + a_z1),
+    a_g0 = (a_y1 / 2 + a_z1) dW^T.
+
     Args:
         prepared: the checked problem; params: tensors to differentiate; traj: the recorded forward solve;
-        grad_ys: dL/dys; y0: the initial state.
+        grad_ys: dL/dys; grad_log_ratios: dL/d(cumulative KL integral at each output), with logqp.
 
     Returns:
         (dL/dy0, [dL/dp for p in params]).
@@ -43,30 +71,46 @@ def backward_pass(
     sde, bm, steps = prepared.sde, prepared.bm, traj.steps
     inject = step_cotangents(traj, grad_ys)
     n_steps = len(steps) - 1
-    y, extra = traj.kept[n_steps], traj.extra
+    y, (z, _, _) = traj.kept[n_steps], traj.extra
+    zz, f1, g1 = _fields_with_graph(sde, steps[n_steps], z)
     a_y = inject.get(n_steps, torch.zeros_like(y))
-    a_extra = [torch.zeros_like(x) for x in extra]
+    a_z, a_f, a_g = torch.zeros_like(y), torch.zeros_like(f1), torch.zeros_like(g1)
     a_params = [torch.zeros_like(p) for p in params]
+    # The KL rate at step n's input is weighted by the cotangents of the cumulative integral at every
+    # later step: a running sum, as in the stochastic adjoint.
+    inject_kl = {} if grad_log_ratios is None else step_cotangents(traj, grad_log_ratios)
+    later = inject_kl.get(n_steps)
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
+        h = t1 - t0
         dw = bm(t0, t1)
+        with torch.no_grad():  # undo the step (the algebra of reverse_step, with F(z1) known)
+            f1_, g1_ = f1.detach(), g1.detach()
+            z0 = 2 * y - zz.detach() - f1_ * h - sde.prod(g1_, dw)
+        zz0, f0, g0 = _fields_with_graph(sde, t0, z0)
         with torch.no_grad():
-            y, extra = reverse_step(sde, t0, t1, dw, y, extra)
-        with torch.enable_grad():
-            inputs = [x.detach().requires_grad_(True) for x in (y, *extra)]
-            y1, extra1 = forward_step(sde, t0, t1, dw, inputs[0], tuple(inputs[1:]))
-            grads = _grads((y1, *extra1), (*inputs, *params), (a_y, *a_extra))
-        a_y, a_extra = grads[0], grads[1:4]
-        a_params = [acc + g for acc, g in zip(a_params, grads[4:])]
+            y0 = y - 0.5 * ((f0.detach() + f1_) * h + sde.prod(g0.detach() + g1_, dw))
+        grads = _grads(
+            (f1, g1), (zz, *params), (a_f + (0.5 * h) * a_y, a_g + _prod_transpose(sde.noise_type, 0.5 * a_y, dw))
+        )
+        a_z1 = a_z + grads[0]
+        a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
+        mixed = 0.5 * a_y + a_z1
+        a_y, a_z, a_f, a_g = a_y + 2 * a_z1, -a_z1, h * mixed, _prod_transpose(sde.noise_type, mixed, dw)
+        y, zz, f1, g1 = y0, zz0, f0, g0
+        if later is not None:
+            vy, vp = rate_vjp(sde, params, t0, y, h, later)
+            a_y = a_y + vy
+            a_params = [acc + v for acc, v in zip(a_params, vp)]
         if n in inject:
             a_y = a_y + inject[n]
-    # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0.
-    with torch.enable_grad():
-        yy = y0.detach().requires_grad_(True)
-        f0, g0 = sde.f_and_g(steps[0], yy)
-        grads = _grads((f0, g0), (yy, *params), (a_extra[1], a_extra[2]))
+        if n in inject_kl:
+            later = inject_kl[n] if later is None else later + inject_kl[n]
+    # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0 (here z0 = y0 up to
+    # rounding, and F's graph at it is at hand).
+    grads = _grads((f1, g1), (zz, *params), (a_f, a_g))
     a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
-    return a_y + a_extra[0] + grads[0], a_params
+    return a_y + a_z + grads[0], a_params
 
 
 class _ReversibleAdjoint(torch.autograd.Function):
@@ -74,28 +118,33 @@ class _ReversibleAdjoint(torch.autograd.Function):
     def forward(ctx, prepared: Prepared, settings: Mapping[str, Any], holder: list, y0: torch.Tensor, *params):
         with torch.no_grad():
             traj = integrate(prepared.solver, prepared.sde, prepared.bm, y0, prepared.ts, record=True, **settings)
-        ctx.prepared, ctx.traj, ctx.saved_params, ctx.y0 = prepared, traj, params, y0.detach()
+        ctx.prepared, ctx.traj, ctx.saved_params = prepared, traj, params
         holder.append(traj.extra)
-        return torch.stack(traj.ys)
+        ys = torch.stack(traj.ys)
+        lrs = torch.stack(traj.log_ratios) if traj.log_ratios else ys.new_zeros(ys.shape[:2])
+        return ys, lrs
 
     @staticmethod
-    def backward(ctx, grad_ys):
-        grad_y0, grad_params = backward_pass(ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, ctx.y0)
+    def backward(ctx, grad_ys, grad_lrs):
+        grad_lrs = grad_lrs if ctx.traj.log_ratios else None
+        grad_y0, grad_params = backward_pass(ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, grad_lrs)
         return (None, None, None, grad_y0, *grad_params)
 
 
 def solve_reversible_adjoint(
     prepared: Prepared, y0: torch.Tensor, params: Sequence[torch.Tensor], settings: Mapping[str, Any]
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Forward reversible Heun solve without a graph; exact gradients by the reversible adjoint.
 
     Args:
         prepared: the checked problem (method reversible_heun); y0: (batch, d); params: tensors to
-            differentiate; settings: step-size settings of :func:`hybrid_node.sde._loop.integrate`.
+            differentiate; settings: step-size settings of :func:`hybrid_node.sde._loop.integrate`
+            (``logqp`` included).
 
     Returns:
-        (ys, the final extra state (z, f, g)).
+        (ys, the cumulative KL integral at each output (len(ts), batch; zeros without logqp), the final
+        extra state (z, f, g)).
     """
     holder: list = []
-    ys = _ReversibleAdjoint.apply(prepared, settings, holder, y0, *params)
-    return ys, holder[0]
+    ys, log_ratios = _ReversibleAdjoint.apply(prepared, settings, holder, y0, *params)
+    return ys, log_ratios, holder[0]

@@ -9,7 +9,7 @@ import torch
 
 from ._loop import integrate
 from ._validate import prepare
-from .adjoint import solve_stochastic_adjoint
+from .adjoint import BackwardSteps, solve_stochastic_adjoint
 from .reversible_adjoint import solve_reversible_adjoint
 
 
@@ -49,7 +49,7 @@ def sdeint(
         ts: strictly increasing output times (1-D tensor or list of floats).
         bm: Brownian motion over [ts[0], ts[-1]] of shape (batch, m) (default: a new BrownianInterval).
         method: "euler", "milstein", "srk" (Ito); "euler_heun", "heun", "midpoint", "reversible_heun",
-            "milstein" (Stratonovich). Default: torchsde's (srk for Ito diagonal/additive/scalar noise,
+            "milstein", "log_ode" (Stratonovich). Default: torchsde's (srk for Ito diagonal/additive/scalar noise,
             euler for Ito general noise, midpoint for Stratonovich).
         dt: step size (the initial one when adaptive).
         adaptive, rtol, atol, dt_min: step doubling with these tolerances and minimum step.
@@ -121,15 +121,20 @@ def sdeint_adjoint(
     differentiated locally, so gradients equal direct backprop to floating-point precision. Any other
     method uses the stochastic adjoint of Li et al. 2020: the forward states are not stored (only those
     at the output times), the augmented Stratonovich SDE for (y, dL/dy, dL/dparams) is solved backwards
-    with the midpoint method on the forward step grid; gradients converge to the true ones as dt -> 0.
+    with the midpoint method on the forward step grid (or, with adjoint_adaptive=True, with step doubling
+    on the same Brownian path); gradients converge to the true ones as dt -> 0 (or the tolerances -> 0).
 
     Args:
         sde: an ``nn.Module`` (its parameters are the default ``adjoint_params``), as for sdeint.
         adjoint_method: "midpoint" (the default for the stochastic adjoint) or "adjoint_reversible_heun".
-        adjoint_adaptive, adjoint_rtol, adjoint_atol, adjoint_options: accepted for torchsde compatibility;
-            the backward solve always walks the forward step grid (adjoint_adaptive=True raises).
+        adjoint_adaptive: solve the backward adjoint SDE with step doubling (stochastic adjoint only): it
+            starts with step dt, keeps the error ratio of (y, dL/dy, dL/dparams) within adjoint_rtol and
+            adjoint_atol, never steps below dt_min, and stops where output cotangents enter.
+        adjoint_rtol, adjoint_atol: its tolerances.
+        adjoint_options: must be empty (the adjoint solvers take no options).
         adjoint_params: tensors to differentiate (default: sde.parameters()).
-        logqp: as for sdeint (stochastic adjoint only); the KL integral's gradient is taken backwards too.
+        logqp: as for sdeint; the KL integral's gradient is taken backwards too (exactly, with the
+            reversible adjoint).
         The others: as for :func:`sdeint`.
 
     Returns:
@@ -137,7 +142,8 @@ def sdeint_adjoint(
 
     Raises:
         ValueError: as for sdeint; also a non-Module sde without adjoint_params, unknown adjoint methods or
-            options, extra_solver_state, logqp with the reversible adjoint, Ito SDEs with general noise.
+            options, extra_solver_state, Ito SDEs with general noise (stochastic adjoint), adjoint_adaptive
+            with the reversible adjoint, non-positive adjoint tolerances.
 
     Reference:
         X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
@@ -151,10 +157,6 @@ def sdeint_adjoint(
             )
         adjoint_params = tuple(sde.parameters())
     params = tuple(p for p in adjoint_params if p.requires_grad)
-    if adjoint_adaptive:
-        raise ValueError(
-            "adjoint_adaptive=True is not supported: the backward solve walks the forward step grid; drop it."
-        )
     if adjoint_options:
         raise ValueError(f"unknown adjoint_options {sorted(adjoint_options)}; the adjoint solvers take none.")
     if extra_solver_state is not None:
@@ -164,19 +166,22 @@ def sdeint_adjoint(
         return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], None, logqp, extra)
     settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
     reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
-    if reversible and logqp:
+    if adjoint_adaptive and reversible:
         raise ValueError(
-            "logqp is not supported by the reversible adjoint; use adjoint_method='midpoint' (stochastic "
-            "adjoint) or sdeint (direct backprop)."
+            "adjoint_adaptive=True does not apply to the reversible adjoint, which undoes the forward steps "
+            "exactly; drop it, or use adjoint_method='midpoint' (the stochastic adjoint)."
         )
+    for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}.")
+    control = BackwardSteps(adjoint_adaptive, dt, adjoint_rtol, adjoint_atol, dt_min)
     if reversible:
-        ys, extra_state = solve_reversible_adjoint(p, y0, params, settings)
-        log_ratios = None
+        ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
     elif adjoint_method in (None, "midpoint"):
-        ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings)
+        ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings, control)
     else:
         raise ValueError(
             f"unknown adjoint_method {adjoint_method!r}: use 'midpoint' (stochastic adjoint), or "
             "'adjoint_reversible_heun' with method='reversible_heun'."
         )
-    return _finish(ys, [] if log_ratios is None else list(log_ratios), extra_state, logqp, extra)
+    return _finish(ys, list(log_ratios), extra_state, logqp, extra)

@@ -13,6 +13,7 @@ from .euler import EulerMaruyama as EulerMaruyama
 from .heun import EulerHeun as EulerHeun
 from .heun import Heun as Heun
 from .heun import Midpoint as Midpoint
+from .log_ode import LogODEMidpoint as LogODEMidpoint
 from .milstein import Milstein as Milstein
 from .reversible_heun import ReversibleHeun as ReversibleHeun
 from .srk import SRK as SRK
@@ -29,6 +30,7 @@ METHODS: Mapping[str, tuple[Callable[..., SDESolver], tuple[str, ...]]] = {
     "heun": (lambda sde_type, **o: Heun(), ()),
     "midpoint": (lambda sde_type, **o: Midpoint(), ()),
     "reversible_heun": (lambda sde_type, **o: ReversibleHeun(), ()),
+    "log_ode": (lambda sde_type, **o: LogODEMidpoint(), ()),
 }
 
 #: the method used when none is given (torchsde's defaults)

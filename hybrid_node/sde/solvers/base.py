@@ -26,6 +26,7 @@ class SDESolver(abc.ABC):
         sde_types: the SDE interpretations the method converges for.
         noise_types: the noise types it supports.
         needs_levy_area: whether steps need U = int (W - W(t0)) du (a "space-time" Brownian interval).
+        needs_full_levy_area: whether steps need the Levy area A too (a "davie" or "foster" one).
         needs_diffusion_matrix: whether g(t, y) itself is needed (g_prod alone is not enough).
     """
 
@@ -33,6 +34,7 @@ class SDESolver(abc.ABC):
     sde_types: ClassVar[tuple[str, ...]] = ("ito", "stratonovich")
     noise_types: ClassVar[tuple[str, ...]] = ("diagonal", "additive", "scalar", "general")
     needs_levy_area: ClassVar[bool] = False
+    needs_full_levy_area: ClassVar[bool] = False
     needs_diffusion_matrix: ClassVar[bool] = False
 
     @abc.abstractmethod

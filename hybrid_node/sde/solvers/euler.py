@@ -40,5 +40,8 @@ class EulerMaruyama(SDESolver):
             (y at t1, ()).
         """
         dw = bm(t0, t1)
+        if sde.plain_g:
+            f, g = sde.f_and_g(t0, y)
+            return sde.increment(y, f, t1 - t0, g, dw), extra
         f, gdw = sde.f_and_g_prod(t0, y, dw)
         return y + f * (t1 - t0) + gdw, extra

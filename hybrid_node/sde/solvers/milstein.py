@@ -38,15 +38,21 @@ def diffusion_derivative_product(sde: SDEView, t: float, y: torch.Tensor) -> tup
         if not b.requires_grad:  # g does not depend on y (or on anything differentiable): no correction
             return b, torch.zeros_like(b)
         if sde.noise_type == "diagonal":
-            (db,) = torch.autograd.grad(b.sum(), yy, create_graph=True, allow_unused=True)
+            # Without gradients (a forward solve) no graph of the derivative is needed.
+            (db,) = torch.autograd.grad(b.sum(), yy, create_graph=create, allow_unused=True)
             db = torch.zeros_like(b) if db is None else db
-            return b, db * b if create else (db * b).detach()
+            return (b, db * b) if create else (b.detach(), db * b.detach())
         u = torch.ones_like(b, requires_grad=True)
         (vjp,) = torch.autograd.grad(b, yy, u, create_graph=True, allow_unused=True)
         if vjp is None:
             return b, torch.zeros_like(b)
         (jvp,) = torch.autograd.grad(vjp, u, b, create_graph=create)
         return b, jvp
+
+
+def _update(y, f, h: float, b, dw, bdb, i11) -> torch.Tensor:
+    """y + f h + b dW + 1/2 (db/dy) b I11 in three fused operations (fewer autograd nodes)."""
+    return torch.addcmul(torch.addcmul(torch.add(y, f, alpha=h), b, dw), bdb, i11, value=0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +113,6 @@ class Milstein(SDESolver):
                 # difference is accurate to O(h).
                 b_plus, b_minus = _column(sde, sde.g(t0, y + b * sqrt_h)), _column(sde, sde.g(t0, y - b * sqrt_h))
                 bdb = (b_plus - b_minus) / (2 * sqrt_h)
-            return y + f * h + b * dw + 0.5 * bdb * i11, extra
+            return _update(y, f, h, b, dw, bdb, i11), extra
         b, bdb = diffusion_derivative_product(sde, t0, y)
-        return y + f * h + b * dw + 0.5 * bdb * i11, extra
+        return _update(y, f, h, b, dw, bdb, i11), extra

@@ -57,9 +57,9 @@ def forward_step(
     """
     z, f0, g0 = extra
     h = t1 - t0
-    z1 = 2 * y - z + f0 * h + sde.prod(g0, dw)
+    z1 = sde.increment(2 * y - z, f0, h, g0, dw)
     f1, g1 = sde.f_and_g(t1, z1)
-    y1 = y + 0.5 * ((f0 + f1) * h + sde.prod(g0 + g1, dw))
+    y1 = sde.increment(y, f0 + f1, h, g0 + g1, dw, 0.5)
     return y1, (z1, f1, g1)
 
 
