@@ -100,7 +100,7 @@ def test_frozen_counters_present_zero_and_restore(field):
 def test_tolerances_become_tensors():
     like = torch.zeros(3, dtype=torch.float32)
     rtol = whole.tolerance_tensor(1e-5, like)
-    assert rtol.dtype == torch.float32 and rtol.dim() == 0
+    assert rtol.dtype == torch.float32 and rtol.shape == (1,) and float(rtol) == pytest.approx(1e-5)
     per = whole.tolerance_tensor(torch.tensor([1e-5, 1e-6, 1e-7], dtype=torch.float64), like)
     assert per.shape == (3,) and per.dtype == torch.float32
 

@@ -101,10 +101,43 @@ def _scalar_attributes(owner) -> list:
     return list(owner.modules()) if isinstance(owner, torch.nn.Module) else []
 
 
-def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm) -> Callable:
-    """``solve(owner, state, tables, rtol, atol) -> state``: attempts until the status is not RUNNING."""
+_FLOATS = ("t", "dt", "r1", "r2")
+_INTS = ("i_out", "n_att", "n_acc", "n_rej", "status")
+_FLAGS = ("last_nonfinite", "saw_nonfinite")
 
-    def solve(owner, state, tables, rtol, atol):
+
+def pack(state: LoopState) -> tuple[torch.Tensor, ...]:
+    """The graph's inputs for ``state``: its 0-d float64, int64 and bool members stacked into one
+    vector each, then y, f0 and the output buffer.
+
+    Dynamo 2.13 gives a 0-d float64 or int64 *input* a symbolic ``.item()`` value; inside the
+    ``while_loop`` that symbol is specialised later, which restarts the whole analysis (Dynamo traces
+    the loop twice, AOT and the pre-passes run twice: about a quarter of the first call's time). A 1-d
+    vector carries no such symbol.
+    """
+    return (
+        torch.stack([getattr(state, k) for k in _FLOATS]),
+        torch.stack([getattr(state, k) for k in _INTS]),
+        torch.stack([getattr(state, k) for k in _FLAGS]),
+        state.y,
+        state.f0,
+        state.outs,
+    )
+
+
+def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0, outs) -> LoopState:
+    """The :class:`LoopState` that :func:`pack` stacked (copies: a loop may not carry views of its inputs)."""
+    groups = ((_FLOATS, floats), (_INTS, ints), (_FLAGS, flags))
+    fields = {k: x.clone() for names, vec in groups for k, x in zip(names, vec)}
+    return LoopState(y=y, f0=f0, outs=outs, **fields)
+
+
+def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm) -> Callable:
+    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol) -> state``: attempts until the
+    status is not RUNNING, from the :func:`pack`-ed state."""
+
+    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol):
+        state = unpack(floats, ints, flags, y, f0, outs)
         modules = _scalar_attributes(owner)
 
         def field(t, y):
@@ -218,16 +251,18 @@ class WholeSolve:
     def _call(self, graph, state, tables, rtol, atol) -> LoopState:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-            out = graph(self.owner, state, tables, rtol, atol)
+            out = graph(self.owner, *pack(state), tables, rtol, atol)
             # the graph's outputs live in its memory pool until the next replay: copy them out
             return LoopState(*(x.clone() for x in out))
-        return graph(self.owner, state, tables, rtol, atol)
+        return graph(self.owner, *pack(state), tables, rtol, atol)
 
 
 def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
     """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
-    so every new value would compile a new graph)."""
-    return torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+    so every new value would compile a new graph); a scalar one as shape (1,), which broadcasts as
+    the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`)."""
+    tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+    return tol.reshape(1) if tol.dim() == 0 else tol
 
 
 def integrate_whole(
