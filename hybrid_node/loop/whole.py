@@ -132,11 +132,11 @@ def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0,
     return LoopState(y=y, f0=f0, outs=outs, **fields)
 
 
-def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm) -> Callable:
-    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol) -> state``: attempts until the
-    status is not RUNNING, from the :func:`pack`-ed state."""
+def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
+    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm) -> state``: attempts
+    until the status is not RUNNING, from the :func:`pack`-ed state."""
 
-    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol):
+    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm):
         state = unpack(floats, ints, flags, y, f0, outs)
         modules = _scalar_attributes(owner)
 
@@ -190,7 +190,8 @@ class WholeSolve:
         pure: the traceable field.
         solver: the first-same-as-last embedded pair.
         c: the step-control constants.
-        norm: the error norm (traced into the graph).
+        norm: the error norm (traced into the graph; an argument of each call, so another instance
+            of one norm class, such as the adjoint's per-solve group norm, reuses the graph).
         cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
     """
 
@@ -198,7 +199,11 @@ class WholeSolve:
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs
         mode = "reduce-overhead" if cuda_graphs else None
-        self.key = ("whole_solve", pure.key, solver, c, norm, mode)
+        # a plain function norm is its own key; an instance (the adjoint's GroupRMS, built per backward
+        # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
+        norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
+        self.norm = norm
+        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode)
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
@@ -206,7 +211,7 @@ class WholeSolve:
         if self.key not in self._graphs:
             # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
             # the failure immediate and the fallback clean
-            fn = _solve_function(pure, solver, c, norm)
+            fn = _solve_function(pure, solver, c)
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
@@ -251,10 +256,10 @@ class WholeSolve:
     def _call(self, graph, state, tables, rtol, atol) -> LoopState:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-            out = graph(self.owner, *pack(state), tables, rtol, atol)
+            out = graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
             # the graph's outputs live in its memory pool until the next replay: copy them out
             return LoopState(*(x.clone() for x in out))
-        return graph(self.owner, *pack(state), tables, rtol, atol)
+        return graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
 
 
 def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
@@ -327,7 +332,8 @@ def integrate_whole(
     code, t, dt, n_att, n_acc, n_rej = torch.stack(
         [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
     ).tolist()  # the one host read of the solve
-    term.nfe += (solver.tableau.stages - 1) * int(n_att)
+    # every attempt evaluates its stages (and a method's own dense output) inside the graph
+    term.nfe += (solver.tableau.stages - 1 + solver.dense_output_evaluations) * int(n_att)
     stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, int(n_acc), int(n_rej)
     status = core.STATUS[int(code)]
     if status is not Status.SUCCESS and throw:
@@ -380,7 +386,7 @@ def odeint_graph(
         y0: the initial state (a tensor).
         t: strictly increasing 1-D output times.
         rtol, atol: float tolerances.
-        method: an explicit first-same-as-last pair (dopri5, tsit5, bosh3).
+        method: an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape).
@@ -391,7 +397,7 @@ def odeint_graph(
     factory = METHOD_SPECS[method].solver if method in METHOD_SPECS else None
     solver = factory() if factory is not None else None
     if not (isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve):
-        raise ValueError(f"a traced solve runs dopri5, tsit5 or bosh3, not {method!r}.")
+        raise ValueError(f"a traced solve runs dopri5, tsit5, bosh3 or dopri8, not {method!r}.")
     controller = PIDController(rtol=rtol, atol=atol)
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
     dev = y0.device
