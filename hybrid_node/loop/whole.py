@@ -31,9 +31,11 @@ same stretch rule, controller, floor and failures); the compiled kernels may rou
 step whose error ratio lies within rounding of 1 may be decided the other way. Tolerances enter the
 graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph.
 
-Scope: as the device loop (forward solves with an explicit first-same-as-last pair without its own
-dense output: dopri5, tsit5, bosh3; no events, ``jump_t``/``step_t`` or dense output over the
-interval). Other methods and problems keep per-step compiled attempts (:mod:`.compiled_step`).
+Scope: solves with an explicit first-same-as-last pair: dopri5, tsit5, bosh3 (as the device loop) and
+dopri8, whose own dense output (three more stages) the graph builds on every attempt; no events,
+``jump_t``/``step_t`` or dense output over the interval. The backsolve adjoint's backward solve runs
+this graph once per output interval (:mod:`.whole_impulses`). Other methods and problems keep
+per-step compiled attempts (:mod:`.compiled_step`).
 
 References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, step-size
 control, initial step); Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python
@@ -132,9 +134,10 @@ def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0,
     return LoopState(y=y, f0=f0, outs=outs, **fields)
 
 
-def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
+def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, restart: bool) -> Callable:
     """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm) -> state``: attempts
-    until the status is not RUNNING, from the :func:`pack`-ed state."""
+    until the status is not RUNNING, from the :func:`pack`-ed state; with ``restart`` the derivative
+    ``f0`` is first evaluated in the graph at the state's (t, y) (the one given is not read)."""
 
     def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm):
         state = unpack(floats, ints, flags, y, f0, outs)
@@ -148,6 +151,9 @@ def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepCon
             for m, k, v in saved:
                 setattr(m, k, v)
             return out
+
+        if restart:
+            state = state._replace(f0=field(state.t, state.y))
 
         def cond_fn(*s):
             return s[_STATUS] == RUNNING
@@ -193,9 +199,19 @@ class WholeSolve:
         norm: the error norm (traced into the graph; an argument of each call, so another instance
             of one norm class, such as the adjoint's per-solve group norm, reuses the graph).
         cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
+        restart: the graph evaluates the derivative at its initial state itself (the solve restarts
+            there after an impulse, :mod:`.whole_impulses`), instead of taking it as an input.
     """
 
-    def __init__(self, pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm, cuda_graphs: bool):
+    def __init__(
+        self,
+        pure: PureField,
+        solver: ExplicitRungeKutta,
+        c: core.StepControl,
+        norm,
+        cuda_graphs: bool,
+        restart: bool = False,
+    ):
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs
         mode = "reduce-overhead" if cuda_graphs else None
@@ -203,7 +219,7 @@ class WholeSolve:
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
         self.norm = norm
-        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode)
+        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode) + (("restart",) if restart else ())
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
@@ -211,7 +227,7 @@ class WholeSolve:
         if self.key not in self._graphs:
             # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
             # the failure immediate and the fallback clean
-            fn = _solve_function(pure, solver, c)
+            fn = _solve_function(pure, solver, c, restart)
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)

@@ -10,10 +10,12 @@ the impulse, re-evaluates the derivative and carries step-size control on
 Here each interval between two output times is one call of the same compiled
 :class:`~hybrid_node.loop.whole.WholeSolve` graph (a ``while_loop`` of step attempts; the augmented
 field's vector-Jacobian products are ``torch.func.vjp`` inside it), and the host does between two
-calls what the host loop does at an impulse: it reads the status once, adds the impulse, evaluates the
-derivative at the new state and starts the next interval with the carried step, controller memory and
-counters. The landing rule of the graph ends each interval's last step exactly at its end, as the host
-loop's stops do, so the steps are the host loop's, up to the rounding of compiled kernels.
+calls what the host loop does at an impulse: it reads the status once, adds the impulse and starts
+the next interval with the carried step, controller memory and counters. The graph evaluates the
+derivative at the new state itself, before its loop: an eager evaluation of the augmented field (a
+vector-Jacobian product through autograd) per output interval cost more than the graph saved. The
+landing rule of the graph ends each interval's last step exactly at its end, as the host loop's
+stops do, so the steps are the host loop's, up to the rounding of compiled kernels.
 
 The intervals have equal shapes (one output each), so every call after the first reuses the graph.
 """
@@ -97,7 +99,7 @@ def integrate_whole_impulses(
     if pure is None or len(rs) < 2 or torch.is_grad_enabled():
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
-    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda")
+    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", restart=True)
     if graph.failed:
         return None
     nfe_before = term.nfe
@@ -119,7 +121,7 @@ def integrate_whole_impulses(
         code, t, dt, n_att_f, n_acc, n_rej = torch.stack(
             [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
         ).tolist()  # the one host read of the interval
-        term.nfe += per_attempt * (int(n_att_f) - n_att)
+        term.nfe += per_attempt * (int(n_att_f) - n_att) + 1  # + the derivative at the interval's start
         n_att = int(n_att_f)
         status = core.STATUS[int(code)]
         if status is not Status.SUCCESS:
@@ -128,18 +130,17 @@ def integrate_whole_impulses(
         x = out.outs[0]
         if j + 1 < len(rs) - 1:
             x = at_output(j + 1, x)  # the impulse; the solver restarts from the new state
-            state = _restart(state, out, x, solver.init(term, rs[j + 1], x))
+            state = _restart(state, out, x)
         xs.append(x)
     stats = Stats(nfe=term.nfe, n_accepted=int(n_acc), n_rejected=int(n_rej))
     return Integration(xs, stats, Status.SUCCESS, rs[-1])
 
 
-def _restart(state: LoopState, out: LoopState, x: torch.Tensor, f0: torch.Tensor) -> LoopState:
+def _restart(state: LoopState, out: LoopState, x: torch.Tensor) -> LoopState:
     """The state for the next interval: the time, step, controller memory and counters carried on,
-    the state and derivative replaced, a fresh output row."""
+    the state replaced (the graph evaluates its derivative), a fresh output row."""
     return out._replace(
         y=x,
-        f0=f0,
         outs=torch.full_like(state.outs, math.nan),
         i_out=torch.ones_like(out.i_out),
         status=torch.full_like(out.status, RUNNING),
