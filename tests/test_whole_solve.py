@@ -44,11 +44,10 @@ def _compiled(func, y0, t, method="dopri5", **tol):
 
 
 def test_registry_declares_the_whole_solve_loop():
-    for name in ("dopri5", "tsit5", "bosh3"):
+    for name in ("dopri5", "tsit5", "bosh3", "dopri8"):
         assert "whole_solve" in METHOD_SPECS[name].loops
-    # DOP853's dense output needs extra evaluations after a step: per-step graphs only
-    assert "whole_solve" not in METHOD_SPECS["dopri8"].loops
-    assert "compile" in METHOD_SPECS["dopri8"].loops
+    # DOP853's dense output needs three more evaluations: the graph makes them, the device loop does not
+    assert "device_loop" not in METHOD_SPECS["dopri8"].loops
     assert "whole_solve" not in METHOD_SPECS["rk4"].loops
 
 
@@ -68,9 +67,12 @@ def test_compile_option_routes_forward_solves_to_the_whole_graph(field, monkeypa
         assert calls == ["dopri5"]
         torch.testing.assert_close(out, _eager(field, y0, t, rtol=1e-6, atol=1e-8).ys)
         hn.odeint(field, y0, t, method="dopri8", options={"compile": True})
+        assert calls == ["dopri5", "dopri8"]
+        hn.odeint(field, y0, t, method="rk4", options={"compile": True, "step_size": 0.5})
+        hn.odeint(field, y0, t, method="fehlberg2", options={"compile": True})
         hn.odeint(field, y0, t, options={"compile": True, "step_t": [0.5]})
         hn.odeint(field, y0, t)
-    assert calls == ["dopri5"]
+    assert calls == ["dopri5", "dopri8"]
 
 
 def test_solves_that_need_autograd_do_not_build_the_whole_graph(field, monkeypatch):
@@ -100,7 +102,7 @@ def test_frozen_counters_present_zero_and_restore(field):
 def test_tolerances_become_tensors():
     like = torch.zeros(3, dtype=torch.float32)
     rtol = whole.tolerance_tensor(1e-5, like)
-    assert rtol.dtype == torch.float32 and rtol.dim() == 0
+    assert rtol.dtype == torch.float32 and rtol.shape == (1,) and float(rtol) == pytest.approx(1e-5)
     per = whole.tolerance_tensor(torch.tensor([1e-5, 1e-6, 1e-7], dtype=torch.float64), like)
     assert per.shape == (3,) and per.dtype == torch.float32
 
@@ -122,6 +124,84 @@ def test_whole_graph_equals_eager_steps_both_directions(field, method):
                 eager.stats.n_rejected,
             )
             assert comp.status == eager.status
+
+
+@pytest.mark.slow
+def test_dopri8_whole_graph_equals_eager_steps(field):
+    """DOP853 with its own seventh-order dense output (three more stages, built on every attempt in
+    the graph): the eager solver's steps and outputs up to rounding."""
+    y0, t = torch.randn(16, 2), torch.linspace(0.0, 3.0, 7)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
+        eager = _eager(field, y0, t, "dopri8", rtol=1e-7, atol=1e-9)
+        comp = _compiled(field, y0, t, "dopri8", rtol=1e-7, atol=1e-9)
+    assert any(key[0] == "whole_solve" for key in whole._CACHE[field])
+    # every output is the dense output of some step (none falls on a step's end), so the test covers it
+    assert float((comp.ys - eager.ys).abs().max()) <= 1e-12 * float(eager.ys.abs().max())
+    assert (comp.stats.n_accepted, comp.stats.n_rejected) == (eager.stats.n_accepted, eager.stats.n_rejected)
+    assert comp.status == eager.status
+    # the graph evaluates 12 stages and the 3 dense-output stages on every attempt, plus the 2 host
+    # evaluations of the initial step; the eager solver evaluates the dense stages only where needed
+    attempts = comp.stats.n_accepted + comp.stats.n_rejected
+    assert comp.stats.nfe == 2 + 15 * attempts >= eager.stats.nfe
+
+
+@pytest.mark.slow
+def test_direct_backprop_with_compile_falls_back_to_step_graphs_with_eager_gradients(field):
+    """A solve that needs autograd does not build the whole-solve graph (torch 2.13's gradients
+    through while_loop disagreed with the eager solver's): it runs per-step graphs, whose
+    gradients equal eager direct backpropagation's up to rounding."""
+    y0 = torch.randn(8, 2, requires_grad=True)
+    t = torch.linspace(0.0, 2.0, 5)
+    target = torch.randn(5, 8, 2)
+
+    def gradients(options):
+        field.zero_grad()
+        y0.grad = None
+        ys = hn.odeint(field, y0, t, rtol=1e-7, atol=1e-9, options=options)
+        ((ys - target) ** 2).sum().backward()
+        return [ys.detach(), y0.grad.clone()] + [p.grad.clone() for p in field.parameters()]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the per-step graphs compile: no eager fallback
+        fast = gradients({"compile": True})
+    graphs = whole._CACHE[field]
+    assert not any(key[0] == "whole_solve" for key in graphs if isinstance(key[0], str))
+    assert any(len(key) == 3 and key[2] is True for key in graphs)  # the adaptive step graph ran
+    for a, b in zip(fast, gradients({})):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.slow
+def test_backsolve_backward_pass_runs_in_the_whole_graph_with_eager_gradients(field):
+    """The backsolve adjoint's backward solve (the augmented system, vjp inside the loop, the loss's
+    cotangents added at the output times between graph calls) takes the eager backward solve's steps
+    and gives its gradients up to rounding; a second backward pass reuses the graph."""
+    y0 = torch.randn(8, 2, requires_grad=True)
+    t = torch.linspace(0.0, 2.0, 5)
+    target = torch.randn(5, 8, 2)
+
+    def gradients(solver):
+        field.zero_grad()
+        y0.grad = None
+        ctrl = hn.PIDController(rtol=1e-8, atol=1e-10)
+        sol = hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=hn.BacksolveAdjoint())
+        ((sol.ys - target) ** 2).sum().backward()
+        return sol.stats, [y0.grad.clone()] + [p.grad.clone() for p in field.parameters()]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
+        fast_stats, fast = gradients(hn.Dopri5().compiled())
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        again = gradients(hn.Dopri5().compiled())[1]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # no recompilation
+    keys = [key for key in whole._CACHE[field] if key[0] == "whole_solve"]
+    assert any(isinstance(key[1], tuple) and key[1][0] == "backsolve" for key in keys)  # the augmented field
+    eager_stats, eager = gradients(hn.Dopri5())
+    assert fast_stats.n_steps_backward == eager_stats.n_steps_backward > 0
+    for a, b, c in zip(fast, eager, again):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(c, a, rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -181,12 +181,26 @@ def _dense_values(
 
 
 def _write_outputs(
-    s: LoopState, tables: Tables, accepted: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, y1: torch.Tensor, ks
+    s: LoopState,
+    tables: Tables,
+    accepted: torch.Tensor,
+    t1: torch.Tensor,
+    h: torch.Tensor,
+    y1: torch.Tensor,
+    ks,
+    interpolant: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output buffer and next output index after an attempt that ended at t1 (if ``accepted``)."""
+    """The output buffer and next output index after an attempt that ended at t1 (if ``accepted``).
+
+    ``interpolant``: the method's own dense output over the step, called with a float64 column of
+    theta shaped to broadcast against the state (DOP853's); None for the tableau's polynomial or Hermite.
+    """
     within, at_end, theta = core.emission(TENSOR, tables.ts[1:], s.t, t1)
     within = accepted & within
-    values = _dense_values(tables, theta, h, s.y, y1, ks)
+    if interpolant is not None:
+        values = interpolant(_column(theta, y1))
+    else:
+        values = _dense_values(tables, theta, h, s.y, y1, ks)
     values = torch.where(_column(at_end, y1), y1.unsqueeze(0), values)  # the end is y1 itself
     outs = torch.where(_column(within, y1), values, s.outs)
     i_out = torch.where(accepted, (tables.ts <= t1).sum(), s.i_out)
@@ -221,7 +235,10 @@ def attempt(
     ok = core.accepts(TENSOR, c, ratio, step_dt)
     accepted = active & ok
     rejected = active & ~ok
-    outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks)
+    # a method with its own dense output (DOP853: three more stages) builds it on every attempt, masked
+    # like the rest: the graph has no branch to skip it when no output time falls inside the step
+    own = solver.dense_output(field, s.t, s.y, step_dt, step) if solver.dense_output is not None else None
+    outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, own)
     t = torch.where(accepted, t1, s.t)
     nonfinite = ~torch.isfinite(ratio)
     last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))

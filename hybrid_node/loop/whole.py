@@ -31,9 +31,11 @@ same stretch rule, controller, floor and failures); the compiled kernels may rou
 step whose error ratio lies within rounding of 1 may be decided the other way. Tolerances enter the
 graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph.
 
-Scope: as the device loop (forward solves with an explicit first-same-as-last pair without its own
-dense output: dopri5, tsit5, bosh3; no events, ``jump_t``/``step_t`` or dense output over the
-interval). Other methods and problems keep per-step compiled attempts (:mod:`.compiled_step`).
+Scope: solves with an explicit first-same-as-last pair: dopri5, tsit5, bosh3 (as the device loop) and
+dopri8, whose own dense output (three more stages) the graph builds on every attempt; no events,
+``jump_t``/``step_t`` or dense output over the interval. The backsolve adjoint's backward solve runs
+this graph once per output interval (:mod:`.whole_impulses`). Other methods and problems keep
+per-step compiled attempts (:mod:`.compiled_step`).
 
 References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, step-size
 control, initial step); Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python
@@ -101,10 +103,44 @@ def _scalar_attributes(owner) -> list:
     return list(owner.modules()) if isinstance(owner, torch.nn.Module) else []
 
 
-def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm) -> Callable:
-    """``solve(owner, state, tables, rtol, atol) -> state``: attempts until the status is not RUNNING."""
+_FLOATS = ("t", "dt", "r1", "r2")
+_INTS = ("i_out", "n_att", "n_acc", "n_rej", "status")
+_FLAGS = ("last_nonfinite", "saw_nonfinite")
 
-    def solve(owner, state, tables, rtol, atol):
+
+def pack(state: LoopState) -> tuple[torch.Tensor, ...]:
+    """The graph's inputs for ``state``: its 0-d float64, int64 and bool members stacked into one
+    vector each, then y, f0 and the output buffer.
+
+    Dynamo 2.13 gives a 0-d float64 or int64 *input* a symbolic ``.item()`` value; inside the
+    ``while_loop`` that symbol is specialised later, which restarts the whole analysis (Dynamo traces
+    the loop twice, AOT and the pre-passes run twice: about a quarter of the first call's time). A 1-d
+    vector carries no such symbol.
+    """
+    return (
+        torch.stack([getattr(state, k) for k in _FLOATS]),
+        torch.stack([getattr(state, k) for k in _INTS]),
+        torch.stack([getattr(state, k) for k in _FLAGS]),
+        state.y,
+        state.f0,
+        state.outs,
+    )
+
+
+def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0, outs) -> LoopState:
+    """The :class:`LoopState` that :func:`pack` stacked (copies: a loop may not carry views of its inputs)."""
+    groups = ((_FLOATS, floats), (_INTS, ints), (_FLAGS, flags))
+    fields = {k: x.clone() for names, vec in groups for k, x in zip(names, vec)}
+    return LoopState(y=y, f0=f0, outs=outs, **fields)
+
+
+def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, restart: bool) -> Callable:
+    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm) -> state``: attempts
+    until the status is not RUNNING, from the :func:`pack`-ed state; with ``restart`` the derivative
+    ``f0`` is first evaluated in the graph at the state's (t, y) (the one given is not read)."""
+
+    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm):
+        state = unpack(floats, ints, flags, y, f0, outs)
         modules = _scalar_attributes(owner)
 
         def field(t, y):
@@ -115,6 +151,9 @@ def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepCon
             for m, k, v in saved:
                 setattr(m, k, v)
             return out
+
+        if restart:
+            state = state._replace(f0=field(state.t, state.y))
 
         def cond_fn(*s):
             return s[_STATUS] == RUNNING
@@ -157,15 +196,30 @@ class WholeSolve:
         pure: the traceable field.
         solver: the first-same-as-last embedded pair.
         c: the step-control constants.
-        norm: the error norm (traced into the graph).
+        norm: the error norm (traced into the graph; an argument of each call, so another instance
+            of one norm class, such as the adjoint's per-solve group norm, reuses the graph).
         cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
+        restart: the graph evaluates the derivative at its initial state itself (the solve restarts
+            there after an impulse, :mod:`.whole_impulses`), instead of taking it as an input.
     """
 
-    def __init__(self, pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, norm, cuda_graphs: bool):
+    def __init__(
+        self,
+        pure: PureField,
+        solver: ExplicitRungeKutta,
+        c: core.StepControl,
+        norm,
+        cuda_graphs: bool,
+        restart: bool = False,
+    ):
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs
         mode = "reduce-overhead" if cuda_graphs else None
-        self.key = ("whole_solve", pure.key, solver, c, norm, mode)
+        # a plain function norm is its own key; an instance (the adjoint's GroupRMS, built per backward
+        # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
+        norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
+        self.norm = norm
+        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode) + (("restart",) if restart else ())
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
@@ -173,7 +227,7 @@ class WholeSolve:
         if self.key not in self._graphs:
             # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
             # the failure immediate and the fallback clean
-            fn = _solve_function(pure, solver, c, norm)
+            fn = _solve_function(pure, solver, c, restart)
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
@@ -218,16 +272,18 @@ class WholeSolve:
     def _call(self, graph, state, tables, rtol, atol) -> LoopState:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-            out = graph(self.owner, state, tables, rtol, atol)
+            out = graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
             # the graph's outputs live in its memory pool until the next replay: copy them out
             return LoopState(*(x.clone() for x in out))
-        return graph(self.owner, state, tables, rtol, atol)
+        return graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
 
 
 def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
     """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
-    so every new value would compile a new graph)."""
-    return torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+    so every new value would compile a new graph); a scalar one as shape (1,), which broadcasts as
+    the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`)."""
+    tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+    return tol.reshape(1) if tol.dim() == 0 else tol
 
 
 def integrate_whole(
@@ -292,7 +348,8 @@ def integrate_whole(
     code, t, dt, n_att, n_acc, n_rej = torch.stack(
         [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
     ).tolist()  # the one host read of the solve
-    term.nfe += (solver.tableau.stages - 1) * int(n_att)
+    # every attempt evaluates its stages (and a method's own dense output) inside the graph
+    term.nfe += (solver.tableau.stages - 1 + solver.dense_output_evaluations) * int(n_att)
     stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, int(n_acc), int(n_rej)
     status = core.STATUS[int(code)]
     if status is not Status.SUCCESS and throw:
@@ -345,7 +402,7 @@ def odeint_graph(
         y0: the initial state (a tensor).
         t: strictly increasing 1-D output times.
         rtol, atol: float tolerances.
-        method: an explicit first-same-as-last pair (dopri5, tsit5, bosh3).
+        method: an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape).
@@ -356,7 +413,7 @@ def odeint_graph(
     factory = METHOD_SPECS[method].solver if method in METHOD_SPECS else None
     solver = factory() if factory is not None else None
     if not (isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve):
-        raise ValueError(f"a traced solve runs dopri5, tsit5 or bosh3, not {method!r}.")
+        raise ValueError(f"a traced solve runs dopri5, tsit5, bosh3 or dopri8, not {method!r}.")
     controller = PIDController(rtol=rtol, atol=atol)
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
     dev = y0.device

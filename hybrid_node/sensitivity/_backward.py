@@ -23,6 +23,8 @@ from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks
 from ..controllers import ConstantStepSize, PIDController
 from ..loop import warn_unsupported_callbacks
 from ..loop.host import Integration, integrate_adaptive, integrate_fixed
+from ..loop.whole_impulses import applies as whole_impulses_apply
+from ..loop.whole_impulses import integrate_whole_impulses
 from ..solvers.base import ExternalSolver
 
 if TYPE_CHECKING:
@@ -427,6 +429,14 @@ def run_backward(
     if fixed:
         grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
         return integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
+    jumps = backward_jumps(problem, plan)
+    if whole_impulses_apply(plan.solver, plan.controller, jumps, stops):
+        # compile=True: each interval between output times is one call of the whole-solve graph
+        whole = integrate_whole_impulses(
+            term, plan.solver, plan.controller, x0, rs, rtol=rtol, atol=atol, norm=norm, at_output=at_output
+        )
+        if whole is not None:
+            return whole
     return integrate_adaptive(
         term,
         plan.solver,
@@ -436,7 +446,7 @@ def run_backward(
         rtol=rtol,
         atol=atol,
         norm=norm,
-        jump_t=backward_jumps(problem, plan),
+        jump_t=jumps,
         step_t=tuple(stops),
         at_output=at_output,
         throw=True,

@@ -30,6 +30,10 @@ DOPRI8_TABLEAU = ButcherTableau(
     error_order=5,
 )
 _E3 = tuple(float(x) for x in _dop.E3)
+# the continuous extension's stages 14-16 and its coefficient rows, as Python floats: numpy arrays
+# read inside a compiled graph would be traced as tensors (data-dependent coefficients)
+_EXTRA = tuple((float(_dop.C[s]), tuple(float(x) for x in _dop.A[s, :s])) for s in range(13, 16))
+_D = tuple(tuple(float(x) for x in row) for row in _dop.D)
 
 
 def _mean_square(x: torch.Tensor) -> torch.Tensor:
@@ -59,23 +63,31 @@ class Dopri8Interpolant(Interpolant):
 
     def _prepare(self) -> list[torch.Tensor]:
         ks = list(self.step.ks)  # 13 stages: 12 + the FSAL derivative at the new point
-        for s in range(13, 16):
-            yi = linear_combination(self.y0, self.dt, [float(x) for x in _dop.A[s, :s]], ks)
-            ks.append(self.f(self.t0 + float(_dop.C[s]) * self.dt, yi))
+        for c, a in _EXTRA:
+            yi = linear_combination(self.y0, self.dt, a, ks)
+            ks.append(self.f(self.t0 + c * self.dt, yi))
         dy = self.step.y1 - self.y0
         h = self.dt
         coeffs = [dy, ks[0] * h - dy, 2 * dy - (ks[0] + ks[12]) * h]
-        for row in _dop.D:
-            coeffs.append(linear_combination(None, h, [float(x) for x in row], ks))
+        for row in _D:
+            coeffs.append(linear_combination(None, h, row, ks))
         self._coeffs = coeffs
         return coeffs
 
-    def __call__(self, theta: float):
+    def __call__(self, theta: float | torch.Tensor):
+        """The dense output at ``theta`` in [0, 1]: a float, or a float64 tensor shaped to broadcast
+        against the state (one row per theta, as the whole-solve graph asks for all its output times)."""
         coeffs = self._coeffs if self._coeffs is not None else self._prepare()
+        factors: tuple[float | torch.Tensor, float | torch.Tensor]
+        if isinstance(theta, torch.Tensor):
+            # 1 - theta in float64 and then rounded, as a float theta is: same factors as the host's
+            factors = (theta.to(self.y0.dtype), (1 - theta).to(self.y0.dtype))
+        else:
+            factors = (theta, 1 - theta)
         acc = None
         for i, c in enumerate(reversed(coeffs)):
             acc = c if acc is None else acc + c
-            acc = acc * (theta if i % 2 == 0 else 1 - theta)
+            acc = acc * factors[i % 2]
         return self.y0 + acc
 
 
@@ -87,6 +99,8 @@ class Dopri8(ExplicitRungeKutta):
             passes them all.
     """
 
+    dense_output_evaluations = 3  # the continuous extension's stages 14-16
+
     def __init__(self, **fields):
         defaults = {
             "tableau": DOPRI8_TABLEAU,
@@ -96,3 +110,9 @@ class Dopri8(ExplicitRungeKutta):
             "error_estimate_order": 7,
         }
         super().__init__(**{**defaults, **fields})
+
+    @property
+    def supports_whole_solve(self) -> bool:
+        # the whole-solve graph builds the dense output's three extra stages on every attempt (masked);
+        # the device loop, which reads the host after a few attempts, does not run this method
+        return True
