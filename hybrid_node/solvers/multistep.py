@@ -46,6 +46,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -143,7 +144,7 @@ class _Family:
     e: tuple[float, ...]  # |E_q|: correction per h^(q+1) y^(q+1)
     bias: float  # the safety bias on the estimate at the same order
 
-    @property
+    @functools.cached_property
     def const(self) -> tuple[float, ...]:
         """Local error estimate per unit correction, C_q / E_q."""
         return tuple(c / e if e else 0.0 for c, e in zip(self.lte, self.e))
@@ -169,22 +170,34 @@ ADAMS = _family("adams", MAX_ADAMS_ORDER)
 BDF_FAMILY = _family("bdf", MAX_BDF_ORDER)
 
 
-def _pascal(q: int, like: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple[float, ...], shape: tuple[int, ...], dtype: torch.dtype, device: torch.device):
+    """``values`` as a tensor of ``shape``, made once per key: the Nordsieck constants are the same
+    every step, and building them anew took about a tenth of a step's time."""
+    return torch.tensor(values, dtype=dtype, device=device).reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _pascal(q: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The (q+1) x (q+1) matrix that re-expands a Nordsieck array one step ahead: P_ij = C(j, i)."""
     p = [[float(math.comb(j, i)) if j >= i else 0.0 for j in range(q + 1)] for i in range(q + 1)]
-    return torch.tensor(p, dtype=like.dtype, device=like.device)
+    return torch.tensor(p, dtype=dtype, device=device)
 
 
-def _column(values: tuple[float, ...] | list[float], like: torch.Tensor) -> torch.Tensor:
+def _column(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
     """``values`` as a tensor that broadcasts along the Nordsieck array's leading dimension."""
-    t = torch.tensor(list(values), dtype=like.dtype, device=like.device)
-    return t.reshape((-1,) + (1,) * (like.dim() - 1))
+    return _constant(tuple(values), (len(values),) + (1,) * (like.dim() - 1), like.dtype, like.device)
+
+
+def _powers(r: float, q: int, like: torch.Tensor) -> torch.Tensor:
+    """``[1, r, ..., r^q]`` broadcasting along the Nordsieck array's leading dimension (a step rescale)."""
+    return torch.pow(r, _column(tuple(float(j) for j in range(q + 1)), like))
 
 
 def _rms(x: torch.Tensor, scale: torch.Tensor) -> float:
     """The weighted RMS norm of the error control (a host float: it only steers decisions)."""
-    with torch.no_grad():
-        return float(torch.linalg.vector_norm(x.detach() / scale) / math.sqrt(max(x.numel(), 1)))
+    # detached operands build no graph (a no_grad block cost as much as the norm itself here)
+    return float(torch.linalg.vector_norm(x.detach() / scale)) / math.sqrt(max(x.numel(), 1))
 
 
 def _factor(err: float, exponent: int, bias: float) -> float:
@@ -368,7 +381,7 @@ class Nordsieck(AbstractSolver):
         s = self._rescaled(state, dt)
         q = s.order
         fam = BDF_FAMILY if s.stiff else ADAMS
-        z0 = torch.tensordot(_pascal(q, s.z), s.z, dims=1)
+        z0 = (_pascal(q, s.z.dtype, s.z.device) @ s.z.reshape(q + 1, -1)).reshape(s.z.shape)
         t1 = t + dt
         ewt = self.atol + self.rtol * y.detach().abs()
         e, converged, s, rho = self._correct(f, t1, dt, z0, s, ewt, fam)
@@ -407,13 +420,10 @@ class Nordsieck(AbstractSolver):
             n_fail=0 if n_same >= 2 else s.n_fail,
             rho=rho,
             since_switch=s.since_switch + 1,
+            n_limited=s.n_limited + 1 if not s.stiff and rho * step.dt >= 0.9 * _ADAMS_STABILITY[q - 1] else 0,
         )
         err = _rms(fam.const[q] * step.e, ewt)
         r_same = _factor(err, q + 1, fam.bias)
-        if not s.stiff and rho * step.dt >= 0.9 * _ADAMS_STABILITY[q - 1]:
-            new = dataclasses.replace(new, n_limited=s.n_limited + 1)
-        else:
-            new = dataclasses.replace(new, n_limited=0)
         if self.family == "lsoda" and new.since_switch >= _SWITCH_WAIT:
             # checked after every step: a stiff problem under Adams rejects often, so that the
             # q+1 equal steps the order selection waits for may never come
@@ -502,7 +512,7 @@ class Nordsieck(AbstractSolver):
         r = dt / state.h
         if abs(r - 1.0) <= 1e-12:
             return state
-        z = state.z * _column([r**j for j in range(state.order + 1)], state.z)
+        z = state.z * _powers(r, state.order, state.z)
         return dataclasses.replace(state, z=z, h=dt, n_same=0, e_prev=None)
 
     def _correct(self, f: Field, t1: float, dt: float, z0: torch.Tensor, s: NordsieckState, ewt, fam: _Family):
@@ -523,10 +533,11 @@ class Nordsieck(AbstractSolver):
         const = fam.const[q]
         conit = 0.5 / (q + 2)
         y_pred = z0[0]
-        floor = 100.0 * torch.finfo(y_pred.dtype).eps / max(self.rtol, torch.finfo(y_pred.dtype).eps)
+        eps = torch.finfo(y_pred.dtype).eps
+        floor = 100.0 * eps / max(self.rtol, eps)
         rho: float | None = None
         fresh = False
-        e = torch.zeros_like(y_pred)
+        e = y_pred  # replaced by the first iteration (max_iters >= 1)
         for _ in range(2):
             f_pred = None
             if s.stiff:
@@ -540,17 +551,15 @@ class Nordsieck(AbstractSolver):
                 scale = l0 * dt
                 if s.jac is not None and (s.lu is None or abs(scale / s.lu.scale - 1.0) > _LU_DRIFT):
                     s = dataclasses.replace(s, lu=factorize(s.jac, scale, y_pred.shape))
-            e = torch.zeros_like(y_pred)
             y = y_pred
             prev = None
             rate = 0.7  # LSODE's initial convergence-rate guess
             converged = False
             for m in range(self.max_iters):
                 fy = f_pred if (m == 0 and f_pred is not None) else f(t1, y)
-                r = dt * fy - z0[1] - e
+                r = dt * fy - z0[1] if m == 0 else dt * fy - z0[1] - e  # the correction starts at zero
                 de = s.lu.solve(r) if s.stiff and s.lu is not None else r
-                e = e + de
-                y = y_pred + l0 * e
+                e = de if m == 0 else e + de
                 dnorm = _rms(de, ewt)
                 if not math.isfinite(dnorm):
                     break
@@ -565,6 +574,7 @@ class Nordsieck(AbstractSolver):
                 if prev is not None and dnorm > 2.0 * prev:
                     break  # diverging
                 prev = dnorm
+                y = y_pred + l0 * e
             if converged or not s.stiff or fresh:
                 return e, converged, s, rho
             s = dataclasses.replace(s, jac=None, lu=None)
