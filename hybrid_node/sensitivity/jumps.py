@@ -19,14 +19,13 @@ Duvenaud, "Neural Ordinary Differential Equations", NeurIPS 2018.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .._errors import Status
-from .._event import Event
+from .._event import Event, takes_fired
 from .._problem import Problem
 from .._solution import Solution
 from ..loop.dispatch import CheckedEvent
@@ -51,16 +50,6 @@ class _Restart(torch.autograd.Function):
         (f,) = ctx.saved_tensors
         grad_t = -(grad.reshape(-1) * f.reshape(-1)).sum().to(ctx.t_dtype) if ctx.needs_input_grad[0] else None
         return grad_t, grad, None
-
-
-def _takes_fired(on_event) -> bool:
-    """Whether ``on_event`` takes the ``fired`` mask as a third argument."""
-    try:
-        params = inspect.signature(on_event).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
-        return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def solve_with_events(
@@ -116,7 +105,7 @@ def solve_with_events(
     direction = torch.cat(
         [torch.full((n,), sign * ev.direction, dtype=torch.int64, device=device) for ev, n in zip(events, sizes)]
     )
-    with_fired = [ev.on_event is not None and _takes_fired(ev.on_event) for ev in events]
+    with_fired = [ev.on_event is not None and takes_fired(ev.on_event) for ev in events]
     t_dtype = problem.t.dtype
 
     def at_event(s: float, y_s: torch.Tensor, fired: torch.Tensor):
