@@ -11,6 +11,15 @@ import hybrid_node as hn
 pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")
 
 
+def _with_prior(sde_type: str) -> NeuralSDE:
+    """A diagonal-noise NeuralSDE (seed 0) with a learnable linear prior drift h, for logqp."""
+    torch.manual_seed(0)
+    sde = NeuralSDE("diagonal", sde_type)
+    sde.prior = torch.nn.Linear(3, 3)
+    sde.h = lambda t, y: sde.prior(y)
+    return sde
+
+
 def _loss(ys: torch.Tensor) -> torch.Tensor:
     weights = torch.linspace(0.5, 1.5, ys.shape[0]).reshape(-1, *([1] * (ys.ndim - 1)))
     return (weights * torch.sin(ys)).sum()
@@ -126,11 +135,7 @@ def test_adjoint_bad_inputs():
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop(adaptive):
-    torch.manual_seed(0)
-    sde = NeuralSDE("diagonal", "ito")
-    prior = torch.nn.Linear(3, 3)
-    sde.prior = prior
-    sde.h = lambda t, y: prior(y)
+    sde = _with_prior("ito")
     y0 = torch.randn(4, 3, requires_grad=True)
     bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=5)
     ts = torch.tensor([0.0, 0.3, 1.0])
@@ -151,11 +156,7 @@ def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop(adaptive):
 
 
 def test_reversible_adjoint_with_logqp_equals_direct_backprop():
-    torch.manual_seed(0)
-    sde = NeuralSDE("diagonal", "stratonovich")
-    prior = torch.nn.Linear(3, 3)
-    sde.prior = prior
-    sde.h = lambda t, y: prior(y)
+    sde = _with_prior("stratonovich")
     y0 = torch.randn(4, 3, requires_grad=True)
     bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=6)
     ts = torch.tensor([0.0, 0.33, 0.7, 1.0])  # 0.33 falls between steps
