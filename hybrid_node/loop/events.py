@@ -189,6 +189,10 @@ def check_event_controller(problem, what: str) -> None:
     Args:
         problem: the validated problem.
         what: the kind of event solve, for the message.
+
+    Raises:
+        ValueError: a ConstantStepSize without ``step_size`` or with ``grid_constructor``/``perturb``,
+            ``per_sample`` or ``device_loop`` step control, or compiled steps.
     """
     ctrl = problem.controller
     if isinstance(ctrl, ConstantStepSize):

@@ -116,6 +116,12 @@ def pack(state: LoopState) -> tuple[torch.Tensor, ...]:
     ``while_loop`` that symbol is specialised later, which restarts the whole analysis (Dynamo traces
     the loop twice, AOT and the pre-passes run twice: about a quarter of the first call's time). A 1-d
     vector carries no such symbol.
+
+    Args:
+        state: the loop state.
+
+    Returns:
+        (floats, ints, flags, y, f0, outs), the arguments :func:`unpack` takes.
     """
     return (
         torch.stack([getattr(state, k) for k in _FLOATS]),
@@ -128,7 +134,14 @@ def pack(state: LoopState) -> tuple[torch.Tensor, ...]:
 
 
 def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0, outs) -> LoopState:
-    """The :class:`LoopState` that :func:`pack` stacked (copies: a loop may not carry views of its inputs)."""
+    """The :class:`LoopState` that :func:`pack` stacked (copies: a loop may not carry views of its inputs).
+
+    Args:
+        floats, ints, flags: the stacked scalar members; y, f0, outs: the tensors, as :func:`pack` returns them.
+
+    Returns:
+        The loop state.
+    """
     groups = ((_FLOATS, floats), (_INTS, ints), (_FLAGS, flags))
     fields = {k: x.clone() for names, vec in groups for k, x in zip(names, vec)}
     return LoopState(y=y, f0=f0, outs=outs, **fields)
