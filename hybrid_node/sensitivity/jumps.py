@@ -66,7 +66,8 @@ def solve_with_events(
     are applied in the order the events were given.
 
     Args:
-        problem: the validated problem (an adaptive torch solver on the host loop).
+        problem: the validated problem (a torch solver on the host loop: adaptive, or fixed steps
+            with ``step_size``; see :func:`~hybrid_node.loop.events.check_event_controller`).
         events: one non-terminal :class:`~hybrid_node.Event` or a tuple of them.
         throw: raise SolverError on failure, else report the status with NaN outputs not reached.
         adjoint: None for direct backpropagation, or ``hn.BacksolveAdjoint(...)`` /
@@ -80,8 +81,11 @@ def solve_with_events(
         in time order (time, element index, state before the jump, which event).
 
     Raises:
-        ValueError: a problem this loop cannot serve (fixed steps, per-sample or device loops), or
-            an ``on_event`` that does not return a state of the state's shape.
+        ValueError: a problem this loop cannot serve (fixed steps without ``step_size``, per-sample
+            or device loops, compiled steps, ``jump_t``/``step_t``), or an ``on_event`` that does not
+            return a state of the state's shape.
+        ValueError, TypeError: with ``adjoint``, unusable ``adjoint_params``
+            (:func:`~hybrid_node.sensitivity._backward.resolve_params`).
         SolverError: the solve failed, with ``throw``.
     """
     ctrl = problem.controller
