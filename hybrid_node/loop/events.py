@@ -305,7 +305,7 @@ def integrate_sample_events(
 
     Args:
         term: the wrapped field (solver time).
-        solver: an adaptive solver of the host loop.
+        solver: a solver of the host loop (adaptive unless ``controller`` is a ConstantStepSize).
         controller: the step-size controller (its ``max_num_steps`` bounds the search); a
             ConstantStepSize with ``step_size`` takes fixed steps (:class:`_Steps`).
         y0: initial state; its leading dimensions are the batch.
