@@ -223,8 +223,14 @@ def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, e
             options["step_size"] = controller.step_size
         if controller.max_num_steps != ConstantStepSize.max_num_steps:
             options["max_num_steps"] = controller.max_num_steps
-    common: dict[str, Any] = {"method": solver.name, "rtol": rtol, "atol": atol, "options": options}
-    common.update(sensitivity=sensitivity, adjoint_params=adjoint_params)
+    common: dict[str, Any] = {
+        "method": solver.name,
+        "rtol": rtol,
+        "atol": atol,
+        "options": options,
+        "sensitivity": sensitivity,
+        "adjoint_params": adjoint_params,
+    }
     if events["event"] is not None or events["event_fn"] is not None:
         return julia_events.solve_events(func, y0, t, **common, **events)
     return julia_backend.solve(func, y0, t, **common)
@@ -395,13 +401,12 @@ def odeint_event(
 
 def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs):
     """``odeint_event(..., per_sample=True)``: the torchdiffeq-style call mapped to per-sample events."""
-    adjoint_keys = {"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params"}
+    allowed = {"rtol", "atol", "method", "options", "backend"}
     if odeint_interface is odeint:
         sensitivity: AbstractSensitivity = DirectBackprop()
-        allowed = {"rtol", "atol", "method", "options", "backend"}
     elif odeint_interface is odeint_adjoint:
         sensitivity = _backsolve_settings(kwargs)
-        allowed = {"rtol", "atol", "method", "options", "backend"} | adjoint_keys
+        allowed |= {"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params"}
         if kwargs.get("adjoint_params") is None and not isinstance(func, torch.nn.Module):
             raise ValueError(
                 "func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "

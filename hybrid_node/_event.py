@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
+
+
+def takes_fired(on_event: Callable) -> bool:
+    """Whether ``on_event`` takes the ``fired`` mask as a third argument.
+
+    Args:
+        on_event: the jump of an :class:`Event`.
+
+    Returns:
+        True for three or more positional parameters (or ``*args``); False for fewer, or for a
+        builtin without a signature (the two-argument form).
+    """
+    try:
+        params = inspect.signature(on_event).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,3 +89,16 @@ class Heisenberg:
         one, zero = torch.ones_like(y[:, 0]), torch.zeros_like(y[:, 0])
         rows = [torch.stack([one, zero], -1), torch.stack([zero, one], -1), torch.stack([-y[:, 1], y[:, 0]], -1)]
         return torch.stack(rows, 1)
+
+
+def fine_grid_levy_area(bm, h: float, cells: int) -> torch.Tensor:
+    """A_01 over [0, h] from the path on a fine grid: sum of W(t_k) x dW_k, antisymmetrised.
+
+    It misses the areas inside the cells, a variance deficit of h^2 / (4 cells)."""
+    area = 0.0
+    for k in range(cells):
+        a, b = k * h / cells, (k + 1) * h / cells
+        w_a = bm(a) if k else 0.0 * bm(0.0, b)
+        dw = bm(a, b)
+        area = area + 0.5 * (w_a[:, 0] * dw[:, 1] - w_a[:, 1] * dw[:, 0])
+    return area

@@ -1,4 +1,4 @@
-"""Shared fields of the event tests: a falling ball (with its analytic impact times) and a decay."""
+"""Shared fields of the event tests: a falling ball (with its analytic impact times and its bounce) and a decay."""
 
 from __future__ import annotations
 
@@ -6,12 +6,29 @@ import math
 
 import torch
 
+import hybrid_node as hn
+
 G = 9.81
 
 
 def fall(t, y):
     """Free fall of a batch of balls: y[:, 0] height, y[:, 1] velocity."""
     return torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)
+
+
+def bounce(e):
+    """The jump at an impact: the balls that hit the ground (``fired``) reverse their velocity, times ``e``."""
+
+    def on_event(t, y, fired):
+        return torch.stack([y[:, 0], torch.where(fired, -e * y[:, 1], y[:, 1])], 1)
+
+    return on_event
+
+
+def ground(e, **kwargs) -> hn.Event:
+    """The impact of :func:`fall`: the height crosses zero downwards and the ball bounces with restitution
+    ``e``; ``kwargs`` are further :class:`~hybrid_node.Event` settings."""
+    return hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce(e), **kwargs)
 
 
 def impacts(h: float, e: float, n: int) -> list[float]:

@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from bouncing import Decay, G, fall
+from bouncing import Decay, G, fall, ground
 
 import hybrid_node as hn
 
@@ -41,15 +41,11 @@ def impact_derivatives(h: float, e: float, k: int) -> tuple[float, float]:
 def bouncing(h, e, t, sensitivity):
     y0 = torch.stack([h, torch.zeros_like(h)], 1)
 
-    def bounce(t, y, fired):
-        return torch.stack([y[:, 0], torch.where(fired, -e * y[:, 1], y[:, 1])], 1)
-
-    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
     return hn.solve(
         fall,
         y0,
         t,
-        event=event,
+        event=ground(e),
         controller=hn.PIDController(**TOL),
         sensitivity=sensitivity,
         adjoint_params=(),
@@ -118,12 +114,8 @@ class Field(torch.nn.Module):
 
 
 def ground_and_apex():
-    def bounce(t, y, fired):
-        return torch.stack([y[:, 0], torch.where(fired, -0.8 * y[:, 1], y[:, 1])], 1)
-
-    ground = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
     apex = hn.Event(lambda t, y: y[:, 1])  # recorded only
-    return {"jumps": ground, "records": apex, "both": (ground, apex)}
+    return {"jumps": ground(0.8), "records": apex, "both": (ground(0.8), apex)}
 
 
 @pytest.mark.parametrize("events", ["jumps", "records", "both"])

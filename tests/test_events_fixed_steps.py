@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from bouncing import G, fall, impacts
+from bouncing import G, fall, ground, impacts
 
 import hybrid_node as hn
 
@@ -22,17 +22,13 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 def bouncing(h, e, solver, controller, sensitivity=None, t_end=2.5, max_events=10_000):
     y0 = torch.stack([h, torch.zeros_like(h)], 1)
 
-    def bounce(t, y, fired):
-        return torch.stack([y[:, 0], torch.where(fired, -e * y[:, 1], y[:, 1])], 1)
-
-    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce, max_events=max_events)
     return hn.solve(
         fall,
         y0,
         torch.tensor([0.0, 1.0, t_end]),
         solver=solver,
         controller=controller,
-        event=event,
+        event=ground(e, max_events=max_events),
         sensitivity=sensitivity,
         adjoint_params=(),
     )

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from bouncing import G, fall, impacts
+from bouncing import G, fall, ground, impacts
 
 import hybrid_node as hn
 
@@ -26,11 +26,7 @@ def ctrl():
 def bouncing(h, e, t):
     y0 = torch.stack([h, torch.zeros_like(h)], 1)
 
-    def bounce(t, y, fired):
-        return torch.stack([y[:, 0], torch.where(fired, -e * y[:, 1], y[:, 1])], 1)
-
-    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
-    return hn.solve(fall, y0, t, event=event, controller=ctrl())
+    return hn.solve(fall, y0, t, event=ground(e), controller=ctrl())
 
 
 def test_a_batch_of_bouncing_balls_matches_the_analytic_impact_times_of_every_bounce():
@@ -209,13 +205,9 @@ def test_several_events_at_once_are_reported_in_time_order_with_their_own_jumps_
     h, e = 2.0, 0.8
     y0 = torch.tensor([[h, 0.0]])
 
-    def bounce(t, y, fired):
-        return torch.stack([y[:, 0], torch.where(fired, -e * y[:, 1], y[:, 1])], 1)
-
-    ground = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
     clock = hn.Event(lambda t, y: torch.stack([t - 1.0, t - 2.0]), direction=1)  # records only
     apex = hn.Event(lambda t, y: y[:, 1], direction=-1)  # the top of each flight: velocity + to -
-    sol = hn.solve(fall, y0, torch.tensor([0.0, 2.4]), event=(ground, clock, apex), controller=ctrl())
+    sol = hn.solve(fall, y0, torch.tensor([0.0, 2.4]), event=(ground(e), clock, apex), controller=ctrl())
     hits = impacts(h, e, 3)
     v1 = math.sqrt(2 * G * h) * e
     want = sorted(
@@ -233,17 +225,13 @@ def test_implicit_and_multistep_methods_restart_at_jumps(method):
     h = torch.tensor([2.0])
     y0 = torch.stack([h, torch.zeros(1)], 1)
 
-    def bounce(t, y, fired):
-        return torch.stack([y[:, 0], torch.where(fired, -0.8 * y[:, 1], y[:, 1])], 1)
-
-    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
     sol = hn.solve(
         fall,
         y0,
         torch.tensor([0.0, 2.0]),
         solver=solver,
         controller=hn.PIDController(rtol=1e-8, atol=1e-10),
-        event=event,
+        event=ground(0.8),
     )
     got = [float(r.t) for r in sol.events]
     torch.testing.assert_close(got, impacts(2.0, 0.8, len(got)), rtol=1e-7, atol=1e-7)

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from bouncing import fall, impacts
+from bouncing import fall, ground, impacts
 from julia_standin import StandinEngine
 
 import hybrid_node as hn
@@ -25,10 +25,6 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
-def bounce(t, y, fired):
-    return torch.stack([y[:, 0], torch.where(fired, -0.8 * y[:, 1], y[:, 1])], 1)
-
-
 def standin(func, y0, t, **kw):
     with torch.no_grad():
         return julia_events.solve_events(func, y0, t, method="dopri5", engine=StandinEngine(), **TOL, **kw)
@@ -38,7 +34,7 @@ def test_a_batch_of_bouncing_balls_on_the_julia_side_matches_the_analytic_times_
     hs = [1.0, 2.0, 3.0]
     y0 = torch.tensor([[h, 0.0] for h in hs])
     t = torch.tensor([0.0, 1.0, 2.5])
-    event = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce)
+    event = ground(0.8)
     sol = standin(fall, y0, t, event=event)
     assert sol.status is Status.SUCCESS
     for i, h in enumerate(hs):
@@ -87,7 +83,7 @@ def test_a_terminal_event_stops_the_julia_solve_at_the_first_passage():
 
 def test_too_many_events_and_missing_events_are_reported():
     y0 = torch.tensor([[1.0, 0.0]])
-    flip = hn.Event(lambda t, y: y[:, 0], direction=-1, on_event=bounce, max_events=3)
+    flip = ground(0.8, max_events=3)
     with pytest.raises(SolverError, match="max_events"):
         standin(fall, y0, torch.tensor([0.0, 5.0]), event=flip)
     sol = standin(fall, y0, torch.tensor([0.0, 5.0]), event=flip, throw=False)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _sde_problems import fine_grid_levy_area
 
 import hybrid_node as hn
 
@@ -76,19 +77,6 @@ def test_bad_inputs_raise_with_fixes():
         hn.BrownianInterval(0.0, 1.0, (2, 2), levy_area_approximation="space-time")(0.0, 0.5, return_A=True)
 
 
-def _fine_grid_levy_area(bm, h: float, cells: int) -> torch.Tensor:
-    """A_01 over [0, h] from the path on a fine grid: sum of W(t_k) x dW_k, antisymmetrised.
-
-    It misses the areas inside the cells, a variance deficit of h^2 / (4 cells)."""
-    area = 0.0
-    for k in range(cells):
-        a, b = k * h / cells, (k + 1) * h / cells
-        w_a = bm(a) if k else 0.0 * bm(0.0, b)
-        dw = bm(a, b)
-        area = area + 0.5 * (w_a[:, 0] * dw[:, 1] - w_a[:, 1] * dw[:, 0])
-    return area
-
-
 @pytest.mark.parametrize("kind", ["davie", "foster"])
 def test_levy_area_approximations_match_the_conditional_law_of_the_true_area(kind):
     # The true area (from a fine grid of the same path) given (W, H) has mean H_0 W_1 - W_0 H_1 and
@@ -96,7 +84,7 @@ def test_levy_area_approximations_match_the_conditional_law_of_the_true_area(kin
     # Foster's the conditional one. Both give Var A = h^2/4.
     n, h, cells = 20000, 0.5, 128
     bm = hn.BrownianInterval(0.0, h, (n, 2), dtype=torch.float64, entropy=1, dt=h / cells, levy_area_approximation=kind)
-    true = _fine_grid_levy_area(bm, h, cells)
+    true = fine_grid_levy_area(bm, h, cells)
     w, u, area = bm(0.0, h, return_U=True, return_A=True)
     torch.testing.assert_close(bm(0.0, h, return_A=True)[1], area)  # a repeated query: the same draw
     assert area.shape == (n, 2, 2) and bool((area + area.transpose(1, 2) == 0).all())

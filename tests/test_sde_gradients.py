@@ -11,6 +11,15 @@ import hybrid_node as hn
 pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")
 
 
+def _with_prior(sde_type: str) -> NeuralSDE:
+    """A diagonal-noise NeuralSDE (seed 0) with a learnable linear prior drift h, for logqp."""
+    torch.manual_seed(0)
+    sde = NeuralSDE("diagonal", sde_type)
+    sde.prior = torch.nn.Linear(3, 3)
+    sde.h = lambda t, y: sde.prior(y)
+    return sde
+
+
 def _loss(ys: torch.Tensor) -> torch.Tensor:
     weights = torch.linspace(0.5, 1.5, ys.shape[0]).reshape(-1, *([1] * (ys.ndim - 1)))
     return (weights * torch.sin(ys)).sum()
@@ -62,6 +71,11 @@ def _grads(solve, sde, y0):
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
+def _relative_error(grads, reference) -> float:
+    """The summed norms of the differences over the summed norms of the reference gradients."""
+    return sum(float((a - b).norm()) for a, b in zip(grads, reference)) / sum(float(b.norm()) for b in reference)
+
+
 def test_reversible_heun_adjoint_equals_direct_backprop():
     torch.manual_seed(0)
     sde = NeuralSDE("general", "stratonovich")
@@ -89,8 +103,7 @@ def test_stochastic_adjoint_converges_to_direct_backprop(method, noise, sde_type
     for dt in (0.02, 0.005):
         direct = _grads(lambda dt=dt: hn.sdeint(sde, y0, ts, bm=bm, method=method, dt=dt), sde, y0)
         adjoint = _grads(lambda dt=dt: hn.sdeint_adjoint(sde, y0, ts, bm=bm, method=method, dt=dt), sde, y0)
-        num = sum(float((a - b).norm()) for a, b in zip(adjoint, direct))
-        errs.append(num / sum(float(b.norm()) for b in direct))
+        errs.append(_relative_error(adjoint, direct))
     assert errs[-1] < 0.03 and errs[-1] < errs[0], errs
 
 
@@ -126,11 +139,7 @@ def test_adjoint_bad_inputs():
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop(adaptive):
-    torch.manual_seed(0)
-    sde = NeuralSDE("diagonal", "ito")
-    prior = torch.nn.Linear(3, 3)
-    sde.prior = prior
-    sde.h = lambda t, y: prior(y)
+    sde = _with_prior("ito")
     y0 = torch.randn(4, 3, requires_grad=True)
     bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=5)
     ts = torch.tensor([0.0, 0.3, 1.0])
@@ -145,17 +154,12 @@ def test_stochastic_adjoint_with_logqp_converges_to_direct_backprop(adaptive):
     kwargs = dict(adjoint_adaptive=True, adjoint_rtol=1e-2, adjoint_atol=1e-4) if adaptive else {}
     adjoint = torch.autograd.grad(loss(hn.sdeint_adjoint, 0.005, **kwargs), inputs, allow_unused=True)
     direct = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, direct)]
-    num = sum(float((a - b).norm()) for a, b in zip(adjoint, direct))
-    assert num / sum(float(b.norm()) for b in direct) < 0.03
+    assert _relative_error(adjoint, direct) < 0.03
     torch.testing.assert_close(adjoint[-1], direct[-1], rtol=0.05, atol=1e-3)  # the prior's bias: KL only
 
 
 def test_reversible_adjoint_with_logqp_equals_direct_backprop():
-    torch.manual_seed(0)
-    sde = NeuralSDE("diagonal", "stratonovich")
-    prior = torch.nn.Linear(3, 3)
-    sde.prior = prior
-    sde.h = lambda t, y: prior(y)
+    sde = _with_prior("stratonovich")
     y0 = torch.randn(4, 3, requires_grad=True)
     bm = hn.BrownianInterval(0.0, 1.0, (4, 3), entropy=6)
     ts = torch.tensor([0.0, 0.33, 0.7, 1.0])  # 0.33 falls between steps
@@ -229,7 +233,7 @@ def test_adaptive_adjoint_agrees_with_direct_backprop():
             )
 
         adjoint = _grads(solve, sde, y0)
-        errs.append(sum(float((a - b).norm()) for a, b in zip(adjoint, direct)) / sum(float(b.norm()) for b in direct))
+        errs.append(_relative_error(adjoint, direct))
     assert errs[1] < 2e-3 and errs[1] < errs[0] / 2, errs
 
 
@@ -242,5 +246,5 @@ def test_stochastic_adjoint_of_ito_scalar_noise_converges_to_direct_backprop():
     for dt in (2**-5, 2**-8):
         direct = _grads(lambda dt=dt: hn.sdeint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", dt=dt), sde, y0)
         adjoint = _grads(lambda dt=dt: hn.sdeint_adjoint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", dt=dt), sde, y0)
-        errs.append(sum(float((a - b).norm()) for a, b in zip(adjoint, direct)) / sum(float(b.norm()) for b in direct))
+        errs.append(_relative_error(adjoint, direct))
     assert errs[1] < 5e-3 and errs[1] < errs[0] / 2, errs

@@ -239,6 +239,7 @@ def resolve_options(
 
     Raises:
         ValueError: an unknown key or a bad value; the message lists the valid keys.
+        TypeError: ``options['adaptive']`` (TRBDF2) is not a bool.
     """
     options = dict(options or {})
     fixed = algorithm in FIXED_STEP_ALGORITHMS

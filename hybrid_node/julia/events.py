@@ -30,7 +30,6 @@ Thompson, "Event location for ordinary differential equations", Comput. Math. Ap
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from .._errors import BackendError, SolverError, Status
-from .._event import Event
+from .._event import Event, takes_fired
 from .._solution import Solution, Stats
 from ..loop.events import EventRecord
 from . import backend
@@ -46,15 +45,6 @@ from . import runtime as julia_runtime
 
 #: what :meth:`EventBridge.affect` tells Julia to do (julia/events.jl reads the same numbers)
 IGNORE, RECORD, JUMP, TERMINATE = 0, 1, 2, 3
-
-
-def _takes_fired(on_event: Callable) -> bool:
-    try:
-        params = inspect.signature(on_event).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 class EventBridge:
@@ -155,7 +145,7 @@ class EventBridge:
         fired[idx] = True
         fired_j = fired[int(self.offsets[j]) : int(self.offsets[j + 1])].reshape(self.shapes[j]).to(self.like.device)
         with torch.no_grad():
-            out = on_event(t_e, y_e, fired_j) if _takes_fired(on_event) else on_event(t_e, y_e)
+            out = on_event(t_e, y_e, fired_j) if takes_fired(on_event) else on_event(t_e, y_e)
         m = self.layout.to_matrix(out) if isinstance(out, (tuple, torch.Tensor)) else None
         if m is None or m.numel() != self.layout.batch * self.layout.dim:
             raise ValueError("on_event must return the new state, shaped as the state.")
@@ -235,9 +225,7 @@ def solve_events(
     theta = backend._flat_params(params, n_theta)
     engine = backend.JuliaEngine(julia_runtime.load_module()) if engine is None else engine
     out = backend._call_engine(engine, engine.forward_events, problem, u0.T, theta, ts, config, bridge)
-    status = bridge.status if bridge.status is not Status.SUCCESS else Status.SUCCESS
-    if not out.success:
-        status = backend.status_from_retcode(out.retcode)
+    status = bridge.status if out.success else backend.status_from_retcode(out.retcode)
     reached = sign * (out.t_reached if out.t_reached is not None else out.t_final)
     if event_fn is not None:
         return _terminal_solution(bridge, m0, layout, t, out.stats, status, reached, throw)

@@ -205,7 +205,20 @@ def integrate(
 
 
 def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | None = None) -> Solution:
-    """The user's Solution from a loop's Integration (``ys``: its outputs already stacked, if so)."""
+    """The user's Solution from a loop's Integration.
+
+    Args:
+        problem: the validated problem (output times, time direction, state layout).
+        integration: the loop's result.
+        throw: raise on a non-finite output, else report it as the status.
+        ys: the integration's outputs already stacked (None: stack ``integration.ys``).
+
+    Returns:
+        Solution in the user's time and state layout (``t_final`` at an event).
+
+    Raises:
+        SolverError: a non-finite output of a solve that reported success, with ``throw``.
+    """
     ys = torch.stack(integration.ys) if ys is None else ys
     status = integration.status
     if status in (Status.SUCCESS, Status.EVENT) and not all_finite(ys):

@@ -189,6 +189,10 @@ def check_event_controller(problem, what: str) -> None:
     Args:
         problem: the validated problem.
         what: the kind of event solve, for the message.
+
+    Raises:
+        ValueError: a ConstantStepSize without ``step_size`` or with ``grid_constructor``/``perturb``,
+            ``per_sample`` or ``device_loop`` step control, or compiled steps.
     """
     ctrl = problem.controller
     if isinstance(ctrl, ConstantStepSize):
@@ -301,7 +305,7 @@ def integrate_sample_events(
 
     Args:
         term: the wrapped field (solver time).
-        solver: an adaptive solver of the host loop.
+        solver: a solver of the host loop (adaptive unless ``controller`` is a ConstantStepSize).
         controller: the step-size controller (its ``max_num_steps`` bounds the search); a
             ConstantStepSize with ``step_size`` takes fixed steps (:class:`_Steps`).
         y0: initial state; its leading dimensions are the batch.
@@ -460,6 +464,23 @@ def _crossings(before: torch.Tensor, after: torch.Tensor, direction: int | torch
     return changed
 
 
+def _count_events(new: Sequence[EventRecord], counts: dict[int, int], max_events: Sequence[int] | None) -> str:
+    """Add new records to the crossing counts of their events.
+
+    Args:
+        new: the records of one event time; counts: crossings so far per event (updated);
+        max_events: the most crossings of each event (None: no limit).
+
+    Returns:
+        The detail of the first event that crossed more often than allowed, or "" if none did.
+    """
+    for r in new:
+        counts[r.event] = counts.get(r.event, 0) + 1
+        if max_events is not None and counts[r.event] > max_events[r.event]:
+            return f"event {r.event} crossed more than max_events={max_events[r.event]} times"
+    return ""
+
+
 def integrate_with_events(
     term: Term,
     solver,
@@ -602,14 +623,10 @@ def integrate_with_events(
                         fired = pending
                     new_records, y_new = at_event(b, seg(b), fired)
                     records.extend(new_records)
-                    for r in new_records:
-                        counts[r.event] = counts.get(r.event, 0) + 1
-                        if max_events is not None and counts[r.event] > max_events[r.event]:
-                            t = b
-                            return finish(
-                                Status.TOO_MANY_EVENTS,
-                                f"event {r.event} crossed more than max_events={max_events[r.event]} times",
-                            )
+                    too_many = _count_events(new_records, counts, max_events)
+                    if too_many:
+                        t = b
+                        return finish(Status.TOO_MANY_EVENTS, too_many)
                     pending = pending & ~fired
                     lo = b
                     if jumps:

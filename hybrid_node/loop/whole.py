@@ -116,6 +116,12 @@ def pack(state: LoopState) -> tuple[torch.Tensor, ...]:
     ``while_loop`` that symbol is specialised later, which restarts the whole analysis (Dynamo traces
     the loop twice, AOT and the pre-passes run twice: about a quarter of the first call's time). A 1-d
     vector carries no such symbol.
+
+    Args:
+        state: the loop state.
+
+    Returns:
+        (floats, ints, flags, y, f0, outs), the arguments :func:`unpack` takes.
     """
     return (
         torch.stack([getattr(state, k) for k in _FLOATS]),
@@ -128,7 +134,14 @@ def pack(state: LoopState) -> tuple[torch.Tensor, ...]:
 
 
 def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0, outs) -> LoopState:
-    """The :class:`LoopState` that :func:`pack` stacked (copies: a loop may not carry views of its inputs)."""
+    """The :class:`LoopState` that :func:`pack` stacked (copies: a loop may not carry views of its inputs).
+
+    Args:
+        floats, ints, flags: the stacked scalar members; y, f0, outs: the tensors, as :func:`pack` returns them.
+
+    Returns:
+        The loop state.
+    """
     groups = ((_FLOATS, floats), (_INTS, ints), (_FLAGS, flags))
     fields = {k: x.clone() for names, vec in groups for k, x in zip(names, vec)}
     return LoopState(y=y, f0=f0, outs=outs, **fields)
@@ -330,11 +343,7 @@ def integrate_whole(
     if graph.failed:
         return None
     nfe_before = term.nfe
-    modules = _scalar_attributes(pure.owner)
-    before = _numbers(modules)
-    f0 = solver.init(term, ts[0], y0)
-    counters = [k for k, v in _numbers(modules).items() if before.get(k) != v]
-    dt0 = first_step(term, solver, controller, ts[0], y0, f0, rtol, atol, norm)
+    f0, counters, dt0 = start(term, solver, controller, pure, ts[0], y0, rtol=rtol, atol=atol, norm=norm)
     stats = Stats()
     if len(ts) == 1:
         stats.nfe = term.nfe
@@ -345,17 +354,79 @@ def integrate_whole(
     if out is None:
         term.nfe = nfe_before
         return None
+    status, t, dt, n_att, n_acc, n_rej = read_out(out)  # the one host read of the solve
+    term.nfe += evaluations_per_attempt(solver) * n_att
+    stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, n_acc, n_rej
+    if status is not Status.SUCCESS and throw:
+        raise solve_error(status, t, dt, controller, term.reverse)
+    return Integration([y0] + list(out.outs.unbind(0)), stats, status, t)
+
+
+def start(
+    term,
+    solver: ExplicitRungeKutta,
+    controller: PIDController,
+    pure: PureField,
+    t0: float,
+    y0: torch.Tensor,
+    *,
+    rtol,
+    atol,
+    norm,
+) -> tuple[torch.Tensor, list, float]:
+    """The host's work before the first graph call: the derivative at (t0, y0) and the first step.
+
+    Args:
+        term: the wrapped field (counts the evaluations).
+        solver, controller: the method and its PID controller.
+        pure: the term's traceable field (its owner's modules hold the scalar counters).
+        t0, y0: the start (solver time, flat state).
+        rtol, atol, norm: the error test of the initial-step heuristic.
+
+    Returns:
+        (f0, the names of the scalar counters that evaluating f0 changed (the graph carries them
+        on), the first step).
+    """
+    modules = _scalar_attributes(pure.owner)
+    before = _numbers(modules)
+    f0 = solver.init(term, t0, y0)
+    counters = [k for k, v in _numbers(modules).items() if before.get(k) != v]
+    return f0, counters, first_step(term, solver, controller, t0, y0, f0, rtol, atol, norm)
+
+
+def read_out(out: LoopState) -> tuple[Status, float, float, int, int, int]:
+    """The scalar results of a graph call, read to the host at once.
+
+    Args:
+        out: the state the graph returned.
+
+    Returns:
+        (status, t, dt, attempts, accepted steps, rejected steps).
+    """
     code, t, dt, n_att, n_acc, n_rej = torch.stack(
         [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
-    ).tolist()  # the one host read of the solve
-    # every attempt evaluates its stages (and a method's own dense output) inside the graph
-    term.nfe += (solver.tableau.stages - 1 + solver.dense_output_evaluations) * int(n_att)
-    stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, int(n_acc), int(n_rej)
-    status = core.STATUS[int(code)]
-    if status is not Status.SUCCESS and throw:
-        detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt:.3g}"
-        raise SolverError(status, -t if term.reverse else t, detail)
-    return Integration([y0] + list(out.outs.unbind(0)), stats, status, t)
+    ).tolist()
+    return core.STATUS[int(code)], t, dt, int(n_att), int(n_acc), int(n_rej)
+
+
+def evaluations_per_attempt(solver: ExplicitRungeKutta) -> int:
+    """Field evaluations of one attempt in the graph: its stages after the first (FSAL) and the
+    method's own dense output, which the graph builds on every attempt."""
+    return solver.tableau.stages - 1 + solver.dense_output_evaluations
+
+
+def solve_error(status: Status, t: float, dt: float, controller: PIDController, reverse: bool) -> SolverError:
+    """The SolverError of a graph call that ended with a failure ``status`` at solver time ``t``.
+
+    Args:
+        status: the failure; t, dt: where it ended and the last step; controller: for its step cap;
+        reverse: the solver time is ``-t``.
+
+    Returns:
+        The error to raise (the user's time, the step cap or the last step as detail).
+    """
+    detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt:.3g}"
+    return SolverError(status, -t if reverse else t, detail)
 
 
 def _has_grad_params(owner) -> bool:

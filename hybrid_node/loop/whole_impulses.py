@@ -27,15 +27,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._errors import SolverError, Status
+from .._errors import Status
 from .._solution import Stats
 from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import RUNNING
 from .device import LoopState, initial_state, make_tables
-from .host import Integration, first_step
-from .whole import WholeSolve, _numbers, _scalar_attributes, tolerance_tensor
+from .host import Integration
+from .whole import WholeSolve, evaluations_per_attempt, read_out, solve_error, start, tolerance_tensor
 
 
 def applies(solver, controller, jump_t: Sequence[float], stops: Sequence[float]) -> bool:
@@ -103,36 +103,28 @@ def integrate_whole_impulses(
     if graph.failed:
         return None
     nfe_before = term.nfe
-    modules = _scalar_attributes(pure.owner)
-    before = _numbers(modules)
-    f0 = solver.init(term, rs[0], x0)
-    counters = [k for k, v in _numbers(modules).items() if before.get(k) != v]
-    dt0 = first_step(term, solver, controller, rs[0], x0, f0, rtol, atol, norm)
+    f0, counters, dt0 = start(term, solver, controller, pure, rs[0], x0, rtol=rtol, atol=atol, norm=norm)
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0)
     state = initial_state(x0, f0, rs[0], dt0, 2)
     xs = [x0]
-    per_attempt = solver.tableau.stages - 1 + solver.dense_output_evaluations
+    per_attempt = evaluations_per_attempt(solver)
     n_att = 0
     for j in range(len(rs) - 1):
         out = graph(state, make_tables(solver, rs[j : j + 2], x0), rtol_t, atol_t, counters)
         if out is None:  # the compiler rejected the field (first call): the host loop runs instead
             term.nfe = nfe_before
             return None
-        code, t, dt, n_att_f, n_acc, n_rej = torch.stack(
-            [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
-        ).tolist()  # the one host read of the interval
-        term.nfe += per_attempt * (int(n_att_f) - n_att) + 1  # + the derivative at the interval's start
-        n_att = int(n_att_f)
-        status = core.STATUS[int(code)]
+        status, t, dt, n_att_now, n_acc, n_rej = read_out(out)  # the one host read of the interval
+        term.nfe += per_attempt * (n_att_now - n_att) + 1  # + the derivative at the interval's start
+        n_att = n_att_now
         if status is not Status.SUCCESS:
-            detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt:.3g}"
-            raise SolverError(status, -t if term.reverse else t, detail)
+            raise solve_error(status, t, dt, controller, term.reverse)
         x = out.outs[0]
         if j + 1 < len(rs) - 1:
             x = at_output(j + 1, x)  # the impulse; the solver restarts from the new state
             state = _restart(state, out, x)
         xs.append(x)
-    stats = Stats(nfe=term.nfe, n_accepted=int(n_acc), n_rejected=int(n_rej))
+    stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     return Integration(xs, stats, Status.SUCCESS, rs[-1])
 
 

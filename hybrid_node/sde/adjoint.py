@@ -58,7 +58,15 @@ def _increment_vjp(
 def rate_vjp(
     sde: SDEView, params: Sequence[torch.Tensor], t: float, y: torch.Tensor, h: float, cot: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The cotangent ``cot`` of the KL increment rate(t, y) h pulled back to y and to the parameters."""
+    """The cotangent ``cot`` of the KL increment rate(t, y) h pulled back to y and to the parameters.
+
+    Args:
+        sde: the SDE (its drift, diffusion and prior drift give the rate); params: tensors to differentiate;
+        t, y: where the rate is evaluated; h: the step; cot: the cotangent of the increment, (batch,).
+
+    Returns:
+        (the cotangent of y, [the cotangent of p for p in params]), zeros where the rate does not depend on one.
+    """
     with torch.enable_grad():
         yy = y.detach().requires_grad_(True)
         grads = torch.autograd.grad(logqp_rate(sde, t, yy) * h, (yy, *params), cot, allow_unused=True)

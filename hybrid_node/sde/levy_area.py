@@ -28,7 +28,14 @@ import torch
 
 
 def conditional_mean(w: torch.Tensor, hh: torch.Tensor) -> torch.Tensor:
-    """E[A | W, H] = H_i W_j - W_i H_j, of shape (*w.shape, m)."""
+    """E[A | W, H] = H_i W_j - W_i H_j: the conditional mean of the Levy area.
+
+    Args:
+        w: the increment W, (*batch, m); hh: the space-time Levy area H, same shape.
+
+    Returns:
+        (*batch, m, m), antisymmetric.
+    """
     return hh.unsqueeze(-1) * w.unsqueeze(-2) - w.unsqueeze(-1) * hh.unsqueeze(-2)
 
 

@@ -19,14 +19,13 @@ Duvenaud, "Neural Ordinary Differential Equations", NeurIPS 2018.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .._errors import Status
-from .._event import Event
+from .._event import Event, takes_fired
 from .._problem import Problem
 from .._solution import Solution
 from ..loop.dispatch import CheckedEvent
@@ -53,16 +52,6 @@ class _Restart(torch.autograd.Function):
         return grad_t, grad, None
 
 
-def _takes_fired(on_event) -> bool:
-    """Whether ``on_event`` takes the ``fired`` mask as a third argument."""
-    try:
-        params = inspect.signature(on_event).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
-        return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
-
-
 def solve_with_events(
     problem: Problem,
     events: Event | tuple[Event, ...],
@@ -77,7 +66,8 @@ def solve_with_events(
     are applied in the order the events were given.
 
     Args:
-        problem: the validated problem (an adaptive torch solver on the host loop).
+        problem: the validated problem (a torch solver on the host loop: adaptive, or fixed steps
+            with ``step_size``; see :func:`~hybrid_node.loop.events.check_event_controller`).
         events: one non-terminal :class:`~hybrid_node.Event` or a tuple of them.
         throw: raise SolverError on failure, else report the status with NaN outputs not reached.
         adjoint: None for direct backpropagation, or ``hn.BacksolveAdjoint(...)`` /
@@ -91,8 +81,11 @@ def solve_with_events(
         in time order (time, element index, state before the jump, which event).
 
     Raises:
-        ValueError: a problem this loop cannot serve (fixed steps, per-sample or device loops), or
-            an ``on_event`` that does not return a state of the state's shape.
+        ValueError: a problem this loop cannot serve (fixed steps without ``step_size``, per-sample
+            or device loops, compiled steps, ``jump_t``/``step_t``), or an ``on_event`` that does not
+            return a state of the state's shape.
+        ValueError, TypeError: with ``adjoint``, unusable ``adjoint_params``
+            (:func:`~hybrid_node.sensitivity._backward.resolve_params`).
         SolverError: the solve failed, with ``throw``.
     """
     ctrl = problem.controller
@@ -116,7 +109,7 @@ def solve_with_events(
     direction = torch.cat(
         [torch.full((n,), sign * ev.direction, dtype=torch.int64, device=device) for ev, n in zip(events, sizes)]
     )
-    with_fired = [ev.on_event is not None and _takes_fired(ev.on_event) for ev in events]
+    with_fired = [ev.on_event is not None and takes_fired(ev.on_event) for ev in events]
     t_dtype = problem.t.dtype
 
     def at_event(s: float, y_s: torch.Tensor, fired: torch.Tensor):
