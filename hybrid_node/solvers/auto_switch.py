@@ -34,7 +34,7 @@ import torch
 from ..interpolation import linear_combination
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import system_shape
-from .multistep import _SWITCH_WAIT, BDF, NordsieckState, _count_switch
+from .multistep import BDF, SWITCH_WAIT, NordsieckState, count_switch
 from .newton import tolerances
 from .rosenbrock import Rodas5P, RosenbrockState
 from .tsit5 import Tsit5
@@ -155,7 +155,7 @@ class AutoSwitch(AbstractSolver):
             votes = step.votes + 1 if vote else 0
             if votes < _MAX_STIFF_STEPS:
                 return AutoState(False, inner, votes)
-            _count_switch(f)
+            count_switch(f)
             return AutoState(True, self._stiff_solver().init(f, t1, step.y1))
         stiff = self._stiff_solver()
         inner = stiff.next_state(f, t1, step.inner)
@@ -163,14 +163,14 @@ class AutoSwitch(AbstractSolver):
         # last step stands in for it
         dt = step.dt * inner.factor if isinstance(inner, NordsieckState) else step.dt
         vote = dt * _jacobian_rho(inner) < _NONSTIFF_TOL * TSIT5_STABILITY
-        if isinstance(inner, NordsieckState) and inner.since_switch < _SWITCH_WAIT:
+        if isinstance(inner, NordsieckState) and inner.since_switch < SWITCH_WAIT:
             # BDF restarts at order one and shortens its steps while it builds its order: those short
             # steps say nothing about stiffness (without this wait HIRES switched 62 times, not once)
             vote = False
         votes = step.votes + 1 if vote else 0
         if votes < _MAX_NONSTIFF_STEPS:
             return AutoState(True, inner, votes)
-        _count_switch(f)
+        count_switch(f)
         return AutoState(False, stiff.derivative(inner))  # Tsit5's state is f(t1, y1), which both hold
 
     def reject(self, f: Field, t: float, y: torch.Tensor, state: AutoState, step: AutoStep) -> AutoState:

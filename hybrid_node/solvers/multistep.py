@@ -77,7 +77,7 @@ _LU_DRIFT = 0.3  # refactor when l0 h moved more than this fraction from the fac
 # Petzold (1983), LSODA: the step of Adams order q times ||J|| must stay below this for stability.
 _ADAMS_STABILITY = (0.5, 0.575, 0.55, 0.45, 0.35, 0.25, 0.2, 0.15, 0.1, 0.075, 0.05, 0.025)
 _SWITCH_RATIO = 5.0  # BDF must promise this much longer steps before LSODA leaves Adams
-_SWITCH_WAIT = 20  # steps between two LSODA switches
+SWITCH_WAIT = 20  # steps between two LSODA switches
 # Adams steps in a row at 90% of the stability bound that make LSODA switch to BDF in any case: there
 # the error estimate carries the weakly damped stiff mode, so the BDF step predicted from it is too short
 _LIMITED_STEPS = 10
@@ -207,7 +207,7 @@ def _factor(err: float, exponent: int, bias: float) -> float:
     return 1.0 / (bias * err ** (1.0 / exponent) + bias * 1e-6)
 
 
-def _count_switch(f: Any) -> None:
+def count_switch(f: Any) -> None:
     """Count one switch between the non-stiff and the stiff family (reported as ``stats.n_switches``)."""
     if hasattr(f, "n_switches"):
         f.n_switches += 1
@@ -424,7 +424,7 @@ class Nordsieck(AbstractSolver):
         )
         err = _rms(fam.const[q] * step.e, ewt)
         r_same = _factor(err, q + 1, fam.bias)
-        if self.family == "lsoda" and new.since_switch >= _SWITCH_WAIT:
+        if self.family == "lsoda" and new.since_switch >= SWITCH_WAIT:
             # checked after every step: a stiff problem under Adams rejects often, so that the
             # q+1 equal steps the order selection waits for may never come
             switched = self._switch(f, new, step, r_same, ewt)
@@ -606,7 +606,7 @@ class Nordsieck(AbstractSolver):
             limited = new.n_limited >= _LIMITED_STEPS
             if h_bdf <= _SWITCH_RATIO * h_adams and not limited:
                 return None
-            _count_switch(f)
+            count_switch(f)
             z = step.z[: q_bdf + 1]
             factor = min(max(h_bdf / dt, 1.0), _MAX_GROWTH)
             return dataclasses.replace(
@@ -619,7 +619,7 @@ class Nordsieck(AbstractSolver):
         h_bdf = dt * r_same
         if h_adams < h_bdf:
             return None
-        _count_switch(f)
+        count_switch(f)
         factor = min(max(h_adams / dt, 0.2), _MAX_GROWTH)
         return dataclasses.replace(
             new, stiff=False, n_same=0, e_prev=None, factor=factor, since_switch=0, jac=None, lu=None
