@@ -269,25 +269,56 @@ def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, a
     return float(error_ratio_tensor(error, y0, y1, rtol, atol, norm))
 
 
+def first_trial_step(d0: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+    """The trial step ``h0`` of Hairer's initial-step heuristic from the scaled norms of ``y0`` and
+    ``f(t0, y0)``; elementwise, so one formula serves a solve (0-d) and per-sample control (per row).
+
+    Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
+
+    Args:
+        d0: ``norm(y0 / scale)``; d1: ``norm(f0 / scale)`` (float64 tensors of one shape).
+
+    Returns:
+        ``h0``: ``0.01 d0 / d1``, or 1e-6 where either norm is below 1e-5 or the ratio is not finite.
+    """
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1.clamp_min(1e-300))
+    return torch.where(torch.isfinite(h0), h0, 1e-6)
+
+
+def initial_step_from_trial(h0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, order: int) -> torch.Tensor:
+    """The initial step of Hairer's heuristic from its trial step ``h0`` (:func:`first_trial_step`).
+
+    Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
+
+    Args:
+        h0: the trial step; d1: ``norm(f0 / scale)``; d2: ``norm((f(t0 + h0, y0 + h0 f0) - f0) / scale) / h0``.
+        order: the order of the method's error estimate.
+
+    Returns:
+        ``min(100 h0, (0.01 / max(d1, d2))^(1 / (order + 1)))`` (``max(1e-6, h0 / 1000)`` for a field
+        that barely changes), or ``h0 / 1000`` where ``d2`` is not finite.
+    """
+    d12 = torch.maximum(d1, d2)
+    h1 = torch.where(
+        d12 <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / d12.clamp_min(1e-300)) ** (1.0 / (order + 1))
+    )
+    return torch.where(torch.isfinite(d2), torch.minimum(100 * h0, h1), h0 * 1e-3)
+
+
 def initial_step(f, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm) -> float:
-    """Hairer's heuristic for the first step (one extra evaluation of f).
+    """Hairer's heuristic for the first step (one extra evaluation of f), with the solve's norm.
 
     Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
     """
+
+    def host(x) -> torch.Tensor:
+        return torch.tensor(float(x), dtype=torch.float64)
+
     with torch.no_grad():  # the heuristic only picks a number; f itself runs with autograd as usual
         scale = atol + torch.abs(y0) * rtol
-        d0 = float(norm(y0 / scale))
-        d1 = float(norm(f0 / scale))
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        if not math.isfinite(h0):
-            h0 = 1e-6
+        d1 = host(norm(f0 / scale))
+        h0 = float(first_trial_step(host(norm(y0 / scale)), d1))
     f1 = f(t0 + h0, y0 + h0 * f0)
     with torch.no_grad():
-        d2 = float(norm((f1 - f0) / scale)) / h0
-    if not math.isfinite(d2):
-        return h0 * 1e-3
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
+        d2 = host(norm((f1 - f0) / scale)) / h0
+    return float(initial_step_from_trial(torch.tensor(h0, dtype=torch.float64), d1, d2, order))

@@ -26,7 +26,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController
+from ..controllers import PIDController, first_trial_step, initial_step_from_trial
 from ..interpolation import linear_combination
 from . import core
 from .core import TENSOR
@@ -121,25 +121,17 @@ def integrate_per_sample(
     t_end = ts[-1]
     t = torch.full((batch,), ts[0], dtype=tdt, device=dev)
     f0 = field(t, y0)
-    k_order = solver.error_order + 1
     with torch.no_grad():
         if controller.first_step is not None:
             dt = torch.full((batch,), float(controller.first_step), dtype=tdt, device=dev)
         else:  # Hairer's initial step, per element
             sc = scale_of(y0, y0)
-            d0, d1 = _rms_rows(y0 / sc).to(tdt), _rms_rows(f0 / sc).to(tdt)
-            h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
-            h0 = torch.nan_to_num(h0, nan=1e-6, posinf=1e-6)
+            d1 = _rms_rows(f0 / sc).to(tdt)
+            h0 = first_trial_step(_rms_rows(y0 / sc).to(tdt), d1)
     f1 = field(t + h0, y0 + _col(h0, y0) * f0) if controller.first_step is None else None
     with torch.no_grad():
         if f1 is not None:
-            d2 = _rms_rows((f1 - f0) / sc).to(tdt) / h0
-            dmax = torch.maximum(d1, d2)
-            h1 = torch.where(
-                dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / k_order)
-            )
-            dt = torch.minimum(100 * h0, h1)
-            dt = torch.where(torch.isfinite(d2), dt, h0 * 1e-3)
+            dt = initial_step_from_trial(h0, d1, _rms_rows((f1 - f0) / sc).to(tdt) / h0, solver.error_order)
         dt = dt.clamp(min=controller.min_step, max=controller.max_step)
         r_prev = torch.ones(batch, dtype=tdt, device=dev)
         r_prev2 = torch.ones(batch, dtype=tdt, device=dev)

@@ -57,7 +57,7 @@ from torch._higher_order_ops.while_loop import while_loop
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController, rms_norm
+from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
 from ..solvers.registry import METHOD_SPECS
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
@@ -445,15 +445,10 @@ def initial_step_tensor(field: Callable, t0: torch.Tensor, y0: torch.Tensor, f0:
     """
     with torch.no_grad():
         scale = atol + torch.abs(y0) * rtol
-        d0 = _rms(y0 / scale).double()
         d1 = _rms(f0 / scale).double()
-        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
-        h0 = torch.where(torch.isfinite(h0), h0, 1e-6)
+        h0 = first_trial_step(_rms(y0 / scale).double(), d1)
         f1 = field(t0 + h0, y0 + h0.to(y0.dtype) * f0)
-        d2 = _rms((f1 - f0) / scale).double() / h0
-        d12 = torch.maximum(d1, d2)
-        h1 = torch.where(d12 <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / d12) ** (1.0 / (order + 1)))
-        return torch.where(torch.isfinite(d2), torch.minimum(100 * h0, h1), h0 * 1e-3)
+        return initial_step_from_trial(h0, d1, _rms((f1 - f0) / scale).double() / h0, order)
 
 
 def odeint_graph(
