@@ -226,6 +226,26 @@ def backward_pass(
     return a, a_params
 
 
+def recorded_forward(
+    prepared: Prepared, settings: Mapping[str, Any], holder: list, y0: torch.Tensor
+) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
+    """The forward solve of an adjoint's autograd Function: without a graph, recording every step.
+
+    Args:
+        prepared: the checked solve; settings: step-size settings of :func:`~hybrid_node.sde._loop.integrate`;
+        holder: receives the solver's extra state (the caller reports it); y0: the initial state.
+
+    Returns:
+        ``(trajectory, ys, log_ratios)``: ys stacked over the output times, log-ratios zeros without logqp.
+    """
+    with torch.no_grad():
+        traj = integrate(prepared.solver, prepared.sde, prepared.bm, y0, prepared.ts, record=True, **settings)
+    holder.append(traj.extra)
+    ys = torch.stack(traj.ys)
+    lrs = torch.stack(traj.log_ratios) if traj.log_ratios else ys.new_zeros(ys.shape[:2])
+    return traj, ys, lrs
+
+
 class _StochasticAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -237,12 +257,8 @@ class _StochasticAdjoint(torch.autograd.Function):
         y0: torch.Tensor,
         *params,
     ):
-        with torch.no_grad():
-            traj = integrate(prepared.solver, prepared.sde, prepared.bm, y0, prepared.ts, record=True, **settings)
+        traj, ys, lrs = recorded_forward(prepared, settings, holder, y0)
         ctx.prepared, ctx.traj, ctx.saved_params, ctx.control = prepared, traj, params, control
-        holder.append(traj.extra)
-        ys = torch.stack(traj.ys)
-        lrs = torch.stack(traj.log_ratios) if traj.log_ratios else ys.new_zeros(ys.shape[:2])
         return ys, lrs
 
     @staticmethod

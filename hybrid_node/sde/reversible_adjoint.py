@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from ._cotangents import step_cotangents
-from ._loop import Trajectory, integrate
+from ._loop import Trajectory
 from ._validate import Prepared
-from .adjoint import rate_vjp
+from .adjoint import rate_vjp, recorded_forward
 
 
 def _grads(outputs, inputs, cotangents) -> list[torch.Tensor]:
@@ -116,12 +116,8 @@ def backward_pass(
 class _ReversibleAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prepared: Prepared, settings: Mapping[str, Any], holder: list, y0: torch.Tensor, *params):
-        with torch.no_grad():
-            traj = integrate(prepared.solver, prepared.sde, prepared.bm, y0, prepared.ts, record=True, **settings)
+        traj, ys, lrs = recorded_forward(prepared, settings, holder, y0)
         ctx.prepared, ctx.traj, ctx.saved_params = prepared, traj, params
-        holder.append(traj.extra)
-        ys = torch.stack(traj.ys)
-        lrs = torch.stack(traj.log_ratios) if traj.log_ratios else ys.new_zeros(ys.shape[:2])
         return ys, lrs
 
     @staticmethod
