@@ -15,6 +15,7 @@ from ._event import Event
 from ._problem import Problem, make_problem
 from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
+from ._transforms import inside_transform
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .julia import events as julia_events
@@ -99,6 +100,8 @@ def solve(
         )
     if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
+    if inside_transform():
+        _check_transform_settings(resolve_backend(backend), sensitivity)
     if resolve_backend(backend) == "julia":
         if per_sample_events:
             raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
@@ -152,6 +155,20 @@ def solve(
         adjoint = _event_adjoint(sensitivity, "per-sample events")
         return solve_sample_events(problem, event_fn, throw=throw, adjoint=adjoint, adjoint_params=adjoint_params)
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
+
+
+def _check_transform_settings(backend: str, sensitivity) -> None:
+    """Refuse, with the fix, what a ``torch.func`` transform cannot run (:mod:`hybrid_node.loop.transformed`)."""
+    if backend == "julia":
+        raise BackendError(
+            "torch.func transforms (vmap, grad, jacrev, ...) run on the torch backend; use backend='torch'."
+        )
+    if not (sensitivity is None or (isinstance(sensitivity, DirectBackprop) and sensitivity.checkpoints is None)):
+        raise ValueError(
+            f"inside torch.func transforms (vmap, grad, jacrev, ...) gradients come from direct backpropagation; "
+            f"{type(sensitivity).__name__} has a custom backward pass the transforms cannot follow. Use odeint "
+            "(DirectBackprop()) inside the transform, or odeint_adjoint outside it."
+        )
 
 
 def _event_adjoint(sensitivity: AbstractSensitivity, what: str) -> AbstractSensitivity | None:

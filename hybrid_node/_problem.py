@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ._term import Term, TupleLayout
+from ._transforms import is_batched, plain
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
 from .solvers.base import AbstractSolver
@@ -21,6 +22,7 @@ def all_finite(x: torch.Tensor) -> bool:
     A sum of finite numbers is finite unless it overflows, and a NaN or infinity makes the sum non-finite;
     only then does the elementwise test run (to tell an overflow from a non-finite element).
     """
+    x = plain(x)  # inside vmap: every problem of the batch
     with torch.no_grad():
         return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
@@ -48,7 +50,17 @@ def check_times(t) -> torch.Tensor:
         raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}.")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating dtype, got {t.dtype}; use e.g. torch.linspace(0, 1, 10).")
-    host = t.detach().cpu().double()
+    if is_batched(t):
+        raise ValueError(
+            "t is batched by vmap; the problems of one vmap share their output times (vmap over y0 or the "
+            "parameters, with in_dims=None for t), or solve each time grid separately."
+        )
+    if plain(t) is not t:
+        raise ValueError(
+            "t is an input of a torch.func transform (grad, jacrev, ...); gradients with respect to the output "
+            "times are available outside the transforms (t.requires_grad_() and torch.autograd.grad)."
+        )
+    host = plain(t).detach().cpu().double()
     if not bool(torch.isfinite(host).all()):
         raise ValueError("t contains NaN or infinite values.")
     if t.numel() > 1:
@@ -185,7 +197,7 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             "the real system: torch.view_as_real(y0) as the state and a field that maps it with "
             "torch.view_as_complex / torch.view_as_real."
         )
-    host = [float(x) for x in t.detach().cpu().double()]
+    host = [float(x) for x in plain(t).detach().cpu().double()]
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0
     ts = [sgn * x for x in host]

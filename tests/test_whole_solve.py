@@ -281,33 +281,3 @@ def test_export_of_an_ode_block_with_dopri5_gives_the_same_outputs(one_thread):
         assert "while_loop" in program.graph_module.code  # the adaptive loop itself is in the program
         for inputs in (x, torch.randn(8, 3)):
             torch.testing.assert_close(program.module()(inputs), model(inputs), rtol=1e-5, atol=1e-6)
-
-
-def _toy_loop(x: torch.Tensor) -> torch.Tensor:
-    """A data-dependent while_loop, the structure of every adaptive solve."""
-    from torch._higher_order_ops.while_loop import while_loop
-
-    def cond(i, y):
-        return y.abs().sum() < 10.0
-
-    def body(i, y):
-        return i + 1, y * 1.5
-
-    return while_loop(cond, body, (torch.zeros((), dtype=torch.int64), x))[1]
-
-
-@pytest.mark.slow  # the operator is traced by the compiler even here: ~30 s on a shared 2-core CPU
-def test_vmap_and_jacrev_of_an_adaptive_solve_are_a_torch_limitation(one_thread):
-    """torch 2.13 has no functorch rule for while_loop (eager, compiled or under vmap of a compiled
-    function), and the host loop reads step decisions on the host, which vmap forbids: vmap and
-    jacrev over odeint raise. Solve a batch of independent problems with per-sample control
-    (``options={"per_sample": True}``) and differentiate with ``torch.autograd`` instead. This test
-    fails (and should be turned around) when torch gains the rules."""
-    x = torch.ones(2, 3)
-    with pytest.raises(Exception, match="BatchedTensorImpl|functorch"):
-        torch.func.vmap(_toy_loop)(x)
-    with pytest.raises(Exception):  # noqa: B017 -- an internal AssertionError of the tracer
-        torch.func.jacrev(_toy_loop)(x[0])
-    func = torch.nn.Linear(3, 3).double()
-    with pytest.raises(RuntimeError):
-        torch.func.vmap(lambda y0: hn.odeint(func, y0, torch.linspace(0.0, 1.0, 3)))(x.double())

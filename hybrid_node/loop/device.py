@@ -231,7 +231,9 @@ def attempt(
     step = solver.step(field, s.t, s.y, s.f0, step_dt)
     y1, ks = step.y1, step.ks
     assert step.error is not None  # the device loop runs embedded pairs only
-    ratio = error_ratio_tensor(step.error, s.y, y1, rtol, atol, norm).to(torch.float64)
+    # detached: the step sizes are constants of the derivative (torch.no_grad inside does not stop
+    # forward-mode tangents, which jacfwd would otherwise carry into the step size)
+    ratio = error_ratio_tensor(step.error, s.y, y1, rtol, atol, norm).detach().to(torch.float64)
     ok = core.accepts(TENSOR, c, ratio, step_dt)
     accepted = active & ok
     rejected = active & ~ok

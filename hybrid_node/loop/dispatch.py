@@ -13,11 +13,13 @@ from .._errors import SolverError, Status
 from .._problem import Problem, all_finite
 from .._solution import Solution, Stats
 from .._term import CALLBACK_NAMES, Term
+from .._transforms import inside_transform, plain
 from ..controllers import ConstantStepSize, PIDController
 from ..solvers.base import ExternalSolver
 from .device import check_device_loop, integrate_device
 from .host import Integration, integrate_adaptive, integrate_fixed
 from .per_sample import check_per_sample, integrate_per_sample
+from .transformed import check_transformable, integrate_transformed
 from .whole import applies as whole_solve_applies
 from .whole import integrate_whole
 
@@ -152,6 +154,9 @@ def integrate(
         # nothing to integrate: y0 is the whole answer, and torchdiffeq does not evaluate func either
         return Integration([y0], Stats(), Status.SUCCESS, ts[0], [] if dense else None)
     ctrl = problem.controller
+    transformed = inside_transform()
+    if transformed:  # vmap, grad, jacrev, ...: no host decision per step
+        check_transformable(problem, event_fn, dense)
     if event_fn is not None and not isinstance(event_fn, CheckedEvent):
         event_fn = CheckedEvent(event_fn)
     if isinstance(ctrl, ConstantStepSize):
@@ -164,6 +169,10 @@ def integrate(
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
+    if transformed:
+        return integrate_transformed(
+            term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, norm=problem.norm, throw=throw
+        )
     if whole_solve_applies(problem, event_fn, dense):  # compile=True: the whole solve as one graph
         result = integrate_whole(
             term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, norm=problem.norm, throw=throw
@@ -223,7 +232,10 @@ def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | N
     status = integration.status
     if status in (Status.SUCCESS, Status.EVENT) and not all_finite(ys):
         # fixed-grid loops have no step decision to catch it: the first non-finite output reports it
-        bad = int((~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1).nonzero()[0])
+        rows = (~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1)
+        index = torch.arange(len(ys), device=ys.device)
+        # the earliest such row of every problem of a vmap batch (one problem outside a transform)
+        bad = int(plain(torch.where(rows, index, len(ys)).min()).min())
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
         if throw:
             sgn = -1.0 if problem.reverse else 1.0

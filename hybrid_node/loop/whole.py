@@ -433,22 +433,21 @@ def _has_grad_params(owner) -> bool:
     return isinstance(owner, torch.nn.Module) and any(p.requires_grad for p in owner.parameters())
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
-
-
-def initial_step_tensor(field: Callable, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol):
+def initial_step_tensor(
+    field: Callable, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm=rms_norm
+) -> torch.Tensor:
     """Hairer's initial-step heuristic (:func:`hybrid_node.controllers.initial_step`) as tensor operations.
 
-    The same formula without host reads, so a traced solve (``torch.export``) contains it; a 0-d
-    float64 tensor. Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
+    The same formula without host reads, so a traced solve (``torch.export``) or a solve inside a
+    ``torch.func`` transform contains it; a 0-d float64 tensor (one value per problem under ``vmap``).
+    Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
     """
     with torch.no_grad():
         scale = atol + torch.abs(y0) * rtol
-        d1 = _rms(f0 / scale).double()
-        h0 = first_trial_step(_rms(y0 / scale).double(), d1)
+        d1 = norm(f0 / scale).double()
+        h0 = first_trial_step(norm(y0 / scale).double(), d1)
         f1 = field(t0 + h0, y0 + h0.to(y0.dtype) * f0)
-        return initial_step_from_trial(h0, d1, _rms((f1 - f0) / scale).double() / h0, order)
+        return initial_step_from_trial(h0, d1, norm((f1 - f0) / scale).double() / h0, order).detach()
 
 
 def odeint_graph(

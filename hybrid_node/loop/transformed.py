@@ -1,0 +1,148 @@
+"""The adaptive loop inside ``torch.func`` transforms: ``vmap`` over solves, ``jacrev``/``jacfwd`` through them.
+
+The host loop decides every step attempt on the host, which ``vmap`` forbids (a batched error ratio
+has one value per problem), and the whole-solve graph's ``while_loop`` has no batching or functorch
+rule in torch 2.13. The device loop's step attempt (:func:`~hybrid_node.loop.device.attempt`) needs
+neither: it decides accept/reject, the next step, the output writes and the status with tensor
+operations, so under ``vmap`` every problem of the batch gets its own time, step size, controller
+memory and status, as if it were solved alone. Only "is any problem still running?" is asked on the
+host, of the plain tensor beneath the transform's wrappers (:func:`hybrid_node._transforms.plain`);
+a problem that has finished takes masked zero steps until the last one ends.
+
+Gradients (``grad``, ``jacrev``, ``vjp``, ``jacfwd``) are those of direct backpropagation through the
+accepted steps: the error ratio is computed without autograd, so the step sizes are constants of the
+derivative, as in the host loop; a rejected attempt receives a zero cotangent.
+
+Scope: adaptive solves with an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8) and a
+PID controller, with direct backpropagation; fixed-step methods run the fixed-grid loop, whose step
+sequence does not depend on the state. No events, ``jump_t``/``step_t``, per-sample control, dense
+output over the interval or adjoints (their backward passes are custom autograd Functions).
+
+References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (step-size control and
+the initial step); Horace He, Richard Zou, "functorch: JAX-like composable function transforms for
+PyTorch", 2021 (the transforms and their levels).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from .._errors import SolverError, Status
+from .._solution import Stats
+from .._term import Term
+from .._transforms import plain
+from ..controllers import PIDController
+from ..solvers.runge_kutta import ExplicitRungeKutta
+from . import core
+from .core import RUNNING
+from .device import attempt, initial_state, make_tables
+from .host import Integration
+from .whole import evaluations_per_attempt, initial_step_tensor
+
+
+def check_transformable(problem, event_fn, dense: bool) -> None:
+    """Raise ValueError where a solve cannot run inside a ``torch.func`` transform; the message says what does.
+
+    Args:
+        problem: the validated problem.
+        event_fn: the terminal event function, or None.
+        dense: dense output over the whole interval is requested.
+
+    Raises:
+        ValueError: events, ``jump_t``/``step_t``, dense output, per-sample or device-loop control,
+            or an adaptive method other than an explicit first-same-as-last pair.
+    """
+    ctrl, solver = problem.controller, problem.solver
+    what = None
+    if event_fn is not None:
+        what = "events"
+    elif problem.jump_t or problem.step_t:
+        what = "jump_t or step_t"
+    elif dense:
+        what = "dense output over the interval"
+    elif isinstance(ctrl, PIDController) and (ctrl.per_sample or ctrl.device_loop):
+        what = "options per_sample or device_loop (vmap already gives every problem its own steps)"
+    elif isinstance(ctrl, PIDController) and not (
+        isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve
+    ):
+        what = f"the adaptive method {solver.name!r}"
+    if what is not None:
+        raise ValueError(
+            f"inside torch.func transforms (vmap, grad, jacrev, ...) a solve runs dopri5, tsit5, bosh3, dopri8 "
+            f"or a fixed-step method, without {what}; solve outside the transform, or batch the problems "
+            "along a dimension of y0 instead."
+        )
+
+
+def integrate_transformed(
+    term: Term,
+    solver: ExplicitRungeKutta,
+    controller: PIDController,
+    y0: torch.Tensor,
+    ts: Sequence[float],
+    *,
+    rtol,
+    atol,
+    norm,
+    throw: bool = True,
+) -> Integration:
+    """Integrate from ts[0] through the increasing times ``ts`` with masked step attempts (see the module).
+
+    Args:
+        term: the wrapped field (solver time); counts the evaluations.
+        solver: a first-same-as-last embedded pair.
+        controller: the PID step-size controller.
+        y0: flat initial state (a transform's wrapper).
+        ts: increasing output times (host floats, solver time).
+        rtol, atol, norm: the error test.
+        throw: raise SolverError when some problem of the batch failed, else report the first failure
+            code as the status (outputs a problem did not reach are NaN).
+
+    Returns:
+        Integration with the states at ``ts``; the counters are the attempts of the loop (all
+        problems of a batch together).
+
+    Raises:
+        SolverError: max steps, step-size underflow or a non-finite state in some problem, with ``throw``.
+    """
+    pure = term.pure_field
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return pure.field(pure.owner, t, y)
+
+    f0 = solver.init(term, ts[0], y0)  # through the term: it checks the field's output once
+    if controller.first_step is not None:
+        dt0 = torch.tensor(float(controller.first_step), dtype=torch.float64)
+    else:
+        t0 = torch.tensor(ts[0], dtype=torch.float64, device=y0.device)
+        dt0 = initial_step_tensor(field, t0, y0, f0, int(solver.error_order or 0), rtol, atol, norm)
+        term.nfe += 1
+    state = initial_state(y0, f0, ts[0], 0.0, len(ts))
+    state = state._replace(dt=dt0.clamp(controller.min_step, controller.max_step).to(state.t.device))
+    c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
+    tables = make_tables(solver, ts, y0)
+    attempts = 0
+    # the one host question: is any problem of the batch still running (the plain tensor holds them all)
+    while bool((plain(state.status) == RUNNING).any()):
+        state = attempt(field, solver, c, tables, rtol, atol, norm, state)
+        attempts += 1
+    term.nfe += evaluations_per_attempt(solver) * attempts
+    codes = plain(state.status).reshape(-1)
+    failed = codes[codes != core.SUCCESS]
+    status = core.STATUS[int(failed[0])] if failed.numel() else Status.SUCCESS
+    stats = Stats(nfe=term.nfe, n_accepted=int(plain(state.n_acc).max()), n_rejected=int(plain(state.n_rej).max()))
+    if status is not Status.SUCCESS and throw:
+        detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else "some problem failed"
+        t_end = float(plain(state.t).min())
+        raise SolverError(status, -t_end if term.reverse else t_end, detail)
+    if bool(plain(state.saw_nonfinite).any()):
+        warnings.warn(
+            "an attempted step had a non-finite error estimate; if the solve is differentiated, its zero "
+            "cotangent may still make gradients NaN (tighten the tolerances or set options['first_step']).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return Integration([y0] + list(state.outs.unbind(0)), stats, status, float(plain(state.t).min()))

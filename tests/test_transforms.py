@@ -1,0 +1,150 @@
+"""Solves inside torch.func transforms: vmap over y0 and over parameters, jacrev/jacfwd/grad through odeint.
+
+References are the eager host loop solving each problem alone (the transformed loop makes the same step
+decisions per problem, so outputs agree to rounding, 1e-10 here), torch.autograd on the eager solve
+(the same derivative of the same discrete map), and the exact solution of a linear system.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.func import functional_call, grad, jacfwd, jacrev, vmap
+
+import hybrid_node as hn
+
+T = torch.linspace(0.0, 2.0, 7, dtype=torch.float64)
+TOL = {"rtol": 1e-7, "atol": 1e-9}
+
+
+@pytest.fixture
+def net(float64_default, one_thread):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+def _field(net):
+    return lambda t, y: net(y) * torch.cos(t)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
+def test_vmap_over_y0_equals_solving_each_problem_alone(net, method):
+    f = _field(net)
+    y0 = torch.randn(4, 2)
+    batched = vmap(lambda y: hn.odeint(f, y, T, method=method, **TOL))(y0)
+    alone = torch.stack([hn.odeint(f, y, T, method=method, **TOL) for y in y0])
+    assert batched.shape == (4, len(T), 2)
+    torch.testing.assert_close(batched, alone, rtol=1e-10, atol=1e-12)
+
+
+def test_every_problem_of_a_vmap_takes_its_own_steps(float64_default):
+    """Rates 0.1 to 100: a step shared by the batch would be set by the stiffest member and change the
+    others' outputs at the 1e-7 level; each member alone agrees with its own host solve to rounding."""
+    rates = torch.tensor([0.1, 3.0, 100.0])
+
+    def solve(k):
+        return hn.odeint(lambda t, y: -k * y + torch.sin(t), torch.ones(2), T, rtol=1e-6, atol=1e-9)
+
+    batched = vmap(solve)(rates)
+    alone = torch.stack([solve(k) for k in rates])
+    torch.testing.assert_close(batched, alone, rtol=1e-11, atol=1e-13)
+    stats = [hn.solve(lambda t, y, k=k: -k * y + torch.sin(t), torch.ones(2), T).stats.n_accepted for k in rates]
+    assert len(set(stats)) == 3  # the members really need different step sequences
+
+
+def test_vmap_over_parameters_equals_a_loop_over_models(net):
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    stacked = {k: v + 0.2 * torch.randn(3, *v.shape) for k, v in params.items()}
+    y0 = torch.tensor([0.5, -1.0])
+
+    def solve(p):
+        return hn.odeint(lambda t, y: functional_call(net, p, (y,)), y0, T, **TOL)
+
+    batched = vmap(solve)(stacked)
+    alone = torch.stack([solve({k: v[i] for k, v in stacked.items()}) for i in range(3)])
+    torch.testing.assert_close(batched, alone, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_of_fixed_step_methods(net):
+    f = _field(net)
+    y0 = torch.randn(3, 2)
+    for method, options in [("rk4", {"step_size": 0.1}), ("euler", {"step_size": 0.05}), ("midpoint", None)]:
+        batched = vmap(lambda y, m=method, o=options: hn.odeint(f, y, T, method=m, options=o))(y0)
+        alone = torch.stack([hn.odeint(f, y, T, method=method, options=options) for y in y0])
+        torch.testing.assert_close(batched, alone, rtol=1e-12, atol=1e-14)
+
+
+def test_jacrev_and_jacfwd_equal_autograd_on_the_eager_solve(net):
+    f = _field(net)
+    y0 = torch.tensor([0.3, -0.7])
+
+    def final(y):
+        return hn.odeint(f, y, T, **TOL)[-1]
+
+    expected = torch.autograd.functional.jacobian(final, y0)
+    torch.testing.assert_close(jacrev(final)(y0), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(jacfwd(final)(y0), expected, rtol=1e-10, atol=1e-12)
+    # the outputs between steps come from the dense output: their Jacobian too
+    middle = jacrev(lambda y: hn.odeint(f, y, T, **TOL)[3])(y0)
+    torch.testing.assert_close(
+        middle, torch.autograd.functional.jacobian(lambda y: hn.odeint(f, y, T, **TOL)[3], y0), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_jacrev_of_a_linear_system_is_the_matrix_exponential(float64_default):
+    """d y(t) / d y0 = expm(A t) for y' = A y; at rtol 1e-10 the solver's Jacobian matches it to ~1e-8."""
+    a = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]])
+    jac = jacrev(lambda y: hn.odeint(lambda t, y: a @ y, y, T, rtol=1e-10, atol=1e-12)[-1])(torch.ones(2))
+    torch.testing.assert_close(jac, torch.linalg.matrix_exp(a * T[-1]), rtol=1e-8, atol=1e-9)
+
+
+def test_parameter_gradients_and_per_sample_jacobians(net):
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    y0 = torch.randn(3, 2)
+
+    def loss(p, y):
+        return hn.odeint(lambda t, z: functional_call(net, p, (z,)), y, T, **TOL)[-1].pow(2).sum()
+
+    g = grad(loss)(params, y0[0])
+    expected = torch.autograd.grad(loss(dict(net.named_parameters()), y0[0]), list(net.parameters()))
+    for (name, value), ref in zip(g.items(), expected):
+        torch.testing.assert_close(value, ref, rtol=1e-10, atol=1e-12, msg=name)
+    # per-sample Jacobians of the final state: vmap of jacrev
+    jacs = vmap(jacrev(lambda y: hn.odeint(_field(net), y, T, **TOL)[-1]))(y0)
+    for y, jac in zip(y0, jacs):
+        ref = torch.autograd.functional.jacobian(lambda z: hn.odeint(_field(net), z, T, **TOL)[-1], y)
+        torch.testing.assert_close(jac, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_what_a_transform_cannot_run_is_refused_with_the_fix(net):
+    f = _field(net)
+    y0 = torch.randn(2, 2)
+    with pytest.raises(ValueError, match="odeint_adjoint outside"):
+        vmap(lambda y: hn.odeint_adjoint(f, y, T, adjoint_params=tuple(net.parameters())))(y0)
+    with pytest.raises(ValueError, match="adaptive method 'adams'"):
+        vmap(lambda y: hn.odeint(f, y, T, method="adams"))(y0)
+    with pytest.raises(ValueError, match="events"):
+        vmap(lambda y: hn.odeint(f, y, T, event_fn=lambda t, z: z[0] - 5.0))(y0)
+    with pytest.raises(ValueError, match="t is batched"):
+        vmap(lambda tt: hn.odeint(f, y0[0], tt))(torch.stack([T, 2 * T]))
+    with pytest.raises(ValueError, match="output times"):
+        jacrev(lambda tt: hn.odeint(f, y0[0], tt)[-1])(T)
+    bad = y0.clone()
+    bad[1, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        vmap(lambda y: hn.odeint(f, y, T))(bad)
+
+
+def test_a_failing_member_fails_the_batch_or_reports_its_status(float64_default):
+    rates = torch.tensor([1.0, 1e6])
+
+    def solve(k, throw=True):
+        return hn.solve(
+            lambda t, y: -k * y, torch.ones(1), T, controller=hn.PIDController(max_num_steps=50), throw=throw
+        ).ys
+
+    with pytest.raises(hn.SolverError, match="max_num_steps=50"):
+        vmap(solve)(rates)
+    ys = vmap(lambda k: solve(k, throw=False))(rates)
+    torch.testing.assert_close(ys[0], torch.exp(-T).unsqueeze(1), rtol=1e-5, atol=1e-6)  # the good one finished
+    assert torch.isnan(ys[1, -1]).all()  # the stiff one stopped: NaN where it did not reach
