@@ -53,7 +53,8 @@ def check_transformable(problem, event_fn, dense: bool) -> None:
 
     Raises:
         ValueError: events, ``jump_t``/``step_t``, dense output, per-sample or device-loop control,
-            or an adaptive method other than an explicit first-same-as-last pair.
+            a method that decides on the host (implicit, predictor-corrector), or an adaptive method
+            other than an explicit first-same-as-last pair.
     """
     ctrl, solver = problem.controller, problem.solver
     what = None
@@ -65,15 +66,14 @@ def check_transformable(problem, event_fn, dense: bool) -> None:
         what = "dense output over the interval"
     elif isinstance(ctrl, PIDController) and (ctrl.per_sample or ctrl.device_loop):
         what = "options per_sample or device_loop (vmap already gives every problem its own steps)"
-    elif isinstance(ctrl, PIDController) and not (
-        isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve
-    ):
-        what = f"the adaptive method {solver.name!r}"
+    elif not solver.transformable or (isinstance(ctrl, PIDController) and not solver.supports_whole_solve):
+        kind = "adaptive" if isinstance(ctrl, PIDController) else "fixed-step"
+        what = f"the {kind} method {solver.name!r}"
     if what is not None:
         raise ValueError(
             f"inside torch.func transforms (vmap, grad, jacrev, ...) a solve runs dopri5, tsit5, bosh3, dopri8 "
-            f"or a fixed-step method, without {what}; solve outside the transform, or batch the problems "
-            "along a dimension of y0 instead."
+            f"or an explicit fixed-step method (rk4, euler, explicit_adams, leapfrog, ...), without {what}; "
+            "solve outside the transform, or batch the problems along a dimension of y0 instead."
         )
 
 

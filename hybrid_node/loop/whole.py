@@ -20,7 +20,7 @@ What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and do
   that needs an autograd graph runs with per-step graphs instead (see :func:`integrate_whole`);
 - ``torch.export`` of a module containing the loop works (:func:`export_solve` is the entry point);
 - ``torch.func.vmap`` and ``jacrev`` over ``while_loop`` raise inside torch (no batching rule for the
-  operator), see :func:`hybrid_node.loop.whole` tests; those transforms are documented limitations;
+  operator); solves inside those transforms run :mod:`.transformed` instead;
 - side effects of the field inside the loop are not allowed by the compiler; an ``nn.Module`` field
   that counts its own calls (``self.nfe += 1``) is handled by restoring its plain number attributes
   after every evaluation inside the graph, so such a counter does not advance during the loop (the
@@ -61,7 +61,7 @@ from ..controllers import PIDController, first_trial_step, initial_step_from_tri
 from ..solvers.registry import METHOD_SPECS
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, term_field
+from .compiled_step import _CACHE, PureField, inductor_options, term_field
 from .core import RUNNING
 from .device import LoopState, Tables, attempt, initial_state, make_tables
 from .host import Integration, first_step
@@ -247,7 +247,9 @@ class WholeSolve:
             # dynamic=False: a value seen to change between compilations in one process must not become
             # a symbolic scalar inside the loop body, which Inductor 2.13 cannot lower (KeyError
             # 'unbacked_bindings' on aten._local_scalar_dense, seen running tsit5 after dopri5)
-            self._graphs[self.key] = torch.compile(fn, fullgraph=True, mode=mode, dynamic=False)
+            self._graphs[self.key] = torch.compile(
+                fn, fullgraph=True, dynamic=False, options=inductor_options(cuda_graphs)
+            )
             self._graphs[(self.key, "first")] = True
 
     @property

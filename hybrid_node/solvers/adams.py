@@ -136,6 +136,8 @@ class AdamsBashforth(Adams):
         **fields: further settings of :class:`Adams`; ``dataclasses.replace`` passes them all.
     """
 
+    transformable = True  # no corrector iterations: nothing decided on the host
+
     def __init__(self, max_order: int = 4, **fields):
         super().__init__(**{"max_order": max_order, "corrector": False, "name": "explicit_adams", **fields})
 

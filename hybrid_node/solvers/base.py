@@ -55,7 +55,8 @@ class AbstractSolver(abc.ABC):
 
     Capabilities are declared, not probed: ``adaptive`` (has an error estimate), ``implicit``,
     ``supports_compile`` (``compiled()`` works), ``supports_device_loop`` and ``supports_per_sample``
-    (the loop strategies that can run it), ``partitioned`` (needs a tuple state ``(q, p)``).
+    (the loop strategies that can run it), ``transformable`` (runs inside ``torch.func`` transforms),
+    ``partitioned`` (needs a tuple state ``(q, p)``).
     """
 
     #: the method name of ``odeint(method=...)``
@@ -116,6 +117,11 @@ class AbstractSolver(abc.ABC):
     def supports_whole_solve(self) -> bool:
         """Whether ``compile=True`` can run the whole solve as one graph (:mod:`hybrid_node.loop.whole`)."""
         return False
+
+    #: its fixed steps make no decision on the host, so they run inside ``torch.func`` transforms
+    #: (vmap, jacrev, ...); adaptive solves there also need ``supports_whole_solve``
+    #: (:mod:`hybrid_node.loop.transformed`)
+    transformable: bool = False
 
     @abc.abstractmethod
     def init(self, f: Field, t0: float, y0: torch.Tensor) -> Any:

@@ -50,6 +50,7 @@ class ExplicitRungeKutta(AbstractSolver):
     compile: bool = False
 
     supports_compile = True
+    transformable = True
     #: field evaluations the method's own dense output adds to a step (DOP853: 3), for the loops that
     #: build it on every attempt (the whole-solve graph)
     dense_output_evaluations = 0

@@ -127,6 +127,7 @@ class PartitionedComposition(AbstractSolver):
 
     #: steps the two parts of a tuple state (q, p) separately, so it needs such a state
     partitioned = True
+    transformable = True
 
     def __post_init__(self):
         if len(self.kicks) != len(self.drifts) + 1:
