@@ -152,6 +152,28 @@ def make_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.Ten
     return Tables(times, index, dense, powers)
 
 
+class Impulses(NamedTuple):
+    """Jumps of the state at the inner output times, applied inside the loop (the backsolve adjoint's
+    cotangents): at output ``i`` (1 <= i < T - 1) the leading ``m`` components become
+    ``keep * x[:m] + add[i - 1]``, the rest are left as they are.
+
+    Attributes:
+        keep: (m,) multipliers (0 resets a component, 1 keeps it).
+        add: (T - 1, m) what is added at each output (the last row is never used).
+    """
+
+    keep: torch.Tensor
+    add: torch.Tensor
+
+
+def _impulse(impulses: Impulses, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` after the impulse of output ``i`` (a 0-d index into ``ts``)."""
+    m = impulses.keep.shape[0]
+    row = impulses.add.index_select(0, (i - 1).clamp(min=0).reshape(1)).reshape(-1)
+    head = impulses.keep * y.reshape(-1)[:m] + row
+    return torch.cat([head, y.reshape(-1)[m:]]).reshape(y.shape)
+
+
 def _column(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A (rows,) mask shaped to broadcast against (rows, *like.shape)."""
     return mask.reshape((-1,) + (1,) * like.dim())
@@ -208,7 +230,15 @@ def _write_outputs(
 
 
 def attempt(
-    field: Callable, solver: ExplicitRungeKutta, c: core.StepControl, tables: Tables, rtol, atol, norm, s: LoopState
+    field: Callable,
+    solver: ExplicitRungeKutta,
+    c: core.StepControl,
+    tables: Tables,
+    rtol,
+    atol,
+    norm,
+    s: LoopState,
+    impulses: Impulses | None = None,
 ) -> LoopState:
     """One step attempt of a device solve (a masked no-op once the solve has ended).
 
@@ -219,6 +249,9 @@ def attempt(
         tables: the output times and dense-output coefficients.
         rtol, atol, norm: the error test.
         s: the state before the attempt.
+        impulses: jumps at the inner output times; every step then ends at the next output time,
+            after a jump the derivative is evaluated again (``torch.cond``: only then), and no
+            output is written (``outs`` is carried as it is; the solve's result is its end state).
 
     Returns:
         The state after the attempt.
@@ -226,7 +259,12 @@ def attempt(
     active = s.status == RUNNING
     status = torch.where(active, core.precheck(TENSOR, c, s.n_att, s.t, s.dt), s.status)
     active = status == RUNNING
-    lands, step_dt, t1 = core.landing(TENSOR, s.t, s.dt, tables.ts[-1], c.max_step)
+    last = tables.ts.shape[0] - 1
+    if impulses is None:
+        stop = tables.ts[-1]
+    else:  # the next output time (an index_select: a tensor index would be specialised by the compiler)
+        stop = tables.ts.index_select(0, s.i_out.clamp(max=last).reshape(1)).reshape(())
+    lands, step_dt, t1 = core.landing(TENSOR, s.t, s.dt, stop, c.max_step)
     step_dt = torch.where(active, step_dt, 0.0)  # an ended solve attempts a zero step (a no-op)
     step = solver.step(field, s.t, s.y, s.f0, step_dt)
     y1, ks = step.y1, step.ks
@@ -240,7 +278,14 @@ def attempt(
     # a method with its own dense output (DOP853: three more stages) builds it on every attempt, masked
     # like the rest: the graph has no branch to skip it when no output time falls inside the step
     own = solver.dense_output(field, s.t, s.y, step_dt, step) if solver.dense_output is not None else None
-    outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, own)
+    if impulses is None:
+        y_end, f1 = y1, ks[-1]
+        outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, own)
+    else:  # steps end at the output times: nothing to interpolate, and only the end state is kept
+        jumped = accepted & lands & (s.i_out < last)
+        y_end = torch.where(jumped, _impulse(impulses, s.i_out, y1), y1)
+        f1 = torch.cond(jumped, lambda y, f: field(t1, y), lambda y, f: f.clone(), (y_end, ks[-1]))
+        outs, i_out = s.outs.clone(), s.i_out + (accepted & lands).long()  # a loop may not return its input
     t = torch.where(accepted, t1, s.t)
     nonfinite = ~torch.isfinite(ratio)
     last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))
@@ -253,8 +298,8 @@ def attempt(
         dt=torch.where(active, dt, s.dt),
         r1=r1,
         r2=r2,
-        y=torch.where(accepted, y1, s.y),
-        f0=torch.where(accepted, ks[-1], s.f0),
+        y=torch.where(accepted, y_end, s.y),
+        f0=torch.where(accepted, f1, s.f0),
         outs=outs,
         i_out=i_out,
         n_att=s.n_att + active.long(),

@@ -63,7 +63,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, inductor_options, term_field
 from .core import RUNNING
-from .device import LoopState, Tables, attempt, initial_state, make_tables
+from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables
 from .host import Integration, first_step
 
 _STATUS = LoopState._fields.index("status")
@@ -152,7 +152,7 @@ def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepCon
     until the status is not RUNNING, from the :func:`pack`-ed state; with ``restart`` the derivative
     ``f0`` is first evaluated in the graph at the state's (t, y) (the one given is not read)."""
 
-    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm):
+    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses=None):
         state = unpack(floats, ints, flags, y, f0, outs)
         modules = _scalar_attributes(owner)
 
@@ -172,7 +172,7 @@ def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepCon
             return s[_STATUS] == RUNNING
 
         def body_fn(*s):
-            return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s)))
+            return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s), impulses))
 
         return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
 
@@ -257,10 +257,13 @@ class WholeSolve:
         """The compiler rejected this field before (it is not tried again)."""
         return self._graphs.get(self.key) is None
 
-    def __call__(self, state: LoopState, tables: Tables, rtol, atol, counters=()) -> LoopState | None:
+    def __call__(
+        self, state: LoopState, tables: Tables, rtol, atol, counters=(), impulses: Impulses | None = None
+    ) -> LoopState | None:
         """The final state of the solve from ``state``, or None when the compiler rejects the field.
 
-        ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`).
+        ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`);
+        ``impulses``: jumps at the inner output times (:class:`~hybrid_node.loop.device.Impulses`).
         """
         graph = self._graphs.get(self.key)
         if graph is None:
@@ -270,7 +273,7 @@ class WholeSolve:
         modules = _scalar_attributes(self.owner)
         try:
             with frozen_counters(modules, counters):
-                out = self._call(graph, state, tables, rtol, atol)
+                out = self._call(graph, state, tables, rtol, atol, impulses)
         except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
             warnings.warn(
                 f"compile=True: this solve cannot be compiled as one graph ({type(e).__name__}: "
@@ -284,13 +287,13 @@ class WholeSolve:
             COMPILE_SECONDS[self.key] = time.perf_counter() - start
         return out
 
-    def _call(self, graph, state, tables, rtol, atol) -> LoopState:
+    def _call(self, graph, state, tables, rtol, atol, impulses) -> LoopState:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-            out = graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
+            out = graph(self.owner, *pack(state), tables, rtol, atol, self.norm, impulses)
             # the graph's outputs live in its memory pool until the next replay: copy them out
             return LoopState(*(x.clone() for x in out))
-        return graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
+        return graph(self.owner, *pack(state), tables, rtol, atol, self.norm, impulses)
 
 
 def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:

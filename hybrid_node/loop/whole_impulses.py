@@ -33,7 +33,7 @@ from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import RUNNING
-from .device import LoopState, initial_state, make_tables
+from .device import Impulses, LoopState, initial_state, make_tables
 from .host import Integration
 from .whole import WholeSolve, evaluations_per_attempt, read_out, solve_error, start, tolerance_tensor
 
@@ -73,9 +73,11 @@ def integrate_whole_impulses(
     atol,
     norm,
     at_output: Callable[[int, torch.Tensor], torch.Tensor],
+    impulses: Impulses | None = None,
 ) -> Integration | None:
     """Integrate from rs[0] through the increasing times ``rs``, adding the impulse ``at_output`` at
-    the inner ones, one whole-solve graph call per interval.
+    the inner ones: one whole-solve graph call for the whole solve when the impulses are given as
+    tensors (``impulses``), else one call per interval.
 
     Args:
         term: the augmented term; its ``pure_field`` is the traceable field (None: not available).
@@ -86,10 +88,13 @@ def integrate_whole_impulses(
         rtol, atol: tolerances (floats or tensors broadcastable to the state).
         norm: error norm (traceable).
         at_output: ``at_output(i, x) -> x_new`` at the inner times rs[i].
+        impulses: the same impulses as tensors (:class:`~hybrid_node.loop.device.Impulses`), applied
+            inside the graph; None: ``at_output`` is applied on the host between intervals.
 
     Returns:
         Integration with the states at ``rs`` (after the impulse at the inner ones), as the host loop
-        returns it; or None when there is no traceable field, a solve needs autograd, or the compiler
+        returns it, but only the first and the last with ``impulses``; or None when there is no
+        traceable field, a solve needs autograd, or the compiler
         rejects the field (the caller then runs the host loop; ``term.nfe`` is left as it was).
 
     Raises:
@@ -105,6 +110,18 @@ def integrate_whole_impulses(
     nfe_before = term.nfe
     f0, counters, dt0 = start(term, solver, controller, pure, rs[0], x0, rtol=rtol, atol=atol, norm=norm)
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0)
+    if impulses is not None:
+        state = initial_state(x0, f0, rs[0], dt0, 1)  # no output rows: only the end state is kept
+        out = graph(state, make_tables(solver, rs, x0), rtol_t, atol_t, counters, impulses)
+        if out is None:  # the compiler rejected the field: the host loop runs instead
+            term.nfe = nfe_before
+            return None
+        status, t, dt, n_att, n_acc, n_rej = read_out(out)  # the one host read of the solve
+        # + the derivative at the start and after each of the len(rs) - 2 impulses
+        term.nfe += evaluations_per_attempt(solver) * n_att + len(rs) - 1
+        if status is not Status.SUCCESS:
+            raise solve_error(status, t, dt, controller, term.reverse)
+        return Integration([x0, out.y], Stats(term.nfe, n_acc, n_rej), Status.SUCCESS, rs[-1])
     state = initial_state(x0, f0, rs[0], dt0, 2)
     xs = [x0]
     per_attempt = evaluations_per_attempt(solver)

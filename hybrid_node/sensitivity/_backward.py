@@ -22,6 +22,7 @@ from .._solution import Stats
 from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks
 from ..controllers import ConstantStepSize, PIDController
 from ..loop import warn_unsupported_callbacks
+from ..loop.device import Impulses
 from ..loop.host import Integration, integrate_adaptive, integrate_fixed
 from ..loop.whole_impulses import applies as whole_impulses_apply
 from ..loop.whole_impulses import integrate_whole_impulses
@@ -397,6 +398,7 @@ def run_backward(
     at_output: Callable,
     stops: Sequence[float] = (),
     ts: Sequence[float] = (),
+    impulses: Impulses | None = None,
 ) -> Integration:
     """Solve the augmented system over the increasing backward times ``rs`` in one pass.
 
@@ -412,6 +414,7 @@ def run_backward(
         at_output: impulse at the inner times of ``rs`` (adds the cotangents there).
         stops: further times where steps must end (checkpoint boundaries).
         ts: the forward solver times (for the mirrored fixed grid).
+        impulses: ``at_output`` as tensors, for a backward solve run as one compiled graph (optional).
 
     Returns:
         The loop's Integration (the state at rs[-1] is its last output).
@@ -433,7 +436,16 @@ def run_backward(
     if whole_impulses_apply(plan.solver, plan.controller, jumps, stops):
         # compile=True: each interval between output times is one call of the whole-solve graph
         whole = integrate_whole_impulses(
-            term, plan.solver, plan.controller, x0, rs, rtol=rtol, atol=atol, norm=norm, at_output=at_output
+            term,
+            plan.solver,
+            plan.controller,
+            x0,
+            rs,
+            rtol=rtol,
+            atol=atol,
+            norm=norm,
+            at_output=at_output,
+            impulses=impulses,
         )
         if whole is not None:
             return whole

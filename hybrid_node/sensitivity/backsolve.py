@@ -30,6 +30,7 @@ from .._problem import Problem
 from .._solution import Stats
 from ..loop import integrate
 from ..loop.compiled_step import PureField, solver_time_field
+from ..loop.device import Impulses
 from ..loop.host import Integration
 from ..solvers.base import ExternalSolver
 from ._backward import (
@@ -148,7 +149,8 @@ class Backsolve:
                 "atol": channel_tolerance(self.plan.atol, 2, ys[0], q0.numel()),
                 "norm": self.norm.resolve(),
             }
-            result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, ts=ts, **tol)
+            impulses = output_impulses(ys, grad_ys) if self.plan.solver.compile else None
+            result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, ts=ts, impulses=impulses, **tol)
             x = result.ys[-1]
             steps = result.stats.n_accepted
         a0 = x[n : 2 * n].reshape(shape)
@@ -163,6 +165,24 @@ class Backsolve:
         stats.nfe_backward += term.nfe + tterm.nfe
         stats.n_steps_backward += steps
         return grad_t, a0 + grad_ys[0], split_params(x[2 * n :], params)
+
+
+def output_impulses(ys: torch.Tensor, grad_ys: torch.Tensor) -> Impulses:
+    """The backward pass's ``at_output`` as tensors, for a backward solve run as one compiled graph:
+    at backward output j (forward output i = T - 1 - j) the state part is reset to ``ys[i]`` and
+    ``grad_ys[i]`` is added to the adjoint part; the parameter part is left alone.
+
+    Args:
+        ys, grad_ys: the forward outputs and their cotangents, shape (T, *state).
+
+    Returns:
+        The :class:`~hybrid_node.loop.device.Impulses` over the first ``2 * state.numel()`` components.
+    """
+    n = ys[0].numel()
+    back = torch.arange(len(ys) - 2, -1, -1, device=ys.device)  # rows j - 1 for j = 1 .. T - 1
+    keep = torch.cat([torch.zeros(n, dtype=ys.dtype), torch.ones(n, dtype=ys.dtype)]).to(ys.device)
+    rows = torch.cat([ys.reshape(len(ys), -1)[back], grad_ys.reshape(len(ys), -1)[back].to(ys.dtype)], dim=1)
+    return Impulses(keep=keep, add=rows)
 
 
 def traceable_augmented_field(
