@@ -27,7 +27,7 @@ def _field(net):
     return lambda t, y: net(y) * torch.cos(t)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8", "adaptive_heun", "fehlberg2"])
 def test_vmap_over_y0_equals_solving_each_problem_alone(net, method):
     f = _field(net)
     y0 = torch.randn(4, 2)

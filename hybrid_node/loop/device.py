@@ -180,12 +180,19 @@ def _column(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_values(
-    tables: Tables, theta: torch.Tensor, h: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, ks: Sequence[torch.Tensor]
+    tables: Tables,
+    theta: torch.Tensor,
+    h: torch.Tensor,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    ks: Sequence[torch.Tensor],
+    f1: torch.Tensor,
 ) -> torch.Tensor:
     """The step's dense output at every theta (rows of the result), shape (len(theta), *y0.shape).
 
     The tableau's polynomial ``y0 + h sum_i b_i(theta) k_i`` where it has one, else the cubic Hermite
-    interpolant of (y0, f0, y1, f1) (Hairer, Nørsett, Wanner, Section II.6); one matrix product each.
+    interpolant of (y0, f0 = ks[0], y1, f1) (Hairer, Nørsett, Wanner, Section II.6); one matrix
+    product each.
     """
     if tables.dense is not None:
         assert tables.powers is not None  # set together with dense
@@ -197,7 +204,7 @@ def _dense_values(
         weights = torch.cat(
             [(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th), th * (1 - th) ** 2 * h, th**2 * (th - 1) * h], dim=1
         )
-        ends = torch.stack([y0.reshape(-1), y1.reshape(-1), ks[0].reshape(-1), ks[-1].reshape(-1)])
+        ends = torch.stack([y0.reshape(-1), y1.reshape(-1), ks[0].reshape(-1), f1.reshape(-1)])
         flat = weights.to(y0.dtype) @ ends
     return flat.reshape((len(theta),) + tuple(y0.shape))
 
@@ -210,9 +217,11 @@ def _write_outputs(
     h: torch.Tensor,
     y1: torch.Tensor,
     ks,
+    f1: torch.Tensor,
     interpolant: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output buffer and next output index after an attempt that ended at t1 (if ``accepted``).
+    """The output buffer and next output index after an attempt that ended at t1 (if ``accepted``);
+    ``f1`` is the derivative at (t1, y1).
 
     ``interpolant``: the method's own dense output over the step, called with a float64 column of
     theta shaped to broadcast against the state (DOP853's); None for the tableau's polynomial or Hermite.
@@ -222,7 +231,7 @@ def _write_outputs(
     if interpolant is not None:
         values = interpolant(_column(theta, y1))
     else:
-        values = _dense_values(tables, theta, h, s.y, y1, ks)
+        values = _dense_values(tables, theta, h, s.y, y1, ks, f1)
     values = torch.where(_column(at_end, y1), y1.unsqueeze(0), values)  # the end is y1 itself
     outs = torch.where(_column(within, y1), values, s.outs)
     i_out = torch.where(accepted, (tables.ts <= t1).sum(), s.i_out)
@@ -279,8 +288,9 @@ def attempt(
     # like the rest: the graph has no branch to skip it when no output time falls inside the step
     own = solver.dense_output(field, s.t, s.y, step_dt, step) if solver.dense_output is not None else None
     if impulses is None:
-        y_end, f1 = y1, ks[-1]
-        outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, own)
+        # a pair without first-same-as-last evaluates f(t1, y1) (every attempt: the loop has no branch)
+        y_end, f1 = y1, solver.next_state(field, t1, step)
+        outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, f1, own)
     else:  # steps end at the output times: nothing to interpolate, and only the end state is kept
         jumped = accepted & lands & (s.i_out < last)
         y_end = torch.where(jumped, _impulse(impulses, s.i_out, y1), y1)

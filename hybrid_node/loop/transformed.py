@@ -13,8 +13,8 @@ Gradients (``grad``, ``jacrev``, ``vjp``, ``jacfwd``) are those of direct backpr
 accepted steps: the error ratio is computed without autograd, so the step sizes are constants of the
 derivative, as in the host loop; a rejected attempt receives a zero cotangent.
 
-Scope: adaptive solves with an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8) and a
-PID controller, with direct backpropagation; fixed-step methods run the fixed-grid loop, whose step
+Scope: adaptive solves with an explicit embedded pair (dopri5, tsit5, bosh3, dopri8, adaptive_heun,
+fehlberg2) and a PID controller, with direct backpropagation; fixed-step methods run the fixed-grid loop, whose step
 sequence does not depend on the state. No events, ``jump_t``/``step_t``, per-sample control, dense
 output over the interval or adjoints (their backward passes are custom autograd Functions).
 
@@ -66,14 +66,15 @@ def check_transformable(problem, event_fn, dense: bool) -> None:
         what = "dense output over the interval"
     elif isinstance(ctrl, PIDController) and (ctrl.per_sample or ctrl.device_loop):
         what = "options per_sample or device_loop (vmap already gives every problem its own steps)"
-    elif not solver.transformable or (isinstance(ctrl, PIDController) and not solver.supports_whole_solve):
+    elif not solver.transformable or (isinstance(ctrl, PIDController) and not solver.supports_masked_attempts):
         kind = "adaptive" if isinstance(ctrl, PIDController) else "fixed-step"
         what = f"the {kind} method {solver.name!r}"
     if what is not None:
         raise ValueError(
-            f"inside torch.func transforms (vmap, grad, jacrev, ...) a solve runs dopri5, tsit5, bosh3, dopri8 "
-            f"or an explicit fixed-step method (rk4, euler, explicit_adams, leapfrog, ...), without {what}; "
-            "solve outside the transform, or batch the problems along a dimension of y0 instead."
+            "inside torch.func transforms (vmap, grad, jacrev, ...) a solve runs an explicit embedded pair "
+            "(dopri5, tsit5, bosh3, dopri8, adaptive_heun, fehlberg2) or an explicit fixed-step method "
+            f"(rk4, euler, explicit_adams, leapfrog, ...), without {what}; solve outside the transform, or "
+            "batch the problems along a dimension of y0 instead."
         )
 
 
@@ -93,7 +94,7 @@ def integrate_transformed(
 
     Args:
         term: the wrapped field (solver time); counts the evaluations.
-        solver: a first-same-as-last embedded pair.
+        solver: an explicit embedded pair (``supports_masked_attempts``).
         controller: the PID step-size controller.
         y0: flat initial state (a transform's wrapper).
         ts: increasing output times (host floats, solver time).

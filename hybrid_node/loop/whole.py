@@ -415,9 +415,9 @@ def read_out(out: LoopState) -> tuple[Status, float, float, int, int, int]:
 
 
 def evaluations_per_attempt(solver: ExplicitRungeKutta) -> int:
-    """Field evaluations of one attempt in the graph: its stages after the first (FSAL) and the
-    method's own dense output, which the graph builds on every attempt."""
-    return solver.tableau.stages - 1 + solver.dense_output_evaluations
+    """Field evaluations of one masked attempt: its stages after the first, f(t1, y1) for a pair
+    without first-same-as-last, and the method's own dense output, built on every attempt."""
+    return solver.tableau.stages - int(solver.tableau.fsal) + solver.dense_output_evaluations
 
 
 def solve_error(status: Status, t: float, dt: float, controller: PIDController, reverse: bool) -> SolverError:

@@ -119,9 +119,15 @@ class AbstractSolver(abc.ABC):
         return False
 
     #: its fixed steps make no decision on the host, so they run inside ``torch.func`` transforms
-    #: (vmap, jacrev, ...); adaptive solves there also need ``supports_whole_solve``
+    #: (vmap, jacrev, ...); adaptive solves there also need ``supports_masked_attempts``
     #: (:mod:`hybrid_node.loop.transformed`)
     transformable: bool = False
+
+    @property
+    def supports_masked_attempts(self) -> bool:
+        """Whether the device loop's masked step attempt (:func:`hybrid_node.loop.device.attempt`) can
+        run this method eagerly: explicit embedded pairs, first-same-as-last or not."""
+        return False
 
     @abc.abstractmethod
     def init(self, f: Field, t0: float, y0: torch.Tensor) -> Any:

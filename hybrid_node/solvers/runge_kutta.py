@@ -84,6 +84,13 @@ class ExplicitRungeKutta(AbstractSolver):
         # the whole-solve graph loops over the device loop's attempt: the same methods
         return self.supports_device_loop
 
+    @property
+    def supports_masked_attempts(self) -> bool:
+        # a pair without first-same-as-last evaluates f(t1, y1) in every attempt (Hermite dense output)
+        return self.supports_whole_solve or (
+            self.adaptive and self.dense_output is None and self.error_estimate is None
+        )
+
     def init(self, f: Field, t0: float, y0: torch.Tensor) -> torch.Tensor:
         """Return the solver state at the start: the derivative f(t0, y0)."""
         return f(t0, y0)
