@@ -44,6 +44,7 @@ Bytecode Transformation and Graph Compilation", ASPLOS 2024.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import math
 import time
@@ -63,7 +64,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, term_field
 from .core import RUNNING
-from .device import LoopState, Tables, attempt, initial_state, make_tables
+from .device import LoopState, Tables, attempt, make_tables
 from .host import Integration, first_step
 
 _STATUS = LoopState._fields.index("status")
@@ -147,34 +148,74 @@ def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0,
     return LoopState(y=y, f0=f0, outs=outs, **fields)
 
 
-def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, restart: bool) -> Callable:
-    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm) -> state``: attempts
-    until the status is not RUNNING, from the :func:`pack`-ed state; with ``restart`` the derivative
-    ``f0`` is first evaluated in the graph at the state's (t, y) (the one given is not read)."""
+def _restoring_field(pure: PureField, owner) -> Callable:
+    """``field(t, y)``: the traceable field of ``owner`` with its plain number attributes put back after
+    each evaluation (the compiler refuses a side effect that outlives the loop body; a module counting
+    its own calls is the common one, so its counters are restored, traced and free)."""
+    modules = _scalar_attributes(owner)
 
-    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm):
-        state = unpack(floats, ints, flags, y, f0, outs)
-        modules = _scalar_attributes(owner)
+    def field(t, y):
+        saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
+        out = pure.field(owner, t, y)
+        for m, k, v in saved:
+            setattr(m, k, v)
+        return out
 
-        def field(t, y):
-            # the compiler refuses a side effect that outlives the loop body; a module counting its
-            # own calls is the common one, so its number attributes are put back (traced, free)
-            saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
-            out = pure.field(owner, t, y)
-            for m, k, v in saved:
-                setattr(m, k, v)
-            return out
+    return field
 
-        if restart:
-            state = state._replace(f0=field(state.t, state.y))
 
-        def cond_fn(*s):
-            return s[_STATUS] == RUNNING
+def summary(s: LoopState) -> torch.Tensor:
+    """What the host reads after a graph call, as one float64 vector: status, t, dt, attempts,
+    accepted, rejected (built in the graph, so the host makes one small read)."""
+    return torch.stack([s.status.double(), s.t, s.dt, s.n_att.double(), s.n_acc.double(), s.n_rej.double()])
 
-        def body_fn(*s):
-            return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s)))
 
-        return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+def _loop(field: Callable, solver: ExplicitRungeKutta, c: core.StepControl, tables: Tables, rtol, atol, norm, state):
+    def cond_fn(*s):
+        return s[_STATUS] == RUNNING
+
+    def body_fn(*s):
+        return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s)))
+
+    return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+
+
+def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
+    """``solve(owner, floats, ints, flags, y, outs, tables, rtol, atol, norm) -> (state, summary)``:
+    attempts until the status is not RUNNING, from the :func:`pack`-ed state, whose derivative ``f0``
+    the graph evaluates first at the state's (t, y) (the solve restarts there after an impulse,
+    :mod:`.whole_impulses`)."""
+
+    def solve(owner, floats, ints, flags, y, outs, tables, rtol, atol, norm):
+        state = unpack(floats, ints, flags, y, y, outs)
+        field = _restoring_field(pure, owner)
+        state = state._replace(f0=field(state.t, state.y))
+        out = _loop(field, solver, c, tables, rtol, atol, norm, state)
+        return out, summary(out)
+
+    return solve
+
+
+def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, heuristic: bool) -> Callable:
+    """``solve(owner, y0, dt0, tables, rtol, atol, norm) -> (ys, summary)``: the whole forward solve,
+    its start included: the derivative at (ts[0], y0), the first step (Hairer's heuristic when
+    ``heuristic``, else ``dt0``, a (1,) float64 tensor), the initial loop state, the loop, and the
+    outputs at all of ``tables.ts`` (y0 first) with the :func:`summary` of the final state."""
+    order = int(solver.error_order or 0)
+
+    def solve(owner, y0, dt0, tables, rtol, atol, norm):
+        field = _restoring_field(pure, owner)
+        t0 = tables.ts[0].clone()
+        f0 = field(t0, y0)
+        if heuristic:
+            # host.first_step's clamp, min(max(dt, min_step), max_step)
+            h = initial_step_tensor(field, t0, y0, f0, order, rtol, atol, norm)
+            dt = torch.clamp(h, min=c.min_step, max=c.max_step)
+        else:
+            dt = dt0[0].clone()
+        state = _initial_loop_state(t0, dt, y0, f0, tables.ts.shape[0])
+        out = _loop(field, solver, c, tables, rtol, atol, norm, state)
+        return torch.cat([y0.unsqueeze(0), out.outs]), summary(out)
 
     return solve
 
@@ -212,8 +253,12 @@ class WholeSolve:
         norm: the error norm (traced into the graph; an argument of each call, so another instance
             of one norm class, such as the adjoint's per-solve group norm, reuses the graph).
         cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
-        restart: the graph evaluates the derivative at its initial state itself (the solve restarts
-            there after an impulse, :mod:`.whole_impulses`), instead of taking it as an input.
+        start: "forward": the graph is the whole forward solve from (ts[0], y0), the derivative there
+            and the first step included (:func:`_forward_function`; ``heuristic``: Hairer's initial
+            step, else the given one); "restart": the graph continues a :func:`pack`-ed state whose
+            derivative it evaluates first (the solve restarts there after an impulse,
+            :mod:`.whole_impulses`).
+        heuristic: see ``start``.
     """
 
     def __init__(
@@ -223,7 +268,8 @@ class WholeSolve:
         c: core.StepControl,
         norm,
         cuda_graphs: bool,
-        restart: bool = False,
+        start: str = "restart",
+        heuristic: bool = True,
     ):
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs
@@ -232,7 +278,8 @@ class WholeSolve:
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
         self.norm = norm
-        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode) + (("restart",) if restart else ())
+        variant = (start, heuristic) if start == "forward" else (start,)
+        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode) + variant
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
@@ -240,7 +287,10 @@ class WholeSolve:
         if self.key not in self._graphs:
             # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
             # the failure immediate and the fallback clean
-            fn = _solve_function(pure, solver, c, restart)
+            if start == "forward":
+                fn = _forward_function(pure, solver, c, heuristic)
+            else:
+                fn = _solve_function(pure, solver, c)
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
@@ -255,8 +305,45 @@ class WholeSolve:
         """The compiler rejected this field before (it is not tried again)."""
         return self._graphs.get(self.key) is None
 
-    def __call__(self, state: LoopState, tables: Tables, rtol, atol, counters=()) -> LoopState | None:
-        """The final state of the solve from ``state``, or None when the compiler rejects the field.
+    @property
+    def counters(self) -> list | None:
+        """The number attributes the field advances on each call, found once per graph (None: not yet,
+        see :meth:`probe`)."""
+        return self._graphs.get((self.key, "counters"))
+
+    @counters.setter
+    def counters(self, value: list) -> None:
+        self._graphs[(self.key, "counters")] = value
+
+    def probe(self, term, t0: float, y0: torch.Tensor) -> list:
+        """Find the field's call counters with one eager evaluation at (t0, y0), once per graph.
+
+        The evaluation goes through ``term`` (which checks the result's shape, dtype and device, so a
+        wrong field fails with the eager solver's message rather than a compiler error); it is no part
+        of the solve: ``term.nfe`` and the field's number attributes are put back afterwards.
+
+        Returns:
+            The counters (``(module index, name)`` pairs, see :func:`frozen_counters`), now cached.
+        """
+        modules = _scalar_attributes(self.owner)
+        before = _numbers(modules)
+        nfe = term.nfe
+        try:
+            with torch.no_grad():
+                term(t0, y0)
+        finally:
+            term.nfe = nfe
+            after = _numbers(modules)
+            for (i, k), v in before.items():
+                if after.get((i, k)) != v:
+                    setattr(modules[i], k, v)
+        counters = [k for k, v in after.items() if before.get(k) != v]
+        self.counters = counters
+        return counters
+
+    def __call__(self, *args, counters=()) -> tuple | None:
+        """The graph's outputs on ``args`` (after the owner, before the norm), or None when the
+        compiler rejects the field.
 
         ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`).
         """
@@ -265,10 +352,12 @@ class WholeSolve:
             return None
         first = self._graphs.pop((self.key, "first"), False)
         start = time.perf_counter()
-        modules = _scalar_attributes(self.owner)
         try:
-            with frozen_counters(modules, counters):
-                out = self._call(graph, state, tables, rtol, atol)
+            if counters:
+                with frozen_counters(_scalar_attributes(self.owner), counters):
+                    out = self._call(graph, args)
+            else:
+                out = self._call(graph, args)
         except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
             warnings.warn(
                 f"compile=True: this solve cannot be compiled as one graph ({type(e).__name__}: "
@@ -282,13 +371,13 @@ class WholeSolve:
             COMPILE_SECONDS[self.key] = time.perf_counter() - start
         return out
 
-    def _call(self, graph, state, tables, rtol, atol) -> LoopState:
+    def _call(self, graph, args) -> tuple:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-            out = graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
+            out = graph(self.owner, *args, self.norm)
             # the graph's outputs live in its memory pool until the next replay: copy them out
-            return LoopState(*(x.clone() for x in out))
-        return graph(self.owner, *pack(state), tables, rtol, atol, self.norm)
+            return torch.utils._pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out)
+        return graph(self.owner, *args, self.norm)
 
 
 def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
@@ -339,27 +428,56 @@ def integrate_whole(
         # took minutes: direct backprop keeps the per-step graphs, whose gradients are tested
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
-    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=y0.device.type == "cuda")
+    heuristic = controller.first_step is None
+    graph = WholeSolve(
+        pure, solver, c, norm, cuda_graphs=y0.device.type == "cuda", start="forward", heuristic=heuristic
+    )
     if graph.failed:
         return None
-    nfe_before = term.nfe
-    f0, counters, dt0 = start(term, solver, controller, pure, ts[0], y0, rtol=rtol, atol=atol, norm=norm)
-    stats = Stats()
-    if len(ts) == 1:
-        stats.nfe = term.nfe
-        return Integration([y0], stats, Status.SUCCESS, ts[0])
-    tables = make_tables(solver, ts, y0)
-    state = initial_state(y0, f0, ts[0], dt0, len(ts))
-    out = graph(state, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters)
+    if len(ts) == 1:  # (the dispatcher answers such a solve itself)
+        return Integration([y0], Stats(nfe=term.nfe), Status.SUCCESS, ts[0])
+    counters = graph.counters
+    if counters is None:
+        counters = graph.probe(term, ts[0], y0)
+    dt0 = None if heuristic else first_step_tensor(controller, y0.device)
+    tables = cached_tables(solver, ts, y0)
+    out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters=counters)
     if out is None:
-        term.nfe = nfe_before
         return None
-    status, t, dt, n_att, n_acc, n_rej = read_out(out)  # the one host read of the solve
-    term.nfe += evaluations_per_attempt(solver) * n_att
-    stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, n_acc, n_rej
+    ys, info = out
+    status, t, dt, n_att, n_acc, n_rej = read_out(info)  # the one host read of the solve
+    # the graph's evaluations: f0, the initial step's trial (when it is Hairer's), the attempts
+    term.nfe += 1 + heuristic + evaluations_per_attempt(solver) * n_att
+    stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
         raise solve_error(status, t, dt, controller, term.reverse)
-    return Integration([y0] + list(out.outs.unbind(0)), stats, status, t)
+    return Integration(list(ys.unbind(0)), stats, status, t)
+
+
+def first_step_tensor(controller: PIDController, device: torch.device) -> torch.Tensor:
+    """The controller's given first step within [min_step, max_step] (as :func:`~hybrid_node.loop.host.first_step`
+    clamps it), as a (1,) float64 tensor on ``device``."""
+    assert controller.first_step is not None  # the heuristic's graph takes no step
+    dt = min(max(float(controller.first_step), controller.min_step), controller.max_step)
+    return torch.tensor([dt], dtype=torch.float64, device=device)
+
+
+#: (output times, dense-output coefficients, device) -> Tables: the tables of a forward solve, built
+#: once for repeated solves over the same times (a few entries: one per distinct grid in use)
+_TABLES: dict = {}
+_TABLES_MAX = 32
+
+
+def cached_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.Tensor) -> Tables:
+    """:func:`~hybrid_node.loop.device.make_tables`, cached: the graph only reads them, so solves over
+    the same output times on one device share one set of tensors instead of building five per solve."""
+    key = (array.array("d", ts).tobytes(), solver.tableau.dense, like.device)  # bytes: -0.0 is not 0.0
+    tables = _TABLES.get(key)
+    if tables is None:
+        if len(_TABLES) >= _TABLES_MAX:
+            _TABLES.pop(next(iter(_TABLES)))  # the oldest
+        tables = _TABLES[key] = make_tables(solver, ts, like)
+    return tables
 
 
 def start(
@@ -374,7 +492,8 @@ def start(
     atol,
     norm,
 ) -> tuple[torch.Tensor, list, float]:
-    """The host's work before the first graph call: the derivative at (t0, y0) and the first step.
+    """The host's work before the first call of a restarting graph (:mod:`.whole_impulses`): the
+    derivative at (t0, y0) and the first step.
 
     Args:
         term: the wrapped field (counts the evaluations).
@@ -394,18 +513,16 @@ def start(
     return f0, counters, first_step(term, solver, controller, t0, y0, f0, rtol, atol, norm)
 
 
-def read_out(out: LoopState) -> tuple[Status, float, float, int, int, int]:
+def read_out(info: torch.Tensor) -> tuple[Status, float, float, int, int, int]:
     """The scalar results of a graph call, read to the host at once.
 
     Args:
-        out: the state the graph returned.
+        info: the :func:`summary` the graph returned.
 
     Returns:
         (status, t, dt, attempts, accepted steps, rejected steps).
     """
-    code, t, dt, n_att, n_acc, n_rej = torch.stack(
-        [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
-    ).tolist()
+    code, t, dt, n_att, n_acc, n_rej = info.tolist()
     return core.STATUS[int(code)], t, dt, int(n_att), int(n_acc), int(n_rej)
 
 
@@ -502,15 +619,27 @@ def odeint_graph(
         None if dense is None else torch.tensor(dense, dtype=torch.float64, device=dev),
         None if dense is None else torch.arange(1, len(dense[0]) + 1, dtype=torch.float64, device=dev),
     )
+    state = _initial_loop_state(ts[0].clone(), dt0, y0, f0, ts.shape[0])
+
+    out = _loop(field, solver, c, tables, rtol, atol, rms_norm, state)
+    return torch.cat([y0.unsqueeze(0), out.outs])
+
+
+def _initial_loop_state(
+    t0: torch.Tensor, dt0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, n_out: int
+) -> LoopState:
+    """The loop state at the start of a traced solve with ``n_out`` output times (built in the graph,
+    each member a tensor of its own: the loop's carried values may not alias each other)."""
+    dev = y0.device
     zero = torch.zeros((), dtype=torch.int64, device=dev)
-    state = LoopState(
-        ts[0].clone(),
+    return LoopState(
+        t0,
         dt0,
         torch.ones((), dtype=torch.float64, device=dev),
         torch.ones((), dtype=torch.float64, device=dev),
         y0,
         f0,
-        torch.full((ts.shape[0] - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev),
+        torch.full((n_out - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev),
         zero + 1,
         zero.clone(),
         zero.clone(),
@@ -519,12 +648,3 @@ def odeint_graph(
         torch.zeros((), dtype=torch.bool, device=dev),
         torch.zeros((), dtype=torch.bool, device=dev),
     )
-
-    def cond_fn(*s):
-        return s[_STATUS] == RUNNING
-
-    def body_fn(*s):
-        return tuple(attempt(field, solver, c, tables, rtol, atol, rms_norm, LoopState(*s)))
-
-    out = LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
-    return torch.cat([y0.unsqueeze(0), out.outs])

@@ -22,7 +22,6 @@ The intervals have equal shapes (one output each), so every call after the first
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,7 +34,7 @@ from . import core
 from .core import RUNNING
 from .device import LoopState, initial_state, make_tables
 from .host import Integration
-from .whole import WholeSolve, evaluations_per_attempt, read_out, solve_error, start, tolerance_tensor
+from .whole import WholeSolve, evaluations_per_attempt, pack, read_out, solve_error, start, tolerance_tensor
 
 
 def applies(solver, controller, jump_t: Sequence[float], stops: Sequence[float]) -> bool:
@@ -99,41 +98,41 @@ def integrate_whole_impulses(
     if pure is None or len(rs) < 2 or torch.is_grad_enabled():
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
-    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", restart=True)
+    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", start="restart")
     if graph.failed:
         return None
     nfe_before = term.nfe
     f0, counters, dt0 = start(term, solver, controller, pure, rs[0], x0, rtol=rtol, atol=atol, norm=norm)
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0)
-    state = initial_state(x0, f0, rs[0], dt0, 2)
+    floats, ints, flags, _, _, outs = pack(initial_state(x0, f0, rs[0], dt0, 2))
     xs = [x0]
     per_attempt = evaluations_per_attempt(solver)
     n_att = 0
+    x = x0
     for j in range(len(rs) - 1):
-        out = graph(state, make_tables(solver, rs[j : j + 2], x0), rtol_t, atol_t, counters)
+        out = graph(
+            floats, ints, flags, x, outs, make_tables(solver, rs[j : j + 2], x0), rtol_t, atol_t, counters=counters
+        )
         if out is None:  # the compiler rejected the field (first call): the host loop runs instead
             term.nfe = nfe_before
             return None
-        status, t, dt, n_att_now, n_acc, n_rej = read_out(out)  # the one host read of the interval
+        state, info = out
+        status, t, dt, n_att_now, n_acc, n_rej = read_out(info)  # the one host read of the interval
         term.nfe += per_attempt * (n_att_now - n_att) + 1  # + the derivative at the interval's start
         n_att = n_att_now
         if status is not Status.SUCCESS:
             raise solve_error(status, t, dt, controller, term.reverse)
-        x = out.outs[0]
+        x = state.outs[0]
         if j + 1 < len(rs) - 1:
             x = at_output(j + 1, x)  # the impulse; the solver restarts from the new state
-            state = _restart(state, out, x)
+            floats, ints, flags, _, _, _ = pack(_restart(state))
         xs.append(x)
     stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     return Integration(xs, stats, Status.SUCCESS, rs[-1])
 
 
-def _restart(state: LoopState, out: LoopState, x: torch.Tensor) -> LoopState:
+def _restart(out: LoopState) -> LoopState:
     """The state for the next interval: the time, step, controller memory and counters carried on,
-    the state replaced (the graph evaluates its derivative), a fresh output row."""
-    return out._replace(
-        y=x,
-        outs=torch.full_like(state.outs, math.nan),
-        i_out=torch.ones_like(out.i_out),
-        status=torch.full_like(out.status, RUNNING),
-    )
+    the next output index and the status reset (the state itself is replaced by the caller, and the
+    graph evaluates its derivative; the output row is overwritten)."""
+    return out._replace(i_out=torch.ones_like(out.i_out), status=torch.full_like(out.status, RUNNING))
