@@ -434,8 +434,20 @@ def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
     """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
     so every new value would compile a new graph); a scalar one as shape (1,), which broadcasts as
     the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`)."""
+    if isinstance(tol, float):  # the usual case: one cached (1,) tensor per value, dtype and device
+        key = (tol, like.dtype, like.device)
+        out = _TOLERANCES.get(key)
+        if out is None:
+            if len(_TOLERANCES) >= _TABLES_MAX:
+                _TOLERANCES.pop(next(iter(_TOLERANCES)))
+            out = _TOLERANCES[key] = torch.full((1,), tol, dtype=like.dtype, device=like.device)
+        return out
     tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
     return tol.reshape(1) if tol.dim() == 0 else tol
+
+
+#: (tolerance, dtype, device) -> the (1,) tensor :func:`tolerance_tensor` gives a float tolerance
+_TOLERANCES: dict = {}
 
 
 def integrate_whole(
