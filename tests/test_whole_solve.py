@@ -369,3 +369,17 @@ def test_changed_weights_and_settings_are_seen_and_nfe_counts_the_graphs_evaluat
         comp = check(rtol=1e-7, atol=1e-9, first_step=0.5, max_step=0.2)
         attempts = comp.stats.n_accepted + comp.stats.n_rejected
         assert comp.stats.nfe == 1 + 6 * attempts
+
+
+def test_integration_stack_reuses_the_loops_stacked_outputs_only_while_ys_holds_its_rows():
+    from hybrid_node._solution import Stats
+    from hybrid_node.loop.host import Integration
+
+    ys = torch.arange(6.0).reshape(3, 2)
+    rows = ys.unbind(0)
+    out = Integration(list(rows), Stats(), hn.Status.SUCCESS, 1.0, stacked=(ys, rows))
+    assert out.stack() is ys
+    out.ys[0] = torch.zeros(2)  # a caller replaced an output (as direct backprop does with y0)
+    stacked = out.stack()
+    assert stacked is not ys and stacked[0].tolist() == [0.0, 0.0] and stacked[1:].equal(ys[1:])
+    assert Integration(list(rows), Stats(), hn.Status.SUCCESS, 1.0).stack().equal(ys)

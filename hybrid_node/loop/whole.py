@@ -513,7 +513,8 @@ def integrate_whole(
     stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
         raise solve_error(status, t, dt, controller, term.reverse)
-    return Integration(list(ys.unbind(0)), stats, status, t)
+    rows = ys.unbind(0)
+    return Integration(list(rows), stats, status, t, stacked=(ys, rows))
 
 
 def first_step_tensor(controller: PIDController, device: torch.device) -> torch.Tensor:
