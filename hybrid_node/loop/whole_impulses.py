@@ -133,6 +133,6 @@ def integrate_whole_impulses(
 
 def _restart(out: LoopState) -> LoopState:
     """The state for the next interval: the time, step, controller memory and counters carried on,
-    the next output index and the status reset (the state itself is replaced by the caller, and the
-    graph evaluates its derivative; the output row is overwritten)."""
+    the next output index and the status reset (the caller passes the new state, whose derivative the
+    graph evaluates, and the first interval's NaN output row again: the graph never writes its inputs)."""
     return out._replace(i_out=torch.ones_like(out.i_out), status=torch.full_like(out.status, RUNNING))
