@@ -197,7 +197,7 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             "the real system: torch.view_as_real(y0) as the state and a field that maps it with "
             "torch.view_as_complex / torch.view_as_real."
         )
-    host = [float(x) for x in plain(t).detach().cpu().double()]
+    host = plain(t).detach().cpu().double().tolist()  # one copy to the host, not one 0-d tensor per time
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0
     ts = [sgn * x for x in host]
@@ -206,7 +206,11 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
     if isinstance(controller, PIDController):
         rtol = _tolerance(controller.rtol, layout, flat)
         atol = _tolerance(controller.atol, layout, flat)
-        if bool(torch.any(torch.as_tensor(rtol) + torch.as_tensor(atol) == 0)):  # per element
+        if (
+            rtol + atol == 0  # two floats (the usual case): no tensors to build
+            if isinstance(rtol, float) and isinstance(atol, float)
+            else bool(torch.any(torch.as_tensor(rtol) + torch.as_tensor(atol) == 0))  # per element
+        ):
             raise ValueError(
                 "rtol and atol are both 0 for some state elements, which is not a valid tolerance: their error "
                 "is measured against atol + rtol * |y|, so no step could pass the error test. Give each element "

@@ -140,7 +140,7 @@ def test_dopri8_whole_graph_equals_eager_steps(field):
     assert float((comp.ys - eager.ys).abs().max()) <= 1e-12 * float(eager.ys.abs().max())
     assert (comp.stats.n_accepted, comp.stats.n_rejected) == (eager.stats.n_accepted, eager.stats.n_rejected)
     assert comp.status == eager.status
-    # the graph evaluates 12 stages and the 3 dense-output stages on every attempt, plus the 2 host
+    # the graph evaluates 12 stages and the 3 dense-output stages on every attempt, plus the 2
     # evaluations of the initial step; the eager solver evaluates the dense stages only where needed
     attempts = comp.stats.n_accepted + comp.stats.n_rejected
     assert comp.stats.nfe == 2 + 15 * attempts >= eager.stats.nfe
@@ -219,7 +219,7 @@ def test_new_tolerances_and_solves_reuse_the_graph(field):
             torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-10, atol=1e-12)
             assert comp.stats.nfe == eager.stats.nfe
     assert counters["stats"]["unique_graphs"] == graphs
-    assert field.nfe > nfe  # the counter still advances outside the graph (initial step, eager solves)
+    assert field.nfe > nfe  # the counter still advances outside the graph (eager solves)
 
 
 @pytest.mark.slow
@@ -281,3 +281,105 @@ def test_export_of_an_ode_block_with_dopri5_gives_the_same_outputs(one_thread):
         assert "while_loop" in program.graph_module.code  # the adaptive loop itself is in the program
         for inputs in (x, torch.randn(8, 3)):
             torch.testing.assert_close(program.module()(inputs), model(inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_library_guards_leave_out_only_the_librarys_own_objects():
+    """The guard filter of the whole-solve graph drops guards on the graph function's closure and on
+    this library's and torch's modules, and keeps those on the field, the inputs and user modules."""
+
+    def solve(owner, y0):  # a function with a closure, as the graph's
+        return solver, owner, y0
+
+    solver = object()
+    keep = whole.library_guards(solve)
+    names = [
+        "G['torch']",  # this module's own global (whole.py's globals hold torch)
+        "G['__import_hybrid_node_dot_loop_dot_core'].RUNNING",
+        "G['__import_torch_dot_nn_dot_modules_dot_linear'].F",
+        "G['__builtins_dict___2']['len']",
+        "solver.tableau",  # the closure
+        "L['owner']._modules['net']",  # the field
+        "type(L['owner'].__dict__['_forward_hooks'])",
+        "L['y0']",
+        "G['__import_my_model'].SCALE",  # a user module's global
+        "G['__import_torchvision_dot_ops'].nms",  # not torch itself
+        "G['__import_hybrid_node_extras'].X",
+    ]
+    entries = [type("Entry", (), {"name": n})() for n in names]
+    assert keep(entries) == [False] * 5 + [True] * 6
+
+
+def test_forward_tables_are_cached_per_output_times():
+    solver, like = hn.Dopri5(), torch.zeros(3)
+    a = whole.cached_tables(solver, [0.0, 0.5, 1.0], like)
+    assert whole.cached_tables(solver, [0.0, 0.5, 1.0], like) is a
+    b = whole.cached_tables(solver, [-0.0, 0.5, 1.0], like)  # -0.0 is another time (a reverse solve's)
+    assert b is not a and torch.signbit(b.ts[0]) and not torch.signbit(a.ts[0])
+    torch.testing.assert_close(a.ts, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+
+
+class ScaledMLP(CountingMLP):
+    """A counting field with a number attribute that is a setting (not a counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = 1.0
+
+    def forward(self, t, y):
+        return super().forward(t, y) * self.scale
+
+
+@pytest.mark.slow
+def test_changed_weights_and_settings_are_seen_and_nfe_counts_the_graphs_evaluations(float64_default, one_thread):
+    """The forward graph evaluates f0 and the initial step itself: its steps, outputs and nfe are the
+    eager solver's; weights changed in place after a solve (an optimiser step) and a changed number
+    attribute of the field are seen by the next solve; the field's own counter is not advanced by
+    the compiled solves (the probe that finds it is no part of a solve)."""
+    torch.manual_seed(0)
+    field = ScaledMLP()
+    y0, t = torch.randn(16, 2), torch.linspace(0.0, 3.0, 7)
+
+    def check(**ctrl):
+        with torch.no_grad():
+            eager = _eager(field, y0, t, **ctrl)
+            before = field.nfe
+            comp = _compiled(field, y0, t, **ctrl)
+            assert field.nfe == before
+        assert float((comp.ys - eager.ys).abs().max()) <= 1e-12 * float(eager.ys.abs().max())
+        assert (comp.stats.nfe, comp.stats.n_accepted, comp.stats.n_rejected) == (
+            eager.stats.nfe,
+            eager.stats.n_accepted,
+            eager.stats.n_rejected,
+        )
+        return comp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
+        comp = check(rtol=1e-7, atol=1e-9)
+        attempts = comp.stats.n_accepted + comp.stats.n_rejected
+        assert comp.stats.nfe == 2 + 6 * attempts  # f0, the initial step's trial, 6 stages per attempt
+        opt = torch.optim.SGD(field.parameters(), lr=0.5)
+        field(torch.tensor(0.0), y0).square().sum().backward()
+        opt.step()  # in place
+        changed = check(rtol=1e-7, atol=1e-9)
+        assert float((changed.ys - comp.ys).abs().max()) > 1e-3
+        field.scale = 0.5  # a number attribute: guarded, so the graph is compiled again for it
+        check(rtol=1e-7, atol=1e-9)
+        # a given first step (no trial evaluation), clamped to max_step as the host loop clamps it
+        comp = check(rtol=1e-7, atol=1e-9, first_step=0.5, max_step=0.2)
+        attempts = comp.stats.n_accepted + comp.stats.n_rejected
+        assert comp.stats.nfe == 1 + 6 * attempts
+
+
+def test_integration_stack_reuses_the_loops_stacked_outputs_only_while_ys_holds_its_rows():
+    from hybrid_node._solution import Stats
+    from hybrid_node.loop.host import Integration
+
+    ys = torch.arange(6.0).reshape(3, 2)
+    rows = ys.unbind(0)
+    out = Integration(list(rows), Stats(), hn.Status.SUCCESS, 1.0, stacked=(ys, rows))
+    assert out.stack() is ys
+    out.ys[0] = torch.zeros(2)  # a caller replaced an output (as direct backprop does with y0)
+    stacked = out.stack()
+    assert stacked is not ys and stacked[0].tolist() == [0.0, 0.0] and stacked[1:].equal(ys[1:])
+    assert Integration(list(rows), Stats(), hn.Status.SUCCESS, 1.0).stack().equal(ys)

@@ -228,7 +228,7 @@ def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | N
     Raises:
         SolverError: a non-finite output of a solve that reported success, with ``throw``.
     """
-    ys = torch.stack(integration.ys) if ys is None else ys
+    ys = integration.stack() if ys is None else ys
     status = integration.status
     if status in (Status.SUCCESS, Status.EVENT) and not all_finite(ys):
         # fixed-grid loops have no step decision to catch it: the first non-finite output reports it

@@ -93,6 +93,17 @@ class Integration:
     t_reached: float
     segments: list[DenseSegment] | None = None
     event_t: float | None = None
+    #: (all, rows): a loop that produced its outputs as one tensor ``all`` (the whole-solve graph) and
+    #: set ``ys`` to its rows; :meth:`stack` returns ``all`` while ``ys`` still holds exactly those rows
+    stacked: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
+
+    def stack(self) -> torch.Tensor:
+        """``torch.stack(self.ys)``, without the copy where the loop gave its outputs stacked."""
+        if self.stacked is not None:
+            whole, rows = self.stacked
+            if len(rows) == len(self.ys) and all(a is b for a, b in zip(self.ys, rows)):
+                return whole
+        return torch.stack(self.ys)
 
 
 def _fail(status: Status, t: float, throw: bool, term: Term | AugmentedTerm, detail: str = ""):

@@ -20,14 +20,18 @@ What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and do
   that needs an autograd graph runs with per-step graphs instead (see :func:`integrate_whole`);
 - ``torch.export`` of a module containing the loop works (:func:`export_solve` is the entry point);
 - ``torch.func.vmap`` and ``jacrev`` over ``while_loop`` raise inside torch (no batching rule for the
-  operator); solves inside those transforms run :mod:`.transformed` instead;
+  operator), see :func:`hybrid_node.loop.whole` tests; those transforms are documented limitations;
 - side effects of the field inside the loop are not allowed by the compiler; an ``nn.Module`` field
   that counts its own calls (``self.nfe += 1``) is handled by restoring its plain number attributes
   after every evaluation inside the graph, so such a counter does not advance during the loop (the
-  solution's ``stats.nfe`` does count every evaluation).
+  solution's ``stats.nfe`` does count every evaluation). Which attributes are such counters is found
+  once per graph, by one eager evaluation (:meth:`WholeSolve.probe`); a forward solve then runs no
+  Python between its arguments and its one host read: f0, the initial step, the loop and the
+  outputs are all in the graph.
 
-Decisions equal the eager solver's (same initial step, computed on the host before the graph, the
-same stretch rule, controller, floor and failures); the compiled kernels may round differently, so a
+Decisions equal the eager solver's (the same initial step, Hairer's heuristic evaluated inside the
+graph with :func:`initial_step_tensor`, the same stretch rule, controller, floor and failures); the
+compiled kernels may round differently, so a
 step whose error ratio lies within rounding of 1 may be decided the other way. Tolerances enter the
 graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph.
 
@@ -44,8 +48,10 @@ Bytecode Transformation and Graph Compilation", ASPLOS 2024.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import math
+import re
 import time
 import types
 import warnings
@@ -63,7 +69,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, inductor_options, term_field
 from .core import RUNNING
-from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables
+from .device import Impulses, LoopState, Tables, attempt, make_tables
 from .host import Integration, first_step
 
 _STATUS = LoopState._fields.index("status")
@@ -147,34 +153,84 @@ def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0,
     return LoopState(y=y, f0=f0, outs=outs, **fields)
 
 
-def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, restart: bool) -> Callable:
-    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm) -> state``: attempts
-    until the status is not RUNNING, from the :func:`pack`-ed state; with ``restart`` the derivative
-    ``f0`` is first evaluated in the graph at the state's (t, y) (the one given is not read)."""
+def _restoring_field(pure: PureField, owner) -> Callable:
+    """``field(t, y)``: the traceable field of ``owner`` with its plain number attributes put back after
+    each evaluation (the compiler refuses a side effect that outlives the loop body; a module counting
+    its own calls is the common one, so its counters are restored, traced and free)."""
+    modules = _scalar_attributes(owner)
 
-    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses=None):
-        state = unpack(floats, ints, flags, y, f0, outs)
-        modules = _scalar_attributes(owner)
+    def field(t, y):
+        saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
+        out = pure.field(owner, t, y)
+        for m, k, v in saved:
+            setattr(m, k, v)
+        return out
 
-        def field(t, y):
-            # the compiler refuses a side effect that outlives the loop body; a module counting its
-            # own calls is the common one, so its number attributes are put back (traced, free)
-            saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
-            out = pure.field(owner, t, y)
-            for m, k, v in saved:
-                setattr(m, k, v)
-            return out
+    return field
 
-        if restart:
-            state = state._replace(f0=field(state.t, state.y))
 
-        def cond_fn(*s):
-            return s[_STATUS] == RUNNING
+def summary(s: LoopState) -> torch.Tensor:
+    """What the host reads after a graph call, as one float64 vector: status, t, dt, attempts,
+    accepted, rejected (built in the graph, so the host makes one small read)."""
+    return torch.stack([s.status.double(), s.t, s.dt, s.n_att.double(), s.n_acc.double(), s.n_rej.double()])
 
-        def body_fn(*s):
-            return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s), impulses))
 
-        return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+def _loop(
+    field: Callable,
+    solver: ExplicitRungeKutta,
+    c: core.StepControl,
+    tables: Tables,
+    rtol,
+    atol,
+    norm,
+    state: LoopState,
+    impulses: Impulses | None = None,
+) -> LoopState:
+    def cond_fn(*s):
+        return s[_STATUS] == RUNNING
+
+    def body_fn(*s):
+        return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s), impulses))
+
+    return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+
+
+def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
+    """``solve(owner, floats, ints, flags, y, outs, tables, rtol, atol, norm, impulses) -> (state, summary)``:
+    attempts until the status is not RUNNING, from the :func:`pack`-ed state, whose derivative ``f0``
+    the graph evaluates first at the state's (t, y), with the jumps ``impulses`` at the inner output
+    times (:mod:`.whole_impulses`)."""
+
+    def solve(owner, floats, ints, flags, y, outs, tables, rtol, atol, norm, impulses):
+        state = unpack(floats, ints, flags, y, y, outs)
+        field = _restoring_field(pure, owner)
+        state = state._replace(f0=field(state.t, state.y))
+        out = _loop(field, solver, c, tables, rtol, atol, norm, state, impulses)
+        return out, summary(out)
+
+    return solve
+
+
+def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, heuristic: bool) -> Callable:
+    """``solve(owner, y0, dt0, tables, rtol, atol, norm) -> (ys, summary)``: the whole forward solve,
+    its start included: the derivative at (ts[0], y0), the first step (Hairer's heuristic when
+    ``heuristic``, else ``dt0``, a (1,) float64 tensor), the initial loop state, the loop, and the
+    outputs at all of ``tables.ts`` (y0 first) with the :func:`summary` of the final state."""
+    order = int(solver.error_order or 0)
+
+    def solve(owner, y0, dt0, tables, rtol, atol, norm):
+        field = _restoring_field(pure, owner)
+        t0 = tables.ts[0].clone()
+        f0 = field(t0, y0)
+        if heuristic:
+            # host.first_step's clamp, min(max(dt, min_step), max_step)
+            h = initial_step_tensor(field, t0, y0, f0, order, rtol, atol, norm)
+            dt = torch.clamp(h, min=c.min_step, max=c.max_step)
+        else:
+            dt = dt0[0].clone()
+        state = _initial_loop_state(t0, dt, y0, f0, tables.ts.shape[0])
+        out = _loop(field, solver, c, tables, rtol, atol, norm, state)
+        return torch.cat([y0.unsqueeze(0), out.outs]), summary(out)
 
     return solve
 
@@ -202,6 +258,46 @@ def frozen_counters(modules: Sequence[torch.nn.Module], counters: Sequence[tuple
             setattr(m, k, v)
 
 
+#: the global names through which Dynamo reaches this library's and torch's own modules (the compiled
+#: function's globals are this module's; functions it inlines from other modules are reached as
+#: ``G['__import_<dotted module name>']``, dots written ``_dot_``)
+_LIBRARY_ROOTS = ("__import_hybrid_node_dot_", "__import_torch_dot_", "__builtins_dict")
+_ROOT = re.compile(r"^G\['([^']+)'\]|^(\w+)")
+
+
+def library_guards(fn: Callable) -> Callable:
+    """A ``guard_filter_fn`` for ``torch.compile(fn)`` that leaves out the guards on this library's
+    own objects and keeps every other guard.
+
+    Dynamo guards every object the trace read. For the whole-solve graph about a third of them
+    (465 of 1388 for the benchmark's MLP) check objects that cannot change between calls: the
+    closure of the graph's function (the method, step-control constants and field description, frozen
+    objects that are part of the graph's cache key) and the modules of this library and of torch
+    reached from its code (``math``, ``torch.where``, ``LoopState``, ...). Evaluating them cost about
+    0.15 ms per call. Everything that the user can change stays guarded: the field (the owner
+    argument: its parameters and buffers as tensors, its attributes, submodules, hooks, ``training``),
+    the inputs' shapes and dtypes, the global state (grad mode) and the globals of the user's own
+    modules. A parameter changed in place needs no guard at all: parameters are inputs of the graph,
+    read on every call.
+    """
+    closure = set(fn.__code__.co_freevars)
+    own = set(fn.__globals__)
+
+    def ours(name: str) -> bool:
+        m = _ROOT.match(name)
+        if m is None:
+            return False
+        glob, local = m.groups()
+        if glob is not None:
+            return glob in own or glob in ("__import_hybrid_node", "__import_torch") or glob.startswith(_LIBRARY_ROOTS)
+        return local in closure
+
+    def guard_filter(entries) -> list[bool]:
+        return [not ours(e.name) for e in entries]
+
+    return guard_filter
+
+
 class WholeSolve:
     """The compiled whole-solve graph of one field, method and step control, cached on the field.
 
@@ -212,8 +308,12 @@ class WholeSolve:
         norm: the error norm (traced into the graph; an argument of each call, so another instance
             of one norm class, such as the adjoint's per-solve group norm, reuses the graph).
         cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
-        restart: the graph evaluates the derivative at its initial state itself (the solve restarts
-            there after an impulse, :mod:`.whole_impulses`), instead of taking it as an input.
+        start: "forward": the graph is the whole forward solve from (ts[0], y0), the derivative there
+            and the first step included (:func:`_forward_function`; ``heuristic``: Hairer's initial
+            step, else the given one); "restart": the graph continues a :func:`pack`-ed state whose
+            derivative it evaluates first (the solve restarts there after an impulse,
+            :mod:`.whole_impulses`).
+        heuristic: see ``start``.
     """
 
     def __init__(
@@ -223,7 +323,8 @@ class WholeSolve:
         c: core.StepControl,
         norm,
         cuda_graphs: bool,
-        restart: bool = False,
+        start: str = "restart",
+        heuristic: bool = True,
     ):
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs
@@ -232,7 +333,8 @@ class WholeSolve:
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
         self.norm = norm
-        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode) + (("restart",) if restart else ())
+        variant = (start, heuristic) if start == "forward" else (start,)
+        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode) + variant
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
@@ -240,16 +342,21 @@ class WholeSolve:
         if self.key not in self._graphs:
             # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
             # the failure immediate and the fallback clean
-            fn = _solve_function(pure, solver, c, restart)
+            if start == "forward":
+                fn = _forward_function(pure, solver, c, heuristic)
+            else:
+                fn = _solve_function(pure, solver, c)
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
             # dynamic=False: a value seen to change between compilations in one process must not become
             # a symbolic scalar inside the loop body, which Inductor 2.13 cannot lower (KeyError
             # 'unbacked_bindings' on aten._local_scalar_dense, seen running tsit5 after dopri5)
-            self._graphs[self.key] = torch.compile(
-                fn, fullgraph=True, dynamic=False, options=inductor_options(cuda_graphs)
-            )
+            # CPU: the guards on the library's own objects are left out (see library_guards)
+            options: dict = inductor_options(cuda_graphs)
+            if not cuda_graphs:
+                options["guard_filter_fn"] = library_guards(fn)
+            self._graphs[self.key] = torch.compile(fn, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
     @property
@@ -257,23 +364,60 @@ class WholeSolve:
         """The compiler rejected this field before (it is not tried again)."""
         return self._graphs.get(self.key) is None
 
-    def __call__(
-        self, state: LoopState, tables: Tables, rtol, atol, counters=(), impulses: Impulses | None = None
-    ) -> LoopState | None:
-        """The final state of the solve from ``state``, or None when the compiler rejects the field.
+    @property
+    def counters(self) -> list | None:
+        """The number attributes the field advances on each call, found once per graph (None: not yet,
+        see :meth:`probe`)."""
+        return self._graphs.get((self.key, "counters"))
+
+    @counters.setter
+    def counters(self, value: list) -> None:
+        self._graphs[(self.key, "counters")] = value
+
+    def probe(self, term, t0: float, y0: torch.Tensor) -> list:
+        """Find the field's call counters with one eager evaluation at (t0, y0), once per graph.
+
+        The evaluation goes through ``term`` (which checks the result's shape, dtype and device, so a
+        wrong field fails with the eager solver's message rather than a compiler error); it is no part
+        of the solve: ``term.nfe`` and the field's number attributes are put back afterwards.
+
+        Returns:
+            The counters (``(module index, name)`` pairs, see :func:`frozen_counters`), now cached.
+        """
+        modules = _scalar_attributes(self.owner)
+        before = _numbers(modules)
+        nfe = term.nfe
+        try:
+            with torch.no_grad():
+                term(t0, y0)
+        finally:
+            term.nfe = nfe
+            after = _numbers(modules)
+            for (i, k), v in before.items():
+                if after.get((i, k)) != v:
+                    setattr(modules[i], k, v)
+        counters = [k for k, v in after.items() if before.get(k) != v]
+        self.counters = counters
+        return counters
+
+    def __call__(self, *args, counters=(), impulses: Impulses | None = None) -> tuple | None:
+        """The graph's outputs on ``args`` (after the owner, before the norm), or None when the
+        compiler rejects the field.
 
         ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`);
-        ``impulses``: jumps at the inner output times (:class:`~hybrid_node.loop.device.Impulses`).
+        ``impulses``: the jumps of a restarting graph (:class:`~hybrid_node.loop.device.Impulses`).
         """
         graph = self._graphs.get(self.key)
         if graph is None:
             return None
         first = self._graphs.pop((self.key, "first"), False)
         start = time.perf_counter()
-        modules = _scalar_attributes(self.owner)
         try:
-            with frozen_counters(modules, counters):
-                out = self._call(graph, state, tables, rtol, atol, impulses)
+            if counters:
+                with frozen_counters(_scalar_attributes(self.owner), counters):
+                    out = self._call(graph, args, impulses)
+            else:
+                out = self._call(graph, args, impulses)
         except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
             warnings.warn(
                 f"compile=True: this solve cannot be compiled as one graph ({type(e).__name__}: "
@@ -287,21 +431,34 @@ class WholeSolve:
             COMPILE_SECONDS[self.key] = time.perf_counter() - start
         return out
 
-    def _call(self, graph, state, tables, rtol, atol, impulses) -> LoopState:
+    def _call(self, graph, args, impulses) -> tuple:
+        extra = () if impulses is None else (impulses,)  # the forward graph takes none
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-            out = graph(self.owner, *pack(state), tables, rtol, atol, self.norm, impulses)
+            out = graph(self.owner, *args, self.norm, *extra)
             # the graph's outputs live in its memory pool until the next replay: copy them out
-            return LoopState(*(x.clone() for x in out))
-        return graph(self.owner, *pack(state), tables, rtol, atol, self.norm, impulses)
+            return torch.utils._pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out)
+        return graph(self.owner, *args, self.norm, *extra)
 
 
 def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
     """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
     so every new value would compile a new graph); a scalar one as shape (1,), which broadcasts as
     the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`)."""
+    if isinstance(tol, float):  # the usual case: one cached (1,) tensor per value, dtype and device
+        key = (tol, like.dtype, like.device)
+        out = _TOLERANCES.get(key)
+        if out is None:
+            if len(_TOLERANCES) >= _TABLES_MAX:
+                _TOLERANCES.pop(next(iter(_TOLERANCES)))
+            out = _TOLERANCES[key] = torch.full((1,), tol, dtype=like.dtype, device=like.device)
+        return out
     tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
     return tol.reshape(1) if tol.dim() == 0 else tol
+
+
+#: (tolerance, dtype, device) -> the (1,) tensor :func:`tolerance_tensor` gives a float tolerance
+_TOLERANCES: dict = {}
 
 
 def integrate_whole(
@@ -344,27 +501,57 @@ def integrate_whole(
         # took minutes: direct backprop keeps the per-step graphs, whose gradients are tested
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
-    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=y0.device.type == "cuda")
+    heuristic = controller.first_step is None
+    graph = WholeSolve(
+        pure, solver, c, norm, cuda_graphs=y0.device.type == "cuda", start="forward", heuristic=heuristic
+    )
     if graph.failed:
         return None
-    nfe_before = term.nfe
-    f0, counters, dt0 = start(term, solver, controller, pure, ts[0], y0, rtol=rtol, atol=atol, norm=norm)
-    stats = Stats()
-    if len(ts) == 1:
-        stats.nfe = term.nfe
-        return Integration([y0], stats, Status.SUCCESS, ts[0])
-    tables = make_tables(solver, ts, y0)
-    state = initial_state(y0, f0, ts[0], dt0, len(ts))
-    out = graph(state, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters)
+    if len(ts) == 1:  # (the dispatcher answers such a solve itself)
+        return Integration([y0], Stats(nfe=term.nfe), Status.SUCCESS, ts[0])
+    counters = graph.counters
+    if counters is None:
+        counters = graph.probe(term, ts[0], y0)
+    dt0 = None if heuristic else first_step_tensor(controller, y0.device)
+    tables = cached_tables(solver, ts, y0)
+    out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters=counters)
     if out is None:
-        term.nfe = nfe_before
         return None
-    status, t, dt, n_att, n_acc, n_rej = read_out(out)  # the one host read of the solve
-    term.nfe += evaluations_per_attempt(solver) * n_att
-    stats.nfe, stats.n_accepted, stats.n_rejected = term.nfe, n_acc, n_rej
+    ys, info = out
+    status, t, dt, n_att, n_acc, n_rej = read_out(info)  # the one host read of the solve
+    # the graph's evaluations: f0, the initial step's trial (when it is Hairer's), the attempts
+    term.nfe += 1 + heuristic + evaluations_per_attempt(solver) * n_att
+    stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
         raise solve_error(status, t, dt, controller, term.reverse)
-    return Integration([y0] + list(out.outs.unbind(0)), stats, status, t)
+    rows = ys.unbind(0)
+    return Integration(list(rows), stats, status, t, stacked=(ys, rows))
+
+
+def first_step_tensor(controller: PIDController, device: torch.device) -> torch.Tensor:
+    """The controller's given first step within [min_step, max_step] (as :func:`~hybrid_node.loop.host.first_step`
+    clamps it), as a (1,) float64 tensor on ``device``."""
+    assert controller.first_step is not None  # the heuristic's graph takes no step
+    dt = min(max(float(controller.first_step), controller.min_step), controller.max_step)
+    return torch.tensor([dt], dtype=torch.float64, device=device)
+
+
+#: (output times, dense-output coefficients, device) -> Tables: the tables of a forward solve, built
+#: once for repeated solves over the same times (a few entries: one per distinct grid in use)
+_TABLES: dict = {}
+_TABLES_MAX = 32
+
+
+def cached_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.Tensor) -> Tables:
+    """:func:`~hybrid_node.loop.device.make_tables`, cached: the graph only reads them, so solves over
+    the same output times on one device share one set of tensors instead of building five per solve."""
+    key = (array.array("d", ts).tobytes(), solver.tableau.dense, like.device)  # bytes: -0.0 is not 0.0
+    tables = _TABLES.get(key)
+    if tables is None:
+        if len(_TABLES) >= _TABLES_MAX:
+            _TABLES.pop(next(iter(_TABLES)))  # the oldest
+        tables = _TABLES[key] = make_tables(solver, ts, like)
+    return tables
 
 
 def start(
@@ -379,7 +566,8 @@ def start(
     atol,
     norm,
 ) -> tuple[torch.Tensor, list, float]:
-    """The host's work before the first graph call: the derivative at (t0, y0) and the first step.
+    """The host's work before the first call of a restarting graph (:mod:`.whole_impulses`): the
+    derivative at (t0, y0) and the first step.
 
     Args:
         term: the wrapped field (counts the evaluations).
@@ -399,18 +587,16 @@ def start(
     return f0, counters, first_step(term, solver, controller, t0, y0, f0, rtol, atol, norm)
 
 
-def read_out(out: LoopState) -> tuple[Status, float, float, int, int, int]:
+def read_out(info: torch.Tensor) -> tuple[Status, float, float, int, int, int]:
     """The scalar results of a graph call, read to the host at once.
 
     Args:
-        out: the state the graph returned.
+        info: the :func:`summary` the graph returned.
 
     Returns:
         (status, t, dt, attempts, accepted steps, rejected steps).
     """
-    code, t, dt, n_att, n_acc, n_rej = torch.stack(
-        [out.status.double(), out.t, out.dt, out.n_att.double(), out.n_acc.double(), out.n_rej.double()]
-    ).tolist()
+    code, t, dt, n_att, n_acc, n_rej = info.tolist()
     return core.STATUS[int(code)], t, dt, int(n_att), int(n_acc), int(n_rej)
 
 
@@ -507,15 +693,27 @@ def odeint_graph(
         None if dense is None else torch.tensor(dense, dtype=torch.float64, device=dev),
         None if dense is None else torch.arange(1, len(dense[0]) + 1, dtype=torch.float64, device=dev),
     )
+    state = _initial_loop_state(ts[0].clone(), dt0, y0, f0, ts.shape[0])
+
+    out = _loop(field, solver, c, tables, rtol, atol, rms_norm, state)
+    return torch.cat([y0.unsqueeze(0), out.outs])
+
+
+def _initial_loop_state(
+    t0: torch.Tensor, dt0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, n_out: int
+) -> LoopState:
+    """The loop state at the start of a traced solve with ``n_out`` output times (built in the graph,
+    each member a tensor of its own: the loop's carried values may not alias each other)."""
+    dev = y0.device
     zero = torch.zeros((), dtype=torch.int64, device=dev)
-    state = LoopState(
-        ts[0].clone(),
+    return LoopState(
+        t0,
         dt0,
         torch.ones((), dtype=torch.float64, device=dev),
         torch.ones((), dtype=torch.float64, device=dev),
         y0,
         f0,
-        torch.full((ts.shape[0] - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev),
+        torch.full((n_out - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev),
         zero + 1,
         zero.clone(),
         zero.clone(),
@@ -524,12 +722,3 @@ def odeint_graph(
         torch.zeros((), dtype=torch.bool, device=dev),
         torch.zeros((), dtype=torch.bool, device=dev),
     )
-
-    def cond_fn(*s):
-        return s[_STATUS] == RUNNING
-
-    def body_fn(*s):
-        return tuple(attempt(field, solver, c, tables, rtol, atol, rms_norm, LoopState(*s)))
-
-    out = LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
-    return torch.cat([y0.unsqueeze(0), out.outs])

@@ -7,23 +7,21 @@ output time is added to the adjoint there. The host loop ends a step exactly at 
 the impulse, re-evaluates the derivative and carries step-size control on
 (:func:`~hybrid_node.loop.host.integrate_adaptive` with ``at_output``).
 
-Here each interval between two output times is one call of the same compiled
-:class:`~hybrid_node.loop.whole.WholeSolve` graph (a ``while_loop`` of step attempts; the augmented
-field's vector-Jacobian products are ``torch.func.vjp`` inside it), and the host does between two
-calls what the host loop does at an impulse: it reads the status once, adds the impulse and starts
-the next interval with the carried step, controller memory and counters. The graph evaluates the
-derivative at the new state itself, before its loop: an eager evaluation of the augmented field (a
-vector-Jacobian product through autograd) per output interval cost more than the graph saved. The
-landing rule of the graph ends each interval's last step exactly at its end, as the host loop's
-stops do, so the steps are the host loop's, up to the rounding of compiled kernels.
-
-The intervals have equal shapes (one output each), so every call after the first reuses the graph.
+Here the whole backward solve is one call of the compiled :class:`~hybrid_node.loop.whole.WholeSolve`
+graph (a ``while_loop`` of step attempts; the augmented field's vector-Jacobian products are
+``torch.func.vjp`` inside it). The impulses are a table of tensors
+(:class:`~hybrid_node.loop.device.Impulses`): inside the loop every step ends at the next output
+time (the landing rule, as the host loop's stops), an accepted step that lands there applies that
+output's row, and the derivative at the new state is evaluated under ``torch.cond`` only then, so
+the steps are the host loop's, up to the rounding of compiled kernels. An earlier design called the
+graph once per output interval and applied the impulse on the host between calls; the single call
+saves a guard check, a host read and the impulse's ``cat`` per output (about 30% of the backward pass
+of a 50-output MLP problem, docs/compiled_solve.md).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,10 +30,9 @@ from .._solution import Stats
 from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .core import RUNNING
-from .device import Impulses, LoopState, initial_state, make_tables
+from .device import Impulses, initial_state, make_tables
 from .host import Integration
-from .whole import WholeSolve, evaluations_per_attempt, read_out, solve_error, start, tolerance_tensor
+from .whole import WholeSolve, evaluations_per_attempt, pack, read_out, solve_error, start, tolerance_tensor
 
 
 def applies(solver, controller, jump_t: Sequence[float], stops: Sequence[float]) -> bool:
@@ -72,12 +69,10 @@ def integrate_whole_impulses(
     rtol,
     atol,
     norm,
-    at_output: Callable[[int, torch.Tensor], torch.Tensor],
-    impulses: Impulses | None = None,
+    impulses: Impulses,
 ) -> Integration | None:
-    """Integrate from rs[0] through the increasing times ``rs``, adding the impulse ``at_output`` at
-    the inner ones: one whole-solve graph call for the whole solve when the impulses are given as
-    tensors (``impulses``), else one call per interval.
+    """Integrate from rs[0] through the increasing times ``rs``, with the jumps ``impulses`` at the
+    inner ones, as one call of the whole-solve graph.
 
     Args:
         term: the augmented term; its ``pure_field`` is the traceable field (None: not available).
@@ -87,15 +82,12 @@ def integrate_whole_impulses(
         rs: increasing times (host floats, solver time), at least two.
         rtol, atol: tolerances (floats or tensors broadcastable to the state).
         norm: error norm (traceable).
-        at_output: ``at_output(i, x) -> x_new`` at the inner times rs[i].
-        impulses: the same impulses as tensors (:class:`~hybrid_node.loop.device.Impulses`), applied
-            inside the graph; None: ``at_output`` is applied on the host between intervals.
+        impulses: the jumps at the inner times (:class:`~hybrid_node.loop.device.Impulses`).
 
     Returns:
-        Integration with the states at ``rs`` (after the impulse at the inner ones), as the host loop
-        returns it, but only the first and the last with ``impulses``; or None when there is no
-        traceable field, a solve needs autograd, or the compiler
-        rejects the field (the caller then runs the host loop; ``term.nfe`` is left as it was).
+        Integration with the states at rs[0] and rs[-1] (the backward pass needs only the end); or
+        None when there is no traceable field, a solve needs autograd, or the compiler rejects the
+        field (the caller then runs the host loop; ``term.nfe`` is left as it was).
 
     Raises:
         SolverError: the solve failed (max steps, step-size underflow, non-finite state).
@@ -104,53 +96,23 @@ def integrate_whole_impulses(
     if pure is None or len(rs) < 2 or torch.is_grad_enabled():
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
-    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", restart=True)
+    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", start="restart")
     if graph.failed:
         return None
     nfe_before = term.nfe
     f0, counters, dt0 = start(term, solver, controller, pure, rs[0], x0, rtol=rtol, atol=atol, norm=norm)
+    # no output rows: every step ends at an output time, and only the end state is kept
+    floats, ints, flags, _, _, outs = pack(initial_state(x0, f0, rs[0], dt0, 1))
+    tables = make_tables(solver, rs, x0)
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0)
-    if impulses is not None:
-        state = initial_state(x0, f0, rs[0], dt0, 1)  # no output rows: only the end state is kept
-        out = graph(state, make_tables(solver, rs, x0), rtol_t, atol_t, counters, impulses)
-        if out is None:  # the compiler rejected the field: the host loop runs instead
-            term.nfe = nfe_before
-            return None
-        status, t, dt, n_att, n_acc, n_rej = read_out(out)  # the one host read of the solve
-        # + the derivative at the start and after each of the len(rs) - 2 impulses
-        term.nfe += evaluations_per_attempt(solver) * n_att + len(rs) - 1
-        if status is not Status.SUCCESS:
-            raise solve_error(status, t, dt, controller, term.reverse)
-        return Integration([x0, out.y], Stats(term.nfe, n_acc, n_rej), Status.SUCCESS, rs[-1])
-    state = initial_state(x0, f0, rs[0], dt0, 2)
-    xs = [x0]
-    per_attempt = evaluations_per_attempt(solver)
-    n_att = 0
-    for j in range(len(rs) - 1):
-        out = graph(state, make_tables(solver, rs[j : j + 2], x0), rtol_t, atol_t, counters)
-        if out is None:  # the compiler rejected the field (first call): the host loop runs instead
-            term.nfe = nfe_before
-            return None
-        status, t, dt, n_att_now, n_acc, n_rej = read_out(out)  # the one host read of the interval
-        term.nfe += per_attempt * (n_att_now - n_att) + 1  # + the derivative at the interval's start
-        n_att = n_att_now
-        if status is not Status.SUCCESS:
-            raise solve_error(status, t, dt, controller, term.reverse)
-        x = out.outs[0]
-        if j + 1 < len(rs) - 1:
-            x = at_output(j + 1, x)  # the impulse; the solver restarts from the new state
-            state = _restart(state, out, x)
-        xs.append(x)
-    stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
-    return Integration(xs, stats, Status.SUCCESS, rs[-1])
-
-
-def _restart(state: LoopState, out: LoopState, x: torch.Tensor) -> LoopState:
-    """The state for the next interval: the time, step, controller memory and counters carried on,
-    the state replaced (the graph evaluates its derivative), a fresh output row."""
-    return out._replace(
-        y=x,
-        outs=torch.full_like(state.outs, math.nan),
-        i_out=torch.ones_like(out.i_out),
-        status=torch.full_like(out.status, RUNNING),
-    )
+    out = graph(floats, ints, flags, x0, outs, tables, rtol_t, atol_t, counters=counters, impulses=impulses)
+    if out is None:  # the compiler rejected the field: the host loop runs instead
+        term.nfe = nfe_before
+        return None
+    state, info = out
+    status, t, dt, n_att, n_acc, n_rej = read_out(info)  # the one host read of the solve
+    # + the derivative at the start and after each of the len(rs) - 2 impulses
+    term.nfe += evaluations_per_attempt(solver) * n_att + len(rs) - 1
+    if status is not Status.SUCCESS:
+        raise solve_error(status, t, dt, controller, term.reverse)
+    return Integration([x0, state.y], Stats(term.nfe, n_acc, n_rej), Status.SUCCESS, rs[-1])

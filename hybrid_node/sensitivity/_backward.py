@@ -433,19 +433,10 @@ def run_backward(
         grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
         return integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
     jumps = backward_jumps(problem, plan)
-    if whole_impulses_apply(plan.solver, plan.controller, jumps, stops):
-        # compile=True: each interval between output times is one call of the whole-solve graph
+    if impulses is not None and whole_impulses_apply(plan.solver, plan.controller, jumps, stops):
+        # compile=True: the whole backward solve is one call of the whole-solve graph
         whole = integrate_whole_impulses(
-            term,
-            plan.solver,
-            plan.controller,
-            x0,
-            rs,
-            rtol=rtol,
-            atol=atol,
-            norm=norm,
-            at_output=at_output,
-            impulses=impulses,
+            term, plan.solver, plan.controller, x0, rs, rtol=rtol, atol=atol, norm=norm, impulses=impulses
         )
         if whole is not None:
             return whole

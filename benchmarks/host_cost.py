@@ -1,0 +1,110 @@
+"""Per-solve cost of the compiled forward solve (``options={"compile": True}``, the whole-solve graph).
+
+The mlp-fwd workload (MLP 2-64-64-2 tanh, batch 512, float32, dopri5, rtol 1e-5, atol 1e-6, 50 outputs
+on [0, 5]: 4 steps) under ``torch.no_grad`` on one thread: the first call, then the median and minimum
+of ``--solves`` timed solves after warm-up, and how much of a solve lies outside the compiled graph.
+
+With ``--baseline DIR`` the ``hybrid_node`` package of another checkout (e.g. main) is imported
+under another name in the same process and the two are timed in shuffled interleaved rounds, with
+the eager solver as a third, so that the machine's load hits all alike::
+
+    python -m benchmarks.host_cost --solves 150 --baseline /path/to/main
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import hybrid_node
+
+from .workloads import mlp_problem
+
+
+def _baseline(checkout: str):
+    """The ``hybrid_node`` package of ``checkout``, imported as ``hn_baseline`` (its imports are relative)."""
+    root = Path(tempfile.mkdtemp(prefix="hn_baseline_"))
+    shutil.copytree(Path(checkout) / "hybrid_node", root / "hn_baseline", ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("hn_baseline")
+
+
+def _outside_graph(pkg, solve, n: int) -> tuple[float, float]:
+    """Median and minimum ms of a solve spent outside the call of the compiled graph."""
+    whole = importlib.import_module(pkg.__name__ + ".loop.whole")
+    inside: list[float] = []
+    original = whole.WholeSolve._call
+
+    def timed(self, *args):
+        start = time.perf_counter()
+        out = original(self, *args)
+        inside.append(time.perf_counter() - start)
+        return out
+
+    whole.WholeSolve._call = timed
+    try:
+        total = []
+        for _ in range(n):
+            start = time.perf_counter()
+            solve()
+            total.append(time.perf_counter() - start)
+    finally:
+        whole.WholeSolve._call = original
+    outside = [a - b for a, b in zip(total, inside)]
+    return 1e3 * statistics.median(outside), 1e3 * min(outside)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--solves", type=int, default=100, help="timed solves per implementation")
+    parser.add_argument("--baseline", default=None, help="another checkout whose hybrid_node to compare with")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    field, y0, t, _ = mlp_problem()
+    packages = {"this": hybrid_node}
+    if args.baseline:
+        packages = {"baseline": _baseline(args.baseline), **packages}
+
+    def solver(pkg, compile=True):
+        def solve():
+            with torch.no_grad():
+                return pkg.odeint(field, y0, t, rtol=1e-5, atol=1e-6, options={"compile": True} if compile else {})
+
+        return solve
+
+    runs = {name: solver(pkg) for name, pkg in packages.items()}
+    runs["eager"] = solver(hybrid_node, compile=False)
+    for name in packages:
+        start = time.perf_counter()
+        runs[name]()
+        print(f"{name}: first call {time.perf_counter() - start:.2f} s (in this process, after the ones above)")
+    for _ in range(5):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    rng = random.Random(0)
+    for _ in range(args.solves):
+        order = list(runs)
+        rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"{name:8s} median {1e3 * statistics.median(ts):7.3f} ms  min {1e3 * min(ts):7.3f} ms  (n={len(ts)})")
+    for name, pkg in packages.items():
+        med, low = _outside_graph(pkg, runs[name], args.solves)
+        print(f"{name:8s} outside the graph call: median {med:.3f} ms  min {low:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
