@@ -69,7 +69,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, inductor_options, term_field
 from .core import RUNNING
-from .device import Impulses, LoopState, Tables, attempt, make_tables
+from .device import Impulses, LoopState, Tables, attempt, make_tables, summary
 from .host import Integration, first_step
 
 _STATUS = LoopState._fields.index("status")
@@ -167,12 +167,6 @@ def _restoring_field(pure: PureField, owner) -> Callable:
         return out
 
     return field
-
-
-def summary(s: LoopState) -> torch.Tensor:
-    """What the host reads after a graph call, as one float64 vector: status, t, dt, attempts,
-    accepted, rejected (built in the graph, so the host makes one small read)."""
-    return torch.stack([s.status.double(), s.t, s.dt, s.n_att.double(), s.n_acc.double(), s.n_rej.double()])
 
 
 def _loop(
@@ -591,12 +585,13 @@ def read_out(info: torch.Tensor) -> tuple[Status, float, float, int, int, int]:
     """The scalar results of a graph call, read to the host at once.
 
     Args:
-        info: the :func:`summary` the graph returned.
+        info: the :func:`~hybrid_node.loop.device.summary` the graph returned (built in the graph, so
+            the host makes one small read).
 
     Returns:
         (status, t, dt, attempts, accepted steps, rejected steps).
     """
-    code, t, dt, n_att, n_acc, n_rej = info.tolist()
+    code, t, dt, n_att, n_acc, n_rej = info.tolist()[:6]  # (the device loop's non-finite flag is not read)
     return core.STATUS[int(code)], t, dt, int(n_att), int(n_acc), int(n_rej)
 
 
