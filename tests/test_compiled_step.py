@@ -113,3 +113,15 @@ def test_field_the_compiler_rejects_is_stepped_eagerly(float64_default, one_thre
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         solve({"compile": True})  # remembered: no second attempt, no second warning
+
+
+def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(monkeypatch):
+    """The solver's graphs set Inductor's decomposed tanh (docs/compiled_solve.md, "tanh on the CPU");
+    torch's own environment variable turns it off, and CUDA graphs are asked for only when wanted."""
+    from hybrid_node.loop.compiled_step import inductor_options
+
+    monkeypatch.delenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", raising=False)
+    assert inductor_options() == {"cpp.use_decompose_tanh": True}
+    assert inductor_options(cuda_graphs=True)["triton.cudagraphs"] is True
+    monkeypatch.setenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "0")
+    assert inductor_options() == {"cpp.use_decompose_tanh": False}

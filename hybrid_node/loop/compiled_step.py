@@ -23,6 +23,7 @@ Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInducto
 
 from __future__ import annotations
 
+import os
 import types
 import warnings
 import weakref
@@ -51,6 +52,7 @@ def inductor_options(cuda_graphs: bool = False) -> dict:
     in float32, against 6e-8 for the library ``tanh``); the relative error near 0 is larger, which
     matters for nothing that only adds tanh outputs up (a linear layer) and is why torch leaves it off
     by default (pytorch/pytorch#148241: ``atan2`` of a tanh near 0). The GPU code is unaffected.
+    Torch's own switch, the environment variable ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``, turns it off.
     ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
 
     Args:
@@ -59,7 +61,7 @@ def inductor_options(cuda_graphs: bool = False) -> dict:
     Returns:
         The ``options`` of ``torch.compile``.
     """
-    options: dict = {"cpp.use_decompose_tanh": True}
+    options: dict = {"cpp.use_decompose_tanh": os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0"}
     if cuda_graphs:
         options["triton.cudagraphs"] = True
     return options
