@@ -287,14 +287,15 @@ def attempt(
     # a method with its own dense output (DOP853: three more stages) builds it on every attempt, masked
     # like the rest: the graph has no branch to skip it when no output time falls inside the step
     own = solver.dense_output(field, s.t, s.y, step_dt, step) if solver.dense_output is not None else None
+    # f(t1, y1): a pair without first-same-as-last evaluates it on every attempt (the loop has no branch)
+    f1 = solver.next_state(field, t1, step)
     if impulses is None:
-        # a pair without first-same-as-last evaluates f(t1, y1) (every attempt: the loop has no branch)
-        y_end, f1 = y1, solver.next_state(field, t1, step)
+        y_end = y1
         outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, f1, own)
     else:  # steps end at the output times: nothing to interpolate, and only the end state is kept
         jumped = accepted & lands & (s.i_out < last)
         y_end = torch.where(jumped, _impulse(impulses, s.i_out, y1), y1)
-        f1 = torch.cond(jumped, lambda y, f: field(t1, y), lambda y, f: f.clone(), (y_end, ks[-1]))
+        f1 = torch.cond(jumped, lambda y, f: field(t1, y), lambda y, f: f.clone(), (y_end, f1))
         outs, i_out = s.outs.clone(), s.i_out + (accepted & lands).long()  # a loop may not return its input
     t = torch.where(accepted, t1, s.t)
     nonfinite = ~torch.isfinite(ratio)

@@ -54,7 +54,7 @@ def check_transformable(problem, event_fn, dense: bool) -> None:
     Raises:
         ValueError: events, ``jump_t``/``step_t``, dense output, per-sample or device-loop control,
             a method that decides on the host (implicit, predictor-corrector), or an adaptive method
-            other than an explicit first-same-as-last pair.
+            other than an explicit embedded pair.
     """
     ctrl, solver = problem.controller, problem.solver
     what = None
