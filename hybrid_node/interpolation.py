@@ -24,11 +24,11 @@ def linear_combination(y, scale, coeffs: Sequence[float], ks: Sequence[torch.Ten
 
     - a float (the host step): ``torch.add(acc, k, alpha=scale * c)``, in place (the accumulator is a
       fresh tensor), one kernel per nonzero coefficient;
-    - a 0-d tensor (compiled steps, the device loop): ``torch.addcmul(acc, k, scale * c)``, out of
-      place (the compiler fuses it); it rounds as ``torch.add`` with ``alpha`` does, so host and
-      device steps agree to the last bit on the CPU;
-    - a per-sample column (batch, 1, ...) (per-sample control): as the 0-d tensor, the factor cast
-      to the state's dtype (a float64 column would otherwise promote the state).
+    - a 0-d tensor (compiled steps, the device loop): ``torch.addcmul(acc, k, scale * c)`` with the
+      factor cast to the state's dtype, out of place (the compiler fuses it); it rounds as
+      ``torch.add`` with ``alpha`` does, so host and device steps agree to the last bit on the CPU;
+    - a per-sample column (batch, 1, ...) (per-sample control): as the 0-d tensor (a float64 column
+      would otherwise promote the state, as would a per-problem step under ``vmap``).
 
     Every form then adds ``y`` once (in place on the host, whose accumulator is its own; addition
     commutes bitwise, so ``acc + y`` is ``y + acc``).
@@ -42,13 +42,14 @@ def linear_combination(y, scale, coeffs: Sequence[float], ks: Sequence[torch.Ten
     Returns:
         A new tensor (``y`` itself when every coefficient is zero).
     """
-    column = isinstance(scale, torch.Tensor) and scale.dim() > 0
     acc = None
     for c, k in zip(coeffs, ks):
         if c == 0.0:
             continue
         if isinstance(scale, torch.Tensor):
-            s = (scale * c).to(k.dtype) if column else scale * c
+            # the factor in the state's dtype: a float64 column (or a per-problem step under vmap, whose
+            # addcmul promotes) would otherwise promote the state; a 0-d factor is cast by the op anyway
+            s = (scale * c).to(k.dtype)
             acc = k * s if acc is None else torch.addcmul(acc, k, s)
         elif acc is None:
             acc = k * (scale * c)

@@ -172,3 +172,20 @@ def test_a_failing_member_fails_the_batch_or_reports_its_status(float64_default)
     ys = vmap(lambda k: solve(k, throw=False))(rates)
     torch.testing.assert_close(ys[0], torch.exp(-T).unsqueeze(1), rtol=1e-5, atol=1e-6)  # the good one finished
     assert torch.isnan(ys[1, -1]).all()  # the stiff one stopped: NaN where it did not reach
+
+
+def test_float32_reverse_time_and_nested_vmap(one_thread):
+    """A per-problem step under vmap must not promote a float32 state (torch.addcmul's batching rule
+    promotes to the factor's float64); decreasing times and vmap of vmap work as a loop of solves."""
+    torch.manual_seed(1)
+    net = torch.nn.Linear(2, 2)
+    f = lambda t, y: torch.tanh(net(y))  # noqa: E731
+    y0 = torch.randn(3, 4, 2)
+    back = torch.linspace(1.0, 0.0, 5)
+    single = vmap(lambda y: hn.odeint(f, y, back))(y0[0])
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single, torch.stack([hn.odeint(f, y, back) for y in y0[0]]), rtol=1e-5, atol=1e-6)
+    nested = vmap(vmap(lambda y: hn.odeint(f, y, back)))(y0)
+    assert nested.shape == (3, 4, len(back), 2)
+    alone = torch.stack([torch.stack([hn.odeint(f, y, back) for y in row]) for row in y0])
+    torch.testing.assert_close(nested, alone, rtol=1e-5, atol=1e-6)
