@@ -399,11 +399,20 @@ class DeviceRuns:
         return self.eager(self.owner, state, tables, rtol, atol, norm)
 
 
-def initial_state(y0: torch.Tensor, f0: torch.Tensor, t0: float, dt0: float, n_out: int) -> LoopState:
-    """The state at the start of a device solve with ``n_out`` output times."""
+def initial_state(
+    y0: torch.Tensor, f0: torch.Tensor, t0: float | torch.Tensor, dt0: float | torch.Tensor, n_out: int
+) -> LoopState:
+    """The state at the start of a device solve with ``n_out`` output times.
+
+    ``t0`` and ``dt0`` are host floats, or 0-d tensors where they are computed without the host (a
+    traced solve, a per-problem step under ``vmap``); every member is a tensor of its own (a loop's
+    carried values may not alias each other).
+    """
     dev = y0.device
 
-    def f64(x: float) -> torch.Tensor:
+    def f64(x: float | torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return x.to(dtype=torch.float64, device=dev, copy=True)
         return torch.full((), x, dtype=torch.float64, device=dev)
 
     def i64(x: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ from . import core
 from .core import RUNNING
 from .device import attempt, initial_state, make_tables
 from .host import Integration
-from .whole import evaluations_per_attempt, initial_step_tensor
+from .whole import evaluations_per_attempt, first_step_tensor, initial_step_tensor
 
 
 def check_transformable(problem, event_fn, dense: bool) -> None:
@@ -116,13 +116,13 @@ def integrate_transformed(
 
     f0 = solver.init(term, ts[0], y0)  # through the term: it checks the field's output once
     if controller.first_step is not None:
-        dt0 = torch.tensor(float(controller.first_step), dtype=torch.float64)
-    else:
+        dt0 = first_step_tensor(controller, y0.device)[0]
+    else:  # Hairer's heuristic per problem, within [min_step, max_step] as the host loop clamps it
         t0 = torch.tensor(ts[0], dtype=torch.float64, device=y0.device)
-        dt0 = initial_step_tensor(field, t0, y0, f0, int(solver.error_order or 0), rtol, atol, norm)
+        h = initial_step_tensor(field, t0, y0, f0, int(solver.error_order or 0), rtol, atol, norm)
+        dt0 = h.clamp(controller.min_step, controller.max_step)
         term.nfe += 1
-    state = initial_state(y0, f0, ts[0], 0.0, len(ts))
-    state = state._replace(dt=dt0.clamp(controller.min_step, controller.max_step).to(state.t.device))
+    state = initial_state(y0, f0, ts[0], dt0, len(ts))
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
     tables = make_tables(solver, ts, y0)
     attempts = 0

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import math
 import re
 import time
 import types
@@ -69,8 +68,8 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, inductor_options, term_field
 from .core import RUNNING
-from .device import Impulses, LoopState, Tables, attempt, make_tables, summary
-from .host import Integration, first_step
+from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
+from .host import Integration
 
 _STATUS = LoopState._fields.index("status")
 
@@ -189,16 +188,14 @@ def _loop(
     return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
 
 
-def _solve_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
-    """``solve(owner, floats, ints, flags, y, outs, tables, rtol, atol, norm, impulses) -> (state, summary)``:
-    attempts until the status is not RUNNING, from the :func:`pack`-ed state, whose derivative ``f0``
-    the graph evaluates first at the state's (t, y), with the jumps ``impulses`` at the inner output
-    times (:mod:`.whole_impulses`)."""
+def _impulses_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
+    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses) -> (state, summary)``:
+    attempts until the status is not RUNNING, from the :func:`pack`-ed state, with the jumps
+    ``impulses`` at the inner output times (:mod:`.whole_impulses`)."""
 
-    def solve(owner, floats, ints, flags, y, outs, tables, rtol, atol, norm, impulses):
-        state = unpack(floats, ints, flags, y, y, outs)
+    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses):
+        state = unpack(floats, ints, flags, y, f0, outs)
         field = _restoring_field(pure, owner)
-        state = state._replace(f0=field(state.t, state.y))
         out = _loop(field, solver, c, tables, rtol, atol, norm, state, impulses)
         return out, summary(out)
 
@@ -222,7 +219,7 @@ def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepC
             dt = torch.clamp(h, min=c.min_step, max=c.max_step)
         else:
             dt = dt0[0].clone()
-        state = _initial_loop_state(t0, dt, y0, f0, tables.ts.shape[0])
+        state = initial_state(y0, f0, t0, dt, tables.ts.shape[0])
         out = _loop(field, solver, c, tables, rtol, atol, norm, state)
         return torch.cat([y0.unsqueeze(0), out.outs]), summary(out)
 
@@ -304,9 +301,8 @@ class WholeSolve:
         cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
         start: "forward": the graph is the whole forward solve from (ts[0], y0), the derivative there
             and the first step included (:func:`_forward_function`; ``heuristic``: Hairer's initial
-            step, else the given one); "restart": the graph continues a :func:`pack`-ed state whose
-            derivative it evaluates first (the solve restarts there after an impulse,
-            :mod:`.whole_impulses`).
+            step, else the given one); "impulses": the graph solves from a :func:`pack`-ed state with
+            jumps at the output times (:func:`_impulses_function`, :mod:`.whole_impulses`).
         heuristic: see ``start``.
     """
 
@@ -317,7 +313,7 @@ class WholeSolve:
         c: core.StepControl,
         norm,
         cuda_graphs: bool,
-        start: str = "restart",
+        start: str = "impulses",
         heuristic: bool = True,
     ):
         self.owner = pure.owner
@@ -339,7 +335,7 @@ class WholeSolve:
             if start == "forward":
                 fn = _forward_function(pure, solver, c, heuristic)
             else:
-                fn = _solve_function(pure, solver, c)
+                fn = _impulses_function(pure, solver, c)
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
@@ -399,7 +395,7 @@ class WholeSolve:
         compiler rejects the field.
 
         ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`);
-        ``impulses``: the jumps of a restarting graph (:class:`~hybrid_node.loop.device.Impulses`).
+        ``impulses``: the jumps of an "impulses" graph (:class:`~hybrid_node.loop.device.Impulses`).
         """
         graph = self._graphs.get(self.key)
         if graph is None:
@@ -548,39 +544,6 @@ def cached_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.T
     return tables
 
 
-def start(
-    term,
-    solver: ExplicitRungeKutta,
-    controller: PIDController,
-    pure: PureField,
-    t0: float,
-    y0: torch.Tensor,
-    *,
-    rtol,
-    atol,
-    norm,
-) -> tuple[torch.Tensor, list, float]:
-    """The host's work before the first call of a restarting graph (:mod:`.whole_impulses`): the
-    derivative at (t0, y0) and the first step.
-
-    Args:
-        term: the wrapped field (counts the evaluations).
-        solver, controller: the method and its PID controller.
-        pure: the term's traceable field (its owner's modules hold the scalar counters).
-        t0, y0: the start (solver time, flat state).
-        rtol, atol, norm: the error test of the initial-step heuristic.
-
-    Returns:
-        (f0, the names of the scalar counters that evaluating f0 changed (the graph carries them
-        on), the first step).
-    """
-    modules = _scalar_attributes(pure.owner)
-    before = _numbers(modules)
-    f0 = solver.init(term, t0, y0)
-    counters = [k for k, v in _numbers(modules).items() if before.get(k) != v]
-    return f0, counters, first_step(term, solver, controller, t0, y0, f0, rtol, atol, norm)
-
-
 def read_out(info: torch.Tensor) -> tuple[Status, float, float, int, int, int]:
     """The scalar results of a graph call, read to the host at once.
 
@@ -675,7 +638,7 @@ def odeint_graph(
     def field(tt, yy):
         saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
         out = func(tt.to(t.dtype), yy)
-        for m, k, v in saved:  # a call counter inside the loop: see _solve_function
+        for m, k, v in saved:  # a call counter inside the loop: see _restoring_field
             setattr(m, k, v)
         return out
 
@@ -688,32 +651,7 @@ def odeint_graph(
         None if dense is None else torch.tensor(dense, dtype=torch.float64, device=dev),
         None if dense is None else torch.arange(1, len(dense[0]) + 1, dtype=torch.float64, device=dev),
     )
-    state = _initial_loop_state(ts[0].clone(), dt0, y0, f0, ts.shape[0])
+    state = initial_state(y0, f0, ts[0], dt0, ts.shape[0])
 
     out = _loop(field, solver, c, tables, rtol, atol, rms_norm, state)
     return torch.cat([y0.unsqueeze(0), out.outs])
-
-
-def _initial_loop_state(
-    t0: torch.Tensor, dt0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, n_out: int
-) -> LoopState:
-    """The loop state at the start of a traced solve with ``n_out`` output times (built in the graph,
-    each member a tensor of its own: the loop's carried values may not alias each other)."""
-    dev = y0.device
-    zero = torch.zeros((), dtype=torch.int64, device=dev)
-    return LoopState(
-        t0,
-        dt0,
-        torch.ones((), dtype=torch.float64, device=dev),
-        torch.ones((), dtype=torch.float64, device=dev),
-        y0,
-        f0,
-        torch.full((n_out - 1,) + tuple(y0.shape), math.nan, dtype=y0.dtype, device=dev),
-        zero + 1,
-        zero.clone(),
-        zero.clone(),
-        zero.clone(),
-        zero + RUNNING,
-        torch.zeros((), dtype=torch.bool, device=dev),
-        torch.zeros((), dtype=torch.bool, device=dev),
-    )

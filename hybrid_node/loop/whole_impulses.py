@@ -31,8 +31,8 @@ from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .device import Impulses, initial_state, make_tables
-from .host import Integration
-from .whole import WholeSolve, evaluations_per_attempt, pack, read_out, solve_error, start, tolerance_tensor
+from .host import Integration, first_step
+from .whole import WholeSolve, evaluations_per_attempt, pack, read_out, solve_error, tolerance_tensor
 
 
 def applies(solver, controller, jump_t: Sequence[float], stops: Sequence[float]) -> bool:
@@ -96,23 +96,25 @@ def integrate_whole_impulses(
     if pure is None or len(rs) < 2 or torch.is_grad_enabled():
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
-    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", start="restart")
+    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", start="impulses")
     if graph.failed:
         return None
+    counters = graph.counters if graph.counters is not None else graph.probe(term, rs[0], x0)
     nfe_before = term.nfe
-    f0, counters, dt0 = start(term, solver, controller, pure, rs[0], x0, rtol=rtol, atol=atol, norm=norm)
+    f0 = solver.init(term, rs[0], x0)  # the host's derivative and first step, as the host loop's
+    dt0 = first_step(term, solver, controller, rs[0], x0, f0, rtol, atol, norm)
     # no output rows: every step ends at an output time, and only the end state is kept
-    floats, ints, flags, _, _, outs = pack(initial_state(x0, f0, rs[0], dt0, 1))
+    packed = pack(initial_state(x0, f0, rs[0], dt0, 1))
     tables = make_tables(solver, rs, x0)
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0)
-    out = graph(floats, ints, flags, x0, outs, tables, rtol_t, atol_t, counters=counters, impulses=impulses)
+    out = graph(*packed, tables, rtol_t, atol_t, counters=counters, impulses=impulses)
     if out is None:  # the compiler rejected the field: the host loop runs instead
         term.nfe = nfe_before
         return None
     state, info = out
     status, t, dt, n_att, n_acc, n_rej = read_out(info)  # the one host read of the solve
-    # + the derivative at the start and after each of the len(rs) - 2 impulses
-    term.nfe += evaluations_per_attempt(solver) * n_att + len(rs) - 1
+    # + the derivative after each of the len(rs) - 2 impulses
+    term.nfe += evaluations_per_attempt(solver) * n_att + len(rs) - 2
     if status is not Status.SUCCESS:
         raise solve_error(status, t, dt, controller, term.reverse)
     return Integration([x0, state.y], Stats(term.nfe, n_acc, n_rej), Status.SUCCESS, rs[-1])
