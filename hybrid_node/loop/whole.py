@@ -342,10 +342,8 @@ class WholeSolve:
             # dynamic=False: a value seen to change between compilations in one process must not become
             # a symbolic scalar inside the loop body, which Inductor 2.13 cannot lower (KeyError
             # 'unbacked_bindings' on aten._local_scalar_dense, seen running tsit5 after dopri5)
-            # CPU: the guards on the library's own objects are left out (see library_guards)
-            options: dict = inductor_options(cuda_graphs)
-            if not cuda_graphs:
-                options["guard_filter_fn"] = library_guards(fn)
+            # the guards on the library's own objects are left out (see library_guards)
+            options = {**inductor_options(cuda_graphs), "guard_filter_fn": library_guards(fn)}
             self._graphs[self.key] = torch.compile(fn, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
