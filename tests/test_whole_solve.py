@@ -255,6 +255,72 @@ def test_field_the_compiler_rejects_falls_back_with_one_warning(float64_default,
     torch.testing.assert_close(out, hn.odeint(func, y0, t))
 
 
+class Transposed(torch.nn.Module):
+    """f(t, y) = tanh(y) W^T, with W^T read through ``.T`` or ``.t()``."""
+
+    def __init__(self, prop: bool):
+        super().__init__()
+        self.prop = prop
+        self.W = torch.nn.Parameter(0.5 * torch.randn(2, 2))
+
+    def forward(self, t, y):
+        return torch.tanh(y).matmul(self.W.T if self.prop else self.W.t())
+
+
+@pytest.mark.slow
+def test_a_field_reading_dot_T_falls_back_with_a_hint_and_dot_t_compiles(float64_default, one_thread):
+    torch.manual_seed(0)
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    with torch.no_grad():
+        field = Transposed(prop=True)
+        with pytest.warns(RuntimeWarning, match=r"write `\.t\(\)`"):
+            out = hn.odeint(field, y0, t, options={"compile": True})
+        torch.testing.assert_close(out, hn.odeint(field, y0, t))
+        field = Transposed(prop=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = hn.odeint(field, y0, t, options={"compile": True})
+        torch.testing.assert_close(out, hn.odeint(field, y0, t), rtol=1e-10, atol=1e-12)
+
+
+class SinMLP(CountingMLP):
+    """CountingMLP's shapes, parameters and code layout with another nonlinearity."""
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.net[2](torch.sin(self.net[0](y))) * torch.cos(t)
+
+
+@pytest.mark.slow
+def test_whole_graphs_are_cached_on_disk_and_told_apart_by_their_loop_body(float64_default, one_thread):
+    """The loop graphs go into torch's on-disk caches (a new process lowers nothing again), and a loop
+    body that differs in one operation, all shapes equal, is another entry, not a false hit."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import fresh_cache
+
+    torch.manual_seed(0)
+    y0, t = torch.randn(8, 2), torch.linspace(0.0, 1.0, 4)
+
+    def solve(func):
+        before = dict(counters["inductor"])
+        with torch.no_grad():
+            comp = _compiled(func, y0, t, rtol=1e-7, atol=1e-9)
+            eager = _eager(func, y0, t, rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-10, atol=1e-12)
+        return {k: counters["inductor"][k] - before.get(k, 0) for k in ("fxgraph_cache_miss", "fxgraph_cache_hit")}
+
+    first = CountingMLP()
+    with fresh_cache():
+        assert solve(first) == {"fxgraph_cache_miss": 1, "fxgraph_cache_hit": 0}
+        other = SinMLP()
+        other.load_state_dict(first.state_dict())
+        assert solve(other) == {"fxgraph_cache_miss": 1, "fxgraph_cache_hit": 0}
+        # a new field object of the first kind: a new Dynamo graph, whose lowering comes from the cache
+        again = CountingMLP()
+        again.load_state_dict(first.state_dict())
+        assert solve(again) == {"fxgraph_cache_miss": 0, "fxgraph_cache_hit": 1}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_whole_solve_equals_eager():

@@ -42,6 +42,10 @@ from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 _CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
 
 
+#: the structured control flow of the whole-solve graphs, by the name torch's cache checks look up
+_CACHEABLE_OPERATORS = ("torch.ops.higher_order.while_loop", "torch.ops.higher_order.cond")
+
+
 def inductor_options(cuda_graphs: bool = False) -> dict:
     """The Inductor settings of every graph compiled for a solve.
 
@@ -53,6 +57,12 @@ def inductor_options(cuda_graphs: bool = False) -> dict:
     matters for nothing that only adds tanh outputs up (a linear layer) and is why torch leaves it off
     by default (pytorch/pytorch#148241: ``atan2`` of a tanh near 0). The GPU code is unaffected.
     Torch's own switch, the environment variable ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``, turns it off.
+    ``unsafe_marked_cacheable_functions``: torch's on-disk FX-graph and AOTAutograd caches refuse a
+    graph that holds a higher-order operator unless it is marked cacheable, so without the mark every
+    new process lowers the whole-solve graph (``while_loop``, ``cond``) again. The cache key of a graph
+    includes the code and constants of its subgraphs (``FxGraphCachePickler`` pickles the submodules
+    of the graph module with the same reducer), so a loop body that differs in any operation or
+    constant gets its own entry (tested); the value is torch's version, so an upgrade starts afresh.
     ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
 
     Args:
@@ -61,7 +71,10 @@ def inductor_options(cuda_graphs: bool = False) -> dict:
     Returns:
         The ``options`` of ``torch.compile``.
     """
-    options: dict = {"cpp.use_decompose_tanh": os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0"}
+    options: dict = {
+        "cpp.use_decompose_tanh": os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0",
+        "unsafe_marked_cacheable_functions": dict.fromkeys(_CACHEABLE_OPERATORS, torch.__version__),
+    }
     if cuda_graphs:
         options["triton.cudagraphs"] = True
     return options

@@ -407,9 +407,14 @@ class WholeSolve:
             else:
                 out = self._call(graph, args, impulses)
         except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
+            hint = ""
+            if "aliasing during higher order op tracing" in str(e):
+                # torch 2.13's while_loop lifts every read of ``tensor.T`` (a property of a parameter,
+                # buffer or global) as an input of its own, views of one tensor, which it refuses
+                hint = " If the field reads `.T` of a parameter or global tensor, write `.t()` (same values, compiles)."
             warnings.warn(
                 f"compile=True: this solve cannot be compiled as one graph ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}); it runs with compiled steps instead.",
+                f"{str(e).splitlines()[0][:200]}); it runs with compiled steps instead.{hint}",
                 RuntimeWarning,
                 stacklevel=4,
             )
