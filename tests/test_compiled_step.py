@@ -117,11 +117,19 @@ def test_field_the_compiler_rejects_is_stepped_eagerly(float64_default, one_thre
 
 def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(monkeypatch):
     """The solver's graphs set Inductor's decomposed tanh (docs/compiled_solve.md, "tanh on the CPU");
-    torch's own environment variable turns it off, and CUDA graphs are asked for only when wanted."""
+    torch's own environment variable turns it off; CUDA graphs are asked for only when wanted and the
+    C++ wrapper only on the CPU; the loop operators are marked cacheable for torch's on-disk caches."""
     from hybrid_node.loop.compiled_step import inductor_options
 
     monkeypatch.delenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", raising=False)
-    assert inductor_options() == {"cpp.use_decompose_tanh": True}
+    base = inductor_options()
+    assert base["cpp.use_decompose_tanh"] is True
+    assert "triton.cudagraphs" not in base and "cpp_wrapper" not in base
+    assert set(base["unsafe_marked_cacheable_functions"]) == {
+        "torch.ops.higher_order.while_loop",
+        "torch.ops.higher_order.cond",
+    }
     assert inductor_options(cuda_graphs=True)["triton.cudagraphs"] is True
+    assert inductor_options(cpu=True)["cpp_wrapper"] is True
     monkeypatch.setenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "0")
-    assert inductor_options() == {"cpp.use_decompose_tanh": False}
+    assert inductor_options()["cpp.use_decompose_tanh"] is False

@@ -66,7 +66,7 @@ from ..controllers import PIDController, first_trial_step, initial_step_from_tri
 from ..solvers.registry import METHOD_SPECS
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, inductor_options, term_field
+from .compiled_step import _CACHE, PureField, inductor_options, own_code, term_field
 from .core import RUNNING
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
 from .host import Integration
@@ -298,7 +298,8 @@ class WholeSolve:
         c: the step-control constants.
         norm: the error norm (traced into the graph; an argument of each call, so another instance
             of one norm class, such as the adjoint's per-solve group norm, reuses the graph).
-        cuda_graphs: replay the graph as a CUDA graph (mode "reduce-overhead").
+        device_type: where the graph runs ("cpu", "cuda", ...); a CUDA graph is replayed as a CUDA
+            graph (mode "reduce-overhead").
         start: "forward": the graph is the whole forward solve from (ts[0], y0), the derivative there
             and the first step included (:func:`_forward_function`; ``heuristic``: Hairer's initial
             step, else the given one); "impulses": the graph solves from a :func:`pack`-ed state with
@@ -312,19 +313,18 @@ class WholeSolve:
         solver: ExplicitRungeKutta,
         c: core.StepControl,
         norm,
-        cuda_graphs: bool,
+        device_type: str,
         start: str = "impulses",
         heuristic: bool = True,
     ):
         self.owner = pure.owner
-        self.cuda_graphs = cuda_graphs
-        mode = "reduce-overhead" if cuda_graphs else None
+        self.cuda_graphs = cuda_graphs = device_type == "cuda"
         # a plain function norm is its own key; an instance (the adjoint's GroupRMS, built per backward
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
         self.norm = norm
         variant = (start, heuristic) if start == "forward" else (start,)
-        self.key = ("whole_solve", pure.key, solver, c, norm_key, mode) + variant
+        self.key = ("whole_solve", pure.key, solver, c, norm_key, device_type) + variant
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
@@ -338,12 +338,12 @@ class WholeSolve:
                 fn = _impulses_function(pure, solver, c)
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
-            fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
+            fn = own_code(fn)
             # dynamic=False: a value seen to change between compilations in one process must not become
             # a symbolic scalar inside the loop body, which Inductor 2.13 cannot lower (KeyError
             # 'unbacked_bindings' on aten._local_scalar_dense, seen running tsit5 after dopri5)
             # the guards on the library's own objects are left out (see library_guards)
-            options = {**inductor_options(cuda_graphs), "guard_filter_fn": library_guards(fn)}
+            options = {**inductor_options(cuda_graphs, cpu=device_type == "cpu"), "guard_filter_fn": library_guards(fn)}
             self._graphs[self.key] = torch.compile(fn, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
@@ -495,9 +495,7 @@ def integrate_whole(
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
     heuristic = controller.first_step is None
-    graph = WholeSolve(
-        pure, solver, c, norm, cuda_graphs=y0.device.type == "cuda", start="forward", heuristic=heuristic
-    )
+    graph = WholeSolve(pure, solver, c, norm, device_type=y0.device.type, start="forward", heuristic=heuristic)
     if graph.failed:
         return None
     if len(ts) == 1:  # (the dispatcher answers such a solve itself)

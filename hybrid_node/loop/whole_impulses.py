@@ -96,7 +96,7 @@ def integrate_whole_impulses(
     if pure is None or len(rs) < 2 or torch.is_grad_enabled():
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
-    graph = WholeSolve(pure, solver, c, norm, cuda_graphs=x0.device.type == "cuda", start="impulses")
+    graph = WholeSolve(pure, solver, c, norm, device_type=x0.device.type, start="impulses")
     if graph.failed:
         return None
     counters = graph.counters if graph.counters is not None else graph.probe(term, rs[0], x0)
