@@ -36,6 +36,7 @@ from .._term import solver_time_field as solver_time_field
 from .._term import term_field as term_field
 from ..controllers import error_ratio, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
+from . import fast_tanh
 
 # owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
 # dropped model frees its graphs
@@ -80,14 +81,57 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
         The ``options`` of ``torch.compile``.
     """
     options: dict = {
-        "cpp.use_decompose_tanh": os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0",
-        "unsafe_marked_cacheable_functions": dict.fromkeys(_CACHEABLE_OPERATORS, torch.__version__),
+        "cpp.use_decompose_tanh": fast_tanh_enabled(),
+        # the tag changes with torch and with the rational tanh (the graphs' cache key includes it)
+        "unsafe_marked_cacheable_functions": dict.fromkeys(
+            _CACHEABLE_OPERATORS, f"{torch.__version__} {fast_tanh.VERSION}"
+        ),
     }
     if cuda_graphs:
         options["triton.cudagraphs"] = True
     if cpu:
         options["cpp_wrapper"] = True
     return options
+
+
+def fast_tanh_enabled() -> bool:
+    """Whether CPU graphs compute ``tanh`` in a faster form (unless ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``)."""
+    return os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0"
+
+
+def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None):
+    """Inductor with :func:`~hybrid_node.loop.fast_tanh.rational_tanh` as the decomposition of
+    ``aten.tanh`` (float32 and 16-bit tensors; loop bodies included).
+
+    The entry is put into Inductor's own decomposition table for the duration of this compilation
+    and taken out after: handing ``compile_fx`` a table of its own would keep the graph out of torch's
+    on-disk cache (the table is part of the compile arguments it hashes and cannot be pickled), and
+    the cache key still tells these graphs apart from others (``inductor_options`` tags them with
+    ``fast_tanh.VERSION``). A compilation running in another thread at the same moment would see the
+    entry too.
+    """
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    op = torch.ops.aten.tanh.default
+    with torch._inductor.config.patch(options or {}):
+        table = select_decomp_table()  # the table compile_fx will read, under the same settings
+    previous = table.pop(op, None)  # none in torch 2.13: Inductor lowers tanh itself
+    table[op] = fast_tanh.rational_tanh
+    try:
+        return compile_fx(gm, example_inputs, config_patches=options)
+    finally:
+        if previous is None:
+            del table[op]
+        else:
+            table[op] = previous
+
+
+def compile_for(fn: Callable, cpu: bool, **kwargs) -> Callable:
+    """``torch.compile(fn, **kwargs)``, with :func:`_cpu_backend` for CPU graphs when the faster
+    ``tanh`` is on (``options`` go to Inductor either way)."""
+    backend = _cpu_backend if cpu and fast_tanh_enabled() else "inductor"
+    return torch.compile(fn, backend=backend, **kwargs)
 
 
 def own_code(fn: Callable) -> Callable:
@@ -108,7 +152,7 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
         graph = compiled.get(kind)
         if graph is None:
             options = inductor_options(mode == "reduce-overhead", cpu=kind == "cpu")
-            graph = compiled[kind] = torch.compile(own_code(fn), options=options)
+            graph = compiled[kind] = compile_for(own_code(fn), kind == "cpu", options=options)
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
         # is common) must be a graph input, not a constant guarded on: else every call recompiles
         with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):

@@ -66,7 +66,7 @@ from ..controllers import PIDController, first_trial_step, initial_step_from_tri
 from ..solvers.registry import METHOD_SPECS
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, inductor_options, own_code, term_field
+from .compiled_step import _CACHE, PureField, compile_for, inductor_options, own_code, term_field
 from .core import RUNNING
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
 from .host import Integration
@@ -343,8 +343,9 @@ class WholeSolve:
             # a symbolic scalar inside the loop body, which Inductor 2.13 cannot lower (KeyError
             # 'unbacked_bindings' on aten._local_scalar_dense, seen running tsit5 after dopri5)
             # the guards on the library's own objects are left out (see library_guards)
-            options = {**inductor_options(cuda_graphs, cpu=device_type == "cpu"), "guard_filter_fn": library_guards(fn)}
-            self._graphs[self.key] = torch.compile(fn, fullgraph=True, options=options, dynamic=False)
+            cpu = device_type == "cpu"
+            options = {**inductor_options(cuda_graphs, cpu=cpu), "guard_filter_fn": library_guards(fn)}
+            self._graphs[self.key] = compile_for(fn, cpu, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
     @property

@@ -1,0 +1,86 @@
+"""The rational tanh of the compiled CPU graphs (hybrid_node/loop/fast_tanh.py)."""
+
+import torch
+from torch._higher_order_ops.while_loop import while_loop
+
+from hybrid_node.loop import fast_tanh
+from hybrid_node.loop.compiled_step import compile_for, fast_tanh_enabled, own_code
+
+
+def test_float32_error_is_a_few_ulp_absolute_and_relative():
+    x = torch.linspace(-12.0, 12.0, 2_000_001, dtype=torch.float32)
+    ref = torch.tanh(x.double())
+    out = fast_tanh.rational_tanh(x)
+    assert out.dtype == torch.float32
+    assert (out.double() - ref).abs().max() < 4e-7  # 3.4e-7 measured: about 3 ulp of 1
+    small = torch.logspace(-38, 0, 20_001, dtype=torch.float32)
+    for sign in (1.0, -1.0):
+        got = fast_tanh.rational_tanh(sign * small).double()
+        want = torch.tanh(sign * small.double())
+        assert ((got - want).abs() / want.abs()).max() < 4e-7  # relative, down to the smallest normals
+    assert (out.abs() <= 1).all()
+
+
+def test_special_values_and_other_dtypes():
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 40.0], dtype=torch.float32)
+    out = fast_tanh.rational_tanh(x)
+    assert torch.isnan(out[0])
+    assert out[1:].tolist() == [1.0, -1.0, 0.0, 0.0, 1.0]
+    assert torch.signbit(out[4])  # odd: -0 stays -0
+    assert fast_tanh.rational_tanh(x.double()) is NotImplemented  # float64 keeps torch's tanh
+    h = torch.linspace(-4, 4, 101, dtype=torch.bfloat16)
+    out = fast_tanh.rational_tanh(h)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, torch.tanh(h))
+
+
+def _loop_of_tanh(y):
+    def cond(i, y):
+        return i < 1
+
+    def body(i, y):
+        return i + 1, torch.tanh(y)
+
+    return while_loop(cond, body, (torch.zeros((), dtype=torch.int64), y))[1]
+
+
+def _points():
+    """float32 points where the rational and torch's tanh differ by at least 2 ulp."""
+    x = torch.linspace(-6.0, 6.0, 200_001, dtype=torch.float32)
+    gap = (fast_tanh.rational_tanh(x) - torch.tanh(x)).abs() / torch.tanh(x).abs().clamp(min=1e-30)
+    picked = x[gap > 2.2e-7]
+    assert picked.numel() > 20
+    return picked
+
+
+def test_cpu_graphs_compute_tanh_inside_loop_bodies_with_the_rational(one_thread):
+    x = _points()
+    with torch.no_grad():
+        compiled = compile_for(_loop_of_tanh, cpu=True, fullgraph=True)(x)
+    rational, library = fast_tanh.rational_tanh(x), torch.tanh(x)
+    # the kernel may contract multiply-adds differently from eager: compare on average, per point
+    assert (compiled - rational).abs().mean() < 0.25 * (compiled - library).abs().mean()
+    # Inductor's table lent the entry for that compilation only: the user's own graphs keep tanh
+    from torch._inductor.decomposition import select_decomp_table
+
+    assert torch.ops.aten.tanh.default not in select_decomp_table()
+    with torch.no_grad():
+        users = torch.compile(own_code(_loop_of_tanh), fullgraph=True)(x)
+    assert (users - library).abs().mean() < 0.25 * (users - rational).abs().mean()
+
+
+def test_the_torch_switch_turns_it_off(one_thread, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "0")
+    assert not fast_tanh_enabled()
+    x = _points()
+    with torch.no_grad():  # own_code: a new compilation of the same function
+        fn = own_code(_loop_of_tanh)
+        compiled = compile_for(fn, cpu=True, fullgraph=True, options={"cpp.use_decompose_tanh": False})(x)
+    torch.testing.assert_close(compiled, torch.tanh(x), rtol=1.2e-7, atol=0)
+
+
+def test_float64_graphs_keep_torchs_tanh(one_thread):
+    x = torch.linspace(-6.0, 6.0, 10_001, dtype=torch.float64)
+    with torch.no_grad():
+        compiled = compile_for(_loop_of_tanh, cpu=True, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, torch.tanh(x), rtol=1e-15, atol=1e-15)
