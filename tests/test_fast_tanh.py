@@ -84,3 +84,12 @@ def test_float64_graphs_keep_torchs_tanh(one_thread):
     with torch.no_grad():
         compiled = compile_for(_loop_of_tanh, cpu=True, fullgraph=True)(x)
     torch.testing.assert_close(compiled, torch.tanh(x), rtol=1e-15, atol=1e-15)
+
+
+def test_the_fit_script_reproduces_the_librarys_coefficients():
+    from benchmarks.tanh_fit import fit
+
+    worst, p, q = fit()
+    assert worst < 3e-8
+    torch.testing.assert_close(torch.tensor(p), torch.tensor(fast_tanh.P, dtype=torch.float64), rtol=1e-9, atol=0)
+    torch.testing.assert_close(torch.tensor(q), torch.tensor(fast_tanh.Q, dtype=torch.float64), rtol=1e-9, atol=0)
