@@ -57,13 +57,16 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     in float32, against 6e-8 for the library ``tanh``); the relative error near 0 is larger, which
     matters for nothing that only adds tanh outputs up (a linear layer) and is why torch leaves it off
     by default (pytorch/pytorch#148241: ``atan2`` of a tanh near 0). The GPU code is unaffected.
-    Torch's own switch, the environment variable ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``, turns it off.
+    Float32 and 16-bit tensors get the cheaper :mod:`~hybrid_node.loop.fast_tanh` instead (through
+    :func:`compile_for`), so the exp form serves float64. Torch's own switch, the environment
+    variable ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``, turns both off.
     ``unsafe_marked_cacheable_functions``: torch's on-disk FX-graph and AOTAutograd caches refuse a
     graph that holds a higher-order operator unless it is marked cacheable, so without the mark every
     new process lowers the whole-solve graph (``while_loop``, ``cond``) again. The cache key of a graph
     includes the code and constants of its subgraphs (``FxGraphCachePickler`` pickles the submodules
     of the graph module with the same reducer), so a loop body that differs in any operation or
-    constant gets its own entry (tested); the value is torch's version, so an upgrade starts afresh.
+    constant gets its own entry (tested); the value is torch's version and the rational tanh's, so a
+    change of either starts afresh.
     ``cpp_wrapper`` (CPU graphs): the code that calls a graph's kernels is generated as C++ instead of
     Python. A step attempt runs about 40 kernels and 30 buffer allocations, each a Python call of a
     few microseconds from the default wrapper, on every iteration of the whole-solve loop; for the
