@@ -60,6 +60,12 @@ def test_cpu_graphs_compute_tanh_inside_loop_bodies_with_the_rational(one_thread
     rational, library = fast_tanh.rational_tanh(x), torch.tanh(x)
     # the kernel may contract multiply-adds differently from eager: compare on average, per point
     assert (compiled - rational).abs().mean() < 0.25 * (compiled - library).abs().mean()
+    # the compiled clamps keep NaN (a failed solve must see it) and map +-inf to +-1
+    with torch.no_grad():
+        special = compile_for(own_code(_loop_of_tanh), cpu=True, fullgraph=True)(
+            torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])
+        )
+    assert torch.isnan(special[0]) and special[1:3].tolist() == [1.0, -1.0]
     # Inductor's table lent the entry for that compilation only: the user's own graphs keep tanh
     from torch._inductor.decomposition import select_decomp_table
 
