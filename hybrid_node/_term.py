@@ -263,12 +263,13 @@ class PureField:
         key: everything besides ``owner`` that ``field`` depends on; two solves with equal owner and
             key may share one compiled graph.
         field: ``field(owner, t, y) -> dy/dt`` in solver time, free of side effects and of autograd
-            calls; ``t`` is a 0-d float64 tensor on the state's device.
+            calls; ``t`` is a 0-d float64 tensor on the state's device. (The checkpointed adjoint's
+            augmented field takes the forward state too: ``field(owner, r, x, z)``.)
     """
 
     owner: Callable
     key: Hashable
-    field: Callable[[Callable, torch.Tensor, torch.Tensor], torch.Tensor]
+    field: Callable[..., torch.Tensor]
 
 
 def solver_time_field(

@@ -196,7 +196,7 @@ def _dense_values(
     """
     if tables.dense is not None:
         assert tables.powers is not None  # set together with dense
-        weights = (theta[:, None] ** tables.powers) @ tables.dense.T * h
+        weights = (theta[:, None] ** tables.powers) @ tables.dense.t() * h
         stages = torch.stack([k.reshape(-1) for k in ks])
         flat = torch.addmm(y0.reshape(1, -1), weights.to(y0.dtype), stages)
     else:
@@ -248,6 +248,7 @@ def attempt(
     norm,
     s: LoopState,
     impulses: Impulses | None = None,
+    on_step: Callable | None = None,
 ) -> LoopState:
     """One step attempt of a device solve (a masked no-op once the solve has ended).
 
@@ -261,6 +262,9 @@ def attempt(
         impulses: jumps at the inner output times; every step then ends at the next output time,
             after a jump the derivative is evaluated again (``torch.cond``: only then), and no
             output is written (``outs`` is carried as it is; the solve's result is its end state).
+        on_step: called as ``on_step(accepted, t, h, y, ks)`` with the attempt's acceptance (0-d
+            bool), start, step, start state and stages, so that a loop can keep the accepted steps
+            (the checkpointed adjoint's re-solve, :mod:`.whole_segments`).
 
     Returns:
         The state after the attempt.
@@ -284,6 +288,8 @@ def attempt(
     ok = core.accepts(TENSOR, c, ratio, step_dt)
     accepted = active & ok
     rejected = active & ~ok
+    if on_step is not None:
+        on_step(accepted, s.t, step_dt, s.y, ks)
     # a method with its own dense output (DOP853: three more stages) builds it on every attempt, masked
     # like the rest: the graph has no branch to skip it when no output time falls inside the step
     own = solver.dense_output(field, s.t, s.y, step_dt, step) if solver.dense_output is not None else None

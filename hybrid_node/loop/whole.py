@@ -152,20 +152,25 @@ def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0,
     return LoopState(y=y, f0=f0, outs=outs, **fields)
 
 
-def _restoring_field(pure: PureField, owner) -> Callable:
-    """``field(t, y)``: the traceable field of ``owner`` with its plain number attributes put back after
-    each evaluation (the compiler refuses a side effect that outlives the loop body; a module counting
-    its own calls is the common one, so its counters are restored, traced and free)."""
+def _restoring(owner, fn: Callable) -> Callable:
+    """``fn`` with the plain number attributes of ``owner``'s modules put back after each call (the
+    compiler refuses a side effect that outlives the loop body; a module counting its own calls is the
+    common one, so its counters are restored, traced and free)."""
     modules = _scalar_attributes(owner)
 
-    def field(t, y):
+    def call(*args):
         saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
-        out = pure.field(owner, t, y)
+        out = fn(*args)
         for m, k, v in saved:
             setattr(m, k, v)
         return out
 
-    return field
+    return call
+
+
+def _restoring_field(pure: PureField, owner) -> Callable:
+    """``field(t, y)``: the traceable field of ``owner``, its counters restored (:func:`_restoring`)."""
+    return _restoring(owner, lambda t, y: pure.field(owner, t, y))
 
 
 def _loop(
@@ -303,8 +308,11 @@ class WholeSolve:
         start: "forward": the graph is the whole forward solve from (ts[0], y0), the derivative there
             and the first step included (:func:`_forward_function`; ``heuristic``: Hairer's initial
             step, else the given one); "impulses": the graph solves from a :func:`pack`-ed state with
-            jumps at the output times (:func:`_impulses_function`, :mod:`.whole_impulses`).
+            jumps at the output times (:func:`_impulses_function`, :mod:`.whole_impulses`); any
+            other name: the graph is ``build()`` (:mod:`.whole_segments`).
         heuristic: see ``start``.
+        build: for another ``start``, makes the function to compile, called as ``fn(owner, *args,
+            norm, *extra)``; ``variant`` is what tells its graphs apart besides the other arguments.
     """
 
     def __init__(
@@ -316,6 +324,8 @@ class WholeSolve:
         device_type: str,
         start: str = "impulses",
         heuristic: bool = True,
+        build: Callable[[], Callable] | None = None,
+        variant: tuple = (),
     ):
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs = device_type == "cuda"
@@ -323,7 +333,7 @@ class WholeSolve:
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
         self.norm = norm
-        variant = (start, heuristic) if start == "forward" else (start,)
+        variant = (start, heuristic) if start == "forward" else (start, *variant)
         self.key = ("whole_solve", pure.key, solver, c, norm_key, device_type) + variant
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
@@ -334,8 +344,11 @@ class WholeSolve:
             # the failure immediate and the fallback clean
             if start == "forward":
                 fn = _forward_function(pure, solver, c, heuristic)
-            else:
+            elif start == "impulses":
                 fn = _impulses_function(pure, solver, c)
+            else:
+                assert build is not None  # another start names its own function
+                fn = build()
             # a code object of its own: the compiler's cache and recompilation limit are per code
             # object, and every field, method and direction is another graph of this one function
             fn = own_code(fn)
@@ -389,12 +402,13 @@ class WholeSolve:
         self.counters = counters
         return counters
 
-    def __call__(self, *args, counters=(), impulses: Impulses | None = None) -> tuple | None:
+    def __call__(self, *args, counters=(), extra: tuple = ()) -> tuple | None:
         """The graph's outputs on ``args`` (after the owner, before the norm), or None when the
         compiler rejects the field.
 
         ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`);
-        ``impulses``: the jumps of an "impulses" graph (:class:`~hybrid_node.loop.device.Impulses`).
+        ``extra``: the arguments after the norm (an "impulses" graph's
+        :class:`~hybrid_node.loop.device.Impulses`).
         """
         graph = self._graphs.get(self.key)
         if graph is None:
@@ -404,9 +418,9 @@ class WholeSolve:
         try:
             if counters:
                 with frozen_counters(_scalar_attributes(self.owner), counters):
-                    out = self._call(graph, args, impulses)
+                    out = self._call(graph, args, extra)
             else:
-                out = self._call(graph, args, impulses)
+                out = self._call(graph, args, extra)
         except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
             hint = ""
             if "aliasing during higher order op tracing" in str(e):
@@ -425,8 +439,7 @@ class WholeSolve:
             COMPILE_SECONDS[self.key] = time.perf_counter() - start
         return out
 
-    def _call(self, graph, args, impulses) -> tuple:
-        extra = () if impulses is None else (impulses,)  # the forward graph takes none
+    def _call(self, graph, args, extra) -> tuple:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
             out = graph(self.owner, *args, self.norm, *extra)
@@ -546,17 +559,18 @@ def cached_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.T
     return tables
 
 
-def read_out(info: torch.Tensor) -> tuple[Status, float, float, int, int, int]:
+def read_out(info: torch.Tensor | Sequence[float]) -> tuple[Status, float, float, int, int, int]:
     """The scalar results of a graph call, read to the host at once.
 
     Args:
         info: the :func:`~hybrid_node.loop.device.summary` the graph returned (built in the graph, so
-            the host makes one small read).
+            the host makes one small read), or its values already read.
 
     Returns:
         (status, t, dt, attempts, accepted steps, rejected steps).
     """
-    code, t, dt, n_att, n_acc, n_rej = info.tolist()[:6]  # (the device loop's non-finite flag is not read)
+    values = info.tolist() if isinstance(info, torch.Tensor) else info
+    code, t, dt, n_att, n_acc, n_rej = values[:6]  # (the device loop's non-finite flag is not read)
     return core.STATUS[int(code)], t, dt, int(n_att), int(n_acc), int(n_rej)
 
 

@@ -29,8 +29,9 @@ import torch
 from .._errors import Status
 from .._problem import Problem
 from .._solution import Stats
+from .._term import PureField, solver_time_field, term_field
 from ..controllers import ConstantStepSize
-from ..loop import integrate
+from ..loop import integrate, whole_segments
 from ..loop.host import Integration, integrate_fixed
 from ._backward import (
     AugmentedTerm,
@@ -179,6 +180,52 @@ class Interpolating:
         assert pieces is not None  # dense=True
         return _Segment(j, [p.t0 for p in pieces], pieces)
 
+    def _whole_backward(self, term: AugmentedTerm, fterm, rterm, ys, grad_ys, x0) -> tuple | None:
+        """The backward solve as one compiled graph per checkpoint segment (``compile=True``), or None
+        where that does not apply (:func:`~hybrid_node.loop.whole_segments.applies`) or the compiler
+        rejects the field; the eager pass then runs."""
+        problem, plan = self.problem, self.plan
+        if not (plan.same_as_forward and self.grid is None and self.event_fn is None) or torch.is_grad_enabled():
+            return None
+        term.pure_field = traceable_interpolating_field(problem, self.params, ys.dtype)
+        if not whole_segments.applies(plan.solver, plan.controller, term):
+            return None
+        q = x0.numel() - ys[0].numel()  # the parameter channel
+        outputs = {s: i for i, s in enumerate(self.ts)}
+
+        def impulse(c: float) -> torch.Tensor | None:
+            i = outputs.get(c)
+            return None if i is None else torch.cat([grad_ys[i].reshape(-1).to(x0.dtype), x0.new_zeros(q)])
+
+        assert self.integration is not None  # set by forward
+        capacity = whole_segments.table_rows(self.integration.stats.n_accepted)
+        out = whole_segments.integrate_segments(
+            term_field(rterm),
+            term,
+            plan.solver,
+            plan.controller,
+            self.cps,
+            self.states,
+            x0,
+            impulse,
+            tolerances=(
+                problem.rtol,
+                problem.atol,
+                channel_tolerance(plan.rtol, 1, ys[0], q),
+                channel_tolerance(plan.atol, 1, ys[0], q),
+            ),
+            norms=(problem.norm, self.norm.resolve()),
+            fterm=rterm,
+            capacity=capacity,
+        )
+        if out is None:
+            term.pure_field = None
+            return None
+        x, stats = out
+        fterm.nfe += term.nfe  # each augmented evaluation is one of the user's field
+        term.nfe = 0
+        return x, stats.n_accepted
+
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
         """Solve the adjoint backwards over the re-solved forward trajectory.
 
@@ -222,7 +269,10 @@ class Interpolating:
 
         term = AugmentedTerm(field, problem, unpack)
         steps = 0
-        if last > 0:
+        whole = self._whole_backward(term, fterm, rterm, ys, grad_ys, x) if last > 0 else None
+        if whole is not None:
+            x, steps = whole
+        elif last > 0:
             rs = [-s for s in reversed(ts)]
             stops = [-c for c in reversed(cps[1:-1])]
             tol = {
@@ -243,3 +293,48 @@ class Interpolating:
         stats.nfe_backward += fterm.nfe + rterm.nfe
         stats.n_steps_backward += steps
         return grad_t, a0 + grad_ys[0], split_params(x[n:], params)
+
+
+def traceable_interpolating_field(
+    problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype
+) -> PureField | None:
+    """The checkpointed adjoint's augmented field ``field(module, r, x, z)`` written with
+    ``torch.func.vjp`` so that a compiler can trace it: ``x = [a, q]``, ``z`` the forward state at
+    ``s = -r``; returns ``[a^T dg/dz, a^T dg/dtheta]``.
+
+    Available when the user's field is an ``nn.Module`` and ``params`` are exactly its parameters that
+    require gradients, in order (the default of ``adjoint_params``); else None (eager field).
+    """
+    func = problem.func
+    if not isinstance(func, torch.nn.Module):
+        return None
+    named = [(name, p) for name, p in func.named_parameters() if p.requires_grad]
+    if len(named) != len(params) or any(p is not q for (_, p), q in zip(named, params)):
+        return None
+    names = tuple(name for name, _ in named)
+    n, shape = problem.y0.numel(), problem.y0.shape
+    layout, reverse, t_dtype = problem.layout, problem.reverse, problem.t_dtype
+
+    def field(module, r, xx, z):
+        def g(zz, pdict):
+            def call(tt, y):
+                return torch.func.functional_call(module, pdict, (tt, y))
+
+            return solver_time_field(call, -r, zz, layout, reverse, t_dtype)
+
+        pp = {name: p for name, p in module.named_parameters() if name in names}
+        _, pull = torch.func.vjp(g, z.reshape(shape), pp)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
+        a_z, a_p = pull(xx[:n].reshape(shape))
+        return torch.cat([a_z.reshape(-1).to(dtype)] + [a_p[name].reshape(-1).to(dtype) for name in names])
+
+    key = (
+        "interpolating",
+        names,
+        tuple(shape),
+        None if layout is None else tuple(layout.shapes),
+        reverse,
+        t_dtype,
+        problem.y0.device,
+        dtype,
+    )
+    return PureField(func, key, field)
