@@ -37,9 +37,11 @@ graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph.
 
 Scope: solves with an explicit first-same-as-last pair: dopri5, tsit5, bosh3 (as the device loop) and
 dopri8, whose own dense output (three more stages) the graph builds on every attempt; no events,
-``jump_t``/``step_t`` or dense output over the interval. The backsolve adjoint's backward solve runs
-this graph once per output interval (:mod:`.whole_impulses`). Other methods and problems keep
-per-step compiled attempts (:mod:`.compiled_step`).
+``jump_t``/``step_t`` or dense output over the interval. The backsolve adjoint's backward solve is
+one call of such a graph, the cotangents applied inside the loop (:mod:`.whole_impulses`); the
+interpolating adjoint's backward pass is one graph call per checkpoint segment
+(:mod:`.whole_segments`). Other methods and problems keep per-step compiled attempts
+(:mod:`.compiled_step`).
 
 References: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (error norm, step-size
 control, initial step); Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python
