@@ -37,10 +37,10 @@ def field(float64_default, one_thread):
     return CountingMLP()
 
 
-def _gradients(field, solver, checkpoints=None, rtol=1e-8, atol=1e-10):
+def _gradients(field, solver, checkpoints=None, reverse=False, rtol=1e-8, atol=1e-10):
     torch.manual_seed(1)
     y0 = torch.randn(8, 2, requires_grad=True)
-    t = torch.linspace(0.0, 2.0, 4)
+    t = torch.linspace(2.0, 0.0, 4) if reverse else torch.linspace(0.0, 2.0, 4)
     target = torch.randn(4, 8, 2)
     field.zero_grad()
     sol = hn.solve(
@@ -55,12 +55,12 @@ def _gradients(field, solver, checkpoints=None, rtol=1e-8, atol=1e-10):
     return sol.stats, [y0.grad.clone()] + [p.grad.clone() for p in field.parameters()]
 
 
-@pytest.mark.parametrize("checkpoints", [None, 5])
-def test_segments_run_uncompiled_take_the_eager_passes_steps_and_gradients(field, monkeypatch, checkpoints):
+@pytest.mark.parametrize(("checkpoints", "reverse"), [(None, False), (5, False), (None, True)])
+def test_segments_run_uncompiled_take_the_eager_passes_steps_and_gradients(field, monkeypatch, checkpoints, reverse):
     """Run eagerly, the segment function's backward pass has the eager pass's steps, evaluations and
     gradients (the same arithmetic up to the order of the dense output's sums), at output-only
-    checkpoints and with checkpoints between outputs (no cotangent there); a table of two rows
-    overflows and is doubled until a segment's re-solve fits."""
+    checkpoints, with checkpoints between outputs (no cotangent there) and for decreasing output
+    times; a table of two rows overflows and is doubled until a segment's re-solve fits."""
     monkeypatch.setattr(whole, "compile_for", lambda fn, cpu, **kw: fn)
     monkeypatch.setattr(whole_segments, "table_rows", lambda steps: 2)
     capacities = []
@@ -71,10 +71,10 @@ def test_segments_run_uncompiled_take_the_eager_passes_steps_and_gradients(field
         return graph(*args)
 
     monkeypatch.setattr(whole_segments, "_graph", recording)
-    eager_stats, eager = _gradients(field, hn.Dopri5(), checkpoints)
+    eager_stats, eager = _gradients(field, hn.Dopri5(), checkpoints, reverse)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback to the eager pass
-        stats, grads = _gradients(field, hn.Dopri5().compiled(), checkpoints)
+        stats, grads = _gradients(field, hn.Dopri5().compiled(), checkpoints, reverse)
     assert capacities[0] == 2 and max(capacities) >= 4  # the first re-solve needed a larger table
     assert stats.n_steps_backward == eager_stats.n_steps_backward > 3
     assert stats.nfe_backward == eager_stats.nfe_backward
