@@ -194,7 +194,7 @@ def _segment_function(
         h0 = initial_step_tensor(field_f, c0, z0, g0, order, rtol_f, atol_f, norm_f)
         dt_f = torch.clamp(h0, min=c.min_step, max=c.max_step)
         state_f = initial_state(z0, g0, c0, dt_f, 2)
-        ts_f = Tables(times, tables.index[:1], tables.dense, tables.powers)
+        ts_f = Tables(times, tables.index, tables.dense, tables.powers)
         state_f, rec = _recording_loop(
             field_f, solver, c, ts_f, rtol_f, atol_f, norm_f, state_f, _empty_record(capacity, stages, z0)
         )
@@ -217,7 +217,7 @@ def _segment_function(
 
         dt_b = torch.cond(first, heuristic, lambda yy, ff: state.dt.reshape(1).clone(), (y, f_start))
         state = state._replace(f0=f_start, dt=dt_b.reshape(()))
-        ts_b = Tables(-times.flip(0), tables.index[:1], tables.dense, tables.powers)
+        ts_b = Tables(-times.flip(0), tables.index, tables.dense, tables.powers)
         out = _loop(field_b, solver, c, ts_b, rtol_b, atol_b, norm_b, state)
         return pack(out)[:5], torch.cat([summary(state_f), summary(out)])
 
@@ -265,9 +265,7 @@ def integrate_segments(
     """
     zs = torch.stack([states[c] for c in checkpoints])  # one tensor: the graph's inputs may not alias
     z_like = zs[0]
-    stages = solver.tableau.stages
-    if capacity * (stages + 1) * z_like.numel() * z_like.element_size() > TABLE_BYTES:
-        return None
+    row_bytes = (solver.tableau.stages + 1) * z_like.numel() * z_like.element_size()
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
     dev = x0.device
     dense = torch.tensor(solver.tableau.dense, dtype=torch.float64, device=dev)
@@ -293,8 +291,12 @@ def integrate_segments(
         add = None if first else impulse(c1)
         index = torch.tensor([j], device=dev)
         while True:
-            graph = _graph(forward, term.pure_field, solver, c, norm_b, dev.type, capacity)
-            if graph.failed:
+            graph = (
+                None
+                if capacity * row_bytes > TABLE_BYTES
+                else _graph(forward, term.pure_field, solver, c, norm_b, dev.type, capacity)
+            )
+            if graph is None or graph.failed:
                 fterm.nfe, term.nfe = nfe_f, nfe_b
                 return None
             if counters is None:
