@@ -69,14 +69,32 @@ def prepare_hybrid_node(w: Workload, extra_options=None):
 
 
 def _timed_first_run(w: Workload, options: dict):
-    """hybrid_node with compiling ``options``; the first (compiling) run is timed apart as ``compile_s``."""
+    """hybrid_node with compiling ``options``; the first (compiling) run is timed apart as ``compile_s``,
+    and ``nfe()`` reads the solution's counters (the field's own counter does not advance inside a
+    compiled loop)."""
     import time
 
     run = prepare_hybrid_node(w, options)
     start = time.perf_counter()
     run()
     run.compile_s = time.perf_counter() - start
+    run.nfe = lambda: _solution_nfe(w, dict(_options(w) or {}, **options))
     return run
+
+
+def _solution_nfe(w: Workload, options: dict) -> int:
+    """Evaluations of one unit of work as the solution counts them: the forward solve's, plus the
+    backward solve's for the adjoint (as the eager field's counter and diffrax's count)."""
+    import hybrid_node as hn
+    from hybrid_node._registry import build_solver
+
+    solver, controller, _ = build_solver(w.method, options, w.rtol, w.atol)
+    sensitivity = hn.BacksolveAdjoint() if w.mode == "adjoint" else None
+    with torch.set_grad_enabled(w.mode != "fwd"):
+        sol = hn.solve(w.field, w.y0, w.t, solver=solver, controller=controller, sensitivity=sensitivity)
+        if w.mode != "fwd":  # autograd.grad: the parameters' .grad, which the runner reads, stay as they are
+            torch.autograd.grad(w.loss(sol.ys), [p for p in w.field.parameters() if p.requires_grad])
+    return sol.stats.nfe + sol.stats.nfe_backward
 
 
 def prepare_hybrid_node_compiled(w: Workload):

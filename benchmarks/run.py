@@ -15,7 +15,8 @@ diffrax (JAX) runs compiled: its compile time is reported apart, its NFE is coun
 instrumented run (see benchmarks/diffrax_peer.py), and workloads it has no port of are marked skipped.
 ``hybrid_node+compile`` is hybrid_node with ``options={"compile": True}`` (the whole solve as one
 graph for forward solves without autograd, compiled step attempts otherwise, see docs/compiled_solve.md;
-its NFE column counts only the field's own counter, which does not advance inside the whole graph);
+its NFE is the solution's count from an untimed run, since the field's own counter does not advance
+inside a compiled loop);
 its first, compiling run is timed apart like diffrax's compilation. ``hybrid_node+device`` uses the
 device-resident loop (``options={"device_loop": True}``), ``hybrid_node+device+compile`` compiles its runs.
 Results: a printed table, and ``results.json`` + ``results.md`` in ``--out``.
