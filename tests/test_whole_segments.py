@@ -126,20 +126,28 @@ def test_state_at_is_the_checkpoint_at_the_ends_and_the_continuous_extension_ins
         torch.testing.assert_close(at(s), pieces[i](theta), rtol=1e-13, atol=1e-13)
 
 
-def test_applies_to_compiled_pairs_with_a_polynomial_extension_only(field):
-    class Term:
-        pure_field = object()
-        callbacks = None
-
+def test_applies_to_compiled_pairs_with_a_polynomial_extension_only():
     ctrl = hn.PIDController()
-    assert whole_segments.applies(hn.Dopri5().compiled(), ctrl, Term())
-    assert whole_segments.applies(hn.Tsit5().compiled(), ctrl, Term())
-    assert not whole_segments.applies(hn.Dopri5(), ctrl, Term())  # not compiled
-    assert not whole_segments.applies(hn.Bosh3().compiled(), ctrl, Term())  # Hermite output
-    assert not whole_segments.applies(hn.Dopri8().compiled(), ctrl, Term())  # its own dense output
-    assert not whole_segments.applies(hn.Dopri5().compiled(), hn.PIDController(per_sample=True), Term())
-    Term.callbacks = object()
-    assert not whole_segments.applies(hn.Dopri5().compiled(), ctrl, Term())  # step callbacks run eagerly
+    assert whole_segments.applies(hn.Dopri5().compiled(), ctrl)
+    assert whole_segments.applies(hn.Tsit5().compiled(), ctrl)
+    assert not whole_segments.applies(hn.Dopri5(), ctrl)  # not compiled
+    assert not whole_segments.applies(hn.Bosh3().compiled(), ctrl)  # Hermite output
+    assert not whole_segments.applies(hn.Dopri8().compiled(), ctrl)  # its own dense output
+    assert not whole_segments.applies(hn.Dopri5().compiled(), hn.PIDController(per_sample=True))
+
+
+def test_a_method_without_segment_graphs_keeps_the_eager_pass(field, monkeypatch):
+    """compile=True with bosh3 (Hermite output): the backward pass is the eager one with per-step
+    graphs (here run uncompiled), whose field is the eager augmented one, and gives its gradients."""
+    from hybrid_node.loop import compiled_step
+
+    monkeypatch.setattr(compiled_step, "compile_for", lambda fn, cpu, **kw: fn)
+    monkeypatch.setattr(whole, "compile_for", lambda fn, cpu, **kw: fn)
+    eager_stats, eager = _gradients(field, hn.Bosh3())
+    stats, grads = _gradients(field, hn.Bosh3().compiled())
+    assert stats.n_steps_backward == eager_stats.n_steps_backward
+    for a, b in zip(grads, eager):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.slow

@@ -76,16 +76,16 @@ class Record(NamedTuple):
     steps: torch.Tensor
 
 
-def applies(solver, controller, term) -> bool:
-    """Whether a checkpointed backward pass with these settings can run as segment graphs.
+def applies(solver, controller) -> bool:
+    """Whether a checkpointed backward pass with these settings can run as segment graphs (given a
+    traceable augmented field and no step callbacks, which the caller checks).
 
     Args:
-        solver: the forward and backward solver; controller: their controller; term: the augmented term.
+        solver: the forward and backward solver; controller: their controller.
 
     Returns:
         True for a compiled first-same-as-last pair with a polynomial continuous extension (dopri5,
-        tsit5) under a plain PID controller, and an augmented term with a traceable form and no
-        step callbacks.
+        tsit5) under a plain PID controller.
     """
     return bool(
         isinstance(solver, ExplicitRungeKutta)
@@ -95,8 +95,6 @@ def applies(solver, controller, term) -> bool:
         and solver.dense_output is None
         and isinstance(controller, PIDController)
         and not (controller.per_sample or controller.device_loop)
-        and getattr(term, "pure_field", None) is not None
-        and term.callbacks is None
     )
 
 
@@ -226,6 +224,7 @@ def _segment_function(
 
 def integrate_segments(
     forward: PureField,
+    augmented: PureField,
     term,
     solver: ExplicitRungeKutta,
     controller: PIDController,
@@ -243,7 +242,9 @@ def integrate_segments(
 
     Args:
         forward: the forward field's traceable form (solver time).
-        term: the augmented term (``term.pure_field`` takes ``(owner, r, x, z)``; counts evaluations).
+        augmented: the augmented field's traceable form, ``field(owner, r, x, z)`` with ``z`` the
+            forward state at ``s = -r``.
+        term: the augmented term (counts the evaluations).
         solver, controller: the method and its controller (forward and backward).
         checkpoints: increasing solver times, both ends included.
         states: the forward states (no graph) at every checkpoint.
@@ -294,7 +295,7 @@ def integrate_segments(
             graph = (
                 None
                 if capacity * row_bytes > TABLE_BYTES
-                else _graph(forward, term.pure_field, solver, c, norm_b, dev.type, capacity)
+                else _graph(forward, augmented, solver, c, norm_b, dev.type, capacity)
             )
             if graph is None or graph.failed:
                 fterm.nfe, term.nfe = nfe_f, nfe_b

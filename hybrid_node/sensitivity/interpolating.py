@@ -187,8 +187,10 @@ class Interpolating:
         problem, plan = self.problem, self.plan
         if not (plan.same_as_forward and self.grid is None and self.event_fn is None) or torch.is_grad_enabled():
             return None
-        term.pure_field = traceable_interpolating_field(problem, self.params, ys.dtype)
-        if not whole_segments.applies(plan.solver, plan.controller, term):
+        if term.callbacks is not None or not whole_segments.applies(plan.solver, plan.controller):
+            return None
+        augmented = traceable_interpolating_field(problem, self.params, ys.dtype)
+        if augmented is None:
             return None
         q = x0.numel() - ys[0].numel()  # the parameter channel
         outputs = {s: i for i, s in enumerate(self.ts)}
@@ -201,6 +203,7 @@ class Interpolating:
         capacity = whole_segments.table_rows(self.integration.stats.n_accepted)
         out = whole_segments.integrate_segments(
             term_field(rterm),
+            augmented,
             term,
             plan.solver,
             plan.controller,
@@ -219,7 +222,6 @@ class Interpolating:
             capacity=capacity,
         )
         if out is None:
-            term.pure_field = None
             return None
         x, stats = out
         fterm.nfe += term.nfe  # each augmented evaluation is one of the user's field
