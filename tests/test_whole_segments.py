@@ -11,24 +11,12 @@ import warnings
 
 import pytest
 import torch
+from test_whole_solve import CountingMLP
 
 import hybrid_node as hn
 from hybrid_node.interpolation import PolynomialInterpolant
 from hybrid_node.loop import whole, whole_segments
 from hybrid_node.loop.device import Tables
-
-
-class CountingMLP(torch.nn.Module):
-    """f(t, y) = MLP(y) cos(t), counting its calls."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-        self.nfe = 0
-
-    def forward(self, t, y):
-        self.nfe += 1
-        return self.net(y) * torch.cos(t)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from .._errors import Status
 from .._problem import Problem
 from .._registry import build_solver
 from .._solution import Stats
-from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks
+from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks, solver_time_field
 from ..controllers import ConstantStepSize, PIDController
 from ..loop import warn_unsupported_callbacks
 from ..loop.device import Impulses
@@ -520,3 +520,46 @@ def time_gradients(
             for i in range(1, len(ts)):
                 out[i] = dot(grad_ys[i], user_field(problem, fterm, ts[i], ys[i]))
     return out
+
+
+def traceable_vjp(problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype, kind: str):
+    """The vector-Jacobian product of the user's field written with ``torch.func`` so that a compiler
+    can trace it, for the adjoints' traceable augmented fields.
+
+    Available when the field is an ``nn.Module`` and ``params`` are exactly its parameters that require
+    gradients, in order (the default of ``adjoint_params``).
+
+    Args:
+        problem: the forward problem; params: the differentiated parameters; dtype: the augmented
+            state's dtype; kind: names the augmented field in the key.
+
+    Returns:
+        ``(vjp_at, key)`` or None (the eager field then serves): ``vjp_at(module, r, z, a)`` gives
+        ``(g, a^T dg/dz, [a^T dg/dp])`` for ``g`` the solver-time field at ``s = -r`` (flat), and
+        ``key`` identifies the traced function apart from the module.
+    """
+    func = problem.func
+    if not isinstance(func, torch.nn.Module):
+        return None
+    named = [(name, p) for name, p in func.named_parameters() if p.requires_grad]
+    if len(named) != len(params) or any(p is not q for (_, p), q in zip(named, params)):
+        return None
+    names = tuple(name for name, _ in named)
+    shape = problem.y0.shape
+    layout, reverse, t_dtype = problem.layout, problem.reverse, problem.t_dtype
+
+    def vjp_at(module, r, z, a):
+        def g(zz, pdict):
+            def call(tt, y):
+                return torch.func.functional_call(module, pdict, (tt, y))
+
+            return solver_time_field(call, -r, zz, layout, reverse, t_dtype)
+
+        pp = {name: p for name, p in module.named_parameters() if name in names}
+        gz, pull = torch.func.vjp(g, z.reshape(shape), pp)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
+        a_z, a_p = pull(a.reshape(shape))
+        return gz.reshape(-1), a_z.reshape(-1), [a_p[name].reshape(-1).to(dtype) for name in names]
+
+    shapes = None if layout is None else tuple(layout.shapes)
+    key = (kind, names, tuple(shape), shapes, reverse, t_dtype, problem.y0.device, dtype)
+    return vjp_at, key

@@ -29,7 +29,7 @@ from .._errors import Status
 from .._problem import Problem
 from .._solution import Stats
 from ..loop import integrate
-from ..loop.compiled_step import PureField, solver_time_field
+from ..loop.compiled_step import PureField
 from ..loop.device import Impulses
 from ..loop.host import Integration
 from ..solvers.base import ExternalSolver
@@ -42,6 +42,7 @@ from ._backward import (
     run_backward,
     split_params,
     time_gradients,
+    traceable_vjp,
     vjp,
 )
 
@@ -188,42 +189,16 @@ def output_impulses(ys: torch.Tensor, grad_ys: torch.Tensor) -> Impulses:
 def traceable_augmented_field(
     problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype
 ) -> PureField | None:
-    """The augmented field written with ``torch.func.vjp`` so that a compiler can trace it.
-
-    Available when the user's field is an ``nn.Module`` and ``params`` are exactly its parameters
-    that require gradients, in order (the default of ``adjoint_params``); else None (eager field).
-    """
-    func = problem.func
-    if not isinstance(func, torch.nn.Module):
+    """The augmented field ``[-g, a^T dg/dz, a^T dg/dtheta]`` on ``x = [z, a, q]`` in a form a compiler
+    can trace (:func:`~hybrid_node.sensitivity._backward.traceable_vjp`); None: the eager field serves."""
+    found = traceable_vjp(problem, params, dtype, "backsolve")
+    if found is None:
         return None
-    named = [(name, p) for name, p in func.named_parameters() if p.requires_grad]
-    if len(named) != len(params) or any(p is not q for (_, p), q in zip(named, params)):
-        return None
-    names = tuple(name for name, _ in named)
-    n, shape = problem.y0.numel(), problem.y0.shape
-    layout, reverse, t_dtype = problem.layout, problem.reverse, problem.t_dtype
+    vjp_at, key = found
+    n = problem.y0.numel()
 
     def field(module, r, xx):
-        def g(z, pdict):
-            def call(tt, y):
-                return torch.func.functional_call(module, pdict, (tt, y))
+        gz, a_z, a_p = vjp_at(module, r, xx[:n], xx[n : 2 * n])
+        return torch.cat([-gz, a_z] + a_p)
 
-            return solver_time_field(call, -r, z, layout, reverse, t_dtype)
-
-        pp = {name: p for name, p in module.named_parameters() if name in names}
-        gz, pull = torch.func.vjp(g, xx[:n].reshape(shape), pp)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
-        a_z, a_p = pull(xx[n : 2 * n].reshape(shape))
-        parts = [-gz.reshape(-1), a_z.reshape(-1)] + [a_p[name].reshape(-1).to(dtype) for name in names]
-        return torch.cat(parts)
-
-    key = (
-        "backsolve",
-        names,
-        tuple(shape),
-        None if layout is None else tuple(layout.shapes),
-        reverse,
-        t_dtype,
-        problem.y0.device,
-        dtype,
-    )
-    return PureField(func, key, field)
+    return PureField(problem.func, key, field)

@@ -29,7 +29,7 @@ import torch
 from .._errors import Status
 from .._problem import Problem
 from .._solution import Stats
-from .._term import PureField, solver_time_field, term_field
+from .._term import PureField, term_field
 from ..controllers import ConstantStepSize
 from ..loop import integrate, whole_segments
 from ..loop.host import Integration, integrate_fixed
@@ -44,6 +44,7 @@ from ._backward import (
     run_backward,
     split_params,
     time_gradients,
+    traceable_vjp,
     vjp,
 )
 
@@ -300,43 +301,17 @@ class Interpolating:
 def traceable_interpolating_field(
     problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype
 ) -> PureField | None:
-    """The checkpointed adjoint's augmented field ``field(module, r, x, z)`` written with
-    ``torch.func.vjp`` so that a compiler can trace it: ``x = [a, q]``, ``z`` the forward state at
-    ``s = -r``; returns ``[a^T dg/dz, a^T dg/dtheta]``.
-
-    Available when the user's field is an ``nn.Module`` and ``params`` are exactly its parameters that
-    require gradients, in order (the default of ``adjoint_params``); else None (eager field).
-    """
-    func = problem.func
-    if not isinstance(func, torch.nn.Module):
+    """The checkpointed adjoint's augmented field ``field(module, r, x, z)``: ``[a^T dg/dz,
+    a^T dg/dtheta]`` on ``x = [a, q]`` with ``z`` the forward state at ``s = -r``, in a form a compiler
+    can trace (:func:`~hybrid_node.sensitivity._backward.traceable_vjp`); None: the eager field serves."""
+    found = traceable_vjp(problem, params, dtype, "interpolating")
+    if found is None:
         return None
-    named = [(name, p) for name, p in func.named_parameters() if p.requires_grad]
-    if len(named) != len(params) or any(p is not q for (_, p), q in zip(named, params)):
-        return None
-    names = tuple(name for name, _ in named)
-    n, shape = problem.y0.numel(), problem.y0.shape
-    layout, reverse, t_dtype = problem.layout, problem.reverse, problem.t_dtype
+    vjp_at, key = found
+    n = problem.y0.numel()
 
     def field(module, r, xx, z):
-        def g(zz, pdict):
-            def call(tt, y):
-                return torch.func.functional_call(module, pdict, (tt, y))
+        _, a_z, a_p = vjp_at(module, r, z, xx[:n])
+        return torch.cat([a_z.to(dtype)] + a_p)
 
-            return solver_time_field(call, -r, zz, layout, reverse, t_dtype)
-
-        pp = {name: p for name, p in module.named_parameters() if name in names}
-        _, pull = torch.func.vjp(g, z.reshape(shape), pp)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
-        a_z, a_p = pull(xx[:n].reshape(shape))
-        return torch.cat([a_z.reshape(-1).to(dtype)] + [a_p[name].reshape(-1).to(dtype) for name in names])
-
-    key = (
-        "interpolating",
-        names,
-        tuple(shape),
-        None if layout is None else tuple(layout.shapes),
-        reverse,
-        t_dtype,
-        problem.y0.device,
-        dtype,
-    )
-    return PureField(func, key, field)
+    return PureField(problem.func, key, field)
