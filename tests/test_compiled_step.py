@@ -133,3 +133,33 @@ def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(mo
     assert inductor_options(cpu=True)["cpp_wrapper"] is True
     monkeypatch.setenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "0")
     assert inductor_options()["cpp.use_decompose_tanh"] is False
+
+
+def test_cpu_graphs_add_a_linear_layers_bias_after_the_product(one_thread, monkeypatch):
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._inductor.utils import fresh_cache
+
+    w, x = torch.randn(16, 8), torch.randn(32, 8)
+    unfused = compiled_step._unfused_addmm(None)
+    for bias in (torch.randn(16), torch.randn(16, dtype=torch.float64)):
+        w64, x64 = w.to(bias.dtype), x.to(bias.dtype)
+        torch.testing.assert_close(unfused(bias, x64, w64.t()), torch.addmm(bias, x64, w64.t()))
+    # anything else goes to the table's own entry (here: none, so the operator is kept)
+    assert unfused(torch.randn(16), x, w.t(), beta=2) is NotImplemented
+    assert unfused(torch.randn(32, 16), x, w.t()) is NotImplemented
+    assert unfused(torch.randn(16).bfloat16(), x.bfloat16(), w.t().bfloat16()) is NotImplemented
+
+    seen = []
+
+    def spy(fallback, make=compiled_step._unfused_addmm):
+        inner = make(fallback)
+        return lambda bias, *args, **kwargs: seen.append(bias.shape) or inner(bias, *args, **kwargs)
+
+    monkeypatch.setattr(compiled_step, "_unfused_addmm", spy)
+    layer = torch.nn.Linear(8, 16)
+    original = select_decomp_table().get(torch.ops.aten.addmm.default)
+    with torch.no_grad(), fresh_cache():
+        out = compiled_step.compile_for(compiled_step.own_code(lambda y: torch.tanh(layer(y))), cpu=True)(x)
+    assert seen and set(seen) == {torch.Size([16])}  # the compiler met the layer's addmm and took the sum
+    torch.testing.assert_close(out, torch.tanh(layer(x)), rtol=0, atol=1e-6)  # rational tanh: a few ulp
+    assert select_decomp_table().get(torch.ops.aten.addmm.default) is original  # the user's graphs: unchanged

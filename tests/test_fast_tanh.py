@@ -100,8 +100,15 @@ def test_the_fit_script_reproduces_the_librarys_coefficients():
 
     worst, p, q = fit()
     assert worst < 3e-8
-    torch.testing.assert_close(torch.tensor(p), torch.tensor(fast_tanh.P, dtype=torch.float64), rtol=1e-9, atol=0)
-    torch.testing.assert_close(torch.tensor(q), torch.tensor(fast_tanh.Q, dtype=torch.float64), rtol=1e-9, atol=0)
+    # The Lawson iteration repeats a least-squares solve 120 times, so the coefficients it ends with
+    # depend on the LAPACK build and the CPU's kernels (4e-5 relative on another machine than the one
+    # that fitted them); as functions both agree with tanh to 3e-8.
+    torch.testing.assert_close(torch.tensor(p), torch.tensor(fast_tanh.P, dtype=torch.float64), rtol=1e-3, atol=0)
+    torch.testing.assert_close(torch.tensor(q), torch.tensor(fast_tanh.Q, dtype=torch.float64), rtol=1e-3, atol=0)
+    x = torch.linspace(0.0, fast_tanh.CLAMP, 200_001, dtype=torch.float64)
+    s = x * x
+    library = x * sum(c * s**k for k, c in enumerate(fast_tanh.P)) / sum(c * s**k for k, c in enumerate(fast_tanh.Q))
+    assert (library - torch.tanh(x)).abs().max() < 3e-8
 
 
 class _Field(torch.nn.Module):

@@ -57,15 +57,15 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     in float32, against 6e-8 for the library ``tanh``); the relative error near 0 is larger, which
     matters for nothing that only adds tanh outputs up (a linear layer) and is why torch leaves it off
     by default (pytorch/pytorch#148241: ``atan2`` of a tanh near 0). The GPU code is unaffected.
-    Float32 and 16-bit tensors get the cheaper :mod:`~hybrid_node.loop.fast_tanh` instead (through
-    :func:`compile_for`), so the exp form serves float64. Torch's own switch, the environment
+    Float32 and 16-bit tensors get the cheaper :mod:`~hybrid_node.loop.fast_tanh` instead (one of the
+    :func:`cpu_decompositions`), so the exp form serves float64. Torch's own switch, the environment
     variable ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``, turns both off.
     ``unsafe_marked_cacheable_functions``: torch's on-disk FX-graph and AOTAutograd caches refuse a
     graph that holds a higher-order operator unless it is marked cacheable, so without the mark every
     new process lowers the whole-solve graph (``while_loop``, ``cond``) again. The cache key of a graph
     includes the code and constants of its subgraphs (``FxGraphCachePickler`` pickles the submodules
     of the graph module with the same reducer), so a loop body that differs in any operation or
-    constant gets its own entry (tested); the value is torch's version and the rational tanh's, so a
+    constant gets its own entry (tested); the value is torch's version and :data:`DECOMPOSITIONS`, so a
     change of either starts afresh.
     ``cpp_wrapper`` (CPU graphs): the code that calls a graph's kernels is generated as C++ instead of
     Python. A step attempt runs about 40 kernels and 30 buffer allocations, each a Python call of a
@@ -87,7 +87,7 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
         "cpp.use_decompose_tanh": fast_tanh_enabled(),
         # the tag changes with torch and with the rational tanh (the graphs' cache key includes it)
         "unsafe_marked_cacheable_functions": dict.fromkeys(
-            _CACHEABLE_OPERATORS, f"{torch.__version__} {fast_tanh.VERSION}"
+            _CACHEABLE_OPERATORS, f"{torch.__version__} {DECOMPOSITIONS}"
         ),
     }
     if cuda_graphs:
@@ -103,38 +103,78 @@ def fast_tanh_enabled() -> bool:
 
 
 def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None):
-    """Inductor with :func:`~hybrid_node.loop.fast_tanh.rational_tanh` as the decomposition of
-    ``aten.tanh`` (float32 and 16-bit tensors; loop bodies included).
+    """Inductor with this library's CPU decompositions (:func:`cpu_decompositions`; loop bodies included).
 
-    The entry is put into Inductor's own decomposition table for the duration of this compilation
+    The entries are put into Inductor's own decomposition table for the duration of this compilation
     and taken out after: handing ``compile_fx`` a table of its own would keep the graph out of torch's
     on-disk cache (the table is part of the compile arguments it hashes and cannot be pickled), and
     the cache key still tells these graphs apart from others (``inductor_options`` tags them with
-    ``fast_tanh.VERSION``). A compilation running in another thread at the same moment would see the
-    entry too.
+    :data:`DECOMPOSITIONS`). A compilation running in another thread at the same moment would see the
+    entries too.
     """
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
 
-    op = torch.ops.aten.tanh.default
     with torch._inductor.config.patch(options or {}):
         table = select_decomp_table()  # the table compile_fx will read, under the same settings
-    previous = table.pop(op, None)  # none in torch 2.13: Inductor lowers tanh itself
-    table[op] = fast_tanh.rational_tanh
+    entries = cpu_decompositions(table)
+    previous = {op: table.get(op) for op in entries}
+    table.update(entries)
     try:
         return compile_fx(gm, example_inputs, config_patches=options)
     finally:
-        if previous is None:
-            del table[op]
-        else:
-            table[op] = previous
+        for op, entry in previous.items():
+            if entry is None:
+                del table[op]
+            else:
+                table[op] = entry
+
+
+#: names the decompositions of :func:`cpu_decompositions` in the graphs' cache tag
+DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v1"
+
+
+def cpu_decompositions(table: dict) -> dict:
+    """The entries the solver's CPU graphs add to Inductor's decomposition table ``table``.
+
+    - ``aten.tanh``: :func:`~hybrid_node.loop.fast_tanh.rational_tanh` for float32 and 16-bit tensors,
+      unless ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``.
+    - ``aten.addmm`` with a vector bias (``nn.Linear``): ``mm(x, w) + bias``. On the CPU Inductor
+      keeps ``addmm`` as one library call, which first copies the bias into every row of the output
+      and then runs the GEMM accumulating onto it; the bias then costs a pass over the output of its
+      own. Written as a sum, the bias add fuses into the kernel that consumes the product (a field's
+      activation, the stage sum after its last layer). The same sum in the same precision (the
+      benchmark's direct training step gave bit-identical gradients); the MLP's forward solve is 2-3%
+      faster (docs/compiled_solve.md). Torch itself unfuses it this way on GPUs
+      (``unfuse_bias_add_to_pointwise``). Other scalings, bias shapes and dtypes keep the table's entry.
+
+    Args:
+        table: Inductor's decomposition table (its ``addmm`` entry is kept as the fallback).
+
+    Returns:
+        ``{operator: decomposition}``.
+    """
+    addmm = torch.ops.aten.addmm.default
+    entries: dict = {addmm: _unfused_addmm(table.get(addmm))}
+    if fast_tanh_enabled():
+        entries[torch.ops.aten.tanh.default] = fast_tanh.rational_tanh
+    return entries
+
+
+def _unfused_addmm(fallback: Callable | None) -> Callable:
+    def addmm(bias, mat1, mat2, *, beta=1, alpha=1):
+        if beta == 1 and alpha == 1 and bias.dim() == 1 and bias.dtype == mat1.dtype == mat2.dtype:
+            if bias.dtype in (torch.float32, torch.float64):  # 16-bit: addmm adds the bias before rounding
+                return torch.mm(mat1, mat2) + bias
+        return NotImplemented if fallback is None else fallback(bias, mat1, mat2, beta=beta, alpha=alpha)
+
+    return addmm
 
 
 def compile_for(fn: Callable, cpu: bool, **kwargs) -> Callable:
-    """``torch.compile(fn, **kwargs)``, with :func:`_cpu_backend` for CPU graphs when the faster
-    ``tanh`` is on (``options`` go to Inductor either way)."""
-    backend = _cpu_backend if cpu and fast_tanh_enabled() else "inductor"
-    return torch.compile(fn, backend=backend, **kwargs)
+    """``torch.compile(fn, **kwargs)``, with :func:`_cpu_backend` for CPU graphs (``options`` go to
+    Inductor either way)."""
+    return torch.compile(fn, backend=_cpu_backend if cpu else "inductor", **kwargs)
 
 
 def own_code(fn: Callable) -> Callable:
