@@ -43,6 +43,39 @@ from . import fast_tanh
 _CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
 
 
+#: fields whose compilation failure was reported (one warning per field, however many graphs fall back)
+_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def warn_fallback(owner, error: Exception, outcome: str, hint: str = "", stacklevel: int = 2) -> None:
+    """Report that a graph of ``owner`` (the user's field) could not be compiled, once per field.
+
+    One solve can try several graphs of one field (the whole-solve graph, then the per-step graphs;
+    an adjoint's forward and backward passes), and a field the compiler refuses usually fails all of
+    them for one reason: the first failure is reported, with what the solve does instead, and the
+    later ones are not. A field that cannot be weakly referenced is reported every time.
+
+    Args:
+        owner: the field.
+        error: the compiler's exception (its first line is quoted).
+        outcome: what runs instead, e.g. "it runs eagerly".
+        hint: a sentence on how to make the field compile, or "".
+        stacklevel: as for :func:`warnings.warn`, counted from the caller.
+    """
+    try:
+        if owner in _WARNED:
+            return
+        _WARNED.add(owner)
+    except TypeError:
+        pass
+    warnings.warn(
+        f"compile=True: this field cannot be compiled ({type(error).__name__}: "
+        f"{str(error).splitlines()[0][:200]}); {outcome}.{hint}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 #: the structured control flow of the whole-solve graphs, by the name torch's cache checks look up
 _CACHEABLE_OPERATORS = ("torch.ops.higher_order.while_loop", "torch.ops.higher_order.cond")
 
@@ -263,12 +296,7 @@ class CompiledAttempt:
         try:
             return graph(self.owner, *args)
         except torch._dynamo.exc.TorchDynamoException as e:
-            warnings.warn(
-                f"compile=True: this field cannot be compiled ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}); it runs eagerly.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            warn_fallback(self.owner, e, "it runs eagerly", stacklevel=3)
             self._graphs[self._step_key] = self._graphs[self._field_key] = None
             return None
 

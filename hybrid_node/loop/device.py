@@ -60,7 +60,7 @@ from .._term import Term
 from ..controllers import PIDController, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, _compile
+from .compiled_step import _CACHE, PureField, _compile, warn_fallback
 from .core import RUNNING, TENSOR
 from .host import Integration, first_step
 
@@ -404,12 +404,7 @@ class DeviceRuns:
                     return LoopState(*(x.clone() for x in out_state)), out_summary.clone()
                 return graph(self.owner, state, tables, rtol, atol, norm)
             except torch._dynamo.exc.TorchDynamoException as e:
-                warnings.warn(
-                    f"compile=True: this field cannot be compiled ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:200]}); the device loop runs eagerly.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                warn_fallback(self.owner, e, "the device loop runs eagerly", stacklevel=3)
                 assert self._graphs is not None  # graph came from it
                 self._graphs[self._key] = None
         return self.eager(self.owner, state, tables, rtol, atol, norm)

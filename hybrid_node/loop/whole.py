@@ -55,7 +55,6 @@ import contextlib
 import re
 import time
 import types
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -68,7 +67,7 @@ from ..controllers import PIDController, first_trial_step, initial_step_from_tri
 from ..solvers.registry import METHOD_SPECS
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, compile_for, inductor_options, own_code, term_field
+from .compiled_step import _CACHE, PureField, compile_for, inductor_options, own_code, term_field, warn_fallback
 from .core import RUNNING
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
 from .host import Integration
@@ -429,12 +428,8 @@ class WholeSolve:
                 # torch 2.13's while_loop lifts every read of ``tensor.T`` (a property of a parameter,
                 # buffer or global) as an input of its own, views of one tensor, which it refuses
                 hint = " If the field reads `.T` of a parameter or global tensor, write `.t()` (same values, compiles)."
-            warnings.warn(
-                f"compile=True: this solve cannot be compiled as one graph ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}); it runs with compiled steps instead.{hint}",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            outcome = "its solves run with compiled steps instead (eagerly where those are refused too)"
+            warn_fallback(self.owner, e, outcome, hint, stacklevel=4)
             self._graphs[self.key] = None
             return None
         if first:
