@@ -135,6 +135,8 @@ def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(mo
     }
     assert inductor_options(cuda_graphs=True)["triton.cudagraphs"] is True
     assert inductor_options(cpu=True)["cpp_wrapper"] is True
+    assert inductor_options(cpu=True)["cpp.enable_floating_point_contract_flag"] == "fast"
+    assert "cpp.enable_floating_point_contract_flag" not in base
     monkeypatch.setenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "0")
     assert inductor_options()["cpp.use_decompose_tanh"] is False
 

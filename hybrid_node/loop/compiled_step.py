@@ -107,6 +107,11 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     6.5 ms, the adjoint training step 190 instead of 213 ms and the direct one (per-step graphs)
     23.2 instead of 25.2 ms, with identical outputs and no longer first call. Not set for other
     devices, where it is untested here.
+    ``cpp.enable_floating_point_contract_flag="fast"`` (CPU graphs): the C++ compiler may fuse a
+    multiply and an add into one FMA instruction (rounded once instead of twice), which Inductor
+    forbids by default. The rational tanh's Horner steps become FMAs: its kernel's own work ~20%
+    less and its largest absolute error 3.0e-7 instead of 3.3e-7 (tested); the adjoint training step
+    ~3% faster. Results change at the level of float rounding, as any other fusion does.
     ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
 
     Args:
@@ -127,6 +132,7 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
         options["triton.cudagraphs"] = True
     if cpu:
         options["cpp_wrapper"] = True
+        options["cpp.enable_floating_point_contract_flag"] = "fast"
     return options
 
 
