@@ -16,3 +16,19 @@ def test_solution_count_equals_the_fields_own_counter(one_thread, name):
     counted = w.field.nfe
     assert counted > 0
     assert frameworks._solution_nfe(w, {}) == counted
+
+
+@pytest.mark.parametrize("name", ["mlp-fwd", "mlp-train-adjoint"])
+def test_ab_units_run_the_workload_on_their_own_copy_of_the_field(one_thread, name):
+    """benchmarks/ab.py: each unit solves the workload as the benchmark adapter does, on a copy of
+    the field (so two packages never share gradients or counters)."""
+    import torch
+
+    import hybrid_node
+    from benchmarks import ab
+
+    w = workloads.make(name)
+    ys = ab.unit(w, hybrid_node, None)()
+    assert all(p.grad is None for p in w.field.parameters())  # the backward pass went to the copy
+    reference = frameworks.prepare_hybrid_node(w)()
+    torch.testing.assert_close(ys.detach(), reference.detach(), rtol=0, atol=0)

@@ -1,0 +1,80 @@
+"""One workload, this checkout against another, in one process: ``compile=True`` of both and eager.
+
+Separate processes of the same build differ by up to ~15% on a shared machine (measured on the mlp
+forward solve), more than most changes to the compiled solve are worth; this script times the
+workload's unit of work (a no-grad forward solve, or loss and backward pass) for the other
+checkout's ``hybrid_node`` (imported under another name, as ``benchmarks.host_cost`` does), this
+one's and the eager solver, each on its own copy of the field, in shuffled interleaved rounds::
+
+    python -m benchmarks.ab --workload cnf-adjoint --baseline /path/to/other/checkout --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import time
+import warnings
+
+import torch
+
+import hybrid_node
+
+from .host_cost import _baseline
+from .workloads import WORKLOADS, Workload, make
+
+
+def unit(w: Workload, pkg, options: dict | None):
+    """The workload's unit of work with ``pkg``'s solver on a copy of its field."""
+    field = copy.deepcopy(w.field)
+    params = tuple(field.parameters())
+    options = dict(options or {}, **({"step_size": w.step_size} if w.step_size is not None else {})) or None
+    kwargs = {"rtol": w.rtol, "atol": w.atol, "method": w.method, "options": options}
+
+    def run():
+        for p in params:
+            p.grad = None
+        if w.mode == "fwd":
+            with torch.no_grad():
+                return pkg.odeint(field, w.y0, w.t, **kwargs)
+        solve = pkg.odeint_adjoint if w.mode == "adjoint" else pkg.odeint
+        extra = {"adjoint_params": params} if w.mode == "adjoint" else {}
+        ys = solve(field, w.y0, w.t, **kwargs, **extra)
+        w.loss(ys).backward()
+        return ys
+
+    return run
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="mlp-fwd", choices=WORKLOADS)
+    parser.add_argument("--baseline", required=True, help="the other checkout (its hybrid_node package)")
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # fallback warnings of fields the compiler refuses (the CNF's trace)
+    w = make(args.workload)
+    runs = {
+        "baseline": unit(w, _baseline(args.baseline), {"compile": True}),
+        "this": unit(w, hybrid_node, {"compile": True}),
+        "eager": unit(w, hybrid_node, None),
+    }
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        print(f"{name}: first call {time.perf_counter() - start:.1f} s", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name in random.sample(list(runs), len(runs)):
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"{args.workload} {name:9s} median {1e3 * statistics.median(ts):8.2f} ms  min {1e3 * min(ts):8.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
