@@ -141,7 +141,7 @@ def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(mo
     assert inductor_options()["cpp.use_decompose_tanh"] is False
 
 
-def test_cpu_graphs_add_a_linear_layers_bias_after_the_product(one_thread, monkeypatch):
+def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_rows(one_thread, monkeypatch):
     from torch._inductor.decomposition import select_decomp_table
     from torch._inductor.utils import fresh_cache
 
@@ -154,6 +154,15 @@ def test_cpu_graphs_add_a_linear_layers_bias_after_the_product(one_thread, monke
     assert unfused(torch.randn(16), x, w.t(), beta=2) is NotImplemented
     assert unfused(torch.randn(32, 16), x, w.t()) is NotImplemented
     assert unfused(torch.randn(16).bfloat16(), x.bfloat16(), w.t().bfloat16()) is NotImplemented
+
+    narrow = compiled_step._narrow_mm(None)
+    for n in (1, 2, 4):
+        for dtype in (torch.float32, torch.float64):
+            a, b = torch.randn(32, 64, dtype=dtype), torch.randn(n, 64, dtype=dtype).t()
+            torch.testing.assert_close(narrow(a, b), a @ b)
+    assert narrow(x, torch.randn(8, 5)) is NotImplemented  # wider: the GEMM
+    assert narrow(torch.randn(8, 32).t(), torch.randn(8, 2)) is NotImplemented  # strided rows: the GEMM
+    assert narrow(x.bfloat16(), torch.randn(8, 2).bfloat16()) is NotImplemented
 
     seen = []
 
