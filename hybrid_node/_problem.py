@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._term import Term, TupleLayout
@@ -39,8 +40,12 @@ def real_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.zeros((), dtype=dtype).real.dtype
 
 
-def check_times(t) -> torch.Tensor:
-    """Validate output times: a 1-D floating tensor, finite, strictly increasing or decreasing."""
+def check_times(t) -> tuple[torch.Tensor, list[float]]:
+    """Validate output times: a 1-D floating tensor, finite, strictly increasing or decreasing.
+
+    Returns:
+        ``t`` (as a tensor) and its values as host floats (float64).
+    """
     if not isinstance(t, torch.Tensor):
         try:
             t = torch.as_tensor(t, dtype=torch.float64)
@@ -60,17 +65,20 @@ def check_times(t) -> torch.Tensor:
             "t is an input of a torch.func transform (grad, jacrev, ...); gradients with respect to the output "
             "times are available outside the transforms (t.requires_grad_() and torch.autograd.grad)."
         )
-    host = plain(t).detach().cpu().double()
-    if not bool(torch.isfinite(host).all()):
+    # one copy to the host (a list: inside a torch.func transform the tensor has no storage to share),
+    # checked with numpy: torch calls on a 50-element tensor cost more than the other input checks
+    host = plain(t).detach().cpu().double().tolist()
+    values = np.array(host)
+    if not np.isfinite(values).all():
         raise ValueError("t contains NaN or infinite values.")
-    if t.numel() > 1:
-        d = host[1:] - host[:-1]
-        if not (bool((d > 0).all()) or bool((d < 0).all())):
+    if values.size > 1:
+        d = np.diff(values)
+        if not ((d > 0).all() or (d < 0).all()):
             raise ValueError(
                 "t must be strictly increasing or strictly decreasing (no repeated or out-of-order times); "
                 "sort it and remove duplicates, e.g. torch.unique(t)."
             )
-    return t
+    return t, host
 
 
 def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
@@ -182,7 +190,7 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
-    t = check_times(t)
+    t, host = check_times(t)
     flat, layout = check_state(y0)
     if isinstance(solver, AbstractSolver) and solver.partitioned and (layout is None or len(layout.sizes) != 2):
         raise ValueError(
@@ -197,7 +205,6 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             "the real system: torch.view_as_real(y0) as the state and a field that maps it with "
             "torch.view_as_complex / torch.view_as_real."
         )
-    host = plain(t).detach().cpu().double().tolist()  # one copy to the host, not one 0-d tensor per time
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0
     ts = [sgn * x for x in host]
