@@ -164,17 +164,27 @@ def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_r
     assert narrow(torch.randn(8, 32).t(), torch.randn(8, 2)) is NotImplemented  # strided rows: the GEMM
     assert narrow(x.bfloat16(), torch.randn(8, 2).bfloat16()) is NotImplemented
 
-    seen = []
+    seen: dict[str, set] = {"addmm": set(), "mm": set()}
 
-    def spy(fallback, make=compiled_step._unfused_addmm):
-        inner = make(fallback)
-        return lambda bias, *args, **kwargs: seen.append(bias.shape) or inner(bias, *args, **kwargs)
+    def spy(name, make):
+        def build(fallback):
+            inner = make(fallback)
 
-    monkeypatch.setattr(compiled_step, "_unfused_addmm", spy)
-    layer = torch.nn.Linear(8, 16)
+            def op(a, b, *args, **kwargs):
+                seen[name].add(tuple(b.shape) if name == "mm" else tuple(a.shape))
+                return inner(a, b, *args, **kwargs)
+
+            return op
+
+        return build
+
+    monkeypatch.setattr(compiled_step, "_unfused_addmm", spy("addmm", compiled_step._unfused_addmm))
+    monkeypatch.setattr(compiled_step, "_narrow_mm", spy("mm", compiled_step._narrow_mm))
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     original = select_decomp_table().get(torch.ops.aten.addmm.default)
     with torch.no_grad(), fresh_cache():
-        out = compiled_step.compile_for(compiled_step.own_code(lambda y: torch.tanh(layer(y))), cpu=True)(x)
-    assert seen and set(seen) == {torch.Size([16])}  # the compiler met the layer's addmm and took the sum
-    torch.testing.assert_close(out, torch.tanh(layer(x)), rtol=0, atol=1e-6)  # rational tanh: a few ulp
+        out = compiled_step.compile_for(compiled_step.own_code(lambda y: net(y)), cpu=True)(x)
+    # the compiler met both layers' addmm, took the sums, and the 16 -> 2 product became row sums
+    assert seen["addmm"] == {(16,), (2,)} and (16, 2) in seen["mm"]
+    torch.testing.assert_close(out, net(x), rtol=0, atol=1e-6)  # rational tanh: a few ulp
     assert select_decomp_table().get(torch.ops.aten.addmm.default) is original  # the user's graphs: unchanged

@@ -196,7 +196,7 @@ def cpu_decompositions(table: dict) -> dict:
       Float32 and float64 only; the backward pass's products (other shapes) keep the GEMM.
 
     Args:
-        table: Inductor's decomposition table (its ``addmm`` entry is kept as the fallback).
+        table: Inductor's decomposition table (its ``addmm`` and ``mm`` entries are kept as the fallbacks).
 
     Returns:
         ``{operator: decomposition}``.
