@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import random
 import statistics
 import time
@@ -22,30 +23,14 @@ import torch
 
 import hybrid_node
 
+from .frameworks import prepare_hybrid_node
 from .host_cost import _baseline
 from .workloads import WORKLOADS, Workload, make
 
 
 def unit(w: Workload, pkg, options: dict | None):
-    """The workload's unit of work with ``pkg``'s solver on a copy of its field."""
-    field = copy.deepcopy(w.field)
-    params = tuple(field.parameters())
-    options = dict(options or {}, **({"step_size": w.step_size} if w.step_size is not None else {})) or None
-    kwargs = {"rtol": w.rtol, "atol": w.atol, "method": w.method, "options": options}
-
-    def run():
-        for p in params:
-            p.grad = None
-        if w.mode == "fwd":
-            with torch.no_grad():
-                return pkg.odeint(field, w.y0, w.t, **kwargs)
-        solve = pkg.odeint_adjoint if w.mode == "adjoint" else pkg.odeint
-        extra = {"adjoint_params": params} if w.mode == "adjoint" else {}
-        ys = solve(field, w.y0, w.t, **kwargs, **extra)
-        w.loss(ys).backward()
-        return ys
-
-    return run
+    """The workload's unit of work with ``pkg``'s solver (the benchmark's adapter) on a copy of its field."""
+    return prepare_hybrid_node(dataclasses.replace(w, field=copy.deepcopy(w.field)), options, hn=pkg)
 
 
 def main(argv=None) -> None:

@@ -53,8 +53,11 @@ def _options(w: Workload):
     return {"step_size": w.step_size} if w.step_size is not None else None
 
 
-def prepare_hybrid_node(w: Workload, extra_options=None):
-    import hybrid_node as hn
+def prepare_hybrid_node(w: Workload, extra_options=None, hn=None):
+    """hybrid_node's unit of work for ``w``; ``hn``: the package to solve with (default: ``hybrid_node``;
+    ``benchmarks.ab`` passes another checkout's)."""
+    if hn is None:
+        import hybrid_node as hn
 
     options = dict(_options(w) or {}, **(extra_options or {})) or None
     if w.mode == "adjoint":
