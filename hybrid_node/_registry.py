@@ -143,8 +143,19 @@ def _time_dtype_option(dtype: Any) -> None:
         raise ValueError(f"options['dtype'] must be a floating torch dtype such as torch.float64, got {dtype!r}.")
 
 
+#: build_solver's results for calls made of plain values (a training loop repeats one call): the
+#: solver and controller are frozen dataclasses, so a repeated call may share them
+_BUILT: dict = {}
+_BUILT_MAX = 64
+_PLAIN = (bool, int, float, str, type(None), torch.dtype)
+
+
 def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
     """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
+
+    A call with a method name, float tolerances and options whose values are plain numbers, strings,
+    None or dtypes returns the objects built for the first such call (building them costs ~50 us
+    inside a loop of solves); any other call builds them afresh.
 
     Args:
         method: a method name of the registry (None: "dopri5").
@@ -158,6 +169,31 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
         ValueError: for an unknown method or option (the message lists the valid ones).
         BackendError: the method exists on the Julia backend only (a ValueError too).
     """
+    key = _plain_call(method, options, rtol, atol)
+    if key is None:
+        return _build_solver(method, options, rtol, atol)
+    built = _BUILT.get(key)
+    if built is None:
+        if len(_BUILT) >= _BUILT_MAX:
+            _BUILT.pop(next(iter(_BUILT)))  # the oldest
+        built = _BUILT[key] = _build_solver(method, options, rtol, atol)
+    solver, controller, extras = built
+    return solver, controller, dict(extras)
+
+
+def _plain_call(method, options, rtol, atol) -> tuple | None:
+    """The memo key of a :func:`build_solver` call made of plain values, else None (types are part of
+    it: ``max_num_steps=1`` and ``1.0`` are told apart as the checks would tell them)."""
+    if type(rtol) is not float or type(atol) is not float or not (method is None or type(method) is str):
+        return None
+    if options is None:
+        return (method, (), rtol, atol)
+    if type(options) is not dict or any(type(v) not in _PLAIN for v in options.values()):
+        return None
+    return (method, tuple((k, type(v), v) for k, v in options.items()), rtol, atol)
+
+
+def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
     method = "dopri5" if method is None else method
     options = dict(check_options(options, "options"))
     event_t_end = options.pop("event_t_end", None)

@@ -240,6 +240,42 @@ def test_max_num_steps_and_status_without_throw(field):
     assert torch.isnan(comp.ys[-1]).all()
 
 
+class Blowup(torch.nn.Module):
+    """y0' = -y0, y1' = y1^2: the second column reaches infinity at t = 1 (from y1(0) = 1)."""
+
+    def forward(self, t, y):
+        return torch.stack([-y[:, 0], y[:, 1] ** 2], 1)
+
+
+def _first_column_norm(x):
+    return x[:, 0].abs().max()
+
+
+def test_non_finite_outputs_the_error_norm_ignores_are_reported(float64_default, one_thread, monkeypatch):
+    """The graph tests its outputs for the host, which then skips its own test: a column the norm
+    ignores leaves every step accepted and the solve successful, and must still fail it."""
+    results = []
+
+    def spy(*args, **kwargs):
+        results.append(whole.integrate_whole(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr("hybrid_node.loop.dispatch.integrate_whole", spy)
+    y0, t = torch.ones(3, 2), torch.linspace(0.0, 2.0, 5)
+    solver, controller = hn.Dopri5().compiled(), hn.PIDController(rtol=1e-6, atol=1e-8, norm=_first_column_norm)
+    with torch.no_grad():
+        with pytest.raises(hn.SolverError) as info:
+            hn.solve(Blowup(), y0, t, solver=solver, controller=controller)
+        sol = hn.solve(Blowup(), y0, t, solver=solver, controller=controller, throw=False)
+    assert info.value.status is sol.status is hn.Status.NONFINITE
+    assert len(results) == 2 and all(r.status is hn.Status.SUCCESS and not r.finite for r in results)
+    torch.testing.assert_close(sol.ys[:, :, 0], torch.exp(-t)[:, None].expand(-1, 3), rtol=1e-5, atol=0)
+    # a finite solve is reported finite by the graph, and the host's test is skipped
+    with torch.no_grad():
+        hn.solve(Blowup(), y0 * 0.1, t, solver=solver, controller=controller)
+    assert results[-1].finite
+
+
 @pytest.mark.slow
 def test_field_the_compiler_rejects_falls_back_with_one_warning(float64_default, one_thread):
     calls = []
@@ -442,10 +478,12 @@ def test_integration_stack_reuses_the_loops_stacked_outputs_only_while_ys_holds_
     from hybrid_node.loop.host import Integration
 
     ys = torch.arange(6.0).reshape(3, 2)
-    rows = ys.unbind(0)
-    out = Integration(list(rows), Stats(), hn.Status.SUCCESS, 1.0, stacked=(ys, rows))
-    assert out.stack() is ys
+    out = Integration(None, Stats(), hn.Status.SUCCESS, 1.0, stacked=ys, finite=True)
+    assert out.stack() is ys and out.known_finite(ys)
+    assert [r.tolist() for r in out.ys] == ys.tolist()  # split on first use
+    assert out.stack() is ys  # still its rows
     out.ys[0] = torch.zeros(2)  # a caller replaced an output (as direct backprop does with y0)
     stacked = out.stack()
     assert stacked is not ys and stacked[0].tolist() == [0.0, 0.0] and stacked[1:].equal(ys[1:])
-    assert Integration(list(rows), Stats(), hn.Status.SUCCESS, 1.0).stack().equal(ys)
+    assert not out.known_finite(stacked)  # the loop's finding was about its own outputs
+    assert Integration(list(ys.unbind(0)), Stats(), hn.Status.SUCCESS, 1.0).stack().equal(ys)

@@ -112,6 +112,9 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     forbids by default. The rational tanh's Horner steps become FMAs: its kernel's own work ~20%
     less and its largest absolute error 3.0e-7 instead of 3.3e-7 (tested); the adjoint training step
     ~3% faster. Results change at the level of float rounding, as any other fusion does.
+    ``aot_inductor.enable_line_tables=False`` (CPU graphs): the C++ compiler builds the kernels
+    without line tables (``-g1``, which only profilers read): the mlp forward graph's ``g++`` run
+    ~0.6 s of 7.4 s shorter on a first compilation.
     ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
 
     Args:
@@ -133,6 +136,7 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     if cpu:
         options["cpp_wrapper"] = True
         options["cpp.enable_floating_point_contract_flag"] = "fast"
+        options["aot_inductor.enable_line_tables"] = False
     return options
 
 

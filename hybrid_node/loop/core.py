@@ -161,6 +161,17 @@ class StepControl:
         Returns:
             The constants, with ``eps`` and ``t_limit`` from ``dtype`` rather than from float64.
         """
+        # the settings it reads (not the controller: its tolerances may be tensors, compared elementwise)
+        key = tuple(getattr(controller, k) for k in _CONTROL_SETTINGS) + (error_order, dtype, attempts)
+        out = _STEP_CONTROLS.get(key)
+        if out is None:
+            if len(_STEP_CONTROLS) >= 64:
+                _STEP_CONTROLS.pop(next(iter(_STEP_CONTROLS)))  # the oldest
+            out = _STEP_CONTROLS[key] = StepControl._of(controller, error_order, dtype, attempts)
+        return out
+
+    @staticmethod
+    def _of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int) -> StepControl:
         return StepControl(
             *controller.exponents(error_order),
             float(controller.safety),
@@ -173,6 +184,12 @@ class StepControl:
             int(attempts),
             float(torch.finfo(dtype.to_real()).eps),
         )
+
+
+#: StepControl.of's results (a loop of solves asks for the same constants every time), keyed by
+#: the controller settings it reads
+_STEP_CONTROLS: dict = {}
+_CONTROL_SETTINGS = "pcoeff icoeff dcoeff safety ifactor dfactor min_step max_step max_num_steps".split()
 
 
 def time_limit(dtype: torch.dtype) -> float:

@@ -230,7 +230,7 @@ def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | N
     """
     ys = integration.stack() if ys is None else ys
     status = integration.status
-    if status in (Status.SUCCESS, Status.EVENT) and not all_finite(ys):
+    if status in (Status.SUCCESS, Status.EVENT) and not integration.known_finite(ys) and not all_finite(ys):
         # fixed-grid loops have no step decision to catch it: the first non-finite output reports it
         rows = (~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1)
         index = torch.arange(len(ys), device=ys.device)

@@ -85,25 +85,52 @@ def _emit(ys: list[torch.Tensor], ts: Sequence[float], i_out: int, t0: float, t1
 
 @dataclasses.dataclass
 class Integration:
-    """Raw result of a loop (solver time, flat states)."""
+    """Raw result of a loop (solver time, flat states).
 
-    ys: list[torch.Tensor]
+    A loop that produces its outputs as one tensor (the whole-solve graph) gives ``rows=None`` and the
+    tensor as ``stacked``: :attr:`ys` splits it into rows on first use only (50 views cost ~20 us, and
+    the forward solve's usual reader, :meth:`stack`, needs none).
+    """
+
+    rows: list[torch.Tensor] | None
     stats: Stats
     status: Status
     t_reached: float
     segments: list[DenseSegment] | None = None
     event_t: float | None = None
-    #: (all, rows): a loop that produced its outputs as one tensor ``all`` (the whole-solve graph) and
-    #: set ``ys`` to its rows; :meth:`stack` returns ``all`` while ``ys`` still holds exactly those rows
-    stacked: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
+    #: the outputs as one tensor, where the loop made them so
+    stacked: torch.Tensor | None = None
+    #: the loop found every output of ``stacked`` finite (the whole-solve graph tests them as it ends)
+    finite: bool = False
+    #: the rows :attr:`ys` split ``stacked`` into (:meth:`stack` returns ``stacked`` while ``ys`` holds them)
+    _split: tuple[torch.Tensor, ...] | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def ys(self) -> list[torch.Tensor]:
+        """The outputs, one state per output time (a list the caller may change)."""
+        if self.rows is None:
+            assert self.stacked is not None  # a loop gives its outputs one way or the other
+            self._split = self.stacked.unbind(0)
+            self.rows = list(self._split)
+        return self.rows
+
+    @ys.setter
+    def ys(self, value: list[torch.Tensor]) -> None:
+        self.rows = value
 
     def stack(self) -> torch.Tensor:
         """``torch.stack(self.ys)``, without the copy where the loop gave its outputs stacked."""
         if self.stacked is not None:
-            whole, rows = self.stacked
-            if len(rows) == len(self.ys) and all(a is b for a, b in zip(self.ys, rows)):
-                return whole
+            if self.rows is None:
+                return self.stacked
+            split = self._split
+            if split is not None and len(split) == len(self.rows) and all(a is b for a, b in zip(self.rows, split)):
+                return self.stacked
         return torch.stack(self.ys)
+
+    def known_finite(self, ys: torch.Tensor) -> bool:
+        """Whether ``ys`` is the loop's stacked outputs as it gave them and it found them all finite."""
+        return self.finite and ys is self.stacked
 
 
 def _fail(status: Status, t: float, throw: bool, term: Term | AugmentedTerm, detail: str = ""):

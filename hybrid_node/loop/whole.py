@@ -227,7 +227,9 @@ def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepC
             dt = dt0[0].clone()
         state = initial_state(y0, f0, t0, dt, tables.ts.shape[0])
         out = _loop(field, solver, c, tables, rtol, atol, norm, state)
-        return torch.cat([y0.unsqueeze(0), out.outs]), summary(out)
+        ys = torch.cat([y0.unsqueeze(0), out.outs])
+        # whether every output is finite, read with the summary: the host need not test the outputs
+        return ys, torch.cat([summary(out), torch.isfinite(ys).all().double().reshape(1)])
 
     return solve
 
@@ -520,14 +522,14 @@ def integrate_whole(
     if out is None:
         return None
     ys, info = out
-    status, t, dt, n_att, n_acc, n_rej = read_out(info)  # the one host read of the solve
+    values = info.tolist()  # the one host read of the solve
+    status, t, dt, n_att, n_acc, n_rej = read_out(values)
     # the graph's evaluations: f0, the initial step's trial (when it is Hairer's), the attempts
     term.nfe += 1 + heuristic + evaluations_per_attempt(solver) * n_att
     stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
         raise solve_error(status, t, dt, controller, term.reverse)
-    rows = ys.unbind(0)
-    return Integration(list(rows), stats, status, t, stacked=(ys, rows))
+    return Integration(None, stats, status, t, stacked=ys, finite=bool(values[-1]))
 
 
 def first_step_tensor(controller: PIDController, device: torch.device) -> torch.Tensor:

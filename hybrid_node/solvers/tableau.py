@@ -39,6 +39,7 @@ class ButcherTableau:
     b_error: tuple[float, ...] | None = None
     error_order: int | None = None
     dense: tuple[tuple[float, ...], ...] | None = None
+    _hash: int = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "c", _as_tuple(self.c))
@@ -49,6 +50,12 @@ class ButcherTableau:
         if self.dense is not None:
             object.__setattr__(self, "dense", tuple(_as_tuple(row) for row in self.dense))
         self.check()
+        # hashed once: a solver's tableau is part of the key of every compiled-graph lookup of a solve
+        fields = (self.c, self.a, self.b, self.order, self.b_error, self.error_order, self.dense)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def stages(self) -> int:
