@@ -44,6 +44,21 @@ def test_times_must_be_finite(bad):
         hn.odeint(decay, torch.ones(2), torch.tensor([0.0, bad]))
 
 
+def test_times_changed_in_place_after_a_solve_are_checked_again():
+    """The check skips times equal to the last ones it accepted: the same tensor changed in place,
+    even where autograd's version counter does not see it (``.data``), is checked again."""
+    t = torch.linspace(0.0, 1.0, 4)
+    hn.odeint(decay, torch.ones(2), t)
+    t.data[2] = 0.1
+    with pytest.raises(ValueError, match="strictly increasing"):
+        hn.odeint(decay, torch.ones(2), t)
+    t.data[2] = math.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        hn.odeint(decay, torch.ones(2), t)
+    t.data[2] = 2.0 / 3.0
+    torch.testing.assert_close(hn.odeint(decay, torch.ones(2), t)[-1], torch.full((2,), math.exp(-1.0)))
+
+
 def test_times_shape_and_dtype():
     with pytest.raises(ValueError, match="1-D"):
         hn.odeint(decay, torch.ones(2), torch.zeros(2, 2))

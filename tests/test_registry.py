@@ -130,3 +130,24 @@ def test_readme_method_table_is_the_registrys():
     found = readme[start : readme.index("\n\n", start)] + "\n"
     assert found == table
     assert all(re.search(rf"\| `{re.escape(name)}` \|", table) for name in METHOD_SPECS)
+
+
+def test_repeated_plain_calls_share_the_built_objects_and_others_are_built_afresh():
+    first = build_solver("dopri5", {"compile": True, "max_num_steps": 50}, 1e-6, 1e-8)
+    again = build_solver("dopri5", {"compile": True, "max_num_steps": 50}, 1e-6, 1e-8)
+    assert first[0] is again[0] and first[1] is again[1]  # frozen objects, shared
+    assert first[2] == again[2] and first[2] is not again[2]  # the extras dict is the caller's
+    assert build_solver("dopri5", {"compile": True, "max_num_steps": 51}, 1e-6, 1e-8)[1].max_num_steps == 51
+    assert build_solver("dopri5", None, 1e-6, 1e-8)[1] is not build_solver("dopri5", None, 1e-5, 1e-8)[1]
+    # values that are not plain numbers (a tensor may change in place) build afresh, and so do
+    # tensor tolerances
+    jumps = torch.tensor([0.5])
+    a = build_solver("dopri5", {"jump_t": jumps}, 1e-6, 1e-8)
+    jumps[0] = 0.25
+    assert build_solver("dopri5", {"jump_t": jumps}, 1e-6, 1e-8)[2]["jump_t"] == (0.25,) != a[2]["jump_t"]
+    rtol = torch.full((2,), 1e-6)
+    assert build_solver("dopri5", None, rtol, 1e-8)[1] is not build_solver("dopri5", None, rtol, 1e-8)[1]
+    # an invalid call raises every time (nothing is kept)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Unknown options"):
+            build_solver("dopri5", {"stepsize": 0.1}, 1e-6, 1e-8)
