@@ -247,14 +247,16 @@ def frozen_counters(modules: Sequence[torch.nn.Module], counters: Sequence[tuple
     call (found by :func:`integrate_whole` around one eager evaluation) would otherwise fail that
     guard on every solve and recompile the graph.
     """
-    saved = [(modules[i], k, getattr(modules[i], k)) for i, k in counters]
-    for m, k, _ in saved:
-        setattr(m, k, 0)
+    # the counters are plain instance attributes (found with ``vars``): written to the instance dict
+    # directly, without nn.Module.__setattr__'s checks for parameters, buffers and submodules
+    saved = [(vars(modules[i]), k, getattr(modules[i], k)) for i, k in counters]
+    for d, k, _ in saved:
+        d[k] = 0
     try:
         yield
     finally:
-        for m, k, v in saved:
-            setattr(m, k, v)
+        for d, k, v in saved:
+            d[k] = v
 
 
 #: the global names through which Dynamo reaches this library's and torch's own modules (the compiled
