@@ -3,7 +3,7 @@
 Separate processes of the same build differ by up to ~15% on a shared machine (measured on the mlp
 forward solve), more than most changes to the compiled solve are worth; this script times the
 workload's unit of work (a no-grad forward solve, or loss and backward pass) for the other
-checkout's ``hybrid_node`` (imported under another name, as ``benchmarks.host_cost`` does), this
+checkout's ``hybrid_node`` (imported under another name), this
 one's and the eager solver, each on its own copy of the field, in shuffled interleaved rounds::
 
     python -m benchmarks.ab --workload cnf-adjoint --baseline /path/to/other/checkout --rounds 8
@@ -14,23 +14,56 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib
 import random
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 import hybrid_node
 
 from .frameworks import prepare_hybrid_node
-from .host_cost import _baseline
 from .workloads import WORKLOADS, Workload, make
+
+
+def baseline_package(checkout: str):
+    """The ``hybrid_node`` package of ``checkout``, imported as ``hn_baseline`` (its imports are relative)."""
+    root = Path(tempfile.mkdtemp(prefix="hn_baseline_"))
+    shutil.copytree(Path(checkout) / "hybrid_node", root / "hn_baseline", ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("hn_baseline")
 
 
 def unit(w: Workload, pkg, options: dict | None):
     """The workload's unit of work with ``pkg``'s solver (the benchmark's adapter) on a copy of its field."""
     return prepare_hybrid_node(dataclasses.replace(w, field=copy.deepcopy(w.field)), options, hn=pkg)
+
+
+def first_calls(runs: dict[str, Callable]) -> None:
+    """Run each unit once (compiling), printing how long its first call took."""
+    for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        print(f"{name}: first call {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def interleaved(runs: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each unit in ``rounds`` rounds, the units in a new random order every round."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    rng = random.Random(0)
+    for _ in range(rounds):
+        for name in rng.sample(list(runs), len(runs)):
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main(argv=None) -> None:
@@ -43,21 +76,12 @@ def main(argv=None) -> None:
     warnings.simplefilter("ignore")  # fallback warnings of fields the compiler refuses (the CNF's trace)
     w = make(args.workload)
     runs = {
-        "baseline": unit(w, _baseline(args.baseline), {"compile": True}),
+        "baseline": unit(w, baseline_package(args.baseline), {"compile": True}),
         "this": unit(w, hybrid_node, {"compile": True}),
         "eager": unit(w, hybrid_node, None),
     }
-    for name, run in runs.items():
-        start = time.perf_counter()
-        run()
-        print(f"{name}: first call {time.perf_counter() - start:.1f} s", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name in random.sample(list(runs), len(runs)):
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    for name, ts in times.items():
+    first_calls(runs)
+    for name, ts in interleaved(runs, args.rounds).items():
         print(f"{args.workload} {name:9s} median {1e3 * statistics.median(ts):8.2f} ms  min {1e3 * min(ts):8.2f} ms")
 
 

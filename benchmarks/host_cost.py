@@ -15,27 +15,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import random
-import shutil
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 import hybrid_node
 
-from .workloads import mlp_problem
-
-
-def _baseline(checkout: str):
-    """The ``hybrid_node`` package of ``checkout``, imported as ``hn_baseline`` (its imports are relative)."""
-    root = Path(tempfile.mkdtemp(prefix="hn_baseline_"))
-    shutil.copytree(Path(checkout) / "hybrid_node", root / "hn_baseline", ignore=shutil.ignore_patterns("__pycache__"))
-    sys.path.insert(0, str(root))
-    return importlib.import_module("hn_baseline")
+from .ab import baseline_package, first_calls, interleaved, unit
+from .workloads import make
 
 
 def _outside_graph(pkg, solve, n: int) -> tuple[float, float]:
@@ -69,37 +57,17 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", default=None, help="another checkout whose hybrid_node to compare with")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    field, y0, t, _ = mlp_problem()
+    w = make("mlp-fwd")
     packages = {"this": hybrid_node}
     if args.baseline:
-        packages = {"baseline": _baseline(args.baseline), **packages}
-
-    def solver(pkg, compile=True):
-        def solve():
-            with torch.no_grad():
-                return pkg.odeint(field, y0, t, rtol=1e-5, atol=1e-6, options={"compile": True} if compile else {})
-
-        return solve
-
-    runs = {name: solver(pkg) for name, pkg in packages.items()}
-    runs["eager"] = solver(hybrid_node, compile=False)
-    for name in packages:
-        start = time.perf_counter()
-        runs[name]()
-        print(f"{name}: first call {time.perf_counter() - start:.2f} s (in this process, after the ones above)")
+        packages = {"baseline": baseline_package(args.baseline), **packages}
+    runs = {name: unit(w, pkg, {"compile": True}) for name, pkg in packages.items()}
+    runs["eager"] = unit(w, hybrid_node, None)
+    first_calls(runs)
     for _ in range(5):
         for run in runs.values():
             run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    rng = random.Random(0)
-    for _ in range(args.solves):
-        order = list(runs)
-        rng.shuffle(order)
-        for name in order:
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    for name, ts in times.items():
+    for name, ts in interleaved(runs, args.solves).items():
         print(f"{name:8s} median {1e3 * statistics.median(ts):7.3f} ms  min {1e3 * min(ts):7.3f} ms  (n={len(ts)})")
     for name, pkg in packages.items():
         med, low = _outside_graph(pkg, runs[name], args.solves)
