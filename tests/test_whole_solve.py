@@ -5,6 +5,7 @@ are marked slow; the selection logic and the helpers are tested in the default s
 """
 
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -92,11 +93,50 @@ def test_frozen_counters_present_zero_and_restore(field):
     field.nfe = 41
     before = whole._numbers(modules)
     field(torch.tensor(0.0), torch.zeros(1, 2))
-    counters = [k for k, v in whole._numbers(modules).items() if before.get(k) != v]
-    assert counters == [(0, "nfe")]
-    with whole.frozen_counters(modules, counters):
+    found = [k for k, v in whole._numbers(modules).items() if before.get(k) != v]
+    assert found == [(0, "nfe")]
+    counters = [(weakref.ref(field), "nfe"), (weakref.ref(field.net), "gone")]  # a vanished one is skipped
+    with whole.frozen_counters(counters):
         assert field.nfe == 0
-    assert field.nfe == 42
+    assert field.nfe == 42 and not hasattr(field.net, "gone")
+
+
+class CountingLinear(torch.nn.Linear):
+    """A linear layer counting its own calls: a counter in a submodule, not in the field's root."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+class OnNet(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+def test_a_counting_submodule_moved_by_a_new_submodule_keeps_its_counter_frozen(float64_default, one_thread):
+    """The counters are found once per graph; a submodule inserted before the counting one later
+    (Dynamo answers with a new graph) must not send the solve looking for the counter elsewhere
+    (it raised AttributeError on the module now in the counter's old place)."""
+    torch.manual_seed(0)
+    field = OnNet(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), CountingLinear(8, 2)))
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    with torch.no_grad():
+        first = hn.odeint(field, y0, t, options={"compile": True})
+        field.net.insert(0, torch.nn.Identity())
+        second = hn.odeint(field, y0, t, options={"compile": True})
+        assert field.net[3].calls == 0  # the graph's evaluations do not count, the probe's is put back
+        eager = hn.odeint(field, y0, t)
+    torch.testing.assert_close(first, eager, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(second, eager, rtol=1e-10, atol=1e-12)
 
 
 def test_tolerances_become_tensors():

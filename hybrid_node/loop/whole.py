@@ -55,6 +55,7 @@ import contextlib
 import re
 import time
 import types
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -240,16 +241,24 @@ def _numbers(modules: Sequence[torch.nn.Module]) -> dict:
 
 
 @contextlib.contextmanager
-def frozen_counters(modules: Sequence[torch.nn.Module], counters: Sequence[tuple[int, str]]):
-    """Present the counters ``counters`` of ``modules`` to the graph as 0, and put them back after.
+def frozen_counters(counters: Sequence[tuple[weakref.ref, str]]):
+    """Present the counters ``counters`` (a weak reference to a module and an attribute name each) to
+    the graph as 0, and put them back after.
 
     The graph guards on the module's number attributes; a counter that a field advances on every
-    call (found by :func:`integrate_whole` around one eager evaluation) would otherwise fail that
-    guard on every solve and recompile the graph.
+    call (found by :meth:`WholeSolve.probe` around one eager evaluation) would otherwise fail that
+    guard on every solve and recompile the graph. The modules are held by reference, not by their
+    place in ``owner.modules()``, so a field whose submodules are added or reordered later still
+    gets its own counters frozen; a counter that is gone (its module or the attribute) is skipped.
     """
     # the counters are plain instance attributes (found with ``vars``): written to the instance dict
     # directly, without nn.Module.__setattr__'s checks for parameters, buffers and submodules
-    saved = [(vars(modules[i]), k, getattr(modules[i], k)) for i, k in counters]
+    saved = []
+    for ref, k in counters:
+        module = ref()
+        attributes = {} if module is None else vars(module)
+        if type(attributes.get(k)) in (int, float):
+            saved.append((attributes, k, attributes[k]))
     for d, k, _ in saved:
         d[k] = 0
     try:
@@ -389,7 +398,8 @@ class WholeSolve:
         of the solve: ``term.nfe`` and the field's number attributes are put back afterwards.
 
         Returns:
-            The counters (``(module index, name)`` pairs, see :func:`frozen_counters`), now cached.
+            The counters (``(weak reference to the module, name)`` pairs, see :func:`frozen_counters`),
+            now cached.
         """
         modules = _scalar_attributes(self.owner)
         before = _numbers(modules)
@@ -403,7 +413,7 @@ class WholeSolve:
             for (i, k), v in before.items():
                 if after.get((i, k)) != v:
                     setattr(modules[i], k, v)
-        counters = [k for k, v in after.items() if before.get(k) != v]
+        counters = [(weakref.ref(modules[i]), k) for (i, k), v in after.items() if before.get((i, k)) != v]
         self.counters = counters
         return counters
 
@@ -422,7 +432,7 @@ class WholeSolve:
         start = time.perf_counter()
         try:
             if counters:
-                with frozen_counters(_scalar_attributes(self.owner), counters):
+                with frozen_counters(counters):
                     out = self._call(graph, args, extra)
             else:
                 out = self._call(graph, args, extra)
