@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ._errors import BackendError
+from ._memo import memoized
 from .controllers import ConstantStepSize, PIDController
 from .solvers.base import AbstractSolver, ExternalSolver
 from .solvers.registry import LOOPS as LOOPS
@@ -172,12 +173,7 @@ def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, at
     key = _plain_call(method, options, rtol, atol)
     if key is None:
         return _build_solver(method, options, rtol, atol)
-    built = _BUILT.get(key)
-    if built is None:
-        if len(_BUILT) >= _BUILT_MAX:
-            _BUILT.pop(next(iter(_BUILT)))  # the oldest
-        built = _BUILT[key] = _build_solver(method, options, rtol, atol)
-    solver, controller, extras = built
+    solver, controller, extras = memoized(_BUILT, key, lambda: _build_solver(method, options, rtol, atol), _BUILT_MAX)
     return solver, controller, dict(extras)
 
 

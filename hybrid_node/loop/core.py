@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .._errors import Status
+from .._memo import memoized
 from ..controllers import PIDController
 
 _EPS = 2.220446049250313e-16
@@ -163,12 +164,7 @@ class StepControl:
         """
         # the settings it reads (not the controller: its tolerances may be tensors, compared elementwise)
         key = tuple(getattr(controller, k) for k in _CONTROL_SETTINGS) + (error_order, dtype, attempts)
-        out = _STEP_CONTROLS.get(key)
-        if out is None:
-            if len(_STEP_CONTROLS) >= 64:
-                _STEP_CONTROLS.pop(next(iter(_STEP_CONTROLS)))  # the oldest
-            out = _STEP_CONTROLS[key] = StepControl._of(controller, error_order, dtype, attempts)
-        return out
+        return memoized(_STEP_CONTROLS, key, lambda: StepControl._of(controller, error_order, dtype, attempts), 64)
 
     @staticmethod
     def _of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int) -> StepControl:

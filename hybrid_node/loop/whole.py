@@ -62,6 +62,7 @@ import torch
 from torch._higher_order_ops.while_loop import while_loop
 
 from .._errors import SolverError, Status
+from .._memo import memoized
 from .._solution import Stats
 from .._term import Term
 from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
@@ -465,12 +466,9 @@ def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
     the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`)."""
     if isinstance(tol, float):  # the usual case: one cached (1,) tensor per value, dtype and device
         key = (tol, like.dtype, like.device)
-        out = _TOLERANCES.get(key)
-        if out is None:
-            if len(_TOLERANCES) >= _TABLES_MAX:
-                _TOLERANCES.pop(next(iter(_TOLERANCES)))
-            out = _TOLERANCES[key] = torch.full((1,), tol, dtype=like.dtype, device=like.device)
-        return out
+        return memoized(
+            _TOLERANCES, key, lambda: torch.full((1,), tol, dtype=like.dtype, device=like.device), _TABLES_MAX
+        )
     tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
     return tol.reshape(1) if tol.dim() == 0 else tol
 
@@ -562,12 +560,7 @@ def cached_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.T
     """:func:`~hybrid_node.loop.device.make_tables`, cached: the graph only reads them, so solves over
     the same output times on one device share one set of tensors instead of building five per solve."""
     key = (array.array("d", ts).tobytes(), solver.tableau.dense, like.device)  # bytes: -0.0 is not 0.0
-    tables = _TABLES.get(key)
-    if tables is None:
-        if len(_TABLES) >= _TABLES_MAX:
-            _TABLES.pop(next(iter(_TABLES)))  # the oldest
-        tables = _TABLES[key] = make_tables(solver, ts, like)
-    return tables
+    return memoized(_TABLES, key, lambda: make_tables(solver, ts, like), _TABLES_MAX)
 
 
 def read_out(info: torch.Tensor | Sequence[float]) -> tuple[Status, float, float, int, int, int]:
