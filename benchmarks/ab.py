@@ -15,7 +15,6 @@ import argparse
 import copy
 import dataclasses
 import importlib
-import random
 import shutil
 import statistics
 import sys
@@ -30,6 +29,7 @@ import torch
 import hybrid_node
 
 from .frameworks import prepare_hybrid_node
+from .run import interleaved
 from .workloads import WORKLOADS, Workload, make
 
 
@@ -52,18 +52,6 @@ def first_calls(runs: dict[str, Callable]) -> None:
         start = time.perf_counter()
         run()
         print(f"{name}: first call {time.perf_counter() - start:.1f} s", flush=True)
-
-
-def interleaved(runs: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each unit in ``rounds`` rounds, the units in a new random order every round."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    rng = random.Random(0)
-    for _ in range(rounds):
-        for name in rng.sample(list(runs), len(runs)):
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main(argv=None) -> None:

@@ -22,7 +22,8 @@ import torch
 
 import hybrid_node
 
-from .ab import baseline_package, first_calls, interleaved, unit
+from .ab import baseline_package, first_calls, unit
+from .run import interleaved
 from .workloads import make
 
 

@@ -65,6 +65,19 @@ def _timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def interleaved(runs: dict, rounds: int, device: str = "cpu") -> dict[str, list[float]]:
+    """Seconds of each unit of ``runs`` in ``rounds`` rounds, in a new shuffled order every round
+    (seeded, so a run repeats its order), synchronising ``device`` around each."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    rng = random.Random(0)
+    for _ in range(rounds):
+        order = list(runs)
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(_timed(runs[name], device))
+    return times
+
+
 def _grads(field) -> torch.Tensor | None:
     gs = [p.grad.reshape(-1) for p in field.parameters() if p.grad is not None]
     return torch.cat(gs).double() if gs else None
@@ -110,7 +123,7 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
 
         runs["bare f (x10)"] = bare
     ref = reference_gradient(w) if (w.mode != "fwd" and not name.startswith("conv") and args.grad_error) else None
-    nfe, grad_err, times = {}, {}, {k: [] for k in runs}
+    nfe, grad_err = {}, {}
     for fw, run in list(runs.items()):  # warm-up, NFE and gradient error
         try:
             for _ in range(args.warmup):
@@ -124,12 +137,7 @@ def bench_workload(name: str, fws: list[str], args) -> list[dict]:
         except Exception as e:  # noqa: BLE001 -- a failing framework is reported in the table
             rows[fw] = {"workload": name, "framework": fw, "error": f"{type(e).__name__}: {str(e)[:200]}"}
             del runs[fw]
-    rng = random.Random(0)
-    for _ in range(args.repeats):
-        order = list(runs)
-        rng.shuffle(order)
-        for fw in order:
-            times[fw].append(_timed(runs[fw], args.device))
+    times = interleaved(runs, args.repeats, args.device)
     bare_t = statistics.median(times.pop("bare f (x10)")) / 10 if "bare f (x10)" in times else None
     runs.pop("bare f (x10)", None)
     for fw, run in runs.items():
