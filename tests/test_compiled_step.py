@@ -1,6 +1,7 @@
 """Compiled step attempts (options={"compile": True}) against the eager solver they replace."""
 
 import shutil
+import time
 import warnings
 
 import pytest
@@ -135,10 +136,54 @@ def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(mo
     }
     assert inductor_options(cuda_graphs=True)["triton.cudagraphs"] is True
     assert inductor_options(cpu=True)["cpp_wrapper"] is True
+    assert inductor_options(cpu=True)["cpp_wrapper_build_separate"] is True
     assert inductor_options(cpu=True)["cpp.enable_floating_point_contract_flag"] == "fast"
     assert "cpp.enable_floating_point_contract_flag" not in base
     monkeypatch.setenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "0")
     assert inductor_options()["cpp.use_decompose_tanh"] is False
+
+
+class _Build:
+    """A stand-in for one of Inductor's C++ builds: records when it ran."""
+
+    def __init__(self, path, log, seconds=0.3):
+        self.path, self.log, self.seconds = path, log, seconds
+
+    def get_target_file_path(self):
+        return str(self.path)
+
+    def build(self):
+        start = time.perf_counter()
+        time.sleep(self.seconds)
+        self.path.write_text("")
+        self.log[self.path.name] = (start, time.perf_counter())
+
+
+def test_the_wrapper_and_kernels_of_a_cpu_graph_compile_at_once_then_link(tmp_path, monkeypatch):
+    """:func:`parallel_cpp_builds` lends torch a worker that runs the two compilations side by side
+    and links after both; other build lists, and files already built, are left to torch's order."""
+    from torch._inductor import codecache
+
+    from hybrid_node.loop.compiled_step import parallel_cpp_builds
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    serial = codecache._worker_compile_cpp
+    log: dict = {}
+    builds = [_Build(tmp_path / name, log) for name in ("main.o", "kernels.o", "linked.so")]
+    with parallel_cpp_builds():
+        worker = codecache._worker_compile_cpp
+        assert worker is not serial
+        worker(str(tmp_path / "lock"), builds)
+    assert codecache._worker_compile_cpp is serial
+    (main_start, main_end), (kernels_start, kernels_end) = log["main.o"], log["kernels.o"]
+    assert max(main_start, kernels_start) < min(main_end, kernels_end)  # they overlapped
+    assert log["linked.so"][0] >= max(main_end, kernels_end)
+    log.clear()
+    worker(str(tmp_path / "lock"), builds)  # every file exists: nothing is built again
+    assert log == {}
+    one = [_Build(tmp_path / "alone.so", log, seconds=0.0)]
+    worker(str(tmp_path / "lock"), one)  # a single build: torch's own worker
+    assert set(log) == {"alone.so"}
 
 
 def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_rows(one_thread, monkeypatch):

@@ -100,6 +100,36 @@ def test_the_torch_switch_turns_it_off(one_thread, monkeypatch):
     torch.testing.assert_close(compiled, torch.tanh(x), rtol=1.2e-7, atol=0)
 
 
+def test_the_rational_is_generated_for_the_solvers_compilations_only(one_thread):
+    """The code generator's tanh is lent for a compilation of the solver's and given back after; a
+    bfloat16 kernel (computed in float32 by Inductor) takes the rational too."""
+    from torch._inductor.codegen.cpp import CppOverrides, CppVecOverrides
+
+    from hybrid_node.loop.compiled_step import rational_tanh_codegen
+
+    library = (CppOverrides.__dict__["tanh"], CppVecOverrides.__dict__["tanh"])
+    with rational_tanh_codegen():
+        assert "max_propagate_nan" in CppOverrides.tanh(_Var("tmp0", torch.float32))
+        assert "at::vec::maximum" in CppVecOverrides.__dict__["tanh"].__func__(_Var("tmp0", torch.float32))
+        assert CppOverrides.tanh(_Var("tmp0", torch.float64)) == library[0].__func__("tmp0")
+    assert (CppOverrides.__dict__["tanh"], CppVecOverrides.__dict__["tanh"]) == library
+    # the lambda compiles where Inductor computes a bfloat16 kernel in float32 (rounded to bfloat16,
+    # the rational and the library agree, so this checks the kernel, not which tanh it ran)
+    h = torch.linspace(-5.0, 5.0, 1001, dtype=torch.bfloat16)
+    with torch.no_grad():
+        compiled = compile_for(own_code(_loop_of_tanh), cpu=True, fullgraph=True)(h)
+    torch.testing.assert_close(compiled, torch.tanh(h))
+
+
+class _Var(str):
+    """A stand-in for the code generator's variables: a name with a dtype."""
+
+    def __new__(cls, name: str, dtype: torch.dtype):
+        var = super().__new__(cls, name)
+        var.dtype = dtype
+        return var
+
+
 def test_float64_graphs_keep_torchs_tanh(one_thread):
     x = torch.linspace(-6.0, 6.0, 10_001, dtype=torch.float64)
     with torch.no_grad():

@@ -18,6 +18,12 @@ Only float32, bfloat16 and float16 tensors take it (the last two computed in flo
 torch's ``tanh``, whose precision a degree-4 rational does not reach. The switch is the one for the
 exp form: ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0`` compiles the library ``tanh`` everywhere.
 
+The compiler meets it as one operation: :func:`cpp_expression` is the C++ that Inductor's CPU code
+generator emits for a float32 ``tanh`` in the solver's graphs (``compiled_step.rational_tanh_codegen``).
+Written as a decomposition into some twenty tensor operations instead, the rational made the graph
+lowering and C++ generation of the mlp whole-solve graph about 4 s longer (14 tanh calls).
+:func:`rational_tanh` is the same function on tensors, the reference the tests compare against.
+
 References: C. K. Sanathanan, J. Koerner, "Transfer function synthesis as a ratio of two complex
 polynomials", IEEE Trans. Automatic Control 8 (1963); C. L. Lawson, "Contributions to the theory of
 linear least maximum approximation", PhD thesis, UCLA, 1961; Hart et al., Computer Approximations,
@@ -25,6 +31,8 @@ Wiley 1968 (rational approximation of elementary functions).
 """
 
 from __future__ import annotations
+
+import struct
 
 import torch
 
@@ -35,7 +43,7 @@ Q = (1.0, 0.4671191939027292, 0.025866326611497563, 0.0003281434705428594, 7.755
 #: |x| beyond which the result is +-1 (float32 tanh(9) = 1 - 3e-8)
 CLAMP = 9.0
 #: changes whenever the coefficients or the form change: it is part of the compiled graphs' cache key
-VERSION = "rational-4-4-v1"
+VERSION = "rational-4-4-v2"
 
 _SHORT = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -63,3 +71,36 @@ def rational_tanh(x: torch.Tensor) -> torch.Tensor:
     xc = x.float().clamp(-CLAMP, CLAMP)
     s = xc * xc
     return (xc * _horner(P, s) / _horner(Q, s)).clamp(-1.0, 1.0).to(x.dtype)
+
+
+def _cpp_float(c: float) -> str:
+    """``c`` rounded to float32 as torch rounds it, as an exact C++ hexadecimal literal of type ``V``."""
+    return f"V({struct.unpack('f', struct.pack('f', c))[0].hex()}f)"
+
+
+def _cpp_horner(coefficients: tuple[float, ...]) -> str:
+    """Horner's scheme of :func:`_horner` in C++, in the variable ``s`` and the scalar or vector type ``V``."""
+    out = f"(s * {_cpp_float(coefficients[-1])} + {_cpp_float(coefficients[-2])})"
+    for c in reversed(coefficients[:-2]):
+        out = f"({out} * s + {_cpp_float(c)})"
+    return out
+
+
+def cpp_expression(x: str, vector: bool) -> str:
+    """The C++ expression of :func:`rational_tanh` for the float32 value ``x``, for Inductor's CPU kernels.
+
+    Args:
+        x: a C++ expression of type ``float`` or, when ``vector``, ``at::vec::Vectorized<float>``.
+        vector: ``x`` is a vector.
+
+    Returns:
+        An immediately called lambda (``x`` evaluated once) with the operations of
+        :func:`rational_tanh` in the same order; its clamps propagate NaN as ``torch.clamp`` does.
+    """
+    low, high = ("at::vec::maximum", "at::vec::minimum") if vector else ("max_propagate_nan", "min_propagate_nan")
+    return (
+        "([](auto x) { using V = decltype(x); "
+        f"auto c = {high}({low}(x, {_cpp_float(-CLAMP)}), {_cpp_float(CLAMP)}); auto s = c * c; "
+        f"return {high}({low}(c * {_cpp_horner(P)} / {_cpp_horner(Q)}, {_cpp_float(-1.0)}), {_cpp_float(1.0)}); "
+        f"}}({x}))"
+    )

@@ -1,0 +1,80 @@
+"""First call of ``options={"compile": True}`` for a model never compiled on the machine.
+
+Each workload runs in a new process whose Inductor cache directory is new too, so no graph or kernel
+of it can come from torch's on-disk caches. Before it, another process compiles a small unrelated
+solve into that directory (a 2x2 linear field, batch 3), which builds what every graph shares once
+per machine (the C++ compiler's precompiled header): what is measured is the first call of a new
+model on a machine that has compiled before. The timed call includes everything it does the first
+time in a process (importing the compiler, Dynamo's trace, lowering, code generation, ``g++``, the
+solve); the second call is the solve alone::
+
+    python -m benchmarks.first_call --workloads mlp-fwd mlp-train-direct mlp-train-adjoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+#: run in the measuring process: the workload's unit of work, timed on its first and second call
+_MEASURE = """
+import json, sys, time, torch
+from benchmarks.ab import unit
+from benchmarks.workloads import make
+import hybrid_node
+torch.set_num_threads(1)
+run = unit(make(sys.argv[1]), hybrid_node, {"compile": True})
+start = time.perf_counter(); run(); first = time.perf_counter() - start
+start = time.perf_counter(); run(); second = time.perf_counter() - start
+print(json.dumps({"first_s": first, "second_ms": 1e3 * second}))
+"""
+
+#: run in the preparing process: a small solve of another model into the same cache directory
+_PREPARE = """
+import torch, hybrid_node as hn
+torch.set_num_threads(1)
+class Field(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+    def forward(self, t, y):
+        return self.linear(y)
+with torch.no_grad():
+    hn.odeint(Field(), torch.ones(3, 2), torch.linspace(0, 1, 3), options={"compile": True})
+"""
+
+
+def _python(code: str, cache: str, *args: str) -> str:
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the measuring process failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def first_call(workload: str) -> dict:
+    """The first and second call of ``workload`` compiled, in a new process with a new Inductor cache."""
+    with tempfile.TemporaryDirectory(prefix="hn_first_call_") as cache:
+        _python(_PREPARE, cache)
+        return json.loads(_python(_MEASURE, cache, workload).strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["mlp-fwd", "mlp-train-direct", "mlp-train-adjoint"])
+    args = parser.parse_args(argv)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
+    print("| workload | first call s | second call ms |")
+    print("| --- | --- | --- |")
+    for name in args.workloads:
+        r = first_call(name)
+        print(f"| {name} | {r['first_s']:.1f} | {r['second_ms']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
