@@ -69,6 +69,47 @@ def test_compiled_backsolve_gradients_equal_eager(field, method, options):
         assert any(isinstance(key[0], tuple) and key[0][0] == "backsolve" for key in keys)
 
 
+class CountingMLP(torch.nn.Module):
+    """A field that counts its own calls, as many users' fields do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.net(y) * torch.cos(t)
+
+
+def test_direct_backprop_runs_one_attempt_graph_for_every_attempt_and_solve(float64_default, one_thread):
+    """A differentiated solve from a data y0 (no grad) with a counting field: the first attempt
+    (whose y does not require grad) and the field's changing counter used to cost a graph each (three
+    compilations over two solves, the third on the second solve); now one graph serves all, the
+    counter counts every evaluation as eagerly, and the gradients are the eager solver's."""
+    torch.manual_seed(0)
+    field = CountingMLP()
+    y0, t, target = torch.randn(8, 2), torch.linspace(0.0, 2.0, 5), torch.randn(5, 8, 2)
+
+    def train_step(options):
+        field.zero_grad()
+        field.nfe = 0
+        ys = hn.odeint(field, y0, t, rtol=1e-7, atol=1e-9, options=options)
+        ((ys - target) ** 2).sum().backward()
+        return ys.detach(), [p.grad.clone() for p in field.parameters()], field.nfe
+
+    eager = train_step({})
+    stats = torch._dynamo.utils.counters["stats"]
+    before = stats["unique_graphs"]
+    for _ in range(2):
+        ys, grads, nfe = train_step({"compile": True})
+        torch.testing.assert_close(ys, eager[0], rtol=1e-11, atol=1e-12)
+        for got, want in zip(grads, eager[1]):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+        assert nfe == eager[2]
+    assert stats["unique_graphs"] - before == 1
+
+
 def test_compile_option_is_checked():
     with pytest.raises(ValueError, match="explicit Runge-Kutta"):
         hn.odeint(

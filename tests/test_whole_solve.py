@@ -88,17 +88,29 @@ def test_solves_that_need_autograd_do_not_build_the_whole_graph(field, monkeypat
     assert y0.grad is not None
 
 
-def test_frozen_counters_present_zero_and_restore(field):
-    modules = list(field.modules())
+def test_counters_are_found_shown_as_zero_and_advanced_by_what_the_graph_added(field):
+    from hybrid_node.loop.counters import find_counters, frozen_counters
+
+    class Term:  # what find_counters needs of a term: a call and an nfe to put back
+        nfe = 7
+
+        def __call__(self, t, y):
+            self.nfe += 1
+            return field(torch.tensor(t), y)
+
     field.nfe = 41
-    before = whole._numbers(modules)
-    field(torch.tensor(0.0), torch.zeros(1, 2))
-    found = [k for k, v in whole._numbers(modules).items() if before.get(k) != v]
-    assert found == [(0, "nfe")]
-    counters = [(weakref.ref(field), "nfe"), (weakref.ref(field.net), "gone")]  # a vanished one is skipped
-    with whole.frozen_counters(counters):
+    term = Term()
+    found = find_counters(field, term, 0.0, torch.zeros(1, 2))
+    assert [(ref(), k) for ref, k in found] == [(field, "nfe")]
+    assert field.nfe == 41 and term.nfe == 7  # the probe is no part of the solve
+    counters = found + [(weakref.ref(field.net), "gone")]  # a vanished one is skipped
+    with frozen_counters(counters):
         assert field.nfe == 0
-    assert field.nfe == 42 and not hasattr(field.net, "gone")
+        field.nfe += 3  # a per-step graph replays the field's increments
+    assert field.nfe == 44 and not hasattr(field.net, "gone")
+    with frozen_counters(counters):
+        pass  # a whole-solve loop puts them back inside the graph
+    assert field.nfe == 44
 
 
 class CountingLinear(torch.nn.Linear):

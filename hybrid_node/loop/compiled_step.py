@@ -39,6 +39,7 @@ from .._term import term_field as term_field
 from ..controllers import error_ratio, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 from . import fast_tanh
+from .counters import find_counters, frozen_counters
 
 # owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
 # dropped model frees its graphs
@@ -358,7 +359,7 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
 
 
 def _build_attempt(field: Callable, solver: ExplicitRungeKutta, adaptive: bool) -> Callable:
-    def attempt(owner, t, dt, y, f0, rtol, atol, norm):
+    def attempt(owner, t, y, dt, f0, rtol, atol, norm):
         step = solver.step(lambda tt, yy: field(owner, tt, yy), t, y, f0, dt)
         ratio = (
             error_ratio_tensor(step.error, y, step.y1, rtol, atol, norm)
@@ -400,6 +401,7 @@ class CompiledAttempt:
         self.adaptive = solver.tableau.b_error is not None
         self._step_key = (pure.key, solver, self.adaptive)
         self._field_key = (pure.key, "field")
+        self._counters_key = (pure.key, "counters")
         try:
             self._graphs = _CACHE.setdefault(pure.owner, {})
         except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
@@ -408,17 +410,38 @@ class CompiledAttempt:
             self._graphs[self._step_key] = _build_attempt(pure.field, solver, self.adaptive)
             self._graphs[self._field_key] = _compile(pure.field)
 
-    def _run(self, key, *args):
-        """The graph ``key`` on ``args``, or None when it has failed (now or in an earlier solve)."""
+    def _run(self, key, t: float, y: torch.Tensor, *args):
+        """The graph ``key`` on (t, y, *args), or None when it has failed (now or in an earlier solve).
+
+        The field's call counters are frozen around the call (:mod:`.counters`; found by one eager
+        evaluation the first time), and ``y`` enters as :meth:`_tracked`: so one graph serves every
+        attempt of a solve and of the next ones.
+        """
         graph = self._graphs[key]
         if graph is None:
             return None
+        counters = self._graphs.get(self._counters_key)
+        if counters is None:
+            counters = self._graphs[self._counters_key] = find_counters(self.owner, self.term, t, y)
         try:
-            return graph(self.owner, *args)
+            with frozen_counters(counters):
+                return graph(self.owner, self._time(t, y), self._tracked(y), *args)
         except torch._dynamo.exc.TorchDynamoException as e:
             warn_fallback(self.owner, e, "it runs eagerly", stacklevel=3)
             self._graphs[self._step_key] = self._graphs[self._field_key] = None
             return None
+
+    def _tracked(self, y: torch.Tensor) -> torch.Tensor:
+        """``y``, or a leaf copy of it that requires grad where the field's parameters do and ``y``
+        does not (the first attempt of a differentiated solve from a data ``y0``): the graph is
+        specialised on whether ``y`` requires grad, and this way the first attempt runs the graph of
+        all the others instead of compiling one of its own (the gradient that reaches the copy is
+        dropped, as ``y0``'s would be)."""
+        if y.requires_grad or not torch.is_grad_enabled() or not isinstance(self.owner, torch.nn.Module):
+            return y
+        if not any(p.requires_grad for p in self.owner.parameters()):
+            return y
+        return y.detach().requires_grad_()
 
     @staticmethod
     def _time(x: float, like: torch.Tensor) -> torch.Tensor:
@@ -433,7 +456,7 @@ class CompiledAttempt:
             The step (as :meth:`ExplicitRungeKutta.step` returns it) and the error ratio as a host
             float (None for fixed-step tableaus).
         """
-        out = self._run(self._step_key, self._time(t, y), self._time(dt, y), y, f0, self.rtol, self.atol, self.norm)
+        out = self._run(self._step_key, t, y, self._time(dt, y), f0, self.rtol, self.atol, self.norm)
         if out is None:
             step = self.solver.step(self.term, t, y, f0, dt)
             ratio = (
@@ -448,7 +471,7 @@ class CompiledAttempt:
 
     def init(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """The solver state at (t, y), as ``solver.init(term, t, y)``: the derivative f(t, y)."""
-        out = self._run(self._field_key, self._time(t, y), y)
+        out = self._run(self._field_key, t, y)
         if out is None:
             return self.solver.init(self.term, t, y)
         self.term.nfe += 1

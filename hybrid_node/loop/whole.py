@@ -51,11 +51,9 @@ Bytecode Transformation and Graph Compilation", ASPLOS 2024.
 from __future__ import annotations
 
 import array
-import contextlib
 import re
 import time
 import types
-import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -71,6 +69,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, compile_for, inductor_options, own_code, term_field, warn_fallback
 from .core import RUNNING
+from .counters import find_counters, frozen_counters, number_modules
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
 from .host import Integration
 
@@ -104,11 +103,6 @@ def applies(problem, event_fn, dense: bool) -> bool:
         and not problem.jump_t
         and not problem.step_t
     )
-
-
-def _scalar_attributes(owner) -> list:
-    """The modules of ``owner`` whose plain number attributes must be restored after each evaluation."""
-    return list(owner.modules()) if isinstance(owner, torch.nn.Module) else []
 
 
 _FLOATS = ("t", "dt", "r1", "r2")
@@ -159,7 +153,7 @@ def _restoring(owner, fn: Callable) -> Callable:
     """``fn`` with the plain number attributes of ``owner``'s modules put back after each call (the
     compiler refuses a side effect that outlives the loop body; a module counting its own calls is the
     common one, so its counters are restored, traced and free)."""
-    modules = _scalar_attributes(owner)
+    modules = number_modules(owner)
 
     def call(*args):
         saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
@@ -234,39 +228,6 @@ def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepC
         return ys, torch.cat([summary(out), torch.isfinite(ys).all().double().reshape(1)])
 
     return solve
-
-
-def _numbers(modules: Sequence[torch.nn.Module]) -> dict:
-    """The plain int and float attributes of ``modules``, as ``{(index, name): value}``."""
-    return {(i, k): v for i, m in enumerate(modules) for k, v in vars(m).items() if type(v) in (int, float)}
-
-
-@contextlib.contextmanager
-def frozen_counters(counters: Sequence[tuple[weakref.ref, str]]):
-    """Present the counters ``counters`` (a weak reference to a module and an attribute name each) to
-    the graph as 0, and put them back after.
-
-    The graph guards on the module's number attributes; a counter that a field advances on every
-    call (found by :meth:`WholeSolve.probe` around one eager evaluation) would otherwise fail that
-    guard on every solve and recompile the graph. The modules are held by reference, not by their
-    place in ``owner.modules()``, so a field whose submodules are added or reordered later still
-    gets its own counters frozen; a counter that is gone (its module or the attribute) is skipped.
-    """
-    # the counters are plain instance attributes (found with ``vars``): written to the instance dict
-    # directly, without nn.Module.__setattr__'s checks for parameters, buffers and submodules
-    saved = []
-    for ref, k in counters:
-        module = ref()
-        attributes = {} if module is None else vars(module)
-        if type(attributes.get(k)) in (int, float):
-            saved.append((attributes, k, attributes[k]))
-    for d, k, _ in saved:
-        d[k] = 0
-    try:
-        yield
-    finally:
-        for d, k, v in saved:
-            d[k] = v
 
 
 #: the global names through which Dynamo reaches this library's and torch's own modules (the compiled
@@ -392,30 +353,8 @@ class WholeSolve:
         self._graphs[(self.key, "counters")] = value
 
     def probe(self, term, t0: float, y0: torch.Tensor) -> list:
-        """Find the field's call counters with one eager evaluation at (t0, y0), once per graph.
-
-        The evaluation goes through ``term`` (which checks the result's shape, dtype and device, so a
-        wrong field fails with the eager solver's message rather than a compiler error); it is no part
-        of the solve: ``term.nfe`` and the field's number attributes are put back afterwards.
-
-        Returns:
-            The counters (``(weak reference to the module, name)`` pairs, see :func:`frozen_counters`),
-            now cached.
-        """
-        modules = _scalar_attributes(self.owner)
-        before = _numbers(modules)
-        nfe = term.nfe
-        try:
-            with torch.no_grad():
-                term(t0, y0)
-        finally:
-            term.nfe = nfe
-            after = _numbers(modules)
-            for (i, k), v in before.items():
-                if after.get((i, k)) != v:
-                    setattr(modules[i], k, v)
-        counters = [(weakref.ref(modules[i]), k) for (i, k), v in after.items() if before.get((i, k)) != v]
-        self.counters = counters
+        """The field's call counters (:func:`~hybrid_node.loop.counters.find_counters`), found once per graph."""
+        counters = self.counters = find_counters(self.owner, term, t0, y0)
         return counters
 
     def __call__(self, *args, counters=(), extra: tuple = ()) -> tuple | None:
@@ -653,7 +592,7 @@ def odeint_graph(
     dev = y0.device
     ts = t.to(torch.float64)
 
-    modules = _scalar_attributes(func)
+    modules = number_modules(func)
 
     def field(tt, yy):
         saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
