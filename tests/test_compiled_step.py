@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hybrid_node as hn
-from hybrid_node.loop import compiled_step
+from hybrid_node.loop import compiled_step, inductor
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("clang++") is None,
@@ -165,7 +165,7 @@ def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(mo
     """The solver's graphs set Inductor's decomposed tanh (docs/compiled_solve.md, "tanh on the CPU");
     torch's own environment variable turns it off; CUDA graphs are asked for only when wanted and the
     C++ wrapper only on the CPU; the loop operators are marked cacheable for torch's on-disk caches."""
-    from hybrid_node.loop.compiled_step import inductor_options
+    from hybrid_node.loop.inductor import inductor_options
 
     monkeypatch.delenv("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", raising=False)
     base = inductor_options()
@@ -205,7 +205,7 @@ def test_the_wrapper_and_kernels_of_a_cpu_graph_compile_at_once_then_link(tmp_pa
     and links after both; other build lists, and files already built, are left to torch's order."""
     from torch._inductor import codecache
 
-    from hybrid_node.loop.compiled_step import parallel_cpp_builds
+    from hybrid_node.loop.inductor import parallel_cpp_builds
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     serial = codecache._worker_compile_cpp
@@ -232,7 +232,7 @@ def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_r
     from torch._inductor.utils import fresh_cache
 
     w, x = torch.randn(16, 8), torch.randn(32, 8)
-    unfused = compiled_step._unfused_addmm(None)
+    unfused = inductor._unfused_addmm(None)
     for bias in (torch.randn(16), torch.randn(16, dtype=torch.float64)):
         w64, x64 = w.to(bias.dtype), x.to(bias.dtype)
         torch.testing.assert_close(unfused(bias, x64, w64.t()), torch.addmm(bias, x64, w64.t()))
@@ -241,7 +241,7 @@ def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_r
     assert unfused(torch.randn(32, 16), x, w.t()) is NotImplemented
     assert unfused(torch.randn(16).bfloat16(), x.bfloat16(), w.t().bfloat16()) is NotImplemented
 
-    narrow = compiled_step._narrow_mm(None)
+    narrow = inductor._narrow_mm(None)
     for n in (1, 2, 4):
         for dtype in (torch.float32, torch.float64):
             a, b = torch.randn(32, 64, dtype=dtype), torch.randn(n, 64, dtype=dtype).t()
@@ -264,12 +264,12 @@ def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_r
 
         return build
 
-    monkeypatch.setattr(compiled_step, "_unfused_addmm", spy("addmm", compiled_step._unfused_addmm))
-    monkeypatch.setattr(compiled_step, "_narrow_mm", spy("mm", compiled_step._narrow_mm))
+    monkeypatch.setattr(inductor, "_unfused_addmm", spy("addmm", inductor._unfused_addmm))
+    monkeypatch.setattr(inductor, "_narrow_mm", spy("mm", inductor._narrow_mm))
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     original = select_decomp_table().get(torch.ops.aten.addmm.default)
     with torch.no_grad(), fresh_cache():
-        out = compiled_step.compile_for(compiled_step.own_code(lambda y: net(y)), cpu=True)(x)
+        out = inductor.compile_for(inductor.own_code(lambda y: net(y)), cpu=True)(x)
     # the compiler met both layers' addmm, took the sums, and the 16 -> 2 product became row sums
     assert seen["addmm"] == {(16,), (2,)} and (16, 2) in seen["mm"]
     torch.testing.assert_close(out, net(x), rtol=0, atol=1e-6)  # rational tanh: a few ulp

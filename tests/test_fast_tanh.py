@@ -7,7 +7,7 @@ import torch
 from torch._higher_order_ops.while_loop import while_loop
 
 from hybrid_node.loop import fast_tanh
-from hybrid_node.loop.compiled_step import compile_for, fast_tanh_enabled, inductor_options, own_code
+from hybrid_node.loop.inductor import compile_for, fast_tanh_enabled, inductor_options, own_code
 
 
 def test_float32_error_is_a_few_ulp_absolute_and_relative():
@@ -105,7 +105,7 @@ def test_the_rational_is_generated_for_the_solvers_compilations_only(one_thread)
     bfloat16 kernel (computed in float32 by Inductor) takes the rational too."""
     from torch._inductor.codegen.cpp import CppOverrides, CppVecOverrides
 
-    from hybrid_node.loop.compiled_step import rational_tanh_codegen
+    from hybrid_node.loop.inductor import rational_tanh_codegen
 
     library = (CppOverrides.__dict__["tanh"], CppVecOverrides.__dict__["tanh"])
     with rational_tanh_codegen():

@@ -19,7 +19,7 @@ torch's ``tanh``, whose precision a degree-4 rational does not reach. The switch
 exp form: ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0`` compiles the library ``tanh`` everywhere.
 
 The compiler meets it as one operation: :func:`cpp_expression` is the C++ that Inductor's CPU code
-generator emits for a float32 ``tanh`` in the solver's graphs (``compiled_step.rational_tanh_codegen``).
+generator emits for a float32 ``tanh`` in the solver's graphs (``inductor.rational_tanh_codegen``).
 Written as a decomposition into some twenty tensor operations instead, the rational made the graph
 lowering and C++ generation of the mlp whole-solve graph about 4 s longer (14 tanh calls).
 :func:`rational_tanh` is the same function on tensors, the reference the tests compare against.
@@ -56,15 +56,15 @@ def _horner(coefficients: tuple[float, ...], s: torch.Tensor) -> torch.Tensor:
 
 
 def rational_tanh(x: torch.Tensor) -> torch.Tensor:
-    """tanh of a float32 (or 16-bit) tensor as the clamped odd rational above; a decomposition of
-    ``aten.tanh`` for the compiler, which keeps the op for other dtypes.
+    """tanh of a float32 (or 16-bit) tensor as the clamped odd rational above, in tensor operations:
+    what :func:`cpp_expression` computes in the compiled kernels, and the reference for its tests.
 
     Args:
         x: the argument.
 
     Returns:
-        tanh(x) to about 3 float32 ulp, in x's dtype; ``NotImplemented`` for other dtypes (the compiler
-        then keeps ``aten.tanh``).
+        tanh(x) to about 3 float32 ulp, in x's dtype; ``NotImplemented`` for other dtypes (float64
+        keeps ``torch.tanh``).
     """
     if x.dtype not in _SHORT:
         return NotImplemented

@@ -67,11 +67,12 @@ from ..controllers import PIDController, first_trial_step, initial_step_from_tri
 from ..solvers.registry import METHOD_SPECS
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, compile_for, inductor_options, own_code, term_field, warn_fallback
+from .compiled_step import _CACHE, PureField, term_field, warn_fallback
 from .core import RUNNING
 from .counters import find_counters, frozen_counters, number_modules
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
 from .host import Integration
+from .inductor import compile_for, inductor_options, own_code
 
 _STATUS = LoopState._fields.index("status")
 

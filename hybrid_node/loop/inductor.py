@@ -1,0 +1,282 @@
+"""How the solver's graphs are compiled: Inductor's settings, the CPU backend and what it changes.
+
+Every graph a solve compiles (whole-solve loops, per-step attempts, device-loop runs) goes through
+:func:`compile_for` with :func:`inductor_options`. On the CPU it goes through :func:`_cpu_backend`,
+which adds the solver's decompositions (:func:`cpu_decompositions`), has the code generator emit a
+rational float32 ``tanh`` (:func:`rational_tanh_codegen`) and compiles the graph's two C++ files on
+two cores (:func:`parallel_cpp_builds`), each for the length of the solver's own compilations: the
+user's other ``torch.compile`` graphs are left as torch makes them. Measurements behind each
+setting: docs/compiled_solve.md.
+
+Reference: Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
+Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInductor).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import types
+from collections.abc import Callable
+
+import torch
+
+from . import fast_tanh
+
+#: the structured control flow of the whole-solve graphs, by the name torch's cache checks look up
+_CACHEABLE_OPERATORS = ("torch.ops.higher_order.while_loop", "torch.ops.higher_order.cond")
+
+
+def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
+    """The Inductor settings of every graph compiled for a solve.
+
+    ``cpp.use_decompose_tanh``: on the CPU, ``tanh`` is generated as ``2 / (1 + exp(-2x)) - 1`` with
+    the vectorised ``exp`` instead of the vectorised library ``tanh``, about 3x faster per element
+    (86 against 27 us for 512x64 float32 elements on one core, measured in this work); the tanh layers
+    of a typical neural field dominate its evaluation. Its absolute error is at most ~2 ulp of 1 (1.8e-7
+    in float32, against 6e-8 for the library ``tanh``); the relative error near 0 is larger, which
+    matters for nothing that only adds tanh outputs up (a linear layer) and is why torch leaves it off
+    by default (pytorch/pytorch#148241: ``atan2`` of a tanh near 0). The GPU code is unaffected.
+    Float32 and 16-bit tensors get the cheaper :mod:`~hybrid_node.loop.fast_tanh` instead
+    (:func:`rational_tanh_codegen`), so the exp form serves float64. Torch's own switch, the environment
+    variable ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``, turns both off.
+    ``unsafe_marked_cacheable_functions``: torch's on-disk FX-graph and AOTAutograd caches refuse a
+    graph that holds a higher-order operator unless it is marked cacheable, so without the mark every
+    new process lowers the whole-solve graph (``while_loop``, ``cond``) again. The cache key of a graph
+    includes the code and constants of its subgraphs (``FxGraphCachePickler`` pickles the submodules
+    of the graph module with the same reducer), so a loop body that differs in any operation or
+    constant gets its own entry (tested); the value is torch's version and :data:`DECOMPOSITIONS`, so a
+    change of either starts afresh.
+    ``cpp_wrapper`` (CPU graphs): the code that calls a graph's kernels is generated as C++ instead of
+    Python. A step attempt runs about 40 kernels and 30 buffer allocations, each a Python call of a
+    few microseconds from the default wrapper, on every iteration of the whole-solve loop; for the
+    benchmark's MLP (one thread, same process, interleaved) the forward solve took 5.9 instead of
+    6.5 ms, the adjoint training step 190 instead of 213 ms and the direct one (per-step graphs)
+    23.2 instead of 25.2 ms, with identical outputs and no longer first call. Not set for other
+    devices, where it is untested here.
+    ``cpp.enable_floating_point_contract_flag="fast"`` (CPU graphs): the C++ compiler may fuse a
+    multiply and an add into one FMA instruction (rounded once instead of twice), which Inductor
+    forbids by default. The rational tanh's Horner steps become FMAs: its kernel's own work ~20%
+    less and its largest absolute error 3.0e-7 instead of 3.3e-7 (tested); the adjoint training step
+    ~3% faster. Results change at the level of float rounding, as any other fusion does.
+    ``cpp_wrapper_build_separate`` (CPU graphs): the wrapper and the kernels are two C++ files, the
+    wrapper compiled at ``-O1`` and with a precompiled header that covers the kernels' headers too
+    (in one file, the kernels' vectorisation headers are parsed anew for every graph); with
+    :func:`parallel_cpp_builds` the two compile on two cores. The mlp forward graph's ``g++`` time
+    on a first call: 5.7 s in one file, ~3 s in two one after the other, ~1.8 s in parallel; its
+    solve time is unchanged (2.82 against 2.86 ms interleaved; a light field with 8x more steps
+    2.11 against 2.11 ms). A wrapper at ``-O0`` would save another 0.6 s but made that light
+    field's solve 37% slower.
+    ``aot_inductor.enable_line_tables=False`` (CPU graphs): the C++ compiler builds the kernels
+    without line tables (``-g1``, which only profilers read): the mlp forward graph's ``g++`` run
+    ~0.6 s of 7.4 s shorter on a first compilation.
+    ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
+
+    Args:
+        cuda_graphs: replay as a CUDA graph.
+        cpu: the graph runs on the CPU.
+
+    Returns:
+        The ``options`` of ``torch.compile``.
+    """
+    options: dict = {
+        "cpp.use_decompose_tanh": fast_tanh_enabled(),
+        # the tag changes with torch and with the rational tanh (the graphs' cache key includes it)
+        "unsafe_marked_cacheable_functions": dict.fromkeys(
+            _CACHEABLE_OPERATORS, f"{torch.__version__} {DECOMPOSITIONS}"
+        ),
+    }
+    if cuda_graphs:
+        options["triton.cudagraphs"] = True
+    if cpu:
+        options["cpp_wrapper"] = True
+        options["cpp.enable_floating_point_contract_flag"] = "fast"
+        options["aot_inductor.enable_line_tables"] = False
+        options["cpp_wrapper_build_separate"] = True
+    return options
+
+
+def fast_tanh_enabled() -> bool:
+    """Whether CPU graphs compute ``tanh`` in a faster form (unless ``TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH=0``)."""
+    return os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0"
+
+
+def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None):
+    """Inductor with this library's CPU decompositions (:func:`cpu_decompositions`; loop bodies included)
+    and its float32 ``tanh`` (:func:`rational_tanh_codegen`, for the graph and a backward graph
+    compiled later).
+
+    The entries are put into Inductor's own decomposition table for the duration of this compilation
+    and taken out after: handing ``compile_fx`` a table of its own would keep the graph out of torch's
+    on-disk cache (the table is part of the compile arguments it hashes and cannot be pickled), and
+    the cache key still tells these graphs apart from others (``inductor_options`` tags them with
+    :data:`DECOMPOSITIONS`). A compilation running in another thread at the same moment would see the
+    entries too.
+    """
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+    from torch._inductor.decomposition import select_decomp_table
+
+    with torch._inductor.config.patch(options or {}):
+        table = select_decomp_table()  # the table compile_fx will read, under the same settings
+    entries = cpu_decompositions(table)
+    previous = {op: table.get(op) for op in entries}
+    table.update(entries)
+
+    def inner(*args, **kwargs):  # every graph of this compilation, a backward compiled later included
+        tanh = rational_tanh_codegen() if fast_tanh_enabled() else contextlib.nullcontext()
+        with tanh, parallel_cpp_builds():
+            return compile_fx_inner(*args, **kwargs)
+
+    try:
+        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=options)
+    finally:
+        for op, entry in previous.items():
+            if entry is None:
+                del table[op]
+            else:
+                table[op] = entry
+
+
+@contextlib.contextmanager
+def rational_tanh_codegen():
+    """Inductor's CPU code generator emits a float32 ``tanh`` as :func:`~hybrid_node.loop.fast_tanh.cpp_expression`
+    while the context is open (other dtypes keep torch's code).
+
+    The rational enters as C++ for the one ``tanh`` operation rather than as a decomposition into
+    tensor operations, which the compiler would lower and generate one by one (about 4 s of the mlp
+    whole-solve graph's first compilation). The code generator's two ``tanh`` methods (scalar and
+    vector) are replaced for the duration and restored after; a compilation running in another
+    thread at the same moment would get the rational too.
+    """
+    from torch._inductor.codegen.cpp import CppOverrides, CppVecOverrides
+
+    def rational(overrides, vector: bool):
+        library = overrides.tanh
+
+        def tanh(x):
+            if getattr(x, "dtype", None) == torch.float32:
+                return fast_tanh.cpp_expression(str(x), vector)
+            return library(x)
+
+        return staticmethod(tanh)
+
+    with (
+        _replaced(CppOverrides, "tanh", rational(CppOverrides, vector=False)),
+        _replaced(CppVecOverrides, "tanh", rational(CppVecOverrides, vector=True)),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def parallel_cpp_builds():
+    """Inductor compiles a C++-wrapped graph's wrapper and kernels on two cores at once while the context is open.
+
+    With ``cpp_wrapper_build_separate`` a CPU graph is two C++ files, the wrapper (``-O1``) and the
+    kernels (``-O3``), which torch 2.13 compiles one after the other before linking them; for the
+    mlp forward graph each takes ~1.2 s of the first call. Here they are compiled in two threads
+    (each a ``g++`` process), then linked, under the same file lock. torch's private
+    ``codecache._worker_compile_cpp`` is replaced for the duration and restored after; if it is
+    missing (another torch version) or is given other than those three builds, torch's own runs.
+    """
+    from torch._inductor import codecache
+
+    serial = getattr(codecache, "_worker_compile_cpp", None)
+    if serial is None or (os.cpu_count() or 1) < 2:
+        yield
+        return
+
+    def worker(lock_path: str, builders) -> None:
+        if len(builders) != 3:
+            return serial(lock_path, builders)
+        from torch.utils._filelock import FileLock
+
+        *parts, linker = builders
+        with FileLock(lock_path, timeout=codecache.LOCK_TIMEOUT):
+            todo = [b for b in parts if not os.path.exists(b.get_target_file_path())]
+            with concurrent.futures.ThreadPoolExecutor(max(len(todo), 1)) as pool:
+                for done in [pool.submit(b.build) for b in todo]:
+                    done.result()
+            if not os.path.exists(linker.get_target_file_path()):
+                linker.build()
+
+    with _replaced(codecache, "_worker_compile_cpp", worker):
+        yield
+
+
+@contextlib.contextmanager
+def _replaced(owner, name: str, value):
+    """``owner.name`` is ``value`` while the context is open (set back to what it was after)."""
+    saved = owner.__dict__[name]
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
+#: names the decompositions of :func:`cpu_decompositions` in the graphs' cache tag
+DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v1 narrow-mm-v1"
+
+
+def cpu_decompositions(table: dict) -> dict:
+    """The entries the solver's CPU graphs add to Inductor's decomposition table ``table``.
+
+    - ``aten.addmm`` with a vector bias (``nn.Linear``): ``mm(x, w) + bias``. On the CPU Inductor
+      keeps ``addmm`` as one library call, which first copies the bias into every row of the output
+      and then runs the GEMM accumulating onto it; the bias then costs a pass over the output of its
+      own. Written as a sum, the bias add fuses into the kernel that consumes the product (a field's
+      activation, the stage sum after its last layer). The same sum in the same precision (the
+      benchmark's direct training step gave bit-identical gradients); the MLP's forward solve is 2-3%
+      faster (docs/compiled_solve.md). Torch itself unfuses it this way on GPUs
+      (``unfuse_bias_add_to_pointwise``). Other scalings, bias shapes and dtypes keep the table's entry.
+    - ``aten.mm`` with at most 4 output columns and rows contiguous along the inner dimension (a
+      field's output layer, e.g. 64 -> 2): one dot product per output element, written as
+      elementwise products summed along the row. Inductor generates it as a reduction that reads
+      its input through the producer's code, so the layer before it (bias and tanh) is computed
+      inside the same loop and never written to memory, where the library GEMM needs it written,
+      and for so few columns spends most of its time on call and packing (11.9 us of an MLP
+      evaluation's ~100). MLP forward solve ~5% faster, adjoint step ~2% (docs/compiled_solve.md).
+      Float32 and float64 only; the backward pass's products (other shapes) keep the GEMM.
+
+    Args:
+        table: Inductor's decomposition table (its ``addmm`` and ``mm`` entries are kept as the fallbacks).
+
+    Returns:
+        ``{operator: decomposition}``.
+    """
+    addmm, mm = torch.ops.aten.addmm.default, torch.ops.aten.mm.default
+    return {addmm: _unfused_addmm(table.get(addmm)), mm: _narrow_mm(table.get(mm))}
+
+
+def _unfused_addmm(fallback: Callable | None) -> Callable:
+    def addmm(bias, mat1, mat2, *, beta=1, alpha=1):
+        if beta == 1 and alpha == 1 and bias.dim() == 1 and bias.dtype == mat1.dtype == mat2.dtype:
+            if bias.dtype in (torch.float32, torch.float64):  # 16-bit: addmm adds the bias before rounding
+                return torch.mm(mat1, mat2) + bias
+        return NotImplemented if fallback is None else fallback(bias, mat1, mat2, beta=beta, alpha=alpha)
+
+    return addmm
+
+
+def _narrow_mm(fallback: Callable | None) -> Callable:
+    def mm(mat1, mat2):
+        n = mat2.shape[-1]
+        if mat1.dim() == mat2.dim() == 2 and isinstance(n, int) and n <= 4 and mat1.stride(1) == 1:
+            if mat1.dtype == mat2.dtype and mat1.dtype in (torch.float32, torch.float64):
+                return torch.stack([(mat1 * mat2[:, j]).sum(1) for j in range(n)], 1)
+        return NotImplemented if fallback is None else fallback(mat1, mat2)
+
+    return mm
+
+
+def compile_for(fn: Callable, cpu: bool, **kwargs) -> Callable:
+    """``torch.compile(fn, **kwargs)``, with :func:`_cpu_backend` for CPU graphs (``options`` go to
+    Inductor either way)."""
+    return torch.compile(fn, backend=_cpu_backend if cpu else "inductor", **kwargs)
+
+
+def own_code(fn: Callable) -> Callable:
+    """``fn`` on a code object of its own: the compiler's cache and recompilation limit are per code
+    object, so graphs for other fields, shapes or devices must not use up each other's."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, None, fn.__closure__)
