@@ -227,6 +227,25 @@ def test_the_wrapper_and_kernels_of_a_cpu_graph_compile_at_once_then_link(tmp_pa
     assert set(log) == {"alone.so"}
 
 
+def test_the_first_cpu_graph_starts_the_instruction_set_detection_in_the_background(monkeypatch):
+    """Inductor's detection of the vector instruction set (probe processes, ~1 s once per process)
+    runs in a thread started when the first CPU graph is set up, once, and fills torch's own cache."""
+    import threading
+
+    calls: list = []
+    monkeypatch.setattr(inductor, "_ISA_DETECTION", [])
+    monkeypatch.setattr(
+        "torch._inductor.cpu_vec_isa.pick_vec_isa", lambda: calls.append(threading.current_thread().name)
+    )
+    inductor.compile_for(lambda x: x + 1, cpu=False)
+    assert inductor._ISA_DETECTION == []  # not for other devices
+    inductor.compile_for(lambda x: x + 1, cpu=True)
+    inductor.compile_for(lambda x: x + 2, cpu=True)
+    (thread,) = inductor._ISA_DETECTION
+    thread.join(10)
+    assert calls == ["hybrid_node-isa-detection"]
+
+
 def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_rows(one_thread, monkeypatch):
     from torch._inductor.decomposition import select_decomp_table
     from torch._inductor.utils import fresh_cache

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import threading
 import types
 from collections.abc import Callable
 
@@ -272,8 +273,39 @@ def _narrow_mm(fallback: Callable | None) -> Callable:
 
 def compile_for(fn: Callable, cpu: bool, **kwargs) -> Callable:
     """``torch.compile(fn, **kwargs)``, with :func:`_cpu_backend` for CPU graphs (``options`` go to
-    Inductor either way)."""
+    Inductor either way); the first CPU graph of a process starts :func:`_detect_vector_isa`."""
+    if cpu:
+        _detect_vector_isa()
     return torch.compile(fn, backend=_cpu_backend if cpu else "inductor", **kwargs)
+
+
+_ISA_DETECTION: list[threading.Thread] = []
+
+
+def _detect_vector_isa() -> None:
+    """Start Inductor's detection of the CPU's vector instruction set in a background thread, once
+    per process.
+
+    Inductor finds the instruction set its kernels may use by building a probe library per candidate
+    and loading it in a new process, once per process, when it generates the first CPU kernel (six
+    processes here, 1.1 s, nearly all of it spent waiting for them). The graph is traced, lowered
+    and scheduled for seconds before that, and the waiting releases the interpreter, so started
+    here the detection is done by then and the first call does not wait for it. The result is
+    torch's own cache (``cpu_vec_isa.pick_vec_isa``); a failure here is left for the compilation to
+    meet and report.
+    """
+    if _ISA_DETECTION:
+        return
+
+    def detect() -> None:
+        with contextlib.suppress(Exception):
+            from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+            pick_vec_isa()
+
+    thread = threading.Thread(target=detect, name="hybrid_node-isa-detection", daemon=True)
+    _ISA_DETECTION.append(thread)
+    thread.start()
 
 
 def own_code(fn: Callable) -> Callable:
