@@ -32,3 +32,19 @@ def test_ab_units_run_the_workload_on_their_own_copy_of_the_field(one_thread, na
     assert all(p.grad is None for p in w.field.parameters())  # the backward pass went to the copy
     reference = frameworks.prepare_hybrid_node(w)()
     torch.testing.assert_close(ys.detach(), reference.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_first_call_measures_a_new_process_with_an_empty_cache(monkeypatch):
+    """benchmarks/first_call.py: the workload compiles in a process of its own whose Inductor cache
+    starts empty (so the first call compiles and the second does not), and the cache is removed."""
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks import first_call
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the measuring process imports benchmarks
+    before = set(Path(tempfile.gettempdir()).glob("hn_first_call_*"))
+    r = first_call.first_call("mlp-fwd")
+    assert r["first_s"] > 1.0 and 0 < r["second_ms"] < 1e3 * r["first_s"] / 10
+    assert set(Path(tempfile.gettempdir()).glob("hn_first_call_*")) == before
