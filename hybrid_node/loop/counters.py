@@ -71,6 +71,9 @@ def frozen_counters(counters: Sequence[Counter]):
     counters end as they were. The modules are held by reference, not by their place in
     ``owner.modules()``, so a field whose submodules are added or reordered later still gets its
     own counters frozen; a counter that is gone (its module or the attribute) is skipped.
+
+    Args:
+        counters: ``(weak reference to the module, name)`` pairs, as :func:`find_counters` returns them.
     """
     # plain instance attributes (found with ``vars``): written to the instance dict directly, without
     # nn.Module.__setattr__'s checks for parameters, buffers and submodules
