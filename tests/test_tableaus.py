@@ -321,3 +321,23 @@ def test_rational_kutta_conditions_exactly():
     assert sum(bi * ci for bi, ci in zip(b, c)) == Fraction(1, 2)
     assert sum(bi * ci * ci for bi, ci in zip(b, c)) == Fraction(1, 3)
     assert sum(b[i] * a[i][j] * c[j] for i in range(3) for j in range(3)) == Fraction(1, 6)
+
+
+def test_dopri8_reads_scipys_dop853_table_without_importing_scipys_integrators():
+    """The DOP853 coefficients come from scipy's data module, executed from its file: the same
+    arrays as the module imported by name, and a first solve's import no longer pays for
+    scipy.integrate's package initialisation (0.4-0.6 s)."""
+    import subprocess
+    import sys
+
+    from scipy.integrate._ivp import dop853_coefficients as by_name
+
+    from hybrid_node.solvers import dopri8
+
+    table = dopri8._load_coefficients()
+    assert table is not by_name and table.N_STAGES == by_name.N_STAGES
+    for name in ("A", "B", "C", "E3", "E5", "D"):
+        np.testing.assert_array_equal(getattr(table, name), getattr(by_name, name))
+    code = "import sys, hybrid_node as hn; hn.odeint; print('scipy.integrate' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

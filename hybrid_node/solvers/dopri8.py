@@ -1,7 +1,8 @@
 """Dormand-Prince 8(5,3) (DOP853), the 8th-order pair of Hairer's DOP853 code.
 
-The coefficients are read from scipy, which ships them as data. The error estimate combines the
-embedded fifth- and third-order differences as DOP853 does, so it behaves like an O(h^8) estimate.
+The coefficients are read from scipy, which ships them as data (:func:`_load_coefficients`). The
+error estimate combines the embedded fifth- and third-order differences as DOP853 does, so it
+behaves like an O(h^8) estimate.
 
 Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.10; P. J. Prince and J. R.
 Dormand, "High order embedded Runge-Kutta formulae", J. Comput. Appl. Math. 7 (1981).
@@ -9,13 +10,44 @@ Dormand, "High order embedded Runge-Kutta formulae", J. Comput. Appl. Math. 7 (1
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import torch
-from scipy.integrate._ivp import dop853_coefficients as _dop
 
 from ..interpolation import linear_combination
 from .base import Interpolant
 from .runge_kutta import ExplicitRungeKutta
 from .tableau import ButcherTableau
+
+
+def _load_coefficients() -> ModuleType:
+    """scipy's table of the DOP853 coefficients (``scipy/integrate/_ivp/dop853_coefficients.py``, a
+    module of numpy arrays), executed from its file.
+
+    Importing it by name first runs ``scipy.integrate``'s package initialisation, which imports the
+    whole of scipy's integrators: 0.4-0.6 s of every process's first solve (this module is imported
+    with the solver registry), for a table that loads in a millisecond. Where the file is not found
+    (another scipy layout), the table is imported by name.
+
+    Returns:
+        The module (``N_STAGES``, ``A``, ``B``, ``C``, ``E3``, ``E5``, ``D``).
+    """
+    spec = importlib.util.find_spec("scipy")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations)), "integrate", "_ivp", "dop853_coefficients.py")
+        file_spec = importlib.util.spec_from_file_location("hybrid_node.solvers._dop853_coefficients", path)
+        if path.is_file() and file_spec is not None and file_spec.loader is not None:
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+            return module
+    from scipy.integrate._ivp import dop853_coefficients
+
+    return dop853_coefficients
+
+
+_dop = _load_coefficients()
 
 _S = _dop.N_STAGES  # 12 stages, plus the FSAL evaluation at the new point
 _B = tuple(float(x) for x in _dop.B) + (0.0,)
