@@ -33,6 +33,18 @@ class TimeMLP(torch.nn.Module):
         return self.net(y) * torch.cos(t)
 
 
+class CountingMLP(TimeMLP):
+    """:class:`TimeMLP`, counting its calls as many user fields do (``self.nfe += 1``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return super().forward(t, y)
+
+
 @pytest.fixture
 def time_mlp(float64_default, one_thread):
     """A seeded :class:`TimeMLP` in float64 on one thread."""

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import CountingMLP
 
 import hybrid_node as hn
 from hybrid_node.loop import compiled_step, inductor
@@ -67,19 +68,6 @@ def test_compiled_backsolve_gradients_equal_eager(field, method, options):
         assert any(key[0] == "whole_solve" and key[1][0] == "backsolve" for key in keys)
     else:  # fixed steps: the per-step graph of the augmented field
         assert any(isinstance(key[0], tuple) and key[0][0] == "backsolve" for key in keys)
-
-
-class CountingMLP(torch.nn.Module):
-    """A field that counts its own calls, as many users' fields do."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-        self.nfe = 0
-
-    def forward(self, t, y):
-        self.nfe += 1
-        return self.net(y) * torch.cos(t)
 
 
 def test_direct_backprop_runs_one_attempt_graph_for_every_attempt_and_solve(float64_default, one_thread):

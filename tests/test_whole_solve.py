@@ -9,23 +9,11 @@ import weakref
 
 import pytest
 import torch
+from conftest import CountingMLP
 
 import hybrid_node as hn
 from hybrid_node.loop import whole
 from hybrid_node.solvers.registry import METHOD_SPECS
-
-
-class CountingMLP(torch.nn.Module):
-    """f(t, y) = MLP(y) cos(t), counting its calls as many user fields do."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-        self.nfe = 0
-
-    def forward(self, t, y):
-        self.nfe += 1
-        return self.net(y) * torch.cos(t)
 
 
 @pytest.fixture
