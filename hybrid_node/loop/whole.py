@@ -593,14 +593,7 @@ def odeint_graph(
     dev = y0.device
     ts = t.to(torch.float64)
 
-    modules = number_modules(func)
-
-    def field(tt, yy):
-        saved = [(m, k, v) for m in modules for k, v in vars(m).items() if type(v) in (int, float)]
-        out = func(tt.to(t.dtype), yy)
-        for m, k, v in saved:  # a call counter inside the loop: see _restoring_field
-            setattr(m, k, v)
-        return out
+    field = _restoring(func, lambda tt, yy: func(tt.to(t.dtype), yy))  # a call counter inside the loop
 
     f0 = field(ts[0], y0)
     dt0 = initial_step_tensor(field, ts[0], y0, f0, int(solver.error_order or 0), rtol, atol)
