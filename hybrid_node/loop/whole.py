@@ -25,7 +25,7 @@ What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and do
   that counts its own calls (``self.nfe += 1``) is handled by restoring its plain number attributes
   after every evaluation inside the graph, so such a counter does not advance during the loop (the
   solution's ``stats.nfe`` does count every evaluation). Which attributes are such counters is found
-  once per graph, by one eager evaluation (:meth:`WholeSolve.probe`); a forward solve then runs no
+  once per graph, by one eager evaluation (:meth:`WholeSolve.counters`); a forward solve then runs no
   Python between its arguments and its one host read: f0, the initial step, the loop and the
   outputs are all in the graph.
 
@@ -343,19 +343,13 @@ class WholeSolve:
         """The compiler rejected this field before (it is not tried again)."""
         return self._graphs.get(self.key) is None
 
-    @property
-    def counters(self) -> list | None:
-        """The number attributes the field advances on each call, found once per graph (None: not yet,
-        see :meth:`probe`)."""
-        return self._graphs.get((self.key, "counters"))
-
-    @counters.setter
-    def counters(self, value: list) -> None:
-        self._graphs[(self.key, "counters")] = value
-
-    def probe(self, term, t0: float, y0: torch.Tensor) -> list:
-        """The field's call counters (:func:`~hybrid_node.loop.counters.find_counters`), found once per graph."""
-        counters = self.counters = find_counters(self.owner, term, t0, y0)
+    def counters(self, term, t0: float, y0: torch.Tensor) -> list:
+        """The field's call counters (:func:`~hybrid_node.loop.counters.find_counters`, one eager
+        evaluation at (t0, y0)), found the first time and kept with the graph."""
+        key = (self.key, "counters")
+        counters = self._graphs.get(key)
+        if counters is None:
+            counters = self._graphs[key] = find_counters(self.owner, term, t0, y0)
         return counters
 
     def __call__(self, *args, counters=(), extra: tuple = ()) -> tuple | None:
@@ -463,9 +457,7 @@ def integrate_whole(
         return None
     if len(ts) == 1:  # (the dispatcher answers such a solve itself)
         return Integration([y0], Stats(nfe=term.nfe), Status.SUCCESS, ts[0])
-    counters = graph.counters
-    if counters is None:
-        counters = graph.probe(term, ts[0], y0)
+    counters = graph.counters(term, ts[0], y0)
     dt0 = None if heuristic else first_step_tensor(controller, y0.device)
     tables = cached_tables(solver, ts, y0)
     out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters=counters)

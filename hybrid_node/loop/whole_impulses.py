@@ -99,7 +99,7 @@ def integrate_whole_impulses(
     graph = WholeSolve(pure, solver, c, norm, device_type=x0.device.type, start="impulses")
     if graph.failed:
         return None
-    counters = graph.counters if graph.counters is not None else graph.probe(term, rs[0], x0)
+    counters = graph.counters(term, rs[0], x0)
     nfe_before = term.nfe
     f0 = solver.init(term, rs[0], x0)  # the host's derivative and first step, as the host loop's
     dt0 = first_step(term, solver, controller, rs[0], x0, f0, rtol, atol, norm)

@@ -303,7 +303,7 @@ def integrate_segments(
                 fterm.nfe, term.nfe = nfe_f, nfe_b
                 return None
             if counters is None:
-                counters = graph.counters if graph.counters is not None else graph.probe(fterm, c0, states[c0])
+                counters = graph.counters(fterm, c0, states[c0])
             extra = zero if add is None else add, flag[first], flag[add is not None], tol, norm_f
             out = graph(zs, cps, index, tables, carried, *extra, counters=counters)
             if out is None:
