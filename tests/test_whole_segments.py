@@ -60,12 +60,14 @@ def test_segments_run_uncompiled_take_the_eager_passes_steps_and_gradients(field
 
     monkeypatch.setattr(whole_segments, "_graph", recording)
     eager_stats, eager = _gradients(field, hn.Dopri5(), checkpoints, reverse)
+    eager_calls, field.nfe = field.nfe, 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback to the eager pass
         stats, grads = _gradients(field, hn.Dopri5().compiled(), checkpoints, reverse)
     assert capacities[0] == 2 and max(capacities) >= 4  # the first re-solve needed a larger table
     assert stats.n_steps_backward == eager_stats.n_steps_backward > 3
     assert stats.nfe_backward == eager_stats.nfe_backward
+    assert field.nfe == eager_calls  # the field's own counter too (the overflowed re-solves not counted)
     for a, b in zip(grads, eager):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 

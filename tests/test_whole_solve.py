@@ -77,28 +77,30 @@ def test_solves_that_need_autograd_do_not_build_the_whole_graph(field, monkeypat
 
 
 def test_counters_are_found_shown_as_zero_and_advanced_by_what_the_graph_added(field):
-    from hybrid_node.loop.counters import find_counters, frozen_counters
+    from hybrid_node.loop.counters import advance, find_counters, frozen_counters
 
     class Term:  # what find_counters needs of a term: a call and an nfe to put back
         nfe = 7
 
         def __call__(self, t, y):
             self.nfe += 1
+            field.scale *= 2.0  # a number that changes by another amount on every call: no counter
             return field(torch.tensor(t), y)
 
-    field.nfe = 41
+    field.nfe, field.scale = 41, 1.0
     term = Term()
     found = find_counters(field, term, 0.0, torch.zeros(1, 2))
-    assert [(ref(), k) for ref, k in found] == [(field, "nfe")]
-    assert field.nfe == 41 and term.nfe == 7  # the probe is no part of the solve
-    counters = found + [(weakref.ref(field.net), "gone")]  # a vanished one is skipped
+    assert sorted((ref() is field, k, step) for ref, k, step in found) == [(True, "nfe", 1), (True, "scale", None)]
+    assert (field.nfe, field.scale, term.nfe) == (41, 1.0, 7)  # the probe is no part of the solve
+    counters = found + [(weakref.ref(field.net), "gone", 1)]  # a vanished one is skipped
     with frozen_counters(counters):
         assert field.nfe == 0
         field.nfe += 3  # a per-step graph replays the field's increments
     assert field.nfe == 44 and not hasattr(field.net, "gone")
     with frozen_counters(counters):
-        pass  # a whole-solve loop puts them back inside the graph
-    assert field.nfe == 44
+        pass  # a whole-solve loop puts them back inside the graph ...
+    advance(counters, 5)  # ... and its caller adds what its 5 evaluations would have
+    assert (field.nfe, field.scale) == (49, 1.0) and not hasattr(field.net, "gone")
 
 
 class CountingLinear(torch.nn.Linear):
@@ -133,8 +135,9 @@ def test_a_counting_submodule_moved_by_a_new_submodule_keeps_its_counter_frozen(
         first = hn.odeint(field, y0, t, options={"compile": True})
         field.net.insert(0, torch.nn.Identity())
         second = hn.odeint(field, y0, t, options={"compile": True})
-        assert field.net[3].calls == 0  # the graph's evaluations do not count, the probe's is put back
+        compiled = field.net[3].calls  # the two solves' evaluations, not the probes'
         eager = hn.odeint(field, y0, t)
+    assert field.net[3].calls - compiled == compiled // 2 > 0  # each counted as the eager solve counts
     torch.testing.assert_close(first, eager, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(second, eager, rtol=1e-10, atol=1e-12)
 
@@ -216,7 +219,8 @@ def test_direct_backprop_with_compile_falls_back_to_step_graphs_with_eager_gradi
 def test_backsolve_backward_pass_runs_in_the_whole_graph_with_eager_gradients(field):
     """The backsolve adjoint's backward solve (the augmented system, vjp inside the loop, the loss's
     cotangents added at the output times between graph calls) takes the eager backward solve's steps
-    and gives its gradients up to rounding; a second backward pass reuses the graph."""
+    and gives its gradients up to rounding; a second backward pass reuses the graph; the field's own
+    call counter counts both passes as it counts the eager ones."""
     y0 = torch.randn(8, 2, requires_grad=True)
     t = torch.linspace(0.0, 2.0, 5)
     target = torch.randn(5, 8, 2)
@@ -224,21 +228,23 @@ def test_backsolve_backward_pass_runs_in_the_whole_graph_with_eager_gradients(fi
     def gradients(solver):
         field.zero_grad()
         y0.grad = None
+        field.nfe = 0
         ctrl = hn.PIDController(rtol=1e-8, atol=1e-10)
         sol = hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=hn.BacksolveAdjoint())
         ((sol.ys - target) ** 2).sum().backward()
-        return sol.stats, [y0.grad.clone()] + [p.grad.clone() for p in field.parameters()]
+        return sol.stats, [y0.grad.clone()] + [p.grad.clone() for p in field.parameters()], field.nfe
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
-        fast_stats, fast = gradients(hn.Dopri5().compiled())
+        fast_stats, fast, fast_calls = gradients(hn.Dopri5().compiled())
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         again = gradients(hn.Dopri5().compiled())[1]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # no recompilation
     keys = [key for key in whole._CACHE[field] if key[0] == "whole_solve"]
     assert any(isinstance(key[1], tuple) and key[1][0] == "backsolve" for key in keys)  # the augmented field
-    eager_stats, eager = gradients(hn.Dopri5())
+    eager_stats, eager, eager_calls = gradients(hn.Dopri5())
     assert fast_stats.n_steps_backward == eager_stats.n_steps_backward > 0
+    assert fast_calls == eager_calls > fast_stats.nfe  # the field's own count of both passes
     for a, b, c in zip(fast, eager, again):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
         torch.testing.assert_close(c, a, rtol=0, atol=0)
@@ -475,8 +481,8 @@ class ScaledMLP(CountingMLP):
 def test_changed_weights_and_settings_are_seen_and_nfe_counts_the_graphs_evaluations(float64_default, one_thread):
     """The forward graph evaluates f0 and the initial step itself: its steps, outputs and nfe are the
     eager solver's; weights changed in place after a solve (an optimiser step) and a changed number
-    attribute of the field are seen by the next solve; the field's own counter is not advanced by
-    the compiled solves (the probe that finds it is no part of a solve)."""
+    attribute of the field are seen by the next solve; the field's own counter advances as the
+    eager solve advances it (the probe that finds it is no part of a solve)."""
     torch.manual_seed(0)
     field = ScaledMLP()
     y0, t = torch.randn(16, 2), torch.linspace(0.0, 3.0, 7)
@@ -486,7 +492,7 @@ def test_changed_weights_and_settings_are_seen_and_nfe_counts_the_graphs_evaluat
             eager = _eager(field, y0, t, **ctrl)
             before = field.nfe
             comp = _compiled(field, y0, t, **ctrl)
-            assert field.nfe == before
+            assert field.nfe - before == eager.stats.nfe
         assert float((comp.ys - eager.ys).abs().max()) <= 1e-12 * float(eager.ys.abs().max())
         assert (comp.stats.nfe, comp.stats.n_accepted, comp.stats.n_rejected) == (
             eager.stats.nfe,

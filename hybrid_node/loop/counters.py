@@ -3,9 +3,12 @@
 Dynamo guards a compiled graph on the plain number attributes of the modules it reads: a counter
 the field advances on every call fails that guard on the next call, and the graph is compiled again
 (first with the number as a constant, then as a symbolic input). Here the counters are found once,
-by one eager evaluation (:func:`find_counters`), and shown to every call of the graph as 0
+by two eager evaluations (:func:`find_counters`), and shown to every call of the graph as 0
 (:func:`frozen_counters`): the guard then holds on every call, and what the graph added to them is
-added to their real values afterwards.
+added to their real values afterwards. A whole-solve loop cannot carry a Python attribute from one
+iteration to the next, so it leaves them as they were; its caller then adds what the eager solver's
+evaluations would have added (:func:`advance`), so that ``func.nfe`` counts a compiled solve as it
+counts an eager one (torchdiffeq's examples and the Neural ODE paper's NFE plots read it).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from collections.abc import Sequence
 
 import torch
 
-#: a counter: a weak reference to its module and the attribute's name
-Counter = tuple[weakref.ref, str]
+#: a counter: a weak reference to its module, the attribute's name and what one evaluation adds to it
+#: (None when two evaluations added different amounts: such a number is not advanced by :func:`advance`)
+Counter = tuple[weakref.ref, str, "int | float | None"]
 
 
 def number_modules(owner) -> list:
@@ -32,11 +36,13 @@ def _numbers(modules: Sequence[torch.nn.Module]) -> dict:
 
 
 def find_counters(owner, term, t0: float, y0: torch.Tensor) -> list[Counter]:
-    """The number attributes of ``owner``'s modules that one evaluation at (t0, y0) changes.
+    """The number attributes of ``owner``'s modules that an evaluation at (t0, y0) changes, and by how much.
 
-    The evaluation goes through ``term`` (which checks the result's shape, dtype and device, so a
-    wrong field fails with the eager solver's message rather than a compiler error); it is no part
-    of the solve: ``term.nfe`` and the field's number attributes are put back afterwards.
+    The field is evaluated twice, through ``term`` (which checks the result's shape, dtype and
+    device, so a wrong field fails with the eager solver's message rather than a compiler error);
+    an attribute both evaluations advance by the same amount is a counter with that step. The
+    evaluations are no part of the solve: ``term.nfe`` and the field's number attributes are put
+    back afterwards.
 
     Args:
         owner: the field (its modules are searched).
@@ -44,7 +50,8 @@ def find_counters(owner, term, t0: float, y0: torch.Tensor) -> list[Counter]:
         t0, y0: where to evaluate.
 
     Returns:
-        ``(weak reference to the module, name)`` pairs, for :func:`frozen_counters`.
+        ``(weak reference to the module, name, step)`` triples, for :func:`frozen_counters` and
+        :func:`advance`.
     """
     modules = number_modules(owner)
     before = _numbers(modules)
@@ -52,13 +59,21 @@ def find_counters(owner, term, t0: float, y0: torch.Tensor) -> list[Counter]:
     try:
         with torch.no_grad():
             term(t0, y0)
+            once = _numbers(modules)
+            term(t0, y0)
     finally:
         term.nfe = nfe
         after = _numbers(modules)
         for (i, k), v in before.items():
             if after.get((i, k)) != v:
                 setattr(modules[i], k, v)
-    return [(weakref.ref(modules[i]), k) for (i, k), v in after.items() if before.get((i, k)) != v]
+    counters = []
+    for (i, k), v in after.items():
+        b, o = before.get((i, k)), once.get((i, k))
+        if b != v:
+            step = None if b is None or o is None or o - b != v - o else o - b
+            counters.append((weakref.ref(modules[i]), k, step))
+    return counters
 
 
 @contextlib.contextmanager
@@ -78,7 +93,7 @@ def frozen_counters(counters: Sequence[Counter]):
     # plain instance attributes (found with ``vars``): written to the instance dict directly, without
     # nn.Module.__setattr__'s checks for parameters, buffers and submodules
     saved = []
-    for ref, k in counters:
+    for ref, k, _ in counters:
         module = ref()
         attributes = {} if module is None else vars(module)
         if type(attributes.get(k)) in (int, float):
@@ -90,3 +105,18 @@ def frozen_counters(counters: Sequence[Counter]):
     finally:
         for d, k, v in saved:
             d[k] = v + d[k]
+
+
+def advance(counters: Sequence[Counter], evaluations: int) -> None:
+    """Add to each counter what ``evaluations`` eager evaluations would have added (its step times
+    ``evaluations``), after a whole-solve graph that made them.
+
+    Args:
+        counters: as :func:`find_counters` returns them; those without a step are left alone.
+        evaluations: the field's evaluations inside the graph.
+    """
+    for ref, k, step in counters:
+        module = ref()
+        attributes = {} if module is None else vars(module)
+        if step is not None and type(attributes.get(k)) in (int, float):
+            attributes[k] += step * evaluations

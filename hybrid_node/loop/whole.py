@@ -23,9 +23,10 @@ What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and do
   operator), see :func:`hybrid_node.loop.whole` tests; those transforms are documented limitations;
 - side effects of the field inside the loop are not allowed by the compiler; an ``nn.Module`` field
   that counts its own calls (``self.nfe += 1``) is handled by restoring its plain number attributes
-  after every evaluation inside the graph, so such a counter does not advance during the loop (the
-  solution's ``stats.nfe`` does count every evaluation). Which attributes are such counters is found
-  once per graph, by one eager evaluation (:meth:`WholeSolve.counters`); a forward solve then runs no
+  after every evaluation inside the graph, and after the solve each such counter is advanced by its
+  step times the graph's evaluations, so ``func.nfe`` reads as after an eager solve. Which attributes
+  are such counters, and their steps, is found once per graph, by two eager evaluations
+  (:meth:`WholeSolve.counters`); a forward solve then runs no
   Python between its arguments and its one host read: f0, the initial step, the loop and the
   outputs are all in the graph.
 
@@ -69,7 +70,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, term_field, warn_fallback
 from .core import RUNNING
-from .counters import find_counters, frozen_counters, number_modules
+from .counters import advance, find_counters, frozen_counters, number_modules
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
 from .host import Integration
 from .inductor import compile_for, inductor_options, own_code
@@ -344,8 +345,8 @@ class WholeSolve:
         return self._graphs.get(self.key) is None
 
     def counters(self, term, t0: float, y0: torch.Tensor) -> list:
-        """The field's call counters (:func:`~hybrid_node.loop.counters.find_counters`, one eager
-        evaluation at (t0, y0)), found the first time and kept with the graph."""
+        """The field's call counters (:func:`~hybrid_node.loop.counters.find_counters`, two eager
+        evaluations at (t0, y0)), found the first time and kept with the graph."""
         key = (self.key, "counters")
         counters = self._graphs.get(key)
         if counters is None:
@@ -467,7 +468,9 @@ def integrate_whole(
     values = info.tolist()  # the one host read of the solve
     status, t, dt, n_att, n_acc, n_rej = read_out(values)
     # the graph's evaluations: f0, the initial step's trial (when it is Hairer's), the attempts
-    term.nfe += 1 + heuristic + evaluations_per_attempt(solver) * n_att
+    evaluations = 1 + heuristic + evaluations_per_attempt(solver) * n_att
+    term.nfe += evaluations
+    advance(counters, evaluations)
     stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
         raise solve_error(status, t, dt, controller, term.reverse)

@@ -42,6 +42,7 @@ from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import RUNNING
+from .counters import advance
 from .device import LoopState, Tables, attempt, initial_state, summary
 from .whole import (
     WholeSolve,
@@ -316,12 +317,16 @@ def integrate_segments(
         status_f, t_f, dt_f, att_f, _, _ = read_out(info[:7])
         status_b, t_b, dt_b, att_b, n_acc, n_rej = read_out(info[7:])
         # the re-solve: f(c0), the initial step's trial, the attempts
-        fterm.nfe += 2 + evaluations_per_attempt(solver) * att_f
+        resolved = 2 + evaluations_per_attempt(solver) * att_f
+        fterm.nfe += resolved
+        advance(counters, resolved)
         if status_f is not Status.SUCCESS:
             raise solve_error(status_f, t_f, dt_f, controller, fterm.reverse)
         # the backward solve (its counters run on through the segments): the attempts, f and the
         # initial step's trial at the start, f again after each cotangent
-        term.nfe += evaluations_per_attempt(solver) * (att_b - n_att) + 2 * first + (add is not None)
+        backward = evaluations_per_attempt(solver) * (att_b - n_att) + 2 * first + (add is not None)
+        term.nfe += backward
+        advance(counters, backward)  # the augmented field evaluates the forward one once (in its VJP)
         n_att = att_b
         if status_b is not Status.SUCCESS:
             raise solve_error(status_b, t_b, dt_b, controller, term.reverse)
