@@ -77,9 +77,9 @@ def test_solves_that_need_autograd_do_not_build_the_whole_graph(field, monkeypat
 
 
 def test_counters_are_found_shown_as_zero_and_advanced_by_what_the_graph_added(field):
-    from hybrid_node.loop.counters import advance, find_counters, frozen_counters
+    from hybrid_node.loop.counters import advance, frozen_counters, probe
 
-    class Term:  # what find_counters needs of a term: a call and an nfe to put back
+    class Term:  # what probe needs of a term: a call and an nfe to put back
         nfe = 7
 
         def __call__(self, t, y):
@@ -89,7 +89,8 @@ def test_counters_are_found_shown_as_zero_and_advanced_by_what_the_graph_added(f
 
     field.nfe, field.scale = 41, 1.0
     term = Term()
-    found = find_counters(field, term, 0.0, torch.zeros(1, 2))
+    found, writes_buffers = probe(field, term, 0.0, torch.zeros(1, 2))
+    assert not writes_buffers
     assert sorted((ref() is field, k, step) for ref, k, step in found) == [(True, "nfe", 1), (True, "scale", None)]
     assert (field.nfe, field.scale, term.nfe) == (41, 1.0, 7)  # the probe is no part of the solve
     counters = found + [(weakref.ref(field.net), "gone", 1)]  # a vanished one is skipped
@@ -101,6 +102,60 @@ def test_counters_are_found_shown_as_zero_and_advanced_by_what_the_graph_added(f
         pass  # a whole-solve loop puts them back inside the graph ...
     advance(counters, 5)  # ... and its caller adds what its 5 evaluations would have
     assert (field.nfe, field.scale) == (49, 1.0) and not hasattr(field.net, "gone")
+
+
+class NormedField(torch.nn.Module):
+    """A field with a batch norm: in training mode every evaluation updates its running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+        self.norm = torch.nn.BatchNorm1d(2)
+
+    def forward(self, t, y):
+        return torch.tanh(self.norm(self.linear(y)))
+
+
+def test_the_probe_puts_back_the_buffers_an_evaluation_writes(float64_default):
+    from hybrid_node._term import Term
+    from hybrid_node.loop.counters import probe
+
+    field = NormedField()
+    state = {k: v.clone() for k, v in field.state_dict().items()}
+    y0 = torch.randn(5, 2)
+    term = Term(field, y0, torch.float64)
+    effects = probe(field, term, 0.0, y0)
+    assert effects.writes_buffers and effects.counters == []
+    for k, v in field.state_dict().items():  # the probe is no part of the solve
+        assert torch.equal(v, state[k]), k
+    field.eval()  # running statistics are only read
+    assert not probe(field, term, 0.0, y0).writes_buffers
+
+
+@pytest.mark.slow
+def test_a_field_writing_its_buffers_keeps_every_write_with_compile(float64_default, one_thread):
+    """A whole-solve loop would drop a batch norm's updates of its running statistics (it kept 2 of
+    56); such a field runs with per-step graphs, which write them as the eager solve does."""
+    torch.manual_seed(0)
+    field, y0, t = NormedField(), torch.randn(16, 2), torch.linspace(0.0, 1.0, 5)
+    start = {k: v.clone() for k, v in field.state_dict().items()}
+
+    def solve(compile):
+        field.load_state_dict(start)
+        with torch.no_grad():
+            ys = hn.odeint(field, y0, t, rtol=1e-7, atol=1e-9, options={"compile": compile})
+        return ys, {k: v.clone() for k, v in field.state_dict().items()}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a choice of loop, not a compiler failure
+        compiled, after = solve(True)
+    eager, expected = solve(False)
+    assert int(after["norm.num_batches_tracked"]) == int(expected["norm.num_batches_tracked"]) > 20
+    torch.testing.assert_close(compiled, eager, rtol=1e-10, atol=1e-12)
+    # averages of the batch statistics of every stage's state, which the compiled stages round
+    # differently (~1e-9 apart here; a loop that dropped the updates left them ~1e-3 apart)
+    for k in ("norm.running_mean", "norm.running_var"):
+        torch.testing.assert_close(after[k], expected[k], rtol=1e-7, atol=1e-9)
 
 
 class CountingLinear(torch.nn.Linear):

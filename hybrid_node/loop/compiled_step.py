@@ -34,7 +34,7 @@ from .._term import solver_time_field as solver_time_field
 from .._term import term_field as term_field
 from ..controllers import error_ratio, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
-from .counters import find_counters, frozen_counters
+from .counters import frozen_counters, probe
 from .inductor import compile_for, inductor_options, own_code
 
 # owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
@@ -151,8 +151,8 @@ class CompiledAttempt:
     def _run(self, key, t: float, y: torch.Tensor, *args):
         """The graph ``key`` on (t, y, *args), or None when it has failed (now or in an earlier solve).
 
-        The field's call counters are frozen around the call (:mod:`.counters`; found by one eager
-        evaluation the first time), and ``y`` enters as :meth:`_tracked`: so one graph serves every
+        The field's call counters are frozen around the call (:mod:`.counters`; found by two eager
+        evaluations the first time), and ``y`` enters as :meth:`_tracked`: so one graph serves every
         attempt of a solve and of the next ones.
         """
         graph = self._graphs[key]
@@ -160,7 +160,7 @@ class CompiledAttempt:
             return None
         counters = self._graphs.get(self._counters_key)
         if counters is None:
-            counters = self._graphs[self._counters_key] = find_counters(self.owner, self.term, t, y)
+            counters = self._graphs[self._counters_key] = probe(self.owner, self.term, t, y).counters
         try:
             with frozen_counters(counters):
                 return graph(self.owner, self._time(t, y), self._tracked(y), *args)

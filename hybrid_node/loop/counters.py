@@ -3,7 +3,7 @@
 Dynamo guards a compiled graph on the plain number attributes of the modules it reads: a counter
 the field advances on every call fails that guard on the next call, and the graph is compiled again
 (first with the number as a constant, then as a symbolic input). Here the counters are found once,
-by two eager evaluations (:func:`find_counters`), and shown to every call of the graph as 0
+by two eager evaluations (:func:`probe`), and shown to every call of the graph as 0
 (:func:`frozen_counters`): the guard then holds on every call, and what the graph added to them is
 added to their real values afterwards. A whole-solve loop cannot carry a Python attribute from one
 iteration to the next, so it leaves them as they were; its caller then adds what the eager solver's
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -35,14 +36,29 @@ def _numbers(modules: Sequence[torch.nn.Module]) -> dict:
     return {(i, k): v for i, m in enumerate(modules) for k, v in vars(m).items() if type(v) in (int, float)}
 
 
-def find_counters(owner, term, t0: float, y0: torch.Tensor) -> list[Counter]:
-    """The number attributes of ``owner``'s modules that an evaluation at (t0, y0) changes, and by how much.
+class Effects(NamedTuple):
+    """What evaluating a field changes besides its result, as :func:`probe` finds it.
+
+    Attributes:
+        counters: ``(weak reference to the module, name, step)`` of each call counter, for
+            :func:`frozen_counters` and :func:`advance`.
+        writes_buffers: an evaluation writes a buffer of the field (a ``BatchNorm`` in training
+            mode updates its running statistics): a whole-solve loop would drop those writes.
+    """
+
+    counters: list[Counter]
+    writes_buffers: bool
+
+
+def probe(owner, term, t0: float, y0: torch.Tensor) -> Effects:
+    """The number attributes of ``owner``'s modules that an evaluation at (t0, y0) changes and by
+    how much, and whether it writes their buffers.
 
     The field is evaluated twice, through ``term`` (which checks the result's shape, dtype and
     device, so a wrong field fails with the eager solver's message rather than a compiler error);
     an attribute both evaluations advance by the same amount is a counter with that step. The
-    evaluations are no part of the solve: ``term.nfe`` and the field's number attributes are put
-    back afterwards.
+    evaluations are no part of the solve: ``term.nfe``, the field's number attributes and its
+    buffers are put back afterwards.
 
     Args:
         owner: the field (its modules are searched).
@@ -50,11 +66,11 @@ def find_counters(owner, term, t0: float, y0: torch.Tensor) -> list[Counter]:
         t0, y0: where to evaluate.
 
     Returns:
-        ``(weak reference to the module, name, step)`` triples, for :func:`frozen_counters` and
-        :func:`advance`.
+        The field's :class:`Effects`.
     """
     modules = number_modules(owner)
     before = _numbers(modules)
+    buffers = _buffers(modules)
     nfe = term.nfe
     try:
         with torch.no_grad():
@@ -67,13 +83,41 @@ def find_counters(owner, term, t0: float, y0: torch.Tensor) -> list[Counter]:
         for (i, k), v in before.items():
             if after.get((i, k)) != v:
                 setattr(modules[i], k, v)
+        written = _restore_buffers(modules, buffers)
     counters = []
     for (i, k), v in after.items():
         b, o = before.get((i, k)), once.get((i, k))
         if b != v:
             step = None if b is None or o is None or o - b != v - o else o - b
             counters.append((weakref.ref(modules[i]), k, step))
-    return counters
+    return Effects(counters, written)
+
+
+def _buffers(modules: Sequence[torch.nn.Module]) -> dict:
+    """The buffers of ``modules``: ``{(index, name): (tensor, a copy)}``."""
+    return {
+        (i, k): (b, b.detach().clone()) for i, m in enumerate(modules) for k, b in m._buffers.items() if b is not None
+    }
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaN equal to NaN (a write counter would not do: the batch-norm kernel updates
+    the running statistics in place without advancing theirs)."""
+    return torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+
+
+def _restore_buffers(modules: Sequence[torch.nn.Module], saved: dict) -> bool:
+    """Put back the buffers :func:`_buffers` saved; returns whether any was written or replaced."""
+    written = False
+    for (i, k), (b, copy) in saved.items():
+        if modules[i]._buffers.get(k) is not b:
+            modules[i]._buffers[k] = b
+            written = True
+        if not _same(b, copy):
+            with torch.no_grad():
+                b.copy_(copy)
+            written = True
+    return written
 
 
 @contextlib.contextmanager
@@ -88,7 +132,7 @@ def frozen_counters(counters: Sequence[Counter]):
     own counters frozen; a counter that is gone (its module or the attribute) is skipped.
 
     Args:
-        counters: ``(weak reference to the module, name)`` pairs, as :func:`find_counters` returns them.
+        counters: as :func:`probe` finds them.
     """
     # plain instance attributes (found with ``vars``): written to the instance dict directly, without
     # nn.Module.__setattr__'s checks for parameters, buffers and submodules
@@ -112,7 +156,7 @@ def advance(counters: Sequence[Counter], evaluations: int) -> None:
     ``evaluations``), after a whole-solve graph that made them.
 
     Args:
-        counters: as :func:`find_counters` returns them; those without a step are left alone.
+        counters: as :func:`probe` finds them; those without a step are left alone.
         evaluations: the field's evaluations inside the graph.
     """
     for ref, k, step in counters:

@@ -70,7 +70,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, term_field, warn_fallback
 from .core import RUNNING
-from .counters import advance, find_counters, frozen_counters, number_modules
+from .counters import advance, frozen_counters, number_modules, probe
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
 from .host import Integration
 from .inductor import compile_for, inductor_options, own_code
@@ -344,14 +344,16 @@ class WholeSolve:
         """The compiler rejected this field before (it is not tried again)."""
         return self._graphs.get(self.key) is None
 
-    def counters(self, term, t0: float, y0: torch.Tensor) -> list:
-        """The field's call counters (:func:`~hybrid_node.loop.counters.find_counters`, two eager
-        evaluations at (t0, y0)), found the first time and kept with the graph."""
+    def counters(self, term, t0: float, y0: torch.Tensor) -> list | None:
+        """The field's call counters (:func:`~hybrid_node.loop.counters.probe`, two eager
+        evaluations at (t0, y0), the first time; kept with the graph), or None when an evaluation
+        writes the field's buffers (a ``BatchNorm`` in training mode): the loop would drop those
+        writes, so such a field is solved with per-step graphs, which keep them."""
         key = (self.key, "counters")
-        counters = self._graphs.get(key)
-        if counters is None:
-            counters = self._graphs[key] = find_counters(self.owner, term, t0, y0)
-        return counters
+        effects = self._graphs.get(key)
+        if effects is None:
+            effects = self._graphs[key] = probe(self.owner, term, t0, y0)
+        return None if effects.writes_buffers else effects.counters
 
     def __call__(self, *args, counters=(), extra: tuple = ()) -> tuple | None:
         """The graph's outputs on ``args`` (after the owner, before the norm), or None when the
@@ -459,6 +461,8 @@ def integrate_whole(
     if len(ts) == 1:  # (the dispatcher answers such a solve itself)
         return Integration([y0], Stats(nfe=term.nfe), Status.SUCCESS, ts[0])
     counters = graph.counters(term, ts[0], y0)
+    if counters is None:
+        return None
     dt0 = None if heuristic else first_step_tensor(controller, y0.device)
     tables = cached_tables(solver, ts, y0)
     out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters=counters)

@@ -101,6 +101,8 @@ def integrate_whole_impulses(
     if graph.failed:
         return None
     counters = graph.counters(term, rs[0], x0)
+    if counters is None:
+        return None
     nfe_before = term.nfe
     f0 = solver.init(term, rs[0], x0)  # the host's derivative and first step, as the host loop's
     dt0 = first_step(term, solver, controller, rs[0], x0, f0, rtol, atol, norm)

@@ -305,6 +305,9 @@ def integrate_segments(
                 return None
             if counters is None:
                 counters = graph.counters(fterm, c0, states[c0])
+                if counters is None:  # the field writes its buffers
+                    fterm.nfe, term.nfe = nfe_f, nfe_b
+                    return None
             extra = zero if add is None else add, flag[first], flag[add is not None], tol, norm_f
             out = graph(zs, cps, index, tables, carried, *extra, counters=counters)
             if out is None:
