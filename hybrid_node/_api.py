@@ -115,13 +115,13 @@ def solve(
             func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
         )
     if (
-        torch.compiler.is_exporting()
+        _in_users_graph(func, y0)
         and isinstance(controller, PIDController)
         and isinstance(y0, torch.Tensor)
         and _traceable(solver, controller, y0, event_fn, jump_t, step_t)
     ):
-        # torch.export cannot follow the host loop's reads: the solve is traced as one while_loop
-        ys = odeint_graph(func, y0, t, rtol=controller.rtol, atol=controller.atol, method=solver.name)
+        # a tracer cannot follow the host loop's reads: the solve is traced as one while_loop
+        ys = odeint_graph(func, y0, t, solver, rtol=controller.rtol, atol=controller.atol)
         return Solution(ts=t, ys=ys, stats=Stats(), status=Status.SUCCESS)
     if isinstance(controller, PIDController):
         solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
@@ -181,6 +181,24 @@ def _event_adjoint(sensitivity: AbstractSensitivity, what: str) -> AbstractSensi
         f"{what} gets gradients by hn.DirectBackprop() (without checkpoints), hn.BacksolveAdjoint() or "
         f"hn.InterpolatingAdjoint(), not by {sensitivity!r}."
     )
+
+
+def _in_users_graph(func, y0) -> bool:
+    """Whether this solve is being traced into the caller's own graph, where it runs as
+    :func:`hybrid_node.loop.whole.odeint_graph`: always under ``torch.export``; under ``torch.compile``
+    (e.g. of a model holding an ODE block) when no gradient can flow through it. A differentiated
+    solve keeps the host loop, which ``torch.compile`` runs between graph breaks: autograd through
+    the traced ``while_loop`` is not trusted (docs/compiled_solve.md)."""
+    if torch.compiler.is_exporting():
+        return True
+    if not torch.compiler.is_compiling():
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    if not isinstance(func, torch.nn.Module):  # its closure may hold tensors that require grad
+        return False
+    tensors = [*func.parameters(), *(y0 if isinstance(y0, (tuple, list)) else (y0,))]
+    return not any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
 
 
 def _traceable(solver, controller, y0, event_fn, jump_t, step_t) -> bool:

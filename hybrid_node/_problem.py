@@ -40,7 +40,11 @@ def real_dtype(dtype: torch.dtype) -> torch.dtype:
     Returns:
         The dtype of the real part.
     """
-    return dtype.to_real() if dtype.is_complex else dtype
+    return _REAL.get(dtype, dtype)
+
+
+#: the real dtype of each complex one (a table, not ``dtype.to_real()``, which torch.compile cannot trace)
+_REAL = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 def check_times(t) -> tuple[torch.Tensor, list[float]]:

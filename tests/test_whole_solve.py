@@ -486,6 +486,59 @@ def test_export_of_an_ode_block_with_dopri5_gives_the_same_outputs(one_thread):
             torch.testing.assert_close(program.module()(inputs), model(inputs), rtol=1e-5, atol=1e-6)
 
 
+def test_a_solve_traced_by_torch_compile_without_gradients_is_the_traced_loop(field, monkeypatch):
+    """Inside a ``torch.compile`` trace (stood in for by ``is_compiling``), a solve no gradient can
+    flow through runs as ``odeint_graph`` (the traced while_loop, here run eagerly) with the host
+    loop's outputs; a differentiated one keeps the host loop."""
+    from hybrid_node.loop import whole as whole_module
+
+    calls = []
+    graph = whole_module.odeint_graph
+
+    def recording(*args, **kwargs):
+        calls.append(args[3].name)
+        return graph(*args, **kwargs)
+
+    monkeypatch.setattr("hybrid_node._api.odeint_graph", recording)
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    with torch.no_grad():
+        expected = hn.odeint(field, y0, t, rtol=1e-8, atol=1e-10, method="tsit5")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.no_grad():
+        traced = hn.odeint(field, y0, t, rtol=1e-8, atol=1e-10, method="tsit5")
+        hn.odeint(field, y0, t, method="rk4", options={"step_size": 0.1})  # no whole-solve loop
+    assert calls == ["tsit5"]
+    torch.testing.assert_close(traced, expected, rtol=1e-10, atol=1e-12)
+    hn.odeint(field, y0, t).sum().backward()  # the parameters require grad: the host loop
+    assert calls == ["tsit5"]
+    for p in field.parameters():
+        p.requires_grad_(False)
+    hn.odeint(field, y0, t)  # nothing to differentiate
+    assert calls == ["tsit5", "dopri5"]
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_of_a_model_holding_a_solve(one_thread):
+    """``torch.compile(..., fullgraph=True)`` of a model with an ODE block, and of a function taking
+    the output times as an input, for inference: one graph, the eager outputs; from a y0 with other
+    strides than a contiguous tensor's too, and ``compile=True`` from such a y0."""
+    from hybrid_node.nn.ode_block import ODEBlock
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), ODEBlock(CountingMLP(), (0.0, 1.5))).eval()
+    x, t = torch.randn(8, 3), torch.linspace(0.0, 1.0, 4)
+    field = CountingMLP()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-5, atol=1e-6)
+        solve = torch.compile(lambda y, t: hn.odeint(field, y, t, rtol=1e-6, atol=1e-8), fullgraph=True)
+        expected = hn.odeint(field, x[:, :2], t, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(solve(x[:, :2], t), expected, rtol=1e-5, atol=1e-6)  # a column slice
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # such a y0 fell back to per-step graphs
+            compiled = hn.odeint(field, x[:, :2], t, rtol=1e-6, atol=1e-8, options={"compile": True})
+        torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_library_guards_leave_out_only_the_librarys_own_objects():
     """The guard filter of the whole-solve graph drops guards on the graph function's closure and on
     this library's and torch's modules, and keeps those on the field, the inputs and user modules."""

@@ -178,7 +178,7 @@ class StepControl:
             int(controller.max_num_steps),
             time_limit(dtype),
             int(attempts),
-            float(torch.finfo(dtype.to_real()).eps),
+            float(torch.finfo(dtype).eps),
         )
 
 
@@ -202,7 +202,7 @@ def time_limit(dtype: torch.dtype) -> float:
     Returns:
         The limit, a host float.
     """
-    return 1e-6 * max(torch.finfo(dtype.to_real()).max, torch.finfo(torch.float32).max)
+    return 1e-6 * max(torch.finfo(dtype).max, torch.finfo(torch.float32).max)
 
 
 def landing(xp, t, dt, stop, max_step: float, stretch: float = _STRETCH):

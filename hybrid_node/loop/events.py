@@ -78,7 +78,7 @@ class _Steps:
             if controller.step_size is None:
                 raise ValueError("events on fixed steps need options={'step_size': ...} (or an adaptive method).")
             self.h = float(controller.step_size)
-            eps = float(torch.finfo(dtype.to_real()).eps)
+            eps = float(torch.finfo(dtype).eps)
             n_max, limit = controller.max_num_steps, core.time_limit(dtype)
             # no PID terms (exponents 0, factors 1) and no step bounds: only the step cap and the time limit
             self.c = core.StepControl(0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, math.inf, n_max, limit, 1, eps)

@@ -65,7 +65,7 @@ from .._memo import memoized
 from .._solution import Stats
 from .._term import Term
 from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
-from ..solvers.registry import METHOD_SPECS
+from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import _CACHE, PureField, term_field, warn_fallback
@@ -463,6 +463,7 @@ def integrate_whole(
     counters = graph.counters(term, ts[0], y0)
     if counters is None:
         return None
+    y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
     dt0 = None if heuristic else first_step_tensor(controller, y0.device)
     tables = cached_tables(solver, ts, y0)
     out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters=counters)
@@ -559,7 +560,7 @@ def initial_step_tensor(
 
 
 def odeint_graph(
-    func: Callable, y0: torch.Tensor, t: torch.Tensor, *, rtol: float = 1e-7, atol: float = 1e-9, method: str = "dopri5"
+    func: Callable, y0: torch.Tensor, t: torch.Tensor, solver: AbstractSolver, *, rtol: float, atol: float
 ) -> torch.Tensor:
     """An adaptive solve written entirely in traceable tensor operations, for ``torch.export`` and
     for ``torch.compile`` of a model that contains a solve.
@@ -574,8 +575,9 @@ def odeint_graph(
         func: ``func(t, y)``, a tensor field free of side effects other than counters.
         y0: the initial state (a tensor).
         t: strictly increasing 1-D output times.
+        solver: an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8; the solver
+            object, not its name: a registry lookup inside a trace reads a mapping the tracer refuses).
         rtol, atol: float tolerances.
-        method: an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape).
@@ -583,14 +585,13 @@ def odeint_graph(
     Raises:
         ValueError: a method the whole-solve loop cannot run.
     """
-    factory = METHOD_SPECS[method].solver if method in METHOD_SPECS else None
-    solver = factory() if factory is not None else None
     if not (isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve):
-        raise ValueError(f"a traced solve runs dopri5, tsit5, bosh3 or dopri8, not {method!r}.")
+        raise ValueError(f"a traced solve runs dopri5, tsit5, bosh3 or dopri8, not {solver.name!r}.")
     controller = PIDController(rtol=rtol, atol=atol)
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
     dev = y0.device
     ts = t.to(torch.float64)
+    y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
 
     field = _restoring(func, lambda tt, yy: func(tt.to(t.dtype), yy))  # a call counter inside the loop
 

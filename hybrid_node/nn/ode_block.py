@@ -225,8 +225,8 @@ class ODEBlock(nn.Module):
             )
         times = self.t if t is None else _as_times(t)
         times = times.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else times.dtype)
-        # an exported solve is one traced loop that cannot carry the counter's side effect
-        field = self.func if torch.compiler.is_exporting() else _CountingField(self.func, self._calls)
+        # a solve traced into an exported or compiled program cannot carry the counter's side effect
+        field = self.func if torch.compiler.is_compiling() else _CountingField(self.func, self._calls)
         params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
         start = self._calls[0]
         ys = integrate(field, x, times, self.settings, params)
