@@ -501,20 +501,24 @@ def test_a_solve_traced_by_torch_compile_without_gradients_is_the_traced_loop(fi
 
     monkeypatch.setattr("hybrid_node._api.odeint_graph", recording)
     y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    back = t.flip(0)  # decreasing times: the traced loop runs in -t (it returned NaN rows)
     with torch.no_grad():
         expected = hn.odeint(field, y0, t, rtol=1e-8, atol=1e-10, method="tsit5")
+        expected_back = hn.odeint(field, y0, back, rtol=1e-8, atol=1e-10)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with torch.no_grad():
         traced = hn.odeint(field, y0, t, rtol=1e-8, atol=1e-10, method="tsit5")
+        traced_back = hn.odeint(field, y0, back, rtol=1e-8, atol=1e-10)
         hn.odeint(field, y0, t, method="rk4", options={"step_size": 0.1})  # no whole-solve loop
-    assert calls == ["tsit5"]
+    assert calls == ["tsit5", "dopri5"]
     torch.testing.assert_close(traced, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(traced_back, expected_back, rtol=1e-10, atol=1e-12)
     hn.odeint(field, y0, t).sum().backward()  # the parameters require grad: the host loop
-    assert calls == ["tsit5"]
+    assert calls == ["tsit5", "dopri5"]
     for p in field.parameters():
         p.requires_grad_(False)
     hn.odeint(field, y0, t)  # nothing to differentiate
-    assert calls == ["tsit5", "dopri5"]
+    assert calls == ["tsit5", "dopri5", "dopri5"]
 
 
 @pytest.mark.slow

@@ -574,7 +574,7 @@ def odeint_graph(
     Args:
         func: ``func(t, y)``, a tensor field free of side effects other than counters.
         y0: the initial state (a tensor).
-        t: strictly increasing 1-D output times.
+        t: strictly increasing or strictly decreasing 1-D output times.
         solver: an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8; the solver
             object, not its name: a registry lookup inside a trace reads a mapping the tracer refuses).
         rtol, atol: float tolerances.
@@ -590,10 +590,14 @@ def odeint_graph(
     controller = PIDController(rtol=rtol, atol=atol)
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
     dev = y0.device
-    ts = t.to(torch.float64)
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
+    # decreasing output times: the loop runs in s = -t on -f(-s, y), as the host loop does; the
+    # direction is a tensor factor (1 or -1, exact), since a traced program cannot branch on t
+    sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
+    ts = t.to(torch.float64) * sign
 
-    field = _restoring(func, lambda tt, yy: func(tt.to(t.dtype), yy))  # a call counter inside the loop
+    # a call counter inside the loop is put back after each call
+    field = _restoring(func, lambda s, yy: func((s * sign).to(t.dtype), yy) * sign)
 
     f0 = field(ts[0], y0)
     dt0 = initial_step_tensor(field, ts[0], y0, f0, int(solver.error_order or 0), rtol, atol)
