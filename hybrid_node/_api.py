@@ -115,7 +115,7 @@ def solve(
             func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
         )
     if (
-        _in_users_graph(func, y0)
+        in_users_graph(func, y0)
         and isinstance(controller, PIDController)
         and isinstance(y0, torch.Tensor)
         and _traceable(solver, controller, y0, event_fn, jump_t, step_t)
@@ -183,7 +183,7 @@ def _event_adjoint(sensitivity: AbstractSensitivity, what: str) -> AbstractSensi
     )
 
 
-def _in_users_graph(func, y0) -> bool:
+def in_users_graph(func, y0) -> bool:
     """Whether this solve is being traced into the caller's own graph, where it runs as
     :func:`hybrid_node.loop.whole.odeint_graph`: always under ``torch.export``; under ``torch.compile``
     (e.g. of a model holding an ODE block) when no gradient can flow through it. A differentiated

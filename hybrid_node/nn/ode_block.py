@@ -22,7 +22,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .._api import solve
+from .._api import in_users_graph, solve
 from .._backend import BACKENDS
 from .._registry import build_solver
 from ..sensitivity.settings import (
@@ -226,7 +226,7 @@ class ODEBlock(nn.Module):
         times = self.t if t is None else _as_times(t)
         times = times.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else times.dtype)
         # a solve traced into an exported or compiled program cannot carry the counter's side effect
-        field = self.func if torch.compiler.is_compiling() else _CountingField(self.func, self._calls)
+        field = self.func if in_users_graph(self.func, x) else _CountingField(self.func, self._calls)
         params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
         start = self._calls[0]
         ys = integrate(field, x, times, self.settings, params)
