@@ -521,6 +521,22 @@ def test_a_solve_traced_by_torch_compile_without_gradients_is_the_traced_loop(fi
     assert calls == ["tsit5", "dopri5", "dopri5"]
 
 
+def test_an_ode_block_counts_its_evaluations_unless_its_solve_is_traced(float64_default, monkeypatch):
+    """Under ``torch.compile`` a training forward keeps the host loop and the block's count; an
+    inference forward is traced (``odeint_graph``), which cannot carry the counting wrapper."""
+    from hybrid_node.nn.ode_block import ODEBlock
+
+    torch.manual_seed(0)
+    block = ODEBlock(CountingMLP(), (0.0, 1.0))
+    x = torch.randn(4, 2)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    block(x).sum().backward()
+    assert block.nfe_forward > 0
+    with torch.no_grad():
+        block(x)
+    assert block.nfe_forward == 0
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph_of_a_model_holding_a_solve(one_thread):
     """``torch.compile(..., fullgraph=True)`` of a model with an ODE block, and of a function taking
