@@ -489,7 +489,8 @@ def test_export_of_an_ode_block_with_dopri5_gives_the_same_outputs(one_thread):
 def test_a_solve_traced_by_torch_compile_without_gradients_is_the_traced_loop(field, monkeypatch):
     """Inside a ``torch.compile`` trace (stood in for by ``is_compiling``), a solve no gradient can
     flow through runs as ``odeint_graph`` (the traced while_loop, here run eagerly) with the host
-    loop's outputs; a differentiated one keeps the host loop."""
+    loop's outputs, and a failed one raises (it returned NaN rows); a differentiated one keeps the
+    host loop."""
     from hybrid_node.loop import whole as whole_module
 
     calls = []
@@ -513,6 +514,10 @@ def test_a_solve_traced_by_torch_compile_without_gradients_is_the_traced_loop(fi
     assert calls == ["tsit5", "dopri5"]
     torch.testing.assert_close(traced, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(traced_back, expected_back, rtol=1e-10, atol=1e-12)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="traced adaptive solve failed"):
+        hn.odeint(lambda t, y: y * y, torch.ones(2, 1), torch.linspace(0.0, 2.0, 3))  # blows up at t = 1
+    assert calls == ["tsit5", "dopri5", "dopri5"]
+    calls.pop()
     hn.odeint(field, y0, t).sum().backward()  # the parameters require grad: the host loop
     assert calls == ["tsit5", "dopri5"]
     for p in field.parameters():

@@ -568,8 +568,8 @@ def odeint_graph(
     The host loop reads the output times and the initial step on the host, which a tracer cannot
     follow; here the times stay a tensor, the initial step is :func:`initial_step_tensor` and the loop
     is the whole-solve ``while_loop`` of :func:`attempt`, so the traced program holds the complete
-    adaptive solve. Failures are not raised (the traced program has no host branch): outputs a failed
-    solve did not reach are NaN, as with ``throw=False``.
+    adaptive solve. A failed solve raises when the program runs (``torch._assert_async`` on the final
+    status; the traced program cannot say where it failed, so the message says to run it untraced).
 
     Args:
         func: ``func(t, y)``, a tensor field free of side effects other than counters.
@@ -584,6 +584,8 @@ def odeint_graph(
 
     Raises:
         ValueError: a method the whole-solve loop cannot run.
+        RuntimeError: (when the program runs) the solve failed: maximum steps, step-size underflow
+            or a non-finite state.
     """
     if not (isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve):
         raise ValueError(f"a traced solve runs dopri5, tsit5, bosh3 or dopri8, not {solver.name!r}.")
@@ -611,4 +613,13 @@ def odeint_graph(
     state = initial_state(y0, f0, ts[0], dt0, ts.shape[0])
 
     out = _loop(field, solver, c, tables, rtol, atol, rms_norm, state)
+    # the program cannot branch on the host, but it can refuse to return a failed solve's NaN rows
+    torch._assert_async(out.status == core.SUCCESS, _TRACED_FAILURE)
     return torch.cat([y0.unsqueeze(0), out.outs])
+
+
+#: the message of a traced solve that failed (the traced program cannot say which failure, or where)
+_TRACED_FAILURE = (
+    "hybrid_node: the traced adaptive solve failed (maximum steps, step-size underflow or a non-finite "
+    "state); run the same solve outside torch.compile/torch.export for the time and the reason."
+)
