@@ -546,7 +546,9 @@ def test_an_ode_block_counts_its_evaluations_unless_its_solve_is_traced(float64_
 def test_torch_compile_fullgraph_of_a_model_holding_a_solve(one_thread):
     """``torch.compile(..., fullgraph=True)`` of a model with an ODE block, and of a function taking
     the output times as an input, for inference: one graph, the eager outputs; from a y0 with other
-    strides than a contiguous tensor's too, and ``compile=True`` from such a y0."""
+    strides than a contiguous tensor's too, and ``compile=True`` from such a y0; and through
+    torch's automatic dynamic shapes (the host loop under torch.compile failed there with "Guard
+    failed on the same frame it was created")."""
     from hybrid_node.nn.ode_block import ODEBlock
 
     torch.manual_seed(0)
@@ -555,6 +557,9 @@ def test_torch_compile_fullgraph_of_a_model_holding_a_solve(one_thread):
     field = CountingMLP()
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-5, atol=1e-6)
+        compiled = torch.compile(model)
+        for rows in (8, 5, 6):  # a new batch size: torch recompiles with a symbolic one
+            torch.testing.assert_close(compiled(x[:rows]), model(x[:rows]), rtol=1e-5, atol=1e-6)
         solve = torch.compile(lambda y, t: hn.odeint(field, y, t, rtol=1e-6, atol=1e-8), fullgraph=True)
         expected = hn.odeint(field, x[:, :2], t, rtol=1e-6, atol=1e-8)
         torch.testing.assert_close(solve(x[:, :2], t), expected, rtol=1e-5, atol=1e-6)  # a column slice
