@@ -214,7 +214,10 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
         solver = solver.fixed_steps()
     _time_dtype_option(options.pop("dtype", None))
     extras: dict[str, Any] = {"jump_t": (), "step_t": (), "event_t_end": event_t_end}
-    if options.pop("compile", False):
+    compiled = options.pop("compile", False)
+    if not isinstance(compiled, (bool, int)) or compiled not in (0, 1):  # a string such as "no" is truthy
+        raise TypeError(f"options['compile'] must be True or False, got {compiled!r}.")
+    if compiled:
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:
         valid = ADAPTIVE_OPTIONS + solver_keys

@@ -266,6 +266,12 @@ def test_unknown_options_list_the_valid_ones(method, option, valid):
         hn.odeint(decay, torch.ones(1), T01, method=method, options={option: 1})
 
 
+@pytest.mark.parametrize("value", ["no", None, 2])
+def test_the_compile_option_takes_a_bool(value):
+    with pytest.raises(TypeError, match=r"options\['compile'\] must be True or False"):
+        hn.odeint(decay, torch.ones(1), T01, options={"compile": value})
+
+
 def test_invalid_option_values():
     y0 = torch.ones(1)
     with pytest.raises(ValueError, match="step_size must be a positive finite number"):
