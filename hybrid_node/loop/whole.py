@@ -473,9 +473,7 @@ def integrate_whole(
     values = info.tolist()  # the one host read of the solve
     status, t, dt, n_att, n_acc, n_rej = read_out(values)
     # the graph's evaluations: f0, the initial step's trial (when it is Hairer's), the attempts
-    evaluations = 1 + heuristic + evaluations_per_attempt(solver) * n_att
-    term.nfe += evaluations
-    advance(counters, evaluations)
+    count_evaluations(term, counters, 1 + heuristic + evaluations_per_attempt(solver) * n_att)
     stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
         raise solve_error(status, t, dt, controller, term.reverse)
@@ -522,6 +520,13 @@ def evaluations_per_attempt(solver: ExplicitRungeKutta) -> int:
     """Field evaluations of one masked attempt: its stages after the first, f(t1, y1) for a pair
     without first-same-as-last, and the method's own dense output, built on every attempt."""
     return solver.tableau.stages - int(solver.tableau.fsal) + solver.dense_output_evaluations
+
+
+def count_evaluations(term, counters: list, evaluations: int) -> None:
+    """Count a graph's ``evaluations`` of the field: on the term (the solution's ``stats.nfe``) and on
+    the field's own call counters, which the loop could not advance (:func:`~.counters.advance`)."""
+    term.nfe += evaluations
+    advance(counters, evaluations)
 
 
 def solve_error(status: Status, t: float, dt: float, controller: PIDController, reverse: bool) -> SolverError:

@@ -30,10 +30,9 @@ from .._solution import Stats
 from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .counters import advance
 from .device import Impulses, initial_state, make_tables
 from .host import Integration, first_step
-from .whole import WholeSolve, evaluations_per_attempt, pack, read_out, solve_error, tolerance_tensor
+from .whole import WholeSolve, count_evaluations, evaluations_per_attempt, pack, read_out, solve_error, tolerance_tensor
 
 
 def applies(solver, controller, jump_t: Sequence[float], stops: Sequence[float]) -> bool:
@@ -117,9 +116,7 @@ def integrate_whole_impulses(
     state, info = out
     status, t, dt, n_att, n_acc, n_rej = read_out(info)  # the one host read of the solve
     # + the derivative after each of the len(rs) - 2 impulses
-    evaluations = evaluations_per_attempt(solver) * n_att + len(rs) - 2
-    term.nfe += evaluations
-    advance(counters, evaluations)
+    count_evaluations(term, counters, evaluations_per_attempt(solver) * n_att + len(rs) - 2)
     if status is not Status.SUCCESS:
         raise solve_error(status, t, dt, controller, term.reverse)
     return Integration([x0, state.y], Stats(term.nfe, n_acc, n_rej), Status.SUCCESS, rs[-1])

@@ -42,12 +42,12 @@ from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import RUNNING
-from .counters import advance
 from .device import LoopState, Tables, attempt, initial_state, summary
 from .whole import (
     WholeSolve,
     _loop,
     _restoring,
+    count_evaluations,
     evaluations_per_attempt,
     initial_step_tensor,
     pack,
@@ -320,16 +320,15 @@ def integrate_segments(
         status_f, t_f, dt_f, att_f, _, _ = read_out(info[:7])
         status_b, t_b, dt_b, att_b, n_acc, n_rej = read_out(info[7:])
         # the re-solve: f(c0), the initial step's trial, the attempts
-        resolved = 2 + evaluations_per_attempt(solver) * att_f
-        fterm.nfe += resolved
-        advance(counters, resolved)
+        count_evaluations(fterm, counters, 2 + evaluations_per_attempt(solver) * att_f)
         if status_f is not Status.SUCCESS:
             raise solve_error(status_f, t_f, dt_f, controller, fterm.reverse)
         # the backward solve (its counters run on through the segments): the attempts, f and the
         # initial step's trial at the start, f again after each cotangent
-        backward = evaluations_per_attempt(solver) * (att_b - n_att) + 2 * first + (add is not None)
-        term.nfe += backward
-        advance(counters, backward)  # the augmented field evaluates the forward one once (in its VJP)
+        # (the augmented field evaluates the forward one once, in its VJP: the same counter steps)
+        count_evaluations(
+            term, counters, evaluations_per_attempt(solver) * (att_b - n_att) + 2 * first + (add is not None)
+        )
         n_att = att_b
         if status_b is not Status.SUCCESS:
             raise solve_error(status_b, t_b, dt_b, controller, term.reverse)
