@@ -63,12 +63,15 @@ def test_cpu_graphs_compute_tanh_inside_loop_bodies_with_the_rational(one_thread
     rational, library = fast_tanh.rational_tanh(x), torch.tanh(x)
     # the kernel may contract multiply-adds differently from eager: compare on average, per point
     assert (compiled - rational).abs().mean() < 0.25 * (compiled - library).abs().mean()
-    # the compiled clamps keep NaN (a failed solve must see it) and map +-inf to +-1
+    # the compiled clamps keep NaN (a failed solve must see it) and map +-inf to +-1, in the vector
+    # lanes (67 elements: whole vectors of 16 or 8, then a tail) and in the scalar tail alike
+    edge = torch.linspace(-3.0, 3.0, 67)
+    nan, inf = [0, 5, 17, 40, 66], [3, 20, 65]
+    edge[nan], edge[inf], edge[[1, 33]] = float("nan"), float("inf"), -float("inf")
     with torch.no_grad():
-        special = compile_for(own_code(_loop_of_tanh), cpu=True, fullgraph=True)(
-            torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])
-        )
-    assert torch.isnan(special[0]) and special[1:3].tolist() == [1.0, -1.0]
+        special = compile_for(own_code(_loop_of_tanh), cpu=True, fullgraph=True)(edge)
+    assert torch.isnan(special[nan]).all() and torch.isnan(special).sum() == len(nan)
+    assert special[inf].tolist() == [1.0] * 3 and special[[1, 33]].tolist() == [-1.0, -1.0]
     # Inductor's table lent the entry for that compilation only: the user's own graphs keep tanh
     from torch._inductor.decomposition import select_decomp_table
 
@@ -110,7 +113,7 @@ def test_the_rational_is_generated_for_the_solvers_compilations_only(one_thread)
     library = (CppOverrides.__dict__["tanh"], CppVecOverrides.__dict__["tanh"])
     with rational_tanh_codegen():
         assert "max_propagate_nan" in CppOverrides.tanh(_Var("tmp0", torch.float32))
-        assert "at::vec::maximum" in CppVecOverrides.__dict__["tanh"].__func__(_Var("tmp0", torch.float32))
+        assert "at::vec::clamp" in CppVecOverrides.__dict__["tanh"].__func__(_Var("tmp0", torch.float32))
         assert CppOverrides.tanh(_Var("tmp0", torch.float64)) == library[0].__func__("tmp0")
     assert (CppOverrides.__dict__["tanh"], CppVecOverrides.__dict__["tanh"]) == library
     # the lambda compiles where Inductor computes a bfloat16 kernel in float32 (rounded to bfloat16,
