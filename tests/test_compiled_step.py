@@ -243,6 +243,8 @@ def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_r
     for bias in (torch.randn(16), torch.randn(16, dtype=torch.float64)):
         w64, x64 = w.to(bias.dtype), x.to(bias.dtype)
         torch.testing.assert_close(unfused(bias, x64, w64.t()), torch.addmm(bias, x64, w64.t()))
+        # a narrow layer (2 columns): row sums with the bias added to each
+        torch.testing.assert_close(unfused(bias[:2], x64, w64[:2].t()), torch.addmm(bias[:2], x64, w64[:2].t()))
     # anything else goes to the table's own entry (here: none, so the operator is kept)
     assert unfused(torch.randn(16), x, w.t(), beta=2) is NotImplemented
     assert unfused(torch.randn(32, 16), x, w.t()) is NotImplemented
@@ -277,7 +279,8 @@ def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_r
     original = select_decomp_table().get(torch.ops.aten.addmm.default)
     with torch.no_grad(), fresh_cache():
         out = inductor.compile_for(inductor.own_code(lambda y: net(y)), cpu=True)(x)
-    # the compiler met both layers' addmm, took the sums, and the 16 -> 2 product became row sums
-    assert seen["addmm"] == {(16,), (2,)} and (16, 2) in seen["mm"]
+    # the compiler met both layers' addmm and took the sums; the 16 -> 2 layer became row sums with
+    # its bias inside (no product left for the mm entry), the 8 -> 16 layer a product and a sum
+    assert seen["addmm"] == {(16,), (2,)} and seen["mm"] == {(8, 16)}
     torch.testing.assert_close(out, net(x), rtol=0, atol=1e-6)  # rational tanh: a few ulp
     assert select_decomp_table().get(torch.ops.aten.addmm.default) is original  # the user's graphs: unchanged
