@@ -217,7 +217,7 @@ def _replaced(owner, name: str, value):
 
 
 #: names the decompositions of :func:`cpu_decompositions` in the graphs' cache tag
-DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v2 narrow-mm-v2"
+DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v2 narrow-mm-v1"
 
 
 def cpu_decompositions(table: dict) -> dict:
@@ -244,15 +244,6 @@ def cpu_decompositions(table: dict) -> dict:
       follow (the field's output, the stage sums) as one flat loop, and it vectorised them along the
       2 columns, one masked 2-lane vector per row; with the bias inside they run over whole vectors
       (mlp forward solve another ~5% faster).
-    - ``aten.mm``/``addmm`` with an inner dimension of at most 4 (a field's input layer, 2 -> 64):
-      a sum of that many outer products (a column of ``mat1`` times a row of ``mat2``), which fuses
-      with the bias and the activation into one loop over the output; the library GEMM spends most
-      of its time on so short a product zeroing and packing its output, which the activation's
-      kernel then reads back. ``mat2``'s rows (a transposed ``nn.Linear`` weight) are first copied
-      into a buffer of their own: read through the transposed view, every vector of a row is a
-      gather of scalars, on every row of the output (125 against 35 us per 512x64 layer with its
-      tanh, measured in this work). Same values up to rounding (the products are summed in another
-      order); mlp forward solve ~6% faster (docs/compiled_solve.md).
 
     Args:
         table: Inductor's decomposition table (its ``addmm`` and ``mm`` entries are kept as the fallbacks).
@@ -268,47 +259,29 @@ def _unfused_addmm(fallback: Callable | None) -> Callable:
     def addmm(bias, mat1, mat2, *, beta=1, alpha=1):
         if beta == 1 and alpha == 1 and bias.dim() == 1 and bias.dtype == mat1.dtype == mat2.dtype:
             if bias.dtype in (torch.float32, torch.float64):  # 16-bit: addmm adds the bias before rounding
-                narrow = _narrow_product(mat1, mat2, bias)
-                return torch.mm(mat1, mat2) + bias if narrow is None else narrow
+                if _narrow(mat1, mat2):
+                    n = mat2.shape[-1]
+                    return torch.stack([(mat1 * mat2[:, j]).sum(1) + bias[j] for j in range(n)], 1)
+                return torch.mm(mat1, mat2) + bias
         return NotImplemented if fallback is None else fallback(bias, mat1, mat2, beta=beta, alpha=alpha)
 
     return addmm
 
 
+def _narrow(mat1, mat2) -> bool:
+    n = mat2.shape[-1]
+    if mat1.dim() == mat2.dim() == 2 and isinstance(n, int) and n <= 4 and mat1.stride(1) == 1:
+        return mat1.dtype == mat2.dtype and mat1.dtype in (torch.float32, torch.float64)
+    return False
+
+
 def _narrow_mm(fallback: Callable | None) -> Callable:
     def mm(mat1, mat2):
-        narrow = _narrow_product(mat1, mat2)
-        if narrow is not None:
-            return narrow
+        if _narrow(mat1, mat2):
+            return torch.stack([(mat1 * mat2[:, j]).sum(1) for j in range(mat2.shape[-1])], 1)
         return NotImplemented if fallback is None else fallback(mat1, mat2)
 
     return mm
-
-
-def _narrow_product(mat1, mat2, bias=None) -> torch.Tensor | None:
-    """``mat1 @ mat2 (+ bias)`` as elementwise code when one of its sizes is at most 4 (see
-    :func:`cpu_decompositions`), else None (the GEMM)."""
-    if not (mat1.dim() == mat2.dim() == 2 and mat1.dtype == mat2.dtype and mat1.dtype in _NARROW_DTYPES):
-        return None
-    k, n = mat2.shape
-    if isinstance(n, int) and n <= 4 and mat1.stride(1) == 1:  # few columns: a dot product per element
-        return torch.stack([_plus((mat1 * mat2[:, j]).sum(1), None if bias is None else bias[j]) for j in range(n)], 1)
-    if isinstance(k, int) and k <= 4:  # few inner terms: a sum of outer products
-        # mat2's rows as a buffer of their own (as_strided makes the compiler write it; a copy it
-        # inlined would read a transposed weight with a gather of scalars per vector, on every row)
-        rows = torch.as_strided(mat2.contiguous(), (k, n), (n, 1))
-        out = mat1[:, 0:1] * rows[0]
-        for i in range(1, k):
-            out = out + mat1[:, i : i + 1] * rows[i]
-        return _plus(out, bias)
-    return None
-
-
-def _plus(x: torch.Tensor, bias) -> torch.Tensor:
-    return x if bias is None else x + bias
-
-
-_NARROW_DTYPES = (torch.float32, torch.float64)
 
 
 def compile_for(fn: Callable, cpu: bool, **kwargs) -> Callable:
