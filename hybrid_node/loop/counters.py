@@ -134,14 +134,7 @@ def frozen_counters(counters: Sequence[Counter]):
     Args:
         counters: as :func:`probe` finds them.
     """
-    # plain instance attributes (found with ``vars``): written to the instance dict directly, without
-    # nn.Module.__setattr__'s checks for parameters, buffers and submodules
-    saved = []
-    for ref, k, _ in counters:
-        module = ref()
-        attributes = {} if module is None else vars(module)
-        if type(attributes.get(k)) in (int, float):
-            saved.append((attributes, k, attributes[k]))
+    saved = [(d, k, d[k]) for d, k, _ in _live(counters)]
     for d, k, _ in saved:
         d[k] = 0
     try:
@@ -159,8 +152,20 @@ def advance(counters: Sequence[Counter], evaluations: int) -> None:
         counters: as :func:`probe` finds them; those without a step are left alone.
         evaluations: the field's evaluations inside the graph.
     """
+    for attributes, k, step in _live(counters):
+        if step is not None:
+            attributes[k] += step * evaluations
+
+
+def _live(counters: Sequence[Counter]) -> list:
+    """``(attribute dict, name, step)`` of each counter whose module and plain number attribute
+    still exist (a module reordered or removed since the probe is skipped)."""
+    # plain instance attributes (found with ``vars``): written to the instance dict directly, without
+    # nn.Module.__setattr__'s checks for parameters, buffers and submodules
+    live = []
     for ref, k, step in counters:
         module = ref()
         attributes = {} if module is None else vars(module)
-        if step is not None and type(attributes.get(k)) in (int, float):
-            attributes[k] += step * evaluations
+        if type(attributes.get(k)) in (int, float):
+            live.append((attributes, k, step))
+    return live

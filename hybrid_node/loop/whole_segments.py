@@ -287,7 +287,6 @@ def integrate_segments(
     carried = pack(state)[:5]
     nfe_f, nfe_b = fterm.nfe, term.nfe
     n_att = n_acc = n_rej = 0
-    counters = None
     cps = torch.tensor(list(checkpoints), dtype=torch.float64, device=dev)
     for j in range(len(checkpoints) - 2, -1, -1):
         c0, c1 = checkpoints[j], checkpoints[j + 1]
@@ -303,11 +302,10 @@ def integrate_segments(
             if graph is None or graph.failed:
                 fterm.nfe, term.nfe = nfe_f, nfe_b
                 return None
-            if counters is None:
-                counters = graph.counters(fterm, c0, states[c0])
-                if counters is None:  # the field writes its buffers
-                    fterm.nfe, term.nfe = nfe_f, nfe_b
-                    return None
+            counters = graph.counters(fterm, c0, states[c0])  # probed once per graph
+            if counters is None:  # the field writes its buffers
+                fterm.nfe, term.nfe = nfe_f, nfe_b
+                return None
             extra = zero if add is None else add, flag[first], flag[add is not None], tol, norm_f
             out = graph(zs, cps, index, tables, carried, *extra, counters=counters)
             if out is None:
