@@ -115,7 +115,7 @@ def warn_unsupported_callbacks(func, method: str, valid: frozenset[str], suffix:
         valid: the callbacks the solve calls (:func:`callbacks_called`).
         suffix: "" for the solve's callbacks, "_adjoint" for those of an adjoint's backward solve.
     """
-    invalid = {name for name in CALLBACK_NAMES if hasattr(func, name + suffix) and name not in valid}
+    invalid = {name for name in CALLBACK_NAMES if name not in valid and hasattr(func, name + suffix)}
     if invalid:
         warnings.warn(f"Solver '{method}' does not support callbacks {invalid}", stacklevel=3)
 
