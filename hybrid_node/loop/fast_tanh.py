@@ -97,17 +97,14 @@ def cpp_expression(x: str, vector: bool) -> str:
         An immediately called lambda (``x`` evaluated once) with the operations of
         :func:`rational_tanh` in the same order; its clamps propagate NaN as ``torch.clamp`` does.
     """
-    if vector:
-        # at::vec::clamp(a, lo, hi) is min(hi, max(lo, a)) with the operands in the order that keeps a
-        # NaN of ``a`` (x86's max/min return their second operand when either is NaN; NEON, SVE and the
-        # scalar fallback propagate NaN anyway): two instructions where Inductor's NaN-propagating
-        # maximum and minimum take four each, which was ~5 us of the rational's ~10 us per 512x64 block
-        def clamp(a: str, bound: float) -> str:
-            return f"at::vec::clamp({a}, {_cpp_float(-bound)}, {_cpp_float(bound)})"
-    else:
+    # at::vec::clamp(a, lo, hi) is min(hi, max(lo, a)) with the operands in the order that keeps a NaN
+    # of ``a`` (x86's max/min return their second operand when either is NaN; NEON, SVE and the scalar
+    # fallback propagate NaN anyway): two instructions where Inductor's NaN-propagating maximum and
+    # minimum take four each, which was ~5 us of the rational's ~10 us per 512x64 block
+    form = "at::vec::clamp({}, {}, {})" if vector else "min_propagate_nan(max_propagate_nan({}, {}), {})"
 
-        def clamp(a: str, bound: float) -> str:
-            return f"min_propagate_nan(max_propagate_nan({a}, {_cpp_float(-bound)}), {_cpp_float(bound)})"
+    def clamp(a: str, bound: float) -> str:
+        return form.format(a, _cpp_float(-bound), _cpp_float(bound))
 
     return (
         "([](auto x) { using V = decltype(x); "

@@ -259,10 +259,7 @@ def _unfused_addmm(fallback: Callable | None) -> Callable:
     def addmm(bias, mat1, mat2, *, beta=1, alpha=1):
         if beta == 1 and alpha == 1 and bias.dim() == 1 and bias.dtype == mat1.dtype == mat2.dtype:
             if bias.dtype in (torch.float32, torch.float64):  # 16-bit: addmm adds the bias before rounding
-                if _narrow(mat1, mat2):
-                    n = mat2.shape[-1]
-                    return torch.stack([(mat1 * mat2[:, j]).sum(1) + bias[j] for j in range(n)], 1)
-                return torch.mm(mat1, mat2) + bias
+                return _row_sums(mat1, mat2, bias) if _narrow(mat1, mat2) else torch.mm(mat1, mat2) + bias
         return NotImplemented if fallback is None else fallback(bias, mat1, mat2, beta=beta, alpha=alpha)
 
     return addmm
@@ -278,10 +275,16 @@ def _narrow(mat1, mat2) -> bool:
 def _narrow_mm(fallback: Callable | None) -> Callable:
     def mm(mat1, mat2):
         if _narrow(mat1, mat2):
-            return torch.stack([(mat1 * mat2[:, j]).sum(1) for j in range(mat2.shape[-1])], 1)
+            return _row_sums(mat1, mat2)
         return NotImplemented if fallback is None else fallback(mat1, mat2)
 
     return mm
+
+
+def _row_sums(mat1, mat2, bias=None) -> torch.Tensor:
+    """``mat1 @ mat2 (+ bias)`` with a dot product per output element (few columns, see :func:`cpu_decompositions`)."""
+    columns = [(mat1 * mat2[:, j]).sum(1) for j in range(mat2.shape[-1])]
+    return torch.stack(columns if bias is None else [c + bias[j] for j, c in enumerate(columns)], 1)
 
 
 def compile_for(fn: Callable, cpu: bool, **kwargs) -> Callable:
