@@ -85,7 +85,7 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
         "cpp.use_decompose_tanh": fast_tanh_enabled(),
         # the tag changes with torch and with the rational tanh (the graphs' cache key includes it)
         "unsafe_marked_cacheable_functions": dict.fromkeys(
-            _CACHEABLE_OPERATORS, f"{torch.__version__} {DECOMPOSITIONS}"
+            _CACHEABLE_OPERATORS, f"{torch.__version__} {DECOMPOSITIONS} {own_sgemm_enabled()}"
         ),
     }
     if cuda_graphs:
@@ -96,6 +96,12 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
         options["aot_inductor.enable_line_tables"] = False
         options["cpp_wrapper_build_separate"] = True
     return options
+
+
+def own_sgemm_enabled() -> bool:
+    """Whether CPU graphs may compute float32 products with :mod:`~hybrid_node.loop.cpu_gemm` (unless
+    ``HYBRID_NODE_OWN_SGEMM=0``; only on CPUs with 512-bit vectors)."""
+    return os.environ.get("HYBRID_NODE_OWN_SGEMM", "1") != "0"
 
 
 def fast_tanh_enabled() -> bool:
@@ -125,8 +131,12 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
     table.update(entries)
 
     def inner(*args, **kwargs):  # every graph of this compilation, a backward compiled later included
+        from . import cpu_gemm  # imports Inductor's lowering, which only a compilation needs
+
         tanh = rational_tanh_codegen() if fast_tanh_enabled() else contextlib.nullcontext()
-        with tanh, parallel_cpp_builds():
+        own = own_sgemm_enabled() and cpu_gemm.supported()
+        products = cpu_gemm.own_products() if own else contextlib.nullcontext()
+        with tanh, products, parallel_cpp_builds():
             return compile_fx_inner(*args, **kwargs)
 
     try:
@@ -217,7 +227,7 @@ def _replaced(owner, name: str, value):
 
 
 #: names the decompositions of :func:`cpu_decompositions` in the graphs' cache tag
-DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v2 narrow-mm-v1"
+DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v2 narrow-mm-v1 own-sgemm-v1"  # the last: cpu_gemm.SOURCE
 
 
 def cpu_decompositions(table: dict) -> dict:
