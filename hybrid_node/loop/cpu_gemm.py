@@ -80,22 +80,13 @@ inline void tile(const float* a, int64_t sam, int64_t sak, const float* b, int64
     }
 }
 
-// the columns [0, 16 * vectors) of c for all m rows, 6 rows at a time
+// the columns [0, 16 * vectors) of c for all m rows: 6 rows at a time, the last m % 6 one by one
 template <int vectors>
 void panel(const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb, float* c,
            int64_t ldc, int64_t m, int64_t k, __mmask16 tail) {
   int64_t i = 0;
   for (; i + 6 <= m; i += 6) tile<6, vectors>(a + i * sam, sam, sak, b, ldb, c + i * ldc, ldc, k, tail);
-  const float* ai = a + i * sam;
-  float* ci = c + i * ldc;
-  switch (m - i) {
-    case 5: tile<5, vectors>(ai, sam, sak, b, ldb, ci, ldc, k, tail); break;
-    case 4: tile<4, vectors>(ai, sam, sak, b, ldb, ci, ldc, k, tail); break;
-    case 3: tile<3, vectors>(ai, sam, sak, b, ldb, ci, ldc, k, tail); break;
-    case 2: tile<2, vectors>(ai, sam, sak, b, ldb, ci, ldc, k, tail); break;
-    case 1: tile<1, vectors>(ai, sam, sak, b, ldb, ci, ldc, k, tail); break;
-    default: break;
-  }
+  for (; i < m; ++i) tile<1, vectors>(a + i * sam, sam, sak, b, ldb, c + i * ldc, ldc, k, tail);
 }
 }  // namespace hybrid_node_sgemm
 #endif

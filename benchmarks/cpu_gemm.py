@@ -1,0 +1,84 @@
+"""Time the solver's own float32 product kernel against torch's ``mm`` for a neural field's shapes.
+
+Builds ``hybrid_node.loop.cpu_gemm.SOURCE`` with ``g++`` (the flags Inductor gives a 512-bit
+kernel file) and calls it through ``ctypes`` on one thread, interleaved with ``torch.mm`` into
+a preallocated output. Prints one row per shape: median microseconds of each and their ratio.
+
+    python -m benchmarks.cpu_gemm [--repeats 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hybrid_node.loop import cpu_gemm
+
+#: (name, m, k, n, a transposed, b transposed): the mlp field's layers and its backward products
+SHAPES = [
+    ("64 -> 64 layer, x @ w.t()", 512, 64, 64, False, True),
+    ("2 -> 64 layer", 512, 2, 64, False, True),
+    ("weight gradient, g.t() @ x", 64, 512, 64, True, False),
+    ("input gradient, g @ w", 512, 64, 64, False, False),
+    ("100 -> 50 layer", 512, 100, 50, False, True),
+]
+
+
+def _kernel(folder: Path):
+    source = folder / "sgemm.cpp"
+    source.write_text(cpu_gemm.SOURCE.replace("{name}", "sgemm"))
+    library = folder / "sgemm.so"
+    flags = ["-O3", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma", "-fopenmp"]
+    subprocess.run(["g++", *flags, "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
+    return ctypes.CDLL(str(library)).sgemm
+
+
+def _median_us(fn, repeats: int) -> float:
+    for _ in range(100):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=2000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as folder:
+        kernel = _kernel(Path(folder))
+        print("| product | m x k x n | torch.mm (us) | own kernel (us) | ratio |\n| --- | --- | --- | --- | --- |")
+        for name, m, k, n, a_t, b_t in SHAPES:
+            a = torch.randn(k, m).t() if a_t else torch.randn(m, k)
+            b = torch.randn(n, k).t() if b_t else torch.randn(k, n)
+            out = torch.empty(m, n)
+            sizes = [m, n, k, 0, *a.stride(), 0, *b.stride(), 1]
+            call = [*(ctypes.c_void_p(x.data_ptr()) for x in (a, b, out)), *map(ctypes.c_int64, sizes)]
+
+            def own(call=call):
+                kernel(*call)
+
+            def library(a=a, b=b, out=out):
+                torch.mm(a, b, out=out)
+
+            library_us, own_us = [], []
+            for _ in range(5):  # interleaved rounds
+                library_us.append(_median_us(library, args.repeats // 5))
+                own_us.append(_median_us(own, args.repeats // 5))
+            lib, mine = statistics.median(library_us), statistics.median(own_us)
+            print(f"| {name} | {m} x {k} x {n} | {lib:.1f} | {mine:.1f} | {mine / lib:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
