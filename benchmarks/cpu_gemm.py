@@ -21,13 +21,15 @@ import torch
 
 from hybrid_node.loop import cpu_gemm
 
-#: (name, m, k, n, a transposed, b transposed): the mlp field's layers and its backward products
+#: (name, m, k, n, a transposed, b transposed): the mlp field's layers and its backward products,
+#: and a product at the kernel's size limit (``cpu_gemm.LARGEST`` elements per operand)
 SHAPES = [
     ("64 -> 64 layer, x @ w.t()", 512, 64, 64, False, True),
     ("2 -> 64 layer", 512, 2, 64, False, True),
     ("weight gradient, g.t() @ x", 64, 512, 64, True, False),
     ("input gradient, g @ w", 512, 64, 64, False, False),
     ("100 -> 50 layer", 512, 100, 50, False, True),
+    ("1024 -> 1024 layer (the largest taken)", 1024, 1024, 1024, False, True),
 ]
 
 
