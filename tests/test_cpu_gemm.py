@@ -132,6 +132,7 @@ def test_graphs_split_large_products_over_the_threads():
     assert ((out.double() - a.double() @ b.double()).abs() <= _bound(a, b)).all()
 
 
+@needs_avx512
 def test_environment_variable_keeps_the_library_kernel(monkeypatch, one_thread):
     monkeypatch.setenv("HYBRID_NODE_OWN_SGEMM", "0")
     a, b = _operands(512, 64, 64, False, True)

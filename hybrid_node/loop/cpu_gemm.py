@@ -3,7 +3,7 @@
 A neural field's linear layers are small products (a batch of 512 states through a 64x64 weight)
 repeated in every stage of every step. Inside the solver's compiled graphs Inductor leaves them to
 the BLAS library torch links (MKL), which on some AVX-512 CPUs runs a 256-bit kernel: on an AMD
-Zen 5 core MKL's ``sgemm`` took 41 us for 512x64 @ 64x64, this kernel 19 us (docs/compiled_solve.md,
+Zen 5 core MKL's ``sgemm`` took 40 us for 512x64 @ 64x64, this kernel 18 us (docs/compiled_solve.md,
 "An own product kernel"). While :func:`own_products` is open, Inductor lowers a float32 CPU ``mm``
 whose sizes are known to a call of :data:`SOURCE`, generated into the graph's kernel file and
 compiled with it; other products keep torch's lowering.
@@ -213,16 +213,16 @@ def _gemm(mat1, mat2) -> ir.TensorBox | None:
 class _Product(ir.ExternKernelOut):
     """``c = a @ b`` by the kernel of :data:`SOURCE`, defined once in the graph's kernel file."""
 
-    def __init__(self, layout: ir.Layout, inputs: list, sizes: tuple[int, ...]) -> None:
+    def __init__(self, layout: ir.Layout, inputs: list, numbers: tuple[int, ...]) -> None:
         super().__init__(layout, inputs, python_kernel_name="hybrid_node_sgemm")
-        self.sizes = sizes
+        self.numbers = numbers  # the kernel's integer arguments: sizes, offsets and strides, threads
 
     def codegen(self, wrapper) -> None:
         name = _define(wrapper)
         # a view is read through its buffer's pointer (its name) with its offset and strides
         buffers = [cast(ir.IRNode, x).get_name() for x in self.inputs]
-        args = [*buffers, self.get_name(), *map(str, self.sizes)]
-        types = ["const float*", "const float*", "float*"] + ["int64_t"] * len(self.sizes)
+        args = [*buffers, self.get_name(), *map(str, self.numbers)]
+        types = ["const float*", "const float*", "float*"] + ["int64_t"] * len(self.numbers)
         wrapper.generate_kernel_call(name, args, triton=False, arg_types=types)
 
 
