@@ -149,6 +149,53 @@ def test_field_the_compiler_rejects_is_stepped_eagerly(float64_default, one_thre
         solve({"compile": True})  # remembered: no second attempt, no second warning
 
 
+def test_a_field_taking_its_own_gradient_is_one_graph_per_attempt_with_direct_backprop(float64_default, one_thread):
+    field = GradientField()
+    y0 = torch.linspace(0.5, 1.5, 4)
+    t = torch.linspace(0.0, 1.0, 3)
+
+    def solve(options):
+        field.w.grad = None
+        ys = hn.odeint(field, y0, t, rtol=1e-9, atol=1e-11, options=options)
+        ys.pow(2).sum().backward()
+        return ys.detach(), field.w.grad.clone()
+
+    torch._dynamo.reset()
+    stats = torch._dynamo.utils.counters["stats"]
+    before = stats["unique_graphs"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled: no fallback
+        ys, grad = solve({"compile": True})
+    # torch.autograd.grad is traced into the attempt's graph: one graph, not pieces of every stage
+    assert stats["unique_graphs"] - before == 1
+    eager_ys, eager_grad = solve({})
+    torch.testing.assert_close(ys, eager_ys, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-10, atol=1e-12)
+
+
+class BreakingField(torch.nn.Module):
+    """dy/dt = -y, with a host branch on the state's values that splits a compiled graph."""
+
+    def forward(self, t, y):
+        if float(y.abs().max()) > 1e6:  # a graph break: the value is read on the host
+            raise RuntimeError("diverged")
+        return -y
+
+
+def test_a_field_the_compiler_would_split_runs_eagerly_after_one_warning(float64_default, one_thread):
+    y0 = torch.linspace(0.5, 1.5, 4)
+    t = torch.linspace(0.0, 1.0, 3)
+    field = BreakingField()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ys = hn.odeint(field, y0, t, rtol=1e-9, atol=1e-11, options={"compile": True})
+    # the whole-solve graph and then the per-step graphs refuse it (one report for both)
+    reports = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(reports) == 1 and "eagerly where those are refused too" in str(reports[0].message)
+    torch.testing.assert_close(ys, y0 * torch.exp(-t[:, None]), rtol=1e-8, atol=1e-10)
+    assert all(graph is None for graph in compiled_step._CACHE[field].values() if callable(graph) or graph is None)
+
+
 def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(monkeypatch):
     """The solver's graphs set Inductor's decomposed tanh (docs/compiled_solve.md, "tanh on the CPU");
     torch's own environment variable turns it off; CUDA graphs are asked for only when wanted and the

@@ -87,10 +87,13 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
         graph = compiled.get(kind)
         if graph is None:
             options = inductor_options(mode == "reduce-overhead", cpu=kind == "cpu")
-            graph = compiled[kind] = compile_for(own_code(fn), kind == "cpu", options=options)
+            # one graph or none: a field the compiler splits (a graph break, e.g. at
+            # ``torch.autograd.grad`` in an exact CNF trace) would return to Python inside every
+            # stage and ran slower than eagerly (docs/compiled_solve.md), so it raises and runs eagerly
+            graph = compiled[kind] = compile_for(own_code(fn), kind == "cpu", fullgraph=True, options=options)
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
         # is common) must be a graph input, not a constant guarded on: else every call recompiles
-        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):
+        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, trace_autograd_ops=True):
             return graph(*args)
 
     return run
