@@ -3,10 +3,11 @@
 Every graph a solve compiles (whole-solve loops, per-step attempts, device-loop runs) goes through
 :func:`compile_for` with :func:`inductor_options`. On the CPU it goes through :func:`_cpu_backend`,
 which adds the solver's decompositions (:func:`cpu_decompositions`), has the code generator emit a
-rational float32 ``tanh`` (:func:`rational_tanh_codegen`) and compiles the graph's two C++ files on
-two cores (:func:`parallel_cpp_builds`), each for the length of the solver's own compilations: the
-user's other ``torch.compile`` graphs are left as torch makes them. Measurements behind each
-setting: docs/compiled_solve.md.
+rational float32 ``tanh`` (:func:`rational_tanh_codegen`) and, on CPUs with 512-bit vectors, float32
+products as calls of the solver's own kernel (:mod:`~hybrid_node.loop.cpu_gemm`), and compiles the
+graph's two C++ files on two cores (:func:`parallel_cpp_builds`), each for the length of the
+solver's own compilations: the user's other ``torch.compile`` graphs are left as torch makes them.
+Measurements behind each setting: docs/compiled_solve.md.
 
 Reference: Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
 Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInductor).
