@@ -265,11 +265,17 @@ class PureField:
         field: ``field(owner, t, y) -> dy/dt`` in solver time, free of side effects and of autograd
             calls; ``t`` is a 0-d float64 tensor on the state's device. (The checkpointed adjoint's
             augmented field takes the forward state too: ``field(owner, r, x, z)``.)
+        alternative: the same field with its derivatives taken by ``torch.autograd.grad`` where
+            ``field`` takes them with ``torch.func`` (the backsolve adjoint's augmented field), for
+            per-step graphs when the compiler refuses ``field``: ``torch.func`` refuses a user's
+            field that takes its own gradient (an exact CNF trace), the per-step graphs trace
+            ``torch.autograd.grad``. None: there is none.
     """
 
     owner: Callable
     key: Hashable
     field: Callable[..., torch.Tensor]
+    alternative: Callable[..., torch.Tensor] | None = None
 
 
 def solver_time_field(

@@ -123,7 +123,7 @@ class GradientField(torch.nn.Module):
             return -torch.autograd.grad(energy, z, create_graph=True)[0]
 
 
-def test_field_the_compiler_rejects_is_stepped_eagerly(float64_default, one_thread):
+def test_field_taking_its_own_gradient_in_an_adjoint_compiles_its_steps(float64_default, one_thread):
     field = GradientField()
     y0 = torch.linspace(0.5, 1.5, 4)
     t = torch.linspace(0.0, 1.0, 3)
@@ -134,13 +134,19 @@ def test_field_the_compiler_rejects_is_stepped_eagerly(float64_default, one_thre
         ys.sum().backward()
         return ys.detach(), field.w.grad.clone()
 
-    # the adjoint's vector-Jacobian products go through torch.func, which refuses requires_grad_: the
-    # forward and backward passes each try a whole-solve graph and per-step graphs, reported once
+    # the whole-solve graphs refuse the field (autograd.grad inside a loop body; torch.func refuses
+    # requires_grad_), reported once; the forward pass's per-step graphs trace its autograd.grad and
+    # the backward pass's take the augmented field written with autograd.grad (the alternative)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ys, grad = solve({"compile": True})
     reports = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(reports) == 1 and "eagerly where those are refused too" in str(reports[0].message)
+    graphs = compiled_step._CACHE[field]
+    taken = [key[0] for key, value in graphs.items() if key[-1] == "alternative" and value is True]
+    assert len(taken) == 1 and taken[0][0][0] == "backsolve" and graphs[taken[0]] is not None
+    per_step = [graph for key, graph in graphs.items() if key[0] != "whole_solve" and key[-1] in (True, "field")]
+    assert len(per_step) == 4 and all(callable(graph) for graph in per_step)  # forward and backward: compiled
     exact = y0 / torch.sqrt(1 + 2 * y0**2 * t[:, None])  # dy/dt = -y^3 at w = 1
     torch.testing.assert_close(ys, exact, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(grad, solve({})[1], rtol=1e-8, atol=1e-10)

@@ -80,8 +80,20 @@ def warn_fallback(owner, error: Exception, outcome: str, hint: str = "", stackle
 def _compile(fn: Callable, mode: str | None = None) -> Callable:
     """``torch.compile(fn)``, per device type of its tensor arguments (the options differ: see
     :func:`inductor_options`), run with integer module attributes as inputs; ``mode``
-    "reduce-overhead" replays it as a CUDA graph."""
+    "reduce-overhead" replays it as a CUDA graph.
+
+    Without autograd (the compiler specialises on the mode) ``fn``'s outputs leave the graph
+    detached: a field that takes its own gradient (``requires_grad_`` and ``torch.autograd.grad``
+    inside, an exact CNF trace) returns values with a graph history, which the compiler refuses to
+    return, and which a solve without autograd does not use.
+    """
     compiled: dict[str, Callable] = {}
+
+    def values(*args):
+        out = fn(*args)
+        if torch.is_grad_enabled():
+            return out
+        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, out)
 
     def run(*args):
         leaf = next((x for x in torch.utils._pytree.tree_leaves(args) if isinstance(x, torch.Tensor)), None)
@@ -92,7 +104,7 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
             # one graph or none: a field the compiler splits (a graph break, e.g. at
             # ``torch.autograd.grad`` in an exact CNF trace) would return to Python inside every
             # stage and ran slower than eagerly (docs/compiled_solve.md), so it raises and runs eagerly
-            graph = compiled[kind] = compile_for(own_code(fn), kind == "cpu", fullgraph=True, options=options)
+            graph = compiled[kind] = compile_for(own_code(values), kind == "cpu", fullgraph=True, options=options)
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
         # is common) must be a graph input, not a constant guarded on: else every call recompiles
         with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, trace_autograd_ops=True):
@@ -138,7 +150,7 @@ class CompiledAttempt:
                 f"compile=True is available for the explicit Runge-Kutta methods only, not "
                 f"{solver.name!r}; drop the option for this method."
             )
-        self.term, self.owner, self.solver = term, pure.owner, solver
+        self.term, self.owner, self.solver, self.pure = term, pure.owner, solver, pure
         self.rtol, self.atol, self.norm = rtol, atol, norm
         self.n_evals = solver.tableau.stages - 1
         self.adaptive = solver.tableau.b_error is not None
@@ -170,9 +182,22 @@ class CompiledAttempt:
             with frozen_counters(counters):
                 return graph(self.owner, self._time(t, y), self._tracked(y), *args)
         except torch._dynamo.exc.TorchDynamoException as e:
+            if self._take_alternative():
+                return self._run(key, t, y, *args)
             warn_fallback(self.owner, e, "it runs eagerly", stacklevel=3)
             self._graphs[self._step_key] = self._graphs[self._field_key] = None
             return None
+
+    def _take_alternative(self) -> bool:
+        """Replace the graphs by ones of the field's :attr:`~PureField.alternative`, once per field
+        (here and in later solves); False if there is none or it was taken before."""
+        taken = (self._step_key, "alternative")
+        if self.pure.alternative is None or self._graphs.get(taken):
+            return False
+        self._graphs[taken] = True
+        self._graphs[self._step_key] = _build_attempt(self.pure.alternative, self.solver, self.adaptive)
+        self._graphs[self._field_key] = _compile(self.pure.alternative)
+        return True
 
     def _tracked(self, y: torch.Tensor) -> torch.Tensor:
         """``y``, or a leaf copy of it that requires grad where the field's parameters do and ``y``

@@ -534,9 +534,11 @@ def traceable_vjp(problem: Problem, params: tuple[torch.Tensor, ...], dtype: tor
             state's dtype; kind: names the augmented field in the key.
 
     Returns:
-        ``(vjp_at, key)`` or None (the eager field then serves): ``vjp_at(module, r, z, a)`` gives
-        ``(g, a^T dg/dz, [a^T dg/dp])`` for ``g`` the solver-time field at ``s = -r`` (flat), and
-        ``key`` identifies the traced function apart from the module.
+        ``(vjp_at, vjp_by_grad, key)`` or None (the eager field then serves): ``vjp_at(module, r, z,
+        a)`` gives ``(g, a^T dg/dz, [a^T dg/dp])`` for ``g`` the solver-time field at ``s = -r``
+        (flat) by ``torch.func.vjp``; ``vjp_by_grad`` the same by ``torch.autograd.grad``, which
+        per-step graphs trace where ``torch.func`` refuses the field (one that takes its own
+        gradient); ``key`` identifies the traced function apart from the module.
     """
     func = problem.func
     if not isinstance(func, torch.nn.Module):
@@ -560,6 +562,16 @@ def traceable_vjp(problem: Problem, params: tuple[torch.Tensor, ...], dtype: tor
         a_z, a_p = pull(a.reshape(shape))
         return gz.reshape(-1), a_z.reshape(-1), [a_p[name].reshape(-1).to(dtype) for name in names]
 
+    def vjp_by_grad(module, r, z, a):
+        with torch.enable_grad():
+            zz = z.reshape(shape).detach().requires_grad_(True)
+            gz = solver_time_field(module, -r, zz, layout, reverse, t_dtype)
+            inputs = [zz] + [p for name, p in module.named_parameters() if name in names]
+            grads = torch.autograd.grad(gz, inputs, grad_outputs=a.reshape(shape), allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+        # detached: a returned tensor whose graph autograd.grad consumed is refused by the compiler
+        return gz.detach().reshape(-1), grads[0].reshape(-1), [g.reshape(-1).to(dtype) for g in grads[1:]]
+
     shapes = None if layout is None else tuple(layout.shapes)
     key = (kind, names, tuple(shape), shapes, reverse, t_dtype, problem.y0.device, dtype)
-    return vjp_at, key
+    return vjp_at, vjp_by_grad, key

@@ -194,11 +194,14 @@ def traceable_augmented_field(
     found = traceable_vjp(problem, params, dtype, "backsolve")
     if found is None:
         return None
-    vjp_at, key = found
+    vjp_at, vjp_by_grad, key = found
     n = problem.y0.numel()
 
-    def field(module, r, xx):
-        gz, a_z, a_p = vjp_at(module, r, xx[:n], xx[n : 2 * n])
-        return torch.cat([-gz, a_z] + a_p)
+    def augmented(vjp: Callable) -> Callable:
+        def field(module, r, xx):
+            gz, a_z, a_p = vjp(module, r, xx[:n], xx[n : 2 * n])
+            return torch.cat([-gz, a_z] + a_p)
 
-    return PureField(problem.func, key, field)
+        return field
+
+    return PureField(problem.func, key, augmented(vjp_at), augmented(vjp_by_grad))

@@ -307,7 +307,7 @@ def traceable_interpolating_field(
     found = traceable_vjp(problem, params, dtype, "interpolating")
     if found is None:
         return None
-    vjp_at, key = found
+    vjp_at, _, key = found
     n = problem.y0.numel()
 
     def field(module, r, xx, z):
