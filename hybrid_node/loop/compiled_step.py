@@ -10,10 +10,11 @@ the dense output are those of the eager solver up to rounding.
 
 Two fields can be compiled: the user's field of a forward solve, and the backsolve adjoint's
 augmented field when the user's field is an ``nn.Module`` differentiated with respect to its own
-parameters (its vector-Jacobian products are then written with ``torch.func.vjp``, which the
-compiler traces, instead of ``torch.autograd.grad``). Other fields run eagerly. A field that calls
-``torch.autograd.grad`` itself (an exact CNF trace) is traced with it; an attempt the compiler
-would split into several graphs (a graph break) runs eagerly instead, after one warning.
+parameters (its vector-Jacobian products are then written with ``torch.func.vjp``, or, for a
+field ``torch.func`` refuses, with a traced ``torch.autograd.grad``). Other fields run eagerly. A
+field that calls ``torch.autograd.grad`` itself (an exact CNF trace) is traced with it; an attempt
+the compiler would split into several graphs (a graph break) runs eagerly instead, after one
+warning.
 
 Compilation happens on the first step of a solve with a new field, shape or grad mode (seconds to
 tens of seconds); later solves reuse the compiled graph, so it pays for repeated solves of one
