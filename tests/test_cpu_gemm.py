@@ -92,6 +92,20 @@ def test_cpu_graphs_compute_float32_products_with_the_kernel(one_thread):
     assert lowerings[torch.ops.aten.mm.default].__name__ == "tuned_mm"  # torch's lowering is back
 
 
+@needs_avx512
+def test_graphs_for_any_batch_size_pass_the_sizes_to_the_kernel(one_thread):
+    fn = compile_for(own_code(_product), cpu=True, fullgraph=True, dynamic=True, options=inductor_options(cpu=True))
+    torch._dynamo.reset()
+    w = torch.randn(40, 64)
+    for m in (512, 13, 1):  # symbolic rows: 512, then a 13-row last batch (one (m,) size: 1 is its own)
+        x = torch.randn(m, 64)
+        out, code = run_and_get_cpp_code(fn, x, w.t())
+        assert ((out.double() - x.double() @ w.t().double()).abs() <= _bound(x, w.t())).all(), m
+        call = next(line for line in code.splitlines() if "cpp_hybrid_node_sgemm_0((" in line)
+        rows = call.split("data_ptr()), ")[-1].split(",")[0]  # the first number: m
+        assert rows == "1L" if m == 1 else not rows.rstrip("L").isdigit(), call
+
+
 def _shifted_product(x, w):
     return x[1:, 2:] @ w[3:].t()
 

@@ -5,8 +5,8 @@ repeated in every stage of every step. Inside the solver's compiled graphs Induc
 the BLAS library torch links (MKL), which on some AVX-512 CPUs runs a 256-bit kernel: on an AMD
 Zen 5 core MKL's ``sgemm`` took 40 us for 512x64 @ 64x64, this kernel 18 us (docs/compiled_solve.md,
 "An own product kernel"). While :func:`own_products` is open, Inductor lowers a float32 CPU ``mm``
-whose sizes are known to a call of :data:`SOURCE`, generated into the graph's kernel file and
-compiled with it; other products keep torch's lowering.
+to a call of :data:`SOURCE`, generated into the graph's kernel file and compiled with it; other
+products keep torch's lowering.
 
 The kernel is the register-blocked inner kernel of Goto's algorithm: each 6-row by 64-column tile
 of the output is accumulated in 24 vector registers, one rank-1 update per step along the inner
@@ -25,8 +25,10 @@ instantiating BLAS functionality", ACM TOMS 41(3), 2015 (the micro-kernel and it
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import cast
 
+import sympy
 import torch
 from torch._inductor import ir
 from torch._inductor.lowering import lowerings
@@ -138,6 +140,9 @@ extern "C" void {name}(const float* a, const float* b, float* c, int64_t m, int6
 }
 """
 
+#: names the kernel and its lowering in the graphs' cache tag (:func:`~.inductor.inductor_options`)
+TAG = "own-sgemm-v2-" + hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
+
 
 def supported() -> bool:
     """Whether Inductor generates 512-bit vector code on this CPU (the kernel's instruction set)."""
@@ -148,7 +153,7 @@ def supported() -> bool:
 
 @contextlib.contextmanager
 def own_products():
-    """Inductor lowers float32 CPU products of known sizes to :data:`SOURCE` while the context is open.
+    """Inductor lowers float32 CPU products to :data:`SOURCE` while the context is open.
 
     Inductor's ``aten.mm`` lowering is replaced for the duration and restored after (a compilation
     running in another thread at the same moment would use the kernel too).
@@ -170,50 +175,38 @@ def own_products():
         lowerings[op] = library
 
 
-def _static(values) -> list[int] | None:
-    """``values`` as Python ints, or None if any is symbolic."""
-    out = []
-    for v in values:
-        try:
-            out.append(int(v))
-        except TypeError:
-            return None
-    return out
-
-
 def _gemm(mat1, mat2) -> ir.TensorBox | None:
     """The product as a call of the kernel, or None where the library's kernel is kept (another
-    dtype or device, a graph with Python's wrapper, symbolic sizes, strides or offsets, or a product
-    larger than :data:`LARGEST`)."""
+    dtype or device, a graph with Python's wrapper, or a product larger than :data:`LARGEST`).
+
+    Sizes, offsets and strides may be symbolic (a graph compiled for any batch size): they enter the
+    call as the wrapper's expressions, and the size limit and the thread count are decided on the
+    sizes the graph was traced with.
+    """
     if not V.graph.cpp_wrapper:  # the call below is C++ (every solver graph on the CPU has the C++ wrapper)
         return None
     if mat1.get_device().type != "cpu" or not mat1.get_dtype() == mat2.get_dtype() == torch.float32:
         return None
-    sizes = _static([*mat1.get_size(), *mat2.get_size()])
-    if sizes is None:
-        return None
-    m, k, _, n = sizes
-    if min(m, n, k) < 1 or max(m * k, k * n, m * n) > LARGEST:
+    (m, k), n = mat1.get_size(), mat2.get_size()[1]
+    mh, kh, nh = (V.graph.sizevars.optimization_hint(x, fallback=LARGEST) for x in (m, k, n))
+    if min(mh, nh, kh) < 1 or max(mh * kh, kh * nh, mh * nh) > LARGEST:
         return None
     a, b = realize_inputs(mat1, mat2)
-    strides = []
+    numbers = [m, n, k]
     for x in (a, b):
         with contextlib.suppress(NotImplementedError):
             ir.as_storage_and_layout(x, freeze=True)  # the kernel reads the strides seen now
-        placement = _static([x.get_layout().offset, *x.get_stride()])
-        if placement is None:
-            return None
-        strides += placement
+        numbers += [x.get_layout().offset, *x.get_stride()]
     # as Inductor's own kernels, on its thread count; a small product stays on one thread
-    threads = parallel_num_threads() if m * n * k >= PARALLEL else 1
+    numbers.append(parallel_num_threads() if mh * nh * kh >= PARALLEL else 1)
     layout = ir.FixedLayout(a.get_device(), torch.float32, [m, n])
-    return ir.TensorBox.create(_Product(layout, [a, b], (m, n, k, *strides, threads)))
+    return ir.TensorBox.create(_Product(layout, [a, b], tuple(numbers)))
 
 
 class _Product(ir.ExternKernelOut):
     """``c = a @ b`` by the kernel of :data:`SOURCE`, defined once in the graph's kernel file."""
 
-    def __init__(self, layout: ir.Layout, inputs: list, numbers: tuple[int, ...]) -> None:
+    def __init__(self, layout: ir.Layout, inputs: list, numbers: tuple) -> None:
         super().__init__(layout, inputs, python_kernel_name="hybrid_node_sgemm")
         self.numbers = numbers  # the kernel's integer arguments: sizes, offsets and strides, threads
 
@@ -221,7 +214,8 @@ class _Product(ir.ExternKernelOut):
         name = _define(wrapper)
         # a view is read through its buffer's pointer (its name) with its offset and strides
         buffers = [cast(ir.IRNode, x).get_name() for x in self.inputs]
-        args = [*buffers, self.get_name(), *map(str, self.numbers)]
+        numbers = [wrapper.codegen_sizevar(sympy.sympify(x)) for x in self.numbers]
+        args = [*buffers, self.get_name(), *numbers]
         types = ["const float*", "const float*", "float*"] + ["int64_t"] * len(self.numbers)
         wrapper.generate_kernel_call(name, args, triton=False, arg_types=types)
 

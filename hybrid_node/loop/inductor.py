@@ -48,8 +48,9 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     new process lowers the whole-solve graph (``while_loop``, ``cond``) again. The cache key of a graph
     includes the code and constants of its subgraphs (``FxGraphCachePickler`` pickles the submodules
     of the graph module with the same reducer), so a loop body that differs in any operation or
-    constant gets its own entry (tested); the value is torch's version and :data:`DECOMPOSITIONS`, so a
-    change of either starts afresh.
+    constant gets its own entry (tested); the value is torch's version, :data:`DECOMPOSITIONS` and
+    the product kernel's tag (:data:`~hybrid_node.loop.cpu_gemm.TAG`, or that it is switched off),
+    so a change of any starts afresh.
     ``cpp_wrapper`` (CPU graphs): the code that calls a graph's kernels is generated as C++ instead of
     Python. A step attempt runs about 40 kernels and 30 buffer allocations, each a Python call of a
     few microseconds from the default wrapper, on every iteration of the whole-solve loop; for the
@@ -82,11 +83,15 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     Returns:
         The ``options`` of ``torch.compile``.
     """
+    from . import cpu_gemm  # (Inductor's lowering: options are asked for only to compile a graph)
+
+    products = cpu_gemm.TAG if own_sgemm_enabled() else "library-sgemm"
     options: dict = {
         "cpp.use_decompose_tanh": fast_tanh_enabled(),
-        # the tag changes with torch and with the rational tanh (the graphs' cache key includes it)
+        # the tag changes with torch, the rational tanh and the product kernel (the graphs' cache
+        # key includes it)
         "unsafe_marked_cacheable_functions": dict.fromkeys(
-            _CACHEABLE_OPERATORS, f"{torch.__version__} {DECOMPOSITIONS} {own_sgemm_enabled()}"
+            _CACHEABLE_OPERATORS, f"{torch.__version__} {DECOMPOSITIONS} {products}"
         ),
     }
     if cuda_graphs:
@@ -228,7 +233,7 @@ def _replaced(owner, name: str, value):
 
 
 #: names the decompositions of :func:`cpu_decompositions` in the graphs' cache tag
-DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v2 narrow-mm-v1 own-sgemm-v1"  # the last: cpu_gemm.SOURCE
+DECOMPOSITIONS = f"{fast_tanh.VERSION} unfused-addmm-v2 narrow-mm-v1"
 
 
 def cpu_decompositions(table: dict) -> dict:
