@@ -90,6 +90,21 @@ void panel(const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb
   for (; i + 6 <= m; i += 6) tile<6, vectors>(a + i * sam, sam, sak, b, ldb, c + i * ldc, ldc, k, tail);
   for (; i < m; ++i) tile<1, vectors>(a + i * sam, sam, sak, b, ldb, c + i * ldc, ldc, k, tail);
 }
+
+// c (m x n, row stride n) = a @ b for m rows: the columns in panels of up to 64
+inline void rows(const float* a, int64_t sam, int64_t sak, const float* b, int64_t ldb, float* c,
+                 int64_t n, int64_t m, int64_t k) {
+  for (int64_t j = 0; j < n; j += 64) {
+    const int64_t width = n - j < 64 ? n - j : 64;
+    const __mmask16 tail = width % 16 ? static_cast<__mmask16>((1u << (width % 16)) - 1) : 0xFFFF;
+    switch ((width + 15) / 16) {
+      case 4: panel<4>(a, sam, sak, b + j, ldb, c + j, n, m, k, tail); break;
+      case 3: panel<3>(a, sam, sak, b + j, ldb, c + j, n, m, k, tail); break;
+      case 2: panel<2>(a, sam, sak, b + j, ldb, c + j, n, m, k, tail); break;
+      default: panel<1>(a, sam, sak, b + j, ldb, c + j, n, m, k, tail); break;
+    }
+  }
+}
 }  // namespace hybrid_node_sgemm
 #endif
 #endif
@@ -111,23 +126,14 @@ extern "C" void {name}(const float* a, const float* b, float* c, int64_t m, int6
     b = packed.data();
     ldb = n;
   }
-  const int64_t block = ((m + threads - 1) / threads + 5) / 6 * 6;
-#pragma omp parallel for num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < m; i += block) {
-    const int64_t rows = m - i < block ? m - i : block;
-    for (int64_t j = 0; j < n; j += 64) {
-      const int64_t width = n - j < 64 ? n - j : 64;
-      const __mmask16 tail = width % 16 ? static_cast<__mmask16>((1u << (width % 16)) - 1) : 0xFFFF;
-      const float* ai = a + i * sam;
-      float* cij = c + i * n + j;
-      switch ((width + 15) / 16) {
-        case 4: hybrid_node_sgemm::panel<4>(ai, sam, sak, b + j, ldb, cij, n, rows, k, tail); break;
-        case 3: hybrid_node_sgemm::panel<3>(ai, sam, sak, b + j, ldb, cij, n, rows, k, tail); break;
-        case 2: hybrid_node_sgemm::panel<2>(ai, sam, sak, b + j, ldb, cij, n, rows, k, tail); break;
-        default: hybrid_node_sgemm::panel<1>(ai, sam, sak, b + j, ldb, cij, n, rows, k, tail); break;
-      }
-    }
+  if (threads <= 1) {  // (an OpenMP region of one thread still costs a runtime call)
+    hybrid_node_sgemm::rows(a, sam, sak, b, ldb, c, n, m, k);
+    return;
   }
+  const int64_t block = ((m + threads - 1) / threads + 5) / 6 * 6;
+#pragma omp parallel for num_threads(threads)
+  for (int64_t i = 0; i < m; i += block)
+    hybrid_node_sgemm::rows(a + i * sam, sam, sak, b, ldb, c + i * n, n, m - i < block ? m - i : block, k);
 #else
   (void)threads;
   for (int64_t i = 0; i < m; ++i)
