@@ -123,16 +123,23 @@ class GradientField(torch.nn.Module):
             return -torch.autograd.grad(energy, z, create_graph=True)[0]
 
 
-def test_field_taking_its_own_gradient_in_an_adjoint_compiles_its_steps(float64_default, one_thread):
+def _gradient_field_solves(odeint):
+    """A :class:`GradientField`, its y0 and times, and ``solve(options) -> (ys, dL/dw)`` by ``odeint``."""
     field = GradientField()
     y0 = torch.linspace(0.5, 1.5, 4)
     t = torch.linspace(0.0, 1.0, 3)
 
     def solve(options):
         field.w.grad = None
-        ys = hn.odeint_adjoint(field, y0, t, rtol=1e-9, atol=1e-11, options=options)
-        ys.sum().backward()
+        ys = odeint(field, y0, t, rtol=1e-9, atol=1e-11, options=options)
+        ys.pow(2).sum().backward()
         return ys.detach(), field.w.grad.clone()
+
+    return field, y0, t, solve
+
+
+def test_field_taking_its_own_gradient_in_an_adjoint_compiles_its_steps(float64_default, one_thread):
+    field, y0, t, solve = _gradient_field_solves(hn.odeint_adjoint)
 
     # the whole-solve graphs refuse the field (autograd.grad inside a loop body; torch.func refuses
     # requires_grad_), reported once; the forward pass's per-step graphs trace its autograd.grad and
@@ -156,15 +163,7 @@ def test_field_taking_its_own_gradient_in_an_adjoint_compiles_its_steps(float64_
 
 
 def test_a_field_taking_its_own_gradient_is_one_graph_per_attempt_with_direct_backprop(float64_default, one_thread):
-    field = GradientField()
-    y0 = torch.linspace(0.5, 1.5, 4)
-    t = torch.linspace(0.0, 1.0, 3)
-
-    def solve(options):
-        field.w.grad = None
-        ys = hn.odeint(field, y0, t, rtol=1e-9, atol=1e-11, options=options)
-        ys.pow(2).sum().backward()
-        return ys.detach(), field.w.grad.clone()
+    _, _, _, solve = _gradient_field_solves(hn.odeint)
 
     torch._dynamo.reset()
     stats = torch._dynamo.utils.counters["stats"]
