@@ -567,8 +567,7 @@ def traceable_vjp(problem: Problem, params: tuple[torch.Tensor, ...], dtype: tor
             zz = z.reshape(shape).detach().requires_grad_(True)
             gz = solver_time_field(module, -r, zz, layout, reverse, t_dtype)
             inputs = [zz] + [p for name, p in module.named_parameters() if name in names]
-            found = torch.autograd.grad(gz, inputs, grad_outputs=a.reshape(shape), allow_unused=True)
-        grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, found)]
+            grads = vjp(gz, inputs, a.reshape(shape))
         # detached: a returned tensor whose graph autograd.grad consumed is refused by the compiler
         return gz.detach().reshape(-1), grads[0].reshape(-1), [g.reshape(-1).to(dtype) for g in grads[1:]]
 
