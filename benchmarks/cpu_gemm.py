@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -33,13 +34,24 @@ SHAPES = [
 ]
 
 
-def _kernel(folder: Path):
+#: the instruction sets Inductor compiles a 512-bit kernel file for
+AVX512_FLAGS = ("-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma")
+
+
+def build(folder: Path, flags: Sequence[str] = AVX512_FLAGS) -> Callable:
+    """``cpu_gemm.SOURCE`` built in ``folder`` by ``g++`` with ``flags`` (``-O3``, OpenMP); its function."""
     source = folder / "sgemm.cpp"
     source.write_text(cpu_gemm.SOURCE.replace("{name}", "sgemm"))
     library = folder / "sgemm.so"
-    flags = ["-O3", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma", "-fopenmp"]
-    subprocess.run(["g++", *flags, "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
+    subprocess.run(["g++", "-O3", "-fopenmp", *flags, "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
     return ctypes.CDLL(str(library)).sgemm
+
+
+def arguments(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, threads: int = 1) -> list:
+    """The kernel's C arguments for ``out = a @ b`` (float32, ``out`` contiguous)."""
+    sizes = (a.shape[0], b.shape[1], a.shape[1], a.storage_offset(), *a.stride(), b.storage_offset(), *b.stride())
+    pointers = (x.untyped_storage().data_ptr() for x in (a, b))
+    return [*map(ctypes.c_void_p, pointers), ctypes.c_void_p(out.data_ptr()), *map(ctypes.c_int64, (*sizes, threads))]
 
 
 def _median_us(fn, repeats: int) -> float:
@@ -59,14 +71,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
-        kernel = _kernel(Path(folder))
+        kernel = build(Path(folder))
         print("| product | m x k x n | torch.mm (us) | own kernel (us) | ratio |\n| --- | --- | --- | --- | --- |")
         for name, m, k, n, a_t, b_t in SHAPES:
             a = torch.randn(k, m).t() if a_t else torch.randn(m, k)
             b = torch.randn(n, k).t() if b_t else torch.randn(k, n)
             out = torch.empty(m, n)
-            sizes = [m, n, k, 0, *a.stride(), 0, *b.stride(), 1]
-            call = [*(ctypes.c_void_p(x.data_ptr()) for x in (a, b, out)), *map(ctypes.c_int64, sizes)]
+            call = arguments(a, b, out)
 
             def own(call=call):
                 kernel(*call)

@@ -1,13 +1,12 @@
 """The solver's own float32 product for CPU graphs (hybrid_node/loop/cpu_gemm.py)."""
 
-import ctypes
 import shutil
-import subprocess
 
 import pytest
 import torch
 from torch._inductor.utils import run_and_get_cpp_code
 
+from benchmarks.cpu_gemm import AVX512_FLAGS, arguments, build
 from hybrid_node.loop import cpu_gemm
 from hybrid_node.loop.inductor import compile_for, inductor_options, own_code
 
@@ -39,19 +38,9 @@ def _bound(a, b):
     return k * 2.0**-24 * (a.abs().double() @ b.abs().double()) + 1e-30
 
 
-def _build(tmp_path, flags: list[str]):
-    """:data:`cpu_gemm.SOURCE` as a shared library built with ``flags``."""
-    source = tmp_path / "sgemm.cpp"
-    source.write_text(cpu_gemm.SOURCE.replace("{name}", "sgemm"))
-    library = tmp_path / f"sgemm{len(flags)}.so"
-    subprocess.run(["g++", "-O2", "-shared", "-fPIC", "-fopenmp", *flags, str(source), "-o", str(library)], check=True)
-    return ctypes.CDLL(str(library)).sgemm
-
-
 def _call(kernel, a, b, threads=1):
     c = torch.full((a.shape[0], b.shape[1]), float("nan"))
-    sizes = (a.shape[0], b.shape[1], a.shape[1], 0, *a.stride(), 0, *b.stride(), threads)
-    kernel(*(ctypes.c_void_p(x.data_ptr()) for x in (a, b, c)), *map(ctypes.c_int64, sizes))
+    kernel(*arguments(a, b, c, threads))
     return c
 
 
@@ -60,7 +49,7 @@ def _call(kernel, a, b, threads=1):
 def test_kernel_source_multiplies_any_strides_within_the_rounding_bound(tmp_path, vector):
     if vector and not cpu_gemm.supported():
         pytest.skip("the 512-bit build needs a CPU with 512-bit vectors")
-    kernel = _build(tmp_path, ["-mavx512f", "-mfma"] if vector else ["-mno-avx512f"])
+    kernel = build(tmp_path, AVX512_FLAGS if vector else ["-mno-avx512f"])
     for m, k, n, a_t, b_t in SHAPES:
         a, b = _operands(m, k, n, a_t, b_t)
         want = a.double() @ b.double()
