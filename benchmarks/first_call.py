@@ -9,6 +9,10 @@ time in a process (importing the compiler, Dynamo's trace, lowering, code genera
 solve); the second call is the solve alone::
 
     python -m benchmarks.first_call --workloads mlp-fwd mlp-train-direct mlp-train-adjoint
+
+``--linear`` replaces each workload's field by one linear layer on the same state (same initial
+state, times, tolerances and loss): what is left is the cost of compiling the solver itself, the
+floor under any field's first call.
 """
 
 from __future__ import annotations
@@ -23,12 +27,24 @@ import time
 
 #: run in the measuring process: the workload's unit of work, timed on its first and second call
 _MEASURE = """
-import json, sys, time, torch
+import dataclasses, json, sys, time, torch
 from benchmarks.ab import unit
-from benchmarks.workloads import make
+from benchmarks.workloads import Counted, make
 import hybrid_node
 torch.set_num_threads(1)
-run = unit(make(sys.argv[1]), hybrid_node, {"compile": True})
+
+class Linear(Counted):
+    def __init__(self, n):
+        super().__init__()
+        self.linear = torch.nn.Linear(n, n)
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.linear(y)
+
+w = make(sys.argv[1])
+if sys.argv[2] == "linear":
+    w = dataclasses.replace(w, field=Linear(w.y0.shape[-1]))
+run = unit(w, hybrid_node, {"compile": True})
 start = time.perf_counter(); run(); first = time.perf_counter() - start
 start = time.perf_counter(); run(); second = time.perf_counter() - start
 print(json.dumps({"first_s": first, "second_ms": 1e3 * second}))
@@ -57,23 +73,26 @@ def _python(code: str, cache: str, *args: str) -> str:
     return done.stdout
 
 
-def first_call(workload: str) -> dict:
-    """The first and second call of ``workload`` compiled, in a new process with a new Inductor cache."""
+def first_call(workload: str, field: str = "own") -> dict:
+    """The first and second call of ``workload`` compiled, in a new process with a new Inductor cache
+    (``field="linear"``: with a linear field instead of the workload's)."""
     with tempfile.TemporaryDirectory(prefix="hn_first_call_") as cache:
         _python(_PREPARE, cache)
-        return json.loads(_python(_MEASURE, cache, workload).strip().splitlines()[-1])
+        return json.loads(_python(_MEASURE, cache, workload, field).strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["mlp-fwd", "mlp-train-direct", "mlp-train-adjoint"])
+    parser.add_argument("--linear", action="store_true", help="a linear field instead of each workload's")
     args = parser.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
     print("| workload | first call s | second call ms |")
     print("| --- | --- | --- |")
     for name in args.workloads:
-        r = first_call(name)
-        print(f"| {name} | {r['first_s']:.1f} | {r['second_ms']:.1f} |", flush=True)
+        r = first_call(name, "linear" if args.linear else "own")
+        label = f"{name} (linear field)" if args.linear else name
+        print(f"| {label} | {r['first_s']:.1f} | {r['second_ms']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

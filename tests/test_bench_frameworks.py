@@ -35,9 +35,11 @@ def test_ab_units_run_the_workload_on_their_own_copy_of_the_field(one_thread, na
 
 
 @pytest.mark.slow
-def test_first_call_measures_a_new_process_with_an_empty_cache(monkeypatch):
-    """benchmarks/first_call.py: the workload compiles in a process of its own whose Inductor cache
-    starts empty (so the first call compiles and the second does not), and the cache is removed."""
+@pytest.mark.parametrize("field", ["own", "linear"])
+def test_first_call_measures_a_new_process_with_an_empty_cache(monkeypatch, field):
+    """benchmarks/first_call.py: the workload (or the same with a linear field) compiles in a process
+    of its own whose Inductor cache starts empty (so the first call compiles and the second does
+    not), and the cache is removed."""
     import tempfile
     from pathlib import Path
 
@@ -45,6 +47,6 @@ def test_first_call_measures_a_new_process_with_an_empty_cache(monkeypatch):
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the measuring process imports benchmarks
     before = set(Path(tempfile.gettempdir()).glob("hn_first_call_*"))
-    r = first_call.first_call("mlp-fwd")
+    r = first_call.first_call("mlp-fwd", field)
     assert r["first_s"] > 1.0 and 0 < r["second_ms"] < 1e3 * r["first_s"] / 10
     assert set(Path(tempfile.gettempdir()).glob("hn_first_call_*")) == before
