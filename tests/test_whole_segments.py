@@ -143,11 +143,15 @@ def test_a_method_without_segment_graphs_keeps_the_eager_pass(field, monkeypatch
 @pytest.mark.slow
 def test_compiled_segment_graph_gives_the_eager_gradients_and_is_reused(field):
     """Compiled: the eager pass's backward steps and gradients up to rounding, with checkpoints
-    between the outputs; a second backward pass compiles nothing new."""
+    between the outputs; the first pass compiles two graphs (the forward solve and one segment graph
+    for all segments: the first, those after an output and those after a checkpoint between
+    outputs) and a second backward pass compiles nothing new."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         stats, grads = _gradients(field, hn.Dopri5().compiled(), checkpoints=5)
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert graphs - before == 2
         again = _gradients(field, hn.Dopri5().compiled(), checkpoints=5)[1]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     keys = [key for key in whole._CACHE[field] if key[0] == "whole_solve"]

@@ -281,9 +281,12 @@ def integrate_segments(
     )
     tol = tuple(tolerance_tensor(v, like) for v, like in zip(tolerances, (z_like, z_like, x0, x0)))
     norm_f, norm_b = norms
-    flag = {b: torch.tensor(b, device=dev) for b in (False, True)}
+    # every input a tensor of its own: two inputs that are one tensor in one call and not in the next
+    # (a shared zero, a shared flag) fail the compiler's aliasing guard and compile the graph again
+    first_flag = {b: torch.tensor(b, device=dev) for b in (False, True)}
+    refresh_flag = {b: torch.tensor(b, device=dev) for b in (False, True)}
     zero = torch.zeros_like(x0)
-    state = initial_state(x0, zero, -checkpoints[-1], 0.0, 2)
+    state = initial_state(x0, torch.zeros_like(x0), -checkpoints[-1], 0.0, 2)
     carried = pack(state)[:5]
     nfe_f, nfe_b = fterm.nfe, term.nfe
     n_att = n_acc = n_rej = 0
@@ -306,7 +309,7 @@ def integrate_segments(
             if counters is None:  # the field writes its buffers
                 fterm.nfe, term.nfe = nfe_f, nfe_b
                 return None
-            extra = zero if add is None else add, flag[first], flag[add is not None], tol, norm_f
+            extra = zero if add is None else add, first_flag[first], refresh_flag[add is not None], tol, norm_f
             out = graph(zs, cps, index, tables, carried, *extra, counters=counters)
             if out is None:
                 fterm.nfe, term.nfe = nfe_f, nfe_b
