@@ -307,16 +307,17 @@ def test_backsolve_backward_pass_runs_in_the_whole_graph_with_eager_gradients(fi
 
 @pytest.mark.slow
 def test_new_tolerances_and_solves_reuse_the_graph(field):
-    """Tolerances are graph inputs and the field's call counter is frozen: one compilation."""
+    """Tolerances are graph inputs and the field's call counter is frozen: one compilation, also
+    when rtol and atol become equal (two inputs, not one tensor passed twice)."""
     y0, t = torch.randn(8, 2), torch.linspace(0.0, 2.0, 5)
     counters = torch._dynamo.utils.counters
     with torch.no_grad():
         _compiled(field, y0, t, rtol=1e-6, atol=1e-8)
         graphs = counters["stats"]["unique_graphs"]
         nfe = field.nfe
-        for rtol in (1e-5, 1e-7, 1e-4):
-            comp = _compiled(field, y0 * 0.5, t, rtol=rtol, atol=1e-8)
-            eager = _eager(field, y0 * 0.5, t, rtol=rtol, atol=1e-8)
+        for rtol, atol in ((1e-5, 1e-8), (1e-7, 1e-7), (1e-4, 1e-8)):
+            comp = _compiled(field, y0 * 0.5, t, rtol=rtol, atol=atol)
+            eager = _eager(field, y0 * 0.5, t, rtol=rtol, atol=atol)
             torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-10, atol=1e-12)
             assert comp.stats.nfe == eager.stats.nfe
     assert counters["stats"]["unique_graphs"] == graphs

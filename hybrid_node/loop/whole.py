@@ -397,12 +397,16 @@ class WholeSolve:
         return graph(self.owner, *args, self.norm, *extra)
 
 
-def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
+def tolerance_tensor(tol, like: torch.Tensor, slot: int = 0) -> torch.Tensor:
     """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
     so every new value would compile a new graph); a scalar one as shape (1,), which broadcasts as
-    the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`)."""
-    if isinstance(tol, float):  # the usual case: one cached (1,) tensor per value, dtype and device
-        key = (tol, like.dtype, like.device)
+    the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`).
+
+    ``slot`` numbers the graph's tolerance inputs (rtol 0, atol 1, ...): a float is cached per slot,
+    so equal rtol and atol are two tensors, not one tensor passed twice, which the compiler guards
+    as aliased inputs and compiles again for when the two values later differ."""
+    if isinstance(tol, float):  # the usual case: one cached (1,) tensor per slot, value, dtype, device
+        key = (slot, tol, like.dtype, like.device)
         return memoized(
             _TOLERANCES, key, lambda: torch.full((1,), tol, dtype=like.dtype, device=like.device), _TABLES_MAX
         )
@@ -410,7 +414,7 @@ def tolerance_tensor(tol, like: torch.Tensor) -> torch.Tensor:
     return tol.reshape(1) if tol.dim() == 0 else tol
 
 
-#: (tolerance, dtype, device) -> the (1,) tensor :func:`tolerance_tensor` gives a float tolerance
+#: (slot, tolerance, dtype, device) -> the (1,) tensor :func:`tolerance_tensor` gives a float tolerance
 _TOLERANCES: dict = {}
 
 
@@ -466,7 +470,7 @@ def integrate_whole(
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
     dt0 = None if heuristic else first_step_tensor(controller, y0.device)
     tables = cached_tables(solver, ts, y0)
-    out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0), counters=counters)
+    out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0, 1), counters=counters)
     if out is None:
         return None
     ys, info = out

@@ -108,7 +108,7 @@ def integrate_whole_impulses(
     # no output rows: every step ends at an output time, and only the end state is kept
     packed = pack(initial_state(x0, f0, rs[0], dt0, 1))
     tables = make_tables(solver, rs, x0)
-    rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0)
+    rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0, 1)
     out = graph(*packed, tables, rtol_t, atol_t, counters=counters, extra=(impulses,))
     if out is None:  # the compiler rejected the field: the host loop runs instead
         term.nfe = nfe_before

@@ -279,7 +279,7 @@ def integrate_segments(
         dense,
         torch.arange(1, dense.shape[1] + 1, dtype=torch.float64, device=dev),
     )
-    tol = tuple(tolerance_tensor(v, like) for v, like in zip(tolerances, (z_like, z_like, x0, x0)))
+    tol = tuple(tolerance_tensor(v, like, i) for i, (v, like) in enumerate(zip(tolerances, (z_like, z_like, x0, x0))))
     norm_f, norm_b = norms
     # every input a tensor of its own: two inputs that are one tensor in one call and not in the next
     # (a shared zero, a shared flag) fail the compiler's aliasing guard and compile the graph again
