@@ -13,6 +13,7 @@ from conftest import CountingMLP
 
 import hybrid_node as hn
 from hybrid_node.loop import whole
+from hybrid_node.loop.graph_inputs import tolerance_tensor
 from hybrid_node.solvers.registry import METHOD_SPECS
 
 
@@ -197,11 +198,13 @@ def test_a_counting_submodule_moved_by_a_new_submodule_keeps_its_counter_frozen(
     torch.testing.assert_close(second, eager, rtol=1e-10, atol=1e-12)
 
 
-def test_tolerances_become_tensors():
+def test_tolerances_become_tensors_one_per_input_slot():
     like = torch.zeros(3, dtype=torch.float32)
-    rtol = whole.tolerance_tensor(1e-5, like)
+    rtol = tolerance_tensor(1e-5, like)
     assert rtol.dtype == torch.float32 and rtol.shape == (1,) and float(rtol) == pytest.approx(1e-5)
-    per = whole.tolerance_tensor(torch.tensor([1e-5, 1e-6, 1e-7], dtype=torch.float64), like)
+    assert tolerance_tensor(1e-5, like) is rtol  # cached
+    assert tolerance_tensor(1e-5, like, 1) is not rtol  # an atol equal to rtol is another input
+    per = tolerance_tensor(torch.tensor([1e-5, 1e-6, 1e-7], dtype=torch.float64), like)
     assert per.shape == (3,) and per.dtype == torch.float32
 
 

@@ -38,6 +38,7 @@ from .._term import term_field as term_field
 from ..controllers import error_ratio, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 from .counters import frozen_counters, probe
+from .graph_inputs import tolerance_tensor
 from .inductor import compile_for, inductor_options, own_code
 
 # owner (the user's field) -> {key -> compiled attempt}; weak (no graph refers to its owner), so a
@@ -212,6 +213,13 @@ class CompiledAttempt:
             return y
         return y.detach().requires_grad_()
 
+    def _tolerances(self, like: torch.Tensor) -> tuple:
+        """rtol and atol as the graph's inputs: tensors (:func:`~.graph_inputs.tolerance_tensor`), so
+        that a solve with new tolerances runs the same graph; None where the method has no error test."""
+        if not self.adaptive or self.rtol is None:
+            return self.rtol, self.atol
+        return tolerance_tensor(self.rtol, like), tolerance_tensor(self.atol, like, 1)
+
     @staticmethod
     def _time(x: float, like: torch.Tensor) -> torch.Tensor:
         # times travel as 0-d tensors: Python floats would be specialised into the graph (one
@@ -225,7 +233,7 @@ class CompiledAttempt:
             The step (as :meth:`ExplicitRungeKutta.step` returns it) and the error ratio as a host
             float (None for fixed-step tableaus).
         """
-        out = self._run(self._step_key, t, y, self._time(dt, y), f0, self.rtol, self.atol, self.norm)
+        out = self._run(self._step_key, t, y, self._time(dt, y), f0, *self._tolerances(y), self.norm)
         if out is None:
             step = self.solver.step(self.term, t, y, f0, dt)
             ratio = (

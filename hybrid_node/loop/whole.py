@@ -72,6 +72,7 @@ from .compiled_step import _CACHE, PureField, term_field, warn_fallback
 from .core import RUNNING
 from .counters import advance, frozen_counters, number_modules, probe
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
+from .graph_inputs import tolerance_tensor
 from .host import Integration
 from .inductor import compile_for, inductor_options, own_code
 
@@ -395,27 +396,6 @@ class WholeSolve:
             # the graph's outputs live in its memory pool until the next replay: copy them out
             return torch.utils._pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out)
         return graph(self.owner, *args, self.norm, *extra)
-
-
-def tolerance_tensor(tol, like: torch.Tensor, slot: int = 0) -> torch.Tensor:
-    """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
-    so every new value would compile a new graph); a scalar one as shape (1,), which broadcasts as
-    the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`pack`).
-
-    ``slot`` numbers the graph's tolerance inputs (rtol 0, atol 1, ...): a float is cached per slot,
-    so equal rtol and atol are two tensors, not one tensor passed twice, which the compiler guards
-    as aliased inputs and compiles again for when the two values later differ."""
-    if isinstance(tol, float):  # the usual case: one cached (1,) tensor per slot, value, dtype, device
-        key = (slot, tol, like.dtype, like.device)
-        return memoized(
-            _TOLERANCES, key, lambda: torch.full((1,), tol, dtype=like.dtype, device=like.device), _TABLES_MAX
-        )
-    tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
-    return tol.reshape(1) if tol.dim() == 0 else tol
-
-
-#: (slot, tolerance, dtype, device) -> the (1,) tensor :func:`tolerance_tensor` gives a float tolerance
-_TOLERANCES: dict = {}
 
 
 def integrate_whole(

@@ -31,8 +31,9 @@ from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .device import Impulses, initial_state, make_tables
+from .graph_inputs import tolerance_tensor
 from .host import Integration, first_step
-from .whole import WholeSolve, count_evaluations, evaluations_per_attempt, pack, read_out, solve_error, tolerance_tensor
+from .whole import WholeSolve, count_evaluations, evaluations_per_attempt, pack, read_out, solve_error
 
 
 def applies(solver, controller, jump_t: Sequence[float], stops: Sequence[float]) -> bool:

@@ -43,6 +43,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import RUNNING
 from .device import LoopState, Tables, attempt, initial_state, summary
+from .graph_inputs import tolerance_tensor
 from .whole import (
     WholeSolve,
     _loop,
@@ -53,7 +54,6 @@ from .whole import (
     pack,
     read_out,
     solve_error,
-    tolerance_tensor,
     unpack,
 )
 

@@ -1,0 +1,35 @@
+"""Host values as inputs of the compiled graphs.
+
+A Python float read by a traced function is a constant of its graph, guarded on: every new value
+compiles the graph again. What changes between solves (tolerances, times) enters as a tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._memo import memoized
+
+#: how many cached tolerance tensors are kept
+_TOLERANCES_MAX = 32
+
+
+def tolerance_tensor(tol, like: torch.Tensor, slot: int = 0) -> torch.Tensor:
+    """A tolerance as a tensor in the state's dtype and device (a float would be a graph constant,
+    so every new value would compile a new graph); a scalar one as shape (1,), which broadcasts as
+    the scalar does, because a 0-d float64 input restarts Dynamo's analysis (see :func:`~hybrid_node.loop.whole.pack`).
+
+    ``slot`` numbers the graph's tolerance inputs (rtol 0, atol 1, ...): a float is cached per slot,
+    so equal rtol and atol are two tensors, not one tensor passed twice, which the compiler guards
+    as aliased inputs and compiles again for when the two values later differ."""
+    if isinstance(tol, float):  # the usual case: one cached (1,) tensor per slot, value, dtype, device
+        key = (slot, tol, like.dtype, like.device)
+        return memoized(
+            _TOLERANCES, key, lambda: torch.full((1,), tol, dtype=like.dtype, device=like.device), _TOLERANCES_MAX
+        )
+    tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+    return tol.reshape(1) if tol.dim() == 0 else tol
+
+
+#: (slot, tolerance, dtype, device) -> the (1,) tensor :func:`tolerance_tensor` gives a float tolerance
+_TOLERANCES: dict = {}
