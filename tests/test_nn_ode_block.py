@@ -168,3 +168,36 @@ def test_unknown_method_is_reported():
     block = ODEBlock(Linear(A.clone()), train_settings=SolveSettings(method="rk99"))
     with pytest.raises(ValueError, match="Unknown method"):
         block(torch.randn(1, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sensitivity", [DirectBackprop(), BacksolveAdjoint()], ids=["direct", "backsolve"])
+def test_a_compiled_block_compiles_on_its_first_step_only_and_counts_as_eager(float64_default, one_thread, sensitivity):
+    """``compile=True`` in a block: the graphs compiled by the first training step serve the next
+    ones (the counting wrapper is kept across forward passes and its count is a counter the graphs
+    freeze; a new wrapper per pass counting in a list compiled a graph on every step and kept the
+    adjoint's backward pass eager), and the counts and gradients are the eager block's."""
+    from conftest import CountingMLP
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 2)
+
+    def make(options):
+        torch.manual_seed(1)
+        settings = SolveSettings(rtol=1e-8, atol=1e-10, options=options, sensitivity=sensitivity)
+        return ODEBlock(CountingMLP(), (0.0, 1.0), train_settings=settings)
+
+    eager, compiled = make(None), make({"compile": True})
+    graphs = torch._dynamo.utils.counters["stats"]
+    for step in range(3):
+        results = []
+        for block in (eager, compiled):
+            block.zero_grad()
+            block(x).pow(2).sum().backward()
+            results.append((block.nfe_forward, block.nfe_backward, [p.grad.clone() for p in block.parameters()]))
+        if step == 0:
+            after_first = graphs["unique_graphs"]
+        (*counts_e, grads_e), (*counts_c, grads_c) = results
+        assert counts_c == counts_e and counts_c[0] > 0
+        for got, want in zip(grads_c, grads_e):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    assert graphs["unique_graphs"] == after_first

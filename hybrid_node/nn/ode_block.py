@@ -77,15 +77,25 @@ class SolveSettings:
             raise TypeError(f"options must be a mapping or None, got {type(self.options).__name__}.")
 
 
-class _CountingField:
-    """Calls ``func(t, y)`` and counts the calls; not a Module so the block's parameter names stay plain."""
+class _CountingField(nn.Module):
+    """Calls ``func(t, y)`` and counts the calls in ``calls``.
 
-    def __init__(self, func: Callable, counter: list):
+    The count is a plain int attribute of a module, which the compiled graphs handle as they handle a
+    field's own counter (``self.nfe += 1``, :mod:`hybrid_node.loop.counters`): shown to a graph as 0,
+    restored inside a whole-solve loop and advanced by the evaluations the graph made, so a compiled
+    solve counts as an eager one and no call compiles a graph again. A module (holding ``func`` as a
+    submodule), so the adjoints' traceable fields, which need an ``nn.Module``, apply to it; the block
+    keeps it outside its own submodules (its parameter names stay plain) and across forward passes
+    (the compiled graphs are cached on it).
+    """
+
+    def __init__(self, func: Callable):
+        super().__init__()
         self.func = func
-        self.counter = counter
+        self.calls = 0
 
-    def __call__(self, t, y):
-        self.counter[0] += 1
+    def forward(self, t, y):
+        self.calls += 1
         return self.func(t, y)
 
 
@@ -184,7 +194,6 @@ class ODEBlock(nn.Module):
         self.train_settings = train_settings if train_settings is not None else SolveSettings()
         self.eval_settings = eval_settings
         self.return_trajectory = bool(return_trajectory)
-        self._calls = [0]
         self._calls_after_forward = 0
         self.nfe_forward = 0
 
@@ -197,7 +206,16 @@ class ODEBlock(nn.Module):
 
     @property
     def nfe_backward(self) -> int:
-        return self._calls[0] - self._calls_after_forward
+        return self._counting().calls - self._calls_after_forward
+
+    def _counting(self) -> _CountingField:
+        """The counting wrapper of ``self.func`` (a new one if ``func`` was replaced), kept in the
+        instance dict rather than registered as a submodule."""
+        counting = self.__dict__.get("_counting_field")
+        if counting is None or counting.func is not self.func:
+            counting = _CountingField(self.func)
+            object.__setattr__(self, "_counting_field", counting)
+        return counting
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Solve from ``x`` over ``t`` (default: the block's own times).
@@ -226,12 +244,13 @@ class ODEBlock(nn.Module):
         times = self.t if t is None else _as_times(t)
         times = times.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else times.dtype)
         # a solve traced into an exported or compiled program cannot carry the counter's side effect
-        field = self.func if in_users_graph(self.func, x) else _CountingField(self.func, self._calls)
+        counting = self._counting()
+        field = self.func if in_users_graph(self.func, x) else counting
         params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
-        start = self._calls[0]
+        start = counting.calls
         ys = integrate(field, x, times, self.settings, params)
-        self._calls_after_forward = self._calls[0]
-        self.nfe_forward = self._calls[0] - start
+        self._calls_after_forward = counting.calls
+        self.nfe_forward = counting.calls - start
         return ys if self.return_trajectory else ys[-1]
 
     def extra_repr(self) -> str:
