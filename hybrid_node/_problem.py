@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._term import Term, TupleLayout
+from ._term import Term, TupleLayout, unflatten
 from ._transforms import is_batched, plain
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
@@ -143,6 +143,45 @@ def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor):
     return tol
 
 
+class PartsRMS:
+    """The error norm of a tuple state: the largest of its parts' RMS norms (torchdiffeq's default
+    for tuple states).
+
+    An object rather than a closure made per solve: compiled graphs are cached per norm, a function
+    by identity and an instance by its class and its attributes (the compiler guards on ``bounds``),
+    so solves with equal layouts share their graphs.
+
+    Args:
+        sizes: the number of elements of each part, in order.
+    """
+
+    def __init__(self, sizes: Sequence[int]):
+        starts = np.cumsum([0, *sizes]).tolist()
+        self.bounds = tuple(zip(starts[:-1], starts[1:]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([_rms(x[..., a:b]) for a, b in self.bounds]).max()
+
+
+class TupleNorm:
+    """A user's error norm on a tuple state, called on the flat state the loops hold (an object for
+    the reason given in :class:`PartsRMS`; it holds the layout's sizes and shapes, not the layout,
+    which the compiled field holds too: the compiler would guard the two as one object).
+
+    Args:
+        norm: the user's norm, called on the tuple of parts.
+        layout: how the tuple is packed into the flat state.
+    """
+
+    def __init__(self, norm: Callable, layout: TupleLayout):
+        self.norm = norm
+        self.sizes = tuple(layout.sizes)
+        self.shapes = tuple(tuple(s) for s in layout.shapes)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(unflatten(x, self.sizes, self.shapes))
+
+
 @dataclasses.dataclass
 class Problem:
     """Everything a loop needs, derived once from the user's call.
@@ -240,11 +279,9 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
                 "a positive rtol or atol."
             )
         if controller.norm is not None:
-            user = controller.norm
-            norm = user if layout is None else (lambda x: user(layout.unflatten(x)))
+            norm = controller.norm if layout is None else TupleNorm(controller.norm, layout)
         elif layout is not None and len(layout.sizes) > 1:
-            parts = layout.slices()
-            norm = lambda x: torch.stack([_rms(x[..., s]) for s in parts]).max()  # noqa: E731
+            norm = PartsRMS(layout.sizes)
     if t_dtype is None:
         # torchdiffeq hands func the time in the state's real dtype (a float32 model given float64
         # times computes in float32); the loops keep their own time as float64 host floats

@@ -12,6 +12,13 @@ import torch
 _EPS = 2.220446049250313e-16
 
 
+def unflatten(flat: torch.Tensor, sizes: Sequence[int], shapes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, ...]:
+    """Split the trailing dimension of ``flat`` (shape (..., N)) into parts of ``sizes`` elements
+    reshaped to ``shapes``."""
+    lead = tuple(flat.shape[:-1])
+    return tuple(p.reshape(lead + tuple(s)) for p, s in zip(torch.split(flat, list(sizes), dim=-1), shapes))
+
+
 class TupleLayout:
     """How a tuple of tensors is packed into one flat vector and back."""
 
@@ -24,10 +31,7 @@ class TupleLayout:
 
     def unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split the trailing dimension of ``flat`` (shape (..., N)) into the tuple's shapes."""
-        lead = flat.shape[:-1]
-        return tuple(
-            p.reshape(tuple(lead) + tuple(s)) for p, s in zip(torch.split(flat, self.sizes, dim=-1), self.shapes)
-        )
+        return unflatten(flat, self.sizes, self.shapes)
 
     def slices(self) -> list[slice]:
         out, start = [], 0

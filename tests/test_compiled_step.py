@@ -336,3 +336,24 @@ def test_cpu_graphs_add_a_bias_after_the_product_and_sum_narrow_products_along_r
     assert seen["addmm"] == {(16,), (2,)} and seen["mm"] == {(8, 16)}
     torch.testing.assert_close(out, net(x), rtol=0, atol=1e-6)  # rational tanh: a few ulp
     assert select_decomp_table().get(torch.ops.aten.addmm.default) is original  # the user's graphs: unchanged
+
+
+def test_errors_raised_while_the_compiler_traces_are_its_failures():
+    """``compiler_failed``: torch's compiler errors and any error raised from Dynamo's tracer (torch
+    2.13 raises bare AssertionErrors there) make the field run by other means; an error of the
+    computation itself does not."""
+    import os
+
+    from hybrid_node.loop.compiled_step import compiler_failed
+
+    def raised(code: str, filename: str) -> Exception:
+        try:
+            exec(compile(code, filename, "exec"), {})
+        except Exception as e:
+            return e
+        raise AssertionError("nothing raised")
+
+    tracer = os.path.join("site-packages", "torch", "_dynamo", "symbolic_convert.py")
+    assert compiler_failed(torch._dynamo.exc.Unsupported("no"))
+    assert compiler_failed(raised("assert False, 'Expected FakeTensor'", tracer))
+    assert not compiler_failed(raised("raise ValueError('shape mismatch')", "user_field.py"))

@@ -675,3 +675,33 @@ def test_integration_stack_reuses_the_loops_stacked_outputs_only_while_ys_holds_
     assert stacked is not ys and stacked[0].tolist() == [0.0, 0.0] and stacked[1:].equal(ys[1:])
     assert not out.known_finite(stacked)  # the loop's finding was about its own outputs
     assert Integration(list(ys.unbind(0)), Stats(), hn.Status.SUCCESS, 1.0).stack().equal(ys)
+
+
+class _TupleField(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, t, y):
+        return self.linear(y[0]), -0.5 * y[1] * y[0].sum(-1)
+
+
+@pytest.mark.parametrize("norm", [None, lambda parts: max(p.abs().max() for p in parts)], ids=["default", "user"])
+def test_tuple_state_solves_share_one_graph(float64_default, one_thread, norm):
+    """A tuple state's error norm (the largest RMS of its parts, or the user's norm on the parts) is
+    an object compared by what it holds: as a closure made per solve it was a new key every solve, and
+    every solve compiled its graph again. One graph for three solves, each the eager solution."""
+    torch.manual_seed(0)
+    field, t = _TupleField(), torch.linspace(0.0, 1.0, 4)
+    before = None
+    for _ in range(3):
+        y0 = (torch.randn(5, 2), torch.rand(5) + 0.5)
+        with torch.no_grad():
+            got = _compiled(field, y0, t, rtol=1e-8, atol=1e-10, norm=norm)
+            want = _eager(field, y0, t, rtol=1e-8, atol=1e-10, norm=norm)
+        if before is None:
+            before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        for a, b in zip(got.ys, want.ys):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert got.stats.nfe == want.stats.nfe
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before

@@ -26,6 +26,8 @@ Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInducto
 
 from __future__ import annotations
 
+import os
+import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -48,6 +50,21 @@ _CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
 
 #: fields whose compilation failure was reported (one warning per field, however many graphs fall back)
 _WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def compiler_failed(error: Exception) -> bool:
+    """Whether ``error``, raised by a call of a compiled graph, is the compiler's failure (the field
+    then runs by other means) rather than the computation's.
+
+    torch's compiler errors, and any error raised while Dynamo traced: torch 2.13 raises plain
+    ``AssertionError``s from some tracing paths (``torch.autograd.grad(..., is_grads_batched=True)``
+    inside a traced backsolve field: "Expected FakeTensor or subclass"). An error of the user's field
+    raised while tracing is raised again by the eager evaluation that runs instead.
+    """
+    if isinstance(error, (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError)):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(f.filename.endswith(os.path.join("torch", "_dynamo", "symbolic_convert.py")) for f in frames)
 
 
 def warn_fallback(owner, error: Exception, outcome: str, hint: str = "", stacklevel: int = 2) -> None:
@@ -183,7 +200,9 @@ class CompiledAttempt:
         try:
             with frozen_counters(counters):
                 return graph(self.owner, self._time(t, y), self._tracked(y), *args)
-        except torch._dynamo.exc.TorchDynamoException as e:
+        except Exception as e:
+            if not compiler_failed(e):
+                raise
             if self._take_alternative():
                 return self._run(key, t, y, *args)
             warn_fallback(self.owner, e, "it runs eagerly", stacklevel=3)

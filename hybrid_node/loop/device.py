@@ -60,7 +60,7 @@ from .._term import Term
 from ..controllers import PIDController, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, _compile, warn_fallback
+from .compiled_step import _CACHE, PureField, _compile, compiler_failed, warn_fallback
 from .core import RUNNING, TENSOR
 from .host import Integration, first_step
 
@@ -403,7 +403,9 @@ class DeviceRuns:
                     out_state, out_summary = graph(self.owner, state, tables, rtol, atol, norm)
                     return LoopState(*(x.clone() for x in out_state)), out_summary.clone()
                 return graph(self.owner, state, tables, rtol, atol, norm)
-            except torch._dynamo.exc.TorchDynamoException as e:
+            except Exception as e:
+                if not compiler_failed(e):
+                    raise
                 warn_fallback(self.owner, e, "the device loop runs eagerly", stacklevel=3)
                 assert self._graphs is not None  # graph came from it
                 self._graphs[self._key] = None

@@ -68,7 +68,7 @@ from ..controllers import PIDController, first_trial_step, initial_step_from_tri
 from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, term_field, warn_fallback
+from .compiled_step import _CACHE, PureField, compiler_failed, term_field, warn_fallback
 from .core import RUNNING
 from .counters import advance, frozen_counters, number_modules, probe
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
@@ -375,7 +375,9 @@ class WholeSolve:
                     out = self._call(graph, args, extra)
             else:
                 out = self._call(graph, args, extra)
-        except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as e:
+        except Exception as e:
+            if not compiler_failed(e):
+                raise
             hint = ""
             if "aliasing during higher order op tracing" in str(e):
                 # torch 2.13's while_loop lifts every read of ``tensor.T`` (a property of a parameter,

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -34,6 +35,7 @@ from torch import nn
 
 from .._api import odeint as _odeint
 from .._api import odeint_adjoint as _odeint_adjoint
+from ._kept import kept_field
 from .cnf_fields import PlanarCNFField, TimeMLPField
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
 
@@ -175,29 +177,26 @@ class CNFBlock(nn.Module):
         return self.log_end_time.exp()
 
 
-class _AugmentedDynamics:
-    """Right-hand side of [z, log p, kinetic, jacobian] in solver time s for one solve of one block.
+class _AugmentedDynamics(nn.Module):
+    """Right-hand side of [z, log p, kinetic, jacobian] in solver time s for the solves of one block
+    in one direction with one estimator.
 
-    Holds the per-solve state (direction, probe noise, evaluation count); built afresh for each solve.
+    One per combination, kept by the CNF across solves (:func:`~hybrid_node.nn._kept.kept_field`), so
+    that ``compile=True``'s graphs, cached per field object, serve every solve; the probe noise and the
+    evaluation count are set before each solve. A module holding the block, so that its parameters are
+    the adjoint's and the compiled graphs handle ``nfe`` as a field's own call counter.
     """
 
-    def __init__(
-        self,
-        block: CNFBlock,
-        *,
-        reverse: bool,
-        estimator: TraceEstimator,
-        noise: torch.Tensor | None,
-        regularize: bool,
-    ):
+    def __init__(self, block: CNFBlock, *, reverse: bool, estimator: TraceEstimator, regularize: bool):
+        super().__init__()
         self.block = block
         self.reverse = reverse
         self.estimator = estimator
-        self.noise = noise
         self.regularize = regularize
+        self.noise: torch.Tensor | None = None
         self.nfe = 0
 
-    def __call__(self, s: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def forward(self, s: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         self.nfe += 1
         z = state[0]
         keep_graph = torch.is_grad_enabled()
@@ -419,7 +418,14 @@ class CNF(nn.Module):
         s = torch.linspace(0.0, 1.0, k, dtype=z.dtype, device=z.device)
         path = [z] if n_times is not None else None
         for block in blocks:
-            dyn = _AugmentedDynamics(block, reverse=reverse, estimator=estimator, noise=noise, regularize=regularize)
+            dyn = kept_field(
+                self,
+                ("augmented", block, reverse, estimator, regularize),
+                functools.partial(
+                    _AugmentedDynamics, block, reverse=reverse, estimator=estimator, regularize=regularize
+                ),
+            )
+            dyn.noise, dyn.nfe = noise, 0
             state = (z, zero, zero, zero) if regularize else (z, zero)
             ys = self._solve(dyn, state, s, block)
             nfe += dyn.nfe

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..irregular import IrregularBatch, gather_union, union_grid
+from ._kept import kept_field
 from ._solve import odeint
 from .ode_rnn import ODERNN
 
@@ -316,7 +317,10 @@ class LatentODE(nn.Module):
         field: nn.Module = self.dynamics
         state = z0
         if self.log_intensity is not None:
-            field = _WithIntensity(self.dynamics, self.log_intensity, self.latent_dim)
+            dynamics, intensity, dim = self.dynamics, self.log_intensity, self.latent_dim
+            field = kept_field(
+                self, ("intensity", dynamics, intensity, dim), lambda: _WithIntensity(dynamics, intensity, dim)
+            )
             state = torch.cat([z0, z0.new_zeros(z0.shape[0], self.log_intensity.out_features)], dim=-1)
         ys = odeint(
             field, state, grid.to(z0.dtype), rtol=self.rtol, atol=self.atol, method=self.method, options=self.options

@@ -32,6 +32,7 @@ from ..sensitivity.settings import (
     InterpolatingAdjoint,
     QuadratureAdjoint,
 )
+from ._kept import kept_field
 from .layers import MLPDynamics
 
 SensitivityT = DirectBackprop | BacksolveAdjoint | InterpolatingAdjoint | GaussAdjoint | QuadratureAdjoint
@@ -85,8 +86,7 @@ class _CountingField(nn.Module):
     restored inside a whole-solve loop and advanced by the evaluations the graph made, so a compiled
     solve counts as an eager one and no call compiles a graph again. A module (holding ``func`` as a
     submodule), so the adjoints' traceable fields, which need an ``nn.Module``, apply to it; the block
-    keeps it outside its own submodules (its parameter names stay plain) and across forward passes
-    (the compiled graphs are cached on it).
+    keeps it across forward passes outside its own submodules (:func:`~hybrid_node.nn._kept.kept_field`).
     """
 
     def __init__(self, func: Callable):
@@ -209,13 +209,8 @@ class ODEBlock(nn.Module):
         return self._counting().calls - self._calls_after_forward
 
     def _counting(self) -> _CountingField:
-        """The counting wrapper of ``self.func`` (a new one if ``func`` was replaced), kept in the
-        instance dict rather than registered as a submodule."""
-        counting = self.__dict__.get("_counting_field")
-        if counting is None or counting.func is not self.func:
-            counting = _CountingField(self.func)
-            object.__setattr__(self, "_counting_field", counting)
-        return counting
+        """The counting wrapper of ``self.func`` (a new one if ``func`` was replaced)."""
+        return kept_field(self, ("counting", self.func), lambda: _CountingField(self.func))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Solve from ``x`` over ``t`` (default: the block's own times).

@@ -18,20 +18,23 @@ import torch
 from torch import nn
 
 from ..irregular import IrregularBatch
+from ._kept import kept_field
 from ._solve import odeint
 
 Tensor = torch.Tensor
 
 
 class _ScaledField(nn.Module):
-    """dh/ds = gap * f(h): advances each sample by its own time gap over s in [0, 1]."""
+    """dh/ds = gap * f(h): advances each sample by its own time gap over s in [0, 1]; one per model,
+    ``gap`` set before each solve (:func:`~hybrid_node.nn._kept.kept_field`)."""
 
-    def __init__(self, field: nn.Module, gap: Tensor):
+    def __init__(self, field: nn.Module):
         super().__init__()
         self.field = field
-        self.gap = gap
+        self.gap: Tensor | None = None
 
     def forward(self, s: Tensor, h: Tensor) -> Tensor:
+        assert self.gap is not None, "set by ODERNN.evolve before each solve"
         return self.gap * self.field(h)
 
 
@@ -78,7 +81,8 @@ class ODERNN(nn.Module):
         if bool((gap == 0).all()):
             return h
         s = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
-        field = _ScaledField(self.field, gap.to(h.dtype).unsqueeze(-1))
+        field = kept_field(self, ("scaled", self.field), lambda: _ScaledField(self.field))
+        field.gap = gap.to(h.dtype).unsqueeze(-1)
         return odeint(field, h, s, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)[-1]
 
     def run(

@@ -1,0 +1,39 @@
+"""One field object per model and settings, kept across solves.
+
+``compile=True`` caches its graphs per field object (:mod:`hybrid_node.loop`): a wrapper a model
+builds anew around its dynamics for every solve (one counting the evaluations, adding a channel or a
+per-sample time scale) would compile the graphs anew for every solve. The models keep such wrappers
+here instead and set what changes between solves (a tensor of time gaps, probe noise) on the kept
+object before each solve; the compiled graphs take those tensors as inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+from torch import nn
+
+F = TypeVar("F")
+
+
+def kept_field(model: nn.Module, key: Hashable, make: Callable[[], F]) -> F:
+    """The object ``make()`` built for ``model`` under ``key``, the same one on every call.
+
+    Kept in the model's instance dict, not registered as a submodule, so the model's parameter names
+    and state dict are unchanged. Modules in ``key`` compare by identity: a replaced submodule gets a
+    new field.
+
+    Args:
+        model: the model the field belongs to.
+        key: what the field is built from (its submodules and settings).
+        make: builds the field.
+
+    Returns:
+        The kept field.
+    """
+    fields = model.__dict__.setdefault("_kept_fields", {})
+    field = fields.get(key)
+    if field is None:
+        field = fields[key] = make()
+    return field
