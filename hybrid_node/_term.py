@@ -33,13 +33,6 @@ class TupleLayout:
         """Split the trailing dimension of ``flat`` (shape (..., N)) into the tuple's shapes."""
         return unflatten(flat, self.sizes, self.shapes)
 
-    def slices(self) -> list[slice]:
-        out, start = [], 0
-        for n in self.sizes:
-            out.append(slice(start, start + n))
-            start += n
-        return out
-
 
 def apply_field(
     func: Callable, layout: TupleLayout | None, tt: torch.Tensor, y: torch.Tensor, check: bool = False

@@ -705,3 +705,21 @@ def test_tuple_state_solves_share_one_graph(float64_default, one_thread, norm):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert got.stats.nfe == want.stats.nfe
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+
+
+@pytest.mark.slow
+def test_many_numbers_of_output_times_fall_back_to_step_graphs(float64_default, one_thread):
+    """A loop graph is compiled per number of output times; after torch's eight graphs of one function
+    the next count raised ``FailOnRecompileLimitHit`` (an ``Exception``, not one of torch's compiler
+    exception classes) out of the solve. Now the solves go on with per-step graphs after one warning
+    that says why, each the eager solution."""
+    torch.manual_seed(0)
+    field, y0 = CountingMLP(), torch.randn(4, 2)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(3, 13):
+            t = torch.linspace(0.0, 1.0, n)
+            got, want = _compiled(field, y0, t, rtol=1e-8, atol=1e-10), _eager(field, y0, t, rtol=1e-8, atol=1e-10)
+            torch.testing.assert_close(got.ys, want.ys, rtol=1e-10, atol=1e-12)
+    fallbacks = [str(w.message) for w in caught if "cannot be compiled" in str(w.message)]
+    assert len(fallbacks) == 1 and "number" in fallbacks[0] and "FailOnRecompileLimitHit" in fallbacks[0]

@@ -56,12 +56,14 @@ def compiler_failed(error: Exception) -> bool:
     """Whether ``error``, raised by a call of a compiled graph, is the compiler's failure (the field
     then runs by other means) rather than the computation's.
 
-    torch's compiler errors, and any error raised while Dynamo traced: torch 2.13 raises plain
-    ``AssertionError``s from some tracing paths (``torch.autograd.grad(..., is_grads_batched=True)``
-    inside a traced backsolve field: "Expected FakeTensor or subclass"). An error of the user's field
-    raised while tracing is raised again by the eager evaluation that runs instead.
+    torch's compiler errors (all of ``torch._dynamo.exc`` and ``torch._inductor.exc``, some of which,
+    such as ``FailOnRecompileLimitHit`` after eight graphs of one function, derive from ``Exception``
+    only), and any error raised while Dynamo traced: torch 2.13 raises plain ``AssertionError``s from
+    some tracing paths (``torch.autograd.grad(..., is_grads_batched=True)`` inside a traced backsolve
+    field: "Expected FakeTensor or subclass"). An error of the user's field raised while tracing is
+    raised again by the eager evaluation that runs instead.
     """
-    if isinstance(error, (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError)):
+    if type(error).__module__ in ("torch._dynamo.exc", "torch._inductor.exc"):
         return True
     frames = traceback.extract_tb(error.__traceback__)
     return any(f.filename.endswith(os.path.join("torch", "_dynamo", "symbolic_convert.py")) for f in frames)

@@ -379,7 +379,12 @@ class WholeSolve:
             if not compiler_failed(e):
                 raise
             hint = ""
-            if "aliasing during higher order op tracing" in str(e):
+            if isinstance(e, torch._dynamo.exc.FailOnRecompileLimitHit):
+                hint = (
+                    " Its loop graph was compiled for eight state shapes or numbers of output times already;"
+                    " the per-step graphs do not depend on the number of output times."
+                )
+            elif "aliasing during higher order op tracing" in str(e):
                 # torch 2.13's while_loop lifts every read of ``tensor.T`` (a property of a parameter,
                 # buffer or global) as an input of its own, views of one tensor, which it refuses
                 hint = " If the field reads `.T` of a parameter or global tensor, write `.t()` (same values, compiles)."

@@ -238,14 +238,17 @@ class ODEBlock(nn.Module):
             )
         times = self.t if t is None else _as_times(t)
         times = times.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else times.dtype)
-        # a solve traced into an exported or compiled program cannot carry the counter's side effect
-        counting = self._counting()
-        field = self.func if in_users_graph(self.func, x) else counting
         params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
-        start = counting.calls
-        ys = integrate(field, x, times, self.settings, params)
-        self._calls_after_forward = counting.calls
-        self.nfe_forward = counting.calls - start
+        if in_users_graph(self.func, x):
+            # a solve traced into an exported or compiled program cannot carry the counter's side effect
+            ys = integrate(self.func, x, times, self.settings, params)
+            self.nfe_forward = 0
+        else:
+            counting = self._counting()
+            start = counting.calls
+            ys = integrate(counting, x, times, self.settings, params)
+            self._calls_after_forward = counting.calls
+            self.nfe_forward = counting.calls - start
         return ys if self.return_trajectory else ys[-1]
 
     def extra_repr(self) -> str:
