@@ -201,3 +201,21 @@ def test_a_compiled_block_compiles_on_its_first_step_only_and_counts_as_eager(fl
         for got, want in zip(grads_c, grads_e):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
     assert graphs["unique_graphs"] == after_first
+
+
+def test_a_block_of_an_unhashable_callable_solves_and_counts():
+    """The counting wrapper is kept per field object; a callable that cannot be a dict key (a
+    dataclass with ``eq=True``) gets a new wrapper per pass and still counts."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Decay:
+        rate: float
+
+        def __call__(self, t, y):
+            return -self.rate * y
+
+    block = ODEBlock(Decay(0.5), (0.0, 1.0), train_settings=TIGHT)
+    y0 = torch.ones(1, dtype=torch.float64)
+    torch.testing.assert_close(block(y0), torch.exp(torch.tensor([-0.5], dtype=torch.float64)), rtol=1e-7, atol=0)
+    assert block.nfe_forward > 0

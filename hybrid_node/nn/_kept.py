@@ -30,8 +30,13 @@ def kept_field(model: nn.Module, key: Hashable, make: Callable[[], F]) -> F:
         make: builds the field.
 
     Returns:
-        The kept field.
+        The kept field (a new one on every call when ``key`` cannot be hashed, e.g. a user's callable
+        that defines ``__eq__`` only).
     """
+    try:
+        hash(key)
+    except TypeError:
+        return make()
     fields = model.__dict__.setdefault("_kept_fields", {})
     field = fields.get(key)
     if field is None:
