@@ -708,18 +708,37 @@ def test_tuple_state_solves_share_one_graph(float64_default, one_thread, norm):
 
 
 @pytest.mark.slow
-def test_many_numbers_of_output_times_fall_back_to_step_graphs(float64_default, one_thread):
-    """A loop graph is compiled per number of output times; after torch's eight graphs of one function
-    the next count raised ``FailOnRecompileLimitHit`` (an ``Exception``, not one of torch's compiler
-    exception classes) out of the solve. Now the solves go on with per-step graphs after one warning
-    that says why, each the eager solution."""
+def test_numbers_of_output_times_share_power_of_two_graphs(float64_default, one_thread):
+    """A loop graph holds its output buffer: each number of output times was a graph of its own.
+    After the first number, others run with the next power of two of rows (the last time repeated,
+    the repeats dropped): seven numbers, five graphs, each solve the eager one (values and count)."""
     torch.manual_seed(0)
     field, y0 = CountingMLP(), torch.randn(4, 2)
+    graphs = torch._dynamo.utils.counters["stats"]
+    before = graphs["unique_graphs"]
+    with torch.no_grad():
+        for n in (5, 7, 12, 30, 6, 100, 9):  # graphs of 5, 8, 16, 32 and 128 rows
+            t = torch.linspace(0.0, 1.0, n)
+            got, want = _compiled(field, y0, t, rtol=1e-8, atol=1e-10), _eager(field, y0, t, rtol=1e-8, atol=1e-10)
+            assert got.ys.shape == want.ys.shape == (n, 4, 2)
+            torch.testing.assert_close(got.ys, want.ys, rtol=1e-10, atol=1e-12)
+            assert got.stats.nfe == want.stats.nfe
+    assert graphs["unique_graphs"] - before == 5
+
+
+@pytest.mark.slow
+def test_the_recompilation_limit_falls_back_to_step_graphs(float64_default, one_thread):
+    """After torch's eight graphs of one function (here eight batch sizes) the next one raised
+    ``FailOnRecompileLimitHit`` (an ``Exception``, not one of torch's compiler exception classes)
+    out of the solve. Now the solves go on with per-step graphs after one warning that says why,
+    each the eager solution."""
+    torch.manual_seed(0)
+    field, t = CountingMLP(), torch.linspace(0.0, 1.0, 4)
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for n in range(3, 13):
-            t = torch.linspace(0.0, 1.0, n)
+        for batch in range(1, 11):
+            y0 = torch.randn(batch, 2)
             got, want = _compiled(field, y0, t, rtol=1e-8, atol=1e-10), _eager(field, y0, t, rtol=1e-8, atol=1e-10)
             torch.testing.assert_close(got.ys, want.ys, rtol=1e-10, atol=1e-12)
     fallbacks = [str(w.message) for w in caught if "cannot be compiled" in str(w.message)]
-    assert len(fallbacks) == 1 and "number" in fallbacks[0] and "FailOnRecompileLimitHit" in fallbacks[0]
+    assert len(fallbacks) == 1 and "eight state shapes" in fallbacks[0] and "FailOnRecompileLimitHit" in fallbacks[0]

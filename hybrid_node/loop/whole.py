@@ -340,6 +340,18 @@ class WholeSolve:
             self._graphs[self.key] = compile_for(fn, cpu, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
+    def rows_for(self, n: int) -> int:
+        """How many output rows a forward solve over ``n`` output times runs with: ``n`` for the first
+        number of output times the graph sees (and for any it has seen), and for another number the
+        next power of two, the last time repeated (the repeats are written with the end state and
+        dropped; the steps are the same). A graph holds its output buffer, so each number of output
+        times is a graph of its own: solves over many different numbers (a latent ODE's union grids)
+        then share a few graphs instead of compiling one each (and running out of torch's eight)."""
+        seen = self._graphs.setdefault((self.key, "rows"), set())
+        rows = n if not seen or n in seen else 1 << (n - 1).bit_length()
+        seen.add(rows)
+        return rows
+
     @property
     def failed(self) -> bool:
         """The compiler rejected this field before (it is not tried again)."""
@@ -456,11 +468,13 @@ def integrate_whole(
         return None
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
     dt0 = None if heuristic else first_step_tensor(controller, y0.device)
-    tables = cached_tables(solver, ts, y0)
+    rows = graph.rows_for(len(ts))
+    tables = cached_tables(solver, list(ts) + [ts[-1]] * (rows - len(ts)), y0)
     out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0, 1), counters=counters)
     if out is None:
         return None
     ys, info = out
+    ys = ys[: len(ts)]
     values = info.tolist()  # the one host read of the solve
     status, t, dt, n_att, n_acc, n_rej = read_out(values)
     # the graph's evaluations: f0, the initial step's trial (when it is Hairer's), the attempts
