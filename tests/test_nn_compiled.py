@@ -70,32 +70,39 @@ def test_cnf_training_steps_compile_on_the_first_step_only(adjoint, trace):
     assert _graphs() == after_first
 
 
+def _three_calls_on_one_graph(call):
+    """``call(step) -> (compiled result, eager result)`` for three steps without autograd: equal, and
+    no graph compiled after the first step."""
+    after_first = None
+    for step in range(3):
+        with torch.no_grad():
+            got, want = call(step)
+        if after_first is None:
+            after_first = _graphs()
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    assert _graphs() == after_first
+
+
 def test_ode_rnn_evolves_every_gap_on_one_graph():
     """The per-sample gaps reach the kept field as a tensor the graph takes as an input."""
     eager, compiled = _pair(
         lambda options: ODERNN(obs_dim=1, hidden=4, ode_hidden=8, rtol=1e-9, atol=1e-11, options=options)
     )
     h = torch.randn(3, 4)
-    after_first = None
-    for step in range(3):
+
+    def call(step):
         gaps = torch.rand(3, generator=torch.Generator().manual_seed(step)) * 2 - 0.5
-        with torch.no_grad():
-            got, want = compiled.evolve(h, gaps), eager.evolve(h, gaps)
-        if after_first is None:
-            after_first = _graphs()
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
-    assert _graphs() == after_first
+        return compiled.evolve(h, gaps), eager.evolve(h, gaps)
+
+    _three_calls_on_one_graph(call)
 
 
 def test_latent_ode_with_an_intensity_channel_solves_on_one_graph():
     eager, compiled = _pair(lambda options: LatentODE(obs_dim=2, poisson=True, rtol=1e-9, atol=1e-11, options=options))
     times = torch.linspace(0.1, 2.0, 5)
-    after_first = None
-    for step in range(3):
+
+    def call(step):
         z0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(step))
-        with torch.no_grad():
-            got, want = compiled.latent_trajectory(z0, times), eager.latent_trajectory(z0, times)
-        if after_first is None:
-            after_first = _graphs()
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
-    assert _graphs() == after_first
+        return compiled.latent_trajectory(z0, times), eager.latent_trajectory(z0, times)
+
+    _three_calls_on_one_graph(call)
