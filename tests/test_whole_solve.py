@@ -727,6 +727,27 @@ def test_numbers_of_output_times_share_power_of_two_graphs(float64_default, one_
 
 
 @pytest.mark.slow
+def test_adjoint_gradients_through_a_padded_forward_graph(float64_default, one_thread):
+    """The backsolve adjoint's forward pass over a second number of output times runs the padded
+    forward graph (9 times in 16 rows) and reads the outputs it keeps: the eager gradients."""
+    torch.manual_seed(0)
+    field, y0 = CountingMLP(), torch.randn(4, 2)
+    for n in (5, 9):
+        t, target = torch.linspace(0.0, 1.0, n), torch.randn(n, 4, 2)
+        grads = []
+        for solver in (hn.Dopri5(), hn.Dopri5().compiled()):
+            field.zero_grad()
+            ctrl = hn.PIDController(rtol=1e-9, atol=1e-11)
+            sol = hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=hn.BacksolveAdjoint())
+            ((sol.ys - target) ** 2).sum().backward()
+            grads.append([p.grad.clone() for p in field.parameters()])
+        for got, want in zip(grads[1], grads[0]):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    rows = [seen for key, seen in whole._CACHE[field].items() if key[-1] == "rows"]
+    assert rows == [{5, 16}]  # the forward graph's row counts
+
+
+@pytest.mark.slow
 def test_the_recompilation_limit_falls_back_to_step_graphs(float64_default, one_thread):
     """After torch's eight graphs of one function (here eight batch sizes) the next one raised
     ``FailOnRecompileLimitHit`` (an ``Exception``, not one of torch's compiler exception classes)
