@@ -357,3 +357,27 @@ def test_errors_raised_while_the_compiler_traces_are_its_failures():
     assert compiler_failed(torch._dynamo.exc.Unsupported("no"))
     assert compiler_failed(raised("assert False, 'Expected FakeTensor'", tracer))
     assert not compiler_failed(raised("raise ValueError('shape mismatch')", "user_field.py"))
+
+
+def test_a_function_made_anew_for_every_solve_is_warned_about(float64_default, one_thread, monkeypatch):
+    """The graphs are cached per field object: a lambda defined inside the training step compiles
+    anew for every solve. The third function object of one code to compile gets a warning naming
+    it; a field defined once never does."""
+    from hybrid_node.loop import compiled_step
+
+    monkeypatch.setattr(compiled_step, "_FUNCTIONS", {})
+    monkeypatch.setattr(compiled_step, "_compile", lambda fn, mode=None: fn)  # no compilation needed
+    y0, t = torch.ones(3, 2), torch.linspace(0.0, 1.0, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        options = {"compile": True, "step_size": 0.5}
+        for scale in (0.5, 0.6, 0.7):
+            hn.odeint(lambda t, y, s=scale: -s * y, y0, t, method="rk4", options=options)
+
+        def decay(t, y):
+            return -y
+
+        for _ in range(3):
+            hn.odeint(decay, y0, t, method="rk4", options=options)
+    messages = [str(w.message) for w in caught if "function objects" in str(w.message)]
+    assert len(messages) == 1 and "<lambda>" in messages[0] and "Define the field once" in messages[0]

@@ -15,7 +15,7 @@ from test_whole_solve import CountingMLP
 
 import hybrid_node as hn
 from hybrid_node.interpolation import PolynomialInterpolant
-from hybrid_node.loop import whole, whole_segments
+from hybrid_node.loop import compiled_step, whole, whole_segments
 from hybrid_node.loop.device import Tables
 
 
@@ -154,7 +154,7 @@ def test_compiled_segment_graph_gives_the_eager_gradients_and_is_reused(field):
         assert graphs - before == 2
         again = _gradients(field, hn.Dopri5().compiled(), checkpoints=5)[1]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-    keys = [key for key in whole._CACHE[field] if key[0] == "whole_solve"]
+    keys = [key for key in compiled_step._CACHE[field] if key[0] == "whole_solve"]
     assert any(key[1][0] == "interpolating" for key in keys)
     eager_stats, eager = _gradients(field, hn.Dopri5(), checkpoints=5)
     assert stats.n_steps_backward == eager_stats.n_steps_backward

@@ -12,7 +12,7 @@ import torch
 from conftest import CountingMLP
 
 import hybrid_node as hn
-from hybrid_node.loop import whole
+from hybrid_node.loop import compiled_step, whole
 from hybrid_node.loop.graph_inputs import tolerance_tensor
 from hybrid_node.solvers.registry import METHOD_SPECS
 
@@ -236,7 +236,7 @@ def test_dopri8_whole_graph_equals_eager_steps(field):
         warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
         eager = _eager(field, y0, t, "dopri8", rtol=1e-7, atol=1e-9)
         comp = _compiled(field, y0, t, "dopri8", rtol=1e-7, atol=1e-9)
-    assert any(key[0] == "whole_solve" for key in whole._CACHE[field])
+    assert any(key[0] == "whole_solve" for key in compiled_step._CACHE[field])
     # every output is the dense output of some step (none falls on a step's end), so the test covers it
     assert float((comp.ys - eager.ys).abs().max()) <= 1e-12 * float(eager.ys.abs().max())
     assert (comp.stats.n_accepted, comp.stats.n_rejected) == (eager.stats.n_accepted, eager.stats.n_rejected)
@@ -266,7 +266,7 @@ def test_direct_backprop_with_compile_falls_back_to_step_graphs_with_eager_gradi
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the per-step graphs compile: no eager fallback
         fast = gradients({"compile": True})
-    graphs = whole._CACHE[field]
+    graphs = compiled_step._CACHE[field]
     assert not any(key[0] == "whole_solve" for key in graphs if isinstance(key[0], str))
     assert any(len(key) == 3 and key[2] is True for key in graphs)  # the adaptive step graph ran
     for a, b in zip(fast, gradients({})):
@@ -298,7 +298,7 @@ def test_backsolve_backward_pass_runs_in_the_whole_graph_with_eager_gradients(fi
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         again = gradients(hn.Dopri5().compiled())[1]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # no recompilation
-    keys = [key for key in whole._CACHE[field] if key[0] == "whole_solve"]
+    keys = [key for key in compiled_step._CACHE[field] if key[0] == "whole_solve"]
     assert any(isinstance(key[1], tuple) and key[1][0] == "backsolve" for key in keys)  # the augmented field
     eager_stats, eager, eager_calls = gradients(hn.Dopri5())
     assert fast_stats.n_steps_backward == eager_stats.n_steps_backward > 0
@@ -743,7 +743,7 @@ def test_adjoint_gradients_through_a_padded_forward_graph(float64_default, one_t
             grads.append([p.grad.clone() for p in field.parameters()])
         for got, want in zip(grads[1], grads[0]):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
-    rows = [seen for key, seen in whole._CACHE[field].items() if key[-1] == "rows"]
+    rows = [seen for key, seen in compiled_step._CACHE[field].items() if key[-1] == "rows"]
     assert rows == [{5, 16}]  # the forward graph's row counts
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -50,6 +51,45 @@ _CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
 
 #: fields whose compilation failure was reported (one warning per field, however many graphs fall back)
 _WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+#: code object of a function field -> (function objects compiled for, the live ones): a function made
+#: anew for every solve (a lambda in the training step) is another owner, compiled anew every time
+_FUNCTIONS: dict = {}
+
+#: how many function objects of one code may compile before :func:`graphs_of` warns
+FUNCTION_OBJECTS_WARNED = 3
+
+
+def graphs_of(owner) -> dict:
+    """The compiled graphs cached for the field ``owner`` (empty for a field not compiled before; a
+    new dict every time for one that cannot be weakly referenced, which is then compiled per solve).
+
+    The graphs are cached per field object. The third function object of one code that compiles
+    (a ``lambda`` or closure defined inside the training step, made anew for every solve) gets a
+    warning saying so: each such solve compiles its graphs again, which no error would reveal.
+    """
+    try:
+        graphs = _CACHE.get(owner)
+    except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
+        return {}
+    if graphs is None:
+        graphs = _CACHE[owner] = {}
+        if isinstance(owner, types.FunctionType):
+            count, live = _FUNCTIONS.setdefault(owner.__code__, [0, weakref.WeakSet()])
+            if owner not in live:
+                live.add(owner)
+                _FUNCTIONS[owner.__code__][0] = count = count + 1
+                if count == FUNCTION_OBJECTS_WARNED:
+                    warnings.warn(
+                        f"compile=True compiled graphs for {count} function objects of {owner.__qualname__} "
+                        f"({owner.__code__.co_filename}:{owner.__code__.co_firstlineno}): the graphs are cached "
+                        "per field object, so a function made anew for every solve (a lambda in the training "
+                        "step) compiles anew every time. Define the field once and pass the same object.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+    return graphs
 
 
 def compiler_failed(error: Exception) -> bool:
@@ -178,10 +218,7 @@ class CompiledAttempt:
         self._step_key = (pure.key, solver, self.adaptive)
         self._field_key = (pure.key, "field")
         self._counters_key = (pure.key, "counters")
-        try:
-            self._graphs = _CACHE.setdefault(pure.owner, {})
-        except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
-            self._graphs = {}
+        self._graphs = graphs_of(pure.owner)
         if self._step_key not in self._graphs:
             self._graphs[self._step_key] = _build_attempt(pure.field, solver, self.adaptive)
             self._graphs[self._field_key] = _compile(pure.field)

@@ -60,7 +60,7 @@ from .._term import Term
 from ..controllers import PIDController, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, _compile, compiler_failed, warn_fallback
+from .compiled_step import PureField, _compile, compiler_failed, graphs_of, warn_fallback
 from .core import RUNNING, TENSOR
 from .host import Integration, first_step
 
@@ -386,10 +386,7 @@ class DeviceRuns:
         if compile:
             mode = "reduce-overhead" if self.cuda_graphs else None
             self._key = ("device_loop", pure.key, solver, c, mode)
-            try:
-                self._graphs = _CACHE.setdefault(pure.owner, {})
-            except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
-                self._graphs = {}
+            self._graphs = graphs_of(pure.owner)
             if self._key not in self._graphs:
                 self._graphs[self._key] = _compile(self.eager, mode=mode)
 

@@ -68,7 +68,7 @@ from ..controllers import PIDController, first_trial_step, initial_step_from_tri
 from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
-from .compiled_step import _CACHE, PureField, compiler_failed, term_field, warn_fallback
+from .compiled_step import PureField, compiler_failed, graphs_of, term_field, warn_fallback
 from .core import RUNNING
 from .counters import advance, frozen_counters, number_modules, probe
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
@@ -314,10 +314,7 @@ class WholeSolve:
         self.norm = norm
         variant = (start, heuristic) if start == "forward" else (start, *variant)
         self.key = ("whole_solve", pure.key, solver, c, norm_key, device_type) + variant
-        try:
-            self._graphs = _CACHE.setdefault(pure.owner, {})
-        except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
-            self._graphs = {}
+        self._graphs = graphs_of(pure.owner)
         if self.key not in self._graphs:
             # fullgraph: a graph break inside while_loop is an error anyway; saying so up front makes
             # the failure immediate and the fallback clean
