@@ -219,3 +219,19 @@ def test_a_block_of_an_unhashable_callable_solves_and_counts():
     y0 = torch.ones(1, dtype=torch.float64)
     torch.testing.assert_close(block(y0), torch.exp(torch.tensor([-0.5], dtype=torch.float64)), rtol=1e-7, atol=0)
     assert block.nfe_forward > 0
+
+
+def test_a_replaced_field_is_solved_and_counted_and_the_state_dict_is_unchanged():
+    """The counting wrapper is kept per field object outside the block's submodules: after
+    ``block.func`` is replaced the new field is solved and counted, and the block's parameters and
+    state dict name only the field's own."""
+    first, second = Linear(A.clone()), Linear(-A.clone())
+    block = ODEBlock(first, (0.0, 1.0), train_settings=TIGHT)
+    y0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    block(y0)
+    block.func = second
+    got = block(y0)
+    want = torch.linalg.matrix_exp(-A) @ y0[0]
+    torch.testing.assert_close(got[0], want, rtol=1e-8, atol=1e-10)
+    assert second.calls == block.nfe_forward > 0
+    assert list(block.state_dict()) == ["func.a"] and len(list(block.parameters())) == 1
