@@ -53,8 +53,8 @@ _CACHE: weakref.WeakKeyDictionary[Callable, dict] = weakref.WeakKeyDictionary()
 _WARNED: weakref.WeakSet = weakref.WeakSet()
 
 
-#: code object of a function field -> (function objects compiled for, the live ones): a function made
-#: anew for every solve (a lambda in the training step) is another owner, compiled anew every time
+#: code object of a function field -> how many function objects of it compiled: a function made anew
+#: for every solve (a lambda in the training step) is another owner, compiled anew every time
 _FUNCTIONS: dict = {}
 
 #: how many function objects of one code may compile before :func:`graphs_of` warns
@@ -73,22 +73,19 @@ def graphs_of(owner) -> dict:
         graphs = _CACHE.get(owner)
     except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
         return {}
-    if graphs is None:
+    if graphs is None:  # a field object not seen before (a live one stays in the cache)
         graphs = _CACHE[owner] = {}
         if isinstance(owner, types.FunctionType):
-            count, live = _FUNCTIONS.setdefault(owner.__code__, [0, weakref.WeakSet()])
-            if owner not in live:
-                live.add(owner)
-                _FUNCTIONS[owner.__code__][0] = count = count + 1
-                if count == FUNCTION_OBJECTS_WARNED:
-                    warnings.warn(
-                        f"compile=True compiled graphs for {count} function objects of {owner.__qualname__} "
-                        f"({owner.__code__.co_filename}:{owner.__code__.co_firstlineno}): the graphs are cached "
-                        "per field object, so a function made anew for every solve (a lambda in the training "
-                        "step) compiles anew every time. Define the field once and pass the same object.",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
+            count = _FUNCTIONS[owner.__code__] = _FUNCTIONS.get(owner.__code__, 0) + 1
+            if count == FUNCTION_OBJECTS_WARNED:
+                warnings.warn(
+                    f"compile=True compiled graphs for {count} function objects of {owner.__qualname__} "
+                    f"({owner.__code__.co_filename}:{owner.__code__.co_firstlineno}): the graphs are cached "
+                    "per field object, so a function made anew for every solve (a lambda in the training "
+                    "step) compiles anew every time. Define the field once and pass the same object.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
     return graphs
 
 
