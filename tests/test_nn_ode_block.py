@@ -235,3 +235,21 @@ def test_a_replaced_field_is_solved_and_counted_and_the_state_dict_is_unchanged(
     torch.testing.assert_close(got[0], want, rtol=1e-8, atol=1e-10)
     assert second.calls == block.nfe_forward > 0
     assert list(block.state_dict()) == ["func.a"] and len(list(block.parameters())) == 1
+
+
+def test_a_replaced_field_is_not_kept_alive_by_the_block():
+    """The block keeps one counting wrapper per field object; replacing the field drops the wrapper
+    of the old one at the next forward pass, so the old module can be freed."""
+    import gc
+    import weakref
+
+    block = ODEBlock(Linear(A.clone()), (0.0, 1.0), train_settings=TIGHT)
+    y0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    block(y0)
+    old = weakref.ref(block.func)
+    for k in range(3):
+        block.func = Linear((k + 2) * A.clone())
+        block(y0)
+    gc.collect()
+    assert old() is None
+    assert len(block.__dict__["_kept_fields"]) == 1

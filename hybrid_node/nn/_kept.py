@@ -22,7 +22,8 @@ def kept_field(model: nn.Module, key: Hashable, make: Callable[[], F]) -> F:
 
     Kept in the model's instance dict, not registered as a submodule, so the model's parameter names
     and state dict are unchanged. Modules in ``key`` compare by identity: a replaced submodule gets a
-    new field.
+    new field, and the fields built for modules that are no longer the model's are dropped then (with
+    the graphs compiled for them), so replacing a submodule again and again keeps no old one alive.
 
     Args:
         model: the model the field belongs to.
@@ -40,5 +41,13 @@ def kept_field(model: nn.Module, key: Hashable, make: Callable[[], F]) -> F:
     fields = model.__dict__.setdefault("_kept_fields", {})
     field = fields.get(key)
     if field is None:
+        live = {id(m) for m in model.modules()}
+        for stale in [k for k in fields if not _modules_live(k, live)]:
+            del fields[stale]
         field = fields[key] = make()
     return field
+
+
+def _modules_live(key: Hashable, live: set[int]) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return all(id(part) in live for part in parts if isinstance(part, nn.Module))
