@@ -601,3 +601,38 @@ def test_cuda_backward_enters_the_engine_on_the_calling_thread():
     ys.square().sum().backward()
     assert seen == [threading.get_ident()]
     assert y0.grad.device.type == "cuda" and all(p.grad.device.type == "cuda" for p in func.parameters())
+
+
+# ---------------------------------------------------------------- ODEBlock on the Julia backend
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_ode_block_keeps_the_native_path_and_counts_its_evaluations(monkeypatch, native):
+    """An ODEBlock whose field has ``mlp_spec()`` reaches the Julia engine as the native MLP (the
+    torch module is never called; the count is the engine's), a field without it as callbacks (counted
+    by the block); both give the torch backend's states and gradients."""
+    from hybrid_node.nn import ODEBlock, SolveSettings
+
+    monkeypatch.setattr(julia_runtime, "load_module", lambda: None)
+    monkeypatch.setattr(jb, "JuliaEngine", lambda module: StandinEngine())
+    net = _net(3, 2)
+    func = MLPVectorField(net, time_input=True) if native else PlainMLP(net)
+    calls = []
+    func.register_forward_hook(lambda *args: calls.append(1))
+    settings = dict(rtol=1e-10, atol=1e-10, sensitivity=InterpolatingAdjoint())
+    block = ODEBlock(func, (0.0, 1.0), train_settings=SolveSettings(**settings, backend="julia"))
+    x = torch.tensor([[0.3, -0.2], [0.1, 0.5]], dtype=torch.float64)
+    y = block(x)
+    assert block.nfe_forward > 0
+    assert (len(calls) == 0) if native else (len(calls) >= block.nfe_forward)
+    y.square().sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    assert block.nfe_backward == 0 if native else block.nfe_backward > 0
+
+    net.zero_grad()
+    reference = ODEBlock(PlainMLP(net), (0.0, 1.0), train_settings=SolveSettings(**settings, backend="torch"))
+    want = reference(x)
+    want.square().sum().backward()
+    torch.testing.assert_close(y, want, rtol=1e-7, atol=1e-9)
+    for got, expected in zip(grads, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-8)

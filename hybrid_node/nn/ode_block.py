@@ -7,7 +7,10 @@ the block picks from ``self.training``, e.g. a loose tolerance to train and a ti
 
 The block counts evaluations of its vector field: ``nfe_forward`` after each forward pass and
 ``nfe_backward`` after the following ``backward()`` (zero for :class:`DirectBackprop`, whose
-backward pass replays the recorded graph without calling the field).
+backward pass replays the recorded graph without calling the field). A field the Julia backend
+evaluates natively (one with a translatable ``mlp_spec()``, :mod:`hybrid_node.julia.translate`) is
+never called from Julia: its forward count is the Julia solve's, and its backward pass is not
+counted (``nfe_backward`` stays 0).
 
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations",
 NeurIPS 2018.
@@ -23,8 +26,9 @@ import torch
 from torch import nn
 
 from .._api import in_users_graph, solve
-from .._backend import BACKENDS
+from .._backend import BACKENDS, resolve_backend
 from .._registry import build_solver
+from .._solution import Solution
 from ..sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -113,8 +117,8 @@ def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
 
 def integrate(
     func: Callable, y0: torch.Tensor, t: torch.Tensor, settings: SolveSettings, params: Sequence[torch.Tensor] = ()
-) -> torch.Tensor:
-    """Solve ``dy/dt = func(t, y)`` from ``y0`` and return the states at ``t`` (shape (len(t), *y0.shape)).
+) -> Solution:
+    """Solve ``dy/dt = func(t, y)`` from ``y0``; ``ys`` of the solution are the states at ``t``.
 
     Args:
         func: the vector field ``f(t, y)``.
@@ -124,7 +128,7 @@ def integrate(
         params: the parameters the adjoint methods differentiate with respect to.
 
     Returns:
-        The solution at ``t``.
+        The :class:`~hybrid_node.Solution` (a tensor ``y0`` gives a tensor ``ys``).
 
     Raises:
         ValueError: for an unknown method or option.
@@ -132,7 +136,7 @@ def integrate(
         SolverError: if the solve fails.
     """
     solver, controller, extras = build_solver(settings.method, settings.options, settings.rtol, settings.atol)
-    sol = solve(
+    return solve(
         func,
         y0,
         t,
@@ -145,8 +149,6 @@ def integrate(
         step_t=extras.get("step_t", ()),
         t_dtype=extras.get("t_dtype"),
     )
-    # A tensor y0 gives a tensor of states (only tuple states give a tuple).
-    return cast(torch.Tensor, sol.ys)
 
 
 class ODEBlock(nn.Module):
@@ -241,15 +243,29 @@ class ODEBlock(nn.Module):
         params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
         if in_users_graph(self.func, x):
             # a solve traced into an exported or compiled program cannot carry the counter's side effect
-            ys = integrate(self.func, x, times, self.settings, params)
+            ys = integrate(self.func, x, times, self.settings, params).ys
             self.nfe_forward = 0
+        elif self._julia_native():
+            # the counting wrapper would hide mlp_spec() and send every evaluation through callbacks
+            sol = integrate(self.func, x, times, self.settings, params)
+            ys, self.nfe_forward = sol.ys, sol.stats.nfe
+            self._calls_after_forward = self._counting().calls
         else:
             counting = self._counting()
             start = counting.calls
-            ys = integrate(counting, x, times, self.settings, params)
+            ys = integrate(counting, x, times, self.settings, params).ys
             self._calls_after_forward = counting.calls
             self.nfe_forward = counting.calls - start
+        ys = cast(torch.Tensor, ys)  # a tensor x gives a tensor of states (only tuple states give a tuple)
         return ys if self.return_trajectory else ys[-1]
+
+    def _julia_native(self) -> bool:
+        """Whether the Julia backend solves this block's field natively (never calling it)."""
+        if resolve_backend(self.settings.backend) != "julia":
+            return False
+        from ..julia.translate import translate_mlp  # (no Julia needed; the torch backend never asks)
+
+        return translate_mlp(self.func)[0] is not None
 
     def extra_repr(self) -> str:
         return (
