@@ -727,12 +727,13 @@ def test_numbers_of_output_times_share_power_of_two_graphs(float64_default, one_
 
 
 @pytest.mark.slow
-def test_adjoint_gradients_through_a_padded_forward_graph(float64_default, one_thread):
-    """The backsolve adjoint's forward pass over a second number of output times runs the padded
-    forward graph (9 times in 16 rows) and reads the outputs it keeps: the eager gradients."""
+def test_adjoint_gradients_through_padded_graphs(float64_default, one_thread):
+    """The backsolve adjoint over other numbers of output times runs padded graphs: the forward pass
+    (9 times in 16 rows, 6 in 8) reads the outputs it keeps, and the backward pass ends at the true
+    first time, before the padded rows, whose impulses would reset the state: the eager gradients."""
     torch.manual_seed(0)
     field, y0 = CountingMLP(), torch.randn(4, 2)
-    for n in (5, 9):
+    for n in (5, 9, 6):
         t, target = torch.linspace(0.0, 1.0, n), torch.randn(n, 4, 2)
         grads = []
         for solver in (hn.Dopri5(), hn.Dopri5().compiled()):
@@ -743,8 +744,8 @@ def test_adjoint_gradients_through_a_padded_forward_graph(float64_default, one_t
             grads.append([p.grad.clone() for p in field.parameters()])
         for got, want in zip(grads[1], grads[0]):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
-    rows = [seen for key, seen in compiled_step._CACHE[field].items() if key[-1] == "rows"]
-    assert rows == [{5, 16}]  # the forward graph's row counts
+    rows = {key[0][6]: seen for key, seen in compiled_step._CACHE[field].items() if key[-1] == "rows"}
+    assert rows == {"forward": {5, 16, 8}, "impulses": {5, 16, 8}}  # each graph's row counts
 
 
 @pytest.mark.slow

@@ -159,11 +159,15 @@ class Impulses(NamedTuple):
 
     Attributes:
         keep: (m,) multipliers (0 resets a component, 1 keeps it).
-        add: (T - 1, m) what is added at each output (the last row is never used).
+        add: (rows - 1, m) what is added at each output (rows T - 1 and after are never used).
+        count: (1,) int64, the number T of output times; the table of output times may hold more
+            rows (padding, see :meth:`~hybrid_node.loop.whole.WholeSolve.rows_for`), which the
+            loop never reaches: it ends at output T - 1.
     """
 
     keep: torch.Tensor
     add: torch.Tensor
+    count: torch.Tensor
 
 
 def _impulse(impulses: Impulses, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -282,11 +286,12 @@ def attempt(
     active = s.status == RUNNING
     status = torch.where(active, core.precheck(TENSOR, c, s.n_att, s.t, s.dt), s.status)
     active = status == RUNNING
-    last = tables.ts.shape[0] - 1
     if impulses is None:
+        n_out = tables.ts.shape[0]
         stop = tables.ts[-1]
     else:  # the next output time (an index_select: a tensor index would be specialised by the compiler)
-        stop = tables.ts.index_select(0, s.i_out.clamp(max=last).reshape(1)).reshape(())
+        n_out = impulses.count.reshape(())
+        stop = tables.ts.index_select(0, s.i_out.clamp(max=n_out - 1).reshape(1)).reshape(())
     lands, step_dt, t1 = core.landing(TENSOR, s.t, s.dt, stop, c.max_step)
     step_dt = torch.where(active, step_dt, 0.0)  # an ended solve attempts a zero step (a no-op)
     step = solver.step(field, s.t, s.y, s.f0, step_dt)
@@ -309,7 +314,7 @@ def attempt(
         y_end = y1
         outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, f1, own)
     else:  # steps end at the output times: nothing to interpolate, and only the end state is kept
-        jumped = accepted & lands & (s.i_out < last)
+        jumped = accepted & lands & (s.i_out < n_out - 1)
         y_end = torch.where(jumped, _impulse(impulses, s.i_out, y1), y1)
         f1 = torch.cond(jumped, lambda y, f: field(t1, y), lambda y, f: f.clone(), (y_end, f1))
         outs, i_out = s.outs.clone(), s.i_out + (accepted & lands).long()  # a loop may not return its input
@@ -317,7 +322,7 @@ def attempt(
     nonfinite = ~torch.isfinite(ratio)
     last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))
     dt, r1, r2 = core.propose(TENSOR, c, step_dt, ratio, accepted, s.r1, s.r2)
-    done = accepted & (i_out >= tables.ts.shape[0])
+    done = accepted & (i_out >= n_out)
     dt, code = core.settle(TENSOR, c, done, t, dt, step_dt, last_nonfinite)
     status = torch.where(active, code, status)
     return LoopState(

@@ -338,12 +338,13 @@ class WholeSolve:
             self._graphs[(self.key, "first")] = True
 
     def rows_for(self, n: int) -> int:
-        """How many output rows a forward solve over ``n`` output times runs with: ``n`` for the first
-        number of output times the graph sees (and for any it has seen), and for another number the
-        next power of two, the last time repeated (the repeats are written with the end state and
-        dropped; the steps are the same). A graph holds its output buffer, so each number of output
-        times is a graph of its own: solves over many different numbers (a latent ODE's union grids)
-        then share a few graphs instead of compiling one each (and running out of torch's eight)."""
+        """How many output rows a solve over ``n`` output times runs with: ``n`` for the first number
+        of output times the graph sees (and for any it has seen), and for another number the next
+        power of two, the last time repeated (a forward solve writes the repeats with the end state
+        and they are dropped; an "impulses" solve ends before them; the steps are the same). A graph
+        holds its tables of output times, so each number of output times is a graph of its own:
+        solves over many different numbers (a latent ODE's union grids) then share a few graphs
+        instead of compiling one each (and running out of torch's eight)."""
         seen = self._graphs.setdefault((self.key, "rows"), set())
         rows = n if not seen or n in seen else 1 << (n - 1).bit_length()
         seen.add(rows)
