@@ -160,14 +160,14 @@ class Impulses(NamedTuple):
     Attributes:
         keep: (m,) multipliers (0 resets a component, 1 keeps it).
         add: (rows - 1, m) what is added at each output (rows T - 1 and after are never used).
-        count: (1,) int64, the number T of output times; the table of output times may hold more
+        outputs: (1,) int64, the number T of output times; the table of output times may hold more
             rows (padding, see :meth:`~hybrid_node.loop.whole.WholeSolve.rows_for`), which the
             loop never reaches: it ends at output T - 1.
     """
 
     keep: torch.Tensor
     add: torch.Tensor
-    count: torch.Tensor
+    outputs: torch.Tensor
 
 
 def _impulse(impulses: Impulses, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -286,11 +286,12 @@ def attempt(
     active = s.status == RUNNING
     status = torch.where(active, core.precheck(TENSOR, c, s.n_att, s.t, s.dt), s.status)
     active = status == RUNNING
+    n_out: int | torch.Tensor
     if impulses is None:
         n_out = tables.ts.shape[0]
         stop = tables.ts[-1]
     else:  # the next output time (an index_select: a tensor index would be specialised by the compiler)
-        n_out = impulses.count.reshape(())
+        n_out = impulses.outputs.reshape(())
         stop = tables.ts.index_select(0, s.i_out.clamp(max=n_out - 1).reshape(1)).reshape(())
     lands, step_dt, t1 = core.landing(TENSOR, s.t, s.dt, stop, c.max_step)
     step_dt = torch.where(active, step_dt, 0.0)  # an ended solve attempts a zero step (a no-op)

@@ -109,7 +109,7 @@ def integrate_whole_impulses(
     # no output rows: every step ends at an output time, and only the end state is kept
     packed = pack(initial_state(x0, f0, rs[0], dt0, 1))
     # another number of output times runs in a graph padded as the forward ones (rows_for): the end
-    # time repeated, rows of nothing to add, all past impulses.count, where the loop ends
+    # time repeated, rows of nothing to add, all past impulses.outputs, where the loop ends
     rows = graph.rows_for(len(rs))
     tables = make_tables(solver, list(rs) + [rs[-1]] * (rows - len(rs)), x0)
     pad = impulses.add.new_zeros(rows - len(rs), impulses.add.shape[1])

@@ -183,7 +183,7 @@ def output_impulses(ys: torch.Tensor, grad_ys: torch.Tensor) -> Impulses:
     back = torch.arange(len(ys) - 2, -1, -1, device=ys.device)  # rows j - 1 for j = 1 .. T - 1
     keep = torch.cat([torch.zeros(n, dtype=ys.dtype), torch.ones(n, dtype=ys.dtype)]).to(ys.device)
     rows = torch.cat([ys.reshape(len(ys), -1)[back], grad_ys.reshape(len(ys), -1)[back].to(ys.dtype)], dim=1)
-    return Impulses(keep=keep, add=rows, count=torch.tensor([len(ys)], device=ys.device))
+    return Impulses(keep=keep, add=rows, outputs=torch.tensor([len(ys)], device=ys.device))
 
 
 def traceable_augmented_field(
