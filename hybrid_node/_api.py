@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -114,15 +114,30 @@ def solve(
         return _solve_external(
             func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
         )
-    if (
-        in_users_graph(func, y0)
-        and isinstance(controller, PIDController)
-        and isinstance(y0, torch.Tensor)
-        and _traceable(solver, controller, y0, event_fn, jump_t, step_t)
-    ):
-        # a tracer cannot follow the host loop's reads: the solve is traced as one while_loop
-        ys = odeint_graph(func, y0, t, solver, rtol=controller.rtol, atol=controller.atol)
-        return Solution(ts=t, ys=ys, stats=Stats(), status=Status.SUCCESS)
+    if in_users_graph(func, y0):
+        why = _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t)
+        if not why:
+            # a tracer cannot follow the host loop's reads: the solve is traced as one while_loop
+            ys = odeint_graph(func, cast(torch.Tensor, y0), t, solver, cast(PIDController, controller), t_dtype)
+            return Solution(ts=t, ys=ys, stats=Stats(), status=Status.SUCCESS)
+        if torch.compiler.is_exporting():
+            raise ValueError(
+                f"torch.export traces a solve as one adaptive loop, which this solve cannot be ({why}): use "
+                "dopri5, tsit5, bosh3 or dopri8 with a PIDController of float tolerances on a tensor state, "
+                "without events, jump_t/step_t or throw=False, or run this solve outside torch.export."
+            )
+    # inside the user's torch.compile the host loop runs as it runs untraced, behind a graph break
+    # (traced, its host numbers became symbolic: other steps, torch's guard errors)
+    host = _solve_host_untraced if torch.compiler.is_compiling() else _solve_host
+    events = dict(event_fn=event_fn, event_t_end=event_t_end, per_sample_events=per_sample_events, event=event)
+    return host(func, y0, t, solver, controller, sensitivity, adjoint_params, jump_t, step_t, t_dtype, throw, **events)
+
+
+def _solve_host(
+    func, y0, t, solver, controller, sensitivity, adjoint_params, jump_t, step_t, t_dtype, throw, *, event_fn,
+    event_t_end, per_sample_events, event,
+) -> Solution:  # fmt: skip
+    """:func:`solve` with the host loops (its arguments checked, the backend the torch one)."""
     if isinstance(controller, PIDController):
         solver = solver.with_tolerances(controller.rtol, controller.atol)  # implicit solvers' Newton test
     if event_t_end is not None and event_fn is None:
@@ -157,6 +172,10 @@ def solve(
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
 
 
+#: :func:`_solve_host` run by the interpreter when the user's torch.compile reaches it (a graph break)
+_solve_host_untraced = torch.compiler.disable(_solve_host, recursive=True)
+
+
 def _check_transform_settings(backend: str, sensitivity) -> None:
     """Refuse, with the fix, what a ``torch.func`` transform cannot run (:mod:`hybrid_node.loop.transformed`)."""
     if backend == "julia":
@@ -187,8 +206,8 @@ def in_users_graph(func, y0) -> bool:
     """Whether this solve is being traced into the caller's own graph, where it runs as
     :func:`hybrid_node.loop.whole.odeint_graph`: always under ``torch.export``; under ``torch.compile``
     (e.g. of a model holding an ODE block) when no gradient can flow through it. A differentiated
-    solve keeps the host loop, which ``torch.compile`` runs between graph breaks: autograd through
-    the traced ``while_loop`` is not trusted (docs/compiled_solve.md)."""
+    solve keeps the host loop, run untraced behind a graph break: autograd through the traced
+    ``while_loop`` is not trusted (docs/compiled_solve.md)."""
     if torch.compiler.is_exporting():
         return True
     if not torch.compiler.is_compiling():
@@ -201,19 +220,21 @@ def in_users_graph(func, y0) -> bool:
     return not any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
 
 
-def _traceable(solver, controller, y0, event_fn, jump_t, step_t) -> bool:
-    """Whether :func:`hybrid_node.loop.whole.odeint_graph` can stand for this solve under torch.export."""
-    return bool(
-        solver.supports_whole_solve
-        and type(controller) is PIDController
-        and controller == PIDController(rtol=controller.rtol, atol=controller.atol)  # default settings
-        and isinstance(controller.rtol, float)
-        and isinstance(controller.atol, float)
-        and isinstance(y0, torch.Tensor)
-        and event_fn is None
-        and not jump_t
-        and not step_t
-    )
+def _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t) -> str:
+    """Why :func:`hybrid_node.loop.whole.odeint_graph` cannot stand for this solve in a traced program
+    ("" when it can: it runs the same steps as the host loop and returns the same states)."""
+    tolerances = (controller.rtol, controller.atol) if isinstance(controller, PIDController) else ()
+    reasons = {
+        f"the method {solver.name!r}": not getattr(solver, "supports_whole_solve", False),
+        f"the controller {type(controller).__name__}": type(controller) is not PIDController,
+        "per-sample step control": getattr(controller, "per_sample", False),
+        "tolerances that are tensors": any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in tolerances),
+        "a tuple state": not isinstance(y0, torch.Tensor),
+        "throw=False": not throw,
+        "events": event_fn is not None or event is not None or per_sample_events,
+        "jump_t/step_t": bool(jump_t) or bool(step_t),
+    }
+    return ", ".join(reason for reason, applies in reasons.items() if applies)
 
 
 def _solve_external(

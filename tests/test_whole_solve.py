@@ -764,3 +764,61 @@ def test_the_recompilation_limit_falls_back_to_step_graphs(float64_default, one_
             torch.testing.assert_close(got.ys, want.ys, rtol=1e-10, atol=1e-12)
     fallbacks = [str(w.message) for w in caught if "cannot be compiled" in str(w.message)]
     assert len(fallbacks) == 1 and "eight state shapes" in fallbacks[0] and "FailOnRecompileLimitHit" in fallbacks[0]
+
+
+def test_solves_the_traced_loop_cannot_run_keep_their_results_inside_torch_compile(one_thread):
+    """Inside the user's ``torch.compile`` (no gradients), a solve with events, jumps or a tuple state
+    is not the traced loop: the events were dropped without a word, and the host loop traced by
+    Dynamo took other steps or failed in torch's guards. It now runs untraced behind a graph break:
+    the eager states, bit for bit."""
+    rotation = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
+
+    def rotate(t, y):
+        return y @ rotation
+
+    y0, t = torch.tensor([[1.0, 0.0]]), torch.linspace(0.0, 4.0, 5)
+    halve = hn.Event(lambda t, y: y[..., 0], on_event=lambda t, y: 0.5 * y)
+    cases = {
+        "event": lambda y: hn.solve(rotate, y, t, event=halve).ys,
+        "jump_t": lambda y: hn.solve(rotate, y, t, jump_t=[1.5]).ys,
+        "tuple": lambda y: hn.odeint(lambda t, s: (-s[1], s[0]), (y[..., 0], y[..., 1]), t)[0],
+    }
+    with torch.no_grad():
+        for name, fn in cases.items():
+            torch._dynamo.reset()
+            assert torch.equal(torch.compile(fn)(y0), fn(y0)), name
+
+
+def test_the_traced_loop_hands_the_field_the_host_loops_time_dtype_and_controller(monkeypatch, one_thread):
+    """The traced loop (``is_compiling`` stands in for a trace) passes the time in the state's real
+    dtype (a float64 time grid with a float32 state, as torchdiffeq and the host loop do; it passed
+    float64) and runs the controller's first step and limits: the host loop's states."""
+    def decay(t, y):
+        assert t.dtype == y.dtype, t.dtype  # (evaluated while the loop body is traced)
+        return -y * (1.0 + t)
+
+    calls = []
+    graph = whole.odeint_graph
+    monkeypatch.setattr("hybrid_node._api.odeint_graph", lambda *args: calls.append(1) or graph(*args))
+    y0, t = torch.ones(3, 2), torch.linspace(0.0, 1.0, 4, dtype=torch.float64)
+    for controller in (
+        hn.PIDController(rtol=1e-6, atol=1e-8),
+        hn.PIDController(rtol=1e-6, atol=1e-8, first_step=0.01, max_step=0.2),
+    ):
+        with torch.no_grad():
+            expected = hn.solve(decay, y0, t, controller=controller).ys
+            with monkeypatch.context() as inside:
+                inside.setattr(torch.compiler, "is_compiling", lambda: True)
+                traced = hn.solve(decay, y0, t, controller=controller).ys
+        torch.testing.assert_close(traced, expected, rtol=1e-6, atol=1e-7)
+    assert len(calls) == 2  # both ran as the traced loop
+
+
+def test_export_of_a_solve_the_traced_loop_cannot_run_says_why(one_thread):
+    from hybrid_node.nn.ode_block import ODEBlock, SolveSettings
+
+    block = ODEBlock(
+        CountingMLP().float(), (0.0, 1.0), train_settings=SolveSettings(method="rk4", options={"step_size": 0.1})
+    )
+    with pytest.raises(ValueError, match=r"torch.export traces a solve as one adaptive loop.*the method 'rk4'"):
+        torch.export.export(block.eval(), (torch.randn(4, 2),))

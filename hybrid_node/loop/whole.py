@@ -62,6 +62,7 @@ from torch._higher_order_ops.while_loop import while_loop
 
 from .._errors import SolverError, Status
 from .._memo import memoized
+from .._problem import real_dtype
 from .._solution import Stats
 from .._term import Term
 from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
@@ -568,7 +569,12 @@ def initial_step_tensor(
 
 
 def odeint_graph(
-    func: Callable, y0: torch.Tensor, t: torch.Tensor, solver: AbstractSolver, *, rtol: float, atol: float
+    func: Callable,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    solver: AbstractSolver,
+    controller: PIDController,
+    t_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """An adaptive solve written entirely in traceable tensor operations, for ``torch.export`` and
     for ``torch.compile`` of a model that contains a solve.
@@ -585,7 +591,10 @@ def odeint_graph(
         t: strictly increasing or strictly decreasing 1-D output times.
         solver: an explicit first-same-as-last pair (dopri5, tsit5, bosh3, dopri8; the solver
             object, not its name: a registry lookup inside a trace reads a mapping the tracer refuses).
-        rtol, atol: float tolerances.
+        controller: the step control, with float tolerances (its first step, limits and norm are
+            used as the host loop uses them).
+        t_dtype: the dtype of the time handed to ``func`` (None: the state's real dtype, as the
+            host loop's).
 
     Returns:
         The states at ``t``, shape (len(t), *y0.shape).
@@ -597,7 +606,8 @@ def odeint_graph(
     """
     if not (isinstance(solver, ExplicitRungeKutta) and solver.supports_whole_solve):
         raise ValueError(f"a traced solve runs dopri5, tsit5, bosh3 or dopri8, not {solver.name!r}.")
-    controller = PIDController(rtol=rtol, atol=atol)
+    rtol, atol = float(controller.rtol), float(controller.atol)
+    norm = controller.norm or rms_norm
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
     dev = y0.device
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
@@ -607,10 +617,15 @@ def odeint_graph(
     ts = t.to(torch.float64) * sign
 
     # a call counter inside the loop is put back after each call
-    field = _restoring(func, lambda s, yy: func((s * sign).to(t.dtype), yy) * sign)
+    time_dtype = real_dtype(y0.dtype) if t_dtype is None else t_dtype
+    field = _restoring(func, lambda s, yy: func((s * sign).to(time_dtype), yy) * sign)
 
     f0 = field(ts[0], y0)
-    dt0 = initial_step_tensor(field, ts[0], y0, f0, int(solver.error_order or 0), rtol, atol)
+    if controller.first_step is None:
+        dt0 = initial_step_tensor(field, ts[0], y0, f0, int(solver.error_order or 0), rtol, atol, norm)
+    else:
+        dt0 = torch.tensor(float(controller.first_step), dtype=torch.float64, device=dev)
+    dt0 = torch.clamp(dt0, min=c.min_step, max=c.max_step)  # host.first_step's clamp
     dense = solver.tableau.dense
     tables = Tables(
         ts,
@@ -620,7 +635,7 @@ def odeint_graph(
     )
     state = initial_state(y0, f0, ts[0], dt0, ts.shape[0])
 
-    out = _loop(field, solver, c, tables, rtol, atol, rms_norm, state)
+    out = _loop(field, solver, c, tables, rtol, atol, norm, state)
     # the program cannot branch on the host, but it can refuse to return a failed solve's NaN rows
     torch._assert_async(out.status == core.SUCCESS, _TRACED_FAILURE)
     return torch.cat([y0.unsqueeze(0), out.outs])
