@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hybrid_node import BackendError
-from hybrid_node.nn import ODEBlock, SolveSettings
+from hybrid_node.nn import MLPDynamics, ODEBlock, SolveSettings
 from hybrid_node.sensitivity import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -253,3 +253,34 @@ def test_a_replaced_field_is_not_kept_alive_by_the_block():
     gc.collect()
     assert old() is None
     assert len(block.__dict__["_kept_fields"]) == 1
+
+
+@pytest.mark.parametrize("options", [{}, pytest.param({"compile": True}, marks=pytest.mark.slow)])
+def test_a_model_holding_a_block_trains_under_torch_compile_without_compiling_again(options):
+    """``torch.compile`` of a model with an ODE block, trained: the block's counted solve runs untraced
+    (the solve would anyway); traced, with the block's own ``compile=True`` every training step
+    compiled a graph again. Losses, gradients and counts are the eager model's."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    settings = SolveSettings("dopri5", rtol=1e-10, atol=1e-12, options=options)
+    block = ODEBlock(MLPDynamics(2, hidden=8), (0.0, 1.0), train_settings=settings)
+    model = nn.Sequential(nn.Linear(3, 2), block)
+    compiled = torch.compile(model)
+    x = torch.randn(4, 3)
+    counters.clear()
+    graphs = []
+    for _ in range(3):
+        got = compiled(x).square().sum()
+        got.backward()
+        grads_c, nfe_c = [p.grad.clone() for p in model.parameters()], block.nfe_forward
+        model.zero_grad()
+        want = model(x).square().sum()
+        want.backward()
+        torch.testing.assert_close(got, want)
+        for c, e in zip(grads_c, [p.grad for p in model.parameters()]):
+            torch.testing.assert_close(c, e)
+        assert nfe_c == block.nfe_forward > 0
+        model.zero_grad()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0 and graphs[1] == graphs[2] == graphs[0]

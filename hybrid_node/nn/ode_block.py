@@ -245,19 +245,28 @@ class ODEBlock(nn.Module):
             # a solve traced into an exported or compiled program cannot carry the counter's side effect
             ys = integrate(self.func, x, times, self.settings, params).ys
             self.nfe_forward = 0
-        elif self._julia_native():
-            # the counting wrapper would hide mlp_spec() and send every evaluation through callbacks
-            sol = integrate(self.func, x, times, self.settings, params)
-            ys, self.nfe_forward = sol.ys, sol.stats.nfe
-            self._calls_after_forward = self._counting().calls
         else:
-            counting = self._counting()
-            start = counting.calls
-            ys = integrate(counting, x, times, self.settings, params).ys
-            self._calls_after_forward = counting.calls
-            self.nfe_forward = counting.calls - start
+            # inside the user's torch.compile the counted solve runs untraced (the solve itself would):
+            # traced, the counts are numbers the compiler guards on, and every step compiled again
+            counted = _counted_solve_untraced if torch.compiler.is_compiling() else ODEBlock._counted_solve
+            ys = counted(self, x, times, params)
         ys = cast(torch.Tensor, ys)  # a tensor x gives a tensor of states (only tuple states give a tuple)
         return ys if self.return_trajectory else ys[-1]
+
+    def _counted_solve(self, x: torch.Tensor, times: torch.Tensor, params: list) -> torch.Tensor | tuple:
+        """The states at ``times`` from ``x``, the evaluations counted (``nfe_forward``, ``nfe_backward``)."""
+        if self._julia_native():
+            # the counting wrapper would hide mlp_spec() and send every evaluation through callbacks
+            sol = integrate(self.func, x, times, self.settings, params)
+            self.nfe_forward = sol.stats.nfe
+            self._calls_after_forward = self._counting().calls
+            return sol.ys
+        counting = self._counting()
+        start = counting.calls
+        ys = integrate(counting, x, times, self.settings, params).ys
+        self._calls_after_forward = counting.calls
+        self.nfe_forward = counting.calls - start
+        return ys
 
     def _julia_native(self) -> bool:
         """Whether the Julia backend solves this block's field natively (never calling it)."""
@@ -276,3 +285,7 @@ class ODEBlock(nn.Module):
 
 # The name used in the paper's text and by most users.
 NeuralODE = ODEBlock
+
+
+#: :meth:`ODEBlock._counted_solve` run by the interpreter when the user's torch.compile reaches it
+_counted_solve_untraced = torch.compiler.disable(ODEBlock._counted_solve, recursive=True)
