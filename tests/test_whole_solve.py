@@ -793,6 +793,7 @@ def test_the_traced_loop_hands_the_field_the_host_loops_time_dtype_and_controlle
     """The traced loop (``is_compiling`` stands in for a trace) passes the time in the state's real
     dtype (a float64 time grid with a float32 state, as torchdiffeq and the host loop do; it passed
     float64) and runs the controller's first step and limits: the host loop's states."""
+
     def decay(t, y):
         assert t.dtype == y.dtype, t.dtype  # (evaluated while the loop body is traced)
         return -y * (1.0 + t)
