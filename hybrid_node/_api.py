@@ -20,6 +20,7 @@ from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .julia import events as julia_events
 from .loop import callbacks_called, integrate, warn_unsupported_callbacks
+from .loop.traced_fixed import odeint_graph_fixed, traceable_fixed
 from .loop.whole import odeint_graph
 from .sensitivity.base import AbstractSensitivity
 from .sensitivity.jumps import solve_with_events
@@ -118,13 +119,15 @@ def solve(
         why = _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t)
         if not why:
             # a tracer cannot follow the host loop's reads: the solve is traced as one while_loop
-            ys = odeint_graph(func, cast(torch.Tensor, y0), t, solver, cast(PIDController, controller), t_dtype)
+            traced = odeint_graph_fixed if isinstance(controller, ConstantStepSize) else odeint_graph
+            ys = traced(func, cast(torch.Tensor, y0), t, solver, controller, t_dtype)  # type: ignore[arg-type]
             return Solution(ts=t, ys=ys, stats=Stats(), status=Status.SUCCESS)
         if torch.compiler.is_exporting():
             raise ValueError(
-                f"torch.export traces a solve as one adaptive loop, which this solve cannot be ({why}): use "
-                "dopri5, tsit5, bosh3 or dopri8 with a PIDController of float tolerances on a tensor state, "
-                "without events, jump_t/step_t or throw=False, or run this solve outside torch.export."
+                f"torch.export traces a solve as one loop, which this solve cannot be ({why}): use dopri5, tsit5, "
+                "bosh3 or dopri8 with a PIDController of float tolerances, or an explicit fixed-step method "
+                "(rk4, euler, midpoint, ...) with linear outputs, on a tensor state, without events, "
+                "jump_t/step_t or throw=False; or run this solve outside torch.export."
             )
     # inside the user's torch.compile the host loop runs as it runs untraced, behind a graph break
     # (traced, its host numbers became symbolic: other steps, torch's guard errors)
@@ -224,9 +227,14 @@ def _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_even
     """Why :func:`hybrid_node.loop.whole.odeint_graph` cannot stand for this solve in a traced program
     ("" when it can: it runs the same steps as the host loop and returns the same states)."""
     tolerances = (controller.rtol, controller.atol) if isinstance(controller, PIDController) else ()
+    if type(controller) is ConstantStepSize:
+        method = traceable_fixed(solver, controller)
+    elif type(controller) is PIDController:
+        method = "" if getattr(solver, "supports_whole_solve", False) else f"the method {solver.name!r}"
+    else:
+        method = f"the controller {type(controller).__name__}"
     reasons = {
-        f"the method {solver.name!r}": not getattr(solver, "supports_whole_solve", False),
-        f"the controller {type(controller).__name__}": type(controller) is not PIDController,
+        method: bool(method),
         "per-sample step control": getattr(controller, "per_sample", False),
         "tolerances that are tensors": any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in tolerances),
         "a tuple state": not isinstance(y0, torch.Tensor),

@@ -818,8 +818,50 @@ def test_the_traced_loop_hands_the_field_the_host_loops_time_dtype_and_controlle
 def test_export_of_a_solve_the_traced_loop_cannot_run_says_why(one_thread):
     from hybrid_node.nn.ode_block import ODEBlock, SolveSettings
 
-    block = ODEBlock(
-        CountingMLP().float(), (0.0, 1.0), train_settings=SolveSettings(method="rk4", options={"step_size": 0.1})
-    )
-    with pytest.raises(ValueError, match=r"torch.export traces a solve as one adaptive loop.*the method 'rk4'"):
+    settings = SolveSettings(method="rk4", options={"step_size": 0.1, "interp": "cubic"})
+    block = ODEBlock(CountingMLP().float(), (0.0, 1.0), train_settings=settings)
+    with pytest.raises(ValueError, match=r"torch.export traces a solve as one loop.*interp='cubic'"):
         torch.export.export(block.eval(), (torch.randn(4, 2),))
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "t"),
+    [
+        ("rk4", {"step_size": 0.1}, torch.linspace(0.0, 1.0, 4)),  # outputs between grid points
+        ("euler", {"step_size": 0.07}, torch.tensor([0.5, 0.2, -0.3])),  # decreasing times
+        ("midpoint", {}, torch.linspace(0.0, 2.0, 6)),  # the output times are the grid
+    ],
+)
+def test_a_traced_fixed_step_solve_is_the_host_loops(method, options, t, monkeypatch, one_thread):
+    """A fixed-step solve inside a trace (``is_compiling`` stands in for it) runs as one ``while_loop``
+    (``loop/traced_fixed.py``): the grid from tensor arithmetic, linear outputs, the host loop's
+    states to the last bit."""
+    from hybrid_node.loop import traced_fixed
+
+    calls = []
+    graph = traced_fixed.odeint_graph_fixed
+    monkeypatch.setattr("hybrid_node._api.odeint_graph_fixed", lambda *args: calls.append(1) or graph(*args))
+    torch.manual_seed(0)
+    field, y0 = CountingMLP(), torch.randn(5, 2)
+    with torch.no_grad():
+        expected = hn.odeint(field, y0, t, method=method, options=options)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        traced = hn.odeint(field, y0, t, method=method, options=options)
+    assert calls == [1]
+    assert torch.equal(traced, expected)
+
+
+@pytest.mark.slow
+def test_export_of_an_ode_block_with_rk4_gives_the_same_outputs(one_thread):
+    from hybrid_node.nn.ode_block import ODEBlock, SolveSettings
+
+    torch.manual_seed(0)
+    settings = SolveSettings(method="rk4", options={"step_size": 0.05})
+    block = ODEBlock(CountingMLP(), torch.linspace(0.0, 1.0, 7), train_settings=settings, return_trajectory=True)
+    block.eval()
+    x = torch.randn(8, 2)
+    with torch.no_grad():
+        program = torch.export.export(block, (x,))
+        assert "while_loop" in program.graph_module.code
+        for inputs in (x, torch.randn(8, 2)):
+            assert torch.equal(program.module()(inputs), block(inputs))
