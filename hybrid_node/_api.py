@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
+from torch.compiler import is_compiling
 
 from ._backend import resolve_backend
 from ._errors import BackendError, Status
@@ -119,8 +120,11 @@ def solve(
         why = _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t)
         if not why:
             # a tracer cannot follow the host loop's reads: the solve is traced as one while_loop
-            traced = odeint_graph_fixed if isinstance(controller, ConstantStepSize) else odeint_graph
-            ys = traced(func, cast(torch.Tensor, y0), t, solver, controller, t_dtype)  # type: ignore[arg-type]
+            state = cast(torch.Tensor, y0)
+            if isinstance(controller, ConstantStepSize):
+                ys = odeint_graph_fixed(func, state, t, solver, controller, t_dtype)
+            else:
+                ys = odeint_graph(func, state, t, solver, cast(PIDController, controller), t_dtype)
             return Solution(ts=t, ys=ys, stats=Stats(), status=Status.SUCCESS)
         if torch.compiler.is_exporting():
             raise ValueError(
@@ -131,7 +135,7 @@ def solve(
             )
     # inside the user's torch.compile the host loop runs as it runs untraced, behind a graph break
     # (traced, its host numbers became symbolic: other steps, torch's guard errors)
-    host = _solve_host_untraced if torch.compiler.is_compiling() else _solve_host
+    host = _solve_host_untraced if is_compiling() else _solve_host
     events = dict(event_fn=event_fn, event_t_end=event_t_end, per_sample_events=per_sample_events, event=event)
     return host(func, y0, t, solver, controller, sensitivity, adjoint_params, jump_t, step_t, t_dtype, throw, **events)
 
@@ -213,7 +217,7 @@ def in_users_graph(func, y0) -> bool:
     ``while_loop`` is not trusted (docs/compiled_solve.md)."""
     if torch.compiler.is_exporting():
         return True
-    if not torch.compiler.is_compiling():
+    if not is_compiling():
         return False
     if not torch.is_grad_enabled():
         return True

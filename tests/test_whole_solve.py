@@ -17,6 +17,13 @@ from hybrid_node.loop.graph_inputs import tolerance_tensor
 from hybrid_node.solvers.registry import METHOD_SPECS
 
 
+def pretend_compiling(patch: pytest.MonkeyPatch) -> None:
+    """Stand in for a ``torch.compile`` trace: the library's ``is_compiling`` answers True (torch's own
+    is left alone: patched, it led torch's eager ``while_loop`` astray for the rest of the process)."""
+    patch.setattr("hybrid_node._api.is_compiling", lambda: True)
+    patch.setattr("hybrid_node.nn.ode_block.is_compiling", lambda: True)
+
+
 @pytest.fixture
 def field(float64_default, one_thread):
     torch.manual_seed(0)
@@ -510,7 +517,7 @@ def test_a_solve_traced_by_torch_compile_without_gradients_is_the_traced_loop(fi
     with torch.no_grad():
         expected = hn.odeint(field, y0, t, rtol=1e-8, atol=1e-10, method="tsit5")
         expected_back = hn.odeint(field, y0, back, rtol=1e-8, atol=1e-10)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    pretend_compiling(monkeypatch)
     with torch.no_grad():
         traced = hn.odeint(field, y0, t, rtol=1e-8, atol=1e-10, method="tsit5")
         traced_back = hn.odeint(field, y0, back, rtol=1e-8, atol=1e-10)
@@ -538,7 +545,7 @@ def test_an_ode_block_counts_its_evaluations_unless_its_solve_is_traced(float64_
     torch.manual_seed(0)
     block = ODEBlock(CountingMLP(), (0.0, 1.0))
     x = torch.randn(4, 2)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    pretend_compiling(monkeypatch)
     block(x).sum().backward()
     assert block.nfe_forward > 0
     with torch.no_grad():
@@ -809,7 +816,7 @@ def test_the_traced_loop_hands_the_field_the_host_loops_time_dtype_and_controlle
         with torch.no_grad():
             expected = hn.solve(decay, y0, t, controller=controller).ys
             with monkeypatch.context() as inside:
-                inside.setattr(torch.compiler, "is_compiling", lambda: True)
+                pretend_compiling(inside)
                 traced = hn.solve(decay, y0, t, controller=controller).ys
         torch.testing.assert_close(traced, expected, rtol=1e-6, atol=1e-7)
     assert len(calls) == 2  # both ran as the traced loop
@@ -845,7 +852,7 @@ def test_a_traced_fixed_step_solve_is_the_host_loops(method, options, t, monkeyp
     field, y0 = CountingMLP(), torch.randn(5, 2)
     with torch.no_grad():
         expected = hn.odeint(field, y0, t, method=method, options=options)
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        pretend_compiling(monkeypatch)
         traced = hn.odeint(field, y0, t, method=method, options=options)
     assert calls == [1]
     assert torch.equal(traced, expected)

@@ -20,6 +20,7 @@ from torch._higher_order_ops.while_loop import while_loop
 
 from .._problem import real_dtype
 from ..controllers import ConstantStepSize
+from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import TENSOR
@@ -47,7 +48,7 @@ def odeint_graph_fixed(
     func: Callable,
     y0: torch.Tensor,
     t: torch.Tensor,
-    solver: ExplicitRungeKutta,
+    solver: AbstractSolver,
     controller: ConstantStepSize,
     t_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -72,6 +73,7 @@ def odeint_graph_fixed(
     why = traceable_fixed(solver, controller)
     if why:
         raise ValueError(f"a traced fixed-step solve cannot run {why}.")
+    assert isinstance(solver, ExplicitRungeKutta)  # (traceable_fixed checked it)
     y0 = y0.contiguous()  # the loop's carried state must keep its strides
     # decreasing output times: steps in s = -t on -f(-s, y), as the host loop takes them
     sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
