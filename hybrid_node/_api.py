@@ -130,8 +130,8 @@ def solve(
             raise ValueError(
                 f"torch.export traces a solve as one loop, which this solve cannot be ({why}): use dopri5, tsit5, "
                 "bosh3 or dopri8 with a PIDController of float tolerances, or an explicit fixed-step method "
-                "(rk4, euler, midpoint, ...) with linear outputs, on a tensor state, without events, "
-                "jump_t/step_t or throw=False; or run this solve outside torch.export."
+                "(rk4, euler, midpoint, ...) without perturb or grid_constructor, on a tensor state, without "
+                "events, jump_t/step_t or throw=False; or run this solve outside torch.export."
             )
     # inside the user's torch.compile the host loop runs as it runs untraced, behind a graph break
     # (traced, its host numbers became symbolic: other steps, torch's guard errors)

@@ -825,9 +825,9 @@ def test_the_traced_loop_hands_the_field_the_host_loops_time_dtype_and_controlle
 def test_export_of_a_solve_the_traced_loop_cannot_run_says_why(one_thread):
     from hybrid_node.nn.ode_block import ODEBlock, SolveSettings
 
-    settings = SolveSettings(method="rk4", options={"step_size": 0.1, "interp": "cubic"})
+    settings = SolveSettings(method="rk4", options={"step_size": 0.1, "perturb": True})
     block = ODEBlock(CountingMLP().float(), (0.0, 1.0), train_settings=settings)
-    with pytest.raises(ValueError, match=r"torch.export traces a solve as one loop.*interp='cubic'"):
+    with pytest.raises(ValueError, match=r"torch.export traces a solve as one loop.*perturb=True"):
         torch.export.export(block.eval(), (torch.randn(4, 2),))
 
 
@@ -837,12 +837,13 @@ def test_export_of_a_solve_the_traced_loop_cannot_run_says_why(one_thread):
         ("rk4", {"step_size": 0.1}, torch.linspace(0.0, 1.0, 4)),  # outputs between grid points
         ("euler", {"step_size": 0.07}, torch.tensor([0.5, 0.2, -0.3])),  # decreasing times
         ("midpoint", {}, torch.linspace(0.0, 2.0, 6)),  # the output times are the grid
+        ("rk4", {"step_size": 0.1, "interp": "cubic"}, torch.linspace(0.0, 1.0, 4)),  # Hermite outputs
     ],
 )
 def test_a_traced_fixed_step_solve_is_the_host_loops(method, options, t, monkeypatch, one_thread):
     """A fixed-step solve inside a trace (``is_compiling`` stands in for it) runs as one ``while_loop``
-    (``loop/traced_fixed.py``): the grid from tensor arithmetic, linear outputs, the host loop's
-    states to the last bit."""
+    (``loop/traced_fixed.py``): the grid from tensor arithmetic, linear or cubic outputs, the host
+    loop's states to the last bit."""
     from hybrid_node.loop import traced_fixed
 
     calls = []
@@ -872,3 +873,18 @@ def test_export_of_an_ode_block_with_rk4_gives_the_same_outputs(one_thread):
         assert "while_loop" in program.graph_module.code
         for inputs in (x, torch.randn(8, 2)):
             assert torch.equal(program.module()(inputs), block(inputs))
+
+
+def test_a_traced_fixed_step_solve_with_several_cubic_outputs_in_a_step(monkeypatch, one_thread):
+    """Several output times inside one step: the host loop evaluates its Hermite interpolant for all of
+    them in one product, the traced loop term by term: the same values to float32 rounding."""
+    torch.manual_seed(0)
+    field, y0, t = CountingMLP(), torch.randn(5, 2), torch.linspace(0.0, 1.0, 9)
+    options = {"step_size": 0.5, "interp": "cubic"}
+    with torch.no_grad():
+        expected = hn.odeint(field, y0, t, method="rk4", options=options)
+        pretend_compiling(monkeypatch)
+        traced = hn.odeint(field, y0, t, method="rk4", options=options)
+    torch.testing.assert_close(traced, expected, rtol=1e-6, atol=1e-6)
+    linear = hn.odeint(field, y0, t, method="rk4", options={"step_size": 0.5})
+    assert not torch.allclose(traced, linear, rtol=1e-4, atol=1e-4)  # the outputs are cubic, not linear

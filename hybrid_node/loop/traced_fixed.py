@@ -6,9 +6,11 @@ output times, which a tracer cannot read. Here the grid is tensor arithmetic on 
 (:meth:`~hybrid_node.controllers.ConstantStepSize.grid`'s formula, the same float64 operations), or
 the output times themselves without a step size; a ``while_loop`` takes the steps, and each step
 writes the output times it covers (:func:`~hybrid_node.loop.core.emission`): the linear interpolant
-between its ends (the fixed grid's default, as in torchdiffeq) and, at its end, the end state itself.
+between its ends (the fixed grid's default, as in torchdiffeq) or the cubic Hermite one
+(``interp="cubic"``) and, at its end, the end state itself.
 
-Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.1 (explicit Runge-Kutta steps).
+Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Sections II.1 (explicit Runge-Kutta steps)
+and II.6 (Hermite interpolation).
 """
 
 from __future__ import annotations
@@ -39,9 +41,7 @@ def traceable_fixed(solver, controller) -> str:
         return f"the method {solver.name!r}"
     if controller.grid_constructor is not None:
         return "a grid_constructor"
-    if controller.interp != "linear" or controller.perturb:
-        return "interp='cubic'" if controller.interp != "linear" else "perturb=True"
-    return ""
+    return "perturb=True" if controller.perturb else ""
 
 
 def odeint_graph_fixed(
@@ -59,8 +59,8 @@ def odeint_graph_fixed(
         y0: the initial state (a tensor).
         t: strictly increasing or strictly decreasing 1-D output times.
         solver: an explicit Runge-Kutta method without error estimate (rk4, euler, midpoint, ...).
-        controller: the grid: ``step_size`` apart, or the output times without one (linear outputs,
-            no ``perturb``, no ``grid_constructor``: see :func:`traceable_fixed`).
+        controller: the grid: ``step_size`` apart, or the output times without one (no ``perturb``,
+            no ``grid_constructor``: see :func:`traceable_fixed`), and the outputs' interpolation.
         t_dtype: the dtype of the time handed to ``func`` (None: the state's real dtype).
 
     Returns:
@@ -95,15 +95,25 @@ def odeint_graph_fixed(
         def point(k: torch.Tensor) -> torch.Tensor:
             return torch.where(k < n, start + k.to(torch.float64) * h, end)
 
+    cubic = controller.interp == "cubic"
+
     def body(k, y, f, outs):
         t0, t1 = point(k), point(k + 1)
         step = solver.step(field, t0, y, f, t1 - t0)
+        f1 = solver.next_state(field, t1, step)  # type: ignore[arg-type]
         within, at_end, theta = core.emission(TENSOR, ts[1:], t0, t1)
         column = (-1,) + (1,) * y.dim()
-        values = torch.lerp(y.unsqueeze(0), step.y1.unsqueeze(0), theta.to(y.dtype).reshape(column))
+        th = theta.reshape(column)
+        if cubic:  # HermiteInterpolant's weights, f0 and f1 the derivatives at the step's ends
+            weights = [(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th)]
+            weights += [th * (1 - th) ** 2 * (t1 - t0), th**2 * (th - 1) * (t1 - t0)]
+            ends = (y, step.y1, f, f1)
+            values = sum(w.to(y.dtype) * x.unsqueeze(0) for w, x in zip(weights, ends))
+        else:
+            values = torch.lerp(y.unsqueeze(0), step.y1.unsqueeze(0), th.to(y.dtype))
         values = torch.where(at_end.reshape(column), step.y1.unsqueeze(0), values)  # the end is y1 itself
         outs = torch.where(within.reshape(column), values, outs)
-        return k + 1, step.y1, solver.next_state(field, t1, step), outs  # type: ignore[arg-type]
+        return k + 1, step.y1, f1, outs
 
     outs = y0.new_zeros((ts.shape[0] - 1, *y0.shape))
     k0 = torch.zeros((), dtype=torch.int64, device=ts.device)
