@@ -161,7 +161,7 @@ class Impulses(NamedTuple):
         keep: (m,) multipliers (0 resets a component, 1 keeps it).
         add: (rows - 1, m) what is added at each output (rows T - 1 and after are never used).
         outputs: (1,) int64, the number T of output times; the table of output times may hold more
-            rows (padding, see :meth:`~hybrid_node.loop.whole.WholeSolve.rows_for`), which the
+            rows (padding, see :meth:`~hybrid_node.loop.whole.WholeSolve.padded`), which the
             loop never reaches: it ends at output T - 1.
     """
 

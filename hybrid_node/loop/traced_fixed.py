@@ -20,13 +20,12 @@ from collections.abc import Callable
 import torch
 from torch._higher_order_ops.while_loop import while_loop
 
-from .._problem import real_dtype
 from ..controllers import ConstantStepSize
 from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import TENSOR
-from .whole import _restoring
+from .whole import solver_time
 
 #: the message of a traced fixed-step solve whose grid is longer than ``max_num_steps``
 _TOO_MANY_STEPS = (
@@ -75,11 +74,7 @@ def odeint_graph_fixed(
         raise ValueError(f"a traced fixed-step solve cannot run {why}.")
     assert isinstance(solver, ExplicitRungeKutta)  # (traceable_fixed checked it)
     y0 = y0.contiguous()  # the loop's carried state must keep its strides
-    # decreasing output times: steps in s = -t on -f(-s, y), as the host loop takes them
-    sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
-    ts = t.to(torch.float64) * sign
-    time_dtype = real_dtype(y0.dtype) if t_dtype is None else t_dtype
-    field = _restoring(func, lambda s, yy: func((s * sign).to(time_dtype), yy) * sign)
+    field, ts = solver_time(func, y0, t, t_dtype)
     start, end = ts[0].clone(), ts[-1].clone()  # (views of ts would alias it inside the loop, refused)
 
     if controller.step_size is None:

@@ -338,18 +338,19 @@ class WholeSolve:
             self._graphs[self.key] = compile_for(fn, cpu, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
-    def rows_for(self, n: int) -> int:
-        """How many output rows a solve over ``n`` output times runs with: ``n`` for the first number
-        of output times the graph sees (and for any it has seen), and for another number the next
-        power of two, the last time repeated (a forward solve writes the repeats with the end state
+    def padded(self, ts: Sequence[float]) -> list[float]:
+        """The output times a solve over ``ts`` runs with: ``ts`` itself for the first number of output
+        times the graph sees (and for any it has seen), and for another number ``ts`` with its last time
+        repeated up to the next power of two (a forward solve writes the repeats with the end state
         and they are dropped; an "impulses" solve ends before them; the steps are the same). A graph
         holds its tables of output times, so each number of output times is a graph of its own:
         solves over many different numbers (a latent ODE's union grids) then share a few graphs
         instead of compiling one each (and running out of torch's eight)."""
+        n = len(ts)
         seen = self._graphs.setdefault((self.key, "rows"), set())
         rows = n if not seen or n in seen else 1 << (n - 1).bit_length()
         seen.add(rows)
-        return rows
+        return list(ts) + [ts[-1]] * (rows - n)
 
     @property
     def failed(self) -> bool:
@@ -467,8 +468,7 @@ def integrate_whole(
         return None
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
     dt0 = None if heuristic else first_step_tensor(controller, y0.device)
-    rows = graph.rows_for(len(ts))
-    tables = cached_tables(solver, list(ts) + [ts[-1]] * (rows - len(ts)), y0)
+    tables = cached_tables(solver, graph.padded(ts), y0)
     out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0, 1), counters=counters)
     if out is None:
         return None
@@ -568,6 +568,25 @@ def initial_step_tensor(
         return initial_step_from_trial(h0, d1, norm((f1 - f0) / scale).double() / h0, order).detach()
 
 
+def solver_time(
+    func: Callable, y0: torch.Tensor, t: torch.Tensor, t_dtype: torch.dtype | None
+) -> tuple[Callable, torch.Tensor]:
+    """A traced solve's field and output times in solver time, increasing whatever the direction of ``t``.
+
+    Decreasing output times are solved in s = -t on -f(-s, y), as the host loop does; the direction
+    is a tensor factor (1 or -1, exact), since a traced program cannot branch on ``t``. The field
+    gets the time in ``t_dtype`` (None: the state's real dtype, as the host loop gives it), and a
+    call counter of the field is put back after each call (:func:`_restoring`).
+
+    Returns:
+        ``(field(s, y), ts)``: the field in solver time and the float64 output times ``t * sign``.
+    """
+    sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
+    time_dtype = real_dtype(y0.dtype) if t_dtype is None else t_dtype
+    field = _restoring(func, lambda s, yy: func((s * sign).to(time_dtype), yy) * sign)
+    return field, t.to(torch.float64) * sign
+
+
 def odeint_graph(
     func: Callable,
     y0: torch.Tensor,
@@ -611,15 +630,7 @@ def odeint_graph(
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)
     dev = y0.device
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
-    # decreasing output times: the loop runs in s = -t on -f(-s, y), as the host loop does; the
-    # direction is a tensor factor (1 or -1, exact), since a traced program cannot branch on t
-    sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
-    ts = t.to(torch.float64) * sign
-
-    # a call counter inside the loop is put back after each call
-    time_dtype = real_dtype(y0.dtype) if t_dtype is None else t_dtype
-    field = _restoring(func, lambda s, yy: func((s * sign).to(time_dtype), yy) * sign)
-
+    field, ts = solver_time(func, y0, t, t_dtype)
     f0 = field(ts[0], y0)
     if controller.first_step is None:
         dt0 = initial_step_tensor(field, ts[0], y0, f0, int(solver.error_order or 0), rtol, atol, norm)

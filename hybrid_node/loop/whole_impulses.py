@@ -108,11 +108,11 @@ def integrate_whole_impulses(
     dt0 = first_step(term, solver, controller, rs[0], x0, f0, rtol, atol, norm)
     # no output rows: every step ends at an output time, and only the end state is kept
     packed = pack(initial_state(x0, f0, rs[0], dt0, 1))
-    # another number of output times runs in a graph padded as the forward ones (rows_for): the end
-    # time repeated, rows of nothing to add, all past impulses.outputs, where the loop ends
-    rows = graph.rows_for(len(rs))
-    tables = make_tables(solver, list(rs) + [rs[-1]] * (rows - len(rs)), x0)
-    pad = impulses.add.new_zeros(rows - len(rs), impulses.add.shape[1])
+    # another number of output times runs in a graph padded as the forward ones (WholeSolve.padded):
+    # the end time repeated, rows of nothing to add, all past impulses.outputs, where the loop ends
+    padded = graph.padded(rs)
+    tables = make_tables(solver, padded, x0)
+    pad = impulses.add.new_zeros(len(padded) - len(rs), impulses.add.shape[1])
     impulses = impulses._replace(add=torch.cat([impulses.add, pad]))
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0, 1)
     out = graph(*packed, tables, rtol_t, atol_t, counters=counters, extra=(impulses,))
