@@ -63,6 +63,7 @@ from . import core
 from .compiled_step import PureField, _compile, compiler_failed, graphs_of, warn_fallback
 from .core import RUNNING, TENSOR
 from .host import Integration, first_step
+from .stage_loop import StageTable, looped_step, stage_table
 
 # the step-control constants of a solve (the old name of :class:`~hybrid_node.loop.core.StepControl`)
 LoopConstants = core.StepControl
@@ -81,6 +82,8 @@ class LoopState(NamedTuple):
         status: RUNNING or the code the solve ended with (0-d int64).
         last_nonfinite: the last attempt was rejected with a non-finite error ratio (0-d bool).
         saw_nonfinite: some attempt had a non-finite error ratio (0-d bool; gradients may be NaN).
+        stale_f0: ``f0`` is not the derivative at (t, y) (0-d bool): the state jumped, and the next
+            attempt's stage loop evaluates it first (:mod:`.stage_loop`; only there is it set).
     """
 
     t: torch.Tensor
@@ -97,6 +100,7 @@ class LoopState(NamedTuple):
     status: torch.Tensor
     last_nonfinite: torch.Tensor
     saw_nonfinite: torch.Tensor
+    stale_f0: torch.Tensor
 
 
 class Tables(NamedTuple):
@@ -108,12 +112,15 @@ class Tables(NamedTuple):
         dense: (stages, degree) float64 coefficients of the tableau's continuous extension, or None
             for the cubic Hermite interpolant.
         powers: 1..degree as float64 (exponents of theta), or None.
+        stages: the tableau's stage coefficients, for a loop whose attempts run their stages in an
+            inner loop (:mod:`.stage_loop`); None for unrolled stages.
     """
 
     ts: torch.Tensor
     index: torch.Tensor  # type: ignore[assignment]  # the field shadows tuple.index, which is never used
     dense: torch.Tensor | None
     powers: torch.Tensor | None
+    stages: StageTable | None = None
 
 
 def check_device_loop(problem, event_fn) -> None:
@@ -140,16 +147,20 @@ def check_device_loop(problem, event_fn) -> None:
         raise ValueError("device_loop=True and per_sample=True cannot be combined; choose one of them.")
 
 
-def make_tables(solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.Tensor) -> Tables:
-    """The per-solve constants of :class:`Tables` on ``like``'s device."""
+def make_tables(
+    solver: ExplicitRungeKutta, ts: Sequence[float], like: torch.Tensor, stage_loop: bool = False
+) -> Tables:
+    """The per-solve constants of :class:`Tables` on ``like``'s device (with the stage coefficients
+    for a loop whose attempts run their stages in an inner loop, ``stage_loop``)."""
     dev = like.device
     times = torch.tensor(list(ts), dtype=torch.float64, device=dev)
     index = torch.arange(1, len(ts), dtype=torch.int64, device=dev)
+    stages = stage_table(solver, like) if stage_loop else None
     if solver.tableau.dense is None:
-        return Tables(times, index, None, None)
+        return Tables(times, index, None, None, stages)
     dense = torch.tensor(solver.tableau.dense, dtype=torch.float64, device=dev)
     powers = torch.arange(1, dense.shape[1] + 1, dtype=torch.float64, device=dev)
-    return Tables(times, index, dense, powers)
+    return Tables(times, index, dense, powers, stages)
 
 
 class Impulses(NamedTuple):
@@ -295,7 +306,10 @@ def attempt(
         stop = tables.ts.index_select(0, s.i_out.clamp(max=n_out - 1).reshape(1)).reshape(())
     lands, step_dt, t1 = core.landing(TENSOR, s.t, s.dt, stop, c.max_step)
     step_dt = torch.where(active, step_dt, 0.0)  # an ended solve attempts a zero step (a no-op)
-    step = solver.step(field, s.t, s.y, s.f0, step_dt)
+    if tables.stages is None:
+        step = solver.step(field, s.t, s.y, s.f0, step_dt)
+    else:
+        step = looped_step(solver, tables.stages, field, s.t, s.y, s.f0, step_dt, s.stale_f0)
     y1, ks = step.y1, step.ks
     assert step.error is not None  # the device loop runs embedded pairs only
     # detached: the step sizes are constants of the derivative (torch.no_grad inside does not stop
@@ -306,18 +320,22 @@ def attempt(
     rejected = active & ~ok
     if on_step is not None:
         on_step(accepted, s.t, step_dt, s.y, ks)
-    # a method with its own dense output (DOP853: three more stages) builds it on every attempt, masked
-    # like the rest: the graph has no branch to skip it when no output time falls inside the step
-    own = solver.dense_output(field, s.t, s.y, step_dt, step) if solver.dense_output is not None else None
     # f(t1, y1): a pair without first-same-as-last evaluates it on every attempt (the loop has no branch)
     f1 = solver.next_state(field, t1, step)
+    stale_f0 = s.stale_f0.clone()  # (a loop may not return its input)
     if impulses is None:
         y_end = y1
+        # a method with its own dense output (DOP853: three more stages) builds it on every attempt,
+        # masked like the rest: the graph has no branch to skip it when no output time falls inside
+        own = solver.dense_output(field, s.t, s.y, step_dt, step) if solver.dense_output is not None else None
         outs, i_out = _write_outputs(s, tables, accepted, t1, step_dt, y1, ks, f1, own)
     else:  # steps end at the output times: nothing to interpolate, and only the end state is kept
         jumped = accepted & lands & (s.i_out < n_out - 1)
         y_end = torch.where(jumped, _impulse(impulses, s.i_out, y1), y1)
-        f1 = torch.cond(jumped, lambda y, f: field(t1, y), lambda y, f: f.clone(), (y_end, f1))
+        if tables.stages is None:  # the derivative at the new state, evaluated only after a jump
+            f1 = torch.cond(jumped, lambda y, f: field(t1, y), lambda y, f: f.clone(), (y_end, f1))
+        else:  # the next attempt's stage loop evaluates it first (the field stays one copy in the graph)
+            stale_f0 = jumped
         outs, i_out = s.outs.clone(), s.i_out + (accepted & lands).long()  # a loop may not return its input
     t = torch.where(accepted, t1, s.t)
     nonfinite = ~torch.isfinite(ratio)
@@ -332,7 +350,8 @@ def attempt(
         r1=r1,
         r2=r2,
         y=torch.where(accepted, y_end, s.y),
-        f0=torch.where(accepted, f1, s.f0),
+        # (ks[0] is s.f0, or the derivative a stage loop evaluated afresh)
+        f0=torch.where(accepted, f1, ks[0]),
         outs=outs,
         i_out=i_out,
         n_att=s.n_att + active.long(),
@@ -341,6 +360,7 @@ def attempt(
         status=status,
         last_nonfinite=last_nonfinite,
         saw_nonfinite=s.saw_nonfinite | (active & nonfinite),
+        stale_f0=stale_f0,
     )
 
 
@@ -451,6 +471,7 @@ def initial_state(
         i64(0),
         i64(0),
         i64(RUNNING),
+        false(),
         false(),
         false(),
     )

@@ -74,6 +74,11 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     ``aot_inductor.enable_line_tables=False`` (CPU graphs): the C++ compiler builds the kernels
     without line tables (``-g1``, which only profilers read): the mlp forward graph's ``g++`` run
     ~0.6 s of 7.4 s shorter on a first compilation.
+    ``pattern_matcher=False`` (CPU graphs): Inductor's graph-rewriting patterns (hundreds, matched
+    against every node of the graph and of each loop body) are not applied. On the solver's CPU
+    graphs they cost compile time and bought nothing: the mlp adjoint's first call 9.6-10.0 instead
+    of 10.9-11.4 s, its step, the forward solve, the conv forward solve and the CNF's direct step no
+    slower, the mlp direct training step 5.5 instead of 6.4 ms (interleaved, docs/compiled_solve.md).
     ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
 
     Args:
@@ -101,6 +106,7 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
         options["cpp.enable_floating_point_contract_flag"] = "fast"
         options["aot_inductor.enable_line_tables"] = False
         options["cpp_wrapper_build_separate"] = True
+        options["pattern_matcher"] = False
     return options
 
 

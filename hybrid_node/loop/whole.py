@@ -111,7 +111,7 @@ def applies(problem, event_fn, dense: bool) -> bool:
 
 _FLOATS = ("t", "dt", "r1", "r2")
 _INTS = ("i_out", "n_att", "n_acc", "n_rej", "status")
-_FLAGS = ("last_nonfinite", "saw_nonfinite")
+_FLAGS = ("last_nonfinite", "saw_nonfinite", "stale_f0")
 
 
 def pack(state: LoopState) -> tuple[torch.Tensor, ...]:
@@ -288,8 +288,9 @@ class WholeSolve:
         start: "forward": the graph is the whole forward solve from (ts[0], y0), the derivative there
             and the first step included (:func:`_forward_function`; ``heuristic``: Hairer's initial
             step, else the given one); "impulses": the graph solves from a :func:`pack`-ed state with
-            jumps at the output times (:func:`_impulses_function`, :mod:`.whole_impulses`); any
-            other name: the graph is ``build()`` (:mod:`.whole_segments`).
+            jumps at the output times (:func:`_impulses_function`, :mod:`.whole_impulses`; on the
+            CPU its attempts run their stages in an inner loop, :attr:`stage_loop`); any other name:
+            the graph is ``build()`` (:mod:`.whole_segments`).
         heuristic: see ``start``.
         build: for another ``start``, makes the function to compile, called as ``fn(owner, *args,
             norm, *extra)``; ``variant`` is what tells its graphs apart besides the other arguments.
@@ -309,6 +310,11 @@ class WholeSolve:
     ):
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs = device_type == "cuda"
+        #: the graph's tables hold the stage coefficients and its attempts loop over the stages
+        #: (:mod:`.stage_loop`): the backward solve's field (a vector-Jacobian product) is then one copy
+        #: in the graph instead of one per stage. Not on a GPU, where every iteration of a loop makes
+        #: the host wait for the device's predicate.
+        self.stage_loop = start == "impulses" and device_type == "cpu"
         # a plain function norm is its own key; an instance (the adjoint's GroupRMS, built per backward
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
@@ -520,10 +526,12 @@ def read_out(info: torch.Tensor | Sequence[float]) -> tuple[Status, float, float
     return core.STATUS[int(code)], t, dt, int(n_att), int(n_acc), int(n_rej)
 
 
-def evaluations_per_attempt(solver: ExplicitRungeKutta) -> int:
+def evaluations_per_attempt(solver: ExplicitRungeKutta, outputs: bool = True) -> int:
     """Field evaluations of one masked attempt: its stages after the first, f(t1, y1) for a pair
-    without first-same-as-last, and the method's own dense output, built on every attempt."""
-    return solver.tableau.stages - int(solver.tableau.fsal) + solver.dense_output_evaluations
+    without first-same-as-last, and the method's own dense output, built on every attempt of a loop
+    that interpolates its ``outputs`` (not by one whose steps end at the output times)."""
+    dense = solver.dense_output_evaluations if outputs else 0
+    return solver.tableau.stages - int(solver.tableau.fsal) + dense
 
 
 def count_evaluations(term, counters: list, evaluations: int) -> None:

@@ -111,7 +111,7 @@ def integrate_whole_impulses(
     # another number of output times runs in a graph padded as the forward ones (WholeSolve.padded):
     # the end time repeated, rows of nothing to add, all past impulses.outputs, where the loop ends
     padded = graph.padded(rs)
-    tables = make_tables(solver, padded, x0)
+    tables = make_tables(solver, padded, x0, stage_loop=graph.stage_loop)
     pad = impulses.add.new_zeros(len(padded) - len(rs), impulses.add.shape[1])
     impulses = impulses._replace(add=torch.cat([impulses.add, pad]))
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0, 1)
@@ -122,7 +122,7 @@ def integrate_whole_impulses(
     state, info = out
     status, t, dt, n_att, n_acc, n_rej = read_out(info)  # the one host read of the solve
     # + the derivative after each of the len(rs) - 2 impulses
-    count_evaluations(term, counters, evaluations_per_attempt(solver) * n_att + len(rs) - 2)
+    count_evaluations(term, counters, evaluations_per_attempt(solver, outputs=False) * n_att + len(rs) - 2)
     if status is not Status.SUCCESS:
         raise solve_error(status, t, dt, controller, term.reverse)
     return Integration([x0, state.y], Stats(term.nfe, n_acc, n_rej), Status.SUCCESS, rs[-1])

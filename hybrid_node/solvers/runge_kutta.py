@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -114,14 +114,17 @@ class ExplicitRungeKutta(AbstractSolver):
             ks.append(f(t + tab.c[i] * dt, yi))  # type: ignore[arg-type]  # float * Tensor is Tensor.__rmul__
         if y1 is None:
             y1 = linear_combination(y, dt, tab.b, ks)
-        error = None
-        if tab.b_error is not None:
-            with torch.no_grad():  # the estimate only decides the step: no autograd graph for it
-                if self.error_estimate is not None:
-                    error = self.error_estimate(dt, ks)
-                else:
-                    error = linear_combination(None, dt, tab.b_error, ks)
-        return RKStep(y1, error, tuple(ks))
+        return RKStep(y1, self.error_of(dt, ks), tuple(ks))
+
+    def error_of(self, dt: float | torch.Tensor, ks: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """The error estimate of a step of size ``dt`` with stage derivatives ``ks`` (None for a
+        fixed-step tableau)."""
+        if self.tableau.b_error is None:
+            return None
+        with torch.no_grad():  # the estimate only decides the step: no autograd graph for it
+            if self.error_estimate is not None:
+                return self.error_estimate(dt, ks)
+            return linear_combination(None, dt, self.tableau.b_error, ks)
 
     def next_state(self, f: Field, t1: float, step: RKStep) -> torch.Tensor:
         """The state for the next step after ``step`` is accepted: f(t1, y1), free for FSAL tableaus."""
