@@ -179,8 +179,10 @@ def _solve_host(
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
 
 
-#: :func:`_solve_host` run by the interpreter when the user's torch.compile reaches it (a graph break)
-_solve_host_untraced = torch.compiler.disable(_solve_host, recursive=True)
+#: :func:`_solve_host` run by the interpreter when the user's torch.compile reaches it (a graph break);
+#: torch's lazy form of ``torch.compiler.disable``, which imports the compiler (~0.7 s) at once:
+#: every first use of the library paid for it
+_solve_host_untraced = torch._disable_dynamo(_solve_host, recursive=True)
 
 
 def _check_transform_settings(backend: str, sensitivity) -> None:

@@ -3,6 +3,7 @@
 import ast
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -45,3 +46,27 @@ def test_public_names_and_submodules_resolve():
     assert hn.solvers.implicit.KenCarp4 is hn.KenCarp4
     assert hn.METHODS["dopri5"] is not None
     assert "odeint" in dir(hn)
+
+
+def test_an_eager_solve_does_not_load_the_compiler():
+    """The compiler (``torch._dynamo``, ~0.7 s to import) loads only when something is compiled: the
+    solves that graph-break out of a user's ``torch.compile`` are wrapped lazily."""
+    code = textwrap.dedent(
+        """
+        import sys, torch, hybrid_node as hn
+
+        class Field(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(2, 2)
+
+            def forward(self, t, y):
+                return self.linear(y)
+
+        hn.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3))
+        hn.nn.ODEBlock(Field())(torch.ones(1, 2))
+        print("torch._dynamo" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"

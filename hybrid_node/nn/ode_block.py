@@ -289,4 +289,5 @@ NeuralODE = ODEBlock
 
 
 #: :meth:`ODEBlock._counted_solve` run by the interpreter when the user's torch.compile reaches it
-_counted_solve_untraced = torch.compiler.disable(ODEBlock._counted_solve, recursive=True)
+#: (the lazy ``torch.compiler.disable``, as :data:`hybrid_node._api._solve_host_untraced`)
+_counted_solve_untraced = torch._disable_dynamo(ODEBlock._counted_solve, recursive=True)
