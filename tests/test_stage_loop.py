@@ -8,7 +8,7 @@ import torch
 from conftest import CountingMLP
 
 import hybrid_node as hn
-from hybrid_node.loop import compiled_step
+from hybrid_node.loop import compiled_step, whole, whole_impulses
 from hybrid_node.loop.stage_loop import looped_step, stage_table
 from hybrid_node.solvers.registry import METHOD_SPECS
 
@@ -49,13 +49,20 @@ def test_a_stale_derivative_is_evaluated_as_stage_zero(float64_default):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["tsit5", "dopri8"])
-def test_backsolve_backward_graph_with_the_stage_loop_gives_the_eager_gradients(method, float64_default, one_thread):
-    """The backward solve's whole-solve graph (stage loop on the CPU, the derivative after each
-    cotangent jump evaluated by the next attempt's stage loop) takes the eager backward solve's steps and
-    gives its gradients; it counts its evaluations as it makes them: the stages of every attempt (no
-    dense output: its steps end at the output times) and one after each of the inner jumps (DOP853's
-    three dense-output stages per attempt were evaluated and counted before, unused)."""
+@pytest.mark.parametrize(("method", "looped"), [("tsit5", True), ("dopri8", True), ("tsit5", False)])
+def test_backsolve_backward_graph_gives_the_eager_gradients(method, looped, monkeypatch, float64_default, one_thread):
+    """The backward solve's whole-solve graph, with the stage loop (a small state on the CPU: the
+    derivative after each cotangent jump evaluated by the next attempt's stage loop) or with unrolled
+    stages (a state whose stage buffer exceeds the limit: the derivative after a jump under
+    ``torch.cond``), takes the eager backward solve's steps and gives its gradients; it counts its
+    evaluations as it makes them: the stages of every attempt (no dense output: its steps end at the
+    output times) and one after each of the inner jumps (DOP853's three dense-output stages per
+    attempt were evaluated and counted before, unused)."""
+    tables = []  # the backward solves' tables: with the stage coefficients when the stages loop
+    make = whole_impulses.make_tables
+    monkeypatch.setattr(whole_impulses, "make_tables", lambda *a, **k: tables.append(make(*a, **k)) or tables[-1])
+    if not looped:
+        monkeypatch.setattr(whole, "STAGE_BUFFER_BYTES", 0)
     torch.manual_seed(1)
     field = CountingMLP()
     y0 = torch.randn(6, 2, requires_grad=True)
@@ -75,6 +82,7 @@ def test_backsolve_backward_graph_with_the_stage_loop_gives_the_eager_gradients(
         warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
         fast_stats, fast = gradients(solver.compiled())
     assert any(k[0] == "whole_solve" and "impulses" in k for k in compiled_step._CACHE[field])
+    assert tables and all((t.stages is not None) == looped for t in tables)
     eager_stats, eager = gradients(solver)
     assert fast_stats.n_steps_backward == eager_stats.n_steps_backward > 0
     for a, b in zip(fast, eager):

@@ -7,10 +7,13 @@ field is a vector-Jacobian product, those copies are most of what the compiler t
 generates and builds on a first call. Here stage ``i`` is one iteration of a ``while_loop``: its
 input ``y + dt * sum_j a_ij k_j`` is the row ``a_i`` of the tableau (a graph input) times the stack
 of stage derivatives, and the field appears once in the graph. The mlp adjoint's backward graph
-then compiled in about 5 instead of 7.4 s, its training step 2-6% slower (docs/compiled_solve.md,
-"First-call compile time"). The forward graphs keep the unrolled stages: there the loop's own cost
-per stage (a predicate, copies of the carried stack) is a large part of a cheap field's evaluation
-(the mlp forward solve 1.9 instead of 1.3 ms).
+then compiles in 4.4-4.7 instead of 7.1-7.6 s and its training step takes 8% longer: every stage
+writes the whole stack anew (a loop may not update its input in place), so the whole-solve graph
+loops over the stages only where that stack is small
+(:meth:`~hybrid_node.loop.whole.WholeSolve.loops_stages`). The forward graphs keep the unrolled
+stages: there the loop's own cost per stage (a predicate, the stack written anew) is a large part of
+a cheap field's evaluation (the mlp forward solve 1.9 instead of 1.3 ms). Measurements:
+docs/compiled_solve.md, "First-call compile time".
 
 The same sums in another order: the step's results equal the unrolled step's up to rounding.
 

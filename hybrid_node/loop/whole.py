@@ -79,6 +79,10 @@ from .inductor import compile_for, inductor_options, own_code
 
 _STATUS = LoopState._fields.index("status")
 
+#: the largest buffer of stage derivatives (bytes) whose attempts loop over their stages (about a
+#: core's second-level cache; :meth:`WholeSolve.loops_stages`)
+STAGE_BUFFER_BYTES = 1 << 20
+
 #: the seconds the last compiling call of each whole-solve graph took (key -> seconds), for the
 #: benchmarks and docs; a plain record, never read by the solver
 COMPILE_SECONDS: dict = {}
@@ -289,8 +293,8 @@ class WholeSolve:
             and the first step included (:func:`_forward_function`; ``heuristic``: Hairer's initial
             step, else the given one); "impulses": the graph solves from a :func:`pack`-ed state with
             jumps at the output times (:func:`_impulses_function`, :mod:`.whole_impulses`; on the
-            CPU its attempts run their stages in an inner loop, :attr:`stage_loop`); any other name:
-            the graph is ``build()`` (:mod:`.whole_segments`).
+            CPU its attempts may run their stages in an inner loop, :meth:`loops_stages`); any other
+            name: the graph is ``build()`` (:mod:`.whole_segments`).
         heuristic: see ``start``.
         build: for another ``start``, makes the function to compile, called as ``fn(owner, *args,
             norm, *extra)``; ``variant`` is what tells its graphs apart besides the other arguments.
@@ -310,11 +314,7 @@ class WholeSolve:
     ):
         self.owner = pure.owner
         self.cuda_graphs = cuda_graphs = device_type == "cuda"
-        #: the graph's tables hold the stage coefficients and its attempts loop over the stages
-        #: (:mod:`.stage_loop`): the backward solve's field (a vector-Jacobian product) is then one copy
-        #: in the graph instead of one per stage. Not on a GPU, where every iteration of a loop makes
-        #: the host wait for the device's predicate.
-        self.stage_loop = start == "impulses" and device_type == "cpu"
+        self._may_loop_stages = start == "impulses" and device_type == "cpu"
         # a plain function norm is its own key; an instance (the adjoint's GroupRMS, built per backward
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
@@ -343,6 +343,21 @@ class WholeSolve:
             options = {**inductor_options(cuda_graphs, cpu=cpu), "guard_filter_fn": library_guards(fn)}
             self._graphs[self.key] = compile_for(fn, cpu, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
+
+    def loops_stages(self, solver: ExplicitRungeKutta, state: torch.Tensor) -> bool:
+        """Whether the attempts of a solve from ``state`` run their stages in an inner loop
+        (:mod:`.stage_loop`; the solve's tables then hold the stage coefficients).
+
+        The backward solve's field (a vector-Jacobian product) is then one copy in the graph instead
+        of one per stage: the mlp adjoint's backward graph compiles in 4.4-4.7 instead of 7.1-7.6 s,
+        its step 8% slower. Only where the buffer of stage derivatives fits in :data:`STAGE_BUFFER_BYTES`:
+        every stage writes the whole buffer anew (a loop may not update its input in place), which
+        for a large state costs more than the field (the conv adjoint's 25 MB buffer: its step 637
+        instead of 526 ms). Not on a GPU, where each iteration of a loop makes the host wait for
+        the device's predicate. docs/compiled_solve.md, "First-call compile time".
+        """
+        size = solver.tableau.stages * state.numel() * state.element_size()
+        return self._may_loop_stages and size <= STAGE_BUFFER_BYTES
 
     def padded(self, ts: Sequence[float]) -> list[float]:
         """The output times a solve over ``ts`` runs with: ``ts`` itself for the first number of output

@@ -111,7 +111,7 @@ def integrate_whole_impulses(
     # another number of output times runs in a graph padded as the forward ones (WholeSolve.padded):
     # the end time repeated, rows of nothing to add, all past impulses.outputs, where the loop ends
     padded = graph.padded(rs)
-    tables = make_tables(solver, padded, x0, stage_loop=graph.stage_loop)
+    tables = make_tables(solver, padded, x0, stage_loop=graph.loops_stages(solver, x0))
     pad = impulses.add.new_zeros(len(padded) - len(rs), impulses.add.shape[1])
     impulses = impulses._replace(add=torch.cat([impulses.add, pad]))
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0, 1)
