@@ -179,10 +179,19 @@ def _solve_host(
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
 
 
-#: :func:`_solve_host` run by the interpreter when the user's torch.compile reaches it (a graph break);
-#: torch's lazy form of ``torch.compiler.disable``, which imports the compiler (~0.7 s) at once:
-#: every first use of the library paid for it
-_solve_host_untraced = torch._disable_dynamo(_solve_host, recursive=True)
+def untraced(fn: Callable) -> Callable:
+    """``fn``, run by the interpreter when a user's ``torch.compile`` reaches it (a graph break).
+
+    ``torch.compiler.disable(fn)`` imports the compiler at once (~0.7 s, which every first use of
+    the library paid); torch's lazy form of it imports the compiler at the first call. Either is
+    used where the other is missing (another torch version).
+    """
+    lazy = getattr(torch, "_disable_dynamo", None)
+    return lazy(fn, recursive=True) if lazy is not None else torch.compiler.disable(fn, recursive=True)
+
+
+#: :func:`_solve_host` as the user's torch.compile runs it (:func:`untraced`)
+_solve_host_untraced = untraced(_solve_host)
 
 
 def _check_transform_settings(backend: str, sensitivity) -> None:

@@ -75,10 +75,12 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     without line tables (``-g1``, which only profilers read): the mlp forward graph's ``g++`` run
     ~0.6 s of 7.4 s shorter on a first compilation.
     ``pattern_matcher=False`` (CPU graphs): Inductor's graph-rewriting patterns (hundreds, matched
-    against every node of the graph and of each loop body) are not applied. On the solver's CPU
-    graphs they cost compile time and bought nothing: the mlp adjoint's first call 9.6-10.0 instead
-    of 10.9-11.4 s, its step, the forward solve, the conv forward solve and the CNF's direct step no
-    slower, the mlp direct training step 5.5 instead of 6.4 ms (interleaved, docs/compiled_solve.md).
+    against every node of the graph and of each loop body) are not applied, nor built
+    (:func:`patterns_left_unregistered`). On the solver's CPU graphs they cost compile time and
+    bought nothing: the mlp adjoint's first call 9.7-9.9 instead of 10.0-10.2 s and the forward
+    solve's 6.1 instead of 6.3-6.4 s; the adjoint step, the forward solve, the conv forward solve and
+    the CNF's direct step no slower, the mlp direct training step 5.5 instead of 6.4 ms (interleaved,
+    docs/compiled_solve.md).
     ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
 
     Args:

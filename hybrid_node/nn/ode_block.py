@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.compiler import is_compiling
 
-from .._api import in_users_graph, solve
+from .._api import in_users_graph, solve, untraced
 from .._backend import BACKENDS, resolve_backend
 from .._registry import build_solver
 from .._solution import Solution
@@ -289,5 +289,4 @@ NeuralODE = ODEBlock
 
 
 #: :meth:`ODEBlock._counted_solve` run by the interpreter when the user's torch.compile reaches it
-#: (the lazy ``torch.compiler.disable``, as :data:`hybrid_node._api._solve_host_untraced`)
-_counted_solve_untraced = torch._disable_dynamo(ODEBlock._counted_solve, recursive=True)
+_counted_solve_untraced = untraced(ODEBlock._counted_solve)
