@@ -112,6 +112,20 @@ class PolynomialInterpolant:
         return combine_rows(self.y0, self.dt, powers @ c.T, self.ks)
 
 
+def hermite_weights(theta, dt):
+    """The cubic Hermite basis at ``theta`` (a float, a NumPy array or a tensor), in the order of
+    (y0, y1, f0, f1): the weights of the end values and of the end derivatives times the step ``dt``.
+
+    Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.6.
+    """
+    return [
+        (1 + 2 * theta) * (1 - theta) ** 2,
+        theta**2 * (3 - 2 * theta),
+        theta * (1 - theta) ** 2 * dt,
+        theta**2 * (theta - 1) * dt,
+    ]
+
+
 @dataclasses.dataclass
 class HermiteInterpolant:
     """Cubic Hermite interpolation from the end values and derivatives of a step (third order).
@@ -126,24 +140,12 @@ class HermiteInterpolant:
     dt: float
 
     def __call__(self, theta: float) -> torch.Tensor:
-        h00 = (1 + 2 * theta) * (1 - theta) ** 2
-        h10 = theta * (1 - theta) ** 2
-        h01 = theta**2 * (3 - 2 * theta)
-        h11 = theta**2 * (theta - 1)
-        return self.y0 * h00 + self.y1 * h01 + self.f0 * (h10 * self.dt) + self.f1 * (h11 * self.dt)
+        w00, w01, w10, w11 = hermite_weights(theta, self.dt)
+        return self.y0 * w00 + self.y1 * w01 + self.f0 * w10 + self.f1 * w11
 
     def many(self, thetas: Sequence[float]) -> torch.Tensor:
         """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
-        th = np.asarray(thetas, dtype=np.float64)
-        w = np.stack(
-            [
-                (1 + 2 * th) * (1 - th) ** 2,
-                th**2 * (3 - 2 * th),
-                th * (1 - th) ** 2 * self.dt,
-                th**2 * (th - 1) * self.dt,
-            ],
-            axis=1,
-        )
+        w = np.stack(hermite_weights(np.asarray(thetas, dtype=np.float64), self.dt), axis=1)
         return combine_rows(None, 1.0, w, (self.y0, self.y1, self.f0, self.f1))
 
 

@@ -58,6 +58,7 @@ from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
 from ..controllers import PIDController, error_ratio_tensor
+from ..interpolation import hermite_weights
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import PureField, _compile, compiler_failed, graphs_of, warn_fallback
@@ -215,10 +216,7 @@ def _dense_values(
         rows = torch.stack([k.reshape(-1) for k in ks])
         base: torch.Tensor | None = y0.reshape(1, -1)
     else:
-        th = theta[:, None]
-        weights = torch.cat(
-            [(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th), th * (1 - th) ** 2 * h, th**2 * (th - 1) * h], dim=1
-        )
+        weights = torch.cat(hermite_weights(theta[:, None], h), dim=1)
         rows = torch.stack([y0.reshape(-1), y1.reshape(-1), ks[0].reshape(-1), f1.reshape(-1)])
         base = None
     weights = weights.to(y0.dtype)

@@ -21,6 +21,7 @@ import torch
 from torch._higher_order_ops.while_loop import while_loop
 
 from ..controllers import ConstantStepSize
+from ..interpolation import hermite_weights
 from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
@@ -99,9 +100,8 @@ def odeint_graph_fixed(
         within, at_end, theta = core.emission(TENSOR, ts[1:], t0, t1)
         column = (-1,) + (1,) * y.dim()
         th = theta.reshape(column)
-        if cubic:  # HermiteInterpolant's weights, f0 and f1 the derivatives at the step's ends
-            weights = [(1 + 2 * th) * (1 - th) ** 2, th**2 * (3 - 2 * th)]
-            weights += [th * (1 - th) ** 2 * (t1 - t0), th**2 * (th - 1) * (t1 - t0)]
+        if cubic:  # f0 and f1 the derivatives at the step's ends
+            weights = hermite_weights(th, t1 - t0)
             ends = (y, step.y1, f, f1)
             values = sum(w.to(y.dtype) * x.unsqueeze(0) for w, x in zip(weights, ends))
         else:
