@@ -267,6 +267,37 @@ def test_the_wrapper_and_kernels_of_a_cpu_graph_compile_at_once_then_link(tmp_pa
     assert set(log) == {"alone.so"}
 
 
+_PATTERNS_PROBE = """
+import torch, hybrid_node as hn
+from torch._inductor.fx_passes import joint_graph
+from hybrid_node.loop import whole
+torch.set_num_threads(1)
+init = joint_graph.lazy_init
+field = torch.nn.Linear(2, 2)
+with torch.no_grad():
+    hn.odeint(lambda t, y: field(y), torch.ones(3, 2), torch.linspace(0, 1, 3), options={"compile": True})
+assert whole.COMPILE_SECONDS, "the solve compiled no whole-solve graph"
+assert joint_graph.lazy_init is init
+print(init.cache_info().currsize)
+torch.compile(lambda x: torch.sin(x) + 1)(torch.ones(3))
+print(init.cache_info().currsize)
+"""
+
+
+def test_the_solver_graphs_leave_the_pattern_matchers_patterns_unbuilt_and_other_graphs_build_them(tmp_path):
+    """With the pattern matcher off (the solver's CPU graphs), :func:`inductor.patterns_left_unregistered`
+    keeps torch from building the joint-graph patterns; a graph of the user's compiled afterwards in
+    the same process (matcher on) still builds them. A new process: torch builds them once per process."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _PATTERNS_PROBE], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0", "1"]
+
+
 def test_the_first_cpu_graph_starts_the_instruction_set_detection_in_the_background(monkeypatch):
     """Inductor's detection of the vector instruction set (probe processes, ~1 s once per process)
     runs in a thread started when the first CPU graph is set up, once, and fills torch's own cache."""

@@ -154,13 +154,41 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
             return compile_fx_inner(*args, **kwargs)
 
     try:
-        return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=options)
+        with patterns_left_unregistered():
+            return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=options)
     finally:
         for op, entry in previous.items():
             if entry is None:
                 del table[op]
             else:
                 table[op] = entry
+
+
+@contextlib.contextmanager
+def patterns_left_unregistered():
+    """Inductor's joint-graph passes do not build their rewriting patterns while the context is open.
+
+    torch 2.13 builds them (``fx_passes.joint_graph.lazy_init``: padded products, attention, a few
+    others, each traced from example functions) on the first compilation of a process, whether or
+    not ``pattern_matcher`` is on; with it off, as for the solver's CPU graphs (:func:`inductor_options`),
+    nothing reads them. Building them takes 0.2 s on a Zen 3 core once the compiler has warmed up
+    (``compile_times()`` charges 0.75 s to it on a first call, most of it first-use work that the
+    compilation would do later anyway; in ``benchmarks.first_call`` the gain is within the spread
+    of runs). ``lazy_init``
+    is replaced by a no-op for the duration and restored after; it is torch's own cached function,
+    so the user's graphs with the matcher on still build the patterns the first time they need
+    them (tested). If the name is missing (another torch version), nothing is replaced.
+    """
+    try:
+        from torch._inductor.fx_passes import joint_graph
+    except ImportError:  # pragma: no cover - another torch layout
+        yield
+        return
+    if "lazy_init" not in joint_graph.__dict__:
+        yield
+        return
+    with _replaced(joint_graph, "lazy_init", lambda input_device=None: None):
+        yield
 
 
 @contextlib.contextmanager
