@@ -174,16 +174,13 @@ def patterns_left_unregistered():
     nothing reads them. Building them takes 0.2 s on a Zen 3 core once the compiler has warmed up
     (``compile_times()`` charges 0.75 s to it on a first call, most of it first-use work that the
     compilation would do later anyway; in ``benchmarks.first_call`` the gain is within the spread
-    of runs). ``lazy_init``
-    is replaced by a no-op for the duration and restored after; it is torch's own cached function,
-    so the user's graphs with the matcher on still build the patterns the first time they need
-    them (tested). If the name is missing (another torch version), nothing is replaced.
+    of runs). ``lazy_init`` is replaced by a no-op for the duration and restored after; it is
+    torch's own cached function, so the user's graphs with the matcher on still build the patterns
+    the first time they need them (tested). If the name is missing (another torch version),
+    nothing is replaced.
     """
-    try:
-        from torch._inductor.fx_passes import joint_graph
-    except ImportError:  # pragma: no cover - another torch layout
-        yield
-        return
+    from torch._inductor.fx_passes import joint_graph
+
     if "lazy_init" not in joint_graph.__dict__:
         yield
         return
