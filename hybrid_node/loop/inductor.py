@@ -176,8 +176,9 @@ def patterns_left_unregistered():
     compilation would do later anyway; in ``benchmarks.first_call`` the gain is within the spread
     of runs). ``lazy_init`` is replaced by a no-op for the duration and restored after; it is
     torch's own cached function, so the user's graphs with the matcher on still build the patterns
-    the first time they need them (tested). If the name is missing (another torch version),
-    nothing is replaced.
+    the first time they need them (tested; a compilation running in another thread at the same
+    moment would leave them unbuilt too, and build them on its next graph). If the name is missing
+    (another torch version), nothing is replaced.
     """
     from torch._inductor.fx_passes import joint_graph
 
