@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
-from torch.compiler import is_compiling
 
 from ._backend import resolve_backend
 from ._errors import BackendError, Status
@@ -16,6 +15,7 @@ from ._event import Event
 from ._problem import Problem, make_problem
 from ._registry import build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
+from ._tracing import traced
 from ._transforms import inside_transform
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
@@ -135,7 +135,7 @@ def solve(
             )
     # inside the user's torch.compile the host loop runs as it runs untraced, behind a graph break
     # (traced, its host numbers became symbolic: other steps, torch's guard errors)
-    host = _solve_host_untraced if is_compiling() else _solve_host
+    host = _solve_host_untraced if traced() else _solve_host
     events = dict(event_fn=event_fn, event_t_end=event_t_end, per_sample_events=per_sample_events, event=event)
     return host(func, y0, t, solver, controller, sensitivity, adjoint_params, jump_t, step_t, t_dtype, throw, **events)
 
@@ -226,10 +226,10 @@ def in_users_graph(func, y0) -> bool:
     (e.g. of a model holding an ODE block) when no gradient can flow through it. A differentiated
     solve keeps the host loop, run untraced behind a graph break: autograd through the traced
     ``while_loop`` is not trusted (docs/compiled_solve.md)."""
+    if not traced():
+        return False
     if torch.compiler.is_exporting():
         return True
-    if not is_compiling():
-        return False
     if not torch.is_grad_enabled():
         return True
     if not isinstance(func, torch.nn.Module):  # its closure may hold tensors that require grad

@@ -18,10 +18,10 @@ from hybrid_node.solvers.registry import METHOD_SPECS
 
 
 def pretend_compiling(patch: pytest.MonkeyPatch) -> None:
-    """Stand in for a ``torch.compile`` trace: the library's ``is_compiling`` answers True (torch's own
-    is left alone: patched, it led torch's eager ``while_loop`` astray for the rest of the process)."""
-    patch.setattr("hybrid_node._api.is_compiling", lambda: True)
-    patch.setattr("hybrid_node.nn.ode_block.is_compiling", lambda: True)
+    """Stand in for a ``torch.compile`` trace: the library's ``traced`` answers True (torch's own flags
+    are left alone: patched, they led torch's eager ``while_loop`` astray for the rest of the process)."""
+    patch.setattr("hybrid_node._api.traced", lambda: True)
+    patch.setattr("hybrid_node.nn.ode_block.traced", lambda: True)
 
 
 @pytest.fixture
@@ -498,7 +498,7 @@ def test_export_of_an_ode_block_with_dopri5_gives_the_same_outputs(one_thread):
 
 
 def test_a_solve_traced_by_torch_compile_without_gradients_is_the_traced_loop(field, monkeypatch):
-    """Inside a ``torch.compile`` trace (stood in for by ``is_compiling``), a solve no gradient can
+    """Inside a ``torch.compile`` trace (stood in for by ``traced``), a solve no gradient can
     flow through runs as ``odeint_graph`` (the traced while_loop, here run eagerly) with the host
     loop's outputs, and a failed one raises (it returned NaN rows); a differentiated one keeps the
     host loop."""
@@ -551,6 +551,37 @@ def test_an_ode_block_counts_its_evaluations_unless_its_solve_is_traced(float64_
     with torch.no_grad():
         block(x)
     assert block.nfe_forward == 0
+
+
+def test_an_eager_solve_while_another_thread_compiles_keeps_the_host_loop(field, monkeypatch):
+    """``torch.compiler.is_compiling()`` is one flag for the process, True while any thread compiles
+    (set here as such a compilation sets it). An eager solve in another thread then ran the traced
+    loop (no counts, and only after that compilation released torch's lock) and the device loop its
+    compiled dense output; an ODE block counted nothing. Each keeps its eager path: the same outputs
+    bit for bit, the same counts."""
+    from hybrid_node.nn.ode_block import ODEBlock
+
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 5)
+    block = ODEBlock(field, (0.0, 1.0))
+
+    def run():
+        with torch.no_grad():
+            host = _eager(field, y0, t, rtol=1e-6, atol=1e-8)
+            device = hn.solve(
+                field, y0, t, solver=hn.Dopri5(), controller=hn.PIDController(rtol=1e-6, atol=1e-8, device_loop=True)
+            )
+            block(y0)
+        return host, device, block.nfe_forward
+
+    expected_host, expected_device, expected_count = run()
+    monkeypatch.setattr(torch.compiler, "_is_compiling_flag", True)
+    assert torch.compiler.is_compiling()
+    host, device, count = run()
+    assert host.stats.nfe == expected_host.stats.nfe > 0
+    assert torch.equal(host.ys, expected_host.ys)
+    assert device.stats.nfe == expected_device.stats.nfe > 0
+    assert torch.equal(device.ys, expected_device.ys)
+    assert count == expected_count > 0
 
 
 @pytest.mark.slow
@@ -797,7 +828,7 @@ def test_solves_the_traced_loop_cannot_run_keep_their_results_inside_torch_compi
 
 
 def test_the_traced_loop_hands_the_field_the_host_loops_time_dtype_and_controller(monkeypatch, one_thread):
-    """The traced loop (``is_compiling`` stands in for a trace) passes the time in the state's real
+    """The traced loop (``traced`` stands in for a trace) passes the time in the state's real
     dtype (a float64 time grid with a float32 state, as torchdiffeq and the host loop do; it passed
     float64) and runs the controller's first step and limits: the host loop's states."""
 
@@ -841,7 +872,7 @@ def test_export_of_a_solve_the_traced_loop_cannot_run_says_why(one_thread):
     ],
 )
 def test_a_traced_fixed_step_solve_is_the_host_loops(method, options, t, monkeypatch, one_thread):
-    """A fixed-step solve inside a trace (``is_compiling`` stands in for it) runs as one ``while_loop``
+    """A fixed-step solve inside a trace (``traced`` stands in for it) runs as one ``while_loop``
     (``loop/traced_fixed.py``): the grid from tensor arithmetic, linear or cubic outputs, the host
     loop's states to the last bit."""
     from hybrid_node.loop import traced_fixed

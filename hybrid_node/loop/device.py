@@ -57,6 +57,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
+from .._tracing import traced
 from ..controllers import PIDController, error_ratio_tensor
 from ..interpolation import hermite_weights
 from ..solvers.runge_kutta import ExplicitRungeKutta
@@ -220,7 +221,7 @@ def _dense_values(
         rows = torch.stack([y0.reshape(-1), y1.reshape(-1), ks[0].reshape(-1), f1.reshape(-1)])
         base = None
     weights = weights.to(y0.dtype)
-    if torch.compiler.is_compiling():
+    if traced():
         # a sum over the few stages as a broadcast product: the compiler unrolls a reduction this
         # short into pointwise code and fuses it with the masked write into the output buffer (as a
         # matrix product it is a library call per attempt with a small inner size, ~40 us for 49

@@ -24,12 +24,12 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.compiler import is_compiling
 
 from .._api import in_users_graph, solve, untraced
 from .._backend import BACKENDS, resolve_backend
 from .._registry import build_solver
 from .._solution import Solution
+from .._tracing import traced
 from ..sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -249,7 +249,7 @@ class ODEBlock(nn.Module):
         else:
             # inside the user's torch.compile the counted solve runs untraced (the solve itself would):
             # traced, the counts are numbers the compiler guards on, and every step compiled again
-            counted = _counted_solve_untraced if is_compiling() else ODEBlock._counted_solve
+            counted = _counted_solve_untraced if traced() else ODEBlock._counted_solve
             ys = counted(self, x, times, params)
         ys = cast(torch.Tensor, ys)  # a tensor x gives a tensor of states (only tuple states give a tuple)
         return ys if self.return_trajectory else ys[-1]
