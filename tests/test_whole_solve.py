@@ -584,6 +584,41 @@ def test_an_eager_solve_while_another_thread_compiles_keeps_the_host_loop(field,
     assert count == expected_count > 0
 
 
+def test_an_eager_solve_while_another_thread_exports_keeps_the_host_loop(field):
+    """``torch.compiler.is_exporting()`` is one flag for the process too, True while any thread runs a
+    non-strict ``torch.export``; the export's fake-tensor mode is its own thread's. An eager solve in
+    another thread (started here from inside the exported forward) keeps its eager path."""
+    import threading
+
+    from hybrid_node.nn.ode_block import ODEBlock
+
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 5)
+    block = ODEBlock(field, (0.0, 1.0))
+
+    def run():
+        with torch.no_grad():
+            host = _eager(field, y0, t, rtol=1e-6, atol=1e-8)
+            block(y0)
+        return host, block.nfe_forward
+
+    expected_host, expected_count = run()
+    results = []
+
+    class Exported(torch.nn.Module):
+        def forward(self, x):
+            assert torch.compiler.is_exporting()
+            thread = threading.Thread(target=lambda: results.append(run()))
+            thread.start()
+            thread.join()
+            return 2 * x
+
+    torch.export.export(Exported(), (torch.ones(3),), strict=False)
+    ((host, count),) = results
+    assert host.stats.nfe == expected_host.stats.nfe > 0
+    assert torch.equal(host.ys, expected_host.ys)
+    assert count == expected_count > 0
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph_of_a_model_holding_a_solve(one_thread):
     """``torch.compile(..., fullgraph=True)`` of a model with an ODE block, and of a function taking
