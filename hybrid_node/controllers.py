@@ -231,7 +231,9 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
     Complex elements count by their magnitude (as torchdiffeq's norm); half-precision elements are
     squared in float32, since float16's squares overflow from 256 on (the first-step heuristic's
-    ``y0 / tolerance`` is often larger), which made every float16 solve start with a zero step.
+    ``y0 / tolerance`` is often larger), which made every float16 solve start with a zero step. An
+    empty tensor (a batch of no samples) has norm 0, as in diffrax: its mean, NaN, made the
+    first-step heuristic pick a step below float32's resolution and the solve fail.
 
     Args:
         x: the tensor.
@@ -243,6 +245,8 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
         x = x.abs()
     if x.dtype in _HALF:
         x = x.float()
+    if x.numel() == 0:
+        return x.new_zeros(())
     return x.pow(2).mean().sqrt()
 
 

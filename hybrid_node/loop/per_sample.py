@@ -42,7 +42,7 @@ def check_per_sample(problem, event_fn) -> None:
             "per_sample needs a single tensor state whose first dimension is the batch; "
             "concatenate tuple states into one tensor."
         )
-    if problem.y0.dim() < 1 or problem.y0.shape[0] < 1:
+    if problem.y0.dim() < 1:
         raise ValueError("per_sample needs a state of shape (batch, ...).")
     if event_fn is not None or problem.jump_t or problem.step_t:
         raise ValueError("per_sample does not support events, jump_t or step_t; use the shared-step solver.")
@@ -105,6 +105,8 @@ def integrate_per_sample(
     """
     tab = solver.tableau
     batch, dev = y0.shape[0], y0.device
+    if batch == 0:  # no sample to step: every output is the (empty) initial state
+        return Integration([y0] * len(ts), Stats(), Status.SUCCESS, ts[-1])
     tdt = torch.float64 if dev.type in ("cpu", "cuda") else torch.float32
     stats = Stats()
 

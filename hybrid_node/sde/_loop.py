@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .._errors import SolverError, Status
+from ..controllers import rms_norm
 from ._sde import SDEView
 from .solvers.base import SDESolver
 
@@ -66,7 +67,7 @@ def _interp(w: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _error_ratio(y_full: torch.Tensor, y_half: torch.Tensor, rtol: float, atol: float) -> float:
     scale = atol + rtol * torch.maximum(y_full.abs(), y_half.abs())
-    return float(((y_full - y_half) / scale).pow(2).mean().sqrt())
+    return float(rms_norm((y_full - y_half) / scale))
 
 
 def integrate(

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..controllers import rms_norm
 from ._cotangents import step_cotangents
 from ._loop import Trajectory, integrate, logqp_rate
 from ._sde import SDEView
@@ -107,10 +108,7 @@ def _midpoint_back(
 
 def _error_ratio(full: Sequence[torch.Tensor], halves: Sequence[torch.Tensor], rtol: float, atol: float) -> float:
     """The largest root-mean-square error ratio over the parts of the augmented state."""
-    ratios = [
-        float(((x - z) / (atol + rtol * torch.maximum(x.abs(), z.abs()))).pow(2).mean().sqrt())
-        for x, z in zip(full, halves)
-    ]
+    ratios = [float(rms_norm((x - z) / (atol + rtol * torch.maximum(x.abs(), z.abs())))) for x, z in zip(full, halves)]
     return max(ratios, default=0.0)
 
 

@@ -402,7 +402,7 @@ def _secant_mismatch(f, t1: float, step: DirkStep, f1: torch.Tensor) -> float:
         den = torch.maximum(df.norm(dim=-1), jdy.norm(dim=-1))
         if not bool((den > 0).all()):
             den = den.clamp_min(torch.finfo(den.dtype).tiny)
-        return float((num / den).max())
+        return float((num / den).max()) if num.numel() else 0.0  # (a batch of no samples)
 
 
 class TRBDF2(Dirk):

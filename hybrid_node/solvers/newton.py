@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..controllers import rms_norm
+
 
 @dataclasses.dataclass(frozen=True)
 class NewtonSettings:
@@ -92,7 +94,7 @@ def newton_solve(
         # component that starts at 0 (e.g. an adjoint's parameter channel) has scale ~atol, far
         # below what float32 resolves, and would stall the iteration in round-off
         zscale = torch.maximum(scale, (8 * eps) * z.detach().abs())
-        norm = float((dz.detach() / zscale).pow(2).mean().sqrt())
+        norm = float(rms_norm(dz.detach() / zscale))  # (0 for an empty state)
         if math.isnan(norm):
             return NewtonResult(z, False, it, float("inf"), eta)
         if prev is not None:
