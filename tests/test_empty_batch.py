@@ -68,6 +68,13 @@ def test_the_other_loops_solve_a_batch_of_no_samples(field, options):
     assert out.shape == (3, 0, 2)
 
 
+@pytest.mark.parametrize("options", [{}, {"device_loop": True}, {"per_sample": True}], ids=["host", "device", "per"])
+def test_samples_of_no_components_solve_to_empty_outputs(options):
+    with torch.no_grad():
+        out = hn.odeint(lambda t, y: -y, torch.ones(4, 0), T, options=options)
+    assert out.shape == (3, 4, 0)
+
+
 @pytest.mark.parametrize(
     "sensitivity",
     [hn.DirectBackprop(), hn.BacksolveAdjoint(), hn.InterpolatingAdjoint()],

@@ -66,6 +66,8 @@ def _rms_rows(x: torch.Tensor) -> torch.Tensor:
         x = x.abs()
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
+    if x.shape[1] == 0:  # samples of no components: no error (as rms_norm of an empty tensor)
+        return x.new_zeros(x.shape[0])
     return x.pow(2).mean(1).sqrt()
 
 
