@@ -185,6 +185,12 @@ def test_bad_inputs_say_how_to_fix_them():
         hn.sdeint(NeuralSDE("general", "stratonovich"), torch.ones(2, 3), [0.0, 1.0], method="log_ode", bm=bm)
     with pytest.raises(ValueError, match="bm must have shape"):
         hn.sdeint(sde, y0, [0.0, 1.0], method="euler", bm=hn.BrownianInterval(0.0, 1.0, (2, 1)))
+    # another dtype promoted the whole solve to the wider one (float32 states came back float64)
+    other = torch.float32 if y0.dtype == torch.float64 else torch.float64
+    bm = hn.BrownianInterval(0.0, 1.0, (y0.shape[0], 1), dtype=other)
+    with pytest.raises(ValueError, match=rf"bm has dtype {other} but y0 has {y0.dtype}"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="euler", bm=bm)
+    assert hn.sdeint(sde, y0.to(other), [0.0, 1.0], method="euler", bm=bm).dtype == other
     with pytest.raises(ValueError, match="prior drift"):
         hn.sdeint(sde, y0, [0.0, 1.0], logqp=True)
     with pytest.raises(ValueError, match="unknown keys in names"):

@@ -131,6 +131,18 @@ def prepare(
         if len(shape) != 2 or shape[0] != batch or (noise_size is not None and shape[1] != noise_size):
             raise ValueError(f"bm must have shape (batch, noise) = ({batch}, {noise_size or 'm'}), got {shape}.")
         noise_size = shape[1]
+        # a Brownian motion of another dtype or device promoted the whole solve to its dtype (a float64
+        # one made float32 states float64) or failed inside the step
+        dtype, device = getattr(bm, "dtype", y0.dtype), getattr(bm, "device", y0.device)
+        if dtype != y0.dtype:
+            raise ValueError(
+                f"bm has dtype {dtype} but y0 has {y0.dtype}; create the Brownian motion with dtype=y0.dtype."
+            )
+        device = torch.device(device)  # "cuda" (the current device) matches y0's "cuda:0"
+        if device.type != y0.device.type or device.index not in (None, y0.device.index):
+            raise ValueError(
+                f"bm is on {device} but y0 is on {y0.device}; create the Brownian motion with device=y0.device."
+            )
         levy = getattr(bm, "levy_area_approximation", "none")
         if solver.needs_full_levy_area and levy not in ("davie", "foster"):
             raise ValueError(
