@@ -131,8 +131,8 @@ def prepare(
         if len(shape) != 2 or shape[0] != batch or (noise_size is not None and shape[1] != noise_size):
             raise ValueError(f"bm must have shape (batch, noise) = ({batch}, {noise_size or 'm'}), got {shape}.")
         noise_size = shape[1]
-        # a Brownian motion of another dtype or device promoted the whole solve to its dtype (a float64
-        # one made float32 states float64) or failed inside the step
+        # a Brownian motion of another dtype promoted the whole solve to its dtype (a float64 one made
+        # float32 states float64); one on another device cannot step the state
         dtype, device = getattr(bm, "dtype", y0.dtype), getattr(bm, "device", y0.device)
         if dtype != y0.dtype:
             raise ValueError(
