@@ -9,6 +9,7 @@ stiff"), and the implicit methods' Newton iteration never converged. torchdiffeq
 
 import pytest
 import torch
+from conftest import TimeMLP
 
 import hybrid_node as hn
 from hybrid_node.controllers import rms_norm
@@ -18,19 +19,10 @@ TORCH_METHODS = [name for name, spec in hn.METHODS.items() if spec.solver is not
 TUPLE_METHODS = ("symplectic_euler", "leapfrog", "yoshida4", "yoshida6")
 
 
-class _Field(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
-
-    def forward(self, t, y):
-        return self.net(y)
-
-
 @pytest.fixture
 def field():
     torch.manual_seed(0)
-    return _Field()
+    return TimeMLP()
 
 
 def _options(method: str) -> dict:

@@ -553,55 +553,54 @@ def test_an_ode_block_counts_its_evaluations_unless_its_solve_is_traced(float64_
     assert block.nfe_forward == 0
 
 
+def _eager_paths(field):
+    """``run()``: an eager solve of ``field`` on the host loop and on the device loop, and an ODE block's
+    count of evaluations, each of which takes another path inside a trace."""
+    from hybrid_node.nn.ode_block import ODEBlock
+
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 5)
+    block = ODEBlock(field, (0.0, 1.0))
+    device_loop = hn.PIDController(rtol=1e-6, atol=1e-8, device_loop=True)
+
+    def run():
+        with torch.no_grad():
+            host = _eager(field, y0, t, rtol=1e-6, atol=1e-8)
+            device = hn.solve(field, y0, t, solver=hn.Dopri5(), controller=device_loop)
+            block(y0)
+        return host, device, block.nfe_forward
+
+    return run
+
+
+def _assert_same_eager_paths(got, expected) -> None:
+    """The same outputs bit for bit and the same counts as :func:`_eager_paths` outside any trace."""
+    for solution, reference in zip(got[:2], expected[:2]):
+        assert solution.stats.nfe == reference.stats.nfe > 0
+        assert torch.equal(solution.ys, reference.ys)
+    assert got[2] == expected[2] > 0
+
+
 def test_an_eager_solve_while_another_thread_compiles_keeps_the_host_loop(field, monkeypatch):
     """``torch.compiler.is_compiling()`` is one flag for the process, True while any thread compiles
     (set here as such a compilation sets it). An eager solve in another thread then ran the traced
     loop (no counts, and only after that compilation released torch's lock) and the device loop its
     compiled dense output; an ODE block counted nothing. Each keeps its eager path: the same outputs
     bit for bit, the same counts."""
-    from hybrid_node.nn.ode_block import ODEBlock
-
-    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 5)
-    block = ODEBlock(field, (0.0, 1.0))
-
-    def run():
-        with torch.no_grad():
-            host = _eager(field, y0, t, rtol=1e-6, atol=1e-8)
-            device = hn.solve(
-                field, y0, t, solver=hn.Dopri5(), controller=hn.PIDController(rtol=1e-6, atol=1e-8, device_loop=True)
-            )
-            block(y0)
-        return host, device, block.nfe_forward
-
-    expected_host, expected_device, expected_count = run()
+    run = _eager_paths(field)
+    expected = run()
     monkeypatch.setattr(torch.compiler, "_is_compiling_flag", True)
     assert torch.compiler.is_compiling()
-    host, device, count = run()
-    assert host.stats.nfe == expected_host.stats.nfe > 0
-    assert torch.equal(host.ys, expected_host.ys)
-    assert device.stats.nfe == expected_device.stats.nfe > 0
-    assert torch.equal(device.ys, expected_device.ys)
-    assert count == expected_count > 0
+    _assert_same_eager_paths(run(), expected)
 
 
 def test_an_eager_solve_while_another_thread_exports_keeps_the_host_loop(field):
     """``torch.compiler.is_exporting()`` is one flag for the process too, True while any thread runs a
-    non-strict ``torch.export``; the export's fake-tensor mode is its own thread's. An eager solve in
-    another thread (started here from inside the exported forward) keeps its eager path."""
+    non-strict ``torch.export``; the export's fake-tensor mode is its own thread's. Eager solves in
+    another thread (started here from inside the exported forward) keep their eager paths."""
     import threading
 
-    from hybrid_node.nn.ode_block import ODEBlock
-
-    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 5)
-    block = ODEBlock(field, (0.0, 1.0))
-
-    def run():
-        with torch.no_grad():
-            host = _eager(field, y0, t, rtol=1e-6, atol=1e-8)
-            block(y0)
-        return host, block.nfe_forward
-
-    expected_host, expected_count = run()
+    run = _eager_paths(field)
+    expected = run()
     results = []
 
     class Exported(torch.nn.Module):
@@ -613,10 +612,8 @@ def test_an_eager_solve_while_another_thread_exports_keeps_the_host_loop(field):
             return 2 * x
 
     torch.export.export(Exported(), (torch.ones(3),), strict=False)
-    ((host, count),) = results
-    assert host.stats.nfe == expected_host.stats.nfe > 0
-    assert torch.equal(host.ys, expected_host.ys)
-    assert count == expected_count > 0
+    (paths,) = results
+    _assert_same_eager_paths(paths, expected)
 
 
 @pytest.mark.slow

@@ -65,7 +65,9 @@ def _interp(w: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a + w * (b - a)
 
 
-def _error_ratio(y_full: torch.Tensor, y_half: torch.Tensor, rtol: float, atol: float) -> float:
+def error_ratio(y_full: torch.Tensor, y_half: torch.Tensor, rtol: float, atol: float) -> float:
+    """The step-doubling error test: the RMS of ``y_full - y_half`` scaled by
+    ``atol + rtol * max(|y_full|, |y_half|)``."""
     scale = atol + rtol * torch.maximum(y_full.abs(), y_half.abs())
     return float(rms_norm((y_full - y_half) / scale))
 
@@ -135,7 +137,7 @@ def integrate(
                 y_mid, extra_mid = solver.step(sde, bm, t, mid, y, extra)
                 y_new, extra_new = solver.step(sde, bm, mid, next_t, y_mid, extra_mid)
                 with torch.no_grad():
-                    err = _error_ratio(y_full, y_new, rtol, atol)
+                    err = error_ratio(y_full, y_new, rtol, atol)
                 factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err**-0.5))
                 accept = err <= 1.0 or step_size <= dt_min
                 step_size = max(step_size * factor, dt_min)

@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 
-from ..controllers import rms_norm
 from ._cotangents import step_cotangents
-from ._loop import Trajectory, integrate, logqp_rate
+from ._loop import Trajectory, error_ratio, integrate, logqp_rate
 from ._sde import SDEView
 from ._validate import Prepared
 from .solvers.milstein import diffusion_derivative_product
@@ -108,8 +107,7 @@ def _midpoint_back(
 
 def _error_ratio(full: Sequence[torch.Tensor], halves: Sequence[torch.Tensor], rtol: float, atol: float) -> float:
     """The largest root-mean-square error ratio over the parts of the augmented state."""
-    ratios = [float(rms_norm((x - z) / (atol + rtol * torch.maximum(x.abs(), z.abs())))) for x, z in zip(full, halves)]
-    return max(ratios, default=0.0)
+    return max((error_ratio(x, z, rtol, atol) for x, z in zip(full, halves)), default=0.0)
 
 
 def _adaptive_back(
