@@ -122,7 +122,27 @@ def test_output_layout_logqp_and_extra():
     assert ys.shape == (5, 6, 3) and log_ratio.shape == (4, 6) and bool((log_ratio >= 0).all())
     torch.testing.assert_close(ys[0], y0)
     ys2, extra = hn.sdeint(NeuralSDE("general", "stratonovich"), y0, ts, method="reversible_heun", extra=True)
-    assert ys2.shape == (5, 6, 3) and len(extra) == 3 and extra[2].shape == (6, 3, 2)
+    assert ys2.shape == (5, 6, 3) and len(extra) == 3 and extra[1].shape == (6, 3, 2)
+
+
+def test_reversible_heun_extra_state_continues_a_solve_in_either_library():
+    """The extra state is torchsde's (f, g, z): a solve continued from either library's state agrees."""
+    torchsde = pytest.importorskip("torchsde")
+    torch.manual_seed(0)
+    sde, y0 = NeuralSDE("diagonal", "stratonovich"), torch.randn(4, 3)
+
+    def bm():
+        return torchsde.BrownianInterval(0.0, 1.0, (4, 3), entropy=5)
+
+    first, second = torch.tensor([0.0, 0.5]), torch.tensor([0.5, 1.0])
+    kw = {"method": "reversible_heun", "dt": 1 / 16}
+    ys, state = torchsde.sdeint(sde, y0, first, bm=bm(), extra=True, **kw)
+    ours, our_state = hn.sdeint(sde, y0, first, bm=bm(), extra=True, **kw)
+    for a, b in zip(our_state, state):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    theirs = torchsde.sdeint(sde, ys[-1], second, bm=bm(), extra_solver_state=state, **kw)
+    resumed = hn.sdeint(sde, ys[-1], second, bm=bm(), extra_solver_state=state, **kw)
+    torch.testing.assert_close(resumed, theirs, rtol=1e-6, atol=1e-6)
 
 
 def test_adaptive_stepping_agrees_with_fine_fixed_steps():
@@ -249,7 +269,7 @@ def test_reversible_heun_steps_are_undone_exactly():
     for k, dw in reversed(list(enumerate(dws))):
         state = reverse_step(sde, 0.05 * k, 0.05 * (k + 1), dw, *state)
     torch.testing.assert_close(state[0], y, rtol=0, atol=1e-12)
-    torch.testing.assert_close(state[1][0], extra[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(state[1][2], extra[2], rtol=0, atol=1e-12)
 
 
 PARITY = [  # torchsde's scalar-noise Milstein uses J^T g instead of J g, and its diagonal SRK is another tableau
@@ -259,6 +279,7 @@ PARITY = [  # torchsde's scalar-noise Milstein uses J^T g instead of J g, and it
     ("milstein", {"grad_free": True}, "diagonal", "ito"),
     ("milstein", None, "diagonal", "stratonovich"),
     ("euler_heun", None, "general", "stratonovich"),
+    ("euler_heun", None, "diagonal", "stratonovich"),  # a diffusion that depends on t
     ("heun", None, "general", "stratonovich"),
     ("midpoint", None, "general", "stratonovich"),
     ("reversible_heun", None, "general", "stratonovich"),

@@ -71,7 +71,7 @@ def backward_pass(
     sde, bm, steps = prepared.sde, prepared.bm, traj.steps
     inject = step_cotangents(traj, grad_ys)
     n_steps = len(steps) - 1
-    y, (z, _, _) = traj.kept[n_steps], traj.extra
+    y, (_, _, z) = traj.kept[n_steps], traj.extra
     zz, f1, g1 = _fields_with_graph(sde, steps[n_steps], z)
     a_y = inject.get(n_steps, torch.zeros_like(y))
     a_z, a_f, a_g = torch.zeros_like(y), torch.zeros_like(f1), torch.zeros_like(g1)
@@ -139,7 +139,7 @@ def solve_reversible_adjoint(
 
     Returns:
         (ys, the cumulative KL integral at each output (len(ts), batch; zeros without logqp), the final
-        extra state (z, f, g)).
+        extra state (f, g, z), torchsde's order).
     """
     holder: list = []
     ys, log_ratios = _ReversibleAdjoint.apply(prepared, settings, holder, y0, *params)

@@ -56,7 +56,7 @@ def sdeint(
         options: method options, e.g. ``{"grad_free": True}`` for milstein.
         names: rename the SDE's methods, e.g. ``{"drift": "f_post", "prior_drift": "h"}``.
         logqp: also return the KL rate integral between the posterior (f) and prior (h) SDE per output interval.
-        extra: also return the solver's final extra state (reversible_heun: (z, f, g)).
+        extra: also return the solver's final extra state (reversible_heun: (f, g, z), torchsde's order).
         extra_solver_state: the solver's extra state at ts[0] (default: computed from y0).
 
     Returns:

@@ -13,7 +13,11 @@ from .base import Extra, SDESolver
 
 @dataclasses.dataclass(frozen=True)
 class EulerHeun(SDESolver):
-    """Euler-Heun: y_bar = y + g(y) dW; y1 = y + f(y) h + (g(y) + g(y_bar)) dW / 2.
+    """Euler-Heun: y_bar = y + g(t0, y) dW; y1 = y + f(t0, y) h + (g(t0, y) + g(t1, y_bar)) dW / 2.
+
+    The corrector's diffusion is taken at t1 (torchsde's choice, so a time-dependent g gives the same
+    steps in both libraries): the time-dependence of g is then averaged over the step by the trapezoidal
+    rule, as the Stratonovich integral asks.
 
     Converges to the Stratonovich solution: strong order 0.5 (1.0 for diagonal, scalar, additive noise).
 
@@ -35,7 +39,7 @@ class EulerHeun(SDESolver):
         """One Euler-Heun step; args and returns as :meth:`SDESolver.step`."""
         dw = bm(t0, t1)
         f, gdw = sde.f_and_g_prod(t0, y, dw)
-        gdw_bar = sde.g_prod(t0, y + gdw, dw)
+        gdw_bar = sde.g_prod(t1, y + gdw, dw)
         return y + f * (t1 - t0) + 0.5 * (gdw + gdw_bar), extra
 
 

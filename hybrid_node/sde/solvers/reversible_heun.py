@@ -15,6 +15,9 @@ from .base import Extra, SDESolver
 class ReversibleHeun(SDESolver):
     """Reversible Heun: state (y, z, f(z), g(z)); z is an extrapolated copy of y.
 
+    The extra state is the tuple ``(f(z), g(z), z)``, in torchsde's order, so an ``extra_solver_state``
+    returned by either library continues a solve in the other.
+
     z1 = 2 y - z + f(z) h + g(z) dW;  y1 = y + (f(z) + f(z1)) h / 2 + (g(z) + g(z1)) dW / 2.
 
     One drift and one diffusion evaluation per step; strong order 0.5 (1.0 for additive noise) to the
@@ -35,12 +38,12 @@ class ReversibleHeun(SDESolver):
 
     def init(self, sde: SDEView, t0: float, y0: torch.Tensor) -> Extra:
         f, g = sde.f_and_g(t0, y0)
-        return (y0, f, g)
+        return (f, g, y0)
 
     def step(
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
     ) -> tuple[torch.Tensor, Extra]:
-        """One reversible Heun step; args and returns as :meth:`SDESolver.step`, extra = (z, f(z), g(z))."""
+        """One reversible Heun step; args and returns as :meth:`SDESolver.step`, extra = (f(z), g(z), z)."""
         return forward_step(sde, t0, t1, bm(t0, t1), y, extra)
 
 
@@ -50,17 +53,17 @@ def forward_step(
     """The reversible Heun step with a given increment dW = W(t1) - W(t0).
 
     Args:
-        sde: the SDE; t0, t1: step ends; dw: the increment; y: state; extra: (z, f(t0, z), g(t0, z)).
+        sde: the SDE; t0, t1: step ends; dw: the increment; y: state; extra: (f(t0, z), g(t0, z), z).
 
     Returns:
-        (y1, (z1, f(t1, z1), g(t1, z1))).
+        (y1, (f(t1, z1), g(t1, z1), z1)).
     """
-    z, f0, g0 = extra
+    f0, g0, z = extra
     h = t1 - t0
     z1 = sde.increment(2 * y - z, f0, h, g0, dw)
     f1, g1 = sde.f_and_g(t1, z1)
     y1 = sde.increment(y, f0 + f1, h, g0 + g1, dw, 0.5)
-    return y1, (z1, f1, g1)
+    return y1, (f1, g1, z1)
 
 
 def reverse_step(
@@ -69,14 +72,14 @@ def reverse_step(
     """Undo :func:`forward_step`: from the state at t1 recover the state at t0 (exact in exact arithmetic).
 
     Args:
-        sde: the SDE; t0, t1: step ends; dw: W(t1) - W(t0); y1: state at t1; extra1: (z1, f(t1, z1), g(t1, z1)).
+        sde: the SDE; t0, t1: step ends; dw: W(t1) - W(t0); y1: state at t1; extra1: (f(t1, z1), g(t1, z1), z1).
 
     Returns:
-        (y0, (z0, f(t0, z0), g(t0, z0))).
+        (y0, (f(t0, z0), g(t0, z0), z0)).
     """
-    z1, f1, g1 = extra1
+    f1, g1, z1 = extra1
     h = t1 - t0
     z0 = 2 * y1 - z1 - f1 * h - sde.prod(g1, dw)
     f0, g0 = sde.f_and_g(t0, z0)
     y0 = y1 - 0.5 * ((f0 + f1) * h + sde.prod(g0 + g1, dw))
-    return y0, (z0, f0, g0)
+    return y0, (f0, g0, z0)
