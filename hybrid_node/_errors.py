@@ -10,7 +10,10 @@ class Status(enum.Enum):
 
     SUCCESS = "The solve reached the final time."
     EVENT = "A terminal event stopped the solve."
-    MAX_STEPS = "The maximum number of steps was reached. Try increasing `max_num_steps` in options."
+    MAX_STEPS = (
+        "The maximum number of steps was reached. Try increasing `max_num_steps` in options (it counts the "
+        "steps of the whole solve, not of each output interval as torchdiffeq's does)."
+    )
     STEP_UNDERFLOW = (
         "The step size fell below the minimum. The problem may be stiff (try an implicit method such as "
         "'rodas4' or 'kvaerno5') or the tolerances too tight for the dtype (try float64 or larger rtol/atol)."

@@ -211,6 +211,11 @@ class Problem:
     t_dtype: torch.dtype = torch.float64
     event_t_end: float | None = None
 
+    @property
+    def direction(self) -> float:
+        """-1.0 for a solve backwards in time (solver time s = -t), else 1.0."""
+        return -1.0 if self.reverse else 1.0
+
     def term(self, func: Callable | None = None, callbacks: bool = True) -> Term:
         """The solver's view of ``func`` (default: the problem's field).
 

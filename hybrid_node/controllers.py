@@ -74,12 +74,14 @@ class ConstantStepSize(AbstractController):
         """Fixed steps keep no state between steps."""
         return None
 
-    def grid(self, func, y0, t: torch.Tensor) -> list:
+    def grid(self, func, y0, t: torch.Tensor, direction: float = 1.0) -> list:
         """The grid of step end points (host floats), from t[0] to t[-1] inclusive, increasing.
 
         Args:
             func, y0: passed to ``grid_constructor``.
-            t: the output times (increasing).
+            t: the output times (increasing solver times, ``direction`` times the user's).
+            direction: -1.0 for a solve backwards in time: ``grid_constructor`` gets and returns the
+                user's (decreasing) times, as in torchdiffeq, and its grid is mirrored here.
 
         Returns:
             The grid: the output times, the ``grid_constructor``'s, or ``step_size`` apart.
@@ -90,10 +92,10 @@ class ConstantStepSize(AbstractController):
         """
         t0, t1 = float(t[0]), float(t[-1])
         if self.grid_constructor is not None:
-            g = self.grid_constructor(func, y0, t)
-            g = [float(x) for x in torch.as_tensor(g).reshape(-1)]
+            g = self.grid_constructor(func, y0, direction * t)
+            g = [direction * float(x) for x in torch.as_tensor(g).reshape(-1)]
             if len(g) < 2 or g[0] != t0 or g[-1] != t1 or any(b <= a for a, b in zip(g, g[1:])):
-                raise ValueError("grid_constructor must return a strictly increasing grid from t[0] to t[-1].")
+                raise ValueError("grid_constructor must return a strictly monotonic grid from t[0] to t[-1].")
             return g
         if self.step_size is None:
             return [float(x) for x in t]

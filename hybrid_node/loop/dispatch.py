@@ -167,7 +167,7 @@ def integrate(
             cap = _event_cap(ctrl.max_num_steps, ConstantStepSize.max_num_steps)
             grid = _event_grid(ts, float(ctrl.step_size), cap, problem.event_t_end)
         else:
-            grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
+            grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64), problem.direction)
         return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
     if transformed:
         return integrate_transformed(
@@ -238,7 +238,7 @@ def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | N
         bad = int(plain(torch.where(rows, index, len(ys)).min()).min())
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
         if throw:
-            sgn = -1.0 if problem.reverse else 1.0
+            sgn = problem.direction
             raise SolverError(
                 Status.NONFINITE,
                 sgn * t_bad,

@@ -225,7 +225,7 @@ def backward_jumps(problem: Problem, plan: BackwardPlan) -> tuple[float, ...]:
     if plan.jump_t is None:
         jumps: Sequence[float] = problem.jump_t
     else:
-        sgn = -1.0 if problem.reverse else 1.0
+        sgn = problem.direction
         jumps = [sgn * x for x in plan.jump_t]
     return tuple(sorted(-s for s in jumps))
 
@@ -347,7 +347,7 @@ def merge_times(points: Sequence[float], required: Sequence[float]) -> list[floa
 def forward_grid(problem: Problem, ts: Sequence[float]) -> list[float]:
     """The forward fixed-step grid over the solver times ``ts`` (host floats)."""
     ctrl = problem.controller
-    return ctrl.grid(problem.func, problem.y0, torch.tensor(ts, dtype=torch.float64))
+    return ctrl.grid(problem.func, problem.y0, torch.tensor(ts, dtype=torch.float64), problem.direction)
 
 
 def backward_grid(
@@ -367,21 +367,31 @@ def backward_grid(
 
 def _constructed_backward_grid(problem: Problem, constructor: Callable, ts: Sequence[float]) -> list[float]:
     """The backward grid (in r) from the user's ``grid_constructor``, called as torchdiffeq calls it in
-    the adjoint pass: with the output times in the backward direction (``t.flip(0)``, user time), so
-    it returns a grid from t[-1] to t[0].
+    the adjoint pass: once per output interval, last first, with that interval's two times in the
+    backward direction (``t[i - 1:i + 1].flip(0)``, user time), so each call returns a grid from t[i] to
+    t[i - 1]; the grids are joined at the output times.
 
     Raises:
-        ValueError: the grid does not run monotonically from t[-1] to t[0].
+        ValueError: a grid does not run monotonically from t[i] to t[i - 1].
     """
-    sgn = -1.0 if problem.reverse else 1.0
-    t_back = torch.tensor([sgn * s for s in reversed(ts)], dtype=torch.float64)
-    grid = [float(x) for x in torch.as_tensor(constructor(problem.func, problem.y0, t_back)).reshape(-1)]
-    points = [-sgn * g for g in grid]  # user time -> solver time s -> backward time r = -s
-    if len(points) < 2 or any(b <= a for a, b in zip(points, points[1:])) or grid[0] != float(t_back[0]):
-        raise ValueError(
-            "in the adjoint pass grid_constructor gets the times backwards (t.flip(0)) and must return a "
-            "monotonic grid from t[-1] to t[0]."
-        )
+    sgn = problem.direction
+    points: list[float] = []
+    for hi, lo in zip(reversed(ts[1:]), reversed(ts[:-1])):
+        t_back = torch.tensor([sgn * hi, sgn * lo], dtype=torch.float64)
+        grid = [float(x) for x in torch.as_tensor(constructor(problem.func, problem.y0, t_back)).reshape(-1)]
+        piece = [-sgn * g for g in grid]  # user time -> solver time s -> backward time r = -s
+        if (
+            len(piece) < 2
+            or any(b <= a for a, b in zip(piece, piece[1:]))
+            or grid[0] != float(t_back[0])
+            or grid[-1] != float(t_back[-1])
+        ):
+            raise ValueError(
+                "in the adjoint pass grid_constructor is called once per output interval with its two "
+                "times backwards (t[i - 1:i + 1].flip(0), as torchdiffeq does) and must return a "
+                "monotonic grid from t[i] to t[i - 1]."
+            )
+        points.extend(piece if not points else piece[1:])
     return points
 
 

@@ -56,7 +56,7 @@ def _fixed_ends(problem: Problem, ctrl: ConstantStepSize, y0: torch.Tensor) -> l
     and an output at the same point can differ in the last bit), so no step is a rounding sliver.
     """
     ts = problem.ts
-    grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64))
+    grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64), problem.direction)
     span = max(abs(ts[-1] - ts[0]), 1e-300)
     ends = set(ts[1:]) | {s for s in problem.step_t if ts[0] < s < ts[-1]}
     out = [g for g in grid[1:] if all(abs(g - e) > 1e-12 * span for e in ends)]
