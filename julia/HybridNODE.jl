@@ -22,8 +22,10 @@ using OrdinaryDiffEqTsit5: AutoTsit5, Tsit5
 using OrdinaryDiffEqVerner: Vern7, Vern9
 using PrecompileTools: @compile_workload, @setup_workload
 using PythonCall: Py, PyArray, PyException, pyconvert
-using SciMLBase: FullSpecialize, ODEFunction, ODEProblem, VectorContinuousCallback, init, remake,
-                  set_u!, solve, solve!, successful_retcode, terminate!, u_modified!
+# SciMLBase itself for `mark_discontinuity!` (events.jl): `derivative_discontinuity!` exists from
+# SciMLBase 3 on only, so it is looked up at run time instead of imported.
+using SciMLBase: SciMLBase, FullSpecialize, ODEFunction, ODEProblem, VectorContinuousCallback,
+                  init, remake, set_u!, solve, solve!, successful_retcode, terminate!
 using SciMLSensitivity: BacksolveAdjoint, GaussAdjoint, InterpolatingAdjoint, QuadratureAdjoint,
                         ZygoteVJP
 using Zygote: Zygote

@@ -6,9 +6,20 @@
 #                                         1 record, 2 jump to `jumped()`, 3 terminate
 #   jumped()                           -> length-N array, the state after the jump
 #
-# `idx` goes to Python 0-based. The direction is decided in Python from the component's sign at the
-# step's start: SciMLBase 3's VectorContinuousCallback has no affect_neg! and calls affect! at
-# crossings in either direction (as SciMLBase 2 does with affect_neg! left at its default).
+# `idx` goes to Python 0-based, one component per call. The direction is decided in Python from the
+# component's sign at the step's start: SciMLBase 3's VectorContinuousCallback has no affect_neg!
+# and calls affect! at crossings in either direction (as SciMLBase 2 does with affect_neg! left at
+# its default).
+#
+# How affect! is called depends on DiffEqBase (both are admitted by our compat: OrdinaryDiffEq
+# sub-libraries 1.x use DiffEqBase 6, 2.x use DiffEqBase 7):
+# - DiffEqBase 6 (DiffEqBase.jl src/callbacks.jl, apply_callback!): `affect!(integrator, idx)`
+#   with the Int index of the earliest root;
+# - DiffEqBase 7 (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl, apply_callback!):
+#   `affect!(integrator, simultaneous_events)`, a view of a Vector{Int8} with one entry per
+#   component: 0 no event, +1 an upcrossing, -1 a downcrossing, nonzero for every component whose
+#   root is at the event time.
+# `act!` has a method for each.
 
 const EVENT_IGNORE = 0
 const EVENT_RECORD = 1
@@ -16,12 +27,30 @@ const EVENT_JUMP = 2
 const EVENT_TERMINATE = 3
 
 """
+    mark_discontinuity!(integrator, changed::Bool)
+
+Tell the integrator whether a callback changed the state (so its derivative must be re-evaluated).
+SciMLBase 3 renamed `u_modified!` to `derivative_discontinuity!` and keeps `u_modified!` as a
+deprecated alias (src/integrator_interface.jl); SciMLBase 2 has only `u_modified!`.
+"""
+function mark_discontinuity!(integrator, changed::Bool)
+    if isdefined(SciMLBase, :derivative_discontinuity!)
+        SciMLBase.derivative_discontinuity!(integrator, changed)
+    else
+        SciMLBase.u_modified!(integrator, changed)
+    end
+    return nothing
+end
+
+"""
     event_callback(condition, affect, jumped, len, n_state; interp_points) -> VectorContinuousCallback
 
 The callback for `len` watched components whose values and crossings Python handles (see the
 comment above). Root finding is SciMLBase's default, `LeftRootFind`: `affect!` sees the left
 limit at the root. Nothing is saved at the events (`save_positions = (false, false)`): the states
-are saved at the output times only, and Python records each event's state itself.
+are saved at the output times only, and Python records each event's state itself. `affect!`
+(`act!`) takes both DiffEqBase 6's `Int` index and DiffEqBase 7's vector of crossings (see the
+comment above).
 """
 function event_callback(condition::Py, affect::Py, jumped::Py, len::Integer, n_state::Integer;
                         interp_points::Integer = 10)
@@ -31,19 +60,38 @@ function event_callback(condition::Py, affect::Py, jumped::Py, len::Integer, n_s
         copyto!(out, values)
         return nothing
     end
-    function act!(integrator, idx)
-        code = pyconvert(Int, affect(Float64(integrator.t), flat_copy(integrator.u), idx - 1,
+    # One crossing of component `idx` (1-based): Python says what to do. Returns the action code;
+    # the caller sets the derivative-discontinuity flag once for all the components it handles.
+    function handle!(integrator, idx::Integer)
+        code = pyconvert(Int, affect(Float64(integrator.t), flat_copy(integrator.u), Int(idx) - 1,
                                      Float64(integrator.tprev), flat_copy(integrator.uprev)))
         if code == EVENT_JUMP
             new = collect(Float64, PyArray(jumped()))
             check_length(new, Int(n_state), "jump (on_event)")
             set_u!(integrator, reshape(new, size(integrator.u)))
-            u_modified!(integrator, true)
         elseif code == EVENT_TERMINATE
             terminate!(integrator)
-        else
-            u_modified!(integrator, false)  # nothing changed: keep the step's derivative
         end
+        return code
+    end
+    # DiffEqBase 6: the index of the earliest root.
+    function act!(integrator, idx::Integer)
+        code = handle!(integrator, idx)
+        # Only a jump changes the state; otherwise keep the step's derivative (no re-evaluation).
+        code == EVENT_TERMINATE || mark_discontinuity!(integrator, code == EVENT_JUMP)
+        return nothing
+    end
+    # DiffEqBase 7: every component with a root at the event time, in index order (as Python
+    # handles simultaneous crossings); nothing after a terminating one.
+    function act!(integrator, events::AbstractVector)
+        any_jump = false
+        for (idx, direction) in enumerate(events)
+            iszero(direction) && continue
+            code = handle!(integrator, idx)
+            code == EVENT_TERMINATE && return nothing
+            any_jump |= code == EVENT_JUMP
+        end
+        mark_discontinuity!(integrator, any_jump)
         return nothing
     end
     return VectorContinuousCallback(cond!, act!, Int(len); save_positions = (false, false),

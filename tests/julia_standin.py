@@ -153,6 +153,41 @@ def _from_julia(fn):
     return call
 
 
+def _act(affect, jumped, events, t, x, t_prev, x_prev):
+    """julia/events.jl's ``act!(integrator, events::AbstractVector)``, as DiffEqBase 7 calls it.
+
+    DiffEqBase 7 (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl, ``apply_callback!``) calls a
+    VectorContinuousCallback's ``affect!(integrator, simultaneous_events)`` with one Int8 per
+    component (0, or +1/-1 for a crossing upwards/downwards at the event time); ``act!`` hands every
+    nonzero one to Python in index order, the state after a jump going to the next, and stops after
+    a terminating one. (DiffEqBase 6 calls ``affect!(integrator, idx::Int)`` instead; events.jl
+    keeps that method, checked in tests/test_julia_files.py.)
+
+    Args:
+        affect, jumped: the Python bridge's callbacks, as Julia calls them.
+        events: the Int8 vector of crossings.
+        t, x: the event time and the state there (``integrator.t``, ``integrator.u``).
+        t_prev, x_prev: the step's start (``integrator.tprev``, ``integrator.uprev``).
+
+    Returns:
+        ``(code, x)``: the last action code handled (3 after a terminating one) and the state after
+        the jumps.
+
+    Raises:
+        TypeError: ``events`` is not a vector of Int8 (the type DiffEqBase 7 passes).
+    """
+    if not (isinstance(events, np.ndarray) and events.ndim == 1 and events.dtype == np.int8):
+        raise TypeError("DiffEqBase 7 passes a vector of Int8 to affect!")
+    code, x = 0, x.copy()
+    for idx in np.flatnonzero(events):
+        code = int(affect(t, x.copy(), int(idx), t_prev, x_prev.copy()))
+        if code == 2:
+            x = np.asarray(jumped(), dtype=float).copy()
+        elif code == 3:
+            break
+    return code, x
+
+
 @dataclasses.dataclass
 class _Handle:
     problem: object
@@ -260,16 +295,18 @@ class StandinEngine:
     def forward_events(self, problem, u0, theta, ts, config, bridge):
         """julia/events.jl's forward solve with a VectorContinuousCallback, as SciMLBase/OrdinaryDiffEq run it.
 
-        Upstream behaviour reproduced (SciMLBase 3.49 src/callbacks.jl; DiffEqBase callback
-        handling): every component is checked for a strict change of sign at ``interp_points``
-        points inside each accepted step and at its end; the earliest root among the components
-        that changed is located (``LeftRootFind``: the state handed to ``affect!`` is the left limit)
-        and ``affect!(integrator, idx)`` is called for it whatever the direction (no ``affect_neg!``),
-        with ``tprev``/``uprev`` the step's start. The integration continues from the root (from the
-        jumped state after ``set_u!``); a component whose value there is within ``abstol = 10 eps`` of
-        zero takes its sign from a point nudged ``repeat_nudge = 1/100`` of the next step ahead, so
-        the same root is not found again. ``terminate!`` ends the solve: the saved states stop at the
-        last output time reached. Nothing is saved at the events (``save_positions = (false, false)``).
+        Upstream behaviour reproduced (SciMLBase 3.49 src/callbacks.jl; DiffEqBase 7.18
+        lib/DiffEqBase/src/callbacks.jl): every component is checked for a strict change of sign at
+        ``interp_points`` points inside each accepted step and at its end; the roots of the
+        components that changed are located (``LeftRootFind``: the state handed to ``affect!`` is the
+        left limit) and ``affect!(integrator, simultaneous_events)`` is called once, whatever the
+        direction (no ``affect_neg!``), with an Int8 vector marking every component whose root is the
+        earliest (:func:`_act`), and ``tprev``/``uprev`` the step's start. The integration continues
+        from the root (from the jumped state after ``set_u!``); a component whose value there is
+        within ``abstol = 10 eps`` of zero takes its sign from a point nudged ``repeat_nudge = 1/100``
+        of the next step ahead, so the same root is not found again. ``terminate!`` ends the solve:
+        the saved states stop at the last output time reached. Nothing is saved at the events
+        (``save_positions = (false, false)``).
         """
         assert u0.ndim == 2, "the engine receives the Julia (D, B) layout"
         self.forward_calls.append(dict(problem=problem, ts=np.array(ts), config=config, events=True))
@@ -317,19 +354,25 @@ class StandinEngine:
                                 else:
                                     hi = mid
                             roots[i] = lo  # the left limit
-                        idx = min(roots, key=lambda i: roots[i])
-                        t_root = roots[idx]
+                        t_root = min(roots.values())
                         x_root = dense(t_root)
+                        # DiffEqBase 7's simultaneous_events: -sign(bottom_sign) (+1 up, -1 down) for
+                        # every component whose root is the earliest, 0 elsewhere.
+                        events = np.zeros(prev.shape, dtype=np.int8)
+                        for i, root in roots.items():
+                            if root == t_root:
+                                events[i] = -int(prev[i])
                         for s in ts[(ts > t) & (ts <= t_root)]:
                             saved[float(s)] = dense(s)
-                        code = int(affect(t_root, x_root.copy(), int(idx), t0, x_start.copy()))
-                        x = np.asarray(jumped(), dtype=float).copy() if code == 2 else x_root
+                        code, x = _act(affect, jumped, events, t_root, x_root, t0, x_start)
                         t, terminated, restart = t_root, code == 3, True
                         values = np.asarray(condition(x.copy(), t), dtype=float)
                         prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))
                         nudge = np.abs(values) <= abstol
-                        if not nudge[idx] and prev[idx] == np.sign(condition(x_root.copy(), t_root)[idx]):
-                            nudge[idx], prev[idx] = True, 0.0  # left of the root: decided after the nudge
+                        before = np.sign(condition(x_root.copy(), t_root))
+                        for i in np.flatnonzero(events):
+                            if not nudge[i] and prev[i] == before[i]:
+                                nudge[i], prev[i] = True, 0.0  # left of the root: decided after the nudge
                         break
                     prev = np.where(now != 0, now, prev)
                     a = p

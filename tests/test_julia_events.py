@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import julia_standin
+import numpy as np
 import pytest
 import torch
 from bouncing import fall, ground, impacts
@@ -102,3 +104,35 @@ def test_the_julia_backend_refuses_event_gradients_per_sample_events_and_an_open
         hn.solve(fall, y0.detach(), t, event_fn=lambda t, y: y[:, 0], per_sample_events=True, backend="julia")
     with pytest.raises(BackendError, match="t_end"):
         julia_events.solve_events(fall, y0.detach(), t, event_fn=lambda t, y: y[:, 0], engine=StandinEngine())
+
+
+def test_simultaneous_crossings_are_all_handled_as_diffeqbase_7_reports_them():
+    # Two identical balls hit the ground at the same time: DiffEqBase 7 marks both components in one
+    # affect!(integrator, simultaneous_events) call, and events.jl's act! hands each to Python in
+    # index order (the second sees the state after the first one's jump). Both bounce.
+    y0 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    t = torch.tensor([0.0, 1.5])
+    event = ground(0.8)
+    sol = standin(fall, y0, t, event=event)
+    want = impacts(1.0, 0.8, 2)
+    for i in range(2):
+        got = [float(r.t) for r in sol.events if r.index == (i,)]
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
+    torch_sol = hn.solve(fall, y0, t, event=event, controller=hn.PIDController(**TOL))
+    assert sorted(r.index for r in sol.events) == sorted(r.index for r in torch_sol.events)
+    torch.testing.assert_close(sol.ys[:, 0], sol.ys[:, 1])
+    torch.testing.assert_close(sol.ys, torch_sol.ys.detach(), rtol=1e-7, atol=1e-8)
+
+
+def test_the_standin_calls_affect_with_diffeqbase_7s_int8_vector():
+    seen = []
+
+    def affect(t, x, idx, t_prev, x_prev):
+        seen.append(idx)
+        return julia_events.RECORD if idx < 2 else julia_events.TERMINATE
+
+    events = np.array([0, 1, -1, 1, 1], dtype=np.int8)
+    code, _ = julia_standin._act(affect, None, events, 1.0, np.ones(2), 0.0, np.zeros(2))
+    assert seen == [1, 2] and code == julia_events.TERMINATE  # index order; nothing after a terminal one
+    with pytest.raises(TypeError, match="Int8"):
+        julia_standin._act(affect, None, 2, 1.0, np.ones(2), 0.0, np.zeros(2))  # DiffEqBase 6's Int index

@@ -165,24 +165,57 @@ def test_python_sends_the_keywords_julia_accepts():
 
 def test_the_event_callback_follows_scimlbase_and_the_python_bridge():
     # SciMLBase 3.49 (src/callbacks.jl): VectorContinuousCallback(condition, affect!, len; ...) has no
-    # affect_neg! (affect! gets every crossing, with its index); terminate!, set_u! and u_modified! are
-    # the integrator interface. The action codes must be the Python bridge's.
+    # affect_neg! (affect! gets every crossing); terminate! and set_u! are the integrator interface.
+    # The action codes must be the Python bridge's.
     from hybrid_node.julia import events as julia_events
 
     code = _code(JULIA_DIR / "events.jl")
     assert re.search(r"VectorContinuousCallback\(cond!, act!, Int\(len\);", code)
     assert "affect_neg" not in code
-    assert "function cond!(out, u, t, integrator)" in code and "function act!(integrator, idx)" in code
-    assert "idx - 1" in code  # Python's components are 0-based
+    assert "function cond!(out, u, t, integrator)" in code
+    assert "Int(idx) - 1" in code  # Python's components are 0-based
     for name in ("IGNORE", "RECORD", "JUMP", "TERMINATE"):
         value = re.search(rf"const EVENT_{name} = (\d+)", code).group(1)
         assert int(value) == getattr(julia_events, name)
     assert "terminate!(integrator)" in code and "set_u!(integrator," in code
     module = (JULIA_DIR / "HybridNODE.jl").read_text()
-    for name in ("VectorContinuousCallback", "terminate!", "set_u!", "u_modified!", "pyconvert"):
+    for name in ("VectorContinuousCallback", "terminate!", "set_u!", "pyconvert"):
         assert name in module
     bridge = _code(JULIA_DIR / "bridge.jl")
     assert bridge.count("if events_requested(event_condition)") == 2  # both paths, before any sensealg
+
+
+def test_the_event_affect_takes_diffeqbase_6s_index_and_diffeqbase_7s_vector():
+    # DiffEqBase 6 (src/callbacks.jl apply_callback!) calls affect!(integrator, idx::Int); DiffEqBase 7
+    # (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl apply_callback!) calls
+    # affect!(integrator, simultaneous_events), an Int8 vector (0, +1 up, -1 down). Both are admitted
+    # by the compat of the OrdinaryDiffEq sub-libraries ("1, 2"), so act! needs both methods; `idx - 1`
+    # on the vector was a MethodError. The stand-in's _act models the vector method.
+    code = _code(JULIA_DIR / "events.jl")
+    assert "function act!(integrator, idx::Integer)" in code
+    vector = re.search(r"function act!\(integrator, events::AbstractVector\)\n(.*?)\n    end\n", code, re.S)
+    assert vector, "no act! method for DiffEqBase 7's vector of crossings"
+    body = vector.group(1)
+    assert "for (idx, direction) in enumerate(events)" in body and "iszero(direction) && continue" in body
+    assert "handle!(integrator, idx)" in body
+    assert "code == EVENT_TERMINATE && return nothing" in body  # nothing after a terminating event
+    # One discontinuity flag for all the handled components (a later RECORD must not clear a JUMP).
+    assert body.count("mark_discontinuity!(") == 1 and "any_jump |= code == EVENT_JUMP" in body
+    assert "function handle!(integrator, idx::Integer)" in code
+
+
+def test_the_derivative_discontinuity_flag_uses_scimlbase_3s_name():
+    # SciMLBase 3 (src/integrator_interface.jl) renamed u_modified! to derivative_discontinuity! and
+    # keeps u_modified! as a deprecated alias (Base.depwarn); SciMLBase 2 has only u_modified!.
+    code = _code(JULIA_DIR / "events.jl")
+    body = re.search(r"function mark_discontinuity!\(integrator, changed::Bool\)\n(.*?)\nend", code, re.S)
+    assert body and "if isdefined(SciMLBase, :derivative_discontinuity!)" in body.group(1)
+    assert "SciMLBase.derivative_discontinuity!(integrator, changed)" in body.group(1)
+    assert "SciMLBase.u_modified!(integrator, changed)" in body.group(1)  # SciMLBase 2
+    assert code.count("u_modified!(") == 1  # only the SciMLBase 2 fallback
+    module = _code(JULIA_DIR / "HybridNODE.jl")
+    assert re.search(r"using SciMLBase: SciMLBase,", module)
+    assert "u_modified!" not in module and "derivative_discontinuity!" not in module  # not imported
 
 
 def test_python_reads_only_fields_the_julia_result_has():

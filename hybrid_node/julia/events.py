@@ -5,7 +5,9 @@ Mapping (SciMLBase's callbacks, ``julia/events.jl``):
 * every watched element (all elements of all :class:`~hybrid_node.Event` functions, or of a
   terminal ``event_fn``) is one component of a ``VectorContinuousCallback``: its ``condition``
   calls :meth:`EventBridge.condition` (the event functions in torch), its ``affect!`` calls
-  :meth:`EventBridge.affect` with the crossing component, which returns what Julia does:
+  :meth:`EventBridge.affect` once per crossing component (DiffEqBase 6 passes ``affect!`` the
+  index of the earliest root, DiffEqBase 7 a vector marking every component whose root is at the
+  event time; ``julia/events.jl`` hands those to Python in index order), which returns what Julia does:
   nothing (a crossing in the other direction), record only, replace the state by
   :meth:`EventBridge.jumped` (``on_event``; ``set_u!``), or ``terminate!`` (a terminal event, or
   one event more than ``max_events``);
@@ -24,7 +26,8 @@ events (``terminate!`` ends the solve of the whole batch), and a terminal event 
 (Julia needs the end of the time span).
 
 References: SciMLBase ``src/callbacks.jl`` (``ContinuousCallback``, ``VectorContinuousCallback``)
-and ``src/integrator_interface.jl`` (``terminate!``, ``set_u!``, ``u_modified!``); Shampine &
+and ``src/integrator_interface.jl`` (``terminate!``, ``set_u!``, ``derivative_discontinuity!``);
+DiffEqBase ``src/callbacks.jl`` (``apply_callback!``: how ``affect!`` is called); Shampine &
 Thompson, "Event location for ordinary differential equations", Comput. Math. Appl. 39 (2000).
 """
 
