@@ -260,3 +260,31 @@ def test_bad_input_messages():
         CNF([field], dim=2).from_base(torch.zeros(2, 2), n_times=1)
     with pytest.raises(ValueError, match="activation"):
         TimeMLPField(2, activation="relu6")
+
+
+@pytest.mark.parametrize("other_batch", [8, 32])
+def test_adjoint_hutchinson_gradient_ignores_later_forward_passes(other_batch):
+    # The adjoint's backward solve calls the dynamics again; it must use its own solve's probe noise,
+    # not that of forward passes made before backward() (another loss term, a validation batch).
+    torch.manual_seed(6)
+    flows = [
+        CNF([TimeMLPField(2, (8,)), TimeMLPField(2, (8,))], dim=2, trace=HutchinsonTrace(), solver=CNFSolver(adjoint=a))
+        for a in (False, True)
+    ]
+    flows[1].load_state_dict(flows[0].state_dict())
+    x = torch.randn(8, 2)
+    flows[0].loss(x, generator=torch.Generator().manual_seed(1))[0].backward()
+    loss, _ = flows[1].loss(x, generator=torch.Generator().manual_seed(1))
+    other = torch.randn(other_batch, 2)
+    flows[1].loss(other, generator=torch.Generator().manual_seed(2))  # a graph left unused
+    with torch.no_grad():
+        flows[1].log_prob(other, trace=HutchinsonTrace("gaussian"))
+    loss.backward()
+    for p_direct, p_adjoint in zip(flows[0].parameters(), flows[1].parameters()):
+        torch.testing.assert_close(p_adjoint.grad, p_direct.grad, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("end_time", [float("inf"), float("nan"), 0.0, -1.0])
+def test_end_time_must_be_finite_and_positive(end_time):
+    with pytest.raises(ValueError, match="finite positive"):
+        CNF([TimeMLPField(2, (8,))], dim=2, end_time=end_time)

@@ -156,15 +156,16 @@ class CNFBlock(nn.Module):
 
     Raises:
         TypeError: ``field`` is not an ``nn.Module``.
-        ValueError: ``end_time`` not positive.
+        ValueError: ``end_time`` not a finite positive number.
     """
 
     def __init__(self, field: nn.Module, end_time: float = 1.0, learn_end_time: bool = True):
         super().__init__()
         if not isinstance(field, nn.Module):
             raise TypeError(f"field must be a torch.nn.Module called as field(t, z), got {type(field).__name__}.")
-        if not end_time > 0:
-            raise ValueError(f"end_time must be positive, got {end_time}.")
+        # inf would pass "> 0" but make log T = inf and every solve NaN
+        if not (end_time > 0 and math.isfinite(end_time)):
+            raise ValueError(f"end_time must be a finite positive number, got {end_time}.")
         self.field = field
         log_t = torch.tensor(math.log(end_time))
         if learn_end_time:
@@ -185,6 +186,9 @@ class _AugmentedDynamics(nn.Module):
     that ``compile=True``'s graphs, cached per field object, serve every solve; the probe noise and the
     evaluation count are set before each solve. A module holding the block, so that its parameters are
     the adjoint's and the compiled graphs handle ``nfe`` as a field's own call counter.
+
+    The adjoint's backward solve calls this object again, possibly after later solves have set other
+    noise: :func:`_pin_noise` gives it back each solve's own noise just before that solve's backward.
     """
 
     def __init__(self, block: CNFBlock, *, reverse: bool, estimator: TraceEstimator, regularize: bool):
@@ -452,8 +456,51 @@ class CNF(nn.Module):
         if st.adjoint:
             params = tuple(p for p in block.parameters() if p.requires_grad)
             if params and torch.is_grad_enabled():
-                return _odeint_adjoint(dyn, state, s, adjoint_params=params, **kwargs)
+                ys = _odeint_adjoint(dyn, state, s, adjoint_params=params, **kwargs)
+                if dyn.noise is not None:
+                    _pin_noise(ys, dyn, dyn.noise)
+                return ys
         return _odeint(dyn, state, s, **kwargs)
+
+
+def _pin_noise(outputs: Sequence[torch.Tensor], dyn: _AugmentedDynamics, noise: torch.Tensor) -> None:
+    """Make the adjoint's backward solve of ``outputs`` see the probe noise of their own forward solve.
+
+    The kept ``dyn`` holds the noise of the latest solve, but an adjoint's backward solve calls it again
+    when ``backward()`` runs: after a second forward pass (a validation batch, another loss term) it
+    would read that pass's noise, a different estimator than the forward solve integrated (wrong
+    gradients, or a shape error for another batch size). A hook on the adjoint's own autograd node,
+    which the engine runs immediately before that node's backward, sets the noise back. (A solve
+    backpropagated directly needs nothing: its graph holds the noise it used.)
+
+    Args:
+        outputs: the outputs of an adjoint solve of ``dyn``.
+        dyn: the kept dynamics the solve ran.
+        noise: the probe noise of that solve.
+    """
+
+    def restore(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
+        dyn.noise = noise
+
+    _adjoint_node(outputs).register_prehook(restore)
+
+
+def _adjoint_node(outputs: Sequence[torch.Tensor]) -> torch.autograd.graph.Node:
+    """The adjoint solve's autograd node behind its ``outputs``, reached through the few views that
+    split the flat solution into the state's parts."""
+    from ..sensitivity.adjoint import _AdjointFunction
+
+    todo = [y.grad_fn for y in outputs if y.grad_fn is not None]
+    seen: set[int] = set()
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if getattr(node, "_forward_cls", None) is _AdjointFunction:
+            return node
+        todo.extend(f for f, _ in node.next_functions if f is not None)
+    raise AssertionError("an adjoint solve's outputs come from its autograd node")
 
 
 def _check_estimator(estimator) -> None:
