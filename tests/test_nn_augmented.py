@@ -74,3 +74,18 @@ def test_second_order_errors():
     model = SecondOrderNeuralODE(Spring())
     with pytest.raises(ValueError, match="shape of x0"):
         model(torch.randn(2, 2), torch.randn(2, 3))
+
+
+def test_second_order_refuses_a_plain_callable_under_an_adjoint_and_an_unbatched_state():
+    from hybrid_node.sensitivity import BacksolveAdjoint
+
+    k = torch.tensor(1.0, requires_grad=True)
+    with pytest.raises(ValueError, match="acceleration is a plain callable"):
+        SecondOrderNeuralODE(lambda t, x, v: -k * x, train_settings=SolveSettings(sensitivity=BacksolveAdjoint()))
+    model = SecondOrderNeuralODE(lambda t, x, v: -k * x)
+    with pytest.raises(ValueError, match=r"no dimension 1.*unsqueeze\(0\)"):
+        model(torch.tensor([1.0, 2.0]))
+    # dim=-1 takes the unbatched state; x'' = -x from (x0, 0) gives x0 cos(t)
+    x0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    got = SecondOrderNeuralODE(lambda t, x, v: -x, dim=-1, train_settings=TIGHT)(x0)
+    torch.testing.assert_close(got, x0 * math.cos(1.0), rtol=1e-8, atol=1e-10)

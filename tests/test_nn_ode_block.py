@@ -284,3 +284,35 @@ def test_a_model_holding_a_block_trains_under_torch_compile_without_compiling_ag
         model.zero_grad()
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] > 0 and graphs[1] == graphs[2] == graphs[0]
+
+
+def test_a_plain_callable_under_an_adjoint_is_refused_and_backpropagates_directly():
+    # The adjoint differentiates the field module's parameters; a lambda's closure tensors would get
+    # no gradient at all, silently.
+    rate = torch.tensor(-0.5, dtype=torch.float64, requires_grad=True)
+    adjoint = SolveSettings(sensitivity=BacksolveAdjoint())
+    with pytest.raises(ValueError, match="plain callable.*nn.Module.*DirectBackprop"):
+        ODEBlock(lambda t, y: rate * y, train_settings=adjoint)
+    with pytest.raises(ValueError, match="plain callable"):
+        ODEBlock(lambda t, y: rate * y, eval_settings=adjoint)
+    block = ODEBlock(lambda t, y: rate * y, train_settings=TIGHT)
+    block.train_settings = adjoint  # replaced after construction: refused at the forward pass
+    with pytest.raises(ValueError, match="plain callable"):
+        block(torch.ones(2, dtype=torch.float64, requires_grad=True))
+    block.train_settings = TIGHT
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    block(x).sum().backward()  # d/d rate of sum(x e^rate) = sum(x) e^rate
+    torch.testing.assert_close(rate.grad, 3.0 * rate.detach().exp(), rtol=1e-8, atol=0)
+
+
+def test_nfe_backward_counts_the_backward_pass_after_the_field_is_replaced():
+    func = Linear(A.clone())
+    block = ODEBlock(func, (0.0, 1.0), train_settings=SolveSettings(sensitivity=BacksolveAdjoint()))
+    assert block.nfe_backward == 0  # no forward pass yet
+    block(torch.randn(2, 2, dtype=torch.float64)).sum().backward()
+    backward = block.nfe_backward
+    assert backward > 0 and block.nfe_forward + backward == func.calls
+    block.func = Linear(2 * A.clone())
+    assert block.nfe_backward == backward  # the backward pass of the latest forward (was negative)
+    block(torch.randn(2, 2, dtype=torch.float64))
+    assert block.nfe_backward == 0

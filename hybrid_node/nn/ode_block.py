@@ -104,6 +104,30 @@ class _CountingField(nn.Module):
         return self.func(t, y)
 
 
+def refuse_hidden_parameters(func: Callable, settings: SolveSettings, owner: str) -> None:
+    """Refuse an adjoint sensitivity for a field that is not an ``nn.Module``.
+
+    The blocks differentiate the parameters of their field module; a plain callable's tensors (a
+    lambda's closure) are unknown to the adjoint's backward solve, which would leave their gradients
+    None without a word (direct backpropagation records them in the graph and needs nothing).
+
+    Args:
+        func: the user's field (or acceleration).
+        settings: the settings of the solve about to run.
+        owner: how the message names ``func``, e.g. "ODEBlock's func".
+
+    Raises:
+        ValueError: ``func`` is not an ``nn.Module`` and ``settings`` use an adjoint sensitivity.
+    """
+    if isinstance(func, nn.Module) or isinstance(settings.sensitivity, DirectBackprop):
+        return
+    raise ValueError(
+        f"{owner} is a plain callable ({type(func).__name__}), so {type(settings.sensitivity).__name__}() cannot "
+        "know the tensors it uses and would leave their gradients None. Wrap it in an nn.Module whose "
+        "forward uses those tensors as its nn.Parameter attributes, or use sensitivity=DirectBackprop()."
+    )
+
+
 def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
     times = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
     if times.dim() != 1 or times.numel() < 2:
@@ -170,7 +194,9 @@ class ODEBlock(nn.Module):
 
     Raises:
         TypeError: if ``func`` is not callable or settings have the wrong type.
-        ValueError: if ``t`` is not a strictly monotone sequence of at least two times.
+        ValueError: if ``t`` is not a strictly monotone sequence of at least two times, or ``func`` is
+            not an ``nn.Module`` and a setting uses an adjoint sensitivity (whose gradients of the
+            callable's tensors would be lost).
 
     Reference: Chen et al., "Neural Ordinary Differential Equations", NeurIPS 2018.
     """
@@ -196,8 +222,13 @@ class ODEBlock(nn.Module):
         self.register_buffer("t", _as_times(t), persistent=False)
         self.train_settings = train_settings if train_settings is not None else SolveSettings()
         self.eval_settings = eval_settings
+        for settings in (self.train_settings, eval_settings):
+            if settings is not None:
+                refuse_hidden_parameters(func, settings, "ODEBlock's func")
         self.return_trajectory = bool(return_trajectory)
-        self._calls_after_forward = 0
+        # the counting wrapper of the latest forward pass and its count then: the backward pass calls
+        # that wrapper even when ``func`` has been replaced since (a plain tuple, not a submodule)
+        self._after_forward: tuple[_CountingField | None, int] = (None, 0)
         self.nfe_forward = 0
 
     @property
@@ -209,7 +240,8 @@ class ODEBlock(nn.Module):
 
     @property
     def nfe_backward(self) -> int:
-        return self._counting().calls - self._calls_after_forward
+        counting, calls = self._after_forward
+        return 0 if counting is None else counting.calls - calls
 
     def _counting(self) -> _CountingField:
         """The counting wrapper of ``self.func`` (a new one if ``func`` was replaced)."""
@@ -227,10 +259,13 @@ class ODEBlock(nn.Module):
 
         Raises:
             TypeError: ``x`` is not a tensor.
-            ValueError: the vector field is an :class:`MLPDynamics` of another ``dim`` than ``x.shape[-1]``.
+            ValueError: the vector field is an :class:`MLPDynamics` of another ``dim`` than ``x.shape[-1]``,
+                or a plain callable (not an ``nn.Module``) under an adjoint sensitivity.
         """
         if not torch.is_tensor(x):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}.")
+        # again here: ``func`` and the settings are attributes that may have been replaced since __init__
+        refuse_hidden_parameters(self.func, self.settings, "ODEBlock's func")
         # Only fields whose ``dim`` is known to be the state size (a user module's ``dim`` may mean an axis).
         dim = self.func.dim if isinstance(self.func, MLPDynamics) else None
         if dim is not None and (x.dim() < 1 or x.shape[-1] != dim):
@@ -260,12 +295,12 @@ class ODEBlock(nn.Module):
             # the counting wrapper would hide mlp_spec() and send every evaluation through callbacks
             sol = integrate(self.func, x, times, self.settings, params)
             self.nfe_forward = sol.stats.nfe
-            self._calls_after_forward = self._counting().calls
+            self._after_forward = (None, 0)  # the backward pass is not counted
             return sol.ys
         counting = self._counting()
         start = counting.calls
         ys = integrate(counting, x, times, self.settings, params).ys
-        self._calls_after_forward = counting.calls
+        self._after_forward = (counting, counting.calls)
         self.nfe_forward = counting.calls - start
         return ys
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .ode_block import ODEBlock, SolveSettings
+from .ode_block import ODEBlock, SolveSettings, refuse_hidden_parameters
 
 
 class SecondOrderDynamics(nn.Module):
@@ -59,6 +59,10 @@ class SecondOrderNeuralODE(nn.Module):
         train_settings, eval_settings, return_trajectory: as for :class:`ODEBlock`.
         return_velocity: return ``(x, v)`` instead of ``x`` alone.
 
+    Raises:
+        ValueError: ``acceleration`` is not an ``nn.Module`` and a setting uses an adjoint sensitivity
+            (whose gradients of the callable's tensors would be lost).
+
     Reference: Norcliffe et al., "On Second Order Behaviour in Augmented Neural ODEs", NeurIPS 2020.
     """
 
@@ -75,6 +79,11 @@ class SecondOrderNeuralODE(nn.Module):
         return_velocity: bool = False,
     ):
         super().__init__()
+        # The block's field is the SecondOrderDynamics module, whose parameters are only those of an
+        # acceleration module: a plain callable's tensors would be unknown to an adjoint.
+        for settings in (train_settings, eval_settings):
+            if settings is not None:
+                refuse_hidden_parameters(acceleration, settings, "SecondOrderNeuralODE's acceleration")
         self.initial_velocity = initial_velocity
         self.dim = dim
         self.return_velocity = bool(return_velocity)
@@ -100,7 +109,20 @@ class SecondOrderNeuralODE(nn.Module):
         Returns:
             The position (shaped like ``x0``, or (len(t), *x0.shape) for trajectories), or the pair
             ``(position, velocity)`` if ``return_velocity``.
+
+        Raises:
+            ValueError: ``x0`` has no dimension ``dim`` (e.g. a single unbatched state with ``dim=1``),
+                ``v0`` is not shaped like ``x0``, or a plain-callable acceleration under an adjoint.
         """
+        if not -x0.dim() <= self.dim < x0.dim():
+            raise ValueError(
+                f"x0 of shape {tuple(x0.shape)} has no dimension {self.dim} to hold position and velocity side "
+                f"by side; pass a batch, e.g. x0.unsqueeze(0) of shape {(1, *x0.shape)}, or build the model "
+                "with dim=-1."
+            )
+        dynamics = self.block.func
+        if isinstance(dynamics, SecondOrderDynamics):
+            refuse_hidden_parameters(dynamics.acceleration, self.block.settings, "SecondOrderNeuralODE's acceleration")
         if v0 is None:
             v0 = self.initial_velocity(x0) if self.initial_velocity is not None else torch.zeros_like(x0)
         if v0.shape != x0.shape:
