@@ -153,7 +153,7 @@ def _from_julia(fn):
     return call
 
 
-def _act(affect, jumped, events, t, x, t_prev, x_prev):
+def _act_events(affect, jumped, events, t, x, t_prev, x_prev):
     """julia/events.jl's ``act!(integrator, events::AbstractVector)``, as DiffEqBase 7 calls it.
 
     DiffEqBase 7 (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl, ``apply_callback!``) calls a
@@ -301,7 +301,7 @@ class StandinEngine:
         components that changed are located (``LeftRootFind``: the state handed to ``affect!`` is the
         left limit) and ``affect!(integrator, simultaneous_events)`` is called once, whatever the
         direction (no ``affect_neg!``), with an Int8 vector marking every component whose root is the
-        earliest (:func:`_act`), and ``tprev``/``uprev`` the step's start. The integration continues
+        earliest (:func:`_act_events`), and ``tprev``/``uprev`` the step's start. The integration continues
         from the root (from the jumped state after ``set_u!``); a component whose value there is
         within ``abstol = 10 eps`` of zero takes its sign from a point nudged ``repeat_nudge = 1/100``
         of the next step ahead, so the same root is not found again. ``terminate!`` ends the solve:
@@ -364,7 +364,7 @@ class StandinEngine:
                                 events[i] = -int(prev[i])
                         for s in ts[(ts > t) & (ts <= t_root)]:
                             saved[float(s)] = dense(s)
-                        code, x = _act(affect, jumped, events, t_root, x_root, t0, x_start)
+                        code, x = _act_events(affect, jumped, events, t_root, x_root, t0, x_start)
                         t, terminated, restart = t_root, code == 3, True
                         values = np.asarray(condition(x.copy(), t), dtype=float)
                         prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))

@@ -132,7 +132,7 @@ def test_the_standin_calls_affect_with_diffeqbase_7s_int8_vector():
         return julia_events.RECORD if idx < 2 else julia_events.TERMINATE
 
     events = np.array([0, 1, -1, 1, 1], dtype=np.int8)
-    code, _ = julia_standin._act(affect, None, events, 1.0, np.ones(2), 0.0, np.zeros(2))
+    code, _ = julia_standin._act_events(affect, None, events, 1.0, np.ones(2), 0.0, np.zeros(2))
     assert seen == [1, 2] and code == julia_events.TERMINATE  # index order; nothing after a terminal one
     with pytest.raises(TypeError, match="Int8"):
-        julia_standin._act(affect, None, 2, 1.0, np.ones(2), 0.0, np.zeros(2))  # DiffEqBase 6's Int index
+        julia_standin._act_events(affect, None, 2, 1.0, np.ones(2), 0.0, np.zeros(2))  # DiffEqBase 6's Int index

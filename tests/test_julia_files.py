@@ -190,7 +190,7 @@ def test_the_event_affect_takes_diffeqbase_6s_index_and_diffeqbase_7s_vector():
     # (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl apply_callback!) calls
     # affect!(integrator, simultaneous_events), an Int8 vector (0, +1 up, -1 down). Both are admitted
     # by the compat of the OrdinaryDiffEq sub-libraries ("1, 2"), so act! needs both methods; `idx - 1`
-    # on the vector was a MethodError. The stand-in's _act models the vector method.
+    # on the vector was a MethodError. The stand-in's _act_events models the vector method.
     code = _code(JULIA_DIR / "events.jl")
     assert "function act!(integrator, idx::Integer)" in code
     vector = re.search(r"function act!\(integrator, events::AbstractVector\)\n(.*?)\n    end\n", code, re.S)
