@@ -46,7 +46,8 @@ end
     event_callback(condition, affect, jumped, len, n_state; interp_points) -> VectorContinuousCallback
 
 The callback for `len` watched components whose values and crossings Python handles (see the
-comment above). Root finding is SciMLBase's default, `LeftRootFind`: `affect!` sees the left
+comment above). `interp_points` is DiffEqBase's: `interp_points - 2` sign checks inside each step
+(Python's `Event.samples + 2`), 0 for the step's end only. Root finding is SciMLBase's default, `LeftRootFind`: `affect!` sees the left
 limit at the root. Nothing is saved at the events (`save_positions = (false, false)`): the states
 are saved at the output times only, and Python records each event's state itself. `affect!`
 (`act!`) takes both DiffEqBase 6's `Int` index and DiffEqBase 7's vector of crossings (see the
@@ -54,6 +55,12 @@ comment above).
 """
 function event_callback(condition::Py, affect::Py, jumped::Py, len::Integer, n_state::Integer;
                         interp_points::Integer = 10)
+    # DiffEqBase checks the signs at range(tprev, stop = t, length = interp_points)[2:end]
+    # (check_event_occurrence, src/callbacks.jl): interp_points - 2 points inside each step, and a
+    # range of length 1 throws in the middle of the solve. Python sends samples + 2, or 0.
+    interp_points == 1 &&
+        throw(ArgumentError("interp_points = 1 is not allowed: DiffEqBase checks " *
+                            "range(tprev, stop = t, length = interp_points)[2:end] (0 or >= 2)"))
     function cond!(out, u, t, integrator)
         values = PyArray(condition(flat_copy(u), Float64(t)))
         check_length(values, Int(len), "event function")

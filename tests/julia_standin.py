@@ -153,6 +153,36 @@ def _from_julia(fn):
     return call
 
 
+class ArgumentError(Exception):
+    """Julia's ArgumentError (what the stand-in's JuliaError carries for a bad argument)."""
+
+
+def _check_points(t_prev: float, t: float, interp_points: int) -> list[float]:
+    """The times where DiffEqBase checks the event signs in a step from ``t_prev`` to ``t``.
+
+    DiffEqBase's ``check_event_occurrence`` (DiffEqBase 6.211 and 7.18, src/callbacks.jl) checks
+    ``range(tprev, stop = t, length = interp_points)[2:end]``: ``interp_points - 2`` points inside
+    the step and its end; with ``interp_points == 0`` only the end. Julia's ``range`` of length 1
+    throws unless ``tprev == t``, so ``interp_points == 1`` fails the solve.
+
+    Args:
+        t_prev, t: the step's start and end.
+        interp_points: the callback's ``interp_points``.
+
+    Returns:
+        The times, in order, ending with ``t``.
+
+    Raises:
+        JuliaError: ``interp_points == 1`` (Julia's ArgumentError from ``range``).
+    """
+    if interp_points == 1 and t_prev != t:
+        message = f"range({t_prev}, stop={t}, length=1): endpoints differ"
+        raise JuliaError(ArgumentError(message), None)
+    if interp_points <= 1:
+        return [t]
+    return [float(x) for x in np.linspace(t_prev, t, interp_points)[1:]]
+
+
 def _act_events(affect, jumped, events, t, x, t_prev, x_prev):
     """julia/events.jl's ``act!(integrator, events::AbstractVector)``, as DiffEqBase 7 calls it.
 
@@ -297,7 +327,8 @@ class StandinEngine:
 
         Upstream behaviour reproduced (SciMLBase 3.49 src/callbacks.jl; DiffEqBase 7.18
         lib/DiffEqBase/src/callbacks.jl): every component is checked for a strict change of sign at
-        ``interp_points`` points inside each accepted step and at its end; the roots of the
+        the points :func:`_check_points` gives (``interp_points - 2`` inside each accepted step, and
+        its end); the roots of the
         components that changed are located (``LeftRootFind``: the state handed to ``affect!`` is the
         left limit) and ``affect!(integrator, simultaneous_events)`` is called once, whatever the
         direction (no ``affect_neg!``), with an Int8 vector marking every component whose root is the
@@ -336,7 +367,7 @@ class StandinEngine:
                     probe = t0 + (t1 - t0) / 100
                     prev = np.where(nudge, np.sign(np.asarray(condition(dense(probe), probe), dtype=float)), prev)
                     nudge[:] = False
-                points = [t0 + (t1 - t0) * k / (n_points + 1) for k in range(1, n_points + 2)]
+                points = _check_points(t0, t1, n_points)
                 a = t0
                 for p in points:
                     now = np.sign(np.asarray(condition(dense(p), p), dtype=float))

@@ -136,3 +136,26 @@ def test_the_standin_calls_affect_with_diffeqbase_7s_int8_vector():
     assert seen == [1, 2] and code == julia_events.TERMINATE  # index order; nothing after a terminal one
     with pytest.raises(TypeError, match="Int8"):
         julia_standin._act_events(affect, None, 2, 1.0, np.ones(2), 0.0, np.zeros(2))  # DiffEqBase 6's Int index
+
+
+@pytest.mark.parametrize("samples", [0, 1, 2, 4])
+def test_event_samples_are_the_interior_points_of_diffeqbase_s_range(samples):
+    # DiffEqBase checks range(tprev, stop = t, length = interp_points)[2:end] (check_event_occurrence,
+    # src/callbacks.jl): interp_points - 2 interior points, and length 1 throws. `samples` interior
+    # points are sent as samples + 2 (0 stays 0); they were sent as `samples` (two points short, and a
+    # Julia error for samples=1).
+    event = hn.Event(lambda t, y: y[:, 0], samples=samples)
+    y0 = torch.tensor([[1.0, 0.0]])
+    bridge = julia_events.EventBridge(event, None, None, y0, False, torch.float64)
+    points = julia_standin._check_points(0.0, 1.0, bridge.interp_points)
+    assert points[-1] == 1.0 and len(points) - 1 == samples
+    assert bridge.interp_points == (samples + 2 if samples else 0)
+    sol = standin(fall, y0, torch.tensor([0.0, 1.0]), event=ground(0.8, samples=samples))
+    torch.testing.assert_close([float(r.t) for r in sol.events], impacts(1.0, 0.8, 1), rtol=1e-8, atol=1e-8)
+
+
+def test_a_terminal_event_keeps_scimlbase_s_default_points_and_the_standin_refuses_one_point():
+    bridge = julia_events.EventBridge(None, lambda t, y: y[:, 0], None, torch.zeros(1, 1), False, torch.float64)
+    assert bridge.interp_points == 10  # SciMLBase's default: 8 interior points
+    with pytest.raises(julia_standin.JuliaError):  # Julia: range(0.0, stop=1.0, length=1) throws
+        julia_standin._check_points(0.0, 1.0, 1)

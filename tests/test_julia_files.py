@@ -218,6 +218,13 @@ def test_the_derivative_discontinuity_flag_uses_scimlbase_3s_name():
     assert "u_modified!" not in module and "derivative_discontinuity!" not in module  # not imported
 
 
+def test_the_event_callback_refuses_one_interp_point():
+    # DiffEqBase's range(tprev, stop = t, length = interp_points)[2:end] throws for length 1 in the
+    # middle of a solve; Python sends samples + 2 (hybrid_node/julia/events.py, EventBridge).
+    code = _code(JULIA_DIR / "events.jl")
+    assert re.search(r"interp_points == 1 &&\s*throw\(ArgumentError\(", code)
+
+
 def test_python_reads_only_fields_the_julia_result_has():
     text = (JULIA_DIR / "bridge.jl").read_text()
     struct = re.search(r"struct ForwardResult\n(.*?)\nend", text, re.S).group(1)

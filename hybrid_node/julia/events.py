@@ -15,7 +15,8 @@ Mapping (SciMLBase's callbacks, ``julia/events.jl``):
   (``integrator.tprev``, ``integrator.uprev``): SciMLBase 3's ``VectorContinuousCallback`` has no
   ``affect_neg!`` and calls ``affect!`` for crossings in either direction (SciMLBase 2 calls it
   for both too when ``affect_neg!`` is left at its default), so the same code serves both;
-* ``Event.samples`` is the callback's ``interp_points`` (sign checks inside each step);
+* ``Event.samples`` interior points of each step are the callback's ``interp_points = samples + 2``
+  (DiffEqBase's range over the step includes both ends; 0 stays 0);
   ``rootfind = LeftRootFind``: the state handed to ``affect!`` is the left limit at the root, as
   on the torch backend.
 
@@ -95,8 +96,20 @@ class EventBridge:
 
     @property
     def interp_points(self) -> int:
-        """Sign checks inside each step: the largest ``Event.samples`` (SciMLBase's default 10 for event_fn)."""
-        return max((ev.samples for ev in self.events), default=10)
+        """The callback's ``interp_points`` for the largest ``Event.samples`` (SciMLBase's default 10 for event_fn).
+
+        DiffEqBase checks the signs at ``range(tprev, stop = t, length = interp_points)[2:end]``
+        (``check_event_occurrence``, src/callbacks.jl): ``interp_points - 2`` points inside the step,
+        and ``interp_points == 1`` throws. So ``samples`` interior points are ``samples + 2``, and 0
+        stays 0 (the step's end only).
+
+        Returns:
+            ``samples + 2`` for the largest ``samples`` > 0, 0 for 0, 10 with a terminal ``event_fn``.
+        """
+        if not self.events:
+            return 10
+        samples = max(ev.samples for ev in self.events)
+        return samples + 2 if samples > 0 else 0
 
     def _time(self, s: float) -> torch.Tensor:
         return torch.tensor(self.sign * s, dtype=self.t_dtype, device=self.like.device)
