@@ -19,6 +19,7 @@ union stays short.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -91,13 +92,32 @@ class IrregularBatch:
         return idx
 
     def gaps(self, t0: Tensor | None = None) -> Tensor:
-        """(B, L) time since the previous observation; the first entry is measured from ``t0``.
+        """(B, L) time since the previous observation; the first observation's gap is measured from ``t0``.
+
+        The previous observation is the latest earlier position where some channel was observed: a time
+        at which nothing was observed is no observation, so inserting one changes no other gap.
 
         Args:
-            t0: scalar or (B,) start time; defaults to each sample's first time (first gap 0).
+            t0: scalar or (B,) start time; defaults to each sample's first observed time (first gap 0,
+                and 0 at the unobserved times before it).
+
+        Returns:
+            (B, L) gaps; padding (which repeats the last observed time) has gap 0.
         """
-        first = self.times[:, :1] if t0 is None else torch.as_tensor(t0, dtype=self.times.dtype).reshape(-1, 1)
-        prev = torch.cat([first.expand(self.batch_size, 1), self.times[:, :-1]], dim=1)
+        bsz, length = self.times.shape
+        observed = self.time_mask > 0
+        pos = torch.arange(length, device=self.times.device).expand(bsz, length)
+        # index of the latest observed position at or before each position (-1: none yet)
+        latest = torch.where(observed, pos, -1).cummax(dim=1).values
+        before = torch.cat([latest.new_full((bsz, 1), -1), latest[:, :-1]], dim=1)
+        if t0 is None:
+            # each sample's first observed time (its first time when it has no observation); the
+            # unobserved times before it get gap 0 too
+            first_obs = torch.where(observed, pos, length).min(dim=1).values.clamp(max=length - 1)
+            first = torch.minimum(self.times.gather(1, first_obs.unsqueeze(1)), self.times)
+        else:
+            first = torch.as_tensor(t0, dtype=self.times.dtype, device=self.times.device).reshape(-1, 1)
+        prev = torch.where(before >= 0, self.times.gather(1, before.clamp(min=0)), first.expand(bsz, length))
         return self.times - prev
 
 
@@ -146,7 +166,9 @@ def from_sequences(
         masks: optional B tensors of shape (L_b, D) (default: everything observed).
 
     Returns:
-        The padded batch (padding repeats the last time, values 0, mask 0).
+        The padded batch (padding repeats the last time, values 0, mask 0). The times take one floating
+        dtype, the promotion of every series' dtype (the default dtype when all are integers). An empty
+        series is padded with the batch's earliest time, so that it adds no point to a union grid.
 
     Raises:
         ValueError: on empty input, mismatched lengths or channel counts, or unsorted times.
@@ -162,7 +184,14 @@ def from_sequences(
         raise ValueError("every series is empty; nothing to batch.")
     dtype = values[0].dtype
     bsz = len(times)
-    out_t = torch.zeros(bsz, length, dtype=times[0].dtype)
+    # one dtype for all: the first series' would truncate later float times to an integer first
+    # series', or round float64 times to a float32 first series' precision
+    t_dtype = functools.reduce(torch.promote_types, (torch.as_tensor(t).dtype for t in times))
+    if not t_dtype.is_floating_point:
+        t_dtype = torch.get_default_dtype()
+    # an empty series has no time of its own; any time of another series adds no new union point
+    earliest = min(float(t.min()) for t in times if t.numel())
+    out_t = torch.full((bsz, length), earliest, dtype=t_dtype)
     out_v = torch.zeros(bsz, length, d, dtype=dtype)
     out_m = torch.zeros(bsz, length, d, dtype=dtype)
     for i, (t, v) in enumerate(zip(times, values)):
@@ -171,7 +200,7 @@ def from_sequences(
             raise ValueError(f"series {i}: {n} times but {v.shape[0]} values.")
         if n == 0:
             continue
-        out_t[i, :n] = t
+        out_t[i, :n] = t.to(t_dtype)
         out_t[i, n:] = t[-1]
         out_v[i, :n] = v
         out_m[i, :n] = 1.0 if masks is None else masks[i].to(dtype)

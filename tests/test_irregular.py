@@ -88,3 +88,46 @@ def test_invalid_batches_raise(kwargs, match):
 def test_subsample_rejects_bad_n():
     with pytest.raises(ValueError, match="between 1"):
         subsample_grid(torch.linspace(0, 1, 5), torch.zeros(2, 5, 1), 6)
+
+
+def test_from_sequences_times_take_a_common_floating_dtype():
+    values = [torch.zeros(2, 1), torch.zeros(2, 1)]
+    # an integer first series no longer truncates the float times of the others
+    b = from_sequences([torch.tensor([0, 1]), torch.tensor([0.5, 1.5])], values)
+    assert b.times.dtype == torch.get_default_dtype()
+    assert torch.equal(b.times, torch.tensor([[0.0, 1.0], [0.5, 1.5]]))
+    # float64 times after float32 ones keep their precision
+    fine = torch.tensor([0.1, 0.3], dtype=torch.float64)
+    b = from_sequences([torch.tensor([0.0, 1.0]), fine], values)
+    assert b.times.dtype == torch.float64 and torch.equal(b.times[1], fine)
+    # integer times only: the default floating dtype
+    b = from_sequences([torch.tensor([1, 2]), torch.tensor([3])], [torch.zeros(2, 1), torch.zeros(1, 1)])
+    assert b.times.dtype == torch.get_default_dtype() and torch.equal(b.times[1], torch.tensor([3.0, 3.0]))
+
+
+def test_an_empty_series_adds_no_point_to_the_union_grid():
+    times = [torch.tensor([0.5, 1.5]), torch.tensor([]), torch.tensor([0.7])]
+    values = [torch.ones(2, 1), torch.ones(0, 1), torch.ones(1, 1)]
+    b = from_sequences(times, values)
+    assert b.lengths.tolist() == [2, 0, 1] and not b.mask[1].any()
+    union, _ = union_grid(b)
+    assert torch.equal(union, torch.tensor([0.5, 0.7, 1.5]))  # no never-observed 0.0
+
+
+def test_gaps_run_from_the_previous_observed_time():
+    # A time at which no channel was observed is no observation: inserting one changes no other gap.
+    t = torch.tensor([0.5, 1.0, 1.5, 2.5])
+    mask = torch.ones(4, 2)
+    mask[1] = 0
+    mask[2, 0] = 0  # one channel observed: still an observation
+    with_gap = from_sequences([t], [torch.randn(4, 2)], [mask])
+    without = from_sequences([t[[0, 2, 3]]], [torch.randn(3, 2)], [mask[[0, 2, 3]]])
+    for t0 in (None, 0.0):
+        torch.testing.assert_close(with_gap.gaps(t0)[:, [0, 2, 3]], without.gaps(t0))
+    torch.testing.assert_close(with_gap.gaps(0.0)[0], torch.tensor([0.5, 0.5, 1.0, 1.0]))
+    # an unobserved first time does not shift the default start (each sample's first observation)
+    mask = torch.ones(3, 1)
+    mask[0] = 0
+    assert from_sequences([torch.tensor([0.0, 1.0, 3.0])], [torch.zeros(3, 1)], [mask]).gaps().tolist() == [
+        [0.0, 0.0, 2.0]
+    ]

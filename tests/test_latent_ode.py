@@ -169,6 +169,42 @@ def test_rnn_baseline_padding_changes_nothing(cell):
         assert torch.allclose(model(padded)[1, :2], model(alone)[0])
 
 
+def _with_unobserved_time(batch: IrregularBatch, at: int) -> IrregularBatch:
+    """``batch`` with a time inserted before position ``at`` at which no channel is observed."""
+    t = batch.times
+    times = torch.cat([t[:, :at], (t[:, at - 1 : at] + t[:, at : at + 1]) / 2, t[:, at:]], dim=1)
+    junk = torch.full_like(batch.values[:, :1], 7.0)
+    values = torch.cat([batch.values[:, :at], junk, batch.values[:, at:]], dim=1)
+    mask = torch.cat([batch.mask[:, :at], torch.zeros_like(junk), batch.mask[:, at:]], dim=1)
+    return IrregularBatch(times, values, mask)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_rnn_baseline_ignores_a_time_without_observations(cell):
+    # lengths counts observed times, not positions: the forecast starts after the last observation,
+    # and the time gaps run between observations, whatever unobserved times lie between them.
+    torch.manual_seed(0)
+    alone = _batch(bsz=2, length=5)
+    inserted = _with_unobserved_time(alone, 2)
+    future = torch.tensor([2.2, 2.4, 2.5], dtype=torch.float64)
+    for gaps in (False, True):
+        model = RNNBaseline(obs_dim=2, hidden=6, use_time_gaps=gaps, cell=cell).double()
+        torch.testing.assert_close(model.extrapolate(inserted, future), model.extrapolate(alone, future))
+        torch.testing.assert_close(model(inserted)[:, [0, 1, 3, 4]], model(alone))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_recognition_rnn_ignores_a_time_without_observations(cell):
+    # The gap fed with an observation runs from the previous observed time, not the previous position.
+    torch.manual_seed(0)
+    rnn = RecognitionRNN(obs_dim=2, hidden=7, latent_dim=3, cell=cell).double()
+    alone = _batch()
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+    for at in (1, 4):
+        for got, want in zip(rnn(_with_unobserved_time(alone, at), t0), rnn(alone, t0)):
+            torch.testing.assert_close(got, want)
+
+
 # --- ODE-RNN ------------------------------------------------------------------------------------------
 def test_ode_rnn_per_sample_gaps_equal_separate_solves():
     torch.manual_seed(0)

@@ -21,6 +21,12 @@ from ..irregular import IrregularBatch
 Tensor = torch.Tensor
 
 
+def _last_observed(batch: IrregularBatch) -> Tensor:
+    """(B,) position of each sample's last observation (0 for a sample without any)."""
+    pos = torch.arange(batch.times.shape[1], device=batch.times.device)
+    return torch.where(batch.time_mask > 0, pos, 0).max(dim=1).values
+
+
 class RNNBaseline(nn.Module):
     """Recurrent one-step-ahead predictor with optional time-gap input.
 
@@ -50,14 +56,23 @@ class RNNBaseline(nn.Module):
         return self.cell(torch.cat(parts, dim=-1), h)
 
     def _read(self, batch: IrregularBatch, next_after_last: Tensor) -> tuple:
-        """Read all observations; returns (predictions after each step (B, L, D), final hidden state)."""
+        """Read all observations; returns (predictions after each step (B, L, D), final hidden state).
+
+        The gap fed with an observation runs to the next observation (a later position where some
+        channel is observed, not merely the next position: a time at which nothing was observed is no
+        observation), and from the last one to ``next_after_last`` (B,).
+        """
         bsz, length = batch.times.shape
         observed = batch.time_mask
-        last = (batch.lengths - 1).clamp(min=0)
-        nxt = torch.cat([batch.times[:, 1:], batch.times[:, -1:]], dim=1)
-        pos = torch.arange(length).unsqueeze(0)
-        # The last real observation is followed by `next_after_last` (padding repeats its time).
-        nxt = torch.where(pos >= last.unsqueeze(1), next_after_last.reshape(-1, 1).expand(bsz, length), nxt)
+        pos = torch.arange(length, device=batch.times.device).expand(bsz, length)
+        # index of the first observed position at or after each position (length: none)
+        first_from = torch.where(observed > 0, pos, length).flip(1).cummin(dim=1).values.flip(1)
+        after = torch.cat([first_from[:, 1:], first_from.new_full((bsz, 1), length)], dim=1)
+        nxt = torch.where(
+            after < length,
+            batch.times.gather(1, after.clamp(max=length - 1)),
+            next_after_last.reshape(-1, 1).to(batch.times.dtype).expand(bsz, length),
+        )
         gaps = (nxt - batch.times).to(batch.values.dtype)
         h = batch.values.new_zeros(bsz, self.hidden)
         preds = []
@@ -94,7 +109,9 @@ class RNNBaseline(nn.Module):
         if bool((times[0] < batch.times[:, -1]).any()):
             raise ValueError("extrapolation times must not precede the last observation of any sample.")
         preds, h = self._read(batch, times[0].expand(batch.batch_size))
-        out = [preds[torch.arange(batch.batch_size), batch.lengths - 1]]
+        # The prediction for times[0] is the one made after the last observation: its position, not
+        # ``lengths - 1`` (the count of observed times, which an unobserved interior time shifts).
+        out = [preds[torch.arange(batch.batch_size), _last_observed(batch)]]
         ones = torch.ones_like(out[0])
         for j in range(1, times.numel()):
             gap = (times[j] - times[j - 1]).expand(batch.batch_size).to(out[0].dtype)
