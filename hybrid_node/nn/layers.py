@@ -17,10 +17,28 @@ from torch import nn
 
 
 def _time_like(t: torch.Tensor | float, x: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """The time ``t`` as a tensor of ``shape`` (the extra input feature or channel of a batch ``x``).
+
+    Args:
+        t: a scalar time, or one time per sample, shape (batch,), when ``shape`` starts with that
+            batch size: per-sample step control (``options={"per_sample": True}``) calls the field
+            with each sample's own time.
+        x: the input (gives the dtype and device).
+        shape: the shape of the time input, batch first.
+
+    Returns:
+        ``t`` broadcast to ``shape`` (row ``b`` holds ``t[b]`` for per-sample times).
+
+    Raises:
+        ValueError: ``t`` is neither a scalar nor of shape (batch,).
+    """
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.numel() != 1:
-        raise ValueError(f"t must be a scalar time, got shape {tuple(t.shape)}.")
-    return t.reshape(()).expand(shape)
+    if t.numel() == 1:
+        return t.reshape(()).expand(shape)
+    if t.dim() == 1 and len(shape) >= 2 and t.shape[0] == shape[0]:
+        return t.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+    batch = f" or one time per sample, shape ({shape[0]},)" if len(shape) >= 2 else ""
+    raise ValueError(f"t must be a scalar time{batch}, got shape {tuple(t.shape)}.")
 
 
 class TimeLinear(nn.Module):
@@ -32,8 +50,8 @@ class TimeLinear(nn.Module):
         bias: whether to learn an additive bias.
 
     Forward:
-        ``layer(t, x)`` with a scalar ``t`` and ``x`` of shape (..., in_features) returns
-        (..., out_features).
+        ``layer(t, x)`` with a scalar ``t`` (or one time per sample, shape (B,), for ``x`` of shape
+        (B, ..., in_features)) and ``x`` of shape (..., in_features) returns (..., out_features).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
@@ -63,7 +81,8 @@ class TimeConv2d(nn.Module):
             (``groups`` must divide ``in_channels + 1``).
 
     Forward:
-        ``layer(t, x)`` with a scalar ``t`` and ``x`` of shape (N, C, H, W) returns (N, out_channels, H', W').
+        ``layer(t, x)`` with a scalar ``t`` (or one time per sample, shape (N,)) and ``x`` of shape
+        (N, C, H, W) returns (N, out_channels, H', W').
     """
 
     def __init__(
@@ -107,6 +126,10 @@ class MLPDynamics(nn.Module):
         layers: number of hidden layers (>= 1).
         activation: module applied after each hidden layer (a fresh copy per layer).
         time_dependent: feed ``t`` into every layer (:class:`TimeLinear`); if False the field is autonomous.
+
+    Forward:
+        ``field(t, y)`` with a scalar ``t``, or one time per sample of shape (B,) for ``y`` of shape
+        (B, ..., dim) (per-sample step control), returns a tensor shaped like ``y``.
     """
 
     def __init__(
