@@ -18,6 +18,8 @@ SciMLBase sensitivity_solution; OrdinaryDiffEqCore solve!; PythonCall JlWrap/bas
   interpolation's extrapolation, and ``sensitivity_solution`` sets ``sol.t = ts``, so the solution's
   last time (``t_final``) is ``max(ts)``. BacksolveAdjoint returns only the output times reached.
   ``t_reached`` is what HybridNODE's bridge.jl reports from a plain re-solve (the integrator's time).
+- Step limit. ``maxiters`` counts every attempted step, rejected ones included (``integrator.iter``),
+  with OrdinaryDiffEqCore's default of 1_000_000 for adaptive methods (src/solve.jl).
 - Callback errors. A Python exception raised in a callback comes out of the engine inside a
   ``JuliaError`` (shaped like juliacall's: ``args = (julia_exception, backtrace)``), with the
   Python exception held by a PyException nested in a Julia exception; ``python_exception`` finds it
@@ -30,6 +32,7 @@ W = transpose(reshape(theta[r], in, out)), in numpy, and differentiated by hand.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 from scipy.integrate import DOP853, OdeSolution, Radau, solve_ivp
@@ -151,6 +154,48 @@ def _from_julia(fn):
             raise JuliaError(WrappedJuliaException("error in a solver callback", PyException(e)), None) from None
 
     return call
+
+
+#: OrdinaryDiffEqCore's default ``maxiters`` for adaptive algorithms (src/solve.jl, ``__init``:
+#: ``maxiters = anyadaptive(alg) ? 1000000 : typemax(Int)``).
+DEFAULT_MAXITERS = 1_000_000
+
+
+def _maxiters(config) -> int:
+    """The step limit upstream applies: the user's, else OrdinaryDiffEqCore's default.
+
+    Args:
+        config: the engine's SolveConfig.
+
+    Returns:
+        ``config.maxiters``, else 1_000_000 for adaptive methods and no limit for fixed steps.
+    """
+    if config.maxiters is not None:
+        return int(config.maxiters)
+    return sys.maxsize if config.fixed_step else DEFAULT_MAXITERS
+
+
+def _attempts(solver, nfev_before: int) -> int:
+    """The step attempts (accepted and rejected) scipy's ``solver.step()`` just made.
+
+    OrdinaryDiffEqCore counts every attempt in ``integrator.iter`` (``loopheader!``,
+    src/integrators/integrator_utils.jl) and fails with MaxIters once ``iter > maxiters``
+    (DiffEqBase ``check_error``). scipy hides its rejected attempts inside ``step()``; an explicit
+    Runge-Kutta attempt evaluates the field ``n_stages`` times (scipy's ``rk_step``), so they are
+    counted from the evaluations. Radau's attempts cost a varying number of evaluations: one per
+    ``step()`` (its rejections are not counted).
+
+    Args:
+        solver: the scipy solver, right after ``step()``.
+        nfev_before: its ``nfev`` before ``step()``.
+
+    Returns:
+        The number of attempts (at least 1).
+    """
+    stages = getattr(solver, "n_stages", None)
+    if stages is None:
+        return 1
+    return max(1, (solver.nfev - nfev_before) // stages)
 
 
 class ArgumentError(Exception):
@@ -282,13 +327,15 @@ class StandinEngine:
             )
         else:
             solver = DOP853(fun, ts[0], x0, ts[-1], **kw)
-        maxiters = config.maxiters or 100_000  # OrdinaryDiffEq's default maxiters for adaptive methods
-        steps, interpolants, retcode, accepted = [ts[0]], [], "Success", 0
+        maxiters = _maxiters(config)
+        steps, interpolants, retcode, accepted, attempts = [ts[0]], [], "Success", 0, 0
         while solver.status == "running":
-            if accepted >= maxiters:
+            before = solver.nfev
+            solver.step()
+            attempts += _attempts(solver, before)
+            if attempts > maxiters:  # upstream stops before the attempt past the limit: drop this step
                 retcode = "MaxIters"
                 break
-            solver.step()
             if solver.status == "failed":
                 retcode = "DtLessThanMin"
                 break
@@ -310,7 +357,7 @@ class StandinEngine:
         ys = np.stack([dense(t) for t in saved], axis=-1) if len(saved) else np.zeros((x0.size, 0))
         ys = ys.reshape(shape + (len(saved),), order="F")
         njev = getattr(solver, "njev", 0)
-        stats = Stats(nfe=int(solver.nfev), n_accepted=accepted, n_jacobian=int(njev))
+        stats = Stats(nfe=int(solver.nfev), n_accepted=accepted, n_rejected=attempts - accepted, n_jacobian=int(njev))
         handle = _Handle(problem, np.array(theta, dtype=float), ts, saved, dense, shape, config)
         return ForwardOutput(
             ys=ys,

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from julia_standin import StandinEngine
+from julia_standin import DEFAULT_MAXITERS, StandinEngine
 from torch import nn
 
 from hybrid_node._errors import BackendError, JuliaNotAvailableError, SolverError, Status
@@ -636,3 +636,21 @@ def test_ode_block_keeps_the_native_path_and_counts_its_evaluations(monkeypatch,
     torch.testing.assert_close(y, want, rtol=1e-7, atol=1e-9)
     for got, expected in zip(grads, [p.grad for p in net.parameters()]):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_the_standins_step_limit_counts_rejected_attempts_as_upstream_does():
+    # OrdinaryDiffEqCore counts every attempt in integrator.iter (loopheader!) and fails once
+    # iter > maxiters (DiffEqBase check_error); its default is 1_000_000 for adaptive methods
+    # (src/solve.jl). The stand-in counted accepted steps only, with a default of 100_000.
+    def func(t, y):
+        return -200.0 * t * y  # a sharp decay: DOP853 rejects some steps
+
+    y0, t = torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    sol = _solve(func, y0, t, rtol=1e-8, atol=1e-10)
+    accepted, rejected = sol.stats.n_accepted, sol.stats.n_rejected
+    assert rejected > 0
+    with pytest.raises(SolverError, match="max_num_steps"):
+        _solve(func, y0, t, rtol=1e-8, atol=1e-10, options={"max_num_steps": accepted})
+    ok = _solve(func, y0, t, rtol=1e-8, atol=1e-10, options={"max_num_steps": accepted + rejected})
+    assert ok.stats.n_accepted == accepted
+    assert DEFAULT_MAXITERS == 1_000_000
