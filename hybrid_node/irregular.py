@@ -105,6 +105,8 @@ class IrregularBatch:
             (B, L) gaps; padding (which repeats the last observed time) has gap 0.
         """
         bsz, length = self.times.shape
+        if length == 0:
+            return self.times.clone()
         observed = self.time_mask > 0
         pos = torch.arange(length, device=self.times.device).expand(bsz, length)
         # index of the latest observed position at or before each position (-1: none yet)

@@ -218,6 +218,39 @@ def test_ode_rnn_per_sample_gaps_equal_separate_solves():
         assert torch.allclose(out[b], ref, atol=1e-8)
 
 
+def test_ode_rnn_refuses_a_start_after_the_observations_as_the_latent_encoder_does():
+    # A t_start after an observation would integrate backwards in time without a word.
+    net = ODERNN(obs_dim=2, hidden=4, ode_hidden=8).double()
+    batch = _batch()
+    late = batch.times.min() + 0.01
+    for call in (lambda: net.run(batch, t_start=late), lambda: net.loss(batch, t_start=late)):
+        with pytest.raises(ValueError, match="t_start must not be after"):
+            call()
+    with pytest.raises(ValueError, match="t_start must not be after"):
+        net.run(batch, t_start=late, backwards=True)
+    with pytest.raises(ValueError, match=">= t0"):
+        LatentODE(obs_dim=2, encoder="ode-rnn").encode(batch.to(torch.float32), t0=late.item())
+    net.run(batch, t_start=batch.times.min())  # at the first observation: fine
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "ode-rnn"])
+def test_latent_ode_with_no_series_or_no_times(encoder):
+    torch.manual_seed(0)
+    model = LatentODE(obs_dim=2, encoder=encoder)
+    batch = _batch(dtype=torch.float32)
+    empty = select(batch, torch.zeros(3, dtype=torch.bool))
+    # no output times: nothing to decode
+    assert model.predict(batch, torch.zeros(0)).shape == (3, 0, 2)
+    # no series: empty outputs, but a loss (a mean over the series) is refused
+    assert model.predict(empty, torch.tensor([0.5, 1.0])).shape == (0, 2, 2)
+    assert model.log_likelihood(torch.zeros(0, 4), empty)[0].shape == (0,)
+    with pytest.raises(ValueError, match="no series"):
+        model(empty)
+    no_times = IrregularBatch(torch.zeros(3, 0), torch.zeros(3, 0, 2), torch.zeros(3, 0, 2))
+    with pytest.raises(ValueError, match="no time points"):
+        model(no_times)
+
+
 # --- training -----------------------------------------------------------------------------------------
 def _train(model, loss_fn, iters, lr=0.01):
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -227,6 +227,15 @@ def test_stale_temp_files_are_removed_on_the_next_save_and_load(tmp_path):
     assert not dead.exists()
 
 
+def test_save_checkpoint_refuses_a_state_key_it_would_overwrite(tmp_path):
+    path = tmp_path / "ck.pt"
+    with pytest.raises(ValueError, match='key "rng".*include_rng=False'):
+        save_checkpoint(path, {"rng": 7, "step": 1})
+    assert not path.exists()
+    save_checkpoint(path, {"rng": 7, "step": 1}, include_rng=False)  # nothing to overwrite
+    assert load_checkpoint(path, restore_rng=False)["rng"] == 7
+
+
 # -- 12: shapes checked at the model boundary ----------------------------------------------------------
 def test_latent_ode_names_the_expected_and_given_channels():
     model = LatentODE(obs_dim=2)

@@ -37,6 +37,12 @@ Tensor = torch.Tensor
 
 # ----------------------------------------------------------------------------------------------------
 # ELBO pieces
+def _sum_per_sample(x: Tensor) -> Tensor:
+    """(B,) sums of ``x`` (B, ...) over all but the first dimension; a batch of no samples gives (0,)
+    (``reshape(0, -1)`` cannot infer the size it would flatten to)."""
+    return x.reshape(x.shape[0], -1).sum(-1) if x.numel() else x.new_zeros(x.shape[0])
+
+
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor, mask: Tensor | None = None) -> Tensor:
     """Per-sample log N(x | mean, std^2) summed over the observed entries.
 
@@ -54,7 +60,7 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor, mask: 
     logp = -0.5 * math.log(2 * math.pi) - torch.log(std) - 0.5 * ((x - mean) / std) ** 2
     if mask is not None:
         logp = logp * mask
-    return logp.reshape(logp.shape[0], -1).sum(-1)
+    return _sum_per_sample(logp)
 
 
 def normal_kl(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -65,7 +71,7 @@ def normal_kl(mean: Tensor, logvar: Tensor) -> Tensor:
     Returns:
         (B,) divergences.
     """
-    return 0.5 * (logvar.exp() + mean**2 - 1.0 - logvar).reshape(mean.shape[0], -1).sum(-1)
+    return _sum_per_sample(0.5 * (logvar.exp() + mean**2 - 1.0 - logvar))
 
 
 def poisson_process_log_likelihood(log_rates: Tensor, mask: Tensor, integrated_rate: Tensor) -> Tensor:
@@ -82,7 +88,7 @@ def poisson_process_log_likelihood(log_rates: Tensor, mask: Tensor, integrated_r
     Returns:
         (B,) log-likelihoods.
     """
-    return (log_rates * mask).reshape(mask.shape[0], -1).sum(-1) - integrated_rate.sum(-1)
+    return _sum_per_sample(log_rates * mask) - integrated_rate.sum(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,11 +315,14 @@ class LatentODE(nn.Module):
         return mean + torch.exp(0.5 * logvar) * eps
 
     def latent_trajectory(self, z0: Tensor, times: Tensor, t0: float | Tensor = 0.0) -> Tensor:
-        """Solve the latent ODE from ``t0`` to sorted ``times`` (T,); returns (T, B, state)."""
+        """Solve the latent ODE from ``t0`` to sorted ``times`` (T,); returns (T, B, state).
+
+        No ``times`` (T = 0, e.g. the union grid of a batch of no series) give an empty (0, B, state).
+
+        Raises:
+            ValueError: ``times`` precede ``t0``.
+        """
         t0 = torch.as_tensor(t0, dtype=times.dtype, device=times.device).reshape(1)
-        if bool((times[0] < t0).any()):
-            raise ValueError("times must not precede t0.")
-        grid = torch.cat([t0, times]) if bool(times[0] > t0) else times
         field: nn.Module = self.dynamics
         state = z0
         if self.log_intensity is not None:
@@ -322,6 +331,11 @@ class LatentODE(nn.Module):
                 self, ("intensity", dynamics, intensity, dim), lambda: _WithIntensity(dynamics, intensity, dim)
             )
             state = torch.cat([z0, z0.new_zeros(z0.shape[0], self.log_intensity.out_features)], dim=-1)
+        if times.numel() == 0:
+            return state.new_zeros((0, *state.shape))
+        if bool((times[0] < t0).any()):
+            raise ValueError("times must not precede t0.")
+        grid = torch.cat([t0, times]) if bool(times[0] > t0) else times
         ys = odeint(
             field, state, grid.to(z0.dtype), rtol=self.rtol, atol=self.atol, method=self.method, options=self.options
         )
@@ -357,9 +371,17 @@ class LatentODE(nn.Module):
             :class:`ElboTerms`; ``.loss`` is the negative mean ELBO.
 
         Raises:
-            ValueError: if ``targets`` does not match ``batch`` in batch size or channels, or has a
-                time before ``t0``.
+            ValueError: if ``batch`` holds no series (the mean over the batch is undefined) or no time
+                points, if ``targets`` does not match ``batch`` in batch size or channels, or has a time
+                before ``t0``.
         """
+        if batch.batch_size == 0:
+            # the loss is a mean over the series: NaN for none, which would poison a training step
+            raise ValueError(
+                "the batch holds no series (batch size 0), so its mean ELBO is undefined; skip empty batches."
+            )
+        if batch.times.shape[1] == 0:
+            raise ValueError("the batch has no time points (L = 0): there is nothing to score; skip it.")
         scored = batch if targets is None else targets
         if scored.batch_size != batch.batch_size or scored.obs_dim != batch.obs_dim:
             raise ValueError(

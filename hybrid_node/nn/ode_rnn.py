@@ -103,10 +103,25 @@ class ODERNN(nn.Module):
         Returns:
             ``(h_final, priors)``: the (B, hidden) final state and the (B, L, hidden) states just before
             each observation's update (in time order).
+
+        Raises:
+            ValueError: the batch has no time points, or ``t_start`` is after some time of the batch
+                (the run would silently integrate backwards in time; ``LatentODE.encode`` refuses the
+                same for its ``t0``).
         """
         bsz, length = batch.times.shape
+        if length == 0:
+            raise ValueError("ODERNN needs series with at least one time point; the batch has none (L = 0).")
         h = batch.values.new_zeros(bsz, self.hidden)
-        t0 = batch.times[:, 0] if t_start is None else torch.as_tensor(t_start, dtype=batch.times.dtype).expand(bsz)
+        if t_start is None:
+            t0 = batch.times[:, 0]
+        else:
+            t0 = torch.as_tensor(t_start, dtype=batch.times.dtype, device=batch.times.device).expand(bsz)
+            if bool((batch.times < t0.unsqueeze(1)).any()):
+                raise ValueError(
+                    "t_start must not be after any time of the batch (it is where the run starts forwards, or "
+                    "ends backwards); pass a t_start at or before every sample's first time, or None."
+                )
         observed = batch.time_mask
         inputs = torch.cat([batch.values * batch.mask, batch.mask], dim=-1)
         priors: list[Tensor] = []  # in the order visited; put in time order below
@@ -133,7 +148,11 @@ class ODERNN(nn.Module):
 
     def loss(self, batch: IrregularBatch, t_start: Tensor | None = None) -> Tensor:
         """Masked mean squared error of the one-step-ahead predictions (the first point is skipped when
-        ``t_start`` is not given, since nothing precedes it)."""
+        ``t_start`` is not given, since nothing precedes it).
+
+        Raises:
+            ValueError: as :meth:`run` (no time points, or ``t_start`` after a time of the batch).
+        """
         pred = self(batch, t_start)
         mask = batch.mask.clone()
         if t_start is None:
@@ -145,6 +164,10 @@ class ODERNN(nn.Module):
 
         Returns:
             (B, T, out_dim) read-outs of the hidden state evolved (without updates) to ``times``.
+
+        Raises:
+            ValueError: ``times`` precede the last observation of a sample, or ``t_start`` follows the
+                first (as :meth:`run`).
         """
         h, _ = self.run(batch, t_start)
         t_prev = batch.times[:, -1]  # padding repeats the last observed time

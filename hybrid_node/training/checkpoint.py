@@ -50,7 +50,17 @@ def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = T
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: ``include_rng`` and ``state`` has its own ``"rng"`` key, which the generator states
+            would silently replace.
     """
+    if include_rng and "rng" in state:
+        raise ValueError(
+            'state has a key "rng", where save_checkpoint stores the generator states (include_rng=True). '
+            "Rename that key, or pass include_rng=False; a dict returned by load_checkpoint already holds "
+            'the states it was saved with: drop its "rng" before saving it again.'
+        )
     payload = dict(state)
     if include_rng:
         payload["rng"] = rng_state()
