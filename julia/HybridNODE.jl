@@ -12,6 +12,9 @@ The Python side (hybrid_node/julia/backend.py) uses the layout of this module: a
 """
 module HybridNODE
 
+# Julia's logging interface (the Logging standard library re-exports it): `backward` watches the
+# backward solve's warnings with it (bridge.jl, SolverWarnings).
+import Base.CoreLogging
 using ADTypes: AutoFiniteDiff
 using OrdinaryDiffEqAdamsBashforthMoulton: VCABM
 using OrdinaryDiffEqBDF: FBDF, QNDF
@@ -30,8 +33,8 @@ using SciMLSensitivity: BacksolveAdjoint, GaussAdjoint, InterpolatingAdjoint, Qu
                         ZygoteVJP
 using Zygote: Zygote
 
-export forward_mlp, forward_callback, backward, python_exception, algorithm_names,
-       sensitivity_names
+export forward_mlp, forward_callback, backward, python_exception, adjoint_failure,
+       algorithm_names, sensitivity_names
 
 include("activations.jl")
 include("mlp.jl")

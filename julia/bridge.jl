@@ -154,16 +154,87 @@ function forward_callback(f::Py, vjp::Py, jac, θ, u0, ts; algorithm::AbstractSt
 end
 
 """
+    SolverWarnings(previous) <: AbstractLogger
+
+A logger that records the messages of the Warn-or-above log records it sees (deprecation warnings,
+group `:depwarn`, aside) and forwards every record to `previous` as well, so the user still sees
+them. Used through Julia's logging interface (Base.CoreLogging, which the Logging standard library
+re-exports): `shouldlog`, `min_enabled_level`, `handle_message`, `catch_exceptions`.
+"""
+struct SolverWarnings <: CoreLogging.AbstractLogger
+    previous::CoreLogging.AbstractLogger
+    messages::Vector{String}
+    lock::ReentrantLock
+end
+
+SolverWarnings(previous::CoreLogging.AbstractLogger) =
+    SolverWarnings(previous, String[], ReentrantLock())
+
+CoreLogging.min_enabled_level(l::SolverWarnings) =
+    min(CoreLogging.Warn, CoreLogging.min_enabled_level(l.previous))
+
+CoreLogging.shouldlog(l::SolverWarnings, level, _module, group, id) =
+    level >= CoreLogging.Warn || CoreLogging.shouldlog(l.previous, level, _module, group, id)
+
+CoreLogging.catch_exceptions(l::SolverWarnings) = CoreLogging.catch_exceptions(l.previous)
+
+function CoreLogging.handle_message(l::SolverWarnings, level, message, _module, group, id, file,
+                                    line; kwargs...)
+    if level >= CoreLogging.Warn && group !== :depwarn
+        lock(() -> push!(l.messages, string(message)), l.lock)
+    end
+    # Forward what the previous logger would have taken itself (its own filters apply).
+    if level >= CoreLogging.min_enabled_level(l.previous) &&
+       CoreLogging.shouldlog(l.previous, level, _module, group, id)
+        CoreLogging.handle_message(l.previous, level, message, _module, group, id, file, line;
+                                   kwargs...)
+    end
+    return nothing
+end
+
+"""
+    AdjointSolveFailed(messages)
+
+Thrown by `backward` when the adjoint's backward solve failed: SciMLSensitivity does not check its
+return code (`state_values(adj_sol)[end]` is returned whatever `adj_sol.retcode` is;
+src/gauss_adjoint.jl, src/sensitivity_interface.jl, src/quadrature_adjoint.jl), so the only trace
+of the failure is the solver's warning (DiffEqBase `check_error`: MaxIters, DtLessThanMin,
+Unstable, ...), which `messages` holds.
+"""
+struct AdjointSolveFailed <: Exception
+    messages::Vector{String}
+end
+
+function Base.showerror(io::IO, e::AdjointSolveFailed)
+    print(io, "AdjointSolveFailed: the adjoint's backward solve failed; its gradients are not " *
+              "returned. The solver warned:\n", join(e.messages, "\n"))
+end
+
+"""
+    adjoint_failure(e) -> Union{String, Nothing}
+
+The solver's warnings when `e` is the `AdjointSolveFailed` that `backward` throws, else `nothing`
+(the Python side turns them into a `SolverError`).
+"""
+adjoint_failure(e) = e isa AdjointSolveFailed ? join(e.messages, "\n") : nothing
+
+"""
     backward(result, ybar) -> (u0bar, θbar)
 
 Gradients of ⟨ybar, ys⟩ with respect to the initial state `(D, B)` and the parameters, given the
 cotangent `ybar` `(D, B, T)` of the saved states.
+
+Throws `AdjointSolveFailed` when the backward solve warned (Warn or above) while the pullback ran:
+SciMLSensitivity returns the gradients of a failed backward solve without checking its retcode,
+so the warnings are the only sign (see `SolverWarnings`).
 """
 function backward(result::ForwardResult, ybar)
     Ȳ = Array{Float64, 3}(ybar)
     size(Ȳ) == size(result.ys) ||
         throw(DimensionMismatch("cotangent has size $(size(Ȳ)), states have $(size(result.ys))"))
-    ū0, θ̄ = result.back((Ȳ, nothing))
+    warnings = SolverWarnings(CoreLogging.current_logger())
+    ū0, θ̄ = CoreLogging.with_logger(() -> result.back((Ȳ, nothing)), warnings)
+    isempty(warnings.messages) || throw(AdjointSolveFailed(copy(warnings.messages)))
     ū0 = ū0 === nothing ? zeros(result.state_size) : Matrix{Float64}(reshape(ū0, result.state_size))
     θ̄ = θ̄ === nothing ? zeros(result.n_params) : collect(Float64, vec(θ̄))
     return ū0, θ̄

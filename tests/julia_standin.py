@@ -19,7 +19,10 @@ SciMLBase sensitivity_solution; OrdinaryDiffEqCore solve!; PythonCall JlWrap/bas
   last time (``t_final``) is ``max(ts)``. BacksolveAdjoint returns only the output times reached.
   ``t_reached`` is what HybridNODE's bridge.jl reports from a plain re-solve (the integrator's time).
 - Step limit. ``maxiters`` counts every attempted step, rejected ones included (``integrator.iter``),
-  with OrdinaryDiffEqCore's default of 1_000_000 for adaptive methods (src/solve.jl).
+  with OrdinaryDiffEqCore's default of 1_000_000 for adaptive methods (src/solve.jl). The backward
+  solve has the same limit (concrete_solve.jl passes the solve's keywords on); SciMLSensitivity does
+  not check its return code, so HybridNODE's ``backward`` raises on the solver's warning
+  (``AdjointSolveFailed`` inside a JuliaError, as bridge.jl throws it).
 - Callback errors. A Python exception raised in a callback comes out of the engine inside a
   ``JuliaError`` (shaped like juliacall's: ``args = (julia_exception, backtrace)``), with the
   Python exception held by a PyException nested in a Julia exception; ``python_exception`` finds it
@@ -35,7 +38,7 @@ import dataclasses
 import sys
 
 import numpy as np
-from scipy.integrate import DOP853, OdeSolution, Radau, solve_ivp
+from scipy.integrate import DOP853, OdeSolution, Radau
 
 from hybrid_node._solution import Stats
 from hybrid_node.julia.backend import ForwardOutput
@@ -129,6 +132,13 @@ class WrappedJuliaException:
 
     msg: str
     error: object
+
+
+@dataclasses.dataclass
+class AdjointSolveFailed:
+    """bridge.jl's AdjointSolveFailed: ``messages`` are the solver's warnings of the backward solve."""
+
+    messages: list
 
 
 def python_exception(jl_exc, depth: int = 0):
@@ -492,10 +502,34 @@ class StandinEngine:
         visits = sorted(handle.saved_ts, key=lambda tau: -direction * tau)
         z = np.zeros(n + p)
         t_cur = ts[-1]
+        # One backward solve across all the output times, with the forward's maxiters
+        # (concrete_solve.jl passes the solve's keywords on to adjoint_sensitivities).
+        maxiters, attempts = _maxiters(cfg), 0
         for k, tau in enumerate(visits):
             if tau != t_cur:
-                sol = solve_ivp(rhs, (t_cur, tau), z, method="DOP853", rtol=cfg.rtol, atol=cfg.atol)
-                z = sol.y[:, -1].copy()
+                if not np.all(np.isfinite(z)):  # a NaN cotangent: NaN error estimate, NaN dt
+                    raise JuliaError(AdjointSolveFailed(["NaN dt detected."]), None)
+                solver = DOP853(rhs, t_cur, z, tau, rtol=cfg.rtol, atol=cfg.atol)
+                while solver.status == "running":
+                    before = solver.nfev
+                    solver.step()
+                    attempts += _attempts(solver, before)
+                    if attempts > maxiters:
+                        warning = "Interrupted. Larger maxiters is needed."  # DiffEqBase check_error
+                    elif solver.status == "failed" or not np.all(np.isfinite(solver.y)):
+                        warning = "Instability detected. Aborting"
+                    else:
+                        continue
+                    # SciMLSensitivity returns the gradients of the failed solve (no retcode check);
+                    # bridge.jl's backward sees the solver's warning and throws AdjointSolveFailed.
+                    raise JuliaError(AdjointSolveFailed([warning]), None)
+                z = solver.y.copy()
                 t_cur = tau
             z[:n] += ybar[..., T - 1 - k].reshape(-1, order="F")
         return z[:n].reshape(handle.shape, order="F"), z[n:]
+
+    def adjoint_failure(self, err: BaseException) -> str | None:
+        """The engine interface's failed-backward check (JuliaEngine.adjoint_failure), on the stand-in's JuliaError."""
+        if isinstance(err, JuliaError) and isinstance(err.exception, AdjointSolveFailed):
+            return "\n".join(err.exception.messages)
+        return None

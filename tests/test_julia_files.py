@@ -258,6 +258,30 @@ def test_python_exceptions_are_unwrapped_in_julia():
     assert "self.jl.python_exception(" in Path(julia_backend.__file__).read_text()
 
 
+def test_backward_raises_when_the_backward_solve_warned():
+    # SciMLSensitivity 7.112 does not check the adjoint solve's retcode (gauss_adjoint.jl,
+    # sensitivity_interface.jl, quadrature_adjoint.jl return state_values(adj_sol)[end]); DiffEqBase's
+    # check_error only logs a warning. backward() runs the pullback under a logger that records
+    # Warn-or-above records (forwarding every record to the previous logger) and throws.
+    code = _code(JULIA_DIR / "bridge.jl")
+    assert re.search(r"^struct SolverWarnings <: CoreLogging\.AbstractLogger\n", code, re.M)
+    for name in ("min_enabled_level", "shouldlog", "catch_exceptions", "handle_message"):
+        assert re.search(rf"^(function )?CoreLogging\.{name}\(l::SolverWarnings,?", code, re.M), name
+    handle = re.search(r"function CoreLogging\.handle_message\(l::SolverWarnings.*?\nend", code, re.S).group(0)
+    assert "level >= CoreLogging.Warn && group !== :depwarn" in handle
+    assert "CoreLogging.handle_message(l.previous," in handle  # the user still sees the warning
+    assert "CoreLogging.shouldlog(l.previous," in handle
+    body = re.search(r"function backward\(result::ForwardResult, ybar\)\n(.*?)\nend", code, re.S).group(1)
+    assert "SolverWarnings(CoreLogging.current_logger())" in body
+    assert re.search(r"CoreLogging\.with_logger\(\(\) -> result\.back\(\(Ȳ, nothing\)\), warnings\)", body)
+    assert "isempty(warnings.messages) || throw(AdjointSolveFailed(" in body
+    assert re.search(r"^adjoint_failure\(e\) = e isa AdjointSolveFailed \?", code, re.M)
+    module = (JULIA_DIR / "HybridNODE.jl").read_text()
+    assert "import Base.CoreLogging" in _code(JULIA_DIR / "HybridNODE.jl")
+    assert "adjoint_failure" in module.split("export", 1)[1]
+    assert "self.jl.adjoint_failure(" in Path(julia_backend.__file__).read_text()
+
+
 def test_quadrature_tolerances_are_checked_in_julia_too():
     # Issue 20 item 3.
     code = _code(JULIA_DIR / "bridge.jl")

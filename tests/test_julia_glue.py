@@ -654,3 +654,45 @@ def test_the_standins_step_limit_counts_rejected_attempts_as_upstream_does():
     ok = _solve(func, y0, t, rtol=1e-8, atol=1e-10, options={"max_num_steps": accepted + rejected})
     assert ok.stats.n_accepted == accepted
     assert DEFAULT_MAXITERS == 1_000_000
+
+
+def test_a_failed_backward_solve_raises_instead_of_returning_its_gradients():
+    # SciMLSensitivity returns the gradients of a failed backward solve (no retcode check in
+    # gauss_adjoint.jl / sensitivity_interface.jl); only the solver's warning shows it. bridge.jl's
+    # backward turns the warning into AdjointSolveFailed, which reaches the user as a SolverError.
+    # The forward solve takes 3 steps; the backward one restarts at each of the 20 output times.
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 20, dtype=torch.float64)
+    ys = _solve(lambda t, y: -w * y, torch.ones(2, dtype=torch.float64), t, adjoint_params=(w,),
+                options={"max_num_steps": 10}).ys  # fmt: skip
+    with pytest.raises(SolverError, match="backward solve in Julia failed.*maxiters") as info:
+        ys.pow(2).sum().backward()
+    assert info.value.status is Status.MAX_STEPS
+    assert jb.adjoint_solve_error("dt forced below epsilon").status is Status.FAILED
+
+
+class _NaNGradients(StandinEngine):
+    """The stand-in, with the non-finite gradients of a blow-up that left no warning."""
+
+    def backward(self, handle, ybar):
+        u0bar, thetabar = super().backward(handle, ybar)
+        return np.full_like(u0bar, np.nan), thetabar
+
+
+def test_non_finite_gradients_are_refused():
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ys = _solve(lambda t, y: -w * y, y0, t, engine=_NaNGradients(), adjoint_params=(w,)).ys
+    with pytest.raises(SolverError, match="non-finite gradients.*does not check") as info:
+        ys.sum().backward()
+    assert info.value.status is Status.NONFINITE
+
+
+def test_a_nan_loss_fails_the_backward_solve_as_on_the_torch_backend():
+    # Upstream: a NaN cotangent makes dt NaN (DiffEqBase check_error warns "NaN dt detected").
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    ys = _solve(lambda t, y: -w * y, torch.ones(2, dtype=torch.float64), t, adjoint_params=(w,)).ys
+    with pytest.raises(SolverError, match="NaN dt"):
+        (ys.sum() * float("nan")).backward()

@@ -11,6 +11,9 @@ Julia), then hands the problem to an *engine* with two methods:
   states; returns the ``(D, B)`` and ``(P,)`` gradients.
 - ``python_exception(err) -> BaseException | None``: the Python exception a callback raised, when
   ``err`` (a ``juliacall.JuliaError``) carries one.
+- ``adjoint_failure(err) -> str | None``: the solver's warnings, when ``err`` says that the adjoint's
+  backward solve failed (SciMLSensitivity returns its gradients without checking its return code;
+  ``julia/bridge.jl``'s ``backward`` watches the warnings and throws ``AdjointSolveFailed``).
 
 The engine only ever receives strictly increasing ``ts``: SciMLSensitivity's non-backsolve adjoints
 return the states at ``sort(saveat)`` and walk the cotangents in that order, so a decreasing ``t`` is
@@ -378,16 +381,64 @@ class JuliaEngine:
             return None
         return found if isinstance(found, BaseException) else None
 
+    def adjoint_failure(self, err: BaseException) -> str | None:
+        """The solver's warnings when ``err`` is the ``AdjointSolveFailed`` of ``backward`` (julia/bridge.jl)."""
+        if type(err).__name__ != "JuliaError" or not err.args:
+            return None
+        try:
+            found = self.jl.adjoint_failure(err.args[0])
+        except Exception:  # noqa: BLE001 - recognising it is best effort; the JuliaError stands otherwise
+            return None
+        return found if isinstance(found, str) else None
+
+
+def adjoint_solve_error(warnings_text: str) -> SolverError:
+    """The :class:`SolverError` for a failed backward solve of the adjoint in Julia.
+
+    Args:
+        warnings_text: the warnings the solver logged during the backward solve.
+
+    Returns:
+        A SolverError: ``MAX_STEPS`` when the solver ran out of steps (its warning names
+        ``maxiters``), else ``FAILED``; its time is NaN (the warnings do not say where the backward
+        solve stopped).
+    """
+    status = Status.MAX_STEPS if "maxiters" in warnings_text.lower() else Status.FAILED
+    detail = (
+        "the adjoint's backward solve in Julia failed, so its gradients are refused (SciMLSensitivity returns "
+        f"them without checking); the solver warned: {warnings_text.strip()}"
+    )
+    return SolverError(status, float("nan"), detail)
+
 
 def _call_engine(engine, method: Callable, *args):
-    """Call an engine method; a Python exception raised in a callback reaches the user as itself."""
+    """Call an engine method; a Python exception raised in a callback reaches the user as itself.
+
+    Args:
+        engine: the engine (its ``python_exception`` and ``adjoint_failure`` read its errors).
+        method: the engine method.
+        *args: its arguments.
+
+    Returns:
+        What ``method`` returns.
+
+    Raises:
+        BaseException: the Python exception a callback raised, as itself.
+        SolverError: the adjoint's backward solve failed (``adjoint_failure``).
+        Exception: any other error of the engine, unchanged.
+    """
     try:
         return method(*args)
     except Exception as err:
+        # PythonCall re-raises a callback's exception as itself where it reaches the boundary
+        # unwrapped (src/JlWrap/base.jl); python_exception finds one a solver layer wrapped.
         original = engine.python_exception(err)  # every engine declares it (see the module docstring)
-        if original is None:
-            raise
-        raise original from None
+        if original is not None:
+            raise original from None
+        failure = engine.adjoint_failure(err)
+        if failure is not None:
+            raise adjoint_solve_error(failure) from None
+        raise
 
 
 def status_from_retcode(retcode: str) -> Status:
@@ -416,6 +467,34 @@ def _flat_params(params: Sequence[torch.Tensor], n_theta: int) -> np.ndarray:
     if not params:
         return np.zeros(n_theta)
     return torch.cat([p.detach().to("cpu", torch.float64).reshape(-1) for p in params]).numpy()
+
+
+def _check_finite_gradients(ybar: torch.Tensor, u0bar: np.ndarray, thetabar: np.ndarray) -> None:
+    """Refuse non-finite gradients: the backward solve failed without being noticed.
+
+    SciMLSensitivity returns the adjoint's gradients whatever its backward solve's return code;
+    bridge.jl's ``backward`` raises on the solver's warnings, and this catches what got past them
+    (e.g. a blow-up that left no warning). The torch backend's adjoint fails the same way.
+
+    Args:
+        ybar: the cotangent of the states (named as the cause when it is not finite itself).
+        u0bar, thetabar: the engine's gradients.
+
+    Raises:
+        SolverError: NONFINITE, when a gradient is NaN or infinite.
+    """
+    if np.isfinite(u0bar).all() and np.isfinite(thetabar).all():
+        return
+    if not bool(torch.isfinite(ybar).all()):
+        cause = "the gradient of the loss with respect to the states is not finite itself"
+    else:
+        cause = (
+            "SciMLSensitivity does not check its backward solve; try tighter tolerances, a stiff method or "
+            "another sensitivity"
+        )
+    raise SolverError(
+        Status.NONFINITE, float("nan"), f"the adjoint's backward solve in Julia returned non-finite gradients ({cause})"
+    )
 
 
 class _JuliaSolve(torch.autograd.Function):
@@ -453,6 +532,7 @@ class _JuliaSolve(torch.autograd.Function):
         # Y_0 is y0 itself: its cotangent goes straight to y0, not through the adjoint.
         yb[0] = 0.0
         u0bar_jl, thetabar = _call_engine(run.engine, run.engine.backward, ctx.handle, np.transpose(yb, (2, 1, 0)))
+        _check_finite_gradients(ybar, u0bar_jl, thetabar)
         adjoint0 = np.asarray(u0bar_jl, dtype=np.float64).T  # (B, D): gradient carried back to t_0
         grad_y0 = torch.from_numpy(np.ascontiguousarray(adjoint0 + direct0)).to(ybar.device, ybar.dtype)
 

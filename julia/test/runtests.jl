@@ -126,6 +126,26 @@ linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
         @test size(r.ys, 3) == 1
     end
 
+    @testset "a failed backward solve throws instead of returning gradients" begin
+        # SciMLSensitivity does not check the backward solve's retcode; backward() watches the
+        # solver's warnings. The forward solve needs a few steps, the backward one stops at each
+        # of the 20 output times (the cotangents' callback), so maxiters = 12 fails it only.
+        warnings = HybridNODE.SolverWarnings(Base.CoreLogging.NullLogger())
+        Base.CoreLogging.with_logger(warnings) do
+            @info "not recorded"
+            @warn "recorded"
+        end
+        @test warnings.messages == ["recorded"]
+        @test adjoint_failure(HybridNODE.AdjointSolveFailed(["a", "b"])) == "a\nb"
+        @test adjoint_failure(ErrorException("other")) === nothing
+        ts = collect(range(0.0, 1.0; length = 20))
+        r = forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = "Tsit5",
+                        sensitivity = "GaussAdjoint", maxiters = 12, abstol = 1e-6,
+                        reltol = 1e-6)
+        @test r.success
+        @test_throws HybridNODE.AdjointSolveFailed backward(r, ones(2, 2, 20))
+    end
+
     @testset "failures report the time reached" begin
         ts = [0.0, 1.0, 50.0]
         r = forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = "Tsit5",
