@@ -485,11 +485,14 @@ def _pin_noise(outputs: Sequence[torch.Tensor], dyn: _AugmentedDynamics, noise: 
     _adjoint_node(outputs).register_prehook(restore)
 
 
-def _adjoint_node(outputs: Sequence[torch.Tensor]) -> torch.autograd.graph.Node:
-    """The adjoint solve's autograd node behind its ``outputs``, reached through the few views that
-    split the flat solution into the state's parts."""
-    from ..sensitivity.adjoint import _AdjointFunction
+# The autograd Functions whose backward calls the field again: the torch adjoint's and the Julia backend's.
+_SOLVE_FUNCTIONS = ("_AdjointFunction", "_JuliaSolve")
 
+
+def _adjoint_node(outputs: Sequence[torch.Tensor]) -> torch.autograd.graph.Node:
+    """The solve's autograd node behind its ``outputs`` (the library's own autograd Function: the
+    torch adjoint's, or the Julia backend's), reached through the few views that split the flat
+    solution into the state's parts."""
     todo = [y.grad_fn for y in outputs if y.grad_fn is not None]
     seen: set[int] = set()
     while todo:
@@ -497,10 +500,10 @@ def _adjoint_node(outputs: Sequence[torch.Tensor]) -> torch.autograd.graph.Node:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if getattr(node, "_forward_cls", None) is _AdjointFunction:
+        if getattr(getattr(node, "_forward_cls", None), "__qualname__", None) in _SOLVE_FUNCTIONS:
             return node
         todo.extend(f for f, _ in node.next_functions if f is not None)
-    raise AssertionError("an adjoint solve's outputs come from its autograd node")
+    raise AssertionError("an adjoint solve's outputs come from the library's autograd node")
 
 
 def _check_estimator(estimator) -> None:
