@@ -234,6 +234,11 @@ def test_save_checkpoint_refuses_a_state_key_it_would_overwrite(tmp_path):
     assert not path.exists()
     save_checkpoint(path, {"rng": 7, "step": 1}, include_rng=False)  # nothing to overwrite
     assert load_checkpoint(path, restore_rng=False)["rng"] == 7
+    loaded = load_checkpoint(path, restore_rng=False)
+    save_checkpoint(path, {"step": 2})
+    again = load_checkpoint(path, restore_rng=False)
+    save_checkpoint(path, again)  # a loaded checkpoint saved again: its generator states are replaced
+    assert load_checkpoint(path, restore_rng=False)["step"] == 2 and loaded["step"] == 1
 
 
 # -- 12: shapes checked at the model boundary ----------------------------------------------------------

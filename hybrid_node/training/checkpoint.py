@@ -36,6 +36,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def _is_rng_state(value: Any) -> bool:
+    """Whether ``value`` has the layout of :func:`rng_state` (a loaded checkpoint's ``"rng"``)."""
+    return isinstance(value, dict) and set(value) == {"torch", "numpy", "python"}
+
+
 def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = True) -> Path:
     """Write ``state`` (plus the generator states) to ``path`` atomically.
 
@@ -52,14 +57,13 @@ def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = T
         The path written.
 
     Raises:
-        ValueError: ``include_rng`` and ``state`` has its own ``"rng"`` key, which the generator states
-            would silently replace.
+        ValueError: ``include_rng`` and ``state`` has a ``"rng"`` key of its own (not generator states
+            such as :func:`load_checkpoint` returns), which the generator states would silently replace.
     """
-    if include_rng and "rng" in state:
+    if include_rng and "rng" in state and not _is_rng_state(state["rng"]):
         raise ValueError(
             'state has a key "rng", where save_checkpoint stores the generator states (include_rng=True). '
-            "Rename that key, or pass include_rng=False; a dict returned by load_checkpoint already holds "
-            'the states it was saved with: drop its "rng" before saving it again.'
+            "Rename that key, or pass include_rng=False."
         )
     payload = dict(state)
     if include_rng:
