@@ -245,8 +245,10 @@ end
 
 The Python exception inside the Julia exception `e`, if a Python callback raised one: `e` itself
 when it is a `PyException`, else searched through the fields (and a failed task's exception) of
-the exceptions solver layers wrap it in. The Python side re-raises it, so the user sees their own
-error instead of a `juliacall.JuliaError`.
+the exceptions solver layers wrap it in. A `PyException` that reaches the juliacall boundary
+unwrapped is restored as the original Python exception by PythonCall itself (src/JlWrap/base.jl,
+`exc isa PyException` -> `PyErr_Restore`); this is the fallback for one a solver layer wrapped, so
+that the Python side can re-raise the user's own error instead of a `juliacall.JuliaError`.
 """
 function python_exception(e, depth::Int = 0)
     e isa PyException && return e.v

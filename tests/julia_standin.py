@@ -23,10 +23,14 @@ SciMLBase sensitivity_solution; OrdinaryDiffEqCore solve!; PythonCall JlWrap/bas
   solve has the same limit (concrete_solve.jl passes the solve's keywords on); SciMLSensitivity does
   not check its return code, so HybridNODE's ``backward`` raises on the solver's warning
   (``AdjointSolveFailed`` inside a JuliaError, as bridge.jl throws it).
-- Callback errors. A Python exception raised in a callback comes out of the engine inside a
-  ``JuliaError`` (shaped like juliacall's: ``args = (julia_exception, backtrace)``), with the
-  Python exception held by a PyException nested in a Julia exception; ``python_exception`` finds it
-  as bridge.jl's ``python_exception`` does.
+- Callback errors. A Python exception raised in a callback crosses Julia as a PyException, and
+  where that reaches the juliacall boundary unwrapped PythonCall restores the original Python
+  exception (PythonCall 0.9.34 src/JlWrap/base.jl: ``exc isa PyException`` -> ``PyErr_Restore``),
+  so it comes out of the engine as itself. With ``wrap_callback_errors=True`` the stand-in plays a
+  solver layer that wraps it in another Julia exception instead: then it comes out inside a
+  ``JuliaError`` (shaped like juliacall's: ``args = (julia_exception, backtrace)``), and
+  ``python_exception`` finds it as bridge.jl's ``python_exception`` does (the Python side's
+  fallback).
 
 The MLP of the native path is evaluated with the Julia module's formula,
 W = transpose(reshape(theta[r], in, out)), in numpy, and differentiated by hand.
@@ -154,13 +158,25 @@ def python_exception(jl_exc, depth: int = 0):
     return None
 
 
-def _from_julia(fn):
-    """Call a Python callback as Julia would: its exception comes out wrapped in a JuliaError."""
+def _from_julia(fn, wrap: bool = False):
+    """Call a Python callback as Julia would, and let its exception out as juliacall does.
+
+    Args:
+        fn: the Python callback.
+        wrap: play a solver layer that wraps the PyException in another Julia exception.
+
+    Returns:
+        The callback, raising as it comes out of the engine: the exception itself (PythonCall
+        restores a PyException that reaches the boundary, src/JlWrap/base.jl), or with ``wrap`` a
+        JuliaError holding it nested.
+    """
+    if not wrap:
+        return fn
 
     def call(*args):
         try:
             return fn(*args)
-        except Exception as e:  # noqa: BLE001 - re-raised wrapped, as through juliacall
+        except Exception as e:  # noqa: BLE001 - re-raised wrapped, as through a wrapping solver layer
             raise JuliaError(WrappedJuliaException("error in a solver callback", PyException(e)), None) from None
 
     return call
@@ -291,9 +307,13 @@ def _sorts_saveat(config) -> bool:
 class StandinEngine:
     """Engine with the Julia engine's contract, computed with scipy. Records every call."""
 
-    def __init__(self):
+    def __init__(self, wrap_callback_errors: bool = False):
         self.forward_calls = []
         self.backward_calls = []
+        self.wrap_callback_errors = wrap_callback_errors
+
+    def _from_julia(self, fn):
+        return _from_julia(fn, self.wrap_callback_errors)
 
     # vector field and its vjp on flat column-major vectors
     def _f(self, problem, theta, shape, config, x, t):
@@ -302,7 +322,7 @@ class StandinEngine:
             if config.time_reversed:  # bridge.jl: (u, p, s) -> -mlp(u, p, -s)
                 return -mlp_forward(problem, theta, u, -t)[0].reshape(-1, order="F")
             return mlp_forward(problem, theta, u, t)[0].reshape(-1, order="F")
-        return np.asarray(_from_julia(problem.f)(x.copy(), t), dtype=float)
+        return np.asarray(self._from_julia(problem.f)(x.copy(), t), dtype=float)
 
     def _vjp(self, problem, theta, shape, config, lam, x, t):
         if isinstance(problem, MLPSpec):
@@ -310,7 +330,7 @@ class StandinEngine:
             u, lm = x.reshape(shape, order="F"), lam.reshape(shape, order="F")
             gu, gp = mlp_vjp(problem, theta, u, sign * t, lm)
             return sign * gu.reshape(-1, order="F"), sign * gp
-        out = np.asarray(_from_julia(problem.vjp)(lam.copy(), x.copy(), t), dtype=float)
+        out = np.asarray(self._from_julia(problem.vjp)(lam.copy(), x.copy(), t), dtype=float)
         return out[: problem.n_state], out[problem.n_state :]
 
     def python_exception(self, err: BaseException) -> BaseException | None:
@@ -331,7 +351,7 @@ class StandinEngine:
         kw = dict(rtol=config.rtol, atol=config.atol)
         if config.stiff and not isinstance(problem, MLPSpec):
             n = problem.n_state
-            jac = _from_julia(problem.jac)
+            jac = self._from_julia(problem.jac)
             solver = Radau(
                 fun, ts[0], x0, ts[-1], jac=lambda t, x: np.asarray(jac(x.copy(), t)).reshape((n, n), order="F"), **kw
             )
@@ -401,9 +421,9 @@ class StandinEngine:
         shape = u0.shape
         ts = np.asarray(ts, dtype=float)
         fun = lambda t, x: self._f(problem, theta, shape, config, x, t)
-        condition = _from_julia(bridge.condition)
-        affect = _from_julia(bridge.affect)
-        jumped = _from_julia(bridge.jumped)
+        condition = self._from_julia(bridge.condition)
+        affect = self._from_julia(bridge.affect)
+        jumped = self._from_julia(bridge.jumped)
         n_points = int(bridge.interp_points)
         abstol = 10 * np.finfo(float).eps
         t, x = float(ts[0]), np.asarray(u0, dtype=float).reshape(-1, order="F")

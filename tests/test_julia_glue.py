@@ -7,6 +7,7 @@ exercise Julia (tests/test_cross_backend.py does, where Julia exists).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from julia_standin import DEFAULT_MAXITERS, StandinEngine
+from julia_standin import DEFAULT_MAXITERS, JuliaError, StandinEngine
 from torch import nn
 
 from hybrid_node._errors import BackendError, JuliaNotAvailableError, SolverError, Status
@@ -536,18 +537,22 @@ class Boom(Exception):
     pass
 
 
-def test_an_error_raised_in_func_during_the_solve_reaches_the_user_as_itself():
-    # Issue 20 item 5: from inside Julia it would arrive as a juliacall.JuliaError.
+@pytest.mark.parametrize("wrapped", [False, True], ids=["restored-by-pythoncall", "wrapped-by-a-solver-layer"])
+def test_an_error_raised_in_func_during_the_solve_reaches_the_user_as_itself(wrapped):
+    # PythonCall restores the Python exception when its PyException reaches the boundary unwrapped;
+    # where a solver layer wrapped it, python_exception finds it in the JuliaError (the fallback).
     def func(t, y):
         if float(t) > 0.5:
             raise Boom("bad vector field")
         return -y
 
+    engine = StandinEngine(wrap_callback_errors=wrapped)
     with pytest.raises(Boom, match="bad vector field"):
-        _solve(func, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64))
+        _solve(func, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64), engine=engine)
 
 
-def test_an_error_raised_in_the_backward_callbacks_reaches_the_user_as_itself():
+@pytest.mark.parametrize("wrapped", [False, True], ids=["restored-by-pythoncall", "wrapped-by-a-solver-layer"])
+def test_an_error_raised_in_the_backward_callbacks_reaches_the_user_as_itself(wrapped):
     calls = {"n": 0}
     w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
 
@@ -557,10 +562,43 @@ def test_an_error_raised_in_the_backward_callbacks_reaches_the_user_as_itself():
             raise Boom("bad vjp")
         return -w * y
 
-    ys = _solve(func, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0]), adjoint_params=(w,)).ys
+    engine = StandinEngine(wrap_callback_errors=wrapped)
+    ys = _solve(
+        func, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0]), adjoint_params=(w,), engine=engine
+    ).ys
     with pytest.raises(Boom, match="bad vjp"):
         ys.sum().backward()
     assert calls["n"] >= 1
+
+
+def test_the_standin_lets_a_callback_error_out_as_pythoncall_does():
+    # PythonCall 0.9.34 src/JlWrap/base.jl: a PyException reaching the boundary is restored with
+    # PyErr_Restore, so juliacall raises the original exception, not a JuliaError. The stand-in
+    # wrapped it always, which tested only the fallback.
+    def f(x, t):
+        raise Boom("from the callback")
+
+    problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
+    problem = dataclasses.replace(problem, f=f)
+    config = jb.SolveConfig(
+        algorithm="DP5",
+        sensitivity="GaussAdjoint",
+        checkpointing=False,
+        rtol=1e-8,
+        atol=1e-10,
+        quad_rtol=1e-8,
+        quad_atol=1e-10,
+        maxiters=None,
+        dt=None,
+        fixed_step=False,
+    )
+    with pytest.raises(Boom, match="from the callback"):
+        StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(0), np.array([0.0, 1.0]), config)
+    with pytest.raises(JuliaError) as info:
+        StandinEngine(wrap_callback_errors=True).forward(
+            problem, np.ones((1, 1)), np.zeros(0), np.array([0.0, 1.0]), config
+        )
+    assert isinstance(StandinEngine().python_exception(info.value), Boom)
 
 
 def test_wrong_output_shape_is_reported_before_julia_starts(monkeypatch):

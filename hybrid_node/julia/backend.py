@@ -10,7 +10,9 @@ Julia), then hands the problem to an *engine* with two methods:
 - ``backward(handle, ybar) -> (u0bar, thetabar)``: ``ybar`` is the ``(D, B, T)`` cotangent of the
   states; returns the ``(D, B)`` and ``(P,)`` gradients.
 - ``python_exception(err) -> BaseException | None``: the Python exception a callback raised, when
-  ``err`` (a ``juliacall.JuliaError``) carries one.
+  ``err`` (a ``juliacall.JuliaError``) carries one. PythonCall already re-raises the original
+  exception where its PyException reaches the boundary unwrapped (src/JlWrap/base.jl); this is
+  the fallback for one that a solver layer wrapped in another Julia exception.
 - ``adjoint_failure(err) -> str | None``: the solver's warnings, when ``err`` says that the adjoint's
   backward solve failed (SciMLSensitivity returns its gradients without checking its return code;
   ``julia/bridge.jl``'s ``backward`` watches the warnings and throws ``AdjointSolveFailed``).
@@ -372,7 +374,15 @@ class JuliaEngine:
         return np.array(u0bar, dtype=np.float64), np.array(thetabar, dtype=np.float64).reshape(-1)
 
     def python_exception(self, err: BaseException) -> BaseException | None:
-        """The Python exception inside a ``juliacall.JuliaError`` (a PyException somewhere in it)."""
+        """The Python exception inside a ``juliacall.JuliaError`` (a PyException somewhere in it).
+
+        Args:
+            err: the error the Julia call raised.
+
+        Returns:
+            The Python exception, or None (not a JuliaError, or none inside). A callback's exception
+            that reached the boundary unwrapped is raised as itself by PythonCall and never gets here.
+        """
         if type(err).__name__ != "JuliaError" or not err.args:
             return None
         try:
@@ -731,7 +741,7 @@ def prepare(
     else:
         theta_params = params
         # Call func once here, so a wrong shape or a bug in it is reported in Python before Julia
-        # starts (from inside Julia it would arrive wrapped in a juliacall.JuliaError).
+        # starts (from inside Julia a shape error is Julia's, and compiling the solve comes first).
         with torch.no_grad():
             field(t[0].detach(), layout.to_matrix(y0).detach())
         # Julia solves dy/ds = -f(-s, y) for a decreasing t (see the module docstring).
