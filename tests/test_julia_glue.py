@@ -8,10 +8,12 @@ exercise Julia (tests/test_cross_backend.py does, where Julia exists).
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ import torch
 from julia_standin import DEFAULT_MAXITERS, JuliaError, StandinEngine
 from torch import nn
 
+import hybrid_node as hn
 from hybrid_node._errors import BackendError, JuliaNotAvailableError, SolverError, Status
 from hybrid_node.julia import backend as jb
 from hybrid_node.julia import runtime as julia_runtime
@@ -734,3 +737,18 @@ def test_a_nan_loss_fails_the_backward_solve_as_on_the_torch_backend():
     ys = _solve(lambda t, y: -w * y, torch.ones(2, dtype=torch.float64), t, adjoint_params=(w,)).ys
     with pytest.raises(SolverError, match="NaN dt"):
         (ys.sum() * float("nan")).backward()
+
+
+def test_the_docs_say_that_rk4_is_another_method_on_each_backend():
+    # hybrid_node/solvers/registry.py: `rk4` is Kutta's 3/8 rule on torch (torchdiffeq's), and maps
+    # to Julia's RK4, the classic method (OrdinaryDiffEqLowOrderRK fixed_timestep_perform_step.jl).
+    assert jb.METHODS["rk4"] == jb.METHODS["rk4_classic"] == "RK4"
+    # One step of y' = t^4 over [0, 1]: Simpson's 3/8 rule (51/81 + 1) / 8, the classic method's Simpson rule 5/24.
+    f = lambda t, y: t**4 * torch.ones_like(y)
+    y0, t = torch.zeros(1, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    torch_rk4 = hn.odeint(f, y0, t, method="rk4", options={"step_size": 1.0})[-1].item()
+    classic = hn.odeint(f, y0, t, method="rk4_classic", options={"step_size": 1.0})[-1].item()
+    assert torch_rk4 == pytest.approx((51 / 81 + 1) / 8) and classic == pytest.approx(5 / 24)
+    text = (Path(__file__).resolve().parents[1] / "docs" / "julia.md").read_text()
+    caveat = re.search(r"`rk4` is not the same method on both backends:(.*?)\. `trbdf2`", text, re.S)
+    assert caveat and "3/8" in caveat.group(1) and "classic" in caveat.group(1) and "rk4_classic" in caveat.group(1)
