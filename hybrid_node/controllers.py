@@ -177,14 +177,26 @@ class PIDController(AbstractController):
                 "against atol + rtol * |y|, so no step could pass the error test. Give a positive rtol or atol "
                 "(e.g. rtol=1e-7, atol=1e-9), or use a fixed-step method with options={'step_size': ...}."
             )
+        for name in ("pcoeff", "icoeff", "dcoeff"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}.")
+        if not self.pcoeff + self.icoeff + self.dcoeff > 0:
+            # the exponent of the current error ratio: at 0 or below a large error does not shrink the step
+            raise ValueError(
+                "pcoeff + icoeff + dcoeff must be positive (the weight of the current error ratio), got "
+                f"{self.pcoeff} + {self.icoeff} + {self.dcoeff}; the I controller is icoeff=1 alone."
+            )
         if not 0 < self.safety <= 1:
             raise ValueError(f"safety must be in (0, 1], got {self.safety}.")
         if not (self.ifactor >= 1 and 0 < self.dfactor <= 1):
             raise ValueError("ifactor must be >= 1 and dfactor in (0, 1].")
         if self.first_step is not None and not self.first_step > 0:
             raise ValueError(f"first_step must be positive, got {self.first_step!r}.")
-        if not (0 <= self.min_step <= self.max_step):
-            raise ValueError("need 0 <= min_step <= max_step.")
+        if not (0 <= self.min_step <= self.max_step and self.max_step > 0 and math.isfinite(self.min_step)):
+            raise ValueError(
+                f"need 0 <= min_step <= max_step, min_step finite and max_step > 0, got min_step={self.min_step}, "
+                f"max_step={self.max_step}."
+            )
         if not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
             raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
         if not isinstance(self.device_loop, bool):

@@ -272,6 +272,22 @@ def test_the_compile_option_takes_a_bool(value):
         hn.odeint(decay, torch.ones(1), T01, options={"compile": value})
 
 
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"pcoeff": float("nan")}, "pcoeff must be finite"),  # the solve ran forever on NaN steps
+        ({"dcoeff": float("inf")}, "dcoeff must be finite"),
+        ({"icoeff": 0.0}, "pcoeff . icoeff . dcoeff must be positive"),  # steps never grew back
+        ({"pcoeff": -2.0}, "pcoeff . icoeff . dcoeff must be positive"),  # rejections never shrank
+        ({"max_step": 0.0}, "max_step > 0"),  # failed as a "stiff" step-size underflow
+        ({"min_step": float("inf"), "max_step": float("inf")}, "min_step finite"),
+    ],
+)
+def test_controller_settings_that_cannot_work_are_refused(options, match):
+    with pytest.raises(ValueError, match=match):
+        hn.odeint(decay, torch.ones(1), T01, options=options)
+
+
 def test_invalid_option_values():
     y0 = torch.ones(1)
     with pytest.raises(ValueError, match="step_size must be a positive finite number"):

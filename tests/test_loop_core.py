@@ -13,6 +13,7 @@ import random
 import pytest
 import torch
 
+import hybrid_node as hn
 from hybrid_node.controllers import PIDController
 from hybrid_node.loop import core
 
@@ -125,3 +126,32 @@ def test_min_step_clamps_and_accepts_instead_of_failing():
     assert core.settle(core.FLOAT, CLAMPED, False, 0.5, 2e-5, 1e-3, True) == (1e-4, core.RUNNING)
     # a min_step below the resolution at a large |t| still fails as underflow
     assert core.settle(core.FLOAT, CLAMPED, False, 1e13, 1e-9, 1e-3, False)[1] == core.STEP_UNDERFLOW
+
+
+@pytest.mark.parametrize("coeffs", [(0.0, 0.1, 1.0), (0.7, 0.4, 0.0), (0.2, 0.5, 0.1)])
+def test_a_rejected_step_always_shrinks(coeffs):
+    """After a rejection only the elementary controller acts: the history terms of a PID controller
+    (small earlier ratios raised to negative powers) cannot hold a rejected step at its size."""
+    p, i, d = coeffs
+    c = core.StepControl.of(PIDController(pcoeff=p, icoeff=i, dcoeff=d), 4, torch.float64)
+    for ratio in (1.0 + 1e-9, 1.5, 10.0, 1e6):
+        for r1, r2 in itertools.product((1e-8, 1e-3, 1.0, 5.0), repeat=2):
+            dt_next, r1_next, r2_next = core.propose(core.FLOAT, c, 0.1, ratio, False, r1, r2)
+            assert dt_next <= 0.1 * c.safety
+            assert (r1_next, r2_next) == (r1, r2)  # a rejection leaves the history as it is
+
+
+def test_a_pid_controller_with_a_strong_derivative_term_finishes():
+    """icoeff=0.1, dcoeff=1.0 held a rejected step at one size across a jump of the field (20000
+    rejections) before rejections used the elementary controller alone."""
+
+    def field(t, y):
+        return torch.stack([y[..., 1], -100 * y[..., 0]], -1) * (1 + 10 * (t > 0.5))
+
+    y0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ctrl = PIDController(rtol=1e-6, atol=1e-8, icoeff=0.1, dcoeff=1.0, max_num_steps=20000)
+    sol = hn.solve(field, y0, t, controller=ctrl)
+    ref = hn.odeint(field, y0, t, rtol=1e-10, atol=1e-12, options={"step_t": [0.5]})
+    assert sol.stats.n_rejected < sol.stats.n_accepted
+    torch.testing.assert_close(sol.ys[-1], ref[-1], rtol=0, atol=1e-3)

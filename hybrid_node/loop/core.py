@@ -229,9 +229,12 @@ def landing(xp, t, dt, stop, max_step: float, stretch: float = _STRETCH):
 def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
     """The next step and the controller's memory after an attempt of size ``dt`` with error ratio ``ratio``.
 
-    ``dt * safety * r^e1 * r1^e2 * r2^e3`` (Söderlind 2003), the factor clipped below by ``dfactor``
-    and above by ``ifactor`` after an accepted step (by 1 after a rejected one, so a rejection never
-    grows the step); a non-finite ratio shrinks by ``dfactor``; the step is capped by ``max_step``.
+    ``dt * safety * r^e1 * r1^e2 * r2^e3`` (Söderlind 2003) after an accepted step, the factor clipped
+    to [``dfactor``, ``ifactor``]. After a rejected one the elementary controller ``dt * safety * r^e1``
+    alone, clipped to [``dfactor``, 1], as Hairer & Wanner recommend (Solving ODEs I, section II.4):
+    with r > 1 and e1 < 0 it always shrinks the step, where the history terms of a PID controller
+    could hold it (a step rejected again and again at the same size); a non-finite ratio shrinks by
+    ``dfactor``; the step is capped by ``max_step``. For the default I controller both are the same.
 
     Args:
         xp: the array namespace.
@@ -244,7 +247,8 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
         ``(dt_next, r1_next, r2_next)``.
     """
     r = xp.maximum(ratio, 1e-10)  # a NaN ratio stays NaN on tensors; it is replaced below anyway
-    factor = c.safety * r**c.e1 * r1**c.e2 * r2**c.e3
+    elementary = c.safety * r**c.e1
+    factor = xp.where(accepted, elementary * r1**c.e2 * r2**c.e3, elementary)
     cap = xp.where(accepted, xp.full_like(r, c.ifactor), 1.0)
     factor = xp.smaller(cap, xp.maximum(factor, c.dfactor))
     factor = xp.where(xp.isfinite(ratio), factor, c.dfactor)
