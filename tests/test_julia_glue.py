@@ -515,10 +515,9 @@ def test_standin_returns_sorted_saveat_except_for_backsolve():
         np.testing.assert_allclose(out.ys[:, 0, :], exact, rtol=1e-8, atol=1e-10)
 
 
-def test_standin_extrapolates_and_reports_the_last_output_time_after_a_failure():
-    # sol(ts) without a retcode check, and sensitivity_solution's sol.t = ts.
-    problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
-    config = jb.SolveConfig(
+def _dp5_config(maxiters: int | None = None) -> jb.SolveConfig:
+    """DP5 with GaussAdjoint at tight tolerances: the settings of the stand-in's engine-level tests."""
+    return jb.SolveConfig(
         algorithm="DP5",
         sensitivity="GaussAdjoint",
         checkpointing=False,
@@ -526,10 +525,16 @@ def test_standin_extrapolates_and_reports_the_last_output_time_after_a_failure()
         atol=1e-10,
         quad_rtol=1e-8,
         quad_atol=1e-10,
-        maxiters=5,
+        maxiters=maxiters,
         dt=None,
         fixed_step=False,
     )
+
+
+def test_standin_extrapolates_and_reports_the_last_output_time_after_a_failure():
+    # sol(ts) without a retcode check, and sensitivity_solution's sol.t = ts.
+    problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
+    config = _dp5_config(maxiters=5)
     out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 10.0, 100.0]), config)
     assert not out.success and out.retcode == "MaxIters"
     assert out.ys.shape == (1, 1, 3) and np.all(np.isfinite(out.ys))
@@ -583,18 +588,7 @@ def test_the_standin_lets_a_callback_error_out_as_pythoncall_does():
 
     problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
     problem = dataclasses.replace(problem, f=f)
-    config = jb.SolveConfig(
-        algorithm="DP5",
-        sensitivity="GaussAdjoint",
-        checkpointing=False,
-        rtol=1e-8,
-        atol=1e-10,
-        quad_rtol=1e-8,
-        quad_atol=1e-10,
-        maxiters=None,
-        dt=None,
-        fixed_step=False,
-    )
+    config = _dp5_config()
     with pytest.raises(Boom, match="from the callback"):
         StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(0), np.array([0.0, 1.0]), config)
     with pytest.raises(JuliaError) as info:
