@@ -122,12 +122,13 @@ def test_loop_variants_follow_the_declared_capabilities():
         assert spec.backends and set(spec.backends) <= {"torch", "julia"}
 
 
-def test_readme_method_table_is_the_registrys():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+@pytest.mark.parametrize("page", ["README.md", "docs/solvers.md"])
+def test_the_method_tables_are_the_registrys(page):
+    text = (Path(__file__).resolve().parent.parent / page).read_text()
     table = hn.methods_table()
     header = table.splitlines()[0]
-    start = readme.index(header)
-    found = readme[start : readme.index("\n\n", start)] + "\n"
+    start = text.index(header)
+    found = text[start : text.index("\n\n", start)] + "\n"
     assert found == table
     assert all(re.search(rf"\| `{re.escape(name)}` \|", table) for name in METHOD_SPECS)
 

@@ -151,7 +151,12 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         ),
         "rodas5p": MethodSpec(Rodas5P, ROSENBROCK_OPTIONS, julia="Rodas5P", notes="Rosenbrock, stiff"),
         "rodas4": MethodSpec(Rodas4, ROSENBROCK_OPTIONS, notes="Rosenbrock, stiff"),
-        "ros3p": MethodSpec(ROS3P, ROSENBROCK_OPTIONS, notes="Rosenbrock, stiff"),
+        "ros3p": MethodSpec(
+            ROS3P,
+            ROSENBROCK_OPTIONS,
+            notes="Rosenbrock, for parabolic problems; not L-stable (R(∞) = 1 - √3): "
+            "on stiff transients prefer `rodas4`",
+        ),
         "rosenbrock23": MethodSpec(Rosenbrock23, ROSENBROCK_OPTIONS, julia="Rosenbrock23", notes="Rosenbrock, stiff"),
         "kencarp4": MethodSpec(KenCarp4, NEWTON_OPTIONS, julia="KenCarp4", notes="ESDIRK, stiff"),
         "kvaerno3": MethodSpec(Kvaerno3, NEWTON_OPTIONS, notes="ESDIRK, stiff"),
