@@ -630,3 +630,14 @@ def test_jump_t_restarts_implicit_solvers(method):
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     ys = hn.odeint(f, y0, t, method=method, rtol=1e-8, atol=1e-10, options={"jump_t": [0.5]})
     assert abs(float(ys[-1]) - math.exp(-1.5)) < 1e-7
+
+
+@pytest.mark.parametrize("name,r_inf", [("ros3p", 1 - math.sqrt(3)), ("rodas4", 0.0), ("rodas5p", 0.0)])
+def test_stability_function_at_infinity(name, r_inf):
+    """One step of y' = lambda y with h lambda = -1e8 gives R(-1e8) ~ R(inf): 0 for the L-stable methods,
+    1 - sqrt(3) for ROS3P (A-stable only, Lang & Verwer 2001), as its registry note says."""
+    one = {"first_step": 1.0, "min_step": 1.0, "max_step": 1.0}
+    y = hn.odeint(
+        lambda t, y: -1e8 * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=name, options=one
+    )
+    assert float(y[-1]) == pytest.approx(r_inf, abs=1e-6)
