@@ -355,9 +355,8 @@ def backward_grid(
 ) -> list[float]:
     """The backward fixed-step grid in r: the mirrored forward grid (or the backward controller's own
     grid) merged with the times where the backward solve must stop."""
-    constructor = getattr(plan.controller, "grid_constructor", None)
-    if plan.same_as_forward and constructor is not None:
-        points = _constructed_backward_grid(problem, constructor, ts)
+    if plan.same_as_forward and getattr(plan.controller, "grid_constructor", None) is not None:
+        points = _constructed_backward_grid(problem, plan.controller, ts)
     elif plan.same_as_forward:
         points = [-g for g in reversed(forward_grid(problem, ts))]
     else:
@@ -365,32 +364,29 @@ def backward_grid(
     return merge_times(points, required_r)
 
 
-def _constructed_backward_grid(problem: Problem, constructor: Callable, ts: Sequence[float]) -> list[float]:
+def _constructed_backward_grid(problem: Problem, controller: ConstantStepSize, ts: Sequence[float]) -> list[float]:
     """The backward grid (in r) from the user's ``grid_constructor``, called as torchdiffeq calls it in
     the adjoint pass: once per output interval, last first, with that interval's two times in the
     backward direction (``t[i - 1:i + 1].flip(0)``, user time), so each call returns a grid from t[i] to
     t[i - 1]; the grids are joined at the output times.
 
+    Each interval is the controller's own grid over backward times: r = -s runs from -s_i to -s_(i-1),
+    and the user's time is ``-problem.direction`` times r.
+
     Raises:
         ValueError: a grid does not run monotonically from t[i] to t[i - 1].
     """
-    sgn = problem.direction
     points: list[float] = []
-    for hi, lo in zip(reversed(ts[1:]), reversed(ts[:-1])):
-        t_back = torch.tensor([sgn * hi, sgn * lo], dtype=torch.float64)
-        grid = [float(x) for x in torch.as_tensor(constructor(problem.func, problem.y0, t_back)).reshape(-1)]
-        piece = [-sgn * g for g in grid]  # user time -> solver time s -> backward time r = -s
-        if (
-            len(piece) < 2
-            or any(b <= a for a, b in zip(piece, piece[1:]))
-            or grid[0] != float(t_back[0])
-            or grid[-1] != float(t_back[-1])
-        ):
+    for lo, hi in zip(reversed(ts[:-1]), reversed(ts[1:])):
+        r = torch.tensor([-hi, -lo], dtype=torch.float64)
+        try:
+            piece = controller.grid(problem.func, problem.y0, r, -problem.direction)
+        except ValueError as err:
             raise ValueError(
                 "in the adjoint pass grid_constructor is called once per output interval with its two "
                 "times backwards (t[i - 1:i + 1].flip(0), as torchdiffeq does) and must return a "
                 "monotonic grid from t[i] to t[i - 1]."
-            )
+            ) from err
         points.extend(piece if not points else piece[1:])
     return points
 
