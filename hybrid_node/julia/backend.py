@@ -383,31 +383,23 @@ class JuliaEngine:
             The Python exception, or None (not a JuliaError, or none inside). A callback's exception
             that reached the boundary unwrapped is raised as itself by PythonCall and never gets here.
         """
-        found = self._ask_julia("python_exception", err)
+        if type(err).__name__ != "JuliaError" or not err.args:
+            return None
+        try:
+            found = self.jl.python_exception(err.args[0])
+        except Exception:  # noqa: BLE001 - unwrapping is best effort; the JuliaError stands otherwise
+            return None
         return found if isinstance(found, BaseException) else None
 
     def adjoint_failure(self, err: BaseException) -> str | None:
         """The solver's warnings when ``err`` is the ``AdjointSolveFailed`` of ``backward`` (julia/bridge.jl)."""
-        found = self._ask_julia("adjoint_failure", err)
-        return found if isinstance(found, str) else None
-
-    def _ask_julia(self, name: str, err: BaseException) -> object:
-        """bridge.jl's function ``name`` applied to the Julia exception inside a ``juliacall.JuliaError``.
-
-        Args:
-            name: ``python_exception`` or ``adjoint_failure``.
-            err: the error the Julia call raised.
-
-        Returns:
-            Its answer, or None when ``err`` is no JuliaError or the question fails (reading the error is
-            best effort; the JuliaError stands otherwise).
-        """
         if type(err).__name__ != "JuliaError" or not err.args:
             return None
         try:
-            return getattr(self.jl, name)(err.args[0])
-        except Exception:  # noqa: BLE001 - best effort, see above
+            found = self.jl.adjoint_failure(err.args[0])
+        except Exception:  # noqa: BLE001 - recognising it is best effort; the JuliaError stands otherwise
             return None
+        return found if isinstance(found, str) else None
 
 
 def adjoint_solve_error(warnings_text: str) -> SolverError:
