@@ -236,6 +236,36 @@ def _user_times(term: Term, s: np.ndarray) -> np.ndarray:
     return -s if term.reverse else s
 
 
+def check_no_nan(
+    g: torch.Tensor, t_user: float | np.ndarray, y: torch.Tensor, elements: torch.Tensor | None = None
+) -> None:
+    """Raise where event values are NaN: a NaN has no sign, and ``torch.sign`` maps it to 0.
+
+    A 0 would pass for a root (a terminal event fires there) or for a touch of zero (a crossing
+    of a watched element is never reported), so a NaN is named instead of becoming either.
+
+    Args:
+        g: event values, one per element (flat).
+        t_user: the time (user time) they were evaluated at, one per element or one for all.
+        y: the states they were evaluated at (for the message: a state that is not finite).
+        elements: the element (sample) of each value, for the message; default ``arange(len(g))``.
+
+    Raises:
+        ValueError: some value is NaN; says where, and whether the state there is finite.
+    """
+    nan = torch.isnan(g)
+    if not bool(nan.any()):
+        return
+    at = nan.nonzero().reshape(-1)
+    where = (at if elements is None else elements.reshape(-1)[at]).tolist()
+    times = np.broadcast_to(np.asarray(t_user, dtype=np.float64), (len(g),))
+    state = "finite" if bool(torch.isfinite(y).all()) else "not finite (the solve diverged)"
+    raise ValueError(
+        f"event_fn returned NaN at t={float(times[int(at[0])]):g} for element(s) {where[:10]} of its value; a NaN has "
+        f"no sign, so no crossing can be located. The state there is {state}; check event_fn along the solution."
+    )
+
+
 class _Locator:
     """Evaluates rows of one step's dense output and the event function at per-sample times."""
 
@@ -262,8 +292,9 @@ class _Locator:
             t = torch.full((self.n,), self.seg.t1, dtype=torch.float64)
             t[idx.cpu()] = torch.from_numpy(times)
             t = torch.from_numpy(_user_times(self.term, t.numpy())).to(self.term.t_dtype).to(y.device)
-            g = self.event_fn(t.reshape(self.batch_shape), y.reshape(self.y1.shape))
-            return g.reshape(self.n)[idx]
+            g = self.event_fn(t.reshape(self.batch_shape), y.reshape(self.y1.shape)).reshape(self.n)[idx]
+            check_no_nan(g, _user_times(self.term, times), y[idx], idx)
+            return g
 
     def locate(self, idx: torch.Tensor, sign0: torch.Tensor) -> np.ndarray:
         """Bisection for each sample ``idx[j]``'s first change of sign from ``sign0[j]`` inside the step.
@@ -375,6 +406,8 @@ def integrate_sample_events(
             y1 = step.y1
             with torch.no_grad():
                 g1 = event_fn(term.time(t1), y1).reshape(n)
+            running = (~frozen).nonzero().reshape(-1)  # a fired sample's value is not read
+            check_no_nan(g1[running], user_t(t1), y1.reshape(n, -1)[running], running)
             crossed = (~frozen) & (torch.sign(g1) != sign0)
             if bool(crossed.any()):
                 idx = crossed.nonzero().reshape(-1)
@@ -545,9 +578,14 @@ def integrate_with_events(
     steps = _Steps(controller, solver, y0.dtype)
     c = steps.c
 
+    def user_t(s: float) -> float:
+        return -s if term.reverse else s
+
     def signs(s: float, yy: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.sign(event_fn(term.time(s), yy)).reshape(-1)
+            g = event_fn(term.time(s), yy).reshape(-1)
+        check_no_nan(g, user_t(s), yy)
+        return torch.sign(g)
 
     def slopes(s: float, yy: torch.Tensor) -> torch.Tensor:
         # d/dt of each element along the flow: (g(s + h, y + h f) - g(s, y)) / h, sign only
@@ -565,9 +603,6 @@ def integrate_with_events(
     i_out = 1
     n_attempts = 0
     last_nonfinite = False
-
-    def user_t(s: float) -> float:
-        return -s if term.reverse else s
 
     def finish(status: Status, detail: str = "") -> EventIntegration:
         if status is not Status.SUCCESS and throw:
