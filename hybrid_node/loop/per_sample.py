@@ -27,7 +27,7 @@ from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
 from ..controllers import PIDController, first_trial_step, initial_step_from_trial
-from ..interpolation import linear_combination
+from ..interpolation import hermite_weights, linear_combination
 from . import core
 from .core import TENSOR
 from .host import Integration
@@ -140,6 +140,9 @@ def integrate_per_sample(
         r_prev = torch.ones(batch, dtype=tdt, device=dev)
         r_prev2 = torch.ones(batch, dtype=tdt, device=dev)
     c = core.StepControl.of(controller, solver.error_order, y0.dtype)
+    # the method's own error estimate and dense output where it has them (DOP853's), as the shared loop
+    estimate = getattr(solver, "error_estimate", None)
+    own_dense = getattr(solver, "dense_output", None)
     dense = tab.dense
     outs = [y0] + [torch.full_like(y0, math.nan) for _ in ts[1:]]
     y = y0
@@ -167,7 +170,10 @@ def integrate_per_sample(
         if y1 is None:
             y1 = linear_combination(y, hc, tab.b, ks)
         with torch.no_grad():
-            err = linear_combination(None, hc, tab.b_error, ks)
+            if estimate is None:
+                err = linear_combination(None, hc, tab.b_error, ks)
+            else:  # per sample: an estimate may take norms over its whole state (DOP853's does)
+                err = torch.vmap(estimate)(hc, ks)
             ratio = _rms_rows(err / scale_of(y, y1)).to(tdt)
             finite = torch.isfinite(ratio)
             accept = core.accepts(TENSOR, c, ratio, h) & ~done
@@ -180,16 +186,24 @@ def integrate_per_sample(
                     (done | (accept & lands)).all().to(tdt),
                 ]
             ).tolist()
-        if n_acc > 0:
-            stats.n_accepted += 1
-            _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, y1, ks, dense, f_end=None)
-        else:
-            stats.n_rejected += 1
         acc_col = _col(accept, y).bool()
-        y = torch.where(acc_col, y1, y)
+        y_next = torch.where(acc_col, y1, y)
         f_next = ks[-1] if tab.fsal else None
         if f_next is None and n_acc > 0:
-            f_next = field(t_new, y)
+            f_next = field(t_new, y_next)
+        if n_acc > 0:
+            stats.n_accepted += 1
+            if dense is not None:
+                interp: _Dense = _Polynomial(dense, ks)
+            elif own_dense is not None:
+                interp = _Own(own_dense, field, t, y, h, ks, y1)
+            else:  # cubic Hermite from the derivatives at both ends, as the shared loop's
+                assert f_next is not None  # ks[-1] (first-same-as-last) or evaluated above
+                interp = _Hermite(y1, ks[0], f_next)
+            _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp)
+        else:
+            stats.n_rejected += 1
+        y = y_next
         if f_next is not None:
             f0 = torch.where(acc_col, f_next, f0)
         with torch.no_grad():
@@ -216,11 +230,75 @@ def _dense_tensors(dense, dtype, device):
     return coeffs, torch.arange(1, coeffs.shape[1] + 1, dtype=dtype, device=device)
 
 
-def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, y1, ks, dense, f_end) -> None:
+class _Dense:
+    """Each element's dense output over its own step: ``y(t + theta h)`` for thetas (J, B)."""
+
+    def increments(self, theta: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y(t + theta h) - y`` for every output j and element b, shape (J, B, N) (state flattened)."""
+        raise NotImplementedError
+
+
+class _Polynomial(_Dense):
+    """The tableau's continuous extension (dopri5, tsit5): one batched product with the stage derivatives."""
+
+    def __init__(self, dense, ks: Sequence[torch.Tensor]):
+        self.dense, self.ks = dense, ks
+
+    def increments(self, theta, h, y):
+        batch = y.shape[0]
+        coeffs, exponents = _dense_tensors(self.dense, y.dtype, y.device)  # (S, P), (P,)
+        powers = theta.to(y.dtype)[..., None] ** exponents  # (J, B, P)
+        w = (powers @ coeffs.T) * h.to(y.dtype)[None, :, None]  # (J, B, S), scaled by each element's step
+        k = torch.stack([kk.reshape(batch, -1) for kk in self.ks], dim=1)  # (B, S, N)
+        return torch.einsum("jbs,bsn->jbn", w, k)
+
+
+class _Hermite(_Dense):
+    """Cubic Hermite from each element's values and derivatives at its step's ends (Hairer, Nørsett,
+    Wanner, Section II.6): third order, for the pairs without a continuous extension (bosh3, fehlberg2,
+    adaptive_heun), as the shared-step loop interpolates them."""
+
+    def __init__(self, y1: torch.Tensor, f0: torch.Tensor, f1: torch.Tensor):
+        self.y1, self.f0, self.f1 = y1, f0, f1
+
+    def increments(self, theta, h, y):
+        batch = y.shape[0]
+        th = theta.to(y.dtype)[..., None]  # (J, B, 1)
+        hh = h.to(y.dtype)[None, :, None]
+        _, w01, w10, w11 = hermite_weights(th, hh)  # y0's weight is 1 - w01: its increment is w01 (y1 - y0)
+        rows = [x.reshape(batch, -1) for x in (self.y1, self.f0, self.f1)]
+        return w01 * (rows[0] - y.reshape(batch, -1)) + w10 * rows[1] + w11 * rows[2]
+
+
+class _Own(_Dense):
+    """The method's own dense output (DOP853's, with its extra stages), built per element: the step's
+    start time and size as columns, its extra stages one call of the field for the whole batch."""
+
+    def __init__(self, factory, field, t, y, h, ks, y1):
+        col = (-1,) + (1,) * (y.dim() - 1)
+
+        def column_field(s: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+            return field(s.reshape(-1), yi)  # the extra stages' times, one per element
+
+        self.interp = factory(column_field, t.reshape(col), y, h.reshape(col), _StagesOf(y1, tuple(ks)))
+        self.col = col
+
+    def increments(self, theta, h, y):
+        batch = y.shape[0]
+        return torch.stack([(self.interp(th.reshape(self.col)) - y).reshape(batch, -1) for th in theta])
+
+
+class _StagesOf:
+    """What a method's dense-output factory reads of an accepted step: its end state and stages."""
+
+    def __init__(self, y1: torch.Tensor, ks: tuple[torch.Tensor, ...]):
+        self.y1, self.ks = y1, ks
+
+
+def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp: _Dense) -> None:
     """Fill the outputs that fall inside each element's accepted step (per-element dense output).
 
-    All output times of this batched step are interpolated at once: weights (J, B, stages) from the
-    continuous extension's polynomials, then one batched matrix product with the stage derivatives.
+    All output times of this batched step are interpolated at once, from thetas of shape (J, B).
     """
     js = [j for j in range(1, len(ts)) if lo < ts[j] <= hi]
     if not js:
@@ -230,16 +308,7 @@ def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, y1, ks, dense, f_end
         within, _, theta = core.emission(TENSOR, tj, t, t_new)  # (J, B)
         masks = accept & within
     batch = y.shape[0]
-    flat_y = y.reshape(batch, -1)
-    if dense is not None:
-        coeffs, exponents = _dense_tensors(dense, y.dtype, y.device)  # (S, P), (P,)
-        powers = theta.to(y.dtype)[..., None] ** exponents  # (J, B, P)
-        w = (powers @ coeffs.T) * h.to(y.dtype)[None, :, None]  # (J, B, S), scaled by each element's step
-        k = torch.stack([kk.reshape(batch, -1) for kk in ks], dim=1)  # (B, S, N)
-        block = flat_y + torch.einsum("jbs,bsn->jbn", w, k)  # (J, B, N)
-    else:  # linear between the step's ends: the pair has no continuous extension
-        th = theta.to(y.dtype)[..., None]
-        block = flat_y + th * (y1.reshape(batch, -1) - flat_y)
+    block = y.reshape(batch, -1) + interp.increments(theta, h, y).to(y.dtype)  # (J, B, N)
     block = block.reshape((len(js),) + tuple(y.shape))
     for row, j in enumerate(js):
         outs[j] = torch.where(_col(masks[row], y).bool(), block[row], outs[j])
