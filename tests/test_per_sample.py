@@ -95,3 +95,26 @@ def test_pairs_without_a_polynomial_extension_match_the_shared_solver_per_elemen
         assert float((batch[1:-1, i : i + 1] - alone[1:-1]).abs().max()) < 1e-9, i
     # and both are within the tolerance's global error of the exact solution (~100x rtol)
     assert float((batch - ref).abs().max()) < 1e-3
+
+
+def test_a_failing_element_is_named_and_the_others_keep_their_results():
+    """Element 1's field turns NaN at t > 1: the error names it (it said "step size underflow" for
+    any failure, without the element); with throw=False the others, which reach the end while
+    element 1's rejected steps shrink to nothing, are what they are solved without it."""
+
+    def broken(t, y):
+        tt = t.reshape(-1, 1) if t.dim() else t
+        out = -LAM[: y.shape[0], None] * y + torch.cos(tt)
+        return torch.where((torch.arange(y.shape[0]) == 1)[:, None] & (tt > 1.0), math.nan, out)
+
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, per_sample=True)
+    with pytest.raises(hn.SolverError, match=r"non-finite state in sample\(s\) \[1\] of 3"):
+        hn.solve(broken, y0, T, controller=ctrl)
+    sol = hn.solve(broken, y0, T, controller=ctrl, throw=False)
+    assert sol.status is hn.Status.NONFINITE
+    assert torch.isnan(sol.ys[T > 1.0 + 1e-9, 1]).all()
+    for i in (0, 2):
+        alone = hn.solve(field, y0[: i + 1], T, controller=ctrl).ys[:, i]
+        # the same per-sample steps for the element, alone or beside the failing one: bit for bit
+        assert torch.equal(sol.ys[:, i], alone), i

@@ -218,7 +218,13 @@ def integrate_per_sample(
             bad, nonfinite = torch.stack([(code > core.SUCCESS).any(), (code == core.NONFINITE).any()]).tolist()
         if bad:
             status = Status.NONFINITE if nonfinite else Status.STEP_UNDERFLOW
-            return _failed(status, t, outs, stats, term, throw, "per-sample step size underflow")
+            # name the samples that failed: the others' outputs are theirs, and were (or can be) reached
+            rows = (code == core.NONFINITE) if nonfinite else (code > core.SUCCESS)
+            failed = rows.nonzero().reshape(-1).tolist()
+            what = "non-finite state" if nonfinite else "step size underflow"
+            more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+            detail = f"per-sample {what} in sample(s) {failed[:10]}{more} of {batch}"
+            return _failed(status, t[failed[0]], outs, stats, term, throw, detail)
     stats.nfe = term.nfe
     return Integration(outs, stats, Status.SUCCESS, t_end)
 
@@ -315,6 +321,8 @@ def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp: _Dense) -> N
 
 
 def _failed(status, t, outs, stats, term, throw, detail):
+    """Raise SolverError (with ``throw``) or report ``status`` at ``t`` (solver time), the earliest
+    of a vector of per-sample times or one failing sample's."""
     t_min = float(t.min())
     if throw:
         raise SolverError(status, -t_min if term.reverse else t_min, detail)
