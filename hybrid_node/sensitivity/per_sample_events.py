@@ -148,7 +148,8 @@ def solve_sample_events(
         )
     if throw and not res.fired.all():
         missing = np.flatnonzero(~res.fired)
-        where = ", ".join(str(np.unravel_index(i, res.batch_shape)) for i in missing[:10])
+        # plain ints: numpy 2's scalars would print as (np.int64(1),)
+        where = ", ".join(str(tuple(int(k) for k in np.unravel_index(i, res.batch_shape))) for i in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         t_stop = -res.t_reached if problem.reverse else res.t_reached
         raise SolverError(
