@@ -77,3 +77,25 @@ def test_nan_of_a_fired_sample_is_not_read():
     )
     # bisection to a few ulps on a dense output that is exact for a quadratic
     assert torch.allclose(t_e, torch.sqrt(2 * H / G), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,options", [("dopri5", None), ("rk4", {"step_size": 0.05})])
+def test_single_terminal_event_value_turning_nan_raises(method, options):
+    # the shared-step terminal event (odeint_event without per_sample) took the NaN from t > 0.2 for
+    # its root and reported the impact at t = 0.2 (the first ball's true impact is 0.4515)
+    y0 = torch.stack([H, torch.zeros(3, dtype=torch.float64)], 1)
+    with pytest.raises(ValueError, match=r"event_fn returned NaN at t=\S+ for element\(s\) \[1\]") as info:
+        hn.odeint_event(fall, y0, 0.0, event_fn=nan_for_ball_1_after(0.2), method=method, options=options)
+    # named where the loop first evaluates it after the value turned NaN (a step end or a bisection point)
+    assert float(str(info.value).split("t=")[1].split(" ")[0]) > 0.2
+
+
+def test_single_terminal_event_reverse_time_names_the_user_time():
+    y0 = torch.stack([H, torch.zeros(3, dtype=torch.float64)], 1)
+
+    def event_fn(t, y):
+        return torch.where(torch.as_tensor(t) < -0.3, math.nan, y[:, 0] + 100.0)
+
+    with pytest.raises(ValueError, match=r"event_fn returned NaN at t=-") as info:
+        hn.odeint_event(fall, y0, 0.0, event_fn=event_fn, reverse_time=True)
+    assert float(str(info.value).split("t=")[1].split(" ")[0]) < -0.3  # the user's time, not the solver's s = -t

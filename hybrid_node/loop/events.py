@@ -49,7 +49,7 @@ from .._term import Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
-from .host import DenseSegment, first_step
+from .host import DenseSegment, check_no_nan, first_step
 from .host import _emit as _emit_outputs
 
 # a bracket narrower than this many ulps of the time is closed (as the single event's bisection)
@@ -234,36 +234,6 @@ def check_event_values(g0: torch.Tensor, y0: torch.Tensor) -> torch.Size:
 
 def _user_times(term: Term, s: np.ndarray) -> np.ndarray:
     return -s if term.reverse else s
-
-
-def check_no_nan(
-    g: torch.Tensor, t_user: float | np.ndarray, y: torch.Tensor, elements: torch.Tensor | None = None
-) -> None:
-    """Raise where event values are NaN: a NaN has no sign, and ``torch.sign`` maps it to 0.
-
-    A 0 would pass for a root (a terminal event fires there) or for a touch of zero (a crossing
-    of a watched element is never reported), so a NaN is named instead of becoming either.
-
-    Args:
-        g: event values, one per element (flat).
-        t_user: the time (user time) they were evaluated at, one per element or one for all.
-        y: the states they were evaluated at (for the message: a state that is not finite).
-        elements: the element (sample) of each value, for the message; default ``arange(len(g))``.
-
-    Raises:
-        ValueError: some value is NaN; says where, and whether the state there is finite.
-    """
-    nan = torch.isnan(g)
-    if not bool(nan.any()):
-        return
-    at = nan.nonzero().reshape(-1)
-    where = (at if elements is None else elements.reshape(-1)[at]).tolist()
-    times = np.broadcast_to(np.asarray(t_user, dtype=np.float64), (len(g),))
-    state = "finite" if bool(torch.isfinite(y).all()) else "not finite (the solve diverged)"
-    raise ValueError(
-        f"event_fn returned NaN at t={float(times[int(at[0])]):g} for element(s) {where[:10]} of its value; a NaN has "
-        f"no sign, so no crossing can be located. The state there is {state}; check event_fn along the solution."
-    )
 
 
 class _Locator:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from .._errors import SolverError, Status
@@ -143,6 +144,43 @@ def _pad_failed(ys: list[torch.Tensor], n: int, like: torch.Tensor) -> list[torc
     return ys + [torch.full_like(like, math.nan) for _ in range(n - len(ys))]
 
 
+def check_no_nan(
+    g: torch.Tensor, t_user: float | np.ndarray, y: torch.Tensor, elements: torch.Tensor | None = None
+) -> None:
+    """Raise where event values are NaN: a NaN has no sign, and ``torch.sign`` maps it to 0.
+
+    A 0 would pass for a root (a terminal event fires there) or for a touch of zero (a crossing
+    of a watched element is never reported), so a NaN is named instead of becoming either.
+
+    Args:
+        g: event values, one per element (flat).
+        t_user: the time (user time) they were evaluated at, one per element or one for all.
+        y: the states they were evaluated at (for the message: a state that is not finite).
+        elements: the element (sample) of each value, for the message; default ``arange(len(g))``.
+
+    Raises:
+        ValueError: some value is NaN; says where, and whether the state there is finite.
+    """
+    nan = torch.isnan(g)
+    if not bool(nan.any()):
+        return
+    at = nan.nonzero().reshape(-1)
+    where = (at if elements is None else elements.reshape(-1)[at]).tolist()
+    times = np.broadcast_to(np.asarray(t_user, dtype=np.float64), (len(g),))
+    state = "finite" if bool(torch.isfinite(y).all()) else "not finite (the solve diverged)"
+    raise ValueError(
+        f"event_fn returned NaN at t={float(times[int(at[0])]):g} for element(s) {where[:10]} of its value; a NaN has "
+        f"no sign, so no crossing can be located. The state there is {state}; check event_fn along the solution."
+    )
+
+
+def _event_sign(event_fn, term: Term | AugmentedTerm, t: float, y: torch.Tensor) -> torch.Tensor:
+    """The sign of the terminal event's values at solver time ``t``; a NaN value raises (see :func:`check_no_nan`)."""
+    g = event_fn(term.time(t), y)
+    check_no_nan(g.detach().reshape(-1), -t if term.reverse else t, y)
+    return torch.sign(g)
+
+
 def _locate_event(event_fn, term: Term | AugmentedTerm, seg: DenseSegment, sign0: torch.Tensor) -> float:
     """Bisection on the dense output for the first time an event function changes sign.
 
@@ -154,7 +192,7 @@ def _locate_event(event_fn, term: Term | AugmentedTerm, seg: DenseSegment, sign0
         mid = 0.5 * (lo + hi)
         if mid <= lo or mid >= hi:
             break
-        changed = bool(torch.any(torch.sign(event_fn(term.time(mid), seg(mid))) != sign0))
+        changed = bool(torch.any(_event_sign(event_fn, term, mid, seg(mid)) != sign0))
         if changed:
             hi = mid
         else:
@@ -240,7 +278,7 @@ def integrate_adaptive(
     stop_i = 0
     n_attempts = 0
     last_nonfinite = False
-    sign0 = torch.sign(event_fn(term.time(t), y)) if event_fn is not None else None
+    sign0 = _event_sign(event_fn, term, t, y) if event_fn is not None else None
     t_stop = event_end if event_fn is not None else t_end
 
     callbacks = term.callbacks  # the user's step callbacks, or None
@@ -298,7 +336,7 @@ def integrate_adaptive(
                 # restart the solver from the far side of the jump (its state is rebuilt there)
                 new_state = solver.init(lambda tt, yy: term(tt, yy, perturb=1), t1, step.y1)
             if event_fn is not None:
-                sign1 = torch.sign(event_fn(term.time(t1), step.y1))
+                sign1 = _event_sign(event_fn, term, t1, step.y1)
                 assert seg is not None and sign0 is not None  # set whenever event_fn is
                 if bool(torch.any(sign1 != sign0)):
                     te = _locate_event(event_fn, term, seg, sign0)
@@ -368,7 +406,7 @@ def integrate_fixed(
     state: Any = solver.init(term, ts[0], y) if not perturb else None
     previous = None  # the last step, whose next_state is computed only if another step follows
     i_out = 1
-    sign0 = torch.sign(event_fn(term.time(ts[0]), y)) if event_fn is not None else None
+    sign0 = _event_sign(event_fn, term, ts[0], y) if event_fn is not None else None
     attempt = compiled_attempt(term, solver)
     callbacks = term.callbacks  # the user's step callbacks, or None
     grid = iter(grid)
@@ -404,7 +442,7 @@ def integrate_fixed(
                 segments.append(seg)
         if event_fn is not None:
             assert seg is not None and sign0 is not None  # set whenever event_fn is
-            if bool(torch.any(torch.sign(event_fn(term.time(t1), y1)) != sign0)):
+            if bool(torch.any(_event_sign(event_fn, term, t1, y1) != sign0)):
                 te = _locate_event(event_fn, term, seg, sign0)
                 stats.nfe = term.nfe
                 stats.n_jacobian = term.n_jacobian
