@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,7 +109,7 @@ def integrate(
         A :class:`Trajectory`.
 
     Raises:
-        SolverError: the state became non-finite.
+        SolverError: the state became non-finite (adaptive: at the step where the error estimate did).
 
     Reference:
         P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992;
@@ -138,6 +139,18 @@ def integrate(
                 y_new, extra_new = solver.step(sde, bm, mid, next_t, y_mid, extra_mid)
                 with torch.no_grad():
                     err = error_ratio(y_full, y_new, rtol, atol)
+                if not math.isfinite(err):
+                    # Reject and shrink (a step too long can overflow); at dt_min fail here, where it began:
+                    # accepting would cross the rest of the interval in dt_min steps of NaN.
+                    if step_size <= dt_min:
+                        raise SolverError(
+                            Status.NONFINITE,
+                            t,
+                            "the step-doubling error estimate is not finite even at dt_min (the drift, the "
+                            "diffusion or the state is NaN or infinite here)",
+                        )
+                    step_size = max(0.2 * step_size, dt_min)
+                    continue
                 factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err**-0.5))
                 accept = err <= 1.0 or step_size <= dt_min
                 step_size = max(step_size * factor, dt_min)
