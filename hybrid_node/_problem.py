@@ -269,7 +269,7 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
     sgn = -1.0 if reverse else 1.0
     ts = [sgn * x for x in host]
     rtol = atol = None
-    norm = _rms
+    norm: Callable = _rms
     if isinstance(controller, PIDController):
         rtol = _tolerance(controller.rtol, layout, flat)
         atol = _tolerance(controller.atol, layout, flat)

@@ -240,7 +240,7 @@ def _is_zero(tol) -> bool:
     return isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol == 0
 
 
-def rms_norm(x: torch.Tensor) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Root mean square of all elements: the default error norm (Hairer, Nørsett, Wanner, II.4).
 
     Complex elements count by their magnitude (as torchdiffeq's norm); half-precision elements are
@@ -251,17 +251,18 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
     Args:
         x: the tensor.
+        dim: reduce over this dimension only (the per-sample loop's norm of each row); None: all.
 
     Returns:
-        A 0-d real tensor (float32 for half-precision input).
+        A real tensor (float32 for half-precision input): 0-d, or ``x``'s shape without ``dim``.
     """
     if x.is_complex():
         x = x.abs()
     if x.dtype in _HALF:
         x = x.float()
-    if x.numel() == 0:
-        return x.new_zeros(())
-    return x.pow(2).mean().sqrt()
+    if (x.numel() if dim is None else x.shape[dim]) == 0:
+        return x.sum() if dim is None else x.sum(dim)  # zeros of the reduced shape
+    return (x.pow(2).mean() if dim is None else x.pow(2).mean(dim)).sqrt()
 
 
 def error_ratio_tensor(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> torch.Tensor:

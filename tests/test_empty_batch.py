@@ -36,6 +36,15 @@ def test_the_rms_norm_of_an_empty_tensor_is_zero():
     assert rms_norm(torch.tensor([3.0, 4.0])).item() == pytest.approx(12.5**0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float16])
+def test_the_rms_norm_along_a_dimension_is_the_norm_of_each_row(dtype):
+    x = (torch.arange(12.0) - 5.0).reshape(3, 4).to(dtype) * 40  # float16 squares of 200 overflow
+    rows = rms_norm(x, dim=1)
+    assert torch.equal(rows, torch.stack([rms_norm(r) for r in x]))
+    assert torch.isfinite(rows).all()
+    assert torch.equal(rms_norm(torch.ones(3, 0, dtype=dtype), dim=1), torch.zeros(3, dtype=rows.dtype))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("method", [m for m in TORCH_METHODS if m not in TUPLE_METHODS])
 def test_every_method_solves_a_batch_of_no_samples(field, method, dtype):

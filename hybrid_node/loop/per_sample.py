@@ -26,7 +26,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController, first_trial_step, initial_step_from_trial
+from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
 from ..interpolation import hermite_weights, linear_combination
 from . import core
 from .core import TENSOR
@@ -56,19 +56,8 @@ def check_per_sample(problem, event_fn) -> None:
 
 
 def _rms_rows(x: torch.Tensor) -> torch.Tensor:
-    """The RMS of each row (first dimension) of ``x``, as :func:`~hybrid_node.controllers.rms_norm` per element.
-
-    Complex elements count by magnitude; half-precision ones are squared in float32 (float16's
-    squares overflow from 256 on).
-    """
-    x = x.reshape(x.shape[0], -1)
-    if x.is_complex():
-        x = x.abs()
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    if x.shape[1] == 0:  # samples of no components: no error (as rms_norm of an empty tensor)
-        return x.new_zeros(x.shape[0])
-    return x.pow(2).mean(1).sqrt()
+    """The RMS of each row (first dimension) of ``x``: :func:`~hybrid_node.controllers.rms_norm` per sample."""
+    return rms_norm(x.reshape(x.shape[0], -1), dim=1)
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
