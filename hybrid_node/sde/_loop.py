@@ -94,8 +94,9 @@ def integrate(
     Steps of ``dt`` (the last one shortened to end at ts[-1]); outputs between step times are linearly
     interpolated, as torchsde does. With ``adaptive`` the step size is chosen by step doubling: one step
     of h and two of h/2 are compared (rtol, atol; a root-mean-square norm), the two half steps are kept
-    if accepted. Rejected steps leave their Brownian samples in ``bm``, so the accepted path is the same
-    Brownian path (no bias from rejection).
+    if accepted, as two steps (outputs are interpolated between the half steps' states). Rejected steps
+    leave their Brownian samples in ``bm``, so the accepted path is the same Brownian path (no bias from
+    rejection).
 
     Args:
         solver: the method; sde: the SDE; bm: Brownian motion over [ts[0], ts[-1]].
@@ -126,19 +127,25 @@ def integrate(
     lrs: list[torch.Tensor] = [lr] if lr is not None else []
     steps, weights, kept = [t], [(0, 0.0)], {0: y0} if record else {}
     step_size = dt
+    # Adaptive: an accepted step is its two half steps, taken one after the other: the second waits here.
+    # Every step the solution took is then a step of ``steps`` (the reversible adjoint undoes them one by
+    # one; the KL integral and the interpolation of outputs use the half steps' states).
+    pending: tuple[float, torch.Tensor, tuple] | None = None
     for out_t in ts[1:]:
         while t < out_t - eps:
-            next_t = min(t + step_size, t_end)
-            if t_end - next_t < eps:
-                next_t = t_end
-            h = next_t - t
-            if adaptive:
+            if pending is not None:
+                (next_t, y_new, extra_new), pending = pending, None
+            elif adaptive:
+                next_t = min(t + step_size, t_end)
+                if t_end - next_t < eps:
+                    next_t = t_end
+                h = next_t - t
                 y_full, _ = solver.step(sde, bm, t, next_t, y, extra)
                 mid = t + 0.5 * h
                 y_mid, extra_mid = solver.step(sde, bm, t, mid, y, extra)
-                y_new, extra_new = solver.step(sde, bm, mid, next_t, y_mid, extra_mid)
+                y_end, extra_end = solver.step(sde, bm, mid, next_t, y_mid, extra_mid)
                 with torch.no_grad():
-                    err = error_ratio(y_full, y_new, rtol, atol)
+                    err = error_ratio(y_full, y_end, rtol, atol)
                 if not math.isfinite(err):
                     # Reject and shrink (a step too long can overflow); at dt_min fail here, where it began:
                     # accepting would cross the rest of the interval in dt_min steps of NaN.
@@ -156,8 +163,14 @@ def integrate(
                 step_size = max(step_size * factor, dt_min)
                 if not accept:
                     continue
+                pending = (next_t, y_end, extra_end)
+                next_t, y_new, extra_new = mid, y_mid, extra_mid
             else:
+                next_t = min(t + step_size, t_end)
+                if t_end - next_t < eps:
+                    next_t = t_end
                 y_new, extra_new = solver.step(sde, bm, t, next_t, y, extra)
+            h = next_t - t
             prev_t, prev_y, prev_lr = t, y, lr
             if lr is not None:
                 lr = lr + logqp_rate(sde, t, y) * h
