@@ -10,6 +10,7 @@ Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section III.1.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from ..interpolation import HermiteInterpolant, linear_combination
 from .base import AbstractSolver
 from .fixed_rk import RK4_38_TABLEAU
+from .newton import error_scale
 from .runge_kutta import ExplicitRungeKutta
 
 MAX_ORDER = 12
@@ -105,13 +107,26 @@ class Adams(AbstractSolver):
         f1 = None
         if self.corrector:
             coeffs = MOULTON[self.max_order - 1]
+            converged = False
             for _ in range(self.max_iters):
                 f1 = f(t + dt, y1)
                 y_new = linear_combination(y, dt, coeffs, (f1,) + fs[: self.max_order - 1])
-                converged = bool(torch.all(torch.abs(y_new - y1) <= self.atol + self.rtol * torch.abs(y_new)))
+                # rtol at least a few ulps (error_scale): in float32 the default 1e-7 is below the rounding
+                # of the iterates themselves, and the test then failed (and warned) on converged steps
+                converged = bool(torch.all(torch.abs(y_new - y1) <= error_scale(y_new, self.rtol, self.atol)))
                 y1 = y_new
                 if converged:
                     break
+            if not converged:
+                # torchdiffeq warns here too (same first sentence, so its warning filters apply): the
+                # iteration only contracts while |dt * L * MOULTON[0]| < 1, and past that the result is
+                # an unconverged iterate (at dt*L = 3, ~1e14 after 2 time units with no other sign)
+                warnings.warn(
+                    "Functional iteration did not converge. Solution may be incorrect. "
+                    f"({self.name}: the Adams-Moulton corrector did not settle within max_iters={self.max_iters} "
+                    "iterations; use a smaller step_size, a larger max_iters, or a stiff method such as 'bdf')",
+                    stacklevel=2,
+                )
             f1 = None  # the derivative at the corrected point is evaluated afresh
         return AdamsStep(y1, None, f1, AdamsState(fs, dt), dt)
 
@@ -149,6 +164,10 @@ class AdamsBashforthMoulton(Adams):
     Args:
         max_order, max_iters, rtol, atol, name: as :class:`Adams`.
         **fields: further settings of :class:`Adams`; ``dataclasses.replace`` passes them all.
+
+    Warns:
+        UserWarning: a step's corrector iteration did not converge within ``max_iters`` (torchdiffeq's
+            warning, with the same first sentence); the step keeps the last iterate, as torchdiffeq's does.
     """
 
     def __init__(
