@@ -105,3 +105,20 @@ def test_levy_area_approximations_match_the_conditional_law_of_the_true_area(kin
     torch.testing.assert_close(truth, law, rtol=0.1, atol=0.0)
     expected = torch.tensor([1 / 12, 0.0] if kind == "davie" else [1 / 20, 1 / 5], dtype=torch.float64)
     torch.testing.assert_close(fit(area[:, 0, 1] - mean), expected, rtol=0.1, atol=0.01)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_space_time_area_of_a_short_interval_late_in_a_long_one(dtype):
+    # U over [a, a + h] is K(a + h) - K(a) - h W(a) with K = int W du of size |W| (t1 - t0); in float32 that
+    # difference of numbers ~3 left U mostly rounding (~3e-7 against U ~ h^1.5 = 3e-8): Var U was 80 times
+    # h^3 / 3 here. The knots' K are kept in float64, so the float32 law is right too.
+    n, t1, h = 20000, 10.0, 1e-5
+    bm = hn.BrownianInterval(0.0, t1, (n,), dtype=dtype, entropy=5, levy_area_approximation="space-time")
+    bm(0.0, t1)
+    w, u = bm(5.0, 5.0 + h, return_U=True)  # both ends bridged into [0, t1]
+    assert w.dtype == u.dtype == dtype
+    w, u = w.double(), u.double()
+    tol = 5 / math.sqrt(n)  # sampling error of a variance ratio is sqrt(2 / n); 5 / sqrt(n) is ~3.5 sigma
+    assert abs(float(w.var()) / h - 1) < tol
+    assert abs(float(u.var()) / (h**3 / 3) - 1) < tol
+    assert abs(float((w * u).mean()) / (h**2 / 2) - 1) < tol  # Cov(dW, U) = h^2 / 2

@@ -8,7 +8,8 @@ add up, repeated and out-of-order queries return the same values, and the backwa
 sees exactly the noise of the forward pass. With a ``dt`` hint the knots of the grid t0 + k dt are drawn
 at once with one ``randn`` (a fixed-step solve then only looks values up).
 
-Memory is one (size) tensor per knot: a fixed-step solve of n steps keeps n + 1 of them. Every random
+Memory is one (size) tensor per knot: a fixed-step solve of n steps keeps n + 1 of them (two with a
+Levy area: K is kept in float64, see ``_k``). Every random
 draw of an inserted knot is seeded from (entropy, knot time), so a run is reproducible for a given
 entropy and query sequence.
 
@@ -98,7 +99,12 @@ class BrownianInterval:
         self._gen = torch.Generator(device=self._device)
         self._times: list[float] = [t0]
         self._w: dict[float, torch.Tensor] = {t0: self._zeros()}
-        self._k: dict[float, torch.Tensor] = {t0: self._zeros()}  # int_{t0}^{s} W(u) du
+        # K(s) = int_{t0}^{s} W(u) du, kept in float64 whatever the dtype: U over [a, b] is the difference
+        # K(b) - K(a) - (b - a) W(a) of numbers of size |W| (t1 - t0), and in float32 that cancellation left
+        # U on short intervals late in the interval mostly rounding error (Var U 80x too large on
+        # [5, 5 + 1e-5] of [0, 10]).
+        self._kdtype = torch.float64 if self._device.type != "mps" else self._dtype  # MPS has no float64
+        self._k: dict[float, torch.Tensor] = {t0: self._zeros(self._kdtype)}
         h = t1 - t0
         # Snap tolerance: a query this close to a knot is that knot (step times built by repeated addition
         # differ from t0 + k dt in the last bits; a separate knot there would only cost memory).
@@ -153,8 +159,8 @@ class BrownianInterval:
         return len(self._times)
 
     # --- sampling ------------------------------------------------------------------------------------------
-    def _zeros(self) -> torch.Tensor:
-        return torch.zeros(self._size, dtype=self._dtype, device=self._device)
+    def _zeros(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.zeros(self._size, dtype=self._dtype if dtype is None else dtype, device=self._device)
 
     def _randn(self, t: float, n: int = 1) -> torch.Tensor:
         self._gen.manual_seed(_seed(self._entropy, t))
@@ -202,14 +208,15 @@ class BrownianInterval:
             hs = torch.tensor(
                 [b - a for a, b in zip(self._times[:-1], self._times[1:])], dtype=self._dtype, device=self._device
             ).reshape(-1, *([1] * len(self._size)))
-            k = torch.cat([self._zeros().unsqueeze(0), (self._cell_u + hs * w[:-1]).cumsum(0)])
+            steps = self._cell_u.to(self._kdtype) + hs.to(self._kdtype) * w[:-1].to(self._kdtype)
+            k = torch.cat([self._zeros(self._kdtype).unsqueeze(0), steps.cumsum(0)])
             self._k = dict(zip(self._times, k.unbind(0)))
 
     def _insert(self, t: float, w: torch.Tensor, k: torch.Tensor) -> None:
         bisect.insort(self._times, t)
         self._w[t] = w
         if self._levy:
-            self._k[t] = k
+            self._k[t] = k.to(self._kdtype)
 
     def _bridge(self, t: float) -> float:
         """Insert a knot at t strictly between two knots, conditioned on both; returns the knot time."""
@@ -242,7 +249,7 @@ class BrownianInterval:
         res_w = dw - (x[0] + x[2])
         res_i = di - (x[1] + x[3] + h2 * x[0])
         g = gain.tolist()
-        w1 = x[0] + g[0][0] * res_w + g[0][1] * res_i
+        w1 = (x[0] + g[0][0] * res_w + g[0][1] * res_i).to(self._dtype)  # res_i is float64 (from K)
         i1 = x[1] + g[1][0] * res_w + g[1][1] * res_i
         self._insert(t, wa + w1, self._k[a] + h1 * wa + i1)
         return t
@@ -306,7 +313,7 @@ class BrownianInterval:
         w = self._w[b] - self._w[a]
         if not (return_U or return_A):
             return w
-        u = self._k[b] - self._k[a] - (b - a) * self._w[a]
+        u = (self._k[b] - self._k[a] - (b - a) * self._w[a]).to(self._dtype)
         if not return_A:
             return w, u
         area = approximate_levy_area(w, u, b - a, self.levy_area_approximation, self._area_noise(a, b))
