@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +42,9 @@ def _times(ts: Any, y0: torch.Tensor) -> list[float]:
         raise ValueError("ts must be a 1-D tensor or a list/tuple of floats.")
     if len(out) < 1:
         raise ValueError("ts must hold at least one time.")
+    if not all(math.isfinite(v) for v in out):
+        # NaN passes the increasing check below, and an infinite end time made the solve take no step
+        raise ValueError(f"ts must be finite, got {[v for v in out if not math.isfinite(v)][:5]} among them.")
     if any(b <= a for a, b in zip(out[:-1], out[1:])):
         raise ValueError("ts must be strictly increasing (to solve backwards in time, reverse the SDE instead).")
     return out
@@ -87,6 +91,10 @@ def prepare(
         )
     if not y0.is_floating_point():
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}.")
+    if not bool(torch.isfinite(y0).all()):
+        # Otherwise the whole solve runs on NaN and fails at ts[-1] with a message about the vector field.
+        bad = (~torch.isfinite(y0)).any(-1).nonzero().flatten().tolist()
+        raise ValueError(f"y0 has NaN or infinite entries (batch rows {bad[:10]}); check the initial state.")
     times = _times(ts, y0)
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
         if isinstance(value, torch.Tensor) and value.requires_grad:

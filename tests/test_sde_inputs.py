@@ -1,0 +1,29 @@
+"""sdeint's input checks: bad input raises a ValueError that names the input and how to fix it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _sde_problems import GBM
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("solve", [hn.sdeint, hn.sdeint_adjoint])
+def test_non_finite_times_are_refused(bad, solve):
+    # NaN passed the increasing check (and failed later in the Brownian motion's constructor with a
+    # message about t0 < t1); an infinite end time took no step and returned y0 as y(inf).
+    with pytest.raises(ValueError, match="ts must be finite"):
+        solve(GBM(), torch.ones(2, 1), [0.0, bad], method="euler")
+
+
+@pytest.mark.parametrize("solve", [hn.sdeint, hn.sdeint_adjoint])
+def test_non_finite_initial_state_is_refused(solve):
+    # It ran the whole solve on NaN, then failed at ts[-1] blaming the vector field.
+    y0 = torch.ones(3, 2)
+    y0[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"y0 has NaN or infinite entries \(batch rows \[1\]\)"):
+        solve(GBM(), y0, [0.0, 1.0], method="euler", dt=0.1)
