@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchdiffeq
+from scipy.integrate import solve_ivp
 
 import hybrid_node as hn
 
@@ -62,3 +64,21 @@ def test_float32_corrector_converged_to_rounding_does_not_warn():
     ref = hn.odeint(field, y0.double(), t.double(), method="implicit_adams", options=dict(opts))
     # float32 rounding over 500 steps of a state of size ~3 (measured 5e-6), far below the O(1) of garbage
     torch.testing.assert_close(got[0][-1].double(), ref[-1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["RK45", "Radau"])
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_scipy_failure_reports_where_scipy_stopped(solver, direction):
+    # y' = y^2 from y(0) = direction blows up at t = direction. With output times only at 0 and beyond,
+    # scipy's sol.t holds just t0, and the error said "failed at t=0"; scipy called directly (no t_eval)
+    # stops at its last accepted step, the reference here.
+    t = torch.tensor([0.0, 2.0 * direction], dtype=F64)
+    y0 = torch.tensor([direction], dtype=F64)
+    with pytest.raises(hn.SolverError) as err:
+        hn.odeint(lambda t, y: y**2, y0, t, method="scipy_solver", options={"solver": solver})
+    ref = solve_ivp(
+        lambda t, y: y**2, (0.0, 2.0 * direction), np.array([direction]), method=solver, rtol=1e-7, atol=1e-9
+    )
+    assert ref.status == -1
+    # within 1e-3 of scipy's own stopping point (both are within 1e-5 of the blow-up at t = direction)
+    assert abs(err.value.t - ref.t[-1]) < 1e-3, (err.value.t, ref.t[-1])

@@ -77,10 +77,18 @@ class ScipySolver(ExternalSolver):
         return out
 
     def integrate(self, term, y0: torch.Tensor, ts, rtol, atol, grad_inputs=()):
-        """Solve on the increasing host times ``ts``; returns the stacked states (T, *y0.shape)."""
+        """Solve on the increasing host times ``ts``; returns the stacked states (T, *y0.shape).
+
+        Raises:
+            SolverError: scipy stopped before the last time; its ``t`` is where, in the user's time.
+        """
         shape, dtype, device = y0.shape, y0.dtype, y0.device
+        # the solver time of the last field evaluation: where a failed solve got to (with t_eval, scipy's
+        # sol.t holds only the output times reached, so its last entry can be the initial time)
+        reached = [ts[0]]
 
         def rhs(t, y):
+            reached[0] = float(t)
             with torch.no_grad():
                 yt = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
                 return term(float(t), yt).reshape(-1).cpu().double().numpy()
@@ -95,7 +103,8 @@ class ScipySolver(ExternalSolver):
                 rhs, (ts[0], ts[-1]), y0n, method=self.solver, t_eval=ts, rtol=rt, atol=at, **self._step_options()
             )
             if sol.status != 0:
-                raise SolverError(Status.STEP_UNDERFLOW, float(sol.t[-1]) if len(sol.t) else ts[0], sol.message)
+                t_fail = -reached[0] if getattr(term, "reverse", False) else reached[0]  # in the user's time
+                raise SolverError(Status.STEP_UNDERFLOW, t_fail, sol.message)
             out = sol.y.T
         ys = torch.as_tensor(out, dtype=dtype, device=device).reshape(len(ts), *shape)
         needs = [x for x in (y0,) + tuple(grad_inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
