@@ -1,10 +1,12 @@
-"""sdeint's input checks: bad input raises a ValueError that names the input and how to fix it."""
+"""sdeint's input checks: bad input raises a ValueError that names the input and how to fix it (or a warning)."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
-from _sde_problems import GBM
+from _sde_problems import GBM, OU
 
 import hybrid_node as hn
 
@@ -27,3 +29,14 @@ def test_non_finite_initial_state_is_refused(solve):
     y0[1, 0] = float("nan")
     with pytest.raises(ValueError, match=r"y0 has NaN or infinite entries \(batch rows \[1\]\)"):
         solve(GBM(), y0, [0.0, 1.0], method="euler", dt=0.1)
+
+
+def test_adaptive_euler_with_multiplicative_noise_warns_as_torchsde_does():
+    # Step doubling does not converge for Euler-Maruyama with non-additive noise (torchsde warns too).
+    with pytest.warns(UserWarning, match="not guaranteed to converge"):
+        hn.sdeint(GBM(), torch.ones(2, 1), [0.0, 1.0], method="euler", adaptive=True, rtol=1e-2, atol=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hn.sdeint(OU(), torch.ones(2, 1), [0.0, 1.0], method="euler", adaptive=True, rtol=1e-2, atol=1e-2)
+        hn.sdeint(GBM(), torch.ones(2, 1), [0.0, 1.0], method="euler", dt=0.1)
+        hn.sdeint(GBM(), torch.ones(2, 1), [0.0, 1.0], method="milstein", adaptive=True, rtol=1e-2, atol=1e-2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,6 +104,17 @@ def prepare(
             raise ValueError(f"{name} must be positive, got {value}.")
     method = DEFAULT_METHOD[(view.sde_type, view.noise_type)] if method is None else method
     solver = build_solver(method, view.sde_type, view.noise_type, dict(options or {}))
+    if adaptive and solver.name == "euler" and view.noise_type != "additive":
+        # torchsde warns here too (same first sentence, so its warning filters apply). Step doubling reads
+        # Euler's error as g g' dW1 dW2 and accepts the steps where that is small, which biases the
+        # accepted steps' Milstein term: on Ito GBM (dy = 0.5 y dt + 0.8 y dW, 60 paths) the mean error
+        # at t = 1 stays at 0.18-0.21 from rtol 1e-1 to 1e-3, while milstein's falls from 0.096 to 0.011.
+        warnings.warn(
+            "Numerical solution is not guaranteed to converge to the correct solution when using adaptive "
+            "time-stepping with the Euler--Maruyama method with non-additive noise. (Use method='milstein' "
+            "or 'srk' with adaptive=True, or fixed steps with euler.)",
+            stacklevel=3,
+        )
     if solver.needs_diffusion_matrix and not view.has_g:
         raise ValueError(
             f"method {method!r} needs the diffusion matrix: define g(t, y) or f_and_g(t, y), not only g_prod."
