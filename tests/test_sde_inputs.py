@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from _sde_problems import GBM, OU
+from _sde_problems import GBM, OU, NeuralSDE
 
 import hybrid_node as hn
 
@@ -40,3 +40,17 @@ def test_adaptive_euler_with_multiplicative_noise_warns_as_torchsde_does():
         hn.sdeint(OU(), torch.ones(2, 1), [0.0, 1.0], method="euler", adaptive=True, rtol=1e-2, atol=1e-2)
         hn.sdeint(GBM(), torch.ones(2, 1), [0.0, 1.0], method="euler", dt=0.1)
         hn.sdeint(GBM(), torch.ones(2, 1), [0.0, 1.0], method="milstein", adaptive=True, rtol=1e-2, atol=1e-2)
+
+
+def test_extra_solver_state_of_the_wrong_layout_is_refused():
+    sde = NeuralSDE("general", "stratonovich")
+    y0 = torch.randn(4, 3)
+    # reversible_heun's state is (f, g, z): one tensor failed inside the step with "not enough values to
+    # unpack"; a state given to a method without one (euler_heun) was silently ignored.
+    with pytest.raises(ValueError, match=r"shapes \[\(4, 3\), \(4, 3, 2\), \(4, 3\)\], got \[\(4, 3\)\]"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="reversible_heun", extra_solver_state=(y0,))
+    with pytest.raises(ValueError, match="for method 'euler_heun'"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="euler_heun", extra_solver_state=(y0,))
+    _, state = hn.sdeint(sde, y0, [0.0, 0.5], method="reversible_heun", dt=0.1, extra=True)
+    ys = hn.sdeint(sde, y0, [0.5, 1.0], method="reversible_heun", dt=0.1, extra_solver_state=state)
+    assert ys.shape == (2, 4, 3)

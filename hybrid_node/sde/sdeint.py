@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ._loop import integrate
-from ._validate import prepare
+from ._validate import Prepared, prepare
 from .adjoint import BackwardSteps, solve_stochastic_adjoint
 from .reversible_adjoint import solve_reversible_adjoint
 
@@ -21,6 +21,26 @@ def _finish(ys: torch.Tensor, log_ratios: list[torch.Tensor], extra_state: Any, 
     if extra:
         out.append(extra_state)
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def _check_extra_state(p: Prepared, y0: torch.Tensor, extra_solver_state: Any) -> None:
+    """Raise unless ``extra_solver_state`` has the layout of the solver's own extra state at ts[0]."""
+    with torch.no_grad():
+        expected = p.solver.init(p.sde, p.ts[0], y0)
+    shapes = [tuple(x.shape) for x in expected]
+    given = (
+        [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in extra_solver_state]
+        if isinstance(extra_solver_state, (tuple, list))
+        else type(extra_solver_state).__name__
+    )
+    if given != shapes:
+        # A wrong layout failed inside the solver step ("not enough values to unpack"), and a state given
+        # to a method without one was silently ignored.
+        raise ValueError(
+            f"extra_solver_state for method {p.solver.name!r} must be a tuple of tensors of shapes {shapes}, "
+            f"got {given}; pass the extra state that sdeint(..., extra=True) returned for the same method "
+            "and shapes (or leave it out to start from y0)."
+        )
 
 
 def sdeint(
@@ -65,13 +85,15 @@ def sdeint(
 
     Raises:
         ValueError: bad shapes, non-increasing ts, unknown methods/options or a method that does not fit
-            the SDE (the message says which do).
+            the SDE (the message says which do), an extra_solver_state of another layout than the method's.
         SolverError: the state became non-finite.
 
     Reference:
         P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992.
     """
     p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
+    if extra_solver_state is not None:
+        _check_extra_state(p, y0, extra_solver_state)
     if len(p.ts) == 1:
         return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], extra_solver_state, logqp, extra)
     traj = integrate(
