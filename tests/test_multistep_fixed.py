@@ -82,3 +82,12 @@ def test_scipy_failure_reports_where_scipy_stopped(solver, direction):
     assert ref.status == -1
     # within 1e-3 of scipy's own stopping point (both are within 1e-5 of the blow-up at t = direction)
     assert abs(err.value.t - ref.t[-1]) < 1e-3, (err.value.t, ref.t[-1])
+
+
+@pytest.mark.parametrize("option, value", [("max_step", None), ("first_step", "a"), ("min_step", [0.1])])
+def test_scipy_step_option_that_is_not_a_number_is_named(option, value):
+    # float(None) said only "float() argument must be a string or a real number, not 'NoneType'"
+    with pytest.raises(ValueError, match=f"scipy_solver: {option} must be a number"):
+        hn.odeint(
+            lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]), method="scipy_solver", options={option: value}
+        )

@@ -31,6 +31,19 @@ class _NoGradient(torch.autograd.Function):
         )
 
 
+def _number(name: str, value) -> float:
+    """``value`` as a float.
+
+    Raises:
+        ValueError: ``value`` does not convert to a float (None, 'a', ...), naming the option.
+    """
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        # float() alone said "float() argument must be ... not 'NoneType'", without the option's name
+        raise ValueError(f"scipy_solver: {name} must be a number, got {value!r}.") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ScipySolver(ExternalSolver):
     """Wraps scipy.integrate.solve_ivp; the field is evaluated by torch under no_grad.
@@ -42,7 +55,7 @@ class ScipySolver(ExternalSolver):
         first_step: the first step (None: scipy chooses).
 
     Raises:
-        ValueError: an unknown solver or a step bound that is not a positive number.
+        ValueError: an unknown solver, or a step bound that is not a number or out of range.
 
     Reference: P. Virtanen et al., "SciPy 1.0", Nature Methods 17 (2020).
     """
@@ -57,11 +70,11 @@ class ScipySolver(ExternalSolver):
     def __post_init__(self):
         if self.solver not in SCIPY_METHODS:
             raise ValueError(f"scipy_solver: unknown solver {self.solver!r}; choose one of {SCIPY_METHODS}.")
-        if not (float(self.min_step) >= 0 and float(self.max_step) > 0):
+        if not (_number("min_step", self.min_step) >= 0 and _number("max_step", self.max_step) > 0):
             raise ValueError(
                 f"scipy_solver: min_step must be >= 0 and max_step > 0, got {self.min_step!r} and {self.max_step!r}."
             )
-        if self.first_step is not None and not float(self.first_step) > 0:
+        if self.first_step is not None and not _number("first_step", self.first_step) > 0:
             raise ValueError(f"scipy_solver: first_step must be positive, got {self.first_step!r}.")
 
     def _step_options(self) -> dict:
