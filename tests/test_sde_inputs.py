@@ -54,3 +54,14 @@ def test_extra_solver_state_of_the_wrong_layout_is_refused():
     _, state = hn.sdeint(sde, y0, [0.0, 0.5], method="reversible_heun", dt=0.1, extra=True)
     ys = hn.sdeint(sde, y0, [0.5, 1.0], method="reversible_heun", dt=0.1, extra_solver_state=state)
     assert ys.shape == (2, 4, 3)
+
+
+def test_a_torchsde_logqp_brownian_motion_gets_a_hint():
+    # torchsde's logqp with diagonal noise adds a state, and a noise channel, for the KL term.
+    sde = GBM()
+    sde.h = lambda t, y: 0.2 * y
+    bm = hn.BrownianInterval(0.0, 1.0, (2, 2), levy_area_approximation="space-time")
+    with pytest.raises(ValueError, match=r"got \(2, 2\) \(torchsde's logqp wants one channel more"):
+        hn.sdeint(sde, torch.ones(2, 1), [0.0, 1.0], bm=bm, logqp=True)
+    with pytest.raises(ValueError, match=r"got \(2, 2\)\.$"):  # no hint without logqp
+        hn.sdeint(sde, torch.ones(2, 1), [0.0, 1.0], bm=bm)

@@ -149,7 +149,14 @@ def prepare(
     if bm is not None:
         shape = tuple(getattr(bm, "shape", ()))
         if len(shape) != 2 or shape[0] != batch or (noise_size is not None and shape[1] != noise_size):
-            raise ValueError(f"bm must have shape (batch, noise) = ({batch}, {noise_size or 'm'}), got {shape}.")
+            hint = ""
+            if logqp and view.noise_type == "diagonal" and shape == (batch, d + 1):
+                # torchsde solves the KL term as an extra state with its own (unused) noise channel
+                hint = (
+                    " (torchsde's logqp wants one channel more for its KL state; here the KL term is "
+                    "integrated beside the solve and takes no noise: drop the last channel)"
+                )
+            raise ValueError(f"bm must have shape (batch, noise) = ({batch}, {noise_size or 'm'}), got {shape}{hint}.")
         noise_size = shape[1]
         # a Brownian motion of another dtype promoted the whole solve to its dtype (a float64 one made
         # float32 states float64); one on another device cannot step the state
