@@ -87,3 +87,6 @@ def test_shape_errors_say_what_is_expected():
         model(torch.zeros(()), (torch.zeros(3, 1, dtype=F64), torch.zeros(3, 1, dtype=F64)))
     with pytest.raises(ValueError, match="2 \\* dim = 4"):
         model(torch.zeros(()), torch.zeros(3, 3, dtype=F64))
+    # a negative layer count built a purely linear H (whose field is constant) without a word
+    with pytest.raises(ValueError, match="layers must be >= 0"):
+        HamiltonianNN(2, layers=-1)

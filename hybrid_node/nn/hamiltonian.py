@@ -50,7 +50,7 @@ class HamiltonianNN(nn.Module):
         activation: activation class of the default MLP (smooth; the paper uses tanh).
 
     Raises:
-        ValueError: ``dim`` or ``hidden`` is not positive.
+        ValueError: ``dim`` or ``hidden`` is not positive, or ``layers`` is negative.
     """
 
     def __init__(
@@ -64,6 +64,8 @@ class HamiltonianNN(nn.Module):
         super().__init__()
         if dim < 1 or hidden < 1:
             raise ValueError(f"dim and hidden must be positive, got dim={dim}, hidden={hidden}.")
+        if hamiltonian is None and layers < 0:  # a negative count built a linear H (a constant field) silently
+            raise ValueError(f"layers must be >= 0 (the number of hidden layers), got {layers}.")
         self.dim = dim
         self.net = hamiltonian if hamiltonian is not None else _mlp(2 * dim, 1, hidden, layers, activation)
 
