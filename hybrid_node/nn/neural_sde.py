@@ -191,5 +191,7 @@ class LatentSDE(nn.Module):
     @torch.no_grad()
     def sample_prior(self, ts: Tensor, n: int) -> Tensor:
         """Decoded sample paths of the prior SDE: (T, n, data_dim)."""
-        z0 = self.p0_mean + self.p0_logstd.exp() * torch.randn(n, self.p0_mean.shape[0])
+        # drawn where the model lives (a plain randn is a CPU tensor: a CUDA model failed to add it)
+        eps = torch.randn(n, self.p0_mean.shape[0], dtype=self.p0_mean.dtype, device=self.p0_mean.device)
+        z0 = self.p0_mean + self.p0_logstd.exp() * eps
         return self.decoder(sdeint(self._sde(None), z0, ts, method=self.method, dt=self.dt))
