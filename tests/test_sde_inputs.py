@@ -65,3 +65,16 @@ def test_a_torchsde_logqp_brownian_motion_gets_a_hint():
         hn.sdeint(sde, torch.ones(2, 1), [0.0, 1.0], bm=bm, logqp=True)
     with pytest.raises(ValueError, match=r"got \(2, 2\)\.$"):  # no hint without logqp
         hn.sdeint(sde, torch.ones(2, 1), [0.0, 1.0], bm=bm)
+
+
+@pytest.mark.parametrize("solve", [hn.sdeint, hn.sdeint_adjoint])
+def test_a_single_output_time_returns_the_initial_extra_state(solve):
+    # torchsde returns the solver's extra state at ts[0] (reversible_heun: (f, g, z) of y0); it was None.
+    sde = NeuralSDE("general", "stratonovich")
+    y0 = torch.randn(4, 3)
+    ys, state = solve(sde, y0, [0.0], method="reversible_heun", extra=True)
+    assert torch.equal(ys[0], y0)
+    f, g = sde.f(torch.tensor(0.0), y0), sde.g(torch.tensor(0.0), y0)
+    for got, want in zip(state, (f, g, y0), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert solve(sde, y0, [0.0], method="midpoint", extra=True)[1] == ()

@@ -95,6 +95,9 @@ def sdeint(
     if extra_solver_state is not None:
         _check_extra_state(p, y0, extra_solver_state)
     if len(p.ts) == 1:
+        # no step: the extra state is the one at ts[0], as torchsde returns it (its init, if not given)
+        if extra and extra_solver_state is None:
+            extra_solver_state = p.solver.init(p.sde, p.ts[0], y0)
         return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], extra_solver_state, logqp, extra)
     traj = integrate(
         p.solver,
@@ -185,7 +188,8 @@ def sdeint_adjoint(
         raise ValueError("extra_solver_state is not supported by sdeint_adjoint; use sdeint (direct backprop).")
     p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
     if len(p.ts) == 1:
-        return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], None, logqp, extra)
+        state = p.solver.init(p.sde, p.ts[0], y0) if extra else None  # as sdeint's
+        return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], state, logqp, extra)
     settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
     reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
     if adjoint_adaptive and reversible:
