@@ -37,7 +37,7 @@ from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant
 from .base import AbstractSolver
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
-from .newton import NewtonSettings, error_scale, newton_solve, tolerances
+from .newton import NewtonSettings, error_scale, fixed_step_failure_hint, newton_solve, tolerances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +321,9 @@ class Dirk(AbstractSolver):
         if failed:
             if not self.adaptive:
                 raise SolverError(
-                    Status.NEWTON_FAILED, -t if getattr(f, "reverse", False) else t, "use a smaller step_size"
+                    Status.NEWTON_FAILED,
+                    -t if getattr(f, "reverse", False) else t,
+                    fixed_step_failure_hint(y, self.batch_dims),
                 )
             bad = torch.full_like(y, math.inf)
             return DirkStep(bad, bad, f0, jac, jac_t, lu, math.inf, 1.0, True)

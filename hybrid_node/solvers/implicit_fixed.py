@@ -24,7 +24,7 @@ from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant
 from .base import AbstractSolver
 from .linalg import JacobianSettings, block_jacobian, system_shape
-from .newton import NewtonSettings, error_scale, newton_solve
+from .newton import NewtonSettings, error_scale, fixed_step_failure_hint, newton_solve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +124,8 @@ class ImplicitRungeKutta(AbstractSolver):
         """One step; the Jacobian is evaluated once per step at (t, y).
 
         Raises:
-            SolverError: the Newton iteration did not converge (use a smaller step_size).
+            SolverError: the Newton iteration did not converge (the detail suggests a smaller step_size, and
+                batch_dims=0 where the state has batch dimensions).
         """
         tab = self.tableau
         s = len(tab.c)
@@ -151,7 +152,9 @@ class ImplicitRungeKutta(AbstractSolver):
         res = newton_solve(residual, solve, z0, error_scale(y, settings.rtol, settings.atol), settings)
         if not res.converged:
             raise SolverError(
-                Status.NEWTON_FAILED, -t if getattr(f, "reverse", False) else t, "use a smaller step_size"
+                Status.NEWTON_FAILED,
+                -t if getattr(f, "reverse", False) else t,
+                fixed_step_failure_hint(y, self.batch_dims),
             )
         y1 = y
         for di, zi in zip(tab.d, res.z):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from ..controllers import rms_norm
+from .linalg import system_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,31 @@ def newton_solve(
             return NewtonResult(z, True, it, theta_max, eta)
         prev = norm
     return NewtonResult(z, False, settings.max_iters, theta_max, eta)
+
+
+def fixed_step_failure_hint(y: torch.Tensor, batch_dims: int | None) -> str:
+    """What to try when Newton fails on a fixed step, for the detail of the ``SolverError``.
+
+    A smaller step always; and where the state has batch dimensions, ``batch_dims=0``: the Jacobian is
+    taken per sample, so a field that couples the samples (``A @ y`` on a column ``y`` of shape (D, 1),
+    batch statistics) gets a block-diagonal Jacobian that misses the coupling, and Newton fails at
+    every step size that a stiff coupling needs.
+
+    Args:
+        y: the state at the step's start.
+        batch_dims: the solver's setting (None: all dimensions but the last).
+
+    Returns:
+        The hint, e.g. ``"use a smaller step_size"``.
+    """
+    hint = "use a smaller step_size"
+    n_batch = len(system_shape(y, batch_dims)[0])
+    if n_batch:
+        hint += (
+            f"; the Jacobian is taken per sample along the state's first {n_batch} dimension(s) "
+            f"(shape {tuple(y.shape)}): if the field couples them, pass options={{'batch_dims': 0}}"
+        )
+    return hint
 
 
 def error_scale(y: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
