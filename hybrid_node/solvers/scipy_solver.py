@@ -27,7 +27,8 @@ class _NoGradient(torch.autograd.Function):
     def backward(ctx, *grads):
         raise RuntimeError(
             "method='scipy_solver' is forward-only: scipy computes no gradients. Use a torch solver such as "
-            "'dopri5' (direct or adjoint) to differentiate."
+            "'dopri5' (direct or adjoint) to differentiate, or odeint_adjoint with method='scipy_solver', "
+            "which solves the adjoint system with scipy as well."
         )
 
 
