@@ -22,7 +22,10 @@ class Status(enum.Enum):
         "The state became NaN or infinite. Check the vector field for overflow, lower the tolerances or the "
         "first step, or use a stiff solver."
     )
-    NEWTON_FAILED = "The Newton iteration of the implicit solver did not converge even at the minimum step size."
+    NEWTON_FAILED = (
+        "The Newton iteration of the implicit solver did not converge (adaptive steps: even at the minimum "
+        "step size; fixed steps: at the given step)."
+    )
     INITIAL_FAILURE = (
         "The solver could not start from the initial state (for example a NaN or infinite y0, or a vector "
         "field that is not finite there)."

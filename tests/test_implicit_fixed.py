@@ -42,3 +42,4 @@ def test_newton_failure_on_a_single_system_keeps_the_plain_hint():
             options={"step_size": 10.0},
         )
     assert "batch_dims" not in str(err.value)
+    assert "fixed steps: at the given step" in str(err.value)  # not only "even at the minimum step size"
