@@ -27,6 +27,7 @@ from ..controllers import ConstantStepSize, PIDController, error_ratio
 from ..loop import core
 from ..loop.core import FLOAT, RUNNING
 from ..loop.host import first_step
+from ._backward import resolve_params
 
 
 @dataclasses.dataclass
@@ -162,11 +163,19 @@ def check_replayable(problem: Problem, event_fn: Callable | None, who: str) -> N
 
 
 def differentiable_params(problem: Problem, adjoint_params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
-    """The tensors to differentiate: ``adjoint_params``, else the field's parameters, those that require grad."""
-    if adjoint_params is None:
-        func = problem.func
-        adjoint_params = tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()
-    return tuple(p for p in adjoint_params if p.requires_grad)
+    """The tensors to differentiate: ``adjoint_params``, else the field's parameters (none for a plain
+    function), those that require grad, each once.
+
+    Checked as the adjoints check them (:func:`~hybrid_node.sensitivity._backward.resolve_params`):
+    iterating a single tensor would differentiate its rows (views, so the tensor got zero), and a
+    tensor listed twice would get its gradient twice.
+
+    Raises:
+        TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
+    """
+    if adjoint_params is None and not isinstance(problem.func, torch.nn.Module):
+        return ()
+    return resolve_params(problem.func, adjoint_params)
 
 
 def outputs_after(counts: Sequence[int]) -> dict[int, list[int]]:

@@ -237,6 +237,7 @@ def solve_checkpointed(
     Raises:
         ValueError: events, gradients for t, jump times, a per-sample or other controller, or a
             solver that cannot restart exactly (implicit, multistep).
+        TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
         SolverError: the adaptive forward solve failed.
     """
     check_replayable(problem, event_fn, "DirectBackprop(checkpoints=k)")

@@ -102,6 +102,7 @@ class ReversibleAdjoint(AbstractSensitivity):
 
         Raises:
             ValueError: the solver is not ``Reversible``, an event function was given or ``t`` requires grad.
+            TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
             SolverError: the adaptive solve failed (max steps, step-size underflow).
         """
         if not isinstance(problem.solver, Reversible):
