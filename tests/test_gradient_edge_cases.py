@@ -64,3 +64,56 @@ def test_replaying_sensitivities_check_adjoint_params_as_the_adjoints_do(name):
         _param_grad(sensitivity, solver, lambda m: m.a)
     with pytest.raises(TypeError, match=r"adjoint_params\[1\] is a int"):
         _param_grad(sensitivity, solver, lambda m: (m.a, 3))
+
+
+#: every sensitivity whose backward pass is computed without a graph, with its solver
+FIRST_ORDER = {
+    **REPLAYING,
+    "backsolve": (hn.BacksolveAdjoint(), hn.Tsit5()),
+    "interpolating": (hn.InterpolatingAdjoint(checkpoints=2), hn.Tsit5()),
+}
+
+
+@pytest.mark.parametrize("name", list(FIRST_ORDER))
+def test_second_derivative_through_a_first_order_backward_raises(name):
+    sensitivity, solver = FIRST_ORDER[name]
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 5, dtype=F64)
+
+    def loss(sens):
+        sol = hn.solve(field, y0, t, solver=solver, controller=hn.ConstantStepSize(step_size=0.05), sensitivity=sens)
+        # the second term gives the Hessian a path besides the solve: the solve's own part was silently lost
+        return (sol.ys**2).sum() + (y0**2).sum()
+
+    (first,) = torch.autograd.grad(loss(sensitivity), y0)
+    (recorded,) = torch.autograd.grad(loss(sensitivity), y0, create_graph=True)
+    torch.testing.assert_close(recorded, first, rtol=0, atol=0)  # the first derivative itself is unchanged
+    # direct backprop's Hessian differs from the lone (y0**2) term's 2 I: a silent answer would be wrong
+    (direct,) = torch.autograd.grad(loss(hn.DirectBackprop()), y0, create_graph=True)
+    (hessian_row_sums,) = torch.autograd.grad(direct.sum(), y0)
+    assert (hessian_row_sums - 2.0).abs().min() > 0.5
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(recorded.sum(), y0)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        recorded.sum().backward()
+
+
+def test_second_derivative_through_the_time_gradient_raises():
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    ctrl = hn.PIDController(rtol=1e-10, atol=1e-12)
+
+    def grads(t):
+        sol = hn.solve(field, y0, t, solver=hn.Tsit5(), controller=ctrl)
+        return torch.autograd.grad((sol.ys**2).sum(), [y0, t] if t.requires_grad else [y0], create_graph=True)
+
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64, requires_grad=True)
+    g_y0, g_t = grads(t)
+    with pytest.raises(RuntimeError, match="first-order only"):
+        torch.autograd.grad(g_t.sum(), y0)
+    # the Hessian in y0 does not pass through the time gradient: the same as with t detached
+    (hessian,) = torch.autograd.grad(g_y0.sum(), y0)
+    (g_y0_detached,) = grads(t.detach())
+    (expected,) = torch.autograd.grad(g_y0_detached.sum(), y0)
+    torch.testing.assert_close(hessian, expected, rtol=1e-12, atol=1e-12)  # same solve; sums in another order

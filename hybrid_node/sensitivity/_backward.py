@@ -481,6 +481,63 @@ def _integrate_external(
     return Integration(ys, Stats(nfe=term.nfe), Status.SUCCESS, rs[-1])
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on the gradients a custom backward pass returns; differentiating them raises ``message``.
+
+    Its inputs after the first ``n`` only connect the node to what those gradients depend on, so that
+    every path of a second derivative through them reaches it.
+    """
+
+    @staticmethod
+    def forward(ctx, message: str, n: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.message = message
+        return tuple(x.clone() for x in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        raise RuntimeError(ctx.message)
+
+
+def first_order_only(
+    message: str, grads: Sequence[torch.Tensor | None], depends_on: Sequence[torch.Tensor | None]
+) -> list[torch.Tensor | None]:
+    """The gradients a custom backward pass returns, refusing to be differentiated again.
+
+    The backward passes here compute without a graph, so under ``create_graph=True`` their gradients
+    looked constant to autograd: a second derivative through them came out silently zero, or with
+    only the terms of other paths. ``torch.autograd.function.once_differentiable`` does not prevent
+    that: its error node hangs off detached copies, which ``torch.autograd.grad`` never reaches.
+    Here the gradients pass through a node joined to ``depends_on`` (and to the gradients' own
+    graph), whose backward raises ``message``.
+
+    Args:
+        message: the error, naming what to use instead.
+        grads: the gradients the backward pass returns (None where an input gets none).
+        depends_on: the tensors they depend on (the Function's inputs and ``grad_outputs``).
+
+    Returns:
+        ``grads`` unchanged when no graph is being recorded (no ``create_graph``) or nothing requires
+        grad; else copies whose derivative raises.
+    """
+    if not torch.is_grad_enabled():
+        return list(grads)
+    links = [x for x in depends_on if isinstance(x, torch.Tensor) and x.requires_grad]
+    present = [g for g in grads if g is not None]
+    if not present or not (links or any(g.requires_grad for g in present)):
+        return list(grads)
+    guarded = iter(_FirstOrderOnly.apply(message, len(present), *present, *links))
+    return [None if g is None else next(guarded) for g in grads]
+
+
+def no_second_derivative(method: str) -> str:
+    """The error of :func:`first_order_only` for a gradient method's backward pass."""
+    return (
+        f"{method} computes first derivatives only: its backward pass runs without a graph, so the gradient "
+        "it returns cannot be differentiated again (create_graph=True, double backward, Hessians). Use "
+        "hn.DirectBackprop() (hn.odeint) for higher derivatives."
+    )
+
+
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.reshape(-1) * b.reshape(-1)).sum()
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._problem import Problem
 from .._solution import Solution
 from ..loop import to_solution
-from ._backward import backward_plan, resolve_params
+from ._backward import backward_plan, first_order_only, no_second_derivative, resolve_params
 from .events import event_outputs
 
 
@@ -46,11 +45,18 @@ class _AdjointFunction(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_ys: torch.Tensor):
         (ys,) = ctx.saved_tensors
-        grad_t, grad_y0, grad_params = ctx.run.backward(ys, grad_ys, need_t=ctx.needs_input_grad[1])
-        return (None, grad_t, grad_y0, *grad_params)
+        run = ctx.run
+        with torch.no_grad():
+            grad_t, grad_y0, grad_params = run.backward(ys, grad_ys, need_t=ctx.needs_input_grad[1])
+        # under create_graph=True these would look constant to autograd: a second derivative raises
+        grads = first_order_only(
+            no_second_derivative(run.method_name),
+            [grad_t, grad_y0, *grad_params],
+            [grad_ys, run.problem.t, run.problem.y0, *run.params],
+        )
+        return (None, *grads)
 
 
 def solve_adjoint(

@@ -58,6 +58,9 @@ class Backsolve:
         throw: raise on a failed forward solve.
     """
 
+    #: the gradient method, as error messages name it
+    method_name = "BacksolveAdjoint"
+
     def __init__(
         self,
         problem: Problem,

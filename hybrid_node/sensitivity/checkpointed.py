@@ -29,6 +29,7 @@ import torch
 from .._errors import Status
 from .._problem import Problem
 from .._solution import Solution, Stats
+from ._backward import first_order_only, no_second_derivative
 from ._replay import backprop_step, check_replayable, differentiable_params, outputs_after, record_forward
 
 
@@ -191,7 +192,11 @@ class _CheckpointedSolve(torch.autograd.Function):
         rec.stats.nfe_backward = term.nfe
         rec.stats.n_steps_backward = counters["advances"] + len(steps)
         ctx.counters = counters
-        return (None, None, None, a, *grad_params)
+        # the steps' products were taken without a graph: under create_graph=True a second derivative raises
+        grads = first_order_only(
+            no_second_derivative("DirectBackprop(checkpoints=k)"), [a, *grad_params], [grad_ys, problem.y0, *params]
+        )
+        return (None, None, None, *grads)
 
 
 def check_solver(solver) -> None:

@@ -23,8 +23,15 @@ import torch
 from .._problem import Problem
 from .._solution import Solution
 from ..loop import integrate, to_solution
-from ._backward import user_field
+from ._backward import first_order_only, user_field
 from .events import event_outputs
+
+#: the error of a second derivative through the gradient with respect to t
+_NO_SECOND_T = (
+    "the gradient with respect to the output times t is first-order only (the loop holds the times as "
+    "host floats): it cannot be differentiated again (create_graph=True, double backward). Differentiate "
+    "twice with respect to y0 and the parameters only, passing t.detach()."
+)
 
 
 class _StartTime(torch.autograd.Function):
@@ -34,16 +41,18 @@ class _StartTime(torch.autograd.Function):
     def forward(ctx, t0: torch.Tensor, y0: torch.Tensor, field: Callable) -> torch.Tensor:
         ctx.field = field
         ctx.t_dtype = t0.dtype
-        ctx.save_for_backward(y0)
+        ctx.save_for_backward(t0, y0)
         return y0.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (y0,) = ctx.saved_tensors
+        t0, y0 = ctx.saved_tensors
         grad_t0 = None
         if ctx.needs_input_grad[0]:
-            with torch.no_grad():
-                grad_t0 = -(grad.reshape(-1) * ctx.field(0, y0).reshape(-1)).sum().to(ctx.t_dtype)
+            grad_t0 = -(grad.reshape(-1) * ctx.field(0, y0).reshape(-1)).sum().to(ctx.t_dtype)
+            # the field is evaluated at the host float t_0, so this gradient's own derivative would miss
+            # its dependence on t: under create_graph=True a second derivative through it raises
+            (grad_t0,) = first_order_only(_NO_SECOND_T, [grad_t0], [t0, y0, grad])
         return grad_t0, grad, None
 
 
@@ -54,18 +63,18 @@ class _OutputTimes(torch.autograd.Function):
     def forward(ctx, t: torch.Tensor, ys: torch.Tensor, field: Callable) -> torch.Tensor:
         ctx.field = field
         ctx.t_dtype = t.dtype
-        ctx.save_for_backward(ys)
+        ctx.save_for_backward(t, ys)
         return ys.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (ys,) = ctx.saved_tensors
+        t, ys = ctx.saved_tensors
         grad_t = None
         if ctx.needs_input_grad[0]:
-            grad_t = torch.zeros(len(ys), dtype=ctx.t_dtype, device=ys.device)
-            with torch.no_grad():
-                for i in range(1, len(ys)):
-                    grad_t[i] = (grad[i].reshape(-1) * ctx.field(i, ys[i]).reshape(-1)).sum()
+            products = [(grad[i].reshape(-1) * ctx.field(i, ys[i]).reshape(-1)).sum() for i in range(1, len(ys))]
+            grad_t = torch.stack([torch.zeros((), dtype=ys.dtype, device=ys.device), *products]).to(ctx.t_dtype)
+            # as in _StartTime: a second derivative through this gradient raises
+            (grad_t,) = first_order_only(_NO_SECOND_T, [grad_t], [t, ys, grad])
         return grad_t, grad, None
 
 

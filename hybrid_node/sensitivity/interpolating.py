@@ -89,6 +89,9 @@ class Interpolating:
         checkpoints: number of evenly spaced segments besides the output times (None: outputs only).
     """
 
+    #: the gradient method, as error messages name it
+    method_name = "InterpolatingAdjoint"
+
     def __init__(
         self,
         problem: Problem,

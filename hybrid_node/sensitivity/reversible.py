@@ -24,6 +24,7 @@ from .._errors import Status
 from .._problem import Problem
 from .._solution import Solution, Stats
 from ..solvers.reversible import Reversible, ReversibleState
+from ._backward import first_order_only, no_second_derivative
 from ._replay import backprop_step, check_replayable, differentiable_params, outputs_after, record_forward
 from .base import AbstractSensitivity
 
@@ -69,8 +70,12 @@ class _ReversibleSolve(torch.autograd.Function):
             a_y = a_y + grad_ys[i]
         ctx.stats.nfe_backward = term.nfe
         ctx.stats.n_steps_backward = len(steps)
-        # y0 = z0: the initial state receives both cotangents
-        return (None, None, None, a_y + a_z, *grad_params)
+        # y0 = z0: the initial state receives both cotangents; the steps' products were taken without a
+        # graph, so under create_graph=True a second derivative raises
+        grads = first_order_only(
+            no_second_derivative("ReversibleAdjoint"), [a_y + a_z, *grad_params], [grad_ys, problem.y0, *params]
+        )
+        return (None, None, None, *grads)
 
 
 @dataclasses.dataclass(frozen=True)
