@@ -4,8 +4,16 @@
 "torch.nn.Softplus(beta=1, threshold=20): linear above the threshold."
 softplus_torch(x) = x > 20 ? x : log1p(exp(x))
 
-"torch.nn.Sigmoid."
-sigmoid_torch(x) = inv(one(x) + exp(-x))
+"""
+torch.nn.Sigmoid: `1 / (1 + exp(-x))`, and 0 where `exp(-x)` overflows (x < -709.78 in Float64),
+as torch computes it. Differentiating the formula there would give `0 * Inf = NaN` (ForwardDiff in
+the stiff methods' Jacobians, Zygote's broadcast in the adjoint's VJPs); torch's derivative
+`s * (1 - s)` is 0, and so is that of the `zero(x)` branch.
+"""
+function sigmoid_torch(x)
+    e = exp(-x)
+    return isinf(e) ? zero(x) : inv(one(x) + e)
+end
 
 "torch.nn.SiLU (swish): x * sigmoid(x)."
 silu_torch(x) = x * sigmoid_torch(x)

@@ -39,6 +39,13 @@ linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
             @test activation_code(name) == k
             @test apply_activation(k, [-0.5, 0.5]) ≈ HybridNODE.activation(name).([-0.5, 0.5])
         end
+        # Far below zero exp(-x) overflows: torch's values and derivatives there are 0 (sigmoid)
+        # and -0 (silu), not the NaN of differentiating 1 / (1 + exp(-x)).
+        z = [-800.0, -710.0, -1.0, 0.0, 1.0]
+        for code in (activation_code("sigmoid"), activation_code("silu"))
+            g = HybridNODE.Zygote.gradient(v -> sum(apply_activation(code, v)), z)[1]
+            @test all(isfinite, g) && g[1] == 0 && g[2] == 0
+        end
     end
 
     @testset "native path, $sens, $alg" for sens in sensitivity_names(), alg in ("Tsit5", "Vern9")
