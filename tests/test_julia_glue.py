@@ -314,7 +314,7 @@ def test_options_map_to_dt_and_maxiters():
     ts = np.array([0.0, 0.5, 1.5])
     assert jb.resolve_options({}, "Tsit5", ts) == (None, None, False)
     assert jb.resolve_options({"first_step": 0.01, "max_num_steps": 50}, "Tsit5", ts) == (0.01, 50, False)
-    assert jb.resolve_options(None, "RK4", ts) == (0.5, None, True)  # steps on the output grid
+    assert jb.resolve_options(None, "RK4", ts) == (1.0, None, True)  # steps on the output grid
     assert jb.resolve_options({"step_size": 0.1}, "Euler", ts) == (0.1, None, True)
     with pytest.raises(ValueError, match=r"valid options are \['first_step', 'max_num_steps'\]"):
         jb.resolve_options({"step_size": 0.1}, "Tsit5", ts)
@@ -322,10 +322,53 @@ def test_options_map_to_dt_and_maxiters():
         jb.resolve_options({"max_num_steps": 0}, "Tsit5", ts)
 
 
+def _ordinarydiffeq_fixed_grid(ts: np.ndarray, dt: float) -> list[float]:
+    """The times a fixed-step OrdinaryDiffEq solve with ``dt`` and ``tstops = ts`` steps to.
+
+    OrdinaryDiffEqCore's modify_dt_for_tstops! (non-adaptive branch): each step is
+    ``min(dtcache, distance to the next tstop)``, within 100 eps of the tstop counting as reaching it.
+    """
+    t, grid = float(ts[0]), [float(ts[0])]
+    for stop in ts[1:]:
+        while stop - t > 100 * np.finfo(float).eps * max(abs(t), abs(stop)):
+            t = float(stop) if dt + 100 * np.finfo(float).eps * abs(stop) >= stop - t else t + dt
+            grid.append(t)
+    return grid
+
+
+@pytest.mark.parametrize("algorithm, method", [("RK4", "rk4_classic"), ("Euler", "euler")])
+def test_fixed_steps_without_step_size_step_on_the_output_times_as_on_torch(algorithm, method):
+    # torch (and torchdiffeq) step from output time to output time without step_size. The Julia
+    # backend sent dt = the smallest gap, so on [0, 0.1, 1] Julia took ten RK4 steps where torch
+    # takes two: e = 2.7182797 against torch's 2.7119096 for y' = y.
+    ts = np.array([0.0, 0.1, 1.0, 1.25])
+    dt, _, fixed = jb.resolve_options(None, algorithm, ts)
+    assert fixed and _ordinarydiffeq_fixed_grid(ts, dt) == ts.tolist()
+
+    def step(h, y):  # OrdinaryDiffEqLowOrderRK's RK4 and Euler for y' = y
+        if algorithm == "Euler":
+            return y + h * y
+        k1 = y
+        k2 = y + h / 2 * k1
+        k3 = y + h / 2 * k2
+        k4 = y + h * k3
+        return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    grid = _ordinarydiffeq_fixed_grid(ts, dt)
+    y, julia = 1.0, [1.0]
+    for a, b in zip(grid[:-1], grid[1:]):
+        y = step(b - a, y)
+        if b in ts:
+            julia.append(y)
+    torch_ys = hn.odeint(lambda t, y: y, torch.ones(1, dtype=torch.float64), torch.tensor(ts), method=method)
+    # the same steps in the same order: only the rounding of the stage arithmetic differs
+    np.testing.assert_allclose(julia, torch_ys.flatten().numpy(), rtol=1e-14)
+
+
 def test_trbdf2_takes_fixed_steps_unless_adaptive_on_julia_too():
     # the same meaning as on torch: TRBDF2 on the output grid (or step_size), adaptive on request
     ts = np.array([0.0, 0.5, 1.5])
-    assert jb.resolve_options(None, "TRBDF2", ts) == (0.5, None, True)
+    assert jb.resolve_options(None, "TRBDF2", ts) == (1.0, None, True)
     assert jb.resolve_options({"step_size": 0.1}, "TRBDF2", ts) == (0.1, None, True)
     assert jb.resolve_options({"adaptive": True, "first_step": 0.01}, "TRBDF2", ts) == (0.01, None, False)
     assert jb.resolve_options({"adaptive": True, "step_size": 0.1}, "TRBDF2", ts) == (0.1, None, True)

@@ -273,8 +273,11 @@ def resolve_options(
             raise ValueError(f"{key} must be a positive number, got {options.get(key)!r}.")
         dt = float(dt)
     elif fixed:
-        # Like torch's fixed-grid solvers without step_size: step on the grid of output times.
-        dt = float(np.min(np.abs(np.diff(ts))))
+        # Like torch's fixed-grid solvers without step_size: step on the grid of output times. A
+        # fixed-step solve with tstops = ts takes min(dt, distance to the next tstop) each step
+        # (OrdinaryDiffEqCore modify_dt_for_tstops!), so the largest gap makes every step end on
+        # the next output time; the smallest gap would cut the larger gaps into several steps.
+        dt = float(np.max(np.abs(np.diff(ts))))
     return dt, maxiters, fixed
 
 
