@@ -60,11 +60,44 @@ def run(args: argparse.Namespace) -> int:
     juliapkg.state.reset_state()  # pick up the variables set above
     start = time.perf_counter()
     print("Resolving the Julia environment (installs Julia and packages when missing; can take minutes)...")
-    juliapkg.resolve(force=True, update=bool(args.update))
+    try:
+        juliapkg.resolve(force=True, update=bool(args.update))
+    except Exception as e:  # noqa: BLE001 - juliapkg raises bare Exceptions ("could not find Julia ...")
+        print(_failure("resolving the Julia environment", e, RESOLVE_HELP))
+        return 1
     print(f"  Julia: {juliapkg.executable()}\n  project: {juliapkg.project()}")
     print("Loading HybridNODE (precompiles it and its workload on first use)...")
-    from juliacall import Main as jl
+    try:
+        from juliacall import Main as jl
 
-    jl.seval("using HybridNODE")
+        jl.seval("using HybridNODE")
+    except Exception as e:  # noqa: BLE001 - a JuliaError or juliacall's own start-up error
+        print(_failure("loading HybridNODE", e, LOAD_HELP))
+        return 1
     print(f"Done in {time.perf_counter() - start:.0f} s. `hybrid-node doctor --start` checks the result.")
     return 0
+
+
+RESOLVE_HELP = (
+    "Without --offline, juliapkg downloads Julia (if none is found) and the packages, so it needs the "
+    "network; to use an installed Julia pass --julia /path/to/julia (or set PYTHON_JULIAPKG_EXE)."
+)
+LOAD_HELP = (
+    "The packages are installed but did not load; run `hybrid-node julia-setup --update`, or "
+    "`hybrid-node doctor --start` for details."
+)
+
+
+def _failure(step: str, error: BaseException, help_text: str) -> str:
+    """The message for a failed step: what failed, the error's first line, and what to do.
+
+    Args:
+        step: what was being done.
+        error: the exception it raised.
+        help_text: how to fix it.
+
+    Returns:
+        A short message (no traceback).
+    """
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"julia-setup failed while {step}: {type(error).__name__}: {first}\n{help_text}"
