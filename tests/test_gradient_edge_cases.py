@@ -117,3 +117,34 @@ def test_second_derivative_through_the_time_gradient_raises():
     (g_y0_detached,) = grads(t.detach())
     (expected,) = torch.autograd.grad(g_y0_detached.sum(), y0)
     torch.testing.assert_close(hessian, expected, rtol=1e-12, atol=1e-12)  # same solve; sums in another order
+
+
+class NaNDerivative(torch.nn.Module):
+    """y' = a y with a finite value but a NaN derivative: the unused branch of ``where`` is sqrt(-y)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(-0.5, dtype=F64))
+
+    def forward(self, t, y):
+        return torch.where(y > 100, torch.sqrt(-y), self.a * y)
+
+
+@pytest.mark.parametrize("adjoint", [hn.BacksolveAdjoint(), hn.InterpolatingAdjoint()], ids=["backsolve", "interp"])
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "adaptive"])
+@pytest.mark.parametrize("t", [[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]], ids=["forwards", "backwards"])
+def test_non_finite_backward_solve_raises(adjoint, fixed, t):
+    field = NaNDerivative()
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    times = torch.tensor(t, dtype=F64)
+    ctrl = hn.ConstantStepSize(step_size=0.1) if fixed else hn.PIDController(rtol=1e-6, atol=1e-8)
+    sol = hn.solve(field, y0, times, solver=hn.Tsit5(), controller=ctrl, sensitivity=adjoint)
+    assert bool(torch.isfinite(sol.ys).all())  # the forward solve is fine
+    # fixed steps returned NaN gradients without a word (the adaptive solve already raised)
+    with pytest.raises(hn.SolverError, match=r"backward \(adjoint\) solve") as info:
+        sol.ys.sum().backward()
+    assert info.value.status is hn.Status.NONFINITE
+    # reported in the user's time, inside the solve's span; fixed steps at the first output it failed
+    assert min(t) <= info.value.t <= max(t)
+    if fixed:
+        assert info.value.t == 0.5

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._errors import Status
+from .._errors import SolverError, Status
 from .._problem import Problem
 from .._registry import build_solver
 from .._solution import Stats
@@ -426,18 +426,39 @@ def run_backward(
         The loop's Integration (the state at rs[-1] is its last output).
 
     Raises:
-        SolverError: the backward solve failed.
+        SolverError: the backward solve failed (adaptive steps), or its state became NaN or infinite.
     """
     if isinstance(plan.solver, ExternalSolver):
         warn_unsupported_callbacks(problem.func, plan.solver.name, frozenset(), "_adjoint")
-        return _integrate_external(plan.solver, term, x0, rs, rtol, atol, at_output)
+        return _check_finite(problem, _integrate_external(plan.solver, term, x0, rs, rtol, atol, at_output), rs)
     fixed = isinstance(plan.controller, ConstantStepSize)
     warn_unsupported_callbacks(
         problem.func, plan.solver.name, frozenset({"callback_step"} if fixed else CALLBACK_NAMES), "_adjoint"
     )
     if fixed:
         grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
-        return integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
+        result = integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
+        return _check_finite(problem, result, rs)
+    try:
+        return _integrate_adaptive(problem, plan, term, x0, rs, rtol, atol, norm, at_output, stops, impulses)
+    except SolverError as err:
+        raise SolverError(err.status, err.t, "in the backward (adjoint) solve of the gradient") from err
+
+
+def _integrate_adaptive(
+    problem: Problem,
+    plan: BackwardPlan,
+    term: AugmentedTerm,
+    x0: torch.Tensor,
+    rs: Sequence[float],
+    rtol,
+    atol,
+    norm,
+    at_output: Callable,
+    stops: Sequence[float],
+    impulses: Impulses | None,
+) -> Integration:
+    """:func:`run_backward` with step-size control (arguments as there)."""
     jumps = backward_jumps(problem, plan)
     if impulses is not None and whole_impulses_apply(plan.solver, plan.controller, jumps, stops):
         # compile=True: the whole backward solve is one call of the whole-solve graph
@@ -459,6 +480,29 @@ def run_backward(
         step_t=tuple(stops),
         at_output=at_output,
         throw=True,
+    )
+
+
+def _check_finite(problem: Problem, result: Integration, rs: Sequence[float]) -> Integration:
+    """``result`` of a backward solve without step-size control, once its outputs are found finite.
+
+    Fixed steps and external solvers have no rejected step to stop at a NaN, which then ran on into
+    every gradient; the forward fixed-step solve checks its outputs the same way.
+
+    Raises:
+        SolverError: an output is NaN or infinite (reported at the first such one, in the user's time).
+    """
+    finite = torch.isfinite(torch.stack([x.reshape(-1) for x in result.ys])).all(dim=1)
+    if bool(finite.all()):
+        return result
+    j = int((~finite).nonzero()[0])
+    sgn = 1.0 if problem.reverse else -1.0  # user time from backward time r = -s
+    last = f"; the last finite one is at t={sgn * rs[j - 1]:.6g}" if j > 0 else ""
+    raise SolverError(
+        Status.NONFINITE,
+        sgn * rs[j],
+        "in the backward (adjoint) solve of the gradient: the adjoint or the state it reconstructs is not "
+        f"finite at this output{last}; check the derivatives of the field there",
     )
 
 
