@@ -148,3 +148,28 @@ def test_non_finite_backward_solve_raises(adjoint, fixed, t):
     assert min(t) <= info.value.t <= max(t)
     if fixed:
         assert info.value.t == 0.5
+
+
+def test_adjoint_settings_take_per_component_tolerances_and_refuse_bad_ones():
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    ctrl = hn.PIDController(rtol=1e-10, atol=1e-12)
+
+    def grad(sensitivity):
+        sol = hn.solve(field, y0, t, solver=hn.Tsit5(), controller=ctrl, sensitivity=sensitivity)
+        return torch.autograd.grad((sol.ys**2).sum(), [y0, field.a])
+
+    # a tensor tolerance, one entry per state component, as the forward PIDController takes
+    tol = torch.tensor([1e-10, 1e-11], dtype=F64)
+    for sensitivity in (hn.BacksolveAdjoint(rtol=tol, atol=tol), hn.InterpolatingAdjoint(rtol=tol, atol=tol)):
+        for got, want in zip(grad(sensitivity), grad(hn.DirectBackprop())):
+            torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-8)  # both solves to ~1e-10 tolerances
+    with pytest.raises(ValueError, match="rtol must be positive"):
+        hn.BacksolveAdjoint(rtol=torch.tensor([1e-6, 0.0]))
+    with pytest.raises(ValueError, match="atol must be positive"):
+        hn.BacksolveAdjoint(atol=float("nan"))
+    with pytest.raises(TypeError, match="rtol must be a positive float"):
+        hn.BacksolveAdjoint(rtol="1e-6")
+    with pytest.raises(ValueError, match="positive int"):
+        hn.InterpolatingAdjoint(checkpoints=True)  # as DirectBackprop(checkpoints=True)

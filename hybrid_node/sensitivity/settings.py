@@ -81,8 +81,8 @@ class DirectBackprop(AbstractSensitivity):
 
 @dataclasses.dataclass(frozen=True)
 class _AdjointSettings(AbstractSensitivity):
-    rtol: float | None = None  #: backward tolerance; None reuses the forward one
-    atol: float | None = None
+    rtol: float | torch.Tensor | None = None  #: backward tolerance (a tensor: per component); None: the forward one
+    atol: float | torch.Tensor | None = None
     method: str | None = None  #: backward solver; None reuses the forward one
     options: Mapping[str, Any] | None = None  #: backward solver options
     #: "seminorm" leaves the parameter-gradient channels out of the error norm; a callable is
@@ -93,7 +93,12 @@ class _AdjointSettings(AbstractSensitivity):
         if not callable(self.norm) and self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS} or a callable, got {self.norm!r}.")
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
-            if value is not None and not value > 0:
+            if value is None:
+                continue
+            # a tensor is a per-component tolerance (the backward solve repeats it for each channel)
+            if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+                raise TypeError(f"{name} must be a positive float or a tensor of them, got {type(value).__name__}.")
+            if not bool((torch.as_tensor(value) > 0).all()):
                 raise ValueError(f"{name} must be positive, got {value!r}.")
 
     def solve(
@@ -176,7 +181,9 @@ class InterpolatingAdjoint(_AdjointSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.checkpoints is not None and (not isinstance(self.checkpoints, int) or self.checkpoints < 1):
+        if self.checkpoints is not None and (
+            isinstance(self.checkpoints, bool) or not isinstance(self.checkpoints, int) or self.checkpoints < 1
+        ):
             raise ValueError(f"checkpoints must be a positive int or None, got {self.checkpoints!r}.")
 
 
