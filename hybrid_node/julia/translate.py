@@ -99,9 +99,25 @@ class MLPSpec:
             yield w, b
 
 
+def _runs_plain_forward(module: nn.Module, base: type[nn.Module]) -> bool:
+    """Whether ``module`` computes exactly what ``base.forward`` does.
+
+    A subclass that overrides ``forward``, or a forward (pre-)hook, changes the function while the
+    layer still looks like a ``base``; Julia would rebuild ``base`` and silently solve another ODE.
+
+    Args:
+        module: the layer.
+        base: the torch class whose formula Julia rebuilds.
+
+    Returns:
+        True when ``type(module).forward`` is ``base.forward`` and no forward hook is registered.
+    """
+    return type(module).forward is base.forward and not module._forward_hooks and not module._forward_pre_hooks
+
+
 def _activation_name(module: nn.Module) -> str | None:
     entry = _ACTIVATIONS.get(type(module))
-    if entry is None:
+    if entry is None or not _runs_plain_forward(module, type(module)):
         return None
     name, defaults = entry
     for attr, value in defaults.items():
@@ -126,9 +142,13 @@ def translate_mlp(func) -> tuple[MLPSpec | None, str]:
     net, time_input = spec_fn()
     if not isinstance(net, nn.Sequential):
         return None, "mlp_spec() did not return an nn.Sequential"
+    if not _runs_plain_forward(net, nn.Sequential):
+        return None, f"{type(net).__name__} overrides Sequential.forward or has a forward hook"
     n_in, n_out, has_bias, acts, params = [], [], [], [], []
     for module in net:
         if isinstance(module, nn.Linear):
+            if not _runs_plain_forward(module, nn.Linear):
+                return None, f"layer {module!r} overrides Linear.forward or has a forward hook"
             n_in.append(module.in_features)
             n_out.append(module.out_features)
             has_bias.append(module.bias is not None)
@@ -137,7 +157,7 @@ def translate_mlp(func) -> tuple[MLPSpec | None, str]:
             if module.bias is not None:
                 params.append(module.bias)
             continue
-        if isinstance(module, nn.Identity):
+        if isinstance(module, nn.Identity) and _runs_plain_forward(module, nn.Identity):
             continue
         name = _activation_name(module)
         if name is None:
