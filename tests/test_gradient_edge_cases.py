@@ -173,3 +173,37 @@ def test_adjoint_settings_take_per_component_tolerances_and_refuse_bad_ones():
         hn.BacksolveAdjoint(rtol="1e-6")
     with pytest.raises(ValueError, match="positive int"):
         hn.InterpolatingAdjoint(checkpoints=True)  # as DirectBackprop(checkpoints=True)
+
+
+@pytest.mark.parametrize("name", list(REPLAYING))
+def test_replaying_sensitivities_honour_throw_and_check_outputs(name):
+    sensitivity, solver = REPLAYING[name]
+    # a field that turns NaN after t = 0.5: the fixed grid has no step decision to notice
+    nan_later = lambda t, y: torch.where(t > 0.5, torch.full_like(y, torch.nan), -y)  # noqa: E731
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    y0 = torch.ones(2, dtype=F64)
+    fixed = hn.ConstantStepSize(step_size=0.1)
+    with pytest.raises(hn.SolverError, match="NaN or infinite"):  # it returned the NaN output
+        hn.solve(nan_later, y0, t, solver=solver, controller=fixed, sensitivity=sensitivity, adjoint_params=())
+    sol = hn.solve(
+        nan_later, y0, t, solver=solver, controller=fixed, sensitivity=sensitivity, adjoint_params=(), throw=False
+    )
+    assert sol.status is hn.Status.NONFINITE
+    # throw=False on a failed adaptive solve: the status and NaN where not reached, as direct backprop
+    # gives (it raised whatever throw said), and the reached outputs keep their gradients
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 50.0], dtype=F64)
+    ctrl = hn.PIDController(rtol=1e-8, atol=1e-10, max_num_steps=40)
+
+    def solve(sens):
+        return hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=sens, throw=False, step_t=t)
+
+    sol, direct = solve(sensitivity), solve(hn.DirectBackprop())
+    assert sol.status is direct.status is hn.Status.MAX_STEPS
+    assert bool(sol.ys[-1].isnan().all()) and bool(sol.ys[1].isfinite().all())
+    torch.testing.assert_close(sol.ys[1], direct.ys[1], rtol=0, atol=0)  # the same steps up to t = 1
+    got = torch.autograd.grad(sol.ys[1].sum(), [y0, field.a])
+    want = torch.autograd.grad(direct.ys[1].sum(), [y0, field.a])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)  # the discrete gradient, rounding only

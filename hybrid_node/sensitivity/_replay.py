@@ -38,8 +38,12 @@ class Recorded:
         outputs: the states at ``problem.ts`` (output 0 is y0).
         y: the final state; state: the solver's state there (e.g. the reversible method's z).
         steps: the accepted steps as ``(t0, dt)`` host floats, in order.
-        counts: for each output, the number of steps before it (output i is the state after them).
+        counts: for each output reached, the number of steps before it (output i is the state after them).
         stats: the forward counters.
+        status: SUCCESS, or why a solve recorded with ``throw=False`` stopped (the outputs it did not
+            reach are NaN and have no entry in ``counts``, so their cotangents are dropped, as direct
+            backpropagation drops those of its NaN padding).
+        t_reached: the solver time reached.
     """
 
     outputs: list[torch.Tensor]
@@ -48,6 +52,8 @@ class Recorded:
     steps: list[tuple[float, float]]
     counts: list[int]
     stats: Stats
+    status: Status = Status.SUCCESS
+    t_reached: float = math.nan
 
 
 def _fixed_ends(problem: Problem, ctrl: ConstantStepSize, y0: torch.Tensor) -> list[float]:
@@ -64,7 +70,7 @@ def _fixed_ends(problem: Problem, ctrl: ConstantStepSize, y0: torch.Tensor) -> l
     return sorted(set(out) | set(ends))
 
 
-def record_forward(problem: Problem, solver, term, y0: torch.Tensor) -> Recorded:
+def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool = True) -> Recorded:
     """Solve forwards without a graph, recording the accepted steps.
 
     Fixed steps (``ConstantStepSize``): the controller's grid plus the output times. Adaptive steps
@@ -76,13 +82,14 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor) -> Recorded
         solver: the solver (``problem.solver`` or a wrapper of it) with ``init``, ``step``, ``next_state``.
         term: the field the solver sees.
         y0: the flat initial state (detached).
+        throw: raise on a failed adaptive solve; else record its status and the outputs reached.
 
     Returns:
         The :class:`Recorded` solve.
 
     Raises:
         ValueError: adaptive steps with a solver that has no error estimate.
-        SolverError: the adaptive solve failed (max steps, step-size underflow).
+        SolverError: the adaptive solve failed (max steps, step-size underflow), with ``throw``.
     """
     ts = problem.ts
     ctrl = problem.controller
@@ -90,6 +97,7 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor) -> Recorded
     steps: list[tuple[float, float]] = []
     outputs = [y0]
     counts = [0]
+    status = Status.SUCCESS
     with torch.no_grad():
         t, y = ts[0], y0
         state = solver.init(term, t, y)
@@ -112,36 +120,43 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor) -> Recorded
             r1, r2 = ctrl.init()
             n_attempts = 0
             inner = sorted(s for s in problem.step_t if ts[0] < s < ts[-1])
-            for t_out in ts[1:]:
-                stops = [s for s in inner if t < s < t_out] + [t_out]
-                for stop in stops:
-                    while t < stop:
-                        if core.precheck(FLOAT, c, n_attempts, t, dt) != RUNNING:
-                            raise SolverError(Status.MAX_STEPS, -t if problem.reverse else t, "replayed solve")
-                        n_attempts += 1
-                        _, step_dt, t1 = core.landing(FLOAT, t, dt, stop, c.max_step)
-                        step = solver.step(term, t, y, state, step_dt)
-                        if step.error is None:  # a base method without an estimate was caught above
-                            raise ValueError(f"{solver!r} produced no error estimate for adaptive steps.")
-                        ratio = error_ratio(step.error, y, step.y1, problem.rtol, problem.atol, problem.norm)
-                        accepted = core.accepts(FLOAT, c, ratio, step_dt)
-                        if accepted:
-                            steps.append((t, step_dt))
-                            state = solver.next_state(term, t1, step)
-                            t, y = t1, step.y1
-                            stats.n_accepted += 1
-                        else:
-                            stats.n_rejected += 1
-                        dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
-                        nonfinite = not math.isfinite(ratio) and not accepted
-                        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, nonfinite)
-                        if code != RUNNING:
-                            raise SolverError(core.STATUS[code], -t if problem.reverse else t, f"dt={dt:.3g}")
-                outputs.append(y)
-                counts.append(len(steps))
+            try:
+                for t_out in ts[1:]:
+                    stops = [s for s in inner if t < s < t_out] + [t_out]
+                    for stop in stops:
+                        while t < stop:
+                            if core.precheck(FLOAT, c, n_attempts, t, dt) != RUNNING:
+                                raise SolverError(Status.MAX_STEPS, -t if problem.reverse else t, "replayed solve")
+                            n_attempts += 1
+                            _, step_dt, t1 = core.landing(FLOAT, t, dt, stop, c.max_step)
+                            step = solver.step(term, t, y, state, step_dt)
+                            if step.error is None:  # a base method without an estimate was caught above
+                                raise ValueError(f"{solver!r} produced no error estimate for adaptive steps.")
+                            ratio = error_ratio(step.error, y, step.y1, problem.rtol, problem.atol, problem.norm)
+                            accepted = core.accepts(FLOAT, c, ratio, step_dt)
+                            if accepted:
+                                steps.append((t, step_dt))
+                                state = solver.next_state(term, t1, step)
+                                t, y = t1, step.y1
+                                stats.n_accepted += 1
+                            else:
+                                stats.n_rejected += 1
+                            dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
+                            nonfinite = not math.isfinite(ratio) and not accepted
+                            dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, nonfinite)
+                            if code != RUNNING:
+                                raise SolverError(core.STATUS[code], -t if problem.reverse else t, f"dt={dt:.3g}")
+                    outputs.append(y)
+                    counts.append(len(steps))
+            except SolverError as err:
+                if throw:
+                    raise
+                status = err.status
     stats.n_accepted = len(steps)
     stats.nfe = term.nfe
-    return Recorded(outputs, y, state, steps, counts, stats)
+    # the outputs not reached are NaN, so they can never pass for results (as the other loops pad them)
+    outputs += [torch.full_like(y0, math.nan) for _ in range(len(ts) - len(outputs))]
+    return Recorded(outputs, y, state, steps, counts, stats, status, t)
 
 
 def check_replayable(problem: Problem, event_fn: Callable | None, who: str) -> None:

@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
-from .._errors import Status
 from .._problem import Problem
-from .._solution import Solution, Stats
+from .._solution import Solution
+from ..loop import to_solution
+from ..loop.host import Integration
 from ._backward import first_order_only, no_second_derivative
 from ._replay import backprop_step, check_replayable, differentiable_params, outputs_after, record_forward
 
@@ -147,10 +148,12 @@ class _CheckpointedSolve(torch.autograd.Function):
     """Forward: the solve without a graph, recording the steps. Backward: revolve over the steps."""
 
     @staticmethod
-    def forward(ctx, problem: Problem, snaps: int, stats_out: list, y0: torch.Tensor, *params: torch.Tensor):
+    def forward(
+        ctx, problem: Problem, snaps: int, throw: bool, recorded: list, y0: torch.Tensor, *params: torch.Tensor
+    ):
         term = problem.term()
-        rec = record_forward(problem, problem.solver, term, y0.detach())
-        stats_out.append(rec.stats)
+        rec = record_forward(problem, problem.solver, term, y0.detach(), throw)
+        recorded.append(Integration([], rec.stats, rec.status, rec.t_reached))
         ctx.problem, ctx.snaps, ctx.params, ctx.rec = problem, snaps, params, rec
         ctx.y0 = y0.detach()
         ys = torch.stack(rec.outputs)
@@ -196,7 +199,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         grads = first_order_only(
             no_second_derivative("DirectBackprop(checkpoints=k)"), [a, *grad_params], [grad_ys, problem.y0, *params]
         )
-        return (None, None, None, *grads)
+        return (None, None, None, None, *grads)
 
 
 def check_solver(solver) -> None:
@@ -224,6 +227,7 @@ def solve_checkpointed(
     checkpoints: int,
     adjoint_params: Sequence[torch.Tensor] | None,
     event_fn: Callable | None = None,
+    throw: bool = True,
 ) -> Solution:
     """Solve with ``DirectBackprop(checkpoints=k)``: the discrete gradient with at most k stored states.
 
@@ -233,6 +237,8 @@ def solve_checkpointed(
         adjoint_params: the tensors to differentiate (None: ``func.parameters()``); gradients reach
             y0 and these only, not tensors the field merely closes over.
         event_fn: must be None.
+        throw: raise SolverError on a failed solve or a non-finite output, else report the status
+            (the outputs not reached are NaN).
 
     Returns:
         The Solution, differentiable with respect to y0 and the parameters; steps end at every output
@@ -243,11 +249,12 @@ def solve_checkpointed(
         ValueError: events, gradients for t, jump times, a per-sample or other controller, or a
             solver that cannot restart exactly (implicit, multistep).
         TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
-        SolverError: the adaptive forward solve failed.
+        SolverError: the forward solve failed or an output is not finite, with ``throw``.
     """
     check_replayable(problem, event_fn, "DirectBackprop(checkpoints=k)")
     check_solver(problem.solver)
     params = differentiable_params(problem, adjoint_params)
-    stats: list[Stats] = []
-    ys = _CheckpointedSolve.apply(problem, checkpoints, stats, problem.y0, *params)
-    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=stats[0], status=Status.SUCCESS)
+    recorded: list[Integration] = []
+    ys = _CheckpointedSolve.apply(problem, checkpoints, throw, recorded, problem.y0, *params)
+    # the same checks as the other loops' results (a fixed grid's non-finite output, the status)
+    return to_solution(problem, recorded[0], throw, ys)

@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._errors import Status
 from .._problem import Problem
-from .._solution import Solution, Stats
+from .._solution import Solution
+from ..loop import to_solution
+from ..loop.host import Integration
 from ..solvers.reversible import Reversible, ReversibleState
 from ._backward import first_order_only, no_second_derivative
 from ._replay import backprop_step, check_replayable, differentiable_params, outputs_after, record_forward
@@ -33,10 +34,12 @@ class _ReversibleSolve(torch.autograd.Function):
     """Forward: the reversible solve (no graph). Backward: reconstruct and backprop step by step."""
 
     @staticmethod
-    def forward(ctx, problem: Problem, solver: Reversible, stats_out: list, y0: torch.Tensor, *params: torch.Tensor):
+    def forward(
+        ctx, problem: Problem, solver: Reversible, throw: bool, recorded: list, y0: torch.Tensor, *params: torch.Tensor
+    ):
         term = problem.term()
-        rec = record_forward(problem, solver, term, y0.detach())
-        stats_out.append(rec.stats)
+        rec = record_forward(problem, solver, term, y0.detach(), throw)
+        recorded.append(Integration([], rec.stats, rec.status, rec.t_reached))
         ctx.problem, ctx.solver, ctx.steps, ctx.params = problem, solver, rec.steps, params
         ctx.counts = rec.counts
         ctx.final = (rec.y, rec.state.z)
@@ -75,7 +78,7 @@ class _ReversibleSolve(torch.autograd.Function):
         grads = first_order_only(
             no_second_derivative("ReversibleAdjoint"), [a_y + a_z, *grad_params], [grad_ys, problem.y0, *params]
         )
-        return (None, None, None, *grads)
+        return (None, None, None, None, *grads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +111,8 @@ class ReversibleAdjoint(AbstractSensitivity):
         Raises:
             ValueError: the solver is not ``Reversible``, an event function was given or ``t`` requires grad.
             TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
-            SolverError: the adaptive solve failed (max steps, step-size underflow).
+            SolverError: the adaptive solve failed (max steps, step-size underflow) or an output is not
+                finite, with ``throw`` (else the status is reported and the outputs not reached are NaN).
         """
         if not isinstance(problem.solver, Reversible):
             raise ValueError(
@@ -117,6 +121,7 @@ class ReversibleAdjoint(AbstractSensitivity):
             )
         check_replayable(problem, event_fn, "ReversibleAdjoint")
         params = differentiable_params(problem, adjoint_params)
-        stats: list[Stats] = []
-        ys = _ReversibleSolve.apply(problem, problem.solver, stats, problem.y0, *params)
-        return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=stats[0], status=Status.SUCCESS)
+        recorded: list[Integration] = []
+        ys = _ReversibleSolve.apply(problem, problem.solver, throw, recorded, problem.y0, *params)
+        # the same checks as the other loops' results (a fixed grid's non-finite output, the status)
+        return to_solution(problem, recorded[0], throw, ys)

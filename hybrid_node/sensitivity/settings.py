@@ -72,7 +72,7 @@ class DirectBackprop(AbstractSensitivity):
             The Solution; see :meth:`AbstractSensitivity.solve`.
         """
         if self.checkpoints is not None:
-            return solve_checkpointed(problem, self.checkpoints, adjoint_params, event_fn)
+            return solve_checkpointed(problem, self.checkpoints, adjoint_params, event_fn, throw)
         if event_fn is not None or problem.t.requires_grad:  # gradients for the event time and for t
             return solve_direct(problem, event_fn=event_fn, throw=throw)
         integration = integrate(problem, problem.term(), problem.y0, problem.ts, event_fn=event_fn, throw=throw)
