@@ -207,3 +207,18 @@ def test_replaying_sensitivities_honour_throw_and_check_outputs(name):
     want = torch.autograd.grad(direct.ys[1].sum(), [y0, field.a])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)  # the discrete gradient, rounding only
+
+
+@pytest.mark.parametrize("name", list(REPLAYING))
+def test_replaying_sensitivities_take_t_that_requires_grad_without_a_graph(name):
+    sensitivity, solver = REPLAYING[name]
+    field = Tanh()
+    t = torch.linspace(0.0, 1.0, 3, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    ctrl = hn.ConstantStepSize(step_size=0.05)
+    with torch.no_grad():  # evaluation: nothing is differentiated, so nothing to refuse (it raised)
+        ys = hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=sensitivity).ys
+        expected = hn.solve(field, y0, t.detach(), solver=solver, controller=ctrl).ys
+    torch.testing.assert_close(ys, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="gradients for t"):
+        hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=sensitivity)

@@ -166,7 +166,8 @@ def check_replayable(problem: Problem, event_fn: Callable | None, who: str) -> N
         ValueError: an event function, gradients for ``t``, a controller other than
             ``ConstantStepSize`` / ``PIDController`` (or a per-sample one), or jump times.
     """
-    if event_fn is not None or problem.t.requires_grad:
+    # t that requires grad is fine where no graph is recorded (torch.no_grad(), as direct backprop takes it)
+    if event_fn is not None or (problem.t.requires_grad and torch.is_grad_enabled()):
         raise ValueError(f"{who} supports neither events nor gradients for t; use DirectBackprop().")
     ctrl = problem.controller
     if not isinstance(ctrl, (ConstantStepSize, PIDController)) or getattr(ctrl, "per_sample", False):
