@@ -113,3 +113,23 @@ def test_julia_setup_reports_a_failed_load_in_two_lines(monkeypatch, capsys):
     assert julia_setup.run(args) == 1
     out = capsys.readouterr().out
     assert "julia-setup failed while loading HybridNODE" in out and "doctor --start" in out
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"PYTHON_JULIAPKG_EXE": "/no/such/julia"},
+        {"PYTHON_JULIACALL_EXE": "/no/such/julia", "PYTHON_JULIACALL_PROJECT": "/tmp/env"},
+    ],
+)
+def test_probe_names_an_executable_variable_that_points_nowhere(variables, monkeypatch):
+    # The reason said "no Julia executable found (juliacall would download one; run julia-setup)",
+    # but with the variable set neither juliacall nor juliapkg downloads or looks elsewhere.
+    for var in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIACALL_BINDIR", "PYTHON_JULIACALL_PROJECT", "PYTHON_JULIAPKG_EXE"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in variables.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(julia_runtime.importlib.util, "find_spec", lambda name: object())
+    status = julia_runtime.probe()
+    var = next(iter(variables))
+    assert status.reason == f"{var}=/no/such/julia is not a Julia executable (correct the path, or unset {var})"

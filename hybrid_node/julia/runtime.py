@@ -116,13 +116,29 @@ def juliacall_variables_problem() -> str:
     )
 
 
+def executable_variable_problem() -> str:
+    """Why the Julia executable a variable names cannot be used ("" when it can, or none is set).
+
+    ``find_julia_executable`` stops at the first of ``PYTHON_JULIACALL_EXE``/``PYTHON_JULIAPKG_EXE``
+    that is set; neither juliacall nor juliapkg falls back to another Julia (or downloads one) when
+    it names no executable, so the fix is the variable, not ``julia-setup``.
+    """
+    for var in _EXE_VARIABLES:
+        value = os.environ.get(var)
+        if value:
+            if shutil.which(value) or os.path.isfile(value):
+                return ""
+            return f"{var}={value} is not a Julia executable (correct the path, or unset {var})"
+    return ""
+
+
 def probe() -> Availability:
     """Check whether the Julia backend can start, without starting or downloading anything."""
     if julia_started():
         return Availability(True, None, True, "")
     has_juliacall = importlib.util.find_spec("juliacall") is not None
     exe = find_julia_executable()
-    mismatch = juliacall_variables_problem()
+    mismatch = juliacall_variables_problem() or executable_variable_problem()
     if not has_juliacall:
         reason = "juliacall is not installed"
     elif mismatch:
