@@ -222,3 +222,16 @@ def test_replaying_sensitivities_take_t_that_requires_grad_without_a_graph(name)
     torch.testing.assert_close(ys, expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="gradients for t"):
         hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=sensitivity)
+
+
+@pytest.mark.parametrize("adjoint", [hn.BacksolveAdjoint(), hn.InterpolatingAdjoint()], ids=["backsolve", "interp"])
+def test_adjoint_of_a_single_output_time_is_the_identity(adjoint):
+    # t = [t0]: the solution is y0 itself, so dL/dy0 = dL/dys[0], nothing for t0 or the parameters
+    # (torchdiffeq's odeint_adjoint gives the same); the cotangent was added twice and t0 got -<a, f>
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.3], dtype=F64, requires_grad=True)
+    sol = hn.solve(field, y0, t, sensitivity=adjoint)
+    g_y0, g_a, g_t = torch.autograd.grad((sol.ys**2).sum(), [y0, field.a, t])
+    torch.testing.assert_close(g_y0, 2 * y0.detach(), rtol=0, atol=0)
+    assert not g_a.any() and not g_t.any()

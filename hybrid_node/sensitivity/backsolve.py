@@ -118,7 +118,10 @@ class Backsolve:
         n = ys[0].numel()
         shape = ys[0].shape
         q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
-        x = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1), q0])
+        last = len(ts) - 1
+        # a lone output is y0 itself: its cotangent is added once, at the end, not also as the adjoint
+        a_end = grad_ys[-1] if last > 0 else torch.zeros_like(grad_ys[-1])
+        x = torch.cat([ys[-1].reshape(-1), a_end.reshape(-1), q0])
 
         def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
             s = -r
@@ -130,8 +133,6 @@ class Backsolve:
             out = torch.cat([p if p.dtype == dtype else p.to(dtype) for p in parts])
             out[:n].neg_()  # dz/dr = -g, negated in place rather than as one more tensor
             return out
-
-        last = len(ts) - 1
 
         def at_output(j: int, xx: torch.Tensor) -> torch.Tensor:
             i = last - j  # backward output j is forward output i

@@ -242,7 +242,10 @@ class Interpolating:
         fterm, rterm = problem.term(callbacks=False), problem.term(callbacks=False)
         dtype, n, shape = ys.dtype, ys[0].numel(), ys[0].shape
         q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
-        x = torch.cat([grad_ys[-1].reshape(-1), q0])
+        last = len(ts) - 1
+        # a lone output is y0 itself: its cotangent is added once, at the end, not also as the adjoint
+        a_end = grad_ys[-1] if last > 0 else torch.zeros_like(grad_ys[-1])
+        x = torch.cat([a_end.reshape(-1), q0])
         current: list[_Segment | None] = [None]
 
         def z_at(s: float) -> torch.Tensor:
@@ -262,8 +265,6 @@ class Interpolating:
                 g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
                 grads = vjp(g, (z,) + params, xx[:n].reshape(shape))
             return torch.cat([gr.reshape(-1).to(dtype) for gr in grads])
-
-        last = len(ts) - 1
 
         def at_output(j: int, xx: torch.Tensor) -> torch.Tensor:
             i = last - j
