@@ -310,6 +310,19 @@ def test_impossible_sensitivities_raise_backend_error(setting, match):
         jb.resolve_sensitivity(setting, "Rodas5P", 1e-6, 1e-8)
 
 
+def test_per_component_adjoint_tolerances_are_checked_on_julia_too():
+    # The adjoint settings take tensors (one tolerance per component) since the torch backend uses
+    # them; comparing one with the forward tolerance raised "Boolean value of Tensor with more than
+    # one value is ambiguous". Julia's adjoint runs with the scalar forward tolerances: equal
+    # components are those, different ones are refused like a different scalar.
+    same = GaussAdjoint(rtol=torch.tensor([1e-6, 1e-6]), atol=torch.full((2,), 1e-8))
+    assert jb.resolve_sensitivity(same, "Tsit5", 1e-6, 1e-8) == ("GaussAdjoint", False, 1e-6, 1e-8)
+    with pytest.raises(BackendError, match="forward tolerances"):
+        jb.resolve_sensitivity(GaussAdjoint(rtol=torch.tensor([1e-6, 1e-5])), "Tsit5", 1e-6, 1e-8)
+    with pytest.raises(BackendError, match="forward tolerances"):
+        jb.resolve_sensitivity(QuadratureAdjoint(atol=torch.tensor(1e-9)), "Tsit5", 1e-6, 1e-8)
+
+
 def test_options_map_to_dt_and_maxiters():
     ts = np.array([0.0, 0.5, 1.5])
     assert jb.resolve_options({}, "Tsit5", ts) == (None, None, False)

@@ -203,7 +203,7 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
     # and quadrature_adjoint.jl uses those for the adjoint solve and quadgk, overriding the
     # QuadratureAdjoint(abstol, reltol) fields. Different values would be accepted and ignored.
     for field, value, forward in (("rtol", sensitivity.rtol, rtol), ("atol", sensitivity.atol, atol)):
-        if value is not None and value != forward:
+        if value is not None and not _same_tolerance(value, forward):
             raise BackendError(
                 f"The Julia backend solves the {name} backward pass with the forward tolerances "
                 f"(SciMLSensitivity passes the solve's tolerances on to the adjoint"
@@ -227,6 +227,23 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
             stacklevel=3,
         )
     return name, checkpointing, float(quad_rtol), float(quad_atol)
+
+
+def _same_tolerance(value, forward: float) -> bool:
+    """Whether an adjoint tolerance (a number, or a per-component tensor) is the forward one.
+
+    Args:
+        value: the sensitivity setting's ``rtol``/``atol``.
+        forward: the forward tolerance.
+
+    Returns:
+        True when ``value`` (every component of a tensor, at the tensor's precision: a float32
+        ``1e-6`` is the forward ``1e-6``) equals ``forward``.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return bool((value == torch.tensor(forward, dtype=value.dtype)).all())
+    return bool(value == forward)
 
 
 def resolve_options(
