@@ -286,9 +286,37 @@ def _solve_external(
     return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
 
 
+#: the controller settings that reach the Julia backend (as rtol/atol and its options)
+_JULIA_SETTINGS: dict[type, tuple[str, ...]] = {
+    PIDController: ("rtol", "atol", "first_step", "max_num_steps"),
+    ConstantStepSize: ("step_size", "max_num_steps"),
+}
+
+
+def _refuse_unsent_settings(controller: AbstractController) -> None:
+    """Raise unless every setting of ``controller`` that the Julia backend does not take is at its default.
+
+    Raises:
+        BackendError: names the settings that would have been dropped (a ``max_step`` or a ``safety``
+            the solve silently ran without) and the ones the Julia backend takes.
+    """
+    kind = type(controller).__name__
+    sent = next((names for cls, names in _JULIA_SETTINGS.items() if isinstance(controller, cls)), None)
+    if sent is None:
+        raise BackendError(f"the Julia backend takes a PIDController or a ConstantStepSize, got {kind}.")
+    fields = dataclasses.fields(cast(Any, controller))
+    dropped = [f.name for f in fields if f.name not in sent and getattr(controller, f.name) != f.default]
+    if dropped:
+        raise BackendError(
+            f"{kind} settings {dropped} are not available on the Julia backend, which takes only "
+            f"{list(sent)} of a {kind}; leave them at their defaults or use backend='torch'."
+        )
+
+
 def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events) -> Solution:
     """Hand a solve to the Julia backend, translating the settings objects to its keyword form
     (events, forward only: :mod:`hybrid_node.julia.events`)."""
+    _refuse_unsent_settings(controller)
     options: dict[str, Any] = {}
     if isinstance(controller, PIDController):
         rtol, atol = controller.rtol, controller.atol

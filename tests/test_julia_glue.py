@@ -802,3 +802,42 @@ def test_the_docs_say_that_rk4_is_another_method_on_each_backend():
     text = (Path(__file__).resolve().parents[1] / "docs" / "julia.md").read_text()
     caveat = re.search(r"`rk4` is not the same method on both backends:(.*?)\. `trbdf2`", text, re.S)
     assert caveat and "3/8" in caveat.group(1) and "classic" in caveat.group(1) and "rk4_classic" in caveat.group(1)
+
+
+@pytest.mark.parametrize(
+    "controller, dropped",
+    [
+        (hn.PIDController(max_step=0.01, safety=0.5), "['safety', 'max_step']"),
+        (hn.PIDController(pcoeff=0.2, icoeff=0.8), "['pcoeff', 'icoeff']"),
+        (hn.PIDController(norm=lambda x: x.abs().max()), "['norm']"),
+        (hn.PIDController(per_sample=True), "['per_sample']"),
+        (hn.ConstantStepSize(step_size=0.1, interp="cubic"), "['interp']"),
+        (hn.ConstantStepSize(grid_constructor=lambda f, y0, t: t), "['grid_constructor']"),
+    ],
+)
+def test_controller_settings_the_julia_backend_cannot_take_are_refused(controller, dropped):
+    # They were dropped without a word: a max_step=0.01 and safety=0.5 solve ran with neither
+    solver = hn.Dopri5() if controller.adaptive else hn.RK4()
+    with pytest.raises(BackendError, match=re.escape(dropped)):
+        hn.solve(
+            lambda t, y: -y,
+            torch.ones(2),
+            torch.linspace(0, 1, 3),
+            solver=solver,
+            controller=controller,
+            backend="julia",
+        )
+
+
+def test_controller_settings_the_julia_backend_takes_reach_it(monkeypatch):
+    from hybrid_node import _api
+
+    calls = []
+    monkeypatch.setattr(_api.julia_backend, "solve", lambda *args, **kw: calls.append(kw))
+    controller = hn.PIDController(rtol=1e-4, atol=1e-6, first_step=0.01, max_num_steps=50)
+    hn.solve(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3), controller=controller, backend="julia")
+    assert (calls[0]["rtol"], calls[0]["atol"], calls[0]["options"]) == (
+        1e-4,
+        1e-6,
+        {"first_step": 0.01, "max_num_steps": 50},
+    )
