@@ -13,13 +13,14 @@ from ._backend import resolve_backend
 from ._errors import BackendError, Status
 from ._event import Event
 from ._problem import Problem, make_problem
-from ._registry import build_solver, check_options, method_list
+from ._registry import METHOD_SPECS, build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from ._tracing import traced
 from ._transforms import inside_transform
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .julia import events as julia_events
+from .julia.backend import FIXED_UNLESS_ADAPTIVE
 from .loop import callbacks_called, integrate, warn_unsupported_callbacks
 from .loop.traced_fixed import odeint_graph_fixed, traceable_fixed
 from .loop.whole import odeint_graph
@@ -293,8 +294,9 @@ _JULIA_SETTINGS: dict[type, tuple[str, ...]] = {
 }
 
 
-def _refuse_unsent_settings(controller: AbstractController) -> None:
-    """Raise unless every setting of ``controller`` that the Julia backend does not take is at its default.
+def _refuse_unsent_settings(controller: AbstractController, solver: AbstractSolver | ExternalSolver) -> None:
+    """Raise unless every setting of ``controller`` and ``solver`` that the Julia backend does not take
+    is at its default (the Julia backend receives the method's name, tolerances and step options only).
 
     Raises:
         BackendError: names the settings that would have been dropped (a ``max_step`` or a ``safety``
@@ -311,13 +313,31 @@ def _refuse_unsent_settings(controller: AbstractController) -> None:
             f"{kind} settings {dropped} are not available on the Julia backend, which takes only "
             f"{list(sent)} of a {kind}; leave them at their defaults or use backend='torch'."
         )
+    spec = METHOD_SPECS.get(solver.name)
+    if spec is None or spec.solver is None or not dataclasses.is_dataclass(solver):
+        return  # not a registered torch solver: the Julia backend names what it has
+    default = spec.solver()
+    taken = ("name", "adaptive")  # the method by name; ``adaptive`` (trbdf2) as options["adaptive"]
+    changed = [
+        f.name
+        for f in dataclasses.fields(solver)
+        if f.name not in taken and getattr(solver, f.name) != getattr(default, f.name, f.default)
+    ]
+    if changed:
+        raise BackendError(
+            f"{type(solver).__name__} settings {changed} are not available on the Julia backend, which "
+            f"takes the method {solver.name!r} by name with its Julia defaults; leave them at their defaults "
+            "or use backend='torch'."
+        )
 
 
 def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events) -> Solution:
     """Hand a solve to the Julia backend, translating the settings objects to its keyword form
     (events, forward only: :mod:`hybrid_node.julia.events`)."""
-    _refuse_unsent_settings(controller)
+    _refuse_unsent_settings(controller, solver)
     options: dict[str, Any] = {}
+    if isinstance(controller, PIDController) and julia_backend.METHODS.get(solver.name) in FIXED_UNLESS_ADAPTIVE:
+        options["adaptive"] = True  # TRBDF2 takes fixed steps on the Julia backend unless asked (odeint's meaning)
     if isinstance(controller, PIDController):
         rtol, atol = controller.rtol, controller.atol
         if controller.max_num_steps != PIDController.max_num_steps:

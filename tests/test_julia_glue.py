@@ -841,3 +841,34 @@ def test_controller_settings_the_julia_backend_takes_reach_it(monkeypatch):
         1e-6,
         {"first_step": 0.01, "max_num_steps": 50},
     )
+
+
+@pytest.mark.parametrize(
+    "solver, changed",
+    [
+        (hn.METHODS["kencarp4"].solver(max_newton_iters=3), "['max_newton_iters']"),
+        (hn.METHODS["rodas5p"].solver(jacobian="fd"), "['jacobian']"),
+        (hn.Dopri5(compile=True), "['compile']"),
+    ],
+)
+def test_solver_settings_the_julia_backend_cannot_take_are_refused(solver, changed):
+    # the Julia backend receives the method's name only: these solved with Julia's defaults
+    with pytest.raises(BackendError, match=re.escape(changed)):
+        hn.solve(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3), solver=solver, backend="julia")
+
+
+def test_an_adaptive_trbdf2_solve_asks_julia_for_adaptive_steps(monkeypatch):
+    # TRBDF2 takes fixed steps on the Julia backend unless options["adaptive"]: hn.solve with a
+    # PIDController sent no such option, so Julia stepped from output time to output time
+    from hybrid_node import _api
+
+    calls = []
+    monkeypatch.setattr(_api.julia_backend, "solve", lambda *args, **kw: calls.append(kw))
+    trbdf2 = hn.METHODS["trbdf2"].solver
+    t = torch.linspace(0, 1, 3)
+    hn.solve(
+        lambda t, y: -y, torch.ones(2), t, solver=trbdf2(adaptive=True), controller=hn.PIDController(), backend="julia"
+    )
+    hn.solve(lambda t, y: -y, torch.ones(2), t, solver=trbdf2(), controller=hn.ConstantStepSize(0.1), backend="julia")
+    assert [c["options"] for c in calls] == [{"adaptive": True}, {"step_size": 0.1}]
+    assert jb.resolve_options(calls[0]["options"], "TRBDF2", t.numpy())[2] is False  # adaptive there
