@@ -271,3 +271,24 @@ def test_saved_tensors_do_not_grow_with_the_steps(sensitivity, solver):
     assert saved(0.1, sensitivity) == saved(0.004, sensitivity)
     few, many = saved(0.1, hn.DirectBackprop()), saved(0.004, hn.DirectBackprop())
     assert many[0] > 10 * few[0]  # 25 times the steps; the count can tell: direct backprop's grows with the steps
+
+
+@pytest.mark.parametrize("sensitivity", [hn.BacksolveAdjoint(), hn.InterpolatingAdjoint(checkpoints=2)])
+def test_second_derivative_through_an_event_solve_with_an_adjoint_raises(sensitivity):
+    # The event solve's stretches (sensitivity/event_adjoint.py) gave the y0 Hessian of this loss
+    # as 4 I, the lone (y0**2) term's and the solve's first-order part, against direct backprop's
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 2.0, 5, dtype=F64)
+    event = hn.Event(lambda t, y: torch.stack([t - 0.7]), on_event=lambda t, y: 0.5 * y)
+
+    def gradient(sens):
+        sol = hn.solve(field, y0, t, event=event, controller=hn.PIDController(rtol=1e-9, atol=1e-11), sensitivity=sens)
+        (g,) = torch.autograd.grad((sol.ys**2).sum() + (y0**2).sum(), y0, create_graph=True)
+        return g
+
+    (direct_row_sums,) = torch.autograd.grad(gradient(hn.DirectBackprop()).sum(), y0)
+    assert (direct_row_sums - 4.0).abs().min() > 0.5  # a silent wrong answer would not pass for it
+    recorded = gradient(sensitivity)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(recorded.sum(), y0)

@@ -31,11 +31,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._problem import Problem
 from .._solution import Stats
-from ._backward import backward_plan, resolve_params
+from ._backward import backward_plan, first_order_only, no_second_derivative, resolve_params
 
 
 class _GivenSolution(torch.autograd.Function):
@@ -48,16 +47,20 @@ class _GivenSolution(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, ys: torch.Tensor, y_start: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.run = run
-        ctx.save_for_backward(ys)
+        ctx.save_for_backward(ys, y_start, *params)
         return ys[1:].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        (ys,) = ctx.saved_tensors
+        ys, y_start, *params = ctx.saved_tensors
         grad_ys = torch.cat([torch.zeros_like(ys[:1]), grad_out])
-        _, grad_y0, grad_params = ctx.run.backward(ys, grad_ys, need_t=False)
-        return (None, None, grad_y0, *grad_params)
+        with torch.no_grad():
+            _, grad_y0, grad_params = ctx.run.backward(ys, grad_ys, need_t=False)
+        # under create_graph=True these would look constant to autograd: a second derivative raises
+        grads = first_order_only(
+            no_second_derivative(ctx.run.method_name), [grad_y0, *grad_params], [grad_out, y_start, *params]
+        )
+        return (None, None, *grads)
 
 
 class SegmentAdjoint:
