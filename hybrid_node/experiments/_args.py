@@ -1,10 +1,24 @@
-"""Argument types shared by the subcommands: a bad value stops argparse with one line, not a traceback."""
+"""Argument types shared by the subcommands: a bad value stops argparse with one line, not a traceback.
+
+Values that are wrong on their own (a negative size, a NaN learning rate) are refused by the types
+below while the command line is parsed. Settings that are only wrong together (a time window longer
+than the data) are checked where the settings are built, inside :func:`checked_settings`, which turns
+the ``ValueError`` into a :class:`SettingsError`: ``hybrid-node`` prints its message and exits with 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+from collections.abc import Iterator
 
+from .._errors import HybridNodeError
 from .._registry import METHOD_SPECS
+
+
+class SettingsError(HybridNodeError, ValueError):
+    """A command's settings do not fit together; the message names the option to change."""
 
 
 def method_name(value: str) -> str:
@@ -12,3 +26,59 @@ def method_name(value: str) -> str:
     if value not in METHOD_SPECS:
         raise argparse.ArgumentTypeError(f"unknown method {value!r}; choose one of: {', '.join(METHOD_SPECS)}")
     return value
+
+
+def _integer(value: str, low: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """A whole number >= 1 (a size, a count of iterations)."""
+    return _integer(value, 1)
+
+
+def nonnegative_int(value: str) -> int:
+    """A whole number >= 0."""
+    return _integer(value, 0)
+
+
+def _real(value: str, strict: bool) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    # NaN fails both comparisons, so it is refused here too.
+    if not math.isfinite(number) or not (number > 0 if strict else number >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """A finite number > 0 (a learning rate, a tolerance, a step size)."""
+    return _real(value, strict=True)
+
+
+def nonnegative_float(value: str) -> float:
+    """A finite number >= 0 (a noise level, a regularisation weight)."""
+    return _real(value, strict=False)
+
+
+@contextlib.contextmanager
+def checked_settings() -> Iterator[None]:
+    """Report a ``ValueError`` raised while a command's settings are built as a :class:`SettingsError`.
+
+    Raises:
+        SettingsError: the settings were refused; its message is the refusal's.
+    """
+    try:
+        yield
+    except HybridNodeError:
+        raise
+    except ValueError as e:
+        raise SettingsError(str(e)) from e

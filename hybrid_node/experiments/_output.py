@@ -7,15 +7,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..training.atomic import atomic_write_json, atomic_write_text
+from ._args import SettingsError
 
 
 def run_folder(out: str | None, name: str) -> Path:
-    """Create and return the run folder: ``out`` if given, else ``runs/<name>-<timestamp>``."""
+    """Create and return the run folder: ``out`` if given, else ``runs/<name>-<timestamp>``.
+
+    Raises:
+        SettingsError: the folder cannot be created (a file of that name, no permission), checked
+            before any training starts; the message names the folder.
+    """
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = f"runs/{name}-{stamp}"
     path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SettingsError(
+            f"Cannot create the run folder {str(path)!r} ({e.strerror or e}). Pass --out a folder you can write to."
+        ) from e
     return path
 
 

@@ -28,6 +28,7 @@ from ..nn.augmented import AugmentedNeuralODE
 from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
 from ..training.atomic import atomic_savefig
+from ._args import SettingsError, positive_float, positive_int
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -121,10 +122,12 @@ def train_flow(
         iteration, and the final full-data ``loss``, ``accuracy`` (sign agreement) and ``nfe``.
 
     Raises:
-        ValueError: for an unknown task.
+        ValueError: for an unknown task, or ``iters``, ``hidden`` or ``batch`` below 1.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    if min(iters, hidden, batch) < 1:
+        raise ValueError(f"iters, hidden and batch must be >= 1, got {iters}, {hidden} and {batch}.")
     torch.manual_seed(seed)
     if task == "g1d":
         x, y = g1d_data()
@@ -200,10 +203,10 @@ def _plot_curves(folder, all_results):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute on a CPU)")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of g1d,spheres")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations per model")
-    parser.add_argument("--augment-dim", type=int, default=5)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--iters", type=positive_int, default=None, help="training iterations per model")
+    parser.add_argument("--augment-dim", type=positive_int, default=5)
+    parser.add_argument("--hidden", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/anode-<timestamp>)")
 
@@ -211,9 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks or any(t not in TASKS for t in tasks):
-        raise ValueError(f"--tasks must be a comma-separated subset of {TASKS}, got {args.tasks!r}.")
-    if args.augment_dim < 1:
-        raise ValueError(f"--augment-dim must be >= 1, got {args.augment_dim}.")
+        raise SettingsError(f"--tasks must be a comma-separated subset of {TASKS}, got {args.tasks!r}.")
     iters = args.iters if args.iters is not None else (300 if args.quick else 1500)
     folder = run_folder(args.out, "anode")
     rows: list[dict[str, Any]] = []

@@ -34,7 +34,7 @@ from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNOD
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
 from ..training.atomic import atomic_savefig
-from ._args import method_name
+from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -81,6 +81,8 @@ class CNFExperimentConfig:
         for name in ("width", "blocks", "iters", "batch_size", "n_test", "grid"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {tuple(self.hidden)}.")
 
 
 def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization | None = None) -> CNF:
@@ -331,27 +333,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=d.data, choices=TOY2D_NAMES, help="toy density")
     parser.add_argument("--model", default=d.model, choices=("mlp", "planar"), help="CNF vector field")
     parser.add_argument("--hidden", default=None, help="MLP widths (default 64,64,64; --quick 32,32)")
-    parser.add_argument("--width", type=int, default=None, help=f"hidden units M of the planar CNF (default {d.width})")
-    parser.add_argument("--blocks", type=int, default=d.blocks, help="stacked CNF blocks")
-    parser.add_argument("--iters", type=int, default=None, help=f"training iterations (default {d.iters})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr})")
+    parser.add_argument(
+        "--width", type=positive_int, default=None, help=f"hidden units M of the planar CNF (default {d.width})"
+    )
+    parser.add_argument("--blocks", type=positive_int, default=d.blocks, help="stacked CNF blocks")
+    parser.add_argument("--iters", type=positive_int, default=None, help=f"training iterations (default {d.iters})")
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    parser.add_argument("--lr", type=positive_float, default=None, help=f"Adam learning rate (default {d.lr})")
     parser.add_argument("--trace", default=d.trace, choices=("exact", "hutchinson"), help="training trace")
     parser.add_argument("--noise", default=d.noise, choices=("rademacher", "gaussian"), help="Hutchinson noise")
     parser.add_argument("--method", type=method_name, default=d.method, help="ODE method")
-    parser.add_argument("--tol", type=float, default=None, help="rtol = atol (default 1e-5)")
+    parser.add_argument("--tol", type=positive_float, default=None, help="rtol = atol (default 1e-5)")
     parser.add_argument("--adjoint", action="store_true", help="adjoint gradients (O(1) memory)")
     parser.add_argument("--compare-nf", action="store_true", help="also train a planar NF with K layers")
-    parser.add_argument("--nf-layers", type=int, default=None, help="K of the planar NF (default: --width)")
+    parser.add_argument("--nf-layers", type=positive_int, default=None, help="K of the planar NF (default: --width)")
     parser.add_argument("--regularize", action="store_true", help="also train with RNODE regularisers")
-    parser.add_argument("--kinetic-weight", type=float, default=d.kinetic_weight)
-    parser.add_argument("--jacobian-weight", type=float, default=d.jacobian_weight)
-    parser.add_argument("--n-test", type=int, default=None, help=f"test points (default {d.n_test})")
-    parser.add_argument("--grid", type=int, default=None, help=f"density grid per side (default {d.grid})")
+    parser.add_argument("--kinetic-weight", type=nonnegative_float, default=d.kinetic_weight)
+    parser.add_argument("--jacobian-weight", type=nonnegative_float, default=d.jacobian_weight)
+    parser.add_argument("--n-test", type=positive_int, default=None, help=f"test points (default {d.n_test})")
+    parser.add_argument("--grid", type=positive_int, default=None, help=f"density grid per side (default {d.grid})")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quick", action="store_true", help="small models and budget (minutes on a CPU)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1: small 2-D batches gain nothing from more)"
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: small 2-D batches gain nothing from more)",
     )
     parser.add_argument("--out", default=None, help="run folder (default runs/cnf-<timestamp>)")
 
@@ -398,10 +405,9 @@ def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}.")
     torch.set_num_threads(args.threads)
-    cfg = config_from_args(args)
+    with checked_settings():
+        cfg = config_from_args(args)
     folder = run_folder(args.out, f"cnf-{cfg.data}")
     rows = run_experiment(cfg, folder)
     meta = {

@@ -32,7 +32,7 @@ from torch import nn
 from .._api import odeint
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
-from ._args import method_name
+from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -87,7 +87,12 @@ def make_data(system: System, n_traj: int, noise: float, seed: int) -> dict[str,
     Returns:
         dict with ``x_train``, ``dx_train``, ``x_test``, ``dx_test`` (points (N, 2) as (q, p) and their
         true time derivatives) and ``y0_test`` (the test trajectories' clean initial states, (n, 2)).
+
+    Raises:
+        ValueError: ``n_traj`` < 2, which leaves no training trajectory (a NaN loss, not an error, else).
     """
+    if n_traj < 2:
+        raise ValueError(f"need at least 2 trajectories (half train, half test), got {n_traj}.")
     gen = torch.Generator().manual_seed(seed)
     angle = 2 * math.pi * torch.rand(n_traj, generator=gen, dtype=torch.float64)
     lo, hi = system.radius
@@ -216,20 +221,24 @@ def plot_task(folder: Path, task: str, res: dict[str, Any]) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--iters", type=int, default=2000, help="full-batch Adam steps per model (paper: 2000)")
-    parser.add_argument("--hidden", type=int, default=200, help="hidden width of both MLPs (paper: 200)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--trajectories", type=int, default=50, help="trajectories per task, half for testing")
-    parser.add_argument("--noise", type=float, default=0.1, help="observation noise std (paper: 0.1)")
-    parser.add_argument("--rollout-factor", type=float, default=10.0, help="rollout length / training window")
+    parser.add_argument(
+        "--iters", type=positive_int, default=2000, help="full-batch Adam steps per model (paper: 2000)"
+    )
+    parser.add_argument("--hidden", type=positive_int, default=200, help="hidden width of both MLPs (paper: 200)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    parser.add_argument("--trajectories", type=positive_int, default=50, help="trajectories per task, half for testing")
+    parser.add_argument("--noise", type=nonnegative_float, default=0.1, help="observation noise std (paper: 0.1)")
+    parser.add_argument("--rollout-factor", type=positive_float, default=10.0, help="rollout length / training window")
     parser.add_argument("--method", type=method_name, default="rk4", help="rollout method (paper: RK4)")
-    parser.add_argument("--step-size", type=float, default=0.02, help="rollout step size")
+    parser.add_argument("--step-size", type=positive_float, default=0.02, help="rollout step size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/hnn-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trajectories < 2:
+        raise SettingsError(f"--trajectories must be >= 2 (half train, half test), got {args.trajectories}.")
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
     folder = run_folder(args.out, "hnn")
     rows = []

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from pathlib import Path
 
 import torch
 
-from .._errors import HybridNodeError
 from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
+from ._args import checked_settings, positive_float, positive_int
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -56,8 +57,9 @@ class LatentSDESettings:
         for name in ("iters", "n_paths", "n_obs", "batch_size", "latent_dim", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.n_obs < 2 or self.t_max <= 0 or self.lr <= 0 or self.dt <= 0 or self.obs_noise <= 0:
-            raise ValueError("need n_obs >= 2 and positive t_max, lr, dt and obs_noise.")
+        finite = all(math.isfinite(v) for v in (self.t_max, self.lr, self.dt, self.obs_noise))
+        if self.n_obs < 2 or not finite or min(self.t_max, self.lr, self.dt, self.obs_noise) <= 0:
+            raise ValueError("need n_obs >= 2 and positive finite t_max, lr, dt and obs_noise.")
 
 
 class _OU:
@@ -186,11 +188,11 @@ def plot_results(folder: Path, r: dict) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = LatentSDESettings()
-    parser.add_argument("--iters", type=int, default=d.iters, help=f"training iterations (default {d.iters})")
+    parser.add_argument("--iters", type=positive_int, default=d.iters, help=f"training iterations (default {d.iters})")
     parser.add_argument("--quick", action="store_true", help="a small budget (100 iterations)")
-    parser.add_argument("--n-paths", type=int, default=d.n_paths)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--dt", type=float, default=d.dt, help="SDE solver step")
+    parser.add_argument("--n-paths", type=positive_int, default=d.n_paths)
+    parser.add_argument("--lr", type=positive_float, default=d.lr)
+    parser.add_argument("--dt", type=positive_float, default=d.dt, help="SDE solver step")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--out", default=None, help="run folder (default runs/sde-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -199,10 +201,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small tensors: one thread is fastest
     iters = 100 if args.quick and args.iters == LatentSDESettings.iters else args.iters
-    try:
+    with checked_settings():
         s = LatentSDESettings(iters=iters, n_paths=args.n_paths, lr=args.lr, dt=args.dt, seed=args.seed)
-    except ValueError as e:
-        raise HybridNodeError(str(e)) from e
     folder = run_folder(args.out, "sde")
     r = train(s, progress=not args.no_progress)
     m = r["metrics"]

@@ -40,6 +40,7 @@ from ..nn.layers import ConvDynamics
 from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig
+from ._args import checked_settings, positive_float, positive_int
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -82,8 +83,12 @@ class MNISTConfig:
         for name in ("channels", "epochs", "batch_size", "rk_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.iters is not None and self.iters < 1:
-            raise ValueError(f"iters must be >= 1, got {self.iters}.")
+        for name in ("iters", "train_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("lr", "tol"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}.")
         if self.channels % min(32, self.channels):
             raise ValueError(f"channels ({self.channels}) must be a multiple of 32 or at most 32 (GroupNorm).")
 
@@ -402,14 +407,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of resnet,rknet,odenet")
     parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (else the offline copy)")
     parser.add_argument("--out", default=None, help="run folder (default runs/mnist-<timestamp>)")
-    parser.add_argument("--channels", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None, help="stop each model after this many iterations")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--train-subset", type=int, default=None)
-    parser.add_argument("--test-subset", type=int, default=None)
-    parser.add_argument("--tol", type=float, default=None, help="ODE-Net rtol = atol (paper: 1e-3)")
+    parser.add_argument("--channels", type=positive_int, default=None)
+    parser.add_argument("--epochs", type=positive_int, default=None)
+    parser.add_argument("--iters", type=positive_int, default=None, help="stop each model after this many iterations")
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None)
+    parser.add_argument("--train-subset", type=positive_int, default=None)
+    parser.add_argument("--test-subset", type=positive_int, default=None)
+    parser.add_argument("--tol", type=positive_float, default=None, help="ODE-Net rtol = atol (paper: 1e-3)")
     parser.add_argument(
         "--adjoint",
         action=argparse.BooleanOptionalAction,
@@ -421,7 +426,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch CPU threads (default: 1 with --quick, otherwise torch's choice)",
     )
@@ -448,7 +453,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else (1 if args.quick else None)
     if threads is not None:
         torch.set_num_threads(threads)
-    cfg = config_from_args(args)
+    with checked_settings():
+        cfg = config_from_args(args)
     folder = run_folder(args.out, "mnist")
     start = time.perf_counter()
     res = run_table1(cfg, args.data_root)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ from ..data.mnist import load_mnist, to_float
 from ..nn.ode_block import SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint
 from ..training.atomic import atomic_savefig
+from ._args import SettingsError, checked_settings, positive_int
 from ._output import pyplot, run_folder, write_results
 from .mnist import MNISTConfig, build_model, ode_block, train_model
 
@@ -126,17 +128,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="16 channels, 300 iterations of batch 64 on 19.2k images")
     parser.add_argument("--data-root", default=None, help="folder with the MNIST IDX files (else the offline copy)")
     parser.add_argument("--out", default=None, help="run folder (default runs/nfe-<timestamp>)")
-    parser.add_argument("--channels", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None, help="training iterations")
-    parser.add_argument("--train-subset", type=int, default=None)
-    parser.add_argument("--eval-batch", type=int, default=256, help="images used in the tolerance sweep")
+    parser.add_argument("--channels", type=positive_int, default=None)
+    parser.add_argument("--epochs", type=positive_int, default=None)
+    parser.add_argument("--iters", type=positive_int, default=None, help="training iterations")
+    parser.add_argument("--train-subset", type=positive_int, default=None)
+    parser.add_argument("--eval-batch", type=positive_int, default=256, help="images used in the tolerance sweep")
     parser.add_argument("--tolerances", default=",".join(f"{t:g}" for t in TOLERANCES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch CPU threads (default: 1 with --quick, otherwise torch's choice)",
     )
@@ -151,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         tolerances = [float(v) for v in args.tolerances.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--tolerances must be comma-separated numbers, got {args.tolerances!r}.") from None
-    if not tolerances or any(t <= 0 for t in tolerances):
-        raise ValueError("--tolerances must hold at least one positive number.")
+        raise SettingsError(f"--tolerances must be comma-separated numbers, got {args.tolerances!r}.") from None
+    if not tolerances or not all(math.isfinite(t) and t > 0 for t in tolerances):
+        raise SettingsError(f"--tolerances must be finite numbers > 0, got {args.tolerances!r}.")
     values = {
         "models": ("odenet",),
         "channels": 32,
@@ -170,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("channels", "epochs", "iters", "train_subset"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    cfg = MNISTConfig(**values)
+    with checked_settings():
+        cfg = MNISTConfig(**values)
     folder = run_folder(args.out, "nfe")
     torch.manual_seed(cfg.seed)
     train, test = load_mnist(args.data_root, train=True), load_mnist(args.data_root, train=False)

@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .._api import odeint, odeint_adjoint
 from ..training.atomic import atomic_savefig
-from ._args import method_name
+from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
 from ._output import pyplot, run_folder, write_results
 from ._progress import progress_bar
 
@@ -73,7 +73,7 @@ class DemoSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 2 <= self.batch_time < self.data_size:
             raise ValueError(f"batch_time must be in [2, data_size), got {self.batch_time}.")
-        if self.noise < 0 or self.t_max <= 0 or self.lr <= 0:
+        if not (self.noise >= 0 and self.t_max > 0 and self.lr > 0):  # written so that NaN fails too
             raise ValueError("noise must be >= 0, t_max and lr positive.")
 
 
@@ -306,26 +306,28 @@ def plot_results(folder: Path, result: dict) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DemoSettings()
-    parser.add_argument("--iters", type=int, default=d.iters, help=f"training iterations (default {d.iters})")
+    parser.add_argument("--iters", type=positive_int, default=d.iters, help=f"training iterations (default {d.iters})")
     parser.add_argument("--quick", action="store_true", help="a small budget (300 iterations)")
-    parser.add_argument("--noise", type=float, default=d.noise, help=f"observation noise std (default {d.noise})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument(
+        "--noise", type=nonnegative_float, default=d.noise, help=f"observation noise std (default {d.noise})"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     parser.add_argument("--batch-time", type=int, default=d.batch_time)
-    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--lr", type=positive_float, default=d.lr)
     parser.add_argument("--method", type=method_name, default=d.method, help="odeint method (default dopri5)")
-    parser.add_argument("--rtol", type=float, default=d.rtol)
-    parser.add_argument("--atol", type=float, default=d.atol)
+    parser.add_argument("--rtol", type=nonnegative_float, default=d.rtol)
+    parser.add_argument("--atol", type=nonnegative_float, default=d.atol)
     parser.add_argument("--adjoint", action="store_true", help="gradients by the adjoint method (odeint_adjoint)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument(
         "--max-cycles",
-        type=int,
+        type=positive_int,
         default=3,
         help="cosine cycles of --iters iterations at most, restarting while the fit misses --target-mae (default 3)",
     )
     parser.add_argument(
         "--target-mae",
-        type=float,
+        type=nonnegative_float,
         default=d.target_mae,
         help=f"stop once the learned trajectory's mean absolute error against the data is below this "
         f"(default {d.target_mae})",
@@ -337,21 +339,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
     iters = 300 if args.quick and args.iters == DemoSettings.iters else args.iters
-    s = DemoSettings(
-        iters=iters,
-        noise=args.noise,
-        batch_size=args.batch_size,
-        batch_time=args.batch_time,
-        lr=args.lr,
-        method=args.method,
-        rtol=args.rtol,
-        atol=args.atol,
-        adjoint=args.adjoint,
-        seed=args.seed,
-        test_every=max(1, min(50, iters)),
-        max_cycles=args.max_cycles,
-        target_mae=args.target_mae,
-    )
+    with checked_settings():
+        s = DemoSettings(
+            iters=iters,
+            noise=args.noise,
+            batch_size=args.batch_size,
+            batch_time=args.batch_time,
+            lr=args.lr,
+            method=args.method,
+            rtol=args.rtol,
+            atol=args.atol,
+            adjoint=args.adjoint,
+            seed=args.seed,
+            test_every=max(1, min(50, iters)),
+            max_cycles=args.max_cycles,
+            target_mae=args.target_mae,
+        )
     folder = run_folder(args.out, "demo")
     result = train(s, progress=not args.no_progress)
     m = result["metrics"]

@@ -74,6 +74,13 @@ from ..nn.latent_ode import LatentODE, RecognitionRNN, descend_z0
 from ..nn.rnn_baselines import RNNBaseline
 from ..training.atomic import atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ._args import (
+    checked_settings,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from ._progress import progress_bar
 
 HELP = "Latent ODE vs RNN baselines on irregularly sampled bi-directional spirals (paper's Table 2)."
@@ -243,16 +250,23 @@ def _check_same_settings(stored: Mapping[str, Any], s: SpiralsSettings, where: P
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SpiralsSettings()
-    parser.add_argument("--n", type=int, nargs="+", default=list(d.ns), help="observed points per series")
+    parser.add_argument("--n", type=positive_int, nargs="+", default=list(d.ns), help="observed points per series")
     parser.add_argument("--models", nargs="+", default=list(d.models), choices=list(MODEL_NAMES))
-    parser.add_argument("--iters", type=int, default=None, help=f"latent ODE iterations (default {d.iters})")
-    parser.add_argument("--rnn-iters", type=int, default=None, help=f"RNN iterations (default {d.rnn_iters})")
-    parser.add_argument("--nspiral", type=int, default=None, help=f"training series (default {d.nspiral})")
-    parser.add_argument("--ntest", type=int, default=None, help=f"test series (default {d.ntest})")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help=f"minibatch size (default {d.batch_size}; --quick: all series)"
+        "--iters", type=nonnegative_int, default=None, help=f"latent ODE iterations (default {d.iters})"
     )
-    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument(
+        "--rnn-iters", type=nonnegative_int, default=None, help=f"RNN iterations (default {d.rnn_iters})"
+    )
+    parser.add_argument("--nspiral", type=positive_int, default=None, help=f"training series (default {d.nspiral})")
+    parser.add_argument("--ntest", type=positive_int, default=None, help=f"test series (default {d.ntest})")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help=f"minibatch size (default {d.batch_size}; --quick: all series)",
+    )
+    parser.add_argument("--lr", type=positive_float, default=d.lr)
     parser.add_argument(
         "--lr-decay",
         choices=LR_DECAYS,
@@ -261,15 +275,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lr-final-ratio",
-        type=float,
+        type=positive_float,
         default=d.lr_final_ratio,
         help=f"final lr / --lr for the decay (default {d.lr_final_ratio})",
     )
     parser.add_argument(
-        "--nval", type=int, default=None, help=f"validation series for choosing the kept iterate (default {d.nval})"
+        "--nval",
+        type=positive_int,
+        default=None,
+        help=f"validation series for choosing the kept iterate (default {d.nval})",
     )
     parser.add_argument(
-        "--val-every", type=int, default=None, help=f"steps between validation scores (default {d.val_every})"
+        "--val-every", type=positive_int, default=None, help=f"steps between validation scores (default {d.val_every})"
     )
     parser.add_argument(
         "--select",
@@ -298,7 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--grad-clip",
-        type=float,
+        type=nonnegative_float,
         default=d.grad_clip,
         help=f"clip the gradient's global norm to this before each Adam step, 0 to turn off (default {d.grad_clip:g})",
     )
@@ -311,14 +328,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--restarts",
-        type=int,
+        type=positive_int,
         default=None,
         help="independently initialised training runs per model and n; the one with the best "
         f"validation score (the --select score of its kept iterate) is scored (default {d.restarts})",
     )
     parser.add_argument(
         "--refine-steps",
-        type=int,
+        type=nonnegative_int,
         nargs="+",
         default=list(d.refine),
         help="candidate numbers of Adam steps that move the latent ODE's z0 from the encoder's "
@@ -327,16 +344,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--refine-lr",
-        type=float,
+        type=positive_float,
         default=d.refine_lr,
         help="Adam learning rate of that refinement (default %(default)s)",
     )
-    parser.add_argument("--rtol", type=float, default=None, help=f"latent solve rtol (default {d.rtol})")
-    parser.add_argument("--atol", type=float, default=None, help=f"latent solve atol (default {d.atol})")
+    parser.add_argument("--rtol", type=nonnegative_float, default=None, help=f"latent solve rtol (default {d.rtol})")
+    parser.add_argument("--atol", type=nonnegative_float, default=None, help=f"latent solve atol (default {d.atol})")
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
     parser.add_argument("--quick", action="store_true", help="small budget (under 10 minutes on 2 CPU cores)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/spirals-<timestamp>)")
     parser.add_argument(
         "--resume",
@@ -389,6 +406,8 @@ def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
         raise ValueError("--nval and --val-every must be >= 1, --lr-final-ratio in (0, 1] and --grad-clip >= 0.")
     if min(s.refine) < 0 or not s.refine_lr > 0:
         raise ValueError("--refine-steps must be >= 0 and --refine-lr > 0.")
+    if not (math.isfinite(s.lr) and s.lr > 0) or s.checkpoint_every < 1:
+        raise ValueError("--lr must be a finite number > 0 and --checkpoint-every >= 1.")
     if (
         s.select not in SELECTIONS
         or s.lr_decay not in LR_DECAYS
@@ -984,7 +1003,8 @@ def check_resumable(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = settings_from_args(args)
+    with checked_settings():
+        s = settings_from_args(args)
     out = args.out or Path("runs") / f"spirals-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and args.out is None:
         raise ResumeError("--resume needs --out pointing at the run folder to continue.")
