@@ -84,3 +84,25 @@ def test_offline_copy_is_the_real_mnist():
     train = load_mnist(None, train=True)
     assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert train.images.shape == (60000, 28, 28)
+
+
+def test_a_given_root_without_the_files_is_an_error_not_the_offline_copy(tmp_path, monkeypatch, capsys):
+    # Before, a mistyped --data-root silently trained and scored on the offline copy instead.
+    fake = mnist_mod.MNISTSplit(torch.zeros(1, 28, 28, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), "wheel")
+    monkeypatch.setattr(mnist_mod, "_from_wheel", lambda train: fake)
+    assert load_mnist(None, train=True) is fake  # without root the offline copy is used
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(mnist_mod.MNISTNotFoundError, match="does not exist") as err:
+        load_mnist(missing, train=True)
+    assert isinstance(err.value, FileNotFoundError) and "train-images-idx3-ubyte" in str(err.value)
+    make_split(tmp_path, True, 2)  # the training split only: the test split must not come from elsewhere
+    assert load_mnist(tmp_path, train=True).source == str(tmp_path)
+    with pytest.raises(mnist_mod.MNISTNotFoundError, match="t10k-images-idx3-ubyte.*lacks them"):
+        load_mnist(tmp_path, train=False)
+
+    from hybrid_node.cli import main
+
+    out = tmp_path / "run"
+    assert main(["mnist", "--data-root", str(missing), "--out", str(out), "--iters", "1", "--channels", "4"]) == 2
+    printed = capsys.readouterr().err
+    assert "hybrid-node mnist: error: MNIST not found" in printed and "Traceback" not in printed

