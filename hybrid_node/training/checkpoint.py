@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +25,29 @@ from .atomic import atomic_write, remove_stale_temp_files
 PathLike = str | os.PathLike
 
 
+#: The global generators a checkpoint restores: key -> (read the state, set the state). The one list
+#: that :func:`rng_state`, :func:`set_rng_state` and the layout check of a stored ``"rng"`` all follow.
+_GENERATORS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
+    "torch": (torch.get_rng_state, torch.set_rng_state),
+    "numpy": (np.random.get_state, np.random.set_state),
+    "python": (random.getstate, random.setstate),
+}
+
+
 def rng_state() -> dict[str, Any]:
     """The current states of the torch, numpy and Python global generators."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {key: get() for key, (get, _) in _GENERATORS.items()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore generator states captured by :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    for key, (_, set_state) in _GENERATORS.items():
+        set_state(state[key])
 
 
 def _is_rng_state(value: Any) -> bool:
     """Whether ``value`` has the layout of :func:`rng_state` (a loaded checkpoint's ``"rng"``)."""
-    return isinstance(value, dict) and set(value) == {"torch", "numpy", "python"}
+    return isinstance(value, dict) and set(value) == set(_GENERATORS)
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = True) -> Path:
