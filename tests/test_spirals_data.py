@@ -64,6 +64,21 @@ def test_config_validation():
         SpiralConfig(ntotal=250)
 
 
+@pytest.mark.parametrize("field", ["noise_std", "b", "a", "stop"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_spiral_settings_are_refused(field, value):
+    # Before, these were accepted and every generated series was NaN.
+    with pytest.raises(ValueError, match="finite"):
+        SpiralConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["noise_std", "max_t", "amplitude"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_periodic_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match="finite"):
+        PeriodicConfig(**{field: value})
+
+
 def test_periodic_set():
     batch, clean = make_periodic(PeriodicConfig(n_traj=200), seed=0)
     assert batch.values.shape == (200, 100, 1)

@@ -43,6 +43,10 @@ class PeriodicConfig:
 
     def __post_init__(self) -> None:
         lo, hi = self.freq_range
+        if not all(math.isfinite(v) for v in (self.max_t, lo, hi, self.amplitude, self.noise_std)):
+            raise ValueError(
+                "max_t, freq_range, amplitude and noise_std must be finite (NaN or inf makes the data NaN)."
+            )
         if self.n_traj < 1 or self.n_points < 1 or self.max_t <= 0 or not 0 < lo <= hi or self.noise_std < 0:
             raise ValueError(
                 "need n_traj, n_points >= 1, max_t > 0, 0 < freq_range[0] <= freq_range[1], noise_std >= 0."

@@ -58,6 +58,8 @@ class SpiralConfig:
                 f"ntotal={self.ntotal} is too short for windows of {self.nsample} points, a margin of "
                 f"{self.nsample} points and {self.nextrap} extrapolation points; raise ntotal."
             )
+        if not all(math.isfinite(v) for v in (self.start, self.stop, self.a, self.b, self.noise_std)):
+            raise ValueError("start, stop, a, b and noise_std must be finite (NaN or inf makes every series NaN).")
         if not self.stop > self.start or self.noise_std < 0:
             raise ValueError("need stop > start and noise_std >= 0.")
 
