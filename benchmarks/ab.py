@@ -28,9 +28,16 @@ import torch
 
 import hybrid_node
 
+from ._cli import positive_int
 from .frameworks import prepare_hybrid_node
 from .run import interleaved
 from .workloads import WORKLOADS, Workload, make
+
+
+def check_baseline(parser: argparse.ArgumentParser, checkout: str | None) -> None:
+    """Stop with a usage error unless ``checkout`` (when given) holds a ``hybrid_node`` package."""
+    if checkout is not None and not (Path(checkout) / "hybrid_node" / "__init__.py").is_file():
+        parser.error(f"--baseline {checkout!r}: no hybrid_node package there (give the other checkout's root)")
 
 
 def baseline_package(checkout: str):
@@ -58,8 +65,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="mlp-fwd", choices=WORKLOADS)
     parser.add_argument("--baseline", required=True, help="the other checkout (its hybrid_node package)")
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=positive_int, default=8)
     args = parser.parse_args(argv)
+    check_baseline(parser, args.baseline)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # fallback warnings of fields the compiler refuses (the CNF's trace)
     w = make(args.workload)

@@ -9,6 +9,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import copy
 import sys
 
@@ -20,11 +21,19 @@ from .workloads import WORKLOADS, make
 
 
 def main(argv=None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or ["mlp-fwd", "mlp-hard-fwd", "cnf-direct"]
-    unknown = [n for n in names if n not in WORKLOADS]
-    if unknown:
-        raise SystemExit(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
-    import torchdiffeq
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "workloads",
+        nargs="*",
+        choices=WORKLOADS,
+        default=["mlp-fwd", "mlp-hard-fwd", "cnf-direct"],
+        help="workloads to measure (default: mlp-fwd mlp-hard-fwd cnf-direct)",
+    )
+    names = parser.parse_args(argv).workloads
+    try:
+        import torchdiffeq
+    except ImportError:
+        parser.error("needs torchdiffeq (the compared solver): pip install torchdiffeq")
 
     torch.set_num_threads(1)
     print("| workload | solver | NFE | accepted | rejected | rel. error vs reference |")

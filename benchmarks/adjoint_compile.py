@@ -22,12 +22,13 @@ import torch
 
 import hybrid_node as hn
 
+from ._cli import positive_int
 from .workloads import make
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per configuration")
+    parser.add_argument("--rounds", type=positive_int, default=7, help="timed rounds per configuration")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     w = make("mlp-train-adjoint")

@@ -19,6 +19,11 @@ import torch
 
 import hybrid_node as hn
 
+try:
+    from ._cli import positive_int
+except ImportError:  # run as a script (python benchmarks/events_adjoint.py): its folder is on sys.path
+    from _cli import positive_int
+
 
 class Field(torch.nn.Module):
     def __init__(self):
@@ -35,10 +40,10 @@ def bounce(t, y, fired):
     return torch.stack([y[:, 0], torch.where(fired, -0.8 * y[:, 1], y[:, 1])], 1)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)  # small tensors: threads only add contention on a shared machine
     func = Field()

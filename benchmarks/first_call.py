@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from .workloads import WORKLOADS
+
 #: run in the measuring process: the workload's unit of work, timed on its first and second call
 _MEASURE = """
 import dataclasses, json, sys, time, torch
@@ -83,7 +85,9 @@ def first_call(workload: str, field: str = "own") -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=["mlp-fwd", "mlp-train-direct", "mlp-train-adjoint"])
+    parser.add_argument(
+        "--workloads", nargs="+", default=["mlp-fwd", "mlp-train-direct", "mlp-train-adjoint"], choices=WORKLOADS
+    )
     parser.add_argument("--linear", action="store_true", help="a linear field instead of each workload's")
     args = parser.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")

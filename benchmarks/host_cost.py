@@ -22,7 +22,8 @@ import torch
 
 import hybrid_node
 
-from .ab import baseline_package, first_calls, unit
+from ._cli import positive_int
+from .ab import baseline_package, check_baseline, first_calls, unit
 from .run import interleaved
 from .workloads import make
 
@@ -54,9 +55,10 @@ def _outside_graph(pkg, solve, n: int) -> tuple[float, float]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--solves", type=int, default=100, help="timed solves per implementation")
+    parser.add_argument("--solves", type=positive_int, default=100, help="timed solves per implementation")
     parser.add_argument("--baseline", default=None, help="another checkout whose hybrid_node to compare with")
     args = parser.parse_args(argv)
+    check_baseline(parser, args.baseline)
     torch.set_num_threads(1)
     w = make("mlp-fwd")
     packages = {"this": hybrid_node}

@@ -18,7 +18,12 @@ import sys
 import torch
 
 from . import frameworks
+from ._cli import check_device, positive_int
 from .workloads import Workload, mlp_problem
+
+#: the frameworks with a fixed-step rk4 here (torchode only prints a note): the device loop is adaptive
+#: only, and the diffrax adapter runs dopri5 only
+FRAMEWORKS = ("hybrid_node", "hybrid_node+compile", "torchdiffeq", "torchode")
 
 
 def _status_mb(key: str) -> float:
@@ -36,12 +41,13 @@ def _reset_peak_rss() -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--framework", default="hybrid_node", choices=list(frameworks.PREPARE))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", default="hybrid_node", choices=FRAMEWORKS)
     parser.add_argument("--mode", default="adjoint", choices=("direct", "adjoint"))
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=positive_int, default=100)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     torch.set_num_threads(1)
     field, y0, _, _ = mlp_problem(device=args.device)
     t = torch.tensor([0.0, 5.0], device=args.device)

@@ -33,6 +33,11 @@ import resource
 import subprocess
 import sys
 
+try:
+    from ._cli import check_device, positive_int
+except ImportError:  # run as a script (python benchmarks/memory_vs_steps.py): its folder is on sys.path
+    from _cli import check_device, positive_int
+
 METHODS = ("direct", "checkpointed-8", "backsolve", "interpolating", "interpolating-32", "reversible")
 STEPS = (10, 100, 1000)
 
@@ -111,11 +116,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "STEPS"), help="one measurement, printed as JSON")
-    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
+    parser.add_argument("--steps", type=positive_int, nargs="+", default=list(STEPS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--raw-malloc", action="store_true", help="do not set MALLOC_MMAP_THRESHOLD_ for the children")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     if args.one:
+        if args.one[0] not in METHODS:
+            parser.error(f"argument --one: unknown method {args.one[0]!r}; known: {', '.join(METHODS)}")
+        try:
+            positive_int(args.one[1])
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"argument --one: steps {e}")
         print(json.dumps({"peak_mib": measure(args.one[0], int(args.one[1]), args.device)}))
         return 0
     env = dict(os.environ)

@@ -36,6 +36,7 @@ from scipy.special import erf
 
 import hybrid_node as hn
 
+from ._cli import non_negative_int, positive_int
 from .workloads import mlp_problem
 
 WIDTH = 0.1
@@ -83,10 +84,12 @@ def pulses_exact(centres: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--hidden", type=int, default=256, help="MLP width of the pulses+mlp field")
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument(
+        "--hidden", type=non_negative_int, default=256, help="MLP width of the pulses+mlp field (0: no MLP)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

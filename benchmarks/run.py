@@ -39,6 +39,7 @@ import time
 import torch
 
 from . import frameworks
+from ._cli import check_device, non_negative_int, positive_int
 from .workloads import WORKLOADS, Workload, make
 
 PEERS = (
@@ -256,30 +257,50 @@ def markdown(rows: list[dict], mem: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _memory_steps(parser: argparse.ArgumentParser, values: list[str]) -> list[int]:
+    """The step counts of ``--memory-steps``: ``[]`` (skip) for no value or ``none``, else integers >= 1.
+
+    Args:
+        parser: the runner's parser (its ``error`` exits with status 2).
+        values: the option's values as given.
+
+    Returns:
+        The step counts.
+    """
+    if values in ([], ["none"]):
+        return []
+    try:
+        return [positive_int(v) for v in values]
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument --memory-steps: {e} (or 'none' alone, to skip)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS) + ["none"])
-    parser.add_argument("--frameworks", nargs="+", default=list(PEERS))
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per workload")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--frameworks", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed rounds per workload")
+    parser.add_argument("--warmup", type=non_negative_int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, memory at 10 and 100 steps")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=int(os.environ.get("BENCH_THREADS", "2")),
         help="torch CPU threads (default 2, the reference machine's cores)",
     )
     parser.add_argument(
         "--memory-steps",
-        type=int,
         nargs="*",
         default=None,
-        help="step counts of memory-vs-steps (default 10 100 1000; none to skip)",
+        help="step counts of memory-vs-steps (default 10 100 1000; 'none' or no value to skip)",
     )
     parser.add_argument("--no-grad-error", dest="grad_error", action="store_false")
     parser.add_argument("--out", default=None, help="result folder (default runs/benchmarks-<timestamp>)")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    if args.memory_steps is not None:
+        args.memory_steps = _memory_steps(parser, args.memory_steps)
     if args.quick:
         args.repeats, args.warmup = min(args.repeats, 3), 1
     if args.memory_steps is None:

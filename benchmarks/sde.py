@@ -29,6 +29,8 @@ from torch import nn
 
 import hybrid_node as hn
 
+from ._cli import positive_float, positive_int
+
 BATCH, STATE, HIDDEN = 512, 8, 32
 
 
@@ -140,10 +142,10 @@ METHODS = [  # (method, sde_type, torchsde's adjoint method for the same scheme)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dt", type=float, default=0.01)
-    p.add_argument("--methods", nargs="*", default=[m for m, _, _ in METHODS])
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--dt", type=positive_float, default=0.01)
+    p.add_argument("--methods", nargs="*", default=[m for m, _, _ in METHODS], choices=[m for m, _, _ in METHODS])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     have_torchsde = importlib.util.find_spec("torchsde") is not None

@@ -33,6 +33,11 @@ from hybrid_node.solvers import esdirk, multistep, rosenbrock
 from hybrid_node.solvers.implicit import IMPLICIT_METHODS
 from hybrid_node.solvers.registry import METHOD_SPECS
 
+try:
+    from ._cli import check_device, non_negative_int, positive_int
+except ImportError:  # run as a script (python benchmarks/stiff.py): its folder is on sys.path
+    from _cli import check_device, non_negative_int, positive_int
+
 _LU_COUNT = [0]
 
 
@@ -304,17 +309,28 @@ def print_table(title, rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two methods, looser tolerances")
-    parser.add_argument("--batch", type=int, default=0, help="also solve Van der Pol for this many states at once")
+    parser.add_argument(
+        "--batch", type=non_negative_int, default=0, help="also solve Van der Pol for this many states at once"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--problems", default=",".join(PROBLEMS), help=f"comma-separated, of {', '.join(PROBLEMS)}")
     parser.add_argument("--multistep", action="store_true", help="the bdf/lsoda/auto table (docs/stiff.md)")
-    parser.add_argument("--batches", default="1,256", help="batch sizes of --multistep")
+    parser.add_argument("--batches", default="1,256", help="batch sizes of --multistep, comma-separated")
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    problems = args.problems.split(",")
+    unknown = [p for p in problems if p not in PROBLEMS]
+    if unknown:
+        parser.error(f"argument --problems: unknown {unknown}; known: {', '.join(PROBLEMS)}")
+    try:
+        batches = [positive_int(b) for b in args.batches.split(",")]
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument --batches: {e}")
     torch.set_num_threads(1)
     if args.multistep:
         rtol, atol = 1e-6, 1e-8
-        for batch in (int(b) for b in args.batches.split(",")):
-            for name in args.problems.split(","):
+        for batch in batches:
+            for name in problems:
                 a = atol if name != "vanderpol-1000" else rtol
                 title = f"{name}, batch x{batch}, float64, rtol={rtol}, atol={a}"
                 print_multistep_table(title, run_multistep(name, batch, rtol, a))
@@ -326,7 +342,7 @@ def main(argv=None):
         else ["rodas5p", "rodas4", "rosenbrock23", "kencarp4", "kvaerno5", "trbdf2"]
     )
     rtol, atol = (1e-5, 1e-8) if args.quick else (1e-6, 1e-10)
-    for name in args.problems.split(","):
+    for name in problems:
         a = atol if name != "vanderpol-1000" else rtol
         print_table(f"{name}, rtol={rtol}, atol={a}", run_problem(name, methods, rtol, a, dopri_cap=20000))
     if args.batch:

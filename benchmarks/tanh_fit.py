@@ -11,6 +11,7 @@ torch's tanh and Inductor's exp form on a 512x64 float32 block (one thread, comp
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -69,7 +70,9 @@ def speed_us(f, options: dict) -> float:
     return 1e6 * float(np.median(times))
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    # no options: the parser gives --help and refuses anything else before the minute of fitting and compiling
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     torch.set_num_threads(1)
     worst, p, q = fit()
     print(f"fit: largest float64 error {worst:.2e}")
