@@ -22,6 +22,8 @@ import torch
 
 from hybrid_node.loop import cpu_gemm
 
+from ._cli import positive_int
+
 #: (name, m, k, n, a transposed, b transposed): the mlp field's layers and its backward products,
 #: and a product at the kernel's size limit (``cpu_gemm.LARGEST`` elements per operand)
 SHAPES = [
@@ -65,10 +67,16 @@ def _median_us(fn, repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=2000)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=positive_int, default=2000, help="timed calls of each, in 5 rounds")
+    args = parser.parse_args(argv)
+    if args.repeats < 5:
+        parser.error(f"argument --repeats: at least 5 (one per interleaved round), got {args.repeats}")
+    if not cpu_gemm.supported():  # the kernel is built with 512-bit instructions: another CPU would trap
+        parser.error(
+            "this CPU has no AVX-512 (Inductor picks no 512-bit vector code here): the kernel serves only those"
+        )
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
         kernel = build(Path(folder))
