@@ -547,17 +547,23 @@ def main(argv=None):
             print(f"failures: {args.failures}")
         return 0
 
-    result, info = run_suite(
-        args.tests,
-        reference=args.reference,
-        timeout=args.timeout,
-        total_timeout=args.total_timeout,
-        threads=args.threads,
-        keyword=args.keyword,
-        workdir=args.workdir,
-        log=args.log,
-        echo=args.echo,
-    )
+    if args.tests is None:
+        parser.error("--tests DIR is needed (a local copy of torchdiffeq's tests/ folder), or --summarise JSON")
+    try:
+        result, info = run_suite(
+            args.tests,
+            reference=args.reference,
+            timeout=args.timeout,
+            total_timeout=args.total_timeout,
+            threads=args.threads,
+            keyword=args.keyword,
+            workdir=args.workdir,
+            log=args.log,
+            echo=args.echo,
+        )
+    except FileNotFoundError as e:  # no test files: the harness could not run the suite (exit status 2)
+        print(f"torchdiffeq_suite: {e}", file=sys.stderr)
+        return 2
     title = title_of(result, info)
     print(format_table(result, title))
     print()
