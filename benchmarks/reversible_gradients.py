@@ -11,7 +11,7 @@ exactly from the reversible method's closed-form inverse (McCallum & Foster 2024
 Problem "attractor" (``--problem attractor``): dy/dt = -K (y - c) + tanh(W2 tanh(W1 y)) with c = (2, -1),
 which contracts onto a nonzero point. Backsolve's backward reconstruction of y then carries rounding
 of size eps |c| amplified by up to e^(K T), which the state near c cannot absorb. The reversible rows
-use ``--coupling`` values: lambda = 0.999 (the paper's default) and lambda close to e^(-K h), which
+use two couplings: lambda = 0.999 (the paper's default) and lambda = e^(-K h) rounded to 4 digits, which
 keeps the coupled z-mode of the reversible method near the unit circle in both directions (see
 docs/reversible.md for the stability analysis).
 
@@ -30,6 +30,11 @@ import time
 import torch
 
 import hybrid_node as hn
+
+try:
+    from ._cli import positive_float
+except ImportError:  # run as a script (python benchmarks/reversible_gradients.py): its folder is on sys.path
+    from _cli import positive_float
 
 
 class Field(torch.nn.Module):
@@ -62,8 +67,8 @@ def gradient(field, y0, solver, controller, sensitivity):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", choices=("origin", "attractor"), default="origin")
-    parser.add_argument("--step", type=float, default=0.01)
-    parser.add_argument("--rate", type=float, default=None, help="K (default 4 for origin, 3 for attractor)")
+    parser.add_argument("--step", type=positive_float, default=0.01, help="rk4 step h (default 0.01)")
+    parser.add_argument("--rate", type=positive_float, default=None, help="K (default 4 for origin, 3 for attractor)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rate, centre = (4.0, (0.0, 0.0)) if args.problem == "origin" else (3.0, (2.0, -1.0))
