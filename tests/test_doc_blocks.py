@@ -1,6 +1,7 @@
 """Every ```python block of README.md and docs/ runs as written, each alone in a fresh process.
 
-A block that cannot run here is marked in the Markdown by an HTML comment on the line before its fence:
+A block indented under a list item counts too (its code is dedented). A block that cannot run here is
+marked in the Markdown by an HTML comment on the line before its fence:
 ``<!-- skip: needs Julia -->`` skips it with that reason; ``<!-- slow -->`` runs it only with ``-m slow``.
 """
 
@@ -10,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 180  # a budget per block on a loaded 2-core machine; the default blocks take seconds each
-_FENCE = re.compile(r"^```python\s*$")
+_FENCE = re.compile(r"^\s*```python\s*$")  # indented too: a block inside a list item
 _MARK = re.compile(r"^<!--\s*(skip|slow)\s*(?::\s*(.*?))?\s*-->\s*$")
 
 
@@ -53,7 +55,8 @@ def python_blocks(path: Path) -> list[Block]:
                 else:
                     slow = True
                 k -= 1
-            blocks.append(Block(path, start + 1, "\n".join(lines[start + 1 : j]) + "\n", skip, slow))
+            code = textwrap.dedent("\n".join(lines[start + 1 : j]) + "\n")
+            blocks.append(Block(path, start + 1, code, skip, slow))
             i = j + 1
         else:
             i += 1
@@ -97,3 +100,11 @@ def test_marks_are_parsed(tmp_path: Path):
     skipped, slow = python_blocks(page)
     assert (skipped.skip, skipped.slow, skipped.code, skipped.line) == ("needs Julia", False, "import juliacall\n", 3)
     assert (slow.skip, slow.slow, slow.code) == (None, True, "x = 1\n")
+
+
+def test_blocks_in_list_items_are_found_and_dedented(tmp_path: Path):
+    """A block indented under a list item was not collected at all, so it was never run."""
+    page = tmp_path / "page.md"
+    page.write_text("* item\n\n  <!-- slow -->\n  ```python\n  if True:\n      x = 1\n  ```\n")
+    (block,) = python_blocks(page)
+    assert (block.code, block.slow, block.line) == ("if True:\n    x = 1\n", True, 4)
