@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from hybrid_node._errors import CheckpointError
 from hybrid_node.cli import main
 from hybrid_node.data.spirals import SpiralConfig, make_spirals
 from hybrid_node.experiments.spirals import (
@@ -260,3 +261,37 @@ def test_refinement_steps_are_chosen_on_validation_and_scored_on_test(tmp_path):
     assert len(set(refined["test_rmse"].values())) == 3  # the steps move z0
     empirical = entry["empirical_prior"]
     assert set(empirical) == {"rmse", "val_rmse"} and all(0 < v < float("inf") for v in empirical.values())
+
+
+@pytest.mark.parametrize("select", ["val_loss", "last"])
+def test_the_kept_model_is_loaded_back_as_scored(tmp_path, select):
+    # examples/spirals_inference_gap.py loaded restart 0's best iterate whatever the run had scored:
+    # with --restarts 2 the scored model can be restart 1, and with --select last the last iterate.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hybrid_node.experiments.spirals import load_kept_model
+
+    s = _settings(models=("latent_ode",), iters=4, nval=5, val_every=1, restarts=2, select=select, ntest=8)
+    results = run_experiment(s, tmp_path, plots=False, progress=False)
+    entry = results["rmse"]["latent_ode/n=10"]
+    test_data = make_spirals(SpiralConfig(nspiral=s.ntest), seed=s.seed + 10_000)
+    test = test_data.subsample(10, seed=s.seed + 10_000 + 10)
+    for r in range(s.restarts):  # as if the run had chosen restart r
+        results["rmse"]["latent_ode/n=10"]["restart"] = r
+        (tmp_path / "results.json").write_text(json.dumps(results))
+        model, loaded = load_kept_model(tmp_path, "latent_ode", 10)
+        assert loaded == s
+        # The same weights and the same computation as the run's scoring: equal up to summation order.
+        score = rmse(predict("latent_ode", model, test, test_data.extrap_times), test_data.extrap)
+        assert score == pytest.approx(entry["restarts"][r]["test_rmse"], rel=1e-6)
+    # Restart 1 is now the recorded choice: the example must report its encoder RMSE.
+    example = Path(__file__).parents[1] / "examples" / "spirals_inference_gap.py"
+    argv = [sys.executable, str(example), str(tmp_path), "10", "--series", "8"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    encoder_row = next(line for line in out.stdout.splitlines() if line.startswith("| encoder"))
+    assert encoder_row.split("|")[3].strip() == f"{entry['restarts'][1]['test_rmse']:.4f}"
+    with pytest.raises(CheckpointError, match="has no scored rnn"):
+        load_kept_model(tmp_path, "rnn", 10)

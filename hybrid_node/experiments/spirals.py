@@ -963,6 +963,45 @@ def plot_examples(path: Path, n: int, s: SpiralsSettings, data: SpiralData, mode
     plt.close(fig)
 
 
+def load_kept_model(out: Path, name: str, n: int) -> tuple[LatentODE | RNNBaseline, SpiralsSettings]:
+    """The model a finished run scored for ``name`` and ``n``: its chosen restart, its kept iterate.
+
+    Args:
+        out: the run folder (``results.json`` and ``checkpoints/``).
+        name: model name (a key of :data:`MODEL_NAMES`).
+        n: observed points per series.
+
+    Returns:
+        ``(model, settings)``: the model with the weights its row of ``results.json`` was scored with
+        (the restart recorded there, and the iterate ``select`` kept), and the run's settings.
+
+    Raises:
+        CheckpointError: ``results.json`` or the checkpoint is missing or damaged, or the run has not
+            scored that model yet.
+    """
+    results_path = out / "results.json"
+    results = read_json(results_path, "results file", "Pass the folder of a finished `hybrid-node spirals` run.")
+    entry = results.get("rmse", {}).get(f"{name}/n={n}") if isinstance(results, dict) else None
+    if entry is None:
+        raise CheckpointError(
+            results_path, f"{str(results_path)!r} has no scored {name} for n={n}: that model has not finished training."
+        )
+    stored = dict(results["settings"])
+    stored.setdefault("cell", "rnn")  # runs written before the cell setting used the Elman cell
+    fields = {f.name for f in dataclasses.fields(SpiralsSettings)}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in fields}
+    settings = SpiralsSettings(**values)
+    ckpt = checkpoint_path(out, name, n, entry.get("restart", 0))
+    state = load_checkpoint(ckpt, restore_rng=False)
+    if state is None:
+        raise CheckpointError(ckpt, f"The checkpoint {str(ckpt)!r} of the scored {name} for n={n} is missing.")
+    model = build_model(name, settings)
+    # As train_one returns it: the kept iterate unless the run kept the last one.
+    best = state.get("best")
+    model.load_state_dict(best["model"] if settings.select != "last" and best else state["model"])
+    return model, settings
+
+
 def has_run(out: Path) -> bool:
     """Whether ``out`` holds a spirals run: its ``results.json`` or a checkpoint.
 
