@@ -5,9 +5,15 @@ The same as `hybrid-node demo`; run: python examples/spiral_demo.py [--iters N] 
 
 import argparse
 
+from hybrid_node import HybridNodeError
 from hybrid_node.experiments import spiral_demo
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=spiral_demo.HELP)
     spiral_demo.add_arguments(parser)
-    raise SystemExit(spiral_demo.run(parser.parse_args()))
+    args = parser.parse_args()
+    try:
+        status = spiral_demo.run(args)
+    except HybridNodeError as e:  # settings that do not fit together: one line and status 2, as the command
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    raise SystemExit(status)

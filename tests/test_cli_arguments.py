@@ -101,3 +101,15 @@ def test_checked_settings_keeps_the_message_and_stays_a_value_error():
     with pytest.raises(TypeError):  # not a settings refusal: passes through unchanged
         with checked_settings():
             raise TypeError("a bug")
+
+
+def test_the_demo_example_reports_settings_errors_as_the_command_does(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "spiral_demo.py"
+    argv = [sys.executable, str(example), "--batch-time", "1", "--iters", "1", "--out", str(tmp_path / "run")]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr  # was a SettingsError traceback
+    assert "spiral_demo.py: error: batch_time must be in [2, data_size)" in out.stderr
