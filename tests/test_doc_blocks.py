@@ -81,6 +81,9 @@ def test_code_block_runs(block: Block, tmp_path: Path):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")
     env["MPLBACKEND"] = "Agg"
+    # a warning raised at a line of the block itself (e.g. float() of a tensor that requires grad) is an
+    # example teaching a habit torch complains about: fail; warnings from inside libraries stay warnings
+    env["PYTHONWARNINGS"] = "error::UserWarning:__main__"
     script = tmp_path / "block.py"
     script.write_text(block.code)
     try:
