@@ -119,6 +119,9 @@ def run_problem(name, methods, rtol, atol, dopri_cap):
     for m in methods + ["dopri5"]:
         solver = hn.Dopri5() if m == "dopri5" else _adaptive_solver(m)
         ctrl = hn.PIDController(rtol=rtol, atol=atol, max_num_steps=dopri_cap if m == "dopri5" else 10**6)
+        # warm-up, as in run_multistep: the first Jacobian through torch.func traces the field, and the
+        # process's first solve pays one-time costs that would land on whichever method runs first
+        hn.solve(f, y0t, t * 1e-3, solver=solver, controller=ctrl, throw=False)
         start = time.perf_counter()
         sol = hn.solve(f, y0t, t, solver=solver, controller=ctrl, throw=False)
         el = time.perf_counter() - start
