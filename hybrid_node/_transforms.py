@@ -40,3 +40,25 @@ def plain(x: torch.Tensor) -> torch.Tensor:
     while _functorch.is_functorch_wrapped_tensor(x):
         x = _functorch.get_unwrapped(x)
     return x
+
+
+def members(x: torch.Tensor) -> torch.Tensor:
+    """The plain tensor beneath ``x`` with the ``vmap`` batch dimensions first, outermost ``vmap`` first.
+
+    :func:`plain` leaves each level's batch dimension where that level keeps it (``in_dims=1``, or a
+    batching rule's choice), so an index into it need not be the member's index in the batch. Here
+    the batch dimensions are moved to the front in the order the ``vmap`` calls nest (a 0-d value of
+    every member becomes a tensor of shape (outer batch, ..., inner batch)); the rest follow in
+    order. Use it, like :func:`plain`, only for host reads about the members.
+    """
+    batch: list[int] = []  # the batch dimensions found so far, innermost first, in the current tensor's dims
+    while _functorch.is_functorch_wrapped_tensor(x):
+        if _functorch.is_batchedtensor(x):
+            bdim = _functorch.maybe_get_bdim(x)
+            x = _functorch.get_unwrapped(x)
+            # the wrapper's dims are the unwrapped tensor's without bdim: those at or after it shift by one
+            batch = [d + (d >= bdim) for d in batch] + [bdim]
+        else:  # a gradient level's wrapper: the same dims
+            x = _functorch.get_unwrapped(x)
+    order = batch[::-1]
+    return x.permute(order + [d for d in range(x.dim()) if d not in order])

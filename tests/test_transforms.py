@@ -174,6 +174,36 @@ def test_a_failing_member_fails_the_batch_or_reports_its_status(float64_default)
     assert torch.isnan(ys[1, -1]).all()  # the stiff one stopped: NaN where it did not reach
 
 
+def _nan_after(c, k=1.0):
+    """y' = -k y, NaN from t > c on: a solve fails there (NONFINITE), or earlier for a large k (max steps)."""
+    return lambda t, y: torch.where(t > c, torch.full_like(y, math.nan), -k * y)
+
+
+def test_a_failure_is_reported_with_its_own_time_and_names_the_member(float64_default):
+    """Member 1 fails NONFINITE at t = 1 and member 2 hits max_num_steps near t = 8e-4: the error is
+    member 1's, with the status and time of its own solve alone (not the other failure's time), and
+    names it; under nested vmap (in_dims=1 outside) the index is (outer, inner)."""
+    ks, cs = torch.tensor([1.0, 1.0, 1e6]), torch.tensor([5.0, 1.0, 5.0])
+
+    def solve(k, c):
+        return hn.solve(_nan_after(c, k), torch.ones(1), T, controller=hn.PIDController(max_num_steps=300)).ys
+
+    with pytest.raises(hn.SolverError) as alone:
+        solve(ks[1], cs[1])
+    with pytest.raises(hn.SolverError) as other:
+        solve(ks[2], cs[2])
+    assert alone.value.status is hn.Status.NONFINITE and other.value.status is hn.Status.MAX_STEPS
+    with pytest.raises(hn.SolverError) as batched:
+        vmap(solve)(ks, cs)
+    assert (batched.value.status, batched.value.t) == (alone.value.status, alone.value.t)
+    assert "in problem 1 of the vmap batch of 3 (2 of the 3 failed)" in str(batched.value)
+    # nested: the member at (outer 1, inner 2) of a (2, 3) batch fails; the outer vmap maps dim 1
+    cs2 = torch.full((2, 3), 5.0)
+    cs2[1, 2] = 1.0
+    with pytest.raises(hn.SolverError, match=r"in problem \(1, 2\) of the vmap batch of \(2, 3\) \(1 of the 6"):
+        vmap(vmap(lambda c: hn.odeint(_nan_after(c), torch.ones(1), T)), in_dims=1)(cs2.T.contiguous())
+
+
 def test_float32_reverse_time_and_nested_vmap(one_thread):
     """A per-problem step under vmap must not promote a float32 state (torch.addcmul's batching rule
     promotes to the factor's float64); decreasing times and vmap of vmap work as a loop of solves."""

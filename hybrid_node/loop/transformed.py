@@ -25,6 +25,7 @@ PyTorch", 2021 (the transforms and their levels).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -33,12 +34,12 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from .._transforms import plain
+from .._transforms import members, plain
 from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import RUNNING
-from .device import attempt, initial_state, make_tables
+from .device import attempt, initial_state, make_tables, summary
 from .host import Integration
 from .whole import evaluations_per_attempt, first_step_tensor, initial_step_tensor
 
@@ -131,15 +132,22 @@ def integrate_transformed(
         state = attempt(field, solver, c, tables, rtol, atol, norm, state)
         attempts += 1
     term.nfe += evaluations_per_attempt(solver) * attempts
-    codes = plain(state.status).reshape(-1)
-    failed = codes[codes != core.SUCCESS]
-    status = core.STATUS[int(failed[0])] if failed.numel() else Status.SUCCESS
-    stats = Stats(nfe=term.nfe, n_accepted=int(plain(state.n_acc).max()), n_rejected=int(plain(state.n_rej).max()))
+    # every member's (status, t, dt, attempts, accepted, rejected, non-finite flag) as one row, members in
+    # the order of the batch: the failure reported is one member's, its status with its own time
+    info = members(summary(state))
+    batch_shape = tuple(info.shape[:-1])
+    rows = info.reshape(-1, info.shape[-1])
+    failed = (rows[:, 0] != core.SUCCESS).nonzero().reshape(-1)
+    status = core.STATUS[int(rows[failed[0], 0])] if failed.numel() else Status.SUCCESS
+    stats = Stats(nfe=term.nfe, n_accepted=int(rows[:, 4].max()), n_rejected=int(rows[:, 5].max()))
     if status is not Status.SUCCESS and throw:
-        detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else "some problem failed"
-        t_end = float(plain(state.t).min())
-        raise SolverError(status, -t_end if term.reverse else t_end, detail)
-    if bool(plain(state.saw_nonfinite).any()):
+        first = int(failed[0])
+        _, t_fail, dt_fail = rows[first, :3].tolist()
+        detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt_fail:.3g}"
+        if batch_shape:
+            detail += "; " + _which_member(first, batch_shape, failed.numel())
+        raise SolverError(status, -t_fail if term.reverse else t_fail, detail)
+    if bool(rows[:, 6].any()):
         warnings.warn(
             "an attempted step had a non-finite error estimate; if the solve is differentiated, its zero "
             "cotangent may still make gradients NaN (tighten the tolerances or set options['first_step']).",
@@ -147,3 +155,22 @@ def integrate_transformed(
             stacklevel=2,
         )
     return Integration([y0] + list(state.outs.unbind(0)), stats, status, float(plain(state.t).min()))
+
+
+def _which_member(first: int, batch_shape: tuple[int, ...], n_failed: int) -> str:
+    """Name the failed member ``first`` (a flat index over ``batch_shape``) for a SolverError's message.
+
+    Args:
+        first: the member's flat index, the vmap dimensions outermost first.
+        batch_shape: the sizes of the vmap dimensions, outermost first.
+        n_failed: how many members failed.
+
+    Returns:
+        "in problem i of the vmap batch of n (k of the n failed)", with index and size tuples under nested vmap.
+    """
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), batch_shape))
+    where = index[0] if len(index) == 1 else index
+    size = batch_shape[0] if len(batch_shape) == 1 else batch_shape
+    total = math.prod(batch_shape)
+    # (vmap's chunk_size calls the function once per chunk: the index and size are then the chunk's)
+    return f"in problem {where} of the vmap batch of {size} ({n_failed} of the {total} failed)"
