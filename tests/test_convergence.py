@@ -120,6 +120,9 @@ def test_fixed_grid_order(method, problem):
     assert abs(slope - order) < 0.3, f"{method}: slope {slope:.3f}, expected {order}; errors {errors}"
 
 
+# The low-order correctors do not settle within max_iters at the coarsest steps (h = T / 32): the
+# warning is right there, and the slope over the four step sizes still shows the order.
+@pytest.mark.filterwarnings("ignore:Functional iteration did not converge")
 @pytest.mark.parametrize("method,max_order", ADAMS_ORDERS)
 def test_adams_max_order_option(method, max_order):
     errors = _fixed_errors(method, (32, 64, 128, 256), {"max_order": max_order}, "linear")
