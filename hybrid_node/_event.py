@@ -72,11 +72,11 @@ class Event:
     def __post_init__(self):
         if not callable(self.fn):
             raise TypeError(f"Event needs a callable fn(t, y), got {type(self.fn).__name__}.")
-        if self.direction not in (-1, 0, 1):
+        if isinstance(self.direction, bool) or self.direction not in (-1, 0, 1):
             raise ValueError(f"Event direction must be -1, 0 or +1, got {self.direction!r}.")
         if self.on_event is not None and not callable(self.on_event):
             raise TypeError(f"on_event must be a callable on_event(t, y) -> y_new, got {type(self.on_event).__name__}.")
-        if not isinstance(self.samples, int) or self.samples < 0:
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
             raise ValueError(f"Event samples must be a non-negative int, got {self.samples!r}.")
         if isinstance(self.max_events, bool) or not isinstance(self.max_events, int) or self.max_events < 1:
             raise ValueError(f"Event max_events must be a positive int, got {self.max_events!r}.")

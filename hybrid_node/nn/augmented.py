@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._checks import positive_int
 from .ode_block import ODEBlock, SolveSettings
 
 
@@ -29,10 +30,10 @@ def augment(x: torch.Tensor, augment_dim: int, dim: int = 1) -> torch.Tensor:
         A tensor whose size along ``dim`` is larger by ``augment_dim``.
 
     Raises:
+        TypeError: ``augment_dim`` is not an int (a bool or float).
         ValueError: if ``augment_dim`` is negative or ``dim`` is out of range.
     """
-    if not isinstance(augment_dim, int) or augment_dim < 0:
-        raise ValueError(f"augment_dim must be a non-negative int, got {augment_dim!r}.")
+    positive_int("augment_dim", augment_dim, minimum=0)
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim={dim} is out of range for a tensor with {x.dim()} dimensions.")
     if augment_dim == 0:
@@ -70,8 +71,7 @@ class AugmentedNeuralODE(nn.Module):
         return_trajectory: bool = False,
     ):
         super().__init__()
-        if not isinstance(augment_dim, int) or augment_dim < 0:
-            raise ValueError(f"augment_dim must be a non-negative int, got {augment_dim!r}.")
+        positive_int("augment_dim", augment_dim, minimum=0)
         self.augment_dim = augment_dim
         self.dim = dim
         self.block = ODEBlock(

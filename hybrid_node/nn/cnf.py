@@ -106,6 +106,10 @@ class CNFSolver:
         options: solver options, e.g. {"step_size": 0.05} for fixed-step methods.
         adjoint: compute gradients with the adjoint method (O(1) memory) instead of backpropagating
             through the solver.
+
+    Raises:
+        TypeError: ``method`` is not a string or ``adjoint`` is not a bool.
+        ValueError: ``rtol`` or ``atol`` is not a finite positive number.
     """
 
     method: str = "dopri5"
@@ -119,8 +123,15 @@ class CNFSolver:
             raise TypeError(f"method must be a string such as 'dopri5', got {type(self.method).__name__}.")
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"CNFSolver.{name} must be a positive number, got {value!r}.")
+            # a bool is an int to Python (True would be a tolerance of 1), and inf disables error control
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"CNFSolver.{name} must be a finite positive number, got {value!r}.")
+        if not isinstance(self.adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
+            raise TypeError(f"CNFSolver.adjoint must be True or False, got {self.adjoint!r}.")
 
 
 @dataclasses.dataclass
@@ -267,8 +278,9 @@ class CNF(nn.Module):
             raise TypeError(f"solver must be a CNFSolver, got {type(solver).__name__}.")
         if not isinstance(regularization, RNODERegularization):
             raise TypeError(f"regularization must be an RNODERegularization, got {type(regularization).__name__}.")
-        if not base_std > 0:
-            raise ValueError(f"base_std must be positive, got {base_std}.")
+        # inf would make every log-density -inf (and sample() return inf)
+        if isinstance(base_std, bool) or not (base_std > 0 and math.isfinite(base_std)):
+            raise ValueError(f"base_std must be a finite positive number, got {base_std}.")
         for i, field in enumerate(fields):
             field_dim = field.dim if isinstance(field, (PlanarCNFField, TimeMLPField)) else dim
             if field_dim != dim:

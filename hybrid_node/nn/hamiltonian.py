@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ._checks import positive_int
+
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -50,6 +52,7 @@ class HamiltonianNN(nn.Module):
         activation: activation class of the default MLP (smooth; the paper uses tanh).
 
     Raises:
+        TypeError: ``dim``, ``hidden`` or ``layers`` is not an int (a bool or float).
         ValueError: ``dim`` or ``hidden`` is not positive, or ``layers`` is negative.
     """
 
@@ -62,10 +65,10 @@ class HamiltonianNN(nn.Module):
         activation: Callable[[], nn.Module] = nn.Tanh,
     ):
         super().__init__()
-        if dim < 1 or hidden < 1:
-            raise ValueError(f"dim and hidden must be positive, got dim={dim}, hidden={hidden}.")
-        if hamiltonian is None and layers < 0:  # a negative count built a linear H (a constant field) silently
-            raise ValueError(f"layers must be >= 0 (the number of hidden layers), got {layers}.")
+        positive_int("dim", dim)
+        positive_int("hidden", hidden)
+        if hamiltonian is None:  # a negative count built a linear H (a constant field) silently
+            positive_int("layers", layers, minimum=0)
         self.dim = dim
         self.net = hamiltonian if hamiltonian is not None else _mlp(2 * dim, 1, hidden, layers, activation)
 
@@ -127,10 +130,17 @@ class BaselineODE(nn.Module):
         hidden: hidden width (200 in the paper).
         layers: number of hidden layers (2 in the paper).
         activation: activation class (tanh in the paper).
+
+    Raises:
+        TypeError: ``dim``, ``hidden`` or ``layers`` is not an int (a bool or float).
+        ValueError: ``dim`` or ``hidden`` is not positive, or ``layers`` is negative.
     """
 
     def __init__(self, dim: int, hidden: int = 200, layers: int = 2, activation: Callable[[], nn.Module] = nn.Tanh):
         super().__init__()
+        positive_int("dim", dim)
+        positive_int("hidden", hidden)
+        positive_int("layers", layers, minimum=0)
         self.dim = dim
         self.net = _mlp(2 * dim, 2 * dim, hidden, layers, activation)
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..irregular import IrregularBatch, gather_union, union_grid
+from ._checks import positive_float, positive_int
 from ._kept import kept_field
 from ._solve import odeint
 from .ode_rnn import ODERNN
@@ -251,7 +252,8 @@ class LatentODE(nn.Module):
         ode_rnn_kwargs: keyword arguments of the ODE-RNN encoder (``ode_hidden``, ``method``, ``rtol``, ...).
 
     Raises:
-        ValueError: for an unknown encoder or a non-positive ``obs_std``.
+        ValueError: for an unknown encoder, a size below 1 or an ``obs_std`` that is not finite and positive.
+        TypeError: a size that is not an int (a bool or float).
     """
 
     def __init__(
@@ -271,8 +273,15 @@ class LatentODE(nn.Module):
         ode_rnn_kwargs: dict | None = None,
     ):
         super().__init__()
-        if obs_std <= 0:
-            raise ValueError(f"obs_std must be positive; got {obs_std}.")
+        for name, size in (
+            ("obs_dim", obs_dim),
+            ("latent_dim", latent_dim),
+            ("rec_hidden", rec_hidden),
+            ("dyn_hidden", dyn_hidden),
+            ("dec_hidden", dec_hidden),
+        ):
+            positive_int(name, size)
+        positive_float("obs_std", obs_std)  # a NaN or infinite std turns every likelihood into NaN
         self.encoder: RecognitionRNN | ODERNNEncoder
         if encoder in RecognitionRNN.CELLS:
             self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim, cell=encoder)

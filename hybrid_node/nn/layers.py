@@ -15,6 +15,8 @@ import itertools
 import torch
 from torch import nn
 
+from ._checks import positive_int
+
 
 def _time_like(t: torch.Tensor | float, x: torch.Tensor, shape: tuple) -> torch.Tensor:
     """The time ``t`` as a tensor of ``shape`` (the extra input feature or channel of a batch ``x``).
@@ -49,6 +51,9 @@ class TimeLinear(nn.Module):
         out_features: output features.
         bias: whether to learn an additive bias.
 
+    Raises:
+        TypeError, ValueError: ``in_features`` or ``out_features`` is not a positive int.
+
     Forward:
         ``layer(t, x)`` with a scalar ``t`` (or one time per sample, shape (B,), for ``x`` of shape
         (B, ..., in_features)) and ``x`` of shape (..., in_features) returns (..., out_features).
@@ -56,8 +61,8 @@ class TimeLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}.")
+        positive_int("in_features", in_features)
+        positive_int("out_features", out_features)
         self.in_features = in_features
         self.linear = nn.Linear(in_features + 1, out_features, bias=bias)
 
@@ -80,6 +85,9 @@ class TimeConv2d(nn.Module):
         kernel_size, stride, padding, dilation, groups, bias: as for :class:`torch.nn.Conv2d`
             (``groups`` must divide ``in_channels + 1``).
 
+    Raises:
+        TypeError, ValueError: ``in_channels`` or ``out_channels`` is not a positive int.
+
     Forward:
         ``layer(t, x)`` with a scalar ``t`` (or one time per sample, shape (N,)) and ``x`` of shape
         (N, C, H, W) returns (N, out_channels, H', W').
@@ -97,8 +105,8 @@ class TimeConv2d(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}.")
+        positive_int("in_channels", in_channels)
+        positive_int("out_channels", out_channels)
         self.conv = nn.Conv2d(
             in_channels + 1,
             out_channels,
@@ -127,6 +135,10 @@ class MLPDynamics(nn.Module):
         activation: module applied after each hidden layer (a fresh copy per layer).
         time_dependent: feed ``t`` into every layer (:class:`TimeLinear`); if False the field is autonomous.
 
+    Raises:
+        TypeError, ValueError: ``dim``, ``hidden`` or ``layers`` is not a positive int, or
+            ``activation`` is not a module instance.
+
     Forward:
         ``field(t, y)`` with a scalar ``t``, or one time per sample of shape (B,) for ``y`` of shape
         (B, ..., dim) (per-sample step control), returns a tensor shaped like ``y``.
@@ -141,8 +153,11 @@ class MLPDynamics(nn.Module):
         time_dependent: bool = True,
     ):
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"layers must be >= 1, got {layers}.")
+        positive_int("dim", dim)
+        positive_int("hidden", hidden)
+        positive_int("layers", layers)
+        if activation is not None and not isinstance(activation, nn.Module):
+            raise TypeError(f"activation must be an nn.Module instance such as nn.Tanh(), got {activation!r}.")
         act = activation if activation is not None else nn.ReLU()
         self.dim = dim
         sizes = [dim] + [hidden] * layers + [dim]
@@ -167,13 +182,18 @@ class ConvDynamics(nn.Module):
         channels: channels of the state (N, channels, H, W).
         groups: GroupNorm groups (``min(32, channels)`` if None; must divide ``channels``).
 
+    Raises:
+        TypeError, ValueError: ``channels`` or ``groups`` is not a positive int, or ``groups`` does not
+            divide ``channels``.
+
     Reference: the MNIST ODE-Net of Chen et al. (2018), a pre-activation residual block
     (He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016) turned into a vector field.
     """
 
     def __init__(self, channels: int, groups: int | None = None):
         super().__init__()
-        groups = min(32, channels) if groups is None else groups
+        positive_int("channels", channels)
+        groups = min(32, channels) if groups is None else positive_int("groups", groups)
         if channels % groups:
             raise ValueError(f"groups ({groups}) must divide channels ({channels}).")
         self.norm1 = nn.GroupNorm(groups, channels)

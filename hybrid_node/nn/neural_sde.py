@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..sde import sdeint, sdeint_adjoint
+from ._checks import positive_float, positive_int
 
 Tensor = torch.Tensor
 
@@ -28,10 +29,17 @@ class DiagonalDiffusion(nn.Module):
 
     Args:
         dim: state size; hidden: width of each component's MLP; scale: initial size of g.
+
+    Raises:
+        TypeError, ValueError: ``dim`` or ``hidden`` is not a positive int, or ``scale`` is not a finite
+            positive number.
     """
 
     def __init__(self, dim: int, hidden: int = 16, scale: float = 0.1):
         super().__init__()
+        positive_int("dim", dim)
+        positive_int("hidden", hidden)
+        scale = positive_float("scale", scale)
         self.w1 = nn.Parameter(torch.randn(dim, hidden))
         self.b1 = nn.Parameter(torch.zeros(dim, hidden))
         self.w2 = nn.Parameter(torch.randn(dim, hidden) / math.sqrt(hidden))

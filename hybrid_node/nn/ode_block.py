@@ -19,6 +19,7 @@ NeurIPS 2018.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -56,6 +57,11 @@ class SolveSettings:
         sensitivity: how gradients are computed (:class:`DirectBackprop` backpropagates through the
             solver; :class:`BacksolveAdjoint` is the paper's O(1)-memory adjoint).
         backend: "torch", "julia" or None (the process default).
+
+    Raises:
+        TypeError: ``method`` is not a string, ``sensitivity`` is not a sensitivity object or
+            ``options`` is not a mapping.
+        ValueError: ``rtol`` or ``atol`` is not a finite positive number, or ``backend`` is unknown.
     """
 
     method: str = "dopri5"
@@ -70,8 +76,13 @@ class SolveSettings:
             raise TypeError(f"method must be a solver name (str), got {type(self.method).__name__}.")
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+            # a bool is an int to Python (True would be a tolerance of 1), and inf disables error control
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
         if not isinstance(self.sensitivity, _SENSITIVITIES):
             raise TypeError(
                 "sensitivity must be one of DirectBackprop(), BacksolveAdjoint(), "
@@ -129,11 +140,16 @@ def refuse_hidden_parameters(func: Callable, settings: SolveSettings, owner: str
 
 
 def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    times = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
+    try:
+        times = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. a string, whose torch message names no argument
+        raise TypeError(f"t must be a 1-D sequence of times (e.g. (0.0, 1.0)), got {t!r}.") from err
     if times.dim() != 1 or times.numel() < 2:
         raise ValueError(f"t must be a 1-D sequence of at least two times (e.g. (0.0, 1.0)), got {t!r}.")
     if not torch.is_floating_point(times):
         times = times.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(times).all()):
+        raise ValueError(f"t must hold finite times (no NaN or inf), got {times.tolist()}.")
     diffs = times[1:] - times[:-1]
     if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
         raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times.tolist()}.")
@@ -194,7 +210,7 @@ class ODEBlock(nn.Module):
 
     Raises:
         TypeError: if ``func`` is not callable or settings have the wrong type.
-        ValueError: if ``t`` is not a strictly monotone sequence of at least two times, or ``func`` is
+        ValueError: if ``t`` is not a strictly monotone sequence of at least two finite times, or ``func`` is
             not an ``nn.Module`` and a setting uses an adjoint sensitivity (whose gradients of the
             callable's tensors would be lost).
 

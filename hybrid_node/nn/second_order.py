@@ -25,12 +25,17 @@ class SecondOrderDynamics(nn.Module):
     Args:
         acceleration: module called as ``acceleration(t, x, v)`` returning a tensor shaped like ``x``.
         dim: the dimension along which position and velocity are concatenated.
+
+    Raises:
+        TypeError: ``acceleration`` is not callable or ``dim`` is not an int.
     """
 
     def __init__(self, acceleration: nn.Module, dim: int = 1):
         super().__init__()
         if not callable(acceleration):
             raise TypeError(f"acceleration must be callable as a(t, x, v), got {type(acceleration).__name__}.")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int (the dimension holding position then velocity), got {dim!r}.")
         self.acceleration = acceleration
         self.dim = dim
 

@@ -1,0 +1,51 @@
+"""Argument checks shared by the model constructors, so a bad size or scale fails where it is given
+(naming the argument) rather than later inside ``torch.empty`` or a forward pass."""
+
+from __future__ import annotations
+
+import math
+
+
+def positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int, checked to be at least ``minimum``.
+
+    Args:
+        name: how the message names the argument, e.g. "dim".
+        value: the argument given.
+        minimum: the smallest allowed value (1 for sizes, 0 for counts that may be zero).
+
+    Returns:
+        ``value`` unchanged (an int).
+
+    Raises:
+        TypeError: ``value`` is not an int (a bool or a float is refused: ``True`` would build a size-1
+            layer and ``2.0`` fails deep inside torch).
+        ValueError: ``value`` is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        kind = "positive" if minimum == 1 else ">= 0 (non-negative)" if minimum == 0 else f">= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value}.")
+    return value
+
+
+def positive_float(name: str, value: object) -> float:
+    """``value`` as a float, checked to be finite and positive.
+
+    Args:
+        name: how the message names the argument, e.g. "obs_std".
+        value: the argument given.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a bool is refused).
+        ValueError: ``value`` is NaN, infinite, zero or negative.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
+    return float(value)
