@@ -40,11 +40,16 @@ class Solution:
     """Result of :func:`hybrid_node.solve`.
 
     Attributes:
-        ts: the output times, shape (T,).
-        ys: the states at ``ts``, shape (T, *y0.shape) (a tuple of such tensors for tuple states).
+        ts: the output times (the ``t`` given to the solve), shape (T,).
+        ys: the states at ``ts``, shape (T, *y0.shape) (a tuple of such tensors for tuple states). With a
+            terminal ``event_fn`` the last row is the state at the event time ``t_final``, not at
+            ``ts[-1]``; with ``throw=False`` the rows of times not reached hold NaN.
         stats: :class:`Stats`.
-        status: :class:`~hybrid_node.Status`; SUCCESS unless the caller asked for ``throw=False``.
-        t_final: the time reached (the event time for event solves).
+        status: :class:`~hybrid_node.Status`: SUCCESS, EVENT where a terminal ``event_fn`` fired, or (only
+            with ``throw=False``, which returns instead of raising) the reason the solve stopped, e.g.
+            MAX_STEPS, STEP_UNDERFLOW, NONFINITE or NO_EVENT.
+        t_final: the event time of a solve with a terminal ``event_fn`` (a 0-d tensor, or one per
+            sample with per-sample events); None otherwise, also for a failed solve under ``throw=False``.
         interpolant: dense output over the solved interval when requested, else None.
         event_fired: with per-sample events, a bool tensor of the batch shape: whether each
             sample's event fired (its ``t_final`` is NaN where it did not); else None.
