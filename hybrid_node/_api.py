@@ -37,11 +37,11 @@ from .solvers.reversible import Reversible
 def solve(
     func: Callable,
     y0: State,
-    t,
+    t: torch.Tensor,
     *,
-    solver=None,
-    controller=None,
-    sensitivity=None,
+    solver: AbstractSolver | ExternalSolver | None = None,
+    controller: AbstractController | None = None,
+    sensitivity: AbstractSensitivity | None = None,
     backend: str | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
     event_fn: Callable | None = None,
@@ -368,13 +368,13 @@ def odeint(
     y0: State,
     t: torch.Tensor,
     *,
-    rtol=1e-7,
-    atol=1e-9,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
     event_fn: Callable | None = None,
     backend: str | None = None,
-):
+) -> Any:  # a tensor, a tuple state, or (event_t, states) with event_fn
     """Integrate an ODE; a drop-in replacement for ``torchdiffeq.odeint``.
 
     Args:
@@ -462,7 +462,7 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensiti
 def odeint_event(
     func: Callable,
     y0: State,
-    t0,
+    t0: float | torch.Tensor,
     *,
     event_fn: Callable,
     reverse_time: bool = False,
@@ -470,8 +470,8 @@ def odeint_event(
     t_end: float | None = None,
     per_sample: bool | None = None,
     throw: bool | None = None,
-    **kwargs,
-):
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
     """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
 
     With ``per_sample=True`` the leading dimensions of the state are a batch, ``event_fn`` returns
@@ -620,11 +620,11 @@ class DenseSolution:
 def odeint_dense(
     func: Callable,
     y0: State,
-    t0,
-    t1,
+    t0: float | torch.Tensor,
+    t1: float | torch.Tensor,
     *,
-    rtol=1e-7,
-    atol=1e-9,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> DenseSolution:
@@ -657,8 +657,8 @@ def odeint_adjoint(
     y0: State,
     t: torch.Tensor,
     *,
-    rtol=1e-7,
-    atol=1e-9,
+    rtol: float | torch.Tensor = 1e-7,
+    atol: float | torch.Tensor = 1e-9,
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
     event_fn: Callable | None = None,
@@ -668,7 +668,7 @@ def odeint_adjoint(
     adjoint_options: Mapping[str, Any] | None = None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
     backend: str | None = None,
-):
+) -> Any:  # a tensor, a tuple state, or (event_t, states) with event_fn
     """``odeint`` with gradients by the adjoint method (O(1) memory), as ``torchdiffeq.odeint_adjoint``.
 
     Args:
