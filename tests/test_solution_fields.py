@@ -63,9 +63,8 @@ def test_throw_false_reports_the_status_and_nan_rows():
     t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
     sol = hn.solve(lambda t, y: y**2, torch.ones(1, dtype=F64), t, throw=False)
     assert sol.status is not hn.Status.SUCCESS and sol.t_final is None
-    assert float(sol.ys[1, 0]) == pytest.approx(
-        2.0, rel=1e-3
-    )  # the default PIDController (rtol 1e-7) is far inside this 1e-3
+    # the default PIDController (rtol 1e-7) is far inside this 1e-3
+    assert float(sol.ys[1, 0]) == pytest.approx(2.0, rel=1e-3)
     assert torch.isnan(sol.ys[2]).all()
     with pytest.raises(hn.SolverError):
         hn.solve(lambda t, y: y**2, torch.ones(1, dtype=F64), t)
