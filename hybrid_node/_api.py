@@ -630,8 +630,18 @@ def odeint_dense(
 ) -> DenseSolution:
     """Solve on [t0, t1] and return the continuous solution (the solver's dense output) as a callable.
 
+    Args:
+        func: ``func(t, y)`` returning dy/dt.
+        y0: initial state (a tensor or a tuple of tensors).
+        t0, t1: the interval's ends (t1 < t0 solves backwards in time).
+        rtol, atol, method, options: as :func:`odeint` (torch backend).
+
     Returns:
         DenseSolution; ``sol(t)`` gives y(t) for any t in the interval, with gradients (direct).
+
+    Raises:
+        ValueError: unknown method or options, invalid input, or ``scipy_solver`` (no dense output here);
+        SolverError: the solve failed.
     """
     solver, controller, extras = build_solver(method, options, rtol, atol)
     t = torch.tensor([float(t0), float(t1)], dtype=torch.float64)

@@ -18,7 +18,14 @@ def _check(name: str) -> str:
 
 
 def get_backend() -> str:
-    """Return the default backend: set_backend's value, else $HYBRID_NODE_BACKEND, else "torch"."""
+    """Return the default backend: set_backend's value, else $HYBRID_NODE_BACKEND, else "torch".
+
+    Returns:
+        "torch" or "julia".
+
+    Raises:
+        ValueError: $HYBRID_NODE_BACKEND names no backend.
+    """
     if _default is not None:
         return _default
     env = os.environ.get(_ENV)
@@ -31,14 +38,28 @@ def get_backend() -> str:
 
 
 def set_backend(name: str | None) -> None:
-    """Set the process default backend ("torch" or "julia"); None restores the environment default."""
+    """Set the process default backend; None restores the environment default.
+
+    Args:
+        name: "torch" or "julia", or None.
+
+    Raises:
+        ValueError: ``name`` is not a backend.
+    """
     global _default
     _default = None if name is None else _check(name)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Context manager that sets the default backend inside a ``with`` block."""
+    """Context manager that sets the default backend inside a ``with`` block (the previous one after it).
+
+    Args:
+        name: "torch" or "julia".
+
+    Raises:
+        ValueError: ``name`` is not a backend.
+    """
     global _default
     previous = _default
     _default = _check(name)
