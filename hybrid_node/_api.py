@@ -104,7 +104,7 @@ def solve(
     if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
     if inside_transform():
-        _check_transform_settings(resolve_backend(backend), sensitivity)
+        _check_transform_settings(resolve_backend(backend), sensitivity, solver)
     if resolve_backend(backend) == "julia":
         if per_sample_events:
             raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
@@ -195,11 +195,17 @@ def untraced(fn: Callable) -> Callable:
 _solve_host_untraced = untraced(_solve_host)
 
 
-def _check_transform_settings(backend: str, sensitivity) -> None:
+def _check_transform_settings(backend: str, sensitivity, solver=None) -> None:
     """Refuse, with the fix, what a ``torch.func`` transform cannot run (:mod:`hybrid_node.loop.transformed`)."""
     if backend == "julia":
         raise BackendError(
             "torch.func transforms (vmap, grad, jacrev, ...) run on the torch backend; use backend='torch'."
+        )
+    if isinstance(solver, ExternalSolver):
+        raise ValueError(
+            f"{solver.name} solves with scipy on host arrays, which torch.func transforms (vmap, grad, jacrev, "
+            "...) cannot follow; use an explicit torch method (dopri5, tsit5, rk4, ...) inside the transform, or "
+            "solve outside it."
         )
     if not (sensitivity is None or (isinstance(sensitivity, DirectBackprop) and sensitivity.checkpoints is None)):
         raise ValueError(
@@ -412,6 +418,8 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensiti
     """What odeint and odeint_adjoint share: map the torchdiffeq-style call to a backend's solve."""
     check_options(options, "options")
     if resolve_backend(backend) == "julia":
+        if inside_transform():
+            _check_transform_settings("julia", sensitivity)
         if event_fn is not None:
             julia_options = dict(options or {})
             t_end = julia_options.pop("event_t_end", None)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ._term import Term, TupleLayout, unflatten
-from ._transforms import is_batched, plain
+from ._transforms import carries_derivative, is_batched, plain
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
 from .solvers.base import AbstractSolver
@@ -67,10 +67,21 @@ def check_times(t) -> tuple[torch.Tensor, list[float]]:
             "t is batched by vmap; the problems of one vmap share their output times (vmap over y0 or the "
             "parameters, with in_dims=None for t), or solve each time grid separately."
         )
-    if plain(t) is not t:
+    # times made inside the transformed function are wrapped as well, and are fine; a derivative with
+    # respect to them would need the field at the outputs, which the transformed loop does not add
+    carried = carries_derivative(t) if plain(t) is not t else False
+    if carried is None:
         raise ValueError(
-            "t is an input of a torch.func transform (grad, jacrev, ...); gradients with respect to the output "
-            "times are available outside the transforms (t.requires_grad_() and torch.autograd.grad)."
+            "t is wrapped by a forward-mode torch.func transform (jacfwd, jvp, hessian) outside an inner "
+            "transform, so whether it is differentiated cannot be told; pass t from outside the transforms "
+            "(a closed-over tensor), or take derivatives with respect to t outside them (t.requires_grad_() "
+            "and torch.autograd.grad)."
+        )
+    if carried:
+        raise ValueError(
+            "t is differentiated by a torch.func transform (grad, jacrev, jacfwd, ...); gradients with respect "
+            "to the output times are available outside the transforms (t.requires_grad_() and "
+            "torch.autograd.grad)."
         )
     # one copy to the host (a list: inside a torch.func transform the tensor has no storage to share;
     # every float dtype converts to Python floats exactly), checked with numpy: torch calls on a

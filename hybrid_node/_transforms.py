@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch._C import _functorch
+from torch.autograd import forward_ad
 
 
 def inside_transform() -> bool:
@@ -40,6 +41,36 @@ def plain(x: torch.Tensor) -> torch.Tensor:
     while _functorch.is_functorch_wrapped_tensor(x):
         x = _functorch.get_unwrapped(x)
     return x
+
+
+def carries_derivative(x: torch.Tensor) -> bool | None:
+    """Whether a ``torch.func`` transform differentiates with respect to ``x``.
+
+    Every tensor made inside a transform is wrapped at each of its levels, so a wrapper alone does not
+    say that ``x`` is an input being differentiated (times built by ``torch.linspace`` inside ``jacrev``
+    are wrapped too). A reverse-mode level's wrapper requires grad when it is; a forward-mode level's
+    tangent is visible only while that level is the current one.
+
+    Returns:
+        True where some level differentiates ``x``, False where none does, None where a forward-mode
+        level below the current one wraps ``x`` (``jacfwd`` of a function that calls ``jacrev``): its
+        tangent cannot be read from here.
+    """
+    kinds = {i.level(): i.key() for i in _functorch.get_interpreter_stack() or ()}
+    current = _functorch.maybe_current_level()
+    while _functorch.is_functorch_wrapped_tensor(x):
+        if not _functorch.is_batchedtensor(x):
+            level = _functorch.maybe_get_level(x)
+            kind = kinds.get(level)
+            if kind == _functorch.TransformType.Grad and x.requires_grad:
+                return True
+            if kind == _functorch.TransformType.Jvp:
+                if level != current:
+                    return None
+                if forward_ad.unpack_dual(x).tangent is not None:
+                    return True
+        x = _functorch.get_unwrapped(x)
+    return False
 
 
 def members(x: torch.Tensor) -> torch.Tensor:

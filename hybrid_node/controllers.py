@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ._transforms import is_batched
+
 
 class AbstractController(abc.ABC):
     """A step-size rule: settings only; its per-solve state comes from :meth:`init` and is passed back.
@@ -160,6 +162,11 @@ class PIDController(AbstractController):
     def __post_init__(self):
         for name in ("rtol", "atol"):
             v = getattr(self, name)
+            if isinstance(v, torch.Tensor) and is_batched(v):
+                raise ValueError(
+                    f"{name} is batched by vmap; the problems of one vmap share their tolerances (per-component "
+                    "tensors made outside the transform are fine): solve each tolerance separately."
+                )
             values = (
                 v.detach().reshape(-1).tolist()
                 if isinstance(v, torch.Tensor)

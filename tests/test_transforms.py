@@ -157,6 +157,13 @@ def test_what_a_transform_cannot_run_is_refused_with_the_fix(net):
     bad[1, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
         vmap(lambda y: hn.odeint(f, y, T))(bad)
+    # these three failed inside torch ("Cannot access data pointer of Tensor that doesn't have storage")
+    with pytest.raises(ValueError, match="rtol is batched"):
+        vmap(lambda r: hn.odeint(f, y0[0], T, rtol=r))(torch.tensor([1e-3, 1e-6]))
+    with pytest.raises(ValueError, match="scipy_solver solves with scipy"):
+        vmap(lambda y: hn.odeint(f, y, T, method="scipy_solver"))(y0)
+    with pytest.raises(hn.BackendError, match="run on the torch backend"):
+        vmap(lambda y: hn.odeint(f, y, T, backend="julia"))(y0)
 
 
 def test_a_failing_member_fails_the_batch_or_reports_its_status(float64_default):
@@ -219,3 +226,48 @@ def test_float32_reverse_time_and_nested_vmap(one_thread):
     assert nested.shape == (3, 4, len(back), 2)
     alone = torch.stack([torch.stack([hn.odeint(f, y, back) for y in row]) for row in y0])
     torch.testing.assert_close(nested, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_times_made_inside_the_transform_are_not_taken_for_an_input(net):
+    # Every tensor made inside a transform is wrapped at its levels: times built there (and the copy
+    # ODEBlock makes of its times) were refused as "an input of a torch.func transform", so
+    # jacrev/jacfwd of an ODEBlock failed. Reference: torch.autograd on the eager solve.
+    f = _field(net)
+    y0 = torch.randn(2)
+
+    def final(y):
+        return hn.odeint(f, y, torch.linspace(0.0, 2.0, 7, dtype=torch.float64), **TOL)[-1]
+
+    expected = torch.autograd.functional.jacobian(final, y0)
+    torch.testing.assert_close(jacrev(final)(y0), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(jacfwd(final)(y0), expected, rtol=1e-10, atol=1e-12)
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    block = hn.nn.ODEBlock(Field())
+    x = torch.randn(1, 2)
+    expected = torch.autograd.functional.jacobian(block, x)
+    torch.testing.assert_close(jacrev(block)(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(jacfwd(block)(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_derivatives_with_respect_to_t_stay_refused_at_every_level(net):
+    f = _field(net)
+    y0 = torch.randn(2)
+    with pytest.raises(ValueError, match="t is differentiated"):
+        jacfwd(lambda tt: hn.odeint(f, y0, tt)[-1])(T)
+    with pytest.raises(ValueError, match="t is differentiated"):  # the outer level differentiates t
+        grad(lambda tt: grad(lambda y: hn.odeint(f, y, tt)[-1].sum())(y0).sum())(T)
+    # an outer forward-mode level's tangent cannot be read from inside the inner one: refused, with the fix
+    with pytest.raises(ValueError, match="cannot be told"):
+        torch.func.hessian(lambda y: hn.odeint(f, y, torch.linspace(0.0, 2.0, 7, dtype=torch.float64))[-1].sum())(y0)
+    # the fix it names: times closed over from outside the transforms
+    hessian = torch.func.hessian(lambda y: hn.odeint(f, y, T, **TOL)[-1].sum())(y0)
+    expected = torch.autograd.functional.hessian(lambda y: hn.odeint(f, y, T, **TOL)[-1].sum(), y0)
+    torch.testing.assert_close(hessian, expected, rtol=1e-8, atol=1e-10)
