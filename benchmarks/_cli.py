@@ -6,68 +6,11 @@ import argparse
 
 import torch
 
+# the command's own argument types: one line naming the bad value, exit status 2
+from hybrid_node.experiments._args import nonnegative_int as non_negative_int
+from hybrid_node.experiments._args import positive_float, positive_int
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (repeats, rounds, threads, steps, batch sizes).
-
-    Args:
-        text: the command-line value.
-
-    Returns:
-        The integer.
-
-    Raises:
-        argparse.ArgumentTypeError: ``text`` is not an integer >= 1.
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (warm-up rounds).
-
-    Args:
-        text: the command-line value.
-
-    Returns:
-        The integer.
-
-    Raises:
-        argparse.ArgumentTypeError: ``text`` is not an integer >= 0.
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (step sizes).
-
-    Args:
-        text: the command-line value.
-
-    Returns:
-        The number.
-
-    Raises:
-        argparse.ArgumentTypeError: ``text`` is not a finite number > 0.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
-    return value
+__all__ = ["check_device", "non_negative_int", "positive_float", "positive_int"]
 
 
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:
