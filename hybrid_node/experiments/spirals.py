@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -81,6 +80,9 @@ from ._args import (
     positive_float,
     positive_int,
 )
+from ._output import check_resumable as _check_resumable
+from ._output import check_same_settings, resume_settings
+from ._output import settings_differences as _settings_differences
 from ._progress import progress_bar
 
 HELP = "Latent ODE vs RNN baselines on irregularly sampled bi-directional spirals (paper's Table 2)."
@@ -212,7 +214,7 @@ def training_settings(s: SpiralsSettings) -> dict[str, Any]:
     Returns:
         A dict of plain values (tuples as lists), as stored in checkpoints and ``results.json``.
     """
-    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(s))).items() if k not in RESUMABLE_SETTINGS}
+    return resume_settings(s, RESUMABLE_SETTINGS)
 
 
 def settings_differences(stored: Mapping[str, Any], s: SpiralsSettings) -> list[str]:
@@ -226,26 +228,11 @@ def settings_differences(stored: Mapping[str, Any], s: SpiralsSettings) -> list[
     Returns:
         One ``"--option stored (now given)"`` string per differing setting, empty when they agree.
     """
-    current = training_settings(s)
-    missing = object()
-    found = []
-    for key in sorted(set(current) | (set(stored) - RESUMABLE_SETTINGS)):
-        old, new = stored.get(key, missing), current.get(key, missing)
-        if old != new:
-            option = _OPTIONS.get(key, "--" + key.replace("_", "-"))
-            old, new = ("(unset)" if v is missing else v for v in (old, new))
-            found.append(f"{option} {old} (now {new})")
-    return found
+    return _settings_differences(stored, training_settings(s), RESUMABLE_SETTINGS, _OPTIONS)
 
 
 def _check_same_settings(stored: Mapping[str, Any], s: SpiralsSettings, where: Path) -> None:
-    differences = settings_differences(stored, s)
-    if differences:
-        raise ResumeError(
-            f"Cannot resume from {str(where)!r}: it was started with other settings: {'; '.join(differences)}. "
-            "Resume with the settings the run was started with (the first value of each), or drop --resume "
-            "and pass another --out to start a new run with the new settings."
-        )
+    check_same_settings(stored, training_settings(s), where, RESUMABLE_SETTINGS, _OPTIONS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1025,18 +1012,7 @@ def check_resumable(out: Path) -> None:
         ResumeError: ``out`` does not exist, is not a folder, or holds neither ``results.json`` nor
             checkpoints; the message says what to do.
     """
-    if not out.exists():
-        raise ResumeError(
-            f"Nothing to resume: the --out folder {str(out)!r} does not exist. Check the path, or drop "
-            "--resume to start a new run there."
-        )
-    if not out.is_dir():
-        raise ResumeError(f"--out {str(out)!r} is a file, not a run folder; pass the folder of the run to resume.")
-    if not has_run(out):
-        raise ResumeError(
-            f"Nothing to resume: {str(out)!r} holds neither results.json nor checkpoints/*.pt of a spirals "
-            "run. Check the path, or drop --resume to start a new run there."
-        )
+    _check_resumable(out, out.is_dir() and has_run(out), "results.json nor checkpoints/*.pt of a spirals run")
 
 
 def run(args: argparse.Namespace) -> int:
