@@ -30,18 +30,21 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._errors import CheckpointError, ResumeError
 from ..data.mnist import load_mnist, to_float
 from ..nn.layers import ConvDynamics
 from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
-from ..training.atomic import atomic_savefig
+from ..training.atomic import atomic_savefig, read_json
+from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ._args import checked_settings, positive_float, positive_int
-from ._output import pyplot, run_folder, write_results
+from ._output import check_resumable, check_same_settings, pyplot, resume_settings, run_folder, write_results
 from ._progress import progress_bar
 
 HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
@@ -73,6 +76,7 @@ class MNISTConfig:
     adjoint: bool = True
     seed: int = 0
     device: str = "cpu"
+    checkpoint_every: int = 100  #: training iterations between checkpoints (with a run folder)
 
     def __post_init__(self):
         unknown = [m for m in self.models if m not in MODELS]
@@ -80,7 +84,7 @@ class MNISTConfig:
             raise ValueError(f"models must be a non-empty subset of {MODELS}, got {list(self.models)}.")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
-        for name in ("channels", "epochs", "batch_size", "rk_steps"):
+        for name in ("channels", "epochs", "batch_size", "rk_steps", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("iters", "train_subset", "test_subset"):
@@ -91,6 +95,37 @@ class MNISTConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}.")
         if self.channels % min(32, self.channels):
             raise ValueError(f"channels ({self.channels}) must be a multiple of 32 or at most 32 (GroupNorm).")
+
+
+#: Settings a resumed run may change: which models run, how often it checkpoints, and the device (the
+#: checkpoint loads onto any device; a run resumed on another device is not bit-identical to one that
+#: stayed). Every other setting shapes the trained weights, so a checkpoint only continues under it.
+RESUMABLE_SETTINGS = frozenset({"models", "checkpoint_every", "device"})
+#: The option that sets a field whose option is not ``--`` plus its name (--quick sets the recipe).
+_OPTIONS = {
+    "optimizer": "--quick (optimizer)",
+    "lr_milestones": "--quick (lr milestones)",
+    "augment": "--quick (augment)",
+    "rk_steps": "--quick (rk steps)",
+    "adjoint": "--adjoint/--no-adjoint",
+}
+
+
+def training_settings(cfg: MNISTConfig) -> dict[str, Any]:
+    """The settings that shape the trained weights (all but :data:`RESUMABLE_SETTINGS`), JSON-compatible.
+
+    Args:
+        cfg: the run's settings.
+
+    Returns:
+        A dict of plain values, as stored in checkpoints and compared on ``--resume``.
+    """
+    return resume_settings(cfg, RESUMABLE_SETTINGS)
+
+
+def _check_same_settings(stored: Any, cfg: MNISTConfig, where: Path) -> None:
+    if isinstance(stored, dict):
+        check_same_settings(stored, training_settings(cfg), where, RESUMABLE_SETTINGS, _OPTIONS)
 
 
 # Small models, one epoch, Adam with a one-cycle schedule, ODE-Net trained by backpropagating through
@@ -261,10 +296,67 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"error": 100.0 * wrong / len(x), "nfe": sum(nfes) / len(nfes) if nfes else 0.0}
 
 
+def _load_training_state(
+    checkpoint: Path, cfg: MNISTConfig, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator
+) -> dict[str, Any] | None:
+    """Restore model, optimizer, scheduler and generators from ``checkpoint``; returns its dict (None: no file)."""
+    state = load_checkpoint(checkpoint)
+    if state is None:
+        return None
+    missing = [k for k in ("model", "optimizer", "scheduler", "generator", "perm", "step", "history") if k not in state]
+    if missing:
+        raise CheckpointError(
+            checkpoint,
+            f"The checkpoint {str(checkpoint)!r} lacks {', '.join(missing)}: it is not a checkpoint of "
+            "`hybrid-node mnist`. Delete it to train that model from the start, then resume.",
+        )
+    _check_same_settings(state.get("settings"), cfg, checkpoint)
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ResumeError(
+            f"The checkpoint {str(checkpoint)!r} does not fit the model built from the given settings ({first}). "
+            "Resume with the settings the run was started with, or delete the checkpoint to train that model "
+            "from the start."
+        ) from e
+    return state
+
+
 def train_model(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MNISTConfig, *, desc: str = "train"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: MNISTConfig,
+    *,
+    desc: str = "train",
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, list]:
-    """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history."""
+    """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history.
+
+    Args:
+        model: the classifier (freshly built: its initial weights are the run's).
+        x, y: training images and labels.
+        cfg: the recipe.
+        desc: progress bar label.
+        checkpoint: where to save the training state (model, optimizer, scheduler, the minibatch
+            generator and the global generators, the epoch's permutation, the step, the history), atomically,
+            every ``cfg.checkpoint_every`` iterations and at the end; None saves nothing.
+        resume: continue from ``checkpoint`` if it exists. The continued run draws the same minibatches
+            and augmentations and ends with the same weights and losses as one that was not interrupted.
+
+    Returns:
+        The history: ``loss``, ``nfe_forward``, ``nfe_backward``, ``epoch`` per iteration, and ``seconds``
+        (one value: the training time over every invocation).
+
+    Raises:
+        CheckpointError: the checkpoint is damaged or not one of this command's.
+        ResumeError: the checkpoint was written with other settings (the message names them).
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
@@ -282,38 +374,138 @@ def train_model(
     block = ode_block(model)
     loss_fn = nn.CrossEntropyLoss()
     hist: dict[str, list] = {"loss": [], "nfe_forward": [], "nfe_backward": [], "epoch": []}
+    it, seconds = 0, 0.0
+    perm = torch.empty(0, dtype=torch.long)
+    state = _load_training_state(checkpoint, cfg, model, opt, sched, gen) if resume and checkpoint else None
+    if state is not None:
+        it, perm, seconds = state["step"], state["perm"], state.get("seconds", 0.0)
+        hist = {k: list(v) for k, v in state["history"].items() if k in hist}
+    start = time.perf_counter()
+
+    def save(done: int) -> None:
+        assert checkpoint is not None
+        history = {**hist, "seconds": [seconds + time.perf_counter() - start]}
+        save_checkpoint(
+            checkpoint,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "perm": perm,
+                "step": done,
+                "total": total,
+                "history": history,
+                "seconds": history["seconds"][0],
+                "settings": training_settings(cfg),
+            },
+        )
+
     model.train()
-    it = 0
-    with progress_bar(total=total, desc=desc, leave=False) as bar:
+    with progress_bar(total=total, desc=desc, leave=False, initial=it) as bar:
+        # One iteration per pass: the epoch's permutation is drawn at its first iteration, so a run
+        # resumed mid-epoch continues from the stored permutation at the stored position.
         while it < total:
-            perm = torch.randperm(len(x), generator=gen)
-            for j in range(0, len(x), cfg.batch_size):
-                if it >= total:
-                    break
-                idx = perm[j : j + cfg.batch_size]
-                xb = x[idx].to(cfg.device)
-                if cfg.augment:
-                    xb = _random_shift(xb, 4, gen)
-                loss = loss_fn(model(xb), y[idx].to(cfg.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                hist["loss"].append(loss.item())
-                hist["epoch"].append(it / per_epoch)
-                if block is not None:
-                    hist["nfe_forward"].append(block.nfe_forward)
-                    hist["nfe_backward"].append(block.nfe_backward)
-                it += 1
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{hist['loss'][-1]:.3f}", nfe=hist["nfe_forward"][-1] if block is not None else "-"
-                )
+            if it % per_epoch == 0:
+                perm = torch.randperm(len(x), generator=gen)
+            j = (it % per_epoch) * cfg.batch_size
+            idx = perm[j : j + cfg.batch_size]
+            xb = x[idx].to(cfg.device)
+            if cfg.augment:
+                xb = _random_shift(xb, 4, gen)
+            loss = loss_fn(model(xb), y[idx].to(cfg.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            hist["loss"].append(loss.item())
+            hist["epoch"].append(it / per_epoch)
+            if block is not None:
+                hist["nfe_forward"].append(block.nfe_forward)
+                hist["nfe_backward"].append(block.nfe_backward)
+            it += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}", nfe=hist["nfe_forward"][-1] if block is not None else "-")
+            if checkpoint is not None and (it % cfg.checkpoint_every == 0 or it == total):
+                save(it)
+    hist["seconds"] = [seconds + time.perf_counter() - start]
     return hist
 
 
-def run_table1(cfg: MNISTConfig, data_root: str | None = None, folder=None) -> dict[str, Any]:
-    """Train and evaluate every model of ``cfg``; returns result rows and training histories."""
+NAMES = {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
+
+
+def checkpoint_path(folder: Path, kind: str) -> Path:
+    """The checkpoint file of one model's training: ``folder/checkpoints/<kind>.pt``."""
+    return folder / "checkpoints" / f"{kind}.pt"
+
+
+def has_run(folder: Path) -> bool:
+    """Whether ``folder`` holds checkpoints of an mnist run (something ``--resume`` continues)."""
+    return any(checkpoint_path(folder, kind).is_file() for kind in MODELS)
+
+
+def _finished_rows(folder: Path, cfg: MNISTConfig) -> dict[str, dict]:
+    """The result rows of the models an earlier invocation finished, after checking every stored setting.
+
+    Raises:
+        CheckpointError: ``results.json`` or a checkpoint is damaged.
+        ResumeError: they were written with settings that shape the result differently.
+    """
+    results_path = folder / "results.json"
+    done: dict[str, dict] = {}
+    if results_path.exists():
+        results = read_json(
+            results_path,
+            "results file",
+            "Delete it and resume again: the finished models are evaluated again from their checkpoints.",
+        )
+        if not isinstance(results, dict) or not isinstance(results.get("rows", []), list):
+            raise CheckpointError(
+                results_path,
+                f"The results file {str(results_path)!r} is not an mnist results file. Delete it and resume again.",
+            )
+        meta = results.get("meta")
+        _check_same_settings(meta.get("config") if isinstance(meta, dict) else None, cfg, results_path)
+        kinds = {name: kind for kind, name in NAMES.items()}
+        done = {
+            kinds[r["model"]]: r for r in results.get("rows", []) if isinstance(r, dict) and r.get("model") in kinds
+        }
+    # Before anything is trained: every checkpoint this run continues must be readable and from the same settings.
+    for kind in MODELS:
+        path = checkpoint_path(folder, kind)
+        state = load_checkpoint(path, restore_rng=False)
+        if state is not None:
+            _check_same_settings(state.get("settings"), cfg, path)
+    return done
+
+
+def run_table1(
+    cfg: MNISTConfig, data_root: str | None = None, folder: Path | str | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train and evaluate every model of ``cfg``; returns result rows and training histories.
+
+    Args:
+        cfg: the settings.
+        data_root: folder with the MNIST IDX files (None: the offline copy).
+        folder: run folder; given, each model's training state is checkpointed to
+            ``folder/checkpoints/<model>.pt`` every ``cfg.checkpoint_every`` iterations and
+            ``results.json`` / ``results.md`` are rewritten (atomically) after each model.
+        resume: continue the run in ``folder``: finished models (a row in ``results.json`` and a final
+            checkpoint) are not trained again, the interrupted one continues from its checkpoint.
+
+    Returns:
+        ``rows`` (one per model: this run's models in order, then finished models of the earlier
+        invocations that this one does not run), ``histories``, ``source``, ``n_train``, ``n_test``.
+
+    Raises:
+        CheckpointError: with ``resume``, ``results.json`` or a checkpoint is damaged (the message names it).
+        ResumeError: with ``resume``, the run in ``folder`` was started with settings that shape the
+            result differently (the message names them).
+    """
+    wall = time.perf_counter()
+    folder = None if folder is None else Path(folder)
+    done = _finished_rows(folder, cfg) if folder is not None and resume else {}
     torch.manual_seed(cfg.seed)
     train, test = load_mnist(data_root, train=True), load_mnist(data_root, train=False)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -324,41 +516,68 @@ def run_table1(cfg: MNISTConfig, data_root: str | None = None, folder=None) -> d
     xte, yte = to_float(test.images).to(cfg.device), test.labels.to(cfg.device)
     if cfg.test_subset is not None:
         xte, yte = xte[: cfg.test_subset], yte[: cfg.test_subset]
-    rows, histories = [], {}
+    rows: dict[str, dict] = {}
+    histories: dict[str, dict] = {}
+
+    def ordered() -> list[dict]:
+        return [rows[k] for k in cfg.models if k in rows] + [r for k, r in done.items() if k not in cfg.models]
+
     for kind in cfg.models:
+        ckpt = None if folder is None else checkpoint_path(folder, kind)
+        if kind in done and ckpt is not None:
+            state = load_checkpoint(ckpt, restore_rng=False)
+            if state is not None and state.get("step") == state.get("total"):
+                rows[kind], histories[kind] = done[kind], state["history"]
+                continue  # finished by an earlier invocation
         torch.manual_seed(cfg.seed)
         model = build_model(kind, cfg.channels, tol=cfg.tol, rk_steps=cfg.rk_steps, adjoint=cfg.adjoint).to(cfg.device)
         mem_batch = xtr[: cfg.batch_size].clone().to(cfg.device), ytr[: cfg.batch_size].clone().to(cfg.device)
         memory = measure_training_memory(model, *mem_batch)
-        start = time.perf_counter()
-        hist = train_model(model, xtr, ytr, cfg, desc=kind)
-        train_time = time.perf_counter() - start
+        hist = train_model(model, xtr, ytr, cfg, desc=kind, checkpoint=ckpt, resume=resume)
         result = evaluate(model, xte, yte)
         nf, nb = hist["nfe_forward"], hist["nfe_backward"]
         paper = PAPER[kind]
-        rows.append(
-            {
-                "model": {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}[kind],
-                "gradients": {
-                    "resnet": "backprop",
-                    "rknet": "backprop (rk4)",
-                    "odenet": "adjoint" if cfg.adjoint else "backprop (dopri5)",
-                }[kind],
-                "test error (%)": round(result["error"], 2),
-                "params": count_parameters(model),
-                "memory (MB)": round(memory, 2),
-                "NFE fwd (train)": round(sum(nf) / len(nf), 1) if nf else "-",
-                "NFE bwd (train)": round(sum(nb) / len(nb), 1) if nb and kind == "odenet" and cfg.adjoint else "-",
-                "NFE fwd (test)": round(result["nfe"], 1) if kind != "resnet" else "-",
-                "train time (s)": round(train_time, 1),
-                "iterations": len(hist["loss"]),
-                "paper error (%)": paper[0],
-                "paper params": f"{paper[1]}M",
-                "paper memory": paper[2],
-            }
-        )
+        rows[kind] = {
+            "model": NAMES[kind],
+            "gradients": {
+                "resnet": "backprop",
+                "rknet": "backprop (rk4)",
+                "odenet": "adjoint" if cfg.adjoint else "backprop (dopri5)",
+            }[kind],
+            "test error (%)": round(result["error"], 2),
+            "params": count_parameters(model),
+            "memory (MB)": round(memory, 2),
+            "NFE fwd (train)": round(sum(nf) / len(nf), 1) if nf else "-",
+            "NFE bwd (train)": round(sum(nb) / len(nb), 1) if nb and kind == "odenet" and cfg.adjoint else "-",
+            "NFE fwd (test)": round(result["nfe"], 1) if kind != "resnet" else "-",
+            "train time (s)": round(hist["seconds"][0], 1),  # over every invocation of a resumed run
+            "iterations": len(hist["loss"]),
+            "paper error (%)": paper[0],
+            "paper params": f"{paper[1]}M",
+            "paper memory": paper[2],
+        }
         histories[kind] = hist
-    return {"rows": rows, "histories": histories, "source": train.source, "n_train": len(xtr), "n_test": len(xte)}
+        if folder is not None:
+            # After each model: a later --resume keeps this row and does not train the model again.
+            meta = results_meta(cfg, train.source, len(xtr), len(xte), time.perf_counter() - wall)
+            write_results(folder, "results", ordered(), COLUMNS, meta)
+    return {"rows": ordered(), "histories": histories, "source": train.source, "n_train": len(xtr), "n_test": len(xte)}
+
+
+def results_meta(cfg: MNISTConfig, source: str, n_train: int, n_test: int, elapsed: float) -> dict[str, Any]:
+    """The settings listed above the results table and stored under ``"meta"`` of ``results.json``."""
+    return {
+        "data": source,
+        "train images": n_train,
+        "test images": n_test,
+        "device": cfg.device,
+        "torch threads": torch.get_num_threads(),
+        "wall time (s)": round(elapsed, 1),
+        "config": dataclasses.asdict(cfg),
+        "memory": "peak CUDA allocation of one training step"
+        if cfg.device.startswith("cuda")
+        else "activations saved for backward by one training forward pass (CPU)",
+    }
 
 
 COLUMNS = [
@@ -423,6 +642,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-adjoint backpropagates through dopri5",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        help=f"training iterations between checkpoints in --out (default {MNISTConfig.checkpoint_every})",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out: finished models are kept, the interrupted one continues from its checkpoint",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--threads",
@@ -435,7 +665,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> MNISTConfig:
     """Build the config: the paper's recipe, or QUICK with ``--quick``, then explicit flags on top."""
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("channels", "epochs", "iters", "batch_size", "lr", "train_subset", "test_subset", "tol"):
+    for name in (
+        "channels",
+        "epochs",
+        "iters",
+        "batch_size",
+        "lr",
+        "train_subset",
+        "test_subset",
+        "tol",
+        "checkpoint_every",
+    ):
         v = getattr(args, name)
         if v is not None:
             values[name] = v
@@ -455,22 +695,21 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     with checked_settings():
         cfg = config_from_args(args)
+    if args.resume:
+        if args.out is None:
+            raise ResumeError("--resume needs --out pointing at the run folder to continue.")
+        out = Path(args.out)
+        check_resumable(out, out.is_dir() and has_run(out), "results nor checkpoints/<model>.pt of an mnist run")
+    elif args.out is not None and Path(args.out).is_dir() and has_run(Path(args.out)):
+        raise ResumeError(
+            f"The folder {args.out!r} already holds an mnist run (checkpoints/); a new run would overwrite it. "
+            "Pass --resume to continue that run, or another --out for a new one."
+        )
     folder = run_folder(args.out, "mnist")
     start = time.perf_counter()
-    res = run_table1(cfg, args.data_root)
+    res = run_table1(cfg, args.data_root, folder, resume=args.resume)
     elapsed = time.perf_counter() - start
-    meta = {
-        "data": res["source"],
-        "train images": res["n_train"],
-        "test images": res["n_test"],
-        "device": cfg.device,
-        "torch threads": torch.get_num_threads(),
-        "wall time (s)": round(elapsed, 1),
-        "config": dataclasses.asdict(cfg),
-        "memory": "peak CUDA allocation of one training step"
-        if cfg.device.startswith("cuda")
-        else "activations saved for backward by one training forward pass (CPU)",
-    }
+    meta = results_meta(cfg, res["source"], res["n_train"], res["n_test"], elapsed)
     table = write_results(folder, "results", res["rows"], COLUMNS, meta)
     _plots(folder, res["histories"])
     print(table)
