@@ -46,7 +46,7 @@ def test_conserves_its_own_hamiltonian_along_accurate_flows():
     torch.testing.assert_close(flat, torch.cat([q, p], -1), rtol=1e-7, atol=1e-7)
     with torch.no_grad():  # a Gauss-Legendre solve (symplectic for this non-separable H) is fine too
         q2, p2 = hn.odeint(model, (q0, p0), t, method="gl4", options={"step_size": 0.1})
-    assert float((model.hamiltonian(q2, p2) - energy[0]).abs().max()) < 1e-6 * max(scale, 1.0)
+    assert (model.hamiltonian(q2, p2) - energy[0]).abs().max().item() < 1e-6 * max(scale, 1.0)
 
 
 def test_field_trains_by_double_backprop_and_outputs_are_detached_without_grad():

@@ -255,6 +255,9 @@ def test_times_made_inside_the_transform_are_not_taken_for_an_input(net):
     expected = torch.autograd.functional.jacobian(block, x)
     torch.testing.assert_close(jacrev(block)(x), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(jacfwd(block)(x), expected, rtol=1e-10, atol=1e-12)
+    # hessian = jacfwd(jacrev): the block's times are wrapped by the inner level only, so they pass
+    expected = torch.autograd.functional.hessian(lambda z: block(z).sum(), x)
+    torch.testing.assert_close(torch.func.hessian(lambda z: block(z).sum())(x), expected, rtol=1e-8, atol=1e-10)
 
 
 def test_derivatives_with_respect_to_t_stay_refused_at_every_level(net):
