@@ -274,3 +274,18 @@ def test_derivatives_with_respect_to_t_stay_refused_at_every_level(net):
     hessian = torch.func.hessian(lambda y: hn.odeint(f, y, T, **TOL)[-1].sum())(y0)
     expected = torch.autograd.functional.hessian(lambda y: hn.odeint(f, y, T, **TOL)[-1].sum(), y0)
     torch.testing.assert_close(hessian, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_a_fixed_step_failure_under_vmap_names_the_member(float64_default):
+    # y' = k y^2 from 1 blows up at t = 1/k: k = 80 first (non-finite at the first output after t0), k = 1
+    # later, k = -1 never; the error named the earliest time only, not which problem it came from
+    k = torch.tensor([1.0, -1.0, 80.0])
+
+    def solve(k):
+        return hn.odeint(lambda t, y: k * y * y, torch.ones(1), T, method="rk4", options={"step_size": 0.01})
+
+    with pytest.raises(hn.SolverError, match=r"in problem 2 of the vmap batch of 3 \(2 of the 3 failed\)") as err:
+        vmap(solve)(k)
+    with pytest.raises(hn.SolverError) as alone:
+        solve(k[2])
+    assert err.value.t == alone.value.t  # the failing member's own time

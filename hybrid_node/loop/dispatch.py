@@ -13,13 +13,13 @@ from .._errors import SolverError, Status
 from .._problem import Problem, all_finite
 from .._solution import Solution, Stats
 from .._term import CALLBACK_NAMES, Term
-from .._transforms import inside_transform, plain
+from .._transforms import inside_transform, members
 from ..controllers import ConstantStepSize, PIDController
 from ..solvers.base import ExternalSolver
 from .device import check_device_loop, integrate_device
 from .host import Integration, integrate_adaptive, integrate_fixed
 from .per_sample import check_per_sample, integrate_per_sample
-from .transformed import check_transformable, integrate_transformed
+from .transformed import check_transformable, integrate_transformed, which_member
 from .whole import applies as whole_solve_applies
 from .whole import integrate_whole
 
@@ -235,15 +235,16 @@ def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | N
         rows = (~torch.isfinite(ys.reshape(len(ys), -1))).any(dim=1)
         index = torch.arange(len(ys), device=ys.device)
         # the earliest such row of every problem of a vmap batch (one problem outside a transform)
-        bad = int(plain(torch.where(rows, index, len(ys)).min()).min())
+        earliest = members(torch.where(rows, index, len(ys)).min())
+        bad = int(earliest.min())
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
         if throw:
             sgn = problem.direction
-            raise SolverError(
-                Status.NONFINITE,
-                sgn * t_bad,
-                f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}",
-            )
+            detail = f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}"
+            if earliest.dim() > 0:  # name the problem of the vmap batch that failed first
+                failed = int((earliest < len(ys)).sum())
+                detail += "; " + which_member(int(earliest.argmin()), tuple(earliest.shape), failed)
+            raise SolverError(Status.NONFINITE, sgn * t_bad, detail)
         status = Status.NONFINITE
     t_final = None
     if integration.event_t is not None:

@@ -145,7 +145,7 @@ def integrate_transformed(
         _, t_fail, dt_fail = rows[first, :3].tolist()
         detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt_fail:.3g}"
         if batch_shape:
-            detail += "; " + _which_member(first, batch_shape, failed.numel())
+            detail += "; " + which_member(first, batch_shape, failed.numel())
         raise SolverError(status, -t_fail if term.reverse else t_fail, detail)
     if bool(rows[:, 6].any()):
         warnings.warn(
@@ -157,7 +157,7 @@ def integrate_transformed(
     return Integration([y0] + list(state.outs.unbind(0)), stats, status, float(plain(state.t).min()))
 
 
-def _which_member(first: int, batch_shape: tuple[int, ...], n_failed: int) -> str:
+def which_member(first: int, batch_shape: tuple[int, ...], n_failed: int) -> str:
     """Name the failed member ``first`` (a flat index over ``batch_shape``) for a SolverError's message.
 
     Args:
