@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -225,15 +226,15 @@ def _dense_tensors(dense, dtype, device):
     return coeffs, torch.arange(1, coeffs.shape[1] + 1, dtype=dtype, device=device)
 
 
-class _Dense:
+class _Dense(Protocol):
     """Each element's dense output over its own step: ``y(t + theta h)`` for thetas (J, B)."""
 
     def increments(self, theta: torch.Tensor, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``y(t + theta h) - y`` for every output j and element b, shape (J, B, N) (state flattened)."""
-        raise NotImplementedError
+        ...
 
 
-class _Polynomial(_Dense):
+class _Polynomial:
     """The tableau's continuous extension (dopri5, tsit5): one batched product with the stage derivatives."""
 
     def __init__(self, dense, ks: Sequence[torch.Tensor]):
@@ -248,7 +249,7 @@ class _Polynomial(_Dense):
         return torch.einsum("jbs,bsn->jbn", w, k)
 
 
-class _Hermite(_Dense):
+class _Hermite:
     """Cubic Hermite from each element's values and derivatives at its step's ends (Hairer, Nørsett,
     Wanner, Section II.6): third order, for the pairs without a continuous extension (bosh3, fehlberg2,
     adaptive_heun), as the shared-step loop interpolates them."""
@@ -265,7 +266,7 @@ class _Hermite(_Dense):
         return w01 * (rows[0] - y.reshape(batch, -1)) + w10 * rows[1] + w11 * rows[2]
 
 
-class _Own(_Dense):
+class _Own:
     """The method's own dense output (DOP853's, with its extra stages), built per element: the step's
     start time and size as columns, its extra stages one call of the field for the whole batch."""
 
