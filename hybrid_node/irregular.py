@@ -69,6 +69,15 @@ class IrregularBatch:
         return (self.mask.sum(-1) > 0).to(self.values.dtype)
 
     @property
+    def observed_values(self) -> Tensor:
+        """(B, L, D) ``values`` with every unobserved entry set to 0.
+
+        Unobserved entries may hold anything, NaN included (a common marker of a missing value); a
+        product ``values * mask`` would keep such a NaN (NaN * 0 is NaN), this does not.
+        """
+        return torch.where(self.mask > 0, self.values, torch.zeros_like(self.values))
+
+    @property
     def lengths(self) -> Tensor:
         """(B,) number of time points with at least one observation."""
         return self.time_mask.sum(-1).long()

@@ -211,7 +211,7 @@ def bayes_forecast(config: SpiralConfig, batch: IrregularBatch, chunk: int = 100
     for lo in range(0, batch.batch_size, chunk):
         rows = slice(lo, lo + chunk)
         mean = windows[:, index[rows]]  # (K, b, L, 2)
-        sq = ((batch.values[rows].double() - mean) ** 2 * batch.mask[rows].double()).sum((-1, -2))
+        sq = ((batch.observed_values[rows].double() - mean) ** 2 * batch.mask[rows].double()).sum((-1, -2))
         weights = torch.softmax(-sq / (2 * config.noise_std**2), dim=0)  # (K, b)
         out.append(torch.einsum("kb,ktd->btd", weights, futures))
     return torch.cat(out).float()

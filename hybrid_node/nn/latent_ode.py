@@ -50,7 +50,8 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor, mask: 
     Args:
         x, mean: (B, ...) observations and predicted means.
         std: noise standard deviation (scalar or broadcastable tensor), > 0.
-        mask: optional 0/1 tensor like ``x``; unobserved entries contribute nothing.
+        mask: optional 0/1 tensor like ``x``; unobserved entries contribute nothing, whatever ``x``
+            holds there (NaN included).
 
     Returns:
         (B,) log-likelihoods.
@@ -58,6 +59,9 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor, mask: 
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
     if bool((std <= 0).any()):
         raise ValueError("the likelihood's std must be positive.")
+    if mask is not None:
+        # an unobserved entry may hold NaN: zero it first, since NaN * 0 is NaN (and so is its gradient)
+        x = torch.where(mask > 0, x, torch.zeros_like(x))
     logp = -0.5 * math.log(2 * math.pi) - torch.log(std) - 0.5 * ((x - mean) / std) ** 2
     if mask is not None:
         logp = logp * mask
@@ -179,7 +183,7 @@ class RecognitionRNN(nn.Module):
 
     def forward(self, batch: IrregularBatch, t0: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (mean, logvar) of q(z0 | x), each (B, latent_dim)."""
-        parts = [batch.values * batch.mask, batch.mask]
+        parts = [batch.observed_values, batch.mask]
         if self.use_time_gaps:
             parts.append(batch.gaps(t0).unsqueeze(-1).to(batch.values.dtype))
         inputs = torch.cat(parts, dim=-1)

@@ -123,7 +123,7 @@ class ODERNN(nn.Module):
                     "ends backwards); pass a t_start at or before every sample's first time, or None."
                 )
         observed = batch.time_mask
-        inputs = torch.cat([batch.values * batch.mask, batch.mask], dim=-1)
+        inputs = torch.cat([batch.observed_values, batch.mask], dim=-1)
         priors: list[Tensor] = []  # in the order visited; put in time order below
         order = range(length - 1, -1, -1) if backwards else range(length)
         t_prev = None if backwards else t0
@@ -157,7 +157,7 @@ class ODERNN(nn.Module):
         mask = batch.mask.clone()
         if t_start is None:
             mask[:, 0] = 0
-        return ((pred - batch.values) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+        return ((pred - batch.observed_values) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
     def extrapolate(self, batch: IrregularBatch, times: Tensor, t_start: Tensor | None = None) -> Tensor:
         """Predict at future ``times`` (T,) after every sample's observations.

@@ -52,7 +52,8 @@ class RNNBaseline(nn.Module):
         self.readout = nn.Linear(hidden, obs_dim)
 
     def _step(self, x: Tensor, m: Tensor, gap: Tensor, h: Tensor) -> Tensor:
-        parts = [x * m, m] + ([gap.unsqueeze(-1)] if self.use_time_gaps else [])
+        # where, not x * m: an unobserved entry may hold NaN, and NaN * 0 is NaN
+        parts = [torch.where(m > 0, x, torch.zeros_like(x)), m] + ([gap.unsqueeze(-1)] if self.use_time_gaps else [])
         return self.cell(torch.cat(parts, dim=-1), h)
 
     def _read(self, batch: IrregularBatch, next_after_last: Tensor) -> tuple:
@@ -91,7 +92,7 @@ class RNNBaseline(nn.Module):
         """Masked mean squared error of the one-step-ahead predictions."""
         pred = self(batch)
         mask = batch.mask[:, 1:]
-        return ((pred - batch.values[:, 1:]) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+        return ((pred - batch.observed_values[:, 1:]) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
     def rollout(self, batch: IrregularBatch, times: Tensor) -> tuple[Tensor, Tensor]:
         """Read the observations, then predict future ``times`` (T,) from the network's own outputs.
@@ -137,7 +138,7 @@ class RNNBaseline(nn.Module):
             )
         window, ahead = self.rollout(batch, times)
         mask = batch.mask[:, 1:]
-        sq = ((window[:, :-1] - batch.values[:, 1:]) ** 2 * mask).sum() + ((ahead - future) ** 2).sum()
+        sq = ((window[:, :-1] - batch.observed_values[:, 1:]) ** 2 * mask).sum() + ((ahead - future) ** 2).sum()
         return sq / (mask.sum() + future.numel())
 
     @torch.no_grad()
