@@ -38,6 +38,13 @@ class _ScaledField(nn.Module):
         return self.gap * self.field(h)
 
 
+def _first_observed(batch: IrregularBatch) -> Tensor:
+    """(B,) position of each sample's first observation (L for a sample without any)."""
+    length = batch.times.shape[1]
+    pos = torch.arange(length, device=batch.times.device)
+    return torch.where(batch.time_mask > 0, pos, length).min(dim=1).values
+
+
 def hidden_field(hidden: int, width: int) -> nn.Module:
     """The default hidden-state dynamics f(h): an MLP hidden -> width -> hidden with tanh."""
     return nn.Sequential(nn.Linear(hidden, width), nn.Tanh(), nn.Linear(width, hidden))
@@ -90,10 +97,15 @@ class ODERNN(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Run over the observations.
 
-        Forwards: h starts at 0 at ``t_start`` (default: each sample's first time), is evolved to each
-        observation, read out (a prediction made before seeing it) and updated. Backwards: h starts at 0
-        at each sample's last observation, goes from the last observation to the first, and is finally
-        evolved back to ``t_start`` (default: the first observation).
+        Forwards: h starts at 0 at ``t_start`` (default: each sample's first observation), is evolved to
+        each observation, read out (a prediction made before seeing it) and updated. Backwards: h starts
+        at 0 at each sample's last observation, goes from the last observation to the first, and is
+        finally evolved back to ``t_start`` (default: the first observation).
+
+        A time at which no channel is observed is no observation: h is evolved through it but does not
+        start there, so such times after the last observation (backwards) or before the first (forwards
+        without ``t_start``) change nothing, whether they are a series' own or those of other series of
+        a batch put on one shared grid. A series without any observation keeps h = 0.
 
         Args:
             batch: the observations.
@@ -113,8 +125,10 @@ class ODERNN(nn.Module):
         if length == 0:
             raise ValueError("ODERNN needs series with at least one time point; the batch has none (L = 0).")
         h = batch.values.new_zeros(bsz, self.hidden)
+        observed = batch.time_mask
         if t_start is None:
-            t0 = batch.times[:, 0]
+            first = _first_observed(batch).clamp(max=length - 1)
+            t0 = batch.times.gather(1, first.unsqueeze(1)).squeeze(1)
         else:
             t0 = torch.as_tensor(t_start, dtype=batch.times.dtype, device=batch.times.device).expand(bsz)
             if bool((batch.times < t0.unsqueeze(1)).any()):
@@ -122,22 +136,24 @@ class ODERNN(nn.Module):
                     "t_start must not be after any time of the batch (it is where the run starts forwards, or "
                     "ends backwards); pass a t_start at or before every sample's first time, or None."
                 )
-        observed = batch.time_mask
         inputs = torch.cat([batch.observed_values, batch.mask], dim=-1)
         priors: list[Tensor] = []  # in the order visited; put in time order below
         order = range(length - 1, -1, -1) if backwards else range(length)
-        t_prev = None if backwards else t0
+        # Where h lives: t_start forwards; otherwise nowhere until the first observation read (h = 0 is
+        # not evolved before it, since a zero state drifts under f).
+        started = torch.full((bsz,), not backwards and t_start is not None, device=h.device)
+        t_prev = t0
         for k in order:
             t_k = batch.times[:, k]
-            if t_prev is not None:
-                # Padded positions repeat the last time, so their gap is zero and h is left alone.
-                h = self.evolve(h, t_k - t_prev)
+            # Padded positions repeat the last time, so their gap is zero and h is left alone.
+            h = self.evolve(h, torch.where(started, t_k - t_prev, torch.zeros_like(t_k)))
             priors.append(h)
             m = observed[:, k].unsqueeze(-1)
             h = m * self.cell(inputs[:, k], h) + (1 - m) * h
+            started = started | (observed[:, k] > 0)
             t_prev = t_k
         if backwards:
-            h = self.evolve(h, t0 - batch.times[:, 0])
+            h = self.evolve(h, torch.where(started, t0 - t_prev, torch.zeros_like(t0)))
             priors.reverse()
         return h, torch.stack(priors, dim=1)
 
@@ -147,8 +163,8 @@ class ODERNN(nn.Module):
         return self.readout(priors)
 
     def loss(self, batch: IrregularBatch, t_start: Tensor | None = None) -> Tensor:
-        """Masked mean squared error of the one-step-ahead predictions (the first point is skipped when
-        ``t_start`` is not given, since nothing precedes it).
+        """Masked mean squared error of the one-step-ahead predictions (each sample's first observation
+        is skipped when ``t_start`` is not given, since nothing precedes it).
 
         Raises:
             ValueError: as :meth:`run` (no time points, or ``t_start`` after a time of the batch).
@@ -156,7 +172,9 @@ class ODERNN(nn.Module):
         pred = self(batch, t_start)
         mask = batch.mask.clone()
         if t_start is None:
-            mask[:, 0] = 0
+            first = _first_observed(batch)
+            has = first < mask.shape[1]  # a series without observations has nothing to skip
+            mask[has.nonzero().squeeze(1), first[has]] = 0
         return ((pred - batch.observed_values) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
     def extrapolate(self, batch: IrregularBatch, times: Tensor, t_start: Tensor | None = None) -> Tensor:
