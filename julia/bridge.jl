@@ -4,7 +4,7 @@
 Result of a forward solve. `ys` is `(D, B, T)`; `back` is the Zygote pullback of the solve;
 the statistics come from the solution's `DEStats`. `t_final` is the last time of the returned
 solution, which SciMLSensitivity sets to `ts[end]` even after a failure; `t_reached` is the time the
-solver really reached (see `reached_time`).
+solver really reached and `state_finite` whether the state there is finite (see `reached_time`).
 """
 struct ForwardResult
     ys::Array{Float64, 3}
@@ -13,6 +13,7 @@ struct ForwardResult
     retcode::String
     t_final::Float64
     t_reached::Float64
+    state_finite::Bool
     nf::Int
     naccept::Int
     nreject::Int
@@ -34,18 +35,21 @@ function solver_options(ts; abstol, reltol, maxiters, dt, fixed_step)
 end
 
 """
-    reached_time(prob, alg, u0, θ, opts) -> Float64
+    reached_time(prob, alg, u0, θ, opts) -> (Float64, Bool)
 
-The time a failed solve really reached. After a failure SciMLSensitivity's concrete_solve still
-returns `sol(ts)` (the interpolation extrapolates past the failure) and `sensitivity_solution` sets
-`sol.t = ts`, so the AD solution cannot tell. A plain solve (no AD, nothing saved) stops where the
-forward one did; its integrator's `t` is the answer.
+The time a failed solve really reached, and whether the state there is finite. After a failure
+SciMLSensitivity's concrete_solve still returns `sol(ts)` (the interpolation extrapolates past the
+failure) and `sensitivity_solution` sets `sol.t = ts`, so the AD solution cannot tell. A plain
+solve (no AD, nothing saved) stops where the forward one did; its integrator's `t` and `u` are the
+answer. The state tells the two causes of `ReturnCode.Unstable` apart (SciMLBase `check_error`,
+src/integrator_interface.jl): a non-finite state, or a rejected step whose `dt` was forced below
+`eps(t)` (how a step-size underflow ends with OrdinaryDiffEq's default `dtmin = 0`).
 """
 function reached_time(prob, alg, u0, θ, opts)
     integrator = init(remake(prob; u0 = u0, p = θ), alg; save_everystep = false,
                       save_start = false, save_end = false, opts...)
     solve!(integrator)
-    return Float64(integrator.t)
+    return Float64(integrator.t), all(isfinite, integrator.u)
 end
 
 function run_forward(prob, alg, sensealg, u0::Matrix{Float64}, θ::Vector{Float64},
@@ -61,9 +65,9 @@ function run_forward(prob, alg, sensealg, u0::Matrix{Float64}, θ::Vector{Float6
     stats = hasproperty(sol, :stats) ? sol.stats : nothing
     t_final = isempty(sol.t) ? ts[1] : Float64(sol.t[end])
     success = successful_retcode(sol)
-    t_reached = success ? ts[end] : reached_time(prob, alg, u0, θ, opts)
+    t_reached, state_finite = success ? (ts[end], true) : reached_time(prob, alg, u0, θ, opts)
     return ForwardResult(Array{Float64, 3}(ys), back, success, string(sol.retcode), t_final,
-                         t_reached, stat_count(stats, :nf), stat_count(stats, :naccept),
+                         t_reached, state_finite, stat_count(stats, :nf), stat_count(stats, :naccept),
                          stat_count(stats, :nreject), stat_count(stats, :njacs), size(u0),
                          length(θ))
 end

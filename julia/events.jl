@@ -111,16 +111,24 @@ end
 A plain forward solve (no Zygote, no sensitivity algorithm) with the event callback, saving at
 `ts`. After a terminal event the saved states stop at the last output time reached; `back` is
 `nothing` (no gradients through Python events).
+
+The time reached is the integrator's, not `sol.t[end]`: after `terminate!` or a failure the solution
+ends at the last output time passed, because the end point is saved only when it is `tspan[2]` or
+in `saveat` (OrdinaryDiffEqCore `solution_endpoint_match_cur_integrator!`,
+src/integrators/integrator_utils.jl, with `save_end` left to its default).
 """
 function run_events(prob, alg, u0::Matrix{Float64}, θ::Vector{Float64}, ts::Vector{Float64}, opts,
                     callback)
-    sol = solve(prob, alg; u0 = u0, p = θ, saveat = ts, callback = callback, opts...)
+    integrator = init(remake(prob; u0 = u0, p = θ), alg; saveat = ts, callback = callback,
+                      opts...)
+    sol = solve!(integrator)
     saved = [i for i in eachindex(sol.t) if sol.t[i] in ts]
     ys = isempty(saved) ? zeros(size(u0)..., 0) : cat([sol.u[i] for i in saved]...; dims = 3)
     stats = hasproperty(sol, :stats) ? sol.stats : nothing
     t_last = isempty(sol.t) ? ts[1] : Float64(sol.t[end])
     return ForwardResult(Array{Float64, 3}(ys), nothing, successful_retcode(sol),
-                         string(sol.retcode), t_last, t_last, stat_count(stats, :nf),
+                         string(sol.retcode), t_last, Float64(integrator.t),
+                         all(isfinite, integrator.u), stat_count(stats, :nf),
                          stat_count(stats, :naccept), stat_count(stats, :nreject),
                          stat_count(stats, :njacs), size(u0), length(θ))
 end

@@ -18,6 +18,14 @@ SciMLBase sensitivity_solution; OrdinaryDiffEqCore solve!; PythonCall JlWrap/bas
   interpolation's extrapolation, and ``sensitivity_solution`` sets ``sol.t = ts``, so the solution's
   last time (``t_final``) is ``max(ts)``. BacksolveAdjoint returns only the output times reached.
   ``t_reached`` is what HybridNODE's bridge.jl reports from a plain re-solve (the integrator's time).
+- Step-size underflow. OrdinaryDiffEq's default ``dtmin`` is 0 (OrdinaryDiffEqCore src/solve.jl),
+  so a step size driven to nothing ends in SciMLBase ``check_error``'s ``dt_epsilon`` branch: a
+  rejected step with ``abs(dt) <= eps(t)`` returns ``ReturnCode.Unstable``
+  (src/integrator_interface.jl, SciMLBase 2.147 to 3.49; DiffEqBase 7.18
+  lib/DiffEqBase/src/check_error.jl), not ``DtLessThanMin`` (that needs ``dt <= dtmin``). A state
+  that is not finite after an accepted step is ``Unstable`` too (``unstable_check``);
+  ``state_finite`` (bridge.jl's ``reached_time``) tells the two apart. scipy's failure ("step size
+  less than spacing between numbers") is the underflow.
 - Step limit. ``maxiters`` counts every attempted step, rejected ones included (``integrator.iter``),
   with OrdinaryDiffEqCore's default of 1_000_000 for adaptive methods (src/solve.jl). The backward
   solve has the same limit (concrete_solve.jl passes the solve's keywords on); SciMLSensitivity does
@@ -359,6 +367,7 @@ class StandinEngine:
             solver = DOP853(fun, ts[0], x0, ts[-1], **kw)
         maxiters = _maxiters(config)
         steps, interpolants, retcode, accepted, attempts = [ts[0]], [], "Success", 0, 0
+        state_finite = True
         while solver.status == "running":
             before = solver.nfev
             solver.step()
@@ -366,11 +375,11 @@ class StandinEngine:
             if attempts > maxiters:  # upstream stops before the attempt past the limit: drop this step
                 retcode = "MaxIters"
                 break
-            if solver.status == "failed":
-                retcode = "DtLessThanMin"
-                break
-            if not np.all(np.isfinite(solver.y)):
+            if solver.status == "failed":  # check_error's dt_epsilon: Unstable, the state finite
                 retcode = "Unstable"
+                break
+            if not np.all(np.isfinite(solver.y)):  # check_error's unstable_check
+                retcode, state_finite = "Unstable", False
                 break
             accepted += 1
             steps.append(solver.t)
@@ -397,6 +406,7 @@ class StandinEngine:
             t_final=float(saved[-1]) if len(saved) else float(ts[0]),
             stats=stats,
             t_reached=float(ts[-1]) if success else reached,
+            state_finite=state_finite,
         )
 
     def forward_events(self, problem, u0, theta, ts, config, bridge):
@@ -414,7 +424,8 @@ class StandinEngine:
         within ``abstol = 10 eps`` of zero takes its sign from a point nudged ``repeat_nudge = 1/100``
         of the next step ahead, so the same root is not found again. ``terminate!`` ends the solve:
         the saved states stop at the last output time reached. Nothing is saved at the events
-        (``save_positions = (false, false)``).
+        (``save_positions = (false, false)``). A failed step ends the solve with ``Unstable`` as
+        :meth:`forward` does, the time reached being where the solver stopped.
         """
         assert u0.ndim == 2, "the engine receives the Julia (D, B) layout"
         self.forward_calls.append(dict(problem=problem, ts=np.array(ts), config=config, events=True))
@@ -430,12 +441,18 @@ class StandinEngine:
         saved: dict[float, np.ndarray] = {t: x.copy()}
         prev = np.sign(np.asarray(condition(x.copy(), t), dtype=float))
         nudge = np.zeros(prev.shape, dtype=bool)
-        nfe, accepted, terminated = 0, 0, False
-        while t < ts[-1] and not terminated:
+        nfe, accepted, terminated, retcode, state_finite = 0, 0, False, "Success", True
+        while t < ts[-1] and not terminated and retcode == "Success":
             solver = DOP853(fun, t, x, ts[-1], rtol=config.rtol, atol=config.atol)
             restart = False
             while solver.status == "running" and not restart:
                 solver.step()
+                if solver.status == "failed":  # check_error's dt_epsilon (see forward): stop at t
+                    retcode = "Unstable"
+                    break
+                if not np.all(np.isfinite(solver.y)):  # check_error's unstable_check, at the step's end
+                    retcode, state_finite, t = "Unstable", False, solver.t
+                    break
                 accepted += 1
                 t0, t1 = solver.t_old, solver.t
                 dense = solver.dense_output()
@@ -494,11 +511,14 @@ class StandinEngine:
         return ForwardOutput(
             ys=ys,
             handle=None,
-            success=True,
-            retcode="Terminated" if terminated else "Success",
-            t_final=float(t),
+            success=retcode == "Success",
+            retcode="Terminated" if terminated else retcode,
+            # sol.t[end]: the end point is saved only at tspan[2] or a saveat time (OrdinaryDiffEqCore
+            # solution_endpoint_match_cur_integrator!), so after a stop it is the last output time passed
+            t_final=float(times[-1]),
             stats=Stats(nfe=int(nfe), n_accepted=accepted),
-            t_reached=float(t),
+            t_reached=float(t),  # events.jl's run_events: integrator.t
+            state_finite=state_finite,
         )
 
     def backward(self, handle: _Handle, ybar):

@@ -94,6 +94,23 @@ def test_too_many_events_and_missing_events_are_reported():
         standin(fall, y0, torch.tensor([0.0, 1.0]), event_fn=lambda t, y: y[:, 0] + 100.0, event_t_end=1.0)
 
 
+def test_a_step_size_underflow_ends_an_event_solve_where_it_stopped():
+    # y' = y^2 blows up at t = 1 before the event (never crossed) fires. Upstream's solve stops with
+    # ReturnCode.Unstable (SciMLBase check_error's dt_epsilon branch, the default dtmin being 0) and
+    # events.jl's run_events reports the integrator's time and its finite state.
+    event = hn.Event(lambda t, y: y[..., :1] + 1.0)
+    t = torch.tensor([0.0, 0.5, 2.0])
+    sol = standin(lambda t, y: y**2, torch.ones(1, 1), t, event=event, throw=False)
+    assert sol.status is Status.STEP_UNDERFLOW and not sol.events
+    # y(0.5) = 1 / (1 - 0.5) = 2 exactly; rtol=1e-10 over a smooth half-interval: 1e-8 is ample
+    torch.testing.assert_close(sol.ys[:2, 0, 0], torch.tensor([1.0, 2.0]), rtol=1e-8, atol=0.0)
+    assert torch.isnan(sol.ys[2]).all()  # the last output time was never reached
+    with pytest.raises(SolverError) as info:
+        standin(lambda t, y: y**2, torch.ones(1, 1), t, event=event)
+    # the computed blow-up is off t = 1 by the accumulated error (far below 1e-3)
+    assert info.value.status is Status.STEP_UNDERFLOW and abs(info.value.t - 1.0) < 1e-3
+
+
 def test_the_julia_backend_refuses_event_gradients_per_sample_events_and_an_open_ended_terminal_event():
     y0 = torch.tensor([[1.0, 0.0]], requires_grad=True)
     t = torch.tensor([0.0, 1.0])

@@ -236,10 +236,24 @@ def test_python_reads_only_fields_the_julia_result_has():
 
 def test_failed_solves_get_the_reached_time_from_the_solver():
     # Issue 20 item 2: sol.t is ts after sensitivity_solution; a plain re-solve's integrator knows.
+    # Its state tells a step-size underflow from a non-finite state: SciMLBase check_error
+    # (src/integrator_interface.jl) returns ReturnCode.Unstable for both with the default dtmin = 0.
     code = _code(JULIA_DIR / "bridge.jl")
-    assert re.search(r"t_reached = success \? ts\[end\] : reached_time\(", code)
+    assert re.search(r"t_reached, state_finite = success \? \(ts\[end\], true\) : reached_time\(", code)
     body = re.search(r"function reached_time\(.*?\nend", code, re.S).group(0)
-    assert "init(remake(prob" in body and "solve!(integrator)" in body and "integrator.t" in body
+    assert "init(remake(prob" in body and "solve!(integrator)" in body
+    assert "return Float64(integrator.t), all(isfinite, integrator.u)" in body
+
+
+def test_event_solves_report_the_integrators_time_not_the_last_saved_one():
+    # After terminate! or a failure, sol.t[end] is the last output time passed: the end point is
+    # saved only at tspan[2] or a saveat time (OrdinaryDiffEqCore solution_endpoint_match_cur_integrator!,
+    # src/integrators/integrator_utils.jl). run_events keeps the integrator to read where it stopped.
+    code = _code(JULIA_DIR / "events.jl")
+    body = re.search(r"function run_events\(.*?\nend", code, re.S).group(0)
+    assert "init(remake(prob" in body and "sol = solve!(integrator)" in body
+    assert "Float64(integrator.t),\n" in body and "all(isfinite, integrator.u)" in body
+    assert "solve(prob" not in body
 
 
 def test_julia_refuses_decreasing_times_and_reverses_time_instead():

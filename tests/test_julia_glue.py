@@ -427,6 +427,32 @@ def test_failed_solve_raises_solver_error():
     assert info.value.status in (Status.STEP_UNDERFLOW, Status.NONFINITE) and 0.9 < info.value.t < 1.01
 
 
+def test_a_step_size_underflow_is_unstable_upstream_and_reported_as_an_underflow():
+    # y' = y^2, y(0) = 1 blows up at t = 1 with the state finite until the steps vanish. Upstream's
+    # default dtmin is 0 (OrdinaryDiffEqCore src/solve.jl), so SciMLBase check_error
+    # (src/integrator_interface.jl) never returns DtLessThanMin here: a rejected step with
+    # abs(dt) <= eps(t) returns ReturnCode.Unstable ("dt was forced below floating point epsilon"),
+    # the code a non-finite state gets too. The finite state where it stopped tells them apart.
+    problem = jb.make_callbacks(lambda t, m: m**2, (1, 1), (), torch.float64, "cpu")
+    config = dataclasses.replace(_dp5_config(), rtol=1e-6, atol=1e-8)
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 2.0]), config)
+    assert not out.success and out.retcode == "Unstable" and out.state_finite is True
+    # The exact blow-up is at t = 1; the computed one is off by the error accumulated at rtol=1e-6
+    # (about 1e-7 here), so 1e-3 only says that the solve stopped at the blow-up.
+    assert abs(out.t_reached - 1.0) < 1e-3
+    with pytest.raises(SolverError) as info:
+        _solve(lambda t, y: y**2, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 2.0]), rtol=1e-6, atol=1e-8)
+    assert info.value.status is Status.STEP_UNDERFLOW and abs(info.value.t - 1.0) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "state_finite, status", [(True, Status.STEP_UNDERFLOW), (False, Status.NONFINITE), (None, Status.NONFINITE)]
+)
+def test_unstable_is_an_underflow_only_with_a_finite_state(state_finite, status):
+    assert jb.status_from_retcode("ReturnCode.Unstable", state_finite) is status
+    assert jb.status_from_retcode("MaxIters", state_finite) is Status.MAX_STEPS
+
+
 @pytest.mark.parametrize("sensitivity", SENSITIVITIES, ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("decreasing", [False, True], ids=["increasing", "decreasing"])
 def test_failed_solve_reports_the_time_reached_not_the_last_output_time(sensitivity, decreasing):

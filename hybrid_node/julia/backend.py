@@ -313,6 +313,8 @@ class ForwardOutput:
         stats: work counters.
         t_reached: the time the solver really reached (``ts[end]`` on success; on failure found by
             the engine from the solver itself). This is what :class:`SolverError` reports.
+        state_finite: whether the state where the solver stopped is finite (None: not known). It
+            tells the two causes of an ``Unstable`` return code apart (see :func:`status_from_retcode`).
     """
 
     ys: np.ndarray
@@ -322,6 +324,7 @@ class ForwardOutput:
     t_final: float
     stats: Stats
     t_reached: float | None = None
+    state_finite: bool | None = None
 
 
 class JuliaEngine:
@@ -373,6 +376,7 @@ class JuliaEngine:
             t_final=float(res.t_final),
             stats=stats,
             t_reached=float(res.t_reached),
+            state_finite=bool(res.state_finite),
         )
 
     def forward_events(
@@ -471,9 +475,26 @@ def _call_engine(engine, method: Callable, *args):
         raise
 
 
-def status_from_retcode(retcode: str) -> Status:
-    """The :class:`Status` for a SciML return code (FAILED, naming the code, when unrecognised)."""
+def status_from_retcode(retcode: str, state_finite: bool | None = None) -> Status:
+    """The :class:`Status` for a SciML return code.
+
+    ``Unstable`` has two causes upstream (SciMLBase ``check_error``, src/integrator_interface.jl,
+    2.147 to 3.49; DiffEqBase 7.18 lib/DiffEqBase/src/check_error.jl): a state that is not finite
+    after an accepted step (``unstable_check``), and a rejected step whose ``dt`` was forced below
+    ``eps(t)`` (``dt_epsilon``). The second is how a step-size underflow ends with OrdinaryDiffEq's
+    default ``dtmin = 0``; ``DtLessThanMin`` needs a positive ``dtmin``, which is never sent.
+
+    Args:
+        retcode: the return code's name (``"ReturnCode.MaxIters"`` or ``"MaxIters"``).
+        state_finite: whether the state where the solver stopped is finite (None: not known).
+
+    Returns:
+        The status: STEP_UNDERFLOW for ``Unstable`` with a finite state, FAILED for an unrecognised
+        code.
+    """
     name = retcode.rsplit(".", 1)[-1].strip()
+    if name == "Unstable" and state_finite is True:
+        return Status.STEP_UNDERFLOW
     for key, status in _RETCODES:
         if key == name:
             return status
@@ -543,7 +564,8 @@ class _JuliaSolve(torch.autograd.Function):
         out = _call_engine(run.engine, run.engine.forward, run.problem, u0.T, theta, sign * ts, run.config)
         if not out.success:
             reached = out.t_reached if out.t_reached is not None else out.t_final
-            raise SolverError(status_from_retcode(out.retcode), sign * reached, f"Julia retcode {out.retcode}")
+            status = status_from_retcode(out.retcode, out.state_finite)
+            raise SolverError(status, sign * reached, f"Julia retcode {out.retcode}")
         run.stats = out.stats
         ys = torch.from_numpy(np.ascontiguousarray(np.transpose(out.ys, (2, 1, 0))))
         ys = ys.to(dtype=y0.dtype)

@@ -241,7 +241,7 @@ def solve_events(
     theta = backend._flat_params(params, n_theta)
     engine = backend.JuliaEngine(julia_runtime.load_module()) if engine is None else engine
     out = backend._call_engine(engine, engine.forward_events, problem, u0.T, theta, ts, config, bridge)
-    status = bridge.status if out.success else backend.status_from_retcode(out.retcode)
+    status = bridge.status if out.success else backend.status_from_retcode(out.retcode, out.state_finite)
     reached = sign * (out.t_reached if out.t_reached is not None else out.t_final)
     if event_fn is not None:
         return _terminal_solution(bridge, m0, layout, t, out.stats, status, reached, throw)

@@ -161,6 +161,20 @@ linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
         @test 0.0 < r.t_reached < 50.0
     end
 
+    @testset "a step-size underflow is Unstable with a finite state" begin
+        # u' = u², u(0) = 1 blows up at t = 1. With the default dtmin = 0, SciMLBase's check_error
+        # ends it in its dt_epsilon branch (a rejected step with dt <= eps(t): ReturnCode.Unstable,
+        # src/integrator_interface.jl), the code a non-finite state also gets; state_finite tells
+        # the Python side it is an underflow.
+        arr(v) = pyimport("array").array("d", pylist(collect(Float64, v)))
+        f = pyfunc((u, t) -> arr(collect(Float64, u) .^ 2))
+        vjp = pyfunc((λ, u, t) -> arr(vcat(2 .* collect(Float64, u) .* collect(Float64, λ), 0.0)))
+        r = forward_callback(f, vjp, nothing, [0.0], ones(1, 1), [0.0, 2.0]; algorithm = "Tsit5",
+                             sensitivity = "GaussAdjoint", abstol = 1e-8, reltol = 1e-6)
+        @test !r.success && occursin("Unstable", r.retcode)
+        @test r.state_finite && abs(r.t_reached - 1.0) < 1e-3
+    end
+
     @testset "refusals" begin
         @test_throws ArgumentError forward_mlp(linear_mlp()..., θA, U0, [1.0, 0.0];
                                                algorithm = "Tsit5", sensitivity = "GaussAdjoint",
