@@ -34,7 +34,8 @@ class IrregularBatch:
     Attributes:
         times: (B, L) observation times of each sample, non-decreasing along L. Padded positions
             repeat the sample's last observed time.
-        values: (B, L, D) observed values; entries where ``mask`` is 0 are ignored (any value).
+        values: (B, L, D) observed values; entries where ``mask`` is 0 are ignored (any value, NaN
+            included); observed entries must be finite.
         mask: (B, L, D) 1.0 where a value was observed, 0.0 otherwise (same dtype as ``values``).
     """
 
@@ -52,8 +53,19 @@ class IrregularBatch:
             raise ValueError(f"values must have shape (B, L, D) matching times {tuple(t.shape)}; got {tuple(v.shape)}.")
         if m.shape != v.shape:
             raise ValueError(f"mask must have the shape of values {tuple(v.shape)}; got {tuple(m.shape)}.")
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            # a NaN time passes the sorting check (every comparison with NaN is False) and fails later
+            raise ValueError(
+                "times must be finite; got NaN or infinite times. Drop those points (from_sequences pads "
+                "each series with its last time)."
+            )
         if t.shape[1] > 1 and bool((t[:, 1:] < t[:, :-1]).any()):
             raise ValueError("times must be sorted (non-decreasing) within each sample; sort them first.")
+        if v.is_floating_point() and not bool((v.isfinite() | (m == 0)).all()):
+            raise ValueError(
+                "values holds NaN or infinite entries where mask is 1 (observed); mark a missing value "
+                "with mask 0 there (unobserved entries may hold anything)."
+            )
 
     @property
     def batch_size(self) -> int:
@@ -182,13 +194,16 @@ def from_sequences(
         series is padded with the batch's earliest time, so that it adds no point to a union grid.
 
     Raises:
-        ValueError: on empty input, mismatched lengths or channel counts, or unsorted times.
+        ValueError: on empty input, mismatched lengths or channel counts, a mask not shaped like its
+            values, unsorted or non-finite times, or non-finite observed values.
     """
     if len(times) == 0 or len(times) != len(values) or (masks is not None and len(masks) != len(times)):
         raise ValueError("from_sequences needs equally many (non-zero) times, values (and masks).")
     dims = {v.shape[-1] for v in values}
     if len(dims) != 1 or any(v.ndim != 2 for v in values):
         raise ValueError("every values tensor must have shape (L_b, D) with the same D.")
+    if any(torch.as_tensor(t).ndim != 1 for t in times):
+        raise ValueError("every times tensor must have shape (L_b,) (one time per row of its values).")
     (d,) = dims
     length = max(int(t.numel()) for t in times)
     if length == 0:
@@ -209,6 +224,12 @@ def from_sequences(
         n = int(t.numel())
         if v.shape[0] != n:
             raise ValueError(f"series {i}: {n} times but {v.shape[0]} values.")
+        if masks is not None and tuple(masks[i].shape) != tuple(v.shape):
+            # a (L_b,) or (D,) mask would broadcast silently over the wrong axis
+            raise ValueError(
+                f"series {i}: mask of shape {tuple(masks[i].shape)} must have the shape of its values "
+                f"{tuple(v.shape)} (one 0/1 entry per time and channel)."
+            )
         if n == 0:
             continue
         out_t[i, :n] = t.to(t_dtype)

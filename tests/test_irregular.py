@@ -76,6 +76,11 @@ def test_subsample_grid_keeps_distinct_sorted_points_per_sample():
         ({"values": torch.zeros(2, 4, 2)}, "values must have shape"),
         ({"mask": torch.zeros(2, 3, 1)}, "mask must have"),
         ({"times": torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 2.0]])}, "sorted"),
+        # a NaN time compares False both ways, so it used to pass the sorting check unnoticed
+        ({"times": torch.tensor([[0.0, float("nan"), 1.0], [0.0, 1.0, 2.0]])}, "finite"),
+        ({"times": torch.tensor([[0.0, 1.0, float("inf")], [0.0, 1.0, 2.0]])}, "finite"),
+        # an observed NaN used to turn the loss into NaN silently
+        ({"values": torch.full((2, 3, 2), float("nan"))}, "mask 0"),
     ],
 )
 def test_invalid_batches_raise(kwargs, match):
@@ -131,3 +136,23 @@ def test_gaps_run_from_the_previous_observed_time():
     assert from_sequences([torch.tensor([0.0, 1.0, 3.0])], [torch.zeros(3, 1)], [mask]).gaps().tolist() == [
         [0.0, 0.0, 2.0]
     ]
+
+
+def test_unobserved_entries_may_hold_nan():
+    values = torch.zeros(2, 3, 2)
+    values[1, 2, 0] = float("nan")
+    mask = torch.ones(2, 3, 2)
+    mask[1, 2, 0] = 0.0
+    batch = IrregularBatch(torch.zeros(2, 3), values, mask)
+    assert torch.equal(batch.observed_values, torch.zeros(2, 3, 2))
+
+
+def test_from_sequences_rejects_masks_and_times_of_the_wrong_shape():
+    t, v = torch.tensor([0.0, 1.0]), torch.zeros(2, 2)
+    # a (L_b,) mask when L_b == D used to broadcast along the channels: observed-ness per channel, not time
+    with pytest.raises(ValueError, match=r"mask of shape \(2,\) must have the shape of its values \(2, 2\)"):
+        from_sequences([t], [v], [torch.tensor([1.0, 0.0])])
+    with pytest.raises(ValueError, match=r"series 1: mask of shape \(2, 3\)"):
+        from_sequences([t, t], [v, v], [torch.ones(2, 2), torch.ones(2, 3)])
+    with pytest.raises(ValueError, match=r"shape \(L_b,\)"):
+        from_sequences([t.reshape(2, 1)], [v])
