@@ -331,10 +331,13 @@ class LatentODE(nn.Module):
         """Solve the latent ODE from ``t0`` to sorted ``times`` (T,); returns (T, B, state).
 
         No ``times`` (T = 0, e.g. the union grid of a batch of no series) give an empty (0, B, state).
+        The solve runs in the dtype of ``z0``: ``times`` and ``t0`` are cast to it first.
 
         Raises:
             ValueError: ``times`` precede ``t0``.
         """
+        # cast before comparing: times distinct in float64 may round to one float32 time of the solve
+        times = times.to(z0.dtype)
         t0 = torch.as_tensor(t0, dtype=times.dtype, device=times.device).reshape(1)
         field: nn.Module = self.dynamics
         state = z0
@@ -349,9 +352,7 @@ class LatentODE(nn.Module):
         if bool((times[0] < t0).any()):
             raise ValueError("times must not precede t0.")
         grid = torch.cat([t0, times]) if bool(times[0] > t0) else times
-        ys = odeint(
-            field, state, grid.to(z0.dtype), rtol=self.rtol, atol=self.atol, method=self.method, options=self.options
-        )
+        ys = odeint(field, state, grid, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
         return ys[1:] if grid.numel() > times.numel() else ys
 
     def decode(self, z0: Tensor, times: Tensor, t0: float | Tensor = 0.0) -> Tensor:
@@ -413,6 +414,10 @@ class LatentODE(nn.Module):
         """log p(x | z0) of the observed entries of ``scored``: the Gaussian term and the Poisson process
         term of the observation times (None without ``poisson``), each (B,)."""
         self._check_channels(scored, "the scored series")
+        if scored.times.dtype != z0.dtype:
+            # the solve runs in z0's dtype: times distinct in a finer dtype that round to one time there
+            # must share one union point (rounding keeps them sorted)
+            scored = dataclasses.replace(scored, times=scored.times.to(z0.dtype))
         union, index = union_grid(scored)
         states = gather_union(self.latent_trajectory(z0, union, t0), index)  # (B, L, state)
         return self.log_likelihood_of_states(states, scored.values, scored.mask)

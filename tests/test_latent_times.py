@@ -1,0 +1,30 @@
+"""Times given to the latent ODE: a finer dtype than the model's, and shapes it cannot take."""
+
+import pytest
+import torch
+
+from hybrid_node.irregular import from_sequences
+from hybrid_node.nn.latent_ode import LatentODE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_float64_times_that_round_to_one_float32_time_score_as_that_time():
+    # 40 + 1e-7 and 40 + 2e-7 are distinct in float64 but one float32 number (its spacing at 40 is
+    # 3.8e-6): the float32 solve cannot tell them apart, so they must share one point of its grid
+    # instead of making two equal grid times (which the solver refuses).
+    torch.manual_seed(0)
+    model = LatentODE(obs_dim=2)
+    g = torch.Generator().manual_seed(0)
+    values = [torch.randn(2, 2, generator=g), torch.randn(2, 2, generator=g)]
+    fine = [torch.tensor([1.0, 40 + 1e-7], dtype=torch.float64), torch.tensor([0.5, 40 + 2e-7], dtype=torch.float64)]
+    assert float(fine[0][1]) != float(fine[1][1]) and float(fine[0][1].float()) == float(fine[1][1].float())
+    coarse = [t.float() for t in fine]
+    got = model.elbo(from_sequences(fine, values), 0.0, generator=torch.Generator().manual_seed(1))
+    want = model.elbo(from_sequences(coarse, values), 0.0, generator=torch.Generator().manual_seed(1))
+    # the same float32 arithmetic on the same float32 times
+    assert torch.equal(got.log_likelihood, want.log_likelihood) and torch.equal(got.kl, want.kl)
+    # a first time after t0 in float64 but equal to it in float32: the solve starts there
+    z0 = torch.zeros(2, 4)
+    times = torch.tensor([1 + 1e-9, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(model.decode(z0, times, 1.0), model.decode(z0, times.float(), 1.0), rtol=0, atol=0)
