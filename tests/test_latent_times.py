@@ -28,3 +28,14 @@ def test_float64_times_that_round_to_one_float32_time_score_as_that_time():
     z0 = torch.zeros(2, 4)
     times = torch.tensor([1 + 1e-9, 2.0], dtype=torch.float64)
     torch.testing.assert_close(model.decode(z0, times, 1.0), model.decode(z0, times.float(), 1.0), rtol=0, atol=0)
+
+
+def test_latent_ode_refuses_per_sample_decode_times_and_start_times():
+    model = LatentODE(obs_dim=2)
+    batch = from_sequences([torch.tensor([0.5, 1.0]), torch.tensor([0.2, 0.7])], [torch.zeros(2, 2)] * 2)
+    with pytest.raises(ValueError, match=r"times must be 1-D \(T,\).*got shape \(2, 2\).*IrregularBatch"):
+        model.decode(torch.zeros(2, 4), batch.times)
+    # two series of two points: a (B,) t0 broadcast against the time axis without complaint
+    for call in (lambda t0: model.elbo(batch, t0), lambda t0: model.predict(batch, torch.tensor([1.5]), t0)):
+        with pytest.raises(ValueError, match=r"t0 must be one time shared by the whole batch; got shape \(2,\)"):
+            call(torch.tensor([0.0, 0.1]))

@@ -139,6 +139,18 @@ def descend_z0(z0: Tensor, loss: Callable[[Tensor], Tensor], steps: int, lr: flo
         yield z0.detach().clone()
 
 
+def _start_time(t0: float | Tensor, times: Tensor) -> Tensor:
+    """``t0`` as a 0-d tensor of the dtype and device of ``times``.
+
+    Raises:
+        ValueError: ``t0`` is not one number (a (B,) tensor would be compared with the time axis).
+    """
+    out = torch.as_tensor(t0, dtype=times.dtype, device=times.device)
+    if out.numel() != 1:
+        raise ValueError(f"t0 must be one time shared by the whole batch; got shape {tuple(out.shape)}.")
+    return out.reshape(())
+
+
 # ----------------------------------------------------------------------------------------------------
 # Networks
 class RecognitionRNN(nn.Module):
@@ -313,10 +325,11 @@ class LatentODE(nn.Module):
         """(mean, logvar) of q(z0 | x), each (B, latent_dim); z0 lives at time ``t0``.
 
         Raises:
-            ValueError: ``batch`` has another number of channels than ``obs_dim``, or a time before ``t0``.
+            ValueError: ``batch`` has another number of channels than ``obs_dim`` or a time before ``t0``,
+                or ``t0`` is not one number.
         """
         self._check_channels(batch, "batch")
-        t0 = torch.as_tensor(t0, dtype=batch.times.dtype)
+        t0 = _start_time(t0, batch.times)
         if bool((batch.times < t0).any()):
             raise ValueError("every observation time must be >= t0 (the latent initial time).")
         return self.encoder(batch, t0)
@@ -334,11 +347,16 @@ class LatentODE(nn.Module):
         The solve runs in the dtype of ``z0``: ``times`` and ``t0`` are cast to it first.
 
         Raises:
-            ValueError: ``times`` precede ``t0``.
+            ValueError: ``times`` is not 1-D, ``t0`` is not one number, or ``times`` precede ``t0``.
         """
+        if times.ndim != 1:
+            raise ValueError(
+                f"times must be 1-D (T,), shared by every sample; got shape {tuple(times.shape)}. For "
+                "per-sample times pass an IrregularBatch to log_likelihood (one solve on the union grid)."
+            )
         # cast before comparing: times distinct in float64 may round to one float32 time of the solve
         times = times.to(z0.dtype)
-        t0 = torch.as_tensor(t0, dtype=times.dtype, device=times.device).reshape(1)
+        t0 = _start_time(t0, times).reshape(1)
         field: nn.Module = self.dynamics
         state = z0
         if self.log_intensity is not None:
@@ -387,7 +405,7 @@ class LatentODE(nn.Module):
         Raises:
             ValueError: if ``batch`` holds no series (the mean over the batch is undefined) or no time
                 points, if ``targets`` does not match ``batch`` in batch size or channels, or has a time
-                before ``t0``.
+                before ``t0``, or if ``t0`` is not one number.
         """
         if batch.batch_size == 0:
             # the loss is a mean over the series: NaN for none, which would poison a training step
@@ -402,7 +420,7 @@ class LatentODE(nn.Module):
                 f"targets must have the batch size and channels of batch ({batch.batch_size}, {batch.obs_dim}); "
                 f"got ({scored.batch_size}, {scored.obs_dim})."
             )
-        if bool((scored.times < torch.as_tensor(t0, dtype=scored.times.dtype)).any()):
+        if bool((scored.times < _start_time(t0, scored.times)).any()):
             raise ValueError("every target time must be >= t0 (the latent initial time).")
         mean, logvar = self.encode(batch, t0)
         loglik, poisson = self.log_likelihood(self.sample_z0(mean, logvar, generator), scored, t0)
