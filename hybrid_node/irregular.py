@@ -144,6 +144,27 @@ class IrregularBatch:
         return self.times - prev
 
 
+def check_future_times(batch: IrregularBatch, times: Tensor) -> None:
+    """Check the extrapolation ``times`` of a model that steps from each sample's last time to them.
+
+    Args:
+        batch: the observed series.
+        times: (T,) times to predict, shared by every sample (T = 0 allowed).
+
+    Raises:
+        ValueError: ``times`` is not 1-D, decreases somewhere, or starts before the last time of some
+            sample (padding repeats it).
+    """
+    if times.ndim != 1:
+        raise ValueError(
+            f"extrapolation times must be 1-D (T,), shared by every sample; got shape {tuple(times.shape)}."
+        )
+    if times.numel() > 1 and bool((times[1:] < times[:-1]).any()):
+        raise ValueError("extrapolation times must be sorted (non-decreasing); sort them first.")
+    if times.numel() and bool((times[0] < batch.times[:, -1]).any()):
+        raise ValueError("extrapolation times must not precede the last observation of any sample.")
+
+
 def union_grid(batch: IrregularBatch, extra_times: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Sorted union of the batch's times (plus ``extra_times``) and each sample's index into it.
 

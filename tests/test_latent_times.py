@@ -5,6 +5,8 @@ import torch
 
 from hybrid_node.irregular import from_sequences
 from hybrid_node.nn.latent_ode import LatentODE
+from hybrid_node.nn.ode_rnn import ODERNN
+from hybrid_node.nn.rnn_baselines import RNNBaseline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,3 +41,33 @@ def test_latent_ode_refuses_per_sample_decode_times_and_start_times():
     for call in (lambda t0: model.elbo(batch, t0), lambda t0: model.predict(batch, torch.tensor([1.5]), t0)):
         with pytest.raises(ValueError, match=r"t0 must be one time shared by the whole batch; got shape \(2,\)"):
             call(torch.tensor([0.0, 0.1]))
+
+
+def _two_series():
+    g = torch.Generator().manual_seed(0)
+    return from_sequences(
+        [torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.3, 0.4])],
+        [torch.randn(3, 2, generator=g), torch.randn(2, 2, generator=g)],
+    )
+
+
+@pytest.mark.parametrize("model", [ODERNN(2, hidden=4, ode_hidden=5), RNNBaseline(2, hidden=4, use_time_gaps=True)])
+def test_baselines_refuse_extrapolation_times_they_would_misread(model):
+    batch = _two_series()
+    # per-sample rows were read as one shared time per step (sample 0 got 1.5 then 1.2)
+    with pytest.raises(ValueError, match=r"1-D \(T,\), shared by every sample; got shape \(2, 2\)"):
+        model.extrapolate(batch, torch.tensor([[1.5, 1.7], [1.2, 1.3]]))
+    # a decreasing time fed a negative gap (or evolved backwards past the forecasts already made)
+    with pytest.raises(ValueError, match="sorted"):
+        model.extrapolate(batch, torch.tensor([1.5, 1.2]))
+    with pytest.raises(ValueError, match="precede the last observation"):
+        model.extrapolate(batch, torch.tensor([0.8, 1.2]))
+
+
+@pytest.mark.parametrize("model", [ODERNN(2, hidden=4, ode_hidden=5), RNNBaseline(2, hidden=4, use_time_gaps=True)])
+def test_baselines_extrapolate_to_no_times(model):
+    batch = _two_series()
+    assert model.extrapolate(batch, torch.zeros(0)).shape == (2, 0, 2)
+    if isinstance(model, RNNBaseline):
+        # no future points: the forecasting loss is the teacher-forced loss alone
+        torch.testing.assert_close(model.forecast_loss(batch, torch.zeros(0), torch.zeros(2, 0, 2)), model.loss(batch))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..irregular import IrregularBatch
+from ..irregular import IrregularBatch, check_future_times
 from ._kept import kept_field
 from ._solve import odeint
 
@@ -184,16 +184,15 @@ class ODERNN(nn.Module):
             (B, T, out_dim) read-outs of the hidden state evolved (without updates) to ``times``.
 
         Raises:
-            ValueError: ``times`` precede the last observation of a sample, or ``t_start`` follows the
-                first (as :meth:`run`).
+            ValueError: ``times`` is not 1-D or not sorted, or precedes the last observation of a sample,
+                or ``t_start`` follows the first (as :meth:`run`).
         """
+        check_future_times(batch, times)
         h, _ = self.run(batch, t_start)
         t_prev = batch.times[:, -1]  # padding repeats the last observed time
-        if bool((times[0] < t_prev).any()):
-            raise ValueError("extrapolation times must not precede the last observation of any sample.")
-        outs = []
+        outs = [h.new_zeros(h.shape[0], 0, self.readout.out_features)]  # no times: (B, 0, out_dim)
         for t in times:
             h = self.evolve(h, t - t_prev)
             t_prev = t.expand_as(t_prev)
-            outs.append(self.readout(h))
-        return torch.stack(outs, dim=1)
+            outs.append(self.readout(h).unsqueeze(1))
+        return torch.cat(outs, dim=1)

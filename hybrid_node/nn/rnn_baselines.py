@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..irregular import IrregularBatch
+from ..irregular import IrregularBatch, check_future_times
 
 Tensor = torch.Tensor
 
@@ -105,10 +105,13 @@ class RNNBaseline(nn.Module):
             predictions at ``times``.
 
         Raises:
-            ValueError: if ``times`` precede the last observation of a sample.
+            ValueError: if ``times`` is not 1-D or not sorted (the network would be fed negative time
+                gaps), or precedes the last observation of a sample.
         """
-        if bool((times[0] < batch.times[:, -1]).any()):
-            raise ValueError("extrapolation times must not precede the last observation of any sample.")
+        check_future_times(batch, times)
+        if times.numel() == 0:
+            preds, _ = self._read(batch, batch.times[:, -1])
+            return preds, preds[:, :0]
         preds, h = self._read(batch, times[0].expand(batch.batch_size))
         # The prediction for times[0] is the one made after the last observation: its position, not
         # ``lengths - 1`` (the count of observed times, which an unobserved interior time shifts).
