@@ -90,3 +90,29 @@ def test_shape_errors_say_what_is_expected():
     # a negative layer count built a purely linear H (whose field is constant) without a word
     with pytest.raises(ValueError, match="layers must be >= 0"):
         HamiltonianNN(2, layers=-1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_field_under_inference_mode_vmap_and_jacfwd_equals_the_eager_field():
+    # torch.autograd.grad cannot run there (inference mode records no graph; vmap and jacfwd refuse
+    # requires_grad_()): the field raised "element 0 of tensors does not require grad" or a functorch
+    # error. The reference is the eager field and torch.autograd.functional.jacobian of it; both take
+    # the same derivatives in the same order, so they agree to rounding (1e-14 for O(1) values).
+    model = _model()
+    t = torch.zeros((), dtype=F64)
+    y = torch.randn(5, 4, dtype=F64)
+    want = model(t, y).detach()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(t, y), want, rtol=0, atol=1e-14)
+        inference_y = y.clone()
+    torch.testing.assert_close(model(t, inference_y).detach(), want, rtol=0, atol=1e-14)  # an inference tensor
+    torch.testing.assert_close(torch.func.vmap(lambda z: model(t, z))(y), want, rtol=0, atol=1e-14)
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda z: model(t, z), row) for row in y])
+    torch.testing.assert_close(torch.func.vmap(torch.func.jacfwd(lambda z: model(t, z)))(y), jac, rtol=0, atol=1e-14)
+    times = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    with torch.no_grad():
+        solved = hn.odeint(model, (y[:, :2], y[:, 2:]), times, method="leapfrog", options={"step_size": 0.05})
+    with torch.inference_mode():  # an evaluation rollout under inference mode solves as under no_grad
+        got = hn.odeint(model, (y[:, :2], y[:, 2:]), times, method="leapfrog", options={"step_size": 0.05})
+    for a, b in zip(got, solved):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

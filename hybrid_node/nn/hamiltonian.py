@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._transforms import inside_transform
 from ._checks import positive_int
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -42,7 +43,9 @@ class HamiltonianNN(nn.Module):
     though those are only symplectic for a separable H; ``implicit_midpoint``/``gl4`` are for any H)
     or one tensor whose last dimension holds q then p (for any other solver). The derivatives are taken
     with ``create_graph`` whenever gradients are being recorded, so a loss on the field or on a solve
-    trains the weights (double backprop); under ``torch.no_grad()`` they are detached.
+    trains the weights (double backprop); under ``torch.no_grad()`` they are detached. Under
+    ``torch.inference_mode()`` and inside ``torch.func`` transforms (``vmap``, ``jacrev``, ``jacfwd``),
+    where ``torch.autograd.grad`` cannot run, they are taken by ``torch.func.grad``.
 
     Args:
         dim: the number of coordinates q (and of momenta p).
@@ -83,6 +86,10 @@ class HamiltonianNN(nn.Module):
         """
         return self.net(torch.cat((q, p), dim=-1)).squeeze(-1)
 
+    def _energy_sum(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The sum of H_theta over the samples (samples are independent: its gradient is every sample's own)."""
+        return self.hamiltonian(q, p).sum()
+
     def symplectic_gradient(self, q: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(dH/dp, -dH/dq)``: the Hamiltonian field at (q, p).
 
@@ -99,6 +106,13 @@ class HamiltonianNN(nn.Module):
             raise ValueError(
                 f"q and p must both have shape (..., {self.dim}), got {tuple(q.shape)} and {tuple(p.shape)}."
             )
+        if inside_transform() or torch.is_inference_mode_enabled() or q.is_inference() or p.is_inference():
+            # torch.autograd.grad cannot run here: a vmap/jacfwd level refuses requires_grad_(), and
+            # inference mode (or its tensors) records no graph, so the gradient would not exist.
+            # torch.func.grad is a transform of its own: it composes with the outer levels and with
+            # autograd (double backprop still reaches the weights where gradients are recorded).
+            dh_dq, dh_dp = torch.func.grad(self._energy_sum, argnums=(0, 1))(q, p)
+            return dh_dp, -dh_dq
         recording = torch.is_grad_enabled()
         with torch.enable_grad():  # the field is a gradient even in no_grad rollouts
             # a state that is not part of a graph becomes a leaf we can differentiate against
