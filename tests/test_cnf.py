@@ -288,3 +288,41 @@ def test_adjoint_hutchinson_gradient_ignores_later_forward_passes(other_batch):
 def test_end_time_must_be_finite_and_positive(end_time):
     with pytest.raises(ValueError, match="finite positive"):
         CNF([TimeMLPField(2, (8,))], dim=2, end_time=end_time)
+
+
+class DriftField(nn.Module):
+    """f(t, z) = t c: a translation that ignores z (zero Jacobian), with a learnable c or a fixed one."""
+
+    def __init__(self, c, learn=True):
+        super().__init__()
+        c = torch.as_tensor(c, dtype=torch.float64)
+        if learn:
+            self.c = nn.Parameter(c)
+        else:
+            self.register_buffer("c", c)
+
+    def forward(self, t, z):
+        return (t * self.c).expand_as(z)
+
+
+@pytest.mark.parametrize("learn", [True, False])
+@pytest.mark.parametrize("trace", [None, HutchinsonTrace()])
+def test_field_that_ignores_the_state_has_zero_divergence(learn, trace):
+    # dz/dt = t c moves every point by c T^2 / 2 and keeps volumes: log p(x) = log N(x - c T^2 / 2).
+    # Autograd refuses to differentiate an output that does not depend on z, which used to crash.
+    c, end_time = [0.6, -0.4], 1.3
+    flow = CNF([DriftField(c, learn)], dim=2, end_time=end_time, learn_end_time=learn, solver=TIGHT).double()
+    x = torch.tensor([[0.5, -1.0], [1.5, 0.3], [-2.0, 0.7]], dtype=torch.float64)
+    loss, res = flow.loss(x) if trace is None else (None, flow.to_base(x, trace=trace))
+    z0 = x - torch.tensor(c, dtype=torch.float64) * flow.blocks[0].end_time.detach() ** 2 / 2
+    # dopri5 integrates this quadratic-in-time path exactly; only rounding is left.
+    torch.testing.assert_close(res.z, z0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res.delta_logp, torch.zeros(3, dtype=torch.float64), rtol=0, atol=0)
+    torch.testing.assert_close(res.log_prob, flow.base_log_prob(z0), rtol=0, atol=1e-12)
+    if loss is not None and learn:
+        loss.backward()
+        # d(-mean log N(x - c s)) / dc = -s mean(x - c s) with s = T^2 / 2.
+        s = flow.blocks[0].end_time.detach() ** 2 / 2
+        torch.testing.assert_close(flow.blocks[0].field.c.grad, -s * z0.mean(0), rtol=1e-10, atol=1e-12)
+    div = exact_divergence(lambda v: torch.ones_like(v), x, create_graph=False)
+    assert div.trace.eq(0).all() and div.frobenius_sq.eq(0).all()

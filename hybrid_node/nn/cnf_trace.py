@@ -57,6 +57,35 @@ def _evaluate(fn, z: torch.Tensor, outer_grad: bool):
     return z, f
 
 
+def _vjp(
+    f: torch.Tensor, z: torch.Tensor, cotangent: torch.Tensor, *, create_graph: bool, batched: bool
+) -> torch.Tensor:
+    """``cotangent^T df/dz``, zero where ``f`` does not depend on ``z``.
+
+    A field may ignore its state (a translation f(t, z) = c(t), a block that only moves along time);
+    its Jacobian is zero, but autograd refuses to differentiate an output that does not depend on the
+    input at all. (``materialize_grads`` is no help here: under ``is_grads_batched`` its zeros lack the
+    leading batch dimension.)
+
+    Args:
+        f: the field's value at ``z``, shape (B, D).
+        z: the differentiable points, shape (B, D).
+        cotangent: shape (B, D), or (K, B, D) with ``batched`` (K products at once).
+        create_graph: keep the graph of the products.
+        batched: the leading dimension of ``cotangent`` batches the products.
+
+    Returns:
+        The products, shaped like ``cotangent``.
+    """
+    shape = cotangent.shape if batched else z.shape
+    if not f.requires_grad:  # neither z nor any parameter reaches f
+        return z.new_zeros(shape)
+    (vjp,) = torch.autograd.grad(
+        f, z, cotangent, create_graph=create_graph, is_grads_batched=batched, allow_unused=True
+    )
+    return z.new_zeros(shape) if vjp is None else vjp
+
+
 def _check_batch(z: torch.Tensor) -> None:
     if not isinstance(z, torch.Tensor) or z.dim() != 2:
         raise ValueError(
@@ -86,7 +115,7 @@ def exact_divergence(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
         batch, dim = z.shape
         # Row i of the Jacobian for every sample at once: the D cotangents e_i are batched by vmap.
         basis = torch.eye(dim, dtype=z.dtype, device=z.device).unsqueeze(1).expand(dim, batch, dim)
-        (rows,) = torch.autograd.grad(f, z, basis, create_graph=create_graph, is_grads_batched=True)
+        rows = _vjp(f, z, basis, create_graph=create_graph, batched=True)
     # rows[i, b, j] = d f_i / d z_j at sample b.
     trace = rows.diagonal(dim1=0, dim2=2).sum(-1)
     frobenius_sq = rows.pow(2).sum(dim=(0, 2))
@@ -120,7 +149,7 @@ def hutchinson_divergence(
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():
         z, f = _evaluate(fn, z, outer_grad)
-        (vjp,) = torch.autograd.grad(f, z, noise, create_graph=create_graph)
+        vjp = _vjp(f, z, noise, create_graph=create_graph, batched=False)
     return Divergence(f, (vjp * noise).sum(-1), vjp.pow(2).sum(-1))
 
 
