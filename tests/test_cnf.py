@@ -326,3 +326,18 @@ def test_field_that_ignores_the_state_has_zero_divergence(learn, trace):
         torch.testing.assert_close(flow.blocks[0].field.c.grad, -s * z0.mean(0), rtol=1e-10, atol=1e-12)
     div = exact_divergence(lambda v: torch.ones_like(v), x, create_graph=False)
     assert div.trace.eq(0).all() and div.frobenius_sq.eq(0).all()
+
+
+def test_sample_takes_the_dtype_of_a_flow_without_parameters():
+    # A fixed T and a field of buffers only: no parameters, but .double() made every tensor float64,
+    # so the base draw must be float64 too (it used to be the default float32, and the field failed).
+    a = np.array([[0.4, -0.2], [0.1, -0.6]])
+    flow = CNF([LinearField(a)], dim=2, learn_end_time=False, solver=TIGHT).double()
+    assert not list(flow.parameters())
+    with torch.no_grad():
+        x, logq = flow.sample(4, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == logq.dtype == torch.float64
+    # x = expm(A) z0 with z0 the generator's draw, and log q(x) = log N(z0) - tr(A).
+    z0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, z0 @ torch.from_numpy(scipy.linalg.expm(a)).T, rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(logq, flow.base_log_prob(z0) - float(np.trace(a)), rtol=1e-8, atol=1e-9)

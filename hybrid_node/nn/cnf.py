@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -390,7 +391,10 @@ class CNF(nn.Module):
         """
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"n must be a positive int, got {n!r}.")
-        p = next(self.parameters(), None)
+        # A flow with a fixed T and fields of buffers only (a given matrix) has no parameters; its
+        # floating-point buffers still say which dtype and device ``.double()`` or ``.to()`` gave it.
+        tensors = itertools.chain(self.parameters(), (b for b in self.buffers() if b.is_floating_point()))
+        p = next(tensors, None)
         dtype = p.dtype if p is not None else torch.get_default_dtype()
         device = p.device if p is not None else None
         z = torch.randn(n, self.dim, dtype=dtype, device=device, generator=generator) * self.base_std
