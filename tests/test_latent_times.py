@@ -71,3 +71,13 @@ def test_baselines_extrapolate_to_no_times(model):
     if isinstance(model, RNNBaseline):
         # no future points: the forecasting loss is the teacher-forced loss alone
         torch.testing.assert_close(model.forecast_loss(batch, torch.zeros(0), torch.zeros(2, 0, 2)), model.loss(batch))
+
+
+@pytest.mark.parametrize(
+    "kwargs, names", [({"hidden": 3}, "rec_hidden"), ({"out_dim": 3, "obs_dim": 2}, r"obs_dim, latent_dim")]
+)
+def test_ode_rnn_encoder_settings_name_the_model_argument_to_use(kwargs, names):
+    # these used to fail with Python's "got multiple values for argument", naming no fix
+    with pytest.raises(ValueError, match=f"ode_rnn_kwargs must not set .*pass {names}"):
+        LatentODE(encoder="ode-rnn", ode_rnn_kwargs=kwargs)
+    assert LatentODE(encoder="ode-rnn", ode_rnn_kwargs={"ode_hidden": 3}).encoder.ode_rnn.field[0].out_features == 3

@@ -265,10 +265,13 @@ class LatentODE(nn.Module):
         obs_std: standard deviation of the Gaussian likelihood.
         poisson: add a Poisson process likelihood of the observation times (one intensity per channel).
         method, rtol, atol, options: settings of the latent solve.
-        ode_rnn_kwargs: keyword arguments of the ODE-RNN encoder (``ode_hidden``, ``method``, ``rtol``, ...).
+        ode_rnn_kwargs: keyword arguments of the ODE-RNN encoder (``ode_hidden``, ``method``, ``rtol``, ...;
+            not ``hidden``, ``obs_dim`` or ``out_dim``, which follow ``rec_hidden``, ``obs_dim`` and
+            ``latent_dim``).
 
     Raises:
-        ValueError: for an unknown encoder, a size below 1 or an ``obs_std`` that is not finite and positive.
+        ValueError: for an unknown encoder, a size below 1, an ``obs_std`` that is not finite and positive,
+            or ``ode_rnn_kwargs`` that set a size the model sets.
         TypeError: a size that is not an int (a bool or float).
     """
 
@@ -302,6 +305,15 @@ class LatentODE(nn.Module):
         if encoder in RecognitionRNN.CELLS:
             self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim, cell=encoder)
         elif encoder == "ode-rnn":
+            fixed = {"obs_dim": "obs_dim", "hidden": "rec_hidden", "out_dim": "latent_dim (out_dim = 2 * latent_dim)"}
+            clash = sorted(set(ode_rnn_kwargs or {}) & set(fixed))
+            if clash:
+                # the encoder sets these from the model's own sizes; Python would only say "multiple values"
+                raise ValueError(
+                    f"ode_rnn_kwargs must not set {clash}: LatentODE sets them; pass "
+                    + ", ".join(fixed[k] for k in clash)
+                    + " to LatentODE instead."
+                )
             self.encoder = ODERNNEncoder(obs_dim, rec_hidden, latent_dim, **(ode_rnn_kwargs or {}))
         else:
             raise ValueError(f"encoder must be 'rnn', 'gru' or 'ode-rnn'; got {encoder!r}.")
