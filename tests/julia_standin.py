@@ -262,6 +262,27 @@ def _check_points(t_prev: float, t: float, interp_points: int) -> list[float]:
     return [float(x) for x in np.linspace(t_prev, t, interp_points)[1:]]
 
 
+def _occurred(condition, dense, bottom: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """DiffEqBase's ``check_event_occurrence_upto`` for a VectorContinuousCallback at the point ``p``.
+
+    ``findall_events!`` (DiffEqBase 7.18, lib/DiffEqBase/src/callbacks.jl) marks a component when
+    ``prev_sign[i] != 0 && prev_sign[i] * next_sign[i] <= 0``: against the sign at the step's
+    start, and a value that is exactly zero at ``p`` counts (its root is then ``p`` itself,
+    ``find_callback_time``'s ``iszero(top_sign)`` branch).
+
+    Args:
+        condition: the bridge's condition callback.
+        dense: the step's interpolant.
+        bottom: the signs at the step's start (after a nudge).
+        p: the point checked.
+
+    Returns:
+        ``(changed, signs)``: which components count as crossed, and their signs at ``p``.
+    """
+    now = np.sign(np.asarray(condition(dense(p), p), dtype=float))
+    return (bottom != 0) & (bottom * now <= 0), now
+
+
 def _act_events(affect, jumped, events, t, x, t_prev, x_prev):
     """julia/events.jl's ``act!(integrator, events::AbstractVector)``, as DiffEqBase 7 calls it.
 
@@ -413,9 +434,11 @@ class StandinEngine:
         """julia/events.jl's forward solve with a VectorContinuousCallback, as SciMLBase/OrdinaryDiffEq run it.
 
         Upstream behaviour reproduced (SciMLBase 3.49 src/callbacks.jl; DiffEqBase 7.18
-        lib/DiffEqBase/src/callbacks.jl): every component is checked for a strict change of sign at
-        the points :func:`_check_points` gives (``interp_points - 2`` inside each accepted step, and
-        its end); the roots of the
+        lib/DiffEqBase/src/callbacks.jl): every component is checked against its sign at the step's
+        start (:func:`_occurred`: a zero reached counts as a crossing, its root being that point), at
+        the step's end and, when some component did not change there, at the points
+        :func:`_check_points` gives (``interp_points - 2`` inside each accepted step, and its end) up
+        to the first where any did; the roots of the
         components that changed are located (``LeftRootFind``: the state handed to ``affect!`` is the
         left limit) and ``affect!(integrator, simultaneous_events)`` is called once, whatever the
         direction (no ``affect_neg!``), with an Int8 vector marking every component whose root is the
@@ -462,45 +485,52 @@ class StandinEngine:
                     prev = np.where(nudge, np.sign(np.asarray(condition(dense(probe), probe), dtype=float)), prev)
                     nudge[:] = False
                 points = _check_points(t0, t1, n_points)
-                a = t0
-                for p in points:
-                    now = np.sign(np.asarray(condition(dense(p), p), dtype=float))
-                    changed = (prev != 0) & (now != 0) & (now != prev)
-                    if changed.any():
-                        roots = {}
-                        for i in np.flatnonzero(changed):
-                            lo, hi = a, p
-                            for _ in range(200):
-                                mid = 0.5 * (lo + hi)
-                                if not lo < mid < hi:
-                                    break
-                                if np.sign(condition(dense(mid), mid)[i]) == prev[i]:
-                                    lo = mid
-                                else:
-                                    hi = mid
-                            roots[i] = lo  # the left limit
-                        t_root = min(roots.values())
-                        x_root = dense(t_root)
-                        # DiffEqBase 7's simultaneous_events: -sign(bottom_sign) (+1 up, -1 down) for
-                        # every component whose root is the earliest, 0 elsewhere.
-                        events = np.zeros(prev.shape, dtype=np.int8)
-                        for i, root in roots.items():
-                            if root == t_root:
-                                events[i] = -int(prev[i])
-                        for s in ts[(ts > t) & (ts <= t_root)]:
-                            saved[float(s)] = dense(s)
-                        code, x = _act_events(affect, jumped, events, t_root, x_root, t0, x_start)
-                        t, terminated, restart = t_root, code == 3, True
-                        values = np.asarray(condition(x.copy(), t), dtype=float)
-                        prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))
-                        nudge = np.abs(values) <= abstol
-                        before = np.sign(condition(x_root.copy(), t_root))
-                        for i in np.flatnonzero(events):
-                            if not nudge[i] and prev[i] == before[i]:
-                                nudge[i], prev[i] = True, 0.0  # left of the root: decided after the nudge
-                        break
-                    prev = np.where(now != 0, now, prev)
-                    a = p
+                # check_event_occurrence: the step's end first; the interior points only when some
+                # component did not change there, up to the first point where any did.
+                top = t1
+                changed, now = _occurred(condition, dense, prev, t1)
+                if n_points != 0 and not changed.all():
+                    for top in points:
+                        changed, now = _occurred(condition, dense, prev, top)
+                        if changed.any():
+                            break
+                if changed.any():
+                    roots = {}
+                    for i in np.flatnonzero(changed):
+                        if now[i] == 0:  # find_callback_time: iszero(top_sign) -> cbi_t = top_t
+                            roots[i] = top
+                            continue
+                        lo, hi = t0, top
+                        for _ in range(200):
+                            mid = 0.5 * (lo + hi)
+                            if not lo < mid < hi:
+                                break
+                            if np.sign(condition(dense(mid), mid)[i]) == prev[i]:
+                                lo = mid
+                            else:
+                                hi = mid
+                        roots[i] = lo  # the left limit
+                    t_root = min(roots.values())
+                    x_root = dense(t_root)
+                    # DiffEqBase 7's simultaneous_events: -sign(bottom_sign) (+1 up, -1 down) for
+                    # every component whose root is the earliest, 0 elsewhere.
+                    events = np.zeros(prev.shape, dtype=np.int8)
+                    for i, root in roots.items():
+                        if root == t_root:
+                            events[i] = -int(prev[i])
+                    for s in ts[(ts > t) & (ts <= t_root)]:
+                        saved[float(s)] = dense(s)
+                    code, x = _act_events(affect, jumped, events, t_root, x_root, t0, x_start)
+                    t, terminated, restart = t_root, code == 3, True
+                    values = np.asarray(condition(x.copy(), t), dtype=float)
+                    prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))
+                    nudge = np.abs(values) <= abstol
+                    before = np.sign(condition(x_root.copy(), t_root))
+                    for i in np.flatnonzero(events):
+                        if not nudge[i] and prev[i] == before[i]:
+                            nudge[i], prev[i] = True, 0.0  # left of the root: decided after the nudge
+                else:
+                    prev = now  # the next step's start: its sign there, a zero included
                 if not restart:
                     for s in ts[(ts > t) & (ts <= t1)]:
                         saved[float(s)] = dense(s)

@@ -111,6 +111,22 @@ def test_a_step_size_underflow_ends_an_event_solve_where_it_stopped():
     assert info.value.status is Status.STEP_UNDERFLOW and abs(info.value.t - 1.0) < 1e-3
 
 
+def test_an_event_function_that_reaches_zero_and_stays_fires_where_diffeqbase_sees_the_zero():
+    # DiffEqBase 7.18 findall_events! (lib/DiffEqBase/src/callbacks.jl) marks a component when
+    # prev_sign != 0 && prev_sign * next_sign <= 0: relu(height) reaching 0 counts as a crossing,
+    # placed at the checked point where the value is zero (find_callback_time: iszero(top_sign) ->
+    # cbi_t = top_t), not at the root, and a zero at a step's start never fires. The torch backend
+    # sees no change of sign and records nothing (docs/julia.md says so).
+    event = hn.Event(lambda t, y: torch.relu(y[:, :1]))
+    y0, t = torch.tensor([[1.0, 0.0]]), torch.tensor([0.0, 1.0])
+    sol = standin(fall, y0, t, event=event)
+    root = math.sqrt(2.0 / 9.81)
+    assert len(sol.events) == 1
+    t_e, y_e = float(sol.events[0].t), sol.events[0].y
+    assert root < t_e <= 1.0 and float(y_e[0, 0]) <= 0.0
+    assert not hn.solve(fall, y0, t, event=event, controller=hn.PIDController(**TOL)).events
+
+
 def test_the_julia_backend_refuses_event_gradients_per_sample_events_and_an_open_ended_terminal_event():
     y0 = torch.tensor([[1.0, 0.0]], requires_grad=True)
     t = torch.tensor([0.0, 1.0])
