@@ -55,6 +55,10 @@ CASES = [
     (lambda: hnn.DiagonalDiffusion(2, hidden=0), ValueError, "hidden"),
     (lambda: hnn.DiagonalDiffusion(2, scale=math.nan), ValueError, "scale"),
     (lambda: hnn.DiagonalDiffusion(2, scale=-1.0), ValueError, "scale"),
+    (lambda: hnn.NeuralSDE(_field, _field, adjoint="no"), TypeError, "adjoint"),
+    (lambda: hnn.NeuralSDE(_field, _field, dt=0.0), ValueError, "dt"),
+    (lambda: hnn.NeuralSDE(_field, _field, dt=math.nan), ValueError, "dt"),
+    (lambda: hnn.NeuralSDE(_field, 0.1), TypeError, "diffusion"),
     (lambda: hn.Event(_field, direction=True), ValueError, "direction"),
     (lambda: hn.Event(_field, samples=True), ValueError, "samples"),
 ]
@@ -75,5 +79,6 @@ def test_valid_arguments_still_build():
     hnn.AugmentedNeuralODE(_field, augment_dim=0)
     hnn.LatentODE(obs_dim=1, latent_dim=1, obs_std=0.1)
     hnn.DiagonalDiffusion(3, hidden=2, scale=1)
+    hnn.NeuralSDE(_field, _field, dt=1)
     hnn.SolveSettings(rtol=1, atol=1e-9)
     hn.Event(_field, direction=-1, samples=0)

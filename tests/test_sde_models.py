@@ -79,3 +79,25 @@ def test_sde_subcommand_rejects_bad_settings(capsys):
         cli.main(["sde", "--iters", "0", "--no-progress"])
     assert stop.value.code == 2
     assert "argument --iters: must be >= 1" in capsys.readouterr().err
+
+
+def test_neural_sde_refuses_plain_callables_under_the_adjoint():
+    # sdeint_adjoint differentiates the layer's parameters; a lambda's closure tensor got no gradient
+    # (k.grad stayed None) without a word, while sdeint's direct backpropagation gives one
+    k = torch.tensor(0.5, requires_grad=True)
+
+    def drift(t, y):
+        return -k * y
+
+    def diffusion(t, y):
+        return 0.1 * torch.ones_like(y)
+
+    with pytest.raises(ValueError, match="drift is a plain callable.*adjoint=False"):
+        hn.nn.NeuralSDE(drift, diffusion, method="euler", adjoint=True)
+    layer = hn.nn.NeuralSDE(drift, hn.nn.DiagonalDiffusion(2), method="euler", dt=0.1)
+    layer.adjoint = True  # switched after construction: refused at the forward pass
+    with pytest.raises(ValueError, match="drift is a plain callable"):
+        layer(torch.ones(2, 2, requires_grad=True), torch.linspace(0, 1, 3))
+    layer.adjoint = False
+    layer(torch.ones(2, 2, requires_grad=True), torch.linspace(0, 1, 3)).sum().backward()
+    assert k.grad is not None and float(k.grad) != 0.0

@@ -68,6 +68,12 @@ class NeuralSDE(nn.Module):
         noise_type, sde_type: as for :func:`hybrid_node.sdeint`.
         method, dt: solver and step (default: torchsde's default method for the SDE, dt 1e-2).
         adjoint: gradients by :func:`hybrid_node.sdeint_adjoint` (O(len(ts)) memory).
+
+    Raises:
+        TypeError: ``drift`` or ``diffusion`` is not callable, or ``adjoint`` is not a bool.
+        ValueError: ``dt`` is not a finite positive number, or ``adjoint`` is set and ``drift`` or
+            ``diffusion`` is a plain callable (not an ``nn.Module``), whose tensors the adjoint would
+            leave without gradients.
     """
 
     def __init__(
@@ -81,8 +87,36 @@ class NeuralSDE(nn.Module):
         adjoint: bool = False,
     ):
         super().__init__()
+        for name, value in (("drift", drift), ("diffusion", diffusion)):
+            if not callable(value):
+                raise TypeError(f"{name} must be callable as {name}(t, y), got {type(value).__name__}.")
+        if not isinstance(adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
+            raise TypeError(f"adjoint must be True or False, got {adjoint!r}.")
+        dt = positive_float("dt", dt)
         self.drift, self.diffusion = drift, diffusion
         self.noise_type, self.sde_type, self.method, self.dt, self.adjoint = noise_type, sde_type, method, dt, adjoint
+        self._refuse_hidden_parameters()
+
+    def _refuse_hidden_parameters(self) -> None:
+        """Refuse a plain-callable drift or diffusion under the adjoint.
+
+        sdeint_adjoint differentiates this module's parameters, i.e. those of the drift and diffusion
+        modules; the tensors a plain callable closes over are unknown to its backward solve, whose
+        gradients would stay None without a word (sdeint's direct backpropagation records them).
+
+        Raises:
+            ValueError: ``adjoint`` is set and ``drift`` or ``diffusion`` is not an ``nn.Module``.
+        """
+        if not self.adjoint:
+            return
+        for name in ("drift", "diffusion"):
+            value = getattr(self, name)
+            if not isinstance(value, nn.Module):
+                raise ValueError(
+                    f"NeuralSDE's {name} is a plain callable ({type(value).__name__}), so adjoint=True cannot know "
+                    "the tensors it uses and would leave their gradients None. Wrap it in an nn.Module whose "
+                    "forward uses those tensors as its nn.Parameter attributes, or use adjoint=False."
+                )
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         return self.drift(t, y)
@@ -91,6 +125,13 @@ class NeuralSDE(nn.Module):
         return self.diffusion(t, y)
 
     def forward(self, y0: Tensor, ts: Tensor | Sequence[float], bm=None) -> Tensor:
+        """Sample paths from ``y0`` (batch, d) at ``ts``: shape (len(ts), batch, d).
+
+        Raises:
+            ValueError: as for :func:`hybrid_node.sdeint`, and for a plain-callable drift or diffusion
+                under the adjoint (checked again here: the attributes may have been replaced).
+        """
+        self._refuse_hidden_parameters()
         solve = sdeint_adjoint if self.adjoint else sdeint
         return solve(self, y0, ts, bm=bm, method=self.method, dt=self.dt)
 
