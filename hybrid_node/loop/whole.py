@@ -463,14 +463,19 @@ def integrate_whole(
         throw: raise SolverError on failure, else report the status (outputs not reached are NaN).
 
     Returns:
-        Integration as the host loop returns it, or None when the field has no traceable form or
-        the compiler rejects it (the caller then runs another loop; ``term.nfe`` is left as it was).
+        Integration as the host loop returns it, or None when the field has no traceable form, has
+        step callbacks (``callback_step`` ...) or the compiler rejects it (the caller then runs
+        another loop; ``term.nfe`` is left as it was).
 
     Raises:
         SolverError: on max steps, step-size underflow or a non-finite state, when ``throw``.
     """
     pure = term_field(term) if isinstance(term, Term) else getattr(term, "pure_field", None)
     if pure is None or not solver.supports_whole_solve:
+        return None
+    if getattr(term, "callbacks", None):
+        # the user's step callbacks are host Python, called between attempts, which the graph has
+        # not: the per-step graphs' host loop calls them, as the eager one does
         return None
     if torch.is_grad_enabled() and (y0.requires_grad or _has_grad_params(pure.owner)):
         # torch 2.13 differentiates while_loop, but on this graph its gradients were wrong (up to

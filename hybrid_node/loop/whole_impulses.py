@@ -87,14 +87,16 @@ def integrate_whole_impulses(
 
     Returns:
         Integration with the states at rs[0] and rs[-1] (the backward pass needs only the end); or
-        None when there is no traceable field, a solve needs autograd, or the compiler rejects the
-        field (the caller then runs the host loop; ``term.nfe`` is left as it was).
+        None when there is no traceable field, the field has ``*_adjoint`` step callbacks, a solve
+        needs autograd, or the compiler rejects the field (the caller then runs the host loop;
+        ``term.nfe`` is left as it was).
 
     Raises:
         SolverError: the solve failed (max steps, step-size underflow, non-finite state).
     """
     pure = getattr(term, "pure_field", None)
-    if pure is None or len(rs) < 2 or torch.is_grad_enabled():
+    if pure is None or len(rs) < 2 or torch.is_grad_enabled() or getattr(term, "callbacks", None):
+        # (the ``*_adjoint`` step callbacks are host Python between attempts: the host loop calls them)
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
     graph = WholeSolve(pure, solver, c, norm, device_type=x0.device.type, start="impulses")
