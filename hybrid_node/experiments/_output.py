@@ -1,17 +1,19 @@
-"""Run folders, result tables and ``--resume`` checks shared by the experiments (mnist, nfe, anode, spirals)."""
+"""Run folders, result tables, training checkpoints and ``--resume`` checks shared by the experiments."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._errors import ResumeError
+from .._errors import CheckpointError, ResumeError
 from ..training.atomic import atomic_write_json, atomic_write_text
-from ._args import SettingsError
+from ..training.checkpoint import load_checkpoint, object_state, restore_object_state, save_checkpoint
+from ._args import SettingsError, positive_int
 
 
 def run_folder(out: str | None, name: str) -> Path:
@@ -86,13 +88,14 @@ def resume_settings(settings: Any, resumable: frozenset[str]) -> dict[str, Any]:
     """The fields of a settings dataclass that a resumed run must keep, as JSON-compatible values.
 
     Args:
-        settings: the run's settings (a dataclass instance).
+        settings: the run's settings (a dataclass instance, or a mapping of setting names to values).
         resumable: the fields a resumed run may change (the budget, what runs, what happens after training).
 
     Returns:
         A dict of plain values (tuples as lists), as stored in checkpoints and ``results.json``.
     """
-    values = json.loads(json.dumps(dataclasses.asdict(settings), default=str))
+    fields = dict(settings) if isinstance(settings, Mapping) else dataclasses.asdict(settings)
+    values = json.loads(json.dumps(fields, default=str))
     return {k: v for k, v in values.items() if k not in resumable}
 
 
@@ -176,3 +179,207 @@ def check_resumable(out: Path, has_run: bool, what: str) -> None:
             f"Nothing to resume: {str(out)!r} holds neither {what}. Check the path, or drop --resume to start a "
             "new run there."
         )
+
+
+def has_run_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a run: its ``results.json`` or training checkpoints (``checkpoints/*.pt``)."""
+    ckpts = folder / "checkpoints"
+    return (folder / "results.json").is_file() or (ckpts.is_dir() and any(ckpts.glob("*.pt")))
+
+
+def open_run(
+    out: str | Path | None,
+    name: str,
+    resume: bool,
+    *,
+    has_run: Callable[[Path], bool] = has_run_files,
+    run_kind: str | None = None,
+    holds: str = "results.json or checkpoints/",
+    neither: str | None = None,
+) -> Path:
+    """The run folder of a command that checkpoints its training, after the ``--resume`` checks.
+
+    Args:
+        out: the ``--out`` folder (None: a new ``runs/<name>-<timestamp>``).
+        name: the command, for the default folder.
+        resume: ``--resume`` was given.
+        has_run: whether a folder holds a run of this command.
+        run_kind: the run, for the messages (default "a <name> run").
+        holds: what such a run leaves in the folder, for the message that refuses to overwrite it.
+        neither: what an empty folder lacks, for the message that refuses ``--resume`` (default
+            "results.json nor checkpoints/*.pt of <run_kind>").
+
+    Returns:
+        The folder, created if needed.
+
+    Raises:
+        ResumeError: ``--resume`` without ``--out``, or without a run there to continue; or a new run
+            (no ``--resume``) into a folder that holds one, which it would overwrite.
+        SettingsError: the folder cannot be created.
+    """
+    run_kind = run_kind or f"a {name} run"
+    if resume:
+        if out is None:
+            raise ResumeError("--resume needs --out pointing at the run folder to continue.")
+        path = Path(out)
+        check_resumable(
+            path, path.is_dir() and has_run(path), neither or f"results.json nor checkpoints/*.pt of {run_kind}"
+        )
+    elif out is not None and Path(out).is_dir() and has_run(Path(out)):
+        raise ResumeError(
+            f"The folder {str(out)!r} already holds {run_kind} ({holds}); a new run would overwrite it. "
+            "Pass --resume to continue that run, or another --out for a new one."
+        )
+    return run_folder(None if out is None else str(out), name)
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser, every: int, unit: str = "training iterations") -> None:
+    """The ``--checkpoint-every`` and ``--resume`` options of a command that checkpoints its training.
+
+    Args:
+        parser: the command's parser.
+        every: the default of ``--checkpoint-every``.
+        unit: what ``--checkpoint-every`` counts, for the help.
+    """
+    parser.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=every,
+        help=f"{unit} between the atomic checkpoints in --out/checkpoints (default {every})",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (same settings): finished models are kept, the interrupted one "
+        "continues from its last checkpoint to the same result as an uninterrupted run",
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """How a command checkpoints its training loops, and continues an interrupted one exactly.
+
+    Each loop saves its objects (model, optimizer, schedule, generators: see
+    :func:`~hybrid_node.training.checkpoint.object_state`), its step, total and history, the settings
+    and the global generator states to one file, atomically, every ``every`` steps and at its last
+    one. :meth:`load` puts all of it back, so the loop continues with the same minibatches, noise and
+    updates as a run that was never interrupted; a loop whose checkpoint is at its last step is
+    finished and is not trained again.
+
+    Attributes:
+        folder: the run folder (checkpoints go to ``folder/checkpoints/<name>.pt``); None saves nothing.
+        command: the subcommand, for the messages.
+        settings: the settings that shape the trained weights (:func:`resume_settings`).
+        resumable: the settings a resumed run may change.
+        every: steps between checkpoints.
+        resume: continue from the checkpoints that exist.
+        options: as for :func:`settings_differences`.
+    """
+
+    folder: Path | None
+    command: str
+    settings: dict[str, Any]
+    resumable: frozenset[str]
+    every: int
+    resume: bool = False
+    options: Mapping[str, str] | None = None
+
+    def path(self, name: str) -> Path | None:
+        """The checkpoint file of the loop ``name`` (None without a folder)."""
+        return None if self.folder is None else self.folder / "checkpoints" / f"{name}.pt"
+
+    def due(self, path: Path | None, step: int, total: int) -> bool:
+        """Whether the loop saves after ``step`` of ``total`` steps: every ``every`` steps and at the last."""
+        return path is not None and (step % self.every == 0 or step == total)
+
+    def save(self, path: Path | None, step: int, total: int, objects: Mapping[str, Any], **extra: Any) -> None:
+        """Write the loop's state after ``step`` of ``total`` steps to ``path`` (nothing if None).
+
+        Args:
+            path: the checkpoint file.
+            step: steps done.
+            total: steps of the whole loop.
+            objects: name -> stateful object (see :func:`~hybrid_node.training.checkpoint.object_state`).
+            **extra: anything else the loop needs to continue (its history, counters, a kept iterate).
+        """
+        if path is None:
+            return
+        state = {name: object_state(obj) for name, obj in objects.items()}
+        save_checkpoint(path, {**state, **extra, "step": step, "total": total, "settings": self.settings})
+
+    def check_stored(self, paths: Iterable[Path] | None = None) -> None:
+        """With ``resume``: refuse, before anything is trained, checkpoints written with other settings.
+
+        Args:
+            paths: the files to check (default: every ``checkpoints/*.pt`` of the folder).
+
+        Raises:
+            CheckpointError: a checkpoint is damaged.
+            ResumeError: a checkpoint was written with settings that shape the weights differently.
+        """
+        if not self.resume or self.folder is None:
+            return
+        if paths is None:
+            paths = sorted((self.folder / "checkpoints").glob("*.pt"))
+        for path in paths:
+            state = load_checkpoint(path, restore_rng=False)
+            if state is not None and isinstance(state.get("settings"), dict):
+                check_same_settings(state["settings"], self.settings, path, self.resumable, self.options)
+
+    def load(
+        self,
+        path: Path | None,
+        objects: Mapping[str, Any],
+        required: Sequence[str] = ("step", "total", "history"),
+        *,
+        what: str = "model",
+        hint: str = "",
+    ) -> dict[str, Any] | None:
+        """With ``resume``: restore ``objects`` and the global generators from ``path``.
+
+        Build every object first (a scheduler changes its optimizer's learning rate when it is built),
+        then load: the stored states replace what building set.
+
+        Args:
+            path: the checkpoint file.
+            objects: name -> the freshly built stateful object whose state is stored under that name.
+            required: the other entries the loop reads back.
+            what: what the objects make up, for the message (e.g. "RNN").
+            hint: added to the message when the checkpoint does not fit (e.g. which option changes the model).
+
+        Returns:
+            The stored dict, or None (no ``resume``, no ``path``, or no file yet).
+
+        Raises:
+            CheckpointError: the file is damaged or not a checkpoint of this command.
+            ResumeError: it was written with other settings, or does not fit the objects built now.
+        """
+        if not self.resume or path is None:
+            return None
+        state = load_checkpoint(path)
+        if state is None:
+            return None
+        missing = [k for k in (*objects, *required) if k not in state]
+        if missing:
+            raise CheckpointError(
+                path,
+                f"The checkpoint {str(path)!r} lacks {', '.join(missing)}: it is not a checkpoint of "
+                f"`hybrid-node {self.command}`. Delete it to train that model from the start, then resume.",
+            )
+        if isinstance(state.get("settings"), dict):
+            check_same_settings(state["settings"], self.settings, path, self.resumable, self.options)
+        try:
+            for name, obj in objects.items():
+                restore_object_state(obj, state[name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ResumeError(
+                f"The checkpoint {str(path)!r} does not fit the {what} built from the given settings "
+                f"({_first_line(e)}){hint}. Resume with the settings the run was started with, or delete the "
+                "checkpoint to train that model from the start."
+            ) from e
+        return state

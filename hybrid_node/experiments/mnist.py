@@ -36,15 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._errors import CheckpointError, ResumeError
+from .._errors import CheckpointError
 from ..data.mnist import load_mnist, to_float
 from ..nn.layers import ConvDynamics
 from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig, read_json
-from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.checkpoint import load_checkpoint
 from ._args import checked_settings, positive_float, positive_int
-from ._output import check_resumable, check_same_settings, pyplot, resume_settings, run_folder, write_results
+from ._output import Checkpoints, check_same_settings, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
@@ -296,36 +296,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"error": 100.0 * wrong / len(x), "nfe": sum(nfes) / len(nfes) if nfes else 0.0}
 
 
-def _load_training_state(
-    checkpoint: Path, cfg: MNISTConfig, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator
-) -> dict[str, Any] | None:
-    """Restore model, optimizer, scheduler and generators from ``checkpoint``; returns its dict (None: no file)."""
-    state = load_checkpoint(checkpoint)
-    if state is None:
-        return None
-    missing = [k for k in ("model", "optimizer", "scheduler", "generator", "perm", "step", "history") if k not in state]
-    if missing:
-        raise CheckpointError(
-            checkpoint,
-            f"The checkpoint {str(checkpoint)!r} lacks {', '.join(missing)}: it is not a checkpoint of "
-            "`hybrid-node mnist`. Delete it to train that model from the start, then resume.",
-        )
-    _check_same_settings(state.get("settings"), cfg, checkpoint)
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ResumeError(
-            f"The checkpoint {str(checkpoint)!r} does not fit the model built from the given settings ({first}). "
-            "Resume with the settings the run was started with, or delete the checkpoint to train that model "
-            "from the start."
-        ) from e
-    return state
-
-
 def train_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -376,30 +346,19 @@ def train_model(
     hist: dict[str, list] = {"loss": [], "nfe_forward": [], "nfe_backward": [], "epoch": []}
     it, seconds = 0, 0.0
     perm = torch.empty(0, dtype=torch.long)
-    state = _load_training_state(checkpoint, cfg, model, opt, sched, gen) if resume and checkpoint else None
+    ckpts = Checkpoints(
+        None, "mnist", training_settings(cfg), RESUMABLE_SETTINGS, cfg.checkpoint_every, resume, _OPTIONS
+    )
+    objects = {"model": model, "optimizer": opt, "scheduler": sched, "generator": gen}
+    state = ckpts.load(checkpoint, objects, ("perm", "step", "history"))
     if state is not None:
         it, perm, seconds = state["step"], state["perm"], state.get("seconds", 0.0)
         hist = {k: list(v) for k, v in state["history"].items() if k in hist}
     start = time.perf_counter()
 
     def save(done: int) -> None:
-        assert checkpoint is not None
         history = {**hist, "seconds": [seconds + time.perf_counter() - start]}
-        save_checkpoint(
-            checkpoint,
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "perm": perm,
-                "step": done,
-                "total": total,
-                "history": history,
-                "seconds": history["seconds"][0],
-                "settings": training_settings(cfg),
-            },
-        )
+        ckpts.save(checkpoint, done, total, objects, perm=perm, history=history, seconds=history["seconds"][0])
 
     model.train()
     with progress_bar(total=total, desc=desc, leave=False, initial=it) as bar:
@@ -426,7 +385,7 @@ def train_model(
             it += 1
             bar.update(1)
             bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}", nfe=hist["nfe_forward"][-1] if block is not None else "-")
-            if checkpoint is not None and (it % cfg.checkpoint_every == 0 or it == total):
+            if ckpts.due(checkpoint, it, total):
                 save(it)
     hist["seconds"] = [seconds + time.perf_counter() - start]
     return hist
@@ -695,17 +654,15 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     with checked_settings():
         cfg = config_from_args(args)
-    if args.resume:
-        if args.out is None:
-            raise ResumeError("--resume needs --out pointing at the run folder to continue.")
-        out = Path(args.out)
-        check_resumable(out, out.is_dir() and has_run(out), "results nor checkpoints/<model>.pt of an mnist run")
-    elif args.out is not None and Path(args.out).is_dir() and has_run(Path(args.out)):
-        raise ResumeError(
-            f"The folder {args.out!r} already holds an mnist run (checkpoints/); a new run would overwrite it. "
-            "Pass --resume to continue that run, or another --out for a new one."
-        )
-    folder = run_folder(args.out, "mnist")
+    folder = open_run(
+        args.out,
+        "mnist",
+        args.resume,
+        has_run=has_run,
+        run_kind="an mnist run",
+        holds="checkpoints/",
+        neither="results nor checkpoints/<model>.pt of an mnist run",
+    )
     start = time.perf_counter()
     res = run_table1(cfg, args.data_root, folder, resume=args.resume)
     elapsed = time.perf_counter() - start

@@ -65,14 +65,14 @@ from typing import Any, cast
 
 import torch
 
-from .._errors import CheckpointError, ResumeError
+from .._errors import CheckpointError
 from ..data.spirals import SpiralConfig, SpiralData, bayes_forecast, make_spirals
 from ..irregular import IrregularBatch, select
 from ..nn.empirical_prior import EmpiricalPrior
 from ..nn.latent_ode import LatentODE, RecognitionRNN, descend_z0
 from ..nn.rnn_baselines import RNNBaseline
 from ..training.atomic import atomic_savefig, atomic_write_json, atomic_write_text, read_json
-from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.checkpoint import load_checkpoint
 from ._args import (
     checked_settings,
     nonnegative_float,
@@ -80,8 +80,8 @@ from ._args import (
     positive_float,
     positive_int,
 )
+from ._output import Checkpoints, check_same_settings, has_run_files, open_run, resume_settings
 from ._output import check_resumable as _check_resumable
-from ._output import check_same_settings, resume_settings
 from ._output import settings_differences as _settings_differences
 from ._progress import progress_bar
 
@@ -233,6 +233,11 @@ def settings_differences(stored: Mapping[str, Any], s: SpiralsSettings) -> list[
 
 def _check_same_settings(stored: Mapping[str, Any], s: SpiralsSettings, where: Path) -> None:
     check_same_settings(stored, training_settings(s), where, RESUMABLE_SETTINGS, _OPTIONS)
+
+
+def _checkpoints(s: SpiralsSettings, resume: bool) -> Checkpoints:
+    """How the training runs of ``s`` checkpoint and resume (their files are named by :func:`checkpoint_path`)."""
+    return Checkpoints(None, "spirals", training_settings(s), RESUMABLE_SETTINGS, s.checkpoint_every, resume, _OPTIONS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -610,28 +615,16 @@ def train_one(
     model = build_model(name, s)
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     start, history, val_history, best = 0, [], [], None
-    state = load_checkpoint(ckpt) if resume else None
+    ckpts = _checkpoints(s, resume)
+    objects = {"model": model, "optimizer": opt}
+    state = ckpts.load(
+        ckpt,
+        objects,
+        ("step", "history"),
+        what=MODEL_NAMES.get(name, name),
+        hint="; it was written with other settings (e.g. another --cell)",
+    )
     if state is not None:
-        missing = [k for k in ("model", "optimizer", "step", "history") if k not in state]
-        if missing:
-            raise CheckpointError(
-                ckpt,
-                f"The checkpoint {str(ckpt)!r} lacks {', '.join(missing)}: it is not a checkpoint of "
-                "`hybrid-node spirals`. Delete it to train that model from the start, then resume.",
-            )
-        if "settings" in state:
-            _check_same_settings(state["settings"], s, ckpt)
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ResumeError(
-                f"The checkpoint {str(ckpt)!r} does not fit the {MODEL_NAMES.get(name, name)} built from the "
-                f"given settings ({first}); it was written with other settings (e.g. another --cell). Resume "
-                "with the settings the run was started with, or delete the checkpoint to train that model "
-                "from the start."
-            ) from e
         start, history = state["step"], state["history"]
         val_history, best = state.get("val_history", []), state.get("best")
         on_step(start, history[-1] if history else float("nan"))
@@ -667,19 +660,8 @@ def train_one(
         done = step + 1
         if done % s.val_every == 0 or done == iters:
             validate(done)
-        if done % s.checkpoint_every == 0 or done == iters:
-            save_checkpoint(
-                ckpt,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": done,
-                    "history": history,
-                    "val_history": val_history,
-                    "best": best,
-                    "settings": training_settings(s),
-                },
-            )
+        if ckpts.due(ckpt, done, iters):
+            ckpts.save(ckpt, done, iters, objects, history=history, val_history=val_history, best=best)
     # Plain Python attributes: torch's stubs type Module.__setattr__ for tensors and modules only.
     model.best_step = len(history)  # type: ignore[assignment]
     if s.select != "last" and best is not None:
@@ -768,13 +750,9 @@ def run_experiment(
             )
         if isinstance(results.get("settings"), dict):
             _check_same_settings(results["settings"], s, results_path)
-    if resume:
-        # Before anything is written or trained: every checkpoint this run continues must be readable
-        # and from the same settings.
-        for path in checkpoint_paths(out, s):
-            state = load_checkpoint(path, restore_rng=False)
-            if isinstance(state, dict) and isinstance(state.get("settings"), dict):
-                _check_same_settings(state["settings"], s, path)
+    # Before anything is written or trained: every checkpoint this run continues must be readable and
+    # from the same settings.
+    dataclasses.replace(_checkpoints(s, resume), folder=out).check_stored(checkpoint_paths(out, s))
     results["settings"] = dataclasses.asdict(s)
     atomic_write_json(results_path, results, indent=2)
     rows = results.setdefault("rmse", {})
@@ -998,8 +976,7 @@ def has_run(out: Path) -> bool:
     Returns:
         True when there is something to resume.
     """
-    ckpts = out / "checkpoints"
-    return (out / "results.json").is_file() or (ckpts.is_dir() and any(ckpts.glob("*.pt")))
+    return has_run_files(out)
 
 
 def check_resumable(out: Path) -> None:
@@ -1020,16 +997,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     with checked_settings():
         s = settings_from_args(args)
-    out = args.out or Path("runs") / f"spirals-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume and args.out is None:
-        raise ResumeError("--resume needs --out pointing at the run folder to continue.")
-    if args.resume:
-        check_resumable(out)
-    elif has_run(out):
-        raise ResumeError(
-            f"The folder {str(out)!r} already holds a spirals run (results.json or checkpoints/); a new run "
-            "would overwrite it. Pass --resume to continue that run, or another --out for a new one."
-        )
+    out = open_run(args.out, "spirals", args.resume)
     results = run_experiment(s, out, resume=args.resume, plots=not args.no_plots)
     print(format_table(results, s))
     print(f"results written to {out}")

@@ -50,6 +50,48 @@ def _is_rng_state(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == set(_GENERATORS)
 
 
+def object_state(obj: Any) -> Any:
+    """The state of one stateful training object, as :func:`restore_object_state` takes it back.
+
+    Args:
+        obj: a module, optimizer or learning-rate scheduler (``state_dict``), a ``torch.Generator``
+            (``get_state``), a numpy ``Generator`` (its bit generator's state), or None.
+
+    Returns:
+        The state (None for None).
+    """
+    if obj is None:
+        return None
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    if isinstance(obj, np.random.Generator):
+        return obj.bit_generator.state
+    return obj.state_dict()
+
+
+def restore_object_state(obj: Any, state: Any) -> None:
+    """Set ``obj`` to a state that :func:`object_state` returned.
+
+    Args:
+        obj: as for :func:`object_state` (None: nothing to restore).
+        state: its stored state.
+
+    Raises:
+        RuntimeError, ValueError, KeyError, TypeError: the state does not fit ``obj`` (another
+            architecture, optimizer or generator kind).
+    """
+    if obj is None:
+        return
+    if isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    elif isinstance(obj, np.random.Generator):
+        if not isinstance(state, dict):
+            raise TypeError(f"a numpy generator state is a dict, got {type(state).__name__}")
+        obj.bit_generator.state = state
+    else:
+        obj.load_state_dict(state)
+
+
 def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = True) -> Path:
     """Write ``state`` (plus the generator states) to ``path`` atomically.
 
