@@ -29,11 +29,17 @@ from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, positive_float, positive_int
-from ._output import pyplot, run_folder, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Dupont et al. 2019: plain vs augmented Neural ODEs on g1d and concentric spheres (loss, NFE, trajectories)."
 TASKS = ("g1d", "spheres")
+
+#: Default training iterations between checkpoints.
+CHECKPOINT_EVERY = 100
+#: Settings a resumed run may change; every other one shapes the trained weights or what runs.
+RESUMABLE_SETTINGS = frozenset({"checkpoint_every"})
+_OPTIONS = {"iters": "--iters (--quick)"}
 
 
 def g1d_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +110,8 @@ def train_flow(
     batch: int = 128,
     tol: float = 1e-3,
     seed: int = 0,
+    checkpoints: Checkpoints | None = None,
+    job: str = "model",
 ) -> dict[str, Any]:
     """Train one model on one task with Adam and MSE loss.
 
@@ -116,6 +124,9 @@ def train_flow(
         batch: minibatch size (g1d always uses its two points).
         tol: rtol = atol of dopri5.
         seed: random seed of data, initialisation and batches.
+        checkpoints: where the training state (weights, optimizer, minibatch generator, history) is
+            checkpointed, and whether an interrupted run continues (None: no checkpoints).
+        job: the checkpoint's name (``checkpoints/<job>.pt``).
 
     Returns:
         A dict with the trained ``model``, the data ``x``, ``y``, the ``hist`` of loss and forward NFE per
@@ -123,6 +134,7 @@ def train_flow(
 
     Raises:
         ValueError: for an unknown task, or ``iters``, ``hidden`` or ``batch`` below 1.
+        CheckpointError, ResumeError: resuming from a damaged checkpoint, or one of other settings.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
@@ -138,7 +150,13 @@ def train_flow(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     hist: dict[str, list[float]] = {"loss": [], "nfe": []}
-    for _ in range(iters):
+    objects = {"model": model, "optimizer": opt, "generator": gen}
+    ckpt = None if checkpoints is None else checkpoints.path(job)
+    state = None if checkpoints is None else checkpoints.load(ckpt, objects)
+    done = 0 if state is None else state["step"]  # a finished model (done == iters) is not trained again
+    if state is not None:
+        hist = state["history"]
+    for step in range(done + 1, iters + 1):
         idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen) if len(x) > batch else torch.arange(len(x))
         loss = nn.functional.mse_loss(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
@@ -146,6 +164,8 @@ def train_flow(
         opt.step()
         hist["loss"].append(loss.item())
         hist["nfe"].append(model.ode.nfe_forward)
+        if checkpoints is not None and checkpoints.due(ckpt, step, iters):
+            checkpoints.save(ckpt, step, iters, objects, history=hist)
     with torch.no_grad():
         pred = model(x)
         final = float(nn.functional.mse_loss(pred, y))
@@ -209,6 +229,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/anode-<timestamp>)")
+    add_resume_arguments(parser, CHECKPOINT_EVERY)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,7 +237,26 @@ def run(args: argparse.Namespace) -> int:
     if not tasks or any(t not in TASKS for t in tasks):
         raise SettingsError(f"--tasks must be a comma-separated subset of {TASKS}, got {args.tasks!r}.")
     iters = args.iters if args.iters is not None else (300 if args.quick else 1500)
-    folder = run_folder(args.out, "anode")
+    settings = {
+        "tasks": tasks,
+        "iters": iters,
+        "augment_dim": args.augment_dim,
+        "hidden": args.hidden,
+        "lr": args.lr,
+        "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every,
+    }
+    folder = open_run(args.out, "anode", args.resume, run_kind="an anode run")
+    checkpoints = Checkpoints(
+        folder,
+        "anode",
+        resume_settings(settings, RESUMABLE_SETTINGS),
+        RESUMABLE_SETTINGS,
+        args.checkpoint_every,
+        args.resume,
+        _OPTIONS,
+    )
+    checkpoints.check_stored()  # before anything is trained: a run of other settings is refused
     rows: list[dict[str, Any]] = []
     all_results: dict[str, dict[str, dict[str, Any]]] = {}
     jobs = [
@@ -227,7 +267,16 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for task, name, aug in progress_bar(jobs, desc="anode"):
         t0 = time.perf_counter()
-        res = train_flow(task, aug, iters=iters, hidden=args.hidden, lr=args.lr, seed=args.seed)
+        res = train_flow(
+            task,
+            aug,
+            iters=iters,
+            hidden=args.hidden,
+            lr=args.lr,
+            seed=args.seed,
+            checkpoints=checkpoints,
+            job=f"{task}-{'anode' if aug else 'node'}",
+        )
         all_results.setdefault(task, {})[name] = res
         nfe = res["hist"]["nfe"]
         tail = nfe[-max(1, len(nfe) // 10) :]

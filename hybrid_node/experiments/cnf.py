@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -35,7 +36,7 @@ from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
-from ._output import pyplot, run_folder, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Continuous normalizing flows on toy 2-D densities (test NLL, NFE; --compare-nf, --regularize)."
@@ -70,6 +71,7 @@ class CNFExperimentConfig:
     n_test: int = 2000
     grid: int = 100
     seed: int = 0
+    checkpoint_every: int = 100  #: training iterations between checkpoints (with a run folder)
 
     def __post_init__(self):
         if self.data not in TOY2D_NAMES:
@@ -78,7 +80,7 @@ class CNFExperimentConfig:
             raise ValueError(f"model must be 'mlp' or 'planar', got {self.model!r}.")
         if self.trace not in ("exact", "hutchinson"):
             raise ValueError(f"trace must be 'exact' or 'hutchinson', got {self.trace!r}.")
-        for name in ("width", "blocks", "iters", "batch_size", "n_test", "grid"):
+        for name in ("width", "blocks", "iters", "batch_size", "n_test", "grid", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if any(h < 1 for h in self.hidden):
@@ -102,51 +104,143 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _batches(cfg: CNFExperimentConfig):
-    rng = np.random.default_rng(cfg.seed)
-    while True:
-        yield torch.from_numpy(sample_toy2d(cfg.data, cfg.batch_size, rng=rng))
+#: Settings a resumed run may change: how often it checkpoints, and the evaluation after training (the
+#: test set's size and the plotted grid). Every other setting shapes the trained weights.
+RESUMABLE_SETTINGS = frozenset({"checkpoint_every", "n_test", "grid"})
+#: The option that sets a field, where it is not ``--`` plus the field's name.
+_OPTIONS = {
+    "rtol": "--tol (--quick)",
+    "atol": "--tol (--quick)",
+    "iters": "--iters (--quick)",
+    "hidden": "--hidden (--quick)",
+    "width": "--width (--quick)",
+    "lr": "--lr (--quick)",
+}
 
 
-def train_cnf(model: CNF, cfg: CNFExperimentConfig, label: str) -> dict[str, list[float]]:
-    """Maximum-likelihood training; returns per-iteration loss, NLL, forward NFE and wall time."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    hist: dict[str, list[float]] = {"loss": [], "nll": [], "nfe": [], "seconds": []}
-    data = _batches(cfg)
-    bar = progress_bar(range(cfg.iters), desc=label, leave=False)
-    for _ in bar:
-        x = next(data)
+def checkpoints(cfg: CNFExperimentConfig, folder: Path | None, resume: bool = False) -> Checkpoints:
+    """How the trainings of ``cfg`` checkpoint into ``folder`` (None: not at all) and resume.
+
+    Args:
+        cfg: the run's settings.
+        folder: the run folder.
+        resume: continue from the checkpoints in ``folder``.
+
+    Returns:
+        The :class:`~hybrid_node.experiments._output.Checkpoints` of the run.
+    """
+    return Checkpoints(
+        folder,
+        "cnf",
+        resume_settings(cfg, RESUMABLE_SETTINGS),
+        RESUMABLE_SETTINGS,
+        cfg.checkpoint_every,
+        resume,
+        _OPTIONS,
+    )
+
+
+def _fit(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: CNFExperimentConfig,
+    label: str,
+    step: Callable[[torch.Tensor], dict[str, float]],
+    hist: dict[str, list[float]],
+    ckpts: Checkpoints | None,
+    job: str,
+) -> dict[str, list[float]]:
+    """The training loop of every model: a fresh batch of the data stream per iteration, checkpointed.
+
+    Args:
+        model: the model (its weights are checkpointed).
+        opt: its optimizer.
+        cfg: the settings (data, batch size, iterations, seed of the data stream).
+        label: progress bar label.
+        step: computes the loss of a batch and calls ``backward``; returns the values to record.
+        hist: the history to append to (``seconds`` and the keys ``step`` returns).
+        ckpts: where to checkpoint and whether to resume (None: no checkpoints).
+        job: the checkpoint's name.
+
+    Returns:
+        The history (a resumed run's includes the iterations of earlier invocations).
+    """
+    rng = np.random.default_rng(cfg.seed)  # the data stream: its state is checkpointed with the weights
+    objects = {"model": model, "optimizer": opt, "data": rng}
+    ckpt = None if ckpts is None else ckpts.path(job)
+    state = None if ckpts is None else ckpts.load(ckpt, objects)
+    done = 0 if state is None else state["step"]  # a finished model (done == iters) is not trained again
+    if state is not None:
+        hist = state["history"]
+    bar = progress_bar(range(done + 1, cfg.iters + 1), desc=label, leave=False)
+    for it in bar:
+        x = torch.from_numpy(sample_toy2d(cfg.data, cfg.batch_size, rng=rng))
         start = time.perf_counter()
         opt.zero_grad()
+        record = step(x)
+        opt.step()
+        hist["seconds"].append(time.perf_counter() - start)
+        for key, value in record.items():
+            hist[key].append(value)
+        bar.set_postfix({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in record.items() if k != "loss"})
+        if ckpts is not None and ckpts.due(ckpt, it, cfg.iters):
+            ckpts.save(ckpt, it, cfg.iters, objects, history=hist)
+    return hist
+
+
+def train_cnf(
+    model: CNF, cfg: CNFExperimentConfig, label: str, ckpts: Checkpoints | None = None, job: str = "cnf"
+) -> dict[str, list[float]]:
+    """Maximum-likelihood training; returns per-iteration loss, NLL, forward NFE and wall time.
+
+    Args:
+        model: the CNF.
+        cfg: the settings.
+        label: progress bar label.
+        ckpts: where to checkpoint the training state and whether to resume (None: no checkpoints).
+        job: the checkpoint's name (``checkpoints/<job>.pt``).
+
+    Returns:
+        The history: ``loss``, ``nll``, ``nfe`` and ``seconds`` per iteration.
+
+    Raises:
+        CheckpointError, ResumeError: resuming from a damaged checkpoint, or one of other settings.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def step(x: torch.Tensor) -> dict[str, float]:
         loss, res = model.loss(x)
         loss.backward()
-        opt.step()
-        hist["seconds"].append(time.perf_counter() - start)
-        hist["loss"].append(loss.item())
-        hist["nll"].append(-res.log_prob.mean().item())
-        hist["nfe"].append(res.nfe)
-        bar.set_postfix(nll=f"{hist['nll'][-1]:.3f}", nfe=res.nfe)
-    return hist
+        return {"loss": loss.item(), "nll": -res.log_prob.mean().item(), "nfe": res.nfe}
+
+    return _fit(model, opt, cfg, label, step, {"loss": [], "nll": [], "nfe": [], "seconds": []}, ckpts, job)
 
 
-def train_planar_nf(model: PlanarFlow, cfg: CNFExperimentConfig) -> dict[str, list[float]]:
-    """Maximum-likelihood training of the discrete planar flow on the same data stream."""
+def train_planar_nf(
+    model: PlanarFlow, cfg: CNFExperimentConfig, ckpts: Checkpoints | None = None, job: str = "planar-nf"
+) -> dict[str, list[float]]:
+    """Maximum-likelihood training of the discrete planar flow on the same data stream.
+
+    Args:
+        model: the planar flow.
+        cfg: the settings.
+        ckpts: where to checkpoint the training state and whether to resume (None: no checkpoints).
+        job: the checkpoint's name (``checkpoints/<job>.pt``).
+
+    Returns:
+        The history: ``loss``, ``nll`` and ``seconds`` per iteration.
+
+    Raises:
+        CheckpointError, ResumeError: resuming from a damaged checkpoint, or one of other settings.
+    """
     opt = torch.optim.Adam(model.parameters(), lr=cfg.nf_lr)
-    hist: dict[str, list[float]] = {"loss": [], "nll": [], "seconds": []}
-    data = _batches(cfg)
-    bar = progress_bar(range(cfg.iters), desc="planar NF", leave=False)
-    for _ in bar:
-        x = next(data)
-        start = time.perf_counter()
-        opt.zero_grad()
+
+    def step(x: torch.Tensor) -> dict[str, float]:
         loss = -model.log_prob(x).mean()
         loss.backward()
-        opt.step()
-        hist["seconds"].append(time.perf_counter() - start)
-        hist["loss"].append(loss.item())
-        hist["nll"].append(loss.item())
-        bar.set_postfix(nll=f"{loss.item():.3f}")
-    return hist
+        return {"loss": loss.item(), "nll": loss.item()}
+
+    return _fit(model, opt, cfg, "planar NF", step, {"loss": [], "nll": [], "seconds": []}, ckpts, job)
 
 
 def _test_data(cfg: CNFExperimentConfig) -> torch.Tensor:
@@ -282,8 +376,26 @@ def _plot_training(plt, folder, histories):
     plt.close(fig)
 
 
-def run_experiment(cfg: CNFExperimentConfig, folder) -> list[dict]:
-    """Train the requested models, write tables and plots into ``folder``, return the result rows."""
+def run_experiment(cfg: CNFExperimentConfig, folder: Path, resume: bool = False) -> list[dict]:
+    """Train the requested models, write tables and plots into ``folder``, return the result rows.
+
+    Args:
+        cfg: the settings.
+        folder: the run folder; each model's training state is checkpointed to
+            ``folder/checkpoints/<model>.pt`` every ``cfg.checkpoint_every`` iterations and at its end.
+        resume: continue the run in ``folder``: finished models are not trained again, the interrupted
+            one continues from its checkpoint to the same weights as a run that was not interrupted.
+
+    Returns:
+        One result row per model.
+
+    Raises:
+        CheckpointError: with ``resume``, a checkpoint is damaged (the message names it).
+        ResumeError: with ``resume``, the run in ``folder`` was started with settings that shape the
+            trained weights differently (the message names them).
+    """
+    ckpts = checkpoints(cfg, folder, resume)
+    ckpts.check_stored()  # before anything is trained: a run of other settings is refused
     torch.manual_seed(cfg.seed)
     rows: list[dict] = []
     histories: dict[str, dict] = {}
@@ -291,24 +403,24 @@ def run_experiment(cfg: CNFExperimentConfig, folder) -> list[dict]:
     samples: list[tuple[str, np.ndarray]] = []
     name = f"CNF ({f'planar, M={cfg.width}' if cfg.model == 'planar' else 'MLP'})"
 
-    def add_cnf(label: str, cnf: CNF) -> None:
-        histories[label] = train_cnf(cnf, cfg, label)
+    def add_cnf(label: str, cnf: CNF, job: str) -> None:
+        histories[label] = train_cnf(cnf, cfg, label, ckpts, job)
         rows.append(evaluate_cnf(cnf, cfg, histories[label], label))
         densities.append((label, functools.partial(cnf.log_prob, trace=ExactTrace())))
         with torch.no_grad():
             samples.append((label, cnf.sample(2000, generator=torch.Generator().manual_seed(2))[0].numpy()))
 
     cnf = build_cnf(cfg)
-    add_cnf(name, cnf)
+    add_cnf(name, cnf, "cnf")
     if cfg.regularize:
         torch.manual_seed(cfg.seed)
         reg = RNODERegularization(kinetic=cfg.kinetic_weight, jacobian=cfg.jacobian_weight)
-        add_cnf(f"{name} + RNODE", build_cnf(cfg, reg))
+        add_cnf(f"{name} + RNODE", build_cnf(cfg, reg), "cnf-rnode")
 
     if cfg.compare_nf:
         torch.manual_seed(cfg.seed)
         nf = PlanarFlow(2, cfg.nf_layers or cfg.width)
-        hist = train_planar_nf(nf, cfg)
+        hist = train_planar_nf(nf, cfg, ckpts)
         histories[f"planar NF, K={nf.n_layers}"] = hist
         rows.append(evaluate_nf(nf, cfg, hist))
         densities.append((f"planar NF, K={nf.n_layers}", nf.log_prob))
@@ -360,7 +472,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch CPU threads (default 1: small 2-D batches gain nothing from more)",
     )
-    parser.add_argument("--out", default=None, help="run folder (default runs/cnf-<timestamp>)")
+    parser.add_argument("--out", default=None, help="run folder (default runs/cnf-<data>-<timestamp>)")
+    add_resume_arguments(parser, d.checkpoint_every)
 
 
 def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
@@ -401,6 +514,7 @@ def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
         n_test=pick("n_test", d.n_test),
         grid=pick("grid", d.grid),
         seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -408,8 +522,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     with checked_settings():
         cfg = config_from_args(args)
-    folder = run_folder(args.out, f"cnf-{cfg.data}")
-    rows = run_experiment(cfg, folder)
+    folder = open_run(args.out, f"cnf-{cfg.data}", args.resume, run_kind="a cnf run")
+    rows = run_experiment(cfg, folder, resume=args.resume)
     meta = {
         "data": cfg.data,
         "iters": cfg.iters,

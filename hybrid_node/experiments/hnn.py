@@ -33,11 +33,30 @@ from .._api import odeint
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int
-from ._output import pyplot, run_folder, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
 TASKS = ("spring", "pendulum")
+
+#: Default training iterations between checkpoints.
+CHECKPOINT_EVERY = 100
+#: The settings of a run, as the command's arguments name them.
+SETTINGS = (
+    "tasks",
+    "iters",
+    "hidden",
+    "lr",
+    "trajectories",
+    "noise",
+    "rollout_factor",
+    "method",
+    "step_size",
+    "seed",
+    "checkpoint_every",
+)
+#: Settings a resumed run may change: how often it checkpoints, and the rollouts after training.
+RESUMABLE_SETTINGS = frozenset({"checkpoint_every", "rollout_factor", "method", "step_size"})
 
 #: the paper's Table 1 (test loss and energy MSE, baseline and HNN), from docs REFERENCE
 PAPER = {
@@ -116,26 +135,57 @@ def make_data(system: System, n_traj: int, noise: float, seed: int) -> dict[str,
 
 
 def train_model(
-    model: nn.Module, data: dict[str, torch.Tensor], iters: int, lr: float, progress: bool, label: str
+    model: nn.Module,
+    data: dict[str, torch.Tensor],
+    iters: int,
+    lr: float,
+    progress: bool,
+    label: str,
+    ckpts: Checkpoints | None = None,
+    job: str = "model",
 ) -> dict[str, Any]:
     """Fit the model's field to the true derivatives (full batch, Adam), as the paper does.
 
+    Args:
+        model: the baseline or the HNN.
+        data: from :func:`make_data`.
+        iters: Adam steps.
+        lr: learning rate.
+        progress: show a progress bar.
+        label: its label.
+        ckpts: where to checkpoint the training state (weights, optimizer, history) and whether to
+            resume (None: no checkpoints).
+        job: the checkpoint's name (``checkpoints/<job>.pt``).
+
     Returns:
-        dict with ``train_loss``, ``test_loss``, the loss ``history`` and ``seconds``.
+        dict with ``train_loss``, ``test_loss``, the loss ``history`` and ``seconds`` (the training time
+        over every invocation of a resumed run).
+
+    Raises:
+        CheckpointError, ResumeError: resuming from a damaged checkpoint, or one of other settings.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=0.0)
     zero = torch.zeros(())
-    history = []
+    history: list[float] = []
+    objects = {"model": model, "optimizer": opt}
+    ckpt = None if ckpts is None else ckpts.path(job)
+    state = None if ckpts is None else ckpts.load(ckpt, objects, ("step", "total", "history", "seconds"))
+    done, before = (0, 0.0) if state is None else (state["step"], state["seconds"])  # done == iters: finished
+    if state is not None:
+        history = state["history"]
     start = time.perf_counter()
-    bar = progress_bar(range(iters), desc=label, enabled=progress)
-    for _ in bar:
+    bar = progress_bar(range(done + 1, iters + 1), desc=label, enabled=progress)
+    for step in bar:
         opt.zero_grad()
         loss = ((model(zero, data["x_train"]) - data["dx_train"]) ** 2).mean()
         loss.backward()
         opt.step()
         history.append(loss.item())
         bar.set_postfix(loss=f"{history[-1]:.3g}")
-    seconds = time.perf_counter() - start
+        if ckpts is not None and ckpts.due(ckpt, step, iters):
+            seconds = before + time.perf_counter() - start
+            ckpts.save(ckpt, step, iters, objects, history=history, seconds=seconds)
+    seconds = before + time.perf_counter() - start
     out = {"history": history, "seconds": seconds}
     for split in ("train", "test"):
         with torch.enable_grad():  # the HNN's field is a gradient
@@ -150,8 +200,19 @@ def rollout(model: nn.Module, y0: torch.Tensor, t: torch.Tensor, method: str, st
         return odeint(model, y0, t, method=method, options={"step_size": step})
 
 
-def run_task(task: str, s: argparse.Namespace, progress: bool) -> dict[str, Any]:
-    """Data, both models, rollouts and metrics of one task."""
+def run_task(task: str, s: argparse.Namespace, progress: bool, ckpts: Checkpoints | None = None) -> dict[str, Any]:
+    """Data, both models, rollouts and metrics of one task.
+
+    Args:
+        task: a key of :data:`SYSTEMS`.
+        s: the command's arguments.
+        progress: show progress bars.
+        ckpts: where each model's training is checkpointed (``checkpoints/<task>-<model>.pt``) and
+            whether it resumes (None: no checkpoints).
+
+    Returns:
+        The rollout times, the true trajectories, and per model its fit, trajectory and energy errors.
+    """
     system = SYSTEMS[task]
     data = make_data(system, s.trajectories, s.noise, s.seed)
     t_roll = torch.linspace(0.0, s.rollout_factor * system.t_end, int(s.rollout_factor * system.n_points) + 1)
@@ -163,7 +224,7 @@ def run_task(task: str, s: argparse.Namespace, progress: bool) -> dict[str, Any]
     for kind in ("baseline", "hnn"):
         torch.manual_seed(s.seed)
         model = BaselineODE(1, s.hidden) if kind == "baseline" else HamiltonianNN(1, s.hidden)
-        fit = train_model(model, data, s.iters, s.lr, progress, f"{task} {kind}")
+        fit = train_model(model, data, s.iters, s.lr, progress, f"{task} {kind}", ckpts, f"{task}-{kind}")
         traj = rollout(model, y0, t_roll, s.method, s.step_size)
         energy = system.energy(traj[..., 0], traj[..., 1]).double()
         inside = t_roll <= system.t_end
@@ -234,16 +295,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/hnn-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_resume_arguments(parser, CHECKPOINT_EVERY)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.trajectories < 2:
         raise SettingsError(f"--trajectories must be >= 2 (half train, half test), got {args.trajectories}.")
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
-    folder = run_folder(args.out, "hnn")
+    folder = open_run(args.out, "hnn", args.resume)
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    ckpts = Checkpoints(
+        folder,
+        "hnn",
+        resume_settings(settings, RESUMABLE_SETTINGS),
+        RESUMABLE_SETTINGS,
+        args.checkpoint_every,
+        args.resume,
+    )
+    ckpts.check_stored()  # before anything is trained: a run of other settings is refused
     rows = []
     for task in args.tasks:
-        res = run_task(task, args, progress=not args.no_progress)
+        res = run_task(task, args, progress=not args.no_progress, ckpts=ckpts)
         for kind in ("baseline", "hnn"):
             r = res[kind]
             paper_test, paper_energy = PAPER[task][kind]

@@ -27,7 +27,7 @@ from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, positive_float, positive_int
-from ._output import pyplot, run_folder, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Train a latent SDE (Li et al. 2020) on noisy Ornstein-Uhlenbeck sample paths; plots posterior samples."
@@ -52,9 +52,10 @@ class LatentSDESettings:
     lr: float = 1e-2
     dt: float = 0.04
     seed: int = 0
+    checkpoint_every: int = 100  #: training iterations between checkpoints (with a run folder)
 
     def __post_init__(self):
-        for name in ("iters", "n_paths", "n_obs", "batch_size", "latent_dim", "hidden"):
+        for name in ("iters", "n_paths", "n_obs", "batch_size", "latent_dim", "hidden", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         finite = all(math.isfinite(v) for v in (self.t_max, self.lr, self.dt, self.obs_noise))
@@ -89,11 +90,41 @@ def make_data(s: LatentSDESettings, n: int | None = None, seed: int | None = Non
     return ts, clean, noisy
 
 
-def train(s: LatentSDESettings, progress: bool = True) -> dict:
+#: Settings a resumed run may change; every other one shapes the trained weights.
+RESUMABLE_SETTINGS = frozenset({"checkpoint_every"})
+_OPTIONS = {"iters": "--iters (--quick)"}
+
+
+def checkpoints(s: LatentSDESettings, folder: Path | None, resume: bool = False) -> Checkpoints:
+    """How the training of ``s`` checkpoints into ``folder`` (None: not at all) and resumes.
+
+    Args:
+        s: the run's settings.
+        folder: the run folder.
+        resume: continue from the checkpoint in ``folder``.
+
+    Returns:
+        The :class:`~hybrid_node.experiments._output.Checkpoints` of the run.
+    """
+    settings = resume_settings(s, RESUMABLE_SETTINGS)
+    return Checkpoints(folder, "sde", settings, RESUMABLE_SETTINGS, s.checkpoint_every, resume, _OPTIONS)
+
+
+def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None = None) -> dict:
     """Generate the data, train the model and draw samples for the plots.
+
+    Args:
+        s: the settings.
+        progress: show a progress bar.
+        ckpts: where the training state (weights, optimizer, schedule, minibatch and global generators,
+            history) is checkpointed (``checkpoints/latent_sde.pt``) and whether an interrupted run
+            continues, to the same weights as one that was not interrupted (None: no checkpoints).
 
     Returns:
         dict with ``model``, ``ts``, ``clean``, ``noisy``, ``history`` and ``metrics``.
+
+    Raises:
+        CheckpointError, ResumeError: resuming from a damaged checkpoint, or one of other settings.
     """
 
     torch.manual_seed(s.seed)
@@ -103,8 +134,14 @@ def train(s: LatentSDESettings, progress: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.01 ** (1 / s.iters))
     hist: dict[str, list[float]] = {"iter": [], "loss": [], "kl": []}
     gen = torch.Generator().manual_seed(s.seed + 1)
+    objects = {"model": model, "optimizer": opt, "scheduler": sched, "generator": gen}
+    ckpt = None if ckpts is None else ckpts.path("latent_sde")
+    state = None if ckpts is None else ckpts.load(ckpt, objects, ("step", "total", "history", "seconds"))
+    done, before = (0, 0.0) if state is None else (state["step"], state["seconds"])  # done == iters: finished
+    if state is not None:
+        hist = state["history"]
     start = time.perf_counter()
-    bar = progress_bar(range(1, s.iters + 1), desc="latent sde", enabled=progress)
+    bar = progress_bar(range(done + 1, s.iters + 1), desc="latent sde", enabled=progress)
     for it in bar:
         idx = torch.randperm(s.n_paths, generator=gen)[: s.batch_size]
         kl_weight = min(1.0, 3.0 * it / s.iters)
@@ -118,7 +155,9 @@ def train(s: LatentSDESettings, progress: bool = True) -> dict:
         hist["loss"].append(out.loss.item())
         hist["kl"].append(float((out.kl_path + out.kl_z0).detach()))
         bar.set_postfix(loss=f"{out.loss.item():.3f}")
-    seconds = time.perf_counter() - start
+        if ckpts is not None and ckpts.due(ckpt, it, s.iters):
+            ckpts.save(ckpt, it, s.iters, objects, history=hist, seconds=before + time.perf_counter() - start)
+    seconds = before + time.perf_counter() - start
     with torch.no_grad():
         post = model.sample_posterior(noisy, ts, n=1)
         prior = model.sample_prior(ts, 256)
@@ -196,15 +235,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--out", default=None, help="run folder (default runs/sde-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_resume_arguments(parser, d.checkpoint_every)
 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small tensors: one thread is fastest
     iters = 100 if args.quick and args.iters == LatentSDESettings.iters else args.iters
     with checked_settings():
-        s = LatentSDESettings(iters=iters, n_paths=args.n_paths, lr=args.lr, dt=args.dt, seed=args.seed)
-    folder = run_folder(args.out, "sde")
-    r = train(s, progress=not args.no_progress)
+        s = LatentSDESettings(
+            iters=iters,
+            n_paths=args.n_paths,
+            lr=args.lr,
+            dt=args.dt,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+        )
+    folder = open_run(args.out, "sde", args.resume, run_kind="an sde run")
+    ckpts = checkpoints(s, folder, args.resume)
+    ckpts.check_stored()  # before anything is trained: a run of other settings is refused
+    r = train(s, progress=not args.no_progress, ckpts=ckpts)
     m = r["metrics"]
     meta = {
         "data": f"OU dy = {s.theta} ({s.mu} - y) dt + {s.sigma} dW, noise std {s.obs_noise}",

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from .._api import odeint, odeint_adjoint
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
-from ._output import pyplot, run_folder, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
@@ -66,9 +67,10 @@ class DemoSettings:
     max_cycles: int = 1
     #: the goal: mean absolute error of the whole learned trajectory against the observations
     target_mae: float = 0.15
+    checkpoint_every: int = 100  #: training iterations between checkpoints (with a run folder)
 
     def __post_init__(self):
-        for name in ("iters", "data_size", "batch_size", "hidden", "test_every", "max_cycles"):
+        for name in ("iters", "data_size", "batch_size", "hidden", "test_every", "max_cycles", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 2 <= self.batch_time < self.data_size:
@@ -151,12 +153,43 @@ def _box_grid(y: torch.Tensor, n: int = 25) -> torch.Tensor:
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
 
 
-def train(s: DemoSettings, progress: bool = True) -> dict:
+#: Settings a resumed run may change; every other one shapes the trained weights.
+RESUMABLE_SETTINGS = frozenset({"checkpoint_every"})
+_OPTIONS = {"iters": "--iters (--quick)", "test_every": "--iters (--quick)"}
+
+
+def checkpoints(s: DemoSettings, folder: Path | None, resume: bool = False) -> Checkpoints:
+    """How the training of ``s`` checkpoints into ``folder`` (None: not at all) and resumes.
+
+    Args:
+        s: the run's settings.
+        folder: the run folder.
+        resume: continue from the checkpoint in ``folder``.
+
+    Returns:
+        The :class:`~hybrid_node.experiments._output.Checkpoints` of the run.
+    """
+    settings = resume_settings(s, RESUMABLE_SETTINGS)
+    return Checkpoints(folder, "demo", settings, RESUMABLE_SETTINGS, s.checkpoint_every, resume, _OPTIONS)
+
+
+def train(s: DemoSettings, progress: bool = True, ckpts: Checkpoints | None = None) -> dict:
     """Generate the data, train the model and evaluate it.
+
+    Args:
+        s: the settings.
+        progress: show a progress bar.
+        ckpts: where the training state (weights, optimizer, schedule, window generator, cycle, best
+            cycle so far, history) is checkpointed (``checkpoints/demo.pt``) every ``s.checkpoint_every``
+            iterations and after each cycle, and whether an interrupted run continues, to the same
+            weights as one that was not interrupted (None: no checkpoints).
 
     Returns:
         dict with ``model``, the data (``t``, ``y_true``, ``y_obs``), the learned trajectory ``y_pred``,
         the loss and evaluation history and the final metrics.
+
+    Raises:
+        CheckpointError, ResumeError: resuming from a damaged checkpoint, or one of other settings.
     """
     torch.manual_seed(s.seed)
     t, y_true, y_obs = make_data(s)
@@ -165,15 +198,39 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
     gen = torch.Generator().manual_seed(s.seed + 1)
     hist: dict[str, list[float]] = {"iter": [], "loss": [], "eval_iter": [], "eval_mae": []}
     y0_full = y_obs[:1]  # the model only ever sees the noisy data, starting state included
-    start = time.perf_counter()
-    it = 0
-    best: tuple[float, dict, int] | None = None  # (error vs data, parameters, cycle) of the best cycle so far
-    for cycle in range(1, s.max_cycles + 1):
+
+    def new_cycle() -> CosineAnnealingLR | None:
         for group in opt.param_groups:  # a warm restart: every cycle decays from the full rate again
             group["lr"] = s.lr
-        sched = CosineAnnealingLR(opt, T_max=s.iters, eta_min=0.01 * s.lr) if s.cosine else None
+        return CosineAnnealingLR(opt, T_max=s.iters, eta_min=0.01 * s.lr) if s.cosine else None
+
+    total = s.iters * s.max_cycles
+    objects: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": new_cycle(), "generator": gen}
+    ckpt = None if ckpts is None else ckpts.path("demo")
+    required = ("step", "total", "history", "seconds", "best", "stop", "observation_mae")
+    state = None if ckpts is None else ckpts.load(ckpt, objects, required)
+    it, before = 0, 0.0
+    best: tuple[float, dict, int] | None = None  # (error vs data, parameters, cycle) of the best cycle so far
+    stop: str | None = None  # why training ended; set once it has (a resumed finished run trains no more)
+    obs_mae = float("nan")
+    if state is not None:
+        it, before, hist, best = state["step"], state["seconds"], state["history"], state["best"]
+        stop, obs_mae = state["stop"], state["observation_mae"]
+    start = time.perf_counter()
+
+    def save() -> None:
+        if ckpts is not None:
+            extra = {"best": best, "stop": stop, "observation_mae": obs_mae}
+            ckpts.save(ckpt, it, total, objects, history=hist, seconds=before + time.perf_counter() - start, **extra)
+
+    while stop is None:
+        finished, done = divmod(it, s.iters)  # cycles finished, iterations done in the current one
+        cycle = finished + 1
+        if done == 0 and it > 0:
+            objects["scheduler"] = new_cycle()  # the checkpoint was taken at the end of the last cycle
+        sched = objects["scheduler"]
         desc = "spiral demo" if s.max_cycles == 1 else f"spiral demo, cycle {cycle}"
-        for k in progress_bar(range(1, s.iters + 1), desc=desc, enabled=progress):
+        for k in progress_bar(range(done + 1, s.iters + 1), desc=desc, enabled=progress):
             it += 1
             y0, times, targets = sample_windows(t, y_obs, s, gen)
             opt.zero_grad()
@@ -190,6 +247,8 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
                     full = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
                 hist["eval_iter"].append(it)
                 hist["eval_mae"].append(float((full - y_true).abs().mean()))
+            if k < s.iters and ckpts is not None and ckpts.due(ckpt, it, total):
+                save()  # the end of a cycle is saved below, after its evaluation
         with torch.no_grad():  # the stopping test sees only what a user has: the observations
             obs_mae = float(
                 (odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0] - y_obs).abs().mean()
@@ -198,17 +257,16 @@ def train(s: DemoSettings, progress: bool = True) -> dict:
             best = (obs_mae, copy.deepcopy(model.state_dict()), cycle)
         if obs_mae <= s.target_mae:
             stop = f"target reached after {it} iterations: trajectory error vs data {obs_mae:.3g} <= {s.target_mae:g}"
-            break
-    else:
-        # a warm restart can also make the fit worse: the model keeps the best cycle's parameters
-        assert best is not None  # max_cycles >= 1
-        obs_mae = best[0]
-        model.load_state_dict(best[1])
-        stop = (
-            f"budget used ({it} iterations): trajectory error vs data {obs_mae:.3g} > target {s.target_mae:g} "
-            f"(kept cycle {best[2]}, the best)"
-        )
-    seconds = time.perf_counter() - start
+        elif cycle == s.max_cycles:
+            # a warm restart can also make the fit worse: the model keeps the best cycle's parameters
+            obs_mae = best[0]
+            model.load_state_dict(best[1])
+            stop = (
+                f"budget used ({it} iterations): trajectory error vs data {obs_mae:.3g} > target {s.target_mae:g} "
+                f"(kept cycle {best[2]}, the best)"
+            )
+        save()
+    seconds = before + time.perf_counter() - start
     with torch.no_grad():
         y_pred = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
     metrics = {
@@ -334,6 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=None, help="run folder (default runs/demo-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_resume_arguments(parser, d.checkpoint_every)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,9 +413,12 @@ def run(args: argparse.Namespace) -> int:
             test_every=max(1, min(50, iters)),
             max_cycles=args.max_cycles,
             target_mae=args.target_mae,
+            checkpoint_every=args.checkpoint_every,
         )
-    folder = run_folder(args.out, "demo")
-    result = train(s, progress=not args.no_progress)
+    folder = open_run(args.out, "demo", args.resume)
+    ckpts = checkpoints(s, folder, args.resume)
+    ckpts.check_stored()  # before anything is trained: a run of other settings is refused
+    result = train(s, progress=not args.no_progress, ckpts=ckpts)
     m = result["metrics"]
     row = {
         k: m[k]
