@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._transforms import is_batched
@@ -161,7 +162,8 @@ class PIDController(AbstractController):
 
     def __post_init__(self):
         for name in ("rtol", "atol"):
-            v = getattr(self, name)
+            v = _from_numpy(getattr(self, name))
+            object.__setattr__(self, name, v)  # frozen: the one normalisation of a setting
             if isinstance(v, torch.Tensor) and is_batched(v):
                 raise ValueError(
                     f"{name} is batched by vmap; the problems of one vmap share their tolerances (per-component "
@@ -240,6 +242,27 @@ class PIDController(AbstractController):
 
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _from_numpy(tol):
+    """A NumPy tolerance as the solve takes it: a float for a scalar (``np.float32(1e-5)``, a 0-d
+    array), a float64 tensor for an array of per-component values; any other value unchanged.
+
+    torchdiffeq accepts NumPy tolerances (its arithmetic takes them as it takes floats); the checks
+    and the loops here read floats and tensors, and refused NumPy values as not "finite and
+    non-negative" whatever they held.
+
+    Args:
+        tol: ``rtol`` or ``atol`` as given.
+
+    Returns:
+        A float, a tensor, or ``tol`` itself.
+    """
+    if isinstance(tol, np.ndarray) and tol.ndim > 0:
+        return torch.as_tensor(tol, dtype=torch.float64)
+    if isinstance(tol, (np.ndarray, np.generic)) and not isinstance(tol, np.bool_) and np.isrealobj(tol):
+        return float(tol)
+    return tol
 
 
 def _is_zero(tol) -> bool:

@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchdiffeq
@@ -336,6 +337,33 @@ def test_per_component_tolerances():
     # tuple states: one tolerance per tensor
     tup = hn.odeint(lambda t, s: (-s[0], -s[1]), (y0[:1], y0[1:]), t, rtol=(1e-9, 1e-3), atol=(1e-18, 1.0))
     assert abs(float(tup[0][-1, 0] - exact[0])) < 1e-8 * float(exact[0])
+
+
+@pytest.mark.parametrize(
+    "rtol, same_as",
+    [
+        (np.float32(1e-5), float(np.float32(1e-5))),
+        (np.array(1e-5), 1e-5),
+        (np.array([1e-3, 1e-6]), torch.tensor([1e-3, 1e-6], dtype=F64)),
+    ],
+    ids=["np.float32", "0-d array", "per-component array"],
+)
+def test_numpy_tolerances_as_torchdiffeq(rtol, same_as):
+    # torchdiffeq takes NumPy tolerances; they solve exactly as the float or tensor holding the same values
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=F64)
+    ours = hn.odeint(linear_1d, y0, t, rtol=rtol, atol=1e-9)
+    torch.testing.assert_close(ours, hn.odeint(linear_1d, y0, t, rtol=same_as, atol=1e-9), rtol=0, atol=0)
+    theirs = torchdiffeq.odeint(linear_1d, y0, t, rtol=rtol, atol=1e-9)
+    # two dopri5 solves at rtol <= 1e-3 on a state of size ~2 (their steps differ): each within ~1e-3
+    # relative of the exact solution; exp(-2) y0 at the end
+    torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=0)
+    torch.testing.assert_close(ours[-1], y0 * math.exp(-2.0), rtol=2e-3, atol=0)
+    assert hn.odeint(linear_1d, y0, t, rtol=rtol, atol=1e-9, method="kvaerno5").shape == (3, 2)  # Newton tolerances
+
+
+def linear_1d(t, y):
+    return -y
 
 
 # ----------------------------------------------------------------------------------------------------
