@@ -59,6 +59,12 @@ CASES = [
     (lambda: hnn.NeuralSDE(_field, _field, dt=0.0), ValueError, "dt"),
     (lambda: hnn.NeuralSDE(_field, _field, dt=math.nan), ValueError, "dt"),
     (lambda: hnn.NeuralSDE(_field, 0.1), TypeError, "diffusion"),
+    (lambda: hnn.LatentSDE(data_dim=0), ValueError, "data_dim"),
+    (lambda: hnn.LatentSDE(latent_dim=True), TypeError, "latent_dim"),
+    (lambda: hnn.LatentSDE(context_dim=0), ValueError, "context_dim"),
+    (lambda: hnn.LatentSDE(obs_std=0.0), ValueError, "obs_std"),
+    (lambda: hnn.LatentSDE(obs_std=math.nan), ValueError, "obs_std"),
+    (lambda: hnn.LatentSDE(dt=-0.1), ValueError, "dt"),
     (lambda: hn.Event(_field, direction=True), ValueError, "direction"),
     (lambda: hn.Event(_field, samples=True), ValueError, "samples"),
 ]
@@ -80,5 +86,6 @@ def test_valid_arguments_still_build():
     hnn.LatentODE(obs_dim=1, latent_dim=1, obs_std=0.1)
     hnn.DiagonalDiffusion(3, hidden=2, scale=1)
     hnn.NeuralSDE(_field, _field, dt=1)
+    hnn.LatentSDE(data_dim=1, latent_dim=1, context_dim=1, hidden=1, obs_std=1, dt=1)
     hnn.SolveSettings(rtol=1, atol=1e-9)
     hn.Event(_field, direction=-1, samples=0)

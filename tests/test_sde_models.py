@@ -101,3 +101,23 @@ def test_neural_sde_refuses_plain_callables_under_the_adjoint():
     layer.adjoint = False
     layer(torch.ones(2, 2, requires_grad=True), torch.linspace(0, 1, 3)).sum().backward()
     assert k.grad is not None and float(k.grad) != 0.0
+
+
+def test_latent_sde_checks_the_series_and_takes_times_as_a_list():
+    # a mismatch failed inside the GRU or torch.distributions with a message naming neither xs nor ts,
+    # and a list of times (accepted by sdeint) raised AttributeError: 'list' object has no attribute 'detach'
+    torch.manual_seed(0)
+    model = hn.nn.LatentSDE(1, 2, context_dim=3, hidden=4, dt=0.1)
+    xs, ts = torch.randn(4, 3, 1), torch.linspace(0, 1, 4)
+    with pytest.raises(ValueError, match=r"xs must be a tensor of shape \(T, batch, 1\)"):
+        model(xs[..., 0], ts)
+    with pytest.raises(ValueError, match=r"ts must hold one time per observation of xs, shape \(4,\)"):
+        model(xs, ts[:3])
+    with pytest.raises(ValueError, match="ts must hold one time"):
+        model.sample_posterior(xs, ts[:3])
+    # the same loss from a list of times as from the tensor (the same z0 noise and Brownian draws)
+    torch.manual_seed(1)
+    want = model(xs, ts).loss
+    torch.manual_seed(1)
+    got = model(xs, ts.tolist()).loss
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -159,6 +159,10 @@ class LatentSDE(nn.Module):
         data_dim, latent_dim, context_dim, hidden: sizes.
         obs_std: standard deviation of the Gaussian observation noise.
         method, dt: the SDE solver (Ito; default euler) and its step.
+
+    Raises:
+        TypeError, ValueError: a size is not a positive int, or ``obs_std`` or ``dt`` is not a finite
+            positive number.
     """
 
     def __init__(
@@ -172,6 +176,16 @@ class LatentSDE(nn.Module):
         dt: float = 2e-2,
     ):
         super().__init__()
+        # checked here, naming the argument: a bad one failed later inside nn.GRU or torch.empty, and a
+        # non-positive obs_std only at the first forward pass, inside torch.distributions.Normal
+        for name, value in (
+            ("data_dim", data_dim),
+            ("latent_dim", latent_dim),
+            ("context_dim", context_dim),
+            ("hidden", hidden),
+        ):
+            positive_int(name, value)
+        obs_std, dt = positive_float("obs_std", obs_std), positive_float("dt", dt)
         self.encoder = nn.GRU(data_dim, hidden, batch_first=False)
         self.to_context = nn.Linear(hidden, context_dim)
         self.to_q0 = nn.Linear(hidden, 2 * latent_dim)
@@ -186,6 +200,23 @@ class LatentSDE(nn.Module):
         self.p0_mean = nn.Parameter(torch.zeros(latent_dim))
         self.p0_logstd = nn.Parameter(torch.zeros(latent_dim))
         self.obs_std, self.method, self.dt = obs_std, method, dt
+
+    def _check_series(self, xs: Tensor, ts: Tensor | Sequence[float]) -> Tensor:
+        """``ts`` as a tensor on ``xs``'s device, after checking that the shapes of ``xs`` and ``ts`` agree.
+
+        Raises:
+            ValueError: ``xs`` is not (T, batch, data_dim) or ``ts`` is not a 1-D sequence of T times.
+        """
+        data_dim = self.decoder.out_features
+        if not torch.is_tensor(xs) or xs.dim() != 3 or xs.shape[2] != data_dim:
+            shape = tuple(xs.shape) if torch.is_tensor(xs) else type(xs).__name__
+            raise ValueError(f"xs must be a tensor of shape (T, batch, {data_dim}) (time first), got {shape}.")
+        ts = torch.as_tensor(ts, dtype=xs.dtype if not torch.is_tensor(ts) else None, device=xs.device)
+        if ts.dim() != 1 or ts.shape[0] != xs.shape[0]:
+            raise ValueError(
+                f"ts must hold one time per observation of xs, shape ({xs.shape[0]},), got {tuple(ts.shape)}."
+            )
+        return ts
 
     def _h(self, t: Tensor, z: Tensor) -> Tensor:
         return self.prior_drift(torch.cat([z, t.expand(z.shape[0], 1)], -1))
@@ -209,12 +240,16 @@ class LatentSDE(nn.Module):
         mean, logstd = self.to_q0(out[0]).chunk(2, -1)
         return mean, logstd.exp(), self.to_context(out)
 
-    def forward(self, xs: Tensor, ts: Tensor, kl_weight: float = 1.0) -> LatentSDELoss:
+    def forward(self, xs: Tensor, ts: Tensor | Sequence[float], kl_weight: float = 1.0) -> LatentSDELoss:
         """The negative ELBO of observations xs (T, batch, data_dim) at times ts (T,).
 
         Returns:
             :class:`LatentSDELoss`; ``loss`` is normalised per observed value.
+
+        Raises:
+            ValueError: ``xs`` is not (T, batch, data_dim) or ``ts`` does not hold T times.
         """
+        ts = self._check_series(xs, ts)
         mean, std, context = self.encode(xs)
         z0 = mean + std * torch.randn_like(std)
         zs, log_ratio = sdeint(self._sde(context, ts), z0, ts, method=self.method, dt=self.dt, logqp=True)
@@ -230,8 +265,13 @@ class LatentSDE(nn.Module):
         return LatentSDELoss(loss, log_lik, kl_z0, kl_path)
 
     @torch.no_grad()
-    def sample_posterior(self, xs: Tensor, ts: Tensor, n: int = 1) -> Tensor:
-        """Decoded posterior sample paths given xs (T, batch, data_dim): (T, n * batch, data_dim)."""
+    def sample_posterior(self, xs: Tensor, ts: Tensor | Sequence[float], n: int = 1) -> Tensor:
+        """Decoded posterior sample paths given xs (T, batch, data_dim): (T, n * batch, data_dim).
+
+        Raises:
+            ValueError: ``xs`` is not (T, batch, data_dim) or ``ts`` does not hold T times.
+        """
+        ts = self._check_series(xs, ts)
         mean, std, context = self.encode(xs)
         mean, std, context = mean.repeat(n, 1), std.repeat(n, 1), context.repeat(1, n, 1)
         z0 = mean + std * torch.randn_like(std)
