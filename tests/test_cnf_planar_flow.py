@@ -95,3 +95,17 @@ def test_from_base_gradients_are_those_of_the_inverse():
                 down = (flow.from_base(z) * weights).sum().item()
                 param[idx] = old
             assert abs(grad[idx].item() - (up - down) / (2 * h)) < 1e-6 * max(1.0, abs(grad[idx].item()))
+
+
+@pytest.mark.parametrize("base_std", [float("inf"), float("nan"), 0.0, -1.0])
+def test_base_std_must_be_finite_and_positive(base_std):
+    with pytest.raises(ValueError, match="finite positive"):
+        PlanarFlow(2, 3, base_std=base_std)
+
+
+def test_bad_input_types():
+    flow = PlanarFlow(2, 3)
+    with pytest.raises(TypeError, match="floating-point"):
+        flow.log_prob(torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_bisection"):
+        flow.from_base(torch.zeros(4, 2), n_bisection=0)

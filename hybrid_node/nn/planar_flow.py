@@ -33,7 +33,7 @@ class PlanarFlow(nn.Module):
         init_scale: standard deviation of the initial u and w.
 
     Raises:
-        ValueError: non-positive sizes.
+        ValueError: non-positive sizes or a ``base_std`` that is not a finite positive number.
     """
 
     def __init__(self, dim: int, n_layers: int, base_std: float = 1.0, init_scale: float = 0.1):
@@ -41,8 +41,9 @@ class PlanarFlow(nn.Module):
         for name, value in (("dim", dim), ("n_layers", n_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if not base_std > 0:
-            raise ValueError(f"base_std must be positive, got {base_std}.")
+        # inf would make every log-density -inf and every sample inf
+        if isinstance(base_std, bool) or not (base_std > 0 and math.isfinite(base_std)):
+            raise ValueError(f"base_std must be a finite positive number, got {base_std}.")
         self.dim = dim
         self.n_layers = n_layers
         self.base_std = float(base_std)
@@ -71,6 +72,7 @@ class PlanarFlow(nn.Module):
 
         Raises:
             ValueError: ``x`` has the wrong shape.
+            TypeError: ``x`` is not a floating-point tensor.
         """
         self._check(x)
         u_hat = self._u_hat()
@@ -103,9 +105,12 @@ class PlanarFlow(nn.Module):
             Data points, shape (B, D).
 
         Raises:
-            ValueError: ``z`` has the wrong shape.
+            ValueError: ``z`` has the wrong shape or ``n_bisection`` is not a positive int.
         """
         self._check(z)
+        # with no step the midpoint of the first bracket, y @ w, would be returned as the root
+        if isinstance(n_bisection, bool) or not isinstance(n_bisection, int) or n_bisection <= 0:
+            raise ValueError(f"n_bisection must be a positive int, got {n_bisection!r}.")
         u_hat = self._u_hat()
         y = z
         for k in reversed(range(self.n_layers)):
@@ -139,3 +144,5 @@ class PlanarFlow(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"Expected a tensor of shape (batch, {self.dim}), got {shape}.")
+        if not x.is_floating_point():  # torch would only name a dtype clash inside a matrix product
+            raise TypeError(f"Expected a floating-point tensor, got {x.dtype}.")
