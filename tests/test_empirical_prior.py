@@ -88,3 +88,20 @@ def test_bad_anchors_are_rejected():
             EmpiricalPrior(bad)
     with pytest.raises(ValueError, match="latent dimensions"):
         EmpiricalPrior(torch.zeros(2, 3, dtype=torch.float64)).posterior(model, batch)
+
+
+def test_float64_times_of_float32_series_that_round_to_one_time_are_scored_as_by_the_model():
+    # 1.0 and 1.0 + 1e-9 are two float64 times but one float32 time: the union grid held both, and
+    # the float32 solve raised "t must be strictly increasing" (LatentODE.log_likelihood casts first)
+    torch.manual_seed(0)
+    model = LatentODE(rtol=1e-7, atol=1e-9)
+    times = torch.tensor([[0.5, 1.0], [0.7, 1.0 + 1e-9]], dtype=torch.float64)
+    values = torch.randn(2, 2, 2)
+    batch = IrregularBatch(times=times, values=values, mask=torch.ones_like(values))
+    prior = EmpiricalPrior(torch.randn(3, 4))
+    with torch.no_grad():
+        want = torch.stack([model.log_likelihood(z.expand(2, -1), batch)[0] for z in prior.anchors], dim=1)
+    # float32 solves, batched differently: equal to a few float32 ulps of the O(10) log-likelihoods
+    torch.testing.assert_close(prior.log_likelihoods(model, batch), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk must be positive"):
+        prior.log_likelihoods(model, batch, chunk=0)

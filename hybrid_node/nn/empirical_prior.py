@@ -22,6 +22,7 @@ import dataclasses
 import torch
 
 from ..irregular import IrregularBatch, union_grid
+from ._checks import positive_int
 from .latent_ode import LatentODE
 
 Tensor = torch.Tensor
@@ -96,11 +97,18 @@ class EmpiricalPrior:
             (B, N) log-likelihoods.
 
         Raises:
+            TypeError, ValueError: ``chunk`` is not a positive int.
             ValueError: when the anchors' latent size differs from the model's.
         """
         self._check(model)
+        positive_int("chunk", chunk)  # 0 failed in range() with a message naming no argument
+        anchors = self.anchors.to(batch.values.dtype)
+        if batch.times.dtype != anchors.dtype:
+            # the solve runs in the anchors' dtype (LatentODE.log_likelihood does the same): times distinct
+            # in a finer dtype that round to one time there must share one union point
+            batch = dataclasses.replace(batch, times=batch.times.to(anchors.dtype))
         union, index = union_grid(batch)
-        states = model.latent_trajectory(self.anchors.to(batch.values.dtype), union, t0)  # (U, N, S)
+        states = model.latent_trajectory(anchors, union, t0)  # (U, N, S)
         n = self.anchors.shape[0]
         rows = []
         for lo in range(0, batch.batch_size, chunk):
