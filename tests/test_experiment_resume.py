@@ -173,3 +173,24 @@ def test_an_interrupted_run_resumes_to_the_same_result(case, tmp_path, tiny_mnis
     assert main(base + ["--checkpoint-every", "3", "--out", str(out), "--resume"]) == 0
     assert adam_steps["n"] == remaining
     assert rows(out) == rows(straight)
+
+
+@pytest.mark.parametrize("command", ["anode", "cnf", "demo", "hnn", "nfe", "sde", "mnist", "spirals"])
+def test_every_training_experiment_takes_resume_and_checkpoint_every(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--resume" in text and "--checkpoint-every" in text
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, capsys):
+    argv = ["demo", "--iters", "2", "--max-cycles", "1", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "demo.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # cut short, as by a disk problem
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(ckpt) in err and "damaged" in err
+    assert ".." not in err  # torch's reason ends with a full stop of its own

@@ -123,6 +123,8 @@ def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = T
 
 
 def _damaged(path: Path, reason: str) -> CheckpointError:
+    # One line, one full stop: torch's own reasons span lines and end with "." (the CLI printed "saving.. It").
+    reason = " ".join(reason.split()).rstrip(".")
     return CheckpointError(
         path,
         f"The checkpoint {str(path)!r} cannot be loaded: {reason}. It is damaged (cut short by an interrupted "
