@@ -244,6 +244,37 @@ class Problem:
         return ys if self.layout is None else self.layout.unflatten(ys)
 
 
+def check_step_times(name: str, times, sign: float) -> tuple[float, ...]:
+    """Validate ``jump_t`` or ``step_t`` and return it in solver time: host floats, increasing.
+
+    Args:
+        name: "jump_t" or "step_t" (for the messages).
+        times: a tensor of any shape (flattened, as odeint's options are), or a sequence of numbers or
+            one-element tensors.
+        sign: -1.0 for a solve backwards in time (solver time s = -t), else 1.0.
+
+    Returns:
+        The times, negated by ``sign`` and sorted.
+
+    Raises:
+        TypeError: ``times`` is not made of numbers.
+        ValueError: a time is NaN (it has no place in the solve; sorted among the others it would
+            silently reorder or drop them).
+    """
+    try:
+        if isinstance(times, torch.Tensor):
+            values = plain(times).detach().reshape(-1).tolist()
+        else:
+            values = [float(x) for x in times]
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(  # noqa: B904 - the conversion error adds nothing
+            f"{name} must be a tensor or a sequence of times (numbers), got {type(times).__name__} {times!r}."
+        )
+    if any(math.isnan(x) for x in values):
+        raise ValueError(f"{name} contains NaN, which is no time; give the times where steps must end as numbers.")
+    return tuple(sorted(sign * float(x) for x in values))
+
+
 def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), step_t=(), event_t_end=None) -> Problem:
     """Validate and normalise one solve's inputs.
 
@@ -327,8 +358,8 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
         rtol,
         atol,
         norm,
-        tuple(sorted(sgn * float(x) for x in jump_t)),
-        tuple(sorted(sgn * float(x) for x in step_t)),
+        check_step_times("jump_t", jump_t, sgn),
+        check_step_times("step_t", step_t, sgn),
         t_dtype,
         end,
     )

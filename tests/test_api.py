@@ -406,6 +406,25 @@ def test_step_t_ends_steps_there():
         assert min(abs(x - s) for x in times) < 1e-15
 
 
+@pytest.mark.parametrize(
+    "jump_t",
+    [torch.tensor(0.5), torch.tensor([[0.25, 0.5]]), np.array([0.5, 0.25]), (torch.tensor(0.5),)],
+    ids=["0-d tensor", "2-D tensor", "numpy", "tuple of 0-d tensors"],
+)
+def test_solve_takes_jump_t_in_odeints_forms(jump_t):
+    # odeint flattens options["jump_t"] of any shape; solve(jump_t=...) takes the same forms, and
+    # solves exactly as with the list of the same times (0.25 is a jump time the field does not have)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    pid = hn.PIDController(rtol=1e-8, atol=1e-10)
+    times = sorted(float(x) for x in torch.as_tensor(np.asarray(jump_t, dtype=np.float64)).reshape(-1))
+    listed = hn.solve(kink, torch.ones(1, dtype=F64), t, controller=pid, jump_t=times)
+    sol = hn.solve(kink, torch.ones(1, dtype=F64), t, controller=pid, jump_t=jump_t)
+    torch.testing.assert_close(sol.ys, listed.ys, rtol=0, atol=0)
+    assert sol.stats.nfe == listed.stats.nfe
+    # a jump at 0.5 leaves only the method's error (rtol 1e-8) against the exact 0.5 + e^-0.5
+    assert abs(float(sol.ys[-1, 0]) - (0.5 + math.exp(-0.5))) < 1e-9
+
+
 def test_jump_t_backwards():
     t = torch.tensor([1.0, 0.0], dtype=F64)
 

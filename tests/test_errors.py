@@ -328,6 +328,17 @@ def test_tolerance_tuple_needs_one_entry_per_state_tensor():
         hn.odeint(lambda t, y: (-y[0], -y[1]), (torch.ones(2), torch.ones(3)), T01, rtol=(1e-3, 1e-3, 1e-3))
 
 
+@pytest.mark.parametrize("key", ["jump_t", "step_t"])
+def test_jump_and_step_times_must_be_numbers(key):
+    # a NaN was sorted among the other times and silently dropped (the solve ran as without it)
+    with pytest.raises(ValueError, match=f"{key} contains NaN"):
+        hn.odeint(decay, torch.ones(2), T01, options={key: [0.5, math.nan]})
+    with pytest.raises(ValueError, match=f"{key} contains NaN"):
+        hn.solve(decay, torch.ones(2), T01, **{key: torch.tensor([math.nan])})
+    with pytest.raises(TypeError, match=f"{key} must be a tensor or a sequence of times"):
+        hn.solve(decay, torch.ones(2), T01, **{key: [[0.25, 0.5]]})
+
+
 def test_solver_controller_mismatch():
     with pytest.raises(ValueError, match="no error estimate; use ConstantStepSize"):
         hn.solve(decay, torch.ones(1), T01, solver=hn.RK4(), controller=hn.PIDController())
