@@ -61,3 +61,40 @@ def test_step_callbacks_are_called_with_compile_as_eagerly(float64_default, one_
     # (of the adjoint's small parameter cotangents too), so the compiled kernels' float64 rounding
     # reaches the steps amplified and carried on (1.1e-9 relative seen); the names above are exact
     torch.testing.assert_close([c[1:] for c in fast], [c[1:] for c in eager], rtol=1e-6, atol=1e-12)
+
+
+class BatchNormField(torch.nn.Module):
+    """A field whose ``BatchNorm`` writes its running statistics in training mode only."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.bn = torch.nn.BatchNorm1d(2)
+
+    def forward(self, t, y):
+        return torch.tanh(self.bn(self.lin(y)))
+
+
+def test_a_field_switched_to_training_mode_after_a_compiled_solve_keeps_its_buffer_writes(float64_default, one_thread):
+    """Whether an evaluation writes the field's buffers was probed once per graph: a solve in eval
+    mode found no writes, and after ``.train()`` the whole-solve loop ran and dropped them (2 of
+    98 running-statistics updates kept). The probe is now made again for each combination of
+    training modes, so the training-mode solve takes the per-step graphs, which keep every write."""
+    y0, t = torch.randn(16, 2), torch.linspace(0.0, 1.0, 3)
+
+    def after_eval_then_train(compile: bool):
+        torch.manual_seed(1)
+        field = BatchNormField()
+        for mode in (False, True):
+            field.train(mode)
+            with torch.no_grad():
+                sol = hn.solve(field, y0, t, solver=hn.Dopri5().compiled() if compile else hn.Dopri5())
+        return field.bn, sol
+
+    (bn, sol), (bn_eager, sol_eager) = after_eval_then_train(True), after_eval_then_train(False)
+    assert bn.num_batches_tracked == bn_eager.num_batches_tracked == sol_eager.stats.nfe
+    torch.testing.assert_close(sol.ys, sol_eager.ys, rtol=1e-9, atol=1e-12)  # float64, rounding only
+    # averages of the batch statistics of every stage's state, which the compiled stages round
+    # differently (1e-8 relative seen, as in test_whole_solve.py; the dropped updates were ~0.3 off)
+    torch.testing.assert_close(bn.running_mean, bn_eager.running_mean, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(bn.running_var, bn_eager.running_var, rtol=1e-7, atol=1e-9)

@@ -380,10 +380,14 @@ class WholeSolve:
 
     def counters(self, term, t0: float, y0: torch.Tensor) -> list | None:
         """The field's call counters (:func:`~hybrid_node.loop.counters.probe`, two eager
-        evaluations at (t0, y0), the first time; kept with the graph), or None when an evaluation
-        writes the field's buffers (a ``BatchNorm`` in training mode): the loop would drop those
-        writes, so such a field is solved with per-step graphs, which keep them."""
-        key = (self.key, "counters")
+        evaluations at (t0, y0), the first time for each combination of its modules' training
+        modes; kept with the graph), or None when an evaluation writes the field's buffers (a
+        ``BatchNorm`` in training mode): the loop would drop those writes, so such a field is solved
+        with per-step graphs, which keep them."""
+        # a BatchNorm writes its running statistics in training mode only: a probe made in eval
+        # mode does not hold after ``.train()`` (the compiler recompiles on the mode, the probe must too)
+        modes = tuple(m.training for m in self.owner.modules()) if isinstance(self.owner, torch.nn.Module) else ()
+        key = (self.key, ("counters", modes))
         effects = self._graphs.get(key)
         if effects is None:
             effects = self._graphs[key] = probe(self.owner, term, t0, y0)
