@@ -280,7 +280,7 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
 
     Args:
         func, y0, t, solver, controller: as :func:`hybrid_node.solve`.
-        t_dtype: dtype of the time handed to ``func`` (None: t's).
+        t_dtype: dtype of the time handed to ``func``, a floating dtype (None: the state's real dtype).
         jump_t, step_t: times where steps must end.
         event_t_end: the time where an event search gives up (None: no end time).
 
@@ -329,6 +329,12 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             norm = controller.norm if layout is None else TupleNorm(controller.norm, layout)
         elif layout is not None and len(layout.sizes) > 1:
             norm = PartsRMS(layout.sizes)
+    if t_dtype is not None and not (isinstance(t_dtype, torch.dtype) and t_dtype.is_floating_point):
+        # an integer or boolean time would be truncated (func saw t = 0 throughout a solve on [0, 1])
+        raise TypeError(
+            f"t_dtype must be a floating torch dtype such as torch.float64 (the dtype of the time handed to "
+            f"func), got {t_dtype!r}."
+        )
     if t_dtype is None:
         # torchdiffeq hands func the time in the state's real dtype (a float32 model given float64
         # times computes in float32); the loops keep their own time as float64 host floats

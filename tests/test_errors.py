@@ -339,6 +339,13 @@ def test_jump_and_step_times_must_be_numbers(key):
         hn.solve(decay, torch.ones(2), T01, **{key: [[0.25, 0.5]]})
 
 
+@pytest.mark.parametrize("t_dtype", [torch.int64, torch.bool, torch.complex64, "float64"])
+def test_time_dtype_must_be_a_floating_dtype(t_dtype):
+    # an integer time handed func t = 0 at every stage of a solve on [0, 1]: exp(-1) instead of exp(-1.5)
+    with pytest.raises(TypeError, match="t_dtype must be a floating torch dtype"):
+        hn.solve(lambda t, y: -y * (1 + t), torch.ones(1, dtype=torch.float64), T01, t_dtype=t_dtype)
+
+
 def test_solver_controller_mismatch():
     with pytest.raises(ValueError, match="no error estimate; use ConstantStepSize"):
         hn.solve(decay, torch.ones(1), T01, solver=hn.RK4(), controller=hn.PIDController())
