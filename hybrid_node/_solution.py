@@ -50,7 +50,8 @@ class Solution:
             MAX_STEPS, STEP_UNDERFLOW, NONFINITE or NO_EVENT.
         t_final: the event time of a solve with a terminal ``event_fn`` (a 0-d tensor, or one per
             sample with per-sample events); None otherwise, also for a failed solve under ``throw=False``.
-        interpolant: dense output over the solved interval when requested, else None.
+        interpolant: None: :func:`hybrid_node.solve` keeps no dense output (nothing requests one);
+            :func:`hybrid_node.odeint_dense` returns the continuous solution y(t) over an interval.
         event_fired: with per-sample events, a bool tensor of the batch shape: whether each
             sample's event fired (its ``t_final`` is NaN where it did not); else None.
         events: with ``solve(event=hn.Event(...))``, every recorded crossing in time order (records
