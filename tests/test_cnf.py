@@ -341,3 +341,52 @@ def test_sample_takes_the_dtype_of_a_flow_without_parameters():
     z0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(x, z0 @ torch.from_numpy(scipy.linalg.expm(a)).T, rtol=1e-8, atol=1e-9)
     torch.testing.assert_close(logq, flow.base_log_prob(z0) - float(np.trace(a)), rtol=1e-8, atol=1e-9)
+
+
+def test_fixed_step_method_needs_a_step_size():
+    # Every block is solved over the solver time [0, 1] with outputs at 0 and 1 only, so a fixed-step
+    # method without a step size took one step per block (rk4's log-density was off by 1e-4 on a
+    # small MLP, euler's by 0.26), and another number of steps when from_base was asked for a path.
+    with pytest.raises(ValueError, match="step_size"):
+        CNFSolver(method="rk4")
+    with pytest.raises(ValueError, match="step_size"):
+        CNFSolver(method="trbdf2", options={"jacobian": "loop"})  # fixed steps unless adaptive=True
+    torch.manual_seed(7)
+    flow = CNF([TimeMLPField(2, (8,))], dim=2, solver=CNFSolver(method="rk4", options={"step_size": 0.1})).double()
+    z = torch.randn(5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        plain, with_path = flow.from_base(z), flow.from_base(z, n_times=5)
+    # The same steps either way: only rounding may differ.
+    torch.testing.assert_close(with_path.z, plain.z, rtol=0, atol=1e-14)
+    torch.testing.assert_close(with_path.log_prob, plain.log_prob, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["leapfrog", "yoshida4"])
+def test_partitioned_methods_are_refused(method):
+    # They treat the state (z, log p) as a (q, p) pair of a separable system; yoshida4 with
+    # step 0.1 put the log-density 0.2 away from dopri5's.
+    with pytest.raises(ValueError, match="partitioned"):
+        CNFSolver(method=method, options={"step_size": 0.1})
+
+
+def test_implicit_method_needs_a_jacobian_option_and_then_agrees_with_dopri5():
+    # The default torch.func Jacobian cannot trace the dynamics' own torch.autograd call; it used to
+    # fail deep inside the solve with "Batching rule not implemented for aten::detach".
+    with pytest.raises(ValueError, match="jacobian"):
+        CNFSolver(method="kvaerno5")
+    torch.manual_seed(8)
+    flow = CNF([TimeMLPField(2, (8,))], dim=2, solver=CNFSolver(rtol=1e-10, atol=1e-10)).double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+
+    def loss_and_grad():
+        flow.zero_grad()
+        loss, _ = flow.loss(x)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in flow.parameters()])
+
+    ref = loss_and_grad()
+    flow.solver = CNFSolver(method="kvaerno5", rtol=1e-7, atol=1e-7, options={"jacobian": "loop"})
+    got = loss_and_grad()
+    # kvaerno5 at rtol = atol = 1e-7 against a 1e-10 reference: observed gaps 5e-8 (loss), 1e-6 (grads)
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=1e-5)

@@ -36,6 +36,9 @@ from torch import nn
 
 from .._api import odeint as _odeint
 from .._api import odeint_adjoint as _odeint_adjoint
+from .._registry import METHOD_SPECS, build_solver
+from ..controllers import ConstantStepSize
+from ..solvers.symplectic import PartitionedComposition
 from ._kept import kept_field
 from .cnf_fields import PlanarCNFField, TimeMLPField
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
@@ -102,15 +105,23 @@ class CNFSolver:
     """How each block is integrated.
 
     Attributes:
-        method: ODE method name as accepted by :func:`hybrid_node.odeint` (e.g. "dopri5", "rk4").
+        method: ODE method name as accepted by :func:`hybrid_node.odeint` on the torch backend (e.g.
+            "dopri5", "rk4"). The partitioned symplectic methods ("leapfrog", "yoshida4", ...) are
+            refused: they integrate a (q, p) pair with a separable field, and the CNF's state (z, log p)
+            is not one.
         rtol, atol: tolerances of adaptive methods (FFJORD uses 1e-5 on toy data).
-        options: solver options, e.g. {"step_size": 0.05} for fixed-step methods.
+        options: solver options. A fixed-step method needs {"step_size": ...} (or a
+            ``grid_constructor``): the solver time of every block runs over [0, 1], so without one it
+            would take a single step per block. The implicit and Rosenbrock methods need
+            {"jacobian": "loop"} (or "fd"): the augmented dynamics call torch.autograd at every
+            evaluation, which their default vectorised Jacobian cannot trace.
         adjoint: compute gradients with the adjoint method (O(1) memory) instead of backpropagating
             through the solver.
 
     Raises:
         TypeError: ``method`` is not a string or ``adjoint`` is not a bool.
-        ValueError: ``rtol`` or ``atol`` is not a finite positive number.
+        ValueError: ``rtol`` or ``atol`` is not a finite positive number; an unknown method or option;
+            a method the CNF cannot use, or a fixed-step or implicit method without the option it needs.
     """
 
     method: str = "dopri5"
@@ -133,6 +144,40 @@ class CNFSolver:
                 raise ValueError(f"CNFSolver.{name} must be a finite positive number, got {value!r}.")
         if not isinstance(self.adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
             raise TypeError(f"CNFSolver.adjoint must be True or False, got {self.adjoint!r}.")
+        self._check_method()
+
+    def _check_method(self) -> None:
+        """Refuse, before any solve, what odeint would run to a wrong or confusing result for a CNF.
+
+        Raises:
+            ValueError: an unknown method or option (odeint's message), a partitioned method, a
+                fixed-step method without a step size or grid, or a method that needs a Jacobian
+                without a ``jacobian`` option.
+        """
+        options = dict(self.options) if self.options else {}
+        solver, controller, _ = build_solver(self.method, options, float(self.rtol), float(self.atol))
+        if isinstance(solver, PartitionedComposition):
+            raise ValueError(
+                f"method {self.method!r} is a partitioned (symplectic) method for a (q, p) state with a separable "
+                "field; a CNF's state is not one. Use an explicit Runge-Kutta method such as 'dopri5' or 'rk4'."
+            )
+        if (
+            isinstance(controller, ConstantStepSize)
+            and controller.step_size is None
+            and controller.grid_constructor is None
+        ):
+            # The output times of a block are its solver times 0 and 1 (plus the path's), so the grid
+            # would be one step per block, and another one when from_base is asked for a path.
+            raise ValueError(
+                f"method {self.method!r} takes fixed steps: give CNFSolver(options={{'step_size': ...}}) "
+                "(each block is solved over the solver time [0, 1]), or use an adaptive method such as 'dopri5'."
+            )
+        if "jacobian" in METHOD_SPECS[self.method].options and "jacobian" not in options:
+            raise ValueError(
+                f"method {self.method!r} needs the Jacobian of the CNF's dynamics, which differentiate the field "
+                "with torch.autograd and cannot be vectorised by torch.func: pass "
+                "CNFSolver(options={'jacobian': 'loop'}) (or 'fd'), or use an explicit method such as 'dopri5'."
+            )
 
 
 @dataclasses.dataclass
