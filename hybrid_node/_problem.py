@@ -122,7 +122,13 @@ def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
                 f"{y.dtype}; use y0.float() for integer or boolean data."
             )
     if len({y.dtype for y in tensors}) > 1 or len({y.device for y in tensors}) > 1:
-        raise TypeError("all tensors of a tuple state must share one dtype and one device.")
+        # torchdiffeq promotes the parts to one dtype (and returns them so); the state is packed into one
+        # tensor here too, but a part silently computed in another precision is refused (docs/torchdiffeq.md)
+        found = ", ".join(f"{y.dtype} on {y.device}" for y in tensors)
+        raise TypeError(
+            f"all tensors of a tuple state must share one dtype and one device, got {found}; convert them, "
+            "e.g. tuple(y.to(torch.float64) for y in y0)."
+        )
     for i, y in enumerate(tensors):
         if not all_finite(y):
             raise ValueError(f"y0{'' if len(tensors) == 1 else f'[{i}]'} contains NaN or infinite values.")

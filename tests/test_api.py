@@ -204,6 +204,24 @@ def test_tuple_state_equals_concatenated_state(method):
         torch.testing.assert_close(tup[1], theirs[1], rtol=0, atol=1e-6 if method == "rk4" else 1e-8)
 
 
+def test_tuple_state_of_mixed_dtypes_is_refused_where_torchdiffeq_promotes():
+    # a documented deviation (docs/torchdiffeq.md): torchdiffeq returns the float32 part as float64
+    y0 = (torch.ones(2), torch.ones(3, dtype=F64))
+
+    def f(t, s):
+        return (-s[0], -s[1])
+
+    theirs = torchdiffeq.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64))
+    assert theirs[0].dtype == theirs[1].dtype == F64
+    with pytest.raises(TypeError, match=r"share one dtype.*torch\.float32 on cpu, torch\.float64 on cpu.*\.to\("):
+        hn.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64))
+    # the conversion the message names gives torchdiffeq's result (each part decays as exp(-t))
+    ours = hn.odeint(f, tuple(y.to(F64) for y in y0), torch.tensor([0.0, 1.0], dtype=F64))
+    for a, b in zip(ours, theirs):
+        # two dopri5 solves at the default rtol 1e-7 of exp(-1): each within ~1e-7 of the exact value
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-9)])
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "rk4"])
 def test_float32_and_float64(dtype, tol, method):
