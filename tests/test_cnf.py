@@ -390,3 +390,15 @@ def test_implicit_method_needs_a_jacobian_option_and_then_agrees_with_dopri5():
     # kvaerno5 at rtol = atol = 1e-7 against a 1e-10 reference: observed gaps 5e-8 (loss), 1e-6 (grads)
     torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(got[1], ref[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_points_are_named(bad):
+    # The solver's own message called them "y0[0]", a part of the augmented state.
+    flow = CNF([TimeMLPField(2, (8,))], dim=2)
+    x = torch.zeros(4, 2)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"x contains NaN or infinite values \(rows 2\)"):
+        flow.log_prob(x)
+    with pytest.raises(ValueError, match=r"z contains NaN or infinite values \(rows 2\)"):
+        flow.from_base(x)

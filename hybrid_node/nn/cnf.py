@@ -367,7 +367,8 @@ class CNF(nn.Module):
             :class:`FlowResult` with ``z`` the base points and ``log_prob`` the log-density of ``x``.
 
         Raises:
-            ValueError: ``x`` has the wrong shape.
+            ValueError: ``x`` has the wrong shape or non-finite values.
+            TypeError: ``x`` is not a floating-point tensor.
         """
         self._check_points(x, "x")
         regularize = self.regularization.active if regularize is None else bool(regularize)
@@ -413,7 +414,8 @@ class CNF(nn.Module):
             :class:`FlowResult` with ``z`` the data points and ``log_prob`` their log-density.
 
         Raises:
-            ValueError: ``z`` has the wrong shape or ``n_times`` < 2.
+            ValueError: ``z`` has the wrong shape or non-finite values, or ``n_times`` < 2.
+            TypeError: ``z`` is not a floating-point tensor.
         """
         self._check_points(z, "z")
         if n_times is not None and (isinstance(n_times, bool) or not isinstance(n_times, int) or n_times < 2):
@@ -469,6 +471,12 @@ class CNF(nn.Module):
             raise ValueError(f"{name} must have shape (batch, {self.dim}), got {tuple(x.shape)}.")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}.")
+        # The solver would refuse it too, but name it "y0[0]", a part of the CNF's internal state.
+        bad = ~torch.isfinite(x).all(dim=1)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+            raise ValueError(f"{name} contains NaN or infinite values (rows {shown}).")
 
     def _run(self, z, blocks, *, reverse, trace, regularize, n_times, generator):
         estimator = self.trace if trace is None else trace
