@@ -206,6 +206,11 @@ class FlowResult:
 class CNFBlock(nn.Module):
     """One continuous flow: a vector field and its integration time T = exp(log_end_time).
 
+    log T is stored in the default dtype at construction, like any module's initial weights: a block
+    built in float32 and then converted with ``.double()`` keeps the float32 rounding of log T
+    (end_time=1.7 becomes T = 1.70000002). Build under ``torch.set_default_dtype(torch.float64)``
+    when T must be exact to float64, e.g. to compare with an analytic solution.
+
     Args:
         field: module called as ``field(t, z)`` with scalar ``t`` and ``z`` of shape (B, D).
         end_time: initial T > 0.
