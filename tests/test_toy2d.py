@@ -57,3 +57,15 @@ def test_bad_input():
         sample_toy2d("two_moons", 0)
     with pytest.raises(TypeError):
         sample_toy2d("two_moons", 10.0)
+
+
+def test_two_component_sets_are_ordered_as_documented():
+    # The first n // 2 points lie on the outer circle (upper moon), the rest on the other component.
+    r = np.linalg.norm(sample_toy2d("two_circles", 1001, seed=1), axis=1)
+    assert (r[:500] > 2.25).all() and (r[500:] < 2.25).all()
+    # The moons are 2 (cos a, sin a) - (1, 0.5) and 2 (1 - cos a, 0.5 - sin a) - (1, 0.5), a in [0, pi]:
+    # undo the affine map and the noise-free point lies on the unit circle around (0, 0) or (1, 0.5).
+    x = sample_toy2d("two_moons", 1001, seed=1) / 2.0 + np.array([0.5, 0.25])
+    d_upper = np.abs(np.linalg.norm(x, axis=1) - 1)
+    d_lower = np.abs(np.linalg.norm(x - np.array([1.0, 0.5]), axis=1) - 1)
+    assert np.mean(d_upper[:500] < d_lower[:500]) > 0.95 and np.mean(d_lower[500:] < d_upper[500:]) > 0.95

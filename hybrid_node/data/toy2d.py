@@ -122,7 +122,9 @@ def sample_toy2d(
         rng: a numpy Generator to draw from (advanced by the call).
 
     Returns:
-        float32 array of shape (n, 2).
+        float32 array of shape (n, 2). "two_circles" and "two_moons" hold exactly n // 2 points of
+        the outer circle (upper moon) first and the rest of the other component after them, so a
+        slice such as ``x[:100]`` comes from one component only; shuffle before slicing.
 
     Raises:
         ValueError: unknown ``name`` or ``n`` not positive.
