@@ -138,24 +138,59 @@ def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
     return y0, None
 
 
-def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor):
+def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = "tolerance"):
+    """A tolerance on the flat state: a float, or a tensor that broadcasts to ``like``.
+
+    Args:
+        tol: a number; a tensor broadcastable to the state; or, for a tuple state, one entry per
+            tensor (a tuple, list or 1-D tensor of that length, as torchdiffeq reads any sequence
+            there), each a number or a tensor broadcastable to its tensor.
+        layout: the tuple layout, or None for a tensor state.
+        like: the flat state.
+        name: "rtol" or "atol" (for the messages).
+
+    Returns:
+        A float, or a tensor in the state's dtype and device whose broadcast with ``like`` has ``like``'s shape.
+
+    Raises:
+        ValueError: a tolerance that does not fit the state.
+    """
     if isinstance(tol, (int, float)):
         return float(tol)
+    n_parts = 0 if layout is None else len(layout.shapes)
+    if (
+        isinstance(tol, torch.Tensor)
+        and tol.dim() == 1
+        and n_parts > 1
+        and len(tol) == n_parts != like.numel()  # not a per-element tensor of the flat state
+    ):
+        tol = tuple(tol.unbind(0))  # torchdiffeq's reading: one tolerance per state tensor
     if layout is not None and isinstance(tol, (tuple, list)):
-        if len(tol) != len(layout.shapes):
-            raise ValueError(f"a tolerance tuple needs one entry per state tensor ({len(layout.shapes)}).")
-        return torch.cat(
-            [
-                torch.as_tensor(v, dtype=like.dtype, device=like.device).expand(s).reshape(-1)
-                for v, s in zip(tol, layout.shapes)
-            ]
-        )
+        if len(tol) != n_parts:
+            raise ValueError(f"a tolerance tuple needs one entry per state tensor ({n_parts}).")
+        parts = []
+        for i, (v, s) in enumerate(zip(tol, layout.shapes)):
+            v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+            try:
+                parts.append(v.expand(s).reshape(-1))
+            except RuntimeError:
+                raise ValueError(  # noqa: B904 - the expand error adds nothing
+                    f"{name}[{i}] of shape {tuple(v.shape)} does not broadcast to state tensor {i} of shape {tuple(s)}."
+                )
+        return torch.cat(parts)
     tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
     try:
-        torch.broadcast_shapes(tol.shape, like.shape)
+        fits = torch.broadcast_shapes(tol.shape, like.shape) == like.shape
     except RuntimeError:
-        raise ValueError(  # noqa: B904 - the broadcast error adds nothing
-            f"a tolerance of shape {tuple(tol.shape)} does not broadcast to the state {tuple(like.shape)}."
+        fits = False
+    if not fits:
+        # a larger broadcast (shape (2, 3) on a state (3,)) would weigh the error of each element
+        # more than once and fail in the adjoint's backward pass, which repeats it per channel
+        raise ValueError(
+            f"{name}: a tolerance of shape {tuple(tol.shape)} does not broadcast to the state {tuple(like.shape)}"
+            + ("" if layout is None else " (the tuple state's tensors flattened and joined)")
+            + "; give a number, a tensor of the state's shape, or one that broadcasts to it"
+            + ("." if layout is None else f", or one entry per state tensor ({n_parts}).")
         )
     return tol
 
@@ -319,8 +354,8 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
     rtol = atol = None
     norm: Callable = _rms
     if isinstance(controller, PIDController):
-        rtol = _tolerance(controller.rtol, layout, flat)
-        atol = _tolerance(controller.atol, layout, flat)
+        rtol = _tolerance(controller.rtol, layout, flat, "rtol")
+        atol = _tolerance(controller.atol, layout, flat, "atol")
         if (
             rtol + atol == 0  # two floats (the usual case): no tensors to build
             if isinstance(rtol, float) and isinstance(atol, float)

@@ -380,6 +380,27 @@ def test_numpy_tolerances_as_torchdiffeq(rtol, same_as):
     assert hn.odeint(linear_1d, y0, t, rtol=rtol, atol=1e-9, method="kvaerno5").shape == (3, 2)  # Newton tolerances
 
 
+def test_tuple_state_takes_a_tensor_of_one_tolerance_per_tensor_as_torchdiffeq():
+    # torchdiffeq reads any sequence of tolerances for a tuple state as one per tensor, a 1-D tensor too
+    y0 = (torch.ones(2, dtype=F64), torch.ones(3, dtype=F64))
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+
+    def f(t, s):
+        return (-s[0], -2.0 * s[1])
+
+    rtol = torch.tensor([1e-9, 1e-3], dtype=F64)
+    ours = hn.odeint(f, y0, t, rtol=rtol, atol=1e-12)
+    as_tuple = hn.odeint(f, y0, t, rtol=(1e-9, 1e-3), atol=1e-12)
+    for a, b in zip(ours, as_tuple):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    theirs = torchdiffeq.odeint(f, y0, t, rtol=rtol, atol=1e-12)
+    # both dopri5 solves are held to rtol 1e-9 by the first tensor (the max of the parts' norms
+    # decides the step); the looser second part still ends within ~1e-8 of exp(-2)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=0)
+    torch.testing.assert_close(ours[0][-1], torch.full((2,), math.exp(-1.0), dtype=F64), rtol=1e-8, atol=0)
+
+
 def linear_1d(t, y):
     return -y
 

@@ -316,6 +316,8 @@ def test_invalid_option_values():
         (-1e-3, 1e-6, "rtol must be finite and non-negative"),
         (1e-3, math.nan, "atol must be finite and non-negative"),
         (torch.ones(4), 1e-6, r"tolerance of shape \(4,\) does not broadcast to the state \(3,\)"),
+        # broadcasts with the state to a larger shape: accepted, then the adjoint's backward pass failed
+        (torch.full((2, 3), 1e-6), 1e-6, r"rtol: a tolerance of shape \(2, 3\) does not broadcast to the state \(3,\)"),
     ],
 )
 def test_invalid_tolerances(rtol, atol, match):
@@ -326,6 +328,10 @@ def test_invalid_tolerances(rtol, atol, match):
 def test_tolerance_tuple_needs_one_entry_per_state_tensor():
     with pytest.raises(ValueError, match="one entry per state tensor"):
         hn.odeint(lambda t, y: (-y[0], -y[1]), (torch.ones(2), torch.ones(3)), T01, rtol=(1e-3, 1e-3, 1e-3))
+    # an entry that does not fit its tensor is named (it was torch's "expanded size" RuntimeError)
+    match = r"atol\[0\] of shape \(3,\) does not broadcast to state tensor 0 of shape \(2,\)"
+    with pytest.raises(ValueError, match=match):
+        hn.odeint(lambda t, y: (-y[0], -y[1]), (torch.ones(2), torch.ones(3)), T01, atol=(torch.ones(3), 1e-6))
 
 
 @pytest.mark.parametrize("key", ["jump_t", "step_t"])
