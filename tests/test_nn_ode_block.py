@@ -316,3 +316,23 @@ def test_nfe_backward_counts_the_backward_pass_after_the_field_is_replaced():
     assert block.nfe_backward == backward  # the backward pass of the latest forward (was negative)
     block(torch.randn(2, 2, dtype=torch.float64))
     assert block.nfe_backward == 0
+
+
+def test_float64_times_of_a_float32_state_keep_their_precision_as_in_odeint_and_torchdiffeq():
+    """The block cast its times to the state's dtype: the float64 interval (1e4, 1e4 + 1e-3) became
+    float32 (10000, 10000.0009765625), 2.3% short, and y' = 1 gave 0.0009765625; hn.odeint and
+    torchdiffeq keep the float64 times and give 1e-3. Times 1e-4 apart near 1e4 became equal and the
+    solve refused them."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+
+    class One(nn.Module):
+        def forward(self, t, y):
+            return torch.ones_like(y)
+
+    x = torch.zeros(1, 1)
+    for times in ((1e4, 1e4 + 1e-3), torch.tensor([1e4, 1e4 + 1e-4, 1e4 + 3e-4], dtype=torch.float64)):
+        want = torchdiffeq.odeint(One(), x, torch.as_tensor(times, dtype=torch.float64))
+        got = ODEBlock(One(), times, return_trajectory=True)(x)
+        assert got.dtype == torch.float32
+        # y = t - t0 is O(1e-3): float32 rounding of the float64 steps is below 1e-10 (the bug is 2e-5)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)

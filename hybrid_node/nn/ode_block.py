@@ -197,7 +197,8 @@ class ODEBlock(nn.Module):
 
     Args:
         func: the vector field, a module called as ``func(t, y)`` returning a tensor shaped like ``y``.
-        t: the integration interval ``(t0, t1)`` or a 1-D sequence of output times (default (0, 1)).
+        t: the integration interval ``(t0, t1)`` or a 1-D sequence of output times (default (0, 1)); a
+            sequence of numbers is kept in float64 and solved in its own precision, as by ``odeint``.
         train_settings: :class:`SolveSettings` used in training mode (default: dopri5, rtol = atol = 1e-3,
             direct backpropagation).
         eval_settings: settings used in evaluation mode (``model.eval()``); None means the training ones.
@@ -291,7 +292,11 @@ class ODEBlock(nn.Module):
                 f"build the field with dim={x.shape[-1] if x.dim() else 1}."
             )
         times = self.t if t is None else _as_times(t)
-        times = times.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else times.dtype)
+        # moved, not cast to x's dtype: the solve keeps the times' own precision, as hn.odeint and
+        # torchdiffeq's odeint do (cast to float32, the float64 times (1e4, 1e4 + 1e-3) of a float32
+        # state gave an interval 2.3% short); MPS has no float64, so there the times take x's dtype
+        mps = x.device.type == "mps" and times.dtype == torch.float64 and torch.is_floating_point(x)
+        times = times.to(device=x.device, dtype=x.dtype if mps else times.dtype)
         params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
         if in_users_graph(self.func, x):
             # a solve traced into an exported or compiled program cannot carry the counter's side effect
