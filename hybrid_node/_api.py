@@ -597,7 +597,8 @@ def _backsolve_settings(kwargs: Mapping[str, Any]) -> BacksolveAdjoint:
 class DenseSolution:
     """A continuous solution y(t) over [t0, t1] (callable), from :func:`odeint_dense`.
 
-    Call with a scalar time or a 1-D tensor of times inside the solved interval.
+    Call with a scalar time or a 1-D tensor of times inside the solved interval. A query past an end
+    by no more than its dtype's rounding (float32 ``0.1`` is 0.10000000149) is taken as that end.
     """
 
     problem: Problem
@@ -608,14 +609,30 @@ class DenseSolution:
         self._starts = [s.t0 for s in self.segments]
 
     def __call__(self, t) -> State:
+        """The solution at ``t``.
+
+        Args:
+            t: a time (float or 0-d tensor) or a 1-D tensor of times in the solved interval.
+
+        Returns:
+            The state at ``t`` (for a 1-D ``t``, stacked along a new leading dimension).
+
+        Raises:
+            ValueError: a time outside the solved interval by more than its dtype's rounding.
+        """
+        query_dtype = t.dtype if isinstance(t, torch.Tensor) and t.is_floating_point() else torch.float64
         tt = torch.as_tensor(t, dtype=torch.float64)
         scalar = tt.dim() == 0
         out = []
         lo, hi = self.segments[0].t0, self.segments[-1].t1
+        # a time rounded to the query's dtype lies within half its eps (relative) of the time meant, so
+        # one eps of the interval's scale takes an end given in float32 (or bfloat16) as that end
+        slack = max(1e-12 * max(1.0, abs(lo), abs(hi)), torch.finfo(query_dtype).eps * max(abs(lo), abs(hi)))
         for x in tt.reshape(-1).tolist():
             s = -x if self.problem.reverse else x
-            if not (lo - 1e-12 * max(1, abs(lo)) <= s <= hi + 1e-12 * max(1, abs(hi))):
-                raise ValueError(f"t={x} is outside the solved interval.")
+            if not (lo - slack <= s <= hi + slack):
+                ends = (-hi, -lo) if self.problem.reverse else (lo, hi)
+                raise ValueError(f"t={x} is outside the solved interval [{ends[0]!r}, {ends[1]!r}].")
             i = min(max(bisect.bisect_right(self._starts, s) - 1, 0), len(self.segments) - 1)
             out.append(self.segments[i](min(max(s, self.segments[i].t0), self.segments[i].t1)))
         ys = torch.stack(out)

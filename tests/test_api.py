@@ -575,6 +575,26 @@ def test_odeint_dense_backwards_and_tuple():
     torch.testing.assert_close(b[:, 0], torch.exp(-2 * (1 - torch.tensor([0.25, 0.5], dtype=F64))), rtol=1e-6, atol=0)
 
 
+def test_odeint_dense_takes_float32_ends_as_the_ends():
+    # float32(0.1) = 0.10000000149 lies past t1 = 0.1 by its rounding only: it is the end, not outside
+    dense = hn.odeint_dense(lambda t, y: -y, torch.ones(1, dtype=F64), 0.0, 0.1, rtol=1e-10, atol=1e-12)
+    end = dense(torch.tensor(0.1, dtype=torch.float32))
+    # the dense output at the end is the step's end state, within the solve's tolerance of exp(-0.1)
+    torch.testing.assert_close(end, torch.exp(torch.tensor([-0.1], dtype=F64)), rtol=1e-8, atol=0)
+    torch.testing.assert_close(dense(torch.tensor([0.0, 0.1], dtype=torch.float32))[1], end, rtol=0, atol=0)
+    backwards = hn.odeint_dense(lambda t, y: -y, torch.ones(1, dtype=F64), 0.3, 0.1, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(backwards(torch.tensor(0.3, dtype=torch.float32)), torch.ones(1, dtype=F64))
+    torch.testing.assert_close(
+        backwards(torch.tensor(0.1, dtype=torch.float32)), torch.exp(torch.tensor([0.2], dtype=F64)), rtol=1e-8, atol=0
+    )
+    # a time truly outside is still refused, in float32 as in float64
+    for query in (torch.tensor(0.1001, dtype=torch.float32), 0.1 + 1e-9, torch.tensor([0.05, -1e-6])):
+        with pytest.raises(ValueError, match=r"outside the solved interval \[0.0, 0.1\]"):
+            dense(query)
+    with pytest.raises(ValueError, match=r"outside the solved interval \[0.1, 0.3\]"):
+        backwards(torch.tensor(0.31, dtype=torch.float32))
+
+
 def test_odeint_dense_fixed_grid_interpolates():
     dense = hn.odeint_dense(linear, Y0, 0.0, 1.0, method="rk4", options={"step_size": 0.01, "interp": "cubic"})
     tq = torch.tensor([0.123, 0.5, 0.987], dtype=F64)
