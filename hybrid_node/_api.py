@@ -501,7 +501,7 @@ def odeint_event(
 
     Args:
         func, y0: the field and initial state.
-        t0: start time (scalar tensor or float).
+        t0: start time (a float, a 0-d tensor or a one-element tensor).
         event_fn: terminal event function; it must return a tensor built from ``t`` and ``y``.
         reverse_time: integrate towards decreasing time.
         odeint_interface: ``odeint`` or ``odeint_adjoint``.
@@ -518,13 +518,20 @@ def odeint_event(
 
     Raises:
         SolverError: no event was found (status NO_EVENT), or the solve failed.
-        TypeError, ValueError: invalid inputs, e.g. an ``event_fn`` that returns a Python float.
+        TypeError, ValueError: invalid inputs, e.g. an ``event_fn`` that returns a Python float, or a
+            ``t0`` of more than one element.
     """
     if t_end is not None:
         options = dict(check_options(kwargs.get("options"), "options"))
         options["event_t_end"] = t_end  # checked (a number after t0) when the problem is made
         kwargs["options"] = options
-    t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype).reshape(-1)
+    t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype)
+    if t0.numel() != 1:  # else t0 and t0 + 1 make a grid the time check misreads as out of order
+        raise ValueError(
+            f"t0 must be one start time (a float, a 0-d tensor or a one-element tensor), got shape "
+            f"{tuple(t0.shape)}; the event search runs from t0 until event_fn changes sign."
+        )
+    t0 = t0.reshape(-1)
     direction = -1.0 if reverse_time else 1.0
     t = torch.cat([t0, t0.detach() + direction])
     if per_sample:

@@ -409,6 +409,18 @@ def test_event_that_never_happens_stops_with_a_clear_error(reverse):
     assert sol.status is Status.NO_EVENT
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("t0", [torch.tensor([0.0, 1.0]), torch.zeros(0)], ids=["two", "empty"])
+def test_odeint_event_needs_one_start_time(t0, per_sample):
+    # torchdiffeq's contract is one start time; a t0 of several was refused as "t must be strictly increasing"
+    with pytest.raises(ValueError, match=rf"t0 must be one start time .* got shape \({t0.numel()},\)"):
+        hn.odeint_event(decay, torch.ones(1), t0, event_fn=lambda t, y: y[..., 0] - 0.5, per_sample=per_sample)
+    # one element in any layout is the start time
+    for one in (torch.tensor([0.0]), torch.tensor([[0.0]]), 0.0):
+        t_event, _ = hn.odeint_event(decay, torch.ones(1), one, event_fn=lambda t, y: y[0] - 0.5)
+        assert float(t_event) == pytest.approx(math.log(2), rel=1e-5)  # y = exp(-t) halves at log 2; solver rtol 1e-7
+
+
 def test_event_solve_respects_max_num_steps():
     # a decaying state never reaches -1; max_num_steps bounds the search
     with pytest.raises(SolverError, match="max_num_steps=50"):
