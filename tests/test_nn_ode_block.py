@@ -336,3 +336,31 @@ def test_float64_times_of_a_float32_state_keep_their_precision_as_in_odeint_and_
         assert got.dtype == torch.float32
         # y = t - t0 is O(1e-3): float32 rounding of the float64 steps is below 1e-10 (the bug is 2e-5)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+
+
+def test_dtype_conversions_of_a_block_convert_its_weights_not_its_times():
+    """``.float()`` / ``.half()`` / ``.to(dtype)`` converted the times buffer too: float64
+    (1e4, 1e4 + 1e-3) became float32 (10000, 10000.0009765625) and the solve ran 2.3% short, and a
+    later ``.double()`` did not bring the digits back. The times keep their float64 values."""
+
+    class Rate(nn.Module):  # y' = w = 1
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones((), dtype=torch.float64))
+
+        def forward(self, t, y):
+            return self.w * torch.ones_like(y)
+
+    times = (1e4, 1e4 + 1e-3)
+    one_step = SolveSettings("rk4", options={"step_size": 1e-3})  # exact for y' = 1
+    for convert, dtype in (
+        (lambda m: m.float(), torch.float32),
+        (lambda m: m.half().double(), torch.float64),
+        (lambda m: m.to(torch.bfloat16).to(torch.float32), torch.float32),
+    ):
+        block = convert(ODEBlock(Rate(), times, train_settings=one_step))
+        assert block.func.w.dtype == dtype  # the weights are converted
+        assert block.t.dtype == torch.float64 and block.t.tolist() == list(times)
+        got = block(torch.zeros(1, 1, dtype=dtype))
+        # y(t1) = t1 - t0 = 1e-3 up to the rounding of a float32 state (the bug: 2.3e-5 short)
+        torch.testing.assert_close(got, torch.full((1, 1), 1e-3, dtype=dtype), rtol=1e-6, atol=0)

@@ -255,6 +255,20 @@ class ODEBlock(nn.Module):
             return self.train_settings
         return self.eval_settings
 
+    def _apply(self, fn, recurse: bool = True):
+        """Convert the parameters and buffers (``.to()``, ``.float()``, ``.cuda()`` ...); the times only move.
+
+        ``.float()`` or ``.half()`` of a model converts its weights, not its integration interval: a
+        float64 ``t`` rounded to float32 shortened (1e4, 1e4 + 1e-3) by 2.3%, and ``.double()`` later did
+        not bring the digits back. The times keep their values and dtype and take the new device.
+        """
+        times = self.t
+        super()._apply(fn, recurse)
+        if self.t.device != times.device:
+            times = times.to(self.t.device)
+        self.t = times
+        return self
+
     @property
     def nfe_backward(self) -> int:
         counting, calls = self._after_forward
