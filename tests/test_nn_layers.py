@@ -82,3 +82,12 @@ def test_a_per_sample_solve_of_mlp_dynamics_equals_separate_solves_of_each_row()
         batched = hn.odeint(field, y0, t, options={"per_sample": True}, **tol)
         rows = torch.stack([hn.odeint(field, y0[b : b + 1], t, **tol)[:, 0] for b in range(4)], dim=1)
     torch.testing.assert_close(batched, rows, rtol=1e-7, atol=1e-9)
+
+
+def test_conv_dynamics_names_the_expected_state_shape():
+    # GroupNorm failed first with "Expected number of channels in input to be divisible by num_groups"
+    field = ConvDynamics(4, groups=2)
+    with pytest.raises(ValueError, match=r"ConvDynamics\(4\) expects y of shape \(N, 4, H, W\), got \(2, 3, 5, 5\)"):
+        hn.nn.ODEBlock(field)(torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"got \(4, 5, 5\); add a batch dimension"):
+        field(0.0, torch.randn(4, 5, 5))

@@ -196,6 +196,7 @@ class ConvDynamics(nn.Module):
         groups = min(32, channels) if groups is None else positive_int("groups", groups)
         if channels % groups:
             raise ValueError(f"groups ({groups}) must divide channels ({channels}).")
+        self.channels = channels
         self.norm1 = nn.GroupNorm(groups, channels)
         self.conv1 = TimeConv2d(channels, channels, 3, padding=1)
         self.norm2 = nn.GroupNorm(groups, channels)
@@ -203,6 +204,17 @@ class ConvDynamics(nn.Module):
         self.norm3 = nn.GroupNorm(groups, channels)
 
     def forward(self, t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
+        """The field at (t, y) for ``y`` of shape (N, channels, H, W).
+
+        Raises:
+            ValueError: ``y`` is not (N, channels, H, W) (GroupNorm's own message named neither the
+                field nor the expected shape, e.g. for an unbatched (C, H, W) image).
+        """
+        if y.dim() != 4 or y.shape[1] != self.channels:
+            raise ValueError(
+                f"ConvDynamics({self.channels}) expects y of shape (N, {self.channels}, H, W), got {tuple(y.shape)}"
+                + ("; add a batch dimension with y.unsqueeze(0)." if y.dim() == 3 else ".")
+            )
         h = self.conv1(t, torch.relu(self.norm1(y)))
         h = self.conv2(t, torch.relu(self.norm2(h)))
         return self.norm3(h)
