@@ -102,7 +102,7 @@ class EmpiricalPrior:
         """
         self._check(model)
         positive_int("chunk", chunk)  # 0 failed in range() with a message naming no argument
-        anchors = self.anchors.to(batch.values.dtype)
+        anchors = self.anchors.to(batch.values)  # dtype and device
         if batch.times.dtype != anchors.dtype:
             # the solve runs in the anchors' dtype (LatentODE.log_likelihood does the same): times distinct
             # in a finer dtype that round to one time there must share one union point
@@ -143,4 +143,4 @@ class EmpiricalPrior:
             (B, T, obs_dim) predictions.
         """
         weights = self.posterior(model, batch, t0)
-        return torch.einsum("bn,ntd->btd", weights, model.decode(self.anchors.to(batch.values.dtype), times, t0))
+        return torch.einsum("bn,ntd->btd", weights, model.decode(self.anchors.to(batch.values), times, t0))
