@@ -502,7 +502,10 @@ def odeint_event(
     Args:
         func, y0: the field and initial state.
         t0: start time (a float, a 0-d tensor or a one-element tensor).
-        event_fn: terminal event function; it must return a tensor built from ``t`` and ``y``.
+        event_fn: terminal event function; it must return a tensor built from ``t`` and ``y``. One
+            without a derivative along the solution (an integer tensor such as ``(y > 1).long()``,
+            or ``torch.sign(...)``) is located as any other, and its event time has a zero
+            gradient, as in torchdiffeq (return e.g. ``y - 1`` for the event time's gradient).
         reverse_time: integrate towards decreasing time.
         odeint_interface: ``odeint`` or ``odeint_adjoint``.
         t_end: the time where the search gives up (after t0; before it with ``reverse_time``);

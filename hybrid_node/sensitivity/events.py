@@ -9,6 +9,11 @@ backpropagation or an adjoint), and the state returned at the event moves with i
 dy_e/dtheta = dy/dtheta + f(t_e, y_e) dt_e/dtheta. Both are expressed by adding zero-valued terms with
 the right gradient, so any gradient path composes with it.
 
+An event function without a derivative along the solution (an integer tensor such as
+``(y > 1).long()``, a float without a graph, ``torch.sign(...)``: the denominator is zero) gives the
+event time a zero gradient and the event state its gradient at the fixed time t_e, the values
+torchdiffeq's ``odeint_event`` returns for it.
+
 Reference: Chen, Amos, Nickel, "Learning Neural Event Functions for Ordinary Differential Equations",
 ICLR 2021, Section 3 (and the implicit function theorem).
 """
@@ -31,6 +36,14 @@ def _triggered(g_e: torch.Tensor, g_0: torch.Tensor) -> int:
     return int(torch.argmin(torch.abs(g_e)))
 
 
+def _constant_time(t_e: torch.Tensor, y_event: torch.Tensor) -> torch.Tensor:
+    """``t_e`` with a zero gradient wherever ``y_event`` has one (torchdiffeq's event time of an event
+    function without a derivative), so that ``t_e.backward()`` works as it does there."""
+    if not y_event.requires_grad:
+        return t_e
+    return t_e + (y_event.reshape(-1)[:1].sum() * 0).to(t_e.dtype)
+
+
 def event_outputs(
     problem: Problem, term, event_fn: Callable, s_event: float, y_event: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +57,8 @@ def event_outputs(
         y_event: the flat state at the event time, carrying its gradient at fixed time.
 
     Returns:
-        (t_e, y_e): t_e in the user's time and t's dtype; y_e the state including the event time's motion.
+        (t_e, y_e): t_e in the user's time and t's dtype; y_e the state including the event time's motion
+        (t_e with a zero gradient and y_e as given where ``event_fn`` has no derivative along the solution).
     """
     t = problem.t
     t_e = torch.tensor(-s_event if problem.reverse else s_event, dtype=t.dtype, device=t.device)
@@ -55,6 +69,8 @@ def event_outputs(
         tt = t_e.clone().requires_grad_(True)
         yy = y_fixed.clone().requires_grad_(True)
         g_e = event_fn(tt, problem.unflatten(yy)).reshape(-1)
+        if not g_e.requires_grad:  # an integer tensor, or one built without t and y: no derivative
+            return _constant_time(t_e, y_event), y_event
         with torch.no_grad():
             g_0 = event_fn(problem.term().time(problem.ts[0]), problem.unflatten(problem.y0.detach())).reshape(-1)
         k = _triggered(g_e.detach(), g_0)
@@ -66,5 +82,7 @@ def event_outputs(
     with torch.no_grad():
         f_e = user_field(problem, term, s_event, y_fixed)
         slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
+    if not bool(torch.as_tensor(slope) != 0):  # e.g. torch.sign(...): the theorem does not apply, 0/0 is NaN
+        return _constant_time(t_e, y_event), y_event
     shift = -(g_graph - g_graph.detach()) / slope  # zero; its gradient is dt_e/dtheta
     return t_e + shift.to(t.dtype), y_event + f_e * shift.to(f_e.dtype)

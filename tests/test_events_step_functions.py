@@ -1,0 +1,83 @@
+"""Terminal events whose function has no derivative along the solution (float64).
+
+An event function such as ``(y > c).long()`` (an integer tensor) or ``torch.sign(y - c)`` (a float with
+a zero derivative) still changes sign where y crosses c, so the event is located as for ``y - c``;
+the implicit function theorem does not apply to it (its denominator is zero). torchdiffeq's
+``odeint_event`` returns the event time with a zero gradient and the event state with its gradient at
+the fixed event time; these tests compare with torchdiffeq run on the same problem.
+
+Problem: y' = -theta y from y0 = (1, 1) until y[0] = 0.5 (t_e = log 2 / theta), and backwards in
+time until y[0] = 2 (t_e = -log 2 / theta).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchdiffeq
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("float64_default")  # tensors built in float64
+
+# each built from d = y - level forwards and level - y backwards, positive at the start (torchdiffeq
+# reads a zero start value as no sign, hence the orientation)
+EVENT_FNS = {
+    "long": lambda d: (d[0] > 0).long(),
+    "int32": lambda d: (d > 0).int() * 2 - 1,  # every component; the first to cross stops the solve
+    "sign": lambda d: torch.sign(d[0]),
+    "no-graph float": lambda d: d[0].detach(),
+}
+
+
+class Decay(torch.nn.Module):
+    def __init__(self, theta: float):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(theta))
+
+    def forward(self, t, y):
+        return -self.theta * y
+
+
+def _event_and_gradients(lib, interface: str, kind: str, reverse: bool):
+    """The event time, event state and the gradients of (t_e, sum of the event state) by ``lib``."""
+    func = Decay(1.5)
+    y0 = torch.ones(2, requires_grad=True)
+    level = 2.0 if reverse else 0.5
+    t_e, ys = lib.odeint_event(
+        func,
+        y0,
+        torch.tensor(0.0),
+        event_fn=lambda t, y: EVENT_FNS[kind](level - y if reverse else y - level),
+        reverse_time=reverse,
+        odeint_interface=getattr(lib, interface),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    grads_t = torch.autograd.grad(t_e, (func.theta, y0), retain_graph=True, allow_unused=True)
+    grads_y = torch.autograd.grad(ys[-1].sum(), (func.theta, y0))
+    return t_e.detach(), ys[-1].detach(), grads_t, grads_y
+
+
+@pytest.mark.parametrize("kind", list(EVENT_FNS))
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_event_function_without_a_derivative_matches_torchdiffeq(kind, interface, reverse):
+    t_e, y_e, grads_t, grads_y = _event_and_gradients(hn, interface, kind, reverse)
+    ref_t, ref_y, ref_grads_t, ref_grads_y = _event_and_gradients(torchdiffeq, interface, kind, reverse)
+    exact = (-1 if reverse else 1) * math.log(2) / 1.5
+    # both locate the crossing to the solve's tolerance (rtol 1e-10) plus their bisection's (~1e-9 here)
+    assert float(t_e) == pytest.approx(exact, abs=1e-8)
+    assert float(ref_t) == pytest.approx(exact, abs=1e-8)
+    torch.testing.assert_close(y_e, ref_y, rtol=1e-8, atol=0)  # the same state to the event times' 1e-8
+    # the event time carries a zero gradient, as torchdiffeq's (not a NaN, not a crash)
+    for ours, ref in zip(grads_t, ref_grads_t):
+        assert ref is not None and float(ref.abs().max()) == 0.0
+        assert ours is not None and float(ours.abs().max()) == 0.0
+    # the event state's gradient is the state's at the fixed event time: d/dtheta sum(exp(-theta t)) and
+    # d/dy0 = exp(-theta t_e) per component; torchdiffeq's adjoint is run at its own default tolerances
+    for ours, ref in zip(grads_y, ref_grads_y):
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads_y[0], -2 * exact * y_e[0], rtol=1e-6, atol=0)
