@@ -1,6 +1,7 @@
 """Continuous normalizing flows: traces, densities, consistency, regularisers, gradients, errors."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
+import hybrid_node as hn
 from hybrid_node.data.toy2d import sample_toy2d
 from hybrid_node.nn.cnf import CNF, CNFSolver, HutchinsonTrace, RNODERegularization
 from hybrid_node.nn.cnf_fields import PlanarCNFField, TimeMLPField
@@ -402,3 +404,56 @@ def test_non_finite_points_are_named(bad):
         flow.log_prob(x)
     with pytest.raises(ValueError, match=r"z contains NaN or infinite values \(rows 2\)"):
         flow.from_base(x)
+
+
+class _SingularAt(nn.Module):
+    """dz/dt = z / (t - t_star): the solution |z| ~ |t - t_star| stops the solver at the flow time t_star."""
+
+    def __init__(self, t_star: float):
+        super().__init__()
+        self.t_star = t_star
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, t, z):
+        return self.w * z / (t - self.t_star)
+
+
+class _RootAt(nn.Module):
+    """dz/dt = z sqrt(t - t_star): NaN at every flow time before t_star."""
+
+    def __init__(self, t_star: float):
+        super().__init__()
+        self.t_star = t_star
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, t, z):
+        return self.w * z * torch.sqrt(t - self.t_star)
+
+
+@pytest.mark.parametrize("direction", ["to_base", "from_base"])
+def test_solver_failure_names_the_flow_time(direction):
+    # The solver integrates block k over s in [0, 1] with t = T s (base to data) or T (1 - s) (data to
+    # base); its failure at s must be reported at the flow time t where the field is singular.
+    t_star, end_time = 0.4, 2.0
+    blocks = [TimeMLPField(2, (4,)), _SingularAt(t_star)]
+    flow = CNF(blocks, dim=2, end_time=end_time, solver=CNFSolver(rtol=1e-6, atol=1e-6)).double()
+    with pytest.raises(hn.SolverError) as info:
+        getattr(flow, direction)(torch.ones(3, 2, dtype=torch.float64))
+    s_star = 1 - t_star / end_time if direction == "to_base" else t_star / end_time
+    # the step size collapses only next to the singularity (observed within 2e-15 of it)
+    assert info.value.t == pytest.approx(t_star, abs=1e-6)
+    assert info.value.status is hn.Status.STEP_UNDERFLOW
+    assert re.match(r"Solve failed at flow time t=0\.4 \(CNF block 1, T=2, ", str(info.value))
+    assert f"the solver's time s={s_star:.6g} of [0, 1]" in str(info.value)
+    # the solver's own error, in its time s, is kept as the cause
+    assert isinstance(info.value.__cause__, hn.SolverError)
+    assert info.value.__cause__.t == pytest.approx(s_star, abs=1e-6)
+
+
+def test_solver_failure_details_name_flow_times():
+    # rk4 on [0, 1] in s from data to base: the field is NaN below t = 0.45, i.e. after s = 0.775 of a
+    # T = 2 block; the fixed-step check reports the first non-finite output (s = 1, t = 0) and the last
+    # finite one (s = 0, t = T = 2): both named in the flow's time.
+    flow = CNF([_RootAt(0.45)], dim=2, end_time=2.0, solver=CNFSolver(method="rk4", options={"step_size": 0.1}))
+    with pytest.raises(hn.SolverError, match=r"flow time t=0 \(CNF block 0, .*the last finite one is at t=2\)"):
+        flow.double().to_base(torch.ones(3, 2, dtype=torch.float64))

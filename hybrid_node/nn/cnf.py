@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from .._api import odeint as _odeint
 from .._api import odeint_adjoint as _odeint_adjoint
+from .._errors import SolverError
 from .._registry import METHOD_SPECS, build_solver
 from ..controllers import ConstantStepSize
 from ..solvers.symplectic import PartitionedComposition
@@ -374,6 +376,8 @@ class CNF(nn.Module):
         Raises:
             ValueError: ``x`` has the wrong shape or non-finite values.
             TypeError: ``x`` is not a floating-point tensor.
+            SolverError: a block's solve failed; its message and ``t`` name the flow time t (the
+                solver's time s of [0, 1] is the error's ``__cause__``).
         """
         self._check_points(x, "x")
         regularize = self.regularization.active if regularize is None else bool(regularize)
@@ -421,6 +425,8 @@ class CNF(nn.Module):
         Raises:
             ValueError: ``z`` has the wrong shape or non-finite values, or ``n_times`` < 2.
             TypeError: ``z`` is not a floating-point tensor.
+            SolverError: a block's solve failed; its message and ``t`` name the flow time t (the
+                solver's time s of [0, 1] is the error's ``__cause__``).
         """
         self._check_points(z, "z")
         if n_times is not None and (isinstance(n_times, bool) or not isinstance(n_times, int) or n_times < 2):
@@ -527,14 +533,57 @@ class CNF(nn.Module):
             options=dict(st.options) if st.options else None,
             backend="torch",
         )
-        if st.adjoint:
-            params = tuple(p for p in block.parameters() if p.requires_grad)
-            if params and torch.is_grad_enabled():
-                ys = _odeint_adjoint(dyn, state, s, adjoint_params=params, **kwargs)
-                if dyn.noise is not None:
-                    _pin_noise(ys, dyn, dyn.noise)
-                return ys
-        return _odeint(dyn, state, s, **kwargs)
+        try:
+            if st.adjoint:
+                params = tuple(p for p in block.parameters() if p.requires_grad)
+                if params and torch.is_grad_enabled():
+                    ys = _odeint_adjoint(dyn, state, s, adjoint_params=params, **kwargs)
+                    if dyn.noise is not None:
+                        _pin_noise(ys, dyn, dyn.noise)
+                    return ys
+            return _odeint(dyn, state, s, **kwargs)
+        except SolverError as err:
+            index = next(i for i, b in enumerate(self.blocks) if b is block)
+            raise _in_flow_time(err, index, float(block.end_time.detach()), dyn.reverse) from err
+
+
+def _in_flow_time(err: SolverError, index: int, end_time: float, reverse: bool) -> SolverError:
+    """``err`` of a block's solve, told in the flow's time t rather than the solver's time s.
+
+    The solver sees s in [0, 1] (module docstring), which names no time of the user's flow: its
+    ``t`` and every time its message names are translated to t = T s (base to data) or
+    t = T (1 - s) (data to base).
+
+    Args:
+        err: the solver's error; its ``t`` is the solver time s it reached.
+        index: the block's index in ``CNF.blocks``.
+        end_time: the block's integration time T.
+        reverse: the solve ran from data to base.
+
+    Returns:
+        A SolverError of the same status whose ``t`` is the flow time and whose message names it.
+    """
+
+    def flow_time(s: float) -> float:
+        return end_time * (1 - s) if reverse else end_time * s
+
+    message = str(err)
+    prefix = f"Solve failed at t={err.t:.6g}: "
+    rest = message[len(prefix) :] if message.startswith(prefix) else message
+    # the details' times ("the last finite one is at t=...") are solver times too; "dt=" is not a time
+    rest = _TIME.sub(lambda m: f"t={flow_time(float(m.group(1))):.6g}", rest)
+    t = flow_time(err.t)
+    direction = "data to base" if reverse else "base to data"
+    translated = SolverError(err.status, t)
+    translated.args = (
+        f"Solve failed at flow time t={t:.6g} (CNF block {index}, T={end_time:.6g}, {direction}; the solver's "
+        f"time s={err.t:.6g} of [0, 1]): {rest}",
+    )
+    return translated
+
+
+#: a time in a solver message, as SolverError formats it (``t=0.25``, ``t=-1e-05``, ``t=nan``)
+_TIME = re.compile(r"(?<![\w.])t=([-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|nan|inf))")
 
 
 def _pin_noise(outputs: Sequence[torch.Tensor], dyn: _AugmentedDynamics, noise: torch.Tensor) -> None:
