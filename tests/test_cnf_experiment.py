@@ -2,11 +2,13 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
 
 from hybrid_node.cli import main
+from hybrid_node.experiments.cnf import CNFExperimentConfig, checkpoints
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +87,45 @@ def test_cnf_experiment_planar_model_and_bad_flags(tmp_path, capsys):
     assert "comma-separated" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["cnf", "--data", "moons"])
+
+
+TINY = ["--iters", "1", "--quick", "--hidden", "4", "--n-test", "16", "--grid", "4", "--batch-size", "8"]
+
+
+def test_cnf_experiment_fixed_step_method_takes_step_size(tmp_path, capsys):
+    # CNFSolver refuses a fixed-step method without a step size, so '--method rk4' used to stop with a
+    # traceback; --step-size is the step in each block's solver time s in [0, 1].
+    out = tmp_path / "rk4"
+    assert main(["cnf", "--method", "rk4", "--step-size", "0.25", *TINY, "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["meta"]["method"] == "rk4" and result["meta"]["step_size"] == 0.25
+    # 1 / 0.25 = 4 steps of rk4's 4 stages over the block: 16 evaluations (one step would be 4)
+    assert result["rows"][0]["test NFE"] == 16
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "rk4"], r"--method rk4 takes fixed steps: give --step-size"),
+        (["--step-size", "0.1"], r"--step-size is for fixed-step methods .*; --method dopri5 chooses its own steps"),
+        (["--method", "euler", "--step-size", "1.5"], r"step_size must be in \(0, 1\]"),
+        (["--method", "leapfrog", "--step-size", "0.1"], r"'leapfrog' is a partitioned \(symplectic\) method"),
+        (
+            ["--method", "scipy_solver"],
+            r"--method scipy_solver computes no gradients by backpropagation: add --adjoint",
+        ),
+        (["--method", "vern7"], r"available on the Julia backend only"),
+    ],
+)
+def test_cnf_experiment_refuses_method_settings_it_cannot_run(tmp_path, capsys, argv, message):
+    # refused with one line and exit status 2 before anything is trained or written
+    assert main(["cnf", *argv, *TINY, "--out", str(tmp_path / "run")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cnf_step_size_is_left_out_of_adaptive_runs_resume_settings():
+    # runs from before --step-size stored no step_size: an adaptive run must still resume them
+    assert "step_size" not in checkpoints(CNFExperimentConfig(), None).settings
+    assert checkpoints(CNFExperimentConfig(method="rk4", step_size=0.5), None).settings["step_size"] == 0.5

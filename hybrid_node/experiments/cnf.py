@@ -10,6 +10,8 @@ Reports the test negative log-likelihood (exact trace) and the number of functio
   2015), the baseline of Chen et al.'s comparison (K defaults to M).
 - ``--regularize`` also trains the same CNF with RNODE's kinetic-energy and Jacobian-Frobenius
   penalties (Finlay et al. 2020) and shows their effect on NFE and training time.
+- ``--method`` picks the ODE method: an adaptive one steps by ``--tol``; a fixed-step one (rk4,
+  euler, ...) needs ``--step-size``, the step in each block's solver time s in [0, 1].
 
 Writes into the run folder: ``results.md``/``results.json``, ``density.png`` (data and learned
 densities), ``samples.png``, ``flow_evolution.png`` (samples moving from the base to the data) and
@@ -21,19 +23,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._registry import METHOD_SPECS, build_solver
+from ..controllers import ConstantStepSize
 from ..data.toy2d import TOY2D_NAMES, sample_toy2d
 from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
+from ..solvers.base import ExternalSolver
+from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
 from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
@@ -61,6 +68,8 @@ class CNFExperimentConfig:
     method: str = "dopri5"
     rtol: float = 1e-5
     atol: float = 1e-5
+    #: step of a fixed-step method (rk4, euler, ...) in each block's solver time s in [0, 1]; None for adaptive
+    step_size: float | None = None
     adjoint: bool = False
     compare_nf: bool = False
     nf_layers: int | None = None  #: K of the planar NF; default M (= width)
@@ -85,6 +94,50 @@ class CNFExperimentConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden widths must be >= 1, got {tuple(self.hidden)}.")
+        cnf_solver(self)  # a method the CNF cannot run is refused before anything is trained
+
+
+def cnf_solver(cfg: CNFExperimentConfig) -> CNFSolver:
+    """The :class:`CNFSolver` of ``cfg``: ``step_size`` for a fixed-step method, the Jacobian by
+    loops for the implicit ones (the CNF's dynamics call torch.autograd, which torch.func cannot vectorise).
+
+    Args:
+        cfg: the run's settings.
+
+    Returns:
+        The solver settings of every block.
+
+    Raises:
+        ValueError: a fixed-step method without ``step_size``, ``step_size`` with an adaptive method
+            (it chooses its own steps by the tolerance), ``scipy_solver`` without ``adjoint``, or a
+            method a CNF cannot use.
+        BackendError: a method of the Julia backend only (the CNF runs on the torch backend).
+    """
+    solver, controller, _ = build_solver(cfg.method, {}, cfg.rtol, cfg.atol)
+    if isinstance(solver, PartitionedComposition):  # refused whatever the step: not "give --step-size" first
+        CNFSolver(method=cfg.method, options={"step_size": 1.0})
+    if isinstance(solver, ExternalSolver) and not cfg.adjoint:
+        raise ValueError(
+            f"--method {cfg.method} computes no gradients by backpropagation: add --adjoint (the adjoint "
+            "system is solved the same way), or use a torch method such as dopri5."
+        )
+    fixed = isinstance(controller, ConstantStepSize)
+    if fixed and cfg.step_size is None:
+        raise ValueError(
+            f"--method {cfg.method} takes fixed steps: give --step-size, the step in each block's solver time "
+            "s in [0, 1] (e.g. 0.05 for 20 steps per block), or use an adaptive method such as dopri5."
+        )
+    if not fixed and cfg.step_size is not None:
+        raise ValueError(
+            f"--step-size is for fixed-step methods (rk4, euler, ...); --method {cfg.method} chooses its own "
+            "steps by the tolerance (--tol): leave --step-size out."
+        )
+    if cfg.step_size is not None and not (math.isfinite(cfg.step_size) and 0 < cfg.step_size <= 1):
+        raise ValueError(f"step_size must be in (0, 1] (each block's solver time is [0, 1]), got {cfg.step_size}.")
+    options: dict[str, Any] = {"step_size": cfg.step_size} if fixed else {}
+    if "jacobian" in METHOD_SPECS[cfg.method].options:
+        options["jacobian"] = "loop"
+    return CNFSolver(method=cfg.method, rtol=cfg.rtol, atol=cfg.atol, options=options or None, adjoint=cfg.adjoint)
 
 
 def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization | None = None) -> CNF:
@@ -96,8 +149,7 @@ def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization | No
     else:
         fields = [TimeMLPField(2, tuple(cfg.hidden)) for _ in range(cfg.blocks)]
     trace = ExactTrace() if cfg.trace == "exact" else HutchinsonTrace(cfg.noise)
-    solver = CNFSolver(method=cfg.method, rtol=cfg.rtol, atol=cfg.atol, adjoint=cfg.adjoint)
-    return CNF(fields, dim=2, trace=trace, solver=solver, regularization=regularization)
+    return CNF(fields, dim=2, trace=trace, solver=cnf_solver(cfg), regularization=regularization)
 
 
 def _n_params(model: nn.Module) -> int:
@@ -129,10 +181,13 @@ def checkpoints(cfg: CNFExperimentConfig, folder: Path | None, resume: bool = Fa
     Returns:
         The :class:`~hybrid_node.experiments._output.Checkpoints` of the run.
     """
+    settings = resume_settings(cfg, RESUMABLE_SETTINGS)
+    if cfg.step_size is None:  # runs from before --step-size stored none: an adaptive run means the same
+        del settings["step_size"]
     return Checkpoints(
         folder,
         "cnf",
-        resume_settings(cfg, RESUMABLE_SETTINGS),
+        settings,
         RESUMABLE_SETTINGS,
         cfg.checkpoint_every,
         resume,
@@ -454,7 +509,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=positive_float, default=None, help=f"Adam learning rate (default {d.lr})")
     parser.add_argument("--trace", default=d.trace, choices=("exact", "hutchinson"), help="training trace")
     parser.add_argument("--noise", default=d.noise, choices=("rademacher", "gaussian"), help="Hutchinson noise")
-    parser.add_argument("--method", type=method_name, default=d.method, help="ODE method")
+    parser.add_argument(
+        "--method", type=method_name, default=d.method, help=f"ODE method (default {d.method}; fixed-step: --step-size)"
+    )
+    parser.add_argument(
+        "--step-size",
+        type=positive_float,
+        default=None,
+        help="step of a fixed-step --method (rk4, euler, ...) in each block's solver time s in [0, 1], e.g. 0.05 "
+        "for 20 steps per block; refused for adaptive methods",
+    )
     parser.add_argument("--tol", type=positive_float, default=None, help="rtol = atol (default 1e-5)")
     parser.add_argument("--adjoint", action="store_true", help="adjoint gradients (O(1) memory)")
     parser.add_argument("--compare-nf", action="store_true", help="also train a planar NF with K layers")
@@ -505,6 +569,7 @@ def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
         method=args.method,
         rtol=tol,
         atol=tol,
+        step_size=args.step_size,
         adjoint=args.adjoint,
         compare_nf=args.compare_nf,
         nf_layers=args.nf_layers,
@@ -529,7 +594,7 @@ def run(args: argparse.Namespace) -> int:
         "iters": cfg.iters,
         "batch": cfg.batch_size,
         "method": cfg.method,
-        "rtol=atol": cfg.rtol,
+        **({"step_size": cfg.step_size} if cfg.step_size is not None else {"rtol=atol": cfg.rtol}),
         "training trace": cfg.trace,
         "test trace": "exact",
         "n_test": cfg.n_test,
