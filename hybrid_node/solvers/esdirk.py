@@ -273,7 +273,7 @@ class Dirk(AbstractSolver):
         return DirkState(f(t0, y0), None, None, None)
 
     def _jacobian(self, f, t, y):
-        f0, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims))
+        f0, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims), differentiable=False)
         return f0, jac.detach()  # J only steers Newton: its derivative is not needed (see newton.py)
 
     def step(self, f, t: float, y: torch.Tensor, state: DirkState, dt: float) -> DirkStep:

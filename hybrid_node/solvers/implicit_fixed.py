@@ -130,7 +130,7 @@ class ImplicitRungeKutta(AbstractSolver):
         tab = self.tableau
         s = len(tab.c)
         batch, d = system_shape(y, self.batch_dims)
-        _, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims))
+        _, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims), differentiable=False)
         jac = jac.detach()
         a = torch.tensor(tab.a, dtype=y.dtype, device=y.device)
         # per sample: I - h (A kron J), shape (*batch, s*d, s*d)

@@ -81,7 +81,7 @@ def _count(f) -> None:
 
 
 def block_jacobian(
-    f: Callable, t: float, y: torch.Tensor, settings: JacobianSettings
+    f: Callable, t: float, y: torch.Tensor, settings: JacobianSettings, differentiable: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluate f(t, y) and the blocks of its Jacobian.
 
@@ -90,11 +90,17 @@ def block_jacobian(
         t: time.
         y: state, shape ``(*batch, *system)``.
         settings: the Jacobian settings.
+        differentiable: keep the Jacobian's dependence on the state and on the field's parameters
+            where grad mode is on. A Rosenbrock step's result depends on J, so direct backpropagation
+            needs it; the Newton methods pass False (J only steers the iteration, and the "loop" and
+            "fd" modes then skip building its graph).
 
     Returns:
         ``(f(t, y), J)`` with ``J`` of shape ``(*batch, D, D)``, ``J[b, i, j] = d f_i / d y_j`` of sample b.
-        ``J`` stays differentiable (torch.func composes with autograd), so direct backpropagation through
-        a Rosenbrock step sees the exact derivative of the discrete method.
+        ``f(t, y)`` is always in the graph where grad mode is on. With ``differentiable``, ``J`` is too
+        (torch.func composes with autograd; "loop" keeps the graph of its rows, "fd" differentiates its
+        differences), so direct backpropagation through a Rosenbrock step sees the derivative of the
+        discrete method.
 
     Raises:
         TypeError: a user Jacobian of the wrong shape; RuntimeError from torch.func with a hint to use
@@ -106,6 +112,7 @@ def block_jacobian(
     if callable(mode):
         return f(t, y), _user_jacobian(f, mode, t, y, batch, d)
     ybd = y.reshape(batch + (d,))
+    keep = differentiable and torch.is_grad_enabled()
 
     def g(z):
         return f(t, z.reshape(y.shape)).reshape(batch + (d,))
@@ -129,21 +136,25 @@ def block_jacobian(
             ) from e
         mode = "loop"  # the field itself calls torch.autograd (e.g. the adjoint's augmented field)
     if mode == "fd":
-        return _fd_jacobian(g, ybd, y.shape, d)
+        return _fd_jacobian(g, ybd, y.shape, d, keep)
     try:
-        return _loop_jacobian(g, ybd, y.shape, batch, d)
+        return _loop_jacobian(g, ybd, y.shape, d, keep)
     except RuntimeError as e:
         if "does not require grad" not in str(e):
             raise
-        return _fd_jacobian(g, ybd, y.shape, d)  # the field is not differentiable by autograd here
+        return _fd_jacobian(g, ybd, y.shape, d, keep)  # the field is not differentiable by autograd here
 
 
-def _loop_jacobian(g, ybd, shape, batch, d):
-    """Row by row with torch.autograd (works for any differentiable field)."""
+def _loop_jacobian(g, ybd, shape, d, keep):
+    """Row by row with torch.autograd (works for any differentiable field).
+
+    With ``keep`` the rows are built with ``create_graph``, so they depend on the parameters (and on
+    ``ybd`` where it requires grad); ``g(ybd)`` keeps its graph wherever grad mode is on.
+    """
+    outer = torch.is_grad_enabled()
     with torch.enable_grad():
-        z = ybd if ybd.requires_grad else ybd.detach().requires_grad_(True)
+        z = ybd if (outer and ybd.requires_grad) else ybd.detach().requires_grad_(True)
         out = g(z)
-        keep = torch.is_grad_enabled() and ybd.requires_grad
         rows = []
         for i in range(d):
             cot = torch.zeros_like(out)
@@ -152,26 +163,33 @@ def _loop_jacobian(g, ybd, shape, batch, d):
             rows.append(torch.zeros_like(z) if r is None else r)
     jac = torch.stack(rows, dim=-2)
     if not keep:
-        out, jac = out.detach(), jac.detach()
+        jac = jac.detach()
+    if not outer:
+        out = out.detach()
     return out.reshape(shape), jac
 
 
-def _fd_jacobian(g, ybd, shape, d):
+def _fd_jacobian(g, ybd, shape, d, keep):
     """Forward differences, one evaluation per system column (all samples perturbed at once).
+
+    ``g(ybd)`` is evaluated in the caller's grad mode; with ``keep`` the differences are too, so the
+    Jacobian's dependence on the parameters (and on ``ybd``) is that of the difference quotients.
 
     Reference: Hairer & Wanner, Solving ODEs II, Section IV.8 (increment sqrt(eps * max(1e-5, |y_j|))).
     """
-    with torch.no_grad():
-        y = ybd.detach()
-        out = g(y)
-        eps = torch.finfo(y.dtype).eps
+    out = g(ybd)
+    with torch.set_grad_enabled(keep):
+        y = ybd if keep else ybd.detach()
+        base = out if keep else out.detach()
+        ya = ybd.detach()
+        eps = torch.finfo(ya.dtype).eps
         cols = []
         for j in range(d):
-            h = torch.sqrt(eps * torch.clamp(y[..., j].abs(), min=1e-5))
-            yp = y.clone()
-            yp[..., j] += h
-            h = yp[..., j] - y[..., j]  # the increment actually represented
-            cols.append((g(yp) - out) / h.unsqueeze(-1))
+            h = torch.sqrt(eps * torch.clamp(ya[..., j].abs(), min=1e-5))
+            h = (ya[..., j] + h) - ya[..., j]  # the increment actually represented
+            step = torch.zeros_like(ya)
+            step[..., j] = h
+            cols.append((g(y + step) - base) / h.unsqueeze(-1))
         jac = torch.stack(cols, dim=-1)
     return out.reshape(shape), jac
 

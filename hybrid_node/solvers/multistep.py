@@ -543,7 +543,7 @@ class Nordsieck(AbstractSolver):
             if s.stiff:
                 if s.jac is None or s.jac_age >= _MAX_JAC_AGE:
                     settings = JacobianSettings(self.jacobian, self.batch_dims)
-                    f_pred, jac = block_jacobian(f, t1, y_pred, settings)
+                    f_pred, jac = block_jacobian(f, t1, y_pred, settings, differentiable=False)
                     with torch.no_grad():  # the inf-norm bounds the spectral radius (LSODA's test)
                         rho = float(jac.detach().abs().sum(-1).max()) if jac.numel() else 0.0
                     s = dataclasses.replace(s, jac=jac, jac_age=0, lu=None)
