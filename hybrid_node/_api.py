@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -609,6 +610,8 @@ class DenseSolution:
 
     Call with a scalar time or a 1-D tensor of times inside the solved interval. A query past an end
     by no more than its dtype's rounding (float32 ``0.1`` is 0.10000000149) is taken as that end.
+    The states carry gradients with respect to y0 and the field's parameters, not with respect to
+    the query times.
     """
 
     problem: Problem
@@ -628,10 +631,16 @@ class DenseSolution:
             The state at ``t`` (for a 1-D ``t``, stacked along a new leading dimension).
 
         Raises:
-            ValueError: a time outside the solved interval by more than its dtype's rounding.
+            ValueError: a time outside the solved interval by more than its dtype's rounding, or ``t``
+                of more than one dimension.
         """
         query_dtype = t.dtype if isinstance(t, torch.Tensor) and t.is_floating_point() else torch.float64
         tt = torch.as_tensor(t, dtype=torch.float64)
+        if tt.dim() > 1:  # the states would come back stacked along one flattened dimension
+            raise ValueError(
+                f"t must be a scalar or a 1-D tensor of times, got shape {tuple(tt.shape)}; pass t.reshape(-1) "
+                "and reshape the states."
+            )
         scalar = tt.dim() == 0
         out = []
         lo, hi = self.segments[0].t0, self.segments[-1].t1
@@ -675,11 +684,16 @@ def odeint_dense(
         DenseSolution; ``sol(t)`` gives y(t) for any t in the interval, with gradients (direct).
 
     Raises:
-        ValueError: unknown method or options, invalid input, or ``scipy_solver`` (no dense output here);
+        ValueError: unknown method or options, invalid input (e.g. t1 equal to t0), or ``scipy_solver``
+            (no dense output here);
         SolverError: the solve failed.
     """
     solver, controller, extras = build_solver(method, options, rtol, atol)
-    t = torch.tensor([float(t0), float(t1)], dtype=torch.float64)
+    ends = [float(e.detach()) if isinstance(e, torch.Tensor) else float(e) for e in (t0, t1)]
+    # named here: the grid check below would speak of a tensor t the caller never passed
+    if not all(math.isfinite(e) for e in ends) or ends[0] == ends[1]:
+        raise ValueError(f"odeint_dense needs finite t0 and t1 that differ, got t0={ends[0]!r}, t1={ends[1]!r}.")
+    t = torch.tensor(ends, dtype=torch.float64)
     problem = make_problem(
         func,
         y0,

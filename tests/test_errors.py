@@ -368,6 +368,21 @@ def test_dense_solution_outside_interval():
         sol(1.5)
 
 
+def test_dense_solution_refuses_a_query_of_several_dimensions():
+    # a (2, 2) grid of times came back as 4 states stacked along one dimension
+    sol = hn.odeint_dense(decay, torch.ones(1), 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"t must be a scalar or a 1-D tensor of times, got shape \(2, 2\)"):
+        sol(torch.tensor([[0.1, 0.2], [0.3, 0.4]]))
+    assert sol(torch.tensor([0.1, 0.2, 0.3, 0.4])).shape == (4, 1)
+
+
+@pytest.mark.parametrize(("t0", "t1"), [(0.0, 0.0), (torch.tensor(0.5), 0.5), (0.0, math.nan), (-math.inf, 0.0)])
+def test_odeint_dense_needs_two_finite_different_ends(t0, t1):
+    # the grid check spoke of "t must be strictly increasing" / "t contains NaN", a t the caller never passed
+    with pytest.raises(ValueError, match="odeint_dense needs finite t0 and t1 that differ"):
+        hn.odeint_dense(decay, torch.ones(1), t0, t1)
+
+
 def test_odeint_adjoint_needs_params_for_plain_functions():
     with pytest.raises(ValueError, match="pass adjoint_params"):
         hn.odeint_adjoint(decay, torch.ones(1), T01)
