@@ -81,3 +81,27 @@ def test_event_function_without_a_derivative_matches_torchdiffeq(kind, interface
     for ours, ref in zip(grads_y, ref_grads_y):
         torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
     torch.testing.assert_close(grads_y[0], -2 * exact * y_e[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+def test_event_at_a_fixed_time_has_a_zero_gradient(interface):
+    # event_fn = t - 0.3 depends on nothing with a gradient: t_e = 0.3 whatever theta and y0, so its
+    # gradient is zero (torchdiffeq's too); it used to come back without a graph, failing autograd.grad
+    for lib in (hn, torchdiffeq):
+        func = Decay(1.5)
+        y0 = torch.ones(2, requires_grad=True)
+        t_e, ys = lib.odeint_event(
+            func,
+            y0,
+            torch.tensor(0.0),
+            event_fn=lambda t, y: t - 0.3,
+            odeint_interface=getattr(lib, interface),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+        assert float(t_e.detach()) == pytest.approx(0.3, abs=1e-8)  # bisection to ~1e-9 (see above)
+        grads = torch.autograd.grad(t_e, (func.theta, y0), allow_unused=True, retain_graph=True)
+        assert all(g is not None and float(g.abs().max()) == 0.0 for g in grads), lib.__name__
+        # the state at the fixed time 0.3: d/dy0 exp(-theta 0.3) y0 per component
+        grad_y0 = torch.autograd.grad(ys[-1].sum(), y0)[0]
+        torch.testing.assert_close(grad_y0, torch.full((2,), math.exp(-0.45)), rtol=1e-8, atol=0)  # solve rtol 1e-10

@@ -77,8 +77,8 @@ def event_outputs(
         dg_dt, dg_dy = torch.autograd.grad(g_e[k], (tt, yy), allow_unused=True)
         # the same component along the graph of y_event and of event_fn's own parameters
         g_graph = event_fn(t_e, problem.unflatten(y_event)).reshape(-1)[k]
-    if not g_graph.requires_grad:
-        return t_e, y_event
+    if not g_graph.requires_grad:  # e.g. t - 1: the event time moves with nothing that has a gradient
+        return _constant_time(t_e, y_event), y_event
     with torch.no_grad():
         f_e = user_field(problem, term, s_event, y_fixed)
         slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
