@@ -36,7 +36,8 @@ class JacobianSettings:
     Args:
         jacobian: "jacrev" (reverse mode, vmapped vector-Jacobian products; default), "jacfwd"
             (forward mode, vmapped Jacobian-vector products; cheaper for wide systems), "loop" (one
-            autograd call per row, for fields that ``torch.func.vmap`` cannot trace, e.g. with ``.item()``),
+            autograd call per row, for fields that ``torch.func.vmap`` cannot trace, e.g. ones that call
+            ``torch.autograd`` themselves; "jacrev" and "jacfwd" fall back to it for such fields),
             "fd" (forward differences, D evaluations; for fields autograd cannot differentiate twice, used
             automatically when the others fail that way), or a callable ``jac(t, y)`` returning the blocks,
             shape ``(*batch, D, D)`` for a tensor state.
@@ -103,8 +104,7 @@ def block_jacobian(
         discrete method.
 
     Raises:
-        TypeError: a user Jacobian of the wrong shape; RuntimeError from torch.func with a hint to use
-        ``jacobian="loop"`` when the field cannot be vectorised.
+        TypeError: a user Jacobian of the wrong shape.
     """
     batch, d = system_shape(y, settings.batch_dims)
     _count(f)
@@ -117,24 +117,14 @@ def block_jacobian(
     def g(z):
         return f(t, z.reshape(y.shape)).reshape(batch + (d,))
 
-    basis = torch.eye(d, dtype=y.dtype, device=y.device).reshape((d,) + (1,) * len(batch) + (d,))
-    basis = basis.expand((d,) + batch + (d,))
-    try:
-        if mode == "jacrev":
-            out, pullback = vjp(g, ybd)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
-            rows = vmap(pullback)(basis)[0]  # (D_i, *batch, D_j)
-            return out.reshape(y.shape), rows.movedim(0, -2)
-        if mode == "jacfwd":
-            out = g(ybd)
-            cols = vmap(lambda v: jvp(g, (ybd,), (v,))[1])(basis)  # (D_j, *batch, D_i)
-            return out.reshape(y.shape), cols.movedim(0, -1)
-    except RuntimeError as e:
-        if "functorch transform" not in str(e):
-            raise RuntimeError(
-                f"{e}\nThe Jacobian of the vector field could not be vectorised with torch.func; "
-                "pass options={'jacobian': 'loop'} (slower) or a callable jac(t, y)."
-            ) from e
-        mode = "loop"  # the field itself calls torch.autograd (e.g. the adjoint's augmented field)
+    if mode in ("jacrev", "jacfwd"):
+        vectorised = _vectorised_jacobian(g, ybd, mode, batch, d)
+        if vectorised is not None:
+            out, jac = vectorised
+            return out.reshape(y.shape), jac
+        # torch.func cannot trace the field (e.g. one that calls torch.autograd itself, as the adjoint's
+        # and a CNF's augmented fields do): row by row with autograd gives the same Jacobian
+        mode = "loop"
     if mode == "fd":
         return _fd_jacobian(g, ybd, y.shape, d, keep)
     try:
@@ -143,6 +133,39 @@ def block_jacobian(
         if "does not require grad" not in str(e):
             raise
         return _fd_jacobian(g, ybd, y.shape, d, keep)  # the field is not differentiable by autograd here
+
+
+def _vectorised_jacobian(g, ybd, mode, batch, d) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The rows ("jacrev") or columns ("jacfwd") of every block by one vmapped torch.func call.
+
+    Returns:
+        ``(g(ybd), J)``, or None where torch.func cannot trace ``g``: it raised (e.g. "Batching rule not
+        implemented for ..."), or, for a field that runs ``torch.autograd.grad(..., is_grads_batched=True)``
+        inside, returned tensors still wrapped by that call's own vmap, which fail at their next use far
+        from here.
+    """
+    basis = torch.eye(d, dtype=ybd.dtype, device=ybd.device).reshape((d,) + (1,) * len(batch) + (d,))
+    basis = basis.expand((d,) + batch + (d,))
+    try:
+        if mode == "jacrev":
+            out, pullback = vjp(g, ybd)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
+            jac = vmap(pullback)(basis)[0].movedim(0, -2)  # rows: (D_i, *batch, D_j)
+        else:
+            out = g(ybd)
+            jac = vmap(lambda v: jvp(g, (ybd,), (v,))[1])(basis).movedim(0, -1)  # columns: (D_j, *batch, D_i)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, NotImplementedError):  # what torch.func raises for an operation it cannot batch
+        return None
+    if _escaped_batching(out) or _escaped_batching(jac):
+        return None
+    return out, jac
+
+
+def _escaped_batching(x: torch.Tensor) -> bool:
+    """Whether ``x`` is still a batched tensor of the legacy vmap behind ``is_grads_batched``."""
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(check is not None and check(x))
 
 
 def _loop_jacobian(g, ybd, shape, d, keep):
