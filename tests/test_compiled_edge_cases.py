@@ -1,12 +1,14 @@
 """Edge cases of options={"compile": True} (the whole-solve graph) against the eager solve of the same problem."""
 
 import shutil
+import warnings
 
 import pytest
 import torch
 from conftest import TimeMLP
 
 import hybrid_node as hn
+from hybrid_node.loop import compiled_step
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("clang++") is None,
@@ -98,3 +100,32 @@ def test_a_field_switched_to_training_mode_after_a_compiled_solve_keeps_its_buff
     # differently (1e-8 relative seen, as in test_whole_solve.py; the dropped updates were ~0.3 off)
     torch.testing.assert_close(bn.running_mean, bn_eager.running_mean, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(bn.running_var, bn_eager.running_var, rtol=1e-7, atol=1e-9)
+
+
+class Forcing(torch.nn.Module):
+    """A time-only forcing, ``b cos(t)`` for every row: a broadcast view of the state's shape (strides 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.randn(2))
+
+    def forward(self, t, y):
+        return (self.b * torch.cos(t)).expand_as(y)
+
+
+def test_a_field_returning_a_broadcast_view_runs_in_the_whole_solve_graph(float64_default, one_thread):
+    """The loop carries the derivative, and the first one had the view's strides (0, 1) where the
+    loop's own has (2, 1): ``while_loop`` refused the graph ("Expected body_fn_output and
+    carried_inputs to have same metadata") and the solve fell back with a warning that the field
+    cannot be compiled. The field's results now enter the loop contiguous."""
+    torch.manual_seed(0)
+    field, y0, t = Forcing(), torch.randn(4, 2), torch.linspace(0.0, 1.0, 4)
+    with torch.no_grad():
+        eager = hn.solve(field, y0, t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no fallback
+            fast = hn.solve(field, y0, t, solver=hn.Dopri5().compiled())
+    assert any(key[0] == "whole_solve" and callable(graph) for key, graph in compiled_step._CACHE[field].items())
+    # y0 + b sin(t) exactly up to the method's error; the compiled kernels round differently (float64)
+    torch.testing.assert_close(fast.ys, eager.ys, rtol=1e-12, atol=1e-14)
+    assert (fast.stats.nfe, fast.stats.n_accepted) == (eager.stats.nfe, eager.stats.n_accepted)

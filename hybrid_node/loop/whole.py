@@ -160,7 +160,13 @@ def unpack(floats: torch.Tensor, ints: torch.Tensor, flags: torch.Tensor, y, f0,
 def _restoring(owner, fn: Callable) -> Callable:
     """``fn`` with the plain number attributes of ``owner``'s modules put back after each call (the
     compiler refuses a side effect that outlives the loop body; a module counting its own calls is the
-    common one, so its counters are restored, traced and free)."""
+    common one, so its counters are restored, traced and free), its result contiguous.
+
+    A loop's carried values must keep their strides from one iteration to the next, and the
+    derivative is carried (f0). A field may return a broadcast view (a time-only forcing
+    ``b.expand_as(y)``, strides 0): the first derivative then had strides the loop's own (computed)
+    one has not, and ``while_loop`` refused the graph. ``contiguous()`` costs nothing on the usual
+    contiguous result."""
     modules = number_modules(owner)
 
     def call(*args):
@@ -168,7 +174,7 @@ def _restoring(owner, fn: Callable) -> Callable:
         out = fn(*args)
         for m, k, v in saved:
             setattr(m, k, v)
-        return out
+        return out.contiguous()
 
     return call
 
