@@ -105,3 +105,109 @@ def test_event_at_a_fixed_time_has_a_zero_gradient(interface):
         # the state at the fixed time 0.3: d/dy0 exp(-theta 0.3) y0 per component
         grad_y0 = torch.autograd.grad(ys[-1].sum(), y0)[0]
         torch.testing.assert_close(grad_y0, torch.full((2,), math.exp(-0.45)), rtol=1e-8, atol=0)  # solve rtol 1e-10
+
+
+# Per-sample events (odeint_event(..., per_sample=True)): every sample's event time is located as for
+# y_i - level and gets a zero gradient, its event state the gradient at its fixed event time, as the
+# terminal event above. Decay from y0_i reaches the level at t_i = log(y0_i / level) / theta (negative
+# backwards in time), where d y_i(t)/dtheta = -t y_i(t) and d y_i(t)/dy0_i = exp(-theta t) at fixed t.
+PER_SAMPLE_FNS = {
+    "long": lambda d: (d > 0).long(),
+    "int32": lambda d: (d > 0).int() * 2 - 1,
+    "sign": torch.sign,
+    "no-graph float": lambda d: d.detach(),
+}
+
+
+def _per_sample_event(interface: str, event_fn, y0: torch.Tensor, reverse: bool):
+    """Decay(1.5) from ``y0`` until each sample's event: (t_e, event states, grads of t_e, grads of the states)."""
+    func = Decay(1.5)
+    y0 = y0.clone().requires_grad_(True)
+    t_e, ys = hn.odeint_event(
+        func,
+        y0,
+        torch.tensor(0.0),
+        event_fn=event_fn,
+        reverse_time=reverse,
+        odeint_interface=getattr(hn, interface),
+        per_sample=True,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    grads_t = torch.autograd.grad(t_e.sum(), (func.theta, y0), retain_graph=True, allow_unused=True)
+    grads_y = torch.autograd.grad(ys[-1].sum(), (func.theta, y0))
+    return t_e.detach(), ys[-1].detach(), grads_t, grads_y
+
+
+@pytest.mark.parametrize("kind", list(PER_SAMPLE_FNS))
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_per_sample_events_without_a_derivative_have_zero_time_gradients(kind, interface, reverse):
+    # an integer event function used to fail in autograd.grad, torch.sign to give NaN event times
+    level = 8.0 if reverse else 0.5
+    y0 = torch.tensor([[1.0], [2.0], [4.0]])
+    fn = PER_SAMPLE_FNS[kind]
+    t_e, y_e, grads_t, grads_y = _per_sample_event(
+        interface, lambda t, y: fn(level - y[:, 0] if reverse else y[:, 0] - level), y0, reverse
+    )
+    exact = torch.log(y0[:, 0] / level) / 1.5
+    torch.testing.assert_close(t_e, exact, rtol=0, atol=1e-8)  # the solve's rtol 1e-10 plus the search's ~1e-9
+    torch.testing.assert_close(y_e[:, 0], torch.full((3,), level), rtol=1e-8, atol=0)  # at t_e to 1e-8
+    for g in grads_t:
+        assert g is not None and float(g.abs().max()) == 0.0
+    # the states' gradients at the fixed event times (rtol 1e-6: adjoint solves at rtol 1e-10 and the
+    # event times' 1e-8 scaled by theta)
+    torch.testing.assert_close(grads_y[0], -(exact * level).sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads_y[1][:, 0], level / y0[:, 0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+def test_per_sample_events_at_fixed_times_have_zero_time_gradients(interface):
+    # t - c moves with nothing that has a gradient; the event times came back without a graph
+    c = torch.tensor([0.3, 0.6])
+    t_e, _, grads_t, grads_y = _per_sample_event(interface, lambda t, y: t - c, torch.ones(2, 1), False)
+    torch.testing.assert_close(t_e, c, rtol=0, atol=1e-8)  # the search's ~1e-9
+    for g in grads_t:
+        assert g is not None and float(g.abs().max()) == 0.0
+    torch.testing.assert_close(grads_y[1][:, 0], torch.exp(-1.5 * c), rtol=1e-8, atol=0)  # solve rtol 1e-10
+
+
+def test_per_sample_event_functions_with_and_without_a_derivative_in_one_batch():
+    # sample 0's event value y - 0.5 has the implicit-function gradient dt/dtheta = -t / theta and
+    # dt/dy0 = 1 / (theta y0); sample 1's torch.sign(...) a zero one, not a NaN
+    y0 = torch.tensor([[1.0], [2.0]])
+    t_e, _, grads_t, _ = _per_sample_event(
+        "odeint", lambda t, y: torch.stack([y[0, 0] - 0.5, torch.sign(y[1, 0] - 0.5)]), y0, False
+    )
+    exact = torch.log(y0[:, 0] / 0.5) / 1.5
+    torch.testing.assert_close(t_e, exact, rtol=0, atol=1e-8)  # as above
+    # per sample: d(t_0 + t_1)/dtheta = dt_0/dtheta; rtol 1e-6 for the gradients' solve (see above)
+    torch.testing.assert_close(grads_t[0], -exact[0] / 1.5, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads_t[1][:, 0], torch.tensor([1 / 1.5, 0.0]), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("kind", list(PER_SAMPLE_FNS))
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+def test_one_sample_per_sample_event_equals_the_terminal_event(kind, interface):
+    # the batch of one sample has the state (1, 2) and one event value, the terminal event the same
+    y0 = torch.tensor([[1.0, 1.0]])
+
+    def event_fn(t, y):
+        return PER_SAMPLE_FNS[kind](y[:, 0] - 0.5)
+
+    ours = _per_sample_event(interface, event_fn, y0, False)
+    func = Decay(1.5)
+    y0 = y0.clone().requires_grad_(True)
+    t_e, ys = hn.odeint_event(
+        func, y0, torch.tensor(0.0), event_fn=event_fn, odeint_interface=getattr(hn, interface), rtol=1e-10, atol=1e-12
+    )
+    grads_t = torch.autograd.grad(t_e, (func.theta, y0), retain_graph=True, allow_unused=True)
+    grads_y = torch.autograd.grad(ys[-1].sum(), (func.theta, y0))
+    # the two loops locate the crossing by their own searches, each to ~1e-9 (see above)
+    torch.testing.assert_close(ours[0], t_e.detach().reshape(1), rtol=0, atol=1e-8)
+    torch.testing.assert_close(ours[1], ys[-1].detach(), rtol=1e-8, atol=0)
+    for a, b in zip(ours[2], grads_t):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # both exactly zero
+    for a, b in zip(ours[3], grads_y):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)  # fixed-time gradients at times 1e-8 apart

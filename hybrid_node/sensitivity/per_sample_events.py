@@ -14,6 +14,11 @@ It assumes that g_i depends on sample i only (the value of one sample does not r
 state), which is what "one event per sample" means; dg_i/dy_i and dg_i/dt are then the rows of the
 gradient of sum_i g_i.
 
+A sample whose event function has no derivative along its solution (an integer tensor such as
+``(y[:, 0] > 1).long()``, a float without a graph, ``torch.sign(...)``: the denominator is zero) gets
+an event time with a zero gradient and its event state at the fixed time t_i, as the single event
+does (the values torchdiffeq's ``odeint_event`` returns for it).
+
 Reference: Chen, Amos, Nickel, "Learning Neural Event Functions for Ordinary Differential
 Equations", ICLR 2021, Section 3.
 """
@@ -33,6 +38,7 @@ from .._solution import Solution
 from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
 from ..loop.events import SampleEvents, check_event_controller, integrate_sample_events
 from .event_adjoint import SegmentAdjoint, frozen_after
+from .events import _constant_time
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
 
@@ -62,7 +68,8 @@ def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents
     Returns:
         ``(t_e, y_e)``: t_e of the batch shape in the user's time and t's dtype (NaN for samples
         whose event did not fire); y_e the state at the events (the state where the search stopped
-        for the others).
+        for the others). A sample whose ``event_fn`` has no derivative along its solution gets a
+        zero event-time gradient and its state at the fixed event time.
     """
     t = problem.t
     n = len(res.fired)
@@ -78,10 +85,12 @@ def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents
         tt = t_user.clone().requires_grad_(True)
         yy = y_event.detach().clone().requires_grad_(True)
         g = event_fn(tt.reshape(shape), yy).reshape(n)
+        if not g.requires_grad:  # an integer tensor, or one built without t and y: no derivative
+            return torch.where(fired, _constant_time(t_user, y_event), nan).reshape(shape), y_event
         dg_dt, dg_dy = torch.autograd.grad(g.sum(), (tt, yy), allow_unused=True)
         g_graph = event_fn(t_user.reshape(shape), y_event).reshape(n)
-    if not g_graph.requires_grad:
-        return torch.where(fired, t_user, nan).reshape(shape), y_event
+    if not g_graph.requires_grad:  # e.g. t - c: the event times move with nothing that has a gradient
+        return torch.where(fired, _constant_time(t_user, y_event), nan).reshape(shape), y_event
     with torch.no_grad():
         f = res.f_event.to(y_event.dtype)
         slope = torch.zeros(n, dtype=f.dtype, device=f.device)
@@ -89,9 +98,11 @@ def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents
             slope = slope + (dg_dy.reshape(n, -1) * f).sum(1)
         if dg_dt is not None:
             slope = slope + dg_dt.to(f.dtype)
-        # samples that did not fire get no event-time gradient (and no division by their slope)
-        slope = torch.where(fired, slope, torch.ones((), dtype=f.dtype, device=f.device))
-    shift = torch.where(fired, -(g_graph - g_graph.detach()) / slope, torch.zeros((), dtype=g_graph.dtype))
+        # samples that did not fire get no event-time gradient (and no division by their slope), nor do
+        # those with a zero slope (e.g. torch.sign(...): the theorem does not apply, 0/0 is NaN)
+        moves = fired & (slope != 0)
+        slope = torch.where(moves, slope, torch.ones((), dtype=f.dtype, device=f.device))
+    shift = torch.where(moves, -(g_graph - g_graph.detach()) / slope, torch.zeros((), dtype=g_graph.dtype))
     t_e = torch.where(fired, t_user + shift.to(t.dtype), nan)
     y_e = y_event + (f * shift.to(f.dtype)[:, None]).reshape(y_event.shape)
     return t_e.reshape(shape), y_e
