@@ -129,3 +129,44 @@ def test_a_field_returning_a_broadcast_view_runs_in_the_whole_solve_graph(float6
     # y0 + b sin(t) exactly up to the method's error; the compiled kernels round differently (float64)
     torch.testing.assert_close(fast.ys, eager.ys, rtol=1e-12, atol=1e-14)
     assert (fast.stats.nfe, fast.stats.n_accepted) == (eager.stats.nfe, eager.stats.n_accepted)
+
+
+class Dynamics(torch.nn.Module):
+    """A model whose field is a method, passed as ``model.dynamics``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+    def dynamics(self, t, y):
+        return torch.tanh(self.lin(y)) * torch.cos(t)
+
+
+@pytest.mark.parametrize("kind", ["bound method", "closure"])
+def test_a_field_holding_parameters_outside_a_module_keeps_the_whole_solve_graph(kind, float64_default, one_thread):
+    """A bound method of a module (or a closure over one) in grad mode ran the whole-solve graph
+    under autograd: the parameters were not found (only a module field was looked into), Inductor
+    refused the graph, the solve warned that the field cannot be compiled, and the field's later
+    ``torch.no_grad`` solves lost the whole-solve graph too. Such a solve now takes the per-step
+    graphs, as a module field's does, with the eager gradients."""
+    torch.manual_seed(0)
+    model = Dynamics()
+    field = model.dynamics if kind == "bound method" else (lambda t, y: model.dynamics(t, y))
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 4)
+
+    def gradients(compile: bool) -> list:
+        model.zero_grad()
+        (hn.odeint(field, y0, t, options={"compile": compile}) ** 2).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback
+        fast = gradients(True)
+        with torch.no_grad():
+            ys = hn.odeint(field, y0, t, options={"compile": True})
+    # float64; the compiled step kernels round differently
+    torch.testing.assert_close(fast, gradients(False), rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(ys, hn.odeint(field, y0, t), rtol=1e-12, atol=1e-14)
+    graphs = compiled_step._CACHE[field]
+    assert any(key[0] == "whole_solve" and callable(graph) for key, graph in graphs.items())

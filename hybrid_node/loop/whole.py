@@ -52,6 +52,7 @@ Bytecode Transformation and Graph Compilation", ASPLOS 2024.
 from __future__ import annotations
 
 import array
+import functools
 import re
 import time
 import types
@@ -585,8 +586,41 @@ def solve_error(status: Status, t: float, dt: float, controller: PIDController, 
     return SolverError(status, -t if reverse else t, detail)
 
 
-def _has_grad_params(owner) -> bool:
-    return isinstance(owner, torch.nn.Module) and any(p.requires_grad for p in owner.parameters())
+def _has_grad_params(owner, depth: int = 2) -> bool:
+    """Whether the field ``owner`` holds a tensor that requires grad, so that a solve in grad mode
+    needs an autograd graph: an ``nn.Module``'s parameters, or what a function reaches through its
+    ``__self__`` (a module's bound method), a ``functools.partial``'s function and arguments, its
+    closure cells and the globals its code names (``depth`` levels of such functions).
+
+    Before, only a module was looked into: a bound method ``model.dynamics`` or a closure over the
+    model ran the whole-solve graph under autograd, which Inductor refused ("NYI cpp wrapper for
+    while_loop_stack_output"): a warning that the field cannot be compiled, and no whole-solve graph
+    for that field afterwards, in its ``torch.no_grad`` solves too.
+    """
+    if isinstance(owner, torch.nn.Module):
+        return any(p.requires_grad for p in owner.parameters())
+    if isinstance(owner, torch.Tensor):
+        return owner.requires_grad
+    if depth == 0:
+        return False
+    held: list = []
+    if isinstance(owner, types.MethodType):
+        held += [owner.__self__, owner.__func__]
+    elif isinstance(owner, functools.partial):
+        held += [owner.func, *owner.args, *owner.keywords.values()]
+    elif isinstance(owner, types.FunctionType):
+        for cell in owner.__closure__ or ():
+            try:
+                held.append(cell.cell_contents)
+            except ValueError:  # a variable not assigned yet
+                pass
+        names = owner.__globals__
+        held += [names[k] for k in owner.__code__.co_names if k in names]
+    return any(_has_grad_params(x, depth - 1) for x in held if isinstance(x, _HOLDERS))
+
+
+#: what :func:`_has_grad_params` looks into
+_HOLDERS = (torch.nn.Module, torch.Tensor, types.MethodType, types.FunctionType, functools.partial)
 
 
 def initial_step_tensor(
