@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 import torchdiffeq
+from bouncing import G, bounce, fall
 
 import hybrid_node as hn
 
@@ -211,3 +212,113 @@ def test_one_sample_per_sample_event_equals_the_terminal_event(kind, interface):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # both exactly zero
     for a, b in zip(ours[3], grads_y):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=0)  # fixed-time gradients at times 1e-8 apart
+
+
+# Non-terminal events (hn.solve(..., event=hn.Event(...))): each crossing is recorded as for y - level,
+# its time with a zero gradient and the state there with its gradient at the fixed time, as the terminal
+# event; a jump at such an event acts at that fixed time. A non-terminal crossing is a change to the
+# opposite nonzero sign, so a 0/1 function such as (d > 0).long() never crosses: (d > 0).long() * 2 - 1 does.
+SENSITIVITIES = {"direct": None, "backsolve": hn.BacksolveAdjoint(), "interpolating": hn.InterpolatingAdjoint()}
+
+
+@pytest.mark.parametrize("kind", ["int32", "sign", "no-graph float"])  # "long" goes 1 -> 0: no crossing
+@pytest.mark.parametrize("sensitivity", list(SENSITIVITIES))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_non_terminal_events_without_a_derivative_have_zero_time_gradients(kind, sensitivity, reverse):
+    # an integer event function used to fail in autograd.grad, torch.sign to record NaN times and states
+    level = 8.0 if reverse else 0.5
+    fn = PER_SAMPLE_FNS[kind]
+    func = Decay(1.5)
+    y0 = torch.tensor([[1.0], [2.0]], requires_grad=True)
+    sol = hn.solve(
+        func,
+        y0,
+        torch.tensor([0.0, -2.0 if reverse else 2.0]),
+        event=hn.Event(lambda t, y: fn(level - y[:, 0] if reverse else y[:, 0] - level)),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12),
+        sensitivity=SENSITIVITIES[sensitivity],
+    )
+    exact = torch.log(y0.detach()[:, 0] / level) / 1.5
+    assert sorted(r.index for r in sol.events) == [(0,), (1,)]
+    for r in sol.events:
+        t_e = float(r.t.detach())
+        assert t_e == pytest.approx(float(exact[r.index[0]]), abs=1e-8)  # solve rtol 1e-10, search ~1e-9
+        grads_t = torch.autograd.grad(r.t, (func.theta, y0), retain_graph=True, allow_unused=True)
+        assert all(g is not None and float(g.abs().max()) == 0.0 for g in grads_t)
+        # the whole state at the fixed time t_e: d/dtheta = -t_e sum(y(t_e)), d/dy0_j = exp(-theta t_e);
+        # rtol 1e-6 for the adjoint's rtol 1e-10 solves and t_e's 1e-8 scaled by theta
+        g_theta, g_y0 = torch.autograd.grad(r.y.sum(), (func.theta, y0), retain_graph=True)
+        torch.testing.assert_close(float(g_theta), -t_e * float(r.y.detach().sum()), rtol=1e-6, atol=0)
+        torch.testing.assert_close(g_y0[:, 0], torch.full((2,), math.exp(-1.5 * t_e)), rtol=1e-6, atol=0)
+    # the crossing of element 0 is the terminal event of element 0 on the same problem
+    func_t = Decay(1.5)
+    y0_t = y0.detach().clone().requires_grad_(True)
+    t_t, ys_t = hn.odeint_event(
+        func_t,
+        y0_t,
+        torch.tensor(0.0),
+        event_fn=lambda t, y: fn(level - y[0, 0] if reverse else y[0, 0] - level),
+        reverse_time=reverse,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    first = next(r for r in sol.events if r.index == (0,))
+    assert float(first.t.detach()) == pytest.approx(float(t_t.detach()), abs=1e-8)  # each search's ~1e-9
+    torch.testing.assert_close(first.y.detach(), ys_t[-1].detach(), rtol=1e-8, atol=0)  # at times 1e-8 apart
+    ours = torch.autograd.grad(first.y.sum(), (func.theta, y0))
+    ref = torch.autograd.grad(ys_t[-1].sum(), (func_t.theta, y0_t))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)  # as above
+
+
+@pytest.mark.parametrize("kind", ["long", "sign"])
+@pytest.mark.parametrize("sensitivity", list(SENSITIVITIES))
+def test_a_bounce_at_an_event_without_a_derivative_acts_at_its_fixed_time(kind, sensitivity):
+    # a ball dropped from h bounces with restitution e at t_1 = sqrt(2 h / g); with t_1 held fixed (its
+    # gradient is zero), at T after the bounce: height h - g t_1^2 / 2 + e g t_1 (T - t_1) - g (T - t_1)^2 / 2
+    # and velocity e g t_1 - g (T - t_1), so d/dh = (1, 0) and d/de = (g t_1 (T - t_1), g t_1)
+    fns = {"long": lambda t, y: (y[:, 0] > 0).long() * 2 - 1, "sign": lambda t, y: torch.sign(y[:, 0])}
+    h = torch.tensor([2.0], requires_grad=True)
+    e = torch.tensor(0.8, requires_grad=True)
+    T = 1.2
+    sol = hn.solve(
+        fall,
+        torch.stack([h, torch.zeros_like(h)], 1),
+        torch.tensor([0.0, T]),
+        event=hn.Event(fns[kind], direction=-1, on_event=bounce(e)),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12),
+        sensitivity=SENSITIVITIES[sensitivity],
+        adjoint_params=(),
+    )
+    t1 = math.sqrt(2 * 2.0 / G)
+    assert len(sol.events) == 1 and float(sol.events[0].t.detach()) == pytest.approx(t1, abs=1e-8)  # as above
+    (g_t,) = torch.autograd.grad(sol.events[0].t, h, retain_graph=True)  # e acts after t_1: not in its graph
+    assert float(g_t) == 0.0
+    # the field is linear and the dense output exact: rounding plus t_1's error (< 1e-8) times g ~ 10
+    for j, (d_h, d_e) in enumerate([(1.0, G * t1 * (T - t1)), (0.0, G * t1)]):
+        g_h, g_e = torch.autograd.grad(sol.ys[-1, 0, j], (h, e), retain_graph=True)
+        torch.testing.assert_close(float(g_h), d_h, rtol=0, atol=1e-7)
+        torch.testing.assert_close(float(g_e), d_e, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("sensitivity", list(SENSITIVITIES))
+def test_non_terminal_events_at_fixed_times_have_zero_time_gradients(sensitivity):
+    # t - c moves with nothing that has a gradient; the recorded times came back without a graph
+    c = torch.tensor([0.3, 0.6])
+    func = Decay(1.5)
+    y0 = torch.ones(2, requires_grad=True)
+    sol = hn.solve(
+        func,
+        y0,
+        torch.tensor([0.0, 1.0]),
+        event=hn.Event(lambda t, y: t - c),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12),
+        sensitivity=SENSITIVITIES[sensitivity],
+    )
+    assert [r.index for r in sol.events] == [(0,), (1,)]
+    for r, c_k in zip(sol.events, c.tolist()):
+        assert float(r.t.detach()) == pytest.approx(c_k, abs=1e-8)  # the search's ~1e-9
+        grads_t = torch.autograd.grad(r.t, (func.theta, y0), retain_graph=True, allow_unused=True)
+        assert all(g is not None and float(g.abs().max()) == 0.0 for g in grads_t)
+        (g_y0,) = torch.autograd.grad(r.y.sum(), y0, retain_graph=True)
+        torch.testing.assert_close(g_y0, torch.full((2,), math.exp(-1.5 * c_k)), rtol=1e-6, atol=0)  # as above

@@ -12,6 +12,11 @@ the jump get their gradients as follows:
   dy(t)/dt_e = -J(t, t_e) f(t_e, y+), added by an identity on y+ whose backward turns the cotangent
   of y+ into dL/dt_e = -<dL/dy+, f(t_e, y+)> (Chen et al. 2018, Appendix B.2, as for t_0).
 
+An event function without a derivative along the solution (an integer tensor such as
+``(y[..., 0] > 0).long() * 2 - 1``, a float without a graph, ``torch.sign(...)``: the denominator is
+zero) gives the event time a zero gradient and the state at the crossing its gradient at the fixed
+time t_e, as for a terminal event.
+
 Everything else is autograd through the steps. References: Chen, Amos, Nickel, "Learning Neural
 Event Functions for Ordinary Differential Equations", ICLR 2021; Chen, Rubanova, Bettencourt,
 Duvenaud, "Neural Ordinary Differential Equations", NeurIPS 2018.
@@ -32,6 +37,7 @@ from ..loop.dispatch import CheckedEvent
 from ..loop.events import EventIntegration, EventRecord, check_event_controller, integrate_with_events
 from ._backward import dot, user_field
 from .event_adjoint import SegmentAdjoint
+from .events import _constant_time
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
 
@@ -124,14 +130,21 @@ def solve_with_events(
                 yy = y_s.detach().clone().requires_grad_(True)
                 g = fn(tt, problem.unflatten(yy))
                 k = ks[0]  # elements crossing at the very same time share it: the first one's equation
-                dg_dt, dg_dy = torch.autograd.grad(g[k], (tt, yy), allow_unused=True)
-                g_graph = fn(t_user, problem.unflatten(y_s))[k]
-            if g_graph.requires_grad:
-                with torch.no_grad():
-                    slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
+                slope: torch.Tensor | float = 0.0  # stays 0 where event_fn has no derivative along the solution
+                if g.requires_grad:  # else an integer tensor, or one built without t and y
+                    dg_dt, dg_dy = torch.autograd.grad(g[k], (tt, yy), allow_unused=True)
+                    g_graph = fn(t_user, problem.unflatten(y_s))[k]
+                    if g_graph.requires_grad:  # else e.g. t - 1: the time moves with nothing that has a gradient
+                        with torch.no_grad():
+                            slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (
+                                dg_dt if dg_dt is not None else 0.0
+                            )
+            if bool(torch.as_tensor(slope) != 0):
                 shift = -(g_graph - g_graph.detach()) / slope
                 t_e = t_user + shift.to(t_dtype)
                 y_e = y_s + f_e * shift.to(f_e.dtype)
+            else:  # no derivative along the solution (e.g. torch.sign(...)): the theorem does not apply
+                t_e = _constant_time(t_user, y_s)
         records = []
         for k in ks:
             j = int(np.searchsorted(offsets, k, side="right") - 1)
