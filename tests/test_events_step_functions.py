@@ -1,10 +1,12 @@
-"""Terminal events whose function has no derivative along the solution (float64).
+"""Events whose function has no derivative along the solution (float64): terminal, per-sample, non-terminal.
 
 An event function such as ``(y > c).long()`` (an integer tensor) or ``torch.sign(y - c)`` (a float with
 a zero derivative) still changes sign where y crosses c, so the event is located as for ``y - c``;
 the implicit function theorem does not apply to it (its denominator is zero). torchdiffeq's
 ``odeint_event`` returns the event time with a zero gradient and the event state with its gradient at
-the fixed event time; these tests compare with torchdiffeq run on the same problem.
+the fixed event time; these tests compare with torchdiffeq run on the same problem. Per-sample and
+non-terminal events (which torchdiffeq lacks) are compared with the analytic values and with the
+terminal event of the same problem.
 
 Problem: y' = -theta y from y0 = (1, 1) until y[0] = 0.5 (t_e = log 2 / theta), and backwards in
 time until y[0] = 2 (t_e = -log 2 / theta).
