@@ -506,7 +506,8 @@ def odeint_event(
         event_fn: terminal event function; it must return a tensor built from ``t`` and ``y``. One
             without a derivative along the solution (an integer tensor such as ``(y > 1).long()``,
             or ``torch.sign(...)``) is located as any other, and its event time has a zero
-            gradient, as in torchdiffeq (return e.g. ``y - 1`` for the event time's gradient).
+            gradient, as in torchdiffeq (return e.g. ``y - 1`` for the event time's gradient);
+            ``per_sample=True`` treats each sample's event the same way.
         reverse_time: integrate towards decreasing time.
         odeint_interface: ``odeint`` or ``odeint_adjoint``.
         t_end: the time where the search gives up (after t0; before it with ``reverse_time``);

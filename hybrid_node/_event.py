@@ -35,7 +35,9 @@ class Event:
     solver restarts from the new state with a fresh first step (no interpolation across the jump).
 
     Args:
-        fn: ``fn(t, y) -> tensor``; its zeros are the events.
+        fn: ``fn(t, y) -> tensor``; its zeros are the events. A step function must change between
+            nonzero signs to be seen (``(y > c).long() * 2 - 1``, not the 0/1 ``(y > c).long()``);
+            its event time has a zero gradient, as in the terminal case.
         terminal: must be False here (non-terminal events); terminal events are ``event_fn`` of
             :func:`hybrid_node.solve` / :func:`hybrid_node.odeint_event` (``per_sample=True`` for a batch).
         direction: +1 records only crossings where the element increases through zero, -1 only
