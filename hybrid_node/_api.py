@@ -16,6 +16,7 @@ from ._event import Event
 from ._problem import Problem, make_problem
 from ._registry import METHOD_SPECS, build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
+from ._term import CALLBACK_NAMES
 from ._tracing import traced
 from ._transforms import inside_transform
 from .controllers import AbstractController, ConstantStepSize, PIDController
@@ -119,7 +120,7 @@ def solve(
             func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
         )
     if in_users_graph(func, y0):
-        why = _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t)
+        why = _untraceable(func, solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t)
         if not why:
             # a tracer cannot follow the host loop's reads: the solve is traced as one while_loop
             state = cast(torch.Tensor, y0)
@@ -246,7 +247,7 @@ def in_users_graph(func, y0) -> bool:
     return not any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
 
 
-def _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t) -> str:
+def _untraceable(func, solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t) -> str:
     """Why :func:`hybrid_node.loop.whole.odeint_graph` cannot stand for this solve in a traced program
     ("" when it can: it runs the same steps as the host loop and returns the same states)."""
     tolerances = (controller.rtol, controller.atol) if isinstance(controller, PIDController) else ()
@@ -264,6 +265,8 @@ def _untraceable(solver, controller, y0, throw, event_fn, event, per_sample_even
         "throw=False": not throw,
         "events": event_fn is not None or event is not None or per_sample_events,
         "jump_t/step_t": bool(jump_t) or bool(step_t),
+        # host Python between step attempts, which the traced loop has not (it skipped them silently)
+        "step callbacks": any(hasattr(func, name) for name in CALLBACK_NAMES),
     }
     return ", ".join(reason for reason, applies in reasons.items() if applies)
 

@@ -838,7 +838,7 @@ def test_the_recompilation_limit_falls_back_to_step_graphs(float64_default, one_
 
 def test_solves_the_traced_loop_cannot_run_keep_their_results_inside_torch_compile(one_thread):
     """Inside the user's ``torch.compile`` (no gradients), a solve with events, jumps or a tuple state
-    is not the traced loop: the events were dropped without a word, and the host loop traced by
+    is not the traced loop: the events (and step callbacks) were dropped without a word, and the host loop traced by
     Dynamo took other steps or failed in torch's guards. It now runs untraced behind a graph break:
     the eager states, bit for bit."""
     rotation = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
@@ -846,17 +846,36 @@ def test_solves_the_traced_loop_cannot_run_keep_their_results_inside_torch_compi
     def rotate(t, y):
         return y @ rotation
 
+    class Rotation(torch.nn.Module):  # step callbacks: the traced loop never called them
+        def __init__(self):
+            super().__init__()
+            self.accepted = []
+
+        def forward(self, t, y):
+            return rotate(t, y)
+
+        def callback_accept_step(self, t, y, dt):
+            self.accepted.append(float(t))
+
     y0, t = torch.tensor([[1.0, 0.0]]), torch.linspace(0.0, 4.0, 5)
     halve = hn.Event(lambda t, y: y[..., 0], on_event=lambda t, y: 0.5 * y)
+    watched = Rotation()
     cases = {
         "event": lambda y: hn.solve(rotate, y, t, event=halve).ys,
         "jump_t": lambda y: hn.solve(rotate, y, t, jump_t=[1.5]).ys,
         "tuple": lambda y: hn.odeint(lambda t, s: (-s[1], s[0]), (y[..., 0], y[..., 1]), t)[0],
+        "callbacks": lambda y: hn.odeint(watched, y, t),
     }
     with torch.no_grad():
         for name, fn in cases.items():
             torch._dynamo.reset()
-            assert torch.equal(torch.compile(fn)(y0), fn(y0)), name
+            watched.accepted.clear()
+            compiled = torch.compile(fn)(y0)
+            accepted = list(watched.accepted)
+            watched.accepted.clear()
+            assert torch.equal(compiled, fn(y0)), name
+            assert accepted == watched.accepted, name
+    assert watched.accepted, "the callback case accepted no step"
 
 
 def test_the_traced_loop_hands_the_field_the_host_loops_time_dtype_and_controller(monkeypatch, one_thread):
