@@ -13,7 +13,7 @@ import torch
 from ._backend import resolve_backend
 from ._errors import BackendError, Status
 from ._event import Event
-from ._problem import Problem, make_problem
+from ._problem import Problem, check_t_dtype, make_problem
 from ._registry import METHOD_SPECS, build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from ._term import CALLBACK_NAMES
@@ -105,6 +105,7 @@ def solve(
         )
     if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
+    check_t_dtype(t_dtype)  # here too: the traced loop below does not build a Problem
     if inside_transform():
         _check_transform_settings(resolve_backend(backend), sensitivity, solver)
     if resolve_backend(backend) == "julia":

@@ -316,6 +316,20 @@ def check_step_times(name: str, times, sign: float) -> tuple[float, ...]:
     return tuple(sorted(sign * float(x) for x in values))
 
 
+def check_t_dtype(t_dtype: object) -> None:
+    """Refuse a ``t_dtype`` that is not a floating torch dtype (None, the default, passes).
+
+    Raises:
+        TypeError: an integer, boolean or non-dtype ``t_dtype``.
+    """
+    if t_dtype is not None and not (isinstance(t_dtype, torch.dtype) and t_dtype.is_floating_point):
+        # an integer or boolean time would be truncated (func saw t = 0 throughout a solve on [0, 1])
+        raise TypeError(
+            f"t_dtype must be a floating torch dtype such as torch.float64 (the dtype of the time handed to "
+            f"func), got {t_dtype!r}."
+        )
+
+
 def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), step_t=(), event_t_end=None) -> Problem:
     """Validate and normalise one solve's inputs.
 
@@ -370,12 +384,7 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             norm = controller.norm if layout is None else TupleNorm(controller.norm, layout)
         elif layout is not None and len(layout.sizes) > 1:
             norm = PartsRMS(layout.sizes)
-    if t_dtype is not None and not (isinstance(t_dtype, torch.dtype) and t_dtype.is_floating_point):
-        # an integer or boolean time would be truncated (func saw t = 0 throughout a solve on [0, 1])
-        raise TypeError(
-            f"t_dtype must be a floating torch dtype such as torch.float64 (the dtype of the time handed to "
-            f"func), got {t_dtype!r}."
-        )
+    check_t_dtype(t_dtype)
     if t_dtype is None:
         # torchdiffeq hands func the time in the state's real dtype (a float32 model given float64
         # times computes in float32); the loops keep their own time as float64 host floats

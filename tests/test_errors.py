@@ -352,6 +352,17 @@ def test_time_dtype_must_be_a_floating_dtype(t_dtype):
         hn.solve(lambda t, y: -y * (1 + t), torch.ones(1, dtype=torch.float64), T01, t_dtype=t_dtype)
 
 
+def test_time_dtype_is_checked_inside_the_users_torch_compile():
+    # traced without gradients, a solve is the traced loop, which builds no Problem: an integer t_dtype
+    # went through unchecked there
+    def solve(y):
+        return hn.solve(lambda t, y: -y * (1 + t), y, T01, t_dtype=torch.int64).ys
+
+    torch._dynamo.reset()
+    with torch.no_grad(), pytest.raises(TypeError, match="t_dtype must be a floating torch dtype"):
+        torch.compile(solve, backend="eager")(torch.ones(1, dtype=torch.float64))
+
+
 def test_solver_controller_mismatch():
     with pytest.raises(ValueError, match="no error estimate; use ConstantStepSize"):
         hn.solve(decay, torch.ones(1), T01, solver=hn.RK4(), controller=hn.PIDController())
