@@ -311,7 +311,11 @@ class Dirk(AbstractSolver):
             def residual(z: torch.Tensor, ti: float = ti, base: torch.Tensor = base) -> torch.Tensor:
                 return z - hg * f(ti, base + z)
 
-            res = newton_solve(residual, lu.solve, z0, scale, settings, eta)
+            # The rate carried over from the last solve may accept the first iterate (Hairer & Wanner's
+            # eta = max(eta_old, eps)^0.8). An adaptive step's error estimate catches a false acceptance;
+            # a fixed step has none, and a rate measured with a Jacobian that was exact there (0 on a
+            # linear problem) says nothing once the stage time has moved: fixed steps start from eta = 1.
+            res = newton_solve(residual, lu.solve, z0, scale, settings, eta if self.adaptive else 1.0)
             theta_max = max(theta_max, res.theta)
             eta = res.eta
             if not res.converged:
