@@ -37,7 +37,15 @@ from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant
 from .base import AbstractSolver
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
-from .newton import NewtonSettings, error_scale, fixed_step_failure_hint, newton_solve, tolerances
+from .newton import (
+    FIXED_STEP_REFRESHES,
+    NewtonSettings,
+    contracted,
+    error_scale,
+    fixed_step_failure_hint,
+    newton_solve,
+    tolerances,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +288,8 @@ class Dirk(AbstractSolver):
         """One step of size dt.
 
         Raises:
-            SolverError: Newton failed on a fixed-step solve (adaptive solves reject the step instead).
+            SolverError: Newton failed on a fixed-step solve, also with the Jacobian taken afresh at the
+                failing stage (up to ``FIXED_STEP_REFRESHES`` times); adaptive solves reject the step instead.
         """
         tab = self.tableau
         settings = self.newton
@@ -316,6 +325,19 @@ class Dirk(AbstractSolver):
             # a fixed step has none, and a rate measured with a Jacobian that was exact there (0 on a
             # linear problem) says nothing once the stage time has moved: fixed steps start from eta = 1.
             res = newton_solve(residual, lu.solve, z0, scale, settings, eta if self.adaptive else 1.0)
+            start = z0
+            for attempt in range(0 if self.adaptive else FIXED_STEP_REFRESHES):
+                # A fixed step has no smaller step to retry with. The Jacobian was taken at the step's
+                # start (or an earlier step), not where this stage's iteration runs; as Hairer & Wanner
+                # do after a failure with an old Jacobian (IV.8), take it afresh there (at the latest
+                # iterate of a contracting attempt) and iterate again.
+                if res.converged or (attempt and not contracted(res)):
+                    break
+                start = res.z if contracted(res) else start
+                _, jac = self._jacobian(f, ti, base + start)
+                jac_t = ti
+                lu = factorize(jac, hg, y.shape)
+                res = newton_solve(residual, lu.solve, start, scale, settings)
             theta_max = max(theta_max, res.theta)
             eta = res.eta
             if not res.converged:

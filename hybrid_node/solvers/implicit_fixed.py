@@ -24,7 +24,14 @@ from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant
 from .base import AbstractSolver
 from .linalg import JacobianSettings, block_jacobian, system_shape
-from .newton import NewtonSettings, error_scale, fixed_step_failure_hint, newton_solve
+from .newton import (
+    FIXED_STEP_REFRESHES,
+    NewtonSettings,
+    contracted,
+    error_scale,
+    fixed_step_failure_hint,
+    newton_solve,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +128,8 @@ class ImplicitRungeKutta(AbstractSolver):
         return f(t0, y0)
 
     def step(self, f, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float) -> FirkStep:
-        """One step; the Jacobian is evaluated once per step at (t, y).
+        """One step; the Jacobian is evaluated once per step at (t, y), and where Newton fails with it,
+        at each stage (up to ``FIXED_STEP_REFRESHES`` times).
 
         Raises:
             SolverError: the Newton iteration did not converge (the detail suggests a smaller step_size, and
@@ -130,13 +138,20 @@ class ImplicitRungeKutta(AbstractSolver):
         tab = self.tableau
         s = len(tab.c)
         batch, d = system_shape(y, self.batch_dims)
-        _, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims), differentiable=False)
-        jac = jac.detach()
+        jac_settings = JacobianSettings(self.jacobian, self.batch_dims)
+        _, jac = block_jacobian(f, t, y, jac_settings, differentiable=False)
         a = torch.tensor(tab.a, dtype=y.dtype, device=y.device)
-        # per sample: I - h (A kron J), shape (*batch, s*d, s*d)
-        kron = a[:, None, :, None] * jac.unsqueeze(-3).unsqueeze(-2)  # (*batch, s, d, s, d)
-        m = torch.eye(s * d, dtype=y.dtype, device=y.device) - dt * kron.reshape(batch + (s * d, s * d))
-        lu, piv, _ = torch.linalg.lu_factor_ex(m)
+
+        def factor(jacs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """LU of ``I - h (A kron J)`` per sample, shape (*batch, s*d, s*d); ``jacs[j]`` is the Jacobian
+            that multiplies stage j (one for all stages in the simplified iteration)."""
+            by_stage = jacs.detach().movedim(0, -2).unsqueeze(-4)  # (*batch, 1, d, s, d)
+            kron = a[:, None, :, None] * by_stage  # (*batch, s, d, s, d): a_ij J_j
+            m = torch.eye(s * d, dtype=y.dtype, device=y.device) - dt * kron.reshape(batch + (s * d, s * d))
+            lu, piv, _ = torch.linalg.lu_factor_ex(m)
+            return lu, piv
+
+        lu, piv = factor(jac.expand((s,) + tuple(jac.shape)))
 
         def solve(r):  # r: (s, *y.shape)
             rb = r.reshape((s,) + batch + (d,)).movedim(0, -2).reshape(batch + (s * d, 1))
@@ -149,7 +164,23 @@ class ImplicitRungeKutta(AbstractSolver):
 
         settings = NewtonSettings(self.max_newton_iters, self.newton_kappa, self.newton_rtol, self.newton_atol)
         z0 = torch.stack([(tab.c[j] * dt) * f0 for j in range(s)])
-        res = newton_solve(residual, solve, z0, error_scale(y, settings.rtol, settings.atol), settings)
+        scale = error_scale(y, settings.rtol, settings.atol)
+        res = newton_solve(residual, solve, z0, scale, settings)
+        start = z0
+        for attempt in range(FIXED_STEP_REFRESHES):
+            # A fixed step has no smaller step to retry with. The simplified iteration's one Jacobian at
+            # the step's start misses how J changes over the step; as Hairer & Wanner do after a failure
+            # with an old Jacobian (IV.8), take each stage's own at its time and latest iterate (of a
+            # contracting attempt): the stage system's Newton matrix there; and iterate again.
+            if res.converged or (attempt and not contracted(res)):
+                break
+            start = res.z if contracted(res) else start
+            jacs = [
+                block_jacobian(f, t + c * dt, y + zj, jac_settings, differentiable=False)[1]
+                for c, zj in zip(tab.c, start)
+            ]
+            lu, piv = factor(torch.stack(jacs))
+            res = newton_solve(residual, solve, start, scale, settings)
         if not res.converged:
             raise SolverError(
                 Status.NEWTON_FAILED,

@@ -110,6 +110,22 @@ def newton_solve(
     return NewtonResult(z, False, settings.max_iters, theta_max, eta)
 
 
+#: Jacobian refreshes a fixed-step solve tries after a failed Newton iteration before it gives up.
+FIXED_STEP_REFRESHES = 3
+
+
+def contracted(res: NewtonResult) -> bool:
+    """Whether a failed iteration was still contracting (so its last iterate is a better start than its first).
+
+    Args:
+        res: the outcome of :func:`newton_solve`.
+
+    Returns:
+        True when no rate reached 1 and the iterate is finite.
+    """
+    return res.theta < 1.0 and bool(torch.isfinite(res.z).all())
+
+
 def fixed_step_failure_hint(y: torch.Tensor, batch_dims: int | None) -> str:
     """What to try when Newton fails on a fixed step, for the detail of the ``SolverError``.
 
