@@ -12,6 +12,7 @@ from ._errors import BackendError
 from ._memo import memoized
 from .controllers import ConstantStepSize, PIDController
 from .solvers.base import AbstractSolver, ExternalSolver
+from .solvers.newton import tolerances
 from .solvers.registry import LOOPS as LOOPS
 from .solvers.registry import METHOD_SPECS as METHOD_SPECS
 from .solvers.registry import MethodSpec as MethodSpec
@@ -196,9 +197,9 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
     spec = method_spec(method, "torch")
     solver_keys = spec.options
     solver_kwargs = {k: options.pop(k) for k in solver_keys if k in options}
-    if spec.uses_tolerances:  # the Adams corrector stops on the solve's (scalar) tolerances
-        solver_kwargs.setdefault("rtol", rtol if isinstance(rtol, float) else 1e-7)
-        solver_kwargs.setdefault("atol", atol if isinstance(atol, float) else 1e-9)
+    if spec.uses_tolerances:  # the Adams corrector stops on the solve's tolerances (the smallest where they vary)
+        for key, value in zip(("rtol", "atol"), tolerances(rtol, atol)):
+            solver_kwargs.setdefault(key, value)
     assert spec.solver is not None  # method_spec checked that the torch backend has the method
     solver = spec.solver(**solver_kwargs)
     if isinstance(solver, ExternalSolver):

@@ -105,3 +105,49 @@ def test_scipy_direct_backprop_error_names_the_adjoint_that_works():
     (grad,) = torch.autograd.grad(ys[-1].sum(), y0)
     # d y(1) / d y0 = e^-1 exactly; LSODA at rtol 1e-10 on both passes (measured 1e-11)
     torch.testing.assert_close(grad, torch.full_like(y0, 0.36787944117144233), rtol=1e-8, atol=0)
+
+
+def _pendulum(t, y):
+    return torch.stack([y[1], -torch.sin(y[0])])
+
+
+@pytest.mark.parametrize(
+    "rtol,atol",
+    [
+        (torch.tensor(2.0**-10, dtype=F64), torch.tensor(2.0**-10, dtype=F64)),
+        (np.float32(2.0**-10), np.float32(2.0**-10)),
+        (torch.tensor([2.0**-10, 0.5], dtype=F64), np.array([2.0**-10, 2.0**-10])),
+        (0, 1),
+    ],
+    ids=["tensor", "numpy-scalar", "per-component", "int"],
+)
+def test_corrector_takes_the_solve_tolerances_whatever_their_type(rtol, atol):
+    # The corrector's test took rtol and atol only when they were Python floats; a tensor, a NumPy float32
+    # or an int tolerance was replaced by 1e-7 / 1e-9, as if none had been given (198 evaluations instead
+    # of 106 over this solve, a different result; torchdiffeq takes such tolerances as they are: 104).
+    # Per-component values count by their smallest, as in the Newton methods' test.
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.linspace(0.0, 5.0, 11, dtype=F64)
+
+    def run(rtol, atol):
+        calls = []
+
+        def field(t, y):
+            calls.append(1)
+            return _pendulum(t, y)
+
+        ys = hn.odeint(field, y0, t, method="implicit_adams", rtol=rtol, atol=atol, options={"step_size": 0.1})
+        return ys, len(calls)
+
+    smallest = (
+        min(np.asarray(rtol, dtype=np.float64).reshape(-1)),
+        min(np.asarray(atol, dtype=np.float64).reshape(-1)),
+    )
+    want, want_calls = run(float(smallest[0]), float(smallest[1]))
+    got, got_calls = run(rtol, atol)
+    # the same floats reach the same test: the same iterations, bit for bit
+    assert got_calls == want_calls
+    assert torch.equal(got, want)
+    # and a loose tolerance did stop the corrector early (1e-7 / 1e-9 take ~2x the evaluations)
+    _, tight_calls = run(1e-7, 1e-9)
+    assert got_calls < 0.75 * tight_calls

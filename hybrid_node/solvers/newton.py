@@ -162,13 +162,38 @@ def error_scale(y: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
 
 
 def tolerances(rtol, atol) -> tuple[float, float]:
-    """Scalar tolerances for the Newton test from the controller's (the smallest of each)."""
+    """Scalar tolerances for an iteration's stopping test from the solve's (the smallest of each).
 
-    def smallest(v):
-        if isinstance(v, torch.Tensor):
-            return float(v.detach().min())
-        if isinstance(v, (tuple, list)):
-            return min(float(torch.as_tensor(x).min()) for x in v)
-        return float(v)
+    The Newton test of the implicit solvers and the Adams corrector's test take one value each; where the
+    tolerances vary (per component, or per part of a tuple state) the smallest, so that the iteration has
+    converged for every component.
 
-    return smallest(rtol), smallest(atol)
+    Args:
+        rtol, atol: as a solve takes them: a number (Python or NumPy, or a 0-d tensor), a tensor or NumPy
+            array of per-component values, or a tuple or list of those, one per part of a tuple state.
+
+    Returns:
+        ``(rtol, atol)`` as floats (odeint's defaults 1e-7 and 1e-9 for a tolerance without values, which
+        an empty state's per-component tolerance is).
+
+    Raises:
+        ValueError: a value that is not a finite non-negative number.
+    """
+
+    def smallest(v, name: str, default: float) -> float:
+        if type(v) in (float, int):  # the common case, without a tensor
+            low = high = float(v)
+        else:
+            try:
+                parts = [torch.as_tensor(x).detach().reshape(-1) for x in (v if isinstance(v, (tuple, list)) else (v,))]
+                values = torch.cat([p.to(device="cpu", dtype=torch.float64) for p in parts]) if parts else None
+            except (TypeError, ValueError, RuntimeError):  # None, a string, ragged nesting
+                raise ValueError(f"{name} must be finite and non-negative, got {v!r}.") from None
+            if values is None or values.numel() == 0:  # per component of an empty state: none to hold
+                return default
+            low, high = float(values.min()), float(values.max())  # (a NaN propagates to both)
+        if not (math.isfinite(low) and math.isfinite(high) and low >= 0):
+            raise ValueError(f"{name} must be finite and non-negative, got {v!r}.")
+        return low
+
+    return smallest(rtol, "rtol", 1e-7), smallest(atol, "atol", 1e-9)
