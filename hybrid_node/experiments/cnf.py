@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._registry import METHOD_SPECS, build_solver
+from .._registry import build_solver
 from ..controllers import ConstantStepSize
 from ..data.toy2d import TOY2D_NAMES, sample_toy2d
 from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
@@ -135,8 +135,6 @@ def cnf_solver(cfg: CNFExperimentConfig) -> CNFSolver:
     if cfg.step_size is not None and not (math.isfinite(cfg.step_size) and 0 < cfg.step_size <= 1):
         raise ValueError(f"step_size must be in (0, 1] (each block's solver time is [0, 1]), got {cfg.step_size}.")
     options: dict[str, Any] = {"step_size": cfg.step_size} if fixed else {}
-    if "jacobian" in METHOD_SPECS[cfg.method].options:
-        options["jacobian"] = "loop"
     return CNFSolver(method=cfg.method, rtol=cfg.rtol, atol=cfg.atol, options=options or None, adjoint=cfg.adjoint)
 
 

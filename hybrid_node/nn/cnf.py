@@ -114,16 +114,17 @@ class CNFSolver:
         rtol, atol: tolerances of adaptive methods (FFJORD uses 1e-5 on toy data).
         options: solver options. A fixed-step method needs {"step_size": ...} (or a
             ``grid_constructor``): the solver time of every block runs over [0, 1], so without one it
-            would take a single step per block. The implicit and Rosenbrock methods need
-            {"jacobian": "loop"} (or "fd"): the augmented dynamics call torch.autograd at every
-            evaluation, which their default vectorised Jacobian cannot trace.
+            would take a single step per block. The implicit and Rosenbrock methods get
+            {"jacobian": "loop"} unless the options name another: the augmented dynamics call
+            torch.autograd at every evaluation, which a vectorised Jacobian cannot trace (it would
+            fall back to the loop at every Jacobian, after a failed attempt).
         adjoint: compute gradients with the adjoint method (O(1) memory) instead of backpropagating
             through the solver.
 
     Raises:
         TypeError: ``method`` is not a string or ``adjoint`` is not a bool.
         ValueError: ``rtol`` or ``atol`` is not a finite positive number; an unknown method or option;
-            a method the CNF cannot use, or a fixed-step or implicit method without the option it needs.
+            a method the CNF cannot use, or a fixed-step method without a step size.
     """
 
     method: str = "dopri5"
@@ -147,14 +148,15 @@ class CNFSolver:
         if not isinstance(self.adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
             raise TypeError(f"CNFSolver.adjoint must be True or False, got {self.adjoint!r}.")
         self._check_method()
+        if "jacobian" in METHOD_SPECS[self.method].options and "jacobian" not in (self.options or {}):
+            object.__setattr__(self, "options", {**(self.options or {}), "jacobian": "loop"})
 
     def _check_method(self) -> None:
         """Refuse, before any solve, what odeint would run to a wrong or confusing result for a CNF.
 
         Raises:
-            ValueError: an unknown method or option (odeint's message), a partitioned method, a
-                fixed-step method without a step size or grid, or a method that needs a Jacobian
-                without a ``jacobian`` option.
+            ValueError: an unknown method or option (odeint's message), a partitioned method, or a
+                fixed-step method without a step size or grid.
         """
         options = dict(self.options) if self.options else {}
         solver, controller, _ = build_solver(self.method, options, float(self.rtol), float(self.atol))
@@ -173,12 +175,6 @@ class CNFSolver:
             raise ValueError(
                 f"method {self.method!r} takes fixed steps: give CNFSolver(options={{'step_size': ...}}) "
                 "(each block is solved over the solver time [0, 1]), or use an adaptive method such as 'dopri5'."
-            )
-        if "jacobian" in METHOD_SPECS[self.method].options and "jacobian" not in options:
-            raise ValueError(
-                f"method {self.method!r} needs the Jacobian of the CNF's dynamics, which differentiate the field "
-                "with torch.autograd and cannot be vectorised by torch.func: pass "
-                "CNFSolver(options={'jacobian': 'loop'}) (or 'fd'), or use an explicit method such as 'dopri5'."
             )
 
 
