@@ -36,9 +36,17 @@ def _triggered(g_e: torch.Tensor, g_0: torch.Tensor) -> int:
     return int(torch.argmin(torch.abs(g_e)))
 
 
-def _constant_time(t_e: torch.Tensor, y_event: torch.Tensor) -> torch.Tensor:
-    """``t_e`` with a zero gradient wherever ``y_event`` has one (torchdiffeq's event time of an event
-    function without a derivative), so that ``t_e.backward()`` works as it does there."""
+def constant_event_time(t_e: torch.Tensor, y_event: torch.Tensor) -> torch.Tensor:
+    """The event time of an event function without a derivative along the solution (torchdiffeq's).
+
+    Args:
+        t_e: the event time (no graph).
+        y_event: the state at the event, with its gradient at fixed time.
+
+    Returns:
+        ``t_e`` with a zero gradient wherever ``y_event`` has one, so that ``t_e.backward()`` works as
+        it does in torchdiffeq.
+    """
     if not y_event.requires_grad:
         return t_e
     return t_e + (y_event.reshape(-1)[:1].sum() * 0).to(t_e.dtype)
@@ -70,7 +78,7 @@ def event_outputs(
         yy = y_fixed.clone().requires_grad_(True)
         g_e = event_fn(tt, problem.unflatten(yy)).reshape(-1)
         if not g_e.requires_grad:  # an integer tensor, or one built without t and y: no derivative
-            return _constant_time(t_e, y_event), y_event
+            return constant_event_time(t_e, y_event), y_event
         with torch.no_grad():
             g_0 = event_fn(problem.term().time(problem.ts[0]), problem.unflatten(problem.y0.detach())).reshape(-1)
         k = _triggered(g_e.detach(), g_0)
@@ -78,11 +86,11 @@ def event_outputs(
         # the same component along the graph of y_event and of event_fn's own parameters
         g_graph = event_fn(t_e, problem.unflatten(y_event)).reshape(-1)[k]
     if not g_graph.requires_grad:  # e.g. t - 1: the event time moves with nothing that has a gradient
-        return _constant_time(t_e, y_event), y_event
+        return constant_event_time(t_e, y_event), y_event
     with torch.no_grad():
         f_e = user_field(problem, term, s_event, y_fixed)
         slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
     if not bool(torch.as_tensor(slope) != 0):  # e.g. torch.sign(...): the theorem does not apply, 0/0 is NaN
-        return _constant_time(t_e, y_event), y_event
+        return constant_event_time(t_e, y_event), y_event
     shift = -(g_graph - g_graph.detach()) / slope  # zero; its gradient is dt_e/dtheta
     return t_e + shift.to(t.dtype), y_event + f_e * shift.to(f_e.dtype)

@@ -37,7 +37,7 @@ from ..loop.dispatch import CheckedEvent
 from ..loop.events import EventIntegration, EventRecord, check_event_controller, integrate_with_events
 from ._backward import dot, user_field
 from .event_adjoint import SegmentAdjoint
-from .events import _constant_time
+from .events import constant_event_time
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
 
@@ -144,7 +144,7 @@ def solve_with_events(
                 t_e = t_user + shift.to(t_dtype)
                 y_e = y_s + f_e * shift.to(f_e.dtype)
             else:  # no derivative along the solution (e.g. torch.sign(...)): the theorem does not apply
-                t_e = _constant_time(t_user, y_s)
+                t_e = constant_event_time(t_user, y_s)
         records = []
         for k in ks:
             j = int(np.searchsorted(offsets, k, side="right") - 1)

@@ -38,7 +38,7 @@ from .._solution import Solution
 from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
 from ..loop.events import SampleEvents, check_event_controller, integrate_sample_events
 from .event_adjoint import SegmentAdjoint, frozen_after
-from .events import _constant_time
+from .events import constant_event_time
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
 
@@ -86,11 +86,11 @@ def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents
         yy = y_event.detach().clone().requires_grad_(True)
         g = event_fn(tt.reshape(shape), yy).reshape(n)
         if not g.requires_grad:  # an integer tensor, or one built without t and y: no derivative
-            return torch.where(fired, _constant_time(t_user, y_event), nan).reshape(shape), y_event
+            return torch.where(fired, constant_event_time(t_user, y_event), nan).reshape(shape), y_event
         dg_dt, dg_dy = torch.autograd.grad(g.sum(), (tt, yy), allow_unused=True)
         g_graph = event_fn(t_user.reshape(shape), y_event).reshape(n)
     if not g_graph.requires_grad:  # e.g. t - c: the event times move with nothing that has a gradient
-        return torch.where(fired, _constant_time(t_user, y_event), nan).reshape(shape), y_event
+        return torch.where(fired, constant_event_time(t_user, y_event), nan).reshape(shape), y_event
     with torch.no_grad():
         f = res.f_event.to(y_event.dtype)
         slope = torch.zeros(n, dtype=f.dtype, device=f.device)
