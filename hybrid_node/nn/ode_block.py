@@ -209,6 +209,12 @@ class ODEBlock(nn.Module):
         nfe_backward: evaluations since that forward pass ended, i.e. of the backward pass once
             ``backward()`` has run (0 with direct backpropagation).
 
+    Both count each thread's evaluations apart, but are one pair of attributes: with forward passes
+    in several threads at once, they are those of the pass that ended last. Under ``nn.DataParallel``
+    they are set on the per-pass replicas and lost with them, as torch documents for every attribute
+    a forward pass sets: read them on the module itself (one process per device, e.g.
+    ``DistributedDataParallel``).
+
     Raises:
         TypeError: if ``func`` is not callable or settings have the wrong type.
         ValueError: if ``t`` is not a strictly monotone sequence of at least two finite times, or ``func`` is
