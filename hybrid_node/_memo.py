@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 T = TypeVar("T")
 
+#: guards the memos' insertions and evictions: threads solving at once missed together, and the
+#: eviction of one (``pop(next(iter(cache)))``) raised KeyError or "dictionary changed size during
+#: iteration" in the other, or left the memo over its limit
+_LOCK = threading.Lock()
+
 
 def memoized(cache: dict, key: Hashable, build: Callable[[], T], limit: int) -> T:
     """``cache[key]``, built by ``build()`` on a miss; the oldest entry goes once ``cache`` holds ``limit``.
+
+    Safe to call from several threads at once: threads that miss together may each call ``build()``,
+    and all of them get the result kept first.
 
     Args:
         cache: the module's memo (insertion-ordered, so its first key is the oldest).
@@ -22,7 +31,11 @@ def memoized(cache: dict, key: Hashable, build: Callable[[], T], limit: int) -> 
     """
     out = cache.get(key)
     if out is None:
-        if len(cache) >= limit:
-            cache.pop(next(iter(cache)))
-        out = cache[key] = build()
+        built = build()  # outside the lock: building may take long (tables of a grid, a solver)
+        with _LOCK:
+            out = cache.get(key)
+            if out is None:
+                while len(cache) >= limit:
+                    cache.pop(next(iter(cache)))
+                out = cache[key] = built
     return out

@@ -8,6 +8,7 @@ share a model must not see each other's state, and a replica must not disturb th
 import copy
 import io
 import pickle
+import sys
 import threading
 
 import torch
@@ -139,3 +140,27 @@ def test_a_block_used_from_a_thread_pickles_copies_and_saves():
         assert other.nfe_forward == block.nfe_forward
         got.sum().backward()
         assert other.nfe_backward > 0 and other.func.lin.weight.grad is not None
+
+
+def test_memo_filled_from_several_threads_at_once_stays_consistent():
+    """Threads missing the solver memos at once (:mod:`hybrid_node._memo`): one thread's eviction of the
+    oldest entry raised KeyError or "dictionary changed size during iteration" in another (3 of 4
+    threads failed in every run) and left the memo over its limit."""
+    from hybrid_node._memo import memoized
+
+    cache: dict = {}
+    limit = 4
+    got: list[list[int]] = [[] for _ in range(4)]
+
+    def fill(i):
+        for k in range(5000):
+            got[i].append(memoized(cache, (i, k), lambda k=k: k, limit))
+            assert len(cache) <= limit
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so that the misses overlap
+    try:
+        _run_threads(fill, len(got))
+    finally:
+        sys.setswitchinterval(interval)
+    assert got == [list(range(5000))] * len(got)
