@@ -77,8 +77,8 @@ def test_hnn_learns_the_spring_and_baseline_has_the_same_interface():
             loss = ((model(torch.zeros(()), x) - target) ** 2).mean()
             loss.backward()
             opt.step()
-            first = float(loss) if first is None else first
-        assert float(loss) < 0.1 * first
+            first = loss.item() if first is None else first
+        assert loss.item() < 0.1 * first
 
 
 def test_shape_errors_say_what_is_expected():
