@@ -15,6 +15,15 @@ CASES = {
     "backsolve-dopri5": (hn.Dopri5, lambda: hn.PIDController(rtol=1e-8, atol=1e-10), hn.BacksolveAdjoint),
     "interpolating-dopri5": (hn.Dopri5, lambda: hn.PIDController(rtol=1e-8, atol=1e-10), hn.InterpolatingAdjoint),
     "backsolve-rk4": (hn.RK4, lambda: hn.ConstantStepSize(step_size=0.05), hn.BacksolveAdjoint),
+    # binomial checkpointing recomputes the steps in its backward pass; reversible reconstructs them
+    "checkpointed-rk4": (hn.RK4, lambda: hn.ConstantStepSize(step_size=0.05), lambda: hn.DirectBackprop(checkpoints=3)),
+    "reversible-rk4": (
+        lambda: hn.Reversible(hn.RK4()),
+        lambda: hn.ConstantStepSize(step_size=0.05),
+        hn.ReversibleAdjoint,
+    ),
+    # the same solve through an ODEBlock (its counting wrapper kept across passes, in each process)
+    "block-backsolve-dopri5": (hn.Dopri5, lambda: hn.PIDController(rtol=1e-8, atol=1e-10), hn.BacksolveAdjoint),
 }
 
 
@@ -35,8 +44,17 @@ class ODEModel(nn.Module):
         torch.manual_seed(0)
         self.func = Field().double()
         self.case = case
+        if case.startswith("block-"):
+            self.block = hn.nn.ODEBlock(
+                self.func,
+                T,
+                train_settings=hn.nn.SolveSettings("dopri5", rtol=1e-8, atol=1e-10, sensitivity=CASES[case][2]()),
+                return_trajectory=True,
+            )
 
     def forward(self, y0):
+        if self.case.startswith("block-"):
+            return self.block(y0)
         solver, controller, sensitivity = CASES[self.case]
         sol = hn.solve(
             self.func,
