@@ -21,8 +21,10 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
-import torch
 from torch import nn
+
+from .._api import untraced
+from .._tracing import traced
 
 F = TypeVar("F")
 
@@ -30,8 +32,6 @@ F = TypeVar("F")
 _LOCK = threading.Lock()
 
 
-# run as Python inside the user's torch.compile too: Dynamo cannot trace the thread's identity or the lock
-@torch.compiler.disable
 def kept_field(model: nn.Module, key: Hashable, make: Callable[[], F]) -> F:
     """The object ``make()`` built for ``model`` under ``key`` in this thread, the same one on every call.
 
@@ -52,6 +52,12 @@ def kept_field(model: nn.Module, key: Hashable, make: Callable[[], F]) -> F:
         The kept field (a new one on every call when ``key`` cannot be hashed, e.g. a user's callable
         that defines ``__eq__`` only).
     """
+    if traced():  # in the user's torch.compile: Dynamo cannot trace the thread's identity or the lock
+        return _kept_field_untraced(model, key, make)
+    return _kept_field(model, key, make)
+
+
+def _kept_field(model: nn.Module, key: Hashable, make: Callable[[], F]) -> F:
     try:
         hash(key)
     except TypeError:
@@ -95,3 +101,7 @@ def _live(entry: tuple, live: set[int]) -> bool:
     key, thread = entry
     parts = key if isinstance(key, tuple) else (key,)
     return thread.is_alive() and all(id(part) in live for part in parts if isinstance(part, nn.Module))
+
+
+#: :func:`_kept_field` run by the interpreter when the user's torch.compile reaches it
+_kept_field_untraced = untraced(_kept_field)
