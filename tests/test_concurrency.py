@@ -10,6 +10,7 @@ import io
 import pickle
 import sys
 import threading
+import weakref
 
 import torch
 from torch import nn
@@ -164,3 +165,32 @@ def test_memo_filled_from_several_threads_at_once_stays_consistent():
     finally:
         sys.setswitchinterval(interval)
     assert got == [list(range(5000))] * len(got)
+
+
+def test_threads_compiling_one_field_at_once_share_its_graph_cache(monkeypatch):
+    """Two threads that miss a field's graph cache together get one dict: each made its own, and the
+    graphs compiled into the one that lost were compiled again."""
+    from hybrid_node.loop import compiled_step
+
+    both_missed = threading.Barrier(2)
+    waited = set()
+
+    class MissTogether(weakref.WeakKeyDictionary):
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            me = threading.get_ident()
+            if me not in waited:  # each thread's first lookup misses before either thread enters the field
+                waited.add(me)
+                both_missed.wait(timeout=10)
+            return found
+
+    monkeypatch.setattr(compiled_step, "_CACHE", MissTogether())
+    field = torch.nn.Linear(2, 2)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(compiled_step.graphs_of(field))) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(got) == 2 and got[0] is got[1]
+    assert compiled_step._CACHE[field] is got[0]

@@ -27,6 +27,7 @@ Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInducto
 from __future__ import annotations
 
 import os
+import threading
 import traceback
 import types
 import warnings
@@ -60,6 +61,10 @@ _FUNCTIONS: dict = {}
 #: how many function objects of one code may compile before :func:`graphs_of` warns
 FUNCTION_OBJECTS_WARNED = 3
 
+#: guards the first entry of a field: two threads compiling one field at once each made a dict of
+#: its own, and the graphs of one of them were lost and compiled again
+_LOCK = threading.Lock()
+
 
 def graphs_of(owner) -> dict:
     """The compiled graphs cached for the field ``owner`` (empty for a field not compiled before; a
@@ -74,7 +79,11 @@ def graphs_of(owner) -> dict:
     except TypeError:  # an owner that cannot be weakly referenced: compiled per solve
         return {}
     if graphs is None:  # a field object not seen before (a live one stays in the cache)
-        graphs = _CACHE[owner] = {}
+        with _LOCK:
+            graphs = _CACHE.get(owner)
+            if graphs is not None:  # another thread entered it meanwhile
+                return graphs
+            graphs = _CACHE[owner] = {}
         if isinstance(owner, types.FunctionType):
             count = _FUNCTIONS[owner.__code__] = _FUNCTIONS.get(owner.__code__, 0) + 1
             if count == FUNCTION_OBJECTS_WARNED:
