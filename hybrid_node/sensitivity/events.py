@@ -52,6 +52,19 @@ def constant_event_time(t_e: torch.Tensor, y_event: torch.Tensor) -> torch.Tenso
     return t_e + (y_event.reshape(-1)[:1].sum() * 0).to(t_e.dtype)
 
 
+def event_slope(dg_dt: torch.Tensor | None, dg_dy: torch.Tensor | None, f_e: torch.Tensor) -> torch.Tensor | float:
+    """The rate of change of the event function along the solution at the event, dg/dy . f + dg/dt.
+
+    Args:
+        dg_dt, dg_dy: the event function's derivatives at the event (None where it does not use t or y).
+        f_e: the field at the event.
+
+    Returns:
+        The slope, the denominator of the implicit function theorem (0.0 where neither derivative exists).
+    """
+    return (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
+
+
 def event_outputs(
     problem: Problem, term, event_fn: Callable, s_event: float, y_event: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +102,7 @@ def event_outputs(
         return constant_event_time(t_e, y_event), y_event
     with torch.no_grad():
         f_e = user_field(problem, term, s_event, y_fixed)
-        slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (dg_dt if dg_dt is not None else 0.0)
+        slope = event_slope(dg_dt, dg_dy, f_e)
     if not bool(torch.as_tensor(slope) != 0):  # e.g. torch.sign(...): the theorem does not apply, 0/0 is NaN
         return constant_event_time(t_e, y_event), y_event
     shift = -(g_graph - g_graph.detach()) / slope  # zero; its gradient is dt_e/dtheta

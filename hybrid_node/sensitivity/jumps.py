@@ -35,9 +35,9 @@ from .._problem import Problem
 from .._solution import Solution
 from ..loop.dispatch import CheckedEvent
 from ..loop.events import EventIntegration, EventRecord, check_event_controller, integrate_with_events
-from ._backward import dot, user_field
+from ._backward import user_field
 from .event_adjoint import SegmentAdjoint
-from .events import constant_event_time
+from .events import constant_event_time, event_slope
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
 
@@ -136,9 +136,7 @@ def solve_with_events(
                     g_graph = fn(t_user, problem.unflatten(y_s))[k]
                     if g_graph.requires_grad:  # else e.g. t - 1: the time moves with nothing that has a gradient
                         with torch.no_grad():
-                            slope = (dot(dg_dy, f_e) if dg_dy is not None else 0.0) + (
-                                dg_dt if dg_dt is not None else 0.0
-                            )
+                            slope = event_slope(dg_dt, dg_dy, f_e)
             if bool(torch.as_tensor(slope) != 0):
                 shift = -(g_graph - g_graph.detach()) / slope
                 t_e = t_user + shift.to(t_dtype)
