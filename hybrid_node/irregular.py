@@ -27,6 +27,22 @@ import torch
 Tensor = torch.Tensor
 
 
+def zero_unobserved(values: Tensor, mask: Tensor) -> Tensor:
+    """``values`` with every entry where ``mask`` is 0 set to 0.
+
+    Unobserved entries may hold anything, NaN included (a common marker of a missing value); a product
+    ``values * mask`` would keep such a NaN (NaN * 0 is NaN, and so is its gradient), this does not.
+
+    Args:
+        values: observed values.
+        mask: 0/1 tensor broadcastable to ``values``; 1 where a value was observed.
+
+    Returns:
+        A tensor shaped like ``values``.
+    """
+    return torch.where(mask > 0, values, torch.zeros_like(values))
+
+
 @dataclasses.dataclass(frozen=True)
 class IrregularBatch:
     """A padded batch of irregularly sampled series.
@@ -82,12 +98,8 @@ class IrregularBatch:
 
     @property
     def observed_values(self) -> Tensor:
-        """(B, L, D) ``values`` with every unobserved entry set to 0.
-
-        Unobserved entries may hold anything, NaN included (a common marker of a missing value); a
-        product ``values * mask`` would keep such a NaN (NaN * 0 is NaN), this does not.
-        """
-        return torch.where(self.mask > 0, self.values, torch.zeros_like(self.values))
+        """(B, L, D) ``values`` with every unobserved entry set to 0 (see :func:`zero_unobserved`)."""
+        return zero_unobserved(self.values, self.mask)
 
     @property
     def lengths(self) -> Tensor:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ..irregular import IrregularBatch, gather_union, union_grid
+from ..irregular import IrregularBatch, gather_union, union_grid, zero_unobserved
 from ._checks import positive_float, positive_int
 from ._kept import kept_field
 from ._solve import odeint
@@ -60,8 +60,7 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float | Tensor, mask: 
     if bool((std <= 0).any()):
         raise ValueError("the likelihood's std must be positive.")
     if mask is not None:
-        # an unobserved entry may hold NaN: zero it first, since NaN * 0 is NaN (and so is its gradient)
-        x = torch.where(mask > 0, x, torch.zeros_like(x))
+        x = zero_unobserved(x, mask)  # an unobserved entry may hold NaN, which the product below would keep
     logp = -0.5 * math.log(2 * math.pi) - torch.log(std) - 0.5 * ((x - mean) / std) ** 2
     if mask is not None:
         logp = logp * mask

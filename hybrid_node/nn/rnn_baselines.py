@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..irregular import IrregularBatch, check_future_times
+from ..irregular import IrregularBatch, check_future_times, zero_unobserved
 
 Tensor = torch.Tensor
 
@@ -52,8 +52,7 @@ class RNNBaseline(nn.Module):
         self.readout = nn.Linear(hidden, obs_dim)
 
     def _step(self, x: Tensor, m: Tensor, gap: Tensor, h: Tensor) -> Tensor:
-        # where, not x * m: an unobserved entry may hold NaN, and NaN * 0 is NaN
-        parts = [torch.where(m > 0, x, torch.zeros_like(x)), m] + ([gap.unsqueeze(-1)] if self.use_time_gaps else [])
+        parts = [zero_unobserved(x, m), m] + ([gap.unsqueeze(-1)] if self.use_time_gaps else [])
         return self.cell(torch.cat(parts, dim=-1), h)
 
     def _read(self, batch: IrregularBatch, next_after_last: Tensor) -> tuple:
