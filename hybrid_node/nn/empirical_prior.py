@@ -21,9 +21,9 @@ import dataclasses
 
 import torch
 
-from ..irregular import IrregularBatch, union_grid
+from ..irregular import IrregularBatch
 from ._checks import positive_int
-from .latent_ode import LatentODE
+from .latent_ode import LatentODE, _union_grid_in
 
 Tensor = torch.Tensor
 
@@ -101,13 +101,9 @@ class EmpiricalPrior:
             ValueError: when the anchors' latent size differs from the model's.
         """
         self._check(model)
-        positive_int("chunk", chunk)  # 0 failed in range() with a message naming no argument
+        positive_int("chunk", chunk)  # range() would reject 0 with a message that names no argument
         anchors = self.anchors.to(batch.values)  # dtype and device
-        if batch.times.dtype != anchors.dtype:
-            # the solve runs in the anchors' dtype (LatentODE.log_likelihood does the same): times distinct
-            # in a finer dtype that round to one time there must share one union point
-            batch = dataclasses.replace(batch, times=batch.times.to(anchors.dtype))
-        union, index = union_grid(batch)
+        union, index = _union_grid_in(batch, anchors.dtype)  # the solve runs in the anchors' dtype
         states = model.latent_trajectory(anchors, union, t0)  # (U, N, S)
         n = self.anchors.shape[0]
         rows = []

@@ -150,6 +150,17 @@ def _start_time(t0: float | Tensor, times: Tensor) -> Tensor:
     return out.reshape(())
 
 
+def _union_grid_in(batch: IrregularBatch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`~hybrid_node.irregular.union_grid` of ``batch`` with its times cast to ``dtype``, the solve's.
+
+    Casting before the union, not after: times distinct in a finer dtype that round to one time in
+    ``dtype`` must share one union point (rounding keeps them sorted).
+    """
+    if batch.times.dtype != dtype:
+        batch = dataclasses.replace(batch, times=batch.times.to(dtype))
+    return union_grid(batch)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Networks
 class RecognitionRNN(nn.Module):
@@ -443,11 +454,7 @@ class LatentODE(nn.Module):
         """log p(x | z0) of the observed entries of ``scored``: the Gaussian term and the Poisson process
         term of the observation times (None without ``poisson``), each (B,)."""
         self._check_channels(scored, "the scored series")
-        if scored.times.dtype != z0.dtype:
-            # the solve runs in z0's dtype: times distinct in a finer dtype that round to one time there
-            # must share one union point (rounding keeps them sorted)
-            scored = dataclasses.replace(scored, times=scored.times.to(z0.dtype))
-        union, index = union_grid(scored)
+        union, index = _union_grid_in(scored, z0.dtype)
         states = gather_union(self.latent_trajectory(z0, union, t0), index)  # (B, L, state)
         return self.log_likelihood_of_states(states, scored.values, scored.mask)
 
