@@ -174,7 +174,10 @@ def check_future_times(batch: IrregularBatch, times: Tensor) -> None:
     if times.numel() > 1 and bool((times[1:] < times[:-1]).any()):
         raise ValueError("extrapolation times must be sorted (non-decreasing); sort them first.")
     if times.numel() and bool((times[0] < batch.times[:, -1]).any()):
-        raise ValueError("extrapolation times must not precede the last observation of any sample.")
+        raise ValueError(
+            "extrapolation times must not precede the last observation of any sample; start them at or after "
+            "the latest observed time, batch.times[:, -1].max()."
+        )
 
 
 def union_grid(batch: IrregularBatch, extra_times: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -123,7 +123,8 @@ def save_checkpoint(path: PathLike, state: dict[str, Any], include_rng: bool = T
 
 
 def _damaged(path: Path, reason: str) -> CheckpointError:
-    # One line, one full stop: torch's own reasons span lines and end with "." (the CLI printed "saving.. It").
+    # One line, one full stop: torch's own reasons span lines and end with ".", which the sentence below
+    # would double.
     reason = " ".join(reason.split()).rstrip(".")
     return CheckpointError(
         path,
