@@ -265,14 +265,12 @@ class ODEBlock(nn.Module):
         """Convert the parameters and buffers (``.to()``, ``.float()``, ``.cuda()`` ...); the times only move.
 
         ``.float()`` or ``.half()`` of a model converts its weights, not its integration interval: a
-        float64 ``t`` rounded to float32 shortened (1e4, 1e4 + 1e-3) by 2.3%, and ``.double()`` later did
-        not bring the digits back. The times keep their values and dtype and take the new device.
+        float64 ``t`` rounded to float32 would shorten (1e4, 1e4 + 1e-3) by 2.3%, and a later ``.double()``
+        cannot bring the digits back. The times keep their values and dtype and take the new device.
         """
         times = self.t
         super()._apply(fn, recurse)
-        if self.t.device != times.device:
-            times = times.to(self.t.device)
-        self.t = times
+        self.t = times.to(self.t.device)  # the same tensor when the device is unchanged
         return self
 
     @property
@@ -314,7 +312,7 @@ class ODEBlock(nn.Module):
         times = self.t if t is None else _as_times(t)
         # moved, not cast to x's dtype: the solve keeps the times' own precision, as hn.odeint and
         # torchdiffeq's odeint do (cast to float32, the float64 times (1e4, 1e4 + 1e-3) of a float32
-        # state gave an interval 2.3% short); MPS has no float64, so there the times take x's dtype
+        # state would give an interval 2.3% short); MPS has no float64, so there the times take x's dtype
         mps = x.device.type == "mps" and times.dtype == torch.float64 and torch.is_floating_point(x)
         times = times.to(device=x.device, dtype=x.dtype if mps else times.dtype)
         params = [p for p in self.func.parameters() if p.requires_grad] if isinstance(self.func, nn.Module) else []
