@@ -323,7 +323,7 @@ def check_t_dtype(t_dtype: object) -> None:
         TypeError: an integer, boolean or non-dtype ``t_dtype``.
     """
     if t_dtype is not None and not (isinstance(t_dtype, torch.dtype) and t_dtype.is_floating_point):
-        # an integer or boolean time would be truncated (func saw t = 0 throughout a solve on [0, 1])
+        # an integer or boolean time would be truncated (func would see t = 0 throughout a solve on [0, 1])
         raise TypeError(
             f"t_dtype must be a floating torch dtype such as torch.float64 (the dtype of the time handed to "
             f"func), got {t_dtype!r}."

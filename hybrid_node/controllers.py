@@ -249,8 +249,7 @@ def _from_numpy(tol):
     array), a float64 tensor for an array of per-component values; any other value unchanged.
 
     torchdiffeq accepts NumPy tolerances (its arithmetic takes them as it takes floats); the checks
-    and the loops here read floats and tensors, and refused NumPy values as not "finite and
-    non-negative" whatever they held.
+    and the loops here read only floats and tensors, so NumPy values are converted once, up front.
 
     Args:
         tol: ``rtol`` or ``atol`` as given.

@@ -7,12 +7,12 @@ here instead and set what changes between solves (a tensor of time gaps, probe n
 object before each solve; the compiled graphs take those tensors as inputs.
 
 Because the kept object carries per-solve state, every thread that solves with a model has its own:
-one shared across threads took another thread's time gaps between being set and being solved with (an
-``ODERNN`` evolved from four threads at once gave wrong states 114 times in 120, off by up to 0.66) and
-mixed the threads' evaluation counts (with ``compile=True`` each thread now compiles its graphs once).
-And every model object has its own: ``nn.DataParallel``'s replicas copy the model's ``__dict__``
-shallowly, and one dict shared with them had the model's entries dropped by every replica's solve (as
-fields of modules that were no longer the model's).
+shared, one thread's time gaps could be replaced by another's between being set and being solved with
+(four threads evolving one ``ODERNN`` gave silently wrong states in 114 runs of 120), and the threads'
+evaluation counts would mix. With ``compile=True`` each thread compiles its graphs once. And every
+model object has its own: ``nn.DataParallel``'s replicas copy the model's ``__dict__`` shallowly, so a
+dict shared with them would have the model's entries dropped by every replica's solve (as fields of
+modules that are not the replica's).
 """
 
 from __future__ import annotations

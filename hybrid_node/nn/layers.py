@@ -204,11 +204,18 @@ class ConvDynamics(nn.Module):
         self.norm3 = nn.GroupNorm(groups, channels)
 
     def forward(self, t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
-        """The field at (t, y) for ``y`` of shape (N, channels, H, W).
+        """The field at (t, y).
+
+        Args:
+            t: the time, a scalar (tensor or float).
+            y: the state, shape (N, channels, H, W).
+
+        Returns:
+            The field, shaped like ``y``.
 
         Raises:
-            ValueError: ``y`` is not (N, channels, H, W) (GroupNorm's own message named neither the
-                field nor the expected shape, e.g. for an unbatched (C, H, W) image).
+            ValueError: ``y`` is not (N, channels, H, W); checked here because GroupNorm's own message
+                names neither the field nor the expected shape (e.g. for an unbatched (C, H, W) image).
         """
         if y.dim() != 4 or y.shape[1] != self.channels:
             raise ValueError(

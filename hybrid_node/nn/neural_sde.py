@@ -176,8 +176,8 @@ class LatentSDE(nn.Module):
         dt: float = 2e-2,
     ):
         super().__init__()
-        # checked here, naming the argument: a bad one failed later inside nn.GRU or torch.empty, and a
-        # non-positive obs_std only at the first forward pass, inside torch.distributions.Normal
+        # checked here so that the message names the argument: otherwise a bad size fails inside nn.GRU or
+        # torch.empty, and a non-positive obs_std only at the first forward pass, inside torch.distributions
         for name, value in (
             ("data_dim", data_dim),
             ("latent_dim", latent_dim),
