@@ -167,7 +167,10 @@ def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = 
         tol = tuple(tol.unbind(0))  # torchdiffeq's reading: one tolerance per state tensor
     if layout is not None and isinstance(tol, (tuple, list)):
         if len(tol) != n_parts:
-            raise ValueError(f"a tolerance tuple needs one entry per state tensor ({n_parts}).")
+            raise ValueError(
+                f"{name} has {len(tol)} entries, but a tolerance tuple needs one entry per state tensor ({n_parts}); "
+                "give one per tensor, or a single number for all."
+            )
         parts = []
         for i, (v, s) in enumerate(zip(tol, layout.shapes)):
             v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
@@ -175,7 +178,8 @@ def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = 
                 parts.append(v.expand(s).reshape(-1))
             except RuntimeError:
                 raise ValueError(  # noqa: B904 - the expand error adds nothing
-                    f"{name}[{i}] of shape {tuple(v.shape)} does not broadcast to state tensor {i} of shape {tuple(s)}."
+                    f"{name}[{i}] of shape {tuple(v.shape)} does not broadcast to state tensor {i} of shape "
+                    f"{tuple(s)}; give a number or a tensor of that tensor's shape (or one that broadcasts to it)."
                 )
         return torch.cat(parts)
     tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
@@ -285,7 +289,7 @@ class Problem:
         return ys if self.layout is None else self.layout.unflatten(ys)
 
 
-def check_step_times(name: str, times, sign: float) -> tuple[float, ...]:
+def check_step_times(name: str, times: torch.Tensor | Sequence[Any], sign: float) -> tuple[float, ...]:
     """Validate ``jump_t`` or ``step_t`` and return it in solver time: host floats, increasing.
 
     Args:
