@@ -125,7 +125,15 @@ class NeuralSDE(nn.Module):
         return self.diffusion(t, y)
 
     def forward(self, y0: Tensor, ts: Tensor | Sequence[float], bm=None) -> Tensor:
-        """Sample paths from ``y0`` (batch, d) at ``ts``: shape (len(ts), batch, d).
+        """Sample paths from ``y0`` at ``ts``.
+
+        Args:
+            y0: initial states, shape (batch, d).
+            ts: output times, 1-D.
+            bm: Brownian motion over [ts[0], ts[-1]], as for :func:`hybrid_node.sdeint` (None: a new one).
+
+        Returns:
+            The paths, shape (len(ts), batch, d).
 
         Raises:
             ValueError: as for :func:`hybrid_node.sdeint`, and for a plain-callable drift or diffusion
@@ -241,7 +249,12 @@ class LatentSDE(nn.Module):
         return mean, logstd.exp(), self.to_context(out)
 
     def forward(self, xs: Tensor, ts: Tensor | Sequence[float], kl_weight: float = 1.0) -> LatentSDELoss:
-        """The negative ELBO of observations xs (T, batch, data_dim) at times ts (T,).
+        """The negative ELBO of the observations.
+
+        Args:
+            xs: observations, shape (T, batch, data_dim), time first.
+            ts: their times, shape (T,).
+            kl_weight: weight of the KL terms (1: the ELBO itself).
 
         Returns:
             :class:`LatentSDELoss`; ``loss`` is normalised per observed value.
@@ -266,7 +279,15 @@ class LatentSDE(nn.Module):
 
     @torch.no_grad()
     def sample_posterior(self, xs: Tensor, ts: Tensor | Sequence[float], n: int = 1) -> Tensor:
-        """Decoded posterior sample paths given xs (T, batch, data_dim): (T, n * batch, data_dim).
+        """Decoded posterior sample paths given the observations.
+
+        Args:
+            xs: observations, shape (T, batch, data_dim), time first.
+            ts: their times, shape (T,).
+            n: sample paths per series.
+
+        Returns:
+            The paths, shape (T, n * batch, data_dim).
 
         Raises:
             ValueError: ``xs`` is not (T, batch, data_dim) or ``ts`` does not hold T times.
