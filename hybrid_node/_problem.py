@@ -323,6 +323,9 @@ def check_step_times(name: str, times: torch.Tensor | Sequence[Any], sign: float
 def check_t_dtype(t_dtype: object) -> None:
     """Refuse a ``t_dtype`` that is not a floating torch dtype (None, the default, passes).
 
+    Args:
+        t_dtype: the dtype of the time handed to ``func``, as given to the solve.
+
     Raises:
         TypeError: an integer, boolean or non-dtype ``t_dtype``.
     """
