@@ -383,3 +383,30 @@ class Checkpoints:
                 "checkpoint to train that model from the start."
             ) from e
         return state
+
+
+def resume_job(
+    ckpts: Checkpoints | None,
+    job: str,
+    objects: Mapping[str, Any],
+    required: Sequence[str] = ("step", "total", "history"),
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint file of the training loop ``job`` and, when resuming, its restored state.
+
+    Args:
+        ckpts: the command's checkpoints (None: the loop checkpoints nothing).
+        job: the loop's name (``checkpoints/<job>.pt``).
+        objects: as for :meth:`Checkpoints.load`.
+        required: as for :meth:`Checkpoints.load`.
+
+    Returns:
+        ``(path, state)``: the file (None without ``ckpts`` or a run folder) and the stored dict (None: the
+        loop starts from its first step).
+
+    Raises:
+        CheckpointError, ResumeError: as :meth:`Checkpoints.load`.
+    """
+    if ckpts is None:
+        return None, None
+    path = ckpts.path(job)
+    return path, ckpts.load(path, objects, required)

@@ -29,7 +29,7 @@ from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Dupont et al. 2019: plain vs augmented Neural ODEs on g1d and concentric spheres (loss, NFE, trajectories)."
@@ -151,8 +151,7 @@ def train_flow(
     gen = torch.Generator().manual_seed(seed)
     hist: dict[str, list[float]] = {"loss": [], "nfe": []}
     objects = {"model": model, "optimizer": opt, "generator": gen}
-    ckpt = None if checkpoints is None else checkpoints.path(job)
-    state = None if checkpoints is None else checkpoints.load(ckpt, objects)
+    ckpt, state = resume_job(checkpoints, job, objects)
     done = 0 if state is None else state["step"]  # a finished model (done == iters) is not trained again
     if state is not None:
         hist = state["history"]

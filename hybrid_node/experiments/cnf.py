@@ -43,7 +43,7 @@ from ..solvers.base import ExternalSolver
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Continuous normalizing flows on toy 2-D densities (test NLL, NFE; --compare-nf, --regularize)."
@@ -180,7 +180,7 @@ def checkpoints(cfg: CNFExperimentConfig, folder: Path | None, resume: bool = Fa
         The :class:`~hybrid_node.experiments._output.Checkpoints` of the run.
     """
     settings = resume_settings(cfg, RESUMABLE_SETTINGS)
-    if cfg.step_size is None:  # runs from before --step-size stored none: an adaptive run means the same
+    if cfg.step_size is None:  # an adaptive run stores no step_size: checkpoints written without the setting match
         del settings["step_size"]
     return Checkpoints(
         folder,
@@ -220,8 +220,7 @@ def _fit(
     """
     rng = np.random.default_rng(cfg.seed)  # the data stream: its state is checkpointed with the weights
     objects = {"model": model, "optimizer": opt, "data": rng}
-    ckpt = None if ckpts is None else ckpts.path(job)
-    state = None if ckpts is None else ckpts.load(ckpt, objects)
+    ckpt, state = resume_job(ckpts, job, objects)
     done = 0 if state is None else state["step"]  # a finished model (done == iters) is not trained again
     if state is not None:
         hist = state["history"]

@@ -33,7 +33,7 @@ from .._api import odeint
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
@@ -168,8 +168,7 @@ def train_model(
     zero = torch.zeros(())
     history: list[float] = []
     objects = {"model": model, "optimizer": opt}
-    ckpt = None if ckpts is None else ckpts.path(job)
-    state = None if ckpts is None else ckpts.load(ckpt, objects, ("step", "total", "history", "seconds"))
+    ckpt, state = resume_job(ckpts, job, objects, ("step", "total", "history", "seconds"))
     done, before = (0, 0.0) if state is None else (state["step"], state["seconds"])  # done == iters: finished
     if state is not None:
         history = state["history"]

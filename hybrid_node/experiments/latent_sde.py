@@ -27,7 +27,7 @@ from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Train a latent SDE (Li et al. 2020) on noisy Ornstein-Uhlenbeck sample paths; plots posterior samples."
@@ -135,8 +135,7 @@ def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None
     hist: dict[str, list[float]] = {"iter": [], "loss": [], "kl": []}
     gen = torch.Generator().manual_seed(s.seed + 1)
     objects = {"model": model, "optimizer": opt, "scheduler": sched, "generator": gen}
-    ckpt = None if ckpts is None else ckpts.path("latent_sde")
-    state = None if ckpts is None else ckpts.load(ckpt, objects, ("step", "total", "history", "seconds"))
+    ckpt, state = resume_job(ckpts, "latent_sde", objects, ("step", "total", "history", "seconds"))
     done, before = (0, 0.0) if state is None else (state["step"], state["seconds"])  # done == iters: finished
     if state is not None:
         hist = state["history"]

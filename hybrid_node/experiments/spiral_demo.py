@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from .._api import odeint, odeint_adjoint
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
@@ -206,9 +206,8 @@ def train(s: DemoSettings, progress: bool = True, ckpts: Checkpoints | None = No
 
     total = s.iters * s.max_cycles
     objects: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": new_cycle(), "generator": gen}
-    ckpt = None if ckpts is None else ckpts.path("demo")
     required = ("step", "total", "history", "seconds", "best", "stop", "observation_mae")
-    state = None if ckpts is None else ckpts.load(ckpt, objects, required)
+    ckpt, state = resume_job(ckpts, "demo", objects, required)
     it, before = 0, 0.0
     best: tuple[float, dict, int] | None = None  # (error vs data, parameters, cycle) of the best cycle so far
     stop: str | None = None  # why training ended; set once it has (a resumed finished run trains no more)
