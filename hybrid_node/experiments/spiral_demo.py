@@ -226,7 +226,8 @@ def train(s: DemoSettings, progress: bool = True, ckpts: Checkpoints | None = No
         finished, done = divmod(it, s.iters)  # cycles finished, iterations done in the current one
         cycle = finished + 1
         if done == 0 and it > 0:
-            objects["scheduler"] = new_cycle()  # the checkpoint was taken at the end of the last cycle
+            # a new cycle, also after resuming: a checkpoint at a cycle's end holds that cycle's spent schedule
+            objects["scheduler"] = new_cycle()
         sched = objects["scheduler"]
         desc = "spiral demo" if s.max_cycles == 1 else f"spiral demo, cycle {cycle}"
         for k in progress_bar(range(done + 1, s.iters + 1), desc=desc, enabled=progress):

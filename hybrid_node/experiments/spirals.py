@@ -235,9 +235,11 @@ def _check_same_settings(stored: Mapping[str, Any], s: SpiralsSettings, where: P
     check_same_settings(stored, training_settings(s), where, RESUMABLE_SETTINGS, _OPTIONS)
 
 
-def _checkpoints(s: SpiralsSettings, resume: bool) -> Checkpoints:
+def _checkpoints(s: SpiralsSettings, resume: bool, folder: Path | None = None) -> Checkpoints:
     """How the training runs of ``s`` checkpoint and resume (their files are named by :func:`checkpoint_path`)."""
-    return Checkpoints(None, "spirals", training_settings(s), RESUMABLE_SETTINGS, s.checkpoint_every, resume, _OPTIONS)
+    return Checkpoints(
+        folder, "spirals", training_settings(s), RESUMABLE_SETTINGS, s.checkpoint_every, resume, _OPTIONS
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -752,7 +754,7 @@ def run_experiment(
             _check_same_settings(results["settings"], s, results_path)
     # Before anything is written or trained: every checkpoint this run continues must be readable and
     # from the same settings.
-    dataclasses.replace(_checkpoints(s, resume), folder=out).check_stored(checkpoint_paths(out, s))
+    _checkpoints(s, resume, out).check_stored(checkpoint_paths(out, s))
     results["settings"] = dataclasses.asdict(s)
     atomic_write_json(results_path, results, indent=2)
     rows = results.setdefault("rmse", {})
