@@ -289,6 +289,21 @@ class Checkpoints:
     resume: bool = False
     options: Mapping[str, str] | None = None
 
+    @classmethod
+    def of(
+        cls,
+        folder: Path | None,
+        command: str,
+        settings: Any,
+        resumable: frozenset[str],
+        every: int,
+        resume: bool = False,
+        options: Mapping[str, str] | None = None,
+    ) -> Checkpoints:
+        """The checkpoints of a run of ``settings`` (a dataclass or a mapping), which keep its
+        :func:`resume_settings`; the other arguments are the attributes of the same names."""
+        return cls(folder, command, resume_settings(settings, resumable), resumable, every, resume, options)
+
     def path(self, name: str) -> Path | None:
         """The checkpoint file of the loop ``name`` (None without a folder)."""
         return None if self.folder is None else self.folder / "checkpoints" / f"{name}.pt"

@@ -29,7 +29,7 @@ from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
 HELP = "Dupont et al. 2019: plain vs augmented Neural ODEs on g1d and concentric spheres (loss, NFE, trajectories)."
@@ -246,14 +246,8 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint_every": args.checkpoint_every,
     }
     folder = open_run(args.out, "anode", args.resume, run_kind="an anode run")
-    checkpoints = Checkpoints(
-        folder,
-        "anode",
-        resume_settings(settings, RESUMABLE_SETTINGS),
-        RESUMABLE_SETTINGS,
-        args.checkpoint_every,
-        args.resume,
-        _OPTIONS,
+    checkpoints = Checkpoints.of(
+        folder, "anode", settings, RESUMABLE_SETTINGS, args.checkpoint_every, args.resume, _OPTIONS
     )
     checkpoints.check_stored()  # before anything is trained: a run of other settings is refused
     rows: list[dict[str, Any]] = []

@@ -33,7 +33,7 @@ from .._api import odeint
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
 HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
@@ -303,14 +303,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
     folder = open_run(args.out, "hnn", args.resume)
     settings = {name: getattr(args, name) for name in SETTINGS}
-    ckpts = Checkpoints(
-        folder,
-        "hnn",
-        resume_settings(settings, RESUMABLE_SETTINGS),
-        RESUMABLE_SETTINGS,
-        args.checkpoint_every,
-        args.resume,
-    )
+    ckpts = Checkpoints.of(folder, "hnn", settings, RESUMABLE_SETTINGS, args.checkpoint_every, args.resume)
     ckpts.check_stored()  # before anything is trained: a run of other settings is refused
     rows = []
     for task in args.tasks:

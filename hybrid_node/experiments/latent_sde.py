@@ -27,7 +27,7 @@ from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
 HELP = "Train a latent SDE (Li et al. 2020) on noisy Ornstein-Uhlenbeck sample paths; plots posterior samples."
@@ -93,21 +93,6 @@ def make_data(s: LatentSDESettings, n: int | None = None, seed: int | None = Non
 #: Settings a resumed run may change; every other one shapes the trained weights.
 RESUMABLE_SETTINGS = frozenset({"checkpoint_every"})
 _OPTIONS = {"iters": "--iters (--quick)"}
-
-
-def checkpoints(s: LatentSDESettings, folder: Path | None, resume: bool = False) -> Checkpoints:
-    """How the training of ``s`` checkpoints into ``folder`` (None: not at all) and resumes.
-
-    Args:
-        s: the run's settings.
-        folder: the run folder.
-        resume: continue from the checkpoint in ``folder``.
-
-    Returns:
-        The :class:`~hybrid_node.experiments._output.Checkpoints` of the run.
-    """
-    settings = resume_settings(s, RESUMABLE_SETTINGS)
-    return Checkpoints(folder, "sde", settings, RESUMABLE_SETTINGS, s.checkpoint_every, resume, _OPTIONS)
 
 
 def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None = None) -> dict:
@@ -250,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
         )
     folder = open_run(args.out, "sde", args.resume, run_kind="an sde run")
-    ckpts = checkpoints(s, folder, args.resume)
+    ckpts = Checkpoints.of(folder, "sde", s, RESUMABLE_SETTINGS, s.checkpoint_every, args.resume, _OPTIONS)
     ckpts.check_stored()  # before anything is trained: a run of other settings is refused
     r = train(s, progress=not args.no_progress, ckpts=ckpts)
     m = r["metrics"]

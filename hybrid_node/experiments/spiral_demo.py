@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from .._api import odeint, odeint_adjoint
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
+from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
 HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
@@ -156,21 +156,6 @@ def _box_grid(y: torch.Tensor, n: int = 25) -> torch.Tensor:
 #: Settings a resumed run may change; every other one shapes the trained weights.
 RESUMABLE_SETTINGS = frozenset({"checkpoint_every"})
 _OPTIONS = {"iters": "--iters (--quick)", "test_every": "--iters (--quick)"}
-
-
-def checkpoints(s: DemoSettings, folder: Path | None, resume: bool = False) -> Checkpoints:
-    """How the training of ``s`` checkpoints into ``folder`` (None: not at all) and resumes.
-
-    Args:
-        s: the run's settings.
-        folder: the run folder.
-        resume: continue from the checkpoint in ``folder``.
-
-    Returns:
-        The :class:`~hybrid_node.experiments._output.Checkpoints` of the run.
-    """
-    settings = resume_settings(s, RESUMABLE_SETTINGS)
-    return Checkpoints(folder, "demo", settings, RESUMABLE_SETTINGS, s.checkpoint_every, resume, _OPTIONS)
 
 
 def train(s: DemoSettings, progress: bool = True, ckpts: Checkpoints | None = None) -> dict:
@@ -416,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
         )
     folder = open_run(args.out, "demo", args.resume)
-    ckpts = checkpoints(s, folder, args.resume)
+    ckpts = Checkpoints.of(folder, "demo", s, RESUMABLE_SETTINGS, s.checkpoint_every, args.resume, _OPTIONS)
     ckpts.check_stored()  # before anything is trained: a run of other settings is refused
     result = train(s, progress=not args.no_progress, ckpts=ckpts)
     m = result["metrics"]
