@@ -15,9 +15,11 @@ Theorem 4.2). A drift is the exact flow of its part only when dq/dt does not dep
 only when dp/dt does not depend on p): on other fields these methods lose their order as well as
 their symplecticity.
 
-Time dependence: the field is evaluated at the time reached by the drifts so far (time behaves as a
-position-like coordinate), which keeps the order of the symmetric compositions for non-autonomous
-fields that are separable at every fixed time.
+Time dependence: time moves with the drifts (a position-like coordinate). A kick evaluates the field
+at the time reached by the drifts so far, a drift at the midpoint of its own time interval (the
+symmetric rule for its sub-flow when dq/dt depends on t: a drift at its start time is first order and
+drags every method down to order 1). Each Verlet step stays symmetric, so the compositions keep their
+order for non-autonomous fields that are separable at every fixed time.
 
 References:
     Hairer, Lubich, Wanner, Geometric Numerical Integration, 2nd ed., Springer 2006, Sections I.1.2
@@ -173,7 +175,9 @@ class PartitionedComposition(AbstractSolver):
                 p = p + (a * dt) * f(time, torch.cat((q, p), dim=-1))[..., n_q:]
             if i < len(self.drifts) and self.drifts[i] != 0.0:
                 b = self.drifts[i]
-                q = q + (b * dt) * f(time, torch.cat((q, p), dim=-1))[..., :n_q]
+                # the drift's field at its own midpoint time: the time moves with the drift, so this is
+                # the symmetric (midpoint) rule for its sub-flow when dq/dt depends on t (order 1 else)
+                q = q + (b * dt) * f(time + 0.5 * b * dt, torch.cat((q, p), dim=-1))[..., :n_q]
                 time = time + b * dt
         return SymplecticStep(torch.cat((q, p), dim=-1))
 
