@@ -122,3 +122,30 @@ def test_space_time_area_of_a_short_interval_late_in_a_long_one(dtype):
     assert abs(float(w.var()) / h - 1) < tol
     assert abs(float(u.var()) / (h**3 / 3) - 1) < tol
     assert abs(float((w * u).mean()) / (h**2 / 2) - 1) < tol  # Cov(dW, U) = h^2 / 2
+
+
+@pytest.mark.parametrize("dt", [None, 0.1])
+def test_a_given_end_value_and_space_time_area_are_conditioned_on(dt):
+    # torchsde's W and H: the increment and space-time area over [t0, t1]. A dt hint used to drop W (the
+    # grid was drawn unconditioned), and H was always dropped. For h = 1 and W(1) = 0 the path is a bridge
+    # B with H = int B ds, and (B(s), H) is Gaussian with Var B(s) = s (1 - s), Cov(B(s), H) = s (1 - s) / 2,
+    # Var H = 1/12: so E[W(1/2) | H] = 3/2 H and Var[W(1/2) | H] = 1/4 - 3/16 = 1/16.
+    n, hh = 40000, 0.2
+    w_end, h_end = torch.zeros(n, dtype=torch.float64), torch.full((n,), hh, dtype=torch.float64)
+    bm = hn.BrownianInterval(
+        0.0, 1.0, (n,), dtype=torch.float64, entropy=4, dt=dt, levy_area_approximation="space-time", W=w_end, H=h_end
+    )
+    w, u = bm(0.0, 1.0, return_U=True)
+    torch.testing.assert_close(w, w_end, rtol=0, atol=0)
+    torch.testing.assert_close(u, 0.5 * w_end + h_end, rtol=1e-12, atol=1e-12)  # U = h (W / 2 + H), torchsde's
+    mid = bm(0.0, 0.5)
+    torch.testing.assert_close(mid + bm(0.5, 1.0), w_end, rtol=0, atol=1e-12)  # the halves add up to W
+    # 5 standard errors: of the mean sqrt(1/16 / n), of a variance ratio sqrt(2 / n)
+    assert abs(float(mid.mean()) - 1.5 * hh) < 5 * math.sqrt(1 / 16 / n)
+    assert abs(float(mid.var()) * 16 - 1) < 5 * math.sqrt(2 / n)
+    # W alone, with the grid hint: the bridge law Var W(0.3) = 0.3 * 0.7 (not 0.3, the unconditioned one)
+    bm = hn.BrownianInterval(0.0, 1.0, (n,), dtype=torch.float64, entropy=5, dt=dt, W=w_end)
+    torch.testing.assert_close(bm(0.0, 1.0), w_end, rtol=0, atol=0)
+    assert abs(float(bm(0.3).var()) / 0.21 - 1) < 5 * math.sqrt(2 / n)
+    with pytest.raises(ValueError, match="H must have shape"):
+        hn.BrownianInterval(0.0, 1.0, (n,), H=torch.zeros(2), levy_area_approximation="space-time")

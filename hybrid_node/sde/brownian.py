@@ -57,9 +57,11 @@ class BrownianInterval:
         tol, pool_size, cache_size, halfway_tree: accepted for torchsde compatibility and ignored (every
             knot is kept, so no cache or tolerance is needed).
         W: optional value of W(t1) - W(t0) to condition on (a Brownian bridge).
+        H: optional space-time Levy area over [t0, t1], H = U / (t1 - t0) - W / 2 (torchsde's), to condition
+            on; used when the Levy area approximation is not "none".
 
     Raises:
-        ValueError: t1 <= t0, an unknown Levy area approximation, a W of the wrong shape.
+        ValueError: t1 <= t0, an unknown Levy area approximation, a W or H of the wrong shape.
     """
 
     def __init__(
@@ -116,16 +118,21 @@ class BrownianInterval:
         self._cell_u: torch.Tensor | None = None
         self._materialised = False
         self._grid_end: list[float] = []
-        if dt is not None and dt < h:
+        for name, given in (("W", W), ("H", H)):
+            if given is not None and tuple(given.shape) != tuple(self._size):
+                raise ValueError(f"{name} must have shape {tuple(self._size)} (the size), got {tuple(given.shape)}.")
+        if dt is not None and dt < h and W is None and H is None:
+            # The grid's cells are drawn unconditioned, so a given W or H (which the cells would have to
+            # sum to) skips the grid: the knots are then bridged from the conditioned end, one by one.
             self._sample_grid(dt)
         else:
-            if W is not None and tuple(W.shape) != tuple(self._size):
-                raise ValueError(f"W must have shape {tuple(self._size)} (the size), got {tuple(W.shape)}.")
             w1, k1 = self._fresh(t1, h, 0.0)
             if W is not None:
                 w1 = W.to(device=self._device, dtype=self._dtype)
-                # int W du over [t0, t1] given W(t1): h W/2 + the independent space-time area.
-                k1 = h * (0.5 * w1 + math.sqrt(h / 12) * self._randn(t1 + 0.5))
+            if W is not None or H is not None:
+                # int W du over [t0, t1] = h (W / 2 + H), H the space-time area (independent of W).
+                hh = math.sqrt(h / 12) * self._randn(t1 + 0.5) if H is None else H.to(self._device, self._dtype)
+                k1 = h * (0.5 * w1 + hh)
             self._insert(t1, w1, k1)
 
     # --- properties (torchsde names) -------------------------------------------------------------------
