@@ -25,8 +25,8 @@ from .._solution import Solution
 from ..loop import to_solution
 from ..loop.host import Integration
 from ..solvers.reversible import Reversible, ReversibleState
-from ._backward import first_order_only, no_second_derivative
-from ._replay import backprop_step, check_replayable, differentiable_params, outputs_after, record_forward
+from ._backward import first_order_only, no_second_derivative, resolve_params
+from ._replay import backprop_step, check_replayable, outputs_after, record_forward
 from .base import AbstractSensitivity
 
 
@@ -88,8 +88,9 @@ class ReversibleAdjoint(AbstractSensitivity):
     The solver must be ``hn.Reversible(base, coupling)`` (``odeint_adjoint(..., adjoint_options=
     {"reversible": True})`` wraps the method for you). Fixed steps (``ConstantStepSize``) or adaptive
     steps (``PIDController``; the accepted step sizes are kept, one float each). Output times are step
-    ends. Gradients for y0 and the parameters (``adjoint_params`` or ``func.parameters()``); not for
-    ``t``, and no events.
+    ends. Gradients for y0 and the parameters (``adjoint_params`` or ``func.parameters()``; a plain
+    function needs ``adjoint_params``, ``()`` if it has none, as the other adjoints); not for ``t``, and
+    no events.
 
     Reference: McCallum & Foster 2024, arXiv:2410.11648.
     """
@@ -109,7 +110,8 @@ class ReversibleAdjoint(AbstractSensitivity):
             The Solution, differentiable with respect to y0 and the parameters.
 
         Raises:
-            ValueError: the solver is not ``Reversible``, an event function was given or ``t`` requires grad.
+            ValueError: the solver is not ``Reversible``, an event function was given, ``t`` requires grad,
+                or ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given (``()`` if none).
             TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
             SolverError: the adaptive solve failed (max steps, step-size underflow) or an output is not
                 finite, with ``throw`` (else the status is reported and the outputs not reached are NaN).
@@ -120,7 +122,9 @@ class ReversibleAdjoint(AbstractSensitivity):
                 "hn.Reversible(hn.Tsit5())."
             )
         check_replayable(problem, event_fn, "ReversibleAdjoint")
-        params = differentiable_params(problem, adjoint_params)
+        # the other adjoints' (and odeint_adjoint's, torchdiffeq's) rule: a plain function's tensors are
+        # unknown, and a closure's weights would silently get no gradient (direct backprop gives them one)
+        params = resolve_params(problem.func, adjoint_params)
         recorded: list[Integration] = []
         ys = _ReversibleSolve.apply(problem, problem.solver, throw, recorded, problem.y0, *params)
         # the same checks as the other loops' results (a fixed grid's non-finite output, the status)
