@@ -118,3 +118,26 @@ def test_a_failing_element_is_named_and_the_others_keep_their_results():
         alone = hn.solve(field, y0[: i + 1], T, controller=ctrl).ys[:, i]
         # the same per-sample steps for the element, alone or beside the failing one: bit for bit
         assert torch.equal(sol.ys[:, i], alone), i
+
+
+def test_an_element_failing_early_does_not_cut_the_others_short():
+    """Element 1 turns infinite at t > 0.01 and fails within a few dozen batched steps, before the
+    stiff lam = 50 element reaches t = 2: with throw=False the others still run to the end and
+    equal their solves alone (they stopped with the failure, and the lam = 50 element's last
+    output was NaN)."""
+
+    def early(t, y):
+        out = field(t, y)
+        return torch.where((torch.arange(y.shape[0]) == 1)[:, None] & (t.reshape(-1, 1) > 0.01), math.inf, out)
+
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+    ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, per_sample=True)
+    with pytest.raises(hn.SolverError, match=r"non-finite state in sample\(s\) \[1\] of 4"):
+        hn.solve(early, y0, T, controller=ctrl)
+    sol = hn.solve(early, y0, T, controller=ctrl, throw=False)
+    assert sol.status is hn.Status.NONFINITE
+    assert torch.isnan(sol.ys[1:, 1]).all()
+    for i in (0, 2, 3):
+        alone = hn.solve(field, y0[: i + 1], T, controller=ctrl).ys[:, i]
+        # the element's own per-sample steps, with or without the failing one beside it: bit for bit
+        assert torch.equal(sol.ys[:, i], alone), i

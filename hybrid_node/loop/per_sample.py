@@ -86,11 +86,15 @@ def integrate_per_sample(
         y0: initial state of shape (batch, ...).
         ts: increasing output times (host floats, solver time).
         rtol, atol: tolerances (floats or tensors broadcastable to the state).
-        throw: raise SolverError on failure, else report the status.
+        throw: raise SolverError on failure, else report the status. Without ``throw`` an element
+            whose solve fails (step size underflow, non-finite state) stops there, its later outputs
+            NaN, and the others go on to the end: each element's outputs are what it gets alone.
 
     Returns:
         Integration with the states at ``ts``. Its stats count batched steps: ``n_accepted`` the
-        steps in which some element was accepted, ``n_rejected`` those in which none was.
+        steps in which some element was accepted, ``n_rejected`` those in which none was. Its status
+        is the failure of a failed element (NONFINITE where any failed for a non-finite state), at
+        the earliest time where one failed.
 
     Raises:
         SolverError: max_num_steps reached, step-size underflow or a non-finite state, when ``throw``.
@@ -136,6 +140,10 @@ def integrate_per_sample(
     dense = tab.dense
     outs = [y0] + [torch.full_like(y0, math.nan) for _ in ts[1:]]
     y = y0
+    # the elements whose solve failed (throw=False): they stop, the others are independent of them
+    stopped = torch.zeros(batch, dtype=torch.bool, device=dev)
+    failures: list[int] = []
+    fail_status, fail_t = Status.SUCCESS, math.inf
     n_iter = 0
     last = tab.stages - 1
     while True:
@@ -143,7 +151,7 @@ def integrate_per_sample(
             return _failed(Status.MAX_STEPS, t, outs, stats, term, throw, f"max_num_steps={controller.max_num_steps}")
         n_iter += 1
         with torch.no_grad():
-            done = t >= t_end
+            done = (t >= t_end) | stopped
             # no 1% stretch here (stretch 1.0): an element lands on t_end only when its step reaches it
             lands, h, t_new = core.landing(TENSOR, t, dt, t_end, c.max_step, stretch=1.0)
             lands = lands & ~done
@@ -200,7 +208,7 @@ def integrate_per_sample(
             t = torch.where(accept, t_new, t)
             dt_next, r_prev, r_prev2 = core.propose(TENSOR, c, h, ratio, accept, r_prev, r_prev2)
             # an element rejected with a non-finite ratio is the per-element ``last_nonfinite``
-            dt_next, code = core.settle(TENSOR, c, t >= t_end, t, dt_next, h, ~finite & ~accept)
+            dt_next, code = core.settle(TENSOR, c, (t >= t_end) | stopped, t, dt_next, h, ~finite & ~accept)
             dt = torch.where(~done, dt_next, dt)
         if all_done:
             break
@@ -208,15 +216,31 @@ def integrate_per_sample(
             bad, nonfinite = torch.stack([(code > core.SUCCESS).any(), (code == core.NONFINITE).any()]).tolist()
         if bad:
             status = Status.NONFINITE if nonfinite else Status.STEP_UNDERFLOW
-            # name the samples that failed: the others' outputs are theirs, and were (or can be) reached
-            rows = (code == core.NONFINITE) if nonfinite else (code > core.SUCCESS)
-            failed = rows.nonzero().reshape(-1).tolist()
-            what = "non-finite state" if nonfinite else "step size underflow"
-            more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
-            detail = f"per-sample {what} in sample(s) {failed[:10]}{more} of {batch}"
-            return _failed(status, t[failed[0]], outs, stats, term, throw, detail)
+            if throw:  # name the samples that failed: the others' outputs are theirs
+                rows = (code == core.NONFINITE) if nonfinite else (code > core.SUCCESS)
+                failed = rows.nonzero().reshape(-1).tolist()
+                return _failed(status, t[failed[0]], outs, stats, term, throw, _detail(status, failed, batch))
+            rows = code > core.SUCCESS
+            failures += rows.nonzero().reshape(-1).tolist()
+            fail_status = Status.NONFINITE if Status.NONFINITE in (fail_status, status) else status
+            stopped = stopped | rows
+            with torch.no_grad():
+                t_first, all_stopped = torch.stack([t[rows].min(), ((t >= t_end) | stopped).all().to(tdt)]).tolist()
+            fail_t = min(fail_t, t_first)
+            if all_stopped:
+                break
+    if failures:
+        detail = _detail(fail_status, failures, batch)
+        return _failed(fail_status, torch.tensor(fail_t), outs, stats, term, throw, detail)
     stats.nfe = term.nfe
     return Integration(outs, stats, Status.SUCCESS, t_end)
+
+
+def _detail(status: Status, failed: list[int], batch: int) -> str:
+    """The failure's detail: which samples failed, and how (the first ten of them)."""
+    what = "non-finite state" if status is Status.NONFINITE else "step size underflow"
+    more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+    return f"per-sample {what} in sample(s) {failed[:10]}{more} of {batch}"
 
 
 @functools.lru_cache(maxsize=32)
