@@ -145,3 +145,23 @@ def test_plain_function_needs_adjoint_params_and_then_its_closure_weights_get_di
     reversible = gradient(hn.ReversibleAdjoint(), adjoint_params=(k,))
     for r, d in zip(reversible, direct):
         torch.testing.assert_close(r, d, rtol=1e-12, atol=1e-12)  # the same discrete solve: rounding only
+
+
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams", "adams"])
+def test_multistep_bases_are_refused(method):
+    # each reversible increment restarts the base method from one state, so a multistep history never
+    # builds up: fixed-step Adams silently ran its Runge-Kutta starter, 'adams' failed with a TypeError
+    with pytest.raises(ValueError, match="multistep"):
+        hn.Reversible(hn.METHODS[method].solver())
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    options = {} if method == "adams" else {"step_size": 0.1}
+    with pytest.raises(ValueError, match="multistep"):
+        hn.odeint_adjoint(
+            lambda t, y: -y,
+            y0,
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method=method,
+            options=options,
+            adjoint_params=(),
+            adjoint_options={"reversible": True},
+        )

@@ -30,12 +30,15 @@ from typing import Any
 import torch
 
 from ..interpolation import LinearInterpolant
+from .adams import Adams
 from .base import AbstractSolver, Field
+from .multistep import Nordsieck
 
 
 @dataclasses.dataclass(frozen=True)
 class ReversibleState:
-    """The solver state between steps: the coupled state z and f(t, z) (the base method's first stage)."""
+    """The solver state between steps: the coupled state z and the base method's state at z (for the
+    Runge-Kutta methods f(t, z), their first stage)."""
 
     z: torch.Tensor
     fz: torch.Tensor
@@ -65,7 +68,7 @@ class Reversible(AbstractSolver):
 
     Raises:
         TypeError: ``base`` is not a solver object.
-        ValueError: ``base`` is implicit or partitioned, or ``coupling`` is outside (0, 1].
+        ValueError: ``base`` is implicit, partitioned or multistep (Adams), or ``coupling`` is outside (0, 1].
     """
 
     base: AbstractSolver
@@ -77,6 +80,13 @@ class Reversible(AbstractSolver):
         if self.base.implicit or self.base.partitioned or isinstance(self.base, Reversible):
             raise ValueError(
                 f"Reversible wraps an explicit one-state method such as hn.Tsit5() or hn.RK4(), not {self.base!r}."
+            )
+        if isinstance(self.base, (Adams, Nordsieck)):
+            # each increment starts the base method afresh from one state: a multistep method's history
+            # never builds up (fixed-step Adams silently ran its Runge-Kutta starter; 'adams' failed)
+            raise ValueError(
+                f"Reversible wraps an explicit one-step method such as hn.Tsit5() or hn.RK4(), not the multistep "
+                f"{self.base!r}: its history of past steps cannot be carried by the reversible pair (y, z)."
             )
         if not 0.0 < self.coupling <= 1.0:
             raise ValueError(f"coupling must be in (0, 1] (the paper uses 0.999), got {self.coupling!r}.")
@@ -147,4 +157,5 @@ class Reversible(AbstractSolver):
         return LinearInterpolant(y0, step.y1)
 
     def derivative(self, state: ReversibleState) -> torch.Tensor:
-        return state.fz
+        """f(t, z) from the base method's own state (which need not be f itself)."""
+        return self.base.derivative(state.fz)
