@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _sde_problems import fine_grid_levy_area
+from _sde_problems import GBM, fine_grid_levy_area
 
 import hybrid_node as hn
 
@@ -149,3 +149,56 @@ def test_a_given_end_value_and_space_time_area_are_conditioned_on(dt):
     assert abs(float(bm(0.3).var()) / 0.21 - 1) < 5 * math.sqrt(2 / n)
     with pytest.raises(ValueError, match="H must have shape"):
         hn.BrownianInterval(0.0, 1.0, (n,), H=torch.zeros(2), levy_area_approximation="space-time")
+
+
+def test_brownian_tree_is_a_function_of_the_entropy_alone():
+    # torchsde's BrownianTree (a halfway tree) gives one path per entropy, however it is queried: two
+    # solves with different steps on two trees of one entropy see the same noise. Here the values depended
+    # on which times had been queried before (W(0.5) differed by ~0.5 between two trees after one query).
+    n = 20000
+    w0 = torch.zeros(n, dtype=torch.float64)
+    a, b = hn.BrownianTree(0.0, w0, 1.0, entropy=5), hn.BrownianTree(0.0, w0, 1.0, entropy=5)
+    a(0.77, 0.9)
+    for t in (0.3, 0.45):
+        a(t)
+    for ta, tb in ((0.3, 0.5), (0.0, 0.123), (0.6, 0.61), (0.9, 1.0)):
+        torch.testing.assert_close(a(ta, tb), b(tb) - b(ta), rtol=0, atol=1e-12)  # rounding of the difference
+    assert not torch.equal(a(0.5), hn.BrownianTree(0.0, w0, 1.0, entropy=6)(0.5))
+    # Still a Brownian motion, with its space-time area: variances to 5 standard errors sqrt(2 / n).
+    bm = hn.BrownianInterval(
+        0.0,
+        2.0,
+        (n,),
+        dtype=torch.float64,
+        entropy=2,
+        levy_area_approximation="space-time",
+        halfway_tree=True,
+        tol=1e-6,
+    )
+    bm(1.7)
+    for ta, tb in ((0.3, 0.31), (0.31, 1.9)):
+        w, u = bm(ta, tb, return_U=True)
+        h = tb - ta
+        assert abs(float(w.var()) / h - 1) < 5 * math.sqrt(2 / n)
+        assert abs(float((u / h - w / 2).var()) / (h / 12) - 1) < 5 * math.sqrt(2 / n)
+    with pytest.raises(ValueError, match="positive tol"):
+        hn.BrownianInterval(0.0, 1.0, (2,), halfway_tree=True)
+    with pytest.raises(ValueError, match="no dt hint"):
+        hn.BrownianInterval(0.0, 1.0, (2,), halfway_tree=True, tol=1e-6, dt=0.1)
+
+
+def test_solves_with_different_steps_on_brownian_trees_of_one_entropy_see_one_path():
+    # Strong convergence on GBM with a fresh tree per step size, the way torchsde's examples use it: each
+    # solve is compared with the exact solution on the same tree's W(1), and the error falls with dt.
+    sde = GBM("ito")
+    y0 = torch.ones(200, 1, dtype=torch.float64)
+    paths, errors = [], []
+    for dt in (2**-3, 2**-6):
+        bm = hn.BrownianTree(0.0, torch.zeros(200, 1, dtype=torch.float64), 1.0, entropy=8)
+        with torch.no_grad():
+            ys = hn.sdeint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", dt=dt)
+            exact = sde.exact(y0, 1.0, bm(0.0, 1.0))
+        errors.append(float((ys[-1] - exact).abs().mean()))
+        paths.append(torch.stack([bm(t) for t in (0.25, 0.5, 0.75, 1.0)]))
+    torch.testing.assert_close(paths[0], paths[1], rtol=0, atol=0)  # one path (before: one W(1) only)
+    assert errors[1] < errors[0] / 4  # strong order 1 over a factor 8 in dt: ~8x, 4x leaves room for noise

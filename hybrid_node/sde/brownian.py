@@ -54,14 +54,20 @@ class BrownianInterval:
             the integral needed by the order-1.5 SRK solvers); ``"davie"`` or ``"foster"`` (U and an
             approximate Levy area A, for the log-ODE method; see :mod:`hybrid_node.sde.levy_area`).
         dt: optional grid hint: knots t0 + k dt are sampled at once (fast fixed-step solves).
-        tol, pool_size, cache_size, halfway_tree: accepted for torchsde compatibility and ignored (every
-            knot is kept, so no cache or tolerance is needed).
+        halfway_tree: as torchsde's: make the path a function of the entropy alone, whatever the times and
+            the order of the queries. Knots are then only taken on the dyadic grid t0 + k (t1 - t0) / 2^n
+            (the smallest n with cells no longer than ``tol``), each bridged from its parent cell's ends, and a
+            query is answered at the nearest grid time (resolved to ``tol``, as torchsde's).
+        tol: the time resolution with ``halfway_tree`` (must be positive then); ignored otherwise.
+        pool_size, cache_size: accepted for torchsde compatibility and ignored (every knot is kept, so no
+            cache is needed).
         W: optional value of W(t1) - W(t0) to condition on (a Brownian bridge).
         H: optional space-time Levy area over [t0, t1], H = U / (t1 - t0) - W / 2 (torchsde's), to condition
             on; used when the Levy area approximation is not "none".
 
     Raises:
-        ValueError: t1 <= t0, an unknown Levy area approximation, a W or H of the wrong shape.
+        ValueError: t1 <= t0, an unknown Levy area approximation, a W or H of the wrong shape, halfway_tree
+            with a tol that is not positive or with a dt hint.
     """
 
     def __init__(
@@ -91,6 +97,10 @@ class BrownianInterval:
             )
         if dt is not None and not dt > 0:
             raise ValueError(f"the grid hint dt must be positive, got {dt}.")
+        if halfway_tree and not tol > 0:
+            raise ValueError(f"halfway_tree=True needs a positive tol (the time resolution), got {tol}.")
+        if halfway_tree and dt is not None:
+            raise ValueError("halfway_tree=True takes no dt hint (its knots are the dyadic grid); leave dt=None.")
         self._t0, self._t1 = t0, t1
         self._size = torch.Size(size)
         self._dtype = torch.get_default_dtype() if dtype is None else dtype
@@ -111,6 +121,14 @@ class BrownianInterval:
         # Snap tolerance: a query this close to a knot is that knot (step times built by repeated addition
         # differ from t0 + k dt in the last bits; a separate knot there would only cost memory).
         self._eps = 1e-10 * max(1.0, abs(t0), abs(t1))
+        # halfway_tree: the number of cells of the dyadic grid (0: knots anywhere). Cells stay well above the
+        # snap tolerance, so that grid times never merge.
+        self._cells = 0
+        if halfway_tree:
+            depth = max(0, math.ceil(math.log2(h / tol)))
+            while depth > 0 and h / 2**depth <= 4 * self._eps:
+                depth -= 1
+            self._cells = 2**depth
         # With a grid hint the cells' increments are kept as drawn and the knot values are summed only
         # when a query needs them (see _materialise): a fixed-step solve reads one cell per step.
         self._grid: dict[float, int] = {}
@@ -261,16 +279,41 @@ class BrownianInterval:
         self._insert(t, wa + w1, self._k[a] + h1 * wa + i1)
         return t
 
+    def _dyadic(self, k: int) -> float:
+        """Time k of the halfway tree's grid (the ends exactly: t0 + (t1 - t0) * 1 may round off t1)."""
+        if k == 0:
+            return self._t0
+        if k == self._cells:
+            return self._t1
+        return self._t0 + (self._t1 - self._t0) * (k / self._cells)
+
+    def _tree_knot(self, t: float) -> float:
+        """The halfway tree's knot nearest t, inserted with its ancestors (so independent of query order).
+
+        Every grid time is bridged from the two ends of its parent cell: a knot between them would be a
+        descendant, and those are inserted after their ancestors. Its value so depends on the entropy only.
+        """
+        k = min(max(round((t - self._t0) / (self._t1 - self._t0) * self._cells), 0), self._cells)
+        lo, hi = 0, self._cells
+        while k not in (lo, hi):
+            mid = (lo + hi) // 2
+            if self._dyadic(mid) not in self._w:
+                self._bridge(self._dyadic(mid))
+            lo, hi = (lo, mid) if k <= mid else (mid, hi)
+        return self._dyadic(k)
+
     def _knot(self, t: float) -> float:
         """The knot at time t (inserted if needed); raises outside [t0, t1]."""
         self._materialise()
-        if t in self._w:
+        if t in self._w and not self._cells:
             return t
         if not self._t0 - self._eps <= t <= self._t1 + self._eps:
             raise ValueError(
                 f"the Brownian motion is defined on [{self._t0}, {self._t1}], but time {t} was asked for; create "
                 "it over the whole solve interval (ts[0], ts[-1])."
             )
+        if self._cells:
+            return self._tree_knot(t)
         i = bisect.bisect_left(self._times, t)
         for j in (i - 1, i):
             if 0 <= j < len(self._times) and abs(self._times[j] - t) <= self._eps:
@@ -314,9 +357,9 @@ class BrownianInterval:
                     return self._cell_w[k]
                 assert self._cell_u is not None
                 return self._cell_w[k], self._cell_u[k]
+        if float(ta) > float(tb) + self._eps:  # before the halfway tree rounds both to one grid time
+            raise ValueError(f"need ta <= tb, got ta={float(ta)}, tb={float(tb)}.")
         a, b = self._knot(float(ta)), self._knot(float(tb))
-        if a > b:
-            raise ValueError(f"need ta <= tb, got ta={a}, tb={b}.")
         w = self._w[b] - self._w[a]
         if not (return_U or return_A):
             return w
@@ -377,13 +420,17 @@ class BrownianPath(BrownianInterval):
 class BrownianTree(BrownianPath):
     """torchsde's ``BrownianTree(t0, w0, t1, w1)``: a Brownian motion from w0, optionally pinned to w1 at t1.
 
-    The same exact engine as :class:`BrownianInterval` (no tolerance: inserted knots are exact bridge
-    samples); ``tol``, ``pool_size``, ``cache_depth`` and ``safety`` are accepted and ignored.
+    As torchsde's, the path is a function of the entropy alone, whatever the times and order of the
+    queries (a :class:`BrownianInterval` with ``halfway_tree=True``): two trees with one entropy give one
+    path even when solves with different steps query them. Times are resolved to ``tol``: a query is
+    answered at the nearest time of a dyadic grid with cells no longer than ``tol``. ``pool_size``,
+    ``cache_depth`` and ``safety`` are accepted and ignored.
 
     Args:
         t0, w0: start time and value.
         t1, w1: end time (default t0 + 1) and optional end value.
         entropy: seed.
+        tol: the time resolution (positive).
     """
 
     def __init__(
@@ -400,6 +447,15 @@ class BrownianTree(BrownianPath):
     ):
         t1 = float(t0) + 1.0 if t1 is None else t1
         BrownianInterval.__init__(
-            self, t0, t1, w0.shape, w0.dtype, w0.device, entropy, W=None if w1 is None else w1 - w0
+            self,
+            t0,
+            t1,
+            w0.shape,
+            w0.dtype,
+            w0.device,
+            entropy,
+            tol=tol,
+            halfway_tree=True,
+            W=None if w1 is None else w1 - w0,
         )
         self._w0 = w0
