@@ -202,3 +202,17 @@ def test_solves_with_different_steps_on_brownian_trees_of_one_entropy_see_one_pa
         paths.append(torch.stack([bm(t) for t in (0.25, 0.5, 0.75, 1.0)]))
     torch.testing.assert_close(paths[0], paths[1], rtol=0, atol=0)  # one path (before: one W(1) only)
     assert errors[1] < errors[0] / 4  # strong order 1 over a factor 8 in dt: ~8x, 4x leaves room for noise
+
+
+@pytest.mark.parametrize("size", [(), (50,)])
+def test_levy_area_of_a_motion_without_channels_is_zeros_of_its_shape(size):
+    # With fewer than two dimensions the one dimension is the batch (torchsde's convention): no area, and
+    # torchsde returns zeros shaped like W. Here it was (batch, batch), drawn from (batch, batch) noise first:
+    # 3.4 GB and 27 s for a batch of 20000.
+    bm = hn.BrownianInterval(0.0, 1.0, size, dtype=torch.float64, entropy=1, levy_area_approximation="foster")
+    w, u, area = bm(0.2, 0.7, return_U=True, return_A=True)
+    assert area.shape == w.shape == size and not bool(area.any())
+    torch.testing.assert_close(bm(0.2, 0.7, return_A=True)[0], w, rtol=0, atol=0)
+    torchsde = pytest.importorskip("torchsde")
+    theirs = torchsde.BrownianInterval(0.0, 1.0, size, dtype=torch.float64, levy_area_approximation="foster")
+    assert theirs(0.2, 0.7, return_A=True)[1].shape == area.shape

@@ -327,7 +327,8 @@ class BrownianInterval:
             ta, tb: times in [t0, t1] with ta <= tb (floats or 0-d tensors).
             return_U: also return U = int_ta^tb (W(u) - W(ta)) du (needs a Levy area approximation other
                 than "none").
-            return_A: also return the approximate Levy area A over [ta, tb], of shape (*size, size[-1]),
+            return_A: also return the approximate Levy area A over [ta, tb], of shape (*size, size[-1])
+                (zeros of shape size when size has fewer than two dimensions, as in torchsde),
                 A[..., i, j] = 1/2 int (W_i - W_i(ta)) dW_j - 1/2 int (W_j - W_j(ta)) dW_i (needs "davie"
                 or "foster"). The draw is seeded by (entropy, ta, tb): a repeated query returns the same
                 value, but areas of adjacent intervals are separate approximations (not glued by Chen's
@@ -366,6 +367,10 @@ class BrownianInterval:
         u = (self._k[b] - self._k[a] - (b - a) * self._w[a]).to(self._dtype)
         if not return_A:
             return w, u
+        if len(self._size) < 2:
+            # No channel dimension: a one-dimensional motion has no area. (The noise for it would be a
+            # (batch, batch) draw: 3.4 GB and 27 s for a batch of 20000.)
+            return (w, u, torch.zeros_like(w)) if return_U else (w, torch.zeros_like(w))
         area = approximate_levy_area(w, u, b - a, self.levy_area_approximation, self._area_noise(a, b))
         return (w, u, area) if return_U else (w, area)
 

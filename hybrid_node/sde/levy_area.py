@@ -51,8 +51,9 @@ def approximate_levy_area(w: torch.Tensor, u: torch.Tensor, h: float, kind: str,
             noise is antisymmetric like A).
 
     Returns:
-        A of shape (*batch, m, m), antisymmetric; zero when there are no channel dimensions (w.ndim < 2:
-        then the one dimension is the batch, as in torchsde, and a one-dimensional motion has no area).
+        A of shape (*batch, m, m), antisymmetric; when there are no channel dimensions (w.ndim < 2: then the
+        one dimension is the batch, as in torchsde, and a one-dimensional motion has no area) zeros of w's
+        shape, torchsde's (``z`` is not read then).
 
     Raises:
         ValueError: an unknown kind.
@@ -60,7 +61,7 @@ def approximate_levy_area(w: torch.Tensor, u: torch.Tensor, h: float, kind: str,
     if kind not in ("davie", "foster"):
         raise ValueError(f"unknown Levy area approximation {kind!r}; choose 'davie' or 'foster'.")
     if w.ndim < 2:
-        return torch.zeros((*w.shape, w.shape[-1] if w.ndim else 1), dtype=w.dtype, device=w.device)
+        return torch.zeros_like(w)
     hh = u / h - 0.5 * w
     if kind == "davie":
         var = torch.full_like(z, h * h / 12)
