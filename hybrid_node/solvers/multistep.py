@@ -22,11 +22,12 @@ difference of two successive corrections), each with its own exponent: the step-
 PID controller, which assumes one fixed order, is replaced through :meth:`AbstractSolver.propose_step`.
 The error constants are computed here (:func:`_lte`), not tabulated.
 
-LSODA (``family="lsoda"``) starts with Adams and switches to BDF when the Adams step is limited by
-stability (the step times a Lipschitz estimate from the corrector iteration reaches the stability bound of
-the Adams method) and BDF could take a step at least 5 times longer; it switches back when the Adams
-step allowed by accuracy and by the spectral bound ``||J||_inf`` is at least the BDF step. The Nordsieck
-array is the same polynomial for both families, so a switch only changes the coefficients.
+LSODA (``family="lsoda"``) starts with Adams and switches to BDF when the Adams step, at an order of
+at most 5, is limited by stability (the step times a Lipschitz estimate from the corrector iteration
+reaches the stability bound of the Adams method) and BDF could take a step at least 5 times longer; it
+switches back when the Adams step allowed by accuracy and by the spectral bound ``||J||_inf`` is at least
+the BDF step. The Nordsieck array is the same polynomial for both families, so a switch only changes the
+coefficients.
 
 References:
 - Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section III.6 (Nordsieck methods, their
@@ -434,7 +435,19 @@ class Nordsieck(AbstractSolver):
         if stable and rho * step.dt > _ADAMS_STABILITY[q - 1]:
             # LSODA keeps the Adams step inside its stability bound (else the corrector diverges, or the
             # error estimate fills with the unstable mode), so that stiffness shows as a limited step
-            return dataclasses.replace(new, n_same=0, e_prev=None, factor=_ADAMS_STABILITY[q - 1] / (rho * step.dt))
+            r_stab = _ADAMS_STABILITY[q - 1] / (rho * step.dt)
+            if q > self.min_order:
+                # ... and lowers the order where the lower order's larger bound allows a longer step (as
+                # its order selection, which takes each order's bound, would): the clamp changes the step,
+                # so the q+1 equal steps that order selection waits for never came, and the order stayed
+                # where it was (HIRES: 7000 steps at order 6 at its bound, beyond LSODA's switch test)
+                err_down = _rms(fam.lte[q - 1] * math.factorial(q) * step.z[q], ewt)
+                r_down = min(_factor(err_down, q, _BIAS_DOWN), _ADAMS_STABILITY[q - 2] / (rho * step.dt))
+                if r_down > r_stab:
+                    z = step.z[:q]
+                    factor = min(r_down, _MAX_GROWTH)
+                    return dataclasses.replace(new, z=z, order=q - 1, n_same=0, e_prev=None, factor=factor)
+            return dataclasses.replace(new, n_same=0, e_prev=None, factor=r_stab)
         if n_same < q + 1:  # hold the step: the estimates at other orders need equal spacing
             return new
         r_down = 0.0
@@ -593,24 +606,24 @@ class Nordsieck(AbstractSolver):
         fam = BDF_FAMILY if new.stiff else ADAMS
         deriv = step.e / fam.e[q]  # ~ h^(q+1) y^(q+1)
         if not new.stiff:
-            if rho <= 0.0:
+            if rho <= 0.0 or q > MAX_BDF_ORDER:
+                # LSODA tests for a switch to BDF only at Adams orders up to 5 (Petzold 1983; DSTODA's
+                # "IF (NQ .GT. 5) GO TO 488"): a stiff problem drives Adams to the low orders, whose
+                # stability bounds are the largest, while a non-stiff one at a tight tolerance runs at a
+                # high order whose small bound limits the step too (the harmonic oscillator at rtol 1e-10:
+                # order 9, rho * dt at the bound), and switching there only traded Adams for a BDF that
+                # is slower and less accurate on oscillations (6 switches, 130x the tolerance)
                 return None
-            q_bdf = min(q, self._top(True))
-            if q_bdf == q:
-                d_bdf = deriv
-            else:  # the Nordsieck column holds h^(q_bdf+1) y^(q_bdf+1) / (q_bdf+1)!
-                d_bdf = step.z[q_bdf + 1] * math.factorial(q_bdf + 1)
-            h_bdf = dt * _factor(_rms(BDF_FAMILY.lte[q_bdf] * d_bdf, ewt), q_bdf + 1, BDF_FAMILY.bias)
+            h_bdf = dt * _factor(_rms(BDF_FAMILY.lte[q] * deriv, ewt), q + 1, BDF_FAMILY.bias)
             h_stab = _ADAMS_STABILITY[q - 1] / rho
             h_adams = min(dt * r_same, h_stab)
             limited = new.n_limited >= _LIMITED_STEPS
             if h_bdf <= _SWITCH_RATIO * h_adams and not limited:
                 return None
             count_switch(f)
-            z = step.z[: q_bdf + 1]
             factor = min(max(h_bdf / dt, 1.0), _MAX_GROWTH)
             return dataclasses.replace(
-                new, z=z, order=q_bdf, stiff=True, n_same=0, e_prev=None, factor=factor, since_switch=0, n_limited=0
+                new, stiff=True, n_same=0, e_prev=None, factor=factor, since_switch=0, n_limited=0
             )
         if new.jac is None or rho <= 0.0:
             return None
