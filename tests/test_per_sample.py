@@ -141,3 +141,18 @@ def test_an_element_failing_early_does_not_cut_the_others_short():
         alone = hn.solve(field, y0[: i + 1], T, controller=ctrl).ys[:, i]
         # the element's own per-sample steps, with or without the failing one beside it: bit for bit
         assert torch.equal(sol.ys[:, i], alone), i
+
+
+def test_a_field_written_for_a_scalar_time_is_told_what_t_is():
+    """``-y + sin(t)`` broadcasts a (batch,) t along the state's last dimension: a torch shape error
+    (a (4, 3) state) or a (4, 4) result for a (4, 1) state, which said nothing of the per-sample t."""
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    for n, error in ((3, RuntimeError), (1, ValueError)):
+        with pytest.raises(error, match=r"t of shape \(batch,\)"):
+            hn.odeint(
+                lambda t, y: -y + torch.sin(t), torch.ones(4, n, dtype=torch.float64), t, options={"per_sample": True}
+            )
+    # the same field is fine where t broadcasts as written: a state of shape (batch,)
+    ys = hn.odeint(lambda t, y: -y + torch.sin(t), torch.ones(4, dtype=torch.float64), t, options={"per_sample": True})
+    ref = hn.odeint(lambda t, y: -y + torch.sin(t), torch.ones(4, dtype=torch.float64), t, rtol=1e-10, atol=1e-12)
+    assert float((ys - ref).abs().max()) < 1e-5  # the default rtol 1e-7, errors ~100x rtol at most

@@ -33,6 +33,13 @@ from . import core
 from .core import TENSOR
 from .host import Integration
 
+#: appended to an error of the field's first call: per-sample control's ``t`` is not the scalar a
+#: shared-step solve passes, and a torch broadcasting error does not say so
+_T_HINT = (
+    "per_sample calls func(t, y) with t of shape (batch,), one time per sample; a field written for a scalar "
+    "t must shape it to broadcast against the state, e.g. t[:, None] for a (batch, n) state"
+)
+
 
 def check_per_sample(problem, event_fn) -> None:
     """Raise ValueError where per-sample stepping cannot serve the problem (says what to use instead)."""
@@ -98,6 +105,8 @@ def integrate_per_sample(
 
     Raises:
         SolverError: max_num_steps reached, step-size underflow or a non-finite state, when ``throw``.
+        RuntimeError, ValueError: the field's first call failed or returned the wrong shape; the
+            message adds that ``t`` has one time per sample.
     """
     tab = solver.tableau
     batch, dev = y0.shape[0], y0.device
@@ -108,9 +117,17 @@ def integrate_per_sample(
 
     def field(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         term.nfe += 1
-        out = term.func((-s if term.reverse else s).to(term.t_dtype), y)
-        if not term._checked:
-            term._check(out, y)
+        ts_ = (-s if term.reverse else s).to(term.t_dtype)
+        if term._checked:
+            out = term.func(ts_, y)
+        else:  # the first call, where a field written for a scalar t fails: say what t is here
+            try:
+                out = term.func(ts_, y)
+                term._check(out, y)
+            except (RuntimeError, ValueError) as e:
+                if type(e) not in (RuntimeError, ValueError):  # a subclass may not take a message alone
+                    raise
+                raise type(e)(f"{e} ({_T_HINT})") from e
         return -out if term.reverse else out
 
     def scale_of(a, b):
