@@ -92,6 +92,32 @@ def test_shape_errors_say_what_is_expected():
         HamiltonianNN(2, layers=-1)
 
 
+class _Pendulum(torch.nn.Module):
+    """H = p^2 / 2 - cos q summed over the coordinates, one value per sample (shape (...), no trailing 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, p = x.chunk(2, dim=-1)
+        return (0.5 * p**2 - torch.cos(q)).sum(-1)
+
+
+class _PerCoordinate(torch.nn.Module):
+    """Returns one value per coordinate instead of one energy per sample (a mistake to be caught)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x**2
+
+
+def test_custom_energy_gives_j_grad_h_and_a_wrong_energy_shape_is_refused():
+    q, p = torch.randn(5, 2, dtype=F64), torch.randn(5, 2, dtype=F64)
+    dq, dp = HamiltonianNN(2, hamiltonian=_Pendulum())(torch.zeros(()), (q, p))
+    # Hamilton's equations by hand: dq/dt = dH/dp = p, dp/dt = -dH/dq = -sin q (exact up to rounding)
+    torch.testing.assert_close(dq, p, rtol=0, atol=1e-15)
+    torch.testing.assert_close(dp, -torch.sin(q), rtol=0, atol=1e-15)
+    # the sum over the (5, 4) output was silently taken as the energy: a field of 2x, not J grad H
+    with pytest.raises(ValueError, match=r"one energy per sample, shape \(5, 1\) or \(5,\).*got \(5, 4\)"):
+        HamiltonianNN(2, hamiltonian=_PerCoordinate())(torch.zeros(()), (q, p))
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_field_under_inference_mode_vmap_and_jacfwd_equals_the_eager_field():
     # torch.autograd.grad cannot run there (inference mode records no graph; vmap and jacfwd refuse

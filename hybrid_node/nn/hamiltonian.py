@@ -51,7 +51,8 @@ class HamiltonianNN(nn.Module):
         dim: the number of coordinates q (and of momenta p).
         hidden: width of the hidden layers of the default MLP (the paper: 200).
         layers: number of hidden layers of the default MLP (the paper: 2).
-        hamiltonian: optional module ``H(x) -> (..., 1)`` on ``x = cat(q, p)`` replacing the default MLP.
+        hamiltonian: optional module ``H(x) -> (..., 1)`` (or ``(...)``) on ``x = cat(q, p)`` replacing the
+            default MLP: one energy per sample.
         activation: activation class of the default MLP (smooth; the paper uses tanh).
 
     Raises:
@@ -83,8 +84,21 @@ class HamiltonianNN(nn.Module):
 
         Returns:
             The learned energy.
+
+        Raises:
+            ValueError: the energy module returned something other than one value per sample, shape
+                ``(..., 1)`` or ``(...)`` (its sum would silently have been taken as the energy).
         """
-        return self.net(torch.cat((q, p), dim=-1)).squeeze(-1)
+        energy = self.net(torch.cat((q, p), dim=-1))
+        batch = q.shape[:-1]
+        if energy.shape == (*batch, 1):
+            return energy.squeeze(-1)
+        if energy.shape != batch:
+            raise ValueError(
+                f"the hamiltonian module must return one energy per sample, shape {(*batch, 1)} or {tuple(batch)} "
+                f"for inputs of shape {(*batch, 2 * self.dim)}; got {tuple(energy.shape)}."
+            )
+        return energy
 
     def _energy_sum(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """The sum of H_theta over the samples (samples are independent: its gradient is every sample's own)."""
@@ -100,7 +114,7 @@ class HamiltonianNN(nn.Module):
             ``(dq/dt, dp/dt)``, each shaped like q.
 
         Raises:
-            ValueError: q or p does not end in ``dim`` entries.
+            ValueError: q or p does not end in ``dim`` entries, or the energy is not one value per sample.
         """
         if q.shape[-1] != self.dim or p.shape != q.shape:
             raise ValueError(
