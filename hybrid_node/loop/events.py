@@ -5,11 +5,13 @@ test, one call of the field per stage for the whole batch); only the event bookk
 
 1. ``event_fn(t, y)`` returns one value per sample (a tensor of the batch shape, the leading
    dimensions of the state). After every accepted step the loop compares each running sample's sign
-   with its sign at t0.
+   with its sign at t0, at the step's end and at four interior points of its dense output (as
+   ``Event(samples=4)``), so that a value that leaves its sign and returns inside one step is seen.
 2. For the samples whose sign changed inside the step [t0, t1], the root is located on the step's
-   dense output by bisection, vectorised over those samples: each has its own bracket, all brackets
-   are halved together, and one call of ``event_fn`` per halving evaluates every sample at its own
-   time (``t`` is then a tensor of the batch shape). Bisection on the dense output is the robust
+   dense output by bisection between the last check with the start sign and the first without,
+   vectorised over those samples: each has its own bracket, all brackets are halved together, and
+   one call of ``event_fn`` per halving evaluates every sample at its own time (``t`` is then a
+   tensor of the batch shape). Bisection on the dense output is the robust
    variant of the event location of Shampine & Thompson (2000); the root is found to a few ulps of
    the time, and its accuracy is that of the dense output, i.e. of the solver's tolerance.
 3. Those samples are frozen at their event state: their rows of the state are replaced by the dense
@@ -22,9 +24,11 @@ test, one call of the field per stage for the whole batch); only the event bookk
    never waited for.
 
 Freezing costs nothing extra per step (the batch is evaluated in one call anyway), and the shared
-step keeps every sample to the solver's tolerance. Each step in which samples fire costs one
-bisection (about 50 event evaluations in float64) and one field evaluation per fired sample (its
-field at its own event time, which the implicit-function-theorem gradient needs).
+step keeps every sample to the solver's tolerance. The interior checks cost one evaluation of the
+dense output at four points and four calls of ``event_fn`` per step. Each step in which samples
+fire costs one bisection (about 50 event evaluations in float64) and one field evaluation per fired
+sample (its field at its own event time, which the implicit-function-theorem gradient needs). Two
+roots of one sample closer together than the checks are still not seen.
 
 Gradients: the frozen rows keep their autograd graph (the dense output at fixed time, then identity
 steps), and :mod:`hybrid_node.sensitivity.per_sample_events` adds the implicit-function-theorem
@@ -56,6 +60,10 @@ from .host import _emit as _emit_outputs
 _BRACKET_ULPS = 4.0
 # bisection halves a float64 bracket to 4 ulps in at most ~60 halvings; the cap only guards a NaN
 _MAX_HALVINGS = 200
+# interior points of each step's dense output where a per-sample event's signs are checked besides the
+# step's end (as Event(samples=4)): a sample whose value leaves its sign and comes back inside one step
+# still stops at its first root, and one that changes sign three times stops at the first, not the third
+_SAMPLE_CHECKS = 4
 
 
 class _Steps:
@@ -266,14 +274,19 @@ class _Locator:
             check_no_nan(g, _user_times(self.term, times), y[idx], idx)
             return g
 
-    def locate(self, idx: torch.Tensor, sign0: torch.Tensor) -> np.ndarray:
-        """Bisection for each sample ``idx[j]``'s first change of sign from ``sign0[j]`` inside the step.
+    def locate(self, idx: torch.Tensor, sign0: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Bisection for each sample ``idx[j]``'s change of sign from ``sign0[j]`` inside ``[lo[j], hi[j]]``.
+
+        Args:
+            idx: the samples to locate.
+            sign0: their signs at the start.
+            lo, hi: (k,) each sample's bracket (solver time, inside the step): its sign is ``sign0``
+                at ``lo`` and differs at ``hi``, and nowhere before ``lo`` in the step.
 
         Returns:
             (k,) the right ends of the final brackets (solver time): the first times found past each root.
         """
-        lo = np.full(len(idx), self.seg.t0)
-        hi = np.full(len(idx), self.seg.t1)
+        lo, hi = lo.copy(), hi.copy()
         width = _BRACKET_ULPS * _EPS * max(1.0, abs(self.seg.t0), abs(self.seg.t1))
         for _ in range(_MAX_HALVINGS):
             mid = 0.5 * (lo + hi)
@@ -374,16 +387,28 @@ def integrate_sample_events(
             stats.n_accepted += 1
             new_state = solver.next_state(mterm, t1, step)
             y1 = step.y1
-            with torch.no_grad():
-                g1 = event_fn(term.time(t1), y1).reshape(n)
+            seg = DenseSegment(t, t1, solver.interpolant(mterm, t, y, step_dt, step, new_state))
             running = (~frozen).nonzero().reshape(-1)  # a fired sample's value is not read
-            check_no_nan(g1[running], user_t(t1), y1.reshape(n, -1)[running], running)
-            crossed = (~frozen) & (torch.sign(g1) != sign0)
+            # each running sample's bracket: from the last check point with its start sign to the
+            # first one without (inf: none in this step); the step's end is the last check point
+            points = [t + (t1 - t) * (j + 1) / (_SAMPLE_CHECKS + 1) for j in range(_SAMPLE_CHECKS)] + [t1]
+            lo = np.full(n, t)
+            hi = np.full(n, math.inf)
+            with torch.no_grad():
+                inner = seg.many(points[:-1]) if _SAMPLE_CHECKS else []
+                for p, yp in zip(points, [*inner, y1]):
+                    g = event_fn(term.time(p), yp).reshape(n)
+                    check_no_nan(g[running], user_t(p), yp.reshape(n, -1)[running], running)
+                    changed = ((~frozen) & (torch.sign(g) != sign0)).cpu().numpy()
+                    first = changed & np.isinf(hi)
+                    hi[first] = p
+                    lo[~changed & np.isinf(hi)] = p
+            crossed = torch.from_numpy(np.isfinite(hi)).to(frozen.device)
             if bool(crossed.any()):
                 idx = crossed.nonzero().reshape(-1)
-                seg = DenseSegment(t, t1, solver.interpolant(mterm, t, y, step_dt, step, new_state))
                 locator = _Locator(event_fn, term, seg, y1, batch_shape)
-                te = locator.locate(idx, sign0[idx])
+                sel = idx.cpu().numpy()
+                te = locator.locate(idx, sign0[idx], lo[sel], hi[sel])
                 rows = locator.rows(te, idx)  # with the graph: the event states' gradients at fixed time
                 y1 = torch.index_put(y1.reshape(n, -1), (idx,), rows).reshape(y1.shape)
                 with torch.no_grad():
