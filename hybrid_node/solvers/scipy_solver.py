@@ -45,6 +45,25 @@ def _number(name: str, value) -> float:
         raise ValueError(f"scipy_solver: {name} must be a number, got {value!r}.") from None
 
 
+def _flat_tolerance(tol, y0: torch.Tensor) -> float | np.ndarray:
+    """A tolerance as solve_ivp takes it: a float, or one value per element of the flattened state.
+
+    Args:
+        tol: a number, or a tensor that broadcasts to ``y0`` (the solve's per-component tolerance).
+        y0: the state.
+
+    Returns:
+        ``tol`` as a float, or as a float64 array of ``y0.numel()`` values.
+    """
+    if isinstance(tol, (int, float)):
+        return float(tol)
+    # broadcast first: solve_ivp wants a scalar or exactly one value per element, and refused ("`atol` has
+    # wrong shape") the 0-d tensor and the per-column tolerance of shape (D,) on a (B, D) state that
+    # every torch solver takes
+    t = torch.as_tensor(tol).detach().to("cpu", torch.float64)
+    return t.expand(y0.shape).reshape(-1).numpy()
+
+
 @dataclasses.dataclass(frozen=True)
 class ScipySolver(ExternalSolver):
     """Wraps scipy.integrate.solve_ivp; the field is evaluated by torch under no_grad.
@@ -107,8 +126,7 @@ class ScipySolver(ExternalSolver):
                 yt = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
                 return term(float(t), yt).reshape(-1).cpu().double().numpy()
 
-        rt = rtol if isinstance(rtol, float) else np.asarray(torch.as_tensor(rtol).cpu()).reshape(-1)
-        at = atol if isinstance(atol, float) else np.asarray(torch.as_tensor(atol).cpu()).reshape(-1)
+        rt, at = _flat_tolerance(rtol, y0), _flat_tolerance(atol, y0)
         y0n = y0.detach().reshape(-1).cpu().double().numpy()
         if len(ts) == 1:
             out = y0n[None]
