@@ -1,0 +1,90 @@
+"""Per-sample step control against torchode, whose per-instance step-size control it follows.
+
+With the same pair, tolerances and I controller (torchode's ``IntegralController``; our default
+``PIDController`` gains), both take the same steps for every sample: the same batched evaluations,
+and outputs and gradients equal up to the order of floating-point operations.
+"""
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+to = pytest.importorskip("torchode")
+
+B = 6
+SCALE = torch.logspace(-1.0, 1.5, B, dtype=torch.float64)  # time scales 0.1 to 30: different steps per sample
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
+
+
+def _torchode(f, y0, t, pair, rtol, atol, *, dt_max=None, dt0=None, through_steps=False):
+    term = to.ODETerm(f)
+    ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term, dt_max=dt_max)
+    # its tolerance buffers are made in the default dtype, float32: rtol=1e-4 became 1.00000005e-4
+    ctrl.atol, ctrl.rtol = torch.tensor(atol, dtype=torch.float64), torch.tensor(rtol, dtype=torch.float64)
+    solver = to.AutoDiffAdjoint(pair(term=term), ctrl, backprop_through_step_size_control=through_steps)
+    dt = None if dt0 is None else torch.full((y0.shape[0],), dt0, dtype=torch.float64)
+    return solver.solve(to.InitialValueProblem(y0=y0, t_eval=t.expand(y0.shape[0], -1)), dt0=dt)
+
+
+@pytest.mark.parametrize("pair", ["dopri5", "tsit5"])
+@pytest.mark.parametrize("decreasing", [False, True])
+def test_same_steps_and_outputs_as_torchode(pair, decreasing):
+    net = _net()
+
+    def f(t, y):
+        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
+
+    y0 = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    t = t.flip(0) if decreasing else t
+    solver = {"dopri5": hn.Dopri5(), "tsit5": hn.Tsit5()}[pair]
+    with torch.no_grad():
+        for rtol, atol in ((1e-4, 1e-6), (1e-8, 1e-10)):
+            ref = _torchode(f, y0, t, {"dopri5": to.Dopri5, "tsit5": to.Tsit5}[pair], rtol, atol)
+            sol = hn.solve(f, y0, t, solver=solver, controller=hn.PIDController(rtol=rtol, atol=atol, per_sample=True))
+            assert (ref.status == 0).all()
+            # both count one evaluation per batched call of the field: equal only if every sample's steps are
+            assert sol.stats.nfe == int(ref.stats["n_f_evals"][0]), rtol
+            # the same steps and dense output: rounding only (1.4e-12 measured, |y| up to 21)
+            assert float((sol.ys.transpose(0, 1) - ref.ys).abs().max()) < 1e-11, rtol
+
+
+def test_first_and_max_step_as_torchodes_dt0_and_dt_max():
+    net = _net()
+
+    def f(t, y):
+        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
+
+    y0 = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        ref = _torchode(f, y0, t, to.Dopri5, 1e-6, 1e-8, dt_max=0.05, dt0=0.01)
+        ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, first_step=0.01, max_step=0.05, per_sample=True)
+        sol = hn.solve(f, y0, t, controller=ctrl)
+    assert sol.stats.nfe == int(ref.stats["n_f_evals"][0])
+    assert float((sol.ys.transpose(0, 1) - ref.ys).abs().max()) < 1e-11  # the same steps: rounding only
+
+
+def test_gradients_are_torchodes_with_the_steps_held_fixed():
+    """Our step sizes are constants of the graph, torchode's ``backprop_through_step_size_control=False``;
+    its default also differentiates the step-size formula (here up to 2e-6 relative apart)."""
+    net = _net()
+
+    def f(t, y):
+        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
+
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    y0 = torch.randn(B, 3, dtype=torch.float64)
+    ya, yb = y0.clone().requires_grad_(), y0.clone().requires_grad_()
+    ref = _torchode(f, ya, t, to.Tsit5, 1e-6, 1e-8)
+    g_ref = torch.autograd.grad(ref.ys.pow(2).sum(), [ya, *net.parameters()])
+    ys = hn.solve(f, yb, t, solver=hn.Tsit5(), controller=hn.PIDController(rtol=1e-6, atol=1e-8, per_sample=True)).ys
+    g = torch.autograd.grad(ys.pow(2).sum(), [yb, *net.parameters()])
+    for a, b in zip(g, g_ref, strict=True):
+        # the same steps and the same graph up to operation order: rounding only (8e-14 relative measured)
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-11
