@@ -216,3 +216,29 @@ def test_levy_area_of_a_motion_without_channels_is_zeros_of_its_shape(size):
     torchsde = pytest.importorskip("torchsde")
     theirs = torchsde.BrownianInterval(0.0, 1.0, size, dtype=torch.float64, levy_area_approximation="foster")
     assert theirs(0.2, 0.7, return_A=True)[1].shape == area.shape
+
+
+@pytest.mark.parametrize("t0,t1,ta,tb", [(1e6, 1e6 + 1, 1e6 + 0.5, 1e6 + 0.5 + 1e-5), (0.0, 1e-9, 2e-10, 2.5e-10)])
+def test_short_increments_far_from_zero_or_on_a_short_interval_are_not_swallowed(t0, t1, ta, tb):
+    # Query times within 1e-10 max(1, |t0|, |t1|) of a knot were snapped onto it: on [1e6, 1e6 + 1] every
+    # increment over 1e-5, and on [0, 1e-9] every one over 5e-11, was exactly zero.
+    n = 20000
+    bm = hn.BrownianInterval(t0, t1, (n,), dtype=torch.float64, entropy=1, levy_area_approximation="space-time")
+    w, u = bm(ta, tb, return_U=True)
+    h = tb - ta
+    assert abs(float(w.var()) / h - 1) < 5 * math.sqrt(2 / n)  # 5 standard errors of a variance ratio
+    assert abs(float(u.var()) / (h**3 / 3) - 1) < 5 * math.sqrt(2 / n)
+    torch.testing.assert_close(bm(t0, ta) + w + bm(tb, t1), bm(t0, t1), rtol=0, atol=1e-12)
+
+
+def test_the_grid_hint_keeps_the_solver_steps_as_its_cells():
+    # dt = 1e-4 on [0, 1]: repeated addition stops 9e-14 short of 1, which sdeint's loop stretches to 1; the
+    # grid's last cell must be that same last step (a whole-cell lookup, not a sum of knot values). This
+    # guards the snap tolerance's fix above, which must not split off a 9e-14 cell.
+    bm = hn.BrownianInterval(0.0, 1.0, (3,), dtype=torch.float64, entropy=1, dt=1e-4)
+    t = 0.0
+    for _ in range(9999):
+        t += 1e-4
+    assert 0 < 1.0 - (t + 1e-4) < 1e-12
+    bm(t, 1.0)
+    assert bm.num_knots == 10001 and not bm._materialised  # no knot values needed: the lookup found the cell

@@ -119,8 +119,10 @@ class BrownianInterval:
         self._k: dict[float, torch.Tensor] = {t0: self._zeros(self._kdtype)}
         h = t1 - t0
         # Snap tolerance: a query this close to a knot is that knot (step times built by repeated addition
-        # differ from t0 + k dt in the last bits; a separate knot there would only cost memory).
-        self._eps = 1e-10 * max(1.0, abs(t0), abs(t1))
+        # differ from t0 + k dt in the last bits; a separate knot there would only cost memory). A few dozen
+        # ulps of the times, and far below the interval's length: 1e-10 max(1, |t0|, |t1|) swallowed whole
+        # steps (every increment of 1e-5 on [1e6, 1e6 + 1] and of 5e-11 on [0, 1e-9] was zero).
+        self._eps = min(1e-14 * max(abs(t0), abs(t1)), 1e-9 * h)
         # halfway_tree: the number of cells of the dyadic grid (0: knots anywhere). Cells stay well above the
         # snap tolerance, so that grid times never merge.
         self._cells = 0
@@ -202,7 +204,10 @@ class BrownianInterval:
 
     def _sample_grid(self, dt: float) -> None:
         times = [self._t0]
-        while times[-1] + dt < self._t1 - self._eps:
+        # The last cell ends where sdeint's loop ends its last step: a step that would stop this close to t1
+        # is stretched to t1 there (hybrid_node.sde._loop), so the cells stay the solver's steps.
+        merge = 1e-12 * max(1.0, abs(self._t0), abs(self._t1))
+        while times[-1] + dt < self._t1 - merge:
             times.append(times[-1] + dt)
         times.append(self._t1)
         hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=self._dtype, device=self._device)
