@@ -248,7 +248,7 @@ def integrate_per_sample(
                 break
     if failures:
         detail = _detail(fail_status, failures, batch)
-        return _failed(fail_status, torch.tensor(fail_t), outs, stats, term, throw, detail)
+        return _failed(fail_status, torch.tensor(fail_t, dtype=torch.float64), outs, stats, term, throw, detail)
     stats.nfe = term.nfe
     return Integration(outs, stats, Status.SUCCESS, t_end)
 
