@@ -7,6 +7,7 @@ with ``--start`` starts Julia (in a child process, with ``PYTHON_JULIAPKG_OFFLIN
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,11 @@ import sys
 from .._backend import _ENV, BACKENDS
 from ..julia import runtime as julia_runtime
 
-HELP = "Show which backends (torch, julia) work on this machine and why not."
+HELP = (
+    "Show which backends (torch, julia) work on this machine and why not. Exit status 0 when the torch "
+    "backend and the default backend (HYBRID_NODE_BACKEND) work, 1 otherwise: a missing Julia is only a "
+    "failure when HYBRID_NODE_BACKEND=julia."
+)
 
 _START_SCRIPT = (
     "import os; os.environ.setdefault('PYTHON_JULIAPKG_OFFLINE', 'yes')\n"
@@ -24,12 +29,37 @@ _START_SCRIPT = (
 )
 
 
+def _seconds(value: str) -> float:
+    """A finite number of seconds > 0 (``--timeout``).
+
+    Args:
+        value: the option's text.
+
+    Returns:
+        The number.
+
+    Raises:
+        argparse.ArgumentTypeError: not a number, or not finite and > 0 (which would make ``--start``
+            report a working Julia as timed out, or wait forever).
+    """
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):  # NaN fails both
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {value!r}")
+    return number
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start", action="store_true", help="also start Julia offline in a child process and load HybridNODE"
     )
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds allowed for --start (first loads precompile; default 600)"
+        "--timeout",
+        type=_seconds,
+        default=600.0,
+        help="seconds allowed for --start (first loads precompile; default 600)",
     )
 
 
