@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from .._api import odeint
+from .._registry import build_solver
+from ..controllers import ConstantStepSize
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int
@@ -194,9 +196,22 @@ def train_model(
 
 
 def rollout(model: nn.Module, y0: torch.Tensor, t: torch.Tensor, method: str, step: float) -> torch.Tensor:
-    """The model's trajectories from ``y0`` (n, 2) at times ``t``: shape (len(t), n, 2)."""
+    """The model's trajectories from ``y0`` (n, 2) at times ``t``: shape (len(t), n, 2).
+
+    A fixed-step method takes steps of ``step``; an adaptive one chooses its own (odeint's default
+    tolerances; ``step`` is not an option it takes); a partitioned one (``leapfrog``, ``yoshida4``...)
+    steps the pair (q, p), so it gets the state as that pair.
+
+    Raises:
+        ValueError, BackendError: ``method`` cannot run here (e.g. a Julia-only method).
+    """
+    solver, controller, _ = build_solver(method, {}, 1e-7, 1e-9)
+    options = {"step_size": step} if isinstance(controller, ConstantStepSize) else {}
     with torch.no_grad():
-        return odeint(model, y0, t, method=method, options={"step_size": step})
+        if getattr(solver, "partitioned", False):
+            q, p = odeint(model, (y0[..., :1], y0[..., 1:]), t, method=method, options=options)
+            return torch.cat((q, p), dim=-1)
+        return odeint(model, y0, t, method=method, options=options)
 
 
 def run_task(task: str, s: argparse.Namespace, progress: bool, ckpts: Checkpoints | None = None) -> dict[str, Any]:
@@ -290,7 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=nonnegative_float, default=0.1, help="observation noise std (paper: 0.1)")
     parser.add_argument("--rollout-factor", type=positive_float, default=10.0, help="rollout length / training window")
     parser.add_argument("--method", type=method_name, default="rk4", help="rollout method (paper: RK4)")
-    parser.add_argument("--step-size", type=positive_float, default=0.02, help="rollout step size")
+    parser.add_argument(
+        "--step-size", type=positive_float, default=0.02, help="rollout step size of a fixed-step --method"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/hnn-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -300,6 +317,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.trajectories < 2:
         raise SettingsError(f"--trajectories must be >= 2 (half train, half test), got {args.trajectories}.")
+    try:  # before training: a method that cannot roll out failed only after both models were trained
+        rollout(BaselineODE(1, 2), torch.zeros(1, 2), torch.tensor([0.0, args.step_size]), args.method, args.step_size)
+    except Exception as err:
+        raise SettingsError(f"--method {args.method} cannot roll out the models: {err}") from err
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
     folder = open_run(args.out, "hnn", args.resume)
     settings = {name: getattr(args, name) for name in SETTINGS}
