@@ -165,3 +165,25 @@ def test_multistep_bases_are_refused(method):
             adjoint_params=(),
             adjoint_options={"reversible": True},
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_reversible_adjoint_equals_direct_backprop_in_float32_backward_in_time(dtype):
+    field = MLPField().to(dtype)
+    y0 = torch.randn(4, 3, dtype=dtype, requires_grad=True)
+    t = torch.tensor([1.0, 0.5, -1.0], dtype=dtype)  # decreasing, on the step grid
+    grads = []
+    for sensitivity in (hn.DirectBackprop(), hn.ReversibleAdjoint()):
+        sol = hn.solve(
+            field,
+            y0,
+            t,
+            solver=hn.Reversible(hn.RK4()),
+            controller=hn.ConstantStepSize(step_size=0.05),
+            sensitivity=sensitivity,
+        )
+        g = torch.autograd.grad((sol.ys**2).sum(), (y0, *field.parameters()))
+        grads.append(torch.cat([x.reshape(-1) for x in g]))
+    error = float((grads[1] - grads[0]).norm() / grads[0].norm())
+    # rounding of 40 reconstructed steps: measured 2e-7 in float32 and 4e-16 in float64
+    assert error < (1e-5 if dtype == torch.float32 else 1e-12), error
