@@ -193,6 +193,25 @@ def atomic_savefig(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def unreadable(path: Path, what: str, error: OSError) -> CheckpointError:
+    """The error for a file that exists but cannot be opened: it is not called damaged, nor to be deleted.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (e.g. "checkpoint").
+        error: what opening it raised.
+
+    Returns:
+        The error to raise; the message names the file, the reason and what to check.
+    """
+    reason = error.strerror or str(error)
+    return CheckpointError(
+        path,
+        f"The {what} {str(path)!r} cannot be opened ({type(error).__name__}: {reason}). It was left as it is: "
+        "give this user permission to read it (or check the disk it is on), then run again.",
+    )
+
+
 def read_json(
     path: PathLike, what: str = "file", fix: str = "Delete it or restore it from a backup, then run again."
 ) -> Any:
@@ -207,13 +226,17 @@ def read_json(
         The parsed content.
 
     Raises:
-        CheckpointError: the file cannot be read or is not valid JSON; the message names the file and
-            what to do.
+        CheckpointError: the file cannot be opened (no read permission) or is not valid JSON; the message
+            names the file and what to do.
     """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise unreadable(path, what, e) from e
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(
             path,
             f"The {what} {str(path)!r} cannot be read ({type(e).__name__}: {e}): it is damaged (cut short by "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._errors import CheckpointError
-from .atomic import atomic_write, remove_stale_temp_files
+from .atomic import atomic_write, remove_stale_temp_files, unreadable
 
 PathLike = str | os.PathLike
 
@@ -147,8 +147,8 @@ def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] 
         The stored dict, or None if ``path`` does not exist.
 
     Raises:
-        CheckpointError: the file is empty, truncated, damaged or not a checkpoint; the message names
-            it and says what to do.
+        CheckpointError: the file is empty, truncated, damaged or not a checkpoint, or cannot be opened
+            (no read permission); the message names it and says what to do.
     """
     path = Path(path)
     remove_stale_temp_files(path)
@@ -159,10 +159,17 @@ def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] 
     if path.stat().st_size == 0:
         raise _damaged(path, "the file is empty")
     try:
-        # weights_only=False: the payload holds numpy/Python generator states, and the file is our own.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - damaged pickles raise almost anything
-        raise _damaged(path, f"{type(e).__name__}: {e}") from e
+        f = open(path, "rb")
+    except OSError as e:
+        # Not a sign of damage (no read permission, a disk that went away): the file may be intact,
+        # and the advice to delete it would throw away the training it holds.
+        raise unreadable(path, "checkpoint", e) from e
+    with f:
+        try:
+            # weights_only=False: the payload holds numpy/Python generator states, and the file is our own.
+            payload = torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - damaged pickles raise almost anything
+            raise _damaged(path, f"{type(e).__name__}: {e}") from e
     if not isinstance(payload, dict):
         raise _damaged(path, f"it holds a {type(payload).__name__}, not a dict of training state")
     if restore_rng and "rng" in payload:
