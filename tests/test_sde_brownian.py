@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -242,3 +243,20 @@ def test_the_grid_hint_keeps_the_solver_steps_as_its_cells():
     assert 0 < 1.0 - (t + 1e-4) < 1e-12
     bm(t, 1.0)
     assert bm.num_knots == 10001 and not bm._materialised  # no knot values needed: the lookup found the cell
+
+
+def test_the_constructor_takes_torchsdes_arguments_in_torchsdes_order():
+    # torchsde's order is (t0, t1, size, dtype, device, entropy, dt, tol, pool_size, cache_size,
+    # halfway_tree, levy_area_approximation, W, H); a dt passed in its place was read as the Levy area
+    # approximation and refused. A given W (or H) also gives the size, dtype and device, as in torchsde.
+    args = (0.0, 1.0, (3,), torch.float64, "cpu", 5, 0.1)
+    keywords = hn.BrownianInterval(0.0, 1.0, (3,), torch.float64, entropy=5, dt=0.1)
+    torch.testing.assert_close(hn.BrownianInterval(*args)(0.2, 0.3), keywords(0.2, 0.3), rtol=0, atol=0)
+    w = torch.ones(2, 4, dtype=torch.float64)
+    bm = hn.BrownianInterval(0.0, 1.0, W=w)
+    assert bm.shape == w.shape and bm.dtype == torch.float64
+    torch.testing.assert_close(bm(0.0, 1.0), w, rtol=0, atol=0)
+    torchsde = pytest.importorskip("torchsde")
+    assert list(inspect.signature(hn.BrownianInterval).parameters) == list(
+        inspect.signature(torchsde.BrownianInterval).parameters
+    )

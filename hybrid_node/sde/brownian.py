@@ -45,10 +45,12 @@ def _seed(entropy: int, t: float) -> int:
 class BrownianInterval:
     """Brownian motion W on [t0, t1] with W(t0) = 0, sampled lazily and exactly.
 
+    The arguments are torchsde's, in torchsde's order.
+
     Args:
         t0, t1: the interval; queries outside it raise.
-        size: shape of W(t), e.g. (batch, noise channels).
-        dtype, device: of the samples (default: torch's default dtype, CPU).
+        size: shape of W(t), e.g. (batch, noise channels) (default: the shape of W or H if given, else ()).
+        dtype, device: of the samples (default: those of W or H if given, else torch's default dtype, CPU).
         entropy: seed; default a random one (reproducible runs pass an int).
         levy_area_approximation: ``"none"``; ``"space-time"`` (also return U = int_ta^tb (W(u) - W(ta)) du,
             the integral needed by the order-1.5 SRK solvers); ``"davie"`` or ``"foster"`` (U and an
@@ -74,16 +76,16 @@ class BrownianInterval:
         self,
         t0: float,
         t1: float,
-        size: Sequence[int] | torch.Size = (),
+        size: Sequence[int] | torch.Size | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         entropy: int | None = None,
-        levy_area_approximation: str = "none",
         dt: float | None = None,
         tol: float = 0.0,
         pool_size: int = 8,
         cache_size: int | None = 45,
         halfway_tree: bool = False,
+        levy_area_approximation: str = "none",
         W: torch.Tensor | None = None,
         H: torch.Tensor | None = None,
     ):
@@ -102,9 +104,10 @@ class BrownianInterval:
         if halfway_tree and dt is not None:
             raise ValueError("halfway_tree=True takes no dt hint (its knots are the dyadic grid); leave dt=None.")
         self._t0, self._t1 = t0, t1
-        self._size = torch.Size(size)
-        self._dtype = torch.get_default_dtype() if dtype is None else dtype
-        self._device = torch.device("cpu") if device is None else torch.device(device)
+        given = W if W is not None else H  # as torchsde, a given W or H also gives the size, dtype, device
+        self._size = torch.Size(size if size is not None else () if given is None else given.shape)
+        self._dtype = dtype if dtype is not None else torch.get_default_dtype() if given is None else given.dtype
+        self._device = torch.device(device if device is not None else "cpu" if given is None else given.device)
         self._entropy = int(torch.randint(0, 2**62, ()).item()) if entropy is None else int(entropy)
         self.levy_area_approximation = levy_area_approximation
         self._levy = levy_area_approximation != "none"  # Davie's and Foster's areas are built on U
@@ -417,7 +420,9 @@ class BrownianPath(BrownianInterval):
         levy_area_approximation: str = "none",
     ):
         t1 = float(t0) + 1.0 if t1 is None else t1
-        super().__init__(t0, t1, w0.shape, w0.dtype, w0.device, entropy, levy_area_approximation)
+        super().__init__(
+            t0, t1, w0.shape, w0.dtype, w0.device, entropy, levy_area_approximation=levy_area_approximation
+        )
         self._w0 = w0
 
     def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
