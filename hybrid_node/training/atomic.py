@@ -24,7 +24,9 @@ from .._errors import CheckpointError
 
 PathLike = str | os.PathLike
 
-_TEMP = re.compile(r"\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+\.tmp$")
+#: ``.<pid>-<8 hex>.tmp`` (:func:`_temp_name`) or ``.<8 of [a-z0-9_]>.tmp`` (``tempfile.mkstemp``, older
+#: versions): exactly these, so that a user's ``<name>.backup.tmp`` beside the file is never deleted.
+_TEMP = re.compile(r"\.(?:(?P<pid>\d+)-[0-9a-f]{8}|[a-z0-9_]{8})\.tmp")
 
 
 def _temp_name(path: Path) -> Path:
