@@ -260,3 +260,12 @@ def test_the_constructor_takes_torchsdes_arguments_in_torchsdes_order():
     assert list(inspect.signature(hn.BrownianInterval).parameters) == list(
         inspect.signature(torchsde.BrownianInterval).parameters
     )
+
+
+def test_brownian_path_takes_torchsdes_positional_window_size():
+    # torchsde's BrownianPath(t0, w0, window_size): the third argument was read as the end time here, so
+    # BrownianPath(5.0, w0, 2) raised "needs t0 < t1" (and BrownianPath(0.0, w0, 8) spanned [0, 8]).
+    w0 = torch.zeros(3, dtype=torch.float64)
+    path = hn.BrownianPath(5.0, w0, 2, entropy=1)
+    assert (path.start, path.end) == (5.0, 6.0)  # torchsde's [t0, t0 + 1]
+    torch.testing.assert_close(path(5.5), path(5.0, 5.5), rtol=0, atol=0)

@@ -399,13 +399,13 @@ class BrownianPath(BrownianInterval):
     """torchsde's ``BrownianPath(t0, w0)``: a Brownian motion started at value w0 with point queries.
 
     ``bm(t)`` returns the value w0 + W(t) and ``bm(ta, tb)`` the increment. The path is defined on
-    [t0, t1] (default t0 + 1, as torchsde does).
+    [t0, t1] (default t0 + 1, as torchsde does). The first three arguments are torchsde's, in its order.
 
     Args:
         t0: start time.
         w0: start value; its shape, dtype and device are the path's.
-        t1: end time (default t0 + 1).
         window_size: accepted for compatibility and ignored.
+        t1: end time (default t0 + 1).
         entropy: seed.
         levy_area_approximation: as for :class:`BrownianInterval`.
     """
@@ -414,8 +414,8 @@ class BrownianPath(BrownianInterval):
         self,
         t0: float,
         w0: torch.Tensor,
-        t1: float | None = None,
         window_size: int = 8,
+        t1: float | None = None,
         entropy: int | None = None,
         levy_area_approximation: str = "none",
     ):
