@@ -41,7 +41,8 @@ class Event:
         terminal: must be False here (non-terminal events); terminal events are ``event_fn`` of
             :func:`hybrid_node.solve` / :func:`hybrid_node.odeint_event` (``per_sample=True`` for a batch).
         direction: +1 records only crossings where the element increases through zero, -1 only
-            where it decreases, 0 both.
+            where it decreases, 0 both; increases as the user's time ``t`` increases, also in a solve
+            backwards in time (scipy's ``solve_ivp`` counts along the integration instead).
         on_event: ``on_event(t, y) -> y_new``, or ``on_event(t, y, fired) -> y_new`` (three
             parameters) where ``fired`` is a bool tensor of ``fn``'s shape marking the elements that
             crossed (e.g. which balls of a batch bounce). ``t`` and ``y`` carry gradients (the
