@@ -97,8 +97,15 @@ SYSTEMS = {
 
 
 def exact_trajectories(system: System, q0: torch.Tensor, p0: torch.Tensor, t: torch.Tensor):
-    """The true trajectories (yoshida6, far more accurate than any learned model here)."""
-    step = min(0.05, float(t[1] - t[0]))  # sixth order: errors ~1e-8, far below the models'
+    """The true trajectories at the evenly spaced times ``t`` (yoshida6, far more accurate than any model).
+
+    The step divides the output spacing, so every output is a step end: between steps a fixed-step
+    solve interpolates linearly, which was off by up to 6e-3 on the pendulum (steps of 0.05 against
+    outputs every 0.068); on step ends the error is below 1e-6 over the rollouts (measured against
+    dopri8 at rtol 1e-12: 3e-9 on the spring, 2e-7 on the pendulum over [0, 50]).
+    """
+    spacing = abs(float(t[1] - t[0]))
+    step = spacing / math.ceil(spacing / 0.05 - 1e-9)  # the largest step <= 0.05 that divides the spacing
     return odeint(system.field, (q0, p0), t, method="yoshida6", options={"step_size": step})
 
 
