@@ -21,6 +21,7 @@ import dataclasses
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,13 @@ class MNISTNotFoundError(HybridNodeError, FileNotFoundError):
     """The MNIST files are not where they were looked for; the message says how to provide them."""
 
 
+class MNISTFormatError(HybridNodeError, ValueError):
+    """An MNIST file is damaged or holds no MNIST split; the message names the file and what is wrong.
+
+    A :class:`HybridNodeError`, so that ``hybrid-node mnist --data-root`` reports it in one line.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class MNISTSplit:
     """One split of MNIST.
@@ -77,25 +85,31 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         The array with the shape and dtype recorded in the file's header.
 
     Raises:
-        ValueError: if the header is malformed or the payload has the wrong size.
+        MNISTFormatError: (a ``ValueError``) the header is malformed, the payload has the wrong size, or a
+            ``.gz`` file is not valid gzip or is cut short.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise MNISTFormatError(f"{path} is not a complete gzip file ({type(e).__name__}: {e}).") from e
+    else:
+        data = path.read_bytes()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (its first two bytes must be zero).")
+        raise MNISTFormatError(f"{path} is not an IDX file (its first two bytes must be zero).")
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX element type 0x{code:02x}.")
+        raise MNISTFormatError(f"{path}: unknown IDX element type 0x{code:02x}.")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header.")
+        raise MNISTFormatError(f"{path}: truncated IDX header.")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(
+        raise MNISTFormatError(
             f"{path}: header announces shape {shape} ({expected} bytes) but the file holds "
             f"{len(data) - header} bytes of data."
         )
@@ -117,10 +131,17 @@ def _from_root(root: Path, train: bool) -> MNISTSplit | None:
         return None
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"IDX files in {root} have inconsistent shapes: images {images.shape}, labels {labels.shape}.")
-    return MNISTSplit(
-        torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)), str(paths[0].parent)
-    )
+        raise MNISTFormatError(
+            f"IDX files in {root} have inconsistent shapes: images {images.shape}, labels {labels.shape}."
+        )
+    # Anything but bytes would be cast to uint8 silently (float pixels in [0, 1] all became 0), and a
+    # label outside 0..9 fails only inside training, as an index error of the loss.
+    if images.dtype != np.uint8:
+        raise MNISTFormatError(f"{paths[0]} holds {images.dtype} pixels; MNIST images are unsigned bytes (0..255).")
+    if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        found = f"{labels.dtype} values" if labels.dtype.kind not in "iu" else f"{labels.min()}..{labels.max()}"
+        raise MNISTFormatError(f"{paths[1]} holds labels {found}; MNIST labels are the digits 0..9.")
+    return MNISTSplit(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), str(paths[0].parent))
 
 
 def offline_copy_path() -> Path | None:
@@ -176,7 +197,8 @@ def load_mnist(root: str | os.PathLike | None = None, *, train: bool = True) -> 
         MNISTNotFoundError: (a ``FileNotFoundError``) ``root`` is given and lacks the split's IDX files
             (a mistyped ``--data-root`` must not train on other data), or ``root`` is None and the
             offline copy is not installed; the message says how to provide the data.
-        ValueError: if an IDX file is malformed.
+        MNISTFormatError: (a ``ValueError``) an IDX file in ``root`` is malformed, or holds no MNIST
+            split (images not bytes, labels outside 0..9, counts that differ).
     """
     if root is not None:
         root = Path(root).expanduser()
