@@ -139,8 +139,8 @@ def _from_root(root: Path, train: bool) -> MNISTSplit | None:
     if images.dtype != np.uint8:
         raise MNISTFormatError(f"{paths[0]} holds {images.dtype} pixels; MNIST images are unsigned bytes (0..255).")
     if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() > 9)):
-        found = f"{labels.dtype} values" if labels.dtype.kind not in "iu" else f"{labels.min()}..{labels.max()}"
-        raise MNISTFormatError(f"{paths[1]} holds labels {found}; MNIST labels are the digits 0..9.")
+        what = f"{labels.dtype} values" if labels.dtype.kind not in "iu" else f"{labels.min()}..{labels.max()}"
+        raise MNISTFormatError(f"{paths[1]} holds labels {what}; MNIST labels are the digits 0..9.")
     return MNISTSplit(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), str(paths[0].parent))
 
 
