@@ -71,3 +71,27 @@ def test_reversible_adjoint_after_an_adaptive_forward_solve_equals_direct_backpr
     torch.testing.assert_close(ys_adjoint, ys_direct, rtol=0, atol=0)  # the same forward solve
     for a, b in zip(adjoint, direct):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)  # exact up to rounding, as with fixed steps
+
+
+def test_pure_relative_or_absolute_tolerances_are_accepted_as_in_torchsde():
+    # atol=0 (or rtol=0) is valid in torchsde. It was refused here, and with atol=0 the error scale of a
+    # component that stays 0 was 0: 0 / 0 = NaN rejected every step and the solve failed at dt_min.
+    n = 40
+    sde = GBM("ito")
+    y0 = torch.cat([torch.ones(n, 1), torch.zeros(1, 1)])  # the last row stays 0 (GBM from 0)
+    bm = hn.BrownianInterval(0.0, 1.0, (n + 1, 1), entropy=3)
+    with torch.no_grad():
+        ys = hn.sdeint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", adaptive=True, rtol=1e-3, atol=0.0, dt=0.1)
+        exact = sde.exact(y0, 1.0, bm(0.0, 1.0))
+    assert float(ys[-1, -1, 0]) == 0.0
+    # measured 4.9e-3 (docs/sde.md: 2.1e-2 with the default atol): 0.05 leaves room and still catches garbage
+    assert float((ys[-1] - exact).abs().mean()) < 0.05
+    assert hn.sde._loop.error_ratio(torch.zeros(3), torch.zeros(3), 1e-3, 0.0) == 0.0
+    assert hn.sde._loop.error_ratio(torch.tensor([float("nan")]), torch.zeros(1), 1e-3, 0.0) != 0.0  # NaN stays
+    hn.sdeint(sde, y0, [0.0, 1.0], bm=bm, method="milstein", adaptive=True, rtol=0.0, atol=1e-3, dt=0.1)
+    with pytest.raises(ValueError, match="must not both be 0"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="milstein", adaptive=True, rtol=0.0, atol=0.0)
+    with pytest.raises(ValueError, match="atol must be non-negative"):
+        hn.sdeint(sde, y0, [0.0, 1.0], method="milstein", atol=-1.0)
+    with pytest.raises(ValueError, match="adjoint_rtol and adjoint_atol must not both be 0"):
+        hn.sdeint_adjoint(sde, y0, [0.0, 1.0], method="milstein", adjoint_rtol=0.0, adjoint_atol=0.0)

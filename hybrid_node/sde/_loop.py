@@ -68,9 +68,14 @@ def _interp(w: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def error_ratio(y_full: torch.Tensor, y_half: torch.Tensor, rtol: float, atol: float) -> float:
     """The step-doubling error test: the RMS of ``y_full - y_half`` scaled by
-    ``atol + rtol * max(|y_full|, |y_half|)``."""
+    ``atol + rtol * max(|y_full|, |y_half|)``.
+
+    With atol = 0 the scale of a component that is 0 in both solutions is 0, and so is its error: it
+    counts as 0 (0 / 0 was NaN, which rejected every step down to dt_min and failed the solve). A NaN
+    stays NaN (its scale is NaN, so the difference, NaN too, is kept)."""
     scale = atol + rtol * torch.maximum(y_full.abs(), y_half.abs())
-    return float(rms_norm((y_full - y_half) / scale))
+    diff = y_full - y_half
+    return float(rms_norm(torch.where(scale > 0, diff / scale, diff)))
 
 
 def integrate(

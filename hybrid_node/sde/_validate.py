@@ -51,6 +51,22 @@ def _times(ts: Any, y0: torch.Tensor) -> list[float]:
     return out
 
 
+def check_tolerances(rtol: float, atol: float, prefix: str = "") -> None:
+    """Refuse tolerances that are negative or NaN, or both zero; one of them may be 0 (as in torchsde).
+
+    Args:
+        rtol, atol: the tolerances; prefix: prepended to their names in the message (e.g. "adjoint_").
+
+    Raises:
+        ValueError: a negative or NaN tolerance, or both zero.
+    """
+    for name, value in ((prefix + "rtol", rtol), (prefix + "atol", atol)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be non-negative, got {value}.")
+    if rtol == 0 and atol == 0:
+        raise ValueError(f"{prefix}rtol and {prefix}atol must not both be 0 (no step would pass the error test).")
+
+
 def _default_levy(solver: SDESolver) -> str:
     # torchsde's defaults: Foster's area for log_ode, the space-time area for srk.
     if solver.needs_full_levy_area:
@@ -100,6 +116,8 @@ def prepare(
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
         if isinstance(value, torch.Tensor) and value.requires_grad:
             raise ValueError(f"{name} must not require gradients (no gradient flows to it): pass a float.")
+    check_tolerances(rtol, atol)
+    for name, value in (("dt", dt), ("dt_min", dt_min)):
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}.")
     method = DEFAULT_METHOD[(view.sde_type, view.noise_type)] if method is None else method

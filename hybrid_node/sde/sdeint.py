@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ._loop import integrate
-from ._validate import Prepared, prepare
+from ._validate import Prepared, check_tolerances, prepare
 from .adjoint import BackwardSteps, solve_stochastic_adjoint
 from .reversible_adjoint import solve_reversible_adjoint
 
@@ -72,7 +72,8 @@ def sdeint(
             "milstein", "log_ode" (Stratonovich). Default: torchsde's (srk for Ito diagonal/additive/scalar noise,
             euler for Ito general noise, midpoint for Stratonovich).
         dt: step size (the initial one when adaptive).
-        adaptive, rtol, atol, dt_min: step doubling with these tolerances and minimum step.
+        adaptive, rtol, atol, dt_min: step doubling with these tolerances and minimum step (one of rtol
+            and atol may be 0, as in torchsde).
         options: method options, e.g. ``{"grad_free": True}`` for milstein.
         names: rename the SDE's methods, e.g. ``{"drift": "f_post", "prior_drift": "h"}``.
         logqp: also return the KL rate integral between the posterior (f) and prior (h) SDE per output interval.
@@ -168,7 +169,7 @@ def sdeint_adjoint(
     Raises:
         ValueError: as for sdeint; also a non-Module sde without adjoint_params, unknown adjoint methods or
             options, extra_solver_state, Ito SDEs with general noise (stochastic adjoint), adjoint_adaptive
-            with the reversible adjoint, non-positive adjoint tolerances.
+            with the reversible adjoint, negative adjoint tolerances or both zero.
 
     Reference:
         X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
@@ -197,9 +198,7 @@ def sdeint_adjoint(
             "adjoint_adaptive=True does not apply to the reversible adjoint, which undoes the forward steps "
             "exactly; drop it, or use adjoint_method='midpoint' (the stochastic adjoint)."
         )
-    for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}.")
+    check_tolerances(adjoint_rtol, adjoint_atol, "adjoint_")
     control = BackwardSteps(adjoint_adaptive, dt, adjoint_rtol, adjoint_atol, dt_min)
     if reversible:
         ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
