@@ -13,6 +13,8 @@ import contextlib
 import math
 from collections.abc import Iterator
 
+import torch
+
 from .._errors import HybridNodeError
 from .._registry import METHOD_SPECS
 
@@ -26,6 +28,34 @@ def method_name(value: str) -> str:
     if value not in METHOD_SPECS:
         raise argparse.ArgumentTypeError(f"unknown method {value!r}; choose one of: {', '.join(METHOD_SPECS)}")
     return value
+
+
+def device_name(value: str) -> str:
+    """A torch device this machine has: ``cpu``, ``cuda`` or ``cuda:<index>``, or ``mps``.
+
+    Checked while the command line is parsed: torch itself fails only when the first tensor moves
+    there, with a traceback ("Torch not compiled with CUDA enabled", an AssertionError).
+    """
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda, cuda:<index> or mps") from None
+    if device.type == "cpu":
+        return value
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{value!r}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+        return value
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{value!r}: MPS is not available here; use --device cpu")
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: the experiments run on cpu, cuda or mps")
 
 
 def _integer(value: str, low: int) -> int:
