@@ -70,3 +70,18 @@ def test_the_command_reports_a_damaged_file_in_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "hybrid-node mnist: error:" in err and "is not an IDX file" in err
+
+
+def test_the_offline_copy_without_zarr_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    # Was an ImportError traceback from `hybrid-node mnist` when the wheel was there but zarr was not.
+    import sys
+
+    from hybrid_node.data import mnist as mnist_mod
+
+    monkeypatch.setattr(mnist_mod, "offline_copy_path", lambda: tmp_path / "mnist.zarr.zip")
+    monkeypatch.setitem(sys.modules, "zarr", None)  # `import zarr` raises ImportError
+    with pytest.raises(ImportError, match="needs zarr"):
+        load_mnist(None)
+    assert main(["mnist", "--out", str(tmp_path / "run"), "--iters", "1", "--channels", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "hybrid-node mnist: error: Reading the offline MNIST copy needs zarr" in err

@@ -53,6 +53,13 @@ class MNISTNotFoundError(HybridNodeError, FileNotFoundError):
     """The MNIST files are not where they were looked for; the message says how to provide them."""
 
 
+class MNISTDependencyError(HybridNodeError, ImportError):
+    """Reading the offline copy needs a package that is not installed; the message says what to install.
+
+    A :class:`HybridNodeError`, so that ``hybrid-node mnist`` reports it in one line.
+    """
+
+
 class MNISTFormatError(HybridNodeError, ValueError):
     """An MNIST file is damaged or holds no MNIST split; the message names the file and what is wrong.
 
@@ -166,7 +173,7 @@ def _from_wheel(train: bool) -> MNISTSplit | None:
     try:
         import zarr
     except ImportError as e:
-        raise ImportError(
+        raise MNISTDependencyError(
             'Reading the offline MNIST copy needs zarr>=3.1 (and numpy>=2): pip install "hybrid_node[mnist]".'
         ) from e
     group = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
@@ -199,6 +206,8 @@ def load_mnist(root: str | os.PathLike | None = None, *, train: bool = True) -> 
             offline copy is not installed; the message says how to provide the data.
         MNISTFormatError: (a ``ValueError``) an IDX file in ``root`` is malformed, or holds no MNIST
             split (images not bytes, labels outside 0..9, counts that differ).
+        MNISTDependencyError: (an ``ImportError``) ``root`` is None and the offline copy is installed
+            but zarr, which reads it, is not.
     """
     if root is not None:
         root = Path(root).expanduser()
