@@ -65,6 +65,10 @@ class _FloatOps:
         return min(a, b)
 
     @staticmethod
+    def larger(a: float, b: float) -> float:
+        return max(a, b)
+
+    @staticmethod
     def full_like(like: float, value: float) -> float:
         return value
 
@@ -99,6 +103,10 @@ class _TensorOps:
     @staticmethod
     def smaller(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.minimum(a, b)
+
+    @staticmethod
+    def larger(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(a, b)
 
     @staticmethod
     def full_like(like: torch.Tensor, value: float) -> torch.Tensor:
@@ -255,7 +263,7 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
     return xp.minimum(dt * factor, c.max_step), xp.where(accepted, r, r1), xp.where(accepted, r1, r2)
 
 
-def step_floor(xp, t, min_step: float, eps: float = _EPS):
+def step_floor(xp, t, min_step: float, eps: float = _EPS, origin: float | torch.Tensor | None = None):
     """The resolution floor ``max(min_step, eps max(1, |t|) / 4)``: a step below it fails the solve.
 
     The loops pass ``min_step = 0`` (through :func:`settle`): a positive ``min_step`` clamps the step
@@ -271,16 +279,30 @@ def step_floor(xp, t, min_step: float, eps: float = _EPS):
     the step that crosses it must be allowed to be a fraction of that ulp (torchdiffeq's float32
     time crosses the same way); a whole-ulp floor failed such solves (a jump without ``jump_t``).
 
+    With ``origin`` (the solve's first time), ``|t|`` in the state's ``eps`` term is the smaller of
+    ``|t|`` and ``|t - origin|``, and float64's resolution of the host time, ``_EPS |t| / 4``, bounds
+    the floor below: a creeping solve has crept over the time since its start, and ``|t|`` alone
+    failed float32 solves far from zero whose steps are below ``eps |t| / 4`` (``y' = -10 y`` on
+    [1e6, 1e6 + 1]: a floor of 0.03 against steps of 0.02), which torchdiffeq, whose host time is
+    float64, solves to 2.5e-10. The floor is never above the one without ``origin``, so no solve
+    fails that passed without it.
+
     Args:
         xp: the array namespace.
         t: the current time.
         min_step: the controller's lower bound.
         eps: the machine epsilon the floor is relative to (default float64's).
+        origin: the solve's first time (solver time), or None for ``|t|`` alone.
 
     Returns:
         The floor, in ``xp``'s kind (host float or tensor).
     """
-    return xp.maximum(0.25 * eps * xp.maximum(abs(t), 1.0), min_step)
+    if origin is None:
+        resolution = eps * xp.maximum(abs(t), 1.0)
+    else:
+        elapsed = xp.smaller(abs(t), abs(t - origin))
+        resolution = xp.larger(eps * xp.maximum(elapsed, 1.0), _EPS * abs(t))
+    return xp.maximum(0.25 * resolution, min_step)
 
 
 def precheck(xp, c: StepControl, n_attempts, t, dt):
@@ -313,7 +335,7 @@ def accepts(xp, c: StepControl, ratio, step_dt):
     return ok
 
 
-def settle(xp, c: StepControl, done, t, dt, step_dt, last_nonfinite):
+def settle(xp, c: StepControl, done, t, dt, step_dt, last_nonfinite, origin: float | torch.Tensor | None = None):
     """The next step and the status after an attempt of size ``step_dt``.
 
     The proposal ``dt`` is clamped below at ``min_step`` (torchdiffeq's ``dt.clamp(min_step,
@@ -330,12 +352,13 @@ def settle(xp, c: StepControl, done, t, dt, step_dt, last_nonfinite):
         done: whether the solve has ended.
         t: the current time; dt: the proposed next step; step_dt: the step just attempted.
         last_nonfinite: whether the last attempt was rejected for a non-finite ratio.
+        origin: the solve's first time, for :func:`step_floor` (None: the floor from ``|t|`` alone).
 
     Returns:
         ``(dt, status)``.
     """
     small = xp.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW)
-    floor = step_floor(xp, t, 0.0, c.eps)
+    floor = step_floor(xp, t, 0.0, c.eps, origin)
     if c.min_step > 0:  # static, as in :func:`accepts`
         stuck = last_nonfinite & (step_dt <= c.min_step)
         dt = xp.maximum(dt, c.min_step)

@@ -360,7 +360,7 @@ def integrate_adaptive(
             state = solver.reject(term, t, y, state, step)  # e.g. an implicit solver refreshes a Jacobian
         dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
         dt = min(solver.propose_step(state, step_dt, dt), c.max_step)  # a variable-order method's own step
-        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
+        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, ts[0])
         if code != RUNNING:
             return failed(code, f"dt={dt:.3g}")
     stats.nfe = term.nfe

@@ -1,0 +1,93 @@
+"""The step floor of adaptive solves far from t = 0 (:func:`hybrid_node.loop.core.step_floor`).
+
+The floor ends a float32 solve that creeps on with steps that cannot change its state; taken from
+``|t|`` alone it also failed every float32 solve whose steps are below ``eps |t| / 4``, however well
+resolved: ``y' = -10 y`` on [1e6, 1e6 + 1] (a floor of 0.03, steps of 0.02), which torchdiffeq solves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+
+import pytest
+import torch
+
+import hybrid_node as hn
+from hybrid_node import SolverError, Status
+from hybrid_node.loop import core
+
+F32_EPS = torch.finfo(torch.float32).eps
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail with TimeoutError when the block runs longer than ``seconds`` (a creeping solve hangs)."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the solve creeps")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def decay(t, y):
+    return -10 * y
+
+
+def grow(t, y):
+    return y
+
+
+@pytest.mark.parametrize("t0", [1e6, -1e6, 2.0**24])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
+@pytest.mark.parametrize("t_dtype", [torch.float64, torch.float32])
+def test_float32_solve_far_from_zero_matches_the_exact_solution(method, t0, t_dtype):
+    # float32 times: 1e6 + 1 and 2^24 + 2 are exact float32 numbers (2^24 + 1 is not)
+    t = torch.tensor([t0, t0 + 2.0], dtype=t_dtype)
+    ys = hn.odeint(decay, torch.ones(1), t, rtol=1e-5, atol=1e-7, method=method)
+    # rtol 1e-5 per step on a decaying state of size <= 1 bounds the global error by about 1e-5 (the
+    # same solve from t = 0, whose floor was never in the way, errs by at most 3e-7)
+    assert float(ys[-1, 0]) == pytest.approx(math.exp(-20.0), abs=1e-5)
+    # the field is autonomous: the solve is the one from t = 0, to float32 rounding over its steps
+    ref = hn.odeint(decay, torch.ones(1), torch.tensor([0.0, 2.0]), rtol=1e-5, atol=1e-7, method=method)
+    assert float(ys[-1, 0]) == pytest.approx(float(ref[-1, 0]), abs=1e-6)
+
+
+def test_float32_solve_far_from_zero_with_default_tolerances():
+    t = torch.tensor([1e6, 1e6 + 1.0], dtype=torch.float64)
+    ys = hn.odeint(decay, torch.ones(1), t)
+    # torchdiffeq 0.2.5 errs by 2.5e-10 here, hybrid_node by 2.8e-10; rtol = 1e-7 bounds it by ~1e-7
+    assert float(ys[-1, 0]) == pytest.approx(math.exp(-10.0), abs=1e-7)
+
+
+@pytest.mark.parametrize("t0", [0.0, 1e6, -1e6])
+def test_overflowing_float32_solve_far_from_zero_still_ends(t0):
+    # the floor's purpose: a float32 overflow ends with its status instead of creeping on forever
+    with deadline(60), pytest.raises(SolverError, match="NaN or infinite") as info:
+        hn.odeint(grow, torch.ones(1), torch.tensor([t0, t0 + 1000.0], dtype=torch.float64))
+    assert info.value.status is Status.NONFINITE
+    # e^t overflows float32 at t = log(max) = 88.72 after the start; 1e-3 relative: the last steps' size
+    assert info.value.t - t0 == pytest.approx(math.log(torch.finfo(torch.float32).max), rel=1e-3)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.5, -3.0, 88.7, 1e6, -1e6, 1e13])
+@pytest.mark.parametrize("origin", [0.0, 1e6, -1e6, 3.0])
+@pytest.mark.parametrize("eps", [F32_EPS, core._EPS])
+def test_floor_with_an_origin_is_never_above_the_floor_without(t, origin, eps):
+    without = core.step_floor(core.FLOAT, t, 0.0, eps)
+    with_origin = core.step_floor(core.FLOAT, t, 0.0, eps, origin)
+    assert with_origin <= without
+    if origin == 0.0:  # a solve from 0 keeps its floor exactly
+        assert with_origin == without
+    # never below float64's resolution of the host time (a step there would not move it)
+    assert with_origin >= 0.25 * core._EPS * abs(t)
+    # the tensor namespace gives the same number (the loops on 0-d tensors share the formula)
+    as_tensor = core.step_floor(core.TENSOR, torch.tensor(t, dtype=torch.float64), 0.0, eps, origin)
+    assert float(as_tensor) == with_origin
