@@ -610,6 +610,26 @@ def split_params(q: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.
     return out
 
 
+def reached_outputs(integration: Integration, ys: torch.Tensor) -> int:
+    """How many leading outputs the forward solve reached: all, unless it failed under ``throw=False``.
+
+    A failed solve pads the outputs it did not reach with NaN. The backward pass starts from the last
+    reached one and drops the cotangents of the padding, as direct backpropagation does (the padding
+    is a constant there); a backward solve started from the NaN state would fail on it instead.
+
+    Args:
+        integration: the forward solve's result.
+        ys: its stacked outputs.
+
+    Returns:
+        The number of outputs, from the first, that the solve reached.
+    """
+    if integration.status in (Status.SUCCESS, Status.EVENT):
+        return len(ys)
+    finite = torch.isfinite(ys.reshape(len(ys), -1)).all(dim=1)
+    return int(finite.long().cumprod(0).sum())
+
+
 def time_gradients(
     problem: Problem, fterm, ts: Sequence[float], ys: torch.Tensor, grad_ys: torch.Tensor, a0: torch.Tensor, event: bool
 ) -> torch.Tensor:

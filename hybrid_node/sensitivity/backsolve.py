@@ -39,6 +39,7 @@ from ._backward import (
     NormOption,
     channel_tolerance,
     flat_cat,
+    reached_outputs,
     run_backward,
     split_params,
     time_gradients,
@@ -112,7 +113,10 @@ class Backsolve:
         Returns:
             (dL/dt or None, dL/dy0, [dL/dp for p in params]).
         """
-        problem, params, ts = self.problem, self.params, self.ts
+        problem, params = self.problem, self.params
+        assert self.integration is not None  # set by forward
+        k = reached_outputs(self.integration, ys)
+        ts, ys, grad_ys = self.ts[:k], ys[:k], grad_ys[:k]
         fterm = problem.term(callbacks=False)
         dtype = ys.dtype
         n = ys[0].numel()
@@ -161,7 +165,6 @@ class Backsolve:
         a0 = x[n : 2 * n].reshape(shape)
         grad_t = None
         tterm = problem.term()
-        assert self.integration is not None  # set by forward
         if need_t:
             grad_t = time_gradients(problem, tterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
         stats = self.integration.stats

@@ -41,6 +41,7 @@ from ._backward import (
     flat_cat,
     forward_grid,
     merge_times,
+    reached_outputs,
     run_backward,
     split_params,
     time_gradients,
@@ -238,7 +239,12 @@ class Interpolating:
         Returns:
             (dL/dt or None, dL/dy0, [dL/dp for p in params]).
         """
-        problem, params, ts, cps = self.problem, self.params, self.ts, self.cps
+        problem, params = self.problem, self.params
+        assert self.integration is not None  # set by forward
+        k = reached_outputs(self.integration, ys)
+        ts, ys, grad_ys = self.ts[:k], ys[:k], grad_ys[:k]
+        # adaptive checkpoints include every output time, so those up to the last reached one end there
+        cps = self.cps if k == len(self.ts) else [c for c in self.cps if c <= ts[-1]]
         fterm, rterm = problem.term(callbacks=False), problem.term(callbacks=False)
         dtype, n, shape = ys.dtype, ys[0].numel(), ys[0].shape
         q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
@@ -276,7 +282,8 @@ class Interpolating:
 
         term = AugmentedTerm(field, problem, unpack)
         steps = 0
-        whole = self._whole_backward(term, fterm, rterm, ys, grad_ys, x) if last > 0 else None
+        # the compiled pass covers whole solves (a failed one's reached part takes the eager pass)
+        whole = self._whole_backward(term, fterm, rterm, ys, grad_ys, x) if 0 < last == len(self.ts) - 1 else None
         if whole is not None:
             x, steps = whole
         elif last > 0:
@@ -295,7 +302,6 @@ class Interpolating:
         grad_t = None
         if need_t:
             grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=self.event_fn is not None)
-        assert self.integration is not None  # set by forward
         stats = self.integration.stats
         stats.nfe_backward += fterm.nfe + rterm.nfe
         stats.n_steps_backward += steps

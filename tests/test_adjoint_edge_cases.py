@@ -1,0 +1,82 @@
+"""Edge cases of the adjoint sensitivities (BacksolveAdjoint, InterpolatingAdjoint), each against an
+independent reference: direct backpropagation, an adjoint solve of the part that succeeded, or
+torchdiffeq's odeint_adjoint on the same inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+F64 = torch.float64
+
+ADJOINTS = {
+    "backsolve": hn.BacksolveAdjoint(),
+    "interpolating": hn.InterpolatingAdjoint(),
+    "interpolating-3": hn.InterpolatingAdjoint(checkpoints=3),
+}
+
+
+class Tanh(torch.nn.Module):
+    """y' = tanh(A y): a nonlinear field with one matrix parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([[-0.3, 1.0], [-1.0, -0.2]], dtype=F64))
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.a.T)
+
+
+@pytest.mark.parametrize("name", list(ADJOINTS))
+def test_failed_forward_solve_with_throw_false_keeps_the_gradients_of_the_reached_outputs(name):
+    """A solve that runs out of steps with ``throw=False`` returns NaN where it did not arrive; the
+    outputs it reached keep their gradients, as direct backpropagation and the replaying
+    sensitivities give them, instead of a backward solve started from the NaN padding."""
+    sensitivity = ADJOINTS[name]
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0, 50.0], dtype=F64)  # 40 steps reach t = 1 but not t = 50
+    ctrl = hn.PIDController(rtol=1e-9, atol=1e-11, max_num_steps=40)
+    lands = (0.5, 1.0)  # steps end at the reached outputs, so the solve over t[:3] takes the same ones
+    sol = hn.solve(field, y0, t, controller=ctrl, sensitivity=sensitivity, throw=False, step_t=lands)
+    assert sol.status is hn.Status.MAX_STEPS
+    assert bool(sol.ys[-1].isnan().all()) and bool(sol.ys[:3].isfinite().all())
+
+    def loss(ys):
+        return (ys[1] ** 2).sum() + ys[2].sum()
+
+    got = torch.autograd.grad(loss(sol.ys), [y0, field.a])
+    # the same adjoint over the times the failed solve reached: it takes the same forward steps (the
+    # three checkpoint segments of [0, 50] end past t = 1, so there the checkpoints are the outputs)
+    same = hn.InterpolatingAdjoint() if name == "interpolating-3" else sensitivity
+    part = hn.solve(field, y0, t[:3], controller=ctrl, sensitivity=same, step_t=lands)
+    want = torch.autograd.grad(loss(part.ys), [y0, field.a])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)  # the same two solves: rounding only
+    direct = hn.solve(field, y0, t, controller=ctrl, throw=False, step_t=lands)
+    exact = torch.autograd.grad(loss(direct.ys), [y0, field.a])
+    for g, w in zip(got, exact):
+        # continuous adjoint vs discrete gradient: both within the tolerances (1e-9) of the true one
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["backsolve", "interpolating"])
+def test_failed_forward_solve_gives_time_gradients_of_the_reached_outputs(name):
+    """dL/dt of a failed solve: the reached outputs' as a successful solve of them gives, zero for
+    the rest (their NaN padding does not move with t)."""
+    sensitivity = ADJOINTS[name]
+    field = Tanh()
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0, 50.0], dtype=F64, requires_grad=True)
+    ctrl = hn.PIDController(rtol=1e-9, atol=1e-11, max_num_steps=40)
+    lands = (0.5, 1.0)  # as above: the same steps as the solve over t[:3]
+    sol = hn.solve(field, y0, t, controller=ctrl, sensitivity=sensitivity, throw=False, step_t=lands)
+    (got,) = torch.autograd.grad(sol.ys[:3].pow(2).sum(), [t])
+    t3 = t.detach()[:3].clone().requires_grad_(True)
+    part = hn.solve(field, y0, t3, controller=ctrl, sensitivity=sensitivity, step_t=lands)
+    (want,) = torch.autograd.grad(part.ys.pow(2).sum(), [t3])
+    torch.testing.assert_close(got[:3], want, rtol=1e-12, atol=1e-12)  # the same solves: rounding only
+    assert float(got[3]) == 0.0
+
