@@ -127,6 +127,9 @@ class Interpolating:
                 self.integration = integrate(problem, term, y0, problem.ts, event_fn=self.event_fn, throw=self.throw)
                 outputs = self.integration.ys
                 if self.integration.event_t is None:  # a failed solve reported by status
+                    # its outputs are the checkpoints: the backward pass re-solves the part it reached
+                    self.cps = list(self.ts)
+                    self.states = dict(zip(self.ts, outputs))
                     return torch.stack(outputs)
                 self.ts = [problem.ts[0], self.integration.event_t]
             self.grid = forward_grid(problem, self.ts) if fixed else None
@@ -301,7 +304,9 @@ class Interpolating:
         a0 = x[:n].reshape(shape)
         grad_t = None
         if need_t:
-            grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=self.event_fn is not None)
+            # an event solve that found no event (throw=False) ends at t_end: its usual dL/dt there
+            event = self.integration.event_t is not None
+            grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=event)
         stats = self.integration.stats
         stats.nfe_backward += fterm.nfe + rterm.nfe
         stats.n_steps_backward += steps
