@@ -104,3 +104,41 @@ def test_event_solve_that_finds_no_event_with_throw_false_has_gradients(name):
     for g, w in zip(grads(sensitivity), grads(hn.DirectBackprop())):
         # continuous adjoint vs discrete gradient: both within the tolerances (1e-10) of the true one
         torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-9)
+
+
+class Oscillator(torch.nn.Module):
+    """A damped oscillator on a tuple state (x, v): x' = v, v' = -k x - c v."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(2.0, dtype=F64))
+        self.c = torch.nn.Parameter(torch.tensor(0.3, dtype=F64))
+
+    def forward(self, t, state):
+        x, v = state
+        return v, -self.k * x - self.c * v
+
+
+@pytest.mark.parametrize("name", ["backsolve", "interpolating"])
+def test_tensor_tolerances_of_the_adjoint_on_a_tuple_state(name):
+    """A tensor ``rtol``/``atol`` of the adjoint settings is read as the forward PIDController reads it
+    on a tuple state: one entry per state tensor, or one per element of the joined tensors."""
+    field = Oscillator()
+    t = torch.linspace(0.0, 2.0, 4, dtype=F64)
+    ctrl = hn.PIDController(rtol=1e-10, atol=1e-12)
+    settings = {"backsolve": hn.BacksolveAdjoint, "interpolating": hn.InterpolatingAdjoint}[name]
+
+    def grads(sensitivity):
+        x0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+        v0 = torch.tensor([0.0, 0.2], dtype=F64, requires_grad=True)
+        xs, vs = hn.solve(field, (x0, v0), t, controller=ctrl, sensitivity=sensitivity).ys
+        return torch.autograd.grad((xs**2).sum() + vs[-1].sum(), [x0, v0, field.k, field.c])
+
+    want = grads(hn.DirectBackprop())
+    per_tensor = torch.tensor([1e-10, 1e-11], dtype=F64)  # x, v
+    per_element = torch.tensor([1e-10, 1e-10, 1e-11, 1e-11], dtype=F64)
+    for tol in (per_tensor, per_element):
+        for g, w in zip(grads(settings(rtol=tol, atol=tol * 1e-2)), want):
+            torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-9)  # both solves to ~1e-10 tolerances
+    with pytest.raises(ValueError, match="rtol"):
+        grads(settings(rtol=torch.full((3,), 1e-8, dtype=F64)))  # neither reading fits

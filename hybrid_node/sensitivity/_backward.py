@@ -17,6 +17,7 @@ import torch
 
 from .._errors import SolverError, Status
 from .._problem import Problem
+from .._problem import _tolerance as state_tolerance
 from .._registry import build_solver
 from .._solution import Stats
 from .._term import CALLBACK_NAMES, LeftLimit, StepCallbacks, solver_time_field
@@ -182,15 +183,26 @@ class BackwardPlan:
 
 
 def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
-    """Resolve the backward solve's solver, controller and tolerances from the sensitivity settings."""
+    """Resolve the backward solve's solver, controller and tolerances from the sensitivity settings.
+
+    Raises:
+        ValueError: a tensor tolerance of the sensitivity that does not fit the state, or a norm
+            named inside its ``options``.
+    """
 
     def pick(value, forward, default):
         if value is not None:
             return value
         return forward if forward is not None else default
 
-    rtol = pick(sensitivity.rtol, problem.rtol, PIDController.rtol)
-    atol = pick(sensitivity.atol, problem.atol, PIDController.atol)
+    def own(value, name: str):
+        # a tensor is read as the forward reads one: on a tuple state, per tensor or per joined element
+        if not isinstance(value, torch.Tensor):
+            return value
+        return state_tolerance(value, problem.layout, problem.y0, f"the adjoint's {name}")
+
+    rtol = pick(own(sensitivity.rtol, "rtol"), problem.rtol, PIDController.rtol)
+    atol = pick(own(sensitivity.atol, "atol"), problem.atol, PIDController.atol)
     seminorm = isinstance(sensitivity.norm, str) and sensitivity.norm == "seminorm"
     tuple_norm = sensitivity.norm if callable(sensitivity.norm) else None
     if sensitivity.method is None and sensitivity.options is None:

@@ -81,7 +81,9 @@ class DirectBackprop(AbstractSensitivity):
 
 @dataclasses.dataclass(frozen=True)
 class _AdjointSettings(AbstractSensitivity):
-    rtol: float | torch.Tensor | None = None  #: backward tolerance (a tensor: per component); None: the forward one
+    #: backward tolerance; a tensor is read as the forward controller reads one (per component, or per
+    #: tensor of a tuple state); None: the forward one
+    rtol: float | torch.Tensor | None = None
     atol: float | torch.Tensor | None = None
     method: str | None = None  #: backward solver; None reuses the forward one
     options: Mapping[str, Any] | None = None  #: backward solver options
