@@ -142,3 +142,45 @@ def test_tensor_tolerances_of_the_adjoint_on_a_tuple_state(name):
             torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-9)  # both solves to ~1e-10 tolerances
     with pytest.raises(ValueError, match="rtol"):
         grads(settings(rtol=torch.full((3,), 1e-8, dtype=F64)))  # neither reading fits
+
+
+class Forced(torch.nn.Module):
+    """y' = sin(t) A y + 0.1 y^2: time-dependent and nonlinear, so coarse steps show in the gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([[-0.5, 1.0], [-1.0, -0.2]], dtype=F64))
+
+    def forward(self, t, y):
+        return torch.sin(t) * y @ self.a.T + 0.1 * y**2
+
+
+@pytest.mark.parametrize(
+    "method, options, tol",
+    [
+        # fixed steps with the outputs on the step grid: torchdiffeq's backward grid is the same
+        ("rk4", {"step_size": 0.1}, 1e-12),
+        ("euler", {"step_size": 0.05}, 1e-12),
+        # adaptive: torchdiffeq restarts the backward solve at each output, ours carries on (rtol 1e-6)
+        ("dopri5", {"first_step": 0.3}, 1e-5),
+    ],
+)
+def test_adjoint_method_equal_to_the_forward_one_keeps_the_forward_options(method, options, tol):
+    """torchdiffeq's rule: with ``adjoint_method == method`` and no ``adjoint_options`` the backward
+    solve takes the forward ``options``, so naming the method changes nothing. The backward solve
+    had dropped them (rk4 and euler then took one step per output interval)."""
+    field = Forced()
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+
+    def grads(lib, **adjoint):
+        y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+        kw = dict(rtol=1e-6, atol=1e-8, method=method, options=dict(options), **adjoint)
+        ys = lib.odeint_adjoint(field, y0, t, **kw)
+        return torch.autograd.grad((ys**2).sum(), [y0, field.a])
+
+    got = grads(hn, adjoint_method=method)
+    for g, w in zip(got, grads(hn)):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)  # the same backward solve
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    for g, w in zip(got, grads(torchdiffeq, adjoint_method=method)):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)

@@ -205,7 +205,10 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
     atol = pick(own(sensitivity.atol, "atol"), problem.atol, PIDController.atol)
     seminorm = isinstance(sensitivity.norm, str) and sensitivity.norm == "seminorm"
     tuple_norm = sensitivity.norm if callable(sensitivity.norm) else None
-    if sensitivity.method is None and sensitivity.options is None:
+    same_method = sensitivity.method is None or sensitivity.method == problem.solver.name
+    if same_method and sensitivity.options is None:
+        # torchdiffeq's rule: a backward solve by the forward's method, without options of its own,
+        # takes the forward's options (its step_size, first_step, ...), so naming the method changes nothing
         return BackwardPlan(problem.solver, problem.controller, rtol, atol, seminorm, None, True, tuple_norm)
     method = sensitivity.method if sensitivity.method is not None else problem.solver.name
     options = dict(sensitivity.options or {})

@@ -85,7 +85,9 @@ class _AdjointSettings(AbstractSensitivity):
     #: tensor of a tuple state); None: the forward one
     rtol: float | torch.Tensor | None = None
     atol: float | torch.Tensor | None = None
-    method: str | None = None  #: backward solver; None reuses the forward one
+    #: backward solver; None (or the forward solver's name, without ``options``) reuses the forward solver and
+    #: its controller, as torchdiffeq copies ``options`` when ``adjoint_method == method``
+    method: str | None = None
     options: Mapping[str, Any] | None = None  #: backward solver options
     #: "seminorm" leaves the parameter-gradient channels out of the error norm; a callable is
     #: torchdiffeq's ``adjoint_options["norm"]``: called on ``(t, *y, *adj_y, *adj_params)``
