@@ -43,7 +43,7 @@ from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig, read_json
 from ..training.checkpoint import load_checkpoint
-from ._args import checked_settings, positive_float, positive_int
+from ._args import checked_settings, device_name, positive_float, positive_int
 from ._output import Checkpoints, check_same_settings, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
@@ -612,7 +612,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the run in --out: finished models are kept, the interrupted one continues from its checkpoint",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        type=device_name,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device: cpu, cuda, cuda:<index> or mps (default: cuda when available)",
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
