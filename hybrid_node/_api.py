@@ -596,6 +596,9 @@ def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs
 
 def _backsolve_settings(kwargs: Mapping[str, Any]) -> BacksolveAdjoint:
     """``odeint_adjoint``'s backward settings from its keyword arguments, as odeint_adjoint reads them."""
+    _check_adjoint_options(
+        kwargs.get("method"), kwargs.get("options"), kwargs.get("adjoint_method"), kwargs.get("adjoint_options")
+    )
     adj_opts = dict(check_options(kwargs.get("adjoint_options"), "adjoint_options"))
     norm = adj_opts.pop("norm", "default")
     if adj_opts.pop("reversible", False):
@@ -751,13 +754,16 @@ def odeint_adjoint(
         As :func:`odeint`.
 
     Raises:
-        ValueError: ``func`` is not an nn.Module and no ``adjoint_params`` were given.
+        ValueError: ``func`` is not an nn.Module and no ``adjoint_params`` were given; or an
+            ``adjoint_method`` other than ``method`` with ``options`` but no ``adjoint_options`` (as
+            torchdiffeq: options are method-specific, so the backward solve cannot take them).
     """
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
         raise ValueError(
             "func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "
             "the tensors to differentiate (an empty tuple if none)."
         )
+    _check_adjoint_options(method, options, adjoint_method, adjoint_options)
     adj_opts = dict(check_options(adjoint_options, "adjoint_options"))
     norm = adj_opts.pop("norm", "default")
     if not (callable(norm) or isinstance(norm, str)):
@@ -772,6 +778,31 @@ def odeint_adjoint(
         rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adj_opts or None, norm=norm
     )
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensitivity, adjoint_params)
+
+
+def _check_adjoint_options(method, options, adjoint_method, adjoint_options) -> None:
+    """Refuse, as ``torchdiffeq.odeint_adjoint`` does, forward ``options`` that cannot carry over to another
+    backward method.
+
+    Options are method-specific (a ``step_size`` of rk4, a ``solver`` of scipy_solver), so a backward
+    solve by another method would run with none of them: a fixed-step one over the output times alone.
+    The rule is torchdiffeq's, except that ``method=None`` counts as its default, "dopri5", and that
+    options holding only ``event_t_end`` (where the event search gives up, which odeint_event's ``t_end``
+    sets) count as none: that bound is no setting of a method.
+
+    Raises:
+        ValueError: ``adjoint_method`` differs from ``method``, ``options`` were given and
+            ``adjoint_options`` were not.
+    """
+    forward = "dopri5" if method is None else method
+    given = options is not None and set(options) != {"event_t_end"}
+    if adjoint_method is not None and adjoint_method != forward and given and adjoint_options is None:
+        raise ValueError(
+            f"adjoint_method={adjoint_method!r} differs from method={forward!r}, so the backward solve cannot take "
+            "the forward options (they are method-specific); pass adjoint_options as well (e.g. "
+            "adjoint_options={'step_size': ...} for a fixed-step adjoint_method, or {} for its defaults), as "
+            "torchdiffeq.odeint_adjoint requires."
+        )
 
 
 def _odeint_reversible(func, y0, t, rtol, atol, method, options, event_fn, backend, adj_opts, adjoint_params):

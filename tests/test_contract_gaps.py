@@ -1,0 +1,76 @@
+"""Small contracts of the public API, the adjoint settings and the step controllers: each case was
+accepted silently (or failed obscurely) and is now either honoured or refused with the fix named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+F64 = torch.float64
+ROT = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# odeint_adjoint: forward options with another adjoint_method
+# ----------------------------------------------------------------------------------------------------
+
+
+def _linear_adjoint_grad(lib, **kw):
+    a = ROT.clone().requires_grad_(True)
+    ys = lib.odeint_adjoint(
+        lambda t, y: y @ a, torch.tensor([1.0, 0.5], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+        adjoint_params=(a,), **kw,
+    )  # fmt: skip
+    return torch.autograd.grad(ys[-1].sum(), a)[0]
+
+
+def test_adjoint_method_other_than_method_with_options_needs_adjoint_options_as_torchdiffeq():
+    """torchdiffeq refuses forward options it cannot carry over to another backward method; the backward
+    euler solve had run with none of them: one step over [0, 1], dL/dA off in sign."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    kw = dict(method="rk4", options={"step_size": 0.05}, adjoint_method="euler")
+    with pytest.raises(ValueError, match="adjoint_options"):
+        _linear_adjoint_grad(torchdiffeq, **kw)
+    with pytest.raises(ValueError, match=r"adjoint_method='euler' differs from method='rk4'.*adjoint_options"):
+        _linear_adjoint_grad(hn, **kw)
+    # with adjoint_options both libraries solve the same backward problem: rk4 forward, euler backward
+    # on the same grid (outputs on it), so they agree to rounding
+    got = _linear_adjoint_grad(hn, **kw, adjoint_options={"step_size": 0.05})
+    want = _linear_adjoint_grad(torchdiffeq, **kw, adjoint_options={"step_size": 0.05})
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # the same arithmetic, rounding only
+
+
+def test_adjoint_options_rule_cases_that_stay_accepted():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    # the same method, no options, or adjoint_options given: accepted (the first two reuse the forward settings)
+    for kw in (
+        dict(method="rk4", options={"step_size": 0.1}, adjoint_method="rk4"),
+        dict(method="rk4", adjoint_method="euler"),
+        dict(method="rk4", options={"step_size": 0.1}, adjoint_method="dopri5", adjoint_options={}),
+        dict(method="rk4", options={"step_size": 0.1}, adjoint_method="dopri5", adjoint_options={"norm": "seminorm"}),
+    ):
+        torch.testing.assert_close(
+            _linear_adjoint_grad(hn, **kw), _linear_adjoint_grad(torchdiffeq, **kw), rtol=1e-6, atol=1e-6
+        )  # dopri5's backward: both at rtol 1e-7, different step sequences
+    # method=None is dopri5 here (torchdiffeq compares the raw strings and would refuse this one)
+    _linear_adjoint_grad(hn, options={"first_step": 0.1}, adjoint_method="dopri5")
+
+
+def test_adjoint_options_rule_applies_to_per_sample_events_and_ignores_t_end():
+    a = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[1.0], [2.0]], dtype=F64)
+    common = dict(event_fn=lambda t, y: y[..., 0] - 0.5, odeint_interface=hn.odeint_adjoint, adjoint_params=(a,))
+    with pytest.raises(ValueError, match="adjoint_options"):
+        hn.odeint_event(
+            lambda t, y: -a * y, y0, 0.0, per_sample=True, method="rk4", options={"step_size": 0.01},
+            adjoint_method="euler", **common,
+        )  # fmt: skip
+    # t_end travels as options['event_t_end'], which is no method setting: no refusal
+    t_e, _ = hn.odeint_event(
+        lambda t, y: -a * y, y0, 0.0, per_sample=True, t_end=50.0, adjoint_method="rk4", **common
+    )  # fmt: skip
+    torch.testing.assert_close(t_e, torch.log(y0[:, 0] / 0.5) / 0.5, rtol=1e-6, atol=1e-6)  # dopri5 at rtol 1e-7
+    t_e, _ = hn.odeint_event(lambda t, y: -a * y, y0[0], 0.0, t_end=50.0, adjoint_method="rk4", **common)
+    torch.testing.assert_close(t_e, torch.log(y0[0, 0] / 0.5) / 0.5, rtol=1e-6, atol=1e-6)  # as above
