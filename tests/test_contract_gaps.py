@@ -74,3 +74,15 @@ def test_adjoint_options_rule_applies_to_per_sample_events_and_ignores_t_end():
     torch.testing.assert_close(t_e, torch.log(y0[:, 0] / 0.5) / 0.5, rtol=1e-6, atol=1e-6)  # dopri5 at rtol 1e-7
     t_e, _ = hn.odeint_event(lambda t, y: -a * y, y0[0], 0.0, t_end=50.0, adjoint_method="rk4", **common)
     torch.testing.assert_close(t_e, torch.log(y0[0, 0] / 0.5) / 0.5, rtol=1e-6, atol=1e-6)  # as above
+
+
+def test_per_sample_refusal_of_the_adjoints_names_odeint_for_odeint_adjoint_callers():
+    """odeint_adjoint has no sensitivity argument, so the refusal names hn.odeint too (it named only
+    sensitivity=DirectBackprop())."""
+    lin = torch.nn.Linear(2, 2).to(F64)
+    y0 = torch.ones(3, 2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(ValueError, match=r"per-sample.*hn\.odeint instead of hn\.odeint_adjoint"):
+        hn.odeint_adjoint(lambda tt, y: lin(y), y0, t, options={"per_sample": True}, adjoint_params=())
+    with pytest.raises(ValueError, match=r"per-sample.*DirectBackprop\(\)"):
+        hn.solve(lin.forward, y0, t, controller=hn.PIDController(per_sample=True), sensitivity=hn.BacksolveAdjoint())

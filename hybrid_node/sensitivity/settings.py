@@ -121,9 +121,11 @@ class _AdjointSettings(AbstractSensitivity):
             ValueError: the controller asks for per-sample steps (not available with the adjoints).
         """
         if problem.controller.per_sample:
+            # odeint_adjoint's callers have no sensitivity argument: name their fix (hn.odeint) as well
             raise ValueError(
-                "per-sample step control is not available with the adjoint methods; use "
-                "sensitivity=DirectBackprop() or drop per_sample."
+                "per-sample step control is not available with the adjoint methods; differentiate directly "
+                "(hn.odeint instead of hn.odeint_adjoint, or sensitivity=hn.DirectBackprop() in hn.solve) "
+                "or drop per_sample."
             )
         return solve_adjoint(problem, self, adjoint_params, event_fn=event_fn, throw=throw)
 
