@@ -86,3 +86,30 @@ def test_per_sample_refusal_of_the_adjoints_names_odeint_for_odeint_adjoint_call
         hn.odeint_adjoint(lambda tt, y: lin(y), y0, t, options={"per_sample": True}, adjoint_params=())
     with pytest.raises(ValueError, match=r"per-sample.*DirectBackprop\(\)"):
         hn.solve(lin.forward, y0, t, controller=hn.PIDController(per_sample=True), sensitivity=hn.BacksolveAdjoint())
+
+
+# ----------------------------------------------------------------------------------------------------
+# DirectBackprop(checkpoints=k): the tensors of a plain function
+# ----------------------------------------------------------------------------------------------------
+
+
+def _decay_grads(sensitivity, listed=False):
+    w = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0, 0.5], dtype=F64, requires_grad=True)
+    sol = hn.solve(
+        lambda t, y: -w * y, y0, torch.tensor([0.0, 1.0], dtype=F64), solver=hn.RK4(),
+        controller=hn.ConstantStepSize(step_size=0.1), sensitivity=sensitivity, adjoint_params=(w,) if listed else None,
+    )  # fmt: skip
+    return torch.autograd.grad(sol.ys[-1].sum(), (y0, w), allow_unused=True)
+
+
+def test_checkpointed_direct_backprop_needs_adjoint_params_for_a_plain_function():
+    """The replayed steps differentiate y0 and the listed tensors only: a tensor the plain function closes
+    over got no gradient (None, where DirectBackprop() gives dL/dw = -(1 + 0.5) e^-0.7 = -0.745)."""
+    g_y0, g_w = _decay_grads(hn.DirectBackprop())
+    torch.testing.assert_close(g_w, -1.5 * torch.exp(torch.tensor(-0.7, dtype=F64)), rtol=1e-6, atol=0)  # rk4 h=0.1
+    with pytest.raises(ValueError, match=r"not an nn.Module.*adjoint_params=\(\.\.\.\).*DirectBackprop\(\)"):
+        _decay_grads(hn.DirectBackprop(checkpoints=2))
+    # listed, w gets direct backprop's gradient (the same steps, recomputed: rounding only)
+    c_y0, c_w = _decay_grads(hn.DirectBackprop(checkpoints=2), listed=True)
+    torch.testing.assert_close((c_y0, c_w), (g_y0, g_w), rtol=1e-13, atol=1e-15)  # same arithmetic, reordered

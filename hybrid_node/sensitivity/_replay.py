@@ -179,18 +179,25 @@ def check_replayable(problem: Problem, event_fn: Callable | None, who: str) -> N
 
 
 def differentiable_params(problem: Problem, adjoint_params: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
-    """The tensors to differentiate: ``adjoint_params``, else the field's parameters (none for a plain
-    function), those that require grad, each once.
+    """The tensors to differentiate: ``adjoint_params``, else the field's parameters, those that require
+    grad, each once.
 
     Checked as the adjoints check them (:func:`~hybrid_node.sensitivity._backward.resolve_params`):
     iterating a single tensor would differentiate its rows (views, so the tensor got zero), and a
-    tensor listed twice would get its gradient twice.
+    tensor listed twice would get its gradient twice. A plain function needs ``adjoint_params`` as
+    with the adjoints: the replayed steps differentiate the listed tensors only, so a tensor it closes
+    over got no gradient at all (direct backpropagation gives it one).
 
     Raises:
+        ValueError: ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given.
         TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
     """
     if adjoint_params is None and not isinstance(problem.func, torch.nn.Module):
-        return ()
+        raise ValueError(
+            "func is not an nn.Module, so DirectBackprop(checkpoints=k) cannot find the tensors it uses: pass "
+            "adjoint_params=(...) with the tensors to differentiate (an empty tuple if none), or use "
+            "DirectBackprop() without checkpoints, which differentiates every tensor the field uses."
+        )
     return resolve_params(problem.func, adjoint_params)
 
 

@@ -46,7 +46,8 @@ class DirectBackprop(AbstractSensitivity):
             most k states held in the backward pass, the rest recomputed; the same gradient to rounding
             (:mod:`hybrid_node.sensitivity.checkpointed`; Griewank & Walther, ACM TOMS 26, 2000).
             Explicit one-step solvers, ConstantStepSize or PIDController, steps ending at the output
-            times, gradients for y0 and ``adjoint_params`` (default ``func.parameters()``), no events.
+            times, gradients for y0 and ``adjoint_params`` (default ``func.parameters()``; required, as
+            with the adjoints, when ``func`` is a plain function), no events.
     """
 
     checkpoints: int | None = None
