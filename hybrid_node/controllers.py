@@ -199,8 +199,8 @@ class PIDController(AbstractController):
             raise ValueError(f"safety must be in (0, 1], got {self.safety}.")
         if not (self.ifactor >= 1 and 0 < self.dfactor <= 1):
             raise ValueError("ifactor must be >= 1 and dfactor in (0, 1].")
-        if self.first_step is not None and not self.first_step > 0:
-            raise ValueError(f"first_step must be positive, got {self.first_step!r}.")
+        if self.first_step is not None:
+            _check_first_step(self.first_step)
         if not (0 <= self.min_step <= self.max_step and self.max_step > 0 and math.isfinite(self.min_step)):
             raise ValueError(
                 f"need 0 <= min_step <= max_step, min_step finite and max_step > 0, got min_step={self.min_step}, "
@@ -262,6 +262,34 @@ def _from_numpy(tol):
     if isinstance(tol, (np.ndarray, np.generic)) and not isinstance(tol, np.bool_) and np.isrealobj(tol):
         return float(tol)
     return tol
+
+
+def _check_first_step(value: Any) -> None:
+    """Check ``PIDController.first_step``: one positive number (a float, an int, or a one-element
+    tensor or array), the first step of the whole solve and of every sample of a per-sample one.
+
+    Args:
+        value: the setting (not None).
+
+    Raises:
+        ValueError: a tensor or array of several values (a first step per sample, as torchode's
+            ``dt0`` takes, which the loops here do not), something that is not a number, or a
+            number that is not positive.
+    """
+    size = value.numel() if isinstance(value, torch.Tensor) else np.size(value) if isinstance(value, np.ndarray) else 1
+    if size != 1:
+        # compared with 0 it raised torch's "Boolean value of Tensor with more than one value is ambiguous"
+        raise ValueError(
+            f"first_step must be one positive number, got {size} values; a first step per sample is not "
+            "supported (every sample, per_sample=True included, starts with the same step): give one float, "
+            "e.g. float(first_step.min()), or leave first_step=None to let each sample's step be chosen."
+        )
+    number = (int, float, np.number, np.ndarray, torch.Tensor)
+    complex_ = value.is_complex() if isinstance(value, torch.Tensor) else bool(np.iscomplexobj(value))
+    if isinstance(value, bool) or not isinstance(value, number) or complex_:
+        raise ValueError(f"first_step must be a positive number, got {value!r}.")
+    if not float(value.detach() if isinstance(value, torch.Tensor) else value) > 0:
+        raise ValueError(f"first_step must be positive, got {value!r}.")
 
 
 def _is_zero(tol) -> bool:

@@ -3,6 +3,7 @@ accepted silently (or failed obscurely) and is now either honoured or refused wi
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,39 @@ def test_checkpointed_direct_backprop_needs_adjoint_params_for_a_plain_function(
     # listed, w gets direct backprop's gradient (the same steps, recomputed: rounding only)
     c_y0, c_w = _decay_grads(hn.DirectBackprop(checkpoints=2), listed=True)
     torch.testing.assert_close((c_y0, c_w), (g_y0, g_w), rtol=1e-13, atol=1e-15)  # same arithmetic, reordered
+
+
+# ----------------------------------------------------------------------------------------------------
+# PIDController.first_step
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [torch.tensor([0.1, 0.2]), np.array([0.1, 0.2])], ids=["tensor", "array"])
+def test_first_step_per_sample_is_refused_clearly(value):
+    """torchode takes one first step per sample; here it failed with torch's "Boolean value of Tensor
+    with more than one value is ambiguous"."""
+    with pytest.raises(ValueError, match="first_step must be one positive number, got 2 values"):
+        hn.PIDController(first_step=value, per_sample=True)
+    with pytest.raises(ValueError, match="first_step must be one positive number"):
+        hn.odeint(
+            lambda t, y: -y,
+            torch.ones(2, 1),
+            torch.tensor([0.0, 1.0]),
+            options={"first_step": value, "per_sample": True},
+        )
+
+
+@pytest.mark.parametrize("value", ["0.1", True, torch.tensor(0.1j), -0.1, float("nan"), torch.tensor(0.0)])
+def test_first_step_that_is_not_a_positive_number_is_refused(value):
+    with pytest.raises(ValueError, match="first_step must be (a )?positive"):
+        hn.PIDController(first_step=value)
+
+
+@pytest.mark.parametrize("value", [0.05, 1, np.float32(0.05), torch.tensor(0.05), torch.tensor([0.05])])
+def test_one_first_step_is_taken_in_any_numeric_form(value):
+    y0 = torch.ones(2, 1, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    for per_sample in (False, True):
+        ys = hn.odeint(lambda tt, y: -y, y0, t, options={"first_step": value, "per_sample": per_sample})
+        # dopri5 at rtol 1e-7 on y' = -y: within 1e-6 of e^-1 whatever the first step
+        torch.testing.assert_close(ys[-1], torch.full_like(y0, np.exp(-1.0)), rtol=1e-6, atol=1e-6)
