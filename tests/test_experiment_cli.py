@@ -48,3 +48,78 @@ def test_a_device_this_machine_lacks_is_a_usage_error(command, device, message, 
     err = capsys.readouterr().err
     assert "Traceback" not in err and "argument --device" in err and message in err
     assert not out.exists()  # refused while parsing: nothing is made or trained
+
+
+# Tiny settings, so that a command that did not refuse the folder ends in seconds (they shape what it would
+# train, not whether the folder is refused).
+TINY = {
+    "demo": ["--iters", "2"],
+    "anode": ["--iters", "2", "--hidden", "4", "--tasks", "g1d"],
+    "cnf": ["--quick", "--iters", "2", "--hidden", "4", "--width", "2", "--n-test", "16", "--grid", "4"],
+    "spirals": ["--quick", "--iters", "2", "--rnn-iters", "2", "--n", "30", "--models", "rnn", "--no-plots"],
+    "sde": ["--iters", "2", "--n-paths", "4"],
+    "mnist": ["--models", "resnet", "--iters", "1", "--channels", "2", "--test-subset", "8", "--threads", "1"],
+    "nfe": ["--iters", "1", "--channels", "2", "--eval-batch", "4", "--tolerances", "1e-1", "--threads", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def hnn_run(tmp_path_factory):
+    """The folder of a finished tiny hnn run (results.json and two checkpoints)."""
+    out = tmp_path_factory.mktemp("hnn") / "run"
+    argv = ["hnn", "--tasks", "spring", "--iters", "2", "--hidden", "4", "--trajectories", "2"]
+    assert cli.main([*argv, "--rollout-factor", "1", "--step-size", "0.1", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes: what another command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("with_results", [True, False], ids=["finished", "checkpoints only"])
+@pytest.mark.parametrize("command", sorted(TINY))
+def test_resume_of_another_commands_run_is_refused_by_name(command, with_results, hnn_run, tmp_path, capsys):
+    # `spirals --resume` and `nfe --resume` on an hnn folder trained and wrote their own checkpoints into it;
+    # the others refused, listing every setting of the hnn run as different (or finding "nothing to resume").
+    # Without results.json (a run stopped before its end) the command is read from the checkpoints.
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, data in snapshot(hnn_run).items():
+        if with_results or name.startswith("checkpoints"):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+    before = snapshot(out)
+    assert exit_status([command, *TINY[command], "--no-progress", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "this folder holds an hnn run" in err and "hybrid-node hnn --resume" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("command", ["demo", "mnist"])
+def test_a_new_run_into_another_commands_folder_is_refused_by_name(command, hnn_run, tmp_path, capsys):
+    # mnist looks for its own checkpoints only, so a new mnist run wrote its results.json over the hnn run's;
+    # demo refused, but called the hnn run "a demo run".
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, data in snapshot(hnn_run).items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    before = snapshot(out)
+    assert exit_status([command, *TINY[command], "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds an hnn run; a new" in err and snapshot(out) == before
+
+
+def test_the_same_command_still_resumes_its_run(hnn_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, data in snapshot(hnn_run).items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    argv = ["hnn", "--tasks", "spring", "--iters", "2", "--hidden", "4", "--trajectories", "2"]
+    assert (
+        cli.main([*argv, "--rollout-factor", "1", "--step-size", "0.1", "--no-progress", "--resume", "--out", str(out)])
+        == 0
+    )

@@ -187,6 +187,65 @@ def has_run_files(folder: Path) -> bool:
     return (folder / "results.json").is_file() or (ckpts.is_dir() and any(ckpts.glob("*.pt")))
 
 
+#: The commands whose name takes "an" ("an hnn run"); the others take "a" ("a cnf run").
+_AN = frozenset({"anode", "hnn", "mnist", "nfe", "sde"})
+
+
+def a_run(command: str) -> str:
+    """``"a <command> run"`` or ``"an <command> run"``, as the command's name is spoken."""
+    return f"{'an' if command in _AN else 'a'} {command} run"
+
+
+def stored_command(folder: Path) -> str | None:
+    """The command whose run ``folder`` holds, as its ``results.json`` or checkpoints record it.
+
+    ``results.json`` records it under ``meta.command`` (``command`` at the top of a spirals run's, and
+    ``meta.settings.command`` in an hnn run's); a checkpoint under ``command``. Files that cannot be read,
+    or that record no command (runs written before the command was stored), say nothing: the command's
+    own checks report them.
+
+    Args:
+        folder: a run folder.
+
+    Returns:
+        The command's name, or None when nothing in ``folder`` records one.
+    """
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        results = None
+    if isinstance(results, dict):
+        meta = results.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        settings = meta.get("settings")
+        settings = settings if isinstance(settings, dict) else {}
+        for found in (meta.get("command"), results.get("command"), settings.get("command")):
+            if isinstance(found, str):
+                return found
+    for path in sorted((folder / "checkpoints").glob("*.pt")):
+        try:
+            state = load_checkpoint(path, restore_rng=False)
+        except CheckpointError:
+            continue
+        if state is not None and isinstance(state.get("command"), str):
+            return state["command"]
+    return None
+
+
+def _check_command(folder: Path, command: str, recorded: str | None, where: Path) -> None:
+    """Refuse to continue a run of another command (``recorded``) with ``command``.
+
+    Raises:
+        ResumeError: ``recorded`` names another command; the message names both.
+    """
+    if recorded is not None and recorded != command:
+        raise ResumeError(
+            f"Cannot resume from {str(where)!r} with `hybrid-node {command}`: this folder holds "
+            f"{a_run(recorded)}, not {a_run(command)}. Continue it with `hybrid-node {recorded} --resume "
+            f"--out {folder}`, or pass the --out of {a_run(command)}."
+        )
+
+
 def open_run(
     out: str | Path | None,
     name: str,
@@ -196,6 +255,7 @@ def open_run(
     run_kind: str | None = None,
     holds: str = "results.json or checkpoints/",
     neither: str | None = None,
+    command: str | None = None,
 ) -> Path:
     """The run folder of a command that checkpoints its training, after the ``--resume`` checks.
 
@@ -208,28 +268,44 @@ def open_run(
         holds: what such a run leaves in the folder, for the message that refuses to overwrite it.
         neither: what an empty folder lacks, for the message that refuses ``--resume`` (default
             "results.json nor checkpoints/*.pt of <run_kind>").
+        command: the subcommand, compared with the one the folder's run records (:func:`stored_command`;
+            default ``name``).
 
     Returns:
         The folder, created if needed.
 
     Raises:
-        ResumeError: ``--resume`` without ``--out``, or without a run there to continue; or a new run
-            (no ``--resume``) into a folder that holds one, which it would overwrite.
+        ResumeError: ``--resume`` without ``--out``, without a run there to continue, or of a run of
+            another command; or a new run (no ``--resume``) into a folder that holds one, which it would
+            overwrite.
         SettingsError: the folder cannot be created.
     """
-    run_kind = run_kind or f"a {name} run"
+    command = command or name
+    run_kind = run_kind or a_run(name)
     if resume:
         if out is None:
             raise ResumeError("--resume needs --out pointing at the run folder to continue.")
         path = Path(out)
+        if path.is_dir():
+            # Before the command's own checks: another command's run is named as such, not listed as a
+            # run with every setting different, nor taken for an empty folder.
+            _check_command(path, command, stored_command(path), path)
         check_resumable(
             path, path.is_dir() and has_run(path), neither or f"results.json nor checkpoints/*.pt of {run_kind}"
         )
-    elif out is not None and Path(out).is_dir() and has_run(Path(out)):
-        raise ResumeError(
-            f"The folder {str(out)!r} already holds {run_kind} ({holds}); a new run would overwrite it. "
-            "Pass --resume to continue that run, or another --out for a new one."
-        )
+    elif out is not None and Path(out).is_dir():
+        path = Path(out)
+        other = stored_command(path)
+        if other is not None and other != command:
+            raise ResumeError(
+                f"The folder {str(out)!r} holds {a_run(other)}; a new {command} run would overwrite its files. "
+                "Pass another --out."
+            )
+        if has_run(path):
+            raise ResumeError(
+                f"The folder {str(out)!r} already holds {run_kind} ({holds}); a new run would overwrite it. "
+                "Pass --resume to continue that run, or another --out for a new one."
+            )
     return run_folder(None if out is None else str(out), name)
 
 
@@ -325,7 +401,10 @@ class Checkpoints:
         if path is None:
             return
         state = {name: object_state(obj) for name, obj in objects.items()}
-        save_checkpoint(path, {**state, **extra, "step": step, "total": total, "settings": self.settings})
+        save_checkpoint(
+            path,
+            {**state, **extra, "step": step, "total": total, "settings": self.settings, "command": self.command},
+        )
 
     def check_stored(self, paths: Iterable[Path] | None = None) -> None:
         """With ``resume``: refuse, before anything is trained, checkpoints written with other settings.
@@ -335,7 +414,8 @@ class Checkpoints:
 
         Raises:
             CheckpointError: a checkpoint is damaged.
-            ResumeError: a checkpoint was written with settings that shape the weights differently.
+            ResumeError: a checkpoint was written by another command, or with settings that shape the
+                weights differently.
         """
         if not self.resume or self.folder is None:
             return
@@ -343,8 +423,20 @@ class Checkpoints:
             paths = sorted((self.folder / "checkpoints").glob("*.pt"))
         for path in paths:
             state = load_checkpoint(path, restore_rng=False)
-            if state is not None and isinstance(state.get("settings"), dict):
-                check_same_settings(state["settings"], self.settings, path, self.resumable, self.options)
+            if state is not None:
+                self._check_written_here(state, path)
+
+    def _check_written_here(self, state: Mapping[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another command, or of other settings (checkpoints written before the
+        command was stored record none, and are compared by their settings alone).
+
+        Raises:
+            ResumeError: ``state`` was written by another command or with other settings.
+        """
+        recorded = state.get("command")
+        _check_command(path.parent.parent, self.command, recorded if isinstance(recorded, str) else None, path)
+        if isinstance(state.get("settings"), dict):
+            check_same_settings(state["settings"], self.settings, path, self.resumable, self.options)
 
     def load(
         self,
@@ -372,7 +464,8 @@ class Checkpoints:
 
         Raises:
             CheckpointError: the file is damaged or not a checkpoint of this command.
-            ResumeError: it was written with other settings, or does not fit the objects built now.
+            ResumeError: it was written by another command or with other settings, or does not fit the
+                objects built now.
         """
         if not self.resume or path is None:
             return None
@@ -386,8 +479,7 @@ class Checkpoints:
                 f"The checkpoint {str(path)!r} lacks {', '.join(missing)}: it is not a checkpoint of "
                 f"`hybrid-node {self.command}`. Delete it to train that model from the start, then resume.",
             )
-        if isinstance(state.get("settings"), dict):
-            check_same_settings(state["settings"], self.settings, path, self.resumable, self.options)
+        self._check_written_here(state, path)
         try:
             for name, obj in objects.items():
                 restore_object_state(obj, state[name])

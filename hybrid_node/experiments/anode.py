@@ -286,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         )
     columns = ["task", "model", "final loss", "accuracy", "NFE (last 10%)", "params", "time (s)"]
     meta = {
+        "command": "anode",  # what `--resume` of another command is refused by (see _output.open_run)
         "iterations": iters,
         "hidden": args.hidden,
         "augment_dim": args.augment_dim,

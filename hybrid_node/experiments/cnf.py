@@ -584,9 +584,10 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     with checked_settings():
         cfg = config_from_args(args)
-    folder = open_run(args.out, f"cnf-{cfg.data}", args.resume, run_kind="a cnf run")
+    folder = open_run(args.out, f"cnf-{cfg.data}", args.resume, run_kind="a cnf run", command="cnf")
     rows = run_experiment(cfg, folder, resume=args.resume)
     meta = {
+        "command": "cnf",  # what `--resume` of another command is refused by (see _output.open_run)
         "data": cfg.data,
         "iters": cfg.iters,
         "batch": cfg.batch_size,

@@ -355,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
             )
         plot_task(folder, task, res)
     meta = {
+        "command": "hnn",  # what `--resume` of another command is refused by (see _output.open_run)
         "paper": "Greydanus, Dzamba, Yosinski 2019, Table 1 (mean of their runs)",
         "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
         "torch": torch.__version__,

@@ -240,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     r = train(s, progress=not args.no_progress, ckpts=ckpts)
     m = r["metrics"]
     meta = {
+        "command": "sde",  # what `--resume` of another command is refused by (see _output.open_run)
         "data": f"OU dy = {s.theta} ({s.mu} - y) dt + {s.sigma} dW, noise std {s.obs_noise}",
         "settings": dataclasses.asdict(s),
     }

@@ -305,6 +305,7 @@ def train_model(
     desc: str = "train",
     checkpoint: Path | None = None,
     resume: bool = False,
+    command: str = "mnist",
 ) -> dict[str, list]:
     """Train ``model`` on ``(x, y)`` with ``cfg``'s recipe; returns per-iteration loss and NFE history.
 
@@ -318,6 +319,7 @@ def train_model(
             every ``cfg.checkpoint_every`` iterations and at the end; None saves nothing.
         resume: continue from ``checkpoint`` if it exists. The continued run draws the same minibatches
             and augmentations and ends with the same weights and losses as one that was not interrupted.
+        command: the subcommand the checkpoint belongs to (another's is refused on resume).
 
     Returns:
         The history: ``loss``, ``nfe_forward``, ``nfe_backward``, ``epoch`` per iteration, and ``seconds``
@@ -347,7 +349,7 @@ def train_model(
     it, seconds = 0, 0.0
     perm = torch.empty(0, dtype=torch.long)
     ckpts = Checkpoints(
-        None, "mnist", training_settings(cfg), RESUMABLE_SETTINGS, cfg.checkpoint_every, resume, _OPTIONS
+        None, command, training_settings(cfg), RESUMABLE_SETTINGS, cfg.checkpoint_every, resume, _OPTIONS
     )
     objects = {"model": model, "optimizer": opt, "scheduler": sched, "generator": gen}
     state = ckpts.load(checkpoint, objects, ("perm", "step", "history"))
@@ -526,6 +528,7 @@ def run_table1(
 def results_meta(cfg: MNISTConfig, source: str, n_train: int, n_test: int, elapsed: float) -> dict[str, Any]:
     """The settings listed above the results table and stored under ``"meta"`` of ``results.json``."""
     return {
+        "command": "mnist",  # what `--resume` of another command is refused by (see _output.open_run)
         "data": source,
         "train images": n_train,
         "test images": n_test,

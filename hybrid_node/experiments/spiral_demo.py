@@ -419,6 +419,7 @@ def run(args: argparse.Namespace) -> int:
         )
     }
     meta = {
+        "command": "demo",  # what `--resume` of another command is refused by (see _output.open_run)
         "stop": m["stop"],
         "system": "dy/dt = (y^3) A, A = [[-0.1, 2.0], [-2.0, -0.1]], y0 = (2, 0), t in [0, 25]",
         "settings": dataclasses.asdict(s),

@@ -756,6 +756,7 @@ def run_experiment(
     # from the same settings.
     _checkpoints(s, resume, out).check_stored(checkpoint_paths(out, s))
     results["settings"] = dataclasses.asdict(s)
+    results["command"] = "spirals"  # what `--resume` of another command is refused by (see _output.open_run)
     atomic_write_json(results_path, results, indent=2)
     rows = results.setdefault("rmse", {})
     cfg = SpiralConfig(nspiral=s.nspiral)
