@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hybrid_node import cli
+from hybrid_node.experiments import spiral_demo
 
 
 def exit_status(argv: list[str]) -> int:
@@ -123,3 +124,29 @@ def test_the_same_command_still_resumes_its_run(hnn_run, tmp_path, capsys):
         cli.main([*argv, "--rollout-factor", "1", "--step-size", "0.1", "--no-progress", "--resume", "--out", str(out)])
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--method", "leapfrog"],
+        ["--method", "symplectic_euler"],
+        ["--method", "yoshida4"],
+        ["--method", "yoshida6"],
+        ["--method", "scipy_solver"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_demo_refuses_a_method_it_cannot_train_with(argv, tmp_path, capsys):
+    # The symplectic methods need a (q, p) state and ended the first step with a ValueError traceback (exit 1);
+    # scipy_solver without --adjoint with a RuntimeError traceback. cnf refuses both while checking its settings.
+    out = tmp_path / "run"
+    assert exit_status(["demo", *argv, "--iters", "1", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"--method {argv[1]}" in err and not out.exists()
+
+
+def test_demo_takes_scipy_solver_with_the_adjoint():
+    s = spiral_demo.DemoSettings(method="scipy_solver", adjoint=True, iters=1, test_every=1, data_size=50)
+    assert len(spiral_demo.train(s, progress=False)["history"]["loss"]) == 1

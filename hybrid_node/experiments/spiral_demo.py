@@ -32,6 +32,9 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .._api import odeint, odeint_adjoint
+from .._registry import build_solver
+from ..solvers.base import ExternalSolver
+from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
 from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
@@ -77,6 +80,18 @@ class DemoSettings:
             raise ValueError(f"batch_time must be in [2, data_size), got {self.batch_time}.")
         if not (self.noise >= 0 and self.t_max > 0 and self.lr > 0):  # written so that NaN fails too
             raise ValueError("noise must be >= 0, t_max and lr positive.")
+        # Before anything is trained: these methods failed at the first training step, with a traceback.
+        solver, _, _ = build_solver(self.method, {}, self.rtol, self.atol)
+        if isinstance(solver, PartitionedComposition):
+            raise ValueError(
+                f"--method {self.method} steps q and p separately and needs a state (q, p); the spiral's state is "
+                "one 2-vector: use a method such as dopri5 or rk4 (implicit_midpoint or gl4 are symplectic too)."
+            )
+        if isinstance(solver, ExternalSolver) and not self.adjoint:
+            raise ValueError(
+                f"--method {self.method} computes no gradients by backpropagation: add --adjoint (the adjoint "
+                "system is solved the same way), or use a torch method such as dopri5."
+            )
 
 
 def true_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
