@@ -150,3 +150,24 @@ def test_demo_refuses_a_method_it_cannot_train_with(argv, tmp_path, capsys):
 def test_demo_takes_scipy_solver_with_the_adjoint():
     s = spiral_demo.DemoSettings(method="scipy_solver", adjoint=True, iters=1, test_every=1, data_size=50)
     assert len(spiral_demo.train(s, progress=False)["history"]["loss"]) == 1
+
+
+@pytest.mark.parametrize("n_paths", [1, 3, 5])
+def test_sde_plots_as_many_series_as_it_has(n_paths, monkeypatch, tmp_path):
+    # With --n-paths 1, 2 or 3 the posterior plot, which always drew four series, ended the finished run
+    # with an IndexError.
+    from hybrid_node.experiments import latent_sde
+
+    panels = {}
+    save = latent_sde.atomic_savefig
+
+    def counting_save(fig, path, **kwargs):
+        panels[path.name] = len(fig.axes)
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(latent_sde, "atomic_savefig", counting_save)
+    out = tmp_path / "run"
+    argv = ["sde", "--n-paths", str(n_paths), "--iters", "1", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert panels["posterior_samples.png"] == min(4, n_paths)
+    assert (out / "posterior_samples.png").stat().st_size > 0

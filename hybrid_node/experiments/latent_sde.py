@@ -170,11 +170,13 @@ def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None
 
 
 def plot_results(folder: Path, r: dict) -> None:
-    """Write posterior_samples.png, prior_samples.png and loss.png."""
+    """Write posterior_samples.png (the first four series, or all of fewer), prior_samples.png and loss.png."""
     plt = pyplot()
     ts = r["ts"].numpy()
     model = r["model"]
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
+    shown = min(4, r["noisy"].shape[1])  # --n-paths may be below 4
+    rows, cols = (2, 2) if shown == 4 else (1, shown)
+    fig, axes = plt.subplots(rows, cols, figsize=(9, 6 if rows == 2 else 3.5), sharex=True, squeeze=False)
     torch.manual_seed(1)
     for k, ax in enumerate(axes.flat):
         samples = model.sample_posterior(r["noisy"][:, k : k + 1], r["ts"], n=20)[..., 0].numpy()
