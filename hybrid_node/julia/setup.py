@@ -12,15 +12,46 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
+import sys
 import time
 
 HELP = "Install Julia and the Julia packages of the julia backend, and precompile them."
 
 
+def julia_executable(value: str) -> str:
+    """A Julia executable: a path to an executable file, or a command found on ``PATH``.
+
+    Checked while the command line is parsed, before juliacall is looked for or anything downloads.
+
+    Raises:
+        argparse.ArgumentTypeError: ``value`` is neither.
+    """
+    if shutil.which(value) is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an executable file nor a command on PATH")
+    return value
+
+
+def absolute_project(value: str) -> str:
+    """A Julia project folder given as an absolute path (juliapkg reads it relative to nothing).
+
+    Raises:
+        argparse.ArgumentTypeError: ``value`` is relative.
+    """
+    if not os.path.isabs(value):
+        raise argparse.ArgumentTypeError(f"must be an absolute path, got {value!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--julia", metavar="EXE", help="use this Julia executable (PYTHON_JULIAPKG_EXE)")
     parser.add_argument(
-        "--project", metavar="DIR", help="install into this Julia project, an absolute path (PYTHON_JULIAPKG_PROJECT)"
+        "--julia", metavar="EXE", type=julia_executable, help="use this Julia executable (PYTHON_JULIAPKG_EXE)"
+    )
+    parser.add_argument(
+        "--project",
+        metavar="DIR",
+        type=absolute_project,
+        help="install into this Julia project, an absolute path (PYTHON_JULIAPKG_PROJECT)",
     )
     parser.add_argument(
         "--offline",
@@ -30,30 +61,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update", action="store_true", help="update the Julia packages within [compat]")
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Check the options as the parser does, for a ``run`` called with a namespace of its own.
+
+    Raises:
+        ValueError: an option is refused; the message names it.
+    """
+    for option, value, check in (
+        ("--julia", args.julia, julia_executable),
+        ("--project", args.project, absolute_project),
+    ):
+        if value is not None:
+            try:
+                check(value)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"argument {option}: {e}") from None
+
+
 def _apply_environment(args: argparse.Namespace) -> None:
-    if args.julia:
+    if args.julia is not None:
         os.environ["PYTHON_JULIAPKG_EXE"] = args.julia
-    if args.project:
-        if not os.path.isabs(args.project):
-            raise ValueError(f"--project must be an absolute path, got {args.project!r}.")
+    if args.project is not None:
         os.environ["PYTHON_JULIAPKG_PROJECT"] = args.project
     if args.offline:
         os.environ["PYTHON_JULIAPKG_OFFLINE"] = "yes"
 
 
 def run(args: argparse.Namespace) -> int:
+    """Install and precompile the Julia backend; messages about failures go to stderr.
+
+    Args:
+        args: the parsed options.
+
+    Returns:
+        0 when HybridNODE loaded; 2 for a refused option (before anything else is looked at); 1 when
+        juliacall is missing or a step failed.
+    """
+    try:  # first: a bad option is reported as such, not hidden behind "install juliacall first"
+        _check_arguments(args)
+    except ValueError as e:
+        print(f"hybrid-node julia-setup: error: {e}", file=sys.stderr)
+        return 2
     if importlib.util.find_spec("juliacall") is None or importlib.util.find_spec("juliapkg") is None:
         print(
             "juliacall is not installed. Install the Julia extra first:\n"
             "    pip install 'hybrid_node[julia]'\n"
-            "then run `hybrid-node julia-setup` again."
+            "then run `hybrid-node julia-setup` again.",
+            file=sys.stderr,
         )
         return 1
-    try:
-        _apply_environment(args)
-    except ValueError as e:
-        print(e)
-        return 2
+    _apply_environment(args)
     import juliapkg
     import juliapkg.state
 
@@ -63,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         juliapkg.resolve(force=True, update=bool(args.update))
     except Exception as e:  # noqa: BLE001 - juliapkg raises bare Exceptions ("could not find Julia ...")
-        print(_failure("resolving the Julia environment", e, RESOLVE_HELP))
+        print(_failure("resolving the Julia environment", e, RESOLVE_HELP), file=sys.stderr)
         return 1
     print(f"  Julia: {juliapkg.executable()}\n  project: {juliapkg.project()}")
     print("Loading HybridNODE (precompiles it and its workload on first use)...")
@@ -72,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
         jl.seval("using HybridNODE")
     except Exception as e:  # noqa: BLE001 - a JuliaError or juliacall's own start-up error
-        print(_failure("loading HybridNODE", e, LOAD_HELP))
+        print(_failure("loading HybridNODE", e, LOAD_HELP), file=sys.stderr)
         return 1
     print(f"Done in {time.perf_counter() - start:.0f} s. `hybrid-node doctor --start` checks the result.")
     return 0
