@@ -11,7 +11,7 @@ from typing import Any, cast
 import torch
 
 from ._backend import resolve_backend
-from ._errors import BackendError, Status
+from ._errors import BackendError, SolverError, Status
 from ._event import Event
 from ._problem import Problem, check_t_dtype, make_problem
 from ._registry import METHOD_SPECS, build_solver, check_options, method_list
@@ -118,7 +118,7 @@ def solve(
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
     if isinstance(solver, ExternalSolver):
         return _solve_external(
-            func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
+            func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t, throw
         )
     if in_users_graph(func, y0):
         why = _untraceable(func, solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t)
@@ -273,28 +273,70 @@ def _untraceable(func, solver, controller, y0, throw, event_fn, event, per_sampl
 
 
 def _solve_external(
-    func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t
+    func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t, throw
 ) -> Solution:
     """Hand a solve to a solver that runs its own loop (scipy): no events; gradients by the backsolve
-    adjoint only (it needs no derivatives of the solver, Chen et al. 2018)."""
+    adjoint only (it needs no derivatives of the solver, Chen et al. 2018).
+
+    With ``throw=False`` a failed solve returns its status as the torch loops do: the states at the
+    output times before the failure (solved again up to the last of them, since the external loop
+    returns nothing when it fails; ``stats`` are that solve's) and NaN at the others.
+
+    Raises:
+        BackendError: events, or a sensitivity other than DirectBackprop / BacksolveAdjoint.
+        SolverError: the solve failed, with ``throw``.
+    """
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if event_fn is not None:
         raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
-    if isinstance(sensitivity, BacksolveAdjoint):
-        return sensitivity.solve(problem, adjoint_params)
-    if not isinstance(sensitivity, DirectBackprop):
+    if not isinstance(sensitivity, (BacksolveAdjoint, DirectBackprop)):
         raise BackendError(
             f"{solver.name} has no dense output, so it works with BacksolveAdjoint (odeint_adjoint) only; "
             "for other gradient methods use a torch solver such as 'dopri5'."
         )
+    n = len(problem.ts)
+    try:
+        return _external_once(problem, sensitivity, adjoint_params)
+    except SolverError as err:
+        if throw:
+            raise
+        failure = err
+    while True:
+        # the external loop never evaluates past its end time, so a failure of the shorter solve comes
+        # before its last output and each retry keeps fewer outputs (one, y0, needs no solve)
+        s_fail = -failure.t if problem.reverse else failure.t
+        k = max(1, sum(1 for s in problem.ts if s < s_fail))
+        try:
+            part = make_problem(func, y0, problem.t[:k], solver, controller, t_dtype=t_dtype)
+            sol = _external_once(part, sensitivity, adjoint_params)
+            break
+        except SolverError as err:
+            failure = err
+
+    def pad(ys: torch.Tensor) -> torch.Tensor:
+        return torch.cat([ys, ys.new_full((n - k, *ys.shape[1:]), math.nan)])
+
+    ys = tuple(pad(y) for y in sol.ys) if isinstance(sol.ys, tuple) else pad(sol.ys)
+    return Solution(ts=problem.t, ys=ys, stats=sol.stats, status=failure.status)
+
+
+def _external_once(problem: Problem, sensitivity: AbstractSensitivity, adjoint_params) -> Solution:
+    """One solve of :func:`_solve_external` (its checks done) by the backsolve adjoint or without gradients.
+
+    Raises:
+        SolverError: the external loop failed.
+    """
+    if isinstance(sensitivity, BacksolveAdjoint):
+        return sensitivity.solve(problem, adjoint_params)
+    func = problem.func
     params = (
         tuple(adjoint_params)
         if adjoint_params is not None
         else (tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
     )
     term = problem.term()
-    ys = solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
+    ys = problem.solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
     return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
 
 

@@ -150,3 +150,46 @@ def test_one_first_step_is_taken_in_any_numeric_form(value):
         ys = hn.odeint(lambda tt, y: -y, y0, t, options={"first_step": value, "per_sample": per_sample})
         # dopri5 at rtol 1e-7 on y' = -y: within 1e-6 of e^-1 whatever the first step
         torch.testing.assert_close(ys[-1], torch.full_like(y0, np.exp(-1.0)), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# scipy_solver through hn.solve: throw=False, jump_t/step_t
+# ----------------------------------------------------------------------------------------------------
+
+
+def _blowup(t, y):
+    """y' = y^2 from y(0) = y0: y = y0 / (1 - y0 t), infinite at t = 1 / y0."""
+    return y**2
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("sensitivity", [hn.DirectBackprop(), hn.BacksolveAdjoint()], ids=["direct", "backsolve"])
+def test_scipy_solver_with_throw_false_returns_the_status_and_the_outputs_reached(reverse, sensitivity):
+    """As the torch solvers: the failure's status, the states before it, NaN after (it raised SolverError)."""
+    sign = -1.0 if reverse else 1.0
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    t = sign * torch.tensor([0.0, 0.5, 0.9, 1.5, 2.0], dtype=F64)
+    field = _blowup if not reverse else (lambda tt, y: -(y**2))
+    kw = dict(solver=hn.ScipySolver("RK45"), sensitivity=sensitivity, adjoint_params=())
+    with pytest.raises(hn.SolverError, match="t=(-)?1"):
+        hn.solve(field, y0, t, **kw)
+    sol = hn.solve(field, y0, t, throw=False, **kw)
+    assert sol.status == hn.Status.STEP_UNDERFLOW
+    exact = 1.0 / (1.0 - sign * t[:3])
+    # solve_ivp's RK45 at rtol 1e-7: the error grows as y^2 towards the blow-up (3e-7 relative at y = 10)
+    torch.testing.assert_close(sol.ys[:3, 0], exact, rtol=1e-5, atol=0)
+    assert torch.isnan(sol.ys[3:]).all()
+    if isinstance(sensitivity, hn.BacksolveAdjoint):
+        # the outputs reached keep their gradient: dy(0.9)/dy0 = 1 / (1 - 0.9 y0)^2 = 100
+        (g,) = torch.autograd.grad(sol.ys[2].sum(), y0)
+        torch.testing.assert_close(g, torch.tensor([100.0], dtype=F64), rtol=1e-4, atol=0)  # backward RK45, rtol 1e-7
+
+
+def test_scipy_solver_with_throw_false_pads_each_tensor_of_a_tuple_state():
+    y0 = (torch.tensor([1.0], dtype=F64), torch.tensor([0.5, 0.25], dtype=F64))
+    t = torch.tensor([0.0, 0.5, 1.5], dtype=F64)
+    sol = hn.solve(lambda tt, y: (y[0] ** 2, -y[1]), y0, t, solver=hn.ScipySolver("RK45"), throw=False)
+    assert sol.status == hn.Status.STEP_UNDERFLOW
+    torch.testing.assert_close(sol.ys[0][1], torch.tensor([2.0], dtype=F64), rtol=1e-5, atol=0)  # RK45, rtol 1e-7
+    torch.testing.assert_close(sol.ys[1][1], y0[1] * np.exp(-0.5), rtol=1e-5, atol=0)  # as above
+    assert torch.isnan(sol.ys[0][2]).all() and torch.isnan(sol.ys[1][2]).all()
