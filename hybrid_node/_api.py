@@ -275,8 +275,8 @@ def _untraceable(func, solver, controller, y0, throw, event_fn, event, per_sampl
 def _solve_external(
     func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t, throw
 ) -> Solution:
-    """Hand a solve to a solver that runs its own loop (scipy): no events; gradients by the backsolve
-    adjoint only (it needs no derivatives of the solver, Chen et al. 2018).
+    """Hand a solve to a solver that runs its own loop (scipy): no events, no jump or step times;
+    gradients by the backsolve adjoint only (it needs no derivatives of the solver, Chen et al. 2018).
 
     With ``throw=False`` a failed solve returns its status as the torch loops do: the states at the
     output times before the failure (solved again up to the last of them, since the external loop
@@ -284,12 +284,19 @@ def _solve_external(
 
     Raises:
         BackendError: events, or a sensitivity other than DirectBackprop / BacksolveAdjoint.
+        ValueError: ``jump_t`` or ``step_t`` (the external loop chooses its own steps).
         SolverError: the solve failed, with ``throw``.
     """
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if event_fn is not None:
         raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
+    if len(problem.jump_t) or len(problem.step_t):
+        # they were dropped without a word (odeint refuses them as unknown options of this method)
+        raise ValueError(
+            f"{solver.name} runs its own steps and cannot end them at jump_t/step_t; use a torch solver such as "
+            "'dopri5', or solve up to each of those times and restart from the state there."
+        )
     if not isinstance(sensitivity, (BacksolveAdjoint, DirectBackprop)):
         raise BackendError(
             f"{solver.name} has no dense output, so it works with BacksolveAdjoint (odeint_adjoint) only; "

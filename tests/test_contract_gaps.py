@@ -193,3 +193,14 @@ def test_scipy_solver_with_throw_false_pads_each_tensor_of_a_tuple_state():
     torch.testing.assert_close(sol.ys[0][1], torch.tensor([2.0], dtype=F64), rtol=1e-5, atol=0)  # RK45, rtol 1e-7
     torch.testing.assert_close(sol.ys[1][1], y0[1] * np.exp(-0.5), rtol=1e-5, atol=0)  # as above
     assert torch.isnan(sol.ys[0][2]).all() and torch.isnan(sol.ys[1][2]).all()
+
+
+@pytest.mark.parametrize("name", ["jump_t", "step_t"])
+def test_scipy_solver_refuses_jump_and_step_times(name):
+    """odeint refuses them as unknown options of scipy_solver; hn.solve dropped them without a word."""
+    with pytest.raises(ValueError, match=f"Unknown options.*{name}"):
+        hn.odeint(
+            lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method="scipy_solver", options={name: [0.5]}
+        )
+    with pytest.raises(ValueError, match="scipy_solver runs its own steps and cannot end them at jump_t/step_t"):
+        hn.solve(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), solver=hn.ScipySolver(), **{name: [0.5]})
