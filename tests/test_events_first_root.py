@@ -2,11 +2,11 @@
 
 A sign test at the ends of a step alone misses an element whose value crosses zero and crosses back
 within the step (a ball whose height barely reaches a level at its apex), and for three crossings
-in one step its bisection may close on the third. Per-sample events therefore also check the signs
-at interior points of each step's dense output. The references are closed forms: for x = sin t the
-level c is first reached at asin(c); for g = cos(w t) + 1/2 the first root is 2 pi / (3 w). The single
-terminal event of ``odeint_event`` (the loop of ``hybrid_node/loop/host.py``) still checks the steps'
-ends only, as torchdiffeq does: its case is marked as an expected failure until that loop checks too.
+in one step its bisection may close on the third. Per-sample events and the single terminal event
+of ``odeint_event`` (``hybrid_node/loop/host.py``) therefore also check the signs at interior points of
+each step's dense output; torchdiffeq 0.2.5 checks the steps' ends only and misses such a root. The
+references are closed forms: for x = sin t the level c is first reached at asin(c); for
+g = cos(w t) + 1/2 the first root is 2 pi / (3 w).
 """
 
 from __future__ import annotations
@@ -73,11 +73,6 @@ def test_per_sample_event_with_three_roots_in_one_step_stops_at_the_first():
     torch.testing.assert_close(grad, -exact / w.detach(), rtol=1e-10, atol=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=hn.SolverError,
-    reason="the single terminal event (hybrid_node/loop/host.py) checks the signs at the steps' ends only",
-)
 @pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
 def test_single_terminal_event_whose_value_returns_within_one_step_is_found(interface):
     # the per-sample case above with one sample: x = sin t is above 0.99 on a stretch narrower than the steps
@@ -97,3 +92,28 @@ def test_single_terminal_event_whose_value_returns_within_one_step_is_found(inte
     tol = 10 * rtol / math.sqrt(1 - level**2)
     torch.testing.assert_close(float(t_e), math.asin(level), rtol=0.0, atol=tol)
     torch.testing.assert_close(float(ys[-1][0]), level, rtol=0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_single_terminal_event_with_three_roots_in_one_step_stops_at_the_first(method):
+    # the per-sample case above with one sample, adaptive (first step [0, 3] accepted whole: the state
+    # is constant) and on a fixed grid of one step of 3: three roots of cos(3 t) + 1/2 lie inside it
+    w = torch.tensor(3.0, dtype=F64, requires_grad=True)
+    options = {"first_step": 3.0} if method == "dopri5" else {"step_size": 3.0}
+    t_e, _ = hn.odeint_event(
+        lambda t, y: torch.zeros_like(y),
+        torch.ones(1, dtype=F64),
+        0.0,
+        event_fn=lambda t, y: torch.cos(w * t) + 0.5 + 0.0 * y[0],
+        t_end=10.0,
+        method=method,
+        rtol=1e-10,
+        atol=1e-12,
+        options=options,
+    )
+    exact = 2 * math.pi / (3 * 3.0)
+    # bisection closes the bracket to a few ulps, and the event function is exact in t
+    assert float(t_e.detach()) == pytest.approx(exact, rel=1e-13, abs=0.0)
+    # the implicit function theorem at the first root: dt_e/dw = -t_e / w
+    (grad,) = torch.autograd.grad(t_e, w)
+    assert float(grad) == pytest.approx(-exact / 3.0, rel=1e-10)

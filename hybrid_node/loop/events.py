@@ -53,7 +53,7 @@ from .._term import Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
-from .host import DenseSegment, check_no_nan, first_step
+from .host import EVENT_CHECKS, DenseSegment, check_no_nan, check_points, first_step
 from .host import _emit as _emit_outputs
 
 # a bracket narrower than this many ulps of the time is closed (as the single event's bisection)
@@ -61,9 +61,10 @@ _BRACKET_ULPS = 4.0
 # bisection halves a float64 bracket to 4 ulps in at most ~60 halvings; the cap only guards a NaN
 _MAX_HALVINGS = 200
 # interior points of each step's dense output where a per-sample event's signs are checked besides the
-# step's end (as Event(samples=4)): a sample whose value leaves its sign and comes back inside one step
-# still stops at its first root, and one that changes sign three times stops at the first, not the third
-_SAMPLE_CHECKS = 4
+# step's end, as the single terminal event's (host.EVENT_CHECKS): a sample whose value leaves its sign
+# and comes back inside one step still stops at its first root, and one that changes sign three times
+# stops at the first, not the third
+_SAMPLE_CHECKS = EVENT_CHECKS
 
 
 class _Steps:
@@ -391,7 +392,7 @@ def integrate_sample_events(
             running = (~frozen).nonzero().reshape(-1)  # a fired sample's value is not read
             # each running sample's bracket: from the last check point with its start sign to the
             # first one without (inf: none in this step); the step's end is the last check point
-            points = [t + (t1 - t) * (j + 1) / (_SAMPLE_CHECKS + 1) for j in range(_SAMPLE_CHECKS)] + [t1]
+            points = check_points(t, t1, _SAMPLE_CHECKS)
             lo = np.full(n, t)
             hi = np.full(n, math.inf)
             with torch.no_grad():
@@ -625,8 +626,7 @@ def integrate_with_events(
             # the signs are checked at the step's end and at ``samples`` interior points of its dense
             # output, so two crossings of one element in a step are both found when a point lies
             # between them; each sub-interval's crossings are then located in time order
-            h = t1 - t
-            points = [t + h * (j + 1) / (samples + 1) for j in range(samples)] + [t1]
+            points = check_points(t, t1, samples)
             a0 = t
             jumped = None
             for p in points:

@@ -181,13 +181,71 @@ def _event_sign(event_fn, term: Term | AugmentedTerm, t: float, y: torch.Tensor)
     return torch.sign(g)
 
 
-def _locate_event(event_fn, term: Term | AugmentedTerm, seg: DenseSegment, sign0: torch.Tensor) -> float:
-    """Bisection on the dense output for the first time an event function changes sign.
+# interior points of each step's dense output where a terminal event's signs are checked besides the
+# step's end (as Event(samples=4)): a value that leaves its sign and comes back inside one step is
+# seen, and of three roots in one step the first is found, not the third
+EVENT_CHECKS = 4
+
+
+def check_points(t0: float, t1: float, n: int = EVENT_CHECKS) -> list[float]:
+    """Where an event's signs are checked in the step [t0, t1]: ``n`` equally spaced interior points, then t1.
+
+    Args:
+        t0, t1: the accepted step (solver time).
+        n: the number of interior points.
+
+    Returns:
+        The ``n + 1`` increasing check times, the last one ``t1`` itself.
+    """
+    h = t1 - t0
+    return [t0 + h * (j + 1) / (n + 1) for j in range(n)] + [t1]
+
+
+def _event_bracket(
+    event_fn, term: Term | AugmentedTerm, seg: DenseSegment, sign0: torch.Tensor, sign1: torch.Tensor
+) -> tuple[float, float] | None:
+    """The first stretch of the step between two check points where the event's signs leave ``sign0``.
+
+    Args:
+        event_fn: the terminal event.
+        term: the field's term (its time conversion).
+        seg: the accepted step and its dense output.
+        sign0: the event's signs at the start of the solve.
+        sign1: its signs at the step's end.
+
+    Returns:
+        ``(lo, hi)`` (solver time): the signs are ``sign0`` at ``lo`` and at every check point before
+        it and differ at ``hi``; None where they are ``sign0`` at every check point of the step.
+    """
+    points = check_points(seg.t0, seg.t1)
+    lo = seg.t0
+    with torch.no_grad():  # signs only: the event's gradients come from the located time
+        inner = seg.many(points[:-1])
+        for p, yp in zip(points[:-1], inner):
+            if bool(torch.any(_event_sign(event_fn, term, p, yp) != sign0)):
+                return lo, p
+            lo = p
+    return (lo, seg.t1) if bool(torch.any(sign1 != sign0)) else None
+
+
+def _locate_event(
+    event_fn, term: Term | AugmentedTerm, seg: DenseSegment, sign0: torch.Tensor, lo: float, hi: float
+) -> float:
+    """Bisection on the dense output for the time in ``[lo, hi]`` where an event function leaves ``sign0``.
 
     Reference: the event location of Shampine & Thompson, "Event location for ordinary differential
     equations", Comput. Math. Appl. 39 (2000); bisection keeps it robust for vector event functions.
+
+    Args:
+        event_fn: the terminal event.
+        term: the field's term (its time conversion).
+        seg: the accepted step and its dense output.
+        sign0: the event's signs at the start of the solve.
+        lo, hi: the bracket (:func:`_event_bracket`): the signs are ``sign0`` at ``lo`` and differ at ``hi``.
+
+    Returns:
+        The right end of the final bracket: the first time found past the root.
     """
-    lo, hi = seg.t0, seg.t1
     while hi - lo > 4 * _EPS * max(1.0, abs(lo), abs(hi)):
         mid = 0.5 * (lo + hi)
         if mid <= lo or mid >= hi:
@@ -338,8 +396,9 @@ def integrate_adaptive(
             if event_fn is not None:
                 sign1 = _event_sign(event_fn, term, t1, step.y1)
                 assert seg is not None and sign0 is not None  # set whenever event_fn is
-                if bool(torch.any(sign1 != sign0)):
-                    te = _locate_event(event_fn, term, seg, sign0)
+                bracket = _event_bracket(event_fn, term, seg, sign0, sign1)
+                if bracket is not None:
+                    te = _locate_event(event_fn, term, seg, sign0, *bracket)
                     ye = seg(te)
                     stats.nfe = term.nfe
                     stats.n_jacobian = term.n_jacobian
@@ -442,8 +501,9 @@ def integrate_fixed(
                 segments.append(seg)
         if event_fn is not None:
             assert seg is not None and sign0 is not None  # set whenever event_fn is
-            if bool(torch.any(_event_sign(event_fn, term, t1, y1) != sign0)):
-                te = _locate_event(event_fn, term, seg, sign0)
+            bracket = _event_bracket(event_fn, term, seg, sign0, _event_sign(event_fn, term, t1, y1))
+            if bracket is not None:
+                te = _locate_event(event_fn, term, seg, sign0, *bracket)
                 stats.nfe = term.nfe
                 stats.n_jacobian = term.n_jacobian
                 return Integration([y0, seg(te)], stats, Status.EVENT, te, segments, event_t=te)
