@@ -180,7 +180,35 @@ def _solve_host(
             raise ValueError("per_sample_events needs an event_fn that returns one value per sample.")
         adjoint = _event_adjoint(sensitivity, "per-sample events")
         return solve_sample_events(problem, event_fn, throw=throw, adjoint=adjoint, adjoint_params=adjoint_params)
+    if event_fn is not None:
+        event_fn = _nonempty_event(event_fn)
     return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
+
+
+def _nonempty_event(event_fn: Callable) -> Callable:
+    """``event_fn`` refusing an empty value: no element can change sign, so the search ran to its step
+    cap (100,000 steps unless set) before it failed with NO_EVENT.
+
+    Args:
+        event_fn: the terminal event function.
+
+    Returns:
+        ``event_fn`` with each value checked (``numel`` only: no device sync).
+
+    Raises (when called):
+        ValueError: ``event_fn`` returned a tensor with no elements.
+    """
+
+    def checked(t: torch.Tensor, y: State) -> Any:
+        g = event_fn(t, y)
+        if isinstance(g, torch.Tensor) and g.numel() == 0:
+            raise ValueError(
+                f"event_fn returned an empty tensor (shape {tuple(g.shape)}), which has no sign to change, so "
+                "no event could ever stop the solve; return at least one value, e.g. y[..., 0] - 1.0."
+            )
+        return g
+
+    return checked
 
 
 def untraced(fn: Callable) -> Callable:

@@ -204,3 +204,45 @@ def test_scipy_solver_refuses_jump_and_step_times(name):
         )
     with pytest.raises(ValueError, match="scipy_solver runs its own steps and cannot end them at jump_t/step_t"):
         hn.solve(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), solver=hn.ScipySolver(), **{name: [0.5]})
+
+
+# ----------------------------------------------------------------------------------------------------
+# A terminal event_fn with no value
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "interface, kw",
+    [
+        (hn.odeint, {}),
+        (hn.odeint, {"method": "rk4", "options": {"step_size": 0.1}}),
+        (hn.odeint_adjoint, {"adjoint_params": ()}),
+        (hn.odeint_adjoint, {"adjoint_params": (), "method": "rk4", "options": {"step_size": 0.1}}),
+    ],
+    ids=["adaptive", "fixed", "adjoint-adaptive", "adjoint-fixed"],
+)
+def test_empty_event_value_is_refused_at_once(interface, kw):
+    """An empty event_fn value can never change sign: the search ran its 100,000 steps (36 s adaptive,
+    16 s on the fixed grid) before failing with NO_EVENT; now the first evaluation refuses it."""
+    calls = []
+
+    def event_fn(t, y):
+        calls.append(float(t))
+        return y[2:] - 0.5  # the state has two elements: empty
+
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    with pytest.raises(ValueError, match=r"event_fn returned an empty tensor \(shape \(0,\)\)"):
+        hn.odeint_event(lambda t, y: -y, y0, 0.0, event_fn=event_fn, odeint_interface=interface, **kw)
+    assert len(calls) == 1  # at t0, before any step
+    for sensitivity in (hn.DirectBackprop(), hn.BacksolveAdjoint(), hn.InterpolatingAdjoint()):
+        with pytest.raises(ValueError, match="event_fn returned an empty tensor"):
+            hn.solve(
+                lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=F64), event_fn=event_fn,
+                sensitivity=sensitivity, adjoint_params=(),
+            )  # fmt: skip
+
+
+def test_event_with_one_value_is_still_found():
+    """The check lets a one-element event through: y = e^-t reaches 0.5 at t = ln 2."""
+    t_e, ys = hn.odeint_event(lambda t, y: -y, torch.tensor([1.0], dtype=F64), 0.0, event_fn=lambda t, y: y - 0.5)
+    torch.testing.assert_close(t_e, torch.tensor(np.log(2.0), dtype=F64), rtol=1e-7, atol=1e-7)  # dopri5, rtol 1e-7
