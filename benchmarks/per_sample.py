@@ -29,6 +29,7 @@ import random
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -80,6 +81,30 @@ def pulses_exact(centres: np.ndarray, ts: np.ndarray) -> np.ndarray:
         )
         out[i] = np.exp(-t) * (1.0 + a)
     return out
+
+
+def torchode_controller(to, term, rtol: float, atol: float, dtype: torch.dtype):
+    """torchode's I controller with the tolerances in the state's ``dtype``.
+
+    ``IntegralController`` stores its tolerances with ``torch.tensor(tol)``, float32 for a Python float
+    (``atol=1e-8`` became 9.99999994e-09), so a float64 comparison with hybrid_node would solve a
+    slightly different problem; float64 tensors are kept as they are.
+
+    Args:
+        to: the ``torchode`` module.
+        term: the ``to.ODETerm``.
+        rtol, atol: the tolerances.
+        dtype: the state's dtype.
+
+    Returns:
+        The ``to.IntegralController``.
+    """
+    with warnings.catch_warnings():
+        # torchode copies the tensors with torch.tensor(tol), which warns about copy construction
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+        return to.IntegralController(
+            atol=torch.tensor(atol, dtype=dtype), rtol=torch.tensor(rtol, dtype=dtype), term=term
+        )
 
 
 def main(argv=None) -> int:
@@ -134,7 +159,7 @@ def main(argv=None) -> int:
         def torchode_pulses():
             term = to.ODETerm(pulse)
             step = to.Dopri5(term=term)
-            solver = to.AutoDiffAdjoint(step, to.IntegralController(atol=1e-8, rtol=1e-6, term=term))
+            solver = to.AutoDiffAdjoint(step, torchode_controller(to, term, 1e-6, 1e-8, y0.dtype))
             sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t.unsqueeze(0).expand(args.batch, -1)))
             return sol.ys.transpose(0, 1)
 

@@ -246,3 +246,30 @@ def test_event_with_one_value_is_still_found():
     """The check lets a one-element event through: y = e^-t reaches 0.5 at t = ln 2."""
     t_e, ys = hn.odeint_event(lambda t, y: -y, torch.tensor([1.0], dtype=F64), 0.0, event_fn=lambda t, y: y - 0.5)
     torch.testing.assert_close(t_e, torch.tensor(np.log(2.0), dtype=F64), rtol=1e-7, atol=1e-7)  # dopri5, rtol 1e-7
+
+
+# ----------------------------------------------------------------------------------------------------
+# benchmarks/per_sample.py: the same problem for torchode
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_per_sample_benchmark_gives_torchode_the_tolerances_in_the_state_dtype(monkeypatch, capsys):
+    """torchode stores a float tolerance in float32 (atol=1e-8 became 9.99999994e-09): the float64 rows
+    compared solves of slightly different problems."""
+    to = pytest.importorskip("torchode")
+    from benchmarks import per_sample
+
+    built = []
+
+    class Recording(to.IntegralController):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(to, "IntegralController", Recording)
+    assert per_sample.main(["--repeats", "1", "--batch", "2", "--hidden", "2"]) == 0
+    assert "torchode (per-sample)" in capsys.readouterr().out
+    assert built
+    for ctrl in built:
+        assert ctrl.atol.dtype == F64 and ctrl.rtol.dtype == F64
+        assert ctrl.atol.item() == 1e-8 and ctrl.rtol.item() == 1e-6  # exactly the float64 values
