@@ -171,3 +171,89 @@ def test_sde_plots_as_many_series_as_it_has(n_paths, monkeypatch, tmp_path):
     assert cli.main(argv) == 0
     assert panels["posterior_samples.png"] == min(4, n_paths)
     assert (out / "posterior_samples.png").stat().st_size > 0
+
+
+# Each command on a budget of a few steps, checkpointed at every step. spirals is left out of the resumed half
+# of the test: its setup (validation series, the Bayes-optimal floor) takes a minute on a busy machine.
+INTERRUPTIBLE = {
+    "demo": ["--iters", "4"],
+    "anode": ["--iters", "4", "--hidden", "4", "--tasks", "g1d"],
+    "cnf": ["--quick", "--iters", "4", "--hidden", "4", "--width", "2", "--n-test", "16", "--grid", "4"],
+    "hnn": ["--tasks", "spring", "--iters", "4", "--hidden", "4", "--trajectories", "2", "--rollout-factor", "1"],
+    "sde": ["--iters", "4", "--n-paths", "4"],
+    "spirals": ["--n", "10", "--iters", "4", "--rnn-iters", "4", "--nspiral", "8", "--ntest", "6", "--nval", "8"]
+    + ["--batch-size", "4", "--models", "rnn", "--no-plots"],
+    "mnist": ["--models", "odenet", "--iters", "4", "--channels", "2", "--no-adjoint", "--threads", "1"],
+    "nfe": ["--iters", "4", "--channels", "2", "--eval-batch", "4", "--tolerances", "1e-1", "--threads", "1"],
+}
+
+
+@pytest.fixture
+def tiny_idx(tmp_path):
+    """A folder of tiny MNIST IDX files (random images) for mnist and nfe."""
+    from test_mnist_loader import make_split
+
+    root = tmp_path / "idx"
+    root.mkdir()
+    make_split(root, True, 16, seed=1)
+    make_split(root, False, 8, seed=2)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("command", sorted(INTERRUPTIBLE))
+def test_ctrl_c_ends_with_one_line_saying_how_to_resume(command, tiny_idx, monkeypatch, tmp_path, capsys):
+    # Ctrl-C during training ended every command with a KeyboardInterrupt traceback (exit 1 from Python).
+    out = tmp_path / "run"
+    argv = [command, *INTERRUPTIBLE[command], "--checkpoint-every", "1", "--no-progress", "--out", str(out)]
+    if command in ("mnist", "nfe"):
+        argv += ["--data-root", str(tiny_idx)]
+    calls = {"n": 0}
+    steps = {cls: cls.step for cls in (torch.optim.Adam, torch.optim.SGD)}  # mnist's recipe trains with SGD
+
+    def interrupting(step):
+        def interrupted_step(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third training step: two checkpoints are written by then
+                raise KeyboardInterrupt
+            return step(self, *args, **kwargs)
+
+        return interrupted_step
+
+    for cls, step in steps.items():
+        monkeypatch.setattr(cls, "step", interrupting(step))
+    try:
+        status = exit_status(argv)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt left the command as a KeyboardInterrupt (a traceback)")
+    assert status == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"hybrid-node {command}: interrupted" in err and f"--resume --out {out}" in err
+    if command != "spirals":
+        for cls, step in steps.items():
+            monkeypatch.setattr(cls, "step", step)
+        assert exit_status([*argv, "--resume"]) == 0  # the advice works
+
+
+def test_ctrl_c_before_a_checkpoint_says_there_is_nothing_to_resume(monkeypatch, tmp_path, capsys):
+    from hybrid_node.experiments import _output
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupt)
+    out = tmp_path / "run"
+    try:
+        status = exit_status(["demo", "--iters", "2", "--no-progress", "--out", str(out)])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt left the command as a KeyboardInterrupt (a traceback)")
+    assert status == 130
+    assert "nothing to resume" in capsys.readouterr().err
+    assert "before its run folder was made" in _output.interrupted_message("demo", None)

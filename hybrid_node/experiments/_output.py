@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import datetime
+import functools
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -306,7 +309,65 @@ def open_run(
                 f"The folder {str(out)!r} already holds {run_kind} ({holds}); a new run would overwrite it. "
                 "Pass --resume to continue that run, or another --out for a new one."
             )
-    return run_folder(None if out is None else str(out), name)
+    folder = run_folder(None if out is None else str(out), name)
+    _OPENED.set(folder)  # for the message of an interrupted run (see interruptible)
+    return folder
+
+
+#: The folder the running command opened with :func:`open_run` (None before it has).
+_OPENED: contextvars.ContextVar[Path | None] = contextvars.ContextVar("opened_run", default=None)
+
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
+
+def interrupted_message(command: str, folder: Path | None) -> str:
+    """The one line printed when Ctrl-C stops ``command``: what was kept in ``folder`` and how to go on.
+
+    Args:
+        command: the subcommand.
+        folder: its run folder (None: stopped before it made one).
+
+    Returns:
+        The message, without a traceback.
+    """
+    if folder is not None and has_run_files(folder):
+        return (
+            f"hybrid-node {command}: interrupted. The run in {str(folder)!r} continues from its last checkpoint: "
+            f"run the same command with --resume --out {folder}"
+        )
+    where = "before its run folder was made" if folder is None else f"before {str(folder)!r} held a checkpoint"
+    return f"hybrid-node {command}: interrupted {where}; nothing to resume: run the command again."
+
+
+def interruptible(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Make a command's ``run(args)`` end on Ctrl-C with one line on stderr and status 130, not a traceback.
+
+    The checkpoints are written atomically, so whatever the interrupt stopped, the folder holds the last
+    complete one and ``--resume`` continues from it; the line says so, with the folder.
+
+    Args:
+        command: the subcommand, for the message.
+
+    Returns:
+        A decorator for ``run``.
+    """
+
+    def wrap(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(run)
+        def wrapped(args: argparse.Namespace) -> int:
+            token = _OPENED.set(None)
+            try:
+                return run(args)
+            except KeyboardInterrupt:
+                print(interrupted_message(command, _OPENED.get()), file=sys.stderr)
+                return INTERRUPTED
+            finally:
+                _OPENED.reset(token)
+
+        return wrapped
+
+    return wrap
 
 
 def add_resume_arguments(parser: argparse.ArgumentParser, every: int, unit: str = "training iterations") -> None:

@@ -43,7 +43,16 @@ from ..solvers.base import ExternalSolver
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, resume_settings, write_results
+from ._output import (
+    Checkpoints,
+    add_resume_arguments,
+    interruptible,
+    open_run,
+    pyplot,
+    resume_job,
+    resume_settings,
+    write_results,
+)
 from ._progress import progress_bar
 
 HELP = "Continuous normalizing flows on toy 2-D densities (test NLL, NFE; --compare-nf, --regularize)."
@@ -580,6 +589,7 @@ def config_from_args(args: argparse.Namespace) -> CNFExperimentConfig:
     )
 
 
+@interruptible("cnf")
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     with checked_settings():

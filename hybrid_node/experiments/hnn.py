@@ -35,7 +35,7 @@ from ..controllers import ConstantStepSize
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
+from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
 HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
@@ -321,6 +321,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_resume_arguments(parser, CHECKPOINT_EVERY)
 
 
+@interruptible("hnn")
 def run(args: argparse.Namespace) -> int:
     if args.trajectories < 2:
         raise SettingsError(f"--trajectories must be >= 2 (half train, half test), got {args.trajectories}.")

@@ -27,7 +27,7 @@ from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
+from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
 HELP = "Train a latent SDE (Li et al. 2020) on noisy Ornstein-Uhlenbeck sample paths; plots posterior samples."
@@ -224,6 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_resume_arguments(parser, d.checkpoint_every)
 
 
+@interruptible("sde")
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small tensors: one thread is fastest
     iters = 100 if args.quick and args.iters == LatentSDESettings.iters else args.iters

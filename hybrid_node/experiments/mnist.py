@@ -44,7 +44,7 @@ from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig, read_json
 from ..training.checkpoint import load_checkpoint
 from ._args import checked_settings, device_name, positive_float, positive_int
-from ._output import Checkpoints, check_same_settings, open_run, pyplot, resume_settings, write_results
+from ._output import Checkpoints, check_same_settings, interruptible, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
 HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
@@ -654,6 +654,7 @@ def config_from_args(args: argparse.Namespace) -> MNISTConfig:
     return MNISTConfig(**values)
 
 
+@interruptible("mnist")
 def run(args: argparse.Namespace) -> int:
     # One thread for --quick: its small convolutions gain little from more, and with another process on the
     # CPU oversubscribed threads ran 35x slower per step (issue 26).

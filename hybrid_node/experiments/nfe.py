@@ -29,7 +29,7 @@ from ..nn.ode_block import SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint
 from ..training.atomic import atomic_savefig
 from ._args import SettingsError, checked_settings, device_name, positive_int
-from ._output import add_resume_arguments, open_run, pyplot, write_results
+from ._output import add_resume_arguments, interruptible, open_run, pyplot, write_results
 from .mnist import MNISTConfig, build_model, ode_block, train_model
 
 HELP = "Figure 3: error and time vs tolerance, backward vs forward NFE, NFE during training (MNIST ODE-Net)."
@@ -156,6 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@interruptible("nfe")
 def run(args: argparse.Namespace) -> int:
     # One thread for --quick: its small convolutions gain little from more, and with another process on the
     # CPU oversubscribed threads ran 35x slower per step (issue 26).

@@ -37,7 +37,7 @@ from ..solvers.base import ExternalSolver
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
 from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
-from ._output import Checkpoints, add_resume_arguments, open_run, pyplot, resume_job, write_results
+from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
 HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
@@ -395,6 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_resume_arguments(parser, d.checkpoint_every)
 
 
+@interruptible("demo")
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
     iters = 300 if args.quick and args.iters == DemoSettings.iters else args.iters

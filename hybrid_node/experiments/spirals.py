@@ -80,7 +80,7 @@ from ._args import (
     positive_float,
     positive_int,
 )
-from ._output import Checkpoints, check_same_settings, has_run_files, open_run, resume_settings
+from ._output import Checkpoints, check_same_settings, has_run_files, interruptible, open_run, resume_settings
 from ._output import check_resumable as _check_resumable
 from ._output import settings_differences as _settings_differences
 from ._progress import progress_bar
@@ -995,6 +995,7 @@ def check_resumable(out: Path) -> None:
     _check_resumable(out, out.is_dir() and has_run(out), "results.json nor checkpoints/*.pt of a spirals run")
 
 
+@interruptible("spirals")
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
