@@ -66,6 +66,8 @@ class ConstantStepSize(AbstractController):
     def __post_init__(self):
         if self.step_size is not None and self.grid_constructor is not None:
             raise ValueError("Give step_size or grid_constructor, not both.")
+        if self.step_size is not None:
+            _check_number("step_size", self.step_size)
         if self.step_size is not None and not (float(self.step_size) > 0 and math.isfinite(float(self.step_size))):
             raise ValueError(f"step_size must be a positive finite number, got {self.step_size!r}.")
         if self.interp not in ("linear", "cubic"):
@@ -186,6 +188,8 @@ class PIDController(AbstractController):
                 "against atol + rtol * |y|, so no step could pass the error test. Give a positive rtol or atol "
                 "(e.g. rtol=1e-7, atol=1e-9), or use a fixed-step method with options={'step_size': ...}."
             )
+        for name in ("pcoeff", "icoeff", "dcoeff", "safety", "ifactor", "dfactor", "min_step", "max_step"):
+            _check_number(name, getattr(self, name))
         for name in ("pcoeff", "icoeff", "dcoeff"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}.")
@@ -206,10 +210,12 @@ class PIDController(AbstractController):
                 f"need 0 <= min_step <= max_step, min_step finite and max_step > 0, got min_step={self.min_step}, "
                 f"max_step={self.max_step}."
             )
-        if not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
+        # a bool is an int to Python: max_num_steps=True was one step, as ConstantStepSize refuses it
+        if isinstance(self.max_num_steps, bool) or not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
             raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
-        if not isinstance(self.device_loop, bool):
-            raise ValueError(f"device_loop must be True or False, got {self.device_loop!r}.")
+        for name in ("per_sample", "device_loop"):  # a truthy string ("no") switched the loop on
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if isinstance(self.sync_every, bool) or not (isinstance(self.sync_every, int) and self.sync_every > 0):
             raise ValueError(
                 f"sync_every must be a positive int (step attempts per host check), got {self.sync_every!r}."
@@ -264,6 +270,25 @@ def _from_numpy(tol):
     return tol
 
 
+def _check_number(name: str, value: Any) -> None:
+    """Check that a scalar setting is one real number (a float, an int, or a one-element tensor or array).
+
+    Args:
+        name: the setting, for the message.
+        value: its value.
+
+    Raises:
+        ValueError: a bool, something that is not a number (a string, a list, a complex value) or a
+            tensor or array of several values; the comparisons of the checks raised torch's "Boolean value
+            of Tensor with more than one value is ambiguous" or Python's "'<=' not supported" instead.
+    """
+    size = value.numel() if isinstance(value, torch.Tensor) else np.size(value) if isinstance(value, np.ndarray) else 1
+    number = (int, float, np.number, np.ndarray, torch.Tensor)
+    complex_ = value.is_complex() if isinstance(value, torch.Tensor) else bool(np.iscomplexobj(value))
+    if size != 1 or isinstance(value, (bool, np.bool_)) or not isinstance(value, number) or complex_:
+        raise ValueError(f"{name} must be one real number, got {value!r}.")
+
+
 def _check_first_step(value: Any) -> None:
     """Check ``PIDController.first_step``: one positive number (a float, an int, or a one-element
     tensor or array), the first step of the whole solve and of every sample of a per-sample one.
@@ -284,10 +309,7 @@ def _check_first_step(value: Any) -> None:
             "supported (every sample, per_sample=True included, starts with the same step): give one float, "
             "e.g. float(first_step.min()), or leave first_step=None to let each sample's step be chosen."
         )
-    number = (int, float, np.number, np.ndarray, torch.Tensor)
-    complex_ = value.is_complex() if isinstance(value, torch.Tensor) else bool(np.iscomplexobj(value))
-    if isinstance(value, bool) or not isinstance(value, number) or complex_:
-        raise ValueError(f"first_step must be a positive number, got {value!r}.")
+    _check_number("first_step", value)
     if not float(value.detach() if isinstance(value, torch.Tensor) else value) > 0:
         raise ValueError(f"first_step must be positive, got {value!r}.")
 

@@ -138,8 +138,47 @@ def test_first_step_per_sample_is_refused_clearly(value):
 
 @pytest.mark.parametrize("value", ["0.1", True, torch.tensor(0.1j), -0.1, float("nan"), torch.tensor(0.0)])
 def test_first_step_that_is_not_a_positive_number_is_refused(value):
-    with pytest.raises(ValueError, match="first_step must be (a )?positive"):
+    with pytest.raises(ValueError, match="first_step must be (one real number|positive)"):
         hn.PIDController(first_step=value)
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("safety", torch.tensor([0.9, 0.8])),
+        ("max_step", torch.tensor([1.0, 2.0])),
+        ("min_step", "0.1"),
+        ("pcoeff", "a"),
+        ("dfactor", 0.5j),
+    ],
+)
+def test_scalar_controller_settings_that_are_not_one_number_are_named(setting, value):
+    """They failed inside the comparisons of the checks, with torch's "Boolean value of Tensor with more
+    than one value is ambiguous" or Python's "'<=' not supported", without the setting's name."""
+    with pytest.raises(ValueError, match=f"{setting} must be one real number"):
+        hn.PIDController(**{setting: value})
+
+
+def test_step_size_that_is_not_one_number_is_named():
+    # a tensor of several values said "only one element tensors can be converted to Python scalars"
+    with pytest.raises(ValueError, match="step_size must be one real number"):
+        hn.ConstantStepSize(step_size=torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match="step_size must be one real number"):
+        hn.ConstantStepSize(step_size="0.1")
+    # one number in any numeric form is a step size, as before
+    for value in (0.25, 1, np.float32(0.25), torch.tensor(0.25)):
+        ys = hn.odeint(lambda t, y: torch.ones_like(y), torch.zeros(1), torch.tensor([0.0, 1.0]), method="euler",
+                       options={"step_size": value})  # fmt: skip
+        torch.testing.assert_close(ys[-1], torch.ones(1), rtol=0, atol=1e-6)  # y = t exactly, float32 rounding
+
+
+def test_bool_settings_of_the_pid_controller_must_be_bools():
+    """max_num_steps=True was one step (a bool is an int) and per_sample="no" switched per-sample
+    control on; ConstantStepSize and device_loop refused such values already."""
+    with pytest.raises(ValueError, match="max_num_steps must be a positive int, got True"):
+        hn.PIDController(max_num_steps=True)
+    with pytest.raises(ValueError, match="per_sample must be True or False, got 'no'"):
+        hn.PIDController(per_sample="no")
 
 
 @pytest.mark.parametrize("value", [0.05, 1, np.float32(0.05), torch.tensor(0.05), torch.tensor([0.05])])
