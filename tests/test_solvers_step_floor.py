@@ -91,3 +91,88 @@ def test_floor_with_an_origin_is_never_above_the_floor_without(t, origin, eps):
     # the tensor namespace gives the same number (the loops on 0-d tensors share the formula)
     as_tensor = core.step_floor(core.TENSOR, torch.tensor(t, dtype=torch.float64), 0.0, eps, origin)
     assert float(as_tensor) == with_origin
+
+
+# the other loops take the floor from the solve's start too: each on y' = -10 y over [1e6, 1e6 + 1]
+# in float32 (a floor of eps |t| / 4 = 0.03 from |t| alone, against steps of about 0.02)
+FAR = torch.tensor([1e6, 1e6 + 1.0], dtype=torch.float64)
+
+
+def _solve_far(loop: str, t: torch.Tensor) -> float:
+    """y(t[1]) of y' = -10 y, y(t[0]) = 1, in float32 through ``loop``."""
+    if loop == "per_sample":
+        return float(hn.odeint(decay, torch.ones(3, 1), t, options={"per_sample": True})[-1, 1, 0])
+    if loop == "device_loop":
+        return float(hn.odeint(decay, torch.ones(1), t, options={"device_loop": True})[-1, 0])
+    if loop == "nonterminal_event":  # a hn.Event solve (its crossing is checked below)
+        sol = hn.solve(decay, torch.ones(1), t, event=hn.Event(lambda s, y: y[0] - 0.5))
+        return float(sol.ys[-1, 0])
+    # the replayed forward solve of DirectBackprop(checkpoints=k), and its gradient dy(t1)/dy0 = y(t1)
+    y0 = torch.ones(1, requires_grad=True)
+    controller = hn.PIDController(rtol=1e-7, atol=1e-9)
+    sol = hn.solve(decay, y0, t, controller=controller, sensitivity=hn.DirectBackprop(checkpoints=2), adjoint_params=())
+    (grad,) = torch.autograd.grad(sol.ys[-1].sum(), y0)
+    assert float(grad) == pytest.approx(float(sol.ys[-1, 0].detach()), rel=1e-5)  # linear: the same number
+    return float(sol.ys[-1, 0].detach())
+
+
+@pytest.mark.parametrize("loop", ["per_sample", "device_loop", "nonterminal_event", "checkpointed"])
+def test_other_loops_solve_float32_far_from_zero(loop):
+    with deadline(120):
+        far = _solve_far(loop, FAR)
+    # default rtol 1e-7 (checkpointed: the same) bounds the global error by about 1e-7 (the host loop: 2.8e-10)
+    assert far == pytest.approx(math.exp(-10.0), abs=1e-7)
+    # from t = 0, where the floor was never in the way: the same steps up to float32 rounding
+    assert far == pytest.approx(_solve_far(loop, FAR - 1e6), rel=1e-4)
+
+
+def test_event_searches_far_from_zero_in_float32():
+    level = math.exp(-10.0)  # reached at t0 + 1
+    t0 = torch.tensor(1e6, dtype=torch.float64)
+    with deadline(120):
+        t_ps, ys_ps = hn.odeint_event(
+            decay, torch.ones(2, 1), t0, event_fn=lambda t, y: y[:, 0] - level, per_sample=True, t_end=1e6 + 2
+        )
+        t_1, ys_1 = hn.odeint_event(decay, torch.ones(1), t0, event_fn=lambda t, y: y[0] - level, t_end=1e6 + 2)
+        sol = hn.solve(decay, torch.ones(1), FAR, event=hn.Event(lambda s, y: y[0] - 0.5))
+    # the state errs by ~1e-7 relative (rtol), which moves the root by 1e-7 / 10 (y'/y = -10), and
+    # the event time's float64 resolution at 1e6 is 1.2e-10; 1e-5 leaves room for float32 states
+    torch.testing.assert_close(t_ps - 1e6, torch.ones(2, dtype=torch.float64), rtol=0.0, atol=1e-5)
+    assert float(t_1) - 1e6 == pytest.approx(1.0, abs=1e-5)
+    assert [float(e.t) - 1e6 for e in sol.events] == pytest.approx([math.log(2.0) / 10], abs=1e-5)
+    # the event state is the level itself, to float32's resolution
+    assert float(ys_ps[-1][0, 0]) == pytest.approx(level, rel=1e-5)
+    assert float(ys_1[-1, 0]) == pytest.approx(level, rel=1e-5)
+
+
+def test_reversible_adjoint_far_from_zero_matches_the_solve_from_zero():
+    # the reversible wrapper is unstable on contracting fields (docs/reversible.md), so its own solve
+    # from t = 0 is the reference, not exp(-10): the replayed steps far from zero must be the same
+    def reversible(t):
+        y0 = torch.ones(1, requires_grad=True)
+        solver = hn.Reversible(hn.Tsit5())
+        sol = hn.solve(decay, y0, t, solver=solver, sensitivity=hn.ReversibleAdjoint(), adjoint_params=())
+        (grad,) = torch.autograd.grad(sol.ys[-1].sum(), y0)
+        return float(sol.ys[-1, 0].detach()), float(grad)
+
+    with deadline(120):
+        far = reversible(FAR)
+    # the same steps from 1e6 as from 0 (an autonomous field), to float32 rounding
+    assert far == pytest.approx(reversible(FAR - 1e6), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_whole_solve_graph_far_from_zero_in_float32():
+    # options={"compile": True}: the graph reads the solve's start from its table of output times, so
+    # one graph serves every start (the second solve must not fail with the first one's floor either)
+    class Decay(torch.nn.Module):
+        def forward(self, t, y):
+            return -10 * y
+
+    field = Decay()
+    with torch.no_grad():
+        for start in (1e6, 2.0**21, 0.0):
+            t = torch.tensor([start, start + 1.0], dtype=torch.float64)
+            ys = hn.odeint(field, torch.ones(1), t, options={"compile": True})
+            # as the host loop: default rtol 1e-7 bounds the error by about 1e-7 (measured 3.1e-10)
+            assert float(ys[-1, 0]) == pytest.approx(math.exp(-10.0), abs=1e-7)

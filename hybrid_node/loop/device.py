@@ -341,7 +341,8 @@ def attempt(
     last_nonfinite = torch.where(accepted, False, torch.where(rejected, nonfinite, s.last_nonfinite))
     dt, r1, r2 = core.propose(TENSOR, c, step_dt, ratio, accepted, s.r1, s.r2)
     done = accepted & (i_out >= n_out)
-    dt, code = core.settle(TENSOR, c, done, t, dt, step_dt, last_nonfinite)
+    # the floor measured from the solve's start, a graph input (a compiled graph does not bake it in)
+    dt, code = core.settle(TENSOR, c, done, t, dt, step_dt, last_nonfinite, tables.ts[0])
     status = torch.where(active, code, status)
     return LoopState(
         t=t,

@@ -430,7 +430,7 @@ def integrate_sample_events(
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(mterm, t, y, state, step)
         dt, r1, r2 = steps.next(state, step_dt, ratio, accepted, r1, r2)
-        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
+        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, t0)
         if code != RUNNING:
             status, detail = core.STATUS[code], f"dt={dt:.3g}"
             if throw:
@@ -700,7 +700,7 @@ def integrate_with_events(
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(term, t, y, state, step)
         dt, r1, r2 = steps.next(state, step_dt, ratio, accepted, r1, r2)
-        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite)
+        dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, ts[0])
         if code != RUNNING:
             return finish(core.STATUS[code], f"dt={dt:.3g}")
     return finish(Status.SUCCESS)

@@ -225,7 +225,7 @@ def integrate_per_sample(
             t = torch.where(accept, t_new, t)
             dt_next, r_prev, r_prev2 = core.propose(TENSOR, c, h, ratio, accept, r_prev, r_prev2)
             # an element rejected with a non-finite ratio is the per-element ``last_nonfinite``
-            dt_next, code = core.settle(TENSOR, c, (t >= t_end) | stopped, t, dt_next, h, ~finite & ~accept)
+            dt_next, code = core.settle(TENSOR, c, (t >= t_end) | stopped, t, dt_next, h, ~finite & ~accept, ts[0])
             dt = torch.where(~done, dt_next, dt)
         if all_done:
             break

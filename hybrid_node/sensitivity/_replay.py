@@ -143,7 +143,7 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool
                                 stats.n_rejected += 1
                             dt, r1, r2 = core.propose(FLOAT, c, step_dt, ratio, accepted, r1, r2)
                             nonfinite = not math.isfinite(ratio) and not accepted
-                            dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, nonfinite)
+                            dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, nonfinite, ts[0])
                             if code != RUNNING:
                                 raise SolverError(core.STATUS[code], -t if problem.reverse else t, f"dt={dt:.3g}")
                     outputs.append(y)
