@@ -74,7 +74,7 @@ def test_julia_setup_without_juliacall_explains_how_to_install(monkeypatch, caps
     monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: None)
     args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
     assert julia_setup.run(args) == 1
-    assert "pip install 'hybrid_node[julia]'" in capsys.readouterr().out
+    assert "pip install 'hybrid_node[julia]'" in capsys.readouterr().err
 
 
 def test_cli_lists_both_subcommands():
@@ -96,7 +96,7 @@ def test_julia_setup_reports_a_failed_resolve_in_two_lines(monkeypatch, capsys):
     monkeypatch.setattr(juliapkg, "resolve", _fail)
     args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
     assert julia_setup.run(args) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "julia-setup failed while resolving the Julia environment: Exception: could not find Julia" in out
     assert "--julia /path/to/julia" in out and "Traceback" not in out
 
@@ -111,7 +111,7 @@ def test_julia_setup_reports_a_failed_load_in_two_lines(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "juliacall", types.SimpleNamespace(Main=types.SimpleNamespace(seval=_fail)))
     args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
     assert julia_setup.run(args) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "julia-setup failed while loading HybridNODE" in out and "doctor --start" in out
 
 
