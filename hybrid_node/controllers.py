@@ -99,7 +99,7 @@ class ConstantStepSize(AbstractController):
         if self.grid_constructor is not None:
             g = self.grid_constructor(func, y0, direction * t)
             g = [direction * float(x) for x in torch.as_tensor(g).reshape(-1)]
-            if len(g) < 2 or g[0] != t0 or g[-1] != t1 or any(b <= a for a, b in zip(g, g[1:])):
+            if len(g) < 2 or g[0] != t0 or g[-1] != t1 or not all(b > a for a, b in zip(g, g[1:])):
                 raise ValueError("grid_constructor must return a strictly monotonic grid from t[0] to t[-1].")
             return g
         if self.step_size is None:
@@ -357,6 +357,10 @@ def error_ratio_tensor(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, 
         else:
             scale = atol + rtol * scale
         r = torch.div(error, scale)
+        if not (isinstance(atol, float) and atol > 0):
+            # with atol = 0, a component that stays exactly 0 has a zero scale: its 0 / 0 is no error
+            # (it made every step "non-finite"); a NaN or non-zero error over a zero scale still rejects
+            r.masked_fill_(error == 0, 0.0)
         if norm is rms_norm:
             return torch.linalg.vector_norm(r) / math.sqrt(max(r.numel(), 1))
         return norm(r)
