@@ -246,8 +246,9 @@ def solve_checkpointed(
         counts the recomputed steps once the backward pass has run.
 
     Raises:
-        ValueError: events, gradients for t, jump times, a per-sample or other controller, or a
-            solver that cannot restart exactly (implicit, multistep).
+        ValueError: events, gradients for t, jump times, a per-sample or other controller, a
+            solver that cannot restart exactly (implicit, multistep), or a plain function without
+            ``adjoint_params``.
         TypeError: ``adjoint_params`` is a single tensor or holds something that is not a tensor.
         SolverError: the forward solve failed or an output is not finite, with ``throw``.
     """
