@@ -464,6 +464,11 @@ def integrate_fixed(
     y = y0
     state: Any = solver.init(term, ts[0], y) if not perturb else None
     previous = None  # the last step, whose next_state is computed only if another step follows
+    # a multistep method's state is the history of earlier derivatives: with perturb it is kept, its
+    # new derivative taken at the right limit of the step's start (as torchdiffeq's Adams keeps its
+    # history); a one-step method's state is rebuilt instead (a first-same-as-last derivative is the
+    # left limit at the grid point)
+    history = bool(perturb) and getattr(solver, "keeps_history", False)
     i_out = 1
     sign0 = _event_sign(event_fn, term, ts[0], y) if event_fn is not None else None
     attempt = compiled_attempt(term, solver)
@@ -478,7 +483,10 @@ def integrate_fixed(
         # the field may jump at grid points: with perturb every evaluation of the step is moved just
         # after t0 or just before t1 (torchdiffeq's perturb semantics)
         open_step = OpenInterval(term, t0, t1) if perturb else None
-        if open_step is not None:
+        if open_step is not None and previous is not None:
+            # a history's next_state evaluates the derivative at t0 afresh, through the open step
+            state = solver.next_state(open_step, t0, previous)
+        elif open_step is not None:
             state = solver.init(open_step, t0, y)
         elif previous is not None:
             state = solver.next_state(term, t0, previous)
@@ -512,7 +520,7 @@ def integrate_fixed(
         previous = None
         if restart and not perturb:
             state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
-        elif not perturb:
+        elif not restart and (history or not perturb):
             previous = step
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian

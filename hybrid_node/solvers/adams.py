@@ -81,6 +81,11 @@ class Adams(AbstractSolver):
     atol: float = 1e-9
     name: str = "explicit_adams"
 
+    #: the state is the history of earlier derivatives, which a fixed grid with ``perturb`` keeps
+    #: (:func:`~hybrid_node.loop.host.integrate_fixed`): :meth:`next_state` evaluates the newest one
+    #: afresh through the field it is given (the right limit at a grid point), never from a stage
+    keeps_history = True
+
     def __post_init__(self):
         if not (isinstance(self.max_order, int) and 1 <= self.max_order <= MAX_ORDER):
             raise ValueError(f"max_order must be an int between 1 and {MAX_ORDER}, got {self.max_order!r}.")
