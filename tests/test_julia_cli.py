@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import types
 
 import pytest
 
 from hybrid_node.commands import doctor
 from hybrid_node.julia import runtime as julia_runtime
-from hybrid_node.julia import setup as julia_setup
 
 
 def test_doctor_reports_torch_and_why_julia_is_missing(monkeypatch, capsys):
@@ -70,49 +67,12 @@ def test_juliacall_variables_together_are_accepted(monkeypatch):
     assert julia_runtime.juliacall_variables_problem() == ""
 
 
-def test_julia_setup_without_juliacall_explains_how_to_install(monkeypatch, capsys):
-    monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: None)
-    args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
-    assert julia_setup.run(args) == 1
-    assert "pip install 'hybrid_node[julia]'" in capsys.readouterr().err
-
-
 def test_cli_lists_both_subcommands():
     from hybrid_node import cli
 
     parser = cli.build_parser()
     help_text = parser.format_help()
     assert "doctor" in help_text and "julia-setup" in help_text
-
-
-def _fail(*args, **kwargs):
-    raise Exception("could not find Julia ^1.10")  # juliapkg raises bare Exceptions
-
-
-def test_julia_setup_reports_a_failed_resolve_in_two_lines(monkeypatch, capsys):
-    # juliapkg.resolve's exception used to end the command with a traceback.
-    juliapkg = pytest.importorskip("juliapkg", reason="juliapkg is not installed")
-    monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(juliapkg, "resolve", _fail)
-    args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
-    assert julia_setup.run(args) == 1
-    out = capsys.readouterr().err
-    assert "julia-setup failed while resolving the Julia environment: Exception: could not find Julia" in out
-    assert "--julia /path/to/julia" in out and "Traceback" not in out
-
-
-def test_julia_setup_reports_a_failed_load_in_two_lines(monkeypatch, capsys):
-    juliapkg = pytest.importorskip("juliapkg", reason="juliapkg is not installed")
-    monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(juliapkg, "resolve", lambda **kwargs: None)
-    monkeypatch.setattr(juliapkg, "executable", lambda: "/opt/julia/bin/julia")
-    monkeypatch.setattr(juliapkg, "project", lambda: "/tmp/env")
-    # a stand-in juliacall whose Julia cannot load the package (never starts a real Julia)
-    monkeypatch.setitem(sys.modules, "juliacall", types.SimpleNamespace(Main=types.SimpleNamespace(seval=_fail)))
-    args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
-    assert julia_setup.run(args) == 1
-    out = capsys.readouterr().err
-    assert "julia-setup failed while loading HybridNODE" in out and "doctor --start" in out
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,7 @@ def test_a_failed_resolve_is_reported_on_stderr(monkeypatch, capsys):
     assert julia_setup.run(args) == 1
     printed = capsys.readouterr()
     assert "julia-setup failed while resolving the Julia environment: Exception: could not find Julia" in printed.err
+    assert "--julia /path/to/julia" in printed.err and "Traceback" not in printed.err
     assert "failed" not in printed.out  # stdout keeps the progress lines only
 
 
@@ -82,6 +83,7 @@ def test_a_failed_load_is_reported_on_stderr(monkeypatch, capsys):
     assert julia_setup.run(args) == 1
     printed = capsys.readouterr()
     assert "julia-setup failed while loading HybridNODE" in printed.err and "failed" not in printed.out
+    assert "doctor --start" in printed.err
 
 
 def test_an_executable_on_path_is_accepted(tmp_path, monkeypatch):
