@@ -14,6 +14,17 @@ METHODS = {
 }
 
 
+class Tanh(torch.nn.Module):
+    """y' = tanh(A y): a nonlinear field with one matrix parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([[-0.3, 1.0], [-1.0, -0.2]], dtype=torch.float64))
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.a.T)
+
+
 class Linear(torch.nn.Module):
     """y' = A y (A a parameter); nn.Module so the adjoint finds A by itself."""
 

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _gradient_problems import Tanh
 
 import hybrid_node as hn
 
 F64 = torch.float64
-
-
-class Tanh(torch.nn.Module):
-    """y' = tanh(A y): a nonlinear field with one matrix parameter."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.tensor([[-0.3, 1.0], [-1.0, -0.2]], dtype=F64))
-
-    def forward(self, t, y):
-        return torch.tanh(y @ self.a.T)
 
 
 #: the sensitivities that replay the forward steps (their own parameter handling), with their solver
