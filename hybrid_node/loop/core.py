@@ -34,14 +34,16 @@ _EPS = 2.220446049250313e-16
 # ODEs I, 2nd ed., Section II.4, as in their code DOPRI5). The error test still judges the longer step.
 _STRETCH = 1.01
 
-# status codes of a solve in progress (ints on the host, int64 tensors on the device)
-RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NONFINITE, NO_EVENT = range(6)
+# status codes of a solve in progress (ints on the host, int64 tensors on the device); NEWTON_FAILED
+# is set by the host loops only (a multistep corrector that failed at the smallest step allowed)
+RUNNING, SUCCESS, MAX_STEPS, STEP_UNDERFLOW, NONFINITE, NO_EVENT, NEWTON_FAILED = range(7)
 STATUS = {
     SUCCESS: Status.SUCCESS,
     MAX_STEPS: Status.MAX_STEPS,
     STEP_UNDERFLOW: Status.STEP_UNDERFLOW,
     NONFINITE: Status.NONFINITE,
     NO_EVENT: Status.NO_EVENT,
+    NEWTON_FAILED: Status.NEWTON_FAILED,
 }
 
 

@@ -258,6 +258,44 @@ def _locate_event(
     return hi
 
 
+def settle_failure(code: int, step, solver, min_step: float, step_dt: float, dt: float) -> tuple[int, str]:
+    """The status code and detail of a solve that :func:`core.settle` ended with ``code``.
+
+    A multistep corrector that did not converge (a step whose ``converged`` is False, as
+    :class:`~hybrid_node.solvers.multistep.NordsieckStep`'s) reports an infinite error, which ``settle``
+    counts as a non-finite state. The state is finite then, and the cause is the corrector: it needs a
+    smaller step than ``min_step`` (or the time's resolution) allows. That failure is reported as
+    NEWTON_FAILED, naming ``min_step`` and the corrector; a correction that is itself not finite (a
+    NaN from the field) stays NONFINITE.
+
+    Args:
+        code: the status code from ``settle``.
+        step: the last attempted step.
+        solver: the solver (its name, for the message).
+        min_step: the controller's lower bound on the step.
+        step_dt: the last attempted step size; dt: the proposed next one.
+
+    Returns:
+        ``(code, detail)``.
+    """
+    correction = getattr(step, "e", None)
+    if (
+        code == core.NONFINITE
+        and getattr(step, "converged", True) is False
+        and (correction is None or bool(torch.isfinite(correction).all()))
+    ):
+        name = getattr(solver, "name", type(solver).__name__)
+        if min_step > 0 and step_dt <= min_step:
+            return core.NEWTON_FAILED, (
+                f"the corrector of {name!r} did not converge at min_step={min_step:g}, the smallest step allowed; "
+                "lower min_step"
+            )
+        return core.NEWTON_FAILED, (
+            f"the corrector of {name!r} did not converge down to dt={step_dt:.3g}, the resolution of the time"
+        )
+    return code, f"dt={dt:.3g}"
+
+
 def first_step(
     term: Term | AugmentedTerm, solver, controller: PIDController, t0: float, y0: torch.Tensor, state, rtol, atol, norm
 ) -> float:
@@ -421,7 +459,7 @@ def integrate_adaptive(
         dt = min(solver.propose_step(state, step_dt, dt), c.max_step)  # a variable-order method's own step
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, ts[0])
         if code != RUNNING:
-            return failed(code, f"dt={dt:.3g}")
+            return failed(*settle_failure(code, step, solver, c.min_step, step_dt, dt))
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
     stats.n_switches = term.n_switches
