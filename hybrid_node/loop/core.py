@@ -314,13 +314,33 @@ def precheck(xp, c: StepControl, n_attempts, t, dt):
     return xp.where(n_attempts >= c.max_num_steps, MAX_STEPS, xp.where(beyond, NO_EVENT, RUNNING))
 
 
+def at_min_step(c: StepControl, step_dt):
+    """Whether an attempt of size ``step_dt`` is one at ``min_step``: at most ``min_step`` times the stretch.
+
+    :func:`landing` stretches a step by up to ``_STRETCH`` to end on a stop, and the rest of the way to
+    the end after many steps of ``min_step`` is ``min_step`` plus the rounding of the time (1.7e-13 after
+    999 steps of 0.01): that step is one at ``min_step`` too. Compared with ``min_step`` itself it was
+    rejected, and retried unchanged (its proposal is clamped back to ``min_step``, which lands the same)
+    until ``max_num_steps``.
+
+    Args:
+        c: the step-control constants.
+        step_dt: the attempt's size.
+
+    Returns:
+        The decision, in the kind of ``step_dt``.
+    """
+    return step_dt <= c.min_step * _STRETCH
+
+
 def accepts(xp, c: StepControl, ratio, step_dt):
     """Whether an attempt of size ``step_dt`` with error ratio ``ratio`` is accepted.
 
-    Accepted when ``ratio <= 1``; with ``min_step > 0`` also when the step is at most ``min_step`` and
-    its ratio is finite, whatever its error: that is what ``min_step`` means in torchdiffeq (its
-    ``_adaptive_step`` accepts ``dt <= min_step``), a floor the user chose over the tolerance, e.g. to
-    bound the work on a problem whose accuracy matters less than its cost. A non-finite ratio is
+    Accepted when ``ratio <= 1``; with ``min_step > 0`` also when the step is at most ``min_step`` (or
+    stretched from it to land on a stop, :func:`at_min_step`) and its ratio is finite, whatever its
+    error: that is what ``min_step`` means in torchdiffeq (its ``_adaptive_step`` accepts ``dt <=
+    min_step``), a floor the user chose over the tolerance, e.g. to bound the work on a problem whose
+    accuracy matters less than its cost. A non-finite ratio is
     never accepted (the state would be garbage); :func:`settle` then ends the solve.
 
     Args:
@@ -333,7 +353,7 @@ def accepts(xp, c: StepControl, ratio, step_dt):
     """
     ok = ratio <= 1.0
     if c.min_step > 0:  # static: min_step = 0 leaves the decision (and a compiled graph) as it was
-        ok = ok | (xp.isfinite(ratio) & (step_dt <= c.min_step))
+        ok = ok | (xp.isfinite(ratio) & at_min_step(c, step_dt))
     return ok
 
 
@@ -344,8 +364,8 @@ def settle(xp, c: StepControl, done, t, dt, step_dt, last_nonfinite, origin: flo
     max_step)``; the step at ``min_step`` is then accepted by :func:`accepts`). The status is SUCCESS
     when the solve is ``done``; else a failure when the next step is below the resolution floor
     :func:`step_floor` (``min_step = 0``, or a ``min_step`` below the floor at a large ``|t|``), or when
-    an attempt at ``min_step`` or below was rejected for a non-finite error ratio (no smaller step is
-    allowed, so retrying would repeat it): NONFINITE when the last attempt was rejected for a
+    an attempt at ``min_step`` or below (:func:`at_min_step`) was rejected for a non-finite error
+    ratio (no smaller step is allowed, so retrying would repeat it): NONFINITE when the last attempt was rejected for a
     non-finite ratio, else STEP_UNDERFLOW; else RUNNING.
 
     Args:
@@ -362,7 +382,7 @@ def settle(xp, c: StepControl, done, t, dt, step_dt, last_nonfinite, origin: flo
     small = xp.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW)
     floor = step_floor(xp, t, 0.0, c.eps, origin)
     if c.min_step > 0:  # static, as in :func:`accepts`
-        stuck = last_nonfinite & (step_dt <= c.min_step)
+        stuck = last_nonfinite & at_min_step(c, step_dt)
         dt = xp.maximum(dt, c.min_step)
         failing = (dt < floor) | stuck
     else:

@@ -285,7 +285,7 @@ def settle_failure(code: int, step, solver, min_step: float, step_dt: float, dt:
         and (correction is None or bool(torch.isfinite(correction).all()))
     ):
         name = getattr(solver, "name", type(solver).__name__)
-        if min_step > 0 and step_dt <= min_step:
+        if min_step > 0 and step_dt <= min_step * core._STRETCH:
             return core.NEWTON_FAILED, (
                 f"the corrector of {name!r} did not converge at min_step={min_step:g}, the smallest step allowed; "
                 "lower min_step"
