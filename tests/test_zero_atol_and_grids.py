@@ -39,3 +39,12 @@ def test_a_grid_with_a_nan_is_refused():
             method="rk4",
             options={"grid_constructor": lambda f, y0, t: torch.tensor([0.0, math.nan, 1.0])},
         )
+
+
+def test_zero_atol_with_a_component_that_stays_zero_per_sample():
+    t = torch.linspace(0.0, 2.0, 5, dtype=torch.float64)
+    y0 = torch.tensor([[1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    ys = hn.odeint(lambda t, y: -y, y0, t, rtol=1e-8, atol=0.0, options={"per_sample": True})
+    # as above: each sample within 1e-6 relative of y0 exp(-t)
+    torch.testing.assert_close(ys[:, :, 0], torch.exp(-t)[:, None] * y0[:, 0], rtol=1e-6, atol=0)
+    assert bool((ys[:, :, 1] == 0).all())

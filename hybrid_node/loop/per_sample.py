@@ -133,6 +133,8 @@ def integrate_per_sample(
     def scale_of(a, b):
         return atol + rtol * torch.maximum(a.abs(), b.abs())
 
+    zero_atol = not (isinstance(atol, float) and atol > 0)
+
     t_end = ts[-1]
     t = torch.full((batch,), ts[0], dtype=tdt, device=dev)
     f0 = field(t, y0)
@@ -189,7 +191,10 @@ def integrate_per_sample(
                 err = linear_combination(None, hc, tab.b_error, ks)
             else:  # per sample: an estimate may take norms over its whole state (DOP853's does)
                 err = torch.vmap(estimate)(hc, ks)
-            ratio = _rms_rows(err / scale_of(y, y1)).to(tdt)
+            scaled = err / scale_of(y, y1)
+            if zero_atol:  # a component that stays exactly 0 has a zero scale: its 0 / 0 is no error
+                scaled = scaled.masked_fill(err == 0, 0.0)
+            ratio = _rms_rows(scaled).to(tdt)
             finite = torch.isfinite(ratio)
             accept = core.accepts(TENSOR, c, ratio, h) & ~done
             # one host synchronisation per batched step: the span of times covered and whether all are done
