@@ -1,5 +1,8 @@
 """Fixtures shared by several test modules."""
 
+import contextlib
+import signal
+
 import pytest
 import torch
 
@@ -50,3 +53,20 @@ def time_mlp(float64_default, one_thread):
     """A seeded :class:`TimeMLP` in float64 on one thread."""
     torch.manual_seed(0)
     return TimeMLP()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail with TimeoutError when the block runs longer than ``seconds``: a solve that hangs or creeps
+    fails its test instead of stalling the suite (SIGALRM, main thread only)."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the solve hangs")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

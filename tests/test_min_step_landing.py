@@ -9,32 +9,14 @@ default 2^31 - 1: the solve hung), where torchdiffeq finishes it.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-
 import pytest
 import torch
 import torchdiffeq
+from conftest import deadline
 
 import hybrid_node as hn
 
 F64 = torch.float64
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail with TimeoutError when the block runs longer than ``seconds`` (the retried step hangs)."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: the last step is retried forever")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def oscillator(t, y):

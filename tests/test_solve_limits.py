@@ -7,33 +7,16 @@ seconds instead of stalling the suite.
 from __future__ import annotations
 
 import cmath
-import contextlib
 import math
-import signal
 
 import pytest
 import torch
+from conftest import deadline
 
 import hybrid_node as hn
 from hybrid_node import SolverError, Status
 
 T01 = torch.tensor([0.0, 1.0])
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail with TimeoutError when the block runs longer than ``seconds`` (a hang, not a slow solve)."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: the solve hangs")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def grow(t, y):

@@ -7,34 +7,17 @@ resolved: ``y' = -10 y`` on [1e6, 1e6 + 1] (a floor of 0.03, steps of 0.02), whi
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 
 import pytest
 import torch
+from conftest import deadline
 
 import hybrid_node as hn
 from hybrid_node import SolverError, Status
 from hybrid_node.loop import core
 
 F32_EPS = torch.finfo(torch.float32).eps
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Fail with TimeoutError when the block runs longer than ``seconds`` (a creeping solve hangs)."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: the solve creeps")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def decay(t, y):
