@@ -258,7 +258,7 @@ def _locate_event(
     return hi
 
 
-def settle_failure(code: int, step, solver, min_step: float, step_dt: float, dt: float) -> tuple[int, str]:
+def settle_failure(code: int, step, solver, c: core.StepControl, step_dt: float, dt: float) -> tuple[int, str]:
     """The status code and detail of a solve that :func:`core.settle` ended with ``code``.
 
     A multistep corrector that did not converge (a step whose ``converged`` is False, as
@@ -272,7 +272,7 @@ def settle_failure(code: int, step, solver, min_step: float, step_dt: float, dt:
         code: the status code from ``settle``.
         step: the last attempted step.
         solver: the solver (its name, for the message).
-        min_step: the controller's lower bound on the step.
+        c: the step-control constants (``min_step``).
         step_dt: the last attempted step size; dt: the proposed next one.
 
     Returns:
@@ -285,9 +285,9 @@ def settle_failure(code: int, step, solver, min_step: float, step_dt: float, dt:
         and (correction is None or bool(torch.isfinite(correction).all()))
     ):
         name = getattr(solver, "name", type(solver).__name__)
-        if min_step > 0 and step_dt <= min_step * core._STRETCH:
+        if c.min_step > 0 and core.at_min_step(c, step_dt):
             return core.NEWTON_FAILED, (
-                f"the corrector of {name!r} did not converge at min_step={min_step:g}, the smallest step allowed; "
+                f"the corrector of {name!r} did not converge at min_step={c.min_step:g}, the smallest step allowed; "
                 "lower min_step"
             )
         return core.NEWTON_FAILED, (
@@ -459,7 +459,7 @@ def integrate_adaptive(
         dt = min(solver.propose_step(state, step_dt, dt), c.max_step)  # a variable-order method's own step
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, ts[0])
         if code != RUNNING:
-            return failed(*settle_failure(code, step, solver, c.min_step, step_dt, dt))
+            return failed(*settle_failure(code, step, solver, c, step_dt, dt))
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
     stats.n_switches = term.n_switches
