@@ -53,18 +53,13 @@ from .._term import Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
-from .host import EVENT_CHECKS, DenseSegment, check_no_nan, check_points, first_step
+from .host import DenseSegment, check_no_nan, check_points, first_step
 from .host import _emit as _emit_outputs
 
 # a bracket narrower than this many ulps of the time is closed (as the single event's bisection)
 _BRACKET_ULPS = 4.0
 # bisection halves a float64 bracket to 4 ulps in at most ~60 halvings; the cap only guards a NaN
 _MAX_HALVINGS = 200
-# interior points of each step's dense output where a per-sample event's signs are checked besides the
-# step's end, as the single terminal event's (host.EVENT_CHECKS): a sample whose value leaves its sign
-# and comes back inside one step still stops at its first root, and one that changes sign three times
-# stops at the first, not the third
-_SAMPLE_CHECKS = EVENT_CHECKS
 
 
 class _Steps:
@@ -392,11 +387,11 @@ def integrate_sample_events(
             running = (~frozen).nonzero().reshape(-1)  # a fired sample's value is not read
             # each running sample's bracket: from the last check point with its start sign to the
             # first one without (inf: none in this step); the step's end is the last check point
-            points = check_points(t, t1, _SAMPLE_CHECKS)
+            points = check_points(t, t1)  # EVENT_CHECKS interior points, as the single event
             lo = np.full(n, t)
             hi = np.full(n, math.inf)
             with torch.no_grad():
-                inner = seg.many(points[:-1]) if _SAMPLE_CHECKS else []
+                inner = seg.many(points[:-1])
                 for p, yp in zip(points, [*inner, y1]):
                     g = event_fn(term.time(p), yp).reshape(n)
                     check_no_nan(g[running], user_t(p), yp.reshape(n, -1)[running], running)
