@@ -9,7 +9,8 @@ T_TESTS=${T_TESTS:-200}; T_BENCH=${T_BENCH:-75}
   python3 -c "import hybrid_node as hn; print('hybrid_node ok')"
   python3 -m pip list 2>/dev/null | grep -iE "^(torch|triton|jax|jaxlib|diffrax|equinox|torchdiffeq|pytest-xdist|pytest-timeout|scipy|numpy) "; } 2>&1 | tee $OUT/env.log
 timeout $T_TESTS python3 -m pytest -q -p no:cacheprovider -m gpu -n 8 --timeout 220 -rfE --durations=15 \
-  tests/test_compiled_cuda.py tests/test_whole_solve.py tests/test_device_loop.py tests/test_sde_cuda.py 2>&1 | tee $OUT/tests.log
+  tests/test_compiled_cuda.py tests/test_whole_solve.py tests/test_device_loop.py tests/test_sde_cuda.py \
+  tests/test_per_sample.py 2>&1 | tee $OUT/tests.log
 for w in mlp-fwd mlp-train-adjoint mlp-train-direct; do
   timeout ${T_BENCH} python3 -m benchmarks.run --device cuda --threads 1 --workloads $w \
     --frameworks hybrid_node hybrid_node+compile hybrid_node+device hybrid_node+device+compile torchdiffeq diffrax \
