@@ -344,23 +344,40 @@ def rms_norm(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     return (x.pow(2).mean() if dim is None else x.pow(2).mean(dim)).sqrt()
 
 
+def scaled_error(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol) -> torch.Tensor:
+    """``error / (atol + rtol * max(|y0|, |y1|))`` elementwise, the error each step control norms.
+
+    With ``atol = 0`` a component that stays exactly 0 has a zero scale: its 0 / 0 counts as no error
+    (NaN made every step "non-finite"); a NaN or non-zero error over a zero scale still rejects. Uses
+    in-place arithmetic on one scratch tensor; call it without autograd (it only decides the step).
+
+    Args:
+        error: the step's error estimate; y0, y1: the states at the step's ends.
+        rtol, atol: the tolerances (floats, or tensors that broadcast against the state).
+
+    Returns:
+        The scaled error, of the state's shape.
+    """
+    scale = torch.maximum(y0.abs(), y1.abs())
+    if isinstance(rtol, float) and isinstance(atol, float):
+        scale.mul_(rtol).add_(atol)
+    else:
+        scale = atol + rtol * scale
+    r = torch.div(error, scale)
+    if not (isinstance(atol, float) and atol > 0):
+        r.masked_fill_(error == 0, 0.0)
+    return r
+
+
 def error_ratio_tensor(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> torch.Tensor:
-    """``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a 0-d tensor: the step's accept/reject measure.
+    """``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a 0-d tensor: the step's accept/reject measure
+    (:func:`scaled_error`, then the norm).
 
     Computed without autograd (it only decides the step), with in-place arithmetic on one scratch
     tensor and, for the default RMS norm, one reduction kernel. Stays on the device (no host sync).
     """
     with torch.no_grad():
-        scale = torch.maximum(y0.abs(), y1.abs())
-        if isinstance(rtol, float) and isinstance(atol, float):
-            scale.mul_(rtol).add_(atol)
-        else:
-            scale = atol + rtol * scale
-        r = torch.div(error, scale)
-        if not (isinstance(atol, float) and atol > 0):
-            # with atol = 0, a component that stays exactly 0 has a zero scale: its 0 / 0 is no error
-            # (it made every step "non-finite"); a NaN or non-zero error over a zero scale still rejects
-            r.masked_fill_(error == 0, 0.0)
+        r = scaled_error(error, y0, y1, rtol, atol)
         if norm is rms_norm:
             return torch.linalg.vector_norm(r) / math.sqrt(max(r.numel(), 1))
         return norm(r)

@@ -27,7 +27,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
+from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm, scaled_error
 from ..interpolation import hermite_weights, linear_combination
 from . import core
 from .core import TENSOR
@@ -130,11 +130,6 @@ def integrate_per_sample(
                 raise type(e)(f"{e} ({_T_HINT})") from e
         return -out if term.reverse else out
 
-    def scale_of(a, b):
-        return atol + rtol * torch.maximum(a.abs(), b.abs())
-
-    zero_atol = not (isinstance(atol, float) and atol > 0)
-
     t_end = ts[-1]
     t = torch.full((batch,), ts[0], dtype=tdt, device=dev)
     f0 = field(t, y0)
@@ -142,7 +137,7 @@ def integrate_per_sample(
         if controller.first_step is not None:
             dt = torch.full((batch,), float(controller.first_step), dtype=tdt, device=dev)
         else:  # Hairer's initial step, per element
-            sc = scale_of(y0, y0)
+            sc = atol + rtol * y0.abs()
             d1 = _rms_rows(f0 / sc).to(tdt)
             h0 = first_trial_step(_rms_rows(y0 / sc).to(tdt), d1)
     f1 = field(t + h0, y0 + _col(h0, y0) * f0) if controller.first_step is None else None
@@ -191,10 +186,7 @@ def integrate_per_sample(
                 err = linear_combination(None, hc, tab.b_error, ks)
             else:  # per sample: an estimate may take norms over its whole state (DOP853's does)
                 err = torch.vmap(estimate)(hc, ks)
-            scaled = err / scale_of(y, y1)
-            if zero_atol:  # a component that stays exactly 0 has a zero scale: its 0 / 0 is no error
-                scaled = scaled.masked_fill(err == 0, 0.0)
-            ratio = _rms_rows(scaled).to(tdt)
+            ratio = _rms_rows(scaled_error(err, y, y1, rtol, atol)).to(tdt)
             finite = torch.isfinite(ratio)
             accept = core.accepts(TENSOR, c, ratio, h) & ~done
             # one host synchronisation per batched step: the span of times covered and whether all are done

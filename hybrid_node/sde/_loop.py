@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .._errors import SolverError, Status
+from ..controllers import error_ratio as ode_error_ratio
 from ..controllers import rms_norm
 from ._sde import SDEView
 from .solvers.base import SDESolver
@@ -68,14 +69,9 @@ def _interp(w: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def error_ratio(y_full: torch.Tensor, y_half: torch.Tensor, rtol: float, atol: float) -> float:
     """The step-doubling error test: the RMS of ``y_full - y_half`` scaled by
-    ``atol + rtol * max(|y_full|, |y_half|)``.
-
-    With atol = 0 the scale of a component that is 0 in both solutions is 0, and so is its error: it
-    counts as 0 (0 / 0 was NaN, which rejected every step down to dt_min and failed the solve). A NaN
-    stays NaN (its scale is NaN, so the difference, NaN too, is kept)."""
-    scale = atol + rtol * torch.maximum(y_full.abs(), y_half.abs())
-    diff = y_full - y_half
-    return float(rms_norm(torch.where(scale > 0, diff / scale, diff)))
+    ``atol + rtol * max(|y_full|, |y_half|)`` (:func:`~hybrid_node.controllers.error_ratio`, so with
+    atol = 0 a component that is 0 in both solutions counts as no error, and a NaN stays NaN)."""
+    return ode_error_ratio(y_full - y_half, y_full, y_half, rtol, atol, rms_norm)
 
 
 def integrate(
