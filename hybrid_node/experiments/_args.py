@@ -17,6 +17,7 @@ import torch
 
 from .._errors import HybridNodeError
 from .._registry import METHOD_SPECS
+from ..solvers.base import ExternalSolver
 
 
 class SettingsError(HybridNodeError, ValueError):
@@ -56,6 +57,22 @@ def device_name(value: str) -> str:
             raise argparse.ArgumentTypeError(f"{value!r}: MPS is not available here; use --device cpu")
         return value
     raise argparse.ArgumentTypeError(f"{value!r}: the experiments run on cpu, cuda or mps")
+
+
+def check_backprop(method: str, solver, adjoint: bool) -> None:
+    """Refuse a solver that runs its own loop (``scipy_solver``) for training without ``--adjoint``.
+
+    Args:
+        method: the ``--method`` name; solver: its solver; adjoint: whether ``--adjoint`` was given.
+
+    Raises:
+        ValueError: an external solver without the adjoint: autograd cannot go through its steps.
+    """
+    if isinstance(solver, ExternalSolver) and not adjoint:
+        raise ValueError(
+            f"--method {method} computes no gradients by backpropagation: add --adjoint (the adjoint "
+            "system is solved the same way), or use a torch method such as dopri5."
+        )
 
 
 def _integer(value: str, low: int) -> int:

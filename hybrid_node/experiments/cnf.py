@@ -39,10 +39,9 @@ from ..data.toy2d import TOY2D_NAMES, sample_toy2d
 from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
-from ..solvers.base import ExternalSolver
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
-from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
+from ._args import check_backprop, checked_settings, method_name, nonnegative_float, positive_float, positive_int
 from ._output import (
     Checkpoints,
     add_resume_arguments,
@@ -125,11 +124,7 @@ def cnf_solver(cfg: CNFExperimentConfig) -> CNFSolver:
     solver, controller, _ = build_solver(cfg.method, {}, cfg.rtol, cfg.atol)
     if isinstance(solver, PartitionedComposition):  # refused whatever the step: not "give --step-size" first
         CNFSolver(method=cfg.method, options={"step_size": 1.0})
-    if isinstance(solver, ExternalSolver) and not cfg.adjoint:
-        raise ValueError(
-            f"--method {cfg.method} computes no gradients by backpropagation: add --adjoint (the adjoint "
-            "system is solved the same way), or use a torch method such as dopri5."
-        )
+    check_backprop(cfg.method, solver, cfg.adjoint)
     fixed = isinstance(controller, ConstantStepSize)
     if fixed and cfg.step_size is None:
         raise ValueError(

@@ -33,10 +33,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .._api import odeint, odeint_adjoint
 from .._registry import build_solver
-from ..solvers.base import ExternalSolver
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
-from ._args import checked_settings, method_name, nonnegative_float, positive_float, positive_int
+from ._args import check_backprop, checked_settings, method_name, nonnegative_float, positive_float, positive_int
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -87,11 +86,7 @@ class DemoSettings:
                 f"--method {self.method} steps q and p separately and needs a state (q, p); the spiral's state is "
                 "one 2-vector: use a method such as dopri5 or rk4 (implicit_midpoint or gl4 are symplectic too)."
             )
-        if isinstance(solver, ExternalSolver) and not self.adjoint:
-            raise ValueError(
-                f"--method {self.method} computes no gradients by backpropagation: add --adjoint (the adjoint "
-                "system is solved the same way), or use a torch method such as dopri5."
-            )
+        check_backprop(self.method, solver, self.adjoint)
 
 
 def true_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
