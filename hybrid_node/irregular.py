@@ -198,6 +198,24 @@ def union_grid(batch: IrregularBatch, extra_times: Tensor | None = None) -> tupl
     return union, batch.union_index(union)
 
 
+def union_grid_in(batch: IrregularBatch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`union_grid` of ``batch`` with its times cast to ``dtype``, the solve's.
+
+    Casting before the union, not after: times distinct in a finer dtype that round to one time in
+    ``dtype`` must share one union point (rounding keeps them sorted).
+
+    Args:
+        batch: the series.
+        dtype: the dtype the solve over the union runs in.
+
+    Returns:
+        ``(union, index)`` as :func:`union_grid`.
+    """
+    if batch.times.dtype != dtype:
+        batch = dataclasses.replace(batch, times=batch.times.to(dtype))
+    return union_grid(batch)
+
+
 def gather_union(ys: Tensor, index: Tensor) -> Tensor:
     """Pick each sample's own times out of a batched solve on the union grid.
 

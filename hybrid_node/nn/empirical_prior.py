@@ -21,9 +21,9 @@ import dataclasses
 
 import torch
 
-from ..irregular import IrregularBatch
+from ..irregular import IrregularBatch, union_grid_in
 from ._checks import positive_int
-from .latent_ode import LatentODE, _union_grid_in
+from .latent_ode import LatentODE
 
 Tensor = torch.Tensor
 
@@ -103,7 +103,7 @@ class EmpiricalPrior:
         self._check(model)
         positive_int("chunk", chunk)  # range() would reject 0 with a message that names no argument
         anchors = self.anchors.to(batch.values)  # dtype and device
-        union, index = _union_grid_in(batch, anchors.dtype)  # the solve runs in the anchors' dtype
+        union, index = union_grid_in(batch, anchors.dtype)  # the solve runs in the anchors' dtype
         states = model.latent_trajectory(anchors, union, t0)  # (U, N, S)
         n = self.anchors.shape[0]
         rows = []

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ..irregular import IrregularBatch, gather_union, union_grid, zero_unobserved
+from ..irregular import IrregularBatch, gather_union, union_grid_in, zero_unobserved
 from ._checks import positive_float, positive_int
 from ._kept import kept_field
 from ._solve import odeint
@@ -148,17 +148,6 @@ def _start_time(t0: float | Tensor, times: Tensor) -> Tensor:
     if out.numel() != 1:
         raise ValueError(f"t0 must be one time shared by the whole batch; got shape {tuple(out.shape)}.")
     return out.reshape(())
-
-
-def _union_grid_in(batch: IrregularBatch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """:func:`~hybrid_node.irregular.union_grid` of ``batch`` with its times cast to ``dtype``, the solve's.
-
-    Casting before the union, not after: times distinct in a finer dtype that round to one time in
-    ``dtype`` must share one union point (rounding keeps them sorted).
-    """
-    if batch.times.dtype != dtype:
-        batch = dataclasses.replace(batch, times=batch.times.to(dtype))
-    return union_grid(batch)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -454,7 +443,7 @@ class LatentODE(nn.Module):
         """log p(x | z0) of the observed entries of ``scored``: the Gaussian term and the Poisson process
         term of the observation times (None without ``poisson``), each (B,)."""
         self._check_channels(scored, "the scored series")
-        union, index = _union_grid_in(scored, z0.dtype)
+        union, index = union_grid_in(scored, z0.dtype)
         states = gather_union(self.latent_trajectory(z0, union, t0), index)  # (B, L, state)
         return self.log_likelihood_of_states(states, scored.values, scored.mask)
 
