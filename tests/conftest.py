@@ -70,3 +70,17 @@ def deadline(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def scipy_lsoda_steps(fun, jac, y0, t1, rtol, atol) -> int:
+    """The steps scipy's LSODA takes from t = 0 to ``t1`` (its internal steps, one per ``step()`` call)."""
+    import numpy as np
+    from scipy.integrate import LSODA
+
+    solver = LSODA(fun, 0.0, np.asarray(y0, dtype=float), t1, rtol=rtol, atol=atol, jac=jac)
+    n = 0
+    while solver.status == "running":
+        solver.step()
+        n += 1
+    assert solver.status == "finished"
+    return n

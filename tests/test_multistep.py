@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from scipy.integrate import LSODA, solve_ivp
+from conftest import scipy_lsoda_steps
+from scipy.integrate import solve_ivp
 from test_stiff import (
     HIRES_NP,
     HIRES_Y0,
@@ -194,22 +195,12 @@ def test_stiff_linear_batched_against_expm(name):
 # ---------------------------------------------------------------- stiffness detection
 
 
-def _scipy_lsoda_steps(fun, jac, y0, t1, rtol, atol) -> int:
-    solver = LSODA(fun, 0.0, np.asarray(y0, dtype=float), t1, rtol=rtol, atol=atol, jac=jac)
-    n = 0
-    while solver.status == "running":
-        solver.step()
-        n += 1
-    assert solver.status == "finished"
-    return n
-
-
 @pytest.mark.parametrize("name", ["auto", "lsoda"])
 def test_switches_on_van_der_pol_1000_within_twice_scipy_lsoda_where_dopri5_runs_out(name):
     f = van_der_pol(1000.0)
     fun, jac = _van_der_pol_np(1000.0)
     rtol, atol, t1 = 1e-6, 1e-8, 1000.0
-    budget = _scipy_lsoda_steps(fun, jac, [2.0, 0.0], t1, rtol, atol)
+    budget = scipy_lsoda_steps(fun, jac, [2.0, 0.0], t1, rtol, atol)
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
     t = torch.tensor([0.0, t1], dtype=F64)
     sol = hn.solve(f, y0, t, solver=hn.METHODS[name].solver(), controller=hn.PIDController(rtol=rtol, atol=atol))

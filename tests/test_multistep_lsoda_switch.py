@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from scipy.integrate import LSODA, solve_ivp
+from conftest import scipy_lsoda_steps
+from scipy.integrate import solve_ivp
 from test_multistep import _arenstorf, _dop853
 from test_stiff import HIRES_NP, HIRES_Y0, hires
 
@@ -48,23 +49,12 @@ def test_lsoda_stays_with_adams_on_non_stiff_problems_at_tight_tolerances(proble
     assert float((sol.ys - ref).abs().max()) < 1e6 * tol
 
 
-def _scipy_lsoda_attempts(fun, jac, y0, t1, rtol, atol) -> int:
-    """Steps scipy's LSODA takes (its internal steps, one per ``step()`` call)."""
-    solver = LSODA(fun, 0.0, list(y0), t1, rtol=rtol, atol=atol, jac=jac)
-    n = 0
-    while solver.status == "running":
-        solver.step()
-        n += 1
-    assert solver.status == "finished"
-    return n
-
-
 def test_lsoda_reaches_bdf_on_hires_within_scipy_lsoda_steps():
     """HIRES turns stiff at an Adams order of 6: held at its stability bound, the order has to come down
     to 5 or below for the switch test, or the solve crawls at the bound (7301 Adams steps before)."""
     fun, jac = HIRES_NP
     rtol, atol, t1 = 1e-6, 1e-8, 321.8122
-    budget = _scipy_lsoda_attempts(fun, jac, HIRES_Y0, t1, rtol, atol)
+    budget = scipy_lsoda_steps(fun, jac, HIRES_Y0, t1, rtol, atol)
     y0 = torch.tensor(HIRES_Y0, dtype=F64)
     t = torch.tensor([0.0, t1], dtype=F64)
     sol = hn.solve(hires, y0, t, solver=LSODASolver(), controller=hn.PIDController(rtol=rtol, atol=atol))
