@@ -261,12 +261,13 @@ def _locate_event(
 def settle_failure(code: int, step, solver, c: core.StepControl, step_dt: float, dt: float) -> tuple[int, str]:
     """The status code and detail of a solve that :func:`core.settle` ended with ``code``.
 
-    A multistep corrector that did not converge (a step whose ``converged`` is False, as
-    :class:`~hybrid_node.solvers.multistep.NordsieckStep`'s) reports an infinite error, which ``settle``
-    counts as a non-finite state. The state is finite then, and the cause is the corrector: it needs a
-    smaller step than ``min_step`` (or the time's resolution) allows. That failure is reported as
-    NEWTON_FAILED, naming ``min_step`` and the corrector; a correction that is itself not finite (a
-    NaN from the field) stays NONFINITE.
+    A multistep corrector or an ESDIRK's Newton iteration that did not converge (a step whose
+    ``converged`` is False, as :class:`~hybrid_node.solvers.multistep.NordsieckStep`'s and
+    :class:`~hybrid_node.solvers.esdirk.DirkStep`'s) reports an infinite error, which ``settle`` counts
+    as a non-finite state. The state is finite then, and the cause is the iteration: it needs a smaller
+    step than ``min_step`` (or the time's resolution) allows. That failure is reported as
+    NEWTON_FAILED, naming ``min_step`` and the iteration (the step's ``iteration``, default
+    "corrector"); a correction (``e``) that is itself not finite (a NaN from the field) stays NONFINITE.
 
     Args:
         code: the status code from ``settle``.
@@ -285,13 +286,14 @@ def settle_failure(code: int, step, solver, c: core.StepControl, step_dt: float,
         and (correction is None or bool(torch.isfinite(correction).all()))
     ):
         name = getattr(solver, "name", type(solver).__name__)
+        what = getattr(step, "iteration", "corrector")
         if c.min_step > 0 and core.at_min_step(c, step_dt):
             return core.NEWTON_FAILED, (
-                f"the corrector of {name!r} did not converge at min_step={c.min_step:g}, the smallest step allowed; "
+                f"the {what} of {name!r} did not converge at min_step={c.min_step:g}, the smallest step allowed; "
                 "lower min_step"
             )
         return core.NEWTON_FAILED, (
-            f"the corrector of {name!r} did not converge down to dt={step_dt:.3g}, the resolution of the time"
+            f"the {what} of {name!r} did not converge down to dt={step_dt:.3g}, the resolution of the time"
         )
     return code, f"dt={dt:.3g}"
 

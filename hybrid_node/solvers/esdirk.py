@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -191,7 +192,11 @@ class DirkStep:
     """What one step produced; ``failed`` marks a Newton failure (the error is then infinite).
 
     ``dy0``/``dy1`` are the derivatives at the step's ends used by dense output (None: use f there);
-    ``y0`` is the state the step started from.
+    ``y0`` is the state the step started from; ``e`` is the failed stage's last Newton iterate (None
+    when Newton converged). The loop reads ``converged`` and ``e`` as it reads a multistep step's
+    (:class:`~hybrid_node.solvers.multistep.NordsieckStep`): a step whose Newton did not converge at
+    ``min_step`` ends the solve as NEWTON_FAILED, not as a NaN state, unless the iterate itself is not
+    finite (a NaN from the field).
     """
 
     y1: torch.Tensor
@@ -206,6 +211,15 @@ class DirkStep:
     dy0: torch.Tensor | None = None
     dy1: torch.Tensor | None = None
     y0: torch.Tensor | None = None
+    e: torch.Tensor | None = None
+
+    #: what did not converge, for the loop's failure message
+    iteration: ClassVar[str] = "Newton iteration"
+
+    @property
+    def converged(self) -> bool:
+        """Whether every stage's Newton iteration converged (the loop's name for ``not failed``)."""
+        return not self.failed
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -352,7 +366,7 @@ class Dirk(AbstractSolver):
                     fixed_step_failure_hint(y, self.batch_dims),
                 )
             bad = torch.full_like(y, math.inf)
-            return DirkStep(bad, bad, f0, jac, jac_t, lu, math.inf, 1.0, True)
+            return DirkStep(bad, bad, f0, jac, jac_t, lu, math.inf, 1.0, True, e=res.z.detach())
         y1 = y
         for b, k in zip(tab.b, ks):
             if b != 0.0:
