@@ -121,3 +121,13 @@ def test_latent_sde_checks_the_series_and_takes_times_as_a_list():
     torch.manual_seed(1)
     got = model(xs, ts.tolist()).loss
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_diagonal_diffusion_starts_at_its_scale_for_large_scales():
+    # at z = 0 the hidden layer is tanh(0) = 0, so g = softplus(b2) = scale; b2 was log(expm1(scale)),
+    # whose expm1 overflowed (OverflowError: math range error) for any scale above about 709
+    for scale in (1e-6, 0.1, 50.0, 800.0):
+        g = hn.nn.DiagonalDiffusion(2, scale=scale)(torch.tensor(0.0), torch.zeros(3, 2))
+        # float64 rounding of log/expm1/softplus: a few ulps of the scale
+        torch.testing.assert_close(g, torch.full((3, 2), scale), rtol=1e-12, atol=0)

@@ -43,7 +43,8 @@ class DiagonalDiffusion(nn.Module):
         self.w1 = nn.Parameter(torch.randn(dim, hidden))
         self.b1 = nn.Parameter(torch.zeros(dim, hidden))
         self.w2 = nn.Parameter(torch.randn(dim, hidden) / math.sqrt(hidden))
-        self.b2 = nn.Parameter(torch.full((dim,), math.log(math.expm1(scale))))  # softplus^-1(scale)
+        # softplus^-1(scale) = log(expm1(scale)), written so that expm1 cannot overflow (scale > ~709)
+        self.b2 = nn.Parameter(torch.full((dim,), scale + math.log(-math.expm1(-scale))))
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         h = torch.tanh(z.unsqueeze(-1) * self.w1 + self.b1)
