@@ -168,4 +168,19 @@ class SDEView:
         """
         if self.noise_type == "diagonal":
             return torch.addcmul(torch.add(y, f, alpha=c * h), g, v, value=c)
-        return torch.add(torch.add(y, f, alpha=c * h), noise_product(self.noise_type, g, v), alpha=c)
+        return self.increment_prod(y, f, h, noise_product(self.noise_type, g, v), c)
+
+    @staticmethod
+    def increment_prod(y: torch.Tensor, f: torch.Tensor, h: float, gv: torch.Tensor, c: float = 1.0) -> torch.Tensor:
+        """y + c (f h + gv) for a given noise term gv = g v (from ``g_prod``), in two fused operations.
+
+        The same operations as :meth:`increment` for non-diagonal noise, so an SDE given by ``g_prod`` and
+        one given by ``g`` step to the same bits (torchsde's guarantee; ``y + f * h + gv`` rounded apart).
+
+        Args:
+            y: state; f: drift; h: step; gv: the noise term; c: a scale.
+
+        Returns:
+            (batch, d).
+        """
+        return torch.add(torch.add(y, f, alpha=c * h), gv, alpha=c)

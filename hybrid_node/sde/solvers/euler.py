@@ -44,4 +44,4 @@ class EulerMaruyama(SDESolver):
             f, g = sde.f_and_g(t0, y)
             return sde.increment(y, f, t1 - t0, g, dw), extra
         f, gdw = sde.f_and_g_prod(t0, y, dw)
-        return y + f * (t1 - t0) + gdw, extra
+        return sde.increment_prod(y, f, t1 - t0, gdw), extra

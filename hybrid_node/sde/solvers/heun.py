@@ -99,5 +99,5 @@ class Midpoint(SDESolver):
             f1, g1 = sde.f_and_g(t0 + 0.5 * h, sde.increment(y, f0, h, g0, dw, 0.5))
             return sde.increment(y, f1, h, g1, dw), extra
         f0, gdw0 = sde.f_and_g_prod(t0, y, dw)
-        f1, gdw1 = sde.f_and_g_prod(t0 + 0.5 * h, y + 0.5 * (f0 * h + gdw0), dw)
-        return y + f1 * h + gdw1, extra
+        f1, gdw1 = sde.f_and_g_prod(t0 + 0.5 * h, sde.increment_prod(y, f0, h, gdw0, 0.5), dw)
+        return sde.increment_prod(y, f1, h, gdw1), extra
