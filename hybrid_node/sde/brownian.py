@@ -474,3 +474,55 @@ class BrownianTree(BrownianPath):
             W=None if w1 is None else w1 - w0,
         )
         self._w0 = w0
+
+
+class ReverseBrownian:
+    """torchsde's ``ReverseBrownian(bm)``: the Brownian motion of ``bm`` seen in reversed time.
+
+    Over [-t1, -t0] it answers ``rev(ta, tb) = bm(-tb, -ta)``: the increments of ``bm`` over the mirrored
+    interval, not negated (as torchsde's; a solve backwards in time with ``rev`` and the negated drift and
+    diffusion retraces a forward solve with ``bm``, which is how ``sdeint`` runs a reversible solver back).
+
+    Args:
+        base_brownian: the Brownian motion to reverse (a :class:`BrownianInterval` or any object answering
+            ``bm(ta, tb, return_U=..., return_A=...)``).
+    """
+
+    def __init__(self, base_brownian):
+        self.base_brownian = base_brownian
+
+    def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
+        """The increment over [ta, tb] of the reversed path.
+
+        Args:
+            ta, tb: the interval, inside [-t1, -t0] of the base Brownian motion.
+            return_U, return_A: as for :class:`BrownianInterval`.
+
+        Returns:
+            ``base_brownian(-tb, -ta, return_U, return_A)``.
+
+        Raises:
+            ValueError: tb not given (a reversed path has no value W(t), only increments).
+        """
+        if tb is None:
+            raise ValueError("ReverseBrownian answers increments only: call it as bm(ta, tb).")
+        return self.base_brownian(-tb, -ta, return_U=return_U, return_A=return_A)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_brownian={self.base_brownian!r})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_brownian.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base_brownian.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.base_brownian.shape
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return self.base_brownian.levy_area_approximation
