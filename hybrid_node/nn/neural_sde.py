@@ -249,13 +249,15 @@ class LatentSDE(nn.Module):
         mean, logstd = self.to_q0(out[0]).chunk(2, -1)
         return mean, logstd.exp(), self.to_context(out)
 
-    def forward(self, xs: Tensor, ts: Tensor | Sequence[float], kl_weight: float = 1.0) -> LatentSDELoss:
+    def forward(self, xs: Tensor, ts: Tensor | Sequence[float], kl_weight: float = 1.0, bm=None) -> LatentSDELoss:
         """The negative ELBO of the observations.
 
         Args:
             xs: observations, shape (T, batch, data_dim), time first.
             ts: their times, shape (T,).
             kl_weight: weight of the KL terms (1: the ELBO itself).
+            bm: Brownian motion of shape (batch, latent_dim) over [ts[0], ts[-1]] for the posterior SDE,
+                as for :func:`hybrid_node.sdeint` (None: a new one).
 
         Returns:
             :class:`LatentSDELoss`; ``loss`` is normalised per observed value.
@@ -266,7 +268,7 @@ class LatentSDE(nn.Module):
         ts = self._check_series(xs, ts)
         mean, std, context = self.encode(xs)
         z0 = mean + std * torch.randn_like(std)
-        zs, log_ratio = sdeint(self._sde(context, ts), z0, ts, method=self.method, dt=self.dt, logqp=True)
+        zs, log_ratio = sdeint(self._sde(context, ts), z0, ts, bm=bm, method=self.method, dt=self.dt, logqp=True)
         xs_hat = self.decoder(zs)
         dist = torch.distributions.Normal(xs_hat, self.obs_std)
         log_lik = dist.log_prob(xs).sum((0, 2)).mean()
@@ -279,13 +281,14 @@ class LatentSDE(nn.Module):
         return LatentSDELoss(loss, log_lik, kl_z0, kl_path)
 
     @torch.no_grad()
-    def sample_posterior(self, xs: Tensor, ts: Tensor | Sequence[float], n: int = 1) -> Tensor:
+    def sample_posterior(self, xs: Tensor, ts: Tensor | Sequence[float], n: int = 1, bm=None) -> Tensor:
         """Decoded posterior sample paths given the observations.
 
         Args:
             xs: observations, shape (T, batch, data_dim), time first.
             ts: their times, shape (T,).
             n: sample paths per series.
+            bm: Brownian motion of shape (n * batch, latent_dim) over [ts[0], ts[-1]] (None: a new one).
 
         Returns:
             The paths, shape (T, n * batch, data_dim).
@@ -297,12 +300,21 @@ class LatentSDE(nn.Module):
         mean, std, context = self.encode(xs)
         mean, std, context = mean.repeat(n, 1), std.repeat(n, 1), context.repeat(1, n, 1)
         z0 = mean + std * torch.randn_like(std)
-        return self.decoder(sdeint(self._sde(context, ts), z0, ts, method=self.method, dt=self.dt))
+        return self.decoder(sdeint(self._sde(context, ts), z0, ts, bm=bm, method=self.method, dt=self.dt))
 
     @torch.no_grad()
-    def sample_prior(self, ts: Tensor, n: int) -> Tensor:
-        """Decoded sample paths of the prior SDE: (T, n, data_dim)."""
+    def sample_prior(self, ts: Tensor | Sequence[float], n: int, bm=None) -> Tensor:
+        """Decoded sample paths of the prior SDE.
+
+        Args:
+            ts: output times, shape (T,).
+            n: number of paths.
+            bm: Brownian motion of shape (n, latent_dim) over [ts[0], ts[-1]] (None: a new one).
+
+        Returns:
+            The paths, shape (T, n, data_dim).
+        """
         # drawn where the model lives (a plain randn is a CPU tensor: a CUDA model failed to add it)
         eps = torch.randn(n, self.p0_mean.shape[0], dtype=self.p0_mean.dtype, device=self.p0_mean.device)
         z0 = self.p0_mean + self.p0_logstd.exp() * eps
-        return self.decoder(sdeint(self._sde(None), z0, ts, method=self.method, dt=self.dt))
+        return self.decoder(sdeint(self._sde(None), z0, ts, bm=bm, method=self.method, dt=self.dt))

@@ -1,0 +1,161 @@
+"""The latent SDE against independent references: torchsde's latent SDE example, a closed-form KL, finite
+differences and the stochastic adjoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("one_thread", "float64_default")
+
+#: torchsde's repository (a checkout or a bare git directory), for its examples/latent_sde_lorenz.py
+TORCHSDE_REPO = os.environ.get("TORCHSDE_REPO", "/work/.mirror/google-research+torchsde/repo")
+EXAMPLE = "examples/latent_sde_lorenz.py"
+
+
+def _load_torchsde_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """torchsde's latent SDE example as a module, read from the repository into ``tmp_path`` (skip if absent)."""
+    pytest.importorskip("torchsde")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
+    repo = Path(TORCHSDE_REPO)
+    if (repo / EXAMPLE).is_file():
+        source = (repo / EXAMPLE).read_text()
+    else:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), "show", f"HEAD:{EXAMPLE}"], capture_output=True, text=True, timeout=60
+            )
+        except OSError:
+            pytest.skip("git is not available to read torchsde's example")
+        if done.returncode != 0:
+            pytest.skip(f"torchsde's repository is not at {repo} (set TORCHSDE_REPO)")
+        source = done.stdout
+    path = tmp_path / "latent_sde_lorenz.py"
+    path.write_text(source)
+    # the example imports fire only for its command line, which is not used here
+    monkeypatch.setitem(sys.modules, "fire", sys.modules.get("fire") or types.ModuleType("fire"))
+    spec = importlib.util.spec_from_file_location("torchsde_latent_sde_lorenz", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _FirstChannels:
+    """A torchsde Brownian motion seen through its first ``d`` channels.
+
+    torchsde's logqp adds a state, and a noise channel, for the KL integral; hybrid_node's does not.
+    """
+
+    def __init__(self, bm, d: int):
+        self.bm, self.d = bm, d
+        self.shape = (*bm.shape[:-1], d)
+        self.dtype, self.device, self.levy_area_approximation = bm.dtype, bm.device, bm.levy_area_approximation
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        assert not (return_U or return_A)
+        return self.bm(ta, tb)[..., : self.d]
+
+
+class _DropTime(nn.Module):
+    """Our drift networks read (z, [context,] t); the example's read (z, [context]): drop the t column."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x[:, :-1])
+
+
+class _ExampleDiffusion(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, t, z):
+        return self.model.g(t, z)
+
+
+def _wire_ours_to(example: nn.Module, sizes: tuple[int, int, int, int], obs_std: float) -> hn.nn.LatentSDE:
+    """Our LatentSDE computing what ``example`` computes.
+
+    The drift, diffusion and decoder networks are the example's own modules (their parameters shared);
+    the GRU and context layer are copies; our q(z0) layer reads the GRU output where the example's reads
+    the context, so it is the composition of the example's two linear layers.
+    """
+    data, latent, context, hidden = sizes
+    ours = hn.nn.LatentSDE(data, latent, context, hidden, obs_std=obs_std, method="euler", dt=1e-2)
+    with torch.no_grad():
+        ours.encoder.load_state_dict(example.encoder.gru.state_dict())
+        ours.to_context.load_state_dict(example.encoder.lin.state_dict())
+        q, lin = example.qz0_net, example.encoder.lin
+        ours.to_q0.weight.copy_(q.weight @ lin.weight)
+        ours.to_q0.bias.copy_(q.weight @ lin.bias + q.bias)
+        ours.p0_mean.copy_(example.pz0_mean[0])
+        ours.p0_logstd.copy_(example.pz0_logstd[0])
+    ours.posterior_drift, ours.prior_drift = _DropTime(example.f_net), _DropTime(example.h_net)
+    ours.diffusion, ours.decoder = _ExampleDiffusion(example), example.projector
+    return ours
+
+
+@pytest.mark.parametrize("method", ["euler", "milstein"])
+def test_latent_sde_elbo_equals_torchsdes_example_on_the_same_path(tmp_path, monkeypatch, method):
+    ref = _load_torchsde_example(tmp_path, monkeypatch)
+    import torchsde
+
+    class Example(ref.LatentSDE):
+        def f(self, t, y):
+            # The example's drift on [t_i, t_{i+1}) reads ctx[i + 1] (searchsorted with right=True, no
+            # minus one); ours reads ctx[i], the encoder's summary of the observations from t_i on
+            # (docs/sde.md). Re-indexed so that the rest of the two models can be compared.
+            ts, ctx = self._ctx
+            i = max(int(torch.searchsorted(ts, t, right=True)) - 1, 0)
+            return self.f_net(torch.cat((y, ctx[i]), dim=1))
+
+    sizes, batch, n_obs, obs_std = (2, 3, 4, 8), 5, 6, 0.1
+    torch.manual_seed(0)
+    example = Example(*sizes)
+    ours = _wire_ours_to(example, sizes, obs_std)
+    ours.method = method
+    xs, ts = torch.randn(n_obs, batch, sizes[0]), torch.linspace(0.0, 1.0, n_obs)
+
+    def path():  # the same Brownian path for both: torchsde's, with its logqp channel
+        return torchsde.BrownianInterval(0.0, 1.0, (batch, sizes[1] + 1), entropy=7)
+
+    def run_example(model):
+        bm = path()
+        sdeint = lambda *args, **kwargs: torchsde.sdeint(*args, bm=bm, **kwargs)  # noqa: E731
+        monkeypatch.setattr(ref, "torchsde", types.SimpleNamespace(sdeint=sdeint))
+        torch.manual_seed(11)  # the same z0 noise: both draw randn_like of q(z0)'s mean first
+        return model(xs, ts, obs_std, method=method)
+
+    log_pxs, kl = run_example(example)
+    torch.manual_seed(11)
+    out = ours(xs, ts, bm=_FirstChannels(path(), sizes[1]))
+    # float64 rounding: the same operations, but q(z0)'s layer is a product of two matrices here
+    torch.testing.assert_close(out.log_likelihood, log_pxs, rtol=1e-10, atol=0)
+    torch.testing.assert_close(out.kl_z0 + out.kl_path, kl, rtol=1e-10, atol=0)
+    torch.testing.assert_close(out.loss * n_obs * sizes[0], -log_pxs + kl, rtol=1e-10, atol=0)
+    # and the gradients of the networks both models share
+    shared = [*example.f_net.parameters(), *example.h_net.parameters(), *example.g_nets.parameters()]
+    shared += list(example.projector.parameters())
+    want = torch.autograd.grad(-log_pxs + kl, shared)
+    got = torch.autograd.grad(out.loss * n_obs * sizes[0], shared)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-12)  # rounding of sums of many products
+
+    # the example's own indexing gives another ELBO: the comparison sees the context each step reads
+    example.__class__ = ref.LatentSDE
+    log_pxs_own, _ = run_example(example)
+    assert abs(float((log_pxs_own - log_pxs).detach())) > 1e-6 * abs(float(log_pxs.detach()))
