@@ -4,6 +4,7 @@ differences and the stochastic adjoint."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -159,3 +160,89 @@ def test_latent_sde_elbo_equals_torchsdes_example_on_the_same_path(tmp_path, mon
     example.__class__ = ref.LatentSDE
     log_pxs_own, _ = run_example(example)
     assert abs(float((log_pxs_own - log_pxs).detach())) > 1e-6 * abs(float(log_pxs.detach()))
+
+
+class _Constant(nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, t, z):
+        return torch.full_like(z, self.value)
+
+
+def test_latent_sde_kl_matches_the_closed_form_for_ornstein_uhlenbeck_processes():
+    # posterior dz = (c - a z) dt + s dW, prior dz = -b z dt + s dW, z0 ~ N(m0, v0): the path KL is
+    # E int 1/2 ((f - h) / s)^2 dt with z_t ~ N(m_t, v_t) under the posterior, m' = c - a m, v' = s^2 - 2 a v
+    a, c, b, s, m0, v0, dt = 1.5, 0.8, 0.3, 0.5, 0.4, 0.09, 4e-3
+    model = hn.nn.LatentSDE(1, 1, context_dim=2, hidden=4, method="euler", dt=dt)
+    post, prior = nn.Linear(1 + 2 + 1, 1), nn.Linear(1 + 1, 1)  # inputs (z, context, t) and (z, t)
+    with torch.no_grad():
+        for layer, weight, bias in ((post, -a, c), (prior, -b, 0.0)):
+            layer.weight.zero_()
+            layer.weight[0, 0] = weight
+            layer.bias.fill_(bias)
+        model.to_q0.weight.zero_()  # q(z0 | x) = N(m0, v0) whatever the observations
+        model.to_q0.bias.copy_(torch.tensor([m0, 0.5 * math.log(v0)]))
+    model.posterior_drift, model.prior_drift, model.diffusion = post, prior, _Constant(s)
+    ts = torch.linspace(0.0, 1.0, 5)
+
+    def rate(m: float, v: float) -> float:
+        return (((b - a) * m + c) ** 2 + (b - a) ** 2 * v) / (2 * s * s)
+
+    def mean_var(t: float) -> tuple[float, float]:
+        return c / a + (m0 - c / a) * math.exp(-a * t), s * s / (2 * a) + (v0 - s * s / (2 * a)) * math.exp(-2 * a * t)
+
+    # the exact KL: the rate is a sum of exponentials in t, integrated here by Simpson's rule on 2000 cells
+    grid = torch.linspace(0.0, 1.0, 4001).tolist()
+    values = [rate(*mean_var(t)) for t in grid]
+    exact = (grid[1] / 3) * (values[0] + values[-1] + 4 * sum(values[1:-1:2]) + 2 * sum(values[2:-1:2]))
+    # what Euler-Maruyama with the left-point KL sum estimates: its own moments, step by step
+    m, v, euler = m0, v0, 0.0
+    for _ in range(round(1.0 / dt)):
+        euler += rate(m, v) * dt
+        m, v = m + (c - a * m) * dt, (1 - a * dt) ** 2 * v + s * s * dt
+    assert abs(euler - exact) < 2 * dt * exact  # first order in dt
+
+    torch.manual_seed(0)
+    estimates = []
+    for _ in range(20):  # 20 batches of 300 paths: the spread of their means gives the standard error
+        out = model(torch.zeros(5, 300, 1), ts)
+        estimates.append(float(out.kl_path.detach()))
+    mean = sum(estimates) / len(estimates)
+    se = math.sqrt(sum((e - mean) ** 2 for e in estimates) / (len(estimates) - 1) / len(estimates))
+    assert abs(mean - euler) < 4 * se, (mean, euler, se)  # 4 standard errors: fails by chance 1 in 16000
+    assert se < 0.025 * euler  # the check has power: a 10 % error in the KL is 4 standard errors away
+    # and KL(q(z0) || p(z0)) against N(0, 1), the initial prior
+    kl0 = 0.5 * (v0 + m0 * m0 - 1 - math.log(v0))
+    torch.testing.assert_close(out.kl_z0.detach(), torch.tensor(kl0), rtol=1e-12, atol=0)  # float64 rounding
+
+
+def _tiny_model() -> tuple[hn.nn.LatentSDE, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = hn.nn.LatentSDE(1, 2, context_dim=3, hidden=4, obs_std=0.3, method="euler", dt=0.05)
+    return model, torch.randn(4, 3, 1), torch.linspace(0.0, 1.0, 4)
+
+
+def _loss(model: hn.nn.LatentSDE, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(3)  # the same z0 noise and the same Brownian path every time
+    return model(xs, ts, bm=hn.BrownianInterval(0.0, 1.0, (3, 2), entropy=5)).loss
+
+
+def test_latent_sde_elbo_gradient_matches_finite_differences():
+    model, xs, ts = _tiny_model()
+    params = list(model.parameters())
+    grads = torch.autograd.grad(_loss(model, xs, ts), params)
+    eps = 1e-6
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            flat, gflat = p.view(-1), g.view(-1)
+            for j in range(min(3, flat.numel())):  # three entries of each weight and bias
+                old = float(flat[j])
+                flat[j] = old + eps
+                up = float(_loss(model, xs, ts))
+                flat[j] = old - eps
+                down = float(_loss(model, xs, ts))
+                flat[j] = old
+                # central differences: O(eps^2) truncation, O(1e-16 |loss| / eps) rounding
+                assert abs((up - down) / (2 * eps) - float(gflat[j])) < 1e-6 * (1 + abs(float(gflat[j])))
