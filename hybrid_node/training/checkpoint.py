@@ -1,8 +1,13 @@
 """Checkpoints of training runs: atomic writes and exact resumption.
 
 A checkpoint holds whatever state dict the caller passes (model and optimizer state, step counter,
-history) plus the random number generator states of torch, numpy and Python, so that a resumed run
-continues with the same random draws as an uninterrupted one. Writing goes to a temporary file in the
+history) plus the random number generator states of torch, numpy and Python, and of every CUDA device
+once this process has initialised CUDA, so that a resumed run continues with the same random draws as an
+uninterrupted one. Where the machine that loads a checkpoint has another number of CUDA devices than the
+one that saved it, the devices both have (the first ones, as numbered in each process) get their stored
+states and the others keep theirs; on a machine without CUDA the stored CUDA states are left unused (no
+draw there can come from them), and a checkpoint saved before CUDA was initialised, or by an older
+version, restores the other generators alone. Writing goes to a temporary file in the
 same folder followed by ``os.replace``, which is atomic on POSIX and Windows: an interruption leaves
 either the old checkpoint or the new one, never a truncated file. A file that is damaged anyway (a disk
 problem, a copy cut short) is reported by :func:`load_checkpoint` as a :class:`CheckpointError` naming it.
@@ -34,20 +39,56 @@ _GENERATORS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
 }
 
 
+#: The key of the CUDA devices' generator states in :func:`rng_state` (one state per device), present
+#: only once CUDA is initialised: reading them earlier would initialise CUDA in a run that never uses it.
+_CUDA = "cuda"
+
+
 def rng_state() -> dict[str, Any]:
-    """The current states of the torch, numpy and Python global generators."""
-    return {key: get() for key, (get, _) in _GENERATORS.items()}
+    """The current states of the torch, numpy and Python global generators, and of each CUDA device's
+    generator (under ``"cuda"``, a list in device order) when this process has initialised CUDA."""
+    state = {key: get() for key, (get, _) in _GENERATORS.items()}
+    # Looked up at each call (not bound at import, as _GENERATORS is): CUDA may be initialised any time.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state[_CUDA] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore generator states captured by :func:`rng_state`."""
+    """Restore generator states captured by :func:`rng_state`.
+
+    The CUDA states, when stored, go to the devices this machine has, by index: with fewer devices than
+    were saved, the extra states are dropped; with more, the devices beyond them keep their states.
+    Without CUDA they are not used. A state stored without them leaves the CUDA generators as they are.
+
+    Args:
+        state: as :func:`rng_state` returns it.
+
+    Raises:
+        KeyError: a generator of :data:`_GENERATORS` is missing.
+        TypeError: the CUDA states are not a list of tensors.
+        RuntimeError, ValueError: a state does not fit its generator.
+    """
     for key, (_, set_state) in _GENERATORS.items():
         set_state(state[key])
+    if _CUDA in state:
+        devices = state[_CUDA]
+        if not _is_cuda_states(devices):
+            raise TypeError(f"the CUDA generator states are a list of tensors, got {type(devices).__name__}")
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(devices[: torch.cuda.device_count()])
+
+
+def _is_cuda_states(value: Any) -> bool:
+    """Whether ``value`` is a list of per-device generator states, as ``torch.cuda.get_rng_state_all`` gives."""
+    return isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value)
 
 
 def _is_rng_state(value: Any) -> bool:
     """Whether ``value`` has the layout of :func:`rng_state` (a loaded checkpoint's ``"rng"``)."""
-    return isinstance(value, dict) and set(value) == set(_GENERATORS)
+    if not isinstance(value, dict):
+        return False
+    return set(value) - {_CUDA} == set(_GENERATORS) and (_CUDA not in value or _is_cuda_states(value[_CUDA]))
 
 
 def object_state(obj: Any) -> Any:
