@@ -1,8 +1,9 @@
 """Checks of the Julia sources and manifests that run without Julia.
 
 They catch syntax errors (tree-sitter-julia), undeclared packages, manifests that disagree, and
-names that the Python side sends but the Julia side does not know. They cannot catch undefined
-names or wrong keyword arguments inside Julia code: that needs Julia (tests/test_cross_backend.py).
+names that the Python side sends but the Julia side does not know. Undefined names and keyword
+arguments upstream does not accept are checked by tests/test_julia_names.py (statically, against the
+upstream sources); running the code needs Julia (tests/test_cross_backend.py).
 """
 
 from __future__ import annotations
