@@ -182,3 +182,94 @@ def test_cuda_takes_the_cpu_steps_and_keeps_the_others_past_a_failure():
     # the CPU's steps: CUDA's cos and reductions differ in the last bits, which could move a step at
     # most (then the outputs differ by about a local error, rtol |y| / 10)
     assert torch.allclose(gpu.ys.cpu(), cpu.ys, rtol=0, atol=1e-9, equal_nan=True)
+
+
+def _net_field(rows: list[int], bad: int, t_bad: float):
+    """A small network's field for the samples ``rows`` of a batch, infinite for sample ``bad`` after ``t_bad``."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    sample = torch.tensor(rows)
+
+    def f(t, y):
+        out = net(torch.cat([y, t[:, None]], 1))
+        return torch.where((sample == bad)[:, None] & (t[:, None] > t_bad), math.inf, out)
+
+    return net, f
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
+def test_a_failing_sample_leaves_the_others_gradients_those_of_their_solve_alone(method):
+    """Sample 1's field turns infinite at t > 0.5 (throw=False): the parameter and initial-state
+    gradients of a loss over the other samples are those of solving them without it, and a loss over
+    every reached output (nansum) adds sample 1's own. They were NaN for the whole batch: sample 1's
+    rejected attempts fed infinite stages to later calls of the network, whose weight gradient
+    multiplies the zero cotangent of that row by its input (0 * inf)."""
+    solver = {"dopri5": hn.Dopri5, "tsit5": hn.Tsit5, "bosh3": hn.solvers.Bosh3, "dopri8": hn.solvers.Dopri8}[method]()
+    ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, per_sample=True)
+    y0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    good = [0, 2, 3]
+
+    def grads(rows, loss_of):
+        net, f = _net_field(rows, 1, 0.5)
+        y = y0[rows].clone().requires_grad_()
+        ys = hn.solve(f, y, T, solver=solver, controller=ctrl, throw=False).ys
+        return ys, torch.autograd.grad(loss_of(ys), [y, *net.parameters()])
+
+    ys, g = grads([0, 1, 2, 3], lambda ys: ys[:, good].pow(2).sum())
+    assert torch.isnan(ys[T > 0.5, 1]).all() and torch.isfinite(ys[T <= 0.5]).all()
+    _, g_alone = grads(good, lambda ys: ys.pow(2).sum())
+    # the same steps for each sample; the network's products round differently for another batch size
+    # (outputs 1.3e-13 apart measured), so the gradients agree to rounding, not bit for bit
+    assert float((g[0][good] - g_alone[0]).abs().max() / g_alone[0].abs().max()) < 1e-10
+    assert float(g[0][1].abs().max()) == 0.0  # sample 1 is not in the loss
+    for a, b in zip(g[1:], g_alone[1:], strict=True):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-10
+    # a loss over every reached output: the others' gradients plus sample 1's solved alone
+    _, g_all = grads([0, 1, 2, 3], lambda ys: ys.pow(2).nansum())
+    _, g_one = grads([1], lambda ys: ys.pow(2).nansum())
+    for a, b, c in zip(g_all[1:], g_alone[1:], g_one[1:], strict=True):
+        assert float((a - b - c).abs().max() / (b + c).abs().max()) < 1e-10  # rounding, as above
+
+
+def test_a_step_rejected_for_a_non_finite_stage_leaves_the_gradient_that_of_the_shared_solver():
+    """y' = -50 w y, infinite for |y| > 5 (a field with a domain), from a first step of 0.5: the first
+    attempts' stages leave the domain and are rejected, and the solve succeeds. The gradient was NaN
+    with per-sample control (the rejected rows' infinite stages fed the next calls of the field, and
+    d(-50 w y)/dw is y: 0 * inf), where the shared-step solver, which drops a rejected attempt, gives
+    the analytic -150 T e^(-50 T) to the method's accuracy."""
+    t = torch.tensor([0.0, 0.3], dtype=torch.float64)
+    grads = []
+    for per_sample in (True, False):
+        w = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+        y0 = torch.ones(3, 1, dtype=torch.float64)
+        ctrl = hn.PIDController(rtol=1e-6, atol=1e-9, first_step=0.5, per_sample=per_sample)
+        sol = hn.solve(lambda t, y, w=w: torch.where(y.abs() > 5, math.inf, -50 * w * y), y0, t, controller=ctrl)
+        assert sol.status is hn.Status.SUCCESS and sol.stats.n_rejected > 0
+        grads.append(torch.autograd.grad(sol.ys[-1].sum(), [w])[0])
+    # the same steps (one sample's per-sample steps are the shared solver's): rounding only
+    assert float((grads[0] - grads[1]).abs()) < 1e-12 * float(grads[1].abs())
+    # and d/dw of 3 e^(-50 w T) = -150 T e^(-15) to the global error of an rtol 1e-6 solve through 15
+    # time constants (2.7e-4 relative measured)
+    assert float(grads[0]) == pytest.approx(-3 * 50 * 0.3 * math.exp(-15.0), rel=1e-3)
+
+
+def test_a_stage_with_zero_weights_that_turns_infinite_still_rejects_the_attempt():
+    """dopri5's second stage has zero weight in both the solution and the error estimate, so only the
+    later stages that it feeds could see it turn infinite; those are given a finite stand-in (for the
+    gradients' sake), and the attempt must still be rejected: the steps of the shared-step solver,
+    which sees the infinite later stages. Here the field is infinite in a short time window that the
+    first attempt's second stage (t = 0.1) alone falls into."""
+
+    def f(t, y):
+        tt = t.reshape(-1, 1) if t.dim() else t
+        return torch.where((tt > 0.0999) & (tt < 0.1001), math.inf, -y + torch.cos(tt))
+
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(1, 1, dtype=torch.float64)
+    sols = [
+        hn.solve(f, y0, t, controller=hn.PIDController(rtol=1e-6, atol=1e-9, first_step=0.5, per_sample=per_sample))
+        for per_sample in (True, False)
+    ]
+    assert sols[0].stats.n_rejected == sols[1].stats.n_rejected > 0
+    assert sols[0].stats.nfe == sols[1].stats.nfe
+    assert float((sols[0].ys - sols[1].ys).abs().max()) < 1e-15  # the same steps: rounding only

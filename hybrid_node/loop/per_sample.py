@@ -174,10 +174,14 @@ def integrate_per_sample(
         hc = h.reshape((-1,) + (1,) * (y.dim() - 1))  # the step as a column (in the time dtype)
         ks = [f0]
         y1 = None
+        finite_in = None  # where the stages' states were finite: an element with any other is rejected
+        stand_in = y.detach()
         for i in range(1, tab.stages):
             yi = linear_combination(y, hc, tab.a[i], ks)
             if i == last and tab.fsal:
                 y1 = yi
+            yi, ok = _finite_or(yi, stand_in)
+            finite_in = ok if finite_in is None else finite_in & ok
             ks.append(field(t + tab.c[i] * h, yi))
         if y1 is None:
             y1 = linear_combination(y, hc, tab.b, ks)
@@ -187,6 +191,10 @@ def integrate_per_sample(
             else:  # per sample: an estimate may take norms over its whole state (DOP853's does)
                 err = torch.vmap(estimate)(hc, ks)
             ratio = _rms_rows(scaled_error(err, y, y1, rtol, atol)).to(tdt)
+            if finite_in is not None:
+                # a stage that a zero weight leaves out of the solution and the estimate (dopri5's
+                # second) would otherwise let an attempt whose later stages were fed a stand-in pass
+                ratio.masked_fill_(~finite_in.reshape(batch, -1).all(dim=1), math.inf)
             finite = torch.isfinite(ratio)
             accept = core.accepts(TENSOR, c, ratio, h) & ~done
             # one host synchronisation per batched step: the span of times covered and whether all are done
@@ -250,6 +258,28 @@ def integrate_per_sample(
     return Integration(outs, stats, Status.SUCCESS, t_end)
 
 
+def _finite_or(x: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` with its non-finite values replaced by ``fallback``'s, and where ``x`` was finite.
+
+    The input of a batched call of the field: a sample whose attempt went non-finite (a failing
+    sample, or a step too large for the field's domain) is still a row of every later call, and its
+    rejection gives that row a zero cotangent, but the field's backward multiplies the cotangent by
+    its input (a weight's gradient is ``cotangent^T @ input``): 0 * inf made the parameter gradients
+    of the whole batch NaN. Fed finite stand-ins, the row's zero cotangent gives zero gradients; the
+    caller rejects the attempt.
+
+    Args:
+        x: a stage's state, shape (batch, ...).
+        fallback: finite values of the same shape, without a graph (the step's start, detached).
+
+    Returns:
+        ``(x_or_fallback, finite)``: the field's input and ``isfinite(x)``.
+    """
+    with torch.no_grad():
+        finite = torch.isfinite(x)
+    return torch.where(finite, x, fallback), finite
+
+
 def _detail(status: Status, failed: list[int], batch: int) -> str:
     """The failure's detail: which samples failed, and how (the first ten of them)."""
     what = "non-finite state" if status is Status.NONFINITE else "step size underflow"
@@ -310,9 +340,12 @@ class _Own:
 
     def __init__(self, factory, field, t, y, h, ks, y1):
         col = (-1,) + (1,) * (y.dim() - 1)
+        stand_in = y.detach()
 
         def column_field(s: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            return field(s.reshape(-1), yi)  # the extra stages' times, one per element
+            # the extra stages' times, one per element; a rejected element's stages may be non-finite
+            # (see _finite_or), and its outputs are not emitted
+            return field(s.reshape(-1), _finite_or(yi, stand_in)[0])
 
         self.interp = factory(column_field, t.reshape(col), y, h.reshape(col), _StagesOf(y1, tuple(ks)))
         self.col = col
