@@ -24,3 +24,25 @@ def step_cotangents(traj: Trajectory, grad_ys: torch.Tensor) -> dict[int, torch.
                 term = grad_ys[j] if weight == 1.0 else weight * grad_ys[j]
                 out[idx] = out[idx] + term if idx in out else term
     return out
+
+
+def vjp(outputs, inputs, cotangents) -> list[torch.Tensor]:
+    """The cotangents pulled back to ``inputs`` (zeros for an input no output depends on).
+
+    ``torch.autograd.grad`` refuses an output that does not require gradients, and a drift such as
+    ``torch.zeros_like(y)`` or a constant diffusion is one: such an output adds nothing and is left out.
+
+    Args:
+        outputs: a tensor or a sequence of tensors; inputs: the tensors to differentiate with respect to;
+        cotangents: one per output.
+
+    Returns:
+        One tensor per input, of its shape.
+    """
+    if isinstance(outputs, torch.Tensor):
+        outputs, cotangents = (outputs,), (cotangents,)
+    pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad([o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]

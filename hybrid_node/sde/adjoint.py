@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ._cotangents import step_cotangents
+from ._cotangents import step_cotangents, vjp
 from ._loop import Trajectory, error_ratio, integrate, logqp_rate
 from ._sde import SDEView
 from ._validate import Prepared
@@ -49,10 +49,8 @@ def _increment_vjp(
             phi = torch.addcmul(torch.add(sde.f(t, yy), bdb, alpha=-0.5) * h, b, dw)
         else:
             phi = _stratonovich_drift(sde, t, yy) * h + sde.g_prod(t, yy, dw)
-        grads = torch.autograd.grad(phi, (yy, *params), a, allow_unused=True)
-    vy = torch.zeros_like(y) if grads[0] is None else grads[0]
-    vp = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
-    return phi.detach(), vy, vp
+        grads = vjp(phi, (yy, *params), a)
+    return phi.detach(), grads[0], grads[1:]
 
 
 def rate_vjp(
@@ -69,9 +67,8 @@ def rate_vjp(
     """
     with torch.enable_grad():
         yy = y.detach().requires_grad_(True)
-        grads = torch.autograd.grad(logqp_rate(sde, t, yy) * h, (yy, *params), cot, allow_unused=True)
-    vy = torch.zeros_like(y) if grads[0] is None else grads[0]
-    return vy, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:])]
+        grads = vjp(logqp_rate(sde, t, yy) * h, (yy, *params), cot)
+    return grads[0], grads[1:]
 
 
 @dataclasses.dataclass(frozen=True)

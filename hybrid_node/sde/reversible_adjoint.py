@@ -19,15 +19,10 @@ from typing import Any
 
 import torch
 
-from ._cotangents import step_cotangents
+from ._cotangents import step_cotangents, vjp
 from ._loop import Trajectory
 from ._validate import Prepared
 from .adjoint import rate_vjp, recorded_forward
-
-
-def _grads(outputs, inputs, cotangents) -> list[torch.Tensor]:
-    grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
 def _prod_transpose(noise_type: str, a: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
@@ -90,7 +85,7 @@ def backward_pass(
         zz0, f0, g0 = _fields_with_graph(sde, t0, z0)
         with torch.no_grad():
             y0 = y - 0.5 * ((f0.detach() + f1_) * h + sde.prod(g0.detach() + g1_, dw))
-        grads = _grads(
+        grads = vjp(
             (f1, g1), (zz, *params), (a_f + (0.5 * h) * a_y, a_g + _prod_transpose(sde.noise_type, 0.5 * a_y, dw))
         )
         a_z1 = a_z + grads[0]
@@ -108,7 +103,7 @@ def backward_pass(
             later = inject_kl[n] if later is None else later + inject_kl[n]
     # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0 (here z0 = y0 up to
     # rounding, and F's graph at it is at hand).
-    grads = _grads((f1, g1), (zz, *params), (a_f, a_g))
+    grads = vjp((f1, g1), (zz, *params), (a_f, a_g))
     a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
     return a_y + a_z + grads[0], a_params
 
