@@ -131,3 +131,37 @@ def test_diagonal_diffusion_starts_at_its_scale_for_large_scales():
         g = hn.nn.DiagonalDiffusion(2, scale=scale)(torch.tensor(0.0), torch.zeros(3, 2))
         # float64 rounding of log/expm1/softplus: a few ulps of the scale
         torch.testing.assert_close(g, torch.full((3, 2), scale), rtol=1e-12, atol=0)
+
+
+def test_latent_sde_refuses_non_finite_observations_and_weights_that_diverged():
+    # a NaN observation reached the solver as a NaN z0, refused as "y0 has NaN ...; check the initial
+    # state"; an infinite one gave an infinite loss without a word; an empty batch and a NaN kl_weight a
+    # NaN loss; a huge q(z0) log-std (the weights after a too large learning rate) overflowed exp into
+    # the same "y0" message
+    torch.manual_seed(0)
+    model = hn.nn.LatentSDE(1, 2, context_dim=3, hidden=4, dt=0.1)
+    xs, ts = torch.randn(4, 3, 1), torch.linspace(0, 1, 4)
+    for bad in (float("nan"), float("inf")):
+        ys = xs.clone()
+        ys[2, 1, 0] = bad
+        with pytest.raises(ValueError, match=r"xs has 1 NaN or infinite entries \(the first at time index 2, series 1"):
+            model(ys, ts)
+        with pytest.raises(ValueError, match="xs has 1 NaN or infinite"):
+            model.sample_posterior(ys, ts)
+    with pytest.raises(ValueError, match=r"at least one time and one series, got shape \(4, 0, 1\)"):
+        model(xs[:, :0], ts)
+    for weight in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="kl_weight must be a finite number >= 0"):
+            model(xs, ts, kl_weight=weight)
+    with pytest.raises(TypeError, match="kl_weight must be a number, got str"):
+        model(xs, ts, kl_weight="1")
+    # a tensor weight, as a schedule may give, is the same weight as the float
+    torch.manual_seed(1)
+    want = model(xs, ts, kl_weight=0.5).loss
+    torch.manual_seed(1)
+    torch.testing.assert_close(model(xs, ts, kl_weight=torch.tensor(0.5)).loss, want, rtol=0, atol=0)
+    with torch.no_grad():
+        model.to_q0.bias[2:] = 1000.0  # log std of q(z0): exp overflows
+    for run in (lambda: model(xs, ts), lambda: model.sample_posterior(xs, ts)):
+        with pytest.raises(FloatingPointError, match=r"q\(z0 \| x\) is not finite.*lower the learning rate"):
+            run()

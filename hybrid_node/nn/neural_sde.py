@@ -211,15 +211,27 @@ class LatentSDE(nn.Module):
         self.obs_std, self.method, self.dt = obs_std, method, dt
 
     def _check_series(self, xs: Tensor, ts: Tensor | Sequence[float]) -> Tensor:
-        """``ts`` as a tensor on ``xs``'s device, after checking that the shapes of ``xs`` and ``ts`` agree.
+        """``ts`` as a tensor on ``xs``'s device, after checking ``xs`` and that the shapes of ``xs`` and ``ts`` agree.
 
         Raises:
-            ValueError: ``xs`` is not (T, batch, data_dim) or ``ts`` is not a 1-D sequence of T times.
+            ValueError: ``xs`` is not (T, batch, data_dim) with T and batch at least 1, has NaN or infinite
+                entries, or ``ts`` is not a 1-D sequence of T times.
         """
         data_dim = self.decoder.out_features
         if not torch.is_tensor(xs) or xs.dim() != 3 or xs.shape[2] != data_dim:
             shape = tuple(xs.shape) if torch.is_tensor(xs) else type(xs).__name__
             raise ValueError(f"xs must be a tensor of shape (T, batch, {data_dim}) (time first), got {shape}.")
+        if xs.shape[0] == 0 or xs.shape[1] == 0:  # an empty batch made every term a mean of nothing: NaN
+            raise ValueError(f"xs must hold at least one time and one series, got shape {tuple(xs.shape)}.")
+        # A NaN reached the solver as a NaN z0 (a message about "y0" and "the initial state"), an infinite
+        # value an infinite loss without a word: the encoder and the likelihood read every entry.
+        bad = ~torch.isfinite(xs)
+        if bool(bad.any()):
+            i, b, _ = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"xs has {int(bad.sum())} NaN or infinite entries (the first at time index {i}, series {b}); "
+                "the encoder and the likelihood read every value: drop or fill missing observations first."
+            )
         ts = torch.as_tensor(ts, dtype=xs.dtype if not torch.is_tensor(ts) else None, device=xs.device)
         if ts.dim() != 1 or ts.shape[0] != xs.shape[0]:
             raise ValueError(
@@ -242,6 +254,23 @@ class LatentSDE(nn.Module):
 
         return _FieldSDE(f, self.diffusion, "diagonal", "ito", h=self._h)
 
+    @staticmethod
+    def _check_q0(z0: Tensor) -> Tensor:
+        """``z0``, checked to be finite.
+
+        Raises:
+            FloatingPointError: ``z0`` has NaN or infinite entries: the observations are finite (checked
+                before), so the encoder's weights have overflowed q(z0 | x)'s mean or standard deviation
+                (``exp`` of its log), typically after a too large learning rate. Without this check the
+                solver refused a NaN "y0" and asked to check the initial state, which a user does not pass.
+        """
+        if not bool(torch.isfinite(z0).all()):
+            raise FloatingPointError(
+                "q(z0 | x) is not finite: the encoder's weights give an infinite or NaN mean or standard deviation "
+                "(the weights have diverged; lower the learning rate, or clip the gradients)."
+            )
+        return z0
+
     def encode(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q(z0 | x) and the contexts from observations xs (T, batch, data_dim): (mean, std, (T, batch, c))."""
         out, _ = self.encoder(torch.flip(xs, (0,)))
@@ -263,11 +292,18 @@ class LatentSDE(nn.Module):
             :class:`LatentSDELoss`; ``loss`` is normalised per observed value.
 
         Raises:
-            ValueError: ``xs`` is not (T, batch, data_dim) or ``ts`` does not hold T times.
+            TypeError: ``kl_weight`` is not a number.
+            ValueError: ``xs`` is not (T, batch, data_dim) or has NaN or infinite entries, ``ts`` does not
+                hold T times, or ``kl_weight`` is negative or not finite.
+            FloatingPointError: q(z0 | x) is not finite (the weights have diverged).
         """
+        if isinstance(kl_weight, (str, bytes)) or not hasattr(kl_weight, "__float__"):
+            raise TypeError(f"kl_weight must be a number, got {type(kl_weight).__name__} {kl_weight!r}.")
+        if not (math.isfinite(float(kl_weight)) and float(kl_weight) >= 0):  # NaN: a NaN loss; < 0: a KL reward
+            raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}.")
         ts = self._check_series(xs, ts)
         mean, std, context = self.encode(xs)
-        z0 = mean + std * torch.randn_like(std)
+        z0 = self._check_q0(mean + std * torch.randn_like(std))
         zs, log_ratio = sdeint(self._sde(context, ts), z0, ts, bm=bm, method=self.method, dt=self.dt, logqp=True)
         xs_hat = self.decoder(zs)
         dist = torch.distributions.Normal(xs_hat, self.obs_std)
@@ -277,7 +313,7 @@ class LatentSDE(nn.Module):
         kl_z0 = torch.distributions.kl_divergence(q0, p0).sum(-1).mean()
         kl_path = log_ratio.sum(0).mean()
         n_values = xs.shape[0] * xs.shape[2]
-        loss = (-log_lik + kl_weight * (kl_z0 + kl_path)) / n_values
+        loss = (-log_lik + float(kl_weight) * (kl_z0 + kl_path)) / n_values
         return LatentSDELoss(loss, log_lik, kl_z0, kl_path)
 
     @torch.no_grad()
@@ -294,12 +330,14 @@ class LatentSDE(nn.Module):
             The paths, shape (T, n * batch, data_dim).
 
         Raises:
-            ValueError: ``xs`` is not (T, batch, data_dim) or ``ts`` does not hold T times.
+            ValueError: ``xs`` is not (T, batch, data_dim) or has NaN or infinite entries, or ``ts`` does
+                not hold T times.
+            FloatingPointError: q(z0 | x) is not finite (the weights have diverged).
         """
         ts = self._check_series(xs, ts)
         mean, std, context = self.encode(xs)
         mean, std, context = mean.repeat(n, 1), std.repeat(n, 1), context.repeat(1, n, 1)
-        z0 = mean + std * torch.randn_like(std)
+        z0 = self._check_q0(mean + std * torch.randn_like(std))
         return self.decoder(sdeint(self._sde(context, ts), z0, ts, bm=bm, method=self.method, dt=self.dt))
 
     @torch.no_grad()
