@@ -165,3 +165,13 @@ def test_latent_sde_refuses_non_finite_observations_and_weights_that_diverged():
     for run in (lambda: model(xs, ts), lambda: model.sample_posterior(xs, ts)):
         with pytest.raises(FloatingPointError, match=r"q\(z0 \| x\) is not finite.*lower the learning rate"):
             run()
+
+
+def test_sde_subcommand_stops_a_diverged_run_with_a_message_naming_lr(tmp_path, capsys):
+    # with --lr 1000 the first Adam step overflows q(z0 | x); the run ended in a solver traceback about a
+    # NaN "y0" and "the initial state"
+    out = tmp_path / "run"
+    assert cli.main(["sde", "--iters", "5", "--n-paths", "4", "--lr", "1000", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at iteration 2 (q(z0 | x) overflowed); lower --lr (now 1000)" in err
+    assert "Traceback" not in err

@@ -26,7 +26,7 @@ import torch
 from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
-from ._args import checked_settings, positive_float, positive_int
+from ._args import SettingsError, checked_settings, positive_float, positive_int
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -95,6 +95,15 @@ RESUMABLE_SETTINGS = frozenset({"checkpoint_every"})
 _OPTIONS = {"iters": "--iters (--quick)"}
 
 
+def _diverged(s: LatentSDESettings, when: str, detail: str) -> SettingsError:
+    """The error that ends a run whose weights have diverged: the message names ``--lr``.
+
+    Without it a run with a too large learning rate stopped with a traceback from the solver about a NaN
+    "y0" and "the initial state", which the command's user never chose.
+    """
+    return SettingsError(f"training diverged {when} ({detail}); lower --lr (now {s.lr:g}).")
+
+
 def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None = None) -> dict:
     """Generate the data, train the model and draw samples for the plots.
 
@@ -110,6 +119,7 @@ def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None
 
     Raises:
         CheckpointError, ResumeError: resuming from a damaged checkpoint, or one of other settings.
+        SettingsError: the loss or q(z0 | x) stopped being finite (the learning rate is too large).
     """
 
     torch.manual_seed(s.seed)
@@ -129,7 +139,12 @@ def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None
     for it in bar:
         idx = torch.randperm(s.n_paths, generator=gen)[: s.batch_size]
         kl_weight = min(1.0, 3.0 * it / s.iters)
-        out = model(noisy[:, idx], ts, kl_weight=kl_weight)
+        try:
+            out = model(noisy[:, idx], ts, kl_weight=kl_weight)
+        except FloatingPointError:
+            raise _diverged(s, f"at iteration {it}", "q(z0 | x) overflowed") from None
+        if not bool(torch.isfinite(out.loss)):  # a NaN step would turn every weight NaN
+            raise _diverged(s, f"at iteration {it}", f"the loss is {out.loss.item()}")
         opt.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -142,11 +157,14 @@ def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None
         if ckpts is not None and ckpts.due(ckpt, it, s.iters):
             ckpts.save(ckpt, it, s.iters, objects, history=hist, seconds=before + time.perf_counter() - start)
     seconds = before + time.perf_counter() - start
-    with torch.no_grad():
-        post = model.sample_posterior(noisy, ts, n=1)
-        prior = model.sample_prior(ts, 256)
-        _, fresh, _ = make_data(s, n=256, seed=s.seed + 7)
-        final = model(noisy, ts)
+    try:  # the last step may have diverged
+        with torch.no_grad():
+            post = model.sample_posterior(noisy, ts, n=1)
+            prior = model.sample_prior(ts, 256)
+            _, fresh, _ = make_data(s, n=256, seed=s.seed + 7)
+            final = model(noisy, ts)
+    except FloatingPointError:
+        raise _diverged(s, "in the last iteration", "q(z0 | x) overflowed") from None
     metrics = {
         "iterations": s.iters,
         "final_loss": final.loss.item(),
