@@ -246,3 +246,26 @@ def test_latent_sde_elbo_gradient_matches_finite_differences():
                 flat[j] = old
                 # central differences: O(eps^2) truncation, O(1e-16 |loss| / eps) rounding
                 assert abs((up - down) / (2 * eps) - float(gflat[j])) < 1e-6 * (1 + abs(float(gflat[j])))
+
+
+def test_latent_sde_adjoint_gradient_converges_to_direct_backprop():
+    model, xs, ts = _tiny_model()
+    params = list(model.parameters())
+    errors = []
+    for dt in (0.05, 0.01):
+        model.dt, model.adjoint = dt, False
+        direct_loss = _loss(model, xs, ts)
+        direct = torch.autograd.grad(direct_loss, params)
+        model.adjoint = True
+        adjoint_loss = _loss(model, xs, ts)
+        adjoint = torch.autograd.grad(adjoint_loss, params)
+        torch.testing.assert_close(adjoint_loss, direct_loss, rtol=0, atol=0)  # the same forward solve
+        # every parameter gets a gradient, the encoder's through the contexts handed to the adjoint
+        assert all(float(g.abs().sum()) > 0 for g in adjoint)
+        num = sum(float((a - d).pow(2).sum()) for a, d in zip(adjoint, direct))
+        errors.append(math.sqrt(num / sum(float(d.pow(2).sum()) for d in direct)))
+    # the stochastic adjoint solves its backward SDE on the forward grid: its error shrinks with dt
+    # (measured 1.1e-3 at dt = 0.05 and 4.2e-4 at dt = 0.01)
+    assert errors[1] < 2e-3 and errors[1] < 0.7 * errors[0], errors
+    with pytest.raises(TypeError, match="adjoint must be True or False"):
+        hn.nn.LatentSDE(1, 2, adjoint="no")
