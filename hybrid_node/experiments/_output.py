@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -199,13 +200,27 @@ def a_run(command: str) -> str:
     return f"{'an' if command in _AN else 'a'} {command} run"
 
 
-def stored_command(folder: Path) -> str | None:
+#: The checkpoint files each command writes (``checkpoints/<stem>.pt``, the stems written by the command's
+#: module): they tell whose run a folder holds where nothing in it records the command (runs written
+#: before the command was recorded). An ODE-Net alone (``odenet``) may be mnist's or nfe's.
+_CHECKPOINT_STEMS: dict[str, re.Pattern[str]] = {
+    "anode": re.compile(r"(g1d|spheres)-(node|anode)"),
+    "cnf": re.compile(r"cnf|cnf-rnode|planar-nf"),
+    "demo": re.compile(r"demo"),
+    "hnn": re.compile(r"(spring|pendulum)-(baseline|hnn)"),
+    "mnist": re.compile(r"resnet|rknet|odenet"),
+    "nfe": re.compile(r"odenet"),
+    "sde": re.compile(r"latent_sde"),
+    "spirals": re.compile(r"(latent_ode|rnn|rnn_gaps)-n\d+(-r\d+)?"),
+}
+
+
+def recorded_command(folder: Path) -> str | None:
     """The command whose run ``folder`` holds, as its ``results.json`` or checkpoints record it.
 
     ``results.json`` records it under ``meta.command`` (``command`` at the top of a spirals run's, and
     ``meta.settings.command`` in an hnn run's); a checkpoint under ``command``. Files that cannot be read,
-    or that record no command (runs written before the command was stored), say nothing: the command's
-    own checks report them.
+    or that record no command (runs written before the command was stored), say nothing.
 
     Args:
         folder: a run folder.
@@ -235,17 +250,45 @@ def stored_command(folder: Path) -> str | None:
     return None
 
 
-def _check_command(folder: Path, command: str, recorded: str | None, where: Path) -> None:
-    """Refuse to continue a run of another command (``recorded``) with ``command``.
+def stored_commands(folder: Path) -> frozenset[str]:
+    """The commands whose run ``folder`` may hold: the one it records (:func:`recorded_command`), else
+    those that write every checkpoint file it holds (:data:`_CHECKPOINT_STEMS`).
+
+    Args:
+        folder: a run folder.
+
+    Returns:
+        One command, or several where the files fit more than one (``checkpoints/odenet.pt`` alone: mnist
+        or nfe), or none where nothing tells (no checkpoints, or files no one command writes): the
+        command's own checks report those.
+    """
+    recorded = recorded_command(folder)
+    if recorded is not None:
+        return frozenset({recorded})
+    stems = [path.stem for path in (folder / "checkpoints").glob("*.pt")]
+    if not stems:
+        return frozenset()
+    return frozenset(c for c, names in _CHECKPOINT_STEMS.items() if all(names.fullmatch(s) for s in stems))
+
+
+def _runs(commands: Iterable[str]) -> str:
+    """``"an mnist run"``, or ``"an mnist or nfe run"`` for several (see :func:`a_run`)."""
+    names = sorted(commands)
+    return a_run(names[0])[: -len(" run")] + "".join(f" or {c}" for c in names[1:]) + " run"
+
+
+def _check_command(folder: Path, command: str, stored: frozenset[str], where: Path) -> None:
+    """Refuse to continue a run of another command (``stored``: :func:`stored_commands`) with ``command``.
 
     Raises:
-        ResumeError: ``recorded`` names another command; the message names both.
+        ResumeError: ``stored`` names other commands only; the message names them and ``command``.
     """
-    if recorded is not None and recorded != command:
+    if stored and command not in stored:
+        resumes = " or ".join(f"`hybrid-node {c} --resume --out {folder}`" for c in sorted(stored))
         raise ResumeError(
             f"Cannot resume from {str(where)!r} with `hybrid-node {command}`: this folder holds "
-            f"{a_run(recorded)}, not {a_run(command)}. Continue it with `hybrid-node {recorded} --resume "
-            f"--out {folder}`, or pass the --out of {a_run(command)}."
+            f"{_runs(stored)}, not {a_run(command)}. Continue it with {resumes}, or pass the --out of "
+            f"{a_run(command)}."
         )
 
 
@@ -271,8 +314,8 @@ def open_run(
         holds: what such a run leaves in the folder, for the message that refuses to overwrite it.
         neither: what an empty folder lacks, for the message that refuses ``--resume`` (default
             "results.json nor checkpoints/*.pt of <run_kind>").
-        command: the subcommand, compared with the one the folder's run records (:func:`stored_command`;
-            default ``name``).
+        command: the subcommand, compared with those whose run the folder may hold (:func:`stored_commands`:
+            the one it records, or the one its checkpoint files belong to; default ``name``).
 
     Returns:
         The folder, created if needed.
@@ -292,16 +335,16 @@ def open_run(
         if path.is_dir():
             # Before the command's own checks: another command's run is named as such, not listed as a
             # run with every setting different, nor taken for an empty folder.
-            _check_command(path, command, stored_command(path), path)
+            _check_command(path, command, stored_commands(path), path)
         check_resumable(
             path, path.is_dir() and has_run(path), neither or f"results.json nor checkpoints/*.pt of {run_kind}"
         )
     elif out is not None and Path(out).is_dir():
         path = Path(out)
-        other = stored_command(path)
-        if other is not None and other != command:
+        others = stored_commands(path)
+        if others and command not in others:
             raise ResumeError(
-                f"The folder {str(out)!r} holds {a_run(other)}; a new {command} run would overwrite its files. "
+                f"The folder {str(out)!r} holds {_runs(others)}; a new {command} run would overwrite its files. "
                 "Pass another --out."
             )
         if has_run(path):
@@ -495,7 +538,8 @@ class Checkpoints:
             ResumeError: ``state`` was written by another command or with other settings.
         """
         recorded = state.get("command")
-        _check_command(path.parent.parent, self.command, recorded if isinstance(recorded, str) else None, path)
+        stored = frozenset({recorded}) if isinstance(recorded, str) else frozenset()
+        _check_command(path.parent.parent, self.command, stored, path)
         if isinstance(state.get("settings"), dict):
             check_same_settings(state["settings"], self.settings, path, self.resumable, self.options)
 
