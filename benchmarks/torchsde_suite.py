@@ -1,0 +1,410 @@
+"""Run torchsde's own test suite against hybrid_node, through a ``torchsde`` shim.
+
+Usage::
+
+    python -m benchmarks.torchsde_suite --tests /path/to/torchsde/tests
+    python -m benchmarks.torchsde_suite --tests DIR --failures failures.md --json results.json
+    python -m benchmarks.torchsde_suite --tests DIR --reference    # the installed torchsde, no shim
+
+Nothing is fetched: ``--tests`` is a local copy of the ``tests/`` folder of the torchsde repository
+(``test_sdeint.py``, ``test_adjoint.py``, ``test_brownian_*.py``, ``problems.py``, ``utils.py`` and its
+``__init__.py``: the test files import their helpers relatively). None of it is part of this repository.
+
+What it does, in a temporary directory (the same machinery as :mod:`benchmarks.torchdiffeq_suite`):
+
+* writes a package named ``torchsde`` whose ``__init__`` re-exports torchsde's public API (the names of
+  ``torchsde/__init__.py`` and its public submodules ``settings`` and ``types``) from hybrid_node: from
+  ``hybrid_node`` itself where it has the name, else from ``hybrid_node.sde``. A public name hybrid_node
+  lacks is left out (and listed); it is not written into the shim. The test files are scanned for every
+  ``torchsde`` name they use; a test file that uses a private one (``torchsde._brownian``,
+  ``torchsde._core``) is not run and is listed as "not public API";
+* copies the tests folder (as the package ``tests``) and runs pytest on its ``test_*.py`` files in a
+  subprocess whose ``sys.path`` starts with the shim (so an installed torchsde is shadowed) and then this
+  repository's root (so the working tree's hybrid_node is tested). torchsde's test files drop
+  ``sys.path[0]`` on import ("so that we always import the installed library"): that entry is the tests'
+  own folder, so the shim stays in front;
+* records every pytest report through the torchdiffeq harness's plugin (which also checks where
+  ``torchsde`` and ``hybrid_node`` came from), enforcing ``--timeout`` per test with SIGALRM.
+
+torchsde's tests are plain pytest functions, most of them parametrized: each parametrized case is one
+"test function" in the counts (they have no subtests). ``--failures FILE`` writes every failure grouped by
+its first error line with the digits masked; ``--json FILE`` writes everything in machine-readable form.
+
+Exit status: 0 when the suite ran (whatever its failures), 2 when the harness could not run it (no test
+files, nothing collected, the shim not in use, pytest crashed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.torchdiffeq_suite import _PLUGIN as _TORCHDIFFEQ_PLUGIN
+from benchmarks.torchdiffeq_suite import format_failures, format_table, summarise
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# torchsde 0.2.6's public API: the names of torchsde/__init__.py, and its submodules without a leading
+# underscore (the tests import enums from ``settings`` and type aliases from ``types``).
+PUBLIC_API = (
+    "BaseBrownian",
+    "BrownianInterval",
+    "BrownianPath",
+    "BrownianTree",
+    "ReverseBrownian",
+    "brownian_interval_like",
+    "sdeint",
+    "sdeint_adjoint",
+    "BaseSDE",
+    "SDEIto",
+    "SDEStratonovich",
+)
+PUBLIC_MODULES = ("settings", "types")
+
+_SHIM = '''\
+"""torchsde's public API served by hybrid_node (written by benchmarks.torchsde_suite; not torchsde)."""
+
+import importlib
+import sys
+
+{imports}
+for _name in {modules!r}:  # ``import torchsde.settings`` finds the module hybrid_node provides
+    sys.modules[__name__ + "." + _name] = importlib.import_module("hybrid_node.sde." + _name)
+    globals()[_name] = sys.modules[__name__ + "." + _name]
+
+__version__ = "hybrid_node-shim"
+HYBRID_NODE_SHIM = True
+'''
+
+# The torchdiffeq harness's plugin, with its environment variables and the module it checks renamed.
+_PLUGIN = _TORCHDIFFEQ_PLUGIN.replace("TORCHDIFFEQ_SUITE", "TORCHSDE_SUITE").replace("torchdiffeq", "torchsde")
+assert "torchdiffeq" not in _PLUGIN.lower() and '"torchsde", "hybrid_node", "torch"' in _PLUGIN
+
+_PYTEST_INI = """\
+[pytest]
+python_files = test_*.py
+python_classes = Test*
+python_functions = test*
+addopts =
+"""
+
+
+def scan_torchsde_names(files):
+    """Every ``torchsde`` attribute or submodule the files use: {name: [file, ...]}."""
+    used = collections.defaultdict(set)
+    for path in files:
+        text = path.read_text()
+        for match in re.finditer(r"\btorchsde((?:\.\w+)+)", text):
+            used[match.group(1)[1:]].add(path.name)
+        # ``from torchsde.x import a, b`` on one line, or a parenthesised list over several
+        for match in re.finditer(
+            r"^[ \t]*from[ \t]+torchsde(\.[\w.]+)?[ \t]+import[ \t]+(\([\w\s,]+\)|[\w \t,]+)", text, re.M
+        ):
+            prefix = match.group(1)[1:] + "." if match.group(1) else ""
+            for name in re.split(r"[\s,]+", match.group(2).strip("() \t\n")):
+                if name:
+                    used[prefix + name.split(" as ")[0]].add(path.name)
+    return {name: sorted(files) for name, files in sorted(used.items())}
+
+
+def _is_private(name):
+    return any(part.startswith("_") for part in name.split("."))
+
+
+def _shim_sources():
+    """{public name: "hybrid_node" or "hybrid_node.sde"} for the names hybrid_node provides, and the
+    public submodules ``hybrid_node.sde`` has (imported in a subprocess: this process stays torch-free)."""
+    code = (
+        "import importlib, json, hybrid_node, hybrid_node.sde as sde\n"
+        f"names = {{n: 'hybrid_node' if hasattr(hybrid_node, n) else 'hybrid_node.sde' for n in {PUBLIC_API!r}\n"
+        "         if hasattr(hybrid_node, n) or hasattr(sde, n)}\n"
+        "mods = []\n"
+        f"for m in {PUBLIC_MODULES!r}:\n"
+        "    try:\n"
+        "        importlib.import_module('hybrid_node.sde.' + m)\n"
+        "        mods.append(m)\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "print(json.dumps([names, mods]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    names, modules = json.loads(out.stdout.strip().splitlines()[-1])
+    return names, modules
+
+
+def _write_shim(directory, names, modules):
+    by_source = collections.defaultdict(list)
+    for name, source in names.items():
+        by_source[source].append(name)
+    imports = "\n".join(f"from {source} import {', '.join(sorted(ns))}" for source, ns in sorted(by_source.items()))
+    shim = directory / "torchsde"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text(_SHIM.format(imports=imports, modules=tuple(modules)))
+
+
+def run_suite(
+    tests,
+    *,
+    reference=False,
+    timeout=300.0,
+    total_timeout=None,
+    threads=1,
+    keyword=None,
+    workdir=None,
+    log=None,
+    echo=False,
+):
+    """Run the suite; returns ``(result, info)`` where ``info`` has the shim, the names and the log path."""
+    tests = Path(tests).resolve()
+    test_files = sorted(tests.glob("test_*.py"))
+    if not test_files:
+        raise FileNotFoundError(f"no test_*.py files in {tests} (expected torchsde's tests/ folder)")
+    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="torchsde_suite_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    copied = tmp / "tests"  # the test files import their helpers relatively (``from . import problems``)
+    if copied.exists():
+        shutil.rmtree(copied)
+    shutil.copytree(tests, copied, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+    (copied / "__init__.py").touch()
+    (tmp / "pytest.ini").write_text(_PYTEST_INI)
+    for conftest in copied.rglob("conftest.py"):  # not expected, but a stray one must not change the run
+        conftest.unlink()
+    plugin_dir = tmp / "plugin"
+    plugin_dir.mkdir(exist_ok=True)
+    (plugin_dir / "_torchsde_suite_plugin.py").write_text(_PLUGIN)
+
+    used = scan_torchsde_names(sorted(tests.glob("*.py")))
+    not_public = {name: files for name, files in used.items() if _is_private(name)}
+    # a test file reaching into torchsde's private modules tests torchsde's internals, not its API
+    excluded = sorted({f for files in not_public.values() for f in files if f.startswith("test_")})
+    path = [str(plugin_dir)]
+    names, modules = {}, []
+    if not reference:
+        names, modules = _shim_sources()
+        _write_shim(tmp / "shim", names, modules)
+        path += [str(tmp / "shim"), str(REPO_ROOT)]
+    public = set(PUBLIC_API) | set(PUBLIC_MODULES)
+    missing = [n for n in PUBLIC_API + PUBLIC_MODULES if n not in names and n not in modules] if not reference else []
+    missing_used = {name: files for name, files in used.items() if name.split(".")[0] in missing}
+    other = {name: files for name, files in used.items() if name.split(".")[0] not in public and not _is_private(name)}
+
+    record = tmp / "record.jsonl"
+    record.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(path + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["TORCHSDE_SUITE_RECORD"] = str(record)
+    env["TORCHSDE_SUITE_TIMEOUT"] = str(timeout or 0)
+    if threads:
+        env["TORCHSDE_SUITE_THREADS"] = str(threads)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_PLUGINS", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests",
+        "-c",
+        str(tmp / "pytest.ini"),
+        "--rootdir",
+        str(tmp),
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "_torchsde_suite_plugin",
+        "-q",
+        "--tb=short",
+        "-rN",
+        "--continue-on-collection-errors",  # a file that cannot import (a missing name) must not stop the rest
+        "--junitxml",
+        str(tmp / "junit.xml"),
+    ]
+    for name in excluded:
+        cmd += ["--ignore", str(copied / name)]
+    if keyword:
+        cmd += ["-k", keyword]
+    if log is None:
+        fd, log = tempfile.mkstemp(prefix="torchsde_suite_", suffix=".log")  # outlives the work directory
+        os.close(fd)
+    log = Path(log)
+    start = time.monotonic()
+    killed = False
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.PIPE if echo else out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            if echo:
+                for line in proc.stdout:
+                    out.write(line)
+                    sys.stdout.write(line)
+            proc.wait(timeout=total_timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    entries = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    for e in entries:  # locations relative to the tests' copy / this repository, so that runs compare
+        if e.get("where"):
+            e["where"] = e["where"].replace(f"{tmp}{os.sep}", "").replace(f"{REPO_ROOT}{os.sep}", "")
+    result = summarise(entries)
+    info = {
+        "tests": str(tests),
+        "workdir": str(tmp),
+        "log": str(log),
+        "command": cmd,
+        "returncode": proc.returncode,
+        "killed_after_total_timeout": killed,
+        "wall_s": time.monotonic() - start,
+        "reference": reference,
+        "shim_names": names,
+        "shim_modules": modules,
+        "missing_public_api": missing,
+        "missing_public_api_used": missing_used,
+        "torchsde_names_used": used,
+        "not_public_api": not_public,
+        "excluded_files": excluded,
+        "unknown_names": other,
+        "timeout_s": timeout,
+        "threads": threads,
+    }
+    return result, info
+
+
+def check(result, info):
+    """Reasons the run does not count (an empty list when it does)."""
+    problems = []
+    session = result["session"]
+    if session is None:
+        problems.append(f"pytest did not start (exit {info['returncode']}; see {info['log']})")
+        return problems
+    ts = session.get("torchsde", {})
+    if "error" in ts:
+        problems.append(f"import torchsde failed in the subprocess: {ts['error']}")
+    elif ts.get("shim") == info["reference"]:
+        problems.append(
+            f"torchsde came from {ts.get('file')}, not from {'the install' if info['reference'] else 'the shim'}"
+        )
+    if not info["reference"]:
+        hn = session.get("hybrid_node", {})
+        expected = str(REPO_ROOT / "hybrid_node")
+        if not str(hn.get("file", "")).startswith(expected):
+            problems.append(f"hybrid_node came from {hn.get('file') or hn.get('error')}, not from {expected}")
+    if not result["functions"] and not result["counts"]["collect_errors"]:
+        problems.append(f"no test function ran (exit {info['returncode']}; see {info['log']})")
+    if info["returncode"] not in (0, 1) and not info["killed_after_total_timeout"]:
+        problems.append(f"pytest exited with {info['returncode']} (see {info['log']})")
+    return problems
+
+
+def title_of(result, info):
+    session = result["session"] or {}
+    if info["reference"]:
+        what = f"the installed torchsde {session.get('torchsde', {}).get('version')}"
+    else:
+        what = f"hybrid_node {session.get('hybrid_node', {}).get('version')} through the torchsde shim"
+    return f"torchsde's tests ({info['tests']}) against {what}: {info['wall_s']:.0f} s"
+
+
+def format_names(info):
+    """What the shim serves, what it lacks and what was not run, for the report."""
+    lines = []
+    if not info["reference"]:
+        served = [f"{n} ({src})" for n, src in info["shim_names"].items()]
+        served += [f"{m} (hybrid_node.sde.{m})" for m in info["shim_modules"]]
+        lines.append(f"shim serves: {', '.join(served) or 'nothing'}")
+        if info["missing_public_api"]:
+            lines.append(f"public API hybrid_node lacks (not in the shim): {', '.join(info['missing_public_api'])}")
+        for name, files in info["missing_public_api_used"].items():
+            lines.append(f"  torchsde.{name} used by {', '.join(files)}")
+    for name, files in info["not_public_api"].items():
+        lines.append(f"not public API: torchsde.{name} ({', '.join(files)})")
+    for name in info["excluded_files"]:
+        lines.append(f"not run (reaches into torchsde's private modules): {name}")
+    for name, files in info["unknown_names"].items():
+        lines.append(f"not torchsde's API at all: torchsde.{name} ({', '.join(files)})")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", help="a local copy of torchsde's tests/ folder")
+    parser.add_argument("--failures", help="write the failures, grouped by first error line, to this file")
+    parser.add_argument("--json", help="write counts, per-function results and failures to this JSON file")
+    parser.add_argument("--reference", action="store_true", help="run against the installed torchsde (no shim)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a test may run before it is interrupted (0: never; default 300)",
+    )
+    parser.add_argument("--total-timeout", type=float, default=None, help="kill the whole run after this many s")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the pytest process (default 1)")
+    parser.add_argument("-k", dest="keyword", help="pytest -k expression, to run a part of the suite")
+    parser.add_argument("--workdir", help="use this directory instead of a fresh temporary one (kept afterwards)")
+    parser.add_argument("--log", help="write pytest's output to this file (default: a temporary file, kept)")
+    parser.add_argument("--echo", action="store_true", help="also show pytest's output while it runs")
+    args = parser.parse_args(argv)
+    if args.tests is None:
+        parser.error("--tests DIR is needed (a local copy of torchsde's tests/ folder)")
+    try:
+        result, info = run_suite(
+            args.tests,
+            reference=args.reference,
+            timeout=args.timeout,
+            total_timeout=args.total_timeout,
+            threads=args.threads,
+            keyword=args.keyword,
+            workdir=args.workdir,
+            log=args.log,
+            echo=args.echo,
+        )
+    except FileNotFoundError as e:  # no test files: the harness could not run the suite (exit status 2)
+        print(f"torchsde_suite: {e}", file=sys.stderr)
+        return 2
+    title = title_of(result, info)
+    print(format_table(result, title))
+    print()
+    print(format_names(info))
+    if info["killed_after_total_timeout"]:
+        print(f"the run was killed after --total-timeout {args.total_timeout:g} s: counts are partial")
+    print(f"pytest log: {info['log']}")
+    if args.failures:
+        Path(args.failures).write_text(format_failures(result, title) + "\n")
+        print(f"failures: {args.failures}")
+    if args.json:
+        data = {
+            "info": info,
+            "counts": result["counts"],
+            "session": result["session"],
+            "functions": result["functions"],
+            "failures": result["failures"],
+        }
+        Path(args.json).write_text(json.dumps(data, indent=1, default=dict) + "\n")
+        print(f"json: {args.json}")
+    problems = check(result, info)
+    for p in problems:
+        print(f"HARNESS PROBLEM: {p}", file=sys.stderr)
+    if not args.workdir and not problems:
+        shutil.rmtree(info["workdir"], ignore_errors=True)
+    return 2 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
