@@ -21,9 +21,12 @@ def _net() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
 
 
-def _torchode(f, y0, t, pair, rtol, atol, *, dt_max=None, dt0=None, through_steps=False):
+def _torchode(f, y0, t, pair, rtol, atol, *, dt_max=None, dt0=None, through_steps=False, gains=None):
     term = to.ODETerm(f)
-    ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term, dt_max=dt_max)
+    if gains is None:
+        ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term, dt_max=dt_max)
+    else:  # (pcoeff, icoeff, dcoeff), divided by the order as ours are
+        ctrl = to.PIDController(atol, rtol, *gains, term=term, dt_max=dt_max)
     # its tolerance buffers are made in the default dtype, float32: rtol=1e-4 became 1.00000005e-4
     ctrl.atol, ctrl.rtol = torch.tensor(atol, dtype=torch.float64), torch.tensor(rtol, dtype=torch.float64)
     solver = to.AutoDiffAdjoint(pair(term=term), ctrl, backprop_through_step_size_control=through_steps)
@@ -88,3 +91,40 @@ def test_gradients_are_torchodes_with_the_steps_held_fixed():
     for a, b in zip(g, g_ref, strict=True):
         # the same steps and the same graph up to operation order: rounding only (8e-14 relative measured)
         assert float((a - b).abs().max() / b.abs().max()) < 1e-11
+
+
+@pytest.mark.parametrize(
+    "icoeff",
+    [
+        1.0,
+        pytest.param(
+            0.3,
+            marks=pytest.mark.xfail(
+                strict=True, reason="loop.core.propose floors error ratios at 1e-10, torchode at 1e-38"
+            ),
+        ),
+    ],
+)
+def test_steps_from_rest_as_torchodes(icoeff):
+    """Every sample rests at y = 0, where its field and so every error estimate is exactly 0, until its
+    forcing (t - t_on)^3 starts (t_on 0.5 to 3): at rest its steps grow by the controller's factor at
+    the floored error ratio. For the I controller that is ifactor (10) at either floor. With icoeff 0.3
+    (gains summing below 0.52) it is 0.9 floor^(-0.06): 3.6 at a floor of 1e-10, 10 at torchode's
+    1e-38; then the steps and outputs differ (427 against torchode's 445 batched evaluations, outputs
+    2.8e-6 apart; 445 and 3e-13 with the floor at 1e-38)."""
+    scale = torch.logspace(-1.0, 1.0, B, dtype=torch.float64)
+    t_on = torch.linspace(0.5, 3.0, B, dtype=torch.float64)
+    forcing = torch.tensor([1.0, -2.0], dtype=torch.float64)
+
+    def f(t, y):
+        return -scale[:, None] * y + torch.relu(t - t_on)[:, None] ** 3 * forcing
+
+    y0 = torch.zeros(B, 2, dtype=torch.float64)
+    t = torch.linspace(0.0, 5.0, 6, dtype=torch.float64)
+    with torch.no_grad():
+        ref = _torchode(f, y0, t, to.Dopri5, 1e-6, 1e-8, dt0=1e-3, gains=(0.0, icoeff, 0.0))
+        ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, icoeff=icoeff, first_step=1e-3, per_sample=True)
+        sol = hn.solve(f, y0, t, controller=ctrl)
+    assert (ref.status == 0).all()
+    assert sol.stats.nfe == int(ref.stats["n_f_evals"][0])
+    assert float((sol.ys.transpose(0, 1) - ref.ys).abs().max()) < 1e-11  # the same steps: rounding only
