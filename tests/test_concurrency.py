@@ -194,3 +194,48 @@ def test_threads_compiling_one_field_at_once_share_its_graph_cache(monkeypatch):
         th.join()
     assert len(got) == 2 and got[0] is got[1]
     assert compiled_step._CACHE[field] is got[0]
+
+
+def test_a_probe_leaves_what_another_threads_compiled_solve_adds_to_a_counter():
+    """compile=True finds a field's call counters by two eager evaluations and then puts the numbers back
+    as they were: another thread's compiled solve of the same field that ended meanwhile (its caller adding
+    its 5 evaluations to ``nfe``) had its count erased (nfe 10 instead of 15), and the probe, seeing 6
+    then 1 added, took ``nfe`` for no counter (step None: later whole-solve graphs did not count it)."""
+    from hybrid_node._term import Term
+    from hybrid_node.loop.counters import advance, frozen_counters, probe
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.nfe = 10
+            self.during: list = []  # run once, inside the probe's first evaluation
+
+        def forward(self, t, y):
+            self.nfe += 1
+            while self.during:
+                self.during.pop()()
+            return self.lin(y)
+
+    field = Counting()
+    counters = [(weakref.ref(field), "nfe", 1)]  # as an earlier probe of this field found them
+
+    def other_solve():  # a whole-solve graph's end in another thread (see loop/whole.py)
+        with frozen_counters(counters):
+            pass
+        advance(counters, 5)
+
+    other = threading.Thread(target=other_solve)
+
+    def start_other():
+        other.start()
+        # Not joined: the other thread's counting waits for the probe to end. 1 s is ample for it to
+        # finish when nothing holds it back (the old behaviour this test catches).
+        other.join(timeout=1.0)
+
+    field.during.append(start_other)
+    y0 = torch.zeros(1, 2)
+    effects = probe(field, Term(field, y0, torch.float32), 0.0, y0)
+    other.join()
+    assert field.nfe == 15
+    assert [(ref() is field, k, step) for ref, k, step in effects.counters] == [(True, "nfe", 1)]

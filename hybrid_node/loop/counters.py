@@ -9,11 +9,21 @@ added to their real values afterwards. A whole-solve loop cannot carry a Python 
 iteration to the next, so it leaves them as they were; its caller then adds what the eager solver's
 evaluations would have added (:func:`advance`), so that ``func.nfe`` counts a compiled solve as it
 counts an eager one (torchdiffeq's examples and the Neural ODE paper's NFE plots read it).
+
+A field shared by threads: the probe puts the numbers back as they were before its evaluations, so it
+holds its modules' locks (:func:`_holding`) from its first reading to its last writing, and
+:func:`frozen_counters` and :func:`advance` hold them while they change the numbers. What another
+thread's compiled solve adds to a counter (when its graph returns, or its caller advances it) then
+waits for the probe to end instead of being erased by it, and two probes do not count each other's
+evaluations. An increment made by the field itself in another thread while the probe evaluates it
+(an eager solve, or a per-step graph replaying the field's increments) takes no lock: it cannot be
+told from the probe's own, and is put back with them (and that counter gets no step).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -23,6 +33,24 @@ import torch
 #: a counter: a weak reference to its module, the attribute's name and what one evaluation adds to it
 #: (None when two evaluations added different amounts: such a number is not advanced by :func:`advance`)
 Counter = tuple[weakref.ref, str, "int | float | None"]
+
+
+#: One lock per module whose numbers :func:`probe`, :func:`frozen_counters` and :func:`advance` change
+#: (kept off the module itself, which must stay picklable and copyable).
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _holding(modules: Sequence[torch.nn.Module]):
+    """Hold the locks of ``modules`` (re-entrant: a nested solve of the same field in the same thread
+    takes them again), taken in one order (by ``id``) so that two threads never wait for each other."""
+    with _LOCKS_GUARD:
+        locks = [_LOCKS.setdefault(m, threading.RLock()) for m in sorted({id(m): m for m in modules}.values(), key=id)]
+    with contextlib.ExitStack() as held:
+        for lock in locks:
+            held.enter_context(lock)
+        yield
 
 
 def number_modules(owner) -> list:
@@ -69,21 +97,22 @@ def probe(owner, term, t0: float, y0: torch.Tensor) -> Effects:
         The field's :class:`Effects`.
     """
     modules = number_modules(owner)
-    before = _numbers(modules)
-    buffers = _buffers(modules)
-    nfe = term.nfe
-    try:
-        with torch.no_grad():
-            term(t0, y0)
-            once = _numbers(modules)
-            term(t0, y0)
-    finally:
-        term.nfe = nfe
-        after = _numbers(modules)
-        for (i, k), v in before.items():
-            if after.get((i, k)) != v:
-                setattr(modules[i], k, v)
-        written = _restore_buffers(modules, buffers)
+    with _holding(modules):
+        before = _numbers(modules)
+        buffers = _buffers(modules)
+        nfe = term.nfe
+        try:
+            with torch.no_grad():
+                term(t0, y0)
+                once = _numbers(modules)
+                term(t0, y0)
+        finally:
+            term.nfe = nfe
+            after = _numbers(modules)
+            for (i, k), v in before.items():
+                if after.get((i, k)) != v:
+                    setattr(modules[i], k, v)
+            written = _restore_buffers(modules, buffers)
     counters = []
     for (i, k), v in after.items():
         b, o = before.get((i, k)), once.get((i, k))
@@ -134,14 +163,20 @@ def frozen_counters(counters: Sequence[Counter]):
     Args:
         counters: as :func:`probe` finds them.
     """
-    saved = [(d, k, d[k]) for d, k, _ in _live(counters)]
-    for d, k, _ in saved:
-        d[k] = 0
+    live = _live(counters)
+    modules = [m for m, _, _, _ in live]
+    # The locks are held while the numbers are read and written, not while the graph runs: graphs of
+    # the same field in several threads still run at once (each adds what its own graph added).
+    with _holding(modules):
+        saved = [(d, k, d[k]) for _, d, k, _ in live]
+        for d, k, _ in saved:
+            d[k] = 0
     try:
         yield
     finally:
-        for d, k, v in saved:
-            d[k] = v + d[k]
+        with _holding(modules):
+            for d, k, v in saved:
+                d[k] = v + d[k]
 
 
 def advance(counters: Sequence[Counter], evaluations: int) -> None:
@@ -152,14 +187,16 @@ def advance(counters: Sequence[Counter], evaluations: int) -> None:
         counters: as :func:`probe` finds them; those without a step are left alone.
         evaluations: the field's evaluations inside the graph.
     """
-    for attributes, k, step in _live(counters):
-        if step is not None:
-            attributes[k] += step * evaluations
+    live = _live(counters)
+    with _holding([m for m, _, _, _ in live]):
+        for _, attributes, k, step in live:
+            if step is not None:
+                attributes[k] += step * evaluations
 
 
 def _live(counters: Sequence[Counter]) -> list:
-    """``(attribute dict, name, step)`` of each counter whose module and plain number attribute
-    still exist (a module reordered or removed since the probe is skipped)."""
+    """``(module, attribute dict, name, step)`` of each counter whose module and plain number
+    attribute still exist (a module reordered or removed since the probe is skipped)."""
     # plain instance attributes (found with ``vars``): written to the instance dict directly, without
     # nn.Module.__setattr__'s checks for parameters, buffers and submodules
     live = []
@@ -167,5 +204,5 @@ def _live(counters: Sequence[Counter]) -> list:
         module = ref()
         attributes = {} if module is None else vars(module)
         if type(attributes.get(k)) in (int, float):
-            live.append((attributes, k, step))
+            live.append((module, attributes, k, step))
     return live
