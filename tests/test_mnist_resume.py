@@ -159,3 +159,40 @@ def test_a_checkpoint_from_other_settings_is_refused(tiny_mnist, tmp_path):
     (folder / "results.json").unlink()  # only the checkpoint records the settings now
     with pytest.raises(ResumeError, match=r"--channels 4 \(now 8\)"):
         run_table1(MNISTConfig(**{**CFG.__dict__, "channels": 8}), tiny_mnist, folder, resume=True)
+
+
+def test_resume_may_change_the_models_and_keeps_the_others(tiny_mnist, tmp_path, monkeypatch):
+    """`--models` is not a setting of the trained weights (as spirals' `--models`): a resumed run trains the
+    models it is given, keeps the rows of the others, and leaves an interrupted model that it is not given
+    to a later resume, which continues it to the weights of a run that was never interrupted."""
+    straight = run_table1(CFG, tiny_mnist, tmp_path / "straight")
+    calls = {"n": 0}
+    shift = mnist._random_shift
+
+    def interrupting_shift(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6 + 4:  # the rknet's 4th iteration, after its checkpoint at 2
+            raise Interrupted
+        return shift(*args, **kwargs)
+
+    folder = tmp_path / "run"
+    monkeypatch.setattr(mnist, "_random_shift", interrupting_shift)
+    with pytest.raises(Interrupted):
+        run_table1(CFG, tiny_mnist, folder)
+    monkeypatch.setattr(mnist, "_random_shift", shift)
+    interrupted = checkpoint_path(folder, "rknet").read_bytes()
+
+    trained = []
+    build = mnist.build_model
+    monkeypatch.setattr(mnist, "build_model", lambda kind, *a, **k: trained.append(kind) or build(kind, *a, **k))
+    only_resnet = run_table1(MNISTConfig(**{**CFG.__dict__, "models": ("resnet",)}), tiny_mnist, folder, resume=True)
+    assert trained == [] and [r["model"] for r in only_resnet["rows"]] == ["ResNet"]
+    assert checkpoint_path(folder, "rknet").read_bytes() == interrupted  # left for a later resume
+
+    only_rknet = run_table1(MNISTConfig(**{**CFG.__dict__, "models": ("rknet",)}), tiny_mnist, folder, resume=True)
+    assert trained == ["rknet"]
+    assert [r["model"] for r in only_rknet["rows"]] == ["RK-Net", "ResNet"]  # the given models first
+    assert without_time(only_rknet["rows"]) == without_time(straight["rows"][::-1])
+    for kind in CFG.models:
+        for name, p in final_state(tmp_path / "straight", kind)["model"].items():
+            assert torch.equal(p, final_state(folder, kind)["model"][name]), (kind, name)
