@@ -14,6 +14,7 @@ from hybrid_node.experiments._args import (
     nonnegative_int,
     positive_float,
     positive_int,
+    random_seed,
 )
 
 
@@ -57,6 +58,13 @@ BAD = [
     (["nfe", "--eval-batch", "0"], "--eval-batch"),
     (["nfe", "--tolerances", "1e-3,nan"], "--tolerances"),
 ]
+# A seed past 2**64 - 1 failed in torch.manual_seed, a negative one in numpy's default_rng (tracebacks).
+BAD += [
+    ([command, "--seed", seed], "--seed")
+    for command, (path, _) in cli.SUBCOMMANDS.items()
+    if ".experiments." in path
+    for seed in ("-1", str(2**64))
+]
 
 
 @pytest.mark.parametrize(("argv", "names"), BAD, ids=[" ".join(a) for a, _ in BAD])
@@ -83,6 +91,7 @@ def test_unwritable_out_folder_is_a_one_line_error(tmp_path, capsys):
         (nonnegative_int, {"0": 0, "4": 4}, ["-1", "nan"]),
         (positive_float, {"1e-3": 1e-3, "2": 2.0}, ["0", "-1", "nan", "inf", "-inf", "x"]),
         (nonnegative_float, {"0": 0.0, "0.5": 0.5}, ["-1e-9", "nan", "inf"]),
+        (random_seed, {"0": 0, str(2**64 - 1): 2**64 - 1}, ["-1", str(2**64), "1.5"]),
     ],
 )
 def test_argument_types(kind, good, bad):

@@ -75,13 +75,14 @@ def check_backprop(method: str, solver, adjoint: bool) -> None:
         )
 
 
-def _integer(value: str, low: int) -> int:
+def _integer(value: str, low: int, high: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < low:
-        raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
+    if number < low or (high is not None and number > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {number}")
     return number
 
 
@@ -93,6 +94,15 @@ def positive_int(value: str) -> int:
 def nonnegative_int(value: str) -> int:
     """A whole number >= 0."""
     return _integer(value, 0)
+
+
+def random_seed(value: str) -> int:
+    """A random seed: a whole number from 0 to 2**64 - 1, the range torch's and NumPy's generators both take.
+
+    A larger one failed inside ``torch.manual_seed`` ("Overflow when unpacking long long"), a negative
+    one inside ``numpy.random.default_rng``.
+    """
+    return _integer(value, 0, 2**64 - 1)
 
 
 def _real(value: str, strict: bool) -> float:

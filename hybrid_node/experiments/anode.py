@@ -28,7 +28,7 @@ from ..nn.augmented import AugmentedNeuralODE
 from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
 from ..training.atomic import atomic_savefig
-from ._args import SettingsError, positive_float, positive_int
+from ._args import SettingsError, positive_float, positive_int, random_seed
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -226,7 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment-dim", type=positive_int, default=5)
     parser.add_argument("--hidden", type=positive_int, default=32)
     parser.add_argument("--lr", type=positive_float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/anode-<timestamp>)")
     add_resume_arguments(parser, CHECKPOINT_EVERY)
 

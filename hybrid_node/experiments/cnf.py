@@ -41,7 +41,15 @@ from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
-from ._args import check_backprop, checked_settings, method_name, nonnegative_float, positive_float, positive_int
+from ._args import (
+    check_backprop,
+    checked_settings,
+    method_name,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from ._output import (
     Checkpoints,
     add_resume_arguments,
@@ -529,7 +537,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jacobian-weight", type=nonnegative_float, default=d.jacobian_weight)
     parser.add_argument("--n-test", type=positive_int, default=None, help=f"test points (default {d.n_test})")
     parser.add_argument("--grid", type=positive_int, default=None, help=f"density grid per side (default {d.grid})")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=random_seed, default=d.seed)
     parser.add_argument("--quick", action="store_true", help="small models and budget (minutes on a CPU)")
     parser.add_argument(
         "--threads",

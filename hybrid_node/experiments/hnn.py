@@ -34,7 +34,7 @@ from .._registry import build_solver
 from ..controllers import ConstantStepSize
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
 from ..training.atomic import atomic_savefig
-from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int
+from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int, random_seed
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -315,7 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--step-size", type=positive_float, default=0.02, help="rollout step size of a fixed-step --method"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--out", default=None, help="run folder (default runs/hnn-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_resume_arguments(parser, CHECKPOINT_EVERY)

@@ -26,7 +26,7 @@ import torch
 from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
-from ._args import SettingsError, checked_settings, positive_float, positive_int
+from ._args import SettingsError, checked_settings, positive_float, positive_int, random_seed
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -236,7 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-paths", type=positive_int, default=d.n_paths)
     parser.add_argument("--lr", type=positive_float, default=d.lr)
     parser.add_argument("--dt", type=positive_float, default=d.dt, help="SDE solver step")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=random_seed, default=d.seed)
     parser.add_argument("--out", default=None, help="run folder (default runs/sde-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_resume_arguments(parser, d.checkpoint_every)

@@ -43,7 +43,7 @@ from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig, read_json
 from ..training.checkpoint import load_checkpoint
-from ._args import checked_settings, device_name, positive_float, positive_int
+from ._args import checked_settings, device_name, positive_float, positive_int, random_seed
 from ._output import Checkpoints, check_same_settings, interruptible, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
@@ -603,7 +603,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train ODE-Net with the adjoint method (default: on, off with --quick); "
         "--no-adjoint backpropagates through dopri5",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument(
         "--checkpoint-every",
         type=positive_int,

@@ -28,7 +28,7 @@ from ..data.mnist import load_mnist, to_float
 from ..nn.ode_block import SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint
 from ..training.atomic import atomic_savefig
-from ._args import SettingsError, checked_settings, device_name, positive_int
+from ._args import SettingsError, checked_settings, device_name, positive_int, random_seed
 from ._output import add_resume_arguments, interruptible, open_run, pyplot, write_results
 from .mnist import MNISTConfig, build_model, ode_block, train_model
 
@@ -140,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=positive_int, default=None)
     parser.add_argument("--eval-batch", type=positive_int, default=256, help="images used in the tolerance sweep")
     parser.add_argument("--tolerances", default=",".join(f"{t:g}" for t in TOLERANCES))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument(
         "--device",
         type=device_name,

@@ -35,7 +35,15 @@ from .._api import odeint, odeint_adjoint
 from .._registry import build_solver
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
-from ._args import check_backprop, checked_settings, method_name, nonnegative_float, positive_float, positive_int
+from ._args import (
+    check_backprop,
+    checked_settings,
+    method_name,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -371,7 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=nonnegative_float, default=d.rtol)
     parser.add_argument("--atol", type=nonnegative_float, default=d.atol)
     parser.add_argument("--adjoint", action="store_true", help="gradients by the adjoint method (odeint_adjoint)")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=random_seed, default=d.seed)
     parser.add_argument(
         "--max-cycles",
         type=positive_int,

@@ -79,6 +79,7 @@ from ._args import (
     nonnegative_int,
     positive_float,
     positive_int,
+    random_seed,
 )
 from ._output import Checkpoints, check_same_settings, has_run_files, interruptible, open_run, resume_settings
 from ._output import check_resumable as _check_resumable
@@ -344,7 +345,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rtol", type=nonnegative_float, default=None, help=f"latent solve rtol (default {d.rtol})")
     parser.add_argument("--atol", type=nonnegative_float, default=None, help=f"latent solve atol (default {d.atol})")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=random_seed, default=d.seed)
     parser.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
     parser.add_argument("--quick", action="store_true", help="small budget (under 10 minutes on 2 CPU cores)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
