@@ -316,9 +316,8 @@ class LatentSDE(nn.Module):
             # encoder gets its gradient through them.
             params = (context, *self.posterior_drift.parameters(), *self.diffusion.parameters())
             params += tuple(self.prior_drift.parameters())
-            # sdeint_adjoint's annotation asks for an nn.Module; any SDE object is accepted with adjoint_params
             zs, log_ratio = sdeint_adjoint(
-                sde,  # type: ignore[arg-type]
+                sde,
                 z0,
                 ts,
                 bm=bm,

@@ -118,7 +118,7 @@ def sdeint(
 
 
 def sdeint_adjoint(
-    sde: torch.nn.Module,
+    sde: Any,
     y0: torch.Tensor,
     ts: torch.Tensor | Sequence[float],
     bm: Any = None,
@@ -151,7 +151,8 @@ def sdeint_adjoint(
     on the same Brownian path); gradients converge to the true ones as dt -> 0 (or the tolerances -> 0).
 
     Args:
-        sde: an ``nn.Module`` (its parameters are the default ``adjoint_params``), as for sdeint.
+        sde: as for sdeint; an ``nn.Module``'s parameters are the default ``adjoint_params``, any
+            other SDE object needs ``adjoint_params``.
         adjoint_method: "midpoint" (the default for the stochastic adjoint) or "adjoint_reversible_heun".
         adjoint_adaptive: solve the backward adjoint SDE with step doubling (stochastic adjoint only): it
             starts with step dt, keeps the error ratio of (y, dL/dy, dL/dparams) within adjoint_rtol and
