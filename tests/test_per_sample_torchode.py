@@ -73,6 +73,30 @@ def test_first_and_max_step_as_torchodes_dt0_and_dt_max():
     assert float((sol.ys.transpose(0, 1) - ref.ys).abs().max()) < 1e-11  # the same steps: rounding only
 
 
+def test_a_first_step_above_max_step_is_clamped_to_it():
+    """first_step is clamped to max_step as every step is: the solve is the one from first_step =
+    max_step (torchode takes a dt0 above dt_max as its first step; 8.6e-7 apart here, docs/solvers.md)."""
+    net = _net()
+
+    def f(t, y):
+        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
+
+    y0 = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        sols = [
+            hn.solve(
+                f,
+                y0,
+                t,
+                controller=hn.PIDController(rtol=1e-6, atol=1e-8, first_step=h, max_step=0.05, per_sample=True),
+            )
+            for h in (0.1, 0.05)
+        ]
+    assert sols[0].stats.nfe == sols[1].stats.nfe
+    assert torch.equal(sols[0].ys, sols[1].ys)  # the same steps from the same first step: bit for bit
+
+
 def test_gradients_are_torchodes_with_the_steps_held_fixed():
     """Our step sizes are constants of the graph, torchode's ``backprop_through_step_size_control=False``;
     its default also differentiates the step-size formula (here up to 2e-6 relative apart)."""
