@@ -69,3 +69,21 @@ def test_ode_rnn_leaves_a_series_without_observations_at_zero():
     for backwards in (False, True):
         h, priors = model.run(empty, backwards=backwards)
         assert torch.equal(h, torch.zeros_like(h)) and torch.equal(priors, torch.zeros_like(priors))
+
+
+def test_poisson_window_of_a_series_on_a_shared_grid_ends_at_its_last_observation():
+    # Series 0 ends at 1.1 but the grid at 1.6: its intensity is integrated up to 1.1, as on its own grid,
+    # not up to the other series' last time.
+    torch.manual_seed(0)
+    model = LatentODE(obs_dim=2, poisson=True, **SOLVER).double()
+    alone, shared, _ = _own_and_shared()
+    z0 = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gauss, poisson = model.log_likelihood(z0, shared)
+    for b in range(2):
+        gauss_b, poisson_b = model.log_likelihood(z0[b : b + 1], alone[b])
+        torch.testing.assert_close(gauss[b : b + 1], gauss_b, **TOL)
+        torch.testing.assert_close(poisson[b : b + 1], poisson_b, **TOL)
+    # a series without observations has an empty window: no events and nothing integrated
+    empty = IrregularBatch(shared.times, shared.values, torch.zeros_like(shared.mask))
+    _, poisson = model.log_likelihood(z0, empty)
+    assert torch.equal(poisson, torch.zeros_like(poisson))

@@ -449,13 +449,24 @@ class LatentODE(nn.Module):
 
     def log_likelihood_of_states(self, states: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
         """The terms of :meth:`log_likelihood` from solved states (B, L, state) at each sample's own
-        times, padding included (it repeats the last time); ``values`` and ``mask`` are (B, L, D)."""
+        times, padding included (it repeats the last time); ``values`` and ``mask`` are (B, L, D).
+
+        The Poisson window runs from t0 to each sample's last observation: a time at which no channel
+        was observed is no observation, so times after it (another series' times on a shared grid)
+        do not lengthen the window, and a sample without observations has an empty window.
+        """
         z = states[..., : self.latent_dim]
         loglik = gaussian_log_likelihood(values, self.decoder(z), self.obs_std, mask)
         if self.log_intensity is None:
             return loglik, None
-        # Window: t0 to each sample's last time (padding repeats it, so position -1 holds it).
-        integrated = states[:, -1, self.latent_dim :]
+        cumulative = states[..., self.latent_dim :]  # (B, L, D): the intensity integrated from t0
+        integrated = cumulative.new_zeros(cumulative.shape[0], cumulative.shape[-1])  # empty windows
+        observed = mask.sum(-1) > 0  # (B, L)
+        if observed.shape[1]:
+            pos = torch.arange(observed.shape[1], device=observed.device)
+            last = torch.where(observed, pos, -1).amax(dim=1)  # each sample's last observation (-1: none)
+            at_last = cumulative[torch.arange(len(last), device=last.device), last.clamp(min=0)]
+            integrated = torch.where((last >= 0).unsqueeze(-1), at_last, integrated)
         return loglik, poisson_process_log_likelihood(self.log_intensity(z), mask, integrated)
 
     def refine_z0(
