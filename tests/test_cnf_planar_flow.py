@@ -109,3 +109,15 @@ def test_bad_input_types():
         flow.log_prob(torch.zeros(4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="n_bisection"):
         flow.from_base(torch.zeros(4, 2), n_bisection=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_points_are_named(bad):
+    # Old code returned a NaN log-density (and NaN samples) for such rows without a word.
+    flow = PlanarFlow(2, 3)
+    x = torch.zeros(4, 2)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(rows 2\)"):
+        flow.log_prob(x)
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(rows 2\)"):
+        flow.from_base(x)

@@ -71,7 +71,7 @@ class PlanarFlow(nn.Module):
             (z, log_det) with log_det = sum_k log|det dz_k/dz_{k-1}|, shapes (B, D) and (B,).
 
         Raises:
-            ValueError: ``x`` has the wrong shape.
+            ValueError: ``x`` has the wrong shape or non-finite values.
             TypeError: ``x`` is not a floating-point tensor.
         """
         self._check(x)
@@ -105,7 +105,8 @@ class PlanarFlow(nn.Module):
             Data points, shape (B, D).
 
         Raises:
-            ValueError: ``z`` has the wrong shape or ``n_bisection`` is not a positive int.
+            ValueError: ``z`` has the wrong shape or non-finite values, or ``n_bisection`` is not a
+                positive int.
         """
         self._check(z)
         # with no step the midpoint of the first bracket, y @ w, would be returned as the root
@@ -146,3 +147,10 @@ class PlanarFlow(nn.Module):
             raise ValueError(f"Expected a tensor of shape (batch, {self.dim}), got {shape}.")
         if not x.is_floating_point():  # torch would only name a dtype clash inside a matrix product
             raise TypeError(f"Expected a floating-point tensor, got {x.dtype}.")
+        # A NaN or infinite row came back as a NaN log-density or sample without a word, and one such
+        # row makes a training loss NaN (the CNF refuses them with the same message).
+        bad = ~torch.isfinite(x).all(dim=1)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+            raise ValueError(f"The points contain NaN or infinite values (rows {shown}).")
