@@ -457,3 +457,25 @@ def test_solver_failure_details_name_flow_times():
     flow = CNF([_RootAt(0.45)], dim=2, end_time=2.0, solver=CNFSolver(method="rk4", options={"step_size": 0.1}))
     with pytest.raises(hn.SolverError, match=r"flow time t=0 \(CNF block 0, .*the last finite one is at t=2\)"):
         flow.double().to_base(torch.ones(3, 2, dtype=torch.float64))
+
+
+def test_regularisers_can_be_left_out_of_the_step_size_control():
+    # RNODE's code solves the regularised state with tolerances of 1e20 on the two integrals, so they
+    # cost no steps; here they are in the error norm unless a norm of the first two parts is given (the
+    # module docstring says so). With it, the regularised solve takes the unregularised one's steps.
+    def z_and_logp(parts):
+        return torch.stack([p.pow(2).mean().sqrt() for p in parts[:2]]).max()
+
+    torch.manual_seed(0)
+    flow = CNF(TimeMLPField(2, (32, 32)), dim=2)
+    with torch.no_grad():
+        for p in flow.parameters():  # a field that moves the points enough to need some steps
+            p.mul_(2.5)
+        x = torch.as_tensor(sample_toy2d("two_moons", 64, seed=0), dtype=torch.float32)
+        plain = flow.to_base(x, regularize=False)
+        default = flow.to_base(x, regularize=True)
+        flow.solver = CNFSolver(options={"norm": z_and_logp})
+        left_out = flow.to_base(x, regularize=True)
+    assert default.nfe > plain.nfe  # the integrals do cost steps by default
+    assert left_out.nfe == plain.nfe
+    torch.testing.assert_close(left_out.log_prob, plain.log_prob, rtol=0, atol=0)

@@ -11,8 +11,16 @@ kinetic energy int ||f||^2 and Jacobian Frobenius norm int ||eps^T df/dz||^2.
 Time convention: a block with integration time T is solved in the normalised time s in [0, 1] with
 g(s, z) = T f(sT, z), so a learnable T needs no gradient through the solver's time grid and the
 adjoint treats T like any other parameter. The regularisers are measured in that solver time,
-int_0^1 ||g||^2 ds = T int_0^T ||f||^2 dt (and likewise for the Jacobian term); for T = 1 they are
-exactly RNODE's quantities, and in general they measure the smoothness the solver actually sees.
+int_0^1 ||g||^2 ds = T int_0^T ||f||^2 dt (and likewise for the Jacobian term); in general they measure
+the smoothness the solver actually sees. For T = 1 they are RNODE's integrals up to its normalisation:
+RNODE's code (cfinlay/ffjord-rnode) integrates 0.5 mean_i f_i^2 and mean_i (eps^T df/dz)_i^2, i.e.
+||f||^2 / (2D) and ||eps^T df/dz||^2 / D, so its weights lambda_K, lambda_J are lambda_K / (2D) and
+lambda_J / D here. It also leaves the two integrals out of the step-size control; here they are part
+of the error norm like z and log p (a regularised solve may take more steps; to leave them out, give
+``CNFSolver(options={"norm": ...})`` a norm of the first two parts of the state tuple).
+
+Time direction: data sit at t = T and the base at t = 0, as in torchdiffeq's examples/cnf.py; FFJORD
+puts data at t = 0 and the base at t = T, so its field f(t, z) is this library's -f(T - t, z).
 
 Example:
     >>> from hybrid_node.nn.cnf import CNF
@@ -82,6 +90,10 @@ TraceEstimator = Union[ExactTrace, HutchinsonTrace]
 @dataclasses.dataclass(frozen=True)
 class RNODERegularization:
     """Weights of RNODE's regularisers (Finlay et al. 2020), added to the mean negative log-likelihood.
+
+    The integrands are sums over the D coordinates, without RNODE's factor 0.5 and mean over
+    coordinates: a weight lambda of RNODE's code is lambda / (2D) for ``kinetic`` and lambda / D for
+    ``jacobian`` here (see the module docstring).
 
     Attributes:
         kinetic: weight of int ||f||^2 (kinetic energy of the flow).
