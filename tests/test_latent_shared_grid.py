@@ -8,6 +8,7 @@ import torch
 from hybrid_node.irregular import IrregularBatch, from_sequences
 from hybrid_node.nn.latent_ode import LatentODE
 from hybrid_node.nn.ode_rnn import ODERNN
+from hybrid_node.nn.rnn_baselines import RNNBaseline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,3 +88,19 @@ def test_poisson_window_of_a_series_on_a_shared_grid_ends_at_its_last_observatio
     empty = IrregularBatch(shared.times, shared.values, torch.zeros_like(shared.mask))
     _, poisson = model.log_likelihood(z0, empty)
     assert torch.equal(poisson, torch.zeros_like(poisson))
+
+
+@pytest.mark.parametrize("gaps", [False, True])
+def test_rnn_baseline_losses_skip_a_series_first_observation_wherever_it_lies(gaps):
+    # Series 0 starts at 0.3 but the grid at 0.1: its first observation comes after a time at which it
+    # sees nothing, and must not be scored against the prediction the zero state makes before any input.
+    torch.manual_seed(0)
+    model = RNNBaseline(obs_dim=2, hidden=5, use_time_gaps=gaps).double()
+    alone, shared, _ = _own_and_shared()
+    both = from_sequences([a.times[0] for a in alone], [a.values[0] for a in alone])
+    torch.testing.assert_close(model.loss(shared), model.loss(both), rtol=1e-12, atol=1e-14)  # the same terms
+    ahead = torch.tensor([1.8, 2.0], dtype=torch.float64)
+    future = torch.randn(2, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(
+        model.forecast_loss(shared, ahead, future), model.forecast_loss(both, ahead, future), rtol=1e-12, atol=1e-14
+    )

@@ -21,6 +21,18 @@ from ..irregular import IrregularBatch, check_future_times, zero_unobserved
 Tensor = torch.Tensor
 
 
+def _scored_mask(batch: IrregularBatch) -> Tensor:
+    """(B, L-1, D) mask of the targets 1..L-1 that a one-step-ahead prediction can be scored on.
+
+    The prediction for position k is made after reading positions before k; one made before any
+    observation was read comes from the zero state and predicts nothing, so a sample's first
+    observation is never scored, also when times without observations (another series' times on a
+    shared grid) precede it.
+    """
+    seen = batch.time_mask.cummax(dim=1).values  # 1 from each sample's first observation on
+    return batch.mask[:, 1:] * seen[:, :-1].unsqueeze(-1)
+
+
 def _last_observed(batch: IrregularBatch) -> Tensor:
     """(B,) position of each sample's last observation (0 for a sample without any)."""
     pos = torch.arange(batch.times.shape[1], device=batch.times.device)
@@ -88,9 +100,10 @@ class RNNBaseline(nn.Module):
         return preds[:, :-1]
 
     def loss(self, batch: IrregularBatch) -> Tensor:
-        """Masked mean squared error of the one-step-ahead predictions."""
+        """Masked mean squared error of the one-step-ahead predictions (each sample's first observation,
+        which nothing precedes, is not scored)."""
         pred = self(batch)
-        mask = batch.mask[:, 1:]
+        mask = _scored_mask(batch)
         return ((pred - batch.observed_values[:, 1:]) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
     def rollout(self, batch: IrregularBatch, times: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,7 +152,7 @@ class RNNBaseline(nn.Module):
                 f"future must have shape {expected} (batch, len(times), channels); got {tuple(future.shape)}."
             )
         window, ahead = self.rollout(batch, times)
-        mask = batch.mask[:, 1:]
+        mask = _scored_mask(batch)
         sq = ((window[:, :-1] - batch.observed_values[:, 1:]) ** 2 * mask).sum() + ((ahead - future) ** 2).sum()
         return sq / (mask.sum() + future.numel())
 
