@@ -5,6 +5,11 @@ phase, observed at irregular times on [0, max_t] with Gaussian noise. By default
 one set of 100 random times (as in the reference set); ``shared_times=False`` draws each trajectory's own
 times, which exercises per-sample grids.
 
+It is a simpler set than the reference code's generator (``generate_timeseries.py`` of
+YuliaRubanova/latent_ode), whose waves start at phase 0 around an offset near 1, with a frequency
+drawn from [0.4, 0.8] that changes linearly over time, and uniform noise in [0, 0.01) on all points but
+the first: numbers measured on this set are not the paper's.
+
 Reference: Y. Rubanova, R. T. Q. Chen, D. Duvenaud, "Latent ODEs for Irregularly-Sampled Time Series",
 NeurIPS 2019, Section 4.1 (toy data set).
 """
