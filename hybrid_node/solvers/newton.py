@@ -67,7 +67,6 @@ def newton_solve(
     z0: torch.Tensor,
     scale: torch.Tensor,
     settings: NewtonSettings,
-    eta0: float = 1.0,
 ) -> NewtonResult:
     """Solve ``residual(z) = 0`` by simplified Newton.
 
@@ -77,7 +76,6 @@ def newton_solve(
         z0: the predictor.
         scale: the error scale (``atol + rtol*|y|``), broadcastable to z.
         settings: iteration limits and tolerance.
-        eta0: eta carried over from the previous solve (used before a rate is known).
 
     Returns:
         NewtonResult.
@@ -86,7 +84,9 @@ def newton_solve(
     eps = torch.finfo(z0.dtype).eps
     floor = 10.0 * eps / max(settings.rtol, eps)  # round-off level of the scaled norm
     prev = None
-    eta = max(eta0, eps) ** 0.8
+    # before a rate is known eta = 1: the first iterate is accepted only when its increment is below kappa
+    # (a rate carried over from an earlier solve accepted inexact first iterates, see esdirk.Dirk.step)
+    eta = 1.0
     theta_max = 0.0
     for it in range(1, settings.max_iters + 1):
         dz = solve(-residual(z))
