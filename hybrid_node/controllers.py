@@ -129,7 +129,8 @@ class PIDController(AbstractController):
         rtol, atol: relative and absolute tolerances (floats, or tensors broadcastable to the state).
         pcoeff, icoeff, dcoeff: PID coefficients.
         safety, ifactor, dfactor: safety factor and the largest growth / shrink factors.
-        first_step: the initial step; None selects it by Hairer's heuristic (two evaluations).
+        first_step: the initial step; None selects it by Hairer's heuristic (two evaluations). With
+            ``per_sample`` also a tensor (or array) of one step per sample, as torchode's ``dt0``.
         min_step, max_step: bounds on |dt|. A positive min_step clamps the step up to it and accepts a
             step of at most min_step whatever its error (as torchdiffeq does); min_step=0 means the
             floating-point resolution bound, below which the solve fails (step size underflow).
@@ -151,7 +152,7 @@ class PIDController(AbstractController):
     safety: float = 0.9
     ifactor: float = 10.0
     dfactor: float = 0.2
-    first_step: float | None = None
+    first_step: float | torch.Tensor | None = None
     min_step: float = 0.0
     max_step: float = math.inf
     max_num_steps: int = 2**31 - 1
@@ -203,8 +204,6 @@ class PIDController(AbstractController):
             raise ValueError(f"safety must be in (0, 1], got {self.safety}.")
         if not (self.ifactor >= 1 and 0 < self.dfactor <= 1):
             raise ValueError("ifactor must be >= 1 and dfactor in (0, 1].")
-        if self.first_step is not None:
-            _check_first_step(self.first_step)
         if not (0 <= self.min_step <= self.max_step and self.max_step > 0 and math.isfinite(self.min_step)):
             raise ValueError(
                 f"need 0 <= min_step <= max_step, min_step finite and max_step > 0, got min_step={self.min_step}, "
@@ -220,6 +219,8 @@ class PIDController(AbstractController):
             raise ValueError(
                 f"sync_every must be a positive int (step attempts per host check), got {self.sync_every!r}."
             )
+        if self.first_step is not None:  # after per_sample's check: it decides whether several values may be given
+            _check_first_step(self.first_step, self.per_sample)
 
     def init(self) -> tuple[float, float]:
         """Controller state: the previous two error ratios."""
@@ -289,26 +290,38 @@ def _check_number(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be one real number, got {value!r}.")
 
 
-def _check_first_step(value: Any) -> None:
+def _check_first_step(value: Any, per_sample: bool = False) -> None:
     """Check ``PIDController.first_step``: one positive number (a float, an int, or a one-element
-    tensor or array), the first step of the whole solve and of every sample of a per-sample one.
+    tensor or array), the first step of the whole solve and of every sample of a per-sample one; with
+    ``per_sample``, also a tensor or array of several positive finite values, one per sample.
 
     Args:
         value: the setting (not None).
+        per_sample: whether the controller gives every sample its own steps.
 
     Raises:
-        ValueError: a tensor or array of several values (a first step per sample, as torchode's
-            ``dt0`` takes, which the loops here do not), something that is not a number, or a
-            number that is not positive.
+        ValueError: several values without ``per_sample`` (every other loop takes one first step),
+            something that is not a number, or a number that is not positive (with several values:
+            one that is not positive and finite).
     """
     size = value.numel() if isinstance(value, torch.Tensor) else np.size(value) if isinstance(value, np.ndarray) else 1
-    if size != 1:
+    if size != 1 and not per_sample:
         # compared with 0 it raised torch's "Boolean value of Tensor with more than one value is ambiguous"
         raise ValueError(
-            f"first_step must be one positive number, got {size} values; a first step per sample is not "
-            "supported (every sample, per_sample=True included, starts with the same step): give one float, "
-            "e.g. float(first_step.min()), or leave first_step=None to let each sample's step be chosen."
+            f"first_step must be one positive number, got {size} values; a first step per sample needs "
+            "PIDController(per_sample=True) (options={'per_sample': True}); the shared-step solve starts with "
+            "one step: give one float, e.g. float(first_step.min()), or leave first_step=None to let it be chosen."
         )
+    if size != 1:
+        if isinstance(value, torch.Tensor) and not (value.is_complex() or value.dtype == torch.bool):
+            steps = value.detach()
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
+            steps = torch.as_tensor(value)
+        else:  # a list, a complex or boolean tensor: not the tensor of real steps the per-sample loop reads
+            raise ValueError(f"first_step per sample must be a real tensor or array, got {value!r}.")
+        if not bool(((steps > 0) & torch.isfinite(steps)).all()):
+            raise ValueError(f"first_step per sample must be positive and finite, got {value!r}.")
+        return
     _check_number("first_step", value)
     if not float(value.detach() if isinstance(value, torch.Tensor) else value) > 0:
         raise ValueError(f"first_step must be positive, got {value!r}.")

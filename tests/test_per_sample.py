@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -273,3 +274,68 @@ def test_a_stage_with_zero_weights_that_turns_infinite_still_rejects_the_attempt
     assert sols[0].stats.n_rejected == sols[1].stats.n_rejected > 0
     assert sols[0].stats.nfe == sols[1].stats.nfe
     assert float((sols[0].ys - sols[1].ys).abs().max()) < 1e-15  # the same steps: rounding only
+
+
+def test_a_first_step_per_sample_is_each_samples_own():
+    """A tensor ``first_step`` gives every sample its own first step: each sample's solve is then the
+    one it gets alone from its first step as one number."""
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+    steps = torch.tensor([1e-4, 1e-3, 1e-2, 0.1], dtype=torch.float64)
+    ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, first_step=steps, per_sample=True)
+    batch = hn.solve(field, y0, T, controller=ctrl).ys
+    for i in range(4):
+        lam = LAM[i : i + 1]
+
+        def alone(t, y, lam=lam):
+            return -lam[:, None] * y + torch.cos(t.reshape(-1, 1))
+
+        ctrl_i = hn.PIDController(rtol=1e-6, atol=1e-8, first_step=float(steps[i]), per_sample=True)
+        ys = hn.solve(alone, y0[i : i + 1], T, controller=ctrl_i).ys
+        # the same steps: the end, reached by a step, to 1e-15; the interpolated outputs to 1.6e-13 (the
+        # batched dense-output product rounds otherwise for one sample), where another first step moves
+        # them by about the tolerance (1e-6)
+        assert float((batch[:, i] - ys[:, 0]).abs().max()) < 1e-12, i
+    # one number for all is the same as that number per sample, bit for bit
+    same = hn.PIDController(
+        rtol=1e-6, atol=1e-8, first_step=torch.full((4,), 1e-3, dtype=torch.float64), per_sample=True
+    )
+    one = hn.PIDController(rtol=1e-6, atol=1e-8, first_step=1e-3, per_sample=True)
+    assert torch.equal(hn.solve(field, y0, T, controller=same).ys, hn.solve(field, y0, T, controller=one).ys)
+
+
+@pytest.mark.parametrize(
+    "steps, match",
+    [
+        (torch.tensor([1e-3, 0.0, 1e-3, 1e-3]), "positive and finite"),
+        (torch.tensor([1e-3, math.inf, 1e-3, 1e-3]), "positive and finite"),
+        (torch.tensor([1e-3, math.nan, 1e-3, 1e-3]), "positive and finite"),
+        (torch.tensor([1e-3, 1e-3j, 1e-3, 1e-3]), "real tensor or array"),
+        (torch.tensor([True, True, True, True]), "real tensor or array"),
+    ],
+)
+def test_a_first_step_per_sample_that_is_not_positive_and_finite_is_refused(steps, match):
+    with pytest.raises(ValueError, match=match):
+        hn.PIDController(first_step=steps, per_sample=True)
+
+
+def test_a_first_step_per_sample_needs_one_per_sample_and_per_sample_control():
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+    ctrl = hn.PIDController(first_step=torch.full((3,), 1e-3), per_sample=True)
+    calls = []
+
+    def counted(t, y):
+        calls.append(t)
+        return field(t, y)
+
+    with pytest.raises(ValueError, match="first_step has 3 values but the batch has 4 samples"):
+        hn.solve(counted, y0, T, controller=ctrl)
+    assert not calls  # refused before the field is called
+    # the other loops take one first step (they read it as a float)
+    with pytest.raises(ValueError, match=r"a first step per sample needs PIDController\(per_sample=True\)"):
+        hn.PIDController(first_step=torch.full((4,), 1e-3))
+    with pytest.raises(ValueError, match="a first step per sample needs"):
+        hn.odeint(field, y0, T, options={"first_step": np.full(4, 1e-3)})
+    # numpy arrays of one step per sample are taken as tensors are
+    ys = hn.odeint(field, y0, T, options={"first_step": np.full(4, 1e-3), "per_sample": True})
+    ref = hn.odeint(field, y0, T, options={"first_step": 1e-3, "per_sample": True})
+    assert torch.equal(ys, ref)

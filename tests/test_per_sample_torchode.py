@@ -30,7 +30,8 @@ def _torchode(f, y0, t, pair, rtol, atol, *, dt_max=None, dt0=None, through_step
     # its tolerance buffers are made in the default dtype, float32: rtol=1e-4 became 1.00000005e-4
     ctrl.atol, ctrl.rtol = torch.tensor(atol, dtype=torch.float64), torch.tensor(rtol, dtype=torch.float64)
     solver = to.AutoDiffAdjoint(pair(term=term), ctrl, backprop_through_step_size_control=through_steps)
-    dt = None if dt0 is None else torch.full((y0.shape[0],), dt0, dtype=torch.float64)
+    # dt0: one number for every sample or a tensor of one per sample (signed: negative backwards in time)
+    dt = dt0 if dt0 is None or isinstance(dt0, torch.Tensor) else torch.full((y0.shape[0],), dt0, dtype=torch.float64)
     return solver.solve(to.InitialValueProblem(y0=y0, t_eval=t.expand(y0.shape[0], -1)), dt0=dt)
 
 
@@ -71,6 +72,29 @@ def test_first_and_max_step_as_torchodes_dt0_and_dt_max():
         sol = hn.solve(f, y0, t, controller=ctrl)
     assert sol.stats.nfe == int(ref.stats["n_f_evals"][0])
     assert float((sol.ys.transpose(0, 1) - ref.ys).abs().max()) < 1e-11  # the same steps: rounding only
+
+
+@pytest.mark.parametrize("decreasing", [False, True])
+def test_a_first_step_per_sample_as_torchodes_dt0_tensor(decreasing):
+    """torchode's ``dt0`` may be a tensor of one first step per sample; ours takes the same tensor."""
+    net = _net()
+
+    def f(t, y):
+        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
+
+    y0 = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    t = t.flip(0) if decreasing else t
+    dt0 = torch.logspace(-4.0, -1.5, B, dtype=torch.float64)  # first steps 1e-4 to 0.03
+    with torch.no_grad():
+        ref = _torchode(f, y0, t, to.Dopri5, 1e-6, 1e-8, dt0=-dt0 if decreasing else dt0)
+        sol = hn.solve(f, y0, t, controller=hn.PIDController(rtol=1e-6, atol=1e-8, first_step=dt0, per_sample=True))
+        # the smallest first step alone, for all: a solve that ignored the others' would take other steps
+        one = hn.solve(f, y0, t, controller=hn.PIDController(rtol=1e-6, atol=1e-8, first_step=1e-4, per_sample=True))
+    assert (ref.status == 0).all()
+    assert sol.stats.nfe == int(ref.stats["n_f_evals"][0])
+    assert float((sol.ys.transpose(0, 1) - ref.ys).abs().max()) < 1e-11  # the same steps: rounding only
+    assert float((one.ys.transpose(0, 1) - ref.ys).abs().max()) > 1e-9  # other steps: the tolerance's error
 
 
 def test_a_first_step_above_max_step_is_clamped_to_it():

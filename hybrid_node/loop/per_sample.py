@@ -107,6 +107,7 @@ def integrate_per_sample(
         SolverError: max_num_steps reached, step-size underflow or a non-finite state, when ``throw``.
         RuntimeError, ValueError: the field's first call failed or returned the wrong shape; the
             message adds that ``t`` has one time per sample.
+        ValueError: a ``first_step`` of neither one value nor one per sample.
     """
     tab = solver.tableau
     batch, dev = y0.shape[0], y0.device
@@ -130,17 +131,21 @@ def integrate_per_sample(
                 raise type(e)(f"{e} ({_T_HINT})") from e
         return -out if term.reverse else out
 
+    # checked before the field is called: a wrong number of first steps is the caller's to fix
+    given = (
+        None if controller.first_step is None else _first_steps(controller.first_step, batch).to(device=dev, dtype=tdt)
+    )
     t_end = ts[-1]
     t = torch.full((batch,), ts[0], dtype=tdt, device=dev)
     f0 = field(t, y0)
     with torch.no_grad():
-        if controller.first_step is not None:
-            dt = torch.full((batch,), float(controller.first_step), dtype=tdt, device=dev)
+        if given is not None:
+            dt = given
         else:  # Hairer's initial step, per element
             sc = atol + rtol * y0.abs()
             d1 = _rms_rows(f0 / sc).to(tdt)
             h0 = first_trial_step(_rms_rows(y0 / sc).to(tdt), d1)
-    f1 = field(t + h0, y0 + _col(h0, y0) * f0) if controller.first_step is None else None
+    f1 = field(t + h0, y0 + _col(h0, y0) * f0) if given is None else None
     with torch.no_grad():
         if f1 is not None:
             dt = initial_step_from_trial(h0, d1, _rms_rows((f1 - f0) / sc).to(tdt) / h0, solver.error_order)
@@ -256,6 +261,34 @@ def integrate_per_sample(
         return _failed(fail_status, torch.tensor(fail_t, dtype=torch.float64), outs, stats, term, throw, detail)
     stats.nfe = term.nfe
     return Integration(outs, stats, Status.SUCCESS, t_end)
+
+
+def _first_steps(first_step, batch: int) -> torch.Tensor:
+    """The first step of every sample from ``PIDController.first_step``: one for all, or one per sample.
+
+    Args:
+        first_step: a number, or a tensor or array (checked positive and finite by the controller).
+        batch: the number of samples.
+
+    Returns:
+        The steps, shape (batch,), without a graph.
+
+    Raises:
+        ValueError: neither one value nor one per sample.
+    """
+    # a Python float in float64: torch.as_tensor would round it to the default dtype (float32)
+    given = (
+        first_step.detach()
+        if isinstance(first_step, torch.Tensor)
+        else torch.as_tensor(first_step, dtype=torch.float64)
+    )
+    steps = given.reshape(-1)
+    if steps.numel() not in (1, batch):
+        raise ValueError(
+            f"first_step has {steps.numel()} values but the batch has {batch} samples; give one first step "
+            "for every sample, or one per sample."
+        )
+    return steps.expand(batch) if steps.numel() == 1 else steps
 
 
 def _finite_or(x: torch.Tensor, fallback: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
