@@ -9,8 +9,9 @@
   annulus through itself, which it can only approximate with a stiff, high-NFE field; augmenting
   gives an easy, low-NFE solution.
 
-Both models use a time-independent MLP vector field with one hidden layer (32 units), ReLU, dopri5 at
-rtol = atol = 1e-3 and MSE loss, as in the paper.
+Both models use the reference code's vector field (``anode/models.py``, ``ODEFunc``): a time-independent
+MLP with two hidden layers of 32 units and ReLU, solved by dopri5 at rtol = atol = 1e-3, and MSE loss
+(docs/models.md lists where the runs differ from the reference's experiments).
 
 Reference: Dupont, Doucet, Teh, "Augmented Neural ODEs", NeurIPS 2019, Sections 3-5.
 """
@@ -72,13 +73,17 @@ def spheres_data(n_inner: int = 500, n_outer: int = 1500, dim: int = 2, seed: in
 
 
 class FlowModel(nn.Module):
-    """(Augmented) Neural ODE followed by a readout: projection onto the input coordinates or linear."""
+    """(Augmented) Neural ODE followed by a readout: projection onto the input coordinates or linear.
+
+    The field is the reference's ``ODEFunc`` (``time_dependent=False``): input -> hidden -> hidden ->
+    input, ReLU after both hidden layers.
+    """
 
     def __init__(self, in_dim: int, augment_dim: int, hidden: int, readout: str, tol: float):
         super().__init__()
         settings = SolveSettings("dopri5", tol, tol)
         self.ode = AugmentedNeuralODE(
-            MLPDynamics(in_dim + augment_dim, hidden, layers=1, time_dependent=False),
+            MLPDynamics(in_dim + augment_dim, hidden, layers=2, time_dependent=False),
             augment_dim,
             train_settings=settings,
         )
