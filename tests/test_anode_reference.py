@@ -1,11 +1,14 @@
 """The anode experiment against Dupont et al.'s code (github.com/EmilienDupont/augmented-neural-odes).
 
 The reference's ``anode/models.py`` and ``anode/conv_models.py`` run with our weights: the same vector
-field, the same augmentation (zeros appended after the features or channels), the same model output.
+field, the same augmentation (zeros appended after the features or channels), the same model output;
+and the concentric-spheres radii are drawn from the distribution of its ``random_point_in_sphere``.
 """
 
+import importlib.util
 import io
 import os
+import random
 import subprocess
 import sys
 import tarfile
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybrid_node.experiments.anode import FlowModel
+from hybrid_node.experiments.anode import FlowModel, spheres_data
 from hybrid_node.nn import AugmentedNeuralODE, SolveSettings
 
 #: Dupont et al.'s repository (a checkout or a bare git directory), for its anode/ package
@@ -91,3 +94,53 @@ def test_image_augmentation_equals_the_reference_conv_odeblock(anode):
     with torch.no_grad():
         # tol 1e-8 on both sides: equal up to the solve error
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture
+def random_point_in_sphere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The reference's ``experiments/dataloaders.random_point_in_sphere`` (skip if absent)."""
+    repo, rel = Path(ANODE_REPO), "experiments/dataloaders.py"
+    if (repo / rel).is_file():
+        source = (repo / rel).read_text()
+    else:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{rel}"], capture_output=True, timeout=60)
+        except OSError:
+            pytest.skip("git is not available to read the reference implementation")
+        if done.returncode != 0:
+            pytest.skip(f"the augmented-neural-odes repository is not at {repo} (set ANODE_REPO)")
+        source = done.stdout.decode()
+    # the module imports these for its image loaders, which are not used here
+    for name in ("imageio", "torchvision"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
+    if not hasattr(sys.modules["torchvision"], "datasets"):
+        monkeypatch.setattr(sys.modules["torchvision"], "datasets", None, raising=False)
+        monkeypatch.setattr(sys.modules["torchvision"], "transforms", None, raising=False)
+    path = tmp_path / "anode_dataloaders.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("anode_dataloaders", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.random_point_in_sphere
+
+
+def test_spheres_radii_follow_the_reference_recipe(random_point_in_sphere):
+    # The reference draws the radius as r0 + (r1 - r0) * U**(1/dim) (uniform in the inner ball). Ours drew
+    # it uniform in [r0, r1]: half of the inner disc's points within r = 0.25 instead of a quarter.
+    pytest.importorskip("scipy")
+    from scipy.stats import ks_2samp, kstest
+
+    random.seed(0)
+    torch.manual_seed(0)
+    for dim in (2, 3):
+        x, _ = spheres_data(2000, 2000, dim=dim, seed=1)
+        r = x.norm(dim=1).double()
+        for ours, (r0, r1) in ((r[:2000], (0.0, 0.5)), (r[2000:], (1.0, 1.5))):
+            theirs = torch.stack([random_point_in_sphere(dim, r0, r1) for _ in range(2000)]).norm(dim=1)
+            assert ((theirs >= r0 - 1e-6) & (theirs <= r1 + 1e-6)).all()
+            # the CDF of r0 + (r1 - r0) * U**(1/dim)
+            cdf = lambda v, r0=r0, r1=r1, dim=dim: ((v - r0) / (r1 - r0)).clip(0, 1) ** dim
+            # 2000 draws each: a KS p-value under 1e-3 means another distribution (seeded draws: not flaky);
+            # the uniform radius of the old recipe scored p < 1e-30 on the inner disc
+            assert kstest(ours.numpy(), cdf).pvalue > 1e-3, (dim, r0)
+            assert ks_2samp(ours.numpy(), theirs.double().numpy()).pvalue > 1e-3, (dim, r0)

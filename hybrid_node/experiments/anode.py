@@ -5,9 +5,9 @@
   points to 0, loss 1); with augmented dimensions the trajectories can pass each other and the
   projection of the flow onto the input coordinate represents g.
 - spheres: classify points of the plane by radius (inner disc r <= 0.5, label -1; outer annulus
-  1 <= r <= 1.5, label +1) with a linear readout after the flow. A 2-D flow must squeeze the outer
-  annulus through itself, which it can only approximate with a stiff, high-NFE field; augmenting
-  gives an easy, low-NFE solution.
+  1 <= r <= 1.5, label +1; radii drawn as by the reference's ``random_point_in_sphere``) with a linear
+  readout after the flow. A 2-D flow must squeeze the outer annulus through itself, which it can only
+  approximate with a stiff, high-NFE field; augmenting gives an easy, low-NFE solution.
 
 Both models use the reference code's vector field (``anode/models.py``, ``ODEFunc``): a time-independent
 MLP with two hidden layers of 32 units and ReLU, solved by dopri5 at rtol = atol = 1e-3, and MSE loss
@@ -50,7 +50,11 @@ def g1d_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def spheres_data(n_inner: int = 500, n_outer: int = 1500, dim: int = 2, seed: int = 0):
-    """Concentric spheres: radius uniform in [0, 0.5] (label -1) and in [1, 1.5] (label +1).
+    """Concentric spheres: radius in [0, 0.5] (label -1) and in [1, 1.5] (label +1).
+
+    A point of the shell [r0, r1] has a uniform direction and radius ``r0 + (r1 - r0) * U**(1/dim)``,
+    U uniform in [0, 1], as the reference's ``random_point_in_sphere`` draws it: uniform in the ball for
+    the inner class, and close to uniform in the annulus for the outer one.
 
     Args:
         n_inner, n_outer: points per class.
@@ -65,7 +69,8 @@ def spheres_data(n_inner: int = 500, n_outer: int = 1500, dim: int = 2, seed: in
     def shell(n, r0, r1):
         d = torch.randn(n, dim, generator=gen)
         d = d / d.norm(dim=1, keepdim=True)
-        return d * (r0 + (r1 - r0) * torch.rand(n, 1, generator=gen))
+        # U**(1/dim): a radius uniform in [r0, r1] would crowd the inner disc's points around the centre
+        return d * (r0 + (r1 - r0) * torch.rand(n, 1, generator=gen) ** (1.0 / dim))
 
     x = torch.cat([shell(n_inner, 0.0, 0.5), shell(n_outer, 1.0, 1.5)])
     y = torch.cat([-torch.ones(n_inner, 1), torch.ones(n_outer, 1)])
