@@ -6,7 +6,8 @@ value). The Jacobian is kept across steps while Newton converges fast (rate belo
 when it converges slowly or fails; the LU factors are reused while ``h gamma`` stays within 20% of the
 value they were built for. The embedded error estimate is filtered through the same LU factors
 (``smooth_error``). The stage derivative is recovered as ``k_i = (Y_i - base_i) / (h gamma)``
-(no extra evaluation, robust for stiff components). A Jacobian is kept for the next step only while it
+(no extra evaluation, robust for stiff components); the last stage's, for a stiffly accurate method,
+is the next step's explicit first stage. A Jacobian is kept for the next step only while it
 still satisfies the secant condition along the step (one extra evaluation per accepted step), since a
 stale one can make Newton stop early and the filtered error estimate miss the error. Dense output is
 cubic Hermite on the end values and the method's own end slopes (the recovered last-stage derivative of
@@ -314,20 +315,26 @@ class Dirk(AbstractSolver):
         if lu is None or lu.lu.shape[:-2] != jac.shape[:-2] or not (0.8 <= hg / lu.scale <= 1.25):
             lu = factorize(jac, hg, y.shape)
         scale = error_scale(y, settings.rtol, settings.atol)
+        # The explicit first stage (and the first implicit stage's predictor) is the previous step's
+        # recovered last-stage derivative where there is one (the method's own slope at y, as Julia's
+        # ESDIRKs take it): f(t, y) multiplies the state's tolerance-level offset from a stiff slow manifold
+        # by the stiff eigenvalue (1e6 on Van der Pol with eps = 1e-12), which sent Newton off at about
+        # half the attempts there.
+        d0 = f0 if state.dy0 is None else state.dy0
         ks = []
         theta_max = 0.0
         failed = False
         for i in range(tab.stages):
             row = tab.a[i]
             if i == 0 and tab.explicit_first:
-                ks.append(f0)
+                ks.append(d0)
                 continue
             base = y
             for a, k in zip(row[:-1], ks):
                 if a != 0.0:
                     base = base + (dt * a) * k
             ti = t + tab.c[i] * dt
-            z0 = hg * (ks[-1] if ks else f0)
+            z0 = hg * (ks[-1] if ks else d0)
 
             def residual(z: torch.Tensor, ti: float = ti, base: torch.Tensor = base) -> torch.Tensor:
                 return z - hg * f(ti, base + z)
