@@ -2,7 +2,9 @@
 
 The example's classes (``ResBlock``, ``ODEfunc``, ``ODEBlock``, ``norm``, ``Flatten``) are read from
 torchdiffeq's repository at test time and assembled as its ``__main__`` block does (the ``conv``
-downsampling); ours get the same weights and must give the same logits.
+downsampling); ours get the same weights and must give the same logits. The training recipe's random
+crop is checked against the per-image crop of torchvision's ``RandomCrop(28, padding=4)`` that the
+example trains with.
 """
 
 import importlib.util
@@ -16,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from hybrid_node.experiments import mnist
 from hybrid_node.experiments.mnist import build_model, count_parameters
 from hybrid_node.nn.ode_block import SolveSettings
 
@@ -115,3 +118,31 @@ def test_odenet_equals_the_example_with_the_same_weights(odenet_mnist):
         # float32 round-off in the 1e-6 solves is about 1.5e-5 (each against a 1e-9 solve); the two logits
         # differed by 1e-5 at most over five draws (6e-5 at tol 1e-3), a wrong layer by 1e-1
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=5e-5)
+
+
+def test_random_crop_draws_an_offset_per_image():
+    # RandomCrop(28, padding=4) crops every image at its own offset, uniform in 0..8 along each axis; the
+    # recipe shifted a whole batch by one offset.
+    x = torch.randn(2000, 1, 28, 28)
+    out = mnist._random_shift(x, 4, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = nn.functional.pad(x, (4, 4, 4, 4), value=float(x.min()))
+    offsets = []
+    for i in range(len(x)):
+        # the only window of the padded image that holds out[i] (Gaussian images: no two windows agree)
+        found = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(out[i], padded[i, :, dy : dy + 28, dx : dx + 28])
+        ]
+        assert len(found) == 1
+        offsets.append(found[0])
+    counts = torch.zeros(9, 9)
+    for dy, dx in offsets:
+        counts[dy, dx] += 1
+    # 2000 draws over 81 offsets, 24.7 expected each: every offset occurs (P(some offset missing) ~ 1e-9),
+    # and each axis's marginal is within 5 standard deviations of uniform (sd = sqrt(2000 * 1/9 * 8/9) = 14)
+    assert (counts > 0).all()
+    for marginal in (counts.sum(1), counts.sum(0)):
+        assert ((marginal - 2000 / 9).abs() < 5 * 14.1).all()

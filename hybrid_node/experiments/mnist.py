@@ -275,10 +275,26 @@ def measure_training_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor) 
 
 
 def _random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random-crop augmentation: pad by ``pad`` and crop back at a random offset per batch."""
-    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    """Random-crop augmentation: pad by ``pad`` and crop back at a random offset per image.
+
+    As torchvision's ``RandomCrop(28, padding=4)`` in the paper's code: each image has its own offset,
+    uniform in [0, 2 * pad] along each axis (one offset for the whole batch moved every image alike).
+
+    Args:
+        x: images (N, C, H, W); the padding is the batch's minimum, the background of standardised images.
+        pad: padding on each side.
+        generator: draws the offsets.
+
+    Returns:
+        The shifted images, shaped like ``x``.
+    """
+    n, _, h, w = x.shape
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
     padded = nn.functional.pad(x, (pad, pad, pad, pad), value=float(x.min()))
-    return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
+    # advanced indexing puts the indexed (N, H, W) first and the channels last
+    return padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()
