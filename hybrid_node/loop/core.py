@@ -236,7 +236,15 @@ def landing(xp, t, dt, stop, max_step: float, stretch: float = _STRETCH):
     return lands, step_dt, xp.where(lands, stop, t + step_dt)
 
 
-def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
+#: the least error ratio the shared-step loops' PID formula sees: an error estimate of exactly 0 (a
+#: field at rest, a polynomial solution) gives the step the formula's growth at this ratio
+RATIO_FLOOR = 1e-10
+#: the per-sample loop's floor, torchode's (its ``almost_zero``): the steps of a sample at rest then
+#: grow as torchode's for gains summing below 0.52 (5(4) pairs), where 1e-10 held them back
+PER_SAMPLE_RATIO_FLOOR = 1e-38
+
+
+def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATIO_FLOOR):
     """The next step and the controller's memory after an attempt of size ``dt`` with error ratio ``ratio``.
 
     ``dt * safety * r^e1 * r1^e2 * r2^e3`` (Söderlind 2003) after an accepted step, the factor clipped
@@ -246,17 +254,28 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2):
     could hold it (a step rejected again and again at the same size); a non-finite ratio shrinks by
     ``dfactor``; the step is capped by ``max_step``. For the default I controller both are the same.
 
+    The ratio is floored at ``floor`` (a zero error would divide by 0), and with exponents above 1 in
+    magnitude (gains summing above the order k) the ratios are held where every power is within
+    [1e-300, 1e300]: beyond, the host's float power raised ``OverflowError`` (gains (0, 160, 0) from
+    rest, 1e-10 ** -32), and on tensors an infinite power times a zero one made the step NaN.
+
     Args:
         xp: the array namespace.
         c: the step-control constants.
         dt: the attempted step; ratio: its error ratio (accepted when at most 1).
         accepted: whether the attempt was accepted.
         r1, r2: the error ratios of the last two accepted steps (1.0 before any).
+        floor: the least ratio the formula sees (positive): :data:`RATIO_FLOOR`, or
+            :data:`PER_SAMPLE_RATIO_FLOOR` for the per-sample loop.
 
     Returns:
         ``(dt_next, r1_next, r2_next)``.
     """
-    r = xp.maximum(ratio, 1e-10)  # a NaN ratio stays NaN on tensors; it is replaced below anyway
+    largest = max(abs(c.e1), abs(c.e2), abs(c.e3))
+    r = xp.maximum(ratio, floor)  # a NaN ratio stays NaN on tensors; it is replaced below anyway
+    if largest > 1.0:  # 10 ** (300 / largest) is then a float (a constant of the solve: no branch on data)
+        bound = 10.0 ** (300.0 / largest)
+        r = xp.minimum(xp.maximum(r, 1.0 / bound), bound)
     elementary = c.safety * r**c.e1
     factor = xp.where(accepted, elementary * r1**c.e2 * r2**c.e3, elementary)
     cap = xp.where(accepted, xp.full_like(r, c.ifactor), 1.0)

@@ -233,7 +233,10 @@ def integrate_per_sample(
             f0 = torch.where(acc_col, f_next, f0)
         with torch.no_grad():
             t = torch.where(accept, t_new, t)
-            dt_next, r_prev, r_prev2 = core.propose(TENSOR, c, h, ratio, accept, r_prev, r_prev2)
+            # torchode's floor on the error ratio: a sample at rest grows its steps as torchode's does
+            dt_next, r_prev, r_prev2 = core.propose(
+                TENSOR, c, h, ratio, accept, r_prev, r_prev2, floor=core.PER_SAMPLE_RATIO_FLOOR
+            )
             # an element rejected with a non-finite ratio is the per-element ``last_nonfinite``
             dt_next, code = core.settle(TENSOR, c, (t >= t_end) | stopped, t, dt_next, h, ~finite & ~accept, ts[0])
             dt = torch.where(~done, dt_next, dt)
