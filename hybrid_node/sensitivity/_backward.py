@@ -598,7 +598,15 @@ def no_second_derivative(method: str) -> str:
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.reshape(-1) * b.reshape(-1)).sum()
+    """The real inner product of two tensors: ``sum(a * b)``, and ``Re(sum(conj(a) * b))`` for complex ones.
+
+    For a gradient ``a`` of a real loss in torch's convention (``dL/dRe + i dL/dIm``) and a velocity
+    ``b``, that is the rate of change of the loss.
+    """
+    a, b = a.reshape(-1), b.reshape(-1)
+    if a.is_complex() or b.is_complex():
+        return (a.conj() * b).real.sum()
+    return (a * b).sum()
 
 
 def vjp(g: torch.Tensor, inputs: Sequence[torch.Tensor], cotangent: torch.Tensor) -> list[torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 from .._problem import Problem
 from .._solution import Solution
 from ..loop import integrate, to_solution
-from ._backward import first_order_only, user_field
+from ._backward import dot, first_order_only, user_field
 from .events import event_outputs
 
 #: the error of a second derivative through the gradient with respect to t
@@ -49,7 +49,7 @@ class _StartTime(torch.autograd.Function):
         t0, y0 = ctx.saved_tensors
         grad_t0 = None
         if ctx.needs_input_grad[0]:
-            grad_t0 = -(grad.reshape(-1) * ctx.field(0, y0).reshape(-1)).sum().to(ctx.t_dtype)
+            grad_t0 = -dot(grad, ctx.field(0, y0)).to(ctx.t_dtype)  # the real inner product (complex states)
             # the field is evaluated at the host float t_0, so this gradient's own derivative would miss
             # its dependence on t: under create_graph=True a second derivative through it raises
             (grad_t0,) = first_order_only(_NO_SECOND_T, [grad_t0], [t0, y0, grad])
@@ -71,8 +71,10 @@ class _OutputTimes(torch.autograd.Function):
         t, ys = ctx.saved_tensors
         grad_t = None
         if ctx.needs_input_grad[0]:
-            products = [(grad[i].reshape(-1) * ctx.field(i, ys[i]).reshape(-1)).sum() for i in range(1, len(ys))]
-            grad_t = torch.stack([torch.zeros((), dtype=ys.dtype, device=ys.device), *products]).to(ctx.t_dtype)
+            # the real inner product: a complex state's gradient pairs with its velocity as Re(conj(g) f)
+            products = [dot(grad[i], ctx.field(i, ys[i])) for i in range(1, len(ys))]
+            grad_t = torch.stack([torch.zeros((), dtype=products[0].dtype, device=ys.device), *products])
+            grad_t = grad_t.to(ctx.t_dtype)
             # as in _StartTime: a second derivative through this gradient raises
             (grad_t,) = first_order_only(_NO_SECOND_T, [grad_t], [t, ys, grad])
         return grad_t, grad, None
