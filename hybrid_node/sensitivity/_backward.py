@@ -136,16 +136,24 @@ class GroupRMS:
     Groups are the state tensors of each state channel and each parameter; ``seminorm`` keeps only
     the state channels (Kidger, Chen, Lyons, "'Hey, that's not an ODE': Faster ODE Adjoints via
     Seminorms", ICML 2021).
+
+    Args:
+        sizes: the number of elements of each group, in order.
+        like: a tensor of the state's dtype and device.
+        counts: the number of values each group's mean is over (default: ``sizes``); a complex
+            parameter in a real augmented state takes two elements per value (:func:`channel_part`),
+            and its RMS is over magnitudes, as torchdiffeq's norm of the parameter's own gradient.
     """
 
-    def __init__(self, sizes: Sequence[int], like: torch.Tensor):
+    def __init__(self, sizes: Sequence[int], like: torch.Tensor, counts: Sequence[int] | None = None):
         sizes = [n for n in sizes]
+        counts = sizes if counts is None else list(counts)
         self.n = sum(sizes)
         ids = torch.repeat_interleave(
             torch.arange(len(sizes), device=like.device), torch.tensor(sizes, device=like.device)
         )
         self.ids = ids
-        self.counts = torch.tensor([max(n, 1) for n in sizes], dtype=like.dtype, device=like.device)
+        self.counts = torch.tensor([max(n, 1) for n in counts], dtype=like.dtype, device=like.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         sq = x[: self.n].reshape(-1).pow(2)
@@ -263,11 +271,11 @@ def augmented_norm(problem: Problem, plan: BackwardPlan, n_channels: int, params
     if plan.tuple_norm is not None:
         return _tuple_norm(problem, plan.tuple_norm, n_channels, params)
     state_sizes = problem.layout.sizes if problem.layout is not None else [problem.y0.numel()]
-    sizes = [n for _ in range(n_channels) for n in state_sizes]
+    groups = [(n, n) for _ in range(n_channels) for n in state_sizes]
     if not plan.seminorm:
-        sizes += [p.numel() for p in params]
-    sizes = [n for n in sizes if n > 0]
-    return GroupRMS(sizes, problem.y0)
+        groups += [(channel_size(p, problem.y0.dtype), p.numel()) for p in params]
+    groups = [(n, c) for n, c in groups if n > 0]
+    return GroupRMS([n for n, _ in groups], problem.y0, [c for _, c in groups])
 
 
 def _tuple_norm(
@@ -619,16 +627,45 @@ def vjp(g: torch.Tensor, inputs: Sequence[torch.Tensor], cotangent: torch.Tensor
     return [torch.zeros_like(x) if gr is None else gr for x, gr in zip(inputs, grads)]
 
 
+def channel_part(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A parameter's gradient as its flat part of an augmented state of ``dtype``.
+
+    A complex gradient in a real augmented state is stored as its real and imaginary parts
+    (``torch.view_as_real``): cast to the real dtype it lost its imaginary part, and with it half
+    of a complex parameter's gradient.
+
+    Args:
+        g: the gradient (a parameter's shape and dtype).
+        dtype: the augmented state's dtype.
+
+    Returns:
+        A flat tensor of ``dtype``: ``channel_size(g, dtype)`` elements.
+    """
+    if g.is_complex() and not dtype.is_complex:
+        return torch.view_as_real(g).reshape(-1).to(dtype)
+    return g.reshape(-1).to(dtype)
+
+
+def channel_size(p: torch.Tensor, dtype: torch.dtype) -> int:
+    """The number of elements of parameter ``p``'s part of an augmented state of ``dtype``
+    (:func:`channel_part`)."""
+    return p.numel() * (2 if p.is_complex() and not dtype.is_complex else 1)
+
+
 def flat_cat(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    return torch.cat([t.reshape(-1).to(dtype) for t in tensors]) if tensors else torch.zeros(0, dtype=dtype)
+    """The parameter channel of an augmented state of ``dtype`` (:func:`channel_part` of each tensor)."""
+    return torch.cat([channel_part(t, dtype) for t in tensors]) if tensors else torch.zeros(0, dtype=dtype)
 
 
 def split_params(q: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The flat parameter channel back to the parameters' shapes and dtypes."""
     out, start = [], 0
     for p in params:
-        n = p.numel()
-        out.append(q[start : start + n].reshape(p.shape).to(p.dtype))
+        n = channel_size(p, q.dtype)
+        part = q[start : start + n]
+        if p.is_complex() and not part.is_complex():  # real and imaginary parts (channel_part)
+            part = torch.complex(part[0::2], part[1::2])  # not view_as_complex: q's slice may start at odd offsets
+        out.append(part.reshape(p.shape).to(p.dtype))
         start += n
     return out
 
@@ -710,7 +747,7 @@ def traceable_vjp(problem: Problem, params: tuple[torch.Tensor, ...], dtype: tor
         pp = {name: p for name, p in module.named_parameters() if name in names}
         gz, pull = torch.func.vjp(g, z.reshape(shape), pp)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
         a_z, a_p = pull(a.reshape(shape))
-        return gz.reshape(-1), a_z.reshape(-1), [a_p[name].reshape(-1).to(dtype) for name in names]
+        return gz.reshape(-1), a_z.reshape(-1), [channel_part(a_p[name], dtype) for name in names]
 
     def vjp_by_grad(module, r, z, a):
         with torch.enable_grad():
@@ -719,7 +756,7 @@ def traceable_vjp(problem: Problem, params: tuple[torch.Tensor, ...], dtype: tor
             inputs = [zz] + [p for name, p in module.named_parameters() if name in names]
             grads = vjp(gz, inputs, a.reshape(shape))
         # detached: a returned tensor whose graph autograd.grad consumed is refused by the compiler
-        return gz.detach().reshape(-1), grads[0].reshape(-1), [g.reshape(-1).to(dtype) for g in grads[1:]]
+        return gz.detach().reshape(-1), grads[0].reshape(-1), [channel_part(g, dtype) for g in grads[1:]]
 
     shapes = None if layout is None else tuple(layout.shapes)
     key = (kind, names, tuple(shape), shapes, reverse, t_dtype, problem.y0.device, dtype)

@@ -37,6 +37,7 @@ from ._backward import (
     AugmentedTerm,
     BackwardPlan,
     NormOption,
+    channel_part,
     channel_tolerance,
     flat_cat,
     reached_outputs,
@@ -133,8 +134,7 @@ class Backsolve:
                 z = xx[:n].detach().reshape(shape).requires_grad_(True)
                 g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
                 grads = vjp(g, (z,) + params, xx[n : 2 * n].reshape(shape))
-            parts = [g.detach().reshape(-1)] + [gr.reshape(-1) for gr in grads]
-            out = torch.cat([p if p.dtype == dtype else p.to(dtype) for p in parts])
+            out = torch.cat([g.detach().reshape(-1).to(dtype)] + [channel_part(gr, dtype) for gr in grads])
             out[:n].neg_()  # dz/dr = -g, negated in place rather than as one more tensor
             return out
 

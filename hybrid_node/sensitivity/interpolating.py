@@ -37,6 +37,7 @@ from ._backward import (
     AugmentedTerm,
     BackwardPlan,
     NormOption,
+    channel_part,
     channel_tolerance,
     flat_cat,
     forward_grid,
@@ -273,7 +274,7 @@ class Interpolating:
                 z = z_at(s).detach().reshape(shape).requires_grad_(True)
                 g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
                 grads = vjp(g, (z,) + params, xx[:n].reshape(shape))
-            return torch.cat([gr.reshape(-1).to(dtype) for gr in grads])
+            return torch.cat([channel_part(gr, dtype) for gr in grads])
 
         def at_output(j: int, xx: torch.Tensor) -> torch.Tensor:
             i = last - j
