@@ -19,11 +19,22 @@ from hybrid_node.data.spirals import SpiralConfig, make_spirals
 from hybrid_node.experiments.spirals import inference_gap, load_kept_model
 from hybrid_node.irregular import select
 
+
+def count(text: str) -> int:
+    """A whole number >= 1: --series 0 printed a table of NaN, a negative one failed in torch.arange."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("run", type=Path, help="run folder written by hybrid-node spirals")
-parser.add_argument("n", type=int, help="observed points per series of the model to load")
-parser.add_argument("--series", type=int, default=200, help="test spirals to score")
+parser.add_argument("n", type=count, help="observed points per series of the model to load")
+parser.add_argument("--series", type=count, default=200, help="test spirals to score")
 args = parser.parse_args()
+if not (args.run / "results.json").is_file():  # else the message asked for read permission on a missing file
+    parser.error(f"{str(args.run)!r} holds no results.json: pass the folder of a finished `hybrid-node spirals` run.")
 torch.set_num_threads(1)
 
 try:

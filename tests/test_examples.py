@@ -1,0 +1,78 @@
+"""The scripts in examples/ run as a user runs them: in a subprocess, with their smallest settings.
+
+Each runs in an empty working folder, which must hold only what the script says it writes. Covered
+elsewhere: bouncing_balls.py's full run (tests/test_events_jumps.py, slow), spiral_demo.py's settings
+errors (tests/test_cli_arguments.py) and spirals_inference_gap.py on a trained run
+(tests/test_spirals_experiment.py).
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(tmp_path: Path, script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_every_example_is_covered():
+    # a new example needs a test here (or a note in the module docstring of where it is tested)
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
+        "bouncing_balls.py",
+        "compiled_training.py",
+        "quickstart.py",
+        "spiral_demo.py",
+        "spirals_inference_gap.py",
+    ]
+
+
+def test_quickstart_runs_and_its_numbers_hold(tmp_path):
+    out = _run(tmp_path, "quickstart.py")
+    assert out.returncode == 0, out.stderr
+    assert "odeint: (6, 3, 2)" in out.stdout
+    # dopri5 at rtol 1e-8, atol 1e-10 against the matrix exponential: the global error is a few 1e-8
+    error = float(re.search(r"max error vs expm: (\S+)", out.stdout).group(1))
+    assert error < 1e-6
+    # RK4 with h = 0.01 on an oscillator of frequency ~1 over t <= 10: error ~ 10 * h^4 = 1e-7
+    assert float(re.search(r"rk4, step 0.01: max error (\S+)", out.stdout).group(1)) < 1e-6
+    assert "solve: SUCCESS" in out.stdout
+    assert "blows up at t = 1: stopped at t=1.0000" in out.stdout  # y' = y^2, y(0) = 1: y = 1 / (1 - t)
+    assert not any((tmp_path / "cwd").iterdir())  # writes nothing
+
+
+def test_spiral_demo_example_runs_with_tiny_settings(tmp_path):
+    run = tmp_path / "run"
+    args = ("--iters", "2", "--max-cycles", "1", "--batch-time", "3", "--no-progress", "--out", str(run))
+    out = _run(tmp_path, "spiral_demo.py", *args)
+    assert out.returncode == 0, out.stderr
+    assert f"results and plots in {run}" in out.stdout
+    for name in ("results.json", "results.md", "trajectories.png", "phase_portrait.png", "vector_field.png"):
+        assert (run / name).is_file(), name
+    assert not any((tmp_path / "cwd").iterdir())  # everything went into --out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("RUN", "10", "--series", "0"), "argument --series: must be >= 1, got 0"),  # was a table of NaN
+        (("RUN", "10", "--series", "-3"), "argument --series: must be >= 1, got -3"),  # was a torch traceback
+        (("RUN", "0"), "argument n: must be >= 1, got 0"),
+        (("MISSING", "10"), "holds no results.json"),  # asked for read permission on a missing file
+    ],
+)
+def test_spirals_inference_gap_refuses_bad_input(tmp_path, args, message):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")
+    paths = {"RUN": str(tmp_path / "run"), "MISSING": str(tmp_path / "missing")}
+    out = _run(tmp_path, "spirals_inference_gap.py", *(paths.get(a, a) for a in args))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert message in out.stderr
