@@ -108,4 +108,7 @@ def main(out: Path) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for bouncing_balls.png")
-    raise SystemExit(main(parser.parse_args().out))
+    args = parser.parse_args()
+    if args.out.exists() and not args.out.is_dir():  # found before the solves, not by savefig at the end
+        parser.error(f"--out {str(args.out)!r} is a file, not a folder")
+    raise SystemExit(main(args.out))

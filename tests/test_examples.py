@@ -76,3 +76,12 @@ def test_spirals_inference_gap_refuses_bad_input(tmp_path, args, message):
     out = _run(tmp_path, "spirals_inference_gap.py", *(paths.get(a, a) for a in args))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert message in out.stderr
+
+
+def test_bouncing_balls_refuses_a_file_as_its_folder_before_solving(tmp_path):
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "plots").write_text("")
+    out = _run(tmp_path, "bouncing_balls.py", "--out", "plots", timeout=60)
+    # the solves (20 s) ran first and savefig failed at the end with a traceback
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "impacts" not in out.stdout
+    assert "--out 'plots' is a file, not a folder" in out.stderr
