@@ -4,9 +4,10 @@ Fits an MLP vector field to a trajectory of a damped oscillator with the adjoint
 then with compiled step attempts (the first compiled iteration includes the compilation), and
 prints the time per iteration and the final losses (equal up to rounding).
 
-Run: python examples/compiled_training.py
+Run: python examples/compiled_training.py [--iters N]
 """
 
+import argparse
 import time
 
 import torch
@@ -46,8 +47,19 @@ def train(options, iters=30):
     return loss.item(), times
 
 
+def iterations(text: str) -> int:
+    """A whole number >= 2: the first iteration is reported apart from the rest."""
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
+    return value
+
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--iters", type=iterations, default=30, help="training iterations of each loop (default 30)")
+args = parser.parse_args()
 for name, options in (("eager", {}), ("compiled", {"compile": True})):
-    loss, times = train(options)
+    loss, times = train(options, args.iters)
     steady = sorted(times[1:])[len(times[1:]) // 2]
     print(
         f"{name:9s} first iteration {times[0]:6.2f} s, then {1e3 * steady:6.1f} ms per iteration, final loss {loss:.5f}"

@@ -3,9 +3,13 @@
 Run: python examples/quickstart.py
 """
 
+import argparse
+
 import torch
 
 import hybrid_node as hn
+
+argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, and no other options
 
 # A damped oscillator x'' = -x - 0.1 x', as a 2-D first-order system, for a batch of 3 initial states.
 A = torch.tensor([[0.0, 1.0], [-1.0, -0.1]], dtype=torch.float64)

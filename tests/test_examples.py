@@ -7,6 +7,7 @@ errors (tests/test_cli_arguments.py) and spirals_inference_gap.py on a trained r
 """
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,13 @@ def test_quickstart_runs_and_its_numbers_hold(tmp_path):
     assert not any((tmp_path / "cwd").iterdir())  # writes nothing
 
 
+def test_quickstart_help_and_unknown_options(tmp_path):
+    out = _run(tmp_path, "quickstart.py", "--help")
+    assert out.returncode == 0 and "usage:" in out.stdout and "odeint:" not in out.stdout  # the help, not a run
+    out = _run(tmp_path, "quickstart.py", "--steps", "3")
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
+
+
 def test_spiral_demo_example_runs_with_tiny_settings(tmp_path):
     run = tmp_path / "run"
     args = ("--iters", "2", "--max-cycles", "1", "--batch-time", "3", "--no-progress", "--out", str(run))
@@ -85,3 +93,22 @@ def test_bouncing_balls_refuses_a_file_as_its_folder_before_solving(tmp_path):
     # the solves (20 s) ran first and savefig failed at the end with a traceback
     assert out.returncode == 2 and "Traceback" not in out.stderr and "impacts" not in out.stdout
     assert "--out 'plots' is a file, not a folder" in out.stderr
+
+
+def test_compiled_training_refuses_too_few_iterations(tmp_path):
+    out = _run(tmp_path, "compiled_training.py", "--iters", "1", timeout=60)
+    assert out.returncode == 2 and "argument --iters: must be >= 2, got 1" in out.stderr
+
+
+@pytest.mark.slow  # torch.compile takes about 40 s on a 2-core CPU
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("clang++") is None,
+    reason="torch.compile needs a C++ compiler for CPU tensors",
+)
+def test_compiled_training_example_runs_and_both_loops_agree(tmp_path):
+    out = _run(tmp_path, "compiled_training.py", "--iters", "3", timeout=600)
+    assert out.returncode == 0, out.stderr
+    losses = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+)\s.*final loss (\S+)$", out.stdout, re.M)}
+    assert set(losses) == {"eager", "compiled"}
+    # the same arithmetic fused: equal up to float32 rounding, printed to 5 decimals
+    assert losses["compiled"] == pytest.approx(losses["eager"], abs=2e-5)
