@@ -98,8 +98,19 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
     fterm = problem.term(callbacks=False)  # a second term, so the extra evaluations do not count as the solve's
     ts = problem.ts
 
+    per_sample = problem.controller.per_sample
+
     def field(i: int, y: torch.Tensor) -> torch.Tensor:
-        return user_field(problem, fterm, ts[i], y)
+        if not per_sample:
+            return user_field(problem, fterm, ts[i], y)
+        # per-sample control calls the field with one time per sample, shape (batch,), as the loop does:
+        # a field written for it (t[:, None]) fails on a scalar t
+        tt = fterm.time(ts[i]).expand(y.shape[0]).clone()
+        # a failed sample's later outputs are NaN (throw=False): its rows are left out of the products,
+        # where f(NaN) made dL/dt NaN for every sample; they get a finite stand-in, the field's value dropped
+        rows = torch.isfinite(y).reshape(y.shape[0], -1).all(dim=1).reshape((-1,) + (1,) * (y.dim() - 1))
+        f = fterm.func(tt, torch.where(rows, y, torch.zeros_like(y)))
+        return torch.where(rows, f, torch.zeros_like(f))
 
     y0 = _StartTime.apply(t[0], problem.y0, field) if with_t else problem.y0
     integration = integrate(problem, term, y0, ts, event_fn=event_fn, throw=throw)
