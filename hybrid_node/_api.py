@@ -156,11 +156,6 @@ def _solve_host(
     problem = make_problem(
         func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t, event_t_end=event_t_end
     )
-    if problem.y0.is_complex() and not isinstance(sensitivity, DirectBackprop):
-        raise TypeError(
-            f"complex states get gradients by direct backpropagation only, not by {type(sensitivity).__name__}; "
-            "use odeint (DirectBackprop), or solve the real system torch.view_as_real(y0) with the adjoint."
-        )
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if (event is not None or per_sample_events) and problem.t.requires_grad and torch.is_grad_enabled():
         raise ValueError(

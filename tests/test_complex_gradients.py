@@ -88,3 +88,146 @@ def test_adjoint_keeps_the_imaginary_part_of_a_complex_parameters_gradient(sensi
     torch.testing.assert_close(ours[0], direct[0], rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(ours[0], exact[0], rtol=1e-7, atol=1e-7)
     assert abs(ours[0].imag) > 0.1  # the case the test is about: a gradient with an imaginary part
+
+
+# ----------------------------------------------------------------------------------------------------
+# the adjoints on complex states: the augmented state [z, a, q] is complex; real parameters' parts of q
+# have a zero imaginary part, and the error norm is on magnitudes, as the forward solve's
+# ----------------------------------------------------------------------------------------------------
+
+ADJOINTS = [hn.BacksolveAdjoint(), hn.InterpolatingAdjoint(), hn.InterpolatingAdjoint(checkpoints=3)]
+
+
+class Linear(torch.nn.Module):
+    """y' = w lam y: a complex rate lam and a real factor w."""
+
+    def __init__(self, dtype: torch.dtype = torch.complex128):
+        super().__init__()
+        self.lam = torch.nn.Parameter(torch.tensor(LAM, dtype=dtype))
+        self.w = torch.nn.Parameter(torch.tensor(0.7, dtype=dtype.to_real()))
+
+    def forward(self, t, y):
+        return self.w * self.lam * y
+
+
+@pytest.mark.parametrize("sensitivity", ADJOINTS, ids=repr)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_adjoint_of_a_complex_linear_ode_matches_the_analytic_solution(sensitivity, reverse):
+    func = Linear()
+    y0 = torch.tensor(Y0, dtype=torch.complex128, requires_grad=True)
+    t = torch.tensor([0.1, 0.6, 1.1, 1.6], dtype=torch.float64)
+    t = (t.flip(0) if reverse else t).requires_grad_(True)
+    control = hn.PIDController(rtol=1e-11, atol=1e-12)
+    ys = hn.solve(func, y0, t, solver=hn.Dopri5(), controller=control, sensitivity=sensitivity).ys
+    inputs = (y0, t, func.lam, func.w)
+    ours = torch.autograd.grad(loss(ys), inputs)
+    exact = torch.autograd.grad(loss(analytic(y0, func.w * func.lam, t)), inputs)
+    direct = torch.autograd.grad(loss(hn.solve(func, y0, t, solver=hn.Dopri5(), controller=control).ys), inputs)
+    assert ours[2].imag.abs() > 0.1 and ours[0].imag.abs().min() > 0.1  # complex gradients, not only real parts
+    for mine, theirs, ref in zip(ours, direct, exact):
+        assert mine.dtype == ref.dtype
+        # the adjoint's backward solve at rtol 1e-11 against exact and direct gradients: ~1e-10 apart
+        torch.testing.assert_close(mine, ref, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-8)
+
+
+class Nonlinear(torch.nn.Module):
+    """A nonlinear, time-dependent field with no closed-form solution."""
+
+    def __init__(self):
+        super().__init__()
+        self.lam = torch.nn.Parameter(torch.tensor([LAM, 0.1 - 1.0j], dtype=torch.complex128))
+        self.w = torch.nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return self.lam * y * self.w + 0.1 * torch.sin(t) * y**2 + 0.2j * y.conj()
+
+
+def test_odeint_adjoint_on_a_complex_state_matches_finite_differences():
+    # y.conj() makes the field non-holomorphic: the gradient is the real one of (Re y, Im y), not a
+    # complex derivative, so real and imaginary parts are checked separately
+    func = Nonlinear()
+    y0 = torch.tensor(Y0, dtype=torch.complex128, requires_grad=True)
+    t = torch.linspace(0.0, 1.5, 4, dtype=torch.float64)
+    tol = dict(rtol=1e-11, atol=1e-12)
+    ys = hn.odeint_adjoint(func, y0, t, **tol)
+    ours = torch.autograd.grad(loss(ys), (y0, func.lam, func.w))
+    direct = torch.autograd.grad(loss(hn.odeint(func, y0, t, **tol)), (y0, func.lam, func.w))
+
+    def loss_at(y0=y0, lam=func.lam, w=func.w):
+        with torch.no_grad():
+            field = lambda t, y: lam * y * w + 0.1 * torch.sin(t) * y**2 + 0.2j * y.conj()  # noqa: E731
+            return loss(hn.odeint(field, y0, t, **tol))
+
+    fds = (
+        finite_difference(lambda x: loss_at(y0=x), y0),
+        finite_difference(lambda x: loss_at(lam=x), func.lam),
+        finite_difference(lambda x: loss_at(w=x), func.w),
+    )
+    for mine, theirs, fd in zip(ours, direct, fds):
+        # central differences with h = 1e-6 on solves at rtol 1e-11: ~1e-7 of truncation and rounding
+        torch.testing.assert_close(mine, fd, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("method, options", [("rk4", {"step_size": 0.01}), ("dopri5", {})])
+def test_odeint_adjoint_on_complex64_matches_odeint(method, options):
+    # torchdiffeq's TestSolverError::test_adjoint and TestDiscontinuities cases with complex64
+    func = Linear(torch.complex64)
+    y0 = torch.tensor(Y0, dtype=torch.complex64, requires_grad=True)
+    t = torch.linspace(0.0, 1.5, 4)
+    inputs = (y0, func.lam, func.w)
+    ys = hn.odeint_adjoint(func, y0, t, method=method, options=options)
+    assert ys.dtype == torch.complex64
+    ours = torch.autograd.grad(loss(ys), inputs)
+    direct = torch.autograd.grad(loss(hn.odeint(func, y0, t, method=method, options=options)), inputs)
+    for mine, theirs in zip(ours, direct):
+        assert mine.dtype == theirs.dtype
+        # float32 rounding and (dopri5) the default tolerances rtol 1e-7, atol 1e-9 on gradients ~10
+        torch.testing.assert_close(mine, theirs, rtol=2e-5, atol=2e-5)
+
+
+def test_odeint_adjoint_on_a_tuple_of_complex_states_matches_odeint():
+    lam = torch.tensor([LAM, 0.1 - 1.0j], dtype=torch.complex128, requires_grad=True)
+
+    def field(t, y):
+        a, b = y
+        return lam[0] * a + b.sum(), lam[1] * b * a
+
+    a0 = torch.tensor([1 + 1j], dtype=torch.complex128, requires_grad=True)
+    b0 = torch.tensor([0.5 - 0.2j, 0.1j], dtype=torch.complex128, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    tol = dict(rtol=1e-11, atol=1e-12)
+
+    def tuple_loss(ys):
+        return sum((y.abs() ** 2).sum() + (C[0] * y).real.sum() for y in ys)
+
+    ys = hn.odeint_adjoint(field, (a0, b0), t, adjoint_params=(lam,), **tol)
+    ours = torch.autograd.grad(tuple_loss(ys), (a0, b0, lam))
+    direct = torch.autograd.grad(tuple_loss(hn.odeint(field, (a0, b0), t, **tol)), (a0, b0, lam))
+    for mine, theirs in zip(ours, direct):
+        # two approximations of the same gradient at rtol 1e-11
+        torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-8)
+
+
+def test_odeint_adjoint_on_a_complex_state_agrees_with_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+
+    class Complex(torch.nn.Module):
+        # complex parameters only: torchdiffeq's adjoint refuses a real parameter of a complex state
+        def __init__(self):
+            super().__init__()
+            self.lam = torch.nn.Parameter(torch.tensor([LAM, 0.1 - 1.0j], dtype=torch.complex128))
+
+        def forward(self, t, y):
+            return self.lam * y + 0.1 * torch.sin(t) * y**2
+
+    func = Complex()
+    y0 = torch.tensor(Y0, dtype=torch.complex128, requires_grad=True)
+    t = torch.linspace(0.0, 2.0, 5, dtype=torch.float64)
+    tol = dict(rtol=1e-10, atol=1e-10)
+    ours = torch.autograd.grad(loss(hn.odeint_adjoint(func, y0, t, **tol)), (y0, func.lam))
+    theirs = torch.autograd.grad(loss(torchdiffeq.odeint_adjoint(func, y0, t, **tol)), (y0, func.lam))
+    for mine, peer in zip(ours, theirs):
+        # each adjoint's gradient is ~1e-9 from the exact one at rtol 1e-10
+        torch.testing.assert_close(mine, peer, rtol=1e-7, atol=1e-7)

@@ -297,7 +297,5 @@ def test_complex_state_where_unsupported_is_refused_honestly():
         assert "y0.float()" not in str(info.value)
     with pytest.raises(ValueError, match="per_sample does not integrate complex states"):
         hn.odeint(complex_field, y0.expand(3, 2), T01.double(), options={"per_sample": True})
-    with pytest.raises(TypeError, match="direct backpropagation only"):
-        hn.odeint_adjoint(complex_field, y0.expand(1, 2), T01.double(), adjoint_params=())
     with pytest.raises(TypeError, match="use y0.float\\(\\) for integer"):
         hn.odeint(decay, torch.ones(1, dtype=torch.int64), T01)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._errors import SolverError, Status
-from .._problem import Problem
+from .._problem import Problem, real_dtype
 from .._problem import _tolerance as state_tolerance
 from .._registry import build_solver
 from .._solution import Stats
@@ -153,10 +153,12 @@ class GroupRMS:
             torch.arange(len(sizes), device=like.device), torch.tensor(sizes, device=like.device)
         )
         self.ids = ids
-        self.counts = torch.tensor([max(n, 1) for n in counts], dtype=like.dtype, device=like.device)
+        # real: a complex state's error is measured on magnitudes, as the forward solve's
+        self.counts = torch.tensor([max(n, 1) for n in counts], dtype=real_dtype(like.dtype), device=like.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        sq = x[: self.n].reshape(-1).pow(2)
+        head = x[: self.n].reshape(-1)
+        sq = (head.abs() if head.is_complex() else head).pow(2)
         sums = torch.zeros_like(self.counts).index_add_(0, self.ids, sq)
         return (sums / self.counts).sqrt().max()
 
@@ -258,9 +260,12 @@ def channel_tolerance(tol, n_channels: int, state_like: torch.Tensor, n_params: 
     each state channel, and the parameter channel gets its smallest value."""
     if isinstance(tol, (int, float)):
         return float(tol)
-    tol = torch.as_tensor(tol, dtype=state_like.dtype, device=state_like.device)
+    # a real tensor for a complex state too (its error test is on magnitudes)
+    dtype = real_dtype(state_like.dtype)
+    tol = torch.as_tensor(tol, device=state_like.device)
+    tol = (tol.real if tol.is_complex() else tol).to(dtype)
     per_state = tol.expand(state_like.shape).reshape(-1)
-    q = torch.full((n_params,), float(tol.min()), dtype=state_like.dtype, device=state_like.device)
+    q = torch.full((n_params,), float(tol.min()), dtype=dtype, device=state_like.device)
     return torch.cat([per_state] * n_channels + [q])
 
 
@@ -326,8 +331,8 @@ class DefaultTupleNorm:
         groups = [g for c in channels for g in c.reshape(-1).split(self.state_sizes)]
         if not self.seminorm:
             groups += [g.reshape(-1) for g in grads]
-        rms = [g.pow(2).mean().sqrt() for g in groups if g.numel() > 0]
-        return torch.stack([t.abs().to(parts[1].dtype), *rms]).max()
+        rms = [g.abs().pow(2).mean().sqrt() for g in groups if g.numel() > 0]  # magnitudes: complex states
+        return torch.stack([t.abs().to(real_dtype(parts[1].dtype)), *rms]).max()
 
 
 class NormOption:
@@ -622,8 +627,11 @@ def vjp(g: torch.Tensor, inputs: Sequence[torch.Tensor], cotangent: torch.Tensor
     if not g.requires_grad:
         return [torch.zeros_like(x) for x in inputs]
     # the gradient of the scalar <g, cotangent>: the same products, but autograd.grad gets no
-    # grad_outputs, whose shape check costs a little per call and imports sympy (~2 s) on the first
-    grads = torch.autograd.grad(torch.sum(g * cotangent), inputs, allow_unused=True)
+    # grad_outputs, whose shape check costs a little per call and imports sympy (~2 s) on the first.
+    # For a complex g the real inner product Re(sum(g * conj(cotangent))) gives what grad_outputs=cotangent
+    # gives, torch's convention (the gradient of a real loss is dL/dRe + i dL/dIm)
+    inner = (g * cotangent.conj()).real if g.is_complex() else g * cotangent
+    grads = torch.autograd.grad(torch.sum(inner), inputs, allow_unused=True)
     return [torch.zeros_like(x) if gr is None else gr for x, gr in zip(inputs, grads)]
 
 
@@ -632,7 +640,7 @@ def channel_part(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
     A complex gradient in a real augmented state is stored as its real and imaginary parts
     (``torch.view_as_real``): cast to the real dtype it lost its imaginary part, and with it half
-    of a complex parameter's gradient.
+    of a complex parameter's gradient. A real gradient in a complex state has a zero imaginary part.
 
     Args:
         g: the gradient (a parameter's shape and dtype).
@@ -658,13 +666,16 @@ def flat_cat(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tenso
 
 
 def split_params(q: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The flat parameter channel back to the parameters' shapes and dtypes."""
+    """The flat parameter channel back to the parameters' shapes and dtypes (the channel is complex
+    for a complex state; a real parameter's part of it has a zero imaginary part)."""
     out, start = [], 0
     for p in params:
         n = channel_size(p, q.dtype)
         part = q[start : start + n]
         if p.is_complex() and not part.is_complex():  # real and imaginary parts (channel_part)
             part = torch.complex(part[0::2], part[1::2])  # not view_as_complex: q's slice may start at odd offsets
+        elif part.is_complex() and not p.is_complex():
+            part = part.real
         out.append(part.reshape(p.shape).to(p.dtype))
         start += n
     return out
