@@ -234,19 +234,6 @@ class PIDController(AbstractController):
         b3 = self.dcoeff
         return -b1 / k, -b2 / k, -b3 / k
 
-    def adapt(self, dt: float, ratio: float, accepted: bool, state: tuple[float, float], error_order: int):
-        """Return the next step size and controller state after a step with error ratio ``ratio``."""
-        r = max(ratio, 1e-10)
-        if not math.isfinite(ratio):
-            factor = self.dfactor
-        else:
-            r1, r2 = state
-            e1, e2, e3 = self.exponents(error_order)
-            factor = self.safety * r**e1 * r1**e2 * r2**e3
-            factor = min(self.ifactor if accepted else 1.0, max(self.dfactor, factor))
-        new_state = (r, state[0]) if accepted else state
-        return min(dt * factor, self.max_step), new_state
-
 
 _HALF = (torch.float16, torch.bfloat16)
 

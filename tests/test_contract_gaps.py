@@ -122,17 +122,17 @@ def test_checkpointed_direct_backprop_needs_adjoint_params_for_a_plain_function(
 
 
 @pytest.mark.parametrize("value", [torch.tensor([0.1, 0.2]), np.array([0.1, 0.2])], ids=["tensor", "array"])
-def test_first_step_per_sample_is_refused_clearly(value):
-    """torchode takes one first step per sample; here it failed with torch's "Boolean value of Tensor
+def test_several_first_steps_without_per_sample_control_are_refused_clearly(value):
+    """One first step per sample needs per_sample=True; here it failed with torch's "Boolean value of Tensor
     with more than one value is ambiguous"."""
     with pytest.raises(ValueError, match="first_step must be one positive number, got 2 values"):
-        hn.PIDController(first_step=value, per_sample=True)
+        hn.PIDController(first_step=value, per_sample=False)
     with pytest.raises(ValueError, match="first_step must be one positive number"):
         hn.odeint(
             lambda t, y: -y,
             torch.ones(2, 1),
             torch.tensor([0.0, 1.0]),
-            options={"first_step": value, "per_sample": True},
+            options={"first_step": value, "per_sample": False},
         )
 
 
