@@ -71,3 +71,16 @@ def test_a_readable_checkpoint_still_loads_and_a_damaged_one_is_still_damaged(tm
     path.write_bytes(path.read_bytes()[:100])  # cut short
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_a_missing_file_is_said_to_be_missing(tmp_path, kind):
+    """A missing results file was reported as one to give read permission to (load_checkpoint returns None
+    for a missing checkpoint and calls a folder damaged before it opens anything)."""
+    path = tmp_path / "results.json"
+    if kind == "folder":
+        path.mkdir()
+    found = "does not exist" if kind == "missing" else "is a folder"
+    with pytest.raises(CheckpointError, match=found) as caught:
+        read_json(path)
+    assert "permission" not in str(caught.value)

@@ -196,7 +196,7 @@ def atomic_savefig(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
 
 
 def unreadable(path: Path, what: str, error: OSError) -> CheckpointError:
-    """The error for a file that exists but cannot be opened: it is not called damaged, nor to be deleted.
+    """The error for a file that cannot be opened: it is not called damaged, nor to be deleted.
 
     Args:
         path: the file.
@@ -204,9 +204,13 @@ def unreadable(path: Path, what: str, error: OSError) -> CheckpointError:
         error: what opening it raised.
 
     Returns:
-        The error to raise; the message names the file, the reason and what to check.
+        The error to raise; the message names the file, the reason and what to check (a missing file is
+        said to be missing, not to need read permission).
     """
     reason = error.strerror or str(error)
+    if isinstance(error, (FileNotFoundError, IsADirectoryError)):
+        found = "does not exist" if isinstance(error, FileNotFoundError) else "is a folder, not a file"
+        return CheckpointError(path, f"The {what} {str(path)!r} {found}: check the path, then run again.")
     return CheckpointError(
         path,
         f"The {what} {str(path)!r} cannot be opened ({type(error).__name__}: {reason}). It was left as it is: "
