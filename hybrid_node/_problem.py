@@ -15,6 +15,7 @@ from ._transforms import carries_derivative, is_batched, plain
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
 from .solvers.base import AbstractSolver
+from .solvers.scipy_solver import ScipySolver
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -362,12 +363,14 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             "returns (dq/dt, dp/dt); pass y0 as a pair, or use a method such as 'rk4' (or 'implicit_midpoint' "
             "/ 'gl4', symplectic for any Hamiltonian)."
         )
-    if flat.is_complex() and not (isinstance(solver, AbstractSolver) and not solver.implicit):
+    if flat.is_complex() and isinstance(solver, ScipySolver):
+        solver.check_complex(flat.dtype)  # RK45, RK23, DOP853 and BDF do; Radau and LSODA refuse
+    elif flat.is_complex() and not (isinstance(solver, AbstractSolver) and not solver.implicit):
         raise TypeError(
             f"method {solver.name!r} does not integrate complex states ({flat.dtype}); the explicit methods "
-            "(dopri5, tsit5, bosh3, dopri8, rk4, euler, explicit_adams, ...) do. For this method, solve "
-            "the real system: torch.view_as_real(y0) as the state and a field that maps it with "
-            "torch.view_as_complex / torch.view_as_real."
+            "(dopri5, tsit5, bosh3, dopri8, rk4, euler, explicit_adams, ...) and scipy_solver with RK45, RK23, "
+            "DOP853 or BDF do. For this method, solve the real system: torch.view_as_real(y0) as the state and "
+            "a field that maps it with torch.view_as_complex / torch.view_as_real."
         )
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0

@@ -16,6 +16,8 @@ from .._errors import SolverError, Status
 from .base import ExternalSolver
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+#: the solve_ivp methods that integrate in the complex domain (Radau and LSODA refuse a complex y0)
+SCIPY_COMPLEX_METHODS = ("RK45", "RK23", "DOP853", "BDF")
 
 
 class _NoGradient(torch.autograd.Function):
@@ -60,7 +62,9 @@ def _flat_tolerance(tol, y0: torch.Tensor) -> float | np.ndarray:
     # broadcast first: solve_ivp wants a scalar or exactly one value per element, and refused ("`atol` has
     # wrong shape") the 0-d tensor and the per-column tolerance of shape (D,) on a (B, D) state that
     # every torch solver takes
-    t = torch.as_tensor(tol).detach().to("cpu", torch.float64)
+    t = torch.as_tensor(tol).detach()
+    # real: a complex state's tolerance tensor comes in its dtype, and scipy's error test is on magnitudes
+    t = (t.real if t.is_complex() else t).to("cpu", torch.float64)
     return t.expand(y0.shape).reshape(-1).numpy()
 
 
@@ -109,13 +113,37 @@ class ScipySolver(ExternalSolver):
             out["first_step"] = float(self.first_step)
         return out
 
+    def check_complex(self, dtype: torch.dtype) -> None:
+        """Refuse a complex state for the solve_ivp methods that do not integrate one.
+
+        Args:
+            dtype: the state's dtype.
+
+        Raises:
+            TypeError: a complex ``dtype`` with Radau or LSODA (the default), naming the methods that
+                take it and the real system as the workaround.
+        """
+        if dtype.is_complex and self.solver not in SCIPY_COMPLEX_METHODS:
+            raise TypeError(
+                f"scipy_solver with solver={self.solver!r} does not integrate complex states ({dtype}): scipy's "
+                f"Radau and LSODA work on real numbers only. Use options={{'solver': ...}} with one of "
+                f"{', '.join(SCIPY_COMPLEX_METHODS)}, or solve the real system: torch.view_as_real(y0) as the "
+                "state and a field that maps it with torch.view_as_complex / torch.view_as_real."
+            )
+
     def integrate(self, term, y0: torch.Tensor, ts, rtol, atol, grad_inputs=()):
         """Solve on the increasing host times ``ts``; returns the stacked states (T, *y0.shape).
 
+        A complex state is solved in complex128 (solve_ivp's complex domain: RK45, RK23, DOP853, BDF).
+
         Raises:
             SolverError: scipy stopped before the last time; its ``t`` is where, in the user's time.
+            TypeError: a complex state with Radau or LSODA (:meth:`check_complex`).
         """
         shape, dtype, device = y0.shape, y0.dtype, y0.device
+        self.check_complex(dtype)
+        # scipy computes in double precision; a complex state stays complex (.double() dropped its imaginary part)
+        wide = torch.complex128 if dtype.is_complex else torch.float64
         # the solver time of the last field evaluation: where a failed solve got to (with t_eval, scipy's
         # sol.t holds only the output times reached, so its last entry can be the initial time)
         reached = [ts[0]]
@@ -124,10 +152,10 @@ class ScipySolver(ExternalSolver):
             reached[0] = float(t)
             with torch.no_grad():
                 yt = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
-                return term(float(t), yt).reshape(-1).cpu().double().numpy()
+                return term(float(t), yt).reshape(-1).cpu().to(wide).numpy()
 
         rt, at = _flat_tolerance(rtol, y0), _flat_tolerance(atol, y0)
-        y0n = y0.detach().reshape(-1).cpu().double().numpy()
+        y0n = y0.detach().reshape(-1).cpu().to(wide).numpy()
         if len(ts) == 1:
             out = y0n[None]
         else:
