@@ -190,6 +190,33 @@ addopts =
 """
 
 
+def scan_from_imports(text, package):
+    """The names ``from <package>[.sub] import ...`` statements of ``text`` import, each prefixed by its
+    submodule path (``"odeint"``, ``"_impl.misc._rms_norm"``); an ``as`` alias is left out.
+
+    The list is one line, a parenthesised list over several lines (comments inside it allowed) or
+    lines joined by backslashes; it ends there. A pattern whose list took any run of whitespace read
+    on past the end of the line, into the words of the lines below (``import``, ``torch``, ``def``).
+
+    Args:
+        text: a Python source file.
+        package: the package's name (``"torchdiffeq"``, ``"torchsde"``).
+
+    Returns:
+        The names, in order of appearance (repeats kept).
+    """
+    names = []
+    pattern = rf"^[ \t]*from[ \t]+{re.escape(package)}(\.[\w.]+)?[ \t]+import[ \t]+(\([^)]*\)|(?:[^\n#;\\]|\\\n)*)"
+    for match in re.finditer(pattern, text, re.M):
+        prefix = match.group(1)[1:] + "." if match.group(1) else ""
+        body = re.sub(r"#[^\n]*", "", match.group(2)).strip("()").replace("\\\n", " ")
+        for item in body.split(","):
+            words = item.split()  # "name" or "name as alias"
+            if words:
+                names.append(prefix + words[0])
+    return names
+
+
 def scan_torchdiffeq_names(test_files):
     """Every ``torchdiffeq`` attribute or submodule the test files use: {name: [file, ...]}.
 
@@ -201,11 +228,8 @@ def scan_torchdiffeq_names(test_files):
         text = path.read_text()
         for match in re.finditer(r"\btorchdiffeq((?:\.\w+)+)", text):
             used[match.group(1)[1:]].add(path.name)
-        for match in re.finditer(r"^\s*from\s+torchdiffeq(\.[\w.]+)?\s+import\s+\(?([\w\s,]+)\)?", text, re.M):
-            prefix = match.group(1)[1:] + "." if match.group(1) else ""
-            for name in re.split(r"[\s,]+", match.group(2).strip()):
-                if name:
-                    used[prefix + name.split(" as ")[0]].add(path.name)
+        for name in scan_from_imports(text, "torchdiffeq"):
+            used[name].add(path.name)
         # torchdiffeq's autograd internals reached through a result's grad_fn (e.g. grad_fn.adjoint_options)
         for match in re.finditer(r"\.grad_fn\.(\w+)", text):
             if match.group(1) not in _TORCH_GRAD_FN_ATTRIBUTES:

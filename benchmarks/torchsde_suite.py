@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 from benchmarks.torchdiffeq_suite import _PLUGIN as _TORCHDIFFEQ_PLUGIN
-from benchmarks.torchdiffeq_suite import format_failures, format_table, summarise
+from benchmarks.torchdiffeq_suite import format_failures, format_table, scan_from_imports, summarise
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,14 +106,8 @@ def scan_torchsde_names(files):
         text = path.read_text()
         for match in re.finditer(r"\btorchsde((?:\.\w+)+)", text):
             used[match.group(1)[1:]].add(path.name)
-        # ``from torchsde.x import a, b`` on one line, or a parenthesised list over several
-        for match in re.finditer(
-            r"^[ \t]*from[ \t]+torchsde(\.[\w.]+)?[ \t]+import[ \t]+(\([\w\s,]+\)|[\w \t,]+)", text, re.M
-        ):
-            prefix = match.group(1)[1:] + "." if match.group(1) else ""
-            for name in re.split(r"[\s,]+", match.group(2).strip("() \t\n")):
-                if name:
-                    used[prefix + name.split(" as ")[0]].add(path.name)
+        for name in scan_from_imports(text, "torchsde"):
+            used[name].add(path.name)
     return {name: sorted(files) for name, files in sorted(used.items())}
 
 

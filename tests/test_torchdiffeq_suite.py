@@ -76,3 +76,42 @@ def test_torchdiffeq_suite(tmp_path):
     assert sum(result["counts"]["functions"].values()) > 0
     if os.environ.get("TORCHDIFFEQ_SUITE_STRICT"):
         assert result["counts"]["functions"]["failed"] == 0 and result["counts"]["subtests"]["failed"] == 0
+
+
+def test_import_scan_stops_at_the_end_of_the_import(tmp_path):
+    # the list pattern took any run of whitespace, so it read on past the line into the next ones:
+    # "import", "torch", "def", "test_a" and "as" were reported as torchdiffeq names
+    source = textwrap.dedent(
+        """
+        from torchdiffeq import odeint
+        import torch
+        from torchdiffeq import odeint_adjoint as adjoint, odeint_event
+        def test_a():
+            pass
+        from torchdiffeq._impl.misc import (  # helpers
+            _rms_norm,
+            _mixed_norm as mixed,
+        )
+        from torchdiffeq import \\
+            odeint_dense
+        x = 1
+        """
+    )
+    path = tmp_path / "scan_tests.py"
+    path.write_text(source)
+    names = torchdiffeq_suite.scan_torchdiffeq_names([path])
+    assert sorted(names) == [
+        "_impl.misc",  # the submodule, read from "torchdiffeq._impl.misc"
+        "_impl.misc._mixed_norm",
+        "_impl.misc._rms_norm",
+        "odeint",
+        "odeint_adjoint",
+        "odeint_dense",
+        "odeint_event",
+    ]
+    assert torchdiffeq_suite.scan_from_imports(
+        "from torchsde import sdeint as s, BrownianInterval\nimport torch\n", "torchsde"
+    ) == [
+        "sdeint",
+        "BrownianInterval",
+    ]
