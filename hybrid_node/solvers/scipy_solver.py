@@ -18,6 +18,8 @@ from .base import ExternalSolver
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 #: the solve_ivp methods that integrate in the complex domain (Radau and LSODA refuse a complex y0)
 SCIPY_COMPLEX_METHODS = ("RK45", "RK23", "DOP853", "BDF")
+#: the solve_ivp methods whose rtol must be one number (they derive their Newton tolerance from it)
+SCIPY_SCALAR_RTOL = ("BDF", "Radau")
 
 
 class _NoGradient(torch.autograd.Function):
@@ -155,6 +157,11 @@ class ScipySolver(ExternalSolver):
                 return term(float(t), yt).reshape(-1).cpu().to(wide).numpy()
 
         rt, at = _flat_tolerance(rtol, y0), _flat_tolerance(atol, y0)
+        if self.solver in SCIPY_SCALAR_RTOL and not isinstance(rt, float):
+            # BDF and Radau take a scalar rtol only (an array raised "The truth value of an array ... is
+            # ambiguous" from their Newton tolerance, a 0-d tensor's too): the smallest value, which
+            # meets every element's tolerance (as the Newton test of the torch implicit methods)
+            rt = float(rt.min()) if rt.size else 1e-3  # no elements: any valid value (solve_ivp's default)
         y0n = y0.detach().reshape(-1).cpu().to(wide).numpy()
         if len(ts) == 1:
             out = y0n[None]
