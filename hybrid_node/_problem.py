@@ -364,7 +364,8 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             "/ 'gl4', symplectic for any Hamiltonian)."
         )
     if flat.is_complex() and isinstance(solver, ScipySolver):
-        solver.check_complex(flat.dtype)  # RK45, RK23, DOP853 and BDF do; Radau and LSODA refuse
+        if len(host) > 1:  # one output time is y0 itself: scipy is not called (torchdiffeq returns it too)
+            solver.check_complex(flat.dtype)  # RK45, RK23, DOP853 and BDF do; Radau and LSODA refuse
     elif flat.is_complex() and not (isinstance(solver, AbstractSolver) and not solver.implicit):
         raise TypeError(
             f"method {solver.name!r} does not integrate complex states ({flat.dtype}); the explicit methods "

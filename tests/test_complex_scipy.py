@@ -105,3 +105,12 @@ def test_odeint_adjoint_with_scipy_solver_on_a_complex_state(solver):
     for mine, ref in zip(ours, exact):
         # scipy's forward and backward solves at rtol 1e-10
         torch.testing.assert_close(mine, ref, rtol=1e-7, atol=1e-7)
+
+
+def test_scipy_solver_returns_a_complex_y0_at_a_single_time_with_any_method():
+    # torchdiffeq's TestNoIntegration: one output time is y0, scipy is never called, and torchdiffeq
+    # returns it with the default LSODA too; the refusal of LSODA's complex states came first here
+    y0 = torch.tensor(Y0, dtype=torch.complex64)
+    for solver in ("LSODA", "Radau", "RK45"):
+        ys = hn.odeint(field, y0, torch.tensor([0.5]), method="scipy_solver", options={"solver": solver})
+        assert ys.dtype == torch.complex64 and torch.equal(ys[0], y0)

@@ -143,7 +143,8 @@ class ScipySolver(ExternalSolver):
             TypeError: a complex state with Radau or LSODA (:meth:`check_complex`).
         """
         shape, dtype, device = y0.shape, y0.dtype, y0.device
-        self.check_complex(dtype)
+        if len(ts) > 1:  # one time is y0 itself, whatever the method
+            self.check_complex(dtype)
         # scipy computes in double precision; a complex state stays complex (.double() dropped its imaginary part)
         wide = torch.complex128 if dtype.is_complex else torch.float64
         # the solver time of the last field evaluation: where a failed solve got to (with t_eval, scipy's
