@@ -5,51 +5,30 @@ field, the same augmentation (zeros appended after the features or channels), th
 and the concentric-spheres radii are drawn from the distribution of its ``random_point_in_sphere``.
 """
 
-import importlib.util
-import io
-import os
 import random
-import subprocess
 import sys
-import tarfile
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from _reference_code import extract_tree, import_package, load_module, read_source, repository
 
 from hybrid_node.experiments.anode import FlowModel, spheres_data
 from hybrid_node.nn import AugmentedNeuralODE, SolveSettings
 
 #: Dupont et al.'s repository (a checkout or a bare git directory), for its anode/ package
-ANODE_REPO = os.environ.get("ANODE_REPO", "/work/.mirror/EmilienDupont+augmented-neural-odes/repo")
+ANODE_REPO = repository("ANODE_REPO", "/work/.mirror/EmilienDupont+augmented-neural-odes/repo")
+WHAT = "the augmented-neural-odes repository"
 
 
 @pytest.fixture
 def anode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     """The reference's ``anode.models`` and ``anode.conv_models``, from a copy in ``tmp_path`` (skip if absent)."""
     pytest.importorskip("torchdiffeq")  # the reference's ODEBlock solves with it
-    repo = Path(ANODE_REPO)
-    if (repo / "anode" / "models.py").is_file():
-        monkeypatch.syspath_prepend(str(repo))
-    else:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(repo), "archive", "--format=tar", "HEAD", "anode"], capture_output=True, timeout=60
-            )
-        except OSError:
-            pytest.skip("git is not available to read the reference implementation")
-        if done.returncode != 0:
-            pytest.skip(f"the augmented-neural-odes repository is not at {repo} (set ANODE_REPO)")
-        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
-            archive.extractall(tmp_path, filter="data")
-        monkeypatch.syspath_prepend(str(tmp_path))
-    for key in [k for k in sys.modules if k == "anode" or k.startswith("anode.")]:
-        monkeypatch.delitem(sys.modules, key)
-    import anode.conv_models
-    import anode.models
-
-    return types.SimpleNamespace(models=anode.models, conv_models=anode.conv_models)
+    root = extract_tree(ANODE_REPO, "anode", tmp_path, "ANODE_REPO", WHAT)
+    models, conv_models = import_package(root, "anode", ["models", "conv_models"], monkeypatch)
+    return types.SimpleNamespace(models=models, conv_models=conv_models)
 
 
 def _copy_weights(ours: FlowModel, ref) -> None:
@@ -99,17 +78,7 @@ def test_image_augmentation_equals_the_reference_conv_odeblock(anode):
 @pytest.fixture
 def random_point_in_sphere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The reference's ``experiments/dataloaders.random_point_in_sphere`` (skip if absent)."""
-    repo, rel = Path(ANODE_REPO), "experiments/dataloaders.py"
-    if (repo / rel).is_file():
-        source = (repo / rel).read_text()
-    else:
-        try:
-            done = subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{rel}"], capture_output=True, timeout=60)
-        except OSError:
-            pytest.skip("git is not available to read the reference implementation")
-        if done.returncode != 0:
-            pytest.skip(f"the augmented-neural-odes repository is not at {repo} (set ANODE_REPO)")
-        source = done.stdout.decode()
+    source = read_source(ANODE_REPO, "experiments/dataloaders.py", "ANODE_REPO", WHAT)
     # the module imports these for its image loaders, which are not used here
     for name in ("imageio", "torchvision"):
         monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
@@ -118,10 +87,7 @@ def random_point_in_sphere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(sys.modules["torchvision"], "transforms", None, raising=False)
     path = tmp_path / "anode_dataloaders.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("anode_dataloaders", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.random_point_in_sphere
+    return load_module(path, "anode_dataloaders").random_point_in_sphere
 
 
 def test_spheres_radii_follow_the_reference_recipe(random_point_in_sphere):

@@ -4,19 +4,14 @@ a given probe, its exact trace and its Jacobian regularisers); finite difference
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import io
 import math
-import os
-import subprocess
 import sys
-import tarfile
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from _reference_code import extract_tree, import_package, load_module, read_source, repository
 from torch import nn
 
 from hybrid_node.nn.cnf import CNF, CNFSolver, ExactTrace, HutchinsonTrace, RNODERegularization
@@ -30,15 +25,8 @@ pytestmark = [
 ]
 
 #: the references' repositories (checkouts or bare git directories)
-TORCHDIFFEQ_REPO = os.environ.get("TORCHDIFFEQ_REPO", "/work/.mirror/rtqichen+torchdiffeq/repo")
-FFJORD_REPO = os.environ.get("FFJORD_REPO", "/work/.mirror/rtqichen+ffjord/repo")
-
-
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=60)
-    except OSError:
-        pytest.skip("git is not available to read the reference implementation")
+TORCHDIFFEQ_REPO = repository("TORCHDIFFEQ_REPO", "/work/.mirror/rtqichen+torchdiffeq/repo")
+FFJORD_REPO = repository("FFJORD_REPO", "/work/.mirror/rtqichen+ffjord/repo")
 
 
 @pytest.fixture
@@ -47,16 +35,8 @@ def torchdiffeq_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type
     pytest.importorskip("torchdiffeq")
     pytest.importorskip("matplotlib")
     pytest.importorskip("PIL")
-    repo, rel = Path(TORCHDIFFEQ_REPO), "examples/cnf.py"
-    if (repo / rel).is_file():
-        source = (repo / rel).read_text()
-    else:
-        done = _git(repo, "show", f"HEAD:{rel}")
-        if done.returncode != 0:
-            pytest.skip(f"torchdiffeq's repository is not at {repo} (set TORCHDIFFEQ_REPO)")
-        source = done.stdout.decode()
     path = tmp_path / "torchdiffeq_cnf_example.py"
-    path.write_text(source)
+    path.write_text(read_source(TORCHDIFFEQ_REPO, "examples/cnf.py", "TORCHDIFFEQ_REPO", "torchdiffeq's repository"))
     # the example draws its data with sklearn's make_circles, which is not used here, and parses sys.argv
     if "sklearn" not in sys.modules:
         datasets = types.ModuleType("sklearn.datasets")
@@ -64,10 +44,7 @@ def torchdiffeq_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type
         monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
         monkeypatch.setitem(sys.modules, "sklearn.datasets", datasets)
     monkeypatch.setattr(sys, "argv", ["cnf.py"])
-    spec = importlib.util.spec_from_file_location("torchdiffeq_cnf_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, "torchdiffeq_cnf_example")
 
 
 @pytest.fixture
@@ -75,23 +52,8 @@ def ffjord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.SimpleNames
     """FFJORD's lib/layers (ODEnet, ODEfunc, CNF, the regularisers), imported as the package ``lib``
     from a copy in ``tmp_path`` (skip if absent)."""
     pytest.importorskip("torchdiffeq")  # lib/layers/cnf.py solves with it
-    repo = Path(FFJORD_REPO)
-    if (repo / "lib" / "layers").is_dir():
-        monkeypatch.syspath_prepend(str(repo))
-    else:
-        done = _git(repo, "archive", "--format=tar", "HEAD", "lib")
-        if done.returncode != 0:
-            pytest.skip(f"FFJORD's repository is not at {repo} (set FFJORD_REPO)")
-        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
-            archive.extractall(tmp_path, filter="data")
-        monkeypatch.syspath_prepend(str(tmp_path))
-    for key in [k for k in sys.modules if k == "lib" or k.startswith("lib.")]:
-        monkeypatch.delitem(sys.modules, key)  # some other package called lib
-    importlib.invalidate_caches()
-    layers = importlib.import_module("lib.layers")
-    regularization = importlib.import_module("lib.layers.wrappers.cnf_regularization")
-    for key in [k for k in sys.modules if k == "lib" or k.startswith("lib.")]:
-        monkeypatch.setitem(sys.modules, key, sys.modules[key])  # removed again after the test
+    root = extract_tree(FFJORD_REPO, "lib", tmp_path, "FFJORD_REPO", "FFJORD's repository")
+    layers, regularization = import_package(root, "lib", ["layers", "layers.wrappers.cnf_regularization"], monkeypatch)
     return types.SimpleNamespace(layers=layers, regularization=regularization)
 
 

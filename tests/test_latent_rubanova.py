@@ -9,17 +9,14 @@ documented in docs/models.md and pinned here as the relation between the two num
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import subprocess
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from _reference_code import import_package, read_source, repository
 from torch import nn
 
 from hybrid_node.irregular import IrregularBatch
@@ -28,46 +25,26 @@ from hybrid_node.nn.latent_ode import LatentODE, RecognitionRNN, gaussian_log_li
 pytestmark = pytest.mark.usefixtures("one_thread", "float64_default")
 
 #: the reference repository (a checkout or a bare git directory)
-LATENT_ODE_REPO = os.environ.get("LATENT_ODE_REPO", "/work/.mirror/YuliaRubanova+latent_ode/repo")
+LATENT_ODE_REPO = repository("LATENT_ODE_REPO", "/work/.mirror/YuliaRubanova+latent_ode/repo")
+WHAT = "the latent_ode reference repository"
 MODULES = ("utils", "encoder_decoder", "likelihood_eval", "diffeq_solver", "ode_func", "base_models")
 SOLVER = dict(rtol=1e-11, atol=1e-12)
 
 
 @pytest.fixture
-def ref(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
+def ref(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     """The reference's lib modules, imported as the package ``lib`` from copies in ``tmp_path``."""
     pytest.importorskip("torchdiffeq")  # lib/diffeq_solver.py solves with it
-    repo = Path(LATENT_ODE_REPO)
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "__init__.py").write_text("")
     for name in MODULES:
         rel = f"lib/{name}.py"
-        if (repo / rel).is_file():
-            source = (repo / rel).read_text()
-        else:
-            try:
-                done = subprocess.run(
-                    ["git", "-C", str(repo), "show", f"HEAD:{rel}"], capture_output=True, text=True, timeout=60
-                )
-            except OSError:
-                pytest.skip("git is not available to read the reference implementation")
-            if done.returncode != 0:
-                pytest.skip(f"the latent_ode reference repository is not at {repo} (set LATENT_ODE_REPO)")
-            source = done.stdout
-        (tmp_path / rel).write_text(source)
+        (tmp_path / rel).write_text(read_source(LATENT_ODE_REPO, rel, "LATENT_ODE_REPO", WHAT))
     # lib/utils.py imports pandas and sklearn for data loading and metrics, which are not used here
     for stub in ("pandas", "sklearn"):
         if stub not in sys.modules:
             monkeypatch.setitem(sys.modules, stub, types.ModuleType(stub))
-    for key in [k for k in sys.modules if k == "lib" or k.startswith("lib.")]:
-        monkeypatch.delitem(sys.modules, key)  # some other package called lib
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    try:
-        yield types.SimpleNamespace(**{name: importlib.import_module(f"lib.{name}") for name in MODULES})
-    finally:  # the reference's modules leave with the test (monkeypatch then restores any earlier lib)
-        for key in [k for k in sys.modules if k == "lib" or k.startswith("lib.")]:
-            del sys.modules[key]
+    return types.SimpleNamespace(**dict(zip(MODULES, import_package(tmp_path, "lib", MODULES, monkeypatch))))
 
 
 def _shared_grid_batch(bsz: int = 3, length: int = 7, dim: int = 2) -> IrregularBatch:

@@ -3,16 +3,14 @@ differences and the stochastic adjoint."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from _reference_code import load_module, read_source, repository
 from torch import nn
 
 import hybrid_node as hn
@@ -20,7 +18,7 @@ import hybrid_node as hn
 pytestmark = pytest.mark.usefixtures("one_thread", "float64_default")
 
 #: torchsde's repository (a checkout or a bare git directory), for its examples/latent_sde_lorenz.py
-TORCHSDE_REPO = os.environ.get("TORCHSDE_REPO", "/work/.mirror/google-research+torchsde/repo")
+TORCHSDE_REPO = repository("TORCHSDE_REPO", "/work/.mirror/google-research+torchsde/repo")
 EXAMPLE = "examples/latent_sde_lorenz.py"
 
 
@@ -29,27 +27,11 @@ def _load_torchsde_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
     pytest.importorskip("torchsde")
     pytest.importorskip("matplotlib")
     pytest.importorskip("tqdm")
-    repo = Path(TORCHSDE_REPO)
-    if (repo / EXAMPLE).is_file():
-        source = (repo / EXAMPLE).read_text()
-    else:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(repo), "show", f"HEAD:{EXAMPLE}"], capture_output=True, text=True, timeout=60
-            )
-        except OSError:
-            pytest.skip("git is not available to read torchsde's example")
-        if done.returncode != 0:
-            pytest.skip(f"torchsde's repository is not at {repo} (set TORCHSDE_REPO)")
-        source = done.stdout
     path = tmp_path / "latent_sde_lorenz.py"
-    path.write_text(source)
+    path.write_text(read_source(TORCHSDE_REPO, EXAMPLE, "TORCHSDE_REPO", "torchsde's repository"))
     # the example imports fire only for its command line, which is not used here
     monkeypatch.setitem(sys.modules, "fire", sys.modules.get("fire") or types.ModuleType("fire"))
-    spec = importlib.util.spec_from_file_location("torchsde_latent_sde_lorenz", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, "torchsde_latent_sde_lorenz")
 
 
 class _FirstChannels:

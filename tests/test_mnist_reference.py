@@ -8,14 +8,13 @@ example trains with.
 """
 
 import importlib.util
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from _reference_code import load_module, read_source, repository
 from torch import nn
 
 from hybrid_node.experiments import mnist
@@ -23,7 +22,7 @@ from hybrid_node.experiments.mnist import build_model, count_parameters
 from hybrid_node.nn.ode_block import SolveSettings
 
 #: torchdiffeq's repository (a checkout or a bare git directory), for its examples/odenet_mnist.py
-TORCHDIFFEQ_REPO = os.environ.get("TORCHDIFFEQ_REPO", "/work/.mirror/rtqichen+torchdiffeq/repo")
+TORCHDIFFEQ_REPO = repository("TORCHDIFFEQ_REPO", "/work/.mirror/rtqichen+torchdiffeq/repo")
 EXAMPLE = "examples/odenet_mnist.py"
 
 
@@ -31,17 +30,7 @@ EXAMPLE = "examples/odenet_mnist.py"
 def odenet_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """torchdiffeq's ODE-Net example as a module, read from the repository into ``tmp_path`` (skip if absent)."""
     pytest.importorskip("torchdiffeq")
-    repo = Path(TORCHDIFFEQ_REPO)
-    if (repo / EXAMPLE).is_file():
-        source = (repo / EXAMPLE).read_text()
-    else:
-        try:
-            done = subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{EXAMPLE}"], capture_output=True, timeout=60)
-        except OSError:
-            pytest.skip("git is not available to read torchdiffeq's example")
-        if done.returncode != 0:
-            pytest.skip(f"torchdiffeq's repository is not at {repo} (set TORCHDIFFEQ_REPO)")
-        source = done.stdout.decode()
+    source = read_source(TORCHDIFFEQ_REPO, EXAMPLE, "TORCHDIFFEQ_REPO", "torchdiffeq's repository")
     # The example imports torchvision for its data loaders only (not used here) and parses sys.argv.
     if importlib.util.find_spec("torchvision") is None:
         vision = types.ModuleType("torchvision")
@@ -51,10 +40,7 @@ def odenet_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.Modul
     monkeypatch.setattr(sys, "argv", ["odenet_mnist.py"])
     path = tmp_path / "odenet_mnist.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("torchdiffeq_odenet_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, "torchdiffeq_odenet_mnist")
 
 
 def _reference_model(ex: types.ModuleType, kind: str, c: int = 64) -> nn.Sequential:
