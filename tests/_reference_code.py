@@ -98,7 +98,8 @@ def extract_tree(repo: Path, reldir: str, dest: Path, env_var: str, what: str) -
     else:
         data = _git(repo, ["archive", "--format=tar", "HEAD", reldir], env_var, what)
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-            archive.extractall(dest, filter="data")
+            # the "data" filter (refuse links and paths out of dest) exists from Python 3.10.12 / 3.11.4 on
+            archive.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return dest
 
 
