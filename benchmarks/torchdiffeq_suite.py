@@ -378,6 +378,87 @@ def format_failures(result, title, examples=3):
     return "\n".join(lines)
 
 
+def pytest_env(path, prefix, record, timeout, threads):
+    """The environment of a suite's pytest process: ``path`` first on PYTHONPATH, the plugin's settings.
+
+    Args:
+        path: folders to put first on PYTHONPATH (the plugin's, the shim's, this repository).
+        prefix: the plugin's environment prefix (``TORCHDIFFEQ_SUITE``, ``TORCHSDE_SUITE``).
+        record: the JSON-lines file the plugin writes its reports to.
+        timeout: seconds a subtest may run without progress (0 or None: no limit).
+        threads: torch threads in the process (None: torch's default).
+
+    Returns:
+        The environment, without the caller's PYTEST_ADDOPTS and PYTEST_PLUGINS (they would change the run).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(path + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env[f"{prefix}_RECORD"] = str(record)
+    env[f"{prefix}_TIMEOUT"] = str(timeout or 0)
+    if threads:
+        env[f"{prefix}_THREADS"] = str(threads)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_PLUGINS", None)
+    return env
+
+
+def run_recorded(cmd, *, cwd, env, record, strip, log=None, log_prefix="suite_", echo=False, total_timeout=None):
+    """Run a suite's pytest command and read back what its plugin recorded.
+
+    Args:
+        cmd: the command; cwd, env: where and with what it runs.
+        record: the plugin's JSON-lines file.
+        strip: folder prefixes cut from the recorded locations, so that runs compare.
+        log: the file for pytest's output (None: a new temporary file, which outlives the work folder).
+        log_prefix: the temporary log file's name prefix.
+        echo: also print pytest's output as it comes.
+        total_timeout: seconds after which the whole process group is killed (None: no limit).
+
+    Returns:
+        ``(entries, run)``: the recorded reports, and ``log``, ``returncode``,
+        ``killed_after_total_timeout`` and ``wall_s`` of the run.
+    """
+    if log is None:
+        fd, log = tempfile.mkstemp(prefix=log_prefix, suffix=".log")
+        os.close(fd)
+    log = Path(log)
+    start = time.monotonic()
+    killed = False
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE if echo else out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            if echo:
+                for line in proc.stdout:
+                    out.write(line)
+                    sys.stdout.write(line)
+            proc.wait(timeout=total_timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    entries = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    for e in entries:
+        if e.get("where"):
+            for folder in strip:
+                e["where"] = e["where"].replace(f"{folder}{os.sep}", "")
+    run = {
+        "log": str(log),
+        "returncode": proc.returncode,
+        "killed_after_total_timeout": killed,
+        "wall_s": time.monotonic() - start,
+    }
+    return entries, run
+
+
 def run_suite(
     tests,
     *,
@@ -422,15 +503,7 @@ def run_suite(
 
     record = tmp / "record.jsonl"
     record.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(path + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["TORCHDIFFEQ_SUITE_RECORD"] = str(record)
-    env["TORCHDIFFEQ_SUITE_TIMEOUT"] = str(timeout or 0)
-    if threads:
-        env["TORCHDIFFEQ_SUITE_THREADS"] = str(threads)
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-    env.pop("PYTEST_ADDOPTS", None)
-    env.pop("PYTEST_PLUGINS", None)
+    env = pytest_env(path, "TORCHDIFFEQ_SUITE", record, timeout, threads)
     cmd = [
         sys.executable,
         "-m",
@@ -452,45 +525,23 @@ def run_suite(
     ]
     if keyword:
         cmd += ["-k", keyword]
-    if log is None:
-        fd, log = tempfile.mkstemp(prefix="torchdiffeq_suite_", suffix=".log")  # outlives the work directory
-        os.close(fd)
-    log = Path(log)
-    start = time.monotonic()
-    killed = False
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=copied,
-            env=env,
-            stdout=subprocess.PIPE if echo else out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            if echo:
-                for line in proc.stdout:
-                    out.write(line)
-                    sys.stdout.write(line)
-            proc.wait(timeout=total_timeout)
-        except subprocess.TimeoutExpired:
-            killed = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    entries = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
-    for e in entries:  # locations relative to the tests' copy / this repository, so that runs compare
-        if e.get("where"):
-            e["where"] = e["where"].replace(f"{copied}{os.sep}", "").replace(f"{REPO_ROOT}{os.sep}", "")
+    entries, run = run_recorded(
+        cmd,
+        cwd=copied,
+        env=env,
+        record=record,
+        strip=(copied, REPO_ROOT),  # locations relative to the tests' copy / this repository
+        log=log,
+        log_prefix="torchdiffeq_suite_",
+        echo=echo,
+        total_timeout=total_timeout,
+    )
     result = summarise(entries)
     info = {
         "tests": str(tests),
         "workdir": str(tmp),
-        "log": str(log),
         "command": cmd,
-        "returncode": proc.returncode,
-        "killed_after_total_timeout": killed,
-        "wall_s": time.monotonic() - start,
+        **run,
         "reference": reference,
         "shim_names": shim_names,
         "missing_public_api": missing,

@@ -39,18 +39,22 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.torchdiffeq_suite import _PLUGIN as _TORCHDIFFEQ_PLUGIN
-from benchmarks.torchdiffeq_suite import format_failures, format_table, scan_from_imports, summarise
+from benchmarks.torchdiffeq_suite import (
+    format_failures,
+    format_table,
+    pytest_env,
+    run_recorded,
+    scan_from_imports,
+    summarise,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -194,15 +198,7 @@ def run_suite(
 
     record = tmp / "record.jsonl"
     record.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(path + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["TORCHSDE_SUITE_RECORD"] = str(record)
-    env["TORCHSDE_SUITE_TIMEOUT"] = str(timeout or 0)
-    if threads:
-        env["TORCHSDE_SUITE_THREADS"] = str(threads)
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-    env.pop("PYTEST_ADDOPTS", None)
-    env.pop("PYTEST_PLUGINS", None)
+    env = pytest_env(path, "TORCHSDE_SUITE", record, timeout, threads)
     cmd = [
         sys.executable,
         "-m",
@@ -227,45 +223,23 @@ def run_suite(
         cmd += ["--ignore", str(copied / name)]
     if keyword:
         cmd += ["-k", keyword]
-    if log is None:
-        fd, log = tempfile.mkstemp(prefix="torchsde_suite_", suffix=".log")  # outlives the work directory
-        os.close(fd)
-    log = Path(log)
-    start = time.monotonic()
-    killed = False
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=tmp,
-            env=env,
-            stdout=subprocess.PIPE if echo else out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            if echo:
-                for line in proc.stdout:
-                    out.write(line)
-                    sys.stdout.write(line)
-            proc.wait(timeout=total_timeout)
-        except subprocess.TimeoutExpired:
-            killed = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    entries = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
-    for e in entries:  # locations relative to the tests' copy / this repository, so that runs compare
-        if e.get("where"):
-            e["where"] = e["where"].replace(f"{tmp}{os.sep}", "").replace(f"{REPO_ROOT}{os.sep}", "")
+    entries, run = run_recorded(
+        cmd,
+        cwd=tmp,
+        env=env,
+        record=record,
+        strip=(tmp, REPO_ROOT),  # locations relative to the tests' copy / this repository
+        log=log,
+        log_prefix="torchsde_suite_",
+        echo=echo,
+        total_timeout=total_timeout,
+    )
     result = summarise(entries)
     info = {
         "tests": str(tests),
         "workdir": str(tmp),
-        "log": str(log),
         "command": cmd,
-        "returncode": proc.returncode,
-        "killed_after_total_timeout": killed,
-        "wall_s": time.monotonic() - start,
+        **run,
         "reference": reference,
         "shim_names": names,
         "shim_modules": modules,
