@@ -1,6 +1,7 @@
 """The stiffness switch of ``method="auto"``: when it switches to its stiff method, that it stays explicit on
-non-stiff problems and that it switches back."""
+non-stiff problems, that it switches back, and how a failure of its stiff phase is reported."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -175,3 +176,50 @@ def test_a_rejected_step_at_the_stability_limit_completes_the_votes():
     stable = solver.step(_decay, 0.0, y, state, 1e-5)  # dt * lambda = 0.1
     kept = solver.next_state(_decay, 1e-5, stable)
     assert not kept.stiff and (kept.votes, kept.misses) == (auto_switch._MAX_STIFF_STEPS - 1, 1)
+
+
+def _cubic_decay(t, y):
+    return -1e3 * y**3
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _StiffFirst(hn.AutoSwitch):
+    """auto that starts in its stiff phase (BDF), to reach BDF's corrector at ``min_step`` directly."""
+
+    def init(self, f, t0, y0):
+        return auto_switch.AutoState(True, self._stiff_solver().init(f, t0, y0))
+
+
+def test_a_bdf_corrector_failure_at_min_step_is_named():
+    """In auto's BDF phase a corrector that cannot converge at min_step ends the solve as NEWTON_FAILED,
+    as bdf's own does: the loop's report read ``converged`` from auto's step, which did not pass BDF's on,
+    and called the finite state non-finite."""
+    # at h = 0.5 from y = 1 the corrector of y' = -1e3 y^3 does not converge (h |J| = 1500, and the
+    # solution falls to ~0.04 within the step, where the kept Jacobian is 600x too large)
+    sol = hn.solve(
+        _cubic_decay,
+        torch.tensor([1.0], dtype=F64),
+        torch.tensor([0.0, 10.0], dtype=F64),
+        solver=_StiffFirst(stiff_method="bdf"),
+        controller=hn.PIDController(min_step=0.5),
+        throw=False,
+    )
+    assert sol.status is hn.Status.NEWTON_FAILED
+    with pytest.raises(hn.SolverError, match=r"corrector of 'auto' did not converge at min_step=0.5"):
+        hn.solve(
+            _cubic_decay,
+            torch.tensor([1.0], dtype=F64),
+            torch.tensor([0.0, 10.0], dtype=F64),
+            solver=_StiffFirst(stiff_method="bdf"),
+            controller=hn.PIDController(min_step=0.5),
+        )
+    # bdf alone on the same solve: the same status
+    alone = hn.solve(
+        _cubic_decay,
+        torch.tensor([1.0], dtype=F64),
+        torch.tensor([0.0, 10.0], dtype=F64),
+        solver=hn.METHODS["bdf"].solver(),
+        controller=hn.PIDController(min_step=0.5),
+        throw=False,
+    )
+    assert alone.status is hn.Status.NEWTON_FAILED

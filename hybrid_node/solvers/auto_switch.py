@@ -79,6 +79,25 @@ class AutoStep:
     votes: int
     misses: int = 0
 
+    @property
+    def converged(self) -> bool:
+        """Whether the active method's iteration converged (BDF's corrector; True for Tsit5 and Rodas5P).
+
+        The loop's failure report (:func:`~hybrid_node.loop.host.settle_failure`) reads it: a BDF corrector
+        that failed at ``min_step`` is NEWTON_FAILED, not a non-finite state.
+        """
+        return bool(getattr(self.inner, "converged", True))
+
+    @property
+    def e(self) -> torch.Tensor | None:
+        """The active method's last correction (BDF's; None for Tsit5 and Rodas5P)."""
+        return getattr(self.inner, "e", None)
+
+    @property
+    def iteration(self) -> str:
+        """What the active method iterates, for the failure report ("corrector" for BDF)."""
+        return str(getattr(self.inner, "iteration", "corrector"))
+
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class AutoSwitch(AbstractSolver):
