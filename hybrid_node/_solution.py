@@ -56,6 +56,10 @@ class Solution:
             sample's event fired (its ``t_final`` is NaN where it did not); else None.
         events: with ``solve(event=hn.Event(...))``, every recorded crossing in time order (records
             with ``t``, ``index`` and ``y``, the state before any jump); else None.
+        sample_status: with per-sample step control (``PIDController(per_sample=True)``), one
+            :class:`~hybrid_node.Status` per sample (as torchode's per-sample status): SUCCESS for a
+            sample that reached the final time, else why it stopped (under ``throw=False``); ``status``
+            is then the failure of the earliest failed sample. None for the other loops.
     """
 
     ts: torch.Tensor
@@ -66,3 +70,4 @@ class Solution:
     interpolant: object | None = None
     event_fired: torch.Tensor | None = None
     events: list | None = None
+    sample_status: tuple[Status, ...] | None = None

@@ -339,3 +339,29 @@ def test_a_first_step_per_sample_needs_one_per_sample_and_per_sample_control():
     ys = hn.odeint(field, y0, T, options={"first_step": np.full(4, 1e-3), "per_sample": True})
     ref = hn.odeint(field, y0, T, options={"first_step": 1e-3, "per_sample": True})
     assert torch.equal(ys, ref)
+
+
+def test_every_sample_reports_its_own_status():
+    """``Solution.sample_status`` (as torchode's per-sample status): the batch status said only that some
+    sample failed, and the failed samples were found by their NaN outputs."""
+    ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, per_sample=True)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    assert hn.solve(field, y0, T, controller=ctrl).sample_status == (hn.Status.SUCCESS,) * 3
+
+    def early(t, y):  # sample 1 turns infinite at t > 0.01
+        return torch.where((torch.arange(y.shape[0]) == 1)[:, None] & (t.reshape(-1, 1) > 0.01), math.inf, field(t, y))
+
+    sol = hn.solve(early, y0, T, controller=ctrl, throw=False)
+    assert sol.sample_status == (hn.Status.SUCCESS, hn.Status.NONFINITE, hn.Status.SUCCESS)
+
+    # a sample at rest (its steps grow tenfold) ends within max_num_steps, a fast oscillation does not
+    w = torch.tensor([0.0, 50.0], dtype=torch.float64)
+    spin = lambda t, y: torch.stack([w * y[:, 1], -w * y[:, 0]], 1)  # noqa: E731
+    few = hn.PIDController(rtol=1e-8, atol=1e-10, per_sample=True, max_num_steps=30)
+    sol = hn.solve(spin, torch.ones(2, 2, dtype=torch.float64), T, controller=few, throw=False)
+    assert sol.status is hn.Status.MAX_STEPS
+    assert sol.sample_status == (hn.Status.SUCCESS, hn.Status.MAX_STEPS)
+    assert torch.equal(sol.ys[-1, 0], y0[0]) and torch.isnan(sol.ys[-1, 1]).all()
+
+    shared = hn.PIDController(rtol=1e-6, atol=1e-8)
+    assert hn.solve(field, y0, T, controller=shared).sample_status is None  # shared steps: no per-sample status

@@ -250,4 +250,11 @@ def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | N
     if integration.event_t is not None:
         te = -integration.event_t if problem.reverse else integration.event_t
         t_final = torch.tensor(te, dtype=problem.t.dtype, device=problem.t.device)
-    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=integration.stats, status=status, t_final=t_final)
+    return Solution(
+        ts=problem.t,
+        ys=problem.unflatten(ys),
+        stats=integration.stats,
+        status=status,
+        t_final=t_final,
+        sample_status=integration.sample_status,
+    )

@@ -103,6 +103,8 @@ class Integration:
     stacked: torch.Tensor | None = None
     #: the loop found every output of ``stacked`` finite (the whole-solve graph tests them as it ends)
     finite: bool = False
+    #: the per-sample loop's status of every sample (None for the other loops)
+    sample_status: tuple[Status, ...] | None = None
     #: the rows :attr:`ys` split ``stacked`` into (:meth:`stack` returns ``stacked`` while ``ys`` holds them)
     _split: tuple[torch.Tensor, ...] | None = dataclasses.field(default=None, repr=False)
 

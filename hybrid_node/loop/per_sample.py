@@ -163,11 +163,17 @@ def integrate_per_sample(
     stopped = torch.zeros(batch, dtype=torch.bool, device=dev)
     failures: list[int] = []
     fail_status, fail_t = Status.SUCCESS, math.inf
+    sample_status = [Status.SUCCESS] * batch
     n_iter = 0
     last = tab.stages - 1
     while True:
         if n_iter >= controller.max_num_steps:
-            return _failed(Status.MAX_STEPS, t, outs, stats, term, throw, f"max_num_steps={controller.max_num_steps}")
+            with torch.no_grad():
+                running = (~((t >= t_end) | stopped)).nonzero().reshape(-1).tolist()
+            for i in running:
+                sample_status[i] = Status.MAX_STEPS
+            detail = f"max_num_steps={controller.max_num_steps}"
+            return _failed(Status.MAX_STEPS, t, outs, stats, term, throw, detail, sample_status)
         n_iter += 1
         with torch.no_grad():
             done = (t >= t_end) | stopped
@@ -249,9 +255,13 @@ def integrate_per_sample(
             if throw:  # name the samples that failed: the others' outputs are theirs
                 rows = (code == core.NONFINITE) if nonfinite else (code > core.SUCCESS)
                 failed = rows.nonzero().reshape(-1).tolist()
-                return _failed(status, t[failed[0]], outs, stats, term, throw, _detail(status, failed, batch))
+                detail = _detail(status, failed, batch)
+                return _failed(status, t[failed[0]], outs, stats, term, throw, detail, sample_status)
             rows = code > core.SUCCESS
-            failures += rows.nonzero().reshape(-1).tolist()
+            failed = rows.nonzero().reshape(-1).tolist()
+            failures += failed
+            for i, why in zip(failed, code[rows].tolist()):
+                sample_status[i] = Status.NONFINITE if why == core.NONFINITE else Status.STEP_UNDERFLOW
             fail_status = Status.NONFINITE if Status.NONFINITE in (fail_status, status) else status
             stopped = stopped | rows
             with torch.no_grad():
@@ -261,9 +271,10 @@ def integrate_per_sample(
                 break
     if failures:
         detail = _detail(fail_status, failures, batch)
-        return _failed(fail_status, torch.tensor(fail_t, dtype=torch.float64), outs, stats, term, throw, detail)
+        t_fail = torch.tensor(fail_t, dtype=torch.float64)
+        return _failed(fail_status, t_fail, outs, stats, term, throw, detail, sample_status)
     stats.nfe = term.nfe
-    return Integration(outs, stats, Status.SUCCESS, t_end)
+    return Integration(outs, stats, Status.SUCCESS, t_end, sample_status=tuple(sample_status))
 
 
 def _first_steps(first_step, batch: int) -> torch.Tensor:
@@ -417,11 +428,11 @@ def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp: _Dense) -> N
         outs[j] = torch.where(_col(masks[row], y).bool(), block[row], outs[j])
 
 
-def _failed(status, t, outs, stats, term, throw, detail):
+def _failed(status, t, outs, stats, term, throw, detail, sample_status):
     """Raise SolverError (with ``throw``) or report ``status`` at ``t`` (solver time), the earliest
-    of a vector of per-sample times or one failing sample's."""
+    of a vector of per-sample times or one failing sample's, with each sample's status."""
     t_min = float(t.min())
     if throw:
         raise SolverError(status, -t_min if term.reverse else t_min, detail)
     stats.nfe = term.nfe
-    return Integration(outs, stats, status, t_min)
+    return Integration(outs, stats, status, t_min, sample_status=tuple(sample_status))
