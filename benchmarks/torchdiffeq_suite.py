@@ -553,39 +553,47 @@ def run_suite(
     return result, info
 
 
-def check(result, info):
-    """Reasons the run does not count (an empty list when it does)."""
+def check(result, info, peer="torchdiffeq", collect_errors_count=False):
+    """Reasons the run does not count (an empty list when it does).
+
+    Args:
+        result, info: what :func:`run_suite` returned.
+        peer: the package the tests import (``torchdiffeq``, ``torchsde``).
+        collect_errors_count: a run whose only results are files that failed to import still counts
+            (the torchsde harness reports such files rather than stopping).
+    """
     problems = []
     session = result["session"]
     if session is None:
         problems.append(f"pytest did not start (exit {info['returncode']}; see {info['log']})")
         return problems
-    td = session.get("torchdiffeq", {})
-    if "error" in td:
-        problems.append(f"import torchdiffeq failed in the subprocess: {td['error']}")
-    elif td.get("shim") == info["reference"]:
+    imported = session.get(peer, {})
+    if "error" in imported:
+        problems.append(f"import {peer} failed in the subprocess: {imported['error']}")
+    elif imported.get("shim") == info["reference"]:
         problems.append(
-            f"torchdiffeq came from {td.get('file')}, not from {'the install' if info['reference'] else 'the shim'}"
+            f"{peer} came from {imported.get('file')}, not from {'the install' if info['reference'] else 'the shim'}"
         )
     if not info["reference"]:
         hn = session.get("hybrid_node", {})
         expected = str(REPO_ROOT / "hybrid_node")
         if not str(hn.get("file", "")).startswith(expected):
             problems.append(f"hybrid_node came from {hn.get('file') or hn.get('error')}, not from {expected}")
-    if not result["functions"]:
+    if not result["functions"] and not (collect_errors_count and result["counts"]["collect_errors"]):
         problems.append(f"no test function ran (exit {info['returncode']}; see {info['log']})")
     if info["returncode"] not in (0, 1) and not info["killed_after_total_timeout"]:
         problems.append(f"pytest exited with {info['returncode']} (see {info['log']})")
     return problems
 
 
-def title_of(result, info):
+def title_of(result, info, peer="torchdiffeq"):
+    """The report's title line: whose tests ran against what, and for how long."""
     session = result["session"] or {}
     if info["reference"]:
-        what = f"the installed torchdiffeq {session.get('torchdiffeq', {}).get('version')}"
+        what = f"the installed {peer} {session.get(peer, {}).get('version')}"
     else:
-        what = f"hybrid_node {session.get('hybrid_node', {}).get('version')} through the torchdiffeq shim"
-    return f"torchdiffeq's tests ({info['tests']}) against {what}: {info['wall_s']:.0f} s"
+        what = f"hybrid_node {session.get('hybrid_node', {}).get('version')} through the {peer} shim"
+    return f"{peer}'s tests ({info['tests']}) against {what}: {info['wall_s']:.0f} s"
 
 
 def main(argv=None):

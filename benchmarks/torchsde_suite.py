@@ -47,6 +47,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.torchdiffeq_suite import _PLUGIN as _TORCHDIFFEQ_PLUGIN
+from benchmarks.torchdiffeq_suite import check as check_run
 from benchmarks.torchdiffeq_suite import (
     format_failures,
     format_table,
@@ -55,6 +56,7 @@ from benchmarks.torchdiffeq_suite import (
     scan_from_imports,
     summarise,
 )
+from benchmarks.torchdiffeq_suite import title_of as run_title
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -256,38 +258,12 @@ def run_suite(
 
 
 def check(result, info):
-    """Reasons the run does not count (an empty list when it does)."""
-    problems = []
-    session = result["session"]
-    if session is None:
-        problems.append(f"pytest did not start (exit {info['returncode']}; see {info['log']})")
-        return problems
-    ts = session.get("torchsde", {})
-    if "error" in ts:
-        problems.append(f"import torchsde failed in the subprocess: {ts['error']}")
-    elif ts.get("shim") == info["reference"]:
-        problems.append(
-            f"torchsde came from {ts.get('file')}, not from {'the install' if info['reference'] else 'the shim'}"
-        )
-    if not info["reference"]:
-        hn = session.get("hybrid_node", {})
-        expected = str(REPO_ROOT / "hybrid_node")
-        if not str(hn.get("file", "")).startswith(expected):
-            problems.append(f"hybrid_node came from {hn.get('file') or hn.get('error')}, not from {expected}")
-    if not result["functions"] and not result["counts"]["collect_errors"]:
-        problems.append(f"no test function ran (exit {info['returncode']}; see {info['log']})")
-    if info["returncode"] not in (0, 1) and not info["killed_after_total_timeout"]:
-        problems.append(f"pytest exited with {info['returncode']} (see {info['log']})")
-    return problems
+    """Reasons the run does not count (an empty list when it does); files that fail to import count."""
+    return check_run(result, info, "torchsde", collect_errors_count=True)
 
 
 def title_of(result, info):
-    session = result["session"] or {}
-    if info["reference"]:
-        what = f"the installed torchsde {session.get('torchsde', {}).get('version')}"
-    else:
-        what = f"hybrid_node {session.get('hybrid_node', {}).get('version')} through the torchsde shim"
-    return f"torchsde's tests ({info['tests']}) against {what}: {info['wall_s']:.0f} s"
+    return run_title(result, info, "torchsde")
 
 
 def format_names(info):
