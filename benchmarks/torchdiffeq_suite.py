@@ -596,6 +596,36 @@ def title_of(result, info, peer="torchdiffeq"):
     return f"{peer}'s tests ({info['tests']}) against {what}: {info['wall_s']:.0f} s"
 
 
+def finish(args, result, info, title, problems):
+    """The end of a harness run: the log's path, the ``--failures`` and ``--json`` files, the harness
+    problems on stderr, and the work folder removed after a run that counts (unless ``--workdir``).
+
+    Returns:
+        The exit status: 2 when the run does not count, else 0.
+    """
+    if info["killed_after_total_timeout"]:
+        print(f"the run was killed after --total-timeout {args.total_timeout:g} s: counts are partial")
+    print(f"pytest log: {info['log']}")
+    if args.failures:
+        Path(args.failures).write_text(format_failures(result, title) + "\n")
+        print(f"failures: {args.failures}")
+    if args.json:
+        data = {
+            "info": info,
+            "counts": result["counts"],
+            "session": result["session"],
+            "functions": result["functions"],
+            "failures": result["failures"],
+        }
+        Path(args.json).write_text(json.dumps(data, indent=1, default=dict) + "\n")
+        print(f"json: {args.json}")
+    for p in problems:
+        print(f"HARNESS PROBLEM: {p}", file=sys.stderr)
+    if not args.workdir and not problems:
+        shutil.rmtree(info["workdir"], ignore_errors=True)
+    return 2 if problems else 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", help="a local copy of torchdiffeq's tests/ folder")
@@ -660,28 +690,7 @@ def main(argv=None):
         print(f"torchdiffeq names the tests use: {used or 'none'} (all public API)")
     if info["missing_public_api"]:
         print(f"public API hybrid_node lacks (not in the shim): {', '.join(info['missing_public_api'])}")
-    if info["killed_after_total_timeout"]:
-        print(f"the run was killed after --total-timeout {args.total_timeout:g} s: counts are partial")
-    print(f"pytest log: {info['log']}")
-    if args.failures:
-        Path(args.failures).write_text(format_failures(result, title) + "\n")
-        print(f"failures: {args.failures}")
-    if args.json:
-        data = {
-            "info": info,
-            "counts": result["counts"],
-            "session": result["session"],
-            "functions": result["functions"],
-            "failures": result["failures"],
-        }
-        Path(args.json).write_text(json.dumps(data, indent=1, default=dict) + "\n")
-        print(f"json: {args.json}")
-    problems = check(result, info)
-    for p in problems:
-        print(f"HARNESS PROBLEM: {p}", file=sys.stderr)
-    if not args.workdir and not problems:
-        shutil.rmtree(info["workdir"], ignore_errors=True)
-    return 2 if problems else 0
+    return finish(args, result, info, title, check(result, info))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from pathlib import Path
 from benchmarks.torchdiffeq_suite import _PLUGIN as _TORCHDIFFEQ_PLUGIN
 from benchmarks.torchdiffeq_suite import check as check_run
 from benchmarks.torchdiffeq_suite import (
-    format_failures,
+    finish,
     format_table,
     pytest_env,
     run_recorded,
@@ -326,28 +326,7 @@ def main(argv=None):
     print(format_table(result, title))
     print()
     print(format_names(info))
-    if info["killed_after_total_timeout"]:
-        print(f"the run was killed after --total-timeout {args.total_timeout:g} s: counts are partial")
-    print(f"pytest log: {info['log']}")
-    if args.failures:
-        Path(args.failures).write_text(format_failures(result, title) + "\n")
-        print(f"failures: {args.failures}")
-    if args.json:
-        data = {
-            "info": info,
-            "counts": result["counts"],
-            "session": result["session"],
-            "functions": result["functions"],
-            "failures": result["failures"],
-        }
-        Path(args.json).write_text(json.dumps(data, indent=1, default=dict) + "\n")
-        print(f"json: {args.json}")
-    problems = check(result, info)
-    for p in problems:
-        print(f"HARNESS PROBLEM: {p}", file=sys.stderr)
-    if not args.workdir and not problems:
-        shutil.rmtree(info["workdir"], ignore_errors=True)
-    return 2 if problems else 0
+    return finish(args, result, info, title, check(result, info))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from benchmarks import torchsde_suite
+from benchmarks.torchdiffeq_suite import format_failures
 
 _STANDIN = """
 import sys
@@ -85,7 +86,7 @@ def test_harness_counts_tests_through_the_shim(tmp_path):
         "_brownian.brownian_interval": ["test_private.py"],
     }
     assert info["torchsde_names_used"]["settings.NOISE_TYPES"] == ["test_standin.py"]
-    report = torchsde_suite.format_failures(result, "t")
+    report = format_failures(result, "t")
     assert "1 failures in 1 groups" in report and "no_such_method" in report
     assert "not run (reaches into torchsde's private modules): test_private.py" in torchsde_suite.format_names(info)
 
