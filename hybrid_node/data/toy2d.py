@@ -78,7 +78,8 @@ def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _rings(n: int, rng: np.random.Generator) -> np.ndarray:
-    radius = np.array([0.8, 1.6, 2.4, 3.2])[rng.integers(0, 4, n)]
+    # FFJORD's four rings: radii 3 x (1, 0.75, 0.5, 0.25), equally likely.
+    radius = np.array([0.75, 1.5, 2.25, 3.0])[rng.integers(0, 4, n)]
     x = _on_circle(radius, rng.uniform(0.0, 2.0 * np.pi, n))
     return x + 0.08 * rng.standard_normal((n, 2))
 
