@@ -44,9 +44,10 @@ def _two_moons(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+    # FFJORD's recipe: centres at radius 4 and noise 0.5, both divided by 1.414 (not sqrt(2)).
     centre = rng.integers(0, 8, n)
-    x = _on_circle(np.full(n, 2.8), centre * (np.pi / 4.0))
-    return x + 0.35 * rng.standard_normal((n, 2))
+    x = _on_circle(np.full(n, 4.0), centre * (np.pi / 4.0))
+    return (x + 0.5 * rng.standard_normal((n, 2))) / 1.414
 
 
 def _pinwheel(n: int, rng: np.random.Generator) -> np.ndarray:
