@@ -51,15 +51,16 @@ def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _pinwheel(n: int, rng: np.random.Generator) -> np.ndarray:
-    # Five arms; each point starts near (1, 0) and is rotated by its arm angle plus a twist that grows
-    # exponentially with its radial coordinate.
+    # Five arms; each point starts near (1, 0) and is rotated clockwise by its arm angle plus a twist that
+    # grows exponentially with its radial coordinate. Clockwise as in FFJORD, whose einsum "ti,tij->tj"
+    # multiplies the row vector by [[c, -s], [s, c]]: a counter-clockwise turn mirrors the arms.
     arms, radial_std, tangential_std, twist = 5, 0.3, 0.1, 0.25
     arm = rng.integers(0, arms, n)
     feat = rng.standard_normal((n, 2)) * np.array([radial_std, tangential_std])
     feat[:, 0] += 1.0
     angle = arm * (2.0 * np.pi / arms) + twist * np.exp(feat[:, 0])
     c, s = np.cos(angle), np.sin(angle)
-    x = np.stack([c * feat[:, 0] - s * feat[:, 1], s * feat[:, 0] + c * feat[:, 1]], axis=1)
+    x = np.stack([c * feat[:, 0] + s * feat[:, 1], -s * feat[:, 0] + c * feat[:, 1]], axis=1)
     return 2.0 * x
 
 
