@@ -65,10 +65,11 @@ def _pinwheel(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _two_spirals(n: int, rng: np.random.Generator) -> np.ndarray:
-    # Archimedean spiral r = theta; sqrt(u) spreads points evenly along the arc.
+    # Archimedean spiral r = theta; sqrt(u) spreads points evenly along the arc. As in FFJORD, each point
+    # is moved by a uniform [0, 0.5) draw per coordinate before one arm is mirrored into the other.
     theta = np.sqrt(rng.uniform(0.0, 1.0, n)) * 3.0 * np.pi
-    x = np.stack([-theta * np.cos(theta), theta * np.sin(theta)], axis=1) / 3.0
-    x = np.where((rng.uniform(size=n) < 0.5)[:, None], x, -x)
+    arm = np.stack([-theta * np.cos(theta), theta * np.sin(theta)], axis=1) + rng.uniform(0.0, 0.5, (n, 2))
+    x = np.where((rng.uniform(size=n) < 0.5)[:, None], arm, -arm) / 3.0
     return x + 0.1 * rng.standard_normal((n, 2))
 
 
