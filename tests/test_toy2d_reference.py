@@ -24,7 +24,7 @@ TORCHDIFFEQ_REPO = repository("TORCHDIFFEQ_REPO", "/work/.mirror/rtqichen+torchd
 N = 100_000
 
 #: our names that FFJORD's inf_train_gen knows under the same name
-FFJORD_SAME_NAME = ["8gaussians", "pinwheel", "2spirals", "checkerboard", "rings"]
+FFJORD_SAME_NAME = ["8gaussians", "pinwheel", "2spirals", "checkerboard", "rings", "swissroll"]
 
 
 def _projections(x: np.ndarray) -> dict[str, np.ndarray]:

@@ -88,10 +88,11 @@ def _rings(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _swiss_roll(n: int, rng: np.random.Generator) -> np.ndarray:
-    # The two-dimensional swiss roll t (cos t, sin t), t in [1.5 pi, 4.5 pi].
+    # The two-dimensional swiss roll t (cos t, sin t), t in [1.5 pi, 4.5 pi]: FFJORD's
+    # make_swiss_roll(noise=1.0) with columns (x, z) divided by 5, so the noise is 1.0 / 5.
     t = 1.5 * np.pi * (1.0 + 2.0 * rng.uniform(0.0, 1.0, n))
-    x = np.stack([t * np.cos(t), t * np.sin(t)], axis=1) / 5.0
-    return x + 0.1 * rng.standard_normal((n, 2))
+    x = np.stack([t * np.cos(t), t * np.sin(t)], axis=1)
+    return (x + rng.standard_normal((n, 2))) / 5.0
 
 
 _GENERATORS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
