@@ -20,7 +20,7 @@ def test_shape_dtype_range_and_determinism(name):
 
 def test_two_circles_radii():
     r = np.linalg.norm(sample_toy2d("two_circles", 4000, seed=0), axis=1)
-    # Two rings at radii 3 and 1.5 with noise 0.2: the radii split cleanly at 2.25.
+    # Two rings at radii 3 and 1.5 with noise 0.18: the radii split cleanly at 2.25.
     assert abs(np.median(r[r > 2.25]) - 3.0) < 0.05
     assert abs(np.median(r[r < 2.25]) - 1.5) < 0.05
     assert 0.45 < np.mean(r < 2.25) < 0.55
