@@ -70,3 +70,11 @@ def test_two_component_sets_are_ordered_as_documented():
     d_upper = np.abs(np.linalg.norm(x, axis=1) - 1)
     d_lower = np.abs(np.linalg.norm(x - np.array([1.0, 0.5]), axis=1) - 1)
     assert np.mean(d_upper[:500] < d_lower[:500]) > 0.95 and np.mean(d_lower[500:] < d_upper[500:]) > 0.95
+
+
+@pytest.mark.parametrize("name", TOY2D_NAMES)
+def test_rng_must_be_a_generator(name):
+    # Before, a RandomState worked for some sets and raised AttributeError ('integers') inside others.
+    for bad in (np.random.RandomState(0), 0):
+        with pytest.raises(TypeError, match="Generator"):
+            sample_toy2d(name, 10, rng=bad)

@@ -134,7 +134,7 @@ def sample_toy2d(
 
     Raises:
         ValueError: unknown ``name`` or ``n`` not positive.
-        TypeError: ``n`` not an integer.
+        TypeError: ``n`` not an integer, or ``rng`` not a ``numpy.random.Generator``.
     """
     if name not in _GENERATORS:
         raise ValueError(f"Unknown toy data set {name!r}; choose one of {', '.join(TOY2D_NAMES)}.")
@@ -144,4 +144,8 @@ def sample_toy2d(
         raise ValueError(f"n must be positive, got {n}.")
     if rng is None:
         rng = np.random.default_rng(seed)
+    elif not isinstance(rng, np.random.Generator):
+        # A legacy RandomState (FFJORD's inf_train_gen takes one) lacks Generator.integers: it would work
+        # for some sets and fail deep inside others.
+        raise TypeError(f"rng must be a numpy.random.Generator (numpy.random.default_rng), got {type(rng).__name__}.")
     return _GENERATORS[name](int(n), rng).astype(np.float32)
