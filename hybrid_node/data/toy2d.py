@@ -5,6 +5,14 @@ two moons; Grathwohl et al. 2019, "FFJORD", Figure 2: 8 gaussians, pinwheel, 2 s
 rings, swiss roll). Every generator is written here with numpy only and is scaled so that the data lie
 roughly in the square [-4, 4]^2, which suits a standard normal base distribution.
 
+Each set has the distribution of its reference recipe: FFJORD's ``lib/toy_data.py`` (``inf_train_gen``)
+for 8gaussians, pinwheel, 2spirals, checkerboard, rings and swissroll, and the Neural ODE paper's CNF
+example (torchdiffeq's ``examples/cnf.py``: ``make_circles(noise=0.06, factor=0.5)``) scaled by 3 for
+two_circles. Deliberate differences: two_moons is FFJORD's ``2 * make_moons(noise=0.1)`` centred at the
+origin (FFJORD's is centred at (0, 0.3)); FFJORD's "circles" has noise 0.24 where two_circles has 0.18;
+every set returns exactly ``n`` independent draws, where FFJORD spaces the points of rings, moons and
+circles evenly along each curve and returns a multiple of 5 (pinwheel) or 2 (2spirals) points.
+
 Example:
     >>> x = sample_toy2d("two_moons", 1000, seed=0)
     >>> x.shape
