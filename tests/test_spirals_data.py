@@ -126,3 +126,32 @@ def test_bayes_forecast_rejects_bad_input():
     shifted = IrregularBatch(batch.times + 0.01, batch.values, batch.mask)
     with pytest.raises(ValueError, match="grid"):
         bayes_forecast(SpiralConfig(), shifted)
+
+
+@pytest.mark.parametrize("field", ["nspiral", "ntotal", "nsample", "nextrap"])
+@pytest.mark.parametrize("value", [100.0, True])
+def test_non_integer_spiral_counts_are_refused(field, value):
+    # Before, nsample=100.0 failed inside make_spirals with "arrays used as indices must be of integer type".
+    with pytest.raises(TypeError, match=field):
+        SpiralConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["n_traj", "n_points"])
+def test_non_integer_periodic_counts_are_refused(field):
+    # Before, n_traj=2.5 failed inside make_periodic with "expand() takes 1 positional argument".
+    with pytest.raises(TypeError, match=field):
+        PeriodicConfig(**{field: 10.0})
+
+
+@pytest.mark.parametrize("freq_range", [(0.3,), (0.1, 0.2, 0.3), 0.3])
+def test_periodic_freq_range_must_be_a_pair(freq_range):
+    # Before: "not enough values to unpack" or "cannot unpack non-iterable float object".
+    with pytest.raises(ValueError, match="freq_range must be a pair"):
+        PeriodicConfig(freq_range=freq_range)
+
+
+def test_numpy_integer_counts_are_accepted():
+    data = make_spirals(SpiralConfig(nspiral=np.int64(3), nsample=np.int64(10), ntotal=np.int64(150)), seed=0)
+    assert data.observed.shape == (3, 10, 2)
+    batch, _ = make_periodic(PeriodicConfig(n_traj=np.int64(3), n_points=np.int64(7)), seed=0)
+    assert batch.values.shape == (3, 7, 1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import torch
 
@@ -37,6 +38,10 @@ class PeriodicConfig:
         amplitude: amplitude of every wave.
         noise_std: standard deviation of the observation noise.
         shared_times: all trajectories observed at the same random times (True) or each at its own.
+
+    Raises:
+        TypeError: n_traj or n_points not an int.
+        ValueError: freq_range not a pair, or settings out of range or not finite.
     """
 
     n_traj: int = 1000
@@ -48,6 +53,13 @@ class PeriodicConfig:
     shared_times: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("n_traj", "n_points"):
+            value = getattr(self, name)
+            # A float count would fail later inside torch.rand or expand with an unrelated message.
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {value!r}.")
+        if not isinstance(self.freq_range, (tuple, list)) or len(self.freq_range) != 2:
+            raise ValueError(f"freq_range must be a pair (low, high), got {self.freq_range!r}.")
         lo, hi = self.freq_range
         if not all(math.isfinite(v) for v in (self.max_t, lo, hi, self.amplitude, self.noise_std)):
             raise ValueError(

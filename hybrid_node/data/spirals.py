@@ -38,6 +38,10 @@ class SpiralConfig:
         nsample: points per observed window.
         nextrap: points after the window kept as (noise-free) extrapolation targets.
         noise_std: standard deviation of the Gaussian observation noise.
+
+    Raises:
+        TypeError: a count (nspiral, ntotal, nsample, nextrap) that is not an int.
+        ValueError: counts out of range, a grid too short for them, or non-finite or invalid floats.
     """
 
     nspiral: int = 1000
@@ -51,6 +55,11 @@ class SpiralConfig:
     noise_std: float = 0.3
 
     def __post_init__(self) -> None:
+        for name in ("nspiral", "ntotal", "nsample", "nextrap"):
+            value = getattr(self, name)
+            # A float count (100.0 from a command line) would fail later as an indexing or numpy error.
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {value!r}.")
         if self.nspiral < 1 or self.nsample < 2 or self.nextrap < 0:
             raise ValueError("need nspiral >= 1, nsample >= 2 and nextrap >= 0.")
         if self.ntotal - 2 * self.nsample - self.nextrap < 1:
