@@ -8,8 +8,9 @@ times, which exercises per-sample grids.
 It is a simpler set than the reference code's generator (``generate_timeseries.py`` of
 YuliaRubanova/latent_ode, as its ``parse_datasets.py`` calls it): there every wave starts at phase 0
 around an offset of 1 plus a normal draw of standard deviation 0.1, with a frequency drawn from
-[0.4, 0.8], and carries uniform noise in [0, 0.01) on all points but the first. Numbers measured on
-this set are therefore not the paper's.
+[0.4, 0.8], and carries uniform noise in [0, 0.01) on all points but the first; its shared times are
+t = 0 and 99 uniform draws on [0, max_t] (here all 100 are drawn). Numbers measured on this set are
+therefore not the paper's.
 
 Reference: Y. Rubanova, R. T. Q. Chen, D. Duvenaud, "Latent ODEs for Irregularly-Sampled Time Series",
 NeurIPS 2019, Section 4.1 (toy data set).
