@@ -92,6 +92,20 @@ def test_shape_errors_say_what_is_expected():
         HamiltonianNN(2, layers=-1)
 
 
+def test_pair_states_that_are_not_q_and_p_of_dim_entries_are_refused_by_both_models():
+    # the baseline concatenated whatever it got: a q of 1 and a p of 3 entries (4 = 2 * dim inputs) ran
+    # and returned a pair of other shapes; three tensors failed in the HNN with "too many values to unpack"
+    for model in (_model(2), BaselineODE(2, hidden=4).to(F64)):
+        with pytest.raises(ValueError, match=r"must both have shape \(\.\.\., 2\), got \(3, 1\) and \(3, 3\)"):
+            model(torch.zeros(()), (torch.zeros(3, 1, dtype=F64), torch.zeros(3, 3, dtype=F64)))
+        with pytest.raises(ValueError, match=r"must be the pair \(q, p\), got 3 tensors"):
+            model(torch.zeros(()), (torch.zeros(3, 2, dtype=F64),) * 3)
+        with pytest.raises(ValueError, match="2 \\* dim = 4"):
+            model(torch.zeros(()), torch.zeros(3, 3, dtype=F64))
+        dq, dp = model(torch.zeros(()), (torch.zeros(3, 2, dtype=F64), torch.zeros(3, 2, dtype=F64)))
+        assert dq.shape == dp.shape == (3, 2)
+
+
 class _Pendulum(torch.nn.Module):
     """H = p^2 / 2 - cos q summed over the coordinates, one value per sample (shape (...), no trailing 1)."""
 

@@ -36,6 +36,20 @@ def _mlp(in_dim: int, out_dim: int, hidden: int, layers: int, activation: Callab
     return nn.Sequential(*modules)
 
 
+def _pair(y: tuple | list, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair state ``(q, p)``, each of shape ``(..., dim)``.
+
+    Raises:
+        ValueError: ``y`` is not two tensors, or they are not both of shape ``(..., dim)`` (the same shape).
+    """
+    if len(y) != 2:
+        raise ValueError(f"a tuple state must be the pair (q, p), got {len(y)} tensors.")
+    q, p = y
+    if q.shape[-1:] != (dim,) or p.shape != q.shape:
+        raise ValueError(f"q and p must both have shape (..., {dim}), got {tuple(q.shape)} and {tuple(p.shape)}.")
+    return q, p
+
+
 class HamiltonianNN(nn.Module):
     """A learned Hamiltonian H_theta(q, p) whose ``forward(t, y)`` is the field ``J grad H_theta``.
 
@@ -138,10 +152,14 @@ class HamiltonianNN(nn.Module):
         return dh_dp, -dh_dq
 
     def forward(self, t: torch.Tensor, y: State) -> State:
-        """The field at (t, y): a pair for a pair state, one tensor (q then p on the last dim) otherwise."""
+        """The field at (t, y): a pair for a pair state, one tensor (q then p on the last dim) otherwise.
+
+        Raises:
+            ValueError: a pair state is not two tensors of shape ``(..., dim)``, or a tensor state does not
+                end in ``2 * dim`` entries.
+        """
         if isinstance(y, (tuple, list)):
-            q, p = y
-            return self.symplectic_gradient(q, p)
+            return self.symplectic_gradient(*_pair(y, self.dim))
         if y.shape[-1] != 2 * self.dim:
             raise ValueError(f"a tensor state must end in 2 * dim = {2 * self.dim} entries (q then p), got {y.shape}.")
         dq, dp = self.symplectic_gradient(y[..., : self.dim], y[..., self.dim :])
@@ -173,8 +191,15 @@ class BaselineODE(nn.Module):
         self.net = _mlp(2 * dim, 2 * dim, hidden, layers, activation)
 
     def forward(self, t: torch.Tensor, y: State) -> State:
-        """The field at (t, y): a pair for a pair state, one tensor otherwise."""
+        """The field at (t, y): a pair for a pair state, one tensor otherwise.
+
+        Raises:
+            ValueError: a pair state is not two tensors of shape ``(..., dim)``, or a tensor state does not
+                end in ``2 * dim`` entries (a q of 1 and a p of 3 entries made 2 + 2 inputs and ran).
+        """
         if isinstance(y, (tuple, list)):
-            out = self.net(torch.cat(tuple(y), dim=-1))
+            out = self.net(torch.cat(_pair(y, self.dim), dim=-1))
             return out[..., : self.dim], out[..., self.dim :]
+        if y.shape[-1] != 2 * self.dim:
+            raise ValueError(f"a tensor state must end in 2 * dim = {2 * self.dim} entries (q then p), got {y.shape}.")
         return self.net(y)
