@@ -134,6 +134,7 @@ def integrate(
     pending: tuple[float, torch.Tensor, tuple] | None = None
     for out_t in ts[1:]:
         while t < out_t - eps:
+            rate = None  # the KL rate at (t, y), when the fixed step below computed it with the step
             if pending is not None:
                 (next_t, y_new, extra_new), pending = pending, None
             elif adaptive:
@@ -170,11 +171,17 @@ def integrate(
                 next_t = min(t + step_size, t_end)
                 if t_end - next_t < eps:
                     next_t = t_end
-                y_new, extra_new = solver.step(sde, bm, t, next_t, y, extra)
+                if lr is not None:
+                    # the rate at the step's start shares f and g with the step (torchsde's one evaluation)
+                    with sde.reusing(t, y):
+                        rate = logqp_rate(sde, t, y)
+                        y_new, extra_new = solver.step(sde, bm, t, next_t, y, extra)
+                else:
+                    y_new, extra_new = solver.step(sde, bm, t, next_t, y, extra)
             h = next_t - t
             prev_t, prev_y, prev_lr = t, y, lr
             if lr is not None:
-                lr = lr + logqp_rate(sde, t, y) * h
+                lr = lr + (logqp_rate(sde, t, y) if rate is None else rate) * h
             t, y, extra = next_t, y_new, extra_new
             steps.append(t)
         # ts is strictly increasing, so at least one step lies behind every output after the first.

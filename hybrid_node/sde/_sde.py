@@ -8,7 +8,8 @@ Shapes, for y of shape (batch, d): drift (batch, d); diffusion (batch, d) for di
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -67,7 +68,9 @@ class _TimeCache:
 
 
 class SDEView:
-    """Normalised access to a user's SDE object (immutable after construction).
+    """Normalised access to a user's SDE object (its settings fixed at construction).
+
+    Within :meth:`reusing` the drift and diffusion at one given (t, y) are evaluated once, whoever asks.
 
     Args:
         sde: the user's object.
@@ -107,41 +110,88 @@ class SDEView:
         #: the diffusion matrix is the only way to the noise term (no user g_prod), so solvers may fuse it
         self.plain_g = self.has_g and self._gp is None and self._fgp is None
         self._time = _TimeCache()
+        #: (t, y, {"f": ..., "g": ...}) while :meth:`reusing` is active
+        self._memo: tuple[float, torch.Tensor, bool, dict[str, torch.Tensor]] | None = None
+
+    @contextlib.contextmanager
+    def reusing(self, t: float, y: torch.Tensor) -> Iterator[None]:
+        """Within the block, f and g at this time and this very tensor ``y`` are evaluated at most once.
+
+        The KL rate of ``logqp`` is taken at a step's start (t, y), where the step evaluates f and g too
+        (torchsde evaluates them once for both). The values are kept for the block only: outside it the
+        parameters may change between two calls with the same ``y``.
+
+        Args:
+            t: the time (a float, as the solvers pass it).
+            y: the state; another tensor, even an equal one, is evaluated anew (it may carry another graph).
+                So is a call in another grad mode: Milstein's derivative of g needs g's graph even in a
+                solve without gradients.
+        """
+        self._memo = (t, y, torch.is_grad_enabled(), {})
+        try:
+            yield
+        finally:
+            self._memo = None
+
+    def _kept(self, t, y: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The values kept for (t, y) by :meth:`reusing`, or None outside it or for another (t, y)."""
+        memo = self._memo
+        if memo is None or y is not memo[1] or not isinstance(t, float) or t != memo[0]:
+            return None
+        return memo[3] if torch.is_grad_enabled() == memo[2] else None
 
     def f(self, t, y: torch.Tensor) -> torch.Tensor:
+        kept = self._kept(t, y)
+        if kept is not None and "f" in kept:
+            return kept["f"]
         t = self._time(t, y)
         if self._f is not None:
-            return self._f(t, y)
-        if self._fg is not None:
-            return self._fg(t, y)[0]
-        raise ValueError("this method needs the drift alone; define f(t, y) on the sde object.")
+            out = self._f(t, y)
+        elif self._fg is not None:
+            out = self._fg(t, y)[0]
+        else:
+            raise ValueError("this method needs the drift alone; define f(t, y) on the sde object.")
+        if kept is not None:
+            kept["f"] = out
+        return out
 
     def g(self, t, y: torch.Tensor) -> torch.Tensor:
+        kept = self._kept(t, y)
+        if kept is not None and "g" in kept:
+            return kept["g"]
         t = self._time(t, y)
         if self._g is not None:
-            return self._g(t, y)
-        if self._fg is not None:
-            return self._fg(t, y)[1]
-        raise ValueError("this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object.")
+            out = self._g(t, y)
+        elif self._fg is not None:
+            out = self._fg(t, y)[1]
+        else:
+            raise ValueError(
+                "this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object."
+            )
+        if kept is not None:
+            kept["g"] = out
+        return out
 
     def f_and_g(self, t, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self._time(t, y)
-        if self._fg is not None:
-            return self._fg(t, y)
+        kept = self._kept(t, y)
+        if self._fg is not None and not (kept is not None and "f" in kept and "g" in kept):
+            f, g = self._fg(self._time(t, y), y)
+            if kept is not None:
+                kept["f"], kept["g"] = f, g
+            return f, g
         return self.f(t, y), self.g(t, y)
 
+    # g_prod and f_and_g_prod hand f and g the time as given (a float), so that :meth:`reusing` recognises it
     def g_prod(self, t, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        t = self._time(t, y)
         if self._gp is not None:
-            return self._gp(t, y, v)
+            return self._gp(self._time(t, y), y, v)
         if self._fgp is not None and not self.has_g:
-            return self._fgp(t, y, v)[1]
+            return self._fgp(self._time(t, y), y, v)[1]
         return noise_product(self.noise_type, self.g(t, y), v)
 
     def f_and_g_prod(self, t, y: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self._time(t, y)
         if self._fgp is not None:
-            return self._fgp(t, y, v)
+            return self._fgp(self._time(t, y), y, v)
         return self.f(t, y), self.g_prod(t, y, v)
 
     def h(self, t, y: torch.Tensor) -> torch.Tensor:
