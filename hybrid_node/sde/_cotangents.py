@@ -32,6 +32,12 @@ def vjp(outputs, inputs, cotangents) -> list[torch.Tensor]:
     ``torch.autograd.grad`` refuses an output that does not require gradients, and a drift such as
     ``torch.zeros_like(y)`` or a constant diffusion is one: such an output adds nothing and is left out.
 
+    The graph is kept (``retain_graph=True``, as torchsde's adjoints): a field may read a tensor computed once
+    from an input before the solve (torchcde's interpolation derivatives, from the ``adjoint_params`` entry
+    ``ys_coeffs``), and every step's product runs back through that shared part; freed after the first
+    step, it made the next one raise "Trying to backward through the graph a second time". A step's own
+    part of the graph is released with its outputs all the same.
+
     Args:
         outputs: a tensor or a sequence of tensors; inputs: the tensors to differentiate with respect to;
         cotangents: one per output.
@@ -44,5 +50,7 @@ def vjp(outputs, inputs, cotangents) -> list[torch.Tensor]:
     pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
     if not pairs:
         return [torch.zeros_like(x) for x in inputs]
-    grads = torch.autograd.grad([o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True)
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True, retain_graph=True
+    )
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
