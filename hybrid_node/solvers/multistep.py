@@ -305,6 +305,9 @@ class Nordsieck(AbstractSolver):
         jacobian, batch_dims: how BDF obtains the Jacobian blocks (:class:`~.linalg.JacobianSettings`).
         rtol, atol: the solve's tolerances (scalars), which the corrector test and the order selection
             use (the loop passes the controller's through :meth:`with_tolerances`).
+        norm: the error norm on the scaled error ``x / (atol + rtol |y|)`` that the corrector test and the
+            step and order selection use: the one the loop accepts steps with (:meth:`with_tolerances`);
+            None is the RMS norm, the loop's default for a tensor state.
         name: the method name.
 
     Raises:
@@ -322,6 +325,7 @@ class Nordsieck(AbstractSolver):
     batch_dims: int | None = None
     rtol: float = 1e-7
     atol: float = 1e-9
+    norm: Callable[[torch.Tensor], Any] | None = None
     name: str = "adams"
 
     def __post_init__(self):
@@ -356,11 +360,35 @@ class Nordsieck(AbstractSolver):
         top = MAX_BDF_ORDER if stiff else MAX_ADAMS_ORDER
         return min(top, self.max_order) if self.max_order is not None else top
 
-    def with_tolerances(self, rtol: Any, atol: Any) -> Nordsieck:
-        """This method with the solve's (smallest) tolerances for its corrector test and order selection."""
+    def with_tolerances(self, rtol: Any, atol: Any, norm: Callable[[torch.Tensor], Any] | None = None) -> Nordsieck:
+        """This method with the solve's (smallest) tolerances and error norm for its corrector test and its
+        step and order selection.
+
+        Args:
+            rtol, atol: the solve's tolerances (the smallest value of each where they vary).
+            norm: the norm the loop accepts steps with (a tuple state's largest RMS of its parts, an
+                adjoint's mixed norm, the user's); None keeps this method's.
+
+        Returns:
+            The method with those settings.
+        """
         scalars = tolerances(rtol, atol)
         r, a = scalars if scalars is not None else (self.rtol, self.atol)
-        return dataclasses.replace(self, rtol=r, atol=a)
+        return dataclasses.replace(self, rtol=r, atol=a, norm=self.norm if norm is None else norm)
+
+    def _norm(self, x: torch.Tensor, scale: torch.Tensor) -> float:
+        """The error measure of ``x`` weighted by ``scale``, in the loop's norm (a host float).
+
+        Step and order come from these estimates: in another norm than the loop's acceptance test the
+        method plans steps the loop rejects (a tuple state of an oscillator (2 elements) and 50 slowly
+        decaying ones at rtol 1e-10: the RMS over all 52 took the oscillator's error for 5x smaller
+        than the loop's largest RMS of the parts, and the failures sent the order back to one again
+        and again: 19000 evaluations where the oscillator alone takes 413, 240x its error).
+        """
+        if self.norm is None:
+            return _rms(x, scale)
+        with torch.no_grad():
+            return float(self.norm(x.detach() / scale))
 
     # ------------------------------------------------------------------ the solver interface
 
@@ -423,7 +451,7 @@ class Nordsieck(AbstractSolver):
             since_switch=s.since_switch + 1,
             n_limited=s.n_limited + 1 if not s.stiff and rho * step.dt >= 0.9 * _ADAMS_STABILITY[q - 1] else 0,
         )
-        err = _rms(fam.const[q] * step.e, ewt)
+        err = self._norm(fam.const[q] * step.e, ewt)
         r_same = _factor(err, q + 1, fam.bias)
         if self.family == "lsoda" and new.since_switch >= SWITCH_WAIT:
             # checked after every step: a stiff problem under Adams rejects often, so that the
@@ -441,7 +469,7 @@ class Nordsieck(AbstractSolver):
                 # its order selection, which takes each order's bound, would): the clamp changes the step,
                 # so the q+1 equal steps that order selection waits for never came, and the order stayed
                 # where it was (HIRES: 7000 steps at order 6 at its bound, beyond LSODA's switch test)
-                err_down = _rms(fam.lte[q - 1] * math.factorial(q) * step.z[q], ewt)
+                err_down = self._norm(fam.lte[q - 1] * math.factorial(q) * step.z[q], ewt)
                 r_down = min(_factor(err_down, q, _BIAS_DOWN), _ADAMS_STABILITY[q - 2] / (rho * step.dt))
                 if r_down > r_stab:
                     z = step.z[:q]
@@ -452,11 +480,11 @@ class Nordsieck(AbstractSolver):
             return new
         r_down = 0.0
         if q > self.min_order:
-            err_down = _rms(fam.lte[q - 1] * math.factorial(q) * step.z[q], ewt)
+            err_down = self._norm(fam.lte[q - 1] * math.factorial(q) * step.z[q], ewt)
             r_down = _factor(err_down, q, _BIAS_DOWN)
         r_up = 0.0
         if q < self._top(s.stiff) and s.e_prev is not None:
-            err_up = _rms(fam.lte[q + 1] * (step.e - s.e_prev) / fam.e[q], ewt)
+            err_up = self._norm(fam.lte[q + 1] * (step.e - s.e_prev) / fam.e[q], ewt)
             r_up = _factor(err_up, q + 2, _BIAS_UP)
         if stable:  # each candidate order within its own stability bound
             r_down = min(r_down, _ADAMS_STABILITY[max(q - 2, 0)] / (rho * step.dt))
@@ -491,7 +519,7 @@ class Nordsieck(AbstractSolver):
         if not step.converged:
             return dataclasses.replace(base, factor=0.25)
         ewt = self.atol + self.rtol * y.detach().abs()
-        err = _rms(step.error, ewt)
+        err = self._norm(step.error, ewt)
         factor = min(0.9, max(0.2, _factor(err, q + 1, fam.bias)))
         order = q
         z = s.z
@@ -502,7 +530,7 @@ class Nordsieck(AbstractSolver):
             if order > 1:
                 z = torch.cat([z, s.z[2 : order + 1]])
         elif n_fail >= 2 and q > self.min_order:
-            r_down = _factor(_rms(fam.lte[q - 1] * math.factorial(q) * s.z[q], ewt), q, _BIAS_DOWN)
+            r_down = _factor(self._norm(fam.lte[q - 1] * math.factorial(q) * s.z[q], ewt), q, _BIAS_DOWN)
             if r_down > factor:
                 order, factor = q - 1, min(0.9, max(0.2, r_down))
                 z = s.z[: order + 1]
@@ -573,7 +601,7 @@ class Nordsieck(AbstractSolver):
                 r = dt * fy - z0[1] if m == 0 else dt * fy - z0[1] - e  # the correction starts at zero
                 de = s.lu.solve(r) if s.stiff and s.lu is not None else r
                 e = de if m == 0 else e + de
-                dnorm = _rms(de, ewt)
+                dnorm = self._norm(de, ewt)
                 if not math.isfinite(dnorm):
                     break
                 if prev is not None and prev > 0:
@@ -614,7 +642,7 @@ class Nordsieck(AbstractSolver):
                 # order 9, rho * dt at the bound), and switching there only traded Adams for a BDF that
                 # is slower and less accurate on oscillations (6 switches, 130x the tolerance)
                 return None
-            h_bdf = dt * _factor(_rms(BDF_FAMILY.lte[q] * deriv, ewt), q + 1, BDF_FAMILY.bias)
+            h_bdf = dt * _factor(self._norm(BDF_FAMILY.lte[q] * deriv, ewt), q + 1, BDF_FAMILY.bias)
             h_stab = _ADAMS_STABILITY[q - 1] / rho
             h_adams = min(dt * r_same, h_stab)
             limited = new.n_limited >= _LIMITED_STEPS
@@ -627,7 +655,7 @@ class Nordsieck(AbstractSolver):
             )
         if new.jac is None or rho <= 0.0:
             return None
-        h_acc = dt * _factor(_rms(ADAMS.lte[q] * deriv, ewt), q + 1, ADAMS.bias)
+        h_acc = dt * _factor(self._norm(ADAMS.lte[q] * deriv, ewt), q + 1, ADAMS.bias)
         h_adams = min(h_acc, _ADAMS_STABILITY[q - 1] / rho)
         h_bdf = dt * r_same
         if h_adams < h_bdf:
