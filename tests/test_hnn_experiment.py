@@ -17,10 +17,11 @@ def test_data_derivatives_are_the_true_field_and_energies_in_range():
     system = SYSTEMS["pendulum"]
     data = make_data(system, n_traj=6, noise=0.0, seed=0)
     x, dx = data["x_train"], data["dx_train"]
-    torch.testing.assert_close(dx[:, 0], x[:, 1])
-    torch.testing.assert_close(dx[:, 1], -6.0 * torch.sin(x[:, 0]), rtol=1e-5, atol=1e-5)
+    # H = 3 (1 - cos q) + p^2, as the reference code's experiment-pend/data.py
+    torch.testing.assert_close(dx[:, 0], 2.0 * x[:, 1])
+    torch.testing.assert_close(dx[:, 1], -3.0 * torch.sin(x[:, 0]), rtol=1e-5, atol=1e-5)
     radius = data["y0_test"].norm(dim=1)
-    assert bool(((radius >= 1.3) & (radius <= 2.6)).all())
+    assert bool(((radius >= 1.3 - 1e-6) & (radius <= 2.3 + 1e-6)).all())  # float32 states
 
 
 @pytest.mark.parametrize("task", list(SYSTEMS))
@@ -33,7 +34,7 @@ def test_true_trajectories_match_a_tight_dopri8_solve(task):
     t = torch.linspace(0.0, system.t_end, system.n_points, dtype=torch.float64)
     q, p = exact_trajectories(system, q0, p0, t)
     ref_q, ref_p = hn.odeint(system.field, (q0, p0), t, method="dopri8", rtol=1e-12, atol=1e-12)
-    # yoshida6 on its grid: measured 3e-11 (spring) and 2e-8 (pendulum) against dopri8
+    # yoshida6 on its grid: below 1e-6 over the rollouts (see exact_trajectories)
     torch.testing.assert_close(q, ref_q, rtol=0, atol=1e-6)
     torch.testing.assert_close(p, ref_p, rtol=0, atol=1e-6)
 
@@ -56,8 +57,10 @@ def test_rollout_takes_adaptive_and_symplectic_methods(method):
     q, p = exact_trajectories(spring, y0[:, 0], y0[:, 1], t)
     got = rollout(TrueSpring(), y0, t, method, 0.02)
     assert got.shape == (31, 2, 2)
-    # leapfrog's global error over [0, 3] at h = 0.02 is ~ t h^2 / 24 * |y| ~ 5e-5; the others' far less
-    torch.testing.assert_close(got, torch.stack([q, p], -1), rtol=0, atol=1e-4)
+    # leapfrog's phase error over [0, 3] at h = 0.02 on this spring (frequency 2) is ~ t 2^3 h^2 / 24 * |y|
+    # ~ 4e-4; the others' far less
+    atol = 1e-3 if method == "leapfrog" else 1e-4
+    torch.testing.assert_close(got, torch.stack([q, p], -1), rtol=0, atol=atol)
 
 
 def test_a_method_that_cannot_roll_out_is_refused_before_training(tmp_path, monkeypatch, capsys):
