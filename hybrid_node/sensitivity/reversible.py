@@ -30,6 +30,29 @@ from ._replay import backprop_step, check_replayable, outputs_after, record_forw
 from .base import AbstractSensitivity
 
 
+def _replay(
+    problem: Problem, solver: Reversible, y0: torch.Tensor, steps: Sequence[tuple[float, float]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair (y, z) after ``steps``, recomputed from y0 without a graph (the same operations as the
+    forward pass, so the same values).
+
+    Args:
+        problem: the problem (for its field); solver: the reversible solver; y0: the initial state;
+        steps: the recorded ``(t0, dt)`` of the steps to take.
+
+    Returns:
+        ``(y, z)`` after the steps.
+    """
+    term = problem.term()  # its own counter: the forward pass's statistics stay those of the solve
+    with torch.no_grad():
+        y, state = y0, solver.init(term, problem.ts[0], y0)
+        for t0, dt in steps:
+            step = solver.step(term, t0, y, state, dt)
+            state = solver.next_state(term, t0 + dt, step)
+            y = step.y1
+    return y, state.z
+
+
 class _ReversibleSolve(torch.autograd.Function):
     """Forward: the reversible solve (no graph). Backward: reconstruct and backprop step by step."""
 
@@ -40,9 +63,17 @@ class _ReversibleSolve(torch.autograd.Function):
         term = problem.term()
         rec = record_forward(problem, solver, term, y0.detach(), throw)
         recorded.append(Integration([], rec.stats, rec.status, rec.t_reached))
-        ctx.problem, ctx.solver, ctx.steps, ctx.params = problem, solver, rec.steps, params
+        steps, final = rec.steps, (rec.y, rec.state.z)
+        reached = rec.counts[-1]
+        if reached < len(steps):
+            # a failed solve (throw=False) went on past its last output, often into a blow-up whose
+            # inverse steps give inf and NaN: those steps carry no cotangent, so start the backward pass
+            # at the last output instead (its z was not kept: replay the steps up to it)
+            steps = steps[:reached]
+            final = _replay(problem, solver, y0.detach(), steps)
+        ctx.problem, ctx.solver, ctx.steps, ctx.params = problem, solver, steps, params
         ctx.counts = rec.counts
-        ctx.final = (rec.y, rec.state.z)
+        ctx.final = final
         ctx.stats = rec.stats
         return torch.stack(rec.outputs)
 
