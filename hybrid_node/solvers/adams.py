@@ -10,6 +10,7 @@ Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section III.1.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import warnings
 
 import numpy as np
@@ -22,6 +23,31 @@ from .newton import error_scale
 from .runge_kutta import ExplicitRungeKutta
 
 MAX_ORDER = 12
+
+
+def integer_setting(solver, name: str) -> int | None:
+    """The setting ``name`` of the frozen ``solver`` as a Python int, or None where it is not an integer.
+
+    An integer of another type (a NumPy integer from a sweep, a 0-d integer tensor) is stored as an int, as
+    torchdiffeq's ``int(max_order)`` takes it; a bool, which Python counts as an int, is refused (True would
+    run order 1).
+
+    Args:
+        solver: a frozen dataclass instance, in its ``__post_init__``.
+        name: the field's name.
+
+    Returns:
+        The value as an int, or None.
+    """
+    value = getattr(solver, name)
+    if isinstance(value, bool):
+        return None
+    try:
+        number = operator.index(value)
+    except TypeError:
+        return None
+    object.__setattr__(solver, name, number)  # frozen: the validated int replaces the given value
+    return number
 
 
 def _integrated_lagrange(nodes) -> tuple[float, ...]:
@@ -87,9 +113,11 @@ class Adams(AbstractSolver):
     keeps_history = True
 
     def __post_init__(self):
-        if not (isinstance(self.max_order, int) and 1 <= self.max_order <= MAX_ORDER):
+        max_order = integer_setting(self, "max_order")
+        if max_order is None or not 1 <= max_order <= MAX_ORDER:
             raise ValueError(f"max_order must be an int between 1 and {MAX_ORDER}, got {self.max_order!r}.")
-        if not (isinstance(self.max_iters, int) and self.max_iters >= 1):
+        max_iters = integer_setting(self, "max_iters")
+        if max_iters is None or max_iters < 1:
             raise ValueError(f"max_iters must be a positive int, got {self.max_iters!r}.")
 
     @property

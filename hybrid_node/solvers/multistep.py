@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from numpy.polynomial import Polynomial
 
+from .adams import integer_setting
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
 from .newton import tolerances
@@ -332,12 +333,14 @@ class Nordsieck(AbstractSolver):
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}.")
         top = MAX_BDF_ORDER if self.family == "bdf" else MAX_ADAMS_ORDER
-        mo = top if self.max_order is None else self.max_order
-        if not (isinstance(mo, int) and 1 <= mo <= top):
+        mo = top if self.max_order is None else integer_setting(self, "max_order")
+        if mo is None or not 1 <= mo <= top:
             raise ValueError(f"max_order for {self.name!r} must be an int from 1 to {top}, got {self.max_order!r}.")
-        if not (isinstance(self.min_order, int) and 1 <= self.min_order <= mo):
+        min_order = integer_setting(self, "min_order")
+        if min_order is None or not 1 <= min_order <= mo:
             raise ValueError(f"min_order must be an int from 1 to max_order={mo}, got {self.min_order!r}.")
-        if not (isinstance(self.max_iters, int) and self.max_iters >= 1):
+        max_iters = integer_setting(self, "max_iters")
+        if max_iters is None or max_iters < 1:
             raise ValueError(f"max_iters must be a positive int, got {self.max_iters!r}.")
         JacobianSettings(self.jacobian, self.batch_dims)  # validates
 
