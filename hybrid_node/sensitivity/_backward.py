@@ -196,8 +196,8 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
     """Resolve the backward solve's solver, controller and tolerances from the sensitivity settings.
 
     Raises:
-        ValueError: a tensor tolerance of the sensitivity that does not fit the state, or a norm
-            named inside its ``options``.
+        ValueError: a tensor tolerance of the sensitivity that does not fit the state, a norm named
+            inside its ``options``, or a partitioned (symplectic) backward method.
     """
 
     def pick(value, forward, default):
@@ -219,6 +219,7 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
     if same_method and sensitivity.options is None:
         # torchdiffeq's rule: a backward solve by the forward's method, without options of its own,
         # takes the forward's options (its step_size, first_step, ...), so naming the method changes nothing
+        _refuse_partitioned(problem.solver)
         return BackwardPlan(problem.solver, problem.controller, rtol, atol, seminorm, None, True, tuple_norm)
     method = sensitivity.method if sensitivity.method is not None else problem.solver.name
     options = dict(sensitivity.options or {})
@@ -236,7 +237,28 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
         atol if isinstance(atol, float) else PIDController.atol,
     )
     jumps = tuple(extras["jump_t"]) if jump_t else None
+    _refuse_partitioned(solver)
     return BackwardPlan(solver, controller, rtol, atol, seminorm, user_norm, False, tuple_norm, jumps)
+
+
+def _refuse_partitioned(solver) -> None:
+    """Refuse a partitioned (symplectic) backward method before the forward solve runs.
+
+    Its steps need a state ``(q, p)``, and the augmented backward state (the state, its adjoint and the
+    parameters' adjoint) is one flat vector: without this check the forward solve ran and the backward
+    pass stopped with the method's "needs a tuple state y0 = (q, p)" about a state the user never passed.
+
+    Raises:
+        ValueError: ``solver`` is partitioned, naming a backward method to pass instead.
+    """
+    if getattr(solver, "partitioned", False):
+        raise ValueError(
+            f"the adjoint's backward solve cannot use the partitioned (symplectic) method {solver.name!r}: its "
+            "augmented state is not a pair (q, p). Name a non-partitioned backward method, e.g. "
+            "odeint_adjoint(..., adjoint_method='rk4', adjoint_options={'step_size': h}) or "
+            "BacksolveAdjoint(method='rk4', options={'step_size': h}); or differentiate the symplectic solve "
+            "directly with odeint (exact gradients of its steps)."
+        )
 
 
 def backward_jumps(problem: Problem, plan: BackwardPlan) -> tuple[float, ...]:
