@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
+from ._complex import ComplexJacobian, ComplexNorm, ComplexState, real_tolerance
 from ._term import Term, TupleLayout, unflatten
 from ._transforms import carries_derivative, is_batched, plain
 from .controllers import PIDController
@@ -249,7 +250,10 @@ class Problem:
         rtol, atol: tolerances (float or tensor on the flat state); norm: error norm on the flat state;
         jump_t, step_t: host floats in solver time; t_dtype: dtype of the time handed to func
         (default: the state's real dtype, as torchdiffeq); event_t_end: where an event search gives
-        up (solver time), None: no end time.
+        up (solver time), None: no end time; complex_state: for a complex state integrated as its real
+        form (the implicit methods), how to turn the flat real states back into the caller's complex
+        ones (``func``, ``y0``, ``layout``, the tolerances and the norm are then the real system's),
+        else None.
     """
 
     func: Callable
@@ -267,6 +271,7 @@ class Problem:
     step_t: Sequence[float] = ()
     t_dtype: torch.dtype = torch.float64
     event_t_end: float | None = None
+    complex_state: ComplexState | None = None
 
     @property
     def direction(self) -> float:
@@ -286,7 +291,10 @@ class Problem:
         )
 
     def unflatten(self, ys: torch.Tensor):
-        """(T, *flat shape) -> the user's layout."""
+        """(T, *flat shape) -> the user's layout (and the caller's complex dtype for a complex state
+        integrated as its real form)."""
+        if self.complex_state is not None:
+            return self.complex_state.unpack(ys, self.layout)
         return ys if self.layout is None else self.layout.unflatten(ys)
 
 
@@ -366,13 +374,17 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
     if flat.is_complex() and isinstance(solver, ScipySolver):
         if len(host) > 1:  # one output time is y0 itself: scipy is not called (torchdiffeq returns it too)
             solver.check_complex(flat.dtype)  # RK45, RK23, DOP853 and BDF do; Radau and LSODA refuse
-    elif flat.is_complex() and not (isinstance(solver, AbstractSolver) and not solver.implicit):
+    elif flat.is_complex() and not isinstance(solver, AbstractSolver):
         raise TypeError(
-            f"method {solver.name!r} does not integrate complex states ({flat.dtype}); the explicit methods "
-            "(dopri5, tsit5, bosh3, dopri8, rk4, euler, explicit_adams, ...) and scipy_solver with RK45, RK23, "
-            "DOP853 or BDF do. For this method, solve the real system: torch.view_as_real(y0) as the state and "
-            "a field that maps it with torch.view_as_complex / torch.view_as_real."
+            f"method {solver.name!r} does not integrate complex states ({flat.dtype}); the torch methods "
+            "and scipy_solver with RK45, RK23, DOP853 or BDF do. For this method, solve the real system: "
+            "torch.view_as_real(y0) as the state and a field that maps it with torch.view_as_complex / "
+            "torch.view_as_real."
         )
+    # the implicit methods' Newton iterations and Jacobians are real: a complex state is integrated as the
+    # equivalent real system of twice the size, exact for any field (hybrid_node/_complex.py)
+    implicit = isinstance(solver, AbstractSolver) and solver.implicit
+    complex_state = ComplexState(y0) if flat.is_complex() and implicit else None
     reverse = len(host) > 1 and host[1] < host[0]
     sgn = -1.0 if reverse else 1.0
     ts = [sgn * x for x in host]
@@ -391,8 +403,24 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
                 "is measured against atol + rtol * |y|, so no step could pass the error test. Give each element "
                 "a positive rtol or atol."
             )
-        if controller.norm is not None:
-            norm = controller.norm if layout is None else TupleNorm(controller.norm, layout)
+        if complex_state is not None:
+            # each part of the real form gets its complex element's tolerance
+            rtol, atol = real_tolerance(rtol, flat.shape), real_tolerance(atol, flat.shape)
+    if complex_state is not None:
+        func = complex_state.field(func)
+        jac = getattr(solver, "jacobian", None)
+        if callable(jac) and not complex_state.is_tuple and isinstance(solver, AbstractSolver):
+            # the user's jac(t, y) gives the complex system's Jacobian; the solver needs the real form's
+            solver = dataclasses.replace(cast(Any, solver), jacobian=ComplexJacobian(jac, complex_state.views[0]))
+        real = complex_state.to_real(tuple(y0) if complex_state.is_tuple else y0)
+        layout = TupleLayout(real) if complex_state.is_tuple else None
+        flat = real if layout is None else layout.flatten(real)
+    if isinstance(controller, PIDController):
+        user_norm = controller.norm
+        if user_norm is not None and complex_state is not None:
+            user_norm = ComplexNorm(user_norm, complex_state)  # the user's norm sees the complex error
+        if user_norm is not None:
+            norm = user_norm if layout is None else TupleNorm(user_norm, layout)
         elif layout is not None and len(layout.sizes) > 1:
             norm = PartsRMS(layout.sizes)
     check_t_dtype(t_dtype)
@@ -429,4 +457,5 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
         check_step_times("step_t", step_t, sgn),
         t_dtype,
         end,
+        complex_state,
     )
