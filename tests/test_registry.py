@@ -24,9 +24,7 @@ def decay(t, y):
     return -y
 
 
-# ros3p misses e^-1 by 2e-3 at rtol=1e-8 (1e-2 at 1e-4): found by this test, the same before the
-# registry existed, so it is recorded here as a known failure rather than hidden by a looser tolerance.
-_KNOWN_BAD = {"ros3p": "ros3p's error on y'=-y does not shrink with rtol (2e-3 at rtol=1e-8)"}
+_KNOWN_BAD: dict[str, str] = {}  # name -> why it is expected to fail
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from hybrid_node.solvers.rosenbrock import RosenbrockTableau
 torch.set_num_threads(1)
 F64 = torch.float64
 
-ADAPTIVE = ["rodas5p", "rodas4", "ros3p", "rosenbrock23", "kencarp4", "kvaerno3", "kvaerno5", "trbdf2"]
+ADAPTIVE = ["rodas5p", "rodas4", "rosenbrock23", "kencarp4", "kvaerno3", "kvaerno5", "trbdf2"]
 L_STABLE = ["rodas5p", "rodas4", "rosenbrock23", "kencarp4", "kvaerno3", "kvaerno5", "trbdf2"]
 # method -> (order, step counts): the fixed-step error must fall with this slope
 ORDERS = {
@@ -786,8 +786,37 @@ def test_jump_t_restarts_implicit_solvers(method):
 def test_stability_function_at_infinity(name, r_inf):
     """One step of y' = lambda y with h lambda = -1e8 gives R(-1e8) ~ R(inf): 0 for the L-stable methods,
     1 - sqrt(3) for ROS3P (A-stable only, Lang & Verwer 2001), as its registry note says."""
-    one = {"first_step": 1.0, "min_step": 1.0, "max_step": 1.0}
+    one = {"step_size": 1.0} if name == "ros3p" else {"first_step": 1.0, "min_step": 1.0, "max_step": 1.0}
     y = hn.odeint(
         lambda t, y: -1e8 * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method=name, options=one
     )
     assert float(y[-1]) == pytest.approx(r_inf, abs=1e-6)
+
+
+def test_ros3p_takes_fixed_steps_because_its_estimate_is_blind_to_linear_error():
+    """ROS3P's embedded weights give the method's own stability function (gamma^2 - gamma + 1/6 = 0 and
+    beta_21 = 0), so its error estimate is zero on y' = lambda y at any step: adaptive steps would grow by
+    ifactor every step (y' = -20 y at rtol 1e-8: 5 steps, -0.042 for 6.7e-3). It is fixed-step only."""
+    from hybrid_node.solvers.rosenbrock import ROS3P_TABLEAU as tab
+
+    ks: list[complex] = []
+    for z in (-0.1, -1.0, -30.0, 2.0j):  # transformed stages of one unit step of y' = z y from y = 1
+        ks = []
+        for a, c in zip(tab.a, tab.C):
+            rhs = z * (1 + sum(x * k for x, k in zip(a, ks))) + sum(x * k for x, k in zip(c, ks))
+            ks.append(rhs / (1 / tab.gamma - z))
+        assert abs(sum(w * k for w, k in zip(tab.b_error, ks))) < 1e-14  # rounding of O(1) stages
+        assert abs(1 + sum(w * k for w, k in zip(tab.b, ks)) - np.exp(z)) > 1e-6  # while the step does err
+    with pytest.raises(ValueError, match="fixed steps only"):
+        hn.ROS3P(adaptive=True)
+    with pytest.raises(ValueError, match="no error estimate"):
+        hn.solve(
+            lambda t, y: -y,
+            torch.ones(1, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            solver=hn.ROS3P(),
+            controller=hn.PIDController(),
+        )
+    y = hn.odeint(lambda t, y: -20 * y, torch.ones(1, dtype=F64), torch.tensor([0.0, 0.25], dtype=F64),
+                  method="ros3p", options={"step_size": 0.005})  # fmt: skip
+    assert abs(float(y[-1]) - math.exp(-5.0)) < 5e-6  # third order: 2.7e-6 measured at h = 0.005

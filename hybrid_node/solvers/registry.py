@@ -154,8 +154,8 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         "ros3p": MethodSpec(
             ROS3P,
             ROSENBROCK_OPTIONS,
-            notes="Rosenbrock, for parabolic problems; not L-stable (R(∞) = 1 - √3): "
-            "on stiff transients prefer `rodas4`",
+            notes="Rosenbrock, for parabolic problems; fixed steps only (its embedded estimate is zero on "
+            "linear problems); not L-stable (R(∞) = 1 - √3): on stiff transients prefer `rodas4`",
         ),
         "rosenbrock23": MethodSpec(Rosenbrock23, ROSENBROCK_OPTIONS, julia="Rosenbrock23", notes="Rosenbrock, stiff"),
         "kencarp4": MethodSpec(KenCarp4, NEWTON_OPTIONS, julia="KenCarp4", notes="ESDIRK, stiff"),

@@ -466,11 +466,27 @@ class Rodas4(Rosenbrock):
 
 
 class ROS3P(Rosenbrock):
-    """Lang & Verwer's ROS3P: order 3(2), A-stable (``method="ros3p"``).
+    """Lang & Verwer's ROS3P: order 3, A-stable, fixed steps only (``method="ros3p"`` with a ``step_size``).
+
+    Its published embedded weights cannot control the step: with gamma a root of gamma^2 - gamma + 1/6
+    and beta_21 = alpha_21 + gamma_21 = 0, every weight vector of order 2 on these three stages also
+    meets the linear order-3 condition, so the embedded method has the same stability function as the
+    method itself and the estimate is zero on y' = lambda y whatever the step (y' = -20 y on [0, 0.25]
+    at rtol 1e-8: 5 steps and -0.042 for 6.7e-3). OrdinaryDiffEq's ROS3P shares the tableau and the
+    fault (SciML/OrdinaryDiffEq.jl issue 4291). For adaptive steps use ``rodas4`` or ``rosenbrock23``.
 
     Args:
         **options: settings of :class:`Rosenbrock` (``jacobian``, ``batch_dims``, ...).
+
+    Raises:
+        ValueError: ``adaptive=True``.
     """
 
     def __init__(self, **options):
-        super().__init__(**{"tableau": ROS3P_TABLEAU, "name": "ros3p", **options})
+        if options.get("adaptive", False):
+            raise ValueError(
+                "ros3p takes fixed steps only: its embedded error estimate is zero on linear problems, so "
+                "adaptive steps grow without control. Give it a step (options={'step_size': h}, or "
+                "hn.ConstantStepSize(h)), or use an adaptive Rosenbrock method: 'rodas4' or 'rosenbrock23'."
+            )
+        super().__init__(**{"tableau": ROS3P_TABLEAU, "name": "ros3p", **options, "adaptive": False})
