@@ -157,6 +157,9 @@ def solve_with_events(
                 continue
             args = (t_e, problem.unflatten(y_new)) + ((fired_j.reshape(shapes[j]),) if with_fired[j] else ())
             out = ev.on_event(*args)
+            parts = out if isinstance(out, (tuple, list)) else (out,)
+            if problem.complex_state is not None and all(isinstance(p, torch.Tensor) and p.is_complex() for p in parts):
+                out = problem.complex_state.to_real(out)  # an implicit method integrates the real form
             if problem.layout is not None and isinstance(out, (tuple, list)):
                 out = problem.layout.flatten(out)
             if not isinstance(out, torch.Tensor) or out.shape != y_s.shape:

@@ -53,7 +53,7 @@ def _check(problem: Problem) -> None:
     check_event_controller(problem, "per-sample events")
     if problem.jump_t or problem.step_t:
         raise ValueError("per-sample events do not support jump_t or step_t.")
-    if problem.y0.is_complex():
+    if problem.y0.is_complex() or problem.complex_state is not None:  # the latter: an implicit method's real form
         raise ValueError("per-sample events need a real state.")
 
 
