@@ -124,6 +124,9 @@ def test_adjoint_bad_inputs():
         hn.sdeint_adjoint(sde, y0, [0.0, 1.0], method="euler")
     with pytest.raises(ValueError, match="unknown adjoint_method"):
         hn.sdeint_adjoint(NeuralSDE("general", "stratonovich"), y0, [0.0, 1.0], adjoint_method="rk4")
+    with pytest.raises(ValueError, match="needs method='reversible_heun' \\(got method='midpoint'\\)"):
+        stratonovich = NeuralSDE("general", "stratonovich")
+        hn.sdeint_adjoint(stratonovich, y0, [0.0, 1.0], method="midpoint", adjoint_method="adjoint_reversible_heun")
     with pytest.raises(ValueError, match="nn.Module"):
         hn.sdeint_adjoint(object(), y0, [0.0, 1.0])
     with pytest.raises(ValueError, match="adjoint_adaptive=True does not apply"):

@@ -205,6 +205,12 @@ def sdeint_adjoint(
         ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
     elif adjoint_method in (None, "midpoint"):
         ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings, control)
+    elif adjoint_method == "adjoint_reversible_heun":  # torchsde's name, with another forward method
+        raise ValueError(
+            f"adjoint_method='adjoint_reversible_heun' undoes reversible Heun steps, so it needs "
+            f"method='reversible_heun' (got method={p.solver.name!r}); or use adjoint_method='midpoint' "
+            "(the stochastic adjoint) with this method."
+        )
     else:
         raise ValueError(
             f"unknown adjoint_method {adjoint_method!r}: use 'midpoint' (stochastic adjoint), or "
