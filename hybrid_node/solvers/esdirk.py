@@ -130,12 +130,22 @@ _KC4_ROWS = (
     (15267082809 / 155376265600, -71443401 / 120774400, 730878875 / 902184768, 2285395 / 8070912, 0.25),
     (82889 / 524892, 0.0, 15625 / 83664, 69875 / 102672, -2260 / 8211, 0.25),
 )
+_KC4_BHAT = (
+    4586570599 / 29645900160,
+    0.0,
+    178811875 / 945068544,
+    814220225 / 1159782912,
+    -3700637 / 11593932,
+    61727 / 225920,
+)
 KENCARP4_TABLEAU = DirkTableau(
     a=_KC4_ROWS,
     c=(0.0, 0.5, 83 / 250, 31 / 50, 17 / 20, 1.0),
     b=_KC4_ROWS[-1],
     order=4,
-    b_error=(-31666707 / 9881966720, 0.0, 256875 / 105007616, 2768025 / 128864768, -169839 / 3864644, 5247 / 225920),
+    # b - bhat (this tableau's convention, as diffrax's) with ARK4(3)6L[2]SA's embedded weights bhat; the
+    # values here were bhat - b, an estimate of the opposite sign (its norm the same up to rounding)
+    b_error=tuple(b - e for b, e in zip(_KC4_ROWS[-1], _KC4_BHAT)),
     error_order=3,
 )
 
