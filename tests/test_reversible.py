@@ -217,3 +217,25 @@ def test_a_failed_solve_without_throw_gives_direct_backprops_finite_gradient():
     # 2 per sample for k (the solve's own error at rtol 1e-6 near the blow-up: measured 2e-5 relative)
     torch.testing.assert_close(grads[1][0], torch.full((2, 1), 5.0, dtype=F64), rtol=1e-3, atol=0.0)
     torch.testing.assert_close(grads[1][1], torch.tensor(4.0, dtype=F64), rtol=1e-3, atol=0.0)
+
+
+def test_float32_output_times_on_the_step_grid_take_no_sliver_step():
+    # 0.3 in float32 is 0.30000001192..., 1.2e-8 from the float64 grid point 6 * 0.05: the replay took it
+    # for a separate end point, an extra sliver step (21 for the direct solve's 20), which a reversible
+    # step does not leave as it found (y moves to λ y + (1 - λ) z)
+    w = torch.tensor([[0.3, -1.2], [0.8, 0.1]], dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([[0.5, -0.3]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float32)
+    steps = {}
+    for name, sensitivity in (("direct", hn.DirectBackprop()), ("reversible", hn.ReversibleAdjoint())):
+        sol = hn.solve(
+            lambda t, y: torch.tanh(y @ w),
+            y0,
+            t,
+            solver=hn.Reversible(hn.Tsit5(), coupling=0.999),
+            controller=hn.ConstantStepSize(step_size=0.05),
+            sensitivity=sensitivity,
+            adjoint_params=(w,),
+        )
+        steps[name] = sol.stats.n_accepted
+    assert steps == {"direct": 20, "reversible": 20}
