@@ -232,7 +232,10 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
                 extras[key] = tuple(
                     float(x) for x in torch.as_tensor(options.pop(key), dtype=torch.float64).reshape(-1)
                 )
-        controller: PIDController | ConstantStepSize = PIDController(rtol=rtol, atol=atol, **options)
+        # torchdiffeq's rule: an accepted step never shrinks the next one (its steps, not Hairer's)
+        controller: PIDController | ConstantStepSize = PIDController(
+            rtol=rtol, atol=atol, shrink_after_accept=False, **options
+        )
     else:
         valid = FIXED_OPTIONS + solver_keys
         unknown = set(options) - set(valid)

@@ -142,6 +142,10 @@ class PIDController(AbstractController):
         device_loop: decide the steps on the state's device, ``sync_every`` attempts per host check
             (see ``hybrid_node.loop.device``); explicit first-same-as-last pairs only.
         sync_every: step attempts per run of the device loop (one host read per run).
+        shrink_after_accept: whether the step after an accepted one may be shorter (Hairer's codes and
+            DifferentialEquations.jl: the factor may fall to ``safety``); False keeps it at least as
+            long while the error ratio is below 1, the rule of torchdiffeq and diffrax, which
+            ``odeint`` follows so that its steps are torchdiffeq's.
     """
 
     rtol: Any = 1e-7
@@ -160,6 +164,7 @@ class PIDController(AbstractController):
     per_sample: bool = False
     device_loop: bool = False
     sync_every: int = 8
+    shrink_after_accept: bool = True
 
     adaptive = True  # a class attribute (no annotation), not a setting
 
@@ -212,7 +217,7 @@ class PIDController(AbstractController):
         # a bool is an int to Python: max_num_steps=True was one step, as ConstantStepSize refuses it
         if isinstance(self.max_num_steps, bool) or not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
             raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
-        for name in ("per_sample", "device_loop"):  # a truthy string ("no") switched the loop on
+        for name in ("per_sample", "device_loop", "shrink_after_accept"):  # a truthy string ("no") is no bool
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if isinstance(self.sync_every, bool) or not (isinstance(self.sync_every, int) and self.sync_every > 0):

@@ -99,7 +99,7 @@ class _TensorOps:
         return torch.clamp(a, max=b)
 
     @staticmethod
-    def maximum(a: torch.Tensor, b: float) -> torch.Tensor:
+    def maximum(a: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
         return torch.clamp(a, min=b)
 
     @staticmethod
@@ -143,6 +143,8 @@ class StepControl:
         attempts: attempts per run of the device loop (``sync_every``; unused by the other loops).
         eps: the machine epsilon of the state's (real) dtype: the step floor's resolution (see
             :func:`step_floor`).
+        keep_after_accept: an accepted step with error ratio below 1 never shrinks the next one
+            (``not PIDController.shrink_after_accept``).
     """
 
     e1: float
@@ -157,6 +159,7 @@ class StepControl:
     t_limit: float
     attempts: int = 1
     eps: float = _EPS
+    keep_after_accept: bool = False
 
     @staticmethod
     def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int = 1) -> StepControl:
@@ -189,13 +192,16 @@ class StepControl:
             time_limit(dtype),
             int(attempts),
             float(torch.finfo(dtype).eps),
+            not controller.shrink_after_accept,
         )
 
 
 #: StepControl.of's results (a loop of solves asks for the same constants every time), keyed by
 #: the controller settings it reads
 _STEP_CONTROLS: dict = {}
-_CONTROL_SETTINGS = "pcoeff icoeff dcoeff safety ifactor dfactor min_step max_step max_num_steps".split()
+_CONTROL_SETTINGS = (
+    "pcoeff icoeff dcoeff safety ifactor dfactor min_step max_step max_num_steps shrink_after_accept".split()
+)
 
 
 def time_limit(dtype: torch.dtype) -> float:
@@ -253,6 +259,8 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
     with r > 1 and e1 < 0 it always shrinks the step, where the history terms of a PID controller
     could hold it (a step rejected again and again at the same size); a non-finite ratio shrinks by
     ``dfactor``; the step is capped by ``max_step``. For the default I controller both are the same.
+    With ``keep_after_accept`` an accepted step whose ratio is below 1 never shrinks the next one (the
+    factor at least 1: torchdiffeq's ``_optimal_step_size`` and diffrax's ``PIDController``).
 
     The ratio is floored at ``floor`` (a zero error would divide by 0), and with exponents above 1 in
     magnitude (gains summing above the order k) the ratios are held where every power is within
@@ -279,7 +287,10 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
     elementary = c.safety * r**c.e1
     factor = xp.where(accepted, elementary * r1**c.e2 * r2**c.e3, elementary)
     cap = xp.where(accepted, xp.full_like(r, c.ifactor), 1.0)
-    factor = xp.smaller(cap, xp.maximum(factor, c.dfactor))
+    low = c.dfactor
+    if c.keep_after_accept:  # a constant of the solve: no branch on data
+        low = xp.where(accepted & (r < 1.0), xp.full_like(r, 1.0), c.dfactor)
+    factor = xp.smaller(cap, xp.maximum(factor, low))
     factor = xp.where(xp.isfinite(ratio), factor, c.dfactor)
     return xp.minimum(dt * factor, c.max_step), xp.where(accepted, r, r1), xp.where(accepted, r1, r2)
 
