@@ -390,7 +390,13 @@ def _refuse_unsent_settings(controller: AbstractController, solver: AbstractSolv
     if sent is None:
         raise BackendError(f"the Julia backend takes a PIDController or a ConstantStepSize, got {kind}.")
     fields = dataclasses.fields(cast(Any, controller))
-    dropped = [f.name for f in fields if f.name not in sent and getattr(controller, f.name) != f.default]
+    # shrink_after_accept shapes the torch loops' step proposals (odeint sets it for torchdiffeq's steps);
+    # DifferentialEquations.jl proposes its own steps, and no accuracy setting is lost without it
+    dropped = [
+        f.name
+        for f in fields
+        if f.name not in sent and f.name != "shrink_after_accept" and getattr(controller, f.name) != f.default
+    ]
     if dropped:
         raise BackendError(
             f"{kind} settings {dropped} are not available on the Julia backend, which takes only "

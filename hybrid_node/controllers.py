@@ -145,7 +145,8 @@ class PIDController(AbstractController):
         shrink_after_accept: whether the step after an accepted one may be shorter (Hairer's codes and
             DifferentialEquations.jl: the factor may fall to ``safety``); False keeps it at least as
             long while the error ratio is below 1, the rule of torchdiffeq and diffrax, which
-            ``odeint`` follows so that its steps are torchdiffeq's.
+            ``odeint`` follows so that its steps are torchdiffeq's. The Julia backend proposes its
+            own steps and ignores it.
     """
 
     rtol: Any = 1e-7

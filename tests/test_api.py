@@ -344,7 +344,8 @@ def test_per_component_tolerances():
 
     rtol = torch.tensor([1e-9, 1e-3], dtype=F64)
     atol = torch.tensor([1e-18, 1.0], dtype=F64)
-    tight = hn.solve(f, y0, t, controller=hn.PIDController(rtol=rtol, atol=atol))
+    # odeint proposes steps as torchdiffeq does (below), so the same rule here for an exact comparison
+    tight = hn.solve(f, y0, t, controller=hn.PIDController(rtol=rtol, atol=atol, shrink_after_accept=False))
     loose = hn.solve(f, y0, t, controller=hn.PIDController(rtol=1e-3, atol=1.0))
     err_tight = abs(float(tight.ys[-1, 0] - exact[0]))
     assert err_tight < 1e-8 * float(exact[0])

@@ -231,7 +231,9 @@ def test_auto_with_bdf_switches_on_van_der_pol_1000_against_radau():
     assert sol.stats.n_jacobian * 5 < sol.stats.n_accepted
     assert _relerr(sol.ys, ref, 1e-3) < 1e-3
     via_options = hn.odeint(f, y0, t[:2], method="auto", rtol=1e-7, atol=1e-9, options={"stiff_method": "bdf"})
-    torch.testing.assert_close(via_options, sol.ys[:2])
+    # odeint proposes steps as torchdiffeq does (never shorter after an accepted one), hn.solve's default
+    # controller as Hairer does: other steps, the same solution to the tolerance (3e-7 apart at t = 100)
+    torch.testing.assert_close(via_options, sol.ys[:2], rtol=1e-5, atol=1e-7)
 
 
 def test_auto_rejects_an_unknown_stiff_method():
