@@ -93,11 +93,6 @@ def test_with_tolerances_takes_the_norm_and_keeps_one_set():
     assert Nordsieck().with_tolerances(1e-6, 1e-8).norm is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="odeint does not yet hand the problem's norm to the solver (_api._solve_host calls "
-    "with_tolerances(rtol, atol) without problem.norm)",
-)
 def test_tuple_state_through_odeint_costs_what_its_parts_cost():
     """torchdiffeq's tuple-state norm (the largest RMS of the parts) reaches the method's step selection."""
     tol = 1e-10

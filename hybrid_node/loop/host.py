@@ -17,7 +17,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import OpenInterval, Term
-from ..controllers import ConstantStepSize, PIDController, error_ratio, initial_step
+from ..controllers import ConstantStepSize, PIDController, error_ratio, initial_step, rms_norm
 from ..interpolation import HermiteInterpolant, LinearInterpolant
 from . import core
 from .compiled_step import compiled_attempt
@@ -315,6 +315,20 @@ def first_step(
     return min(max(dt, controller.min_step), controller.max_step)
 
 
+def _with_loop_norm(solver, norm):
+    """``solver`` planning its steps in the loop's error norm, where it plans them itself.
+
+    The Nordsieck methods (adams, bdf, lsoda) choose step and order from error estimates of their
+    own; in another norm than the one this loop accepts steps with (a tuple state's largest RMS of its
+    parts, an adjoint's mixed norm, the user's) they planned steps the loop rejected: a tuple state of
+    an oscillator beside 50 slow elements took 19000 evaluations where the oscillator alone takes 413,
+    and an adjoint's backward pass at rtol 1e-10 960 where the forward took 195.
+    """
+    if norm is rms_norm or not hasattr(solver, "with_norm"):
+        return solver
+    return solver.with_norm(norm)
+
+
 def integrate_adaptive(
     term: Term | AugmentedTerm,
     solver,
@@ -364,6 +378,7 @@ def integrate_adaptive(
     stats = Stats()
     t, y = ts[0], y0
     t_end = ts[-1]
+    solver = _with_loop_norm(solver, norm)
     state = solver.init(term, t, y)
     attempt = compiled_attempt(term, solver, rtol, atol, norm)
     impulse_t = list(ts[1:-1]) if at_output is not None else []

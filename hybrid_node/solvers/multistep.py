@@ -379,6 +379,17 @@ class Nordsieck(AbstractSolver):
         r, a = scalars if scalars is not None else (self.rtol, self.atol)
         return dataclasses.replace(self, rtol=r, atol=a, norm=self.norm if norm is None else norm)
 
+    def with_norm(self, norm: Callable[[torch.Tensor], Any]) -> Nordsieck:
+        """This method with the loop's error norm for its step and order selection (see :meth:`_norm`).
+
+        Args:
+            norm: the norm the loop accepts steps with.
+
+        Returns:
+            The method with that norm (itself when it has it already).
+        """
+        return self if norm is self.norm else dataclasses.replace(self, norm=norm)
+
     def _norm(self, x: torch.Tensor, scale: torch.Tensor) -> float:
         """The error measure of ``x`` weighted by ``scale``, in the loop's norm (a host float).
 
