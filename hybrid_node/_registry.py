@@ -12,6 +12,7 @@ from ._errors import BackendError
 from ._memo import memoized
 from .controllers import ConstantStepSize, PIDController
 from .solvers.base import AbstractSolver, ExternalSolver
+from .solvers.multistep import Nordsieck
 from .solvers.newton import tolerances
 from .solvers.registry import LOOPS as LOOPS
 from .solvers.registry import METHOD_SPECS as METHOD_SPECS
@@ -37,6 +38,9 @@ ADAPTIVE_OPTIONS = (
     "device_loop",
     "sync_every",
 )
+#: the step-size formula's settings, which the variable-order multistep methods (their own step and order
+#: selection) do not use
+_PID_FORMULA = {"safety", "ifactor", "dfactor", "pcoeff", "icoeff", "dcoeff"}
 _SHOWN = {"torch": "torch", "julia": "Julia"}  # backend names as the messages write them
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile", "max_num_steps")
 
@@ -226,6 +230,14 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
         if unknown:
             raise ValueError(
                 f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
+            )
+        inert = sorted(_PID_FORMULA & set(options)) if isinstance(solver, Nordsieck) else []
+        if inert:
+            # accepted, they changed nothing (the same steps with any of them): a setting that looks used
+            raise ValueError(
+                f"method {method!r} chooses its own step size and order (Nordsieck form), so the PID settings "
+                f"{inert} have no effect on it; drop them (first_step, min_step, max_step and max_num_steps "
+                "do apply)."
             )
         for key in ("jump_t", "step_t"):
             if key in options:

@@ -46,3 +46,12 @@ def test_max_iters_of_another_integer_type_and_bool(method):
     assert torch.equal(_solve(method, max_iters=np.int64(3)), _solve(method, max_iters=3))
     with pytest.raises(ValueError, match="max_iters"):
         _solve(method, max_iters=True)
+
+
+@pytest.mark.parametrize("method", ["adams", "bdf", "lsoda"])
+def test_odeint_refuses_pid_settings_the_method_does_not_use(method):
+    y0, t = torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"chooses its own step size and order.*\['dfactor', 'safety'\]"):
+        hn.odeint(lambda t, y: -y, y0, t, method=method, options={"safety": 0.8, "dfactor": 0.3})
+    # the settings that do act are taken
+    hn.odeint(lambda t, y: -y, y0, t, method=method, options={"first_step": 0.01, "max_step": 0.5})
