@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._term import CALLBACK_NAMES
+from ._term import CALLBACK_NAMES, check_derivative
 
 
 class RealView:
@@ -58,18 +58,9 @@ class RealView:
             TypeError: ``out`` is not a tensor, or not of the state's complex dtype.
             ValueError: ``out`` does not have the state's shape.
         """
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"func must return a torch.Tensor, got {type(out).__name__}.")
-        if out.dtype != z.dtype:
-            raise TypeError(
-                f"func returned dtype {out.dtype} but the state is {z.dtype}; return dy/dt in the state's dtype "
-                "(for a real derivative of a complex state, e.g. torch.complex(dy, torch.zeros_like(dy)))."
-            )
-        if out.shape != z.shape:
-            raise ValueError(
-                f"func returned shape {tuple(out.shape)} but the state has shape {tuple(z.shape)}; "
-                "dy/dt must have the state's shape."
-            )
+        hint = "for a real derivative of a complex state, e.g. torch.complex(dy, torch.zeros_like(dy))"
+        check_derivative(out, z, hint)
+        assert isinstance(out, torch.Tensor)  # checked above
         return self.to_real(out)
 
 

@@ -198,18 +198,7 @@ class Term:
         return -out if self.reverse else out
 
     def _check(self, out, y: torch.Tensor) -> None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"func must return a torch.Tensor, got {type(out).__name__}.")
-        if out.shape != y.shape:
-            raise ValueError(
-                f"func returned shape {tuple(out.shape)} but the state has shape {tuple(y.shape)}; "
-                "dy/dt must have the state's shape."
-            )
-        if out.dtype != y.dtype:
-            raise TypeError(
-                f"func returned dtype {out.dtype} but the state is {y.dtype}; return dy/dt in the state's dtype "
-                "(e.g. build the model with .to(y0.dtype))."
-            )
+        check_derivative(out, y, "e.g. build the model with .to(y0.dtype)")
         if out.device != y.device:
             raise ValueError(f"func returned a tensor on {out.device} but the state is on {y.device}.")
         self._checked = True
@@ -319,3 +308,28 @@ class OpenInterval(LeftLimit):
         if not perturb and t <= start + 8 * _EPS * max(1.0, abs(start)):
             return self._term(start, y, 1)  # a stage at the step's start (c = 0), or the Jacobian there
         return super().__call__(t, y, perturb)
+
+
+def check_derivative(out: object, y: torch.Tensor, hint: str) -> None:
+    """Refuse a field's output that is not a tensor of the state's shape and dtype.
+
+    Args:
+        out: what the field returned.
+        y: the state it was given.
+        hint: how to get the dtype right, for the message.
+
+    Raises:
+        TypeError: ``out`` is not a tensor, or not of ``y``'s dtype.
+        ValueError: ``out`` does not have ``y``'s shape.
+    """
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"func must return a torch.Tensor, got {type(out).__name__}.")
+    if out.shape != y.shape:
+        raise ValueError(
+            f"func returned shape {tuple(out.shape)} but the state has shape {tuple(y.shape)}; "
+            "dy/dt must have the state's shape."
+        )
+    if out.dtype != y.dtype:
+        raise TypeError(
+            f"func returned dtype {out.dtype} but the state is {y.dtype}; return dy/dt in the state's dtype ({hint})."
+        )
