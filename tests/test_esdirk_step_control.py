@@ -139,3 +139,13 @@ def test_newton_failure_halving_saves_work_on_robertson():
     assert sol.stats.n_accepted < 0.8 * old.stats.n_accepted
     err = float(np.max(np.abs(sol.ys[-1].numpy() - ref) / np.maximum(np.abs(ref), 1e-10)))
     assert err <= 10 * RTOL  # global error over ~50 steps at rtol 1e-6
+
+
+@pytest.mark.parametrize("cap", [True, False])
+def test_odeint_takes_cap_after_reject_as_an_option(cap):
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    t = torch.tensor([0.0, T_END], dtype=torch.float64)
+    ys = hn.odeint(robertson, y0, t, method="kvaerno5", rtol=RTOL, atol=ATOL, options={"cap_after_reject": cap})
+    control = hn.PIDController(rtol=RTOL, atol=ATOL, shrink_after_accept=False)  # odeint's step rule
+    sol = hn.solve(robertson, y0, t, solver=hn.Kvaerno5(cap_after_reject=cap), controller=control)
+    assert torch.equal(ys, sol.ys)

@@ -31,6 +31,8 @@ from .tsit5 import Tsit5
 ROSENBROCK_OPTIONS = ("jacobian", "batch_dims", "autonomous")
 MULTISTEP_OPTIONS = ("max_order", "max_iters", "jacobian", "batch_dims")
 NEWTON_OPTIONS = ("jacobian", "batch_dims", "max_newton_iters", "newton_kappa", "newton_rtol", "newton_atol")
+#: the adaptive ESDIRK pairs' options: also the hold on the step after a rejected attempt
+ESDIRK_OPTIONS = NEWTON_OPTIONS + ("cap_after_reject",)
 BACKENDS = ("torch", "julia")
 #: the torch loop strategies, in the order the method table lists them
 LOOPS = ("host", "per_sample", "device_loop", "compile", "whole_solve")
@@ -158,12 +160,12 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
             "linear problems); not L-stable (R(∞) = 1 - √3): on stiff transients prefer `rodas4`",
         ),
         "rosenbrock23": MethodSpec(Rosenbrock23, ROSENBROCK_OPTIONS, julia="Rosenbrock23", notes="Rosenbrock, stiff"),
-        "kencarp4": MethodSpec(KenCarp4, NEWTON_OPTIONS, julia="KenCarp4", notes="ESDIRK, stiff"),
-        "kvaerno3": MethodSpec(Kvaerno3, NEWTON_OPTIONS, notes="ESDIRK, stiff"),
-        "kvaerno5": MethodSpec(Kvaerno5, NEWTON_OPTIONS, notes="ESDIRK, stiff"),
+        "kencarp4": MethodSpec(KenCarp4, ESDIRK_OPTIONS, julia="KenCarp4", notes="ESDIRK, stiff"),
+        "kvaerno3": MethodSpec(Kvaerno3, ESDIRK_OPTIONS, notes="ESDIRK, stiff"),
+        "kvaerno5": MethodSpec(Kvaerno5, ESDIRK_OPTIONS, notes="ESDIRK, stiff"),
         "trbdf2": MethodSpec(
             _trbdf2_by_name,
-            NEWTON_OPTIONS + ("adaptive",),
+            ESDIRK_OPTIONS + ("adaptive",),
             julia="TRBDF2",
             notes="ESDIRK, stiff; fixed steps (torchdiffeq's meaning), adaptive with `options={'adaptive': True}`",
         ),
