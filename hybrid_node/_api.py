@@ -423,6 +423,11 @@ def _refuse_unsent_settings(controller: AbstractController, solver: AbstractSolv
 def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events) -> Solution:
     """Hand a solve to the Julia backend, translating the settings objects to its keyword form
     (events, forward only: :mod:`hybrid_node.julia.events`)."""
+    if isinstance(solver, Reversible):  # its name ('reversible_tsit5') was reported as an unknown Julia method
+        raise BackendError(
+            "hn.Reversible (the algebraically reversible wrapper) is available on the torch backend only; "
+            "use backend='torch', or the plain method on Julia."
+        )
     _refuse_unsent_settings(controller, solver)
     options: dict[str, Any] = {}
     if isinstance(controller, PIDController) and julia_backend.METHODS.get(solver.name) in FIXED_UNLESS_ADAPTIVE:

@@ -239,3 +239,12 @@ def test_float32_output_times_on_the_step_grid_take_no_sliver_step():
         )
         steps[name] = sol.stats.n_accepted
     assert steps == {"direct": 20, "reversible": 20}
+
+
+def test_per_sample_control_and_the_julia_backend_name_the_reversible_wrapper():
+    y0, t = torch.ones(3, 2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="got 'reversible_tsit5' \\(a reversible wrapper steps a pair"):
+        hn.solve(lambda t, y: -y, y0, t, solver=hn.Reversible(hn.Tsit5()), controller=hn.PIDController(per_sample=True))
+    # refused before Julia is looked for: the same message whether or not it is installed
+    with pytest.raises(hn.BackendError, match="hn.Reversible .* torch backend only"):
+        hn.solve(lambda t, y: -y, y0, t, solver=hn.Reversible(hn.Tsit5()), backend="julia")

@@ -44,7 +44,12 @@ _T_HINT = (
 def check_per_sample(problem, event_fn) -> None:
     """Raise ValueError where per-sample stepping cannot serve the problem (says what to use instead)."""
     if not problem.solver.supports_per_sample:
-        raise ValueError("per_sample needs an explicit embedded Runge-Kutta pair (e.g. dopri5, tsit5, bosh3).")
+        name = problem.solver.name
+        reversible = name.startswith("reversible_")
+        why = " (a reversible wrapper steps a pair of states, which per-sample control does not)" if reversible else ""
+        raise ValueError(
+            f"per_sample needs an explicit embedded Runge-Kutta pair (e.g. dopri5, tsit5, bosh3), got {name!r}{why}."
+        )
     if problem.layout is not None:
         raise ValueError(
             "per_sample needs a single tensor state whose first dimension is the batch; "
