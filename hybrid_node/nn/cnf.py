@@ -15,9 +15,9 @@ int_0^1 ||g||^2 ds = T int_0^T ||f||^2 dt (and likewise for the Jacobian term); 
 the smoothness the solver actually sees. For T = 1 they are RNODE's integrals up to its normalisation:
 RNODE's code (cfinlay/ffjord-rnode) integrates 0.5 mean_i f_i^2 and mean_i (eps^T df/dz)_i^2, i.e.
 ||f||^2 / (2D) and ||eps^T df/dz||^2 / D, so its weights lambda_K, lambda_J are lambda_K / (2D) and
-lambda_J / D here. It also leaves the two integrals out of the step-size control; here they are part
-of the error norm like z and log p (a regularised solve may take more steps; to leave them out, give
-``CNFSolver(options={"norm": ...})`` a norm of the first two parts of the state tuple).
+lambda_J / D here. It also leaves the two integrals out of the step-size control (tolerances of 1e20
+on them); here they are part of the error norm like z and log p by default (a regularised solve may
+take more steps), and ``CNFSolver(regularizers_in_error_norm=False)`` leaves them out as RNODE does.
 
 Time direction: data sit at t = T and the base at t = 0, as in torchdiffeq's examples/cnf.py; FFJORD
 puts data at t = 0 and the base at t = T, so its field f(t, z) is this library's -f(T - t, z).
@@ -47,7 +47,7 @@ from .._api import odeint as _odeint
 from .._api import odeint_adjoint as _odeint_adjoint
 from .._errors import SolverError
 from .._registry import METHOD_SPECS, build_solver
-from ..controllers import ConstantStepSize
+from ..controllers import ConstantStepSize, rms_norm
 from ..solvers.symplectic import PartitionedComposition
 from ._kept import kept_field
 from .cnf_fields import PlanarCNFField, TimeMLPField
@@ -132,11 +132,20 @@ class CNFSolver:
             fall back to the loop at every Jacobian, after a failed attempt).
         adjoint: compute gradients with the adjoint method (O(1) memory) instead of backpropagating
             through the solver.
+        regularizers_in_error_norm: whether the two RNODE integrals count in an adaptive method's error
+            norm, like z and log p (the default, as in FFJORD's code). False measures the error of z
+            and log p only, as RNODE's code does (tolerances of 1e20 on the integrals): a regularised
+            solve then takes the steps of the unregularised one and the integrals are only as accurate
+            as those steps make them. Only the forward solve's norm changes; an adjoint's backward
+            solve keeps its own.
 
     Raises:
-        TypeError: ``method`` is not a string or ``adjoint`` is not a bool.
+        TypeError: ``method`` is not a string, or ``adjoint`` or ``regularizers_in_error_norm`` is not
+            a bool.
         ValueError: ``rtol`` or ``atol`` is not a finite positive number; an unknown method or option;
-            a method the CNF cannot use, or a fixed-step method without a step size.
+            a method the CNF cannot use, or a fixed-step method without a step size;
+            ``regularizers_in_error_norm=False`` with a norm of one's own in ``options`` or with a
+            method whose error norm cannot be set (``scipy_solver``).
     """
 
     method: str = "dopri5"
@@ -144,6 +153,7 @@ class CNFSolver:
     atol: float = 1e-5
     options: Mapping[str, Any] | None = None
     adjoint: bool = False
+    regularizers_in_error_norm: bool = True
 
     def __post_init__(self):
         if not isinstance(self.method, str):
@@ -159,6 +169,10 @@ class CNFSolver:
                 raise ValueError(f"CNFSolver.{name} must be a finite positive number, got {value!r}.")
         if not isinstance(self.adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
             raise TypeError(f"CNFSolver.adjoint must be True or False, got {self.adjoint!r}.")
+        if not isinstance(self.regularizers_in_error_norm, bool):
+            raise TypeError(
+                f"CNFSolver.regularizers_in_error_norm must be True or False, got {self.regularizers_in_error_norm!r}."
+            )
         self._check_method()
         if "jacobian" in METHOD_SPECS[self.method].options and "jacobian" not in (self.options or {}):
             object.__setattr__(self, "options", {**(self.options or {}), "jacobian": "loop"})
@@ -188,6 +202,57 @@ class CNFSolver:
                 f"method {self.method!r} takes fixed steps: give CNFSolver(options={{'step_size': ...}}) "
                 "(each block is solved over the solver time [0, 1]), or use an adaptive method such as 'dopri5'."
             )
+        if not self.regularizers_in_error_norm:
+            if "norm" in options:
+                # two answers to one question: which parts the step-size control measures
+                raise ValueError(
+                    "CNFSolver got both options['norm'] and regularizers_in_error_norm=False; give one: the "
+                    "norm alone (it sees the whole state tuple, (z, log p, kinetic, jacobian) when regularised), "
+                    "or regularizers_in_error_norm=False alone (the largest RMS of z and log p)."
+                )
+            if not isinstance(controller, ConstantStepSize):
+                try:
+                    build_solver(
+                        self.method, {**options, "norm": _state_error_norm}, float(self.rtol), float(self.atol)
+                    )
+                except ValueError as err:
+                    raise ValueError(
+                        f"method {self.method!r} chooses its steps with an error norm that cannot be set, so "
+                        "regularizers_in_error_norm=False cannot take effect; use an adaptive method such as "
+                        "'dopri5', or leave regularizers_in_error_norm at True."
+                    ) from err
+
+    def _solve_options(self, regularize: bool) -> dict[str, Any] | None:
+        """The options of one solve: ``options``, with the error norm of z and log p alone when the
+        state carries the regularisers and they are to be left out of it.
+
+        Args:
+            regularize: the solve's state carries the two regulariser integrals.
+
+        Returns:
+            The options for :func:`hybrid_node.odeint`, or None for none.
+        """
+        options = dict(self.options) if self.options else {}
+        if regularize and not self.regularizers_in_error_norm:
+            solver_controller = build_solver(self.method, options, float(self.rtol), float(self.atol))[1]
+            if not isinstance(solver_controller, ConstantStepSize):  # fixed steps measure no error
+                options["norm"] = _state_error_norm
+        return options or None
+
+
+def _state_error_norm(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The error norm of a regularised CNF state (z, log p, kinetic, jacobian) without the integrals:
+    the largest RMS of z and log p, which is the default norm of the unregularised state (z, log p).
+
+    A module-level function, so that compiled graphs (cached per norm by identity) serve every solve.
+
+    Args:
+        parts: the scaled error of each part of the state tuple.
+
+    Returns:
+        A 0-d tensor.
+    """
+    return torch.stack([rms_norm(parts[0]), rms_norm(parts[1])]).max()
 
 
 @dataclasses.dataclass
@@ -538,7 +603,7 @@ class CNF(nn.Module):
             rtol=st.rtol,
             atol=st.atol,
             method=st.method,
-            options=dict(st.options) if st.options else None,
+            options=st._solve_options(regularize=len(state) > 2),
             backend="torch",
         )
         try:
