@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _ffjord_odenet import odenet_pair
 from _reference_code import extract_tree, import_package, load_module, read_source, repository
 from torch import nn
 
@@ -69,18 +70,6 @@ class _StateOf(nn.Module):
         return self.func(t, (z, z.new_zeros(z.shape[0], 1)))[0]
 
 
-class _TimeReversed(nn.Module):
-    """g(t, z) = -f(T - t, z): FFJORD carries data at t = 0 to the base at t = T, this library carries
-    the base at t = 0 to data at t = T (as torchdiffeq's example does), so FFJORD's field runs backwards."""
-
-    def __init__(self, field: nn.Module, end_time: float):
-        super().__init__()
-        self.field, self.end_time = field, end_time
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return -self.field(self.end_time - t, z)
-
-
 def _example_logp(example, func, x, **solver):
     """log p(x) as torchdiffeq's example computes it: from data at t1 = 10 to the base N(0, 0.1 I) at t0 = 0."""
     import torchdiffeq
@@ -122,25 +111,11 @@ def test_exact_log_density_matches_torchdiffeq_example_with_dopri5(torchdiffeq_e
         torch.testing.assert_close(flow.log_prob(x), reference, rtol=0, atol=bound)
 
 
-def _ffjord_pair(ffjord, dim: int, end_time: float):
-    """FFJORD's toy ODEnet (concat layers, tanh) and our TimeMLPField with its weights."""
-    torch.manual_seed(0)
-    net = ffjord.layers.ODEnet(
-        hidden_dims=(16, 16), input_shape=(dim,), strides=None, conv=False, layer_type="concat", nonlinearity="tanh"
-    )
-    field = TimeMLPField(dim, hidden=(16, 16), activation="tanh")
-    with torch.no_grad():
-        for theirs, ours in zip(net.layers, field.layers, strict=True):
-            ours.weight.copy_(theirs._layer.weight)
-            ours.bias.copy_(theirs._layer.bias)
-    return net, _TimeReversed(field, end_time)
-
-
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_hutchinson_log_density_matches_ffjord_with_the_same_probe(ffjord, noise, method):
     dim, end_time = 3, 0.8
-    net, field = _ffjord_pair(ffjord, dim, end_time)
+    net, field = odenet_pair(ffjord.layers.ODEnet, dim, end_time)
     x = torch.randn(6, dim, generator=torch.Generator().manual_seed(2))
     probe = sample_noise(noise, x, torch.Generator().manual_seed(7))  # the draw our solve makes below
     odefunc = ffjord.layers.ODEfunc(net, divergence_fn="approximate", rademacher=noise == "rademacher")
@@ -172,7 +147,7 @@ def test_hutchinson_log_density_matches_ffjord_with_the_same_probe(ffjord, noise
 def test_exact_log_density_matches_ffjord_brute_force_trace(ffjord):
     # FFJORD's evaluation of 2-d data: the trace summed over D backward passes (divergence_bf).
     dim, end_time = 2, 1.3
-    net, field = _ffjord_pair(ffjord, dim, end_time)
+    net, field = odenet_pair(ffjord.layers.ODEnet, dim, end_time)
     x = torch.randn(6, dim, generator=torch.Generator().manual_seed(3))
     odefunc = ffjord.layers.ODEfunc(net, divergence_fn="brute_force")
     cnf = ffjord.layers.CNF(odefunc, T=end_time, rtol=1e-10, atol=1e-10).eval()
@@ -188,7 +163,7 @@ def test_jacobian_regulariser_integrands_match_ffjord(ffjord):
     # square of the entries) and l2_regularzation_fn the batch mean of ||f|| / sqrt(D): one sample at a
     # time, they are the square roots of our integrands ||df/dz||_F^2 and ||f||^2, scaled.
     dim = 3
-    net, _ = _ffjord_pair(ffjord, dim, 1.0)
+    net, _ = odenet_pair(ffjord.layers.ODEnet, dim, 1.0)
     t = torch.tensor(0.4)
     z = torch.randn(5, dim, generator=torch.Generator().manual_seed(4))
     ours = exact_divergence(lambda v: net(t, v), z, create_graph=False)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _ffjord_odenet import odenet_pair
 from _reference_code import extract_tree, import_package, repository
 from torch import nn
 
 from hybrid_node.nn.cnf import CNF, CNFSolver, HutchinsonTrace, _AugmentedDynamics
-from hybrid_node.nn.cnf_fields import TimeMLPField
 from hybrid_node.nn.cnf_trace import sample_noise
 
 pytestmark = [
@@ -42,36 +42,6 @@ def rnode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamesp
     return types.SimpleNamespace(odefunc=odefunc, cnf=cnf, regularization=regularization)
 
 
-class _TimeReversed(nn.Module):
-    """g(t, z) = -f(T - t, z): RNODE (as FFJORD) carries data at t = 0 to the base at t = T, this library
-    carries the base at t = 0 to data at t = T, so RNODE's field runs backwards."""
-
-    def __init__(self, field: nn.Module, end_time: float):
-        super().__init__()
-        self.field, self.end_time = field, end_time
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return -self.field(self.end_time - t, z)
-
-
-def _pair(rnode, end_time: float):
-    """RNODE's toy ODEnet (concat layers, tanh) and our TimeMLPField with the same (random) weights.
-
-    RNODE's ODEnet zeroes its last layer's weights by default (a flow that starts as the identity); the
-    random weights of our field are copied into it instead, so that every integrand is non-trivial.
-    """
-    torch.manual_seed(0)
-    net = rnode.odefunc.ODEnet(
-        hidden_dims=(16, 16), input_shape=(DIM,), strides=None, conv=False, layer_type="concat", nonlinearity="tanh"
-    )
-    field = TimeMLPField(DIM, hidden=(16, 16), activation="tanh")
-    with torch.no_grad():
-        for theirs, ours in zip(net.layers, field.layers, strict=True):
-            theirs._layer.weight.copy_(ours.weight)
-            theirs._layer.bias.copy_(ours.bias)
-    return net, _TimeReversed(field, end_time)
-
-
 def _rnode_cnf(rnode, net, probe: torch.Tensor, end_time: float, *, regularize: bool, **solver):
     """RNODE's CNF in training mode (the mode that integrates the regularisers) with our probe."""
     reg = rnode.regularization
@@ -92,7 +62,7 @@ def _flow(field: nn.Module, end_time: float, solver: CNFSolver) -> CNF:
 def test_regulariser_integrands_match_rnode_with_the_same_probe(rnode):
     # At T = 1 our data-to-base dynamics in solver time s are RNODE's field at t = s; RNODE's integrands
     # are 0.5 mean_i f_i^2 and mean_i (eps^T df/dz)_i^2, ours the sums ||f||^2 and ||eps^T df/dz||^2.
-    net, field = _pair(rnode, 1.0)
+    net, field = odenet_pair(rnode.odefunc.ODEnet, DIM, 1.0, ours_into_theirs=True)
     flow = _flow(field, 1.0, CNFSolver())
     x = torch.randn(6, DIM, generator=torch.Generator().manual_seed(1))
     probe = sample_noise("gaussian", x, torch.Generator().manual_seed(2))
@@ -119,7 +89,7 @@ def test_regulariser_integrals_match_rnode_at_fixed_steps(rnode):
     # solver time our integrals are T int ||f||^2 dt and T int ||eps^T df/dz||^2 dt (module docstring):
     # 2 D T and D T times RNODE's.
     end_time = 0.8
-    net, field = _pair(rnode, end_time)
+    net, field = odenet_pair(rnode.odefunc.ODEnet, DIM, end_time, ours_into_theirs=True)
     x = torch.randn(6, DIM, generator=torch.Generator().manual_seed(3))
     probe = sample_noise("gaussian", x, torch.Generator().manual_seed(4))  # the draw our solve makes below
     cnf, _ = _rnode_cnf(
@@ -141,7 +111,7 @@ def test_regularisers_left_out_of_the_error_norm_as_in_rnode(rnode):
     # the same here. dopri5 at RNODE's default tolerance 1e-5 over T = 1.5, with weights scaled up so
     # that the flow needs a dozen steps or more.
     end_time, tol = 1.5, 1e-5
-    net, field = _pair(rnode, end_time)
+    net, field = odenet_pair(rnode.odefunc.ODEnet, DIM, end_time, ours_into_theirs=True)
     with torch.no_grad():
         for module in (net, field):
             for p in module.parameters():

@@ -6,21 +6,12 @@ import math
 
 import pytest
 import torch
+from _hamiltonian_fields import oscillator, pendulum
 
 import hybrid_node as hn
 
 F64 = torch.float64
 ORDERS = {"symplectic_euler": 1, "leapfrog": 2, "yoshida4": 4, "yoshida6": 6}
-
-
-def pendulum(t, y):
-    q, p = y
-    return p, -torch.sin(q)
-
-
-def oscillator(t, y):
-    q, p = y
-    return p, -q
 
 
 def _state(dtype=F64):

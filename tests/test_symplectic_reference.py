@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _hamiltonian_fields import oscillator, pendulum
 
 import hybrid_node as hn
 
@@ -27,16 +28,6 @@ TRIPLE_JUMP = (_W1, 1.0 - 2.0 * _W1, _W1)
 #: Yoshida 1990, Table 1, solution A: w1, w2, w3 as printed, w0 = 1 - 2 (w1 + w2 + w3), used w3 w2 w1 w0 w1 w2 w3
 _YA = (-1.17767998417887, 0.235573213359357, 0.784513610477560)
 YOSHIDA6 = (_YA[2], _YA[1], _YA[0], 1.0 - 2.0 * sum(_YA), _YA[0], _YA[1], _YA[2])
-
-
-def pendulum(t, y):
-    q, p = y
-    return p, -torch.sin(q)
-
-
-def oscillator(t, y):
-    q, p = y
-    return p, -q
 
 
 @pytest.fixture(scope="module")
