@@ -68,22 +68,6 @@ class CheckedEvent:
         return g
 
 
-class _EventOnLayout:
-    """An event function of the caller's state form called on the loop's flat states.
-
-    Args:
-        event_fn: the (checked) event function.
-        unflatten: the problem's map from a flat state to the caller's form.
-    """
-
-    def __init__(self, event_fn: Callable, unflatten: Callable):
-        self.event_fn = event_fn
-        self.unflatten = unflatten
-
-    def __call__(self, t: torch.Tensor, y: torch.Tensor):
-        return self.event_fn(t, self.unflatten(y))
-
-
 def _event_cap(max_num_steps: int, default: int) -> int:
     """The step cap of an event search: the controller's when given, else :data:`EVENT_MAX_STEPS`."""
     return EVENT_MAX_STEPS if max_num_steps == default else max_num_steps
@@ -178,9 +162,12 @@ def integrate(
     if event_fn is not None and (problem.layout is not None or problem.complex_state is not None):
         # the loop's states are flat (a tuple state's parts joined; a complex state on an implicit method
         # as its real form): event_fn takes the state as the caller gave it, as func does (torchdiffeq
-        # hands a tuple state's event_fn the tuple); it got the flat tensor, which read y[0] of a tuple
-        # state as the first element and |y| of a complex one as a norm of real and imaginary parts
-        event_fn = _EventOnLayout(event_fn, problem.unflatten)
+        # hands a tuple state's event_fn the tuple)
+        checked = event_fn
+
+        def event_fn(t: torch.Tensor, y: torch.Tensor):
+            return checked(t, problem.unflatten(y))
+
     if isinstance(ctrl, ConstantStepSize):
         grid: Iterable[float]
         if event_fn is not None:
