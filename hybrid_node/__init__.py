@@ -33,9 +33,12 @@ if TYPE_CHECKING:
     from .controllers import AbstractController as AbstractController
     from .controllers import ConstantStepSize as ConstantStepSize
     from .controllers import PIDController as PIDController
+    from .sde import BaseSDE as BaseSDE
     from .sde import BrownianInterval as BrownianInterval
     from .sde import BrownianPath as BrownianPath
     from .sde import BrownianTree as BrownianTree
+    from .sde import SDEIto as SDEIto
+    from .sde import SDEStratonovich as SDEStratonovich
     from .sde import sdeint as sdeint
     from .sde import sdeint_adjoint as sdeint_adjoint
     from .sensitivity import AbstractSensitivity as AbstractSensitivity
@@ -121,9 +124,12 @@ _LAZY: dict[str, tuple[str, str]] = {
     "AbstractController": (".controllers", "AbstractController"),
     "ConstantStepSize": (".controllers", "ConstantStepSize"),
     "PIDController": (".controllers", "PIDController"),
+    "BaseSDE": (".sde", "BaseSDE"),
     "BrownianInterval": (".sde", "BrownianInterval"),
     "BrownianPath": (".sde", "BrownianPath"),
     "BrownianTree": (".sde", "BrownianTree"),
+    "SDEIto": (".sde", "SDEIto"),
+    "SDEStratonovich": (".sde", "SDEStratonovich"),
     "sdeint": (".sde", "sdeint"),
     "sdeint_adjoint": (".sde", "sdeint_adjoint"),
     "AbstractSensitivity": (".sensitivity", "AbstractSensitivity"),
