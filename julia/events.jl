@@ -7,9 +7,10 @@
 #   jumped()                           -> length-N array, the state after the jump
 #
 # `idx` goes to Python 0-based, one component per call. The direction is decided in Python from the
-# component's sign at the step's start: SciMLBase 3's VectorContinuousCallback has no affect_neg!
-# and calls affect! at crossings in either direction (as SciMLBase 2 does with affect_neg! left at
-# its default).
+# component's sign at the root `u` (the left end of DiffEqBase's bracket, so the side the crossing
+# came from, past the nudge after an event; the step's start `uprev` only where that is exactly 0):
+# SciMLBase 3's VectorContinuousCallback has no affect_neg! and calls affect! at crossings in either
+# direction (as SciMLBase 2 does with affect_neg! left at its default).
 #
 # How affect! is called depends on DiffEqBase (both are admitted by our compat: OrdinaryDiffEq
 # sub-libraries 1.x use DiffEqBase 6, 2.x use DiffEqBase 7):

@@ -443,7 +443,8 @@ class StandinEngine:
         left limit) and ``affect!(integrator, simultaneous_events)`` is called once, whatever the
         direction (no ``affect_neg!``), with an Int8 vector marking every component whose root is the
         earliest (:func:`_act_events`), and ``tprev``/``uprev`` the step's start. The integration continues
-        from the root (from the jumped state after ``set_u!``); a component whose value there is
+        from the root (from the jumped state after ``set_u!``), proposing the dt of the step the event was
+        found in (``apply_callback!``: ``set_proposed_dt!`` with ``dtrelax = 1``); a component whose value there is
         within ``abstol = 10 eps`` of zero takes its sign from a point nudged ``repeat_nudge = 1/100``
         of the next step ahead, so the same root is not found again. ``terminate!`` ends the solve:
         the saved states stop at the last output time reached. Nothing is saved at the events
@@ -465,8 +466,10 @@ class StandinEngine:
         prev = np.sign(np.asarray(condition(x.copy(), t), dtype=float))
         nudge = np.zeros(prev.shape, dtype=bool)
         nfe, accepted, terminated, retcode, state_finite = 0, 0, False, "Success", True
+        step = None  # the step size proposed after an event (apply_callback!: the event step's dt)
         while t < ts[-1] and not terminated and retcode == "Success":
-            solver = DOP853(fun, t, x, ts[-1], rtol=config.rtol, atol=config.atol)
+            first = {} if step is None else {"first_step": min(step, ts[-1] - t)}
+            solver = DOP853(fun, t, x, ts[-1], rtol=config.rtol, atol=config.atol, **first)
             restart = False
             while solver.status == "running" and not restart:
                 solver.step()
@@ -521,7 +524,7 @@ class StandinEngine:
                     for s in ts[(ts > t) & (ts <= t_root)]:
                         saved[float(s)] = dense(s)
                     code, x = _act_events(affect, jumped, events, t_root, x_root, t0, x_start)
-                    t, terminated, restart = t_root, code == 3, True
+                    t, terminated, restart, step = t_root, code == 3, True, t1 - t0
                     values = np.asarray(condition(x.copy(), t), dtype=float)
                     prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))
                     nudge = np.abs(values) <= abstol

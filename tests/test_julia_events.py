@@ -192,3 +192,35 @@ def test_a_terminal_event_keeps_scimlbase_s_default_points_and_the_standin_refus
     assert bridge.interp_points == 10  # SciMLBase's default: 8 interior points
     with pytest.raises(julia_standin.JuliaError):  # Julia: range(0.0, stop=1.0, length=1) throws
         julia_standin._check_points(0.0, 1.0, 1)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_a_crossing_back_in_the_step_after_an_event_gets_the_direction_it_really_has(direction, reverse, monkeypatch):
+    # y = t dips g = (y - 1)^2 - d^2 below zero on (1 - d, 1 + d): down at 1 - d, up at 1 + d. After
+    # the event at 1 - d the next step starts at its left root (apply_callback! keeps the step's dt,
+    # so that step reaches past 1 + d), where g still has the sign from before the crossing; DiffEqBase
+    # nudges past it and sees the crossing back as upwards. The direction was taken from that step
+    # start: the upward crossing was dropped for direction=1 and recorded for direction=-1.
+    d, sign = 0.3, -1.0 if reverse else 1.0
+    event = hn.Event(lambda t, y: (sign * y[..., :1] - 1.0) ** 2 - d * d, direction=direction, samples=8)
+    field = lambda t, y: torch.ones_like(y)  # y = t: a step of any size is exact
+    t = torch.tensor([0.0, sign * 3.0])
+    starts = []
+    affect = julia_events.EventBridge.affect
+
+    def spy(self, s, u, idx, s_prev, u_prev):
+        starts.append((s, s_prev))
+        return affect(self, s, u, idx, s_prev, u_prev)
+
+    monkeypatch.setattr(julia_events.EventBridge, "affect", spy)
+    sol = standin(field, torch.tensor([0.0]), t, event=event)
+    assert len(starts) == 2 and starts[1][1] == starts[0][0]  # the second crossing is in the step after the first
+    # g crosses downwards (as t increases) at 1 - d and upwards at 1 + d; for t < 0 at -(1 + d) downwards
+    # and at -(1 - d) upwards. As |t|:
+    up, down = (1 - d, 1 + d) if reverse else (1 + d, 1 - d)
+    want = {1: [up], -1: [down], 0: [1 - d, 1 + d]}[direction]
+    # rtol=1e-10 on an exactly integrated y = t: the roots are found to rounding, 1e-9 is ample
+    torch.testing.assert_close([abs(float(r.t)) for r in sol.events], want, rtol=1e-9, atol=1e-9)
+    torch_sol = hn.solve(field, torch.tensor([0.0]), t, event=event, controller=hn.PIDController(**TOL))
+    torch.testing.assert_close([abs(float(r.t)) for r in torch_sol.events], want, rtol=1e-9, atol=1e-9)
