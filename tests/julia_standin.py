@@ -236,6 +236,22 @@ class ArgumentError(Exception):
     """Julia's ArgumentError (what the stand-in's JuliaError carries for a bad argument)."""
 
 
+def _check_output_times(ts: np.ndarray) -> None:
+    """bridge.jl's ``prepare``, which ``forward_mlp`` and ``forward_callback`` call first (events too).
+
+    Its refusal of times that are not increasing is left out: the stand-in's tests of upstream's
+    sorted ``saveat`` (what that refusal guards against) hand it decreasing times on purpose.
+
+    Args:
+        ts: the output times the engine was given.
+
+    Raises:
+        JuliaError: fewer than two output times (Julia's ArgumentError).
+    """
+    if len(ts) < 2:
+        raise JuliaError(ArgumentError("need at least two output times"), None)
+
+
 def _check_points(t_prev: float, t: float, interp_points: int) -> list[float]:
     """The times where DiffEqBase checks the event signs in a step from ``t_prev`` to ``t``.
 
@@ -375,6 +391,7 @@ class StandinEngine:
         )
         shape = u0.shape
         ts = np.asarray(ts, dtype=float)
+        _check_output_times(ts)
         x0 = np.asarray(u0, dtype=float).reshape(-1, order="F")
         fun = lambda t, x: self._f(problem, theta, shape, config, x, t)
         kw = dict(rtol=config.rtol, atol=config.atol)
@@ -455,6 +472,7 @@ class StandinEngine:
         self.forward_calls.append(dict(problem=problem, ts=np.array(ts), config=config, events=True))
         shape = u0.shape
         ts = np.asarray(ts, dtype=float)
+        _check_output_times(ts)
         fun = lambda t, x: self._f(problem, theta, shape, config, x, t)
         condition = self._from_julia(bridge.condition)
         affect = self._from_julia(bridge.affect)

@@ -224,3 +224,20 @@ def test_a_crossing_back_in_the_step_after_an_event_gets_the_direction_it_really
     torch.testing.assert_close([abs(float(r.t)) for r in sol.events], want, rtol=1e-9, atol=1e-9)
     torch_sol = hn.solve(field, torch.tensor([0.0]), t, event=event, controller=hn.PIDController(**TOL))
     torch.testing.assert_close([abs(float(r.t)) for r in torch_sol.events], want, rtol=1e-9, atol=1e-9)
+
+
+def test_one_output_time_with_events_returns_y0_as_the_torch_backend_does():
+    # bridge.jl's `prepare` (called by forward_mlp and forward_callback, events or not) throws an
+    # ArgumentError for fewer than two output times, and the stand-in now does the same; a single
+    # time reached the engine and came back as a JuliaError instead of y0.
+    y0 = torch.tensor([[1.0, 0.0], [2.0, 0.5]])
+    t = torch.tensor([0.0])
+    engine = StandinEngine()
+    with torch.no_grad():
+        sol = julia_events.solve_events(fall, y0, t, event=ground(0.8), engine=engine)
+    torch_sol = hn.solve(fall, y0, t, event=ground(0.8))
+    assert not engine.forward_calls and sol.status is Status.SUCCESS
+    assert sol.events == torch_sol.events == []
+    torch.testing.assert_close(sol.ys, torch_sol.ys, rtol=0.0, atol=0.0)  # y0 itself on both backends
+    with pytest.raises(julia_standin.JuliaError, match="two output times"):
+        engine.forward_events(None, y0.numpy().T, np.zeros(1), np.zeros(1), None, None)

@@ -271,6 +271,11 @@ def solve_events(
     ts = sign * t.detach().to("cpu", torch.float64).numpy()
     u0 = m0.detach().to("cpu", torch.float64).numpy()
     bridge.start(float(ts[0]), u0.reshape(-1))
+    if ts.size == 1:
+        # Nothing to integrate: y0 with no events, as backend.solve returns y0 for one time (Julia's
+        # forward_* refuse fewer than two output times, bridge.jl's `prepare`).
+        ys = layout.from_matrix(m0.detach().unsqueeze(0))
+        return Solution(ts=t, ys=ys, stats=Stats(), status=Status.SUCCESS, events=bridge.records)
     n_theta = problem.n_params if isinstance(problem, backend.CallbackProblem) else 0
     theta = backend._flat_params(params, n_theta)
     engine = backend.JuliaEngine(julia_runtime.load_module()) if engine is None else engine
