@@ -173,3 +173,23 @@ def test_a_sample_that_starts_on_its_event_fires_at_t0_and_the_others_go_on():
     t_e, ys = hn.odeint_event(Decay(1.0), y0, 0.5, event_fn=lambda t, y: y[:, 0] - 1.0, per_sample=True, **TOL)
     torch.testing.assert_close(t_e.detach(), torch.tensor([0.5, 0.5 + math.log(2.0)]), rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(ys[-1].detach(), torch.ones(2, 1), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+def test_inside_torch_func_transforms_the_refusal_says_what_to_do(transform):
+    """The search decides on the host after every step: inside vmap (or grad) it raised torch's bare
+    "data-dependent control flow" (or "data pointer") RuntimeError; now a ValueError naming the transform,
+    as the shared-step terminal event's."""
+
+    def first_passage(y0):
+        return hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=lambda t, y: y[:, 0] - 0.5, per_sample=True)[0]
+
+    with pytest.raises(ValueError, match=r"per-sample events cannot run inside torch.func transforms"):
+        if transform == "vmap":
+            torch.func.vmap(first_passage)(torch.ones(4, 3, 1))
+        else:
+            torch.func.grad(lambda y0: first_passage(y0).sum())(torch.ones(3, 1))
+    # the same problems as one batch: each sample its own event
+    t_e = first_passage(torch.full((3, 1), 2.0))
+    # the default rtol 1e-7: the dense output, so the root, to about that
+    torch.testing.assert_close(t_e, torch.full((3,), math.log(4.0)), rtol=1e-6, atol=1e-7)

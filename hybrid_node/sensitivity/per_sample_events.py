@@ -35,6 +35,7 @@ import torch
 from .._errors import SolverError, Status
 from .._problem import Problem
 from .._solution import Solution
+from .._transforms import inside_transform
 from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
 from ..loop.events import SampleEvents, check_event_controller, integrate_sample_events
 from .event_adjoint import SegmentAdjoint, frozen_after
@@ -55,6 +56,12 @@ def _check(problem: Problem) -> None:
         raise ValueError("per-sample events do not support jump_t or step_t.")
     if problem.y0.is_complex() or problem.complex_state is not None:  # the latter: an implicit method's real form
         raise ValueError("per-sample events need a real state.")
+    if inside_transform():  # the loop decides on the host every step: vmap raised a bare data-dependence error
+        raise ValueError(
+            "per-sample events cannot run inside torch.func transforms (vmap, grad, jacrev, ...): the search "
+            "decides on the host which samples fired after every step; solve outside the transform, with the "
+            "problems as samples of one batch (they already get one event each)."
+        )
 
 
 def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents) -> tuple[torch.Tensor, torch.Tensor]:
