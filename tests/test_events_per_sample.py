@@ -175,6 +175,24 @@ def test_a_sample_that_starts_on_its_event_fires_at_t0_and_the_others_go_on():
     torch.testing.assert_close(ys[-1].detach(), torch.ones(2, 1), rtol=1e-8, atol=1e-10)
 
 
+def test_an_empty_batch_has_no_events_to_find():
+    """A batch dimension of size 0 returns empty event times of the batch shape and y0 as both states,
+    as per-sample step control returns an empty batch's outputs; the loop raised ZeroDivisionError."""
+    for shape in ((0, 2), (2, 0, 2)):
+        y0 = torch.ones(shape, requires_grad=True)
+        t_e, ys = hn.odeint_event(Decay(1.0), y0, 0.0, event_fn=lambda t, y: y[..., 0] - 0.5, per_sample=True)
+        assert t_e.shape == shape[:-1] and ys.shape == (2, *shape)
+        (g,) = torch.autograd.grad(ys.sum(), y0)
+        assert g.shape == shape
+    sol = hn.solve(
+        Decay(1.0), torch.ones(0, 2), torch.tensor([0.0, 1.0]), event_fn=lambda t, y: y[:, 0], per_sample_events=True
+    )
+    assert sol.status is hn.Status.EVENT and sol.event_fired.shape == (0,) and sol.stats.nfe == 0
+    # the event function's shape is still checked
+    with pytest.raises(ValueError, match="one value per sample"):
+        hn.odeint_event(Decay(1.0), torch.ones(0, 2), 0.0, event_fn=lambda t, y: y[:, :1], per_sample=True)
+
+
 @pytest.mark.parametrize("transform", ["vmap", "grad"])
 def test_inside_torch_func_transforms_the_refusal_says_what_to_do(transform):
     """The search decides on the host after every step: inside vmap (or grad) it raised torch's bare

@@ -34,10 +34,10 @@ import torch
 
 from .._errors import SolverError, Status
 from .._problem import Problem
-from .._solution import Solution
+from .._solution import Solution, Stats
 from .._transforms import inside_transform
 from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
-from ..loop.events import SampleEvents, check_event_controller, integrate_sample_events
+from ..loop.events import SampleEvents, check_event_controller, check_event_values, integrate_sample_events
 from .event_adjoint import SegmentAdjoint, frozen_after
 from .events import constant_event_time
 from .interpolating import checkpoint_times
@@ -62,6 +62,35 @@ def _check(problem: Problem) -> None:
             "decides on the host which samples fired after every step; solve outside the transform, with the "
             "problems as samples of one batch (they already get one event each)."
         )
+
+
+def _no_samples(problem: Problem, event_fn: Callable) -> Solution | None:
+    """The solution of a batch without samples (a batch dimension of size 0); None for any other batch.
+
+    Nothing is integrated: every (absent) sample has fired, so the event times are empty, of the
+    batch shape, and both states are y0. The loop would divide the state's size by the number of
+    samples (a ZeroDivisionError).
+
+    Args:
+        problem: the validated problem.
+        event_fn: the checked event function; called once at t0 for the batch shape.
+
+    Returns:
+        The Solution (status EVENT, no field evaluation), or None where the batch has samples.
+
+    Raises:
+        ValueError: ``event_fn`` does not return one value per sample.
+    """
+    y0, t = problem.y0, problem.t
+    if y0.numel() != 0:
+        return None
+    with torch.no_grad():
+        shape = check_event_values(event_fn(t[0].detach(), y0), y0)
+    if math.prod(shape) != 0:  # samples with an empty state each: the loop serves them
+        return None
+    t_e = torch.empty(shape, dtype=t.dtype, device=t.device)
+    fired = torch.ones(shape, dtype=torch.bool, device=y0.device)
+    return Solution(ts=t, ys=torch.stack([y0, y0]), stats=Stats(), status=Status.EVENT, t_final=t_e, event_fired=fired)
 
 
 def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +174,10 @@ def solve_sample_events(
         SolverError: status NO_EVENT (naming the samples) or a failed solve, with ``throw``.
     """
     _check(problem)
+    event_fn = CheckedEvent(event_fn)
+    empty = _no_samples(problem, event_fn)
+    if empty is not None:
+        return empty
     ctrl = problem.controller
     if ctrl.max_num_steps == type(ctrl).max_num_steps:
         # an event that never happens would otherwise run on for 2**31 - 1 steps
@@ -160,7 +193,7 @@ def solve_sample_events(
             rtol=problem.rtol,
             atol=problem.atol,
             norm=problem.norm,
-            event_fn=CheckedEvent(event_fn),
+            event_fn=event_fn,
             event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
             throw=throw,
         )
