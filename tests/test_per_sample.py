@@ -365,3 +365,28 @@ def test_every_sample_reports_its_own_status():
 
     shared = hn.PIDController(rtol=1e-6, atol=1e-8)
     assert hn.solve(field, y0, T, controller=shared).sample_status is None  # shared steps: no per-sample status
+
+
+def test_a_failure_before_the_step_cap_is_the_status_with_or_without_throw():
+    """Sample 2 turns infinite at t > 0.001 and fails within the first 100 batched steps; sample 1
+    (a fast oscillation) then runs into max_num_steps=100. throw=True raises the failure where it
+    happens (NONFINITE); throw=False reported MAX_STEPS for the batch, though it has the same samples'
+    statuses and Integration's status is documented as NONFINITE where any failed for a non-finite state."""
+    w = torch.tensor([0.0, 5000.0, 1.0], dtype=torch.float64)
+
+    def spin(t, y):
+        ww = w[: y.shape[0]]
+        out = torch.stack([ww * y[:, 1], -ww * y[:, 0]], 1)
+        return torch.where((torch.arange(y.shape[0]) == 2)[:, None] & (t[:, None] > 0.001), math.inf, out)
+
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    ctrl = hn.PIDController(rtol=1e-8, atol=1e-10, per_sample=True, max_num_steps=100)
+    with pytest.raises(hn.SolverError, match=r"non-finite state in sample\(s\) \[2\] of 3") as info:
+        hn.solve(spin, y0, T, controller=ctrl)
+    sol = hn.solve(spin, y0, T, controller=ctrl, throw=False)
+    assert sol.sample_status == (hn.Status.SUCCESS, hn.Status.MAX_STEPS, hn.Status.NONFINITE)
+    assert sol.status is info.value.status is hn.Status.NONFINITE
+    # without the failing sample the cap is the status, as before
+    alone = hn.solve(spin, y0[:2], T, controller=ctrl, throw=False)
+    assert alone.status is hn.Status.MAX_STEPS
+    assert alone.sample_status == (hn.Status.SUCCESS, hn.Status.MAX_STEPS)

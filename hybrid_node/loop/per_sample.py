@@ -106,7 +106,8 @@ def integrate_per_sample(
         Integration with the states at ``ts``. Its stats count batched steps: ``n_accepted`` the
         steps in which some element was accepted, ``n_rejected`` those in which none was. Its status
         is the failure of a failed element (NONFINITE where any failed for a non-finite state), at
-        the earliest time where one failed.
+        the earliest time where one failed; MAX_STEPS where the cap ended the solve and no element
+        had failed before it.
 
     Raises:
         SolverError: max_num_steps reached, step-size underflow or a non-finite state, when ``throw``.
@@ -178,7 +179,9 @@ def integrate_per_sample(
             for i in running:
                 sample_status[i] = Status.MAX_STEPS
             detail = f"max_num_steps={controller.max_num_steps}"
-            return _failed(Status.MAX_STEPS, t, outs, stats, term, throw, detail, sample_status)
+            # a sample that failed before the cap (throw=False) is the failure that throw=True raised there
+            status = fail_status if failures else Status.MAX_STEPS
+            return _failed(status, t, outs, stats, term, throw, detail, sample_status)
         n_iter += 1
         with torch.no_grad():
             done = (t >= t_end) | stopped
