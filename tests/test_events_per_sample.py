@@ -211,3 +211,23 @@ def test_inside_torch_func_transforms_the_refusal_says_what_to_do(transform):
     t_e = first_passage(torch.full((3, 1), 2.0))
     # the default rtol 1e-7: the dense output, so the root, to about that
     torch.testing.assert_close(t_e, torch.full((3,), math.log(4.0)), rtol=1e-6, atol=1e-7)
+
+
+def test_a_sample_that_blows_up_ends_the_search_for_the_batch_as_documented():
+    """docs/events.md: the batch shares its steps, so sample 1's blow-up (y' = y^2 from 1, at t = 1)
+    ends the search with its status; the event that fired before it (t = log 2) is kept, the later
+    one (log 8) is reported as not found."""
+
+    def f(t, y):
+        return torch.where((torch.arange(y.shape[0]) == 1)[:, None], y**2, -y)
+
+    y0 = torch.tensor([[1.0], [1.0], [4.0]])
+    kwargs = dict(event_fn=lambda t, y: y[:, 0] - 0.5, per_sample_events=True)
+    ctrl = hn.PIDController(rtol=1e-8, atol=1e-10)
+    with pytest.raises(hn.SolverError) as info:
+        hn.solve(f, y0, torch.tensor([0.0, 1.0]), controller=ctrl, **kwargs)
+    sol = hn.solve(f, y0, torch.tensor([0.0, 1.0]), controller=ctrl, throw=False, **kwargs)
+    assert sol.status is info.value.status is hn.Status.STEP_UNDERFLOW
+    assert sol.event_fired.tolist() == [True, False, False]
+    assert math.isnan(float(sol.t_final[2]))
+    assert float(sol.t_final[0]) == pytest.approx(math.log(2.0), rel=1e-7)  # rtol 1e-8 on the dense output
