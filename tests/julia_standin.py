@@ -465,8 +465,9 @@ class StandinEngine:
         within ``abstol = 10 eps`` of zero takes its sign from a point nudged ``repeat_nudge = 1/100``
         of the next step ahead, so the same root is not found again. ``terminate!`` ends the solve:
         the saved states stop at the last output time reached. Nothing is saved at the events
-        (``save_positions = (false, false)``). A failed step ends the solve with ``Unstable`` as
-        :meth:`forward` does, the time reached being where the solver stopped.
+        (``save_positions = (false, false)``). A failed step ends the solve with ``Unstable`` and more
+        than ``maxiters`` step attempts with ``MaxIters``, as :meth:`forward` does (run_events passes
+        the solve's options on), the time reached being where the solver stopped.
         """
         assert u0.ndim == 2, "the engine receives the Julia (D, B) layout"
         self.forward_calls.append(dict(problem=problem, ts=np.array(ts), config=config, events=True))
@@ -485,12 +486,19 @@ class StandinEngine:
         nudge = np.zeros(prev.shape, dtype=bool)
         nfe, accepted, terminated, retcode, state_finite = 0, 0, False, "Success", True
         step = None  # the step size proposed after an event (apply_callback!: the event step's dt)
+        # integrator.iter counts every attempt of the whole solve, across events (see forward)
+        maxiters, attempts = _maxiters(config), 0
         while t < ts[-1] and not terminated and retcode == "Success":
             first = {} if step is None else {"first_step": min(step, ts[-1] - t)}
             solver = DOP853(fun, t, x, ts[-1], rtol=config.rtol, atol=config.atol, **first)
             restart = False
             while solver.status == "running" and not restart:
+                before = solver.nfev
                 solver.step()
+                attempts += _attempts(solver, before)
+                if attempts > maxiters:  # check_error's MaxIters, before the attempt past the limit
+                    retcode = "MaxIters"
+                    break
                 if solver.status == "failed":  # check_error's dt_epsilon (see forward): stop at t
                     retcode = "Unstable"
                     break

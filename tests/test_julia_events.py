@@ -241,3 +241,20 @@ def test_one_output_time_with_events_returns_y0_as_the_torch_backend_does():
     torch.testing.assert_close(sol.ys, torch_sol.ys, rtol=0.0, atol=0.0)  # y0 itself on both backends
     with pytest.raises(julia_standin.JuliaError, match="two output times"):
         engine.forward_events(None, y0.numpy().T, np.zeros(1), np.zeros(1), None, None)
+
+
+def test_an_event_solve_stops_at_max_num_steps_as_run_events_passes_maxiters_on():
+    # run_events (julia/events.jl) hands the solve's options, maxiters among them, to init; DiffEqBase's
+    # check_error then ends the solve with MaxIters. The stand-in ignored maxiters with events.
+    y0, t = torch.tensor([[1.0, 0.0]]), torch.tensor([0.0, 0.5, 5.0])
+    sol = standin(fall, y0, t, event=ground(0.8), options={"max_num_steps": 8}, throw=False)
+    assert sol.status is Status.MAX_STEPS
+    reached = torch.isfinite(sol.ys[:, 0, 0])
+    assert reached[0] and not reached[-1]  # the states stop at the last output time passed
+    with pytest.raises(SolverError) as info:
+        standin(fall, y0, t, event=ground(0.8), options={"max_num_steps": 8})
+    assert info.value.status is Status.MAX_STEPS and 0.0 < info.value.t < 5.0
+    with pytest.raises(SolverError) as info:  # the torch backend stops as well
+        hn.solve(fall, y0, t, event=ground(0.8), controller=hn.PIDController(**TOL, max_num_steps=8))
+    assert info.value.status is Status.MAX_STEPS
+    assert standin(fall, y0, t, event=ground(0.8), options={"max_num_steps": 10_000}).status is Status.SUCCESS
