@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._problem import warn_unresolvable_tolerance
 from ._sde import SDEView
 from .brownian import BrownianInterval
 from .solvers import DEFAULT_METHOD, build_solver
@@ -117,6 +118,8 @@ def prepare(
         if isinstance(value, torch.Tensor) and value.requires_grad:
             raise ValueError(f"{name} must not require gradients (no gradient flows to it): pass a float.")
     check_tolerances(rtol, atol)
+    if adaptive:
+        warn_unresolvable_tolerance(float(rtol), float(atol), y0)
     for name, value in (("dt", dt), ("dt_min", dt_min)):
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}.")

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._problem import warn_unresolvable_tolerance
 from ._loop import integrate
 from ._validate import Prepared, check_tolerances, prepare
 from .adjoint import BackwardSteps, solve_stochastic_adjoint
@@ -200,6 +201,8 @@ def sdeint_adjoint(
             "exactly; drop it, or use adjoint_method='midpoint' (the stochastic adjoint)."
         )
     check_tolerances(adjoint_rtol, adjoint_atol, "adjoint_")
+    if adjoint_adaptive:
+        warn_unresolvable_tolerance(float(adjoint_rtol), float(adjoint_atol), y0, "adjoint_")
     control = BackwardSteps(adjoint_adaptive, dt, adjoint_rtol, adjoint_atol, dt_min)
     if reversible:
         ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
