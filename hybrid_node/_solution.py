@@ -59,7 +59,8 @@ class Solution:
         sample_status: with per-sample step control (``PIDController(per_sample=True)``), one
             :class:`~hybrid_node.Status` per sample (as torchode's per-sample status): SUCCESS for a
             sample that reached the final time, else why it stopped (under ``throw=False``); ``status``
-            is then the failure of the earliest failed sample. None for the other loops.
+            is then NONFINITE where a sample failed for a non-finite state, else the earliest failure.
+            None for the other loops.
     """
 
     ts: torch.Tensor

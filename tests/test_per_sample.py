@@ -367,6 +367,19 @@ def test_every_sample_reports_its_own_status():
     assert hn.solve(field, y0, T, controller=shared).sample_status is None  # shared steps: no per-sample status
 
 
+def test_a_single_output_time_and_an_empty_batch_report_every_sample():
+    """One output time (nothing to integrate) and a batch of no samples returned ``sample_status=None``,
+    as a shared-step solve does, though the caller asked for one status per sample."""
+    ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, per_sample=True)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    sol = hn.solve(field, y0, T[:1], controller=ctrl)
+    assert sol.sample_status == (hn.Status.SUCCESS,) * 3 and torch.equal(sol.ys[0], y0)
+    assert hn.solve(field, y0[:0], T, controller=ctrl).sample_status == ()
+    # what per-sample control refuses over a span it refuses at one output time too
+    with pytest.raises(ValueError, match="single tensor state"):
+        hn.solve(lambda t, y: y, (y0, y0), T[:1], controller=ctrl)
+
+
 def test_a_failure_before_the_step_cap_is_the_status_with_or_without_throw():
     """Sample 2 turns infinite at t > 0.001 and fails within the first 100 batched steps; sample 1
     (a fast oscillation) then runs into max_num_steps=100. throw=True raises the failure where it

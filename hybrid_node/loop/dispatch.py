@@ -150,10 +150,14 @@ def integrate(
         SolverError: the solve failed (with ``throw``); ValueError, TypeError: settings the loop cannot
             serve, or an event function whose result is not a real tensor.
     """
+    ctrl = problem.controller
     if len(ts) == 1 and event_fn is None:
         # nothing to integrate: y0 is the whole answer, and torchdiffeq does not evaluate func either
-        return Integration([y0], Stats(), Status.SUCCESS, ts[0], [] if dense else None)
-    ctrl = problem.controller
+        per_sample = isinstance(ctrl, PIDController) and ctrl.per_sample
+        if per_sample:  # refuse what per-sample control refuses for longer spans, and report every sample
+            check_per_sample(problem, None)
+        sample_status = (Status.SUCCESS,) * problem.y0.shape[0] if per_sample else None
+        return Integration([y0], Stats(), Status.SUCCESS, ts[0], [] if dense else None, sample_status=sample_status)
     transformed = inside_transform()
     if transformed:  # vmap, grad, jacrev, ...: no host decision per step
         check_transformable(problem, event_fn, dense)

@@ -118,7 +118,7 @@ def integrate_per_sample(
     tab = solver.tableau
     batch, dev = y0.shape[0], y0.device
     if batch == 0:  # no sample to step: every output is the (empty) initial state
-        return Integration([y0] * len(ts), Stats(), Status.SUCCESS, ts[-1])
+        return Integration([y0] * len(ts), Stats(), Status.SUCCESS, ts[-1], sample_status=())
     tdt = torch.float64 if dev.type in ("cpu", "cuda") else torch.float32
     stats = Stats()
 
