@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ._cotangents import step_cotangents, vjp
-from ._loop import Trajectory, error_ratio, integrate, logqp_rate
+from ._loop import Trajectory, check_advance, error_ratio, integrate, logqp_rate, time_tolerance
 from ._sde import SDEView
 from ._validate import Prepared
 from .solvers.milstein import diffusion_derivative_product
@@ -133,7 +133,7 @@ def _adaptive_back(
         Equations", AISTATS 2020 (adaptive solves of the adjoint SDE on a Brownian tree); J. G. Gaines,
         T. J. Lyons, SIAM J. Appl. Math. 57(5), 1997 (step doubling on a Brownian path).
     """
-    eps = 1e-12 * max(1.0, abs(t_lo), abs(t_hi))
+    eps = time_tolerance(t_lo, t_hi)
     t = t_hi
     total = [torch.zeros_like(p) for p in params]
     accepted = 0
@@ -141,6 +141,7 @@ def _adaptive_back(
         s = max(t - step_size, t_lo)
         if s - t_lo < eps:
             s = t_lo
+        check_advance(t, s, step_size)
         mid = 0.5 * (s + t)
         y_full, a_full, p_full = _midpoint_back(sde, params, bm, s, t, y, a)
         y_mid, a_mid, p_mid = _midpoint_back(sde, params, bm, mid, t, y, a)

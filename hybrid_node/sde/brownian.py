@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ._loop import time_tolerance
 from .levy_area import approximate_levy_area
 
 LEVY_AREA_APPROXIMATIONS = ("none", "space-time", "davie", "foster")
@@ -209,7 +210,13 @@ class BrownianInterval:
         times = [self._t0]
         # The last cell ends where sdeint's loop ends its last step: a step that would stop this close to t1
         # is stretched to t1 there (hybrid_node.sde._loop), so the cells stay the solver's steps.
-        merge = 1e-12 * max(1.0, abs(self._t0), abs(self._t1))
+        merge = time_tolerance(self._t0, self._t1)
+        far = max(abs(self._t0), abs(self._t1))
+        if far + dt == far:  # the loop below would never end
+            raise ValueError(
+                f"the grid hint dt={dt} does not advance a time near {far:g}, where floats are {math.ulp(far):g} "
+                "apart; shift the times to start near 0 or take a larger dt."
+            )
         while times[-1] + dt < self._t1 - merge:
             times.append(times[-1] + dt)
         times.append(self._t1)
