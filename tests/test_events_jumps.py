@@ -135,6 +135,24 @@ def test_invalid_event_settings_are_named():
         )
 
 
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+def test_inside_torch_func_transforms_the_refusal_says_what_to_do(transform):
+    """The search decides on the host after every step: inside vmap (or grad) it raised torch's bare
+    data-dependence (or data pointer) RuntimeError; now a ValueError that says what to do instead."""
+
+    def last_state(y0):
+        return hn.solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]), event=hn.Event(lambda t, y: y - 0.5)).ys[-1]
+
+    with pytest.raises(ValueError, match=r"solve\(event=...\) cannot run inside torch.func transforms"):
+        if transform == "vmap":
+            torch.func.vmap(last_state)(torch.ones(3, 1))
+        else:
+            torch.func.grad(lambda y0: last_state(y0).sum())(torch.ones(1))
+    # the same problems as one batch state: each element's crossing recorded with its index
+    sol = hn.solve(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]), event=hn.Event(lambda t, y: y - 0.5))
+    assert sorted(r.index for r in sol.events) == [(0,), (1,), (2,)]
+
+
 def test_two_roots_of_one_element_inside_one_step_are_both_reported_in_order():
     # y = t in one exact step to t = 1; g = (y - 0.5)(y - 0.65) changes sign at 0.5 and back at 0.65,
     # with the interior sign check at 0.6 between them

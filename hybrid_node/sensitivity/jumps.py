@@ -33,6 +33,7 @@ from .._errors import Status
 from .._event import Event, takes_fired
 from .._problem import Problem
 from .._solution import Solution
+from .._transforms import inside_transform
 from ..loop.dispatch import CheckedEvent
 from ..loop.events import EventIntegration, EventRecord, check_event_controller, integrate_with_events
 from ._backward import user_field
@@ -88,8 +89,8 @@ def solve_with_events(
 
     Raises:
         ValueError: a problem this loop cannot serve (fixed steps without ``step_size``, per-sample
-            or device loops, compiled steps, ``jump_t``/``step_t``), or an ``on_event`` that does not
-            return a state of the state's shape.
+            or device loops, compiled steps, ``jump_t``/``step_t``, inside a ``torch.func``
+            transform), or an ``on_event`` that does not return a state of the state's shape.
         ValueError, TypeError: with ``adjoint``, unusable ``adjoint_params``
             (:func:`~hybrid_node.sensitivity._backward.resolve_params`).
         SolverError: the solve failed, with ``throw``.
@@ -98,6 +99,12 @@ def solve_with_events(
     check_event_controller(problem, "solve(event=...)")
     if problem.jump_t or problem.step_t:
         raise ValueError("solve(event=...) does not support jump_t or step_t.")
+    if inside_transform():  # the loop decides on the host every step: vmap raised a bare data-dependence error
+        raise ValueError(
+            "solve(event=...) cannot run inside torch.func transforms (vmap, grad, jacrev, ...): the search "
+            "decides on the host after every step which elements crossed; solve outside the transform, with the "
+            "problems as one batch state (each element's crossings are recorded with its index)."
+        )
     events = (events,) if isinstance(events, Event) else tuple(events)
     term = problem.term()
     fterm = problem.term(callbacks=False)  # the gradients' extra evaluations are not the solve's
