@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _sde_problems import GBM, NeuralSDE
@@ -95,3 +97,27 @@ def test_pure_relative_or_absolute_tolerances_are_accepted_as_in_torchsde():
         hn.sdeint(sde, y0, [0.0, 1.0], method="milstein", atol=-1.0)
     with pytest.raises(ValueError, match="adjoint_rtol and adjoint_atol must not both be 0"):
         hn.sdeint_adjoint(sde, y0, [0.0, 1.0], method="milstein", adjoint_rtol=0.0, adjoint_atol=0.0)
+
+
+def test_steps_forced_at_dt_min_warn_as_in_torchsde():
+    # A step at dt_min is accepted whatever its error: torchsde warns "Hitting minimum allowed step size";
+    # here it was accepted without a word (GBM, rtol = atol = 1e-9 with dt_min = 0.01: all 20 steps forced,
+    # error ratios up to 1e5).
+    sde = GBM("ito")
+    y0 = torch.ones(3, 1)
+    bm = hn.BrownianInterval(0.0, 0.2, (3, 1), entropy=1)
+    tight = dict(bm=bm, method="milstein", adaptive=True, rtol=1e-9, atol=1e-9, dt=0.05, dt_min=0.01)
+    with pytest.warns(UserWarning, match=r"Hitting minimum allowed step size .* 20 step\(s\) of dt_min=0.01"):
+        hn.sdeint(sde, y0, [0.0, 0.2], **tight)
+    with pytest.warns(UserWarning, match="Hitting minimum allowed step size"):
+        ys = hn.sdeint_adjoint(
+            sde, y0, [0.0, 0.2], bm=bm, method="milstein", dt=0.05, dt_min=0.01, adjoint_adaptive=True,
+            adjoint_rtol=1e-9, adjoint_atol=1e-9,
+        )  # fmt: skip
+        ys.sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # steps that meet the tolerance above dt_min: no warning
+        hn.sdeint(sde, y0, [0.0, 0.2], **{**tight, "rtol": 1e-2, "atol": 1e-2})
+    torchsde = pytest.importorskip("torchsde")
+    with pytest.warns(UserWarning, match="Hitting minimum allowed step size"):  # the peer on the same inputs
+        torchsde.sdeint(sde, y0, [0.0, 0.2], **tight)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,6 +96,36 @@ def check_advance(t: float, next_t: float, step_size: float) -> None:
         )
 
 
+@dataclasses.dataclass
+class ForcedSteps:
+    """Steps accepted at dt_min although their error ratio was above 1, for one warning per solve.
+
+    Attributes:
+        count: how many; worst: the largest error ratio among them; t: where that step began.
+    """
+
+    count: int = 0
+    worst: float = 0.0
+    t: float = 0.0
+
+    def add(self, err: float, t: float) -> None:
+        """Record an accepted step of error ratio ``err`` that began at ``t`` (no-op when err <= 1)."""
+        if err > 1.0:
+            self.count += 1
+            if err > self.worst:
+                self.worst, self.t = err, t
+
+    def warn(self, dt_min: float) -> None:
+        """Warn once if any step was forced, as torchsde does (its first sentence, so its filters apply)."""
+        if self.count:
+            warnings.warn(
+                f"Hitting minimum allowed step size in adaptive time-stepping: {self.count} step(s) of "
+                f"dt_min={dt_min:g} were accepted with an error ratio above 1 (the largest, {self.worst:.3g}, at "
+                f"t={self.t:.6g}), so the solution may miss rtol/atol there. Lower dt_min or loosen the tolerances.",
+                stacklevel=4,
+            )
+
+
 def _interp(w: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if w == 0.0:
         return a
@@ -169,6 +200,7 @@ def integrate(
     # Every step the solution took is then a step of ``steps`` (the reversible adjoint undoes them one by
     # one; the KL integral and the interpolation of outputs use the half steps' states).
     pending: tuple[float, torch.Tensor, tuple] | None = None
+    forced = ForcedSteps()
     for out_t in ts[1:]:
         while t < out_t - eps:
             rate = None  # the KL rate at (t, y), when the fixed step below computed it with the step
@@ -203,6 +235,7 @@ def integrate(
                 step_size = max(step_size * factor, dt_min)
                 if not accept:
                     continue
+                forced.add(err, t)
                 pending = (next_t, y_end, extra_end)
                 next_t, y_new, extra_new = mid, y_mid, extra_mid
             else:
@@ -234,4 +267,5 @@ def integrate(
             lrs.append(_interp(w, prev_lr, lr))
     if not bool(torch.isfinite(ys[-1]).all()):
         raise SolverError(Status.NONFINITE, t, "the SDE state is not finite at the end of the solve")
+    forced.warn(dt_min)
     return Trajectory(ys, lrs, steps, weights, kept, extra)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ._cotangents import step_cotangents, vjp
-from ._loop import Trajectory, check_advance, error_ratio, integrate, logqp_rate, time_tolerance
+from ._loop import ForcedSteps, Trajectory, check_advance, error_ratio, integrate, logqp_rate, time_tolerance
 from ._sde import SDEView
 from ._validate import Prepared
 from .solvers.milstein import diffusion_derivative_product
@@ -117,6 +117,7 @@ def _adaptive_back(
     a: torch.Tensor,
     control: BackwardSteps,
     step_size: float,
+    forced: ForcedSteps | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], float, int]:
     """Solve the augmented SDE from t_hi down to t_lo with step doubling on the forward Brownian path.
 
@@ -124,6 +125,8 @@ def _adaptive_back(
     increment); the two half steps are kept when accepted. The Brownian motion is queried at the new
     times, which a Brownian interval answers from the bridge of the forward path, so the backward solve
     still sees the forward noise.
+
+    ``forced`` (if given) records the steps accepted at dt_min with an error ratio above 1.
 
     Returns:
         (y at t_lo, a at t_lo, the dL/dparams increment, the next step size, the number of accepted steps).
@@ -152,6 +155,8 @@ def _adaptive_back(
         accept = err <= 1.0 or step_size <= control.dt_min
         step_size = max(step_size * factor, control.dt_min)
         if accept:
+            if forced is not None:
+                forced.add(err, t)
             t, y, a = s, y_new, a_new
             total = [acc + v for acc, v in zip(total, p_halves)]
             accepted += 1
@@ -194,6 +199,7 @@ def backward_pass(
     adaptive = control is not None and control.adaptive
     step_size = control.dt if control is not None else 0.0
     hi = n_steps  # adaptive: the step index the pending backward segment starts from
+    forced = ForcedSteps()  # adaptive: steps accepted at dt_min above the tolerance, for one warning
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
         stop = n in traj.kept or n in inject or n in inject_kl or later is not None or n == 0
@@ -202,7 +208,7 @@ def backward_pass(
             a_params = [acc + v for acc, v in zip(a_params, vp)]
         elif stop:
             assert control is not None
-            y, a, vp, step_size, _ = _adaptive_back(sde, params, bm, t0, steps[hi], y, a, control, step_size)
+            y, a, vp, step_size, _ = _adaptive_back(sde, params, bm, t0, steps[hi], y, a, control, step_size, forced)
             a_params = [acc + v for acc, v in zip(a_params, vp)]
             hi = n
         else:
@@ -217,6 +223,8 @@ def backward_pass(
             a = a + inject[n]
         if n in inject_kl:
             later = inject_kl[n] if later is None else later + inject_kl[n]
+    if control is not None:
+        forced.warn(control.dt_min)
     return a, a_params
 
 
