@@ -181,12 +181,21 @@ class PIDController(AbstractController):
             values = (
                 v.detach().reshape(-1).tolist()
                 if isinstance(v, torch.Tensor)
+                else np.asarray(v).reshape(-1).tolist()  # np.True_ and np.complex64 as Python's bool and complex
+                if isinstance(v, (np.ndarray, np.generic))
                 else (
                     [x for part in v for x in torch.as_tensor(part).reshape(-1).tolist()]
                     if isinstance(v, (tuple, list))
                     else [v]
                 )
             )
+            if any(isinstance(x, (bool, complex)) for x in values):
+                # True was taken as a tolerance of 1.0; a complex one has no order to compare errors with
+                kind = "bool" if any(isinstance(x, bool) for x in values) else "complex"
+                raise ValueError(
+                    f"{name} must be real, got {kind} {v!r}; give a float such as {name}=1e-6, or a real tensor "
+                    "of per-component values."
+                )
             if any(not (isinstance(x, (int, float)) and x >= 0 and math.isfinite(x)) for x in values):
                 raise ValueError(f"{name} must be finite and non-negative, got {v!r}.")
         if _is_zero(self.rtol) and _is_zero(self.atol):
@@ -245,8 +254,9 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _from_numpy(tol):
-    """A NumPy tolerance as the solve takes it: a float for a scalar (``np.float32(1e-5)``, a 0-d
-    array), a float64 tensor for an array of per-component values; any other value unchanged.
+    """A NumPy tolerance as the solve takes it: a float for a real scalar (``np.float32(1e-5)``, a 0-d
+    array), a float64 tensor for a real array of per-component values; a boolean or complex array as a
+    tensor of its own dtype, and any other value unchanged, for the checks to refuse by name.
 
     torchdiffeq accepts NumPy tolerances (its arithmetic takes them as it takes floats); the checks
     and the loops here read only floats and tensors, so NumPy values are converted once, up front.
@@ -258,8 +268,12 @@ def _from_numpy(tol):
         A float, a tensor, or ``tol`` itself.
     """
     if isinstance(tol, np.ndarray) and tol.ndim > 0:
-        return torch.as_tensor(tol, dtype=torch.float64)
-    if isinstance(tol, (np.ndarray, np.generic)) and not isinstance(tol, np.bool_) and np.isrealobj(tol):
+        if tol.dtype.kind in "bc":  # kept as they are for the checks to refuse (float64 made True 1.0, dropped 1j)
+            return torch.as_tensor(tol)
+        if tol.dtype.kind in "iuf":
+            return torch.as_tensor(tol, dtype=torch.float64)
+        return tol
+    if isinstance(tol, (np.ndarray, np.generic)) and np.asarray(tol).dtype.kind in "iuf":
         return float(tol)
     return tol
 

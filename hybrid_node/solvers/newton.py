@@ -177,7 +177,7 @@ def tolerances(rtol, atol) -> tuple[float, float]:
         an empty state's per-component tolerance is).
 
     Raises:
-        ValueError: a value that is not a finite non-negative number.
+        ValueError: a value that is not a finite non-negative real number (a bool or a complex one).
     """
 
     def smallest(v, name: str, default: float) -> float:
@@ -186,9 +186,16 @@ def tolerances(rtol, atol) -> tuple[float, float]:
         else:
             try:
                 parts = [torch.as_tensor(x).detach().reshape(-1) for x in (v if isinstance(v, (tuple, list)) else (v,))]
-                values = torch.cat([p.to(device="cpu", dtype=torch.float64) for p in parts]) if parts else None
             except (TypeError, ValueError, RuntimeError):  # None, a string, ragged nesting
                 raise ValueError(f"{name} must be finite and non-negative, got {v!r}.") from None
+            if any(p.dtype == torch.bool or p.is_complex() for p in parts):
+                # the cast below took True as 1.0 and dropped an imaginary part (the fixed-step implicit_adams
+                # has no PIDController to refuse them)
+                raise ValueError(
+                    f"{name} must be real, got {v!r}; give a float such as {name}=1e-6, or a real tensor of "
+                    "per-component values."
+                )
+            values = torch.cat([p.to(device="cpu", dtype=torch.float64) for p in parts]) if parts else None
             if values is None or values.numel() == 0:  # per component of an empty state: none to hold
                 return default
             low, high = float(values.min()), float(values.max())  # (a NaN propagates to both)

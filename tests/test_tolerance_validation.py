@@ -1,0 +1,65 @@
+"""Tolerances that are not finite non-negative real numbers are refused by name, in every entry point.
+
+Before: a bool tolerance (``rtol=True``, a bool tensor or array) was taken as 1.0; a NumPy complex array
+lost its imaginary part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+T = torch.tensor([0.0, 0.5], dtype=torch.float64)
+
+
+def decay(t, y):
+    return -y
+
+
+NOT_REAL = {
+    "bool": True,
+    "numpy-bool": np.bool_(True),
+    "bool-tensor": torch.tensor([True, True]),
+    "bool-array": np.array([True, False]),
+    "0-d-bool-array": np.array(True),
+    "complex": 1e-6j,
+    "numpy-complex64": np.complex64(1e-6),
+    "complex-tensor": torch.tensor([1e-6j, 1e-6]),
+    "complex-array": np.array([1e-6 + 1e-3j, 1e-6]),  # its imaginary part was dropped without a word
+    "tuple-with-bool": (1e-6, True),
+}
+
+
+@pytest.mark.parametrize("which", ["rtol", "atol"])
+@pytest.mark.parametrize("value", list(NOT_REAL.values()), ids=list(NOT_REAL))
+@pytest.mark.parametrize("method", ["dopri5", "adams", "kvaerno5", "scipy_solver", "implicit_adams"])
+def test_odeint_refuses_bool_and_complex_tolerances(method, value, which):
+    y0 = torch.ones(2, dtype=torch.float64)
+    options = {"step_size": 0.1} if method == "implicit_adams" else None  # its corrector reads the tolerances
+    kwargs = {"rtol": 1e-6, "atol": 1e-8, which: value}
+    if isinstance(value, tuple):  # one entry per tensor of a tuple state
+        y0, func = (y0, y0), lambda t, y: (-y[0], -y[1])
+    else:
+        func = decay
+    with pytest.raises(ValueError, match=f"{which} must be real"):
+        hn.odeint(func, y0, T, method=method, options=options, **kwargs)
+
+
+@pytest.mark.parametrize("value", [True, 1e-6j, torch.tensor([True, False])], ids=["bool", "complex", "bool-tensor"])
+def test_pid_controller_refuses_bool_and_complex_tolerances(value):
+    with pytest.raises(ValueError, match="rtol must be real"):
+        hn.PIDController(rtol=value)
+
+
+def test_real_numpy_tolerances_are_still_taken_as_numbers():
+    # the integer and float kinds are converted as before: same result as the Python values
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    want = hn.odeint(decay, y0, T, rtol=float(np.float32(1e-6)), atol=torch.tensor([1e-8, 1e-9], dtype=torch.float64))
+    got = hn.odeint(decay, y0, T, rtol=np.float32(1e-6), atol=np.array([1e-8, 1e-9]))
+    assert torch.equal(got, want)
+    assert torch.equal(hn.odeint(decay, y0, T, rtol=np.int64(0), atol=1e-9), hn.odeint(decay, y0, T, rtol=0, atol=1e-9))
