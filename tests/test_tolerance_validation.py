@@ -1,10 +1,15 @@
 """Tolerances that are not finite non-negative real numbers are refused by name, in every entry point.
 
 Before: a bool tolerance (``rtol=True``, a bool tensor or array) was taken as 1.0; a NumPy complex array
-lost its imaginary part.
+lost its imaginary part; ``sdeint`` accepted an infinite tolerance (every step
+passes: the solve ran at its largest steps without a word); ``sdeint`` failed on a tensor of several
+tolerances with torch's "Boolean value of Tensor with more than one value is ambiguous" and on a
+string, None or a complex number with Python's "'>=' not supported".
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -63,3 +68,57 @@ def test_real_numpy_tolerances_are_still_taken_as_numbers():
     got = hn.odeint(decay, y0, T, rtol=np.float32(1e-6), atol=np.array([1e-8, 1e-9]))
     assert torch.equal(got, want)
     assert torch.equal(hn.odeint(decay, y0, T, rtol=np.int64(0), atol=1e-9), hn.odeint(decay, y0, T, rtol=0, atol=1e-9))
+
+
+class Decay(torch.nn.Module):
+    """dy = -y dt + 0.1 y dW with diagonal noise."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def f(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        return 0.1 * y
+
+
+SDE_BAD = {
+    "inf": (math.inf, "must be non-negative and finite"),
+    "nan": (math.nan, "must be non-negative and finite"),
+    "negative": (-1e-3, "must be non-negative and finite"),
+    "several": (torch.full((3,), 1e-3), "must be one real number, got a torch.float32 tensor of shape \\(3,\\)"),
+    "bool": (True, "must be one real number, got True"),
+    "complex": (1e-3j, "must be one real number"),
+    "complex-tensor": (torch.tensor(1e-3j), "must be one real number"),
+    "string": ("1e-3", "must be one real number"),
+    "none": (None, "must be one real number"),
+}
+
+
+@pytest.mark.parametrize("which", ["rtol", "atol"])
+@pytest.mark.parametrize(("value", "message"), list(SDE_BAD.values()), ids=list(SDE_BAD))
+def test_sdeint_refuses_tolerances_that_are_not_one_finite_real_number(value, message, which):
+    with pytest.raises(ValueError, match=f"{which} {message}"):
+        hn.sdeint(Decay(), torch.ones(2, 3), [0.0, 0.1], method="milstein", adaptive=True, dt=0.05, **{which: value})
+
+
+def test_sdeint_adjoint_refuses_an_infinite_backward_tolerance():
+    with pytest.raises(ValueError, match="adjoint_rtol must be non-negative and finite, got inf"):
+        hn.sdeint_adjoint(
+            Decay(), torch.ones(2, 3), [0.0, 0.1], method="milstein", dt=0.05, adjoint_params=(),
+            adjoint_adaptive=True, adjoint_rtol=math.inf,
+        )  # fmt: skip
+
+
+def test_sdeint_takes_a_one_element_tensor_and_numpy_numbers_as_numbers():
+    # torchsde's Scalar: a float or a tensor; the same steps and states as the float
+    bm = hn.sde.BrownianInterval(0.0, 0.1, size=(2, 3), entropy=0)
+
+    def run(rtol, atol):
+        return hn.sdeint(Decay(), torch.ones(2, 3), [0.0, 0.1], bm=bm, method="milstein", adaptive=True,
+                         dt=0.05, rtol=rtol, atol=atol)  # fmt: skip
+
+    want = run(1e-3, 1e-4)
+    assert torch.equal(run(torch.tensor(1e-3, dtype=torch.float64), np.float64(1e-4)), want)
+    assert torch.equal(run(np.float32(1e-3).item(), np.float32(1e-4).item()), run(np.float32(1e-3), np.float32(1e-4)))

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._problem import warn_unresolvable_tolerance
@@ -52,18 +53,31 @@ def _times(ts: Any, y0: torch.Tensor) -> list[float]:
     return out
 
 
-def check_tolerances(rtol: float, atol: float, prefix: str = "") -> None:
-    """Refuse tolerances that are negative or NaN, or both zero; one of them may be 0 (as in torchsde).
+def check_tolerances(rtol: Any, atol: Any, prefix: str = "") -> None:
+    """Refuse tolerances that are not one finite non-negative real number each, or that are both zero; one
+    of them may be 0 (as in torchsde).
 
     Args:
-        rtol, atol: the tolerances; prefix: prepended to their names in the message (e.g. "adjoint_").
+        rtol, atol: the tolerances: Python or NumPy numbers, or one-element tensors (torchsde's ``Scalar``).
+        prefix: prepended to their names in the message (e.g. "adjoint_").
 
     Raises:
-        ValueError: a negative or NaN tolerance, or both zero.
+        ValueError: a value that is not one real number (a bool, a complex number, a string, None, a tensor
+            of several values), a negative, NaN or infinite one, or both zero. An infinite tolerance
+            accepted every step: the solve ran at the step sizes' upper bound without a word.
     """
     for name, value in ((prefix + "rtol", rtol), (prefix + "atol", atol)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be non-negative, got {value}.")
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+                raise ValueError(
+                    f"{name} must be one real number, got a {value.dtype} tensor of shape {tuple(value.shape)}; "
+                    "sdeint takes one tolerance for all components (to weigh them differently, scale the state)."
+                )
+            value = float(value.detach())
+        elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be one real number, got {value!r}.")
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be non-negative and finite, got {value}.")
     if rtol == 0 and atol == 0:
         raise ValueError(f"{prefix}rtol and {prefix}atol must not both be 0 (no step would pass the error test).")
 
