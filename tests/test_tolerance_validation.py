@@ -1,10 +1,12 @@
 """Tolerances that are not finite non-negative real numbers are refused by name, in every entry point.
 
 Before: a bool tolerance (``rtol=True``, a bool tensor or array) was taken as 1.0; a NumPy complex array
-lost its imaginary part; ``sdeint`` accepted an infinite tolerance (every step
+lost its imaginary part; ``sdeint`` and the ODE adjoints accepted an infinite tolerance (every step
 passes: the solve ran at its largest steps without a word); ``sdeint`` failed on a tensor of several
 tolerances with torch's "Boolean value of Tensor with more than one value is ambiguous" and on a
-string, None or a complex number with Python's "'>=' not supported".
+string, None or a complex number with Python's "'>=' not supported"; a complex adjoint tolerance
+failed with torch's ``"gt_cpu" not implemented for 'ComplexFloat'``; a NumPy float32 adjoint tolerance
+was refused where the forward solve takes it.
 """
 
 from __future__ import annotations
@@ -122,3 +124,51 @@ def test_sdeint_takes_a_one_element_tensor_and_numpy_numbers_as_numbers():
     want = run(1e-3, 1e-4)
     assert torch.equal(run(torch.tensor(1e-3, dtype=torch.float64), np.float64(1e-4)), want)
     assert torch.equal(run(np.float32(1e-3).item(), np.float32(1e-4).item()), run(np.float32(1e-3), np.float32(1e-4)))
+
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor([[-1.0, 0.5], [-0.5, -1.0]], dtype=torch.float64))
+
+    def forward(self, t, y):
+        return y @ self.a.T
+
+
+def adjoint_grad(**kwargs) -> torch.Tensor:
+    field = Linear()
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    ys = hn.odeint_adjoint(field, y0, T, rtol=1e-8, atol=1e-10, **kwargs)
+    (grad,) = torch.autograd.grad(ys.sum(), [field.a])
+    return grad
+
+
+ADJOINT_BAD = {
+    "inf": (math.inf, ValueError, "must be positive and finite"),
+    "inf-element": (torch.tensor([1e-6, math.inf]), ValueError, "must be positive and finite"),
+    "complex-tensor": (torch.tensor([1e-6j, 1e-6]), TypeError, "must be a positive float or a real tensor of them"),
+    "bool-tensor": (torch.tensor([True, True]), TypeError, "must be a positive float or a real tensor of them"),
+    "bool-array": (np.array([True, True]), TypeError, "must be a positive float or a real tensor of them"),
+}
+
+
+@pytest.mark.parametrize("which", ["rtol", "atol"])
+@pytest.mark.parametrize(("value", "error", "message"), list(ADJOINT_BAD.values()), ids=list(ADJOINT_BAD))
+def test_adjoint_tolerances_that_are_not_positive_finite_reals_are_refused(value, error, message, which):
+    # an infinite backward tolerance accepted every backward step (on a random 3x3 linear field the gradients
+    # came out 4.5e-6 off those of a solve at 1e-10)
+    with pytest.raises(
+        error, match=f"{which} {message} \\(the adjoint's {which}: adjoint_{which} of odeint_adjoint\\)"
+    ):
+        adjoint_grad(**{f"adjoint_{which}": value})
+    with pytest.raises(error, match=f"{which} {message}"):
+        hn.BacksolveAdjoint(**{which: value})
+
+
+def test_numpy_adjoint_tolerances_are_taken_as_the_forward_takes_them():
+    # np.float32 was refused ("must be a positive float or a tensor of them, got float32")
+    want = adjoint_grad(
+        adjoint_rtol=float(np.float32(1e-7)), adjoint_atol=torch.tensor([1e-9, 1e-10], dtype=torch.float64)
+    )
+    got = adjoint_grad(adjoint_rtol=np.float32(1e-7), adjoint_atol=np.array([1e-9, 1e-10]))
+    assert torch.equal(got, want)

@@ -24,6 +24,7 @@ import torch
 from .._errors import BackendError
 from .._problem import Problem
 from .._solution import Solution
+from ..controllers import _from_numpy
 from ..loop import integrate, to_solution
 from .adjoint import solve_adjoint
 from .backsolve import Backsolve
@@ -100,11 +101,27 @@ class _AdjointSettings(AbstractSensitivity):
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
             if value is None:
                 continue
-            # a tensor is a per-component tolerance (the backward solve repeats it for each channel)
-            if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-                raise TypeError(f"{name} must be a positive float or a tensor of them, got {type(value).__name__}.")
-            if not bool((torch.as_tensor(value) > 0).all()):
-                raise ValueError(f"{name} must be positive, got {value!r}.")
+            value = _from_numpy(value)  # NumPy numbers and arrays, as the forward controller takes them
+            object.__setattr__(self, name, value)  # frozen: the one normalisation of a setting
+            # a tensor is a per-component tolerance (the backward solve repeats it for each channel); a bool
+            # or complex one has no meaning there (True was taken as 1.0; a complex one failed in the comparison)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, torch.Tensor))
+                or (isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.is_complex()))
+            ):
+                what = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(
+                    f"{name} must be a positive float or a real tensor of them (the adjoint's {name}: adjoint_{name} "
+                    f"of odeint_adjoint), got {what}."
+                )
+            values = torch.as_tensor(value).detach()
+            if not bool(((values > 0) & torch.isfinite(values)).all()):
+                # an infinite tolerance accepted every backward step: gradients at the largest steps, silently
+                raise ValueError(
+                    f"{name} must be positive and finite (the adjoint's {name}: adjoint_{name} of odeint_adjoint), "
+                    f"got {value!r}."
+                )
 
     def solve(
         self,
