@@ -217,7 +217,7 @@ def warn_unresolvable_tolerance(rtol, atol, y0: torch.Tensor, prefix: str = "") 
     ``odeint`` follows, have no floor); scipy's ``solve_ivp`` warns likewise and raises rtol to 100 eps.
 
     Args:
-        rtol, atol: the tolerances as the loops take them (floats, or tensors on the flat state).
+        rtol, atol: the tolerances as the loops take them (numbers, or tensors on the flat state).
         y0: the flat initial state (complex elements count by their magnitude).
         prefix: put before the names in the message (``"adjoint_"`` for a backward solve's).
 
@@ -225,6 +225,8 @@ def warn_unresolvable_tolerance(rtol, atol, y0: torch.Tensor, prefix: str = "") 
         UserWarning: naming the dtype, its unit roundoff, the smallest rtol and the ways out.
     """
     u = torch.finfo(real_dtype(y0.dtype)).eps / 2
+    rtol = float(rtol) if isinstance(rtol, (int, float)) else rtol
+    atol = float(atol) if isinstance(atol, (int, float)) else atol
     if isinstance(rtol, float):  # the usual case: a tolerance at or above u needs no look at the state
         smallest = rtol
     elif rtol.numel() == 0:

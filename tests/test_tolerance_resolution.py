@@ -143,11 +143,15 @@ def test_adaptive_sdeint_warns_for_a_tolerance_below_the_unit_roundoff():
         hn.sdeint(
             Decay(), y0, [0.0, 0.1], method="milstein", adaptive=True, rtol=1e-12, atol=1e-12, dt=0.05, dt_min=0.05
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        # fixed steps do not use the tolerances; float64 resolves them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # fixed steps do not use the tolerances; float64 resolves them (those steps held at dt_min warn of that)
         hn.sdeint(Decay(), y0, [0.0, 0.1], method="milstein", rtol=1e-12, atol=1e-12, dt=0.05)
-        hn.sdeint(Decay(), y0.double(), [0.0, 0.1], method="milstein", adaptive=True, rtol=1e-12, atol=1e-12, dt=0.05)
+        hn.sdeint(
+            Decay(), y0.double(), [0.0, 0.1], method="milstein", adaptive=True, rtol=1e-12, atol=1e-12, dt=0.05,
+            dt_min=0.05,
+        )  # fmt: skip
+    assert not [w for w in caught if "unit roundoff" in str(w.message)]
 
 
 def test_adaptive_sdeint_adjoint_warns_for_a_backward_tolerance_below_the_unit_roundoff():
@@ -157,3 +161,15 @@ def test_adaptive_sdeint_adjoint_warns_for_a_backward_tolerance_below_the_unit_r
             Decay(), y0, [0.0, 0.1], method="milstein", dt=0.05, dt_min=0.05, adjoint_params=(),
             adjoint_adaptive=True, adjoint_rtol=1e-12, adjoint_atol=1e-12,
         )  # fmt: skip
+
+
+def test_odeint_adjoint_warns_for_backward_tolerances_below_the_unit_roundoff():
+    # the backward solve's own tolerances, given apart from the forward ones (which are fine here)
+    y0 = torch.ones(2, requires_grad=True)
+    with pytest.warns(UserWarning, match="adjoint_rtol=1e-12 " + BELOW_U32):
+        ys = hn.odeint_adjoint(decay, y0, short_times(), adjoint_params=(), adjoint_rtol=1e-12, adjoint_atol=1e-14)
+        ys.sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ys = hn.odeint_adjoint(decay, y0, short_times(), adjoint_params=(), adjoint_rtol=1e-6, adjoint_atol=1)
+        ys.sum().backward()

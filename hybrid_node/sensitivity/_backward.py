@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._errors import SolverError, Status
-from .._problem import Problem, real_dtype
+from .._problem import Problem, real_dtype, warn_unresolvable_tolerance
 from .._problem import _tolerance as state_tolerance
 from .._registry import build_solver
 from .._solution import Stats
@@ -213,6 +213,8 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
 
     rtol = pick(own(sensitivity.rtol, "rtol"), problem.rtol, PIDController.rtol)
     atol = pick(own(sensitivity.atol, "atol"), problem.atol, PIDController.atol)
+    if sensitivity.rtol is not None or sensitivity.atol is not None:  # the forward's were looked at by the solve
+        warn_unresolvable_tolerance(rtol, atol, problem.y0, "adjoint_")
     seminorm = isinstance(sensitivity.norm, str) and sensitivity.norm == "seminorm"
     tuple_norm = sensitivity.norm if callable(sensitivity.norm) else None
     same_method = sensitivity.method is None or sensitivity.method == problem.solver.name
