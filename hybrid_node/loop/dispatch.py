@@ -181,7 +181,20 @@ def integrate(
             grid = _event_grid(ts, float(ctrl.step_size), cap, problem.event_t_end)
         else:
             grid = ctrl.grid(problem.func, y0, torch.tensor(ts, dtype=torch.float64), problem.direction)
-        return integrate_fixed(term, problem.solver, ctrl, grid, y0, ts, event_fn=event_fn, dense=dense)
+        # jump_t and step_t are added to the grid (the steps land on them, a jump restarts the solver)
+        return integrate_fixed(
+            term,
+            problem.solver,
+            ctrl,
+            grid,
+            y0,
+            ts,
+            jump_t=problem.jump_t,
+            step_t=problem.step_t,
+            times_dtype=problem.t.dtype,
+            event_fn=event_fn,
+            dense=dense,
+        )
     if transformed:
         return integrate_transformed(
             term, problem.solver, ctrl, y0, ts, rtol=problem.rtol, atol=problem.atol, norm=problem.norm, throw=throw

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -484,6 +484,85 @@ def integrate_adaptive(
     return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 
+class AfterJump:
+    """A term seen by the solver from a jump of the field at solver time ``start`` on: evaluations at
+    ``start`` take the right limit (the field just after the jump), everything else is the term's.
+
+    The fixed-step loop's restart after a ``jump_t`` and the step that follows it see the field so
+    (the step before sees :meth:`Term.left_limit`, one between two jumps an :class:`OpenInterval`).
+
+    Args:
+        term: the wrapped term (a :class:`Term` or an adjoint's augmented term).
+        start: the solver time of the jump.
+    """
+
+    __slots__ = ("_term", "_start")
+
+    def __init__(self, term, start: float):
+        object.__setattr__(self, "_term", term)
+        object.__setattr__(self, "_start", start)
+
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        start = self._start
+        if not perturb and t <= start + 8 * _EPS * max(1.0, abs(start)):
+            return self._term(start, y, 1)  # a stage at the jump (c = 0), or the Jacobian there
+        return self._term(t, y, perturb)
+
+    def __getattr__(self, name: str):
+        # layout, reverse, time, t_dtype, ...: the term's (a partitioned method reads the layout)
+        return getattr(self._term, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in ("nfe", "n_jacobian", "n_switches"):
+            raise AttributeError(f"AfterJump is immutable; cannot set {name!r}.")
+        setattr(self._term, name, value)  # the counters are the term's
+
+
+def grid_with_stops(
+    grid: Iterable[float], jump_t: Sequence[float], step_t: Sequence[float], t_dtype: torch.dtype = torch.float64
+) -> Iterator[tuple[float, bool]]:
+    """The step end points of a fixed grid with the stop times added, each with whether the field jumps there.
+
+    A stop strictly inside a grid interval becomes a grid point of its own: the step before it ends
+    there and the grid carries on to its next point (so a stop shortens two steps and moves none of
+    the others). A stop within rounding of a grid point (a few ulps of the time's dtype, relative to
+    the time or the step) is that grid point, so no step is a rounding sliver (``jump_t`` as float32
+    0.43 lies 7e-9 from the float64 grid point 0.43). Stops at or before the first grid point and
+    after the last are not reached.
+
+    Args:
+        grid: increasing step end points (may be a lazy iterator, as an event search's grid is).
+        jump_t: increasing times where the field may jump (solver time).
+        step_t: increasing times where steps must end (solver time).
+        t_dtype: the dtype the times were given in (its rounding decides "within rounding").
+
+    Returns:
+        An iterator of ``(t, at_jump)``, starting with the grid's first point (``at_jump`` False).
+    """
+    points = iter(grid)
+    stops = sorted(set(jump_t) | set(step_t))
+    jumps = set(jump_t)
+    rel = max(1e-12, 4 * torch.finfo(t_dtype).eps)
+    prev = next(points)
+    yield prev, False
+    i = 0
+    while i < len(stops) and stops[i] <= prev + rel * max(abs(prev), 1e-300):
+        i += 1
+    for g in points:
+        close = rel * max(abs(g), g - prev)
+        while i < len(stops) and stops[i] < g - close:
+            if stops[i] > prev:  # (one within rounding after prev was merged into it)
+                yield stops[i], stops[i] in jumps
+                prev = stops[i]
+            i += 1
+        at_jump = False
+        while i < len(stops) and stops[i] <= g + close:
+            at_jump = at_jump or stops[i] in jumps
+            i += 1
+        yield g, at_jump
+        prev = g
+
+
 def integrate_fixed(
     term: Term | AugmentedTerm,
     solver,
@@ -492,6 +571,9 @@ def integrate_fixed(
     y0: torch.Tensor,
     ts: Sequence[float],
     *,
+    jump_t: Sequence[float] = (),
+    step_t: Sequence[float] = (),
+    times_dtype: torch.dtype | None = None,
     event_fn=None,
     dense: bool = False,
     at_output: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
@@ -505,6 +587,13 @@ def integrate_fixed(
         grid: increasing step end points from ts[0] to ts[-1] (for events: to the last grid point).
         y0: flat initial state.
         ts: increasing output times.
+        jump_t: times where the field may jump (solver time): they are added to the grid
+            (:func:`grid_with_stops`), the step that ends at one sees the field's left limit there and
+            the solver restarts after it from the right limit (a multistep method's history and a
+            first-same-as-last derivative are dropped), so the steps stay of the method's order.
+        step_t: times added to the grid (steps end there; no restart).
+        times_dtype: the dtype the caller gave the times in (``jump_t`` as float32 is rounded to it),
+            which decides when a stop is a grid point; None: the dtype of the time handed to the field.
         event_fn: terminal event function (located by bisection on the step's interpolant).
         dense: keep the interpolants.
         at_output: impulse at the inner output times, as in :func:`integrate_adaptive`; those times
@@ -529,10 +618,13 @@ def integrate_fixed(
     sign0 = _event_sign(event_fn, term, ts[0], y) if event_fn is not None else None
     attempt = compiled_attempt(term, solver)
     callbacks = term.callbacks  # the user's step callbacks, or None
-    grid = iter(grid)
-    t1 = next(grid)
-    for t_next in grid:
+    if times_dtype is None:
+        times_dtype = getattr(term, "t_dtype", torch.float64)
+    points = grid_with_stops(grid, jump_t, step_t, times_dtype)
+    t1, at_jump = next(points)
+    for t_next, at_jump_next in points:
         t0, t1 = t1, t_next
+        after_jump, at_jump = at_jump, at_jump_next
         dt = t1 - t0
         if callbacks is not None:
             callbacks.step(t0, y, dt)
@@ -546,18 +638,28 @@ def integrate_fixed(
             state = solver.init(open_step, t0, y)
         elif previous is not None:
             state = solver.next_state(term, t0, previous)
-        if attempt is not None and open_step is None:
+        if attempt is not None and open_step is None and not (at_jump or after_jump):
             step = attempt(t0, y, state, dt)[0]
         else:
-            step = solver.step(open_step if open_step is not None else term, t0, y, state, dt)
+            # next to a jump the step sees the field's one-sided limits: the right one at a jump at
+            # t0, the left one at a jump at t1
+            field: Any = term
+            if open_step is not None or (after_jump and at_jump):
+                field = open_step if open_step is not None else OpenInterval(term, t0, t1)
+            elif after_jump:
+                field = AfterJump(term, t0)
+            elif at_jump:
+                field = term.left_limit(t1)
+            step = solver.step(field, t0, y, state, dt)
         y1 = step.y1
         stats.n_accepted += 1
         need_interp = dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1)
         seg = None
         if need_interp:
             if controller.interp == "cubic":
-                f0 = term(t0, y, perturb=perturb)
-                f1 = term(t1, y1, perturb=-perturb)
+                # one-sided derivatives at a jump: the right limit after it, the left limit before it
+                f0 = term(t0, y, perturb=perturb or int(after_jump))
+                f1 = term(t1, y1, perturb=-(perturb or int(at_jump)))
                 seg = DenseSegment(t0, t1, HermiteInterpolant(y, y1, f0, f1, dt))
             else:
                 seg = DenseSegment(t0, t1, LinearInterpolant(y, y1))
@@ -574,9 +676,13 @@ def integrate_fixed(
         i_out, y1, restart = _emit(ys, ts, i_out, t0, t1, y1, seg, at_output)
         y = y1
         previous = None
-        if restart and not perturb:
+        if at_jump and not perturb:
+            # restart from the far side of the jump, as after an impulse: the derivative at t1 is the
+            # right limit, and no history or first-same-as-last derivative from before it is kept
+            state = solver.init(AfterJump(term, t1), t1, y1)
+        elif restart and not perturb:
             state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
-        elif not restart and (history or not perturb):
+        elif not (restart or at_jump) and (history or not perturb):
             previous = step
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
