@@ -489,7 +489,20 @@ def run_backward(
     )
     if fixed:
         grid = backward_grid(problem, plan, ts, list(rs) + list(stops))
-        result = integrate_fixed(term, plan.solver, plan.controller, grid, x0, rs, at_output=at_output)
+        # the backward steps land on the jumps too and restart there, as the forward steps do: a step
+        # across one is of first order whatever the method
+        jumps = backward_jumps(problem, plan)
+        result = integrate_fixed(
+            term,
+            plan.solver,
+            plan.controller,
+            grid,
+            x0,
+            rs,
+            jump_t=jumps,
+            times_dtype=problem.t.dtype,
+            at_output=at_output,
+        )
         return _check_finite(problem, result, rs)
     try:
         return _integrate_adaptive(problem, plan, term, x0, rs, rtol, atol, norm, at_output, stops, impulses)

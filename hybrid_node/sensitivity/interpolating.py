@@ -144,7 +144,17 @@ class Interpolating:
                 term.callbacks = None  # the event solve above called them already
             if fixed:
                 assert self.grid is not None  # set for fixed steps
-                kept = integrate_fixed(term, problem.solver, problem.controller, self.grid, y0, times)
+                kept = integrate_fixed(
+                    term,
+                    problem.solver,
+                    problem.controller,
+                    self.grid,
+                    y0,
+                    times,
+                    jump_t=problem.jump_t,
+                    step_t=problem.step_t,
+                    times_dtype=problem.t.dtype,
+                )
             else:
                 kept = integrate(problem, term, y0, times, throw=self.throw)
         at = dict(zip(times, kept.ys))
@@ -182,7 +192,19 @@ class Interpolating:
             if self.grid is not None:
                 grid = [g for g in self.grid if c0 <= g <= c1]
                 ctrl = dataclasses.replace(problem.controller, interp="cubic")
-                result = integrate_fixed(term, problem.solver, ctrl, grid, y, [c0, c1], dense=True)
+                # the same steps as the solve above: the stops inside [c0, c1] are added to the grid again
+                result = integrate_fixed(
+                    term,
+                    problem.solver,
+                    ctrl,
+                    grid,
+                    y,
+                    [c0, c1],
+                    jump_t=problem.jump_t,
+                    step_t=problem.step_t,
+                    times_dtype=problem.t.dtype,
+                    dense=True,
+                )
             else:
                 result = integrate(problem, term, y, [c0, c1], dense=True)
         pieces = result.segments
