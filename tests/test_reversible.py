@@ -248,3 +248,92 @@ def test_per_sample_control_and_the_julia_backend_name_the_reversible_wrapper():
     # refused before Julia is looked for: the same message whether or not it is installed
     with pytest.raises(hn.BackendError, match="hn.Reversible .* torch backend only"):
         hn.solve(lambda t, y: -y, y0, t, solver=hn.Reversible(hn.Tsit5()), backend="julia")
+
+
+def _decay_to_40(coupling: float, sensitivity: str, throw: bool) -> hn.Solution:
+    ts = torch.linspace(0.0, 40.0, 81, dtype=F64)
+    reversible = sensitivity == "reversible"
+    return hn.solve(
+        lambda t, y: -y,
+        torch.ones(2, dtype=F64, requires_grad=True),
+        ts,
+        solver=hn.Reversible(hn.Tsit5(), coupling=coupling),
+        controller=hn.PIDController(rtol=1e-6, atol=1e-9),
+        sensitivity=hn.ReversibleAdjoint() if reversible else hn.DirectBackprop(),
+        adjoint_params=() if reversible else None,
+        step_t=() if reversible else ts,  # steps end on the outputs in both: no linear dense output
+        throw=throw,
+    )
+
+
+@pytest.mark.parametrize("sensitivity", ["direct", "reversible"])
+@pytest.mark.parametrize("coupling", [1.0, 0.999, 0.9])
+def test_a_solve_the_coupled_mode_takes_over_fails_instead_of_returning_garbage(coupling, sensitivity):
+    # y' = -y: the coupled mode grows by about lambda e^{h} per step while y decays, and the base
+    # method's estimate, relative to y, never saw it: every step was accepted and y(40) came out 5.5e9
+    # (lambda = 0.999), 6.4e9 (1.0) and 4e2 (0.9) against e^{-40} = 4e-18, with status SUCCESS
+    sol = _decay_to_40(coupling, sensitivity, throw=False)
+    assert sol.status == hn.Status.STEP_UNDERFLOW
+    reached = torch.isfinite(sol.ys[:, 0])
+    ts = torch.linspace(0.0, 40.0, 81, dtype=F64)[reached]
+    assert 4.0 < float(ts[-1]) < 40.0  # measured: the last output reached is t = 5.5 (lambda >= 0.999) to 7.5
+    # each step starts with ||y - z|| / ||y|| below 3000 rtol, and the coupled mode is about half of it:
+    # measured 1.3e-3 (the base method's own error at rtol 1e-6 is far below)
+    relative = (sol.ys[reached, 0].detach() - torch.exp(-ts)).abs() / torch.exp(-ts)
+    assert float(relative.max()) < 3e-3
+    with pytest.raises(hn.SolverError, match="step size fell below"):
+        _decay_to_40(coupling, sensitivity, throw=True)
+
+
+@pytest.mark.parametrize("coupling", [1.0, 0.999, 0.9])
+@pytest.mark.parametrize(
+    "problem,dtype,rtol,atol",
+    [
+        ("pendulum_near_top", F64, 1e-6, 1e-9),  # the largest defect measured in an accurate solve: 600 rtol
+        ("kepler", F64, 1e-9, 1e-12),  # eccentric orbit: 290 rtol
+        ("oscillator", torch.float32, 1e-5, 1e-7),
+        ("pendulum", torch.float32, 1e-5, 1e-7),
+    ],
+)
+def test_the_coupled_mode_check_passes_accurate_solves(problem, dtype, rtol, atol, coupling):
+    integrate = pytest.importorskip("scipy.integrate")
+    fields = {
+        "pendulum": (lambda t, y: torch.stack([y[1], -torch.sin(y[0])]), [2.5, 0.0], 30.0),
+        "pendulum_near_top": (lambda t, y: torch.stack([y[1], -torch.sin(y[0])]), [3.0, 0.0], 30.0),
+        "kepler": (lambda t, y: torch.cat([y[2:], -y[:2] / (y[:2] ** 2).sum() ** 1.5]), [0.5, 0.0, 0.0, 1.6], 20.0),
+        "oscillator": (lambda t, y: torch.stack([y[1], -y[0]]), [1.0, 0.0], 50.0),
+    }
+    field, y0, end = fields[problem]
+    ts = torch.linspace(0.0, end, 5, dtype=F64)
+    numpy_field = lambda t, y: field(t, torch.from_numpy(y)).numpy()  # noqa: E731
+    exact = integrate.solve_ivp(numpy_field, (0.0, end), y0, method="DOP853", rtol=1e-13, atol=1e-15, t_eval=ts.numpy())
+    errors = {}
+    for solver in (hn.Tsit5(), hn.Reversible(hn.Tsit5(), coupling=coupling)):
+        sol = hn.solve(
+            field,
+            torch.tensor(y0, dtype=dtype),
+            ts.to(dtype),
+            solver=solver,
+            controller=hn.PIDController(rtol=rtol, atol=atol),
+            step_t=ts.to(dtype),
+        )
+        assert sol.status == hn.Status.SUCCESS
+        errors[solver.name] = float((sol.ys.double() - torch.from_numpy(exact.y.T)).abs().max())
+    # as accurate as the plain method (measured 0.25x to 2.6x its error): the check did not fire, and
+    # the coupled mode it lets pass stays below the plain method's own global error
+    assert errors["reversible_tsit5"] < 5 * errors["tsit5"], errors
+
+
+def test_the_failure_detail_names_the_coupled_mode_and_what_to_change():
+    solver = hn.Reversible(hn.Tsit5(), coupling=0.9)
+    f = lambda t, y: -y  # noqa: E731
+    y = torch.ones(3, dtype=F64)
+    # z = -y: the pair wholly in the coupled mode (relative defect 2), against z = y, where it is absent
+    apart = solver.step(f, 0.0, y, hn.solvers.reversible.ReversibleState(-y, f(0.0, -y)), 0.1)
+    together = solver.step(f, 0.0, y, solver.init(f, 0.0, y), 0.1)
+    detail = solver.failure_detail(apart)
+    assert detail is not None and "||y - z|| / ||y|| = 2" in detail and "max_step=0.105 / |mu|" in detail
+    assert "coupling=1.0 never damps it" in hn.Reversible(hn.Tsit5(), coupling=1.0).failure_detail(apart)
+    assert solver.failure_detail(together) is None
+    # the estimate past the limit is |y| itself: an error ratio of about 1 / rtol
+    torch.testing.assert_close(apart.error, y)
