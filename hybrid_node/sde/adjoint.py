@@ -16,11 +16,13 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from .._errors import SolverError, Status
 from ._cotangents import step_cotangents, vjp
 from ._loop import ForcedSteps, Trajectory, check_advance, error_ratio, integrate, logqp_rate, time_tolerance
 from ._sde import SDEView
@@ -102,9 +104,40 @@ def _midpoint_back(
     return y - phi2, a + vy2, vp2
 
 
+def cotangents_finite(*cotangents: torch.Tensor | None) -> bool:
+    """Whether every given output cotangent is finite (None counts as finite)."""
+    return all(bool(torch.isfinite(c).all()) for c in cotangents if c is not None)
+
+
+def check_gradients_finite(t: float, grad_y0: torch.Tensor, grad_params: Sequence[torch.Tensor]) -> None:
+    """Raise unless the gradients a backward solve returns are finite.
+
+    Direct backprop would give the same garbage, but the adjoint's backward solve is a solve of its own,
+    which can overflow where the forward one did not (it reconstructs the state backwards in time): report
+    it as the forward solve reports a non-finite state, instead of handing NaN to the optimiser.
+
+    Args:
+        t: where the backward solve ended (ts[0]); grad_y0, grad_params: its results.
+
+    Raises:
+        SolverError: some gradient is NaN or infinite.
+    """
+    if not cotangents_finite(grad_y0, *grad_params):
+        raise SolverError(
+            Status.NONFINITE,
+            t,
+            "the adjoint's backward solve returned NaN or infinite gradients from finite output cotangents: "
+            "the state reconstructed backwards or the adjoint overflowed (take a smaller dt, or use sdeint "
+            "for direct backprop)",
+        )
+
+
 def _error_ratio(full: Sequence[torch.Tensor], halves: Sequence[torch.Tensor], rtol: float, atol: float) -> float:
-    """The largest root-mean-square error ratio over the parts of the augmented state."""
-    return max((error_ratio(x, z, rtol, atol) for x, z in zip(full, halves)), default=0.0)
+    """The largest root-mean-square error ratio over the parts of the augmented state (NaN if any is)."""
+    ratios = [error_ratio(x, z, rtol, atol) for x, z in zip(full, halves)]
+    # max() keeps its first argument against a NaN (NaN compares false), so a NaN adjoint or dL/dparams
+    # increment behind a finite state's ratio read as a passing step.
+    return math.nan if any(math.isnan(r) for r in ratios) else max(ratios, default=0.0)
 
 
 def _adaptive_back(
@@ -118,6 +151,7 @@ def _adaptive_back(
     control: BackwardSteps,
     step_size: float,
     forced: ForcedSteps | None = None,
+    strict: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], float, int]:
     """Solve the augmented SDE from t_hi down to t_lo with step doubling on the forward Brownian path.
 
@@ -126,10 +160,17 @@ def _adaptive_back(
     times, which a Brownian interval answers from the bridge of the forward path, so the backward solve
     still sees the forward noise.
 
-    ``forced`` (if given) records the steps accepted at dt_min with an error ratio above 1.
+    ``forced`` (if given) records the steps accepted at dt_min with an error ratio above 1. A step whose
+    error estimate is not finite is rejected and the step shrunk, as in the forward solve. With ``strict``
+    False (the output cotangents were already NaN or infinite, so the gradients are too, as with direct
+    backprop) such a step is accepted at once.
 
     Returns:
         (y at t_lo, a at t_lo, the dL/dparams increment, the next step size, the number of accepted steps).
+
+    Raises:
+        SolverError: the error estimate is not finite even at dt_min (the reconstructed state, the adjoint
+            or the dL/dparams increment overflowed or became NaN).
 
     Reference:
         X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
@@ -151,6 +192,21 @@ def _adaptive_back(
         y_new, a_new, p_new = _midpoint_back(sde, params, bm, s, mid, y_mid, a_mid)
         p_halves = [u + v for u, v in zip(p_mid, p_new)]
         err = _error_ratio([y_full, a_full, *p_full], [y_new, a_new, *p_halves], control.rtol, control.atol)
+        if not math.isfinite(err) and not strict:
+            err = 0.0  # NaN came in with the cotangents: no step size would help, so do not crawl at dt_min
+        elif not math.isfinite(err):
+            # Reject and shrink, as the forward solve does; at dt_min fail: accepting would carry NaN (or
+            # infinity) through the rest of the backward solve into the gradients without a word.
+            if step_size <= control.dt_min:
+                raise SolverError(
+                    Status.NONFINITE,
+                    t,
+                    "the backward (adjoint) solve's step-doubling error estimate is not finite even at dt_min: "
+                    "the reconstructed state or the adjoint overflowed on the way back (lower dt_min, or solve "
+                    "on the forward grid with adjoint_adaptive=False, or use sdeint for direct backprop)",
+                )
+            step_size = max(0.2 * step_size, control.dt_min)
+            continue
         factor = 10.0 if err == 0 else min(10.0, max(0.2, 0.9 * err**-0.5))
         accept = err <= 1.0 or step_size <= control.dt_min
         step_size = max(step_size * factor, control.dt_min)
@@ -185,8 +241,13 @@ def backward_pass(
 
     Returns:
         (dL/dy0, [dL/dp for p in params]).
+
+    Raises:
+        SolverError: the gradients came out NaN or infinite from finite output cotangents (the backward
+            reconstruction of the state or the adjoint overflowed; adaptive: where the error estimate did).
     """
     sde, bm, steps = prepared.sde, prepared.bm, traj.steps
+    strict = cotangents_finite(grad_ys, grad_log_ratios)
     inject = step_cotangents(traj, grad_ys)
     n_steps = len(steps) - 1
     y = traj.kept[n_steps]
@@ -208,7 +269,9 @@ def backward_pass(
             a_params = [acc + v for acc, v in zip(a_params, vp)]
         elif stop:
             assert control is not None
-            y, a, vp, step_size, _ = _adaptive_back(sde, params, bm, t0, steps[hi], y, a, control, step_size, forced)
+            y, a, vp, step_size, _ = _adaptive_back(
+                sde, params, bm, t0, steps[hi], y, a, control, step_size, forced, strict
+            )
             a_params = [acc + v for acc, v in zip(a_params, vp)]
             hi = n
         else:
@@ -225,6 +288,8 @@ def backward_pass(
             later = inject_kl[n] if later is None else later + inject_kl[n]
     if control is not None:
         forced.warn(control.dt_min)
+    if strict:
+        check_gradients_finite(steps[0], a, a_params)
     return a, a_params
 
 
