@@ -281,8 +281,11 @@ def test_a_solve_the_coupled_mode_takes_over_fails_instead_of_returning_garbage(
     # measured 1.3e-3 (the base method's own error at rtol 1e-6 is far below)
     relative = (sol.ys[reached, 0].detach() - torch.exp(-ts)).abs() / torch.exp(-ts)
     assert float(relative.max()) < 3e-3
-    with pytest.raises(hn.SolverError, match="step size fell below"):
+    with pytest.raises(hn.SolverError, match="step size fell below") as failed:
         _decay_to_40(coupling, sensitivity, throw=True)
+    # the message says why and what to change (the forward loop's and the reversible adjoint's record alike)
+    assert "the coupled mode of 'reversible_tsit5' outgrew the tolerance" in str(failed.value)
+    assert "PIDController(max_step=-ln(coupling) / |mu|)" in str(failed.value)
 
 
 @pytest.mark.parametrize("coupling", [1.0, 0.999, 0.9])

@@ -270,6 +270,8 @@ def settle_failure(code: int, step, solver, c: core.StepControl, step_dt: float,
     step than ``min_step`` (or the time's resolution) allows. That failure is reported as
     NEWTON_FAILED, naming ``min_step`` and the iteration (the step's ``iteration``, default
     "corrector"); a correction (``e``) that is itself not finite (a NaN from the field) stays NONFINITE.
+    A step-size underflow of a solver with ``failure_detail(step)`` (a reversible method whose coupled
+    mode outgrew the tolerance) adds what that returns.
 
     Args:
         code: the status code from ``settle``.
@@ -297,7 +299,10 @@ def settle_failure(code: int, step, solver, c: core.StepControl, step_dt: float,
         return core.NEWTON_FAILED, (
             f"the {what} of {name!r} did not converge down to dt={step_dt:.3g}, the resolution of the time"
         )
-    return code, f"dt={dt:.3g}"
+    # a solver that can tell why its steps kept failing (a reversible method's coupled mode) says what to change
+    explain = getattr(solver, "failure_detail", None)
+    why = explain(step) if explain is not None and code == core.STEP_UNDERFLOW else None
+    return code, f"dt={dt:.3g}" if why is None else f"{why}; dt={dt:.3g}"
 
 
 def first_step(

@@ -26,7 +26,7 @@ from .._solution import Stats
 from ..controllers import ConstantStepSize, PIDController, error_ratio
 from ..loop import core
 from ..loop.core import FLOAT, RUNNING
-from ..loop.host import first_step
+from ..loop.host import first_step, settle_failure
 from ._backward import resolve_params
 
 
@@ -149,7 +149,8 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool
                             nonfinite = not math.isfinite(ratio) and not accepted
                             dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, nonfinite, ts[0])
                             if code != RUNNING:
-                                raise SolverError(core.STATUS[code], -t if problem.reverse else t, f"dt={dt:.3g}")
+                                code, detail = settle_failure(code, step, solver, c, step_dt, dt)
+                                raise SolverError(core.STATUS[code], -t if problem.reverse else t, detail)
                     outputs.append(y)
                     counts.append(len(steps))
             except SolverError as err:
