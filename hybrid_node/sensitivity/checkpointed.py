@@ -206,15 +206,19 @@ def check_solver(solver) -> None:
     """Only explicit one-step methods restart exactly from a stored state (``init`` at it rebuilds the
     solver's state): not implicit ones (their Jacobian is reused across steps), multistep ones (a
     history) or ``Reversible`` (its second state z; use ``ReversibleAdjoint``, which needs no checkpoints).
+    The variable-order Adams method (``"adams"``) is explicit in this sense (``implicit`` is False: it
+    iterates its corrector without a Jacobian) but multistep: restarted at every step it ran at order 1,
+    with many times the steps and the gradient of that other solve.
 
     Raises:
         ValueError: an implicit, multistep, reversible or external solver.
     """
     from ..solvers.adams import Adams
     from ..solvers.base import AbstractSolver
+    from ..solvers.multistep import Nordsieck
     from ..solvers.reversible import Reversible
 
-    if not isinstance(solver, AbstractSolver) or solver.implicit or isinstance(solver, (Adams, Reversible)):
+    if not isinstance(solver, AbstractSolver) or solver.implicit or isinstance(solver, (Adams, Nordsieck, Reversible)):
         raise ValueError(
             f"DirectBackprop(checkpoints=k) restarts steps from stored states, which needs an explicit one-step "
             f"method (e.g. hn.Tsit5(), hn.RK4(), a symplectic method), got {solver!r}; use DirectBackprop() "
