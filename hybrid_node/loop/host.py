@@ -489,38 +489,13 @@ def integrate_adaptive(
     return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 
-class AfterJump:
-    """A term seen by the solver from a jump of the field at solver time ``start`` on: evaluations at
-    ``start`` take the right limit (the field just after the jump), everything else is the term's.
-
-    The fixed-step loop's restart after a ``jump_t`` and the step that follows it see the field so
-    (the step before sees :meth:`Term.left_limit`, one between two jumps an :class:`OpenInterval`).
-
-    Args:
-        term: the wrapped term (a :class:`Term` or an adjoint's augmented term).
-        start: the solver time of the jump.
-    """
-
-    __slots__ = ("_term", "_start")
-
-    def __init__(self, term, start: float):
-        object.__setattr__(self, "_term", term)
-        object.__setattr__(self, "_start", start)
-
-    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        start = self._start
-        if not perturb and t <= start + 8 * _EPS * max(1.0, abs(start)):
-            return self._term(start, y, 1)  # a stage at the jump (c = 0), or the Jacobian there
-        return self._term(t, y, perturb)
-
-    def __getattr__(self, name: str):
-        # layout, reverse, time, t_dtype, ...: the term's (a partitioned method reads the layout)
-        return getattr(self._term, name)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name not in ("nfe", "n_jacobian", "n_switches"):
-            raise AttributeError(f"AfterJump is immutable; cannot set {name!r}.")
-        setattr(self._term, name, value)  # the counters are the term's
+def right_of_jump(term, start: float) -> OpenInterval:
+    """``term`` seen from a jump of the field at solver time ``start`` on: evaluations at ``start`` take
+    the right limit (the field just after the jump), everything else is the term's (an open interval
+    without an end). The fixed-step loop's restart after a ``jump_t`` and the step that follows it see
+    the field so (the step before sees :meth:`Term.left_limit`, one between two jumps an
+    :class:`OpenInterval`)."""
+    return OpenInterval(term, start, math.inf)
 
 
 def grid_with_stops(
@@ -652,7 +627,7 @@ def integrate_fixed(
             if open_step is not None or (after_jump and at_jump):
                 field = open_step if open_step is not None else OpenInterval(term, t0, t1)
             elif after_jump:
-                field = AfterJump(term, t0)
+                field = right_of_jump(term, t0)
             elif at_jump:
                 field = term.left_limit(t1)
             step = solver.step(field, t0, y, state, dt)
@@ -684,7 +659,7 @@ def integrate_fixed(
         if at_jump and not perturb:
             # restart from the far side of the jump, as after an impulse: the derivative at t1 is the
             # right limit, and no history or first-same-as-last derivative from before it is kept
-            state = solver.init(AfterJump(term, t1), t1, y1)
+            state = solver.init(right_of_jump(term, t1), t1, y1)
         elif restart and not perturb:
             state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
         elif not (restart or at_jump) and (history or not perturb):
