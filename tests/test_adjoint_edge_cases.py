@@ -174,3 +174,36 @@ def test_adjoint_method_equal_to_the_forward_one_keeps_the_forward_options(metho
     torchdiffeq = pytest.importorskip("torchdiffeq")
     for g, w in zip(got, grads(torchdiffeq, adjoint_method=method)):
         torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+class _VanDerPol(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return torch.stack([y[1], self.mu * (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+@pytest.mark.parametrize("solver", [hn.VariableAdams, hn.BDF], ids=["adams", "bdf"])
+def test_a_multistep_backward_solve_plans_its_steps_with_the_adjoint_tolerances(solver):
+    # the backward solve by the forward's method kept the forward's tolerances for the method's own step
+    # and order choice, while the loop accepted steps by the adjoint's: after a forward at 1e-6, adams
+    # took 22,347 backward evaluations for adjoint tolerances of 1e-9 and bdf 254,252
+    f = _VanDerPol()
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0.0, 10.0, 11, dtype=torch.float64)
+
+    def backward_cost(forward_tol: float) -> tuple[int, torch.Tensor]:
+        ctrl = hn.PIDController(rtol=forward_tol, atol=forward_tol)
+        adjoint = hn.BacksolveAdjoint(rtol=1e-9, atol=1e-9)
+        sol = hn.solve(f, y0, t, solver=solver(), controller=ctrl, sensitivity=adjoint)
+        (grad,) = torch.autograd.grad(sol.ys[-1].sum(), f.mu)
+        return sol.stats.nfe_backward, grad
+
+    loose, grad_loose = backward_cost(1e-6)
+    tight, grad_tight = backward_cost(1e-9)
+    # the same backward tolerances plan the same backward steps (measured: adams 1014 and bdf 2256 after
+    # either forward; the forwards' solutions differ by their tolerances, hence the slack)
+    assert loose < 2 * tight, (loose, tight)
+    torch.testing.assert_close(grad_loose, grad_tight, rtol=1e-4, atol=0.0)  # measured 1e-5 apart
