@@ -28,6 +28,19 @@ class GBM(torch.nn.Module):
         return y0 * torch.exp(drift * t + self.sigma * w)
 
 
+class Decay(torch.nn.Module):
+    """dy = -y dt + 0.1 y dW (diagonal noise, Ito) without parameters, so in any state's dtype."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def f(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        return 0.1 * y
+
+
 class ScalarGBM(GBM):
     """GBM written with scalar noise: g of shape (batch, d, 1)."""
 

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from _sde_problems import Decay
 
 import hybrid_node as hn
 
@@ -121,19 +122,6 @@ def test_float16_with_the_default_tolerances_warns_before_it_underflows():
         warnings.simplefilter("error")
         sol = hn.solve(decay, y0, t, controller=hn.PIDController(rtol=1e-3, atol=1e-3))
     torch.testing.assert_close(sol.ys[-1].double(), y0.double() * math.exp(-1), rtol=5e-3, atol=0)
-
-
-class Decay(torch.nn.Module):
-    """dy = -y dt + 0.1 y dW with diagonal noise, in the state's dtype."""
-
-    noise_type = "diagonal"
-    sde_type = "ito"
-
-    def f(self, t, y):
-        return -y
-
-    def g(self, t, y):
-        return 0.1 * y
 
 
 def test_adaptive_sdeint_warns_for_a_tolerance_below_the_unit_roundoff():

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _sde_problems import Decay
 
 import hybrid_node as hn
 
@@ -70,19 +71,6 @@ def test_real_numpy_tolerances_are_still_taken_as_numbers():
     got = hn.odeint(decay, y0, T, rtol=np.float32(1e-6), atol=np.array([1e-8, 1e-9]))
     assert torch.equal(got, want)
     assert torch.equal(hn.odeint(decay, y0, T, rtol=np.int64(0), atol=1e-9), hn.odeint(decay, y0, T, rtol=0, atol=1e-9))
-
-
-class Decay(torch.nn.Module):
-    """dy = -y dt + 0.1 y dW with diagonal noise."""
-
-    noise_type = "diagonal"
-    sde_type = "ito"
-
-    def f(self, t, y):
-        return -y
-
-    def g(self, t, y):
-        return 0.1 * y
 
 
 SDE_BAD = {
