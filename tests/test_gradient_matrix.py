@@ -104,9 +104,8 @@ def valid(method: str, sensitivity: str) -> bool:
     return True
 
 
-# rodas5p differentiated step by step takes ~10 s here (its Jacobian evaluations are recorded); bosh3's
-# checkpointed and reversible variants repeat its many low-order steps
-SLOW = {("rodas5p", "direct"), ("bosh3", "direct-checkpoints"), ("bosh3", "reversible")}
+# bosh3's checkpointed and reversible variants repeat its many low-order steps
+SLOW = {("bosh3", "direct-checkpoints"), ("bosh3", "reversible")}
 CASES = [
     pytest.param(m, s, id=f"{m}-{s}", marks=[pytest.mark.slow] if (m, s) in SLOW else [])
     for m in METHODS
@@ -126,13 +125,30 @@ def test_gradient_matches_analytic(method: str, sensitivity: str, direction: str
         assert relative_error(got, ref) < TOL, name
 
 
-@pytest.mark.parametrize("method", ["adams", "bdf", "lsoda", "explicit_adams", "kvaerno5", "gl6", "rodas5p", "auto"])
+# the fixed-step implicit methods -> their order; their gradients converge at that order in the step
+FIXED_IMPLICIT = {
+    "ros3p": 3,
+    "trbdf2": 2,
+    "implicit_euler": 1,
+    "sdirk2": 2,
+    "trapezoid": 2,
+    "implicit_midpoint": 2,
+    "gl4": 4,
+    "radauIIA3": 3,
+}
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["adams", "bdf", "lsoda", "explicit_adams", "kvaerno5", "gl6", "rodas5p", "auto", *FIXED_IMPLICIT],
+)
 def test_checkpointed_direct_refuses_multistep_and_implicit(method: str) -> None:
     """DirectBackprop(checkpoints=k) restarts each step from a stored state: a multistep or implicit
     method must be refused before the solve ("adams" ran restarted at order 1 and gave that solve's
     gradient: 3.6e-3 off at rtol 1e-5 where the plain direct gradient is 6e-5 off)."""
     func = Linear()
-    solver, controller, _ = build_solver(method, METHODS[method], RTOL, RTOL)
+    options = {"step_size": 0.1} if method in FIXED_IMPLICIT else METHODS[method]
+    solver, controller, _ = build_solver(method, options, RTOL, RTOL)
     with pytest.raises(ValueError, match="explicit one-step"):
         hn.solve(
             func,
@@ -249,3 +265,84 @@ def test_unused_and_subset_params_match_torchdiffeq(sensitivity: str) -> None:
         assert (ours_unused is None) == (theirs_unused is None)
         if theirs_unused is not None:
             assert torch.equal(ours_unused, theirs_unused)
+
+
+def fixed_step_grads(method: str, sensitivity: str, ts: torch.Tensor, step: float) -> tuple[torch.Tensor, ...]:
+    """dL/dy0, dL/dA, dL/dt of a fixed-step solve with the given step."""
+    func = Linear()
+    y0 = Y0.clone().requires_grad_()
+    t = ts.clone().requires_grad_()
+    solver, controller, _ = build_solver(method, {"step_size": step}, RTOL, RTOL)
+    sol = hn.solve(func, y0, t, solver=solver, controller=controller, sensitivity=SENSITIVITIES[sensitivity])
+    return torch.autograd.grad((W * sol.ys[1:]).sum(), (y0, func.A, t))
+
+
+@pytest.mark.parametrize("direction", sorted(TIMES))
+@pytest.mark.parametrize("sensitivity", ["direct", "backsolve", "interpolating", "interpolating-checkpoints"])
+@pytest.mark.parametrize("method", sorted(FIXED_IMPLICIT))
+def test_fixed_implicit_gradient_converges_at_method_order(method: str, sensitivity: str, direction: str) -> None:
+    """At a fixed step the gradient is that of the discrete solution (direct) or of the discretised
+    adjoint, both O(h^p) from the analytic one: halving the step must divide each error by ~2^p. A
+    missed output time, a wrong sign or a dropped term leaves an O(1) error that does not shrink."""
+    ts = TIMES[direction]
+    want = analytic(ts)
+    coarse, fine = (fixed_step_grads(method, sensitivity, ts, step) for step in (0.1, 0.05))
+    order = FIXED_IMPLICIT[method]
+    for name, g1, g2, ref in zip(("y0", "A", "t"), coarse, fine, want):
+        e1, e2 = relative_error(g1, ref), relative_error(g2, ref)
+        # 2.0 +- 0.3 etc.: the measured log2 ratios at these steps are within 0.1 of the order (the
+        # leading error term dominates), a wrong order is off by >= 1
+        assert abs(torch.log2(torch.tensor(e1 / e2)).item() - order) < 0.3, (name, e1, e2)
+
+
+def rosenbrock_loss(a: torch.Tensor, method: str) -> torch.Tensor:
+    solver, controller, _ = build_solver(method, {"step_size": 0.1} if method == "ros3p" else None, RTOL, RTOL)
+    sol = hn.solve(lambda t, y: y @ a.T, Y0, TIMES["increasing"], solver=solver, controller=controller)
+    return (W * sol.ys[1:]).sum()
+
+
+def test_rosenbrock_direct_gradient_is_the_discrete_one_without_differentiating_the_lu() -> None:
+    """A Rosenbrock step depends on J, so the exact gradient of the discrete solution needs dJ/dA: the
+    stage solves are differentiated as solves (d(M^-1 b) = -M^-1 dM M^-1 b), not through lu_factor's
+    and lu_solve's backward, whose tril/triu unpacking cost 1.3-3.7 s per backward (rodas5p, 2 states,
+    two busy cores) against 0.03 s."""
+    a = A0.clone().requires_grad_()
+    loss = rosenbrock_loss(a, "ros3p")
+    (got,) = torch.autograd.grad(loss, a)
+    # central differences of the same fixed-step solve: truncation ~eps^2 = 1e-12, rounding ~1e-16/eps
+    # = 1e-10; freezing J would leave a difference of order h^2 ~ 1e-2 relative
+    eps = 1e-6
+    fd = torch.zeros_like(a)
+    with torch.no_grad():
+        for i in range(2):
+            for j in range(2):
+                e = torch.zeros_like(a)
+                e[i, j] = eps
+                fd[i, j] = (rosenbrock_loss(a + e, "ros3p") - rosenbrock_loss(a - e, "ros3p")) / (2 * eps)
+    assert relative_error(got, fd) < 1e-8
+
+    seen = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    names = {type(node).__name__ for node in seen}
+    assert not {"LinalgLuFactorExBackward0", "LinalgLuSolveBackward0"} & names, names
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_rosenbrock_stage_solves_twice_differentiable(dtype: torch.dtype) -> None:
+    """The stage solves' backward is itself differentiable (higher derivatives of a fixed-step ros3p solve)."""
+    a = A0.clone().to(dtype).requires_grad_()
+    y0 = Y0.clone().to(dtype).requires_grad_()
+    t = torch.tensor([0.0, 0.2], dtype=torch.float64)
+    solver, controller, _ = build_solver("ros3p", {"step_size": 0.1}, RTOL, RTOL)
+
+    def ys(a: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+        return hn.solve(lambda t, y: y @ a.T, y0, t, solver=solver, controller=controller).ys
+
+    assert torch.autograd.gradcheck(ys, (a, y0))
+    assert torch.autograd.gradgradcheck(ys, (a, y0))
