@@ -78,8 +78,10 @@ def test_harness_counts_tests_through_the_shim(tmp_path):
     (failure,) = result["failures"]
     assert failure["nodeid"] == "tests/test_standin.py::test_runs[no_such_method]"
     assert "unknown SDE method" in failure["message"]
-    # the shim serves SDEIto and settings from hybrid_node.sde; the file reaching into _brownian is not run
-    assert info["shim_names"]["SDEIto"] == "hybrid_node.sde" and "settings" in info["shim_modules"]
+    # the shim serves SDEIto from hybrid_node (which exports it), ReverseBrownian and settings from
+    # hybrid_node.sde; the file reaching into _brownian is not run
+    assert info["shim_names"]["SDEIto"] == "hybrid_node" and info["shim_names"]["ReverseBrownian"] == "hybrid_node.sde"
+    assert "settings" in info["shim_modules"]
     assert info["excluded_files"] == ["test_private.py"]
     assert info["not_public_api"] == {
         "_brownian": ["test_private.py"],
