@@ -768,6 +768,97 @@ def time_gradients(
     return out
 
 
+class AdjointRun:
+    """What a continuous adjoint's solve keeps between its forward and backward passes, and the
+    backward pass's bookkeeping that does not depend on what the augmented state carries.
+
+    A subclass sets :attr:`method_name` and :attr:`n_channels` and writes ``forward``, ``adopt`` and
+    ``backward``.
+
+    Args:
+        problem: the forward problem.
+        plan: the backward solve's settings.
+        params: the tensors to differentiate (all require grad).
+        event_fn: terminal event of the forward solve, or None.
+        throw: raise on a failed forward solve.
+    """
+
+    #: the gradient method, as error messages name it
+    method_name: str
+    #: state-sized channels of the augmented state (``[z, a, q]``: 2, ``[a, q]``: 1)
+    n_channels: int
+
+    def __init__(
+        self,
+        problem: Problem,
+        plan: BackwardPlan,
+        params: tuple[torch.Tensor, ...],
+        event_fn: Callable | None,
+        throw: bool,
+    ):
+        self.problem = problem
+        self.plan = plan
+        self.params = params
+        self.event_fn = event_fn
+        self.throw = throw
+        self.integration: Integration | None = None
+        self.ts: list[float] = list(problem.ts)
+        self.norm = NormOption(problem, plan, self.n_channels, params)
+
+    def reached(self, ys: torch.Tensor, grad_ys: torch.Tensor) -> tuple[list[float], torch.Tensor, torch.Tensor]:
+        """The output times, outputs and cotangents the forward solve reached (:func:`reached_outputs`).
+
+        Args:
+            ys, grad_ys: the stacked forward outputs and their cotangents.
+
+        Returns:
+            ``(ts, ys, grad_ys)`` cut to the reached outputs.
+        """
+        assert self.integration is not None  # set by forward or adopt
+        k = reached_outputs(self.integration, ys)
+        return self.ts[:k], ys[:k], grad_ys[:k]
+
+    def end_state(
+        self, ts: Sequence[float], ys: torch.Tensor, grad_ys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adjoint and the (zero) parameter channel where the backward solve starts.
+
+        Args:
+            ts, ys, grad_ys: the reached output times, outputs and cotangents (:meth:`reached`).
+
+        Returns:
+            ``(a_end, q0)``: the last output's cotangent as the adjoint, and flat zeros for the
+            parameter gradients.
+        """
+        q0 = flat_cat([torch.zeros_like(p) for p in self.params], ys.dtype).to(ys.device)
+        # a lone output is y0 itself: its cotangent is added once, at the end, not also as the adjoint
+        a_end = grad_ys[-1] if len(ts) > 1 else torch.zeros_like(grad_ys[-1])
+        return a_end, q0
+
+    def tolerances(self, state_like: torch.Tensor, n_params: int) -> dict[str, Any]:
+        """The backward solve's ``rtol``, ``atol`` and ``norm`` on the augmented state.
+
+        Args:
+            state_like: one forward output (its size and dtype set the channels').
+            n_params: the parameter channel's size.
+
+        Returns:
+            Keyword arguments for :func:`run_backward`.
+        """
+        return {
+            "rtol": channel_tolerance(self.plan.rtol, self.n_channels, state_like, n_params),
+            "atol": channel_tolerance(self.plan.atol, self.n_channels, state_like, n_params),
+            "norm": self.norm.resolve(),
+        }
+
+    def count_backward(self, nfe: int, steps: int) -> None:
+        """Add the backward pass's evaluations of the user's field and its accepted steps to the stats."""
+        assert self.integration is not None  # set by forward or adopt
+        stats = self.integration.stats
+        stats.nfe_backward += nfe
+        stats.n_steps_backward += steps
+
+
 def traceable_vjp(problem: Problem, params: tuple[torch.Tensor, ...], dtype: torch.dtype, kind: str):
     """The vector-Jacobian product of the user's field written with ``torch.func`` so that a compiler
     can trace it, for the adjoints' traceable augmented fields.

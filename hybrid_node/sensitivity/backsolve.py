@@ -34,13 +34,9 @@ from ..loop.device import Impulses
 from ..loop.host import Integration
 from ..solvers.base import ExternalSolver
 from ._backward import (
+    AdjointRun,
     AugmentedTerm,
-    BackwardPlan,
-    NormOption,
     channel_part,
-    channel_tolerance,
-    flat_cat,
-    reached_outputs,
     run_backward,
     split_params,
     time_gradients,
@@ -49,36 +45,15 @@ from ._backward import (
 )
 
 
-class Backsolve:
+class Backsolve(AdjointRun):
     """One solve's backsolve adjoint: ``forward`` solves without a graph, ``backward`` solves [z, a, q].
 
     Args:
-        problem: the forward problem.
-        plan: the backward solve's settings.
-        params: the tensors to differentiate (all require grad).
-        event_fn: terminal event of the forward solve, or None.
-        throw: raise on a failed forward solve.
+        problem, plan, params, event_fn, throw: as for :class:`~hybrid_node.sensitivity._backward.AdjointRun`.
     """
 
-    #: the gradient method, as error messages name it
     method_name = "BacksolveAdjoint"
-
-    def __init__(
-        self,
-        problem: Problem,
-        plan: BackwardPlan,
-        params: tuple[torch.Tensor, ...],
-        event_fn: Callable | None,
-        throw: bool,
-    ):
-        self.problem = problem
-        self.plan = plan
-        self.params = params
-        self.event_fn = event_fn
-        self.throw = throw
-        self.integration: Integration | None = None
-        self.ts: list[float] = list(problem.ts)
-        self.norm = NormOption(problem, plan, 2, params)
+    n_channels = 2
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
         """Solve without a graph; returns the stacked flat states at the output (or event) times."""
@@ -116,16 +91,13 @@ class Backsolve:
         """
         problem, params = self.problem, self.params
         assert self.integration is not None  # set by forward
-        k = reached_outputs(self.integration, ys)
-        ts, ys, grad_ys = self.ts[:k], ys[:k], grad_ys[:k]
+        ts, ys, grad_ys = self.reached(ys, grad_ys)
         fterm = problem.term(callbacks=False)
         dtype = ys.dtype
         n = ys[0].numel()
         shape = ys[0].shape
-        q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
+        a_end, q0 = self.end_state(ts, ys, grad_ys)
         last = len(ts) - 1
-        # a lone output is y0 itself: its cotangent is added once, at the end, not also as the adjoint
-        a_end = grad_ys[-1] if last > 0 else torch.zeros_like(grad_ys[-1])
         x = torch.cat([ys[-1].reshape(-1), a_end.reshape(-1), q0])
 
         def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
@@ -153,11 +125,7 @@ class Backsolve:
         steps = 0
         if last > 0:
             rs = [-s for s in reversed(ts)]
-            tol = {
-                "rtol": channel_tolerance(self.plan.rtol, 2, ys[0], q0.numel()),
-                "atol": channel_tolerance(self.plan.atol, 2, ys[0], q0.numel()),
-                "norm": self.norm.resolve(),
-            }
+            tol = self.tolerances(ys[0], q0.numel())
             impulses = output_impulses(ys, grad_ys) if self.plan.solver.compile else None
             result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, ts=ts, impulses=impulses, **tol)
             x = result.ys[-1]
@@ -167,11 +135,9 @@ class Backsolve:
         tterm = problem.term()
         if need_t:
             grad_t = time_gradients(problem, tterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
-        stats = self.integration.stats
         # every evaluation of the user's field in this pass: one per augmented evaluation (eager or
         # compiled), plus the time gradients'
-        stats.nfe_backward += term.nfe + tterm.nfe
-        stats.n_steps_backward += steps
+        self.count_backward(term.nfe + tterm.nfe, steps)
         return grad_t, a0 + grad_ys[0], split_params(x[2 * n :], params)
 
 

@@ -34,15 +34,13 @@ from ..controllers import ConstantStepSize
 from ..loop import integrate, whole_segments
 from ..loop.host import Integration, integrate_fixed
 from ._backward import (
+    AdjointRun,
     AugmentedTerm,
     BackwardPlan,
-    NormOption,
     channel_part,
     channel_tolerance,
-    flat_cat,
     forward_grid,
     merge_times,
-    reached_outputs,
     run_backward,
     split_params,
     time_gradients,
@@ -83,7 +81,7 @@ class _Segment:
         return piece(min(max(s, piece.t0), piece.t1))
 
 
-class Interpolating:
+class Interpolating(AdjointRun):
     """One solve's checkpointed adjoint: ``forward`` keeps checkpoints, ``backward`` solves [a, q].
 
     Args:
@@ -91,8 +89,8 @@ class Interpolating:
         checkpoints: number of evenly spaced segments besides the output times (None: outputs only).
     """
 
-    #: the gradient method, as error messages name it
     method_name = "InterpolatingAdjoint"
+    n_channels = 1
 
     def __init__(
         self,
@@ -103,15 +101,8 @@ class Interpolating:
         throw: bool,
         checkpoints: int | None,
     ):
-        self.problem = problem
-        self.plan = plan
-        self.params = params
-        self.event_fn = event_fn
-        self.throw = throw
+        super().__init__(problem, plan, params, event_fn, throw)
         self.checkpoints = checkpoints
-        self.integration: Integration | None = None
-        self.ts: list[float] = list(problem.ts)
-        self.norm = NormOption(problem, plan, 1, params)
         self.grid: list[float] | None = None
         self.cps: list[float] = []
         self.states: dict[float, torch.Tensor] = {}
@@ -267,16 +258,13 @@ class Interpolating:
         """
         problem, params = self.problem, self.params
         assert self.integration is not None  # set by forward
-        k = reached_outputs(self.integration, ys)
-        ts, ys, grad_ys = self.ts[:k], ys[:k], grad_ys[:k]
+        ts, ys, grad_ys = self.reached(ys, grad_ys)
         # adaptive checkpoints include every output time, so those up to the last reached one end there
-        cps = self.cps if k == len(self.ts) else [c for c in self.cps if c <= ts[-1]]
+        cps = self.cps if len(ts) == len(self.ts) else [c for c in self.cps if c <= ts[-1]]
         fterm, rterm = problem.term(callbacks=False), problem.term(callbacks=False)
         dtype, n, shape = ys.dtype, ys[0].numel(), ys[0].shape
-        q0 = flat_cat([torch.zeros_like(p) for p in params], dtype).to(ys.device)
+        a_end, q0 = self.end_state(ts, ys, grad_ys)
         last = len(ts) - 1
-        # a lone output is y0 itself: its cotangent is added once, at the end, not also as the adjoint
-        a_end = grad_ys[-1] if last > 0 else torch.zeros_like(grad_ys[-1])
         x = torch.cat([a_end.reshape(-1), q0])
         current: list[_Segment | None] = [None]
 
@@ -315,11 +303,7 @@ class Interpolating:
         elif last > 0:
             rs = [-s for s in reversed(ts)]
             stops = [-c for c in reversed(cps[1:-1])]
-            tol = {
-                "rtol": channel_tolerance(self.plan.rtol, 1, ys[0], q0.numel()),
-                "atol": channel_tolerance(self.plan.atol, 1, ys[0], q0.numel()),
-                "norm": self.norm.resolve(),
-            }
+            tol = self.tolerances(ys[0], q0.numel())
             result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, stops=stops, ts=ts, **tol)
             x = result.ys[-1]
             steps = result.stats.n_accepted
@@ -330,9 +314,7 @@ class Interpolating:
             # an event solve that found no event (throw=False) ends at t_end: its usual dL/dt there
             event = self.integration.event_t is not None
             grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=event)
-        stats = self.integration.stats
-        stats.nfe_backward += fterm.nfe + rterm.nfe
-        stats.n_steps_backward += steps
+        self.count_backward(fterm.nfe + rterm.nfe, steps)
         return grad_t, a0 + grad_ys[0], split_params(x[n:], params)
 
 
