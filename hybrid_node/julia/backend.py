@@ -812,32 +812,9 @@ def _warn_low_precision(dtype: torch.dtype, params: Sequence[torch.Tensor], rtol
         )
 
 
-def solve_with_engine(
-    engine,
-    func,
-    y0: State,
-    t: torch.Tensor,
-    *,
-    method: str | None = None,
-    rtol=1e-7,
-    atol=1e-9,
-    options: Mapping[str, Any] | None = None,
-    sensitivity=None,
-    adjoint_params=None,
-) -> Solution:
+def solve_with_engine(engine, func, y0: State, t: torch.Tensor, **kwargs) -> Solution:
     """:func:`solve` on a given engine (the real one or, in tests only, a stand-in)."""
-    prepared = prepare(
-        func,
-        y0,
-        t,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        options=options,
-        sensitivity=sensitivity,
-        adjoint_params=adjoint_params,
-    )
-    return _solve_prepared(engine, prepared, y0, t)
+    return solve(func, y0, t, engine=engine, **kwargs)
 
 
 def _solve_prepared(engine, prepared: tuple, y0: State, t: torch.Tensor) -> Solution:
@@ -870,6 +847,7 @@ def solve(
     options: Mapping[str, Any] | None = None,
     sensitivity=None,
     adjoint_params=None,
+    engine=None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` with DifferentialEquations.jl, differentiable through SciMLSensitivity.
 
@@ -886,6 +864,8 @@ def solve(
         sensitivity: GaussAdjoint (default when None), InterpolatingAdjoint, QuadratureAdjoint or
             BacksolveAdjoint settings.
         adjoint_params: tensors to differentiate; None: ``func.parameters()`` for a module.
+        engine: the engine (default: the Julia module, loaded after the input is checked); tests
+            pass a stand-in.
 
     Returns:
         :class:`~hybrid_node._solution.Solution` with ``ys`` of shape ``(len(t), *y0.shape)``.
@@ -907,4 +887,5 @@ def solve(
         sensitivity=sensitivity,
         adjoint_params=adjoint_params,
     )  # report mistakes before starting Julia
-    return _solve_prepared(JuliaEngine(julia_runtime.load_module()), prepared, y0, t)
+    engine = JuliaEngine(julia_runtime.load_module()) if engine is None else engine
+    return _solve_prepared(engine, prepared, y0, t)
