@@ -14,6 +14,12 @@ Environment variables (all optional; they are juliacall's and juliapkg's own):
 - ``PYTHON_JULIAPKG_OFFLINE=yes``: never download; use what is installed.
 - ``JULIA_NUM_THREADS``: juliacall starts one Julia thread unless told otherwise; keep it at 1
   (the callback path runs Python on the calling thread).
+
+Julia does not survive ``fork()`` (JuliaLang/julia#8295, closed as won't fix; PythonCall.jl#455 and
+pyjulia#206 report hangs and crashes of forked workers): a child forked from a process in which
+Julia runs (a ``DataLoader`` worker or a ``multiprocessing`` pool with Linux's default ``fork`` start
+method) inherits a runtime whose threads are gone. :func:`load_module` and :func:`probe` refuse it
+there with the remedy instead of letting the solve hang.
 """
 
 from __future__ import annotations
@@ -57,6 +63,41 @@ class Availability:
     @property
     def ok(self) -> bool:
         return not self.reason
+
+
+_STARTED_PID: int | None = None  # the process in which load_module started (or found) Julia
+_FORKED_FROM_JULIA = False  # this process was forked from one in which Julia was running
+
+
+def _after_fork_in_child() -> None:
+    """Remember, in a forked child, that the parent was running Julia (os.register_at_fork hook)."""
+    global _FORKED_FROM_JULIA
+    if _MODULE is not None or julia_started():
+        _FORKED_FROM_JULIA = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork (its workers are spawned)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forked_child_problem() -> str:
+    """Why this process cannot use Julia because it is a fork of one running Julia ("" when it is not).
+
+    The child of ``fork()`` holds a copy of the parent's Julia runtime without its threads (the
+    scheduler, GC and I/O threads; JuliaLang/julia#8295), so calling into it hangs or crashes.
+    Detected by the ``register_at_fork`` hook, or by a process id that is not the one Julia was
+    started in (a fork that happened before this module was imported).
+    """
+    forked = _FORKED_FROM_JULIA or (_STARTED_PID is not None and _STARTED_PID != os.getpid())
+    if not forked:
+        return ""
+    return (
+        "this process was forked from one in which Julia is running (a DataLoader worker or a multiprocessing "
+        "pool with the 'fork' start method), and Julia's runtime does not survive fork() (it hangs or crashes, "
+        "JuliaLang/julia#8295). Solve in the main process (e.g. DataLoader(num_workers=0), or keep the solve out "
+        "of the Dataset), or start the workers with multiprocessing_context='spawn' (each then starts its own "
+        "Julia)"
+    )
 
 
 def julia_started() -> bool:
@@ -134,6 +175,9 @@ def executable_variable_problem() -> str:
 
 def probe() -> Availability:
     """Check whether the Julia backend can start, without starting or downloading anything."""
+    forked = forked_child_problem()
+    if forked:
+        return Availability(True, None, False, forked)  # juliacall ran in the parent
     if julia_started():
         return Availability(True, None, True, "")
     has_juliacall = importlib.util.find_spec("juliacall") is not None
@@ -160,9 +204,13 @@ def load_module():
         The juliacall handle of ``HybridNODE``.
 
     Raises:
-        JuliaNotAvailableError: juliacall or Julia is missing, or HybridNODE cannot be loaded.
+        JuliaNotAvailableError: juliacall or Julia is missing, HybridNODE cannot be loaded, or this
+            process is a fork of one running Julia (:func:`forked_child_problem`).
     """
-    global _MODULE
+    global _MODULE, _STARTED_PID
+    forked = forked_child_problem()
+    if forked:  # checked before the cached module: a fork inherits _MODULE with the dead runtime
+        raise JuliaNotAvailableError(f"The Julia backend cannot be used here: {forked}.")
     if _MODULE is not None:
         return _MODULE
     status = probe()
@@ -171,6 +219,7 @@ def load_module():
     try:
         from juliacall import Main as jl  # noqa: PLC0415 - starting Julia is deliberately lazy
 
+        _STARTED_PID = os.getpid()
         jl.seval("using HybridNODE")
         _MODULE = jl.HybridNODE
     except JuliaNotAvailableError:
