@@ -12,7 +12,24 @@ from .base import Extra, SDESolver
 
 
 @dataclasses.dataclass(frozen=True)
-class EulerHeun(SDESolver):
+class _TwoStage(SDESolver):
+    """What the three schemes share: they converge to the Stratonovich solution, at strong order 0.5
+    for general noise and 1.0 for commuting (diagonal, scalar, additive) noise, where the Levy areas
+    they leave out vanish.
+
+    Reference:
+        P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992,
+        section 11.1 (the order 1 schemes need commutative noise, section 10.3).
+    """
+
+    sde_types = ("stratonovich",)
+
+    def strong_order(self, noise_type: str) -> float:
+        return 0.5 if noise_type == "general" else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EulerHeun(_TwoStage):
     """Euler-Heun: y_bar = y + g(t0, y) dW; y1 = y + f(t0, y) h + (g(t0, y) + g(t1, y_bar)) dW / 2.
 
     The corrector's diffusion is taken at t1 (torchsde's choice, so a time-dependent g gives the same
@@ -28,10 +45,6 @@ class EulerHeun(SDESolver):
     """
 
     name = "euler_heun"
-    sde_types = ("stratonovich",)
-
-    def strong_order(self, noise_type: str) -> float:
-        return 0.5 if noise_type == "general" else 1.0
 
     def step(
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
@@ -44,7 +57,7 @@ class EulerHeun(SDESolver):
 
 
 @dataclasses.dataclass(frozen=True)
-class Heun(SDESolver):
+class Heun(_TwoStage):
     """Heun's method: a full Euler predictor, then the trapezoidal average of drift and diffusion.
 
     Converges to the Stratonovich solution: strong order 0.5 (1.0 for diagonal, scalar, additive noise).
@@ -55,10 +68,6 @@ class Heun(SDESolver):
     """
 
     name = "heun"
-    sde_types = ("stratonovich",)
-
-    def strong_order(self, noise_type: str) -> float:
-        return 0.5 if noise_type == "general" else 1.0
 
     def step(
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
@@ -72,7 +81,7 @@ class Heun(SDESolver):
 
 
 @dataclasses.dataclass(frozen=True)
-class Midpoint(SDESolver):
+class Midpoint(_TwoStage):
     """The stochastic midpoint method: a half Euler step, then a full step with the midpoint's fields.
 
     Converges to the Stratonovich solution: strong order 0.5 (1.0 for diagonal, scalar, additive noise).
@@ -83,10 +92,6 @@ class Midpoint(SDESolver):
     """
 
     name = "midpoint"
-    sde_types = ("stratonovich",)
-
-    def strong_order(self, noise_type: str) -> float:
-        return 0.5 if noise_type == "general" else 1.0
 
     def step(
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
