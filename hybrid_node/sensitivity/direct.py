@@ -34,15 +34,20 @@ _NO_SECOND_T = (
 )
 
 
-class _StartTime(torch.autograd.Function):
-    """Identity on y0; its backward gives t_0 the gradient -<dL/dy0, f(t_0, y_0)>."""
+class _TimeIdentity(torch.autograd.Function):
+    """Identity on states ``y`` that keeps their times ``t`` and the field ``field(i, y_i)`` for a
+    backward that gives the times their gradients (subclasses write it)."""
 
     @staticmethod
-    def forward(ctx, t0: torch.Tensor, y0: torch.Tensor, field: Callable) -> torch.Tensor:
+    def forward(ctx, t: torch.Tensor, y: torch.Tensor, field: Callable) -> torch.Tensor:
         ctx.field = field
-        ctx.t_dtype = t0.dtype
-        ctx.save_for_backward(t0, y0)
-        return y0.clone()
+        ctx.t_dtype = t.dtype
+        ctx.save_for_backward(t, y)
+        return y.clone()
+
+
+class _StartTime(_TimeIdentity):
+    """Identity on y0; its backward gives t_0 the gradient -<dL/dy0, f(t_0, y_0)>."""
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -56,15 +61,8 @@ class _StartTime(torch.autograd.Function):
         return grad_t0, grad, None
 
 
-class _OutputTimes(torch.autograd.Function):
+class _OutputTimes(_TimeIdentity):
     """Identity on the outputs; its backward gives t_i (i > 0) the gradient <dL/dy_i, f(t_i, y_i)>."""
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor, ys: torch.Tensor, field: Callable) -> torch.Tensor:
-        ctx.field = field
-        ctx.t_dtype = t.dtype
-        ctx.save_for_backward(t, ys)
-        return ys.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
