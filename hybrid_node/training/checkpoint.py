@@ -11,12 +11,22 @@ version, restores the other generators alone. Writing goes to a temporary file i
 same folder followed by ``os.replace``, which is atomic on POSIX and Windows: an interruption leaves
 either the old checkpoint or the new one, never a truncated file. A file that is damaged anyway (a disk
 problem, a copy cut short) is reported by :func:`load_checkpoint` as a :class:`CheckpointError` naming it.
+
+Loading is safe by default: :func:`load_checkpoint` reads with ``torch.load(..., weights_only=True)``,
+which rebuilds tensors, numbers, strings and containers only and never runs code a file names (a
+pickle can name any function to call). The generator states are stored in that form (numpy's state
+array as a list of ints), so ``torch.load(path)`` with torch's own default (``weights_only=True`` since
+torch 2.6) reads a checkpoint too; the numpy arrays of checkpoints written by earlier versions are
+allowed as well. A checkpoint holding other objects (a user's class, a function) is refused with a
+message naming them, unless the caller passes ``weights_only=False`` for a file it trusts.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,9 +44,33 @@ PathLike = str | os.PathLike
 #: that :func:`rng_state`, :func:`set_rng_state` and the layout check of a stored ``"rng"`` all follow.
 _GENERATORS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
     "torch": (torch.get_rng_state, torch.set_rng_state),
-    "numpy": (np.random.get_state, np.random.set_state),
+    # as plain Python values (numpy's set_state takes the key as a list): a weights-only load refuses arrays
+    "numpy": (lambda: _plain(np.random.get_state()), np.random.set_state),
     "python": (random.getstate, random.setstate),
 }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every numpy array and scalar replaced by Python lists and numbers, through tuples,
+    lists and dicts: what ``torch.load(..., weights_only=True)`` reads without allowing numpy."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy names a pickled array refers to (``numpy.core`` became ``numpy._core`` in numpy 2),
+    which a weights-only load may rebuild: checkpoints of earlier versions stored numpy's generator
+    state as an array. (Arrays of Python objects stay refused: their items go through the same
+    restricted unpickler.)"""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 #: The key of the CUDA devices' generator states in :func:`rng_state` (one state per device), present
@@ -106,7 +140,7 @@ def object_state(obj: Any) -> Any:
     if isinstance(obj, torch.Generator):
         return obj.get_state()
     if isinstance(obj, np.random.Generator):
-        return obj.bit_generator.state
+        return _plain(obj.bit_generator.state)  # MT19937's key is an array; numpy takes a list back
     return obj.state_dict()
 
 
@@ -175,7 +209,7 @@ def _damaged(path: Path, reason: str) -> CheckpointError:
     )
 
 
-def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] | None:
+def load_checkpoint(path: PathLike, restore_rng: bool = True, *, weights_only: bool = True) -> dict[str, Any] | None:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Temporary files left beside it by writes that were killed are removed first.
@@ -183,13 +217,17 @@ def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] 
     Args:
         path: the file.
         restore_rng: set the global generators to the stored states.
+        weights_only: read with ``torch.load(..., weights_only=True)`` (tensors, numbers, strings,
+            containers and numpy arrays only), so that a file from elsewhere cannot run code when
+            loaded. Pass False only for a file you trust that holds other objects.
 
     Returns:
         The stored dict, or None if ``path`` does not exist.
 
     Raises:
-        CheckpointError: the file is empty, truncated, damaged or not a checkpoint, or cannot be opened
-            (no read permission); the message names it and says what to do.
+        CheckpointError: the file is empty, truncated, damaged or not a checkpoint, cannot be opened
+            (no read permission), or (``weights_only``) holds objects other than the above; the message
+            names it and says what to do.
     """
     path = Path(path)
     remove_stale_temp_files(path)
@@ -207,9 +245,11 @@ def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] 
         raise unreadable(path, "checkpoint", e) from e
     with f:
         try:
-            # weights_only=False: the payload holds numpy/Python generator states, and the file is our own.
-            payload = torch.load(f, map_location="cpu", weights_only=False)
+            payload = _torch_load(f, weights_only)
         except Exception as e:  # noqa: BLE001 - damaged pickles raise almost anything
+            refused = _refused_global(e) if weights_only else None
+            if refused is not None:
+                raise _untrusted(path, refused) from e
             raise _damaged(path, f"{type(e).__name__}: {e}") from e
     if not isinstance(payload, dict):
         raise _damaged(path, f"it holds a {type(payload).__name__}, not a dict of training state")
@@ -219,3 +259,33 @@ def load_checkpoint(path: PathLike, restore_rng: bool = True) -> dict[str, Any] 
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise _damaged(path, f"its generator states are invalid ({type(e).__name__}: {e})") from e
     return payload
+
+
+def _torch_load(f: Any, weights_only: bool) -> Any:
+    """``torch.load`` of an open checkpoint onto the CPU; weights-only with numpy arrays allowed where
+    this torch can allow them (``safe_globals``, torch >= 2.5; older ones read our plain states)."""
+    if not weights_only:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    allow = getattr(torch.serialization, "safe_globals", None)
+    if allow is None:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    with allow(_numpy_globals()):
+        return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def _refused_global(error: BaseException) -> str | None:
+    """The name a weights-only load refused (``"module.Name"``), or None for another failure (damage)."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return match.group(1) if match else None
+
+
+def _untrusted(path: Path, name: str) -> CheckpointError:
+    return CheckpointError(
+        path,
+        f"The checkpoint {str(path)!r} holds a {name}, which a safe load refuses: only tensors, numbers, strings, "
+        "containers and numpy arrays are read without running code named in the file. Store state dicts "
+        f"and plain values in checkpoints; or, for a file you trust, load it with load_checkpoint({str(path)!r}, "
+        "weights_only=False).",
+    )
