@@ -189,13 +189,8 @@ class PIDController(AbstractController):
                     else [v]
                 )
             )
-            if any(isinstance(x, (bool, complex)) for x in values):
-                # True was taken as a tolerance of 1.0; a complex one has no order to compare errors with
-                kind = "bool" if any(isinstance(x, bool) for x in values) else "complex"
-                raise ValueError(
-                    f"{name} must be real, got {kind} {v!r}; give a float such as {name}=1e-6, or a real tensor "
-                    "of per-component values."
-                )
+            # True was taken as a tolerance of 1.0; a complex one has no order to compare errors with
+            refuse_bool_or_complex(name, v)
             if any(not (isinstance(x, (int, float)) and x >= 0 and math.isfinite(x)) for x in values):
                 raise ValueError(f"{name} must be finite and non-negative, got {v!r}.")
         if _is_zero(self.rtol) and _is_zero(self.atol):
@@ -276,6 +271,48 @@ def _from_numpy(tol):
     if isinstance(tol, (np.ndarray, np.generic)) and np.asarray(tol).dtype.kind in "iuf":
         return float(tol)
     return tol
+
+
+def bool_or_complex(value: Any) -> str | None:
+    """Whether a tolerance holds a bool or a complex value, which no tolerance means: a cast to float
+    took True as 1.0 and dropped an imaginary part without a word.
+
+    Args:
+        value: a tolerance as given: a Python or NumPy number, a tensor or NumPy array, or a tuple or
+            list of those (one per part of a tuple state).
+
+    Returns:
+        "bool" where it holds a bool (a bool dtype), else "complex" where it holds a complex value,
+        else None (also for what is no number at all: the callers refuse that by their own rules).
+    """
+    if isinstance(value, (tuple, list)):
+        kinds = {bool_or_complex(part) for part in value}
+        return "bool" if "bool" in kinds else "complex" if "complex" in kinds else None
+    if isinstance(value, torch.Tensor):
+        dtype_kind = "b" if value.dtype == torch.bool else "c" if value.is_complex() else ""
+    elif isinstance(value, (np.ndarray, np.generic)):
+        dtype_kind = value.dtype.kind
+    else:
+        dtype_kind = "b" if isinstance(value, bool) else "c" if isinstance(value, complex) else ""
+    return {"b": "bool", "c": "complex"}.get(dtype_kind)
+
+
+def refuse_bool_or_complex(name: str, value: Any) -> None:
+    """Refuse a bool or complex tolerance by name (:func:`bool_or_complex`), saying what to give instead.
+
+    Args:
+        name: the setting, for the message.
+        value: its value.
+
+    Raises:
+        ValueError: ``value`` holds a bool or a complex value.
+    """
+    kind = bool_or_complex(value)
+    if kind is not None:
+        raise ValueError(
+            f"{name} must be real, got {kind} {value!r}; give a float such as {name}=1e-6, or a real tensor "
+            "of per-component values."
+        )
 
 
 def _check_number(name: str, value: Any) -> None:

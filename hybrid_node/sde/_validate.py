@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .._problem import warn_unresolvable_tolerance
+from ..controllers import bool_or_complex
 from ._sde import SDEView
 from .brownian import BrownianInterval
 from .solvers import DEFAULT_METHOD, build_solver
@@ -68,13 +69,13 @@ def check_tolerances(rtol: Any, atol: Any, prefix: str = "") -> None:
     """
     for name, value in ((prefix + "rtol", rtol), (prefix + "atol", atol)):
         if isinstance(value, torch.Tensor):
-            if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            if value.numel() != 1 or bool_or_complex(value) is not None:
                 raise ValueError(
                     f"{name} must be one real number, got a {value.dtype} tensor of shape {tuple(value.shape)}; "
                     "sdeint takes one tolerance for all components (to weigh them differently, scale the state)."
                 )
             value = float(value.detach())
-        elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        elif bool_or_complex(value) is not None or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ValueError(f"{name} must be one real number, got {value!r}.")
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be non-negative and finite, got {value}.")

@@ -24,7 +24,7 @@ import torch
 from .._errors import BackendError
 from .._problem import Problem
 from .._solution import Solution
-from ..controllers import _from_numpy
+from ..controllers import _from_numpy, bool_or_complex
 from ..loop import integrate, to_solution
 from .adjoint import solve_adjoint
 from .backsolve import Backsolve
@@ -105,11 +105,7 @@ class _AdjointSettings(AbstractSensitivity):
             object.__setattr__(self, name, value)  # frozen: the one normalisation of a setting
             # a tensor is a per-component tolerance (the backward solve repeats it for each channel); a bool
             # or complex one has no meaning there (True was taken as 1.0; a complex one failed in the comparison)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float, torch.Tensor))
-                or (isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.is_complex()))
-            ):
+            if bool_or_complex(value) is not None or not isinstance(value, (int, float, torch.Tensor)):
                 what = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
                 raise TypeError(
                     f"{name} must be a positive float or a real tensor of them (the adjoint's {name}: adjoint_{name} "

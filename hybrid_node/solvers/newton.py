@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..controllers import rms_norm
+from ..controllers import refuse_bool_or_complex, rms_norm
 from .linalg import system_shape
 
 
@@ -188,13 +188,9 @@ def tolerances(rtol, atol) -> tuple[float, float]:
                 parts = [torch.as_tensor(x).detach().reshape(-1) for x in (v if isinstance(v, (tuple, list)) else (v,))]
             except (TypeError, ValueError, RuntimeError):  # None, a string, ragged nesting
                 raise ValueError(f"{name} must be finite and non-negative, got {v!r}.") from None
-            if any(p.dtype == torch.bool or p.is_complex() for p in parts):
-                # the cast below took True as 1.0 and dropped an imaginary part (the fixed-step implicit_adams
-                # has no PIDController to refuse them)
-                raise ValueError(
-                    f"{name} must be real, got {v!r}; give a float such as {name}=1e-6, or a real tensor of "
-                    "per-component values."
-                )
+            # the cast below took True as 1.0 and dropped an imaginary part (the fixed-step implicit_adams
+            # has no PIDController to refuse them)
+            refuse_bool_or_complex(name, v)
             values = torch.cat([p.to(device="cpu", dtype=torch.float64) for p in parts]) if parts else None
             if values is None or values.numel() == 0:  # per component of an empty state: none to hold
                 return default
