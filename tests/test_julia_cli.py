@@ -47,9 +47,11 @@ def test_probe_honours_the_executable_variable(monkeypatch, tmp_path):
     ],
 )
 def test_doctor_reports_juliacall_variables_set_alone(variables, monkeypatch, capsys, tmp_path):
-    # Issue 20 item 6: juliacall refuses an executable without a project (and the reverse).
+    # Issue 20 item 6: juliacall refuses an executable without a project (and the reverse). BINDIR alone is
+    # an executable without a project from juliacall 0.9.35 on (see the 0.9.34 test below).
     for var in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIACALL_BINDIR", "PYTHON_JULIACALL_PROJECT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(julia_runtime, "juliacall_version", lambda: (0, 9, 35), raising=False)
     for var, value in variables.items():
         monkeypatch.setenv(var, value)
     monkeypatch.setattr(julia_runtime.importlib.util, "find_spec", lambda name: object())
@@ -65,6 +67,50 @@ def test_juliacall_variables_together_are_accepted(monkeypatch):
     monkeypatch.setenv("PYTHON_JULIACALL_EXE", "julia")
     monkeypatch.setenv("PYTHON_JULIACALL_PROJECT", "/tmp/env")
     assert julia_runtime.juliacall_variables_problem() == ""
+
+
+def _juliacall_variables(monkeypatch, version: tuple[int, ...], **variables: str) -> None:
+    """Set exactly ``variables`` of juliacall's executable/project variables, as juliacall ``version`` reads them."""
+    for var in ("PYTHON_JULIACALL_EXE", "PYTHON_JULIACALL_BINDIR", "PYTHON_JULIACALL_PROJECT", "PYTHON_JULIAPKG_EXE"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in variables.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(julia_runtime, "juliacall_version", lambda: version, raising=False)
+
+
+def test_with_juliacall_0_9_34_bindir_alone_is_not_an_executable_without_a_project(monkeypatch, tmp_path):
+    # juliacall 0.9.34 (pysrc/juliacall/__init__.py) reads PYTHON_JULIACALL_BINDIR as Julia's --home only and takes
+    # the executable from PYTHON_JULIACALL_EXE or juliapkg: BINDIR alone starts Julia. It was refused as "set
+    # without PYTHON_JULIACALL_PROJECT", which is 0.9.35's rule (there exepath = {bindir}/julia).
+    _juliacall_variables(monkeypatch, (0, 9, 34), PYTHON_JULIACALL_BINDIR=str(tmp_path))
+    assert julia_runtime.juliacall_variables_problem() == ""
+    # ... and the probe does not take {bindir}/julia for the executable juliacall would use
+    (tmp_path / "julia").write_text("#!/bin/sh\n")
+    (tmp_path / "julia").chmod(0o755)
+    assert julia_runtime.find_julia_executable() != str(tmp_path / "julia")
+
+
+def test_with_juliacall_0_9_34_bindir_and_project_lack_the_executable(monkeypatch, tmp_path):
+    # 0.9.34 raises "Both PYTHON_JULIACALL_PROJECT and PYTHON_JULIACALL_EXE must be set together" here; it was
+    # accepted, so doctor said OK and the solve failed inside juliacall's start-up.
+    _juliacall_variables(monkeypatch, (0, 9, 34), PYTHON_JULIACALL_BINDIR=str(tmp_path), PYTHON_JULIACALL_PROJECT="/e")
+    problem = julia_runtime.juliacall_variables_problem()
+    assert "PYTHON_JULIACALL_PROJECT is set without PYTHON_JULIACALL_EXE" in problem
+    assert "juliacall 0.9.34 does not take the executable from PYTHON_JULIACALL_BINDIR" in problem
+
+
+@pytest.mark.parametrize("version", [(0, 9, 35), (0, 9, 37), None], ids=["0.9.35", "0.9.37", "unknown"])
+def test_from_juliacall_0_9_35_bindir_is_the_executable(version, monkeypatch, tmp_path):
+    _juliacall_variables(monkeypatch, version, PYTHON_JULIACALL_BINDIR=str(tmp_path), PYTHON_JULIACALL_PROJECT="/e")
+    assert julia_runtime.juliacall_variables_problem() == ""
+    _juliacall_variables(monkeypatch, version, PYTHON_JULIACALL_BINDIR=str(tmp_path))
+    assert "without PYTHON_JULIACALL_PROJECT" in julia_runtime.juliacall_variables_problem()
+
+
+@pytest.mark.parametrize(("text", "version"), [("0.9.34", (0, 9, 34)), ("0.9.37rc1", (0, 9, 37)), ("1.0", (1, 0))])
+def test_juliacall_version_is_read_from_its_metadata(text, version, monkeypatch):
+    monkeypatch.setattr(julia_runtime.importlib.metadata, "version", lambda name: text)
+    assert julia_runtime.juliacall_version() == version
 
 
 def test_cli_lists_both_subcommands():

@@ -25,8 +25,10 @@ there with the remedy instead of letting the solve hang.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import sys
 
@@ -106,17 +108,56 @@ def julia_started() -> bool:
     return bool(module is not None and getattr(module, "CONFIG", {}).get("inited"))
 
 
+#: the first juliacall that takes its executable from ``PYTHON_JULIACALL_BINDIR`` (``{bindir}/julia``)
+#: when ``PYTHON_JULIACALL_EXE`` is unset (juliacall/__init__.py: 0.9.35 sets ``exepath`` from
+#: ``bindir``); 0.9.34 only hands the directory to Julia as ``--home`` and takes the executable from
+#: ``PYTHON_JULIACALL_EXE`` alone, or from juliapkg.
+BINDIR_EXECUTABLE_SINCE = (0, 9, 35)
+
+
+def juliacall_version() -> tuple[int, ...] | None:
+    """The installed juliacall's version, read from its metadata (importing juliacall starts Julia).
+
+    Returns:
+        The leading numeric parts, e.g. ``(0, 9, 34)``; None when juliacall is not installed or its
+        version cannot be read.
+    """
+    try:
+        text = importlib.metadata.version("juliacall")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    parts: list[int] = []
+    for piece in text.split(".")[:3]:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts) or None
+
+
+def bindir_names_executable() -> bool:
+    """Whether juliacall takes ``{PYTHON_JULIACALL_BINDIR}/julia`` as its executable (0.9.35 on).
+
+    Returns:
+        True from :data:`BINDIR_EXECUTABLE_SINCE` on, and when the version is unknown (the newer
+        rule); False for juliacall 0.9.34.
+    """
+    version = juliacall_version()
+    return version is None or version >= BINDIR_EXECUTABLE_SINCE
+
+
 def find_julia_executable() -> str | None:
     """A Julia executable juliacall could use, found without running or downloading anything.
 
-    Looks at the override variables, ``PYTHON_JULIACALL_BINDIR``, juliapkg's own install prefix,
-    then ``julia`` and ``juliaup`` on the PATH.
+    Looks at the override variables, ``PYTHON_JULIACALL_BINDIR`` (where juliacall takes the
+    executable from it, :func:`bindir_names_executable`), juliapkg's own install prefix, then
+    ``julia`` and ``juliaup`` on the PATH.
     """
     for var in _EXE_VARIABLES:
         value = os.environ.get(var)
         if value:
             return shutil.which(value) or (value if os.path.isfile(value) else None)
-    bindir = os.environ.get("PYTHON_JULIACALL_BINDIR")
+    bindir = os.environ.get("PYTHON_JULIACALL_BINDIR") if bindir_names_executable() else None
     if bindir:
         exe = os.path.join(bindir, "julia.exe" if os.name == "nt" else "julia")
         if os.path.isfile(exe):
@@ -137,24 +178,36 @@ def find_julia_executable() -> str | None:
 def juliacall_variables_problem() -> str:
     """Why juliacall would refuse its environment variables ("" when it would not).
 
-    juliacall takes its executable from ``PYTHON_JULIACALL_EXE`` (or ``PYTHON_JULIACALL_BINDIR``/julia)
-    and raises "Both PYTHON_JULIACALL_PROJECT and PYTHON_JULIACALL_EXE must be set together" when
-    only one of executable and project is given (juliacall/__init__.py, 0.9.34 onwards).
+    juliacall raises "Both PYTHON_JULIACALL_PROJECT and PYTHON_JULIACALL_EXE must be set together"
+    when only one of executable and project is given (juliacall/__init__.py). The executable is
+    ``PYTHON_JULIACALL_EXE``, or from juliacall 0.9.35 on ``{PYTHON_JULIACALL_BINDIR}/julia``; with
+    0.9.34 ``PYTHON_JULIACALL_BINDIR`` is only Julia's ``--home`` and counts for neither side
+    (:func:`bindir_names_executable`).
     """
-    exe = os.environ.get("PYTHON_JULIACALL_EXE") or os.environ.get("PYTHON_JULIACALL_BINDIR")
+    bindir_counts = bindir_names_executable()
+    exe_var = os.environ.get("PYTHON_JULIACALL_EXE")
+    bindir = os.environ.get("PYTHON_JULIACALL_BINDIR")
+    exe = exe_var or (bindir if bindir_counts else None)
     project = os.environ.get("PYTHON_JULIACALL_PROJECT")
     if bool(exe) == bool(project):
         return ""
-    given = (
-        "PYTHON_JULIACALL_PROJECT"
-        if project
-        else ("PYTHON_JULIACALL_EXE" if os.environ.get("PYTHON_JULIACALL_EXE") else "PYTHON_JULIACALL_BINDIR")
-    )
-    missing = "PYTHON_JULIACALL_EXE (or PYTHON_JULIACALL_BINDIR)" if project else "PYTHON_JULIACALL_PROJECT"
-    return (
+    if project:
+        given = "PYTHON_JULIACALL_PROJECT"
+        missing = "PYTHON_JULIACALL_EXE (or PYTHON_JULIACALL_BINDIR)" if bindir_counts else "PYTHON_JULIACALL_EXE"
+    else:
+        given = "PYTHON_JULIACALL_EXE" if exe_var else "PYTHON_JULIACALL_BINDIR"
+        missing = "PYTHON_JULIACALL_PROJECT"
+    problem = (
         f"{given} is set without {missing}; juliacall needs both together (or neither: then "
         "PYTHON_JULIAPKG_EXE selects the Julia executable)"
     )
+    if project and bindir and not bindir_counts:
+        version = ".".join(str(v) for v in juliacall_version() or ())
+        problem += (
+            f"; juliacall {version} does not take the executable from PYTHON_JULIACALL_BINDIR (0.9.35 and "
+            "later do): set PYTHON_JULIACALL_EXE"
+        )
+    return problem
 
 
 def executable_variable_problem() -> str:
