@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 import pytest
+import tomllib
 
 from hybrid_node.commands import doctor
 from hybrid_node.julia import runtime as julia_runtime
@@ -139,3 +142,40 @@ def test_probe_names_an_executable_variable_that_points_nowhere(variables, monke
     status = julia_runtime.probe()
     var = next(iter(variables))
     assert status.reason == f"{var}=/no/such/julia is not a Julia executable (correct the path, or unset {var})"
+
+
+@pytest.mark.parametrize("version", [(0, 9, 33), (0, 10, 0), (1, 0)], ids=["0.9.33", "0.10.0", "1.0"])
+def test_a_juliacall_outside_the_supported_range_is_reported_before_julia_starts(version, monkeypatch, tmp_path):
+    # juliacall pins PythonCall to its own version; outside HybridNODE's PythonCall compat the failure came only
+    # from juliapkg's resolution while Julia started. The probe said the backend was probably OK.
+    exe = tmp_path / "julia"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    _juliacall_variables(monkeypatch, version, PYTHON_JULIAPKG_EXE=str(exe))
+    monkeypatch.setattr(julia_runtime.importlib.util, "find_spec", lambda name: object())
+    reason = julia_runtime.probe().reason
+    assert f"juliacall {'.'.join(map(str, version))} is installed" in reason
+    assert "pip install 'juliacall>=0.9.34,<0.10'" in reason
+
+
+@pytest.mark.parametrize("version", [(0, 9, 34), (0, 9, 37), None], ids=["0.9.34", "0.9.37", "unknown"])
+def test_a_supported_juliacall_passes_the_probe(version, monkeypatch, tmp_path):
+    exe = tmp_path / "julia"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    _juliacall_variables(monkeypatch, version, PYTHON_JULIAPKG_EXE=str(exe))
+    monkeypatch.setattr(julia_runtime.importlib.util, "find_spec", lambda name: object())
+    assert julia_runtime.probe().ok
+
+
+def test_the_supported_juliacall_range_is_the_one_project_toml_and_the_extra_declare():
+    root = Path(__file__).resolve().parents[1]
+    low, high = julia_runtime.JULIACALL_SUPPORTED
+    # Project.toml: PythonCall = "0.9.34" is Pkg's caret range [0.9.34, 0.10)
+    compat = tomllib.loads((root / "Project.toml").read_text())["compat"]["PythonCall"]
+    assert tuple(int(x) for x in compat.split(".")) == low and high == (low[0], low[1] + 1)
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["julia"]
+    bounds = re.fullmatch(r"juliacall>=([\d.]+),<([\d.]+)", next(r for r in extra if r.startswith("juliacall")))
+    assert bounds is not None
+    assert tuple(int(x) for x in bounds.group(1).split(".")) == low
+    assert tuple(int(x) for x in bounds.group(2).split(".")) == high

@@ -135,6 +135,31 @@ def juliacall_version() -> tuple[int, ...] | None:
     return tuple(parts) or None
 
 
+#: the juliacall releases HybridNODE can run with, ``[low, high)``: juliacall pins PythonCall to its own
+#: version (its juliapkg.json, ``"=0.9.34"`` for 0.9.34), and HybridNODE's Project.toml admits PythonCall
+#: "0.9.34", i.e. 0.9.34 up to 0.10 (the ``[julia]`` extra asks pip for the same range).
+JULIACALL_SUPPORTED = ((0, 9, 34), (0, 10))
+
+
+def juliacall_version_problem() -> str:
+    """Why the installed juliacall cannot load HybridNODE ("" when it can, or its version is unknown).
+
+    Outside :data:`JULIACALL_SUPPORTED` juliapkg cannot find a PythonCall that satisfies both
+    juliacall's pin and HybridNODE's ``[compat]``, and the failure surfaces only while Julia starts,
+    as a package-resolution error.
+    """
+    version = juliacall_version()
+    low, high = JULIACALL_SUPPORTED
+    if version is None or low <= version < high:
+        return ""
+    text = ".".join(str(v) for v in version)
+    return (
+        f"juliacall {text} is installed, but the Julia package HybridNODE needs juliacall >= 0.9.34, < 0.10 "
+        "(juliacall pins PythonCall to its own version, and HybridNODE admits PythonCall 0.9.34 to 0.9.x); "
+        "run pip install 'juliacall>=0.9.34,<0.10'"
+    )
+
+
 def bindir_names_executable() -> bool:
     """Whether juliacall takes ``{PYTHON_JULIACALL_BINDIR}/julia`` as its executable (0.9.35 on).
 
@@ -238,6 +263,8 @@ def probe() -> Availability:
     mismatch = juliacall_variables_problem() or executable_variable_problem()
     if not has_juliacall:
         reason = "juliacall is not installed"
+    elif juliacall_version_problem():
+        reason = juliacall_version_problem()
     elif mismatch:
         reason = mismatch
     elif exe is None:
