@@ -70,6 +70,17 @@ def _flat_tolerance(tol, y0: torch.Tensor) -> float | np.ndarray:
     return t.expand(y0.shape).reshape(-1).numpy()
 
 
+_NONFINITE_AT_Y0 = (
+    "func returned NaN or inf at the initial state, where scipy chooses its first step from it; check the "
+    "field at (t[0], y0)"
+)
+
+
+def _user_time(term, s: float) -> float:
+    """The user's time of the solver time ``s`` (negated for a solve backwards in time)."""
+    return -float(s) if getattr(term, "reverse", False) else float(s)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScipySolver(ExternalSolver):
     """Wraps scipy.integrate.solve_ivp; the field is evaluated by torch under no_grad.
@@ -150,12 +161,24 @@ class ScipySolver(ExternalSolver):
         # the solver time of the last field evaluation: where a failed solve got to (with t_eval, scipy's
         # sol.t holds only the output times reached, so its last entry can be the initial time)
         reached = [ts[0]]
+        # the solver time of the last non-finite field value (None: none yet). solve_ivp has no test of its
+        # own: a NaN at y0 made RK45, RK23 and DOP853 loop forever (their first step became NaN, which no
+        # step-size bound compares below), BDF and Radau raised numpy's "array must not contain infs or
+        # NaNs", and LSODA returned NaN states as a success
+        nonfinite: list[float | None] = [None]
+        calls = [0]
 
         def rhs(t, y):
             reached[0] = float(t)
             with torch.no_grad():
                 yt = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
-                return term(float(t), yt).reshape(-1).cpu().to(wide).numpy()
+                out = term(float(t), yt).reshape(-1).cpu().to(wide).numpy()
+            calls[0] += 1
+            if not np.isfinite(out).all():
+                if calls[0] == 1:  # every solve_ivp method evaluates the field at (t0, y0) first
+                    raise SolverError(Status.INITIAL_FAILURE, _user_time(term, t), _NONFINITE_AT_Y0)
+                nonfinite[0] = float(t)  # a rejected trial step may recover: scipy shrinks it
+            return out
 
         rt, at = _flat_tolerance(rtol, y0), _flat_tolerance(atol, y0)
         if self.solver in SCIPY_SCALAR_RTOL and not isinstance(rt, float):
@@ -167,13 +190,25 @@ class ScipySolver(ExternalSolver):
         if len(ts) == 1:
             out = y0n[None]
         else:
-            sol = __import__("scipy.integrate", fromlist=["solve_ivp"]).solve_ivp(
-                rhs, (ts[0], ts[-1]), y0n, method=self.solver, t_eval=ts, rtol=rt, atol=at, **self._step_options()
-            )
+            try:
+                sol = __import__("scipy.integrate", fromlist=["solve_ivp"]).solve_ivp(
+                    rhs, (ts[0], ts[-1]), y0n, method=self.solver, t_eval=ts, rtol=rt, atol=at, **self._step_options()
+                )
+            except (ValueError, np.linalg.LinAlgError) as e:
+                if nonfinite[0] is None:
+                    raise
+                # BDF's and Radau's Newton matrices refuse the non-finite values the field returned
+                raise SolverError(
+                    Status.NONFINITE, _user_time(term, nonfinite[0]), f"func returned NaN or inf there; scipy: {e}"
+                ) from e
             if sol.status != 0:
-                t_fail = -reached[0] if getattr(term, "reverse", False) else reached[0]  # in the user's time
-                raise SolverError(Status.STEP_UNDERFLOW, t_fail, sol.message)
+                raise SolverError(Status.STEP_UNDERFLOW, _user_time(term, reached[0]), sol.message)
             out = sol.y.T
+            bad = ~np.isfinite(out).all(axis=1)
+            if bad.any():  # LSODA reports success with NaN states
+                raise SolverError(
+                    Status.NONFINITE, _user_time(term, ts[int(bad.argmax())]), "first non-finite output of scipy"
+                )
         ys = torch.as_tensor(out, dtype=dtype, device=device).reshape(len(ts), *shape)
         needs = [x for x in (y0,) + tuple(grad_inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
         if needs and torch.is_grad_enabled():

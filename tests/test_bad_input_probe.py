@@ -1,0 +1,66 @@
+"""Misuse of the public API fails with an error that names the argument and the fix, never with an
+internal error deep inside, a hang, or NaN states returned as a success."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+D = torch.float64
+SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging: a solve that loops forever raises TimeoutError after ``seconds``."""
+
+    def expire(*_):
+        raise TimeoutError(f"the call did not return within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _nan_field(t, y):
+    return y * float("nan")
+
+
+def _nan_after_half(t, y):
+    return y * (float("nan") if t > 0.5 else -1.0)
+
+
+@pytest.mark.parametrize("solver", SCIPY_METHODS)
+def test_scipy_field_nan_at_y0_fails_at_t0(solver):
+    # RK45, RK23 and DOP853 looped forever (a NaN first step), BDF and Radau raised numpy's ValueError,
+    # LSODA returned NaN states
+    y0, t = torch.ones(3, dtype=D), torch.linspace(0, 1, 3, dtype=D)
+    with deadline(20), pytest.raises(hn.SolverError, match="NaN or inf at the initial state") as info:
+        hn.odeint(_nan_field, y0, t, method="scipy_solver", options={"solver": solver})
+    assert info.value.status == hn.Status.INITIAL_FAILURE and info.value.t == 0.0
+
+
+@pytest.mark.parametrize("solver", SCIPY_METHODS)
+def test_scipy_field_nan_later_fails_where_it_turned(solver):
+    # BDF raised numpy's "array must not contain infs or NaNs", LSODA returned NaN states as a success
+    y0, t = torch.ones(3, dtype=D), torch.linspace(0, 1, 3, dtype=D)
+    with deadline(20), pytest.raises(hn.SolverError) as info:
+        hn.odeint(_nan_after_half, y0, t, method="scipy_solver", options={"solver": solver})
+    # the field is NaN after t = 0.5: the solve stops between there and the step that crossed it
+    assert 0.5 <= info.value.t < 0.6
+
+
+def test_scipy_nan_with_throw_false_reports_the_status():
+    y0, t = torch.ones(3, dtype=D), torch.linspace(0, 1, 3, dtype=D)
+    sol = hn.solve(_nan_after_half, y0, t, solver=hn.ScipySolver(solver="LSODA"), throw=False)
+    assert sol.status == hn.Status.NONFINITE
+    assert torch.allclose(sol.ys[0], y0) and torch.isnan(sol.ys[-1]).all()
