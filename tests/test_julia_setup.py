@@ -93,3 +93,26 @@ def test_an_executable_on_path_is_accepted(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert julia_setup.julia_executable("julia") == "julia"
     assert julia_setup.julia_executable(str(exe)) == str(exe)
+
+
+def test_a_failed_offline_load_does_not_claim_the_packages_were_installed(monkeypatch, capsys):
+    # juliapkg installs nothing offline (deps.py, resolve: `if not STATE["offline"]`); the hint said "The packages
+    # are installed but did not load; run julia-setup --update", which offline neither is true nor helps.
+    juliapkg = pytest.importorskip("juliapkg", reason="juliapkg is not installed")
+    monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(juliapkg, "resolve", lambda **kwargs: None)
+    monkeypatch.setattr(juliapkg, "executable", lambda: "/opt/julia/bin/julia")
+    monkeypatch.setattr(juliapkg, "project", lambda: "/tmp/env")
+    monkeypatch.setitem(sys.modules, "juliacall", types.SimpleNamespace(Main=types.SimpleNamespace(seval=_fail)))
+    monkeypatch.delenv("PYTHON_JULIAPKG_OFFLINE", raising=False)  # run() sets it for --offline
+    args = argparse.Namespace(julia=None, project=None, offline=True, update=False)
+    assert julia_setup.run(args) == 1
+    err = capsys.readouterr().err
+    assert "julia-setup failed while loading HybridNODE" in err
+    assert "without --offline" in err and "are installed but" not in err
+
+
+def test_update_with_offline_is_a_usage_error(no_juliacall, capsys):
+    # Offline juliapkg updates nothing, so --update --offline reported success without updating.
+    assert exit_status(["julia-setup", "--offline", "--update"]) == 2
+    assert "argument --update: not allowed with --offline" in capsys.readouterr().err

@@ -76,6 +76,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
                 check(value)
             except argparse.ArgumentTypeError as e:
                 raise ValueError(f"argument {option}: {e}") from None
+    if args.update and args.offline:
+        # juliapkg runs no Pkg operation at all when offline (deps.py, resolve: `if not STATE["offline"]`),
+        # so the update would silently not happen.
+        raise ValueError("argument --update: not allowed with --offline (offline, juliapkg installs nothing)")
 
 
 def _apply_environment(args: argparse.Namespace) -> None:
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
         jl.seval("using HybridNODE")
     except Exception as e:  # noqa: BLE001 - a JuliaError or juliacall's own start-up error
-        print(_failure("loading HybridNODE", e, LOAD_HELP), file=sys.stderr)
+        print(_failure("loading HybridNODE", e, LOAD_HELP_OFFLINE if args.offline else LOAD_HELP), file=sys.stderr)
         return 1
     print(f"Done in {time.perf_counter() - start:.0f} s. `hybrid-node doctor --start` checks the result.")
     return 0
@@ -142,6 +146,11 @@ RESOLVE_HELP = (
 LOAD_HELP = (
     "The packages are installed but did not load; run `hybrid-node julia-setup --update`, or "
     "`hybrid-node doctor --start` for details."
+)
+LOAD_HELP_OFFLINE = (
+    "With --offline nothing was installed (juliapkg skips every Pkg operation offline), so the Julia packages "
+    "must already be in the project; run `hybrid-node julia-setup` without --offline once (it needs the network), "
+    "or pass --project pointing at an environment that holds them; `hybrid-node doctor --start` shows details."
 )
 
 
