@@ -49,3 +49,20 @@ def positive_float(name: str, value: object) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
     return float(value)
+
+
+def positive_tolerance(name: str, value: object) -> None:
+    """Refuse a solver tolerance that is not a finite positive real number.
+
+    A bool is an int to Python (True would be a tolerance of 1), and an infinite tolerance disables the
+    error control; both are refused, as is anything that is not a number, with one ValueError.
+
+    Args:
+        name: how the message names the tolerance, e.g. "rtol" or "CNFSolver.atol".
+        value: the tolerance given.
+
+    Raises:
+        ValueError: ``value`` is not an int or float, is a bool, or is NaN, infinite, zero or negative.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}.")

@@ -49,6 +49,7 @@ from .._errors import SolverError
 from .._registry import METHOD_SPECS, build_solver
 from ..controllers import ConstantStepSize, rms_norm
 from ..solvers.symplectic import PartitionedComposition
+from ._checks import positive_tolerance
 from ._kept import kept_field
 from .cnf_fields import PlanarCNFField, TimeMLPField
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
@@ -159,14 +160,7 @@ class CNFSolver:
         if not isinstance(self.method, str):
             raise TypeError(f"method must be a string such as 'dopri5', got {type(self.method).__name__}.")
         for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            # a bool is an int to Python (True would be a tolerance of 1), and inf disables error control
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not (math.isfinite(value) and value > 0)
-            ):
-                raise ValueError(f"CNFSolver.{name} must be a finite positive number, got {value!r}.")
+            positive_tolerance(f"CNFSolver.{name}", getattr(self, name))
         if not isinstance(self.adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
             raise TypeError(f"CNFSolver.adjoint must be True or False, got {self.adjoint!r}.")
         if not isinstance(self.regularizers_in_error_norm, bool):

@@ -19,7 +19,6 @@ NeurIPS 2018.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -38,6 +37,7 @@ from ..sensitivity.settings import (
     InterpolatingAdjoint,
     QuadratureAdjoint,
 )
+from ._checks import positive_tolerance
 from ._kept import kept_field
 from .layers import MLPDynamics
 
@@ -75,14 +75,7 @@ class SolveSettings:
         if not isinstance(self.method, str):
             raise TypeError(f"method must be a solver name (str), got {type(self.method).__name__}.")
         for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            # a bool is an int to Python (True would be a tolerance of 1), and inf disables error control
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not (math.isfinite(value) and value > 0)
-            ):
-                raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
+            positive_tolerance(name, getattr(self, name))
         if not isinstance(self.sensitivity, _SENSITIVITIES):
             raise TypeError(
                 "sensitivity must be one of DirectBackprop(), BacksolveAdjoint(), "
