@@ -277,7 +277,8 @@ def _refused_global(error: BaseException) -> str | None:
     """The name a weights-only load refused (``"module.Name"``), or None for another failure (damage)."""
     if not isinstance(error, pickle.UnpicklingError):
         return None
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    # "Unsupported global: GLOBAL mod.Name" (torch >= 2.4), "Unsupported class mod.Name" (earlier)
+    match = re.search(r"Unsupported (?:global: GLOBAL|class) (\S+)", str(error))
     return match.group(1) if match else None
 
 
