@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def positive_int(name: str, value: object, minimum: int = 1) -> int:
     """``value`` as an int, checked to be at least ``minimum``.
@@ -66,3 +68,19 @@ def positive_tolerance(name: str, value: object) -> None:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}.")
+
+
+def nonfinite_rows(x: torch.Tensor) -> str | None:
+    """The rows of a ``(batch, D)`` tensor that hold a NaN or an infinity, as a message names them.
+
+    Args:
+        x: the points.
+
+    Returns:
+        "rows 0, 3, ..." (the first five, "..." when there are more), or None where every row is finite.
+    """
+    bad = ~torch.isfinite(x).all(dim=1)
+    if not bad.any():
+        return None
+    rows = bad.nonzero().flatten().tolist()
+    return "rows " + ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")

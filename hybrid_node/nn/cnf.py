@@ -49,7 +49,7 @@ from .._errors import SolverError
 from .._registry import METHOD_SPECS, build_solver
 from ..controllers import ConstantStepSize, rms_norm
 from ..solvers.symplectic import PartitionedComposition
-from ._checks import positive_tolerance
+from ._checks import nonfinite_rows, positive_tolerance
 from ._kept import kept_field
 from .cnf_fields import PlanarCNFField, TimeMLPField
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
@@ -550,11 +550,9 @@ class CNF(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}.")
         # The solver would refuse it too, but name it "y0[0]", a part of the CNF's internal state.
-        bad = ~torch.isfinite(x).all(dim=1)
-        if bad.any():
-            rows = bad.nonzero().flatten().tolist()
-            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
-            raise ValueError(f"{name} contains NaN or infinite values (rows {shown}).")
+        shown = nonfinite_rows(x)
+        if shown is not None:
+            raise ValueError(f"{name} contains NaN or infinite values ({shown}).")
 
     def _run(self, z, blocks, *, reverse, trace, regularize, n_times, generator):
         estimator = self.trace if trace is None else trace

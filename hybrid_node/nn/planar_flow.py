@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._checks import nonfinite_rows
+
 __all__ = ["PlanarFlow"]
 
 
@@ -149,8 +151,6 @@ class PlanarFlow(nn.Module):
             raise TypeError(f"Expected a floating-point tensor, got {x.dtype}.")
         # A NaN or infinite row came back as a NaN log-density or sample without a word, and one such
         # row makes a training loss NaN (the CNF refuses them with the same message).
-        bad = ~torch.isfinite(x).all(dim=1)
-        if bad.any():
-            rows = bad.nonzero().flatten().tolist()
-            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
-            raise ValueError(f"The points contain NaN or infinite values (rows {shown}).")
+        shown = nonfinite_rows(x)
+        if shown is not None:
+            raise ValueError(f"The points contain NaN or infinite values ({shown}).")
