@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -73,6 +74,26 @@ def check_backprop(method: str, solver, adjoint: bool) -> None:
             f"--method {method} computes no gradients by backpropagation: add --adjoint (the adjoint "
             "system is solved the same way), or use a torch method such as dopri5."
         )
+
+
+def given_settings(args: argparse.Namespace, quick: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The settings a command builds its config from: ``quick`` under ``--quick`` (else none), with the
+    flags of ``names`` given on the command line on top (a flag left out is None and keeps the default).
+
+    Args:
+        args: the parsed command line (with ``quick``).
+        quick: the settings of a quick run.
+        names: the flags (as attributes of ``args``) that default to None.
+
+    Returns:
+        A new dict of the settings to pass on.
+    """
+    values = dict(quick) if args.quick else {}
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    return values
 
 
 def _integer(value: str, low: int, high: int | None = None) -> int:

@@ -43,7 +43,7 @@ from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
 from ..training.atomic import atomic_savefig, read_json
 from ..training.checkpoint import load_checkpoint
-from ._args import checked_settings, device_name, positive_float, positive_int, random_seed
+from ._args import checked_settings, device_name, given_settings, positive_float, positive_int, random_seed
 from ._output import Checkpoints, check_same_settings, interruptible, open_run, pyplot, resume_settings, write_results
 from ._progress import progress_bar
 
@@ -647,23 +647,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> MNISTConfig:
     """Build the config: the paper's recipe, or QUICK with ``--quick``, then explicit flags on top."""
-    values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in (
-        "channels",
-        "epochs",
-        "iters",
-        "batch_size",
-        "lr",
-        "train_subset",
-        "test_subset",
-        "tol",
-        "checkpoint_every",
-    ):
-        v = getattr(args, name)
-        if v is not None:
-            values[name] = v
-    if args.adjoint is not None:
-        values["adjoint"] = args.adjoint
+    values = given_settings(
+        args,
+        QUICK,
+        (
+            "channels",
+            "epochs",
+            "iters",
+            "batch_size",
+            "lr",
+            "train_subset",
+            "test_subset",
+            "tol",
+            "checkpoint_every",
+            "adjoint",
+        ),
+    )
     values.update(
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()), seed=args.seed, device=args.device
     )

@@ -75,6 +75,7 @@ from ..training.atomic import atomic_savefig, atomic_write_json, atomic_write_te
 from ..training.checkpoint import load_checkpoint
 from ._args import (
     checked_settings,
+    given_settings,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -360,22 +361,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SpiralsSettings:
-    base: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for key in (
-        "iters",
-        "rnn_iters",
-        "nspiral",
-        "ntest",
-        "batch_size",
-        "rtol",
-        "atol",
-        "nval",
-        "val_every",
-        "restarts",
-    ):
-        value = getattr(args, key)
-        if value is not None:
-            base[key] = value
+    base = given_settings(
+        args,
+        QUICK,
+        ("iters", "rnn_iters", "nspiral", "ntest", "batch_size", "rtol", "atol", "nval", "val_every", "restarts"),
+    )
     s = SpiralsSettings(
         ns=tuple(args.n),
         models=tuple(args.models),
