@@ -333,16 +333,29 @@ def test_rosenbrock_direct_gradient_is_the_discrete_one_without_differentiating_
     assert not {"LinalgLuFactorExBackward0", "LinalgLuSolveBackward0"} & names, names
 
 
-@pytest.mark.parametrize("dtype", [torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 def test_rosenbrock_stage_solves_twice_differentiable(dtype: torch.dtype) -> None:
-    """The stage solves' backward is itself differentiable (higher derivatives of a fixed-step ros3p solve)."""
+    """The stage solves' backward is itself differentiable (higher derivatives of a fixed-step ros3p solve).
+
+    ``autonomous=True`` (the field does not read t) because gradgradcheck differentiates the first
+    derivative by central differences with eps = 1e-6: by default a Rosenbrock step takes df/dt by a
+    forward difference of step delta = 1.5e-8, whose two evaluations receive cotangents +-w/delta, so
+    the first derivative carries rounding of ~eps_mach/delta relative (5e-12 absolute here) that
+    the check turns into ~5e-6, over its atol of 1e-5 for 10 of 16 seeds in complex128 and 4 of 16 in
+    float64 (which seed a run drew depended on the tests before it). The analytic second derivative is
+    right either way (tests/test_complex_implicit.py compares it with the step written out by hand);
+    without the difference quotient the first derivative is smooth and every seed passes.
+    """
     a = A0.clone().to(dtype).requires_grad_()
     y0 = Y0.clone().to(dtype).requires_grad_()
     t = torch.tensor([0.0, 0.2], dtype=torch.float64)
-    solver, controller, _ = build_solver("ros3p", {"step_size": 0.1}, RTOL, RTOL)
+    solver, controller = hn.ROS3P(autonomous=True), hn.ConstantStepSize(0.1)
 
     def ys(a: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
         return hn.solve(lambda t, y: y @ a.T, y0, t, solver=solver, controller=controller).ys
 
     assert torch.autograd.gradcheck(ys, (a, y0))
-    assert torch.autograd.gradgradcheck(ys, (a, y0))
+    with torch.random.fork_rng():
+        for seed in range(3):  # gradgradcheck's random cotangents: seeds 1 and 2 failed with df/dt by difference
+            torch.manual_seed(seed)
+            assert torch.autograd.gradgradcheck(ys, (a, y0))
