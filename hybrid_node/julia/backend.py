@@ -336,6 +336,7 @@ class JuliaEngine:
     def forward(
         self, problem, u0: np.ndarray, theta: np.ndarray, ts: np.ndarray, config: SolveConfig, **events
     ) -> ForwardOutput:
+        julia_runtime.check_thread()  # only Julia's own thread may enter it (a GC elsewhere hangs)
         kwargs = dict(
             **events,
             algorithm=config.algorithm,
@@ -394,6 +395,7 @@ class JuliaEngine:
         return self.forward(problem, u0, theta, ts, config, **events)
 
     def backward(self, handle, ybar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        julia_runtime.check_thread()  # .backward() may be called on another thread than the solve
         u0bar, thetabar = self.jl.backward(handle, ybar)
         return np.array(u0bar, dtype=np.float64), np.array(thetabar, dtype=np.float64).reshape(-1)
 

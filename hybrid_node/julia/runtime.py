@@ -20,6 +20,13 @@ pyjulia#206 report hangs and crashes of forked workers): a child forked from a p
 Julia runs (a ``DataLoader`` worker or a ``multiprocessing`` pool with Linux's default ``fork`` start
 method) inherits a runtime whose threads are gone. :func:`load_module` and :func:`probe` refuse it
 there with the remedy instead of letting the solve hang.
+
+Julia is entered from one Python thread only, the one that started it (or, when Julia was already
+running, the first that asked for the backend): a garbage collection Julia begins on another
+Python thread waits forever for that one, which sits in Python outside any Julia safepoint
+(PythonCall.jl#578, open: ``threading.Thread(target=jl.GC.gc).start()`` hangs every time; #540).
+:func:`check_thread` refuses the other threads (a thread pool, ``nn.DataParallel`` replicas, a
+background trainer) with a :class:`~hybrid_node.BackendError` instead.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import os
 import re
 import shutil
 import sys
+import threading
 
-from .._errors import JuliaNotAvailableError
+from .._errors import BackendError, JuliaNotAvailableError
 
 INSTALL_HELP = (
     "Install the Julia backend with:\n"
@@ -275,6 +283,35 @@ def probe() -> Availability:
 
 
 _MODULE = None  # the loaded Julia module; filled on first use, never at import
+_JULIA_THREAD: int | None = None  # threading.get_ident() of the one Python thread that enters Julia
+
+
+def thread_problem() -> str:
+    """Why this Python thread must not enter Julia ("" when it may; see the module docstring).
+
+    Returns:
+        "" on the thread Julia runs on, or before any thread has entered it; else the reason.
+    """
+    if _JULIA_THREAD is None or threading.get_ident() == _JULIA_THREAD:
+        return ""
+    return (
+        f"the Julia backend is called from Python thread {threading.current_thread().name!r}, but Julia runs on "
+        "the thread that started it: a garbage collection Julia begins on another thread waits forever for that "
+        "one (PythonCall.jl#578), so the solve would hang. Call the solve and .backward() on the thread that first "
+        "used the Julia backend (normally the main thread), not from a thread pool, nn.DataParallel replicas or a "
+        "background thread; or use backend='torch' there"
+    )
+
+
+def check_thread() -> None:
+    """Refuse to enter Julia from a thread other than its own (:func:`thread_problem`).
+
+    Raises:
+        BackendError: this is not the thread Julia runs on.
+    """
+    problem = thread_problem()
+    if problem:
+        raise BackendError(problem[0].upper() + problem[1:] + ".")
 
 
 def load_module():
@@ -286,11 +323,13 @@ def load_module():
     Raises:
         JuliaNotAvailableError: juliacall or Julia is missing, HybridNODE cannot be loaded, or this
             process is a fork of one running Julia (:func:`forked_child_problem`).
+        BackendError: called from another Python thread than the one Julia runs on (:func:`check_thread`).
     """
-    global _MODULE, _STARTED_PID
+    global _MODULE, _STARTED_PID, _JULIA_THREAD
     forked = forked_child_problem()
     if forked:  # checked before the cached module: a fork inherits _MODULE with the dead runtime
         raise JuliaNotAvailableError(f"The Julia backend cannot be used here: {forked}.")
+    check_thread()
     if _MODULE is not None:
         return _MODULE
     status = probe()
@@ -300,6 +339,9 @@ def load_module():
         from juliacall import Main as jl  # noqa: PLC0415 - starting Julia is deliberately lazy
 
         _STARTED_PID = os.getpid()
+        # juliacall starts Julia on the thread that first imports it: this one, unless the user had
+        # started Julia before (then this, the first thread to use the backend, is the best guess).
+        _JULIA_THREAD = threading.get_ident()
         jl.seval("using HybridNODE")
         _MODULE = jl.HybridNODE
     except JuliaNotAvailableError:
