@@ -68,6 +68,7 @@ def check_times(t) -> tuple[torch.Tensor, list[float]]:
         raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}.")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating dtype, got {t.dtype}; use e.g. torch.linspace(0, 1, 10).")
+    refuse_meta("t", t)
     if is_batched(t):
         raise ValueError(
             "t is batched by vmap; the problems of one vmap share their output times (vmap over y0 or the "
@@ -114,6 +115,24 @@ def check_times(t) -> tuple[torch.Tensor, list[float]]:
 _valid_times: list[list[float] | None] = [None]
 
 
+def refuse_meta(name: str, x: torch.Tensor) -> None:
+    """Refuse a tensor on the meta device, which has shapes but no values to solve with.
+
+    Args:
+        name: how the message names the argument, e.g. "t".
+        x: the tensor given.
+
+    Raises:
+        ValueError: ``x`` is on the meta device.
+    """
+    if x.device.type == "meta":
+        # it failed later with torch's "Cannot copy out of meta tensor" or "Tensor.item() cannot be called"
+        raise ValueError(
+            f"{name} is on the meta device, which holds shapes but no values, so there is nothing to solve; "
+            "create it with values on a device that holds data, such as 'cpu' or 'cuda'."
+        )
+
+
 def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
     """Validate the initial state; returns the flat state and the tuple layout (None for a tensor)."""
     tensors = y0 if isinstance(y0, (tuple, list)) else (y0,)
@@ -127,6 +146,12 @@ def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
                 f"y0 must have a floating dtype (float32, float64) or a complex one (complex64, complex128), got "
                 f"{y.dtype}; use y0.float() for integer or boolean data."
             )
+        if y.dtype == torch.complex32:  # torch has no reductions (sum, norm) for it: the error norm fails
+            raise TypeError(
+                "y0 has dtype torch.complex32, which torch cannot reduce (no sum or norm), so no error can be "
+                "measured; use y0.to(torch.complex64)."
+            )
+        refuse_meta("y0" if len(tensors) == 1 else f"y0[{i}]", y)
     if len({y.dtype for y in tensors}) > 1 or len({y.device for y in tensors}) > 1:
         # torchdiffeq promotes the parts to one dtype (and returns them so); the state is packed into one
         # tensor here too, but a part silently computed in another precision is refused (docs/torchdiffeq.md)

@@ -64,3 +64,34 @@ def test_scipy_nan_with_throw_false_reports_the_status():
     sol = hn.solve(_nan_after_half, y0, t, solver=hn.ScipySolver(solver="LSODA"), throw=False)
     assert sol.status == hn.Status.NONFINITE
     assert torch.allclose(sol.ys[0], y0) and torch.isnan(sol.ys[-1]).all()
+
+
+def _decay(t, y):
+    return -y
+
+
+@pytest.mark.parametrize("which", ["t", "y0", "y0[0]"])
+def test_meta_tensors_are_refused_by_name(which):
+    # they failed deep inside with "Cannot copy out of meta tensor" or "Tensor.item() cannot be called"
+    y0, t = torch.ones(3, dtype=D), torch.linspace(0, 1, 3, dtype=D)
+    if which == "t":
+        t = t.to("meta")
+    elif which == "y0":
+        y0 = y0.to("meta")
+    else:
+        y0 = (torch.ones(2, dtype=D, device="meta"), torch.ones(2, dtype=D, device="meta"))
+    func = (lambda t, y: tuple(-x for x in y)) if isinstance(y0, tuple) else _decay
+    with pytest.raises(ValueError, match=rf"^{which.replace('[', '.').replace(']', '.')} is on the meta device"):
+        hn.odeint(func, y0, t)
+
+
+def test_meta_start_time_of_an_event_search_is_refused():
+    with pytest.raises(ValueError, match="t is on the meta device"):
+        hn.odeint_event(_decay, torch.ones(2, dtype=D), torch.tensor(0.0, dtype=D, device="meta"), event_fn=_decay)
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_complex32_state_is_refused_with_the_dtype_to_use():
+    # it failed inside the error norm with '"sum_cpu" not implemented for 'ComplexHalf''
+    with pytest.raises(TypeError, match=r"complex32.*y0.to\(torch.complex64\)"):
+        hn.odeint(_decay, torch.ones(3, dtype=torch.complex32), torch.linspace(0, 1, 3))
