@@ -53,7 +53,7 @@ from .._term import Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
-from .host import DenseSegment, check_no_nan, check_points, first_step
+from .host import DenseSegment, check_no_nan, check_points, first_step, take_counters
 from .host import _emit as _emit_outputs
 
 # a bracket narrower than this many ulps of the time is closed (as the single event's bisection)
@@ -433,9 +433,7 @@ def integrate_sample_events(
             break
     fired = frozen.cpu().numpy().copy()
     t_event = np.where(fired, t_event, t)
-    stats.nfe = term.nfe
-    stats.n_jacobian = term.n_jacobian
-    stats.n_switches = term.n_switches
+    take_counters(stats, term)
     return SampleEvents(y, t_event, fired, f_event, batch_shape, stats, status, t, detail)
 
 
@@ -598,9 +596,7 @@ def integrate_with_events(
     def finish(status: Status, detail: str = "") -> EventIntegration:
         if status is not Status.SUCCESS and throw:
             raise SolverError(status, user_t(t), detail)
-        stats.nfe = term.nfe
-        stats.n_jacobian = term.n_jacobian
-        stats.n_switches = term.n_switches
+        take_counters(stats, term)
         out = ys + [torch.full_like(y0, math.nan) for _ in range(len(ts) - len(ys))]
         return EventIntegration(out, records, stats, status, t)
 

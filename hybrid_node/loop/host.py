@@ -461,9 +461,7 @@ def integrate_adaptive(
                 if bracket is not None:
                     te = _locate_event(event_fn, term, seg, sign0, *bracket)
                     ye = seg(te)
-                    stats.nfe = term.nfe
-                    stats.n_jacobian = term.n_jacobian
-                    stats.n_switches = term.n_switches
+                    take_counters(stats, term)
                     return Integration([y0, ye], stats, Status.EVENT, te, segments, event_t=te)
             i_out, y1, restarted = _emit(ys, ts, i_out, t, t1, step.y1, seg, at_output)
             if restarted:
@@ -483,10 +481,21 @@ def integrate_adaptive(
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, ts[0])
         if code != RUNNING:
             return failed(*settle_failure(code, step, solver, c, step_dt, dt))
+    take_counters(stats, term)
+    return Integration(ys, stats, Status.SUCCESS, t, segments)
+
+
+def take_counters(stats: Stats, term) -> None:
+    """Copy the term's counters into a solve's stats: field evaluations, Jacobian evaluations (implicit
+    solvers) and switches between the non-stiff and the stiff method (``auto``, ``lsoda``).
+
+    Args:
+        stats: the solve's stats, updated in place.
+        term: the wrapped field the solve evaluated.
+    """
     stats.nfe = term.nfe
     stats.n_jacobian = term.n_jacobian
     stats.n_switches = term.n_switches
-    return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 
 def right_of_jump(term, start: float) -> OpenInterval:
@@ -650,8 +659,7 @@ def integrate_fixed(
             bracket = _event_bracket(event_fn, term, seg, sign0, _event_sign(event_fn, term, t1, y1))
             if bracket is not None:
                 te = _locate_event(event_fn, term, seg, sign0, *bracket)
-                stats.nfe = term.nfe
-                stats.n_jacobian = term.n_jacobian
+                take_counters(stats, term)
                 return Integration([y0, seg(te)], stats, Status.EVENT, te, segments, event_t=te)
         i_out, y1, restart = _emit(ys, ts, i_out, t0, t1, y1, seg, at_output)
         y = y1
@@ -664,8 +672,7 @@ def integrate_fixed(
             state = attempt.init(t1, y1) if attempt is not None else solver.init(term, t1, y1)
         elif not (restart or at_jump) and (history or not perturb):
             previous = step
-    stats.nfe = term.nfe
-    stats.n_jacobian = term.n_jacobian
+    take_counters(stats, term)
     if event_fn is not None:
         raise SolverError(
             Status.NO_EVENT,
