@@ -179,3 +179,25 @@ def test_the_supported_juliacall_range_is_the_one_project_toml_and_the_extra_dec
     assert bounds is not None
     assert tuple(int(x) for x in bounds.group(1).split(".")) == low
     assert tuple(int(x) for x in bounds.group(2).split(".")) == high
+
+
+def test_a_bindir_that_does_not_exist_is_named(monkeypatch, tmp_path):
+    # juliacall reads PYTHON_JULIACALL_BINDIR with check_exists=True: a missing directory fails its import.
+    exe = tmp_path / "julia"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    missing = str(tmp_path / "nowhere")
+    variables = dict(PYTHON_JULIACALL_BINDIR=missing, PYTHON_JULIACALL_EXE=str(exe), PYTHON_JULIACALL_PROJECT="/e")
+    _juliacall_variables(monkeypatch, (0, 9, 34), **variables)
+    monkeypatch.setattr(julia_runtime.importlib.util, "find_spec", lambda name: object())
+    reason = julia_runtime.probe().reason
+    assert reason == f"PYTHON_JULIACALL_BINDIR={missing} is not a directory (correct the path, or unset it)"
+
+
+def test_from_juliacall_0_9_35_a_bindir_without_julia_is_named(monkeypatch, tmp_path):
+    _juliacall_variables(monkeypatch, (0, 9, 35), PYTHON_JULIACALL_BINDIR=str(tmp_path), PYTHON_JULIACALL_PROJECT="/e")
+    monkeypatch.setattr(julia_runtime.importlib.util, "find_spec", lambda name: object())
+    assert "holds no julia executable" in julia_runtime.probe().reason
+    (tmp_path / "julia").write_text("#!/bin/sh\n")
+    (tmp_path / "julia").chmod(0o755)
+    assert julia_runtime.probe().ok

@@ -254,8 +254,26 @@ def executable_variable_problem() -> str:
         value = os.environ.get(var)
         if value:
             if shutil.which(value) or os.path.isfile(value):
-                return ""
+                break  # the first variable set is the one used
             return f"{var}={value} is not a Julia executable (correct the path, or unset {var})"
+    return bindir_variable_problem()
+
+
+def bindir_variable_problem() -> str:
+    """Why juliacall would refuse ``PYTHON_JULIACALL_BINDIR`` ("" when it would not, or it is unset).
+
+    juliacall reads it with ``path_option('home', check_exists=True)`` and raises "path does not
+    exist" for a missing directory (every version from 0.9.34 on); from 0.9.35 on, without
+    ``PYTHON_JULIACALL_EXE``, it runs ``{bindir}/julia`` (:func:`bindir_names_executable`).
+    """
+    bindir = os.environ.get("PYTHON_JULIACALL_BINDIR")
+    if not bindir:
+        return ""
+    if not os.path.isdir(bindir):
+        return f"PYTHON_JULIACALL_BINDIR={bindir} is not a directory (correct the path, or unset it)"
+    exe = os.path.join(bindir, "julia.exe" if os.name == "nt" else "julia")
+    if not os.environ.get("PYTHON_JULIACALL_EXE") and bindir_names_executable() and not os.path.isfile(exe):
+        return f"PYTHON_JULIACALL_BINDIR={bindir} holds no julia executable (juliacall runs {exe})"
     return ""
 
 
