@@ -408,7 +408,7 @@ def integrate_adaptive(
     def failed(code: int, detail: str) -> Integration:
         status = core.STATUS[code]
         _fail(status, t, throw, term, detail)
-        stats.nfe = term.nfe  # a failed solve reports its work too
+        take_counters(stats, term)  # a failed solve reports its work too
         return Integration(_pad_failed(ys, len(ts), y0), stats, status, t)
 
     while (i_out < len(ts)) if event_fn is None else True:
