@@ -156,6 +156,24 @@ _BUILT_MAX = 64
 _PLAIN = (bool, int, float, str, type(None), torch.dtype)
 
 
+def _times_option(key: str, value: Any) -> tuple[float, ...]:
+    """``options['jump_t']`` or ``options['step_t']`` as host floats (a tensor of any shape is flattened).
+
+    Raises:
+        TypeError: ``value`` holds something other than real numbers (torch's "new(): invalid data type
+            'str'" named neither the option nor what it takes).
+    """
+    try:
+        if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool):
+            raise TypeError(value.dtype)
+        return tuple(float(x) for x in torch.as_tensor(value, dtype=torch.float64).reshape(-1))
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(  # noqa: B904 - the conversion error adds nothing
+            f"options[{key!r}] must be a tensor or a sequence of times (real numbers), got "
+            f"{type(value).__name__} {value!r}."
+        )
+
+
 def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
     """Map torchdiffeq-style ``method`` and ``options`` to (solver, controller, extras).
 
@@ -241,9 +259,7 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
             )
         for key in ("jump_t", "step_t"):
             if key in options:
-                extras[key] = tuple(
-                    float(x) for x in torch.as_tensor(options.pop(key), dtype=torch.float64).reshape(-1)
-                )
+                extras[key] = _times_option(key, options.pop(key))
         # torchdiffeq's rule: an accepted step never shrinks the next one (its steps, not Hairer's)
         controller: PIDController | ConstantStepSize = PIDController(
             rtol=rtol, atol=atol, shrink_after_accept=False, **options
@@ -255,7 +271,12 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
             raise ValueError(
                 f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
             )
-        if "step_size" in options and options["step_size"] is not None:
-            options["step_size"] = float(options["step_size"])
+        step = options.get("step_size")
+        if (isinstance(step, (int, float)) and not isinstance(step, bool)) or (
+            isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
+        ):
+            options["step_size"] = float(step)
+        # anything else goes to ConstantStepSize as given, which refuses it by name: float() took "0.1" and
+        # True (a step of 1) and failed on two values with torch's "only one element tensors can be converted"
         controller = ConstantStepSize(**options)
     return solver, controller, extras

@@ -95,3 +95,24 @@ def test_complex32_state_is_refused_with_the_dtype_to_use():
     # it failed inside the error norm with '"sum_cpu" not implemented for 'ComplexHalf''
     with pytest.raises(TypeError, match=r"complex32.*y0.to\(torch.complex64\)"):
         hn.odeint(_decay, torch.ones(3, dtype=torch.complex32), torch.linspace(0, 1, 3))
+
+
+@pytest.mark.parametrize("step_size", [torch.tensor([0.1, 0.2]), "0.1", True])
+def test_fixed_step_size_that_is_not_one_number_is_refused(step_size):
+    # two values failed with torch's "only one element tensors can be converted to Python scalars";
+    # "0.1" and True (a step of 1.0) were taken by float()
+    with pytest.raises(ValueError, match="step_size must be one real number"):
+        hn.odeint(
+            _decay,
+            torch.ones(2, dtype=D),
+            torch.linspace(0, 1, 3, dtype=D),
+            method="rk4",
+            options={"step_size": step_size},
+        )
+
+
+@pytest.mark.parametrize("times", ["a", [None], torch.tensor([True])])
+def test_jump_times_that_are_not_numbers_are_refused(times):
+    # "a" failed with torch's "new(): invalid data type 'str'"; a bool tensor was read as the time 1.0
+    with pytest.raises(TypeError, match=r"options\['jump_t'\] must be a tensor or a sequence of times"):
+        hn.odeint(_decay, torch.ones(2, dtype=D), torch.linspace(0, 1, 3, dtype=D), options={"jump_t": times})
