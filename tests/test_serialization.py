@@ -220,3 +220,24 @@ def test_a_solution_converts_like_a_module():
     assert sol.to("cpu").ys[0].device.type == "cpu"
     with pytest.raises(TypeError, match="floating-point or complex dtype"):
         sol.to(torch.int64)
+
+
+def test_an_ensemble_of_blocks_by_stack_module_state_says_how_to_pass_the_times():
+    """torch.func's ensembling recipe stacks every buffer, the block's times too: the solve then saw
+    batched output times and said "t is batched", a t the user never passed. The block names its
+    buffer and the fix, and the fix gives each model's own outputs."""
+    torch.manual_seed(0)
+    models = [ODEBlock(MLPDynamics(2, 4)) for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def call(p, b, x):
+        return torch.func.functional_call(base, (p, b), (x,))
+
+    with pytest.raises(ValueError, match=r"buffer t\) are batched by vmap.*stack_module_state"):
+        torch.vmap(call, in_dims=(0, 0, None))(params, buffers, X)
+    one = {k: v[0] for k, v in buffers.items()}
+    got = torch.vmap(call, in_dims=(0, None, None))(params, one, X)
+    for model, out in zip(models, got):
+        # batched matmuls may sum in another order: float32 rounding of the steps, 1e-6 absolute
+        torch.testing.assert_close(out, model(X), rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ from .._backend import BACKENDS, resolve_backend
 from .._registry import build_solver
 from .._solution import Solution
 from .._tracing import traced
+from .._transforms import is_batched
 from ..sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -288,7 +289,8 @@ class ODEBlock(nn.Module):
         Raises:
             TypeError: ``x`` is not a tensor.
             ValueError: the vector field is an :class:`MLPDynamics` of another ``dim`` than ``x.shape[-1]``,
-                or a plain callable (not an ``nn.Module``) under an adjoint sensitivity.
+                or a plain callable (not an ``nn.Module``) under an adjoint sensitivity, or the block's
+                own times are batched by ``vmap`` (buffers stacked by ``torch.func.stack_module_state``).
         """
         if not torch.is_tensor(x):
             raise TypeError(f"x must be a tensor, got {type(x).__name__}.")
@@ -301,6 +303,12 @@ class ODEBlock(nn.Module):
                 f"ODEBlock's vector field ({type(self.func).__name__}) takes states of shape (..., {dim}), "
                 f"got x of shape {tuple(x.shape)}; pass states with {dim} features in the last dimension or "
                 f"build the field with dim={x.shape[-1] if x.dim() else 1}."
+            )
+        if t is None and is_batched(self.t):
+            raise ValueError(
+                "ODEBlock's times (its buffer t) are batched by vmap: torch.func.stack_module_state stacks every "
+                "buffer, and the models of one vmap share their output times. Pass one model's buffers unbatched, "
+                "e.g. vmap(f, in_dims=(0, None, None))(params, {k: v[0] for k, v in buffers.items()}, x)."
             )
         times = self.t if t is None else _as_times(t)
         # moved, not cast to x's dtype: the solve keeps the times' own precision, as hn.odeint and
