@@ -106,6 +106,8 @@ def solve(
     if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
     check_t_dtype(t_dtype)  # here too: the traced loop below does not build a Problem
+    if event_fn is not None and not callable(event_fn):  # it failed at the first event check with "'int' ..."
+        raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}.")
     if inside_transform():
         _check_transform_settings(resolve_backend(backend), sensitivity, solver)
     if resolve_backend(backend) == "julia":
@@ -617,7 +619,19 @@ def odeint_event(
         options = dict(check_options(kwargs.get("options"), "options"))
         options["event_t_end"] = t_end  # checked (a number after t0) when the problem is made
         kwargs["options"] = options
-    t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype)
+    try:
+        t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(  # noqa: B904 - torch's "new(): invalid data type 'str'" adds nothing
+            f"t0 must be one start time (a float, a 0-d tensor or a one-element tensor), got {type(t0).__name__} "
+            f"{t0!r}."
+        )
+    if t0.dtype == torch.bool or t0.is_complex():
+        raise TypeError(f"t0 must be a real start time, got a {t0.dtype} tensor.")
+    if not t0.is_floating_point():
+        # an integer tensor is a number like the Python int 0: float64 (with t0 + 1.0 it made a float32 grid,
+        # and the event time came back rounded to float32 for a float64 state)
+        t0 = t0.to(torch.float64)
     if t0.numel() != 1:  # else t0 and t0 + 1 make a grid the time check misreads as out of order
         raise ValueError(
             f"t0 must be one start time (a float, a 0-d tensor or a one-element tensor), got shape "

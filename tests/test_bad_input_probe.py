@@ -4,6 +4,7 @@ internal error deep inside, a hang, or NaN states returned as a success."""
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 
 import pytest
@@ -116,3 +117,31 @@ def test_jump_times_that_are_not_numbers_are_refused(times):
     # "a" failed with torch's "new(): invalid data type 'str'"; a bool tensor was read as the time 1.0
     with pytest.raises(TypeError, match=r"options\['jump_t'\] must be a tensor or a sequence of times"):
         hn.odeint(_decay, torch.ones(2, dtype=D), torch.linspace(0, 1, 3, dtype=D), options={"jump_t": times})
+
+
+def _event_half(t, y):
+    return y[0] - 0.5
+
+
+@pytest.mark.parametrize("t0", ["0", None])
+def test_event_start_time_that_is_no_number_is_refused(t0):
+    # it failed with torch's "new(): invalid data type 'str'"
+    with pytest.raises(TypeError, match="t0 must be one start time"):
+        hn.odeint_event(_decay, torch.ones(2, dtype=D), t0, event_fn=_event_half)
+
+
+def test_event_fn_that_is_not_callable_is_refused():
+    # it failed at the first event check with "'int' object is not callable"
+    with pytest.raises(TypeError, match=r"event_fn must be callable as event_fn\(t, y\), got int"):
+        hn.odeint_event(_decay, torch.ones(2, dtype=D), 0.0, event_fn=3)
+
+
+def test_integer_start_time_gives_the_event_time_in_float64():
+    # t0 = torch.tensor(0) made a float32 grid (t0 + 1.0), so the event time of y' = -y, y(0) = 1 at
+    # y = 0.5 came back rounded to float32 (error ~1e-8) for a float64 state; now it matches log(2)
+    # as closely as the float tolerance asks (rtol 1e-10: the located root is within ~1e-9)
+    t_event, _ = hn.odeint_event(
+        _decay, torch.ones(2, dtype=D), torch.tensor(0), event_fn=_event_half, rtol=1e-10, atol=1e-12
+    )
+    assert t_event.dtype == torch.float64
+    assert abs(float(t_event) - math.log(2.0)) < 1e-9
