@@ -34,48 +34,40 @@ _NO_SECOND_T = (
 )
 
 
-class _TimeIdentity(torch.autograd.Function):
-    """Identity on states ``y`` that keeps their times ``t`` and the field ``field(i, y_i)`` for a
-    backward that gives the times their gradients (subclasses write it)."""
+def _start_time_gradient(field: Callable, y0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """dL/dt_0 = -<dL/dy0, f(t_0, y_0)> (the real inner product, for complex states)."""
+    return -dot(grad, field(0, y0))
+
+
+def _output_time_gradients(field: Callable, ys: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """dL/dt_i = <dL/dy_i, f(t_i, y_i)> for i > 0, and 0 for t_0 (whose gradient comes through y0)."""
+    # the real inner product: a complex state's gradient pairs with its velocity as Re(conj(g) f)
+    products = [dot(grad[i], field(i, ys[i])) for i in range(1, len(ys))]
+    return torch.stack([torch.zeros((), dtype=products[0].dtype, device=ys.device), *products])
+
+
+class _TimeGradients(torch.autograd.Function):
+    """Identity on states ``y``; its backward gives their times ``t`` the gradient ``rule(field, y,
+    dL/dy)`` (:func:`_start_time_gradient` on y0, :func:`_output_time_gradients` on the outputs), with
+    ``field(i, y_i)`` the user's field at the i-th time."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor, y: torch.Tensor, field: Callable) -> torch.Tensor:
-        ctx.field = field
+    def forward(ctx, t: torch.Tensor, y: torch.Tensor, field: Callable, rule: Callable) -> torch.Tensor:
+        ctx.field, ctx.rule = field, rule
         ctx.t_dtype = t.dtype
         ctx.save_for_backward(t, y)
         return y.clone()
 
-
-class _StartTime(_TimeIdentity):
-    """Identity on y0; its backward gives t_0 the gradient -<dL/dy0, f(t_0, y_0)>."""
-
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        t0, y0 = ctx.saved_tensors
-        grad_t0 = None
-        if ctx.needs_input_grad[0]:
-            grad_t0 = -dot(grad, ctx.field(0, y0)).to(ctx.t_dtype)  # the real inner product (complex states)
-            # the field is evaluated at the host float t_0, so this gradient's own derivative would miss
-            # its dependence on t: under create_graph=True a second derivative through it raises
-            (grad_t0,) = first_order_only(_NO_SECOND_T, [grad_t0], [t0, y0, grad])
-        return grad_t0, grad, None
-
-
-class _OutputTimes(_TimeIdentity):
-    """Identity on the outputs; its backward gives t_i (i > 0) the gradient <dL/dy_i, f(t_i, y_i)>."""
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        t, ys = ctx.saved_tensors
+        t, y = ctx.saved_tensors
         grad_t = None
         if ctx.needs_input_grad[0]:
-            # the real inner product: a complex state's gradient pairs with its velocity as Re(conj(g) f)
-            products = [dot(grad[i], ctx.field(i, ys[i])) for i in range(1, len(ys))]
-            grad_t = torch.stack([torch.zeros((), dtype=products[0].dtype, device=ys.device), *products])
-            grad_t = grad_t.to(ctx.t_dtype)
-            # as in _StartTime: a second derivative through this gradient raises
-            (grad_t,) = first_order_only(_NO_SECOND_T, [grad_t], [t, ys, grad])
-        return grad_t, grad, None
+            grad_t = ctx.rule(ctx.field, y, grad).to(ctx.t_dtype)
+            # the field is evaluated at the host float times, so this gradient's own derivative would miss
+            # its dependence on t: under create_graph=True a second derivative through it raises
+            (grad_t,) = first_order_only(_NO_SECOND_T, [grad_t], [t, y, grad])
+        return grad_t, grad, None, None
 
 
 def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool = True) -> Solution:
@@ -110,7 +102,7 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
         f = fterm.func(tt, torch.where(rows, y, torch.zeros_like(y)))
         return torch.where(rows, f, torch.zeros_like(f))
 
-    y0 = _StartTime.apply(t[0], problem.y0, field) if with_t else problem.y0
+    y0 = _TimeGradients.apply(t[0], problem.y0, field, _start_time_gradient) if with_t else problem.y0
     integration = integrate(problem, term, y0, ts, event_fn=event_fn, throw=throw)
     integration.ys[0] = problem.y0
     t_final = None
@@ -118,7 +110,8 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
         assert event_fn is not None  # only an event solve stops at an event
         t_final, integration.ys[1] = event_outputs(problem, fterm, event_fn, integration.event_t, integration.ys[1])
     elif with_t and len(integration.ys) > 1:
-        integration.ys = list(_OutputTimes.apply(t, torch.stack(integration.ys), field).unbind(0))
+        ys = _TimeGradients.apply(t, torch.stack(integration.ys), field, _output_time_gradients)
+        integration.ys = list(ys.unbind(0))
     sol = to_solution(problem, integration, throw)
     if t_final is not None:
         sol.t_final = t_final
