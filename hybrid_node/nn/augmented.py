@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._checks import positive_int
-from .ode_block import ODEBlock, SolveSettings
+from .ode_block import BlockCounters, ODEBlock, SolveSettings
 
 
 def augment(x: torch.Tensor, augment_dim: int, dim: int = 1) -> torch.Tensor:
@@ -43,7 +43,7 @@ def augment(x: torch.Tensor, augment_dim: int, dim: int = 1) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
-class AugmentedNeuralODE(nn.Module):
+class AugmentedNeuralODE(BlockCounters, nn.Module):
     """An :class:`ODEBlock` whose initial state is the input with ``augment_dim`` zeros appended.
 
     Args:
@@ -77,14 +77,6 @@ class AugmentedNeuralODE(nn.Module):
         self.block = ODEBlock(
             func, t, train_settings=train_settings, eval_settings=eval_settings, return_trajectory=return_trajectory
         )
-
-    @property
-    def nfe_forward(self) -> int:
-        return self.block.nfe_forward
-
-    @property
-    def nfe_backward(self) -> int:
-        return self.block.nfe_backward
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Augment ``x`` and solve; returns the augmented final state (or trajectory)."""

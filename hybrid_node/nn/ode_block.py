@@ -365,3 +365,18 @@ NeuralODE = ODEBlock
 
 #: :meth:`ODEBlock._counted_solve` run by the interpreter when the user's torch.compile reaches it
 _counted_solve_untraced = untraced(ODEBlock._counted_solve)
+
+
+class BlockCounters:
+    """The evaluation counters of a model built around one :class:`ODEBlock` (its ``block``): the
+    block's ``nfe_forward`` and ``nfe_backward``, read-only."""
+
+    block: ODEBlock
+
+    @property
+    def nfe_forward(self) -> int:
+        return self.block.nfe_forward
+
+    @property
+    def nfe_backward(self) -> int:
+        return self.block.nfe_backward

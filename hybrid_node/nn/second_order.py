@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .ode_block import ODEBlock, SolveSettings, refuse_hidden_parameters
+from .ode_block import BlockCounters, ODEBlock, SolveSettings, refuse_hidden_parameters
 
 
 class SecondOrderDynamics(nn.Module):
@@ -52,7 +52,7 @@ class SecondOrderDynamics(nn.Module):
         return torch.cat([v, a], dim=self.dim)
 
 
-class SecondOrderNeuralODE(nn.Module):
+class SecondOrderNeuralODE(BlockCounters, nn.Module):
     """Solve ``x'' = a(t, x, x')`` from ``x(t0) = x0`` and ``x'(t0) = v0``.
 
     Args:
@@ -99,14 +99,6 @@ class SecondOrderNeuralODE(nn.Module):
             eval_settings=eval_settings,
             return_trajectory=return_trajectory,
         )
-
-    @property
-    def nfe_forward(self) -> int:
-        return self.block.nfe_forward
-
-    @property
-    def nfe_backward(self) -> int:
-        return self.block.nfe_backward
 
     def forward(self, x0: torch.Tensor, v0: torch.Tensor | None = None, t: torch.Tensor | None = None):
         """Solve from position ``x0`` and velocity ``v0``.
