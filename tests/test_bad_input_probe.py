@@ -145,3 +145,71 @@ def test_integer_start_time_gives_the_event_time_in_float64():
     )
     assert t_event.dtype == torch.float64
     assert abs(float(t_event) - math.log(2.0)) < 1e-9
+
+
+class _DecaySDE(torch.nn.Module):
+    """dy = -theta y dt + 0.1 dW (diagonal Ito noise)."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(0.5, dtype=D))
+
+    def f(self, t, y):
+        return -self.theta * y
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+def _sde_inputs():
+    return torch.ones(4, 2, dtype=D), torch.linspace(0, 1, 3, dtype=D)
+
+
+@pytest.mark.parametrize(
+    ("names", "error", "message"),
+    [
+        # dict() failed with "dictionary update sequence element #0 has length 5"
+        (["drift"], TypeError, "names must be a dict"),
+        # getattr failed with "attribute name must be string, not 'int'"
+        ({"drift": 3}, TypeError, r"names\['drift'\] must be the name of a method"),
+        # the missing method was reported as "the sde object must define a drift"
+        ({"drift": "ff"}, ValueError, r"names\['drift'\] = 'ff', but the sde object has no method 'ff'"),
+    ],
+)
+def test_sde_names_that_do_not_name_a_method_are_refused(names, error, message):
+    y0, ts = _sde_inputs()
+    with pytest.raises(error, match=message):
+        hn.sdeint(_DecaySDE(), y0, ts, dt=0.1, names=names)
+
+
+def test_sde_names_renaming_a_method_still_works():
+    sde = _DecaySDE()
+    sde.drift_other = sde.f
+    y0, ts = _sde_inputs()
+    bm = hn.BrownianInterval(0.0, 1.0, (4, 2), dtype=D, entropy=0, levy_area_approximation="space-time")
+    ys = hn.sdeint(sde, y0, ts, bm=bm, dt=0.1, names={"drift": "drift_other"})
+    assert torch.equal(ys, hn.sdeint(sde, y0, ts, bm=bm, dt=0.1))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("single", "got a single tensor"),  # was "iteration over a 0-d tensor"
+        ("int", r"adjoint_params\[1\] is a int"),  # was "'int' object has no attribute 'requires_grad'"
+        ("none", r"adjoint_params\[1\] is a NoneType"),
+        ("dict", "got a dict; pass tuple"),  # was "'str' object has no attribute 'requires_grad'"
+    ],
+)
+def test_sdeint_adjoint_params_that_are_no_tuple_of_tensors_are_refused(params, message):
+    sde = _DecaySDE()
+    given = {
+        "single": sde.theta,
+        "int": (sde.theta, 3),
+        "none": (sde.theta, None),
+        "dict": {"theta": sde.theta},
+    }[params]
+    y0, ts = _sde_inputs()
+    with pytest.raises(TypeError, match=message):
+        hn.sdeint_adjoint(sde, y0, ts, dt=0.1, adjoint_params=given)
