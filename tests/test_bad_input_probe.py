@@ -213,3 +213,59 @@ def test_sdeint_adjoint_params_that_are_no_tuple_of_tensors_are_refused(params, 
     y0, ts = _sde_inputs()
     with pytest.raises(TypeError, match=message):
         hn.sdeint_adjoint(sde, y0, ts, dt=0.1, adjoint_params=given)
+
+
+class _BadDriftSDE(_DecaySDE):
+    """_DecaySDE whose drift returns ``bad`` (None, or the drift in float32)."""
+
+    def __init__(self, bad: str):
+        super().__init__()
+        self.bad = bad
+
+    def f(self, t, y):
+        return None if self.bad == "none" else (-self.theta * y).float()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("none", "the drift must return a tensor, got NoneType"),  # was "unsupported operand type(s)" in srk
+        # was computed in float32 and promoted without a word
+        ("float32", r"the drift returned dtype torch.float32 but y0 is torch.float64"),
+    ],
+)
+def test_sde_drift_of_the_wrong_type_is_refused(bad, message):
+    y0, ts = _sde_inputs()
+    with pytest.raises(ValueError, match=message):
+        hn.sdeint(_BadDriftSDE(bad), y0, ts, dt=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dt": "0.1"}, "dt must be a positive number, got str '0.1'"),  # was "'>' not supported ..."
+        ({"dt": None}, "dt must be a positive number, got NoneType None"),
+        ({"options": ["grad_free"]}, "options must be a dict of method options"),  # was dict()'s error
+        ({"bm": torch.ones(4, 2, dtype=D), "method": "euler"}, "bm must be a Brownian motion callable"),
+    ],
+)
+def test_sdeint_settings_of_the_wrong_type_are_refused(kwargs, message):
+    y0, ts = _sde_inputs()
+    kwargs.setdefault("dt", 0.1)
+    with pytest.raises(ValueError, match=message):
+        hn.sdeint(_DecaySDE(), y0, ts, **kwargs)
+
+
+@pytest.mark.parametrize("ts", [torch.tensor([False, True]), torch.tensor([0.0, 1.0], dtype=torch.complex128)])
+def test_sdeint_times_that_are_not_real_are_refused(ts):
+    # a bool ts was read as the times 0 and 1; a complex one failed in float()
+    with pytest.raises(ValueError, match="ts must hold real times"):
+        hn.sdeint(_DecaySDE(), _sde_inputs()[0], ts, dt=0.1)
+
+
+@pytest.mark.parametrize("which", ["y0", "ts"])
+def test_sdeint_meta_tensors_are_refused(which):
+    y0, ts = _sde_inputs()
+    y0, ts = (y0.to("meta"), ts) if which == "y0" else (y0, ts.to("meta"))
+    with pytest.raises(ValueError, match=f"{which} is on the meta device"):
+        hn.sdeint(_DecaySDE(), y0, ts, dt=0.1)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._problem import warn_unresolvable_tolerance
+from .._problem import refuse_meta, warn_unresolvable_tolerance
 from ..controllers import bool_or_complex
 from ._sde import SDEView
 from .brownian import BrownianInterval
@@ -30,6 +30,30 @@ class Prepared:
     noise_size: int
 
 
+def _is_real_number(value: Any) -> bool:
+    """Whether ``value`` is one real number: a Python or NumPy int or float, or a one-element real tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and bool_or_complex(value) is None
+    return bool_or_complex(value) is None and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _check_output(role: str, value: Any, y0: torch.Tensor) -> None:
+    """Refuse a drift or diffusion value at (ts[0], y0) that is no tensor or not in y0's dtype.
+
+    Raises:
+        ValueError: ``value`` is not a tensor (None failed inside the solver step with "unsupported operand
+            type(s)"), or has another dtype than ``y0`` (a float32 model on a float64 state was computed in
+            float32 and promoted, without a word).
+    """
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"the {role} must return a tensor, got {type(value).__name__}.")
+    if value.dtype != y0.dtype:
+        raise ValueError(
+            f"the {role} returned dtype {value.dtype} but y0 is {y0.dtype}; return it in y0's dtype (e.g. build "
+            "the model with .to(y0.dtype))."
+        )
+
+
 def _times(ts: Any, y0: torch.Tensor) -> list[float]:
     if isinstance(ts, torch.Tensor):
         if ts.requires_grad:
@@ -39,6 +63,9 @@ def _times(ts: Any, y0: torch.Tensor) -> list[float]:
             )
         if ts.ndim != 1:
             raise ValueError(f"ts must be a 1-D tensor of times, got shape {tuple(ts.shape)}.")
+        if bool_or_complex(ts) is not None:  # False/True were read as the times 0 and 1; complex failed in float()
+            raise ValueError(f"ts must hold real times, got a {ts.dtype} tensor; use e.g. torch.linspace(0, 1, 10).")
+        refuse_meta("ts", ts)
         out = [float(v) for v in ts.detach().cpu().tolist()]
     elif isinstance(ts, (list, tuple)) and all(isinstance(v, (int, float)) for v in ts):
         out = [float(v) for v in ts]
@@ -124,6 +151,7 @@ def prepare(
         )
     if not y0.is_floating_point():
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}.")
+    refuse_meta("y0", y0)
     if not bool(torch.isfinite(y0).all()):
         # Otherwise the whole solve runs on NaN and fails at ts[-1] with a message about the vector field.
         bad = (~torch.isfinite(y0)).any(-1).nonzero().flatten().tolist()
@@ -136,9 +164,15 @@ def prepare(
     if adaptive:
         warn_unresolvable_tolerance(float(rtol), float(atol), y0)
     for name, value in (("dt", dt), ("dt_min", dt_min)):
+        if not _is_real_number(value):  # "0.1" and None failed with "'>' not supported between ..."
+            raise ValueError(f"{name} must be a positive number, got {type(value).__name__} {value!r}.")
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}.")
     method = DEFAULT_METHOD[(view.sde_type, view.noise_type)] if method is None else method
+    if options is not None and not isinstance(options, Mapping):  # dict() failed on a list of names
+        raise ValueError(
+            f"options must be a dict of method options, e.g. {{'grad_free': True}}, got {type(options).__name__}."
+        )
     solver = build_solver(method, view.sde_type, view.noise_type, dict(options or {}))
     if adaptive and solver.name == "euler" and view.noise_type != "additive":
         # torchsde warns here too (same first sentence, so its warning filters apply). Step doubling reads
@@ -159,11 +193,14 @@ def prepare(
     t0 = torch.tensor(times[0], dtype=y0.dtype, device=y0.device)
     noise_size = None
     with torch.no_grad():
-        f = view.f(t0, y0) if view._f is not None or view._fg is not None else None
-        if f is not None and tuple(f.shape) != (batch, d):
-            raise ValueError(f"the drift must have the shape of y0, {(batch, d)}, got {tuple(f.shape)}.")
+        if view._f is not None or view._fg is not None:  # else only f_and_g_prod gives the drift
+            f = view.f(t0, y0)
+            _check_output("drift", f, y0)
+            if tuple(f.shape) != (batch, d):
+                raise ValueError(f"the drift must have the shape of y0, {(batch, d)}, got {tuple(f.shape)}.")
         if view.has_g:
             g = view.g(t0, y0)
+            _check_output("diffusion", g, y0)
             if view.noise_type == "diagonal":
                 if tuple(g.shape) != (batch, d):
                     raise ValueError(
@@ -183,6 +220,11 @@ def prepare(
                         f"scalar noise needs a diffusion of shape ({batch}, {d}, 1), got {tuple(g.shape)}."
                     )
     if bm is not None:
+        if not callable(bm):  # a tensor of increments failed inside the first step: "'Tensor' object is not callable"
+            raise ValueError(
+                f"bm must be a Brownian motion callable as bm(ta, tb), such as hn.BrownianInterval(t0, t1, "
+                f"(batch, noise), dtype=y0.dtype), got {type(bm).__name__}."
+            )
         shape = tuple(getattr(bm, "shape", ()))
         if len(shape) != 2 or shape[0] != batch or (noise_size is not None and shape[1] != noise_size):
             hint = ""
