@@ -241,3 +241,26 @@ def test_an_ensemble_of_blocks_by_stack_module_state_says_how_to_pass_the_times(
     for model, out in zip(models, got):
         # batched matmuls may sum in another order: float32 rounding of the steps, 1e-6 absolute
         torch.testing.assert_close(out, model(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fill", ["assign", "to_empty"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_module_built_on_the_meta_device_and_filled_from_a_state_dict_gives_the_same_outputs(name, fill):
+    """torch's recipe for building a model without memory: construct under ``torch.device("meta")``, then
+    load the weights with ``assign=True`` or after ``to_empty``. An ODE block checked its times with
+    ``.item()``, which a meta tensor cannot answer, and the times (in no state dict) had no values."""
+    model = _built(name, 1)
+    want = _output(name, model)
+    with torch.device("meta"):
+        empty = _built(name, 2)
+    if fill == "assign":
+        empty.load_state_dict(model.state_dict(), assign=True)
+    else:
+        empty.to_empty(device="cpu")
+        empty.load_state_dict(model.state_dict())
+    torch.testing.assert_close(_output(name, empty), want, rtol=0, atol=0)
+
+
+def test_a_meta_tensor_of_times_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="meta tensor, which holds no times"):
+        ODEBlock(MLPDynamics(2, 4), t=torch.zeros(2, device="meta"))

@@ -134,10 +134,16 @@ def refuse_hidden_parameters(func: Callable, settings: SolveSettings, owner: str
 
 
 def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    given = torch.is_tensor(t)
     try:
-        times = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
+        # numbers are made and checked on the CPU, whatever the default device: under
+        # ``with torch.device("meta")`` (a model built empty, then filled by ``load_state_dict(..., assign=True)``
+        # or ``to_empty``) they would have no values to check, and none to keep (t is in no state dict)
+        times = torch.as_tensor(t, dtype=None if given else torch.float64, device=None if given else "cpu")
     except (TypeError, ValueError, RuntimeError) as err:  # e.g. a string, whose torch message names no argument
         raise TypeError(f"t must be a 1-D sequence of times (e.g. (0.0, 1.0)), got {t!r}.") from err
+    if times.is_meta:
+        raise ValueError("t is a meta tensor, which holds no times; pass the times as numbers, e.g. (0.0, 1.0).")
     if times.dim() != 1 or times.numel() < 2:
         raise ValueError(f"t must be a 1-D sequence of at least two times (e.g. (0.0, 1.0)), got {t!r}.")
     if not torch.is_floating_point(times):
@@ -147,7 +153,8 @@ def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
     diffs = times[1:] - times[:-1]
     if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
         raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times.tolist()}.")
-    return times
+    default = torch.empty(()).device  # the default device, e.g. of a ``with torch.device(...)`` block
+    return times if given or default.type == "meta" else times.to(default)
 
 
 def integrate(
