@@ -93,23 +93,34 @@ def combine_rows(y0, scale: float, weights: np.ndarray, ks: Sequence[torch.Tenso
 class PolynomialInterpolant:
     """The Runge-Kutta pair's own continuous extension: y0 + dt * sum_i b_i(theta) k_i.
 
-    ``coeffs[i][p]`` is the coefficient of theta^(p+1) in b_i(theta).
+    ``coeffs[i][p]`` is the coefficient of theta^(p+1) in b_i(theta). ``y1``: the step's solution, returned
+    as it is at theta = 1 (where the sum reproduces it only up to rounding), so that the dense output is
+    continuous across steps to the last bit; None: the sum there too.
     """
 
     y0: torch.Tensor
     ks: tuple[torch.Tensor, ...]
     dt: float
     coeffs: tuple[tuple[float, ...], ...]
+    y1: torch.Tensor | None = None
 
     def __call__(self, theta: float) -> torch.Tensor:
+        if theta == 1.0 and self.y1 is not None:
+            return self.y1
         weights = [sum(c * theta ** (p + 1) for p, c in enumerate(row)) for row in self.coeffs]
         return linear_combination(self.y0, self.dt, weights, self.ks)
 
     def many(self, thetas: Sequence[float]) -> torch.Tensor:
         """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
         c = np.asarray(self.coeffs, dtype=np.float64)  # (stages, degree)
-        powers = np.asarray(thetas, dtype=np.float64)[:, None] ** np.arange(1, c.shape[1] + 1)
-        return combine_rows(self.y0, self.dt, powers @ c.T, self.ks)
+        th = np.asarray(thetas, dtype=np.float64)
+        out = combine_rows(self.y0, self.dt, (th[:, None] ** np.arange(1, c.shape[1] + 1)) @ c.T, self.ks)
+        ends = np.flatnonzero(th == 1.0).tolist()
+        if self.y1 is not None and ends:  # out of place: the rows may carry gradients
+            keep = torch.ones(len(th), dtype=torch.bool, device=out.device)
+            keep[ends] = False
+            out = torch.where(keep.reshape((-1,) + (1,) * self.y0.dim()), out, self.y1.unsqueeze(0))
+        return out
 
 
 def hermite_weights(theta, dt):

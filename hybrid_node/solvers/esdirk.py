@@ -9,10 +9,11 @@ value they were built for. The embedded error estimate is filtered through the s
 (no extra evaluation, robust for stiff components); the last stage's, for a stiffly accurate method,
 is the next step's explicit first stage. A Jacobian is kept for the next step only while it
 still satisfies the secant condition along the step (one extra evaluation per accepted step), since a
-stale one can make Newton stop early and the filtered error estimate miss the error. Dense output is
-cubic Hermite on the end values and the method's own end slopes (the recovered last-stage derivative of
-a stiffly accurate method), not on ``f(t, y)``, which amplifies tolerance-level errors of stiff
-components by their eigenvalues.
+stale one can make Newton stop early and the filtered error estimate miss the error. Dense output of
+kencarp4 and kvaerno5 is a continuous extension of order 4 from the step's stages (:mod:`.dirk_dense`);
+the other methods' is cubic Hermite on the end values and the method's own end slopes (the recovered
+last-stage derivative of a stiffly accurate method), not on ``f(t, y)``, which amplifies
+tolerance-level errors of stiff components by their eigenvalues.
 
 References:
 - Hairer & Wanner, Solving ODEs II, 2nd ed., Sections IV.6 (SDIRK methods) and IV.8 (Newton, reuse).
@@ -36,8 +37,9 @@ from typing import ClassVar
 import torch
 
 from .._errors import SolverError, Status
-from ..interpolation import HermiteInterpolant
+from ..interpolation import HermiteInterpolant, PolynomialInterpolant
 from .base import AbstractSolver
+from .dirk_dense import continuous_extension
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
 from .newton import (
     FIXED_STEP_REFRESHES,
@@ -59,6 +61,9 @@ class DirkTableau:
             ``gamma`` except possibly a zero first entry (explicit first stage).
         c: stage times; b: weights; b_error: b - bhat (None for a method without an error estimate).
         order, error_order: orders of the method and its embedded estimate.
+        dense: optional continuous extension: ``dense[i][p]`` is the coefficient of theta^(p+1) in
+            b_i(theta), so that y(t + theta h) = y + h sum_i b_i(theta) k_i; None: cubic Hermite.
+        dense_order: the order of that extension.
     """
 
     a: tuple[tuple[float, ...], ...]
@@ -67,6 +72,8 @@ class DirkTableau:
     order: int
     b_error: tuple[float, ...] | None = None
     error_order: int | None = None
+    dense: tuple[tuple[float, ...], ...] | None = None
+    dense_order: int | None = None
 
     def __post_init__(self):
         s = len(self.c)
@@ -84,6 +91,12 @@ class DirkTableau:
             raise ValueError("DIRK tableau: the weights must sum to 1.")
         if self.b_error is not None and abs(sum(self.b_error)) > 1e-9:
             raise ValueError("DIRK tableau: the error weights must sum to 0.")
+        if self.dense is not None:
+            if len(self.dense) != s or self.dense_order is None:
+                raise ValueError("DIRK tableau: dense needs one row per stage and a dense_order.")
+            for i, row in enumerate(self.dense):
+                if abs(sum(row) - self.b[i]) > 1e-12:
+                    raise ValueError(f"DIRK tableau: dense row {i} gives {sum(row)} at theta = 1, not b[{i}].")
 
     @property
     def gamma(self) -> float:
@@ -138,15 +151,20 @@ _KC4_BHAT = (
     -3700637 / 11593932,
     61727 / 225920,
 )
+_KC4_C = (0.0, 0.5, 83 / 250, 31 / 50, 17 / 20, 1.0)
 KENCARP4_TABLEAU = DirkTableau(
     a=_KC4_ROWS,
-    c=(0.0, 0.5, 83 / 250, 31 / 50, 17 / 20, 1.0),
+    c=_KC4_C,
     b=_KC4_ROWS[-1],
     order=4,
     # b - bhat (this tableau's convention, as diffrax's) with ARK4(3)6L[2]SA's embedded weights bhat; the
     # values here were bhat - b, an estimate of the opposite sign (its norm the same up to rounding)
     b_error=tuple(b - e for b, e in zip(_KC4_ROWS[-1], _KC4_BHAT)),
     error_order=3,
+    # order 4 and cubic-exact in the stiff limit, the only such extension of degree 4 (dirk_dense); the
+    # paper's own (ARK4(3)6L[2]SA's b*, order 3) measured 2-10x worse between steps (docs/stiff.md)
+    dense=continuous_extension(_KC4_ROWS, _KC4_C, _KC4_ROWS[-1], order=4, degree=4, stiff_degree=3),
+    dense_order=4,
 )
 
 _KV5_G = 0.26
@@ -167,13 +185,17 @@ _KV5_ROWS = (
         _KV5_G,
     ),
 )
+_KV5_C = (0.0, 0.52, 1.230333209967908, 0.895765984350076, 0.436393609858648, 1.0, 1.0)
 KVAERNO5_TABLEAU = DirkTableau(
     a=_KV5_ROWS,
-    c=(0.0, 0.52, 1.230333209967908, 0.895765984350076, 0.436393609858648, 1.0, 1.0),
+    c=_KV5_C,
     b=_KV5_ROWS[-1],
     order=5,
     b_error=tuple(b - e for b, e in zip(_KV5_ROWS[-1], _KV5_ROWS[-2] + (0.0,))),
     error_order=4,
+    # no extension is published; order 5 needs more stages' freedom than the 7 leave (dirk_dense)
+    dense=continuous_extension(_KV5_ROWS, _KV5_C, _KV5_ROWS[-1], order=4, degree=4, stiff_degree=3),
+    dense_order=4,
 )
 
 IMPLICIT_EULER_TABLEAU = DirkTableau(a=((1.0,),), c=(1.0,), b=(1.0,), order=1)
@@ -228,6 +250,8 @@ class DirkStep:
     y0: torch.Tensor | None = None
     e: torch.Tensor | None = None
     after_reject: bool = False
+    #: the stage derivatives, for a tableau's continuous extension (``DirkTableau.dense``)
+    ks: tuple[torch.Tensor, ...] = ()
 
     #: what did not converge, for the loop's failure message
     iteration: ClassVar[str] = "Newton iteration"
@@ -412,7 +436,21 @@ class Dirk(AbstractSolver):
         # stiffly accurate (y1 is the last stage, at c = 1): its recovered derivative is the method's own
         # slope at t + dt, used by dense output instead of f(t + dt, y1) (see interpolant)
         dy1 = ks[-1] if self._recovers_end_derivative else None
-        return DirkStep(y1, error, f0, jac, jac_t, lu, theta_max, False, state.dy0, dy1, y, after_reject=state.rejected)
+        return DirkStep(
+            y1,
+            error,
+            f0,
+            jac,
+            jac_t,
+            lu,
+            theta_max,
+            False,
+            state.dy0,
+            dy1,
+            y,
+            after_reject=state.rejected,
+            ks=tuple(ks),
+        )
 
     def next_state(self, f, t1: float, step: DirkStep) -> DirkState:
         """Carry the Jacobian and LU on while they are still good, else refresh them at the next step.
@@ -468,14 +506,21 @@ class Dirk(AbstractSolver):
         return proposal
 
     def interpolant(self, f, t0: float, y0: torch.Tensor, dt: float, step: DirkStep, state: DirkState):
-        """Cubic Hermite from the end values and the method's own end slopes (third order).
+        """The tableau's continuous extension where it has one, else cubic Hermite (third order).
 
-        For a stiffly accurate method the slope at each end is the last stage's recovered derivative
+        The extension ``y0 + dt sum_i b_i(theta) k_i`` (``DirkTableau.dense``) uses the step's own stage
+        derivatives: no evaluation, the order of its construction (4 for kencarp4 and kvaerno5), and in
+        the stiff limit it follows a cubic slow manifold exactly (:mod:`.dirk_dense`).
+
+        Hermite's slope at each end, for a stiffly accurate method, is the last stage's recovered derivative
         ``(Y_s - base_s) / (h gamma)``, not ``f(t, y)``: on a stiff component ``f`` multiplies the
         state's error (Newton's and the tolerance-level one) by the stiff eigenvalue, and over a long
         step ``dt * f`` then dominates the interpolant, while the recovered slope's error stays of the
         size of the Newton error divided by ``h gamma``.
         """
+        dense = self.tableau.dense
+        if dense is not None and len(step.ks) == len(dense):
+            return PolynomialInterpolant(y0, step.ks, dt, dense, y1=step.y1)
         d0 = step.f0 if step.dy0 is None else step.dy0
         d1 = state.f0 if step.dy1 is None else step.dy1
         return HermiteInterpolant(y0, step.y1, d0, d1, dt)
