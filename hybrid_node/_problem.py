@@ -16,7 +16,7 @@ import torch
 
 from ._complex import ComplexJacobian, ComplexNorm, ComplexState, real_tolerance
 from ._term import Term, TupleLayout, unflatten
-from ._transforms import carries_derivative, is_batched, plain
+from ._transforms import carries_derivative, inside_transform, is_batched, plain
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
 from .solvers.base import AbstractSolver
@@ -385,6 +385,34 @@ class Problem:
         return ys if self.layout is None else self.layout.unflatten(ys)
 
 
+def check_norm(norm: Callable, flat: torch.Tensor) -> None:
+    """Call a user's error norm once on the state and refuse a value that is not one number.
+
+    A norm of several values (e.g. ``x.abs()``) failed at the first step with torch's "only one element
+    tensors can be converted to Python scalars". Inside a torch.func transform the state is batched and
+    the norm sees all of it, so the check is left out there.
+
+    Args:
+        norm: the norm as the loops call it, on the flat state.
+        flat: the flat initial state.
+
+    Raises:
+        ValueError: ``norm`` returned something other than a number or a one-element tensor.
+    """
+    if inside_transform():
+        return
+    with torch.no_grad():
+        value = norm(flat.detach())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if not (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool):
+        what = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"norm must return one number (a 0-d tensor), got {what}; reduce over all elements, e.g. "
+            "norm=lambda x: x.abs().max()."
+        )
+
+
 def check_step_times(name: str, times: torch.Tensor | Sequence[Any], sign: float) -> tuple[float, ...]:
     """Validate ``jump_t`` or ``step_t`` and return it in solver time: host floats, increasing.
 
@@ -509,6 +537,7 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
             user_norm = ComplexNorm(user_norm, complex_state)  # the user's norm sees the complex error
         if user_norm is not None:
             norm = user_norm if layout is None else TupleNorm(user_norm, layout)
+            check_norm(norm, flat)
         elif layout is not None and len(layout.sizes) > 1:
             norm = PartsRMS(layout.sizes)
     check_t_dtype(t_dtype)

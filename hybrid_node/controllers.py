@@ -170,6 +170,11 @@ class PIDController(AbstractController):
     adaptive = True  # a class attribute (no annotation), not a setting
 
     def __post_init__(self):
+        if self.norm is not None and not callable(self.norm):  # it failed at the first step: "'int' ... callable"
+            raise TypeError(
+                f"norm must be callable as norm(x) -> one number (a 0-d tensor), got {type(self.norm).__name__}; "
+                "e.g. norm=lambda x: x.abs().max(), or leave it None for the RMS norm."
+            )
         for name in ("rtol", "atol"):
             v = _from_numpy(getattr(self, name))
             object.__setattr__(self, name, v)  # frozen: the one normalisation of a setting

@@ -269,3 +269,27 @@ def test_sdeint_meta_tensors_are_refused(which):
     y0, ts = (y0.to("meta"), ts) if which == "y0" else (y0, ts.to("meta"))
     with pytest.raises(ValueError, match=f"{which} is on the meta device"):
         hn.sdeint(_DecaySDE(), y0, ts, dt=0.1)
+
+
+def test_norm_that_is_not_callable_is_refused_where_it_is_given():
+    # it was accepted and failed at the first step with "'int' object is not callable"
+    with pytest.raises(TypeError, match="norm must be callable"):
+        hn.PIDController(norm=3)
+    with pytest.raises(TypeError, match="norm must be callable"):
+        hn.odeint(_decay, torch.ones(3, dtype=D), torch.linspace(0, 1, 3, dtype=D), options={"norm": 3})
+
+
+@pytest.mark.parametrize("state", ["tensor", "tuple"])
+def test_norm_of_several_values_is_refused(state):
+    # it failed at the first step with torch's "only one element tensors can be converted to Python scalars"
+    y = torch.ones(3, dtype=D)
+    if state == "tensor":
+        func, y0, norm = _decay, y, torch.abs
+    else:
+        func, y0 = (lambda t, y: tuple(-x for x in y)), (y, y)
+
+        def norm(parts):
+            return torch.stack([p.abs().max() for p in parts])
+
+    with pytest.raises(ValueError, match=r"norm must return one number \(a 0-d tensor\), got shape"):
+        hn.odeint(func, y0, torch.linspace(0, 1, 3, dtype=D), options={"norm": norm})
