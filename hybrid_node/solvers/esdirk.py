@@ -36,20 +36,12 @@ from typing import ClassVar
 
 import torch
 
-from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant, PolynomialInterpolant
 from .base import AbstractSolver
 from .dirk_dense import continuous_extension
+from .implicit_common import NamedMethod, fixed_step_newton_error, solve_with_refreshes
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
-from .newton import (
-    FIXED_STEP_REFRESHES,
-    NewtonSettings,
-    contracted,
-    error_scale,
-    fixed_step_failure_hint,
-    newton_solve,
-    tolerances,
-)
+from .newton import FIXED_STEP_REFRESHES, NewtonSettings, error_scale, tolerances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,20 +385,16 @@ class Dirk(AbstractSolver):
             # iteration had converged at once (eta ~1e-4), and the embedded estimate, built from the same
             # inexact stages, does not see their error: kencarp4 on Robertson at rtol 1e-3 ended 0.28
             # relative off (279 rtol) in 287 steps and 262 rejections; a fixed step has no estimate at all.
-            res = newton_solve(residual, lu.solve, z0, scale, settings)
-            start = z0
-            for attempt in range(0 if self.adaptive else FIXED_STEP_REFRESHES):
-                # A fixed step has no smaller step to retry with. The Jacobian was taken at the step's
-                # start (or an earlier step), not where this stage's iteration runs; as Hairer & Wanner
-                # do after a failure with an old Jacobian (IV.8), take it afresh there (at the latest
-                # iterate of a contracting attempt) and iterate again.
-                if res.converged or (attempt and not contracted(res)):
-                    break
-                start = res.z if contracted(res) else start
-                _, jac = self._jacobian(f, ti, base + start)
+            def refresh(z: torch.Tensor, ti: float = ti, base: torch.Tensor = base) -> Callable:
+                """A fixed step's fresh Jacobian at this stage's iterate ``z``; kept for the later stages."""
+                nonlocal jac, jac_t, lu
+                _, jac = self._jacobian(f, ti, base + z)
                 jac_t = ti
                 lu = factorize(jac, hg, y.shape)
-                res = newton_solve(residual, lu.solve, start, scale, settings)
+                return lu.solve
+
+            refreshes = 0 if self.adaptive else FIXED_STEP_REFRESHES
+            res = solve_with_refreshes(residual, lu.solve, z0, scale, settings, refresh, refreshes)
             theta_max = max(theta_max, res.theta)
             if not res.converged:
                 failed = True
@@ -414,11 +402,7 @@ class Dirk(AbstractSolver):
             ks.append(res.z / hg)
         if failed:
             if not self.adaptive:
-                raise SolverError(
-                    Status.NEWTON_FAILED,
-                    -t if getattr(f, "reverse", False) else t,
-                    fixed_step_failure_hint(y, self.batch_dims),
-                )
+                raise fixed_step_newton_error(f, t, y, self.batch_dims)
             bad = torch.full_like(y, math.inf)
             return DirkStep(bad, bad, f0, jac, jac_t, lu, math.inf, True, e=res.z.detach())
         y1 = y
@@ -554,78 +538,43 @@ def _secant_mismatch(f, t1: float, step: DirkStep, f1: torch.Tensor) -> float:
         return float((num / den).max()) if num.numel() else 0.0  # (a batch of no samples)
 
 
-class TRBDF2(Dirk):
-    """TR-BDF2 (Hosea & Shampine), order 2, L-stable, with an embedded estimate (``method="trbdf2"``).
+class TRBDF2(NamedMethod, Dirk):
+    """TR-BDF2 (Hosea & Shampine), order 2, L-stable, with an embedded estimate (``method="trbdf2"``)."""
 
-    Args:
-        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": TRBDF2_TABLEAU, "name": "trbdf2", **options})
+    preset = {"tableau": TRBDF2_TABLEAU, "name": "trbdf2"}
 
 
-class Kvaerno3(Dirk):
-    """Kværnø's ESDIRK 3(2), stiffly accurate, L-stable (``method="kvaerno3"``).
+class Kvaerno3(NamedMethod, Dirk):
+    """Kværnø's ESDIRK 3(2), stiffly accurate, L-stable (``method="kvaerno3"``)."""
 
-    Args:
-        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": KVAERNO3_TABLEAU, "name": "kvaerno3", **options})
+    preset = {"tableau": KVAERNO3_TABLEAU, "name": "kvaerno3"}
 
 
-class KenCarp4(Dirk):
-    """Kennedy & Carpenter's ESDIRK 4(3) (implicit part of ARK4(3)6L[2]SA), L-stable (``method="kencarp4"``).
+class KenCarp4(NamedMethod, Dirk):
+    """Kennedy & Carpenter's ESDIRK 4(3) (implicit part of ARK4(3)6L[2]SA), L-stable (``method="kencarp4"``)."""
 
-    Args:
-        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": KENCARP4_TABLEAU, "name": "kencarp4", **options})
+    preset = {"tableau": KENCARP4_TABLEAU, "name": "kencarp4"}
 
 
-class Kvaerno5(Dirk):
-    """Kværnø's ESDIRK 5(4), stiffly accurate, L-stable (``method="kvaerno5"``).
+class Kvaerno5(NamedMethod, Dirk):
+    """Kværnø's ESDIRK 5(4), stiffly accurate, L-stable (``method="kvaerno5"``)."""
 
-    Args:
-        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": KVAERNO5_TABLEAU, "name": "kvaerno5", **options})
+    preset = {"tableau": KVAERNO5_TABLEAU, "name": "kvaerno5"}
 
 
-class ImplicitEuler(Dirk):
-    """Backward Euler, order 1, fixed steps (``method="implicit_euler"``).
+class ImplicitEuler(NamedMethod, Dirk):
+    """Backward Euler, order 1, fixed steps (``method="implicit_euler"``)."""
 
-    Args:
-        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": IMPLICIT_EULER_TABLEAU, "name": "implicit_euler", "adaptive": False, **options})
+    preset = {"tableau": IMPLICIT_EULER_TABLEAU, "name": "implicit_euler", "adaptive": False}
 
 
-class SDIRK2(Dirk):
-    """Alexander's two-stage L-stable SDIRK of order 2, fixed steps (``method="sdirk2"``).
+class SDIRK2(NamedMethod, Dirk):
+    """Alexander's two-stage L-stable SDIRK of order 2, fixed steps (``method="sdirk2"``)."""
 
-    Args:
-        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": SDIRK2_TABLEAU, "name": "sdirk2", "adaptive": False, **options})
+    preset = {"tableau": SDIRK2_TABLEAU, "name": "sdirk2", "adaptive": False}
 
 
-class Trapezoid(Dirk):
-    """The trapezoidal rule (Crank-Nicolson), order 2, A-stable, fixed steps (``method="trapezoid"``).
+class Trapezoid(NamedMethod, Dirk):
+    """The trapezoidal rule (Crank-Nicolson), order 2, A-stable, fixed steps (``method="trapezoid"``)."""
 
-    Args:
-        **options: settings of :class:`Dirk` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": TRAPEZOID_TABLEAU, "name": "trapezoid", "adaptive": False, **options})
+    preset = {"tableau": TRAPEZOID_TABLEAU, "name": "trapezoid", "adaptive": False}

@@ -20,18 +20,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .._errors import SolverError, Status
 from ..interpolation import HermiteInterpolant
 from .base import AbstractSolver
+from .implicit_common import NamedMethod, fixed_step_newton_error, solve_with_refreshes
 from .linalg import JacobianSettings, block_jacobian, system_shape
-from .newton import (
-    FIXED_STEP_REFRESHES,
-    NewtonSettings,
-    contracted,
-    error_scale,
-    fixed_step_failure_hint,
-    newton_solve,
-)
+from .newton import FIXED_STEP_REFRESHES, NewtonSettings, error_scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,28 +158,20 @@ class ImplicitRungeKutta(AbstractSolver):
         settings = NewtonSettings(self.max_newton_iters, self.newton_kappa, self.newton_rtol, self.newton_atol)
         z0 = torch.stack([(tab.c[j] * dt) * f0 for j in range(s)])
         scale = error_scale(y, settings.rtol, settings.atol)
-        res = newton_solve(residual, solve, z0, scale, settings)
-        start = z0
-        for attempt in range(FIXED_STEP_REFRESHES):
-            # A fixed step has no smaller step to retry with. The simplified iteration's one Jacobian at
-            # the step's start misses how J changes over the step; as Hairer & Wanner do after a failure
-            # with an old Jacobian (IV.8), take each stage's own at its time and latest iterate (of a
-            # contracting attempt): the stage system's Newton matrix there; and iterate again.
-            if res.converged or (attempt and not contracted(res)):
-                break
-            start = res.z if contracted(res) else start
+
+        def refresh(z: torch.Tensor) -> Callable:
+            """Each stage's own Jacobian at its time and iterate: the stage system's Newton matrix there (the
+            simplified iteration's one Jacobian at the step's start misses how J changes over the step)."""
+            nonlocal lu, piv
             jacs = [
-                block_jacobian(f, t + c * dt, y + zj, jac_settings, differentiable=False)[1]
-                for c, zj in zip(tab.c, start)
+                block_jacobian(f, t + c * dt, y + zj, jac_settings, differentiable=False)[1] for c, zj in zip(tab.c, z)
             ]
             lu, piv = factor(torch.stack(jacs))
-            res = newton_solve(residual, solve, start, scale, settings)
+            return solve
+
+        res = solve_with_refreshes(residual, solve, z0, scale, settings, refresh, FIXED_STEP_REFRESHES)
         if not res.converged:
-            raise SolverError(
-                Status.NEWTON_FAILED,
-                -t if getattr(f, "reverse", False) else t,
-                fixed_step_failure_hint(y, self.batch_dims),
-            )
+            raise fixed_step_newton_error(f, t, y, self.batch_dims)
         y1 = y
         for di, zi in zip(tab.d, res.z):
             y1 = y1 + di * zi
@@ -199,56 +184,31 @@ class ImplicitRungeKutta(AbstractSolver):
         return HermiteInterpolant(y0, step.y1, step.f0, f1, dt)
 
 
-class ImplicitMidpoint(ImplicitRungeKutta):
-    """The implicit midpoint rule (one-stage Gauss), order 2, symplectic (``method="implicit_midpoint"``).
+class ImplicitMidpoint(NamedMethod, ImplicitRungeKutta):
+    """The implicit midpoint rule (one-stage Gauss), order 2, symplectic (``method="implicit_midpoint"``)."""
 
-    Args:
-        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": IMPLICIT_MIDPOINT_TABLEAU, "name": "implicit_midpoint", **options})
+    preset = {"tableau": IMPLICIT_MIDPOINT_TABLEAU, "name": "implicit_midpoint"}
 
 
-class GaussLegendre4(ImplicitRungeKutta):
-    """Two-stage Gauss-Legendre, order 4 (``method="gl4"``).
+class GaussLegendre4(NamedMethod, ImplicitRungeKutta):
+    """Two-stage Gauss-Legendre, order 4 (``method="gl4"``)."""
 
-    Args:
-        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": GL4_TABLEAU, "name": "gl4", **options})
+    preset = {"tableau": GL4_TABLEAU, "name": "gl4"}
 
 
-class GaussLegendre6(ImplicitRungeKutta):
-    """Three-stage Gauss-Legendre, order 6 (``method="gl6"``).
+class GaussLegendre6(NamedMethod, ImplicitRungeKutta):
+    """Three-stage Gauss-Legendre, order 6 (``method="gl6"``)."""
 
-    Args:
-        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": GL6_TABLEAU, "name": "gl6", **options})
+    preset = {"tableau": GL6_TABLEAU, "name": "gl6"}
 
 
-class RadauIIA3(ImplicitRungeKutta):
-    """Two-stage Radau IIA, order 3, L-stable (``method="radauIIA3"``).
+class RadauIIA3(NamedMethod, ImplicitRungeKutta):
+    """Two-stage Radau IIA, order 3, L-stable (``method="radauIIA3"``)."""
 
-    Args:
-        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": RADAU_IIA3_TABLEAU, "name": "radauIIA3", **options})
+    preset = {"tableau": RADAU_IIA3_TABLEAU, "name": "radauIIA3"}
 
 
-class RadauIIA5(ImplicitRungeKutta):
-    """Three-stage Radau IIA, order 5, L-stable (``method="radauIIA5"``).
+class RadauIIA5(NamedMethod, ImplicitRungeKutta):
+    """Three-stage Radau IIA, order 5, L-stable (``method="radauIIA5"``)."""
 
-    Args:
-        **options: settings of :class:`ImplicitRungeKutta` (``jacobian``, ``batch_dims``, ...).
-    """
-
-    def __init__(self, **options):
-        super().__init__(**{"tableau": RADAU_IIA5_TABLEAU, "name": "radauIIA5", **options})
+    preset = {"tableau": RADAU_IIA5_TABLEAU, "name": "radauIIA5"}
