@@ -293,3 +293,35 @@ def test_norm_of_several_values_is_refused(state):
 
     with pytest.raises(ValueError, match=r"norm must return one number \(a 0-d tensor\), got shape"):
         hn.odeint(func, y0, torch.linspace(0, 1, 3, dtype=D), options={"norm": norm})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"t1": math.inf}, ValueError, "needs finite t0 and t1"),  # was accepted
+        ({"size": (-2,)}, ValueError, "size must hold non-negative sizes"),  # torch's "Dimension size must be ..."
+        ({"size": 2}, TypeError, "size must be a tuple of ints"),  # "'int' object is not iterable"
+        ({"dtype": torch.int64}, TypeError, "dtype must be a floating torch dtype"),  # "normal_kernel_cpu" ...
+        ({"device": "meta"}, ValueError, "device is the meta device"),  # "META device type not an accelerator"
+        ({"entropy": "x"}, TypeError, "entropy must be an int seed"),  # "invalid literal for int()"
+        ({"size": None, "W": torch.tensor([math.nan])}, ValueError, "W contains NaN"),  # a NaN path
+    ],
+)
+def test_brownian_interval_arguments_are_checked(kwargs, error, message):
+    args = {"t0": 0.0, "t1": 1.0, "size": (2,), **kwargs}
+    with pytest.raises(error, match=message):
+        hn.BrownianInterval(**args)(0.0, 0.5)
+
+
+@pytest.mark.parametrize("kind", [hn.BrownianPath, hn.BrownianTree])
+def test_brownian_start_value_is_checked(kind):
+    with pytest.raises(TypeError, match="w0 must be a tensor"):  # "'list' object has no attribute 'shape'"
+        kind(0.0, [0.0, 0.0])
+    with pytest.raises(ValueError, match="w0 contains NaN"):  # every value of the path was NaN
+        kind(0.0, torch.tensor([math.nan]))
+
+
+def test_brownian_point_query_before_t0_names_the_interval():
+    # it said "need ta <= tb, got ta=0.0, tb=-1.0" for the single time -1
+    with pytest.raises(ValueError, match=r"defined on \[0.0, 1.0\], but time -1.0 was asked for"):
+        hn.BrownianPath(0.0, torch.zeros(2))(-1.0)

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -41,6 +43,54 @@ def _seed(entropy: int, t: float) -> int:
     # The draw of a knot depends only on the entropy and the knot's time (not on how many draws came
     # before), so two objects with one entropy agree wherever they were queried in the same way.
     return hash((entropy, float(t))) & _MASK
+
+
+def _check_conditions(size: Any, dtype: Any, device: Any, entropy: Any, W: Any, H: Any) -> None:
+    """Refuse a size, dtype, seed or conditioning value the samples cannot be drawn with.
+
+    Raises:
+        TypeError: a size that is no sequence of ints (an int failed with "'int' object is not iterable"),
+            a dtype that is not floating (torch's '"normal_kernel_cpu" not implemented for 'Long''), an
+            entropy that is no int ("invalid literal for int()"), a W or H that is no tensor.
+        ValueError: a negative size, the meta device (torch's "META device type not an accelerator"), a W
+            or H with NaN or infinite values (the whole path came out NaN).
+    """
+    if size is not None:
+        if not isinstance(size, (tuple, list, torch.Size)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in size
+        ):
+            raise TypeError(f"size must be a tuple of ints such as (batch, noise), got {size!r}.")
+        if any(n < 0 for n in size):
+            raise ValueError(f"size must hold non-negative sizes, got {tuple(size)}.")
+    if device is not None and torch.device(device).type == "meta":
+        raise ValueError("device is the meta device, which holds no values to sample; use 'cpu' or 'cuda'.")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype!r}.")
+    if entropy is not None and (isinstance(entropy, bool) or not isinstance(entropy, numbers.Integral)):
+        raise TypeError(f"entropy must be an int seed, got {type(entropy).__name__} {entropy!r}.")
+    for name, value in (("W", W), ("H", H)):
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}.")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} contains NaN or infinite values; the Brownian motion is conditioned on it.")
+
+
+def _check_start(w0: Any) -> None:
+    """Refuse a start value ``w0`` of a BrownianPath or BrownianTree that is no finite floating tensor.
+
+    Raises:
+        TypeError: ``w0`` is no tensor (a list failed with "'list' object has no attribute 'shape'").
+        ValueError: ``w0`` holds NaN or infinite values (every value of the path was NaN).
+    """
+    if not isinstance(w0, torch.Tensor):
+        raise TypeError(
+            f"w0 must be a tensor (the start value; its shape, dtype and device are the path's), got "
+            f"{type(w0).__name__}."
+        )
+    if w0.is_floating_point() and not bool(torch.isfinite(w0).all()):
+        raise ValueError("w0 contains NaN or infinite values; give a finite start value (e.g. torch.zeros(size)).")
 
 
 class BrownianInterval:
@@ -93,6 +143,8 @@ class BrownianInterval:
         t0, t1 = float(t0), float(t1)
         if not t1 > t0:
             raise ValueError(f"BrownianInterval needs t0 < t1, got t0={t0}, t1={t1}.")
+        if not (math.isfinite(t0) and math.isfinite(t1)):  # an infinite interval has no finite increments
+            raise ValueError(f"BrownianInterval needs finite t0 and t1, got t0={t0}, t1={t1}.")
         if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
             raise ValueError(
                 f"unknown levy_area_approximation {levy_area_approximation!r}; "
@@ -105,6 +157,7 @@ class BrownianInterval:
         if halfway_tree and dt is not None:
             raise ValueError("halfway_tree=True takes no dt hint (its knots are the dyadic grid); leave dt=None.")
         self._t0, self._t1 = t0, t1
+        _check_conditions(size, dtype, device, entropy, W, H)
         given = W if W is not None else H  # as torchsde, a given W or H also gives the size, dtype, device
         self._size = torch.Size(size if size is not None else () if given is None else given.shape)
         self._dtype = dtype if dtype is not None else torch.get_default_dtype() if given is None else given.dtype
@@ -317,16 +370,20 @@ class BrownianInterval:
             lo, hi = (lo, mid) if k <= mid else (mid, hi)
         return self._dyadic(k)
 
-    def _knot(self, t: float) -> float:
-        """The knot at time t (inserted if needed); raises outside [t0, t1]."""
-        self._materialise()
-        if t in self._w and not self._cells:
-            return t
+    def _check_in_range(self, t: float) -> None:
+        """Raise unless time ``t`` lies in [t0, t1] (to the snap tolerance)."""
         if not self._t0 - self._eps <= t <= self._t1 + self._eps:
             raise ValueError(
                 f"the Brownian motion is defined on [{self._t0}, {self._t1}], but time {t} was asked for; create "
                 "it over the whole solve interval (ts[0], ts[-1])."
             )
+
+    def _knot(self, t: float) -> float:
+        """The knot at time t (inserted if needed); raises outside [t0, t1]."""
+        self._materialise()
+        if t in self._w and not self._cells:
+            return t
+        self._check_in_range(t)
         if self._cells:
             return self._tree_knot(t)
         i = bisect.bisect_left(self._times, t)
@@ -373,6 +430,8 @@ class BrownianInterval:
                     return self._cell_w[k]
                 assert self._cell_u is not None
                 return self._cell_w[k], self._cell_u[k]
+        for t in (ta, tb):  # a point query before t0 read as "need ta <= tb, got ta=t0, tb=t"
+            self._check_in_range(float(t))
         if float(ta) > float(tb) + self._eps:  # before the halfway tree rounds both to one grid time
             raise ValueError(f"need ta <= tb, got ta={float(ta)}, tb={float(tb)}.")
         a, b = self._knot(float(ta)), self._knot(float(tb))
@@ -426,6 +485,7 @@ class BrownianPath(BrownianInterval):
         entropy: int | None = None,
         levy_area_approximation: str = "none",
     ):
+        _check_start(w0)
         t1 = float(t0) + 1.0 if t1 is None else t1
         super().__init__(
             t0, t1, w0.shape, w0.dtype, w0.device, entropy, levy_area_approximation=levy_area_approximation
@@ -467,6 +527,7 @@ class BrownianTree(BrownianPath):
         cache_depth: int = 9,
         safety: float | None = None,
     ):
+        _check_start(w0)
         t1 = float(t0) + 1.0 if t1 is None else t1
         BrownianInterval.__init__(
             self,
