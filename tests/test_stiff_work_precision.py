@@ -90,9 +90,9 @@ def test_robertson_to_1e11_within_a_few_tolerances(name, rtol, robertson_referen
         # 0.96 (rodas4 at rtol 1e-6)
         assert err.max() < 5.0
     else:
-        # the ESDIRKs interpolate with cubic Hermite (third order) between steps of a fourth- and fifth-order
-        # method: measured 13 (kencarp4) and 44 (kvaerno5) at rtol 1e-6 between steps, the error of the
-        # exact cubic Hermite interpolant on those steps (docs/stiff.md); 100 bounds that, not garbage
+        # between steps the ESDIRKs' order-4 extension meets the stiff y2 on long steps (h ~ t / 4): measured
+        # 14 (kencarp4) and 32 (kvaerno5) at rtol 1e-6 (with cubic Hermite 13 and 44; docs/stiff.md); 100
+        # bounds that, not garbage
         assert err.max() < 100.0
     # the concentrations stay non-negative to within atol (a negative y2 that grows blows the solve up)
     assert ys.min() > -atol
