@@ -64,6 +64,8 @@ def _decay_np(t, y):
 # name: field, numpy field, y0, t1, rtol, atol
 PROBLEMS = {
     "robertson": (_robertson, _robertson_np, [1.0, 0.0, 0.0], 1e5, 1e-6, 1e-8),
+    # tests/test_stiff_work_precision.py's setting: to 1e11, atol = 1e-6 rtol
+    "robertson-1e11": (_robertson, _robertson_np, [1.0, 0.0, 0.0], 1e11, 1e-6, 1e-12),
     "vdp10": (*_vdp(10.0), [2.0, 0.0], 30.0, 1e-6, 1e-6),
     "vdp1000": (*_vdp(1000.0), [2.0, 0.0], 3000.0, 1e-6, 1e-6),
     "decay": (_decay, _decay_np, [1.0], 10.0, 1e-6, 1e-8),
