@@ -325,3 +325,31 @@ def test_brownian_point_query_before_t0_names_the_interval():
     # it said "need ta <= tb, got ta=0.0, tb=-1.0" for the single time -1
     with pytest.raises(ValueError, match=r"defined on \[0.0, 1.0\], but time -1.0 was asked for"):
         hn.BrownianPath(0.0, torch.zeros(2))(-1.0)
+
+
+@pytest.mark.parametrize("model", [hn.nn.HamiltonianNN, hn.nn.BaselineODE])
+@pytest.mark.parametrize("activation", ["tanh", torch.nn.Tanh()])
+def test_hamiltonian_activation_that_makes_no_module_is_refused(model, activation):
+    # "tanh" failed with "'str' object is not callable", nn.Tanh() with "forward() missing 1 required argument"
+    with pytest.raises(TypeError, match="activation must make an nn.Module when called with no arguments"):
+        model(2, activation=activation)
+
+
+def test_hamiltonian_activation_class_still_builds():
+    h = hn.nn.HamiltonianNN(2, hidden=8, activation=torch.nn.Softplus)
+    assert isinstance(h.net[1], torch.nn.Softplus)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kernel_size": 0}, "kernel_size must be positive"),  # failed at the first forward
+        ({"kernel_size": -1}, "kernel_size must be positive"),  # "Trying to create tensor with negative dimension"
+        ({"stride": 0}, "stride must be positive"),  # accepted
+        ({"padding": -1}, "padding must be >= 0"),  # accepted
+        ({"groups": 2}, r"groups=2 must divide out_channels \(2\) and in_channels \+ 1 \(3"),  # torch named neither
+    ],
+)
+def test_time_conv_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        hn.nn.TimeConv2d(2, 2, **kwargs)

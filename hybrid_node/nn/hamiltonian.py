@@ -26,7 +26,18 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def _mlp(in_dim: int, out_dim: int, hidden: int, layers: int, activation: Callable[[], nn.Module]) -> nn.Sequential:
-    """An MLP with ``layers`` hidden layers of width ``hidden`` (smooth activations: H must be twice differentiable)."""
+    """An MLP with ``layers`` hidden layers of width ``hidden`` (smooth activations: H must be twice differentiable).
+
+    Raises:
+        TypeError: ``activation`` does not make an nn.Module when called (a string failed with "'str' object is
+            not callable", an instance such as nn.Tanh() with "forward() missing 1 required positional argument").
+    """
+    made = activation() if callable(activation) and not isinstance(activation, nn.Module) else None
+    if not isinstance(made, nn.Module):
+        raise TypeError(
+            f"activation must make an nn.Module when called with no arguments, such as the class nn.Tanh or "
+            f"nn.Softplus (not an instance like nn.Tanh(), nor a name), got {activation!r}."
+        )
     modules: list[nn.Module] = []
     width = in_dim
     for _ in range(layers):

@@ -107,6 +107,22 @@ class TimeConv2d(nn.Module):
         super().__init__()
         positive_int("in_channels", in_channels)
         positive_int("out_channels", out_channels)
+        # torch's own errors came late (kernel 0 at the first forward) or not at all (stride 0, padding -1);
+        # a tuple (one size per spatial dimension) is left to nn.Conv2d
+        for name, value, minimum in (
+            ("kernel_size", kernel_size, 1),
+            ("stride", stride, 1),
+            ("padding", padding, 0),
+            ("dilation", dilation, 1),
+        ):
+            if not isinstance(value, tuple):
+                positive_int(name, value, minimum)
+        positive_int("groups", groups)
+        if (in_channels + 1) % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide out_channels ({out_channels}) and in_channels + 1 ({in_channels + 1}: "
+                "the input channels and the time channel added in front of them)."
+            )
         self.conv = nn.Conv2d(
             in_channels + 1,
             out_channels,
