@@ -39,7 +39,20 @@ def zero_unobserved(values: Tensor, mask: Tensor) -> Tensor:
 
     Returns:
         A tensor shaped like ``values``.
+
+    Raises:
+        ValueError: ``mask`` does not broadcast to the shape of ``values`` (torch's "The size of tensor a
+            must match" named neither; a larger broadcast would return a tensor of another shape).
     """
+    try:
+        fits = torch.broadcast_shapes(mask.shape, values.shape) == values.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} must broadcast to values of shape {tuple(values.shape)} (one 0/1 "
+            "entry per value, or fewer dimensions that broadcast)."
+        )
     return torch.where(mask > 0, values, torch.zeros_like(values))
 
 
@@ -190,10 +203,16 @@ def union_grid(batch: IrregularBatch, extra_times: Tensor | None = None) -> tupl
     Returns:
         ``(union_times, index)``: (T,) sorted unique times and the (B, L) index of every entry of
         ``batch.times`` in it, so ``ys[index[b, l]]`` is the state at ``batch.times[b, l]``.
+
+    Raises:
+        ValueError: ``extra_times`` holds NaN or infinite values.
     """
     t = batch.times.reshape(-1)
     if extra_times is not None:
-        t = torch.cat([t, torch.as_tensor(extra_times, dtype=t.dtype, device=t.device).reshape(-1)])
+        extra = torch.as_tensor(extra_times, dtype=t.dtype, device=t.device).reshape(-1)
+        if not bool(torch.isfinite(extra).all()):  # a NaN was sorted into the grid the solve runs on
+            raise ValueError(f"extra_times must be finite, got {extra.tolist()[:5]}.")
+        t = torch.cat([t, extra])
     union = torch.unique(t, sorted=True)
     return union, batch.union_index(union)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import hybrid_node as hn
+from hybrid_node import irregular
 
 D = torch.float64
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -353,3 +354,16 @@ def test_hamiltonian_activation_class_still_builds():
 def test_time_conv_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         hn.nn.TimeConv2d(2, 2, **kwargs)
+
+
+def test_union_grid_refuses_non_finite_extra_times():
+    # a NaN was sorted into the union grid the solve runs on
+    batch = irregular.from_sequences([torch.tensor([0.0, 0.5, 1.0])], [torch.ones(3, 2)])
+    with pytest.raises(ValueError, match="extra_times must be finite"):
+        irregular.union_grid(batch, torch.tensor([math.nan]))
+
+
+def test_zero_unobserved_refuses_a_mask_of_another_shape():
+    # torch's "The size of tensor a (2) must match the size of tensor b (3)" named neither
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 2\) must broadcast to values of shape \(2, 3\)"):
+        irregular.zero_unobserved(torch.ones(2, 3), torch.ones(2, 2))
