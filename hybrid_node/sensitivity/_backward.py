@@ -679,7 +679,11 @@ def vjp(g: torch.Tensor, inputs: Sequence[torch.Tensor], cotangent: torch.Tensor
     # For a complex g the real inner product Re(sum(g * conj(cotangent))) gives what grad_outputs=cotangent
     # gives, torch's convention (the gradient of a real loss is dL/dRe + i dL/dIm)
     inner = (g * cotangent.conj()).real if g.is_complex() else g * cotangent
-    grads = torch.autograd.grad(torch.sum(inner), inputs, allow_unused=True)
+    # retain_graph: a func that uses a tensor computed from an adjoint parameter before the solve (w2 = 2 * w,
+    # adjoint_params=(w,)) reaches w through that outer graph on every call; freed after the first, the next
+    # failed with "Trying to backward through the graph a second time" (torchdiffeq retains it too). The
+    # graph made inside this call is freed anyway when g goes out of scope.
+    grads = torch.autograd.grad(torch.sum(inner), inputs, allow_unused=True, retain_graph=True)
     return [torch.zeros_like(x) if gr is None else gr for x, gr in zip(inputs, grads)]
 
 
