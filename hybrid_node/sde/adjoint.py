@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .._errors import SolverError, Status
+from ..sensitivity._backward import first_order_only
 from ._cotangents import step_cotangents, vjp
 from ._loop import ForcedSteps, Trajectory, check_advance, error_ratio, integrate, logqp_rate, time_tolerance
 from ._sde import SDEView
@@ -313,6 +314,44 @@ def recorded_forward(
     return traj, ys, lrs
 
 
+def first_order_gradients(
+    grad_y0: torch.Tensor, grad_params: Sequence[torch.Tensor], depends_on: Sequence[torch.Tensor | None]
+) -> list[torch.Tensor | None]:
+    """The gradients an SDE adjoint's backward pass returns, refusing a second derivative.
+
+    The backward SDE is solved with vector-Jacobian products whose results are not recorded as
+    functions of the output cotangents, so ``create_graph=True`` (``torch.autograd.functional.jvp``,
+    Hessians) saw them as (partly) constant and a second derivative came out wrong without an error.
+
+    Args:
+        grad_y0, grad_params: the gradients of the backward pass.
+        depends_on: what they depend on (the cotangents, y0 and the parameters).
+
+    Returns:
+        The gradients, whose derivative raises (see
+        :func:`hybrid_node.sensitivity._backward.first_order_only`).
+    """
+    message = (
+        "sdeint_adjoint computes first derivatives only: its backward SDE is solved without a graph, so the "
+        "gradient it returns cannot be differentiated again (create_graph=True, torch.autograd.functional.jvp or "
+        "hessian, double backward). Use hn.sdeint (direct backpropagation) for those."
+    )
+    return first_order_only(message, [grad_y0, *grad_params], depends_on)
+
+
+def no_forward_mode() -> None:
+    """The forward-mode rule of the SDE adjoints' Functions: there is none, so say what to use.
+
+    Raises:
+        ValueError: always (forward-mode AD reached the adjoint with a tangent on y0 or a parameter).
+    """
+    raise ValueError(
+        "sdeint_adjoint has no forward-mode derivative (torch.autograd.forward_ad dual tensors): its gradients "
+        "come from a backward SDE. Use hn.sdeint, which differentiates in forward mode through its steps, or "
+        "reverse mode (torch.autograd.grad) with sdeint_adjoint."
+    )
+
+
 class _StochasticAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -326,6 +365,7 @@ class _StochasticAdjoint(torch.autograd.Function):
     ):
         traj, ys, lrs = recorded_forward(prepared, settings, holder, y0)
         ctx.prepared, ctx.traj, ctx.saved_params, ctx.control = prepared, traj, params, control
+        ctx.y0 = y0  # only to join a second derivative's error node to what the gradients depend on
         return ys, lrs
 
     @staticmethod
@@ -333,7 +373,12 @@ class _StochasticAdjoint(torch.autograd.Function):
         params = ctx.saved_params
         grad_lrs = grad_lrs if ctx.traj.log_ratios else None
         grad_y0, grad_params = backward_pass(ctx.prepared, params, ctx.traj, grad_ys, grad_lrs, ctx.control)
-        return (None, None, None, None, grad_y0, *grad_params)
+        grads = first_order_gradients(grad_y0, grad_params, [grad_ys, grad_lrs, ctx.y0, *params])
+        return (None, None, None, None, *grads)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        no_forward_mode()  # raises, naming what to use
 
 
 def solve_stochastic_adjoint(

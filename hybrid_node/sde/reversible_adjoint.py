@@ -22,7 +22,7 @@ import torch
 from ._cotangents import step_cotangents, vjp
 from ._loop import Trajectory
 from ._validate import Prepared
-from .adjoint import rate_vjp, recorded_forward
+from .adjoint import first_order_gradients, no_forward_mode, rate_vjp, recorded_forward
 
 
 def _prod_transpose(noise_type: str, a: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
@@ -113,13 +113,19 @@ class _ReversibleAdjoint(torch.autograd.Function):
     def forward(ctx, prepared: Prepared, settings: Mapping[str, Any], holder: list, y0: torch.Tensor, *params):
         traj, ys, lrs = recorded_forward(prepared, settings, holder, y0)
         ctx.prepared, ctx.traj, ctx.saved_params = prepared, traj, params
+        ctx.y0 = y0  # only to join a second derivative's error node to what the gradients depend on
         return ys, lrs
 
     @staticmethod
     def backward(ctx, grad_ys, grad_lrs):
         grad_lrs = grad_lrs if ctx.traj.log_ratios else None
         grad_y0, grad_params = backward_pass(ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, grad_lrs)
-        return (None, None, None, grad_y0, *grad_params)
+        grads = first_order_gradients(grad_y0, grad_params, [grad_ys, grad_lrs, ctx.y0, *ctx.saved_params])
+        return (None, None, None, *grads)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        no_forward_mode()  # raises, naming what to use
 
 
 def solve_reversible_adjoint(
