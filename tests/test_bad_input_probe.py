@@ -395,3 +395,13 @@ def test_adjoint_params_upstream_of_what_func_uses(sensitivity):
         return w.grad
 
     torch.testing.assert_close(gradient(sensitivity), gradient("direct"), rtol=1e-7, atol=1e-9)
+
+
+def test_adjoint_params_on_the_meta_device_are_refused():
+    # the forward solve passed and the backward failed with "Tensor on device meta is not on the expected device"
+    model = torch.nn.Linear(2, 2).double()
+    params = (*model.parameters(), torch.ones(2, device="meta", requires_grad=True))
+    with pytest.raises(ValueError, match=r"adjoint_params\[2\] is on the meta device"):
+        hn.odeint_adjoint(
+            lambda t, y: model(y), torch.ones(2, dtype=D), torch.linspace(0, 1, 3, dtype=D), adjoint_params=params
+        )

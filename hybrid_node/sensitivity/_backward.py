@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._errors import SolverError, Status
-from .._problem import Problem, real_dtype, warn_unresolvable_tolerance
+from .._problem import Problem, real_dtype, refuse_meta, warn_unresolvable_tolerance
 from .._problem import _tolerance as state_tolerance
 from .._registry import build_solver
 from .._solution import Stats
@@ -67,6 +67,7 @@ def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"adjoint_params[{i}] is a {type(p).__name__}; every entry must be a tensor.")
+            refuse_meta(f"adjoint_params[{i}]", p)  # else "Tensor on device meta is not on the expected device"
     seen, out = set(), []
     for p in params:
         if p.requires_grad and id(p) not in seen:
