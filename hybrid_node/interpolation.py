@@ -89,6 +89,39 @@ def combine_rows(y0, scale: float, weights: np.ndarray, ks: Sequence[torch.Tenso
     return out.reshape(shape)
 
 
+def combine_sample_rows(
+    y0, scale: float, weights: np.ndarray, ks: Sequence[torch.Tensor], idx: torch.Tensor, n: int
+) -> torch.Tensor:
+    """Row ``idx[j]`` of ``y0 + scale * weights[j] @ ks``, each tensor seen as ``n`` rows: shape (k, m).
+
+    The per-sample counterpart of :func:`combine_rows`: sample ``idx[j]`` at its own weights
+    ``weights[j]`` (its own time), in O(k * stages * m) work. Taking these rows from
+    ``combine_rows(...)`` instead evaluates every sample at every row's weights, k * n rows, which
+    for a batch whose samples all locate an event in one step is quadratic in the batch.
+
+    Args:
+        y0: the constant term, or None.
+        scale: the factor of the weights (the step size, or 1).
+        weights: (k, stages) one row of weights per requested sample.
+        ks: the tensors combined, each of ``n * m`` elements.
+        idx: (k,) the sample (row) each weight row is for.
+        n: the number of rows each tensor is seen as.
+
+    Returns:
+        A (k, m) tensor, with autograd as enabled.
+    """
+    rows = [k.reshape(n, -1)[idx] for k in ks]  # (k, m) each
+    keep = np.flatnonzero(np.any(weights != 0.0, axis=0)).tolist()
+    out = None
+    if keep:
+        w = host_matrix(weights[:, keep] * scale, rows[0])  # (k, kept stages)
+        out = (w.t().unsqueeze(-1) * torch.stack([rows[j] for j in keep])).sum(0)
+    if y0 is None:
+        return out if out is not None else torch.zeros_like(rows[0])
+    start = y0.reshape(n, -1)[idx]
+    return start if out is None else start + out
+
+
 @dataclasses.dataclass
 class PolynomialInterpolant:
     """The Runge-Kutta pair's own continuous extension: y0 + dt * sum_i b_i(theta) k_i.
@@ -120,6 +153,20 @@ class PolynomialInterpolant:
             keep = torch.ones(len(th), dtype=torch.bool, device=out.device)
             keep[ends] = False
             out = torch.where(keep.reshape((-1,) + (1,) * self.y0.dim()), out, self.y1.unsqueeze(0))
+        return out
+
+    def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times)."""
+        c = np.asarray(self.coeffs, dtype=np.float64)
+        th = np.asarray(thetas, dtype=np.float64)
+        out = combine_sample_rows(
+            self.y0, self.dt, (th[:, None] ** np.arange(1, c.shape[1] + 1)) @ c.T, self.ks, idx, n
+        )
+        ends = np.flatnonzero(th == 1.0).tolist()
+        if self.y1 is not None and ends:  # the step's own solution at its end, as many() gives it
+            at_end = torch.zeros(len(th), dtype=torch.bool, device=out.device)
+            at_end[ends] = True
+            out = torch.where(at_end.unsqueeze(1), self.y1.reshape(n, -1)[idx], out)
         return out
 
 
@@ -159,6 +206,11 @@ class HermiteInterpolant:
         w = np.stack(hermite_weights(np.asarray(thetas, dtype=np.float64), self.dt), axis=1)
         return combine_rows(None, 1.0, w, (self.y0, self.y1, self.f0, self.f1))
 
+    def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times)."""
+        w = np.stack(hermite_weights(np.asarray(thetas, dtype=np.float64), self.dt), axis=1)
+        return combine_sample_rows(None, 1.0, w, (self.y0, self.y1, self.f0, self.f1), idx, n)
+
 
 @dataclasses.dataclass
 class LinearInterpolant:
@@ -174,3 +226,8 @@ class LinearInterpolant:
         """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
         th = np.asarray(thetas, dtype=np.float64)
         return combine_rows(self.y0, 1.0, np.stack([-th, th], axis=1), (self.y0, self.y1))
+
+    def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times)."""
+        th = np.asarray(thetas, dtype=np.float64)
+        return combine_sample_rows(self.y0, 1.0, np.stack([-th, th], axis=1), (self.y0, self.y1), idx, n)

@@ -60,6 +60,9 @@ from .host import _emit as _emit_outputs
 _BRACKET_ULPS = 4.0
 # bisection halves a float64 bracket to 4 ulps in at most ~60 halvings; the cap only guards a NaN
 _MAX_HALVINGS = 200
+# the rows (samples x times) one dense-output evaluation of an interpolant without per-sample rows may
+# make while events are located: a million rows, so a batch of 10^4 takes 100 times at a time
+_ROWS_BUDGET = 1 << 20
 
 
 class _Steps:
@@ -255,8 +258,17 @@ class _Locator:
         """Row ``idx[j]`` of the dense output at ``times[j]``, shape (k, m); with autograd as enabled."""
         h = self.seg.t1 - self.seg.t0
         thetas = [1.0 if s == self.seg.t1 else (s - self.seg.t0) / h for s in times.tolist()]
-        many = self.seg.interpolant.many(thetas).reshape(len(thetas), self.n, -1)
-        return many[torch.arange(len(thetas), device=many.device), idx]
+        own = getattr(self.seg.interpolant, "sample_rows", None)
+        if own is not None:  # each sample at its own time only: O(k), where the diagonal below is O(k * n)
+            return own(thetas, idx, self.n)
+        # an interpolant without per-sample rows: every sample at every time, in chunks of times so the
+        # intermediate stays near the size of the state (the work is still k * n rows)
+        chunk = max(1, _ROWS_BUDGET // max(1, self.n))
+        parts = []
+        for a in range(0, len(thetas), chunk):
+            many = self.seg.interpolant.many(thetas[a : a + chunk]).reshape(-1, self.n, self.y1.numel() // self.n)
+            parts.append(many[torch.arange(many.shape[0], device=many.device), idx[a : a + chunk]])
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def values(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
         """Each sample ``idx[j]``'s event value at its own time ``times[j]`` (solver time), shape (k,)."""

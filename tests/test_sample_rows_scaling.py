@@ -1,0 +1,131 @@
+"""Per-sample dense output: each sample at its own time, without the batch x times intermediate.
+
+Locating per-sample events evaluates every located sample at its own time inside one step. Taking
+those rows as the diagonal of ``interpolant.many(times)`` made a (times x batch) intermediate: for a
+batch whose samples all cross in one step that is quadratic in the batch (a batch of 10^4 took 150x
+the time of 10^3). These tests check the per-sample rows against that diagonal and bound the size
+of what the event search evaluates, so they fail on the quadratic form without timing anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import hybrid_node as hn
+from hybrid_node import interpolation
+from hybrid_node.interpolation import HermiteInterpolant, LinearInterpolant, PolynomialInterpolant
+
+
+def _diagonal(interp, thetas, idx, n):
+    """The reference: every sample at every theta, then row idx[j] of theta j."""
+    many = interp.many(thetas).reshape(len(thetas), n, -1)
+    return many[torch.arange(len(thetas)), idx]
+
+
+def _interpolants(n: int, m: int):
+    g = torch.Generator().manual_seed(0)
+    r = lambda: torch.randn(n, m, generator=g, dtype=torch.float64)  # noqa: E731
+    y0, y1 = r(), r()
+    coeffs = ((1.0, -0.5, 0.25), (0.0, 0.0, 0.0), (0.5, 0.3, -0.2))  # a zero stage row is skipped
+    return [
+        PolynomialInterpolant(y0, (r(), r(), r()), 0.3, coeffs, y1=y1),
+        PolynomialInterpolant(y0, (r(), r(), r()), 0.3, coeffs),
+        HermiteInterpolant(y0, y1, r(), r(), 0.3),
+        LinearInterpolant(y0, y1),
+    ]
+
+
+@pytest.mark.parametrize("which", range(4))
+def test_sample_rows_match_the_diagonal_of_many(which):
+    n, m = 7, 3
+    interp = _interpolants(n, m)[which]
+    thetas = [0.0, 0.25, 1.0, 0.6, 0.9]  # 1.0: the step's own end value where the interpolant keeps it
+    idx = torch.tensor([3, 0, 6, 3, 1])
+    got = interp.sample_rows(thetas, idx, n)
+    # the same sums in another order (a mat-mul against a broadcast sum): a few ulps apart
+    torch.testing.assert_close(got, _diagonal(interp, thetas, idx, n), rtol=1e-14, atol=1e-14)
+
+
+def test_sample_rows_carry_gradients():
+    n, m = 4, 2
+    y0 = torch.randn(n, m, dtype=torch.float64, requires_grad=True)
+    y1 = torch.randn(n, m, dtype=torch.float64)
+    interp = LinearInterpolant(y0, y1)
+    rows = interp.sample_rows([0.25, 0.5], torch.tensor([1, 2]), n)
+    (grad,) = torch.autograd.grad(rows.sum(), y0)
+    expected = torch.zeros(n, m, dtype=torch.float64)
+    expected[1], expected[2] = 0.75, 0.5  # d/dy0 of (1 - theta) y0 + theta y1
+    torch.testing.assert_close(grad, expected)
+
+
+def test_event_search_evaluates_rows_linear_in_the_batch(monkeypatch):
+    """Every sample crosses in the same step; the dense output the search builds stays O(batch)."""
+    batch = 120
+    largest = [0]
+    real_rows, real_sample = interpolation.combine_rows, interpolation.combine_sample_rows
+
+    def rows(*args, **kwargs):
+        out = real_rows(*args, **kwargs)
+        largest[0] = max(largest[0], out.numel())
+        return out
+
+    def sample(*args, **kwargs):
+        out = real_sample(*args, **kwargs)
+        largest[0] = max(largest[0], out.numel())
+        return out
+
+    monkeypatch.setattr(interpolation, "combine_rows", rows)
+    monkeypatch.setattr(interpolation, "combine_sample_rows", sample)
+    w = torch.linspace(1.0, 1.2, batch, dtype=torch.float64).unsqueeze(-1)
+
+    def f(t, y):
+        return torch.cat([y[..., 1:2], -w * w * y[..., 0:1]], -1)
+
+    y0 = torch.zeros(batch, 2, dtype=torch.float64)
+    y0[:, 0] = 1.0
+    t_e, _ = hn.odeint_event(
+        f,
+        y0,
+        torch.tensor(0.0, dtype=torch.float64),
+        event_fn=lambda t, y: y[..., 0] + 0.5,  # cos(w t) = -1/2 first at t = 2 pi / (3 w)
+        per_sample=True,
+        rtol=1e-8,
+        atol=1e-10,
+    )
+    # the located times against the analytic roots: the dense output's error at rtol 1e-8 is ~1e-7
+    exact = (2 * np.pi / 3) / w.squeeze(-1)
+    torch.testing.assert_close(t_e, exact, rtol=0, atol=1e-6)
+    # the check points (4 times of the whole batch) are the largest honest evaluation; the diagonal
+    # of many() made batch x batch x 2 elements (28800 here)
+    assert largest[0] <= 4 * batch * 2
+
+
+def test_interpolant_without_sample_rows_is_evaluated_in_chunks(monkeypatch):
+    """dopri8's dense output has no per-sample rows: the search takes the diagonal a few times at a time."""
+    from hybrid_node.loop import events
+
+    monkeypatch.setattr(events, "_ROWS_BUDGET", 50)  # batch 40: one time per evaluation, many chunks
+    batch = 40
+    w = torch.linspace(1.0, 1.5, batch, dtype=torch.float64).unsqueeze(-1)
+
+    def f(t, y):
+        return torch.cat([y[..., 1:2], -w * w * y[..., 0:1]], -1)
+
+    y0 = torch.zeros(batch, 2, dtype=torch.float64)
+    y0[:, 0] = 1.0
+    t_e, ys = hn.odeint_event(
+        f,
+        y0,
+        torch.tensor(0.0, dtype=torch.float64),
+        event_fn=lambda t, y: y[..., 0] + 0.5,
+        per_sample=True,
+        method="dopri8",
+        rtol=1e-9,
+        atol=1e-11,
+    )
+    exact = (2 * np.pi / 3) / w.squeeze(-1)
+    # DOP853's seventh-order dense output at rtol 1e-9: well inside 1e-7 of the root
+    torch.testing.assert_close(t_e, exact, rtol=0, atol=1e-7)
+    torch.testing.assert_close(ys[-1][:, 0], torch.full((batch,), -0.5, dtype=torch.float64), rtol=0, atol=1e-7)
