@@ -18,7 +18,7 @@ from ._registry import METHOD_SPECS, build_solver, check_options, method_list
 from ._solution import Solution, State, Stats
 from ._term import CALLBACK_NAMES
 from ._tracing import traced
-from ._transforms import inside_transform
+from ._transforms import check_forward_mode, forward_mode_active, inside_transform
 from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .julia import events as julia_events
@@ -110,6 +110,10 @@ def solve(
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}.")
     if inside_transform():
         _check_transform_settings(resolve_backend(backend), sensitivity, solver)
+    elif forward_mode_active():
+        check_forward_mode(
+            func, y0, t, adjoint_params, _without_forward_mode(resolve_backend(backend), sensitivity, solver)
+        )
     if resolve_backend(backend) == "julia":
         if per_sample_events:
             raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
@@ -241,6 +245,18 @@ def _check_transform_settings(backend: str, sensitivity, solver=None) -> None:
             f"{type(sensitivity).__name__} has a custom backward pass the transforms cannot follow. Use odeint "
             "(DirectBackprop()) inside the transform, or odeint_adjoint outside it."
         )
+
+
+def _without_forward_mode(backend: str, sensitivity, solver) -> str | None:
+    """What in this solve cannot carry a forward-mode tangent (None: it is carried through the steps)."""
+    if backend == "julia":
+        return "the Julia backend (it solves outside torch)"
+    if isinstance(solver, ExternalSolver):
+        return f"method {solver.name!r} (it solves with scipy on host arrays)"
+    if sensitivity is None or (isinstance(sensitivity, DirectBackprop) and sensitivity.checkpoints is None):
+        return None
+    name = "DirectBackprop(checkpoints=...)" if isinstance(sensitivity, DirectBackprop) else type(sensitivity).__name__
+    return f"{name} (a custom backward pass with no forward-mode rule)"
 
 
 def _event_adjoint(sensitivity: AbstractSensitivity, what: str) -> AbstractSensitivity | None:

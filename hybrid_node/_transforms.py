@@ -12,6 +12,8 @@ operation and is made per member by the transform itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch._C import _functorch
 from torch.autograd import forward_ad
@@ -93,3 +95,57 @@ def members(x: torch.Tensor) -> torch.Tensor:
             x = _functorch.get_unwrapped(x)
     order = batch[::-1]
     return x.permute(order + [d for d in range(x.dim()) if d not in order])
+
+
+def forward_mode_active() -> bool:
+    """Whether a ``torch.autograd.forward_ad.dual_level`` is open, so that inputs may carry tangents."""
+    return forward_ad._current_level >= 0
+
+
+def _has_tangent(x: Any) -> bool:
+    """Whether ``x`` (a tensor, or a tuple/list of them) is a dual tensor with a tangent at the open level."""
+    if isinstance(x, (tuple, list)):
+        return any(_has_tangent(item) for item in x)
+    return isinstance(x, torch.Tensor) and forward_ad.unpack_dual(x).tangent is not None
+
+
+def check_forward_mode(func: Any, y0: Any, t: Any, params: Any, unsupported: str | None) -> None:
+    """Refuse, with the fix, forward-mode AD (``torch.autograd.forward_ad``) that a solve would drop.
+
+    The loops read the output times on the host, so a tangent on ``t`` vanished and ``dy/dt`` came out
+    as no tangent at all; the adjoints' autograd Functions run their forward solve with forward mode
+    off, so a tangent on ``y0`` failed inside torch and one on a parameter (or a tensor ``func``
+    closes over) was dropped. Direct backpropagation carries tangents through every step (with the
+    step sizes held constant, as reverse mode differentiates them).
+
+    Args:
+        func, y0, t: the solve's field, initial state and output times.
+        params: the ``adjoint_params`` given (None: ``func.parameters()`` where it is a Module).
+        unsupported: what cannot carry a tangent (an adjoint, scipy, the Julia backend), or None.
+
+    Raises:
+        ValueError: ``t`` carries a tangent; or ``unsupported`` is set and a tangent reaches the solve
+            through ``y0``, the parameters or ``func``'s value at ``(t[0], y0)``.
+    """
+    if _has_tangent(t):
+        raise ValueError(
+            "t is a forward-mode dual tensor (torch.autograd.forward_ad), whose tangent a solve cannot carry: the "
+            "output times are read as numbers. Differentiate with respect to t in reverse mode "
+            "(torch.autograd.grad of hn.odeint), or use dy(t_i)/dt_i = func(t_i, y(t_i)); pass t without a tangent."
+        )
+    if unsupported is None:
+        return
+    if params is None:
+        params = list(func.parameters()) if isinstance(func, torch.nn.Module) else []
+    reached = _has_tangent(y0) or _has_tangent(list(params))
+    if not reached and isinstance(t, torch.Tensor) and t.numel() > 0:
+        try:  # a tangent on a tensor func closes over shows in its value
+            reached = _has_tangent(func(t[0], y0))
+        except Exception:  # noqa: BLE001 - the solve itself reports a failing func, with its own message
+            reached = False
+    if reached:
+        raise ValueError(
+            f"forward-mode AD (torch.autograd.forward_ad dual tensors) cannot pass through {unsupported}, which "
+            "would drop the tangent. Use hn.odeint (sensitivity=hn.DirectBackprop()) with a torch method, which "
+            "carries tangents through its steps, or reverse mode (torch.autograd.grad) here."
+        )

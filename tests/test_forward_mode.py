@@ -73,3 +73,100 @@ def test_sdeint_adjoint_refuses_second_and_forward_mode_derivatives(method, sde_
         torch.autograd.functional.jvp(lambda y: solve(hn.sdeint_adjoint, y), y0, v)
     with pytest.raises(ValueError, match="no forward-mode derivative.*hn.sdeint"):
         _tangent(lambda y: solve(hn.sdeint_adjoint, y), y0, v)
+
+
+T = torch.linspace(0.0, 2.0, 4, dtype=torch.float64)
+W = torch.tensor([[0.3, -1.2, 0.5], [0.8, 0.1, -0.6], [-0.4, 0.9, 0.2]], dtype=torch.float64)
+Y0 = torch.tensor([0.5, -1.0, 0.3], dtype=torch.float64)
+V = torch.tensor([0.3, 0.1, -0.8], dtype=torch.float64)
+
+
+def _nonlinear(t, y):
+    return torch.tanh(y @ W.T) * torch.cos(t) - 0.3 * y
+
+
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [
+        ("dopri5", {}),
+        ("tsit5", {}),
+        ("bosh3", {}),
+        ("rk4", {"options": {"step_size": 0.1}}),
+        ("bdf", {}),
+        ("kvaerno5", {}),
+        ("rodas5p", {}),
+    ],
+)
+def test_dual_tensors_through_odeint_equal_the_reverse_mode_jacobian(method, settings):
+    # loose tolerances (rtol 1e-4) so that derivatives that moved the steps would differ from reverse mode
+    # by ~1e-4 (central differences, which do move them, differ from it by 1e-5 to 8e-4 here)
+    settings = {"rtol": 1e-4, "atol": 1e-6, **settings}
+
+    def solve(y):
+        return hn.odeint(_nonlinear, y, T, method=method, **settings)
+
+    expected = torch.autograd.functional.jacobian(solve, Y0) @ V
+    # Rosenbrock methods differentiate df/dt by a forward difference, rounded differently in each mode
+    tol = 1e-10 if method != "rodas5p" else 1e-9
+    torch.testing.assert_close(_tangent(solve, Y0, V), expected, rtol=0, atol=tol)
+    torch.testing.assert_close(torch.autograd.functional.jvp(solve, Y0, V)[1], expected, rtol=0, atol=tol)
+
+
+def test_dual_tensors_through_a_symplectic_method_on_a_tuple_state():
+    # harmonic oscillator: (q, p)(t) is a rotation of (q0, p0), so the tangent is the rotated tangent
+    def solve(qp):
+        q, p = hn.odeint(
+            lambda t, s: (s[1], -s[0]), (qp[:1], qp[1:]), T, method="yoshida4", options={"step_size": 0.01}
+        )
+        return torch.cat([q[-1], p[-1]])
+
+    qp0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    v = torch.tensor([0.2, -1.0], dtype=torch.float64)
+    c, s = torch.cos(T[-1]), torch.sin(T[-1])
+    rotation = torch.stack([torch.stack([c, s]), torch.stack([-s, c])])
+    tangent = _tangent(solve, qp0, v)
+    torch.testing.assert_close(tangent, torch.autograd.functional.jacobian(solve, qp0) @ v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tangent, rotation @ v, rtol=0, atol=1e-8)  # 4th order at h = 0.01
+
+
+def test_a_dual_parameter_gives_the_derivative_of_the_matrix_exponential():
+    # d/dA [expm(A t) y0] along D, by central differences of torch.linalg.matrix_exp (error ~eps^2 |A|^3 ~ 1e-11)
+    a = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=torch.float64)
+    d = torch.tensor([[0.1, 0.0], [0.3, -0.2]], dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.3], dtype=torch.float64)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(a, d)
+        out = hn.odeint(lambda t, y: y @ dual.T, y0, T, rtol=1e-10, atol=1e-12)[-1]
+        tangent = fwAD.unpack_dual(out).tangent
+    eps = 1e-6
+    fd = (torch.linalg.matrix_exp((a + eps * d) * T[-1]) - torch.linalg.matrix_exp((a - eps * d) * T[-1])) @ y0
+    torch.testing.assert_close(tangent, fd / (2 * eps), rtol=0, atol=1e-8)  # the solver's rtol 1e-10 over t = 2
+
+
+def test_forward_mode_that_a_solve_would_drop_is_refused_with_the_fix():
+    field = _Linear()
+    y0 = torch.tensor([1.0, 0.3], dtype=torch.float64)
+    v = torch.tensor([0.2, -0.7], dtype=torch.float64)
+    # a tangent on t came back as no tangent at all (dy/dt silently zero)
+    with pytest.raises(ValueError, match="t is a forward-mode dual tensor.*reverse mode"):
+        _tangent(lambda t: hn.odeint(field, y0, t), T, torch.ones_like(T))
+    # the adjoints: a tangent on y0 failed inside torch ("You must implement the jvp function"), one on a
+    # parameter or on a tensor the field closes over was dropped
+    with pytest.raises(ValueError, match="BacksolveAdjoint.*hn.odeint"):
+        _tangent(lambda y: hn.odeint_adjoint(field, y, T), y0, v)
+    with pytest.raises(ValueError, match="InterpolatingAdjoint"):
+        _tangent(lambda y: hn.solve(field, y, T, sensitivity=hn.InterpolatingAdjoint()).ys, y0, v)
+    with pytest.raises(ValueError, match="ReversibleAdjoint"):
+        _tangent(lambda y: hn.odeint_adjoint(field, y, T, adjoint_options={"reversible": True}), y0, v)
+    with pytest.raises(ValueError, match="checkpoints"):
+        _tangent(lambda y: hn.solve(field, y, T, sensitivity=hn.DirectBackprop(checkpoints=2)).ys, y0, v)
+    a = field.a.detach()
+    with pytest.raises(ValueError, match="BacksolveAdjoint"):
+        _tangent(lambda m: hn.odeint_adjoint(lambda t, y: y @ m.T, y0, T, adjoint_params=(m,)), a, a)
+    with pytest.raises(ValueError, match="BacksolveAdjoint"):  # closed over, not in adjoint_params
+        _tangent(lambda m: hn.odeint_adjoint(lambda t, y: y @ m.T, y0, T, adjoint_params=()), a, a)
+    with pytest.raises(ValueError, match="scipy"):  # scipy returned no tangent
+        _tangent(lambda y: hn.odeint(field, y, T, method="scipy_solver", options={"solver": "RK45"}), y0, v)
+    # no tangent reaches the adjoint: it runs as usual inside an open dual level
+    with fwAD.dual_level():
+        torch.testing.assert_close(hn.odeint_adjoint(field, y0, T), hn.odeint(field, y0, T), rtol=1e-6, atol=1e-8)
