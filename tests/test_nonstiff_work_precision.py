@@ -109,7 +109,7 @@ def test_auto_stays_with_tsit5_on_non_stiff_problems(problems, name):
     """``auto`` takes tsit5's steps where nothing is stiff: the same errors and NFE at every tolerance.
 
     Measured: identical on all five problems of the benchmark, with no switch; a stiffness test that
-    fires on these (the Kepler orbit's pericentre pass has |J| ~ 2/r^3 = 200) would switch to rodas5p
+    fires on these (the Kepler orbit's pericentre pass has |J| ~ 2/r^3 = 2000 at r = 0.1) would switch to rodas5p
     and change both.
     """
     auto, tsit5 = _runs(problems, name, "auto"), _runs(problems, name, "tsit5")
