@@ -170,3 +170,19 @@ def test_forward_mode_that_a_solve_would_drop_is_refused_with_the_fix():
     # no tangent reaches the adjoint: it runs as usual inside an open dual level
     with fwAD.dual_level():
         torch.testing.assert_close(hn.odeint_adjoint(field, y0, T), hn.odeint(field, y0, T), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["rodas5p", "rosenbrock23"])
+def test_dual_state_through_rosenbrock_steps_with_a_parameter_that_requires_grad(method):
+    # with a parameter that requires grad, the stage solves keep the Jacobian's graph through a custom
+    # linear solve, which had no forward-mode rule: torch's "You must implement the jvp function"
+    field = _Linear()
+    y0 = torch.tensor([1.0, 0.3], dtype=torch.float64)
+    v = torch.tensor([0.2, -0.7], dtype=torch.float64)
+
+    def solve(y):
+        return hn.odeint(lambda t, z: torch.tanh(field(t, z)) - 0.1 * z**3, y, T, method=method, rtol=1e-5, atol=1e-7)
+
+    expected = torch.autograd.functional.jacobian(solve, y0) @ v
+    # 1e-10: the forward difference of df/dt is rounded differently in the two modes (1e-11 seen)
+    torch.testing.assert_close(_tangent(solve, y0, v), expected, rtol=0, atol=1e-10)

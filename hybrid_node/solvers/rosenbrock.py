@@ -49,15 +49,26 @@ class _LUSolve(torch.autograd.Function):
     whose cores are busy each call waits milliseconds for the thread pool (rodas5p by direct
     backpropagation on a 2-state problem: 1.3-3.7 s of backward instead of 0.05 s). The gradient of a
     linear solve needs only another solve with the same factors (``gb = M^{-H} g``, ``gM = -gb x^H``),
-    and that solve goes through this function again, so higher derivatives stay available.
+    and that solve goes through this function again, so higher derivatives stay available. In forward
+    mode (dual tensors), ``dx = M^{-1} (db - dM x)`` (``M^{-H} (db - dM^H x)`` with ``adjoint``): the
+    factors' own tangents are not used, the tangent of M is.
     """
 
     @staticmethod
     def forward(ctx, m: torch.Tensor, lu: torch.Tensor, pivots: torch.Tensor, b: torch.Tensor, adjoint: bool):
         x = torch.linalg.lu_solve(lu, pivots, b, adjoint=adjoint)
         ctx.save_for_backward(m, lu, pivots, x)
+        ctx.save_for_forward(lu, pivots, x)
         ctx.adjoint = adjoint
         return x
+
+    @staticmethod
+    def jvp(ctx, dm: torch.Tensor | None, _dlu, _dpivots, db: torch.Tensor | None, _dadjoint) -> torch.Tensor:
+        lu, pivots, x = ctx.saved_tensors
+        rhs = torch.zeros_like(x) if db is None else db
+        if dm is not None:
+            rhs = rhs - (dm.mH @ x if ctx.adjoint else dm @ x)
+        return _LUSolve.apply(None, lu, pivots, rhs, ctx.adjoint)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
