@@ -186,3 +186,23 @@ def test_dual_state_through_rosenbrock_steps_with_a_parameter_that_requires_grad
     expected = torch.autograd.functional.jacobian(solve, y0) @ v
     # 1e-10: the forward difference of df/dt is rounded differently in the two modes (1e-11 seen)
     torch.testing.assert_close(_tangent(solve, y0, v), expected, rtol=0, atol=1e-10)
+
+
+def test_sdeint_inside_torch_func_transforms():
+    sde = _Ou("ito")
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    ts = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+
+    def solve(y, fn=hn.sdeint):
+        bm = hn.BrownianInterval(0.0, 1.0, size=(1, 2), dtype=torch.float64, entropy=3)
+        return fn(sde, y, ts, method="euler", dt=0.05, bm=bm)[-1]
+
+    expected = torch.autograd.functional.jacobian(solve, y0)
+    torch.testing.assert_close(torch.func.jacrev(solve)(y0), expected, rtol=1e-12, atol=1e-14)
+    # jacfwd maps its tangents with vmap: the Brownian sample is shared by all of them with randomness="same"
+    torch.testing.assert_close(torch.func.jacfwd(solve, randomness="same")(y0), expected, rtol=1e-12, atol=1e-14)
+    # these failed inside torch ("must override the setup_context staticmethod", "data-dependent control flow")
+    with pytest.raises(ValueError, match="sdeint_adjoint cannot run inside torch.func.*hn.sdeint"):
+        torch.func.jacrev(lambda y: solve(y, hn.sdeint_adjoint))(y0)
+    with pytest.raises(ValueError, match="vmap over y0.*first dimension"):
+        torch.func.vmap(solve, randomness="same")(y0.unsqueeze(0))

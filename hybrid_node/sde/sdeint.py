@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .._problem import warn_unresolvable_tolerance
+from .._transforms import inside_transform, is_batched
 from ._loop import integrate
 from ._validate import Prepared, check_tolerances, prepare
 from .adjoint import BackwardSteps, solve_stochastic_adjoint
@@ -68,6 +69,32 @@ def _check_adjoint_params(adjoint_params: Any) -> tuple[torch.Tensor, ...]:
     return params
 
 
+def _check_transform(y0: Any, adjoint: bool) -> None:
+    """Refuse, with the fix, what a ``torch.func`` transform cannot run through an SDE solve.
+
+    Inside ``vmap`` the Brownian motion's cache is searched by comparing times and states on the host,
+    which a batched ``y0`` turns into "data-dependent control flow" inside torch; the adjoints' autograd
+    Functions have no ``setup_context``/``vmap`` rule. ``grad``, ``jacrev``, ``vjp`` and ``jvp`` of
+    sdeint, and ``jacfwd(..., randomness="same")``, differentiate the steps as reverse mode does.
+
+    Raises:
+        ValueError: ``y0`` is batched by ``vmap``, or ``adjoint`` (sdeint_adjoint) inside a transform.
+    """
+    if not inside_transform():
+        return
+    if adjoint:
+        raise ValueError(
+            "sdeint_adjoint cannot run inside torch.func transforms (vmap, grad, jacrev, jvp, jacfwd, hessian): its "
+            "gradients come from a custom backward pass the transforms cannot follow. Use hn.sdeint inside the "
+            "transform, or sdeint_adjoint with torch.autograd.grad outside it."
+        )
+    if isinstance(y0, torch.Tensor) and is_batched(y0):
+        raise ValueError(
+            "sdeint cannot run under vmap over y0: a batch of SDE solves is one solve with a batch dimension. Stack "
+            "the members along y0's first dimension (batch, state) instead, with a BrownianInterval of that size."
+        )
+
+
 def sdeint(
     sde: Any,
     y0: torch.Tensor,
@@ -117,6 +144,7 @@ def sdeint(
     Reference:
         P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992.
     """
+    _check_transform(y0, adjoint=False)
     p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
     if extra_solver_state is not None:
         _check_extra_state(p, y0, extra_solver_state)
@@ -202,6 +230,7 @@ def sdeint_adjoint(
         Equations", AISTATS 2020. P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and Accurate Gradients
         for Neural SDEs", NeurIPS 2021.
     """
+    _check_transform(y0, adjoint=True)
     if adjoint_params is None:
         if not isinstance(sde, torch.nn.Module):
             raise ValueError(
