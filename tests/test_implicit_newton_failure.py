@@ -76,3 +76,23 @@ def test_a_field_that_turns_nan_is_still_reported_as_non_finite(method):
     with pytest.raises(SolverError) as info:
         solve(method, field=broken, t_end=3.0, min_step=0.01)
     assert info.value.status is Status.NONFINITE
+
+
+@pytest.mark.parametrize(
+    "method", ["implicit_euler", "trapezoid", "radauIIA3", "gl4", "kvaerno5", "kencarp4", "trbdf2"]
+)
+def test_a_fixed_step_whose_field_turns_nan_is_reported_as_non_finite(method):
+    # A fixed step whose stages see a NaN field: the Newton iterate is NaN, and "did not converge, use a smaller
+    # step_size" sent users after the step size; the failure names the non-finite iterate and the field
+    def broken(t, y):  # NaN from t = 0.5 on
+        return -y * (torch.nan if float(t) > 0.5 else 1.0)
+
+    with pytest.raises(SolverError, match="Newton iterate of the implicit step became NaN") as info:
+        hn.odeint(
+            broken,
+            torch.ones(2, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method=method,
+            options={"step_size": 0.1},
+        )
+    assert info.value.status is Status.NONFINITE

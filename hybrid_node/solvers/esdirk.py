@@ -402,7 +402,7 @@ class Dirk(AbstractSolver):
             ks.append(res.z / hg)
         if failed:
             if not self.adaptive:
-                raise fixed_step_newton_error(f, t, y, self.batch_dims)
+                raise fixed_step_newton_error(f, t, y, self.batch_dims, res.z)
             bad = torch.full_like(y, math.inf)
             return DirkStep(bad, bad, f0, jac, jac_t, lu, math.inf, True, e=res.z.detach())
         y1 = y

@@ -70,19 +70,28 @@ def solve_with_refreshes(
     return res
 
 
-def fixed_step_newton_error(f: Any, t: float, y: torch.Tensor, batch_dims: int | None) -> SolverError:
+def fixed_step_newton_error(
+    f: Any, t: float, y: torch.Tensor, batch_dims: int | None, iterate: torch.Tensor
+) -> SolverError:
     """The error of a fixed step whose Newton iteration did not converge, at the user's time ``t``.
 
     Args:
         f: the field (``f.reverse`` set for a solve backward in time, whose internal time is ``-t``).
         t: the step's start in solver time; y: its state; batch_dims: the solver's setting.
+        iterate: the iteration's last iterate.
 
     Returns:
-        A ``SolverError`` (NEWTON_FAILED) whose detail suggests a smaller ``step_size``, and ``batch_dims=0``
-        where the state has batch dimensions.
+        A ``SolverError``: NONFINITE where the last iterate is not finite (the field, or its Jacobian, gave
+        NaN/inf during the step, or the iteration blew up), so the message points at the field rather than
+        at the step size alone; else NEWTON_FAILED, whose detail suggests a smaller ``step_size``, and
+        ``batch_dims=0`` where the state has batch dimensions.
     """
-    return SolverError(
-        Status.NEWTON_FAILED,
-        -t if getattr(f, "reverse", False) else t,
-        fixed_step_failure_hint(y, batch_dims),
-    )
+    user_t = -t if getattr(f, "reverse", False) else t
+    if not bool(torch.isfinite(iterate).all()):
+        return SolverError(
+            Status.NONFINITE,
+            user_t,
+            "the Newton iterate of the implicit step became NaN or infinite: check where the field or its "
+            "Jacobian is not finite over this step; if the iteration overflows, use a smaller step_size",
+        )
+    return SolverError(Status.NEWTON_FAILED, user_t, fixed_step_failure_hint(y, batch_dims))

@@ -171,7 +171,7 @@ class ImplicitRungeKutta(AbstractSolver):
 
         res = solve_with_refreshes(residual, solve, z0, scale, settings, refresh, FIXED_STEP_REFRESHES)
         if not res.converged:
-            raise fixed_step_newton_error(f, t, y, self.batch_dims)
+            raise fixed_step_newton_error(f, t, y, self.batch_dims, res.z)
         y1 = y
         for di, zi in zip(tab.d, res.z):
             y1 = y1 + di * zi
