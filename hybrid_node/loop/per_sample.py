@@ -33,7 +33,7 @@ from . import core
 from .core import TENSOR
 from .host import Integration
 
-#: appended to an error of the field's first call: per-sample control's ``t`` is not the scalar a
+#: noted on an error of the field's first call: per-sample control's ``t`` is not the scalar a
 #: shared-step solve passes, and a torch broadcasting error does not say so
 _T_HINT = (
     "per_sample calls func(t, y) with t of shape (batch,), one time per sample; a field written for a scalar "
@@ -132,9 +132,11 @@ def integrate_per_sample(
                 out = term.func(ts_, y)
                 term._check(out, y)
             except (RuntimeError, ValueError) as e:
-                if type(e) not in (RuntimeError, ValueError):  # a subclass may not take a message alone
-                    raise
-                raise type(e)(f"{e} ({_T_HINT})") from e
+                # a note (PEP 678), not a new exception: the caller gets the field's own error object, its
+                # type, message and traceback unchanged (a user's error, an interrupt of their making)
+                if hasattr(e, "add_note"):  # Python >= 3.11
+                    e.add_note(_T_HINT)
+                raise
         return -out if term.reverse else out
 
     # checked before the field is called: a wrong number of first steps is the caller's to fix

@@ -1,0 +1,68 @@
+"""An error or interrupt raised by the user's code inside a solve reaches the caller as it was raised.
+
+The field (or an event function) raises at its k-th evaluation; the caller must get that very exception
+object (type, message and the raising frame in its traceback), a KeyboardInterrupt stays one, and the next
+identical solve gives the same bits as before the interruption (nothing the solve caches was left half-made).
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+
+import hybrid_node as hn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Bomb(torch.nn.Module):
+    """A small nonlinear field that raises ``kind`` at its ``at``-th evaluation (never when ``at`` is None)."""
+
+    def __init__(self, kind: type[BaseException] = ValueError, at: int | None = None):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([[0.3, -0.5], [0.4, 0.2]], dtype=torch.float64))
+        self.kind, self.at, self.calls, self.raised = kind, at, 0, None
+
+    def forward(self, t, y):
+        self.calls += 1
+        if self.calls == self.at:
+            self.raised = self.kind(f"raised at evaluation {self.at}")
+            raise self.raised
+        return torch.tanh(y @ self.w.T) - 0.1 * y
+
+
+def _y0() -> torch.Tensor:
+    return torch.tensor([[0.3, -0.2], [0.1, 0.4], [-0.5, 0.2]], dtype=torch.float64)
+
+
+def _assert_unchanged(info: pytest.ExceptionInfo, field: Bomb) -> None:
+    """The caller holds the field's own exception object, with its message and raising frame."""
+    assert info.value is field.raised
+    assert str(info.value) == f"raised at evaluation {field.at}"
+    assert "forward" in [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+
+
+@pytest.mark.parametrize("kind", [ValueError, RuntimeError, KeyboardInterrupt])
+def test_per_sample_first_evaluation_error_is_the_fields_own(kind):
+    # The first per-sample evaluation re-raised a ValueError/RuntimeError as a new exception of the same
+    # type with a hint appended to its message: the caller lost the object it raised and its message.
+    field = Bomb(kind, at=1)
+    with pytest.raises(kind) as info:
+        hn.odeint(field, _y0(), torch.tensor([0.0, 1.0], dtype=torch.float64), options={"per_sample": True})
+    _assert_unchanged(info, field)
+    reference = hn.odeint(Bomb(), _y0(), torch.tensor([0.0, 1.0], dtype=torch.float64), options={"per_sample": True})
+    field.at = None  # the next identical solve is not disturbed by the interrupted one
+    again = hn.odeint(field, _y0(), torch.tensor([0.0, 1.0], dtype=torch.float64), options={"per_sample": True})
+    assert torch.equal(again, reference)
+
+
+def test_per_sample_scalar_time_mistake_still_gets_the_hint():
+    """A field written for a scalar t fails on per-sample's (batch,) times; the hint rides along as a note."""
+
+    def scalar_t_field(t, y):
+        return y * t.reshape(1, 1)  # a (batch,) t cannot be reshaped to one element
+
+    with pytest.raises(RuntimeError, match=r"t of shape \(batch,\)"):
+        hn.odeint(scalar_t_field, _y0(), torch.tensor([0.0, 1.0], dtype=torch.float64), options={"per_sample": True})
