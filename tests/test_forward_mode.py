@@ -231,3 +231,41 @@ def test_time_gradients_are_the_field_and_the_transported_start_field(sensitivit
     expected = torch.stack([-(a @ y1) @ w, (a @ y1) @ w])  # Phi A y0 = A Phi y0 for a linear field
     # rk4 at h = 0.01 has a global error ~1e-9; the adaptive ones their tolerance ~1e-9
     torch.testing.assert_close(grad_t, expected, rtol=0, atol=1e-7)
+
+
+class _SineNoise(torch.nn.Module):
+    """dy = a y dt + 0.3 sin(y) dW: a diffusion that depends on the state, so Milstein's correction is not zero."""
+
+    sde_type = "ito"
+
+    def __init__(self, noise_type):
+        super().__init__()
+        self.noise_type = noise_type
+        self.a = torch.nn.Parameter(torch.tensor(-0.7, dtype=torch.float64))
+
+    def f(self, t, y):
+        return self.a * y
+
+    def g(self, t, y):
+        b = 0.3 * torch.sin(y)
+        return b if self.noise_type == "diagonal" else b.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar"])
+def test_milstein_under_torch_func_jvp_and_jacfwd(noise_type):
+    # Milstein's (db/dy) b was taken with requires_grad_, which torch.func forbids: torch.func.jvp and
+    # jacfwd failed inside torch; the reference is the eager Jacobian (same steps, same Brownian sample)
+    sde = _SineNoise(noise_type)
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    v = torch.tensor([[0.2, -1.0]], dtype=torch.float64)
+    ts = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+
+    def solve(y):
+        size = (1, 2) if noise_type == "diagonal" else (1, 1)
+        bm = hn.BrownianInterval(0.0, 1.0, size=size, dtype=torch.float64, entropy=3)
+        return hn.sdeint(sde, y, ts, method="milstein", dt=0.05, bm=bm)[-1]
+
+    jac = torch.autograd.functional.jacobian(solve, y0)
+    expected = (jac.reshape(2, 2) @ v.reshape(2)).reshape(1, 2)
+    torch.testing.assert_close(torch.func.jvp(solve, (y0,), (v,))[1], expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.func.jacfwd(solve, randomness="same")(y0), jac, rtol=1e-12, atol=1e-14)

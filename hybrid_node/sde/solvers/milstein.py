@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..._transforms import inside_transform
 from .._sde import SDEView
 from .base import Extra, SDESolver
 
@@ -31,6 +32,9 @@ def diffusion_derivative_product(sde: SDEView, t: float, y: torch.Tensor) -> tup
     Returns:
         (b, (db/dy) b), both (batch, d).
     """
+    if inside_transform():
+        # torch.func forbids requires_grad_ on its tensors (jvp, jacfwd, vmap): differentiate with it instead
+        return _derivative_product_in_transform(sde, t, y)
     create = torch.is_grad_enabled()
     with torch.enable_grad():
         yy = y if y.requires_grad else y.detach().requires_grad_(True)
@@ -48,6 +52,19 @@ def diffusion_derivative_product(sde: SDEView, t: float, y: torch.Tensor) -> tup
             return b, torch.zeros_like(b)
         (jvp,) = torch.autograd.grad(vjp, u, b, create_graph=create)
         return b, jvp
+
+
+def _derivative_product_in_transform(sde: SDEView, t: float, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`diffusion_derivative_product` by ``torch.func.jvp``, which nests inside the caller's transform.
+
+    (db/dy) v is one Jacobian-vector product: v = b for scalar noise; for diagonal noise (b_i depends
+    on y_i only) v = 1 gives the diagonal of the Jacobian, which multiplies b.
+    """
+    b = _column(sde, sde.g(t, y))
+    if sde.noise_type == "diagonal":
+        db = torch.func.jvp(lambda z: _column(sde, sde.g(t, z)), (y,), (torch.ones_like(y),))[1]
+        return b, db * b
+    return b, torch.func.jvp(lambda z: _column(sde, sde.g(t, z)), (y,), (b,))[1]
 
 
 def _update(y, f, h: float, b, dw, bdb, i11) -> torch.Tensor:
