@@ -83,7 +83,7 @@ def method_list(backend: str) -> str:
 
 
 def methods_table() -> str:
-    """The method table of the README (markdown), rendered from the registry.
+    """The method table of docs/solvers.md (markdown), rendered from the registry.
 
     Returns:
         One row per method name: its order (with the embedded order of an adaptive pair), whether it

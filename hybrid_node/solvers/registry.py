@@ -105,7 +105,7 @@ _ADAMS_ORDER = (
 
 _SYMPLECTIC = "symplectic for separable H; tuple state `(q, p)`, func returns `(dq/dt, dp/dt)`"
 
-#: method name -> MethodSpec; the order is the order of the method table (README, ``methods_table``)
+#: method name -> MethodSpec; the order is the order of the method table (docs/solvers.md, ``methods_table``)
 METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
     {
         "dopri5": MethodSpec(Dopri5, julia="DP5", notes="default; Dormand-Prince, 4th-order dense output"),
