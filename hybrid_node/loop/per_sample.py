@@ -17,7 +17,6 @@ Solving ODEs I, 2nd ed., Section II.4.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Protocol
@@ -344,13 +343,6 @@ def _detail(status: Status, failed: list[int], batch: int) -> str:
     return f"per-sample {what} in sample(s) {failed[:10]}{more} of {batch}"
 
 
-@functools.lru_cache(maxsize=32)
-def _dense_tensors(dense, dtype, device):
-    """The continuous extension's coefficients and exponents as tensors (built once per dtype/device)."""
-    coeffs = torch.tensor(dense, dtype=dtype, device=device)
-    return coeffs, torch.arange(1, coeffs.shape[1] + 1, dtype=dtype, device=device)
-
-
 class _Dense(Protocol):
     """Each element's dense output over its own step: ``y(t + theta h)`` for thetas (J, B)."""
 
@@ -360,18 +352,31 @@ class _Dense(Protocol):
 
 
 class _Polynomial:
-    """The tableau's continuous extension (dopri5, tsit5): one batched product with the stage derivatives."""
+    """The tableau's continuous extension (dopri5, tsit5), as elementwise sums over its stages.
+
+    Each element's increment is ``h sum_s b_s(theta) k_s`` with ``b_s(theta) = sum_p d_sp theta^p``
+    (Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.6), the polynomials by Horner's rule.
+    Elementwise operations round every element alone, so a sample's dense output does not depend on
+    the others in the batch; a batched matrix product (``einsum``) picks its kernel by the batch's
+    shape, and rounded a sample's outputs differently alone and in a batch (by an ulp).
+    """
 
     def __init__(self, dense, ks: Sequence[torch.Tensor]):
         self.dense, self.ks = dense, ks
 
     def increments(self, theta, h, y):
         batch = y.shape[0]
-        coeffs, exponents = _dense_tensors(self.dense, y.dtype, y.device)  # (S, P), (P,)
-        powers = theta.to(y.dtype)[..., None] ** exponents  # (J, B, P)
-        w = (powers @ coeffs.T) * h.to(y.dtype)[None, :, None]  # (J, B, S), scaled by each element's step
-        k = torch.stack([kk.reshape(batch, -1) for kk in self.ks], dim=1)  # (B, S, N)
-        return torch.einsum("jbs,bsn->jbn", w, k)
+        th = theta.to(y.dtype)[..., None]  # (J, B, 1)
+        hh = h.to(y.dtype)[None, :, None]
+        out = torch.zeros(th.shape[:2] + (y[0].numel(),), dtype=y.dtype, device=y.device)
+        for row, k in zip(self.dense, self.ks):
+            if not any(row):
+                continue
+            weight = torch.full_like(th, float(row[-1]))
+            for c in reversed(row[:-1]):  # Horner: b(theta) = theta (d_1 + theta (d_2 + ... theta d_P))
+                weight = weight * th + float(c)
+            out = out + (weight * th * hh) * k.reshape(batch, -1)
+        return out
 
 
 class _Hermite:
