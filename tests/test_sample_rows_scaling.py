@@ -164,3 +164,62 @@ def test_dense_solution_evaluates_each_step_once_per_call():
     (g,) = torch.autograd.grad(ys.sum(), a)
     (g_exact,) = torch.autograd.grad(exact.sum(), a)
     torch.testing.assert_close(g, g_exact, rtol=1e-6, atol=0)
+
+
+def _oscillators(batch: int):
+    w = torch.linspace(1.0, 1.2, batch, dtype=torch.float64).unsqueeze(-1)
+    calls = [0]
+
+    def f(t, y):
+        calls[0] += 1
+        return torch.cat([y[..., 1:2], -w * w * y[..., 0:1]], -1)
+
+    y0 = torch.zeros(batch, 2, dtype=torch.float64)
+    y0[:, 0] = 1.0
+    return f, y0, w, calls
+
+
+def test_events_without_gradients_skip_the_field_at_each_event():
+    """The field at each sample's event time (one whole-batch call per sample) serves only gradients."""
+    batch = 300
+    f, y0, w, calls = _oscillators(batch)
+    with torch.no_grad():
+        t_e, _ = hn.odeint_event(
+            f, y0, torch.tensor(0.0, dtype=torch.float64), event_fn=lambda t, y: y[..., 0] + 0.5, per_sample=True
+        )
+    torch.testing.assert_close(t_e, (2 * np.pi / 3) / w.squeeze(-1), rtol=0, atol=1e-6)
+    # the steps take a few dozen evaluations; one per sample on top (300) was the O(batch^2) part
+    assert calls[0] < batch
+
+
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+def test_event_time_gradients_still_use_the_field_at_the_events(interface):
+    """With gradients (direct and adjoint) the event times still move with the frequency: dt_e/dw = -t_e / w."""
+    batch = 5
+    w = torch.linspace(1.0, 1.5, batch, dtype=torch.float64).requires_grad_(True)
+
+    class Osc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(w.detach().clone().unsqueeze(-1))
+
+        def forward(self, t, y):
+            return torch.cat([y[..., 1:2], -self.w * self.w * y[..., 0:1]], -1)
+
+    field = Osc()
+    y0 = torch.zeros(batch, 2, dtype=torch.float64)
+    y0[:, 0] = 1.0
+    t_e, _ = hn.odeint_event(
+        field,
+        y0,
+        torch.tensor(0.0, dtype=torch.float64),
+        event_fn=lambda t, y: y[..., 0] + 0.5,
+        per_sample=True,
+        odeint_interface=getattr(hn, interface),
+        rtol=1e-9,
+        atol=1e-11,
+    )
+    (g,) = torch.autograd.grad(t_e.sum(), field.w)
+    # t_e = 2 pi / (3 w): the derivative -t_e / w, to the solve's tolerance
+    exact = -(2 * np.pi / 3) / w.detach() ** 2
+    torch.testing.assert_close(g.reshape(-1), exact, rtol=1e-5, atol=0)

@@ -133,7 +133,8 @@ class SampleEvents:
             not fire, the time where the search stopped.
         fired: (n,) bool array: whether the sample's event fired.
         f_event: (n, m) the field in the user's time at each fired sample's event (zero for the
-            others), without graph; for the implicit-function-theorem gradient.
+            others, and for all when the loop was not asked for it), without graph; for the
+            implicit-function-theorem gradient.
         batch_shape: the shape of the event function's value (the leading dimensions of the state).
         stats, status, t_reached: counters; EVENT when every sample fired, else NO_EVENT or the
             failure; the time the solve reached.
@@ -320,6 +321,7 @@ def integrate_sample_events(
     event_fn,
     event_end: float = math.inf,
     throw: bool = True,
+    field_at_events: bool = True,
 ) -> SampleEvents:
     """Integrate a batch from ``t0`` until every sample's event function has changed sign once.
 
@@ -339,6 +341,10 @@ def integrate_sample_events(
         event_end: where the search gives up (solver time).
         throw: raise SolverError when the solve fails (step-size underflow, non-finite state); a
             sample whose event is not found is never an error here (see :attr:`SampleEvents.fired`).
+        field_at_events: fill :attr:`SampleEvents.f_event`, the event times' gradients need it.
+            It costs one call of the field on the whole batch per fired sample (each sample at its
+            own time; a field may couple the samples, so no call serves two times), O(batch^2)
+            work in all: a solve without gradients passes False.
 
     Returns:
         :class:`SampleEvents`.
@@ -421,7 +427,7 @@ def integrate_sample_events(
                 y1 = torch.index_put(y1.reshape(n, -1), (idx,), rows).reshape(y1.shape)
                 with torch.no_grad():
                     base = y1.detach()
-                    for j, s in zip(idx.tolist(), te.tolist()):
+                    for j, s in zip(idx.tolist() if field_at_events else (), te.tolist()):
                         f = term(s, base).reshape(n, -1)[j]  # each sample's field at its own event time
                         f_event[j] = -f if term.reverse else f
                 t_event[idx.cpu().numpy()] = te

@@ -183,7 +183,10 @@ def solve_sample_events(
         # an event that never happens would otherwise run on for 2**31 - 1 steps
         ctrl = dataclasses.replace(ctrl, max_num_steps=EVENT_MAX_STEPS)
     term = problem.term()
-    with torch.set_grad_enabled(torch.is_grad_enabled() and adjoint is None):
+    # the field at the events serves only the event times' gradients (sample_event_outputs), which are
+    # asked for where grad mode is on here (the adjoint's loop below runs without it)
+    gradients = torch.is_grad_enabled()
+    with torch.set_grad_enabled(gradients and adjoint is None):
         res = integrate_sample_events(
             term,
             problem.solver,
@@ -196,6 +199,7 @@ def solve_sample_events(
             event_fn=event_fn,
             event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
             throw=throw,
+            field_at_events=gradients,
         )
     if throw and not res.fired.all():
         missing = np.flatnonzero(~res.fired)
