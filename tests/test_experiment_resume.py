@@ -29,13 +29,13 @@ def _restore_threads():
 @pytest.fixture
 def adam_steps(monkeypatch):
     """Counts the Adam steps of every experiment (all of them train with Adam); ``stop_at`` interrupts one."""
-    calls = {"n": 0, "stop_at": None}
+    calls = {"n": 0, "stop_at": None, "error": Interrupted}
     step = torch.optim.Adam.step
 
     def counting_step(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == calls["stop_at"]:
-            raise Interrupted
+            raise calls["error"]
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
@@ -173,6 +173,41 @@ def test_an_interrupted_run_resumes_to_the_same_result(case, tmp_path, tiny_mnis
     assert main(base + ["--checkpoint-every", "3", "--out", str(out), "--resume"]) == 0
     assert adam_steps["n"] == remaining
     assert rows(out) == rows(straight)
+
+
+@pytest.mark.parametrize("case", ["anode", "demo mid-cycle", "hnn", "sde"])
+def test_a_ctrl_c_mid_epoch_keeps_the_last_checkpoint_and_resumes_exactly(case, tmp_path, adam_steps, capsys):
+    """Ctrl-C (a KeyboardInterrupt, which ``except Exception`` does not see) inside a training step: the command
+    ends with status 130, the checkpoint on disk is the last one written before the interrupt, untouched, and
+    ``--resume`` continues from it to the bits of an uninterrupted run."""
+    argv, stop_at, remaining, _, _ = CASES[case]
+    argv = argv + ["--checkpoint-every", "2"]
+    straight, out = tmp_path / "straight", tmp_path / "interrupted"
+    assert main(argv + ["--out", str(straight)]) == 0
+
+    # the same run stopped one step earlier, normally, by the test's own exception: the checkpoints it left
+    adam_steps.update(n=0, stop_at=stop_at, error=Interrupted)
+    with pytest.raises(Interrupted):
+        main(argv + ["--out", str(tmp_path / "killed")])
+    kept = list(checkpoints(tmp_path / "killed"))
+
+    adam_steps.update(n=0, stop_at=stop_at, error=KeyboardInterrupt)
+    assert main(argv + ["--out", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+    # nothing written on the way out of the interrupt: the same files, each holding the same state
+    assert list(checkpoints(out)) == kept
+    for name in kept:
+        a = load_checkpoint(out / "checkpoints" / name, restore_rng=False)
+        b = load_checkpoint(tmp_path / "killed" / "checkpoints" / name, restore_rng=False)
+        assert a["step"] == b["step"], name
+        assert all(torch.equal(p, b["model"][k]) for k, p in a["model"].items()), name
+    assert not list(out.rglob("*.tmp"))  # no temporary of an interrupted write left behind
+
+    adam_steps.update(n=0, stop_at=None, error=Interrupted)
+    assert main(argv + ["--out", str(out), "--resume"]) == 0
+    assert adam_steps["n"] == remaining
+    assert_same_training(straight, out)
 
 
 @pytest.mark.parametrize("command", ["anode", "cnf", "demo", "hnn", "nfe", "sde", "mnist", "spirals"])
