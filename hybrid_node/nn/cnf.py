@@ -467,7 +467,17 @@ class CNF(nn.Module):
         )
 
     def log_prob(self, x: torch.Tensor, *, trace: TraceEstimator | None = None) -> torch.Tensor:
-        """log-density of ``x`` (B, D) under the model, shape (B,)."""
+        """log-density of ``x`` (B, D) under the model, shape (B,).
+
+        Args:
+            x: data points.
+            trace: the trace estimator for this call; by default the flow's own (``trace=`` of the
+                constructor), so a flow trained with :class:`HutchinsonTrace` gives a stochastic
+                estimate unless ``trace=ExactTrace()`` is passed.
+
+        Returns:
+            log p(x) for each row.
+        """
         return self.to_base(x, trace=trace, regularize=False).log_prob
 
     def from_base(
