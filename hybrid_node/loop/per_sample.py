@@ -17,6 +17,7 @@ Solving ODEs I, 2nd ed., Section II.4.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import Protocol
@@ -427,9 +428,12 @@ class _StagesOf:
 def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp: _Dense) -> None:
     """Fill the outputs that fall inside each element's accepted step (per-element dense output).
 
-    All output times of this batched step are interpolated at once, from thetas of shape (J, B).
+    All output times of this batched step are interpolated at once, from thetas of shape (J, B), and
+    written with one masked select: the outputs inside the batch's span ``(lo, hi]`` are found by
+    bisection on the increasing ``ts`` (a scan of all of them at every step, and a select per output,
+    made many output times cost O(outputs x steps) Python work).
     """
-    js = [j for j in range(1, len(ts)) if lo < ts[j] <= hi]
+    js = range(bisect.bisect_right(ts, lo, 1), bisect.bisect_right(ts, hi, 1))
     if not js:
         return
     with torch.no_grad():
@@ -439,8 +443,8 @@ def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp: _Dense) -> N
     batch = y.shape[0]
     block = y.reshape(batch, -1) + interp.increments(theta, h, y).to(y.dtype)  # (J, B, N)
     block = block.reshape((len(js),) + tuple(y.shape))
-    for row, j in enumerate(js):
-        outs[j] = torch.where(_col(masks[row], y).bool(), block[row], outs[j])
+    keep = masks.reshape(masks.shape + (1,) * (y.dim() - 1))  # (J, B, 1, ...)
+    outs[js.start : js.stop] = torch.where(keep, block, torch.stack(outs[js.start : js.stop])).unbind(0)
 
 
 def _failed(status, t, outs, stats, term, throw, detail, sample_status):
