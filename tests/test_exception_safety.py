@@ -66,3 +66,24 @@ def test_per_sample_scalar_time_mistake_still_gets_the_hint():
 
     with pytest.raises(RuntimeError, match=r"t of shape \(batch,\)"):
         hn.odeint(scalar_t_field, _y0(), torch.tensor([0.0, 1.0], dtype=torch.float64), options={"per_sample": True})
+
+
+@pytest.mark.parametrize("sensitivity", [hn.DirectBackprop(), hn.BacksolveAdjoint()])
+@pytest.mark.parametrize("kind", [ValueError, KeyboardInterrupt])
+def test_an_interrupted_odeblock_forward_leaves_its_counters_and_mode(sensitivity, kind):
+    # The counts of a complete forward and backward pass; a forward pass that raised after 5 evaluations
+    # added those to nfe_backward (14 + 5 of a backsolve; 5 for direct backpropagation, documented as 0).
+    field = Bomb(kind)
+    block = hn.nn.ODEBlock(field, train_settings=hn.nn.SolveSettings(sensitivity=sensitivity))
+    x = _y0()
+    block(x).sum().backward()
+    counts = (block.nfe_forward, block.nfe_backward)
+    assert counts[0] > 5 and (counts[1] > 0) == isinstance(sensitivity, hn.BacksolveAdjoint)
+    field.calls, field.at = 0, 5
+    with pytest.raises(kind) as info:
+        block(x)
+    _assert_unchanged(info, field)
+    assert (block.nfe_forward, block.nfe_backward) == counts and block.training
+    field.at = None  # the next pass counts as the first did
+    block(x).sum().backward()
+    assert (block.nfe_forward, block.nfe_backward) == counts

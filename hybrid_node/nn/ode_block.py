@@ -346,7 +346,16 @@ class ODEBlock(nn.Module):
             return sol.ys
         counting = self._counting()
         start = counting.calls
-        ys = integrate(counting, x, times, self.settings, params).ys
+        try:
+            ys = integrate(counting, x, times, self.settings, params).ys
+        except BaseException:
+            # a forward pass that raised (a failed solve, the field's error, Ctrl-C) is counted in neither
+            # number: they stay those of the latest complete pass, whose nfe_backward would otherwise grow
+            # by the failed pass's evaluations (and leave 0 with direct backpropagation)
+            done, calls = self._after_forward
+            if done is counting:
+                self._after_forward = (counting, calls + counting.calls - start)
+            raise
         self._after_forward = (counting, counting.calls)
         self.nfe_forward = counting.calls - start
         return ys
