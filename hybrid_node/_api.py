@@ -507,8 +507,12 @@ def odeint(
         (event time, states at t[0] and the event time).
 
     Raises:
-        ValueError: unknown method/option or invalid input; SolverError: the solve failed;
-        JuliaNotAvailableError: the Julia backend was asked for without Julia.
+        ValueError: an unknown method or option (the message lists the valid ones), or an invalid value.
+        TypeError: an argument of the wrong type, e.g. ``options`` that is no dict, a ``y0`` that is
+            not floating point or complex, or a ``func`` returning another dtype than the state's.
+        BackendError: a method the backend lacks (``method="vern7"`` on the torch backend) or a
+            combination it cannot do; JuliaNotAvailableError: the Julia backend without Julia.
+        SolverError: the solve failed (max steps, step-size underflow, non-finite state).
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, None, None)
 
