@@ -111,9 +111,9 @@ def solve(
     if inside_transform():
         _check_transform_settings(resolve_backend(backend), sensitivity, solver)
     elif forward_mode_active():
-        check_forward_mode(
-            func, y0, t, adjoint_params, _without_forward_mode(resolve_backend(backend), sensitivity, solver)
-        )
+        has_events = event_fn is not None or event is not None or per_sample_events
+        why = _without_forward_mode(resolve_backend(backend), sensitivity, solver, t, has_events)
+        check_forward_mode(func, y0, t, adjoint_params, why)
     if resolve_backend(backend) == "julia":
         if per_sample_events:
             raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
@@ -247,8 +247,12 @@ def _check_transform_settings(backend: str, sensitivity, solver=None) -> None:
         )
 
 
-def _without_forward_mode(backend: str, sensitivity, solver) -> str | None:
+def _without_forward_mode(backend: str, sensitivity, solver, t, events: bool) -> str | None:
     """What in this solve cannot carry a forward-mode tangent (None: it is carried through the steps)."""
+    if events:  # the event time's derivative (implicit function theorem) is a reverse-mode rule only
+        return "an event solve (the event time's derivative is computed in reverse mode only)"
+    if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
+        return "a solve whose t requires grad (that rule is reverse-mode only: pass t.detach())"
     if backend == "julia":
         return "the Julia backend (it solves outside torch)"
     if isinstance(solver, ExternalSolver):

@@ -145,7 +145,7 @@ def check_forward_mode(func: Any, y0: Any, t: Any, params: Any, unsupported: str
             reached = False
     if reached:
         raise ValueError(
-            f"forward-mode AD (torch.autograd.forward_ad dual tensors) cannot pass through {unsupported}, which "
-            "would drop the tangent. Use hn.odeint (sensitivity=hn.DirectBackprop()) with a torch method, which "
-            "carries tangents through its steps, or reverse mode (torch.autograd.grad) here."
+            f"forward-mode AD (torch.autograd.forward_ad dual tensors) cannot pass through {unsupported}: the "
+            "tangent would be dropped or fail inside torch. Use hn.odeint (sensitivity=hn.DirectBackprop()) with a "
+            "torch method, which carries tangents through its steps, or reverse mode (torch.autograd.grad) here."
         )

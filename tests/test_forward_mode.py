@@ -269,3 +269,22 @@ def test_milstein_under_torch_func_jvp_and_jacfwd(noise_type):
     expected = (jac.reshape(2, 2) @ v.reshape(2)).reshape(1, 2)
     torch.testing.assert_close(torch.func.jvp(solve, (y0,), (v,))[1], expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(torch.func.jacfwd(solve, randomness="same")(y0), jac, rtol=1e-12, atol=1e-14)
+
+
+def test_forward_mode_through_event_solves_and_time_gradients_is_refused():
+    field = _Linear()
+    y0 = torch.tensor([1.0, 0.3], dtype=torch.float64)
+    v = torch.tensor([0.2, -0.7], dtype=torch.float64)
+    # the event time came back without a tangent (dt_e/dy0 silently 0): its rule is reverse-mode only
+    with pytest.raises(ValueError, match="event solve"):
+        _tangent(
+            lambda y: hn.odeint_event(
+                field, y, torch.tensor(0.0, dtype=torch.float64), event_fn=lambda t, z: z[0] - 0.1
+            )[0],
+            y0,
+            v,
+        )
+    # a t that requires grad goes through a custom Function with no forward rule (torch's "implement the jvp")
+    t = T.clone().requires_grad_()
+    with pytest.raises(ValueError, match="t requires grad.*t.detach"):
+        _tangent(lambda y: hn.odeint(field, y, t), y0, v)
