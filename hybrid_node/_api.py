@@ -826,7 +826,8 @@ def odeint_dense(
 
     Raises:
         ValueError: unknown method or options, invalid input (e.g. t1 equal to t0), or ``scipy_solver``
-            (no dense output here);
+            (no dense output here).
+        TypeError, BackendError: as for :func:`odeint`.
         SolverError: the solve failed.
     """
     solver, controller, extras = build_solver(method, options, rtol, atol)
@@ -889,7 +890,9 @@ def odeint_adjoint(
     Raises:
         ValueError: ``func`` is not an nn.Module and no ``adjoint_params`` were given; or an
             ``adjoint_method`` other than ``method`` with ``options`` but no ``adjoint_options`` (as
-            torchdiffeq: options are method-specific, so the backward solve cannot take them).
+            torchdiffeq: options are method-specific, so the backward solve cannot take them); and
+            what :func:`odeint` raises for the forward solve.
+        TypeError, BackendError, SolverError: as for :func:`odeint`.
     """
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
         raise ValueError(

@@ -1,4 +1,5 @@
-"""``odeint``'s docstring (rendered on docs/api.md) names the error types its misuse raises."""
+"""The docstrings of ``odeint``, ``odeint_adjoint`` and ``odeint_dense`` (rendered on docs/api.md) name
+the error types their misuse raises."""
 
 from __future__ import annotations
 
@@ -8,10 +9,6 @@ import pytest
 import torch
 
 import hybrid_node as hn
-
-
-def _decay(t, y):
-    return -y
 
 
 def _raises_section(fn) -> str:
@@ -27,8 +24,14 @@ def _raises_section(fn) -> str:
         ({}, torch.ones(1, dtype=torch.int64)),  # a state that is not floating point
     ],
 )
-def test_odeint_documents_what_it_raises(kwargs, y0):
+@pytest.mark.parametrize("entry", ["odeint", "odeint_adjoint", "odeint_dense"])
+def test_the_solve_functions_document_what_they_raise(kwargs, y0, entry):
+    fn = getattr(hn, entry)
+    field = torch.nn.Linear(1, 1)  # odeint_adjoint needs a module (or adjoint_params)
     with pytest.raises(Exception) as err:
-        hn.odeint(_decay, y0, torch.tensor([0.0, 1.0]), **kwargs)
+        if entry == "odeint_dense":
+            fn(field, y0, 0.0, 1.0, **kwargs)
+        else:
+            fn(field, y0, torch.tensor([0.0, 1.0]), **kwargs)
     name = type(err.value).__name__
-    assert re.search(rf"\b{name}\b", _raises_section(hn.odeint)), f"odeint raises {name}, its docstring omits it"
+    assert re.search(rf"\b{name}\b", _raises_section(fn)), f"{entry} raises {name}, its docstring omits it"
