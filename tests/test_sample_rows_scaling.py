@@ -245,3 +245,30 @@ def test_per_sample_outputs_are_written_per_step_not_per_output_time(monkeypatch
     torch.testing.assert_close(ys[..., 0], exact, rtol=0, atol=1e-6)
     # the loop's own columns are a few per step (under 100 steps here); the old writes took one per output
     assert selects[0] < 1000
+
+
+def test_per_sample_dense_output_only_at_the_times_a_step_emits(monkeypatch):
+    """Output times inside the batch's span that no accepted sample's step emits are not re-evaluated."""
+    from hybrid_node.loop import per_sample
+
+    rows = [0]
+    real = per_sample._Polynomial.increments
+
+    def increments(self, theta, h, y):
+        rows[0] += theta.shape[0]
+        return real(self, theta, h, y)
+
+    monkeypatch.setattr(per_sample._Polynomial, "increments", increments)
+    w = torch.tensor([[1.0], [8.0]], dtype=torch.float64)  # a slow and a fast sample: wide spans
+
+    def f(t, y):
+        return torch.cat([y[..., 1:2], -w * w * y[..., 0:1]], -1)
+
+    y0 = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    t = torch.linspace(0.0, 4.0, 1000, dtype=torch.float64)
+    ys = hn.odeint(f, y0, t, rtol=1e-7, atol=1e-9, options={"per_sample": True})
+    torch.testing.assert_close(ys[..., 0], torch.cos(w.squeeze(-1) * t.unsqueeze(-1)), rtol=0, atol=1e-5)
+    # each output time is emitted once per sample, in the step of each that covers it: at most 2 x 1000
+    # rows (a time both samples' accepted steps cover in one batched step counts once); rebuilding the
+    # whole span at every step evaluated every time between the slow and the fast sample again and again
+    assert rows[0] <= 2 * len(t)

@@ -440,11 +440,22 @@ def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp: _Dense) -> N
         tj = torch.tensor([ts[j] for j in js], dtype=t.dtype, device=t.device)[:, None]  # (J, 1)
         within, _, theta = core.emission(TENSOR, tj, t, t_new)  # (J, B)
         masks = accept & within
+        # the outputs some sample's accepted step emits; the span also holds times that only samples
+        # still behind (or already past) will emit, which would be rebuilt unchanged at every step
+        hit = masks.any(1).nonzero().reshape(-1).tolist()
+    if not hit:
+        return
+    sel = list(js)
+    if len(hit) < len(sel):
+        sel = [sel[r] for r in hit]
+        rows = torch.tensor(hit, device=masks.device)
+        theta, masks = theta[rows], masks[rows]
     batch = y.shape[0]
     block = y.reshape(batch, -1) + interp.increments(theta, h, y).to(y.dtype)  # (J, B, N)
-    block = block.reshape((len(js),) + tuple(y.shape))
+    block = block.reshape((len(sel),) + tuple(y.shape))
     keep = masks.reshape(masks.shape + (1,) * (y.dim() - 1))  # (J, B, 1, ...)
-    outs[js.start : js.stop] = torch.where(keep, block, torch.stack(outs[js.start : js.stop])).unbind(0)
+    for j, out in zip(sel, torch.where(keep, block, torch.stack([outs[j] for j in sel])).unbind(0)):
+        outs[j] = out
 
 
 def _failed(status, t, outs, stats, term, throw, detail, sample_status):
