@@ -7,6 +7,7 @@ identical solve gives the same bits as before the interruption (nothing the solv
 
 from __future__ import annotations
 
+import threading
 import traceback
 
 import pytest
@@ -87,3 +88,83 @@ def test_an_interrupted_odeblock_forward_leaves_its_counters_and_mode(sensitivit
     field.at = None  # the next pass counts as the first did
     block(x).sum().backward()
     assert (block.nfe_forward, block.nfe_backward) == counts
+
+
+def _global_state() -> tuple:
+    """What a solve could leave changed in the process."""
+    return (
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+        torch.get_default_dtype(),
+        torch.get_num_threads(),
+        torch.autograd.forward_ad._current_level,
+        torch._C._functorch.maybe_current_level(),
+        hn.get_backend(),
+        sorted(t.name for t in threading.enumerate()),
+    )
+
+
+def _odeint(field):
+    return hn.odeint(field, _y0(), torch.linspace(0, 1, 4, dtype=torch.float64), rtol=1e-6, atol=1e-8)
+
+
+def _adjoint(field):
+    return hn.odeint_adjoint(field, _y0(), torch.linspace(0, 1, 4, dtype=torch.float64), rtol=1e-6, atol=1e-8)
+
+
+def _implicit(field):
+    return hn.odeint(field, _y0(), torch.linspace(0, 1, 4, dtype=torch.float64), method="kvaerno5")
+
+
+def _event(field):
+    def event_fn(t, y):  # the event function shares the field's count, so it raises too
+        return field(t, y)[..., 0].sum() * 0 + t - 0.7
+
+    return hn.odeint(field, _y0(), torch.tensor([0.0, 2.0], dtype=torch.float64), event_fn=event_fn)[1]
+
+
+class _SDE(torch.nn.Module):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, field: Bomb):
+        super().__init__()
+        self.field = field
+
+    def f(self, t, y):
+        return self.field(t, y)
+
+    def g(self, t, y):
+        return 0.2 * torch.cos(y)
+
+
+def _sde(field):
+    bm = hn.BrownianInterval(0.0, 1.0, size=(3, 2), entropy=3, dtype=torch.float64)
+    return hn.sdeint_adjoint(
+        _SDE(field), _y0(), torch.linspace(0, 1, 3, dtype=torch.float64), bm=bm, dt=0.1, method="euler"
+    )
+
+
+@pytest.mark.parametrize("solve", [_odeint, _adjoint, _implicit, _event, _sde])
+@pytest.mark.parametrize("kind", [ValueError, KeyboardInterrupt])
+def test_an_error_at_any_evaluation_reaches_the_caller_and_leaves_nothing_behind(solve, kind):
+    """The field raises at evaluations spread over the forward solve and the backward pass (the adjoint's
+    backward solve, the implicit solver's Jacobians, the event search, the SDE adjoint): the caller gets
+    that exception, the process state is as before, and the next solve gives the uninterrupted bits."""
+
+    def loss_and_grad(field: Bomb) -> list[torch.Tensor]:
+        out = solve(field)
+        (grad,) = torch.autograd.grad(out.pow(2).sum(), field.w)
+        return [out.detach(), grad]
+
+    clean = Bomb()
+    reference = loss_and_grad(clean)
+    evaluations = clean.calls
+    before = _global_state()
+    for at in sorted({1, 2, evaluations // 3, evaluations // 2, evaluations - 1, evaluations}):
+        field = Bomb(kind, at)
+        with pytest.raises(kind) as info:
+            loss_and_grad(field)
+        _assert_unchanged(info, field)
+        assert _global_state() == before, at
+        again = loss_and_grad(Bomb())
+        assert all(torch.equal(a, b) for a, b in zip(again, reference)), at
