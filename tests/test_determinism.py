@@ -48,3 +48,55 @@ def test_per_sample_dense_output_is_the_continuous_extension(method):
     # a 4th-order interpolant within steps chosen for rtol 1e-8 errs by at most ~1e-8 relative; 1e-6
     # leaves a margin of 100 while a wrong weight (any coefficient) gives errors of order 1e-2
     assert torch.allclose(ys, exact, rtol=1e-6, atol=0)
+
+
+# Solves whose results a fresh process must reproduce bit for bit: the adaptive, implicit, multistep
+# and switching loops, both adjoints' gradients, per-sample control and an SDE with a seeded Brownian
+# motion. Printed as hex digests of the result bytes.
+_SCRIPT = """
+import hashlib, torch, hybrid_node as hn
+torch.set_num_threads(1)
+torch.set_default_dtype(torch.float64)
+w = torch.tensor([[0.3, -0.5, 0.2], [0.4, 0.2, -0.3], [0.1, 0.6, -0.2]], requires_grad=True)
+f = lambda t, y: torch.tanh(y @ w.T) - 0.1 * y
+y0 = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]])
+t = torch.linspace(0, 1, 5)
+outs = []
+for m, o in [("dopri5", None), ("kvaerno5", None), ("bdf", None), ("lsoda", None), ("adams", None),
+             ("dopri5", {"per_sample": True}), ("rodas5p", None)]:
+    ys = hn.odeint(f, y0, t, method=m, options=o, rtol=1e-6, atol=1e-8)
+    outs += [ys, *torch.autograd.grad(ys.square().sum(), w)]
+ys = hn.odeint_adjoint(f, y0, t, rtol=1e-6, atol=1e-8, adjoint_params=(w,))
+outs += [ys, *torch.autograd.grad(ys.square().sum(), w)]
+ys = hn.solve(f, y0, t, sensitivity=hn.InterpolatingAdjoint(), adjoint_params=(w,)).ys
+outs += [ys, *torch.autograd.grad(ys.square().sum(), w)]
+
+class SDE(torch.nn.Module):
+    noise_type, sde_type = "diagonal", "ito"
+    def f(self, t, y):
+        return f(t, y)
+    def g(self, t, y):
+        return 0.2 * torch.cos(y)
+
+bm = hn.BrownianInterval(0.0, 1.0, size=(2, 3), entropy=11, dtype=torch.float64)
+outs.append(hn.sdeint(SDE(), y0, t, bm=bm, method="euler", dt=0.05, adaptive=True))
+print(" ".join(hashlib.sha256(x.detach().contiguous().numpy().tobytes()).hexdigest()[:16] for x in outs))
+"""
+
+
+def test_two_processes_give_the_same_bits():
+    """torch's CPU kernels are deterministic at a fixed thread count, so any difference between two
+    fresh processes would come from the library: iteration over sets or dicts keyed by ``id`` or by
+    salted string hashes (each process draws its own PYTHONHASHSEED), seeds taken from the clock, or
+    memory read before it was written. The processes get different hash seeds on purpose."""
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for seed in ("1", "98765"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        run = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        digests.append(run.stdout.split())
+    assert len(digests[0]) == 19 and digests[0] == digests[1]
