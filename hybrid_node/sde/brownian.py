@@ -5,13 +5,17 @@ values W(s_k) (and, when a space-time Levy area is asked for, K(s_k) = int_{t0}^
 at a time that is not a knot inserts one, drawn from the Brownian bridge between its two neighbours
 (Revuz & Yor 1999, ch. I.3), so every later query sees the same path: increments over adjacent intervals
 add up, repeated and out-of-order queries return the same values, and the backward pass of an adjoint
-sees exactly the noise of the forward pass. With a ``dt`` hint the knots of the grid t0 + k dt are drawn
-at once with one ``randn`` (a fixed-step solve then only looks values up).
+sees exactly the noise of the forward pass. With a ``dt`` hint the cells of the grid t0 + k dt are drawn
+in chunks of ``_chunk_cells`` cells, one ``randn`` per chunk seeded by (entropy, chunk index), so that a
+chunk dropped from memory is re-created bit for bit; only the last ``_CHUNKS_KEPT`` chunks used are held
+(a fixed-step solve reads its cells in order, an adjoint's backward solve in reverse order). Knot
+values on the grid are W(chunk start) plus the chunk's partial sums, the chunk starts kept once found.
 
-Memory is one (size) tensor per knot: a fixed-step solve of n steps keeps n + 1 of them (two with a
-Levy area: K is kept in float64, see ``_k``). Every random
-draw of an inserted knot is seeded from (entropy, knot time), so a run is reproducible for a given
-entropy and query sequence.
+Memory is one (size) tensor per knot inserted off the grid (two with a Levy area: K is kept in
+float64, see ``_k``), plus, with a grid, a bounded number of chunks and one start value per chunk
+(so a fixed-step solve of n steps holds O(n / chunk) tensors, not n). Every random draw of an inserted
+knot is seeded from (entropy, knot time), so a run is reproducible for a given entropy and query
+sequence.
 
 References:
     P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992,
@@ -27,7 +31,9 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +43,34 @@ from .levy_area import approximate_levy_area
 
 LEVY_AREA_APPROXIMATIONS = ("none", "space-time", "davie", "foster")
 _MASK = (1 << 63) - 1
+# Grid chunks: about this many sampled numbers per chunk (1 MB of float32), between the cell bounds below;
+# a 16 x 64 noise gets 256 cells per chunk. A query of a cell whose chunk was dropped re-draws the whole
+# chunk (1-6 ms at this size on one CPU core; 4x that with 2**20 numbers), while sequential reads pay the
+# same per cell whatever the size. Two chunks are enough for a solve that crosses a chunk boundary in
+# either direction; a third spares a re-draw when a query jumps back one chunk.
+_CHUNK_NUMBERS = 2**18
+_CHUNK_CELLS = (64, 4096)
+_CHUNKS_KEPT = 3
+
+
+@dataclass
+class _Chunk:
+    """Cells [first, first + m) of a ``dt`` grid: their times, draws and (once asked for) knot values.
+
+    Attributes:
+        times: the m + 1 knot times of the chunk (its last one is the next chunk's first).
+        index: knot time -> position in ``times``.
+        dw: (m, *size) increments of the cells.
+        du: (m, *size) integrals int (W - W(s_k)) du over the cells (space-time Levy area only).
+        w, k: (m + 1, *size) knot values W and K (None until a query off the cells needs them).
+    """
+
+    times: list[float]
+    index: dict[float, int]
+    dw: torch.Tensor
+    du: torch.Tensor | None
+    w: torch.Tensor | None = None
+    k: torch.Tensor | None = None
 
 
 def _seed(entropy: int, t: float) -> int:
@@ -112,8 +146,8 @@ class BrownianInterval:
             (the smallest n with cells no longer than ``tol``), each bridged from its parent cell's ends, and a
             query is answered at the nearest grid time (resolved to ``tol``, as torchsde's).
         tol: the time resolution with ``halfway_tree`` (must be positive then); ignored otherwise.
-        pool_size, cache_size: accepted for torchsde compatibility and ignored (every knot is kept, so no
-            cache is needed).
+        pool_size, cache_size: accepted for torchsde compatibility and ignored (knots off the grid are all
+            kept; the grid keeps its last few chunks and re-creates others from their seeds).
         W: optional value of W(t1) - W(t0) to condition on (a Brownian bridge).
         H: optional space-time Levy area over [t0, t1], H = U / (t1 - t0) - W / 2 (torchsde's), to condition
             on; used when the Levy area approximation is not "none".
@@ -188,13 +222,16 @@ class BrownianInterval:
             while depth > 0 and h / 2**depth <= 4 * self._eps:
                 depth -= 1
             self._cells = 2**depth
-        # With a grid hint the cells' increments are kept as drawn and the knot values are summed only
-        # when a query needs them (see _materialise): a fixed-step solve reads one cell per step.
-        self._grid: dict[float, int] = {}
-        self._cell_w: torch.Tensor | None = None
-        self._cell_u: torch.Tensor | None = None
-        self._materialised = False
-        self._grid_end: list[float] = []
+        # With a grid hint the cells are drawn chunk by chunk and the knot values are summed only when a
+        # query off the cells needs them (see _chunk_knots): a fixed-step solve reads one cell per step.
+        self._grid_n = 0  # cells of the grid (0: no grid)
+        self._dt = 0.0
+        self._chunk_t: list[float] = []  # first time of each chunk
+        numel = max(1, math.prod(self._size))
+        self._chunk_cells = min(max(_CHUNK_NUMBERS // numel, _CHUNK_CELLS[0]), _CHUNK_CELLS[1])
+        self._chunks: OrderedDict[int, _Chunk] = OrderedDict()  # least recently used first
+        self._starts: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (W, K) at each chunk's start
+        self._materialised = False  # whether any knot value of the grid was summed
         for name, given in (("W", W), ("H", H)):
             if given is not None and tuple(given.shape) != tuple(self._size):
                 raise ValueError(f"{name} must have shape {tuple(self._size)} (the size), got {tuple(given.shape)}.")
@@ -239,8 +276,10 @@ class BrownianInterval:
 
     @property
     def num_knots(self) -> int:
-        """How many times W has been sampled at (a measure of the memory held)."""
-        return len(self._times)
+        """How many times W has been sampled at: the grid's knots and those inserted off it.
+
+        The memory held is that of the knots off the grid and of ``cells_held`` grid cells."""
+        return len(self._times) + (self._grid_n + 1 if self._grid_n else 0)
 
     # --- sampling ------------------------------------------------------------------------------------------
     def _zeros(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -260,7 +299,14 @@ class BrownianInterval:
         return w_prev + dw, h * (0.5 * dw + math.sqrt(h / 12) * z[1])  # the integral of (W - W_prev) only
 
     def _sample_grid(self, dt: float) -> None:
-        times = [self._t0]
+        """Lay out the grid t0, t0 + dt, ... (by repeated addition, as sdeint's steps), ending at t1.
+
+        Only the first time of every chunk is kept: a chunk's times are re-created by the same repeated
+        additions from it, so they are bit for bit the solver's step times.
+
+        Raises:
+            ValueError: dt too small to advance the times (the loop would never end).
+        """
         # The last cell ends where sdeint's loop ends its last step: a step that would stop this close to t1
         # is stretched to t1 there (hybrid_node.sde._loop), so the cells stay the solver's steps.
         merge = time_tolerance(self._t0, self._t1)
@@ -270,40 +316,120 @@ class BrownianInterval:
                 f"the grid hint dt={dt} does not advance a time near {far:g}, where floats are {math.ulp(far):g} "
                 "apart; shift the times to start near 0 or take a larger dt."
             )
-        while times[-1] + dt < self._t1 - merge:
-            times.append(times[-1] + dt)
-        times.append(self._t1)
+        t, n, c = self._t0, 1, self._chunk_cells
+        self._chunk_t = [t]
+        while t + dt < self._t1 - merge:  # n cells so far end at t + dt (or at t1)
+            t += dt
+            if n % c == 0:
+                self._chunk_t.append(t)
+            n += 1
+        self._grid_n, self._dt = n, dt
+        # The grid holds t0 and t1: _times, _w and _k keep only the knots inserted off the grid.
+        self._times, self._w, self._k = [], {}, {}
+
+    def _draw_chunk(self, j: int) -> _Chunk:
+        """Create chunk j of the grid from its seed (the same values every time).
+
+        The normal draws of a chunk are seeded by (entropy, chunk index) only, and its times come from
+        the same repeated additions as the layout, so a chunk dropped from the cache is re-created exactly.
+        """
+        first = j * self._chunk_cells
+        m = min(self._chunk_cells, self._grid_n - first)
+        times = [self._chunk_t[j]]
+        for _ in range(m):
+            times.append(times[-1] + self._dt)
+        if first + m == self._grid_n:
+            times[-1] = self._t1  # the last step is stretched to t1
         hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=self._dtype, device=self._device)
         hs = hs.reshape(-1, *([1] * len(self._size)))
-        n = len(hs)
-        z = self._randn(self._t1 + 0.25, 2 * n if self._levy else n)
-        self._cell_w = hs.sqrt() * z[:n]
-        if self._levy:
-            # The integral of (W - W(s_k)) over cell k, drawn jointly with the cell's increment.
-            self._cell_u = hs * (0.5 * self._cell_w + (hs / 12).sqrt() * z[n:])
-        self._times = list(times)
-        self._grid = {t: k for k, t in enumerate(times[:-1])}  # cell k is [times[k], times[k + 1]]
-        self._grid_end = times
+        self._gen.manual_seed(hash((self._entropy, j, -2)) & _MASK)  # 3-tuple: apart from knot and area seeds
+        shape = (2 * m if self._levy else m, *self._size)
+        z = torch.randn(shape, generator=self._gen, dtype=self._dtype, device=self._device)
+        dw = hs.sqrt() * z[:m]
+        # The integral of (W - W(s_k)) over cell k, drawn jointly with the cell's increment.
+        du = hs * (0.5 * dw + (hs / 12).sqrt() * z[m:]) if self._levy else None
+        return _Chunk(times, {t: i for i, t in enumerate(times)}, dw, du)
 
-    def _materialise(self) -> None:
-        """Sum the grid's cell increments into knot values W(s_k) (and K(s_k)), once.
+    def _chunk(self, j: int) -> _Chunk:
+        """Chunk j, from the cache or re-created; keeps at most ``_CHUNKS_KEPT`` chunks."""
+        chunk = self._chunks.get(j)
+        if chunk is not None:
+            self._chunks.move_to_end(j)
+            return chunk
+        chunk = self._draw_chunk(j)
+        self._chunks[j] = chunk
+        while len(self._chunks) > _CHUNKS_KEPT:
+            self._chunks.popitem(last=False)
+        return chunk
 
-        The cells are kept: a query of a whole cell still returns the cell's own draw, bit for bit the
-        same before and after (a sum of knot differences would agree only to rounding)."""
-        if self._cell_w is None or self._materialised:
-            return
+    @property
+    def cells_held(self) -> int:
+        """How many grid cells' draws are held in memory now (bounded by the chunk cache)."""
+        return sum(len(c.dw) for c in self._chunks.values())
+
+    def _sum_chunk(self, chunk: _Chunk, w0: torch.Tensor, k0: torch.Tensor | None) -> None:
+        """Fill the chunk's knot values from W and K at its start.
+
+        W(s_{i+1}) = W(s_i) + dW_i and K(s_{i+1}) = K(s_i) + h_i W(s_i) + int_{s_i}^{s_{i+1}} (W - W(s_i)) du,
+        as cumulative sums (K in float64, see ``_k``)."""
         self._materialised = True
-        dw = self._cell_w
-        w = torch.cat([self._zeros().unsqueeze(0), dw.cumsum(0)])
-        self._w = dict(zip(self._times, w.unbind(0)))
-        if self._cell_u is not None:
-            # K(s_{k+1}) = K(s_k) + h_k W(s_k) + int_{s_k}^{s_{k+1}} (W - W(s_k)) du.
-            hs = torch.tensor(
-                [b - a for a, b in zip(self._times[:-1], self._times[1:])], dtype=self._dtype, device=self._device
-            ).reshape(-1, *([1] * len(self._size)))
-            steps = self._cell_u.to(self._kdtype) + hs.to(self._kdtype) * w[:-1].to(self._kdtype)
-            k = torch.cat([self._zeros(self._kdtype).unsqueeze(0), steps.cumsum(0)])
-            self._k = dict(zip(self._times, k.unbind(0)))
+        chunk.w = torch.cat([w0.unsqueeze(0), w0 + chunk.dw.cumsum(0)])
+        if chunk.du is not None and k0 is not None:
+            times = chunk.times
+            hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=self._kdtype)
+            hs = hs.to(self._device).reshape(-1, *([1] * len(self._size)))
+            steps = chunk.du.to(self._kdtype) + hs * chunk.w[:-1].to(self._kdtype)
+            chunk.k = torch.cat([k0.unsqueeze(0), k0 + steps.cumsum(0)])
+
+    def _chunk_knots(self, j: int) -> _Chunk:
+        """Chunk j with its knot values, summing the chunks before it first if their sums are not known.
+
+        A chunk's start (W, K) is the previous chunk's last knot value, so every grid knot has one value
+        whichever chunk it is read from and whatever the order of the queries."""
+        if not self._starts:
+            self._starts.append((self._zeros(), self._zeros(self._kdtype) if self._levy else None))
+        while len(self._starts) <= j:  # the chunks before j, in order (each once)
+            i = len(self._starts) - 1
+            chunk = self._chunks.get(i) or self._draw_chunk(i)
+            if chunk.w is None:
+                self._sum_chunk(chunk, *self._starts[i])
+            assert chunk.w is not None
+            # Copies: a view of the last knot would keep the whole chunk's knot values alive.
+            self._starts.append((chunk.w[-1].clone(), None if chunk.k is None else chunk.k[-1].clone()))
+        chunk = self._chunk(j)
+        if chunk.w is None:
+            self._sum_chunk(chunk, *self._starts[j])
+        return chunk
+
+    def _grid_locate(self, t: float) -> tuple[int, int] | None:
+        """(chunk, position) of the grid knot within the snap tolerance of t, or None."""
+        j = min(max(bisect.bisect_right(self._chunk_t, t) - 1, 0), len(self._chunk_t) - 1)
+        times = self._chunk(j).times
+        i = bisect.bisect_left(times, t)
+        for p in (i - 1, i):
+            if 0 <= p < len(times) and abs(times[p] - t) <= self._eps:
+                if p == len(times) - 1 and j + 1 < len(self._chunk_t):
+                    return j + 1, 0  # a chunk's end is read as the next chunk's start (one value)
+                return j, p
+        return None
+
+    def _grid_neighbours(self, t: float) -> tuple[float, float]:
+        """The grid times just below and above a time t that is no grid time."""
+        j = min(max(bisect.bisect_right(self._chunk_t, t) - 1, 0), len(self._chunk_t) - 1)
+        times = self._chunk(j).times
+        i = bisect.bisect_left(times, t)
+        return times[i - 1], times[i]
+
+    def _value(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """W(t) and K(t) (None without a Levy area) at a knot time t (one returned by ``_knot``)."""
+        w = self._w.get(t)
+        if w is not None:
+            return w, self._k.get(t)
+        loc = self._grid_locate(t)
+        assert loc is not None, "not a knot"
+        chunk = self._chunk_knots(loc[0])
+        assert chunk.w is not None
+        return chunk.w[loc[1]], None if chunk.k is None else chunk.k[loc[1]]
 
     def _insert(self, t: float, w: torch.Tensor, k: torch.Tensor) -> None:
         bisect.insort(self._times, t)
@@ -314,9 +440,13 @@ class BrownianInterval:
     def _bridge(self, t: float) -> float:
         """Insert a knot at t strictly between two knots, conditioned on both; returns the knot time."""
         i = bisect.bisect_left(self._times, t)
-        a, b = self._times[i - 1], self._times[i]
+        a = self._times[i - 1] if i > 0 else -math.inf
+        b = self._times[i] if i < len(self._times) else math.inf
+        if self._grid_n:  # the nearest knots may be grid knots
+            ga, gb = self._grid_neighbours(t)
+            a, b = max(a, ga), min(b, gb)
         h, h1, h2 = b - a, t - a, b - t
-        wa, wb = self._w[a], self._w[b]
+        (wa, ka), (wb, kb) = self._value(a), self._value(b)
         if not self._levy:
             w = wa + (h1 / h) * (wb - wa) + math.sqrt(h1 * h2 / h) * self._randn(t)
             self._insert(t, w, w)
@@ -324,8 +454,9 @@ class BrownianInterval:
         # Pathwise conditioning: draw (w1, i1, w2, i2), the increments and local integrals of the two
         # halves, unconditionally, then correct them linearly so that they reproduce the parent's
         # increment dw = w1 + w2 and integral di = i1 + i2 + h2 w1 exactly.
+        assert ka is not None and kb is not None
         dw = wb - wa
-        di = self._k[b] - self._k[a] - h * wa
+        di = kb - ka - h * wa
         cov = torch.zeros(4, 4, dtype=torch.float64)
         for j, hj in ((0, h1), (2, h2)):
             cov[j : j + 2, j : j + 2] = torch.tensor([[hj, hj**2 / 2], [hj**2 / 2, hj**3 / 3]], dtype=torch.float64)
@@ -344,7 +475,7 @@ class BrownianInterval:
         g = gain.tolist()
         w1 = (x[0] + g[0][0] * res_w + g[0][1] * res_i).to(self._dtype)  # res_i is float64 (from K)
         i1 = x[1] + g[1][0] * res_w + g[1][1] * res_i
-        self._insert(t, wa + w1, self._k[a] + h1 * wa + i1)
+        self._insert(t, wa + w1, ka + h1 * wa + i1)
         return t
 
     def _dyadic(self, k: int) -> float:
@@ -380,12 +511,15 @@ class BrownianInterval:
 
     def _knot(self, t: float) -> float:
         """The knot at time t (inserted if needed); raises outside [t0, t1]."""
-        self._materialise()
         if t in self._w and not self._cells:
             return t
         self._check_in_range(t)
         if self._cells:
             return self._tree_knot(t)
+        if self._grid_n:
+            loc = self._grid_locate(t)
+            if loc is not None:
+                return self._chunk(loc[0]).times[loc[1]]
         i = bisect.bisect_left(self._times, t)
         for j in (i - 1, i):
             if 0 <= j < len(self._times) and abs(self._times[j] - t) <= self._eps:
@@ -421,24 +555,26 @@ class BrownianInterval:
             raise ValueError('return_U needs BrownianInterval(..., levy_area_approximation="space-time").')
         if tb is None:
             ta, tb = self._t0, ta
-        if self._grid and not return_A:
+        if self._grid_n and not return_A:
             # Fast path: a query of one whole grid cell is the cell's own draw.
-            k = self._grid.get(float(ta))
-            if k is not None and self._grid_end[k + 1] == float(tb):
-                assert self._cell_w is not None
+            cell = self._grid_cell(float(ta), float(tb))
+            if cell is not None:
+                chunk, i = cell
                 if not return_U:
-                    return self._cell_w[k]
-                assert self._cell_u is not None
-                return self._cell_w[k], self._cell_u[k]
+                    return chunk.dw[i]
+                assert chunk.du is not None
+                return chunk.dw[i], chunk.du[i]
         for t in (ta, tb):  # a point query before t0 read as "need ta <= tb, got ta=t0, tb=t"
             self._check_in_range(float(t))
         if float(ta) > float(tb) + self._eps:  # before the halfway tree rounds both to one grid time
             raise ValueError(f"need ta <= tb, got ta={float(ta)}, tb={float(tb)}.")
         a, b = self._knot(float(ta)), self._knot(float(tb))
-        w = self._w[b] - self._w[a]
+        (wa, ka), (wb, kb) = self._value(a), self._value(b)
+        w = wb - wa
         if not (return_U or return_A):
             return w
-        u = (self._k[b] - self._k[a] - (b - a) * self._w[a]).to(self._dtype)
+        assert ka is not None and kb is not None
+        u = (kb - ka - (b - a) * wa).to(self._dtype)
         if not return_A:
             return w, u
         if len(self._size) < 2:
@@ -447,6 +583,17 @@ class BrownianInterval:
             return (w, u, torch.zeros_like(w)) if return_U else (w, torch.zeros_like(w))
         area = approximate_levy_area(w, u, b - a, self.levy_area_approximation, self._area_noise(a, b))
         return (w, u, area) if return_U else (w, area)
+
+    def _grid_cell(self, ta: float, tb: float) -> tuple[_Chunk, int] | None:
+        """(chunk, cell) when [ta, tb] is exactly one cell of the grid, else None."""
+        j = bisect.bisect_right(self._chunk_t, ta) - 1
+        if j < 0:
+            return None
+        chunk = self._chunk(j)
+        i = chunk.index.get(ta)
+        if i is None or i + 1 >= len(chunk.times) or chunk.times[i + 1] != tb:
+            return None
+        return chunk, i
 
     def _area_noise(self, a: float, b: float) -> torch.Tensor:
         """Standard normal draws for the Levy area on [a, b], seeded by the interval, of shape (*size, m)."""
