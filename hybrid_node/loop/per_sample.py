@@ -18,6 +18,7 @@ Solving ODEs I, 2nd ed., Section II.4.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Sequence
 from typing import Protocol
@@ -344,6 +345,12 @@ def _detail(status: Status, failed: list[int], batch: int) -> str:
     return f"per-sample {what} in sample(s) {failed[:10]}{more} of {batch}"
 
 
+@functools.lru_cache(maxsize=32)
+def _dense_tensor(dense, dtype, device) -> torch.Tensor:
+    """The continuous extension's coefficients as a (P, S) tensor (built once per dtype and device)."""
+    return torch.tensor(dense, dtype=dtype, device=device).T.contiguous()
+
+
 class _Dense(Protocol):
     """Each element's dense output over its own step: ``y(t + theta h)`` for thetas (J, B)."""
 
@@ -364,19 +371,22 @@ class _Polynomial:
 
     def __init__(self, dense, ks: Sequence[torch.Tensor]):
         self.dense, self.ks = dense, ks
+        self.used = [any(row) for row in dense]
 
     def increments(self, theta, h, y):
         batch = y.shape[0]
+        coeffs = _dense_tensor(self.dense, y.dtype, y.device)  # (P, S): row p holds theta^(p+1)'s weights
         th = theta.to(y.dtype)[..., None]  # (J, B, 1)
-        hh = h.to(y.dtype)[None, :, None]
-        out = torch.zeros(th.shape[:2] + (y[0].numel(),), dtype=y.dtype, device=y.device)
-        for row, k in zip(self.dense, self.ks):
-            if not any(row):
-                continue
-            weight = torch.full_like(th, float(row[-1]))
-            for c in reversed(row[:-1]):  # Horner: b(theta) = theta (d_1 + theta (d_2 + ... theta d_P))
-                weight = weight * th + float(c)
-            out = out + (weight * th * hh) * k.reshape(batch, -1)
+        weights = coeffs[-1].expand(th.shape[:2] + coeffs.shape[1:])
+        for p in range(coeffs.shape[0] - 2, -1, -1):  # Horner: b_s = theta (d_s1 + theta (d_s2 + ... theta d_sP))
+            weights = weights * th + coeffs[p]
+        weights = weights * th * h.to(y.dtype)[None, :, None]  # (J, B, S), scaled by each element's step
+        out = None
+        for s, k in enumerate(self.ks):
+            if self.used[s]:
+                term = weights[..., s : s + 1] * k.reshape(batch, -1)  # (J, B, N), fresh: summed in place
+                out = term if out is None else out.add_(term)
+        assert out is not None  # a continuous extension has a nonzero weight
         return out
 
 
