@@ -145,29 +145,28 @@ class PolynomialInterpolant:
 
     def many(self, thetas: Sequence[float]) -> torch.Tensor:
         """The interpolant at several thetas at once, shape (len(thetas), *y0.shape)."""
-        c = np.asarray(self.coeffs, dtype=np.float64)  # (stages, degree)
         th = np.asarray(thetas, dtype=np.float64)
-        out = combine_rows(self.y0, self.dt, (th[:, None] ** np.arange(1, c.shape[1] + 1)) @ c.T, self.ks)
-        ends = np.flatnonzero(th == 1.0).tolist()
-        if self.y1 is not None and ends:  # out of place: the rows may carry gradients
-            keep = torch.ones(len(th), dtype=torch.bool, device=out.device)
-            keep[ends] = False
-            out = torch.where(keep.reshape((-1,) + (1,) * self.y0.dim()), out, self.y1.unsqueeze(0))
+        out = combine_rows(self.y0, self.dt, self._weights(th), self.ks)
+        at_end = th == 1.0
+        if self.y1 is not None and at_end.any():  # out of place: the rows may carry gradients
+            mask = torch.as_tensor(at_end, device=out.device).reshape((-1,) + (1,) * self.y0.dim())
+            out = torch.where(mask, self.y1.unsqueeze(0), out)
         return out
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
         """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times)."""
-        c = np.asarray(self.coeffs, dtype=np.float64)
         th = np.asarray(thetas, dtype=np.float64)
-        out = combine_sample_rows(
-            self.y0, self.dt, (th[:, None] ** np.arange(1, c.shape[1] + 1)) @ c.T, self.ks, idx, n
-        )
-        ends = np.flatnonzero(th == 1.0).tolist()
-        if self.y1 is not None and ends:  # the step's own solution at its end, as many() gives it
-            at_end = torch.zeros(len(th), dtype=torch.bool, device=out.device)
-            at_end[ends] = True
-            out = torch.where(at_end.unsqueeze(1), self.y1.reshape(n, -1)[idx], out)
+        out = combine_sample_rows(self.y0, self.dt, self._weights(th), self.ks, idx, n)
+        at_end = th == 1.0
+        if self.y1 is not None and at_end.any():  # the step's own solution at its end, as many() gives it
+            mask = torch.as_tensor(at_end, device=out.device).unsqueeze(1)
+            out = torch.where(mask, self.y1.reshape(n, -1)[idx], out)
         return out
+
+    def _weights(self, th: np.ndarray) -> np.ndarray:
+        """The (len(th), stages) weights ``b_i(theta)`` at the thetas ``th``."""
+        c = np.asarray(self.coeffs, dtype=np.float64)  # (stages, degree)
+        return (th[:, None] ** np.arange(1, c.shape[1] + 1)) @ c.T
 
 
 def hermite_weights(theta, dt):
