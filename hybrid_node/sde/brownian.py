@@ -403,9 +403,7 @@ class BrownianInterval:
 
     def _grid_locate(self, t: float) -> tuple[int, int] | None:
         """(chunk, position) of the grid knot within the snap tolerance of t, or None."""
-        j = min(max(bisect.bisect_right(self._chunk_t, t) - 1, 0), len(self._chunk_t) - 1)
-        times = self._chunk(j).times
-        i = bisect.bisect_left(times, t)
+        j, times, i = self._grid_search(t)
         for p in (i - 1, i):
             if 0 <= p < len(times) and abs(times[p] - t) <= self._eps:
                 if p == len(times) - 1 and j + 1 < len(self._chunk_t):
@@ -415,10 +413,15 @@ class BrownianInterval:
 
     def _grid_neighbours(self, t: float) -> tuple[float, float]:
         """The grid times just below and above a time t that is no grid time."""
+        _, times, i = self._grid_search(t)
+        return times[i - 1], times[i]
+
+    def _grid_search(self, t: float) -> tuple[int, list[float], int]:
+        """The chunk whose span holds time t (the first or the last one for a time beyond the grid's ends),
+        its knot times, and the position where t would be inserted among them (``bisect_left``)."""
         j = min(max(bisect.bisect_right(self._chunk_t, t) - 1, 0), len(self._chunk_t) - 1)
         times = self._chunk(j).times
-        i = bisect.bisect_left(times, t)
-        return times[i - 1], times[i]
+        return j, times, bisect.bisect_left(times, t)
 
     def _value(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """W(t) and K(t) (None without a Levy area) at a knot time t (one returned by ``_knot``)."""
