@@ -289,14 +289,10 @@ def probe() -> Availability:
     mismatch = juliacall_variables_problem() or executable_variable_problem()
     if not has_juliacall:
         reason = "juliacall is not installed"
-    elif juliacall_version_problem():
-        reason = juliacall_version_problem()
-    elif mismatch:
-        reason = mismatch
-    elif exe is None:
-        reason = "no Julia executable found (juliacall would download one; run `hybrid-node julia-setup`)"
     else:
-        reason = ""
+        reason = juliacall_version_problem() or mismatch
+        if not reason and exe is None:
+            reason = "no Julia executable found (juliacall would download one; run `hybrid-node julia-setup`)"
     return Availability(has_juliacall, exe, False, reason)
 
 
