@@ -425,11 +425,12 @@ def integrate_sample_events(
                 te = locator.locate(idx, sign0[idx], lo[sel], hi[sel])
                 rows = locator.rows(te, idx)  # with the graph: the event states' gradients at fixed time
                 y1 = torch.index_put(y1.reshape(n, -1), (idx,), rows).reshape(y1.shape)
-                with torch.no_grad():
-                    base = y1.detach()
-                    for j, s in zip(idx.tolist() if field_at_events else (), te.tolist()):
-                        f = term(s, base).reshape(n, -1)[j]  # each sample's field at its own event time
-                        f_event[j] = -f if term.reverse else f
+                if field_at_events:
+                    with torch.no_grad():
+                        base = y1.detach()
+                        for j, s in zip(idx.tolist(), te.tolist()):
+                            f = term(s, base).reshape(n, -1)[j]  # each sample's field at its own event time
+                            f_event[j] = -f if term.reverse else f
                 t_event[idx.cpu().numpy()] = te
                 frozen[idx] = True
                 new_state = solver.init(mterm, t1, y1)  # the state changed: restart the solver there
