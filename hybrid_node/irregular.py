@@ -211,7 +211,8 @@ def union_grid(batch: IrregularBatch, extra_times: Tensor | None = None) -> tupl
     if extra_times is not None:
         extra = torch.as_tensor(extra_times, dtype=t.dtype, device=t.device).reshape(-1)
         if not bool(torch.isfinite(extra).all()):  # a NaN was sorted into the grid the solve runs on
-            raise ValueError(f"extra_times must be finite, got {extra.tolist()[:5]}.")
+            bad = extra[~torch.isfinite(extra)][:5].tolist()
+            raise ValueError(f"extra_times must be finite, got {bad}; drop the NaN and infinite times.")
         t = torch.cat([t, extra])
     union = torch.unique(t, sorted=True)
     return union, batch.union_index(union)

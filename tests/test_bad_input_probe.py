@@ -359,8 +359,9 @@ def test_time_conv_arguments_are_checked(kwargs, message):
 def test_union_grid_refuses_non_finite_extra_times():
     # a NaN was sorted into the union grid the solve runs on
     batch = irregular.from_sequences([torch.tensor([0.0, 0.5, 1.0])], [torch.ones(3, 2)])
-    with pytest.raises(ValueError, match="extra_times must be finite"):
-        irregular.union_grid(batch, torch.tensor([math.nan]))
+    with pytest.raises(ValueError, match=r"extra_times must be finite, got \[nan\]; drop the NaN"):
+        # the message names the bad entries, not the first ones given
+        irregular.union_grid(batch, torch.tensor([0.2, 0.3, 0.4, 0.6, 0.7, 0.8, math.nan]))
 
 
 def test_zero_unobserved_refuses_a_mask_of_another_shape():
