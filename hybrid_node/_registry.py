@@ -160,18 +160,17 @@ def _times_option(key: str, value: Any) -> tuple[float, ...]:
     """``options['jump_t']`` or ``options['step_t']`` as host floats (a tensor of any shape is flattened).
 
     Raises:
-        TypeError: ``value`` holds something other than real numbers (torch's "new(): invalid data type
-            'str'" named neither the option nor what it takes).
+        TypeError: ``value`` holds something other than real numbers (a bool or complex tensor, strings).
     """
-    try:
-        if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool):
-            raise TypeError(value.dtype)
-        return tuple(float(x) for x in torch.as_tensor(value, dtype=torch.float64).reshape(-1))
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(  # noqa: B904 - the conversion error adds nothing
-            f"options[{key!r}] must be a tensor or a sequence of times (real numbers), got "
-            f"{type(value).__name__} {value!r}."
-        )
+    if not (isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool)):
+        try:
+            return tuple(torch.as_tensor(value, dtype=torch.float64).reshape(-1).tolist())
+        except (TypeError, ValueError, RuntimeError):  # torch's own error names neither the option nor its type
+            pass
+    raise TypeError(
+        f"options[{key!r}] must be a tensor or a sequence of times (real numbers), got "
+        f"{type(value).__name__} {value!r}."
+    )
 
 
 def build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, atol):
@@ -276,7 +275,7 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
             isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
         ):
             options["step_size"] = float(step)
-        # anything else goes to ConstantStepSize as given, which refuses it by name: float() took "0.1" and
-        # True (a step of 1) and failed on two values with torch's "only one element tensors can be converted"
+        # anything else goes to ConstantStepSize as given, which refuses it by name: float() would take "0.1"
+        # and True (a step of 1), and fail on two values with torch's "only one element tensors can be converted"
         controller = ConstantStepSize(**options)
     return solver, controller, extras
