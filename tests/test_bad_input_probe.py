@@ -230,7 +230,8 @@ class _BadDriftSDE(_DecaySDE):
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ("none", "the drift must return a tensor, got NoneType"),  # was "unsupported operand type(s)" in srk
+        # without the check: "unsupported operand type(s)" inside srk; the message says what to return
+        ("none", "the drift must return a tensor, got NoneType; return a tensor of y0's shape and dtype"),
         # was computed in float32 and promoted without a word
         ("float32", r"the drift returned dtype torch.float32 but y0 is torch.float64"),
     ],

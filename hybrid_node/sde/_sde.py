@@ -82,7 +82,7 @@ class SDEView:
 
     def __init__(self, sde: Any, names: Mapping[str, str] | None = None):
         if names is not None and not isinstance(names, Mapping):
-            # dict() of a list of names failed with "dictionary update sequence element #0 has length 5"
+            # dict() of a list of names would fail with "dictionary update sequence element #0 has length 5"
             raise TypeError(
                 f"names must be a dict from method roles to attribute names, e.g. {{'drift': 'f_post'}}, got "
                 f"{type(names).__name__} {names!r}."
@@ -95,7 +95,7 @@ class SDEView:
             if not isinstance(attr, str):  # getattr's "attribute name must be string" named neither
                 raise TypeError(f"names[{key!r}] must be the name of a method of the sde object (a str), got {attr!r}.")
             if not callable(getattr(sde, attr, None)):
-                # else the role was silently missing, and the error said the sde object defines no drift
+                # else the role is silently missing, and the later error says the sde object defines no drift
                 raise ValueError(
                     f"names[{key!r}] = {attr!r}, but the sde object has no method {attr!r}; name one of its methods."
                 )

@@ -41,12 +41,14 @@ def _check_output(role: str, value: Any, y0: torch.Tensor) -> None:
     """Refuse a drift or diffusion value at (ts[0], y0) that is no tensor or not in y0's dtype.
 
     Raises:
-        ValueError: ``value`` is not a tensor (None failed inside the solver step with "unsupported operand
-            type(s)"), or has another dtype than ``y0`` (a float32 model on a float64 state was computed in
+        ValueError: ``value`` is not a tensor (None would fail inside the solver step with "unsupported operand
+            type(s)"), or has another dtype than ``y0`` (a float32 model on a float64 state would be computed in
             float32 and promoted, without a word).
     """
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"the {role} must return a tensor, got {type(value).__name__}.")
+        raise ValueError(
+            f"the {role} must return a tensor, got {type(value).__name__}; return a tensor of y0's shape and dtype."
+        )
     if value.dtype != y0.dtype:
         raise ValueError(
             f"the {role} returned dtype {value.dtype} but y0 is {y0.dtype}; return it in y0's dtype (e.g. build "
@@ -63,7 +65,7 @@ def _times(ts: Any, y0: torch.Tensor) -> list[float]:
             )
         if ts.ndim != 1:
             raise ValueError(f"ts must be a 1-D tensor of times, got shape {tuple(ts.shape)}.")
-        if bool_or_complex(ts) is not None:  # False/True were read as the times 0 and 1; complex failed in float()
+        if bool_or_complex(ts) is not None:  # else False/True read as the times 0 and 1, complex fails in float()
             raise ValueError(f"ts must hold real times, got a {ts.dtype} tensor; use e.g. torch.linspace(0, 1, 10).")
         refuse_meta("ts", ts)
         out = [float(v) for v in ts.detach().cpu().tolist()]
@@ -164,12 +166,12 @@ def prepare(
     if adaptive:
         warn_unresolvable_tolerance(float(rtol), float(atol), y0)
     for name, value in (("dt", dt), ("dt_min", dt_min)):
-        if not _is_real_number(value):  # "0.1" and None failed with "'>' not supported between ..."
+        if not _is_real_number(value):  # else "0.1" or None fails in the comparison below
             raise ValueError(f"{name} must be a positive number, got {type(value).__name__} {value!r}.")
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}.")
     method = DEFAULT_METHOD[(view.sde_type, view.noise_type)] if method is None else method
-    if options is not None and not isinstance(options, Mapping):  # dict() failed on a list of names
+    if options is not None and not isinstance(options, Mapping):  # dict() of a list of names fails unhelpfully
         raise ValueError(
             f"options must be a dict of method options, e.g. {{'grad_free': True}}, got {type(options).__name__}."
         )
@@ -220,7 +222,7 @@ def prepare(
                         f"scalar noise needs a diffusion of shape ({batch}, {d}, 1), got {tuple(g.shape)}."
                     )
     if bm is not None:
-        if not callable(bm):  # a tensor of increments failed inside the first step: "'Tensor' object is not callable"
+        if not callable(bm):  # else a tensor of increments fails in the first step
             raise ValueError(
                 f"bm must be a Brownian motion callable as bm(ta, tb), such as hn.BrownianInterval(t0, t1, "
                 f"(batch, noise), dtype=y0.dtype), got {type(bm).__name__}."
