@@ -106,7 +106,7 @@ def solve(
     if not solver.adaptive and controller.adaptive:
         raise ValueError(f"solver {solver.name!r} has no error estimate; use ConstantStepSize(step_size=...).")
     check_t_dtype(t_dtype)  # here too: the traced loop below does not build a Problem
-    if event_fn is not None and not callable(event_fn):  # it failed at the first event check with "'int' ..."
+    if event_fn is not None and not callable(event_fn):  # else it fails at the first event check
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}.")
     if inside_transform():
         _check_transform_settings(resolve_backend(backend), sensitivity, solver)
@@ -653,8 +653,8 @@ def odeint_event(
     if t0.dtype == torch.bool or t0.is_complex():
         raise TypeError(f"t0 must be a real start time, got a {t0.dtype} tensor.")
     if not t0.is_floating_point():
-        # an integer tensor is a number like the Python int 0: float64 (with t0 + 1.0 it made a float32 grid,
-        # and the event time came back rounded to float32 for a float64 state)
+        # an integer tensor is a number like the Python int 0: float64 (with t0 + 1.0 it would make a float32
+        # grid, and round the event time to float32 for a float64 state)
         t0 = t0.to(torch.float64)
     if t0.numel() != 1:  # else t0 and t0 + 1 make a grid the time check misreads as out of order
         raise ValueError(
@@ -785,8 +785,8 @@ class DenseSolution:
             i = min(max(bisect.bisect_right(self._starts, s) - 1, 0), len(self.segments) - 1)
             queries.append(min(max(s, self.segments[i].t0), self.segments[i].t1))
             groups.setdefault(i, []).append(len(queries) - 1)
-        # one batched evaluation per step's dense output (as odeint's outputs), not one per query: 10^5
-        # queries took 80 us each, most of it Python and small kernels
+        # one batched evaluation per step's dense output (as odeint's outputs), not one per query, which
+        # costs ~80 us each, most of it Python and small kernels
         rows: list[torch.Tensor] = []
         where: list[int] = []  # the query each row answers
         for i, js in groups.items():

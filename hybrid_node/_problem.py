@@ -126,7 +126,7 @@ def refuse_meta(name: str, x: torch.Tensor) -> None:
         ValueError: ``x`` is on the meta device.
     """
     if x.device.type == "meta":
-        # it failed later with torch's "Cannot copy out of meta tensor" or "Tensor.item() cannot be called"
+        # else it fails later with torch's "Cannot copy out of meta tensor" or "Tensor.item() cannot be called"
         raise ValueError(
             f"{name} is on the meta device, which holds shapes but no values, so there is nothing to solve; "
             "create it with values on a device that holds data, such as 'cpu' or 'cuda'."
@@ -405,7 +405,7 @@ def check_norm(norm: Callable, flat: torch.Tensor) -> None:
         value = norm(flat.detach())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return
-    if not (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool):
+    if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool):
         what = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(
             f"norm must return one number (a 0-d tensor), got {what}; reduce over all elements, e.g. "

@@ -170,7 +170,7 @@ class PIDController(AbstractController):
     adaptive = True  # a class attribute (no annotation), not a setting
 
     def __post_init__(self):
-        if self.norm is not None and not callable(self.norm):  # it failed at the first step: "'int' ... callable"
+        if self.norm is not None and not callable(self.norm):  # else it fails at the first step
             raise TypeError(
                 f"norm must be callable as norm(x) -> one number (a 0-d tensor), got {type(self.norm).__name__}; "
                 "e.g. norm=lambda x: x.abs().max(), or leave it None for the RMS norm."
@@ -194,7 +194,7 @@ class PIDController(AbstractController):
                     else [v]
                 )
             )
-            # True was taken as a tolerance of 1.0; a complex one has no order to compare errors with
+            # a cast would take True as a tolerance of 1.0; a complex one has no order to compare errors with
             refuse_bool_or_complex(name, v)
             if any(not (isinstance(x, (int, float)) and x >= 0 and math.isfinite(x)) for x in values):
                 raise ValueError(f"{name} must be finite and non-negative, got {v!r}.")
