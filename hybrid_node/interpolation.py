@@ -90,7 +90,7 @@ def combine_rows(y0, scale: float, weights: np.ndarray, ks: Sequence[torch.Tenso
 
 
 def combine_sample_rows(
-    y0, scale: float, weights: np.ndarray, ks: Sequence[torch.Tensor], idx: torch.Tensor, n: int
+    y0: torch.Tensor | None, scale: float, weights: np.ndarray, ks: Sequence[torch.Tensor], idx: torch.Tensor, n: int
 ) -> torch.Tensor:
     """Row ``idx[j]`` of ``y0 + scale * weights[j] @ ks``, each tensor seen as ``n`` rows: shape (k, m).
 
