@@ -391,8 +391,10 @@ class BlockCounters:
 
     @property
     def nfe_forward(self) -> int:
+        """Vector-field evaluations of the block's latest forward pass."""
         return self.block.nfe_forward
 
     @property
     def nfe_backward(self) -> int:
+        """Vector-field evaluations since that forward pass ended (its backward pass, once run)."""
         return self.block.nfe_backward
