@@ -179,6 +179,11 @@ def bindir_names_executable() -> bool:
     return version is None or version >= BINDIR_EXECUTABLE_SINCE
 
 
+def _julia_in(bindir: str) -> str:
+    """The path of the Julia executable in directory ``bindir`` (as juliacall forms it from the BINDIR)."""
+    return os.path.join(bindir, "julia.exe" if os.name == "nt" else "julia")
+
+
 def find_julia_executable() -> str | None:
     """A Julia executable juliacall could use, found without running or downloading anything.
 
@@ -192,7 +197,7 @@ def find_julia_executable() -> str | None:
             return shutil.which(value) or (value if os.path.isfile(value) else None)
     bindir = os.environ.get("PYTHON_JULIACALL_BINDIR") if bindir_names_executable() else None
     if bindir:
-        exe = os.path.join(bindir, "julia.exe" if os.name == "nt" else "julia")
+        exe = _julia_in(bindir)
         if os.path.isfile(exe):
             return exe
     if importlib.util.find_spec("juliapkg") is not None:
@@ -271,7 +276,7 @@ def bindir_variable_problem() -> str:
         return ""
     if not os.path.isdir(bindir):
         return f"PYTHON_JULIACALL_BINDIR={bindir} is not a directory (correct the path, or unset it)"
-    exe = os.path.join(bindir, "julia.exe" if os.name == "nt" else "julia")
+    exe = _julia_in(bindir)
     if not os.environ.get("PYTHON_JULIACALL_EXE") and bindir_names_executable() and not os.path.isfile(exe):
         return f"PYTHON_JULIACALL_BINDIR={bindir} holds no julia executable (juliacall runs {exe})"
     return ""
