@@ -340,8 +340,7 @@ class BrownianInterval:
             times.append(times[-1] + self._dt)
         if first + m == self._grid_n:
             times[-1] = self._t1  # the last step is stretched to t1
-        hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=self._dtype, device=self._device)
-        hs = hs.reshape(-1, *([1] * len(self._size)))
+        hs = self._cell_lengths(times, self._dtype)
         self._gen.manual_seed(hash((self._entropy, j, -2)) & _MASK)  # 3-tuple: apart from knot and area seeds
         shape = (2 * m if self._levy else m, *self._size)
         z = torch.randn(shape, generator=self._gen, dtype=self._dtype, device=self._device)
@@ -349,6 +348,12 @@ class BrownianInterval:
         # The integral of (W - W(s_k)) over cell k, drawn jointly with the cell's increment.
         du = hs * (0.5 * dw + (hs / 12).sqrt() * z[m:]) if self._levy else None
         return _Chunk(times, {t: i for i, t in enumerate(times)}, dw, du)
+
+    def _cell_lengths(self, times: list[float], dtype: torch.dtype) -> torch.Tensor:
+        """The lengths of the cells between consecutive ``times`` (differences taken in Python floats), shaped
+        (cells, 1, ...) to broadcast against draws of the size."""
+        hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=dtype, device=self._device)
+        return hs.reshape(-1, *([1] * len(self._size)))
 
     def _chunk(self, j: int) -> _Chunk:
         """Chunk j, from the cache or re-created; keeps at most ``_CHUNKS_KEPT`` chunks."""
@@ -375,9 +380,7 @@ class BrownianInterval:
         self._materialised = True
         chunk.w = torch.cat([w0.unsqueeze(0), w0 + chunk.dw.cumsum(0)])
         if chunk.du is not None and k0 is not None:
-            times = chunk.times
-            hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=self._kdtype)
-            hs = hs.to(self._device).reshape(-1, *([1] * len(self._size)))
+            hs = self._cell_lengths(chunk.times, self._kdtype)
             steps = chunk.du.to(self._kdtype) + hs * chunk.w[:-1].to(self._kdtype)
             chunk.k = torch.cat([k0.unsqueeze(0), k0 + steps.cumsum(0)])
 
