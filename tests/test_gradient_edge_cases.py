@@ -54,6 +54,9 @@ def test_replaying_sensitivities_check_adjoint_params_as_the_adjoints_do(name):
         _param_grad(sensitivity, solver, lambda m: m.a)
     with pytest.raises(TypeError, match=r"adjoint_params\[1\] is a int"):
         _param_grad(sensitivity, solver, lambda m: (m.a, 3))
+    # a dict would be iterated as its keys; the refusal says to pass its values (as sdeint_adjoint's)
+    with pytest.raises(TypeError, match=r"got a dict; pass tuple\(adjoint_params.values\(\)\)"):
+        _param_grad(sensitivity, solver, lambda m: {"a": m.a})
 
 
 #: every sensitivity whose backward pass is computed without a graph, with its solver

@@ -9,6 +9,7 @@ import torch
 
 from .._problem import warn_unresolvable_tolerance
 from .._transforms import inside_transform, is_batched
+from ..sensitivity._backward import param_tensors
 from ._loop import integrate
 from ._validate import Prepared, check_tolerances, prepare
 from .adjoint import BackwardSteps, solve_stochastic_adjoint
@@ -43,30 +44,6 @@ def _check_extra_state(p: Prepared, y0: torch.Tensor, extra_solver_state: Any) -
             f"got {given}; pass the extra state that sdeint(..., extra=True) returned for the same method "
             "and shapes (or leave it out to start from y0)."
         )
-
-
-def _check_adjoint_params(adjoint_params: Any) -> tuple[torch.Tensor, ...]:
-    """``adjoint_params`` as a tuple of tensors.
-
-    Raises:
-        TypeError: a single tensor (iterating a 0-d one failed with "iteration over a 0-d tensor", a larger
-            one was split into its rows), something that is no sequence, or an entry that is no tensor
-            (it failed with "'int' object has no attribute 'requires_grad'").
-    """
-    if isinstance(adjoint_params, torch.Tensor):
-        raise TypeError(
-            "adjoint_params must be a tuple of tensors, e.g. (w,) or tuple(sde.parameters()); got a single tensor."
-        )
-    if isinstance(adjoint_params, Mapping):
-        raise TypeError("adjoint_params must be a tuple of tensors, got a dict; pass tuple(adjoint_params.values()).")
-    try:
-        params = tuple(adjoint_params)
-    except TypeError as e:
-        raise TypeError(f"adjoint_params must be a sequence of tensors, got {type(adjoint_params).__name__}.") from e
-    for i, p in enumerate(params):
-        if not isinstance(p, torch.Tensor):
-            raise TypeError(f"adjoint_params[{i}] is a {type(p).__name__}; every entry must be a tensor.")
-    return params
 
 
 def _check_transform(y0: Any, adjoint: bool) -> None:
@@ -237,7 +214,7 @@ def sdeint_adjoint(
                 "sdeint_adjoint needs sde to be an nn.Module, or the tensors to differentiate in adjoint_params."
             )
         adjoint_params = tuple(sde.parameters())
-    params = tuple(p for p in _check_adjoint_params(adjoint_params) if p.requires_grad)
+    params = tuple(p for p in param_tensors(adjoint_params) if p.requires_grad)
     if adjoint_options:
         raise ValueError(f"unknown adjoint_options {sorted(adjoint_options)}; the adjoint solvers take none.")
     if extra_solver_state is not None:

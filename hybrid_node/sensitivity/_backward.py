@@ -10,7 +10,7 @@ reuses the forward loops unchanged. An augmented state is one flat vector of cha
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,20 +53,8 @@ def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None
             )
         params: tuple[torch.Tensor, ...] = tuple(func.parameters())
     else:
-        if isinstance(adjoint_params, torch.Tensor):
-            raise TypeError(
-                "adjoint_params must be a tuple of tensors, e.g. (w,) or tuple(model.parameters()); "
-                "got a single tensor."
-            )
-        try:
-            params = tuple(adjoint_params)
-        except TypeError as e:
-            raise TypeError(
-                f"adjoint_params must be a sequence of tensors, got {type(adjoint_params).__name__}."
-            ) from e
+        params = param_tensors(adjoint_params)
         for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"adjoint_params[{i}] is a {type(p).__name__}; every entry must be a tensor.")
             refuse_meta(f"adjoint_params[{i}]", p)  # else "Tensor on device meta is not on the expected device"
     seen, out = set(), []
     for p in params:
@@ -74,6 +62,35 @@ def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None
             seen.add(id(p))
             out.append(p)
     return tuple(out)
+
+
+def param_tensors(adjoint_params: Any) -> tuple[torch.Tensor, ...]:
+    """``adjoint_params`` (of an ODE or SDE adjoint) as a tuple of tensors, or a refusal saying what to pass.
+
+    Args:
+        adjoint_params: what the caller gave: a tuple, list or other iterable of tensors.
+
+    Returns:
+        The tensors, in the order given.
+
+    Raises:
+        TypeError: a single tensor (iterating it would differentiate its rows, or fail for a 0-d one), a
+            dict (iterating it gives its keys), something that is no iterable, or an entry that is no tensor.
+    """
+    if isinstance(adjoint_params, torch.Tensor):
+        raise TypeError(
+            "adjoint_params must be a tuple of tensors, e.g. (w,) or tuple(model.parameters()); got a single tensor."
+        )
+    if isinstance(adjoint_params, Mapping):
+        raise TypeError("adjoint_params must be a tuple of tensors, got a dict; pass tuple(adjoint_params.values()).")
+    try:
+        params = tuple(adjoint_params)
+    except TypeError as e:
+        raise TypeError(f"adjoint_params must be a sequence of tensors, got {type(adjoint_params).__name__}.") from e
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"adjoint_params[{i}] is a {type(p).__name__}; every entry must be a tensor.")
+    return params
 
 
 def user_field(problem: Problem, term, s: float, y: torch.Tensor) -> torch.Tensor:
