@@ -153,8 +153,10 @@ def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
     diffs = times[1:] - times[:-1]
     if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
         raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times.tolist()}.")
+    if given:
+        return times
     default = torch.empty(()).device  # the default device, e.g. of a ``with torch.device(...)`` block
-    return times if given or default.type == "meta" else times.to(default)
+    return times if default.type == "meta" else times.to(default)
 
 
 def integrate(
