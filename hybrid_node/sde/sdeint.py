@@ -214,7 +214,8 @@ def sdeint_adjoint(
                 "sdeint_adjoint needs sde to be an nn.Module, or the tensors to differentiate in adjoint_params."
             )
         adjoint_params = tuple(sde.parameters())
-    params = tuple(p for p in param_tensors(adjoint_params) if p.requires_grad)
+    # each tensor once (as the ODE adjoints): listed twice, its gradient would be summed twice
+    params = tuple({id(p): p for p in param_tensors(adjoint_params) if p.requires_grad}.values())
     if adjoint_options:
         raise ValueError(f"unknown adjoint_options {sorted(adjoint_options)}; the adjoint solvers take none.")
     if extra_solver_state is not None:
