@@ -84,6 +84,7 @@ print(" ".join(hashlib.sha256(x.detach().contiguous().numpy().tobytes()).hexdige
 """
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch (~10 s)
 def test_two_processes_give_the_same_bits():
     """torch's CPU kernels are deterministic at a fixed thread count, so any difference between two
     fresh processes would come from the library: iteration over sets or dicts keyed by ``id`` or by

@@ -87,6 +87,10 @@ MODELS = {
     ),
 }
 
+#: the compiled block compiles on first use (seconds each): run with -m slow
+MODEL_NAMES = [pytest.param(n, marks=pytest.mark.slow) if n == "ode_block_compiled" else n for n in sorted(MODELS)]
+TRAINABLE = ("ode_block", "ode_block_adjoint", "ode_block_compiled", "latent_ode")
+
 
 def _built(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
@@ -98,7 +102,7 @@ def _output(name: str, model: nn.Module) -> torch.Tensor:
     return MODELS[name][1](model)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_a_saved_state_dict_gives_a_fresh_module_the_same_outputs(name):
     model, fresh = _built(name, 1), _built(name, 2)
     want = _output(name, model)
@@ -111,7 +115,7 @@ def test_a_saved_state_dict_gives_a_fresh_module_the_same_outputs(name):
     torch.testing.assert_close(_output(name, fresh), want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_pickled_saved_and_copied_modules_give_the_same_outputs(name):
     model = _built(name, 1)
     want = _output(name, model)
@@ -122,7 +126,7 @@ def test_pickled_saved_and_copied_modules_give_the_same_outputs(name):
         torch.testing.assert_close(_output(name, other), want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["ode_block", "ode_block_adjoint", "ode_block_compiled", "latent_ode"])
+@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if getattr(n, "values", [n])[0] in TRAINABLE])
 def test_training_a_deep_copy_leaves_the_original_alone(name):
     model = _built(name, 1)
     want = _output(name, model)
@@ -244,7 +248,7 @@ def test_an_ensemble_of_blocks_by_stack_module_state_says_how_to_pass_the_times(
 
 
 @pytest.mark.parametrize("fill", ["assign", "to_empty"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_a_module_built_on_the_meta_device_and_filled_from_a_state_dict_gives_the_same_outputs(name, fill):
     """torch's recipe for building a model without memory: construct under ``torch.device("meta")``, then
     load the weights with ``assign=True`` or after ``to_empty``. An ODE block checked its times with
