@@ -23,7 +23,9 @@ from scipy.integrate import solve_ivp
 import hybrid_node as hn
 from hybrid_node.interpolation import HermiteInterpolant, PolynomialInterpolant
 
-# ARK4(3)6L[2]SA's dense output (Kennedy & Carpenter 2003): coefficient of theta^1, theta^2, theta^3
+# ARK4(3)6L[2]SA's dense output b*_i(theta) = sum_j b*_ij theta^j (Kennedy & Carpenter, Appl. Numer. Math. 44,
+# 2003, Table 6): per stage i the coefficients of theta^1, theta^2, theta^3; tests/test_esdirk_dense_output.py
+# checks their order conditions
 KC4_PUBLISHED = (
     (6943876665148 / 7220017795957, -54480133 / 30881146, 6818779379841 / 7100303317025),
     (0.0, 0.0, 0.0),

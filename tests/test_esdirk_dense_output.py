@@ -17,22 +17,13 @@ import torch
 from scipy.integrate import solve_ivp
 
 import hybrid_node as hn
+from benchmarks.esdirk_dense import KC4_PUBLISHED  # the published table, written once
 from hybrid_node.interpolation import HermiteInterpolant, PolynomialInterpolant
 from hybrid_node.solvers.dirk_dense import continuous_extension
 from hybrid_node.solvers.esdirk import KENCARP4_TABLEAU, KVAERNO3_TABLEAU, KVAERNO5_TABLEAU, Dirk
 
 TABLEAUS = {"kencarp4": KENCARP4_TABLEAU, "kvaerno5": KVAERNO5_TABLEAU}
 THETAS = np.linspace(0.0, 1.0, 21)
-
-# ARK4(3)6L[2]SA's dense output b*_i(theta) = sum_j b*_ij theta^j (Kennedy & Carpenter 2003, Table 6)
-KC4_PUBLISHED = (
-    (6943876665148 / 7220017795957, -54480133 / 30881146, 6818779379841 / 7100303317025),
-    (0.0, 0.0, 0.0),
-    (7640104374378 / 9702883013639, -11436875 / 14766696, 2173542590792 / 12501825683035),
-    (-20649996744609 / 7521556579894, 174696575 / 18121608, -31592104683404 / 5083833661969),
-    (8854892464581 / 2390941311638, -12120380 / 966161, 61146701046299 / 7138195549469),
-    (-11397109935349 / 6675773540249, 3843 / 706, -17219254887155 / 4939391667607),
-)
 
 
 def full(tab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
