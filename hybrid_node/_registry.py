@@ -3,7 +3,9 @@ mapping of torchdiffeq-style method names and options to solver and controller o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -72,9 +74,71 @@ def method_spec(method: str, backend: str) -> MethodSpec:
             f"Method {method!r} is available on the {_SHOWN[other]} backend only (use backend={other!r} for it). "
             f"The {_SHOWN[backend]} backend offers: {method_list(backend)}."
         )
+    hint = did_you_mean(
+        [key], [n if backend == "torch" else n.lower() for n, s in METHOD_SPECS.items() if backend in s.backends]
+    )
     if backend == "torch":  # torchdiffeq's users know this as a ValueError
-        raise ValueError(f"Unknown method {method!r}. Valid methods: {method_list(backend)}.")
-    raise BackendError(f"Unknown method {method!r} for the Julia backend. Valid methods: {method_list(backend)}.")
+        raise ValueError(f"Unknown method {method!r}. Valid methods: {method_list(backend)}.{hint}")
+    raise BackendError(f"Unknown method {method!r} for the Julia backend. Valid methods: {method_list(backend)}.{hint}")
+
+
+def did_you_mean(unknown: Iterable[str], valid: Iterable[str]) -> str:
+    """The end of an error message naming, for each unknown name, the closest valid one.
+
+    A misspelt name (``step_sise``) is found among the valid ones by :func:`difflib.get_close_matches`
+    (a similarity ratio of at least 0.6, its default), so the message says what to write instead.
+
+    Args:
+        unknown: the names that were not recognised.
+        valid: the names that are.
+
+    Returns:
+        ``" Did you mean 'step_size' (for 'step_sise')?"`` (several names where they are equally close),
+        or "" where no valid name is close.
+    """
+    valid = [name for name in valid if isinstance(name, str)]
+    pairs = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=3) if isinstance(name, str) else []
+        if close:
+            # names as close as the closest (dopri5 and dopri8 for "dopri") are all named, alphabetically
+            best = difflib.SequenceMatcher(None, name, close[0]).ratio()
+            ties = sorted(c for c in close if difflib.SequenceMatcher(None, name, c).ratio() == best)
+            pairs.append(" or ".join(map(repr, ties)) + f" (for {name!r})")
+    return f" Did you mean {', '.join(pairs)}?" if pairs else ""
+
+
+def refuse_unknown_options(
+    options: Iterable[Any],
+    valid: Iterable[str],
+    method: str | None,
+    where: str = "",
+    others: Callable[[], Iterable[str]] | None = None,
+) -> None:
+    """Refuse option names that ``method`` does not take: the one check of every solver's option names.
+
+    Args:
+        options: the option names given (a mapping's keys).
+        valid: the names the method takes.
+        method: the method, for the message (None: any method, where it is not known yet).
+        where: more context for the message, e.g. " on the Julia backend".
+        others: returns the names other methods take (called only for the message): such a name is no
+            misspelling, so no look-alike is offered for it (dopri5's ``step_t`` for rk4's ``step_size``
+            would mislead).
+
+    Raises:
+        ValueError: naming the unknown options, the valid ones, and the closest valid name of each.
+    """
+    valid = sorted(set(valid))
+    unknown = sorted(set(options) - set(valid), key=str)
+    if unknown:
+        elsewhere = [name for name in unknown if others is not None and name in set(others())]
+        raise ValueError(
+            f"Unknown options {unknown} for {'any method' if method is None else f'method {method!r}'}{where}. "
+            f"The valid options are {valid}."
+            + (f" {elsewhere} belong to other methods." if elsewhere else "")
+            + did_you_mean([name for name in unknown if name not in elsewhere], valid)
+        )
 
 
 def method_list(backend: str) -> str:
@@ -106,6 +170,87 @@ def methods_table() -> str:
         loops = ", ".join(spec.loops) or "—"
         rows.append(f"| `{name}` | {order} | {adaptive} | {torch_has} | {julia} | {loops} | {spec.notes} |")
     return "\n".join(rows) + "\n"
+
+
+def check_solve_settings(method: str | None, options: Any, backend: str | None = None, name: str = "options") -> None:
+    """Check a method name and its option names where they are stored, before the first solve.
+
+    The constructors that keep solve settings (``SolveSettings``, the adjoints, the models) call this,
+    so that a misspelt method or option fails where it is written instead of at the first solve (or,
+    for a method only the first solve's backend resolves, not at all). Option values are checked by
+    the solve, which knows the state they apply to.
+
+    Args:
+        method: the method name; None: a method chosen later (an adjoint's default, the forward
+            method), so names some method takes are accepted.
+        options: the options (a mapping or None).
+        backend: "torch" or "julia"; None: the process default, which may change before the solve,
+            so names either backend takes for ``method`` are accepted.
+        name: the argument's name, for the messages ("options", "adjoint_options").
+
+    Raises:
+        TypeError: ``method`` is not a string or ``options`` is not a mapping.
+        ValueError: an unknown method or option; the message names the closest valid one.
+        BackendError: the method exists on the other backend only.
+    """
+    if method is not None and not isinstance(method, str):
+        raise TypeError(f"method must be a method name (str) such as 'dopri5', got {type(method).__name__}.")
+    options = check_options(options, name)
+    if method is None:
+        pass
+    elif backend is not None:
+        method_spec(method, backend)
+    elif method not in METHOD_SPECS and method.strip().lower() not in {n.lower() for n in METHOD_SPECS}:
+        method_spec(method, "torch")  # raises the unknown method's ValueError
+    # event_t_end (where a terminal event's search ends) is set by odeint_event, not a method's option
+    given = [key for key in options if key != "event_t_end"]
+    refuse_unknown_options(given, option_names(method, backend), method, others=_every_option_name)
+
+
+@functools.cache
+def option_names(method: str | None, backend: str | None = None) -> frozenset[str]:
+    """Every option name a solve by ``method`` on ``backend`` may take, for the checks before a solve.
+
+    The solve itself checks the names again against the method's mode (adaptive or fixed steps), which
+    its options can switch; this is the union over modes, so it refuses only names no solve would take.
+
+    Args:
+        method: a registry method name (any case for the Julia backend); None: every method's names.
+        backend: "torch", "julia", or None for both.
+
+    Returns:
+        The option names.
+    """
+    if method is None:
+        return frozenset().union(*(option_names(name, backend) for name in METHOD_SPECS))
+    spec = METHOD_SPECS.get(method) or {n.lower(): s for n, s in METHOD_SPECS.items()}.get(method.strip().lower())
+    names: set[str] = set()
+    if spec is None:
+        return frozenset(names)
+    if backend in (None, "torch") and spec.solver is not None:
+        names.update(spec.options, ("dtype",))
+        solver = spec.solver()
+        if not isinstance(solver, ExternalSolver):
+            if solver.adaptive or "adaptive" in spec.options:
+                names.update(ADAPTIVE_OPTIONS)
+            if not solver.adaptive or solver.fixed_steps() is not solver:
+                names.update(FIXED_OPTIONS)
+    if backend in (None, "julia") and "julia" in spec.backends:
+        from .julia import backend as julia  # noqa: PLC0415 (it imports this module)
+
+        switches = spec.julia in julia.FIXED_UNLESS_ADAPTIVE
+        if switches or spec.julia in julia.FIXED_STEP_ALGORITHMS:
+            names.update(julia.FIXED_STEP_OPTIONS)
+        if switches or spec.julia not in julia.FIXED_STEP_ALGORITHMS:
+            names.update(julia.ADAPTIVE_OPTIONS)
+        if switches:
+            names.add("adaptive")
+    return frozenset(names)
+
+
+def _every_option_name() -> frozenset[str]:
+    """The option names some method takes on some backend (for :func:`refuse_unknown_options`)."""
+    return option_names(None)
 
 
 def check_options(options: Any, name: str) -> Mapping[str, Any]:
@@ -224,10 +369,7 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
     assert spec.solver is not None  # method_spec checked that the torch backend has the method
     solver = spec.solver(**solver_kwargs)
     if isinstance(solver, ExternalSolver):
-        valid = solver_keys + ("dtype",)
-        unknown = set(options) - set(valid)
-        if unknown:
-            raise ValueError(f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {list(valid)}.")
+        refuse_unknown_options(options, solver_keys + ("dtype",), method, others=_every_option_name)
         _time_dtype_option(options.get("dtype"))
         return solver, PIDController(rtol=rtol, atol=atol), {}
     if solver.adaptive and ({"step_size", "grid_constructor"} & set(options)):
@@ -242,12 +384,7 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
     if compiled:
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:
-        valid = ADAPTIVE_OPTIONS + solver_keys
-        unknown = set(options) - set(valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
-            )
+        refuse_unknown_options(options, ADAPTIVE_OPTIONS + solver_keys, method, others=_every_option_name)
         inert = sorted(_PID_FORMULA & set(options)) if isinstance(solver, Nordsieck) else []
         if inert:
             # accepted, they changed nothing (the same steps with any of them): a setting that looks used
@@ -264,12 +401,7 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
             rtol=rtol, atol=atol, shrink_after_accept=False, **options
         )
     else:
-        valid = FIXED_OPTIONS + solver_keys
-        unknown = set(options) - set(valid)
-        if unknown:
-            raise ValueError(
-                f"Unknown options {sorted(unknown)} for method {method!r}. Valid options: {sorted(valid)}."
-            )
+        refuse_unknown_options(options, FIXED_OPTIONS + solver_keys, method, others=_every_option_name)
         step = options.get("step_size")
         if (isinstance(step, (int, float)) and not isinstance(step, bool)) or (
             isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()

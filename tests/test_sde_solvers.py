@@ -241,7 +241,7 @@ def test_bad_inputs_say_how_to_fix_them():
         hn.sdeint(sde, y0, [0.0, 1.0, 0.5])
     with pytest.raises(ValueError, match="unknown SDE method"):
         hn.sdeint(sde, y0, [0.0, 1.0], method="rk4")
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(ValueError, match="Unknown options"):
         hn.sdeint(sde, y0, [0.0, 1.0], method="euler", options={"grad_free": True})
     with pytest.raises(ValueError, match="solves stratonovich SDEs but sde_type is 'ito'"):
         hn.sdeint(sde, y0, [0.0, 1.0], method="heun")

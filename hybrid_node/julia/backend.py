@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from .._errors import BackendError, SolverError, Status
-from .._registry import METHOD_SPECS, method_spec
+from .._registry import METHOD_SPECS, method_spec, refuse_unknown_options
 from .._solution import Solution, Stats
 from ..sensitivity.settings import (
     BacksolveAdjoint,
@@ -272,11 +272,7 @@ def resolve_options(
             raise TypeError(f"options['adaptive'] must be True or False, got {adaptive!r}.")
         fixed = not adaptive or "step_size" in options  # a step size means fixed steps, as on torch
         valid = (FIXED_STEP_OPTIONS if fixed else ADAPTIVE_OPTIONS) + ("adaptive",)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"Unknown option(s) {unknown} for method {algorithm} on the Julia backend; valid options are {list(valid)}."
-        )
+    refuse_unknown_options(options, valid, algorithm, " on the Julia backend")
     maxiters = options.get("max_num_steps")
     if maxiters is not None:
         if isinstance(maxiters, bool) or not isinstance(maxiters, (int, np.integer)) or maxiters < 1:

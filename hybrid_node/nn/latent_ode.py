@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from .._registry import check_solve_settings
 from ..irregular import IrregularBatch, gather_union, union_grid_in, zero_unobserved
 from ._checks import positive_float, positive_int
 from ._kept import kept_field
@@ -270,7 +271,8 @@ class LatentODE(nn.Module):
 
     Raises:
         ValueError: for an unknown encoder, a size below 1, an ``obs_std`` that is not finite and positive,
-            or ``ode_rnn_kwargs`` that set a size the model sets.
+            ``ode_rnn_kwargs`` that set a size the model sets, or an unknown method or option name (the
+            message names the closest valid one).
         TypeError: a size that is not an int (a bool or float).
     """
 
@@ -322,6 +324,7 @@ class LatentODE(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))
         self.log_intensity = nn.Linear(latent_dim, obs_dim) if poisson else None
         self.obs_std = obs_std
+        check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
         self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
 
     def _check_channels(self, batch: IrregularBatch, name: str) -> None:

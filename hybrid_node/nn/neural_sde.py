@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..sde import sdeint, sdeint_adjoint
+from ..sde.solvers import check_sde_settings
 from ._checks import positive_float, positive_int
 
 Tensor = torch.Tensor
@@ -72,9 +73,10 @@ class NeuralSDE(nn.Module):
 
     Raises:
         TypeError: ``drift`` or ``diffusion`` is not callable, or ``adjoint`` is not a bool.
-        ValueError: ``dt`` is not a finite positive number, or ``adjoint`` is set and ``drift`` or
-            ``diffusion`` is a plain callable (not an ``nn.Module``), whose tensors the adjoint would
-            leave without gradients.
+        ValueError: ``dt`` is not a finite positive number; an unknown noise type, SDE type or method
+            (the message names the closest valid one), or a method that does not solve this SDE; or
+            ``adjoint`` is set and ``drift`` or ``diffusion`` is a plain callable (not an ``nn.Module``),
+            whose tensors the adjoint would leave without gradients.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class NeuralSDE(nn.Module):
         if not isinstance(adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
             raise TypeError(f"adjoint must be True or False, got {adjoint!r}.")
         dt = positive_float("dt", dt)
+        check_sde_settings(method, sde_type, noise_type)  # a misspelt name failed only at the first forward pass
         self.drift, self.diffusion = drift, diffusion
         self.noise_type, self.sde_type, self.method, self.dt, self.adjoint = noise_type, sde_type, method, dt, adjoint
         self._refuse_hidden_parameters()
@@ -173,7 +176,8 @@ class LatentSDE(nn.Module):
 
     Raises:
         TypeError, ValueError: a size is not a positive int, ``obs_std`` or ``dt`` is not a finite
-            positive number, or ``adjoint`` is not a bool.
+            positive number, ``adjoint`` is not a bool, or ``method`` is unknown or does not solve Ito
+            SDEs with diagonal noise.
     """
 
     def __init__(
@@ -198,6 +202,7 @@ class LatentSDE(nn.Module):
         ):
             positive_int(name, value)
         obs_std, dt = positive_float("obs_std", obs_std), positive_float("dt", dt)
+        check_sde_settings(method, "ito", "diagonal")  # the posterior and prior SDEs (_FieldSDE below)
         if not isinstance(adjoint, bool):  # a string such as "no" would be truthy and pick the adjoint
             raise TypeError(f"adjoint must be True or False, got {adjoint!r}.")
         self.encoder = nn.GRU(data_dim, hidden, batch_first=False)

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._api import in_users_graph, solve, untraced
 from .._backend import BACKENDS, resolve_backend
-from .._registry import build_solver
+from .._registry import build_solver, check_solve_settings
 from .._solution import Solution
 from .._tracing import traced
 from .._transforms import is_batched
@@ -62,7 +62,9 @@ class SolveSettings:
     Raises:
         TypeError: ``method`` is not a string, ``sensitivity`` is not a sensitivity object or
             ``options`` is not a mapping.
-        ValueError: ``rtol`` or ``atol`` is not a finite positive number, or ``backend`` is unknown.
+        ValueError: ``rtol`` or ``atol`` is not a finite positive number, ``backend`` is unknown, or
+            ``method`` or an option name is unknown (the message names the closest valid one).
+        BackendError: ``method`` exists on the other backend only.
     """
 
     method: str = "dopri5"
@@ -86,6 +88,7 @@ class SolveSettings:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got {self.backend!r}.")
         if self.options is not None and not isinstance(self.options, Mapping):
             raise TypeError(f"options must be a mapping or None, got {type(self.options).__name__}.")
+        check_solve_settings(self.method, self.options, self.backend)  # not only at the first forward pass
 
 
 class _CountingField(nn.Module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._registry import check_solve_settings
 from ..irregular import IrregularBatch, check_future_times
 from ._kept import kept_field
 from ._solve import odeint
@@ -59,6 +60,10 @@ class ODERNN(nn.Module):
         ode_hidden: width of the hidden-state dynamics MLP.
         out_dim: size of the read-out (default ``obs_dim``: predictions of the next observation).
         method, rtol, atol, options: settings of the ODE solves between observations.
+
+    Raises:
+        ValueError: a size is not positive, or an unknown method or option name (the message names the
+            closest valid one).
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class ODERNN(nn.Module):
         # The cell sees the masked values and the mask itself, so missing channels are distinguishable.
         self.cell = nn.GRUCell(2 * obs_dim, hidden)
         self.readout = nn.Linear(hidden, obs_dim if out_dim is None else out_dim)
+        check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
         self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
 
     def evolve(self, h: Tensor, gap: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ import torch
 
 from .._errors import BackendError
 from .._problem import Problem
+from .._registry import check_solve_settings
 from .._solution import Solution
 from ..controllers import _from_numpy, bool_or_complex
 from ..loop import integrate, to_solution
@@ -83,6 +84,16 @@ class DirectBackprop(AbstractSensitivity):
 
 @dataclasses.dataclass(frozen=True)
 class _AdjointSettings(AbstractSensitivity):
+    """The settings the adjoint methods share: the backward solve's tolerances, method, options and norm.
+
+    Raises:
+        TypeError: a bool or complex tolerance, a ``method`` that is not a string, or ``options`` that are
+            not a mapping.
+        ValueError: a tolerance that is not positive and finite, an unknown norm, or an unknown method
+            or option name (the message names the closest valid one).
+        BackendError: ``method`` exists on the Julia backend only.
+    """
+
     #: backward tolerance; a tensor is read as the forward controller reads one (per component, or per
     #: tensor of a tuple state); None: the forward one
     rtol: float | torch.Tensor | None = None
@@ -98,6 +109,8 @@ class _AdjointSettings(AbstractSensitivity):
     def __post_init__(self):
         if not callable(self.norm) and self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS} or a callable, got {self.norm!r}.")
+        # a misspelt backward method or option failed only when the first backward pass began
+        check_solve_settings(self.method, self.options)
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
             if value is None:
                 continue

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..._registry import did_you_mean, refuse_unknown_options
+from .._sde import NOISE_TYPES, SDE_TYPES
 from .base import SDESolver as SDESolver
 from .euler import EulerMaruyama as EulerMaruyama
 from .heun import EulerHeun as EulerHeun
@@ -62,13 +64,11 @@ def build_solver(method: str, sde_type: str, noise_type: str, options: Mapping[s
             noise type (the message names the methods that do).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown SDE method {method!r}; choose one of {sorted(METHODS)}.")
-    factory, option_names = METHODS[method]
-    unknown = set(options) - set(option_names)
-    if unknown:
         raise ValueError(
-            f"unknown options {sorted(unknown)} for method {method!r}; it takes {list(option_names) or 'none'}."
+            f"unknown SDE method {method!r}; choose one of {sorted(METHODS)}." + did_you_mean([method], METHODS)
         )
+    factory, option_names = METHODS[method]
+    refuse_unknown_options(options, option_names, method)
     solver = factory(sde_type, **options)
     fits = [
         m
@@ -86,3 +86,25 @@ def build_solver(method: str, sde_type: str, noise_type: str, options: Mapping[s
             f"for {sde_type} SDEs with {noise_type} noise use one of {fits}."
         )
     return solver
+
+
+def check_sde_settings(
+    method: str | None, sde_type: str, noise_type: str, options: Mapping[str, Any] | None = None
+) -> None:
+    """Check an SDE model's solver settings where they are stored, before the first solve.
+
+    Args:
+        method: a method name, or None for the default of the SDE type and noise type.
+        sde_type, noise_type: of the SDE the model will solve.
+        options: method options.
+
+    Raises:
+        ValueError: an unknown SDE type, noise type, method or option (the message names the closest
+            valid one), or a method that does not converge for this SDE (as :func:`build_solver`).
+    """
+    for name, value, valid in (("sde_type", sde_type, SDE_TYPES), ("noise_type", noise_type, NOISE_TYPES)):
+        if value not in valid:
+            raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}." + did_you_mean([value], valid))
+    build_solver(
+        DEFAULT_METHOD[(sde_type, noise_type)] if method is None else method, sde_type, noise_type, options or {}
+    )

@@ -1,0 +1,138 @@
+"""Misspelt methods and options fail where they are written, naming the closest valid name.
+
+Before, the constructors that store solve settings (SolveSettings, the adjoint settings, LatentODE,
+ODERNN, NeuralSDE, LatentSDE) kept any name and the mistake surfaced at the first forward pass, or
+not at all. They share the check odeint applies at call time (``_registry.refuse_unknown_options``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hybrid_node as hn
+from hybrid_node._registry import METHOD_SPECS, build_solver, check_solve_settings, option_names
+from hybrid_node.julia import backend as julia_backend
+from hybrid_node.nn import CNFSolver, LatentODE, LatentSDE, NeuralSDE
+from hybrid_node.nn.ode_block import ODEBlock, SolveSettings
+from hybrid_node.nn.ode_rnn import ODERNN
+from hybrid_node.sde.solvers import build_solver as build_sde_solver
+
+T01 = torch.tensor([0.0, 1.0])
+
+
+class _Field(nn.Module):
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+
+    def forward(self, t, y):
+        return self.lin(y)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: SolveSettings(method="rk4", options={"step_sise": 0.1}), r"'step_size' \(for 'step_sise'\)"),
+        (lambda: SolveSettings(options={"max_num_step": 10}), r"'max_num_steps' \(for 'max_num_step'\)"),
+        (lambda: SolveSettings(method="dopri55"), r"Unknown method 'dopri55'.*'dopri5' \(for 'dopri55'\)"),
+        (lambda: SolveSettings(method="rk4", options={"step_sise": 0.1}, backend="torch"), "'step_size'"),
+        (lambda: hn.BacksolveAdjoint(method="rk4", options={"step_sise": 0.1}), "'step_size'"),
+        # no method: the backward solve uses the forward's, so a name no method takes is refused
+        (lambda: hn.BacksolveAdjoint(options={"frist_step": 0.1}), r"for any method.*'first_step'"),
+        (lambda: hn.InterpolatingAdjoint(method="tsit4"), r"'tsit5' \(for 'tsit4'\)"),
+        (lambda: LatentODE(options={"max_num_step": 10}), "'max_num_steps'"),
+        (lambda: LatentODE(method="dopri"), r"'dopri5' or 'dopri8' \(for 'dopri'\)"),
+        (lambda: LatentODE(encoder="ode-rnn", ode_rnn_kwargs={"options": {"frist_step": 0.1}}), "'first_step'"),
+        (lambda: ODERNN(2, method="eulr"), r"'euler' \(for 'eulr'\)"),
+        (lambda: NeuralSDE(_Field(), _Field(), noise_type="diagnal"), r"'diagonal' \(for 'diagnal'\)"),
+        (lambda: NeuralSDE(_Field(), _Field(), sde_type="itô"), r"'ito' \(for 'itô'\)"),
+        (lambda: NeuralSDE(_Field(), _Field(), method="eulr"), r"'euler' \(for 'eulr'\)"),
+        (lambda: LatentSDE(method="milsten"), r"'milstein' \(for 'milsten'\)"),
+    ],
+)
+def test_a_misspelt_name_fails_at_construction(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_an_sde_method_that_does_not_fit_fails_at_construction():
+    # heun solves Stratonovich SDEs only: before, NeuralSDE kept it until the first forward pass
+    with pytest.raises(ValueError, match="solves stratonovich SDEs but sde_type is 'ito'"):
+        NeuralSDE(_Field(), _Field(), method="heun")
+
+
+def test_an_odeblock_gets_the_check_through_its_settings():
+    with pytest.raises(ValueError, match="'step_size'"):
+        ODEBlock(_Field(), train_settings=SolveSettings(method="rk4", options={"step_sise": 0.1}))
+
+
+def test_odeint_gives_the_same_hint_at_call_time():
+    """One checker: odeint's call-time message and the constructors' are the same text."""
+    with pytest.raises(ValueError) as at_call:
+        hn.odeint(lambda t, y: -y, torch.ones(1), T01, method="rk4", options={"step_sise": 0.1})
+    with pytest.raises(ValueError) as at_construction:
+        SolveSettings(method="rk4", options={"step_sise": 0.1}, backend="torch")
+    assert "Did you mean 'step_size' (for 'step_sise')?" in str(at_call.value)
+    assert str(at_call.value) == str(at_construction.value)
+
+
+def test_an_option_of_another_method_gets_no_look_alike():
+    # step_size is rk4's; dopri5's nearest name, step_t, would be a wrong hint
+    with pytest.raises(ValueError, match=r"\['step_size'\] belong to other methods\.$"):
+        hn.odeint(lambda t, y: -y, torch.ones(1), T01, method="dopri5", options={"step_size": 0.1})
+
+
+def test_the_sde_and_julia_checks_give_the_hint_too():
+    with pytest.raises(ValueError, match=r"Unknown options \['grad_fre'\].*'grad_free' \(for 'grad_fre'\)"):
+        build_sde_solver("milstein", "ito", "diagonal", {"grad_fre": True})
+    with pytest.raises(ValueError, match=r"on the Julia backend.*'first_step' \(for 'frist_step'\)"):
+        julia_backend.resolve_options({"frist_step": 0.1}, "Tsit5", torch.tensor([0.0, 1.0]).numpy())
+    with pytest.raises(ValueError, match="'first_step'"):
+        CNFSolver(options={"frist_step": 0.1})  # CNFSolver built its solver at construction already
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: SolveSettings(method="rk4", options={"step_size": 0.1}),
+        lambda: SolveSettings(method="trbdf2", options={"adaptive": True, "first_step": 0.01}),
+        lambda: SolveSettings(method="scipy_solver", options={"solver": "LSODA"}, backend="torch"),
+        lambda: SolveSettings(method="Vern7", options={"first_step": 0.01}, backend="julia"),
+        lambda: SolveSettings(method="Vern7", options={"first_step": 0.01}),  # the default backend may change
+        lambda: hn.BacksolveAdjoint(options={"step_size": 0.1}),  # valid for a fixed-step forward method
+        lambda: hn.InterpolatingAdjoint(method="rk4", options={"step_size": 0.1}, checkpoints=2),
+        lambda: LatentODE(method="rk4", options={"step_size": 0.1}),
+        lambda: NeuralSDE(_Field(), _Field(), noise_type="diagonal", sde_type="stratonovich"),
+    ],
+)
+def test_valid_settings_are_still_taken(build):
+    build()
+
+
+def test_a_julia_only_method_on_the_torch_backend_fails_at_construction():
+    with pytest.raises(hn.BackendError, match="Julia backend only"):
+        SolveSettings(method="vern7", backend="torch")
+
+
+@pytest.mark.parametrize("method", [name for name, spec in METHOD_SPECS.items() if "torch" in spec.backends])
+def test_the_construction_check_takes_every_name_the_solve_takes(method):
+    """No false refusals: every option name build_solver accepts for ``method`` (alone, or with
+    ``adaptive=True`` where the method switches mode) passes the construction check.
+
+    A name counts as accepted when build_solver raises no "Unknown options" error (a None value may
+    fail its value check, which comes from a name the method knows)."""
+    universe = sorted(option_names(None) | {"not_an_option"})
+    bases = [{}, {"adaptive": True}] if "adaptive" in METHOD_SPECS[method].options else [{}]
+    for base in bases:
+        for name in universe:
+            options = {**base, name: None}
+            try:
+                build_solver(method, options, 1e-6, 1e-6)
+            except (TypeError, ValueError) as err:
+                if str(err).startswith("Unknown options"):
+                    continue
+            check_solve_settings(method, options, "torch")
+    with pytest.raises(ValueError, match="not_an_option"):
+        check_solve_settings(method, {"not_an_option": 1}, "torch")
