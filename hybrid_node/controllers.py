@@ -147,6 +147,14 @@ class PIDController(AbstractController):
             long while the error ratio is below 1, the rule of torchdiffeq and diffrax, which
             ``odeint`` follows so that its steps are torchdiffeq's. The Julia backend proposes its
             own steps and ignores it.
+        grow_after_reject: whether the step after an accepted step that directly follows a rejected
+            attempt may be longer than that accepted step (True: the growth factor is capped by
+            ``ifactor`` alone, the rule of torchdiffeq, diffrax and DifferentialEquations.jl). False
+            caps that factor at 1, as Hairer's codes (``facmax = 1`` right after a rejection; DOPRI5's
+            ``IF (REJECT) HNEW = MIN(ABS(HNEW), ABS(H))``) and scipy's ``RK45``/``RK23``/``DOP853``
+            do: a step that just failed at a larger size is not tried again at once (Hairer, Nørsett,
+            Wanner, Solving ODEs I, 2nd ed., Section II.4, after Shampine and Watts 1979). The Julia
+            backend proposes its own steps and refuses False.
     """
 
     rtol: Any = 1e-7
@@ -166,6 +174,7 @@ class PIDController(AbstractController):
     device_loop: bool = False
     sync_every: int = 8
     shrink_after_accept: bool = True
+    grow_after_reject: bool = True
 
     adaptive = True  # a class attribute (no annotation), not a setting
 
@@ -227,7 +236,8 @@ class PIDController(AbstractController):
         # a bool is an int to Python: max_num_steps=True was one step, as ConstantStepSize refuses it
         if isinstance(self.max_num_steps, bool) or not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
             raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
-        for name in ("per_sample", "device_loop", "shrink_after_accept"):  # a truthy string ("no") is no bool
+        # a truthy string ("no") is no bool
+        for name in ("per_sample", "device_loop", "shrink_after_accept", "grow_after_reject"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if isinstance(self.sync_every, bool) or not (isinstance(self.sync_every, int) and self.sync_every > 0):

@@ -145,6 +145,8 @@ class StepControl:
             :func:`step_floor`).
         keep_after_accept: an accepted step with error ratio below 1 never shrinks the next one
             (``not PIDController.shrink_after_accept``).
+        hold_after_reject: the step after an accepted step that directly follows a rejected attempt
+            is at most that accepted step (``not PIDController.grow_after_reject``).
     """
 
     e1: float
@@ -160,6 +162,7 @@ class StepControl:
     attempts: int = 1
     eps: float = _EPS
     keep_after_accept: bool = False
+    hold_after_reject: bool = False
 
     @staticmethod
     def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int = 1) -> StepControl:
@@ -193,15 +196,17 @@ class StepControl:
             int(attempts),
             float(torch.finfo(dtype).eps),
             not controller.shrink_after_accept,
+            not controller.grow_after_reject,
         )
 
 
 #: StepControl.of's results (a loop of solves asks for the same constants every time), keyed by
 #: the controller settings it reads
 _STEP_CONTROLS: dict = {}
-_CONTROL_SETTINGS = (
-    "pcoeff icoeff dcoeff safety ifactor dfactor min_step max_step max_num_steps shrink_after_accept".split()
-)
+_CONTROL_SETTINGS = "pcoeff icoeff dcoeff safety ifactor dfactor min_step max_step max_num_steps".split() + [
+    "shrink_after_accept",
+    "grow_after_reject",
+]
 
 
 def time_limit(dtype: torch.dtype) -> float:
@@ -260,7 +265,14 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
     could hold it (a step rejected again and again at the same size); a non-finite ratio shrinks by
     ``dfactor``; the step is capped by ``max_step``. For the default I controller both are the same.
     With ``keep_after_accept`` an accepted step whose ratio is below 1 never shrinks the next one (the
-    factor at least 1: torchdiffeq's ``_optimal_step_size`` and diffrax's ``PIDController``).
+    factor at least 1: torchdiffeq's ``_optimal_step_size`` and diffrax's ``PIDController``). With
+    ``hold_after_reject`` the factor after an accepted step that directly follows a rejected attempt is
+    at most 1 (Hairer's ``facmax = 1`` after a rejection, scipy's ``RK45``; Solving ODEs I, II.4).
+
+    ``hold_after_reject`` needs to know whether the previous attempt was rejected; rather than a third
+    memory that every loop would carry, it is the sign of ``r1``: a rejection returns ``-|r1|``, the
+    formula reads ``|r1|``, and an acceptance returns its own (positive) ratio. Without the setting
+    ``r1`` stays positive and the steps are unchanged.
 
     The ratio is floored at ``floor`` (a zero error would divide by 0), and with exponents above 1 in
     magnitude (gains summing above the order k) the ratios are held where every power is within
@@ -272,13 +284,17 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
         c: the step-control constants.
         dt: the attempted step; ratio: its error ratio (accepted when at most 1).
         accepted: whether the attempt was accepted.
-        r1, r2: the error ratios of the last two accepted steps (1.0 before any).
+        r1, r2: the error ratios of the last two accepted steps (1.0 before any); ``r1`` negated after
+            a rejected attempt under ``hold_after_reject``.
         floor: the least ratio the formula sees (positive): :data:`RATIO_FLOOR`, or
             :data:`PER_SAMPLE_RATIO_FLOOR` for the per-sample loop.
 
     Returns:
         ``(dt_next, r1_next, r2_next)``.
     """
+    if c.hold_after_reject:  # a constant of the solve: no branch on data
+        after_reject = r1 < 0.0
+        r1 = abs(r1)
     largest = max(abs(c.e1), abs(c.e2), abs(c.e3))
     r = xp.maximum(ratio, floor)  # a NaN ratio stays NaN on tensors; it is replaced below anyway
     if largest > 1.0:  # 10 ** (300 / largest) is then a float (a constant of the solve: no branch on data)
@@ -286,13 +302,17 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
         r = xp.minimum(xp.maximum(r, 1.0 / bound), bound)
     elementary = c.safety * r**c.e1
     factor = xp.where(accepted, elementary * r1**c.e2 * r2**c.e3, elementary)
-    cap = xp.where(accepted, xp.full_like(r, c.ifactor), 1.0)
+    grow = xp.full_like(r, c.ifactor)
+    if c.hold_after_reject:
+        grow = xp.where(after_reject, xp.full_like(r, 1.0), grow)
+    cap = xp.where(accepted, grow, 1.0)
     low = c.dfactor
     if c.keep_after_accept:  # a constant of the solve: no branch on data
         low = xp.where(accepted & (r < 1.0), xp.full_like(r, 1.0), c.dfactor)
     factor = xp.smaller(cap, xp.maximum(factor, low))
     factor = xp.where(xp.isfinite(ratio), factor, c.dfactor)
-    return xp.minimum(dt * factor, c.max_step), xp.where(accepted, r, r1), xp.where(accepted, r1, r2)
+    kept = -r1 if c.hold_after_reject else r1  # the rejection is remembered by the sign (see above)
+    return xp.minimum(dt * factor, c.max_step), xp.where(accepted, r, kept), xp.where(accepted, r1, r2)
 
 
 def step_floor(xp, t, min_step: float, eps: float = _EPS, origin: float | torch.Tensor | None = None):
