@@ -19,7 +19,7 @@ from ._solution import Solution, State, Stats
 from ._term import CALLBACK_NAMES
 from ._tracing import traced
 from ._transforms import check_forward_mode, forward_mode_active, inside_transform
-from .controllers import AbstractController, ConstantStepSize, PIDController
+from .controllers import AbstractController, ConstantStepSize, PIDController, bool_or_complex
 from .julia import backend as julia_backend
 from .julia import events as julia_events
 from .julia.backend import FIXED_UNLESS_ADAPTIVE
@@ -650,7 +650,7 @@ def odeint_event(
             f"t0 must be one start time (a float, a 0-d tensor or a one-element tensor), got {type(t0).__name__} "
             f"{t0!r}."
         )
-    if t0.dtype == torch.bool or t0.is_complex():
+    if bool_or_complex(t0) is not None:
         raise TypeError(f"t0 must be a real start time, got a {t0.dtype} tensor.")
     if not t0.is_floating_point():
         # an integer tensor is a number like the Python int 0: float64 (with t0 + 1.0 it would make a float32

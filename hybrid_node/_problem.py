@@ -169,6 +169,26 @@ def check_state(y0) -> tuple[torch.Tensor, TupleLayout | None]:
     return y0, None
 
 
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without growing it.
+
+    Broadcasting both ways (``torch.broadcast_shapes``) also takes a larger shape, e.g. (2, 3) with
+    (3,), whose result has another shape than ``target``: a per-element setting would then count an
+    element twice, a mask would return a tensor of another shape.
+
+    Args:
+        shape: the shape of the tensor that is to broadcast.
+        target: the shape it must fit.
+
+    Returns:
+        True when the broadcast of the two shapes is ``target``.
+    """
+    try:
+        return torch.broadcast_shapes(shape, target) == torch.Size(target)
+    except RuntimeError:  # the sizes differ where neither is 1
+        return False
+
+
 def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = "tolerance"):
     """A tolerance on the flat state: a float, or a tensor that broadcasts to ``like``.
 
@@ -214,11 +234,7 @@ def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = 
                 )
         return torch.cat(parts)
     tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
-    try:
-        fits = torch.broadcast_shapes(tol.shape, like.shape) == like.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(tol.shape, like.shape):
         # a larger broadcast (shape (2, 3) on a state (3,)) would weigh the error of each element
         # more than once and fail in the adjoint's backward pass, which repeats it per channel
         raise ValueError(

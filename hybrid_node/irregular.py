@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._problem import broadcasts_to
+
 Tensor = torch.Tensor
 
 
@@ -44,11 +46,7 @@ def zero_unobserved(values: Tensor, mask: Tensor) -> Tensor:
         ValueError: ``mask`` does not broadcast to the shape of ``values`` (torch's "The size of tensor a
             must match" named neither; a larger broadcast would return a tensor of another shape).
     """
-    try:
-        fits = torch.broadcast_shapes(mask.shape, values.shape) == values.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(mask.shape, values.shape):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} must broadcast to values of shape {tuple(values.shape)} (one 0/1 "
             "entry per value, or fewer dimensions that broadcast)."

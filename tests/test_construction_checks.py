@@ -3,6 +3,7 @@
 Before, the constructors that store solve settings (SolveSettings, the adjoint settings, LatentODE,
 ODERNN, NeuralSDE, LatentSDE) kept any name and the mistake surfaced at the first forward pass, or
 not at all. They share the check odeint applies at call time (``_registry.refuse_unknown_options``).
+The last tests pin the behaviour of checks that were written twice and are now one function.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import torch
 from torch import nn
 
 import hybrid_node as hn
+from hybrid_node._problem import broadcasts_to
 from hybrid_node._registry import METHOD_SPECS, build_solver, check_solve_settings, option_names
+from hybrid_node.irregular import zero_unobserved
 from hybrid_node.julia import backend as julia_backend
 from hybrid_node.nn import CNFSolver, LatentODE, LatentSDE, NeuralSDE
 from hybrid_node.nn.ode_block import ODEBlock, SolveSettings
@@ -136,3 +139,33 @@ def test_the_construction_check_takes_every_name_the_solve_takes(method):
             check_solve_settings(method, options, "torch")
     with pytest.raises(ValueError, match="not_an_option"):
         check_solve_settings(method, {"not_an_option": 1}, "torch")
+
+
+# -- review leftovers: one copy of each check, behaviour unchanged -------------------------------------------
+
+
+@pytest.mark.parametrize("t0", [torch.tensor(True), torch.tensor(0.0 + 0.0j)], ids=["bool", "complex"])
+def test_odeint_event_refuses_a_bool_or_complex_start_time(t0):
+    # the check is controllers.bool_or_complex, as for the tolerances
+    with pytest.raises(TypeError, match=f"t0 must be a real start time, got a {t0.dtype} tensor"):
+        hn.odeint_event(lambda t, y: -y, torch.ones(1), t0, event_fn=lambda t, y: y - 0.5)
+
+
+@pytest.mark.parametrize(
+    "shape, target, fits",
+    [((), (2, 3), True), ((3,), (2, 3), True), ((2, 1), (2, 3), True), ((2, 3), (3,), False), ((4,), (3,), False)],
+)
+def test_broadcasts_to_refuses_a_broadcast_that_grows_the_target(shape, target, fits):
+    assert broadcasts_to(shape, target) is fits
+
+
+def test_the_tolerance_and_mask_checks_share_broadcasts_to():
+    y0 = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"atol: a tolerance of shape \(2, 3\) does not broadcast to the state \(3,\)"):
+        hn.odeint(lambda t, y: -y, y0, T01.double(), atol=torch.full((2, 3), 1e-6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 3\) must broadcast to values of shape \(3,\)"):
+        zero_unobserved(y0, torch.ones(2, 3))
+    # a mask that does broadcast zeroes the unobserved entries, NaN included (a NaN times 0 would stay NaN)
+    values = torch.tensor([[1.0, float("nan")], [3.0, 4.0]])
+    out = zero_unobserved(values, torch.tensor([1.0, 0.0]))
+    assert torch.equal(out, torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
