@@ -169,3 +169,13 @@ def test_the_tolerance_and_mask_checks_share_broadcasts_to():
     values = torch.tensor([[1.0, float("nan")], [3.0, 4.0]])
     out = zero_unobserved(values, torch.tensor([1.0, 0.0]))
     assert torch.equal(out, torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+
+
+def test_per_sample_first_call_errors_are_as_its_docstring_says():
+    """integrate_per_sample's Raises: the field's own error with a note on t, a TypeError for a wrong dtype."""
+    y0, t = torch.ones(3, 2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError) as info:  # float() of a (batch,) time: the field's own error object
+        hn.odeint(lambda s, y: -y * float(s), y0, t, options={"per_sample": True})
+    assert any("one time per sample" in note for note in getattr(info.value, "__notes__", []))
+    with pytest.raises(TypeError, match="func returned dtype torch.float32 but the state is torch.float64"):
+        hn.odeint(lambda s, y: (-y).float(), y0, t, options={"per_sample": True})

@@ -112,8 +112,9 @@ def integrate_per_sample(
 
     Raises:
         SolverError: max_num_steps reached, step-size underflow or a non-finite state, when ``throw``.
-        RuntimeError, ValueError: the field's first call failed or returned the wrong shape; the
-            message adds that ``t`` has one time per sample.
+        RuntimeError, ValueError: the field's first call failed or returned the wrong shape: the field's own
+            exception (or the shape check's), with a note (PEP 678) that ``t`` has one time per sample.
+        TypeError: the field's first call returned no tensor, or one of another dtype than the state.
         ValueError: a ``first_step`` of neither one value nor one per sample.
     """
     tab = solver.tableau
