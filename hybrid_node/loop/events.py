@@ -132,9 +132,9 @@ class SampleEvents:
         t_event: (n,) float64 array of each sample's event time (solver time); for a sample that did
             not fire, the time where the search stopped.
         fired: (n,) bool array: whether the sample's event fired.
-        f_event: (n, m) the field in the user's time at each fired sample's event (zero for the
-            others, and for all when the loop was not asked for it), without graph; for the
-            implicit-function-theorem gradient.
+        f_event: (n, m) dy/dt in the user's time at each fired sample's event, the slope of the
+            dense output there (zero for the others, and for all when the loop was not asked for
+            it), without graph; for the implicit-function-theorem gradient.
         batch_shape: the shape of the event function's value (the leading dimensions of the state).
         stats, status, t_reached: counters; EVENT when every sample fired, else NO_EVENT or the
             failure; the time the solve reached.
@@ -255,10 +255,14 @@ class _Locator:
         self.batch_shape = batch_shape
         self.n = int(math.prod(batch_shape))
 
+    def _thetas(self, times: np.ndarray) -> list[float]:
+        """The step's fractions at ``times`` (solver time); exactly 1 at the step's end."""
+        h = self.seg.t1 - self.seg.t0
+        return [1.0 if s == self.seg.t1 else (s - self.seg.t0) / h for s in times.tolist()]
+
     def rows(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
         """Row ``idx[j]`` of the dense output at ``times[j]``, shape (k, m); with autograd as enabled."""
-        h = self.seg.t1 - self.seg.t0
-        thetas = [1.0 if s == self.seg.t1 else (s - self.seg.t0) / h for s in times.tolist()]
+        thetas = self._thetas(times)
         own = getattr(self.seg.interpolant, "sample_rows", None)
         if own is not None:  # each sample at its own time only: O(k), where the diagonal below is O(k * n)
             return own(thetas, idx, self.n)
@@ -270,6 +274,35 @@ class _Locator:
             many = self.seg.interpolant.many(thetas[a : a + chunk]).reshape(-1, self.n, self.y1.numel() // self.n)
             parts.append(many[torch.arange(many.shape[0], device=many.device), idx[a : a + chunk]])
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def rates(self, times: np.ndarray, idx: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """Each sample ``idx[j]``'s dy/dt at its own event time ``times[j]``, in the user's time, shape (k, m).
+
+        The time derivative of the step's dense output, whose rows are the event states: the rate
+        at which the returned event state moves with its event time, which the implicit function
+        theorem needs (it agrees with the field there to the dense output's order, and differentiates
+        the computed event exactly). It takes O(k) rows of the interpolant and no call of the field.
+        An interpolant without per-sample slopes (DOP853's own dense output, the multistep and
+        Rosenbrock ones) gets the field instead: one call on the whole batch per sample (a field
+        may read the whole batch), O(k * n) rows.
+
+        Args:
+            times: (k,) the event times (solver time, inside the step).
+            idx: (k,) the samples.
+            base: the state with the located samples at their events, for the field's calls.
+
+        Returns:
+            A (k, m) tensor without graph.
+        """
+        with torch.no_grad():
+            own = getattr(self.seg.interpolant, "sample_slopes", None)
+            if own is not None:
+                rate = own(self._thetas(times), idx, self.n) / (self.seg.t1 - self.seg.t0)
+            else:
+                rate = torch.stack(
+                    [self.term(s, base).reshape(self.n, -1)[j] for j, s in zip(idx.tolist(), times.tolist())]
+                )
+        return -rate if self.term.reverse else rate
 
     def values(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
         """Each sample ``idx[j]``'s event value at its own time ``times[j]`` (solver time), shape (k,)."""
@@ -342,9 +375,9 @@ def integrate_sample_events(
         throw: raise SolverError when the solve fails (step-size underflow, non-finite state); a
             sample whose event is not found is never an error here (see :attr:`SampleEvents.fired`).
         field_at_events: fill :attr:`SampleEvents.f_event`, the event times' gradients need it.
-            It costs one call of the field on the whole batch per fired sample (each sample at its
-            own time; a field may couple the samples, so no call serves two times), O(batch^2)
-            work in all: a solve without gradients passes False.
+            It is the dense output's slope at each event (:meth:`_Locator.rates`), O(batch) rows in
+            all; for an interpolant without per-sample slopes, one call of the field on the whole
+            batch per fired sample, O(batch^2) work. A solve without gradients passes False.
 
     Returns:
         :class:`SampleEvents`.
@@ -408,8 +441,11 @@ def integrate_sample_events(
             points = check_points(t, t1)  # EVENT_CHECKS interior points, as the single event
             lo = np.full(n, t)
             hi = np.full(n, math.inf)
+            # outside no_grad: a dense output that builds its extra stages on first use (DOP853's) keeps
+            # them with their graph, which the event rows below differentiate (built without it, the
+            # event times' gradients missed the stages' dependence on y0 and the parameters)
+            inner = [yp.detach() for yp in seg.many(points[:-1])]
             with torch.no_grad():
-                inner = seg.many(points[:-1])
                 for p, yp in zip(points, [*inner, y1]):
                     g = event_fn(term.time(p), yp).reshape(n)
                     check_no_nan(g[running], user_t(p), yp.reshape(n, -1)[running], running)
@@ -426,11 +462,7 @@ def integrate_sample_events(
                 rows = locator.rows(te, idx)  # with the graph: the event states' gradients at fixed time
                 y1 = torch.index_put(y1.reshape(n, -1), (idx,), rows).reshape(y1.shape)
                 if field_at_events:
-                    with torch.no_grad():
-                        base = y1.detach()
-                        for j, s in zip(idx.tolist(), te.tolist()):
-                            f = term(s, base).reshape(n, -1)[j]  # each sample's field at its own event time
-                            f_event[j] = -f if term.reverse else f
+                    f_event[idx] = locator.rates(te, idx, y1.detach()).to(f_event.dtype)
                 t_event[idx.cpu().numpy()] = te
                 frozen[idx] = True
                 new_state = solver.init(mterm, t1, y1)  # the state changed: restart the solver there
