@@ -264,3 +264,64 @@ def test_sample_slopes_are_the_theta_derivative_of_sample_rows(which):
     up = interp.sample_rows([t + eps for t in thetas], idx, n)
     down = interp.sample_rows([t - eps for t in thetas], idx, n)
     torch.testing.assert_close(interp.sample_slopes(thetas, idx, n), (up - down) / (2 * eps), rtol=1e-8, atol=1e-8)
+
+
+class _Waning(torch.nn.Module):
+    """y' = -k_i sqrt(c_i - t): defined only before c_i, which the first sample passes while frozen.
+
+    From y(0) = y0 the level 1/2 is reached at t* = c - (c^(3/2) - 3 (y0 - 1/2) / (2 k))^(2/3), so with
+    r = c^(3/2) - 3 (y0 - 1/2) / (2 k): dt*/dk = -(y0 - 1/2) r^(-1/3) / k^2 and dt*/dy0 = r^(-1/3) / k.
+    """
+
+    def __init__(self, clamp: bool):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor([4.0, 0.3]))
+        self.c = torch.tensor([0.5, 4.0])
+        self.clamp = clamp
+
+    def forward(self, t, y):
+        arg = self.c[:, None] - t
+        if self.clamp:  # into the domain: finite values and finite derivatives past c
+            arg = arg.clamp(min=1e-12)
+        return -self.k[:, None] * torch.sqrt(arg)
+
+
+def _waning(func):
+    y0 = torch.ones(2, 1, requires_grad=True)
+    sol = hn.solve(
+        func,
+        y0,
+        torch.tensor([0.0, 10.0]),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12),
+        event_fn=lambda t, y: y[:, 0] - 0.5,
+        per_sample_events=True,
+    )
+    return sol.t_final, y0
+
+
+def test_a_field_non_finite_in_frozen_rows_is_named_not_silently_nan():
+    """The first sample stops at 0.2 and the batch goes on to 0.88, past t = 0.5, where the first
+    sample's field is sqrt of a negative number: masked out of the solution, but every gradient of its
+    k is NaN. The solve warns."""
+    func = _Waning(clamp=False)
+    with pytest.warns(RuntimeWarning, match="non-finite values in the rows of samples whose event had") as seen:
+        t_e, y0 = _waning(func)
+    assert seen[0].filename == __file__  # the user's call, not a line inside the library
+    (dk,) = torch.autograd.grad(t_e.sum(), func.k)
+    assert math.isnan(float(dk[0]))  # what the warning announces
+
+
+def test_the_warned_field_clamped_into_its_domain_has_the_closed_form_gradients():
+    import warnings
+
+    func = _Waning(clamp=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for a field that stays finite
+        t_e, y0 = _waning(func)
+    k, c = func.k.detach().numpy(), func.c.numpy()
+    r = c**1.5 - 0.75 / k
+    np.testing.assert_allclose(t_e.detach().numpy(), c - r ** (2 / 3), rtol=1e-8)
+    dk, dy0 = torch.autograd.grad(t_e.sum(), (func.k, y0))
+    # rtol 1e-10 solves: the gradients to 1e-7 (the adjoint-free direct backpropagation of dopri5)
+    np.testing.assert_allclose(dk.numpy(), -0.5 * r ** (-1 / 3) / k**2, rtol=1e-7)
+    np.testing.assert_allclose(dy0.reshape(-1).numpy(), r ** (-1 / 3) / k, rtol=1e-7)

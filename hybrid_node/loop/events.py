@@ -42,6 +42,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
+import types
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -164,19 +168,62 @@ class FrozenRows:
         batch_shape: the leading dimensions of the state that index the samples.
     """
 
-    __slots__ = ("_term", "_frozen", "_batch_shape")
+    __slots__ = ("_term", "_frozen", "_batch_shape", "_nonfinite")
+    _term: Term
+    _frozen: torch.Tensor
+    _batch_shape: torch.Size
+    _nonfinite: list[torch.Tensor | None]
 
     def __init__(self, term: Term, frozen: torch.Tensor, batch_shape: torch.Size):
         object.__setattr__(self, "_term", term)
         object.__setattr__(self, "_frozen", frozen)
         object.__setattr__(self, "_batch_shape", batch_shape)
+        # a 0-d bool tensor once a call with a graph has run: whether a frozen row was non-finite there
+        object.__setattr__(self, "_nonfinite", [None])
 
     def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         f = self._term(t, y, perturb)
         # a copy: torch.where keeps its mask for the backward pass, and the loop updates ``frozen`` in place
         mask = self._frozen.clone().reshape(tuple(self._batch_shape) + (1,) * (f.dim() - len(self._batch_shape)))
+        if f.requires_grad:
+            # noted on the device, without a host synchronisation per call; read once after the loop
+            with torch.no_grad():
+                bad = (mask & ~torch.isfinite(f)).any()
+            seen = self._nonfinite[0]
+            self._nonfinite[0] = bad if seen is None else seen | bad
         # torch.where, not a product: a frozen sample's field may be non-finite where it now sits
         return torch.where(mask, torch.zeros((), dtype=f.dtype, device=f.device), f)
+
+    def warn_nonfinite(self) -> None:
+        """Warn where a call with a graph returned non-finite values in a frozen sample's rows.
+
+        The solution is right (those rows are masked out of the steps), but the backward pass
+        multiplies the masked values by the mask's zero inside the field's own backward, and
+        0 * inf is NaN: every gradient through the solve is NaN, those of the other samples and of
+        shared parameters included. Only the field can avoid it, by staying finite there.
+        """
+        seen = self._nonfinite[0]
+        if seen is not None and bool(seen):
+            warnings.warn(
+                "per-sample events: the field returned non-finite values in the rows of samples whose event had "
+                "already fired (e.g. sqrt(c - t) past c). The solution is unaffected, since those rows are frozen, "
+                "but the gradients through this solve will be NaN (the backward pass multiplies those values by "
+                "the frozen rows' zero). Keep the field finite past each sample's event, e.g. clamp the argument "
+                "into its domain: sqrt((c - t).clamp(min=1e-12)).",
+                RuntimeWarning,
+                stacklevel=_caller_level(),
+            )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning issued by the calling function name the first frame
+    outside this package (the user's call of the solve), whichever entry point led there."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
     def __getattr__(self, name: str):
         return getattr(self._term, name)
@@ -482,6 +529,7 @@ def integrate_sample_events(
             if throw:
                 raise SolverError(status, user_t(t), detail)
             break
+    mterm.warn_nonfinite()
     fired = frozen.cpu().numpy().copy()
     t_event = np.where(fired, t_event, t)
     take_counters(stats, term)
