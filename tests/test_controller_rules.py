@@ -135,6 +135,23 @@ def test_every_loop_holds_the_step_after_a_rejection(loop):
     torch.testing.assert_close(other.ys, host.ys, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # two torch.compile graphs: about 20 s on a CPU
+def test_the_whole_solve_graph_holds_the_step_after_a_rejection():
+    """A solve without an autograd graph and ``compile=True`` runs as one compiled graph (the device loop's
+    attempt in a ``while_loop``): the same steps as the host loop under either rule."""
+    t = torch.tensor([0.0, T_END], dtype=F64)
+    counts = []
+    for grow in (False, True):
+        ctrl = hn.PIDController(rtol=1e-7, atol=1e-9, first_step=0.01, grow_after_reject=grow)
+        with torch.no_grad():
+            host = hn.solve(lambda t, y: (y**3) @ A, Y0[None], t, controller=ctrl)
+            graph = hn.solve(lambda t, y: (y**3) @ A, Y0[None], t, solver=hn.Dopri5().compiled(), controller=ctrl)
+        assert (graph.stats.n_accepted, graph.stats.n_rejected) == (host.stats.n_accepted, host.stats.n_rejected)
+        torch.testing.assert_close(graph.ys, host.ys, rtol=1e-10, atol=1e-12)
+        counts.append((host.stats.n_accepted, host.stats.n_rejected))
+    assert counts[0] != counts[1]  # measured (329, 58) against (330, 64)
+
+
 def test_the_setting_is_a_bool_and_off_by_default():
     assert hn.PIDController().grow_after_reject is True
     with pytest.raises(ValueError, match="grow_after_reject must be True or False"):
