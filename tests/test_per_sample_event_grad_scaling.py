@@ -281,8 +281,8 @@ class _Waning(torch.nn.Module):
 
     def forward(self, t, y):
         arg = self.c[:, None] - t
-        if self.clamp:  # into the domain: finite values and finite derivatives past c
-            arg = arg.clamp(min=1e-12)
+        if self.clamp:  # into the domain: finite past c (the clamp passes no gradient to sqrt's slope at 0)
+            arg = arg.clamp(min=0.0)
         return -self.k[:, None] * torch.sqrt(arg)
 
 

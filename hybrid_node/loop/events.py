@@ -209,7 +209,7 @@ class FrozenRows:
                 "already fired (e.g. sqrt(c - t) past c). The solution is unaffected, since those rows are frozen, "
                 "but the gradients through this solve will be NaN (the backward pass multiplies those values by "
                 "the frozen rows' zero). Keep the field finite past each sample's event, e.g. clamp the argument "
-                "into its domain: sqrt((c - t).clamp(min=1e-12)).",
+                "into its domain: sqrt((c - t).clamp(min=0)).",
                 RuntimeWarning,
                 stacklevel=_caller_level(),
             )
@@ -329,8 +329,8 @@ class _Locator:
         at which the returned event state moves with its event time, which the implicit function
         theorem needs (it agrees with the field there to the dense output's order, and differentiates
         the computed event exactly). It takes O(k) rows of the interpolant and no call of the field.
-        An interpolant without per-sample slopes (DOP853's own dense output, the multistep and
-        Rosenbrock ones) gets the field instead: one call on the whole batch per sample (a field
+        An interpolant without per-sample slopes (DOP853's own dense output, BDF's Nordsieck
+        array, the Rodas and Rosenbrock23 ones) gets the field instead: one call on the whole batch per sample (a field
         may read the whole batch), O(k * n) rows.
 
         Args:
