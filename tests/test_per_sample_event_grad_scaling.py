@@ -325,3 +325,20 @@ def test_the_warned_field_clamped_into_its_domain_has_the_closed_form_gradients(
     # rtol 1e-10 solves: the gradients to 1e-7 (the adjoint-free direct backpropagation of dopri5)
     np.testing.assert_allclose(dk.numpy(), -0.5 * r ** (-1 / 3) / k**2, rtol=1e-7)
     np.testing.assert_allclose(dy0.reshape(-1).numpy(), r ** (-1 / 3) / k, rtol=1e-7)
+
+
+def test_the_benchmark_prints_field_work_flat_in_calls(capsys):
+    """benchmarks/per_sample_event_grads.py: a bad batch is a usage error; its table's calls hardly grow
+    with the batch and its errors stay at the solve's tolerance (rtol 1e-6)."""
+    from benchmarks import per_sample_event_grads as bench
+
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--batches", "0"])
+    assert info.value.code == 2
+    capsys.readouterr()
+    assert bench.main(["--batches", "3", "30", "--repeats", "1"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    calls = [int(r[2].replace(",", "")) for r in rows]
+    # the steps: about 115 calls for either batch (a few more for the wider one); one more per sample was 27 more
+    assert len(rows) == 2 and calls[1] - calls[0] < 15
+    assert all(float(r[4]) < 1e-6 and float(r[5]) < 1e-4 for r in rows)
