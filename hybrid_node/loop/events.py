@@ -214,6 +214,14 @@ class FrozenRows:
                 stacklevel=_caller_level(),
             )
 
+    def __getattr__(self, name: str):
+        return getattr(self._term, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in ("nfe", "n_jacobian", "n_switches"):
+            raise AttributeError(f"FrozenRows is immutable; cannot set {name!r}.")
+        setattr(self._term, name, value)  # the counters are the term's
+
 
 def _caller_level() -> int:
     """The ``stacklevel`` that makes a warning issued by the calling function name the first frame
@@ -224,14 +232,6 @@ def _caller_level() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
     return level
-
-    def __getattr__(self, name: str):
-        return getattr(self._term, name)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name not in ("nfe", "n_jacobian", "n_switches"):
-            raise AttributeError(f"FrozenRows is immutable; cannot set {name!r}.")
-        setattr(self._term, name, value)  # the counters are the term's
 
 
 def check_event_controller(problem, what: str) -> None:
