@@ -342,3 +342,20 @@ def test_the_benchmark_prints_field_work_flat_in_calls(capsys):
     # the steps: about 115 calls for either batch (a few more for the wider one); one more per sample was 27 more
     assert len(rows) == 2 and calls[1] - calls[0] < 15
     assert all(float(r[4]) < 1e-6 and float(r[5]) < 1e-4 for r in rows)
+
+
+def test_frozen_rows_pass_the_term_attributes_and_counters_through():
+    """The frozen-rows wrapper is the wrapped term for everything but the field's frozen rows."""
+    from hybrid_node._term import Term
+    from hybrid_node.loop.events import FrozenRows
+
+    y0 = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    term = Term(Ball(), y0, torch.float64)
+    wrapped = FrozenRows(term, torch.tensor([True, False]), torch.Size([2]))
+    assert wrapped.reverse is term.reverse and wrapped.t_dtype == term.t_dtype
+    f = wrapped(0.0, y0)
+    assert f.tolist() == [[0.0, 0.0], [0.0, -G0]]  # the first sample frozen: its field is zero
+    wrapped.nfe = 5  # the counters are the term's
+    assert term.nfe == 5
+    with pytest.raises(AttributeError, match="immutable"):
+        wrapped.reverse = True
