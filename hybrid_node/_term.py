@@ -310,26 +310,44 @@ class OpenInterval(LeftLimit):
         return super().__call__(t, y, perturb)
 
 
-def check_derivative(out: object, y: torch.Tensor, hint: str) -> None:
-    """Refuse a field's output that is not a tensor of the state's shape and dtype.
+def check_derivative(
+    out: object,
+    y: torch.Tensor,
+    hint: str,
+    role: str = "func",
+    state: str = "the state",
+    same_shape: bool = True,
+    error: type[Exception] = TypeError,
+) -> None:
+    """Refuse a field's output that is not a tensor of the state's dtype (and shape): the one check of an
+    ODE field's output and of an SDE's drift and diffusion at their first call.
 
     Args:
         out: what the field returned.
         y: the state it was given.
         hint: how to get the dtype right, for the message.
+        role: what returned ``out``, for the message ("func", "the drift", ...).
+        state: how the message names ``y`` ("the state", "y0").
+        same_shape: check that ``out`` has ``y``'s shape (an SDE's diffusion has a shape of its own,
+            which its caller checks).
+        error: the exception for a non-tensor or another dtype (sdeint reports every bad input as a
+            ValueError, the ODE solves a type error as a TypeError).
 
     Raises:
-        TypeError: ``out`` is not a tensor, or not of ``y``'s dtype.
-        ValueError: ``out`` does not have ``y``'s shape.
+        TypeError (or ``error``): ``out`` is not a tensor, or not of ``y``'s dtype.
+        ValueError: ``out`` does not have ``y``'s shape (with ``same_shape``).
     """
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"func must return a torch.Tensor, got {type(out).__name__}.")
-    if out.shape != y.shape:
+        raise error(
+            f"{role} must return a torch.Tensor, got {type(out).__name__}; return a tensor of {state}'s shape "
+            "and dtype."
+        )
+    if same_shape and out.shape != y.shape:
         raise ValueError(
-            f"func returned shape {tuple(out.shape)} but the state has shape {tuple(y.shape)}; "
-            "dy/dt must have the state's shape."
+            f"{role} returned shape {tuple(out.shape)} but {state} has shape {tuple(y.shape)}; "
+            f"dy/dt must have {state}'s shape."
         )
     if out.dtype != y.dtype:
-        raise TypeError(
-            f"func returned dtype {out.dtype} but the state is {y.dtype}; return dy/dt in the state's dtype ({hint})."
+        raise error(
+            f"{role} returned dtype {out.dtype} but {state} is {y.dtype}; return it in {state}'s dtype ({hint})."
         )

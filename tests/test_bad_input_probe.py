@@ -249,7 +249,7 @@ class _BadDriftSDE(_DecaySDE):
     ("bad", "message"),
     [
         # without the check: "unsupported operand type(s)" inside srk; the message says what to return
-        ("none", "the drift must return a tensor, got NoneType; return a tensor of y0's shape and dtype"),
+        ("none", "the drift must return a torch.Tensor, got NoneType; return a tensor of y0's shape and dtype"),
         # was computed in float32 and promoted without a word
         ("float32", r"the drift returned dtype torch.float32 but y0 is torch.float64"),
     ],

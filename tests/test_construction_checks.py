@@ -179,3 +179,32 @@ def test_per_sample_first_call_errors_are_as_its_docstring_says():
     assert any("one time per sample" in note for note in getattr(info.value, "__notes__", []))
     with pytest.raises(TypeError, match="func returned dtype torch.float32 but the state is torch.float64"):
         hn.odeint(lambda s, y: (-y).float(), y0, t, options={"per_sample": True})
+
+
+class _SDE:
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, drift, diffusion):
+        self.f, self.g = drift, diffusion
+
+
+@pytest.mark.parametrize(
+    "sde, error, match",
+    [
+        (_SDE(lambda t, y: None, lambda t, y: y), ValueError, "the drift must return a torch.Tensor, got NoneType"),
+        (_SDE(lambda t, y: -y, lambda t, y: 0.1), ValueError, "the diffusion must return a torch.Tensor, got float"),
+        (
+            _SDE(lambda t, y: -y, lambda t, y: y.float()),
+            ValueError,
+            r"the diffusion returned dtype torch.float32 but y0 is torch.float64; return it in y0's dtype",
+        ),
+    ],
+)
+def test_sdeint_and_odeint_share_the_field_output_check(sde, error, match):
+    """sdeint keeps its ValueError, odeint its TypeError: one function (_term.check_derivative) with the
+    caller's names."""
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        hn.sdeint(sde, y0, [0.0, 1.0], dt=0.5)
+    with pytest.raises(TypeError, match="func must return a torch.Tensor, got float; return a tensor of the state's"):
+        hn.odeint(lambda t, y: 1.0, y0, T01.double())

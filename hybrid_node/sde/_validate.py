@@ -12,11 +12,16 @@ import numpy as np
 import torch
 
 from .._problem import refuse_meta, warn_unresolvable_tolerance
+from .._term import check_derivative
 from ..controllers import bool_or_complex
 from ._sde import SDEView
 from .brownian import BrownianInterval
 from .solvers import DEFAULT_METHOD, build_solver
 from .solvers.base import SDESolver
+
+#: how a drift or diffusion of another dtype than y0 is fixed (a float32 model on a float64 state was
+#: computed in float32 and promoted, without a word)
+_DTYPE_HINT = "e.g. build the model with .to(y0.dtype)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,25 +40,6 @@ def _is_real_number(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and bool_or_complex(value) is None
     return bool_or_complex(value) is None and isinstance(value, (int, float, np.integer, np.floating))
-
-
-def _check_output(role: str, value: Any, y0: torch.Tensor) -> None:
-    """Refuse a drift or diffusion value at (ts[0], y0) that is no tensor or not in y0's dtype.
-
-    Raises:
-        ValueError: ``value`` is not a tensor (None would fail inside the solver step with "unsupported operand
-            type(s)"), or has another dtype than ``y0`` (a float32 model on a float64 state would be computed in
-            float32 and promoted, without a word).
-    """
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(
-            f"the {role} must return a tensor, got {type(value).__name__}; return a tensor of y0's shape and dtype."
-        )
-    if value.dtype != y0.dtype:
-        raise ValueError(
-            f"the {role} returned dtype {value.dtype} but y0 is {y0.dtype}; return it in y0's dtype (e.g. build "
-            "the model with .to(y0.dtype))."
-        )
 
 
 def _times(ts: Any, y0: torch.Tensor) -> list[float]:
@@ -197,12 +183,12 @@ def prepare(
     with torch.no_grad():
         if view._f is not None or view._fg is not None:  # else only f_and_g_prod gives the drift
             f = view.f(t0, y0)
-            _check_output("drift", f, y0)
+            check_derivative(f, y0, _DTYPE_HINT, role="the drift", state="y0", same_shape=False, error=ValueError)
             if tuple(f.shape) != (batch, d):
                 raise ValueError(f"the drift must have the shape of y0, {(batch, d)}, got {tuple(f.shape)}.")
         if view.has_g:
             g = view.g(t0, y0)
-            _check_output("diffusion", g, y0)
+            check_derivative(g, y0, _DTYPE_HINT, role="the diffusion", state="y0", same_shape=False, error=ValueError)
             if view.noise_type == "diagonal":
                 if tuple(g.shape) != (batch, d):
                     raise ValueError(
