@@ -21,6 +21,7 @@ from hybrid_node.nn import CNFSolver, LatentODE, LatentSDE, NeuralSDE
 from hybrid_node.nn.ode_block import ODEBlock, SolveSettings
 from hybrid_node.nn.ode_rnn import ODERNN
 from hybrid_node.sde.solvers import build_solver as build_sde_solver
+from hybrid_node.sensitivity._backward import resolve_params
 
 T01 = torch.tensor([0.0, 1.0])
 
@@ -208,3 +209,11 @@ def test_sdeint_and_odeint_share_the_field_output_check(sde, error, match):
         hn.sdeint(sde, y0, [0.0, 1.0], dt=0.5)
     with pytest.raises(TypeError, match="func must return a torch.Tensor, got float; return a tensor of the state's"):
         hn.odeint(lambda t, y: 1.0, y0, T01.double())
+
+
+def test_resolve_params_refuses_a_meta_tensor_as_its_docstring_says():
+    meta = torch.empty(2, device="meta", requires_grad=True)
+    with pytest.raises(ValueError, match=r"adjoint_params\[0\] is on the meta device"):
+        resolve_params(lambda t, y: y, (meta,))
+    with pytest.raises(TypeError, match="got a single tensor"):
+        resolve_params(lambda t, y: y, torch.ones(2, requires_grad=True))

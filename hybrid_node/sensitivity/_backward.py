@@ -42,8 +42,9 @@ def resolve_params(func: Callable, adjoint_params: Sequence[torch.Tensor] | None
     Only tensors that require gradients are kept, each once.
 
     Raises:
-        ValueError: ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given.
-        TypeError: ``adjoint_params`` is not a sequence of tensors.
+        ValueError: ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given, or one of
+            ``adjoint_params`` is on the meta device.
+        TypeError: ``adjoint_params`` is not a sequence of tensors (:func:`param_tensors`).
     """
     if adjoint_params is None:
         if not isinstance(func, torch.nn.Module):
