@@ -165,6 +165,9 @@ class Term:
         self._checked = False
         self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
         self.callbacks: StepCallbacks | None = None
+        # a 0-d zero carrying a forward-mode tangent, added to every time this term hands to func
+        # while set: how :func:`~hybrid_node.solvers.linalg.time_derivative` differentiates in t
+        self.time_seed: torch.Tensor | None = None
         if callbacks:
             found = StepCallbacks(
                 func, "", lambda s: -s if reverse else s, layout.unflatten if layout else lambda y: y, y0.device
@@ -178,7 +181,10 @@ class Term:
             direction = perturb * (-1 if self.reverse else 1)
             tt = float(np.nextafter(self._np_dtype(tt), self._np_dtype(math.inf * direction)))
         # a fill kernel, not a host-to-device copy: no synchronisation with the GPU per stage
-        return torch.full((), tt, dtype=self.t_dtype, device=self.device)
+        out = torch.full((), tt, dtype=self.t_dtype, device=self.device)
+        if self.time_seed is not None:  # adding a zero keeps the value; user time runs against solver time reversed
+            out = out - self.time_seed if self.reverse else out + self.time_seed
+        return out
 
     @property
     def pure_field(self) -> PureField:

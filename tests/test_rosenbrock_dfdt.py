@@ -1,0 +1,242 @@
+"""df/dt of the Rosenbrock methods: exact by automatic differentiation, with the forward difference as fallback.
+
+The reference values are analytic: df/dt of closed-form fields, and the solution of
+y' = -y + sin(t), y(t) = (y0 + 1/2) e^-t + (sin t - cos t) / 2.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import forward_ad as fwAD
+
+import hybrid_node as hn
+from hybrid_node._term import OpenInterval, Term
+from hybrid_node.solvers import linalg
+from hybrid_node.solvers.implicit import IMPLICIT_METHODS
+
+torch.set_num_threads(1)
+F64 = torch.float64
+W = 1.3
+EPS = torch.finfo(F64).eps
+
+
+def _field(t, y):
+    return -y + torch.sin(W * t) * torch.exp(0.5 * t) * y**2
+
+
+def _field_dt(t, y):
+    t = torch.as_tensor(t, dtype=F64)
+    return (W * torch.cos(W * t) + 0.5 * torch.sin(W * t)) * torch.exp(0.5 * t) * y**2
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("t", [0.0, 0.37, 5.0, 123.4])
+def test_time_derivative_is_exact(t):
+    y = torch.tensor([[0.4, -0.7], [1.1, 0.2]], dtype=F64)
+    term = Term(_field, y, F64)
+    f0 = term(t, y)
+    exact = linalg.time_derivative(term, t, y, f0)
+    # one evaluation in float64: the analytic formula's own rounding, a few eps
+    assert _rel(exact, _field_dt(t, y)) < 10 * EPS
+    # the forward difference it replaces: sqrt(eps) truncation and rounding (1.7e-9 to 6.7e-7 here)
+    assert _rel(linalg._difference_time_derivative(term, t, y, f0), _field_dt(t, y)) > 1e-10
+
+
+def test_time_derivative_keeps_its_graph_in_the_parameters():
+    # direct backpropagation through a Rosenbrock step differentiates df/dt: d/dw of w cos(w t) y
+    w = torch.tensor(1.3, dtype=F64, requires_grad=True)
+    y = torch.tensor([1.0, 2.0], dtype=F64)
+    term = Term(lambda t, z: torch.sin(w * t) * z, y, F64)
+    t = 0.5
+    with torch.no_grad():  # inference: exact too, and no graph
+        plain = linalg.time_derivative(term, t, y, term(t, y))
+    assert not plain.requires_grad
+    got = linalg.time_derivative(term, t, y, term(t, y))
+    torch.testing.assert_close(plain, got.detach(), rtol=0, atol=0)
+    (dw,) = torch.autograd.grad(got.sum(), w)
+    expected = (math.cos(1.3 * t) - t * 1.3 * math.sin(1.3 * t)) * 3.0
+    assert abs(float(dw) - expected) < 10 * EPS * abs(expected)
+
+
+def test_time_derivative_backwards_in_time():
+    # solver time s = -t and field -f(-s, y): d/ds of it is f_t(-s, y)
+    y = torch.tensor([0.4, -0.7], dtype=F64)
+    term = Term(_field, y, F64, reverse=True)
+    got = linalg.time_derivative(term, -0.37, y, term(-0.37, y))
+    assert _rel(got, _field_dt(0.37, y)) < 10 * EPS
+
+
+def test_time_derivative_keeps_one_sided_limits():
+    # the field jumps at t = 1: at exactly 1 it takes the left branch, an open step from 1 the right one
+    def jumpy(t, y):
+        return torch.where(t <= 1.0, torch.sin(t), 3.0 * torch.cos(t)) * y
+
+    y = torch.tensor([2.0], dtype=F64)
+    term = Term(jumpy, y, F64)
+    left = linalg.time_derivative(term, 1.0, y, term(1.0, y))
+    assert _rel(left, math.cos(1.0) * y) < 10 * EPS
+    step = OpenInterval(term, 1.0, 2.0)
+    right = linalg.time_derivative(step, 1.0, y, step(1.0, y))
+    assert _rel(right, -3.0 * math.sin(1.0) * y) < 10 * EPS
+
+
+def test_time_derivative_under_an_open_forward_ad_level():
+    # a dual state: the two-reverse-pass route gives df/dt and its tangent d(df/dt)/dy . v exactly
+    y = torch.tensor([0.4, -0.7], dtype=F64)
+    v = torch.tensor([1.0, -2.0], dtype=F64)
+    term = Term(_field, y, F64)
+    t = 0.8
+    with fwAD.dual_level():
+        yd = fwAD.make_dual(y, v)
+        primal, tangent = fwAD.unpack_dual(linalg.time_derivative(term, t, yd, term(t, yd)))
+    assert term not in linalg._NO_FORWARD_TIME
+    assert _rel(primal, _field_dt(t, y)) < 10 * EPS
+    assert _rel(tangent, _field_dt(t, torch.ones_like(y)) * 2 * y * v) < 10 * EPS
+
+
+def _host_time_fields():
+    def numpy_time(t, y):  # torch.func cannot run it: "Cannot access data pointer"
+        return -y + torch.as_tensor(np.sin(W * t.detach().numpy())) * y**2
+
+    def item_time(t, y):  # runs under the transform, but no derivative reaches the output
+        return -y + math.sin(W * t.item()) * y**2
+
+    return {"numpy": numpy_time, "item": item_time}
+
+
+@pytest.mark.parametrize("kind", ["numpy", "item"])
+def test_fields_the_transforms_cannot_follow_fall_back_to_the_difference(kind):
+    field = _host_time_fields()[kind]
+    y = torch.tensor([0.4, -0.7], dtype=F64)
+    term = Term(field, y, F64)
+    t = 0.6
+    expected = W * math.cos(W * t) * y**2
+    got = linalg.time_derivative(term, t, y, term(t, y))
+    # the difference's accuracy (sqrt(eps) truncation and rounding), not the silent zero of the jvp
+    assert _rel(got, expected) < 1e-6
+    assert term in linalg._NO_FORWARD_TIME  # remembered: the next steps do not try again
+    before = term.nfe
+    linalg.time_derivative(term, t, y, term(t, y))
+    assert term.nfe == before + 2  # f0 and the difference's one evaluation
+
+
+def test_a_field_that_ignores_time_gets_an_exact_zero():
+    y = torch.tensor([0.4, -0.7], dtype=F64)
+    term = Term(lambda t, z: -(z**3), y, F64)
+    assert torch.equal(linalg.time_derivative(term, 0.3, y, term(0.3, y)), torch.zeros_like(y))
+
+
+# ---------------------------------------------------------------- Rosenbrock solutions
+
+
+def _forced(t, y):
+    return -y + torch.sin(t)
+
+
+def _forced_solution(t, y0):
+    t = torch.as_tensor(t, dtype=F64)
+    return (y0 + 0.5) * torch.exp(-t) + 0.5 * (torch.sin(t) - torch.cos(t))
+
+
+# method -> (order, step counts on [0, 2])
+ORDERS = {
+    "rodas5p": (5, (4, 8, 16)),
+    "rodas4": (4, (4, 8, 16)),
+    "ros3p": (3, (8, 16, 32)),
+    "rosenbrock23": (2, (8, 16, 32)),
+}
+
+
+def _fixed(name):
+    return IMPLICIT_METHODS[name][0](adaptive=False)
+
+
+@pytest.mark.parametrize("name", sorted(ORDERS))
+@pytest.mark.parametrize("backwards", [False, True])
+def test_rosenbrock_order_on_a_forced_linear_problem(name, backwards):
+    """Fixed steps on y' = -y + sin(t) against the analytic solution: the log-log slope is the order.
+    Backwards in time a wrong sign of df/dt would leave an O(h^2) local error, slope <= 1."""
+    order, counts = ORDERS[name]
+    y0 = torch.tensor([[1.0], [-0.4]], dtype=F64)
+    t0, t1 = (2.0, 0.0) if backwards else (0.0, 2.0)
+    t = torch.tensor([t0, t1], dtype=F64)
+    # backwards, y' = -y + sin(t) from y(2): y(t) = c e^-t + (sin t - cos t) / 2 with c fitted to y(2)
+    c = (y0 - 0.5 * (math.sin(t0) - math.cos(t0))) * math.exp(t0)
+    exact = _forced_solution(t1, c - 0.5)
+    errs = []
+    for n in counts:
+        ys = hn.solve(_forced, y0, t, solver=_fixed(name), controller=hn.ConstantStepSize(step_size=2.0 / n)).ys
+        errs.append(float((ys[-1] - exact).abs().max()))
+    slope = np.polyfit(np.log(2.0 / np.array(counts)), np.log(errs), 1)[0]
+    assert slope > order - 0.35, (errs, slope)
+
+
+def test_adaptive_rodas_tracks_the_analytic_solution():
+    y0 = torch.tensor([[1.0], [-0.4]], dtype=F64)
+    t = torch.linspace(0.0, 10.0, 6, dtype=F64)
+    ys = hn.odeint(_forced, y0, t, method="rodas5p", rtol=1e-9, atol=1e-11)
+    expected = torch.stack([_forced_solution(s, y0) for s in t])
+    # rtol 1e-9 per step over ~10 time units of a contracting problem: 1e-8 leaves room for the global error
+    torch.testing.assert_close(ys, expected, rtol=0, atol=1e-8)
+
+
+def _end_state(a, name):
+    def f(t, y):
+        return -a * y + torch.sin(3 * t) * torch.tanh(y) + torch.cos(t)
+
+    y0 = torch.tensor([0.5, -1.0], dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    return hn.solve(f, y0, t, solver=_fixed(name), controller=hn.ConstantStepSize(step_size=0.1)).ys[-1].sum()
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "rodas4", "rosenbrock23"])
+def test_solution_is_smooth_in_a_parameter(name):
+    """A central difference with step 1e-6 agrees with the autograd gradient to 1e-8.
+
+    The fixed-step solution is a smooth function of ``a``: the difference's truncation error is
+    h^2 |y'''| / 6 ~ 1e-13 and its rounding ~ 20 steps * eps * |y| / h ~ 1e-9. The forward
+    difference of df/dt left rounding noise of ~1e-11..1e-13 in y that does not vary smoothly with
+    ``a``; divided by h it gave disagreements of 5e-8 (rodas5p) to 5e-7 (rodas4) here.
+    """
+    a = torch.tensor(1.7, dtype=F64, requires_grad=True)
+    (grad,) = torch.autograd.grad(_end_state(a, name), a)
+    h = 1e-6
+    with torch.no_grad():
+        central = (_end_state(a + h, name) - _end_state(a - h, name)) / (2 * h)
+    assert abs(float(central - grad)) < 1e-8
+
+
+def test_solution_dual_tangent_equals_reverse_mode_on_a_time_dependent_field():
+    # df/dt's tangent under forward_ad comes from the same exact derivative as reverse mode's
+    def solve(y):
+        return hn.odeint(_field, y, torch.tensor([0.0, 1.5], dtype=F64), method="rodas5p", rtol=1e-6, atol=1e-8)[-1]
+
+    y0 = torch.tensor([0.4, -0.7], dtype=F64)
+    v = torch.tensor([0.3, 1.0], dtype=F64)
+    expected = torch.autograd.functional.jacobian(solve, y0) @ v
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(solve(fwAD.make_dual(y0, v))).tangent
+    # the same discrete map differentiated two ways: rounding only
+    torch.testing.assert_close(tangent, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "rosenbrock23"])
+def test_exact_derivative_costs_one_evaluation_per_step(name):
+    # f0 and the Jacobian: 1, the stages: rodas5p 7 (stage 0 reuses f0), rosenbrock23 2, df/dt: 1
+    y0 = torch.tensor([[1.0], [-0.4]], dtype=F64)
+    sol = hn.solve(
+        _forced,
+        y0,
+        torch.tensor([0.0, 2.0], dtype=F64),
+        solver=_fixed(name),
+        controller=hn.ConstantStepSize(step_size=0.25),
+    )
+    per_step = {"rodas5p": 1 + 7 + 1, "rosenbrock23": 1 + 2 + 1}[name]
+    # as many states (f0, Jacobian, df/dt) as steps: the fixed-step loop builds no state after the last one;
+    # the forward difference it replaces took one evaluation too
+    assert sol.stats.nfe == 8 * per_step
