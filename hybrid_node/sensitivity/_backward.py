@@ -149,6 +149,20 @@ class AugmentedTerm:
         return LeftLimit(self, end)  # type: ignore[arg-type]  # duck-typed: a term's interface
 
 
+def norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an error norm of a ``dtype`` state is computed in: its real dtype, float32 for half
+    precision, whose squares overflow from 256 on (as :func:`~hybrid_node.controllers.rms_norm`).
+
+    Args:
+        dtype: the state's dtype.
+
+    Returns:
+        A real floating dtype.
+    """
+    real = real_dtype(dtype)
+    return torch.float32 if real in (torch.float16, torch.bfloat16) else real
+
+
 class GroupRMS:
     """Max over channel groups of the RMS within each group (one reduction, no Python loop per group).
 
@@ -173,11 +187,11 @@ class GroupRMS:
         )
         self.ids = ids
         # real: a complex state's error is measured on magnitudes, as the forward solve's
-        self.counts = torch.tensor([max(n, 1) for n in counts], dtype=real_dtype(like.dtype), device=like.device)
+        self.counts = torch.tensor([max(n, 1) for n in counts], dtype=norm_dtype(like.dtype), device=like.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         head = x[: self.n].reshape(-1)
-        sq = (head.abs() if head.is_complex() else head).pow(2)
+        sq = (head.abs() if head.is_complex() else head).to(self.counts.dtype).pow(2)
         sums = torch.zeros_like(self.counts).index_add_(0, self.ids, sq)
         return (sums / self.counts).sqrt().max()
 
@@ -385,8 +399,9 @@ class DefaultTupleNorm:
         groups = [g for c in channels for g in c.reshape(-1).split(self.state_sizes)]
         if not self.seminorm:
             groups += [g.reshape(-1) for g in grads]
-        rms = [g.abs().pow(2).mean().sqrt() for g in groups if g.numel() > 0]  # magnitudes: complex states
-        return torch.stack([t.abs().to(real_dtype(parts[1].dtype)), *rms]).max()
+        wide = norm_dtype(parts[1].dtype)
+        rms = [g.abs().to(wide).pow(2).mean().sqrt() for g in groups if g.numel() > 0]  # magnitudes: complex states
+        return torch.stack([t.abs().to(wide), *rms]).max()
 
 
 class NormOption:
