@@ -112,10 +112,10 @@ def _has_tangent(x: Any) -> bool:
 def check_forward_mode(func: Any, y0: Any, t: Any, params: Any, unsupported: str | None) -> None:
     """Refuse, with the fix, forward-mode AD (``torch.autograd.forward_ad``) that a solve would drop.
 
-    The loops read the output times on the host, so a tangent on ``t`` vanished and ``dy/dt`` came out
-    as no tangent at all; the adjoints' autograd Functions run their forward solve with forward mode
-    off, so a tangent on ``y0`` failed inside torch and one on a parameter (or a tensor ``func``
-    closes over) was dropped. Direct backpropagation carries tangents through every step (with the
+    The loops read the output times on the host, so a tangent on ``t`` vanished unless direct
+    backpropagation adds it around the loop (``dy(t_i)/dt_i = f(t_i, y_i)``); the adjoints' autograd
+    Functions run their forward solve with forward mode off, so a tangent on ``y0`` failed inside
+    torch and one on a parameter (or a tensor ``func`` closes over) was dropped. Direct backpropagation carries tangents through every step (with the
     step sizes held constant, as reverse mode differentiates them).
 
     Args:
@@ -124,17 +124,18 @@ def check_forward_mode(func: Any, y0: Any, t: Any, params: Any, unsupported: str
         unsupported: what cannot carry a tangent (an adjoint, scipy, the Julia backend), or None.
 
     Raises:
-        ValueError: ``t`` carries a tangent; or ``unsupported`` is set and a tangent reaches the solve
-            through ``y0``, the parameters or ``func``'s value at ``(t[0], y0)``.
+        ValueError: ``unsupported`` is set and a tangent reaches the solve through ``t``, ``y0``, the
+            parameters or ``func``'s value at ``(t[0], y0)``.
     """
+    if unsupported is None:
+        return  # direct backpropagation carries a tangent of t too (sensitivity/direct.py)
     if _has_tangent(t):
         raise ValueError(
-            "t is a forward-mode dual tensor (torch.autograd.forward_ad), whose tangent a solve cannot carry: the "
-            "output times are read as numbers. Differentiate with respect to t in reverse mode "
-            "(torch.autograd.grad of hn.odeint), or use dy(t_i)/dt_i = func(t_i, y(t_i)); pass t without a tangent."
+            f"t is a forward-mode dual tensor (torch.autograd.forward_ad), whose tangent {unsupported} cannot "
+            "carry. Use hn.odeint with a torch method and sensitivity=hn.DirectBackprop() (without checkpoints "
+            "and events), differentiate with respect to t in reverse mode (torch.autograd.grad), or use "
+            "dy(t_i)/dt_i = func(t_i, y(t_i)); else pass t without a tangent."
         )
-    if unsupported is None:
-        return
     if params is None:
         params = list(func.parameters()) if isinstance(func, torch.nn.Module) else []
     reached = _has_tangent(y0) or _has_tangent(list(params))

@@ -10,6 +10,11 @@ the second through an identity on y0 whose backward turns dL/dy0 into dL/dt_0 = 
 (the cotangent of the output y(t_0) = y0, which does not move with t_0, is left out). Event times
 get theirs from :mod:`hybrid_node.sensitivity.events`.
 
+Forward mode (``torch.autograd.forward_ad``) takes the same two rules as tangents: a tangent dt on
+the times enters the solve as the extra initial tangent -f(t_0, y_0) dt_0, which the steps carry
+to Phi (dy_0 - f(t_0, y_0) dt_0) at every output, and each output y(t_i), i > 0, gets f(t_i, y_i) dt_i
+added; the output y(t_0) = y0 keeps its own tangent.
+
 Reference: Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
 2018, Appendix B.2 (gradients with respect to the times).
 """
@@ -19,9 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.autograd import forward_ad
 
 from .._problem import Problem
 from .._solution import Solution
+from .._transforms import forward_mode_active
 from ..loop import integrate, to_solution
 from ._backward import dot, first_order_only, user_field
 from .events import event_outputs
@@ -44,6 +51,21 @@ def _output_time_gradients(field: Callable, ys: torch.Tensor, grad: torch.Tensor
     # the real inner product: a complex state's gradient pairs with its velocity as Re(conj(g) f)
     products = [dot(grad[i], field(i, ys[i])) for i in range(1, len(ys))]
     return torch.stack([torch.zeros((), dtype=products[0].dtype, device=ys.device), *products])
+
+
+def time_tangent(t: torch.Tensor) -> torch.Tensor | None:
+    """The ``torch.autograd.forward_ad`` tangent of the output times, or None."""
+    return forward_ad.unpack_dual(t).tangent if forward_mode_active() else None
+
+
+def _moved(y: torch.Tensor, velocity: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """``y`` with ``velocity * dt`` added to its tangent and its value left as it is.
+
+    The added term is a dual zero (primal 0, tangent ``dt``) times the velocity, so the value is
+    exact and the velocity's own tangent, a second-order term, drops out.
+    """
+    shift = forward_ad.make_dual(torch.zeros_like(dt), dt.detach())
+    return y + velocity * shift.to(velocity.dtype)
 
 
 class _TimeGradients(torch.autograd.Function):
@@ -103,8 +125,13 @@ def solve_direct(problem: Problem, event_fn: Callable | None = None, throw: bool
         return torch.where(rows, f, torch.zeros_like(f))
 
     y0 = _TimeGradients.apply(t[0], problem.y0, field, _start_time_gradient) if with_t else problem.y0
+    dt = time_tangent(t)  # an event solve or a t that requires grad is refused such a tangent (_api)
+    if dt is not None:  # the flow carries the start's move: dy(t_i)/dt_0 = -Phi f(t_0, y_0)
+        y0 = _moved(y0, -field(0, problem.y0), dt[0])
     integration = integrate(problem, term, y0, ts, event_fn=event_fn, throw=throw)
     integration.ys[0] = problem.y0
+    if dt is not None:  # each output moves with its time: dy(t_i)/dt_i = f(t_i, y_i)
+        integration.ys[1:] = [_moved(y, field(i, y), dt[i]) for i, y in enumerate(integration.ys) if i > 0]
     t_final = None
     if integration.event_t is not None:
         assert event_fn is not None  # only an event solve stops at an event

@@ -31,7 +31,7 @@ from .adjoint import solve_adjoint
 from .backsolve import Backsolve
 from .base import AbstractSensitivity
 from .checkpointed import solve_checkpointed
-from .direct import solve_direct
+from .direct import solve_direct, time_tangent
 from .interpolating import Interpolating
 
 NORMS = ("default", "seminorm")
@@ -76,8 +76,8 @@ class DirectBackprop(AbstractSensitivity):
         """
         if self.checkpoints is not None:
             return solve_checkpointed(problem, self.checkpoints, adjoint_params, event_fn, throw)
-        if event_fn is not None or problem.t.requires_grad:  # gradients for the event time and for t
-            return solve_direct(problem, event_fn=event_fn, throw=throw)
+        if event_fn is not None or problem.t.requires_grad or time_tangent(problem.t) is not None:
+            return solve_direct(problem, event_fn=event_fn, throw=throw)  # derivatives for the event time and t
         integration = integrate(problem, problem.term(), problem.y0, problem.ts, event_fn=event_fn, throw=throw)
         return to_solution(problem, integration, throw)
 
