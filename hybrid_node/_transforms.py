@@ -115,8 +115,9 @@ def check_forward_mode(func: Any, y0: Any, t: Any, params: Any, unsupported: str
     The loops read the output times on the host, so a tangent on ``t`` vanished unless direct
     backpropagation adds it around the loop (``dy(t_i)/dt_i = f(t_i, y_i)``); the adjoints' autograd
     Functions run their forward solve with forward mode off, so a tangent on ``y0`` failed inside
-    torch and one on a parameter (or a tensor ``func`` closes over) was dropped. Direct backpropagation carries tangents through every step (with the
-    step sizes held constant, as reverse mode differentiates them).
+    torch and one on a parameter (or a tensor ``func`` closes over) was dropped. Direct
+    backpropagation carries tangents through every step (with the step sizes held constant, as
+    reverse mode differentiates them).
 
     Args:
         func, y0, t: the solve's field, initial state and output times.
