@@ -67,6 +67,29 @@ def apply_field(
     return torch.cat([o.reshape(-1) for o in out])
 
 
+def parameter_dtype_note(func: Callable, y: torch.Tensor) -> str | None:
+    """A hint for a field that failed on its first call: its module's parameters have another dtype than
+    the state (torch's own message, "mat1 and mat2 must have the same dtype", names neither).
+
+    Args:
+        func: the user's field (a module, or a bound method of one, is looked into; a closure is not).
+        y: the state it was given.
+
+    Returns:
+        The note, or None where no parameter of another dtype is found.
+    """
+    module = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
+    if not isinstance(module, torch.nn.Module):
+        return None
+    other = sorted({str(p.dtype) for p in module.parameters() if p.dtype != y.dtype})
+    if not other:
+        return None
+    return (
+        f"func's parameters are {', '.join(other)} but the state is {y.dtype}: convert one to the other's "
+        "dtype, e.g. func.to(y0.dtype) or y0.to(next(func.parameters()).dtype)."
+    )
+
+
 #: torchdiffeq's step callbacks, looked up on ``func``: ``callback_step(t0, y0, dt)`` before every
 #: step attempt, ``callback_accept_step`` / ``callback_reject_step`` after its error test
 CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
@@ -198,8 +221,17 @@ class Term:
     def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         self.nfe += 1
         tt = self.time(t, perturb)
-        out = apply_field(self.func, self.layout, tt, y, check=not self._checked)
-        if not self._checked:
+        if self._checked:
+            out = apply_field(self.func, self.layout, tt, y)
+        else:
+            try:
+                out = apply_field(self.func, self.layout, tt, y, check=True)
+            except RuntimeError as e:
+                # a note (PEP 678): the field's own error, type and traceback stay the caller's
+                note = parameter_dtype_note(self.func, y)
+                if note is not None and hasattr(e, "add_note"):  # Python >= 3.11
+                    e.add_note(note)
+                raise
             self._check(out, y)
         return -out if self.reverse else out
 

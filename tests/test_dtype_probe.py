@@ -8,9 +8,12 @@ silent garbage. Exact solutions: y' = a y (y(t) = y0 exp(a t)) and the harmonic 
 
 import math
 
+import pytest
 import torch
+import torchdiffeq
 
 import hybrid_node as hn
+from hybrid_node.nn import ODEBlock
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 C64, C128 = torch.complex64, torch.complex128
@@ -66,3 +69,167 @@ def test_backward_norms_of_half_states_are_finite():
     assert float(GroupRMS([2, 2], x)(x)) == 1000.0
     parts = (torch.zeros((), dtype=F16), x[:2], x[2:])
     assert float(DefaultTupleNorm([2], 2, seminorm=False)(parts)) == 1000.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# a module of another dtype than the state: torch's error gets a note naming both dtypes
+
+
+@pytest.mark.parametrize(("state", "module"), [(F32, F64), (F64, F32)])
+def test_module_of_another_dtype_names_both(state, module):
+    """torchdiffeq and ours raise torch's "mat1 and mat2 must have the same dtype" here; ours adds
+    which argument has which dtype and the conversion that fixes it."""
+    lin = torch.nn.Linear(2, 2).to(module)
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, t, y):
+            return self.lin(y)
+
+    y0 = torch.ones(2, dtype=state)
+    with pytest.raises(RuntimeError, match="same dtype") as info:
+        torchdiffeq.odeint(Field(), y0, torch.tensor([0.0, 1.0]))
+    with pytest.raises(RuntimeError, match="same dtype") as info:
+        hn.odeint(Field(), y0, torch.tensor([0.0, 1.0]))
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert f"parameters are {module}" in notes and f"state is {state}" in notes and "func.to(y0.dtype)" in notes
+    with pytest.raises(RuntimeError, match="same dtype") as info:
+        ODEBlock(Field())(torch.ones(3, 2, dtype=state))
+    assert f"parameters are {module}" in " ".join(getattr(info.value, "__notes__", []))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the state dtype matrix against torchdiffeq
+
+T3 = [0.0, 0.5, 1.0]
+ALL = [F16, BF16, F32, F64, C64, C128]
+
+
+def _neg(t, y):
+    return -y
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_fixed_step_every_dtype_matches_torchdiffeq(dtype):
+    """rk4 with step 0.1 takes the same steps in both: same dtype, values within a few of the dtype's
+    ulps (the stage sums may round in another order), and within rk4's error (1e-6) plus rounding of
+    the exact exp(-t)."""
+    y0 = torch.tensor([1.0, 2.0], dtype=dtype)
+    kw = dict(method="rk4", options={"step_size": 0.1})
+    ours = hn.odeint(_neg, y0, torch.tensor(T3), **kw)
+    ref = torchdiffeq.odeint(_neg, y0, torch.tensor(T3), **kw)
+    assert ours.dtype == ref.dtype == dtype
+    eps = torch.finfo(ours.real.dtype).eps
+    torch.testing.assert_close(ours, ref, rtol=8 * eps, atol=0)
+    wide = C128 if dtype.is_complex else F64
+    exact = y0.to(wide) * torch.exp(-torch.tensor(T3, dtype=F64))[:, None]
+    torch.testing.assert_close(ours.to(wide), exact, rtol=20 * eps + 1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, C64, C128])
+@pytest.mark.parametrize("times", ["float32", "float64", "list"])
+def test_adaptive_matches_torchdiffeq_and_exact(dtype, times):
+    """dopri5 at the default tolerances: ours keeps the state's dtype whatever the times' dtype (a list
+    too, which torchdiffeq refuses), and is within 10 rtol of exp(-t) where the dtype resolves it."""
+    y0 = torch.tensor([1.0, 2.0], dtype=dtype)
+    t = T3 if times == "list" else torch.tensor(T3, dtype=getattr(torch, times))
+    ours = hn.odeint(_neg, y0, t)
+    assert ours.dtype == dtype
+    if times != "list":
+        assert torchdiffeq.odeint(_neg, y0, t).dtype == dtype
+    wide = C128 if dtype.is_complex else F64
+    exact = y0.to(wide) * torch.exp(-torch.tensor(T3, dtype=F64))[:, None]
+    tol = max(1e-6, 10 * torch.finfo(ours.real.dtype).eps)
+    torch.testing.assert_close(ours.to(wide), exact, rtol=tol, atol=0)
+
+
+def test_integer_times_refused_by_name():
+    """torchdiffeq: "`t` must be a floating point Tensor"; ours names t and how to build it."""
+    with pytest.raises(TypeError, match="t must have a floating dtype.*linspace"):
+        hn.odeint(_neg, torch.ones(2), torch.tensor([0, 1, 2]))
+
+
+def test_half_precision_default_tolerances():
+    """rtol 1e-7 is far below float16's and bfloat16's unit roundoff (4.9e-4, 3.9e-3): both warn; float16
+    then fails with a SolverError, bfloat16 stays within a few of its ulps of exp(-1) (torchdiffeq 0.2.5
+    returns y0 unchanged for bfloat16 and an AssertionError 'underflow in dt' for float16)."""
+    y0 = torch.tensor([1.0, 2.0])
+    with pytest.warns(UserWarning, match="below the unit roundoff of torch.float16"):
+        with pytest.raises(hn.SolverError, match="step size"):
+            hn.odeint(_neg, y0.half(), torch.tensor(T3))
+    with pytest.warns(UserWarning, match="below the unit roundoff of torch.bfloat16"):
+        ys = hn.odeint(_neg, y0.bfloat16(), torch.tensor(T3))
+    assert ys.dtype == BF16
+    # the unreachable tolerance forces small steps, each rounding the state by up to u = 2**-8: measured
+    # 1.25 % (1.6 eps); 4 eps = 3.1 % bounds it, far from y0 unchanged (170 %) or a NaN
+    torch.testing.assert_close(ys[-1].double(), y0.double() * math.exp(-1), rtol=4 * 2**-7, atol=0)
+
+
+def test_global_default_float64_keeps_a_float32_state():
+    """torch.set_default_dtype(float64) does not promote a float32 solve (list times are built in the
+    state's dtype, not the default one); the default is restored whatever happens."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(F64)
+    try:
+        y0 = torch.tensor([1.0, 2.0], dtype=F32)
+        ours = hn.odeint(_neg, y0, T3)
+        ref = torchdiffeq.odeint(_neg, y0, torch.tensor(T3, dtype=F32))
+    finally:
+        torch.set_default_dtype(old)
+    assert ours.dtype == ref.dtype == F32
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)  # both at rtol 1e-7, float32 rounding
+
+
+def test_tolerance_tensors_of_another_dtype():
+    """float64 tolerance tensors on a float32 state: a float32 result, as torchdiffeq's, within rtol."""
+    y0 = torch.tensor([1.0, 2.0])
+    tol = dict(rtol=torch.tensor([1e-6, 1e-6], dtype=F64), atol=torch.tensor(1e-8, dtype=F64))
+    ours = hn.odeint(_neg, y0, torch.tensor(T3), **tol)
+    assert ours.dtype == torchdiffeq.odeint(_neg, y0, torch.tensor(T3), **tol).dtype == F32
+    torch.testing.assert_close(ours[-1].double(), y0.double() * math.exp(-1), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("tdtype", [F32, F64])
+def test_output_times_requiring_grad(tdtype):
+    """dL/dt1 of L = sum y(t1) is sum f(y(t1)) = -3 exp(-1), in the times' dtype, as torchdiffeq's."""
+    grads = []
+    for lib in (hn, torchdiffeq):
+        t = torch.tensor(T3, dtype=tdtype, requires_grad=True)
+        lib.odeint(_neg, torch.tensor([1.0, 2.0]), t)[-1].sum().backward()
+        grads.append(t.grad)
+    assert grads[0].dtype == grads[1].dtype == tdtype
+    assert abs(float(grads[0][-1]) + 3 * math.exp(-1)) < 1e-5  # float32 state at rtol 1e-7
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("state", "event"), [(F32, F64), (F64, F32), (F32, F16)])
+def test_event_function_of_another_dtype(state, event):
+    """y'' = -1 from y = 1, y' = 0 reaches y = 0 at sqrt(2); an event function in another dtype changes
+    neither the event time (to the coarser of the two dtypes) nor the state's dtype."""
+
+    def field(t, y):
+        return torch.stack([y[1], -torch.ones_like(y[0])])
+
+    y0 = torch.tensor([1.0, 0.0], dtype=state)
+    t_ev, ys = hn.odeint_event(field, y0, torch.tensor(0.0, dtype=state), event_fn=lambda t, y: y[0].to(event))
+    assert ys.dtype == state
+    eps = max(torch.finfo(state).eps, torch.finfo(event).eps)
+    assert abs(float(t_ev) - math.sqrt(2)) < 8 * eps * math.sqrt(2)
+
+
+def test_field_of_another_dtype_refused():
+    """torchdiffeq casts a float64 derivative of a float32 state back silently (torchsde keeps the
+    float64); ours refuses it at the first call, naming both dtypes and the fix."""
+    with pytest.raises(TypeError, match=r"func returned dtype torch.float64 but the state is torch.float32.*\.to\("):
+        hn.odeint(lambda t, y: -y.double(), torch.ones(2), torch.tensor(T3))
+
+
+def test_noncontiguous_and_expanded_tensors():
+    """A transposed field output and an expanded y0 give torchdiffeq's result (to float32 rounding)."""
+    y0 = torch.ones(1, 4).expand(3, 4)
+    t = torch.tensor(T3)
+    for f in (lambda t, y: (-y.t()).t(), lambda t, y: torch.ones(1, 4).expand(3, 4) - y):
+        torch.testing.assert_close(hn.odeint(f, y0, t), torchdiffeq.odeint(f, y0, t), rtol=1e-5, atol=1e-6)
