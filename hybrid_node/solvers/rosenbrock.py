@@ -346,7 +346,9 @@ class Rosenbrock(AbstractSolver):
         name: the method name for ``odeint(method=...)``.
         jacobian: "jacrev", "jacfwd", "loop" or a callable ``jac(t, y)`` (see :class:`JacobianSettings`).
         batch_dims: leading state dimensions that index independent samples (default all but the last).
-        autonomous: the field does not depend on t: skip the df/dt evaluation.
+        autonomous: the field does not depend on t: skip the df/dt evaluation (otherwise df/dt is
+            exact by autograd, or a forward difference where autograd cannot follow the field: see
+            :func:`~hybrid_node.solvers.linalg.time_derivative`).
     """
 
     tableau: RosenbrockTableau
