@@ -11,11 +11,16 @@ chunk dropped from memory is re-created bit for bit; only the last ``_CHUNKS_KEP
 (a fixed-step solve reads its cells in order, an adjoint's backward solve in reverse order). Knot
 values on the grid are W(chunk start) plus the chunk's partial sums, the chunk starts kept once found.
 
-Memory is one (size) tensor per knot inserted off the grid (two with a Levy area: K is kept in
-float64, see ``_k``), plus, with a grid, a bounded number of chunks and one start value per chunk
-(so a fixed-step solve of n steps holds O(n / chunk) tensors, not n). Every random draw of an inserted
-knot is seeded from (entropy, knot time), so a run is reproducible for a given entropy and query
-sequence.
+Knot values off the grid are held in an LRU cache of ``cache_size`` entries (as torchsde's), besides
+the pinned values at t0 and t1: one (size) tensor per knot, two with a Levy area (K is kept in float64,
+see ``_kdtype``). Every knot is drawn from the bridge between two parent knots with a draw seeded by
+(entropy, knot time), so an evicted value is re-derived bit for bit from its parents, themselves
+re-derived as far as evicted. On the halfway tree a knot's parents are the ends of its dyadic parent
+cell, so the path is a function of the entropy alone; elsewhere they are its neighbours when it was
+inserted, remembered as two floats per knot, and the path is a function of the entropy and the sequence
+of queries, whatever the cache evicts. Dyadic knots inserted ahead of the queries (``_scaffold``) keep
+those chains of parents short. With a grid, a bounded number of chunks and one start value per chunk
+are held (so a fixed-step solve of n steps holds O(n / chunk) tensors, not n).
 
 References:
     P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992,
@@ -51,6 +56,11 @@ _MASK = (1 << 63) - 1
 _CHUNK_NUMBERS = 2**18
 _CHUNK_CELLS = (64, 4096)
 _CHUNKS_KEPT = 3
+# Off the grid, a new knot's dyadic ancestors are inserted down to cells of about this many times the
+# distance to its nearest knot (see BrownianInterval._scaffold), so that a knot's chain of parents to
+# re-derive after eviction stays under about this many knots, plus its dyadic ancestors: about 30 for
+# 10^4 steps, within torchsde's default cache of 45 values.
+_CHAIN = 16
 
 
 @dataclass
@@ -146,8 +156,11 @@ class BrownianInterval:
             (the smallest n with cells no longer than ``tol``), each bridged from its parent cell's ends, and a
             query is answered at the nearest grid time (resolved to ``tol``, as torchsde's).
         tol: the time resolution with ``halfway_tree`` (must be positive then); ignored otherwise.
-        pool_size, cache_size: accepted for torchsde compatibility and ignored (knots off the grid are all
-            kept; the grid keeps its last few chunks and re-creates others from their seeds).
+        pool_size: accepted for torchsde compatibility and ignored.
+        cache_size: how many knot values (besides those at t0 and t1) are kept in memory, least recently
+            used evicted first (default 45, as torchsde's; None keeps all, 0 none). An evicted value is
+            re-derived bit for bit from its parents when asked for again, so the size changes the memory
+            and time, never the path. The ``dt`` grid's cells are cached apart (its last few chunks).
         W: optional value of W(t1) - W(t0) to condition on (a Brownian bridge).
         H: optional space-time Levy area over [t0, t1], H = U / (t1 - t0) - W / 2 (torchsde's), to condition
             on; used when the Levy area approximation is not "none".
@@ -190,6 +203,13 @@ class BrownianInterval:
             raise ValueError(f"halfway_tree=True needs a positive tol (the time resolution), got {tol}.")
         if halfway_tree and dt is not None:
             raise ValueError("halfway_tree=True takes no dt hint (its knots are the dyadic grid); leave dt=None.")
+        if cache_size is not None and (
+            isinstance(cache_size, bool) or not isinstance(cache_size, numbers.Integral) or cache_size < 0
+        ):
+            raise ValueError(
+                f"cache_size must be a non-negative int (knot values kept in memory) or None (keep all), got "
+                f"{cache_size!r}."
+            )
         self._t0, self._t1 = t0, t1
         _check_conditions(size, dtype, device, entropy, W, H)
         given = W if W is not None else H  # as torchsde, a given W or H also gives the size, dtype, device
@@ -200,14 +220,21 @@ class BrownianInterval:
         self.levy_area_approximation = levy_area_approximation
         self._levy = levy_area_approximation != "none"  # Davie's and Foster's areas are built on U
         self._gen = torch.Generator(device=self._device)
-        self._times: list[float] = [t0]
-        self._w: dict[float, torch.Tensor] = {t0: self._zeros()}
         # K(s) = int_{t0}^{s} W(u) du, kept in float64 whatever the dtype: U over [a, b] is the difference
         # K(b) - K(a) - (b - a) W(a) of numbers of size |W| (t1 - t0), and in float32 that cancellation left
         # U on short intervals late in the interval mostly rounding error (Var U 80x too large on
         # [5, 5 + 1e-5] of [0, 10]).
         self._kdtype = torch.float64 if self._device.type != "mps" else self._dtype  # MPS has no float64
-        self._k: dict[float, torch.Tensor] = {t0: self._zeros(self._kdtype)}
+        # Knot storage. The values (W, K) of the roots t0 and t1 are pinned; those of every other knot sit in
+        # an LRU cache of ``cache_size`` entries and are re-derived from their parents when evicted. Off the
+        # halfway tree a knot's parents are its two neighbours when it was inserted, kept in ``_parents``
+        # (two floats per knot), and ``_times`` lists every knot time off the grid; the halfway tree needs
+        # neither (a grid time's parents are the ends of its dyadic parent cell).
+        self._cache_size = cache_size
+        self._pinned: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {t0: self._pair(self._zeros())}
+        self._cache: OrderedDict[float, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        self._parents: dict[float, tuple[float, float]] = {}
+        self._times: list[float] = [t0]
         h = t1 - t0
         # Snap tolerance: a query this close to a knot is that knot (step times built by repeated addition
         # differ from t0 + k dt in the last bits; a separate knot there would only cost memory). A few dozen
@@ -247,7 +274,8 @@ class BrownianInterval:
                 # int W du over [t0, t1] = h (W / 2 + H), H the space-time area (independent of W).
                 hh = math.sqrt(h / 12) * self._randn(t1 + 0.5) if H is None else H.to(self._device, self._dtype)
                 k1 = h * (0.5 * w1 + hh)
-            self._insert(t1, w1, k1)
+            self._pinned[t1] = self._pair(w1, k1)
+            self._times.append(t1)
 
     # --- properties (torchsde names) -------------------------------------------------------------------
     @property
@@ -276,9 +304,12 @@ class BrownianInterval:
 
     @property
     def num_knots(self) -> int:
-        """How many times W has been sampled at: the grid's knots and those inserted off it.
+        """How many times W has been sampled at: the grid's knots and those inserted off it (with
+        ``halfway_tree``, whose knots are re-derived at will: the knots held, as ``knots_held``).
 
-        The memory held is that of the knots off the grid and of ``cells_held`` grid cells."""
+        The memory held is that of ``knots_held`` knot values and of ``cells_held`` grid cells."""
+        if self._cells:
+            return self.knots_held
         return len(self._times) + (self._grid_n + 1 if self._grid_n else 0)
 
     # --- sampling ------------------------------------------------------------------------------------------
@@ -324,8 +355,8 @@ class BrownianInterval:
                 self._chunk_t.append(t)
             n += 1
         self._grid_n, self._dt = n, dt
-        # The grid holds t0 and t1: _times, _w and _k keep only the knots inserted off the grid.
-        self._times, self._w, self._k = [], {}, {}
+        # The grid holds t0 and t1: _times and the knot storage keep only the knots inserted off the grid.
+        self._times, self._pinned = [], {}
 
     def _draw_chunk(self, j: int) -> _Chunk:
         """Create chunk j of the grid from its seed (the same values every time).
@@ -426,37 +457,116 @@ class BrownianInterval:
         times = self._chunk(j).times
         return j, times, bisect.bisect_left(times, t)
 
+    # --- knot storage: pinned ends, an LRU cache of values, re-derivation from parents -----------------------
+    @property
+    def cache_size(self) -> int | None:
+        """How many knot values besides t0 and t1 are kept in memory (None: all of them)."""
+        return self._cache_size
+
+    @property
+    def knots_held(self) -> int:
+        """How many knot values are in memory: the pinned ends and the cache (at most ``cache_size`` + 2).
+
+        The grid's cells are counted by ``cells_held``; knots off the halfway tree also keep their time and
+        their parents' times (three floats each, whatever the size) so that an evicted value can be re-derived."""
+        return len(self._pinned) + len(self._cache)
+
+    def _pair(self, w: torch.Tensor, k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A knot value as stored: (W, K), K in ``_kdtype`` (zeros if not given), or (W, None) without a Levy area."""
+        if not self._levy:
+            return w, None
+        return w, self._zeros(self._kdtype) if k is None else k.to(self._kdtype)
+
+    def _held(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The value of knot t if it is in memory (a cache hit becomes the most recently used), else None."""
+        v = self._pinned.get(t)
+        if v is not None:
+            return v
+        v = self._cache.get(t)
+        if v is not None:
+            self._cache.move_to_end(t)
+        return v
+
+    def _keep(self, t: float, v: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        """Cache the value of knot t, evicting the least recently used values beyond ``cache_size``."""
+        if self._cache_size == 0:
+            return
+        self._cache[t] = v
+        self._cache.move_to_end(t)
+        if self._cache_size is not None:
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
     def _value(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """W(t) and K(t) (None without a Levy area) at a knot time t (one returned by ``_knot``)."""
-        w = self._w.get(t)
-        if w is not None:
-            return w, self._k.get(t)
+        """W(t) and K(t) (None without a Levy area) at a knot time t off the halfway tree, re-derived if evicted."""
+        v = self._held(t)
+        if v is not None:
+            return v
+        if t in self._parents:
+            return self._rederive(t)
         loc = self._grid_locate(t)
         assert loc is not None, "not a knot"
         chunk = self._chunk_knots(loc[0])
         assert chunk.w is not None
         return chunk.w[loc[1]], None if chunk.k is None else chunk.k[loc[1]]
 
-    def _insert(self, t: float, w: torch.Tensor, k: torch.Tensor) -> None:
-        bisect.insort(self._times, t)
-        self._w[t] = w
-        if self._levy:
-            self._k[t] = k.to(self._kdtype)
+    def _rederive(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Re-create the evicted value of knot t from its parents, re-creating those first as far as evicted.
 
-    def _bridge(self, t: float) -> float:
-        """Insert a knot at t strictly between two knots, conditioned on both; returns the knot time."""
-        i = bisect.bisect_left(self._times, t)
-        a = self._times[i - 1] if i > 0 else -math.inf
-        b = self._times[i] if i < len(self._times) else math.inf
-        if self._grid_n:  # the nearest knots may be grid knots
-            ga, gb = self._grid_neighbours(t)
-            a, b = max(a, ga), min(b, gb)
+        Each knot was drawn by ``_bridge_value`` from its parents' values and its own seed, so repeating the
+        draw from the same parent values gives the same bits. The walk uses an explicit stack (a chain of
+        knots can be longer than Python's recursion limit) and holds the values it finds until it is done,
+        whatever the cache evicts meanwhile.
+        """
+        found: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+        def at_hand(s: float) -> bool:
+            if s not in found:
+                # Pinned ends and grid knots are always at hand; an inserted knot only while cached.
+                v = self._held(s) if s in self._parents else self._value(s)
+                if v is None:
+                    return False
+                found[s] = v
+            return True
+
+        stack = [t]
+        while stack:
+            s = stack[-1]
+            a, b = self._parents[s]
+            missing = [p for p in (a, b) if not at_hand(p)]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            if s not in found:
+                found[s] = self._bridge_value(s, a, b, found[a], found[b])
+                self._keep(s, found[s])
+        return found[t]
+
+    def _bridge_value(
+        self,
+        t: float,
+        a: float,
+        b: float,
+        va: tuple[torch.Tensor, torch.Tensor | None],
+        vb: tuple[torch.Tensor, torch.Tensor | None],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The value at t of the Brownian bridge from value ``va`` at a to ``vb`` at b (a < t < b).
+
+        A function of its arguments, the entropy and t only (the draw is seeded by (entropy, t)), so that an
+        evicted knot is re-derived bit for bit from its parents.
+
+        Args:
+            t, a, b: the new knot's time and those of its parents.
+            va, vb: (W, K) at a and b (K None without a Levy area).
+
+        Returns:
+            (W, K) at t, as stored (see ``_pair``).
+        """
+        (wa, ka), (wb, kb) = va, vb
         h, h1, h2 = b - a, t - a, b - t
-        (wa, ka), (wb, kb) = self._value(a), self._value(b)
         if not self._levy:
-            w = wa + (h1 / h) * (wb - wa) + math.sqrt(h1 * h2 / h) * self._randn(t)
-            self._insert(t, w, w)
-            return t
+            return wa + (h1 / h) * (wb - wa) + math.sqrt(h1 * h2 / h) * self._randn(t), None
         # Pathwise conditioning: draw (w1, i1, w2, i2), the increments and local integrals of the two
         # halves, unconditionally, then correct them linearly so that they reproduce the parent's
         # increment dw = w1 + w2 and integral di = i1 + i2 + h2 w1 exactly.
@@ -481,8 +591,103 @@ class BrownianInterval:
         g = gain.tolist()
         w1 = (x[0] + g[0][0] * res_w + g[0][1] * res_i).to(self._dtype)  # res_i is float64 (from K)
         i1 = x[1] + g[1][0] * res_w + g[1][1] * res_i
-        self._insert(t, wa + w1, ka + h1 * wa + i1)
-        return t
+        return self._pair(wa + w1, ka + h1 * wa + i1)
+
+    def _neighbours(self, t: float) -> tuple[float, float]:
+        """The knots just below and above t (grid knots included), t itself no knot."""
+        i = bisect.bisect_left(self._times, t)
+        a = self._times[i - 1] if i > 0 else -math.inf
+        b = self._times[i] if i < len(self._times) else math.inf
+        if self._grid_n:  # the nearest knots may be grid knots
+            ga, gb = self._grid_neighbours(t)
+            a, b = max(a, ga), min(b, gb)
+        return a, b
+
+    def _add_knot(
+        self,
+        t: float,
+        a: float,
+        b: float,
+        va: tuple[torch.Tensor, torch.Tensor | None],
+        vb: tuple[torch.Tensor, torch.Tensor | None],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Insert knot t between its neighbours a and b (values va, vb), remembering them as its parents."""
+        v = self._bridge_value(t, a, b, va, vb)
+        bisect.insort(self._times, t)
+        self._parents[t] = (a, b)
+        self._keep(t, v)
+        return v
+
+    def _knot_near(self, t: float) -> float | None:
+        """The knot off the grid within the snap tolerance of t, or None."""
+        i = bisect.bisect_left(self._times, t)
+        for j in (i - 1, i):
+            if 0 <= j < len(self._times) and abs(self._times[j] - t) <= self._eps:
+                return self._times[j]
+        return None
+
+    def _scaffold(self, t: float, spacing: float) -> float | None:
+        """Insert dyadic knots around a new time t that keep the chains of re-derivation short.
+
+        A knot drawn between its neighbours depends on them, so queries in time order (an adaptive solve)
+        make a chain: each knot's left parent is the one before. Re-deriving an evicted knot of such a
+        chain (an adjoint's backward pass) would re-derive all knots before it. As torchsde's dependency
+        tree (Kidger et al. 2021, section 4), this walks down the dyadic cells [t0 + q (t1 - t0)] that hold
+        t and inserts each cell's midpoint, bridged from the cell's ends, while the cell is longer than
+        ``_CHAIN`` times ``spacing`` (the distance from t to its nearest knot) and holds no knot yet; t is
+        then bridged from its neighbours inside the smallest such cell. Chains so stay within a cell of
+        about ``_CHAIN`` query spacings, below the ancestors of the cell (about log2 of their number).
+
+        Args:
+            t: the new time (no knot within the snap tolerance).
+            spacing: distance from t to its nearest knot.
+
+        Returns:
+            The midpoint knot when t is within the snap tolerance of one (t is that knot), else None.
+        """
+        qlo, qhi = 0.0, 1.0
+        lo, hi = self._t0, self._t1
+        values: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        while hi - lo > _CHAIN * spacing and (hi - lo) / 2 > 4 * self._eps:
+            qmid = 0.5 * (qlo + qhi)
+            mid = self._knot_near(self._t0 + (self._t1 - self._t0) * qmid)
+            if mid is None:
+                if bisect.bisect_left(self._times, hi) > bisect.bisect_right(self._times, lo):
+                    return None  # knots inside: a midpoint now would not be bridged from the cell's ends
+                mid = self._t0 + (self._t1 - self._t0) * qmid
+                va = values.get(lo) or self._value(lo)
+                vb = values.get(hi) or self._value(hi)
+                values[mid] = self._add_knot(mid, lo, hi, va, vb)
+            if abs(t - mid) <= self._eps:
+                return mid
+            if t < mid:
+                qhi, hi = qmid, mid
+            else:
+                qlo, lo = qmid, mid
+        return None
+
+    def _point(self, t: float) -> tuple[float, tuple[torch.Tensor, torch.Tensor | None]]:
+        """The knot for time t (inserted if needed) and its value (W, K)."""
+        if self._cells:
+            return self._tree_point(t)
+        if self._grid_n:
+            loc = self._grid_locate(t)
+            if loc is not None:
+                chunk = self._chunk_knots(loc[0])
+                assert chunk.w is not None
+                return chunk.times[loc[1]], (chunk.w[loc[1]], None if chunk.k is None else chunk.k[loc[1]])
+        near = self._knot_near(t)
+        if near is not None:
+            return near, self._value(near)
+        a, b = self._neighbours(t)
+        # No dyadic knot goes in where the gap (a, b) is already short: a cell the walk would split lies in
+        # the gap and is longer than _CHAIN spacings. The grid's cells already keep chains short.
+        if not self._grid_n and b - a > _CHAIN * min(t - a, b - t):
+            snapped = self._scaffold(t, min(t - a, b - t))
+            if snapped is not None:
+                return snapped, self._value(snapped)
+            a, b = self._neighbours(t)
+        return t, self._add_knot(t, a, b, self._value(a), self._value(b))
 
     def _dyadic(self, k: int) -> float:
         """Time k of the halfway tree's grid (the ends exactly: t0 + (t1 - t0) * 1 may round off t1)."""
@@ -492,20 +697,40 @@ class BrownianInterval:
             return self._t1
         return self._t0 + (self._t1 - self._t0) * (k / self._cells)
 
-    def _tree_knot(self, t: float) -> float:
-        """The halfway tree's knot nearest t, inserted with its ancestors (so independent of query order).
+    def _tree_point(self, t: float) -> tuple[float, tuple[torch.Tensor, torch.Tensor | None]]:
+        """The halfway tree's knot nearest t and its value, re-derived from the nearest ancestors held.
 
-        Every grid time is bridged from the two ends of its parent cell: a knot between them would be a
-        descendant, and those are inserted after their ancestors. Its value so depends on the entropy only.
+        Every grid time is bridged from the two ends of its parent cell (Kidger et al. 2021, section 4), so
+        its value depends on the entropy only: the walk down from the deepest cell on t's path whose ends
+        are both in memory (the root's ends t0, t1 always are) re-creates evicted values bit for bit.
         """
         k = min(max(round((t - self._t0) / (self._t1 - self._t0) * self._cells), 0), self._cells)
+        time = self._dyadic(k)
+        v = self._held(time)
+        if v is not None:
+            return time, v
+        path: list[tuple[int, int]] = []  # the cells from the root down to the one whose midpoint is k
         lo, hi = 0, self._cells
         while k not in (lo, hi):
+            path.append((lo, hi))
             mid = (lo + hi) // 2
-            if self._dyadic(mid) not in self._w:
-                self._bridge(self._dyadic(mid))
             lo, hi = (lo, mid) if k <= mid else (mid, hi)
-        return self._dyadic(k)
+        start, vlo, vhi = 0, self._pinned[self._t0], self._pinned[self._t1]
+        for i in range(len(path) - 1, 0, -1):
+            end_lo, end_hi = self._held(self._dyadic(path[i][0])), self._held(self._dyadic(path[i][1]))
+            if end_lo is not None and end_hi is not None:
+                start, vlo, vhi = i, end_lo, end_hi
+                break
+        for lo, hi in path[start:]:
+            mid = (lo + hi) // 2
+            tm = self._dyadic(mid)
+            v = self._held(tm)
+            if v is None:
+                v = self._bridge_value(tm, self._dyadic(lo), self._dyadic(hi), vlo, vhi)
+                self._keep(tm, v)
+            vlo, vhi = (vlo, v) if k <= mid else (v, vhi)
+        assert v is not None
+        return time, v
 
     def _check_in_range(self, t: float) -> None:
         """Raise unless time ``t`` lies in [t0, t1] (to the snap tolerance)."""
@@ -514,23 +739,6 @@ class BrownianInterval:
                 f"the Brownian motion is defined on [{self._t0}, {self._t1}], but time {t} was asked for; create "
                 "it over the whole solve interval (ts[0], ts[-1])."
             )
-
-    def _knot(self, t: float) -> float:
-        """The knot at time t (inserted if needed); raises outside [t0, t1]."""
-        if t in self._w and not self._cells:
-            return t
-        self._check_in_range(t)
-        if self._cells:
-            return self._tree_knot(t)
-        if self._grid_n:
-            loc = self._grid_locate(t)
-            if loc is not None:
-                return self._chunk(loc[0]).times[loc[1]]
-        i = bisect.bisect_left(self._times, t)
-        for j in (i - 1, i):
-            if 0 <= j < len(self._times) and abs(self._times[j] - t) <= self._eps:
-                return self._times[j]
-        return self._bridge(t)
 
     def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
         """The increment W(tb) - W(ta) (or W(ta) - W(t0) when ``tb`` is None).
@@ -574,8 +782,8 @@ class BrownianInterval:
             self._check_in_range(float(t))
         if float(ta) > float(tb) + self._eps:  # before the halfway tree rounds both to one grid time
             raise ValueError(f"need ta <= tb, got ta={float(ta)}, tb={float(tb)}.")
-        a, b = self._knot(float(ta)), self._knot(float(tb))
-        (wa, ka), (wb, kb) = self._value(a), self._value(b)
+        a, (wa, ka) = self._point(float(ta))
+        b, (wb, kb) = self._point(float(tb))
         w = wb - wa
         if not (return_U or return_A):
             return w
@@ -627,6 +835,7 @@ class BrownianPath(BrownianInterval):
         t1: end time (default t0 + 1).
         entropy: seed.
         levy_area_approximation: as for :class:`BrownianInterval`.
+        cache_size: knot values kept in memory, as for :class:`BrownianInterval`.
     """
 
     def __init__(
@@ -637,11 +846,19 @@ class BrownianPath(BrownianInterval):
         t1: float | None = None,
         entropy: int | None = None,
         levy_area_approximation: str = "none",
+        cache_size: int | None = 45,
     ):
         _check_start(w0)
         t1 = float(t0) + 1.0 if t1 is None else t1
         super().__init__(
-            t0, t1, w0.shape, w0.dtype, w0.device, entropy, levy_area_approximation=levy_area_approximation
+            t0,
+            t1,
+            w0.shape,
+            w0.dtype,
+            w0.device,
+            entropy,
+            cache_size=cache_size,
+            levy_area_approximation=levy_area_approximation,
         )
         self._w0 = w0
 
@@ -659,13 +876,17 @@ class BrownianTree(BrownianPath):
     queries (a :class:`BrownianInterval` with ``halfway_tree=True``): two trees with one entropy give one
     path even when solves with different steps query them. Times are resolved to ``tol``: a query is
     answered at the nearest time of a dyadic grid with cells no longer than ``tol``. ``pool_size``,
-    ``cache_depth`` and ``safety`` are accepted and ignored.
+    ``cache_depth`` and ``safety`` are accepted and ignored. Memory is bounded: at most ``cache_size`` grid
+    values are kept, and an evicted one is re-derived exactly from its ancestors (about log2((t1 - t0) /
+    tol) bridge draws at worst).
 
     Args:
         t0, w0: start time and value.
         t1, w1: end time (default t0 + 1) and optional end value.
         entropy: seed.
         tol: the time resolution (positive).
+        cache_size: knot values kept in memory besides those at t0 and t1 (default 45, as torchsde's
+            BrownianInterval; None keeps all); changes the memory and time only, never the path.
     """
 
     def __init__(
@@ -679,6 +900,7 @@ class BrownianTree(BrownianPath):
         pool_size: int = 24,
         cache_depth: int = 9,
         safety: float | None = None,
+        cache_size: int | None = 45,
     ):
         _check_start(w0)
         t1 = float(t0) + 1.0 if t1 is None else t1
@@ -691,6 +913,7 @@ class BrownianTree(BrownianPath):
             w0.device,
             entropy,
             tol=tol,
+            cache_size=cache_size,
             halfway_tree=True,
             W=None if w1 is None else w1 - w0,
         )
