@@ -10,7 +10,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -441,13 +441,54 @@ def scaled_error(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, 
     return r
 
 
-def error_ratio_tensor(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> torch.Tensor:
+class ErrorPair(NamedTuple):
+    """Two embedded error estimates of one step that the error ratio combines after scaling each
+    (:func:`combined_ratio`): DOP853's fifth- and third-order differences (``method="dopri8"``).
+
+    A method's ``error_estimate`` returns one where a single vector cannot carry its estimate: DOP853's
+    weight of the two depends on their norms *after* division by ``atol + rtol * max(|y0|, |y1|)``,
+    which the step does not know (the tolerances belong to the loop).
+    """
+
+    high: torch.Tensor
+    low: torch.Tensor
+
+
+def combined_ratio(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """DOP853's error ratio from the norms of its two scaled estimates: ``high^2 / sqrt(high^2 + 0.01 low^2)``.
+
+    With RMS norms, ``high = E5 / sqrt(n)`` and ``low = E3 / sqrt(n)`` for the Euclidean norms ``E5, E3`` of
+    the scaled estimates, so this is Hairer's ``E5^2 / sqrt(n (E5^2 + 0.01 E3^2))``. It behaves like an
+    O(h^8) estimate: ``|err5| = O(h^6)`` damped by ``|err5| / |err3| = O(h^2)``. Elementwise, so one
+    formula serves a solve (0-d norms) and per-sample control (a norm per row).
+
+    Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.10 (DOP853's error
+    estimate); scipy's ``DOP853._estimate_error_norm``.
+
+    Args:
+        high, low: the norms of the scaled fifth- and third-order estimates (real tensors of one shape).
+
+    Returns:
+        The ratio: 0 where both norms are 0, NaN or inf where either is not finite (the step is rejected).
+    """
+    square = high * high
+    denom = (square + 0.01 * (low * low)).sqrt()
+    return torch.where(denom == 0, torch.zeros_like(denom), square / denom)
+
+
+def error_ratio_tensor(
+    error: torch.Tensor | ErrorPair, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm
+) -> torch.Tensor:
     """``norm(error / (atol + rtol * max(|y0|, |y1|)))`` as a 0-d tensor: the step's accept/reject measure
     (:func:`scaled_error`, then the norm).
 
     Computed without autograd (it only decides the step), with in-place arithmetic on one scratch
     tensor and, for the default RMS norm, one reduction kernel. Stays on the device (no host sync).
+    An :class:`ErrorPair` is scaled and normed estimate by estimate, then combined (:func:`combined_ratio`).
     """
+    if isinstance(error, ErrorPair):
+        high = error_ratio_tensor(error.high, y0, y1, rtol, atol, norm)
+        return combined_ratio(high, error_ratio_tensor(error.low, y0, y1, rtol, atol, norm))
     with torch.no_grad():
         r = scaled_error(error, y0, y1, rtol, atol)
         if norm is rms_norm:
@@ -455,7 +496,7 @@ def error_ratio_tensor(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, 
         return norm(r)
 
 
-def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> float:
+def error_ratio(error: torch.Tensor | ErrorPair, y0: torch.Tensor, y1: torch.Tensor, rtol, atol, norm) -> float:
     """:func:`error_ratio_tensor` as a host float."""
     return float(error_ratio_tensor(error, y0, y1, rtol, atol, norm))
 

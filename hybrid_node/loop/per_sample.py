@@ -28,7 +28,15 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
-from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm, scaled_error
+from ..controllers import (
+    ErrorPair,
+    PIDController,
+    combined_ratio,
+    first_trial_step,
+    initial_step_from_trial,
+    rms_norm,
+    scaled_error,
+)
 from ..interpolation import hermite_weights, linear_combination
 from . import core
 from .core import TENSOR
@@ -72,6 +80,11 @@ def check_per_sample(problem, event_fn) -> None:
 def _rms_rows(x: torch.Tensor) -> torch.Tensor:
     """The RMS of each row (first dimension) of ``x``: :func:`~hybrid_node.controllers.rms_norm` per sample."""
     return rms_norm(x.reshape(x.shape[0], -1), dim=1)
+
+
+def _row_ratio(err: torch.Tensor, y: torch.Tensor, y1: torch.Tensor, rtol, atol) -> torch.Tensor:
+    """Each row's RMS of ``err / (atol + rtol * max(|y|, |y1|))``: a sample's error ratio."""
+    return _rms_rows(scaled_error(err, y, y1, rtol, atol))
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -211,9 +224,13 @@ def integrate_per_sample(
         with torch.no_grad():
             if estimate is None:
                 err = linear_combination(None, hc, tab.b_error, ks)
-            else:  # per sample: an estimate may take norms over its whole state (DOP853's does)
+            else:  # per sample: an estimate may take norms over its whole state
                 err = torch.vmap(estimate)(hc, ks)
-            ratio = _rms_rows(scaled_error(err, y, y1, rtol, atol)).to(tdt)
+            if isinstance(err, ErrorPair):  # DOP853's: each estimate scaled and normed per row, then combined
+                ratio = combined_ratio(_row_ratio(err.high, y, y1, rtol, atol), _row_ratio(err.low, y, y1, rtol, atol))
+            else:
+                ratio = _row_ratio(err, y, y1, rtol, atol)
+            ratio = ratio.to(tdt)
             if finite_in is not None:
                 # a stage that a zero weight leaves out of the solution and the estimate (dopri5's
                 # second) would otherwise let an attempt whose later stages were fed a stand-in pass

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..controllers import ErrorPair
 from ..interpolation import linear_combination
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import system_shape
@@ -71,7 +72,7 @@ class AutoStep:
     """One attempt: the active method's step result, which method took it, and the votes before it."""
 
     y1: torch.Tensor
-    error: torch.Tensor | None
+    error: torch.Tensor | ErrorPair | None
     inner: Any
     stiff: bool
     y0: torch.Tensor

@@ -17,9 +17,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from ..controllers import ErrorPair
 
 #: ``f(t, y)`` in solver time (a host float) on the flat state: what a solver evaluates.
 Field = Callable[..., torch.Tensor]
@@ -32,7 +35,7 @@ class StepResult(Protocol):
     def y1(self) -> torch.Tensor: ...
 
     @property
-    def error(self) -> torch.Tensor | None: ...
+    def error(self) -> torch.Tensor | ErrorPair | None: ...
 
 
 class Interpolant(Protocol):

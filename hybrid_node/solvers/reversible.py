@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..controllers import ErrorPair
 from ..interpolation import LinearInterpolant
 from .adams import Adams
 from .base import AbstractSolver, Field
@@ -68,7 +69,7 @@ class ReversibleStep:
 
     y1: torch.Tensor
     z1: torch.Tensor
-    error: torch.Tensor | None
+    error: torch.Tensor | ErrorPair | None
     defect: torch.Tensor | None = None
     coupled: torch.Tensor | None = None
 
@@ -139,8 +140,8 @@ class Reversible(AbstractSolver):
 
     @staticmethod
     def _with_coupled_mode(
-        error: torch.Tensor, y: torch.Tensor, z: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        error: torch.Tensor | ErrorPair, y: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor | ErrorPair, torch.Tensor, torch.Tensor]:
         """``(error, defect, coupled)``: the base estimate ``error`` raised by the coupled mode's term.
 
         The term is ``g |y|`` elementwise with the relative defect ``rho = ||y - z|| / ||y||`` at the
@@ -152,7 +153,8 @@ class Reversible(AbstractSolver):
         to grow the mode. Below it, it is far below the base estimate and leaves the steps as they were.
 
         Args:
-            error: the base method's error estimate of the step.
+            error: the base method's error estimate of the step (DOP853's pair: both raised, so that
+                where the term exceeds both, their combined ratio is the term's).
             y, z: the pair at the step's start.
 
         Returns:
@@ -163,6 +165,10 @@ class Reversible(AbstractSolver):
             rho = torch.linalg.vector_norm(y - z) / size
             gain = torch.where(rho > _DEFECT_LIMIT, 1.0, rho / _DEFECT_TOLERANCES)
             term = gain * y.abs()
+            if isinstance(error, ErrorPair):
+                above = term > error.high.abs()
+                low = torch.where(term > error.low.abs(), term, error.low)
+                return ErrorPair(torch.where(above, term, error.high), low), rho, above.any()
             above = term > error.abs()
             return torch.where(above, term, error), rho, above.any()
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..controllers import ErrorPair
 from ..interpolation import HermiteInterpolant, PolynomialInterpolant, linear_combination
 from .base import AbstractSolver
 from .tableau import ButcherTableau
@@ -19,7 +20,8 @@ class RKStep:
     """What one explicit RK step produced (kept until the step is accepted or rejected)."""
 
     y1: torch.Tensor
-    error: torch.Tensor | None
+    #: the estimate (an ErrorPair for DOP853's, which the error ratio combines after scaling)
+    error: torch.Tensor | ErrorPair | None
     ks: tuple[torch.Tensor, ...]
 
 
@@ -35,7 +37,9 @@ class ExplicitRungeKutta(AbstractSolver):
         name: the method name used by ``odeint(method=...)``.
         dense_output: optional ``factory(f, t0, y0, dt, step)`` of a method-specific interpolant that
             needs extra evaluations (otherwise the tableau's polynomial, else cubic Hermite).
-        error_estimate: optional ``estimate(dt, ks) -> error`` replacing ``dt * sum(b_error * ks)``.
+        error_estimate: optional ``estimate(dt, ks) -> error`` replacing ``dt * sum(b_error * ks)``: a
+            tensor of the state's shape, or an :class:`~hybrid_node.controllers.ErrorPair` of two that
+            every loop scales and norms separately and then combines (DOP853's).
         error_estimate_order: the order q the step-size controller assumes for that estimate (it
             behaves like O(h^(q+1))); default the tableau's ``error_order``.
         compile: run each step attempt (stages, field and error norm) as one torch.compile graph
@@ -116,7 +120,7 @@ class ExplicitRungeKutta(AbstractSolver):
             y1 = linear_combination(y, dt, tab.b, ks)
         return RKStep(y1, self.error_of(dt, ks), tuple(ks))
 
-    def error_of(self, dt: float | torch.Tensor, ks: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    def error_of(self, dt: float | torch.Tensor, ks: Sequence[torch.Tensor]) -> torch.Tensor | ErrorPair | None:
         """The error estimate of a step of size ``dt`` with stage derivatives ``ks`` (None for a
         fixed-step tableau)."""
         if self.tableau.b_error is None:
