@@ -193,8 +193,8 @@ def test_events_without_gradients_skip_the_field_at_each_event():
 
 
 @pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
-def test_event_time_gradients_still_use_the_field_at_the_events(interface):
-    """With gradients (direct and adjoint) the event times still move with the frequency: dt_e/dw = -t_e / w."""
+def test_event_time_gradients_with_the_scalable_event_search(interface):
+    """With gradients (direct and adjoint) the event times move with the frequency: dt_e/dw = -t_e / w."""
     batch = 5
     w = torch.linspace(1.0, 1.5, batch, dtype=torch.float64).requires_grad_(True)
 
