@@ -185,17 +185,28 @@ def test_adaptive_rodas_tracks_the_analytic_solution():
     torch.testing.assert_close(ys, expected, rtol=0, atol=1e-8)
 
 
-def _end_state(a, name):
+def _end_state(a, name, jacobian="jacrev", shape=(2,)):
     def f(t, y):
         return -a * y + torch.sin(3 * t) * torch.tanh(y) + torch.cos(t)
 
-    y0 = torch.tensor([0.5, -1.0], dtype=F64)
+    y0 = torch.linspace(0.5, -1.0, math.prod(shape), dtype=F64).reshape(shape)
     t = torch.tensor([0.0, 2.0], dtype=F64)
-    return hn.solve(f, y0, t, solver=_fixed(name), controller=hn.ConstantStepSize(step_size=0.1)).ys[-1].sum()
+    solver = IMPLICIT_METHODS[name][0](adaptive=False, jacobian=jacobian)
+    return hn.solve(f, y0, t, solver=solver, controller=hn.ConstantStepSize(step_size=0.1)).ys[-1].sum()
 
 
-@pytest.mark.parametrize("name", ["rodas5p", "rodas4", "rosenbrock23"])
-def test_solution_is_smooth_in_a_parameter(name):
+@pytest.mark.parametrize(
+    ("name", "jacobian", "shape"),
+    [
+        ("rodas5p", "jacrev", (2,)),
+        ("rodas4", "jacrev", (2,)),
+        ("rosenbrock23", "jacrev", (2,)),
+        # the combined pass's other two routes: the double reverse pass of a batch, one more tangent
+        ("rodas5p", "jacrev", (2, 1)),
+        ("rodas5p", "jacfwd", (2,)),
+    ],
+)
+def test_solution_is_smooth_in_a_parameter(name, jacobian, shape):
     """A central difference with step 1e-6 agrees with the autograd gradient to 1e-8.
 
     The fixed-step solution is a smooth function of ``a``: the difference's truncation error is
@@ -204,10 +215,10 @@ def test_solution_is_smooth_in_a_parameter(name):
     ``a``; divided by h it gave disagreements of 5e-8 (rodas5p) to 5e-7 (rodas4) here.
     """
     a = torch.tensor(1.7, dtype=F64, requires_grad=True)
-    (grad,) = torch.autograd.grad(_end_state(a, name), a)
+    (grad,) = torch.autograd.grad(_end_state(a, name, jacobian, shape), a)
     h = 1e-6
     with torch.no_grad():
-        central = (_end_state(a + h, name) - _end_state(a - h, name)) / (2 * h)
+        central = (_end_state(a + h, name, jacobian, shape) - _end_state(a - h, name, jacobian, shape)) / (2 * h)
     assert abs(float(central - grad)) < 1e-8
 
 
@@ -225,18 +236,81 @@ def test_solution_dual_tangent_equals_reverse_mode_on_a_time_dependent_field():
     torch.testing.assert_close(tangent, expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["rodas5p", "rosenbrock23"])
-def test_exact_derivative_costs_one_evaluation_per_step(name):
-    # f0 and the Jacobian: 1, the stages: rodas5p 7 (stage 0 reuses f0), rosenbrock23 2, df/dt: 1
+# method -> field evaluations per fixed step besides f0's: the stages that evaluate f
+STAGE_EVALS = {"rodas5p": 7, "rosenbrock23": 2}
+
+
+def _forced_nfe(name, **options):
     y0 = torch.tensor([[1.0], [-0.4]], dtype=F64)
-    sol = hn.solve(
-        _forced,
-        y0,
-        torch.tensor([0.0, 2.0], dtype=F64),
-        solver=_fixed(name),
-        controller=hn.ConstantStepSize(step_size=0.25),
-    )
-    per_step = {"rodas5p": 1 + 7 + 1, "rosenbrock23": 1 + 2 + 1}[name]
-    # as many states (f0, Jacobian, df/dt) as steps: the fixed-step loop builds no state after the last one;
-    # the forward difference it replaces took one evaluation too
-    assert sol.stats.nfe == 8 * per_step
+    solver = IMPLICIT_METHODS[name][0](adaptive=False, **options)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    return hn.solve(_forced, y0, t, solver=solver, controller=hn.ConstantStepSize(step_size=0.25)).stats.nfe
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "rosenbrock23"])
+@pytest.mark.parametrize(
+    ("jacobian", "batch_dims", "jac_evals"), [("jacrev", None, 1), ("jacrev", 0, 1), ("jacfwd", None, 2)]
+)
+def test_exact_derivative_rides_on_the_jacobian_pass(name, jacobian, batch_dims, jac_evals):
+    # 8 states (the fixed-step loop builds none after the last step); each takes f0 with the Jacobian
+    # (jacfwd evaluates once more, under its vmapped jvp) and, in the same pass, df/dt. Only the first
+    # state takes df/dt apart (one more evaluation), to check that a derivative in t reaches the output.
+    # The separate df/dt took one evaluation at every state: 8 more.
+    nfe = _forced_nfe(name, jacobian=jacobian, batch_dims=batch_dims)
+    assert nfe == 8 * (jac_evals + STAGE_EVALS[name]) + 1
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "rosenbrock23"])
+def test_time_derivative_option_fd_takes_the_difference(name):
+    # the difference's one evaluation at every state, never the passes
+    assert _forced_nfe(name, time_derivative="fd") == 8 * (1 + STAGE_EVALS[name] + 1)
+    y0 = torch.tensor([[1.0], [-0.4]], dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    ys = hn.odeint(_forced, y0, t, method=name, options={"time_derivative": "fd"}, rtol=1e-7, atol=1e-9)
+    # the difference's sqrt(eps) error enters below the method's local error: the tolerance's accuracy
+    torch.testing.assert_close(ys[-1], _forced_solution(2.0, y0), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rodas5p", "rosenbrock23"])
+def test_time_derivative_option_refuses_a_typo(name):
+    with pytest.raises(ValueError, match="time_derivative must be one of"):
+        IMPLICIT_METHODS[name][0](time_derivative="forward")
+    y0 = torch.tensor([1.0], dtype=F64)
+    with pytest.raises(ValueError, match="time_derivative must be one of"):
+        hn.odeint(_forced, y0, torch.tensor([0.0, 1.0], dtype=F64), method=name, options={"time_derivative": "ad"})
+
+
+@pytest.mark.parametrize(
+    ("shape", "jacobian", "batch_dims"),
+    [
+        ((2,), "jacrev", None),
+        ((1, 2), "jacrev", None),
+        ((3, 2), "jacrev", None),
+        ((3, 2), "jacrev", 0),
+        ((3, 2), "jacfwd", None),
+        ((2, 2, 2), "jacfwd", 0),
+    ],
+)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_combined_pass_is_exact(shape, jacobian, batch_dims, reverse):
+    y = torch.linspace(-0.7, 1.1, math.prod(shape), dtype=F64).reshape(shape)
+    term = Term(_field, y, F64, reverse=reverse)
+    settings = linalg.JacobianSettings(jacobian, batch_dims)
+    s = -0.37 if reverse else 0.37  # solver time; the user time is 0.37 either way
+    first = linalg.jacobian_and_time_derivative(term, s, y, settings)
+    assert term in linalg._FOLLOWS_TIME
+    before = term.nfe
+    f0, jac, f_t = linalg.jacobian_and_time_derivative(term, s, y, settings)
+    assert term.nfe - before == (2 if jacobian == "jacfwd" else 1)  # no separate df/dt evaluation
+    # the field is elementwise: its blocks are diagonal, -1 + 2 sin(1.3 t) e^(t/2) y
+    sign = -1.0 if reverse else 1.0
+    diag = sign * (-1.0 + 2.0 * math.sin(W * 0.37) * math.exp(0.185) * y.reshape(-1))
+    expected_jac = jac.new_zeros(jac.shape)
+    flat_jac = expected_jac.reshape(-1, jac.shape[-2], jac.shape[-1])
+    for b, block in enumerate(diag.reshape(flat_jac.shape[0], -1)):
+        flat_jac[b] = torch.diag(block)
+    # one evaluation and its derivatives in float64: a few eps of the analytic formulas' rounding
+    torch.testing.assert_close(jac, expected_jac, rtol=0, atol=10 * EPS)
+    assert _rel(f_t, _field_dt(0.37, y)) < 10 * EPS  # d/ds f(-s) reversed is f_t: the sign cancels
+    torch.testing.assert_close(f0, first[0], rtol=0, atol=0)
+    torch.testing.assert_close(f_t, first[2], rtol=0, atol=4 * EPS)

@@ -30,6 +30,8 @@ from torch.func import jvp, vjp, vmap
 from .._term import LeftLimit, Term
 
 JACOBIAN_MODES = ("jacrev", "jacfwd", "loop", "fd")
+#: how the Rosenbrock methods take df/dt (OrdinaryDiffEq's ``autodiff=AutoForwardDiff()`` / ``AutoFiniteDiff()``)
+TIME_DERIVATIVE_MODES = ("autodiff", "fd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +241,128 @@ def _user_jacobian(f, jac, t, y, batch, d) -> torch.Tensor:
 #: terms whose field ``torch.func`` cannot differentiate in t (it raised, or no derivative reached
 #: the output): their later steps go straight to the difference instead of trying again
 _NO_FORWARD_TIME: weakref.WeakSet = weakref.WeakSet()
+#: terms whose field the two-pass df/dt followed (a derivative reached the output): their later
+#: steps take df/dt within the Jacobian's own pass (:func:`jacobian_and_time_derivative`)
+_FOLLOWS_TIME: weakref.WeakSet = weakref.WeakSet()
+
+
+def jacobian_and_time_derivative(
+    f: Callable, t: float, y: torch.Tensor, settings: JacobianSettings, how: str = "autodiff"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """f(t, y), the blocks of df/dy and df/dt at (t, y): what a Rosenbrock step needs, in one pass where possible.
+
+    With ``how="autodiff"`` and the Jacobian modes "jacrev" or "jacfwd", t is one more input of the
+    Jacobian's vectorised derivative (the zero seed of :func:`time_derivative` on the term's time):
+
+    - "jacfwd": one more tangent, (0, 1), beside the D columns of the same vmapped ``jvp``;
+    - "jacrev" with one system (``batch_dims=0``, a 1-D state, or a batch of one sample): the seed's
+      components of the same vmapped ``vjp`` rows, e_i^T df/dt;
+    - "jacrev" with a batch of samples: the rows' seed components would be sums over the samples
+      (the time is shared), so df/dt takes the two reverse passes of :func:`_exact_time_derivative`
+      inside the Jacobian's pass, sharing its evaluation and first reverse pass.
+
+    The first step of a term takes the separate route of :func:`time_derivative`, which checks that
+    a derivative in t reaches the output; the combined pass runs only for terms that passed it, and
+    anything ``torch.func`` cannot follow there falls back to the separate route. The other modes
+    ("loop", "fd", a user ``jac``) and ``how="fd"`` keep the separate df/dt (exact by two passes,
+    or the forward difference), ``how="fd"`` always the difference.
+
+    Args:
+        f: the field in solver form (see :func:`block_jacobian`).
+        t: the solver time.
+        y: the state.
+        settings: the Jacobian settings.
+        how: "autodiff" (exact where autograd follows the field, else the difference) or "fd" (the
+            forward difference always).
+
+    Returns:
+        ``(f(t, y), J, df/dt)``: as :func:`block_jacobian`, and df/dt in solver time of the state's
+        shape. In grad mode all three keep their graph in the state and the parameters.
+
+    Raises:
+        ValueError: ``how`` is not one of :data:`TIME_DERIVATIVE_MODES`.
+
+    References: Griewank & Walther, Evaluating Derivatives, 2nd ed., Chapters 3-5 (t as one more
+    independent variable of the same forward or reverse sweep); Hairer & Wanner, Solving ODEs II,
+    Section IV.7 (the df/dt term of non-autonomous Rosenbrock methods).
+    """
+    if how not in TIME_DERIVATIVE_MODES:
+        raise ValueError(f"time_derivative must be one of {TIME_DERIVATIVE_MODES}, got {how!r}.")
+    term = _base_term(f) if how == "autodiff" else None
+    mode = settings.jacobian
+    if term is not None and term in _FOLLOWS_TIME and not callable(mode) and mode in ("jacrev", "jacfwd"):
+        batch, d = system_shape(y, settings.batch_dims)
+        combined = _combined_time_jacobian(term, f, t, y, mode, batch, d)
+        if combined is not None:
+            _count(f)
+            return combined
+    f0, jac = block_jacobian(f, t, y, settings)
+    if how == "fd":
+        return f0, jac, _difference_time_derivative(f, t, y, f0)
+    return f0, jac, time_derivative(f, t, y, f0)
+
+
+def _seeded(term: Term, f: Callable, t: float, shape: torch.Size, flat: tuple[int, ...]) -> Callable:
+    """``g(z, s) = f(t + s, z)`` with ``z`` of shape ``flat`` read as ``shape``: the seed ``s`` goes on the
+    term's time (:attr:`~hybrid_node._term.Term.time_seed`), so the one-sided limits are kept."""
+
+    def g(z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        term.time_seed = s
+        try:
+            out = f(t, z.reshape(shape))
+        finally:
+            term.time_seed = None
+        return out.reshape(flat)
+
+    return g
+
+
+def _combined_time_jacobian(
+    term: Term, f: Callable, t: float, y: torch.Tensor, mode: str, batch: tuple[int, ...], d: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(f, J, df/dt)`` by one vectorised ``torch.func`` pass in (y, t) (see
+    :func:`jacobian_and_time_derivative`), or None where ``torch.func`` cannot run the field."""
+    flat = batch + (d,)
+    ybd = y.reshape(flat)
+    g = _seeded(term, f, t, y.shape, flat)
+    zero = torch.zeros((), dtype=term.t_dtype, device=term.device)
+    basis = torch.eye(d, dtype=ybd.dtype, device=ybd.device).reshape((d,) + (1,) * len(batch) + (d,))
+    basis = basis.expand((d,) + flat)
+    try:
+        if mode == "jacfwd":
+            out = g(ybd, zero)
+            tangents_y = torch.cat([basis, torch.zeros_like(basis[:1])])
+            tangents_s = torch.zeros(d + 1, dtype=zero.dtype, device=zero.device)
+            tangents_s[d] = 1.0
+            cols = vmap(lambda v, w: jvp(g, (ybd, zero), (v, w))[1])(tangents_y, tangents_s)
+            jac, f_t = cols[:d].movedim(0, -1), cols[d]
+        elif math.prod(batch) == 1:  # one system: the rows' seed components are the components of df/dt
+            out, pullback = vjp(g, ybd, zero)  # type: ignore[misc]  # torch stubs: vjp's return includes the has_aux triple
+            jac, f_t = vmap(pullback)(basis)
+        else:
+            out, jac, f_t = _rows_and_double_reverse(g, ybd, zero, basis)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, NotImplementedError):  # what torch.func raises for an operation it cannot batch
+        return None
+    if any(_escaped_batching(x) for x in (out, jac, f_t)):
+        return None
+    if mode == "jacrev":
+        jac = jac.movedim(0, -2)  # rows: (D_i, *batch, D_j)
+    return out.reshape(y.shape), jac, f_t.to(out.dtype).reshape(y.shape)
+
+
+def _rows_and_double_reverse(g, ybd, zero, basis) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One evaluation of ``g``, the Jacobian's rows by its vmapped pullback and df/ds by the pullback's
+    own pullback (the cotangent ``u`` is the outer level's input; the rows do not depend on it)."""
+
+    def seed_component(u: torch.Tensor):
+        out, pullback = vjp(g, ybd, zero)  # type: ignore[misc]
+        rows = vmap(pullback)(basis)[0]
+        return pullback(u)[1], (out, rows)
+
+    _, outer, (out, rows) = vjp(seed_component, torch.zeros_like(ybd), has_aux=True)  # type: ignore[misc]
+    return out, rows, outer(torch.ones_like(zero))[0]
 
 
 def time_derivative(f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
@@ -263,16 +387,18 @@ def time_derivative(f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor) ->
       field that ignores t), where the passes would silently give zero.
 
     The choice is remembered for the term, so a field ``torch.func`` cannot follow costs one extra
-    evaluation per solve. A field that reads t both ways (``torch.sin(t) + math.cos(t.item())``)
-    cannot be told apart: its derivative misses the host part, so keep the dependence on t in tensor
-    operations.
+    evaluation per solve; after a term's first exact df/dt the Rosenbrock methods take the later ones
+    within the Jacobian's pass (:func:`jacobian_and_time_derivative`). A field that reads t both ways
+    (``torch.sin(t) + math.cos(t.item())``) cannot be told apart: its derivative misses the host
+    part, so keep the dependence on t in tensor operations.
 
     The difference's step is sqrt(eps) * max(1, |t|) in the time dtype; its O(step) error enters a
     Rosenbrock stage multiplied by h * gamma_i, below the method's local error. Its rounding, ~eps /
     step relative, leaves ~1e-11 of noise in a float64 solution and its derivatives (the two
     evaluations get cotangents +-1/step, which cancel) that does not vary smoothly with the inputs:
     finite differences with steps under ~1e-4 (gradgradcheck's 1e-6) see it. A solver made with
-    ``autonomous=True`` skips df/dt altogether.
+    ``autonomous=True`` skips df/dt altogether; one made with ``time_derivative="fd"`` always takes
+    the difference.
 
     Args:
         f: the field in solver form ``f(t_float, y)``: a term, possibly seen through a one-sided
@@ -294,6 +420,7 @@ def time_derivative(f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor) ->
     if term is not None and term not in _NO_FORWARD_TIME:
         exact = _exact_time_derivative(term, f, t, y)
         if exact is not None:
+            _FOLLOWS_TIME.add(term)
             return exact
         _NO_FORWARD_TIME.add(term)
     return _difference_time_derivative(f, t, y, f0)

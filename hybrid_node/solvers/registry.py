@@ -28,7 +28,7 @@ from .scipy_solver import ScipySolver
 from .symplectic import Leapfrog, SymplecticEuler, Yoshida4, Yoshida6
 from .tsit5 import Tsit5
 
-ROSENBROCK_OPTIONS = ("jacobian", "batch_dims", "autonomous")
+ROSENBROCK_OPTIONS = ("jacobian", "batch_dims", "autonomous", "time_derivative")
 MULTISTEP_OPTIONS = ("max_order", "max_iters", "jacobian", "batch_dims")
 NEWTON_OPTIONS = ("jacobian", "batch_dims", "max_newton_iters", "newton_kappa", "newton_rtol", "newton_atol")
 #: the adaptive ESDIRK pairs' options: also the hold on the step after a rejected attempt

@@ -33,11 +33,12 @@ import torch
 from ..interpolation import HermiteInterpolant
 from .base import AbstractSolver, Interpolant
 from .linalg import (
+    TIME_DERIVATIVE_MODES,
     Factorization,
     JacobianSettings,
     block_jacobian,
     factorize,
-    time_derivative,
+    jacobian_and_time_derivative,
 )
 
 
@@ -337,6 +338,20 @@ class RosenbrockStep:
     f0: torch.Tensor
 
 
+def _validate(solver: Rosenbrock | Rosenbrock23) -> None:
+    """Check a Rosenbrock solver's options.
+
+    Raises:
+        ValueError: an unknown Jacobian mode or ``time_derivative``, or a bad ``batch_dims``.
+    """
+    JacobianSettings(solver.jacobian, solver.batch_dims)  # validates
+    if solver.time_derivative not in TIME_DERIVATIVE_MODES:
+        raise ValueError(
+            f"time_derivative must be one of {TIME_DERIVATIVE_MODES} (exact by autograd, or a forward "
+            f"difference), got {solver.time_derivative!r}."
+        )
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Rosenbrock(AbstractSolver):
     """A Rosenbrock method given by its tableau (adaptive, with dense output).
@@ -349,6 +364,14 @@ class Rosenbrock(AbstractSolver):
         autonomous: the field does not depend on t: skip the df/dt evaluation (otherwise df/dt is
             exact by autograd, or a forward difference where autograd cannot follow the field: see
             :func:`~hybrid_node.solvers.linalg.time_derivative`).
+        time_derivative: how df/dt is taken (OrdinaryDiffEq's ``autodiff`` / ``AutoFiniteDiff``):
+            "autodiff" (default: exact, within the Jacobian's pass for "jacrev" and "jacfwd", with the
+            automatic fallback to the difference; see
+            :func:`~hybrid_node.solvers.linalg.jacobian_and_time_derivative`) or "fd" (a forward
+            difference, one evaluation: for fields autograd cannot follow, or for speed).
+
+    Raises:
+        ValueError: an unknown ``jacobian`` or ``time_derivative``, or a bad ``batch_dims``.
     """
 
     tableau: RosenbrockTableau
@@ -357,9 +380,10 @@ class Rosenbrock(AbstractSolver):
     batch_dims: int | None = None
     autonomous: bool = False
     adaptive: bool = True
+    time_derivative: str = "autodiff"
 
     def __post_init__(self):
-        JacobianSettings(self.jacobian, self.batch_dims)  # validates
+        _validate(self)
 
     @property
     def order(self) -> int:
@@ -370,9 +394,11 @@ class Rosenbrock(AbstractSolver):
         return self.tableau.error_order
 
     def _state(self: Rosenbrock | Rosenbrock23, f, t: float, y: torch.Tensor) -> RosenbrockState:
-        f0, jac = block_jacobian(f, t, y, JacobianSettings(self.jacobian, self.batch_dims))
-        f_t = None if self.autonomous else time_derivative(f, t, y, f0)
-        return RosenbrockState(f0, jac, f_t)
+        settings = JacobianSettings(self.jacobian, self.batch_dims)
+        if self.autonomous:
+            f0, jac = block_jacobian(f, t, y, settings)
+            return RosenbrockState(f0, jac, None)
+        return RosenbrockState(*jacobian_and_time_derivative(f, t, y, settings, self.time_derivative))
 
     implicit = True
 
@@ -484,9 +510,10 @@ class Rosenbrock23(AbstractSolver):
     adaptive: bool = True
     order: int = 2
     error_order: int = 2
+    time_derivative: str = "autodiff"
 
     def __post_init__(self):
-        JacobianSettings(self.jacobian, self.batch_dims)
+        _validate(self)
 
     _d = 1.0 / (2.0 + math.sqrt(2.0))
     _e32 = 6.0 + math.sqrt(2.0)

@@ -1,0 +1,120 @@
+"""Wall time per Rosenbrock step on a non-autonomous MLP field, this checkout against other checkouts.
+
+A step needs f, the Jacobian df/dy and df/dt at its start. This script times fixed-step
+``rosenbrock23`` and ``rodas5p`` solves (float64, CPU, one thread) of a tanh MLP field that reads t,
+with each given checkout's ``hybrid_node`` imported under its own name in one process and run in
+shuffled interleaved rounds, so the load of a shared machine hits them alike::
+
+    python -m benchmarks.rosenbrock_dfdt --checkout before=/tmp/old --checkout today=/tmp/head --rounds 9
+
+``after-fd`` is this checkout with ``time_derivative="fd"``. Both a no-grad solve and a solve in
+grad mode (the graph direct backpropagation would use, without the backward pass) are timed.
+Prints the median milliseconds per step and each median's ratio to this checkout's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import hybrid_node
+
+from .run import interleaved
+
+
+class TimeMLP(torch.nn.Module):
+    """dy/dt = MLP([y, t]): two tanh layers of ``width``."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim + 1, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, dim),
+        )
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([y, t.expand(y.shape[:-1] + (1,))], dim=-1))
+
+
+def load(label: str, checkout: str):
+    """The ``hybrid_node`` package of ``checkout`` imported as ``hn_<label>`` (its imports are relative)."""
+    root = Path(tempfile.mkdtemp(prefix=f"hn_{label}_"))
+    shutil.copytree(
+        Path(checkout) / "hybrid_node",
+        root / f"hn_{label}",
+        ignore=shutil.ignore_patterns("__pycache__"),
+        symlinks=True,
+    )
+    sys.path.insert(0, str(root))
+    return importlib.import_module(f"hn_{label}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkout", action="append", default=[], help="label=path of another checkout")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=2)
+    parser.add_argument("--width", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    packages = {"after": hybrid_node}
+    for item in args.checkout:
+        label, _, path = item.partition("=")
+        packages[label] = load(label, path)
+    field = TimeMLP(args.dim, args.width).double()
+    y0 = torch.randn(args.batch, args.dim, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    h = 1.0 / args.steps
+
+    def unit(pkg, method: str, grad: bool, **options):
+        methods = importlib.import_module(f"{pkg.__name__}.solvers.implicit").IMPLICIT_METHODS
+        solver = methods[method][0](adaptive=False, **options)
+        controller = pkg.ConstantStepSize(step_size=h)
+
+        def run():
+            with torch.set_grad_enabled(grad):
+                pkg.solve(field, y0, t, solver=solver, controller=controller)
+
+        return run
+
+    runs = {
+        (label, method, grad): unit(pkg, method, grad)
+        for label, pkg in packages.items()
+        for method in ("rosenbrock23", "rodas5p")
+        for grad in (False, True)
+    }
+    for method in ("rosenbrock23", "rodas5p"):  # this checkout's forward difference by the option
+        for grad in (False, True):
+            runs[("after-fd", method, grad)] = unit(hybrid_node, method, grad, time_derivative="fd")
+    for run in runs.values():  # warm-up: first calls, lazy imports
+        run()
+    times = interleaved(runs, args.rounds)
+    print(
+        f"ms per step, median of {args.rounds} rounds ({args.steps} steps, "
+        f"batch {args.batch}, dim {args.dim}, width {args.width})"
+    )
+    for method in ("rosenbrock23", "rodas5p"):
+        for grad in (False, True):
+            ref = statistics.median(times[("after", method, grad)])
+            cells = []
+            for label in list(packages) + ["after-fd"]:
+                med = statistics.median(times[(label, method, grad)])
+                cells.append(f"{label} {1e3 * med / args.steps:.2f} ({med / ref:.2f}x)")
+            print(f"{method:13s} {'grad' if grad else 'no-grad':8s} " + "  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
