@@ -114,6 +114,48 @@ def main() -> None:
                 med = statistics.median(times[(label, method, grad)])
                 cells.append(f"{label} {1e3 * med / args.steps:.2f} ({med / ref:.2f}x)")
             print(f"{method:13s} {'grad' if grad else 'no-grad':8s} " + "  ".join(cells))
+    passes(field, args.batch, args.dim, args.rounds)
+
+
+def passes(field: torch.nn.Module, batch: int, dim: int, rounds: int) -> None:
+    """Milliseconds per call, in this checkout, of the Jacobian alone, the Jacobian and the separate exact
+    df/dt (the route of every step before the combined pass), and the combined pass."""
+    from hybrid_node._term import Term
+    from hybrid_node.solvers import linalg
+
+    cases = {
+        "jacrev, batch": ("jacrev", (batch, dim)),
+        "jacfwd, batch": ("jacfwd", (batch, dim)),
+        "jacrev, one system": ("jacrev", (dim,)),
+    }
+    runs = {}
+    for case, (mode, shape) in cases.items():
+        y = torch.randn(shape, dtype=torch.float64)
+        term = Term(field, y, torch.float64)
+        settings = linalg.JacobianSettings(mode)
+        linalg.jacobian_and_time_derivative(term, 0.3, y, settings)  # the first, separate df/dt
+        assert term in linalg._FOLLOWS_TIME
+
+        def jacobian(term=term, y=y, settings=settings):
+            return linalg.block_jacobian(term, 0.3, y, settings)
+
+        def separate(term=term, y=y, settings=settings):
+            f0, _ = linalg.block_jacobian(term, 0.3, y, settings)
+            return linalg._exact_time_derivative(term, term, 0.3, y)
+
+        def combined(term=term, y=y, settings=settings):
+            return linalg.jacobian_and_time_derivative(term, 0.3, y, settings)
+
+        def plain(term=term, y=y):
+            return term(0.3, y)
+
+        for name, fn in (("f", plain), ("J", jacobian), ("J + separate df/dt", separate), ("combined", combined)):
+            runs[(case, name)] = lambda fn=fn: [fn() for _ in range(10)]
+    times = interleaved(runs, rounds)
+    print("ms per call (median of 10-call units), this checkout")
+    for case in cases:
+        cells = [f"{name} {1e2 * statistics.median(times[(c, name)]):.2f}" for c, name in times if c == case]
+        print(f"{case:18s} " + "  ".join(cells))
 
 
 if __name__ == "__main__":
