@@ -244,3 +244,77 @@ def test_a_bad_cache_size_is_refused(bad):
         hn.BrownianInterval(0.0, 1.0, (2,), cache_size=bad)
     with pytest.raises(ValueError, match="cache_size"):
         hn.BrownianTree(0.0, torch.zeros(2), cache_size=bad)
+
+
+def _count_draws(bm: hn.BrownianInterval) -> list[int]:
+    """Count the bridge draws of ``bm`` from now on (the list's one entry)."""
+    draws = [0]
+    draw = bm._bridge_value
+
+    def counted(*args):
+        draws[0] += 1
+        return draw(*args)
+
+    bm._bridge_value = counted  # type: ignore[method-assign]
+    return draws
+
+
+def test_a_sweep_in_time_order_adds_few_dyadic_knots():
+    # The dyadic knots that keep chains short go down to cells of about _CHAIN = 16 steps: about
+    # 2 n / 16 = n / 8 of them. A step that ends just past a dyadic knot used to count its distance to
+    # that knot as the spacing and split cells down to 2^-16 (2416 extra knots for 10^4 steps, 24%).
+    n = 10000
+    bm = hn.BrownianInterval(0.0, 1.0, (2,), dtype=F64, entropy=15, cache_size=None)
+    for k in range(n):
+        bm(k / n, (k + 1) / n)
+    assert bm.num_knots - (n + 1) <= 0.15 * n
+
+
+def test_the_default_cache_holds_a_thousand_step_solve():
+    # cache_size="auto" keeps 16 MiB of knots: 2048 of a 16 x 64 float64 state, 1024 with a space-time
+    # area (K doubles a knot). A forward pass of 1000 steps (about 1100 knots with the dyadic ones) then
+    # stays in memory and its backward pass draws nothing; the old default of 45 re-derived every knot.
+    # A state of a million numbers keeps torchsde's 45, a tiny one at most 4096 knots.
+    bm = hn.BrownianInterval(0.0, 1.0, (16, 64), dtype=F64, entropy=1)
+    assert bm.cache_size == 2048
+    st = hn.BrownianInterval(0.0, 1.0, (16, 64), dtype=F64, entropy=1, levy_area_approximation="space-time")
+    assert st.cache_size == 1024
+    assert hn.BrownianInterval(0.0, 1.0, (1000, 1000), dtype=F64).cache_size == 45
+    assert hn.BrownianInterval(0.0, 1.0, (2,), dtype=F64).cache_size == 4096
+    assert hn.BrownianTree(0.0, torch.zeros(16, 64, dtype=F64)).cache_size == 2048
+    n = 1000
+    for k in range(n):
+        bm(k / n, (k + 1) / n)
+    draws = _count_draws(bm)
+    for k in reversed(range(n)):
+        bm(k / n, (k + 1) / n)
+    assert draws[0] == 0
+    assert bm.knots_held <= 2048 + 2
+
+
+@pytest.mark.parametrize(("h1", "h2"), [(0.3, 0.7), (1e-3, 2.0), (5.0, 1e-4), (0.5, 0.5)])
+def test_bridge_coefficients_match_the_gain_solved_numerically(h1, h2):
+    # The closed-form weights of the space-time bridge against the gain C A^T (A C A^T)^-1 solved by
+    # torch.linalg (Wilson et al. 2020) and the draws x(z) of Kloeden & Platen (1992, section 10.4),
+    # expanded column by column. Relative 1e-9: the solve of a 2 x 2 system with condition number up to
+    # about (h / min(h1, h2))^2 ~ 1e8 here loses up to 8 of the 16 digits.
+    from hybrid_node.sde.brownian import _bridge_coefficients
+
+    f = torch.float64
+    cov = torch.zeros(4, 4, dtype=f)
+    for j, hj in ((0, h1), (2, h2)):
+        cov[j : j + 2, j : j + 2] = torch.tensor([[hj, hj**2 / 2], [hj**2 / 2, hj**3 / 3]], dtype=f)
+    a_mat = torch.tensor([[1.0, 0.0, 1.0, 0.0], [h2, 1.0, 0.0, 1.0]], dtype=f)
+    gain = torch.linalg.solve(a_mat @ cov @ a_mat.T, a_mat @ cov).T  # (4, 2)
+    # x = L z with L the map of the four standard normals to (w1, i1, w2, i2).
+    q = 1 / math.sqrt(12)
+    lmap = torch.zeros(4, 4, dtype=f)
+    for j, hj in ((0, h1), (2, h2)):
+        r = math.sqrt(hj)
+        lmap[j, j] = r
+        lmap[j + 1, j], lmap[j + 1, j + 1] = hj * r / 2, hj * r * q
+    # x + G (r - A x) = (I - G A) L z + G r: weights of z, then of r = (dw, di).
+    weights = torch.cat([(torch.eye(4, dtype=f) - gain @ a_mat) @ lmap, gain], dim=1)  # (4, 6)
+    cw, ci = _bridge_coefficients(h1, h2)
+    scale = weights[:2].abs().max(dim=1).values
+    assert torch.allclose(torch.tensor([cw, ci], dtype=f) / scale[:, None], weights[:2] / scale[:, None], atol=1e-9)
