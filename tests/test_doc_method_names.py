@@ -16,8 +16,8 @@ PAGES = ["README.md", "docs/getting-started.md", "docs/solvers.md", "docs/models
 _METHOD_ARG = re.compile(r"""\b(?:method|adjoint_method|stiff_method)\s*=\s*["'](\w+)["']""")
 #: a code span shaped like a method name: letters then digits (rk4, gl4, rodas5p's stem, kvaerno5)
 _METHOD_LIKE = re.compile(r"`([a-z]+\d+[a-z]?)`")
-#: code spans of that shape that are no method: time and step names of other libraries' arguments
-_NOT_METHODS = {"t0", "dt0"}
+#: code spans of that shape that are no method: the names of time, step and state arguments
+_NOT_METHODS = {"t0", "t1", "dt0", "y0", "y1"}
 
 
 def method_names_on(text: str) -> set[str]:
