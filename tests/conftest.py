@@ -1,10 +1,18 @@
 """Fixtures shared by several test modules."""
 
 import contextlib
+import os
 import signal
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, one torch thread per worker: the workers already fill the cores, and torch's
+    own pool on top of them would oversubscribe (spinning threads make every worker slower)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
