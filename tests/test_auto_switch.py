@@ -12,7 +12,7 @@ from scipy.integrate import solve_ivp
 from test_stiff import ROBERTSON_NP, _van_der_pol_np, robertson, van_der_pol
 
 import hybrid_node as hn
-from hybrid_node.solvers import auto_switch
+from hybrid_node.solvers import auto_switch, linalg
 from hybrid_node.solvers.rosenbrock import RosenbrockState
 
 torch.set_num_threads(1)
@@ -223,3 +223,41 @@ def test_a_bdf_corrector_failure_at_min_step_is_named():
         throw=False,
     )
     assert alone.status is hn.Status.NEWTON_FAILED
+
+
+@pytest.mark.parametrize(("how", "differences"), [("autodiff", False), ("fd", True)])
+def test_time_derivative_reaches_the_stiff_phase(monkeypatch, how, differences):
+    """``time_derivative`` is Rodas5P's in auto's stiff phase: with "fd" every stiff state takes df/dt by
+    the forward difference, with "autodiff" none does (autograd follows this field). Either way the
+    solution is sin t within a few tolerances."""
+    calls = []
+    difference = linalg._difference_time_derivative
+
+    def counted(*args):
+        calls.append(args[1])
+        return difference(*args)
+
+    monkeypatch.setattr(linalg, "_difference_time_derivative", counted)
+    y0 = torch.zeros(2, dtype=F64)
+    t = torch.tensor([0.0, 20.0], dtype=F64)
+    rtol = 1e-6
+    ys = hn.odeint(_fading_stiffness, y0, t, method="auto", rtol=rtol, atol=rtol, options={"time_derivative": how})
+    # a global error of a few tolerances (atol = rtol here, |y| <= 1), as for the default above
+    assert float((ys[-1] - math.sin(20.0)).abs().max()) < 10 * rtol
+    # the stiff phase (the first ~5 time units) takes several Rodas5P steps, each from a state with df/dt
+    assert (len(calls) > 5) if differences else not calls
+    assert hn.AutoSwitch(time_derivative=how)._stiff_solver().time_derivative == how
+
+
+@pytest.mark.parametrize("stiff_method", ["rodas5p", "bdf"])
+def test_time_derivative_typo_is_refused(stiff_method):
+    with pytest.raises(ValueError, match="time_derivative must be one of"):
+        hn.AutoSwitch(stiff_method=stiff_method, time_derivative="forward")
+    with pytest.raises(ValueError, match="time_derivative must be one of"):
+        hn.odeint(
+            _fading_stiffness,
+            torch.zeros(1, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            method="auto",
+            options={"stiff_method": stiff_method, "time_derivative": "ad"},
+        )

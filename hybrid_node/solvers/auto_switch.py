@@ -108,6 +108,9 @@ class AutoSwitch(AbstractSolver):
         jacobian, batch_dims: the stiff method's Jacobian settings (:class:`~.linalg.JacobianSettings`);
             ``batch_dims`` also says which dimensions index samples for the stiffness estimate.
         autonomous: Rodas5P's setting (:class:`~.rosenbrock.Rosenbrock`; BDF does not use it).
+        time_derivative: how Rodas5P takes df/dt, "autodiff" (default) or "fd" (a forward difference;
+            :class:`~.rosenbrock.Rosenbrock`). BDF does not use it; it is checked all the same, so a typo
+            fails whichever the stiff method.
         stiff_method: "rodas5p" (default; DifferentialEquations.jl's ``AutoTsit5(Rodas5P())``) or "bdf"
             (the variable-order BDF of :class:`~.multistep.BDF`).
         rtol, atol: the solve's tolerances, for BDF's corrector test and order selection (the loop
@@ -115,7 +118,7 @@ class AutoSwitch(AbstractSolver):
         name: the method name.
 
     Raises:
-        ValueError: an unknown ``stiff_method``, or invalid Jacobian settings.
+        ValueError: an unknown ``stiff_method`` or ``time_derivative``, or invalid Jacobian settings.
 
     References: see the module docstring (Hairer & Wanner II, IV.2; DifferentialEquations.jl's
     AutoTsit5(Rodas5P()); Petzold 1983).
@@ -124,6 +127,7 @@ class AutoSwitch(AbstractSolver):
     jacobian: object = "jacrev"
     batch_dims: int | None = None
     autonomous: bool = False
+    time_derivative: str = "autodiff"
     stiff_method: str = "rodas5p"
     rtol: float = 1e-7
     atol: float = 1e-9
@@ -137,7 +141,9 @@ class AutoSwitch(AbstractSolver):
                 f"stiff_method of 'auto' must be one of {STIFF_METHODS}, got {self.stiff_method!r}; "
                 "pass options={'stiff_method': 'bdf'} for the BDF stiff phase."
             )
-        self._stiff_solver()  # validates the Jacobian settings
+        self._stiff_solver()  # validates the Jacobian settings (and Rodas5P's time_derivative)
+        if self.stiff_method == "bdf":  # BDF leaves time_derivative unread: Rodas5P's check, so a typo fails
+            Rodas5P(jacobian=self.jacobian, batch_dims=self.batch_dims, time_derivative=self.time_derivative)
 
     @property
     def order(self) -> int:
@@ -153,7 +159,12 @@ class AutoSwitch(AbstractSolver):
     def _stiff_solver(self) -> Rodas5P | BDF:
         if self.stiff_method == "bdf":
             return BDF(jacobian=self.jacobian, batch_dims=self.batch_dims, rtol=self.rtol, atol=self.atol)
-        return Rodas5P(jacobian=self.jacobian, batch_dims=self.batch_dims, autonomous=self.autonomous)
+        return Rodas5P(
+            jacobian=self.jacobian,
+            batch_dims=self.batch_dims,
+            autonomous=self.autonomous,
+            time_derivative=self.time_derivative,
+        )
 
     def with_tolerances(self, rtol: Any, atol: Any) -> AutoSwitch:
         """This method with the solve's (smallest) tolerances, which BDF's corrector and order selection use."""

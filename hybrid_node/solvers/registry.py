@@ -192,7 +192,7 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         ),
         "auto": MethodSpec(
             AutoSwitch,
-            ("jacobian", "batch_dims", "autonomous", "stiff_method"),
+            ("jacobian", "batch_dims", "autonomous", "time_derivative", "stiff_method"),
             julia="AutoTsit5Rodas5P",
             uses_tolerances=True,
             notes="tsit5, switching to rodas5p while stiff (stiffness estimate) and back; `stats.n_switches`",
