@@ -132,17 +132,18 @@ def adjoint_grad(**kwargs) -> torch.Tensor:
 
 
 ADJOINT_BAD = {
-    "inf": (math.inf, ValueError, "must be positive and finite"),
-    "inf-element": (torch.tensor([1e-6, math.inf]), ValueError, "must be positive and finite"),
-    "complex-tensor": (torch.tensor([1e-6j, 1e-6]), TypeError, "must be a positive float or a real tensor of them"),
-    "bool-tensor": (torch.tensor([True, True]), TypeError, "must be a positive float or a real tensor of them"),
-    "bool-array": (np.array([True, True]), TypeError, "must be a positive float or a real tensor of them"),
+    "inf": (math.inf, ValueError, "must be non-negative and finite"),
+    "inf-element": (torch.tensor([1e-6, math.inf]), ValueError, "must be non-negative and finite"),
+    "negative": (-1e-6, ValueError, "must be non-negative and finite"),
+    "complex-tensor": (torch.tensor([1e-6j, 1e-6]), TypeError, "must be a non-negative float or a real tensor of them"),
+    "bool-tensor": (torch.tensor([True, True]), TypeError, "must be a non-negative float or a real tensor of them"),
+    "bool-array": (np.array([True, True]), TypeError, "must be a non-negative float or a real tensor of them"),
 }
 
 
 @pytest.mark.parametrize("which", ["rtol", "atol"])
 @pytest.mark.parametrize(("value", "error", "message"), list(ADJOINT_BAD.values()), ids=list(ADJOINT_BAD))
-def test_adjoint_tolerances_that_are_not_positive_finite_reals_are_refused(value, error, message, which):
+def test_adjoint_tolerances_that_are_not_non_negative_finite_reals_are_refused(value, error, message, which):
     # an infinite backward tolerance accepted every backward step (on a random 3x3 linear field the gradients
     # came out 4.5e-6 off those of a solve at 1e-10)
     with pytest.raises(

@@ -246,6 +246,7 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
 
     rtol = pick(own(sensitivity.rtol, "rtol"), problem.rtol, PIDController.rtol)
     atol = pick(own(sensitivity.atol, "atol"), problem.atol, PIDController.atol)
+    refuse_zero_tolerances(rtol, atol)  # one of them may be the forward's 0
     if sensitivity.rtol is not None or sensitivity.atol is not None:  # the forward's were looked at by the solve
         warn_unresolvable_tolerance(rtol, atol, problem.y0, "adjoint_")
     seminorm = isinstance(sensitivity.norm, str) and sensitivity.norm == "seminorm"
@@ -279,6 +280,35 @@ def backward_plan(problem: Problem, sensitivity) -> BackwardPlan:
     solver = _with_tolerances(solver, rtol, atol)  # tensor tolerances too (build_solver takes floats)
     _refuse_partitioned(solver)
     return BackwardPlan(solver, controller, rtol, atol, seminorm, user_norm, False, tuple_norm, jumps)
+
+
+def refuse_zero_tolerances(rtol, atol) -> None:
+    """Refuse backward tolerances that are both 0 for some element; either one 0 alone is valid.
+
+    The backward solve measures each error against ``atol + rtol * |y|``, as the forward one does: with
+    both 0 no step passes (torchdiffeq's backward solve stops with "underflow in dt"). Tensors that do
+    not broadcast against each other are left to the state's check, which names their shapes.
+
+    Args:
+        rtol, atol: the backward tolerances (numbers or tensors).
+
+    Raises:
+        ValueError: rtol + atol is 0 somewhere, naming the settings to change.
+    """
+    if isinstance(rtol, (int, float)) and isinstance(atol, (int, float)):
+        zero = rtol + atol == 0
+    else:
+        try:
+            total = torch.as_tensor(rtol).detach() + torch.as_tensor(atol).detach()
+        except RuntimeError:
+            return
+        zero = bool((total == 0).any())
+    if zero:
+        raise ValueError(
+            "the adjoint's rtol and atol are both 0 (for some state elements), which is not a valid tolerance: "
+            "the backward solve measures each step's error against atol + rtol * |y|, so no step could pass. "
+            "Give a positive adjoint_rtol or adjoint_atol (a tolerance left out is the forward solve's)."
+        )
 
 
 def _with_tolerances(solver, rtol, atol):

@@ -27,6 +27,7 @@ from .._registry import check_solve_settings
 from .._solution import Solution
 from ..controllers import _from_numpy, bool_or_complex
 from ..loop import integrate, to_solution
+from ._backward import refuse_zero_tolerances
 from .adjoint import solve_adjoint
 from .backsolve import Backsolve
 from .base import AbstractSensitivity
@@ -89,8 +90,8 @@ class _AdjointSettings(AbstractSensitivity):
     Raises:
         TypeError: a bool or complex tolerance, a ``method`` that is not a string, or ``options`` that are
             not a mapping.
-        ValueError: a tolerance that is not positive and finite, an unknown norm, or an unknown method
-            or option name (the message names the closest valid one).
+        ValueError: a tolerance that is negative or not finite, rtol and atol both 0 (for some element),
+            an unknown norm, or an unknown method or option name (the message names the closest valid one).
         BackendError: ``method`` exists on the Julia backend only.
     """
 
@@ -121,16 +122,19 @@ class _AdjointSettings(AbstractSensitivity):
             if bool_or_complex(value) is not None or not isinstance(value, (int, float, torch.Tensor)):
                 what = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
                 raise TypeError(
-                    f"{name} must be a positive float or a real tensor of them (the adjoint's {name}: adjoint_{name} "
-                    f"of odeint_adjoint), got {what}."
+                    f"{name} must be a non-negative float or a real tensor of them (the adjoint's {name}: "
+                    f"adjoint_{name} of odeint_adjoint), got {what}."
                 )
             values = torch.as_tensor(value).detach()
-            if not bool(((values > 0) & torch.isfinite(values)).all()):
-                # an infinite tolerance accepted every backward step: gradients at the largest steps, silently
+            if not bool(((values >= 0) & torch.isfinite(values)).all()):
+                # an infinite tolerance accepted every backward step: gradients at the largest steps, silently;
+                # 0 is valid alone (pure absolute or pure relative control, as in the forward solve)
                 raise ValueError(
-                    f"{name} must be positive and finite (the adjoint's {name}: adjoint_{name} of odeint_adjoint), "
-                    f"got {value!r}."
+                    f"{name} must be non-negative and finite (the adjoint's {name}: adjoint_{name} of "
+                    f"odeint_adjoint), got {value!r}."
                 )
+        if self.rtol is not None and self.atol is not None:
+            refuse_zero_tolerances(self.rtol, self.atol)
 
     def solve(
         self,
