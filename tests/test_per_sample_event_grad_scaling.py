@@ -359,3 +359,74 @@ def test_frozen_rows_pass_the_term_attributes_and_counters_through():
     assert term.nfe == 5
     with pytest.raises(AttributeError, match="immutable"):
         wrapped.reverse = True
+
+
+def _waning_adjoint(func, sensitivity, y0_grad=True):
+    """:func:`_waning` in float64 with gradients by ``sensitivity``: the forward loop runs without a graph."""
+    func = func.double()
+    y0 = torch.ones(2, 1, dtype=torch.float64, requires_grad=y0_grad)
+    sol = hn.solve(
+        func,
+        y0,
+        torch.tensor([0.0, 10.0], dtype=torch.float64),
+        controller=hn.PIDController(rtol=1e-10, atol=1e-12),
+        event_fn=lambda t, y: y[:, 0] - 0.5,
+        per_sample_events=True,
+        sensitivity=sensitivity,
+    )
+    return sol.t_final, y0
+
+
+def test_a_field_non_finite_in_frozen_rows_is_named_for_the_adjoint_too():
+    """The adjoint's loop runs without a graph, so nothing was noted: no warning, and the backward solve then
+    stopped at a NaN state (the switched field's vector-Jacobian product is 0 * NaN in the frozen rows), with
+    a message about overflow and stiffness. The solve now warns as direct backpropagation does."""
+    func = _Waning(clamp=False).double()
+    y0 = torch.ones(2, 1, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="rows of samples whose event had already fired.*adjoint") as seen:
+        t_e, _ = hn.odeint_event(
+            func,
+            y0,
+            torch.tensor(0.0, dtype=torch.float64),
+            event_fn=lambda t, y: y[:, 0] - 0.5,
+            odeint_interface=hn.odeint_adjoint,
+            per_sample=True,
+            rtol=1e-10,
+            atol=1e-12,
+            adjoint_rtol=1e-10,
+            adjoint_atol=1e-12,
+        )
+    assert seen[0].filename == __file__  # the user's call, not a line inside the library
+    with pytest.raises(hn.SolverError, match="backward"):  # what the warning announces
+        torch.autograd.grad(t_e.sum(), func.k)
+
+
+def test_an_adjoint_solve_with_nothing_to_differentiate_does_not_warn():
+    import warnings
+
+    func = _Waning(clamp=False)
+    func.k.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t_e, _ = _waning_adjoint(func, hn.BacksolveAdjoint(), y0_grad=False)
+    assert not t_e.requires_grad
+
+
+@pytest.mark.parametrize(
+    "sensitivity",
+    [hn.BacksolveAdjoint(rtol=1e-10, atol=1e-12), hn.InterpolatingAdjoint(rtol=1e-10, atol=1e-12)],
+    ids=["backsolve", "interpolating"],
+)
+def test_the_clamped_field_has_the_closed_form_gradients_by_the_adjoint(sensitivity):
+    import warnings
+
+    func = _Waning(clamp=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for a field that stays finite
+        t_e, y0 = _waning_adjoint(func, sensitivity)
+    k, c = func.k.detach().numpy(), func.c.numpy()
+    r = c**1.5 - 0.75 / k
+    dk, dy0 = torch.autograd.grad(t_e.sum(), (func.k, y0))
+    # forward and backward solves at rtol 1e-10 (float64): the gradients to 1e-7, as for direct backpropagation
+    np.testing.assert_allclose(dk.numpy(), -0.5 * r ** (-1 / 3) / k**2, rtol=1e-7)
+    np.testing.assert_allclose(dy0.reshape(-1).numpy(), r ** (-1 / 3) / k, rtol=1e-7)

@@ -166,26 +166,30 @@ class FrozenRows:
         term: the wrapped term.
         frozen: (n,) bool tensor, True for stopped samples (read at every call: the loop updates it).
         batch_shape: the leading dimensions of the state that index the samples.
+        watch: note non-finite values in frozen rows also in calls without a graph: an adjoint will
+            differentiate the field there later (:meth:`warn_nonfinite`).
     """
 
-    __slots__ = ("_term", "_frozen", "_batch_shape", "_nonfinite")
+    __slots__ = ("_term", "_frozen", "_batch_shape", "_nonfinite", "_watch")
     _term: Term
     _frozen: torch.Tensor
     _batch_shape: torch.Size
     _nonfinite: list[torch.Tensor | None]
+    _watch: bool
 
-    def __init__(self, term: Term, frozen: torch.Tensor, batch_shape: torch.Size):
+    def __init__(self, term: Term, frozen: torch.Tensor, batch_shape: torch.Size, watch: bool = False):
         object.__setattr__(self, "_term", term)
         object.__setattr__(self, "_frozen", frozen)
         object.__setattr__(self, "_batch_shape", batch_shape)
         # a 0-d bool tensor once a call with a graph has run: whether a frozen row was non-finite there
         object.__setattr__(self, "_nonfinite", [None])
+        object.__setattr__(self, "_watch", watch)
 
     def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         f = self._term(t, y, perturb)
         # a copy: torch.where keeps its mask for the backward pass, and the loop updates ``frozen`` in place
         mask = self._frozen.clone().reshape(tuple(self._batch_shape) + (1,) * (f.dim() - len(self._batch_shape)))
-        if f.requires_grad:
+        if f.requires_grad or self._watch:
             # noted on the device, without a host synchronisation per call; read once after the loop
             with torch.no_grad():
                 bad = (mask & ~torch.isfinite(f)).any()
@@ -195,20 +199,28 @@ class FrozenRows:
         return torch.where(mask, torch.zeros((), dtype=f.dtype, device=f.device), f)
 
     def warn_nonfinite(self) -> None:
-        """Warn where a call with a graph returned non-finite values in a frozen sample's rows.
+        """Warn where a call with a graph (any call, when watching) was non-finite in a frozen sample's rows.
 
         The solution is right (those rows are masked out of the steps), but the backward pass
         multiplies the masked values by the mask's zero inside the field's own backward, and
         0 * inf is NaN: every gradient through the solve is NaN, those of the other samples and of
-        shared parameters included. Only the field can avoid it, by staying finite there.
+        shared parameters included. An adjoint's vector-Jacobian products of the switched field
+        (:func:`~hybrid_node.sensitivity.event_adjoint.frozen_after`) meet the same values, and its
+        backward solve stops at a non-finite state. Only the field can avoid it, by staying finite there.
         """
         seen = self._nonfinite[0]
         if seen is not None and bool(seen):
+            consequence = (
+                "the adjoint's backward solve will fail with a non-finite state (its vector-Jacobian products multiply "
+                "those values by the frozen rows' zero)"
+                if self._watch
+                else "the gradients through this solve will be NaN (the backward pass multiplies those values by "
+                "the frozen rows' zero)"
+            )
             warnings.warn(
                 "per-sample events: the field returned non-finite values in the rows of samples whose event had "
                 "already fired (e.g. sqrt(c - t) past c). The solution is unaffected, since those rows are frozen, "
-                "but the gradients through this solve will be NaN (the backward pass multiplies those values by "
-                "the frozen rows' zero). Keep the field finite past each sample's event, e.g. clamp the argument "
+                f"but {consequence}. Keep the field finite past each sample's event, e.g. clamp the argument "
                 "into its domain: sqrt((c - t).clamp(min=0)).",
                 RuntimeWarning,
                 stacklevel=_caller_level(),
@@ -402,6 +414,7 @@ def integrate_sample_events(
     event_end: float = math.inf,
     throw: bool = True,
     field_at_events: bool = True,
+    adjoint_gradients: bool = False,
 ) -> SampleEvents:
     """Integrate a batch from ``t0`` until every sample's event function has changed sign once.
 
@@ -425,6 +438,9 @@ def integrate_sample_events(
             It is the dense output's slope at each event (:meth:`_Locator.rates`), O(batch) rows in
             all; for an interpolant without per-sample slopes, one call of the field on the whole
             batch per fired sample, O(batch^2) work. A solve without gradients passes False.
+        adjoint_gradients: an adjoint will differentiate the field after this loop, which runs
+            without a graph: warn as direct backpropagation does where the field is non-finite in
+            frozen rows (:meth:`FrozenRows.warn_nonfinite`).
 
     Returns:
         :class:`SampleEvents`.
@@ -440,7 +456,7 @@ def integrate_sample_events(
     n = g0.numel()
     sign0 = torch.sign(g0).reshape(n)
     frozen = torch.zeros(n, dtype=torch.bool, device=y0.device)
-    mterm = FrozenRows(term, frozen, batch_shape)
+    mterm = FrozenRows(term, frozen, batch_shape, watch=adjoint_gradients)
     t_event = np.full(n, math.nan)
     f_event = torch.zeros(n, y0.numel() // n, dtype=y0.dtype, device=y0.device)
 

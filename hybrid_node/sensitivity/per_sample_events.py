@@ -38,6 +38,7 @@ from .._solution import Solution, Stats
 from .._transforms import inside_transform
 from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
 from ..loop.events import SampleEvents, check_event_controller, check_event_values, integrate_sample_events
+from ._backward import resolve_params
 from .event_adjoint import SegmentAdjoint, frozen_after
 from .events import constant_event_time
 from .interpolating import checkpoint_times
@@ -200,6 +201,7 @@ def solve_sample_events(
             event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
             throw=throw,
             field_at_events=gradients,
+            adjoint_gradients=gradients and adjoint is not None and _differentiable(problem, adjoint_params),
         )
     if throw and not res.fired.all():
         missing = np.flatnonzero(~res.fired)
@@ -220,6 +222,20 @@ def solve_sample_events(
     ys = torch.stack([problem.y0, y_e])
     fired = torch.from_numpy(res.fired).reshape(res.batch_shape).to(problem.y0.device)
     return Solution(ts=problem.t, ys=ys, stats=res.stats, status=res.status, t_final=t_e, event_fired=fired)
+
+
+def _differentiable(problem: Problem, adjoint_params: Sequence[torch.Tensor] | None) -> bool:
+    """Whether an adjoint will differentiate the solve: y0 or one of the adjoint's parameters requires grad.
+
+    Unresolvable ``adjoint_params`` count as differentiable: :class:`SegmentAdjoint` raises for them
+    after the loop, with the message that says how to pass them.
+    """
+    if problem.y0.requires_grad:
+        return True
+    try:
+        return bool(resolve_params(problem.func, adjoint_params))
+    except (TypeError, ValueError):
+        return True
 
 
 def _adjoint_event_states(problem: Problem, adjoint, adjoint_params, res: SampleEvents) -> torch.Tensor:
