@@ -89,3 +89,48 @@ def test_error_ratio_of_the_augmented_state_is_nan_when_any_part_is():
     assert _error_ratio([y, a], [y * 1.001, a], 1e-3, 1e-3) > 0  # the finite case measures the state
     assert math.isnan(_error_ratio([y, nan], [y * 1.001, nan], 1e-3, 1e-3))
     assert math.isnan(_error_ratio([y, a, nan], [y, a, a], 1e-3, 1e-3))
+
+
+class TurnsNaN(torch.nn.Module):
+    """dy = -a y dt + 0.1 a o dW (Stratonovich), whose drift returns NaN before t = 0.5 once ``poison`` is
+    set: set between the forward and the backward pass, only the backward pass meets the NaN (as a
+    field does that overflows at a state reconstructed backwards, which the forward solve never met)."""
+
+    noise_type = "diagonal"
+    sde_type = "stratonovich"
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(1.0))
+        self.poison = False
+
+    def f(self, t, y):
+        drift = -self.a * y
+        return drift * math.nan if self.poison and float(t) < 0.5 else drift
+
+    def g(self, t, y):
+        return 0.1 * self.a * torch.ones_like(y)
+
+
+@pytest.mark.parametrize("method", ["reversible_heun", "midpoint"])
+def test_a_field_that_turns_nan_in_the_backward_pass_raises(method):
+    # The reversible adjoint returned NaN gradients for y0 and a without a word (torchsde's
+    # adjoint_reversible_heun does too); the stochastic adjoint (midpoint) raised. Both raise now.
+    sde = TurnsNaN()
+    y0 = torch.ones(2, 1, requires_grad=True)
+    bm = hn.BrownianInterval(0.0, 1.0, (2, 1), entropy=1)
+    ys = hn.sdeint_adjoint(sde, y0, [0.0, 1.0], bm=bm, method=method, dt=0.01)
+    assert bool(torch.isfinite(ys).all())
+    sde.poison = True
+    with pytest.raises(SolverError, match="backward solve returned NaN or infinite gradients") as info:
+        torch.autograd.grad(ys[-1].sum(), (y0, sde.a))
+    assert info.value.t == 0.0  # where the backward solve ended
+
+
+def test_the_reversible_adjoint_gives_nan_gradients_for_nan_cotangents():
+    # a NaN loss is the caller's: NaN gradients, as with direct backprop, and no error
+    sde = TurnsNaN()
+    y0 = torch.ones(2, 1, requires_grad=True)
+    ys = hn.sdeint_adjoint(sde, y0, [0.0, 1.0], method="reversible_heun", dt=0.01)
+    grads = torch.autograd.grad(ys[-1].sum() * math.nan, (y0, sde.a))
+    assert all(bool(torch.isnan(g).all()) for g in grads)

@@ -22,7 +22,14 @@ import torch
 from ._cotangents import step_cotangents, vjp
 from ._loop import Trajectory
 from ._validate import Prepared
-from .adjoint import first_order_gradients, no_forward_mode, rate_vjp, recorded_forward
+from .adjoint import (
+    check_gradients_finite,
+    cotangents_finite,
+    first_order_gradients,
+    no_forward_mode,
+    rate_vjp,
+    recorded_forward,
+)
 
 
 def _prod_transpose(noise_type: str, a: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
@@ -62,8 +69,18 @@ def backward_pass(
 
     Returns:
         (dL/dy0, [dL/dp for p in params]).
+
+    Raises:
+        SolverError: the gradients came out NaN or infinite from finite output cotangents (the drift or
+            diffusion turned non-finite at a reconstructed state, or the reconstruction overflowed), as the
+            stochastic adjoint and the ODE adjoints report it; NaN cotangents give NaN gradients, as with
+            direct backprop.
     """
     sde, bm, steps = prepared.sde, prepared.bm, traj.steps
+    # the reconstruction is exact algebra but evaluates the field at recovered states, where it may overflow
+    # or turn NaN though the forward solve stayed finite: the gradients were then NaN without a word; they
+    # are checked as the stochastic adjoint checks its own
+    strict = cotangents_finite(grad_ys, grad_log_ratios)
     inject = step_cotangents(traj, grad_ys)
     n_steps = len(steps) - 1
     y, (_, _, z) = traj.kept[n_steps], traj.extra
@@ -105,7 +122,10 @@ def backward_pass(
     # rounding, and F's graph at it is at hand).
     grads = vjp((f1, g1), (zz, *params), (a_f, a_g))
     a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
-    return a_y + a_z + grads[0], a_params
+    grad_y0 = a_y + a_z + grads[0]
+    if strict:
+        check_gradients_finite(steps[0], grad_y0, a_params)
+    return grad_y0, a_params
 
 
 class _ReversibleAdjoint(torch.autograd.Function):
