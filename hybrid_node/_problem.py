@@ -16,7 +16,7 @@ import torch
 
 from ._complex import ComplexJacobian, ComplexNorm, ComplexState, real_tolerance
 from ._term import Term, TupleLayout, unflatten
-from ._transforms import carries_derivative, inside_transform, is_batched, plain
+from ._transforms import derivative_mode, inside_transform, is_batched, plain
 from .controllers import PIDController
 from .controllers import rms_norm as _rms  # the loop recognises this norm and fuses it
 from .solvers.base import AbstractSolver
@@ -74,20 +74,23 @@ def check_times(t) -> tuple[torch.Tensor, list[float]]:
             "t is batched by vmap; the problems of one vmap share their output times (vmap over y0 or the "
             "parameters, with in_dims=None for t), or solve each time grid separately."
         )
-    # times made inside the transformed function are wrapped as well, and are fine; a derivative with
-    # respect to them would need the field at the outputs, which the transformed loop does not add
-    carried = carries_derivative(t) if plain(t) is not t else False
-    if carried is None:
+    # times made inside the transformed function are wrapped as well, and are fine; a forward-mode level's
+    # tangent on t is carried by direct backpropagation (sensitivity/direct.py), a reverse-mode level's
+    # derivative would need the field at the outputs, which the transformed loop does not add
+    mode = derivative_mode(t) if plain(t) is not t else None
+    if mode == "unknown":
         raise ValueError(
             "t is wrapped by a forward-mode torch.func transform (jacfwd, jvp, hessian) outside an inner "
             "transform, so whether it is differentiated cannot be told; pass t from outside the transforms "
-            "(a closed-over tensor), or take derivatives with respect to t outside them (t.requires_grad_() "
-            "and torch.autograd.grad)."
+            "(a closed-over tensor) where it is not differentiated; differentiate with respect to t with one "
+            "forward-mode level (torch.func.jvp or jacfwd, which vmap or jacrev may enclose) or outside the "
+            "transforms (t.requires_grad_() and torch.autograd.grad)."
         )
-    if carried:
+    if mode == "reverse":
         raise ValueError(
-            "t is differentiated by a torch.func transform (grad, jacrev, jacfwd, ...); gradients with respect "
-            "to the output times are available outside the transforms (t.requires_grad_() and "
+            "t is differentiated by a reverse-mode torch.func transform (grad, jacrev, vjp); derivatives with "
+            "respect to the output times are available in forward mode (torch.func.jvp, torch.func.jacfwd, "
+            "torch.autograd.forward_ad) and, in reverse mode, outside the transforms (t.requires_grad_() and "
             "torch.autograd.grad)."
         )
     # one copy to the host (a list: inside a torch.func transform the tensor has no storage to share;

@@ -45,8 +45,8 @@ def plain(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def carries_derivative(x: torch.Tensor) -> bool | None:
-    """Whether a ``torch.func`` transform differentiates with respect to ``x``.
+def derivative_mode(x: torch.Tensor) -> str | None:
+    """How the ``torch.func`` transforms around the caller differentiate ``x``.
 
     Every tensor made inside a transform is wrapped at each of its levels, so a wrapper alone does not
     say that ``x`` is an input being differentiated (times built by ``torch.linspace`` inside ``jacrev``
@@ -54,25 +54,28 @@ def carries_derivative(x: torch.Tensor) -> bool | None:
     tangent is visible only while that level is the current one.
 
     Returns:
-        True where some level differentiates ``x``, False where none does, None where a forward-mode
-        level below the current one wraps ``x`` (``jacfwd`` of a function that calls ``jacrev``): its
-        tangent cannot be read from here.
+        "reverse" where a reverse-mode level (grad, jacrev, vjp) differentiates ``x``; "unknown" where a
+        forward-mode level below the current one wraps ``x`` (``jacfwd`` of a function that calls
+        ``jacrev``), whose tangent cannot be read from here; "forward" where only the current
+        forward-mode level (jvp, jacfwd) does, with a tangent :func:`forward_ad.unpack_dual` reads;
+        None where no level differentiates ``x``.
     """
     kinds = {i.level(): i.key() for i in _functorch.get_interpreter_stack() or ()}
     current = _functorch.maybe_current_level()
+    found = None
     while _functorch.is_functorch_wrapped_tensor(x):
         if not _functorch.is_batchedtensor(x):
             level = _functorch.maybe_get_level(x)
             kind = kinds.get(level)
             if kind == _functorch.TransformType.Grad and x.requires_grad:
-                return True
+                return "reverse"
             if kind == _functorch.TransformType.Jvp:
                 if level != current:
-                    return None
+                    return "unknown"
                 if forward_ad.unpack_dual(x).tangent is not None:
-                    return True
+                    found = "forward"  # a level below may still differentiate x in reverse mode
         x = _functorch.get_unwrapped(x)
-    return False
+    return found
 
 
 def members(x: torch.Tensor) -> torch.Tensor:
