@@ -13,6 +13,7 @@ import torch
 
 from .._problem import refuse_meta, warn_unresolvable_tolerance
 from .._term import check_derivative
+from .._transforms import _has_tangent, derivative_mode, forward_mode_active
 from ..controllers import bool_or_complex
 from ._sde import SDEView
 from .brownian import BrownianInterval
@@ -40,6 +41,47 @@ def _is_real_number(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and bool_or_complex(value) is None
     return bool_or_complex(value) is None and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _forward_tangent(value: Any) -> bool:
+    """Whether ``value`` may carry a forward-mode tangent: a ``torch.func.jvp``/``jacfwd`` level's (read, or
+    hidden under an inner transform) or a ``torch.autograd.forward_ad`` dual's."""
+    if not isinstance(value, torch.Tensor):
+        return False
+    return derivative_mode(value) in ("forward", "unknown") or (forward_mode_active() and _has_tangent(value))
+
+
+def refuse_time_tangents(ts: Any, steps: Mapping[str, Any]) -> None:
+    """Refuse a forward-mode tangent on the output times or the step settings, which a solve would drop.
+
+    The loop reads ``ts`` and the step settings as Python floats, so a tangent on them vanished and
+    ``torch.func.jvp`` in ``ts`` returned 0 (for dy = -y dt, 0 instead of about -0.368 at ts[-1] = 1).
+    Carrying it is not a fix: with a nonzero diffusion y(t) is nowhere differentiable in t (a Brownian
+    path is not, Kloeden & Platen 1992, sec. 2.4), and a derivative in the step size is the solver's
+    error, not the SDE's. Reverse mode on them is refused in :func:`_times` and :func:`prepare`.
+
+    Args:
+        ts: the output times as given; steps: the step settings by name (dt, rtol, atol, dt_min).
+
+    Raises:
+        ValueError: one of them carries a tangent; the message says what differentiates instead.
+    """
+    if _forward_tangent(ts):
+        raise ValueError(
+            "ts carries a forward-mode tangent (torch.func.jvp/jacfwd in ts, or a torch.autograd.forward_ad "
+            "dual tensor), which an SDE solve cannot carry: the times are read as floats, and with a nonzero "
+            "diffusion y(t) has no derivative in t (a Brownian path has none). Pass ts without a tangent. "
+            "Forward mode works on y0 and the SDE's parameters (hn.sdeint); reverse mode on ts is refused "
+            "as in torchsde. For dy(t_i)/dt_i of an SDE without noise, solve it with hn.odeint, which carries "
+            "tangents on t (dy(t_i)/dt_i = f(t_i, y(t_i)))."
+        )
+    for name, value in steps.items():
+        if _forward_tangent(value):
+            raise ValueError(
+                f"{name} carries a forward-mode tangent (torch.func.jvp/jacfwd or a torch.autograd.forward_ad "
+                f"dual tensor), which the solve reads as a float and drops: no derivative flows to {name}. "
+                "Pass a float; forward mode works on y0 and the SDE's parameters (hn.sdeint)."
+            )
 
 
 def _times(ts: Any, y0: torch.Tensor) -> list[float]:
@@ -144,6 +186,7 @@ def prepare(
         # Otherwise the whole solve runs on NaN and fails at ts[-1] with a message about the vector field.
         bad = (~torch.isfinite(y0)).any(-1).nonzero().flatten().tolist()
         raise ValueError(f"y0 has NaN or infinite entries (batch rows {bad[:10]}); check the initial state.")
+    refuse_time_tangents(ts, {"dt": dt, "rtol": rtol, "atol": atol, "dt_min": dt_min})
     times = _times(ts, y0)
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
         if isinstance(value, torch.Tensor) and value.requires_grad:
