@@ -189,14 +189,7 @@ def test_a_backward_pass_re_derives_each_knot_about_once():
     # it (2 * 10^5 draws here). Counted, not timed: the draws made during the backward pass.
     n = 2000
     bm = hn.BrownianInterval(0.0, 1.0, (2,), dtype=F64, entropy=15, cache_size=45)
-    draws = [0]
-    draw = bm._bridge_value
-
-    def counted(*args):
-        draws[0] += 1
-        return draw(*args)
-
-    bm._bridge_value = counted  # type: ignore[method-assign]
+    draws = _count_draws(bm)
     for k in range(n):
         bm(k / n, (k + 1) / n)
     forward = draws[0]
