@@ -6,21 +6,22 @@ at a time that is not a knot inserts one, drawn from the Brownian bridge between
 (Revuz & Yor 1999, ch. I.3), so every later query sees the same path: increments over adjacent intervals
 add up, repeated and out-of-order queries return the same values, and the backward pass of an adjoint
 sees exactly the noise of the forward pass. With a ``dt`` hint the cells of the grid t0 + k dt are drawn
-in chunks of ``_chunk_cells`` cells, one ``randn`` per chunk seeded by (entropy, chunk index), so that a
-chunk dropped from memory is re-created bit for bit; only the last ``_CHUNKS_KEPT`` chunks used are held
-(a fixed-step solve reads its cells in order, an adjoint's backward solve in reverse order). Knot
-values on the grid are W(chunk start) plus the chunk's partial sums, the chunk starts kept once found.
+chunk by chunk from seeds, a bounded number of chunks held (``_brownian_grid``).
 
 Knot values off the grid are held in an LRU cache of ``cache_size`` entries (as torchsde's), besides
 the pinned values at t0 and t1: one (size) tensor per knot, two with a Levy area (K is kept in float64,
 see ``_kdtype``). Every knot is drawn from the bridge between two parent knots with a draw seeded by
 (entropy, knot time), so an evicted value is re-derived bit for bit from its parents, themselves
-re-derived as far as evicted. On the halfway tree a knot's parents are the ends of its dyadic parent
-cell, so the path is a function of the entropy alone; elsewhere they are its neighbours when it was
-inserted, remembered as two floats per knot, and the path is a function of the entropy and the sequence
-of queries, whatever the cache evicts. Dyadic knots inserted ahead of the queries (``_scaffold``) keep
-those chains of parents short. With a grid, a bounded number of chunks and one start value per chunk
-are held (so a fixed-step solve of n steps holds O(n / chunk) tensors, not n).
+re-derived as far as evicted (``_knot_cache``). On the halfway tree a knot's parents are the ends of its
+dyadic parent cell, so the path is a function of the entropy alone; elsewhere they are its neighbours
+when it was inserted, remembered as two floats per knot, and the path is a function of the entropy and
+the sequence of queries, whatever the cache evicts. Dyadic knots inserted ahead of the queries
+(``_scaffold``) keep those chains of parents short.
+
+The parts live in private modules, each owned by the interval as an object (composition): the seeded
+draws (``_brownian_draws._Sampling``), the ``dt`` grid (``_brownian_grid._Grid``) and the knot store with
+its bridge (``_knot_cache._KnotCache``). Inserting knots off the grid (neighbours, the dyadic scaffold, the
+halfway tree) stays here: it reads the grid and the store together.
 
 References:
     P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992,
@@ -36,98 +37,19 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ._loop import time_tolerance
+from ._brownian_draws import _MASK, _Sampling
+from ._brownian_grid import _Grid
+from ._knot_cache import _CACHE_BYTES, _CHAIN, _auto_cache_size, _KnotCache, _spacing
+from ._knot_cache import _bridge_coefficients as _bridge_coefficients  # re-exported: tests check the weights
+from ._knot_cache import _bridge_value as _bridge_draw
 from .levy_area import approximate_levy_area
 
 LEVY_AREA_APPROXIMATIONS = ("none", "space-time", "davie", "foster")
-_MASK = (1 << 63) - 1
-# Grid chunks: about this many sampled numbers per chunk (1 MB of float32), between the cell bounds below;
-# a 16 x 64 noise gets 256 cells per chunk. A query of a cell whose chunk was dropped re-draws the whole
-# chunk (1-6 ms at this size on one CPU core; 4x that with 2**20 numbers), while sequential reads pay the
-# same per cell whatever the size. Two chunks are enough for a solve that crosses a chunk boundary in
-# either direction; a third spares a re-draw when a query jumps back one chunk.
-_CHUNK_NUMBERS = 2**18
-_CHUNK_CELLS = (64, 4096)
-_CHUNKS_KEPT = 3
-# Off the grid, a new knot's dyadic ancestors are inserted down to cells of about this many times the
-# distance to its nearest knot (see BrownianInterval._scaffold), so that a knot's chain of parents to
-# re-derive after eviction stays under about this many knots, plus its dyadic ancestors: about 30 for
-# 10^4 steps, within torchsde's default cache of 45 values.
-_CHAIN = 16
-# The default knot cache (cache_size="auto"): as many knot values as fit in this many bytes, within the
-# counts below. 16 MiB hold 2048 knots of a 16 x 64 float64 state (1024 with a Levy area, whose K doubles a
-# knot): a whole adaptive solve of 10^3 steps, so that its backward pass re-derives nothing, and the top
-# ten levels of a halfway tree. The floor is torchsde's default count (a chain of ``_CHAIN`` knots and its
-# ancestors fit), the ceiling bounds the per-entry overhead of tiny states.
-_CACHE_BYTES = 16 * 2**20
-_CACHE_KNOTS = (45, 4096)
-# How many knots of the dyadic tree ``_spacing`` looks past on each side for a queried knot.
-_SPACING_SCAN = 4
-
-
-def _bridge_coefficients(h1: float, h2: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Weights of the left half's increment w1 and integral i1 in a bridge of (W, int W du) over [a, b].
-
-    The halves [a, t] and [t, b] (lengths h1, h2, h = h1 + h2) get unconditioned draws x = (w1, i1, w2, i2)
-    from four standard normals z: w_j = sqrt(h_j) z_{2j}, i_j = h_j sqrt(h_j) (z_{2j} / 2 + z_{2j+1} / sqrt(12))
-    (Kloeden & Platen 1992, section 10.4), then x += G (r - A x) with A x = (w1 + w2, i1 + i2 + h2 w1) and r
-    the parent's (dw, di), G = C A^T (A C A^T)^{-1} the gain of the prior covariance C (Wilson et al. 2020).
-    A C A^T is the covariance (h, h^2 / 2; h^2 / 2, h^3 / 3) of (W, int W du) over [a, b], so with s = h1 / h
-    the rows of G used are (3 s^2 - 2 s, 6 s (1 - s) / h) and (-s^2 h2, 3 s^2 - 2 s^3).
-
-    Args:
-        h1, h2: the lengths of the two halves (positive).
-
-    Returns:
-        Two rows of six weights, for w1 and for i1, of (z0, z1, z2, z3, dw, di).
-    """
-    h = h1 + h2
-    s = h1 / h
-    g00, g01 = 3 * s * s - 2 * s, 6 * s * (1 - s) / h
-    g10, g11 = -s * s * h2, 3 * s * s - 2 * s**3
-    r1, r2, q = math.sqrt(h1), math.sqrt(h2), 1 / math.sqrt(12)
-    # res_w = dw - x0 - x2 and res_i = di - x1 - x3 - h2 x0 expanded in z.
-    w1 = (r1 * (1 - g00 - g01 * (h1 / 2 + h2)), -g01 * h1 * r1 * q, -r2 * (g00 + g01 * h2 / 2), -g01 * h2 * r2 * q)
-    i1 = (
-        r1 * (h1 / 2 - g10 - g11 * (h1 / 2 + h2)),
-        (1 - g11) * h1 * r1 * q,
-        -r2 * (g10 + g11 * h2 / 2),
-        -g11 * h2 * r2 * q,
-    )
-    return (*w1, g00, g01), (*i1, g10, g11)
-
-
-@dataclass
-class _Chunk:
-    """Cells [first, first + m) of a ``dt`` grid: their times, draws and (once asked for) knot values.
-
-    Attributes:
-        times: the m + 1 knot times of the chunk (its last one is the next chunk's first).
-        index: knot time -> position in ``times``.
-        dw: (m, *size) increments of the cells.
-        du: (m, *size) integrals int (W - W(s_k)) du over the cells (space-time Levy area only).
-        w, k: (m + 1, *size) knot values W and K (None until a query off the cells needs them).
-    """
-
-    times: list[float]
-    index: dict[float, int]
-    dw: torch.Tensor
-    du: torch.Tensor | None
-    w: torch.Tensor | None = None
-    k: torch.Tensor | None = None
-
-
-def _seed(entropy: int, t: float) -> int:
-    # The draw of a knot depends only on the entropy and the knot's time (not on how many draws came
-    # before), so two objects with one entropy agree wherever they were queried in the same way.
-    return hash((entropy, float(t))) & _MASK
 
 
 def _check_conditions(size: Any, dtype: Any, device: Any, entropy: Any, W: Any, H: Any) -> None:
@@ -270,15 +192,14 @@ class BrownianInterval:
         # U on short intervals late in the interval mostly rounding error (Var U 80x too large on
         # [5, 5 + 1e-5] of [0, 10]).
         self._kdtype = torch.float64 if self._device.type != "mps" else self._dtype  # MPS has no float64
-        # Knot storage. The values (W, K) of the roots t0 and t1 are pinned; those of every other knot sit in
-        # an LRU cache of ``cache_size`` entries and are re-derived from their parents when evicted. Off the
-        # halfway tree a knot's parents are its two neighbours when it was inserted, kept in ``_parents``
-        # (two floats per knot), and ``_times`` lists every knot time off the grid; the halfway tree needs
-        # neither (a grid time's parents are the ends of its dyadic parent cell).
-        self._cache_size: int | None = self._auto_cache_size() if isinstance(cache_size, str) else cache_size
-        self._pinned: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {t0: self._pair(self._zeros())}
-        self._cache: OrderedDict[float, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
-        self._parents: dict[float, tuple[float, float]] = {}
+        # Knot storage (see _knot_cache): the values (W, K) of t0 and t1 pinned, the others in an LRU cache,
+        # each inserted knot's parents. ``_times`` lists every knot time off the grid; the halfway tree needs
+        # neither it nor the parents (a grid time's parents are the ends of its dyadic parent cell).
+        self._sampling = _Sampling(
+            self._size, self._dtype, self._device, self._kdtype, self._levy, self._entropy, self._gen
+        )
+        self._knots = _KnotCache(_auto_cache_size(self._sampling) if isinstance(cache_size, str) else cache_size)
+        self._knots.pinned[t0] = self._pair(self._zeros())
         self._dyadic_knots: set[float] = {t0, t1}  # the dyadic tree's knots: ends and those ``_scaffold`` put in
         self._times: list[float] = [t0]
         h = t1 - t0
@@ -296,22 +217,18 @@ class BrownianInterval:
                 depth -= 1
             self._cells = 2**depth
         # With a grid hint the cells are drawn chunk by chunk and the knot values are summed only when a
-        # query off the cells needs them (see _chunk_knots): a fixed-step solve reads one cell per step.
-        self._grid_n = 0  # cells of the grid (0: no grid)
-        self._dt = 0.0
-        self._chunk_t: list[float] = []  # first time of each chunk
-        numel = max(1, math.prod(self._size))
-        self._chunk_cells = min(max(_CHUNK_NUMBERS // numel, _CHUNK_CELLS[0]), _CHUNK_CELLS[1])
-        self._chunks: OrderedDict[int, _Chunk] = OrderedDict()  # least recently used first
-        self._starts: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (W, K) at each chunk's start
-        self._materialised = False  # whether any knot value of the grid was summed
+        # query off the cells needs them (see _Grid.chunk_knots): a fixed-step solve reads one cell per step.
+        self._grid = _Grid(t0, t1, self._eps, self._sampling)
         for name, given in (("W", W), ("H", H)):
             if given is not None and tuple(given.shape) != tuple(self._size):
                 raise ValueError(f"{name} must have shape {tuple(self._size)} (the size), got {tuple(given.shape)}.")
         if dt is not None and dt < h and W is None and H is None:
             # The grid's cells are drawn unconditioned, so a given W or H (which the cells would have to
             # sum to) skips the grid: the knots are then bridged from the conditioned end, one by one.
-            self._sample_grid(dt)
+            self._grid.lay_out(dt)
+            # The grid holds t0 and t1: _times and the knot storage keep only the knots inserted off the grid.
+            self._times = []
+            self._knots.pinned.clear()
         else:
             w1, k1 = self._fresh(t1, h, 0.0)
             if W is not None:
@@ -320,7 +237,7 @@ class BrownianInterval:
                 # int W du over [t0, t1] = h (W / 2 + H), H the space-time area (independent of W).
                 hh = math.sqrt(h / 12) * self._randn(t1 + 0.5) if H is None else H.to(self._device, self._dtype)
                 k1 = h * (0.5 * w1 + hh)
-            self._pinned[t1] = self._pair(w1, k1)
+            self._knots.pinned[t1] = self._pair(w1, k1)
             self._times.append(t1)
 
     # --- properties (torchsde names) -------------------------------------------------------------------
@@ -356,16 +273,14 @@ class BrownianInterval:
         The memory held is that of ``knots_held`` knot values and of ``cells_held`` grid cells."""
         if self._cells:
             return self.knots_held
-        return len(self._times) + (self._grid_n + 1 if self._grid_n else 0)
+        return len(self._times) + (self._grid.n + 1 if self._grid.n else 0)
 
     # --- sampling ------------------------------------------------------------------------------------------
     def _zeros(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.zeros(self._size, dtype=self._dtype if dtype is None else dtype, device=self._device)
+        return self._sampling.zeros(dtype)
 
     def _randn(self, t: float, n: int = 1) -> torch.Tensor:
-        self._gen.manual_seed(_seed(self._entropy, t))
-        shape = self._size if n == 1 else (n, *self._size)
-        return torch.randn(shape, generator=self._gen, dtype=self._dtype, device=self._device)
+        return self._sampling.randn(t, n)
 
     def _fresh(self, t: float, h: float, w_prev) -> tuple[torch.Tensor, torch.Tensor]:
         """A new knot at t, h after the last one, unconditioned (W increment and its time integral)."""
@@ -375,139 +290,22 @@ class BrownianInterval:
             return w_prev + dw, self._zeros()
         return w_prev + dw, h * (0.5 * dw + math.sqrt(h / 12) * z[1])  # the integral of (W - W_prev) only
 
-    def _sample_grid(self, dt: float) -> None:
-        """Lay out the grid t0, t0 + dt, ... (by repeated addition, as sdeint's steps), ending at t1.
-
-        Only the first time of every chunk is kept: a chunk's times are re-created by the same repeated
-        additions from it, so they are bit for bit the solver's step times.
-
-        Raises:
-            ValueError: dt too small to advance the times (the loop would never end).
-        """
-        # The last cell ends where sdeint's loop ends its last step: a step that would stop this close to t1
-        # is stretched to t1 there (hybrid_node.sde._loop), so the cells stay the solver's steps.
-        merge = time_tolerance(self._t0, self._t1)
-        far = max(abs(self._t0), abs(self._t1))
-        if far + dt == far:  # the loop below would never end
-            raise ValueError(
-                f"the grid hint dt={dt} does not advance a time near {far:g}, where floats are {math.ulp(far):g} "
-                "apart; shift the times to start near 0 or take a larger dt."
-            )
-        t, n, c = self._t0, 1, self._chunk_cells
-        self._chunk_t = [t]
-        while t + dt < self._t1 - merge:  # n cells so far end at t + dt (or at t1)
-            t += dt
-            if n % c == 0:
-                self._chunk_t.append(t)
-            n += 1
-        self._grid_n, self._dt = n, dt
-        # The grid holds t0 and t1: _times and the knot storage keep only the knots inserted off the grid.
-        self._times, self._pinned = [], {}
-
-    def _draw_chunk(self, j: int) -> _Chunk:
-        """Create chunk j of the grid from its seed (the same values every time).
-
-        The normal draws of a chunk are seeded by (entropy, chunk index) only, and its times come from
-        the same repeated additions as the layout, so a chunk dropped from the cache is re-created exactly.
-        """
-        first = j * self._chunk_cells
-        m = min(self._chunk_cells, self._grid_n - first)
-        times = [self._chunk_t[j]]
-        for _ in range(m):
-            times.append(times[-1] + self._dt)
-        if first + m == self._grid_n:
-            times[-1] = self._t1  # the last step is stretched to t1
-        hs = self._cell_lengths(times, self._dtype)
-        self._gen.manual_seed(hash((self._entropy, j, -2)) & _MASK)  # 3-tuple: apart from knot and area seeds
-        shape = (2 * m if self._levy else m, *self._size)
-        z = torch.randn(shape, generator=self._gen, dtype=self._dtype, device=self._device)
-        dw = hs.sqrt() * z[:m]
-        # The integral of (W - W(s_k)) over cell k, drawn jointly with the cell's increment.
-        du = hs * (0.5 * dw + (hs / 12).sqrt() * z[m:]) if self._levy else None
-        return _Chunk(times, {t: i for i, t in enumerate(times)}, dw, du)
-
-    def _cell_lengths(self, times: list[float], dtype: torch.dtype) -> torch.Tensor:
-        """The lengths of the cells between consecutive ``times`` (differences taken in Python floats), shaped
-        (cells, 1, ...) to broadcast against draws of the size."""
-        hs = torch.tensor([b - a for a, b in zip(times[:-1], times[1:])], dtype=dtype, device=self._device)
-        return hs.reshape(-1, *([1] * len(self._size)))
-
-    def _chunk(self, j: int) -> _Chunk:
-        """Chunk j, from the cache or re-created; keeps at most ``_CHUNKS_KEPT`` chunks."""
-        chunk = self._chunks.get(j)
-        if chunk is not None:
-            self._chunks.move_to_end(j)
-            return chunk
-        chunk = self._draw_chunk(j)
-        self._chunks[j] = chunk
-        while len(self._chunks) > _CHUNKS_KEPT:
-            self._chunks.popitem(last=False)
-        return chunk
-
+    # --- the dt grid (see _brownian_grid) ---------------------------------------------------------------------
     @property
     def cells_held(self) -> int:
         """How many grid cells' draws are held in memory now (bounded by the chunk cache)."""
-        return sum(len(c.dw) for c in self._chunks.values())
+        return self._grid.cells_held()
 
-    def _sum_chunk(self, chunk: _Chunk, w0: torch.Tensor, k0: torch.Tensor | None) -> None:
-        """Fill the chunk's knot values from W and K at its start.
-
-        W(s_{i+1}) = W(s_i) + dW_i and K(s_{i+1}) = K(s_i) + h_i W(s_i) + int_{s_i}^{s_{i+1}} (W - W(s_i)) du,
-        as cumulative sums (K in float64, see ``_k``)."""
-        self._materialised = True
-        chunk.w = torch.cat([w0.unsqueeze(0), w0 + chunk.dw.cumsum(0)])
-        if chunk.du is not None and k0 is not None:
-            hs = self._cell_lengths(chunk.times, self._kdtype)
-            steps = chunk.du.to(self._kdtype) + hs * chunk.w[:-1].to(self._kdtype)
-            chunk.k = torch.cat([k0.unsqueeze(0), k0 + steps.cumsum(0)])
-
-    def _chunk_knots(self, j: int) -> _Chunk:
-        """Chunk j with its knot values, summing the chunks before it first if their sums are not known.
-
-        A chunk's start (W, K) is the previous chunk's last knot value, so every grid knot has one value
-        whichever chunk it is read from and whatever the order of the queries."""
-        if not self._starts:
-            self._starts.append((self._zeros(), self._zeros(self._kdtype) if self._levy else None))
-        while len(self._starts) <= j:  # the chunks before j, in order (each once)
-            i = len(self._starts) - 1
-            chunk = self._chunks.get(i) or self._draw_chunk(i)
-            if chunk.w is None:
-                self._sum_chunk(chunk, *self._starts[i])
-            assert chunk.w is not None
-            # Copies: a view of the last knot would keep the whole chunk's knot values alive.
-            self._starts.append((chunk.w[-1].clone(), None if chunk.k is None else chunk.k[-1].clone()))
-        chunk = self._chunk(j)
-        if chunk.w is None:
-            self._sum_chunk(chunk, *self._starts[j])
-        return chunk
-
-    def _grid_locate(self, t: float) -> tuple[int, int] | None:
-        """(chunk, position) of the grid knot within the snap tolerance of t, or None."""
-        j, times, i = self._grid_search(t)
-        for p in (i - 1, i):
-            if 0 <= p < len(times) and abs(times[p] - t) <= self._eps:
-                if p == len(times) - 1 and j + 1 < len(self._chunk_t):
-                    return j + 1, 0  # a chunk's end is read as the next chunk's start (one value)
-                return j, p
-        return None
-
-    def _grid_neighbours(self, t: float) -> tuple[float, float]:
-        """The grid times just below and above a time t that is no grid time."""
-        _, times, i = self._grid_search(t)
-        return times[i - 1], times[i]
-
-    def _grid_search(self, t: float) -> tuple[int, list[float], int]:
-        """The chunk whose span holds time t (the first or the last one for a time beyond the grid's ends),
-        its knot times, and the position where t would be inserted among them (``bisect_left``)."""
-        j = min(max(bisect.bisect_right(self._chunk_t, t) - 1, 0), len(self._chunk_t) - 1)
-        times = self._chunk(j).times
-        return j, times, bisect.bisect_left(times, t)
+    @property
+    def _materialised(self) -> bool:
+        """Whether any knot value of the grid was summed (a fixed-step solve reads whole cells only)."""
+        return self._grid.materialised
 
     # --- knot storage: pinned ends, an LRU cache of values, re-derivation from parents -----------------------
     @property
     def cache_size(self) -> int | None:
         """How many knot values besides t0 and t1 are kept in memory (None: all of them)."""
-        return self._cache_size
+        return self._knots.cache_size
 
     @property
     def knots_held(self) -> int:
@@ -515,86 +313,23 @@ class BrownianInterval:
 
         The grid's cells are counted by ``cells_held``; knots off the halfway tree also keep their time and
         their parents' times (three floats each, whatever the size) so that an evicted value can be re-derived."""
-        return len(self._pinned) + len(self._cache)
-
-    def _auto_cache_size(self) -> int:
-        """The default cache size: the knots that fit in ``_CACHE_BYTES`` (W, and K with a Levy area), within
-        ``_CACHE_KNOTS``."""
-        numel = max(1, math.prod(self._size))
-        knot = numel * self._dtype.itemsize + (numel * self._kdtype.itemsize if self._levy else 0)
-        return min(max(_CACHE_BYTES // knot, _CACHE_KNOTS[0]), _CACHE_KNOTS[1])
+        return len(self._knots)
 
     def _pair(self, w: torch.Tensor, k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A knot value as stored: (W, K), K in ``_kdtype`` (zeros if not given), or (W, None) without a Levy area."""
-        if not self._levy:
-            return w, None
-        return w, self._zeros(self._kdtype) if k is None else k.to(self._kdtype)
-
-    def _held(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The value of knot t if it is in memory (a cache hit becomes the most recently used), else None."""
-        v = self._pinned.get(t)
-        if v is not None:
-            return v
-        v = self._cache.get(t)
-        if v is not None:
-            self._cache.move_to_end(t)
-        return v
-
-    def _keep(self, t: float, v: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        """Cache the value of knot t, evicting the least recently used values beyond ``cache_size``."""
-        if self._cache_size == 0:
-            return
-        self._cache[t] = v
-        self._cache.move_to_end(t)
-        if self._cache_size is not None:
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        return self._sampling.pair(w, k)
 
     def _value(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """W(t) and K(t) (None without a Levy area) at a knot time t off the halfway tree, re-derived if evicted."""
-        v = self._held(t)
+        v = self._knots.held(t)
         if v is not None:
             return v
-        if t in self._parents:
-            return self._rederive(t)
-        loc = self._grid_locate(t)
+        if t in self._knots.parents:
+            # The bridge is looked up on the object at each call, so a draw replaced on it is the one used.
+            return self._knots.rederive(t, self._value, self._bridge_value)
+        loc = self._grid.locate(t)
         assert loc is not None, "not a knot"
-        chunk = self._chunk_knots(loc[0])
-        assert chunk.w is not None
-        return chunk.w[loc[1]], None if chunk.k is None else chunk.k[loc[1]]
-
-    def _rederive(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Re-create the evicted value of knot t from its parents, re-creating those first as far as evicted.
-
-        Each knot was drawn by ``_bridge_value`` from its parents' values and its own seed, so repeating the
-        draw from the same parent values gives the same bits. The walk uses an explicit stack (a chain of
-        knots can be longer than Python's recursion limit) and holds the values it finds until it is done,
-        whatever the cache evicts meanwhile.
-        """
-        found: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
-
-        def at_hand(s: float) -> bool:
-            if s not in found:
-                # Pinned ends and grid knots are always at hand; an inserted knot only while cached.
-                v = self._held(s) if s in self._parents else self._value(s)
-                if v is None:
-                    return False
-                found[s] = v
-            return True
-
-        stack = [t]
-        while stack:
-            s = stack[-1]
-            a, b = self._parents[s]
-            missing = [p for p in (a, b) if not at_hand(p)]
-            if missing:
-                stack.extend(missing)
-                continue
-            stack.pop()
-            if s not in found:
-                found[s] = self._bridge_value(s, a, b, found[a], found[b])
-                self._keep(s, found[s])
-        return found[t]
+        return self._grid.knot(loc)[1]
 
     def _bridge_value(
         self,
@@ -604,48 +339,18 @@ class BrownianInterval:
         va: tuple[torch.Tensor, torch.Tensor | None],
         vb: tuple[torch.Tensor, torch.Tensor | None],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The value at t of the Brownian bridge from value ``va`` at a to ``vb`` at b (a < t < b).
+        """The value at t of the Brownian bridge from ``va`` at a to ``vb`` at b (see ``_knot_cache._bridge_value``).
 
-        A function of its arguments, the entropy and t only (the draw is seeded by (entropy, t)), so that an
-        evicted knot is re-derived bit for bit from its parents.
-
-        Args:
-            t, a, b: the new knot's time and those of its parents.
-            va, vb: (W, K) at a and b (K None without a Levy area).
-
-        Returns:
-            (W, K) at t, as stored (see ``_pair``).
-        """
-        (wa, ka), (wb, kb) = va, vb
-        h, h1, h2 = b - a, t - a, b - t
-        if not self._levy:
-            # Two tensor operations (lerp, then the scaled draw added in place): a draw is the hot spot of
-            # adaptive solves and their backward passes, and every temporary of the size costs about as much
-            # as the arithmetic.
-            return torch.lerp(wa, wb, h1 / h).add_(self._randn(t), alpha=math.sqrt(h1 * h2 / h)), None
-        # Pathwise conditioning (Wilson et al. 2020): the increments and local integrals (w1, i1, w2, i2) of
-        # the two halves, drawn unconditionally from z, corrected linearly so that they reproduce the
-        # parent's increment dw = w1 + w2 and integral di = i1 + i2 + h2 w1 exactly. The left half's
-        # (w1, i1) is linear in (z, dw, di); ``_bridge_coefficients`` gives the weights in closed form.
-        assert ka is not None and kb is not None
-        cw, ci = _bridge_coefficients(h1, h2)
-        z = self._randn(t, 4)
-        dw = (wb - wa).to(self._kdtype)  # the correction in K's precision (see _kdtype), as it was with K
-        di = (kb - ka).sub_(wa, alpha=h)
-        w1 = torch.mul(dw, cw[4]).add_(di, alpha=cw[5])
-        i1 = torch.mul(dw, ci[4]).add_(di, alpha=ci[5])
-        for j in range(4):
-            w1.add_(z[j], alpha=cw[j])
-            i1.add_(z[j], alpha=ci[j])
-        return wa + w1.to(self._dtype), ka.add(wa, alpha=h1).add_(i1)
+        Every knot off the grid is drawn through this method (tests count the draws by replacing it)."""
+        return _bridge_draw(self._sampling, t, a, b, va, vb)
 
     def _neighbours(self, t: float) -> tuple[float, float]:
         """The knots just below and above t (grid knots included), t itself no knot."""
         i = bisect.bisect_left(self._times, t)
         a = self._times[i - 1] if i > 0 else -math.inf
         b = self._times[i] if i < len(self._times) else math.inf
-        if self._grid_n:  # the nearest knots may be grid knots
-            ga, gb = self._grid_neighbours(t)
+        if self._grid.n:  # the nearest knots may be grid knots
+            ga, gb = self._grid.neighbours(t)
             a, b = max(a, ga), min(b, gb)
         return a, b
 
@@ -660,8 +365,8 @@ class BrownianInterval:
         """Insert knot t between its neighbours a and b (values va, vb), remembering them as its parents."""
         v = self._bridge_value(t, a, b, va, vb)
         bisect.insort(self._times, t)
-        self._parents[t] = (a, b)
-        self._keep(t, v)
+        self._knots.parents[t] = (a, b)
+        self._knots.keep(t, v)
         return v
 
     def _knot_near(self, t: float) -> float | None:
@@ -671,28 +376,6 @@ class BrownianInterval:
             if 0 <= j < len(self._times) and abs(self._times[j] - t) <= self._eps:
                 return self._times[j]
         return None
-
-    def _spacing(self, t: float, a: float, b: float) -> float:
-        """The spacing of the queries around a new time t between knots a and b, for ``_scaffold``.
-
-        The distance from t to the nearest knot that is no knot of the dyadic tree (t0, t1 and those
-        ``_scaffold`` put in), looking past at most ``_SPACING_SCAN`` tree knots on each side; the distance to
-        the nearer neighbour if there is none. In a sweep of queries in time order t often falls just past a
-        dyadic knot, and the distance to it made the scaffold split cells far below the step (levels down to
-        2^-16 for steps of 10^-4: 24% more draws than queries instead of about 10%).
-        """
-        times, tree = self._times, self._dyadic_knots
-        i = bisect.bisect_left(times, t)
-        gap = math.inf
-        for j in range(i - 1, max(i - 1 - _SPACING_SCAN, -1), -1):
-            if times[j] not in tree:
-                gap = t - times[j]
-                break
-        for j in range(i, min(i + _SPACING_SCAN, len(times))):
-            if times[j] not in tree:
-                gap = min(gap, times[j] - t)
-                break
-        return gap if gap < math.inf else min(t - a, b - t)
 
     def _scaffold(self, t: float, spacing: float) -> float | None:
         """Insert dyadic knots around a new time t that keep the chains of re-derivation short.
@@ -741,23 +424,21 @@ class BrownianInterval:
             return self._tree_point(t)
         # A time asked for before is a knot held in memory (most of a backward pass): one dictionary look-up
         # instead of the search below. No other knot lies within the snap tolerance of a knot.
-        v = self._held(t)
+        v = self._knots.held(t)
         if v is not None:
             return t, v
-        if self._grid_n:
-            loc = self._grid_locate(t)
+        if self._grid.n:
+            loc = self._grid.locate(t)
             if loc is not None:
-                chunk = self._chunk_knots(loc[0])
-                assert chunk.w is not None
-                return chunk.times[loc[1]], (chunk.w[loc[1]], None if chunk.k is None else chunk.k[loc[1]])
+                return self._grid.knot(loc)
         near = self._knot_near(t)
         if near is not None:
             return near, self._value(near)
         a, b = self._neighbours(t)
-        spacing = self._spacing(t, a, b)
+        spacing = _spacing(self._times, self._dyadic_knots, t, a, b)
         # No dyadic knot goes in where the gap (a, b) is already short: a cell the walk would split lies in
         # the gap and is longer than _CHAIN spacings. The grid's cells already keep chains short.
-        if not self._grid_n and b - a > _CHAIN * spacing:
+        if not self._grid.n and b - a > _CHAIN * spacing:
             snapped = self._scaffold(t, spacing)
             if snapped is not None:
                 return snapped, self._value(snapped)
@@ -781,7 +462,7 @@ class BrownianInterval:
         """
         k = min(max(round((t - self._t0) / (self._t1 - self._t0) * self._cells), 0), self._cells)
         time = self._dyadic(k)
-        v = self._held(time)
+        v = self._knots.held(time)
         if v is not None:
             return time, v
         path: list[tuple[int, int]] = []  # the cells from the root down to the one whose midpoint is k
@@ -790,19 +471,19 @@ class BrownianInterval:
             path.append((lo, hi))
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if k <= mid else (mid, hi)
-        start, vlo, vhi = 0, self._pinned[self._t0], self._pinned[self._t1]
+        start, vlo, vhi = 0, self._knots.pinned[self._t0], self._knots.pinned[self._t1]
         for i in range(len(path) - 1, 0, -1):
-            end_lo, end_hi = self._held(self._dyadic(path[i][0])), self._held(self._dyadic(path[i][1]))
+            end_lo, end_hi = self._knots.held(self._dyadic(path[i][0])), self._knots.held(self._dyadic(path[i][1]))
             if end_lo is not None and end_hi is not None:
                 start, vlo, vhi = i, end_lo, end_hi
                 break
         for lo, hi in path[start:]:
             mid = (lo + hi) // 2
             tm = self._dyadic(mid)
-            v = self._held(tm)
+            v = self._knots.held(tm)
             if v is None:
                 v = self._bridge_value(tm, self._dyadic(lo), self._dyadic(hi), vlo, vhi)
-                self._keep(tm, v)
+                self._knots.keep(tm, v)
             vlo, vhi = (vlo, v) if k <= mid else (v, vhi)
         assert v is not None
         return time, v
@@ -844,9 +525,9 @@ class BrownianInterval:
             raise ValueError('return_U needs BrownianInterval(..., levy_area_approximation="space-time").')
         if tb is None:
             ta, tb = self._t0, ta
-        if self._grid_n and not return_A:
+        if self._grid.n and not return_A:
             # Fast path: a query of one whole grid cell is the cell's own draw.
-            cell = self._grid_cell(float(ta), float(tb))
+            cell = self._grid.cell(float(ta), float(tb))
             if cell is not None:
                 chunk, i = cell
                 if not return_U:
@@ -872,17 +553,6 @@ class BrownianInterval:
             return (w, u, torch.zeros_like(w)) if return_U else (w, torch.zeros_like(w))
         area = approximate_levy_area(w, u, b - a, self.levy_area_approximation, self._area_noise(a, b))
         return (w, u, area) if return_U else (w, area)
-
-    def _grid_cell(self, ta: float, tb: float) -> tuple[_Chunk, int] | None:
-        """(chunk, cell) when [ta, tb] is exactly one cell of the grid, else None."""
-        j = bisect.bisect_right(self._chunk_t, ta) - 1
-        if j < 0:
-            return None
-        chunk = self._chunk(j)
-        i = chunk.index.get(ta)
-        if i is None or i + 1 >= len(chunk.times) or chunk.times[i + 1] != tb:
-            return None
-        return chunk, i
 
     def _area_noise(self, a: float, b: float) -> torch.Tensor:
         """Standard normal draws for the Levy area on [a, b], seeded by the interval, of shape (*size, m)."""
