@@ -13,6 +13,9 @@ import torch
 
 _MASK = (1 << 63) - 1
 
+# A knot's value as stored: W, and K = int_{t0}^{s} W(u) du with a Levy area (None without one).
+_Value = tuple[torch.Tensor, torch.Tensor | None]
+
 
 def _seed(entropy: int, t: float) -> int:
     # The draw of a knot depends only on the entropy and the knot's time (not on how many draws came
@@ -50,7 +53,7 @@ class _Sampling:
         shape = self.size if n == 1 else (n, *self.size)
         return torch.randn(shape, generator=self.gen, dtype=self.dtype, device=self.device)
 
-    def pair(self, w: torch.Tensor, k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def pair(self, w: torch.Tensor, k: torch.Tensor | None = None) -> _Value:
         """A knot value as stored: (W, K), K in ``kdtype`` (zeros if not given), or (W, None) without a Levy area."""
         if not self.levy:
             return w, None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._brownian_draws import _MASK, _Sampling
+from ._brownian_draws import _MASK, _Sampling, _Value
 from ._loop import time_tolerance
 
 # Grid chunks: about this many sampled numbers per chunk (1 MB of float32), between the cell bounds below;
@@ -70,7 +70,7 @@ class _Grid:
         numel = max(1, math.prod(sampling.size))
         self.chunk_cells = min(max(_CHUNK_NUMBERS // numel, _CHUNK_CELLS[0]), _CHUNK_CELLS[1])
         self.chunks: OrderedDict[int, _Chunk] = OrderedDict()  # least recently used first
-        self.starts: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (W, K) at each chunk's start
+        self.starts: list[_Value] = []  # (W, K) at each chunk's start
         self.materialised = False  # whether any knot value of the grid was summed
 
     def lay_out(self, dt: float) -> None:
@@ -177,7 +177,7 @@ class _Grid:
             self.sum_chunk(chunk, *self.starts[j])
         return chunk
 
-    def knot(self, loc: tuple[int, int]) -> tuple[float, tuple[torch.Tensor, torch.Tensor | None]]:
+    def knot(self, loc: tuple[int, int]) -> tuple[float, _Value]:
         """The time and value (W, K) of the grid knot at (chunk, position) ``loc`` (from :meth:`locate`)."""
         chunk = self.chunk_knots(loc[0])
         assert chunk.w is not None

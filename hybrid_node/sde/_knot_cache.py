@@ -29,9 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._brownian_draws import _Sampling
-
-_Value = tuple[torch.Tensor, torch.Tensor | None]
+from ._brownian_draws import _Sampling, _Value
 
 # Off the grid, a new knot's dyadic ancestors are inserted down to cells of about this many times the
 # distance to its nearest knot (see BrownianInterval._scaffold), so that a knot's chain of parents to

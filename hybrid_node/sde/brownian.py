@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from ._brownian_draws import _MASK, _Sampling
+from ._brownian_draws import _MASK, _Sampling, _Value
 from ._brownian_grid import _Grid
 from ._knot_cache import _CACHE_BYTES, _CHAIN, _auto_cache_size, _KnotCache, _spacing
 from ._knot_cache import _bridge_coefficients as _bridge_coefficients  # re-exported: tests check the weights
@@ -315,11 +315,11 @@ class BrownianInterval:
         their parents' times (three floats each, whatever the size) so that an evicted value can be re-derived."""
         return len(self._knots)
 
-    def _pair(self, w: torch.Tensor, k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _pair(self, w: torch.Tensor, k: torch.Tensor | None = None) -> _Value:
         """A knot value as stored: (W, K), K in ``_kdtype`` (zeros if not given), or (W, None) without a Levy area."""
         return self._sampling.pair(w, k)
 
-    def _value(self, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _value(self, t: float) -> _Value:
         """W(t) and K(t) (None without a Levy area) at a knot time t off the halfway tree, re-derived if evicted."""
         v = self._knots.held(t)
         if v is not None:
@@ -331,14 +331,7 @@ class BrownianInterval:
         assert loc is not None, "not a knot"
         return self._grid.knot(loc)[1]
 
-    def _bridge_value(
-        self,
-        t: float,
-        a: float,
-        b: float,
-        va: tuple[torch.Tensor, torch.Tensor | None],
-        vb: tuple[torch.Tensor, torch.Tensor | None],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _bridge_value(self, t: float, a: float, b: float, va: _Value, vb: _Value) -> _Value:
         """The value at t of the Brownian bridge from ``va`` at a to ``vb`` at b (see ``_knot_cache._bridge_value``).
 
         Every knot off the grid is drawn through this method (tests count the draws by replacing it)."""
@@ -354,14 +347,7 @@ class BrownianInterval:
             a, b = max(a, ga), min(b, gb)
         return a, b
 
-    def _add_knot(
-        self,
-        t: float,
-        a: float,
-        b: float,
-        va: tuple[torch.Tensor, torch.Tensor | None],
-        vb: tuple[torch.Tensor, torch.Tensor | None],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _add_knot(self, t: float, a: float, b: float, va: _Value, vb: _Value) -> _Value:
         """Insert knot t between its neighbours a and b (values va, vb), remembering them as its parents."""
         v = self._bridge_value(t, a, b, va, vb)
         bisect.insort(self._times, t)
@@ -398,7 +384,7 @@ class BrownianInterval:
         """
         qlo, qhi = 0.0, 1.0
         lo, hi = self._t0, self._t1
-        values: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        values: dict[float, _Value] = {}
         while hi - lo > _CHAIN * spacing and (hi - lo) / 2 > 4 * self._eps:
             qmid = 0.5 * (qlo + qhi)
             mid = self._knot_near(self._t0 + (self._t1 - self._t0) * qmid)
@@ -418,7 +404,7 @@ class BrownianInterval:
                 qlo, lo = qmid, mid
         return None
 
-    def _point(self, t: float) -> tuple[float, tuple[torch.Tensor, torch.Tensor | None]]:
+    def _point(self, t: float) -> tuple[float, _Value]:
         """The knot for time t (inserted if needed) and its value (W, K)."""
         if self._cells:
             return self._tree_point(t)
@@ -453,7 +439,7 @@ class BrownianInterval:
             return self._t1
         return self._t0 + (self._t1 - self._t0) * (k / self._cells)
 
-    def _tree_point(self, t: float) -> tuple[float, tuple[torch.Tensor, torch.Tensor | None]]:
+    def _tree_point(self, t: float) -> tuple[float, _Value]:
         """The halfway tree's knot nearest t and its value, re-derived from the nearest ancestors held.
 
         Every grid time is bridged from the two ends of its parent cell (Kidger et al. 2021, section 4), so
