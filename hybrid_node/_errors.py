@@ -63,18 +63,32 @@ class JuliaNotAvailableError(BackendError, ImportError):
 class SolverError(HybridNodeError, RuntimeError):
     """A solve failed before the final time.
 
+    Args:
+        status: the :class:`Status` of the failure.
+        t: the time the solver had reached (the user's time).
+        detail: where or how it failed, appended in parentheses.
+        cause: the known cause and its fix, shown instead of the status's generic advice (which
+            names the usual causes of that status, and would mislead where the cause is known).
+
     Attributes:
         status: the :class:`Status` of the failure.
         t: the time the solver had reached.
+        detail: as passed.
+        cause: as passed ("" when the status's message is shown).
     """
 
-    def __init__(self, status: Status, t: float, detail: str = ""):
+    def __init__(self, status: Status, t: float, detail: str = "", cause: str = ""):
         self.status = status
         self.t = t
-        msg = f"Solve failed at t={t:.6g}: {status.message}"
+        self.detail = detail
+        self.cause = cause
+        msg = f"Solve failed at t={t:.6g}: {cause or status.message}"
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.status, self.t, self.detail, self.cause)  # picklable, as CheckpointError
 
 
 class CheckpointError(HybridNodeError, ValueError):

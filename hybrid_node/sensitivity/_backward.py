@@ -582,7 +582,9 @@ def run_backward(
     try:
         return _integrate_adaptive(problem, plan, term, x0, rs, rtol, atol, norm, at_output, stops, impulses)
     except SolverError as err:
-        raise SolverError(err.status, err.t, "in the backward (adjoint) solve of the gradient") from err
+        # the inner detail (which step, which sample) and a known cause stay in the message
+        where = "in the backward (adjoint) solve of the gradient" + (f": {err.detail}" if err.detail else "")
+        raise SolverError(err.status, err.t, where, err.cause) from err
 
 
 def _integrate_adaptive(

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._errors import SolverError, Status
 from .._problem import Problem
 from .._solution import Stats
 from ._backward import backward_plan, first_order_only, no_second_derivative, resolve_params
@@ -45,8 +46,9 @@ class _GivenSolution(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, run, ys: torch.Tensor, y_start: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, run, field, ys: torch.Tensor, y_start: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.run = run
+        ctx.field = field
         ctx.save_for_backward(ys, y_start, *params)
         return ys[1:].clone()
 
@@ -55,12 +57,20 @@ class _GivenSolution(torch.autograd.Function):
         ys, y_start, *params = ctx.saved_tensors
         grad_ys = torch.cat([torch.zeros_like(ys[:1]), grad_out])
         with torch.no_grad():
-            _, grad_y0, grad_params = ctx.run.backward(ys, grad_ys, need_t=False)
+            try:
+                _, grad_y0, grad_params = ctx.run.backward(ys, grad_ys, need_t=False)
+            except SolverError as err:
+                if not isinstance(ctx.field, SwitchedOff):
+                    raise
+                explained = ctx.field.explain(err)
+                if explained is err:
+                    raise
+                raise explained from err
         # under create_graph=True these would look constant to autograd: a second derivative raises
         grads = first_order_only(
             no_second_derivative(ctx.run.method_name), [grad_y0, *grad_params], [grad_out, y_start, *params]
         )
-        return (None, None, *grads)
+        return (None, None, None, *grads)
 
 
 class SegmentAdjoint:
@@ -102,7 +112,7 @@ class SegmentAdjoint:
         run = self.sensitivity.backward_pass(problem or self.problem, self.plan, self.params, None, True)
         run.adopt(states, self.stats)
         ys = torch.stack([states[s] for s in times])
-        out = _GivenSolution.apply(run, ys, y_start, *self.params)
+        out = _GivenSolution.apply(run, (problem or self.problem).func, ys, y_start, *self.params)
         return dict(zip(times[1:], out.unbind(0)))
 
 
@@ -126,17 +136,67 @@ def frozen_after(
     Returns:
         A copy of ``problem`` with the switched field, output times ``[t0, s_end]`` and ``jump_t`` at ``stops``.
     """
-    func, reverse = problem.func, problem.reverse
-    stop_user = torch.as_tensor(-t_stop if reverse else t_stop, dtype=torch.float64, device=problem.y0.device)
-
-    def switched(t, y):
-        f = func(t, y)
-        # compared in float64: the loops hand func the time one ulp off a jump time for one-sided limits
-        tt = torch.as_tensor(t, dtype=torch.float64, device=stop_user.device)
-        running = tt > stop_user if reverse else tt < stop_user
-        mask = running.reshape(tuple(batch_shape) + (1,) * (f.dim() - len(batch_shape)))
-        return torch.where(mask, f, torch.zeros((), dtype=f.dtype, device=f.device))
-
-    sgn = -1.0 if reverse else 1.0
+    stop_user = torch.as_tensor(-t_stop if problem.reverse else t_stop, dtype=torch.float64, device=problem.y0.device)
+    switched = SwitchedOff(problem.func, stop_user, batch_shape, problem.reverse)
+    sgn = -1.0 if problem.reverse else 1.0
     t = torch.tensor([problem.ts[0] * sgn, s_end * sgn], dtype=problem.t.dtype)
     return dataclasses.replace(problem, func=switched, ts=[problem.ts[0], s_end], t=t, jump_t=stops)
+
+
+#: the cause of a backward solve's non-finite state when the switched-off rows were non-finite
+FROZEN_NONFINITE_CAUSE = (
+    "The adjoint became NaN because the field returned non-finite values in the rows of samples whose "
+    "per-sample event had already fired (e.g. sqrt(c - t) past c): those rows are frozen, so the solution "
+    "is right, but the adjoint's vector-Jacobian products multiply those values by the frozen rows' zero, "
+    "and 0 * inf is NaN. Keep the field finite past each sample's event, e.g. clamp the argument into its "
+    "domain: sqrt((c - t).clamp(min=0)). The tolerances, the step size and the solver are not the cause."
+)
+
+
+class SwitchedOff:
+    """The field with each sample's rows zero from that sample's stop time on (see :func:`frozen_after`).
+
+    It also notes, on the device and without a host synchronisation per call, whether a call with a
+    graph (the adjoint's vector-Jacobian products) saw non-finite values in switched-off rows: they
+    make the adjoint NaN whatever the solver does, and :meth:`explain` then names them as the cause
+    of the backward solve's failure.
+
+    Args:
+        func: the user's field ``func(t, y)``.
+        stop_user: (n,) float64 stop times in the user's time.
+        batch_shape: the leading dimensions of the state that index the samples.
+        reverse: whether the solve runs towards earlier times.
+    """
+
+    def __init__(self, func, stop_user: torch.Tensor, batch_shape: torch.Size, reverse: bool):
+        self.func = func
+        self.stop_user = stop_user
+        self.batch_shape = batch_shape
+        self.reverse = reverse
+        self.nonfinite_off: torch.Tensor | None = None
+
+    def __call__(self, t, y):
+        f = self.func(t, y)
+        # compared in float64: the loops hand func the time one ulp off a jump time for one-sided limits
+        tt = torch.as_tensor(t, dtype=torch.float64, device=self.stop_user.device)
+        running = tt > self.stop_user if self.reverse else tt < self.stop_user
+        mask = running.reshape(tuple(self.batch_shape) + (1,) * (f.dim() - len(self.batch_shape)))
+        if f.requires_grad:
+            with torch.no_grad():
+                bad = (~mask & ~torch.isfinite(f)).any()
+            self.nonfinite_off = bad if self.nonfinite_off is None else self.nonfinite_off | bad
+        return torch.where(mask, f, torch.zeros((), dtype=f.dtype, device=f.device))
+
+    def explain(self, err: SolverError) -> SolverError:
+        """``err`` with the real cause where a non-finite backward state came from switched-off rows.
+
+        Args:
+            err: the backward solve's failure.
+
+        Returns:
+            A new SolverError (same status and time) naming the cause and its fix, or ``err`` itself.
+        """
+        seen = self.nonfinite_off
+        if err.status is not Status.NONFINITE or seen is None or not bool(seen):
+            return err
+        return SolverError(err.status, err.t, err.detail, FROZEN_NONFINITE_CAUSE)

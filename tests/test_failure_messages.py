@@ -1,0 +1,143 @@
+"""A failed solve names its real cause, the time it reached and a fix, on every path that can fail.
+
+The probe behind these tests (path x failure, see docs/solvers.md "When a solve fails") found the
+cases below whose message was missing or misleading; each test fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import pytest
+import torch
+
+import hybrid_node as hn
+from hybrid_node._errors import SolverError, Status
+
+# the stop times of the per-sample events below: sample i fires at t = C[i] - 0.1
+C = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+
+
+def _sqrt_field(theta: torch.Tensor, clamp: bool):
+    """``y' = -theta sqrt(c - t)``: past c_i (after sample i's event) non-finite in row i unless clamped."""
+
+    def field(t, y):
+        gap = (C - t).clamp(min=0) if clamp else C - t
+        return -theta * torch.sqrt(gap)[:, None] * torch.ones_like(y)
+
+    return field
+
+
+def _per_sample_adjoint_grad(interface: str, clamp: bool) -> torch.Tensor:
+    """d(sum of event times + event states)/d theta of a per-sample event solve by an adjoint."""
+    theta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    field = _sqrt_field(theta, clamp)
+    y0 = torch.ones(3, 1, dtype=torch.float64)
+
+    def event_fn(t, y):
+        return (C - 0.1) - t
+
+    if interface == "odeint_event":
+        t_e, ys = hn.odeint_event(
+            field,
+            y0,
+            0.0,
+            event_fn=event_fn,
+            per_sample=True,
+            t_end=5.0,
+            odeint_interface=hn.odeint_adjoint,
+            adjoint_params=(theta,),
+        )
+    else:
+        sensitivity = {"backsolve": hn.BacksolveAdjoint(), "interpolating": hn.InterpolatingAdjoint()}[interface]
+        sol = hn.solve(
+            field,
+            y0,
+            torch.tensor([0.0, 5.0], dtype=torch.float64),
+            event_fn=event_fn,
+            per_sample_events=True,
+            sensitivity=sensitivity,
+            adjoint_params=(theta,),
+        )
+        t_e, ys = sol.t_final, sol.ys
+    (t_e.sum() + ys[-1].sum()).backward()
+    assert theta.grad is not None
+    return theta.grad
+
+
+@pytest.mark.parametrize("interface", ["odeint_event", "backsolve", "interpolating"])
+def test_per_sample_event_adjoint_names_nonfinite_frozen_rows_as_the_cause(interface):
+    # the forward solve warns; the backward solve then fails, and its message used to blame overflow,
+    # stiffness and the tolerances ("Check the vector field for overflow, lower the tolerances ...")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(SolverError) as err:
+            _per_sample_adjoint_grad(interface, clamp=False)
+    msg = str(err.value)
+    assert err.value.status is Status.NONFINITE
+    assert "already fired" in msg and "clamp" in msg, msg
+    assert "lower the tolerances" not in msg, msg
+    assert "backward (adjoint) solve" in msg, msg
+
+
+def test_the_suggested_fix_makes_the_same_adjoint_gradient_finite():
+    # the fix the message gives (clamp into the domain) works: the gradient is finite, and it matches
+    # direct backpropagation of the same solve. Each y_i(t_e_i) = 1 - theta * int_0^{t_e} sqrt(c_i - s) ds
+    # is linear in theta and t_e_i does not depend on theta, so d/dtheta of the sum is
+    # -sum_i (2/3) (c_i^{3/2} - 0.1^{3/2}), exact up to the solve's tolerance (1e-7 relative here,
+    # loosened to 1e-5 for the default rtol of the adjoint and the event location).
+    grad = _per_sample_adjoint_grad("odeint_event", clamp=True)
+    exact = -(2.0 / 3.0) * (C**1.5 - 0.1**1.5).sum()
+    assert torch.isfinite(grad)
+    assert torch.allclose(grad, exact, rtol=1e-5), (grad, exact)
+
+
+class _NaNGradient(torch.autograd.Function):
+    """The identity, whose derivative is NaN: a field whose vector-Jacobian product is NaN everywhere."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_an_unrelated_nonfinite_backward_keeps_the_generic_message():
+    # the frozen rows are finite (y' = -theta y); the backward solve fails for another reason, and
+    # its message must not blame them
+    theta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+
+    def field(t, y):
+        return -_NaNGradient.apply(theta) * y
+
+    with pytest.raises(SolverError) as err:
+        t_e, ys = hn.odeint_event(
+            field,
+            torch.ones(3, 1, dtype=torch.float64),
+            0.0,
+            event_fn=lambda t, y: (C - 0.1) - t,
+            per_sample=True,
+            t_end=5.0,
+            odeint_interface=hn.odeint_adjoint,
+            adjoint_params=(theta,),
+        )
+        (t_e.sum() + ys[-1].sum()).backward()
+    assert err.value.status is Status.NONFINITE
+    assert "already fired" not in str(err.value) and Status.NONFINITE.message in str(err.value)
+
+
+def test_solver_error_survives_pickling():
+    # a DataLoader worker or multiprocessing pool sends exceptions pickled: SolverError(message) was
+    # rebuilt from its message alone and raised TypeError (missing t) instead of the solve's failure
+    err = SolverError(Status.NONFINITE, 1.5, "detail", "cause and fix")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.status, back.t, back.detail, back.cause, str(back)) == (
+        err.status,
+        err.t,
+        err.detail,
+        err.cause,
+        str(err),
+    )
