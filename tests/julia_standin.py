@@ -195,18 +195,58 @@ def _from_julia(fn, wrap: bool = False):
 DEFAULT_MAXITERS = 1_000_000
 
 
+#: The algorithms that cannot adapt (``isadaptive(alg) == false``): of those the Python side maps,
+#: only ``Euler <: OrdinaryDiffEqAlgorithm`` (OrdinaryDiffEqLowOrderRK src/algorithms.jl:17 at
+#: OrdinaryDiffEq b211787). ``RK4`` (:86) is an ``OrdinaryDiffEqAdaptiveAlgorithm`` and ``TRBDF2``
+#: an ``OrdinaryDiffEqNewtonAdaptiveSDIRKAlgorithm`` (OrdinaryDiffEqSDIRK src/algorithms.jl:203).
+NON_ADAPTIVE_ALGORITHMS = ("Euler",)
+
+
 def _maxiters(config) -> int:
     """The step limit upstream applies: the user's, else OrdinaryDiffEqCore's default.
+
+    The default depends on the algorithm, not on ``adaptive = false``: ``maxiters =
+    anyadaptive(alg) ? 1000000 : typemax(Int)`` (OrdinaryDiffEqCore src/solve.jl:161), so a
+    fixed-step ``RK4`` or ``TRBDF2`` solve stops after 10^6 steps and an ``Euler`` one never.
 
     Args:
         config: the engine's SolveConfig.
 
     Returns:
-        ``config.maxiters``, else 1_000_000 for adaptive methods and no limit for fixed steps.
+        ``config.maxiters``, else no limit for Euler and 1_000_000 for every other algorithm.
     """
     if config.maxiters is not None:
         return int(config.maxiters)
-    return sys.maxsize if config.fixed_step else DEFAULT_MAXITERS
+    return sys.maxsize if config.algorithm in NON_ADAPTIVE_ALGORITHMS else DEFAULT_MAXITERS
+
+
+def _fixed_grid_stop(ts: np.ndarray, dt: float, maxiters: int) -> float | None:
+    """Where a fixed-step solve with ``dt`` and ``tstops = ts`` stops for ``maxiters``, or None.
+
+    With ``adaptive = false`` every step is ``min(dt, distance to the next tstop)``, a step that
+    ends within ``100 eps`` of the tstop ending on it (OrdinaryDiffEqCore
+    ``modify_dt_for_tstops!``, src/integrators/integrator_utils.jl:268), and no step is rejected,
+    so the steps are known beforehand. ``check_error`` stops the solve once ``integrator.iter >
+    maxiters`` (DiffEqBase src/check_error.jl:81), ``iter`` counting each step
+    (``loopheader!``, integrator_utils.jl:120): after ``maxiters`` steps.
+
+    Args:
+        ts: the (increasing) output times, which are the tstops.
+        dt: the fixed step.
+        maxiters: the step limit.
+
+    Returns:
+        The time reached after ``maxiters`` steps when the grid has more, else None.
+    """
+    done = 0
+    for a, b in zip(ts[:-1], ts[1:]):
+        k = int(np.ceil((b - a) / dt))
+        if k > 1 and (b - a) - (k - 1) * dt <= 100 * np.finfo(float).eps * max(abs(a), abs(b)):
+            k -= 1  # the last partial step would be a sliver: the step before it ends on the tstop
+        if done + k > maxiters:
+            return float(a + (maxiters - done) * dt)
+        done += k
+    return None
 
 
 def _attempts(solver, nfev_before: int) -> int:
@@ -404,9 +444,14 @@ class StandinEngine:
         else:
             solver = DOP853(fun, ts[0], x0, ts[-1], **kw)
         maxiters = _maxiters(config)
+        # A fixed-step solve's steps are known beforehand; scipy's adaptive steps are not them, so
+        # its step limit is checked on the grid (and scipy only integrates up to where it stops).
+        fixed_stop = _fixed_grid_stop(ts, config.dt, maxiters) if config.fixed_step else None
+        if config.fixed_step:
+            maxiters = sys.maxsize
         steps, interpolants, retcode, accepted, attempts = [ts[0]], [], "Success", 0, 0
         state_finite = True
-        while solver.status == "running":
+        while solver.status == "running" and (fixed_stop is None or solver.t < fixed_stop):
             before = solver.nfev
             solver.step()
             attempts += _attempts(solver, before)
@@ -422,8 +467,10 @@ class StandinEngine:
             accepted += 1
             steps.append(solver.t)
             interpolants.append(solver.dense_output())
-        success = retcode == "Success"
         reached = float(steps[-1])
+        if fixed_stop is not None and retcode == "Success":
+            retcode, reached = "MaxIters", fixed_stop
+        success = retcode == "Success"
         dense = OdeSolution(steps, interpolants) if interpolants else (lambda t: x0.copy())
         sorts = _sorts_saveat(config)
         if sorts:

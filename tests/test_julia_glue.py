@@ -327,8 +327,10 @@ def test_options_map_to_dt_and_maxiters():
     ts = np.array([0.0, 0.5, 1.5])
     assert jb.resolve_options({}, "Tsit5", ts) == (None, None, False)
     assert jb.resolve_options({"first_step": 0.01, "max_num_steps": 50}, "Tsit5", ts) == (0.01, 50, False)
-    assert jb.resolve_options(None, "RK4", ts) == (1.0, None, True)  # steps on the output grid
-    assert jb.resolve_options({"step_size": 0.1}, "Euler", ts) == (0.1, None, True)
+    # fixed steps always carry their limit (the torch backend's default 10^6; see below)
+    assert jb.resolve_options(None, "RK4", ts) == (1.0, 10**6, True)  # steps on the output grid
+    assert jb.resolve_options({"step_size": 0.1}, "Euler", ts) == (0.1, 10**6, True)
+    assert jb.resolve_options({"step_size": 0.1, "max_num_steps": 15}, "Euler", ts) == (0.1, 15, True)
     with pytest.raises(ValueError, match=r"valid options are \['first_step', 'max_num_steps'\]"):
         jb.resolve_options({"step_size": 0.1}, "Tsit5", ts)
     with pytest.raises(ValueError, match="max_num_steps"):
@@ -381,14 +383,69 @@ def test_fixed_steps_without_step_size_step_on_the_output_times_as_on_torch(algo
 def test_trbdf2_takes_fixed_steps_unless_adaptive_on_julia_too():
     # the same meaning as on torch: TRBDF2 on the output grid (or step_size), adaptive on request
     ts = np.array([0.0, 0.5, 1.5])
-    assert jb.resolve_options(None, "TRBDF2", ts) == (1.0, None, True)
-    assert jb.resolve_options({"step_size": 0.1}, "TRBDF2", ts) == (0.1, None, True)
+    assert jb.resolve_options(None, "TRBDF2", ts) == (1.0, 10**6, True)
+    assert jb.resolve_options({"step_size": 0.1}, "TRBDF2", ts) == (0.1, 10**6, True)
     assert jb.resolve_options({"adaptive": True, "first_step": 0.01}, "TRBDF2", ts) == (0.01, None, False)
-    assert jb.resolve_options({"adaptive": True, "step_size": 0.1}, "TRBDF2", ts) == (0.1, None, True)
+    assert jb.resolve_options({"adaptive": True, "step_size": 0.1}, "TRBDF2", ts) == (0.1, 10**6, True)
     with pytest.raises(ValueError, match="valid options"):
         jb.resolve_options({"first_step": 0.1}, "TRBDF2", ts)
     with pytest.raises(TypeError, match="adaptive"):
         jb.resolve_options({"adaptive": 1}, "TRBDF2", ts)
+
+
+@pytest.mark.parametrize("algorithm, limit", [("RK4", DEFAULT_MAXITERS), ("TRBDF2", DEFAULT_MAXITERS), ("Euler", None)])
+def test_standin_limits_fixed_steps_by_the_algorithm_as_ordinarydiffeqcore_does(algorithm, limit):
+    # maxiters = anyadaptive(alg) ? 1000000 : typemax(Int) (OrdinaryDiffEqCore src/solve.jl:161):
+    # RK4 and TRBDF2 can adapt, so even with adaptive = false they stop after 10^6 steps; Euler never.
+    # A fixed step of 1e-7 over [0, 0.2] is 2e6 steps: upstream's RK4 stops at t = 10^6 * 1e-7 = 0.1.
+    config = dataclasses.replace(_dp5_config(), algorithm=algorithm, dt=1e-7, fixed_step=True)
+    problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 0.2]), config)
+    if limit is None:
+        assert out.success
+        np.testing.assert_allclose(out.ys[0, 0], np.exp(-np.array([0.0, 0.2])), rtol=1e-8)
+    else:
+        assert not out.success and out.retcode == "MaxIters"
+        assert out.t_reached == pytest.approx(limit * 1e-7, rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["rk4", "euler"])
+def test_a_fixed_step_grid_longer_than_max_num_steps_is_refused_before_julia_as_on_torch(method):
+    # The torch backend refuses a step_size grid of more than max_num_steps (default 10^6) steps
+    # before solving. On Julia the default limit was upstream's: rk4 stopped with MaxIters after
+    # 10^6 steps of work, euler had none (it ran all 10^7). Now both are refused like torch's.
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64)
+    torch_method = "rk4_classic" if method == "rk4" else method
+    with pytest.raises(ValueError, match="max_num_steps") as on_torch:
+        hn.odeint(lambda t, y: -y, y0, t, method=torch_method, options={"step_size": 1e-7})
+    engine = StandinEngine()
+    with pytest.raises(ValueError, match="10,000,000 steps, more than max_num_steps=1,000,000") as on_julia:
+        _solve(lambda t, y: -y, y0, t, engine=engine, method=method, options={"step_size": 1e-7})
+    assert not engine.forward_calls  # refused before Julia is entered
+    assert "'max_num_steps': 10000000" in str(on_torch.value) and "'max_num_steps': 10000000" in str(on_julia.value)
+
+
+def test_a_fixed_step_grid_within_max_num_steps_is_solved_with_that_limit():
+    # Allowed explicitly, the grid is solved, and Julia gets the limit (not upstream's 10^6 for RK4).
+    # The stand-in integrates with DOP853 at rtol 1e-10, so y(1) = e^-2 is met to about 1e-9.
+    engine = StandinEngine()
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    sol = _solve(
+        lambda t, y: -y, torch.ones(1, dtype=torch.float64), t, engine=engine, method="rk4",
+        options={"step_size": 1e-6, "max_num_steps": 2 * 10**6}, rtol=1e-10, atol=1e-12,
+    )  # fmt: skip
+    assert engine.forward_calls[0]["config"].maxiters == 2 * 10**6
+    np.testing.assert_allclose(sol.ys.flatten().numpy(), np.exp(-t.numpy()), rtol=1e-8)
+
+
+def test_output_grids_without_step_size_have_no_step_limit_as_on_torch():
+    # Without step_size the torch backend steps from output time to output time, however many; Julia
+    # gets a limit that the grid fits in (10^6 would stop rk4 on a grid of more output times).
+    ts = np.linspace(0.0, 1.0, 10**6 + 3)
+    dt, maxiters, fixed = jb.resolve_options(None, "RK4", ts)
+    assert fixed and maxiters == 10**6 + 2 == jb.fixed_grid_steps(ts, dt)
+    assert jb.resolve_options(None, "RK4", np.linspace(0.0, 1.0, 11))[1] == 10**6
 
 
 # ---------------------------------------------------------------- error paths

@@ -257,10 +257,12 @@ def resolve_options(
         ts: the output times.
 
     Returns:
-        ``(dt, maxiters, fixed_step)``.
+        ``(dt, maxiters, fixed_step)``; ``maxiters`` is always set for fixed steps (see
+        :func:`_fixed_step_limit`).
 
     Raises:
-        ValueError: an unknown key or a bad value; the message lists the valid keys.
+        ValueError: an unknown key or a bad value (the message lists the valid keys), or a fixed-step
+            grid with more steps than ``max_num_steps`` (default 10^6).
         TypeError: ``options['adaptive']`` (TRBDF2) is not a bool.
     """
     options = dict(options or {})
@@ -290,8 +292,73 @@ def resolve_options(
         # fixed-step solve with tstops = ts takes min(dt, distance to the next tstop) each step
         # (OrdinaryDiffEqCore modify_dt_for_tstops!), so the largest gap makes every step end on
         # the next output time; the smallest gap would cut the larger gaps into several steps.
-        dt = float(np.max(np.abs(np.diff(ts))))
+        dt = float(np.max(np.abs(np.diff(ts)))) if ts.size > 1 else None
+    if fixed and dt is not None:  # dt is None only for one output time (y0 itself: nothing is solved)
+        maxiters = _fixed_step_limit(ts, dt, maxiters, "step_size" in options)
     return dt, maxiters, fixed
+
+
+#: The step limit when ``max_num_steps`` is not given: the torch backend's for a ``step_size`` grid
+#: (``ConstantStepSize.max_num_steps``), and OrdinaryDiffEqCore's ``maxiters`` default for any
+#: algorithm that can adapt, whether or not it does (src/solve.jl:161 at OrdinaryDiffEq b211787:
+#: ``maxiters = anyadaptive(alg) ? 1000000 : typemax(Int)``).
+DEFAULT_MAX_STEPS = 10**6
+
+
+def fixed_grid_steps(ts: np.ndarray, dt: float) -> int:
+    """The number of steps of a fixed-step solve with ``dt`` that also stops at every output time.
+
+    Args:
+        ts: the output times (monotonic).
+        dt: the step.
+
+    Returns:
+        ``sum(ceil(|gap| / dt))`` over the gaps of ``ts``, a gap within rounding of a multiple of
+        ``dt`` taking that many steps (OrdinaryDiffEqCore ``modify_dt_for_tstops!`` ends a step
+        on a tstop within ``100 eps`` of it).
+    """
+    gaps = np.abs(np.diff(np.asarray(ts, dtype=np.float64)))
+    return int(np.sum(np.maximum(1, np.ceil(gaps / dt - 1e-9))))
+
+
+def _fixed_step_limit(ts: np.ndarray, dt: float, maxiters: int | None, has_step_size: bool) -> int:
+    """The ``maxiters`` to send with a fixed-step solve, refusing a grid longer than the limit.
+
+    Upstream's default limit depends on the algorithm, not on ``adaptive = false``: ``RK4`` and
+    ``TRBDF2`` can adapt (``OrdinaryDiffEqAdaptiveAlgorithm``), so a fixed-step solve with them stops
+    with ``MaxIters`` after 10^6 steps, while ``Euler`` cannot, so it has no limit at all
+    (OrdinaryDiffEqCore src/solve.jl:161). The torch backend refuses a ``step_size`` grid of more
+    than ``max_num_steps`` (default 10^6) steps before the solve (``ConstantStepSize.grid``). Sending
+    the limit explicitly, and checking the grid against it here, gives every fixed-step method
+    the torch backend's rule instead of a late ``MaxIters`` (rk4) or an unbounded solve (euler).
+
+    Args:
+        ts: the output times.
+        dt: the fixed step.
+        maxiters: the user's ``max_num_steps``, or None.
+        has_step_size: ``dt`` is the user's ``step_size`` (not the output grid's largest gap).
+
+    Returns:
+        The user's ``max_num_steps``; else 10^6, or the number of steps of the output grid when that
+        is larger and no ``step_size`` was given (the torch backend steps on the output times
+        without a limit).
+
+    Raises:
+        ValueError: the grid has more steps than the limit (the message says how to allow them).
+    """
+    n = fixed_grid_steps(ts, dt)
+    if maxiters is None and not has_step_size:
+        return max(DEFAULT_MAX_STEPS, n)
+    limit = DEFAULT_MAX_STEPS if maxiters is None else maxiters
+    if n > limit:
+        span = float(np.max(ts) - np.min(ts))
+        raise ValueError(
+            f"a fixed step of {dt:g} over output times spanning {span:g} takes {n:,} steps, more than "
+            f"max_num_steps={limit:,} (the Julia solve would stop there with MaxIters); use a larger "
+            f"step_size (or an adaptive method such as 'dopri5'), or allow them with "
+            f"options={{'max_num_steps': {n}}}."
+        )
+    return limit
 
 
 @dataclasses.dataclass
@@ -752,7 +819,7 @@ def prepare(
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict or None, got {type(options).__name__}.")
     ts = t.detach().to("cpu", torch.float64).numpy()
-    dt, maxiters, fixed = resolve_options(options, algorithm, ts if ts.size > 1 else np.array([0.0, 1.0]))
+    dt, maxiters, fixed = resolve_options(options, algorithm, ts)
     name, checkpointing, quad_rtol, quad_atol = resolve_sensitivity(sensitivity, algorithm, rtol, atol)
     params = _check_params(func, adjoint_params)
     time_reversed = bool(ts.size > 1 and ts[1] < ts[0])
