@@ -459,6 +459,106 @@ def run_recorded(cmd, *, cwd, env, record, strip, log=None, log_prefix="suite_",
     return entries, run
 
 
+def prepare_workdir(tests, workdir, peer, plugin):
+    """A suite's work folder: a copy of the tests (``tests``, stray conftest files removed) and the plugin.
+
+    Args:
+        tests: the peer's tests folder.
+        workdir: the folder to use (None: a new temporary one).
+        peer: the package whose tests run (``torchdiffeq``, ``torchsde``): names the temporary folder and
+            the plugin module ``_<peer>_suite_plugin``.
+        plugin: the plugin's source.
+
+    Returns:
+        ``(tmp, copied, plugin_dir)``: the work folder, the tests' copy in it and the plugin's folder.
+    """
+    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"{peer}_suite_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    copied = tmp / "tests"
+    if copied.exists():
+        shutil.rmtree(copied)
+    shutil.copytree(tests, copied, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+    for conftest in copied.rglob("conftest.py"):  # not expected, but a stray one must not change the run
+        conftest.unlink()
+    plugin_dir = tmp / "plugin"
+    plugin_dir.mkdir(exist_ok=True)
+    (plugin_dir / f"_{peer}_suite_plugin.py").write_text(plugin)
+    return tmp, copied, plugin_dir
+
+
+def pytest_command(target, *, ini, rootdir, peer, junit, options=()):
+    """The pytest command of a suite run: quiet, short tracebacks, no cache, the harness's plugin loaded.
+
+    Args:
+        target: what pytest collects (a folder, relative to the run's folder or absolute).
+        ini: the pytest.ini the run reads; rootdir: pytest's root folder.
+        peer: the package whose tests run (its plugin is ``_<peer>_suite_plugin``).
+        junit: the JUnit XML report's path.
+        options: further pytest options, before ``--junitxml``.
+
+    Returns:
+        The command (a list of arguments).
+    """
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        target,
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(rootdir),
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        f"_{peer}_suite_plugin",
+        "-q",
+        "--tb=short",
+        "-rN",
+        *options,
+        "--junitxml",
+        str(junit),
+    ]
+
+
+def run_and_summarise(cmd, *, tests, tmp, cwd, path, peer, strip, reference, extra, timeout, threads, **run_args):
+    """Run a suite's pytest command with the plugin's environment and fold what it recorded.
+
+    Args:
+        cmd: the command (:func:`pytest_command`); tests: the peer's tests folder; tmp: the work folder (the
+            record goes there); cwd: where it runs.
+        path: folders first on PYTHONPATH (see :func:`pytest_env`).
+        peer: the package whose tests run (the plugin's environment prefix is ``<PEER>_SUITE``).
+        strip: the tests' copy, cut (with this repository's root) from the recorded locations.
+        reference: whether the installed peer runs (no shim).
+        extra: the harness's own entries of ``info`` (the shim's names, the names the tests use).
+        timeout, threads: see :func:`pytest_env`.
+        run_args: ``log``, ``echo`` and ``total_timeout`` of :func:`run_recorded`.
+
+    Returns:
+        ``(result, info)``: :func:`summarise` of the reports, and what the run was (the command, the log,
+        the exit status, ``extra``).
+    """
+    record = tmp / "record.jsonl"
+    record.unlink(missing_ok=True)
+    env = pytest_env(path, f"{peer.upper()}_SUITE", record, timeout, threads)
+    # locations relative to the tests' copy / this repository
+    entries, run = run_recorded(
+        cmd, cwd=cwd, env=env, record=record, strip=(strip, REPO_ROOT), log_prefix=f"{peer}_suite_", **run_args
+    )
+    info = {
+        "tests": str(tests),
+        "workdir": str(tmp),
+        "command": cmd,
+        **run,
+        "reference": reference,
+        **extra,
+        "timeout_s": timeout,
+        "threads": threads,
+    }
+    return summarise(entries), info
+
+
 def run_suite(
     tests,
     *,
@@ -476,18 +576,8 @@ def run_suite(
     test_files = sorted(tests.glob("*_tests.py"))
     if not test_files:
         raise FileNotFoundError(f"no *_tests.py files in {tests} (expected torchdiffeq's tests/ folder)")
-    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="torchdiffeq_suite_"))
-    tmp.mkdir(parents=True, exist_ok=True)
-    copied = tmp / "tests"
-    if copied.exists():
-        shutil.rmtree(copied)
-    shutil.copytree(tests, copied, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+    tmp, copied, plugin_dir = prepare_workdir(tests, workdir, "torchdiffeq", _PLUGIN)
     (copied / "pytest.ini").write_text(_PYTEST_INI)
-    for conftest in copied.rglob("conftest.py"):  # not expected, but a stray one must not change the run
-        conftest.unlink()
-    plugin_dir = tmp / "plugin"
-    plugin_dir.mkdir(exist_ok=True)
-    (plugin_dir / "_torchdiffeq_suite_plugin.py").write_text(_PLUGIN)
 
     used = scan_torchdiffeq_names(test_files)
     path = [str(plugin_dir)]
@@ -501,56 +591,33 @@ def run_suite(
     not_applicable = {name: files for name, files in used.items() if name.split(".")[0] not in PUBLIC_API}
     missing = [name for name in PUBLIC_API if name not in shim_names] if not reference else []
 
-    record = tmp / "record.jsonl"
-    record.unlink(missing_ok=True)
-    env = pytest_env(path, "TORCHDIFFEQ_SUITE", record, timeout, threads)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(copied),
-        "-c",
-        str(copied / "pytest.ini"),
-        "--rootdir",
-        str(copied),
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "_torchdiffeq_suite_plugin",
-        "-q",
-        "--tb=short",
-        "-rN",
-        "--junitxml",
-        str(tmp / "junit.xml"),
-    ]
+    cmd = pytest_command(
+        str(copied), ini=copied / "pytest.ini", rootdir=copied, peer="torchdiffeq", junit=tmp / "junit.xml"
+    )
     if keyword:
         cmd += ["-k", keyword]
-    entries, run = run_recorded(
-        cmd,
-        cwd=copied,
-        env=env,
-        record=record,
-        strip=(copied, REPO_ROOT),  # locations relative to the tests' copy / this repository
-        log=log,
-        log_prefix="torchdiffeq_suite_",
-        echo=echo,
-        total_timeout=total_timeout,
-    )
-    result = summarise(entries)
-    info = {
-        "tests": str(tests),
-        "workdir": str(tmp),
-        "command": cmd,
-        **run,
-        "reference": reference,
+    extra = {
         "shim_names": shim_names,
         "missing_public_api": missing,
         "torchdiffeq_names_used": used,
         "not_applicable": not_applicable,
-        "timeout_s": timeout,
-        "threads": threads,
     }
-    return result, info
+    return run_and_summarise(
+        cmd,
+        tests=tests,
+        tmp=tmp,
+        cwd=copied,
+        path=path,
+        peer="torchdiffeq",
+        strip=copied,
+        reference=reference,
+        extra=extra,
+        timeout=timeout,
+        threads=threads,
+        log=log,
+        echo=echo,
+        total_timeout=total_timeout,
+    )
 
 
 def check(result, info, peer="torchdiffeq", collect_errors_count=False):
@@ -626,24 +693,36 @@ def finish(args, result, info, title, problems):
     return 2 if problems else 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tests", help="a local copy of torchdiffeq's tests/ folder")
+def add_run_arguments(parser, peer, timeout_help):
+    """The command-line options a suite harness has: where the tests are, what to write, how to run them.
+
+    Args:
+        parser: the harness's parser.
+        peer: the package whose tests run (``torchdiffeq``, ``torchsde``), for the help texts.
+        timeout_help: what ``--timeout`` limits (the defaults are appended).
+    """
+    parser.add_argument("--tests", help=f"a local copy of {peer}'s tests/ folder")
     parser.add_argument("--failures", help="write the failures, grouped by first error line, to this file")
     parser.add_argument("--json", help="write counts, per-function results and failures to this JSON file")
-    parser.add_argument("--reference", action="store_true", help="run against the installed torchdiffeq (no shim)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        help="seconds without progress before a subtest/test is interrupted (0: never; default 300)",
-    )
+    parser.add_argument("--reference", action="store_true", help=f"run against the installed {peer} (no shim)")
+    parser.add_argument("--timeout", type=float, default=300.0, help=f"{timeout_help} (0: never; default 300)")
     parser.add_argument("--total-timeout", type=float, default=None, help="kill the whole run after this many s")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the pytest process (default 1)")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression, to run a part of the suite")
     parser.add_argument("--workdir", help="use this directory instead of a fresh temporary one (kept afterwards)")
     parser.add_argument("--log", help="write pytest's output to this file (default: a temporary file, kept)")
     parser.add_argument("--echo", action="store_true", help="also show pytest's output while it runs")
+
+
+def run_options(args):
+    """The keyword arguments of a harness's ``run_suite`` from the options of :func:`add_run_arguments`."""
+    names = ("reference", "timeout", "total_timeout", "threads", "keyword", "workdir", "log", "echo")
+    return {name: getattr(args, name) for name in names}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser, "torchdiffeq", "seconds without progress before a subtest/test is interrupted")
     parser.add_argument("--summarise", metavar="JSON", help="no run: print and --failures a --json file written before")
     args = parser.parse_args(argv)
 
@@ -663,17 +742,7 @@ def main(argv=None):
     if args.tests is None:
         parser.error("--tests DIR is needed (a local copy of torchdiffeq's tests/ folder), or --summarise JSON")
     try:
-        result, info = run_suite(
-            args.tests,
-            reference=args.reference,
-            timeout=args.timeout,
-            total_timeout=args.total_timeout,
-            threads=args.threads,
-            keyword=args.keyword,
-            workdir=args.workdir,
-            log=args.log,
-            echo=args.echo,
-        )
+        result, info = run_suite(args.tests, **run_options(args))
     except FileNotFoundError as e:  # no test files: the harness could not run the suite (exit status 2)
         print(f"torchdiffeq_suite: {e}", file=sys.stderr)
         return 2

@@ -40,22 +40,22 @@ import argparse
 import collections
 import json
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from benchmarks.torchdiffeq_suite import _PLUGIN as _TORCHDIFFEQ_PLUGIN
-from benchmarks.torchdiffeq_suite import check as check_run
 from benchmarks.torchdiffeq_suite import (
+    add_run_arguments,
     finish,
     format_table,
-    pytest_env,
-    run_recorded,
+    prepare_workdir,
+    pytest_command,
+    run_and_summarise,
+    run_options,
     scan_from_imports,
-    summarise,
 )
+from benchmarks.torchdiffeq_suite import check as check_run
 from benchmarks.torchdiffeq_suite import title_of as run_title
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,19 +169,10 @@ def run_suite(
     test_files = sorted(tests.glob("test_*.py"))
     if not test_files:
         raise FileNotFoundError(f"no test_*.py files in {tests} (expected torchsde's tests/ folder)")
-    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="torchsde_suite_"))
-    tmp.mkdir(parents=True, exist_ok=True)
-    copied = tmp / "tests"  # the test files import their helpers relatively (``from . import problems``)
-    if copied.exists():
-        shutil.rmtree(copied)
-    shutil.copytree(tests, copied, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+    tmp, copied, plugin_dir = prepare_workdir(tests, workdir, "torchsde", _PLUGIN)
+    # the test files import their helpers relatively (``from . import problems``): the copy is a package
     (copied / "__init__.py").touch()
     (tmp / "pytest.ini").write_text(_PYTEST_INI)
-    for conftest in copied.rglob("conftest.py"):  # not expected, but a stray one must not change the run
-        conftest.unlink()
-    plugin_dir = tmp / "plugin"
-    plugin_dir.mkdir(exist_ok=True)
-    (plugin_dir / "_torchsde_suite_plugin.py").write_text(_PLUGIN)
 
     used = scan_torchsde_names(sorted(tests.glob("*.py")))
     not_public = {name: files for name, files in used.items() if _is_private(name)}
@@ -198,51 +189,20 @@ def run_suite(
     missing_used = {name: files for name, files in used.items() if name.split(".")[0] in missing}
     other = {name: files for name, files in used.items() if name.split(".")[0] not in public and not _is_private(name)}
 
-    record = tmp / "record.jsonl"
-    record.unlink(missing_ok=True)
-    env = pytest_env(path, "TORCHSDE_SUITE", record, timeout, threads)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
+    cmd = pytest_command(
         "tests",
-        "-c",
-        str(tmp / "pytest.ini"),
-        "--rootdir",
-        str(tmp),
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "_torchsde_suite_plugin",
-        "-q",
-        "--tb=short",
-        "-rN",
-        "--continue-on-collection-errors",  # a file that cannot import (a missing name) must not stop the rest
-        "--junitxml",
-        str(tmp / "junit.xml"),
-    ]
+        ini=tmp / "pytest.ini",
+        rootdir=tmp,
+        peer="torchsde",
+        junit=tmp / "junit.xml",
+        # a file that cannot import (a missing name) must not stop the rest
+        options=("--continue-on-collection-errors",),
+    )
     for name in excluded:
         cmd += ["--ignore", str(copied / name)]
     if keyword:
         cmd += ["-k", keyword]
-    entries, run = run_recorded(
-        cmd,
-        cwd=tmp,
-        env=env,
-        record=record,
-        strip=(tmp, REPO_ROOT),  # locations relative to the tests' copy / this repository
-        log=log,
-        log_prefix="torchsde_suite_",
-        echo=echo,
-        total_timeout=total_timeout,
-    )
-    result = summarise(entries)
-    info = {
-        "tests": str(tests),
-        "workdir": str(tmp),
-        "command": cmd,
-        **run,
-        "reference": reference,
+    extra = {
         "shim_names": names,
         "shim_modules": modules,
         "missing_public_api": missing,
@@ -251,10 +211,23 @@ def run_suite(
         "not_public_api": not_public,
         "excluded_files": excluded,
         "unknown_names": other,
-        "timeout_s": timeout,
-        "threads": threads,
     }
-    return result, info
+    return run_and_summarise(
+        cmd,
+        tests=tests,
+        tmp=tmp,
+        cwd=tmp,
+        path=path,
+        peer="torchsde",
+        strip=tmp,
+        reference=reference,
+        extra=extra,
+        timeout=timeout,
+        threads=threads,
+        log=log,
+        echo=echo,
+        total_timeout=total_timeout,
+    )
 
 
 def check(result, info):
@@ -288,37 +261,12 @@ def format_names(info):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tests", help="a local copy of torchsde's tests/ folder")
-    parser.add_argument("--failures", help="write the failures, grouped by first error line, to this file")
-    parser.add_argument("--json", help="write counts, per-function results and failures to this JSON file")
-    parser.add_argument("--reference", action="store_true", help="run against the installed torchsde (no shim)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        help="seconds a test may run before it is interrupted (0: never; default 300)",
-    )
-    parser.add_argument("--total-timeout", type=float, default=None, help="kill the whole run after this many s")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in the pytest process (default 1)")
-    parser.add_argument("-k", dest="keyword", help="pytest -k expression, to run a part of the suite")
-    parser.add_argument("--workdir", help="use this directory instead of a fresh temporary one (kept afterwards)")
-    parser.add_argument("--log", help="write pytest's output to this file (default: a temporary file, kept)")
-    parser.add_argument("--echo", action="store_true", help="also show pytest's output while it runs")
+    add_run_arguments(parser, "torchsde", "seconds a test may run before it is interrupted")
     args = parser.parse_args(argv)
     if args.tests is None:
         parser.error("--tests DIR is needed (a local copy of torchsde's tests/ folder)")
     try:
-        result, info = run_suite(
-            args.tests,
-            reference=args.reference,
-            timeout=args.timeout,
-            total_timeout=args.total_timeout,
-            threads=args.threads,
-            keyword=args.keyword,
-            workdir=args.workdir,
-            log=args.log,
-            echo=args.echo,
-        )
+        result, info = run_suite(args.tests, **run_options(args))
     except FileNotFoundError as e:  # no test files: the harness could not run the suite (exit status 2)
         print(f"torchsde_suite: {e}", file=sys.stderr)
         return 2
