@@ -456,6 +456,8 @@ def test_output_grids_without_step_size_have_no_step_limit_as_on_torch():
     [
         (dict(y0=[1.0]), TypeError, "y0 must be a tensor"),
         (dict(y0=torch.tensor([1, 2])), TypeError, "floating"),
+        # y0.double() would drop the imaginary part: the message must not suggest it
+        (dict(y0=torch.ones(2, dtype=torch.complex128)), TypeError, r"complex \(torch.complex128\).*view_as_real"),
         (dict(t=torch.tensor([0.0, 1.0, 0.5])), ValueError, "strictly increasing"),
         (dict(t=torch.tensor([[0.0, 1.0]])), ValueError, "1-D"),
         (dict(rtol=-1.0), ValueError, "rtol"),

@@ -714,6 +714,14 @@ def _check_state(y0) -> tuple[torch.Tensor, ...]:
     for k, y in enumerate(tensors):
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y0 must be a tensor or a tuple of tensors; element {k} is {type(y).__name__}.")
+        if y.is_complex():
+            # Everything crosses to Julia as Float64 (the native MLP is real, the callbacks send flat
+            # real arrays); casting would silently drop the imaginary part.
+            raise TypeError(
+                f"y0 is complex ({y.dtype}); the Julia backend solves real states only. Solve the real and "
+                "imaginary parts as a real state (torch.view_as_real(y0), with func written for it), or use "
+                "backend='torch', whose explicit methods take complex states."
+            )
         if not y.is_floating_point():
             raise TypeError(f"y0 must have a real floating dtype, got {y.dtype}; use y0.double().")
     devices = {y.device for y in tensors}
