@@ -504,11 +504,11 @@ def integrate_sample_events(
             points = check_points(t, t1)  # EVENT_CHECKS interior points, as the single event
             lo = np.full(n, t)
             hi = np.full(n, math.inf)
-            # outside no_grad: a dense output that builds its extra stages on first use (DOP853's) keeps
-            # them with their graph, which the event rows below differentiate (built without it, the
-            # event times' gradients missed the stages' dependence on y0 and the parameters)
-            inner = [yp.detach() for yp in seg.many(points[:-1])]
+            # signs only, so no graph: a dense output that builds extra stages on first use (DOP853's)
+            # builds them in the mode its step was taken in, so the event rows below still get their
+            # dependence on y0 and the parameters
             with torch.no_grad():
+                inner = seg.many(points[:-1])
                 for p, yp in zip(points, [*inner, y1]):
                     g = event_fn(term.time(p), yp).reshape(n)
                     check_no_nan(g[running], user_t(p), yp.reshape(n, -1)[running], running)
@@ -691,6 +691,12 @@ def integrate_with_events(
         check_no_nan(g, user_t(s), yy)
         return torch.sign(g)
 
+    def signs_on(seg: DenseSegment, s: float) -> torch.Tensor:
+        # the dense output read for signs only, so without a graph (DOP853's extra stages, built on
+        # first use, still take the mode of their step: the event state read later keeps them)
+        with torch.no_grad():
+            return signs(s, seg(s))
+
     def slopes(s: float, yy: torch.Tensor) -> torch.Tensor:
         # d/dt of each element along the flow: (g(s + h, y + h f) - g(s, y)) / h, sign only
         with torch.no_grad():
@@ -736,7 +742,7 @@ def integrate_with_events(
             a0 = t
             jumped = None
             for p in points:
-                sign_p = sign1 if p == t1 else signs(p, seg(p))
+                sign_p = sign1 if p == t1 else signs_on(seg, p)
                 # an element that starts at zero takes its first nonzero sign (no root at t0 itself)
                 sign_prev = torch.where(sign_prev == 0, sign_p, sign_prev)
                 pending = _crossings(sign_prev, sign_p, direction)
@@ -750,11 +756,11 @@ def integrate_with_events(
                         mid = 0.5 * (a + b)
                         if not (b - a > width and a < mid < b):
                             break
-                        if bool((pending & (signs(mid, seg(mid)) != ref)).any()):
+                        if bool((pending & (signs_on(seg, mid) != ref)).any()):
                             b = mid
                         else:
                             a = mid
-                    fired = pending & (signs(b, seg(b)) != ref)
+                    fired = pending & (signs_on(seg, b) != ref)
                     if not bool(fired.any()):  # rounding: the crossing sits at the bracket's end
                         fired = pending
                     new_records, y_new = at_event(b, seg(b), fired)

@@ -92,14 +92,40 @@ def _combined_error(dt: float | torch.Tensor, ks) -> ErrorPair:
 class Dopri8Interpolant(Interpolant):
     """DOP853's seventh-order continuous extension; its three extra stages are evaluated on first use.
 
+    The stages belong to the step, so they are built with autograd as it was when the step was taken
+    (``torch.is_grad_enabled()`` at construction), whatever mode the first evaluation runs under: a
+    loop may then read the dense output under ``torch.no_grad()`` (an event's sign checks) and still
+    differentiate a later evaluation of it (the event state), and a step taken under ``no_grad``
+    never records a graph for them.
+
     Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.10 (dense output of DOP853).
+
+    Args:
+        f: the field the step was taken with; t0, y0, dt: the step's start, state and size;
+        step: the accepted step (its ``ks`` and ``y1``).
     """
 
     def __init__(self, f, t0: float, y0, dt: float, step):
         self.f, self.t0, self.y0, self.dt, self.step = f, t0, y0, dt, step
         self._coeffs: list[torch.Tensor] | None = None
+        self._grad = torch.is_grad_enabled()  # the step's mode, which its extra stages take
 
     def _prepare(self) -> list[torch.Tensor]:
+        """Build (once) the extra stages and the continuous extension's coefficients.
+
+        Returns:
+            The coefficients of the nested form that :meth:`__call__` evaluates (DOP853's ``rcont``).
+        """
+        if torch.is_grad_enabled() == self._grad:
+            coeffs = self._coefficients()
+        else:  # switched only where it differs (no context manager in a traced graph that needs none)
+            with torch.set_grad_enabled(self._grad):
+                coeffs = self._coefficients()
+        self._coeffs = coeffs
+        return coeffs
+
+    def _coefficients(self) -> list[torch.Tensor]:
+        """The three extra stages and the coefficients, in the autograd mode in force."""
         ks = list(self.step.ks)  # 13 stages: 12 + the FSAL derivative at the new point
         for c, a in _EXTRA:
             yi = linear_combination(self.y0, self.dt, a, ks)
@@ -109,7 +135,6 @@ class Dopri8Interpolant(Interpolant):
         coeffs = [dy, ks[0] * h - dy, 2 * dy - (ks[0] + ks[12]) * h]
         for row in _D:
             coeffs.append(linear_combination(None, h, row, ks))
-        self._coeffs = coeffs
         return coeffs
 
     def __call__(self, theta: float | torch.Tensor):
