@@ -276,6 +276,29 @@ class ArgumentError(Exception):
     """Julia's ArgumentError (what the stand-in's JuliaError carries for a bad argument)."""
 
 
+class DimensionMismatch(Exception):
+    """Julia's DimensionMismatch (what callback.jl's ``check_length`` throws)."""
+
+
+def _check_length(out: np.ndarray, n: int, what: str) -> np.ndarray:
+    """julia/callback.jl's ``check_length``: a Python callback's answer must have ``n`` values.
+
+    Args:
+        out: the callback's answer.
+        n: the length Julia expects.
+        what: the callback, for the message.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        JuliaError: holding a DimensionMismatch, when the length differs.
+    """
+    if out.size != n:
+        raise JuliaError(DimensionMismatch(f"the Python {what} returned {out.size} values, expected {n}"), None)
+    return out
+
+
 def _check_output_times(ts: np.ndarray) -> None:
     """bridge.jl's ``prepare``, which ``forward_mlp`` and ``forward_callback`` call first (events too).
 
@@ -407,7 +430,8 @@ class StandinEngine:
             if config.time_reversed:  # bridge.jl: (u, p, s) -> -mlp(u, p, -s)
                 return -mlp_forward(problem, theta, u, -t)[0].reshape(-1, order="F")
             return mlp_forward(problem, theta, u, t)[0].reshape(-1, order="F")
-        return np.asarray(self._from_julia(problem.f)(x.copy(), t), dtype=float)
+        out = np.asarray(self._from_julia(problem.f)(x.copy(), t), dtype=float)
+        return _check_length(out, x.size, "vector field")
 
     def _vjp(self, problem, theta, shape, config, lam, x, t):
         if isinstance(problem, MLPSpec):
@@ -416,7 +440,9 @@ class StandinEngine:
             gu, gp = mlp_vjp(problem, theta, u, sign * t, lm)
             return sign * gu.reshape(-1, order="F"), sign * gp
         out = np.asarray(self._from_julia(problem.vjp)(lam.copy(), x.copy(), t), dtype=float)
-        return out[: problem.n_state], out[problem.n_state :]
+        # callback.jl's TorchCallbacks: n_params = length(θ), the vector Julia was given
+        _check_length(out, x.size + len(theta), "vector-Jacobian product")
+        return out[: x.size], out[x.size :]
 
     def python_exception(self, err: BaseException) -> BaseException | None:
         """The engine interface's unwrapping (JuliaEngine.python_exception), on the stand-in's JuliaError."""

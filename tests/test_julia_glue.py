@@ -165,6 +165,19 @@ def test_float32_parameters_get_float32_gradients():
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in func.parameters())
 
 
+def test_zero_size_parameters_on_the_callback_path():
+    # theta is then empty and the vector-Jacobian product answers N values (the dummy parameter is
+    # for no tensors at all): callback.jl checks its length against N + length(theta).
+    empty = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.7], dtype=torch.float64)
+    sol = _solve(lambda t, y: -y + empty.sum(), y0, t, adjoint_params=(empty,))
+    sol.ys[-1].sum().backward()
+    # y(t) = y0 exp(-t): d sum(y(0.7)) / d y0 = exp(-0.7); the stand-in's DOP853 at 1e-12 tolerances
+    np.testing.assert_allclose(y0.grad.numpy(), np.exp(-0.7) * np.ones(2), rtol=1e-9)
+    assert empty.grad is not None and empty.grad.shape == (0,)
+
+
 def test_adjoint_params_subset_gets_gradients_only_there():
     func = MLPVectorField(_net(2, 2))
     first, *rest = list(func.parameters())
