@@ -20,14 +20,12 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import random
-import resource
-import subprocess
-import sys
-import time
+
+try:
+    from ._rss import rss_growth, table_main
+except ImportError:  # run as a script (python benchmarks/brownian_memory.py): its folder is on sys.path
+    from _rss import rss_growth, table_main
 
 SIZE = (16, 64)
 
@@ -51,31 +49,20 @@ def _run(kind: str, n: int) -> None:
 
 
 def _one(kind: str, n: int) -> dict:
-    _run(kind, 10)  # warm-up: imports, allocator, thread pools
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    _run(kind, n)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mb, seconds = rss_growth(lambda m: _run(kind, m), n)
     queries = n if kind == "tree" else 2 * n
-    return {"kind": kind, "n": n, "mb": (peak - base) / 1024, "us_per_query": 1e6 * seconds / queries}
+    return {"kind": kind, "n": n, "mb": mb, "us_per_query": 1e6 * seconds / queries}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", nargs=2, metavar=("KIND", "N"), help="one measurement: tree|seq|seq-st and n")
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(_one(args.one[0], int(args.one[1]))))
-        return
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    for kind in ("tree", "seq", "seq-st"):
-        for n in (1000, 10000):
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", kind, str(n)], env=env, capture_output=True, text=True, check=True
-            )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{r['kind']:7s} n={r['n']:>6d}  +{r['mb']:7.1f} MB  {r['us_per_query']:8.1f} us/query", flush=True)
+    table_main(
+        __file__,
+        __doc__.splitlines()[0],
+        "one measurement: tree|seq|seq-st and n",
+        _one,
+        [(kind, n) for kind in ("tree", "seq", "seq-st") for n in (1000, 10000)],
+        lambda r: f"{r['kind']:7s} n={r['n']:>6d}  +{r['mb']:7.1f} MB  {r['us_per_query']:8.1f} us/query",
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,10 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import resource
-import subprocess
-import sys
-import time
+try:
+    from ._rss import rss_growth, table_main
+except ImportError:  # run as a script (python benchmarks/sde_memory.py): its folder is on sys.path
+    from _rss import rss_growth, table_main
 
 
 def _solve(kind: str, n: int) -> None:
@@ -54,29 +51,19 @@ def _solve(kind: str, n: int) -> None:
 
 
 def _one(kind: str, n: int) -> dict:
-    _solve(kind, 10)  # warm-up: imports, allocator, thread pools
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    _solve(kind, n)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"kind": kind, "n": n, "mb": (peak - base) / 1024, "us_per_step": 1e6 * seconds / n}
+    mb, seconds = rss_growth(lambda m: _solve(kind, m), n)
+    return {"kind": kind, "n": n, "mb": mb, "us_per_step": 1e6 * seconds / n}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", nargs=2, metavar=("KIND", "N"), help="one measurement: no_grad|adjoint and steps")
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(_one(args.one[0], int(args.one[1]))))
-        return
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    for kind, n in [("no_grad", 1000), ("no_grad", 10000), ("no_grad", 100000), ("adjoint", 1000), ("adjoint", 10000)]:
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", kind, str(n)], env=env, capture_output=True, text=True, check=True
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['kind']:8s} n={r['n']:>6d}  +{r['mb']:7.1f} MB  {r['us_per_step']:8.1f} us/step", flush=True)
+    table_main(
+        __file__,
+        __doc__.splitlines()[0],
+        "one measurement: no_grad|adjoint and steps",
+        _one,
+        [("no_grad", 1000), ("no_grad", 10000), ("no_grad", 100000), ("adjoint", 1000), ("adjoint", 10000)],
+        lambda r: f"{r['kind']:8s} n={r['n']:>6d}  +{r['mb']:7.1f} MB  {r['us_per_step']:8.1f} us/step",
+    )
 
 
 if __name__ == "__main__":
