@@ -21,6 +21,26 @@ def _net() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
 
 
+def _problem(decreasing: bool = False):
+    """B samples of an MLP field on (y, t), each on its own time scale ``SCALE``, and their states.
+
+    Args:
+        decreasing: the output times from 1.5 down to 0 instead of up.
+
+    Returns:
+        ``(f, net, y0, t)``: the field, its network, y0 of shape (B, 3) (drawn after the network's seed)
+        and 7 output times over [0, 1.5].
+    """
+    net = _net()
+
+    def f(t, y):
+        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
+
+    y0 = torch.randn(B, 3, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    return f, net, y0, t.flip(0) if decreasing else t
+
+
 def _torchode(f, y0, t, pair, rtol, atol, *, dt_max=None, dt0=None, through_steps=False, gains=None):
     term = to.ODETerm(f)
     if gains is None:
@@ -38,14 +58,7 @@ def _torchode(f, y0, t, pair, rtol, atol, *, dt_max=None, dt0=None, through_step
 @pytest.mark.parametrize("pair", ["dopri5", "tsit5"])
 @pytest.mark.parametrize("decreasing", [False, True])
 def test_same_steps_and_outputs_as_torchode(pair, decreasing):
-    net = _net()
-
-    def f(t, y):
-        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
-
-    y0 = torch.randn(B, 3, dtype=torch.float64)
-    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
-    t = t.flip(0) if decreasing else t
+    f, _, y0, t = _problem(decreasing)
     solver = {"dopri5": hn.Dopri5(), "tsit5": hn.Tsit5()}[pair]
     with torch.no_grad():
         for rtol, atol in ((1e-4, 1e-6), (1e-8, 1e-10)):
@@ -59,13 +72,7 @@ def test_same_steps_and_outputs_as_torchode(pair, decreasing):
 
 
 def test_first_and_max_step_as_torchodes_dt0_and_dt_max():
-    net = _net()
-
-    def f(t, y):
-        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
-
-    y0 = torch.randn(B, 3, dtype=torch.float64)
-    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    f, _, y0, t = _problem()
     with torch.no_grad():
         ref = _torchode(f, y0, t, to.Dopri5, 1e-6, 1e-8, dt_max=0.05, dt0=0.01)
         ctrl = hn.PIDController(rtol=1e-6, atol=1e-8, first_step=0.01, max_step=0.05, per_sample=True)
@@ -77,14 +84,7 @@ def test_first_and_max_step_as_torchodes_dt0_and_dt_max():
 @pytest.mark.parametrize("decreasing", [False, True])
 def test_a_first_step_per_sample_as_torchodes_dt0_tensor(decreasing):
     """torchode's ``dt0`` may be a tensor of one first step per sample; ours takes the same tensor."""
-    net = _net()
-
-    def f(t, y):
-        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
-
-    y0 = torch.randn(B, 3, dtype=torch.float64)
-    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
-    t = t.flip(0) if decreasing else t
+    f, _, y0, t = _problem(decreasing)
     dt0 = torch.logspace(-4.0, -1.5, B, dtype=torch.float64)  # first steps 1e-4 to 0.03
     with torch.no_grad():
         ref = _torchode(f, y0, t, to.Dopri5, 1e-6, 1e-8, dt0=-dt0 if decreasing else dt0)
@@ -100,13 +100,7 @@ def test_a_first_step_per_sample_as_torchodes_dt0_tensor(decreasing):
 def test_a_first_step_above_max_step_is_clamped_to_it():
     """first_step is clamped to max_step as every step is: the solve is the one from first_step =
     max_step (torchode takes a dt0 above dt_max as its first step; 8.6e-7 apart here, docs/solvers.md)."""
-    net = _net()
-
-    def f(t, y):
-        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
-
-    y0 = torch.randn(B, 3, dtype=torch.float64)
-    t = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    f, _, y0, t = _problem()
     with torch.no_grad():
         sols = [
             hn.solve(
@@ -124,13 +118,8 @@ def test_a_first_step_above_max_step_is_clamped_to_it():
 def test_gradients_are_torchodes_with_the_steps_held_fixed():
     """Our step sizes are constants of the graph, torchode's ``backprop_through_step_size_control=False``;
     its default also differentiates the step-size formula (here up to 2e-6 relative apart)."""
-    net = _net()
-
-    def f(t, y):
-        return SCALE[:, None] * net(torch.cat([y, t[:, None]], 1))
-
+    f, net, y0, _ = _problem()
     t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
-    y0 = torch.randn(B, 3, dtype=torch.float64)
     ya, yb = y0.clone().requires_grad_(), y0.clone().requires_grad_()
     ref = _torchode(f, ya, t, to.Tsit5, 1e-6, 1e-8)
     g_ref = torch.autograd.grad(ref.ys.pow(2).sum(), [ya, *net.parameters()])
