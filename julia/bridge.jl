@@ -3,8 +3,10 @@
 """
 Result of a forward solve. `ys` is `(D, B, T)`; `back` is the Zygote pullback of the solve;
 the statistics come from the solution's `DEStats`. `t_final` is the last time of the returned
-solution, which SciMLSensitivity sets to `ts[end]` even after a failure; `t_reached` is the time the
-solver really reached and `state_finite` whether the state there is finite (see `reached_time`).
+solution, which SciMLSensitivity sets to `ts[end]` even after a failure (BacksolveAdjoint: the time
+where the solver stopped, saved after the output times reached since `save_end = true` is passed);
+`t_reached` is the time the solver really reached and `state_finite` whether the state there is
+finite (see `reached_time`).
 """
 struct ForwardResult
     ys::Array{Float64, 3}

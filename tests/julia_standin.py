@@ -16,7 +16,8 @@ SciMLBase sensitivity_solution; OrdinaryDiffEqCore solve!; PythonCall JlWrap/bas
   ``cur_time`` counts down), whatever the direction of time. BacksolveAdjoint keeps the order of ``ts``.
 - Failures. No retcode check happens before ``sol(ts)``: the states past the failure are the
   interpolation's extrapolation, and ``sensitivity_solution`` sets ``sol.t = ts``, so the solution's
-  last time (``t_final``) is ``max(ts)``. BacksolveAdjoint returns only the output times reached.
+  last time (``t_final``) is ``max(ts)``. BacksolveAdjoint returns the output times reached and,
+  after them, the point where the solver stopped (``save_end = true`` is passed explicitly).
   ``t_reached`` is what HybridNODE's bridge.jl reports from a plain re-solve (the integrator's time).
 - Step-size underflow. OrdinaryDiffEq's default ``dtmin`` is 0 (OrdinaryDiffEqCore src/solve.jl),
   so a step size driven to nothing ends in SciMLBase ``check_error``'s ``dt_epsilon`` branch: a
@@ -504,6 +505,12 @@ class StandinEngine:
         else:
             direction = np.sign(ts[-1] - ts[0])
             saved = ts if success else ts[direction * ts <= direction * reached]
+            if not success and saved[-1] != reached:
+                # concrete_solve.jl passes save_end = true as a Bool, so postamble!'s
+                # solution_endpoint_match_cur_integrator! (OrdinaryDiffEqCore
+                # src/integrators/integrator_utils.jl:540, `save_end_user isa Bool && save_end_user`)
+                # also saves the state where the solver stopped: sol.t ends there, not at an output time.
+                saved = np.append(saved, reached)
         ys = np.stack([dense(t) for t in saved], axis=-1) if len(saved) else np.zeros((x0.size, 0))
         ys = ys.reshape(shape + (len(saved),), order="F")
         njev = getattr(solver, "njev", 0)

@@ -695,6 +695,20 @@ def test_standin_extrapolates_and_reports_the_last_output_time_after_a_failure()
     assert out.t_final == 100.0 and out.t_reached < 10.0
 
 
+def test_standin_backsolve_keeps_the_point_where_a_failed_solve_stopped():
+    # BacksolveAdjoint solves with saveat and save_end = true (a Bool, concrete_solve.jl), so after a
+    # failure OrdinaryDiffEqCore also saves the state where the solver stopped
+    # (solution_endpoint_match_cur_integrator!): sol.t is the output times reached, then that point.
+    problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
+    config = dataclasses.replace(_dp5_config(maxiters=5), sensitivity="BacksolveAdjoint")
+    ts = np.array([0.0, 1e-3, 10.0, 100.0])
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), ts, config)
+    assert not out.success and out.retcode == "MaxIters"
+    assert 1e-3 < out.t_reached < 10.0 and out.t_final == out.t_reached
+    # the states at 0, 1e-3 and the stopping point of y' = -y (DOP853 at rtol 1e-8)
+    np.testing.assert_allclose(out.ys[0, 0], np.exp(-np.array([0.0, 1e-3, out.t_reached])), rtol=1e-6)
+
+
 class Boom(Exception):
     pass
 

@@ -371,8 +371,9 @@ class ForwardOutput:
         success: the solve reached the last time.
         retcode: the solver's return code.
         t_final: the last time of the returned solution. Upstream sets it to ``ts[end]`` even after a
-            failure (the states past the failure are the interpolation's extrapolation), so it is
-            kept for diagnosis only.
+            failure (the states past the failure are the interpolation's extrapolation; with
+            BacksolveAdjoint the solution ends where the solver stopped instead), so it is kept
+            for diagnosis only.
         stats: work counters.
         t_reached: the time the solver really reached (``ts[end]`` on success; on failure found by
             the engine from the solver itself). This is what :class:`SolverError` reports.
