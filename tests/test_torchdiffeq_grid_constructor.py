@@ -69,10 +69,12 @@ def test_backwards_in_time_the_constructor_sees_the_users_times():
     assert float(ys[-1]) == pytest.approx((1 + 1.3) * (1 + 1.7))  # Euler's steps backwards: 3 -> 1.7 -> 0
 
 
-def test_euler_gradient_is_the_discrete_one():
-    def gc(f, y0, t):
-        return torch.linspace(float(t[0]), float(t[-1]), 11)
+def _growth_by_euler_adjoint(gc):
+    """x' = x from x(0) = 1 (a leaf) to t = 1 by Euler on the grid of ``gc``, through ``odeint_adjoint``.
 
+    Returns:
+        ``(x0, xs)``: the initial state and the states at 0 and 1.
+    """
     x0 = torch.tensor(1.0, requires_grad=True)
     xs = hn.odeint_adjoint(
         lambda t, x: x,
@@ -82,6 +84,14 @@ def test_euler_gradient_is_the_discrete_one():
         options={"grid_constructor": gc},
         adjoint_params=(),
     )
+    return x0, xs
+
+
+def test_euler_gradient_is_the_discrete_one():
+    def gc(f, y0, t):
+        return torch.linspace(float(t[0]), float(t[-1]), 11)
+
+    x0, xs = _growth_by_euler_adjoint(gc)
     xs[1].backward()
     assert float(x0.grad) == pytest.approx((1 + 1 / 10) ** 10, rel=1e-5)  # Euler's (1 + h)^N
 
@@ -90,14 +100,6 @@ def test_a_forward_ordered_grid_in_the_adjoint_pass_is_refused():
     def gc(f, y0, t):
         return torch.linspace(0.0, 1.0, 5)  # ignores t: wrong in the adjoint pass
 
-    x0 = torch.tensor(1.0, requires_grad=True)
-    xs = hn.odeint_adjoint(
-        lambda t, x: x,
-        x0,
-        torch.tensor([0.0, 1.0]),
-        method="euler",
-        options={"grid_constructor": gc},
-        adjoint_params=(),
-    )
+    _, xs = _growth_by_euler_adjoint(gc)
     with pytest.raises(ValueError, match="t.i - 1:i . 1..flip"):
         xs[1].backward()
