@@ -161,6 +161,26 @@ linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
         @test 0.0 < r.t_reached < 50.0
     end
 
+    @testset "BacksolveAdjoint's solution ends where a failed solve stopped" begin
+        # concrete_solve passes save_end = true as a Bool, so OrdinaryDiffEqCore saves the point
+        # where the solver stopped after the output times reached (the stand-in engine assumes it).
+        ts = [0.0, 1.0, 50.0]
+        r = forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = "Tsit5",
+                        sensitivity = "BacksolveAdjoint", maxiters = 5, TOL...)
+        @test !r.success && r.t_final == r.t_reached < 1.0
+        @test size(r.ys, 3) == 2  # u(0) and the state at t_reached
+    end
+
+    @testset "fixed RK4 steps stop at upstream's default maxiters" begin
+        # maxiters = anyadaptive(alg) ? 1000000 : typemax(Int) (OrdinaryDiffEqCore solve.jl): RK4
+        # can adapt, so even with adaptive = false it stops after 10^6 steps (t = 0.1 here). The
+        # Python side sends an explicit limit for that reason.
+        ts = [0.0, 0.2]
+        r = forward_mlp(linear_mlp()..., θA, U0, ts; algorithm = "RK4",
+                        sensitivity = "GaussAdjoint", dt = 1e-7, fixed_step = true, TOL...)
+        @test !r.success && occursin("MaxIters", r.retcode) && abs(r.t_reached - 0.1) < 1e-7
+    end
+
     @testset "a step-size underflow is Unstable with a finite state" begin
         # u' = u², u(0) = 1 blows up at t = 1. With the default dtmin = 0, SciMLBase's check_error
         # ends it in its dt_epsilon branch (a rejected step with dt <= eps(t): ReturnCode.Unstable,
