@@ -133,8 +133,8 @@ def passes(field: torch.nn.Module, batch: int, dim: int, rounds: int) -> None:
         y = torch.randn(shape, dtype=torch.float64)
         term = Term(field, y, torch.float64)
         settings = linalg.JacobianSettings(mode)
-        linalg.jacobian_and_time_derivative(term, 0.3, y, settings)  # the first, separate df/dt
-        assert term in linalg._FOLLOWS_TIME
+        route = linalg.jacobian_and_time_derivative(term, 0.3, y, settings)[3]  # the first, separate df/dt
+        assert route.follows
 
         def jacobian(term=term, y=y, settings=settings):
             return linalg.block_jacobian(term, 0.3, y, settings)
@@ -143,8 +143,8 @@ def passes(field: torch.nn.Module, batch: int, dim: int, rounds: int) -> None:
             f0, _ = linalg.block_jacobian(term, 0.3, y, settings)
             return linalg._exact_time_derivative(term, term, 0.3, y)
 
-        def combined(term=term, y=y, settings=settings):
-            return linalg.jacobian_and_time_derivative(term, 0.3, y, settings)
+        def combined(term=term, y=y, settings=settings, route=route):
+            return linalg.jacobian_and_time_derivative(term, 0.3, y, settings, route=route)
 
         def plain(term=term, y=y):
             return term(0.3, y)

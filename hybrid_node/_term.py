@@ -188,25 +188,32 @@ class Term:
         self._checked = False
         self._np_dtype = np.float32 if t_dtype == torch.float32 else np.float64
         self.callbacks: StepCallbacks | None = None
-        # a 0-d zero carrying a forward-mode tangent, added to every time this term hands to func
-        # while set: how :func:`~hybrid_node.solvers.linalg.time_derivative` differentiates in t
-        self.time_seed: torch.Tensor | None = None
         if callbacks:
             found = StepCallbacks(
                 func, "", lambda s: -s if reverse else s, layout.unflatten if layout else lambda y: y, y0.device
             )
             self.callbacks = found if found else None
 
-    def time(self, t: float, perturb: int = 0) -> torch.Tensor:
-        """The user-facing time tensor for solver time ``t``; ``perturb`` = +1/-1 moves one ulp."""
+    def time(self, t: float, perturb: int = 0, seed: torch.Tensor | None = None) -> torch.Tensor:
+        """The user-facing time tensor for solver time ``t``.
+
+        Args:
+            t: the solver time.
+            perturb: +1/-1 moves the time one ulp later/earlier in solver time (a one-sided limit).
+            seed: a 0-d zero in solver time added to the time, the input through which
+                :func:`~hybrid_node.solvers.linalg.time_derivative` differentiates in t; None: none.
+
+        Returns:
+            A 0-d tensor of ``t_dtype`` on the state's device.
+        """
         tt = -t if self.reverse else t
         if perturb:
             direction = perturb * (-1 if self.reverse else 1)
             tt = float(np.nextafter(self._np_dtype(tt), self._np_dtype(math.inf * direction)))
         # a fill kernel, not a host-to-device copy: no synchronisation with the GPU per stage
         out = torch.full((), tt, dtype=self.t_dtype, device=self.device)
-        if self.time_seed is not None:  # adding a zero keeps the value; user time runs against solver time reversed
-            out = out - self.time_seed if self.reverse else out + self.time_seed
+        if seed is not None:  # adding a zero keeps the value; user time runs against solver time reversed
+            out = out - seed if self.reverse else out + seed
         return out
 
     @property
@@ -218,9 +225,10 @@ class Term:
         """This field for one step that ends at a jump at solver time ``end``: see :class:`LeftLimit`."""
         return LeftLimit(self, end)
 
-    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0, seed: torch.Tensor | None = None) -> torch.Tensor:
+        """The field in solver time at (t, y); ``perturb`` and ``seed`` as in :meth:`time`."""
         self.nfe += 1
-        tt = self.time(t, perturb)
+        tt = self.time(t, perturb, seed)
         if self._checked:
             out = apply_field(self.func, self.layout, tt, y)
         else:
@@ -261,11 +269,11 @@ class LeftLimit:
         object.__setattr__(self, "_term", term)
         object.__setattr__(self, "_end", end)
 
-    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0, seed: torch.Tensor | None = None) -> torch.Tensor:
         end = self._end
         if not perturb and t >= end - 8 * _EPS * max(1.0, abs(end)):
             t, perturb = end, -1  # a stage at the step's end (t0 + 1.0 * dt may be off by an ulp)
-        return self._term(t, y, perturb)
+        return _evaluate(self._term, t, y, perturb, seed)
 
     def __getattr__(self, name: str):
         # layout, reverse, time, t_dtype, ...: the term's (read by the implicit solvers)
@@ -341,11 +349,18 @@ class OpenInterval(LeftLimit):
         super().__init__(term, end)
         object.__setattr__(self, "_start", start)
 
-    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0, seed: torch.Tensor | None = None) -> torch.Tensor:
         start = self._start
         if not perturb and t <= start + 8 * _EPS * max(1.0, abs(start)):
-            return self._term(start, y, 1)  # a stage at the step's start (c = 0), or the Jacobian there
-        return super().__call__(t, y, perturb)
+            # a stage at the step's start (c = 0), or the Jacobian there
+            return _evaluate(self._term, start, y, 1, seed)
+        return super().__call__(t, y, perturb, seed)
+
+
+def _evaluate(term, t: float, y: torch.Tensor, perturb: int, seed: torch.Tensor | None) -> torch.Tensor:
+    """``term(t, y, perturb)``, with the time seed where one is given: only a :class:`Term` takes one
+    (an adjoint's augmented term, which a view may wrap too, takes its time as a number)."""
+    return term(t, y, perturb) if seed is None else term(t, y, perturb, seed=seed)
 
 
 def check_derivative(

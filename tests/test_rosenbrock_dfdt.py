@@ -40,7 +40,7 @@ def test_time_derivative_is_exact(t):
     y = torch.tensor([[0.4, -0.7], [1.1, 0.2]], dtype=F64)
     term = Term(_field, y, F64)
     f0 = term(t, y)
-    exact = linalg.time_derivative(term, t, y, f0)
+    exact, _ = linalg.time_derivative(term, t, y, f0)
     # one evaluation in float64: the analytic formula's own rounding, a few eps
     assert _rel(exact, _field_dt(t, y)) < 10 * EPS
     # the forward difference it replaces: sqrt(eps) truncation and rounding (1.7e-9 to 6.7e-7 here)
@@ -54,9 +54,9 @@ def test_time_derivative_keeps_its_graph_in_the_parameters():
     term = Term(lambda t, z: torch.sin(w * t) * z, y, F64)
     t = 0.5
     with torch.no_grad():  # inference: exact too, and no graph
-        plain = linalg.time_derivative(term, t, y, term(t, y))
+        plain, _ = linalg.time_derivative(term, t, y, term(t, y))
     assert not plain.requires_grad
-    got = linalg.time_derivative(term, t, y, term(t, y))
+    got, _ = linalg.time_derivative(term, t, y, term(t, y))
     torch.testing.assert_close(plain, got.detach(), rtol=0, atol=0)
     (dw,) = torch.autograd.grad(got.sum(), w)
     expected = (math.cos(1.3 * t) - t * 1.3 * math.sin(1.3 * t)) * 3.0
@@ -67,7 +67,7 @@ def test_time_derivative_backwards_in_time():
     # solver time s = -t and field -f(-s, y): d/ds of it is f_t(-s, y)
     y = torch.tensor([0.4, -0.7], dtype=F64)
     term = Term(_field, y, F64, reverse=True)
-    got = linalg.time_derivative(term, -0.37, y, term(-0.37, y))
+    got, _ = linalg.time_derivative(term, -0.37, y, term(-0.37, y))
     assert _rel(got, _field_dt(0.37, y)) < 10 * EPS
 
 
@@ -78,10 +78,10 @@ def test_time_derivative_keeps_one_sided_limits():
 
     y = torch.tensor([2.0], dtype=F64)
     term = Term(jumpy, y, F64)
-    left = linalg.time_derivative(term, 1.0, y, term(1.0, y))
+    left, _ = linalg.time_derivative(term, 1.0, y, term(1.0, y))
     assert _rel(left, math.cos(1.0) * y) < 10 * EPS
     step = OpenInterval(term, 1.0, 2.0)
-    right = linalg.time_derivative(step, 1.0, y, step(1.0, y))
+    right, _ = linalg.time_derivative(step, 1.0, y, step(1.0, y))
     assert _rel(right, -3.0 * math.sin(1.0) * y) < 10 * EPS
 
 
@@ -93,8 +93,9 @@ def test_time_derivative_under_an_open_forward_ad_level():
     t = 0.8
     with fwAD.dual_level():
         yd = fwAD.make_dual(y, v)
-        primal, tangent = fwAD.unpack_dual(linalg.time_derivative(term, t, yd, term(t, yd)))
-    assert term not in linalg._NO_FORWARD_TIME
+        f_t, route = linalg.time_derivative(term, t, yd, term(t, yd))
+        primal, tangent = fwAD.unpack_dual(f_t)
+    assert route == linalg.TimeRoute(follows=True)
     assert _rel(primal, _field_dt(t, y)) < 10 * EPS
     assert _rel(tangent, _field_dt(t, torch.ones_like(y)) * 2 * y * v) < 10 * EPS
 
@@ -116,19 +117,19 @@ def test_fields_the_transforms_cannot_follow_fall_back_to_the_difference(kind):
     term = Term(field, y, F64)
     t = 0.6
     expected = W * math.cos(W * t) * y**2
-    got = linalg.time_derivative(term, t, y, term(t, y))
+    got, route = linalg.time_derivative(term, t, y, term(t, y))
     # the difference's accuracy (sqrt(eps) truncation and rounding), not the silent zero of the jvp
     assert _rel(got, expected) < 1e-6
-    assert term in linalg._NO_FORWARD_TIME  # remembered: the next steps do not try again
+    assert route == linalg.TimeRoute(unreachable=True)  # handed on: the next steps do not try again
     before = term.nfe
-    linalg.time_derivative(term, t, y, term(t, y))
+    linalg.time_derivative(term, t, y, term(t, y), route)
     assert term.nfe == before + 2  # f0 and the difference's one evaluation
 
 
 def test_a_field_that_ignores_time_gets_an_exact_zero():
     y = torch.tensor([0.4, -0.7], dtype=F64)
     term = Term(lambda t, z: -(z**3), y, F64)
-    assert torch.equal(linalg.time_derivative(term, 0.3, y, term(0.3, y)), torch.zeros_like(y))
+    assert torch.equal(linalg.time_derivative(term, 0.3, y, term(0.3, y))[0], torch.zeros_like(y))
 
 
 # ---------------------------------------------------------------- Rosenbrock solutions
@@ -298,9 +299,9 @@ def test_combined_pass_is_exact(shape, jacobian, batch_dims, reverse):
     settings = linalg.JacobianSettings(jacobian, batch_dims)
     s = -0.37 if reverse else 0.37  # solver time; the user time is 0.37 either way
     first = linalg.jacobian_and_time_derivative(term, s, y, settings)
-    assert term in linalg._FOLLOWS_TIME
+    assert first[3] == linalg.TimeRoute(follows=True)
     before = term.nfe
-    f0, jac, f_t = linalg.jacobian_and_time_derivative(term, s, y, settings)
+    f0, jac, f_t, _ = linalg.jacobian_and_time_derivative(term, s, y, settings, route=first[3])
     assert term.nfe - before == (2 if jacobian == "jacfwd" else 1)  # no separate df/dt evaluation
     # the field is elementwise: its blocks are diagonal, -1 + 2 sin(1.3 t) e^(t/2) y
     sign = -1.0 if reverse else 1.0

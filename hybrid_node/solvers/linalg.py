@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
 from collections.abc import Callable
 
 import torch
@@ -238,17 +237,38 @@ def _user_jacobian(f, jac, t, y, batch, d) -> torch.Tensor:
     return -out if getattr(f, "reverse", False) else out
 
 
-#: terms whose field ``torch.func`` cannot differentiate in t (it raised, or no derivative reached
-#: the output): their later steps go straight to the difference instead of trying again
-_NO_FORWARD_TIME: weakref.WeakSet = weakref.WeakSet()
-#: terms whose field the two-pass df/dt followed (a derivative reached the output): their later
-#: steps take df/dt within the Jacobian's own pass (:func:`jacobian_and_time_derivative`)
-_FOLLOWS_TIME: weakref.WeakSet = weakref.WeakSet()
+@dataclasses.dataclass(frozen=True)
+class TimeRoute:
+    """What a solve has learnt so far about taking df/dt of its field exactly.
+
+    Explicit state, not a property of the field: a Rosenbrock solver starts from :data:`UNPROBED` in
+    ``init`` and hands the value each df/dt returns to its next state, so what one solve learns never
+    reaches another (a restart, e.g. after a ``jump_t``, where the field may be another piece, starts
+    afresh).
+
+    Attributes:
+        follows: an exact df/dt reached the output (:func:`time_derivative`): later steps take it within
+            the Jacobian's own pass (:func:`jacobian_and_time_derivative`).
+        unreachable: ``torch.func`` could not give df/dt (it raised, or no derivative reached the
+            output): later steps go straight to the difference instead of trying again.
+    """
+
+    follows: bool = False
+    unreachable: bool = False
+
+
+#: the route at the start of a solve (or a restart): nothing learnt yet
+UNPROBED = TimeRoute()
 
 
 def jacobian_and_time_derivative(
-    f: Callable, t: float, y: torch.Tensor, settings: JacobianSettings, how: str = "autodiff"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    f: Callable,
+    t: float,
+    y: torch.Tensor,
+    settings: JacobianSettings,
+    how: str = "autodiff",
+    route: TimeRoute = UNPROBED,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TimeRoute]:
     """f(t, y), the blocks of df/dy and df/dt at (t, y): what a Rosenbrock step needs, in one pass where possible.
 
     With ``how="autodiff"`` and the Jacobian modes "jacrev" or "jacfwd", t is one more input of the
@@ -261,11 +281,11 @@ def jacobian_and_time_derivative(
       (the time is shared), so df/dt takes the two reverse passes of :func:`_exact_time_derivative`
       inside the Jacobian's pass, sharing its evaluation and first reverse pass.
 
-    The first step of a term takes the separate route of :func:`time_derivative`, which checks that
-    a derivative in t reaches the output; the combined pass runs only for terms that passed it, and
-    anything ``torch.func`` cannot follow there falls back to the separate route. The other modes
-    ("loop", "fd", a user ``jac``) and ``how="fd"`` keep the separate df/dt (exact by two passes,
-    or the forward difference), ``how="fd"`` always the difference.
+    The first df/dt of a solve (``route`` fresh) takes the separate route of :func:`time_derivative`,
+    which checks that a derivative in t reaches the output; the combined pass runs only once
+    ``route.follows``, and anything ``torch.func`` cannot follow there falls back to the separate
+    route. The other modes ("loop", "fd", a user ``jac``) and ``how="fd"`` keep the separate df/dt
+    (exact by two passes, or the forward difference), ``how="fd"`` always the difference.
 
     Args:
         f: the field in solver form (see :func:`block_jacobian`).
@@ -274,10 +294,12 @@ def jacobian_and_time_derivative(
         settings: the Jacobian settings.
         how: "autodiff" (exact where autograd follows the field, else the difference) or "fd" (the
             forward difference always).
+        route: what this solve has learnt about the field so far (:data:`UNPROBED` at its start).
 
     Returns:
-        ``(f(t, y), J, df/dt)``: as :func:`block_jacobian`, and df/dt in solver time of the state's
-        shape. In grad mode all three keep their graph in the state and the parameters.
+        ``(f(t, y), J, df/dt, route)``: as :func:`block_jacobian`, df/dt in solver time of the state's
+        shape, and what the solve knows after this call (for its next one). In grad mode the three
+        tensors keep their graph in the state and the parameters.
 
     Raises:
         ValueError: ``how`` is not one of :data:`TIME_DERIVATIVE_MODES`.
@@ -290,29 +312,26 @@ def jacobian_and_time_derivative(
         raise ValueError(f"time_derivative must be one of {TIME_DERIVATIVE_MODES}, got {how!r}.")
     term = _base_term(f) if how == "autodiff" else None
     mode = settings.jacobian
-    if term is not None and term in _FOLLOWS_TIME and not callable(mode) and mode in ("jacrev", "jacfwd"):
+    if term is not None and route.follows and not callable(mode) and mode in ("jacrev", "jacfwd"):
         batch, d = system_shape(y, settings.batch_dims)
         combined = _combined_time_jacobian(term, f, t, y, mode, batch, d)
         if combined is not None:
             _count(f)
-            return combined
+            return (*combined, route)
     f0, jac = block_jacobian(f, t, y, settings)
     if how == "fd":
-        return f0, jac, _difference_time_derivative(f, t, y, f0)
-    return f0, jac, time_derivative(f, t, y, f0)
+        return f0, jac, _difference_time_derivative(f, t, y, f0), route
+    f_t, route = time_derivative(f, t, y, f0, route)
+    return f0, jac, f_t, route
 
 
-def _seeded(term: Term, f: Callable, t: float, shape: torch.Size, flat: tuple[int, ...]) -> Callable:
-    """``g(z, s) = f(t + s, z)`` with ``z`` of shape ``flat`` read as ``shape``: the seed ``s`` goes on the
-    term's time (:attr:`~hybrid_node._term.Term.time_seed`), so the one-sided limits are kept."""
+def _seeded(f: Callable, t: float, shape: torch.Size, flat: tuple[int, ...]) -> Callable:
+    """``g(z, s) = f(t + s, z)`` with ``z`` of shape ``flat`` read as ``shape``: the seed ``s`` is an
+    argument of the evaluation, added to the time tensor the term builds
+    (:meth:`~hybrid_node._term.Term.time`), so the one-sided limits are kept."""
 
     def g(z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        term.time_seed = s
-        try:
-            out = f(t, z.reshape(shape))
-        finally:
-            term.time_seed = None
-        return out.reshape(flat)
+        return f(t, z.reshape(shape), seed=s).reshape(flat)
 
     return g
 
@@ -324,7 +343,7 @@ def _combined_time_jacobian(
     :func:`jacobian_and_time_derivative`), or None where ``torch.func`` cannot run the field."""
     flat = batch + (d,)
     ybd = y.reshape(flat)
-    g = _seeded(term, f, t, y.shape, flat)
+    g = _seeded(f, t, y.shape, flat)
     zero = torch.zeros((), dtype=term.t_dtype, device=term.device)
     basis = torch.eye(d, dtype=ybd.dtype, device=ybd.device).reshape((d,) + (1,) * len(batch) + (d,))
     basis = basis.expand((d,) + flat)
@@ -365,7 +384,9 @@ def _rows_and_double_reverse(g, ybd, zero, basis) -> tuple[torch.Tensor, torch.T
     return out, rows, outer(torch.ones_like(zero))[0]
 
 
-def time_derivative(f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+def time_derivative(
+    f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor, route: TimeRoute = UNPROBED
+) -> tuple[torch.Tensor, TimeRoute]:
     """df/dt at (t, y), exact by automatic differentiation where the field allows it, else by a difference.
 
     Exact: one evaluation of the field and two reverse passes (see :func:`_exact_time_derivative`);
@@ -386,9 +407,10 @@ def time_derivative(f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor) ->
       (``t.item()``, ``float(t)``) or detached. The difference is right there (exactly zero for a
       field that ignores t), where the passes would silently give zero.
 
-    The choice is remembered for the term, so a field ``torch.func`` cannot follow costs one extra
-    evaluation per solve; after a term's first exact df/dt the Rosenbrock methods take the later ones
-    within the Jacobian's pass (:func:`jacobian_and_time_derivative`). A field that reads t both ways
+    The choice is returned as a :class:`TimeRoute` that the caller hands to its next call, so a field
+    ``torch.func`` cannot follow costs one extra evaluation per solve (and per restart); after a
+    solve's first exact df/dt the Rosenbrock methods take the later ones within the Jacobian's pass
+    (:func:`jacobian_and_time_derivative`). A field that reads t both ways
     (``torch.sin(t) + math.cos(t.item())``) cannot be told apart: its derivative misses the host
     part, so keep the dependence on t in tensor operations.
 
@@ -406,9 +428,11 @@ def time_derivative(f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor) ->
         t: the solver time.
         y: the state.
         f0: ``f(t, y)``, for the difference.
+        route: what the solve has learnt about the field so far (:data:`UNPROBED` at its start).
 
     Returns:
-        df/dt at (t, y) in solver time, the state's shape.
+        ``(df/dt, route)``: df/dt at (t, y) in solver time, the state's shape, and what the solve
+        knows after this call.
 
     References: Hairer & Wanner, Solving ODEs II, Section IV.7 (the df/dt term of non-autonomous
     Rosenbrock methods); Griewank & Walther, Evaluating Derivatives, 2nd ed., Chapters 3 and 5 (a
@@ -417,13 +441,12 @@ def time_derivative(f: Callable, t: float, y: torch.Tensor, f0: torch.Tensor) ->
     Optimization, Section 5.4.
     """
     term = _base_term(f)
-    if term is not None and term not in _NO_FORWARD_TIME:
+    if term is not None and not route.unreachable:
         exact = _exact_time_derivative(term, f, t, y)
         if exact is not None:
-            _FOLLOWS_TIME.add(term)
-            return exact
-        _NO_FORWARD_TIME.add(term)
-    return _difference_time_derivative(f, t, y, f0)
+            return exact, dataclasses.replace(route, follows=True)
+        route = dataclasses.replace(route, unreachable=True)
+    return _difference_time_derivative(f, t, y, f0), route
 
 
 def _base_term(f: Callable) -> Term | None:
@@ -457,11 +480,7 @@ def _exact_time_derivative(term: Term, f: Callable, t: float, y: torch.Tensor) -
     reached: list[bool] = []
 
     def shifted(seed: torch.Tensor) -> torch.Tensor:
-        term.time_seed = seed
-        try:
-            out = f(t, y)
-        finally:
-            term.time_seed = None
+        out = f(t, y, seed=seed)
         reached.append(out.requires_grad)  # at the seed's level: whether the output depends on it
         return out
 

@@ -34,8 +34,10 @@ from ..interpolation import HermiteInterpolant
 from .base import AbstractSolver, Interpolant
 from .linalg import (
     TIME_DERIVATIVE_MODES,
+    UNPROBED,
     Factorization,
     JacobianSettings,
+    TimeRoute,
     block_jacobian,
     factorize,
     jacobian_and_time_derivative,
@@ -321,11 +323,14 @@ ROS3P_TABLEAU = _ros3p_tableau()
 
 @dataclasses.dataclass(frozen=True)
 class RosenbrockState:
-    """Per-step state: f(t, y), the Jacobian blocks and df/dt at the start of the step."""
+    """Per-step state: f(t, y), the Jacobian blocks and df/dt at the start of the step, and what the
+    solve has learnt so far about taking df/dt of its field (handed on to the next state through the
+    step, see :class:`~hybrid_node.solvers.linalg.TimeRoute`)."""
 
     f0: torch.Tensor
     jac: torch.Tensor
     f_t: torch.Tensor | None
+    time_route: TimeRoute = UNPROBED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +341,7 @@ class RosenbrockStep:
     error: torch.Tensor
     ks: tuple[torch.Tensor, ...]
     f0: torch.Tensor
+    time_route: TimeRoute = UNPROBED
 
 
 def _validate(solver: Rosenbrock | Rosenbrock23) -> None:
@@ -393,12 +399,15 @@ class Rosenbrock(AbstractSolver):
     def error_order(self) -> int:
         return self.tableau.error_order
 
-    def _state(self: Rosenbrock | Rosenbrock23, f, t: float, y: torch.Tensor) -> RosenbrockState:
+    def _state(
+        self: Rosenbrock | Rosenbrock23, f, t: float, y: torch.Tensor, route: TimeRoute = UNPROBED
+    ) -> RosenbrockState:
+        """f, the Jacobian and df/dt at (t, y); ``route``: what the solve knew at its previous state."""
         settings = JacobianSettings(self.jacobian, self.batch_dims)
         if self.autonomous:
             f0, jac = block_jacobian(f, t, y, settings)
-            return RosenbrockState(f0, jac, None)
-        return RosenbrockState(*jacobian_and_time_derivative(f, t, y, settings, self.time_derivative))
+            return RosenbrockState(f0, jac, None, route)
+        return RosenbrockState(*jacobian_and_time_derivative(f, t, y, settings, self.time_derivative, route))
 
     implicit = True
 
@@ -406,7 +415,7 @@ class Rosenbrock(AbstractSolver):
         return state.f0
 
     def init(self, f, t0: float, y0: torch.Tensor) -> RosenbrockState:
-        """State at the start: f, the Jacobian and df/dt at (t0, y0)."""
+        """State at the start: f, the Jacobian and df/dt at (t0, y0), knowing nothing yet of the field."""
         return self._state(f, t0, y0)
 
     def step(self, f, t: float, y: torch.Tensor, state: RosenbrockState, dt: float) -> RosenbrockStep:
@@ -435,11 +444,11 @@ class Rosenbrock(AbstractSolver):
                 y1 = y1 + b * k
             if be != 0.0:
                 error = error + be * k
-        return RosenbrockStep(y1, error, tuple(ks), state.f0)
+        return RosenbrockStep(y1, error, tuple(ks), state.f0, state.time_route)
 
     def next_state(self, f, t1: float, step: RosenbrockStep) -> RosenbrockState:
         """A fresh Jacobian at the accepted point (Rosenbrock methods need the exact one)."""
-        return self._state(f, t1, step.y1)
+        return self._state(f, t1, step.y1, step.time_route)
 
     def interpolant(
         self, f, t0: float, y0: torch.Tensor, dt: float, step: RosenbrockStep, state: RosenbrockState
@@ -494,6 +503,7 @@ class Rosenbrock23Step:
     k1: torch.Tensor
     k2: torch.Tensor
     f0: torch.Tensor
+    time_route: TimeRoute = UNPROBED
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -541,10 +551,10 @@ class Rosenbrock23(AbstractSolver):
             rhs = rhs + tterm
         k3 = lu.solve(rhs)
         error = (dt / 6.0) * (k1 - 2.0 * k2 + k3)
-        return Rosenbrock23Step(y1, error, k1, k2, f0)
+        return Rosenbrock23Step(y1, error, k1, k2, f0, state.time_route)
 
     def next_state(self, f, t1, step) -> RosenbrockState:
-        return Rosenbrock._state(self, f, t1, step.y1)
+        return Rosenbrock._state(self, f, t1, step.y1, step.time_route)
 
     def interpolant(self, f, t0, y0, dt, step: Rosenbrock23Step, state):
         return _Rosenbrock23Interpolant(y0, step.k1, step.k2, dt, self._d)
