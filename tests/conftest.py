@@ -33,6 +33,18 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    """A folder of MNIST-format IDX files: 48 training and 16 test images (``test_mnist_loader.make_split``)."""
+    from test_mnist_loader import make_split  # a test module: imported only where the fixture is used
+
+    root = tmp_path / "idx"
+    root.mkdir()
+    make_split(root, True, 48, seed=1)
+    make_split(root, False, 16, seed=2)
+    return root
+
+
 class TimeMLP(torch.nn.Module):
     """A small time-dependent MLP field, f(t, y) = MLP(y) cos(t)."""
 

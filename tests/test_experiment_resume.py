@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_mnist_loader import make_split
 
 from hybrid_node.cli import main
 from hybrid_node.training.checkpoint import load_checkpoint
@@ -40,15 +39,6 @@ def adam_steps(monkeypatch):
 
     monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
     return calls
-
-
-@pytest.fixture
-def tiny_mnist(tmp_path):
-    root = tmp_path / "idx"
-    root.mkdir()
-    make_split(root, True, 48, seed=1)
-    make_split(root, False, 16, seed=2)
-    return root
 
 
 # Each case: the command line (every model trains a few iterations, checkpointed every 2), the Adam step at

@@ -2,9 +2,7 @@
 
 import json
 
-import pytest
 import torch
-from test_mnist_loader import make_split
 
 from hybrid_node.cli import main
 from hybrid_node.experiments.anode import g1d_data, spheres_data, train_flow
@@ -14,15 +12,6 @@ from hybrid_node.experiments.mnist import (
     count_parameters,
     measure_training_memory,
 )
-
-
-@pytest.fixture
-def tiny_mnist(tmp_path):
-    root = tmp_path / "idx"
-    root.mkdir()
-    make_split(root, True, 48, seed=1)
-    make_split(root, False, 16, seed=2)
-    return root
 
 
 def test_mnist_subcommand_tiny(tiny_mnist, tmp_path):
