@@ -10,6 +10,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 import hybrid_node as hn
+from benchmarks.stiff_problems import HIRES_Y0, hires, robertson, van_der_pol  # the torch problems, written once
 from hybrid_node.nn.cnf_trace import exact_divergence
 from hybrid_node.solvers.esdirk import DirkTableau
 from hybrid_node.solvers.implicit import IMPLICIT_METHODS
@@ -94,38 +95,6 @@ def test_tableaus_check_themselves():
 
 
 # ---------------------------------------------------------------- stiff problems against scipy
-
-
-def robertson(t, y):
-    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
-
-
-def van_der_pol(mu):
-    def f(t, y):
-        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
-
-    return f
-
-
-def hires(t, y):
-    y1, y2, y3, y4, y5, y6, y7, y8 = y.unbind(-1)
-    return torch.stack(
-        [
-            -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
-            1.71 * y1 - 8.75 * y2,
-            -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
-            8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-            -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
-            -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-            280.0 * y6 * y8 - 1.81 * y7,
-            -280.0 * y6 * y8 + 1.81 * y7,
-        ],
-        -1,
-    )
-
-
-HIRES_Y0 = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0057]
 
 
 # The references: the same problems written again in numpy with hand-derived Jacobians, solved by scipy's
