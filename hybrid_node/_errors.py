@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 
 
 class Status(enum.Enum):
@@ -16,11 +17,14 @@ class Status(enum.Enum):
     )
     STEP_UNDERFLOW = (
         "The step size fell below the minimum. The problem may be stiff (try an implicit method such as "
-        "'rodas4' or 'kvaerno5') or the tolerances too tight for the dtype (try float64 or larger rtol/atol)."
+        "'rodas4' or 'kvaerno5'), the field may jump or have a kink here (pass that time in jump_t), or the "
+        "tolerances may be too tight for the dtype (try float64 or larger rtol/atol)."
     )
     NONFINITE = (
-        "The state became NaN or infinite. Check the vector field for overflow, lower the tolerances or the "
-        "first step, or use a stiff solver."
+        "The state became NaN or infinite. Either the vector field returned NaN or inf (a log, sqrt or division out of "
+        "its domain, NaN parameters) or the solution overflowed (a blow-up, or steps too large for a stiff "
+        "problem). Check the field near this time; against overflow lower the tolerances or the first step, or "
+        "use a stiff solver."
     )
     NEWTON_FAILED = (
         "The Newton iteration of the implicit solver did not converge (adaptive steps: even at the minimum "
@@ -46,6 +50,11 @@ class Status(enum.Enum):
     @property
     def message(self) -> str:
         return self.value
+
+    @property
+    def symptom(self) -> str:
+        """The message's first clause (what happened), without the advice on what usually causes it."""
+        return re.split(r"\.\s+(?=[A-Z])", self.value)[0].rstrip(".")  # "e.g. a" does not end a sentence
 
 
 class HybridNodeError(Exception):
@@ -82,13 +91,22 @@ class SolverError(HybridNodeError, RuntimeError):
         self.t = t
         self.detail = detail
         self.cause = cause
-        msg = f"Solve failed at t={t:.6g}: {cause or status.message}"
+        msg = f"Solve failed at t={t:.6g}: " + (f"{status.symptom}. {cause}" if cause else status.message)
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
 
     def __reduce__(self) -> tuple:
-        return type(self), (self.status, self.t, self.detail, self.cause)  # picklable, as CheckpointError
+        # picklable (DataLoader workers, multiprocessing), with the message as it is now: a caller may
+        # have rewritten it (a CNF names its flow time)
+        return _restore_solver_error, (type(self), self.status, self.t, self.detail, self.cause, self.args)
+
+
+def _restore_solver_error(cls: type, status: Status, t: float, detail: str, cause: str, args: tuple) -> SolverError:
+    """A pickled :class:`SolverError` (or subclass) rebuilt with its attributes and its message."""
+    err = cls(status, t, detail, cause)
+    err.args = args
+    return err
 
 
 class CheckpointError(HybridNodeError, ValueError):

@@ -455,7 +455,7 @@ def test_solver_failure_details_name_flow_times():
     # T = 2 block; the fixed-step check reports the first non-finite output (s = 1, t = 0) and the last
     # finite one (s = 0, t = T = 2): both named in the flow's time.
     flow = CNF([_RootAt(0.45)], dim=2, end_time=2.0, solver=CNFSolver(method="rk4", options={"step_size": 0.1}))
-    with pytest.raises(hn.SolverError, match=r"flow time t=0 \(CNF block 0, .*the last finite one is at t=2\)"):
+    with pytest.raises(hn.SolverError, match=r"flow time t=0 \(CNF block 0, .*the last finite one is at t=2;"):
         flow.double().to_base(torch.ones(3, 2, dtype=torch.float64))
 
 

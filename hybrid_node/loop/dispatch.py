@@ -266,7 +266,12 @@ def to_solution(problem: Problem, integration, throw: bool, ys: torch.Tensor | N
         t_bad = problem.ts[bad] if integration.event_t is None else integration.event_t
         if throw:
             sgn = problem.direction
-            detail = f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}"
+            detail = (
+                f"first non-finite output; the last finite one is at t={sgn * problem.ts[bad - 1]:.6g}; fixed steps "
+                "do not stop where it happens: the field returned NaN or inf in between, the step size is too large "
+                "for the problem's stiffness, or the solution blows up; an adaptive method such as 'dopri5' on the "
+                "same problem stops where it happens and names the cause"
+            )
             if earliest.dim() > 0:  # name the problem of the vmap batch that failed first
                 failed = int((earliest < len(ys)).sum())
                 detail += "; " + which_member(int(earliest.argmin()), tuple(earliest.shape), failed)

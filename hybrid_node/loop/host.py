@@ -24,6 +24,7 @@ from .compiled_step import compiled_attempt
 from .core import _EPS as _EPS
 from .core import _STRETCH as _STRETCH
 from .core import FLOAT, RUNNING
+from .diagnose import failure_cause
 
 if TYPE_CHECKING:
     from ..sensitivity._backward import AugmentedTerm
@@ -136,9 +137,9 @@ class Integration:
         return self.finite and ys is self.stacked
 
 
-def _fail(status: Status, t: float, throw: bool, term: Term | AugmentedTerm, detail: str = ""):
+def _fail(status: Status, t: float, throw: bool, term: Term | AugmentedTerm, detail: str = "", cause: str = ""):
     if throw:
-        raise SolverError(status, -t if term.reverse else t, detail)
+        raise SolverError(status, -t if term.reverse else t, detail, cause)
 
 
 def _pad_failed(ys: list[torch.Tensor], n: int, like: torch.Tensor) -> list[torch.Tensor]:
@@ -407,7 +408,8 @@ def integrate_adaptive(
 
     def failed(code: int, detail: str) -> Integration:
         status = core.STATUS[code]
-        _fail(status, t, throw, term, detail)
+        if throw:  # the field or the solution as the cause, where one look at the state tells
+            _fail(status, t, throw, term, detail, failure_cause(status, term, t, y, y0))
         take_counters(stats, term)  # a failed solve reports its work too
         return Integration(_pad_failed(ys, len(ts), y0), stats, status, t)
 

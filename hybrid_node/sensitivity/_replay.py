@@ -26,6 +26,7 @@ from .._solution import Stats
 from ..controllers import ConstantStepSize, PIDController, error_ratio
 from ..loop import core
 from ..loop.core import FLOAT, RUNNING
+from ..loop.diagnose import failure_cause
 from ..loop.host import first_step, settle_failure
 from ._backward import resolve_params
 
@@ -150,7 +151,9 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool
                             dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, nonfinite, ts[0])
                             if code != RUNNING:
                                 code, detail = settle_failure(code, step, solver, c, step_dt, dt)
-                                raise SolverError(core.STATUS[code], -t if problem.reverse else t, detail)
+                                status = core.STATUS[code]
+                                cause = failure_cause(status, term, t, y, y0) if throw else ""
+                                raise SolverError(status, -t if problem.reverse else t, detail, cause)
                     outputs.append(y)
                     counts.append(len(steps))
             except SolverError as err:

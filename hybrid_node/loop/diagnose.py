@@ -1,0 +1,121 @@
+"""Why an adaptive solve failed: the field itself, or the solution, named from the state where it stopped.
+
+The step-size controller reports a failure by its symptom: the steps shrank to the time's resolution
+with a non-finite trial state (NONFINITE) or an error that would not come down (STEP_UNDERFLOW).
+The symptom's generic advice (tolerances, stiffness) is wrong for the two most frequent causes,
+which one look at the state where the solve stopped tells apart:
+
+* the field returns NaN or inf at a finite state just past ``t`` (a log or sqrt out of its
+  domain, a division by zero, a NaN parameter): no step size can help, the field must;
+* the state has grown by many orders of magnitude from ``y0``: a finite-time blow-up (as
+  ``y' = y^2`` at ``t = 1/y0``), which no solver integrates past.
+
+Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I* (2nd ed., 1993), Sec. II.4
+(step-size control) and Sec. I.7 (finite-time blow-up of ``y' = y^2``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._errors import Status
+
+_EPS = float(torch.finfo(torch.float64).eps)  # the solver's times are float64 host numbers
+
+#: growth of max|y| over max(1, max|y0|) from which a failure is put down to a blow-up
+BLOWUP_GROWTH = 1e6
+
+
+def failure_cause(status: Status, term, t: float, y: torch.Tensor, y0: torch.Tensor) -> str:
+    """The cause and fix of a NONFINITE or STEP_UNDERFLOW failure at solver time ``t``, or "".
+
+    Calls the field once at the right limit of ``t`` (not counted in the solve's evaluations),
+    without a graph; a field that raises there gives no diagnosis.
+
+    Args:
+        status: the failure (other statuses give "").
+        term: the wrapped field ``term(t, y, perturb)`` the loop integrated (solver time).
+        t: the solver time where the solve stopped; y: the state there (the last accepted one).
+        y0: the initial state, for the growth of the state.
+
+    Returns:
+        A sentence naming the cause and a fix, shown in place of the status's generic advice; "" when
+        neither cause is found.
+    """
+    if status not in (Status.NONFINITE, Status.STEP_UNDERFLOW) or not bool(torch.isfinite(y).all()):
+        return ""
+    sign = -1.0 if getattr(term, "reverse", False) else 1.0
+    user_t = sign * t
+    if status is Status.NONFINITE:
+        what, t_bad = _nonfinite_field(term, t, y)
+        if what and _is_backward(term):
+            return (
+                f"The backward (adjoint) solve's field returned {what} at t={sign * t_bad:.10g} on a finite state: "
+                "the field's vector-Jacobian products are not finite there (e.g. sqrt, log or a power at the edge "
+                "of its domain, whose derivative is infinite, or a custom backward returning NaN), so no step size, "
+                "tolerance or solver can help. Keep the field differentiable along the solution (e.g. clamp the "
+                "argument away from the edge of its domain)."
+            )
+        if what:
+            return (
+                f"The vector field returned {what} at t={sign * t_bad:.10g} on a finite state: the field itself is "
+                "not finite there, so no step size, tolerance or solver can help. Look for a log, sqrt, power or "
+                "division whose argument leaves its domain near this time, or NaN/inf parameters; keep the field "
+                "finite (e.g. clamp the argument into its domain) or end the solve before this time."
+            )
+    scale = max(1.0, float(y0.detach().abs().max())) if y0.numel() else 1.0
+    size = float(y.detach().abs().max()) if y.numel() else 0.0
+    if size > BLOWUP_GROWTH * scale:
+        return (
+            f"The solution grows without bound near t={user_t:.6g} (max|y| = {size:.3g}, from {scale:.3g} at the "
+            "start): a finite-time blow-up, which no solver integrates past. End the solve before this time, or "
+            "change the model (e.g. bound the field's growth)."
+        )
+    return ""
+
+
+def _is_backward(term) -> bool:
+    """Whether ``term`` is an adjoint's augmented field (its values are vector-Jacobian products)."""
+    from ..sensitivity._backward import AugmentedTerm  # the sensitivity package imports the loops
+
+    return isinstance(term, AugmentedTerm)
+
+
+def _nonfinite_field(term, t: float, y: torch.Tensor) -> tuple[str, float]:
+    """("NaN" or "inf", the solver time) where the field is not finite at ``y`` just past ``t``, else ("", t).
+
+    The last rejected steps spanned a few ulps of ``t`` at most (the steps shrank to the time's
+    resolution), so the field is looked at on ``t``'s right limit and 2, 4, ..., 64 ulps past it,
+    and at the step of a forward difference for df/dt (sqrt(eps) * max(1, |t|), as the Rosenbrock
+    methods take it where autograd cannot), which sees the field past the step.
+    """
+    counted = [getattr(term, k, None) for k in ("nfe", "n_jacobian")]
+    scale = max(1.0, abs(t))
+    offsets = [0.0] + [2**k * _EPS * scale for k in range(1, 7)] + [math.sqrt(_EPS) * scale]
+    try:
+        with torch.no_grad():
+            for dt in offsets:
+                what = _nonfinite(term(t, y.detach(), 1) if dt == 0.0 else term(t + dt, y.detach()))
+                if what:
+                    return what, t + dt
+    except Exception:  # the field raising here is not the failure being explained
+        return "", t
+    finally:
+        for name, value in zip(("nfe", "n_jacobian"), counted):
+            if value is not None:
+                setattr(term, name, value)
+    return "", t
+
+
+def _nonfinite(f) -> str:
+    """ "NaN" or "inf" where a field's value (a tensor or a tuple of them) holds one, else ""."""
+    parts = f if isinstance(f, (tuple, list)) else (f,)
+    if not all(isinstance(p, torch.Tensor) for p in parts):
+        return ""
+    if any(bool(torch.isnan(p).any()) for p in parts):
+        return "NaN"
+    if any(bool(torch.isinf(p).any()) for p in parts):
+        return "inf"
+    return ""
