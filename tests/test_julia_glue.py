@@ -459,6 +459,14 @@ def test_output_grids_without_step_size_have_no_step_limit_as_on_torch():
     dt, maxiters, fixed = jb.resolve_options(None, "RK4", ts)
     assert fixed and maxiters == 10**6 + 2 == jb.fixed_grid_steps(ts, dt)
     assert jb.resolve_options(None, "RK4", np.linspace(0.0, 1.0, 11))[1] == 10**6
+    # the torch backend solves the whole output grid whatever max_num_steps; Julia stopped after 5
+    t = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64)
+    on_torch = hn.odeint(lambda t, y: -y, y0, t, method="euler", options={"max_num_steps": 5})
+    on_julia = _solve(lambda t, y: -y, y0, t, method="euler", options={"max_num_steps": 5}).ys
+    # Euler on the grid: y_i = 0.9**i exactly on torch; the stand-in integrates y' = -y (DOP853)
+    np.testing.assert_allclose(on_torch.flatten().numpy(), 0.9 ** np.arange(11), rtol=1e-12)
+    np.testing.assert_allclose(on_julia.flatten().numpy(), np.exp(-t.numpy()), rtol=1e-9)
 
 
 # ---------------------------------------------------------------- error paths

@@ -339,17 +339,16 @@ def _fixed_step_limit(ts: np.ndarray, dt: float, maxiters: int | None, has_step_
         has_step_size: ``dt`` is the user's ``step_size`` (not the output grid's largest gap).
 
     Returns:
-        The user's ``max_num_steps``; else 10^6, or the number of steps of the output grid when that
-        is larger and no ``step_size`` was given (the torch backend steps on the output times
-        without a limit).
+        The user's ``max_num_steps``, else 10^6; without ``step_size`` at least the number of steps
+        of the output grid (the torch backend steps on the output times whatever ``max_num_steps``).
 
     Raises:
         ValueError: the grid has more steps than the limit (the message says how to allow them).
     """
     n = fixed_grid_steps(ts, dt)
-    if maxiters is None and not has_step_size:
-        return max(DEFAULT_MAX_STEPS, n)
     limit = DEFAULT_MAX_STEPS if maxiters is None else maxiters
+    if not has_step_size:
+        return max(limit, n)
     if n > limit:
         span = float(np.max(ts) - np.min(ts))
         raise ValueError(
