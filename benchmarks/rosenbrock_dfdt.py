@@ -9,17 +9,20 @@ shuffled interleaved rounds, so the load of a shared machine hits them alike::
 
 ``after-fd`` is this checkout with ``time_derivative="fd"``. Both a no-grad solve and a solve in
 grad mode (the graph direct backpropagation would use, without the backward pass) are timed.
-Prints the median milliseconds per step and each median's ratio to this checkout's.
+Prints the median milliseconds per step and each median's ratio to this checkout's. ``--forms`` times
+instead the ways df/dt of the batched field could be taken (see :func:`forms`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import random
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -67,9 +70,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--dim", type=int, default=2)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--forms", action="store_true", help="time the formulations of a batched df/dt only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.forms:
+        forms(args.batch, args.dim, args.width, args.rounds)
+        return
     packages = {"after": hybrid_node}
     for item in args.checkout:
         label, _, path = item.partition("=")
@@ -156,6 +163,90 @@ def passes(field: torch.nn.Module, batch: int, dim: int, rounds: int) -> None:
     for case in cases:
         cells = [f"{name} {1e2 * statistics.median(times[(c, name)]):.2f}" for c, name in times if c == case]
         print(f"{case:18s} " + "  ".join(cells))
+
+
+class CoupledTimeMLP(TimeMLP):
+    """:class:`TimeMLP` minus sin(t) times its batch mean: the samples interact (as through batch statistics)."""
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = super().forward(t, y)
+        return out - torch.sin(t) * out.mean(0, keepdim=True)
+
+
+def _time_derivative_forms(field: torch.nn.Module, t0: torch.Tensor, y: torch.Tensor) -> dict:
+    """d/dt field(t0, y) of a (batch, dim) state, each way a callable; all exact but the last two rows."""
+    from torch.autograd import forward_ad as fw_ad
+    from torch.func import jvp, vjp, vmap
+
+    zero, one = torch.zeros_like(t0), torch.ones_like(t0)
+
+    def g(s):
+        return field(t0 + s, y)
+
+    def func_double_reverse():  # the library's route: the pullback's own pullback
+        return vjp(lambda u: vjp(g, zero)[1](u)[0], torch.zeros_like(y))[1](one)[0]
+
+    def autograd_double_backward():  # the same by torch.autograd: walks every graph behind the state
+        with torch.enable_grad():
+            s = zero.clone().requires_grad_(True)
+            out = g(s)
+            u = torch.zeros_like(out, requires_grad=True)
+            (inner,) = torch.autograd.grad(out, s, u, create_graph=True)
+            return torch.autograd.grad(inner, u, one)[0]
+
+    def func_jvp():
+        return jvp(g, (zero,), (one,))[1]
+
+    def forward_ad():
+        with fw_ad.dual_level():
+            return fw_ad.unpack_dual(field(fw_ad.make_dual(t0, one), y)).tangent
+
+    def per_sample_vmap():  # a time per sample: wrong for a field whose samples interact
+        return vmap(lambda yb: jvp(lambda s: field(t0 + s, yb[None])[0], (zero,), (one,))[1])(y)
+
+    def difference():  # two evaluations here; one in a step, which has f(t, y) already
+        h = 1.5e-8
+        return (field(t0 + h, y) - field(t0, y)) / h
+
+    return {
+        "func double reverse": func_double_reverse,
+        "autograd double backward": autograd_double_backward,
+        "func jvp": func_jvp,
+        "forward_ad": forward_ad,
+        "per-sample vmap": per_sample_vmap,
+        "difference": difference,
+        "f alone": lambda: g(zero),
+    }
+
+
+def forms(batch: int, dim: int, width: int, rounds: int) -> None:
+    """Milliseconds per df/dt of the batched MLP field by each formulation (no grad, shuffled rounds of
+    10 calls), and each one's largest relative difference to the double reverse pass on this field and
+    on one whose samples interact (:class:`CoupledTimeMLP`)."""
+    y = torch.randn(batch, dim, dtype=torch.float64)
+    t0 = torch.tensor(0.3, dtype=torch.float64)
+    for field in (TimeMLP(dim, width).double(), CoupledTimeMLP(dim, width).double()):
+        ways = _time_derivative_forms(field, t0, y)
+        with torch.no_grad():
+            ref = ways["func double reverse"]()
+            diffs = {k: float((fn() - ref).abs().max() / ref.abs().max()) for k, fn in ways.items() if k != "f alone"}
+        print(f"{type(field).__name__}: max relative difference to the double reverse pass")
+        print("  " + "  ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    ways = _time_derivative_forms(TimeMLP(dim, width).double(), t0, y)
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    with torch.no_grad():
+        for fn in ways.values():  # warm-up
+            fn()
+        for _ in range(rounds):
+            order = list(ways)
+            random.shuffle(order)
+            for k in order:
+                start = time.perf_counter()
+                for _ in range(10):
+                    ways[k]()
+                times[k].append((time.perf_counter() - start) / 10)
+    print(f"ms per call, median of {rounds} rounds (batch {batch}, dim {dim}, width {width}, no grad)")
+    print("  " + "  ".join(f"{k} {1e3 * statistics.median(v):.2f}" for k, v in times.items()))
 
 
 if __name__ == "__main__":
