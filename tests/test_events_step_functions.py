@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 import torchdiffeq
-from bouncing import G, bounce, fall
+from bouncing import Decay, G, bounce, fall
 
 import hybrid_node as hn
 
@@ -33,15 +33,6 @@ EVENT_FNS = {
     "sign": lambda d: torch.sign(d[0]),
     "no-graph float": lambda d: d[0].detach(),
 }
-
-
-class Decay(torch.nn.Module):
-    def __init__(self, theta: float):
-        super().__init__()
-        self.theta = torch.nn.Parameter(torch.tensor(theta))
-
-    def forward(self, t, y):
-        return -self.theta * y
 
 
 def _event_and_gradients(lib, interface: str, kind: str, reverse: bool):
