@@ -23,6 +23,11 @@ from scipy.integrate import solve_ivp
 import hybrid_node as hn
 from hybrid_node.interpolation import HermiteInterpolant, PolynomialInterpolant
 
+try:
+    from .stiff_problems import robertson, van_der_pol
+except ImportError:  # run as a script (python benchmarks/esdirk_dense.py): its folder is on sys.path
+    from stiff_problems import robertson, van_der_pol
+
 # ARK4(3)6L[2]SA's dense output b*_i(theta) = sum_j b*_ij theta^j (Kennedy & Carpenter, Appl. Numer. Math. 44,
 # 2003, Table 6): per stage i the coefficients of theta^1, theta^2, theta^3; tests/test_esdirk_dense_output.py
 # checks their order conditions
@@ -36,23 +41,17 @@ KC4_PUBLISHED = (
 )
 
 
-def _robertson(t, y):
-    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
-
-
 def _robertson_np(t, y):
     return [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2]
 
 
 def _vdp(mu):
-    def f(t, y):
-        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+    """Van der Pol in torch (benchmarks/stiff_problems.py) and, for the scipy reference, in plain Python."""
 
     def fnp(t, y):
         return [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]]
 
-    return f, fnp
+    return van_der_pol(mu), fnp
 
 
 def _decay(t, y):
@@ -65,9 +64,9 @@ def _decay_np(t, y):
 
 # name: field, numpy field, y0, t1, rtol, atol
 PROBLEMS = {
-    "robertson": (_robertson, _robertson_np, [1.0, 0.0, 0.0], 1e5, 1e-6, 1e-8),
+    "robertson": (robertson, _robertson_np, [1.0, 0.0, 0.0], 1e5, 1e-6, 1e-8),
     # tests/test_stiff_work_precision.py's setting: to 1e11, atol = 1e-6 rtol
-    "robertson-1e11": (_robertson, _robertson_np, [1.0, 0.0, 0.0], 1e11, 1e-6, 1e-12),
+    "robertson-1e11": (robertson, _robertson_np, [1.0, 0.0, 0.0], 1e11, 1e-6, 1e-12),
     "vdp10": (*_vdp(10.0), [2.0, 0.0], 30.0, 1e-6, 1e-6),
     "vdp1000": (*_vdp(1000.0), [2.0, 0.0], 3000.0, 1e-6, 1e-6),
     "decay": (_decay, _decay_np, [1.0], 10.0, 1e-6, 1e-8),

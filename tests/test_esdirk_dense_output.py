@@ -18,6 +18,7 @@ from scipy.integrate import solve_ivp
 
 import hybrid_node as hn
 from benchmarks.esdirk_dense import KC4_PUBLISHED  # the published table, written once
+from benchmarks.stiff_problems import robertson
 from hybrid_node.interpolation import HermiteInterpolant, PolynomialInterpolant
 from hybrid_node.solvers.dirk_dense import continuous_extension
 from hybrid_node.solvers.esdirk import KENCARP4_TABLEAU, KVAERNO3_TABLEAU, KVAERNO5_TABLEAU, Dirk
@@ -147,11 +148,6 @@ def test_end_of_step_is_the_step_solution_exactly() -> None:
 
 
 # ---------------------------------------------------------------- between steps, against scipy
-
-
-def robertson(t, y):
-    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
 
 
 def robertson_np(t, y):

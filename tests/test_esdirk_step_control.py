@@ -11,13 +11,9 @@ import pytest
 import torch
 
 import hybrid_node as hn
+from benchmarks.stiff_problems import robertson
 
 scipy_integrate = pytest.importorskip("scipy.integrate")
-
-
-def robertson(t, y):
-    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2], -1)
 
 
 def _robertson_np(t, y):
