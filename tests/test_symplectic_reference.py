@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _hamiltonian_fields import oscillator, pendulum
+from _hamiltonian_fields import oscillator, oscillator_energies, pendulum
 
 import hybrid_node as hn
 
@@ -115,16 +115,6 @@ def test_one_step_jacobian_is_symplectic(method):
         assert defect < 1e-14 and abs(det - 1) < 1e-14, (defect, det)
 
 
-def _energies(step_map: torch.Tensor, n_steps: int) -> torch.Tensor:
-    """Energy after each of n_steps steps from (1, 0), by doubling: states[k] = M^k y0 in log2(n) products."""
-    states = torch.tensor([[1.0, 0.0]], dtype=F64)
-    power = step_map
-    while len(states) < n_steps:
-        states = torch.cat([states, states @ power.T])
-        power = power @ power
-    return 0.5 * (states[:n_steps] ** 2).sum(dim=1)
-
-
 @pytest.mark.parametrize("method", list(ORDERS))
 def test_energy_error_stays_bounded_over_1e4_steps(method):
     # On the oscillator one step is a linear map whose matrix the solver computes (its Jacobian), so its
@@ -133,7 +123,7 @@ def test_energy_error_stays_bounded_over_1e4_steps(method):
     # h^2 / 8, 0.04 h^4, 0.002 h^6 at h = 0.1).
     h, n = 0.1, 10**4
     matrix = torch.func.jacrev(_one_step(method, oscillator, h))(torch.tensor([1.0, 0.0], dtype=F64))
-    error = (_energies(matrix, n) - 0.5).abs()
+    error = (oscillator_energies(matrix, n) - 0.5).abs()
     first, last = error[: n // 10].max(), error[-(n // 10) :].max()
     assert float(error.max()) < 0.5 * h ** ORDERS[method]
     assert float(last) < 1.01 * float(first)  # no drift: the last tenth's peak is the first tenth's
