@@ -57,6 +57,35 @@ class Status(enum.Enum):
         return re.split(r"\.\s+(?=[A-Z])", self.value)[0].rstrip(".")  # "e.g. a" does not end a sentence
 
 
+#: growth of max|y| over max(1, max|y0|) from which a failed solve is put down to a blow-up
+BLOWUP_GROWTH = 1e6
+
+
+def field_cause(what: str, user_t: float) -> str:
+    """The cause of a failure where the field returned ``what`` ("NaN", "inf") at ``user_t`` on a finite state."""
+    return (
+        f"The vector field returned {what} at t={user_t:.10g} on a finite state: the field itself is not finite "
+        "there, so no step size, tolerance or solver can help. Look for a log, sqrt, power or division whose "
+        "argument leaves its domain near this time, or NaN/inf parameters; keep the field finite (e.g. clamp the "
+        "argument into its domain) or end the solve before this time."
+    )
+
+
+def blowup_cause(user_t: float, size: float, scale: float) -> str:
+    """The cause of a failure where the state reached max|y| = ``size`` from ``scale`` (max(1, max|y0|)), or "".
+
+    Returns:
+        The blow-up named as the cause where ``size`` exceeds ``BLOWUP_GROWTH * scale``, else "".
+    """
+    if not size > BLOWUP_GROWTH * scale:
+        return ""
+    return (
+        f"The solution grows without bound near t={user_t:.6g} (max|y| = {size:.3g}, from {scale:.3g} at the "
+        "start): a finite-time blow-up, which no solver integrates past. End the solve before this time, or "
+        "change the model (e.g. bound the field's growth)."
+    )
+
+
 class HybridNodeError(Exception):
     """Base class of every error raised by hybrid_node."""
 

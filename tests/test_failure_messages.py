@@ -241,3 +241,49 @@ def test_fixed_steps_point_to_an_adaptive_method_to_find_the_cause():
     msg = str(err.value)
     assert err.value.status is Status.NONFINITE and err.value.t == 1.0
     assert "last finite one is at t=0.5" in msg and "adaptive method such as 'dopri5'" in msg, msg
+
+
+class _DriftNaNPast(torch.nn.Module):
+    """dy = -a y dt + 0.1 dW, with a drift that is NaN past ``t_bad``."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, t_bad: float):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+        self.t_bad = t_bad
+
+    def f(self, t, y):
+        return torch.where(torch.as_tensor(t) > self.t_bad, torch.full_like(y, float("nan")), -self.a * y)
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+@pytest.mark.parametrize("entry", ["sdeint", "sdeint_adjoint"])
+def test_a_fixed_step_sde_failure_is_reported_where_it_happened(entry):
+    # the state is NaN from the step after t = 0.5 on: the first non-finite output is at t = 1, the last
+    # finite one at 0.5. The error used to name t = 2, the end of the solve.
+    ts = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(SolverError) as err:
+        getattr(hn, entry)(_DriftNaNPast(0.5), torch.ones(3, 2, dtype=torch.float64), ts, dt=0.01, method="euler")
+    msg = str(err.value)
+    assert err.value.status is Status.NONFINITE and err.value.t == 1.0, msg
+    assert "the last finite one is at t=0.5" in msg and "adaptive=True" in msg, msg
+
+
+@pytest.mark.parametrize("scipy_method", ["RK45", "DOP853"])
+def test_scipy_names_a_nan_field_and_a_blowup(scipy_method):
+    # solve_ivp stops with "Required step size is less than spacing between numbers" in both cases; it
+    # was reported as STEP_UNDERFLOW with the stiffness/tolerance advice
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    options = {"solver": scipy_method}
+    with pytest.raises(SolverError) as err:
+        hn.odeint(_nan_past(0.7), torch.ones(2, dtype=torch.float64), t, method="scipy_solver", options=options)
+    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-6
+    assert "returned NaN or inf" in str(err.value), str(err.value)
+    with pytest.raises(SolverError) as err:
+        hn.odeint(lambda t, y: y * y, torch.ones(2, dtype=torch.float64), 2 * t, method="scipy_solver", options=options)
+    assert err.value.status is Status.STEP_UNDERFLOW and abs(err.value.t - 1.0) < 1e-6
+    assert "grows without bound" in str(err.value), str(err.value)

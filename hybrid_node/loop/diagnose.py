@@ -20,12 +20,9 @@ import math
 
 import torch
 
-from .._errors import Status
+from .._errors import Status, blowup_cause, field_cause
 
 _EPS = float(torch.finfo(torch.float64).eps)  # the solver's times are float64 host numbers
-
-#: growth of max|y| over max(1, max|y0|) from which a failure is put down to a blow-up
-BLOWUP_GROWTH = 1e6
 
 
 def failure_cause(status: Status, term, t: float, y: torch.Tensor, y0: torch.Tensor) -> str:
@@ -59,21 +56,10 @@ def failure_cause(status: Status, term, t: float, y: torch.Tensor, y0: torch.Ten
                 "argument away from the edge of its domain)."
             )
         if what:
-            return (
-                f"The vector field returned {what} at t={sign * t_bad:.10g} on a finite state: the field itself is "
-                "not finite there, so no step size, tolerance or solver can help. Look for a log, sqrt, power or "
-                "division whose argument leaves its domain near this time, or NaN/inf parameters; keep the field "
-                "finite (e.g. clamp the argument into its domain) or end the solve before this time."
-            )
+            return field_cause(what, sign * t_bad)
     scale = max(1.0, float(y0.detach().abs().max())) if y0.numel() else 1.0
     size = float(y.detach().abs().max()) if y.numel() else 0.0
-    if size > BLOWUP_GROWTH * scale:
-        return (
-            f"The solution grows without bound near t={user_t:.6g} (max|y| = {size:.3g}, from {scale:.3g} at the "
-            "start): a finite-time blow-up, which no solver integrates past. End the solve before this time, or "
-            "change the model (e.g. bound the field's growth)."
-        )
-    return ""
+    return blowup_cause(user_t, size, scale)
 
 
 def _is_backward(term) -> bool:

@@ -145,6 +145,31 @@ def error_ratio(y_full: torch.Tensor, y_half: torch.Tensor, rtol: float, atol: f
     return ode_error_ratio(y_full - y_half, y_full, y_half, rtol, atol, rms_norm)
 
 
+def _nonfinite_outputs(ys: list[torch.Tensor], ts: Sequence[float]) -> SolverError:
+    """The failure of a solve whose last output is not finite, at its first non-finite output.
+
+    A NaN stays NaN, so the outputs are finite up to some index and not after it; the error used to
+    name the end of the solve, however early the state had turned non-finite.
+
+    Args:
+        ys: the outputs at ``ts`` (the last one not finite).
+        ts: the output times.
+
+    Returns:
+        A NONFINITE SolverError at the first non-finite output, naming the last finite one and the fix.
+    """
+    finite = torch.stack([torch.isfinite(y).all() for y in ys]).tolist()  # one synchronisation
+    j = finite.index(False)
+    return SolverError(
+        Status.NONFINITE,
+        ts[j],
+        f"first non-finite output of the SDE; the last finite one is at t={ts[j - 1]:.6g}; fixed steps do not "
+        "stop where it happens: the drift or diffusion returned NaN or inf in between, dt is too large for the "
+        "problem, or the solution blows up; use a smaller dt, or adaptive=True, which stops at the step where "
+        "the state turns non-finite",
+    )
+
+
 def integrate(
     solver: SDESolver,
     sde: SDEView,
@@ -270,6 +295,6 @@ def integrate(
         if lr is not None and prev_lr is not None:
             lrs.append(_interp(w, prev_lr, lr))
     if not bool(torch.isfinite(ys[-1]).all()):
-        raise SolverError(Status.NONFINITE, t, "the SDE state is not finite at the end of the solve")
+        raise _nonfinite_outputs(ys, ts)
     forced.warn(dt_min)
     return Trajectory(ys, lrs, steps, weights, kept, extra)

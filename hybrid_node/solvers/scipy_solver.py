@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .._errors import SolverError, Status
+from .._errors import SolverError, Status, blowup_cause, field_cause
 from .base import ExternalSolver
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -74,6 +74,30 @@ _NONFINITE_AT_Y0 = (
     "func returned NaN or inf at the initial state, where scipy chooses its first step from it; check the "
     "field at (t[0], y0)"
 )
+
+
+def _failure(term, message: str, reached: float, nonfinite: float | None, size: float, y0: np.ndarray) -> SolverError:
+    """The error of a solve_ivp run that stopped early (its steps shrank below the spacing of the times).
+
+    Its own message names only the symptom; where the field was non-finite at the time it stopped
+    (its trial steps kept meeting it) or the state had grown by orders of magnitude, that is named
+    as the cause (:mod:`hybrid_node.loop.diagnose`), as the torch loops name it.
+
+    Args:
+        term: the field (for the user's time).
+        message: solve_ivp's message; reached: the solver time of the last field evaluation.
+        nonfinite: the solver time of the last non-finite field value (None: none).
+        size: max|y| at the last field evaluation; y0: the flat initial state.
+
+    Returns:
+        NONFINITE naming the field where it was non-finite there, else STEP_UNDERFLOW (with a
+        blow-up named where the state grew so).
+    """
+    user_t = _user_time(term, reached)
+    if nonfinite is not None and abs(nonfinite - reached) <= 1e-6 * max(1.0, abs(reached)):
+        return SolverError(Status.NONFINITE, user_t, f"scipy: {message}", field_cause("NaN or inf", user_t))
+    scale = max(1.0, float(np.abs(y0).max())) if y0.size else 1.0
+    return SolverError(Status.STEP_UNDERFLOW, user_t, message, blowup_cause(user_t, size, scale))
 
 
 def _user_time(term, s: float) -> float:
@@ -167,9 +191,11 @@ class ScipySolver(ExternalSolver):
         # NaNs", and LSODA returned NaN states as a success
         nonfinite: list[float | None] = [None]
         calls = [0]
+        size = [0.0]  # max|y| where the field was last evaluated: a blow-up shows there
 
         def rhs(t, y):
             reached[0] = float(t)
+            size[0] = float(np.abs(y).max()) if y.size else 0.0
             with torch.no_grad():
                 yt = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
                 out = term(float(t), yt).reshape(-1).cpu().to(wide).numpy()
@@ -202,7 +228,7 @@ class ScipySolver(ExternalSolver):
                     Status.NONFINITE, _user_time(term, nonfinite[0]), f"func returned NaN or inf there; scipy: {e}"
                 ) from e
             if sol.status != 0:
-                raise SolverError(Status.STEP_UNDERFLOW, _user_time(term, reached[0]), sol.message)
+                raise _failure(term, sol.message, reached[0], nonfinite[0], size[0], y0n)
             out = sol.y.T
             bad = ~np.isfinite(out).all(axis=1)
             if bad.any():  # LSODA reports success with NaN states
