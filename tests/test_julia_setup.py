@@ -71,14 +71,19 @@ def test_a_failed_resolve_is_reported_on_stderr(monkeypatch, capsys):
     assert "failed" not in printed.out  # stdout keeps the progress lines only
 
 
-def test_a_failed_load_is_reported_on_stderr(monkeypatch, capsys):
+def _julia_that_cannot_load_the_package(monkeypatch):
+    """juliapkg resolves an environment, but the Julia of a stand-in juliacall fails to load the package
+    (never starts a real Julia); the test is skipped without juliapkg."""
     juliapkg = pytest.importorskip("juliapkg", reason="juliapkg is not installed")
     monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: object())
     monkeypatch.setattr(juliapkg, "resolve", lambda **kwargs: None)
     monkeypatch.setattr(juliapkg, "executable", lambda: "/opt/julia/bin/julia")
     monkeypatch.setattr(juliapkg, "project", lambda: "/tmp/env")
-    # a stand-in juliacall whose Julia cannot load the package (never starts a real Julia)
     monkeypatch.setitem(sys.modules, "juliacall", types.SimpleNamespace(Main=types.SimpleNamespace(seval=_fail)))
+
+
+def test_a_failed_load_is_reported_on_stderr(monkeypatch, capsys):
+    _julia_that_cannot_load_the_package(monkeypatch)
     args = argparse.Namespace(julia=None, project=None, offline=False, update=False)
     assert julia_setup.run(args) == 1
     printed = capsys.readouterr()
@@ -98,12 +103,7 @@ def test_an_executable_on_path_is_accepted(tmp_path, monkeypatch):
 def test_a_failed_offline_load_does_not_claim_the_packages_were_installed(monkeypatch, capsys):
     # juliapkg installs nothing offline (deps.py, resolve: `if not STATE["offline"]`); the hint said "The packages
     # are installed but did not load; run julia-setup --update", which offline neither is true nor helps.
-    juliapkg = pytest.importorskip("juliapkg", reason="juliapkg is not installed")
-    monkeypatch.setattr(julia_setup.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(juliapkg, "resolve", lambda **kwargs: None)
-    monkeypatch.setattr(juliapkg, "executable", lambda: "/opt/julia/bin/julia")
-    monkeypatch.setattr(juliapkg, "project", lambda: "/tmp/env")
-    monkeypatch.setitem(sys.modules, "juliacall", types.SimpleNamespace(Main=types.SimpleNamespace(seval=_fail)))
+    _julia_that_cannot_load_the_package(monkeypatch)
     monkeypatch.delenv("PYTHON_JULIAPKG_OFFLINE", raising=False)  # run() sets it for --offline
     args = argparse.Namespace(julia=None, project=None, offline=True, update=False)
     assert julia_setup.run(args) == 1
