@@ -541,7 +541,17 @@ class CNF(nn.Module):
 
         Returns:
             (scalar loss, :class:`FlowResult` of the data-to-base solve).
+
+        Raises:
+            ValueError: ``x`` has the wrong shape, non-finite values or no rows (the mean of no
+                log-densities is undefined: it came back as a NaN loss after a whole solve).
+            TypeError: ``x`` is not a floating-point tensor.
         """
+        self._check_points(x, "x")
+        if x.shape[0] == 0:
+            raise ValueError(
+                f"x holds no points (shape {tuple(x.shape)}): the loss is a mean over the batch; pass at least one row."
+            )
         res = self.to_base(x, generator=generator)
         loss = -res.log_prob.mean()
         w = self.regularization

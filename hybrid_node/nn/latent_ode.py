@@ -148,6 +148,9 @@ def _start_time(t0: float | Tensor, times: Tensor) -> Tensor:
     out = torch.as_tensor(t0, dtype=times.dtype, device=times.device)
     if out.numel() != 1:
         raise ValueError(f"t0 must be one time shared by the whole batch; got shape {tuple(out.shape)}.")
+    # A NaN t0 used to surface from the solver as "y0 contains NaN", naming no argument of the caller's.
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"t0 must be a finite time (the latent initial time), got {float(out)}.")
     return out.reshape(())
 
 
@@ -328,6 +331,13 @@ class LatentODE(nn.Module):
         self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
 
     def _check_channels(self, batch: IrregularBatch, name: str) -> None:
+        dtype = next(self.parameters()).dtype
+        if batch.values.dtype != dtype:
+            # Without this, torch's "mat1 and mat2 must have the same dtype" from deep inside the encoder.
+            raise TypeError(
+                f"LatentODE's parameters are {dtype} but {name} holds {batch.values.dtype} values; convert one "
+                f"to the other, e.g. batch.to({dtype}) or model.to({batch.values.dtype})."
+            )
         if batch.obs_dim != self.obs_dim:
             raise ValueError(
                 f"LatentODE was built for obs_dim={self.obs_dim} channels, but {name} has {batch.obs_dim} "
@@ -340,7 +350,8 @@ class LatentODE(nn.Module):
 
         Raises:
             ValueError: ``batch`` has another number of channels than ``obs_dim`` or a time before ``t0``,
-                or ``t0`` is not one number.
+                or ``t0`` is not one finite number.
+            TypeError: ``batch`` holds values of another dtype than the model's parameters.
         """
         self._check_channels(batch, "batch")
         t0 = _start_time(t0, batch.times)
