@@ -287,3 +287,16 @@ def test_scipy_names_a_nan_field_and_a_blowup(scipy_method):
         hn.odeint(lambda t, y: y * y, torch.ones(2, dtype=torch.float64), 2 * t, method="scipy_solver", options=options)
     assert err.value.status is Status.STEP_UNDERFLOW and abs(err.value.t - 1.0) < 1e-6
     assert "grows without bound" in str(err.value), str(err.value)
+
+
+def test_the_device_loop_names_the_cause_too():
+    # options={"device_loop": True} runs its own loop (one host read per run of steps); it gave the
+    # generic advice for a NaN field and for a blow-up
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    options = {"device_loop": True}
+    with pytest.raises(SolverError) as err:
+        hn.odeint(_nan_past(0.7), torch.ones(2, 2, dtype=torch.float64), t, options=options)
+    assert err.value.status is Status.NONFINITE and "returned NaN" in str(err.value), str(err.value)
+    with pytest.raises(SolverError) as err:
+        hn.odeint(lambda t, y: y * y, torch.ones(2, 2, dtype=torch.float64), 2 * t, options=options)
+    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)

@@ -64,6 +64,7 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import PureField, _compile, compiler_failed, graphs_of, warn_fallback
 from .core import RUNNING, TENSOR
+from .diagnose import failure_cause
 from .host import Integration, first_step
 from .stage_loop import StageTable, looped_step, stage_table
 
@@ -543,7 +544,8 @@ def integrate_device(
         detail = {Status.MAX_STEPS: f"max_num_steps={controller.max_num_steps}", Status.NO_EVENT: ""}.get(
             status, f"dt={dt:.3g}"
         )
-        raise SolverError(status, -t if term.reverse else t, detail)
+        # the state where it stopped is at hand: name the field or a blow-up as the cause where it is one
+        raise SolverError(status, -t if term.reverse else t, detail, failure_cause(status, term, t, state.y, y0))
     if saw_nonfinite and grad:
         warnings.warn(
             "device_loop: an attempted step had a non-finite error estimate; its zero cotangent may "
