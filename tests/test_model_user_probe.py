@@ -47,3 +47,51 @@ def test_cnf_loss_of_an_empty_batch_is_refused():
     assert flow.log_prob(torch.zeros(0, 2)).shape == (0,)  # per-point log-densities of no points: empty, not an error
     loss, _ = flow.loss(torch.zeros(3, 2))
     assert torch.isfinite(loss)
+
+
+def _latent_sde():
+    from hybrid_node.nn import LatentSDE
+
+    torch.manual_seed(0)
+    return LatentSDE(1, 3, hidden=8, context_dim=4, obs_std=0.1, dt=0.1)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True])
+def test_latent_sde_sample_count_is_checked(n):
+    """n = 0 gave (T, 0, d) paths, a negative or fractional n torch's randn error."""
+    model = _latent_sde()
+    ts = torch.linspace(0.0, 1.0, 4)
+    with pytest.raises(ValueError, match="positive int"):
+        model.sample_prior(ts, n=n)
+    with pytest.raises(ValueError, match="positive int"):
+        model.sample_posterior(torch.zeros(4, 2, 1), ts, n=n)
+    assert model.sample_prior(ts, n=2).shape == (4, 2, 1)
+    assert model.sample_posterior(torch.zeros(4, 2, 1), ts, n=3).shape == (4, 6, 1)
+
+
+@pytest.mark.parametrize(
+    ("xs_dtype", "message"),
+    [
+        (torch.float64, r"parameters are torch.float32 but xs is torch.float64.*xs\.to\("),
+        (torch.int64, r"xs\.float\(\)"),
+    ],
+)
+def test_latent_sde_observations_of_another_dtype_name_the_fix(xs_dtype, message):
+    """An int64 xs got torch's advice to convert the model to int64; a float64 one a message from the GRU."""
+    model = _latent_sde()
+    xs, ts = torch.zeros(4, 2, 1, dtype=xs_dtype), torch.linspace(0.0, 1.0, 4)
+    with pytest.raises(TypeError, match=message):
+        model(xs, ts)
+    with pytest.raises(TypeError, match=message):
+        model.sample_posterior(xs, ts)
+    assert torch.isfinite(model.double()(xs.double(), ts).loss)  # the model converted instead works
+
+
+def test_neural_sde_state_of_another_dtype_names_the_fix():
+    from hybrid_node.nn import DiagonalDiffusion, MLPDynamics, NeuralSDE
+
+    layer = NeuralSDE(MLPDynamics(2, hidden=8), DiagonalDiffusion(2), noise_type="diagonal", dt=0.1)
+    ts = torch.linspace(0.0, 1.0, 3)
+    with pytest.raises(TypeError, match=r"parameters are torch.float32 but y0 is torch.float64.*y0\.to\("):
+        layer(torch.zeros(3, 2, dtype=torch.float64), ts)
+    assert layer(torch.zeros(3, 2), ts).shape == (3, 3, 2)

@@ -22,6 +22,36 @@ from ._checks import positive_float, positive_int
 Tensor = torch.Tensor
 
 
+def _check_state_dtype(module: nn.Module, x: Tensor, name: str) -> None:
+    """Refuse a floating-point ``x`` whose dtype is not that of ``module``'s parameters.
+
+    Without this the first layer fails with torch's "mat1 and mat2 must have the same dtype" (or, for
+    an integer tensor, advises converting the model to an integer dtype).
+
+    Raises:
+        TypeError: ``x`` is not floating-point, or its dtype differs from the parameters'.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; use {name}.float().")
+    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if param is not None and param.dtype != x.dtype:
+        raise TypeError(
+            f"{type(module).__name__}'s parameters are {param.dtype} but {name} is {x.dtype}; convert one to "
+            f"the other, e.g. {name}.to({param.dtype}) or model.to({x.dtype})."
+        )
+
+
+def _sample_count(n: int) -> int:
+    """``n`` paths to draw, checked: a negative or fractional count failed inside ``torch.randn``.
+
+    Raises:
+        ValueError: ``n`` is not a positive int.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n (the number of sample paths) must be a positive int, got {n!r}.")
+    return n
+
+
 class DiagonalDiffusion(nn.Module):
     """A diagonal diffusion g_i(z_i): one small MLP 1 -> hidden -> 1 per component, all evaluated at once.
 
@@ -142,8 +172,11 @@ class NeuralSDE(nn.Module):
         Raises:
             ValueError: as for :func:`hybrid_node.sdeint`, and for a plain-callable drift or diffusion
                 under the adjoint (checked again here: the attributes may have been replaced).
+            TypeError: ``y0`` is not floating-point or not of the parameters' dtype.
         """
         self._refuse_hidden_parameters()
+        if torch.is_tensor(y0):
+            _check_state_dtype(self, y0, "y0")
         solve = sdeint_adjoint if self.adjoint else sdeint
         return solve(self, y0, ts, bm=bm, method=self.method, dt=self.dt)
 
@@ -226,11 +259,13 @@ class LatentSDE(nn.Module):
         Raises:
             ValueError: ``xs`` is not (T, batch, data_dim) with T and batch at least 1, has NaN or infinite
                 entries, or ``ts`` is not a 1-D sequence of T times.
+            TypeError: ``xs`` is not floating-point or not of the parameters' dtype.
         """
         data_dim = self.decoder.out_features
         if not torch.is_tensor(xs) or xs.dim() != 3 or xs.shape[2] != data_dim:
             shape = tuple(xs.shape) if torch.is_tensor(xs) else type(xs).__name__
             raise ValueError(f"xs must be a tensor of shape (T, batch, {data_dim}) (time first), got {shape}.")
+        _check_state_dtype(self, xs, "xs")
         if xs.shape[0] == 0 or xs.shape[1] == 0:  # an empty batch made every term a mean of nothing: NaN
             raise ValueError(f"xs must hold at least one time and one series, got shape {tuple(xs.shape)}.")
         # A NaN reached the solver as a NaN z0 (a message about "y0" and "the initial state"), an infinite
@@ -302,7 +337,8 @@ class LatentSDE(nn.Module):
             :class:`LatentSDELoss`; ``loss`` is normalised per observed value.
 
         Raises:
-            TypeError: ``kl_weight`` is not a number.
+            TypeError: ``kl_weight`` is not a number, or ``xs`` is not floating-point or not of the
+                parameters' dtype.
             ValueError: ``xs`` is not (T, batch, data_dim) or has NaN or infinite entries, ``ts`` does not
                 hold T times, or ``kl_weight`` is negative or not finite.
             FloatingPointError: q(z0 | x) is not finite (the weights have diverged).
@@ -358,10 +394,12 @@ class LatentSDE(nn.Module):
             The paths, shape (T, n * batch, data_dim).
 
         Raises:
-            ValueError: ``xs`` is not (T, batch, data_dim) or has NaN or infinite entries, or ``ts`` does
-                not hold T times.
+            ValueError: ``xs`` is not (T, batch, data_dim) or has NaN or infinite entries, ``ts`` does
+                not hold T times, or ``n`` is not a positive int.
+            TypeError: ``xs`` is not floating-point or not of the parameters' dtype.
             FloatingPointError: q(z0 | x) is not finite (the weights have diverged).
         """
+        _sample_count(n)
         ts = self._check_series(xs, ts)
         mean, std, context = self.encode(xs)
         mean, std, context = mean.repeat(n, 1), std.repeat(n, 1), context.repeat(1, n, 1)
@@ -379,7 +417,11 @@ class LatentSDE(nn.Module):
 
         Returns:
             The paths, shape (T, n, data_dim).
+
+        Raises:
+            ValueError: ``n`` is not a positive int.
         """
+        _sample_count(n)
         # drawn where the model lives (a plain randn is a CPU tensor: a CUDA model failed to add it)
         eps = torch.randn(n, self.p0_mean.shape[0], dtype=self.p0_mean.dtype, device=self.p0_mean.device)
         z0 = self.p0_mean + self.p0_logstd.exp() * eps
