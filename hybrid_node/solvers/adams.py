@@ -50,6 +50,21 @@ def integer_setting(solver, name: str) -> int | None:
     return number
 
 
+def check_max_iters(solver) -> None:
+    """Refuse a ``max_iters`` (Newton or corrector iterations per step) that is not a positive int.
+
+    Args:
+        solver: a frozen dataclass instance with a ``max_iters`` field, in its ``__post_init__`` (an integer
+            of another type is stored as an int, see :func:`integer_setting`).
+
+    Raises:
+        ValueError: ``max_iters`` is not an integer (a bool included) or is below 1.
+    """
+    max_iters = integer_setting(solver, "max_iters")
+    if max_iters is None or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive int, got {solver.max_iters!r}.")
+
+
 def _integrated_lagrange(nodes) -> tuple[float, ...]:
     """Weights w_j = integral over s in [0, 1] of the Lagrange basis polynomial of node j."""
     weights = []
@@ -116,9 +131,7 @@ class Adams(AbstractSolver):
         max_order = integer_setting(self, "max_order")
         if max_order is None or not 1 <= max_order <= MAX_ORDER:
             raise ValueError(f"max_order must be an int between 1 and {MAX_ORDER}, got {self.max_order!r}.")
-        max_iters = integer_setting(self, "max_iters")
-        if max_iters is None or max_iters < 1:
-            raise ValueError(f"max_iters must be a positive int, got {self.max_iters!r}.")
+        check_max_iters(self)
 
     @property
     def order(self) -> int:

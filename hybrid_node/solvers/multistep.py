@@ -57,7 +57,7 @@ import torch
 from numpy.polynomial import Polynomial
 
 from ..controllers import initial_step, rms_norm
-from .adams import integer_setting
+from .adams import check_max_iters, integer_setting
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
 from .newton import tolerances
@@ -343,9 +343,7 @@ class Nordsieck(AbstractSolver):
         min_order = integer_setting(self, "min_order")
         if min_order is None or not 1 <= min_order <= mo:
             raise ValueError(f"min_order must be an int from 1 to max_order={mo}, got {self.min_order!r}.")
-        max_iters = integer_setting(self, "max_iters")
-        if max_iters is None or max_iters < 1:
-            raise ValueError(f"max_iters must be a positive int, got {self.max_iters!r}.")
+        check_max_iters(self)
         JacobianSettings(self.jacobian, self.batch_dims)  # validates
 
     @property
