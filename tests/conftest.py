@@ -35,14 +35,10 @@ def one_thread():
 
 @pytest.fixture
 def tiny_mnist(tmp_path):
-    """A folder of MNIST-format IDX files: 48 training and 16 test images (``test_mnist_loader.make_split``)."""
-    from test_mnist_loader import make_split  # a test module: imported only where the fixture is used
+    """A folder of MNIST-format IDX files: 48 training and 16 test images (``test_mnist_loader.make_folder``)."""
+    from test_mnist_loader import make_folder  # a test module: imported only where the fixture is used
 
-    root = tmp_path / "idx"
-    root.mkdir()
-    make_split(root, True, 48, seed=1)
-    make_split(root, False, 16, seed=2)
-    return root
+    return make_folder(tmp_path, 48, 16)
 
 
 class TimeMLP(torch.nn.Module):

@@ -191,13 +191,9 @@ INTERRUPTIBLE = {
 @pytest.fixture
 def tiny_idx(tmp_path):
     """A folder of tiny MNIST IDX files (random images) for mnist and nfe."""
-    from test_mnist_loader import make_split
+    from test_mnist_loader import make_folder
 
-    root = tmp_path / "idx"
-    root.mkdir()
-    make_split(root, True, 16, seed=1)
-    make_split(root, False, 8, seed=2)
-    return root
+    return make_folder(tmp_path, 16, 8)
 
 
 @pytest.fixture(autouse=True)

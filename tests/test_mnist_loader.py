@@ -31,6 +31,16 @@ def make_split(folder, train, n, compress=False, seed=0):
     return images, labels
 
 
+def make_folder(tmp_path, n_train, n_test):
+    """A folder ``idx`` under ``tmp_path`` of uncompressed MNIST files: ``n_train`` training and ``n_test``
+    test images (random, seeds 1 and 2), for the tests that train on a tiny MNIST."""
+    root = tmp_path / "idx"
+    root.mkdir()
+    make_split(root, True, n_train, seed=1)
+    make_split(root, False, n_test, seed=2)
+    return root
+
+
 @pytest.mark.parametrize("compress", [False, True])
 def test_reads_idx_files_from_root(tmp_path, compress):
     images, labels = make_split(tmp_path, True, 5, compress)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_mnist_loader import make_split
+from test_mnist_loader import make_folder
 
 from hybrid_node._errors import ResumeError
 from hybrid_node.cli import main
@@ -19,11 +19,7 @@ class Interrupted(Exception):
 
 @pytest.fixture
 def tiny_mnist(tmp_path):
-    root = tmp_path / "idx"
-    root.mkdir()
-    make_split(root, True, 40, seed=1)
-    make_split(root, False, 8, seed=2)
-    return root
+    return make_folder(tmp_path, 40, 8)  # 40 training images, not conftest's 48: see the schedule below
 
 
 # 40 images in batches of 16: 3 iterations per epoch (the last one short), 2 epochs; a checkpoint every
