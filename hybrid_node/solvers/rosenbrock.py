@@ -335,7 +335,7 @@ class RosenbrockState:
 
 @dataclasses.dataclass(frozen=True)
 class RosenbrockStep:
-    """What one Rosenbrock step produced."""
+    """What one Rosenbrock step produced, and the df/dt route of the state it started from (for the next state)."""
 
     y1: torch.Tensor
     error: torch.Tensor
@@ -498,6 +498,9 @@ class _Rosenbrock23Interpolant(Interpolant):
 
 @dataclasses.dataclass(frozen=True)
 class Rosenbrock23Step:
+    """What one Rosenbrock23 step produced (its stages k1, k2 feed the dense output), and the df/dt
+    route of the state it started from, for the next state."""
+
     y1: torch.Tensor
     error: torch.Tensor
     k1: torch.Tensor
