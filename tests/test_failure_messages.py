@@ -300,3 +300,17 @@ def test_the_device_loop_names_the_cause_too():
     with pytest.raises(SolverError) as err:
         hn.odeint(lambda t, y: y * y, torch.ones(2, 2, dtype=torch.float64), 2 * t, options=options)
     assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+
+
+def test_the_compiled_whole_solve_names_the_cause_too():
+    # options={"compile": True} runs the whole solve as one graph, which hands back no state where it
+    # stopped; it gave the generic advice for a NaN field and for a blow-up
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    options = {"compile": True}
+    with pytest.raises(SolverError) as err:
+        hn.odeint(_nan_past(0.7), torch.ones(2, 2, dtype=torch.float64), t, options=options)
+    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-7
+    assert "returned NaN" in str(err.value), str(err.value)
+    with pytest.raises(SolverError) as err:
+        hn.odeint(lambda t, y: y * y, torch.ones(2, 2, dtype=torch.float64), 2 * t, options=options)
+    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)

@@ -74,6 +74,7 @@ from .compiled_step import PureField, compiler_failed, graphs_of, term_field, wa
 from .core import RUNNING
 from .counters import advance, frozen_counters, number_modules, probe
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
+from .diagnose import replay_cause
 from .graph_inputs import tolerance_tensor
 from .host import Integration
 from .inductor import compile_for, inductor_options, own_code
@@ -517,7 +518,10 @@ def integrate_whole(
     count_evaluations(term, counters, 1 + heuristic + evaluations_per_attempt(solver) * n_att)
     stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
-        raise solve_error(status, t, dt, controller, term.reverse)
+        err = solve_error(status, t, dt, controller, term.reverse)
+        # the graph hands back no state where it stopped: the host loop solves on from the last output
+        cause = replay_cause(status, term, solver, controller, ts, ys, t, rtol, atol, norm)
+        raise SolverError(err.status, err.t, err.detail, cause) if cause else err
     return Integration(None, stats, status, t, stacked=ys, finite=bool(values[-1]))
 
 
