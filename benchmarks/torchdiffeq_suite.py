@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import re
@@ -459,20 +460,74 @@ def run_recorded(cmd, *, cwd, env, record, strip, log=None, log_prefix="suite_",
     return entries, run
 
 
-def prepare_workdir(tests, workdir, peer, plugin):
-    """A suite's work folder: a copy of the tests (``tests``, stray conftest files removed) and the plugin.
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a suite harness runs: the keyword arguments of its ``run_suite``.
+
+    Attributes:
+        reference: run against the installed peer package (no shim).
+        timeout: seconds a test (or subtest) may make no progress before it is interrupted (0: never).
+        total_timeout: seconds after which the whole pytest process group is killed (None: never).
+        threads: torch threads in the pytest process (None: torch's default).
+        keyword: a pytest ``-k`` expression, to run a part of the suite.
+        workdir: the work folder (None: a new temporary one, removed after a run that counts).
+        log: the file for pytest's output (None: a new temporary file, kept).
+        echo: also print pytest's output as it comes.
+    """
+
+    reference: bool = False
+    timeout: float = 300.0
+    total_timeout: float | None = None
+    threads: int | None = 1
+    keyword: str | None = None
+    workdir: str | Path | None = None
+    log: str | Path | None = None
+    echo: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteRun:
+    """One run of a peer's test suite: its work folder and options (made by :func:`start_run`).
+
+    Attributes:
+        peer: the package whose tests run (``torchdiffeq``, ``torchsde``); the plugin module is
+            ``_<peer>_suite_plugin``, its environment prefix ``<PEER>_SUITE``.
+        tests: the peer's tests folder (resolved).
+        tmp: the work folder; copied: the tests' copy in it (``tmp / "tests"``); plugin_dir: the plugin's folder.
+        options: how it runs.
+    """
+
+    peer: str
+    tests: Path
+    tmp: Path
+    copied: Path
+    plugin_dir: Path
+    options: RunOptions
+
+
+def start_run(peer, tests, pattern, plugin, options):
+    """Check that ``tests`` has test files and lay out the work folder: a copy of the tests (stray conftest
+    files removed) and the plugin.
 
     Args:
+        peer: the package whose tests run (``torchdiffeq``, ``torchsde``).
         tests: the peer's tests folder.
-        workdir: the folder to use (None: a new temporary one).
-        peer: the package whose tests run (``torchdiffeq``, ``torchsde``): names the temporary folder and
-            the plugin module ``_<peer>_suite_plugin``.
+        pattern: the glob of its test files (``*_tests.py``, ``test_*.py``).
         plugin: the plugin's source.
+        options: the ``run_suite`` keyword arguments (see :class:`RunOptions`).
 
     Returns:
-        ``(tmp, copied, plugin_dir)``: the work folder, the tests' copy in it and the plugin's folder.
+        The :class:`SuiteRun`.
+
+    Raises:
+        FileNotFoundError: no file in ``tests`` matches ``pattern``.
+        TypeError: an unknown option.
     """
-    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"{peer}_suite_"))
+    options = RunOptions(**options)
+    tests = Path(tests).resolve()
+    if not any(tests.glob(pattern)):
+        raise FileNotFoundError(f"no {pattern} files in {tests} (expected {peer}'s tests/ folder)")
+    tmp = Path(options.workdir) if options.workdir else Path(tempfile.mkdtemp(prefix=f"{peer}_suite_"))
     tmp.mkdir(parents=True, exist_ok=True)
     copied = tmp / "tests"
     if copied.exists():
@@ -483,23 +538,22 @@ def prepare_workdir(tests, workdir, peer, plugin):
     plugin_dir = tmp / "plugin"
     plugin_dir.mkdir(exist_ok=True)
     (plugin_dir / f"_{peer}_suite_plugin.py").write_text(plugin)
-    return tmp, copied, plugin_dir
+    return SuiteRun(peer, tests, tmp, copied, plugin_dir, options)
 
 
-def pytest_command(target, *, ini, rootdir, peer, junit, options=()):
+def pytest_command(run, target, *, ini, rootdir, options=(), after=()):
     """The pytest command of a suite run: quiet, short tracebacks, no cache, the harness's plugin loaded.
 
     Args:
+        run: the :class:`SuiteRun` (its plugin; the JUnit report goes to its work folder; its ``-k``).
         target: what pytest collects (a folder, relative to the run's folder or absolute).
         ini: the pytest.ini the run reads; rootdir: pytest's root folder.
-        peer: the package whose tests run (its plugin is ``_<peer>_suite_plugin``).
-        junit: the JUnit XML report's path.
-        options: further pytest options, before ``--junitxml``.
+        options: further pytest options, before ``--junitxml``; after: further ones after it, before ``-k``.
 
     Returns:
         The command (a list of arguments).
     """
-    return [
+    cmd = [
         sys.executable,
         "-m",
         "pytest",
@@ -511,113 +565,91 @@ def pytest_command(target, *, ini, rootdir, peer, junit, options=()):
         "-p",
         "no:cacheprovider",
         "-p",
-        f"_{peer}_suite_plugin",
+        f"_{run.peer}_suite_plugin",
         "-q",
         "--tb=short",
         "-rN",
         *options,
         "--junitxml",
-        str(junit),
+        str(run.tmp / "junit.xml"),
+        *after,
     ]
+    return cmd + (["-k", run.options.keyword] if run.options.keyword else [])
 
 
-def run_and_summarise(cmd, *, tests, tmp, cwd, path, peer, strip, reference, extra, timeout, threads, **run_args):
+def run_and_summarise(run, cmd, *, cwd, path, strip, extra):
     """Run a suite's pytest command with the plugin's environment and fold what it recorded.
 
     Args:
-        cmd: the command (:func:`pytest_command`); tests: the peer's tests folder; tmp: the work folder (the
-            record goes there); cwd: where it runs.
+        run: the :class:`SuiteRun` (the record goes to its work folder).
+        cmd: the command (:func:`pytest_command`); cwd: where it runs.
         path: folders first on PYTHONPATH (see :func:`pytest_env`).
-        peer: the package whose tests run (the plugin's environment prefix is ``<PEER>_SUITE``).
         strip: the tests' copy, cut (with this repository's root) from the recorded locations.
-        reference: whether the installed peer runs (no shim).
         extra: the harness's own entries of ``info`` (the shim's names, the names the tests use).
-        timeout, threads: see :func:`pytest_env`.
-        run_args: ``log``, ``echo`` and ``total_timeout`` of :func:`run_recorded`.
 
     Returns:
         ``(result, info)``: :func:`summarise` of the reports, and what the run was (the command, the log,
         the exit status, ``extra``).
     """
-    record = tmp / "record.jsonl"
+    o = run.options
+    record = run.tmp / "record.jsonl"
     record.unlink(missing_ok=True)
-    env = pytest_env(path, f"{peer.upper()}_SUITE", record, timeout, threads)
-    # locations relative to the tests' copy / this repository
-    entries, run = run_recorded(
-        cmd, cwd=cwd, env=env, record=record, strip=(strip, REPO_ROOT), log_prefix=f"{peer}_suite_", **run_args
+    env = pytest_env(path, f"{run.peer.upper()}_SUITE", record, o.timeout, o.threads)
+    entries, ran = run_recorded(
+        cmd,
+        cwd=cwd,
+        env=env,
+        record=record,
+        strip=(strip, REPO_ROOT),  # locations relative to the tests' copy / this repository
+        log=o.log,
+        log_prefix=f"{run.peer}_suite_",
+        echo=o.echo,
+        total_timeout=o.total_timeout,
     )
     info = {
-        "tests": str(tests),
-        "workdir": str(tmp),
+        "tests": str(run.tests),
+        "workdir": str(run.tmp),
         "command": cmd,
-        **run,
-        "reference": reference,
+        **ran,
+        "reference": o.reference,
         **extra,
-        "timeout_s": timeout,
-        "threads": threads,
+        "timeout_s": o.timeout,
+        "threads": o.threads,
     }
     return summarise(entries), info
 
 
-def run_suite(
-    tests,
-    *,
-    reference=False,
-    timeout=300.0,
-    total_timeout=None,
-    threads=1,
-    keyword=None,
-    workdir=None,
-    log=None,
-    echo=False,
-):
-    """Run the suite; returns ``(result, info)`` where ``info`` has the shim, the names and the log path."""
-    tests = Path(tests).resolve()
-    test_files = sorted(tests.glob("*_tests.py"))
-    if not test_files:
-        raise FileNotFoundError(f"no *_tests.py files in {tests} (expected torchdiffeq's tests/ folder)")
-    tmp, copied, plugin_dir = prepare_workdir(tests, workdir, "torchdiffeq", _PLUGIN)
+def run_suite(tests, **options):
+    """Run the suite; returns ``(result, info)`` where ``info`` has the shim, the names and the log path.
+
+    Args:
+        tests: torchdiffeq's tests folder.
+        options: see :class:`RunOptions`.
+    """
+    run = start_run("torchdiffeq", tests, "*_tests.py", _PLUGIN, options)
+    copied = run.copied
     (copied / "pytest.ini").write_text(_PYTEST_INI)
 
-    used = scan_torchdiffeq_names(test_files)
-    path = [str(plugin_dir)]
+    used = scan_torchdiffeq_names(sorted(run.tests.glob("*_tests.py")))
+    path = [str(run.plugin_dir)]
     shim_names = []
-    if not reference:
+    if not run.options.reference:
         shim_names = _shim_names()
-        shim = tmp / "shim" / "torchdiffeq"
+        shim = run.tmp / "shim" / "torchdiffeq"
         shim.mkdir(parents=True, exist_ok=True)
         (shim / "__init__.py").write_text(_SHIM.format(names=", ".join(shim_names)))
         path += [str(shim.parent), str(REPO_ROOT)]
     not_applicable = {name: files for name, files in used.items() if name.split(".")[0] not in PUBLIC_API}
-    missing = [name for name in PUBLIC_API if name not in shim_names] if not reference else []
+    missing = [name for name in PUBLIC_API if name not in shim_names] if not run.options.reference else []
 
-    cmd = pytest_command(
-        str(copied), ini=copied / "pytest.ini", rootdir=copied, peer="torchdiffeq", junit=tmp / "junit.xml"
-    )
-    if keyword:
-        cmd += ["-k", keyword]
+    cmd = pytest_command(run, str(copied), ini=copied / "pytest.ini", rootdir=copied)
     extra = {
         "shim_names": shim_names,
         "missing_public_api": missing,
         "torchdiffeq_names_used": used,
         "not_applicable": not_applicable,
     }
-    return run_and_summarise(
-        cmd,
-        tests=tests,
-        tmp=tmp,
-        cwd=copied,
-        path=path,
-        peer="torchdiffeq",
-        strip=copied,
-        reference=reference,
-        extra=extra,
-        timeout=timeout,
-        threads=threads,
-        log=log,
-        echo=echo,
-        total_timeout=total_timeout,
-    )
+    return run_and_summarise(run, cmd, cwd=copied, path=path, strip=copied, extra=extra)
 
 
 def check(result, info, peer="torchdiffeq", collect_errors_count=False):
@@ -715,9 +747,9 @@ def add_run_arguments(parser, peer, timeout_help):
 
 
 def run_options(args):
-    """The keyword arguments of a harness's ``run_suite`` from the options of :func:`add_run_arguments`."""
-    names = ("reference", "timeout", "total_timeout", "threads", "keyword", "workdir", "log", "echo")
-    return {name: getattr(args, name) for name in names}
+    """The keyword arguments of a harness's ``run_suite`` (:class:`RunOptions`) from the options of
+    :func:`add_run_arguments`."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(RunOptions)}
 
 
 def main(argv=None):

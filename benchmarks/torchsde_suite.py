@@ -49,11 +49,11 @@ from benchmarks.torchdiffeq_suite import (
     add_run_arguments,
     finish,
     format_table,
-    prepare_workdir,
     pytest_command,
     run_and_summarise,
     run_options,
     scan_from_imports,
+    start_run,
 )
 from benchmarks.torchdiffeq_suite import check as check_run
 from benchmarks.torchdiffeq_suite import title_of as run_title
@@ -152,33 +152,24 @@ def _write_shim(directory, names, modules):
     (shim / "__init__.py").write_text(_SHIM.format(imports=imports, modules=tuple(modules)))
 
 
-def run_suite(
-    tests,
-    *,
-    reference=False,
-    timeout=300.0,
-    total_timeout=None,
-    threads=1,
-    keyword=None,
-    workdir=None,
-    log=None,
-    echo=False,
-):
-    """Run the suite; returns ``(result, info)`` where ``info`` has the shim, the names and the log path."""
-    tests = Path(tests).resolve()
-    test_files = sorted(tests.glob("test_*.py"))
-    if not test_files:
-        raise FileNotFoundError(f"no test_*.py files in {tests} (expected torchsde's tests/ folder)")
-    tmp, copied, plugin_dir = prepare_workdir(tests, workdir, "torchsde", _PLUGIN)
+def run_suite(tests, **options):
+    """Run the suite; returns ``(result, info)`` where ``info`` has the shim, the names and the log path.
+
+    Args:
+        tests: torchsde's tests folder.
+        options: see :class:`benchmarks.torchdiffeq_suite.RunOptions`.
+    """
+    run = start_run("torchsde", tests, "test_*.py", _PLUGIN, options)
+    tmp, reference = run.tmp, run.options.reference
     # the test files import their helpers relatively (``from . import problems``): the copy is a package
-    (copied / "__init__.py").touch()
+    (run.copied / "__init__.py").touch()
     (tmp / "pytest.ini").write_text(_PYTEST_INI)
 
-    used = scan_torchsde_names(sorted(tests.glob("*.py")))
+    used = scan_torchsde_names(sorted(run.tests.glob("*.py")))
     not_public = {name: files for name, files in used.items() if _is_private(name)}
     # a test file reaching into torchsde's private modules tests torchsde's internals, not its API
     excluded = sorted({f for files in not_public.values() for f in files if f.startswith("test_")})
-    path = [str(plugin_dir)]
+    path = [str(run.plugin_dir)]
     names, modules = {}, []
     if not reference:
         names, modules = _shim_sources()
@@ -190,18 +181,14 @@ def run_suite(
     other = {name: files for name, files in used.items() if name.split(".")[0] not in public and not _is_private(name)}
 
     cmd = pytest_command(
+        run,
         "tests",
         ini=tmp / "pytest.ini",
         rootdir=tmp,
-        peer="torchsde",
-        junit=tmp / "junit.xml",
         # a file that cannot import (a missing name) must not stop the rest
         options=("--continue-on-collection-errors",),
+        after=[arg for name in excluded for arg in ("--ignore", str(run.copied / name))],
     )
-    for name in excluded:
-        cmd += ["--ignore", str(copied / name)]
-    if keyword:
-        cmd += ["-k", keyword]
     extra = {
         "shim_names": names,
         "shim_modules": modules,
@@ -212,22 +199,7 @@ def run_suite(
         "excluded_files": excluded,
         "unknown_names": other,
     }
-    return run_and_summarise(
-        cmd,
-        tests=tests,
-        tmp=tmp,
-        cwd=tmp,
-        path=path,
-        peer="torchsde",
-        strip=tmp,
-        reference=reference,
-        extra=extra,
-        timeout=timeout,
-        threads=threads,
-        log=log,
-        echo=echo,
-        total_timeout=total_timeout,
-    )
+    return run_and_summarise(run, cmd, cwd=tmp, path=path, strip=tmp, extra=extra)
 
 
 def check(result, info):
