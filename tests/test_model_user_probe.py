@@ -95,3 +95,42 @@ def test_neural_sde_state_of_another_dtype_names_the_fix():
     with pytest.raises(TypeError, match=r"parameters are torch.float32 but y0 is torch.float64.*y0\.to\("):
         layer(torch.zeros(3, 2, dtype=torch.float64), ts)
     assert layer(torch.zeros(3, 2), ts).shape == (3, 3, 2)
+
+
+def _series_models():
+    from hybrid_node.nn.ode_rnn import ODERNN
+    from hybrid_node.nn.rnn_baselines import RNNBaseline
+
+    torch.manual_seed(0)
+    return [ODERNN(3, hidden=4, ode_hidden=4), RNNBaseline(3, hidden=4)]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_recurrent_models_name_a_batch_of_other_channels(index):
+    """Used to fail inside the cell: "input has inconsistent input_size: got 4 expected 6"."""
+    model = _series_models()[index]
+    with pytest.raises(
+        ValueError, match=rf"{type(model).__name__} was built for obs_dim=3 channels, but the batch has 2"
+    ):
+        model(_batch())
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_recurrent_models_name_a_batch_of_another_dtype(index):
+    model = _series_models()[index]
+    batch = from_sequences([torch.tensor([0.1, 0.5], dtype=torch.float64)], [torch.zeros(2, 3, dtype=torch.float64)])
+    with pytest.raises(TypeError, match=r"parameters are torch.float32 but the batch holds torch.float64.*batch\.to\("):
+        model(batch)
+    assert torch.isfinite(model(batch.to(torch.float32))).all()
+
+
+def test_planar_flow_points_of_another_dtype_name_the_fix():
+    """torch's error named only "addmv input tensors"."""
+    from hybrid_node.nn.planar_flow import PlanarFlow
+
+    flow = PlanarFlow(2, 3)
+    with pytest.raises(TypeError, match=r"parameters are torch.float32 but x is torch.float64.*x\.to\("):
+        flow.log_prob(torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"but z is torch.float64"):
+        flow.from_base(torch.zeros(4, 2, dtype=torch.float64))
+    assert flow.double().log_prob(torch.zeros(4, 2, dtype=torch.float64)).dtype == torch.float64

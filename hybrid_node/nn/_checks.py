@@ -84,3 +84,48 @@ def nonfinite_rows(x: torch.Tensor) -> str | None:
         return None
     rows = bad.nonzero().flatten().tolist()
     return "rows " + ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+
+
+def check_dtype(module: torch.nn.Module, x: torch.Tensor, name: str) -> None:
+    """Refuse a floating-point ``x`` whose dtype is not that of ``module``'s parameters.
+
+    Without this the first layer fails with torch's "mat1 and mat2 must have the same dtype" (or, for
+    an integer tensor, advises converting the model to an integer dtype).
+
+    Raises:
+        TypeError: ``x`` is not floating-point, or its dtype differs from the parameters'.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; use {name}.float().")
+    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if param is not None and param.dtype != x.dtype:
+        raise TypeError(
+            f"{type(module).__name__}'s parameters are {param.dtype} but {name} is {x.dtype}; convert one to "
+            f"the other, e.g. {name}.to({param.dtype}) or model.to({x.dtype})."
+        )
+
+
+def check_series_batch(module: torch.nn.Module, batch, obs_dim: int) -> None:
+    """Refuse an :class:`~hybrid_node.irregular.IrregularBatch` that ``module`` (built for ``obs_dim``
+    channels) cannot read: another number of channels, or values of another dtype than its parameters.
+
+    Without this a recurrent cell failed with "input has inconsistent input_size: got 4 expected 6"
+    (twice the channels: values and mask), or a matrix product with a dtype clash.
+
+    Raises:
+        ValueError: the batch has another number of channels than ``obs_dim``.
+        TypeError: its values are not of the parameters' dtype.
+    """
+    name = type(module).__name__
+    if batch.obs_dim != obs_dim:
+        raise ValueError(
+            f"{name} was built for obs_dim={obs_dim} channels, but the batch has {batch.obs_dim} (values of shape "
+            f"{tuple(batch.values.shape)}; expected (batch, time, {obs_dim})). Build it with obs_dim={batch.obs_dim}, "
+            f"or pass series with {obs_dim} channels."
+        )
+    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if param is not None and param.dtype != batch.values.dtype:
+        raise TypeError(
+            f"{name}'s parameters are {param.dtype} but the batch holds {batch.values.dtype} values; convert one "
+            f"to the other, e.g. batch.to({param.dtype}) or model.to({batch.values.dtype})."
+        )

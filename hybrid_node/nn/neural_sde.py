@@ -17,28 +17,9 @@ from torch import nn
 
 from ..sde import sdeint, sdeint_adjoint
 from ..sde.solvers import check_sde_settings
-from ._checks import positive_float, positive_int
+from ._checks import check_dtype, positive_float, positive_int
 
 Tensor = torch.Tensor
-
-
-def _check_state_dtype(module: nn.Module, x: Tensor, name: str) -> None:
-    """Refuse a floating-point ``x`` whose dtype is not that of ``module``'s parameters.
-
-    Without this the first layer fails with torch's "mat1 and mat2 must have the same dtype" (or, for
-    an integer tensor, advises converting the model to an integer dtype).
-
-    Raises:
-        TypeError: ``x`` is not floating-point, or its dtype differs from the parameters'.
-    """
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; use {name}.float().")
-    param = next((p for p in module.parameters() if p.is_floating_point()), None)
-    if param is not None and param.dtype != x.dtype:
-        raise TypeError(
-            f"{type(module).__name__}'s parameters are {param.dtype} but {name} is {x.dtype}; convert one to "
-            f"the other, e.g. {name}.to({param.dtype}) or model.to({x.dtype})."
-        )
 
 
 def _sample_count(n: int) -> int:
@@ -176,7 +157,7 @@ class NeuralSDE(nn.Module):
         """
         self._refuse_hidden_parameters()
         if torch.is_tensor(y0):
-            _check_state_dtype(self, y0, "y0")
+            check_dtype(self, y0, "y0")
         solve = sdeint_adjoint if self.adjoint else sdeint
         return solve(self, y0, ts, bm=bm, method=self.method, dt=self.dt)
 
@@ -265,7 +246,7 @@ class LatentSDE(nn.Module):
         if not torch.is_tensor(xs) or xs.dim() != 3 or xs.shape[2] != data_dim:
             shape = tuple(xs.shape) if torch.is_tensor(xs) else type(xs).__name__
             raise ValueError(f"xs must be a tensor of shape (T, batch, {data_dim}) (time first), got {shape}.")
-        _check_state_dtype(self, xs, "xs")
+        check_dtype(self, xs, "xs")
         if xs.shape[0] == 0 or xs.shape[1] == 0:  # an empty batch made every term a mean of nothing: NaN
             raise ValueError(f"xs must hold at least one time and one series, got shape {tuple(xs.shape)}.")
         # A NaN reached the solver as a NaN z0 (a message about "y0" and "the initial state"), an infinite

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._registry import check_solve_settings
 from ..irregular import IrregularBatch, check_future_times
+from ._checks import check_series_batch
 from ._kept import kept_field
 from ._solve import odeint
 
@@ -127,6 +128,7 @@ class ODERNN(nn.Module):
                 (the run would silently integrate backwards in time; ``LatentODE.encode`` refuses the
                 same for its ``t0``).
         """
+        check_series_batch(self, batch, self.obs_dim)
         bsz, length = batch.times.shape
         if length == 0:
             raise ValueError("ODERNN needs series with at least one time point; the batch has none (L = 0).")

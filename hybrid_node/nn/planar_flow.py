@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._checks import nonfinite_rows
+from ._checks import check_dtype, nonfinite_rows
 
 __all__ = ["PlanarFlow"]
 
@@ -76,7 +76,7 @@ class PlanarFlow(nn.Module):
             ValueError: ``x`` has the wrong shape or non-finite values.
             TypeError: ``x`` is not a floating-point tensor.
         """
-        self._check(x)
+        self._check(x, "x")
         u_hat = self._u_hat()
         z, log_det = x, x.new_zeros(x.shape[0])
         for k in range(self.n_layers):  # layers are sequential by nature
@@ -110,7 +110,7 @@ class PlanarFlow(nn.Module):
             ValueError: ``z`` has the wrong shape or non-finite values, or ``n_bisection`` is not a
                 positive int.
         """
-        self._check(z)
+        self._check(z, "z")
         # with no step the midpoint of the first bracket, y @ w, would be returned as the root
         if isinstance(n_bisection, bool) or not isinstance(n_bisection, int) or n_bisection <= 0:
             raise ValueError(f"n_bisection must be a positive int, got {n_bisection!r}.")
@@ -143,12 +143,13 @@ class PlanarFlow(nn.Module):
         z = self.base_std * torch.randn(n, self.dim, dtype=self.u.dtype, device=self.u.device, generator=generator)
         return self.from_base(z)
 
-    def _check(self, x: torch.Tensor) -> None:
+    def _check(self, x: torch.Tensor, name: str) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"Expected a tensor of shape (batch, {self.dim}), got {shape}.")
         if not x.is_floating_point():  # torch would only name a dtype clash inside a matrix product
             raise TypeError(f"Expected a floating-point tensor, got {x.dtype}.")
+        check_dtype(self, x, name)  # a float64 x on a float32 flow: torch's "addmv input tensors" error
         # A NaN or infinite row came back as a NaN log-density or sample without a word, and one such
         # row makes a training loss NaN (the CNF refuses them with the same message).
         shown = nonfinite_rows(x)

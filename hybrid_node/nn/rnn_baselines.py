@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..irregular import IrregularBatch, check_future_times, zero_unobserved
+from ._checks import check_series_batch
 
 Tensor = torch.Tensor
 
@@ -74,6 +75,7 @@ class RNNBaseline(nn.Module):
         channel is observed, not merely the next position: a time at which nothing was observed is no
         observation), and from the last one to ``next_after_last`` (B,).
         """
+        check_series_batch(self, batch, self.obs_dim)
         bsz, length = batch.times.shape
         observed = batch.time_mask
         pos = torch.arange(length, device=batch.times.device).expand(bsz, length)
