@@ -16,6 +16,7 @@ Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I* (2nd ed., 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -135,6 +136,8 @@ def replay_cause(
     j = len(finite) - 1 - finite[::-1].index(True) if True in finite else -1
     if j < 0 or j + 1 >= len(ts):
         return ""
+    if getattr(solver, "compile", False) and dataclasses.is_dataclass(solver) and not isinstance(solver, type):
+        solver = dataclasses.replace(solver, compile=False)  # eager steps: no compilation for a failed solve
     counted = [getattr(term, k, None) for k in ("nfe", "n_jacobian")]
     try:
         with torch.no_grad():
