@@ -752,6 +752,29 @@ def run_options(args):
     return {field.name: getattr(args, field.name) for field in dataclasses.fields(RunOptions)}
 
 
+def run_and_print_table(args, peer, run, title):
+    """A harness's run from its command line: the suite run with the options of :func:`add_run_arguments`,
+    and its table printed.
+
+    Args:
+        args: the parsed options.
+        peer: the package whose tests run (names the harness in the error message).
+        run: the harness's ``run_suite``; title: its ``title_of``.
+
+    Returns:
+        ``(result, info, title)``, or None when the tests folder has no test files (said on stderr).
+    """
+    try:
+        result, info = run(args.tests, **run_options(args))
+    except FileNotFoundError as e:  # no test files: the harness could not run the suite (exit status 2)
+        print(f"{peer}_suite: {e}", file=sys.stderr)
+        return None
+    heading = title(result, info)
+    print(format_table(result, heading))
+    print()
+    return result, info, heading
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, "torchdiffeq", "seconds without progress before a subtest/test is interrupted")
@@ -773,14 +796,10 @@ def main(argv=None):
 
     if args.tests is None:
         parser.error("--tests DIR is needed (a local copy of torchdiffeq's tests/ folder), or --summarise JSON")
-    try:
-        result, info = run_suite(args.tests, **run_options(args))
-    except FileNotFoundError as e:  # no test files: the harness could not run the suite (exit status 2)
-        print(f"torchdiffeq_suite: {e}", file=sys.stderr)
+    ran = run_and_print_table(args, "torchdiffeq", run_suite, title_of)
+    if ran is None:
         return 2
-    title = title_of(result, info)
-    print(format_table(result, title))
-    print()
+    result, info, title = ran
     if info["not_applicable"]:
         print("torchdiffeq names the tests use beyond its public API (not shimmed; failures there are not applicable):")
         for name, files in info["not_applicable"].items():

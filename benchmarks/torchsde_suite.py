@@ -48,14 +48,14 @@ from benchmarks.torchdiffeq_suite import _PLUGIN as _TORCHDIFFEQ_PLUGIN
 from benchmarks.torchdiffeq_suite import (
     add_run_arguments,
     finish,
-    format_table,
     pytest_command,
+    run_and_print_table,
     run_and_summarise,
-    run_options,
     scan_from_imports,
     start_run,
 )
 from benchmarks.torchdiffeq_suite import check as check_run
+from benchmarks.torchdiffeq_suite import format_table as format_table  # re-exported: the report's table
 from benchmarks.torchdiffeq_suite import title_of as run_title
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -237,14 +237,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.tests is None:
         parser.error("--tests DIR is needed (a local copy of torchsde's tests/ folder)")
-    try:
-        result, info = run_suite(args.tests, **run_options(args))
-    except FileNotFoundError as e:  # no test files: the harness could not run the suite (exit status 2)
-        print(f"torchsde_suite: {e}", file=sys.stderr)
+    ran = run_and_print_table(args, "torchsde", run_suite, title_of)
+    if ran is None:
         return 2
-    title = title_of(result, info)
-    print(format_table(result, title))
-    print()
+    result, info, title = ran
     print(format_names(info))
     return finish(args, result, info, title, check(result, info))
 
