@@ -134,3 +134,20 @@ def test_planar_flow_points_of_another_dtype_name_the_fix():
     with pytest.raises(TypeError, match=r"but z is torch.float64"):
         flow.from_base(torch.zeros(4, 2, dtype=torch.float64))
     assert flow.double().log_prob(torch.zeros(4, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"channels": 0}, ValueError, "channels must be positive"),  # ZeroDivisionError before
+        ({"channels": 40}, ValueError, "multiple of 32"),
+        ({"channels": 8, "rk_steps": 0}, ValueError, "rk_steps must be positive"),  # ZeroDivisionError before
+        ({"channels": 8, "rk_steps": 2.5}, TypeError, "rk_steps must be an int"),  # built with a 0.4 step before
+    ],
+)
+def test_mnist_build_model_checks_its_sizes(kwargs, error, message):
+    from hybrid_node.experiments.mnist import build_model
+
+    with pytest.raises(error, match=message):
+        build_model("rknet", **kwargs)
+    assert build_model("rknet", 8, rk_steps=2)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)

@@ -38,6 +38,7 @@ from torch import nn
 
 from .._errors import CheckpointError
 from ..data.mnist import load_mnist, to_float
+from ..nn._checks import positive_int as positive_size
 from ..nn.layers import ConvDynamics
 from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
@@ -93,8 +94,7 @@ class MNISTConfig:
         for name in ("lr", "tol"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}.")
-        if self.channels % min(32, self.channels):
-            raise ValueError(f"channels ({self.channels}) must be a multiple of 32 or at most 32 (GroupNorm).")
+        check_architecture(self.channels, self.rk_steps)
 
 
 #: Settings a resumed run may change: which models run, how often it checkpoints, and the device (the
@@ -145,6 +145,23 @@ QUICK: dict[str, Any] = {
 }
 
 
+def check_architecture(channels: int, rk_steps: int) -> None:
+    """Check the sizes that shape a Table-1 model.
+
+    Args:
+        channels: feature channels; GroupNorm takes min(32, channels) groups, which must divide them.
+        rk_steps: RK4 steps of RK-Net over [0, 1]; a fraction would silently take another number of steps.
+
+    Raises:
+        TypeError: either is not an int.
+        ValueError: either is not positive, or ``channels`` is above 32 and no multiple of 32.
+    """
+    positive_size("channels", channels)
+    positive_size("rk_steps", rk_steps)
+    if channels % min(32, channels):
+        raise ValueError(f"channels ({channels}) must be a multiple of 32 or at most 32 (GroupNorm).")
+
+
 def _norm(c: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, c), c)
 
@@ -179,10 +196,12 @@ def build_model(
         An ``nn.Sequential`` mapping (N, 1, 28, 28) images to (N, 10) logits.
 
     Raises:
-        ValueError: for an unknown ``kind``.
+        ValueError: for an unknown ``kind``, a ``channels`` or ``rk_steps`` below 1 (a division by zero
+            before) or a ``channels`` that GroupNorm cannot split; TypeError: either is not an int.
     """
     if kind not in MODELS:
         raise ValueError(f"kind must be one of {MODELS}, got {kind!r}.")
+    check_architecture(channels, rk_steps)
     c = channels
     stem = [
         nn.Conv2d(1, c, 3, 1),
