@@ -314,3 +314,23 @@ def test_the_compiled_whole_solve_names_the_cause_too():
     with pytest.raises(SolverError) as err:
         hn.odeint(lambda t, y: y * y, torch.ones(2, 2, dtype=torch.float64), 2 * t, options=options)
     assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+
+
+def test_per_sample_step_control_names_the_cause_too():
+    # options={"per_sample": True}: the failing sample's row is diagnosed (the field's NaN there, or
+    # its blow-up); it gave the generic advice. Sample 1 decays, sample 0 hits the NaN / the blow-up.
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    options = {"per_sample": True}
+
+    def nan_in_row_0(t, y):
+        bad = (torch.as_tensor(t) > 0.7)[:, None] & (torch.arange(2) == 0)[:, None]
+        return torch.where(bad, torch.full_like(y, float("nan")), -y)
+
+    with pytest.raises(SolverError) as err:
+        hn.odeint(nan_in_row_0, torch.ones(2, 3, dtype=torch.float64), t, options=options)
+    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-7
+    assert "returned NaN" in str(err.value) and "sample(s) [0]" in str(err.value), str(err.value)
+    y0 = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)  # y' = y^2: row 0 blows up at t = 1, row 1 decays
+    with pytest.raises(SolverError) as err:
+        hn.odeint(lambda t, y: y * y, y0, 2 * t, options=options)
+    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)

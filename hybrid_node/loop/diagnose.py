@@ -153,3 +153,42 @@ def replay_cause(
             if value is not None:
                 setattr(term, name, value)
     return ""
+
+
+def per_sample_cause(
+    status: Status, field, term, t: torch.Tensor, y: torch.Tensor, y0: torch.Tensor, failed: list[int]
+) -> str:
+    """:func:`failure_cause` for the per-sample loop, from the first failed sample's row.
+
+    Args:
+        status: the failure; failed: the indices of the failed samples (the first is diagnosed).
+        field: the loop's ``field(s, y)`` on the batch, ``s`` a (batch,) tensor of solver times.
+        term: the wrapped field (its counters are restored; ``reverse`` gives the user's time).
+        t: (batch,) the solver time each sample reached; y, y0: the batch's state and initial state.
+
+    Returns:
+        The cause and its fix, or "".
+    """
+    if status not in (Status.NONFINITE, Status.STEP_UNDERFLOW) or not failed:
+        return ""
+    i = failed[0]
+    if not bool(torch.isfinite(y[i]).all()):
+        return ""
+    sign = -1.0 if term.reverse else 1.0
+    t_i = float(t[i])
+    if status is Status.NONFINITE:
+        counted = term.nfe
+        scale = max(1.0, abs(t_i))
+        try:
+            with torch.no_grad():
+                for dt in [2**k * _EPS * scale for k in range(7)] + [math.sqrt(_EPS) * scale]:
+                    what = _nonfinite(field(t + dt, y)[i])
+                    if what:
+                        return field_cause(what, sign * (t_i + dt))
+        except Exception:  # the field raising here is not the failure being explained
+            return ""
+        finally:
+            term.nfe = counted
+    size = float(y[i].detach().abs().max()) if y[i].numel() else 0.0
+    start = max(1.0, float(y0[i].detach().abs().max())) if y0[i].numel() else 1.0
+    return blowup_cause(sign * t_i, size, start)

@@ -40,6 +40,7 @@ from ..controllers import (
 from ..interpolation import hermite_weights, linear_combination
 from . import core
 from .core import TENSOR
+from .diagnose import per_sample_cause
 from .host import Integration
 
 #: noted on an error of the field's first call: per-sample control's ``t`` is not the scalar a
@@ -291,7 +292,8 @@ def integrate_per_sample(
                 rows = (code == core.NONFINITE) if nonfinite else (code > core.SUCCESS)
                 failed = rows.nonzero().reshape(-1).tolist()
                 detail = _detail(status, failed, batch)
-                return _failed(status, t[failed[0]], outs, stats, term, throw, detail, sample_status)
+                cause = per_sample_cause(status, field, term, t, y, y0, failed)
+                return _failed(status, t[failed[0]], outs, stats, term, throw, detail, sample_status, cause)
             rows = code > core.SUCCESS
             failed = rows.nonzero().reshape(-1).tolist()
             failures += failed
@@ -492,11 +494,11 @@ def _emit_outputs(outs, ts, lo, hi, t, t_new, h, accept, y, interp: _Dense) -> N
         outs[j] = out
 
 
-def _failed(status, t, outs, stats, term, throw, detail, sample_status):
+def _failed(status, t, outs, stats, term, throw, detail, sample_status, cause=""):
     """Raise SolverError (with ``throw``) or report ``status`` at ``t`` (solver time), the earliest
     of a vector of per-sample times or one failing sample's, with each sample's status."""
     t_min = float(t.min())
     if throw:
-        raise SolverError(status, -t_min if term.reverse else t_min, detail)
+        raise SolverError(status, -t_min if term.reverse else t_min, detail, cause)
     stats.nfe = term.nfe
     return Integration(outs, stats, status, t_min, sample_status=tuple(sample_status))
