@@ -334,3 +334,25 @@ def test_per_sample_step_control_names_the_cause_too():
     with pytest.raises(SolverError) as err:
         hn.odeint(lambda t, y: y * y, y0, 2 * t, options=options)
     assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["per_sample_event", "non_terminal_event"])
+def test_the_event_loops_name_the_cause_too(kind):
+    # the per-sample terminal event loop and the non-terminal event loop run steps of their own; they
+    # gave the generic advice for a NaN field and for a blow-up
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+
+    def run(field, t_end):
+        if kind == "per_sample_event":
+            hn.odeint_event(field, y0, 0.0, event_fn=lambda t, y: 1.5 - t + 0 * y[:, 0], per_sample=True, t_end=t_end)
+        else:
+            hn.solve(field, y0, t_end * t, event=hn.Event(lambda t, y: y[0, 0] - 0.75))
+
+    with pytest.raises(SolverError) as err:
+        run(_nan_past(0.7), 1.0)
+    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-7
+    assert "returned NaN" in str(err.value), str(err.value)
+    with pytest.raises(SolverError) as err:
+        run(lambda t, y: y * y, 2.0)
+    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)

@@ -57,6 +57,7 @@ from .._term import Term
 from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
+from .diagnose import failure_cause
 from .host import DenseSegment, check_no_nan, check_points, first_step, take_counters
 from .host import _emit as _emit_outputs
 
@@ -542,8 +543,8 @@ def integrate_sample_events(
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, t0)
         if code != RUNNING:
             status, detail = core.STATUS[code], f"dt={dt:.3g}"
-            if throw:
-                raise SolverError(status, user_t(t), detail)
+            if throw:  # the field (frozen rows masked) or a blow-up as the cause, where the state tells
+                raise SolverError(status, user_t(t), detail, failure_cause(status, mterm, t, y, y0))
             break
     mterm.warn_nonfinite()
     fired = frozen.cpu().numpy().copy()
@@ -716,7 +717,7 @@ def integrate_with_events(
 
     def finish(status: Status, detail: str = "") -> EventIntegration:
         if status is not Status.SUCCESS and throw:
-            raise SolverError(status, user_t(t), detail)
+            raise SolverError(status, user_t(t), detail, failure_cause(status, term, t, y, y0))
         take_counters(stats, term)
         out = ys + [torch.full_like(y0, math.nan) for _ in range(len(ts) - len(ys))]
         return EventIntegration(out, records, stats, status, t)
