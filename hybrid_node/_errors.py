@@ -17,8 +17,8 @@ class Status(enum.Enum):
     )
     STEP_UNDERFLOW = (
         "The step size fell below the minimum. The problem may be stiff (try an implicit method such as "
-        "'rodas4' or 'kvaerno5'), the field may jump or have a kink here (pass that time in jump_t), or the "
-        "tolerances may be too tight for the dtype (try float64 or larger rtol/atol)."
+        "'rodas4' or 'kvaerno5') or the tolerances too tight for the dtype (try float64 or larger rtol/atol), "
+        "or the field may jump or have a kink here (pass that time in jump_t)."
     )
     NONFINITE = (
         "The state became NaN or infinite. Either the vector field returned NaN or inf (a log, sqrt or division out of "

@@ -356,3 +356,36 @@ def test_the_event_loops_name_the_cause_too(kind):
     with pytest.raises(SolverError) as err:
         run(lambda t, y: y * y, 2.0)
     assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+
+
+def _stiff_linear(t, y):
+    """y' = A y with eigenvalues -1 and -1e4: the explicit methods' steps are held at dt ~ 3.3e-4."""
+    return torch.stack([-y[0], -1e4 * (y[1] - y[0])])
+
+
+def test_an_explicit_method_on_a_stiff_problem_is_told_to_use_an_implicit_one():
+    # MAX_STEPS used to advise only raising max_num_steps; here the steps are held by dopri5's
+    # stability (dt * rho at its boundary, 3.3), so the message names the stiffness, rho (1e4, the
+    # largest eigenvalue's magnitude, which the power iteration finds to its first digits) and the fix.
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 10.0], dtype=torch.float64)
+    options = {"max_num_steps": 500}
+    with pytest.raises(SolverError) as err:
+        hn.odeint(_stiff_linear, y0, t, rtol=1e-6, atol=1e-9, options=options)
+    msg = str(err.value)
+    assert err.value.status is Status.MAX_STEPS
+    assert "stiff" in msg and "spectral radius of about 1e+04" in msg and "'rodas4'" in msg, msg
+    # the fix works: the implicit method takes the same solve within the same step budget
+    ys = hn.odeint(_stiff_linear, y0, t, method="rodas4", rtol=1e-6, atol=1e-9, options=options)
+    # y_0(10) = exp(-10); rtol 1e-6 per step, accumulated over the ~100 steps, stays well within 1e-4
+    assert torch.allclose(ys[-1, 0], torch.exp(torch.tensor(-10.0, dtype=torch.float64)), rtol=1e-4)
+
+
+def test_a_non_stiff_max_steps_keeps_the_generic_advice():
+    # y' = -y with too few steps: rho = 1 and the steps are short, so dt * rho is far below 1
+    with pytest.raises(SolverError) as err:
+        hn.odeint(
+            lambda t, y: -y, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 10.0]), options={"max_num_steps": 3}
+        )
+    assert err.value.status is Status.MAX_STEPS and "stiff" not in str(err.value)
+    assert "increasing `max_num_steps`" in str(err.value)
