@@ -389,3 +389,24 @@ def test_a_non_stiff_max_steps_keeps_the_generic_advice():
         )
     assert err.value.status is Status.MAX_STEPS and "stiff" not in str(err.value)
     assert "increasing `max_num_steps`" in str(err.value)
+
+
+def test_a_diagnosis_that_fails_leaves_the_solver_error_as_it_was():
+    # the diagnosis looks at the field and the state once more; where that raises (a field that
+    # raises there, a state that cannot be read on the host), the failure is reported without a cause
+    from hybrid_node.loop.diagnose import failure_cause, stiffness_cause
+
+    class Broken:
+        nfe = 0
+        n_jacobian = 0
+
+        @property
+        def reverse(self):
+            raise RuntimeError("cannot be read here")
+
+        def __call__(self, t, y, perturb=0):
+            raise RuntimeError("cannot be evaluated here")
+
+    y = torch.full((2,), 1e9, dtype=torch.float64)  # a blow-up, were the time readable
+    assert failure_cause(Status.STEP_UNDERFLOW, Broken(), 1.0, y, torch.ones(2, dtype=torch.float64)) == ""
+    assert stiffness_cause(Broken(), hn.Dopri5(), 1.0, y, 0.1) == ""

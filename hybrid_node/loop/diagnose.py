@@ -17,8 +17,9 @@ Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I* (2nd ed., 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -27,6 +28,21 @@ from .._errors import Status, blowup_cause, field_cause
 _EPS = float(torch.finfo(torch.float64).eps)  # the solver's times are float64 host numbers
 
 
+def _never_raises(fn: Callable[..., str]) -> Callable[..., str]:
+    """``fn``, returning "" where it raises: a diagnosis must never replace the failure it explains
+    (a state under a ``torch.func`` transform cannot be read on the host, a field may raise)."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs) -> str:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            return ""
+
+    return guarded
+
+
+@_never_raises
 def failure_cause(status: Status, term, t: float, y: torch.Tensor, y0: torch.Tensor) -> str:
     """The cause and fix of a NONFINITE or STEP_UNDERFLOW failure at solver time ``t``, or "".
 
@@ -109,6 +125,7 @@ def _nonfinite(f) -> str:
     return ""
 
 
+@_never_raises
 def replay_cause(
     status: Status, term, solver, controller, ts: Sequence[float], ys: torch.Tensor, t_fail: float, rtol, atol, norm
 ) -> str:
@@ -155,6 +172,7 @@ def replay_cause(
     return ""
 
 
+@_never_raises
 def per_sample_cause(
     status: Status, field, term, t: torch.Tensor, y: torch.Tensor, y0: torch.Tensor, failed: list[int]
 ) -> str:
@@ -199,6 +217,7 @@ def per_sample_cause(
 STIFF_STEP = 1.0
 
 
+@_never_raises
 def stiffness_cause(term, solver, t: float, y: torch.Tensor, dt: float, iterations: int = 8) -> str:
     """The cause of an explicit method's MAX_STEPS failure where the problem is stiff there, or "".
 
