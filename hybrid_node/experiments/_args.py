@@ -16,13 +16,41 @@ from typing import Any
 
 import torch
 
-from .._errors import HybridNodeError
+from .._errors import HybridNodeError, SolverError
 from .._registry import METHOD_SPECS
 from ..solvers.base import ExternalSolver
 
 
 class SettingsError(HybridNodeError, ValueError):
     """A command's settings do not fit together; the message names the option to change."""
+
+
+@contextlib.contextmanager
+def diverged_if_solve_fails(iteration: int, lr: float) -> Iterator[None]:
+    """Report a solve that fails during training, after the weights have moved, as a diverged run.
+
+    A too large ``--lr`` throws the weights to where the learned field overflows (a NaN state) or
+    turns so stiff that the step size underflows; the solver's own advice (an implicit method, a
+    ``jump_t``) is then beside the point. At ``iteration`` 1 the weights are still the initial ones,
+    so the solver's error is passed on unchanged.
+
+    Args:
+        iteration: the training iteration about to run (1-based, counted over the whole run).
+        lr: the learning rate, named in the message.
+
+    Raises:
+        SettingsError: a :class:`~hybrid_node.SolverError` after iteration 1; it names the iteration,
+            the solver's symptom and ``--lr``, with the solver's error as its cause.
+    """
+    try:
+        yield
+    except SolverError as err:
+        if iteration <= 1:
+            raise
+        raise SettingsError(
+            f"training diverged at iteration {iteration}: the solve failed at t={err.t:.6g} "
+            f"({err.status.symptom.lower()}) with the weights of the previous step; lower --lr (now {lr:g})."
+        ) from err
 
 
 def method_name(value: str) -> str:

@@ -29,7 +29,7 @@ from ..nn.augmented import AugmentedNeuralODE
 from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
 from ..training.atomic import atomic_savefig
-from ._args import SettingsError, positive_float, positive_int, random_seed
+from ._args import SettingsError, diverged_if_solve_fails, positive_float, positive_int, random_seed
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -167,9 +167,10 @@ def train_flow(
         hist = state["history"]
     for step in range(done + 1, iters + 1):
         idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen) if len(x) > batch else torch.arange(len(x))
-        loss = nn.functional.mse_loss(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with diverged_if_solve_fails(step, lr):
+            loss = nn.functional.mse_loss(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         hist["loss"].append(loss.item())
         hist["nfe"].append(model.ode.nfe_forward)

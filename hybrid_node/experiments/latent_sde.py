@@ -26,7 +26,7 @@ import torch
 from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
 from ..training.atomic import atomic_savefig
-from ._args import SettingsError, checked_settings, positive_float, positive_int, random_seed
+from ._args import SettingsError, checked_settings, diverged_if_solve_fails, positive_float, positive_int, random_seed
 from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
 from ._progress import progress_bar
 
@@ -140,7 +140,8 @@ def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None
         idx = torch.randperm(s.n_paths, generator=gen)[: s.batch_size]
         kl_weight = min(1.0, 3.0 * it / s.iters)
         try:
-            out = model(noisy[:, idx], ts, kl_weight=kl_weight)
+            with diverged_if_solve_fails(it, s.lr):
+                out = model(noisy[:, idx], ts, kl_weight=kl_weight)
         except FloatingPointError:
             raise _diverged(s, f"at iteration {it}", "q(z0 | x) overflowed") from None
         if not bool(torch.isfinite(out.loss)):  # a NaN step would turn every weight NaN

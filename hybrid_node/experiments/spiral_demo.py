@@ -32,12 +32,13 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .._api import odeint, odeint_adjoint
-from .._registry import build_solver
+from .._registry import build_solver, check_solve_settings
 from ..solvers.symplectic import PartitionedComposition
 from ..training.atomic import atomic_savefig
 from ._args import (
     check_backprop,
     checked_settings,
+    diverged_if_solve_fails,
     method_name,
     nonnegative_float,
     positive_float,
@@ -145,12 +146,43 @@ def sample_windows(t: torch.Tensor, y_obs: torch.Tensor, s: DemoSettings, gen: t
     return y0, times, targets
 
 
+#: Steps one of the demo's solves may take. A healthy solve of the whole trajectory takes about 300
+#: (dopri5) to 30,000 (adaptive_heun) at the default tolerances; weights thrown far by a too large --lr
+#: make the field so stiff that an explicit method crawled on for odeint's default of a million steps
+#: per solve (hours) before any error.
+STEP_BUDGET = 10**5
+
+
+def _solve_options(s: DemoSettings) -> dict | None:
+    """``{"max_num_steps": STEP_BUDGET}`` where ``s.method`` takes that option, else None (scipy_solver)."""
+    options = {"max_num_steps": STEP_BUDGET}
+    try:
+        check_solve_settings(s.method, options, backend="torch")
+    except ValueError:
+        return None
+    return options
+
+
+def _solve(model: SpiralField, y0: torch.Tensor, t: torch.Tensor, s: DemoSettings) -> torch.Tensor:
+    """The model's trajectory from ``y0`` at ``t`` (no adjoint), within the step budget."""
+    return odeint(model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=_solve_options(s))
+
+
 def _integrate(model: SpiralField, y0: torch.Tensor, t: torch.Tensor, s: DemoSettings) -> torch.Tensor:
     if s.adjoint:
+        options = _solve_options(s)
         return odeint_adjoint(
-            model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, adjoint_params=tuple(model.parameters())
+            model,
+            y0,
+            t,
+            rtol=s.rtol,
+            atol=s.atol,
+            method=s.method,
+            options=options,
+            adjoint_options=options,
+            adjoint_params=tuple(model.parameters()),
         )
-    return odeint(model, y0, t, rtol=s.rtol, atol=s.atol, method=s.method)
+    return _solve(model, y0, t, s)
 
 
 def field_error(model: SpiralField, pts: torch.Tensor) -> float:
@@ -237,9 +269,10 @@ def train(s: DemoSettings, progress: bool = True, ckpts: Checkpoints | None = No
             it += 1
             y0, times, targets = sample_windows(t, y_obs, s, gen)
             opt.zero_grad()
-            pred = _integrate(model, y0, times, s)
-            loss = (pred - targets).abs().mean()
-            loss.backward()
+            with diverged_if_solve_fails(it, s.lr):
+                pred = _integrate(model, y0, times, s)
+                loss = (pred - targets).abs().mean()
+                loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
@@ -247,15 +280,13 @@ def train(s: DemoSettings, progress: bool = True, ckpts: Checkpoints | None = No
             hist["loss"].append(loss.item())
             if it % s.test_every == 0 or k == s.iters:
                 with torch.no_grad():
-                    full = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
+                    full = _solve(model, y0_full, t, s)[:, 0]
                 hist["eval_iter"].append(it)
                 hist["eval_mae"].append(float((full - y_true).abs().mean()))
             if k < s.iters and ckpts is not None and ckpts.due(ckpt, it, total):
                 save()  # the end of a cycle is saved below, after its evaluation
         with torch.no_grad():  # the stopping test sees only what a user has: the observations
-            obs_mae = float(
-                (odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0] - y_obs).abs().mean()
-            )
+            obs_mae = float((_solve(model, y0_full, t, s)[:, 0] - y_obs).abs().mean())
         if best is None or obs_mae < best[0]:
             best = (obs_mae, copy.deepcopy(model.state_dict()), cycle)
         if obs_mae <= s.target_mae:
@@ -271,7 +302,7 @@ def train(s: DemoSettings, progress: bool = True, ckpts: Checkpoints | None = No
         save()
     seconds = before + time.perf_counter() - start
     with torch.no_grad():
-        y_pred = odeint(model, y0_full, t, rtol=s.rtol, atol=s.atol, method=s.method)[:, 0]
+        y_pred = _solve(model, y0_full, t, s)[:, 0]
     metrics = {
         "iterations": it,
         "stop": stop,
