@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import dataclasses
 import datetime
 import functools
 import json
 import re
+import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +366,34 @@ _OPENED: contextvars.ContextVar[Path | None] = contextvars.ContextVar("opened_ru
 #: The exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
 INTERRUPTED = 130
 
+#: The exit status of a command stopped by SIGTERM (128 + SIGTERM), e.g. a batch scheduler's stop.
+TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an exception where the command is, so that it unwinds as on Ctrl-C.
+
+    By default SIGTERM ended the process on the spot: no line saying how to resume, and a checkpoint
+    being written left its temporary file behind (the last complete checkpoint stayed intact).
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`_Terminated` (main thread only: a handler can only be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 def interrupted_message(command: str, folder: Path | None) -> str:
     """The one line printed when Ctrl-C stops ``command``: what was kept in ``folder`` and how to go on.
@@ -384,7 +415,8 @@ def interrupted_message(command: str, folder: Path | None) -> str:
 
 
 def interruptible(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Make a command's ``run(args)`` end on Ctrl-C with one line on stderr and status 130, not a traceback.
+    """Make a command's ``run(args)`` end on Ctrl-C with one line on stderr and status 130, not a traceback
+    (on SIGTERM the same line and status 143).
 
     The checkpoints are written atomically, so whatever the interrupt stopped, the folder holds the last
     complete one and ``--resume`` continues from it; the line says so, with the folder.
@@ -401,10 +433,11 @@ def interruptible(command: str) -> Callable[[Callable[[argparse.Namespace], int]
         def wrapped(args: argparse.Namespace) -> int:
             token = _OPENED.set(None)
             try:
-                return run(args)
-            except KeyboardInterrupt:
+                with _sigterm_as_interrupt():
+                    return run(args)
+            except KeyboardInterrupt as stop:
                 print(interrupted_message(command, _OPENED.get()), file=sys.stderr)
-                return INTERRUPTED
+                return TERMINATED if isinstance(stop, _Terminated) else INTERRUPTED
             finally:
                 _OPENED.reset(token)
 
