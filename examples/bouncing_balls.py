@@ -111,4 +111,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.out.exists() and not args.out.is_dir():  # found before the solves, not by savefig at the end
         parser.error(f"--out {str(args.out)!r} is a file, not a folder")
+    try:  # a folder that cannot be made (no permission, a read-only place) failed after the solves
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(
+            f"cannot create the --out folder {str(args.out)!r} ({err.strerror}); pass a folder you can write to"
+        )
     raise SystemExit(main(args.out))

@@ -95,6 +95,15 @@ def test_bouncing_balls_refuses_a_file_as_its_folder_before_solving(tmp_path):
     assert "--out 'plots' is a file, not a folder" in out.stderr
 
 
+def test_bouncing_balls_refuses_a_folder_it_cannot_make_before_solving(tmp_path):
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "plots").write_text("")
+    out = _run(tmp_path, "bouncing_balls.py", "--out", "plots/run1", timeout=60)
+    # the solves ran first and mkdir failed at the end with a FileNotFoundError/NotADirectoryError traceback
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "impacts" not in out.stdout
+    assert "cannot create the --out folder 'plots/run1'" in out.stderr
+
+
 def test_compiled_training_refuses_too_few_iterations(tmp_path):
     out = _run(tmp_path, "compiled_training.py", "--iters", "1", timeout=60)
     assert out.returncode == 2 and "argument --iters: must be >= 2, got 1" in out.stderr
