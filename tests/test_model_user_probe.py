@@ -151,3 +151,20 @@ def test_mnist_build_model_checks_its_sizes(kwargs, error, message):
     with pytest.raises(error, match=message):
         build_model("rknet", **kwargs)
     assert build_model("rknet", 8, rk_steps=2)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("kind", ["HamiltonianNN", "BaselineODE"])
+@pytest.mark.parametrize("pair", [False, True])
+def test_hamiltonian_models_name_a_state_of_another_dtype(kind, pair):
+    """Data from numpy is float64: a direct call on it (the paper's loss on the field) raised torch's
+    "mat1 and mat2 must have the same dtype" from inside the MLP."""
+    import hybrid_node.nn as hnn
+
+    model = getattr(hnn, kind)(1, hidden=8)
+    y = torch.zeros(4, 2, dtype=torch.float64)
+    state = (y[:, :1], y[:, 1:]) if pair else y
+    name = "q" if pair else "y"
+    with pytest.raises(TypeError, match=rf"parameters are torch.float32 but {name} is torch.float64.*{name}\.to\("):
+        model(torch.tensor(0.0), state)
+    out = model.double()(torch.tensor(0.0), state)
+    assert (out[0] if pair else out).dtype == torch.float64

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .._transforms import inside_transform
-from ._checks import positive_int
+from ._checks import check_dtype, positive_int
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -168,9 +168,13 @@ class HamiltonianNN(nn.Module):
         Raises:
             ValueError: a pair state is not two tensors of shape ``(..., dim)``, or a tensor state does not
                 end in ``2 * dim`` entries.
+            TypeError: the state is not floating-point or not of the parameters' dtype.
         """
         if isinstance(y, (tuple, list)):
-            return self.symplectic_gradient(*_pair(y, self.dim))
+            q, p = _pair(y, self.dim)
+            check_dtype(self, q, "q")  # float64 data (numpy's default) met float32 weights deep in the MLP
+            return self.symplectic_gradient(q, p)
+        check_dtype(self, y, "y")
         if y.shape[-1] != 2 * self.dim:
             raise ValueError(f"a tensor state must end in 2 * dim = {2 * self.dim} entries (q then p), got {y.shape}.")
         dq, dp = self.symplectic_gradient(y[..., : self.dim], y[..., self.dim :])
@@ -207,10 +211,14 @@ class BaselineODE(nn.Module):
         Raises:
             ValueError: a pair state is not two tensors of shape ``(..., dim)``, or a tensor state does not
                 end in ``2 * dim`` entries (a q of 1 and a p of 3 entries made 2 + 2 inputs and ran).
+            TypeError: the state is not floating-point or not of the parameters' dtype.
         """
         if isinstance(y, (tuple, list)):
-            out = self.net(torch.cat(_pair(y, self.dim), dim=-1))
+            q, p = _pair(y, self.dim)
+            check_dtype(self, q, "q")
+            out = self.net(torch.cat((q, p), dim=-1))
             return out[..., : self.dim], out[..., self.dim :]
+        check_dtype(self, y, "y")
         if y.shape[-1] != 2 * self.dim:
             raise ValueError(f"a tensor state must end in 2 * dim = {2 * self.dim} entries (q then p), got {y.shape}.")
         return self.net(y)
