@@ -54,3 +54,17 @@ def test_latent_sde_with_a_huge_learning_rate_reports_divergence():
     settings = latent_sde.LatentSDESettings(iters=30, lr=1000.0)
     with pytest.raises(SettingsError, match=r"training diverged .*lower --lr \(now 1000\)"):
         latent_sde.train(settings, progress=False)
+
+
+def test_hnn_rollout_of_a_diverged_model_names_the_learning_rate():
+    """dopri5's step size underflowed on the learned field, with advice to use an implicit method."""
+    import argparse
+
+    from hybrid_node.experiments import hnn
+
+    args = argparse.Namespace(
+        trajectories=4, noise=0.1, seed=0, rollout_factor=1.0, hidden=16, iters=30, lr=1000.0, weight_decay=0.0,
+        method="dopri5", step_size=0.02,
+    )  # fmt: skip
+    with pytest.raises(SettingsError, match=r"rollout failed at t=.*lower --lr \(now 1000\).*--method such as rk4"):
+        hnn.run_task("spring", args, progress=False)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .._api import odeint
+from .._errors import SolverError
 from .._registry import build_solver
 from ..controllers import ConstantStepSize
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
@@ -265,7 +266,16 @@ def run_task(task: str, s: argparse.Namespace, progress: bool, ckpts: Checkpoint
         model = BaselineODE(1, s.hidden) if kind == "baseline" else HamiltonianNN(1, s.hidden)
         label, job = f"{task} {kind}", f"{task}-{kind}"
         fit = train_model(model, data, s.iters, s.lr, progress, label, ckpts, job, s.weight_decay)
-        traj = rollout(model, y0, t_roll, s.method, s.step_size)
+        try:
+            traj = rollout(model, y0, t_roll, s.method, s.step_size)
+        except SolverError as err:
+            # The solver's own advice (an implicit method, jump_t) is beside the point for a learned field
+            # that a too large learning rate made stiff or explosive.
+            raise SettingsError(
+                f"the trained {task} {kind} model's {s.method} rollout failed at t={err.t:.6g} "
+                f"({err.status.symptom.lower()}): its learned field is too stiff or explosive, as after a "
+                f"diverged training; lower --lr (now {s.lr:g}), or roll out with a fixed-step --method such as rk4."
+            ) from err
         energy = system.energy(traj[..., 0], traj[..., 1]).double()
         inside = t_roll <= system.t_end
         fit.update(
