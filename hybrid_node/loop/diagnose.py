@@ -16,6 +16,7 @@ Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I* (2nd ed., 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -26,6 +27,7 @@ import torch
 from .._errors import Status, blowup_cause, field_cause
 
 _EPS = float(torch.finfo(torch.float64).eps)  # the solver's times are float64 host numbers
+_COUNTERS = ("nfe", "n_jacobian")  # the wrapped field's evaluation counters, reported as the solve's work
 
 
 def _never_raises(fn: Callable[..., str]) -> Callable[..., str]:
@@ -40,6 +42,30 @@ def _never_raises(fn: Callable[..., str]) -> Callable[..., str]:
             return ""
 
     return guarded
+
+
+@contextlib.contextmanager
+def _uncounted(term):
+    """Field calls inside the block leave ``term``'s evaluation counters as they were: a diagnosis
+    is not part of the solve's reported work.
+
+    Args:
+        term: the wrapped field; the counters it lacks are left alone.
+    """
+    counted = [getattr(term, k, None) for k in _COUNTERS]
+    try:
+        yield
+    finally:
+        for name, value in zip(_COUNTERS, counted):
+            if value is not None:
+                setattr(term, name, value)
+
+
+def _blowup(user_t: float, y: torch.Tensor, y0: torch.Tensor) -> str:
+    """:func:`blowup_cause` for the state ``y`` reached from ``y0`` at the user's time ``user_t``."""
+    size = float(y.detach().abs().max()) if y.numel() else 0.0
+    scale = max(1.0, float(y0.detach().abs().max())) if y0.numel() else 1.0
+    return blowup_cause(user_t, size, scale)
 
 
 @_never_raises
@@ -75,9 +101,7 @@ def failure_cause(status: Status, term, t: float, y: torch.Tensor, y0: torch.Ten
             )
         if what:
             return field_cause(what, sign * t_bad)
-    scale = max(1.0, float(y0.detach().abs().max())) if y0.numel() else 1.0
-    size = float(y.detach().abs().max()) if y.numel() else 0.0
-    return blowup_cause(user_t, size, scale)
+    return _blowup(user_t, y, y0)
 
 
 def _is_backward(term) -> bool:
@@ -95,21 +119,16 @@ def _nonfinite_field(term, t: float, y: torch.Tensor) -> tuple[str, float]:
     and at the step of a forward difference for df/dt (sqrt(eps) * max(1, |t|), as the Rosenbrock
     methods take it where autograd cannot), which sees the field past the step.
     """
-    counted = [getattr(term, k, None) for k in ("nfe", "n_jacobian")]
     scale = max(1.0, abs(t))
     offsets = [0.0] + [2**k * _EPS * scale for k in range(1, 7)] + [math.sqrt(_EPS) * scale]
     try:
-        with torch.no_grad():
+        with _uncounted(term), torch.no_grad():
             for dt in offsets:
                 what = _nonfinite(term(t, y.detach(), 1) if dt == 0.0 else term(t + dt, y.detach()))
                 if what:
                     return what, t + dt
     except Exception:  # the field raising here is not the failure being explained
         return "", t
-    finally:
-        for name, value in zip(("nfe", "n_jacobian"), counted):
-            if value is not None:
-                setattr(term, name, value)
     return "", t
 
 
@@ -155,9 +174,8 @@ def replay_cause(
         return ""
     if getattr(solver, "compile", False) and dataclasses.is_dataclass(solver) and not isinstance(solver, type):
         solver = dataclasses.replace(solver, compile=False)  # eager steps: no compilation for a failed solve
-    counted = [getattr(term, k, None) for k in ("nfe", "n_jacobian")]
     try:
-        with torch.no_grad():
+        with _uncounted(term), torch.no_grad():
             integrate_adaptive(term, solver, controller, ys[j], [ts[j], ts[j + 1]], rtol=rtol, atol=atol, norm=norm)
     except SolverError as err:
         user_fail = -t_fail if getattr(term, "reverse", False) else t_fail
@@ -165,10 +183,6 @@ def replay_cause(
         return err.cause if err.status is status and near else ""
     except Exception:  # the replay raising otherwise is not the failure being explained
         return ""
-    finally:
-        for name, value in zip(("nfe", "n_jacobian"), counted):
-            if value is not None:
-                setattr(term, name, value)
     return ""
 
 
@@ -195,21 +209,16 @@ def per_sample_cause(
     sign = -1.0 if term.reverse else 1.0
     t_i = float(t[i])
     if status is Status.NONFINITE:
-        counted = term.nfe
         scale = max(1.0, abs(t_i))
         try:
-            with torch.no_grad():
+            with _uncounted(term), torch.no_grad():
                 for dt in [2**k * _EPS * scale for k in range(7)] + [math.sqrt(_EPS) * scale]:
                     what = _nonfinite(field(t + dt, y)[i])
                     if what:
                         return field_cause(what, sign * (t_i + dt))
         except Exception:  # the field raising here is not the failure being explained
             return ""
-        finally:
-            term.nfe = counted
-    size = float(y[i].detach().abs().max()) if y[i].numel() else 0.0
-    start = max(1.0, float(y0[i].detach().abs().max())) if y0[i].numel() else 1.0
-    return blowup_cause(sign * t_i, size, start)
+    return _blowup(sign * t_i, y[i], y0[i])
 
 
 #: dt * rho above which an explicit method's steps are taken to be held by its stability, not its accuracy
@@ -238,9 +247,8 @@ def stiffness_cause(term, solver, t: float, y: torch.Tensor, dt: float, iteratio
     """
     if getattr(solver, "implicit", False) or not bool(torch.isfinite(y).all()) or y.is_complex():
         return ""
-    counted = [getattr(term, k, None) for k in ("nfe", "n_jacobian")]
     try:
-        with torch.no_grad():
+        with _uncounted(term), torch.no_grad():
             f0 = term(t, y)
             gen = torch.Generator(device="cpu").manual_seed(0)  # a fixed start: the message is reproducible
             v = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
@@ -255,10 +263,6 @@ def stiffness_cause(term, solver, t: float, y: torch.Tensor, dt: float, iteratio
                 v = jv
     except Exception:  # the field raising here is not the failure being explained
         return ""
-    finally:
-        for name, value in zip(("nfe", "n_jacobian"), counted):
-            if value is not None:
-                setattr(term, name, value)
     if not abs(dt) * rho > STIFF_STEP:
         return ""
     user_t = -t if getattr(term, "reverse", False) else t
