@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import hybrid_node as hn
@@ -12,6 +13,22 @@ METHODS = {
     "interpolating": hn.InterpolatingAdjoint(),
     "interpolating-3": hn.InterpolatingAdjoint(checkpoints=3),
 }
+
+
+class Damped(torch.nn.Module):
+    """x'' = -w^2 sin x - c x' with learnable w, c: nonlinear (no closed form), so every stage depends on
+    the parameters; ``grad_modes`` records whether autograd was on at each evaluation."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.3))
+        self.c = torch.nn.Parameter(torch.tensor(0.2))
+        self.grad_modes: list[bool] = []
+
+    def forward(self, t, y):
+        self.grad_modes.append(torch.is_grad_enabled())
+        x, u = y[..., :1], y[..., 1:]
+        return torch.cat([u, -(self.w**2) * torch.sin(x) - self.c * u], -1)
 
 
 class Tanh(torch.nn.Module):
@@ -105,3 +122,28 @@ def central_difference(fn, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         minus.reshape(-1)[i] -= eps
         flat[i] = (fn(plus) - fn(minus)) / (2 * eps)
     return grad
+
+
+def assert_matches_central_differences(
+    loss, inputs, grads, eps: float = 1e-6, rel: float = 1e-6, abs_tol: float = 1e-9
+):
+    """Each entry of ``grads`` against central differences of ``loss()`` with that entry moved by +-eps.
+
+    Args:
+        loss: () -> the scalar the gradients are of, computed from the current values of ``inputs``.
+        inputs: the tensors (initial states, parameters) moved in place under no_grad, and put back.
+        grads: d loss / d input, one per input.
+        eps: the difference step; rel, abs_tol: the tolerances of each entry's comparison.
+
+    Raises:
+        AssertionError: an entry differs from its difference quotient by more than the tolerances.
+    """
+    for x, g in zip(inputs, grads):
+        for i in range(x.numel()):
+            vals = []
+            for sign in (1, -1):
+                with torch.no_grad():
+                    x.view(-1)[i] += sign * eps
+                    vals.append(float(loss()))
+                    x.view(-1)[i] -= sign * eps
+            assert float(g.reshape(-1)[i]) == pytest.approx((vals[0] - vals[1]) / (2 * eps), rel=rel, abs=abs_tol)

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _gradient_problems import Damped, assert_matches_central_differences
 
 import hybrid_node as hn
 
@@ -143,19 +144,6 @@ def test_ball_gradients_match_the_closed_form(method):
     assert max(float(dh.abs().max()), float(dv.abs().max()), abs(float(dg))) < 1e-9
 
 
-class Damped(torch.nn.Module):
-    """A damped nonlinear oscillator x'' = -w^2 sin x - c x' with learnable w, c (no closed form)."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor([[1.3]]))
-        self.c = torch.nn.Parameter(torch.tensor(0.2))
-
-    def forward(self, t, y):
-        x, u = y[:, :1], y[:, 1:]
-        return torch.cat([u, -(self.w**2) * torch.sin(x) - self.c * u], 1)
-
-
 def _damped_outputs(func, y0):
     sol = hn.solve(
         func,
@@ -179,19 +167,13 @@ def test_nonlinear_gradients_match_central_differences():
     weights = torch.tensor([1.0, -0.7, 0.4])
     loss = (weights * t_e).sum() + (weights.flip(0) * u_e).sum()
     grads = torch.autograd.grad(loss, (y0, func.w, func.c))
-    eps = 1e-6  # central differences: truncation ~eps^2, rounding ~1e-16 / eps = 1e-10
-    for x, g in zip((y0, func.w, func.c), grads):
-        flat = x.detach().reshape(-1)
-        for i in range(flat.numel()):
-            vals = []
-            for sign in (1, -1):
-                with torch.no_grad():
-                    x.reshape(-1)[i] += sign * eps
-                    t_p, u_p = _damped_outputs(func, y0)
-                    x.reshape(-1)[i] -= sign * eps
-                vals.append(float((weights * t_p).sum() + (weights.flip(0) * u_p).sum()))
-            fd = (vals[0] - vals[1]) / (2 * eps)
-            assert float(g.reshape(-1)[i]) == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+    def perturbed_loss():
+        t_p, u_p = _damped_outputs(func, y0)
+        return (weights * t_p).sum() + (weights.flip(0) * u_p).sum()
+
+    # central differences: truncation ~eps^2, rounding ~1e-16 / eps = 1e-10
+    assert_matches_central_differences(perturbed_loss, (y0, func.w, func.c), grads, eps=1e-6, abs_tol=1e-8)
 
 
 def test_rows_solved_one_at_a_time_give_the_same_gradients():
