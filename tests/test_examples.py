@@ -86,22 +86,21 @@ def test_spirals_inference_gap_refuses_bad_input(tmp_path, args, message):
     assert message in out.stderr
 
 
-def test_bouncing_balls_refuses_a_file_as_its_folder_before_solving(tmp_path):
+@pytest.mark.parametrize(
+    ("folder", "message"),
+    [
+        # the solves (20 s) ran first and savefig failed at the end with a traceback
+        ("plots", "--out 'plots' is a file, not a folder"),
+        # the solves ran first and mkdir failed at the end with a FileNotFoundError/NotADirectoryError traceback
+        ("plots/run1", "cannot create the --out folder 'plots/run1'"),
+    ],
+)
+def test_bouncing_balls_refuses_an_out_folder_it_cannot_use_before_solving(tmp_path, folder, message):
     (tmp_path / "cwd").mkdir()
-    (tmp_path / "cwd" / "plots").write_text("")
-    out = _run(tmp_path, "bouncing_balls.py", "--out", "plots", timeout=60)
-    # the solves (20 s) ran first and savefig failed at the end with a traceback
+    (tmp_path / "cwd" / "plots").write_text("")  # a file where the folder, or its parent, would be
+    out = _run(tmp_path, "bouncing_balls.py", "--out", folder, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "impacts" not in out.stdout
-    assert "--out 'plots' is a file, not a folder" in out.stderr
-
-
-def test_bouncing_balls_refuses_a_folder_it_cannot_make_before_solving(tmp_path):
-    (tmp_path / "cwd").mkdir()
-    (tmp_path / "cwd" / "plots").write_text("")
-    out = _run(tmp_path, "bouncing_balls.py", "--out", "plots/run1", timeout=60)
-    # the solves ran first and mkdir failed at the end with a FileNotFoundError/NotADirectoryError traceback
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "impacts" not in out.stdout
-    assert "cannot create the --out folder 'plots/run1'" in out.stderr
+    assert message in out.stderr
 
 
 def test_compiled_training_refuses_too_few_iterations(tmp_path):
