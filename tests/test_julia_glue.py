@@ -338,7 +338,8 @@ def test_per_component_adjoint_tolerances_are_checked_on_julia_too():
 
 def test_options_map_to_dt_and_maxiters():
     ts = np.array([0.0, 0.5, 1.5])
-    assert jb.resolve_options({}, "Tsit5", ts) == (None, None, False)
+    # adaptive steps get the torch backend's default limit, not upstream's 10^6 (test_julia_step_limit.py)
+    assert jb.resolve_options({}, "Tsit5", ts) == (None, 2**31 - 1, False)
     assert jb.resolve_options({"first_step": 0.01, "max_num_steps": 50}, "Tsit5", ts) == (0.01, 50, False)
     # fixed steps always carry their limit (the torch backend's default 10^6; see below)
     assert jb.resolve_options(None, "RK4", ts) == (1.0, 10**6, True)  # steps on the output grid
@@ -398,7 +399,7 @@ def test_trbdf2_takes_fixed_steps_unless_adaptive_on_julia_too():
     ts = np.array([0.0, 0.5, 1.5])
     assert jb.resolve_options(None, "TRBDF2", ts) == (1.0, 10**6, True)
     assert jb.resolve_options({"step_size": 0.1}, "TRBDF2", ts) == (0.1, 10**6, True)
-    assert jb.resolve_options({"adaptive": True, "first_step": 0.01}, "TRBDF2", ts) == (0.01, None, False)
+    assert jb.resolve_options({"adaptive": True, "first_step": 0.01}, "TRBDF2", ts) == (0.01, 2**31 - 1, False)
     assert jb.resolve_options({"adaptive": True, "step_size": 0.1}, "TRBDF2", ts) == (0.1, 10**6, True)
     with pytest.raises(ValueError, match="valid options"):
         jb.resolve_options({"first_step": 0.1}, "TRBDF2", ts)

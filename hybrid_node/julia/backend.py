@@ -48,6 +48,7 @@ from torch import nn
 from .._errors import BackendError, SolverError, Status
 from .._registry import METHOD_SPECS, method_spec, refuse_unknown_options
 from .._solution import Solution, Stats
+from ..controllers import ConstantStepSize, PIDController
 from ..sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -120,7 +121,9 @@ class SolveConfig:
         checkpointing: InterpolatingAdjoint's checkpointing.
         rtol, atol: forward (and backward) tolerances.
         quad_rtol, quad_atol: QuadratureAdjoint's quadrature tolerances.
-        maxiters: maximum number of steps, or None for Julia's default.
+        maxiters: the most step attempts, rejected ones included (what Julia's ``maxiters`` counts);
+            :func:`prepare` always sets it to the torch backend's limit. None would leave upstream's
+            default (10^6 for algorithms that can adapt, none for ``Euler``).
         dt: fixed step (fixed-step methods) or first step (adaptive), or None.
         fixed_step: the method steps on a fixed grid (also stopping at each output time).
         time_reversed: the engine solves ``dy/ds = -f(-s, y)`` over ``s = -t`` (``t`` decreasing).
@@ -257,8 +260,10 @@ def resolve_options(
         ts: the output times.
 
     Returns:
-        ``(dt, maxiters, fixed_step)``; ``maxiters`` is always set for fixed steps (see
-        :func:`_fixed_step_limit`).
+        ``(dt, maxiters, fixed_step)``; ``maxiters`` is always set: the user's ``max_num_steps``,
+        else the torch backend's default (:data:`DEFAULT_ADAPTIVE_MAX_STEPS` for adaptive steps; for
+        fixed steps see :func:`_fixed_step_limit`), so that a solve does not stop at upstream's
+        default limit where the torch backend's would let it run.
 
     Raises:
         ValueError: an unknown key or a bad value (the message lists the valid keys), or a fixed-step
@@ -295,14 +300,25 @@ def resolve_options(
         dt = float(np.max(np.abs(np.diff(ts)))) if ts.size > 1 else None
     if fixed and dt is not None:  # dt is None only for one output time (y0 itself: nothing is solved)
         maxiters = _fixed_step_limit(ts, dt, maxiters, "step_size" in options)
+    elif maxiters is None:
+        maxiters = DEFAULT_ADAPTIVE_MAX_STEPS
     return dt, maxiters, fixed
 
 
-#: The step limit when ``max_num_steps`` is not given: the torch backend's for a ``step_size`` grid
-#: (``ConstantStepSize.max_num_steps``), and OrdinaryDiffEqCore's ``maxiters`` default for any
-#: algorithm that can adapt, whether or not it does (src/solve.jl:161 at OrdinaryDiffEq b211787:
-#: ``maxiters = anyadaptive(alg) ? 1000000 : typemax(Int)``).
-DEFAULT_MAX_STEPS = 10**6
+#: The fixed-step limit when ``max_num_steps`` is not given: the torch backend's for a ``step_size``
+#: grid (``ConstantStepSize.max_num_steps``, 10^6).
+DEFAULT_MAX_STEPS = ConstantStepSize.max_num_steps
+
+#: The adaptive limit when ``max_num_steps`` is not given: the torch backend's
+#: (``PIDController.max_num_steps``, 2^31 - 1), sent to Julia as ``maxiters`` in place of
+#: OrdinaryDiffEqCore's default of 10^6 for adaptive algorithms (src/solve.jl:161 at OrdinaryDiffEq
+#: b211787: ``maxiters = anyadaptive(alg) ? 1000000 : typemax(Int)``), which stopped with ``MaxIters``
+#: solves that the torch backend finishes. Both count the same thing: every attempt, rejected ones
+#: included, and fail before the attempt past the limit (torch: ``n_attempts >= max_num_steps``
+#: before an attempt, hybrid_node.loop.core.precheck; Julia: ``loopheader!`` increments
+#: ``integrator.iter`` before each attempt, OrdinaryDiffEqCore src/integrators/integrator_utils.jl:120,
+#: and ``check_error`` stops once ``iter > maxiters``, DiffEqBase src/check_error.jl:81).
+DEFAULT_ADAPTIVE_MAX_STEPS = PIDController.max_num_steps
 
 
 def fixed_grid_steps(ts: np.ndarray, dt: float) -> int:

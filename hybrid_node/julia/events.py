@@ -38,6 +38,8 @@ Thompson, "Event location for ordinary differential equations", Comput. Math. Ap
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +49,7 @@ import torch
 from .._errors import BackendError, SolverError, Status
 from .._event import Event, takes_fired
 from .._solution import Solution, Stats
+from ..loop import dispatch
 from ..loop.events import EventRecord
 from . import backend
 from . import runtime as julia_runtime
@@ -255,10 +258,17 @@ def solve_events(
                 "(options={'event_t_end': ...}); or use backend='torch'."
             )
         t = torch.stack([t.reshape(-1)[0].detach(), torch.as_tensor(float(event_t_end), dtype=t.dtype)])
+    search_cap = event_fn is not None and "max_num_steps" not in (options or {})
+    if search_cap:  # the torch backend's event grid is never refused, only cut at the cap (below)
+        options = {**(options or {}), "max_num_steps": sys.maxsize}
     layout, config, problem, _field, params, _native = backend.prepare(
         func, y0, t, method=method, rtol=rtol, atol=atol, options=options, sensitivity=sensitivity,
         adjoint_params=adjoint_params,
     )  # fmt: skip
+    if search_cap:
+        # A terminal event search on the torch backend stops after EVENT_MAX_STEPS attempts unless
+        # max_num_steps is given (hybrid_node.loop.dispatch); Julia gets the same maxiters.
+        config = dataclasses.replace(config, maxiters=dispatch.EVENT_MAX_STEPS)
     if _needs_gradients(y0, params):
         raise BackendError(
             "events on the Julia backend are solved without gradients (the event functions and jumps are torch code "
@@ -283,7 +293,7 @@ def solve_events(
     status = bridge.status if out.success else backend.status_from_retcode(out.retcode, out.state_finite)
     reached = sign * (out.t_reached if out.t_reached is not None else out.t_final)
     if event_fn is not None:
-        return _terminal_solution(bridge, m0, layout, t, out.stats, status, reached, throw)
+        return _terminal_solution(bridge, m0, layout, t, out.stats, status, reached, throw, config.maxiters)
     if status is not Status.SUCCESS and throw:
         raise SolverError(status, reached, f"Julia retcode {out.retcode}" if not out.success else "")
     saved = np.transpose(np.asarray(out.ys, dtype=np.float64), (2, 1, 0))  # (T', B, D)
@@ -292,12 +302,25 @@ def solve_events(
     return Solution(ts=t, ys=layout.from_matrix(ys), stats=out.stats, status=status, events=bridge.records)
 
 
-def _terminal_solution(bridge: EventBridge, m0, layout, t, stats: Stats, status: Status, reached, throw: bool):
-    """The torchdiffeq-style result of a terminal event: the states at t0 and at the event."""
-    if status is Status.SUCCESS and not bridge.records:
+def _terminal_solution(
+    bridge: EventBridge, m0, layout, t, stats: Stats, status: Status, reached, throw: bool, max_steps: int | None
+):
+    """The torchdiffeq-style result of a terminal event: the states at t0 and at the event.
+
+    A search that runs out of steps (Julia's ``MaxIters``) has not found the event: NO_EVENT, as the
+    torch backend reports it (hybrid_node.loop.host), so both backends fail a search the same way.
+    """
+    detail = "event not found before t_end"
+    if status is Status.MAX_STEPS:
+        status = Status.NO_EVENT
+        detail = (
+            f"event not found before t={float(reached):.6g}: the search stopped after max_num_steps="
+            f"{max_steps} steps; raise options['max_num_steps'] if the event lies further on"
+        )
+    elif status is Status.SUCCESS and not bridge.records:
         status = Status.NO_EVENT
     if status is not Status.SUCCESS and throw:
-        raise SolverError(status, reached, "event not found before t_end" if status is Status.NO_EVENT else "")
+        raise SolverError(status, reached, detail if status is Status.NO_EVENT else "")
     if not bridge.records:
         nan = torch.full_like(m0, float("nan"))
         return Solution(ts=t, ys=layout.from_matrix(torch.stack([m0, nan])), stats=stats, status=status)
