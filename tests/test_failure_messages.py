@@ -273,47 +273,51 @@ def test_a_fixed_step_sde_failure_is_reported_where_it_happened(entry):
     assert "the last finite one is at t=0.5" in msg and "adaptive=True" in msg, msg
 
 
+def _assert_cause_named(solve, status: Status, *words: str, t: float | None = None, t_tol: float = 1e-7):
+    """``solve()`` raises a SolverError of ``status`` whose message holds each of ``words`` (and, given
+    ``t``, that stopped within ``t_tol`` of it)."""
+    with pytest.raises(SolverError) as err:
+        solve()
+    assert err.value.status is status, str(err.value)
+    assert t is None or abs(err.value.t - t) < t_tol, err.value.t
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
 @pytest.mark.parametrize("scipy_method", ["RK45", "DOP853"])
 def test_scipy_names_a_nan_field_and_a_blowup(scipy_method):
     # solve_ivp stops with "Required step size is less than spacing between numbers" in both cases; it
     # was reported as STEP_UNDERFLOW with the stiffness/tolerance advice
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    options = {"solver": scipy_method}
-    with pytest.raises(SolverError) as err:
-        hn.odeint(_nan_past(0.7), torch.ones(2, dtype=torch.float64), t, method="scipy_solver", options=options)
-    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-6
-    assert "returned NaN or inf" in str(err.value), str(err.value)
-    with pytest.raises(SolverError) as err:
-        hn.odeint(lambda t, y: y * y, torch.ones(2, dtype=torch.float64), 2 * t, method="scipy_solver", options=options)
-    assert err.value.status is Status.STEP_UNDERFLOW and abs(err.value.t - 1.0) < 1e-6
-    assert "grows without bound" in str(err.value), str(err.value)
+    y0 = torch.ones(2, dtype=torch.float64)
+
+    def solve(field, t):
+        return lambda: hn.odeint(field, y0, t, method="scipy_solver", options={"solver": scipy_method})
+
+    _assert_cause_named(solve(_nan_past(0.7), t), Status.NONFINITE, "returned NaN or inf", t=0.7, t_tol=1e-6)
+    _assert_cause_named(
+        solve(lambda t, y: y * y, 2 * t), Status.STEP_UNDERFLOW, "grows without bound", t=1.0, t_tol=1e-6
+    )
 
 
-def test_the_device_loop_names_the_cause_too():
-    # options={"device_loop": True} runs its own loop (one host read per run of steps); it gave the
-    # generic advice for a NaN field and for a blow-up
-    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    options = {"device_loop": True}
-    with pytest.raises(SolverError) as err:
-        hn.odeint(_nan_past(0.7), torch.ones(2, 2, dtype=torch.float64), t, options=options)
-    assert err.value.status is Status.NONFINITE and "returned NaN" in str(err.value), str(err.value)
-    with pytest.raises(SolverError) as err:
-        hn.odeint(lambda t, y: y * y, torch.ones(2, 2, dtype=torch.float64), 2 * t, options=options)
-    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+@pytest.mark.parametrize(
+    ("options", "times", "t_nan"),
+    [
+        # the device loop (one host read per run of steps)
+        ({"device_loop": True}, [0.0, 1.0], None),
+        # the compiled whole solve runs as one graph, which hands back no state where it stopped
+        ({"compile": True}, [0.0, 0.5, 1.0], 0.7),
+    ],
+)
+def test_the_device_loop_and_the_compiled_whole_solve_name_the_cause_too(options, times, t_nan):
+    # both run loops of their own; they gave the generic advice for a NaN field and for a blow-up
+    t = torch.tensor(times, dtype=torch.float64)
+    y0 = torch.ones(2, 2, dtype=torch.float64)
 
+    def solve(field, t):
+        return lambda: hn.odeint(field, y0, t, options=options)
 
-def test_the_compiled_whole_solve_names_the_cause_too():
-    # options={"compile": True} runs the whole solve as one graph, which hands back no state where it
-    # stopped; it gave the generic advice for a NaN field and for a blow-up
-    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
-    options = {"compile": True}
-    with pytest.raises(SolverError) as err:
-        hn.odeint(_nan_past(0.7), torch.ones(2, 2, dtype=torch.float64), t, options=options)
-    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-7
-    assert "returned NaN" in str(err.value), str(err.value)
-    with pytest.raises(SolverError) as err:
-        hn.odeint(lambda t, y: y * y, torch.ones(2, 2, dtype=torch.float64), 2 * t, options=options)
-    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+    _assert_cause_named(solve(_nan_past(0.7), t), Status.NONFINITE, "returned NaN", t=t_nan)
+    _assert_cause_named(solve(lambda t, y: y * y, 2 * t), Status.STEP_UNDERFLOW, "grows without bound")
 
 
 def test_per_sample_step_control_names_the_cause_too():
@@ -326,14 +330,13 @@ def test_per_sample_step_control_names_the_cause_too():
         bad = (torch.as_tensor(t) > 0.7)[:, None] & (torch.arange(2) == 0)[:, None]
         return torch.where(bad, torch.full_like(y, float("nan")), -y)
 
-    with pytest.raises(SolverError) as err:
-        hn.odeint(nan_in_row_0, torch.ones(2, 3, dtype=torch.float64), t, options=options)
-    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-7
-    assert "returned NaN" in str(err.value) and "sample(s) [0]" in str(err.value), str(err.value)
+    def solve(field, y0, t):
+        return lambda: hn.odeint(field, y0, t, options=options)
+
+    nan_field = solve(nan_in_row_0, torch.ones(2, 3, dtype=torch.float64), t)
+    _assert_cause_named(nan_field, Status.NONFINITE, "returned NaN", "sample(s) [0]", t=0.7)
     y0 = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)  # y' = y^2: row 0 blows up at t = 1, row 1 decays
-    with pytest.raises(SolverError) as err:
-        hn.odeint(lambda t, y: y * y, y0, 2 * t, options=options)
-    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+    _assert_cause_named(solve(lambda t, y: y * y, y0, 2 * t), Status.STEP_UNDERFLOW, "grows without bound")
 
 
 @pytest.mark.parametrize("kind", ["per_sample_event", "non_terminal_event"])
@@ -349,13 +352,8 @@ def test_the_event_loops_name_the_cause_too(kind):
         else:
             hn.solve(field, y0, t_end * t, event=hn.Event(lambda t, y: y[0, 0] - 0.75))
 
-    with pytest.raises(SolverError) as err:
-        run(_nan_past(0.7), 1.0)
-    assert err.value.status is Status.NONFINITE and abs(err.value.t - 0.7) < 1e-7
-    assert "returned NaN" in str(err.value), str(err.value)
-    with pytest.raises(SolverError) as err:
-        run(lambda t, y: y * y, 2.0)
-    assert err.value.status is Status.STEP_UNDERFLOW and "grows without bound" in str(err.value), str(err.value)
+    _assert_cause_named(lambda: run(_nan_past(0.7), 1.0), Status.NONFINITE, "returned NaN", t=0.7)
+    _assert_cause_named(lambda: run(lambda t, y: y * y, 2.0), Status.STEP_UNDERFLOW, "grows without bound")
 
 
 def _stiff_linear(t, y):
