@@ -60,6 +60,32 @@ def assert_same_run(a, b, folder_a, folder_b):
             assert torch.equal(p, sb["model"][name]), name
 
 
+def run_killed_at(monkeypatch, root, folder, call: int) -> None:
+    """``run_table1(CFG, root, folder)`` killed inside its ``call``-th augmentation (1-based: 3 per epoch,
+    6 per model); the augmentation is put back afterwards."""
+    calls = {"n": 0}
+    shift = mnist._random_shift
+
+    def interrupting_shift(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Interrupted
+        return shift(*args, **kwargs)
+
+    monkeypatch.setattr(mnist, "_random_shift", interrupting_shift)
+    with pytest.raises(Interrupted):
+        run_table1(CFG, root, folder)
+    monkeypatch.setattr(mnist, "_random_shift", shift)
+
+
+def record_builds(monkeypatch) -> list:
+    """The list that the kinds of the models built from now on (so trained) are appended to."""
+    trained: list = []
+    build = mnist.build_model
+    monkeypatch.setattr(mnist, "build_model", lambda kind, *a, **k: trained.append(kind) or build(kind, *a, **k))
+    return trained
+
+
 @pytest.mark.parametrize("where", ["first model, mid-epoch", "second model"])
 def test_an_interrupted_run_resumes_to_the_same_weights_and_losses(tiny_mnist, tmp_path, monkeypatch, where):
     straight = run_table1(CFG, tiny_mnist, tmp_path / "straight")
@@ -67,31 +93,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_losses(tiny_mnist, t
     # Kill the run inside the augmentation of one training iteration: the resnet's 4th (after its
     # checkpoint at iteration 2, so iteration 3 is lost and done again), or the rknet's 2nd (the resnet
     # finished and its row is in results.json).
-    calls = {"n": 0}
-    stop_at = 4 if where == "first model, mid-epoch" else 6 + 2
-    shift = mnist._random_shift
-
-    def interrupting_shift(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == stop_at:
-            raise Interrupted
-        return shift(*args, **kwargs)
-
     folder = tmp_path / "interrupted"
-    monkeypatch.setattr(mnist, "_random_shift", interrupting_shift)
-    with pytest.raises(Interrupted):
-        run_table1(CFG, tiny_mnist, folder)
-    monkeypatch.setattr(mnist, "_random_shift", shift)
+    run_killed_at(monkeypatch, tiny_mnist, folder, 4 if where == "first model, mid-epoch" else 6 + 2)
     assert final_state(folder, "resnet")["step"] == (2 if where == "first model, mid-epoch" else 6)
 
-    trained = []
-    build = mnist.build_model
-
-    def recording_build(kind, *args, **kwargs):
-        trained.append(kind)
-        return build(kind, *args, **kwargs)
-
-    monkeypatch.setattr(mnist, "build_model", recording_build)
+    trained = record_builds(monkeypatch)
     torch.rand(5)  # move the global generator on, as anything between the kill and the resume might
     resumed = run_table1(CFG, tiny_mnist, folder, resume=True)
     # A finished model is not trained again.
@@ -162,25 +168,11 @@ def test_resume_may_change_the_models_and_keeps_the_others(tiny_mnist, tmp_path,
     models it is given, keeps the rows of the others, and leaves an interrupted model that it is not given
     to a later resume, which continues it to the weights of a run that was never interrupted."""
     straight = run_table1(CFG, tiny_mnist, tmp_path / "straight")
-    calls = {"n": 0}
-    shift = mnist._random_shift
-
-    def interrupting_shift(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6 + 4:  # the rknet's 4th iteration, after its checkpoint at 2
-            raise Interrupted
-        return shift(*args, **kwargs)
-
     folder = tmp_path / "run"
-    monkeypatch.setattr(mnist, "_random_shift", interrupting_shift)
-    with pytest.raises(Interrupted):
-        run_table1(CFG, tiny_mnist, folder)
-    monkeypatch.setattr(mnist, "_random_shift", shift)
+    run_killed_at(monkeypatch, tiny_mnist, folder, 6 + 4)  # the rknet's 4th iteration, after its checkpoint at 2
     interrupted = checkpoint_path(folder, "rknet").read_bytes()
 
-    trained = []
-    build = mnist.build_model
-    monkeypatch.setattr(mnist, "build_model", lambda kind, *a, **k: trained.append(kind) or build(kind, *a, **k))
+    trained = record_builds(monkeypatch)
     only_resnet = run_table1(MNISTConfig(**{**CFG.__dict__, "models": ("resnet",)}), tiny_mnist, folder, resume=True)
     assert trained == [] and [r["model"] for r in only_resnet["rows"]] == ["ResNet"]
     assert checkpoint_path(folder, "rknet").read_bytes() == interrupted  # left for a later resume
