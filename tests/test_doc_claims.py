@@ -6,6 +6,7 @@ capability, or a default that changes, fails here until the page says so."""
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import warnings
 from pathlib import Path
@@ -231,3 +232,30 @@ def test_sde_signature_block_matches_the_functions(function):
         assert params[name].default == eval(default), name  # the block's literals: numbers, None, bools
     if "..." not in call.group(1):  # sdeint's block lists every argument
         assert set(quoted) | {"sde", "y0", "ts"} == set(params)
+
+
+# --- gradients.md / torchdiffeq.md: dL/dt_0 of the adjoint against torchdiffeq's time channel ------
+
+
+def test_adjoint_t0_gradient_example_against_torchdiffeq():
+    """The example both pages quote: y' = -y from 1, euler with step_size 0.1, outputs at 0, 1/3, 2/3, 1,
+    L their sum. The continuous dL/dt_0 is sum_i e^(-t_i) over the later outputs (1.5978); both
+    libraries are off by euler's error, each in its own way (1.5494 and 1.5523)."""
+    td = pytest.importorskip("torchdiffeq")
+    said = "torchdiffeq 1.5494, hybrid_node 1.5523, the continuous value 1.5978"
+    assert said in _page("gradients.md") and said in _page("torchdiffeq.md")
+
+    class Decay(torch.nn.Module):
+        def forward(self, t, y):
+            return -y
+
+    def t0_gradient(odeint_adjoint) -> float:
+        t = torch.linspace(0.0, 1.0, 4, dtype=torch.float64).requires_grad_()
+        ys = odeint_adjoint(Decay(), torch.ones(1, dtype=torch.float64), t, method="euler", options={"step_size": 0.1})
+        return torch.autograd.grad(ys.sum(), t)[0][0].item()
+
+    continuous = sum(math.exp(-k / 3) for k in (1, 2, 3))
+    # the page quotes four digits
+    assert round(continuous, 4) == 1.5978
+    assert round(t0_gradient(td.odeint_adjoint), 4) == 1.5494
+    assert round(t0_gradient(hn.odeint_adjoint), 4) == 1.5523
