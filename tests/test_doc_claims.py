@@ -259,3 +259,18 @@ def test_adjoint_t0_gradient_example_against_torchdiffeq():
     assert round(continuous, 4) == 1.5978
     assert round(t0_gradient(td.odeint_adjoint), 4) == 1.5494
     assert round(t0_gradient(hn.odeint_adjoint), 4) == 1.5523
+
+
+def test_event_zero_at_t0_example():
+    """events.md: an event function that is zero at t0 fires a few ulps past it (6.1e-16 for t0 = 0),
+    with the one-sided derivatives dt_e/dy0 = 1/3 and dt_e/dt0 = 1 for y' = -1.5 y from 2 to the level 2:
+    t_e = log(y0 / 2) / 1.5 + t0."""
+    assert "(a few ulps: 6.1e-16 for t0 = 0)" in _page("events.md")
+    y0 = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+    t0 = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    t_e, _ = hn.odeint_event(lambda t, y: -1.5 * y, y0, t0, event_fn=lambda t, y: y[0] - 2.0, t_end=5.0)
+    assert 0 < t_e.item() < 8 * torch.finfo(torch.float64).eps
+    assert f"{t_e.item():.1e}" == "6.1e-16"
+    d_y0, d_t0 = torch.autograd.grad(t_e, (y0, t0))
+    torch.testing.assert_close(d_y0.item(), 1 / 3, rtol=1e-9, atol=0)
+    torch.testing.assert_close(d_t0.item(), 1.0, rtol=1e-9, atol=0)
