@@ -2,24 +2,24 @@
 # VectorContinuousCallback watches every component and calls back (hybrid_node/julia/events.py):
 #
 #   condition(u, t)                    -> length-`len` array of event values
-#   affect(t, u, idx, tprev, uprev)    -> 0 ignore (a crossing against the event's direction),
+#   affect(t, u, idx, crossing)        -> 0 ignore (a crossing against the event's direction),
 #                                         1 record, 2 jump to `jumped()`, 3 terminate
 #   jumped()                           -> length-N array, the state after the jump
 #
-# `idx` goes to Python 0-based, one component per call. The direction is decided in Python from the
-# component's sign at the root `u` (the left end of DiffEqBase's bracket, so the side the crossing
-# came from, past the nudge after an event; the step's start `uprev` only where that is exactly 0):
-# SciMLBase 3's VectorContinuousCallback has no affect_neg! and calls affect! at crossings in either
-# direction (as SciMLBase 2 does with affect_neg! left at its default).
+# `idx` goes to Python 0-based, one component per call, with `crossing` the direction DiffEqBase
+# found (+1 upwards, -1 downwards: minus the sign before the crossing, which after an event is the
+# sign at a point nudged past it). Python filters the event's direction with it.
 #
 # How affect! is called depends on DiffEqBase (both are admitted by our compat: OrdinaryDiffEq
-# sub-libraries 1.x use DiffEqBase 6, 2.x use DiffEqBase 7):
+# sub-libraries 1.x use DiffEqBase 6 with SciMLBase 2, 2.x use DiffEqBase 7 with SciMLBase 3):
 # - DiffEqBase 6 (DiffEqBase.jl src/callbacks.jl, apply_callback!): `affect!(integrator, idx)`
-#   with the Int index of the earliest root;
+#   for an upcrossing (prev_sign < 0) and `affect_neg!(integrator, idx)` for a downcrossing, with
+#   the Int index of the earliest root; SciMLBase 2's affect_neg! defaults to affect!, so it is
+#   passed explicitly to tell the two apart;
 # - DiffEqBase 7 (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl, apply_callback!):
 #   `affect!(integrator, simultaneous_events)`, a view of a Vector{Int8} with one entry per
 #   component: 0 no event, +1 an upcrossing, -1 a downcrossing, nonzero for every component whose
-#   root is at the event time.
+#   root is at the event time. SciMLBase 3's VectorContinuousCallback has no affect_neg!.
 # `act!` has a method for each.
 
 const EVENT_IGNORE = 0
@@ -51,8 +51,9 @@ comment above). `interp_points` is DiffEqBase's: `interp_points - 2` sign checks
 (Python's `Event.samples + 2`), 0 for the step's end only. Root finding is SciMLBase's default, `LeftRootFind`: `affect!` sees the left
 limit at the root. Nothing is saved at the events (`save_positions = (false, false)`): the states
 are saved at the output times only, and Python records each event's state itself. `affect!`
-(`act!`) takes both DiffEqBase 6's `Int` index and DiffEqBase 7's vector of crossings (see the
-comment above).
+(`act!`) takes both DiffEqBase 6's `Int` index (with `act_neg!` as SciMLBase 2's `affect_neg!`)
+and DiffEqBase 7's vector of crossings, and hands Python the direction of each (see the comment
+above).
 """
 function event_callback(condition::Py, affect::Py, jumped::Py, len::Integer, n_state::Integer;
                         interp_points::Integer = 10)
@@ -68,11 +69,12 @@ function event_callback(condition::Py, affect::Py, jumped::Py, len::Integer, n_s
         copyto!(out, values)
         return nothing
     end
-    # One crossing of component `idx` (1-based): Python says what to do. Returns the action code;
-    # the caller sets the derivative-discontinuity flag once for all the components it handles.
-    function handle!(integrator, idx::Integer)
+    # One crossing of component `idx` (1-based) in `direction` (+1 up, -1 down): Python says what
+    # to do. Returns the action code; the caller sets the derivative-discontinuity flag once for
+    # all the components it handles.
+    function handle!(integrator, idx::Integer, direction::Integer)
         code = pyconvert(Int, affect(Float64(integrator.t), flat_copy(integrator.u), Int(idx) - 1,
-                                     Float64(integrator.tprev), flat_copy(integrator.uprev)))
+                                     Int(direction)))
         if code == EVENT_JUMP
             new = collect(Float64, PyArray(jumped()))
             check_length(new, Int(n_state), "jump (on_event)")
@@ -82,28 +84,34 @@ function event_callback(condition::Py, affect::Py, jumped::Py, len::Integer, n_s
         end
         return code
     end
-    # DiffEqBase 6: the index of the earliest root.
-    function act!(integrator, idx::Integer)
-        code = handle!(integrator, idx)
+    # DiffEqBase 6: the index of the earliest root, affect! for an upcrossing, affect_neg! for a
+    # downcrossing.
+    function act_one!(integrator, idx::Integer, direction::Integer)
+        code = handle!(integrator, idx, direction)
         # Only a jump changes the state; otherwise keep the step's derivative (no re-evaluation).
         code == EVENT_TERMINATE || mark_discontinuity!(integrator, code == EVENT_JUMP)
         return nothing
     end
+    act!(integrator, idx::Integer) = act_one!(integrator, idx, 1)
+    act_neg!(integrator, idx::Integer) = act_one!(integrator, idx, -1)
     # DiffEqBase 7: every component with a root at the event time, in index order (as Python
-    # handles simultaneous crossings); nothing after a terminating one.
+    # handles simultaneous crossings), with its direction; nothing after a terminating one.
     function act!(integrator, events::AbstractVector)
         any_jump = false
         for (idx, direction) in enumerate(events)
             iszero(direction) && continue
-            code = handle!(integrator, idx)
+            code = handle!(integrator, idx, direction)
             code == EVENT_TERMINATE && return nothing
             any_jump |= code == EVENT_JUMP
         end
         mark_discontinuity!(integrator, any_jump)
         return nothing
     end
+    # SciMLBase 2 (with DiffEqBase 6) has affect_neg!, defaulting to affect!; SciMLBase 3 has none
+    # and refuses the keyword.
+    negative = :affect_neg! in fieldnames(VectorContinuousCallback) ? (; affect_neg! = act_neg!) : (;)
     return VectorContinuousCallback(cond!, act!, Int(len); save_positions = (false, false),
-                                    interp_points = Int(interp_points))
+                                    interp_points = Int(interp_points), negative...)
 end
 
 """

@@ -363,21 +363,21 @@ def _occurred(condition, dense, bottom: np.ndarray, p: float) -> tuple[np.ndarra
     return (bottom != 0) & (bottom * now <= 0), now
 
 
-def _act_events(affect, jumped, events, t, x, t_prev, x_prev):
+def _act_events(affect, jumped, events, t, x):
     """julia/events.jl's ``act!(integrator, events::AbstractVector)``, as DiffEqBase 7 calls it.
 
     DiffEqBase 7 (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl, ``apply_callback!``) calls a
     VectorContinuousCallback's ``affect!(integrator, simultaneous_events)`` with one Int8 per
     component (0, or +1/-1 for a crossing upwards/downwards at the event time); ``act!`` hands every
-    nonzero one to Python in index order, the state after a jump going to the next, and stops after
-    a terminating one. (DiffEqBase 6 calls ``affect!(integrator, idx::Int)`` instead; events.jl
-    keeps that method, checked in tests/test_julia_files.py.)
+    nonzero one to Python in index order with its direction, the state after a jump going to the
+    next, and stops after a terminating one. (DiffEqBase 6 calls ``affect!(integrator, idx::Int)``
+    for an upcrossing and ``affect_neg!(integrator, idx)`` for a downcrossing instead; events.jl
+    keeps those methods, checked in tests/test_julia_files.py.)
 
     Args:
         affect, jumped: the Python bridge's callbacks, as Julia calls them.
         events: the Int8 vector of crossings.
         t, x: the event time and the state there (``integrator.t``, ``integrator.u``).
-        t_prev, x_prev: the step's start (``integrator.tprev``, ``integrator.uprev``).
 
     Returns:
         ``(code, x)``: the last action code handled (3 after a terminating one) and the state after
@@ -390,7 +390,7 @@ def _act_events(affect, jumped, events, t, x, t_prev, x_prev):
         raise TypeError("DiffEqBase 7 passes a vector of Int8 to affect!")
     code, x = 0, x.copy()
     for idx in np.flatnonzero(events):
-        code = int(affect(t, x.copy(), int(idx), t_prev, x_prev.copy()))
+        code = int(affect(t, x.copy(), int(idx), int(events[idx])))
         if code == 2:
             x = np.asarray(jumped(), dtype=float).copy()
         elif code == 3:
@@ -539,7 +539,8 @@ class StandinEngine:
         components that changed are located (``LeftRootFind``: the state handed to ``affect!`` is the
         left limit) and ``affect!(integrator, simultaneous_events)`` is called once, whatever the
         direction (no ``affect_neg!``), with an Int8 vector marking every component whose root is the
-        earliest (:func:`_act_events`), and ``tprev``/``uprev`` the step's start. The integration continues
+        earliest with the direction of its crossing, ``-sign`` of its sign at the step's start (after a
+        nudge) (:func:`_act_events`). The integration continues
         from the root (from the jumped state after ``set_u!``), proposing the dt of the step the event was
         found in (``apply_callback!``: ``set_proposed_dt!`` with ``dtrelax = 1``); a component whose value there is
         within ``abstol = 10 eps`` of zero takes its sign from a point nudged ``repeat_nudge = 1/100``
@@ -588,7 +589,6 @@ class StandinEngine:
                 accepted += 1
                 t0, t1 = solver.t_old, solver.t
                 dense = solver.dense_output()
-                x_start = dense(t0)  # integrator.uprev
                 if nudge.any():
                     probe = t0 + (t1 - t0) / 100
                     prev = np.where(nudge, np.sign(np.asarray(condition(dense(probe), probe), dtype=float)), prev)
@@ -629,7 +629,7 @@ class StandinEngine:
                             events[i] = -int(prev[i])
                     for s in ts[(ts > t) & (ts <= t_root)]:
                         saved[float(s)] = dense(s)
-                    code, x = _act_events(affect, jumped, events, t_root, x_root, t0, x_start)
+                    code, x = _act_events(affect, jumped, events, t_root, x_root)
                     t, terminated, restart, step = t_root, code == 3, True, t1 - t0
                     values = np.asarray(condition(x.copy(), t), dtype=float)
                     prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))

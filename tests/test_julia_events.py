@@ -1,8 +1,8 @@
 """Events on the Julia backend: the Python side, against the stand-in engine (tests/julia_standin.py).
 
 The stand-in runs the Python bridge the way julia/events.jl and SciMLBase's VectorContinuousCallback
-do (affect! at every crossing with its index, direction decided in Python, left root, nudge after
-an event; see StandinEngine.forward_events), with scipy's DOP853. The results are checked against
+do (affect! at every crossing with its index and DiffEqBase's direction, left root, nudge after an
+event; see StandinEngine.forward_events), with scipy's DOP853. The results are checked against
 closed forms and against the torch backend. Julia itself runs these paths in julia/test/runtests.jl
 ("events through Python callbacks").
 """
@@ -160,15 +160,16 @@ def test_simultaneous_crossings_are_all_handled_as_diffeqbase_7_reports_them():
 def test_the_standin_calls_affect_with_diffeqbase_7s_int8_vector():
     seen = []
 
-    def affect(t, x, idx, t_prev, x_prev):
-        seen.append(idx)
+    def affect(t, x, idx, crossing):
+        seen.append((idx, crossing))
         return julia_events.RECORD if idx < 2 else julia_events.TERMINATE
 
     events = np.array([0, 1, -1, 1, 1], dtype=np.int8)
-    code, _ = julia_standin._act_events(affect, None, events, 1.0, np.ones(2), 0.0, np.zeros(2))
-    assert seen == [1, 2] and code == julia_events.TERMINATE  # index order; nothing after a terminal one
+    code, _ = julia_standin._act_events(affect, None, events, 1.0, np.ones(2))
+    # index order, each with its direction; nothing after a terminal one
+    assert seen == [(1, 1), (2, -1)] and code == julia_events.TERMINATE
     with pytest.raises(TypeError, match="Int8"):
-        julia_standin._act_events(affect, None, 2, 1.0, np.ones(2), 0.0, np.zeros(2))  # DiffEqBase 6's Int index
+        julia_standin._act_events(affect, None, 2, 1.0, np.ones(2))  # DiffEqBase 6's Int index
 
 
 @pytest.mark.parametrize("samples", [0, 1, 2, 4])
@@ -206,16 +207,16 @@ def test_a_crossing_back_in_the_step_after_an_event_gets_the_direction_it_really
     event = hn.Event(lambda t, y: (sign * y[..., :1] - 1.0) ** 2 - d * d, direction=direction, samples=8)
     field = lambda t, y: torch.ones_like(y)  # y = t: a step of any size is exact
     t = torch.tensor([0.0, sign * 3.0])
-    starts = []
+    crossings = []
     affect = julia_events.EventBridge.affect
 
-    def spy(self, s, u, idx, s_prev, u_prev):
-        starts.append((s, s_prev))
-        return affect(self, s, u, idx, s_prev, u_prev)
+    def spy(self, s, u, idx, crossing):
+        crossings.append(crossing)
+        return affect(self, s, u, idx, crossing)
 
     monkeypatch.setattr(julia_events.EventBridge, "affect", spy)
     sol = standin(field, torch.tensor([0.0]), t, event=event)
-    assert len(starts) == 2 and starts[1][1] == starts[0][0]  # the second crossing is in the step after the first
+    assert crossings == [-1, 1]  # in engine time (s = -t when reversed): down into the dip, then up out
     # g crosses downwards (as t increases) at 1 - d and upwards at 1 + d; for t < 0 at -(1 + d) downwards
     # and at -(1 - d) upwards. As |t|:
     up, down = (1 - d, 1 + d) if reverse else (1 + d, 1 - d)
@@ -224,6 +225,33 @@ def test_a_crossing_back_in_the_step_after_an_event_gets_the_direction_it_really
     torch.testing.assert_close([abs(float(r.t)) for r in sol.events], want, rtol=1e-9, atol=1e-9)
     torch_sol = hn.solve(field, torch.tensor([0.0]), t, event=event, controller=hn.PIDController(**TOL))
     torch.testing.assert_close([abs(float(r.t)) for r in torch_sol.events], want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("direction", [1, -1, 0])
+def test_a_zero_at_the_first_checked_point_after_an_event_gets_diffeqbases_direction(direction):
+    # g(t) = 1 - t until t = 1, then (t - 1)(t - 1.5) clamped to at most 0: down through zero at t = 1,
+    # negative on (1, 1.5), exactly zero from 1.5 on. With y' = 0 the stand-in's steps grow tenfold
+    # (1e-6, 1e-5, ...), the one from 0.111111 to 1.111111 holds the root at 1, and the next step keeps
+    # its dt of 1 (apply_callback!), from the root to 2, where g is exactly 0. DiffEqBase compares
+    # that zero with the sign nudged past the last event (negative) and reports an upcrossing at the
+    # step's end (findall_events!: prev_sign * next_sign <= 0; find_callback_time: iszero(top_sign)
+    # -> the root is that point; simultaneous_events = -sign(bottom_sign) = +1). The direction read
+    # in Python from the signs fell back to the step's start, the left root of the last event where
+    # g > 0, and called it a downcrossing: dropped for direction=1, recorded for direction=-1.
+    def g(t, y):
+        dip = torch.clamp((t - 1.0) * (t - 1.5), max=0.0)
+        return torch.where(t < 1.0, 1.0 - t, dip) * torch.ones_like(y)
+
+    event = hn.Event(g, direction=direction)
+    sol = standin(lambda t, y: torch.zeros_like(y), torch.tensor([0.0]), torch.tensor([0.0, 3.0]), event=event)
+    times = [float(r.t) for r in sol.events]
+    assert sol.status is Status.SUCCESS
+    # the root at 1 is found to bisection accuracy; the zero is reported where it was checked (t = 2)
+    if direction <= 0:
+        assert times[0] == pytest.approx(1.0, abs=1e-9)
+    ups = times[1:] if direction <= 0 else times
+    assert len(ups) == (0 if direction == -1 else 1)
+    assert all(u == pytest.approx(2.0, abs=1e-9) for u in ups)
 
 
 def test_one_output_time_with_events_returns_y0_as_the_torch_backend_does():

@@ -8,6 +8,7 @@ upstream sources); running the code needs Julia (tests/test_cross_backend.py).
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -166,13 +167,16 @@ def test_python_sends_the_keywords_julia_accepts():
 
 def test_the_event_callback_follows_scimlbase_and_the_python_bridge():
     # SciMLBase 3.49 (src/callbacks.jl): VectorContinuousCallback(condition, affect!, len; ...) has no
-    # affect_neg! (affect! gets every crossing); terminate! and set_u! are the integrator interface.
-    # The action codes must be the Python bridge's.
+    # affect_neg! (affect! gets every crossing, a keyword affect_neg! is a MethodError); SciMLBase 2's
+    # defaults to affect!, so it is passed only where the type has that field (DiffEqBase 6 then calls
+    # it for downcrossings). terminate! and set_u! are the integrator interface. The action codes
+    # must be the Python bridge's.
     from hybrid_node.julia import events as julia_events
 
     code = _code(JULIA_DIR / "events.jl")
     assert re.search(r"VectorContinuousCallback\(cond!, act!, Int\(len\);", code)
-    assert "affect_neg" not in code
+    assert ":affect_neg! in fieldnames(VectorContinuousCallback) ? (; affect_neg! = act_neg!) : (;)" in code
+    assert "interp_points = Int(interp_points), negative...)" in code
     assert "function cond!(out, u, t, integrator)" in code
     assert "Int(idx) - 1" in code  # Python's components are 0-based
     for name in ("IGNORE", "RECORD", "JUMP", "TERMINATE"):
@@ -187,22 +191,32 @@ def test_the_event_callback_follows_scimlbase_and_the_python_bridge():
 
 
 def test_the_event_affect_takes_diffeqbase_6s_index_and_diffeqbase_7s_vector():
-    # DiffEqBase 6 (src/callbacks.jl apply_callback!) calls affect!(integrator, idx::Int); DiffEqBase 7
+    # DiffEqBase 6 (src/callbacks.jl apply_callback!) calls affect!(integrator, idx::Int) for an
+    # upcrossing and affect_neg!(integrator, idx) for a downcrossing; DiffEqBase 7
     # (OrdinaryDiffEq.jl lib/DiffEqBase/src/callbacks.jl apply_callback!) calls
     # affect!(integrator, simultaneous_events), an Int8 vector (0, +1 up, -1 down). Both are admitted
     # by the compat of the OrdinaryDiffEq sub-libraries ("1, 2"), so act! needs both methods; `idx - 1`
     # on the vector was a MethodError. The stand-in's _act_events models the vector method.
     code = _code(JULIA_DIR / "events.jl")
-    assert "function act!(integrator, idx::Integer)" in code
     vector = re.search(r"function act!\(integrator, events::AbstractVector\)\n(.*?)\n    end\n", code, re.S)
     assert vector, "no act! method for DiffEqBase 7's vector of crossings"
     body = vector.group(1)
     assert "for (idx, direction) in enumerate(events)" in body and "iszero(direction) && continue" in body
-    assert "handle!(integrator, idx)" in body
+    assert "handle!(integrator, idx, direction)" in body  # DiffEqBase 7's direction goes to Python
     assert "code == EVENT_TERMINATE && return nothing" in body  # nothing after a terminating event
     # One discontinuity flag for all the handled components (a later RECORD must not clear a JUMP).
     assert body.count("mark_discontinuity!(") == 1 and "any_jump |= code == EVENT_JUMP" in body
-    assert "function handle!(integrator, idx::Integer)" in code
+    assert "function handle!(integrator, idx::Integer, direction::Integer)" in code
+    # DiffEqBase 6: affect! at an upcrossing (prev_sign < 0), affect_neg! at a downcrossing
+    assert "act!(integrator, idx::Integer) = act_one!(integrator, idx, 1)" in code
+    assert "act_neg!(integrator, idx::Integer) = act_one!(integrator, idx, -1)" in code
+    # Python receives (t, u, idx, direction), the signature EventBridge.affect takes
+    assert re.search(
+        r"affect\(Float64\(integrator\.t\), flat_copy\(integrator\.u\), Int\(idx\) - 1,\s+Int\(direction\)\)", code
+    )
+    from hybrid_node.julia import events as julia_events
+
+    assert list(inspect.signature(julia_events.EventBridge.affect).parameters) == ["self", "s", "u", "idx", "crossing"]
 
 
 def test_the_derivative_discontinuity_flag_uses_scimlbase_3s_name():

@@ -5,20 +5,20 @@ Mapping (SciMLBase's callbacks, ``julia/events.jl``):
 * every watched element (all elements of all :class:`~hybrid_node.Event` functions, or of a
   terminal ``event_fn``) is one component of a ``VectorContinuousCallback``: its ``condition``
   calls :meth:`EventBridge.condition` (the event functions in torch), its ``affect!`` calls
-  :meth:`EventBridge.affect` once per crossing component (DiffEqBase 6 passes ``affect!`` the
-  index of the earliest root, DiffEqBase 7 a vector marking every component whose root is at the
-  event time; ``julia/events.jl`` hands those to Python in index order), which returns what Julia does:
-  nothing (a crossing in the other direction), record only, replace the state by
-  :meth:`EventBridge.jumped` (``on_event``; ``set_u!``), or ``terminate!`` (a terminal event, or
-  one event more than ``max_events``);
-* ``direction`` is filtered here, in Python, from the sign of the component at the root handed to
-  ``affect!``: SciMLBase 3's ``VectorContinuousCallback`` has no ``affect_neg!`` and calls
-  ``affect!`` for crossings in either direction (SciMLBase 2 calls it for both too when
-  ``affect_neg!`` is left at its default), so the same code serves both. The root is the left end
-  of DiffEqBase's bracket (``LeftRootFind``), so its sign is the one the crossing started from,
-  the side DiffEqBase itself compared against: after an event that is the side past the nudge
-  (``repeat_nudge``), not the sign at the step's start (``integrator.uprev``, the last event's
-  left root, still on the old side). Only a root that is exactly zero falls back to the step's start;
+  :meth:`EventBridge.affect` once per crossing component with the direction DiffEqBase found,
+  which returns what Julia does: nothing (a crossing against the event's ``direction``), record
+  only, replace the state by :meth:`EventBridge.jumped` (``on_event``; ``set_u!``), or
+  ``terminate!`` (a terminal event, or one event more than ``max_events``);
+* the direction is DiffEqBase's own, not re-derived here: DiffEqBase 7 passes ``affect!`` a vector
+  with ``-sign(bottom_sign)`` (+1 up, -1 down) for every component whose root is at the event time,
+  and DiffEqBase 6 calls ``affect!(integrator, idx)`` for an upcrossing and ``affect_neg!(integrator,
+  idx)`` for a downcrossing (``julia/events.jl`` passes SciMLBase 2's ``affect_neg!``; SciMLBase 3
+  has none). ``bottom_sign`` is the sign at the step's start, or, for the components of the
+  previous event, at a point nudged past it (``repeat_nudge``), and a component that is exactly
+  zero at a checked point counts as crossed there (its root is that point). Signs read in Python
+  at the root or at the step's start would disagree with it where the component is zero at that
+  point right after an event: the step then starts at the previous event's root, still on the
+  side before that crossing;
 * ``Event.samples`` interior points of each step are the callback's ``interp_points = samples + 2``
   (DiffEqBase's range over the step includes both ends; 0 stays 0);
   ``rootfind = LeftRootFind``: the state handed to ``affect!`` is the left limit at the root, as
@@ -88,9 +88,6 @@ class EventBridge:
         self._jumped: np.ndarray | None = None
         self.shapes: list[tuple[int, ...]] = []
         self.offsets = np.zeros(1, dtype=np.int64)
-        # The event values at the root of the event being handled (its time, its values), taken at
-        # the first affect call for that root, before any jump of a simultaneous crossing.
-        self._at_root: tuple[float, np.ndarray] | None = None
 
     def start(self, s0: float, u0: np.ndarray) -> None:
         """Evaluate the event functions once at the start: their shapes (and errors) before Julia runs."""
@@ -140,8 +137,14 @@ class EventBridge:
             parts = [self._call(fn, s, u).reshape(-1) for fn in self.fns]
         return torch.cat(parts).detach().to("cpu", torch.float64).numpy()
 
-    def affect(self, s: float, u, idx: int, s_prev: float, u_prev) -> int:
-        """What to do at a crossing of component ``idx`` (0-based) at ``(s, u)`` in a step from ``(s_prev, u_prev)``.
+    def affect(self, s: float, u, idx: int, crossing: int) -> int:
+        """What to do at a crossing of component ``idx`` (0-based) at ``(s, u)``.
+
+        Args:
+            s, u: the event time (engine time) and the state there.
+            idx: the component.
+            crossing: DiffEqBase's direction of the crossing in engine time, +1 upwards (the sign
+                before it was negative) or -1 downwards.
 
         Returns:
             IGNORE (a crossing against the event's direction), RECORD, JUMP (then :meth:`jumped`
@@ -151,8 +154,7 @@ class EventBridge:
         k = idx - int(self.offsets[j])
         if not self.terminal:
             direction = self.events[j].direction * self.sign  # a crossing upwards in t is downwards in s
-            before = self._side_before(s, u, idx, s_prev, u_prev)
-            if direction != 0 and before != 0 and before * direction > 0:
+            if direction * int(crossing) < 0:
                 return IGNORE
         t_e = self._time(s).detach()
         y_e = self._state(u)
@@ -177,33 +179,6 @@ class EventBridge:
             raise ValueError("on_event must return the new state, shaped as the state.")
         self._jumped = m.detach().to("cpu", torch.float64).numpy().reshape(-1).copy()
         return JUMP
-
-    def _side_before(self, s: float, u, idx: int, s_prev: float, u_prev) -> float:
-        """The sign component ``idx`` had before the crossing that ``affect`` handles.
-
-        DiffEqBase (``find_callback_time``, src/callbacks.jl) compares each component against its
-        sign at the step's start, or, for the components of the previous event, at a point nudged
-        past that event's root (``nudge_tprev``); the crossing's direction is minus that sign. The
-        root it hands to ``affect!`` is the left end of the bracket that starts there (``LeftRootFind``;
-        ModAB keeps the bracket's signs), so the component's value at the root has that sign. The
-        step's start is no substitute right after an event: ``uprev`` is then the previous event's
-        left root, where the component that fired still has the sign of before that crossing.
-
-        Args:
-            s, u: the root (engine time) and the state there, the pre-jump state at the first call
-                for this root (later calls for simultaneous crossings may get a jumped state).
-            idx: the component.
-            s_prev, u_prev: the step's start, for a root where the component is exactly zero.
-
-        Returns:
-            -1.0, 0.0 or 1.0.
-        """
-        if self._at_root is None or self._at_root[0] != s:
-            self._at_root = (s, self.condition(u, s))
-        before = float(np.sign(self._at_root[1][idx]))
-        if before == 0.0:  # a root found exactly (DiffEqBase's iszero(top_sign)): no side at the root
-            before = float(np.sign(self.condition(u_prev, s_prev)[idx]))
-        return before
 
     def jumped(self) -> np.ndarray:
         """The state after the last jump (flat, ``(B, D)`` memory order)."""

@@ -105,8 +105,10 @@ linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
         hits = Float64[]
         after = Ref(zeros(2))
         cond = pyfunc((u, t) -> arr([u[1]]))
-        function bounce(t, u, idx, tprev, uprev)
-            uprev[1] > 0 || return HybridNODE.EVENT_IGNORE    # direction -1: falling through zero
+        directions = Int[]
+        function bounce(t, u, idx, direction)
+            push!(directions, direction)
+            direction < 0 || return HybridNODE.EVENT_IGNORE   # direction -1: falling through zero
             push!(hits, t)
             after[] = [u[1], -e * u[2]]
             return HybridNODE.EVENT_JUMP
@@ -122,8 +124,10 @@ linear_mlp() = (Int[2], Int[2], Bool[false], "identity", false)
         @test r.success && r.back === nothing
         @test hits ≈ want[1:length(hits)] rtol = 1e-8
         @test length(hits) >= 2 && size(r.ys) == (2, 1, 3)
+        # DiffEqBase tells the direction: every impact is a downcrossing of the height
+        @test !isempty(directions) && all(==(-1), directions)
         # terminal: the first impact ends the solve, the saved states stop before it
-        stop = pyfunc((t, u, idx, tprev, uprev) -> HybridNODE.EVENT_TERMINATE)
+        stop = pyfunc((t, u, idx, direction) -> HybridNODE.EVENT_TERMINATE)
         r = forward_mlp(ball..., θball, reshape([h, 0.0], 2, 1), ts; algorithm = "Tsit5",
                         sensitivity = "GaussAdjoint", event_condition = cond,
                         event_affect = stop, event_jumped = jumped, event_len = 1,
