@@ -349,7 +349,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=random_seed, default=d.seed)
     parser.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
     parser.add_argument("--quick", action="store_true", help="small budget (under 10 minutes on 2 CPU cores)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: ops on networks 20-25 units wide are too small to split, and "
+        "on a busy machine more threads mostly wait for each other)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/spirals-<timestamp>)")
     parser.add_argument(
         "--resume",
@@ -988,8 +994,9 @@ def check_resumable(out: Path) -> None:
 
 @interruptible("spirals")
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # One thread by default: two threads made a training step 15-20x slower on a shared 2-core machine
+    # (docs/reproductions/spirals.md, "Where the time goes").
+    torch.set_num_threads(args.threads)
     with checked_settings():
         s = settings_from_args(args)
     out = open_run(args.out, "spirals", args.resume)
