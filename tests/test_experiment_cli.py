@@ -159,13 +159,13 @@ def test_sde_plots_as_many_series_as_it_has(n_paths, monkeypatch, tmp_path):
     from hybrid_node.experiments import latent_sde
 
     panels = {}
-    save = latent_sde.atomic_savefig
+    save = latent_sde.save_figure
 
     def counting_save(fig, path, **kwargs):
         panels[path.name] = len(fig.axes)
         return save(fig, path, **kwargs)
 
-    monkeypatch.setattr(latent_sde, "atomic_savefig", counting_save)
+    monkeypatch.setattr(latent_sde, "save_figure", counting_save)
     out = tmp_path / "run"
     argv = ["sde", "--n-paths", str(n_paths), "--iters", "1", "--no-progress", "--out", str(out)]
     assert cli.main(argv) == 0

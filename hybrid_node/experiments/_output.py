@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import CheckpointError, ResumeError
-from ..training.atomic import atomic_write_json, atomic_write_text
+from ..training.atomic import atomic_savefig, atomic_write_json, atomic_write_text
 from ..training.checkpoint import load_checkpoint, object_state, restore_object_state, save_checkpoint
 from ._args import SettingsError, positive_int
 
@@ -89,6 +89,22 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int, *, layout: bool = True) -> None:
+    """Write a finished figure to ``path`` atomically and close it (a run draws several; open ones keep their memory).
+
+    Args:
+        fig: the matplotlib figure.
+        path: the image file (its suffix names the format).
+        dpi: the resolution.
+        layout: lay the figure out with ``tight_layout`` first; False where the caller did, before adding
+            what ``tight_layout`` cannot place (a colorbar beside several axes).
+    """
+    if layout:
+        fig.tight_layout()
+    atomic_savefig(fig, path, dpi=dpi)
+    pyplot().close(fig)
 
 
 def resume_settings(settings: Any, resumable: frozenset[str]) -> dict[str, Any]:

@@ -28,9 +28,17 @@ from torch import nn
 from ..nn.augmented import AugmentedNeuralODE
 from ..nn.layers import MLPDynamics
 from ..nn.ode_block import SolveSettings
-from ..training.atomic import atomic_savefig
 from ._args import SettingsError, diverged_if_solve_fails, positive_float, positive_int, random_seed
-from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
+from ._output import (
+    Checkpoints,
+    add_resume_arguments,
+    interruptible,
+    open_run,
+    pyplot,
+    resume_job,
+    save_figure,
+    write_results,
+)
 from ._progress import progress_bar
 
 HELP = "Dupont et al. 2019: plain vs augmented Neural ODEs on g1d and concentric spheres (loss, NFE, trajectories)."
@@ -194,7 +202,7 @@ def _plot_g1d(folder, results):
             highlight = abs(abs(float(starts[i])) - 1.0) < 1e-6
             ax.plot(ts, traj[:, i], color="C3" if highlight else "0.7", lw=2 if highlight else 1)
         ax.set_title(f"{name}: final loss {res['loss']:.3g}"), ax.set_xlabel("t"), ax.set_ylabel("h(t)")
-    fig.tight_layout(), atomic_savefig(fig, folder / "g1d_trajectories.png", dpi=120), plt.close(fig)
+    save_figure(fig, folder / "g1d_trajectories.png", dpi=120)
 
 
 def _plot_spheres(folder, results):
@@ -214,7 +222,7 @@ def _plot_spheres(folder, results):
         for color, label in (("C0", "inner disc (label -1)"), ("C1", "outer annulus (label +1)")):
             ax.scatter([], [], c=color, s=12, label=label)
         ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout(), atomic_savefig(fig, folder / "spheres_trajectories.png", dpi=120), plt.close(fig)
+    save_figure(fig, folder / "spheres_trajectories.png", dpi=120)
 
 
 def _plot_curves(folder, all_results):
@@ -227,7 +235,7 @@ def _plot_curves(folder, all_results):
         axes[0][col].set_title(task), axes[0][col].set_ylabel("MSE loss"), axes[0][col].set_yscale("log")
         axes[1][col].set_ylabel("forward NFE"), axes[1][col].set_xlabel("iteration")
         axes[0][col].legend(), axes[1][col].legend()
-    fig.tight_layout(), atomic_savefig(fig, folder / "anode_loss_nfe.png", dpi=120), plt.close(fig)
+    save_figure(fig, folder / "anode_loss_nfe.png", dpi=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

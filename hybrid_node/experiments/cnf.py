@@ -40,7 +40,6 @@ from ..nn.cnf import CNF, CNFBlock, CNFSolver, ExactTrace, HutchinsonTrace, RNOD
 from ..nn.cnf_fields import PlanarCNFField, TimeMLPField
 from ..nn.planar_flow import PlanarFlow
 from ..solvers.symplectic import PartitionedComposition
-from ..training.atomic import atomic_savefig
 from ._args import (
     check_backprop,
     checked_settings,
@@ -58,6 +57,7 @@ from ._output import (
     pyplot,
     resume_job,
     resume_settings,
+    save_figure,
     write_results,
 )
 from ._progress import progress_bar
@@ -384,9 +384,7 @@ def _plot_density(plt, folder, cfg, entries):
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "density.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "density.png", dpi=110)
 
 
 def _plot_samples(plt, folder, cfg, entries):
@@ -398,9 +396,7 @@ def _plot_samples(plt, folder, cfg, entries):
         ax.set_ylim(-_LIMIT, _LIMIT)
         ax.set_aspect("equal")
         ax.set_title(title)
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "samples.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "samples.png", dpi=110)
 
 
 def _plot_evolution(plt, folder, model: CNF, n_panels: int = 6):
@@ -422,9 +418,7 @@ def _plot_evolution(plt, folder, model: CNF, n_panels: int = 6):
         ax.set_yticks([])
         ax.set_title(f"s = {i / (len(path) - 1):.2f}")
     fig.suptitle("CNF samples from base (left) to data (right)")
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "flow_evolution.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "flow_evolution.png", dpi=110)
 
 
 def _plot_training(plt, folder, histories):
@@ -439,9 +433,7 @@ def _plot_training(plt, folder, histories):
     ax2.set_ylabel("forward NFE")
     ax1.legend()
     ax2.legend()
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "training.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "training.png", dpi=110)
 
 
 def run_experiment(cfg: CNFExperimentConfig, folder: Path, resume: bool = False) -> list[dict]:

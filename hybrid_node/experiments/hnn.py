@@ -43,9 +43,17 @@ from .._errors import SolverError
 from .._registry import build_solver
 from ..controllers import ConstantStepSize
 from ..nn.hamiltonian import BaselineODE, HamiltonianNN
-from ..training.atomic import atomic_savefig
 from ._args import SettingsError, method_name, nonnegative_float, positive_float, positive_int, random_seed
-from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
+from ._output import (
+    Checkpoints,
+    add_resume_arguments,
+    interruptible,
+    open_run,
+    pyplot,
+    resume_job,
+    save_figure,
+    write_results,
+)
 from ._progress import progress_bar
 
 HELP = "Greydanus et al. 2019: HNN vs baseline Neural ODE on the ideal mass-spring and pendulum (loss, energy)."
@@ -312,9 +320,7 @@ def plot_task(folder: Path, task: str, res: dict[str, Any]) -> None:
     ax2.set_xlabel("t")
     ax2.set_ylabel("q")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, folder / f"{task}_trajectories.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / f"{task}_trajectories.png", dpi=110)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(t, t * 0 + float(res["true_energy"][0]), "k-", lw=2, alpha=0.4, label="true")
@@ -325,9 +331,7 @@ def plot_task(folder: Path, task: str, res: dict[str, Any]) -> None:
     ax.set_ylabel("true energy along the rollout")
     ax.set_title(f"{task}: energy of one test trajectory")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, folder / f"{task}_energy.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / f"{task}_energy.png", dpi=110)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

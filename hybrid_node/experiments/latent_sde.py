@@ -25,9 +25,17 @@ import torch
 
 from ..nn.neural_sde import LatentSDE
 from ..sde import BrownianInterval, sdeint
-from ..training.atomic import atomic_savefig
 from ._args import SettingsError, checked_settings, diverged_if_solve_fails, positive_float, positive_int, random_seed
-from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
+from ._output import (
+    Checkpoints,
+    add_resume_arguments,
+    interruptible,
+    open_run,
+    pyplot,
+    resume_job,
+    save_figure,
+    write_results,
+)
 from ._progress import progress_bar
 
 HELP = "Train a latent SDE (Li et al. 2020) on noisy Ornstein-Uhlenbeck sample paths; plots posterior samples."
@@ -204,9 +212,7 @@ def plot_results(folder: Path, r: dict) -> None:
         ax.plot(ts, r["noisy"][:, k, 0].numpy(), "k.", ms=4, label="observed")
         ax.set_title(f"series {k}: 20 posterior samples", fontsize=9)
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "posterior_samples.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, folder / "posterior_samples.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, paths, color in (("learned prior", r["prior"], "tab:blue"), ("true OU", r["fresh"], "tab:green")):
@@ -217,17 +223,13 @@ def plot_results(folder: Path, r: dict) -> None:
         ax.fill_between(ts, mean - std, mean + std, color=color, alpha=0.15)
     ax.set_xlabel("t")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "prior_samples.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, folder / "prior_samples.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(r["history"]["iter"], r["history"]["loss"], lw=0.8)
     ax.set_xlabel("iteration")
     ax.set_ylabel("negative ELBO per value")
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "loss.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, folder / "loss.png", dpi=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

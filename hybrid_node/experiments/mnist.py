@@ -42,10 +42,19 @@ from ..nn._checks import positive_int as positive_size
 from ..nn.layers import ConvDynamics
 from ..nn.ode_block import ODEBlock, SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint, DirectBackprop
-from ..training.atomic import atomic_savefig, read_json
+from ..training.atomic import read_json
 from ..training.checkpoint import load_checkpoint
 from ._args import checked_settings, device_name, given_settings, positive_float, positive_int, random_seed
-from ._output import Checkpoints, check_same_settings, interruptible, open_run, pyplot, resume_settings, write_results
+from ._output import (
+    Checkpoints,
+    check_same_settings,
+    interruptible,
+    open_run,
+    pyplot,
+    resume_settings,
+    save_figure,
+    write_results,
+)
 from ._progress import progress_bar
 
 HELP = "Table 1: ODE-Net vs ResNet vs RK-Net on MNIST (test error, parameters, memory, NFE)."
@@ -603,7 +612,7 @@ def _plots(folder, histories) -> None:
         smooth = loss.unfold(0, k, k).mean(1) if len(loss) >= k else loss
         ax.plot(torch.arange(len(smooth)) * k, smooth, label=kind)
     ax.set_xlabel("iteration"), ax.set_ylabel("training loss"), ax.set_yscale("log"), ax.legend()
-    fig.tight_layout(), atomic_savefig(fig, folder / "mnist_loss.png", dpi=120), plt.close(fig)
+    save_figure(fig, folder / "mnist_loss.png", dpi=120)
     if "odenet" in histories and histories["odenet"]["nfe_forward"]:
         h = histories["odenet"]
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -611,7 +620,7 @@ def _plots(folder, histories) -> None:
         if any(h["nfe_backward"]):
             ax.plot(h["epoch"], h["nfe_backward"], label="backward (adjoint)")
         ax.set_xlabel("epoch"), ax.set_ylabel("NFE per batch"), ax.legend()
-        fig.tight_layout(), atomic_savefig(fig, folder / "mnist_nfe.png", dpi=120), plt.close(fig)
+        save_figure(fig, folder / "mnist_nfe.png", dpi=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,9 +27,8 @@ from torch import nn
 from ..data.mnist import load_mnist, to_float
 from ..nn.ode_block import SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint
-from ..training.atomic import atomic_savefig
 from ._args import SettingsError, checked_settings, device_name, positive_int, random_seed
-from ._output import add_resume_arguments, interruptible, open_run, pyplot, write_results
+from ._output import add_resume_arguments, interruptible, open_run, pyplot, save_figure, write_results
 from .mnist import MNISTConfig, build_model, ode_block, train_model
 
 HELP = "Figure 3: error and time vs tolerance, backward vs forward NFE, NFE during training (MNIST ODE-Net)."
@@ -127,7 +126,7 @@ def _plots(folder, rows, hist) -> None:
     axes[2].set_title("(c) backward vs forward NFE")
     axes[3].plot(hist["epoch"], hist["nfe_forward"], lw=0.8)
     axes[3].set_xlabel("epoch"), axes[3].set_ylabel("NFE forward"), axes[3].set_title("(d) NFE during training")
-    fig.tight_layout(), atomic_savefig(fig, folder / "nfe_figure3.png", dpi=120), plt.close(fig)
+    save_figure(fig, folder / "nfe_figure3.png", dpi=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

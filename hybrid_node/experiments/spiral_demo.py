@@ -34,7 +34,6 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from .._api import odeint, odeint_adjoint
 from .._registry import build_solver, check_solve_settings
 from ..solvers.symplectic import PartitionedComposition
-from ..training.atomic import atomic_savefig
 from ._args import (
     check_backprop,
     checked_settings,
@@ -45,7 +44,16 @@ from ._args import (
     positive_int,
     random_seed,
 )
-from ._output import Checkpoints, add_resume_arguments, interruptible, open_run, pyplot, resume_job, write_results
+from ._output import (
+    Checkpoints,
+    add_resume_arguments,
+    interruptible,
+    open_run,
+    pyplot,
+    resume_job,
+    save_figure,
+    write_results,
+)
 from ._progress import progress_bar
 
 HELP = "Train a Neural ODE to recover a 2-D spiral ODE from one noisy trajectory (the classic demo)."
@@ -340,9 +348,7 @@ def plot_results(folder: Path, result: dict) -> None:
     axes[0].legend(loc="upper right", fontsize=8)
     axes[1].set_xlabel("t")
     fig.suptitle("Spiral: true vs learned trajectories")
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "trajectories.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, folder / "trajectories.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(y_obs[:, 0], y_obs[:, 1], ".", ms=2, color="0.6", label="observed")
@@ -353,9 +359,7 @@ def plot_results(folder: Path, result: dict) -> None:
     ax.set_aspect("equal")
     ax.legend(fontsize=8)
     ax.set_title("Phase portrait")
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "phase_portrait.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, folder / "phase_portrait.png", dpi=120)
 
     lim = 1.1 * float(np.abs(y_true).max())
     g = torch.linspace(-lim, lim, 21)
@@ -381,8 +385,7 @@ def plot_results(folder: Path, result: dict) -> None:
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.colorbar(arrows, ax=list(axes), shrink=0.8, label="speed |f(x, y)|")
-    atomic_savefig(fig, folder / "vector_field.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, folder / "vector_field.png", dpi=120, layout=False)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogy(hist["iter"], hist["loss"], lw=0.8, label="training loss (window MAE)")
@@ -391,9 +394,7 @@ def plot_results(folder: Path, result: dict) -> None:
     ax.set_ylabel("mean absolute error (log scale)")
     ax.set_title("Training")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, folder / "loss.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, folder / "loss.png", dpi=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
