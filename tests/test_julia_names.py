@@ -797,8 +797,8 @@ def _problems(checker: Checker) -> list[str]:
         ("bridge.jl", "(adaptive = false, tstops = ts)", "(adaptive = false, tstop = ts)", "tstop="),  # via opts...
         (
             "events.jl",
-            "interp_points = Int(interp_points))",
-            "interp_point = Int(interp_points))",
+            "interp_points = Int(interp_points), negative...)",
+            "interp_point = Int(interp_points), negative...)",
             "VectorContinuousCallback(interp_point=)",
         ),
         (
