@@ -102,6 +102,20 @@ def test_single_event_gradients_with_dopri8_match_central_differences():
     assert_matches_central_differences(lambda: _solve_single_event(func, y0), (y0, func.w, func.c), grads, eps=1e-6)
 
 
+def _per_sample_event_solve(func, solver):
+    """Three samples (y0 requiring grad) solved each to its own first x = -0.3 by ``solver`` at rtol 1e-6."""
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.4], [2.0, -1.0]], requires_grad=True)
+    return hn.solve(
+        func,
+        y0,
+        torch.tensor([0.0, 20.0]),
+        solver=solver,
+        controller=hn.PIDController(rtol=1e-6, atol=1e-8),
+        event_fn=lambda t, y: y[:, 0] + 0.3,
+        per_sample_events=True,
+    )
+
+
 @pytest.mark.parametrize("method", ["dopri5", "dopri8"])
 def test_per_sample_event_check_points_build_no_graph(monkeypatch, method):
     """The per-sample event loop's check points are read for signs only: no graph is built for them
@@ -117,16 +131,7 @@ def test_per_sample_event_check_points_build_no_graph(monkeypatch, method):
 
     monkeypatch.setattr(host.DenseSegment, "many", recording)
     func = Damped()
-    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.4], [2.0, -1.0]], requires_grad=True)
-    sol = hn.solve(
-        func,
-        y0,
-        torch.tensor([0.0, 20.0]),
-        solver=getattr(hn, method.capitalize())(),
-        controller=hn.PIDController(rtol=1e-6, atol=1e-8),
-        event_fn=lambda t, y: y[:, 0] + 0.3,
-        per_sample_events=True,
-    )
+    sol = _per_sample_event_solve(func, getattr(hn, method.capitalize())())
     assert reads and not any(reads), reads  # every step's check points, none with a graph
     (g,) = torch.autograd.grad(sol.ys[-1][:, 1].sum(), func.c)
     assert g != 0  # the event states are still differentiable
@@ -136,17 +141,8 @@ def test_no_grad_per_sample_dopri8_solve_builds_no_graph():
     """A per-sample event solve with dopri8 under no_grad: the field never runs with autograd (its dense
     output's stages included), and nothing it returns has a graph."""
     func = Damped()
-    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.4], [2.0, -1.0]], requires_grad=True)
     with torch.no_grad():
-        sol = hn.solve(
-            func,
-            y0,
-            torch.tensor([0.0, 20.0]),
-            solver=hn.Dopri8(),
-            controller=hn.PIDController(rtol=1e-6, atol=1e-8),
-            event_fn=lambda t, y: y[:, 0] + 0.3,
-            per_sample_events=True,
-        )
+        sol = _per_sample_event_solve(func, hn.Dopri8())
     assert func.grad_modes and not any(func.grad_modes)
     assert sol.ys[-1].grad_fn is None and sol.t_final.grad_fn is None
 
