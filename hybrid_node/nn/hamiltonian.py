@@ -61,6 +61,32 @@ def _pair(y: tuple | list, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return q, p
 
 
+def _checked_state(module: nn.Module, y: State, dim: int) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    """The state of ``module``'s field checked: the pair ``(q, p)`` for a pair state, else the tensor.
+
+    Args:
+        module: the field (its parameters' dtype is the one the state must have).
+        y: a pair ``(q, p)`` of shape ``(..., dim)`` each, or one tensor ending in ``2 * dim`` entries.
+        dim: the number of coordinates q.
+
+    Returns:
+        ``(q, p)`` as a tuple for a pair state, ``y`` itself otherwise.
+
+    Raises:
+        ValueError: a pair state is not two tensors of shape ``(..., dim)``, or a tensor state does not
+            end in ``2 * dim`` entries.
+        TypeError: the state is not floating-point or not of the parameters' dtype.
+    """
+    if isinstance(y, (tuple, list)):
+        q, p = _pair(y, dim)
+        check_dtype(module, q, "q")  # float64 data (numpy's default) met float32 weights deep in the MLP
+        return q, p
+    check_dtype(module, y, "y")
+    if y.shape[-1] != 2 * dim:
+        raise ValueError(f"a tensor state must end in 2 * dim = {2 * dim} entries (q then p), got {y.shape}.")
+    return y
+
+
 class HamiltonianNN(nn.Module):
     """A learned Hamiltonian H_theta(q, p) whose ``forward(t, y)`` is the field ``J grad H_theta``.
 
@@ -170,13 +196,9 @@ class HamiltonianNN(nn.Module):
                 end in ``2 * dim`` entries.
             TypeError: the state is not floating-point or not of the parameters' dtype.
         """
-        if isinstance(y, (tuple, list)):
-            q, p = _pair(y, self.dim)
-            check_dtype(self, q, "q")  # float64 data (numpy's default) met float32 weights deep in the MLP
-            return self.symplectic_gradient(q, p)
-        check_dtype(self, y, "y")
-        if y.shape[-1] != 2 * self.dim:
-            raise ValueError(f"a tensor state must end in 2 * dim = {2 * self.dim} entries (q then p), got {y.shape}.")
+        y = _checked_state(self, y, self.dim)
+        if isinstance(y, tuple):
+            return self.symplectic_gradient(*y)
         dq, dp = self.symplectic_gradient(y[..., : self.dim], y[..., self.dim :])
         return torch.cat((dq, dp), dim=-1)
 
@@ -213,12 +235,8 @@ class BaselineODE(nn.Module):
                 end in ``2 * dim`` entries (a q of 1 and a p of 3 entries made 2 + 2 inputs and ran).
             TypeError: the state is not floating-point or not of the parameters' dtype.
         """
-        if isinstance(y, (tuple, list)):
-            q, p = _pair(y, self.dim)
-            check_dtype(self, q, "q")
-            out = self.net(torch.cat((q, p), dim=-1))
+        y = _checked_state(self, y, self.dim)
+        if isinstance(y, tuple):
+            out = self.net(torch.cat(y, dim=-1))
             return out[..., : self.dim], out[..., self.dim :]
-        check_dtype(self, y, "y")
-        if y.shape[-1] != 2 * self.dim:
-            raise ValueError(f"a tensor state must end in 2 * dim = {2 * self.dim} entries (q then p), got {y.shape}.")
         return self.net(y)
