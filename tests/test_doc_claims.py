@@ -294,3 +294,17 @@ def test_loop_options_are_taken_by_exactly_the_registrys_methods(loop):
             continue
         taken.add(name)
     assert taken == _loop_methods(loop)
+
+
+def test_options_paragraph_lists_the_registrys_options():
+    """solvers.md, Options: the common options of adaptive and of fixed-step methods (the loop
+    options per_sample, device_loop/sync_every and compile have their own sections)."""
+    from hybrid_node._registry import option_names
+
+    text = _page("solvers.md")
+    adaptive = set(re.findall(r"`(\w+)`", _sentence(text, "Adaptive methods take", "; fixed-step")))
+    fixed = set(re.findall(r"`(\w+)`", _sentence(text, "fixed-step methods take", ". The explicit")))
+    fixed -= {"linear", "cubic"}  # the values of `interp`
+    loops = {"per_sample", "device_loop", "sync_every", "compile"}
+    assert adaptive == set(option_names("dopri5")) - loops
+    assert fixed == set(option_names("rk4")) - loops
