@@ -17,10 +17,9 @@ Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I* (2nd ed., 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
@@ -141,48 +140,6 @@ def _nonfinite(f) -> str:
         return "NaN"
     if any(bool(torch.isinf(p).any()) for p in parts):
         return "inf"
-    return ""
-
-
-@_never_raises
-def replay_cause(
-    status: Status, term, solver, controller, ts: Sequence[float], ys: torch.Tensor, t_fail: float, rtol, atol, norm
-) -> str:
-    """:func:`failure_cause` for a loop that does not hand back the state where it stopped (the whole-solve graph).
-
-    The last output the loop reached is finite; the host loop solves on from there to the next
-    output time, which holds the failure, and its own diagnosis is taken where it fails with the
-    same status near the same time (the problem's NaN or blow-up, not the step sequence, decides
-    it). Costs at most the steps of that one output interval, and only on a failed solve.
-
-    Args:
-        status: the failure; term, solver, controller, rtol, atol, norm: as the loop had them.
-        ts: the output times (solver time); ys: the outputs, NaN from the first one not reached.
-        t_fail: the solver time the loop stopped at.
-
-    Returns:
-        The cause and its fix, or "" (none found, or the replay did not fail alike).
-    """
-    from .._errors import SolverError
-    from .host import integrate_adaptive  # host imports this module
-
-    if status not in (Status.NONFINITE, Status.STEP_UNDERFLOW):
-        return ""
-    finite = torch.isfinite(ys.reshape(len(ys), -1)).all(dim=1).tolist()
-    j = len(finite) - 1 - finite[::-1].index(True) if True in finite else -1
-    if j < 0 or j + 1 >= len(ts):
-        return ""
-    if getattr(solver, "compile", False) and dataclasses.is_dataclass(solver) and not isinstance(solver, type):
-        solver = dataclasses.replace(solver, compile=False)  # eager steps: no compilation for a failed solve
-    try:
-        with _uncounted(term), torch.no_grad():
-            integrate_adaptive(term, solver, controller, ys[j], [ts[j], ts[j + 1]], rtol=rtol, atol=atol, norm=norm)
-    except SolverError as err:
-        user_fail = -t_fail if getattr(term, "reverse", False) else t_fail
-        near = abs(err.t - user_fail) <= 1e-6 * max(1.0, abs(user_fail))
-        return err.cause if err.status is status and near else ""
-    except Exception:  # the replay raising otherwise is not the failure being explained
-        return ""
     return ""
 
 

@@ -74,7 +74,7 @@ from .compiled_step import PureField, compiler_failed, graphs_of, term_field, wa
 from .core import RUNNING
 from .counters import advance, frozen_counters, number_modules, probe
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
-from .diagnose import replay_cause
+from .diagnose import failure_cause, stiffness_cause
 from .graph_inputs import tolerance_tensor
 from .host import Integration
 from .inductor import compile_for, inductor_options, own_code
@@ -221,10 +221,11 @@ def _impulses_function(pure: PureField, solver: ExplicitRungeKutta, c: core.Step
 
 
 def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, heuristic: bool) -> Callable:
-    """``solve(owner, y0, dt0, tables, rtol, atol, norm) -> (ys, summary)``: the whole forward solve,
+    """``solve(owner, y0, dt0, tables, rtol, atol, norm) -> (ys, summary, y)``: the whole forward solve,
     its start included: the derivative at (ts[0], y0), the first step (Hairer's heuristic when
     ``heuristic``, else ``dt0``, a (1,) float64 tensor), the initial loop state, the loop, and the
-    outputs at all of ``tables.ts`` (y0 first) with the :func:`summary` of the final state."""
+    outputs at all of ``tables.ts`` (y0 first) with the :func:`summary` of the final state and its
+    state ``y`` (the last accepted one)."""
     order = int(solver.error_order or 0)
 
     def solve(owner, y0, dt0, tables, rtol, atol, norm):
@@ -240,8 +241,9 @@ def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepC
         state = initial_state(y0, f0, t0, dt, tables.ts.shape[0])
         out = _loop(field, solver, c, tables, rtol, atol, norm, state)
         ys = torch.cat([y0.unsqueeze(0), out.outs])
-        # whether every output is finite, read with the summary: the host need not test the outputs
-        return ys, torch.cat([summary(out), torch.isfinite(ys).all().double().reshape(1)])
+        # whether every output is finite, read with the summary: the host need not test the outputs;
+        # the state where the loop stopped is read only on a failure, to name its cause
+        return ys, torch.cat([summary(out), torch.isfinite(ys).all().double().reshape(1)]), out.y
 
     return solve
 
@@ -510,7 +512,7 @@ def integrate_whole(
     out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0, 1), counters=counters)
     if out is None:
         return None
-    ys, info = out
+    ys, info, y_end = out
     ys = ys[: len(ts)]
     values = info.tolist()  # the one host read of the solve
     status, t, dt, n_att, n_acc, n_rej = read_out(values)
@@ -518,10 +520,7 @@ def integrate_whole(
     count_evaluations(term, counters, 1 + heuristic + evaluations_per_attempt(solver) * n_att)
     stats = Stats(nfe=term.nfe, n_accepted=n_acc, n_rejected=n_rej)
     if status is not Status.SUCCESS and throw:
-        err = solve_error(status, t, dt, controller, term.reverse)
-        # the graph hands back no state where it stopped: the host loop solves on from the last output
-        cause = replay_cause(status, term, solver, controller, ts, ys, t, rtol, atol, norm)
-        raise SolverError(err.status, err.t, err.detail, cause) if cause else err
+        raise solve_error(status, t, dt, controller, term, stopped=(solver, y_end, y0))
     return Integration(None, stats, status, t, stacked=ys, finite=bool(values[-1]))
 
 
@@ -576,18 +575,40 @@ def count_evaluations(term, counters: list, evaluations: int) -> None:
     advance(counters, evaluations)
 
 
-def solve_error(status: Status, t: float, dt: float, controller: PIDController, reverse: bool) -> SolverError:
+def solve_error(
+    status: Status,
+    t: float,
+    dt: float,
+    controller: PIDController,
+    term,
+    stopped: tuple[AbstractSolver, torch.Tensor, torch.Tensor] | None = None,
+) -> SolverError:
     """The SolverError of a graph call that ended with a failure ``status`` at solver time ``t``.
 
+    Where the graph hands back the state it stopped at, the cause is named as the eager loops name
+    it, from that state (:func:`~hybrid_node.loop.diagnose.failure_cause`: a non-finite field or a
+    blow-up; :func:`~hybrid_node.loop.diagnose.stiffness_cause` for an explicit method out of steps
+    on a stiff problem), with a few eager evaluations of ``term`` there and no step of the solve
+    taken again.
+
     Args:
-        status: the failure; t, dt: where it ended and the last step; controller: for its step cap;
-        reverse: the solver time is ``-t``.
+        status: the failure; t, dt: where it ended and the last step; controller: for its step cap.
+        term: the wrapped field the loop integrated (``term.reverse``: the solver time is ``-t``).
+        stopped: (the method, the state where the loop stopped, the initial state), or None where
+            the graph does not return that state (the status's generic advice is given).
 
     Returns:
-        The error to raise (the user's time, the step cap or the last step as detail).
+        The error to raise (the user's time, the step cap or the last step as detail, a known cause).
     """
     detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt:.3g}"
-    return SolverError(status, -t if reverse else t, detail)
+    cause = ""
+    if stopped is not None:
+        solver, y, y0 = stopped
+        if status is Status.MAX_STEPS:
+            cause = stiffness_cause(term, solver, t, y, dt)
+        else:
+            cause = failure_cause(status, term, t, y, y0)
+    return SolverError(status, -t if term.reverse else t, detail, cause)
 
 
 def _has_grad_params(owner, depth: int = 2) -> bool:

@@ -126,5 +126,6 @@ def integrate_whole_impulses(
     # + the derivative after each of the len(rs) - 2 impulses
     count_evaluations(term, counters, evaluations_per_attempt(solver, outputs=False) * n_att + len(rs) - 2)
     if status is not Status.SUCCESS:
-        raise solve_error(status, t, dt, controller, term.reverse)
+        # the loop's end state is where it stopped: the cause is named from it, as the host loop does
+        raise solve_error(status, t, dt, controller, term, stopped=(solver, state.y, x0))
     return Integration([x0, state.y], Stats(term.nfe, n_acc, n_rej), Status.SUCCESS, rs[-1])

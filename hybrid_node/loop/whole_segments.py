@@ -323,7 +323,9 @@ def integrate_segments(
         # the re-solve: f(c0), the initial step's trial, the attempts
         count_evaluations(fterm, counters, 2 + evaluations_per_attempt(solver) * att_f)
         if status_f is not Status.SUCCESS:
-            raise solve_error(status_f, t_f, dt_f, controller, fterm.reverse)
+            # (the segment graph returns no state of the re-solve: the forward solve over these times
+            # succeeded before, so this is a rounding matter, and the status's advice is given)
+            raise solve_error(status_f, t_f, dt_f, controller, fterm)
         # the backward solve (its counters run on through the segments): the attempts, f and the
         # initial step's trial at the start, f again after each cotangent
         # (the augmented field evaluates the forward one once, in its VJP: the same counter steps)
@@ -332,7 +334,8 @@ def integrate_segments(
         )
         n_att = att_b
         if status_b is not Status.SUCCESS:
-            raise solve_error(status_b, t_b, dt_b, controller, term.reverse)
+            # the carried state is where the backward loop stopped: the cause is named from it
+            raise solve_error(status_b, t_b, dt_b, controller, term, stopped=(solver, out[0][3], x0))
         carried = out[0]
     return carried[3], Stats(term.nfe, n_acc, n_rej)
 

@@ -582,9 +582,21 @@ def run_backward(
     try:
         return _integrate_adaptive(problem, plan, term, x0, rs, rtol, atol, norm, at_output, stops, impulses)
     except SolverError as err:
-        # the inner detail (which step, which sample) and a known cause stay in the message
-        where = "in the backward (adjoint) solve of the gradient" + (f": {err.detail}" if err.detail else "")
-        raise SolverError(err.status, err.t, where, err.cause) from err
+        raise in_backward(err) from err
+
+
+def in_backward(err: SolverError) -> SolverError:
+    """``err``, a failure of a backward solve, saying so: the inner detail (which step, which sample)
+    and a known cause stay in the message.
+
+    Args:
+        err: the backward solve's failure.
+
+    Returns:
+        The error to raise from it.
+    """
+    where = "in the backward (adjoint) solve of the gradient" + (f": {err.detail}" if err.detail else "")
+    return SolverError(err.status, err.t, where, err.cause)
 
 
 def _integrate_adaptive(

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._errors import Status
+from .._errors import SolverError, Status
 from .._problem import Problem
 from .._solution import Stats
 from .._term import PureField, term_field
@@ -40,6 +40,7 @@ from ._backward import (
     channel_part,
     channel_tolerance,
     forward_grid,
+    in_backward,
     merge_times,
     run_backward,
     split_params,
@@ -223,7 +224,22 @@ class Interpolating(AdjointRun):
 
         assert self.integration is not None  # set by forward
         capacity = whole_segments.table_rows(self.integration.stats.n_accepted)
-        out = whole_segments.integrate_segments(
+        try:
+            out = self._segments(term, rterm, x0, augmented, impulse, capacity, ys[0], q)
+        except SolverError as err:  # named as the eager pass names it
+            raise in_backward(err) from err
+        if out is None:
+            return None
+        x, stats = out
+        fterm.nfe += term.nfe  # each augmented evaluation is one of the user's field
+        term.nfe = 0
+        return x, stats.n_accepted
+
+    def _segments(self, term, rterm, x0, augmented, impulse, capacity: int, y_like, q: int) -> tuple | None:
+        """:func:`~hybrid_node.loop.whole_segments.integrate_segments` over this solve's checkpoints
+        (``y_like``: a state, for the tolerances' shape; ``q``: the size of the parameter channel)."""
+        problem, plan = self.problem, self.plan
+        return whole_segments.integrate_segments(
             term_field(rterm),
             augmented,
             term,
@@ -236,19 +252,13 @@ class Interpolating(AdjointRun):
             tolerances=(
                 problem.rtol,
                 problem.atol,
-                channel_tolerance(plan.rtol, 1, ys[0], q),
-                channel_tolerance(plan.atol, 1, ys[0], q),
+                channel_tolerance(plan.rtol, 1, y_like, q),
+                channel_tolerance(plan.atol, 1, y_like, q),
             ),
             norms=(problem.norm, self.norm.resolve()),
             fterm=rterm,
             capacity=capacity,
         )
-        if out is None:
-            return None
-        x, stats = out
-        fterm.nfe += term.nfe  # each augmented evaluation is one of the user's field
-        term.nfe = 0
-        return x, stats.n_accepted
 
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
         """Solve the adjoint backwards over the re-solved forward trajectory.
