@@ -308,3 +308,29 @@ def test_options_paragraph_lists_the_registrys_options():
     loops = {"per_sample", "device_loop", "sync_every", "compile"}
     assert adaptive == set(option_names("dopri5")) - loops
     assert fixed == set(option_names("rk4")) - loops
+
+
+def test_auto_at_tight_tolerance_example():
+    """solvers.md: on y' = -1000 (y - cos t) - sin t over [0, 2] at rtol = atol = 1e-8, `auto` under
+    hn.solve's default controller stays with tsit5 (993 steps, no switch), rodas5p takes 27 steps, and
+    under odeint's controller (shrink_after_accept=False) auto switches once, 787 steps in all."""
+    from hybrid_node._registry import build_solver
+
+    text = _page("solvers.md")
+    assert "it took tsit5's 993 steps without switching" in text and "`rodas5p` took 27" in text
+    assert "after which the solve took 787 steps in all" in text
+
+    def field(t, y):
+        return -1000 * (y - torch.cos(t)) - torch.sin(t)
+
+    def stats(method: str, shrink: bool):
+        solver = build_solver(method, None, 1e-8, 1e-8)[0]
+        controller = hn.PIDController(rtol=1e-8, atol=1e-8, shrink_after_accept=shrink)
+        y0, t = torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64)
+        return hn.solve(field, y0, t, solver=solver, controller=controller).stats
+
+    stays = stats("auto", shrink=True)
+    assert (stays.n_accepted, stays.n_switches) == (993, 0)
+    assert stats("rodas5p", shrink=True).n_accepted == 27
+    switches = stats("auto", shrink=False)
+    assert (switches.n_accepted, switches.n_switches) == (787, 1)
