@@ -111,6 +111,19 @@ def weighted_loss(ys, seed=1):
     return (w * ys).sum() + 0.5 * (ys**2).sum()
 
 
+def graph_nodes(y: torch.Tensor) -> set:
+    """The autograd nodes that ``y``'s graph reaches (empty without a graph)."""
+    seen: set = set()
+    todo = [y.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(n for n, _ in node.next_functions)
+    return seen
+
+
 def central_difference(fn, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """d fn / d x by central differences, one entry at a time."""
     grad = torch.zeros_like(x)

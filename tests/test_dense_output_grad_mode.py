@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _gradient_problems import Damped, assert_matches_central_differences
+from _gradient_problems import Damped, assert_matches_central_differences, graph_nodes
 
 import hybrid_node as hn
 from hybrid_node.loop import host
@@ -66,16 +66,7 @@ def test_step_under_no_grad_builds_no_graph_even_when_read_with_autograd():
 
 def _leaves(y: torch.Tensor) -> set:
     """The leaf tensors that ``y``'s graph reaches (empty without a graph)."""
-    found, seen, todo = set(), set(), [y.grad_fn] if y.grad_fn is not None else []
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if hasattr(node, "variable"):
-            found.add(node.variable)
-        todo.extend(n for n, _ in node.next_functions)
-    return found
+    return {node.variable for node in graph_nodes(y) if hasattr(node, "variable")}
 
 
 def _solve_single_event(func, y0):
