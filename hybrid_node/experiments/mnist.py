@@ -659,18 +659,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the run in --out: finished models are kept, the interrupted one continues from its checkpoint",
     )
+    add_device_argument(parser)
+    add_threads_argument(parser)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` of the MNIST commands (mnist, nfe): cuda where available, else cpu."""
     parser.add_argument(
         "--device",
         type=device_name,
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device: cpu, cuda, cuda:<index> or mps (default: cuda when available)",
     )
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` of the MNIST commands (mnist, nfe), applied by :func:`use_threads`."""
     parser.add_argument(
         "--threads",
         type=positive_int,
         default=None,
         help="torch CPU threads (default: 1 with --quick, otherwise torch's choice)",
     )
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads from ``--threads``, or to one for ``--quick``; else leave torch's choice."""
+    # One thread for --quick: its small convolutions gain little from more, and with another process on the
+    # CPU oversubscribed threads ran 35x slower per step (issue 26).
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def config_from_args(args: argparse.Namespace) -> MNISTConfig:
@@ -699,11 +718,7 @@ def config_from_args(args: argparse.Namespace) -> MNISTConfig:
 
 @interruptible("mnist")
 def run(args: argparse.Namespace) -> int:
-    # One thread for --quick: its small convolutions gain little from more, and with another process on the
-    # CPU oversubscribed threads ran 35x slower per step (issue 26).
-    threads = args.threads if args.threads is not None else (1 if args.quick else None)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(args)
     with checked_settings():
         cfg = config_from_args(args)
     folder = open_run(

@@ -27,9 +27,17 @@ from torch import nn
 from ..data.mnist import load_mnist, to_float
 from ..nn.ode_block import SolveSettings
 from ..sensitivity.settings import BacksolveAdjoint
-from ._args import SettingsError, checked_settings, device_name, positive_int, random_seed
+from ._args import SettingsError, checked_settings, positive_int, random_seed
 from ._output import add_resume_arguments, interruptible, open_run, pyplot, save_figure, write_results
-from .mnist import MNISTConfig, build_model, ode_block, train_model
+from .mnist import (
+    MNISTConfig,
+    add_device_argument,
+    add_threads_argument,
+    build_model,
+    ode_block,
+    train_model,
+    use_threads,
+)
 
 HELP = "Figure 3: error and time vs tolerance, backward vs forward NFE, NFE during training (MNIST ODE-Net)."
 TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
@@ -140,28 +148,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batch", type=positive_int, default=256, help="images used in the tolerance sweep")
     parser.add_argument("--tolerances", default=",".join(f"{t:g}" for t in TOLERANCES))
     parser.add_argument("--seed", type=random_seed, default=0)
-    parser.add_argument(
-        "--device",
-        type=device_name,
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device: cpu, cuda, cuda:<index> or mps (default: cuda when available)",
-    )
+    add_device_argument(parser)
     add_resume_arguments(parser, MNISTConfig.checkpoint_every)
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (default: 1 with --quick, otherwise torch's choice)",
-    )
+    add_threads_argument(parser)
 
 
 @interruptible("nfe")
 def run(args: argparse.Namespace) -> int:
-    # One thread for --quick: its small convolutions gain little from more, and with another process on the
-    # CPU oversubscribed threads ran 35x slower per step (issue 26).
-    threads = args.threads if args.threads is not None else (1 if args.quick else None)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(args)
     try:
         tolerances = [float(v) for v in args.tolerances.split(",") if v.strip()]
     except ValueError:
