@@ -2,7 +2,7 @@
 
 Shared by the memory benchmarks that run as scripts (``brownian_memory.py``, ``sde_memory.py``): each has a
 ``--one KIND N`` mode that measures one cell in its own process, and a table mode that runs one such process
-per cell. ``ru_maxrss`` only grows, so a process measures one cell; the children run with
+per cell, so that no cell inherits another's allocator state; the children run with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that large freed buffers go back to the system (else glibc's heap
 fragmentation is counted too).
 """
@@ -23,8 +23,32 @@ from typing import Any
 MMAP_THRESHOLD = "65536"
 
 
+def _high_water_kib() -> tuple[int, int]:
+    """The resident set's peak (``VmHWM``) and current size (``VmRSS``) of this process, in KiB."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("VmHWM", "VmRSS")))
+    return int(fields["VmHWM"].split()[0]), int(fields["VmRSS"].split()[0])
+
+
+def _reset_high_water() -> bool:
+    """Set the peak back to the current resident set (Linux: ``5`` to ``/proc/self/clear_refs``).
+
+    ``ru_maxrss`` cannot be reset, and Linux carries it over ``fork`` and ``exec``: a child started by a
+    parent that once held more starts with the parent's peak, and a run smaller than that counts nothing.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def rss_growth(run: Callable[[int], None], n: int, warmup: int = 10) -> tuple[float, float]:
     """Run ``run(n)`` after a warm-up ``run(warmup)``; the growth of the peak resident set and the time.
+
+    The peak is the process's resettable high-water mark where Linux offers one (reset after the
+    warm-up), else ``ru_maxrss`` (which only grows, and may start at a parent's peak).
 
     Args:
         run: the workload of size n (steps, queries).
@@ -32,15 +56,16 @@ def rss_growth(run: Callable[[int], None], n: int, warmup: int = 10) -> tuple[fl
         warmup: the size of the warm-up run (imports, allocator and thread pools paid for before).
 
     Returns:
-        The growth of ``ru_maxrss`` over its value after the warm-up, in MB (Linux counts KiB), and the
-        seconds ``run(n)`` took.
+        The growth of the peak resident set over the resident set after the warm-up, in MB (MiB), and
+        the seconds ``run(n)`` took.
     """
     run(warmup)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    resettable = _reset_high_water()
+    base = _high_water_kib()[1] if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     run(n)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _high_water_kib()[0] if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (peak - base) / 1024, seconds
 
 

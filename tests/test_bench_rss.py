@@ -22,6 +22,16 @@ def test_rss_growth_counts_what_the_run_keeps():
     assert len(kept) == 2
 
 
+def test_rss_growth_is_not_hidden_by_an_earlier_peak():
+    """A process that once held more (here 256 MiB, given back) still counts a later 64 MiB run: the peak
+    is reset after the warm-up (``ru_maxrss`` cannot be, and a child inherits its parent's)."""
+    big = bytearray(b"y") * (256 * 2**20)  # every page written, then freed (mmap'ed: back to the system)
+    del big
+    kept = []
+    mb, _ = _rss.rss_growth(lambda n: kept.append(b"x" * (n * 2**20)), 64, warmup=1)
+    assert 60 <= mb < 128  # the 64 MiB kept, not the earlier 256
+
+
 def test_a_table_cell_runs_the_script_in_a_fresh_process():
     """A cell is the ``--one`` line of the script run again (its own peak), with freed buffers given back."""
     cell = _rss.measure_in_subprocess(str(ROOT / "benchmarks" / "brownian_memory.py"), "seq", 20)
