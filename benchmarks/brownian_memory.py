@@ -8,8 +8,8 @@ Workloads (docs/performance.md, "Scaling", Brownian motion and SDEs), state 16 x
   backward pass); the time per query is over both passes;
 - ``seq-st``: as ``seq`` with ``levy_area_approximation="space-time"`` and ``return_U=True``.
 
-Each measurement runs in a fresh process: the growth of its peak resident set (``ru_maxrss``) over
-the peak after a warm-up of 10 queries, with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed buffers go
+Each measurement runs in a fresh process: the growth of its peak resident set (``_rss.rss_growth``) over
+the resident set after a warm-up of 10 queries, with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed buffers go
 back to the system.
 
 Usage::

@@ -4,8 +4,8 @@ Workload (memory-vs-steps): dynamics MLP 2->64->64->2 tanh, batch 512, y0 ~ N(0,
 fixed-step rk4 over t in [0, 5] with 10, 100, 1000 steps, MSE of y(5) against zeros, one
 forward+backward. Each measurement runs in a fresh process:
 
-* CPU: the growth of the process's peak resident set (``ru_maxrss``) during the step, over its peak
-  after a warm-up step with 2 solver steps (imports, allocator and thread pools already paid for).
+* CPU: the growth of the process's peak resident set during the step (``_rss.rss_growth``), over its
+  resident set after a warm-up step with 2 solver steps (imports, allocator and thread pools already paid for).
   The children run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that large freed buffers go back to the
   system; without it glibc's heap fragmentation (small long-lived tensors between freed activation
   buffers) is counted too. ``--raw-malloc`` measures without it.
@@ -29,14 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
 try:
     from ._cli import check_device, positive_int
+    from ._rss import rss_growth
 except ImportError:  # run as a script (python benchmarks/memory_vs_steps.py): its folder is on sys.path
     from _cli import check_device, positive_int
+    from _rss import rss_growth
 
 METHODS = ("direct", "checkpointed-8", "backsolve", "interpolating", "interpolating-32", "reversible")
 STEPS = (10, 100, 1000)
@@ -99,17 +100,15 @@ def measure(method: str, steps: int, device: str) -> float:
         loss.backward()
         field.zero_grad(set_to_none=True)
 
-    step(2)  # warm-up
     if device.startswith("cuda"):
+        step(2)  # warm-up
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step(steps)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(steps)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # KiB on Linux
+    return rss_growth(step, steps, warmup=2)[0]
 
 
 def main(argv=None) -> int:

@@ -4,8 +4,8 @@ Workload (docs/performance.md, "Scaling", Brownian motion and SDEs): diagonal-no
 dy = -y dt + 0.1 y dW, state and noise 16 x 64, float32, ``method="euler"``, ``dt = 1/n`` on [0, 1]
 (``sdeint`` builds a ``dt``-hinted ``BrownianInterval``), under ``torch.no_grad()``; and
 ``sdeint_adjoint`` of the same SDE with a learnable drift scale (forward and backward pass).
-Each measurement runs in a fresh process: the growth of its peak resident set (``ru_maxrss``) during
-the solve over the peak after a warm-up solve of 10 steps, with ``MALLOC_MMAP_THRESHOLD_=65536`` so
+Each measurement runs in a fresh process: the growth of its peak resident set (``_rss.rss_growth``) during
+the solve over the resident set after a warm-up solve of 10 steps, with ``MALLOC_MMAP_THRESHOLD_=65536`` so
 that freed buffers go back to the system.
 
 Usage::
