@@ -384,8 +384,8 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
     if compiled:
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:
-        refuse_unknown_options(options, ADAPTIVE_OPTIONS + solver_keys, method, others=_every_option_name)
-        inert = sorted(_PID_FORMULA & set(options)) if isinstance(solver, Nordsieck) else []
+        nordsieck = isinstance(solver, Nordsieck)
+        inert = sorted(_PID_FORMULA & set(options)) if nordsieck else []
         if inert:
             # accepted, they changed nothing (the same steps with any of them): a setting that looks used
             raise ValueError(
@@ -393,6 +393,8 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
                 f"{inert} have no effect on it; drop them (first_step, min_step, max_step and max_num_steps "
                 "do apply)."
             )
+        valid = [k for k in ADAPTIVE_OPTIONS if not (nordsieck and k in _PID_FORMULA)] + list(solver_keys)
+        refuse_unknown_options(options, valid, method, others=_every_option_name)
         for key in ("jump_t", "step_t"):
             if key in options:
                 extras[key] = _times_option(key, options.pop(key))

@@ -55,3 +55,13 @@ def test_odeint_refuses_pid_settings_the_method_does_not_use(method):
         hn.odeint(lambda t, y: -y, y0, t, method=method, options={"safety": 0.8, "dfactor": 0.3})
     # the settings that do act are taken
     hn.odeint(lambda t, y: -y, y0, t, method=method, options={"first_step": 0.01, "max_step": 0.5})
+
+
+@pytest.mark.parametrize("method", ["adams", "bdf", "lsoda"])
+def test_an_unknown_option_lists_only_the_settings_the_method_uses(method):
+    y0, t = torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="Unknown options") as info:
+        hn.odeint(lambda t, y: -y, y0, t, method=method, options={"frist_step": 0.01})
+    listed = str(info.value).split("The valid options are")[1]
+    # the PID settings it refuses (test above) are not offered as valid; the step limits it uses are
+    assert "'safety'" not in listed and "'pcoeff'" not in listed and "'first_step'" in listed
