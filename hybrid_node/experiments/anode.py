@@ -252,6 +252,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @interruptible("anode")
 def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)  # 32-unit MLPs: a second thread doubled the time on a 2-core machine
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks or any(t not in TASKS for t in tasks):
         raise SettingsError(f"--tasks must be a comma-separated subset of {TASKS}, got {args.tasks!r}.")
