@@ -22,8 +22,10 @@ case "$cmd" in
     *) extra="" needs="" ;;
 esac
 if ! "$VENV/bin/python" -c "import torch, hybrid_node${needs:+, $needs}" 2>/dev/null; then
-    # The explicit pin takes the CPU build of torch; an open range could pull a multi-GB CUDA build.
-    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    # The explicit pin first: with no torch installed, an open range could pull a newer multi-GB CUDA
+    # build. PyPI's Linux wheel of the pin is a CUDA build too; HYBRID_NODE_TORCH_INDEX names another
+    # index, e.g. https://download.pytorch.org/whl/cpu for the CPU build.
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0" ${HYBRID_NODE_TORCH_INDEX:+--index-url "$HYBRID_NODE_TORCH_INDEX"}
     "$VENV/bin/python" -m pip install -q -e ".$extra"
 fi
 shift || true
