@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 from pathlib import Path
 
@@ -10,11 +11,21 @@ from benchmarks import _rss
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _fresh_pages(mib: int) -> mmap.mmap:
+    """``mib`` MiB of newly mapped memory, every page written: resident, and never the reuse of memory the
+    allocator already holds (in a test worker, earlier tests' freed heap would serve a ``bytes`` object
+    without the resident set growing)."""
+    pages = mmap.mmap(-1, mib * 2**20)
+    for i in range(0, len(pages), mmap.PAGESIZE):
+        pages[i] = 1
+    return pages
+
+
 def test_rss_growth_counts_what_the_run_keeps():
     kept = []
 
     def run(n):
-        kept.append(b"x" * (n * 2**20))  # n MiB, every page written (bytearray(n) would leave them unmapped)
+        kept.append(_fresh_pages(n))
 
     mb, seconds = _rss.rss_growth(run, 64, warmup=1)
     # the 64 MiB held count in full; the bound from below only: the allocator and the interpreter may add
@@ -25,10 +36,9 @@ def test_rss_growth_counts_what_the_run_keeps():
 def test_rss_growth_is_not_hidden_by_an_earlier_peak():
     """A process that once held more (here 256 MiB, given back) still counts a later 64 MiB run: the peak
     is reset after the warm-up (``ru_maxrss`` cannot be, and a child inherits its parent's)."""
-    big = bytearray(b"y") * (256 * 2**20)  # every page written, then freed (mmap'ed: back to the system)
-    del big
+    _fresh_pages(256).close()  # resident, then given back to the system
     kept = []
-    mb, _ = _rss.rss_growth(lambda n: kept.append(b"x" * (n * 2**20)), 64, warmup=1)
+    mb, _ = _rss.rss_growth(lambda n: kept.append(_fresh_pages(n)), 64, warmup=1)
     assert 60 <= mb < 128  # the 64 MiB kept, not the earlier 256
 
 
