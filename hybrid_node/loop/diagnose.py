@@ -229,3 +229,20 @@ def stiffness_cause(term, solver, t: float, y: torch.Tensor, dt: float, iteratio
         "stability, not by the tolerances. Use an implicit method such as 'rodas4', 'kvaerno5' or 'bdf' (or "
         "'auto', which switches), or raise max_num_steps if the explicit method is wanted."
     )
+
+
+def solve_cause(status: Status, term, solver, t: float, y: torch.Tensor, y0: torch.Tensor, dt: float) -> str:
+    """The cause of an adaptive solve's failure: :func:`stiffness_cause` for MAX_STEPS, else
+    :func:`failure_cause`; the one choice of the host loop and the whole-solve graph.
+
+    Args:
+        status: the failure; term: the wrapped field; solver: the method.
+        t, y: the solver time and the (last accepted) state where the solve stopped; y0: the initial
+            state; dt: the last proposed step.
+
+    Returns:
+        The cause and its fix, or "".
+    """
+    if status is Status.MAX_STEPS:
+        return stiffness_cause(term, solver, t, y, dt)
+    return failure_cause(status, term, t, y, y0)

@@ -24,7 +24,7 @@ from .compiled_step import compiled_attempt
 from .core import _EPS as _EPS
 from .core import _STRETCH as _STRETCH
 from .core import FLOAT, RUNNING
-from .diagnose import failure_cause, stiffness_cause
+from .diagnose import solve_cause
 
 if TYPE_CHECKING:
     from ..sensitivity._backward import AugmentedTerm
@@ -409,10 +409,7 @@ def integrate_adaptive(
     def failed(code: int, detail: str) -> Integration:
         status = core.STATUS[code]
         if throw:  # the field, the solution or stiffness as the cause, where one look at the state tells
-            why = failure_cause(status, term, t, y, y0)
-            if code == core.MAX_STEPS:
-                why = stiffness_cause(term, solver, t, y, dt)
-            _fail(status, t, throw, term, detail, why)
+            _fail(status, t, throw, term, detail, solve_cause(status, term, solver, t, y, y0, dt))
         take_counters(stats, term)  # a failed solve reports its work too
         return Integration(_pad_failed(ys, len(ts), y0), stats, status, t)
 

@@ -74,7 +74,7 @@ from .compiled_step import PureField, compiler_failed, graphs_of, term_field, wa
 from .core import RUNNING
 from .counters import advance, frozen_counters, number_modules, probe
 from .device import Impulses, LoopState, Tables, attempt, initial_state, make_tables, summary
-from .diagnose import failure_cause, stiffness_cause
+from .diagnose import solve_cause
 from .graph_inputs import tolerance_tensor
 from .host import Integration
 from .inductor import compile_for, inductor_options, own_code
@@ -601,13 +601,7 @@ def solve_error(
         The error to raise (the user's time, the step cap or the last step as detail, a known cause).
     """
     detail = f"max_num_steps={controller.max_num_steps}" if status is Status.MAX_STEPS else f"dt={dt:.3g}"
-    cause = ""
-    if stopped is not None:
-        solver, y, y0 = stopped
-        if status is Status.MAX_STEPS:
-            cause = stiffness_cause(term, solver, t, y, dt)
-        else:
-            cause = failure_cause(status, term, t, y, y0)
+    cause = "" if stopped is None else solve_cause(status, term, stopped[0], t, stopped[1], stopped[2], dt)
     return SolverError(status, -t if term.reverse else t, detail, cause)
 
 
