@@ -107,11 +107,7 @@ class ConstantStepSize(AbstractController):
         h = float(self.step_size)
         n = max(1, math.ceil((t1 - t0) / h - 1e-9))
         if n > self.max_num_steps:
-            raise ValueError(
-                f"step_size={h:g} over an interval of length {t1 - t0:g} takes {n:,} steps, more than "
-                f"max_num_steps={self.max_num_steps:,}; use a larger step_size (or an adaptive method such as "
-                f"'dopri5'), or allow them with options={{'max_num_steps': {n}}}."
-            )
+            raise too_many_fixed_steps(h, f"an interval of length {t1 - t0:g}", n, self.max_num_steps)
         grid = [t0 + i * h for i in range(n)] + [t1]
         return grid
 
@@ -261,6 +257,32 @@ class PIDController(AbstractController):
 
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def too_many_fixed_steps(step_size: float, over: str, n: int, limit: int, outcome: str = "") -> ValueError:
+    """The refusal of a fixed-step grid with more steps than ``max_num_steps``, for every backend.
+
+    The backends count the grid's steps differently on purpose (the torch backend's grid spans
+    t[0]..t[-1]; the Julia backend's steps also end on every output time), so each passes its own
+    count and its own description of what was stepped over; the advice is the same.
+
+    Args:
+        step_size: the fixed step.
+        over: what the steps cover, e.g. ``"an interval of length 1"``.
+        n: the number of steps the grid takes.
+        limit: ``max_num_steps``.
+        outcome: what would happen without the refusal (e.g. where a solver would stop), or "".
+
+    Returns:
+        The ValueError to raise: the count, the limit, and how to fix it (a larger ``step_size``,
+        an adaptive method, or ``options={'max_num_steps': n}``).
+    """
+    because = f" ({outcome})" if outcome else ""
+    return ValueError(
+        f"step_size={step_size:g} over {over} takes {n:,} steps, more than max_num_steps={limit:,}{because}; "
+        f"use a larger step_size (or an adaptive method such as 'dopri5'), or allow them with "
+        f"options={{'max_num_steps': {n}}}."
+    )
 
 
 def _from_numpy(tol):

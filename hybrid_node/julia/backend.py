@@ -48,7 +48,7 @@ from torch import nn
 from .._errors import BackendError, SolverError, Status
 from .._registry import METHOD_SPECS, method_spec, refuse_unknown_options
 from .._solution import Solution, Stats
-from ..controllers import ConstantStepSize, PIDController
+from ..controllers import ConstantStepSize, PIDController, too_many_fixed_steps
 from ..sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -367,12 +367,8 @@ def _fixed_step_limit(ts: np.ndarray, dt: float, maxiters: int | None, has_step_
         return max(limit, n)
     if n > limit:
         span = float(np.max(ts) - np.min(ts))
-        raise ValueError(
-            f"a fixed step of {dt:g} over output times spanning {span:g} takes {n:,} steps, more than "
-            f"max_num_steps={limit:,} (the Julia solve would stop there with MaxIters); use a larger "
-            f"step_size (or an adaptive method such as 'dopri5'), or allow them with "
-            f"options={{'max_num_steps': {n}}}."
-        )
+        over = f"output times spanning {span:g}, ending a step on each of them"
+        raise too_many_fixed_steps(dt, over, n, limit, "the Julia solve would stop there with MaxIters")
     return limit
 
 
