@@ -153,6 +153,19 @@ def test_inside_torch_func_transforms_the_refusal_says_what_to_do(transform):
     assert sorted(r.index for r in sol.events) == [(0,), (1,), (2,)]
 
 
+@pytest.mark.parametrize("times", ["jump_t", "step_t"])
+def test_jump_or_step_times_are_refused_with_the_fix(times):
+    """The event loop lays its own steps: forced step ends are refused (check_event_search), naming them."""
+    with pytest.raises(ValueError, match=r"solve\(event=...\) cannot take jump_t or step_t; drop them"):
+        hn.solve(
+            lambda t, y: -y,
+            torch.ones(1),
+            torch.tensor([0.0, 1.0]),
+            event=hn.Event(lambda t, y: y - 0.5),
+            **{times: [0.3]},
+        )
+
+
 def test_two_roots_of_one_element_inside_one_step_are_both_reported_in_order():
     # y = t in one exact step to t = 1; g = (y - 0.5)(y - 0.65) changes sign at 0.5 and back at 0.65,
     # with the interior sign check at 0.6 between them

@@ -193,6 +193,20 @@ def test_an_empty_batch_has_no_events_to_find():
         hn.odeint_event(Decay(1.0), torch.ones(0, 2), 0.0, event_fn=lambda t, y: y[:, :1], per_sample=True)
 
 
+@pytest.mark.parametrize("times", ["jump_t", "step_t"])
+def test_jump_or_step_times_are_refused_with_the_fix(times):
+    """As the shared-step events (check_event_search): the loop lays its own steps, so forced ends are refused."""
+    with pytest.raises(ValueError, match=r"per-sample events cannot take jump_t or step_t; drop them"):
+        hn.solve(
+            Decay(1.0),
+            torch.ones(3, 1),
+            torch.tensor([0.0, 2.0]),
+            event_fn=lambda t, y: y[:, 0] - 0.5,
+            per_sample_events=True,
+            **{times: [0.3]},
+        )
+
+
 @pytest.mark.parametrize("transform", ["vmap", "grad"])
 def test_inside_torch_func_transforms_the_refusal_says_what_to_do(transform):
     """The search decides on the host after every step: inside vmap (or grad) it raised torch's bare

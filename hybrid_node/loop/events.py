@@ -54,6 +54,7 @@ import torch
 from .._errors import SolverError, Status
 from .._solution import Stats
 from .._term import Term
+from .._transforms import inside_transform
 from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
 from . import core
 from .core import _EPS, FLOAT, RUNNING
@@ -276,6 +277,32 @@ def check_event_controller(problem, what: str) -> None:
         )
     if problem.solver.compile:
         raise ValueError(f"compiled steps cannot be combined with {what}; drop compile.")
+
+
+def check_event_search(problem, what: str, decides: str, batching: str) -> None:
+    """Raise ValueError where the host event loops cannot serve ``problem`` at all.
+
+    Beside the step control (:func:`check_event_controller`): no ``jump_t``/``step_t``, and no call
+    inside a torch.func transform, where the loop's per-step host decision raised vmap's bare
+    data-dependence error.
+
+    Args:
+        problem: the validated problem.
+        what: the kind of event solve, for the messages.
+        decides: what the search decides on the host after every step (which elements crossed ...).
+        batching: how to solve the transform's problems instead, as one batch.
+
+    Raises:
+        ValueError: as :func:`check_event_controller`, or with ``jump_t``/``step_t``, or inside a transform.
+    """
+    check_event_controller(problem, what)
+    if problem.jump_t or problem.step_t:
+        raise ValueError(f"{what} cannot take jump_t or step_t; drop them.")
+    if inside_transform():
+        raise ValueError(
+            f"{what} cannot run inside torch.func transforms (vmap, grad, jacrev, ...): the search decides on "
+            f"the host after every step {decides}; solve outside the transform, {batching}."
+        )
 
 
 def check_event_values(g0: torch.Tensor, y0: torch.Tensor) -> torch.Size:

@@ -33,9 +33,8 @@ from .._errors import Status
 from .._event import Event, takes_fired
 from .._problem import Problem
 from .._solution import Solution
-from .._transforms import inside_transform
 from ..loop.dispatch import CheckedEvent
-from ..loop.events import EventIntegration, EventRecord, check_event_controller, integrate_with_events
+from ..loop.events import EventIntegration, EventRecord, check_event_search, integrate_with_events
 from ._backward import user_field
 from .event_adjoint import SegmentAdjoint
 from .events import constant_event_time, event_slope
@@ -96,15 +95,12 @@ def solve_with_events(
         SolverError: the solve failed, with ``throw``.
     """
     ctrl = problem.controller
-    check_event_controller(problem, "solve(event=...)")
-    if problem.jump_t or problem.step_t:
-        raise ValueError("solve(event=...) does not support jump_t or step_t.")
-    if inside_transform():  # the loop decides on the host every step: vmap raised a bare data-dependence error
-        raise ValueError(
-            "solve(event=...) cannot run inside torch.func transforms (vmap, grad, jacrev, ...): the search "
-            "decides on the host after every step which elements crossed; solve outside the transform, with the "
-            "problems as one batch state (each element's crossings are recorded with its index)."
-        )
+    check_event_search(
+        problem,
+        "solve(event=...)",
+        "which elements crossed",
+        "with the problems as one batch state (each element's crossings are recorded with its index)",
+    )
     events = (events,) if isinstance(events, Event) else tuple(events)
     term = problem.term()
     fterm = problem.term(callbacks=False)  # the gradients' extra evaluations are not the solve's

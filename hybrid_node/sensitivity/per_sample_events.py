@@ -35,9 +35,8 @@ import torch
 from .._errors import SolverError, Status
 from .._problem import Problem
 from .._solution import Solution, Stats
-from .._transforms import inside_transform
 from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
-from ..loop.events import SampleEvents, check_event_controller, check_event_values, integrate_sample_events
+from ..loop.events import SampleEvents, check_event_search, check_event_values, integrate_sample_events
 from ._backward import resolve_params
 from .event_adjoint import SegmentAdjoint, frozen_after
 from .events import constant_event_time
@@ -52,17 +51,14 @@ def _check(problem: Problem) -> None:
             "per-sample events need a single tensor state whose leading dimensions are the batch; "
             "concatenate tuple states into one tensor."
         )
-    check_event_controller(problem, "per-sample events")
-    if problem.jump_t or problem.step_t:
-        raise ValueError("per-sample events do not support jump_t or step_t.")
+    check_event_search(
+        problem,
+        "per-sample events",
+        "which samples fired",
+        "with the problems as samples of one batch (they already get one event each)",
+    )
     if problem.y0.is_complex() or problem.complex_state is not None:  # the latter: an implicit method's real form
         raise ValueError("per-sample events need a real state.")
-    if inside_transform():  # the loop decides on the host every step: vmap raised a bare data-dependence error
-        raise ValueError(
-            "per-sample events cannot run inside torch.func transforms (vmap, grad, jacrev, ...): the search "
-            "decides on the host which samples fired after every step; solve outside the transform, with the "
-            "problems as samples of one batch (they already get one event each)."
-        )
 
 
 def _no_samples(problem: Problem, event_fn: Callable) -> Solution | None:
