@@ -362,3 +362,58 @@ def test_parity_with_torchsde_on_the_same_brownian_path(method, options, noise, 
         theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method=method, dt=1 / 64, options=options)
     ours = hn.sdeint(sde, y0, ts, bm=bm, method=method, dt=1 / 64, options=options)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_reusing_evaluates_f_and_g_once_per_state_and_grad_mode():
+    """SDEView.reusing: inside the block f and g at one (t, y) are evaluated once; another tensor (even an
+    equal one), another grad mode, or a call outside the block evaluates them anew."""
+    from hybrid_node.sde._sde import SDEView
+
+    class Counting:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def __init__(self):
+            self.calls = {"f": 0, "g": 0}
+
+        def f(self, t, y):
+            self.calls["f"] += 1
+            return -y
+
+        def g(self, t, y):
+            self.calls["g"] += 1
+            return 0.5 * y
+
+    sde = Counting()
+    view = SDEView(sde)
+    y = torch.ones(2, 3)
+    with view.reusing(0.25, y):
+        f1, g1 = view.f(0.25, y), view.g(0.25, y)
+        f2, g2 = view.f_and_g(0.25, y)
+        assert view.f(0.25, y) is f1 and view.g(0.25, y) is g1 and f2 is f1 and g2 is g1
+        assert sde.calls == {"f": 1, "g": 1}
+        view.f(0.25, y.clone())  # another tensor: it may carry another graph
+        view.f(0.5, y)  # another time
+        with torch.no_grad():
+            view.g(0.25, y)  # another grad mode
+        assert sde.calls == {"f": 3, "g": 2}
+    view.f(0.25, y)
+    assert sde.calls["f"] == 4
+    torch.testing.assert_close(f1, -y)
+    torch.testing.assert_close(g1, 0.5 * y)
+
+
+def test_a_missing_drift_or_diffusion_alone_is_named():
+    """A method that needs f (or g) alone from an SDE that gives only f_and_g_prod / g_prod says what to define."""
+    from hybrid_node.sde._sde import SDEView
+
+    class ProdOnly:
+        noise_type, sde_type = "general", "ito"
+
+        def f_and_g_prod(self, t, y, v):
+            return -y, v.sum(-1, keepdim=True) * y
+
+    view = SDEView(ProdOnly())
+    with pytest.raises(ValueError, match=r"needs the drift alone; define f\(t, y\)"):
+        view.f(0.0, torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"needs the diffusion matrix; define g\(t, y\) or f_and_g\(t, y\)"):
+        view.g(0.0, torch.ones(1, 2))

@@ -9,7 +9,7 @@ Shapes, for y of shape (batch, d): drift (batch, d); diffusion (batch, d) for di
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -154,37 +154,44 @@ class SDEView:
             return None
         return memo[3] if torch.is_grad_enabled() == memo[2] else None
 
-    def f(self, t, y: torch.Tensor) -> torch.Tensor:
+    def _reused(self, key: str, t, y: torch.Tensor, compute: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        """The value :meth:`reusing` kept under ``key`` for (t, y), else a fresh one, kept while the block is active.
+
+        Args:
+            key: "f" or "g".
+            t, y: the time as the solver gives it and the state.
+            compute: the evaluation, given the time as the user's f and g take it.
+
+        Returns:
+            The value of f or g at (t, y).
+        """
         kept = self._kept(t, y)
-        if kept is not None and "f" in kept:
-            return kept["f"]
-        t = self._time(t, y)
-        if self._f is not None:
-            out = self._f(t, y)
-        elif self._fg is not None:
-            out = self._fg(t, y)[0]
-        else:
-            raise ValueError("this method needs the drift alone; define f(t, y) on the sde object.")
+        if kept is not None and key in kept:
+            return kept[key]
+        out = compute(self._time(t, y))
         if kept is not None:
-            kept["f"] = out
+            kept[key] = out
         return out
 
+    def f(self, t, y: torch.Tensor) -> torch.Tensor:
+        return self._reused("f", t, y, lambda s: self._drift(s, y))
+
+    def _drift(self, s, y: torch.Tensor) -> torch.Tensor:
+        if self._f is not None:
+            return self._f(s, y)
+        if self._fg is not None:
+            return self._fg(s, y)[0]
+        raise ValueError("this method needs the drift alone; define f(t, y) on the sde object.")
+
     def g(self, t, y: torch.Tensor) -> torch.Tensor:
-        kept = self._kept(t, y)
-        if kept is not None and "g" in kept:
-            return kept["g"]
-        t = self._time(t, y)
+        return self._reused("g", t, y, lambda s: self._diffusion(s, y))
+
+    def _diffusion(self, s, y: torch.Tensor) -> torch.Tensor:
         if self._g is not None:
-            out = self._g(t, y)
-        elif self._fg is not None:
-            out = self._fg(t, y)[1]
-        else:
-            raise ValueError(
-                "this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object."
-            )
-        if kept is not None:
-            kept["g"] = out
-        return out
+            return self._g(s, y)
+        if self._fg is not None:
+            return self._fg(s, y)[1]
+        raise ValueError("this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object.")
 
     def f_and_g(self, t, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kept = self._kept(t, y)
