@@ -90,6 +90,29 @@ function prepare(u0, θ, ts)
 end
 
 """
+    solve_built(prob, alg, u0m, θv, tsv; algorithm, sensitivity, checkpointing, abstol, reltol,
+                quad_abstol, quad_reltol, maxiters, dt, fixed_step, event_condition, event_affect,
+                event_jumped, event_len, event_points) -> ForwardResult
+
+The end that `forward_mlp` and `forward_callback` share once their problem and algorithm are built
+(the keywords are theirs): with `event_condition` a forward solve with the events' callback
+(`event_callback`, `run_events`; no gradients), checked before any sensitivity algorithm is made,
+else the differentiable solve (`run_forward`).
+"""
+function solve_built(prob, alg, u0m, θv, tsv; algorithm, sensitivity, checkpointing, abstol,
+                     reltol, quad_abstol, quad_reltol, maxiters, dt, fixed_step, event_condition,
+                     event_affect, event_jumped, event_len, event_points)
+    opts = solver_options(tsv; abstol, reltol, maxiters, dt, fixed_step)
+    if events_requested(event_condition)
+        cb = event_callback(event_condition, event_affect, event_jumped, event_len, length(u0m);
+                            interp_points = event_points)
+        return run_events(prob, alg, u0m, θv, tsv, opts, cb)
+    end
+    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
+    return run_forward(prob, alg, sensealg, u0m, θv, tsv, opts)
+end
+
+"""
     forward_mlp(n_in, n_out, has_bias, activations, time_input, θ, u0, ts; algorithm,
                 sensitivity, checkpointing=false, abstol, reltol, quad_abstol=abstol,
                 quad_reltol=reltol, maxiters=nothing, dt=nothing, fixed_step=false,
@@ -117,14 +140,9 @@ function forward_mlp(n_in, n_out, has_bias, activations::AbstractString, time_in
     σ = time_reversed ? -1.0 : 1.0
     prob = ODEProblem{false}(MLPField(mlp, σ), u0m, (tsv[1], tsv[end]), θv)
     alg = make_algorithm(algorithm)
-    opts = solver_options(tsv; abstol, reltol, maxiters, dt, fixed_step)
-    if events_requested(event_condition)
-        cb = event_callback(event_condition, event_affect, event_jumped, event_len, length(u0m);
-                            interp_points = event_points)
-        return run_events(prob, alg, u0m, θv, tsv, opts, cb)
-    end
-    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
-    return run_forward(prob, alg, sensealg, u0m, θv, tsv, opts)
+    return solve_built(prob, alg, u0m, θv, tsv; algorithm, sensitivity, checkpointing, abstol, reltol,
+                       quad_abstol, quad_reltol, maxiters, dt, fixed_step, event_condition,
+                       event_affect, event_jumped, event_len, event_points)
 end
 
 """
@@ -149,14 +167,9 @@ function forward_callback(f::Py, vjp::Py, jac, θ, u0, ts; algorithm::AbstractSt
     odef = callback_function(cb; stiff)
     prob = ODEProblem(odef, u0m, (tsv[1], tsv[end]), θv)
     alg = make_algorithm(algorithm; finite_diff = true)
-    opts = solver_options(tsv; abstol, reltol, maxiters, dt, fixed_step)
-    if events_requested(event_condition)
-        cb = event_callback(event_condition, event_affect, event_jumped, event_len, length(u0m);
-                            interp_points = event_points)
-        return run_events(prob, alg, u0m, θv, tsv, opts, cb)
-    end
-    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
-    return run_forward(prob, alg, sensealg, u0m, θv, tsv, opts)
+    return solve_built(prob, alg, u0m, θv, tsv; algorithm, sensitivity, checkpointing, abstol, reltol,
+                       quad_abstol, quad_reltol, maxiters, dt, fixed_step, event_condition,
+                       event_affect, event_jumped, event_len, event_points)
 end
 
 """

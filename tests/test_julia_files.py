@@ -187,7 +187,17 @@ def test_the_event_callback_follows_scimlbase_and_the_python_bridge():
     for name in ("VectorContinuousCallback", "terminate!", "set_u!", "pyconvert"):
         assert name in module
     bridge = _code(JULIA_DIR / "bridge.jl")
-    assert bridge.count("if events_requested(event_condition)") == 2  # both paths, before any sensealg
+    # both paths end in solve_built, which asks for the events before it makes any sensealg
+    shared = re.search(r"function solve_built\(.*?\nend", bridge, re.S).group(0)
+    assert shared.index("if events_requested(event_condition)") < shared.index("make_sensealg(")
+    assert "return run_events(prob, alg, u0m, θv, tsv, opts, cb)" in shared
+    for entry in ("forward_mlp", "forward_callback"):
+        body = re.search(rf"function {entry}\(.*?\nend", bridge, re.S).group(0)
+        assert "return solve_built(prob, alg, u0m, θv, tsv;" in body and "make_sensealg(" not in body
+        # the call hands on every keyword solve_built takes, by name (Julia's implicit `; name`)
+        passed = re.search(r"solve_built\(prob, alg, u0m, θv, tsv;(.*?)\)", body, re.S).group(1)
+        assert {k.strip() for k in passed.split(",")} == _keywords("solve_built")
+    assert _keywords("solve_built") == _keywords("forward_callback")  # (forward_mlp's has time_reversed too)
 
 
 def test_the_event_affect_takes_diffeqbase_6s_index_and_diffeqbase_7s_vector():
