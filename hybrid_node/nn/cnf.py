@@ -125,12 +125,12 @@ class CNFSolver:
             refused: they integrate a (q, p) pair with a separable field, and the CNF's state (z, log p)
             is not one.
         rtol, atol: tolerances of adaptive methods (FFJORD uses 1e-5 on toy data).
-        options: solver options. A fixed-step method needs {"step_size": ...} (or a
-            ``grid_constructor``): the solver time of every block runs over [0, 1], so without one it
-            would take a single step per block. The implicit and Rosenbrock methods get
-            {"jacobian": "loop"} unless the options name another: the augmented dynamics call
-            torch.autograd at every evaluation, which a vectorised Jacobian cannot trace (it would
-            fall back to the loop at every Jacobian, after a failed attempt).
+        options: solver options, copied (shallowly) when the solver is built. A fixed-step method
+            needs {"step_size": ...} (or a ``grid_constructor``): the solver time of every block runs
+            over [0, 1], so without one it would take a single step per block. The implicit and
+            Rosenbrock methods get {"jacobian": "loop"} unless the options name another: the augmented
+            dynamics call torch.autograd at every evaluation, which a vectorised Jacobian cannot trace
+            (it would fall back to the loop at every Jacobian, after a failed attempt).
         adjoint: compute gradients with the adjoint method (O(1) memory) instead of backpropagating
             through the solver.
         regularizers_in_error_norm: whether the two RNODE integrals count in an adaptive method's error
@@ -167,6 +167,10 @@ class CNFSolver:
             raise TypeError(
                 f"CNFSolver.regularizers_in_error_norm must be True or False, got {self.regularizers_in_error_norm!r}."
             )
+        if isinstance(self.options, Mapping):
+            # frozen and checked below: a later change to the caller's dict (emptied, a fixed-step
+            # method would take one step per block) must not reach the solves unchecked
+            object.__setattr__(self, "options", dict(self.options))
         self._check_method()
         if "jacobian" in METHOD_SPECS[self.method].options and "jacobian" not in (self.options or {}):
             object.__setattr__(self, "options", {**(self.options or {}), "jacobian": "loop"})

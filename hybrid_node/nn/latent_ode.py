@@ -267,7 +267,8 @@ class LatentODE(nn.Module):
             GRU cell) or ``"ode-rnn"``.
         obs_std: standard deviation of the Gaussian likelihood.
         poisson: add a Poisson process likelihood of the observation times (one intensity per channel).
-        method, rtol, atol, options: settings of the latent solve.
+        method, rtol, atol, options: settings of the latent solve (``options`` is copied: set
+            ``model.options`` to change it later).
         ode_rnn_kwargs: keyword arguments of the ODE-RNN encoder (``ode_hidden``, ``method``, ``rtol``, ...;
             not ``hidden``, ``obs_dim`` or ``out_dim``, which follow ``rec_hidden``, ``obs_dim`` and
             ``latent_dim``).
@@ -328,7 +329,10 @@ class LatentODE(nn.Module):
         self.log_intensity = nn.Linear(latent_dim, obs_dim) if poisson else None
         self.obs_std = obs_std
         check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
-        self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
+        self.method, self.rtol, self.atol = method, rtol, atol
+        # a copy: the caller's dict, changed later, would change the solves unchecked (``model.options = ...``
+        # is the way to change them)
+        self.options = None if options is None else dict(options)
 
     def _check_channels(self, batch: IrregularBatch, name: str) -> None:
         dtype = next(self.parameters()).dtype

@@ -54,7 +54,8 @@ class SolveSettings:
         method: solver name as for :func:`hybrid_node.odeint` ("dopri5", "rk4", "euler", ...).
         rtol: relative tolerance of adaptive methods.
         atol: absolute tolerance of adaptive methods.
-        options: solver options, e.g. ``{"step_size": 0.1}`` for fixed-step methods.
+        options: solver options, e.g. ``{"step_size": 0.1}`` for fixed-step methods; copied (shallowly), so
+            changing the given dict afterwards leaves the settings as built.
         sensitivity: how gradients are computed (:class:`DirectBackprop` backpropagates through the
             solver; :class:`BacksolveAdjoint` is the paper's O(1)-memory adjoint).
         backend: "torch", "julia" or None (the process default).
@@ -89,6 +90,10 @@ class SolveSettings:
         if self.options is not None and not isinstance(self.options, Mapping):
             raise TypeError(f"options must be a mapping or None, got {type(self.options).__name__}.")
         check_solve_settings(self.method, self.options, self.backend)  # not only at the first forward pass
+        if self.options is not None:
+            # the settings are frozen and checked here: a later change to the caller's dict must not
+            # change (and skip the check of) every block built with them
+            object.__setattr__(self, "options", dict(self.options))
 
 
 class _CountingField(nn.Module):

@@ -60,7 +60,8 @@ class ODERNN(nn.Module):
         hidden: size of the hidden state.
         ode_hidden: width of the hidden-state dynamics MLP.
         out_dim: size of the read-out (default ``obs_dim``: predictions of the next observation).
-        method, rtol, atol, options: settings of the ODE solves between observations.
+        method, rtol, atol, options: settings of the ODE solves between observations (``options`` is
+            copied: set ``model.options`` to change it later).
 
     Raises:
         ValueError: a size is not positive, or an unknown method or option name (the message names the
@@ -88,7 +89,10 @@ class ODERNN(nn.Module):
         self.cell = nn.GRUCell(2 * obs_dim, hidden)
         self.readout = nn.Linear(hidden, obs_dim if out_dim is None else out_dim)
         check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
-        self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
+        self.method, self.rtol, self.atol = method, rtol, atol
+        # a copy: the caller's dict, changed later, would change the solves unchecked (``model.options = ...``
+        # is the way to change them)
+        self.options = None if options is None else dict(options)
 
     def evolve(self, h: Tensor, gap: Tensor) -> Tensor:
         """Advance each sample's hidden state by its own time ``gap`` (B,) (negative: backwards in time)."""

@@ -102,7 +102,7 @@ class _AdjointSettings(AbstractSensitivity):
     #: backward solver; None (or the forward solver's name, without ``options``) reuses the forward solver and
     #: its controller, as torchdiffeq copies ``options`` when ``adjoint_method == method``
     method: str | None = None
-    options: Mapping[str, Any] | None = None  #: backward solver options
+    options: Mapping[str, Any] | None = None  #: backward solver options (copied when the settings are built)
     #: "seminorm" leaves the parameter-gradient channels out of the error norm; a callable is
     #: torchdiffeq's ``adjoint_options["norm"]``: called on ``(t, *y, *adj_y, *adj_params)``
     norm: str | Callable = "default"
@@ -112,6 +112,8 @@ class _AdjointSettings(AbstractSensitivity):
             raise ValueError(f"norm must be one of {NORMS} or a callable, got {self.norm!r}.")
         # a misspelt backward method or option failed only when the first backward pass began
         check_solve_settings(self.method, self.options)
+        if self.options is not None:  # frozen and checked: a later change to the caller's dict must not reach it
+            object.__setattr__(self, "options", dict(self.options))
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
             if value is None:
                 continue
