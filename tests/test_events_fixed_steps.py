@@ -102,3 +102,30 @@ def test_invalid_fixed_step_event_settings_are_named():
         )
     with pytest.raises(ValueError, match="max_events"):
         hn.Event(lambda t, y: y, max_events=0)
+
+
+def test_one_attempt_of_the_event_loops_lands_on_the_end_and_is_judged_by_the_controller():
+    """_Steps.attempt (shared by both event loops): a constant step is always accepted and shortened to land
+    on the search's end, its dense output runs from y to the step's end state; an adaptive attempt far too
+    long for the tolerance is rejected and carries no state or dense output."""
+    from hybrid_node._problem import make_problem
+    from hybrid_node.loop.events import _Steps
+
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    problem = make_problem(
+        lambda t, y: -y, y0, torch.tensor([0.0, 1.0]), hn.Tsit5(), hn.ConstantStepSize(step_size=0.25)
+    )
+    term, solver = problem.term(), problem.solver
+    state = solver.init(term, 0.0, y0)
+    steps = _Steps(problem.controller, solver, y0.dtype)
+    att = steps.attempt(term, 0.9, y0, state, 0.25, 1.0, 1e-6, 1e-9, problem.norm)
+    assert att.accepted and att.t1 == 1.0 and att.step_dt == pytest.approx(0.1)
+    torch.testing.assert_close(att.seg(0.9), y0)
+    torch.testing.assert_close(att.seg(1.0), att.step.y1)
+    # Tsit5's local error on y' = -y over 0.1 is about 0.1^5 / 5! ~ 1e-7: the exact decay to that
+    torch.testing.assert_close(att.step.y1, y0 * math.exp(-0.1), rtol=1e-6, atol=0)
+
+    adaptive = _Steps(hn.PIDController(rtol=1e-10, atol=1e-12), solver, y0.dtype)
+    big = adaptive.attempt(term, 0.0, y0, solver.init(term, 0.0, y0), 5.0, 10.0, 1e-10, 1e-12, problem.norm)
+    # a step of 5 on a decay of rate 1 has an error estimate of order 1, far above the 1e-10 tolerance
+    assert not big.accepted and big.ratio > 1.0 and big.seg is None and big.new_state is None

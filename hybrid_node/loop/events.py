@@ -47,6 +47,7 @@ import sys
 import types
 import warnings
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -69,6 +70,23 @@ _MAX_HALVINGS = 200
 # the rows (samples x times) one dense-output evaluation of an interpolant without per-sample rows may
 # make while events are located: a million rows, so a batch of 10^4 takes 100 times at a time
 _ROWS_BUDGET = 1 << 20
+
+
+class _Attempt(NamedTuple):
+    """One step attempt of an event loop (:meth:`_Steps.attempt`), in solver time."""
+
+    step_dt: float
+    t1: float
+    step: Any
+    ratio: float
+    #: on acceptance the solver's state at t1, else None
+    new_state: Any
+    #: on acceptance the step's dense output over [t, t1], else None
+    seg: DenseSegment | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.seg is not None
 
 
 class _Steps:
@@ -119,6 +137,32 @@ class _Steps:
     def ratio(self, step, y: torch.Tensor, rtol, atol, norm) -> float:
         """The attempt's error ratio (0 for fixed steps: always accepted)."""
         return 0.0 if self.fixed else error_ratio(step.error, y, step.y1, rtol, atol, norm)
+
+    def attempt(
+        self, term: Term | FrozenRows, t: float, y: torch.Tensor, state, dt: float, stop: float, rtol, atol, norm
+    ) -> _Attempt:
+        """One step attempt of an event loop from (t, y) with step ``dt``, landing on ``stop``.
+
+        Args:
+            term: the field the loop steps (its counters count the evaluations; per-sample: the frozen rows').
+            t, y, state: where the loop stands and the solver's state there.
+            dt: the proposed step; stop: the time where the search ends (a step lands there).
+            rtol, atol, norm: the error test (adaptive steps).
+
+        Returns:
+            The attempt; on acceptance with the solver's state at its end and its dense output.
+
+        Reference: E. Hairer, S. P. Nørsett, G. Wanner, Solving Ordinary Differential Equations I,
+        2nd ed., Springer 1993, section II.4 (step-size control) and II.6 (dense output).
+        """
+        _, step_dt, t1 = self.landing(t, dt, stop)
+        step = self.solver.step(term, t, y, state, step_dt)
+        ratio = self.ratio(step, y, rtol, atol, norm)
+        if not core.accepts(FLOAT, self.c, ratio, step_dt):
+            return _Attempt(step_dt, t1, step, ratio, None, None)
+        new_state = self.solver.next_state(term, t1, step)
+        seg = DenseSegment(t, t1, self.solver.interpolant(term, t, y, step_dt, step, new_state))
+        return _Attempt(step_dt, t1, step, ratio, new_state, seg)
 
     def next(self, state, step_dt: float, ratio: float, accepted: bool, r1, r2):
         """The next step and controller memory after an attempt."""
@@ -517,15 +561,11 @@ def integrate_sample_events(
             )
             break
         n_attempts += 1
-        lands, step_dt, t1 = steps.landing(t, dt, event_end)
-        step = solver.step(mterm, t, y, state, step_dt)
-        ratio = steps.ratio(step, y, rtol, atol, running_norm)
-        accepted = core.accepts(FLOAT, c, ratio, step_dt)
-        if accepted:
+        att = steps.attempt(mterm, t, y, state, dt, event_end, rtol, atol, running_norm)
+        step_dt, t1, step, ratio, new_state, seg = att
+        if seg is not None:
             stats.n_accepted += 1
-            new_state = solver.next_state(mterm, t1, step)
             y1 = step.y1
-            seg = DenseSegment(t, t1, solver.interpolant(mterm, t, y, step_dt, step, new_state))
             running = (~frozen).nonzero().reshape(-1)  # a fired sample's value is not read
             # each running sample's bracket: from the last check point with its start sign to the
             # first one without (inf: none in this step); the step's end is the last check point
@@ -566,7 +606,7 @@ def integrate_sample_events(
             stats.n_rejected += 1
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(mterm, t, y, state, step)
-        dt, r1, r2 = steps.next(state, step_dt, ratio, accepted, r1, r2)
+        dt, r1, r2 = steps.next(state, step_dt, ratio, att.accepted, r1, r2)
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, t0)
         if code != RUNNING:
             status, detail = core.STATUS[code], f"dt={dt:.3g}"
@@ -754,14 +794,10 @@ def integrate_with_events(
         if code != RUNNING:
             return finish(core.STATUS[code], f"max_num_steps={controller.max_num_steps}")
         n_attempts += 1
-        lands, step_dt, t1 = steps.landing(t, dt, t_end)
-        step = solver.step(term, t, y, state, step_dt)
-        ratio = steps.ratio(step, y, rtol, atol, norm)
-        accepted = core.accepts(FLOAT, c, ratio, step_dt)
-        if accepted:
+        att = steps.attempt(term, t, y, state, dt, t_end, rtol, atol, norm)
+        step_dt, t1, step, ratio, new_state, seg = att
+        if seg is not None:
             stats.n_accepted += 1
-            new_state = solver.next_state(term, t1, step)
-            seg = DenseSegment(t, t1, solver.interpolant(term, t, y, step_dt, step, new_state))
             sign1 = signs(t1, step.y1)
             # the signs are checked at the step's end and at ``samples`` interior points of its dense
             # output, so two crossings of one element in a step are both found when a point lies
@@ -839,7 +875,7 @@ def integrate_with_events(
             stats.n_rejected += 1
             last_nonfinite = not math.isfinite(ratio)
             state = solver.reject(term, t, y, state, step)
-        dt, r1, r2 = steps.next(state, step_dt, ratio, accepted, r1, r2)
+        dt, r1, r2 = steps.next(state, step_dt, ratio, att.accepted, r1, r2)
         dt, code = core.settle(FLOAT, c, False, t, dt, step_dt, last_nonfinite, ts[0])
         if code != RUNNING:
             return finish(core.STATUS[code], f"dt={dt:.3g}")
