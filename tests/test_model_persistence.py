@@ -275,3 +275,24 @@ def test_series_batches_from_worker_processes_are_those_of_the_main_process():
     assert len(main) == len(workers) == 3
     for a, b in zip(main, workers):
         assert torch.equal(a.times, b.times) and torch.equal(a.values, b.values) and torch.equal(a.mask, b.mask)
+
+
+# -- modes and the user's torch.compile -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_eval_mode_changes_nothing_without_eval_settings(name):
+    """Only an ODE block reads ``training`` (to pick ``eval_settings``); no model switches a tolerance,
+    a regulariser or a sample draw with the mode (docs/models.md)."""
+    model = _build(name)
+    want = _call(name, model.train())
+    assert torch.equal(_call(name, model.eval()), want)
+
+
+@pytest.mark.parametrize("name", ["augmented", "hnn"])
+def test_torch_compile_of_a_whole_model_gives_the_eager_answer(name):
+    """Dynamo traces the models (the solves run untraced, behind graph breaks); the ``eager`` backend
+    keeps the test fast, and with the same draws the outputs are the eager ones exactly."""
+    model = _build(name)
+    want = _call(name, model)
+    assert torch.equal(_call(name, torch.compile(model, backend="eager")), want)
