@@ -74,6 +74,68 @@ def rate_vjp(
     return grads[0], grads[1:]
 
 
+class StepCotangents:
+    """The cotangents a backward pass over the recorded steps adds to the adjoint at each step time.
+
+    Those of the outputs (dL/dys split over the step states they were interpolated from) and, with
+    logqp, those of the KL integral: a left-point sum of rate(t_n, y_n) h_n whose cumulative value is an
+    output at every step, so the rate at step n is weighted by the cotangents of the cumulative integral
+    at every later step, a running sum kept in ``later``.
+
+    Reference: X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic
+    Differential Equations", AISTATS 2020, section 5 (the KL term of the latent SDE's ELBO).
+
+    Args:
+        traj: the recorded forward solve.
+        grad_ys: dL/dys; grad_log_ratios: dL/d(cumulative KL integral at each output), with logqp.
+    """
+
+    def __init__(self, traj: Trajectory, grad_ys: torch.Tensor, grad_log_ratios: torch.Tensor | None):
+        self.steps = traj.steps
+        self.n_steps = len(traj.steps) - 1
+        self.outputs = step_cotangents(traj, grad_ys)
+        self.kl = {} if grad_log_ratios is None else step_cotangents(traj, grad_log_ratios)
+        self.later: torch.Tensor | None = self.kl.get(self.n_steps)
+
+    def at_end(self, y: torch.Tensor) -> torch.Tensor:
+        """The adjoint of the last step state ``y``: its output cotangent, or zeros."""
+        return self.outputs.get(self.n_steps, torch.zeros_like(y))
+
+    def enter_at(self, n: int) -> bool:
+        """Whether anything is added at step n (the adaptive backward pass must stop there)."""
+        return n in self.outputs or n in self.kl or self.later is not None
+
+    def add(
+        self,
+        n: int,
+        sde: SDEView,
+        params: Sequence[torch.Tensor],
+        y: torch.Tensor,
+        a: torch.Tensor,
+        a_params: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Add what enters at step n, whose state is ``y``, to the adjoint, walking backwards.
+
+        Args:
+            n: the step index (decreasing from call to call); sde, params: the problem.
+            y: the state at step n's start (the KL rate is taken there, weighted by the step's length).
+            a, a_params: the adjoint of y and of the parameters after step n was undone.
+
+        Returns:
+            (a, a_params) with the KL rate's and the outputs' cotangents at step n added.
+        """
+        if self.later is not None:
+            t0, t1 = self.steps[n], self.steps[n + 1]
+            vy, vp = rate_vjp(sde, params, t0, y, t1 - t0, self.later)
+            a = a + vy
+            a_params = [acc + v for acc, v in zip(a_params, vp)]
+        if n in self.outputs:
+            a = a + self.outputs[n]
+        if n in self.kl:
+            self.later = self.kl[n] if self.later is None else self.later + self.kl[n]
+        return a, a_params
+
+
 @dataclasses.dataclass(frozen=True)
 class BackwardSteps:
     """How the backward adjoint SDE is stepped: on the forward grid, or adaptively by step doubling.
@@ -249,22 +311,18 @@ def backward_pass(
     """
     sde, bm, steps = prepared.sde, prepared.bm, traj.steps
     strict = cotangents_finite(grad_ys, grad_log_ratios)
-    inject = step_cotangents(traj, grad_ys)
-    n_steps = len(steps) - 1
+    entering = StepCotangents(traj, grad_ys, grad_log_ratios)
+    n_steps = entering.n_steps
     y = traj.kept[n_steps]
-    a = inject.get(n_steps, torch.zeros_like(y))
+    a = entering.at_end(y)
     a_params = [torch.zeros_like(p) for p in params]
-    # The KL integral is a left-point sum over steps: the rate at step n is weighted by the cotangents of
-    # the cumulative integral at every later step, a running sum kept in ``later``.
-    inject_kl = {} if grad_log_ratios is None else step_cotangents(traj, grad_log_ratios)
-    later = inject_kl.get(n_steps)
     adaptive = control is not None and control.adaptive
     step_size = control.dt if control is not None else 0.0
     hi = n_steps  # adaptive: the step index the pending backward segment starts from
     forced = ForcedSteps()  # adaptive: steps accepted at dt_min above the tolerance, for one warning
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
-        stop = n in traj.kept or n in inject or n in inject_kl or later is not None or n == 0
+        stop = n in traj.kept or entering.enter_at(n) or n == 0
         if not adaptive:
             y, a, vp = _midpoint_back(sde, params, bm, t0, t1, y, a)
             a_params = [acc + v for acc, v in zip(a_params, vp)]
@@ -279,14 +337,7 @@ def backward_pass(
             continue  # nothing happens at this step time: the adaptive segment runs on past it
         if n in traj.kept:
             y = traj.kept[n]  # restart from the stored forward state: the reconstruction error stays local
-        if later is not None:
-            vy, vp = rate_vjp(sde, params, t0, y, t1 - t0, later)
-            a = a + vy
-            a_params = [acc + v for acc, v in zip(a_params, vp)]
-        if n in inject:
-            a = a + inject[n]
-        if n in inject_kl:
-            later = inject_kl[n] if later is None else later + inject_kl[n]
+        a, a_params = entering.add(n, sde, params, y, a, a_params)
     if control is not None:
         forced.warn(control.dt_min)
     if strict:

@@ -19,15 +19,15 @@ from typing import Any
 
 import torch
 
-from ._cotangents import step_cotangents, vjp
+from ._cotangents import vjp
 from ._loop import Trajectory
 from ._validate import Prepared
 from .adjoint import (
+    StepCotangents,
     check_gradients_finite,
     cotangents_finite,
     first_order_gradients,
     no_forward_mode,
-    rate_vjp,
     recorded_forward,
 )
 
@@ -81,17 +81,14 @@ def backward_pass(
     # or turn NaN though the forward solve stayed finite: the gradients were then NaN without a word; they
     # are checked as the stochastic adjoint checks its own
     strict = cotangents_finite(grad_ys, grad_log_ratios)
-    inject = step_cotangents(traj, grad_ys)
-    n_steps = len(steps) - 1
+    # the outputs' and the KL integral's cotangents, added at the recovered states as in the stochastic adjoint
+    entering = StepCotangents(traj, grad_ys, grad_log_ratios)
+    n_steps = entering.n_steps
     y, (_, _, z) = traj.kept[n_steps], traj.extra
     zz, f1, g1 = _fields_with_graph(sde, steps[n_steps], z)
-    a_y = inject.get(n_steps, torch.zeros_like(y))
+    a_y = entering.at_end(y)
     a_z, a_f, a_g = torch.zeros_like(y), torch.zeros_like(f1), torch.zeros_like(g1)
     a_params = [torch.zeros_like(p) for p in params]
-    # The KL rate at step n's input is weighted by the cotangents of the cumulative integral at every
-    # later step: a running sum, as in the stochastic adjoint.
-    inject_kl = {} if grad_log_ratios is None else step_cotangents(traj, grad_log_ratios)
-    later = inject_kl.get(n_steps)
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
         h = t1 - t0
@@ -110,14 +107,7 @@ def backward_pass(
         mixed = 0.5 * a_y + a_z1
         a_y, a_z, a_f, a_g = a_y + 2 * a_z1, -a_z1, h * mixed, _prod_transpose(sde.noise_type, mixed, dw)
         y, zz, f1, g1 = y0, zz0, f0, g0
-        if later is not None:
-            vy, vp = rate_vjp(sde, params, t0, y, h, later)
-            a_y = a_y + vy
-            a_params = [acc + v for acc, v in zip(a_params, vp)]
-        if n in inject:
-            a_y = a_y + inject[n]
-        if n in inject_kl:
-            later = inject_kl[n] if later is None else later + inject_kl[n]
+        a_y, a_params = entering.add(n, sde, params, y, a_y, a_params)
     # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0 (here z0 = y0 up to
     # rounding, and F's graph at it is at hand).
     grads = vjp((f1, g1), (zz, *params), (a_f, a_g))
