@@ -191,11 +191,17 @@ class ScipySolver(ExternalSolver):
         # NaNs", and LSODA returned NaN states as a success
         nonfinite: list[float | None] = [None]
         calls = [0]
-        size = [0.0]  # max|y| where the field was last evaluated: a blow-up shows there
+        # the state of the last field evaluation, by reference: its max|y| names a blow-up, and is taken
+        # only when the solve fails (every call's max|y| cost about 5% of a small field's call, as much as
+        # the call itself for a cheap field on a large state). solve_ivp's RK methods hand every call a
+        # fresh array; LSODA, BDF and Radau may hand a buffer they overwrite later, with a later state of
+        # the same solve (the reference keeps the buffer alive)
+        y0n = y0.detach().reshape(-1).cpu().to(wide).numpy()
+        last = [y0n]
 
         def rhs(t, y):
             reached[0] = float(t)
-            size[0] = float(np.abs(y).max()) if y.size else 0.0
+            last[0] = y
             with torch.no_grad():
                 yt = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
                 out = term(float(t), yt).reshape(-1).cpu().to(wide).numpy()
@@ -212,7 +218,6 @@ class ScipySolver(ExternalSolver):
             # ambiguous" from their Newton tolerance, a 0-d tensor's too): the smallest value, which
             # meets every element's tolerance (as the Newton test of the torch implicit methods)
             rt = float(rt.min()) if rt.size else 1e-3  # no elements: any valid value (solve_ivp's default)
-        y0n = y0.detach().reshape(-1).cpu().to(wide).numpy()
         if len(ts) == 1:
             out = y0n[None]
         else:
@@ -228,7 +233,8 @@ class ScipySolver(ExternalSolver):
                     Status.NONFINITE, _user_time(term, nonfinite[0]), f"func returned NaN or inf there; scipy: {e}"
                 ) from e
             if sol.status != 0:
-                raise _failure(term, sol.message, reached[0], nonfinite[0], size[0], y0n)
+                size = float(np.abs(last[0]).max()) if last[0].size else 0.0
+                raise _failure(term, sol.message, reached[0], nonfinite[0], size, y0n)
             out = sol.y.T
             bad = ~np.isfinite(out).all(axis=1)
             if bad.any():  # LSODA reports success with NaN states
