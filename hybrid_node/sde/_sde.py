@@ -154,44 +154,43 @@ class SDEView:
             return None
         return memo[3] if torch.is_grad_enabled() == memo[2] else None
 
-    def _reused(self, key: str, t, y: torch.Tensor, compute: Callable[[Any], torch.Tensor]) -> torch.Tensor:
-        """The value :meth:`reusing` kept under ``key`` for (t, y), else a fresh one, kept while the block is active.
+    def _reused(self, part: int, t, y: torch.Tensor, alone: Callable | None, missing: str) -> torch.Tensor:
+        """f (``part`` 0) or g (1) at (t, y): the value :meth:`reusing` kept, else the user's function of it
+        alone, else its part of ``f_and_g``; kept while the block is active.
 
         Args:
-            key: "f" or "g".
+            part: 0 for the drift, 1 for the diffusion matrix (their places in ``f_and_g``'s pair).
             t, y: the time as the solver gives it and the state.
-            compute: the evaluation, given the time as the user's f and g take it.
+            alone: the user's function of that value alone, or None.
+            missing: the message when the SDE gives the value neither alone nor through ``f_and_g``.
 
         Returns:
-            The value of f or g at (t, y).
+            The value at (t, y).
+
+        Raises:
+            ValueError: ``missing``, where the SDE gives the value only through a product with the noise.
         """
+        key = "fg"[part]
         kept = self._kept(t, y)
         if kept is not None and key in kept:
             return kept[key]
-        out = compute(self._time(t, y))
+        s = self._time(t, y)
+        if alone is not None:
+            out = alone(s, y)
+        elif self._fg is not None:
+            out = self._fg(s, y)[part]
+        else:
+            raise ValueError(missing)
         if kept is not None:
             kept[key] = out
         return out
 
     def f(self, t, y: torch.Tensor) -> torch.Tensor:
-        return self._reused("f", t, y, lambda s: self._drift(s, y))
-
-    def _drift(self, s, y: torch.Tensor) -> torch.Tensor:
-        if self._f is not None:
-            return self._f(s, y)
-        if self._fg is not None:
-            return self._fg(s, y)[0]
-        raise ValueError("this method needs the drift alone; define f(t, y) on the sde object.")
+        return self._reused(0, t, y, self._f, "this method needs the drift alone; define f(t, y) on the sde object.")
 
     def g(self, t, y: torch.Tensor) -> torch.Tensor:
-        return self._reused("g", t, y, lambda s: self._diffusion(s, y))
-
-    def _diffusion(self, s, y: torch.Tensor) -> torch.Tensor:
-        if self._g is not None:
-            return self._g(s, y)
-        if self._fg is not None:
-            return self._fg(s, y)[1]
-        raise ValueError("this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object.")
+        missing = "this method needs the diffusion matrix; define g(t, y) or f_and_g(t, y) on the sde object."
+        return self._reused(1, t, y, self._g, missing)
 
     def f_and_g(self, t, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kept = self._kept(t, y)
