@@ -25,7 +25,54 @@ from collections.abc import Callable
 import torch
 
 from .._problem import Problem
-from ._backward import dot, user_field
+from ._backward import dot, first_order_only, user_field
+
+#: the error of a second derivative through an event time's implicit-function rule
+EVENT_SECOND_DERIVATIVE = (
+    "the event time's derivative (implicit function theorem: dt_e/dtheta = -(dg/dtheta) / (dg/dy . f + dg/dt)) "
+    "is first-order only: the gradient through an event time (event_fn, per_sample_events or hn.Event with a "
+    "state-dependent condition, on every gradient method) cannot be differentiated again (create_graph=True, "
+    "double backward, Hessians). For second derivatives solve to fixed times with hn.odeint (DirectBackprop()), "
+    "or take finite differences of the first derivative."
+)
+
+
+class _EventShift(torch.autograd.Function):
+    """Zero, with the implicit function theorem's first derivative ``-dg / slope``; no second one.
+
+    The slope (and the field at the event) are constants here, while the event time's true second
+    derivative also moves them, and with them the time, to second order: ``-(g_tt t'^2 + 2 g_t,theta
+    t' + g_theta,theta) / g_t``. Left to autograd, ``-(g - g.detach()) / slope`` differentiated twice
+    gave only the last term: a Hessian of the event time silently wrong (for t_e = log(c / y0) / a,
+    (-6.2, 16.3) in a row where the exact one is (32.3, 39.0)).
+    """
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, slope: torch.Tensor | float) -> torch.Tensor:
+        ctx.save_for_backward(g)  # only to join the error node to what a second derivative reaches
+        ctx.slope = slope
+        return torch.zeros_like(g)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (g,) = ctx.saved_tensors
+        (dg,) = first_order_only(EVENT_SECOND_DERIVATIVE, [-grad / ctx.slope], [grad, g])
+        return dg, None
+
+
+def event_time_shift(g_graph: torch.Tensor, slope: torch.Tensor | float) -> torch.Tensor:
+    """The zero-valued shift of an event time whose gradient is dt_e/dtheta, refusing a second derivative.
+
+    Args:
+        g_graph: the event function at the event, along the graph of the state at the fixed event time
+            (and of ``event_fn``'s own parameters).
+        slope: ``dg/dy . f + dg/dt`` at the event, without a graph (nonzero; elementwise for a batch).
+
+    Returns:
+        Zeros shaped like ``g_graph``, whose gradient is ``-(dg/dtheta) / slope`` (Chen, Amos & Nickel
+        2021, Section 3); differentiating that gradient again raises a ``RuntimeError`` naming what to use.
+    """
+    return _EventShift.apply(g_graph, slope)
 
 
 def _triggered(g_e: torch.Tensor, g_0: torch.Tensor) -> int:
@@ -105,5 +152,5 @@ def event_outputs(
         slope = event_slope(dg_dt, dg_dy, f_e)
     if not bool(torch.as_tensor(slope) != 0):  # e.g. torch.sign(...): the theorem does not apply, 0/0 is NaN
         return constant_event_time(t_e, y_event), y_event
-    shift = -(g_graph - g_graph.detach()) / slope  # zero; its gradient is dt_e/dtheta
+    shift = event_time_shift(g_graph, slope)  # zero; its gradient is dt_e/dtheta
     return t_e + shift.to(t.dtype), y_event + f_e * shift.to(f_e.dtype)

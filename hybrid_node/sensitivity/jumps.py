@@ -37,7 +37,7 @@ from ..loop.dispatch import CheckedEvent
 from ..loop.events import EventIntegration, EventRecord, check_event_search, integrate_with_events
 from ._backward import user_field
 from .event_adjoint import SegmentAdjoint
-from .events import constant_event_time, event_slope
+from .events import constant_event_time, event_slope, event_time_shift
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
 
@@ -141,7 +141,7 @@ def solve_with_events(
                         with torch.no_grad():
                             slope = event_slope(dg_dt, dg_dy, f_e)
             if bool(torch.as_tensor(slope) != 0):
-                shift = -(g_graph - g_graph.detach()) / slope
+                shift = event_time_shift(g_graph, slope)
                 t_e = t_user + shift.to(t_dtype)
                 y_e = y_s + f_e * shift.to(f_e.dtype)
             else:  # no derivative along the solution (e.g. torch.sign(...)): the theorem does not apply

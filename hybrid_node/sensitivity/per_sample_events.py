@@ -39,7 +39,7 @@ from ..loop.dispatch import EVENT_MAX_STEPS, CheckedEvent, integrate
 from ..loop.events import SampleEvents, check_event_search, check_event_values, integrate_sample_events
 from ._backward import resolve_params
 from .event_adjoint import SegmentAdjoint, frozen_after
-from .events import constant_event_time
+from .events import constant_event_time, event_time_shift
 from .interpolating import checkpoint_times
 from .settings import InterpolatingAdjoint
 
@@ -135,7 +135,7 @@ def sample_event_outputs(problem: Problem, event_fn: Callable, res: SampleEvents
         # those with a zero slope (e.g. torch.sign(...): the theorem does not apply, 0/0 is NaN)
         moves = fired & (slope != 0)
         slope = torch.where(moves, slope, torch.ones((), dtype=f.dtype, device=f.device))
-    shift = torch.where(moves, -(g_graph - g_graph.detach()) / slope, torch.zeros((), dtype=g_graph.dtype))
+    shift = torch.where(moves, event_time_shift(g_graph, slope), torch.zeros((), dtype=g_graph.dtype))
     t_e = torch.where(fired, t_user + shift.to(t.dtype), nan)
     y_e = y_event + (f * shift.to(f.dtype)[:, None]).reshape(y_event.shape)
     return t_e.reshape(shape), y_e
