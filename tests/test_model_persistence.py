@@ -296,3 +296,18 @@ def test_torch_compile_of_a_whole_model_gives_the_eager_answer(name):
     model = _build(name)
     want = _call(name, model)
     assert torch.equal(_call(name, torch.compile(model, backend="eager")), want)
+
+
+@pytest.mark.parametrize("name", ["cnf_rnode", "planar_flow"])
+def test_calling_a_flow_names_its_methods_and_how_to_compile_one(name):
+    """A flow has no ``forward``: ``torch.compile(flow)(x)`` ended in torch's "missing the required
+    forward function", which names nothing to call instead."""
+    flow = _build(name)
+    x = torch.linspace(-1.0, 1.0, 6).reshape(3, 2)
+    for called in (flow, torch.compile(flow, backend="eager")):
+        with pytest.raises(NotImplementedError, match=r"log_prob\(\.\.\.\).*torch\.compile\(model\.log_prob\)"):
+            called(x)
+    torch.manual_seed(0)  # the same Hutchinson probe for both
+    want = flow.log_prob(x)  # the advice works: the compiled method gives the eager answer
+    torch.manual_seed(0)
+    assert torch.equal(torch.compile(flow.log_prob, backend="eager")(x), want)

@@ -129,3 +129,24 @@ def check_series_batch(module: torch.nn.Module, batch, obs_dim: int) -> None:
             f"{name}'s parameters are {param.dtype} but the batch holds {batch.values.dtype} values; convert one "
             f"to the other, e.g. batch.to({param.dtype}) or model.to({batch.values.dtype})."
         )
+
+
+def no_single_forward(model: torch.nn.Module, methods: tuple[str, ...]) -> NotImplementedError:
+    """The error of calling a model that has several entry points and no ``forward``.
+
+    torch's own message ("missing the required forward function") names none of them, and a user's
+    ``torch.compile(model)`` leads straight to that call.
+
+    Args:
+        model: the model called.
+        methods: its entry points, the first being the one to suggest compiling.
+
+    Returns:
+        The error to raise, naming the methods and how to compile one.
+    """
+    name = type(model).__name__
+    listed = ", ".join(f"{name}.{m}(...)" for m in methods)
+    return NotImplementedError(
+        f"{name} has no single forward pass: call one of {listed}. To compile one, compile the bound method, "
+        f"e.g. torch.compile(model.{methods[0]}), or a function of yours that calls it."
+    )

@@ -49,7 +49,7 @@ from .._errors import SolverError
 from .._registry import METHOD_SPECS, build_solver
 from ..controllers import ConstantStepSize, rms_norm
 from ..solvers.symplectic import PartitionedComposition
-from ._checks import nonfinite_rows, positive_tolerance
+from ._checks import no_single_forward, nonfinite_rows, positive_tolerance
 from ._kept import kept_field
 from .cnf_fields import PlanarCNFField, TimeMLPField
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
@@ -418,6 +418,15 @@ class CNF(nn.Module):
         self.solver = solver
         self.regularization = regularization
         self.base_std = float(base_std)
+
+    def forward(self, *args, **kwargs):
+        """Refused: a flow has several entry points (:meth:`log_prob`, :meth:`loss`, :meth:`to_base`,
+        :meth:`from_base`, :meth:`sample`), so ``flow(x)`` or ``torch.compile(flow)(x)`` would be ambiguous.
+
+        Raises:
+            NotImplementedError: always, naming those methods and how to compile one.
+        """
+        raise no_single_forward(self, ("log_prob", "loss", "to_base", "from_base", "sample"))
 
     # -- densities -------------------------------------------------------------------------------
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:

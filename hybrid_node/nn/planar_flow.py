@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._checks import check_dtype, nonfinite_rows
+from ._checks import check_dtype, no_single_forward, nonfinite_rows
 
 __all__ = ["PlanarFlow"]
 
@@ -52,6 +52,15 @@ class PlanarFlow(nn.Module):
         self.u = nn.Parameter(init_scale * torch.randn(n_layers, dim))
         self.w = nn.Parameter(init_scale * torch.randn(n_layers, dim))
         self.b = nn.Parameter(torch.zeros(n_layers))
+
+    def forward(self, *args, **kwargs):
+        """Refused: the flow has several entry points (:meth:`log_prob`, :meth:`to_base`, :meth:`from_base`,
+        :meth:`sample`), so ``flow(x)`` or ``torch.compile(flow)(x)`` would be ambiguous.
+
+        Raises:
+            NotImplementedError: always, naming those methods and how to compile one.
+        """
+        raise no_single_forward(self, ("log_prob", "to_base", "from_base", "sample"))
 
     def _u_hat(self) -> torch.Tensor:
         wu = (self.w * self.u).sum(-1, keepdim=True)
