@@ -241,13 +241,47 @@ def _fixed_grid_stop(ts: np.ndarray, dt: float, maxiters: int) -> float | None:
     """
     done = 0
     for a, b in zip(ts[:-1], ts[1:]):
-        k = int(np.ceil((b - a) / dt))
-        if k > 1 and (b - a) - (k - 1) * dt <= 100 * np.finfo(float).eps * max(abs(a), abs(b)):
-            k -= 1  # the last partial step would be a sliver: the step before it ends on the tstop
+        k = _steps_in_gap(a, b, dt)
         if done + k > maxiters:
             return float(a + (maxiters - done) * dt)
         done += k
     return None
+
+
+def _steps_in_gap(a: float, b: float, dt: float) -> int:
+    """The fixed steps from one tstop ``a`` to the next ``b``: ``ceil((b - a) / dt)``, less one where
+    the last would be a sliver (``modify_dt_for_tstops!`` ends a step within ``100 eps`` of the
+    tstop on it, OrdinaryDiffEqCore src/integrators/integrator_utils.jl:268)."""
+    k = int(np.ceil((b - a) / dt))
+    if k > 1 and (b - a) - (k - 1) * dt <= 100 * np.finfo(float).eps * max(abs(a), abs(b)):
+        k -= 1
+    return max(k, 1)
+
+
+def _fixed_grid_count(stops: np.ndarray, dt: float, until: float) -> int:
+    """The fixed steps from ``stops[0]`` (tstops ``stops[1:]``) that start before ``until``.
+
+    An event at ``until`` is found at the end of the step that holds it, which ``integrator.iter``
+    has counted; the integrator then moves back to the event (DiffEqBase ``apply_callback!``:
+    ``change_t_via_interpolation!``, lib/DiffEqBase/src/callbacks.jl:572) and the next steps of
+    ``dtcache`` start there (``modify_dt_for_tstops!``).
+
+    Args:
+        stops: the segment's start, then the later tstops (increasing).
+        dt: the fixed step.
+        until: the event's time (after ``stops[0]``).
+
+    Returns:
+        The number of steps taken up to and including the one that holds ``until``.
+    """
+    done = 0
+    for a, b in zip(stops[:-1], stops[1:]):
+        k = _steps_in_gap(a, b, dt)
+        if until >= b:
+            done += k
+            continue
+        return done + min(k, int(np.ceil((until - a) / dt)))
+    return done
 
 
 def _attempts(solver, nfev_before: int) -> int:
@@ -549,6 +583,11 @@ class StandinEngine:
         (``save_positions = (false, false)``). A failed step ends the solve with ``Unstable`` and more
         than ``maxiters`` step attempts with ``MaxIters``, as :meth:`forward` does (run_events passes
         the solve's options on), the time reached being where the solver stopped.
+
+        With fixed steps (``config.fixed_step``) the states still come from DOP853, but the step
+        limit is checked on upstream's step grid, as :meth:`forward` does: ``dt`` long, ending on
+        every output time (tstop), and restarted at every event (:func:`_fixed_grid_count`), so the
+        solve stops with ``MaxIters`` where upstream's would, after ``maxiters`` steps.
         """
         assert u0.ndim == 2, "the engine receives the Julia (D, B) layout"
         self.forward_calls.append(dict(problem=problem, ts=np.array(ts), config=config, events=True))
@@ -569,14 +608,20 @@ class StandinEngine:
         step = None  # the step size proposed after an event (apply_callback!: the event step's dt)
         # integrator.iter counts every attempt of the whole solve, across events (see forward)
         maxiters, attempts = _maxiters(config), 0
+        fixed = bool(config.fixed_step)
         while t < ts[-1] and not terminated and retcode == "Success":
-            first = {} if step is None else {"first_step": min(step, ts[-1] - t)}
-            solver = DOP853(fun, t, x, ts[-1], rtol=config.rtol, atol=config.atol, **first)
+            end, stop, stops = ts[-1], None, None
+            if fixed:  # the segment's grid starts at t (y0, or the last event) and ends on every tstop
+                stops = np.concatenate([[t], ts[ts > t]])
+                stop = _fixed_grid_stop(stops, config.dt, maxiters - attempts)
+                end = ts[-1] if stop is None else stop
+            first = {} if step is None else {"first_step": min(step, end - t)}
+            solver = DOP853(fun, t, x, end, rtol=config.rtol, atol=config.atol, **first)
             restart = False
             while solver.status == "running" and not restart:
                 before = solver.nfev
                 solver.step()
-                attempts += _attempts(solver, before)
+                attempts += 0 if fixed else _attempts(solver, before)
                 if attempts > maxiters:  # check_error's MaxIters, before the attempt past the limit
                     retcode = "MaxIters"
                     break
@@ -630,6 +675,8 @@ class StandinEngine:
                     for s in ts[(ts > t) & (ts <= t_root)]:
                         saved[float(s)] = dense(s)
                     code, x = _act_events(affect, jumped, events, t_root, x_root)
+                    if fixed:
+                        attempts += _fixed_grid_count(stops, config.dt, t_root)
                     t, terminated, restart, step = t_root, code == 3, True, t1 - t0
                     values = np.asarray(condition(x.copy(), t), dtype=float)
                     prev = np.where(np.abs(values) <= abstol, 0.0, np.sign(values))
@@ -645,6 +692,11 @@ class StandinEngine:
                         saved[float(s)] = dense(s)
                     t, x = t1, solver.y.copy()
             nfe += solver.nfev
+            if fixed and not restart and retcode == "Success":
+                if stop is not None:  # upstream's grid ran out of steps here: check_error's MaxIters
+                    retcode = "MaxIters"
+                else:
+                    attempts += _fixed_grid_count(stops, config.dt, float(ts[-1]))
         times = [s for s in ts if float(s) in saved]
         ys = np.stack([saved[float(s)] for s in times], axis=-1).reshape(shape + (len(times),), order="F")
         return ForwardOutput(

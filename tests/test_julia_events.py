@@ -286,3 +286,73 @@ def test_an_event_solve_stops_at_max_num_steps_as_run_events_passes_maxiters_on(
         hn.solve(fall, y0, t, event=ground(0.8), controller=hn.PIDController(**TOL, max_num_steps=8))
     assert info.value.status is Status.MAX_STEPS
     assert standin(fall, y0, t, event=ground(0.8), options={"max_num_steps": 10_000}).status is Status.SUCCESS
+
+
+def _decay(t, y):
+    return -y
+
+
+def test_non_terminal_events_on_a_step_size_grid_stop_at_max_num_steps_as_upstream_and_torch_do():
+    # Upstream does not refuse a fixed-dt solve longer than maxiters: check_error ends it with
+    # MaxIters once integrator.iter > maxiters (DiffEqBase check_error.jl:81), after maxiters steps of
+    # dt; the torch backend's event loop stops with MAX_STEPS at the limit too. The Julia side refused
+    # the grid before the solve. y' = -y from 1 crosses 1/2 at ln 2, past the 100 steps of 1e-3.
+    y0, t = torch.ones(1, 1), torch.tensor([0.0, 1.0])
+    half = hn.Event(lambda t, y: y[:, 0] - 0.5)
+    options = {"step_size": 1e-3, "max_num_steps": 100}
+
+    def julia(**kw):
+        with torch.no_grad():
+            return julia_events.solve_events(
+                _decay, y0, t, method="euler", engine=StandinEngine(), event=half, options=options, **kw
+            )
+
+    with pytest.raises(SolverError) as on_julia:
+        julia()
+    with pytest.raises(SolverError) as on_torch:
+        hn.solve(_decay, y0, t, solver=hn.Euler(), controller=hn.ConstantStepSize(1e-3, max_num_steps=100), event=half)
+    assert on_julia.value.status is on_torch.value.status is Status.MAX_STEPS
+    # 100 steps of 1e-3 on both (the tolerance: the rounding of 100 sums of 1e-3)
+    assert on_julia.value.t == pytest.approx(0.1, rel=1e-12) and on_torch.value.t == pytest.approx(0.1, rel=1e-12)
+    sol = julia(throw=False)
+    assert sol.status is Status.MAX_STEPS and not sol.events
+    assert float(sol.ys[0, 0, 0]) == 1.0 and math.isnan(float(sol.ys[-1, 0, 0]))  # no state past the stop
+
+
+def test_an_event_restarts_the_fixed_step_grid_that_the_step_limit_counts():
+    # The step that holds an event is counted, and the integrator moves back to the event
+    # (apply_callback!'s change_t_via_interpolation!), whence the steps of dt start again: with the
+    # crossing of 0.95 at ln(1/0.95) = 0.0513 (inside step 52), the 100th step ends 48 steps after it.
+    y0, t = torch.ones(1, 1), torch.tensor([0.0, 1.0])
+    root = math.log(1 / 0.95)
+    with torch.no_grad():
+        sol = julia_events.solve_events(
+            _decay, y0, t, method="euler", engine=StandinEngine(), event=hn.Event(lambda t, y: y[:, 0] - 0.95),
+            options={"step_size": 1e-3, "max_num_steps": 100}, throw=False, **TOL,
+        )  # fmt: skip
+    assert sol.status is Status.MAX_STEPS and len(sol.events) == 1
+    assert float(sol.events[0].t) == pytest.approx(root, rel=1e-8)  # DOP853 at rtol 1e-10 locates it
+    engine = StandinEngine()
+    with torch.no_grad(), pytest.raises(SolverError) as info:
+        julia_events.solve_events(
+            _decay, y0, t, method="euler", engine=engine, event=hn.Event(lambda t, y: y[:, 0] - 0.95),
+            options={"step_size": 1e-3, "max_num_steps": 100}, **TOL,
+        )  # fmt: skip
+    assert info.value.t == pytest.approx(root + 48e-3, rel=1e-8)
+    assert engine.forward_calls[0]["config"].maxiters == 100  # the limit is sent, not refused
+
+
+def test_a_terminal_search_on_a_step_size_grid_longer_than_max_num_steps_finds_no_event_on_both_backends():
+    # The search is cut at max_num_steps on the torch backend (NO_EVENT); Julia refused the grid.
+    y0 = torch.ones(1, 1)
+    options = {"step_size": 1e-3, "max_num_steps": 100}
+    below = lambda t, y: y[:, 0] - 0.5  # noqa: E731 - crosses at ln 2, past the 100 steps
+    with torch.no_grad(), pytest.raises(SolverError) as on_julia:
+        julia_events.solve_events(
+            _decay, y0, torch.tensor([0.0, 1.0]), method="euler", engine=StandinEngine(), event_fn=below,
+            event_t_end=1.0, options=options,
+        )  # fmt: skip
+    with pytest.raises(SolverError) as on_torch:
+        hn.odeint_event(_decay, y0, torch.tensor(0.0), event_fn=below, t_end=1.0, method="euler", options=options)
+    assert on_julia.value.status is on_torch.value.status is Status.NO_EVENT
+    assert on_julia.value.t == pytest.approx(0.1, rel=1e-12) and on_torch.value.t == pytest.approx(0.1, rel=1e-9)

@@ -250,7 +250,7 @@ def _same_tolerance(value, forward: float) -> bool:
 
 
 def resolve_options(
-    options: Mapping[str, Any] | None, algorithm: str, ts: np.ndarray
+    options: Mapping[str, Any] | None, algorithm: str, ts: np.ndarray, *, refuse_long_grid: bool = True
 ) -> tuple[float | None, int | None, bool]:
     """Check the solver options and map them to Julia's ``dt``/``maxiters``.
 
@@ -258,6 +258,10 @@ def resolve_options(
         options: dict of torch-style options (may be None or empty).
         algorithm: the Julia algorithm.
         ts: the output times.
+        refuse_long_grid: refuse a ``step_size`` grid longer than ``max_num_steps`` (a plain
+            solve, as the torch backend's ``ConstantStepSize.grid``); False for an event solve,
+            which the torch backend's event loops run until ``max_num_steps`` and stop there, as
+            Julia stops with ``MaxIters``.
 
     Returns:
         ``(dt, maxiters, fixed_step)``; ``maxiters`` is always set: the user's ``max_num_steps``,
@@ -266,8 +270,8 @@ def resolve_options(
         default limit where the torch backend's would let it run.
 
     Raises:
-        ValueError: an unknown key or a bad value (the message lists the valid keys), or a fixed-step
-            grid with more steps than ``max_num_steps`` (default 10^6).
+        ValueError: an unknown key or a bad value (the message lists the valid keys), or (with
+            ``refuse_long_grid``) a fixed-step grid with more steps than ``max_num_steps`` (default 10^6).
         TypeError: ``options['adaptive']`` (TRBDF2) is not a bool.
     """
     options = dict(options or {})
@@ -299,7 +303,7 @@ def resolve_options(
         # the next output time; the smallest gap would cut the larger gaps into several steps.
         dt = float(np.max(np.abs(np.diff(ts)))) if ts.size > 1 else None
     if fixed and dt is not None:  # dt is None only for one output time (y0 itself: nothing is solved)
-        maxiters = _fixed_step_limit(ts, dt, maxiters, "step_size" in options)
+        maxiters = _fixed_step_limit(ts, dt, maxiters, "step_size" in options, refuse_long_grid)
     elif maxiters is None:
         maxiters = DEFAULT_ADAPTIVE_MAX_STEPS
     return dt, maxiters, fixed
@@ -337,7 +341,7 @@ def fixed_grid_steps(ts: np.ndarray, dt: float) -> int:
     return int(np.sum(np.maximum(1, np.ceil(gaps / dt - 1e-9))))
 
 
-def _fixed_step_limit(ts: np.ndarray, dt: float, maxiters: int | None, has_step_size: bool) -> int:
+def _fixed_step_limit(ts: np.ndarray, dt: float, maxiters: int | None, has_step_size: bool, refuse: bool = True) -> int:
     """The ``maxiters`` to send with a fixed-step solve, refusing a grid longer than the limit.
 
     Upstream's default limit depends on the algorithm, not on ``adaptive = false``: ``RK4`` and
@@ -353,21 +357,25 @@ def _fixed_step_limit(ts: np.ndarray, dt: float, maxiters: int | None, has_step_
         dt: the fixed step.
         maxiters: the user's ``max_num_steps``, or None.
         has_step_size: ``dt`` is the user's ``step_size`` (not the output grid's largest gap).
+        refuse: refuse a ``step_size`` grid longer than the limit; False sends the limit, and the
+            solve stops there with ``MaxIters`` (an event solve, as the torch backend's event loop
+            stops with ``MAX_STEPS``).
 
     Returns:
         The user's ``max_num_steps``, else 10^6; without ``step_size`` at least the number of steps
         of the output grid (the torch backend steps on the output times whatever ``max_num_steps``).
 
     Raises:
-        ValueError: the grid has more steps than the limit (the message says how to allow them).
+        ValueError: the grid has more steps than the limit (the message says how to allow them),
+            with ``refuse``.
     """
     n = fixed_grid_steps(ts, dt)
     limit = DEFAULT_MAX_STEPS if maxiters is None else maxiters
     if not has_step_size:
         return max(limit, n)
-    if n > limit:
+    if refuse and n > limit:
         span = float(np.max(ts) - np.min(ts))
-        over = f"output times spanning {span:g}, ending a step on each of them"
+        over = f"output times spanning {span:g} (a step ends on each)"
         raise too_many_fixed_steps(dt, over, n, limit, "the Julia solve would stop there with MaxIters")
     return limit
 
@@ -820,8 +828,13 @@ def prepare(
     options: Mapping[str, Any] | None,
     sensitivity,
     adjoint_params,
+    refuse_long_grid: bool = True,
 ):
     """Validate a call and build everything but the engine.
+
+    Args:
+        func, y0, t, method, rtol, atol, options, sensitivity, adjoint_params: as :func:`solve`.
+        refuse_long_grid: as :func:`resolve_options` (False for an event solve).
 
     Returns:
         ``(layout, config, problem, field, params, native)``.
@@ -839,7 +852,7 @@ def prepare(
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict or None, got {type(options).__name__}.")
     ts = t.detach().to("cpu", torch.float64).numpy()
-    dt, maxiters, fixed = resolve_options(options, algorithm, ts)
+    dt, maxiters, fixed = resolve_options(options, algorithm, ts, refuse_long_grid=refuse_long_grid)
     name, checkpointing, quad_rtol, quad_atol = resolve_sensitivity(sensitivity, algorithm, rtol, atol)
     params = _check_params(func, adjoint_params)
     time_reversed = bool(ts.size > 1 and ts[1] < ts[0])

@@ -39,7 +39,6 @@ Thompson, "Event location for ordinary differential equations", Comput. Math. Ap
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -233,13 +232,14 @@ def solve_events(
                 "(options={'event_t_end': ...}); or use backend='torch'."
             )
         t = torch.stack([t.reshape(-1)[0].detach(), torch.as_tensor(float(event_t_end), dtype=t.dtype)])
-    search_cap = event_fn is not None and "max_num_steps" not in (options or {})
-    if search_cap:  # the torch backend's event grid is never refused, only cut at the cap (below)
-        options = {**(options or {}), "max_num_steps": sys.maxsize}
+    # The torch backend's event loops never refuse a step_size grid longer than max_num_steps: they
+    # stop at the limit (MAX_STEPS, or NO_EVENT for a terminal search). Upstream does the same with
+    # maxiters (check_error's MaxIters), so the grid is sent whole with the limit.
     layout, config, problem, _field, params, _native = backend.prepare(
         func, y0, t, method=method, rtol=rtol, atol=atol, options=options, sensitivity=sensitivity,
-        adjoint_params=adjoint_params,
+        adjoint_params=adjoint_params, refuse_long_grid=False,
     )  # fmt: skip
+    search_cap = event_fn is not None and "max_num_steps" not in (options or {})
     if search_cap:
         # A terminal event search on the torch backend stops after EVENT_MAX_STEPS attempts unless
         # max_num_steps is given (hybrid_node.loop.dispatch); Julia gets the same maxiters.
