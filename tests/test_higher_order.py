@@ -182,3 +182,24 @@ def test_event_times_have_their_first_derivative_and_refuse_a_second(event_time)
     _close(g, torch.func.grad(lambda th: _exact_event_time(th) ** 2)(EVENT_THETA))
     with pytest.raises(RuntimeError, match="event time's derivative .* is first-order only"):
         torch.autograd.grad(g.sum(), x)
+
+
+def test_forward_mode_through_compile_true_carries_the_tangents():
+    # the whole-solve graph (and the per-step graphs) dropped dual tensors' tangents: jvp read 0
+    # (the per-step graphs raised torch's NotImplementedError under forward-over-reverse)
+    def loss(theta):
+        a = theta[:4].reshape(2, 2)
+        ys = hn.odeint(
+            lambda t, y: y @ a.T, theta[4:], TIMES, rtol=1e-8, atol=1e-10, method="dopri5", options={"compile": True}
+        )
+        return _loss_of(ys[-1])
+
+    v = torch.linspace(-1.0, 1.0, 6, dtype=F64)
+    with forward_ad.dual_level():
+        jvp = forward_ad.unpack_dual(loss(forward_ad.make_dual(THETA, v))).tangent
+        x = forward_ad.make_dual(THETA.clone(), v).requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(x), x, create_graph=True)
+        hv = forward_ad.unpack_dual(g).tangent
+    assert jvp is not None and hv is not None
+    _close(jvp, torch.func.grad(_exact)(THETA) @ v)
+    _close(hv, torch.func.hessian(_exact)(THETA) @ v)

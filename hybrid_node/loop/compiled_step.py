@@ -39,6 +39,7 @@ import torch
 from .._term import PureField as PureField
 from .._term import solver_time_field as solver_time_field
 from .._term import term_field as term_field
+from .._transforms import forward_mode_active
 from ..controllers import error_ratio, error_ratio_tensor
 from ..solvers.runge_kutta import ExplicitRungeKutta, RKStep
 from .counters import frozen_counters, probe
@@ -322,6 +323,10 @@ class CompiledAttempt:
 def compiled_attempt(term, solver, rtol=None, atol=None, norm=None) -> CompiledAttempt | None:
     """A :class:`CompiledAttempt` when ``solver`` asks for compilation and the field can be traced, else None."""
     if not (isinstance(solver, ExplicitRungeKutta) and solver.compile):  # only they declare ``compile``
+        return None
+    if forward_mode_active():
+        # a compiled graph drops forward-mode tangents (its autograd Function has no jvp rule): dual
+        # inputs came out with a zero tangent, or raised torch's NotImplementedError; eager steps carry them
         return None
     pure = term.pure_field
     return None if pure is None else CompiledAttempt(term, pure, solver, rtol, atol, norm)

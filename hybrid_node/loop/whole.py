@@ -66,6 +66,7 @@ from .._memo import memoized
 from .._problem import real_dtype
 from .._solution import Stats
 from .._term import Term
+from .._transforms import forward_mode_active
 from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
 from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
@@ -490,6 +491,10 @@ def integrate_whole(
     if getattr(term, "callbacks", None):
         # the user's step callbacks are host Python, called between attempts, which the graph has
         # not: the per-step graphs' host loop calls them, as the eager one does
+        return None
+    if forward_mode_active():
+        # dual inputs (torch.autograd.forward_ad) neither require grad nor survive the graph: their
+        # tangents came out zero, silently (d y(1) / d theta . v read 0 for y' = A y); eager steps carry them
         return None
     if torch.is_grad_enabled() and (y0.requires_grad or _has_grad_params(pure.owner)):
         # torch 2.13 differentiates while_loop, but on this graph its gradients were wrong (up to
