@@ -203,3 +203,16 @@ def test_forward_mode_through_compile_true_carries_the_tangents():
     assert jvp is not None and hv is not None
     _close(jvp, torch.func.grad(_exact)(THETA) @ v)
     _close(hv, torch.func.hessian(_exact)(THETA) @ v)
+
+
+def test_the_scipy_adjoint_refuses_a_second_derivative_and_names_a_torch_method():
+    # hn.odeint with scipy_solver computes no gradient at all: the fix must name a torch method
+    def loss(theta):
+        a = theta[:4].reshape(2, 2)
+        ys = hn.odeint_adjoint(
+            lambda t, y: y @ a.T, theta[4:], TIMES, method="scipy_solver", rtol=1e-8, atol=1e-10, adjoint_params=(a,)
+        )
+        return _loss_of(ys[-1])
+
+    with pytest.raises(RuntimeError, match="first derivatives only.*torch method such as dopri5"):
+        _reverse_over_reverse(loss, THETA)

@@ -732,7 +732,8 @@ def no_second_derivative(method: str) -> str:
     return (
         f"{method} computes first derivatives only: its backward pass runs without a graph, so the gradient "
         "it returns cannot be differentiated again (create_graph=True, double backward, Hessians). Use "
-        "hn.DirectBackprop() (hn.odeint) for higher derivatives."
+        "hn.DirectBackprop() (hn.odeint with a torch method such as dopri5; scipy_solver is first-order only) for "
+        "higher derivatives."
     )
 
 
