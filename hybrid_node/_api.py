@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import torch
 
+from ._autocast import field_autocast
 from ._backend import resolve_backend
 from ._errors import BackendError, SolverError, Status
 from ._event import Event
@@ -147,7 +148,11 @@ def solve(
     # (traced, its host numbers became symbolic: other steps, torch's guard errors)
     host = _solve_host_untraced if traced() else _solve_host
     events = dict(event_fn=event_fn, event_t_end=event_t_end, per_sample_events=per_sample_events, event=event)
-    return host(func, y0, t, solver, controller, sensitivity, adjoint_params, jump_t, step_t, t_dtype, throw, **events)
+    # under torch.autocast only the field runs in the autocast dtype: the solver's own products stay in y0's
+    with field_autocast(func, y0) as field:
+        return host(
+            field, y0, t, solver, controller, sensitivity, adjoint_params, jump_t, step_t, t_dtype, throw, **events
+        )
 
 
 def _solve_host(

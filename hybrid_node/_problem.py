@@ -499,6 +499,11 @@ def make_problem(func, y0, t, solver, controller, *, t_dtype=None, jump_t=(), st
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
     t, host = check_times(t)
     flat, layout = check_state(y0)
+    if flat.is_inference() and not torch.is_inference_mode_enabled():
+        # a state made under torch.inference_mode (a previous solve's output) can neither be saved for
+        # backward nor take requires_grad, as the time gradients and the adjoints' re-solves do with y0;
+        # its copy made here, outside that mode, can (no gradient reaches an inference tensor anyway)
+        flat = flat.clone()
     if isinstance(solver, AbstractSolver) and solver.partitioned and (layout is None or len(layout.sizes) != 2):
         raise ValueError(
             f"method {solver.name!r} steps q and p separately and needs a tuple state y0 = (q, p) whose func "

@@ -401,6 +401,40 @@ def check_derivative(
             f"dy/dt must have {state}'s shape."
         )
     if out.dtype != y.dtype:
+        autocast = autocast_note(out, y, role)
+        if autocast is not None:
+            raise error(f"{role} returned dtype {out.dtype} but {state} is {y.dtype}: {autocast}")
         raise error(
             f"{role} returned dtype {out.dtype} but {state} is {y.dtype}; return it in {state}'s dtype ({hint})."
         )
+
+
+def autocast_note(out: torch.Tensor, y: torch.Tensor, role: str) -> str | None:
+    """How to fix a derivative that ``torch.autocast`` computed in a lower precision than the state, or None
+    where autocast did not make ``out``'s dtype.
+
+    Under ``torch.autocast`` the field's layers (``nn.Linear``, convolutions) run in the autocast dtype and
+    return it, while the solver's state stays in ``y0``'s dtype: building the model in the state's dtype
+    (the usual hint) does not help there, so the message names autocast and the casts that do.
+
+    Args:
+        out: the field's output, of a dtype other than ``y``'s.
+        y: the state the field was given.
+        role: what returned ``out``, for the message ("func", "the drift", ...).
+
+    Returns:
+        The explanation and its fixes, or None where autocast is off on ``y``'s device or its dtype is not
+        ``out``'s.
+    """
+    device = y.device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    low = torch.get_autocast_dtype(device)
+    if out.dtype != low:
+        return None
+    return (
+        f"torch.autocast({device!r}, dtype={low}) is active and ran {role}'s layers in {low}. Cast the "
+        f"derivative back inside {role} (e.g. `return net(y).to(y.dtype)`): the state, the error control "
+        f"and the output then stay in {y.dtype} while the layers run in {low}; or solve outside autocast "
+        f"(`with torch.autocast({device!r}, enabled=False):`), or start from y0.to({low})."
+    )

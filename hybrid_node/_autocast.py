@@ -1,0 +1,123 @@
+"""A solve inside ``torch.autocast``: the field runs under the caller's autocast, the solver in full precision.
+
+Autocast lowers the precision of matrix products (``matmul``, ``mm``, ``bmm``, ``linear``, convolutions) to
+its dtype (bfloat16 on the CPU, float16 on CUDA). Inside a solver those products are the method's own
+arithmetic: the Nordsieck history of ``adams`` and ``lsoda``, the LU of ``bdf``, the stage systems of the
+fully implicit Runge-Kutta methods. Run under autocast, they lost their precision silently (``adams``
+ended 1.46 away from the same solve without autocast on a field that autocast does not touch) or failed
+deep in torch (``"lu_cpu" not implemented for 'BFloat16'``). Mixed precision is meant for the network's
+layers, so the solve turns autocast off and turns it back on, as the caller had it, around each call of
+the field, whose output it casts back to the state's dtype: the state stays the full-precision master
+copy, as in mixed-precision training (Micikevicius et al., "Mixed precision training", ICLR 2018).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+__all__ = ["autocast_dtype", "field_autocast", "restore_dtype"]
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in on ``device_type``, or None where autocast is off there.
+
+    Args:
+        device_type: a torch device type, such as "cpu" or "cuda".
+
+    Returns:
+        The autocast dtype while autocast is enabled for ``device_type``, else None.
+    """
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def restore_dtype(out: Any, y: Any, low: torch.dtype) -> Any:
+    """The field's output ``out`` with each part that autocast left in ``low`` cast back to its state's dtype.
+
+    Args:
+        out: what the field returned under autocast (a tensor, or a tuple or list of them for a tuple state).
+        y: the state the field was given.
+        low: the autocast dtype.
+
+    Returns:
+        ``out`` with the parts of dtype ``low`` in their state part's dtype (differentiably); anything else
+        (another dtype, a non-tensor) as it was, for the solver's own checks to refuse.
+    """
+    if isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor):
+        return out.to(y.dtype) if out.dtype == low and y.dtype != low and y.is_floating_point() else out
+    if isinstance(out, (tuple, list)) and isinstance(y, (tuple, list)) and len(out) == len(y):
+        return type(out)(restore_dtype(o, yy, low) for o, yy in zip(out, y))
+    return out
+
+
+class _AutocastCall:
+    """Calls ``func`` under ``torch.autocast(device_type, dtype)``; other attributes are ``func``'s (its step
+    callbacks, ``__self__``), so the loops find them as on ``func`` itself."""
+
+    def __init__(self, func: Callable, device_type: str, dtype: torch.dtype):
+        self.func = func
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def __call__(self, t: torch.Tensor, y: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.func(t, y)
+        return restore_dtype(out, y, self.dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["func"], name)
+
+
+class _AutocastModule(torch.nn.Module):
+    """:class:`_AutocastCall` for an ``nn.Module`` field: a module itself, whose parameters are the field's
+    (in order), so the adjoint finds them as it finds a module field's."""
+
+    def __init__(self, func: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.func = func
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, t: torch.Tensor, y: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.func(t, y)
+        return restore_dtype(out, y, self.dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["func"], name)
+
+
+@contextlib.contextmanager
+def field_autocast(func: Callable, y0: Any) -> Iterator[Callable]:
+    """Run the body with autocast off on the state's device, handing it the field to solve with.
+
+    Args:
+        func: the user's field ``func(t, y)``.
+        y0: the initial state (a tensor, or a tuple or list of tensors).
+
+    Yields:
+        ``func`` itself where autocast is off on the state's device; else ``func`` wrapped to run under the
+        caller's autocast (same dtype), its output cast back to the state's dtype, while the body, the
+        solver's own arithmetic, runs with autocast off.
+    """
+    first = y0[0] if isinstance(y0, (tuple, list)) and y0 else y0
+    device_type = first.device.type if isinstance(first, torch.Tensor) else "cpu"
+    dtype = autocast_dtype(device_type)
+    if dtype is None:
+        yield func
+        return
+    wrapped: Callable
+    if isinstance(func, torch.nn.Module):
+        wrapped = _AutocastModule(func, device_type, dtype)
+    else:
+        wrapped = _AutocastCall(func, device_type, dtype)
+    with torch.autocast(device_type, enabled=False):
+        yield wrapped

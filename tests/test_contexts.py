@@ -1,0 +1,230 @@
+"""Solves in the contexts a torch user runs them in: autocast, inference mode, no_grad, deterministic
+algorithms, anomaly detection, threads.
+
+Autocast lowers matrix products to bfloat16 on the CPU; a solve under it must keep the solver's own
+arithmetic (Nordsieck histories, LU factors, stage systems) in the state's dtype and run only the field in
+bfloat16, casting its output back.
+"""
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torchdiffeq
+from torch import nn
+
+import hybrid_node as hn
+
+T = torch.linspace(0.0, 1.0, 5)
+
+
+def _elementwise(t, y):
+    """A linear field written without matrix products, so autocast leaves it in float32 and any
+    difference a solve under autocast makes comes from the solver's own arithmetic."""
+    a, b = y[..., 0], y[..., 1]
+    return torch.stack([-a + 0.5 * b, -0.5 * a - b], dim=-1)
+
+
+class _MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(2, 16), nn.Linear(16, 2)
+
+    def forward(self, t, y):
+        return self.l2(torch.tanh(self.l1(y)))
+
+
+def _autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("adams", None), ("lsoda", None), ("bdf", None), ("gl4", {"step_size": 0.05}), ("radauIIA5", {"step_size": 0.05})],
+)
+def test_autocast_leaves_the_solvers_arithmetic_in_the_states_dtype(method, options):
+    """Autocast ran these methods' own products in bfloat16: adams and lsoda ended 1.46 away from the same
+    solve without autocast, bdf failed in torch ("lu_cpu" not implemented for 'BFloat16') and the Newton
+    iterations of gl4 and radauIIA5 did not converge. The field does no matrix product, so autocast has
+    nothing to change: the two solves must agree bit for bit."""
+    y0 = torch.tensor([[1.0, -0.5], [0.3, 2.0]])
+    want = hn.odeint(_elementwise, y0, T, method=method, options=options, rtol=1e-6, atol=1e-8)
+    with _autocast():
+        got = hn.odeint(_elementwise, y0, T, method=method, options=options, rtol=1e-6, atol=1e-8)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
+
+
+def test_autocast_adjoint_gradients_leave_the_solvers_arithmetic_alone():
+    """The adjoint's backward pass (adams, through its Nordsieck history) gives the same gradients under
+    autocast as without: the field does no matrix product."""
+
+    def grad(under_autocast: bool) -> torch.Tensor:
+        y0 = torch.tensor([[1.0, -0.5]], requires_grad=True)
+        if under_autocast:
+            with _autocast():
+                ys = hn.odeint_adjoint(_elementwise, y0, T, method="adams", adjoint_params=())
+        else:
+            ys = hn.odeint_adjoint(_elementwise, y0, T, method="adams", adjoint_params=())
+        (g,) = torch.autograd.grad((ys**2).sum(), y0)
+        return torch.cat([ys.detach().flatten(), g.flatten()])
+
+    assert torch.equal(grad(True), grad(False))
+
+
+def test_autocast_runs_the_field_in_bfloat16_and_keeps_the_state_float32():
+    """An nn.Linear field under autocast returns bfloat16 for a float32 state: the solve was refused
+    ("build the model with .to(y0.dtype)", which does not help there). It now runs the layers in bfloat16,
+    casts the derivative back, and agrees with torchdiffeq under the same autocast (which promotes
+    y + h k to float32): both integrate the same bfloat16 field at rtol 1e-5, so they differ by the
+    tolerance times the steps' error growth plus bfloat16 rounding of a field of size ~1 (2^-8 relative,
+    damped by the step sizes); measured 2.6e-4, bound 2e-3."""
+    torch.manual_seed(0)
+    f = _MLP()
+    seen: list[torch.dtype] = []
+    f.l2.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    y0 = torch.randn(4, 2)
+    with _autocast():
+        got = hn.odeint(f, y0, T, rtol=1e-5, atol=1e-7)
+        want = torchdiffeq.odeint(f, y0, T, rtol=1e-5, atol=1e-7)
+    assert got.dtype == torch.float32
+    assert set(seen) == {torch.bfloat16}
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
+
+
+def test_autocast_adjoint_gradient_is_the_direct_one_to_bfloat16_accuracy():
+    """The adjoint under autocast differentiates the bfloat16 field as backprop through the solve does:
+    the two gradients differ by the field's bfloat16 rounding (unit roundoff 2^-8 = 3.9e-3) accumulated
+    over the vector-Jacobian products plus the adjoint's rtol-sized error, measured 0.3% of the gradient's
+    norm (0.5% at rtol 1e-4); bound 3%."""
+    torch.manual_seed(0)
+    f = _MLP()
+    y0 = torch.randn(4, 2)
+
+    def grads(odeint) -> torch.Tensor:
+        f.zero_grad()
+        y = y0.clone().requires_grad_()
+        with _autocast():
+            ys = odeint(f, y, T, rtol=1e-3, atol=1e-5)
+        (ys**2).sum().backward()
+        return torch.cat([y.grad.flatten()] + [p.grad.flatten() for p in f.parameters()])
+
+    direct, adjoint = grads(hn.odeint), grads(hn.odeint_adjoint)
+    assert float((adjoint - direct).norm()) < 0.03 * float(direct.norm())
+
+
+def test_autocast_ode_block_returns_the_states_dtype():
+    """The nn models solve through the same path: an ODEBlock under autocast keeps its float32 state."""
+    block = hn.nn.ODEBlock(hn.nn.MLPDynamics(2, 8))
+    x = torch.randn(3, 2)
+    with _autocast():
+        out = block(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, block(x), rtol=0, atol=5e-2)  # bfloat16 layers: 2^-8 relative, over t in [0, 1]
+
+
+def test_autocast_sde_drift_error_names_autocast():
+    """sdeint keeps refusing a drift of another dtype, and under autocast says why it has one and how to
+    cast it back (the old hint, building the model in the state's dtype, does not help there)."""
+
+    class SDE(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def f(self, t, y):
+            return self.lin(y)
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    with _autocast(), pytest.raises(ValueError, match=r"torch\.autocast\('cpu'.*\.to\(y\.dtype\)"):
+        hn.sdeint(SDE(), torch.ones(2, 2), [0.0, 0.5], dt=0.1)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "adams", "rodas5p", "bdf"])
+def test_inference_mode_gives_the_no_grad_solution(method):
+    """Forward solves (direct and adjoint) inside inference mode equal those under no_grad, and their
+    outputs serve as the start of a differentiable solve of a parameter-free field afterwards."""
+    y0 = torch.tensor([[1.0, -0.5]])
+    with torch.no_grad():
+        want = hn.odeint(_elementwise, y0, T, method=method)
+    with torch.inference_mode():
+        got = hn.odeint(_elementwise, y0, T, method=method)
+        adj = hn.odeint_adjoint(_elementwise, y0, T, method=method, adjoint_params=())
+    assert torch.equal(got, want) and torch.equal(adj, want)
+    t = torch.tensor([0.0, 1.0], requires_grad=True)
+    again = hn.odeint(_elementwise, got[-1], t, method=method)
+    (g,) = torch.autograd.grad(again[-1].sum(), t)
+    # d y(t1)/d t1 = f(y(t1)): the field at the end state
+    torch.testing.assert_close(g[1], _elementwise(0.0, again[-1].detach()).sum(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sensitivity", [hn.InterpolatingAdjoint(), hn.InterpolatingAdjoint(checkpoints=2)])
+def test_inference_mode_output_starts_an_adjoint_solve(sensitivity):
+    """A state made under inference mode starts a solve whose parameters are differentiated by the
+    interpolating adjoint: it failed ("Setting requires_grad=True on inference tensor outside
+    InferenceMode") where the adjoint re-evaluated the field at y0. Its gradient is backprop's through the
+    same solve, up to the adjoint's own tolerance-sized error (rtol 1e-7 on float64: bound 1e-5)."""
+    torch.manual_seed(0)
+    f = _MLP().double()
+    with torch.inference_mode():
+        y0 = hn.odeint(f, torch.randn(3, 2, dtype=torch.float64), T.double())[-1]
+
+    def grad(sens) -> torch.Tensor:
+        f.zero_grad()
+        hn.solve(f, y0, T.double(), sensitivity=sens).ys.square().sum().backward()
+        return torch.cat([p.grad.flatten() for p in f.parameters()])
+
+    torch.testing.assert_close(grad(sensitivity), grad(hn.DirectBackprop()), rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_algorithms_and_anomaly_detection_with_the_adjoint():
+    """Under torch.use_deterministic_algorithms(True) and anomaly detection the adjoint runs without an
+    error and two runs give the same bits."""
+    torch.manual_seed(0)
+    f = _MLP()
+    y0 = torch.randn(3, 2)
+
+    def run(sensitivity) -> torch.Tensor:
+        f.zero_grad()
+        y = y0.clone().requires_grad_()
+        ys = hn.solve(f, y, T, solver=hn.Tsit5(), sensitivity=sensitivity).ys
+        (ys**2).sum().backward()
+        return torch.cat([ys.detach().flatten(), y.grad.flatten()] + [p.grad.flatten() for p in f.parameters()])
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.autograd.set_detect_anomaly(True):
+            for sensitivity in (hn.BacksolveAdjoint(), hn.InterpolatingAdjoint(checkpoints=2)):
+                assert torch.equal(run(sensitivity), run(sensitivity))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_threads_solving_at_once_give_the_single_threaded_results():
+    """Python threads solving different fields with different methods at once (the solver memo, the
+    step-control memo and the checked-times cache are shared) each get the result of the same solve
+    alone."""
+    fields = [lambda t, y, k=k: -k * y + torch.sin(t) for k in (0.5, 1.0, 2.0)]
+    jobs = [(m, i) for m in ("dopri5", "adams", "bdf", "rodas5p") for i in range(len(fields))]
+    y0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    t = T.double()
+
+    def job(m_i):
+        m, i = m_i
+        return hn.odeint(fields[i], y0, t, method=m, rtol=1e-8, atol=1e-10)
+
+    want = [job(j) for j in jobs]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(job, jobs * 2))
+    for j, g in zip(jobs * 2, got):
+        assert torch.equal(g, want[jobs.index(j)]), j
+    # the solves are right, too: y' = -k y + sin t has a closed form
+    k = 2.0
+    exact = (y0 + 1 / (1 + k * k)) * math.exp(-k) + (k * math.sin(1.0) - math.cos(1.0)) / (1 + k * k)
+    torch.testing.assert_close(want[2][-1], exact, rtol=1e-6, atol=1e-8)
