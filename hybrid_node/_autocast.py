@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast_dtype", "field_autocast", "restore_dtype"]
+__all__ = ["autocast_dtype", "field_autocast", "full_precision", "restore_dtype"]
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -34,6 +34,24 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
+
+
+def full_precision(device_type: str) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``device_type`` for one of the library's own products, or does
+    nothing where autocast is off (no context entered per call then).
+
+    For products between tensors the caller's functions returned in the state's dtype (an SDE's diffusion
+    and its noise increment), which autocast would otherwise compute in its lower dtype.
+
+    Args:
+        device_type: the device type of the product's operands.
+
+    Returns:
+        ``torch.autocast(device_type, enabled=False)``, or a null context.
+    """
+    if autocast_dtype(device_type) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 def restore_dtype(out: Any, y: Any, low: torch.dtype) -> Any:

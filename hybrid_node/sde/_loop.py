@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .._autocast import full_precision
 from .._errors import SolverError, Status
 from ..controllers import error_ratio as ode_error_ratio
 from ..controllers import rms_norm
@@ -60,7 +61,8 @@ def logqp_rate(sde: SDEView, t: float, y: torch.Tensor) -> torch.Tensor:
         # CPU driver (gelsy) returned u = 0 for most rows of a batch whose g had a zero column (a noise
         # channel the state does not use): the KL integrals were 99.6-100 % too small. CUDA's driver (gels)
         # assumes full rank.
-        u = (torch.linalg.pinv(g) @ diff.unsqueeze(-1)).squeeze(-1)
+        with full_precision(g.device.type):  # the library's product: not in autocast's lower dtype
+            u = (torch.linalg.pinv(g) @ diff.unsqueeze(-1)).squeeze(-1)
     return 0.5 * (u * u).sum(-1)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..._autocast import full_precision
 from .._sde import SDEView
 from .base import Extra, SDESolver
 
@@ -33,7 +34,8 @@ def bracket_term(sde: SDEView, t, y: torch.Tensor, area: torch.Tensor) -> torch.
     with torch.enable_grad():
         yy = y if y.requires_grad else y.detach().requires_grad_(True)
         g = sde.g(t, yy)  # (batch, d, m)
-        v = torch.bmm(g, area)  # column k: sum_j g_j A_jk
+        with full_precision(g.device.type):  # the library's product: not in autocast's lower dtype
+            v = torch.bmm(g, area)  # column k: sum_j g_j A_jk
         reps = yy.repeat(m, 1)  # block k (rows k*batch ... (k+1)*batch - 1) is a copy of y for column k
         g_rep = sde.g(t, reps).view(m, batch, d, m)
         if not g_rep.requires_grad:  # g does not depend on y: no brackets
