@@ -258,6 +258,33 @@ class PIDController(AbstractController):
 
 _HALF = (torch.float16, torch.bfloat16)
 
+#: the smallest normal number of each real dtype: an ``atol`` below it may round to 0 in the scale
+_SMALLEST_NORMAL = {dt: torch.finfo(dt).smallest_normal for dt in (*_HALF, torch.float32, torch.float64)}
+
+
+def error_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the precision its error test is computed in: float32 for a half-precision tensor
+    (float16, bfloat16), else ``x`` itself (no copy, so float32 and float64 solves are unchanged).
+
+    float16 holds neither a tolerance such as ``atol = 1e-9`` (it rounds to 0; the smallest subnormal
+    is 6e-8) nor ``error / scale`` beyond 65504, nor the sum of squares of a norm over many elements:
+    computed in the state's dtype, a step's error ratio came out inf or NaN (0 / 0 where ``atol``
+    vanished), and a solve whose tolerances were merely too tight for the dtype failed as if the
+    state had become NaN. The ratio only decides the step, so its precision never reaches the state.
+
+    Args:
+        x: a state, an error estimate, a field value or a tolerance tensor.
+
+    Returns:
+        ``x.float()`` for a half-precision ``x``, else ``x``.
+    """
+    return x.float() if x.dtype in _HALF else x
+
+
+def tolerance_precision(tol):
+    """A tolerance in the precision of the error test (:func:`error_precision`): a float is kept."""
+    return error_precision(tol) if isinstance(tol, torch.Tensor) else tol
+
 
 def too_many_fixed_steps(step_size: float, over: str, n: int, limit: int, outcome: str = "") -> ValueError:
     """The refusal of a fixed-step grid with more steps than ``max_num_steps``, for every backend.
@@ -441,24 +468,29 @@ def rms_norm(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 def scaled_error(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol, atol) -> torch.Tensor:
     """``error / (atol + rtol * max(|y0|, |y1|))`` elementwise, the error each step control norms.
 
-    With ``atol = 0`` a component that stays exactly 0 has a zero scale: its 0 / 0 counts as no error
-    (NaN made every step "non-finite"); a NaN or non-zero error over a zero scale still rejects. Uses
-    in-place arithmetic on one scratch tensor; call it without autograd (it only decides the step).
+    With ``atol = 0`` (or an ``atol`` that rounds to 0 in the scale's dtype) a component that stays
+    exactly 0 has a zero scale: its 0 / 0 counts as no error (NaN made every step "non-finite"); a
+    NaN or non-zero error over a zero scale still rejects. A half-precision state's error is scaled
+    in float32 (:func:`error_precision`). Uses in-place arithmetic on one scratch tensor; call it
+    without autograd (it only decides the step).
 
     Args:
         error: the step's error estimate; y0, y1: the states at the step's ends.
         rtol, atol: the tolerances (floats, or tensors that broadcast against the state).
 
     Returns:
-        The scaled error, of the state's shape.
+        The scaled error, of the state's shape (float32 for a half-precision state).
     """
+    if error.dtype in _HALF or y0.dtype in _HALF:  # upcast before the scale: atol = 1e-9 is 0 in float16
+        error, y0, y1 = error_precision(error), error_precision(y0), error_precision(y1)
+        rtol, atol = tolerance_precision(rtol), tolerance_precision(atol)
     scale = torch.maximum(y0.abs(), y1.abs())
     if isinstance(rtol, float) and isinstance(atol, float):
         scale.mul_(rtol).add_(atol)
     else:
         scale = atol + rtol * scale
     r = torch.div(error, scale)
-    if not (isinstance(atol, float) and atol > 0):
+    if not (isinstance(atol, float) and atol >= _SMALLEST_NORMAL.get(scale.dtype, math.inf)):
         r.masked_fill_(error == 0, 0.0)
     return r
 
@@ -507,6 +539,8 @@ def error_ratio_tensor(
     Computed without autograd (it only decides the step), with in-place arithmetic on one scratch
     tensor and, for the default RMS norm, one reduction kernel. Stays on the device (no host sync).
     An :class:`ErrorPair` is scaled and normed estimate by estimate, then combined (:func:`combined_ratio`).
+    A half-precision state's error is scaled and normed in float32 (:func:`error_precision`): a custom
+    ``norm`` then gets a float32 tensor, and the ratio is float32.
     """
     if isinstance(error, ErrorPair):
         high = error_ratio_tensor(error.high, y0, y1, rtol, atol, norm)
@@ -562,17 +596,30 @@ def initial_step_from_trial(h0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor
 def initial_step(f, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm) -> float:
     """Hairer's heuristic for the first step (one extra evaluation of f), with the solve's norm.
 
+    The scaled norms of a half-precision state are taken in float32 (:func:`error_precision`), as
+    the error test's: in float16, ``atol + rtol * |y0|`` rounded to 0 for tight tolerances and the
+    norms came out NaN or inf. f is called on the state's own dtype.
+
     Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
+
+    Args:
+        f: the field ``f(t, y)``; t0: the start time; y0: the initial state; f0: ``f(t0, y0)``.
+        order: the order of the method's error estimate.
+        rtol, atol: the tolerances (floats, or tensors that broadcast against the state); norm: the error norm.
+
+    Returns:
+        The first step (a host float).
     """
 
     def host(x) -> torch.Tensor:
         return torch.tensor(float(x), dtype=torch.float64)
 
     with torch.no_grad():  # the heuristic only picks a number; f itself runs with autograd as usual
-        scale = atol + torch.abs(y0) * rtol
-        d1 = host(norm(f0 / scale))
-        h0 = float(first_trial_step(host(norm(y0 / scale)), d1))
+        y0_e, f0_e = error_precision(y0), error_precision(f0)
+        scale = tolerance_precision(atol) + torch.abs(y0_e) * tolerance_precision(rtol)
+        d1 = host(norm(f0_e / scale))
+        h0 = float(first_trial_step(host(norm(y0_e / scale)), d1))
     f1 = f(t0 + h0, y0 + h0 * f0)
     with torch.no_grad():
-        d2 = host(norm((f1 - f0) / scale)) / h0
+        d2 = host(norm((error_precision(f1) - f0_e) / scale)) / h0
     return float(initial_step_from_trial(torch.tensor(h0, dtype=torch.float64), d1, d2, order))

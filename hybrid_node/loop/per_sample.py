@@ -32,10 +32,12 @@ from ..controllers import (
     ErrorPair,
     PIDController,
     combined_ratio,
+    error_precision,
     first_trial_step,
     initial_step_from_trial,
     rms_norm,
     scaled_error,
+    tolerance_precision,
 )
 from ..interpolation import hermite_weights, linear_combination
 from . import core
@@ -166,13 +168,16 @@ def integrate_per_sample(
         if given is not None:
             dt = given
         else:  # Hairer's initial step, per element
-            sc = atol + rtol * y0.abs()
-            d1 = _rms_rows(f0 / sc).to(tdt)
-            h0 = first_trial_step(_rms_rows(y0 / sc).to(tdt), d1)
+            # in float32 for a half-precision state, as the error test (float16 rounds atol = 1e-9 to 0)
+            y0_e, f0_e = error_precision(y0), error_precision(f0)
+            sc = tolerance_precision(atol) + tolerance_precision(rtol) * y0_e.abs()
+            d1 = _rms_rows(f0_e / sc).to(tdt)
+            h0 = first_trial_step(_rms_rows(y0_e / sc).to(tdt), d1)
     f1 = field(t + h0, y0 + _col(h0, y0) * f0) if given is None else None
     with torch.no_grad():
         if f1 is not None:
-            dt = initial_step_from_trial(h0, d1, _rms_rows((f1 - f0) / sc).to(tdt) / h0, solver.error_order)
+            d2 = _rms_rows((error_precision(f1) - f0_e) / sc).to(tdt) / h0
+            dt = initial_step_from_trial(h0, d1, d2, solver.error_order)
         dt = dt.clamp(min=controller.min_step, max=controller.max_step)
         r_prev = torch.ones(batch, dtype=tdt, device=dev)
         r_prev2 = torch.ones(batch, dtype=tdt, device=dev)
