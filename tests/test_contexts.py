@@ -217,6 +217,23 @@ def test_inference_mode_output_starts_an_adjoint_solve(sensitivity):
     torch.testing.assert_close(grad(sensitivity), grad(hn.DirectBackprop()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("trace", [hn.nn.ExactTrace(), hn.nn.HutchinsonTrace()])
+def test_cnf_log_prob_under_inference_mode_is_the_no_grad_one(trace):
+    """The CNF's divergence takes vector-Jacobian products, which inference mode does not record even
+    inside enable_grad: they came out zero and log_prob lacked its trace integral (0.5 off per sample),
+    silently. Under inference mode it must be the value under no_grad (same noise draws: same seed)."""
+    torch.manual_seed(0)
+    cnf = hn.nn.CNF(hn.nn.cnf_fields.TimeMLPField(2, (16,)), 2)
+    x = torch.randn(5, 2)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        want = cnf.log_prob(x, trace=trace)
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        got = cnf.log_prob(x, trace=trace)
+    assert torch.equal(got, want)
+
+
 def test_deterministic_algorithms_and_anomaly_detection_with_the_adjoint():
     """Under torch.use_deterministic_algorithms(True) and anomaly detection the adjoint runs without an
     error and two runs give the same bits."""

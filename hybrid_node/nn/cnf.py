@@ -588,6 +588,13 @@ class CNF(nn.Module):
             raise ValueError(f"{name} contains NaN or infinite values ({shown}).")
 
     def _run(self, z, blocks, *, reverse, trace, regularize, n_times, generator):
+        if torch.is_inference_mode_enabled():
+            # inference mode records no graph even inside enable_grad, so the divergence's vector-Jacobian
+            # products came out zero and log_prob lacked its trace integral (0.5 off per sample on a small
+            # CNF), silently; the flow runs without inference mode (and without gradients) instead
+            with torch.inference_mode(False), torch.no_grad():
+                kwargs = dict(reverse=reverse, trace=trace, regularize=regularize, n_times=n_times)
+                return self._run(z.clone(), blocks, generator=generator, **kwargs)
         estimator = self.trace if trace is None else trace
         _check_estimator(estimator)
         noise = None
