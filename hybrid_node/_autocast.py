@@ -14,6 +14,7 @@ copy, as in mixed-precision training (Micikevicius et al., "Mixed precision trai
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -134,7 +135,12 @@ def field_autocast(func: Callable, y0: Any) -> Iterator[Callable]:
         return
     wrapped: Callable
     if isinstance(func, torch.nn.Module):
-        wrapped = _AutocastModule(func, device_type, dtype)
+        # one wrapper per module, autocast setting and thread, kept across solves: compile=True caches its
+        # graphs per field object, and a wrapper made anew for every solve compiled them anew (4.4 s a solve)
+        from .nn._kept import kept_field  # here: hybrid_node.nn imports the solve API, which imports this
+
+        make = functools.partial(_AutocastModule, func, device_type, dtype)
+        wrapped = kept_field(func, ("autocast", device_type, dtype), make)
     else:
         wrapped = _AutocastCall(func, device_type, dtype)
     with torch.autocast(device_type, enabled=False):

@@ -124,6 +124,28 @@ def test_autocast_ode_block_returns_the_states_dtype():
     torch.testing.assert_close(out, block(x), rtol=0, atol=5e-2)  # bfloat16 layers: 2^-8 relative, over t in [0, 1]
 
 
+def test_autocast_keeps_one_field_wrapper_per_module():
+    """compile=True caches its graphs per field object: the autocast wrapper made anew for every solve
+    compiled the graphs anew (4.4 s a solve on a 2-unit MLP, against 0.3 s with one kept wrapper). The
+    wrapper of one module under one autocast setting is the same object on every solve, its parameters
+    the module's, and the module's state dict is unchanged."""
+    from hybrid_node._autocast import field_autocast
+
+    f = _MLP()
+    keys = list(f.state_dict())
+    y0 = torch.zeros(1, 2)
+    with _autocast():
+        with field_autocast(f, y0) as first:
+            pass
+        with field_autocast(f, y0) as second:
+            assert not torch.is_autocast_enabled("cpu")  # the solver's own arithmetic: full precision
+    assert first is second and first is not f
+    assert [p for p in first.parameters()] == [p for p in f.parameters()]
+    assert list(f.state_dict()) == keys
+    with field_autocast(f, y0) as plain:  # no autocast: the field itself
+        assert plain is f
+
+
 def test_autocast_sde_drift_error_names_autocast():
     """sdeint keeps refusing a drift of another dtype, and under autocast says why it has one and how to
     cast it back (the old hint, building the model in the state's dtype, does not help there)."""
