@@ -17,6 +17,7 @@ import torch
 import hybrid_node as hn
 from hybrid_node.controllers import ErrorPair, error_precision, error_ratio_tensor, initial_step, rms_norm
 from hybrid_node.loop.graph_inputs import tolerance_tensor
+from hybrid_node.loop.whole import initial_step_tensor
 
 F16, BF16 = torch.float16, torch.bfloat16
 
@@ -85,18 +86,29 @@ def test_single_and_double_error_ratio_unchanged_bit_for_bit(dtype, tolerances):
     assert torch.equal(ratio, expected)
 
 
+def _host_initial_step(field, y0, rtol, atol):
+    return initial_step(field, 0.0, y0, field(0.0, y0), 4, rtol, atol, rms_norm)
+
+
+def _tensor_initial_step(field, y0, rtol, atol):
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+    return float(initial_step_tensor(field, t0, y0, field(t0, y0), 4, rtol, atol, rms_norm))
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16])
-def test_half_initial_step_is_hairers(dtype):
+@pytest.mark.parametrize("first_step", [_host_initial_step, _tensor_initial_step], ids=["host", "tensor"])
+def test_half_initial_step_is_hairers(dtype, first_step):
     """Hairer's first step for y' = -y has a closed form: d0 = d1 (f0 = -y0), so h0 = 0.01, and
     f(h0) - f0 = 0.01 y0 gives d2 = d0; the step is (0.01 / d0)^(1/5) (< 100 h0). The half state's f1
     rounds 0.99 y0 to u = 2^-11 (float16) or 2^-8 (bfloat16) relative, so d2 is within u / 0.01
     (5 %, 39 %) of d0 and the step within a fifth of that (1 %, 8 %): 2 % and 10 % bound it. In float16
-    the scale 1e-7 |y0| and atol 1e-9 rounded to subnormals or 0 and the step fell back to 1e-9."""
+    the scale 1e-7 |y0| and atol 1e-9 rounded to subnormals or 0 and the step fell back to 1e-9. The
+    host loop's heuristic and the traced loops' tensor form (vmap, export) give the same step."""
     y0 = torch.tensor([1.0, -0.5, 2.0, 0.0, 0.25])
     rtol, atol = 1e-7, 1e-9
     d0 = float(_formula(y0, y0, y0, rtol, atol))
     expected = (0.01 / d0) ** 0.2
-    h = initial_step(lambda t, y: -y, 0.0, y0.to(dtype), -y0.to(dtype), 4, rtol, atol, rms_norm)
+    h = first_step(lambda t, y: -y, y0.to(dtype), rtol, atol)
     assert h == pytest.approx(expected, rel=0.02 if dtype == F16 else 0.1)
 
 

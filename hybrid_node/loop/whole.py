@@ -67,7 +67,14 @@ from .._problem import real_dtype
 from .._solution import Stats
 from .._term import Term
 from .._transforms import forward_mode_active
-from ..controllers import PIDController, first_trial_step, initial_step_from_trial, rms_norm
+from ..controllers import (
+    PIDController,
+    error_precision,
+    first_trial_step,
+    initial_step_from_trial,
+    rms_norm,
+    tolerance_precision,
+)
 from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
@@ -657,11 +664,14 @@ def initial_step_tensor(
     Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4, p. 169.
     """
     with torch.no_grad():
-        scale = atol + torch.abs(y0) * rtol
-        d1 = norm(f0 / scale).double()
-        h0 = first_trial_step(norm(y0 / scale).double(), d1)
+        # in float32 for a half-precision state, as the error test (float16 rounds atol = 1e-9 to 0)
+        y0_e, f0_e = error_precision(y0), error_precision(f0)
+        scale = tolerance_precision(atol) + torch.abs(y0_e) * tolerance_precision(rtol)
+        d1 = norm(f0_e / scale).double()
+        h0 = first_trial_step(norm(y0_e / scale).double(), d1)
         f1 = field(t0 + h0, y0 + h0.to(y0.dtype) * f0)
-        return initial_step_from_trial(h0, d1, norm((f1 - f0) / scale).double() / h0, order).detach()
+        d2 = norm((error_precision(f1) - f0_e) / scale).double() / h0
+        return initial_step_from_trial(h0, d1, d2, order).detach()
 
 
 def solver_time(
