@@ -140,6 +140,63 @@ def test_a_method_without_segment_graphs_keeps_the_eager_pass(field, monkeypatch
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+class _NaNPastOne(torch.nn.Module):
+    """y' = -a y, but NaN for 0 < side * (t - 1) < width: just past t = 1 in the direction of the
+    solve. The forward solve's steps pass over the window (no stage of theirs lies in it at these
+    tolerances), while the re-solve from the checkpoint t = 1 samples the field there first."""
+
+    width = 0.05
+
+    def __init__(self, side: float):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(0.5))
+        # a buffer, not a float attribute: the loops put a module's number attributes back after each
+        # call, which an uncompiled while_loop refused as a side effect once the body was traced again
+        self.register_buffer("side", torch.tensor(side))
+
+    def forward(self, t, y):
+        past = self.side * (torch.as_tensor(t, dtype=y.dtype) - 1.0)
+        return torch.where((past > 0) & (past < self.width), torch.full_like(y, math.nan), -self.a * y)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_failed_re_solve_in_a_segment_graph_names_the_cause_as_the_eager_pass(float64_default, monkeypatch, reverse):
+    """The segment graph's re-solve fails where the forward solve did not (the NaN window that the
+    forward steps passed over); its error names the field and the time from the state where the
+    re-solve stopped, as the eager pass's re-solve does, instead of the status's generic advice."""
+    monkeypatch.setattr(whole, "compile_for", lambda fn, cpu, **kw: fn)
+    used = []
+    graph = whole_segments._graph
+    monkeypatch.setattr(whole_segments, "_graph", lambda *args: used.append(args) or graph(*args))
+    t = torch.tensor([2.0, 1.0, 0.0]) if reverse else torch.tensor([0.0, 1.0, 2.0])
+
+    def backward(solver):
+        field = _NaNPastOne(-1.0 if reverse else 1.0)
+        sol = hn.solve(
+            field,
+            torch.ones(8, 2, requires_grad=True),  # the other tests' shape: no dynamic-shape retrace of torch.cond
+            t,
+            solver=solver,
+            controller=hn.PIDController(rtol=1e-6, atol=1e-8),
+            sensitivity=hn.InterpolatingAdjoint(),
+        )
+        assert sol.status is hn.Status.SUCCESS  # the forward solve stepped over the window
+        with pytest.raises(hn.SolverError) as err:
+            sol.ys.sum().backward()
+        return err.value
+
+    eager = backward(hn.Dopri5())
+    assert not used
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the eager pass
+        compiled = backward(hn.Dopri5().compiled())
+    assert used  # the backward pass ran as segment graphs
+    assert compiled.status is eager.status is hn.Status.NONFINITE
+    # the window's edge, the checkpoint t = 1 (the re-solve's steps shrank to its resolution there)
+    assert compiled.t == eager.t == pytest.approx(1.0, abs=1e-9)
+    assert compiled.cause == eager.cause and "The vector field returned NaN at t=1 on a finite state" in compiled.cause
+
+
 @pytest.mark.slow
 def test_compiled_segment_graph_gives_the_eager_gradients_and_is_reused(field):
     """Compiled: the eager pass's backward steps and gradients up to rounding, with checkpoints

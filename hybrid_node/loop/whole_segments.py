@@ -173,11 +173,11 @@ def _segment_function(
     forward: PureField, augmented: PureField, solver: ExplicitRungeKutta, c: core.StepControl, capacity: int
 ) -> Callable:
     """``solve(owner, zs, cps, j, tables, carried, add, first, refresh, tolerances, norm_f, norm_b) ->
-    (carried, info)``: segment ``j``'s re-solve and backward solve (module docstring). ``zs`` and
+    (carried, info, z)``: segment ``j``'s re-solve and backward solve (module docstring). ``zs`` and
     ``cps`` are all checkpoint states and times and ``j`` a (1,) index, so that the inputs of all
     segments are the same tensors; ``carried`` is the backward loop's :func:`pack`-ed state without
     the output buffer, ``tolerances`` (rtol_f, atol_f, rtol_b, atol_b); ``info`` is the two loops'
-    :func:`summary`."""
+    :func:`summary`; ``z`` the re-solve's last accepted state (where a failed re-solve stopped)."""
     order = int(solver.error_order or 0)
     stages = solver.tableau.stages
 
@@ -220,7 +220,8 @@ def _segment_function(
         state = state._replace(f0=f_start, dt=dt_b.reshape(()))
         ts_b = Tables(-times.flip(0), tables.index, tables.dense, tables.powers)
         out = _loop(field_b, solver, c, ts_b, rtol_b, atol_b, norm_b, state)
-        return pack(out)[:5], torch.cat([summary(state_f), summary(out)])
+        # the re-solve's last accepted state too: where it failed, the cause is named from it
+        return pack(out)[:5], torch.cat([summary(state_f), summary(out)]), state_f.y
 
     return solve
 
@@ -323,9 +324,12 @@ def integrate_segments(
         # the re-solve: f(c0), the initial step's trial, the attempts
         count_evaluations(fterm, counters, 2 + evaluations_per_attempt(solver) * att_f)
         if status_f is not Status.SUCCESS:
-            # (the segment graph returns no state of the re-solve: the forward solve over these times
-            # succeeded before, so this is a rounding matter, and the status's advice is given)
-            raise solve_error(status_f, t_f, dt_f, controller, fterm)
+            # The re-solve can fail where the forward solve did not: it starts afresh at the checkpoint
+            # (its own initial step), so its stages sample the field where the forward's steps passed
+            # over (a NaN in a window the forward stepped across). The cause is named from the state
+            # where it stopped and the checkpoint state it started from, as the eager pass's re-solve
+            # (an adaptive solve from that state) names it.
+            raise solve_error(status_f, t_f, dt_f, controller, fterm, stopped=(solver, out[2], states[c0]))
         # the backward solve (its counters run on through the segments): the attempts, f and the
         # initial step's trial at the start, f again after each cotangent
         # (the augmented field evaluates the forward one once, in its VJP: the same counter steps)
