@@ -204,13 +204,16 @@ def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = 
         name: "rtol" or "atol" (for the messages).
 
     Returns:
-        A float, or a tensor in the state's dtype and device whose broadcast with ``like`` has ``like``'s shape.
+        A float, or a tensor on the state's device whose broadcast with ``like`` has ``like``'s shape, in
+        the dtype of the state's error test: the state's, float32 for a half-precision state (float16
+        rounds ``atol = 1e-9`` to 0; see :func:`~hybrid_node.controllers.error_precision`).
 
     Raises:
         ValueError: a tolerance that does not fit the state.
     """
     if isinstance(tol, (int, float)):
         return float(tol)
+    dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
     n_parts = 0 if layout is None else len(layout.shapes)
     if (
         isinstance(tol, torch.Tensor)
@@ -227,7 +230,7 @@ def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = 
             )
         parts = []
         for i, (v, s) in enumerate(zip(tol, layout.shapes)):
-            v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+            v = torch.as_tensor(v, dtype=dtype, device=like.device)
             try:
                 parts.append(v.expand(s).reshape(-1))
             except RuntimeError:
@@ -236,7 +239,7 @@ def _tolerance(tol, layout: TupleLayout | None, like: torch.Tensor, name: str = 
                     f"{tuple(s)}; give a number or a tensor of that tensor's shape (or one that broadcasts to it)."
                 )
         return torch.cat(parts)
-    tol = torch.as_tensor(tol, dtype=like.dtype, device=like.device)
+    tol = torch.as_tensor(tol, dtype=dtype, device=like.device)
     if not broadcasts_to(tol.shape, like.shape):
         # a larger broadcast (shape (2, 3) on a state (3,)) would weigh the error of each element
         # more than once and fail in the adjoint's backward pass, which repeats it per channel

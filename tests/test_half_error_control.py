@@ -174,3 +174,29 @@ def test_half_sensible_tolerances_match_exact(dtype, loop):
     assert ys.dtype == dtype
     bound = 5e-3 if dtype == F16 else 2.5e-2
     assert float((ys.double() - exact).abs().max()) < bound
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_half_tensor_tolerances_keep_their_values(dtype):
+    """Per-component tolerance tensors of a half state are held in float32, as the error test takes
+    them (float16 rounded atol 1e-9 to 0 and rtol 1e-7 to a subnormal 20 % off), so a solve with them
+    takes the same steps to the same result, bit for bit, as with the equal float tolerances."""
+    from hybrid_node._problem import _tolerance
+
+    y0 = torch.tensor([1.0, -0.5, 0.0, 2.0], dtype=dtype)
+    atol = _tolerance(torch.full((4,), 1e-9), None, y0, "atol")
+    assert atol.dtype == torch.float32
+    assert torch.equal(atol, torch.full((4,), 1e-9))
+
+    def field(t, y):
+        return -y
+
+    t = torch.linspace(0, 1, 3)
+    warnings.simplefilter("ignore", UserWarning)  # bfloat16's u (3.9e-3) is above rtol (pytest restores filters)
+    floats = hn.solve(field, y0, t, controller=hn.PIDController(rtol=1e-3, atol=1e-5), throw=False)
+    tensors = hn.solve(
+        field, y0, t, controller=hn.PIDController(rtol=torch.full((4,), 1e-3), atol=torch.full((4,), 1e-5)), throw=False
+    )
+    assert floats.status == tensors.status == hn.Status.SUCCESS
+    assert torch.equal(floats.ys, tensors.ys)
+    assert floats.stats.n_accepted == tensors.stats.n_accepted
