@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast_dtype", "field_autocast", "full_precision", "restore_dtype"]
+__all__ = ["autocast_dtype", "field_autocast", "full_precision", "full_precision_backward", "restore_dtype"]
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -53,6 +53,36 @@ def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     if autocast_dtype(device_type) is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
+
+
+#: the device types whose autocast a backward pass turns off
+_DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps")
+
+
+def full_precision_backward(backward: Callable) -> Callable:
+    """``backward`` (an autograd Function's) run with autocast off on every device type where it is on.
+
+    A backward pass runs under the autocast of the code that calls ``backward()``: called inside
+    ``torch.autocast``, an adjoint's own solve ran its products in bfloat16 (``bdf`` and ``adams``
+    gradients 2.47 off on a linear field). The field keeps the autocast it was solved with (its wrapper,
+    :func:`field_autocast`, re-enters it), so only the solver's arithmetic changes.
+
+    Args:
+        backward: the Function's static ``backward(ctx, *grads)``.
+
+    Returns:
+        The wrapped backward.
+    """
+
+    @functools.wraps(backward)
+    def run(*args: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            for device_type in _DEVICE_TYPES:
+                if autocast_dtype(device_type) is not None:
+                    stack.enter_context(torch.autocast(device_type, enabled=False))
+            return backward(*args)
+
+    return run
 
 
 def restore_dtype(out: Any, y: Any, low: torch.dtype) -> Any:

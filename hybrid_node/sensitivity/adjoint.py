@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._autocast import full_precision_backward
 from .._problem import Problem
 from .._solution import Solution
 from ..loop import to_solution
@@ -45,6 +46,7 @@ class _AdjointFunction(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @full_precision_backward
     def backward(ctx, grad_ys: torch.Tensor):
         (ys,) = ctx.saved_tensors
         run = ctx.run

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .._autocast import full_precision_backward
 from .._problem import Problem
 from .._solution import Solution
 from ..loop import to_solution
@@ -162,6 +163,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @full_precision_backward
     def backward(ctx, grad_ys: torch.Tensor):
         problem, params, rec = ctx.problem, ctx.params, ctx.rec
         solver = problem.solver

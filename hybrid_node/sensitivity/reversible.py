@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._autocast import full_precision_backward
 from .._problem import Problem
 from .._solution import Solution
 from ..loop import to_solution
@@ -78,6 +79,7 @@ class _ReversibleSolve(torch.autograd.Function):
         return torch.stack(rec.outputs)
 
     @staticmethod
+    @full_precision_backward
     def backward(ctx, grad_ys: torch.Tensor):
         problem, solver, steps, params = ctx.problem, ctx.solver, ctx.steps, ctx.params
         term = problem.term()
