@@ -200,3 +200,15 @@ def test_half_tensor_tolerances_keep_their_values(dtype):
     assert floats.status == tensors.status == hn.Status.SUCCESS
     assert torch.equal(floats.ys, tensors.ys)
     assert floats.stats.n_accepted == tensors.stats.n_accepted
+
+
+@pytest.mark.parametrize("method", ["adams"])  # bdf: torch has no float16 LU on the CPU
+def test_half_multistep_tight_tolerances_fail_as_too_tight(method):
+    """The Nordsieck methods weigh their corrector test and error estimates by atol + rtol |y|, which in
+    float16 rounded to 0 at atol 1e-9 (NaN norms): adams failed as a Newton failure at t=0."""
+    field, y0 = _network()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(hn.SolverError) as info:
+            hn.odeint(field, y0.half(), torch.linspace(0, 1, 5), rtol=1e-7, atol=1e-9, method=method)
+    assert "step size fell below the minimum" in str(info.value)

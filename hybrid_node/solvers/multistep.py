@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from numpy.polynomial import Polynomial
 
-from ..controllers import initial_step, rms_norm
+from ..controllers import error_precision, initial_step, rms_norm
 from .adams import check_max_iters, integer_setting
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
@@ -392,6 +392,21 @@ class Nordsieck(AbstractSolver):
         """
         return self if norm is self.norm else dataclasses.replace(self, norm=norm)
 
+    def _weights(self, y: torch.Tensor) -> torch.Tensor:
+        """The error weights ``atol + rtol |y|`` (detached), in float32 for a half-precision state.
+
+        In float16 ``atol = 1e-9`` rounds to 0 and the weighted norms overflow beyond 65504: the
+        corrector test came out NaN and a solve whose tolerances were too tight for the dtype failed
+        as a Newton failure (:func:`~hybrid_node.controllers.error_precision`).
+
+        Args:
+            y: the state the weights are taken at.
+
+        Returns:
+            The weights, of ``y``'s shape (float32 for float16 or bfloat16, else ``y``'s dtype).
+        """
+        return self.atol + self.rtol * error_precision(y.detach()).abs()
+
     def _norm(self, x: torch.Tensor, scale: torch.Tensor) -> float:
         """The error measure of ``x`` weighted by ``scale``, in the loop's norm (a host float).
 
@@ -454,7 +469,7 @@ class Nordsieck(AbstractSolver):
         fam = BDF_FAMILY if s.stiff else ADAMS
         z0 = (_pascal(q, s.z.dtype, s.z.device) @ s.z.reshape(q + 1, -1)).reshape(s.z.shape)
         t1 = t + dt
-        ewt = self.atol + self.rtol * y.detach().abs()
+        ewt = self._weights(y)
         e, converged, s, rho = self._correct(f, t1, dt, z0, s, ewt, fam)
         if not converged:
             inf = torch.full_like(y, math.inf)
@@ -467,7 +482,7 @@ class Nordsieck(AbstractSolver):
         s = step.start
         q = s.order
         fam = BDF_FAMILY if s.stiff else ADAMS
-        ewt = self.atol + self.rtol * step.y1.detach().abs()
+        ewt = self._weights(step.y1)
         n_same = s.n_same + 1
         rho = step.rho if step.rho is not None else s.rho
         # Failures are forgotten only once a step has been repeated with the same size (n_same >= 2),
@@ -560,7 +575,7 @@ class Nordsieck(AbstractSolver):
         base = dataclasses.replace(s, n_same=0, e_prev=None, n_fail=n_fail, lu=None, rho=rho)
         if not step.converged:
             return dataclasses.replace(base, factor=0.25)
-        ewt = self.atol + self.rtol * y.detach().abs()
+        ewt = self._weights(y)
         err = self._norm(step.error, ewt)
         factor = min(0.9, max(0.2, _factor(err, q + 1, fam.bias)))
         order = q
