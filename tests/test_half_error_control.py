@@ -212,3 +212,25 @@ def test_half_multistep_tight_tolerances_fail_as_too_tight(method):
         with pytest.raises(hn.SolverError) as info:
             hn.odeint(field, y0.half(), torch.linspace(0, 1, 5), rtol=1e-7, atol=1e-9, method=method)
     assert "step size fell below the minimum" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_half_stiffness_estimate_is_the_eigenvalue(dtype):
+    """The automatic switch's stiffness estimate |k7 - k6| / |y1 - y6| in the error test's weights: for
+    y' = -50 y both differences are exactly -50 times each other in exact arithmetic, so the estimate is
+    50; the half state's stages round by u (2^-11, 2^-8) relative to their differences of a few tens of
+    ulps, so 20 % bounds it (measured 50.0 and 50.3). The float16 weights atol + rtol |y| were 0 or
+    subnormal (a NaN estimate: the votes for a switch never counted)."""
+    from types import SimpleNamespace
+
+    from hybrid_node.solvers.auto_switch import AutoStep
+
+    def field(t, y):
+        return -50.0 * y
+
+    y0 = torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=dtype)
+    dt = 0.01
+    step = hn.Tsit5().step(field, 0.0, y0, field(0.0, y0), dt)
+    solver = hn.AutoSwitch().with_tolerances(1e-7, 1e-9)
+    auto = AutoStep(step.y1, step.error, SimpleNamespace(ks=step.ks), False, y0, dt, 0)
+    assert solver._tsit5_rho(auto) == pytest.approx(50.0, rel=0.2)

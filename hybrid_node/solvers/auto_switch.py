@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ..controllers import ErrorPair
+from ..controllers import ErrorPair, error_precision
 from ..interpolation import linear_combination
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import system_shape
@@ -284,9 +284,11 @@ class AutoSwitch(AbstractSolver):
         tab = self._nonstiff_solver().tableau
         with torch.no_grad():
             y6 = linear_combination(step.y0, step.dt, tab.a[5], ks[:5])
-            scale = self.atol + self.rtol * torch.maximum(step.y0.detach().abs(), step.y1.detach().abs())
-            dk = (ks[6] - ks[5]).detach() / scale
-            dy = (step.y1 - y6).detach() / scale
+            # in float32 for a half-precision state, as the error test: float16 rounds atol = 1e-9 to 0
+            y0, y1 = error_precision(step.y0.detach()), error_precision(step.y1.detach())
+            scale = self.atol + self.rtol * torch.maximum(y0.abs(), y1.abs())
+            dk = error_precision((ks[6] - ks[5]).detach()) / scale
+            dy = (y1 - error_precision(y6)) / scale
             batch, d = system_shape(dy, self.batch_dims)
             num = torch.linalg.vector_norm(dk.reshape(batch + (d,)), dim=-1)
             den = torch.linalg.vector_norm(dy.reshape(batch + (d,)), dim=-1)
