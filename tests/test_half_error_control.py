@@ -234,3 +234,22 @@ def test_half_stiffness_estimate_is_the_eigenvalue(dtype):
     solver = hn.AutoSwitch().with_tolerances(1e-7, 1e-9)
     auto = AutoStep(step.y1, step.error, SimpleNamespace(ks=step.ks), False, y0, dt, 0)
     assert solver._tsit5_rho(auto) == pytest.approx(50.0, rel=0.2)
+
+
+def test_compiled_half_solve_keeps_the_eager_roundings():
+    """``compile=True`` on a float16 state: Inductor fused the stages' float16 operations into float32
+    arithmetic, so at rtol 1e-7 (below float16's resolution) the compiled solve ended "successfully"
+    0.2 off the float64 solution where the eager one fails with a step size underflow. With the eager
+    roundings kept (``loop.inductor.eager_rounding``) it fails the same way, and at rtol 1e-3 the two
+    solves agree to within two float16 ulps of the largest value (different summation order inside
+    fused kernels; measured one ulp). One graph serves both calls: tolerances are graph inputs."""
+    field, y0 = _network()
+    y0, t = y0.half(), torch.linspace(0, 1, 5)
+    eager = hn.odeint(field, y0, t, rtol=1e-3, atol=1e-5)
+    compiled = hn.odeint(field, y0, t, rtol=1e-3, atol=1e-5, options={"compile": True})
+    ulp = torch.finfo(torch.float16).eps * float(eager.abs().max())
+    assert float((compiled.double() - eager.double()).abs().max()) <= 2 * ulp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the tolerance-below-roundoff warning, tested elsewhere
+        with pytest.raises(hn.SolverError, match="step size fell below the minimum"):
+            hn.odeint(field, y0, t, rtol=1e-7, atol=1e-9, options={"compile": True})
