@@ -258,7 +258,7 @@ def test_unknown_method_lists_the_valid_ones():
         ("dopri5", "step_size", "first_step"),  # a fixed-step option on an adaptive method
         ("rk4", "first_step", "step_size"),  # and the other way round
         ("dopri5", "foo", "max_num_steps"),
-        ("scipy_solver", "max_num_steps", "solver"),
+        ("scipy_solver", "step_size", "solver"),  # scipy chooses its own steps
         ("explicit_adams", "max_iters", "max_order"),
     ],
 )

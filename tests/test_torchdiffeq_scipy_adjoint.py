@@ -104,13 +104,13 @@ def test_scipy_step_options_pass_through(option, value, monkeypatch):
     import scipy.integrate
 
     seen = []
-    real = scipy.integrate.solve_ivp
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs)
-        return real(*args, **kwargs)
+    class Spy(scipy.integrate.LSODA):  # the solver object that scipy_solver steps
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs)
+            super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(scipy.integrate, "solve_ivp", spy)
+    monkeypatch.setattr(scipy.integrate, "LSODA", Spy)
     t = torch.linspace(1, 8, 10, dtype=F64)
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
     f = Counting()

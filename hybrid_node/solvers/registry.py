@@ -148,7 +148,7 @@ METHOD_SPECS: Mapping[str, MethodSpec] = MappingProxyType(
         ),
         "scipy_solver": MethodSpec(
             ScipySolver,
-            ("solver", "min_step", "max_step", "first_step"),
+            ("solver", "min_step", "max_step", "first_step", "max_num_steps"),
             notes='`options={"solver": "RK45" \\| "DOP853" \\| "LSODA" \\| ...}`; gradients by the adjoint only',
         ),
         "rodas5p": MethodSpec(Rodas5P, ROSENBROCK_OPTIONS, julia="Rodas5P", notes="Rosenbrock, stiff"),

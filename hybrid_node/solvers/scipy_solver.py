@@ -1,4 +1,8 @@
-"""``method="scipy_solver"``: solves by scipy.integrate.solve_ivp.
+"""``method="scipy_solver"``: solves with scipy's ODE solvers (the ``OdeSolver`` classes of solve_ivp).
+
+The solver objects are stepped here as ``solve_ivp`` steps them, with its output times filled from each
+step's dense output, so that the solve can stop after ``max_num_steps`` steps (``solve_ivp`` has no
+limit: a blow-up kept scipy's LSODA stepping for hours).
 
 scipy computes no gradients, so direct backpropagation through it is refused; the adjoint method
 (``odeint_adjoint``) needs none and solves its backward system with scipy as well (the black-box
@@ -13,6 +17,7 @@ import numpy as np
 import torch
 
 from .._errors import SolverError, Status, blowup_cause, field_cause
+from ..controllers import PIDController
 from .base import ExternalSolver
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -77,7 +82,7 @@ _NONFINITE_AT_Y0 = (
 
 
 def _failure(term, message: str, reached: float, nonfinite: float | None, size: float, y0: np.ndarray) -> SolverError:
-    """The error of a solve_ivp run that stopped early (its steps shrank below the spacing of the times).
+    """The error of a scipy solve that stopped early (its steps shrank below the spacing of the times).
 
     Its own message names only the symptom; where the field was non-finite at the time it stopped
     (its trial steps kept meeting it) or the state had grown by orders of magnitude, that is named
@@ -85,9 +90,9 @@ def _failure(term, message: str, reached: float, nonfinite: float | None, size: 
 
     Args:
         term: the field (for the user's time).
-        message: solve_ivp's message; reached: the solver time of the last field evaluation.
+        message: scipy's message; reached: the solver time of the last field evaluation.
         nonfinite: the solver time of the last non-finite field value (None: none).
-        size: max|y| at the last field evaluation; y0: the flat initial state.
+        size: max|y| of the last accepted state; y0: the flat initial state.
 
     Returns:
         NONFINITE naming the field where it was non-finite there, else STEP_UNDERFLOW (with a
@@ -96,8 +101,57 @@ def _failure(term, message: str, reached: float, nonfinite: float | None, size: 
     user_t = _user_time(term, reached)
     if nonfinite is not None and abs(nonfinite - reached) <= 1e-6 * max(1.0, abs(reached)):
         return SolverError(Status.NONFINITE, user_t, f"scipy: {message}", field_cause("NaN or inf", user_t))
-    scale = max(1.0, float(np.abs(y0).max())) if y0.size else 1.0
-    return SolverError(Status.STEP_UNDERFLOW, user_t, message, blowup_cause(user_t, size, scale))
+    return SolverError(Status.STEP_UNDERFLOW, user_t, message, blowup_cause(user_t, size, _scale(y0)))
+
+
+def _scale(y0: np.ndarray) -> float:
+    """max(1, max|y0|): the size from which a state's growth counts as a blow-up."""
+    return max(1.0, float(np.abs(y0).max())) if y0.size else 1.0
+
+
+def _max_abs(y: np.ndarray) -> float:
+    """max|y| of a flat state (0 for no elements)."""
+    return float(np.abs(y).max()) if y.size else 0.0
+
+
+def _march(stepper, t_eval: np.ndarray, max_num_steps: int) -> tuple[list[np.ndarray], str | None, str]:
+    """Step a scipy ``OdeSolver`` to its end, evaluating its dense output at the output times.
+
+    The output times of each step are those in (t_old, t] (the first step's include t0), each
+    step's interpolant evaluated on the slice of ``t_eval`` at once, as ``solve_ivp`` does with
+    ``t_eval`` on an increasing interval: the same calls give the same numbers.
+
+    Args:
+        stepper: a freshly built ``scipy.integrate.OdeSolver`` (RK45, LSODA, ...) on an increasing interval.
+        t_eval: the increasing output times, from the stepper's start to its end.
+        max_num_steps: the most accepted steps.
+
+    Returns:
+        The (n, k) blocks of states at the output times reached, in order; how the solve stopped
+        (None: it reached the end, "failed": scipy's step failed, "max_steps", or "stalled": an accepted
+        step of zero length); and scipy's message of a failed step ("" otherwise).
+
+    Reference: E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential Equations I",
+    2nd ed., Springer 1993, II.6 (dense output of Runge-Kutta methods).
+    """
+    blocks: list[np.ndarray] = []
+    done = 0  # how many output times are filled
+    for _ in range(max_num_steps):
+        message = stepper.step()
+        if stepper.status == "failed":
+            return blocks, "failed", str(message)
+        if stepper.t == stepper.t_old:
+            # LSODA's step size can underflow to 0 near a singularity, after which it reports zero-length
+            # steps as accepted forever (the other methods fail once a step falls below the spacing of t)
+            return blocks, "stalled", ""
+        # "right": an output time equal to the step's end belongs to this step
+        upto = int(np.searchsorted(t_eval, stepper.t, side="right"))
+        if upto > done:
+            blocks.append(stepper.dense_output()(t_eval[done:upto]))
+            done = upto
+        if stepper.status == "finished":
+            return blocks, None, ""
+    return blocks, "max_steps", ""
 
 
 def _user_time(term, s: float) -> float:
@@ -107,16 +161,19 @@ def _user_time(term, s: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class ScipySolver(ExternalSolver):
-    """Wraps scipy.integrate.solve_ivp; the field is evaluated by torch under no_grad.
+    """Wraps scipy's ODE solvers (those of solve_ivp); the field is evaluated by torch under no_grad.
 
     Args:
         solver: a solve_ivp method name (RK45, RK23, DOP853, Radau, BDF, LSODA).
-        min_step: LSODA's smallest step (0: none), passed to solve_ivp as torchdiffeq does.
+        min_step: LSODA's smallest step (0: none), passed to scipy as torchdiffeq does.
         max_step: the largest step (inf: none).
         first_step: the first step (None: scipy chooses).
+        max_num_steps: the most accepted steps of a solve, the torch solvers' option and default
+            (``PIDController.max_num_steps``); the solve fails with ``MAX_STEPS`` after them.
 
     Raises:
-        ValueError: an unknown solver, or a step bound that is not a number or out of range.
+        ValueError: an unknown solver, a step bound that is not a number or out of range, or a
+            ``max_num_steps`` that is not a positive int.
 
     Reference: P. Virtanen et al., "SciPy 1.0", Nature Methods 17 (2020).
     """
@@ -125,6 +182,7 @@ class ScipySolver(ExternalSolver):
     min_step: float = 0.0
     max_step: float = math.inf
     first_step: float | None = None
+    max_num_steps: int = PIDController.max_num_steps
     name = "scipy_solver"
     adaptive = True
 
@@ -137,9 +195,13 @@ class ScipySolver(ExternalSolver):
             )
         if self.first_step is not None and not _number("first_step", self.first_step) > 0:
             raise ValueError(f"scipy_solver: first_step must be positive, got {self.first_step!r}.")
+        steps = self.max_num_steps
+        # a bool is an int to Python (True was one step), as PIDController refuses it
+        if isinstance(steps, bool) or not (isinstance(steps, int) and steps > 0):
+            raise ValueError(f"scipy_solver: max_num_steps must be a positive int, got {steps!r}.")
 
     def _step_options(self) -> dict:
-        """The step bounds that differ from solve_ivp's defaults (the others are not passed: scipy
+        """The step bounds that differ from scipy's defaults (the others are not passed: scipy
         warns about options a method ignores, e.g. min_step for RK45)."""
         out: dict = {}
         if float(self.min_step) > 0:
@@ -171,10 +233,11 @@ class ScipySolver(ExternalSolver):
     def integrate(self, term, y0: torch.Tensor, ts, rtol, atol, grad_inputs=()):
         """Solve on the increasing host times ``ts``; returns the stacked states (T, *y0.shape).
 
-        A complex state is solved in complex128 (solve_ivp's complex domain: RK45, RK23, DOP853, BDF).
+        A complex state is solved in complex128 (scipy's complex domain: RK45, RK23, DOP853, BDF).
 
         Raises:
-            SolverError: scipy stopped before the last time; its ``t`` is where, in the user's time.
+            SolverError: scipy stopped before the last time (its ``t`` is where, in the user's time):
+                ``MAX_STEPS`` after ``max_num_steps`` accepted steps, else STEP_UNDERFLOW or NONFINITE.
             TypeError: a complex state with Radau or LSODA (:meth:`check_complex`).
         """
         shape, dtype, device = y0.shape, y0.dtype, y0.device
@@ -182,67 +245,92 @@ class ScipySolver(ExternalSolver):
             self.check_complex(dtype)
         # scipy computes in double precision; a complex state stays complex (.double() dropped its imaginary part)
         wide = torch.complex128 if dtype.is_complex else torch.float64
-        # the solver time of the last field evaluation: where a failed solve got to (with t_eval, scipy's
-        # sol.t holds only the output times reached, so its last entry can be the initial time)
+        # the solver time of the last field evaluation: where a failed step got to (the last accepted
+        # time can be far behind it, e.g. the initial time)
         reached = [ts[0]]
-        # the solver time of the last non-finite field value (None: none yet). solve_ivp has no test of its
+        # the solver time of the last non-finite field value (None: none yet). scipy has no test of its
         # own: a NaN at y0 made RK45, RK23 and DOP853 loop forever (their first step became NaN, which no
         # step-size bound compares below), BDF and Radau raised numpy's "array must not contain infs or
         # NaNs", and LSODA returned NaN states as a success
         nonfinite: list[float | None] = [None]
         calls = [0]
-        # the state of the last field evaluation, by reference: its max|y| names a blow-up, and is taken
-        # only when the solve fails (every call's max|y| cost about 5% of a small field's call, as much as
-        # the call itself for a cheap field on a large state). solve_ivp's RK methods hand every call a
-        # fresh array; LSODA, BDF and Radau may hand a buffer they overwrite later, with a later state of
-        # the same solve (the reference keeps the buffer alive)
         y0n = y0.detach().reshape(-1).cpu().to(wide).numpy()
-        last = [y0n]
 
         def rhs(t, y):
             reached[0] = float(t)
-            last[0] = y
             with torch.no_grad():
                 yt = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
                 out = term(float(t), yt).reshape(-1).cpu().to(wide).numpy()
             calls[0] += 1
             if not np.isfinite(out).all():
-                if calls[0] == 1:  # every solve_ivp method evaluates the field at (t0, y0) first
+                if calls[0] == 1:  # every scipy method evaluates the field at (t0, y0) first
                     raise SolverError(Status.INITIAL_FAILURE, _user_time(term, t), _NONFINITE_AT_Y0)
                 nonfinite[0] = float(t)  # a rejected trial step may recover: scipy shrinks it
             return out
 
-        rt, at = _flat_tolerance(rtol, y0), _flat_tolerance(atol, y0)
-        if self.solver in SCIPY_SCALAR_RTOL and not isinstance(rt, float):
-            # BDF and Radau take a scalar rtol only (an array raised "The truth value of an array ... is
-            # ambiguous" from their Newton tolerance, a 0-d tensor's too): the smallest value, which
-            # meets every element's tolerance (as the Newton test of the torch implicit methods)
-            rt = float(rt.min()) if rt.size else 1e-3  # no elements: any valid value (solve_ivp's default)
         if len(ts) == 1:
             out = y0n[None]
         else:
-            try:
-                sol = __import__("scipy.integrate", fromlist=["solve_ivp"]).solve_ivp(
-                    rhs, (ts[0], ts[-1]), y0n, method=self.solver, t_eval=ts, rtol=rt, atol=at, **self._step_options()
-                )
-            except (ValueError, np.linalg.LinAlgError) as e:
-                if nonfinite[0] is None:
-                    raise
-                # BDF's and Radau's Newton matrices refuse the non-finite values the field returned
-                raise SolverError(
-                    Status.NONFINITE, _user_time(term, nonfinite[0]), f"func returned NaN or inf there; scipy: {e}"
-                ) from e
-            if sol.status != 0:
-                size = float(np.abs(last[0]).max()) if last[0].size else 0.0
-                raise _failure(term, sol.message, reached[0], nonfinite[0], size, y0n)
-            out = sol.y.T
-            bad = ~np.isfinite(out).all(axis=1)
-            if bad.any():  # LSODA reports success with NaN states
-                raise SolverError(
-                    Status.NONFINITE, _user_time(term, ts[int(bad.argmax())]), "first non-finite output of scipy"
-                )
+            out = self._solve(term, rhs, y0n, ts, self._scipy_tolerances(rtol, atol, y0), reached, nonfinite)
         ys = torch.as_tensor(out, dtype=dtype, device=device).reshape(len(ts), *shape)
         needs = [x for x in (y0,) + tuple(grad_inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
         if needs and torch.is_grad_enabled():
             ys = _NoGradient.apply(ys, *needs)
         return ys
+
+    def _scipy_tolerances(self, rtol, atol, y0: torch.Tensor) -> dict:
+        """``rtol`` and ``atol`` as this method takes them (numbers, or one value per flat element)."""
+        rt, at = _flat_tolerance(rtol, y0), _flat_tolerance(atol, y0)
+        if self.solver in SCIPY_SCALAR_RTOL and not isinstance(rt, float):
+            # BDF and Radau take a scalar rtol only (an array raised "The truth value of an array ... is
+            # ambiguous" from their Newton tolerance, a 0-d tensor's too): the smallest value, which
+            # meets every element's tolerance (as the Newton test of the torch implicit methods)
+            rt = float(rt.min()) if rt.size else 1e-3  # no elements: any valid value (scipy's default)
+        return {"rtol": rt, "atol": at}
+
+    def _solve(self, term, rhs, y0n: np.ndarray, ts, tolerances: dict, reached: list, nonfinite: list) -> np.ndarray:
+        """Build scipy's solver as solve_ivp builds it and step it to ``ts[-1]`` (:func:`_march`).
+
+        Args:
+            term: the field (for the user's time); rhs: its numpy wrapper, which records ``reached``
+                (the time of its last call) and ``nonfinite`` (of its last non-finite value).
+            y0n: the flat initial state; ts: the increasing output times (two or more).
+            tolerances: ``rtol`` and ``atol`` (:meth:`_scipy_tolerances`).
+
+        Returns:
+            The states at ``ts``, shape (len(ts), y0n.size).
+
+        Raises:
+            SolverError: MAX_STEPS, STEP_UNDERFLOW or NONFINITE (:func:`_failure`), each naming a blow-up
+                where the last accepted state grew by orders of magnitude.
+        """
+        import scipy.integrate  # scipy is needed by this method only
+
+        t_eval = np.asarray(ts, dtype=np.float64)
+        try:
+            stepper = getattr(scipy.integrate, self.solver)(
+                rhs, float(ts[0]), y0n, float(ts[-1]), vectorized=False, **tolerances, **self._step_options()
+            )
+            blocks, stop, message = _march(stepper, t_eval, self.max_num_steps)
+        except (ValueError, np.linalg.LinAlgError) as e:
+            if nonfinite[0] is None:
+                raise
+            # BDF's and Radau's Newton matrices refuse the non-finite values the field returned
+            raise SolverError(
+                Status.NONFINITE, _user_time(term, nonfinite[0]), f"func returned NaN or inf there; scipy: {e}"
+            ) from e
+        if stop == "max_steps":
+            user_t = _user_time(term, stepper.t)
+            cause = blowup_cause(user_t, _max_abs(stepper.y), _scale(y0n))
+            raise SolverError(Status.MAX_STEPS, user_t, f"max_num_steps={self.max_num_steps}", cause)
+        if stop == "stalled":
+            message = f"scipy's {self.solver} step size underflowed to 0 (its steps stopped at t={stepper.t:.10g})"
+        if stop is not None:
+            raise _failure(term, message, reached[0], nonfinite[0], _max_abs(stepper.y), y0n)
+        out = np.hstack(blocks).T
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():  # LSODA reports success with NaN states
+            raise SolverError(
+                Status.NONFINITE, _user_time(term, ts[int(bad.argmax())]), "first non-finite output of scipy"
+            )
+        return out
