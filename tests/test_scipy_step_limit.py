@@ -251,3 +251,64 @@ def test_max_num_steps_must_be_a_positive_int(value):
             method="scipy_solver",
             options={"max_num_steps": value},
         )
+
+
+def _steps_to_finish(method: str) -> int:
+    """The accepted steps scipy's ``method`` takes on the rotation problem (its own solver object)."""
+    f, y0, ts = PROBLEMS["rotation"]
+    stepper = getattr(scipy.integrate, method)(_numpy(f), ts[0], np.array(y0), ts[-1], rtol=RTOL, atol=ATOL)
+    n = 0
+    while stepper.status == "running":
+        stepper.step()
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize(
+    ("own", "controls"),
+    # offsets from n, the steps the solve needs, of ScipySolver's and PIDController's max_num_steps (None: unset)
+    [(None, -1), (-1, None), (5, -1), (-1, 5), (-2, -1), (-1, -2)],
+)
+def test_the_smaller_limit_counts(own, controls):
+    # hn.solve's controller bounds the steps as it does for the torch solvers (it was ignored); with both
+    # given the smaller one counts
+    n = _steps_to_finish("RK45")
+    f, y0, ts = PROBLEMS["rotation"]
+    solver = ScipySolver("RK45") if own is None else ScipySolver("RK45", max_num_steps=n + own)
+    extra = {} if controls is None else {"max_num_steps": n + controls}
+    controller = PIDController(rtol=RTOL, atol=ATOL, **extra)
+    limit = n + min(x for x in (own, controls) if x is not None)
+    with pytest.raises(SolverError, match=rf"max_num_steps={limit}\)"):
+        hn.solve(f, torch.tensor(y0, dtype=F64), torch.tensor(ts, dtype=F64), solver=solver, controller=controller)
+
+
+def test_a_controller_limit_of_n_steps_lets_the_solve_finish():
+    # the limit is on the steps the solve takes: n of them finish (the states are scipy's, tested above)
+    n = _steps_to_finish("RK45")
+    f, y0, ts = PROBLEMS["rotation"]
+    controller = PIDController(rtol=RTOL, atol=ATOL, max_num_steps=n)
+    sol = hn.solve(f, torch.tensor(y0, dtype=F64), torch.tensor(ts, dtype=F64), solver=ScipySolver("RK45"),
+                   controller=controller)  # fmt: skip
+    assert sol.status is Status.SUCCESS
+
+
+def test_the_controllers_limit_bounds_the_backsolve_adjoint():
+    # the forward solve of odeint_adjoint's backsolve is limited as the plain solve is
+    n = _steps_to_finish("RK45")
+    f, y0, ts = PROBLEMS["rotation"]
+    y = torch.tensor(y0, dtype=F64, requires_grad=True)
+    controller = PIDController(rtol=RTOL, atol=ATOL, max_num_steps=n - 1)
+    with pytest.raises(SolverError, match=rf"max_num_steps={n - 1}\)"):
+        hn.solve(
+            f, y, torch.tensor(ts, dtype=F64), solver=ScipySolver("RK45"), controller=controller,
+            sensitivity=hn.BacksolveAdjoint(), adjoint_params=(),
+        )  # fmt: skip
+
+
+def test_constant_step_size_is_refused():
+    # it failed inside the scipy call with "Could not infer dtype of NoneType"
+    with pytest.raises(ValueError, match=r"chooses its own steps and cannot take ConstantStepSize"):
+        hn.solve(
+            square, torch.ones(1, dtype=F64), torch.tensor([0.0, 0.5], dtype=F64), solver=ScipySolver(),
+            controller=hn.ConstantStepSize(step_size=0.1),
+        )  # fmt: skip
