@@ -122,7 +122,7 @@ def test_hermite_dense_output_gradients_add_no_field_call(method):
 
 @pytest.mark.parametrize("method", ["dopri5", "rk4", "dopri8"])
 def test_ball_gradients_match_the_closed_form(method):
-    """Event times and event states against the closed form; dopri8 takes the field-call fallback."""
+    """Event times and event states against the closed form (dopri8 with its own per-sample slopes)."""
     ball = Ball()
     h = torch.tensor([1.0, 20.0, 2.0, 0.5], requires_grad=True)
     v = torch.tensor([0.0, 3.0, -4.0, 1.0], requires_grad=True)

@@ -103,10 +103,16 @@ def test_event_search_evaluates_rows_linear_in_the_batch(monkeypatch):
 
 
 def test_interpolant_without_sample_rows_is_evaluated_in_chunks(monkeypatch):
-    """dopri8's dense output has no per-sample rows: the search takes the diagonal a few times at a time."""
+    """An interpolant without per-sample rows (BDF's, Rodas'): the search takes the diagonal a few times at a time.
+
+    DOP853's dense output, with its per-sample rows and slopes taken away, serves as one.
+    """
     from hybrid_node.loop import events
+    from hybrid_node.solvers.dopri8 import Dopri8Interpolant
 
     monkeypatch.setattr(events, "_ROWS_BUDGET", 50)  # batch 40: one time per evaluation, many chunks
+    monkeypatch.delattr(Dopri8Interpolant, "sample_rows")
+    monkeypatch.delattr(Dopri8Interpolant, "sample_slopes")
     batch = 40
     w = torch.linspace(1.0, 1.5, batch, dtype=torch.float64).unsqueeze(-1)
 

@@ -26,9 +26,11 @@ test, one call of the field per stage for the whole batch); only the event bookk
 Freezing costs nothing extra per step (the batch is evaluated in one call anyway), and the shared
 step keeps every sample to the solver's tolerance. The interior checks cost one evaluation of the
 dense output at four points and four calls of ``event_fn`` per step. Each step in which samples
-fire costs one bisection (about 50 event evaluations in float64) and one field evaluation per fired
-sample (its field at its own event time, which the implicit-function-theorem gradient needs). Two
-roots of one sample closer together than the checks are still not seen.
+fire costs one bisection (about 50 event evaluations in float64, each reading the dense output in
+the located samples' rows only) and, with gradients, the dense output's slope at each fired
+sample's event (the implicit-function-theorem gradient needs it; a field call per fired sample only
+for an interpolant without per-sample slopes, :meth:`_Locator.rates`). Two roots of one sample
+closer together than the checks are still not seen.
 
 Gradients: the frozen rows keep their autograd graph (the dense output at fixed time, then identity
 steps), and :mod:`hybrid_node.sensitivity.per_sample_events` adds the implicit-function-theorem
@@ -413,8 +415,8 @@ class _Locator:
         at which the returned event state moves with its event time, which the implicit function
         theorem needs (it agrees with the field there to the dense output's order, and differentiates
         the computed event exactly). It takes O(k) rows of the interpolant and no call of the field.
-        An interpolant without per-sample slopes (DOP853's own dense output, BDF's Nordsieck
-        array, the Rodas and Rosenbrock23 ones) gets the field instead: one call on the whole batch per sample (a field
+        An interpolant without per-sample slopes (BDF's Nordsieck array, the Rodas and
+        Rosenbrock23 ones) gets the field instead: one call on the whole batch per sample (a field
         may read the whole batch), O(k * n) rows.
 
         Args:
