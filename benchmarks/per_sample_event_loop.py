@@ -11,8 +11,9 @@ per-sample loop locates a few samples in most steps. The parameters require grad
 forward loop runs as it does in training (``--backward`` adds the backward pass of the summed
 event times). Prints one row per method: the best and median wall time of ``--repeats`` solves,
 the best process CPU time (steadier than the wall time on a shared machine: with one thread it
-leaves out the time spent waiting for a core), the accepted steps and the field's calls (the same
-whatever the code's speed: a change that moves them changed the steps, not only the cost).
+leaves out the time spent waiting for a core), the accepted steps, the field's calls and the rows
+they evaluated (the same whatever the code's speed: a change that moves them changed the steps, or
+the work per step: one whole-batch call per fired sample shows as about B more calls of B rows).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ._cli import positive_int
 
 
 class DriftMLP(torch.nn.Module):
-    """y' = (1, 0) + 0.5 * MLP(y), an MLP 2-64-64-2 with tanh; counts its calls."""
+    """y' = (1, 0) + 0.5 * MLP(y), an MLP 2-64-64-2 with tanh; counts its calls and their rows."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -44,9 +45,11 @@ class DriftMLP(torch.nn.Module):
         self.net = torch.nn.Sequential(*layers[:-1])
         self.register_buffer("drift", torch.tensor([1.0, 0.0], dtype=torch.float64))
         self.calls = 0
+        self.rows = 0
 
     def forward(self, t, y):
         self.calls += 1
+        self.rows += y.shape[0]
         return self.drift + 0.5 * self.net(y)
 
 
@@ -70,7 +73,7 @@ def run(method: str, batch: int, backward: bool) -> dict[str, float]:
     if backward:
         sol.t_final.sum().backward()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"seconds": seconds, "cpu": cpu, "steps": sol.stats.n_accepted, "calls": field.calls}
+    return {"seconds": seconds, "cpu": cpu, "steps": sol.stats.n_accepted, "calls": field.calls, "rows": field.rows}
 
 
 def main(argv=None) -> int:
@@ -85,16 +88,16 @@ def main(argv=None) -> int:
     what = "forward + backward" if args.backward else "forward"
     print(
         f"| method | B | {what} best of {args.repeats} (ms) | median (ms) | process CPU, best (ms) "
-        "| accepted steps | field calls |"
+        "| accepted steps | field calls | field rows |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for method in args.methods:
         run(method, args.batch, args.backward)  # warm-up: first-call imports and allocations
         runs = sorted((run(method, args.batch, args.backward) for _ in range(args.repeats)), key=lambda r: r["seconds"])
         best, median = runs[0], runs[len(runs) // 2]
         print(
             f"| {method} | {args.batch} | {1e3 * best['seconds']:.1f} | {1e3 * median['seconds']:.1f} | "
-            f"{1e3 * min(r['cpu'] for r in runs):.1f} | {best['steps']} | {best['calls']} |",
+            f"{1e3 * min(r['cpu'] for r in runs):.1f} | {best['steps']} | {best['calls']} | {best['rows']} |",
             flush=True,
         )
     return 0
