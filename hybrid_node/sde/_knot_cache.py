@@ -139,7 +139,7 @@ class _KnotCache:
         return found[t]
 
 
-def _spacing(times: list[float], tree: set[float], t: float, a: float, b: float) -> float:
+def _spacing(times: list[float], tree: set[float], t: float, a: float, b: float, i: int | None = None) -> float:
     """The spacing of the queries around a new time t between knots a and b, for ``_scaffold``.
 
     The distance from t to the nearest knot that is no knot of the dyadic tree (t0, t1 and those
@@ -152,11 +152,13 @@ def _spacing(times: list[float], tree: set[float], t: float, a: float, b: float)
         times: the knot times off the grid, sorted.
         tree: the knots of the dyadic tree among them.
         t, a, b: the new time and the knots just below and above it.
+        i: ``bisect_left(times, t)`` if the caller has it.
 
     Returns:
         The spacing (positive).
     """
-    i = bisect.bisect_left(times, t)
+    if i is None:
+        i = bisect.bisect_left(times, t)
     gap = math.inf
     for j in range(i - 1, max(i - 1 - _SPACING_SCAN, -1), -1):
         if times[j] not in tree:

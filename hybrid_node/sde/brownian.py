@@ -337,9 +337,15 @@ class BrownianInterval:
         Every knot off the grid is drawn through this method (tests count the draws by replacing it)."""
         return _bridge_draw(self._sampling, t, a, b, va, vb)
 
-    def _neighbours(self, t: float) -> tuple[float, float]:
-        """The knots just below and above t (grid knots included), t itself no knot."""
-        i = bisect.bisect_left(self._times, t)
+    def _neighbours(self, t: float, i: int | None = None) -> tuple[float, float]:
+        """The knots just below and above t (grid knots included), t itself no knot.
+
+        Args:
+            t: the time.
+            i: ``bisect_left(self._times, t)`` if the caller has it (saves a search per new knot).
+        """
+        if i is None:
+            i = bisect.bisect_left(self._times, t)
         a = self._times[i - 1] if i > 0 else -math.inf
         b = self._times[i] if i < len(self._times) else math.inf
         if self._grid.n:  # the nearest knots may be grid knots
@@ -347,20 +353,30 @@ class BrownianInterval:
             a, b = max(a, ga), min(b, gb)
         return a, b
 
-    def _add_knot(self, t: float, a: float, b: float, va: _Value, vb: _Value) -> _Value:
-        """Insert knot t between its neighbours a and b (values va, vb), remembering them as its parents."""
+    def _add_knot(self, t: float, a: float, b: float, va: _Value, vb: _Value, i: int | None = None) -> _Value:
+        """Insert knot t between its neighbours a and b (values va, vb), remembering them as its parents.
+
+        ``i``, if given, is ``bisect_left(self._times, t)`` (t is no knot, so it is also where t goes)."""
         v = self._bridge_value(t, a, b, va, vb)
-        bisect.insort(self._times, t)
+        if i is None:
+            bisect.insort(self._times, t)
+        else:
+            self._times.insert(i, t)
         self._knots.parents[t] = (a, b)
         self._knots.keep(t, v)
         return v
 
-    def _knot_near(self, t: float) -> float | None:
-        """The knot off the grid within the snap tolerance of t, or None."""
-        i = bisect.bisect_left(self._times, t)
-        for j in (i - 1, i):
-            if 0 <= j < len(self._times) and abs(self._times[j] - t) <= self._eps:
-                return self._times[j]
+    def _knot_near(self, t: float, i: int | None = None) -> float | None:
+        """The knot off the grid within the snap tolerance of t, or None.
+
+        ``i``, if given, is ``bisect_left(self._times, t)``: only the knots at i - 1 and i can be that near."""
+        times = self._times
+        if i is None:
+            i = bisect.bisect_left(times, t)
+        if i > 0 and t - times[i - 1] <= self._eps:
+            return times[i - 1]
+        if i < len(times) and times[i] - t <= self._eps:
+            return times[i]
         return None
 
     def _scaffold(self, t: float, spacing: float) -> float | None:
@@ -417,19 +433,23 @@ class BrownianInterval:
             loc = self._grid.locate(t)
             if loc is not None:
                 return self._grid.knot(loc)
-        near = self._knot_near(t)
+        # One binary search of the knot times serves the snap test, the neighbours, the spacing and the
+        # insertion: each search was a Python call per new knot, a tenth of a sequential query's time.
+        i = bisect.bisect_left(self._times, t)
+        near = self._knot_near(t, i)
         if near is not None:
             return near, self._value(near)
-        a, b = self._neighbours(t)
-        spacing = _spacing(self._times, self._dyadic_knots, t, a, b)
+        a, b = self._neighbours(t, i)
+        spacing = _spacing(self._times, self._dyadic_knots, t, a, b, i)
         # No dyadic knot goes in where the gap (a, b) is already short: a cell the walk would split lies in
         # the gap and is longer than _CHAIN spacings. The grid's cells already keep chains short.
         if not self._grid.n and b - a > _CHAIN * spacing:
             snapped = self._scaffold(t, spacing)
             if snapped is not None:
                 return snapped, self._value(snapped)
-            a, b = self._neighbours(t)
-        return t, self._add_knot(t, a, b, self._value(a), self._value(b))
+            i = bisect.bisect_left(self._times, t)  # the scaffold may have put knots in below t
+            a, b = self._neighbours(t, i)
+        return t, self._add_knot(t, a, b, self._value(a), self._value(b), i)
 
     def _dyadic(self, k: int) -> float:
         """Time k of the halfway tree's grid (the ends exactly: t0 + (t1 - t0) * 1 may round off t1)."""
@@ -511,21 +531,23 @@ class BrownianInterval:
             raise ValueError('return_U needs BrownianInterval(..., levy_area_approximation="space-time").')
         if tb is None:
             ta, tb = self._t0, ta
+        ta, tb = float(ta), float(tb)  # once: a 0-d tensor's float() is a call into torch
         if self._grid.n and not return_A:
             # Fast path: a query of one whole grid cell is the cell's own draw.
-            cell = self._grid.cell(float(ta), float(tb))
+            cell = self._grid.cell(ta, tb)
             if cell is not None:
                 chunk, i = cell
                 if not return_U:
                     return chunk.dw[i]
                 assert chunk.du is not None
                 return chunk.dw[i], chunk.du[i]
-        for t in (ta, tb):  # a point query before t0 read as "need ta <= tb, got ta=t0, tb=t"
-            self._check_in_range(float(t))
-        if float(ta) > float(tb) + self._eps:  # before the halfway tree rounds both to one grid time
-            raise ValueError(f"need ta <= tb, got ta={float(ta)}, tb={float(tb)}.")
-        a, (wa, ka) = self._point(float(ta))
-        b, (wb, kb) = self._point(float(tb))
+        # A point query before t0 read as "need ta <= tb, got ta=t0, tb=t": the range is checked first.
+        self._check_in_range(ta)
+        self._check_in_range(tb)
+        if ta > tb + self._eps:  # before the halfway tree rounds both to one grid time
+            raise ValueError(f"need ta <= tb, got ta={ta}, tb={tb}.")
+        a, (wa, ka) = self._point(ta)
+        b, (wb, kb) = self._point(tb)
         w = wb - wa
         if not (return_U or return_A):
             return w
