@@ -12,6 +12,7 @@ import torch
 
 from ._autocast import field_autocast
 from ._backend import resolve_backend
+from ._double_backward import first_order_only
 from ._errors import BackendError, SolverError, Status
 from ._event import Event
 from ._problem import Problem, check_t_dtype, make_problem
@@ -188,7 +189,25 @@ def _solve_host(
         return solve_sample_events(problem, event_fn, throw=throw, adjoint=adjoint, adjoint_params=adjoint_params)
     if event_fn is not None:
         event_fn = _nonempty_event(event_fn)
-    return sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
+    sol = sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
+    if _records_compiled_steps(solver, sensitivity):
+        # torch's own error for a second backward came from its engine, naming neither the option nor a fix
+        sol.ys = first_order_only(sol.ys)
+    return sol
+
+
+def _records_compiled_steps(solver, sensitivity) -> bool:
+    """Whether autograd records a solve's compiled step attempts directly (``options={'compile': True}``
+    with plain direct backprop): the one gradient path whose second backward reaches torch.compile's
+    first-order backward (the adjoints and checkpointing refuse ``create_graph`` themselves, and
+    transforms and forward mode run eager steps)."""
+    return (
+        getattr(solver, "compile", False)
+        and type(sensitivity) is DirectBackprop
+        and sensitivity.checkpoints is None
+        and not inside_transform()
+        and not forward_mode_active()
+    )
 
 
 def _nonempty_event(event_fn: Callable) -> Callable:

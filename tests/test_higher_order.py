@@ -255,3 +255,54 @@ def test_sdeint_differentiates_twice_by_direct_backprop(method):
     eps = 1e-5
     fd = (first(0.7 + eps) - first(0.7 - eps)) / (2 * eps)
     torch.testing.assert_close(second, fd, rtol=1e-7, atol=0.0)
+
+
+class _Linear(torch.nn.Module):
+    """dy/dt = A y with A a parameter (the parameter path of a second derivative)."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.a = torch.nn.Parameter(a.clone())
+
+    def forward(self, t, y):
+        return y @ self.a.T
+
+
+#: one model for the compiled solves below, so that its step graphs compile once
+_COMPILED_FIELD = _Linear(THETA[:4].reshape(2, 2))
+
+
+def _compiled_loss(y0: torch.Tensor) -> torch.Tensor:
+    ys = hn.odeint(_COMPILED_FIELD, y0, TIMES, rtol=1e-8, atol=1e-10, method="dopri5", options={"compile": True})
+    return _loss_of(ys[-1])
+
+
+@pytest.mark.parametrize("path", ["y0", "parameters"])
+def test_compile_true_refuses_create_graph_with_the_fix(path):
+    # torch's "torch.compile with aot_autograd does not currently support double backward" came from its
+    # engine in the second pass, naming neither compile=True nor what to do; now the first pass refuses
+    y0 = THETA[4:].clone().requires_grad_(True)
+    wrt = y0 if path == "y0" else _COMPILED_FIELD.a
+    with pytest.raises(RuntimeError, match=r"options=\{'compile': True\} gives first-order gradients only.*Drop"):
+        torch.autograd.grad(_compiled_loss(y0), wrt, create_graph=True)
+
+
+def test_compile_true_first_order_gradients_are_unchanged():
+    # without create_graph the gradients pass the check untouched: they equal the exact ones (rtol = 1e-8
+    # solves: 1e-5 relative, as above)
+    y0 = THETA[4:].clone().requires_grad_(True)
+    g_y0, g_a = torch.autograd.grad(_compiled_loss(y0), (y0, _COMPILED_FIELD.a))
+    exact = torch.func.grad(_exact)(THETA)
+    _close(g_a.reshape(-1), exact[:4])
+    _close(g_y0, exact[4:])
+
+
+def test_the_check_finds_compiled_nodes_only():
+    # an eager graph (e.g. a compiled attempt that fell back to eager steps) keeps its double backward
+    from hybrid_node._double_backward import reaches_compiled
+
+    x = torch.ones(3, requires_grad=True)
+    eager = (x.sin() * 2).sum()
+    compiled = torch.compile(lambda v: (v.sin() * 2).sum(), backend="aot_eager")(x)
+    assert not reaches_compiled([eager.grad_fn])
+    assert reaches_compiled([(compiled + eager).grad_fn])
