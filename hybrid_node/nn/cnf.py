@@ -47,6 +47,7 @@ from .._api import odeint as _odeint
 from .._api import odeint_adjoint as _odeint_adjoint
 from .._errors import SolverError
 from .._registry import METHOD_SPECS, build_solver
+from .._settings_key import value_semantics
 from ..controllers import ConstantStepSize, rms_norm
 from ..solvers.symplectic import PartitionedComposition
 from ._checks import no_single_forward, nonfinite_rows, positive_tolerance
@@ -115,6 +116,7 @@ class RNODERegularization:
         return self.kinetic > 0 or self.jacobian > 0
 
 
+@value_semantics
 @dataclasses.dataclass(frozen=True)
 class CNFSolver:
     """How each block is integrated.

@@ -28,6 +28,7 @@ from torch import nn
 from .._api import in_users_graph, solve, untraced
 from .._backend import BACKENDS, resolve_backend
 from .._registry import build_solver, check_solve_settings
+from .._settings_key import value_semantics
 from .._solution import Solution
 from .._tracing import traced
 from .._transforms import is_batched
@@ -46,6 +47,7 @@ SensitivityT = DirectBackprop | BacksolveAdjoint | InterpolatingAdjoint | GaussA
 _SENSITIVITIES = (DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint)
 
 
+@value_semantics
 @dataclasses.dataclass(frozen=True)
 class SolveSettings:
     """How an :class:`ODEBlock` solves its ODE.

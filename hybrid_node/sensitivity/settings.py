@@ -24,6 +24,7 @@ import torch
 from .._errors import BackendError
 from .._problem import Problem
 from .._registry import check_solve_settings
+from .._settings_key import value_semantics
 from .._solution import Solution
 from ..controllers import _from_numpy, bool_or_complex
 from ..loop import integrate, to_solution
@@ -83,6 +84,7 @@ class DirectBackprop(AbstractSensitivity):
         return to_solution(problem, integration, throw)
 
 
+@value_semantics
 @dataclasses.dataclass(frozen=True)
 class _AdjointSettings(AbstractSensitivity):
     """The settings the adjoint methods share: the backward solve's tolerances, method, options and norm.
@@ -178,6 +180,7 @@ def _julia_only(sensitivity: AbstractSensitivity) -> BackendError:
     )
 
 
+@value_semantics
 @dataclasses.dataclass(frozen=True)
 class BacksolveAdjoint(_AdjointSettings):
     """The adjoint method of Chen et al. (2018): solve [z, a, dL/dθ] backwards, reconstructing z.
@@ -196,6 +199,7 @@ class BacksolveAdjoint(_AdjointSettings):
         return Backsolve(problem, plan, params, event_fn, throw)
 
 
+@value_semantics
 @dataclasses.dataclass(frozen=True)
 class InterpolatingAdjoint(_AdjointSettings):
     """Checkpointed adjoint: the forward state is stored at checkpoints and each segment is re-solved
@@ -226,6 +230,7 @@ class InterpolatingAdjoint(_AdjointSettings):
             raise ValueError(f"checkpoints must be a positive int or None, got {self.checkpoints!r}.")
 
 
+@value_semantics
 @dataclasses.dataclass(frozen=True)
 class GaussAdjoint(_AdjointSettings):
     """SciMLSensitivity's GaussAdjoint (Julia backend only): adjoint with Gauss-Kronrod quadrature of
@@ -238,6 +243,7 @@ class GaussAdjoint(_AdjointSettings):
         raise _julia_only(self)
 
 
+@value_semantics
 @dataclasses.dataclass(frozen=True)
 class QuadratureAdjoint(_AdjointSettings):
     """SciMLSensitivity's QuadratureAdjoint (Julia backend only)."""
