@@ -150,24 +150,110 @@ def test_autocast_keeps_one_field_wrapper_per_module():
         assert plain is f
 
 
-def test_autocast_sde_drift_error_names_autocast():
-    """sdeint keeps refusing a drift of another dtype, and under autocast says why it has one and how to
-    cast it back (the old hint, building the model in the state's dtype, does not help there)."""
+class _LinearSDE(nn.Module):
+    """Drift and diffusion made of nn.Linear layers (which autocast runs in bfloat16 on the CPU).
+
+    With ``emulate`` each method runs its layers under autocast itself and casts its output back to the
+    state's dtype: what a solve under the caller's autocast must do for it, written out without the solve.
+    """
+
+    def __init__(self, sde_type: str = "ito", emulate: bool = False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.lf, self.lg = nn.Linear(2, 2), nn.Linear(2, 2)
+        self.noise_type, self.sde_type, self.emulate = "diagonal", sde_type, emulate
+        self.seen: set = set()  # the dtypes the layers returned
+
+    def _call(self, body, y):
+        if not self.emulate:  # under the caller's autocast, if any (autocast(enabled=False) would end it)
+            out = body(y)
+        else:
+            with _autocast():
+                out = body(y)
+        self.seen.add(out.dtype)
+        return out.to(y.dtype) if self.emulate else out
+
+    def f(self, t, y):
+        return self._call(self.lf, y)
+
+    def g(self, t, y):
+        return self._call(lambda x: 0.1 * torch.sigmoid(self.lg(x)), y)
+
+
+_SDE_TS = [0.0, 0.5, 1.0]
+
+
+def _sde_run(solve, sde, method, autocast: bool, **kw):
+    """ys and the gradients of sum(ys) in y0 and the SDE's parameters, on a fixed Brownian path."""
+    bm = hn.sde.BrownianInterval(0.0, 1.0, size=(2, 2), entropy=7, levy_area_approximation="space-time")
+    y0 = torch.tensor([[1.0, 2.0], [0.5, -1.0]], requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ys = solve(sde, y0, _SDE_TS, bm=bm, method=method, dt=0.05, **kw)
+        grads = torch.autograd.grad(ys.sum(), (y0, *sde.parameters()))
+    return ys, grads
+
+
+@pytest.mark.parametrize(
+    ("solve", "sde_type", "method"),
+    [
+        (hn.sdeint, "ito", "euler"),
+        (hn.sdeint, "ito", "milstein"),
+        (hn.sdeint, "ito", "srk"),
+        (hn.sdeint, "stratonovich", "midpoint"),
+        (hn.sdeint_adjoint, "stratonovich", "midpoint"),
+        (hn.sdeint_adjoint, "stratonovich", "reversible_heun"),
+    ],
+)
+def test_autocast_runs_the_sdes_functions_in_bfloat16_and_casts_back(solve, sde_type, method):
+    """sdeint refused a bfloat16 drift under autocast; it now does what odeint does: the drift and
+    diffusion run under the caller's autocast, their outputs cast back to the state's dtype, the solver
+    (and the adjoints' backward solves, with backward() inside autocast too) in float32. That is exactly
+    the SDE that casts its own outputs, solved without autocast: the same operations, so the same bits."""
+    sde = _LinearSDE(sde_type)
+    ys, grads = _sde_run(solve, sde, method, autocast=True)
+    assert ys.dtype == torch.float32 and sde.seen == {torch.bfloat16}
+    want_ys, want_grads = _sde_run(solve, _LinearSDE(sde_type, emulate=True), method, autocast=False)
+    assert torch.equal(ys, want_ys)
+    for got, want in zip(grads, want_grads):
+        assert torch.equal(got, want)
+
+
+def test_autocast_sdeint_agrees_with_torchsde():
+    """torchsde under the same autocast adds the bfloat16 drift to the float32 state by type promotion,
+    rounding f dt to bfloat16 first (relative 2^-9 = 2e-3 of each increment); hybrid_node casts f to
+    float32 before the product. Over 20 Euler steps with |f dt| <= 0.2 the two differ by at most
+    20 * 0.2 * 2e-3 = 8e-3; the bfloat16 drift itself moves the solution ~1e-3 from the float32 one.
+    torchsde without autocast on the SDE that casts its own outputs runs the same float32 arithmetic
+    on the same drift values: equal to float32 rounding."""
+    torchsde = pytest.importorskip("torchsde")
+    y0 = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    ts = torch.tensor(_SDE_TS)
+
+    def bm():
+        return torchsde.BrownianInterval(0.0, 1.0, size=(2, 2), entropy=7)
+
+    with _autocast():
+        ours = hn.sdeint(_LinearSDE(), y0, ts, bm=bm(), method="euler", dt=0.05)
+        theirs = torchsde.sdeint(_LinearSDE(), y0, ts, bm=bm(), method="euler", dt=0.05)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=8e-3)
+    emulated = torchsde.sdeint(_LinearSDE(emulate=True), y0, ts, bm=bm(), method="euler", dt=0.05)
+    torch.testing.assert_close(ours, emulated)  # float32's default tolerances: rounding only
+
+
+def test_autocast_does_not_cast_another_dtype():
+    """Only what autocast made is cast back: a float64 drift on a float32 state is still refused, with
+    the usual hint (casting it would hide a model built in the wrong dtype)."""
 
     class SDE(nn.Module):
         noise_type, sde_type = "diagonal", "ito"
 
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(2, 2)
-
         def f(self, t, y):
-            return self.lin(y)
+            return y.double()
 
         def g(self, t, y):
             return 0.1 * torch.ones_like(y)
 
-    with _autocast(), pytest.raises(ValueError, match=r"torch\.autocast\('cpu'.*\.to\(y\.dtype\)"):
+    with _autocast(), pytest.raises(ValueError, match=r"returned dtype torch\.float64 but y0 is torch\.float32"):
         hn.sdeint(SDE(), torch.ones(2, 2), [0.0, 0.5], dt=0.1)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._autocast import full_precision
+from .._autocast import autocast_dtype, full_precision
 
 NOISE_TYPES = ("diagonal", "additive", "scalar", "general")
 SDE_TYPES = ("ito", "stratonovich")
@@ -49,6 +49,58 @@ def noise_product(noise_type: str, g: torch.Tensor, v: torch.Tensor) -> torch.Te
         return torch.bmm(g, v.unsqueeze(-1)).squeeze(-1)
 
 
+def field_autocast_of(y0: Any) -> tuple[str, torch.dtype] | None:
+    """The caller's autocast on the state's device, which the drift and diffusion run under, or None.
+
+    Args:
+        y0: the initial state (its device picks the autocast; a non-tensor is checked later, read as CPU).
+
+    Returns:
+        (device type, autocast dtype), or None where autocast is off there.
+    """
+    device_type = y0.device.type if isinstance(y0, torch.Tensor) else "cpu"
+    dtype = autocast_dtype(device_type)
+    return None if dtype is None else (device_type, dtype)
+
+
+def _cast_back(out: Any, y: torch.Tensor, low: torch.dtype) -> Any:
+    """``out`` (a tensor or a tuple of them) with each part autocast left in ``low`` in ``y``'s dtype.
+
+    Any other dtype stays as it is, for the solvers' dtype check to refuse with its hint.
+    """
+    if isinstance(out, torch.Tensor):
+        return out.to(y.dtype) if out.dtype == low and y.dtype != low and y.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_cast_back(o, y, low) for o in out)
+    return out
+
+
+def _under_autocast(fn: Callable | None, autocast: tuple[str, torch.dtype] | None) -> Callable | None:
+    """``fn(t, y, ...)`` run under the caller's autocast, its outputs cast back to the state's dtype.
+
+    The solve itself runs with autocast off (:func:`hybrid_node.sde.sdeint`), so only the user's
+    functions compute in the lower precision and the state stays the full-precision master copy
+    (Micikevicius et al., "Mixed precision training", ICLR 2018), as :func:`hybrid_node.odeint` does.
+
+    Args:
+        fn: a user's drift, diffusion or product function, or None.
+        autocast: (device type, dtype) of the caller's autocast (:func:`field_autocast_of`), or None.
+
+    Returns:
+        ``fn`` itself where it is None or autocast is off, else the wrapped function.
+    """
+    if fn is None or autocast is None:
+        return fn
+    device_type, low = autocast
+
+    def call(t, y: torch.Tensor, *rest: Any) -> Any:
+        with torch.autocast(device_type, dtype=low):
+            out = fn(t, y, *rest)
+        return _cast_back(out, y, low)
+
+    return call
+
+
 class _TimeCache:
     """The 0-d time tensor of the last float time asked for: f and g of one stage share one tensor.
 
@@ -78,12 +130,16 @@ class SDEView:
     Args:
         sde: the user's object.
         names: optional torchsde-style renaming, e.g. ``{"drift": "my_f"}``.
+        autocast: the caller's autocast (:func:`field_autocast_of`) to run the user's functions under,
+            their outputs cast back to the state's dtype; None: call them as they are.
 
     Raises:
         ValueError: missing or unknown noise_type/sde_type, no drift or no diffusion, unknown ``names`` keys.
     """
 
-    def __init__(self, sde: Any, names: Mapping[str, str] | None = None):
+    def __init__(
+        self, sde: Any, names: Mapping[str, str] | None = None, autocast: tuple[str, torch.dtype] | None = None
+    ):
         if names is not None and not isinstance(names, Mapping):
             # dict() of a list of names would fail with "dictionary update sequence element #0 has length 5"
             raise TypeError(
@@ -111,7 +167,7 @@ class SDEView:
         self.sde_type: str = sde.sde_type
 
         def get(key: str):
-            return getattr(sde, names.get(key, NAME_KEYS[key]), None)
+            return _under_autocast(getattr(sde, names.get(key, NAME_KEYS[key]), None), autocast)
 
         self._f, self._g, self._h = get("drift"), get("diffusion"), get("prior_drift")
         self._fg, self._gp, self._fgp = (

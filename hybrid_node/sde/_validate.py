@@ -161,11 +161,13 @@ def prepare(
     options: Mapping[str, Any] | None,
     names: Mapping[str, str] | None,
     logqp: bool,
+    autocast: tuple[str, torch.dtype] | None = None,
 ) -> Prepared:
     """Check every input of sdeint and build the solver and (if not given) the Brownian motion.
 
     Args:
-        As :func:`hybrid_node.sde.sdeint`.
+        As :func:`hybrid_node.sde.sdeint`; autocast: the caller's autocast, which the SDE's functions
+        run under (:class:`~hybrid_node.sde._sde.SDEView`).
 
     Returns:
         A :class:`Prepared` problem.
@@ -173,7 +175,7 @@ def prepare(
     Raises:
         ValueError: the message names the bad input and how to fix it.
     """
-    view = SDEView(sde, names)
+    view = SDEView(sde, names, autocast)
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         shape = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
         raise ValueError(

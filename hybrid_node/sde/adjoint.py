@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .._autocast import full_precision_backward
 from .._errors import SolverError, Status
 from ..sensitivity._backward import first_order_only
 from ._cotangents import step_cotangents, vjp
@@ -420,6 +421,7 @@ class _StochasticAdjoint(torch.autograd.Function):
         return ys, lrs
 
     @staticmethod
+    @full_precision_backward  # called inside torch.autocast, its solve ran in the autocast dtype
     def backward(ctx, grad_ys, grad_lrs):
         params = ctx.saved_params
         grad_lrs = grad_lrs if ctx.traj.log_ratios else None

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .._autocast import full_precision_backward
 from ._cotangents import vjp
 from ._loop import Trajectory
 from ._validate import Prepared
@@ -127,6 +128,7 @@ class _ReversibleAdjoint(torch.autograd.Function):
         return ys, lrs
 
     @staticmethod
+    @full_precision_backward  # called inside torch.autocast, its solve ran in the autocast dtype
     def backward(ctx, grad_ys, grad_lrs):
         grad_lrs = grad_lrs if ctx.traj.log_ratios else None
         grad_y0, grad_params = backward_pass(ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, grad_lrs)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from .._problem import warn_unresolvable_tolerance
 from .._transforms import inside_transform, is_batched
 from ..sensitivity._backward import param_tensors
 from ._loop import integrate
+from ._sde import field_autocast_of
 from ._validate import Prepared, check_tolerances, prepare
 from .adjoint import BackwardSteps, solve_stochastic_adjoint
 from .reversible_adjoint import solve_reversible_adjoint
@@ -72,6 +74,28 @@ def _check_transform(y0: Any, adjoint: bool) -> None:
         )
 
 
+@contextlib.contextmanager
+def _solver_precision(y0: Any) -> Iterator[tuple[str, torch.dtype] | None]:
+    """Run the body with the caller's autocast off on the state's device, yielding that autocast.
+
+    Under ``torch.autocast`` the SDE's drift and diffusion run in its dtype and their outputs are cast
+    back to the state's (:class:`~hybrid_node.sde._sde.SDEView`); the solver's own arithmetic (the
+    increments, step-doubling errors, Milstein and log-ODE corrections) stays in the state's dtype.
+
+    Args:
+        y0: the initial state.
+
+    Yields:
+        (device type, autocast dtype) of the caller's autocast, or None where it is off.
+    """
+    autocast = field_autocast_of(y0)
+    if autocast is None:
+        yield None
+        return
+    with torch.autocast(autocast[0], enabled=False):
+        yield autocast
+
+
 def sdeint(
     sde: Any,
     y0: torch.Tensor,
@@ -122,29 +146,31 @@ def sdeint(
         P. E. Kloeden, E. Platen, "Numerical Solution of Stochastic Differential Equations", Springer 1992.
     """
     _check_transform(y0, adjoint=False)
-    p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
-    if extra_solver_state is not None:
-        _check_extra_state(p, y0, extra_solver_state)
-    if len(p.ts) == 1:
-        # no step: the extra state is the one at ts[0], as torchsde returns it (its init, if not given)
-        if extra and extra_solver_state is None:
-            extra_solver_state = p.solver.init(p.sde, p.ts[0], y0)
-        return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], extra_solver_state, logqp, extra)
-    traj = integrate(
-        p.solver,
-        p.sde,
-        p.bm,
-        y0,
-        p.ts,
-        dt=dt,
-        adaptive=adaptive,
-        rtol=rtol,
-        atol=atol,
-        dt_min=dt_min,
-        logqp=logqp,
-        extra0=extra_solver_state,
-    )
-    return _finish(torch.stack(traj.ys), traj.log_ratios, traj.extra, logqp, extra)
+    # under torch.autocast only the drift and diffusion run in its dtype (SDEView), the solver in y0's
+    with _solver_precision(y0) as autocast:
+        p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp, autocast)
+        if extra_solver_state is not None:
+            _check_extra_state(p, y0, extra_solver_state)
+        if len(p.ts) == 1:
+            # no step: the extra state is the one at ts[0], as torchsde returns it (its init, if not given)
+            if extra and extra_solver_state is None:
+                extra_solver_state = p.solver.init(p.sde, p.ts[0], y0)
+            return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], extra_solver_state, logqp, extra)
+        traj = integrate(
+            p.solver,
+            p.sde,
+            p.bm,
+            y0,
+            p.ts,
+            dt=dt,
+            adaptive=adaptive,
+            rtol=rtol,
+            atol=atol,
+            dt_min=dt_min,
+            logqp=logqp,
+            extra0=extra_solver_state,
+        )
+        return _finish(torch.stack(traj.ys), traj.log_ratios, traj.extra, logqp, extra)
 
 
 def sdeint_adjoint(
@@ -220,34 +246,35 @@ def sdeint_adjoint(
         raise ValueError(f"unknown adjoint_options {sorted(adjoint_options)}; the adjoint solvers take none.")
     if extra_solver_state is not None:
         raise ValueError("extra_solver_state is not supported by sdeint_adjoint; use sdeint (direct backprop).")
-    p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp)
-    if len(p.ts) == 1:
-        state = p.solver.init(p.sde, p.ts[0], y0) if extra else None  # as sdeint's
-        return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], state, logqp, extra)
-    settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
-    reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
-    if adjoint_adaptive and reversible:
-        raise ValueError(
-            "adjoint_adaptive=True does not apply to the reversible adjoint, which undoes the forward steps "
-            "exactly; drop it, or use adjoint_method='midpoint' (the stochastic adjoint)."
-        )
-    check_tolerances(adjoint_rtol, adjoint_atol, "adjoint_")
-    if adjoint_adaptive:
-        warn_unresolvable_tolerance(float(adjoint_rtol), float(adjoint_atol), y0, "adjoint_")
-    control = BackwardSteps(adjoint_adaptive, dt, adjoint_rtol, adjoint_atol, dt_min)
-    if reversible:
-        ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
-    elif adjoint_method in (None, "midpoint"):
-        ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings, control)
-    elif adjoint_method == "adjoint_reversible_heun":  # torchsde's name, with another forward method
-        raise ValueError(
-            f"adjoint_method='adjoint_reversible_heun' undoes reversible Heun steps, so it needs "
-            f"method='reversible_heun' (got method={p.solver.name!r}); or use adjoint_method='midpoint' "
-            "(the stochastic adjoint) with this method."
-        )
-    else:
-        raise ValueError(
-            f"unknown adjoint_method {adjoint_method!r}: use 'midpoint' (stochastic adjoint), or "
-            "'adjoint_reversible_heun' with method='reversible_heun'."
-        )
-    return _finish(ys, list(log_ratios), extra_state, logqp, extra)
+    with _solver_precision(y0) as autocast:
+        p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp, autocast)
+        if len(p.ts) == 1:
+            state = p.solver.init(p.sde, p.ts[0], y0) if extra else None  # as sdeint's
+            return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], state, logqp, extra)
+        settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
+        reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
+        if adjoint_adaptive and reversible:
+            raise ValueError(
+                "adjoint_adaptive=True does not apply to the reversible adjoint, which undoes the forward steps "
+                "exactly; drop it, or use adjoint_method='midpoint' (the stochastic adjoint)."
+            )
+        check_tolerances(adjoint_rtol, adjoint_atol, "adjoint_")
+        if adjoint_adaptive:
+            warn_unresolvable_tolerance(float(adjoint_rtol), float(adjoint_atol), y0, "adjoint_")
+        control = BackwardSteps(adjoint_adaptive, dt, adjoint_rtol, adjoint_atol, dt_min)
+        if reversible:
+            ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
+        elif adjoint_method in (None, "midpoint"):
+            ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings, control)
+        elif adjoint_method == "adjoint_reversible_heun":  # torchsde's name, with another forward method
+            raise ValueError(
+                f"adjoint_method='adjoint_reversible_heun' undoes reversible Heun steps, so it needs "
+                f"method='reversible_heun' (got method={p.solver.name!r}); or use adjoint_method='midpoint' "
+                "(the stochastic adjoint) with this method."
+            )
+        else:
+            raise ValueError(
+                f"unknown adjoint_method {adjoint_method!r}: use 'midpoint' (stochastic adjoint), or "
+                "'adjoint_reversible_heun' with method='reversible_heun'."
+            )
+        return _finish(ys, list(log_ratios), extra_state, logqp, extra)
