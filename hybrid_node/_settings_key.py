@@ -51,8 +51,8 @@ def frozen(value: Any, where: str = "value") -> Any:
         hash(value)
     except TypeError:
         raise TypeError(
-            f"{where} holds a value of type {type(value).__name__}, which has no hash, so the settings cannot be hashed or "
-            "compared; give a number, string, tensor, list, dict or a hashable object there."
+            f"{where} holds a value of type {type(value).__name__}, which has no hash, so the settings cannot "
+            "be hashed or compared; give a number, string, tensor, list, dict or a hashable object there."
         ) from None
     return value
 
