@@ -63,5 +63,7 @@ def test_an_unhashable_option_value_is_named():
 
     settings = SolveSettings(method="rk4", options={"step_size": 0.1})
     object.__setattr__(settings, "options", {"step_size": 0.1, "perturb": Opaque()})
-    with pytest.raises(TypeError, match=r"SolveSettings\.options\['perturb'\] holds a value of type Opaque, which has no"):
+    with pytest.raises(
+        TypeError, match=r"SolveSettings\.options\['perturb'\] holds a value of type Opaque, which has no"
+    ):
         hash(settings)
