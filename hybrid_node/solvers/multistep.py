@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,7 @@ import torch
 from numpy.polynomial import Polynomial
 
 from ..controllers import error_precision, initial_step, rms_norm
+from ..interpolation import host_matrix
 from .adams import check_max_iters, integer_setting
 from .base import AbstractSolver, Field, Interpolant
 from .linalg import Factorization, JacobianSettings, block_jacobian, factorize
@@ -292,9 +293,60 @@ class NordsieckInterpolant(Interpolant):
         return out
 
     def many(self, thetas) -> torch.Tensor:
-        s = torch.tensor([th - 1.0 for th in thetas], dtype=self.z.dtype, device=self.z.device)
-        powers = s.unsqueeze(1) ** torch.arange(self.z.shape[0], dtype=self.z.dtype, device=self.z.device)
-        return torch.tensordot(powers, self.z, dims=1)
+        """The dense output at several thetas at once, shape (len(thetas), *z.shape[1:]).
+
+        Horner's scheme on all thetas together, with ``s = theta - 1`` as a column: the same
+        operations as :meth:`__call__` and :meth:`sample_rows`, so all three agree to the last bit.
+        """
+        s = self._s(thetas).reshape((-1,) + (1,) * (self.z.dim() - 1))
+        out = self.z[-1].unsqueeze(0)
+        for zj in reversed(self.z[:-1].unbind(0)):
+            out = zj + s * out
+        shape = (s.shape[0],) + tuple(self.z.shape[1:])
+        return out if out.shape == shape else out.expand(shape).clone()  # a constant: one row per theta
+
+    def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times).
+
+        Horner's scheme of :meth:`many` on the k requested rows of the Nordsieck array only, so each
+        row equals the whole-batch evaluation's to the last bit, in O(k) rows instead of O(k * n).
+
+        Args:
+            thetas: (k,) the fractions of the step.
+            idx: (k,) the sample (row) each fraction is for.
+            n: the number of rows the state is seen as.
+
+        Returns:
+            A (k, m) tensor, with autograd as enabled.
+        """
+        z = self.z.reshape(self.z.shape[0], n, -1)[:, idx]  # (order + 1, k, m)
+        s = self._s(thetas).unsqueeze(1)
+        out = z[-1]
+        for zj in reversed(z[:-1].unbind(0)):
+            out = zj + s * out
+        return out
+
+    def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
+        """The theta-derivative ``sum_j j z_j s^(j-1)`` of row ``idx[j]`` at ``thetas[j]``, shape (k, m).
+
+        The exact derivative of the step's polynomial (Hairer, Nørsett, Wanner, Solving ODEs I,
+        Section III.6); divided by the step, its slope in time, each sample at its own time.
+
+        Args: as :meth:`sample_rows`.
+
+        Returns:
+            A (k, m) tensor, with autograd as enabled.
+        """
+        z = self.z.reshape(self.z.shape[0], n, -1)[:, idx]
+        s = self._s(thetas).unsqueeze(1)
+        out = torch.zeros_like(z[0])
+        for j in range(z.shape[0] - 1, 0, -1):
+            out = j * z[j] + s * out
+        return out
+
+    def _s(self, thetas: Sequence[float]) -> torch.Tensor:
+        """``theta - 1`` for each theta, formed in float64 as :meth:`__call__` forms it, in the array's dtype."""
+        return host_matrix(np.asarray(thetas, dtype=np.float64) - 1.0, self.z)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
