@@ -39,9 +39,9 @@ def test_the_demo_solves_have_a_step_budget(monkeypatch):
     the budget (made small here so the test is fast) ends it with the --lr message."""
     settings = spiral_demo.DemoSettings(iters=5, lr=1000.0, data_size=100, batch_time=5, batch_size=4)
     assert spiral_demo._solve_options(settings) == {"max_num_steps": spiral_demo.STEP_BUDGET}
-    assert (
-        spiral_demo._solve_options(spiral_demo.DemoSettings(method="scipy_solver", adjoint=True)) is None
-    )  # takes no such option
+    # scipy_solver counts its steps too (it stepped without a limit before)
+    scipy = spiral_demo.DemoSettings(method="scipy_solver", adjoint=True)
+    assert spiral_demo._solve_options(scipy) == {"max_num_steps": spiral_demo.STEP_BUDGET}
     monkeypatch.setattr(spiral_demo, "STEP_BUDGET", 200)
     with pytest.raises(SettingsError, match=r"training diverged at iteration \d+: .*maximum number of steps.*--lr"):
         spiral_demo.train(settings, progress=False)

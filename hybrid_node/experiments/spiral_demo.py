@@ -162,7 +162,8 @@ STEP_BUDGET = 10**5
 
 
 def _solve_options(s: DemoSettings) -> dict | None:
-    """``{"max_num_steps": STEP_BUDGET}`` where ``s.method`` takes that option, else None (scipy_solver)."""
+    """``{"max_num_steps": STEP_BUDGET}`` where ``s.method`` takes that option, else None (every
+    torch method takes it today)."""
     options = {"max_num_steps": STEP_BUDGET}
     try:
         check_solve_settings(s.method, options, backend="torch")
