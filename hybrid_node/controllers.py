@@ -38,6 +38,22 @@ class AbstractController(abc.ABC):
         """The controller state at the start of a solve (None for a controller without one)."""
 
 
+def check_max_num_steps(value: object, owner: str = "") -> None:
+    """Refuse a step limit that is not a positive int (every controller's and scipy_solver's rule).
+
+    A bool is an int to Python: ``max_num_steps=True`` was one step, so it is refused too.
+
+    Args:
+        value: the given ``max_num_steps``.
+        owner: a prefix naming who takes it in the message (e.g. ``"scipy_solver: "``), or "".
+
+    Raises:
+        ValueError: ``value`` is a bool, not an int, or below 1.
+    """
+    if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
+        raise ValueError(f"{owner}max_num_steps must be a positive int, got {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class ConstantStepSize(AbstractController):
     """Fixed steps on a grid.
@@ -72,8 +88,7 @@ class ConstantStepSize(AbstractController):
             raise ValueError(f"step_size must be a positive finite number, got {self.step_size!r}.")
         if self.interp not in ("linear", "cubic"):
             raise ValueError(f"interp must be 'linear' or 'cubic', got {self.interp!r}.")
-        if isinstance(self.max_num_steps, bool) or not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
-            raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
+        check_max_num_steps(self.max_num_steps)
 
     def init(self) -> None:
         """Fixed steps keep no state between steps."""
@@ -229,9 +244,7 @@ class PIDController(AbstractController):
                 f"need 0 <= min_step <= max_step, min_step finite and max_step > 0, got min_step={self.min_step}, "
                 f"max_step={self.max_step}."
             )
-        # a bool is an int to Python: max_num_steps=True was one step, as ConstantStepSize refuses it
-        if isinstance(self.max_num_steps, bool) or not (isinstance(self.max_num_steps, int) and self.max_num_steps > 0):
-            raise ValueError(f"max_num_steps must be a positive int, got {self.max_num_steps!r}.")
+        check_max_num_steps(self.max_num_steps)
         # a truthy string ("no") is no bool
         for name in ("per_sample", "device_loop", "shrink_after_accept", "grow_after_reject"):
             if not isinstance(getattr(self, name), bool):

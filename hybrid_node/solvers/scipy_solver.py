@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .._errors import SolverError, Status, blowup_cause, field_cause
-from ..controllers import PIDController
+from ..controllers import PIDController, check_max_num_steps
 from .base import ExternalSolver
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -195,10 +195,7 @@ class ScipySolver(ExternalSolver):
             )
         if self.first_step is not None and not _number("first_step", self.first_step) > 0:
             raise ValueError(f"scipy_solver: first_step must be positive, got {self.first_step!r}.")
-        steps = self.max_num_steps
-        # a bool is an int to Python (True was one step), as PIDController refuses it
-        if isinstance(steps, bool) or not (isinstance(steps, int) and steps > 0):
-            raise ValueError(f"scipy_solver: max_num_steps must be a positive int, got {steps!r}.")
+        check_max_num_steps(self.max_num_steps, "scipy_solver: ")
 
     def _step_options(self) -> dict:
         """The step bounds that differ from scipy's defaults (the others are not passed: scipy
