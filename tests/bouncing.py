@@ -50,3 +50,19 @@ class Decay(torch.nn.Module):
 
     def forward(self, t, y):
         return -self.theta * y
+
+
+class CountingBall(torch.nn.Module):
+    """:func:`fall` with a learnable g: y = (height, speed), y' = (speed, -g); counts its calls and the rows
+    they evaluate (a whole-batch call per fired sample shows as more rows)."""
+
+    def __init__(self, g: float = G):
+        super().__init__()
+        self.g = torch.nn.Parameter(torch.tensor(g))
+        self.calls = 0
+        self.rows = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        self.rows += y.shape[0]
+        return torch.stack([y[:, 1], -self.g * torch.ones_like(y[:, 1])], 1)

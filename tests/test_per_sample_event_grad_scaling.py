@@ -20,27 +20,12 @@ import numpy as np
 import pytest
 import torch
 from _gradient_problems import Damped, assert_matches_central_differences
+from bouncing import CountingBall
+from bouncing import G as G0
 
 import hybrid_node as hn
 
 pytestmark = pytest.mark.usefixtures("float64_default")
-
-G0 = 9.81
-
-
-class Ball(torch.nn.Module):
-    """y = (height, speed), y' = (speed, -g), with a learnable g; counts its calls and rows."""
-
-    def __init__(self, g: float = G0):
-        super().__init__()
-        self.g = torch.nn.Parameter(torch.tensor(g))
-        self.calls = 0
-        self.rows = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        self.rows += y.shape[0]
-        return torch.stack([y[:, 1], -self.g * torch.ones_like(y[:, 1])], 1)
 
 
 def _height(t, y):
@@ -82,7 +67,7 @@ def _closed_form(h: np.ndarray, v: np.ndarray, g: float = G0) -> dict[str, np.nd
 
 def _counts(batch: int, grad: bool, method: str = "dopri5") -> tuple[int, int]:
     """(field calls, rows evaluated) of one solve of ``batch`` balls, with or without gradients."""
-    ball = Ball()
+    ball = CountingBall()
     h = torch.linspace(1.0, 50.0, batch).requires_grad_(grad)  # impacts spread over 0.45 s to 3.2 s
     y0 = torch.stack([h, torch.zeros_like(h)], 1)
     with torch.set_grad_enabled(grad):
@@ -123,7 +108,7 @@ def test_hermite_dense_output_gradients_add_no_field_call(method):
 @pytest.mark.parametrize("method", ["dopri5", "rk4", "dopri8"])
 def test_ball_gradients_match_the_closed_form(method):
     """Event times and event states against the closed form (dopri8 with its own per-sample slopes)."""
-    ball = Ball()
+    ball = CountingBall()
     h = torch.tensor([1.0, 20.0, 2.0, 0.5], requires_grad=True)
     v = torch.tensor([0.0, 3.0, -4.0, 1.0], requires_grad=True)
     sol = _solve(ball, torch.stack([h, v], 1), method=method)
@@ -181,14 +166,14 @@ def test_rows_solved_one_at_a_time_give_the_same_gradients():
     state and their gradients are those of the row solved alone (the shared g's gradient: their sum)."""
     h = torch.tensor([1.0, 30.0, 0.0, 5.0])
     v = torch.tensor([0.5, 0.0, -1.0, 2.0])
-    ball = Ball()
+    ball = CountingBall()
     y0 = torch.stack([h, v], 1).requires_grad_(True)
     sol = _solve(ball, y0, method="rk4")
     loss = sol.t_final.sum() + sol.ys[-1][:, 1].sum()
     g_y0, g_g = torch.autograd.grad(loss, (y0, ball.g))
     total = 0.0
     for i in range(len(h)):
-        one = Ball()
+        one = CountingBall()
         y0_i = y0.detach()[i : i + 1].clone().requires_grad_(True)
         sol_i = _solve(one, y0_i, method="rk4")
         assert float(sol_i.t_final.detach()[0]) == float(sol.t_final.detach()[i])
@@ -204,7 +189,7 @@ def test_rows_solved_one_at_a_time_give_the_same_gradients():
 def test_frozen_rows_get_finite_correct_gradients(sensitivity):
     """Rows that fire far apart (0.45 s and 45 s: the first stays frozen for thousands of steps), one that
     fires at t0 (height 0, falling) and one that never fires before t_end (throw=False)."""
-    ball = Ball()
+    ball = CountingBall()
     h = torch.tensor([1.0, 1e4, 0.0, 1e6], requires_grad=True)
     v = torch.tensor([0.0, 0.0, -1.0, 0.0], requires_grad=True)
     t_end = 60.0
@@ -332,7 +317,7 @@ def test_frozen_rows_pass_the_term_attributes_and_counters_through():
     from hybrid_node.loop.events import FrozenRows
 
     y0 = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
-    term = Term(Ball(), y0, torch.float64)
+    term = Term(CountingBall(), y0, torch.float64)
     wrapped = FrozenRows(term, torch.tensor([True, False]), torch.Size([2]))
     assert wrapped.reverse is term.reverse and wrapped.t_dtype == term.t_dtype
     f = wrapped(0.0, y0)

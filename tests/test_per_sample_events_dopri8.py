@@ -15,28 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bouncing import CountingBall, G
 
 import hybrid_node as hn
 from hybrid_node.solvers.dopri8 import Dopri8Interpolant
 
 pytestmark = pytest.mark.usefixtures("float64_default")
-
-G = 9.81
-
-
-class _Ball(torch.nn.Module):
-    """y = (height, speed), y' = (speed, -g); counts its calls and the rows they evaluate."""
-
-    def __init__(self):
-        super().__init__()
-        self.g = torch.nn.Parameter(torch.tensor(G))
-        self.calls = 0
-        self.rows = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        self.rows += y.shape[0]
-        return torch.stack([y[:, 1], -self.g * torch.ones_like(y[:, 1])], 1)
 
 
 class _Mlp(torch.nn.Module):
@@ -53,8 +37,8 @@ class _Mlp(torch.nn.Module):
         return self.drift + 0.5 * torch.tanh(y @ self.w1) @ self.w2
 
 
-def _balls(batch: int, grad: bool) -> tuple[_Ball, torch.Tensor, hn.Solution]:
-    ball = _Ball()
+def _balls(batch: int, grad: bool) -> tuple[CountingBall, torch.Tensor, hn.Solution]:
+    ball = CountingBall()
     h = torch.linspace(1.0, 50.0, batch).requires_grad_(grad)  # impacts spread over 0.45 s to 3.2 s
     y0 = torch.stack([h, torch.zeros_like(h)], 1)
     with torch.set_grad_enabled(grad):
