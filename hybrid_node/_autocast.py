@@ -104,6 +104,14 @@ def restore_dtype(out: Any, y: Any, low: torch.dtype) -> Any:
     return out
 
 
+def _under_autocast(func: Callable, device_type: str, dtype: torch.dtype, t: torch.Tensor, y: Any) -> Any:
+    """``func(t, y)`` under ``torch.autocast(device_type, dtype)``, its output in the state's dtype
+    (:func:`restore_dtype`): the body of both field wrappers below."""
+    with torch.autocast(device_type, dtype=dtype):
+        out = func(t, y)
+    return restore_dtype(out, y, dtype)
+
+
 class _AutocastCall:
     """Calls ``func`` under ``torch.autocast(device_type, dtype)``; other attributes are ``func``'s (its step
     callbacks, ``__self__``), so the loops find them as on ``func`` itself."""
@@ -114,9 +122,7 @@ class _AutocastCall:
         self.dtype = dtype
 
     def __call__(self, t: torch.Tensor, y: Any) -> Any:
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.func(t, y)
-        return restore_dtype(out, y, self.dtype)
+        return _under_autocast(self.func, self.device_type, self.dtype, t, y)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["func"], name)
@@ -133,9 +139,7 @@ class _AutocastModule(torch.nn.Module):
         self.dtype = dtype
 
     def forward(self, t: torch.Tensor, y: Any) -> Any:
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.func(t, y)
-        return restore_dtype(out, y, self.dtype)
+        return _under_autocast(self.func, self.device_type, self.dtype, t, y)
 
     def __getattr__(self, name: str) -> Any:
         try:
