@@ -284,6 +284,30 @@ def _fixed_grid_count(stops: np.ndarray, dt: float, until: float) -> int:
     return done
 
 
+def _backward_steps(t_from: float, t_to: float, dt: float) -> int:
+    """The steps the adjoint's backward solve of a fixed-step forward solve takes between two output times.
+
+    The backward solve runs with the forward's keywords: ``_concrete_solve_adjoint`` hands them
+    (``kwargs_init``, the solve's keywords less ``callback``/``initializealg``) to
+    ``adjoint_sensitivities`` (SciMLSensitivity src/concrete_solve.jl:545-552 and 887 at v7.97.0
+    2a7dfa7, :592-599 and 954 at v7.112.1 8a935f5), whose ``solve(adj_prob, alg; ..., tstops,
+    ..., kwargs...)`` (src/gauss_adjoint.jl:709-712 / :847-850, src/sensitivity_interface.jl:477-480 /
+    :479-482, src/quadrature_adjoint.jl:444-446 / :527-529) lets the rightmost ``tstops`` win: the
+    forward's ``adaptive = false``, ``dt`` and ``tstops = ts``. So it steps back from each output
+    time with ``dt``, shortened to land on the next one (``modify_dt_for_tstops!`` with ``tdir < 0``),
+    exactly as many steps as the forward took in that gap, and no step is rejected.
+
+    Args:
+        t_from, t_to: the output times the backward solve goes between (either order).
+        dt: the forward's fixed step.
+
+    Returns:
+        The number of steps, counted against the forward's ``maxiters`` as ``integrator.iter`` is.
+    """
+    lo, hi = sorted((float(t_from), float(t_to)))
+    return _steps_in_gap(lo, hi, dt)
+
+
 def _attempts(solver, nfev_before: int) -> int:
     """The step attempts (accepted and rejected) scipy's ``solver.step()`` just made.
 
@@ -740,11 +764,15 @@ class StandinEngine:
             if tau != t_cur:
                 if not np.all(np.isfinite(z)):  # a NaN cotangent: NaN error estimate, NaN dt
                     raise JuliaError(AdjointSolveFailed(["NaN dt detected."]), None)
+                if cfg.fixed_step:  # upstream's backward steps: the forward's grid (see _backward_steps)
+                    attempts += _backward_steps(t_cur, tau, cfg.dt)
+                    if attempts > maxiters:
+                        raise JuliaError(AdjointSolveFailed(["Interrupted. Larger maxiters is needed."]), None)
                 solver = DOP853(rhs, t_cur, z, tau, rtol=cfg.rtol, atol=cfg.atol)
                 while solver.status == "running":
                     before = solver.nfev
                     solver.step()
-                    attempts += _attempts(solver, before)
+                    attempts += 0 if cfg.fixed_step else _attempts(solver, before)
                     if attempts > maxiters:
                         warning = "Interrupted. Larger maxiters is needed."  # DiffEqBase check_error
                     elif solver.status == "failed" or not np.all(np.isfinite(solver.y)):

@@ -105,3 +105,27 @@ def test_a_terminal_event_search_out_of_steps_is_no_event_on_both_backends():
         )  # fmt: skip
     assert on_torch.value.status is on_julia.value.status is Status.NO_EVENT
     assert 0.0 < on_julia.value.t < 50.0
+
+
+def test_the_backward_solve_of_a_fixed_step_solve_takes_the_forward_grids_steps():
+    # Upstream's backward solve gets the forward's keywords (adaptive = false, dt, tstops = ts,
+    # maxiters; SciMLSensitivity concrete_solve.jl's kwargs_init), so it steps back on the same grid:
+    # 6 steps of 0.5 over [0, 3], within max_num_steps = 6. The stand-in counted its own adaptive
+    # DOP853 attempts instead (more than 6 at rtol 1e-10) and failed the backward pass.
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    options = {"step_size": 0.5, "max_num_steps": 6}
+    sol = jb.solve_with_engine(StandinEngine(), _rotation, y0, t, method="rk4", options=options, **TIGHT)
+    sol.ys[-1].sum().backward()
+    # y(3) = R(3) y0 for the rotation, so d sum(y(3)) / d y0 = (cos 3 - sin 3, sin 3 + cos 3). The
+    # stand-in integrates the adjoint with DOP853 at rtol 1e-10 over a span of 3: error far below 1e-7.
+    want = torch.tensor([math.cos(3.0) - math.sin(3.0), math.sin(3.0) + math.cos(3.0)], dtype=torch.float64)
+    torch.testing.assert_close(y0.grad, want, rtol=0.0, atol=1e-7)
+
+
+def test_the_stand_ins_backward_grid_has_the_forward_grids_steps():
+    # Each gap of the output grid costs the forward's fixed steps on the way back too
+    # (julia_standin._backward_steps, counted against maxiters as check_error counts integrator.iter).
+    assert julia_standin._backward_steps(3.0, 0.0, 0.5) == 6
+    assert julia_standin._backward_steps(1.0, 0.25, 0.5) == 2  # the last step shortened to land on 0.25
+    assert julia_standin._backward_steps(0.3, 0.0, 0.1) == 3  # 0.3 / 0.1 rounds to 2.9999999999999996: still 3
