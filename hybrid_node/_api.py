@@ -356,7 +356,7 @@ def _solve_external(
         ValueError: ``jump_t`` or ``step_t`` (the external loop chooses its own steps).
         SolverError: the solve failed, with ``throw``.
     """
-    solver = _external_step_limit(solver, controller)
+    solver = _external_settings(solver, controller)
     problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
     warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
     if event_fn is not None:
@@ -398,21 +398,20 @@ def _solve_external(
     return Solution(ts=problem.t, ys=ys, stats=sol.stats, status=failure.status)
 
 
-def _external_step_limit(solver: ExternalSolver, controller: AbstractController) -> ExternalSolver:
-    """``solver`` with the controller's ``max_num_steps`` where that is the smaller limit.
-
-    Both limits bound the same count (accepted steps), so the solve keeps within both: the smaller
-    one applies. Their defaults are equal, so a limit set on either alone is the one that counts.
+def _external_settings(solver: ExternalSolver, controller: AbstractController) -> ExternalSolver:
+    """``solver`` with the settings of ``controller`` that it takes (scipy: the step bounds and the
+    step limit, :meth:`~hybrid_node.solvers.scipy_solver.ScipySolver.with_controller`).
 
     Args:
-        solver: the external solver (its own ``max_num_steps``, if it has one).
+        solver: the external solver.
         controller: the solve's controller.
 
     Returns:
-        ``solver``, or a copy with the controller's smaller ``max_num_steps``.
+        ``solver``, or a copy with the controller's settings merged in.
 
     Raises:
-        ValueError: a ``ConstantStepSize`` controller (an external solver chooses its own steps).
+        ValueError: a ``ConstantStepSize`` controller (an external solver chooses its own steps), or a
+            controller setting the solver cannot honour or that conflicts with its own.
     """
     if isinstance(controller, ConstantStepSize):
         # it reached the scipy call as tolerances of None ("Could not infer dtype of NoneType")
@@ -421,11 +420,8 @@ def _external_step_limit(solver: ExternalSolver, controller: AbstractController)
             "hn.PIDController(rtol=..., atol=..., max_num_steps=...), or use a fixed-step torch solver such as "
             "hn.RK4() for fixed steps."
         )
-    own = getattr(solver, "max_num_steps", None)
-    limit = getattr(controller, "max_num_steps", None)
-    if own is None or limit is None or limit >= own:
-        return solver
-    return dataclasses.replace(cast(Any, solver), max_num_steps=limit)
+    adopt = getattr(solver, "with_controller", None)
+    return solver if adopt is None else adopt(controller)
 
 
 def _external_once(problem: Problem, sensitivity: AbstractSensitivity, adjoint_params) -> Solution:

@@ -11,6 +11,7 @@ adjoint of Chen et al. 2018, who used scipy's LSODA this way)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -159,20 +160,74 @@ def _user_time(term, s: float) -> float:
     return -float(s) if getattr(term, "reverse", False) else float(s)
 
 
+#: the PIDController settings that scipy_solver takes (see :meth:`ScipySolver.with_controller`)
+_CONTROLLER_TAKES = ("rtol", "atol", "first_step", "min_step", "max_step", "max_num_steps", "shrink_after_accept")
+
+
+@functools.cache
+def lsoda_applies_min_step() -> bool:
+    """Whether the installed scipy's LSODA keeps its steps at or above ``min_step``.
+
+    scipy 1.17's C port of LSODA parses ``min_step`` (ODEPACK's HMIN) and never stores it where the
+    step-size rules read it (scipy issue gh-25827), so it takes the same steps with or without it. The
+    probe steps LSODA on y' = -y from a step of 1e-4, with and without ``min_step`` = 0.5: ODEPACK
+    raises a changed step to at least HMIN (Hindmarsh, "ODEPACK, a systematized collection of ODE
+    solvers", 1983; STODA), so the two step sequences differ exactly where the option is applied.
+    It costs about a millisecond, once per process.
+
+    Returns:
+        False where the two runs take the same steps.
+    """
+    import scipy.integrate
+
+    def times(**options) -> list[float]:
+        stepper = scipy.integrate.LSODA(lambda t, y: -y, 0.0, np.ones(1), 100.0, first_step=1e-4, **options)
+        out = []
+        for _ in range(20):
+            stepper.step()
+            out.append(stepper.t)
+            if stepper.status != "running":
+                break
+        return out
+
+    return times() != times(min_step=0.5)
+
+
+def _merged_first_step(own: float | None, given) -> float | None:
+    """The first step of a solve from the ScipySolver's (``own``) and the controller's (``given``).
+
+    Raises:
+        ValueError: both are set and differ (neither is the stricter), naming both.
+    """
+    if given is None:
+        return own
+    # a one-element tensor or array is one step (PIDController checked it; per_sample is refused before)
+    step = float(given.reshape(-1)[0]) if isinstance(given, (torch.Tensor, np.ndarray)) else float(given)
+    if own is None or float(own) == step:
+        return step
+    raise ValueError(
+        f"scipy_solver: first_step is set twice, {own!r} on the ScipySolver and {step!r} on the PIDController; "
+        "give it on one of them."
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ScipySolver(ExternalSolver):
     """Wraps scipy's ODE solvers (those of solve_ivp); the field is evaluated by torch under no_grad.
 
     Args:
         solver: a solve_ivp method name (RK45, RK23, DOP853, Radau, BDF, LSODA).
-        min_step: LSODA's smallest step (0: none), passed to scipy as torchdiffeq does.
+        min_step: LSODA's smallest step (0: none), passed to scipy as torchdiffeq does; the other
+            methods have none and refuse a positive one. A step that fails LSODA's error test at
+            min_step fails the solve (a ``PIDController``'s min_step accepts it in the torch loops).
         max_step: the largest step (inf: none).
         first_step: the first step (None: scipy chooses).
         max_num_steps: the most accepted steps of a solve, the torch solvers' option and default
             (``PIDController.max_num_steps``); the solve fails with ``MAX_STEPS`` after them.
 
     Raises:
-        ValueError: an unknown solver, a step bound that is not a number or out of range, or a
+        ValueError: an unknown solver, a step bound that is not a number or out of range (min_step
+            above max_step, a positive min_step with another method than LSODA), or a
             ``max_num_steps`` that is not a positive int.
 
     Reference: P. Virtanen et al., "SciPy 1.0", Nature Methods 17 (2020).
@@ -195,7 +250,71 @@ class ScipySolver(ExternalSolver):
             )
         if self.first_step is not None and not _number("first_step", self.first_step) > 0:
             raise ValueError(f"scipy_solver: first_step must be positive, got {self.first_step!r}.")
+        if float(self.min_step) > float(self.max_step):
+            raise ValueError(
+                f"scipy_solver: min_step ({self.min_step!r}) must not exceed max_step ({self.max_step!r})."
+            )
+        if float(self.min_step) > 0 and self.solver != "LSODA":
+            # scipy only warned that the option "has no effect" and solved without it
+            raise ValueError(
+                f"scipy_solver: min_step={self.min_step!r} applies to LSODA only: scipy's {self.solver} has no "
+                "smallest step and would ignore it. Use solver='LSODA', or leave min_step at 0 (on the "
+                "ScipySolver and, in hn.solve, on the PIDController)."
+            )
+        if float(self.min_step) > 0 and not lsoda_applies_min_step():
+            import scipy
+
+            raise ValueError(
+                f"scipy_solver: min_step={self.min_step!r} would be ignored: the installed scipy "
+                f"{scipy.__version__}'s LSODA reads min_step and never applies it (its steps are the same with or "
+                "without it; scipy issue gh-25827, scipy 1.16's LSODA applied it). Leave min_step at 0 (on the "
+                "ScipySolver and, in hn.solve, on the PIDController), or install a scipy whose LSODA applies it."
+            )
         check_max_num_steps(self.max_num_steps, "scipy_solver: ")
+
+    def with_controller(self, controller: PIDController) -> ScipySolver:
+        """This solver with the step settings of ``controller`` that scipy takes.
+
+        A setting given on one of the two alone is the one that applies (the defaults of both mean "not
+        set"). Given on both, the solve keeps within both bounds: the smaller ``max_step`` and
+        ``max_num_steps``, the larger ``min_step``; two different ``first_step`` values have no such
+        order and are refused. ``rtol`` and ``atol`` reach scipy with the solve (not here), and
+        ``shrink_after_accept``, which ``odeint`` sets for its torch steps, is not one scipy has: its
+        solvers propose their own steps (Hairer, Norsett, Wanner, Solving ODEs I, 2nd ed., II.4).
+
+        Args:
+            controller: the solve's ``PIDController``.
+
+        Returns:
+            ``self``, or a copy with the controller's settings merged in.
+
+        Raises:
+            ValueError: a controller setting scipy cannot honour (the PID formula's ``safety``,
+                ``ifactor``, ``dfactor``, ``pcoeff``/``icoeff``/``dcoeff``, ``norm``, ``per_sample``,
+                ``device_loop``, ``sync_every``, ``grow_after_reject``) away from its default; two
+                different ``first_step`` values; merged bounds that do not fit (``min_step`` above
+                ``max_step``, ``min_step`` with a method other than LSODA).
+        """
+        inert = [
+            f.name
+            for f in dataclasses.fields(controller)
+            if f.name not in _CONTROLLER_TAKES and getattr(controller, f.name) != f.default
+        ]
+        if inert:
+            # accepted, they changed nothing: scipy's step-size rules are its own
+            raise ValueError(
+                f"scipy_solver: the PIDController settings {inert} have no effect, since scipy chooses its own "
+                f"step sizes ({self.solver}'s own rules); leave them at their defaults (scipy takes rtol, atol, "
+                "first_step, min_step, max_step and max_num_steps), or use a torch method such as hn.Dopri5() "
+                "for the PID controller."
+            )
+        return dataclasses.replace(
+            self,
+            first_step=_merged_first_step(self.first_step, controller.first_step),
+            min_step=max(float(self.min_step), float(controller.min_step)),
+            max_step=min(float(self.max_step), float(controller.max_step)),
+            max_num_steps=min(self.max_num_steps, controller.max_num_steps),
+        )
 
     def _step_options(self) -> dict:
         """The step bounds that differ from scipy's defaults (the others are not passed: scipy
