@@ -56,7 +56,8 @@ function make_algorithm(name::AbstractString; finite_diff::Bool = false)
 end
 
 """
-    make_sensealg(name, algorithm; checkpointing=false, quad_abstol=1e-6, quad_reltol=1e-3)
+    make_sensealg(name, algorithm; checkpointing=false, fixed_step=false, quad_abstol=1e-6,
+                  quad_reltol=1e-3)
 
 The SciMLSensitivity adjoint called `name`. Vector-Jacobian products use Zygote on the native path;
 on the callback path the ODEFunction's own `vjp`/`vjp_p` fields are used instead.
@@ -64,11 +65,15 @@ QuadratureAdjoint's `abstol`/`reltol` only matter if they equal the solve's: con
 the solve's tolerances on to `adjoint_sensitivities`, whose keywords override the fields
 (quadrature_adjoint.jl), so `check_quadrature_tolerances` refuses differing ones.
 `InterpolatingAdjoint(checkpointing=true)` with a Rosenbrock method is refused (SciMLSensitivity
-issue #1075).
+issue #1075), and so is it with a `fixed_step` forward solve: SciMLSensitivity re-solves each
+checkpoint interval with `reltol`/`abstol` only (src/interpolating_adjoint.jl:49-51, 182-186 at
+v7.112.1), without the forward's `adaptive = false`, `dt` and `tstops`, so `Euler` throws ("Fixed
+timestep methods require a choice of dt", OrdinaryDiffEqCore src/solve.jl) and `RK4`/`TRBDF2`
+re-solve adaptively, along a trajectory other than the one returned.
 """
 function make_sensealg(name::AbstractString, algorithm::AbstractString;
-                       checkpointing::Bool = false, quad_abstol::Real = 1e-6,
-                       quad_reltol::Real = 1e-3)
+                       checkpointing::Bool = false, fixed_step::Bool = false,
+                       quad_abstol::Real = 1e-6, quad_reltol::Real = 1e-3)
     vjp = ZygoteVJP()
     name == "GaussAdjoint" && return GaussAdjoint(autojacvec = vjp)
     name == "BacksolveAdjoint" && return BacksolveAdjoint(autojacvec = vjp)
@@ -79,6 +84,11 @@ function make_sensealg(name::AbstractString, algorithm::AbstractString;
             throw(ArgumentError("InterpolatingAdjoint(checkpointing=true) with $algorithm is " *
                                 "broken upstream (SciMLSensitivity #1075); use GaussAdjoint or " *
                                 "an SDIRK/BDF method"))
+        end
+        if checkpointing && fixed_step
+            throw(ArgumentError("InterpolatingAdjoint(checkpointing=true) re-solves each checkpoint " *
+                                "interval without the fixed step ($algorithm); use GaussAdjoint, " *
+                                "InterpolatingAdjoint without checkpointing, or adaptive steps"))
         end
         return InterpolatingAdjoint(autojacvec = vjp, checkpointing = checkpointing)
     end

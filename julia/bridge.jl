@@ -108,7 +108,8 @@ function solve_built(prob, alg, u0m, θv, tsv; algorithm, sensitivity, checkpoin
                             interp_points = event_points)
         return run_events(prob, alg, u0m, θv, tsv, opts, cb)
     end
-    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, quad_abstol, quad_reltol)
+    sensealg = make_sensealg(sensitivity, algorithm; checkpointing, fixed_step, quad_abstol,
+                             quad_reltol)
     return run_forward(prob, alg, sensealg, u0m, θv, tsv, opts)
 end
 

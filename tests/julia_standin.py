@@ -308,6 +308,29 @@ def _backward_steps(t_from: float, t_to: float, dt: float) -> int:
     return _steps_in_gap(lo, hi, dt)
 
 
+def _check_checkpoint_resolve(config) -> None:
+    """Fail as upstream's checkpointed InterpolatingAdjoint fails after a fixed-step Euler solve.
+
+    Its backward pass re-solves each checkpoint interval with ``sol.alg`` and the tolerances only
+    (SciMLSensitivity src/interpolating_adjoint.jl:49-51 at v7.112.1 8a935f5: ``solve(remake(...),
+    sol.alg; tols...)``, ``tols = (; reltol, abstol)``), so a method that cannot adapt gets neither
+    ``dt`` nor ``tstops`` and OrdinaryDiffEqCore's ``__init`` throws (src/solve.jl:277-279 at
+    OrdinaryDiffEq b211787). ``RK4`` and ``TRBDF2`` re-solve adaptively instead, which the stand-in's
+    adaptive dense forward solution already stands for.
+
+    Args:
+        config: the engine's SolveConfig.
+
+    Raises:
+        JuliaError: holding Julia's ArgumentError, for a checkpointed InterpolatingAdjoint after a
+            fixed-step solve with a method that cannot adapt.
+    """
+    checkpointed = config.sensitivity == "InterpolatingAdjoint" and config.checkpointing
+    if checkpointed and config.fixed_step and config.algorithm in NON_ADAPTIVE_ALGORITHMS:
+        message = "Fixed timestep methods require a choice of dt or choosing the tstops"
+        raise JuliaError(ArgumentError(message), None)
+
+
 def _attempts(solver, nfev_before: int) -> int:
     """The step attempts (accepted and rejected) scipy's ``solver.step()`` just made.
 
@@ -740,6 +763,7 @@ class StandinEngine:
         ybar = np.asarray(ybar, dtype=float)
         assert ybar.shape == handle.shape + (len(handle.ts),), "cotangent must be (D, B, T)"
         self.backward_calls.append(dict(ybar=ybar.copy()))
+        _check_checkpoint_resolve(handle.config)
         n = int(np.prod(handle.shape))
         p = len(handle.theta)
         ts, cfg = handle.ts, handle.config

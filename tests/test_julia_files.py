@@ -372,3 +372,19 @@ def test_julia_activation_names_match_translation():
     text = (JULIA_DIR / "activations.jl").read_text()
     julia_names = set(re.findall(r'name == "(\w+)" && return', text)) - {"identity"}
     assert julia_names == set(ACTIVATION_NAMES)
+
+
+def test_julia_refuses_checkpointed_interpolating_adjoint_with_fixed_steps_as_python_does():
+    # SciMLSensitivity re-solves each checkpoint interval with sol.alg and (; reltol, abstol) only
+    # (src/interpolating_adjoint.jl:49-51 at v7.112.1), so fixed steps are lost there: make_sensealg
+    # refuses it as resolve_sensitivity does, and solve_built hands it the forward's fixed_step.
+    algorithms = _code(JULIA_DIR / "algorithms.jl")
+    make = re.search(r"function make_sensealg\(.*?\nend", algorithms, re.S).group(0)
+    signature = make.split(")\n", 1)[0]
+    assert re.search(r"\bfixed_step::Bool = false\b", signature)
+    branch = make[make.index('if name == "InterpolatingAdjoint"') :]
+    refusal = re.search(r"if checkpointing && fixed_step\s+throw\(ArgumentError\(", branch)
+    assert refusal and refusal.start() < branch.index("return InterpolatingAdjoint(")
+    shared = re.search(r"function solve_built\(.*?\nend", _code(JULIA_DIR / "bridge.jl"), re.S).group(0)
+    call = re.search(r"make_sensealg\(sensitivity, algorithm;(.*?)\)", shared, re.S).group(1)
+    assert "fixed_step" in {k.strip() for k in call.split(",")}

@@ -323,6 +323,53 @@ def test_impossible_sensitivities_raise_backend_error(setting, match):
         jb.resolve_sensitivity(setting, "Rodas5P", 1e-6, 1e-8)
 
 
+def test_standin_fails_checkpointed_interpolating_adjoint_after_fixed_euler_steps_as_upstream_does():
+    # SciMLSensitivity re-solves each checkpoint interval with sol.alg and (; reltol, abstol) only
+    # (src/interpolating_adjoint.jl:49-51): Euler gets no dt and OrdinaryDiffEqCore's __init throws.
+    config = dataclasses.replace(
+        _dp5_config(),
+        algorithm="Euler",
+        sensitivity="InterpolatingAdjoint",
+        checkpointing=True,
+        dt=0.1,
+        fixed_step=True,
+    )
+    problem = jb.make_callbacks(lambda t, m: -m, (1, 1), (), torch.float64, "cpu")
+    engine = StandinEngine()
+    out = engine.forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 0.5, 1.0]), config)
+    assert out.success
+    with pytest.raises(JuliaError, match="Fixed timestep methods require a choice of dt"):
+        engine.backward(out.handle, np.ones_like(out.ys))
+    # without checkpointing the backward solve gets the forward's dt (concrete_solve.jl's kwargs)
+    unchecked = dataclasses.replace(config, checkpointing=False)
+    out = engine.forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 0.5, 1.0]), unchecked)
+    assert np.all(np.isfinite(engine.backward(out.handle, np.ones_like(out.ys))[0]))
+
+
+@pytest.mark.parametrize("method, options", [("euler", None), ("rk4", {"step_size": 0.25}), ("trbdf2", None)])
+def test_checkpointed_interpolating_adjoint_with_fixed_steps_is_refused_before_the_solve(method, options):
+    # With fixed steps a checkpointed InterpolatingAdjoint either fails in the backward pass (Euler,
+    # see the stand-in test above) or re-solves the checkpoint intervals adaptively (RK4, TRBDF2:
+    # gradients along another trajectory than the one returned). Refused before Julia is entered.
+    engine = StandinEngine()
+    y0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    setting = InterpolatingAdjoint(checkpoints=2)
+    with pytest.raises(BackendError, match=r"checkpoints=\.\.\.\) with fixed steps"):
+        jb.solve_with_engine(engine, lambda t, y: -y, y0, t, method=method, options=options, sensitivity=setting)
+    assert engine.forward_calls == []
+
+
+def test_checkpointed_interpolating_adjoint_with_adaptive_steps_is_still_accepted():
+    # trbdf2 with options adaptive=True takes adaptive steps: checkpointing works there.
+    with pytest.warns(UserWarning, match="number of checkpoints is not used"):
+        checkpointed = jb.resolve_sensitivity(
+            InterpolatingAdjoint(checkpoints=2), "TRBDF2", 1e-6, 1e-8, fixed_step=False
+        )
+    assert checkpointed[:2] == ("InterpolatingAdjoint", True)
+    assert jb.resolve_sensitivity(GaussAdjoint(), "Euler", 1e-6, 1e-8, fixed_step=True)[:2] == ("GaussAdjoint", False)
+
+
 def test_per_component_adjoint_tolerances_are_checked_on_julia_too():
     # The adjoint settings take tensors (one tolerance per component) since the torch backend uses
     # them; comparing one with the forward tolerance raised "Boolean value of Tensor with more than

@@ -146,13 +146,16 @@ class SolveConfig:
         return self.algorithm in STIFF_ALGORITHMS
 
 
-def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -> tuple[str, bool, float, float]:
+def resolve_sensitivity(
+    sensitivity, algorithm: str, rtol: float, atol: float, fixed_step: bool = False
+) -> tuple[str, bool, float, float]:
     """Map a sensitivity settings object to SciMLSensitivity's adjoint.
 
     Args:
         sensitivity: an object from :mod:`hybrid_node.sensitivity.settings` or None (GaussAdjoint).
         algorithm: the forward Julia algorithm.
         rtol, atol: forward tolerances.
+        fixed_step: the forward solve takes fixed steps (``adaptive = false`` with ``dt``).
 
     Returns:
         ``(name, checkpointing, quad_rtol, quad_atol)``.
@@ -221,6 +224,8 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
             "(SciMLSensitivity issue #1075); use GaussAdjoint(), InterpolatingAdjoint() without "
             "checkpoints, or a non-Rosenbrock stiff method (KenCarp4, TRBDF2, FBDF, QNDF)."
         )
+    if checkpointing and fixed_step:
+        _refuse_checkpointed_fixed_steps(algorithm)
     if checkpointing:
         warnings.warn(
             f"InterpolatingAdjoint(checkpoints={sensitivity.checkpoints}) on the Julia backend switches "
@@ -230,6 +235,32 @@ def resolve_sensitivity(sensitivity, algorithm: str, rtol: float, atol: float) -
             stacklevel=3,
         )
     return name, checkpointing, float(quad_rtol), float(quad_atol)
+
+
+def _refuse_checkpointed_fixed_steps(algorithm: str) -> None:
+    """Refuse ``InterpolatingAdjoint(checkpoints=...)`` with a fixed-step forward solve.
+
+    SciMLSensitivity re-solves each checkpoint interval with the tolerances only,
+    ``solve(remake(sol.prob, tspan = interval, ...), sol.alg; reltol, abstol)`` and later with
+    ``dt`` = the last step of the previous re-solve (src/interpolating_adjoint.jl:49-51 and 182-186
+    at v7.112.1 8a935f5, the same at v7.97.0 2a7dfa7), without the forward's ``adaptive = false``,
+    ``dt`` or ``tstops``. ``Euler`` then fails ("Fixed timestep methods require a choice of dt or
+    choosing the tstops", OrdinaryDiffEqCore src/solve.jl:277-279 at OrdinaryDiffEq b211787), and
+    ``RK4``/``TRBDF2`` re-solve adaptively: the adjoint would run along a trajectory other than the
+    one returned.
+
+    Args:
+        algorithm: the forward Julia algorithm.
+
+    Raises:
+        BackendError: always, naming the adjoints that work with fixed steps.
+    """
+    raise BackendError(
+        f"InterpolatingAdjoint(checkpoints=...) with fixed steps ({algorithm}) does not work on the Julia "
+        "backend: SciMLSensitivity re-solves each checkpoint interval without the fixed step (Euler fails, "
+        "RK4 and TRBDF2 re-solve adaptively, a trajectory other than the one returned); use GaussAdjoint(), "
+        "InterpolatingAdjoint() without checkpoints, or an adaptive method."
+    )
 
 
 def _same_tolerance(value, forward: float) -> bool:
@@ -853,7 +884,7 @@ def prepare(
         raise TypeError(f"options must be a dict or None, got {type(options).__name__}.")
     ts = t.detach().to("cpu", torch.float64).numpy()
     dt, maxiters, fixed = resolve_options(options, algorithm, ts, refuse_long_grid=refuse_long_grid)
-    name, checkpointing, quad_rtol, quad_atol = resolve_sensitivity(sensitivity, algorithm, rtol, atol)
+    name, checkpointing, quad_rtol, quad_atol = resolve_sensitivity(sensitivity, algorithm, rtol, atol, fixed)
     params = _check_params(func, adjoint_params)
     time_reversed = bool(ts.size > 1 and ts[1] < ts[0])
     config = SolveConfig(
