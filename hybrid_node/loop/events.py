@@ -415,8 +415,8 @@ class _Locator:
         at which the returned event state moves with its event time, which the implicit function
         theorem needs (it agrees with the field there to the dense output's order, and differentiates
         the computed event exactly). It takes O(k) rows of the interpolant and no call of the field.
-        An interpolant without per-sample slopes (Rosenbrock23's) gets the field instead: one call
-        on the whole batch per sample (a field may read the whole batch), O(k * n) rows.
+        An interpolant without per-sample slopes (every built-in one has them) gets the field instead:
+        one call on the whole batch per sample (a field may read the whole batch), O(k * n) rows.
 
         Args:
             times: (k,) the event times (solver time, inside the step).
