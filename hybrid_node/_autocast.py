@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast_dtype", "field_autocast", "full_precision", "full_precision_backward", "restore_dtype"]
+__all__ = [
+    "autocast_dtype",
+    "field_autocast",
+    "field_owner",
+    "full_precision",
+    "full_precision_backward",
+    "restore_dtype",
+    "traced_field_autocast",
+]
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -179,3 +187,50 @@ def field_autocast(func: Callable, y0: Any) -> Iterator[Callable]:
         wrapped = _AutocastCall(func, device_type, dtype)
     with torch.autocast(device_type, enabled=False):
         yield wrapped
+
+
+def field_owner(func: Callable) -> Callable:
+    """The user's field beneath an autocast wrapper (``func`` itself where it is not wrapped).
+
+    A traced solve restores the number attributes (call counters) of its field's modules after every
+    evaluation (:func:`hybrid_node.loop.whole.solver_time`); it has to find them on the user's module,
+    not on the wrapper, which has none.
+
+    Args:
+        func: a field, possibly wrapped by :func:`traced_field_autocast`.
+
+    Returns:
+        The field the wrapper calls, or ``func``.
+    """
+    return func.func if isinstance(func, _AutocastCall) else func
+
+
+def traced_field_autocast(solve: Callable) -> Callable:
+    """A traced solve function, ``solve(func, y0, *args)``, given the autocast handling of the host loop.
+
+    A solve traced into the caller's program (``torch.export``, or the caller's ``torch.compile``) does
+    not pass through :func:`field_autocast`: its loop was traced under the caller's autocast as it found
+    it, so the solver's own products (the dense output's, the stage sums') ran in bfloat16 too, and the
+    exported program under ``torch.autocast`` returned states 5e-4 away from the eager solve's under the
+    same autocast (dopri5, a float32 tanh MLP; 1.3e-3 with rk4). Here, as in :func:`field_autocast`, the
+    field runs under the caller's autocast, its output cast back to the state's dtype, and everything else
+    with autocast off. No per-module wrapper is kept (the caller's program is the cache; keeping one would
+    leave the trace for a lock and the thread's identity).
+
+    Args:
+        solve: the traced solve, taking the field first and the initial state (a tensor) second.
+
+    Returns:
+        ``solve`` with that handling; unchanged behaviour where autocast is off on the state's device.
+    """
+
+    @functools.wraps(solve)
+    def run(func: Callable, y0: torch.Tensor, *args: Any) -> Any:
+        device_type = y0.device.type
+        dtype = autocast_dtype(device_type)
+        if dtype is None:
+            return solve(func, y0, *args)
+        with torch.autocast(device_type, enabled=False):
+            return solve(_AutocastCall(func, device_type, dtype), y0, *args)
+
+    return run

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch._higher_order_ops.while_loop import while_loop
 
+from .._autocast import traced_field_autocast
 from ..controllers import ConstantStepSize
 from ..interpolation import hermite_weights
 from ..solvers.base import AbstractSolver
@@ -44,6 +45,7 @@ def traceable_fixed(solver, controller) -> str:
     return "perturb=True" if controller.perturb else ""
 
 
+@traced_field_autocast
 def odeint_graph_fixed(
     func: Callable,
     y0: torch.Tensor,

@@ -61,6 +61,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch._higher_order_ops.while_loop import while_loop
 
+from .._autocast import field_owner, traced_field_autocast
 from .._errors import SolverError, Status
 from .._memo import memoized
 from .._problem import real_dtype
@@ -689,10 +690,12 @@ def solver_time(
     """
     sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
     time_dtype = real_dtype(y0.dtype) if t_dtype is None else t_dtype
-    field = _restoring(func, lambda s, yy: func((s * sign).to(time_dtype), yy) * sign)
+    # the counters are the user's module's, beneath the autocast wrapper of traced_field_autocast
+    field = _restoring(field_owner(func), lambda s, yy: func((s * sign).to(time_dtype), yy) * sign)
     return field, t.to(torch.float64) * sign
 
 
+@traced_field_autocast
 def odeint_graph(
     func: Callable,
     y0: torch.Tensor,

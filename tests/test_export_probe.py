@@ -1,0 +1,70 @@
+"""Solves traced into the caller's program (``torch.export``, the caller's ``torch.compile``) against
+the eager solve: autocast, dtypes, dynamic batch sizes, saved programs, several solves in one module.
+
+The traced loop run eagerly (the library's ``traced`` patched to answer True, as in
+``tests/test_whole_solve.py``) is fast and is the default test; real exports take 10-60 s each on a
+small CPU and are marked slow.
+"""
+
+import pytest
+import torch
+from conftest import CountingMLP
+
+import hybrid_node as hn
+
+
+def pretend_traced(patch: pytest.MonkeyPatch) -> None:
+    """Stand in for a trace: the library's ``traced`` answers True (torch's own flags stay untouched)."""
+    patch.setattr("hybrid_node._api.traced", lambda: True)
+    patch.setattr("hybrid_node.nn.ode_block.traced", lambda: True)
+
+
+@pytest.mark.parametrize(("method", "options"), [("dopri5", None), ("tsit5", None), ("rk4", {"step_size": 0.1})])
+def test_a_traced_solve_under_autocast_runs_only_the_field_in_the_low_dtype(method, options, monkeypatch, one_thread):
+    """Under ``torch.autocast`` the eager solve runs the field in bfloat16 and its own arithmetic in the
+    state's dtype (``_autocast.field_autocast``). The traced loop skipped that handling: its own products
+    ran in bfloat16 too, 5e-4 (dopri5) and 1.3e-3 (rk4) away from the eager solve under the same autocast.
+    Now it computes what the eager solve computes, to the last bit (same operations, same order), and the
+    field's call counter is still restored inside the loop and advanced as eagerly."""
+    torch.manual_seed(0)
+    field, y0, t = CountingMLP(), torch.randn(4, 2), torch.linspace(0.0, 1.0, 5)
+    kwargs = dict(rtol=1e-6, atol=1e-8, method=method, options=options)
+    with torch.no_grad():
+        full = hn.odeint(field, y0, t, **kwargs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            eager = hn.odeint(field, y0, t, **kwargs)
+        pretend_traced(monkeypatch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            traced = hn.odeint(field, y0, t, **kwargs)
+    assert traced.dtype == torch.float32
+    # the autocast is in effect: bfloat16's 8-bit mantissa moves the states by ~1e-3 against float32
+    assert (eager - full).abs().max() > 1e-4
+    assert torch.equal(traced, eager)
+
+
+class _AutocastModel(torch.nn.Module):
+    """A model whose forward solves under ``torch.autocast`` (bfloat16 on the CPU)."""
+
+    def __init__(self, method: str, options: dict | None):
+        super().__init__()
+        self.field, self.method, self.options = CountingMLP(), method, options
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        t = torch.linspace(0.0, 1.0, 5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return hn.odeint(self.field, y, t, rtol=1e-6, atol=1e-8, method=self.method, options=self.options)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "options"), [("rk4", {"step_size": 0.1})])
+def test_an_exported_model_solving_under_autocast_gives_the_eager_outputs(method, options, one_thread):
+    """``torch.export`` of a model that solves under autocast: the eager outputs (before: 4.8e-4 away with
+    dopri5, the solver's own products in bfloat16). Tolerance: bfloat16 field evaluations traced and run
+    by the exported program may round as the eager ones do or not; 1e-5 is 100 times below the effect."""
+    torch.manual_seed(0)
+    model = _AutocastModel(method, options)
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        for inputs in (x, torch.randn(4, 2)):
+            torch.testing.assert_close(program.module()(inputs), model(inputs), rtol=0.0, atol=1e-5)
