@@ -18,6 +18,21 @@ import torch
 from ._transforms import is_batched
 
 
+def sign_hint(*values: float) -> str:
+    """What to add to the error of a step setting when one of ``values`` is negative, else "".
+
+    A negative step is how DifferentialEquations.jl spells a step backwards in time (``dt < 0`` with
+    ``tspan = (1.0, 0.0)``); here, as in scipy's ``solve_ivp`` and torchdiffeq, step settings are lengths
+    and the direction is that of ``t``, so the message says so instead of only "must be positive".
+    """
+    if not any(v < 0 for v in values):
+        return ""
+    return (
+        " Steps are lengths: a solve backwards in time (t decreasing) takes positive ones too, its direction "
+        "comes from t."
+    )
+
+
 class AbstractController(abc.ABC):
     """A step-size rule: settings only; its per-solve state comes from :meth:`init` and is passed back.
 
@@ -85,7 +100,10 @@ class ConstantStepSize(AbstractController):
         if self.step_size is not None:
             _check_number("step_size", self.step_size)
         if self.step_size is not None and not (float(self.step_size) > 0 and math.isfinite(float(self.step_size))):
-            raise ValueError(f"step_size must be a positive finite number, got {self.step_size!r}.")
+            raise ValueError(
+                f"step_size must be a positive finite number, got {self.step_size!r}."
+                + sign_hint(float(self.step_size))
+            )
         if self.interp not in ("linear", "cubic"):
             raise ValueError(f"interp must be 'linear' or 'cubic', got {self.interp!r}.")
         check_max_num_steps(self.max_num_steps)
@@ -242,7 +260,7 @@ class PIDController(AbstractController):
         if not (0 <= self.min_step <= self.max_step and self.max_step > 0 and math.isfinite(self.min_step)):
             raise ValueError(
                 f"need 0 <= min_step <= max_step, min_step finite and max_step > 0, got min_step={self.min_step}, "
-                f"max_step={self.max_step}."
+                f"max_step={self.max_step}." + sign_hint(self.min_step, self.max_step)
             )
         check_max_num_steps(self.max_num_steps)
         # a truthy string ("no") is no bool
@@ -441,11 +459,14 @@ def _check_first_step(value: Any, per_sample: bool = False) -> None:
         else:  # a list, a complex or boolean tensor: not the tensor of real steps the per-sample loop reads
             raise ValueError(f"first_step per sample must be a real tensor or array, got {value!r}.")
         if not bool(((steps > 0) & torch.isfinite(steps)).all()):
-            raise ValueError(f"first_step per sample must be positive and finite, got {value!r}.")
+            raise ValueError(
+                f"first_step per sample must be positive and finite, got {value!r}." + sign_hint(float(steps.min()))
+            )
         return
     _check_number("first_step", value)
-    if not float(value.detach() if isinstance(value, torch.Tensor) else value) > 0:
-        raise ValueError(f"first_step must be positive, got {value!r}.")
+    step = float(value.detach() if isinstance(value, torch.Tensor) else value)
+    if not step > 0:
+        raise ValueError(f"first_step must be positive, got {value!r}." + sign_hint(step))
 
 
 def _is_zero(tol) -> bool:
