@@ -93,6 +93,13 @@ def _compiled(a, y0):
     return hn.odeint(_linear(a), y0, _t(), rtol=1e-10, atol=1e-12, method="dopri5", options={"compile": True})[-1]
 
 
+def _compiled_dense(a, y0):
+    # y(1) read from the interpolant inside a longer solve (an interior point of a step)
+    options = {"compile": True}
+    sol = hn.odeint_dense(_linear(a), y0, 0.0, 1.5 * T_END, rtol=1e-10, atol=1e-12, method="dopri5", options=options)
+    return sol(T_END)
+
+
 def _per_sample(a, y0):
     controller = hn.PIDController(rtol=1e-10, atol=1e-12, per_sample=True)
     return hn.solve(_linear(a), y0[None], _t(), solver=hn.Dopri5(), controller=controller).ys[-1, 0]
@@ -131,6 +138,7 @@ ROWS: dict[str, Callable] = {
     "odeint kvaerno5": _adaptive("kvaerno5"),
     "odeint bdf": _adaptive("bdf"),
     "odeint compile=True": _compiled,
+    "odeint_dense compile=True": _compiled_dense,
     "per_sample dopri5": _per_sample,
     "DirectBackprop(checkpoints=2)": _solve(hn.DirectBackprop(checkpoints=2)),
     "odeint_adjoint (backsolve)": _backsolve,

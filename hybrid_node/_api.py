@@ -791,12 +791,15 @@ class DenseSolution:
     Call with a scalar time or a 1-D tensor of times inside the solved interval. A query past an end
     by no more than its dtype's rounding (float32 ``0.1`` is 0.10000000149) is taken as that end.
     The states carry gradients with respect to y0 and the field's parameters, not with respect to
-    the query times.
+    the query times; of a solve whose step attempts ran compiled (``compile=True``) first-order ones
+    only (a second backward pass is refused with the fix, :mod:`hybrid_node._double_backward`).
     """
 
     problem: Problem
     segments: list
     stats: Any
+    #: whether the segments were made by compiled step attempts that autograd recorded
+    first_order: bool = False
 
     def __post_init__(self):
         self._starts = [s.t0 for s in self.segments]
@@ -847,6 +850,10 @@ class DenseSolution:
         if any(a > b for a, b in zip(where, where[1:])):  # unsorted queries: rows back in the order asked
             order = sorted(range(len(where)), key=where.__getitem__)
             ys = ys[torch.tensor(order, device=ys.device)]
+        if self.first_order:
+            # the interpolant's coefficients come from compiled stages: torch's own error for a second
+            # backward came from its engine, naming neither the option nor a fix
+            ys = first_order_only(ys)
         ys = self.problem.unflatten(ys)
         if scalar:
             return tuple(y[0] for y in ys) if isinstance(ys, tuple) else ys[0]
@@ -876,8 +883,8 @@ def odeint_dense(
         DenseSolution; ``sol(t)`` gives y(t) for any t in the interval, with gradients (direct).
 
     Raises:
-        ValueError: unknown method or options, invalid input (e.g. t1 equal to t0), or ``scipy_solver``
-            (no dense output here).
+        ValueError: unknown method or options, invalid input (e.g. t1 equal to t0), ``scipy_solver``
+            (no dense output here), or a call inside a ``torch.func`` transform (no dense output there).
         TypeError, BackendError: as for :func:`odeint`.
         SolverError: the solve failed.
     """
@@ -886,6 +893,14 @@ def odeint_dense(
     # named here: the grid check below would speak of a tensor t the caller never passed
     if not all(math.isfinite(e) for e in ends) or ends[0] == ends[1]:
         raise ValueError(f"odeint_dense needs finite t0 and t1 that differ, got t0={ends[0]!r}, t1={ends[1]!r}.")
+    if inside_transform():
+        # the solve refuses dense output there; under a forward-mode transform (torch.func.hessian) the time
+        # tensor made here was refused first, with advice to pass t from outside that no caller can follow
+        raise ValueError(
+            "odeint_dense has no dense output inside torch.func transforms (vmap, grad, jacrev, hessian, ...): call "
+            "it outside the transform and differentiate with torch.autograd (create_graph=True for second "
+            "derivatives), or inside the transform use hn.odeint at the output times you need."
+        )
     t = torch.tensor(ends, dtype=torch.float64)
     problem = make_problem(
         func,
@@ -901,7 +916,8 @@ def odeint_dense(
         raise ValueError(f"odeint_dense needs a torch solver; {solver.name} has no dense output here.")
     integration = integrate(problem, problem.term(), problem.y0, problem.ts, dense=True)
     assert integration.segments is not None  # dense=True
-    return DenseSolution(problem, integration.segments, integration.stats)
+    first_order = bool(_records_compiled_steps(solver, DirectBackprop()))
+    return DenseSolution(problem, integration.segments, integration.stats, first_order)
 
 
 def odeint_adjoint(
