@@ -207,3 +207,21 @@ def test_odeint_options_reach_scipy(method, options):
 def test_odeint_refuses_the_pid_options(option):
     with pytest.raises(ValueError, match=rf"Unknown options \['{option}'\] for method 'scipy_solver'"):
         hn.odeint(_field, Y0, T, method="scipy_solver", options={option: None})
+
+
+def test_a_first_step_longer_than_the_interval_is_named():
+    # scipy said only "`first_step` exceeds bounds."
+    with pytest.raises(ValueError, match=r"first_step=0\.3 is longer than the interval \[0\.0, 0\.1\] scipy solves"):
+        hn.solve(_field, Y0, T[:2] / 5, solver=hn.ScipySolver("RK45"), controller=hn.PIDController(first_step=0.3))
+
+
+def test_the_adjoints_backward_solves_name_a_first_step_too_long_for_them():
+    # the forward solve over [0, 1] takes a first step of 0.3; the backward ones run between outputs 0.25 apart
+    w = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    t = torch.linspace(0.0, 1.0, 5, dtype=F64)
+    options = {"solver": "RK45", "first_step": 0.3}
+    ys = hn.odeint_adjoint(lambda t, y: -w * y, Y0, t, method="scipy_solver", options=options, adjoint_params=(w,))
+    with pytest.raises(
+        ValueError, match=r"first_step=0\.3 is longer than the interval \[0\.75, 1\.0\].*odeint_adjoint"
+    ):
+        ys.sum().backward()

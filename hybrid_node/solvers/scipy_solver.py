@@ -394,6 +394,23 @@ class ScipySolver(ExternalSolver):
             ys = _NoGradient.apply(ys, *needs)
         return ys
 
+    def _check_first_step(self, term, s0: float, s1: float) -> None:
+        """Refuse a ``first_step`` longer than the interval [s0, s1] (solver times) that scipy solves.
+
+        Raises:
+            ValueError: naming the step and the interval in the user's time, where scipy said only
+                "`first_step` exceeds bounds." (the adjoint's backward solves run between consecutive
+                output times, so a first step that fits the forward solve can fail there).
+        """
+        if self.first_step is None or float(self.first_step) <= abs(s1 - s0):
+            return
+        ends = sorted((_user_time(term, s0), _user_time(term, s1)))
+        raise ValueError(
+            f"scipy_solver: first_step={float(self.first_step)!r} is longer than the interval [{ends[0]!r}, "
+            f"{ends[1]!r}] scipy solves (it needs first_step <= |t1 - t0|); with odeint_adjoint each backward "
+            "solve runs between consecutive output times. Give a shorter first_step, or leave it None."
+        )
+
     def _scipy_tolerances(self, rtol, atol, y0: torch.Tensor) -> dict:
         """``rtol`` and ``atol`` as this method takes them (numbers, or one value per flat element)."""
         rt, at = _flat_tolerance(rtol, y0), _flat_tolerance(atol, y0)
@@ -423,6 +440,7 @@ class ScipySolver(ExternalSolver):
         import scipy.integrate  # scipy is needed by this method only
 
         t_eval = np.asarray(ts, dtype=np.float64)
+        self._check_first_step(term, float(ts[0]), float(ts[-1]))
         try:
             stepper = getattr(scipy.integrate, self.solver)(
                 rhs, float(ts[0]), y0n, float(ts[-1]), vectorized=False, **tolerances, **self._step_options()
