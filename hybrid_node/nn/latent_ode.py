@@ -211,6 +211,28 @@ class RecognitionRNN(nn.Module):
         return mean, logvar
 
 
+def _check_away_from(times: Tensor, t0: Tensor) -> None:
+    """Refuse output ``times`` that do not run from ``t0`` in one direction.
+
+    Args:
+        times: (T,) output times, T >= 1; t0: (1,) start time of the solve.
+
+    Raises:
+        ValueError: ``times`` lie on both sides of ``t0``, or are not strictly increasing (all after
+            ``t0``) or strictly decreasing (all before it). The solve runs from ``t0`` through
+            ``times`` in their order, so they must be one monotone path from it.
+    """
+    gaps = times[1:] - times[:-1]
+    forward = bool((times >= t0).all()) and bool((gaps > 0).all())
+    backward = bool((times <= t0).all()) and bool((gaps < 0).all())
+    if not (forward or backward):
+        raise ValueError(
+            f"times must run from t0={float(t0):g} in one direction: strictly increasing from t0 on (a forecast) "
+            f"or strictly decreasing from t0 back (a backcast), got {times.tolist()}; sort them (torch.unique "
+            "sorts and drops repeats), and decode times on each side of t0 in separate calls."
+        )
+
+
 class ODERNNEncoder(nn.Module):
     """ODE-RNN run backwards in time to t0, then a linear map to (mean, logvar) of q(z0 | x)."""
 
@@ -370,13 +392,16 @@ class LatentODE(nn.Module):
         return mean + torch.exp(0.5 * logvar) * eps
 
     def latent_trajectory(self, z0: Tensor, times: Tensor, t0: float | Tensor = 0.0) -> Tensor:
-        """Solve the latent ODE from ``t0`` to sorted ``times`` (T,); returns (T, B, state).
+        """Solve the latent ODE from ``t0`` to ``times`` (T,); returns (T, B, state).
 
-        No ``times`` (T = 0, e.g. the union grid of a batch of no series) give an empty (0, B, state).
-        The solve runs in the dtype of ``z0``: ``times`` and ``t0`` are cast to it first.
+        ``times`` run away from ``t0`` in one direction: strictly increasing from ``t0`` on, or strictly
+        decreasing from ``t0`` back (a backcast, solved backwards in time). No ``times`` (T = 0, e.g. the
+        union grid of a batch of no series) give an empty (0, B, state). The solve runs in the dtype of
+        ``z0``: ``times`` and ``t0`` are cast to it first.
 
         Raises:
-            ValueError: ``times`` is not 1-D, ``t0`` is not one number, or ``times`` precede ``t0``.
+            ValueError: ``times`` is not 1-D, ``t0`` is not one number, or ``times`` lie on both sides of
+                ``t0`` or are not strictly monotone (in the direction away from ``t0``).
         """
         if times.ndim != 1:
             raise ValueError(
@@ -396,9 +421,8 @@ class LatentODE(nn.Module):
             state = torch.cat([z0, z0.new_zeros(z0.shape[0], self.log_intensity.out_features)], dim=-1)
         if times.numel() == 0:
             return state.new_zeros((0, *state.shape))
-        if bool((times[0] < t0).any()):
-            raise ValueError("times must not precede t0.")
-        grid = torch.cat([t0, times]) if bool(times[0] > t0) else times
+        _check_away_from(times, t0)
+        grid = torch.cat([t0, times]) if bool(times[0] != t0) else times
         ys = odeint(field, state, grid, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
         return ys[1:] if grid.numel() > times.numel() else ys
 
