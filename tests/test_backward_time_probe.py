@@ -193,6 +193,20 @@ def test_a_negative_step_for_a_backward_solve_is_refused_saying_steps_are_length
         hn.odeint(field, Y0, T_BACK, method=method, options=options)
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "backend"),
+    [
+        ("scipy_solver", {"first_step": -0.1}, "torch"),
+        ("scipy_solver", {"max_step": -0.1}, "torch"),
+        ("dopri5", {"first_step": -0.1}, "julia"),  # checked in Python before Julia starts
+        ("rk4", {"step_size": -0.1}, "julia"),
+    ],
+)
+def test_negative_steps_of_scipy_and_julia_are_refused_saying_steps_are_lengths(method, options, backend):
+    with pytest.raises(ValueError, match="backwards in time"):
+        hn.odeint(field, Y0, T_BACK, method=method, options=options, backend=backend)
+
+
 def test_negative_per_sample_first_step_is_refused_saying_steps_are_lengths():
     with pytest.raises(ValueError, match="backwards in time"):
         hn.PIDController(per_sample=True, first_step=torch.tensor([-0.1, -0.1]))
@@ -705,3 +719,17 @@ def test_per_sample_event_adjoint_backwards_matches_direct():
         grads[interface] = torch.autograd.grad(t_event.sum() + ys[-1].sum(), [y, model.k])
     for direct, adjoint in zip(grads[hn.odeint], grads[hn.odeint_adjoint]):
         torch.testing.assert_close(adjoint, direct, rtol=0, atol=1e-8)  # two solves at 1e-11 (measured 7e-12)
+
+
+def test_scipy_lsoda_stall_backwards_names_the_users_time():
+    # LSODA's step underflows to 0 at the blow-up of 1 / (1 + t) (t = -1 backwards) and then stalls; its
+    # own stopping time, named in the message, is the user's (it was printed in scipy's time, +0.99999)
+    with pytest.raises(hn.SolverError, match=r"stopped at t=-0\.99999") as info:
+        hn.odeint(
+            lambda t, y: -(y**2),
+            torch.ones(1, dtype=F64),
+            torch.tensor([0.0, -0.5, -2.0], dtype=F64),
+            method="scipy_solver",
+            options={"solver": "LSODA"},
+        )
+    assert float(info.value.t) == pytest.approx(-1.0, abs=1e-4)

@@ -48,7 +48,7 @@ from torch import nn
 from .._errors import BackendError, SolverError, Status
 from .._registry import METHOD_SPECS, method_spec, refuse_unknown_options
 from .._solution import Solution, Stats
-from ..controllers import ConstantStepSize, PIDController, too_many_fixed_steps
+from ..controllers import ConstantStepSize, PIDController, sign_hint, too_many_fixed_steps
 from ..sensitivity.settings import (
     BacksolveAdjoint,
     DirectBackprop,
@@ -325,7 +325,8 @@ def resolve_options(
     if dt is not None:
         dt = float(torch.as_tensor(dt)) if isinstance(dt, torch.Tensor) else dt
         if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
-            raise ValueError(f"{key} must be a positive number, got {options.get(key)!r}.")
+            hint = sign_hint(dt) if isinstance(dt, (int, float)) else ""
+            raise ValueError(f"{key} must be a positive number, got {options.get(key)!r}." + hint)
         dt = float(dt)
     elif fixed:
         # Like torch's fixed-grid solvers without step_size: step on the grid of output times. A

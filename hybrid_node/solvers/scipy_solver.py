@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._errors import SolverError, Status, blowup_cause, field_cause
-from ..controllers import PIDController, check_max_num_steps
+from ..controllers import PIDController, check_max_num_steps, sign_hint
 from .base import ExternalSolver
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -247,9 +247,13 @@ class ScipySolver(ExternalSolver):
         if not (_number("min_step", self.min_step) >= 0 and _number("max_step", self.max_step) > 0):
             raise ValueError(
                 f"scipy_solver: min_step must be >= 0 and max_step > 0, got {self.min_step!r} and {self.max_step!r}."
+                + sign_hint(float(self.min_step), float(self.max_step))
             )
         if self.first_step is not None and not _number("first_step", self.first_step) > 0:
-            raise ValueError(f"scipy_solver: first_step must be positive, got {self.first_step!r}.")
+            raise ValueError(
+                f"scipy_solver: first_step must be positive, got {self.first_step!r}."
+                + sign_hint(float(self.first_step))
+            )
         if float(self.min_step) > float(self.max_step):
             raise ValueError(
                 f"scipy_solver: min_step ({self.min_step!r}) must not exceed max_step ({self.max_step!r})."
@@ -458,7 +462,8 @@ class ScipySolver(ExternalSolver):
             cause = blowup_cause(user_t, _max_abs(stepper.y), _scale(y0n))
             raise SolverError(Status.MAX_STEPS, user_t, f"max_num_steps={self.max_num_steps}", cause)
         if stop == "stalled":
-            message = f"scipy's {self.solver} step size underflowed to 0 (its steps stopped at t={stepper.t:.10g})"
+            user_t = _user_time(term, stepper.t)  # the user's time: scipy steps in s = -t for a decreasing t
+            message = f"scipy's {self.solver} step size underflowed to 0 (its steps stopped at t={user_t:.10g})"
         if stop is not None:
             raise _failure(term, message, reached[0], nonfinite[0], _max_abs(stepper.y), y0n)
         out = np.hstack(blocks).T
