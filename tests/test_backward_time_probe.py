@@ -733,3 +733,33 @@ def test_scipy_lsoda_stall_backwards_names_the_users_time():
             options={"solver": "LSODA"},
         )
     assert float(info.value.t) == pytest.approx(-1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["leapfrog", "yoshida4", "yoshida6", "implicit_midpoint", "gl4"])
+def test_symmetric_methods_undo_a_backward_solve_to_rounding(method):
+    # A symmetric one-step method satisfies Phi_{-h} o Phi_h = id (Hairer, Lubich and Wanner, Geometric
+    # Numerical Integration, 2nd ed., V.1): solving the pendulum from 1 back to 0 and then forwards again
+    # with the same step returns the start to rounding (100 steps: a few ulp each), not to the method's
+    # error (1e-5 for leapfrog here). Symplectic Euler is not symmetric and is left out.
+    start = torch.tensor([1.0, 0.3], dtype=F64)
+    options = {"step_size": 0.01}
+    if method in SYMPLECTIC:
+
+        def pendulum(t, state):
+            return state[1], -torch.sin(state[0])
+
+        back = hn.odeint(
+            pendulum, (start[:1], start[1:]), torch.tensor([1.0, 0.0], dtype=F64), method=method, options=options
+        )
+        again = hn.odeint(
+            pendulum, (back[0][-1], back[1][-1]), torch.tensor([0.0, 1.0], dtype=F64), method=method, options=options
+        )
+        end = torch.cat([again[0][-1], again[1][-1]])
+    else:
+
+        def pendulum(t, y):
+            return torch.stack([y[1], -torch.sin(y[0])])
+
+        back = hn.odeint(pendulum, start, torch.tensor([1.0, 0.0], dtype=F64), method=method, options=options)
+        end = hn.odeint(pendulum, back[-1], torch.tensor([0.0, 1.0], dtype=F64), method=method, options=options)[-1]
+    torch.testing.assert_close(end, start, rtol=0, atol=1e-13)
