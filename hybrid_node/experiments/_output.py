@@ -671,3 +671,38 @@ def resume_job(
         return None, None
     path = ckpts.path(job)
     return path, ckpts.load(path, objects, required)
+
+
+def open_checkpointed_run(
+    args: argparse.Namespace,
+    command: str,
+    settings: Any,
+    resumable: frozenset[str],
+    options: Mapping[str, str] | None = None,
+    *,
+    run_kind: str | None = None,
+) -> tuple[Path, Checkpoints]:
+    """The run folder and checkpoints of a command whose training loops all checkpoint the same way.
+
+    Opens ``args.out`` (:func:`open_run`), then refuses stored checkpoints of other settings before
+    anything is trained (:meth:`Checkpoints.check_stored`).
+
+    Args:
+        args: the parsed command line (with ``out``, ``resume`` and ``checkpoint_every``).
+        command: the subcommand; it also names the default folder (``runs/<command>-<timestamp>``).
+        settings: the run's settings (a dataclass or a mapping), as for :meth:`Checkpoints.of`.
+        resumable: the settings a resumed run may change.
+        options: as for :func:`settings_differences`.
+        run_kind: as for :func:`open_run`.
+
+    Returns:
+        ``(folder, checkpoints)``.
+
+    Raises:
+        ResumeError, SettingsError: as :func:`open_run`; ResumeError, CheckpointError: as
+            :meth:`Checkpoints.check_stored`.
+    """
+    folder = open_run(args.out, command, args.resume, run_kind=run_kind)
+    ckpts = Checkpoints.of(folder, command, settings, resumable, args.checkpoint_every, args.resume, options)
+    ckpts.check_stored()
+    return folder, ckpts

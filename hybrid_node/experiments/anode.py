@@ -33,7 +33,7 @@ from ._output import (
     Checkpoints,
     add_resume_arguments,
     interruptible,
-    open_run,
+    open_checkpointed_run,
     pyplot,
     resume_job,
     save_figure,
@@ -266,11 +266,9 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "checkpoint_every": args.checkpoint_every,
     }
-    folder = open_run(args.out, "anode", args.resume, run_kind="an anode run")
-    checkpoints = Checkpoints.of(
-        folder, "anode", settings, RESUMABLE_SETTINGS, args.checkpoint_every, args.resume, _OPTIONS
+    folder, checkpoints = open_checkpointed_run(
+        args, "anode", settings, RESUMABLE_SETTINGS, _OPTIONS, run_kind="an anode run"
     )
-    checkpoints.check_stored()  # before anything is trained: a run of other settings is refused
     rows: list[dict[str, Any]] = []
     all_results: dict[str, dict[str, dict[str, Any]]] = {}
     jobs = [

@@ -48,7 +48,7 @@ from ._output import (
     Checkpoints,
     add_resume_arguments,
     interruptible,
-    open_run,
+    open_checkpointed_run,
     pyplot,
     resume_job,
     save_figure,
@@ -366,10 +366,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as err:
         raise SettingsError(f"--method {args.method} cannot roll out the models: {err}") from err
     torch.set_num_threads(1)  # small tensors: one thread is fastest and leaves the other core free
-    folder = open_run(args.out, "hnn", args.resume)
     settings = {name: getattr(args, name) for name in SETTINGS}
-    ckpts = Checkpoints.of(folder, "hnn", settings, RESUMABLE_SETTINGS, args.checkpoint_every, args.resume)
-    ckpts.check_stored()  # before anything is trained: a run of other settings is refused
+    folder, ckpts = open_checkpointed_run(args, "hnn", settings, RESUMABLE_SETTINGS)
     rows = []
     for task in args.tasks:
         res = run_task(task, args, progress=not args.no_progress, ckpts=ckpts)

@@ -30,7 +30,7 @@ from ._output import (
     Checkpoints,
     add_resume_arguments,
     interruptible,
-    open_run,
+    open_checkpointed_run,
     pyplot,
     resume_job,
     save_figure,
@@ -258,9 +258,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
         )
-    folder = open_run(args.out, "sde", args.resume, run_kind="an sde run")
-    ckpts = Checkpoints.of(folder, "sde", s, RESUMABLE_SETTINGS, s.checkpoint_every, args.resume, _OPTIONS)
-    ckpts.check_stored()  # before anything is trained: a run of other settings is refused
+    folder, ckpts = open_checkpointed_run(args, "sde", s, RESUMABLE_SETTINGS, _OPTIONS, run_kind="an sde run")
     r = train(s, progress=not args.no_progress, ckpts=ckpts)
     m = r["metrics"]
     meta = {

@@ -48,7 +48,7 @@ from ._output import (
     Checkpoints,
     add_resume_arguments,
     interruptible,
-    open_run,
+    open_checkpointed_run,
     pyplot,
     resume_job,
     save_figure,
@@ -452,9 +452,7 @@ def run(args: argparse.Namespace) -> int:
             target_mae=args.target_mae,
             checkpoint_every=args.checkpoint_every,
         )
-    folder = open_run(args.out, "demo", args.resume)
-    ckpts = Checkpoints.of(folder, "demo", s, RESUMABLE_SETTINGS, s.checkpoint_every, args.resume, _OPTIONS)
-    ckpts.check_stored()  # before anything is trained: a run of other settings is refused
+    folder, ckpts = open_checkpointed_run(args, "demo", s, RESUMABLE_SETTINGS, _OPTIONS)
     result = train(s, progress=not args.no_progress, ckpts=ckpts)
     m = result["metrics"]
     row = {
