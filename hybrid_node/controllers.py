@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from ._transforms import is_batched
 
@@ -220,6 +221,14 @@ class PIDController(AbstractController):
                 raise ValueError(
                     f"{name} is batched by vmap; the problems of one vmap share their tolerances (per-component "
                     "tensors made outside the transform are fine): solve each tolerance separately."
+                )
+            if isinstance(v, torch.Tensor) and is_fake(v):
+                # its values are unknown while torch.export traces (the check below failed with "must be
+                # finite and non-negative, got FakeTensor(...)", as if the value were wrong)
+                raise ValueError(
+                    f"{name} is a tensor traced by torch.export or torch.compile, whose value the trace does not "
+                    f"know; a traced solve's tolerances are constants of the program: pass {name} as a Python "
+                    "float (export once per tolerance), or solve outside the trace."
                 )
             values = (
                 v.detach().reshape(-1).tolist()

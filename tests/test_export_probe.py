@@ -108,3 +108,26 @@ def test_an_exported_adaptive_solve_takes_the_eager_steps(float64_default, one_t
             expected = model(inputs)
             assert torch.equal(program.module()(inputs), expected)
             assert torch.equal(loaded.module()(inputs), expected)
+
+
+class _TolerancesIn(torch.nn.Module):
+    """A model whose tolerances are inputs of its forward (tensors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.field = CountingMLP()
+
+    def forward(self, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> torch.Tensor:
+        return hn.odeint(self.field, y, torch.linspace(0.0, 1.0, 3), rtol=rtol, atol=atol)
+
+
+def test_tolerances_traced_as_tensors_are_refused_with_the_fix(one_thread):
+    """Tolerances handed to an exported model as tensors are fake while it traces: the check said they
+    were not "finite and non-negative" (as if the value were wrong); it now says what a traced solve's
+    tolerances are and what to pass. A real tensor tolerance still solves."""
+    model, y = _TolerancesIn(), torch.randn(4, 2)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"rtol is a tensor traced by torch.export.*Python float"):
+            torch.export.export(model, (y, torch.tensor(1e-5), torch.tensor(1e-7)))
+        expected = hn.odeint(model.field, y, torch.linspace(0.0, 1.0, 3), rtol=1e-5, atol=1e-7)
+        assert torch.equal(model(y, torch.tensor(1e-5), torch.tensor(1e-7)), expected)
