@@ -433,14 +433,20 @@ def test_jump_t_handles_a_discontinuity():
     torch.testing.assert_close(ys[-1], theirs[-1], rtol=0, atol=1e-8)
 
 
-def test_step_t_ends_steps_there():
+def _evaluation_times(t: list[float], **kwargs) -> list[float]:
+    """The times at which ``hn.odeint(..., **kwargs)`` evaluates dy/dt = -y, solved from y = 1 at ``t`` (float64)."""
     times = []
 
     def f(t, y):
         times.append(float(t))
         return -y
 
-    hn.odeint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 2.0], dtype=F64), options={"step_t": [0.7, 1.3]})
+    hn.odeint(f, torch.ones(1, dtype=F64), torch.tensor(t, dtype=F64), **kwargs)
+    return times
+
+
+def test_step_t_ends_steps_there():
+    times = _evaluation_times([0.0, 2.0], options={"step_t": [0.7, 1.3]})
     # dopri5 evaluates its last stage at the end of the step: steps end at each step_t (to an ulp)
     for s in (0.7, 1.3):
         assert min(abs(x - s) for x in times) < 1e-15
@@ -608,45 +614,16 @@ def test_odeint_dense_fixed_grid_interpolates():
 
 
 def test_step_size_and_grid_constructor():
-    times = []
-
-    def f(t, y):
-        times.append(float(t))
-        return -y
-
-    hn.odeint(
-        f, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="euler", options={"step_size": 0.25}
-    )
-    assert times == [0.0, 0.25, 0.5, 0.75]
-    times.clear()
+    assert _evaluation_times([0.0, 1.0], method="euler", options={"step_size": 0.25}) == [0.0, 0.25, 0.5, 0.75]
     grid = torch.tensor([0.0, 0.1, 0.6, 1.0], dtype=F64)
-    hn.odeint(
-        f,
-        torch.ones(1, dtype=F64),
-        torch.tensor([0.0, 1.0], dtype=F64),
-        method="euler",
-        options={"grid_constructor": lambda func, y0, t: grid},
-    )
+    times = _evaluation_times([0.0, 1.0], method="euler", options={"grid_constructor": lambda func, y0, t: grid})
     assert times == pytest.approx([0.0, 0.1, 0.6])
-    times.clear()  # without step_size the output times are the grid
-    hn.odeint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 0.3, 1.0], dtype=F64), method="euler")
-    assert times == pytest.approx([0.0, 0.3])
+    # without step_size the output times are the grid
+    assert _evaluation_times([0.0, 0.3, 1.0], method="euler") == pytest.approx([0.0, 0.3])
 
 
 def test_perturb_evaluates_just_inside_each_step():
-    times = []
-
-    def f(t, y):
-        times.append(float(t))
-        return -y
-
-    hn.odeint(
-        f,
-        torch.ones(1, dtype=F64),
-        torch.tensor([0.0, 1.0], dtype=F64),
-        method="euler",
-        options={"step_size": 0.5, "perturb": True},
-    )
+    times = _evaluation_times([0.0, 1.0], method="euler", options={"step_size": 0.5, "perturb": True})
     assert times[0] > 0.0 and times[0] == pytest.approx(0.0, abs=1e-300)
     assert times[1] > 0.5 and times[1] == pytest.approx(0.5, abs=1e-15)
 
