@@ -623,14 +623,14 @@ def test_implicit_methods_with_a_users_jacobian_mirror_bit_for_bit(method):
     y0 = torch.tensor([1.0, 0.2], dtype=F64)
     t = torch.tensor([0.0, -0.5, -1.0], dtype=F64)
     for own, mirrored_jac in (({}, {}), ({"jacobian": jac}, {"jacobian": lambda s, z: -jac(-s, z)})):
-        back = hn.odeint(_unstable_forwards, y0, t, method=method, rtol=1e-8, atol=1e-8, options=own)
+        back = hn.odeint(_unstable_forwards, y0, t, method=method, rtol=1e-6, atol=1e-6, options=own)
         mirrored = hn.odeint(
-            lambda s, z: -_unstable_forwards(-s, z), y0, -t, method=method, rtol=1e-8, atol=1e-8, options=mirrored_jac
+            lambda s, z: -_unstable_forwards(-s, z), y0, -t, method=method, rtol=1e-6, atol=1e-6, options=mirrored_jac
         )
         assert torch.equal(back, mirrored)
     reference = hn.odeint(_unstable_forwards, y0, t, method="dopri8", rtol=1e-12, atol=1e-12)
-    # 100x the tolerance: rosenbrock23 (order 2) is the loosest, 1.8e-7 off here
-    torch.testing.assert_close(back, reference, rtol=0, atol=1e-6)
+    # 100x the tolerance 1e-6 (kept loose: rosenbrock23, order 2, takes thousands of steps at 1e-8)
+    torch.testing.assert_close(back, reference, rtol=0, atol=1e-4)
 
 
 def test_a_backward_blow_up_is_reported_at_the_users_time():
