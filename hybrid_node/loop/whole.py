@@ -696,31 +696,27 @@ def solver_time(
     return field, t.to(torch.float64) * sign
 
 
-def _rms_of_size(size) -> Callable[[torch.Tensor], torch.Tensor]:
+def _rms_of_nonempty(r: torch.Tensor) -> torch.Tensor:
     """The RMS error norm of ``error_ratio_tensor`` (the vector norm over the square root of the element
-    count), its count fixed before the loop is traced.
+    count) for a state that is not empty, without its ``max(r.numel(), 1)``.
 
-    In a ``while_loop`` body traced by a non-strict ``torch.export`` (torch 2.13), ``max`` of an
-    element count and a constant returns the constant: ``max(r.numel(), 1)`` is 1, so every error ratio
-    came out sqrt(N) times too large (4x for an 8x2 state) and the exported program took other, smaller
-    steps than the eager solve (8 instead of 7, outputs 3.5e-10 apart at rtol 1e-9 in float64; for a
-    512x64 state the tolerance would be 181 times tighter). The same operations on a count taken outside
-    the loop give the eager ratio to the last bit.
+    In a ``while_loop`` body traced by a non-strict ``torch.export`` (torch 2.13), ``max`` of an element
+    count and a constant returns the constant: ``max(r.numel(), 1)`` is 1, so every error ratio came out
+    sqrt(N) times too large (4x for an 8x2 state) and the exported program took other, smaller steps than
+    the eager solve (8 instead of 7, outputs 3.5e-10 apart at rtol 1e-9 in float64; for a 512x64 state
+    the tolerance would be 181 times tighter). ``math.sqrt(r.numel())`` is traced right, with a static or
+    a dynamic batch size (a count fixed outside the loop made ``math.sqrt`` specialise a dynamic batch
+    dimension), and gives the eager ratio to the last bit.
 
     Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Section II.4 (the RMS error norm).
 
     Args:
-        size: the state's element count (an int, or a symbolic size under a dynamic batch dimension).
+        r: the scaled error, at least one element.
 
     Returns:
-        ``norm(r)``, the RMS of ``r``'s elements.
+        The RMS of ``r``'s elements (0-d).
     """
-    root = math.sqrt(max(size, 1))
-
-    def norm(r: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(r) / root
-
-    return norm
+    return torch.linalg.vector_norm(r) / math.sqrt(r.numel())
 
 
 @traced_field_autocast
@@ -784,7 +780,7 @@ def odeint_graph(
     state = initial_state(y0, f0, ts[0], dt0, ts.shape[0])
 
     # (the initial step's norms, outside the loop, are rms_norm's own, as in the host loop)
-    step_norm = _rms_of_size(y0.numel()) if norm is rms_norm else norm
+    step_norm = _rms_of_nonempty if norm is rms_norm and y0.numel() > 0 else norm
     out = _loop(field, solver, c, tables, rtol, atol, step_norm, state)
     # the program cannot branch on the host, but it can refuse to return a failed solve's NaN rows
     torch._assert_async(out.status == core.SUCCESS, _TRACED_FAILURE)
