@@ -212,7 +212,7 @@ def traced_field_autocast(solve: Callable) -> Callable:
     not pass through :func:`field_autocast`: its loop was traced under the caller's autocast as it found
     it, so the solver's own products (the dense output's, the stage sums') ran in bfloat16 too, and the
     exported program under ``torch.autocast`` returned states 5e-4 away from the eager solve's under the
-    same autocast (dopri5, a float32 tanh MLP; 1.3e-3 with rk4). Here, as in :func:`field_autocast`, the
+    same autocast (dopri5, a float32 tanh MLP; 1.6e-3 with rk4). Here, as in :func:`field_autocast`, the
     field runs under the caller's autocast, its output cast back to the state's dtype, and everything else
     with autocast off. No per-module wrapper is kept (the caller's program is the cache; keeping one would
     leave the trace for a lock and the thread's identity).
