@@ -377,6 +377,18 @@ def _user_times(term: Term, s: np.ndarray) -> np.ndarray:
     return -s if term.reverse else s
 
 
+class _Workspace(NamedTuple):
+    """The batch handed to the event function while samples are located (:meth:`_Locator.workspace`).
+
+    Attributes:
+        y: (n, m) the state, the step's end but for the located samples' rows.
+        t: (n,) each sample's time (user time, the field's time dtype, the state's device).
+    """
+
+    y: torch.Tensor
+    t: torch.Tensor
+
+
 class _Locator:
     """Evaluates rows of one step's dense output and the event function at per-sample times."""
 
@@ -436,16 +448,49 @@ class _Locator:
                 )
         return -rate if self.term.reverse else rate
 
-    def values(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
-        """Each sample ``idx[j]``'s event value at its own time ``times[j]`` (solver time), shape (k,)."""
+    def workspace(self) -> _Workspace:
+        """The batch the event function is called on while samples are located, at the step's end.
+
+        Made once per bisection, not once per halving: each halving overwrites only the located
+        samples' rows and times (:meth:`values`), every other row stays the step's end, as it was
+        when the whole batch was built afresh at every halving (a copy of the state, a time vector
+        and its conversion, per halving; the same values either way).
+
+        Returns:
+            A :class:`_Workspace` without graph.
+        """
+        y = self.y1.detach().reshape(self.n, -1).clone()
+        t = torch.from_numpy(_user_times(self.term, np.full(self.n, self.seg.t1, dtype=np.float64)))
+        return _Workspace(y, t.to(self.term.t_dtype).to(y.device))
+
+    def values(self, times: np.ndarray, idx: torch.Tensor, work: _Workspace | None = None) -> torch.Tensor:
+        """Each sample ``idx[j]``'s event value at its own time ``times[j]`` (solver time), shape (k,).
+
+        ``event_fn`` sees the whole batch (it may read every sample): the located samples at their
+        times, the others at the step's end.
+
+        Args:
+            times: (k,) the times (solver time, inside the step).
+            idx: (k,) the samples.
+            work: the batch from :meth:`workspace`, whose rows ``idx`` are overwritten here (its
+                other rows must be the step's end, so keep one workspace per set of samples);
+                None: a fresh one.
+
+        Returns:
+            A (k,) tensor without graph.
+
+        Raises:
+            ValueError: an event value is NaN.
+        """
         with torch.no_grad():
-            y = self.y1.detach().reshape(self.n, -1).clone()
-            y[idx] = self.rows(times, idx)
-            t = torch.full((self.n,), self.seg.t1, dtype=torch.float64)
-            t[idx.cpu()] = torch.from_numpy(times)
-            t = torch.from_numpy(_user_times(self.term, t.numpy())).to(self.term.t_dtype).to(y.device)
-            g = self.event_fn(t.reshape(self.batch_shape), y.reshape(self.y1.shape)).reshape(self.n)[idx]
-            check_no_nan(g, _user_times(self.term, times), y[idx], idx)
+            work = self.workspace() if work is None else work
+            rows = self.rows(times, idx)
+            # index_copy_, not an indexed assignment: the same copy with less overhead per halving
+            work.y.index_copy_(0, idx, rows)
+            t_user = _user_times(self.term, times)
+            work.t.index_copy_(0, idx, torch.from_numpy(t_user).to(self.term.t_dtype).to(work.t.device))
+            g = self.event_fn(work.t.reshape(self.batch_shape), work.y.reshape(self.y1.shape)).reshape(self.n)[idx]
+            check_no_nan(g, t_user, rows, idx)
             return g
 
     def locate(self, idx: torch.Tensor, sign0: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -462,12 +507,13 @@ class _Locator:
         """
         lo, hi = lo.copy(), hi.copy()
         width = _BRACKET_ULPS * _EPS * max(1.0, abs(self.seg.t0), abs(self.seg.t1))
+        work = self.workspace()  # one batch for all halvings: only the rows idx change
         for _ in range(_MAX_HALVINGS):
             mid = 0.5 * (lo + hi)
             open_ = (hi - lo > width) & (mid > lo) & (mid < hi)
             if not open_.any():
                 break
-            changed = (torch.sign(self.values(np.where(open_, mid, hi), idx)) != sign0).cpu().numpy()
+            changed = (torch.sign(self.values(np.where(open_, mid, hi), idx, work)) != sign0).cpu().numpy()
             hi = np.where(open_ & changed, mid, hi)
             lo = np.where(open_ & ~changed, mid, lo)
         return hi
