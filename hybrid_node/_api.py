@@ -16,7 +16,15 @@ from ._double_backward import first_order_only
 from ._errors import BackendError, SolverError, Status
 from ._event import Event
 from ._problem import Problem, check_t_dtype, make_problem
-from ._registry import METHOD_SPECS, build_solver, check_options, method_list
+from ._registry import (
+    METHOD_SPECS,
+    build_solver,
+    check_options,
+    inert_controller_settings,
+    method_list,
+    refuse_inert_step_settings,
+    refuse_replaced_tolerances,
+)
 from ._solution import Solution, State, Stats
 from ._term import CALLBACK_NAMES
 from ._tracing import traced
@@ -121,6 +129,10 @@ def solve(
             raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
         events = {"event": event, "event_fn": event_fn, "event_t_end": event_t_end, "throw": throw}
         return _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events)
+    # the torch loops take a Nordsieck method's own step in place of the PID formula's (the Julia backend
+    # refuses every setting it does not take above)
+    refuse_inert_step_settings(solver.name, inert_controller_settings(solver, controller))
+    refuse_replaced_tolerances(solver, controller)
     sensitivity = DirectBackprop() if sensitivity is None else sensitivity
     if not isinstance(sensitivity, AbstractSensitivity):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")

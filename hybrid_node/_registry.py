@@ -3,6 +3,7 @@ mapping of torchdiffeq-style method names and options to solver and controller o
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +44,9 @@ ADAPTIVE_OPTIONS = (
 #: the step-size formula's settings, which the variable-order multistep methods (their own step and order
 #: selection) do not use
 _PID_FORMULA = {"safety", "ifactor", "dfactor", "pcoeff", "icoeff", "dcoeff"}
+#: the PIDController fields a Nordsieck method does not read: the formula's, and the two rules that bound
+#: its proposal (the method's own step replaces that proposal, :meth:`Nordsieck.propose_step`)
+_NORDSIECK_INERT = _PID_FORMULA | {"shrink_after_accept", "grow_after_reject"}
 _SHOWN = {"torch": "torch", "julia": "Julia"}  # backend names as the messages write them
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile", "max_num_steps")
 
@@ -276,6 +280,79 @@ def check_options(options: Any, name: str) -> Mapping[str, Any]:
     return options
 
 
+def refuse_inert_step_settings(method: str, inert: list[str]) -> None:
+    """Refuse step-size settings a Nordsieck method (adams, bdf, lsoda) would accept and not use.
+
+    These methods choose step and order from their own error estimates at orders q-1, q and q+1
+    (Hindmarsh 1983, LSODE; Hairer, Nørsett, Wanner I, III.7), and the loop takes their step in
+    place of the controller's proposal, so the PID formula's settings changed nothing (the same
+    steps with any of them). ``odeint``'s options and ``solve``'s ``PIDController`` are refused by
+    this one check, with one message.
+
+    Args:
+        method: the method's name, for the message.
+        inert: the names of the settings given (an option, or a controller field away from its default).
+
+    Raises:
+        ValueError: ``inert`` is not empty; the message names the settings and those that do apply.
+    """
+    if inert:
+        # accepted, they changed nothing (the same steps with any of them): a setting that looks used
+        raise ValueError(
+            f"method {method!r} chooses its own step size and order (Nordsieck form), so the PID settings "
+            f"{inert} have no effect on it; drop them (first_step, min_step, max_step and max_num_steps "
+            "do apply)."
+        )
+
+
+def inert_controller_settings(solver: Any, controller: Any) -> list[str]:
+    """The fields of ``controller`` that ``solver`` would not use and that differ from their defaults.
+
+    Args:
+        solver: the solve's solver.
+        controller: the solve's controller.
+
+    Returns:
+        The names, sorted: for a Nordsieck method and a PIDController the step-size formula's settings
+        and its proposal rules (``shrink_after_accept``, ``grow_after_reject``) away from their
+        defaults; else none.
+    """
+    if not (isinstance(solver, Nordsieck) and isinstance(controller, PIDController)):
+        return []
+    defaults = {f.name: f.default for f in dataclasses.fields(PIDController)}
+    return sorted(name for name in _NORDSIECK_INERT if getattr(controller, name) != defaults[name])
+
+
+def refuse_replaced_tolerances(solver: Any, controller: Any) -> None:
+    """Refuse tolerances set on a solver (adams, bdf, lsoda, auto) that the solve's PIDController replaces.
+
+    The loop hands such a method the controller's tolerances (``with_tolerances``), so
+    ``hn.BDF(rtol=1e-3)`` under ``hn.PIDController()`` ran at the controller's 1e-7: accepted, and not
+    used. Tolerances equal to the controller's (as ``odeint`` builds them) are fine.
+
+    Args:
+        solver: the solve's solver.
+        controller: the solve's controller.
+
+    Raises:
+        ValueError: the method's ``rtol`` or ``atol`` is away from its default and not what the
+            controller hands it.
+    """
+    names = {f.name for f in dataclasses.fields(solver)} if dataclasses.is_dataclass(solver) else set()
+    if not ({"rtol", "atol"} <= names and isinstance(controller, PIDController)):
+        return
+    tuned = solver.with_tolerances(controller.rtol, controller.atol)
+    defaults = {f.name: f.default for f in dataclasses.fields(solver)}
+    given = [
+        n for n in ("rtol", "atol") if getattr(solver, n) != defaults[n] and getattr(tuned, n) != getattr(solver, n)
+    ]
+    if given:
+        raise ValueError(
+            f"method {solver.name!r} takes its tolerances from the PIDController, so {given} set on the solver "
+            f"would not be used; pass them as hn.PIDController(rtol=..., atol=...) instead."
+        )
+
+
 def _time_dtype_option(dtype: Any) -> None:
     """Check ``options["dtype"]``: torchdiffeq's precision of the solver's internal time.
 
@@ -372,7 +449,15 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
         refuse_unknown_options(options, solver_keys + ("dtype",), method, others=_every_option_name)
         _time_dtype_option(options.get("dtype"))
         return solver, PIDController(rtol=rtol, atol=atol), {}
-    if solver.adaptive and ({"step_size", "grid_constructor"} & set(options)):
+    fixed_options = sorted({"step_size", "grid_constructor"} & set(options))
+    if solver_kwargs.get("adaptive") is True and fixed_options:
+        # the step options switched the method to fixed steps, so adaptive=True was accepted and overruled
+        raise ValueError(
+            f"options adaptive=True and {fixed_options} contradict each other for method {method!r}: adaptive "
+            "steps are chosen from the error estimate; drop adaptive=True for fixed steps, or drop "
+            f"{fixed_options} (first_step sets the first adaptive step)."
+        )
+    if solver.adaptive and fixed_options:
         # e.g. trbdf2: torchdiffeq's fixed-step meaning when a step is given; methods without a
         # fixed-step variant return themselves and the step options are reported as unknown below
         solver = solver.fixed_steps()
@@ -385,23 +470,17 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:
         nordsieck = isinstance(solver, Nordsieck)
-        inert = sorted(_PID_FORMULA & set(options)) if nordsieck else []
-        if inert:
-            # accepted, they changed nothing (the same steps with any of them): a setting that looks used
-            raise ValueError(
-                f"method {method!r} chooses its own step size and order (Nordsieck form), so the PID settings "
-                f"{inert} have no effect on it; drop them (first_step, min_step, max_step and max_num_steps "
-                "do apply)."
-            )
+        if nordsieck:
+            refuse_inert_step_settings(method, sorted(_PID_FORMULA & set(options)))
         valid = [k for k in ADAPTIVE_OPTIONS if not (nordsieck and k in _PID_FORMULA)] + list(solver_keys)
         refuse_unknown_options(options, valid, method, others=_every_option_name)
         for key in ("jump_t", "step_t"):
             if key in options:
                 extras[key] = _times_option(key, options.pop(key))
-        # torchdiffeq's rule: an accepted step never shrinks the next one (its steps, not Hairer's)
-        controller: PIDController | ConstantStepSize = PIDController(
-            rtol=rtol, atol=atol, shrink_after_accept=False, **options
-        )
+        # torchdiffeq's rule: an accepted step never shrinks the next one (its steps, not Hairer's); a
+        # Nordsieck method proposes its own steps, so there it stays at the default that solve() accepts
+        rule: dict[str, Any] = {} if nordsieck else {"shrink_after_accept": False}
+        controller: PIDController | ConstantStepSize = PIDController(rtol=rtol, atol=atol, **rule, **options)
     else:
         refuse_unknown_options(options, FIXED_OPTIONS + solver_keys, method, others=_every_option_name)
         step = options.get("step_size")

@@ -146,6 +146,10 @@ class ConstantStepSize(AbstractController):
         return grid
 
 
+#: PIDController's default ``sync_every`` (the device loop's attempts per host check)
+_DEFAULT_SYNC_EVERY = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class PIDController(AbstractController):
     """Adaptive step-size control from the embedded error estimate.
@@ -171,7 +175,8 @@ class PIDController(AbstractController):
             a time vector of shape (batch,).
         device_loop: decide the steps on the state's device, ``sync_every`` attempts per host check
             (see ``hybrid_node.loop.device``); explicit first-same-as-last pairs only.
-        sync_every: step attempts per run of the device loop (one host read per run).
+        sync_every: step attempts per run of the device loop (one host read per run); only with
+            ``device_loop=True`` (the other loops check every attempt, so it is refused without it).
         shrink_after_accept: whether the step after an accepted one may be shorter (Hairer's codes and
             DifferentialEquations.jl: the factor may fall to ``safety``); False keeps it at least as
             long while the error ratio is below 1, the rule of torchdiffeq and diffrax, which
@@ -202,7 +207,7 @@ class PIDController(AbstractController):
     norm: Callable | None = None
     per_sample: bool = False
     device_loop: bool = False
-    sync_every: int = 8
+    sync_every: int = _DEFAULT_SYNC_EVERY
     shrink_after_accept: bool = True
     grow_after_reject: bool = True
 
@@ -279,6 +284,13 @@ class PIDController(AbstractController):
         if isinstance(self.sync_every, bool) or not (isinstance(self.sync_every, int) and self.sync_every > 0):
             raise ValueError(
                 f"sync_every must be a positive int (step attempts per host check), got {self.sync_every!r}."
+            )
+        if self.sync_every != _DEFAULT_SYNC_EVERY and not self.device_loop:
+            # only the device loop runs attempts between host checks: the host loops checked after every
+            # attempt whatever it was, so the setting was accepted and changed nothing
+            raise ValueError(
+                f"sync_every={self.sync_every} sets the attempts per host check of the device loop; it needs "
+                "device_loop=True (or leave sync_every out)."
             )
         if self.first_step is not None:  # after per_sample's check: it decides whether several values may be given
             _check_first_step(self.first_step, self.per_sample)

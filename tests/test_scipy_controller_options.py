@@ -175,7 +175,6 @@ def test_min_step_with_a_method_other_than_lsoda_is_refused(where):
         {"norm": lambda x: x.abs().max()},
         {"per_sample": True},
         {"device_loop": True},
-        {"sync_every": 4},
         {"grow_after_reject": False},
     ],
     ids=lambda s: next(iter(s)),

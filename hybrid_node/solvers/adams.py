@@ -132,6 +132,14 @@ class Adams(AbstractSolver):
         if max_order is None or not 1 <= max_order <= MAX_ORDER:
             raise ValueError(f"max_order must be an int between 1 and {MAX_ORDER}, got {self.max_order!r}.")
         check_max_iters(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(Adams)}
+        inert = [name for name in ("max_iters", "rtol", "atol") if getattr(self, name) != defaults[name]]
+        if inert and not self.corrector:
+            # they set the Moulton corrector's iteration, which Adams-Bashforth alone never runs
+            raise ValueError(
+                f"{inert} of {self.name!r} set the Adams-Moulton corrector's iteration, which corrector=False "
+                "does not run: drop them, or use corrector=True ('implicit_adams')."
+            )
 
     @property
     def order(self) -> int:

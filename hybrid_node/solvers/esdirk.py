@@ -293,6 +293,14 @@ class Dirk(AbstractSolver):
         _ = self.newton  # validates the Newton settings
         if self.adaptive and self.tableau.b_error is None:
             raise ValueError(f"method {self.name!r} has no error estimate; use fixed steps (adaptive=False).")
+        # both act on the error estimate and the step proposal, which fixed steps have neither of: they
+        # were accepted and changed nothing
+        inert = [name for name in ("smooth_error", "cap_after_reject") if getattr(self, name) is not True]
+        if inert and not self.adaptive:
+            raise ValueError(
+                f"{inert} of method {self.name!r} shape adaptive steps (the error estimate, the step after a "
+                "rejection); on fixed steps they have no effect: drop them, or take adaptive steps."
+            )
 
     @property
     def newton(self) -> NewtonSettings:

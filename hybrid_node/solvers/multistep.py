@@ -397,6 +397,12 @@ class Nordsieck(AbstractSolver):
             raise ValueError(f"min_order must be an int from 1 to max_order={mo}, got {self.min_order!r}.")
         check_max_iters(self)
         JacobianSettings(self.jacobian, self.batch_dims)  # validates
+        if self.family == "adams" and (self.jacobian != "jacrev" or self.batch_dims is not None):
+            # Adams iterates its corrector without a Jacobian: these were accepted and never read
+            raise ValueError(
+                f"{self.name!r} (Adams, functional iteration) uses no Jacobian, so jacobian and batch_dims have "
+                "no effect on it; drop them, or use 'bdf' or 'lsoda', whose stiff phase uses them."
+            )
 
     @property
     def implicit(self) -> bool:  # type: ignore[override]
