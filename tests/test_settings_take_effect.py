@@ -521,3 +521,15 @@ def test_adaptive_true_with_a_step_size_is_refused():
     fixed = hn.odeint(field, Y0, T, method="trbdf2", options={"step_size": STEP})
     adaptive = hn.odeint(field, Y0, T, method="trbdf2", options={"adaptive": True}, rtol=RTOL, atol=ATOL)
     assert not torch.equal(fixed, adaptive)
+
+
+# ---- the nn modules' constructor options ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "gru"])
+def test_latent_ode_refuses_ode_rnn_kwargs_its_encoder_does_not_read(encoder):
+    # only encoder="ode-rnn" builds the ODE-RNN they configure; the RNN encoders ran without them
+    with pytest.raises(ValueError, match=r"ode_rnn_kwargs \['rtol'\] configure the ODE-RNN encoder"):
+        hn.nn.LatentODE(encoder=encoder, ode_rnn_kwargs={"rtol": 1e-3})
+    hn.nn.LatentODE(encoder=encoder)
+    hn.nn.LatentODE(encoder="ode-rnn", ode_rnn_kwargs={"rtol": 1e-3})

@@ -297,7 +297,8 @@ class LatentODE(nn.Module):
 
     Raises:
         ValueError: for an unknown encoder, a size below 1, an ``obs_std`` that is not finite and positive,
-            ``ode_rnn_kwargs`` that set a size the model sets, or an unknown method or option name (the
+            ``ode_rnn_kwargs`` that set a size the model sets or come without ``encoder='ode-rnn'``, or an
+            unknown method or option name (the
             message names the closest valid one).
         TypeError: a size that is not an int (a bool or float).
     """
@@ -330,6 +331,12 @@ class LatentODE(nn.Module):
         positive_float("obs_std", obs_std)  # a NaN or infinite std turns every likelihood into NaN
         self.encoder: RecognitionRNN | ODERNNEncoder
         if encoder in RecognitionRNN.CELLS:
+            if ode_rnn_kwargs:
+                # only the ODE-RNN encoder reads them: an 'rnn' or 'gru' encoder accepted them and ran without
+                raise ValueError(
+                    f"ode_rnn_kwargs {sorted(ode_rnn_kwargs)} configure the ODE-RNN encoder, but encoder="
+                    f"{encoder!r}; pass encoder='ode-rnn', or drop ode_rnn_kwargs."
+                )
             self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim, cell=encoder)
         elif encoder == "ode-rnn":
             fixed = {"obs_dim": "obs_dim", "hidden": "rec_hidden", "out_dim": "latent_dim (out_dim = 2 * latent_dim)"}
