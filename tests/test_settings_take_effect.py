@@ -533,3 +533,51 @@ def test_latent_ode_refuses_ode_rnn_kwargs_its_encoder_does_not_read(encoder):
         hn.nn.LatentODE(encoder=encoder, ode_rnn_kwargs={"rtol": 1e-3})
     hn.nn.LatentODE(encoder=encoder)
     hn.nn.LatentODE(encoder="ode-rnn", ode_rnn_kwargs={"rtol": 1e-3})
+
+
+# ---- sdeint's settings ---------------------------------------------------------------------------------
+
+
+class _GeometricSDE(torch.nn.Module):
+    """dy = (-y + sin t) dt + 0.3 y dW (Ito, diagonal noise)."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return -y + torch.sin(t)
+
+    def g(self, t, y):
+        return 0.3 * y
+
+
+def _sdeint(**settings) -> torch.Tensor:
+    y0 = torch.ones(2, 1, dtype=F64)
+    bm = hn.BrownianInterval(0.0, 1.0, size=(2, 1), dtype=F64, entropy=1)  # the same path for every call
+    settings = {"method": "milstein", "dt": 0.05, **settings}
+    return hn.sdeint(_GeometricSDE(), y0, torch.tensor([0.0, 0.5, 1.0], dtype=F64), bm=bm, **settings)
+
+
+#: sdeint's settings with a non-default value and the settings it is probed with
+_SDE_PROBES = {
+    "method": ({"method": "euler"}, {}),
+    "dt": ({"dt": 0.02}, {}),
+    "adaptive": ({"adaptive": True}, {}),
+    # the step-doubling tolerances and least step act with adaptive=True; without it torchsde's callers
+    # pass them unconditionally (its examples do), so they are accepted there for the drop-in
+    "rtol": ({"rtol": 1e-2}, {"adaptive": True}),
+    "atol": ({"atol": 1e-2}, {"adaptive": True}),
+    "dt_min": ({"dt_min": 0.04}, {"adaptive": True}),
+    "options": ({"options": {"grad_free": True}}, {}),  # milstein's derivative-free variant
+}
+
+
+@pytest.mark.parametrize("setting", sorted(_SDE_PROBES))
+def test_every_sdeint_setting_acts(setting):
+    changed, context = _SDE_PROBES[setting]
+    assert not torch.equal(_sdeint(**context, **changed), _sdeint(**context)), f"{setting} changed nothing"
+
+
+def test_sdeint_probes_cover_its_solver_settings():
+    # a new keyword of sdeint needs a probe above (names, logqp and extra* shape what it returns, bm is the path)
+    shaping = {"sde", "y0", "ts", "bm", "names", "logqp", "extra", "extra_solver_state"}
+    assert set(inspect.signature(hn.sdeint).parameters) - shaping == set(_SDE_PROBES)
