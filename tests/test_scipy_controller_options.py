@@ -185,11 +185,11 @@ def test_settings_scipy_cannot_honour_are_refused(setting):
         _ours(hn.ScipySolver(solver="RK45"), **setting)
 
 
-def test_shrink_after_accept_is_taken():
-    # odeint sets it (torchdiffeq's rule for torch steps) on every controller it builds; scipy proposes
-    # its own steps, and the solve is scipy's with or without it
-    got = _ours(hn.ScipySolver(solver="RK45"), shrink_after_accept=False)
-    np.testing.assert_array_equal(got, _scipy("RK45"))
+def test_shrink_after_accept_is_refused():
+    # odeint leaves it at its default for scipy_solver; scipy proposes its own steps, so a user's False
+    # would change nothing (the solve equal to scipy's with or without it, before this was refused)
+    with pytest.raises(ValueError, match=r"PIDController settings \['shrink_after_accept'\] have no effect"):
+        _ours(hn.ScipySolver(solver="RK45"), shrink_after_accept=False)
 
 
 @pytest.mark.parametrize(

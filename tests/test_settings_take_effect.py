@@ -291,10 +291,6 @@ _CONTROLLER_INERT: dict[tuple[str, str], str] = {
     # the device loop decides the same steps as the host loop (on the CPU, from the same float64
     # numbers): it changes where the decisions run, not what they are (tests/test_device_loop*.py)
     ("Bosh3", "device_loop"): "the device loop takes the host loop's steps by design",
-    # scipy proposes its own steps; scipy_solver takes this flag on purpose (with_controller, and
-    # tests/test_scipy_controller_options.py::test_shrink_after_accept_is_taken) although odeint does not
-    # set it for scipy_solver: a user's shrink_after_accept=False there changes nothing (left to its owner)
-    ("ScipySolver", "shrink_after_accept"): "accepted by scipy_solver on purpose (see the comment above)",
 }
 
 

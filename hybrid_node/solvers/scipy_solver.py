@@ -161,7 +161,7 @@ def _user_time(term, s: float) -> float:
 
 
 #: the PIDController settings that scipy_solver takes (see :meth:`ScipySolver.with_controller`)
-_CONTROLLER_TAKES = ("rtol", "atol", "first_step", "min_step", "max_step", "max_num_steps", "shrink_after_accept")
+_CONTROLLER_TAKES = ("rtol", "atol", "first_step", "min_step", "max_step", "max_num_steps")
 
 
 @functools.cache
@@ -282,9 +282,10 @@ class ScipySolver(ExternalSolver):
         A setting given on one of the two alone is the one that applies (the defaults of both mean "not
         set"). Given on both, the solve keeps within both bounds: the smaller ``max_step`` and
         ``max_num_steps``, the larger ``min_step``; two different ``first_step`` values have no such
-        order and are refused. ``rtol`` and ``atol`` reach scipy with the solve (not here), and
-        ``shrink_after_accept``, which ``odeint`` sets for its torch steps, is not one scipy has: its
-        solvers propose their own steps (Hairer, Norsett, Wanner, Solving ODEs I, 2nd ed., II.4).
+        order and are refused. ``rtol`` and ``atol`` reach scipy with the solve (not here). The
+        proposal rules (the PID formula, ``shrink_after_accept``, ``grow_after_reject``) are not ones
+        scipy has: its solvers propose their own steps (Hairer, Norsett, Wanner, Solving ODEs I, 2nd
+        ed., II.4), so they are refused away from their defaults.
 
         Args:
             controller: the solve's ``PIDController``.
@@ -295,8 +296,8 @@ class ScipySolver(ExternalSolver):
         Raises:
             ValueError: a controller setting scipy cannot honour (the PID formula's ``safety``,
                 ``ifactor``, ``dfactor``, ``pcoeff``/``icoeff``/``dcoeff``, ``norm``, ``per_sample``,
-                ``device_loop``, ``sync_every``, ``grow_after_reject``) away from its default; two
-                different ``first_step`` values; merged bounds that do not fit (``min_step`` above
+                ``device_loop``, ``sync_every``, ``shrink_after_accept``, ``grow_after_reject``) away from
+                its default; two different ``first_step`` values; merged bounds that do not fit (``min_step`` above
                 ``max_step``, ``min_step`` with a method other than LSODA).
         """
         inert = [
