@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+
+from .._registry import build_solver
+from ..controllers import ConstantStepSize
 
 
 def positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -150,3 +154,36 @@ def no_single_forward(model: torch.nn.Module, methods: tuple[str, ...]) -> NotIm
         f"{name} has no single forward pass: call one of {listed}. To compile one, compile the bound method, "
         f"e.g. torch.compile(model.{methods[0]}), or a function of yours that calls it."
     )
+
+
+def refuse_inert_tolerances(
+    owner: str, method: str, options: Any, given: dict[str, float], defaults: dict[str, float]
+) -> None:
+    """Refuse tolerances set away from their defaults for a method that takes fixed steps.
+
+    A fixed-step solve measures no local error, so its tolerances change nothing (unless the method
+    iterates a corrector to them, as the implicit Adams methods do: their solver is then built
+    differently, and the tolerances are kept). ``odeint`` accepts them for torchdiffeq's callers, who
+    pass them unconditionally; a model's constructor is not such a drop-in, and a tolerance given
+    there looks like it tightens the solve.
+
+    Args:
+        owner: how the message names the model, e.g. "ODERNN".
+        method, options: the model's solve settings (already checked by ``check_solve_settings``).
+        given: the tolerances given, by name ("rtol", "atol").
+        defaults: the model's defaults for them, by name; a value equal to its default is not refused.
+
+    Raises:
+        ValueError: a tolerance is away from its default and the method takes fixed steps.
+    """
+    changed = sorted(name for name, value in given.items() if value != defaults[name])
+    if not changed:
+        return
+    solver, controller, _ = build_solver(method, options, float(given["rtol"]), float(given["atol"]))
+    at_default = build_solver(method, options, float(defaults["rtol"]), float(defaults["atol"]))[0]
+    if isinstance(controller, ConstantStepSize) and solver == at_default:
+        settings = ", ".join(f"{name}={given[name]!r}" for name in changed)
+        raise ValueError(
+            f"{owner}: {settings} have no effect, because method {method!r} takes fixed steps and measures no "
+            f"error; drop {' and '.join(changed)}, or choose an adaptive method such as 'dopri5'."
+        )

@@ -108,7 +108,9 @@ class HamiltonianNN(nn.Module):
 
     Raises:
         TypeError: ``dim``, ``hidden`` or ``layers`` is not an int (a bool or float).
-        ValueError: ``dim`` or ``hidden`` is not positive, or ``layers`` is negative.
+        ValueError: ``dim`` or ``hidden`` is not positive, ``layers`` is negative, or ``hidden``, ``layers``
+            or ``activation`` is set away from its default beside a ``hamiltonian`` module (they shape the
+            default MLP only, which that module replaces).
     """
 
     def __init__(
@@ -121,6 +123,15 @@ class HamiltonianNN(nn.Module):
     ):
         super().__init__()
         positive_int("dim", dim)
+        if hamiltonian is not None:
+            # they shape the default MLP, which the module replaces: hidden=64 beside it built nothing
+            mlp = {"hidden": (hidden, 200), "layers": (layers, 2), "activation": (activation, nn.Tanh)}
+            given = [name for name, (value, default) in mlp.items() if value != default]
+            if given:
+                raise ValueError(
+                    f"HamiltonianNN got a hamiltonian module and {given}, which shape the default MLP that module "
+                    f"replaces; drop {' and '.join(given)}, or drop hamiltonian to train the default MLP."
+                )
         positive_int("hidden", hidden)
         if hamiltonian is None:  # a negative count built a linear H (a constant field) silently
             positive_int("layers", layers, minimum=0)

@@ -29,7 +29,7 @@ from torch import nn
 
 from .._registry import check_solve_settings
 from ..irregular import IrregularBatch, gather_union, union_grid_in, zero_unobserved
-from ._checks import positive_float, positive_int
+from ._checks import positive_float, positive_int, refuse_inert_tolerances
 from ._kept import kept_field
 from ._solve import odeint
 from .ode_rnn import ODERNN
@@ -273,6 +273,11 @@ class _WithIntensity(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------
 # The model
+
+#: LatentODE's default tolerances (a tolerance away from them is refused for a fixed-step method)
+_DEFAULT_TOLERANCES = {"rtol": 1e-7, "atol": 1e-9}
+
+
 class LatentODE(nn.Module):
     """Latent ODE for irregularly sampled series.
 
@@ -297,9 +302,10 @@ class LatentODE(nn.Module):
 
     Raises:
         ValueError: for an unknown encoder, a size below 1, an ``obs_std`` that is not finite and positive,
-            ``ode_rnn_kwargs`` that set a size the model sets or come without ``encoder='ode-rnn'``, or an
-            unknown method or option name (the
-            message names the closest valid one).
+            ``ode_rnn_kwargs`` that set a size the model sets or come without ``encoder='ode-rnn'``, an
+            unknown method or option name (the message names the closest valid one), or ``rtol`` or
+            ``atol`` set away from its default for a method that takes fixed steps (they would change
+            nothing).
         TypeError: a size that is not an int (a bool or float).
     """
 
@@ -314,8 +320,8 @@ class LatentODE(nn.Module):
         obs_std: float = 0.3,
         poisson: bool = False,
         method: str = "dopri5",
-        rtol: float = 1e-7,
-        atol: float = 1e-9,
+        rtol: float = _DEFAULT_TOLERANCES["rtol"],
+        atol: float = _DEFAULT_TOLERANCES["atol"],
         options: dict | None = None,
         ode_rnn_kwargs: dict | None = None,
     ):
@@ -358,6 +364,8 @@ class LatentODE(nn.Module):
         self.log_intensity = nn.Linear(latent_dim, obs_dim) if poisson else None
         self.obs_std = obs_std
         check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
+        # rk4 with rtol=1e-5 ran the same fixed steps as with the default: a tolerance that looked used
+        refuse_inert_tolerances("LatentODE", method, options, {"rtol": rtol, "atol": atol}, _DEFAULT_TOLERANCES)
         self.method, self.rtol, self.atol = method, rtol, atol
         # a copy: the caller's dict, changed later, would change the solves unchecked (``model.options = ...``
         # is the way to change them)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .._registry import check_solve_settings
 from ..irregular import IrregularBatch, check_future_times
-from ._checks import check_series_batch
+from ._checks import check_series_batch, refuse_inert_tolerances
 from ._kept import kept_field
 from ._solve import odeint
 
@@ -52,6 +52,10 @@ def hidden_field(hidden: int, width: int) -> nn.Module:
     return nn.Sequential(nn.Linear(hidden, width), nn.Tanh(), nn.Linear(width, hidden))
 
 
+#: ODERNN's default tolerances (a tolerance away from them is refused for a fixed-step method)
+_DEFAULT_TOLERANCES = {"rtol": 1e-3, "atol": 1e-4}
+
+
 class ODERNN(nn.Module):
     """ODE-RNN over an :class:`~hybrid_node.irregular.IrregularBatch`.
 
@@ -64,8 +68,9 @@ class ODERNN(nn.Module):
             copied: set ``model.options`` to change it later).
 
     Raises:
-        ValueError: a size is not positive, or an unknown method or option name (the message names the
-            closest valid one).
+        ValueError: a size is not positive, an unknown method or option name (the message names the
+            closest valid one), or ``rtol`` or ``atol`` set away from its default for a method that takes
+            fixed steps (they would change nothing).
     """
 
     def __init__(
@@ -75,8 +80,8 @@ class ODERNN(nn.Module):
         ode_hidden: int = 50,
         out_dim: int | None = None,
         method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        rtol: float = _DEFAULT_TOLERANCES["rtol"],
+        atol: float = _DEFAULT_TOLERANCES["atol"],
         options: dict | None = None,
     ):
         super().__init__()
@@ -89,6 +94,8 @@ class ODERNN(nn.Module):
         self.cell = nn.GRUCell(2 * obs_dim, hidden)
         self.readout = nn.Linear(hidden, obs_dim if out_dim is None else out_dim)
         check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
+        # rk4 with rtol=1e-6 ran the same fixed steps as with the default: a tolerance that looked used
+        refuse_inert_tolerances("ODERNN", method, options, {"rtol": rtol, "atol": atol}, _DEFAULT_TOLERANCES)
         self.method, self.rtol, self.atol = method, rtol, atol
         # a copy: the caller's dict, changed later, would change the solves unchecked (``model.options = ...``
         # is the way to change them)
@@ -179,8 +186,16 @@ class ODERNN(nn.Module):
         is skipped when ``t_start`` is not given, since nothing precedes it).
 
         Raises:
-            ValueError: as :meth:`run` (no time points, or ``t_start`` after a time of the batch).
+            ValueError: as :meth:`run` (no time points, or ``t_start`` after a time of the batch), or the
+                model reads out ``out_dim`` values that are not predictions of the ``obs_dim`` channels.
         """
+        if self.readout.out_features != self.obs_dim:
+            # the squared error of (B, L, out_dim) against (B, L, obs_dim) failed in a broadcast naming neither
+            raise ValueError(
+                f"ODERNN.loss compares the read-out with the observations, but out_dim={self.readout.out_features} "
+                f"differs from obs_dim={self.obs_dim}; build the model with out_dim=None (predictions of the "
+                "observations), or compute your own loss from model(batch)."
+            )
         pred = self(batch, t_start)
         mask = batch.mask.clone()
         if t_start is None:

@@ -1,0 +1,536 @@
+"""Every constructor argument of the nn modules either changes what the module computes or is refused.
+
+tests/test_settings_take_effect.py does this for the solvers, controllers, ``odeint`` and ``sdeint``;
+this file does it for the models of :mod:`hybrid_node.nn`. The arguments are enumerated from the
+constructors' signatures (and the fields of the settings dataclasses they take), so a new argument
+fails here until it has a probe value below or an entry in ``_INERT`` saying why it may change nothing.
+
+A setting *acts* when the module built with it gives other outputs, other parameter gradients (or
+gradients of other parameters) or other evaluation counts than the module built without it, on the
+same inputs and random numbers (each module is built after ``torch.manual_seed(0)`` and run after
+``torch.manual_seed(1)``; SDE paths use a fixed Brownian motion). Outputs are compared exactly: a
+setting that only moved them by rounding still acted. It is *refused* when building or running the
+module raises a ValueError, TypeError or NotImplementedError whose message names the setting.
+
+Some settings only matter together with another one (``ode_rnn_kwargs`` with the ODE-RNN encoder,
+``regularizers_in_error_norm`` with a regularised solve); their probes carry that context, applied to
+both the reference and the probed module. Other probes check a combination that used to be accepted
+and ignored: the tolerances of a fixed-step method, and a Hamiltonian network's MLP sizes when a
+``hamiltonian`` module replaces that MLP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import hybrid_node as hn
+from hybrid_node.irregular import IrregularBatch
+from hybrid_node.nn.cnf_fields import TimeMLPField
+from hybrid_node.nn.ode_rnn import ODERNN
+from hybrid_node.nn.planar_flow import PlanarFlow
+
+F64 = torch.float64
+FIXED = {"method": "rk4", "options": {"step_size": 0.25}}  # a fixed-step solve: the tolerances have nothing to do
+
+
+# ---- what a module computed, and the comparison ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """The outputs, the gradients by parameter name and the counts of one run, or the error it raised."""
+
+    tensors: tuple[torch.Tensor, ...] = ()
+    grads: tuple[tuple[str, torch.Tensor | None], ...] = ()
+    counts: tuple[int, ...] = ()
+    error: BaseException | None = None
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    """The tensors of a run's outputs (nested tuples, lists and dataclasses flattened in order)."""
+    if torch.is_tensor(out):
+        return [out.detach()]
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return [t for f in dataclasses.fields(out) for t in _flat(getattr(out, f.name))]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _flat(item)]
+    return []
+
+
+def _outcome(build: Callable[[], nn.Module], run: Callable[[nn.Module], tuple[torch.Tensor, Any, tuple]]) -> Outcome:
+    """Build a module, run it (``run`` returns a scalar loss, outputs and counts), backpropagate the loss."""
+    try:
+        torch.manual_seed(0)
+        module = build()
+        torch.manual_seed(1)
+        loss, outputs, counts = run(module)
+        if loss.requires_grad:
+            loss.backward()
+    except (ValueError, TypeError, NotImplementedError) as error:
+        return Outcome(error=error)
+    grads = tuple((name, None if p.grad is None else p.grad.clone()) for name, p in module.named_parameters())
+    counts = (*counts, *(getattr(module, n) for n in ("nfe_backward",) if hasattr(module, n)))
+    return Outcome(tuple(_flat((loss, outputs))), grads, tuple(counts))
+
+
+def _same(a: Outcome, b: Outcome) -> bool:
+    def same_tensors(x, y):
+        return len(x) == len(y) and all(u.shape == v.shape and torch.equal(u, v) for u, v in zip(x, y))
+
+    same_grads = [n for n, _ in a.grads] == [n for n, _ in b.grads] and all(
+        (g is None) == (h is None) and (g is None or (g.shape == h.shape and torch.equal(g, h)))
+        for (_, g), (_, h) in zip(a.grads, b.grads)
+    )
+    return same_tensors(a.tensors, b.tensors) and same_grads and a.counts == b.counts
+
+
+def _check_acts_or_refused(name: str, base: Outcome, changed: Outcome) -> None:
+    assert base.error is None, f"the reference run failed: {base.error!r}"
+    if changed.error is not None:
+        assert name in str(changed.error), f"{name} was refused, but the message does not name it: {changed.error}"
+        return
+    assert not _same(base, changed), f"{name} was accepted and changed nothing (outputs, gradients, counts)"
+
+
+# ---- small problems, one per module ------------------------------------------------------------------------
+
+
+class _Field(nn.Module):
+    """f(t, y) = tanh(W y + b) + t c: a time-dependent field on (..., dim)."""
+
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.c = nn.Parameter(torch.randn(dim))
+
+    def forward(self, t, y):
+        return torch.tanh(self.lin(y)) + t * self.c
+
+
+class _Acceleration(nn.Module):
+    """a(t, x, v): a linear map of all of each sample's entries of x and v (so the axis that splits them matters)."""
+
+    def __init__(self, size: int = 8):
+        super().__init__()
+        self.w = nn.Parameter(0.3 * torch.randn(size, size // 2))
+
+    def forward(self, t, x, v):
+        z = torch.cat([x.flatten(1), v.flatten(1)], dim=1)
+        return torch.tanh(z @ self.w).reshape(x.shape)
+
+
+def _block_run(block):
+    x = torch.linspace(-1, 1, 6, dtype=F64).reshape(3, 2)
+    block.train()
+    train = block(x)
+    train_nfe = block.nfe_forward
+    block.eval()
+    evaluated = block(x)
+    block.train()
+    return train.square().sum() + evaluated.square().sum(), (train, evaluated), (train_nfe, block.nfe_forward)
+
+
+def _augmented(**kw):
+    dim = 2 + (kw.get("augment_dim", 1) if kw.get("dim", 1) in (1, -1) else 0)
+    return hn.nn.AugmentedNeuralODE(_Field(dim), **{"augment_dim": 1, **kw}).double()
+
+
+def _second_order_run(model):
+    x0 = torch.linspace(-1, 1, 12, dtype=F64).reshape(3, 2, 2)
+    train = model(x0)
+    train_nfe = model.nfe_forward
+    model.eval()
+    evaluated = model(x0)
+    model.train()
+    return sum(o.square().sum() for o in _flat((train, evaluated))), (train, evaluated), (train_nfe, model.nfe_forward)
+
+
+def _cnf_run(flow):
+    x = torch.tensor([[0.5, -0.3], [0.1, 0.8]], dtype=F64)
+    loss, res = flow.loss(x, generator=torch.Generator().manual_seed(2))
+    back = flow.from_base(x, generator=torch.Generator().manual_seed(3))
+    return loss, (res, back), (res.nfe, back.nfe)
+
+
+def _cnf(**kw):
+    return hn.nn.CNF([TimeMLPField(2, hidden=(8,))], 2, **kw).double()
+
+
+def _planar_run(flow):
+    x = torch.linspace(-0.5, 0.8, 2 * flow.dim, dtype=F64).reshape(2, flow.dim)
+    logp = flow.log_prob(x)
+    back = flow.from_base(x)
+    return logp.sum() + back.sum(), (logp, back), ()
+
+
+def _hamiltonian_run(model):
+    y = torch.linspace(-1, 1, 4 * model.dim, dtype=F64).reshape(2, 2 * model.dim)
+    ys = hn.odeint(model, y, torch.tensor([0.0, 0.5], dtype=F64), method="rk4", options={"step_size": 0.25})
+    return ys.square().sum(), ys, ()
+
+
+class _Drift(nn.Module):
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+
+    def forward(self, t, y):
+        return torch.tanh(self.lin(y))
+
+
+class _Diffusion(nn.Module):
+    """0.2 sigmoid(W y): (batch, d) for diagonal noise, (batch, d, m) for the other noise types."""
+
+    def __init__(self, dim: int = 2, noise: int | None = None):
+        super().__init__()
+        self.noise = noise
+        self.lin = nn.Linear(dim, dim * (noise or 1))
+
+    def forward(self, t, y):
+        g = 0.2 * torch.sigmoid(self.lin(y))
+        return g if self.noise is None else g.reshape(y.shape[0], y.shape[1], self.noise)
+
+
+_NOISE = {"diagonal": None, "scalar": 1, "general": 3, "additive": 3}
+
+
+def _neural_sde(**kw):
+    noise = _NOISE[kw.get("noise_type", "diagonal")]
+    return hn.nn.NeuralSDE(_Drift(), _Diffusion(noise=noise), **kw).double()
+
+
+def _sde_run(model):
+    m = model.diffusion.noise or 2
+    # the space-time Levy area: the default method of diagonal Ito noise (SRK) needs it
+    bm = hn.BrownianInterval(0.0, 1.0, size=(3, m), dtype=F64, entropy=5, levy_area_approximation="space-time")
+    y0 = torch.linspace(-1, 1, 6, dtype=F64).reshape(3, 2)
+    ys = model(y0, torch.tensor([0.0, 0.5, 1.0], dtype=F64), bm=bm)
+    return ys.square().sum(), ys, ()
+
+
+def _latent_sde_run(model):
+    ts = torch.tensor([0.0, 0.3, 0.6], dtype=F64)
+    xs = torch.linspace(-1, 1, 3 * 2 * model.decoder.out_features, dtype=F64).reshape(3, 2, -1)
+    latent = model.p0_mean.shape[0]
+    bm = hn.BrownianInterval(0.0, 0.6, size=(2, latent), dtype=F64, entropy=6)
+    terms = model(xs, ts, bm=bm)
+    prior = model.sample_prior(ts, 2, bm=hn.BrownianInterval(0.0, 0.6, size=(2, latent), dtype=F64, entropy=7))
+    return terms.loss, (terms, prior), ()
+
+
+def _series(obs_dim: int) -> IrregularBatch:
+    times = torch.tensor([[0.1, 0.4, 0.9], [0.2, 0.5, 0.5]], dtype=F64)
+    values = torch.sin(torch.arange(2 * 3 * obs_dim, dtype=F64)).reshape(2, 3, obs_dim)
+    mask = torch.ones_like(values)
+    mask[1, 2] = 0.0  # padding: the second series has two points
+    return IrregularBatch(times, values, mask)
+
+
+def _latent_ode_run(model):
+    batch = _series(model.obs_dim)
+    loss = model(batch)
+    pred = model.predict(batch, torch.tensor([1.0, 1.5], dtype=F64))
+    return loss, pred, ()
+
+
+def _ode_rnn_run(model):
+    batch = _series(model.obs_dim)
+    predictions = model(batch)  # not model.loss: it needs out_dim == obs_dim (refused otherwise)
+    ahead = model.extrapolate(batch, torch.tensor([1.0, 1.5], dtype=F64))
+    return predictions.square().sum() + ahead.square().sum(), (predictions, ahead), ()
+
+
+class _Energy(nn.Module):
+    """H(x) = sum tanh(W x) on x = cat(q, p): a hamiltonian module replacing the default MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x)).sum(-1, keepdim=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A module: how it is built from keyword arguments, how it is run, and its constructor."""
+
+    build: Callable[..., nn.Module]
+    run: Callable[[nn.Module], tuple]
+    cls: Any
+
+
+_SPECS: dict[str, Spec] = {
+    "ODEBlock": Spec(lambda **kw: hn.nn.ODEBlock(_Field(), **kw).double(), _block_run, hn.nn.ODEBlock),
+    "AugmentedNeuralODE": Spec(_augmented, _block_run, hn.nn.AugmentedNeuralODE),
+    "SecondOrderNeuralODE": Spec(
+        lambda **kw: hn.nn.SecondOrderNeuralODE(_Acceleration(), **kw).double(),
+        _second_order_run,
+        hn.nn.SecondOrderNeuralODE,
+    ),
+    "CNF": Spec(_cnf, _cnf_run, hn.nn.CNF),
+    "PlanarFlow": Spec(lambda **kw: PlanarFlow(**{"dim": 2, "n_layers": 2, **kw}).double(), _planar_run, PlanarFlow),
+    "HamiltonianNN": Spec(
+        # a small MLP, unless a hamiltonian module replaces it (then the MLP's settings are refused)
+        lambda **kw: hn.nn.HamiltonianNN(**{"dim": 1, **({} if "hamiltonian" in kw else {"hidden": 8}), **kw}).double(),
+        _hamiltonian_run,
+        hn.nn.HamiltonianNN,
+    ),
+    "BaselineODE": Spec(
+        lambda **kw: hn.nn.BaselineODE(**{"dim": 1, "hidden": 8, **kw}).double(), _hamiltonian_run, hn.nn.BaselineODE
+    ),
+    "NeuralSDE": Spec(_neural_sde, _sde_run, hn.nn.NeuralSDE),
+    "LatentSDE": Spec(
+        lambda **kw: hn.nn.LatentSDE(**{"hidden": 6, "context_dim": 3, **kw}).double(),
+        _latent_sde_run,
+        hn.nn.LatentSDE,
+    ),
+    "LatentODE": Spec(
+        lambda **kw: hn.nn.LatentODE(**{"rec_hidden": 5, "dyn_hidden": 5, "dec_hidden": 5, **kw}).double(),
+        _latent_ode_run,
+        hn.nn.LatentODE,
+    ),
+    "ODERNN": Spec(
+        lambda **kw: ODERNN(**{"obs_dim": 2, "hidden": 4, "ode_hidden": 5, **kw}).double(), _ode_rnn_run, ODERNN
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Make:
+    """A module given as a setting, built at the time of the run (after the seed: both runs draw its weights)."""
+
+    cls: type
+
+
+_STEPS = hn.nn.SolveSettings(**FIXED)
+
+#: probes: (module, argument) -> [(value, context)], the context set on both the reference and the probe
+_PROBES: dict[tuple[str, str], list[tuple[Any, dict]]] = {
+    ("ODEBlock", "t"): [((0.0, 0.5), {})],
+    ("ODEBlock", "train_settings"): [(_STEPS, {})],
+    ("ODEBlock", "eval_settings"): [(_STEPS, {})],
+    ("ODEBlock", "return_trajectory"): [(True, {})],
+    ("AugmentedNeuralODE", "augment_dim"): [(2, {})],
+    ("AugmentedNeuralODE", "dim"): [(0, {})],  # the batch axis: another shape
+    ("AugmentedNeuralODE", "t"): [((0.0, 0.5), {})],
+    ("AugmentedNeuralODE", "train_settings"): [(_STEPS, {})],
+    ("AugmentedNeuralODE", "eval_settings"): [(_STEPS, {})],
+    ("AugmentedNeuralODE", "return_trajectory"): [(True, {})],
+    ("SecondOrderNeuralODE", "initial_velocity"): [(nn.Flatten(0, 0), {})],  # v0 = x0 instead of 0
+    ("SecondOrderNeuralODE", "t"): [((0.0, 0.5), {})],
+    ("SecondOrderNeuralODE", "train_settings"): [(_STEPS, {})],
+    ("SecondOrderNeuralODE", "eval_settings"): [(_STEPS, {})],
+    ("SecondOrderNeuralODE", "return_trajectory"): [(True, {})],
+    ("SecondOrderNeuralODE", "return_velocity"): [(True, {})],
+    ("CNF", "dim"): [(2, {})],  # the data's size: another one is refused against the field's
+    ("CNF", "end_time"): [(0.5, {})],
+    ("CNF", "learn_end_time"): [(False, {})],
+    ("CNF", "trace"): [(hn.nn.HutchinsonTrace(), {})],
+    ("CNF", "solver"): [(hn.nn.CNFSolver(rtol=1e-3), {})],
+    ("CNF", "regularization"): [(hn.nn.RNODERegularization(kinetic=0.1), {})],
+    ("CNF", "base_std"): [(2.0, {})],
+    ("PlanarFlow", "dim"): [(3, {})],
+    ("PlanarFlow", "n_layers"): [(3, {})],
+    ("PlanarFlow", "base_std"): [(2.0, {})],
+    ("PlanarFlow", "init_scale"): [(0.5, {})],
+    ("HamiltonianNN", "dim"): [(2, {})],
+    # the MLP's settings act on the MLP, and are refused beside a hamiltonian module that replaces it
+    ("HamiltonianNN", "hidden"): [(6, {}), (6, {"hamiltonian": _Make(_Energy)})],
+    ("HamiltonianNN", "layers"): [(1, {}), (1, {"hamiltonian": _Make(_Energy)})],
+    ("HamiltonianNN", "activation"): [(nn.Softplus, {}), (nn.Softplus, {"hamiltonian": _Make(_Energy)})],
+    ("HamiltonianNN", "hamiltonian"): [(_Make(_Energy), {})],
+    ("BaselineODE", "dim"): [(2, {})],
+    ("BaselineODE", "hidden"): [(6, {})],
+    ("BaselineODE", "layers"): [(1, {})],
+    ("BaselineODE", "activation"): [(nn.Softplus, {})],
+    ("NeuralSDE", "noise_type"): [("general", {})],
+    ("NeuralSDE", "sde_type"): [("stratonovich", {})],
+    ("NeuralSDE", "method"): [("milstein", {})],
+    ("NeuralSDE", "dt"): [(0.05, {})],
+    ("NeuralSDE", "adjoint"): [(True, {})],
+    ("LatentSDE", "data_dim"): [(2, {})],
+    ("LatentSDE", "latent_dim"): [(3, {})],
+    ("LatentSDE", "context_dim"): [(4, {})],
+    ("LatentSDE", "hidden"): [(7, {})],
+    ("LatentSDE", "obs_std"): [(0.5, {})],
+    ("LatentSDE", "method"): [("milstein", {})],
+    ("LatentSDE", "dt"): [(0.05, {})],
+    ("LatentSDE", "adjoint"): [(True, {})],
+    ("LatentODE", "obs_dim"): [(3, {})],
+    ("LatentODE", "latent_dim"): [(3, {})],
+    ("LatentODE", "rec_hidden"): [(6, {})],
+    ("LatentODE", "dyn_hidden"): [(6, {})],
+    ("LatentODE", "dec_hidden"): [(6, {})],
+    ("LatentODE", "encoder"): [("gru", {}), ("ode-rnn", {})],
+    ("LatentODE", "obs_std"): [(0.5, {})],
+    ("LatentODE", "poisson"): [(True, {})],
+    ("LatentODE", "method"): [("bosh3", {})],
+    # the tolerances act on an adaptive method, and are refused beside a fixed-step one
+    ("LatentODE", "rtol"): [(1e-3, {}), (1e-3, FIXED)],
+    ("LatentODE", "atol"): [(1e-3, {}), (1e-3, FIXED)],
+    ("LatentODE", "options"): [({"max_step": 0.05}, {})],
+    ("LatentODE", "ode_rnn_kwargs"): [(FIXED, {"encoder": "ode-rnn"}), ({"rtol": 1e-2}, {})],
+    ("ODERNN", "obs_dim"): [(3, {})],
+    ("ODERNN", "hidden"): [(5, {})],
+    ("ODERNN", "ode_hidden"): [(6, {})],
+    ("ODERNN", "out_dim"): [(3, {})],
+    ("ODERNN", "method"): [("bosh3", {})],
+    ("ODERNN", "rtol"): [(1e-6, {}), (1e-2, FIXED)],
+    ("ODERNN", "atol"): [(1e-6, {}), (1e-2, FIXED)],
+    ("ODERNN", "options"): [({"max_step": 0.05}, {})],
+}
+
+#: arguments that say what the module is made of (the field, the networks): another value is another model
+_STRUCTURAL = {
+    ("ODEBlock", "func"),
+    ("AugmentedNeuralODE", "func"),
+    ("SecondOrderNeuralODE", "acceleration"),
+    ("CNF", "fields"),
+    ("NeuralSDE", "drift"),
+    ("NeuralSDE", "diffusion"),
+}
+
+
+def _value(value):
+    return value.cls() if isinstance(value, _Make) else value
+
+
+#: (module, argument) pairs that legitimately change nothing on these problems, and why
+_INERT: dict[tuple[str, str], str] = {
+    # the axis along which the solver's state stacks x and v: the acceleration gets the same x and v and the
+    # error norm the same numbers whichever axis it is (it must only exist in the inputs, e.g. -1 unbatched)
+    ("SecondOrderNeuralODE", "dim"): "a layout of the solver's state: the same solution on any valid axis",
+}
+
+
+def _module_cases() -> list:
+    cases = []
+    for module, spec in _SPECS.items():
+        for arg in inspect.signature(spec.cls.__init__).parameters:
+            if arg == "self" or (module, arg) in _STRUCTURAL or (module, arg) in _INERT:
+                continue
+            probes = _PROBES.get((module, arg), [(None, None)])
+            for i, (_, context) in enumerate(probes):
+                suffix = f"-with-{'-'.join(context)}" if context else ""
+                cases.append(pytest.param(module, arg, i, id=f"{module}.{arg}{suffix}"))
+    return cases
+
+
+def _kwargs(context: dict) -> dict:
+    return {k: _value(v) for k, v in context.items()}
+
+
+@pytest.mark.parametrize(("module", "arg", "index"), _module_cases())
+def test_every_module_argument_acts_or_is_refused(module, arg, index):
+    assert (module, arg) in _PROBES, f"no probe value for {module}({arg}=...): add one to _PROBES (or _INERT)"
+    value, context = _PROBES[module, arg][index]
+    spec = _SPECS[module]
+    base = _outcome(lambda: spec.build(**_kwargs(context)), spec.run)
+    changed = _outcome(lambda: spec.build(**_kwargs(context), **{arg: _value(value)}), spec.run)
+    _check_acts_or_refused(arg, base, changed)
+
+
+# ---- the fields of the settings the modules take --------------------------------------------------------
+
+#: a non-default value of each SolveSettings field (tried on an ODEBlock's training settings)
+_SOLVE_SETTINGS_VALUES: dict[str, tuple[Any, dict]] = {
+    "method": ("bosh3", {}),
+    "rtol": (1e-6, {}),
+    "atol": (1e-6, {}),
+    "options": ({"max_step": 0.05}, {}),
+    "sensitivity": (hn.BacksolveAdjoint(), {}),
+    "backend": ("julia", {}),  # Julia is not installed here: refused, naming the backend
+}
+
+#: a non-default value of each CNFSolver field and the settings it is tried with
+_CNF_SOLVER_VALUES: dict[str, tuple[Any, dict]] = {
+    "method": ("bosh3", {}),
+    "rtol": (1e-3, {}),
+    "atol": (1e-3, {}),
+    "options": ({"max_step": 0.05}, {}),
+    "adjoint": (True, {}),
+    # it says whether the regularisers' integrals count in the error norm: they must be integrated
+    # whether the regularisers' integrals count in the error norm: they must be integrated, and large enough
+    # to decide steps (with T = 3 they take 32 evaluations in the norm, 20 without; with T = 1 both take 20)
+    "regularizers_in_error_norm": (
+        False,
+        {"regularization": hn.nn.RNODERegularization(kinetic=0.1), "end_time": 3.0},
+    ),
+}
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(hn.nn.SolveSettings)])
+def test_every_solve_settings_field_acts_or_is_refused(field):
+    assert field in _SOLVE_SETTINGS_VALUES, f"no probe value for SolveSettings.{field}: add one"
+    value, _ = _SOLVE_SETTINGS_VALUES[field]
+    spec = _SPECS["ODEBlock"]
+    base = _outcome(lambda: spec.build(), spec.run)
+
+    def build():
+        return spec.build(train_settings=hn.nn.SolveSettings(**{field: value}))
+
+    changed = _outcome(build, spec.run)
+    if field == "backend" and changed.error is not None:
+        assert "julia" in str(changed.error).lower(), changed.error
+        return
+    _check_acts_or_refused(field, base, changed)
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(hn.nn.CNFSolver)])
+def test_every_cnf_solver_field_acts_or_is_refused(field):
+    assert field in _CNF_SOLVER_VALUES, f"no probe value for CNFSolver.{field}: add one"
+    value, context = _CNF_SOLVER_VALUES[field]
+    base = _outcome(lambda: _cnf(**context), _cnf_run)
+    changed = _outcome(lambda: _cnf(solver=hn.nn.CNFSolver(**{field: value}), **context), _cnf_run)
+    _check_acts_or_refused(field, base, changed)
+
+
+# ---- the fixes these probes found, each with its own check ---------------------------------------------
+
+
+@pytest.mark.parametrize("model", [ODERNN, hn.nn.LatentODE], ids=lambda m: m.__name__)
+def test_tolerances_of_a_fixed_step_method_are_refused(model):
+    # rk4 with rtol=1e-2 ran the steps it runs with the default tolerances: accepted, changed nothing
+    with pytest.raises(ValueError, match=r"rtol=0\.01 have no effect, because method 'rk4' takes fixed steps"):
+        model(obs_dim=2, rtol=1e-2, **FIXED)
+    model(obs_dim=2, **FIXED)  # the defaults are no request: accepted
+    model(obs_dim=2, rtol=1e-2)  # an adaptive method uses them
+    # the implicit Adams corrector iterates to the tolerances on fixed steps: they act there
+    model(obs_dim=2, rtol=1e-2, method="implicit_adams", options={"step_size": 0.25})
+
+
+def test_ode_rnn_fixed_step_tolerances_change_nothing():
+    # why they are refused: the same numbers with rtol 1e-2 and 1e-9 (built here past the check)
+    outs = []
+    for rtol in (1e-2, 1e-9):
+        torch.manual_seed(0)
+        model = ODERNN(obs_dim=2, hidden=4, ode_hidden=5, **FIXED).double()
+        model.rtol = rtol
+        outs.append(model(_series(2)))
+    assert torch.equal(*outs)
+
+
+def test_hamiltonian_nn_refuses_mlp_settings_beside_a_hamiltonian_module():
+    # the hamiltonian module replaces the default MLP, which hidden, layers and activation shape
+    with pytest.raises(ValueError, match=r"\['hidden', 'layers'\], which shape the default MLP"):
+        hn.nn.HamiltonianNN(1, hidden=64, layers=3, hamiltonian=_Energy())
+    with pytest.raises(ValueError, match=r"\['activation'\]"):
+        hn.nn.HamiltonianNN(1, activation=nn.Softplus, hamiltonian=_Energy())
+    hn.nn.HamiltonianNN(1, hamiltonian=_Energy())
+    hn.nn.HamiltonianNN(1, hidden=64, layers=3, activation=nn.Softplus)
+
+
+def test_ode_rnn_loss_with_another_out_dim_is_refused():
+    # it failed in a broadcast of (B, L, 3) against (B, L, 2) that named neither size
+    model = ODERNN(obs_dim=2, hidden=4, out_dim=3).double()
+    with pytest.raises(ValueError, match=r"out_dim=3 differs from obs_dim=2"):
+        model.loss(_series(2))
+    assert model(_series(2)).shape == (2, 3, 3)  # the read-outs themselves are fine
