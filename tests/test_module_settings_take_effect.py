@@ -450,21 +450,29 @@ _SOLVE_SETTINGS_VALUES: dict[str, tuple[Any, dict]] = {
     "backend": ("julia", {}),  # Julia is not installed here: refused, naming the backend
 }
 
-#: a non-default value of each CNFSolver field and the settings it is tried with
-_CNF_SOLVER_VALUES: dict[str, tuple[Any, dict]] = {
-    "method": ("bosh3", {}),
-    "rtol": (1e-3, {}),
-    "atol": (1e-3, {}),
-    "options": ({"max_step": 0.05}, {}),
-    "adjoint": (True, {}),
-    # it says whether the regularisers' integrals count in the error norm: they must be integrated
+#: non-default values of each CNFSolver field: (value, the other CNFSolver settings, the CNF's settings),
+#: the settings applied to the reference flow too
+_CNF_SOLVER_VALUES: dict[str, list[tuple[Any, dict, dict]]] = {
+    "method": [("bosh3", {}, {})],
+    # the tolerances act on an adaptive method, and are refused beside a fixed-step one
+    "rtol": [(1e-3, {}, {}), (1e-3, FIXED, {})],
+    "atol": [(1e-3, {}, {}), (1e-3, FIXED, {})],
+    "options": [({"max_step": 0.05}, {}, {})],
+    "adjoint": [(True, {}, {})],
     # whether the regularisers' integrals count in the error norm: they must be integrated, and large enough
     # to decide steps (with T = 3 they take 32 evaluations in the norm, 20 without; with T = 1 both take 20)
-    "regularizers_in_error_norm": (
-        False,
-        {"regularization": hn.nn.RNODERegularization(kinetic=0.1), "end_time": 3.0},
-    ),
+    "regularizers_in_error_norm": [
+        (False, {}, {"regularization": hn.nn.RNODERegularization(kinetic=0.1), "end_time": 3.0})
+    ],
 }
+
+
+def _cnf_solver_cases() -> list:
+    return [
+        pytest.param(f.name, i, id=f"{f.name}{'-fixed-step' if values[1] else ''}")
+        for f in dataclasses.fields(hn.nn.CNFSolver)
+        for i, values in enumerate(_CNF_SOLVER_VALUES.get(f.name, [(None, {}, {})]))
+    ]
 
 
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(hn.nn.SolveSettings)])
@@ -484,12 +492,12 @@ def test_every_solve_settings_field_acts_or_is_refused(field):
     _check_acts_or_refused(field, base, changed)
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(hn.nn.CNFSolver)])
-def test_every_cnf_solver_field_acts_or_is_refused(field):
+@pytest.mark.parametrize(("field", "index"), _cnf_solver_cases())
+def test_every_cnf_solver_field_acts_or_is_refused(field, index):
     assert field in _CNF_SOLVER_VALUES, f"no probe value for CNFSolver.{field}: add one"
-    value, context = _CNF_SOLVER_VALUES[field]
-    base = _outcome(lambda: _cnf(**context), _cnf_run)
-    changed = _outcome(lambda: _cnf(solver=hn.nn.CNFSolver(**{field: value}), **context), _cnf_run)
+    value, solver_context, context = _CNF_SOLVER_VALUES[field][index]
+    base = _outcome(lambda: _cnf(solver=hn.nn.CNFSolver(**solver_context), **context), _cnf_run)
+    changed = _outcome(lambda: _cnf(solver=hn.nn.CNFSolver(**solver_context, **{field: value}), **context), _cnf_run)
     _check_acts_or_refused(field, base, changed)
 
 

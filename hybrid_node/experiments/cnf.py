@@ -147,7 +147,9 @@ def cnf_solver(cfg: CNFExperimentConfig) -> CNFSolver:
     if cfg.step_size is not None and not (math.isfinite(cfg.step_size) and 0 < cfg.step_size <= 1):
         raise ValueError(f"step_size must be in (0, 1] (each block's solver time is [0, 1]), got {cfg.step_size}.")
     options: dict[str, Any] = {"step_size": cfg.step_size} if fixed else {}
-    return CNFSolver(method=cfg.method, rtol=cfg.rtol, atol=cfg.atol, options=options or None, adjoint=cfg.adjoint)
+    # fixed steps measure no error: CNFSolver refuses tolerances there, so the run's own are left out
+    solver = CNFSolver(method=cfg.method, options=options or None, adjoint=cfg.adjoint)
+    return solver if fixed else dataclasses.replace(solver, rtol=cfg.rtol, atol=cfg.atol)
 
 
 def build_cnf(cfg: CNFExperimentConfig, regularization: RNODERegularization | None = None) -> CNF:

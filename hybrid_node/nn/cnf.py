@@ -50,7 +50,7 @@ from .._registry import METHOD_SPECS, build_solver
 from .._settings_key import value_semantics
 from ..controllers import ConstantStepSize, rms_norm
 from ..solvers.symplectic import PartitionedComposition
-from ._checks import no_single_forward, nonfinite_rows, positive_tolerance
+from ._checks import no_single_forward, nonfinite_rows, positive_tolerance, refuse_inert_tolerances
 from ._kept import kept_field
 from .cnf_fields import PlanarCNFField, TimeMLPField
 from .cnf_trace import NOISE_KINDS, exact_divergence, hutchinson_divergence, sample_noise
@@ -116,6 +116,10 @@ class RNODERegularization:
         return self.kinetic > 0 or self.jacobian > 0
 
 
+#: CNFSolver's default tolerances (a tolerance away from them is refused for a fixed-step method)
+_DEFAULT_TOLERANCES = {"rtol": 1e-5, "atol": 1e-5}
+
+
 @value_semantics
 @dataclasses.dataclass(frozen=True)
 class CNFSolver:
@@ -146,14 +150,15 @@ class CNFSolver:
         TypeError: ``method`` is not a string, or ``adjoint`` or ``regularizers_in_error_norm`` is not
             a bool.
         ValueError: ``rtol`` or ``atol`` is not a finite positive number; an unknown method or option;
-            a method the CNF cannot use, or a fixed-step method without a step size;
+            a method the CNF cannot use, or a fixed-step method without a step size, or with ``rtol`` or
+            ``atol`` away from its default (a fixed-step solve measures no error);
             ``regularizers_in_error_norm=False`` with a norm of one's own in ``options`` or with a
             method whose error norm cannot be set (``scipy_solver``).
     """
 
     method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
+    rtol: float = _DEFAULT_TOLERANCES["rtol"]
+    atol: float = _DEFAULT_TOLERANCES["atol"]
     options: Mapping[str, Any] | None = None
     adjoint: bool = False
     regularizers_in_error_norm: bool = True
@@ -174,6 +179,9 @@ class CNFSolver:
             # method would take one step per block) must not reach the solves unchecked
             object.__setattr__(self, "options", dict(self.options))
         self._check_method()
+        # rk4 with rtol=1e-3 took the steps it takes at the default: a tolerance that looked used
+        given = {"rtol": self.rtol, "atol": self.atol}
+        refuse_inert_tolerances("CNFSolver", self.method, self.options, given, _DEFAULT_TOLERANCES)
         if "jacobian" in METHOD_SPECS[self.method].options and "jacobian" not in (self.options or {}):
             object.__setattr__(self, "options", {**(self.options or {}), "jacobian": "loop"})
 
