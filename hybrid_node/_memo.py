@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 #: guards the memos' insertions and evictions: threads solving at once missed together, and the
@@ -30,6 +32,10 @@ def memoized(cache: dict, key: Hashable, build: Callable[[], T], limit: int) -> 
         The cached or newly built result.
     """
     out = cache.get(key)
+    if out is None and torch.compiler.is_dynamo_compiling():
+        # Dynamo (torch.compile, strict torch.export) cannot enter a lock, and keeping an object made
+        # inside its trace would need that object rebuilt after the graph: build and use it uncached
+        return build()
     if out is None:
         built = build()  # outside the lock: building may take long (tables of a grid, a solver)
         with _LOCK:

@@ -445,7 +445,12 @@ def _check_number(name: str, value: Any) -> None:
     """
     size = value.numel() if isinstance(value, torch.Tensor) else np.size(value) if isinstance(value, np.ndarray) else 1
     number = (int, float, np.number, np.ndarray, torch.Tensor)
-    complex_ = value.is_complex() if isinstance(value, torch.Tensor) else bool(np.iscomplexobj(value))
+    # numpy's iscomplexobj asked only of numpy values (a Python complex is no ``number`` above): Dynamo
+    # (strict torch.export) cannot trace it, and the float and int settings of a solve never reach it
+    if isinstance(value, torch.Tensor):
+        complex_ = value.is_complex()
+    else:
+        complex_ = isinstance(value, (np.ndarray, np.generic)) and bool(np.iscomplexobj(value))
     if size != 1 or isinstance(value, (bool, np.bool_)) or not isinstance(value, number) or complex_:
         raise ValueError(f"{name} must be one real number, got {value!r}.")
 

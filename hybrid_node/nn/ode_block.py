@@ -143,6 +143,41 @@ def refuse_hidden_parameters(func: Callable, settings: SolveSettings, owner: str
     )
 
 
+#: what a traced program says when its output times fail the checks of :func:`_check_time_values`
+_BAD_TRACED_TIMES = (
+    "ODEBlock's output times t must be finite and strictly increasing or strictly decreasing; run the model "
+    "untraced to see the values."
+)
+
+
+def _check_time_values(times: torch.Tensor) -> None:
+    """Check that ``times`` are finite and strictly monotone: eagerly, or when a traced program runs.
+
+    Times handed to a traced forward pass (an input of an exported program) have no values while it is
+    traced, and reading them on the host is a data-dependent guard that ``torch.export`` refuses
+    (``GuardOnDataDependentSymNode``, strict or not): there the program checks them when it runs
+    (``torch._assert_async``, kept by ``torch.export`` and ``torch.compile``), with a message that cannot
+    quote them.
+
+    Args:
+        times: 1-D floating tensor of at least two times.
+
+    Raises:
+        ValueError: eagerly, a time is not finite or the times are not strictly monotone.
+        RuntimeError: when a traced program runs, the same (``_BAD_TRACED_TIMES``).
+    """
+    finite = torch.isfinite(times).all()
+    diffs = times[1:] - times[:-1]
+    monotone = (diffs > 0).all() | (diffs < 0).all()
+    if traced():
+        torch._assert_async(finite & monotone, _BAD_TRACED_TIMES)
+        return
+    if not bool(finite):
+        raise ValueError(f"t must hold finite times (no NaN or inf), got {times.tolist()}.")
+    if not bool(monotone):
+        raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times.tolist()}.")
+
+
 def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
     given = torch.is_tensor(t)
     try:
@@ -158,11 +193,7 @@ def _as_times(t: Sequence[float] | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"t must be a 1-D sequence of at least two times (e.g. (0.0, 1.0)), got {t!r}.")
     if not torch.is_floating_point(times):
         times = times.to(torch.get_default_dtype())
-    if not bool(torch.isfinite(times).all()):
-        raise ValueError(f"t must hold finite times (no NaN or inf), got {times.tolist()}.")
-    diffs = times[1:] - times[:-1]
-    if not (bool((diffs > 0).all()) or bool((diffs < 0).all())):
-        raise ValueError(f"t must be strictly increasing or strictly decreasing, got {times.tolist()}.")
+    _check_time_values(times)
     if given:
         return times
     default = torch.empty(()).device  # the default device, e.g. of a ``with torch.device(...)`` block
@@ -323,7 +354,9 @@ class ODEBlock(nn.Module):
                 f"got x of shape {tuple(x.shape)}; pass states with {dim} features in the last dimension or "
                 f"build the field with dim={x.shape[-1] if x.dim() else 1}."
             )
-        if t is None and is_batched(self.t):
+        # Dynamo traces vmap itself and hands the traced code no functorch wrappers to inspect (strict
+        # torch.export refused the wrapper query); the check runs wherever the code runs untraced
+        if t is None and not torch.compiler.is_dynamo_compiling() and is_batched(self.t):
             raise ValueError(
                 "ODEBlock's times (its buffer t) are batched by vmap: torch.func.stack_module_state stacks every "
                 "buffer, and the models of one vmap share their output times. Pass one model's buffers unbatched, "
