@@ -233,6 +233,12 @@ def _series(obs_dim: int) -> IrregularBatch:
     return IrregularBatch(times, values, mask)
 
 
+def _targets() -> IrregularBatch:
+    """Other series of the same batch size and channels as ``_series(2)``, to score a forecast on."""
+    batch = _series(2)
+    return IrregularBatch(batch.times + 0.3, torch.cos(batch.values), batch.mask)
+
+
 def _latent_ode_run(model):
     batch = _series(model.obs_dim)
     loss = model(batch)
@@ -499,6 +505,193 @@ def test_every_cnf_solver_field_acts_or_is_refused(field, index):
     base = _outcome(lambda: _cnf(solver=hn.nn.CNFSolver(**solver_context), **context), _cnf_run)
     changed = _outcome(lambda: _cnf(solver=hn.nn.CNFSolver(**solver_context, **{field: value}), **context), _cnf_run)
     _check_acts_or_refused(field, base, changed)
+
+
+# ---- the arguments of the modules' methods ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """A method of a module: the module, how the method is called with the probed keyword arguments (it
+    returns a scalar loss, the outputs and the counts), and the arguments the call passes itself."""
+
+    build: Callable[[], nn.Module]
+    call: Callable[..., tuple]
+    data: frozenset[str]
+
+
+_X = torch.tensor([[0.5, -0.3], [0.1, 0.8]], dtype=F64)
+
+
+def _hutchinson_cnf():
+    return _cnf(trace=hn.nn.HutchinsonTrace())
+
+
+def _flow_result(res):
+    return res.log_prob.sum() + res.z.square().sum(), res, (res.nfe,)
+
+
+def _latent_ode():
+    return hn.nn.LatentODE(rec_hidden=5, dyn_hidden=5, dec_hidden=5, rtol=1e-5, atol=1e-7).double()
+
+
+def _latent_sde():
+    return hn.nn.LatentSDE(hidden=6, context_dim=3).double()
+
+
+_TS = torch.tensor([0.0, 0.3, 0.6], dtype=F64)
+_XS = torch.linspace(-1, 1, 6, dtype=F64).reshape(3, 2, 1)
+
+
+def _bm(batch: int, seed: int):
+    return hn.BrownianInterval(0.0, 0.6, size=(batch, 4), dtype=F64, entropy=seed)
+
+
+def _sums(out) -> torch.Tensor:
+    return sum((t.square().sum() for t in _flat(out) if t.is_floating_point()), torch.zeros((), dtype=F64))
+
+
+_CALLS: dict[str, Call] = {
+    "CNF.to_base": Call(_cnf, lambda m, **kw: _flow_result(m.to_base(_X, **kw)), frozenset({"x"})),
+    "CNF.from_base": Call(_cnf, lambda m, **kw: _flow_result(m.from_base(_X, **kw)), frozenset({"z"})),
+    "CNF.log_prob": Call(_cnf, lambda m, **kw: (m.log_prob(_X, **kw).sum(), (), ()), frozenset({"x"})),
+    "CNF.sample": Call(_cnf, lambda m, **kw: (_sums(m.sample(2, **kw)), m.sample(2, **kw), ()), frozenset({"n"})),
+    "CNF.loss": Call(_hutchinson_cnf, lambda m, **kw: (m.loss(_X, **kw)[0], (), ()), frozenset({"x"})),
+    "PlanarFlow.from_base": Call(
+        lambda: PlanarFlow(2, 3).double(), lambda m, **kw: (m.from_base(_X, **kw).sum(), (), ()), frozenset({"z"})
+    ),
+    "PlanarFlow.sample": Call(
+        lambda: PlanarFlow(2, 3).double(), lambda m, **kw: (m.sample(2, **kw).sum(), (), ()), frozenset({"n"})
+    ),
+    "LatentODE.forward": Call(_latent_ode, lambda m, **kw: (m(_series(2), **kw), (), ()), frozenset({"batch"})),
+    "LatentODE.elbo": Call(_latent_ode, lambda m, **kw: (m.elbo(_series(2), **kw).loss, (), ()), frozenset({"batch"})),
+    "LatentODE.predict": Call(
+        _latent_ode,
+        lambda m, **kw: (_sums(m.predict(_series(2), torch.tensor([1.0, 1.5], dtype=F64), **kw)), (), ()),
+        frozenset({"batch", "times"}),
+    ),
+    "ODERNN.run": Call(
+        lambda: ODERNN(2, hidden=4, ode_hidden=5).double(),
+        lambda m, **kw: (_sums(m.run(_series(2), **kw)), (), ()),
+        frozenset({"batch"}),
+    ),
+    "ODERNN.extrapolate": Call(
+        lambda: ODERNN(2, hidden=4, ode_hidden=5).double(),
+        lambda m, **kw: (_sums(m.extrapolate(_series(2), torch.tensor([1.0, 1.5], dtype=F64), **kw)), (), ()),
+        frozenset({"batch", "times"}),
+    ),
+    "LatentSDE.forward": Call(
+        _latent_sde, lambda m, **kw: (m(_XS, _TS, **{"bm": _bm(2, 1), **kw}).loss, (), ()), frozenset({"xs", "ts"})
+    ),
+    "LatentSDE.sample_posterior": Call(
+        _latent_sde,
+        lambda m, **kw: (_sums(m.sample_posterior(_XS, _TS, **{"bm": _bm(2 * kw.get("n", 1), 1), **kw})), (), ()),
+        frozenset({"xs", "ts"}),
+    ),
+    "LatentSDE.sample_prior": Call(
+        _latent_sde,
+        lambda m, **kw: (_sums(m.sample_prior(_TS, **{"n": 2, "bm": _bm(kw.get("n", 2), 1), **kw})), (), ()),
+        frozenset({"ts"}),
+    ),
+    "SecondOrderNeuralODE.forward": Call(
+        lambda: hn.nn.SecondOrderNeuralODE(_Acceleration()).double(),
+        lambda m, **kw: (_sums(m(torch.linspace(-1, 1, 12, dtype=F64).reshape(3, 2, 2), **kw)), (), ()),
+        frozenset({"x0"}),
+    ),
+    "EmpiricalPrior.from_series": Call(
+        _latent_ode,
+        lambda m, **kw: (hn.nn.EmpiricalPrior.from_series(m, _series(2), **kw).anchors.sum(), (), ()),
+        frozenset({"cls", "model", "batch"}),
+    ),
+    "EmpiricalPrior.log_likelihoods": Call(
+        _latent_ode,
+        lambda m, **kw: (
+            hn.nn.EmpiricalPrior(torch.eye(2, 4, dtype=F64)).log_likelihoods(m, _series(2), **kw).sum(),
+            (),
+            (),
+        ),
+        frozenset({"self", "model", "batch"}),
+    ),
+}
+
+_GEN = _Make(lambda: torch.Generator().manual_seed(11))
+
+#: probes of the methods' arguments: "Class.method.argument" -> [(value, context)]
+_CALL_PROBES: dict[str, list[tuple[Any, dict]]] = {
+    "CNF.to_base.trace": [(hn.nn.HutchinsonTrace(), {})],
+    "CNF.to_base.regularize": [(True, {})],
+    # nothing is drawn for the exact trace: the generator of the Hutchinson noise is probed with that noise
+    "CNF.to_base.generator": [(_GEN, {"trace": hn.nn.HutchinsonTrace()})],
+    "CNF.from_base.trace": [(hn.nn.HutchinsonTrace(), {})],
+    "CNF.from_base.n_times": [(3, {})],
+    "CNF.from_base.generator": [(_GEN, {"trace": hn.nn.HutchinsonTrace()})],
+    "CNF.log_prob.trace": [(hn.nn.HutchinsonTrace(), {})],
+    "CNF.sample.trace": [(hn.nn.HutchinsonTrace(), {})],
+    "CNF.sample.generator": [(_GEN, {})],
+    "CNF.loss.generator": [(_GEN, {})],
+    "PlanarFlow.from_base.n_bisection": [(5, {})],
+    "PlanarFlow.sample.generator": [(_GEN, {})],
+    "LatentODE.forward.t0": [(-0.5, {})],
+    "LatentODE.forward.targets": [(_Make(_targets), {})],
+    "LatentODE.elbo.t0": [(-0.5, {})],
+    "LatentODE.elbo.generator": [(_GEN, {})],
+    "LatentODE.elbo.targets": [(_Make(_targets), {})],
+    "LatentODE.predict.t0": [(-0.5, {})],
+    "LatentODE.predict.sample": [(True, {})],
+    "LatentODE.predict.refine_steps": [(2, {})],
+    # the learning rate acts on refinement steps, and is refused without any
+    "LatentODE.predict.refine_lr": [(0.2, {"refine_steps": 2}), (0.2, {})],
+    "ODERNN.run.t_start": [(0.0, {})],
+    "ODERNN.run.backwards": [(True, {})],
+    "ODERNN.extrapolate.t_start": [(0.0, {})],
+    "LatentSDE.forward.kl_weight": [(0.5, {})],
+    "LatentSDE.forward.bm": [(_Make(lambda: _bm(2, 2)), {})],
+    "LatentSDE.sample_posterior.n": [(2, {})],
+    "LatentSDE.sample_posterior.bm": [(_Make(lambda: _bm(2, 2)), {})],
+    "LatentSDE.sample_prior.n": [(3, {})],
+    "LatentSDE.sample_prior.bm": [(_Make(lambda: _bm(2, 2)), {})],
+    "SecondOrderNeuralODE.forward.v0": [(_Make(lambda: torch.ones(3, 2, 2, dtype=F64)), {})],
+    "SecondOrderNeuralODE.forward.t": [(torch.tensor([0.0, 0.5], dtype=F64), {})],
+    "EmpiricalPrior.from_series.t0": [(-0.5, {})],
+    "EmpiricalPrior.from_series.refine_steps": [(2, {})],
+    "EmpiricalPrior.from_series.refine_lr": [(0.2, {"refine_steps": 2}), (0.2, {})],
+    "EmpiricalPrior.log_likelihoods.t0": [(-0.5, {})],
+}
+
+#: method arguments that legitimately change nothing, and why
+_CALL_INERT = {
+    # how many series are scored at once: memory, not the numbers (one solve of the anchors either way)
+    "EmpiricalPrior.log_likelihoods.chunk": "how many series are scored at once: memory, not the result",
+}
+
+
+def _method(name: str):
+    cls_name, method = name.split(".")
+    cls = {"PlanarFlow": PlanarFlow, "ODERNN": ODERNN}.get(cls_name) or getattr(hn.nn, cls_name)
+    return getattr(cls, method)
+
+
+def _call_cases() -> list:
+    cases = []
+    for name, call in _CALLS.items():
+        for arg in inspect.signature(_method(name)).parameters:
+            if arg in call.data or arg == "self" or _CALL_INERT.get(f"{name}.{arg}"):
+                continue
+            for i, (_, context) in enumerate(_CALL_PROBES.get(f"{name}.{arg}", [(None, {})])):
+                suffix = f"-with-{'-'.join(context)}" if context else ""
+                cases.append(pytest.param(name, arg, i, id=f"{name}.{arg}{suffix}"))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "arg", "index"), _call_cases())
+def test_every_method_argument_acts_or_is_refused(name, arg, index):
+    key = f"{name}.{arg}"
+    assert key in _CALL_PROBES, f"no probe value for {key}: add one to _CALL_PROBES (or _CALL_INERT)"
+    value, context = _CALL_PROBES[key][index]
+    call = _CALLS[name]
+    base = _outcome(call.build, lambda m: call.call(m, **_kwargs(context)))
+    changed = _outcome(call.build, lambda m: call.call(m, **_kwargs(context), **{arg: _value(value)}))
+    _check_acts_or_refused(arg, base, changed)
 
 
 # ---- the fixes these probes found, each with its own check ---------------------------------------------

@@ -23,7 +23,7 @@ import torch
 
 from ..irregular import IrregularBatch, union_grid_in
 from ._checks import positive_int
-from .latent_ode import LatentODE
+from .latent_ode import DEFAULT_REFINE_LR, LatentODE, refuse_lr_without_refinement
 
 Tensor = torch.Tensor
 
@@ -55,7 +55,7 @@ class EmpiricalPrior:
         batch: IrregularBatch,
         t0: float | Tensor = 0.0,
         refine_steps: int = 0,
-        refine_lr: float = 0.05,
+        refine_lr: float = DEFAULT_REFINE_LR,
     ) -> EmpiricalPrior:
         """Anchors at the z0s a trained model infers for ``batch`` (its posterior means, or with
         ``refine_steps`` > 0 the z0s :meth:`LatentODE.refine_z0` reaches).
@@ -68,7 +68,12 @@ class EmpiricalPrior:
 
         Returns:
             The prior, one anchor per series of ``batch``.
+
+        Raises:
+            ValueError: a ``refine_lr`` away from its default without refinement steps (it would change
+                nothing), or as :meth:`LatentODE.refine_z0`.
         """
+        refuse_lr_without_refinement(refine_steps, refine_lr)
         *_, z0 = model.refine_z0(batch, refine_steps, refine_lr, t0)
         return cls(z0)
 

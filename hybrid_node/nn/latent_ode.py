@@ -139,6 +139,28 @@ def descend_z0(z0: Tensor, loss: Callable[[Tensor], Tensor], steps: int, lr: flo
         yield z0.detach().clone()
 
 
+#: the default learning rate of the refinement of z0 (:meth:`LatentODE.predict`, ``EmpiricalPrior.from_series``)
+DEFAULT_REFINE_LR = 0.05
+
+
+def refuse_lr_without_refinement(refine_steps: int, refine_lr: float) -> None:
+    """Refuse a refinement learning rate given without refinement steps.
+
+    Args:
+        refine_steps: the Adam steps on z0 asked for.
+        refine_lr: their learning rate.
+
+    Raises:
+        ValueError: ``refine_lr`` is away from its default while ``refine_steps`` is 0, where no step
+            is taken: the encoder's mean was decoded whatever the rate.
+    """
+    if refine_steps == 0 and refine_lr != DEFAULT_REFINE_LR:
+        raise ValueError(
+            f"refine_lr={refine_lr!r} has no effect with refine_steps=0 (no refinement step is taken); pass "
+            "refine_steps > 0 to refine z0 at that rate, or drop refine_lr."
+        )
+
+
 def _start_time(t0: float | Tensor, times: Tensor) -> Tensor:
     """``t0`` as a 0-d tensor of the dtype and device of ``times``.
 
@@ -577,7 +599,7 @@ class LatentODE(nn.Module):
         t0: float | Tensor = 0.0,
         sample: bool = False,
         refine_steps: int = 0,
-        refine_lr: float = 0.05,
+        refine_lr: float = DEFAULT_REFINE_LR,
     ) -> Tensor:
         """Reconstruct or extrapolate at shared ``times`` (T,) from the posterior mean of z0 (or a draw).
 
@@ -591,8 +613,10 @@ class LatentODE(nn.Module):
             (B, T, obs_dim) decoded means.
 
         Raises:
-            ValueError: for ``sample`` together with ``refine_steps`` > 0.
+            ValueError: for ``sample`` together with ``refine_steps`` > 0, or a ``refine_lr`` away from its
+                default without refinement steps.
         """
+        refuse_lr_without_refinement(refine_steps, refine_lr)
         if refine_steps > 0:
             if sample:
                 raise ValueError("predict: choose sample=True or refine_steps > 0, not both.")
