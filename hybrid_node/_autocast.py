@@ -205,6 +205,15 @@ def field_owner(func: Callable) -> Callable:
     return func.func if isinstance(func, _AutocastCall) else func
 
 
+#: why a strict ``torch.export`` of a solve under autocast is refused (when it traces, not when it runs)
+_STRICT_EXPORT_UNDER_AUTOCAST = (
+    "torch.export.export(..., strict=True) of a solve under torch.autocast is not supported: torch 2.13's "
+    "strict export records an autocast result's dtype as the unautocast one, so the program fails when it "
+    "runs ('Tensor dtype mismatch') at the cast of the field's low-precision output back to the state's dtype. "
+    "Export with strict=False (the default), which gives the eager outputs, or solve outside the autocast."
+)
+
+
 def traced_field_autocast(solve: Callable) -> Callable:
     """A traced solve function, ``solve(func, y0, *args)``, given the autocast handling of the host loop.
 
@@ -222,6 +231,10 @@ def traced_field_autocast(solve: Callable) -> Callable:
 
     Returns:
         ``solve`` with that handling; unchanged behaviour where autocast is off on the state's device.
+
+    Raises:
+        ValueError: (from the returned function) traced by a strict ``torch.export`` under autocast, whose
+            program torch 2.13 builds wrong (``_STRICT_EXPORT_UNDER_AUTOCAST``).
     """
 
     @functools.wraps(solve)
@@ -230,6 +243,8 @@ def traced_field_autocast(solve: Callable) -> Callable:
         dtype = autocast_dtype(device_type)
         if dtype is None:
             return solve(func, y0, *args)
+        if torch.compiler.is_dynamo_compiling() and torch.compiler.is_exporting():
+            raise ValueError(_STRICT_EXPORT_UNDER_AUTOCAST)
         with torch.autocast(device_type, enabled=False):
             return solve(_AutocastCall(func, device_type, dtype), y0, *args)
 

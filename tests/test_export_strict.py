@@ -114,3 +114,48 @@ def test_batched_block_times_are_still_refused_under_vmap_and_its_torch_compile(
         for run in (batched, torch.compile(batched)):
             with pytest.raises(ValueError, match="batched by vmap"):
                 run(params, buffers, torch.randn(4, 2))
+
+
+class _CastsAnAutocastResult(torch.nn.Module):
+    """No solve: a linear layer under bfloat16 autocast, its output cast back to float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.linear(x)
+        return y.to(torch.float32) * 2
+
+
+def test_torch_strict_export_still_builds_casts_of_autocast_results_wrong():
+    """Why the library refuses strict export under autocast: torch 2.13's strict export of this module,
+    without any solve, fails when its program runs (non-strict gives the eager output). Should this test
+    fail, torch has fixed it and the refusal in ``_autocast.traced_field_autocast`` can go."""
+    model, x = _CastsAnAutocastResult(), torch.randn(3, 2)
+    with torch.no_grad():
+        assert torch.equal(torch.export.export(model, (x,)).module()(x), model(x))
+        program = torch.export.export(model, (x,), strict=True)
+        with pytest.raises(RuntimeError, match="Tensor dtype mismatch"):
+            program.module()(x)
+
+
+def test_a_strict_export_of_a_solve_under_autocast_is_refused_with_the_fix():
+    """A model solving under ``torch.autocast`` exported strictly: refused while it traces, with the
+    library's message naming the fix (Dynamo wraps it in its "Observed exception", a RuntimeError);
+    before, the export succeeded and the program failed when run with torch's "Tensor dtype mismatch"."""
+    torch.manual_seed(0)
+    block = _block("rk4", torch.float32)
+
+    class Autocast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.block(x)
+
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"under torch.autocast is not supported.*strict=False"):
+        torch.export.export(Autocast(), (torch.randn(4, 2),), strict=True)
