@@ -138,7 +138,8 @@ class CNFSolver:
             dynamics call torch.autograd at every evaluation, which a vectorised Jacobian cannot trace
             (it would fall back to the loop at every Jacobian, after a failed attempt).
         adjoint: compute gradients with the adjoint method (O(1) memory) instead of backpropagating
-            through the solver.
+            through the solver: those of the trainable parameters, and of the points when they need
+            gradients (``d log p / dx`` of a frozen flow too).
         regularizers_in_error_norm: whether the two RNODE integrals count in an adaptive method's error
             norm, like z and log p (the default, as in FFJORD's code). False measures the error of z
             and log p only, as RNODE's code does (tolerances of 1e20 on the integrals): a regularised
@@ -651,7 +652,9 @@ class CNF(nn.Module):
         try:
             if st.adjoint:
                 params = tuple(p for p in block.parameters() if p.requires_grad)
-                if params and torch.is_grad_enabled():
+                # also without trainable parameters when the points need gradients (d log p / dx of a frozen
+                # flow): that solve backpropagated through the solver, adjoint=True accepted and unused
+                if torch.is_grad_enabled() and (params or any(part.requires_grad for part in state)):
                     ys = _odeint_adjoint(dyn, state, s, adjoint_params=params, **kwargs)
                     if dyn.noise is not None:
                         _pin_noise(ys, dyn, dyn.noise)
