@@ -159,3 +159,16 @@ def test_a_strict_export_of_a_solve_under_autocast_is_refused_with_the_fix():
 
     with torch.no_grad(), pytest.raises(RuntimeError, match=r"under torch.autocast is not supported.*strict=False"):
         torch.export.export(Autocast(), (torch.randn(4, 2),), strict=True)
+
+
+def test_a_failed_solve_in_a_strictly_exported_program_raises(one_thread):
+    """The traced loop's final status check survives strict export: a solve that runs out of steps
+    raises when the program runs instead of returning unfinished states."""
+    torch.manual_seed(0)
+    settings = hn.nn.SolveSettings(method="dopri5", rtol=1e-10, atol=1e-12, options={"max_num_steps": 3})
+    block = hn.nn.ODEBlock(hn.nn.MLPDynamics(2, 8), train_settings=settings)
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        program = torch.export.export(block, (x,), strict=True)
+        with pytest.raises(RuntimeError, match="the traced adaptive solve failed"):
+            program.module()(x)
