@@ -583,6 +583,26 @@ def test_every_cnf_solver_field_acts_or_is_refused(field, index):
     _check_acts_or_refused(field, base, changed)
 
 
+#: the CNF's other settings objects: (class, the CNF argument it is passed as) -> a non-default value per field
+_CNF_PARTS: dict[tuple[type, str], dict[str, Any]] = {
+    (hn.nn.HutchinsonTrace, "trace"): {"noise": "gaussian"},
+    (hn.nn.RNODERegularization, "regularization"): {"kinetic": 0.1, "jacobian": 0.1},
+}
+
+
+@pytest.mark.parametrize(
+    ("part", "field"),
+    [(key, f.name) for key in _CNF_PARTS for f in dataclasses.fields(key[0])],
+    ids=lambda v: v[0].__name__ if isinstance(v, tuple) else v,
+)
+def test_every_field_of_the_cnf_settings_acts_or_is_refused(part, field):
+    cls, argument = part
+    assert field in _CNF_PARTS[part], f"no probe value for {cls.__name__}.{field}: add one to _CNF_PARTS"
+    base = _outcome(lambda: _cnf(**{argument: cls()}), _cnf_run)
+    changed = _outcome(lambda: _cnf(**{argument: cls(**{field: _CNF_PARTS[part][field]})}), _cnf_run)
+    _check_acts_or_refused(field, base, changed)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="SolveSettings (hybrid_node/nn/ode_block.py) still accepts them; drop this mark with its fix",
