@@ -1,9 +1,11 @@
-"""Every constructor argument of the nn modules either changes what the module computes or is refused.
+"""Every argument of the nn modules either changes what the module computes or is refused.
 
 tests/test_settings_take_effect.py does this for the solvers, controllers, ``odeint`` and ``sdeint``;
-this file does it for the models of :mod:`hybrid_node.nn`. The arguments are enumerated from the
-constructors' signatures (and the fields of the settings dataclasses they take), so a new argument
-fails here until it has a probe value below or an entry in ``_INERT`` saying why it may change nothing.
+this file does it for the models, layers and fields of :mod:`hybrid_node.nn`. The arguments are
+enumerated from the signatures of their constructors and of their methods (``to_base``, ``predict``,
+``sample_prior``, ...) and from the fields of the settings dataclasses they take (``SolveSettings``,
+``CNFSolver``, ``HutchinsonTrace``, ``RNODERegularization``), so a new argument fails here until it has
+a probe value below or an entry in ``_INERT`` / ``_CALL_INERT`` saying why it may change nothing.
 
 A setting *acts* when the module built with it gives other outputs, other parameter gradients (or
 gradients of other parameters) or other evaluation counts than the module built without it, on the
@@ -15,8 +17,8 @@ module raises a ValueError, TypeError or NotImplementedError whose message names
 Some settings only matter together with another one (``ode_rnn_kwargs`` with the ODE-RNN encoder,
 ``regularizers_in_error_norm`` with a regularised solve); their probes carry that context, applied to
 both the reference and the probed module. Other probes check a combination that used to be accepted
-and ignored: the tolerances of a fixed-step method, and a Hamiltonian network's MLP sizes when a
-``hamiltonian`` module replaces that MLP.
+and ignored: the tolerances of a fixed-step method, a Hamiltonian network's MLP sizes when a
+``hamiltonian`` module replaces that MLP, and a refinement learning rate without refinement steps.
 """
 
 from __future__ import annotations
