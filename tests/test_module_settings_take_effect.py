@@ -605,13 +605,9 @@ def test_every_field_of_the_cnf_settings_acts_or_is_refused(part, field):
     _check_acts_or_refused(field, base, changed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SolveSettings (hybrid_node/nn/ode_block.py) still accepts them; drop this mark with its fix",
-)
 @pytest.mark.parametrize("name", ["rtol", "atol"])
 def test_solve_settings_refuse_tolerances_of_a_fixed_step_method(name):
-    # the probes of ODERNN, LatentODE and CNFSolver above, for an ODEBlock's settings: accepted, same solve
+    # the probes of ODERNN, LatentODE and CNFSolver above, for an ODEBlock's settings (they were accepted, same solve)
     spec = _SPECS["ODEBlock"]
     base = _outcome(lambda: spec.build(train_settings=hn.nn.SolveSettings(**FIXED)), spec.run)
     changed = _outcome(lambda: spec.build(train_settings=hn.nn.SolveSettings(**FIXED, **{name: 1e-6})), spec.run)

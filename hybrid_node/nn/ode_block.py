@@ -27,7 +27,7 @@ from torch import nn
 
 from .._api import in_users_graph, solve, untraced
 from .._backend import BACKENDS, resolve_backend
-from .._registry import build_solver, check_solve_settings
+from .._registry import METHOD_SPECS, build_solver, check_solve_settings
 from .._settings_key import value_semantics
 from .._solution import Solution
 from .._tracing import traced
@@ -39,12 +39,16 @@ from ..sensitivity.settings import (
     InterpolatingAdjoint,
     QuadratureAdjoint,
 )
-from ._checks import positive_tolerance
+from ._checks import positive_tolerance, refuse_inert_tolerances
 from ._kept import kept_field
 from .layers import MLPDynamics
 
 SensitivityT = DirectBackprop | BacksolveAdjoint | InterpolatingAdjoint | GaussAdjoint | QuadratureAdjoint
 _SENSITIVITIES = (DirectBackprop, BacksolveAdjoint, InterpolatingAdjoint, GaussAdjoint, QuadratureAdjoint)
+
+
+#: SolveSettings' tolerances; set away from them with a fixed-step method, they are refused
+_DEFAULT_TOLERANCES = {"rtol": 1e-3, "atol": 1e-3}
 
 
 @value_semantics
@@ -65,14 +69,15 @@ class SolveSettings:
     Raises:
         TypeError: ``method`` is not a string, ``sensitivity`` is not a sensitivity object or
             ``options`` is not a mapping.
-        ValueError: ``rtol`` or ``atol`` is not a finite positive number, ``backend`` is unknown, or
-            ``method`` or an option name is unknown (the message names the closest valid one).
+        ValueError: ``rtol`` or ``atol`` is not a finite positive number or is set with a fixed-step
+            method (where it would change nothing), ``backend`` is unknown, or ``method`` or an option
+            name is unknown (the message names the closest valid one).
         BackendError: ``method`` exists on the other backend only.
     """
 
     method: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-3
+    rtol: float = _DEFAULT_TOLERANCES["rtol"]
+    atol: float = _DEFAULT_TOLERANCES["atol"]
     options: Mapping[str, Any] | None = None
     sensitivity: SensitivityT = dataclasses.field(default_factory=DirectBackprop)
     backend: str | None = None
@@ -92,6 +97,10 @@ class SolveSettings:
         if self.options is not None and not isinstance(self.options, Mapping):
             raise TypeError(f"options must be a mapping or None, got {type(self.options).__name__}.")
         check_solve_settings(self.method, self.options, self.backend)  # not only at the first forward pass
+        spec = METHOD_SPECS.get(self.method)
+        if spec is not None and spec.solver is not None:  # a method the torch backend has (Julia-only: its names)
+            given = {"rtol": self.rtol, "atol": self.atol}
+            refuse_inert_tolerances("SolveSettings", self.method, self.options, given, _DEFAULT_TOLERANCES)
         if self.options is not None:
             # the settings are frozen and checked here: a later change to the caller's dict must not
             # change (and skip the check of) every block built with them
