@@ -860,3 +860,18 @@ def test_cnf_adjoint_acts_for_a_frozen_flow_differentiated_in_its_points():
     # both approximate d log p / dx to the solver tolerance (rtol = atol = 1e-5 forward and backward);
     # they differ by 3e-8 here, far below the 1e-5 allowed
     torch.testing.assert_close(adjoint, direct, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ODERNN(2, 4, method="dp5", rtol=1e-5),
+        lambda: hn.nn.LatentODE(2, 2, method="dp5", rtol=1e-5),
+        lambda: hn.nn.SolveSettings(method="dp5", rtol=1e-5),
+    ],
+    ids=["ODERNN", "LatentODE", "SolveSettings"],
+)
+def test_tolerances_of_a_julia_only_method_are_not_checked_against_the_torch_backend(build):
+    # the fixed-step check builds the torch solver; a method only the Julia backend has (its tolerances act
+    # there) raised "available on the Julia backend only" when its rtol was not the default, and not otherwise
+    build()

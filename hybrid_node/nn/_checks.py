@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .._registry import build_solver
+from .._registry import METHOD_SPECS, build_solver
 from ..controllers import ConstantStepSize
 
 
@@ -169,7 +169,8 @@ def refuse_inert_tolerances(
 
     Args:
         owner: how the message names the model, e.g. "ODERNN".
-        method, options: the model's solve settings (already checked by ``check_solve_settings``).
+        method, options: the model's solve settings (already checked by ``check_solve_settings``); a
+            method only the Julia backend has is not checked here (its names are Julia's).
         given: the tolerances given, by name ("rtol", "atol").
         defaults: the model's defaults for them, by name; a value equal to its default is not refused.
 
@@ -177,7 +178,8 @@ def refuse_inert_tolerances(
         ValueError: a tolerance is away from its default and the method takes fixed steps.
     """
     changed = sorted(name for name, value in given.items() if value != defaults[name])
-    if not changed:
+    spec = METHOD_SPECS.get(method)
+    if not changed or spec is None or spec.solver is None:
         return
     solver, controller, _ = build_solver(method, options, float(given["rtol"]), float(given["atol"]))
     at_default = build_solver(method, options, float(defaults["rtol"]), float(defaults["atol"]))[0]

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._api import in_users_graph, solve, untraced
 from .._backend import BACKENDS, resolve_backend
-from .._registry import METHOD_SPECS, build_solver, check_solve_settings
+from .._registry import build_solver, check_solve_settings
 from .._settings_key import value_semantics
 from .._solution import Solution
 from .._tracing import traced
@@ -97,10 +97,8 @@ class SolveSettings:
         if self.options is not None and not isinstance(self.options, Mapping):
             raise TypeError(f"options must be a mapping or None, got {type(self.options).__name__}.")
         check_solve_settings(self.method, self.options, self.backend)  # not only at the first forward pass
-        spec = METHOD_SPECS.get(self.method)
-        if spec is not None and spec.solver is not None:  # a method the torch backend has (Julia-only: its names)
-            given = {"rtol": self.rtol, "atol": self.atol}
-            refuse_inert_tolerances("SolveSettings", self.method, self.options, given, _DEFAULT_TOLERANCES)
+        given = {"rtol": self.rtol, "atol": self.atol}
+        refuse_inert_tolerances("SolveSettings", self.method, self.options, given, _DEFAULT_TOLERANCES)
         if self.options is not None:
             # the settings are frozen and checked here: a later change to the caller's dict must not
             # change (and skip the check of) every block built with them
