@@ -14,7 +14,7 @@ import torch
 from ._errors import BackendError
 from ._memo import memoized
 from .controllers import ConstantStepSize, PIDController
-from .solvers.base import AbstractSolver, ExternalSolver
+from .solvers.base import AbstractSolver, ExternalSolver, unread_controller_fields, unread_controller_settings
 from .solvers.multistep import Nordsieck
 from .solvers.newton import tolerances
 from .solvers.registry import LOOPS as LOOPS
@@ -41,12 +41,26 @@ ADAPTIVE_OPTIONS = (
     "device_loop",
     "sync_every",
 )
-#: the step-size formula's settings, which the variable-order multistep methods (their own step and order
-#: selection) do not use
-_PID_FORMULA = {"safety", "ifactor", "dfactor", "pcoeff", "icoeff", "dcoeff"}
-#: the PIDController fields a Nordsieck method does not read: the formula's, and the two rules that bound
-#: its proposal (the method's own step replaces that proposal, :meth:`Nordsieck.propose_step`)
-_NORDSIECK_INERT = _PID_FORMULA | {"shrink_after_accept", "grow_after_reject"}
+# The PIDController fields a Nordsieck method reads: the tolerances, the step bounds and limit, the
+# norm and the loop strategies (which refuse it themselves). Not the step-size formula's settings
+# (safety, ifactor, dfactor, pcoeff, icoeff, dcoeff) nor the two rules that bound its proposal
+# (shrink_after_accept, grow_after_reject): the method's own step and order replace that proposal
+# (:meth:`Nordsieck.propose_step`). Its class attribute, set here with the registry's other rules for
+# these methods (hybrid_node imports this module before any solve); unread_controller_settings reads it.
+Nordsieck.controller_reads = frozenset(
+    {
+        "rtol",
+        "atol",
+        "first_step",
+        "min_step",
+        "max_step",
+        "max_num_steps",
+        "norm",
+        "per_sample",
+        "device_loop",
+        "sync_every",
+    }
+)
 _SHOWN = {"torch": "torch", "julia": "Julia"}  # backend names as the messages write them
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile", "max_num_steps")
 
@@ -313,14 +327,14 @@ def inert_controller_settings(solver: Any, controller: Any) -> list[str]:
         controller: the solve's controller.
 
     Returns:
-        The names, sorted: for a Nordsieck method and a PIDController the step-size formula's settings
-        and its proposal rules (``shrink_after_accept``, ``grow_after_reject``) away from their
-        defaults; else none.
+        The names, sorted, of :func:`~hybrid_node.solvers.base.unread_controller_settings` (for a
+        Nordsieck method and a PIDController the step-size formula's settings and its proposal rules,
+        ``shrink_after_accept`` and ``grow_after_reject``, away from their defaults); none for an
+        external solver, which refuses its own when it takes the controller.
     """
-    if not (isinstance(solver, Nordsieck) and isinstance(controller, PIDController)):
-        return []
-    defaults = {f.name: f.default for f in dataclasses.fields(PIDController)}
-    return sorted(name for name in _NORDSIECK_INERT if getattr(controller, name) != defaults[name])
+    if isinstance(solver, ExternalSolver):
+        return []  # it refuses what it does not read when it takes the controller (ScipySolver.with_controller)
+    return sorted(unread_controller_settings(solver, controller))
 
 
 def refuse_replaced_tolerances(solver: Any, controller: Any) -> None:
@@ -470,9 +484,9 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:
         nordsieck = isinstance(solver, Nordsieck)
-        if nordsieck:
-            refuse_inert_step_settings(method, sorted(_PID_FORMULA & set(options)))
-        valid = [k for k in ADAPTIVE_OPTIONS if not (nordsieck and k in _PID_FORMULA)] + list(solver_keys)
+        unread = unread_controller_fields(solver)  # e.g. a Nordsieck method's: the PID formula's settings
+        refuse_inert_step_settings(method, sorted(unread.intersection(options)))
+        valid = [k for k in ADAPTIVE_OPTIONS if k not in unread] + list(solver_keys)
         refuse_unknown_options(options, valid, method, others=_every_option_name)
         for key in ("jump_t", "step_t"):
             if key in options:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import torch
+
+from ..controllers import PIDController
 
 if TYPE_CHECKING:
     from ..controllers import ErrorPair
@@ -73,6 +75,9 @@ class AbstractSolver(abc.ABC):
     #: steps the parts of a two-tensor tuple state ``(q, p)`` separately (a symplectic splitting), so it
     #: needs such a state; it finds the split in the field's ``layout`` (:class:`hybrid_node._term.TupleLayout`)
     partitioned: bool = False
+    #: the ``PIDController`` fields its solves read (None: every field); the others are refused where set
+    #: away from their defaults (:func:`unread_controller_settings`)
+    controller_reads: ClassVar[frozenset[str] | None] = None
 
     @property
     @abc.abstractmethod
@@ -195,12 +200,54 @@ class ExternalSolver(abc.ABC):
     partitioned: bool = False
     #: its loop is its own: no step attempt of it is compiled by torch (read by the adjoints)
     compile: bool = False
+    #: the ``PIDController`` fields it reads (None: every field), as :attr:`AbstractSolver.controller_reads`
+    controller_reads: ClassVar[frozenset[str] | None] = None
 
     @abc.abstractmethod
     def integrate(
         self, term: Field, y0: torch.Tensor, ts: Sequence[float], rtol: Any, atol: Any, grad_inputs: Sequence = ()
     ) -> torch.Tensor:
         """The states at every time of ``ts`` (stacked), integrating ``term`` from (ts[0], y0)."""
+
+
+def unread_controller_settings(solver: AbstractSolver | ExternalSolver, controller: Any) -> list[str]:
+    """The fields of a ``PIDController`` that are set away from their defaults and that ``solver`` does not read.
+
+    A method that chooses its own steps (a variable-order Nordsieck method, Hindmarsh 1983; scipy's
+    solvers, Hairer, Norsett, Wanner, Solving ODEs I, II.4) reads only some of the controller's fields
+    (:attr:`AbstractSolver.controller_reads`); a field it does not read and that was set would be
+    accepted and change nothing, so its callers refuse these, each with its own message.
+
+    Args:
+        solver: the solve's solver.
+        controller: the solve's controller; a controller other than a ``PIDController`` has none.
+
+    Returns:
+        The names, in the order of the controller's fields.
+    """
+    reads = solver.controller_reads
+    if reads is None or not isinstance(controller, PIDController):
+        return []
+    return [
+        f.name
+        for f in dataclasses.fields(controller)
+        if f.name not in reads and getattr(controller, f.name) != f.default
+    ]
+
+
+def unread_controller_fields(solver: AbstractSolver | ExternalSolver) -> frozenset[str]:
+    """The ``PIDController`` field names that ``solver`` does not read (empty where it reads them all).
+
+    Args:
+        solver: a solver (its :attr:`AbstractSolver.controller_reads`).
+
+    Returns:
+        The names.
+    """
+    reads = solver.controller_reads
+    if reads is None:
+        return frozenset()
+    return frozenset(f.name for f in dataclasses.fields(PIDController) if f.name not in reads)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -19,7 +19,7 @@ import torch
 
 from .._errors import SolverError, Status, blowup_cause, field_cause
 from ..controllers import PIDController, check_max_num_steps, sign_hint
-from .base import ExternalSolver
+from .base import ExternalSolver, unread_controller_settings
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 #: the solve_ivp methods that integrate in the complex domain (Radau and LSODA refuse a complex y0)
@@ -160,10 +160,6 @@ def _user_time(term, s: float) -> float:
     return -float(s) if getattr(term, "reverse", False) else float(s)
 
 
-#: the PIDController settings that scipy_solver takes (see :meth:`ScipySolver.with_controller`)
-_CONTROLLER_TAKES = ("rtol", "atol", "first_step", "min_step", "max_step", "max_num_steps")
-
-
 @functools.cache
 def lsoda_applies_min_step() -> bool:
     """Whether the installed scipy's LSODA keeps its steps at or above ``min_step``.
@@ -240,6 +236,8 @@ class ScipySolver(ExternalSolver):
     max_num_steps: int = PIDController.max_num_steps
     name = "scipy_solver"
     adaptive = True
+    #: the PIDController settings it takes (:meth:`with_controller`); scipy's step-size rules are its own
+    controller_reads = frozenset({"rtol", "atol", "first_step", "min_step", "max_step", "max_num_steps"})
 
     def __post_init__(self):
         if self.solver not in SCIPY_METHODS:
@@ -300,11 +298,7 @@ class ScipySolver(ExternalSolver):
                 its default; two different ``first_step`` values; merged bounds that do not fit (``min_step`` above
                 ``max_step``, ``min_step`` with a method other than LSODA).
         """
-        inert = [
-            f.name
-            for f in dataclasses.fields(controller)
-            if f.name not in _CONTROLLER_TAKES and getattr(controller, f.name) != f.default
-        ]
+        inert = unread_controller_settings(self, controller)
         if inert:
             # accepted, they changed nothing: scipy's step-size rules are its own
             raise ValueError(
