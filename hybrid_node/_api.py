@@ -12,6 +12,7 @@ import torch
 
 from ._autocast import field_autocast
 from ._backend import resolve_backend
+from ._dense_time import time_slope_term
 from ._double_backward import first_order_only
 from ._errors import BackendError, SolverError, Status
 from ._event import Event
@@ -802,9 +803,11 @@ class DenseSolution:
 
     Call with a scalar time or a 1-D tensor of times inside the solved interval. A query past an end
     by no more than its dtype's rounding (float32 ``0.1`` is 0.10000000149) is taken as that end.
-    The states carry gradients with respect to y0 and the field's parameters, not with respect to
-    the query times; of a solve whose step attempts ran compiled (``compile=True``) first-order ones
-    only (a second backward pass is refused with the fix, :mod:`hybrid_node._double_backward`).
+    The states carry gradients with respect to y0 and the field's parameters; of a solve whose step
+    attempts ran compiled (``compile=True``) first-order ones only (a second backward pass is refused
+    with the fix, :mod:`hybrid_node._double_backward`). Query times that require grad get the
+    interpolant's own slope dy/dt as their gradient (first order; a backward pass with
+    ``create_graph=True`` through them is refused with the fix, :mod:`hybrid_node._dense_time`).
     """
 
     problem: Problem
@@ -812,9 +815,29 @@ class DenseSolution:
     stats: Any
     #: whether the segments were made by compiled step attempts that autograd recorded
     first_order: bool = False
+    #: the solve's state at its end time (flat), the read there; None: the last interpolant's value
+    end: torch.Tensor | None = None
 
     def __post_init__(self):
         self._starts = [s.t0 for s in self.segments]
+
+    def _node(self, i: int, s: float) -> torch.Tensor | None:
+        """The step's own state where ``s`` (solver time, in segment ``i``) is a step time, else None.
+
+        A read there returns the state the solver stepped from (as odeint returns it), not the
+        interpolant's sum, which some interpolants reproduce only to rounding: dopri5's polynomial at
+        its step's end, the Nordsieck one (adams, bdf, lsoda) at its step's start.
+        """
+        seg = self.segments[i]
+        if s == seg.t1 and i == len(self.segments) - 1:
+            return self.end if self.end is not None else seg.interpolant(1.0)
+        if s != seg.t0:
+            return None
+        start = getattr(seg.interpolant, "y0", None)
+        if isinstance(start, torch.Tensor):  # the state the loop passed to the step
+            return start
+        # the previous step's end (there Nordsieck's sum is its first term alone), or the initial state
+        return self.segments[i - 1].interpolant(1.0) if i > 0 else self.problem.y0
 
     def __call__(self, t) -> State:
         """The solution at ``t``.
@@ -853,15 +876,21 @@ class DenseSolution:
             groups.setdefault(i, []).append(len(queries) - 1)
         # one batched evaluation per step's dense output (as odeint's outputs), not one per query, which
         # costs ~80 us each, most of it Python and small kernels
-        rows: list[torch.Tensor] = []
-        where: list[int] = []  # the query each row answers
+        rows: list[torch.Tensor | None] = [None] * len(queries)  # in the order asked
+        where: list[int] = []  # the query of each row of the segments' evaluations, in their order
         for i, js in groups.items():
-            rows.extend(self.segments[i].many([queries[j] for j in js]))
+            inner = []
+            for j in js:
+                rows[j] = self._node(i, queries[j])
+                if rows[j] is None:
+                    inner.append(j)
+            if inner:
+                for j, row in zip(inner, self.segments[i].many([queries[j] for j in inner])):
+                    rows[j] = row
             where.extend(js)
-        ys = torch.stack(rows)
-        if any(a > b for a, b in zip(where, where[1:])):  # unsorted queries: rows back in the order asked
-            order = sorted(range(len(where)), key=where.__getitem__)
-            ys = ys[torch.tensor(order, device=ys.device)]
+        ys = torch.stack(cast(list[torch.Tensor], rows))
+        if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
+            ys = ys + time_slope_term(tt.reshape(-1).to(ys.device), self._slopes(groups, queries, where, ys))
         if self.first_order:
             # the interpolant's coefficients come from compiled stages: torch's own error for a second
             # backward came from its engine, naming neither the option nor a fix
@@ -870,6 +899,24 @@ class DenseSolution:
         if scalar:
             return tuple(y[0] for y in ys) if isinstance(ys, tuple) else ys[0]
         return ys
+
+    def _slopes(self, groups: dict[int, list[int]], queries: list[float], where: list[int], ys: torch.Tensor):
+        """dy/dt in the caller's time at each query, rows in the order asked, shape ``ys.shape``.
+
+        The interpolant's theta-derivative over its step (Hairer, Nørsett, Wanner, Solving ODEs I,
+        2nd ed., Section II.6); negated for a backward-in-time solve, whose solver time is -t.
+        """
+        rows = []
+        for i, js in groups.items():
+            seg = self.segments[i]
+            h = seg.t1 - seg.t0
+            thetas = [1.0 if queries[j] == seg.t1 else (queries[j] - seg.t0) / h for j in js]
+            idx = torch.zeros(len(js), dtype=torch.long, device=ys.device)
+            rows.append(seg.interpolant.sample_slopes(thetas, idx, 1) / h)
+        slopes = torch.cat(rows).reshape(ys.shape)
+        order = sorted(range(len(where)), key=where.__getitem__)
+        slopes = slopes[torch.tensor(order, device=ys.device)]
+        return -slopes if self.problem.reverse else slopes
 
 
 def odeint_dense(
@@ -901,6 +948,10 @@ def odeint_dense(
         SolverError: the solve failed.
     """
     solver, controller, extras = build_solver(method, options, rtol, atol)
+    if isinstance(controller, PIDController):
+        # the implicit solvers' Newton test at the solve's tolerances, as odeint's solve sets it: without
+        # it kencarp4's steps differed from odeint's by 1e-8 at rtol 1e-6
+        solver = solver.with_tolerances(controller.rtol, controller.atol)
     ends = [float(e.detach()) if isinstance(e, torch.Tensor) else float(e) for e in (t0, t1)]
     # named here: the grid check below would speak of a tensor t the caller never passed
     if not all(math.isfinite(e) for e in ends) or ends[0] == ends[1]:
@@ -929,7 +980,8 @@ def odeint_dense(
     integration = integrate(problem, problem.term(), problem.y0, problem.ts, dense=True)
     assert integration.segments is not None  # dense=True
     first_order = bool(_records_compiled_steps(solver, DirectBackprop()))
-    return DenseSolution(problem, integration.segments, integration.stats, first_order)
+    end = integration.ys[-1]  # the state at t1 as the solve returns it (the interpolant's sum may round)
+    return DenseSolution(problem, integration.segments, integration.stats, first_order, end)
 
 
 def odeint_adjoint(
