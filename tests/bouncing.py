@@ -1,4 +1,5 @@
-"""Shared fields of the event tests: a falling ball (with its analytic impact times and its bounce) and a decay."""
+"""Shared fields of the event tests: a falling ball (with its analytic impact times and its bounce), a decay
+and a seeded MLP field (stiff or not)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,28 @@ class CountingBall(torch.nn.Module):
         self.calls += 1
         self.rows += y.shape[0]
         return torch.stack([y[:, 1], -self.g * torch.ones_like(y[:, 1])], 1)
+
+
+class SeededMlp(torch.nn.Module):
+    """y' = (1, 0) + 0.5 tanh-MLP(y) - (0, stiffness y_2), 2-16-2, with the same seeded weights in every
+    test: a nonlinear field whose dense outputs are not exact. ``stiffness`` (e.g. 200, ~100x the rate of
+    the first coordinate's motion) makes the second coordinate decay fast; 0 leaves the term out. Counts
+    its calls and the rows they evaluate (a whole-batch call per fired sample shows as more rows)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64, stiffness: float = 0.0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.w1 = torch.nn.Parameter(torch.randn(2, 16, generator=gen, dtype=dtype) / 2**0.5)
+        self.w2 = torch.nn.Parameter(torch.randn(16, 2, generator=gen, dtype=dtype) / 4.0)
+        self.drift = torch.tensor([1.0, 0.0], dtype=dtype)
+        self.stiffness = stiffness
+        self.calls = 0
+        self.rows = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        self.rows += y.shape[0]
+        out = self.drift + 0.5 * torch.tanh(y @ self.w1) @ self.w2
+        if self.stiffness:
+            out = out - torch.nn.functional.pad(self.stiffness * y[:, 1:], (1, 0))
+        return out

@@ -15,26 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bouncing import CountingBall, G
+from bouncing import CountingBall, G, SeededMlp
 
 import hybrid_node as hn
 from hybrid_node.solvers.dopri8 import Dopri8Interpolant
 
 pytestmark = pytest.mark.usefixtures("float64_default")
-
-
-class _Mlp(torch.nn.Module):
-    """y' = (1, 0) + 0.5 tanh-MLP(y), 2-16-2, seeded: a nonlinear field whose dense output is not exact."""
-
-    def __init__(self, dtype=torch.float64):
-        super().__init__()
-        gen = torch.Generator().manual_seed(3)
-        self.w1 = torch.nn.Parameter(torch.randn(2, 16, generator=gen, dtype=dtype) / 2**0.5)
-        self.w2 = torch.nn.Parameter(torch.randn(16, 2, generator=gen, dtype=dtype) / 4.0)
-        self.drift = torch.tensor([1.0, 0.0], dtype=dtype)
-
-    def forward(self, t, y):
-        return self.drift + 0.5 * torch.tanh(y @ self.w1) @ self.w2
 
 
 def _balls(batch: int, grad: bool) -> tuple[CountingBall, torch.Tensor, hn.Solution]:
@@ -78,7 +64,7 @@ def test_event_gradients_add_no_field_call_and_rows_grow_like_the_batch():
 
 def _step(dtype: torch.dtype, grad: bool) -> tuple[Dopri8Interpolant, torch.Tensor, float]:
     """One DOP853 step of the MLP field from a batch of 7 states, and its dense output."""
-    field = _Mlp(dtype)
+    field = SeededMlp(dtype)
     y0 = torch.randn(7, 2, generator=torch.Generator().manual_seed(5), dtype=dtype).requires_grad_(grad)
     solver, dt = hn.Dopri8(), 0.4
     with torch.set_grad_enabled(grad):
@@ -123,7 +109,7 @@ def test_sample_slopes_are_the_theta_derivative_of_the_dense_output():
 
 
 def _mlp_events(monkeypatch_old: pytest.MonkeyPatch | None):
-    field = _Mlp()
+    field = SeededMlp()
     y0 = torch.zeros(24, 2)
     y0[:, 0] = torch.linspace(-1.0, 1.0, 24)
     y0[:, 1] = torch.linspace(0.5, -0.5, 24)
