@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._errors import CheckpointError, ResumeError
 from ..training.atomic import atomic_savefig, atomic_write_json, atomic_write_text
@@ -671,6 +671,43 @@ def resume_job(
         return None, None
     path = ckpts.path(job)
     return path, ckpts.load(path, objects, required)
+
+
+class LoopStart(NamedTuple):
+    """Where a checkpointed training loop starts: its checkpoint file, the iterations already done, the
+    history so far and the training seconds of earlier invocations (0 for a fresh loop)."""
+
+    path: Path | None
+    done: int
+    history: Any
+    seconds: float
+
+
+def resume_loop(
+    ckpts: Checkpoints | None, job: str, objects: Mapping[str, Any], history: Any, *, timed: bool = False
+) -> LoopStart:
+    """:func:`resume_job` and where the loop stands: a resumed one continues after its stored step with
+    its stored history (a finished one, ``done == iters``, trains no more); a fresh one starts at 0 with
+    ``history``.
+
+    Args:
+        ckpts: the command's checkpoints (None: the loop checkpoints nothing).
+        job: the loop's name (``checkpoints/<job>.pt``).
+        objects: as for :meth:`Checkpoints.load`.
+        history: the fresh loop's (empty) history.
+        timed: the checkpoints also store the training ``seconds`` so far (then required in them).
+
+    Returns:
+        The :class:`LoopStart`.
+
+    Raises:
+        CheckpointError, ResumeError: as :meth:`Checkpoints.load`.
+    """
+    required = ("step", "total", "history", "seconds") if timed else ("step", "total", "history")
+    path, state = resume_job(ckpts, job, objects, required)
+    if state is None:
+        return LoopStart(path, 0, history, 0.0)
+    return LoopStart(path, state["step"], state["history"], state["seconds"] if timed else 0.0)
 
 
 def open_checkpointed_run(

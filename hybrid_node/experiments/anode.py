@@ -35,7 +35,7 @@ from ._output import (
     interruptible,
     open_checkpointed_run,
     pyplot,
-    resume_job,
+    resume_loop,
     save_figure,
     write_results,
 )
@@ -169,10 +169,7 @@ def train_flow(
     gen = torch.Generator().manual_seed(seed)
     hist: dict[str, list[float]] = {"loss": [], "nfe": []}
     objects = {"model": model, "optimizer": opt, "generator": gen}
-    ckpt, state = resume_job(checkpoints, job, objects)
-    done = 0 if state is None else state["step"]  # a finished model (done == iters) is not trained again
-    if state is not None:
-        hist = state["history"]
+    ckpt, done, hist, _ = resume_loop(checkpoints, job, objects, hist)
     for step in range(done + 1, iters + 1):
         idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=gen) if len(x) > batch else torch.arange(len(x))
         with diverged_if_solve_fails(step, lr):

@@ -55,7 +55,7 @@ from ._output import (
     interruptible,
     open_run,
     pyplot,
-    resume_job,
+    resume_loop,
     resume_settings,
     save_figure,
     write_results,
@@ -234,10 +234,7 @@ def _fit(
     """
     rng = np.random.default_rng(cfg.seed)  # the data stream: its state is checkpointed with the weights
     objects = {"model": model, "optimizer": opt, "data": rng}
-    ckpt, state = resume_job(ckpts, job, objects)
-    done = 0 if state is None else state["step"]  # a finished model (done == iters) is not trained again
-    if state is not None:
-        hist = state["history"]
+    ckpt, done, hist, _ = resume_loop(ckpts, job, objects, hist)
     bar = progress_bar(range(done + 1, cfg.iters + 1), desc=label, leave=False)
     for it in bar:
         x = torch.from_numpy(sample_toy2d(cfg.data, cfg.batch_size, rng=rng))

@@ -50,7 +50,7 @@ from ._output import (
     interruptible,
     open_checkpointed_run,
     pyplot,
-    resume_job,
+    resume_loop,
     save_figure,
     write_results,
 )
@@ -204,10 +204,7 @@ def train_model(
     zero = torch.zeros(())
     history: list[float] = []
     objects = {"model": model, "optimizer": opt}
-    ckpt, state = resume_job(ckpts, job, objects, ("step", "total", "history", "seconds"))
-    done, before = (0, 0.0) if state is None else (state["step"], state["seconds"])  # done == iters: finished
-    if state is not None:
-        history = state["history"]
+    ckpt, done, history, before = resume_loop(ckpts, job, objects, history, timed=True)
     start = time.perf_counter()
     bar = progress_bar(range(done + 1, iters + 1), desc=label, enabled=progress)
     for step in bar:

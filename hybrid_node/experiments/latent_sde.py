@@ -32,7 +32,7 @@ from ._output import (
     interruptible,
     open_checkpointed_run,
     pyplot,
-    resume_job,
+    resume_loop,
     save_figure,
     write_results,
 )
@@ -138,10 +138,7 @@ def train(s: LatentSDESettings, progress: bool = True, ckpts: Checkpoints | None
     hist: dict[str, list[float]] = {"iter": [], "loss": [], "kl": []}
     gen = torch.Generator().manual_seed(s.seed + 1)
     objects = {"model": model, "optimizer": opt, "scheduler": sched, "generator": gen}
-    ckpt, state = resume_job(ckpts, "latent_sde", objects, ("step", "total", "history", "seconds"))
-    done, before = (0, 0.0) if state is None else (state["step"], state["seconds"])  # done == iters: finished
-    if state is not None:
-        hist = state["history"]
+    ckpt, done, hist, before = resume_loop(ckpts, "latent_sde", objects, hist, timed=True)
     start = time.perf_counter()
     bar = progress_bar(range(done + 1, s.iters + 1), desc="latent sde", enabled=progress)
     for it in bar:
