@@ -61,7 +61,8 @@ class AbstractSolver(abc.ABC):
     Capabilities are declared, not probed: ``adaptive`` (has an error estimate), ``implicit``,
     ``supports_compile`` (``compiled()`` works), ``supports_device_loop`` and ``supports_per_sample``
     (the loop strategies that can run it), ``transformable`` (runs inside ``torch.func`` transforms),
-    ``partitioned`` (needs a tuple state ``(q, p)``).
+    ``partitioned`` (needs a tuple state ``(q, p)``), ``controller_reads`` (the ``PIDController``
+    fields its solves read; the others are refused where set).
     """
 
     #: the method name of ``odeint(method=...)``
