@@ -484,7 +484,9 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
         solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
     if solver.adaptive:
         nordsieck = isinstance(solver, Nordsieck)
-        unread = unread_controller_fields(solver)  # e.g. a Nordsieck method's: the PID formula's settings
+        # the options among the controller fields it does not read (a Nordsieck method's: the PID formula's);
+        # its proposal rules are no odeint options, so they stay unknown options below
+        unread = unread_controller_fields(solver).intersection(ADAPTIVE_OPTIONS)
         refuse_inert_step_settings(method, sorted(unread.intersection(options)))
         valid = [k for k in ADAPTIVE_OPTIONS if k not in unread] + list(solver_keys)
         refuse_unknown_options(options, valid, method, others=_every_option_name)

@@ -61,3 +61,12 @@ def test_odeint_and_solve_refuse_the_same_nordsieck_settings(option):
         hn.odeint(func, y0, t, method="bdf", options={option: value})
     with pytest.raises(ValueError, match=message):
         hn.solve(func, y0, t, solver=hn.BDF(), controller=hn.PIDController(**{option: value}))
+
+
+@pytest.mark.parametrize("method", ["bdf", "dopri5"])
+def test_controller_fields_that_are_no_odeint_options_stay_unknown_options(method):
+    # the proposal rules are PIDController fields a Nordsieck method does not read, but odeint has no such
+    # options: they are reported as unknown, for bdf as for dopri5
+    func = lambda t, y: -y  # noqa: E731
+    with pytest.raises(ValueError, match=r"Unknown options \['grow_after_reject'\]"):
+        hn.odeint(func, torch.ones(2), torch.linspace(0.0, 1.0, 3), method=method, options={"grow_after_reject": False})
