@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -122,6 +123,76 @@ def combine_sample_rows(
     return start if out is None else start + out
 
 
+class SampleRows(Protocol):
+    """Per-sample reads of one step's dense output: each requested row at its own fraction of the step.
+
+    The contract every interpolant with per-sample rows follows (the interpolants here, DOP853's,
+    Rodas', Rosenbrock23's and the Nordsieck array's); the per-sample event search
+    (:class:`hybrid_node.loop.events._Locator`) reads the rows of the samples it locates through
+    it, and falls back to rows of whole-batch evaluations (``many``) for an interpolant without it.
+    Each implementation documents only its own formula and its reference.
+
+    In every method the state is seen as ``n`` rows (its leading dimensions flattened, the rest
+    ``m``), ``thetas`` are k fractions of the step and ``idx`` a (k,) long tensor of rows: row
+    ``idx[j]`` is read at ``thetas[j]``, in O(k) rows of work where the diagonal of ``many`` is
+    O(k * n). The results carry autograd as enabled (an interpolant whose extra stages are built on
+    first use builds them in the mode of its step).
+    """
+
+    def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Row ``idx[j]`` of the dense output at ``thetas[j]``, shape (k, m).
+
+        Each row equals row ``idx[j]`` of the whole-batch evaluation at ``thetas[j]`` to the last
+        bit (the same operations on the requested rows only, the fractions rounded to the state's
+        dtype as a scalar fraction is), so an event located on these rows is the one located on the
+        whole batch.
+
+        Args:
+            thetas: (k,) the fractions of the step.
+            idx: (k,) the row each fraction is for.
+            n: the number of rows the state is seen as.
+
+        Returns:
+            A (k, m) tensor.
+        """
+        ...
+
+    def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
+        """The theta-derivative of row ``idx[j]`` of the dense output at ``thetas[j]``, shape (k, m).
+
+        The exact derivative of the computed dense output (not the field): divided by the step, the
+        rate at which an event state located on it moves with its time, which the
+        implicit-function-theorem gradient of the event time needs, without a call of the field.
+
+        Args: as :meth:`sample_rows`.
+
+        Returns:
+            A (k, m) tensor.
+        """
+        ...
+
+
+class SampleReader(SampleRows, Protocol):
+    """A :class:`SampleRows` interpolant that can prepare repeated reads of one set of rows.
+
+    Optional: a bisection reads the same rows at ~50 sets of fractions, and where the work that
+    depends on the rows alone (gathering their coefficients) is a sizeable part of a read, the
+    interpolant offers it once per set of rows.
+    """
+
+    def sample_reader(self, idx: torch.Tensor, n: int) -> Callable[[Sequence[float]], torch.Tensor]:
+        """A function ``thetas -> sample_rows(thetas, idx, n)``, equal to it to the last bit.
+
+        Made and used in one autograd mode (the prepared coefficients keep the mode they were made in).
+
+        Args: ``idx`` and ``n`` as :meth:`SampleRows.sample_rows`.
+
+        Returns:
+            The reader of those rows.
+        """
+        ...
+
+
 @dataclasses.dataclass
 class PolynomialInterpolant:
     """The Runge-Kutta pair's own continuous extension: y0 + dt * sum_i b_i(theta) k_i.
@@ -154,7 +225,7 @@ class PolynomialInterpolant:
         return out
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times)."""
+        """:meth:`SampleRows.sample_rows`: ``y0 + dt * sum_i b_i(theta_j) k_i`` on the rows, ``y1`` at theta 1."""
         th = np.asarray(thetas, dtype=np.float64)
         out = combine_sample_rows(self.y0, self.dt, self._weights(th), self.ks, idx, n)
         at_end = th == 1.0
@@ -164,11 +235,8 @@ class PolynomialInterpolant:
         return out
 
     def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """The theta-derivative of row ``idx[j]`` at ``thetas[j]``: ``dt * sum_i b_i'(theta) k_i``, shape (k, m).
-
-        Divided by the step, the slope of the dense output in time (Hairer, Nørsett, Wanner, Solving
-        ODEs I, 2nd ed., Section II.6), each sample at its own time, in O(k) rows.
-        """
+        """:meth:`SampleRows.sample_slopes`: ``dt * sum_i b_i'(theta) k_i`` (Hairer, Nørsett, Wanner, Solving
+        ODEs I, 2nd ed., Section II.6)."""
         c = np.asarray(self.coeffs, dtype=np.float64)  # (stages, degree): b_i' has coefficients (p + 1) c_ip
         th = np.asarray(thetas, dtype=np.float64)
         powers = np.arange(c.shape[1])
@@ -218,15 +286,12 @@ class HermiteInterpolant:
         return combine_rows(None, 1.0, w, (self.y0, self.y1, self.f0, self.f1))
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times)."""
+        """:meth:`SampleRows.sample_rows`: the Hermite basis of :func:`hermite_weights` on the rows."""
         w = np.stack(hermite_weights(np.asarray(thetas, dtype=np.float64), self.dt), axis=1)
         return combine_sample_rows(None, 1.0, w, (self.y0, self.y1, self.f0, self.f1), idx, n)
 
     def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """The theta-derivative of row ``idx[j]`` at ``thetas[j]`` (the cubic's derivative), shape (k, m).
-
-        It is ``dt * f0`` at theta 0 and ``dt * f1`` at theta 1, as a Hermite interpolant's must be.
-        """
+        """:meth:`SampleRows.sample_slopes`: the cubic's derivative, ``dt * f0`` at theta 0 and ``dt * f1`` at 1."""
         th = np.asarray(thetas, dtype=np.float64)
         w = np.stack(
             [-6 * th * (1 - th), 6 * th * (1 - th), (1 - th) * (1 - 3 * th) * self.dt, th * (3 * th - 2) * self.dt], 1
@@ -250,11 +315,11 @@ class LinearInterpolant:
         return combine_rows(self.y0, 1.0, np.stack([-th, th], axis=1), (self.y0, self.y1))
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times)."""
+        """:meth:`SampleRows.sample_rows`: ``y0 + (theta y1 - theta y0)`` on the rows."""
         th = np.asarray(thetas, dtype=np.float64)
         return combine_sample_rows(self.y0, 1.0, np.stack([-th, th], axis=1), (self.y0, self.y1), idx, n)
 
     def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """The theta-derivative of row ``idx[j]``: ``y1 - y0`` whatever the theta, shape (k, m)."""
+        """:meth:`SampleRows.sample_slopes`: ``y1 - y0`` whatever the theta."""
         w = np.tile([-1.0, 1.0], (len(thetas), 1))
         return combine_sample_rows(None, 1.0, w, (self.y0, self.y1), idx, n)

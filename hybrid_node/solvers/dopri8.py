@@ -155,22 +155,8 @@ class Dopri8Interpolant(Interpolant):
         return self.y0 + acc
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """Row ``idx[j]`` of the dense output at ``thetas[j]`` (the state seen as ``n`` rows), shape (k, m).
-
-        Each sample at its own time, in O(k) rows: the same nested form as :meth:`__call__`, on the
-        requested rows only and with one theta per row (each factor rounded to the state's dtype as
-        a float theta is), so every row equals row ``idx[j]`` of ``self(thetas[j])`` bit for bit.
-        An event search that took its rows from whole-batch evaluations (``many``) did O(k * n)
-        work per bisection halving.
-
-        Args:
-            thetas: (k,) fractions of the step, one per requested row.
-            idx: (k,) the rows (samples).
-            n: the number of rows the state is seen as.
-
-        Returns:
-            A (k, m) tensor, with autograd as enabled (the extra stages keep the step's mode).
-        """
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_rows`: the nested form of :meth:`__call__` on
+        the rows, one theta per row."""
         coeffs = self._coeffs if self._coeffs is not None else self._prepare()
         rows = [c.reshape(n, -1)[idx] for c in coeffs]
         theta, one_minus = self._row_factors(thetas, rows[0])
@@ -182,22 +168,10 @@ class Dopri8Interpolant(Interpolant):
         return self.y0.reshape(n, -1)[idx] + acc
 
     def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """The theta-derivative of row ``idx[j]`` of the dense output at ``thetas[j]``, shape (k, m).
-
-        Divided by the step, the slope in time of the continuous extension (Hairer, Nørsett, Wanner,
-        Solving ODEs I, 2nd ed., Section II.10): the derivative of the nested form
-        ``theta (c0 + (1 - theta) (c1 + theta (c2 + ...)))`` by the product rule, level by level
-        from the innermost, in O(k) rows and without a call of the field. It is the exact rate of
-        the computed dense output, the one an event located on it moves with.
-
-        Args:
-            thetas: (k,) fractions of the step, one per requested row.
-            idx: (k,) the rows (samples).
-            n: the number of rows the state is seen as.
-
-        Returns:
-            A (k, m) tensor, with autograd as enabled.
-        """
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_slopes`: the derivative of the nested form
+        ``theta (c0 + (1 - theta) (c1 + theta (c2 + ...)))`` by the product rule, level by level from
+        the innermost (the continuous extension of Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed.,
+        Section II.10)."""
         coeffs = self._coeffs if self._coeffs is not None else self._prepare()
         rows = [c.reshape(n, -1)[idx] for c in coeffs]
         theta, one_minus = self._row_factors(thetas, rows[0])

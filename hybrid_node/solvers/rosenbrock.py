@@ -497,20 +497,8 @@ class _RodasInterpolant(Interpolant):
         return (1 - theta) * self.y0 + theta * (self.y1 + (1 - theta) * inner)
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times).
-
-        The operations of :meth:`__call__` on the k requested rows only, each at its own theta (a
-        column of thetas rounded to the state's dtype, as the scalar is), so every row equals the
-        whole-batch evaluation's to the last bit, in O(k) rows instead of O(k * n).
-
-        Args:
-            thetas: (k,) the fractions of the step.
-            idx: (k,) the sample (row) each fraction is for.
-            n: the number of rows the state is seen as.
-
-        Returns:
-            A (k, m) tensor, with autograd as enabled.
-        """
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_rows`: :meth:`__call__`'s operations on the
+        rows, a column of thetas."""
         th, omt = _columns(thetas, self.y0)
         inner = self.kd[-1].reshape(n, -1)[idx]
         for k in reversed(self.kd[:-1]):
@@ -518,18 +506,10 @@ class _RodasInterpolant(Interpolant):
         return omt * self.y0.reshape(n, -1)[idx] + th * (self.y1.reshape(n, -1)[idx] + omt * inner)
 
     def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """The theta-derivative of row ``idx[j]`` of the dense output at ``thetas[j]``, shape (k, m).
-
-        With ``P(theta) = sum_i kd_i theta^i`` the output is ``(1 - theta) y0 + theta y1 +
-        theta (1 - theta) P(theta)``, whose derivative is ``y1 - y0 + (1 - 2 theta) P + theta (1 - theta) P'``
-        (Hairer and Wanner, Solving ODEs II, 2nd ed., Section IV.7, the Rodas dense output).
-        Divided by the step, the slope of the dense output in time, each sample at its own time.
-
-        Args: as :meth:`sample_rows`.
-
-        Returns:
-            A (k, m) tensor, with autograd as enabled.
-        """
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_slopes`: with ``P(theta) = sum_i kd_i theta^i``
+        the output is ``(1 - theta) y0 + theta y1 + theta (1 - theta) P(theta)``, whose derivative is
+        ``y1 - y0 + (1 - 2 theta) P + theta (1 - theta) P'`` (Hairer and Wanner, Solving ODEs II, 2nd
+        ed., Section IV.7, the Rodas dense output)."""
         th, omt = _columns(thetas, self.y0)
         p = self.kd[-1].reshape(n, -1)[idx]
         dp = torch.zeros_like(p)
@@ -568,38 +548,17 @@ class _Rosenbrock23Interpolant(Interpolant):
         return self.k1.reshape(n, -1)[idx], self.k2.reshape(n, -1)[idx]
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times).
-
-        The operations of :meth:`__call__` on the k requested rows only, each row with its own weights
-        (computed in float64 by the same expressions as the scalar ones, then rounded to the state's
-        dtype as the scalar is), so every row equals the whole-batch evaluation's to the last bit, in
-        O(k) rows instead of O(k * n).
-
-        Args:
-            thetas: (k,) the fractions of the step.
-            idx: (k,) the sample (row) each fraction is for.
-            n: the number of rows the state is seen as.
-
-        Returns:
-            A (k, m) tensor, with autograd as enabled.
-        """
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_rows`: :meth:`__call__`'s operations on the
+        rows, each with its own weights (the float64 expressions of :meth:`_weights`)."""
         w = np.array([self._weights(th) for th in thetas], dtype=np.float64).reshape(-1, 2)
         c1, c2 = host_matrix(w[:, :1], self.y0), host_matrix(w[:, 1:], self.y0)
         k1, k2 = self._rows_of(idx, n)
         return self.y0.reshape(n, -1)[idx] + self.dt * (c1 * k1 + c2 * k2)
 
     def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """The theta-derivative of row ``idx[j]`` of the dense output at ``thetas[j]``, shape (k, m).
-
-        ``h (c1'(theta) k1 + c2'(theta) k2)`` with ``c1' = (1 - 2 theta) / (1 - 2d)`` and
-        ``c2' = (2 theta - 2d) / (1 - 2d)`` (Shampine and Reichelt 1997, Section 4.1); divided by the
-        step, the slope of the dense output in time, each sample at its own time.
-
-        Args: as :meth:`sample_rows`.
-
-        Returns:
-            A (k, m) tensor, with autograd as enabled.
-        """
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_slopes`: ``h (c1'(theta) k1 + c2'(theta) k2)`` with
+        ``c1' = (1 - 2 theta) / (1 - 2d)`` and ``c2' = (2 theta - 2d) / (1 - 2d)`` (Shampine and
+        Reichelt 1997, Section 4.1)."""
         th = np.asarray(thetas, dtype=np.float64).reshape(-1, 1)
         scale = 1.0 / (1 - 2 * self.d)
         c1, c2 = host_matrix((1 - 2 * th) * scale, self.y0), host_matrix((2 * th - 2 * self.d) * scale, self.y0)
