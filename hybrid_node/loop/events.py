@@ -402,8 +402,12 @@ class _Locator:
 
     def _thetas(self, times: np.ndarray) -> list[float]:
         """The step's fractions at ``times`` (solver time); exactly 1 at the step's end."""
-        h = self.seg.t1 - self.seg.t0
-        return [1.0 if s == self.seg.t1 else (s - self.seg.t0) / h for s in times.tolist()]
+        return self._theta_array(times).tolist()
+
+    def _theta_array(self, times: np.ndarray) -> np.ndarray:
+        """:meth:`_thetas` as a float64 array, in one vectorised pass (the same float64 operations)."""
+        t0, t1 = self.seg.t0, self.seg.t1
+        return np.where(times == t1, 1.0, (times - t0) / (t1 - t0))
 
     def rows(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
         """Row ``idx[j]`` of the dense output at ``times[j]``, shape (k, m); with autograd as enabled."""
@@ -493,8 +497,75 @@ class _Locator:
             check_no_nan(g, t_user, rows, idx)
             return g
 
+    def reader(self, idx: torch.Tensor):
+        """A function ``thetas -> rows`` of the samples ``idx`` at their own fractions, as :meth:`rows` reads them.
+
+        Uses the interpolant's ``sample_reader`` where it has one (the work that depends on ``idx``
+        alone, such as gathering the rows' coefficients, done once for all reads), else its
+        ``sample_rows``, else the chunked diagonal of :meth:`rows`; the same values to the bit.
+        Made and used in one autograd mode (the bisection's: without graph).
+
+        Args:
+            idx: (k,) the samples every read is for.
+
+        Returns:
+            A function of a (k,) float64 array of fractions returning a (k, m) tensor.
+        """
+        prepare = getattr(self.seg.interpolant, "sample_reader", None)
+        if prepare is not None:
+            return prepare(idx, self.n)
+        own = getattr(self.seg.interpolant, "sample_rows", None)
+        if own is not None:
+            return lambda thetas: own(thetas.tolist(), idx, self.n)
+        return lambda thetas: self.rows(self._times_of(thetas), idx)
+
+    def _times_of(self, thetas: np.ndarray) -> np.ndarray:
+        """Solver times whose :meth:`_thetas` are ``thetas`` (only for the chunked fallback, which re-derives them)."""
+        return np.where(thetas == 1.0, self.seg.t1, self.seg.t0 + thetas * (self.seg.t1 - self.seg.t0))
+
+    def halving(self, idx: torch.Tensor, sign0: torch.Tensor):
+        """One bisection's step as a function: which samples ``idx`` have left ``sign0`` at given times.
+
+        Everything that depends only on the samples is made once per bisection, not once per
+        halving: the batch handed to ``event_fn`` and its views (:meth:`workspace`), the rows'
+        reader (:meth:`reader`), the signs on the host. A halving then evaluates the rows, writes
+        them and their times into the batch, calls ``event_fn`` once and brings its k values to the
+        host once, where the NaN check and the sign test read them (one synchronisation, where the
+        tensor NaN check and the sign test took one each). The values are those of :meth:`values`.
+
+        Args:
+            idx: (k,) the samples to locate; sign0: (k,) their signs at the start.
+
+        Returns:
+            A function of (k,) solver times returning a (k,) bool array: the sign differs from ``sign0``.
+
+        Raises:
+            ValueError: (from the function) an event value is NaN.
+        """
+        work = self.workspace()
+        y_batch, t_batch = work.y.reshape(self.y1.shape), work.t.reshape(self.batch_shape)  # views of work
+        read = self.reader(idx)
+        ref = sign0.cpu().numpy()
+        t_dtype, device, reverse = self.term.t_dtype, work.t.device, self.term.reverse
+
+        def changed(times: np.ndarray) -> np.ndarray:
+            rows = read(self._theta_array(times))
+            work.y.index_copy_(0, idx, rows)
+            t_user = -times if reverse else times
+            work.t.index_copy_(0, idx, torch.from_numpy(t_user).to(t_dtype).to(device))
+            g = self.event_fn(t_batch, y_batch).reshape(self.n).index_select(0, idx)
+            host = g.cpu().numpy()
+            if np.isnan(host).any():
+                check_no_nan(g, t_user, rows, idx)  # raises, naming where
+            return np.sign(host) != ref
+
+        return changed
+
     def locate(self, idx: torch.Tensor, sign0: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Bisection for each sample ``idx[j]``'s change of sign from ``sign0[j]`` inside ``[lo[j], hi[j]]``.
+
+        The brackets stay on the host (NumPy) throughout; each halving is one call of
+        :meth:`halving`'s function, all under one ``no_grad``.
 
         Args:
             idx: the samples to locate.
@@ -507,15 +578,16 @@ class _Locator:
         """
         lo, hi = lo.copy(), hi.copy()
         width = _BRACKET_ULPS * _EPS * max(1.0, abs(self.seg.t0), abs(self.seg.t1))
-        work = self.workspace()  # one batch for all halvings: only the rows idx change
-        for _ in range(_MAX_HALVINGS):
-            mid = 0.5 * (lo + hi)
-            open_ = (hi - lo > width) & (mid > lo) & (mid < hi)
-            if not open_.any():
-                break
-            changed = (torch.sign(self.values(np.where(open_, mid, hi), idx, work)) != sign0).cpu().numpy()
-            hi = np.where(open_ & changed, mid, hi)
-            lo = np.where(open_ & ~changed, mid, lo)
+        with torch.no_grad():
+            changed = self.halving(idx, sign0)
+            for _ in range(_MAX_HALVINGS):
+                mid = 0.5 * (lo + hi)
+                open_ = (hi - lo > width) & (mid > lo) & (mid < hi)
+                if not open_.any():
+                    break
+                moved = changed(np.where(open_, mid, hi))
+                hi = np.where(open_ & moved, mid, hi)
+                lo = np.where(open_ & ~moved, mid, lo)
         return hi
 
 

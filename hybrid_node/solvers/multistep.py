@@ -306,37 +306,27 @@ class NordsieckInterpolant(Interpolant):
         return out if out.shape == shape else out.expand(shape).clone()  # a constant: one row per theta
 
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """Row ``idx[j]`` of the state (seen as ``n`` rows) at ``thetas[j]``, shape (k, m) (per-sample times).
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_rows`: Horner's scheme of :meth:`many` on the rows."""
+        return self.sample_reader(idx, n)(thetas)
 
-        Horner's scheme of :meth:`many` on the k requested rows of the Nordsieck array only, so each
-        row equals the whole-batch evaluation's to the last bit, in O(k) rows instead of O(k * n).
+    def sample_reader(self, idx: torch.Tensor, n: int) -> Callable[[Sequence[float]], torch.Tensor]:
+        """:meth:`~hybrid_node.interpolation.SampleReader.sample_reader`: the rows' Nordsieck coefficients
+        gathered once; each read is the Horner pass of :meth:`sample_rows` on them."""
+        z = self.z.reshape(self.z.shape[0], n, -1).index_select(1, idx).unbind(0)  # order + 1 of (k, m)
+        top, rest = z[-1], z[-2::-1]
 
-        Args:
-            thetas: (k,) the fractions of the step.
-            idx: (k,) the sample (row) each fraction is for.
-            n: the number of rows the state is seen as.
+        def read(thetas: Sequence[float]) -> torch.Tensor:
+            s = self._s(np.asarray(thetas, dtype=np.float64).reshape(-1, 1))  # a column, made on the host
+            out = top
+            for zj in rest:
+                out = zj + s * out
+            return out
 
-        Returns:
-            A (k, m) tensor, with autograd as enabled.
-        """
-        z = self.z.reshape(self.z.shape[0], n, -1)[:, idx]  # (order + 1, k, m)
-        s = self._s(thetas).unsqueeze(1)
-        out = z[-1]
-        for zj in reversed(z[:-1].unbind(0)):
-            out = zj + s * out
-        return out
+        return read
 
     def sample_slopes(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
-        """The theta-derivative ``sum_j j z_j s^(j-1)`` of row ``idx[j]`` at ``thetas[j]``, shape (k, m).
-
-        The exact derivative of the step's polynomial (Hairer, Nørsett, Wanner, Solving ODEs I,
-        Section III.6); divided by the step, its slope in time, each sample at its own time.
-
-        Args: as :meth:`sample_rows`.
-
-        Returns:
-            A (k, m) tensor, with autograd as enabled.
-        """
+        """:meth:`~hybrid_node.interpolation.SampleRows.sample_slopes`: ``sum_j j z_j s^(j-1)``, the derivative
+        of the step's polynomial (Hairer, Nørsett, Wanner, Solving ODEs I, Section III.6)."""
         z = self.z.reshape(self.z.shape[0], n, -1)[:, idx]
         s = self._s(thetas).unsqueeze(1)
         out = torch.zeros_like(z[0])
