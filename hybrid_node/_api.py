@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from ._autocast import field_autocast
@@ -849,17 +850,25 @@ class DenseSolution:
             The state at ``t`` (for a 1-D ``t``, stacked along a new leading dimension).
 
         Raises:
-            ValueError: a time outside the solved interval by more than its dtype's rounding, or ``t``
-                of more than one dimension.
+            ValueError: a time outside the solved interval by more than its dtype's rounding (NaN
+                included), or ``t`` of more than one dimension.
+            TypeError: ``t`` of bool or complex dtype.
         """
         query_dtype = t.dtype if isinstance(t, torch.Tensor) and t.is_floating_point() else torch.float64
-        tt = torch.as_tensor(t, dtype=torch.float64)
+        # a tensor stays itself, with its graph; numpy reads Python floats as float64 (torch: the default dtype)
+        given = t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))
+        if given.dtype == torch.bool or given.is_complex():  # float64 would take True as 1, drop an imaginary part
+            raise TypeError(f"t must be real times (floats or integers), got dtype {given.dtype}.")
+        tt = given.to(torch.float64)
         if tt.dim() > 1:  # the states would come back stacked along one flattened dimension
             raise ValueError(
                 f"t must be a scalar or a 1-D tensor of times, got shape {tuple(tt.shape)}; pass t.reshape(-1) "
                 "and reshape the states."
             )
         scalar = tt.dim() == 0
+        if tt.numel() == 0:  # no times, no states: (0, *y0.shape), as a read of n times gives (n, ...)
+            y0 = self.problem.y0
+            return self.problem.unflatten(torch.empty((0,) + tuple(y0.shape), dtype=y0.dtype, device=y0.device))
         lo, hi = self.segments[0].t0, self.segments[-1].t1
         # a time rounded to the query's dtype lies within half its eps (relative) of the time meant, so
         # one eps of the interval's scale takes an end given in float32 (or bfloat16) as that end
@@ -948,7 +957,7 @@ def odeint_dense(
         SolverError: the solve failed.
     """
     solver, controller, extras = build_solver(method, options, rtol, atol)
-    if isinstance(controller, PIDController):
+    if isinstance(controller, PIDController) and not isinstance(solver, ExternalSolver):
         # the implicit solvers' Newton test at the solve's tolerances, as odeint's solve sets it: without
         # it kencarp4's steps differed from odeint's by 1e-8 at rtol 1e-6
         solver = solver.with_tolerances(controller.rtol, controller.atol)
