@@ -142,10 +142,11 @@ class SampleRows(Protocol):
     def sample_rows(self, thetas: Sequence[float], idx: torch.Tensor, n: int) -> torch.Tensor:
         """Row ``idx[j]`` of the dense output at ``thetas[j]``, shape (k, m).
 
-        Each row equals row ``idx[j]`` of the whole-batch evaluation at ``thetas[j]`` to the last
-        bit (the same operations on the requested rows only, the fractions rounded to the state's
-        dtype as a scalar fraction is), so an event located on these rows is the one located on the
-        whole batch.
+        Each row equals row ``idx[j]`` of the whole-batch evaluation at ``thetas[j]``: to the last
+        bit where the implementation repeats the evaluation's operations on the requested rows (the
+        fractions rounded to the state's dtype as a scalar fraction is: DOP853, Rodas, Rosenbrock23,
+        Nordsieck), so an event located on these rows is the one located on the whole batch; to a
+        few ulps where it sums in another order (the Runge-Kutta, Hermite and linear ones here).
 
         Args:
             thetas: (k,) the fractions of the step.

@@ -17,8 +17,10 @@ import torch
 from bouncing import G, fall
 
 import hybrid_node as hn
+from hybrid_node.interpolation import PolynomialInterpolant
 from hybrid_node.loop import events
 from hybrid_node.solvers.multistep import NordsieckInterpolant
+from hybrid_node.solvers.rosenbrock import _Rosenbrock23Interpolant
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -82,7 +84,11 @@ def test_bdf_bisection_gathers_each_samples_rows_once(monkeypatch):
     torch.testing.assert_close(t_event, exact, rtol=1e-8, atol=0)
 
 
-@pytest.mark.parametrize("method", ["bdf", "rosenbrock23", "dopri5"])
+#: each method's dense output class
+INTERPOLANTS = {"bdf": NordsieckInterpolant, "rosenbrock23": _Rosenbrock23Interpolant, "dopri5": PolynomialInterpolant}
+
+
+@pytest.mark.parametrize("method", sorted(INTERPOLANTS))
 def test_event_times_as_the_search_without_prepared_reads(method, monkeypatch):
     """The same event times and states, bit for bit, as the search that reads every halving's rows
     through ``sample_rows`` afresh (no prepared reader) and through whole-batch rows (neither)."""
@@ -97,6 +103,15 @@ def test_event_times_as_the_search_without_prepared_reads(method, monkeypatch):
         m.setattr(events._Locator, "reader", _whole_batch_reader)
         t_whole, y_whole = _drop(method, heights)
     assert torch.equal(t_new, t_whole) and torch.equal(y_new, y_whole)
+    with monkeypatch.context() as m:  # the search's own fallback for an interpolant without per-sample rows
+        for name in ("sample_rows", "sample_slopes", "sample_reader"):
+            m.delattr(INTERPOLANTS[method], name, raising=False)
+        t_fallback, y_fallback = _drop(method, heights)
+    assert torch.equal(t_new, t_fallback)
+    if method == "dopri5":  # its rows sum in another order than its whole batch: a few ulps of the state
+        torch.testing.assert_close(y_new, y_fallback, rtol=0, atol=16 * torch.finfo(y_new.dtype).eps)
+    else:
+        assert torch.equal(y_new, y_fallback)
     assert math.isfinite(float(t_new.max()))
 
 

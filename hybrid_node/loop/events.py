@@ -411,7 +411,10 @@ class _Locator:
 
     def rows(self, times: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
         """Row ``idx[j]`` of the dense output at ``times[j]``, shape (k, m); with autograd as enabled."""
-        thetas = self._thetas(times)
+        return self._rows_at(self._thetas(times), idx)
+
+    def _rows_at(self, thetas: list[float], idx: torch.Tensor) -> torch.Tensor:
+        """Row ``idx[j]`` of the dense output at the fraction ``thetas[j]``, as :meth:`rows`."""
         own = getattr(self.seg.interpolant, "sample_rows", None)
         if own is not None:  # each sample at its own time only: O(k), where the diagonal below is O(k * n)
             return own(thetas, idx, self.n)
@@ -517,11 +520,7 @@ class _Locator:
         own = getattr(self.seg.interpolant, "sample_rows", None)
         if own is not None:
             return lambda thetas: own(thetas.tolist(), idx, self.n)
-        return lambda thetas: self.rows(self._times_of(thetas), idx)
-
-    def _times_of(self, thetas: np.ndarray) -> np.ndarray:
-        """Solver times whose :meth:`_thetas` are ``thetas`` (only for the chunked fallback, which re-derives them)."""
-        return np.where(thetas == 1.0, self.seg.t1, self.seg.t0 + thetas * (self.seg.t1 - self.seg.t0))
+        return lambda thetas: self._rows_at(thetas.tolist(), idx)
 
     def halving(self, idx: torch.Tensor, sign0: torch.Tensor):
         """One bisection's step as a function: which samples ``idx`` have left ``sign0`` at given times.

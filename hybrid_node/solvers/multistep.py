@@ -334,7 +334,7 @@ class NordsieckInterpolant(Interpolant):
             out = j * z[j] + s * out
         return out
 
-    def _s(self, thetas: Sequence[float]) -> torch.Tensor:
+    def _s(self, thetas: Sequence[float] | np.ndarray) -> torch.Tensor:
         """``theta - 1`` for each theta, formed in float64 as :meth:`__call__` forms it, in the array's dtype."""
         return host_matrix(np.asarray(thetas, dtype=np.float64) - 1.0, self.z)
 
