@@ -45,6 +45,7 @@ from .sensitivity.reversible import ReversibleAdjoint
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop, InterpolatingAdjoint
 from .solvers import Dopri5
 from .solvers.base import AbstractSolver, ExternalSolver
+from .solvers.multistep import Nordsieck
 from .solvers.reversible import Reversible
 
 
@@ -135,6 +136,14 @@ def solve(
     # refuses every setting it does not take above)
     refuse_inert_step_settings(solver.name, inert_controller_settings(solver, controller))
     refuse_replaced_tolerances(solver, controller)
+    if isinstance(solver, Nordsieck) and isinstance(controller, ConstantStepSize):
+        # the fixed-step loop neither rescales their Nordsieck array to its step nor lets them raise the
+        # order: adams and lsoda came out 1.41 off on y' = Ay over [0, 2] with step 0.05, bdf at first order
+        raise ValueError(
+            f"method {solver.name!r} chooses its own step size and order (Nordsieck form) and cannot take "
+            "ConstantStepSize's fixed steps; bound its steps with hn.PIDController(first_step=h, max_step=h), "
+            "or use a fixed-step multistep method (hn.AdamsBashforthMoulton(), method 'fixed_adams')."
+        )
     sensitivity = DirectBackprop() if sensitivity is None else sensitivity
     if not isinstance(sensitivity, AbstractSensitivity):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
