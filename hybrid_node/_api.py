@@ -961,11 +961,18 @@ def odeint_dense(
 
     Raises:
         ValueError: unknown method or options, invalid input (e.g. t1 equal to t0), ``scipy_solver``
-            (no dense output here), or a call inside a ``torch.func`` transform (no dense output there).
+            (no dense output here), ``device_loop`` (the dense solve runs the host loop), or a call inside a
+            ``torch.func`` transform (no dense output there).
         TypeError, BackendError: as for :func:`odeint`.
         SolverError: the solve failed.
     """
     solver, controller, extras = build_solver(method, options, rtol, atol)
+    if isinstance(controller, PIDController) and controller.device_loop:
+        # accepted, it changed nothing: dense output keeps every step on the host, so the host loop ran
+        raise ValueError(
+            "odeint_dense keeps every step for its dense output in the host loop, so device_loop has no effect "
+            "there; drop it (hn.odeint takes it for the output times it returns)."
+        )
     if isinstance(controller, PIDController) and not isinstance(solver, ExternalSolver):
         # the implicit solvers' Newton test at the solve's tolerances, as odeint's solve sets it: without
         # it kencarp4's steps differed from odeint's by 1e-8 at rtol 1e-6

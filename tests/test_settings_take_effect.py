@@ -577,3 +577,12 @@ def test_sdeint_probes_cover_its_solver_settings():
     # a new keyword of sdeint needs a probe above (names, logqp and extra* shape what it returns, bm is the path)
     shaping = {"sde", "y0", "ts", "bm", "names", "logqp", "extra", "extra_solver_state"}
     assert set(inspect.signature(hn.sdeint).parameters) - shaping == set(_SDE_PROBES)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bdf", "kvaerno5"])
+def test_odeint_dense_refuses_the_device_loop_it_does_not_run(method):
+    # the dense solve keeps every step in the host loop: device_loop was accepted and changed nothing
+    assert "device_loop" in option_names(method, "torch")
+    with pytest.raises(ValueError, match="device_loop has no effect"):
+        hn.odeint_dense(field, Y0, 0.0, 1.0, method=method, options={"device_loop": True})
+    hn.odeint_dense(field, Y0, 0.0, 1.0, method=method)  # the same call without it runs
