@@ -20,6 +20,7 @@ Usage::
     python benchmarks/scale.py                              # every workload at n = 1e3, 1e4, 1e5
     python benchmarks/scale.py --workloads dopri5 rk4 --sizes 1000 10000
     python benchmarks/scale.py --one dopri5 10000          # one cell, as JSON (what the table runs)
+    python benchmarks/scale.py --calls --sizes 3000 30000  # Python calls per step (load-independent)
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 STATES = 4
 SIZES = (1000, 10_000, 100_000)
 
@@ -46,15 +49,13 @@ def _hn():
     return hn
 
 
-def _torch():
-    import torch
-
+def _torch() -> None:
+    """One thread: the per-step cost, not the thread pool's scheduling."""
     torch.set_num_threads(1)
-    return torch
 
 
 def _y0(requires_grad: bool = False):
-    torch = _torch()
+    _torch()
     return torch.ones(STATES, dtype=torch.float64, requires_grad=requires_grad)
 
 
@@ -63,7 +64,7 @@ def _decay(t, y):
 
 
 def _t01():
-    torch = _torch()
+    _torch()
     return torch.tensor([0.0, 1.0], dtype=torch.float64)
 
 
@@ -71,7 +72,8 @@ def _host(method: str, extra: dict[str, Any] | None = None, fixed: bool = False)
     """A no-grad solve of y' = -y in n steps with ``hn.odeint``."""
 
     def run(n: int) -> Any:
-        torch, hn = _torch(), _hn()
+        _torch()
+        hn = _hn()
         opts: dict[str, Any] = {"step_size": 1.0 / n} if fixed else {"max_step": 1.0 / n, "max_num_steps": 10 * n}
         opts.update(extra or {})
         kw: dict[str, Any] = {} if fixed else {"rtol": 1e-3, "atol": 1e-6}
@@ -83,14 +85,16 @@ def _host(method: str, extra: dict[str, Any] | None = None, fixed: bool = False)
 
 def _outputs(n: int) -> Any:
     """dopri5 at its default tolerances with n output times (the steps are few, the outputs many)."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
     with torch.no_grad():
         return hn.odeint(_decay, _y0(), torch.linspace(0, 1, n, dtype=torch.float64), method="dopri5")
 
 
 def _outputs_rk4(n: int) -> Any:
     """rk4 with 100 steps and n output times (linear interpolation inside the steps)."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
     with torch.no_grad():
         t = torch.linspace(0, 1, n, dtype=torch.float64)
         return hn.odeint(_decay, _y0(), t, method="rk4", options={"step_size": 0.01})
@@ -98,7 +102,8 @@ def _outputs_rk4(n: int) -> Any:
 
 def _outputs_grad(n: int) -> Any:
     """dopri5 with n output times, backward through the direct graph."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
     y0 = _y0(requires_grad=True)
     ys = hn.odeint(_decay, y0, torch.linspace(0, 1, n, dtype=torch.float64), method="dopri5")
     ys.sum().backward()
@@ -107,7 +112,8 @@ def _outputs_grad(n: int) -> Any:
 
 def _event_terminal(n: int) -> Any:
     """``odeint_event``: a terminal event near t = 1, n steps before it."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
     with torch.no_grad():
         return hn.odeint_event(
             _decay,
@@ -123,7 +129,8 @@ def _event_terminal(n: int) -> Any:
 
 def _event_per_sample(n: int) -> Any:
     """per-sample terminal events (8 samples), n steps before the last fires."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
     y0 = torch.ones(8, STATES, dtype=torch.float64)
     stop = torch.linspace(0.9, 0.999, 8, dtype=torch.float64)
     with torch.no_grad():
@@ -142,7 +149,8 @@ def _event_per_sample(n: int) -> Any:
 
 def _event_watch(n: int) -> Any:
     """A non-terminal ``hn.Event`` that never fires, watched over n steps."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
     event = hn.Event(lambda t, y: y[:1] + 1.0)
     with torch.no_grad():
         return hn.solve(
@@ -156,7 +164,8 @@ def _event_watch(n: int) -> Any:
 
 def _bounces(n: int) -> Any:
     """A bouncing ball (g = 10, restitution 1) with n bounces, each an ``hn.Event`` jump."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
 
     def ball(t, y):
         return torch.stack([y[1], torch.full_like(y[1], -10.0)])
@@ -174,7 +183,8 @@ def _bounces(n: int) -> Any:
 
 def _dense(n: int) -> Any:
     """``odeint_dense`` over n steps (keeps every step's segment by nature)."""
-    torch, hn = _torch(), _hn()
+    _torch()
+    hn = _hn()
     with torch.no_grad():
         return hn.odeint_dense(
             _decay, _y0(), 0.0, 1.0, rtol=1e-3, atol=1e-6, options={"max_step": 1.0 / n, "max_num_steps": 10 * n}
@@ -185,7 +195,8 @@ def _sde(kind: str) -> Callable[[int], Any]:
     """``sdeint`` (euler, diagonal noise) with n fixed steps and a Brownian path object of ``kind``."""
 
     def run(n: int) -> Any:
-        torch, hn = _torch(), _hn()
+        _torch()
+        hn = _hn()
 
         class OU(torch.nn.Module):
             noise_type = "diagonal"
@@ -216,7 +227,8 @@ def _grad(sensitivity: str) -> Callable[[int], Any]:
     """Forward and backward of ys[-1].sum() over n rk4 steps (n adaptive steps for the adjoints)."""
 
     def run(n: int) -> Any:
-        torch, hn = _torch(), _hn()
+        _torch()
+        hn = _hn()
         theta = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
 
         class Field(torch.nn.Module):
@@ -255,7 +267,7 @@ def _torchdiffeq(kind: str) -> Callable[[int], Any]:
     """torchdiffeq 0.2.x on the same problems (peer)."""
 
     def run(n: int) -> Any:
-        torch = _torch()
+        _torch()
         import torchdiffeq
 
         if kind == "dopri5":
@@ -279,7 +291,7 @@ def _torchdiffeq(kind: str) -> Callable[[int], Any]:
 
 def _torchsde(n: int) -> Any:
     """torchsde 0.2.x sdeint, euler, BrownianInterval (peer of ``sde-interval``)."""
-    torch = _torch()
+    _torch()
     import torchsde
 
     class OU(torch.nn.Module):
@@ -341,7 +353,7 @@ WORKLOADS: dict[str, Callable[[int], Any]] = {
 
 def _live_tensors() -> int:
     """The number of torch tensors the garbage collector tracks (tensors are gc-tracked objects)."""
-    torch = _torch()
+    _torch()
     gc.collect()
     with warnings.catch_warnings():  # isinstance touches deprecated torch module attributes
         warnings.simplefilter("ignore")
@@ -391,6 +403,24 @@ def measure(name: str, n: int) -> dict[str, Any]:
     }
 
 
+def calls_per_step(name: str, n: int) -> float:
+    """Python function calls per step of one run under cProfile: a count the machine's load does not move.
+
+    A loop whose time per step grows with n while this count stays flat spends it in the load (or in
+    one C call over a growing object, which the per-function times of the profile then show).
+    """
+    import cProfile
+    import pstats
+
+    run = WORKLOADS[name]
+    run(10)
+    profile = cProfile.Profile()
+    profile.enable()
+    run(n)
+    profile.disable()
+    return pstats.Stats(profile).total_calls / n  # type: ignore[attr-defined]
+
+
 def _in_child(name: str, n: int, timeout: float) -> dict[str, Any]:
     """``measure`` in a fresh process (no allocator state carried over from another cell)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
@@ -425,6 +455,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per cell before it is skipped")
+    parser.add_argument("--calls", action="store_true", help="print Python calls per step instead of the table")
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "N"), help="measure one cell, print JSON")
     args = parser.parse_args()
     if args.one:
@@ -435,6 +466,11 @@ def main() -> None:
         return
     if any(n < 1 for n in args.sizes):
         parser.error("--sizes must be positive integers")
+    if args.calls:
+        for name in args.workloads:
+            counts = " / ".join(f"{calls_per_step(name, n):.1f}" for n in args.sizes)
+            print(f"{name}: {counts} calls per step at n = {args.sizes}", flush=True)
+        return
     print("| workload | n | us/step | peak MiB | B/step | kept tensors |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.workloads:
