@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import nn as nn
-    from ._api import DenseSolution as DenseSolution
     from ._api import odeint as odeint
     from ._api import odeint_adjoint as odeint_adjoint
-    from ._api import odeint_dense as odeint_dense
-    from ._api import odeint_event as odeint_event
     from ._api import solve as solve
     from ._backend import get_backend as get_backend
     from ._backend import set_backend as set_backend
     from ._backend import use_backend as use_backend
+    from ._dense import DenseSolution as DenseSolution
+    from ._dense import odeint_dense as odeint_dense
     from ._errors import BackendError as BackendError
     from ._errors import HybridNodeError as HybridNodeError
     from ._errors import JuliaNotAvailableError as JuliaNotAvailableError
     from ._errors import SolverError as SolverError
     from ._errors import Status as Status
     from ._event import Event as Event
+    from ._odeint_event import odeint_event as odeint_event
     from ._registry import METHOD_SPECS as METHODS
     from ._registry import MethodSpec as MethodSpec
     from ._registry import methods_table as methods_table
@@ -101,11 +101,11 @@ if TYPE_CHECKING:
 #: public name -> (module relative to this package, attribute in it; "" for a submodule)
 _LAZY: dict[str, tuple[str, str]] = {
     "nn": (".nn", ""),
-    "DenseSolution": ("._api", "DenseSolution"),
+    "DenseSolution": ("._dense", "DenseSolution"),
     "odeint": ("._api", "odeint"),
     "odeint_adjoint": ("._api", "odeint_adjoint"),
-    "odeint_dense": ("._api", "odeint_dense"),
-    "odeint_event": ("._api", "odeint_event"),
+    "odeint_dense": ("._dense", "odeint_dense"),
+    "odeint_event": ("._odeint_event", "odeint_event"),
     "solve": ("._api", "solve"),
     "get_backend": ("._backend", "get_backend"),
     "set_backend": ("._backend", "set_backend"),

@@ -1,25 +1,22 @@
-"""Public entry points: validate once, build solver/controller/sensitivity objects, dispatch on backend."""
+"""The core entry points ``solve``, ``odeint`` and ``odeint_adjoint``: validate once, build
+solver/controller/sensitivity objects, dispatch on backend (``odeint_event`` and ``odeint_dense``,
+built on them, are in :mod:`hybrid_node._odeint_event` and :mod:`hybrid_node._dense`)."""
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from ._autocast import field_autocast
 from ._backend import resolve_backend
-from ._dense_time import time_slope_term
 from ._double_backward import first_order_only
-from ._errors import BackendError, SolverError, Status
+from ._errors import BackendError, Status
 from ._event import Event
-from ._problem import Problem, check_t_dtype, make_problem
+from ._external import _solve_external, _solve_julia
+from ._problem import check_t_dtype, make_problem
 from ._registry import (
-    METHOD_SPECS,
     build_solver,
     check_options,
     inert_controller_settings,
@@ -28,15 +25,14 @@ from ._registry import (
     refuse_replaced_tolerances,
 )
 from ._solution import Solution, State, Stats
-from ._term import CALLBACK_NAMES
+from ._traced_solve import _untraceable, in_users_graph, untraced
 from ._tracing import traced
 from ._transforms import check_forward_mode, forward_mode_active, inside_transform
-from .controllers import AbstractController, ConstantStepSize, PIDController, bool_or_complex
+from .controllers import AbstractController, ConstantStepSize, PIDController
 from .julia import backend as julia_backend
 from .julia import events as julia_events
-from .julia.backend import FIXED_UNLESS_ADAPTIVE
-from .loop import callbacks_called, integrate, warn_unsupported_callbacks
-from .loop.traced_fixed import odeint_graph_fixed, traceable_fixed
+from .loop import callbacks_called, warn_unsupported_callbacks
+from .loop.traced_fixed import odeint_graph_fixed
 from .loop.whole import odeint_graph
 from .sensitivity.base import AbstractSensitivity
 from .sensitivity.jumps import solve_with_events
@@ -259,17 +255,6 @@ def _nonempty_event(event_fn: Callable) -> Callable:
     return checked
 
 
-def untraced(fn: Callable) -> Callable:
-    """``fn``, run by the interpreter when a user's ``torch.compile`` reaches it (a graph break).
-
-    ``torch.compiler.disable(fn)`` imports the compiler at once (~0.7 s, which every first use of
-    the library paid); torch's lazy form of it imports the compiler at the first call. Either is
-    used where the other is missing (another torch version).
-    """
-    lazy = getattr(torch, "_disable_dynamo", None)
-    return lazy(fn, recursive=True) if lazy is not None else torch.compiler.disable(fn, recursive=True)
-
-
 #: :func:`_solve_host` as the user's torch.compile runs it (:func:`untraced`)
 _solve_host_untraced = untraced(_solve_host)
 
@@ -322,237 +307,6 @@ def _event_adjoint(sensitivity: AbstractSensitivity, what: str) -> AbstractSensi
     )
 
 
-def in_users_graph(func, y0) -> bool:
-    """Whether this solve is being traced into the caller's own graph, where it runs as
-    :func:`hybrid_node.loop.whole.odeint_graph`: always under ``torch.export``; under ``torch.compile``
-    (e.g. of a model holding an ODE block) when no gradient can flow through it. A differentiated
-    solve keeps the host loop, run untraced behind a graph break: autograd through the traced
-    ``while_loop`` is not trusted (docs/compiled_solve.md)."""
-    if not traced():
-        return False
-    if torch.compiler.is_exporting():
-        return True
-    if not torch.is_grad_enabled():
-        return True
-    if not isinstance(func, torch.nn.Module):  # its closure may hold tensors that require grad
-        return False
-    tensors = [*func.parameters(), *(y0 if isinstance(y0, (tuple, list)) else (y0,))]
-    return not any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
-
-
-def _untraceable(func, solver, controller, y0, throw, event_fn, event, per_sample_events, jump_t, step_t) -> str:
-    """Why :func:`hybrid_node.loop.whole.odeint_graph` cannot stand for this solve in a traced program
-    ("" when it can: it runs the same steps as the host loop and returns the same states)."""
-    tolerances = (controller.rtol, controller.atol) if isinstance(controller, PIDController) else ()
-    if type(controller) is ConstantStepSize:
-        method = traceable_fixed(solver, controller)
-    elif type(controller) is PIDController:
-        method = "" if getattr(solver, "supports_whole_solve", False) else f"the method {solver.name!r}"
-    else:
-        method = f"the controller {type(controller).__name__}"
-    reasons = {
-        method: bool(method),
-        "per-sample step control": getattr(controller, "per_sample", False),
-        "tolerances that are tensors": any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in tolerances),
-        "a tuple state": not isinstance(y0, torch.Tensor),
-        "throw=False": not throw,
-        "events": event_fn is not None or event is not None or per_sample_events,
-        "jump_t/step_t": bool(jump_t) or bool(step_t),
-        # host Python between step attempts, which the traced loop has not (it skipped them silently)
-        "step callbacks": any(hasattr(func, name) for name in CALLBACK_NAMES),
-    }
-    return ", ".join(reason for reason, applies in reasons.items() if applies)
-
-
-def _solve_external(
-    func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t, throw
-) -> Solution:
-    """Hand a solve to a solver that runs its own loop (scipy): no events, no jump or step times;
-    gradients by the backsolve adjoint only (it needs no derivatives of the solver, Chen et al. 2018).
-
-    With ``throw=False`` a failed solve returns its status as the torch loops do: the states at the
-    output times before the failure (solved again up to the last of them, since the external loop
-    returns nothing when it fails; ``stats`` are that solve's) and NaN at the others.
-
-    Raises:
-        BackendError: events, or a sensitivity other than DirectBackprop / BacksolveAdjoint.
-        ValueError: ``jump_t`` or ``step_t`` (the external loop chooses its own steps).
-        SolverError: the solve failed, with ``throw``.
-    """
-    solver = _external_settings(solver, controller)
-    problem = make_problem(func, y0, t, solver, controller, t_dtype=t_dtype, jump_t=jump_t, step_t=step_t)
-    warn_unsupported_callbacks(func, solver.name, callbacks_called(solver, controller))
-    if event_fn is not None:
-        raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
-    if len(problem.jump_t) or len(problem.step_t):
-        # they were dropped without a word (odeint refuses them as unknown options of this method)
-        raise ValueError(
-            f"{solver.name} runs its own steps and cannot end them at jump_t/step_t; use a torch solver such as "
-            "'dopri5', or solve up to each of those times and restart from the state there."
-        )
-    if not isinstance(sensitivity, (BacksolveAdjoint, DirectBackprop)):
-        raise BackendError(
-            f"{solver.name} has no dense output, so it works with BacksolveAdjoint (odeint_adjoint) only; "
-            "for other gradient methods use a torch solver such as 'dopri5'."
-        )
-    n = len(problem.ts)
-    try:
-        return _external_once(problem, sensitivity, adjoint_params)
-    except SolverError as err:
-        if throw:
-            raise
-        failure = err
-    while True:
-        # the external loop never evaluates past its end time, so a failure of the shorter solve comes
-        # before its last output and each retry keeps fewer outputs (one, y0, needs no solve)
-        s_fail = -failure.t if problem.reverse else failure.t
-        k = max(1, sum(1 for s in problem.ts if s < s_fail))
-        try:
-            part = make_problem(func, y0, problem.t[:k], solver, controller, t_dtype=t_dtype)
-            sol = _external_once(part, sensitivity, adjoint_params)
-            break
-        except SolverError as err:
-            failure = err
-
-    def pad(ys: torch.Tensor) -> torch.Tensor:
-        return torch.cat([ys, ys.new_full((n - k, *ys.shape[1:]), math.nan)])
-
-    ys = tuple(pad(y) for y in sol.ys) if isinstance(sol.ys, tuple) else pad(sol.ys)
-    return Solution(ts=problem.t, ys=ys, stats=sol.stats, status=failure.status)
-
-
-def _external_settings(solver: ExternalSolver, controller: AbstractController) -> ExternalSolver:
-    """``solver`` with the settings of ``controller`` that it takes (scipy: the step bounds and the
-    step limit, :meth:`~hybrid_node.solvers.scipy_solver.ScipySolver.with_controller`).
-
-    Args:
-        solver: the external solver.
-        controller: the solve's controller.
-
-    Returns:
-        ``solver``, or a copy with the controller's settings merged in.
-
-    Raises:
-        ValueError: a ``ConstantStepSize`` controller (an external solver chooses its own steps), or a
-            controller setting the solver cannot honour or that conflicts with its own.
-    """
-    if isinstance(controller, ConstantStepSize):
-        # it reached the scipy call as tolerances of None ("Could not infer dtype of NoneType")
-        raise ValueError(
-            f"{solver.name} chooses its own steps and cannot take ConstantStepSize; pass "
-            "hn.PIDController(rtol=..., atol=..., max_num_steps=...), or use a fixed-step torch solver such as "
-            "hn.RK4() for fixed steps."
-        )
-    adopt = getattr(solver, "with_controller", None)
-    return solver if adopt is None else adopt(controller)
-
-
-def _external_once(problem: Problem, sensitivity: AbstractSensitivity, adjoint_params) -> Solution:
-    """One solve of :func:`_solve_external` (its checks done) by the backsolve adjoint or without gradients.
-
-    Raises:
-        SolverError: the external loop failed.
-    """
-    if isinstance(sensitivity, BacksolveAdjoint):
-        return sensitivity.solve(problem, adjoint_params)
-    func = problem.func
-    params = (
-        tuple(adjoint_params)
-        if adjoint_params is not None
-        else (tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ())
-    )
-    term = problem.term()
-    ys = problem.solver.integrate(term, problem.y0, problem.ts, problem.rtol, problem.atol, params)
-    return Solution(ts=problem.t, ys=problem.unflatten(ys), stats=Stats(nfe=term.nfe))
-
-
-#: the controller settings that reach the Julia backend (as rtol/atol and its options)
-_JULIA_SETTINGS: dict[type, tuple[str, ...]] = {
-    PIDController: ("rtol", "atol", "first_step", "max_num_steps"),
-    ConstantStepSize: ("step_size", "max_num_steps"),
-}
-
-
-def _refuse_unsent_settings(controller: AbstractController, solver: AbstractSolver | ExternalSolver) -> None:
-    """Raise unless every setting of ``controller`` and ``solver`` that the Julia backend does not take
-    is at its default (the Julia backend receives the method's name, tolerances and step options only).
-
-    Raises:
-        BackendError: names the settings that would have been dropped (a ``max_step`` or a ``safety``
-            the solve silently ran without) and the ones the Julia backend takes.
-    """
-    kind = type(controller).__name__
-    sent = next((names for cls, names in _JULIA_SETTINGS.items() if isinstance(controller, cls)), None)
-    if sent is None:
-        raise BackendError(f"the Julia backend takes a PIDController or a ConstantStepSize, got {kind}.")
-    fields = dataclasses.fields(cast(Any, controller))
-    # shrink_after_accept shapes the torch loops' step proposals (odeint sets it for torchdiffeq's steps);
-    # DifferentialEquations.jl proposes its own steps, and no accuracy setting is lost without it
-    dropped = [
-        f.name
-        for f in fields
-        if f.name not in sent and f.name != "shrink_after_accept" and getattr(controller, f.name) != f.default
-    ]
-    if dropped:
-        raise BackendError(
-            f"{kind} settings {dropped} are not available on the Julia backend, which takes only "
-            f"{list(sent)} of a {kind}; leave them at their defaults or use backend='torch'."
-        )
-    spec = METHOD_SPECS.get(solver.name)
-    if spec is None or spec.solver is None or not dataclasses.is_dataclass(solver):
-        return  # not a registered torch solver: the Julia backend names what it has
-    default = spec.solver()
-    taken = ("name", "adaptive")  # the method by name; ``adaptive`` (trbdf2) as options["adaptive"]
-    changed = [
-        f.name
-        for f in dataclasses.fields(solver)
-        if f.name not in taken and getattr(solver, f.name) != getattr(default, f.name, f.default)
-    ]
-    if changed:
-        raise BackendError(
-            f"{type(solver).__name__} settings {changed} are not available on the Julia backend, which "
-            f"takes the method {solver.name!r} by name with its Julia defaults; leave them at their defaults "
-            "or use backend='torch'."
-        )
-
-
-def _solve_julia(func, y0, t, solver, controller, sensitivity, adjoint_params, events) -> Solution:
-    """Hand a solve to the Julia backend, translating the settings objects to its keyword form
-    (events, forward only: :mod:`hybrid_node.julia.events`)."""
-    if isinstance(solver, Reversible):  # its name ('reversible_tsit5') was reported as an unknown Julia method
-        raise BackendError(
-            "hn.Reversible (the algebraically reversible wrapper) is available on the torch backend only; "
-            "use backend='torch', or the plain method on Julia."
-        )
-    _refuse_unsent_settings(controller, solver)
-    options: dict[str, Any] = {}
-    if isinstance(controller, PIDController) and julia_backend.METHODS.get(solver.name) in FIXED_UNLESS_ADAPTIVE:
-        options["adaptive"] = True  # TRBDF2 takes fixed steps on the Julia backend unless asked (odeint's meaning)
-    if isinstance(controller, PIDController):
-        rtol, atol = controller.rtol, controller.atol
-        if controller.max_num_steps != PIDController.max_num_steps:
-            options["max_num_steps"] = controller.max_num_steps
-        if controller.first_step is not None:
-            options["first_step"] = controller.first_step
-    else:
-        rtol, atol = PIDController.rtol, PIDController.atol
-        if controller.step_size is not None:
-            options["step_size"] = controller.step_size
-        if controller.max_num_steps != ConstantStepSize.max_num_steps:
-            options["max_num_steps"] = controller.max_num_steps
-    common: dict[str, Any] = {
-        "method": solver.name,
-        "rtol": rtol,
-        "atol": atol,
-        "options": options,
-        "sensitivity": sensitivity,
-        "adjoint_params": adjoint_params,
-    }
-    if events["event"] is not None or events["event_fn"] is not None:
-        return julia_events.solve_events(func, y0, t, **common, **events)
-    return julia_backend.solve(func, y0, t, **common)
-
-
 def odeint(
     func: Callable,
     y0: State,
@@ -597,6 +351,8 @@ def odeint(
 
 # the method names in odeint's docstring come from the registry, like every other list of them
 assert odeint.__doc__ is not None
+
+
 odeint.__doc__ = odeint.__doc__.replace("<torch methods>", method_list("torch")).replace(
     "<julia methods>", method_list("julia")
 )
@@ -653,360 +409,6 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, backend, sensiti
         event_t_end=extras.get("event_t_end"),
     )
     return (sol.t_final, sol.ys) if event_fn is not None else sol.ys
-
-
-def odeint_event(
-    func: Callable,
-    y0: State,
-    t0: float | torch.Tensor,
-    *,
-    event_fn: Callable,
-    reverse_time: bool = False,
-    odeint_interface: Callable = odeint,
-    t_end: float | None = None,
-    per_sample: bool | None = None,
-    throw: bool | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, Any]:
-    """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
-
-    With ``per_sample=True`` the leading dimensions of the state are a batch, ``event_fn`` returns
-    one value per sample (a tensor of the batch shape) and each sample stops at its own first root:
-    the returned event time has the batch shape and ``solution[-1]`` holds each sample's state at
-    its own event time. The batch shares its steps; after each step the samples whose sign changed
-    are located on the dense output by a bisection vectorised over them and frozen (their field is
-    zero from then on) while the others go on (:mod:`hybrid_node.loop.events`). While an event is
-    located, ``event_fn`` receives ``t`` as a tensor of the batch shape (each sample's own time), so
-    build it with broadcasting operations. Gradients of every event time and event state with
-    respect to y0 and parameters come by direct backpropagation (``odeint_interface=odeint``) or the
-    adjoint (``odeint_interface=odeint_adjoint``, which then also takes its ``adjoint_*`` arguments)
-    plus the implicit function theorem. This is not ``options={'per_sample': True}``, which is
-    per-sample step-size control.
-
-    The search is bounded: it gives up at ``t_end`` when given, else after ``max_num_steps`` steps
-    (``options={'max_num_steps': ...}``; 100,000 unless set), and then raises a SolverError with
-    status NO_EVENT that says where it stopped ("event not found before t=...").
-
-    Args:
-        func, y0: the field and initial state.
-        t0: start time (a float, a 0-d tensor or a one-element tensor).
-        event_fn: terminal event function; it must return a tensor built from ``t`` and ``y``. One
-            without a derivative along the solution (an integer tensor such as ``(y > 1).long()``,
-            or ``torch.sign(...)``) is located as any other, and its event time has a zero
-            gradient, as in torchdiffeq (return e.g. ``y - 1`` for the event time's gradient);
-            ``per_sample=True`` treats each sample's event the same way.
-        reverse_time: integrate towards decreasing time.
-        odeint_interface: ``odeint`` or ``odeint_adjoint``.
-        t_end: the time where the search gives up (after t0; before it with ``reverse_time``);
-            passed to the interface as ``options['event_t_end']``.
-        per_sample: one event per sample of the batch (see above); default False.
-        throw: with ``per_sample``, False reports samples whose event was not found with a NaN
-            event time (their ``solution[-1]`` is the state where the search stopped) instead of
-            raising; use :func:`solve` with ``per_sample_events=True`` for the status per sample.
-        **kwargs: passed to the interface (rtol, atol, method, options, ...).
-
-    Returns:
-        ``(event_t, solution)``: the event time and the states at t0 and at the event.
-
-    Raises:
-        SolverError: no event was found (status NO_EVENT), or the solve failed.
-        TypeError, ValueError: invalid inputs, e.g. an ``event_fn`` that returns a Python float, or a
-            ``t0`` of more than one element.
-    """
-    if t_end is not None:
-        options = dict(check_options(kwargs.get("options"), "options"))
-        options["event_t_end"] = t_end  # checked (a number after t0) when the problem is made
-        kwargs["options"] = options
-    try:
-        t0 = torch.as_tensor(t0, dtype=torch.float64 if not isinstance(t0, torch.Tensor) else t0.dtype)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(  # noqa: B904 - torch's "new(): invalid data type 'str'" adds nothing
-            f"t0 must be one start time (a float, a 0-d tensor or a one-element tensor), got {type(t0).__name__} "
-            f"{t0!r}."
-        )
-    if bool_or_complex(t0) is not None:
-        raise TypeError(f"t0 must be a real start time, got a {t0.dtype} tensor.")
-    if not t0.is_floating_point():
-        # an integer tensor is a number like the Python int 0: float64 (with t0 + 1.0 it would make a float32
-        # grid, and round the event time to float32 for a float64 state)
-        t0 = t0.to(torch.float64)
-    if t0.numel() != 1:  # else t0 and t0 + 1 make a grid the time check misreads as out of order
-        raise ValueError(
-            f"t0 must be one start time (a float, a 0-d tensor or a one-element tensor), got shape "
-            f"{tuple(t0.shape)}; the event search runs from t0 until event_fn changes sign."
-        )
-    t0 = t0.reshape(-1)
-    direction = -1.0 if reverse_time else 1.0
-    t = torch.cat([t0, t0.detach() + direction])
-    if per_sample:
-        return _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw is not False, kwargs)
-    if throw is False:
-        raise ValueError("throw=False is for per_sample=True; a single event reports failures by SolverError.")
-    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-
-
-def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs):
-    """``odeint_event(..., per_sample=True)``: the torchdiffeq-style call mapped to per-sample events."""
-    allowed = {"rtol", "atol", "method", "options", "backend"}
-    if odeint_interface is odeint:
-        sensitivity: AbstractSensitivity = DirectBackprop()
-    elif odeint_interface is odeint_adjoint:
-        sensitivity = _backsolve_settings(kwargs)
-        allowed |= {"adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options", "adjoint_params"}
-        if kwargs.get("adjoint_params") is None and not isinstance(func, torch.nn.Module):
-            raise ValueError(
-                "func is not an nn.Module, so its parameters are unknown: pass adjoint_params=(...) with "
-                "the tensors to differentiate (an empty tuple if none)."
-            )
-    else:
-        raise ValueError("per_sample events take odeint_interface=hn.odeint or hn.odeint_adjoint.")
-    unknown = set(kwargs) - allowed
-    if unknown:
-        raise TypeError(f"odeint_event got unexpected arguments {sorted(unknown)}.")
-    if resolve_backend(kwargs.get("backend")) != "torch":
-        raise BackendError("per-sample events are only available on the torch backend; use backend='torch'.")
-    options = check_options(kwargs.get("options"), "options")
-    solver, controller, extras = build_solver(
-        kwargs.get("method"), options, kwargs.get("rtol", 1e-7), kwargs.get("atol", 1e-9)
-    )
-    sol = solve(
-        func,
-        y0,
-        t,
-        solver=solver,
-        controller=controller,
-        backend="torch",
-        sensitivity=sensitivity,
-        adjoint_params=kwargs.get("adjoint_params"),
-        event_fn=event_fn,
-        jump_t=extras.get("jump_t", ()),
-        step_t=extras.get("step_t", ()),
-        t_dtype=extras.get("t_dtype"),
-        throw=throw,
-        event_t_end=extras.get("event_t_end"),
-        per_sample_events=True,
-    )
-    return sol.t_final, sol.ys
-
-
-def _backsolve_settings(kwargs: Mapping[str, Any]) -> BacksolveAdjoint:
-    """``odeint_adjoint``'s backward settings from its keyword arguments, as odeint_adjoint reads them."""
-    _check_adjoint_options(
-        kwargs.get("method"), kwargs.get("options"), kwargs.get("adjoint_method"), kwargs.get("adjoint_options")
-    )
-    adj_opts = dict(check_options(kwargs.get("adjoint_options"), "adjoint_options"))
-    norm = adj_opts.pop("norm", "default")
-    if adj_opts.pop("reversible", False):
-        raise ValueError("the reversible adjoint does not support events; drop adjoint_options['reversible'].")
-    return BacksolveAdjoint(
-        rtol=kwargs.get("adjoint_rtol"),
-        atol=kwargs.get("adjoint_atol"),
-        method=kwargs.get("adjoint_method"),
-        options=adj_opts or None,
-        norm=norm,
-    )
-
-
-@dataclasses.dataclass
-class DenseSolution:
-    """A continuous solution y(t) over [t0, t1] (callable), from :func:`odeint_dense`.
-
-    Call with a scalar time or a 1-D tensor of times inside the solved interval. A query past an end
-    by no more than its dtype's rounding (float32 ``0.1`` is 0.10000000149) is taken as that end.
-    The states carry gradients with respect to y0 and the field's parameters; of a solve whose step
-    attempts ran compiled (``compile=True``) first-order ones only (a second backward pass is refused
-    with the fix, :mod:`hybrid_node._double_backward`). Query times that require grad get the
-    interpolant's own slope dy/dt as their gradient (first order; a backward pass with
-    ``create_graph=True`` through them is refused with the fix, :mod:`hybrid_node._dense_time`).
-    """
-
-    problem: Problem
-    segments: list
-    stats: Any
-    #: whether the segments were made by compiled step attempts that autograd recorded
-    first_order: bool = False
-    #: the solve's state at its end time (flat), the read there; None: the last interpolant's value
-    end: torch.Tensor | None = None
-
-    def __post_init__(self):
-        self._starts = [s.t0 for s in self.segments]
-
-    def _node(self, i: int, s: float) -> torch.Tensor | None:
-        """The step's own state where ``s`` (solver time, in segment ``i``) is a step time, else None.
-
-        A read there returns the state the solver stepped from (as odeint returns it), not the
-        interpolant's sum, which some interpolants reproduce only to rounding: dopri5's polynomial at
-        its step's end, the Nordsieck one (adams, bdf, lsoda) at its step's start.
-        """
-        seg = self.segments[i]
-        if s == seg.t1 and i == len(self.segments) - 1:
-            return self.end if self.end is not None else seg.interpolant(1.0)
-        if s != seg.t0:
-            return None
-        start = getattr(seg.interpolant, "y0", None)
-        if isinstance(start, torch.Tensor):  # the state the loop passed to the step
-            return start
-        # the previous step's end (there Nordsieck's sum is its first term alone), or the initial state
-        return self.segments[i - 1].interpolant(1.0) if i > 0 else self.problem.y0
-
-    def __call__(self, t) -> State:
-        """The solution at ``t``.
-
-        Args:
-            t: a time (float or 0-d tensor) or a 1-D tensor of times in the solved interval.
-
-        Returns:
-            The state at ``t`` (for a 1-D ``t``, stacked along a new leading dimension).
-
-        Raises:
-            ValueError: a time outside the solved interval by more than its dtype's rounding (NaN
-                included), or ``t`` of more than one dimension.
-            TypeError: ``t`` of bool or complex dtype.
-        """
-        query_dtype = t.dtype if isinstance(t, torch.Tensor) and t.is_floating_point() else torch.float64
-        # a tensor stays itself, with its graph; numpy reads Python floats as float64 (torch: the default dtype)
-        given = t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))
-        if given.dtype == torch.bool or given.is_complex():  # float64 would take True as 1, drop an imaginary part
-            raise TypeError(f"t must be real times (floats or integers), got dtype {given.dtype}.")
-        tt = given.to(torch.float64)
-        if tt.dim() > 1:  # the states would come back stacked along one flattened dimension
-            raise ValueError(
-                f"t must be a scalar or a 1-D tensor of times, got shape {tuple(tt.shape)}; pass t.reshape(-1) "
-                "and reshape the states."
-            )
-        scalar = tt.dim() == 0
-        if tt.numel() == 0:  # no times, no states: (0, *y0.shape), as a read of n times gives (n, ...)
-            y0 = self.problem.y0
-            return self.problem.unflatten(torch.empty((0,) + tuple(y0.shape), dtype=y0.dtype, device=y0.device))
-        lo, hi = self.segments[0].t0, self.segments[-1].t1
-        # a time rounded to the query's dtype lies within half its eps (relative) of the time meant, so
-        # one eps of the interval's scale takes an end given in float32 (or bfloat16) as that end
-        slack = max(1e-12 * max(1.0, abs(lo), abs(hi)), torch.finfo(query_dtype).eps * max(abs(lo), abs(hi)))
-        queries: list[float] = []  # solver time, clamped into its segment
-        groups: dict[int, list[int]] = {}  # segment -> positions of its queries
-        for x in tt.reshape(-1).tolist():
-            s = -x if self.problem.reverse else x
-            if not (lo - slack <= s <= hi + slack):
-                ends = (-hi, -lo) if self.problem.reverse else (lo, hi)
-                raise ValueError(f"t={x} is outside the solved interval [{ends[0]!r}, {ends[1]!r}].")
-            i = min(max(bisect.bisect_right(self._starts, s) - 1, 0), len(self.segments) - 1)
-            queries.append(min(max(s, self.segments[i].t0), self.segments[i].t1))
-            groups.setdefault(i, []).append(len(queries) - 1)
-        # one batched evaluation per step's dense output (as odeint's outputs), not one per query, which
-        # costs ~80 us each, most of it Python and small kernels
-        rows: list[torch.Tensor | None] = [None] * len(queries)  # in the order asked
-        where: list[int] = []  # the query of each row of the segments' evaluations, in their order
-        for i, js in groups.items():
-            inner = []
-            for j in js:
-                rows[j] = self._node(i, queries[j])
-                if rows[j] is None:
-                    inner.append(j)
-            if inner:
-                for j, row in zip(inner, self.segments[i].many([queries[j] for j in inner])):
-                    rows[j] = row
-            where.extend(js)
-        ys = torch.stack(cast(list[torch.Tensor], rows))
-        if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
-            ys = ys + time_slope_term(tt.reshape(-1).to(ys.device), self._slopes(groups, queries, where, ys))
-        if self.first_order:
-            # the interpolant's coefficients come from compiled stages: torch's own error for a second
-            # backward came from its engine, naming neither the option nor a fix
-            ys = first_order_only(ys)
-        ys = self.problem.unflatten(ys)
-        if scalar:
-            return tuple(y[0] for y in ys) if isinstance(ys, tuple) else ys[0]
-        return ys
-
-    def _slopes(self, groups: dict[int, list[int]], queries: list[float], where: list[int], ys: torch.Tensor):
-        """dy/dt in the caller's time at each query, rows in the order asked, shape ``ys.shape``.
-
-        The interpolant's theta-derivative over its step (Hairer, Nørsett, Wanner, Solving ODEs I,
-        2nd ed., Section II.6); negated for a backward-in-time solve, whose solver time is -t.
-        """
-        rows = []
-        for i, js in groups.items():
-            seg = self.segments[i]
-            h = seg.t1 - seg.t0
-            thetas = [1.0 if queries[j] == seg.t1 else (queries[j] - seg.t0) / h for j in js]
-            idx = torch.zeros(len(js), dtype=torch.long, device=ys.device)
-            rows.append(seg.interpolant.sample_slopes(thetas, idx, 1) / h)
-        slopes = torch.cat(rows).reshape(ys.shape)
-        order = sorted(range(len(where)), key=where.__getitem__)
-        slopes = slopes[torch.tensor(order, device=ys.device)]
-        return -slopes if self.problem.reverse else slopes
-
-
-def odeint_dense(
-    func: Callable,
-    y0: State,
-    t0: float | torch.Tensor,
-    t1: float | torch.Tensor,
-    *,
-    rtol: float | torch.Tensor = 1e-7,
-    atol: float | torch.Tensor = 1e-9,
-    method: str | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> DenseSolution:
-    """Solve on [t0, t1] and return the continuous solution (the solver's dense output) as a callable.
-
-    Args:
-        func: ``func(t, y)`` returning dy/dt.
-        y0: initial state (a tensor or a tuple of tensors).
-        t0, t1: the interval's ends (t1 < t0 solves backwards in time).
-        rtol, atol, method, options: as :func:`odeint` (torch backend).
-
-    Returns:
-        DenseSolution; ``sol(t)`` gives y(t) for any t in the interval, with gradients (direct).
-
-    Raises:
-        ValueError: unknown method or options, invalid input (e.g. t1 equal to t0), ``scipy_solver``
-            (no dense output here), ``device_loop`` (the dense solve runs the host loop), or a call inside a
-            ``torch.func`` transform (no dense output there).
-        TypeError, BackendError: as for :func:`odeint`.
-        SolverError: the solve failed.
-    """
-    solver, controller, extras = build_solver(method, options, rtol, atol)
-    if isinstance(controller, PIDController) and controller.device_loop:
-        # accepted, it changed nothing: dense output keeps every step on the host, so the host loop ran
-        raise ValueError(
-            "odeint_dense keeps every step for its dense output in the host loop, so device_loop has no effect "
-            "there; drop it (hn.odeint takes it for the output times it returns)."
-        )
-    if isinstance(controller, PIDController) and not isinstance(solver, ExternalSolver):
-        # the implicit solvers' Newton test at the solve's tolerances, as odeint's solve sets it: without
-        # it kencarp4's steps differed from odeint's by 1e-8 at rtol 1e-6
-        solver = solver.with_tolerances(controller.rtol, controller.atol)
-    ends = [float(e.detach()) if isinstance(e, torch.Tensor) else float(e) for e in (t0, t1)]
-    # named here: the grid check below would speak of a tensor t the caller never passed
-    if not all(math.isfinite(e) for e in ends) or ends[0] == ends[1]:
-        raise ValueError(f"odeint_dense needs finite t0 and t1 that differ, got t0={ends[0]!r}, t1={ends[1]!r}.")
-    if inside_transform():
-        # the solve refuses dense output there; under a forward-mode transform (torch.func.hessian) the time
-        # tensor made here was refused first, with advice to pass t from outside that no caller can follow
-        raise ValueError(
-            "odeint_dense has no dense output inside torch.func transforms (vmap, grad, jacrev, hessian, ...): call "
-            "it outside the transform and differentiate with torch.autograd (create_graph=True for second "
-            "derivatives), or inside the transform use hn.odeint at the output times you need."
-        )
-    t = torch.tensor(ends, dtype=torch.float64)
-    problem = make_problem(
-        func,
-        y0,
-        t,
-        solver,
-        controller,
-        t_dtype=extras.get("t_dtype"),
-        jump_t=extras.get("jump_t", ()),
-        step_t=extras.get("step_t", ()),
-    )
-    if isinstance(solver, ExternalSolver):
-        raise ValueError(f"odeint_dense needs a torch solver; {solver.name} has no dense output here.")
-    integration = integrate(problem, problem.term(), problem.y0, problem.ts, dense=True)
-    assert integration.segments is not None  # dense=True
-    first_order = bool(_records_compiled_steps(solver, DirectBackprop()))
-    end = integration.ys[-1]  # the state at t1 as the solve returns it (the interpolant's sum may round)
-    return DenseSolution(problem, integration.segments, integration.stats, first_order, end)
 
 
 def odeint_adjoint(

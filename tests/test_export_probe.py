@@ -18,6 +18,7 @@ import hybrid_node as hn
 def pretend_traced(patch: pytest.MonkeyPatch) -> None:
     """Stand in for a trace: the library's ``traced`` answers True (torch's own flags stay untouched)."""
     patch.setattr("hybrid_node._api.traced", lambda: True)
+    patch.setattr("hybrid_node._traced_solve.traced", lambda: True)
     patch.setattr("hybrid_node.nn.ode_block.traced", lambda: True)
 
 

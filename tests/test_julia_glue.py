@@ -998,10 +998,10 @@ def test_controller_settings_the_julia_backend_cannot_take_are_refused(controlle
 
 
 def test_controller_settings_the_julia_backend_takes_reach_it(monkeypatch):
-    from hybrid_node import _api
+    from hybrid_node import _external
 
     calls = []
-    monkeypatch.setattr(_api.julia_backend, "solve", lambda *args, **kw: calls.append(kw))
+    monkeypatch.setattr(_external.julia_backend, "solve", lambda *args, **kw: calls.append(kw))
     controller = hn.PIDController(rtol=1e-4, atol=1e-6, first_step=0.01, max_num_steps=50)
     hn.solve(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3), controller=controller, backend="julia")
     assert (calls[0]["rtol"], calls[0]["atol"], calls[0]["options"]) == (
@@ -1028,10 +1028,10 @@ def test_solver_settings_the_julia_backend_cannot_take_are_refused(solver, chang
 def test_an_adaptive_trbdf2_solve_asks_julia_for_adaptive_steps(monkeypatch):
     # TRBDF2 takes fixed steps on the Julia backend unless options["adaptive"]: hn.solve with a
     # PIDController sent no such option, so Julia stepped from output time to output time
-    from hybrid_node import _api
+    from hybrid_node import _external
 
     calls = []
-    monkeypatch.setattr(_api.julia_backend, "solve", lambda *args, **kw: calls.append(kw))
+    monkeypatch.setattr(_external.julia_backend, "solve", lambda *args, **kw: calls.append(kw))
     trbdf2 = hn.METHODS["trbdf2"].solver
     t = torch.linspace(0, 1, 3)
     hn.solve(

@@ -21,6 +21,7 @@ def pretend_compiling(patch: pytest.MonkeyPatch) -> None:
     """Stand in for a ``torch.compile`` trace: the library's ``traced`` answers True (torch's own flags
     are left alone: patched, they led torch's eager ``while_loop`` astray for the rest of the process)."""
     patch.setattr("hybrid_node._api.traced", lambda: True)
+    patch.setattr("hybrid_node._traced_solve.traced", lambda: True)
     patch.setattr("hybrid_node.nn.ode_block.traced", lambda: True)
 
 

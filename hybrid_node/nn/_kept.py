@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from torch import nn
 
-from .._api import untraced
+from .._traced_solve import untraced
 from .._tracing import traced
 
 F = TypeVar("F")

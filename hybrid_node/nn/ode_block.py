@@ -25,11 +25,12 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .._api import in_users_graph, solve, untraced
+from .._api import solve
 from .._backend import BACKENDS, resolve_backend
 from .._registry import build_solver, check_solve_settings
 from .._settings_key import value_semantics
 from .._solution import Solution
+from .._traced_solve import in_users_graph, untraced
 from .._tracing import traced
 from .._transforms import is_batched
 from ..sensitivity.settings import (
