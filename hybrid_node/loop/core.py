@@ -164,6 +164,13 @@ class StepControl:
     keep_after_accept: bool = False
     hold_after_reject: bool = False
 
+    @property
+    def has_min_step(self) -> bool:
+        """Whether ``min_step`` is positive: a static choice of the step decision (:func:`accepts`,
+        :func:`settle`). A compiled graph whose ``min_step`` is a tensor input states it apart
+        (:class:`hybrid_node.loop.whole.InputControl`), since a graph cannot branch on an input."""
+        return self.min_step > 0
+
     @staticmethod
     def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int = 1) -> StepControl:
         """The constants for ``controller`` and a method of the given error order on ``dtype`` states.
@@ -402,7 +409,7 @@ def accepts(xp, c: StepControl, ratio, step_dt):
         The decision, in ``xp``'s kind.
     """
     ok = ratio <= 1.0
-    if c.min_step > 0:  # static: min_step = 0 leaves the decision (and a compiled graph) as it was
+    if c.has_min_step:  # static: min_step = 0 leaves the decision (and a compiled graph) as it was
         ok = ok | (xp.isfinite(ratio) & at_min_step(c, step_dt))
     return ok
 
@@ -431,7 +438,7 @@ def settle(xp, c: StepControl, done, t, dt, step_dt, last_nonfinite, origin: flo
     """
     small = xp.where(last_nonfinite, NONFINITE, STEP_UNDERFLOW)
     floor = step_floor(xp, t, 0.0, c.eps, origin)
-    if c.min_step > 0:  # static, as in :func:`accepts`
+    if c.has_min_step:  # static, as in :func:`accepts`
         stuck = last_nonfinite & at_min_step(c, step_dt)
         dt = xp.maximum(dt, c.min_step)
         failing = (dt < floor) | stuck

@@ -52,6 +52,7 @@ Bytecode Transformation and Graph Compilation", ASPLOS 2024.
 from __future__ import annotations
 
 import array
+import dataclasses
 import functools
 import math
 import re
@@ -231,31 +232,117 @@ def _impulses_function(pure: PureField, solver: ExplicitRungeKutta, c: core.Step
 
 
 def _forward_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, heuristic: bool) -> Callable:
-    """``solve(owner, y0, dt0, tables, rtol, atol, norm) -> (ys, summary, y)``: the whole forward solve,
-    its start included: the derivative at (ts[0], y0), the first step (Hairer's heuristic when
-    ``heuristic``, else ``dt0``, a (1,) float64 tensor), the initial loop state, the loop, and the
+    """``solve(owner, y0, settings, tables, rtol, atol, norm) -> (ys, summary, y)``: the whole forward
+    solve, its start included: the derivative at (ts[0], y0), the first step (Hairer's heuristic when
+    ``heuristic``, else the given one, ``settings[0]``), the initial loop state, the loop, and the
     outputs at all of ``tables.ts`` (y0 first) with the :func:`summary` of the final state and its
-    state ``y`` (the last accepted one)."""
+    state ``y`` (the last accepted one). ``c`` is a :func:`graph_control`; the step settings are the
+    :func:`settings_vector` ``settings``, an input (a new value compiles nothing)."""
     order = int(solver.error_order or 0)
 
-    def solve(owner, y0, dt0, tables, rtol, atol, norm):
+    def solve(owner, y0, settings, tables, rtol, atol, norm):
         field = _restoring_field(pure, owner)
+        control = with_settings(c, settings)
         t0 = tables.ts[0].clone()
         f0 = field(t0, y0)
         if heuristic:
             # host.first_step's clamp, min(max(dt, min_step), max_step)
             h = initial_step_tensor(field, t0, y0, f0, order, rtol, atol, norm)
-            dt = torch.clamp(h, min=c.min_step, max=c.max_step)
-        else:
-            dt = dt0[0].clone()
+            dt = torch.clamp(h, min=control.min_step, max=control.max_step)
+        else:  # (clamped on the host, as host.first_step clamps it)
+            dt = settings[0].clone()
         state = initial_state(y0, f0, t0, dt, tables.ts.shape[0])
-        out = _loop(field, solver, c, tables, rtol, atol, norm, state)
+        out = _loop(field, solver, control, tables, rtol, atol, norm, state)
         ys = torch.cat([y0.unsqueeze(0), out.outs])
         # whether every output is finite, read with the summary: the host need not test the outputs;
         # the state where the loop stopped is read only on a failure, to name its cause
         return ys, torch.cat([summary(out), torch.isfinite(ys).all().double().reshape(1)]), out.y
 
     return solve
+
+
+@dataclasses.dataclass(frozen=True)
+class InputControl(core.StepControl):
+    """Step-control constants whose ``min_step``, ``max_step`` and ``max_num_steps`` are 0-d tensors,
+    elements of a graph input (:func:`with_settings`), so that a new value of them compiles nothing.
+
+    The step decision's other numbers stay constants of the graph. Whether ``min_step`` is positive
+    changes the decision's operations (:func:`~hybrid_node.loop.core.accepts`), which a graph cannot
+    branch on: it is ``floor``, static, and part of the graph's key (:func:`graph_control`).
+
+    Attributes:
+        floor: whether ``min_step`` is positive.
+    """
+
+    floor: bool = False
+
+    @property
+    def has_min_step(self) -> bool:
+        return self.floor
+
+
+#: the fields of a step control (read once: the compiler does not trace ``dataclasses.fields``)
+_CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(core.StepControl))
+
+#: where :func:`settings_vector` puts each setting
+_SETTINGS = ("first_step", "min_step", "max_step", "max_num_steps")
+
+
+@functools.lru_cache(maxsize=64)
+def graph_control(c: core.StepControl) -> core.StepControl:
+    """``c`` with the settings a forward graph takes as inputs (:func:`settings_vector`) set to
+    placeholders: the graph's closure and key, equal for controls that differ only in those settings.
+
+    ``min_step`` keeps whether it is positive (1.0 or 0.0), a static branch of the step decision: a
+    solve with a floor and one without are two graphs; floors of other sizes share one.
+    """
+    return dataclasses.replace(c, min_step=float(c.has_min_step), max_step=math.inf, max_num_steps=0)
+
+
+def with_settings(c: core.StepControl, settings: torch.Tensor) -> core.StepControl:
+    """Inside the graph: the :func:`graph_control` ``c`` with the values of the :func:`settings_vector`
+    ``settings`` (an :class:`InputControl`). The decisions are the eager ones: a comparison or clamp
+    against a float64 0-d tensor rounds as against the same Python float, and ``max_num_steps`` is
+    exact in float64 (at most 2**53)."""
+    values = {name: getattr(c, name) for name in _CONTROL_FIELDS}
+    # copies: the loop lifts each value it reads as an input of its own, and refuses views of one tensor
+    for name in ("min_step", "max_step", "max_num_steps"):
+        values[name] = settings[_SETTINGS.index(name)].clone()
+    return InputControl(**values, floor=c.has_min_step)
+
+
+#: (settings, device) -> the float64 vector :func:`settings_vector` gives (one per combination in use)
+_SETTINGS_TENSORS: dict = {}
+_SETTINGS_MAX = 32
+
+
+def settings_vector(controller: PIDController, like: torch.Tensor) -> torch.Tensor:
+    """The step settings of ``controller`` as one float64 input of a forward graph, on ``like``'s device:
+    (first step, min_step, max_step, max_num_steps).
+
+    As Python floats they were constants of the graph, each new value a compilation of the whole
+    solve (5 s for a small MLP, 17 s at 2000 steps); a vector, not 0-d tensors, which would restart
+    Dynamo's analysis (see :func:`pack`). The given first step is clamped to [min_step, max_step] as
+    :func:`~hybrid_node.loop.host.first_step` clamps it; 0 where the graph computes Hairer's. Cached
+    per value and device, as :func:`~hybrid_node.loop.graph_inputs.tolerance_tensor` caches tolerances.
+
+    Args:
+        controller: the PID settings (``max_num_steps`` at most 2**53, exact in float64).
+        like: a tensor on the solve's device.
+
+    Returns:
+        The (4,) float64 vector, ordered as ``_SETTINGS``.
+    """
+    lo, hi = float(controller.min_step), float(controller.max_step)
+    first = 0.0 if controller.first_step is None else min(max(float(controller.first_step), lo), hi)
+    values = (first, lo, hi, float(controller.max_num_steps))
+    key = (values, like.device)
+    return memoized(
+        _SETTINGS_TENSORS,
+        key,
+        lambda: torch.tensor(values, dtype=torch.float64, device=like.device),
+        _SETTINGS_MAX,
+    )
 
 
 #: the global names through which Dynamo reaches this library's and torch's own modules (the compiled
@@ -512,7 +599,10 @@ def integrate_whole(
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
     heuristic = controller.first_step is None
-    graph = WholeSolve(pure, solver, c, norm, device_type=y0.device.type, start="forward", heuristic=heuristic)
+    # the settings a user varies between solves are inputs: the key and closure leave them out
+    graph = WholeSolve(
+        pure, solver, graph_control(c), norm, device_type=y0.device.type, start="forward", heuristic=heuristic
+    )
     if graph.failed:
         return None
     if len(ts) == 1:  # (the dispatcher answers such a solve itself)
@@ -521,9 +611,9 @@ def integrate_whole(
     if counters is None:
         return None
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
-    dt0 = None if heuristic else first_step_tensor(controller, y0.device)
     tables = cached_tables(solver, graph.padded(ts), y0)
-    out = graph(y0, dt0, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0, 1), counters=counters)
+    settings = settings_vector(controller, y0)
+    out = graph(y0, settings, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0, 1), counters=counters)
     if out is None:
         return None
     ys, info, y_end = out
