@@ -41,26 +41,6 @@ ADAPTIVE_OPTIONS = (
     "device_loop",
     "sync_every",
 )
-# The PIDController fields a Nordsieck method reads: the tolerances, the step bounds and limit, the
-# norm and the loop strategies (which refuse it themselves). Not the step-size formula's settings
-# (safety, ifactor, dfactor, pcoeff, icoeff, dcoeff) nor the two rules that bound its proposal
-# (shrink_after_accept, grow_after_reject): the method's own step and order replace that proposal
-# (:meth:`Nordsieck.propose_step`). Its class attribute, set here with the registry's other rules for
-# these methods (hybrid_node imports this module before any solve); unread_controller_settings reads it.
-Nordsieck.controller_reads = frozenset(
-    {
-        "rtol",
-        "atol",
-        "first_step",
-        "min_step",
-        "max_step",
-        "max_num_steps",
-        "norm",
-        "per_sample",
-        "device_loop",
-        "sync_every",
-    }
-)
 _SHOWN = {"torch": "torch", "julia": "Julia"}  # backend names as the messages write them
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile", "max_num_steps")
 

@@ -50,7 +50,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -374,6 +374,14 @@ class Nordsieck(AbstractSolver):
     atol: float = 1e-9
     norm: Callable[[torch.Tensor], Any] | None = None
     name: str = "adams"
+    #: the PIDController fields it reads: the tolerances, the step bounds and limit, the norm and the loop
+    #: strategies (which refuse it themselves); not the step-size formula's settings (safety, ifactor,
+    #: dfactor, pcoeff, icoeff, dcoeff) nor the two rules that bound its proposal (shrink_after_accept,
+    #: grow_after_reject): its own step and order replace that proposal (:meth:`propose_step`)
+    controller_reads: ClassVar[frozenset[str] | None] = frozenset(
+        {"rtol", "atol", "first_step", "min_step", "max_step", "max_num_steps", "norm"}
+        | {"per_sample", "device_loop", "sync_every"}
+    )
 
     def __post_init__(self):
         if self.family not in FAMILIES:
