@@ -18,8 +18,13 @@ from hybrid_node.loop.host import check_no_nan
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 
-def _fresh_values(self, times, idx, work=None):
-    """The search's event values as built before: a fresh copy of the batch at every halving."""
+def _fresh_halving(self, idx, sign0):
+    """The search's halving as built before: a fresh copy of the batch at every halving."""
+    return lambda times: (torch.sign(_fresh_values(self, times, idx)) != sign0).cpu().numpy()
+
+
+def _fresh_values(self, times, idx):
+    """The located samples' event values, the whole batch built afresh (the others at the step's end)."""
     with torch.no_grad():
         y = self.y1.detach().reshape(self.n, -1).clone()
         y[idx] = self.rows(times, idx)
@@ -70,7 +75,7 @@ def test_event_times_and_states_as_with_a_fresh_batch_per_halving(method, revers
     (forward and backward in time: the user's times are negated there)."""
     new = _solve(method, reverse)
     with monkeypatch.context() as m:
-        m.setattr(events._Locator, "values", _fresh_values)
+        m.setattr(events._Locator, "halving", _fresh_halving)
         old = _solve(method, reverse)
     assert torch.equal(new.t_final, old.t_final)
     assert torch.equal(new.ys[-1], old.ys[-1])

@@ -459,7 +459,7 @@ class _Locator:
         """The batch the event function is called on while samples are located, at the step's end.
 
         Made once per bisection, not once per halving: each halving overwrites only the located
-        samples' rows and times (:meth:`values`), every other row stays the step's end, as it was
+        samples' rows and times (:meth:`halving`), every other row stays the step's end, as it was
         when the whole batch was built afresh at every halving (a copy of the state, a time vector
         and its conversion, per halving; the same values either way).
 
@@ -469,36 +469,6 @@ class _Locator:
         y = self.y1.detach().reshape(self.n, -1).clone()
         t = torch.from_numpy(_user_times(self.term, np.full(self.n, self.seg.t1, dtype=np.float64)))
         return _Workspace(y, t.to(self.term.t_dtype).to(y.device))
-
-    def values(self, times: np.ndarray, idx: torch.Tensor, work: _Workspace | None = None) -> torch.Tensor:
-        """Each sample ``idx[j]``'s event value at its own time ``times[j]`` (solver time), shape (k,).
-
-        ``event_fn`` sees the whole batch (it may read every sample): the located samples at their
-        times, the others at the step's end.
-
-        Args:
-            times: (k,) the times (solver time, inside the step).
-            idx: (k,) the samples.
-            work: the batch from :meth:`workspace`, whose rows ``idx`` are overwritten here (its
-                other rows must be the step's end, so keep one workspace per set of samples);
-                None: a fresh one.
-
-        Returns:
-            A (k,) tensor without graph.
-
-        Raises:
-            ValueError: an event value is NaN.
-        """
-        with torch.no_grad():
-            work = self.workspace() if work is None else work
-            rows = self.rows(times, idx)
-            # index_copy_, not an indexed assignment: the same copy with less overhead per halving
-            work.y.index_copy_(0, idx, rows)
-            t_user = _user_times(self.term, times)
-            work.t.index_copy_(0, idx, torch.from_numpy(t_user).to(self.term.t_dtype).to(work.t.device))
-            g = self.event_fn(work.t.reshape(self.batch_shape), work.y.reshape(self.y1.shape)).reshape(self.n)[idx]
-            check_no_nan(g, t_user, rows, idx)
-            return g
 
     def reader(self, idx: torch.Tensor):
         """A function ``thetas -> rows`` of the samples ``idx`` at their own fractions, as :meth:`rows` reads them.
@@ -530,7 +500,7 @@ class _Locator:
         reader (:meth:`reader`), the signs on the host. A halving then evaluates the rows, writes
         them and their times into the batch, calls ``event_fn`` once and brings its k values to the
         host once, where the NaN check and the sign test read them (one synchronisation, where the
-        tensor NaN check and the sign test took one each). The values are those of :meth:`values`.
+        tensor NaN check and the sign test took one each).
 
         Args:
             idx: (k,) the samples to locate; sign0: (k,) their signs at the start.
@@ -545,12 +515,12 @@ class _Locator:
         y_batch, t_batch = work.y.reshape(self.y1.shape), work.t.reshape(self.batch_shape)  # views of work
         read = self.reader(idx)
         ref = sign0.cpu().numpy()
-        t_dtype, device, reverse = self.term.t_dtype, work.t.device, self.term.reverse
+        t_dtype, device = self.term.t_dtype, work.t.device
 
         def changed(times: np.ndarray) -> np.ndarray:
             rows = read(self._theta_array(times))
             work.y.index_copy_(0, idx, rows)
-            t_user = -times if reverse else times
+            t_user = _user_times(self.term, times)
             work.t.index_copy_(0, idx, torch.from_numpy(t_user).to(t_dtype).to(device))
             g = self.event_fn(t_batch, y_batch).reshape(self.n).index_select(0, idx)
             host = g.cpu().numpy()
