@@ -59,7 +59,7 @@ def _solve(method, reverse: bool, seen: list | None = None):
         y0,
         ts,
         solver=method(),
-        controller=hn.PIDController(rtol=1e-7, atol=1e-9, max_step=0.05),
+        controller=hn.PIDController(rtol=1e-5, atol=1e-7, max_step=0.05),
         event_fn=event_fn,
         per_sample_events=True,
         event_t_end=float(ts[-1]),
