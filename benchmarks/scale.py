@@ -63,6 +63,19 @@ def _decay(t, y):
     return -y
 
 
+class _OU(torch.nn.Module):
+    """dy = -y dt + 0.1 dW (Ornstein-Uhlenbeck, diagonal Ito noise), for hybrid_node and torchsde alike."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def f(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
 def _t01():
     _torch()
     return torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -198,16 +211,6 @@ def _sde(kind: str) -> Callable[[int], Any]:
         _torch()
         hn = _hn()
 
-        class OU(torch.nn.Module):
-            noise_type = "diagonal"
-            sde_type = "ito"
-
-            def f(self, t, y):
-                return -y
-
-            def g(self, t, y):
-                return 0.1 * torch.ones_like(y)
-
         y0 = torch.ones(2, STATES, dtype=torch.float64)
         ts = _t01()
         kw: dict[str, Any] = {}
@@ -218,7 +221,7 @@ def _sde(kind: str) -> Callable[[int], Any]:
                 w0 = torch.zeros(2, STATES, dtype=torch.float64)
                 kw["bm"] = hn.BrownianTree(t0=0.0, w0=w0, t1=1.0, entropy=0, tol=1e-5)
         with torch.no_grad():
-            return hn.sdeint(OU(), y0, ts, method="euler", dt=1.0 / n, **kw)
+            return hn.sdeint(_OU(), y0, ts, method="euler", dt=1.0 / n, **kw)
 
     return run
 
@@ -294,20 +297,10 @@ def _torchsde(n: int) -> Any:
     _torch()
     import torchsde
 
-    class OU(torch.nn.Module):
-        noise_type = "diagonal"
-        sde_type = "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * torch.ones_like(y)
-
     y0 = torch.ones(2, STATES, dtype=torch.float64)
     bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=(2, STATES), dtype=torch.float64, entropy=0)
     with torch.no_grad():
-        return torchsde.sdeint(OU(), y0, _t01(), method="euler", dt=1.0 / n, bm=bm)
+        return torchsde.sdeint(_OU(), y0, _t01(), method="euler", dt=1.0 / n, bm=bm)
 
 
 def _compiled(n: int) -> Any:
