@@ -34,7 +34,9 @@ Decisions equal the eager solver's (the same initial step, Hairer's heuristic ev
 graph with :func:`initial_step_tensor`, the same stretch rule, controller, floor and failures); the
 compiled kernels may round differently, so a
 step whose error ratio lies within rounding of 1 may be decided the other way. Tolerances enter the
-graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph.
+graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph; so do the step settings
+``first_step``, ``min_step``, ``max_step`` and ``max_num_steps`` of a forward solve
+(:func:`settings_vector`).
 
 Scope: solves with an explicit first-same-as-last pair: dopri5, tsit5, bosh3 (as the device loop) and
 dopri8, whose own dense output (three more stages) the graph builds on every attempt; no events,
