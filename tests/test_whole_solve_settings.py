@@ -106,3 +106,80 @@ def test_new_step_settings_reuse_the_graph_and_take_the_eager_steps(field, varia
     # the settings did change the solves: each its own steps, and a step budget that ran out
     assert len(set(outcomes)) == len(variants)
     assert {status for status, _, _ in outcomes} == {hn.Status.SUCCESS, hn.Status.MAX_STEPS}
+
+
+def _adjoint_gradients(field, compiled: bool, sensitivity, max_step: float):
+    """One training step's gradients (y0 and the parameters) through ``sensitivity`` with ``max_step``,
+    and the solve's counters."""
+    torch.manual_seed(1)
+    y0 = torch.randn(8, 2, requires_grad=True)
+    t = torch.linspace(0.0, 2.0, 4)
+    target = torch.randn(4, 8, 2)
+    field.zero_grad()
+    solver = hn.Dopri5().compiled() if compiled else hn.Dopri5()
+    ctrl = hn.PIDController(rtol=1e-8, atol=1e-10, max_step=max_step)
+    sol = hn.solve(field, y0, t, solver=solver, controller=ctrl, sensitivity=sensitivity)
+    ((sol.ys - target) ** 2).sum().backward()
+    return sol.stats, [y0.grad.clone()] + [p.grad.clone() for p in field.parameters()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sensitivity",
+    [hn.BacksolveAdjoint(), hn.InterpolatingAdjoint(checkpoints=5)],
+    ids=["backsolve-impulses-graph", "interpolating-segment-graph"],
+)
+def test_a_new_max_step_reuses_the_adjoint_backward_graph(field, sensitivity):
+    """An adjoint training step with another max_step compiles nothing: the backward graph (the
+    backsolve's "impulses" graph, the checkpointed adjoint's segment graph) takes the step settings
+    as inputs, as the forward graph does (before, each new value was a backward graph of its own).
+    Each step takes the eager backward pass's steps and gives its gradients to rtol 1e-9, atol 1e-11,
+    the tolerance of the compiled-vs-eager adjoint tests (test_whole_solve.py, test_whole_segments.py):
+    the compiled kernels round the vector-Jacobian products' sums differently, about 1e-16 per step."""
+    counters = torch._dynamo.utils.counters
+    outcomes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
+        # caps that bind (12 forward steps without one: 15 and 22 with them) within 8 to 23 steps:
+        # the segment graph's table of re-solved steps is sized from that count (whole_segments.table_rows,
+        # 32 rows here), and another size is another graph whatever the settings
+        for i, max_step in enumerate((0.15, 0.1)):
+            stats, grads = _adjoint_gradients(field, True, sensitivity, max_step)
+            if i == 0:  # the forward graph and the backward graph
+                graphs = counters["stats"]["unique_graphs"]
+            eager_stats, eager = _adjoint_gradients(field, False, sensitivity, max_step)
+            assert stats.n_steps_backward == eager_stats.n_steps_backward
+            for a, b in zip(grads, eager):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+            outcomes.append(eager_stats.n_steps_backward)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert outcomes[0] < outcomes[1]  # the smaller cap did bind: the backward steps changed
+
+
+@pytest.mark.slow  # about 45 s of compilation on a 2-core CPU (test_device_loop.py)
+def test_a_new_max_step_reuses_the_device_loop_run(field):
+    """The device loop's compiled run takes the step settings as inputs too: another max_step or
+    max_num_steps compiles nothing (before, each was a run graph of its own), and each solve takes
+    the eager device loop's steps with its outputs to 1e-11 relative, the tolerance of
+    test_device_loop.py's compiled-vs-eager test."""
+    y0, t = torch.randn(8, 2), torch.linspace(0.0, 3.0, 7)
+    counters = torch._dynamo.utils.counters
+    outcomes = []
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager runs
+        for i, ctrl in enumerate((dict(max_step=0.2), dict(max_step=0.05), dict(max_num_steps=6))):
+            options = dict(rtol=1e-7, atol=1e-9, device_loop=True, sync_every=4, **ctrl)
+            eager = hn.solve(field, y0, t, controller=hn.PIDController(**options), throw=False)
+            fast = hn.solve(
+                field, y0, t, solver=hn.Dopri5().compiled(), controller=hn.PIDController(**options), throw=False
+            )
+            if i == 0:
+                graphs = counters["stats"]["unique_graphs"]
+            assert fast.status == eager.status
+            assert (fast.stats.n_accepted, fast.stats.n_rejected) == (eager.stats.n_accepted, eager.stats.n_rejected)
+            finite = torch.isfinite(eager.ys)
+            assert torch.equal(finite, torch.isfinite(fast.ys))
+            torch.testing.assert_close(fast.ys[finite], eager.ys[finite], rtol=1e-11, atol=1e-12)
+            outcomes.append((eager.status, eager.stats.n_accepted))
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert len(set(outcomes)) == 3 and outcomes[2][0] == hn.Status.MAX_STEPS  # the settings took effect

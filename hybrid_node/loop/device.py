@@ -374,14 +374,19 @@ def summary(s: LoopState) -> torch.Tensor:
 
 
 def _run_function(pure_field: Callable, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
-    """``run(owner, state, tables, rtol, atol, norm) -> (state, summary)``: ``c.attempts`` attempts."""
+    """``run(owner, state, tables, rtol, atol, norm, settings) -> (state, summary)``: ``c.attempts``
+    attempts. ``c`` is a :func:`~hybrid_node.loop.whole.graph_control` and ``settings`` its
+    :func:`~hybrid_node.loop.whole.settings_vector` (the first step is the state's: its entry is not
+    read), an input of a compiled run as of the whole-solve graph: a new max_step compiles nothing."""
+    from .whole import with_settings  # (whole imports this module)
 
-    def run(owner, state, tables, rtol, atol, norm):
+    def run(owner, state, tables, rtol, atol, norm, settings):
         def field(t, y):
             return pure_field(owner, t, y)
 
+        control = with_settings(c, settings)
         for _ in range(c.attempts):
-            state = attempt(field, solver, c, tables, rtol, atol, norm, state)
+            state = attempt(field, solver, control, tables, rtol, atol, norm, state)
         return state, summary(state)
 
     return run
@@ -398,7 +403,8 @@ class DeviceRuns:
     Args:
         pure: the traceable field.
         solver: the first-same-as-last embedded pair.
-        c: the step-control constants.
+        c: the step-control constants, a :func:`~hybrid_node.loop.whole.graph_control` (the step
+            settings are an input of each run).
         compile: compile the run.
         cuda_graphs: replay the compiled run as a CUDA graph.
     """
@@ -417,23 +423,26 @@ class DeviceRuns:
             if self._key not in self._graphs:
                 self._graphs[self._key] = _compile(self.eager, mode=mode)
 
-    def __call__(self, state: LoopState, tables: Tables, rtol, atol, norm) -> tuple[LoopState, torch.Tensor]:
-        """One run from ``state``; returns the new state and its :func:`summary`."""
+    def __call__(
+        self, state: LoopState, tables: Tables, rtol, atol, norm, settings: torch.Tensor
+    ) -> tuple[LoopState, torch.Tensor]:
+        """One run from ``state`` with the step settings ``settings`` (a
+        :func:`~hybrid_node.loop.whole.settings_vector`); returns the new state and its :func:`summary`."""
         graph = None if self._graphs is None else self._graphs[self._key]
         if graph is not None:
             try:
                 if self.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
-                    out_state, out_summary = graph(self.owner, state, tables, rtol, atol, norm)
+                    out_state, out_summary = graph(self.owner, state, tables, rtol, atol, norm, settings)
                     return LoopState(*(x.clone() for x in out_state)), out_summary.clone()
-                return graph(self.owner, state, tables, rtol, atol, norm)
+                return graph(self.owner, state, tables, rtol, atol, norm, settings)
             except Exception as e:
                 if not compiler_failed(e):
                     raise
                 warn_fallback(self.owner, e, "the device loop runs eagerly", stacklevel=3)
                 assert self._graphs is not None  # graph came from it
                 self._graphs[self._key] = None
-        return self.eager(self.owner, state, tables, rtol, atol, norm)
+        return self.eager(self.owner, state, tables, rtol, atol, norm, settings)
 
 
 def initial_state(
@@ -526,13 +535,17 @@ def integrate_device(
         stats.nfe = term.nfe
         return Integration([y0], stats, Status.SUCCESS, ts[0])
     assert solver.error_order is not None  # supports_device_loop: an embedded pair
-    c = core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every)
+    from .whole import graph_control, settings_vector  # (whole imports this module)
+
+    # the step settings are inputs of the runs (as of the whole-solve graph): a new one compiles nothing
+    c = graph_control(core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every))
+    settings = settings_vector(controller, y0)
     grad = _needs_grad(y0, f0)
     runs = DeviceRuns(pure, solver, c, compile=solver.compile, cuda_graphs=y0.device.type == "cuda" and not grad)
     tables = make_tables(solver, ts, y0)
     state = initial_state(y0, f0, ts[0], dt0, len(ts))
     while True:
-        state, info = runs(state, tables, rtol, atol, norm)
+        state, info = runs(state, tables, rtol, atol, norm, settings)
         code, t, dt, n_att, n_acc, n_rej, saw_nonfinite = info.tolist()  # the one host read per run
         if code != RUNNING:
             break

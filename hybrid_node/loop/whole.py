@@ -220,14 +220,16 @@ def _loop(
 
 
 def _impulses_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
-    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses) -> (state, summary)``:
-    attempts until the status is not RUNNING, from the :func:`pack`-ed state, with the jumps
-    ``impulses`` at the inner output times (:mod:`.whole_impulses`)."""
+    """``solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses, settings) ->
+    (state, summary)``: attempts until the status is not RUNNING, from the :func:`pack`-ed state, with
+    the jumps ``impulses`` at the inner output times (:mod:`.whole_impulses`). ``c`` is a
+    :func:`graph_control` and ``settings`` its :func:`settings_vector`, an input as in the forward
+    graph (the first step is the packed state's: its entry is not read)."""
 
-    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses):
+    def solve(owner, floats, ints, flags, y, f0, outs, tables, rtol, atol, norm, impulses, settings):
         state = unpack(floats, ints, flags, y, f0, outs)
         field = _restoring_field(pure, owner)
-        out = _loop(field, solver, c, tables, rtol, atol, norm, state, impulses)
+        out = _loop(field, solver, with_settings(c, settings), tables, rtol, atol, norm, state, impulses)
         return out, summary(out)
 
     return solve
@@ -508,7 +510,7 @@ class WholeSolve:
 
         ``counters``: the number attributes the field advances on each call (see :func:`frozen_counters`);
         ``extra``: the arguments after the norm (an "impulses" graph's
-        :class:`~hybrid_node.loop.device.Impulses`).
+        :class:`~hybrid_node.loop.device.Impulses` and :func:`settings_vector`).
         """
         graph = self._graphs.get(self.key)
         if graph is None:

@@ -33,7 +33,16 @@ from . import core
 from .device import Impulses, initial_state, make_tables
 from .graph_inputs import tolerance_tensor
 from .host import Integration, first_step
-from .whole import WholeSolve, count_evaluations, evaluations_per_attempt, pack, read_out, solve_error
+from .whole import (
+    WholeSolve,
+    count_evaluations,
+    evaluations_per_attempt,
+    graph_control,
+    pack,
+    read_out,
+    settings_vector,
+    solve_error,
+)
 
 
 def applies(solver, controller, jump_t: Sequence[float], stops: Sequence[float]) -> bool:
@@ -99,7 +108,8 @@ def integrate_whole_impulses(
         # (the ``*_adjoint`` step callbacks are host Python between attempts: the host loop calls them)
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
-    graph = WholeSolve(pure, solver, c, norm, device_type=x0.device.type, start="impulses")
+    # the step settings are inputs (as in the forward graph): a new max_step compiles nothing
+    graph = WholeSolve(pure, solver, graph_control(c), norm, device_type=x0.device.type, start="impulses")
     if graph.failed:
         return None
     counters = graph.counters(term, rs[0], x0)
@@ -117,7 +127,8 @@ def integrate_whole_impulses(
     pad = impulses.add.new_zeros(len(padded) - len(rs), impulses.add.shape[1])
     impulses = impulses._replace(add=torch.cat([impulses.add, pad]))
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0, 1)
-    out = graph(*packed, tables, rtol_t, atol_t, counters=counters, extra=(impulses,))
+    settings = settings_vector(controller, x0)
+    out = graph(*packed, tables, rtol_t, atol_t, counters=counters, extra=(impulses, settings))
     if out is None:  # the compiler rejected the field: the host loop runs instead
         term.nfe = nfe_before
         return None

@@ -50,11 +50,14 @@ from .whole import (
     _restoring,
     count_evaluations,
     evaluations_per_attempt,
+    graph_control,
     initial_step_tensor,
     pack,
     read_out,
+    settings_vector,
     solve_error,
     unpack,
+    with_settings,
 )
 
 #: the most memory the table of re-solved steps may take (bytes); a larger problem runs eagerly. The
@@ -172,16 +175,20 @@ def state_at(rec: Record, tables: Tables, s: torch.Tensor, z0, z1, c0, c1) -> to
 def _segment_function(
     forward: PureField, augmented: PureField, solver: ExplicitRungeKutta, c: core.StepControl, capacity: int
 ) -> Callable:
-    """``solve(owner, zs, cps, j, tables, carried, add, first, refresh, tolerances, norm_f, norm_b) ->
-    (carried, info, z)``: segment ``j``'s re-solve and backward solve (module docstring). ``zs`` and
+    """``solve(owner, zs, cps, j, tables, carried, add, first, refresh, tolerances, norm_f, norm_b, settings)
+    -> (carried, info, z)``: segment ``j``'s re-solve and backward solve (module docstring). ``zs`` and
     ``cps`` are all checkpoint states and times and ``j`` a (1,) index, so that the inputs of all
     segments are the same tensors; ``carried`` is the backward loop's :func:`pack`-ed state without
     the output buffer, ``tolerances`` (rtol_f, atol_f, rtol_b, atol_b); ``info`` is the two loops'
-    :func:`summary`; ``z`` the re-solve's last accepted state (where a failed re-solve stopped)."""
+    :func:`summary`; ``z`` the re-solve's last accepted state (where a failed re-solve stopped). ``c`` is
+    a :func:`~hybrid_node.loop.whole.graph_control` and ``settings`` its
+    :func:`~hybrid_node.loop.whole.settings_vector`, an input of the graph as in the forward one (both
+    loops start from Hairer's step or a carried one: its first entry is not read)."""
     order = int(solver.error_order or 0)
     stages = solver.tableau.stages
 
-    def solve(owner, zs, cps, j, tables, carried, add, first, refresh, tolerances, norm_f, norm_b):
+    def solve(owner, zs, cps, j, tables, carried, add, first, refresh, tolerances, norm_f, norm_b, settings):
+        c_in = with_settings(c, settings)
         floats, ints, flags, x, f0 = carried
         rtol_f, atol_f, rtol_b, atol_b = tolerances
         # the forward re-solve over [c0, c1] from the checkpoint z0
@@ -193,11 +200,11 @@ def _segment_function(
         c0, c1 = times[0].clone(), times[1].clone()
         g0 = field_f(c0, z0)
         h0 = initial_step_tensor(field_f, c0, z0, g0, order, rtol_f, atol_f, norm_f)
-        dt_f = torch.clamp(h0, min=c.min_step, max=c.max_step)
+        dt_f = torch.clamp(h0, min=c_in.min_step, max=c_in.max_step)
         state_f = initial_state(z0, g0, c0, dt_f, 2)
         ts_f = Tables(times, tables.index, tables.dense, tables.powers)
         state_f, rec = _recording_loop(
-            field_f, solver, c, ts_f, rtol_f, atol_f, norm_f, state_f, _empty_record(capacity, stages, z0)
+            field_f, solver, c_in, ts_f, rtol_f, atol_f, norm_f, state_f, _empty_record(capacity, stages, z0)
         )
 
         # the backward solve over [-c1, -c0], reading z from the re-solve
@@ -214,12 +221,12 @@ def _segment_function(
 
         def heuristic(yy, ff):
             h = initial_step_tensor(field_b, r0, yy, ff, order, rtol_b, atol_b, norm_b)
-            return torch.clamp(h, min=c.min_step, max=c.max_step).reshape(1)
+            return torch.clamp(h, min=c_in.min_step, max=c_in.max_step).reshape(1)
 
         dt_b = torch.cond(first, heuristic, lambda yy, ff: state.dt.reshape(1).clone(), (y, f_start))
         state = state._replace(f0=f_start, dt=dt_b.reshape(()))
         ts_b = Tables(-times.flip(0), tables.index, tables.dense, tables.powers)
-        out = _loop(field_b, solver, c, ts_b, rtol_b, atol_b, norm_b, state)
+        out = _loop(field_b, solver, c_in, ts_b, rtol_b, atol_b, norm_b, state)
         # the re-solve's last accepted state too: where it failed, the cause is named from it
         return pack(out)[:5], torch.cat([summary(state_f), summary(out)]), state_f.y
 
@@ -271,7 +278,9 @@ def integrate_segments(
     zs = torch.stack([states[c] for c in checkpoints])  # one tensor: the graph's inputs may not alias
     z_like = zs[0]
     row_bytes = (solver.tableau.stages + 1) * z_like.numel() * z_like.element_size()
-    c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
+    # the step settings are inputs (as in the forward graph): a new max_step compiles nothing
+    c = graph_control(core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype))
+    settings = settings_vector(controller, x0)
     dev = x0.device
     dense = torch.tensor(solver.tableau.dense, dtype=torch.float64, device=dev)
     tables = Tables(
@@ -311,7 +320,7 @@ def integrate_segments(
                 fterm.nfe, term.nfe = nfe_f, nfe_b
                 return None
             extra = zero if add is None else add, first_flag[first], refresh_flag[add is not None], tol, norm_f
-            out = graph(zs, cps, index, tables, carried, *extra, counters=counters)
+            out = graph(zs, cps, index, tables, carried, *extra, counters=counters, extra=(settings,))
             if out is None:
                 fterm.nfe, term.nfe = nfe_f, nfe_b
                 return None
