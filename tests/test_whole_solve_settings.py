@@ -13,7 +13,7 @@ import torch
 from conftest import CountingMLP
 
 import hybrid_node as hn
-from hybrid_node.loop import core, whole
+from hybrid_node.loop import core, graph_inputs
 
 
 @pytest.fixture
@@ -34,21 +34,23 @@ def _control(**ctrl) -> core.StepControl:
 def test_the_graph_key_leaves_out_the_settings_it_takes_as_inputs():
     """Controls that differ only in max_step, max_num_steps or a positive min_step key one graph; a
     positive min_step against none is a branch of the step decision, hence another graph."""
-    base = whole.graph_control(_control(min_step=0.01))
+    base = graph_inputs.graph_control(_control(min_step=0.01))
     for other in (dict(min_step=0.2), dict(min_step=0.01, max_step=0.3), dict(min_step=0.01, max_num_steps=7)):
-        assert whole.graph_control(_control(**other)) == base
-    assert whole.graph_control(_control()) != base
-    assert whole.graph_control(_control(min_step=0.01, safety=0.8)) != base  # not an input: a constant
+        assert graph_inputs.graph_control(_control(**other)) == base
+    assert graph_inputs.graph_control(_control()) != base
+    assert graph_inputs.graph_control(_control(min_step=0.01, safety=0.8)) != base  # not an input: a constant
 
 
 def test_settings_vector_holds_the_clamped_first_step_and_the_limits():
     """One float64 (1-d: a 0-d input restarts Dynamo's analysis, see ``whole.pack``) vector; the given
     first step clamped to [min_step, max_step] as the host loop clamps it; 0 where the graph computes it."""
     like = torch.zeros(3)
-    v = whole.settings_vector(hn.PIDController(first_step=0.5, min_step=0.01, max_step=0.2, max_num_steps=9), like)
+    v = graph_inputs.settings_vector(
+        hn.PIDController(first_step=0.5, min_step=0.01, max_step=0.2, max_num_steps=9), like
+    )
     assert v.dtype == torch.float64 and v.shape == (4,)
     assert v.tolist() == [0.2, 0.01, 0.2, 9.0]
-    v = whole.settings_vector(hn.PIDController(), like)
+    v = graph_inputs.settings_vector(hn.PIDController(), like)
     assert v.tolist() == [0.0, 0.0, math.inf, float(hn.PIDController().max_num_steps)]
 
 

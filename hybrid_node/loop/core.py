@@ -168,7 +168,7 @@ class StepControl:
     def has_min_step(self) -> bool:
         """Whether ``min_step`` is positive: a static choice of the step decision (:func:`accepts`,
         :func:`settle`). A compiled graph whose ``min_step`` is a tensor input states it apart
-        (:class:`hybrid_node.loop.whole.InputControl`), since a graph cannot branch on an input."""
+        (:class:`hybrid_node.loop.graph_inputs.InputControl`), since a graph cannot branch on an input."""
         return self.min_step > 0
 
     @staticmethod

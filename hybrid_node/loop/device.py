@@ -65,6 +65,7 @@ from . import core
 from .compiled_step import PureField, _compile, compiler_failed, graphs_of, warn_fallback
 from .core import RUNNING, TENSOR
 from .diagnose import failure_cause
+from .graph_inputs import graph_control, settings_vector, with_settings
 from .host import Integration, first_step
 from .stage_loop import StageTable, looped_step, stage_table
 
@@ -375,10 +376,9 @@ def summary(s: LoopState) -> torch.Tensor:
 
 def _run_function(pure_field: Callable, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
     """``run(owner, state, tables, rtol, atol, norm, settings) -> (state, summary)``: ``c.attempts``
-    attempts. ``c`` is a :func:`~hybrid_node.loop.whole.graph_control` and ``settings`` its
-    :func:`~hybrid_node.loop.whole.settings_vector` (the first step is the state's: its entry is not
+    attempts. ``c`` is a :func:`~hybrid_node.loop.graph_inputs.graph_control` and ``settings`` its
+    :func:`~hybrid_node.loop.graph_inputs.settings_vector` (the first step is the state's: its entry is not
     read), an input of a compiled run as of the whole-solve graph: a new max_step compiles nothing."""
-    from .whole import with_settings  # (whole imports this module)
 
     def run(owner, state, tables, rtol, atol, norm, settings):
         def field(t, y):
@@ -403,7 +403,7 @@ class DeviceRuns:
     Args:
         pure: the traceable field.
         solver: the first-same-as-last embedded pair.
-        c: the step-control constants, a :func:`~hybrid_node.loop.whole.graph_control` (the step
+        c: the step-control constants, a :func:`~hybrid_node.loop.graph_inputs.graph_control` (the step
             settings are an input of each run).
         compile: compile the run.
         cuda_graphs: replay the compiled run as a CUDA graph.
@@ -427,7 +427,7 @@ class DeviceRuns:
         self, state: LoopState, tables: Tables, rtol, atol, norm, settings: torch.Tensor
     ) -> tuple[LoopState, torch.Tensor]:
         """One run from ``state`` with the step settings ``settings`` (a
-        :func:`~hybrid_node.loop.whole.settings_vector`); returns the new state and its :func:`summary`."""
+        :func:`~hybrid_node.loop.graph_inputs.settings_vector`); returns the new state and its :func:`summary`."""
         graph = None if self._graphs is None else self._graphs[self._key]
         if graph is not None:
             try:
@@ -535,7 +535,6 @@ def integrate_device(
         stats.nfe = term.nfe
         return Integration([y0], stats, Status.SUCCESS, ts[0])
     assert solver.error_order is not None  # supports_device_loop: an embedded pair
-    from .whole import graph_control, settings_vector  # (whole imports this module)
 
     # the step settings are inputs of the runs (as of the whole-solve graph): a new one compiles nothing
     c = graph_control(core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every))

@@ -31,16 +31,14 @@ from ..controllers import PIDController
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .device import Impulses, initial_state, make_tables
-from .graph_inputs import tolerance_tensor
+from .graph_inputs import graph_control, settings_vector, tolerance_tensor
 from .host import Integration, first_step
 from .whole import (
     WholeSolve,
     count_evaluations,
     evaluations_per_attempt,
-    graph_control,
     pack,
     read_out,
-    settings_vector,
     solve_error,
 )
 

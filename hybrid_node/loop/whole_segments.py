@@ -43,21 +43,18 @@ from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import RUNNING
 from .device import LoopState, Tables, attempt, initial_state, summary
-from .graph_inputs import tolerance_tensor
+from .graph_inputs import graph_control, settings_vector, tolerance_tensor, with_settings
 from .whole import (
     WholeSolve,
     _loop,
     _restoring,
     count_evaluations,
     evaluations_per_attempt,
-    graph_control,
     initial_step_tensor,
     pack,
     read_out,
-    settings_vector,
     solve_error,
     unpack,
-    with_settings,
 )
 
 #: the most memory the table of re-solved steps may take (bytes); a larger problem runs eagerly. The
@@ -181,8 +178,8 @@ def _segment_function(
     segments are the same tensors; ``carried`` is the backward loop's :func:`pack`-ed state without
     the output buffer, ``tolerances`` (rtol_f, atol_f, rtol_b, atol_b); ``info`` is the two loops'
     :func:`summary`; ``z`` the re-solve's last accepted state (where a failed re-solve stopped). ``c`` is
-    a :func:`~hybrid_node.loop.whole.graph_control` and ``settings`` its
-    :func:`~hybrid_node.loop.whole.settings_vector`, an input of the graph as in the forward one (both
+    a :func:`~hybrid_node.loop.graph_inputs.graph_control` and ``settings`` its
+    :func:`~hybrid_node.loop.graph_inputs.settings_vector`, an input of the graph as in the forward one (both
     loops start from Hairer's step or a carried one: its first entry is not read)."""
     order = int(solver.error_order or 0)
     stages = solver.tableau.stages
