@@ -354,6 +354,74 @@ def _attempts(solver, nfev_before: int) -> int:
     return max(1, (solver.nfev - nfev_before) // stages)
 
 
+#: The algorithms HybridNODE maps whose default step-size controller is OrdinaryDiffEqCore's
+#: PIController (``default_controller(QT, alg) = PIController(QT, alg)``, OrdinaryDiffEqCore
+#: src/alg_utils.jl:730 at OrdinaryDiffEq b211787; AutoTsit5Rodas5P's CompositeController holds two
+#: of them). A non-finite vector field value in a step attempt makes its error estimate ``EEst``
+#: NaN: the step is rejected (``EEst <= 1`` is false) and ``step_reject_controller!`` sets
+#: ``dt /= min(inv(qmin), q11 / gamma)`` with ``q11 = EEst^beta1`` NaN (src/integrators/
+#: controllers.jl:838-842), and Julia's ``min`` propagates NaN, so ``dt`` is NaN and the next
+#: ``check_error`` ends the solve with ``ReturnCode.DtNaN`` before anything else (DiffEqBase 7.18
+#: lib/DiffEqBase/src/check_error.jl:77-80), the state that of the last accepted step. Left out:
+#: VCABM (IController, whose ``@fastmath`` min/max leave a NaN's fate to the compiler) and the
+#: Newton-based KenCarp4/TRBDF2/FBDF/QNDF (a NaN fails the Newton iteration first, which shrinks
+#: ``dt`` by a finite factor: they keep the step-size underflow below).
+NAN_DT_ALGORITHMS = ("Tsit5", "DP5", "BS3", "RK4", "Vern7", "Vern9", "Rodas5P", "Rosenbrock23", "AutoTsit5Rodas5P")
+
+
+class _NonFiniteWatch:
+    """The vector field as the scipy solver calls it, noting the first call whose value is not finite.
+
+    Attributes:
+        calls: the calls made so far.
+        first: the number of the first call (1-based) that returned a non-finite value, or None.
+    """
+
+    def __init__(self, fun):
+        self.fun = fun
+        self.calls = 0
+        self.first: int | None = None
+
+    def __call__(self, t, x):
+        out = self.fun(t, x)
+        self.calls += 1
+        if self.first is None and not np.all(np.isfinite(out)):
+            self.first = self.calls
+        return out
+
+
+def _nonfinite_stop(config, watch: _NonFiniteWatch, calls_before: int, attempts_before: int, solver, maxiters: int):
+    """How upstream's solve ends when a step attempt saw a non-finite vector field value, or None.
+
+    With fixed steps (``adaptive = false``) nothing is rejected: the step is accepted with its NaN
+    state and ``unstable_check`` (``any(isnan, u)``) ends the solve with ``Unstable``, the state not
+    finite (DiffEqBase src/check_error.jl:103-107). With adaptive steps of a PIController algorithm
+    (:data:`NAN_DT_ALGORITHMS`) the rejected attempt's ``dt`` is NaN: ``DtNaN`` at the last accepted
+    step, provided that attempt came within ``maxiters`` (``check_error`` tests ``isnan(dt)`` before
+    ``iter > maxiters``).
+
+    Args:
+        config: the engine's SolveConfig.
+        watch: the field's watch; ``watch.first`` set by the ``step()`` just made.
+        calls_before, attempts_before: the field calls and step attempts before that ``step()``.
+        solver: the scipy solver (its ``n_stages`` evaluations make one explicit attempt).
+        maxiters: the step limit in force.
+
+    Returns:
+        ``(retcode, state_finite)``, or None: no non-finite value in this ``step()``, or an
+        algorithm that keeps scipy's outcome (a step-size underflow).
+    """
+    if watch.first is None or watch.first <= calls_before:
+        return None
+    if config.fixed_step:
+        return "Unstable", False
+    if config.algorithm not in NAN_DT_ALGORITHMS:
+        return None
+    stages = getattr(solver, "n_stages", None) or 1
+    attempt = attempts_before + -(-(watch.first - calls_before) // stages)
+    return ("DtNaN", True) if attempt <= maxiters else None
+
+
 class ArgumentError(Exception):
     """Julia's ArgumentError (what the stand-in's JuliaError carries for a bad argument)."""
 
@@ -541,7 +609,7 @@ class StandinEngine:
         ts = np.asarray(ts, dtype=float)
         _check_output_times(ts)
         x0 = np.asarray(u0, dtype=float).reshape(-1, order="F")
-        fun = lambda t, x: self._f(problem, theta, shape, config, x, t)
+        fun = _NonFiniteWatch(lambda t, x: self._f(problem, theta, shape, config, x, t))
         kw = dict(rtol=config.rtol, atol=config.atol)
         if config.stiff and not isinstance(problem, MLPSpec):
             n = problem.n_state
@@ -560,9 +628,13 @@ class StandinEngine:
         steps, interpolants, retcode, accepted, attempts = [ts[0]], [], "Success", 0, 0
         state_finite = True
         while solver.status == "running" and (fixed_stop is None or solver.t < fixed_stop):
-            before = solver.nfev
+            before, calls, attempts_before = solver.nfev, fun.calls, attempts
             solver.step()
             attempts += _attempts(solver, before)
+            nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, _maxiters(config))
+            if nan_stop is not None:  # upstream's DtNaN (or fixed steps' Unstable): drop this step
+                retcode, state_finite = nan_stop
+                break
             if attempts > maxiters:  # upstream stops before the attempt past the limit: drop this step
                 retcode = "MaxIters"
                 break
@@ -641,7 +713,7 @@ class StandinEngine:
         shape = u0.shape
         ts = np.asarray(ts, dtype=float)
         _check_output_times(ts)
-        fun = lambda t, x: self._f(problem, theta, shape, config, x, t)
+        fun = _NonFiniteWatch(lambda t, x: self._f(problem, theta, shape, config, x, t))
         condition = self._from_julia(bridge.condition)
         affect = self._from_julia(bridge.affect)
         jumped = self._from_julia(bridge.jumped)
@@ -666,9 +738,13 @@ class StandinEngine:
             solver = DOP853(fun, t, x, end, rtol=config.rtol, atol=config.atol, **first)
             restart = False
             while solver.status == "running" and not restart:
-                before = solver.nfev
+                before, calls, attempts_before = solver.nfev, fun.calls, attempts
                 solver.step()
                 attempts += 0 if fixed else _attempts(solver, before)
+                nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, maxiters)
+                if nan_stop is not None:  # DtNaN (fixed steps: Unstable) at the last accepted step, as forward
+                    retcode, state_finite = nan_stop
+                    break
                 if attempts > maxiters:  # check_error's MaxIters, before the attempt past the limit
                     retcode = "MaxIters"
                     break

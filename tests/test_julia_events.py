@@ -356,3 +356,23 @@ def test_a_terminal_search_on_a_step_size_grid_longer_than_max_num_steps_finds_n
         hn.odeint_event(_decay, y0, torch.tensor(0.0), event_fn=below, t_end=1.0, method="euler", options=options)
     assert on_julia.value.status is on_torch.value.status is Status.NO_EVENT
     assert on_julia.value.t == pytest.approx(0.1, rel=1e-12) and on_torch.value.t == pytest.approx(0.1, rel=1e-9)
+
+
+def test_a_nan_vector_field_ends_an_event_solve_as_nonfinite_before_the_nan():
+    # run_events passes the solve's options to init, so the events' solve fails as the plain one:
+    # the attempt meeting the NaN makes the PIController's dt NaN and check_error returns DtNaN
+    # (see tests/julia_standin.py NAN_DT_ALGORITHMS), at the last accepted step. scipy shrinks the
+    # step to an underflow instead, which the stand-in called a step-size underflow.
+    def field(t, y):
+        return torch.where(t > 0.5, torch.full_like(y, float("nan")), -y)
+
+    event = hn.Event(lambda t, y: y[..., :1] + 1.0)  # never crossed: y stays in (0, 1]
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    sol = standin(field, torch.ones(1, 1, dtype=torch.float64), t, event=event, throw=False)
+    assert sol.status is Status.NONFINITE and not sol.events
+    # y(0.25) = exp(-0.25): rtol=1e-10 over a smooth quarter interval, 1e-8 is ample
+    torch.testing.assert_close(float(sol.ys[1, 0, 0]), math.exp(-0.25), rtol=1e-8, atol=0.0)
+    assert torch.isnan(sol.ys[2]).all()
+    with pytest.raises(SolverError) as info:
+        standin(field, torch.ones(1, 1, dtype=torch.float64), t, event=event)
+    assert info.value.status is Status.NONFINITE and 0.25 <= info.value.t <= 0.5

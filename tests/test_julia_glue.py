@@ -1040,3 +1040,43 @@ def test_an_adaptive_trbdf2_solve_asks_julia_for_adaptive_steps(monkeypatch):
     hn.solve(lambda t, y: -y, torch.ones(2), t, solver=trbdf2(), controller=hn.ConstantStepSize(0.1), backend="julia")
     assert [c["options"] for c in calls] == [{"adaptive": True}, {"step_size": 0.1}]
     assert jb.resolve_options(calls[0]["options"], "TRBDF2", t.numpy())[2] is False  # adaptive there
+
+
+def _nan_after_half(t, y):
+    """-y up to t = 0.5, NaN after it (a field that leaves its domain, as log of a negative number)."""
+    return torch.where(t > 0.5, torch.full_like(y, float("nan")), -y)
+
+
+def test_a_nan_vector_field_ends_an_adaptive_solve_with_dtnan_at_the_last_accepted_step():
+    # Upstream: the attempt that meets the NaN has a NaN error estimate, is rejected, and the
+    # PIController's step_reject_controller! makes dt NaN (Julia's min propagates NaN; OrdinaryDiffEqCore
+    # src/integrators/controllers.jl:838-842 at b211787), so check_error returns DtNaN first
+    # (DiffEqBase 7.18 check_error.jl:77-80). scipy instead shrinks the step until it underflows,
+    # which the stand-in reported as Unstable with a finite state: a step-size underflow.
+    problem = jb.make_callbacks(_nan_after_half, (1, 1), (), torch.float64, "cpu")
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 1.0]), _dp5_config())
+    assert not out.success and out.retcode == "DtNaN" and out.state_finite is True
+    # it stops where the last accepted step ended: before the NaN region, and not at the start
+    # (y' = -y at rtol=1e-8 takes steps far shorter than 0.5)
+    assert 0.0 < out.t_reached <= 0.5
+    assert jb.status_from_retcode(out.retcode, out.state_finite) is Status.NONFINITE
+
+
+def test_a_nan_vector_field_is_reported_as_nonfinite_on_both_backends():
+    y0, t = torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(SolverError) as julia:
+        _solve(_nan_after_half, y0, t)
+    with pytest.raises(SolverError) as torch_backend:
+        hn.odeint(_nan_after_half, y0, t, rtol=1e-8, atol=1e-10)
+    assert julia.value.status is torch_backend.value.status is Status.NONFINITE
+    assert julia.value.t <= 0.5  # upstream stops at its last accepted step, before the NaN
+
+
+def test_a_nan_vector_field_with_fixed_steps_is_unstable_with_a_nonfinite_state():
+    # adaptive = false rejects nothing: the NaN step is accepted and unstable_check (any(isnan, u))
+    # ends the solve with Unstable (DiffEqBase check_error.jl:103-107), the state not finite.
+    config = dataclasses.replace(_dp5_config(), algorithm="RK4", dt=0.1, fixed_step=True)
+    problem = jb.make_callbacks(_nan_after_half, (1, 1), (), torch.float64, "cpu")
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 1.0]), config)
+    assert not out.success and out.retcode == "Unstable" and out.state_finite is False
+    assert jb.status_from_retcode(out.retcode, out.state_finite) is Status.NONFINITE
