@@ -202,7 +202,7 @@ def test_a_field_the_compiler_would_split_runs_eagerly_after_one_warning(float64
 
 
 def test_compiled_graphs_use_the_exp_form_of_tanh_unless_torch_is_told_not_to(monkeypatch):
-    """The solver's graphs set Inductor's decomposed tanh (docs/compiled_solve.md, "tanh on the CPU");
+    """The solver's graphs set Inductor's decomposed tanh (docs/compiled/cpu_kernels.md, "tanh on the CPU");
     torch's own environment variable turns it off; CUDA graphs are asked for only when wanted and the
     C++ wrapper only on the CPU; the loop operators are marked cacheable for torch's on-disk caches."""
     from hybrid_node.loop.inductor import inductor_options

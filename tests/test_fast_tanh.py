@@ -88,7 +88,7 @@ def test_the_solvers_cpu_graphs_keep_the_rationals_error_bounds_with_contracted_
     assert options["cpp.enable_floating_point_contract_flag"] == "fast"  # Horner steps as FMAs
     with torch.no_grad():
         e = errors(compile_for(own_code(lambda x: torch.tanh(x)), cpu=True, options=options))
-    # the bounds of the uncontracted rational (docs/compiled_solve.md, "tanh on the CPU"); measured
+    # the bounds of the uncontracted rational (docs/compiled/cpu_kernels.md, "tanh on the CPU"); measured
     # with FMAs: 3.0e-7, 3.2e-7, 2.9e-7
     assert e["abs"] < 3.4e-7 and e["rel |x|<1"] < 3.3e-7 and e["rel 1e-30..1"] < 3.0e-7
 

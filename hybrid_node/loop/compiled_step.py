@@ -171,7 +171,8 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
             options = inductor_options(mode == "reduce-overhead", cpu=kind == "cpu")
             # one graph or none: a field the compiler splits (a graph break, e.g. at
             # ``torch.autograd.grad`` in an exact CNF trace) would return to Python inside every
-            # stage and ran slower than eagerly (docs/compiled_solve.md), so it raises and runs eagerly
+            # stage and ran slower than eagerly (docs/compiled/fixes.md, "Fields that take their own
+            # gradient, and graph breaks"), so it raises and runs eagerly
             graph = compiled[kind] = compile_for(own_code(values), kind == "cpu", fullgraph=True, options=options)
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
         # is common) must be a graph input, not a constant guarded on: else every call recompiles

@@ -3,7 +3,7 @@
 A neural field's linear layers are small products (a batch of 512 states through a 64x64 weight)
 repeated in every stage of every step. Inside the solver's compiled graphs Inductor leaves them to
 the BLAS library torch links (MKL), which on some AVX-512 CPUs runs a 256-bit kernel: on an AMD
-Zen 5 core MKL's ``sgemm`` took 40 us for 512x64 @ 64x64, this kernel 18 us (docs/compiled_solve.md,
+Zen 5 core MKL's ``sgemm`` took 40 us for 512x64 @ 64x64, this kernel 18 us (docs/compiled/cpu_kernels.md,
 "An own product kernel"). While :func:`own_products` is open, Inductor lowers a float32 CPU ``mm``
 to a call of :data:`SOURCE`, generated into the graph's kernel file and compiled with it; other
 products keep torch's lowering.

@@ -1,6 +1,6 @@
 """A rational ``tanh`` for the float32 kernels of the CPU graphs a solve compiles.
 
-A tanh MLP field spends much of an evaluation in ``tanh`` (docs/compiled_solve.md, "tanh on the
+A tanh MLP field spends much of an evaluation in ``tanh`` (docs/compiled/cpu_kernels.md, "tanh on the
 CPU"). Inductor's exp form ``2 / (1 + exp(-2x)) - 1`` costs one vectorised ``exp`` per element; this
 odd rational function costs nine multiply-adds and one division:
 

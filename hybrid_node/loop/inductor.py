@@ -7,7 +7,7 @@ rational float32 ``tanh`` (:func:`rational_tanh_codegen`) and, on CPUs with 512-
 products as calls of the solver's own kernel (:mod:`~hybrid_node.loop.cpu_gemm`), and compiles the
 graph's two C++ files on two cores (:func:`parallel_cpp_builds`), each for the length of the
 solver's own compilations: the user's other ``torch.compile`` graphs are left as torch makes them.
-Measurements behind each setting: docs/compiled_solve.md.
+Measurements behind each setting: docs/compiled/cpu_kernels.md and docs/compiled/first_call.md.
 
 Reference: Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
 Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo and TorchInductor).
@@ -80,7 +80,7 @@ def inductor_options(cuda_graphs: bool = False, cpu: bool = False) -> dict:
     bought nothing: the mlp adjoint's first call 9.7-9.9 instead of 10.0-10.2 s and the forward
     solve's 6.1 instead of 6.3-6.4 s; the adjoint step, the forward solve, the conv forward solve and
     the CNF's direct step no slower, the mlp direct training step 5.5 instead of 6.4 ms (interleaved,
-    docs/compiled_solve.md).
+    docs/compiled/first_call.md, "The backward graph's stages in a loop, and no pattern matcher").
     ``triton.cudagraphs``: replay the graph as a CUDA graph (mode "reduce-overhead").
 
     Args:
@@ -303,7 +303,7 @@ def cpu_decompositions(table: dict) -> dict:
       own. Written as a sum, the bias add fuses into the kernel that consumes the product (a field's
       activation, the stage sum after its last layer). The same sum in the same precision (the
       benchmark's direct training step gave bit-identical gradients); the MLP's forward solve is 2-3%
-      faster (docs/compiled_solve.md). Torch itself unfuses it this way on GPUs
+      faster (docs/compiled/cpu_kernels.md). Torch itself unfuses it this way on GPUs
       (``unfuse_bias_add_to_pointwise``). Other scalings, bias shapes and dtypes keep the table's entry.
     - ``aten.mm`` with at most 4 output columns and rows contiguous along the inner dimension (a
       field's output layer, e.g. 64 -> 2): one dot product per output element, written as
@@ -311,7 +311,7 @@ def cpu_decompositions(table: dict) -> dict:
       its input through the producer's code, so the layer before it (bias and tanh) is computed
       inside the same loop and never written to memory, where the library GEMM needs it written,
       and for so few columns spends most of its time on call and packing (11.9 us of an MLP
-      evaluation's ~100). MLP forward solve ~5% faster, adjoint step ~2% (docs/compiled_solve.md).
+      evaluation's ~100). MLP forward solve ~5% faster, adjoint step ~2% (docs/compiled/cpu_kernels.md).
       Float32 and float64 only; the backward pass's products (other shapes) keep the GEMM. A layer
       with a bias (``addmm``) adds the bias to each column's sum: added afterwards, the (columns,)
       bias broadcast over the rows kept Inductor from running the (rows, columns) kernels that

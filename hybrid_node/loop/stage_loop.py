@@ -14,7 +14,7 @@ loops over the stages only where that stack is small
 (:meth:`~hybrid_node.loop.whole.WholeSolve.loops_stages`). The forward graphs keep the unrolled
 stages: there the loop's own cost per stage (a predicate, the stack written anew) is a large part of
 a cheap field's evaluation (the mlp forward solve 1.9 instead of 1.3 ms). Measurements:
-docs/compiled_solve.md, "First-call compile time".
+docs/compiled/first_call.md, "The backward graph's stages in a loop, and no pattern matcher".
 
 The same sums in another order: the step's results equal the unrolled step's up to rounding.
 

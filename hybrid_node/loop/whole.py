@@ -380,7 +380,8 @@ class WholeSolve:
         every stage writes the whole buffer anew (a loop may not update its input in place), which
         for a large state costs more than the field (the conv adjoint's 25 MB buffer: its step 637
         instead of 526 ms). Not on a GPU, where each iteration of a loop makes the host wait for
-        the device's predicate. docs/compiled_solve.md, "First-call compile time".
+        the device's predicate. docs/compiled/first_call.md, "The backward graph's stages in a loop, and no
+        pattern matcher".
         """
         size = solver.tableau.stages * state.numel() * state.element_size()
         return self._may_loop_stages and size <= STAGE_BUFFER_BYTES

@@ -16,7 +16,7 @@ output's row, and the derivative at the new state is evaluated under ``torch.con
 the steps are the host loop's, up to the rounding of compiled kernels. An earlier design called the
 graph once per output interval and applied the impulse on the host between calls; the single call
 saves a guard check, a host read and the impulse's ``cat`` per output (about 30% of the backward pass
-of a 50-output MLP problem, docs/compiled_solve.md).
+of a 50-output MLP problem, docs/compiled/adjoint_graphs.md).
 """
 
 from __future__ import annotations
