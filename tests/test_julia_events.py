@@ -376,3 +376,4 @@ def test_a_nan_vector_field_ends_an_event_solve_as_nonfinite_before_the_nan():
     with pytest.raises(SolverError) as info:
         standin(field, torch.ones(1, 1, dtype=torch.float64), t, event=event)
     assert info.value.status is Status.NONFINITE and 0.25 <= info.value.t <= 0.5
+    assert "the state here is finite" in str(info.value)  # the field's NaN named, not an overflow

@@ -1070,6 +1070,10 @@ def test_a_nan_vector_field_is_reported_as_nonfinite_on_both_backends():
         hn.odeint(_nan_after_half, y0, t, rtol=1e-8, atol=1e-10)
     assert julia.value.status is torch_backend.value.status is Status.NONFINITE
     assert julia.value.t <= 0.5  # upstream stops at its last accepted step, before the NaN
+    # the cause named is the field (the state is finite where the solve stopped), as on the torch backend
+    # (the status's generic message also names an overflow, which a finite state rules out)
+    assert "the state here is finite" in str(julia.value) and "DtNaN" in str(julia.value)
+    assert "vector field returned NaN" in str(torch_backend.value)
 
 
 def test_a_nan_vector_field_with_fixed_steps_is_unstable_with_a_nonfinite_state():

@@ -618,6 +618,33 @@ def status_from_retcode(retcode: str, state_finite: bool | None = None) -> Statu
     return Status.FAILED
 
 
+def retcode_cause(retcode: str) -> str:
+    """What a SciML return code says about the failure beyond its :class:`Status`, or "".
+
+    ``DtNaN``: an adaptive step attempt's error estimate was NaN, which makes the rejected step's
+    new ``dt`` NaN (OrdinaryDiffEqCore's PIController divides ``dt`` by ``min(inv(qmin),
+    EEst^beta1 / gamma)``, NaN propagating through Julia's ``min``) and ``check_error`` stops the solve
+    (SciMLBase src/integrator_interface.jl, DiffEqBase 7 lib/DiffEqBase/src/check_error.jl). The
+    accepted state is finite; a NaN or infinite value of the vector field in that attempt is what
+    makes the estimate NaN.
+
+    Args:
+        retcode: the return code's name (``"ReturnCode.DtNaN"`` or ``"DtNaN"``).
+
+    Returns:
+        The explanation for :class:`SolverError`'s ``cause`` ("" for the other codes: the status's
+        own message applies).
+    """
+    if retcode.rsplit(".", 1)[-1].strip() != "DtNaN":
+        return ""
+    return (
+        "The vector field returned NaN or infinite values in the step attempted after this time (the state "
+        "here is finite), so the step's error estimate and then its size became NaN. "
+        "Look for a log, sqrt, power or division whose argument leaves its domain, or NaN/inf parameters; "
+        "keep the field finite or end the solve before this time."
+    )
+
+
 @dataclasses.dataclass
 class _Run:
     """One solve's fixed data, shared by the autograd Function's forward and backward."""
@@ -682,7 +709,7 @@ class _JuliaSolve(torch.autograd.Function):
         if not out.success:
             reached = out.t_reached if out.t_reached is not None else out.t_final
             status = status_from_retcode(out.retcode, out.state_finite)
-            raise SolverError(status, sign * reached, f"Julia retcode {out.retcode}")
+            raise SolverError(status, sign * reached, f"Julia retcode {out.retcode}", retcode_cause(out.retcode))
         run.stats = out.stats
         ys = torch.from_numpy(np.ascontiguousarray(np.transpose(out.ys, (2, 1, 0))))
         ys = ys.to(dtype=y0.dtype)

@@ -270,7 +270,10 @@ def solve_events(
     if event_fn is not None:
         return _terminal_solution(bridge, m0, layout, t, out.stats, status, reached, throw, config.maxiters)
     if status is not Status.SUCCESS and throw:
-        raise SolverError(status, reached, f"Julia retcode {out.retcode}" if not out.success else "")
+        detail, cause = (
+            (f"Julia retcode {out.retcode}", backend.retcode_cause(out.retcode)) if not out.success else ("", "")
+        )
+        raise SolverError(status, reached, detail, cause)
     saved = np.transpose(np.asarray(out.ys, dtype=np.float64), (2, 1, 0))  # (T', B, D)
     ys = torch.full((len(ts), layout.batch, layout.dim), float("nan"), dtype=m0.dtype, device=m0.device)
     ys[: saved.shape[0]] = torch.from_numpy(np.ascontiguousarray(saved)).to(m0.dtype)
