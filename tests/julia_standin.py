@@ -167,6 +167,71 @@ def python_exception(jl_exc, depth: int = 0):
     return None
 
 
+class JuliaVector:
+    """A Julia ``Vector{Float64}`` as a Python callback receives it: a ``juliacall.VectorValue``.
+
+    Julia converts the arguments of a Python call with ``Py(x)``; for an array that is
+    ``pyjl(x)`` (PythonCall 0.9.34 src/JlWrap/base.jl:141, ``Py(x) = ... pyjl(x)``), a
+    ``juliacall.VectorValue`` wrapping the Julia vector (src/JlWrap/vector.jl:126-164), not a
+    numpy array. What the stand-in keeps of its ``ArrayValue`` interface (src/JlWrap/array.jl:335-375):
+    ``__array_interface__`` over the Julia memory (so ``np.asarray`` makes a view and no copy), ``__array__``,
+    ``to_numpy``, ``shape``, ``ndim``, ``copy``, 0-based indexing and ``len``. numpy's own methods and
+    operators (``.reshape(..., order=)``, ``.astype``, ``+``) are not there: the Python side must convert
+    with ``np.asarray`` first.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, values):
+        self._data = np.array(values, dtype=float).reshape(-1)  # callback.jl's flat_copy: a fresh vector
+
+    @property
+    def __array_interface__(self):
+        return self._data.__array_interface__
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(self._data, dtype=dtype, copy=copy)
+
+    def to_numpy(self, dtype=None, copy=True, order="K"):
+        return np.array(self._data, dtype=dtype, copy=copy, order=order)
+
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def ndim(self):
+        return 1
+
+    def copy(self):
+        return JuliaVector(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def __getitem__(self, k):
+        return self._data[k]
+
+
+def _to_python(x):
+    """An argument of a Python call from Julia, as PythonCall converts it (``Py(x)``, src/Core/Py.jl).
+
+    Args:
+        x: the value the stand-in hands over.
+
+    Returns:
+        A :class:`JuliaVector` for an array, a Python float or int for a numpy scalar
+        (``Py(::Float64) = pyfloat(x)``, ``Py(::Integer) = pyint(x)``), ``x`` itself otherwise.
+    """
+    if isinstance(x, np.ndarray):
+        return JuliaVector(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def _from_julia(fn, wrap: bool = False):
     """Call a Python callback as Julia would, and let its exception out as juliacall does.
 
@@ -175,14 +240,16 @@ def _from_julia(fn, wrap: bool = False):
         wrap: play a solver layer that wraps the PyException in another Julia exception.
 
     Returns:
-        The callback, raising as it comes out of the engine: the exception itself (PythonCall
-        restores a PyException that reaches the boundary, src/JlWrap/base.jl), or with ``wrap`` a
-        JuliaError holding it nested.
+        The callback, taking its arguments as PythonCall converts them (:func:`_to_python`) and
+        raising as it comes out of the engine: the exception itself (PythonCall restores a
+        PyException that reaches the boundary, src/JlWrap/base.jl), or with ``wrap`` a JuliaError
+        holding it nested.
     """
-    if not wrap:
-        return fn
 
     def call(*args):
+        args = tuple(_to_python(a) for a in args)
+        if not wrap:
+            return fn(*args)
         try:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - re-raised wrapped, as through a wrapping solver layer
@@ -417,8 +484,9 @@ def _nonfinite_stop(config, watch: _NonFiniteWatch, calls_before: int, attempts_
         return "Unstable", False
     if config.algorithm not in NAN_DT_ALGORITHMS:
         return None
-    stages = getattr(solver, "n_stages", None) or 1
-    attempt = attempts_before + -(-(watch.first - calls_before) // stages)
+    stages = getattr(solver, "n_stages", None)
+    # an explicit attempt is n_stages calls (see _attempts); Radau's step() counts as one attempt
+    attempt = attempts_before + (-(-(watch.first - calls_before) // stages) if stages else 1)
     return ("DtNaN", True) if attempt <= maxiters else None
 
 

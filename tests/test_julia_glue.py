@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from julia_standin import DEFAULT_MAXITERS, JuliaError, StandinEngine
+from julia_standin import DEFAULT_MAXITERS, JuliaError, JuliaVector, StandinEngine
 from torch import nn
 
 import hybrid_node as hn
@@ -1084,3 +1084,24 @@ def test_a_nan_vector_field_with_fixed_steps_is_unstable_with_a_nonfinite_state(
     out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 1.0]), config)
     assert not out.success and out.retcode == "Unstable" and out.state_finite is False
     assert jb.status_from_retcode(out.retcode, out.state_finite) is Status.NONFINITE
+
+
+def test_callbacks_receive_juliacall_vectors_not_numpy_arrays():
+    # PythonCall hands a Julia Vector{Float64} to Python as juliacall.VectorValue (Py(x) = pyjl(x),
+    # src/JlWrap/base.jl:141), and Float64 as a Python float: the glue must convert with np.asarray
+    # and never rely on ndarray methods. The stand-in handed numpy arrays over, which hid that.
+    seen = []
+    problem = jb.make_callbacks(lambda t, m: -m, (2, 1), (), torch.float64, "cpu")
+    f = problem.f
+
+    def watched(u, t):
+        seen.append((type(u), type(t)))
+        return f(u, t)
+
+    problem = dataclasses.replace(problem, f=watched)
+    out = StandinEngine().forward(problem, np.ones((1, 2)), np.zeros(1), np.array([0.0, 1.0]), _dp5_config())
+    assert out.success and seen
+    assert all(u is JuliaVector and t is float for u, t in seen)
+    assert not hasattr(JuliaVector(np.ones(2)), "astype")  # no ndarray API to lean on
+    # y' = -y solved at rtol=1e-8: 1e-7 of exp(-1) leaves room for the accumulated error
+    np.testing.assert_allclose(out.ys[..., -1], np.exp(-1.0) * np.ones((1, 2)), rtol=1e-7)
