@@ -888,6 +888,18 @@ class AdjointRun:
         self.ts: list[float] = list(problem.ts)
         self.norm = NormOption(problem, plan, self.n_channels, params)
 
+    def adopt(self, states: dict[float, torch.Tensor], stats: Stats) -> None:
+        """Take a forward solution computed elsewhere (an event loop) instead of running ``forward``.
+
+        Args:
+            states: the flat states (no graph) at increasing solver times, both ends included; the
+                backward pass takes their cotangents (as the outputs') and resets what it holds of the
+                forward state to them.
+            stats: the solve's counters; the backward pass adds its work to them.
+        """
+        self.ts = sorted(states)
+        self.integration = Integration([states[s] for s in self.ts], stats, Status.SUCCESS, self.ts[-1])
+
     def reached(self, ys: torch.Tensor, grad_ys: torch.Tensor) -> tuple[list[float], torch.Tensor, torch.Tensor]:
         """The output times, outputs and cotangents the forward solve reached (:func:`reached_outputs`).
 
@@ -933,6 +945,86 @@ class AdjointRun:
             "atol": channel_tolerance(self.plan.atol, self.n_channels, state_like, n_params),
             "norm": self.norm.resolve(),
         }
+
+    def field_vjp(
+        self, fterm, r: float, z: torch.Tensor, a: torch.Tensor, perturb: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The field at backward time ``r`` and forward state ``z``, and its vector-Jacobian products
+        with the adjoint ``a``: the right-hand side of the adjoint equations (Chen et al. 2018, eq. 4).
+
+        Args:
+            fterm: the forward term (solver time, without callbacks).
+            r: backward time (``s = -r``).
+            z, a: the forward state and the adjoint, both shaped as a forward output.
+            perturb: the backward solver's one-float nudge of ``r`` (a left or right limit at a jump).
+
+        Returns:
+            ``(g, [a^T dg/dz, *(a^T dg/dp for p in params)])``, ``g`` still holding its graph.
+        """
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            g = fterm(-r, z, -perturb)  # one float later in r is one float earlier in s
+            return g, vjp(g, (z,) + self.params, a)
+
+    def solve_backward(
+        self,
+        term: AugmentedTerm,
+        x: torch.Tensor,
+        ts: Sequence[float],
+        ys: torch.Tensor,
+        at_output: Callable,
+        stops: Sequence[float] = (),
+        impulses: Impulses | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """The eager backward solve of the augmented state ``x`` from the last reached output to the first.
+
+        Args:
+            term: the augmented field; x: the augmented state at the last output.
+            ts, ys: the reached output times and outputs (:meth:`reached`).
+            at_output, stops, impulses: as for :func:`run_backward`.
+
+        Returns:
+            ``(x at ts[0], accepted backward steps)``; ``(x, 0)`` for a lone output (nothing to solve).
+        """
+        if len(ts) < 2:
+            return x, 0
+        rs = [-s for s in reversed(ts)]
+        n_params = x.numel() - self.n_channels * ys[0].numel()  # x: the state-sized channels, then q
+        tol = self.tolerances(ys[0], n_params)
+        result = run_backward(
+            self.problem, self.plan, term, x, rs, at_output=at_output, stops=stops, ts=ts, impulses=impulses, **tol
+        )
+        return result.ys[-1], result.stats.n_accepted
+
+    def gradients(
+        self,
+        need_t: bool,
+        tterm,
+        ts: Sequence[float],
+        ys: torch.Tensor,
+        grad_ys: torch.Tensor,
+        a0: torch.Tensor,
+        q: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, list[torch.Tensor]]:
+        """What ``backward`` returns, from the adjoint and parameter channel at the first output.
+
+        Args:
+            need_t: whether the output times need gradients.
+            tterm: the term that evaluates the field for the time gradients.
+            ts, ys, grad_ys: the reached output times, outputs and cotangents (:meth:`reached`).
+            a0: the adjoint at ``ts[0]`` (without the cotangent of the output ``y0``).
+            q: the flat parameter channel at ``ts[0]``.
+
+        Returns:
+            ``(dL/dt or None, dL/dy0, [dL/dp for p in params])``.
+        """
+        assert self.integration is not None  # set by forward or adopt
+        grad_t = None
+        if need_t:
+            # an event solve that found no event (throw=False) ends at t_end: its usual dL/dt there
+            event = self.integration.event_t is not None
+            grad_t = time_gradients(self.problem, tterm, ts, ys, grad_ys, a0, event=event)
+        return grad_t, a0 + grad_ys[0], split_params(q, self.params)
 
     def count_backward(self, nfe: int, steps: int) -> None:
         """Add the backward pass's evaluations of the user's field and its accepted steps to the stats."""

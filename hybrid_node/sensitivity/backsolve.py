@@ -37,11 +37,8 @@ from ._backward import (
     AdjointRun,
     AugmentedTerm,
     channel_part,
-    run_backward,
     split_params,
-    time_gradients,
     traceable_vjp,
-    vjp,
 )
 
 
@@ -72,17 +69,6 @@ class Backsolve(AdjointRun):
             self.ts = [problem.ts[0], self.integration.event_t]
         return torch.stack(self.integration.ys)
 
-    def adopt(self, states: dict[float, torch.Tensor], stats: Stats) -> None:
-        """Take a forward solution computed elsewhere (an event loop) instead of running :meth:`forward`.
-
-        Args:
-            states: the flat states (no graph) at increasing solver times, both ends included; the
-                backward pass takes their cotangents and resets the reconstructed state to them.
-            stats: the solve's counters; the backward pass adds its work to them.
-        """
-        self.ts = sorted(states)
-        self.integration = Integration([states[s] for s in self.ts], stats, Status.SUCCESS, self.ts[-1])
-
     def backward(self, ys: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
         """Solve the augmented system from the last output time to the first.
 
@@ -101,11 +87,7 @@ class Backsolve(AdjointRun):
         x = torch.cat([ys[-1].reshape(-1), a_end.reshape(-1), q0])
 
         def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-            s = -r
-            with torch.enable_grad():
-                z = xx[:n].detach().reshape(shape).requires_grad_(True)
-                g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
-                grads = vjp(g, (z,) + params, xx[n : 2 * n].reshape(shape))
+            g, grads = self.field_vjp(fterm, r, xx[:n].reshape(shape), xx[n : 2 * n].reshape(shape), perturb)
             out = torch.cat([g.detach().reshape(-1).to(dtype)] + [channel_part(gr, dtype) for gr in grads])
             out[:n].neg_()  # dz/dr = -g, negated in place rather than as one more tensor
             return out
@@ -122,23 +104,14 @@ class Backsolve(AdjointRun):
         term = AugmentedTerm(field, problem, unpack)
         if self.plan.solver.compile:
             term.pure_field = traceable_augmented_field(problem, params, dtype)
-        steps = 0
-        if last > 0:
-            rs = [-s for s in reversed(ts)]
-            tol = self.tolerances(ys[0], q0.numel())
-            impulses = output_impulses(ys, grad_ys) if self.plan.solver.compile else None
-            result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, ts=ts, impulses=impulses, **tol)
-            x = result.ys[-1]
-            steps = result.stats.n_accepted
-        a0 = x[n : 2 * n].reshape(shape)
-        grad_t = None
+        impulses = output_impulses(ys, grad_ys) if self.plan.solver.compile and last > 0 else None
+        x, steps = self.solve_backward(term, x, ts, ys, at_output, impulses=impulses)
         tterm = problem.term()
-        if need_t:
-            grad_t = time_gradients(problem, tterm, ts, ys, grad_ys, a0, event=self.integration.event_t is not None)
+        out = self.gradients(need_t, tterm, ts, ys, grad_ys, x[n : 2 * n].reshape(shape), x[2 * n :])
         # every evaluation of the user's field in this pass: one per augmented evaluation (eager or
         # compiled), plus the time gradients'
         self.count_backward(term.nfe + tterm.nfe, steps)
-        return grad_t, a0 + grad_ys[0], split_params(x[2 * n :], params)
+        return out
 
 
 def output_impulses(ys: torch.Tensor, grad_ys: torch.Tensor) -> Impulses:

@@ -26,13 +26,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._errors import SolverError, Status
+from .._errors import SolverError
 from .._problem import Problem
 from .._solution import Stats
 from .._term import PureField, term_field
 from ..controllers import ConstantStepSize
 from ..loop import integrate, whole_segments
-from ..loop.host import Integration, integrate_fixed
+from ..loop.host import integrate_fixed
 from ._backward import (
     AdjointRun,
     AugmentedTerm,
@@ -42,11 +42,8 @@ from ._backward import (
     forward_grid,
     in_backward,
     merge_times,
-    run_backward,
     split_params,
-    time_gradients,
     traceable_vjp,
-    vjp,
 )
 
 
@@ -168,12 +165,10 @@ class Interpolating(AdjointRun):
                 outputs whose cotangents the backward pass takes.
             stats: the solve's counters; the backward pass adds its work to them.
         """
-        times = sorted(states)
-        self.ts = times
-        self.cps = times
+        super().adopt(states, stats)
+        self.cps = self.ts
         self.grid = None
         self.states = dict(states)
-        self.integration = Integration([states[s] for s in times], stats, Status.SUCCESS, times[-1])
 
     def _resolve(self, j: int, term) -> _Segment:
         """Re-solve checkpoint interval j forwards with dense output (no graph)."""
@@ -289,11 +284,7 @@ class Interpolating(AdjointRun):
             return current[0](s)
 
         def field(r: float, xx: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-            s = -r
-            with torch.enable_grad():
-                z = z_at(s).detach().reshape(shape).requires_grad_(True)
-                g = fterm(s, z, -perturb)  # one float later in r is one float earlier in s
-                grads = vjp(g, (z,) + params, xx[:n].reshape(shape))
+            _, grads = self.field_vjp(fterm, r, z_at(-r).reshape(shape), xx[:n].reshape(shape), perturb)
             return torch.cat([channel_part(gr, dtype) for gr in grads])
 
         def at_output(j: int, xx: torch.Tensor) -> torch.Tensor:
@@ -310,22 +301,13 @@ class Interpolating(AdjointRun):
         whole = self._whole_backward(term, fterm, rterm, ys, grad_ys, x) if 0 < last == len(self.ts) - 1 else None
         if whole is not None:
             x, steps = whole
-        elif last > 0:
-            rs = [-s for s in reversed(ts)]
+        else:
             stops = [-c for c in reversed(cps[1:-1])]
-            tol = self.tolerances(ys[0], q0.numel())
-            result = run_backward(problem, self.plan, term, x, rs, at_output=at_output, stops=stops, ts=ts, **tol)
-            x = result.ys[-1]
-            steps = result.stats.n_accepted
+            x, steps = self.solve_backward(term, x, ts, ys, at_output, stops=stops)
         current[0] = None
-        a0 = x[:n].reshape(shape)
-        grad_t = None
-        if need_t:
-            # an event solve that found no event (throw=False) ends at t_end: its usual dL/dt there
-            event = self.integration.event_t is not None
-            grad_t = time_gradients(problem, fterm, ts, ys, grad_ys, a0, event=event)
+        out = self.gradients(need_t, fterm, ts, ys, grad_ys, x[:n].reshape(shape), x[n:])
         self.count_backward(fterm.nfe + rterm.nfe, steps)
-        return grad_t, a0 + grad_ys[0], split_params(x[n:], params)
+        return out
 
 
 def traceable_interpolating_field(
