@@ -490,6 +490,39 @@ def _nonfinite_stop(config, watch: _NonFiniteWatch, calls_before: int, attempts_
     return ("DtNaN", True) if attempt <= maxiters else None
 
 
+def _initial_nonfinite_stop(config, ts: np.ndarray, f0: np.ndarray) -> tuple[str, bool, float] | None:
+    """How upstream's solve ends when the vector field is not finite at the initial state, or None.
+
+    With adaptive steps and no first step given, ``ode_determine_initdt`` finds the norm of ``f0``
+    NaN, warns "First function call produced NaNs" and returns ``tdir * dtmin = 0``
+    (OrdinaryDiffEqCore src/initdt.jl:189-198 at b211787); ``loopheader!``'s ``fix_dt_at_bounds!``
+    raises it to ``timedepentdtmin = eps(t0)`` (src/integrators/integrator_utils.jl:1243-1256,
+    DiffEqBase src/utils.jl:93), and ``check_error``'s ``dt_epsilon`` branch ends the solve before
+    any step, since ``accept_step`` starts false (src/solve.jl:710): ``Unstable`` at ``t0`` with the
+    finite ``u0``. With a first step (``first_step``) the first attempt meets the NaN: ``DtNaN``
+    for the PIController algorithms (:func:`_nonfinite_stop`; the others are taken to fail their
+    Newton iteration down to the same ``Unstable``). With fixed steps the first step is accepted
+    and ``unstable_check`` stops on its NaN state: ``Unstable`` at ``t0 + dt`` (or the first tstop).
+    scipy's initial step is NaN there instead, and its step loop never ends.
+
+    Args:
+        config: the engine's SolveConfig.
+        ts: the output times.
+        f0: the vector field at ``(ts[0], u0)``.
+
+    Returns:
+        ``(retcode, state_finite, t_reached)``, or None when ``f0`` is finite.
+    """
+    if np.all(np.isfinite(f0)):
+        return None
+    t0 = float(ts[0])
+    if config.fixed_step:
+        return "Unstable", False, min(t0 + float(config.dt), float(ts[1]))
+    if config.dt is not None and config.algorithm in NAN_DT_ALGORITHMS:
+        return "DtNaN", True, t0
+    return "Unstable", True, t0
+
+
 class ArgumentError(Exception):
     """Julia's ArgumentError (what the stand-in's JuliaError carries for a bad argument)."""
 
@@ -695,7 +728,10 @@ class StandinEngine:
             maxiters = sys.maxsize
         steps, interpolants, retcode, accepted, attempts = [ts[0]], [], "Success", 0, 0
         state_finite = True
-        while solver.status == "running" and (fixed_stop is None or solver.t < fixed_stop):
+        start = _initial_nonfinite_stop(config, ts, fun(ts[0], x0.copy()))  # initdt's f0
+        if start is not None:
+            retcode, state_finite, _ = start
+        while start is None and solver.status == "running" and (fixed_stop is None or solver.t < fixed_stop):
             before, calls, attempts_before = solver.nfev, fun.calls, attempts
             solver.step()
             attempts += _attempts(solver, before)
@@ -715,7 +751,7 @@ class StandinEngine:
             accepted += 1
             steps.append(solver.t)
             interpolants.append(solver.dense_output())
-        reached = float(steps[-1])
+        reached = float(steps[-1]) if start is None else start[2]
         if fixed_stop is not None and retcode == "Success":
             retcode, reached = "MaxIters", fixed_stop
         success = retcode == "Success"
@@ -796,6 +832,9 @@ class StandinEngine:
         # integrator.iter counts every attempt of the whole solve, across events (see forward)
         maxiters, attempts = _maxiters(config), 0
         fixed = bool(config.fixed_step)
+        start = _initial_nonfinite_stop(config, ts, fun(t, x.copy()))  # init's initdt, as in forward
+        if start is not None:
+            retcode, state_finite, t = start
         while t < ts[-1] and not terminated and retcode == "Success":
             end, stop, stops = ts[-1], None, None
             if fixed:  # the segment's grid starts at t (y0, or the last event) and ends on every tstop

@@ -377,3 +377,17 @@ def test_a_nan_vector_field_ends_an_event_solve_as_nonfinite_before_the_nan():
         standin(field, torch.ones(1, 1, dtype=torch.float64), t, event=event)
     assert info.value.status is Status.NONFINITE and 0.25 <= info.value.t <= 0.5
     assert "the state here is finite" in str(info.value)  # the field's NaN named, not an overflow
+
+
+def test_a_nan_field_at_the_start_of_an_event_solve_is_named_as_on_the_torch_backend():
+    # Upstream stops before any step (initdt's NaN f0 -> dt = 0 -> eps(t0) -> check_error's
+    # Unstable with u0 finite, see tests/julia_standin.py _initial_nonfinite_stop); the glue
+    # evaluates the field at (t0, y0) instead of reporting a step-size underflow.
+    event = hn.Event(lambda t, y: y[..., :1] + 1.0)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    field = lambda t, y: y * float("nan")  # noqa: E731
+    sol = standin(field, torch.ones(1, 1, dtype=torch.float64), t, event=event, throw=False)
+    assert sol.status is Status.NONFINITE and not sol.events
+    with pytest.raises(SolverError, match="returned NaN at t=0 on a finite state") as info:
+        standin(field, torch.ones(1, 1, dtype=torch.float64), t, event=event)
+    assert info.value.status is Status.NONFINITE and info.value.t == 0.0

@@ -1105,3 +1105,38 @@ def test_callbacks_receive_juliacall_vectors_not_numpy_arrays():
     assert not hasattr(JuliaVector(np.ones(2)), "astype")  # no ndarray API to lean on
     # y' = -y solved at rtol=1e-8: 1e-7 of exp(-1) leaves room for the accumulated error
     np.testing.assert_allclose(out.ys[..., -1], np.exp(-1.0) * np.ones((1, 2)), rtol=1e-7)
+
+
+def _nan_everywhere(t, y):
+    return y * float("nan")
+
+
+def test_a_nan_field_at_the_start_stops_upstream_before_any_step_as_an_apparent_underflow():
+    # Upstream: initdt finds f0 NaN and returns dt = 0 (OrdinaryDiffEqCore src/initdt.jl:189-198),
+    # fix_dt_at_bounds! raises it to eps(t0) and check_error's dt_epsilon branch stops before any
+    # step (accept_step starts false, src/solve.jl:710): Unstable at t0 with u0 finite. scipy's NaN
+    # first step never ended its step loop, so the stand-in hung here.
+    problem = jb.make_callbacks(_nan_everywhere, (1, 1), (), torch.float64, "cpu")
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 1.0]), _dp5_config())
+    assert (out.retcode, out.state_finite, out.t_reached) == ("Unstable", True, 0.0)
+
+
+@pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)], ids=["increasing", "decreasing"])
+def test_a_nan_field_at_the_start_is_reported_as_the_fields_nan_as_on_the_torch_backend(t0, t1):
+    # Read alone, upstream's answer (Unstable at t0, the state finite) is a step-size underflow; the
+    # glue evaluates the field at (t0, y0) and names it, as the torch backend does.
+    y0, t = torch.ones(1, dtype=torch.float64), torch.tensor([t0, t1], dtype=torch.float64)
+    with pytest.raises(SolverError) as julia:
+        _solve(_nan_everywhere, y0, t)
+    with pytest.raises(SolverError) as torch_backend:
+        hn.odeint(_nan_everywhere, y0, t, rtol=1e-8, atol=1e-10)
+    assert julia.value.status is torch_backend.value.status is Status.NONFINITE
+    assert julia.value.t == torch_backend.value.t == t0
+    assert f"returned NaN at t={t0:.10g} on a finite state" in str(julia.value)
+
+
+def test_a_nan_field_at_the_start_with_fixed_steps_is_nonfinite():
+    # adaptive = false: the first step is accepted with its NaN state; unstable_check stops there.
+    with pytest.raises(SolverError) as info:
+        _solve(_nan_everywhere, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0]), method="rk4")
+    assert info.value.status is Status.NONFINITE and info.value.t == 1.0

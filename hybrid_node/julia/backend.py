@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._errors import BackendError, SolverError, Status
+from .._errors import BackendError, SolverError, Status, field_cause
 from .._registry import METHOD_SPECS, method_spec, refuse_unknown_options
 from .._solution import Solution, Stats
 from ..controllers import ConstantStepSize, PIDController, sign_hint, too_many_fixed_steps
@@ -645,6 +645,30 @@ def retcode_cause(retcode: str) -> str:
     )
 
 
+def initial_field_cause(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t0, m0: torch.Tensor) -> str:
+    """Why a solve that stopped at its first time did: the vector field not finite at ``(t0, m0)``, or "".
+
+    Upstream's automatic first step meets a non-finite ``f0``, returns ``dt = 0`` ("First function
+    call produced NaNs", OrdinaryDiffEqCore src/initdt.jl), which ``fix_dt_at_bounds!`` raises to
+    ``eps(t0)`` and ``check_error`` ends before any step with ``Unstable`` and the finite ``u0``
+    (its ``dt_epsilon`` branch): read alone, a step-size underflow at ``t0``. One evaluation of the
+    field tells the two apart, as the torch backend reports it.
+
+    Args:
+        field: the vector field on the ``(B, D)`` layout, in user time.
+        t0: the first output time (a 0-d tensor).
+        m0: the initial state ``(B, D)``.
+
+    Returns:
+        :func:`hybrid_node._errors.field_cause` for the field's NaN or inf, or "" when it is finite.
+    """
+    with torch.no_grad():
+        f0 = field(t0, m0)
+    if torch.isfinite(f0).all():
+        return ""
+    return field_cause("NaN" if torch.isnan(f0).any() else "inf", float(t0))
+
+
 @dataclasses.dataclass
 class _Run:
     """One solve's fixed data, shared by the autograd Function's forward and backward."""
@@ -708,8 +732,11 @@ class _JuliaSolve(torch.autograd.Function):
         out = _call_engine(run.engine, run.engine.forward, run.problem, u0.T, theta, sign * ts, run.config)
         if not out.success:
             reached = out.t_reached if out.t_reached is not None else out.t_final
-            status = status_from_retcode(out.retcode, out.state_finite)
-            raise SolverError(status, sign * reached, f"Julia retcode {out.retcode}", retcode_cause(out.retcode))
+            status, cause = status_from_retcode(out.retcode, out.state_finite), retcode_cause(out.retcode)
+            if reached == sign * ts[0]:  # stopped before any step: a non-finite f0 looks like an underflow
+                start = initial_field_cause(run.field, t[0].to(run.device), y0.detach().to(run.device))
+                status, cause = (Status.NONFINITE, start) if start else (status, cause)
+            raise SolverError(status, sign * reached, f"Julia retcode {out.retcode}", cause)
         run.stats = out.stats
         ys = torch.from_numpy(np.ascontiguousarray(np.transpose(out.ys, (2, 1, 0))))
         ys = ys.to(dtype=y0.dtype)

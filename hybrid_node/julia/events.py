@@ -235,7 +235,7 @@ def solve_events(
     # The torch backend's event loops never refuse a step_size grid longer than max_num_steps: they
     # stop at the limit (MAX_STEPS, or NO_EVENT for a terminal search). Upstream does the same with
     # maxiters (check_error's MaxIters), so the grid is sent whole with the limit.
-    layout, config, problem, _field, params, _native = backend.prepare(
+    layout, config, problem, field, params, _native = backend.prepare(
         func, y0, t, method=method, rtol=rtol, atol=atol, options=options, sensitivity=sensitivity,
         adjoint_params=adjoint_params, refuse_long_grid=False,
     )  # fmt: skip
@@ -266,14 +266,15 @@ def solve_events(
     engine = backend.JuliaEngine(julia_runtime.load_module()) if engine is None else engine
     out = backend._call_engine(engine, engine.forward_events, problem, u0.T, theta, ts, config, bridge)
     status = bridge.status if out.success else backend.status_from_retcode(out.retcode, out.state_finite)
+    cause = "" if out.success else backend.retcode_cause(out.retcode)
+    if not out.success and out.t_reached == ts[0]:  # stopped before any step: f0 may be non-finite
+        start = backend.initial_field_cause(field, t.reshape(-1)[0].detach(), m0.detach())
+        status, cause = (Status.NONFINITE, start) if start else (status, cause)
     reached = sign * (out.t_reached if out.t_reached is not None else out.t_final)
     if event_fn is not None:
         return _terminal_solution(bridge, m0, layout, t, out.stats, status, reached, throw, config.maxiters)
     if status is not Status.SUCCESS and throw:
-        detail, cause = (
-            (f"Julia retcode {out.retcode}", backend.retcode_cause(out.retcode)) if not out.success else ("", "")
-        )
-        raise SolverError(status, reached, detail, cause)
+        raise SolverError(status, reached, f"Julia retcode {out.retcode}" if not out.success else "", cause)
     saved = np.transpose(np.asarray(out.ys, dtype=np.float64), (2, 1, 0))  # (T', B, D)
     ys = torch.full((len(ts), layout.batch, layout.dim), float("nan"), dtype=m0.dtype, device=m0.device)
     ys[: saved.shape[0]] = torch.from_numpy(np.ascontiguousarray(saved)).to(m0.dtype)
