@@ -76,7 +76,6 @@ class Backsolve(AdjointRun):
             (dL/dt or None, dL/dy0, [dL/dp for p in params]).
         """
         problem, params = self.problem, self.params
-        assert self.integration is not None  # set by forward
         ts, ys, grad_ys = self.reached(ys, grad_ys)
         fterm = problem.term(callbacks=False)
         dtype = ys.dtype

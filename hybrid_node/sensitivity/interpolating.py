@@ -262,7 +262,6 @@ class Interpolating(AdjointRun):
             (dL/dt or None, dL/dy0, [dL/dp for p in params]).
         """
         problem, params = self.problem, self.params
-        assert self.integration is not None  # set by forward
         ts, ys, grad_ys = self.reached(ys, grad_ys)
         # adaptive checkpoints include every output time, so those up to the last reached one end there
         cps = self.cps if len(ts) == len(self.ts) else [c for c in self.cps if c <= ts[-1]]
