@@ -1140,3 +1140,32 @@ def test_a_nan_field_at_the_start_with_fixed_steps_is_nonfinite():
     with pytest.raises(SolverError) as info:
         _solve(_nan_everywhere, torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0]), method="rk4")
     assert info.value.status is Status.NONFINITE and info.value.t == 1.0
+
+
+class _BoundsError:
+    """A Julia BoundsError, as an interpolation of a one-point solution might throw it."""
+
+
+class _ThrowsAfterNaNStart(StandinEngine):
+    """Upstream's solve with a NaN f0 keeps only t0; sol(ts) over that one point may throw instead of
+    extrapolating (not verified against a running Julia): this engine throws there."""
+
+    def __init__(self, always: bool = False):
+        super().__init__()
+        self.always = always
+
+    def forward(self, problem, u0, theta, ts, config):
+        out = super().forward(problem, u0, theta, ts, config)
+        if self.always or (not out.success and out.t_reached == ts[0]):
+            raise JuliaError(_BoundsError(), None)
+        return out
+
+
+def test_a_julia_error_after_a_nan_field_at_the_start_is_reported_as_the_fields_nan():
+    y0, t = torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(SolverError, match="returned NaN at t=0 on a finite state") as info:
+        _solve(_nan_everywhere, y0, t, engine=_ThrowsAfterNaNStart())
+    assert info.value.status is Status.NONFINITE and isinstance(info.value.__cause__, JuliaError)
+    # an engine error with a finite field at the start is left alone
+    with pytest.raises(JuliaError):
+        _solve(lambda t, y: -y, y0, t, engine=_ThrowsAfterNaNStart(always=True))

@@ -669,6 +669,34 @@ def initial_field_cause(field: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     return field_cause("NaN" if torch.isnan(f0).any() else "inf", float(t0))
 
 
+def raise_for_initial_field(
+    err: BaseException, field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t0, m0
+) -> None:
+    """Turn a Julia error of a forward solve into the field's NaN when the field is not finite at ``(t0, m0)``.
+
+    After a non-finite ``f0`` upstream stops before any step (see :func:`initial_field_cause`), with
+    only ``t0`` saved. Every adjoint but BacksolveAdjoint then evaluates the solution at all the
+    output times (``sol(sort(saveat))``, SciMLSensitivity src/concrete_solve.jl) through an
+    interpolation of that single point, which may throw instead of extrapolating (not verified
+    against a running Julia): the user is told the cause either way, with the Julia error chained.
+
+    Args:
+        err: the error the engine raised (only a ``JuliaError`` is considered: a callback's own
+            Python exception comes out as itself and is left alone).
+        field: the vector field on the ``(B, D)`` layout, in user time.
+        t0: the first output time (a 0-d tensor).
+        m0: the initial state ``(B, D)``.
+
+    Raises:
+        SolverError: NONFINITE, when the field is not finite at ``(t0, m0)``.
+    """
+    if type(err).__name__ != "JuliaError":
+        return
+    cause = initial_field_cause(field, t0, m0)
+    if cause:
+        raise SolverError(Status.NONFINITE, float(t0), "the Julia solve raised an error, chained below", cause) from err
+
+
 @dataclasses.dataclass
 class _Run:
     """One solve's fixed data, shared by the autograd Function's forward and backward."""
@@ -729,7 +757,11 @@ class _JuliaSolve(torch.autograd.Function):
         sign = -1.0 if run.config.time_reversed else 1.0
         # u0.T is the Julia (D, B) matrix over the same memory; states come back (D, B, T), in the
         # order of ts (the engine sees sign * ts, which is increasing).
-        out = _call_engine(run.engine, run.engine.forward, run.problem, u0.T, theta, sign * ts, run.config)
+        try:
+            out = _call_engine(run.engine, run.engine.forward, run.problem, u0.T, theta, sign * ts, run.config)
+        except Exception as err:
+            raise_for_initial_field(err, run.field, t[0].to(run.device), y0.detach().to(run.device))
+            raise
         if not out.success:
             reached = out.t_reached if out.t_reached is not None else out.t_final
             status, cause = status_from_retcode(out.retcode, out.state_finite), retcode_cause(out.retcode)
