@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .._registry import METHOD_SPECS, build_solver
+from .._registry import METHOD_SPECS, build_solver, check_solve_settings
 from ..controllers import ConstantStepSize
 
 
@@ -189,3 +189,28 @@ def refuse_inert_tolerances(
             f"{owner}: {settings} have no effect, because method {method!r} takes fixed steps and measures no "
             f"error; drop {' and '.join(changed)}, or choose an adaptive method such as 'dopri5'."
         )
+
+
+def model_solve_options(
+    owner: str, method: str, options: Any, rtol: float, atol: float, defaults: dict[str, float]
+) -> dict[str, Any] | None:
+    """Check a model's solve settings when it is built, and the options it keeps.
+
+    Args:
+        owner: how messages name the model, e.g. "ODERNN".
+        method, options, rtol, atol: the settings given to the model's constructor.
+        defaults: the model's default tolerances, by name ("rtol", "atol").
+
+    Returns:
+        A copy of ``options`` (None for None): the caller's dict, changed later, would change the solves
+        unchecked (assigning ``model.options`` is the way to change them).
+
+    Raises:
+        ValueError, TypeError: an unknown method or option (as ``check_solve_settings`` says), or a
+            tolerance away from its default for a method that takes fixed steps
+            (:func:`refuse_inert_tolerances`).
+    """
+    check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
+    # rk4 with a tighter rtol ran the same fixed steps as with the default: a tolerance that looked used
+    refuse_inert_tolerances(owner, method, options, {"rtol": rtol, "atol": atol}, defaults)
+    return None if options is None else dict(options)

@@ -27,9 +27,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .._registry import check_solve_settings
 from ..irregular import IrregularBatch, gather_union, union_grid_in, zero_unobserved
-from ._checks import positive_float, positive_int, refuse_inert_tolerances
+from ._checks import model_solve_options, positive_float, positive_int
 from ._kept import kept_field
 from ._solve import odeint
 from .ode_rnn import ODERNN
@@ -385,13 +384,8 @@ class LatentODE(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))
         self.log_intensity = nn.Linear(latent_dim, obs_dim) if poisson else None
         self.obs_std = obs_std
-        check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
-        # rk4 with rtol=1e-5 ran the same fixed steps as with the default: a tolerance that looked used
-        refuse_inert_tolerances("LatentODE", method, options, {"rtol": rtol, "atol": atol}, _DEFAULT_TOLERANCES)
         self.method, self.rtol, self.atol = method, rtol, atol
-        # a copy: the caller's dict, changed later, would change the solves unchecked (``model.options = ...``
-        # is the way to change them)
-        self.options = None if options is None else dict(options)
+        self.options = model_solve_options("LatentODE", method, options, rtol, atol, _DEFAULT_TOLERANCES)
 
     def _check_channels(self, batch: IrregularBatch, name: str) -> None:
         dtype = next(self.parameters()).dtype

@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._registry import check_solve_settings
 from ..irregular import IrregularBatch, check_future_times
-from ._checks import check_series_batch, refuse_inert_tolerances
+from ._checks import check_series_batch, model_solve_options
 from ._kept import kept_field
 from ._solve import odeint
 
@@ -93,13 +92,8 @@ class ODERNN(nn.Module):
         # The cell sees the masked values and the mask itself, so missing channels are distinguishable.
         self.cell = nn.GRUCell(2 * obs_dim, hidden)
         self.readout = nn.Linear(hidden, obs_dim if out_dim is None else out_dim)
-        check_solve_settings(method, options)  # a misspelt name failed only at the first forward pass
-        # rk4 with rtol=1e-6 ran the same fixed steps as with the default: a tolerance that looked used
-        refuse_inert_tolerances("ODERNN", method, options, {"rtol": rtol, "atol": atol}, _DEFAULT_TOLERANCES)
         self.method, self.rtol, self.atol = method, rtol, atol
-        # a copy: the caller's dict, changed later, would change the solves unchecked (``model.options = ...``
-        # is the way to change them)
-        self.options = None if options is None else dict(options)
+        self.options = model_solve_options("ODERNN", method, options, rtol, atol, _DEFAULT_TOLERANCES)
 
     def evolve(self, h: Tensor, gap: Tensor) -> Tensor:
         """Advance each sample's hidden state by its own time ``gap`` (B,) (negative: backwards in time)."""
