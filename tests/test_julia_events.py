@@ -391,3 +391,25 @@ def test_a_nan_field_at_the_start_of_an_event_solve_is_named_as_on_the_torch_bac
     with pytest.raises(SolverError, match="returned NaN at t=0 on a finite state") as info:
         standin(field, torch.ones(1, 1, dtype=torch.float64), t, event=event)
     assert info.value.status is Status.NONFINITE and info.value.t == 0.0
+
+
+class _ThrowingEventEngine(StandinEngine):
+    """Raises a Julia error from every event solve (as a one-point solution's interpolation might)."""
+
+    def forward_events(self, *args):
+        raise julia_standin.JuliaError(ValueError("BoundsError"), None)
+
+
+def test_a_julia_error_of_an_event_solve_with_a_nan_field_at_the_start_names_the_field():
+    event = hn.Event(lambda t, y: y[..., :1] + 1.0)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    y0 = torch.ones(1, 1, dtype=torch.float64)
+    run = lambda field: julia_events.solve_events(  # noqa: E731
+        field, y0, t, method="dopri5", engine=_ThrowingEventEngine(), event=event, **TOL
+    )
+    with torch.no_grad():
+        with pytest.raises(SolverError, match="returned NaN at t=0 on a finite state") as info:
+            run(lambda t, y: y * float("nan"))
+        assert info.value.status is Status.NONFINITE
+        with pytest.raises(julia_standin.JuliaError):  # a finite field: the engine's error as it is
+            run(lambda t, y: -y)

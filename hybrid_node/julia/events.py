@@ -264,7 +264,11 @@ def solve_events(
     n_theta = problem.n_params if isinstance(problem, backend.CallbackProblem) else 0
     theta = backend._flat_params(params, n_theta)
     engine = backend.JuliaEngine(julia_runtime.load_module()) if engine is None else engine
-    out = backend._call_engine(engine, engine.forward_events, problem, u0.T, theta, ts, config, bridge)
+    try:
+        out = backend._call_engine(engine, engine.forward_events, problem, u0.T, theta, ts, config, bridge)
+    except Exception as err:
+        backend.raise_for_initial_field(err, field, t.reshape(-1)[0].detach(), m0.detach())
+        raise
     status = bridge.status if out.success else backend.status_from_retcode(out.retcode, out.state_finite)
     cause = "" if out.success else backend.retcode_cause(out.retcode)
     if not out.success and out.t_reached == ts[0]:  # stopped before any step: f0 may be non-finite
