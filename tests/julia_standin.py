@@ -441,7 +441,8 @@ class _NonFiniteWatch:
 
     Attributes:
         calls: the calls made so far.
-        first: the number of the first call (1-based) that returned a non-finite value, or None.
+        first: the number of the first call (1-based) that returned a non-finite value since it was
+            last reset to None (before each ``step()``), or None.
     """
 
     def __init__(self, fun):
@@ -733,6 +734,7 @@ class StandinEngine:
             retcode, state_finite, _ = start
         while start is None and solver.status == "running" and (fixed_stop is None or solver.t < fixed_stop):
             before, calls, attempts_before = solver.nfev, fun.calls, attempts
+            fun.first = None  # only this step()'s calls count (dense output evaluates the field too)
             solver.step()
             attempts += _attempts(solver, before)
             nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, _maxiters(config))
@@ -846,6 +848,7 @@ class StandinEngine:
             restart = False
             while solver.status == "running" and not restart:
                 before, calls, attempts_before = solver.nfev, fun.calls, attempts
+                fun.first = None  # only this step()'s calls count, as in forward
                 solver.step()
                 attempts += 0 if fixed else _attempts(solver, before)
                 nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, maxiters)

@@ -1169,3 +1169,31 @@ def test_a_julia_error_after_a_nan_field_at_the_start_is_reported_as_the_fields_
     # an engine error with a finite field at the start is left alone
     with pytest.raises(JuliaError):
         _solve(lambda t, y: -y, y0, t, engine=_ThrowsAfterNaNStart(always=True))
+
+
+def test_a_nan_in_the_standins_dense_output_does_not_hide_a_later_nan_step(monkeypatch):
+    # The stand-in's own dense output evaluates the field too (DOP853's extra stages); a NaN there is
+    # no step attempt of upstream's and must not stop the watch from seeing the attempt that meets
+    # the NaN region later (it kept only the first non-finite call of the whole solve).
+    from scipy.integrate import DOP853
+
+    state = {"dense": False, "poisoned": False}
+    original = DOP853.dense_output
+
+    def dense_output(self):
+        state["dense"] = True
+        try:
+            return original(self)
+        finally:
+            state["dense"] = False
+
+    def field(t, y):
+        if state["dense"] and not state["poisoned"]:  # one NaN, in the first dense output
+            state["poisoned"] = True
+            return torch.full_like(y, float("nan"))
+        return _nan_after_half(t, y)
+
+    monkeypatch.setattr(DOP853, "dense_output", dense_output)
+    problem = jb.make_callbacks(field, (1, 1), (), torch.float64, "cpu")
+    out = StandinEngine().forward(problem, np.ones((1, 1)), np.zeros(1), np.array([0.0, 1.0]), _dp5_config())
+    assert state["poisoned"] and out.retcode == "DtNaN" and 0.0 < out.t_reached <= 0.5
