@@ -32,6 +32,13 @@ SciMLBase sensitivity_solution; OrdinaryDiffEqCore solve!; PythonCall JlWrap/bas
   solve has the same limit (concrete_solve.jl passes the solve's keywords on); SciMLSensitivity does
   not check its return code, so HybridNODE's ``backward`` raises on the solver's warning
   (``AdjointSolveFailed`` inside a JuliaError, as bridge.jl throws it).
+- Non-finite vector field values. A NaN or inf in an adaptive step attempt makes the
+  PIController's ``dt`` NaN and ends the solve with ``DtNaN`` at the last accepted step
+  (:data:`NAN_DT_ALGORITHMS`, :func:`_nonfinite_stop`); with fixed steps ``unstable_check`` ends it
+  with ``Unstable`` and a NaN state; a NaN at ``(t0, u0)`` stops it before any step with
+  ``Unstable`` and the finite ``u0`` (initdt's ``dt = 0``, :func:`_initial_nonfinite_stop`).
+- Callback arguments. Python callbacks get what PythonCall's ``Py(x)`` makes of Julia's: a
+  ``juliacall.VectorValue``-like :class:`JuliaVector` (no numpy methods) and Python floats.
 - Callback errors. A Python exception raised in a callback crosses Julia as a PyException, and
   where that reaches the juliacall boundary unwrapped PythonCall restores the original Python
   exception (PythonCall 0.9.34 src/JlWrap/base.jl: ``exc isa PyException`` -> ``PyErr_Restore``),
