@@ -522,3 +522,26 @@ def test_compiled_steps_are_refused_with_per_sample_events_by_a_clear_error():
             t_end=10.0,
             options={"compile": True},
         )
+
+
+@pytest.mark.parametrize("interp", [None, "linear", "cubic"])
+def test_fixed_grid_interpolation_single_event_as_torchdiffeq_per_sample_always_cubic(interp):
+    # a ball dropped from 2 m on rk4 with h = 0.01: the steps are exact on the quadratic, so the event time's
+    # error is the interpolant's; the cubic Hermite one is exact (a few ulps), the linear one 9.8e-6 early
+    exact = math.sqrt(2 * 2.0 / G)
+    options = {"step_size": 0.01} | ({"interp": interp} if interp else {})
+    y0 = torch.tensor([[2.0, 0.0]])
+    fall = lambda t, y: torch.stack([y[:, 1], torch.full_like(y[:, 1], -G)], 1)  # noqa: E731
+    single, _ = hn.odeint_event(fall, y0, 0.0, event_fn=lambda t, y: y[0, 0], method="rk4", options=options)
+    theirs, _ = torchdiffeq.odeint_event(
+        fall, y0, torch.tensor(0.0), event_fn=lambda t, y: y[0, 0], method="rk4", options=options, atol=1e-12
+    )
+    # the single terminal event honours interp as torchdiffeq does (default linear): same time to its bisection
+    assert abs(float(single) - float(theirs)) < 1e-11
+    assert abs(float(single) - exact) < 1e-14 if interp == "cubic" else 9e-6 < exact - float(single) < 1.1e-5
+    # per-sample events (like non-terminal Event records) locate on rk4's own cubic Hermite dense output
+    # whatever interp says: the exact time (docs/events.md, "Fixed steps")
+    rows, _ = hn.odeint_event(
+        fall, y0, 0.0, event_fn=lambda t, y: y[:, 0], per_sample=True, t_end=5.0, method="rk4", options=options
+    )
+    assert abs(float(rows[0]) - exact) < 1e-14
