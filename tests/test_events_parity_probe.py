@@ -545,3 +545,35 @@ def test_fixed_grid_interpolation_single_event_as_torchdiffeq_per_sample_always_
         fall, y0, 0.0, event_fn=lambda t, y: y[:, 0], per_sample=True, t_end=5.0, method="rk4", options=options
     )
     assert abs(float(rows[0]) - exact) < 1e-14
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
+def test_a_root_on_a_step_end_and_a_vector_element_zero_at_t0(method):
+    # y' = -1 from 1 (and 0.75) to the level 0.5: the roots t = 0.5 (0.25) are nodes of the grid h = 0.25, where
+    # the event value is exactly zero at a step's end; dt/dy0 = 1
+    options = {"step_size": 0.25} if method != "dopri5" else None
+    down = lambda t, y: -torch.ones_like(y)  # noqa: E731
+    y0 = torch.tensor([1.0], requires_grad=True)
+    t_e, ys = hn.odeint_event(down, y0, 0.0, event_fn=lambda t, y: y[0] - 0.5, method=method, options=options)
+    (g,) = torch.autograd.grad(t_e, y0)
+    assert abs(float(t_e.detach()) - 0.5) < 1e-15 and abs(float(g) - 1.0) < 1e-14
+    ref, _ = torchdiffeq.odeint_event(
+        down, y0.detach(), torch.tensor(0.0), event_fn=lambda t, y: y[0] - 0.5, method=method, options=options
+    )
+    assert abs(float(ref) - 0.5) < 1e-9  # torchdiffeq bisects to its atol = 1e-9
+    rows, _ = hn.odeint_event(
+        down,
+        torch.tensor([[1.0], [0.75]]),
+        0.0,
+        event_fn=lambda t, y: y[:, 0] - 0.5,
+        per_sample=True,
+        t_end=3.0,
+        method=method,
+        options=options,
+    )
+    torch.testing.assert_close(rows, torch.tensor([0.5, 0.25]), rtol=0.0, atol=1e-15)
+    # a vector event_fn stops at the first root of any element: an element zero at t0 stops the solve there
+    # (torchdiffeq's adaptive solvers return t0; ours is t0 plus a few ulps)
+    both = lambda t, y: torch.stack([y[0] - 1.0, y[0] - 0.5])  # noqa: E731
+    t_0, _ = hn.odeint_event(down, torch.tensor([1.0]), 0.0, event_fn=both, method=method, options=options)
+    assert 0.0 <= float(t_0) < 1e-14
