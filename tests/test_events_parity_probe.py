@@ -577,3 +577,18 @@ def test_a_root_on_a_step_end_and_a_vector_element_zero_at_t0(method):
     both = lambda t, y: torch.stack([y[0] - 1.0, y[0] - 0.5])  # noqa: E731
     t_0, _ = hn.odeint_event(down, torch.tensor([1.0]), 0.0, event_fn=both, method=method, options=options)
     assert 0.0 <= float(t_0) < 1e-14
+
+
+def test_the_event_time_takes_t0s_dtype_as_in_torchdiffeq():
+    # a float32 t0 with a float64 state: both libraries return the time rounded to float32 (the state is
+    # located in float64); a Python float or a float64 t0 keeps the float64 time
+    fall = lambda t, y: torch.stack([y[1], torch.full_like(y[1], -G)])  # noqa: E731
+    y0 = torch.tensor([2.0, 0.0])
+    exact = math.sqrt(2 * 2.0 / G)
+    for lib in (hn, torchdiffeq):
+        t32, ys = lib.odeint_event(fall, y0, torch.tensor(0.0, dtype=torch.float32), event_fn=lambda t, y: y[0])
+        assert t32.dtype == torch.float32 and ys.dtype == torch.float64
+        assert abs(float(t32) - exact) < 1e-7  # float32's half ulp at 0.64 is 3e-8, plus the solve's error
+    t64, ys = hn.odeint_event(fall, y0, 0.0, event_fn=lambda t, y: y[0], rtol=1e-10, atol=1e-12)
+    assert t64.dtype == torch.float64 and abs(float(t64) - exact) < 1e-12
+    assert abs(float(ys[-1][0])) < 1e-12  # the state at the event lies on the level in float64
