@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,46 @@ def check_tolerances(rtol: Any, atol: Any, prefix: str = "") -> None:
         raise ValueError(f"{prefix}rtol and {prefix}atol must not both be 0 (no step would pass the error test).")
 
 
+def _bm_interval(bm: Any) -> tuple[float, float] | None:
+    """The interval [t0, t1] a Brownian motion is defined on, or None where it does not say.
+
+    hybrid_node's motions have ``start``/``end``; torchsde's BrownianInterval (and its BrownianPath and
+    BrownianTree subclasses) keep them as ``_start``/``_end``; a ReverseBrownian mirrors its base's.
+    """
+    base = getattr(bm, "base_brownian", None)
+    if base is not None:
+        inner = _bm_interval(base)
+        return None if inner is None else (-inner[1], -inner[0])
+    for lo, hi in (("start", "end"), ("_start", "_end")):
+        a, b = getattr(bm, lo, None), getattr(bm, hi, None)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return float(a), float(b)
+    return None
+
+
+def _check_bm_covers(bm: Any, times: Sequence[float]) -> None:
+    """Raise unless the Brownian motion is defined over [ts[0], ts[-1]].
+
+    torchsde's BrownianInterval warns and clamps a query outside its interval, so a solve past its end saw
+    no noise there and returned a wrong answer with only a warning; hybrid_node's raises at the first
+    query outside. Refusing before the solve says which end is short. A miss of a millionth of the
+    interval (float32 rounding of the times) is let through: the motion clamps it.
+
+    Raises:
+        ValueError: ts[0] before the motion's t0 or ts[-1] after its t1.
+    """
+    interval = _bm_interval(bm)
+    if interval is None or len(times) < 2:
+        return
+    t0, t1 = interval
+    slack = 1e-6 * (t1 - t0)
+    if times[0] < t0 - slack or times[-1] > t1 + slack:
+        raise ValueError(
+            f"bm covers [{t0}, {t1}] but ts runs over [{times[0]}, {times[-1]}]; create the Brownian motion "
+            f"over the whole solve, e.g. BrownianInterval(t0={times[0]}, t1={times[-1]}, ...), or pass bm=None."
+        )
+
+
 def _default_levy(solver: SDESolver) -> str:
     # torchsde's defaults: Foster's area for log_ode, the space-time area for srk.
     if solver.needs_full_levy_area:
@@ -178,9 +218,13 @@ def prepare(
     view = SDEView(sde, names, autocast)
     if not isinstance(y0, torch.Tensor) or y0.ndim != 2:
         shape = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
-        raise ValueError(
-            f"y0 must be a tensor of shape (batch, state), got {shape}; add a batch dimension with y0[None]."
+        # y0[None] fixes a 1-D state only; a state of more dimensions must be flattened per batch member
+        fix = (
+            "flatten it to (batch, state) with y0.reshape(y0.shape[0], -1) and reshape inside f and g"
+            if isinstance(y0, torch.Tensor) and y0.ndim > 2
+            else "add a batch dimension with y0[None]"
         )
+        raise ValueError(f"y0 must be a tensor of shape (batch, state), got {shape}; {fix}.")
     if not y0.is_floating_point():
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}.")
     refuse_meta("y0", y0)
@@ -281,6 +325,7 @@ def prepare(
             raise ValueError(
                 f"bm is on {device} but y0 is on {y0.device}; create the Brownian motion with device=y0.device."
             )
+        _check_bm_covers(bm, times)
         levy = getattr(bm, "levy_area_approximation", "none")
         if solver.needs_full_levy_area and levy not in ("davie", "foster"):
             raise ValueError(
