@@ -417,3 +417,34 @@ def test_a_missing_drift_or_diffusion_alone_is_named():
         view.f(0.0, torch.ones(1, 2))
     with pytest.raises(ValueError, match=r"needs the diffusion matrix; define g\(t, y\) or f_and_g\(t, y\)"):
         view.g(0.0, torch.ones(1, 2))
+
+
+class _Decay(torch.nn.Module):
+    """dy = -2 y dt with zero noise: the linear test equation of the drift alone."""
+
+    noise_type, sde_type = "diagonal", "stratonovich"
+
+    def f(self, t, y):
+        return -2.0 * y
+
+    def g(self, t, y):
+        return torch.zeros_like(y)
+
+
+def test_reversible_heun_grows_on_a_decaying_drift_at_its_parasitic_root_as_torchsdes_does():
+    # On y' = λy with a = λ dt the scheme's characteristic roots are a ± sqrt(1 + a²) (docs/sde.md):
+    # for λ < 0 one has modulus above 1, so late steps multiply y by that root whatever the true decay.
+    torchsde = pytest.importorskip("torchsde")
+    dt, n = 0.05, 400
+    ts = torch.linspace(0.0, n * dt, n + 1, dtype=torch.float64)
+    y0 = torch.ones(1, 1, dtype=torch.float64)
+    ys = hn.sde.sdeint(_Decay(), y0, ts, method="reversible_heun", dt=dt)
+    a = -2.0 * dt
+    parasitic = a - math.sqrt(1.0 + a * a)
+    # the other root's share is (|root ratio|)^-400 ~ 1e-35 of it by the end: the ratio is the root to rounding
+    assert (ys[-1] / ys[-2]).item() == pytest.approx(parasitic, rel=1e-9)
+    assert abs(ys[-1].item()) > 1e10  # exact solution e^-40 ~ 4e-18
+    bm = torchsde.BrownianInterval(0.0, n * dt, size=(1, 1), dtype=torch.float64)
+    theirs = torchsde.sdeint(_Decay(), y0, ts, method="reversible_heun", dt=dt, bm=bm)
+    # the same recurrence in both libraries: equal up to the rounding of 400 steps of growth 1.1
+    torch.testing.assert_close(ys, theirs, rtol=1e-10, atol=0.0)
