@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._errors import HybridNodeError as HybridNodeError
     from ._errors import JuliaNotAvailableError as JuliaNotAvailableError
     from ._errors import SolverError as SolverError
+    from ._errors import StiffGradientWarning as StiffGradientWarning
     from ._errors import Status as Status
     from ._event import Event as Event
     from ._odeint_event import odeint_event as odeint_event
@@ -114,6 +115,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "HybridNodeError": ("._errors", "HybridNodeError"),
     "JuliaNotAvailableError": ("._errors", "JuliaNotAvailableError"),
     "SolverError": ("._errors", "SolverError"),
+    "StiffGradientWarning": ("._errors", "StiffGradientWarning"),
     "Status": ("._errors", "Status"),
     "Event": ("._event", "Event"),
     "METHODS": ("._registry", "METHOD_SPECS"),

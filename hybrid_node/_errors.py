@@ -138,6 +138,16 @@ def _restore_solver_error(cls: type, status: Status, t: float, detail: str, caus
     return err
 
 
+class StiffGradientWarning(RuntimeWarning):
+    """A solve differentiated by direct backpropagation through an explicit adaptive method was stiff there.
+
+    Its steps sat at the method's stability limit, where the gradient of the discrete solve (the steps'
+    sizes held fixed) can be far from the solution's; the message names the time range and the fixes
+    (a stiff method or an adjoint). Filter it with ``warnings.filterwarnings("ignore",
+    category=hn.StiffGradientWarning)`` once the gradient has been checked.
+    """
+
+
 class CheckpointError(HybridNodeError, ValueError):
     """A checkpoint or run file cannot be read: truncated, damaged or not written by hybrid_node.
 
