@@ -63,6 +63,7 @@ def solve(
     event_t_end: float | None = None,
     per_sample_events: bool = False,
     event: Event | tuple[Event, ...] | None = None,
+    event_direction: int = 0,
 ) -> Solution:
     """Solve dy/dt = func(t, y) from y(t[0]) = y0 and return the states at every time in ``t``.
 
@@ -94,6 +95,10 @@ def solve(
             is applied where given (the solver restarts there). Events take DirectBackprop,
             BacksolveAdjoint or InterpolatingAdjoint (adjoint solves between the events); on the
             Julia backend they run forwards only (:mod:`hybrid_node.julia.events`).
+        event_direction: with ``per_sample_events``, +1 stops each sample only where its event
+            value increases through zero, -1 only where it decreases, 0 (default) at its first root
+            either way; in the user's time ``t``, also backwards in time, as :class:`~hybrid_node.Event`'s
+            ``direction``. A crossing the other way is passed over and the sample goes on.
 
     Returns:
         Solution with ``ys`` of shape (len(t), *y0.shape) (tuple for tuple states), ``stats`` and ``status``.
@@ -117,6 +122,7 @@ def solve(
     check_t_dtype(t_dtype)  # here too: the traced loop below does not build a Problem
     if event_fn is not None and not callable(event_fn):  # else it fails at the first event check
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}.")
+    check_event_direction(event_direction, per_sample_events, event)
     if inside_transform():
         _check_transform_settings(resolve_backend(backend), sensitivity, solver)
     elif forward_mode_active():
@@ -167,7 +173,13 @@ def solve(
     # inside the user's torch.compile the host loop runs as it runs untraced, behind a graph break
     # (traced, its host numbers became symbolic: other steps, torch's guard errors)
     host = _solve_host_untraced if traced() else _solve_host
-    events = dict(event_fn=event_fn, event_t_end=event_t_end, per_sample_events=per_sample_events, event=event)
+    events = dict(
+        event_fn=event_fn,
+        event_t_end=event_t_end,
+        per_sample_events=per_sample_events,
+        event=event,
+        event_direction=event_direction,
+    )
     # under torch.autocast only the field runs in the autocast dtype: the solver's own products stay in y0's
     with field_autocast(func, y0) as field:
         return host(
@@ -177,7 +189,7 @@ def solve(
 
 def _solve_host(
     func, y0, t, solver, controller, sensitivity, adjoint_params, jump_t, step_t, t_dtype, throw, *, event_fn,
-    event_t_end, per_sample_events, event,
+    event_t_end, per_sample_events, event, event_direction,
 ) -> Solution:  # fmt: skip
     """:func:`solve` with the host loops (its arguments checked, the backend the torch one)."""
     if isinstance(controller, PIDController):
@@ -205,7 +217,9 @@ def _solve_host(
         if event_fn is None:
             raise ValueError("per_sample_events needs an event_fn that returns one value per sample.")
         adjoint = _event_adjoint(sensitivity, "per-sample events")
-        return solve_sample_events(problem, event_fn, throw=throw, adjoint=adjoint, adjoint_params=adjoint_params)
+        return solve_sample_events(
+            problem, event_fn, throw=throw, adjoint=adjoint, adjoint_params=adjoint_params, direction=event_direction
+        )
     if event_fn is not None:
         event_fn = _nonempty_event(event_fn)
     sol = sensitivity.solve(problem, adjoint_params, event_fn=event_fn, throw=throw)
@@ -213,6 +227,38 @@ def _solve_host(
         # torch's own error for a second backward came from its engine, naming neither the option nor a fix
         sol.ys = first_order_only(sol.ys)
     return sol
+
+
+def check_event_direction(direction: object, per_sample: bool, event: object = None) -> None:
+    """Raise where a terminal event's direction is invalid or would not act.
+
+    The direction acts on per-sample terminal events only; the single terminal event follows
+    torchdiffeq's ``odeint_event``, which stops at the first root either way.
+
+    Args:
+        direction: the given ``event_direction``.
+        per_sample: whether the terminal event is per sample.
+        event: the non-terminal events of the solve, if any (they carry their own direction).
+
+    Raises:
+        ValueError: a direction other than -1, 0 or +1, or a nonzero one without per-sample events.
+    """
+    if isinstance(direction, bool) or direction not in (-1, 0, 1):
+        raise ValueError(f"event_direction must be -1, 0 or +1, got {direction!r}.")
+    if direction == 0:
+        return
+    if event is not None:
+        raise ValueError(
+            "event_direction is for the terminal event_fn; a non-terminal event takes its own, "
+            "hn.Event(fn, direction=...)."
+        )
+    if not per_sample:
+        raise ValueError(
+            "event_direction acts on per-sample terminal events only (the single terminal event stops at the "
+            "first root either way, as torchdiffeq's odeint_event): pass per_sample=True (solve: "
+            "per_sample_events=True) with a leading batch dimension (y0[None] for one problem, event_fn returning "
+            "shape (1,)), or watch a non-terminal hn.Event(fn, direction=...) and take its first record."
+        )
 
 
 def _records_compiled_steps(solver, sensitivity) -> bool:

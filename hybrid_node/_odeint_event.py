@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._api import _check_adjoint_options, odeint, odeint_adjoint, solve
+from ._api import _check_adjoint_options, check_event_direction, odeint, odeint_adjoint, solve
 from ._backend import resolve_backend
 from ._errors import BackendError
 from ._registry import (
@@ -16,6 +16,7 @@ from ._registry import (
 )
 from ._solution import State
 from .controllers import bool_or_complex
+from .loop.events import interp_unread
 from .sensitivity.base import AbstractSensitivity
 from .sensitivity.settings import BacksolveAdjoint, DirectBackprop
 
@@ -31,6 +32,7 @@ def odeint_event(
     t_end: float | None = None,
     per_sample: bool | None = None,
     throw: bool | None = None,
+    event_direction: int = 0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
@@ -68,6 +70,10 @@ def odeint_event(
         throw: with ``per_sample``, False reports samples whose event was not found with a NaN
             event time (their ``solution[-1]`` is the state where the search stopped) instead of
             raising; use :func:`solve` with ``per_sample_events=True`` for the status per sample.
+        event_direction: with ``per_sample``, +1 stops each sample only where its event value
+            increases through zero, -1 only where it decreases, 0 (default) at its first root either
+            way; in the user's time (also with ``reverse_time``), as :class:`~hybrid_node.Event`'s
+            ``direction``. Crossings the other way are passed over. Refused without ``per_sample``.
         **kwargs: passed to the interface (rtol, atol, method, options, ...).
 
     Returns:
@@ -101,16 +107,19 @@ def odeint_event(
             f"{tuple(t0.shape)}; the event search runs from t0 until event_fn changes sign."
         )
     t0 = t0.reshape(-1)
+    check_event_direction(event_direction, bool(per_sample))
     direction = -1.0 if reverse_time else 1.0
     t = torch.cat([t0, t0.detach() + direction])
     if per_sample:
-        return _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw is not False, kwargs)
+        return _odeint_sample_events(
+            func, y0, t, event_fn, odeint_interface, throw is not False, event_direction, kwargs
+        )
     if throw is False:
         raise ValueError("throw=False is for per_sample=True; a single event reports failures by SolverError.")
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 
-def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs):
+def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, event_direction, kwargs):
     """``odeint_event(..., per_sample=True)``: the torchdiffeq-style call mapped to per-sample events."""
     allowed = {"rtol", "atol", "method", "options", "backend"}
     if odeint_interface is odeint:
@@ -134,6 +143,8 @@ def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs
     solver, controller, extras = build_solver(
         kwargs.get("method"), options, kwargs.get("rtol", 1e-7), kwargs.get("atol", 1e-9)
     )
+    if "interp" in options:  # even "linear", the controller's default: the loop reads the solver's dense output
+        raise ValueError(interp_unread("per-sample events", "options['interp']"))
     sol = solve(
         func,
         y0,
@@ -150,6 +161,7 @@ def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, kwargs
         throw=throw,
         event_t_end=extras.get("event_t_end"),
         per_sample_events=True,
+        event_direction=event_direction,
     )
     return sol.t_final, sol.ys
 

@@ -525,7 +525,7 @@ def test_compiled_steps_are_refused_with_per_sample_events_by_a_clear_error():
 
 
 @pytest.mark.parametrize("interp", [None, "linear", "cubic"])
-def test_fixed_grid_interpolation_single_event_as_torchdiffeq_per_sample_always_cubic(interp):
+def test_fixed_grid_interpolation_single_event_as_torchdiffeq_per_sample_on_the_cubic_hermite(interp):
     # a ball dropped from 2 m on rk4 with h = 0.01: the steps are exact on the quadratic, so the event time's
     # error is the interpolant's; the cubic Hermite one is exact (a few ulps), the linear one 9.8e-6 early
     exact = math.sqrt(2 * 2.0 / G)
@@ -539,11 +539,14 @@ def test_fixed_grid_interpolation_single_event_as_torchdiffeq_per_sample_always_
     # the single terminal event honours interp as torchdiffeq does (default linear): same time to its bisection
     assert abs(float(single) - float(theirs)) < 1e-11
     assert abs(float(single) - exact) < 1e-14 if interp == "cubic" else 9e-6 < exact - float(single) < 1.1e-5
-    # per-sample events (like non-terminal Event records) locate on rk4's own cubic Hermite dense output
-    # whatever interp says: the exact time (docs/events.md, "Fixed steps")
-    rows, _ = hn.odeint_event(
-        fall, y0, 0.0, event_fn=lambda t, y: y[:, 0], per_sample=True, t_end=5.0, method="rk4", options=options
-    )
+    # per-sample events (like non-terminal Event records) locate on rk4's own cubic Hermite dense output: the
+    # exact time; they do not read interp, so an explicit one is refused (docs/events.md, "Fixed steps")
+    per_sample = dict(event_fn=lambda t, y: y[:, 0], per_sample=True, t_end=5.0, method="rk4", options=options)
+    if interp:
+        with pytest.raises(ValueError, match="drop interp"):
+            hn.odeint_event(fall, y0, 0.0, **per_sample)
+        return
+    rows, _ = hn.odeint_event(fall, y0, 0.0, **per_sample)
     assert abs(float(rows[0]) - exact) < 1e-14
 
 

@@ -298,16 +298,17 @@ def check_event_controller(problem, what: str) -> None:
     """Raise ValueError where the event loops cannot serve the problem's step control.
 
     They run on the host with shared steps: a PIDController (no ``per_sample``, ``device_loop``),
-    or a ConstantStepSize with ``step_size`` (the loop lays its own grid, restarted at each jump);
-    no compiled steps.
+    or a ConstantStepSize with ``step_size`` (the loop lays its own grid, restarted at each jump)
+    and without ``interp="cubic"`` (the crossings are located on the solver's own dense output, which
+    ``interp`` does not choose: a setting that would not act is refused); no compiled steps.
 
     Args:
         problem: the validated problem.
         what: the kind of event solve, for the message.
 
     Raises:
-        ValueError: a ConstantStepSize without ``step_size`` or with ``grid_constructor``/``perturb``,
-            ``per_sample`` or ``device_loop`` step control, or compiled steps.
+        ValueError: a ConstantStepSize without ``step_size``, with ``grid_constructor``/``perturb`` or
+            ``interp="cubic"``, ``per_sample`` or ``device_loop`` step control, or compiled steps.
     """
     ctrl = problem.controller
     if isinstance(ctrl, ConstantStepSize):
@@ -316,6 +317,8 @@ def check_event_controller(problem, what: str) -> None:
                 f"{what} on fixed steps need options={{'step_size': ...}} (hn.ConstantStepSize(step_size=...)) "
                 "and no grid_constructor or perturb: the event loop lays its own grid and restarts it at each jump."
             )
+        if ctrl.interp != "linear":  # the default (outputs of plain solves): not told apart from an explicit one
+            raise ValueError(interp_unread(what, "hn.ConstantStepSize(interp=...)"))
     elif ctrl.per_sample or ctrl.device_loop:
         raise ValueError(
             f"{what} run on the shared-step host loop; drop options 'per_sample' (per-sample step control) "
@@ -323,6 +326,24 @@ def check_event_controller(problem, what: str) -> None:
         )
     if problem.solver.compile:
         raise ValueError(f"compiled steps cannot be combined with {what}; drop compile.")
+
+
+def interp_unread(what: str, given: str) -> str:
+    """The message refusing a fixed-step ``interp`` that an event loop would not read.
+
+    Args:
+        what: the kind of event solve.
+        given: where the setting was given (``options['interp']``, ``hn.ConstantStepSize(interp=...)``).
+
+    Returns:
+        The message: what the loop uses instead, and the fix.
+    """
+    return (
+        f"{what} do not read {given}: their crossings and outputs come from the solver's own dense output "
+        "(the cubic Hermite interpolant for rk4, euler, midpoint, ...), whatever interp says; drop interp. "
+        "Only the single terminal event of hn.odeint_event (per_sample off) interpolates as interp says, as "
+        "torchdiffeq does."
+    )
 
 
 def check_event_search(problem, what: str, decides: str, batching: str) -> None:
@@ -503,7 +524,7 @@ class _Locator:
         tensor NaN check and the sign test took one each).
 
         Args:
-            idx: (k,) the samples to locate; sign0: (k,) their signs at the start.
+            idx: (k,) the samples to locate; sign0: (k,) their signs at the brackets' left ends.
 
         Returns:
             A function of (k,) solver times returning a (k,) bool array: the sign differs from ``sign0``.
@@ -538,7 +559,7 @@ class _Locator:
 
         Args:
             idx: the samples to locate.
-            sign0: their signs at the start.
+            sign0: their signs at ``lo`` (the start signs, or with a direction the side the root leaves).
             lo, hi: (k,) each sample's bracket (solver time, inside the step): its sign is ``sign0``
                 at ``lo`` and differs at ``hi``, and nowhere before ``lo`` in the step.
 
@@ -575,6 +596,7 @@ def integrate_sample_events(
     throw: bool = True,
     field_at_events: bool = True,
     adjoint_gradients: bool = False,
+    direction: int = 0,
 ) -> SampleEvents:
     """Integrate a batch from ``t0`` until every sample's event function has changed sign once.
 
@@ -601,6 +623,10 @@ def integrate_sample_events(
         adjoint_gradients: an adjoint will differentiate the field after this loop, which runs
             without a graph: warn as direct backpropagation does where the field is non-finite in
             frozen rows (:meth:`FrozenRows.warn_nonfinite`).
+        direction: +1 stops a sample only where its value increases through zero (or leaves a zero
+            at t0 upwards), -1 only where it decreases, 0 at its first root either way; in the
+            user's time, also backwards in time. A crossing the other way is passed over, and the
+            sample's later crossings are checked from its new side (:func:`_fires`).
 
     Returns:
         :class:`SampleEvents`.
@@ -615,6 +641,10 @@ def integrate_sample_events(
     batch_shape = check_event_values(g0, y0)
     n = g0.numel()
     sign0 = torch.sign(g0).reshape(n)
+    # each running sample's side of its root so far (its last nonzero sign; 0 while it sits on the root
+    # since t0): with a direction, a crossing the other way moves it, and the sample goes on
+    ref = sign0.detach().cpu().numpy().astype(np.float64)
+    loop_direction = -direction if term.reverse else direction  # the user's t runs backwards in the loop
     frozen = torch.zeros(n, dtype=torch.bool, device=y0.device)
     mterm = FrozenRows(term, frozen, batch_shape, watch=adjoint_gradients)
     t_event = np.full(n, math.nan)
@@ -663,21 +693,30 @@ def integrate_sample_events(
             # signs only, so no graph: a dense output that builds extra stages on first use (DOP853's)
             # builds them in the mode its step was taken in, so the event rows below still get their
             # dependence on y0 and the parameters
+            still = ~frozen.cpu().numpy()
             with torch.no_grad():
                 inner = seg.many(points[:-1])
                 for p, yp in zip(points, [*inner, y1]):
                     g = event_fn(term.time(p), yp).reshape(n)
                     check_no_nan(g[running], user_t(p), yp.reshape(n, -1)[running], running)
-                    changed = ((~frozen) & (torch.sign(g) != sign0)).cpu().numpy()
-                    first = changed & np.isinf(hi)
-                    hi[first] = p
-                    lo[~changed & np.isinf(hi)] = p
+                    open_ = still & np.isinf(hi)  # running, and not yet bracketed in this step
+                    sign = torch.sign(g).detach().cpu().numpy()
+                    fires = open_ & _fires(ref, sign, loop_direction)
+                    hi[fires] = p
+                    passed = open_ & ~fires
+                    lo[passed] = p
+                    # a crossing the other way is passed over: the sample's reference turns to its new side
+                    # (a zero keeps the side it came from, so a touch of zero and back is no crossing)
+                    turned = passed & (sign != 0)
+                    ref[turned] = sign[turned]
             crossed = torch.from_numpy(np.isfinite(hi)).to(frozen.device)
             if bool(crossed.any()):
                 idx = crossed.nonzero().reshape(-1)
                 locator = _Locator(event_fn, term, seg, y1, batch_shape)
                 sel = idx.cpu().numpy()
-                te = locator.locate(idx, sign0[idx], lo[sel], hi[sel])
+                # each bracket's reference is the sign at its left end, the side the crossing leaves
+                side = torch.from_numpy(ref[sel]).to(device=g0.device, dtype=sign0.dtype)
+                te = locator.locate(idx, side, lo[sel], hi[sel])
                 rows = locator.rows(te, idx)  # with the graph: the event states' gradients at fixed time
                 y1 = torch.index_put(y1.reshape(n, -1), (idx,), rows).reshape(y1.shape)
                 if field_at_events:
@@ -706,6 +745,31 @@ def integrate_sample_events(
     t_event = np.where(fired, t_event, t)
     take_counters(stats, term)
     return SampleEvents(y, t_event, fired, f_event, batch_shape, stats, status, t, detail)
+
+
+def _fires(ref: np.ndarray, sign: np.ndarray, direction: int) -> np.ndarray:
+    """Which samples' terminal event fires at a check point, from their side so far and their sign there.
+
+    Without a direction a sample fires where its sign differs from its start sign (a zero reached at
+    a check point included: the root lies there). With one, only a change towards the requested
+    side fires: ``+1`` from negative to zero or positive, or from a zero at t0 to positive; ``-1``
+    the mirror image. This is the test of scipy's ``solve_ivp`` events (``up = g <= 0 and g_new >=
+    0``, ``down`` the mirror) made strict on the side the sample leaves, so that a zero touched and
+    left on the same side is no crossing (Shampine & Thompson 2000).
+
+    Args:
+        ref: (n,) each sample's last nonzero sign (its sign at t0 while it has had no other).
+        sign: (n,) the signs at the check point.
+        direction: +1, -1 or 0, along the loop's (solver) time.
+
+    Returns:
+        (n,) bool: the sample's root lies between its previous check point and this one.
+    """
+    if direction > 0:
+        return sign > ref
+    if direction < 0:
+        return sign < ref
+    return sign != ref
 
 
 # ----------------------------------------------------------------------------------------------------

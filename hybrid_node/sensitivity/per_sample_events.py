@@ -147,6 +147,7 @@ def solve_sample_events(
     throw: bool = True,
     adjoint=None,
     adjoint_params: Sequence[torch.Tensor] | None = None,
+    direction: int = 0,
 ) -> Solution:
     """Solve until every sample's event fires; gradients by direct backpropagation or an adjoint, plus the IFT.
 
@@ -161,6 +162,9 @@ def solve_sample_events(
             gradients at fixed times come from one adjoint solve of the batch whose samples stop at
             their own event times (:func:`~hybrid_node.sensitivity.event_adjoint.frozen_after`).
         adjoint_params: with ``adjoint``, the tensors it differentiates (default ``func.parameters()``).
+        direction: +1 (-1) stops each sample only where its value increases (decreases) through zero
+            in the user's time ``t``, passing over the crossings the other way; 0 at its first root.
+            The event time's gradient is the same implicit-function-theorem expression either way.
 
     Returns:
         Solution with ``ys`` = (y0, the event states), ``t_final`` the event times (batch shape),
@@ -198,6 +202,7 @@ def solve_sample_events(
             throw=throw,
             field_at_events=gradients,
             adjoint_gradients=gradients and adjoint is not None and _differentiable(problem, adjoint_params),
+            direction=direction,
         )
     if throw and not res.fired.all():
         missing = np.flatnonzero(~res.fired)
