@@ -150,6 +150,8 @@ def solve(
     if not isinstance(sensitivity, AbstractSensitivity):
         raise TypeError(f"sensitivity must be a sensitivity settings object, got {type(sensitivity).__name__}.")
     if isinstance(solver, ExternalSolver):
+        if event is not None:  # _solve_external refuses event_fn; a non-terminal event was dropped unseen
+            raise BackendError(f"{solver.name} does not support events; use an adaptive torch solver such as 'dopri5'.")
         return _solve_external(
             func, y0, t, solver, controller, sensitivity, adjoint_params, event_fn, t_dtype, jump_t, step_t, throw
         )

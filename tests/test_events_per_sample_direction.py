@@ -249,3 +249,15 @@ def test_without_interp_the_event_loops_locate_on_the_cubic_hermite_output():
     ).events
     assert [r.index for r in records] == [(1,), (0,)]  # in time order: the lower ball lands first
     torch.testing.assert_close(torch.stack([r.t for r in records]), exact.flip(0), rtol=0.0, atol=1e-14)
+
+
+def test_an_external_solver_refuses_a_non_terminal_event():
+    # scipy_solver runs its own loop without event checks: a non-terminal Event was dropped unseen (no records)
+    with pytest.raises(BackendError, match="does not support events"):
+        hn.solve(
+            lambda t, y: -y,
+            torch.tensor([1.0]),
+            torch.linspace(0.0, 2.0, 3),
+            solver=hn.ScipySolver("RK45"),
+            event=hn.Event(lambda t, y: y - 0.5),
+        )
