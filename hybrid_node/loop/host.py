@@ -25,6 +25,7 @@ from .core import _EPS as _EPS
 from .core import _STRETCH as _STRETCH
 from .core import FLOAT, RUNNING
 from .diagnose import solve_cause
+from .stiff_watch import records_steps, watch_for
 
 if TYPE_CHECKING:
     from ..sensitivity._backward import AugmentedTerm
@@ -402,6 +403,8 @@ def integrate_adaptive(
     t_stop = event_end if event_fn is not None else t_end
 
     callbacks = term.callbacks  # the user's step callbacks, or None
+    # direct backprop through an explicit method at its stability limit gives unreliable gradients
+    watch = watch_for(solver, rtol, atol)
 
     def user_t(s: float) -> float:
         return -s if term.reverse else s
@@ -447,6 +450,10 @@ def integrate_adaptive(
             (callbacks.accept if accepted else callbacks.reject)(t, y, step_dt)
         if accepted:
             stats.n_accepted += 1
+            if watch is not None:  # only a solve whose steps autograd records is watched
+                watch = watch if stats.n_accepted > 1 or records_steps(step) else None
+                if watch is not None:
+                    watch.observe(step, t, y, t1)
             new_state = solver.next_state(term, t1, step)
             seg = None
             if dense or event_fn is not None or (i_out < len(ts) and ts[i_out] < t1):
@@ -464,6 +471,8 @@ def integrate_adaptive(
                     te = _locate_event(event_fn, term, seg, sign0, *bracket)
                     ye = seg(te)
                     take_counters(stats, term)
+                    if watch is not None:
+                        watch.warn(term.reverse)
                     return Integration([y0, ye], stats, Status.EVENT, te, segments, event_t=te)
             i_out, y1, restarted = _emit(ys, ts, i_out, t, t1, step.y1, seg, at_output)
             if restarted:
@@ -484,6 +493,8 @@ def integrate_adaptive(
         if code != RUNNING:
             return failed(*settle_failure(code, step, solver, c, step_dt, dt))
     take_counters(stats, term)
+    if watch is not None:
+        watch.warn(term.reverse)
     return Integration(ys, stats, Status.SUCCESS, t, segments)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -273,27 +274,60 @@ class AutoSwitch(AbstractSolver):
 
     def _tsit5_rho(self, step: AutoStep) -> float:
         """``|k7 - k6| / |y1 - y6|`` per sample in the error test's weights, the largest: both stages
-        sit at the step's end.
-
-        The weights ``1 / (atol + rtol max(|y0|, |y1|))`` (the solve's smallest tolerances) make it an
-        estimate for ``W J W^-1``, whose eigenvalues are the Jacobian's: unweighted, the differences of
-        the large smooth components hid the stiff small ones (Robertson at rtol 1e-8, steps at Tsit5's
-        stability limit from t = 0.3 to 7 estimated at 0.35-0.8 of it, 0.9-1.05 weighted).
-        """
-        ks = step.inner.ks
+        sit at the step's end (:func:`stage_rho`, with the solve's smallest tolerances)."""
         tab = self._nonstiff_solver().tableau
-        with torch.no_grad():
-            y6 = linear_combination(step.y0, step.dt, tab.a[5], ks[:5])
-            # in float32 for a half-precision state, as the error test: float16 rounds atol = 1e-9 to 0
-            y0, y1 = error_precision(step.y0.detach()), error_precision(step.y1.detach())
-            scale = self.atol + self.rtol * torch.maximum(y0.abs(), y1.abs())
-            dk = error_precision((ks[6] - ks[5]).detach()) / scale
-            dy = (y1 - error_precision(y6)) / scale
-            batch, d = system_shape(dy, self.batch_dims)
-            num = torch.linalg.vector_norm(dk.reshape(batch + (d,)), dim=-1)
-            den = torch.linalg.vector_norm(dy.reshape(batch + (d,)), dim=-1)
-            ratio = torch.where(den > 0, num / den.clamp_min(torch.finfo(dy.dtype).tiny), 0.0)
-            return float(ratio.max()) if ratio.numel() else 0.0
+        return stage_rho(tab, step.y0, step.y1, step.inner.ks, step.dt, self.rtol, self.atol, self.batch_dims)
+
+
+def has_end_stage_pair(tableau: Any) -> bool:
+    """Whether an explicit tableau's last two stages both sit at the step's end (``c = 1``), the last
+    one at the solution (first-same-as-last): :func:`stage_rho` needs them (dopri5, tsit5, dopri8)."""
+    c = tableau.c
+    return bool(tableau.fsal and len(c) >= 3 and c[-1] == 1.0 and c[-2] == 1.0)
+
+
+def stage_rho(
+    tableau: Any,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    ks: Sequence[torch.Tensor],
+    dt: float,
+    rtol: float,
+    atol: float,
+    batch_dims: int | None = None,
+) -> float:
+    """The spectral radius estimate ``|k_s - k_(s-1)| / |y1 - Y_(s-1)|`` of an explicit step whose last
+    two stages sit at its end (:func:`has_end_stage_pair`), largest over the samples.
+
+    Both stages are evaluated at ``t + dt``, at two nearby states, so their difference quotient
+    estimates the largest eigenvalue magnitude of the Jacobian there for free (Hairer & Wanner, Solving
+    ODEs II, Section IV.2, the stiffness test of DOPRI5 and DOP853). The weights
+    ``1 / (atol + rtol max(|y0|, |y1|))`` make it an estimate for ``W J W^-1``, whose eigenvalues are the
+    Jacobian's: unweighted, the differences of the large smooth components hid the stiff small ones
+    (Robertson at rtol 1e-8, steps at Tsit5's stability limit from t = 0.3 to 7 estimated at 0.35-0.8 of
+    it, 0.9-1.05 weighted).
+
+    Args:
+        tableau: the method's tableau (its row ``a[s-2]`` rebuilds the stage state ``Y_(s-1)``).
+        y0, y1: the step's start and end states; ks: its stage derivatives; dt: its size.
+        rtol, atol: the solve's (smallest) tolerances, for the weights.
+        batch_dims: which leading dimensions index samples (:func:`~.linalg.system_shape`).
+
+    Returns:
+        The estimate (0 for an empty state or where the two stage states coincide).
+    """
+    with torch.no_grad():
+        y_stage = linear_combination(y0, dt, tableau.a[-2], ks[: len(ks) - 2])
+        # in float32 for a half-precision state, as the error test: float16 rounds atol = 1e-9 to 0
+        y0, y1 = error_precision(y0.detach()), error_precision(y1.detach())
+        scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
+        dk = error_precision((ks[-1] - ks[-2]).detach()) / scale
+        dy = (y1 - error_precision(y_stage.detach())) / scale
+        batch, d = system_shape(dy, batch_dims)
+        num = torch.linalg.vector_norm(dk.reshape(batch + (d,)), dim=-1)
+        den = torch.linalg.vector_norm(dy.reshape(batch + (d,)), dim=-1)
+        ratio = torch.where(den > 0, num / den.clamp_min(torch.finfo(dy.dtype).tiny), 0.0)
+        return float(ratio.max()) if ratio.numel() else 0.0
 
 
 def _jacobian_rho(state: RosenbrockState | NordsieckState) -> float:

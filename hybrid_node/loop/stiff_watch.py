@@ -1,0 +1,184 @@
+"""Watch a directly backpropagated solve through an explicit adaptive method for stiffness.
+
+Where a problem is stiff, an explicit method's step is held at its stability limit by the step-size
+controller's feedback, not by accuracy. Direct backpropagation differentiates the accepted steps with
+their sizes held fixed, and that frozen map is at (or past) the limit of stability: perturbations,
+and with them the gradient, can grow without bound (van der Pol with mu = 1000 to t = 2 under dopri5
+gave dy1/dmu of order 1e22 where the solution's is -3.65e-5; docs/gradients.md). The solve itself is
+accurate, so nothing else would report it.
+
+The test is Hairer's DOPRI5 stiffness detection (Hairer & Wanner, Solving ODEs II, Section IV.2):
+``h * rho`` is estimated from the last two stages of an accepted step, which both sit at the step's
+end (:func:`~hybrid_node.solvers.auto_switch.stage_rho`), and the step counts as stiff where it
+exceeds :data:`BOUNDARY_FRACTION` of the length of the method's stability region on the negative real
+axis. Every :data:`SAMPLE_EVERY`-th accepted step is tested, and every step once one was stiff (as
+Hairer's code does, there every 1000th); after :data:`STIFF_STEPS` stiff steps with no
+:data:`NONSTIFF_RESET` non-stiff ones in a row among them, the solve is stiff, and one
+:class:`~hybrid_node.StiffGradientWarning` at its end names the time range and the fixes. It runs only
+where autograd records the steps (the state or the field's parameters require grad and grad mode is
+on), so no-grad and adjoint solves pay nothing, and only for methods whose last two stages both sit at
+the step's end (dopri5, tsit5, dopri8; not bosh3 or the low-order pairs). It watches the host loop,
+not the device loop or per-sample step control.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from .._errors import StiffGradientWarning
+from ..solvers.auto_switch import has_end_stage_pair, stage_rho
+from ..solvers.newton import tolerances
+
+#: stiff steps in a run before the solve counts as stiff (Hairer's DOPRI5: IASTI = 15)
+STIFF_STEPS = 15
+#: non-stiff steps in a row that end a run (Hairer's DOPRI5: NONSTI = 6)
+NONSTIFF_RESET = 6
+#: outside a run, every this many accepted steps are tested (Hairer's DOPRI5 tests every NSTIFF-th
+#: step, default 1000, and every step once a run has begun): the estimate costs ~20 small tensor
+#: operations (0.17-0.34 ms per test on a loaded CPU core, measured), several percent of a small
+#: problem's step; a stiff stretch is still found within this many steps of its start
+SAMPLE_EVERY = 10
+#: the fraction of the real stability boundary above which a step counts as stiff: Hairer's DOPRI5
+#: tests h * rho > 3.25 against its boundary of 3.307
+BOUNDARY_FRACTION = 0.98
+
+
+@functools.lru_cache(maxsize=32)
+def real_stability_boundary(a: tuple[tuple[float, ...], ...], b: tuple[float, ...]) -> float:
+    """The length of an explicit Runge-Kutta method's stability region along the negative real axis.
+
+    The stability function of an explicit method is the polynomial ``R(z) = 1 + sum_k z^k b^T A^(k-1) 1``
+    (Hairer & Wanner, Solving ODEs II, Section IV.2); the boundary is the first ``x > 0`` with
+    ``|R(-x)| > 1``, found on a grid of step 1e-3 and refined by bisection (dopri5: 3.307, tsit5: 3.507).
+
+    Args:
+        a: the tableau's strictly lower rows (row ``i`` holds ``i`` entries); b: its weights.
+
+    Returns:
+        The boundary (``inf`` for a region that holds the whole tested range [0, 50]).
+    """
+    s = len(b)
+    matrix = np.zeros((s, s))
+    for i, row in enumerate(a[:s]):
+        matrix[i, : len(row)] = row
+    coefficients = [1.0]  # of z^0, z^1, ...: A is nilpotent, so s terms after the 1
+    power = np.ones(s)
+    for _ in range(s):
+        coefficients.append(float(np.asarray(b, dtype=float) @ power))
+        power = matrix @ power
+
+    def outside(x: np.ndarray) -> np.ndarray:
+        return np.abs(np.polynomial.polynomial.polyval(-x, coefficients)) > 1.0 + 1e-12
+
+    xs = np.arange(1, 50_001) * 1e-3
+    hits = np.flatnonzero(outside(xs))
+    if not hits.size:
+        return math.inf
+    hi = float(xs[hits[0]])
+    lo = hi - 1e-3
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if outside(np.asarray(mid)) else (mid, hi)
+    return lo
+
+
+class StiffnessWatch:
+    """Hairer's stiffness count over the accepted steps of one solve.
+
+    Args:
+        tableau: the explicit method's tableau (:func:`~hybrid_node.solvers.auto_switch.has_end_stage_pair`).
+        name: the method's name, for the warning.
+        rtol, atol: the solve's tolerances (their smallest values weight the estimate).
+    """
+
+    def __init__(self, tableau, name: str, rtol, atol):
+        self.tableau = tableau
+        self.name = name
+        self.rtol, self.atol = tolerances(rtol, atol)
+        self.limit = BOUNDARY_FRACTION * real_stability_boundary(tableau.a, tableau.b)
+        self.accepted = 0  # accepted steps seen
+        self.run = 0  # stiff steps in the current run
+        self.misses = 0  # non-stiff steps in a row since the run's last stiff one
+        self.run_start = math.nan  # where the current run began
+        self.stiff_from = math.nan  # where the first run that reached STIFF_STEPS began
+        self.stiff_to = math.nan  # the end of the last stiff step once stiff
+        self.largest = 0.0  # the largest h * rho seen once stiff
+
+    @property
+    def stiff(self) -> bool:
+        """Whether some run reached :data:`STIFF_STEPS`."""
+        return not math.isnan(self.stiff_from)
+
+    def observe(self, step, t0: float, y0: torch.Tensor, t1: float) -> None:
+        """Count the accepted explicit step ``step`` from (t0, y0) to t1 (solver time): every
+        :data:`SAMPLE_EVERY`-th step, and every step while a run of stiff steps lasts."""
+        self.accepted += 1
+        if self.run == 0 and (self.accepted - 1) % SAMPLE_EVERY:
+            return
+        hrho = abs(t1 - t0) * stage_rho(self.tableau, y0, step.y1, step.ks, t1 - t0, self.rtol, self.atol)
+        if not math.isfinite(hrho) or hrho <= self.limit:
+            self.misses += 1
+            if self.misses >= NONSTIFF_RESET:
+                self.run, self.misses = 0, 0
+            return
+        if self.run == 0:
+            self.run_start = t0
+        self.run += 1
+        self.misses = 0
+        if self.run >= STIFF_STEPS:
+            if not self.stiff:
+                self.stiff_from = self.run_start
+            self.stiff_to = t1
+            self.largest = max(self.largest, hrho)
+
+    def warn(self, reverse: bool, stacklevel: int = 2) -> None:
+        """Emit the one :class:`~hybrid_node.StiffGradientWarning` of the solve, if it was stiff.
+
+        Args:
+            reverse: the solve runs backwards in time (solver time is the user's negated).
+            stacklevel: passed to :func:`warnings.warn`.
+        """
+        if not self.stiff:
+            return
+        a, b = (-self.stiff_from, -self.stiff_to) if reverse else (self.stiff_from, self.stiff_to)
+        warnings.warn(
+            f"The solve is stiff from t={a:.6g} to t={b:.6g}: {self.name!r}, an explicit method, took its steps "
+            f"at its stability limit there (h * rho up to {self.largest:.3g}, limit {self.limit:.3g}). Direct "
+            "backpropagation differentiates those steps with their sizes frozen, which can be unstable: the "
+            "gradient of this solve is unreliable (it can be off by orders of magnitude). Use a stiff method "
+            "(method='bdf', 'kvaerno5' or 'rodas5p'), or an adjoint (odeint_adjoint, or "
+            "sensitivity=hn.InterpolatingAdjoint()), or check the gradient against finite differences.",
+            StiffGradientWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def watch_for(solver, rtol, atol) -> StiffnessWatch | None:
+    """A :class:`StiffnessWatch` for a solve that direct backpropagation will differentiate, else None.
+
+    Args:
+        solver: the loop's solver; watched when it is an adaptive explicit Runge-Kutta method whose last
+            two stages sit at the step's end (dopri5, tsit5, dopri8).
+        rtol, atol: the solve's tolerances.
+
+    Returns:
+        None with grad mode off, for other methods, or where neither the state nor a parameter of the
+        field requires grad (the loop checks the last on the first step: :func:`records_steps`).
+    """
+    tableau = getattr(solver, "tableau", None)
+    if not torch.is_grad_enabled() or getattr(solver, "implicit", False) or tableau is None:
+        return None
+    if not (tableau.adaptive and has_end_stage_pair(tableau)):
+        return None
+    return StiffnessWatch(tableau, getattr(solver, "name", type(solver).__name__), rtol, atol)
+
+
+def records_steps(step) -> bool:
+    """Whether autograd records the steps: the first accepted step's state requires grad (through y0 or
+    the field's parameters)."""
+    return bool(step.y1.requires_grad)
