@@ -77,7 +77,13 @@ class ConstantStepSize(AbstractController):
     Args:
         step_size: the step; None takes the output times as the grid (unless ``grid_constructor``).
         grid_constructor: ``f(func, y0, t) -> grid`` returning a 1-D tensor from t[0] to t[-1].
-        interp: how outputs between grid points are obtained: "linear" or "cubic" (Hermite).
+        interp: how outputs between grid points are obtained: "linear" or "cubic" (Hermite); None (the
+            default) means "not given" and is read as "linear" by the loops that interpolate. Kept
+            apart from an explicit "linear" so that the loops that never read it (non-terminal and
+            per-sample event solves, the Julia backend) can refuse an explicit value instead of
+            dropping it; ``ConstantStepSize()`` and ``ConstantStepSize(interp="linear")`` therefore
+            differ in repr and ``==`` although plain solves treat them alike (the loops test
+            ``interp == "cubic"``).
         perturb: evaluate the field just after the start and just before the end of each step (for
             fields with jumps at grid points); passes ``perturb=`` to the user's function.
         max_num_steps: the most steps a ``step_size`` grid may have; a longer one is refused before
@@ -91,7 +97,7 @@ class ConstantStepSize(AbstractController):
 
     step_size: float | None = None
     grid_constructor: Callable | None = None
-    interp: str = "linear"
+    interp: str | None = None
     perturb: bool = False
     max_num_steps: int = 10**6
 
@@ -105,8 +111,8 @@ class ConstantStepSize(AbstractController):
                 f"step_size must be a positive finite number, got {self.step_size!r}."
                 + sign_hint(float(self.step_size))
             )
-        if self.interp not in ("linear", "cubic"):
-            raise ValueError(f"interp must be 'linear' or 'cubic', got {self.interp!r}.")
+        if self.interp is not None and self.interp not in ("linear", "cubic"):
+            raise ValueError(f"interp must be 'linear' or 'cubic' (or None, read as 'linear'), got {self.interp!r}.")
         check_max_num_steps(self.max_num_steps)
 
     def init(self) -> None:

@@ -299,7 +299,7 @@ def check_event_controller(problem, what: str) -> None:
 
     They run on the host with shared steps: a PIDController (no ``per_sample``, ``device_loop``),
     or a ConstantStepSize with ``step_size`` (the loop lays its own grid, restarted at each jump)
-    and without ``interp="cubic"`` (the crossings are located on the solver's own dense output, which
+    and without an explicit ``interp`` (the crossings are located on the solver's own dense output, which
     ``interp`` does not choose: a setting that would not act is refused); no compiled steps.
 
     Args:
@@ -308,7 +308,7 @@ def check_event_controller(problem, what: str) -> None:
 
     Raises:
         ValueError: a ConstantStepSize without ``step_size``, with ``grid_constructor``/``perturb`` or
-            ``interp="cubic"``, ``per_sample`` or ``device_loop`` step control, or compiled steps.
+            an explicit ``interp`` ("linear" too), ``per_sample`` or ``device_loop`` step control, or compiled steps.
     """
     ctrl = problem.controller
     if isinstance(ctrl, ConstantStepSize):
@@ -317,7 +317,7 @@ def check_event_controller(problem, what: str) -> None:
                 f"{what} on fixed steps need options={{'step_size': ...}} (hn.ConstantStepSize(step_size=...)) "
                 "and no grid_constructor or perturb: the event loop lays its own grid and restarts it at each jump."
             )
-        if ctrl.interp != "linear":  # the default (outputs of plain solves): not told apart from an explicit one
+        if ctrl.interp is not None:  # either value, given explicitly: None is "not given" (ConstantStepSize)
             raise ValueError(interp_unread(what, "hn.ConstantStepSize(interp=...)"))
     elif ctrl.per_sample or ctrl.device_loop:
         raise ValueError(
