@@ -387,6 +387,12 @@ class Problem:
         """-1.0 for a solve backwards in time (solver time s = -t), else 1.0."""
         return -1.0 if self.reverse else 1.0
 
+    @property
+    def event_end(self) -> float:
+        """Where an event search gives up, in solver time: ``event_t_end``, or +inf where none was given
+        (the search is then bounded by the loop's step cap alone)."""
+        return math.inf if self.event_t_end is None else self.event_t_end
+
     def term(self, func: Callable | None = None, callbacks: bool = True) -> Term:
         """The solver's view of ``func`` (default: the problem's field).
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -233,7 +232,7 @@ def integrate(
         jump_t=problem.jump_t,
         step_t=problem.step_t,
         event_fn=event_fn,
-        event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
+        event_end=problem.event_end,
         dense=dense,
         throw=throw,
     )

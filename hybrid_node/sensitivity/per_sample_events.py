@@ -198,7 +198,7 @@ def solve_sample_events(
             atol=problem.atol,
             norm=problem.norm,
             event_fn=event_fn,
-            event_end=math.inf if problem.event_t_end is None else problem.event_t_end,
+            event_end=problem.event_end,
             throw=throw,
             field_at_events=gradients,
             adjoint_gradients=gradients and adjoint is not None and _differentiable(problem, adjoint_params),
