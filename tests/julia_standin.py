@@ -436,11 +436,35 @@ def _attempts(solver, nfev_before: int) -> int:
 #: ``dt /= min(inv(qmin), q11 / gamma)`` with ``q11 = EEst^beta1`` NaN (src/integrators/
 #: controllers.jl:838-842), and Julia's ``min`` propagates NaN, so ``dt`` is NaN and the next
 #: ``check_error`` ends the solve with ``ReturnCode.DtNaN`` before anything else (DiffEqBase 7.18
-#: lib/DiffEqBase/src/check_error.jl:77-80), the state that of the last accepted step. Left out:
-#: VCABM (IController, whose ``@fastmath`` min/max leave a NaN's fate to the compiler) and the
-#: Newton-based KenCarp4/TRBDF2/FBDF/QNDF (a NaN fails the Newton iteration first, which shrinks
-#: ``dt`` by a finite factor: they keep the step-size underflow below).
+#: lib/DiffEqBase/src/check_error.jl:77-80), the state that of the last accepted step. The
+#: Rosenbrock methods are here: they solve linear systems, no Newton iteration, so a NaN stage
+#: reaches their error estimate. Left out: VCABM (``default_controller(QT, alg::VCABM) =
+#: IController``, lib/OrdinaryDiffEqAdamsBashforthMoulton/src/alg_utils.jl:15, whose
+#: ``@fastmath q = max(inv(qmax), min(inv(qmin), qtmp))`` (OrdinaryDiffEqCore
+#: src/integrators/controllers.jl:676) carries LLVM's ``nnan`` flag: with a NaN ``EEst`` the
+#: value of ``q``, and so whether ``dt`` becomes NaN or shrinks by a finite factor, is undefined;
+#: it keeps scipy's step-size underflow) and the Newton-based :data:`NEWTON_ALGORITHMS`.
 NAN_DT_ALGORITHMS = ("Tsit5", "DP5", "BS3", "RK4", "Vern7", "Vern9", "Rodas5P", "Rosenbrock23", "AutoTsit5Rodas5P")
+
+#: The algorithms HybridNODE maps that solve their stages by Newton's method
+#: (OrdinaryDiffEqNonlinearSolve). A non-finite field value in a stage makes the residual norm
+#: ``ndz`` non-finite, which ``nlsolve!`` takes for divergence (src/nlsolve.jl:151-158 at
+#: OrdinaryDiffEq b211787), retried once with a fresh Jacobian (:252-261, the same NaN again);
+#: ``postamble!`` then sets ``force_stepfail`` (:309) and the stage returns early (``nlsolvefail(nlsolver)
+#: && return``: OrdinaryDiffEqSDIRK src/generic_imex_perform_step.jl:131, OrdinaryDiffEqBDF
+#: src/bdf_perform_step.jl:64), before any error estimate and with ``integrator.u`` not advanced.
+#: Adaptive steps: ``_loopfooter!`` calls ``post_newton_controller!`` (OrdinaryDiffEqCore
+#: src/integrators/integrator_utils.jl:601-603, 730), which divides ``dt`` by ``failfactor = 2``
+#: (src/integrators/controllers.jl:485-491; FBDF and QNDF the same, OrdinaryDiffEqBDF
+#: src/controllers.jl:257-283), a finite factor: the solve creeps up to the NaN and ends in
+#: ``check_error``'s ``dt_epsilon`` branch, ``Unstable`` with the last accepted (finite) state
+#: (DiffEqBase check_error.jl:102-105), which scipy's Radau step-size failure models. Fixed steps
+#: (TRBDF2 with ``adaptive = false``): the failed step sets ``last_stepfail`` and is retried at the
+#: same ``dt`` (integrator_utils.jl:604-608; ``handle_step_rejection!`` leaves ``dt`` alone with
+#: ``force_stepfail``, :137), and ``check_error`` ends the solve with ``ConvergenceFailure``
+#: (``last_step_failed``: ``last_stepfail && !adaptive``, integrator_utils.jl:248-250;
+#: check_error.jl:113-116) at the start of the failed step, the state finite.
+NEWTON_ALGORITHMS = ("KenCarp4", "TRBDF2", "FBDF", "QNDF")
 
 
 class _NonFiniteWatch:
@@ -450,27 +474,56 @@ class _NonFiniteWatch:
         calls: the calls made so far.
         first: the number of the first call (1-based) that returned a non-finite value since it was
             last reset to None (before each ``step()``), or None.
+        first_t: the time of that call (None with ``first``).
     """
 
     def __init__(self, fun):
         self.fun = fun
         self.calls = 0
         self.first: int | None = None
+        self.first_t: float | None = None
 
     def __call__(self, t, x):
         out = self.fun(t, x)
         self.calls += 1
         if self.first is None and not np.all(np.isfinite(out)):
-            self.first = self.calls
+            self.first, self.first_t = self.calls, float(t)
         return out
 
 
-def _nonfinite_stop(config, watch: _NonFiniteWatch, calls_before: int, attempts_before: int, solver, maxiters: int):
+def _fixed_step_start(stops: np.ndarray, dt: float, t_hit: float) -> float:
+    """The start of upstream's fixed step (``dt``, ending on every tstop) whose stages reach ``t_hit``.
+
+    The steps of a fixed-step solve are known beforehand (see :func:`_fixed_grid_stop`); scipy's
+    own steps are not them, so the step a non-finite stage value fails is taken to be the grid step
+    that holds the time of scipy's first non-finite field value, ``t_hit``.
+
+    Args:
+        stops: the grid's start followed by the (increasing) tstops after it.
+        dt: the fixed step.
+        t_hit: the time of the first non-finite field value.
+
+    Returns:
+        The start of the grid step ``(start, start + dt]`` holding ``t_hit``.
+    """
+    for a, b in zip(stops[:-1], stops[1:]):
+        if t_hit <= b:
+            k = max(1, int(np.ceil((t_hit - a) / dt)))
+            return float(min(a + (k - 1) * dt, b))
+    return float(stops[-1])
+
+
+def _nonfinite_stop(
+    config, watch: _NonFiniteWatch, calls_before: int, attempts_before: int, solver, maxiters: int, stops: np.ndarray
+):
     """How upstream's solve ends when a step attempt saw a non-finite vector field value, or None.
 
-    With fixed steps (``adaptive = false``) nothing is rejected: the step is accepted with its NaN
-    state and ``unstable_check`` (``any(isnan, u)``) ends the solve with ``Unstable``, the state not
-    finite (DiffEqBase src/check_error.jl:103-107). With adaptive steps of a PIController algorithm
+    With fixed steps (``adaptive = false``) nothing is rejected: the step of an explicit method is
+    accepted with its NaN state and ``unstable_check`` (``any(isnan, u)``) ends the solve with
+    ``Unstable``, the state not finite (DiffEqBase src/check_error.jl:108-112); the Newton iteration of
+    an implicit one (:data:`NEWTON_ALGORITHMS`) fails instead, and the solve ends with
+    ``ConvergenceFailure`` at the start of that step, the state finite. With adaptive steps of a
+    Newton method the dt halvings end in scipy's step-size underflow (None here); of a PIController algorithm
     (:data:`NAN_DT_ALGORITHMS`) the rejected attempt's ``dt`` is NaN: ``DtNaN`` at the last accepted
     step, provided that attempt came within ``maxiters`` (``check_error`` tests ``isnan(dt)`` before
     ``iter > maxiters``).
@@ -481,21 +534,26 @@ def _nonfinite_stop(config, watch: _NonFiniteWatch, calls_before: int, attempts_
         calls_before, attempts_before: the field calls and step attempts before that ``step()``.
         solver: the scipy solver (its ``n_stages`` evaluations make one explicit attempt).
         maxiters: the step limit in force.
+        stops: the fixed-step grid's start and the tstops after it (read with fixed steps only).
 
     Returns:
-        ``(retcode, state_finite)``, or None: no non-finite value in this ``step()``, or an
-        algorithm that keeps scipy's outcome (a step-size underflow).
+        ``(retcode, state_finite, t_reached)`` (``t_reached`` None: where scipy's last accepted step
+        ended), or None: no non-finite value in this ``step()``, or an algorithm that keeps scipy's
+        outcome (a step-size underflow).
     """
     if watch.first is None or watch.first <= calls_before:
         return None
+    if config.fixed_step and config.algorithm in NEWTON_ALGORITHMS:
+        assert watch.first_t is not None  # set together with watch.first
+        return "ConvergenceFailure", True, _fixed_step_start(stops, float(config.dt), watch.first_t)
     if config.fixed_step:
-        return "Unstable", False
+        return "Unstable", False, None
     if config.algorithm not in NAN_DT_ALGORITHMS:
         return None
     stages = getattr(solver, "n_stages", None)
     # an explicit attempt is n_stages calls (see _attempts); Radau's step() counts as one attempt
     attempt = attempts_before + (-(-(watch.first - calls_before) // stages) if stages else 1)
-    return ("DtNaN", True) if attempt <= maxiters else None
+    return ("DtNaN", True, None) if attempt <= maxiters else None
 
 
 def _initial_nonfinite_stop(config, ts: np.ndarray, f0: np.ndarray) -> tuple[str, bool, float] | None:
@@ -509,9 +567,11 @@ def _initial_nonfinite_stop(config, ts: np.ndarray, f0: np.ndarray) -> tuple[str
     any step, since ``accept_step`` starts false (src/solve.jl:710): ``Unstable`` at ``t0`` with the
     finite ``u0``. With a first step (``first_step``) the first attempt meets the NaN: ``DtNaN``
     for the PIController algorithms (:func:`_nonfinite_stop`; the others are taken to fail their
-    Newton iteration down to the same ``Unstable``). With fixed steps the first step is accepted
-    and ``unstable_check`` stops on its NaN state: ``Unstable`` at ``t0 + dt`` (or the first tstop).
-    scipy's initial step is NaN there instead, and its step loop never ends.
+    Newton iteration down to the same ``Unstable``, :data:`NEWTON_ALGORITHMS`). With fixed steps the
+    first step of an explicit method is accepted and ``unstable_check`` stops on its NaN state:
+    ``Unstable`` at ``t0 + dt`` (or the first tstop); that of a Newton method fails, and the solve
+    ends with ``ConvergenceFailure`` at ``t0``, the state ``u0``. scipy's initial step is NaN there
+    instead, and its step loop never ends.
 
     Args:
         config: the engine's SolveConfig.
@@ -524,6 +584,8 @@ def _initial_nonfinite_stop(config, ts: np.ndarray, f0: np.ndarray) -> tuple[str
     if np.all(np.isfinite(f0)):
         return None
     t0 = float(ts[0])
+    if config.fixed_step and config.algorithm in NEWTON_ALGORITHMS:
+        return "ConvergenceFailure", True, t0
     if config.fixed_step:
         return "Unstable", False, min(t0 + float(config.dt), float(ts[1]))
     if config.dt is not None and config.algorithm in NAN_DT_ALGORITHMS:
@@ -735,7 +797,7 @@ class StandinEngine:
         if config.fixed_step:
             maxiters = sys.maxsize
         steps, interpolants, retcode, accepted, attempts = [ts[0]], [], "Success", 0, 0
-        state_finite = True
+        state_finite, nan_reached = True, None
         start = _initial_nonfinite_stop(config, ts, fun(ts[0], x0.copy()))  # initdt's f0
         if start is not None:
             retcode, state_finite, _ = start
@@ -744,9 +806,9 @@ class StandinEngine:
             fun.first = None  # only this step()'s calls count (dense output evaluates the field too)
             solver.step()
             attempts += _attempts(solver, before)
-            nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, _maxiters(config))
-            if nan_stop is not None:  # upstream's DtNaN (or fixed steps' Unstable): drop this step
-                retcode, state_finite = nan_stop
+            nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, _maxiters(config), ts)
+            if nan_stop is not None:  # upstream's DtNaN (fixed steps: Unstable, ConvergenceFailure): drop this step
+                retcode, state_finite, nan_reached = nan_stop
                 break
             if attempts > maxiters:  # upstream stops before the attempt past the limit: drop this step
                 retcode = "MaxIters"
@@ -761,6 +823,8 @@ class StandinEngine:
             steps.append(solver.t)
             interpolants.append(solver.dense_output())
         reached = float(steps[-1]) if start is None else start[2]
+        if nan_reached is not None:  # a fixed step's Newton failure: the grid step's start (the state extrapolated)
+            reached = nan_reached
         if fixed_stop is not None and retcode == "Success":
             retcode, reached = "MaxIters", fixed_stop
         success = retcode == "Success"
@@ -858,9 +922,10 @@ class StandinEngine:
                 fun.first = None  # only this step()'s calls count, as in forward
                 solver.step()
                 attempts += 0 if fixed else _attempts(solver, before)
-                nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, maxiters)
-                if nan_stop is not None:  # DtNaN (fixed steps: Unstable) at the last accepted step, as forward
-                    retcode, state_finite = nan_stop
+                nan_stop = _nonfinite_stop(config, fun, calls, attempts_before, solver, maxiters, stops)
+                if nan_stop is not None:  # DtNaN (fixed steps: Unstable, ConvergenceFailure), as forward
+                    retcode, state_finite, nan_reached = nan_stop
+                    t = t if nan_reached is None else nan_reached
                     break
                 if attempts > maxiters:  # check_error's MaxIters, before the attempt past the limit
                     retcode = "MaxIters"

@@ -618,31 +618,60 @@ def status_from_retcode(retcode: str, state_finite: bool | None = None) -> Statu
     return Status.FAILED
 
 
-def retcode_cause(retcode: str) -> str:
+#: the Julia algorithms whose stages are solved by Newton's method (OrdinaryDiffEqNonlinearSolve)
+NEWTON_ALGORITHMS = ("KenCarp4", "TRBDF2", "FBDF", "QNDF")
+
+
+def retcode_cause(retcode: str, algorithm: str | None = None, state_finite: bool | None = None) -> str:
     """What a SciML return code says about the failure beyond its :class:`Status`, or "".
 
     ``DtNaN``: an adaptive step attempt's error estimate was NaN, which makes the rejected step's
     new ``dt`` NaN (OrdinaryDiffEqCore's PIController divides ``dt`` by ``min(inv(qmin),
     EEst^beta1 / gamma)``, NaN propagating through Julia's ``min``) and ``check_error`` stops the solve
     (SciMLBase src/integrator_interface.jl, DiffEqBase 7 lib/DiffEqBase/src/check_error.jl). The
-    accepted state is finite; a NaN or infinite value of the vector field in that attempt is what
-    makes the estimate NaN.
+    accepted state is finite; a non-finite value of the vector field in that attempt is what makes
+    the estimate NaN.
+
+    The Newton methods (:data:`NEWTON_ALGORITHMS`) never get that far: ``nlsolve!`` takes a
+    non-finite residual norm for divergence (OrdinaryDiffEqNonlinearSolve src/nlsolve.jl:151-158 at
+    OrdinaryDiffEq b211787) and the step fails before its error estimate. With adaptive steps each
+    failure halves ``dt`` (``post_newton_controller!``, OrdinaryDiffEqCore
+    src/integrators/controllers.jl:485-491), so a NaN ends the solve as a step-size underflow
+    (``Unstable`` with a finite state, check_error.jl:102-105); with fixed steps it ends with
+    ``ConvergenceFailure`` (``last_step_failed``, check_error.jl:113-116). Neither code tells a NaN
+    from a Newton iteration that truly diverged, so the cause names both.
 
     Args:
         retcode: the return code's name (``"ReturnCode.DtNaN"`` or ``"DtNaN"``).
+        algorithm: the OrdinaryDiffEq algorithm that ran, or None (not known).
+        state_finite: whether the state where the solver stopped is finite (None: not known).
 
     Returns:
         The explanation for :class:`SolverError`'s ``cause`` ("" for the other codes: the status's
         own message applies).
     """
-    if retcode.rsplit(".", 1)[-1].strip() != "DtNaN":
-        return ""
-    return (
-        "The vector field returned NaN or infinite values in the step attempted after this time (the state "
-        "here is finite), so the step's error estimate and then its size became NaN. "
-        "Look for a log, sqrt, power or division whose argument leaves its domain, or NaN/inf parameters; "
-        "keep the field finite or end the solve before this time."
-    )
+    name = retcode.rsplit(".", 1)[-1].strip()
+    if name == "DtNaN":
+        return (
+            "The vector field returned NaN or infinite values in the step attempted after this time (the state "
+            "here is finite), so the step's error estimate and then its size became NaN. "
+            "Look for a log, sqrt, power or division whose argument leaves its domain, or NaN/inf parameters; "
+            "keep the field finite or end the solve before this time."
+        )
+    if name == "ConvergenceFailure":
+        return (
+            "Julia's Newton iteration failed on the fixed step after this time (the state here is finite): "
+            "either it diverged at this step size (take a smaller step_size, or adaptive steps), or the vector "
+            "field returned NaN or infinite values in that step, which Julia's Newton iteration reports the same "
+            "way (keep the field finite there)."
+        )
+    if name == "Unstable" and state_finite is True and algorithm in NEWTON_ALGORITHMS:
+        return (
+            f"{algorithm} halves its step after each failed Newton iteration, so besides a solve that is hard "
+            "here, a vector field that returns NaN or infinite values just after this time (the state here is "
+            "finite) also ends this way: check that the field is finite there."
+        )
+    return ""
 
 
 def initial_field_cause(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t0, m0: torch.Tensor) -> str:
@@ -764,7 +793,8 @@ class _JuliaSolve(torch.autograd.Function):
             raise
         if not out.success:
             reached = out.t_reached if out.t_reached is not None else out.t_final
-            status, cause = status_from_retcode(out.retcode, out.state_finite), retcode_cause(out.retcode)
+            status = status_from_retcode(out.retcode, out.state_finite)
+            cause = retcode_cause(out.retcode, run.config.algorithm, out.state_finite)
             if reached == sign * ts[0]:  # stopped before any step: a non-finite f0 looks like an underflow
                 start = initial_field_cause(run.field, t[0].to(run.device), y0.detach().to(run.device))
                 status, cause = (Status.NONFINITE, start) if start else (status, cause)

@@ -270,7 +270,7 @@ def solve_events(
         backend.raise_for_initial_field(err, field, t.reshape(-1)[0].detach(), m0.detach())
         raise
     status = bridge.status if out.success else backend.status_from_retcode(out.retcode, out.state_finite)
-    cause = "" if out.success else backend.retcode_cause(out.retcode)
+    cause = "" if out.success else backend.retcode_cause(out.retcode, config.algorithm, out.state_finite)
     if not out.success and out.t_reached == ts[0]:  # stopped before any step: f0 may be non-finite
         start = backend.initial_field_cause(field, t.reshape(-1)[0].detach(), m0.detach())
         status, cause = (Status.NONFINITE, start) if start else (status, cause)
