@@ -491,8 +491,8 @@ class _NonFiniteWatch:
         return out
 
 
-def _fixed_step_start(stops: np.ndarray, dt: float, t_hit: float) -> float:
-    """The start of upstream's fixed step (``dt``, ending on every tstop) whose stages reach ``t_hit``.
+def _fixed_step_holding(stops: np.ndarray, dt: float, t_hit: float) -> tuple[float, float]:
+    """The start and end of upstream's fixed step (``dt``, ending on every tstop) whose stages reach ``t_hit``.
 
     The steps of a fixed-step solve are known beforehand (see :func:`_fixed_grid_stop`); scipy's
     own steps are not them, so the step a non-finite stage value fails is taken to be the grid step
@@ -504,13 +504,14 @@ def _fixed_step_start(stops: np.ndarray, dt: float, t_hit: float) -> float:
         t_hit: the time of the first non-finite field value.
 
     Returns:
-        The start of the grid step ``(start, start + dt]`` holding ``t_hit``.
+        ``(start, end)`` of the grid step holding ``t_hit``: ``end = min(start + dt, next tstop)``.
     """
     for a, b in zip(stops[:-1], stops[1:]):
         if t_hit <= b:
             k = max(1, int(np.ceil((t_hit - a) / dt)))
-            return float(min(a + (k - 1) * dt, b))
-    return float(stops[-1])
+            start = float(min(a + (k - 1) * dt, b))
+            return start, float(min(start + dt, b))
+    return float(stops[-1]), float(stops[-1])
 
 
 def _nonfinite_stop(
@@ -520,8 +521,8 @@ def _nonfinite_stop(
 
     With fixed steps (``adaptive = false``) nothing is rejected: the step of an explicit method is
     accepted with its NaN state and ``unstable_check`` (``any(isnan, u)``) ends the solve with
-    ``Unstable``, the state not finite (DiffEqBase src/check_error.jl:108-112); the Newton iteration of
-    an implicit one (:data:`NEWTON_ALGORITHMS`) fails instead, and the solve ends with
+    ``Unstable`` at that step's end, the state not finite (DiffEqBase src/check_error.jl:108-112); the
+    Newton iteration of an implicit one (:data:`NEWTON_ALGORITHMS`) fails instead, and the solve ends with
     ``ConvergenceFailure`` at the start of that step, the state finite. With adaptive steps of a
     Newton method the dt halvings end in scipy's step-size underflow (None here); of a PIController algorithm
     (:data:`NAN_DT_ALGORITHMS`) the rejected attempt's ``dt`` is NaN: ``DtNaN`` at the last accepted
@@ -543,11 +544,12 @@ def _nonfinite_stop(
     """
     if watch.first is None or watch.first <= calls_before:
         return None
-    if config.fixed_step and config.algorithm in NEWTON_ALGORITHMS:
-        assert watch.first_t is not None  # set together with watch.first
-        return "ConvergenceFailure", True, _fixed_step_start(stops, float(config.dt), watch.first_t)
     if config.fixed_step:
-        return "Unstable", False, None
+        assert watch.first_t is not None  # set together with watch.first
+        start, end = _fixed_step_holding(stops, float(config.dt), watch.first_t)
+        if config.algorithm in NEWTON_ALGORITHMS:
+            return "ConvergenceFailure", True, start
+        return "Unstable", False, end
     if config.algorithm not in NAN_DT_ALGORITHMS:
         return None
     stages = getattr(solver, "n_stages", None)
@@ -823,7 +825,7 @@ class StandinEngine:
             steps.append(solver.t)
             interpolants.append(solver.dense_output())
         reached = float(steps[-1]) if start is None else start[2]
-        if nan_reached is not None:  # a fixed step's Newton failure: the grid step's start (the state extrapolated)
+        if nan_reached is not None:  # fixed steps: upstream's grid step (its start or end; the state extrapolated)
             reached = nan_reached
         if fixed_stop is not None and retcode == "Success":
             retcode, reached = "MaxIters", fixed_stop

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from julia_standin import StandinEngine, _fixed_step_start
+from julia_standin import StandinEngine, _fixed_step_holding
 
 from hybrid_node._errors import SolverError, Status
 from hybrid_node.julia import backend as jb
@@ -117,14 +117,19 @@ def test_trbdf2_on_fixed_steps_with_a_nan_at_the_start_is_the_fields_nan():
     assert err.status is Status.NONFINITE and err.t == 0.0
 
 
-def test_explicit_fixed_steps_still_accept_the_nan_state():
-    # RK4 on fixed steps has no Newton iteration: the NaN step is accepted, unstable_check stops on it
+def test_explicit_fixed_steps_accept_the_nan_state_and_stop_at_that_steps_end():
+    # RK4 on fixed steps has no Newton iteration: the step from 0.5 to 0.6 is accepted with its NaN state,
+    # integrator.t moves to 0.6 and unstable_check stops there
     out = _forward(_nan_after_half, _config("RK4", dt=0.1))
     assert (out.retcode, out.state_finite) == ("Unstable", False)
+    assert abs(out.t_reached - 0.6) <= 1e-15
+    err = _solve_error(_nan_after_half, "rk4", step_size=0.1)
+    assert err.status is Status.NONFINITE and abs(err.t - 0.6) <= 1e-15
 
 
 def test_a_fixed_step_newton_failure_is_placed_on_upstreams_grid():
     # the fixed grid restarts at every tstop: stops 0, 0.25, 1 with dt 0.1 put the step holding 0.5 at [0.45, 0.55]
     stops = np.array([0.0, 0.25, 1.0])
-    assert _fixed_step_start(stops, 0.1, 0.5000001) == pytest.approx(0.45, abs=1e-15)
-    assert _fixed_step_start(stops, 0.1, 0.2) == pytest.approx(0.1, abs=1e-15)
+    np.testing.assert_allclose(_fixed_step_holding(stops, 0.1, 0.5000001), (0.45, 0.55), rtol=0, atol=1e-15)
+    # the step before a tstop is shortened to land on it
+    np.testing.assert_allclose(_fixed_step_holding(stops, 0.1, 0.21), (0.2, 0.25), rtol=0, atol=1e-15)
