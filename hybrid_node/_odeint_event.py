@@ -143,7 +143,7 @@ def _odeint_sample_events(func, y0, t, event_fn, odeint_interface, throw, event_
     solver, controller, extras = build_solver(
         kwargs.get("method"), options, kwargs.get("rtol", 1e-7), kwargs.get("atol", 1e-9)
     )
-    if "interp" in options:  # even "linear", the controller's default: the loop reads the solver's dense output
+    if "interp" in options:  # either value, named as the option it was: the loop reads the dense output
         raise ValueError(interp_unread("per-sample events", "options['interp']"))
     sol = solve(
         func,
