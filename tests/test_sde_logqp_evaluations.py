@@ -1,10 +1,11 @@
-"""``logqp=True`` costs the prior drift h, not a second drift and diffusion, per step.
+"""``logqp=True`` costs the prior drift h at the method's KL stages, not a second drift and diffusion.
 
-The KL rate 1/2 |(f - h) / g|^2 is integrated by the left-point rule at each step's start (t, y), where every
-fixed-step method evaluates f and g anyway. torchsde evaluates them once there for both (its KL term is a state
-of one augmented SDE); hybrid_node evaluated them a second time for the rate: torchsde's latent SDE example
+The KL rate 1/2 |(f - h) / g|^2 is integrated with the method's own stages (left point for euler, milstein and
+euler_heun; start and predictor for heun; the midpoint stage for midpoint; SRA1's two drift stages for srk), where
+the method evaluates f and g anyway. torchsde evaluates them once there for both (its KL term is a state of one
+augmented SDE); hybrid_node evaluated them a second time for the rate: torchsde's latent SDE example
 (``examples/latent_sde_lorenz.py``, euler, dt = 1e-2) ran its drift network 401 times per solve against
-torchsde's 202.
+torchsde's 202. srk's second drift stage has no diffusion evaluation of its own, so the rate there costs one g.
 """
 
 from __future__ import annotations
@@ -51,28 +52,33 @@ def _solve(method: str, sde_type: str, logqp: bool, ts: torch.Tensor, grad: bool
     return sde, out
 
 
-@pytest.mark.parametrize(
-    "method, sde_type",
-    [
-        ("euler", "ito"),
-        ("milstein", "ito"),
-        ("srk", "ito"),
-        ("euler_heun", "stratonovich"),
-        ("heun", "stratonovich"),
-        ("midpoint", "stratonovich"),
-    ],
-)
-def test_logqp_reuses_the_steps_drift_and_diffusion(method, sde_type):
+# method, SDE type, KL stages per step (the rate's h calls), diffusion calls per step the rate adds
+STAGES = [
+    ("euler", "ito", 1, 0),
+    ("milstein", "ito", 1, 0),
+    ("srk", "ito", 2, 1),  # the second drift stage: f is the step's, g is not
+    ("euler_heun", "stratonovich", 1, 0),
+    ("heun", "stratonovich", 2, 0),
+    ("midpoint", "stratonovich", 1, 0),
+    ("reversible_heun", "stratonovich", 1, 0),  # the rate at z1 is the next step's rate at z0
+]
+
+
+@pytest.mark.parametrize("method, sde_type, stages, extra_g", STAGES, ids=[s[0] for s in STAGES])
+def test_logqp_reuses_the_steps_drift_and_diffusion(method, sde_type, stages, extra_g):
     ts = torch.linspace(0.0, 1.0, 11)  # the outputs are the step grid (dt = 0.1): ys holds every left point
     plain, ys_plain = _solve(method, sde_type, False, ts)
     counted, (ys, kl) = _solve(method, sde_type, True, ts)
     steps = len(ts) - 1
-    # f and g as without logqp (before: one more of each per step); h once per step and once in the input
-    # check, which evaluates f and g once too
+    # f and g as without logqp (before: one more of each per step); h once per KL stage and once in the input
+    # check, which evaluates f and g once too (reversible_heun: once more at z0 of the first step)
+    first = 1 if method == "reversible_heun" else 0
     assert counted.calls["f"] == plain.calls["f"], (counted.calls, plain.calls)
-    assert counted.calls["g"] == plain.calls["g"], (counted.calls, plain.calls)
-    assert counted.calls["h"] == steps + 1
+    assert counted.calls["g"] == plain.calls["g"] + extra_g * steps, (counted.calls, plain.calls)
+    assert counted.calls["h"] == stages * steps + 1 + first
     torch.testing.assert_close(ys, ys_plain, rtol=0, atol=0)  # the same operations on the same inputs
+    if stages > 1 or method in ("midpoint", "reversible_heun"):
+        return  # their quadrature is checked against torchsde in tests/test_sde_logqp_order.py
     # the KL increments: the left-point rule at each step's start, computed here from the states
     with torch.no_grad():
         sde = _Counted(sde_type)

@@ -219,10 +219,10 @@ def test_logqp_with_diagonal_noise_matches_torchsde_on_its_first_channels(method
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["heun", "midpoint", "reversible_heun"])
 def test_logqp_of_stage_methods_converges_to_the_same_integral(method):
-    # heun, midpoint and reversible_heun integrate the KL rate with their own stages in torchsde and by the
-    # left-point rule here, so at a fixed dt they differ (5-25 % at dt = 0.03 on this problem, whose
-    # pseudo-inverse makes the rate large). Both are consistent quadratures of one path integral: against a
-    # fine left-point reference (dt = 2^-14) both errors fall as dt does, to within 2 % at dt = 2^-10.
+    # heun, midpoint and reversible_heun integrate the KL rate with their own stages in both libraries (they
+    # agree to rounding at any dt: tests/test_sde_logqp_order.py). Both converge to the path integral that
+    # the left-point rule converges to: against a fine left-point reference (dt = 2^-14) both errors fall as
+    # dt does, to within 2 % at dt = 2^-10.
     sde = Field("additive", "stratonovich")
     ts = [T0, T1]
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from .._autocast import full_precision
 from .._errors import SolverError, Status
 from ..controllers import error_ratio as ode_error_ratio
 from ..controllers import rms_norm
+from ._kl import logqp_rate as logqp_rate  # the adjoints take the rate from here
 from ._sde import SDEView
 from .solvers.base import SDESolver
 
@@ -37,33 +37,6 @@ class Trajectory:
     weights: list[tuple[int, float]]
     kept: dict[int, torch.Tensor]
     extra: tuple
-
-
-def logqp_rate(sde: SDEView, t: float, y: torch.Tensor) -> torch.Tensor:
-    """1/2 |u|^2 with g u = f - h: the rate of KL(posterior path || prior path) (Girsanov).
-
-    Args:
-        sde: the SDE with a prior drift h; t: time; y: state (batch, d).
-
-    Returns:
-        (batch,).
-
-    Reference:
-        X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
-        Equations", AISTATS 2020, section 5 (latent SDE, eq. 10).
-    """
-    f, g = sde.f_and_g(t, y)
-    diff = f - sde.h(t, y)
-    if sde.noise_type == "diagonal":
-        u = diff / g
-    else:
-        # The least-squares u of least norm, g^+ (f - h), as torchsde's g.pinverse(). torch.linalg.lstsq's
-        # CPU driver (gelsy) returned u = 0 for most rows of a batch whose g had a zero column (a noise
-        # channel the state does not use): the KL integrals were 99.6-100 % too small. CUDA's driver (gels)
-        # assumes full rank.
-        with full_precision(g.device.type):  # the library's product: not in autocast's lower dtype
-            u = (torch.linalg.pinv(g) @ diff.unsqueeze(-1)).squeeze(-1)
-    return 0.5 * (u * u).sum(-1)
 
 
 def time_tolerance(t0: float, t1: float) -> float:
@@ -201,7 +174,8 @@ def integrate(
         solver: the method; sde: the SDE; bm: Brownian motion over [ts[0], ts[-1]].
         y0: (batch, d); ts: increasing output times (floats).
         dt: (initial) step size; adaptive, rtol, atol, dt_min: step-size control.
-        logqp: also integrate 1/2 |u|^2 (left-point rule) for the KL term.
+        logqp: also integrate 1/2 |u|^2 for the KL term, by the method's own quadrature
+            (:meth:`~hybrid_node.sde.solvers.base.SDESolver.logqp_step`).
         record: keep the step times' states that outputs depend on (for adjoints).
         extra0: the solver's extra state at ts[0] (default: solver.init).
 
@@ -222,6 +196,7 @@ def integrate(
     t, y = ts[0], y0
     extra = solver.init(sde, t, y0) if extra0 is None else extra0
     lr = y0.new_zeros(y0.shape[0]) if logqp else None
+    carry: Any = None  # what a method's KL quadrature hands from one step to the next (logqp_step)
     prev_t, prev_y, prev_lr = t, y, lr
     ys: list[torch.Tensor] = [y0]
     lrs: list[torch.Tensor] = [lr] if lr is not None else []
@@ -230,13 +205,19 @@ def integrate(
     # Adaptive: an accepted step is its two half steps, taken one after the other: the second waits here.
     # Every step the solution took is then a step of ``steps`` (the reversible adjoint undoes them one by
     # one; the KL integral and the interpolation of outputs use the half steps' states).
-    pending: tuple[float, torch.Tensor, tuple] | None = None
+    pending: tuple[float, torch.Tensor, tuple, Any, Any] | None = None
     forced = ForcedSteps()
+
+    def advance(t0: float, t1: float, y0: torch.Tensor, extra0: tuple, carry0: Any):
+        """One step and, with logqp, its KL increment by the method's own quadrature (else None)."""
+        if lr is None:
+            return (*solver.step(sde, bm, t0, t1, y0, extra0), None, None)
+        return solver.logqp_step(sde, bm, t0, t1, y0, extra0, carry0)
+
     for out_t in ts[1:]:
         while t < out_t - eps:
-            rate = None  # the KL rate at (t, y), when the fixed step below computed it with the step
             if pending is not None:
-                (next_t, y_new, extra_new), pending = pending, None
+                (next_t, y_new, extra_new, inc, carry_new), pending = pending, None
             elif adaptive:
                 next_t = min(t + step_size, t_end)
                 if t_end - next_t < eps:
@@ -245,8 +226,8 @@ def integrate(
                 h = next_t - t
                 y_full, _ = solver.step(sde, bm, t, next_t, y, extra)
                 mid = t + 0.5 * h
-                y_mid, extra_mid = solver.step(sde, bm, t, mid, y, extra)
-                y_end, extra_end = solver.step(sde, bm, mid, next_t, y_mid, extra_mid)
+                y_mid, extra_mid, inc_mid, carry_mid = advance(t, mid, y, extra, carry)
+                y_end, extra_end, inc_end, carry_end = advance(mid, next_t, y_mid, extra_mid, carry_mid)
                 with torch.no_grad():
                     err = error_ratio(y_full, y_end, rtol, atol)
                 if not math.isfinite(err):
@@ -267,25 +248,18 @@ def integrate(
                 if not accept:
                     continue
                 forced.add(err, t)
-                pending = (next_t, y_end, extra_end)
-                next_t, y_new, extra_new = mid, y_mid, extra_mid
+                pending = (next_t, y_end, extra_end, inc_end, carry_end)
+                next_t, y_new, extra_new, inc, carry_new = mid, y_mid, extra_mid, inc_mid, carry_mid
             else:
                 next_t = min(t + step_size, t_end)
                 if t_end - next_t < eps:
                     next_t = t_end
                 check_advance(t, next_t, step_size)
-                if lr is not None:
-                    # the rate at the step's start shares f and g with the step (torchsde's one evaluation)
-                    with sde.reusing(t, y):
-                        rate = logqp_rate(sde, t, y)
-                        y_new, extra_new = solver.step(sde, bm, t, next_t, y, extra)
-                else:
-                    y_new, extra_new = solver.step(sde, bm, t, next_t, y, extra)
-            h = next_t - t
+                y_new, extra_new, inc, carry_new = advance(t, next_t, y, extra, carry)
             prev_t, prev_y, prev_lr = t, y, lr
             if lr is not None:
-                lr = lr + (logqp_rate(sde, t, y) if rate is None else rate) * h
-            t, y, extra = next_t, y_new, extra_new
+                lr = lr + inc
+            t, y, extra, carry = next_t, y_new, extra_new, carry_new
             steps.append(t)
         # ts is strictly increasing, so at least one step lies behind every output after the first.
         k = len(steps) - 2

@@ -4,8 +4,9 @@ The forward pass keeps no graph; the backward pass walks the steps in reverse, r
 input exactly from its output (the algebra of
 :func:`hybrid_node.sde.solvers.reversible_heun.reverse_step`) and differentiates that one step locally. The
 gradients are those of direct backprop through the same discretisation, up to floating-point rounding,
-with O(len(ts)) memory. With logqp the KL integral (a left-point sum of the rate at each step's input
-state) is differentiated at the recovered states too, so its gradient is exact as well.
+with O(len(ts)) memory. With logqp the KL integral (the trapezoid sum h_n (r(z_n) + r(z_(n+1))) / 2 of the
+rate at the extrapolated states z, reversible Heun's own quadrature of a component without diffusion) is
+differentiated at the recovered states z too, so its gradient is exact as well.
 
 Reference:
     P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and Accurate Gradients for Neural SDEs", NeurIPS
@@ -21,6 +22,7 @@ import torch
 
 from .._autocast import full_precision_backward
 from ._cotangents import vjp
+from ._kl import rate_from
 from ._loop import Trajectory
 from ._validate import Prepared
 from .adjoint import (
@@ -46,6 +48,23 @@ def _fields_with_graph(sde, t: float, z: torch.Tensor):
         zz = z.detach().requires_grad_(True)
         f, g = sde.f_and_g(t, zz)
     return zz, f, g
+
+
+def _fields_vjp(sde, t: float, zz: torch.Tensor, f, g, params, a_f, a_g, rate_cot: torch.Tensor | None):
+    """The cotangents of f(t, z), g(t, z) and (with ``rate_cot``) the KL rate at z pulled back to z and params.
+
+    Args:
+        sde: the SDE; t: time; zz: z as a leaf; f, g: F(zz) with its graph; params: tensors to differentiate;
+        a_f, a_g: the cotangents of f and g; rate_cot: that of the rate r(t, z) (batch,), or None.
+
+    Returns:
+        [the cotangent of zz, then one per parameter].
+    """
+    if rate_cot is None:
+        return vjp((f, g), (zz, *params), (a_f, a_g))
+    with torch.enable_grad():
+        rate = rate_from(sde, t, zz, f, g)  # shares f and g's graph: only the prior drift is evaluated
+    return vjp((f, g, rate), (zz, *params), (a_f, a_g, rate_cot))
 
 
 def backward_pass(
@@ -83,13 +102,14 @@ def backward_pass(
     # are checked as the stochastic adjoint checks its own
     strict = cotangents_finite(grad_ys, grad_log_ratios)
     # the outputs' and the KL integral's cotangents, added at the recovered states as in the stochastic adjoint
-    entering = StepCotangents(traj, grad_ys, grad_log_ratios)
+    entering = StepCotangents(traj, grad_ys, grad_log_ratios, prepared.solver, bm)
     n_steps = entering.n_steps
     y, (_, _, z) = traj.kept[n_steps], traj.extra
     zz, f1, g1 = _fields_with_graph(sde, steps[n_steps], z)
     a_y = entering.at_end(y)
     a_z, a_f, a_g = torch.zeros_like(y), torch.zeros_like(f1), torch.zeros_like(g1)
     a_params = [torch.zeros_like(p) for p in params]
+    owed = None  # the cotangent of the KL rate at the current z from the step after it (h_(n+1) / 2 of it)
     for n in range(n_steps - 1, -1, -1):
         t0, t1 = steps[n], steps[n + 1]
         h = t1 - t0
@@ -100,18 +120,22 @@ def backward_pass(
         zz0, f0, g0 = _fields_with_graph(sde, t0, z0)
         with torch.no_grad():
             y0 = y - 0.5 * ((f0.detach() + f1_) * h + sde.prod(g0.detach() + g1_, dw))
-        grads = vjp(
-            (f1, g1), (zz, *params), (a_f + (0.5 * h) * a_y, a_g + _prod_transpose(sde.noise_type, 0.5 * a_y, dw))
-        )
+        # step n's KL increment h (r(z_n) + r(z_(n+1))) / 2 has the cotangent ``later``: half of it, times h,
+        # falls on each rate
+        share = None if entering.later is None else (0.5 * h) * entering.later
+        rate_cot = share if owed is None else owed if share is None else owed + share
+        cot_f, cot_g = a_f + (0.5 * h) * a_y, a_g + _prod_transpose(sde.noise_type, 0.5 * a_y, dw)
+        grads = _fields_vjp(sde, t1, zz, f1, g1, params, cot_f, cot_g, rate_cot)
+        owed = share
         a_z1 = a_z + grads[0]
         a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
         mixed = 0.5 * a_y + a_z1
         a_y, a_z, a_f, a_g = a_y + 2 * a_z1, -a_z1, h * mixed, _prod_transpose(sde.noise_type, mixed, dw)
         y, zz, f1, g1 = y0, zz0, f0, g0
-        a_y, a_params = entering.add(n, sde, params, y, a_y, a_params)
+        a_y, a_params = entering.add(n, sde, params, y, a_y, a_params, with_kl=False)
     # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0 (here z0 = y0 up to
     # rounding, and F's graph at it is at hand).
-    grads = vjp((f1, g1), (zz, *params), (a_f, a_g))
+    grads = _fields_vjp(sde, steps[0], zz, f1, g1, params, a_f, a_g, owed)
     a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
     grad_y0 = a_y + a_z + grads[0]
     if strict:

@@ -1,4 +1,4 @@
-"""What every SDE solver declares and does: a frozen settings object with ``init`` and ``step``.
+"""What every SDE solver declares and does: a frozen settings object with ``init``, ``step`` and ``logqp_step``.
 
 A solver never keeps per-solve state on ``self``: ``init`` returns the extra state a method carries
 between steps (empty for one-step methods) and ``step`` returns the new state and extra state.
@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._kl import logqp_rate
 from .._sde import SDEView
 
 Extra = tuple[torch.Tensor, ...]
@@ -50,3 +51,30 @@ class SDESolver(abc.ABC):
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
     ) -> tuple[torch.Tensor, Extra]:
         """One step from (t0, y) to t1 on the Brownian path ``bm``; returns (y1, extra1)."""
+
+    def logqp_step(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
+    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
+        """One step and the increment of the KL integral of ``logqp`` over it.
+
+        The KL term is what the method would do to one more state component dk = rate(t, y) dt with no
+        diffusion (torchsde's augmented state), so it converges at the method's own order. This default is
+        the left-point rule, rate(t0, y) h, which Euler-Maruyama, Milstein and Euler-Heun apply to a
+        component without diffusion; the rate shares the step's f and g at (t0, y).
+
+        Args:
+            sde: the SDE (with a prior drift h); bm: the Brownian motion; t0, t1: step ends; y: state at t0;
+            extra: the solver's extra state; carry: what the previous step handed on (None at the start or
+                for methods that hand nothing on).
+
+        Returns:
+            (y1, extra1, the KL increment (batch,), the carry for the next step).
+
+        Reference:
+            X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic
+            Differential Equations", AISTATS 2020, section 5 (the KL term as an extra state).
+        """
+        with sde.reusing(t0, y):
+            rate = logqp_rate(sde, t0, y)
+            y1, extra1 = self.step(sde, bm, t0, t1, y, extra)
+        return y1, extra1, rate * (t1 - t0), None

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._kl import logqp_rate, stage
 from .._sde import SDEView
 from .base import Extra, SDESolver
 
@@ -73,11 +74,29 @@ class Heun(_TwoStage):
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
     ) -> tuple[torch.Tensor, Extra]:
         """One Heun step; args and returns as :meth:`SDESolver.step`."""
+        return self._heun(sde, bm, t0, t1, y, False)[0], extra
+
+    def logqp_step(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
+    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
+        """One Heun step; the KL increment is the trapezoid h (r(t0, y) + r(t1, y_bar)) / 2, y_bar the
+        predictor (what the step does to a component without diffusion); as :meth:`SDESolver.logqp_step`."""
+        y1, r0, r1 = self._heun(sde, bm, t0, t1, y, True)
+        return y1, extra, 0.5 * (t1 - t0) * (r0 + r1), None
+
+    @staticmethod
+    def _heun(sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """(y1, the KL rate at the start, at the predictor), the rates None unless ``kl``."""
         h = t1 - t0
         dw = bm(t0, t1)
-        f0, gdw0 = sde.f_and_g_prod(t0, y, dw)
-        f1, gdw1 = sde.f_and_g_prod(t1, y + f0 * h + gdw0, dw)
-        return y + 0.5 * ((f0 + f1) * h + gdw0 + gdw1), extra
+        with stage(sde, t0, y, kl):
+            f0, gdw0 = sde.f_and_g_prod(t0, y, dw)
+            r0 = logqp_rate(sde, t0, y) if kl else None
+        y_bar = y + f0 * h + gdw0
+        with stage(sde, t1, y_bar, kl):
+            f1, gdw1 = sde.f_and_g_prod(t1, y_bar, dw)
+            r1 = logqp_rate(sde, t1, y_bar) if kl else None
+        return y + 0.5 * ((f0 + f1) * h + gdw0 + gdw1), r0, r1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +116,32 @@ class Midpoint(_TwoStage):
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
     ) -> tuple[torch.Tensor, Extra]:
         """One midpoint step; args and returns as :meth:`SDESolver.step`."""
+        return self._midpoint(sde, bm, t0, t1, y, False)[0], extra
+
+    def logqp_step(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
+    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
+        """One midpoint step; the KL increment is h r(t_mid, y_mid) at the midpoint stage (what the step
+        does to a component without diffusion); as :meth:`SDESolver.logqp_step`."""
+        y1, rate = self._midpoint(sde, bm, t0, t1, y, True)
+        return y1, extra, (t1 - t0) * rate, None
+
+    @staticmethod
+    def _midpoint(sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """(y1, the KL rate at the midpoint stage or None unless ``kl``)."""
         h = t1 - t0
+        t_mid = t0 + 0.5 * h
         dw = bm(t0, t1)
         if sde.plain_g:
             f0, g0 = sde.f_and_g(t0, y)
-            f1, g1 = sde.f_and_g(t0 + 0.5 * h, sde.increment(y, f0, h, g0, dw, 0.5))
-            return sde.increment(y, f1, h, g1, dw), extra
+            y_mid = sde.increment(y, f0, h, g0, dw, 0.5)
+            with stage(sde, t_mid, y_mid, kl):
+                f1, g1 = sde.f_and_g(t_mid, y_mid)
+                rate = logqp_rate(sde, t_mid, y_mid) if kl else None
+            return sde.increment(y, f1, h, g1, dw), rate
         f0, gdw0 = sde.f_and_g_prod(t0, y, dw)
-        f1, gdw1 = sde.f_and_g_prod(t0 + 0.5 * h, sde.increment_prod(y, f0, h, gdw0, 0.5), dw)
-        return sde.increment_prod(y, f1, h, gdw1), extra
+        y_mid = sde.increment_prod(y, f0, h, gdw0, 0.5)
+        with stage(sde, t_mid, y_mid, kl):
+            f1, gdw1 = sde.f_and_g_prod(t_mid, y_mid, dw)
+            rate = logqp_rate(sde, t_mid, y_mid) if kl else None
+        return sde.increment_prod(y, f1, h, gdw1), rate

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..._autocast import full_precision
+from .._kl import logqp_rate, stage
 from .._sde import SDEView
 from .base import Extra, SDESolver
 
@@ -80,13 +81,28 @@ class LogODEMidpoint(SDESolver):
         self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
     ) -> tuple[torch.Tensor, Extra]:
         """One log-ODE midpoint step; args and returns as :meth:`SDESolver.step` (bm must give areas)."""
+        return self._log_ode(sde, bm, t0, t1, y, False)[0], extra
+
+    def logqp_step(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
+    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
+        """One log-ODE step; the KL increment is h r(t_mid, y_mid), as the midpoint method's (a component
+        without diffusion has no bracket term); as :meth:`SDESolver.logqp_step`."""
+        y1, rate = self._log_ode(sde, bm, t0, t1, y, True)
+        return y1, extra, (t1 - t0) * rate, None
+
+    @staticmethod
+    def _log_ode(sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """(y1, the KL rate at the midpoint stage or None unless ``kl``)."""
         h = t1 - t0
         dw, area = bm(t0, t1, return_A=True)
         f, gw = sde.f_and_g_prod(t0, y, dw)
         t_mid = t0 + 0.5 * h
         y_mid = y + 0.5 * (f * h + gw)
-        f_mid, gw_mid = sde.f_and_g_prod(t_mid, y_mid, dw)
+        with stage(sde, t_mid, y_mid, kl):
+            f_mid, gw_mid = sde.f_and_g_prod(t_mid, y_mid, dw)
+            rate = logqp_rate(sde, t_mid, y_mid) if kl else None
         y1 = y + f_mid * h + gw_mid
         if sde.noise_type == "general":
             y1 = y1 + bracket_term(sde, t_mid, y_mid, area)
-        return y1, extra
+        return y1, rate

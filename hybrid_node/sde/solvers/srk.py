@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._kl import logqp_rate, stage
 from .._sde import SDEView
 from .base import Extra, SDESolver
 
@@ -61,26 +62,45 @@ class SRK(SDESolver):
         Returns:
             (y at t1, ()).
         """
+        return self._srk(sde, bm, t0, t1, y, False)[0], extra
+
+    def logqp_step(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
+    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
+        """One SRK step; the KL increment is SRA1's drift quadrature h (r0 / 3 + 2 r1 / 3), r0 the rate at
+        (t0, y) and r1 at the second drift stage, which is what both schemes do to a component without
+        diffusion (its diffusion terms vanish); as :meth:`SDESolver.logqp_step`."""
+        y1, rates = self._srk(sde, bm, t0, t1, y, True)
+        r0, r1 = rates
+        return y1, extra, (_SRA1_ALPHA[0] * r0 + _SRA1_ALPHA[1] * r1) * (t1 - t0), None
+
+    def _srk(self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """(y1, the KL rates at the two drift stages, or (None, None) unless ``kl``)."""
         h = t1 - t0
         dw, du = bm(t0, t1, return_U=True)  # du = I_(1,0) = int (W - W(t0)) ds
         if sde.noise_type == "additive":
-            return self._additive(sde, t0, h, y, dw, du), extra
-        return self._diagonal(sde, t0, h, y, dw, du), extra
+            return self._additive(sde, t0, h, y, dw, du, kl)
+        return self._diagonal(sde, t0, h, y, dw, du, kl)
 
     @staticmethod
-    def _additive(sde: SDEView, t0: float, h: float, y, dw, du):
-        f0 = sde.f(t0 + _SRA1_C0[0] * h, y)
-        g_a = sde.g(t0 + _SRA1_C1[0] * h, y)  # additive noise: g does not depend on y
-        g_b = sde.g(t0 + _SRA1_C1[1] * h, y)
-        stage = y + _SRA1_A0_21 * f0 * h + _SRA1_B0_21 * sde.prod(g_a, du / h)
-        f1 = sde.f(t0 + _SRA1_C0[1] * h, stage)
+    def _additive(sde: SDEView, t0: float, h: float, y, dw, du, kl: bool = False):
+        t_stage = t0 + _SRA1_C0[1] * h
+        with stage(sde, t0, y, kl):  # C0[0] = C1[1] = 0: f0 and g_b are the rate's f and g at (t0, y)
+            f0 = sde.f(t0 + _SRA1_C0[0] * h, y)
+            g_a = sde.g(t0 + _SRA1_C1[0] * h, y)  # additive noise: g does not depend on y
+            g_b = sde.g(t0 + _SRA1_C1[1] * h, y)
+            r0 = logqp_rate(sde, t0, y) if kl else None
+        y_stage = y + _SRA1_A0_21 * f0 * h + _SRA1_B0_21 * sde.prod(g_a, du / h)
+        with stage(sde, t_stage, y_stage, kl):
+            f1 = sde.f(t_stage, y_stage)
+            r1 = logqp_rate(sde, t_stage, y_stage) if kl else None
         drift = (_SRA1_ALPHA[0] * f0 + _SRA1_ALPHA[1] * f1) * h
         noise = sde.prod(g_a, _SRA1_BETA1[0] * dw + _SRA1_BETA2[0] * du / h)
         noise = noise + sde.prod(g_b, _SRA1_BETA1[1] * dw + _SRA1_BETA2[1] * du / h)
-        return y + drift + noise
+        return y + drift + noise, (r0, r1)
 
     @staticmethod
-    def _diagonal(sde: SDEView, t0: float, h: float, y, dw, du):
+    def _diagonal(sde: SDEView, t0: float, h: float, y, dw, du, kl: bool = False):
         t1 = t0 + h
         sqrt_h = math.sqrt(h)
 
@@ -88,9 +108,15 @@ class SRK(SDESolver):
             g = sde.g(t, x)
             return g if sde.noise_type == "diagonal" else g[..., 0]
 
-        f0 = sde.f(t0, y)
-        b0 = b(t0, y)
-        f1 = sde.f(t0 + _SRA1_C0[1] * h, y + _SRA1_A0_21 * f0 * h + _SRA1_B0_21 * b0 * (du / h))
+        with stage(sde, t0, y, kl):
+            f0 = sde.f(t0, y)
+            b0 = b(t0, y)
+            r0 = logqp_rate(sde, t0, y) if kl else None
+        t_stage = t0 + _SRA1_C0[1] * h
+        y_stage = y + _SRA1_A0_21 * f0 * h + _SRA1_B0_21 * b0 * (du / h)
+        with stage(sde, t_stage, y_stage, kl):
+            f1 = sde.f(t_stage, y_stage)
+            r1 = logqp_rate(sde, t_stage, y_stage) if kl else None
         drift = (_SRA1_ALPHA[0] * f0 + _SRA1_ALPHA[1] * f1) * h
         # Supporting values y +- b sqrt(h) (at t1, so that the second difference also carries db/dt).
         y_plus, y_minus = y + f0 * h + b0 * sqrt_h, y + f0 * h - b0 * sqrt_h
@@ -99,7 +125,7 @@ class SRK(SDESolver):
         i11 = dw * dw - h  # 2 I_(1,1)
         i01 = dw * h - du  # I_(0,1)
         i111 = (dw * dw / 3 - h) * dw  # 2 I_(1,1,1)
-        return (
+        y1 = (
             y
             + drift
             + b0 * dw
@@ -107,3 +133,4 @@ class SRK(SDESolver):
             + (b_plus - 2 * b0 + b_minus) * (i01 / (2 * h))
             + (phi_plus - phi_minus - b_plus + b_minus) * (i111 / (4 * h))
         )
+        return y1, (r0, r1)
