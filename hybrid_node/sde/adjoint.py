@@ -91,7 +91,7 @@ def increment_vjp(
     The forward solve integrates the KL rate with the method's stages (:meth:`SDESolver.logqp_step`), so
     its increment over [t0, t1] is a function of the step's start state y through those stages (the
     midpoint state, Heun's predictor, ...); differentiating the left-point rate instead was off the
-    forward's gradient by O(h) (1.4 % at dt = 0.04 with midpoint, tests/test_sde_logqp_order.py).
+    forward's gradient by O(h) (1.5 % at dt = 0.04 with midpoint, tests/test_sde_logqp_order.py).
     Left-point methods take the rate alone. A method with an extra state restarts it from y here
     (reversible Heun: z = y), as the stochastic adjoint keeps no extra state.
 
