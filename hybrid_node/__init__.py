@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from ._errors import HybridNodeError as HybridNodeError
     from ._errors import JuliaNotAvailableError as JuliaNotAvailableError
     from ._errors import SolverError as SolverError
-    from ._errors import StiffGradientWarning as StiffGradientWarning
     from ._errors import Status as Status
+    from ._errors import StiffGradientWarning as StiffGradientWarning
     from ._event import Event as Event
     from ._odeint_event import odeint_event as odeint_event
     from ._registry import METHOD_SPECS as METHODS
