@@ -73,7 +73,9 @@ def backward_pass(
     traj: Trajectory,
     grad_ys: torch.Tensor,
     grad_log_ratios: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    grad_extra: Sequence[torch.Tensor] | None = None,
+    start: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Walk the reversible Heun steps backwards, reconstructing and differentiating each.
 
     One drift and diffusion evaluation per step: reconstructing step n evaluates (f, g) at z_n with its
@@ -85,10 +87,14 @@ def backward_pass(
 
     Args:
         prepared: the checked problem; params: tensors to differentiate; traj: the recorded forward solve;
-        grad_ys: dL/dys; grad_log_ratios: dL/d(cumulative KL integral at each output), with logqp.
+        grad_ys: dL/dys; grad_log_ratios: dL/d(cumulative KL integral at each output), with logqp;
+        grad_extra: dL/d(f, g, z) of the final extra state, or None (zero); start: the extra state
+        (f0, g0, z0) the solve started from when the caller gave one (torchsde's ``extra_solver_state``),
+        or None when it was (f(t0, y0), g(t0, y0), y0).
 
     Returns:
-        (dL/dy0, [dL/dp for p in params]).
+        (dL/dy0, [dL/dp for p in params], [dL/df0, dL/dg0, dL/dz0]) with ``start``, else the last list empty:
+        a given start state is an input of its own, so its cotangents go to it and not through f and g to y0.
 
     Raises:
         SolverError: the gradients came out NaN or infinite from finite output cotangents (the drift or
@@ -100,14 +106,17 @@ def backward_pass(
     # the reconstruction is exact algebra but evaluates the field at recovered states, where it may overflow
     # or turn NaN though the forward solve stayed finite: the gradients were then NaN without a word; they
     # are checked as the stochastic adjoint checks its own
-    strict = cotangents_finite(grad_ys, grad_log_ratios)
+    strict = cotangents_finite(grad_ys, grad_log_ratios, *(grad_extra or ()))
     # the outputs' and the KL integral's cotangents, added at the recovered states as in the stochastic adjoint
     entering = StepCotangents(traj, grad_ys, grad_log_ratios, prepared.solver, bm)
     n_steps = entering.n_steps
     y, (_, _, z) = traj.kept[n_steps], traj.extra
     zz, f1, g1 = _fields_with_graph(sde, steps[n_steps], z)
     a_y = entering.at_end(y)
-    a_z, a_f, a_g = torch.zeros_like(y), torch.zeros_like(f1), torch.zeros_like(g1)
+    if grad_extra is None:
+        a_f, a_g, a_z = torch.zeros_like(f1), torch.zeros_like(g1), torch.zeros_like(y)
+    else:  # the final extra state is an output too (torchsde returns it with extra=True)
+        a_f, a_g, a_z = grad_extra
     a_params = [torch.zeros_like(p) for p in params]
     owed = None  # the cotangent of the KL rate at the current z from the step after it (h_(n+1) / 2 of it)
     for n in range(n_steps - 1, -1, -1):
@@ -133,30 +142,67 @@ def backward_pass(
         a_y, a_z, a_f, a_g = a_y + 2 * a_z1, -a_z1, h * mixed, _prod_transpose(sde.noise_type, mixed, dw)
         y, zz, f1, g1 = y0, zz0, f0, g0
         a_y, a_params = entering.add(n, sde, params, y, a_y, a_params, with_kl=False)
-    # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0 (here z0 = y0 up to
-    # rounding, and F's graph at it is at hand).
-    grads = _fields_vjp(sde, steps[0], zz, f1, g1, params, a_f, a_g, owed)
-    a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
-    grad_y0 = a_y + a_z + grads[0]
+    if start is None:
+        # The start state (z0, f0, g0) = (y0, f(t0, y0), g(t0, y0)) is a function of y0 (here z0 = y0 up to
+        # rounding, and F's graph at it is at hand).
+        grads = _fields_vjp(sde, steps[0], zz, f1, g1, params, a_f, a_g, owed)
+        a_params = [acc + g for acc, g in zip(a_params, grads[1:])]
+        grad_y0, grad_start = a_y + a_z + grads[0], []
+    else:
+        grad_start, rate_params = _start_cotangents(sde, steps[0], start, params, a_f, a_g, a_z, owed)
+        a_params = [acc + g for acc, g in zip(a_params, rate_params)]
+        grad_y0 = a_y
     if strict:
-        check_gradients_finite(steps[0], grad_y0, a_params)
-    return grad_y0, a_params
+        check_gradients_finite(steps[0], grad_y0, [*a_params, *grad_start])
+    return grad_y0, a_params, grad_start
+
+
+def _start_cotangents(sde, t0: float, start, params, a_f, a_g, a_z, rate_cot: torch.Tensor | None):
+    """The cotangents of a given start state (f0, g0, z0), which the first step read as they were.
+
+    The first step used f0 and g0 as given, not f and g evaluated at z0, so their cotangents stay with
+    them (as in torchsde's adjoint of reversible Heun). With logqp the KL rate at z0 was taken from the
+    given f0, g0 and the prior drift at z0 (:meth:`ReversibleHeun.logqp_step`): its cotangent is pulled
+    back to all three and to the parameters.
+
+    Args:
+        sde: the SDE; t0: the start time; start: (f0, g0, z0); params: tensors to differentiate;
+        a_f, a_g, a_z: the cotangents of f0, g0, z0 from the first step; rate_cot: that of the rate at z0
+        (batch,), or None.
+
+    Returns:
+        ([dL/df0, dL/dg0, dL/dz0], [the rate's contribution to dL/dp for p in params]).
+    """
+    if rate_cot is None:
+        return [a_f, a_g, a_z], [torch.zeros_like(p) for p in params]
+    with torch.enable_grad():
+        leaves = [x.detach().requires_grad_(True) for x in start]
+        rate = rate_from(sde, t0, leaves[2], leaves[0], leaves[1])
+    grads = vjp(rate, (*leaves, *params), rate_cot)
+    return [a_f + grads[0], a_g + grads[1], a_z + grads[2]], grads[3:]
 
 
 class _ReversibleAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, prepared: Prepared, settings: Mapping[str, Any], holder: list, y0: torch.Tensor, *params):
-        traj, ys, lrs = recorded_forward(prepared, settings, holder, y0)
-        ctx.prepared, ctx.traj, ctx.saved_params = prepared, traj, params
-        ctx.y0 = y0  # only to join a second derivative's error node to what the gradients depend on
-        return ys, lrs
+    def forward(ctx, prepared: Prepared, settings: Mapping[str, Any], n_start: int, y0: torch.Tensor, *inputs):
+        # inputs: the given start state (f0, g0, z0), when n_start is 3, then the parameters
+        start, params = inputs[:n_start], inputs[n_start:]
+        detached = tuple(x.detach() for x in start) if n_start else None
+        traj, ys, lrs = recorded_forward(prepared, {**settings, "extra0": detached}, [], y0)
+        ctx.prepared, ctx.traj, ctx.saved_params, ctx.start = prepared, traj, params, detached
+        ctx.inputs = (y0, *start)  # only to join a second derivative's error node to what the gradients depend on
+        # the final extra state is an output, so a loss on it (or a solve continued from it) has gradients
+        return (ys, lrs, *(x.clone() for x in traj.extra))
 
     @staticmethod
     @full_precision_backward  # called inside torch.autocast, its solve ran in the autocast dtype
-    def backward(ctx, grad_ys, grad_lrs):
+    def backward(ctx, grad_ys, grad_lrs, *grad_extra):
         grad_lrs = grad_lrs if ctx.traj.log_ratios else None
-        grad_y0, grad_params = backward_pass(ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, grad_lrs)
-        grads = first_order_gradients(grad_y0, grad_params, [grad_ys, grad_lrs, ctx.y0, *ctx.saved_params])
+        grad_y0, grad_params, grad_start = backward_pass(
+            ctx.prepared, ctx.saved_params, ctx.traj, grad_ys, grad_lrs, grad_extra, ctx.start
+        )
+        depends_on = [grad_ys, grad_lrs, *grad_extra, *ctx.inputs, *ctx.saved_params]
+        grads = first_order_gradients(grad_y0, [*grad_start, *grad_params], depends_on)
         return (None, None, None, *grads)
 
     @staticmethod
@@ -165,19 +211,26 @@ class _ReversibleAdjoint(torch.autograd.Function):
 
 
 def solve_reversible_adjoint(
-    prepared: Prepared, y0: torch.Tensor, params: Sequence[torch.Tensor], settings: Mapping[str, Any]
+    prepared: Prepared,
+    y0: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    settings: Mapping[str, Any],
+    start: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """Forward reversible Heun solve without a graph; exact gradients by the reversible adjoint.
 
     Args:
         prepared: the checked problem (method reversible_heun); y0: (batch, d); params: tensors to
             differentiate; settings: step-size settings of :func:`hybrid_node.sde._loop.integrate`
-            (``logqp`` included).
+            (``logqp`` included); start: the extra state (f0, g0, z0) to start from (torchsde's
+            ``extra_solver_state``; default: (f(t0, y0), g(t0, y0), y0)).
 
     Returns:
         (ys, the cumulative KL integral at each output (len(ts), batch; zeros without logqp), the final
-        extra state (f, g, z), torchsde's order).
+        extra state (f, g, z), torchsde's order). Gradients flow to y0, params and the tensors of
+        ``start``, and from the final extra state as from ys (the adjoint of Kidger et al. 2021 carries
+        the cotangents of (f, g, z) along with that of y).
     """
-    holder: list = []
-    ys, log_ratios = _ReversibleAdjoint.apply(prepared, settings, holder, y0, *params)
-    return ys, log_ratios, holder[0]
+    given = tuple(start) if start is not None else ()
+    ys, log_ratios, *extra = _ReversibleAdjoint.apply(prepared, settings, len(given), y0, *given, *params)
+    return ys, log_ratios, tuple(extra)

@@ -218,15 +218,23 @@ def sdeint_adjoint(
         adjoint_params: tensors to differentiate (default: sde.parameters()).
         logqp: as for sdeint; the KL integral's gradient is taken backwards too (exactly, with the
             reversible adjoint).
+        extra: also return the solver's final extra state. With the reversible adjoint it is an output
+            with gradients (a loss on it, or a solve continued from it, differentiates back through this
+            solve); with the stochastic adjoint it is returned detached, as torchsde ignores its cotangents.
+        extra_solver_state: the solver's extra state at ts[0] (default: computed from y0), the layout
+            sdeint takes. The forward solve starts from it. The reversible adjoint returns exact gradients
+            to its tensors (f0, g0, z0), as torchsde's adjoint of reversible Heun; the stochastic adjoint
+            gives them none (torchsde's neither), only y0 and the parameters get gradients.
         The others: as for :func:`sdeint`.
 
     Returns:
         As :func:`sdeint`.
 
     Raises:
-        ValueError: as for sdeint; also a non-Module sde without adjoint_params, unknown adjoint methods or
-            options, extra_solver_state, Ito SDEs with general noise (stochastic adjoint), adjoint_adaptive
-            with the reversible adjoint, negative adjoint tolerances or both zero.
+        ValueError: as for sdeint (an extra_solver_state of another layout than the method's included);
+            also a non-Module sde without adjoint_params, unknown adjoint methods or options, Ito SDEs with
+            general noise (stochastic adjoint), adjoint_adaptive with the reversible adjoint, negative adjoint
+            tolerances or both zero.
 
     Reference:
         X. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable Gradients for Stochastic Differential
@@ -244,12 +252,14 @@ def sdeint_adjoint(
     params = tuple({id(p): p for p in param_tensors(adjoint_params) if p.requires_grad}.values())
     if adjoint_options:
         raise ValueError(f"unknown adjoint_options {sorted(adjoint_options)}; the adjoint solvers take none.")
-    if extra_solver_state is not None:
-        raise ValueError("extra_solver_state is not supported by sdeint_adjoint; use sdeint (direct backprop).")
     with _solver_precision(y0) as autocast:
         p = prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp, autocast)
+        if extra_solver_state is not None:
+            _check_extra_state(p, y0, extra_solver_state)
         if len(p.ts) == 1:
-            state = p.solver.init(p.sde, p.ts[0], y0) if extra else None  # as sdeint's
+            state = extra_solver_state
+            if extra and state is None:
+                state = p.solver.init(p.sde, p.ts[0], y0)  # as sdeint's
             return _finish(y0.unsqueeze(0), [y0.new_zeros(y0.shape[0])], state, logqp, extra)
         settings = dict(dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, logqp=logqp)
         reversible = p.solver.name == "reversible_heun" and adjoint_method in (None, "adjoint_reversible_heun")
@@ -263,9 +273,13 @@ def sdeint_adjoint(
             warn_unresolvable_tolerance(float(adjoint_rtol), float(adjoint_atol), y0, "adjoint_")
         control = BackwardSteps(adjoint_adaptive, dt, adjoint_rtol, adjoint_atol, dt_min)
         if reversible:
-            ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings)
+            ys, log_ratios, extra_state = solve_reversible_adjoint(p, y0, params, settings, extra_solver_state)
         elif adjoint_method in (None, "midpoint"):
-            ys, log_ratios, extra_state = solve_stochastic_adjoint(p, y0, params, settings, control)
+            # the forward solve starts from the given extra state; as in torchsde, no gradient reaches it
+            start = None if extra_solver_state is None else tuple(x.detach() for x in extra_solver_state)
+            ys, log_ratios, extra_state = solve_stochastic_adjoint(
+                p, y0, params, {**settings, "extra0": start}, control
+            )
         elif adjoint_method == "adjoint_reversible_heun":  # torchsde's name, with another forward method
             raise ValueError(
                 f"adjoint_method='adjoint_reversible_heun' undoes reversible Heun steps, so it needs "
