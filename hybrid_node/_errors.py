@@ -143,9 +143,36 @@ class StiffGradientWarning(RuntimeWarning):
 
     Its steps sat at the method's stability limit, where the gradient of the discrete solve (the steps'
     sizes held fixed) can be far from the solution's; the message names the time range and the fixes
-    (a stiff method or an adjoint). Filter it with ``warnings.filterwarnings("ignore",
-    category=hn.StiffGradientWarning)`` once the gradient has been checked.
+    (a stiff method or an adjoint). Its text is the same for every solve through one method, so Python's
+    default filter shows it once per calling line, not once per training step; each solve's numbers are on
+    the instance (``caught.message.t_start`` under :func:`warnings.catch_warnings` with ``record=True``).
+    Filter it with ``warnings.filterwarnings("ignore", category=hn.StiffGradientWarning)`` once the
+    gradient has been checked.
+
+    Args:
+        message: the text.
+        method: the explicit method's name.
+        t_start, t_end: the user times where the stiff stretch began and where its last stiff step ended.
+        h_rho: the largest step size times estimated spectral radius seen in it.
+        limit: the ``h_rho`` above which a step counts as stiff for that method.
     """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        method: str = "",
+        t_start: float = float("nan"),
+        t_end: float = float("nan"),
+        h_rho: float = float("nan"),
+        limit: float = float("nan"),
+    ):
+        super().__init__(message)
+        self.method = method
+        self.t_start = t_start
+        self.t_end = t_end
+        self.h_rho = h_rho
+        self.limit = limit
 
 
 class CheckpointError(HybridNodeError, ValueError):

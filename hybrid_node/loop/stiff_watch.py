@@ -14,7 +14,8 @@ exceeds :data:`BOUNDARY_FRACTION` of the length of the method's stability region
 axis. Every :data:`SAMPLE_EVERY`-th accepted step is tested, and every step once one was stiff (as
 Hairer's code does, there every 1000th); after :data:`STIFF_STEPS` stiff steps with no
 :data:`NONSTIFF_RESET` non-stiff ones in a row among them, the solve is stiff, and one
-:class:`~hybrid_node.StiffGradientWarning` at its end names the time range and the fixes. It runs only
+:class:`~hybrid_node.StiffGradientWarning` at its end names the fixes and carries the time range (its
+text is constant per method, so a training loop is told once per calling line, not every step). It runs only
 where autograd records the steps (the state or the field's parameters require grad and grad mode is
 on), so no-grad and adjoint solves pay nothing, and only for methods whose last two stages both sit at
 the step's end (dopri5, tsit5, dopri8; not bosh3 or the low-order pairs). It watches the host loop,
@@ -25,6 +26,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
+import types
 import warnings
 
 import numpy as np
@@ -136,42 +140,81 @@ class StiffnessWatch:
             self.stiff_to = t1
             self.largest = max(self.largest, hrho)
 
-    def warn(self, reverse: bool, stacklevel: int = 2) -> None:
+    def warn(self, reverse: bool) -> None:
         """Emit the one :class:`~hybrid_node.StiffGradientWarning` of the solve, if it was stiff.
+
+        The text depends only on the method, so Python's default filter shows it once per calling line
+        (a training loop's step warns once, not every step); the time range and ``h * rho`` are the
+        instance's attributes. It is attributed to the first caller outside hybrid_node and torch.
 
         Args:
             reverse: the solve runs backwards in time (solver time is the user's negated).
-            stacklevel: passed to :func:`warnings.warn`.
         """
         if not self.stiff:
             return
         a, b = (-self.stiff_from, -self.stiff_to) if reverse else (self.stiff_from, self.stiff_to)
         warnings.warn(
-            f"The solve is stiff from t={a:.6g} to t={b:.6g}: {self.name!r}, an explicit method, took its steps "
-            f"at its stability limit there (h * rho up to {self.largest:.3g}, limit {self.limit:.3g}). Direct "
-            "backpropagation differentiates those steps with their sizes frozen, which can be unstable: the "
-            "gradient of this solve is unreliable (it can be off by orders of magnitude). Use a stiff method "
-            "(method='bdf', 'kvaerno5' or 'rodas5p'), or an adjoint (odeint_adjoint, or "
-            "sensitivity=hn.InterpolatingAdjoint()), or check the gradient against finite differences.",
-            StiffGradientWarning,
-            stacklevel=stacklevel,
+            StiffGradientWarning(
+                message_for(self.name),
+                method=self.name,
+                t_start=a,
+                t_end=b,
+                h_rho=self.largest,
+                limit=self.limit,
+            ),
+            stacklevel=user_stacklevel(),
         )
 
 
-def watch_for(solver, rtol, atol) -> StiffnessWatch | None:
+def message_for(name: str) -> str:
+    """The warning's text for method ``name``: constant, so that repeats of it collapse."""
+    return (
+        f"A solve through {name!r}, an explicit method, was stiff: its steps sat at the method's stability "
+        "limit (the warning's t_start, t_end, h_rho and limit attributes say where and how far). Direct "
+        "backpropagation differentiates those steps with their sizes frozen, which can be unstable: the "
+        "gradient of this solve is unreliable (it can be off by orders of magnitude). Use a stiff method "
+        "(method='bdf', 'kvaerno5' or 'rodas5p'), or an adjoint (odeint_adjoint, or "
+        "sensitivity=hn.InterpolatingAdjoint()), or check the gradient against finite differences."
+    )
+
+
+#: the folders whose frames are skipped when naming the warning's line: this package's and torch's
+_SKIPPED = tuple(
+    os.path.dirname(os.path.abspath(str(m.__file__))) + os.sep for m in (sys.modules[__package__.split(".")[0]], torch)
+)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for :func:`warnings.warn` called by the caller of this function that names the
+    first frame outside hybrid_node and torch (the user's line, so the default filter's once-per-line
+    dedup is per user call site, not per line of the library; Python 3.12's ``skip_file_prefixes`` in
+    a form that also runs on 3.10-3.11)."""
+    frame: types.FrameType | None = sys._getframe(2)  # the caller of warn()'s caller
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_SKIPPED):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def watch_for(solver, rtol, atol, differentiated: bool | None = None) -> StiffnessWatch | None:
     """A :class:`StiffnessWatch` for a solve that direct backpropagation will differentiate, else None.
 
     Args:
         solver: the loop's solver; watched when it is an adaptive explicit Runge-Kutta method whose last
             two stages sit at the step's end (dopri5, tsit5, dopri8).
         rtol, atol: the solve's tolerances.
+        differentiated: whether the solve's steps will be differentiated; None: grad mode is on (the
+            host loop, which also checks that the first step records a graph: :func:`records_steps`).
+            A solve that runs without a graph and replays its steps for the gradient passes it.
 
     Returns:
-        None with grad mode off, for other methods, or where neither the state nor a parameter of the
-        field requires grad (the loop checks the last on the first step: :func:`records_steps`).
+        None where the steps are not differentiated or for other methods.
     """
     tableau = getattr(solver, "tableau", None)
-    if not torch.is_grad_enabled() or getattr(solver, "implicit", False) or tableau is None:
+    if differentiated is None:
+        differentiated = torch.is_grad_enabled()
+    if not differentiated or getattr(solver, "implicit", False) or tableau is None:
         return None
     if not (tableau.adaptive and has_end_stage_pair(tableau)):
         return None

@@ -28,6 +28,7 @@ from ..loop import core
 from ..loop.core import FLOAT, RUNNING
 from ..loop.diagnose import failure_cause
 from ..loop.host import first_step, settle_failure
+from ..loop.stiff_watch import StiffnessWatch
 from ._backward import resolve_params
 
 
@@ -75,7 +76,9 @@ def _fixed_ends(problem: Problem, ctrl: ConstantStepSize, y0: torch.Tensor) -> l
     return sorted(set(out) | set(ends))
 
 
-def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool = True) -> Recorded:
+def record_forward(
+    problem: Problem, solver, term, y0: torch.Tensor, throw: bool = True, watch: StiffnessWatch | None = None
+) -> Recorded:
     """Solve forwards without a graph, recording the accepted steps.
 
     Fixed steps (``ConstantStepSize``): the controller's grid plus the output times. Adaptive steps
@@ -88,6 +91,9 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool
         term: the field the solver sees.
         y0: the flat initial state (detached).
         throw: raise on a failed adaptive solve; else record its status and the outputs reached.
+        watch: counts the accepted adaptive steps for stiffness (the replayed steps are differentiated
+            with their sizes frozen, as direct backpropagation's are) and warns at the end of a
+            successful solve.
 
     Returns:
         The :class:`Recorded` solve.
@@ -140,6 +146,8 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool
                             ratio = error_ratio(step.error, y, step.y1, problem.rtol, problem.atol, problem.norm)
                             accepted = core.accepts(FLOAT, c, ratio, step_dt)
                             if accepted:
+                                if watch is not None:
+                                    watch.observe(step, t, y, t1)
                                 steps.append((t, step_dt))
                                 state = solver.next_state(term, t1, step)
                                 t, y = t1, step.y1
@@ -160,6 +168,8 @@ def record_forward(problem: Problem, solver, term, y0: torch.Tensor, throw: bool
                 if throw:
                     raise
                 status = err.status
+            if watch is not None:
+                watch.warn(problem.reverse)
     stats.n_accepted = len(steps)
     stats.nfe = term.nfe
     # the outputs not reached are NaN, so they can never pass for results (as the other loops pad them)

@@ -29,8 +29,10 @@ import torch
 from .._autocast import full_precision_backward
 from .._problem import Problem
 from .._solution import Solution
+from ..controllers import PIDController
 from ..loop import to_solution
 from ..loop.host import Integration
+from ..loop.stiff_watch import StiffnessWatch, watch_for
 from ._backward import first_order_only, no_second_derivative
 from ._replay import backprop_step, check_replayable, differentiable_params, outputs_after, record_forward
 
@@ -150,10 +152,17 @@ class _CheckpointedSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, problem: Problem, snaps: int, throw: bool, recorded: list, y0: torch.Tensor, *params: torch.Tensor
+        ctx,
+        problem: Problem,
+        snaps: int,
+        throw: bool,
+        recorded: list,
+        watch: StiffnessWatch | None,
+        y0: torch.Tensor,
+        *params: torch.Tensor,
     ):
         term = problem.term()
-        rec = record_forward(problem, problem.solver, term, y0.detach(), throw)
+        rec = record_forward(problem, problem.solver, term, y0.detach(), throw, watch)
         recorded.append(Integration([], rec.stats, rec.status, rec.t_reached))
         ctx.problem, ctx.snaps, ctx.params, ctx.rec = problem, snaps, params, rec
         ctx.y0 = y0.detach()
@@ -201,7 +210,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         grads = first_order_only(
             no_second_derivative("DirectBackprop(checkpoints=k)"), [a, *grad_params], [grad_ys, problem.y0, *params]
         )
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 def check_solver(solver) -> None:
@@ -262,6 +271,14 @@ def solve_checkpointed(
     check_solver(problem.solver)
     params = differentiable_params(problem, adjoint_params)
     recorded: list[Integration] = []
-    ys = _CheckpointedSolve.apply(problem, checkpoints, throw, recorded, problem.y0, *params)
+    # the replay differentiates the forward steps with their sizes frozen: watched as direct backprop is
+    # (adaptive steps only: a fixed grid is not held at a stability limit by a controller)
+    differentiated = (
+        isinstance(problem.controller, PIDController)
+        and torch.is_grad_enabled()
+        and (problem.y0.requires_grad or any(p.requires_grad for p in params))
+    )
+    watch = watch_for(problem.solver, problem.rtol, problem.atol, differentiated)
+    ys = _CheckpointedSolve.apply(problem, checkpoints, throw, recorded, watch, problem.y0, *params)
     # the same checks as the other loops' results (a fixed grid's non-finite output, the status)
     return to_solution(problem, recorded[0], throw, ys)
