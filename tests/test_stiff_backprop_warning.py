@@ -286,3 +286,51 @@ def test_checkpointed_direct_backprop_warns():
         assert not stiff_warnings(
             lambda: hn.solve(field, Y0, T, solver=hn.Dopri5(), controller=controller, sensitivity=checkpointed)
         )
+
+
+def per_sample_solve(field, y0, t, rtol=1e-6, atol=1e-6):
+    """A per-sample step-controlled dopri5 solve of the batch ``y0`` (shape (batch, 2))."""
+    controller = hn.PIDController(rtol=rtol, atol=atol, per_sample=True)
+    return hn.solve(field, y0, t, solver=hn.Dopri5(), controller=controller).ys
+
+
+def test_per_sample_step_control_warns():
+    """Per-sample step control differentiates each row's accepted steps with their sizes frozen, as the
+    shared loop does (to t = 2: -8.7e14 where the solution's is -3.65e-5, measured), so it warns too; the
+    estimate joins the loop's one read per step. A batch of a stiff and a non-stiff row warns (the stiff
+    row is found), over a range inside the stiff row's."""
+    field = VdpField()
+    plain = stiff_warnings(lambda: grad_solve(field, Y0, T, field.mu))
+    y0 = Y0.expand(2, 2).clone()
+    per_sample = stiff_warnings(lambda: per_sample_solve(field, y0, T)[-1, 0, 0].backward())
+    assert len(plain) == len(per_sample) == 1
+    start, end = stiff_range(per_sample[0])
+    # both rows are the plain solve (its range starts within the first tested steps' ~1e-3 of the plain
+    # start: the per-sample loop's own first step and sampling differ slightly)
+    assert start == pytest.approx(plain[0].t_start, abs=2e-3) and end == pytest.approx(0.2, abs=1e-2)
+
+    class Mixed(torch.nn.Module):
+        """Row 0 van der Pol with mu = 1000 (stiff), row 1 with mu = 1 (not)."""
+
+        def __init__(self):
+            super().__init__()
+            self.mu = torch.nn.Parameter(torch.tensor([1000.0, 1.0], dtype=F64))
+
+        def forward(self, t, y):
+            return torch.stack([y[:, 1], self.mu * ((1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0])], -1)
+
+    mixed = Mixed()
+    assert len(stiff_warnings(lambda: per_sample_solve(mixed, y0, T)[-1, :, 0].sum().backward())) == 1
+
+
+def test_per_sample_no_false_positive(monkeypatch):
+    """A batch of spirals (torchdiffeq's, each row with its own gain) under per-sample control: no warning."""
+    monkeypatch.setattr(stiff_watch, "SAMPLE_EVERY", 1)  # test every step, not every 10th
+    w = torch.tensor([[0.5], [1.0], [2.0]], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[2.0, 0.0]] * 3, dtype=F64)
+    t = torch.tensor([0.0, 25.0], dtype=F64)
+
+    def spiral(t, y):
+        return torch.tanh(y @ ROT) * w + 0.3 * torch.sin(2 * t)[:, None]
+
+    assert not stiff_warnings(lambda: per_sample_solve(spiral, y0, t, 1e-7, 1e-9).sum().backward())

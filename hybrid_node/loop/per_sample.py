@@ -44,6 +44,7 @@ from . import core
 from .core import TENSOR
 from .diagnose import per_sample_cause
 from .host import Integration
+from .stiff_watch import StiffnessWatch, row_hrho, watch_for
 
 #: noted on an error of the field's first call: per-sample control's ``t`` is not the scalar a
 #: shared-step solve passes, and a torch broadcasting error does not say so
@@ -195,6 +196,9 @@ def integrate_per_sample(
     sample_status = [Status.SUCCESS] * batch
     n_iter = 0
     last = tab.stages - 1
+    # direct backprop through an explicit method at its stability limit gives unreliable gradients: its
+    # h * rho joins the read below, so watching costs no extra host sync
+    watch = watch_for(solver, rtol, atol)
     while True:
         if n_iter >= controller.max_num_steps:
             with torch.no_grad():
@@ -250,14 +254,20 @@ def integrate_per_sample(
             # reads 1.4-1.8% of a step (B=512, MLP 2-64-64-2, dopri5; benchmarks/per_sample_host_sync.py).
             # Folding the flags into this read (the step sizes computed first: the same values) saved
             # nothing measurable (1-4% in A/B runs, within their noise), so the loop keeps them apart
-            lo, hi, n_acc, all_done = torch.stack(
-                [
-                    torch.where(accept, t, torch.full_like(t, math.inf)).min(),
-                    torch.where(accept, t_new, torch.full_like(t, -math.inf)).max(),
-                    accept.sum().to(tdt),
-                    (done | (accept & lands)).all().to(tdt),
-                ]
-            ).tolist()
+            reads = [
+                torch.where(accept, t, torch.full_like(t, math.inf)).min(),
+                torch.where(accept, t_new, torch.full_like(t, -math.inf)).max(),
+                accept.sum().to(tdt),
+                (done | (accept & lands)).all().to(tdt),
+            ]
+            if watch is not None and not y1.requires_grad:  # no graph recorded: nothing to watch
+                watch = None
+            tested = watch is not None and watch.due()
+            if tested:  # the largest h * rho among the accepted rows
+                assert watch is not None
+                hrho = watch_rows(watch, y, y1, ks, h, accept)
+                reads.append(hrho.to(tdt))
+            lo, hi, n_acc, all_done, *hrho_read = torch.stack(reads).tolist()
         acc_col = _col(accept, y).bool()
         y_next = torch.where(acc_col, y1, y)
         f_next = ks[-1] if tab.fsal else None
@@ -265,6 +275,8 @@ def integrate_per_sample(
             f_next = field(t_new, y_next)
         if n_acc > 0:
             stats.n_accepted += 1
+            if watch is not None:  # the batch's accepted span stands for the step's times
+                watch.count(hrho_read[0] if tested else None, lo, hi)
             if dense is not None:
                 interp: _Dense = _Polynomial(dense, ks)
             elif own_dense is not None:
@@ -316,7 +328,16 @@ def integrate_per_sample(
         t_fail = torch.tensor(fail_t, dtype=torch.float64)
         return _failed(fail_status, t_fail, outs, stats, term, throw, detail, sample_status)
     stats.nfe = term.nfe
+    if watch is not None:
+        watch.warn(term.reverse)
     return Integration(outs, stats, Status.SUCCESS, t_end, sample_status=tuple(sample_status))
+
+
+def watch_rows(watch: StiffnessWatch, y, y1, ks, h: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
+    """The largest ``h * rho`` among the accepted rows of a batched step (0 where none is finite), on the
+    device (:func:`~hybrid_node.loop.stiff_watch.row_hrho`)."""
+    hrho = row_hrho(watch.tableau, y, y1, ks, h, watch.rtol, watch.atol)
+    return torch.where(accept & torch.isfinite(hrho), hrho, torch.zeros_like(hrho)).max()
 
 
 def _first_steps(first_step, batch: int) -> torch.Tensor:

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from .._errors import StiffGradientWarning
+from ..controllers import error_precision
+from ..interpolation import linear_combination
 from ..solvers.auto_switch import has_end_stage_pair, stage_rho
 from ..solvers.newton import tolerances
 
@@ -118,13 +120,25 @@ class StiffnessWatch:
         """Whether some run reached :data:`STIFF_STEPS`."""
         return not math.isnan(self.stiff_from)
 
+    def due(self) -> bool:
+        """Whether the next accepted step is tested: every :data:`SAMPLE_EVERY`-th one, and every one while a
+        run of stiff steps lasts."""
+        return self.run > 0 or self.accepted % SAMPLE_EVERY == 0
+
     def observe(self, step, t0: float, y0: torch.Tensor, t1: float) -> None:
-        """Count the accepted explicit step ``step`` from (t0, y0) to t1 (solver time): every
-        :data:`SAMPLE_EVERY`-th step, and every step while a run of stiff steps lasts."""
+        """Count the accepted explicit step ``step`` from (t0, y0) to t1 (solver time), testing it where
+        :meth:`due`."""
+        hrho = None
+        if self.due():
+            hrho = abs(t1 - t0) * stage_rho(self.tableau, y0, step.y1, step.ks, t1 - t0, self.rtol, self.atol)
+        self.count(hrho, t0, t1)
+
+    def count(self, hrho: float | None, t0: float, t1: float) -> None:
+        """Count an accepted step from t0 to t1 (solver time) whose ``h * rho`` is ``hrho`` (None: the
+        step was not tested, as it was not :meth:`due`)."""
         self.accepted += 1
-        if self.run == 0 and (self.accepted - 1) % SAMPLE_EVERY:
+        if hrho is None:
             return
-        hrho = abs(t1 - t0) * stage_rho(self.tableau, y0, step.y1, step.ks, t1 - t0, self.rtol, self.atol)
         if not math.isfinite(hrho) or hrho <= self.limit:
             self.misses += 1
             if self.misses >= NONSTIFF_RESET:
@@ -164,6 +178,39 @@ class StiffnessWatch:
             ),
             stacklevel=user_stacklevel(),
         )
+
+
+def row_hrho(
+    tableau, y0: torch.Tensor, y1: torch.Tensor, ks, h: torch.Tensor, rtol: float, atol: float
+) -> torch.Tensor:
+    """``h * rho`` of each row (first dimension) of a batched explicit step, on the state's device.
+
+    The estimate of :func:`~hybrid_node.solvers.auto_switch.stage_rho` (Hairer & Wanner, Solving ODEs II,
+    Section IV.2: ``|k_s - k_(s-1)| / |y1 - Y_(s-1)|``, both stages at the step's end, weighted by the
+    tolerances) row by row, for per-sample step control, where every row has its own step; nothing is
+    read on the host, so the loop can fold the result into a read it makes anyway.
+
+    Args:
+        tableau: the method's tableau (its row ``a[s-2]`` rebuilds the stage state ``Y_(s-1)``).
+        y0, y1: the step's start and end states, shape (batch, ...); ks: its stage derivatives.
+        h: the rows' step sizes, shape (batch,).
+        rtol, atol: the solve's (smallest) tolerances.
+
+    Returns:
+        Shape (batch,), in ``h``'s dtype; 0 where the two stage states coincide.
+    """
+    with torch.no_grad():
+        col = h.reshape((-1,) + (1,) * (y0.dim() - 1))
+        y_stage = linear_combination(y0, col, tableau.a[-2], ks[: len(ks) - 2])
+        # in float32 for a half-precision state, as the error test (float16 rounds atol = 1e-9 to 0)
+        a, b = error_precision(y0.detach()), error_precision(y1.detach())
+        scale = atol + rtol * torch.maximum(a.abs(), b.abs())
+        dk = (error_precision((ks[-1] - ks[-2]).detach()) / scale).reshape(h.shape[0], -1)
+        dy = ((b - error_precision(y_stage.detach())) / scale).reshape(h.shape[0], -1)
+        num = torch.linalg.vector_norm(dk, dim=1)
+        den = torch.linalg.vector_norm(dy, dim=1)
+        rho = torch.where(den > 0, num / den.clamp_min(torch.finfo(dy.dtype).tiny), 0.0)
+        return h.abs() * rho.to(h.dtype)
 
 
 def message_for(name: str) -> str:
