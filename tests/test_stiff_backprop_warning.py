@@ -334,3 +334,57 @@ def test_per_sample_no_false_positive(monkeypatch):
         return torch.tanh(y @ ROT) * w + 0.3 * torch.sin(2 * t)[:, None]
 
     assert not stiff_warnings(lambda: per_sample_solve(spiral, y0, t, 1e-7, 1e-9).sum().backward())
+
+
+def device_solve(field, y0, t, rtol=1e-6, atol=1e-6, sync_every=8):
+    """A dopri5 solve in the device-resident loop (runs of ``sync_every`` attempts, one host read per run)."""
+    controller = hn.PIDController(rtol=rtol, atol=atol, device_loop=True, sync_every=sync_every)
+    return hn.solve(field, y0, t, solver=hn.Dopri5(), controller=controller).ys
+
+
+def test_device_loop_warns_from_one_sample_per_run():
+    """The device loop keeps every attempt in the graph for direct backprop (to t = 2: -8.7e14 where the
+    solution's is -3.65e-5, measured). It tests the last attempt of each run, read with the run's
+    summary: no host read of its own, so 15 stiff samples take 15 runs (~120 attempts). To t = 0.5 (358
+    accepted steps, 45 runs) it warns over a range inside the host loop's; to t = 0.2 (22 runs) the
+    stretch is too short for it, which docs/gradients.md states."""
+    field = VdpField()
+    t = torch.tensor([0.0, 0.5], dtype=F64)
+    host = stiff_warnings(lambda: hn.odeint(field, Y0, t, rtol=1e-6, atol=1e-6))
+    device = stiff_warnings(lambda: device_solve(field, Y0, t))
+    assert len(host) == len(device) == 1
+    # the device loop's samples lie on the host loop's steps (the same decisions, eager on the CPU); it
+    # needs more of the stretch to count 15 of them
+    assert host[0].t_start <= device[0].t_start < device[0].t_end <= host[0].t_end + 1e-12
+    assert device[0].h_rho > device[0].limit
+    with torch.no_grad():  # nothing recorded: not watched
+        assert not stiff_warnings(lambda: device_solve(field, Y0, t))
+
+
+def test_device_loop_no_false_positive():
+    """The spiral of the shared-loop test in the device loop: no warning. Runs of one attempt, so every
+    attempt is a sample (as SAMPLE_EVERY = 1 in the shared-loop test; with 8, this solve has 14 runs,
+    too few to ever count 15)."""
+    w = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 25.0], dtype=F64)
+
+    def spiral(t, y):
+        return torch.tanh(y @ (w * ROT)) + 0.3 * torch.sin(2 * t)
+
+    assert not stiff_warnings(lambda: device_solve(spiral, y0, t, 1e-7, 1e-9, sync_every=1))
+
+
+@pytest.mark.parametrize("option", ["step_t", "jump_t", "event"])
+def test_host_loop_variants_warn(option):
+    """step_t, jump_t and odeint_event run the host loop's watch too (each is as wrong: to t = 2, -2.0e22,
+    -2.0e22 and +1.7e20, measured), once per solve."""
+    field = VdpField()
+
+    def solve():
+        if option == "event":
+            hn.odeint_event(field, Y0, T[0], event_fn=lambda t, y: t - 0.18, rtol=1e-6, atol=1e-6)
+        else:
+            hn.odeint(field, Y0, T, rtol=1e-6, atol=1e-6, options={option: torch.tensor([0.1], dtype=F64)})
+
+    assert len(stiff_warnings(solve)) == 1

@@ -59,7 +59,7 @@ from .._solution import Stats
 from .._term import Term
 from .._tracing import traced
 from ..controllers import PIDController, error_ratio_tensor
-from ..interpolation import hermite_weights
+from ..interpolation import hermite_weights, linear_combination
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .compiled_step import PureField, _compile, compiler_failed, graphs_of, warn_fallback
@@ -68,6 +68,7 @@ from .diagnose import failure_cause
 from .graph_inputs import graph_control, settings_vector, with_settings
 from .host import Integration, first_step
 from .stage_loop import StageTable, looped_step, stage_table
+from .stiff_watch import StiffnessWatch, row_hrho, watch_for
 
 # the step-control constants of a solve (the old name of :class:`~hybrid_node.loop.core.StepControl`)
 LoopConstants = core.StepControl
@@ -374,22 +375,49 @@ def summary(s: LoopState) -> torch.Tensor:
     )
 
 
-def _run_function(pure_field: Callable, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
+def _run_function(
+    pure_field: Callable, solver: ExplicitRungeKutta, c: core.StepControl, watch: StiffnessWatch | None = None
+) -> Callable:
     """``run(owner, state, tables, rtol, atol, norm, settings) -> (state, summary)``: ``c.attempts``
     attempts. ``c`` is a :func:`~hybrid_node.loop.graph_inputs.graph_control` and ``settings`` its
     :func:`~hybrid_node.loop.graph_inputs.settings_vector` (the first step is the state's: its entry is not
-    read), an input of a compiled run as of the whole-solve graph: a new max_step compiles nothing."""
+    read), an input of a compiled run as of the whole-solve graph: a new max_step compiles nothing.
+    With a ``watch``, the summary ends with the run's last attempt's :func:`stiffness_sample`."""
 
     def run(owner, state, tables, rtol, atol, norm, settings):
         def field(t, y):
             return pure_field(owner, t, y)
 
+        last: dict = {}
+
+        def keep(accepted, t, h, y, ks):
+            last.update(accepted=accepted, t=t, h=h, y=y, ks=ks)
+
         control = with_settings(c, settings)
-        for _ in range(c.attempts):
-            state = attempt(field, solver, control, tables, rtol, atol, norm, state)
-        return state, summary(state)
+        for i in range(c.attempts):
+            on_step = keep if watch is not None and i == c.attempts - 1 else None
+            state = attempt(field, solver, control, tables, rtol, atol, norm, state, on_step=on_step)
+        if watch is None:
+            return state, summary(state)
+        return state, torch.cat([summary(state), stiffness_sample(watch, solver, **last)])
 
     return run
+
+
+def stiffness_sample(watch: StiffnessWatch, solver: ExplicitRungeKutta, accepted, t, h, y, ks) -> torch.Tensor:
+    """``(h * rho, t, h)`` of one attempt as a float64 vector on the device, ``h * rho`` NaN where the
+    attempt was not accepted: one sample of Hairer's stiffness test per run, read with the run's summary
+    (no host read of its own). The stage states ``Y_s = y1`` and ``Y_(s-1)`` are rebuilt from the
+    stages (first-same-as-last: the last row of ``a`` is ``b``) for
+    :func:`~hybrid_node.loop.stiff_watch.row_hrho`."""
+    a = solver.tableau.a
+    with torch.no_grad():
+        row = [k.detach().reshape(1, -1) for k in ks]
+        y0 = y.detach().reshape(1, -1)
+        y1 = linear_combination(y0, h, a[-1], row[: len(row) - 1])
+        hrho = row_hrho(watch.tableau, y0, y1, row, h.reshape(1), watch.rtol, watch.atol)[0]
+        hrho = torch.where(accepted, hrho.to(torch.float64), math.nan)
+        return torch.stack([hrho, t.to(torch.float64), h.to(torch.float64)])
 
 
 class DeviceRuns:
@@ -407,18 +435,27 @@ class DeviceRuns:
             settings are an input of each run).
         compile: compile the run.
         cuda_graphs: replay the compiled run as a CUDA graph.
+        watch: sample each run's last attempt for stiffness (:func:`stiffness_sample`).
     """
 
     def __init__(
-        self, pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl, compile: bool, cuda_graphs: bool
+        self,
+        pure: PureField,
+        solver: ExplicitRungeKutta,
+        c: core.StepControl,
+        compile: bool,
+        cuda_graphs: bool,
+        watch: StiffnessWatch | None = None,
     ):
         self.owner = pure.owner
-        self.eager = _run_function(pure.field, solver, c)
+        self.eager = _run_function(pure.field, solver, c, watch)
         self.cuda_graphs = compile and cuda_graphs
         self._graphs, self._key = None, None
         if compile:
             mode = "reduce-overhead" if self.cuda_graphs else None
-            self._key = ("device_loop", pure.key, solver, c, mode)
+            # a watched run returns a longer summary: its own graph (the tolerances are baked in)
+            watched = None if watch is None else (watch.rtol, watch.atol)
+            self._key = ("device_loop", pure.key, solver, c, mode, watched)
             self._graphs = graphs_of(pure.owner)
             if self._key not in self._graphs:
                 self._graphs[self._key] = _compile(self.eager, mode=mode)
@@ -540,12 +577,18 @@ def integrate_device(
     c = graph_control(core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every))
     settings = settings_vector(controller, y0)
     grad = _needs_grad(y0, f0)
-    runs = DeviceRuns(pure, solver, c, compile=solver.compile, cuda_graphs=y0.device.type == "cuda" and not grad)
+    # direct backprop through an explicit method at its stability limit gives unreliable gradients: one
+    # sample of the test per run, read with the run's summary (no host read of its own)
+    watch = watch_for(solver, rtol, atol) if grad else None
+    cuda_graphs = y0.device.type == "cuda" and not grad
+    runs = DeviceRuns(pure, solver, c, compile=solver.compile, cuda_graphs=cuda_graphs, watch=watch)
     tables = make_tables(solver, ts, y0)
     state = initial_state(y0, f0, ts[0], dt0, len(ts))
     while True:
         state, info = runs(state, tables, rtol, atol, norm, settings)
-        code, t, dt, n_att, n_acc, n_rej, saw_nonfinite = info.tolist()  # the one host read per run
+        code, t, dt, n_att, n_acc, n_rej, saw_nonfinite, *sample = info.tolist()  # the one host read per run
+        if watch is not None and math.isfinite(sample[0]):  # the run's last attempt, where accepted
+            watch.count(sample[0], sample[1], sample[1] + sample[2])
         if code != RUNNING:
             break
     term.nfe += (solver.tableau.stages - 1) * int(n_att)
@@ -565,4 +608,6 @@ def integrate_device(
             RuntimeWarning,
             stacklevel=2,
         )
+    if watch is not None and status is Status.SUCCESS:
+        watch.warn(term.reverse)
     return Integration(ys, stats, status, t)
