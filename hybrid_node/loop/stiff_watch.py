@@ -19,7 +19,9 @@ text is constant per method, so a training loop is told once per calling line, n
 where autograd records the steps (the state or the field's parameters require grad and grad mode is
 on), so no-grad and adjoint solves pay nothing, and only for methods whose last two stages both sit at
 the step's end (dopri5, tsit5, dopri8; not bosh3 or the low-order pairs). It watches the host loop,
-not the device loop or per-sample step control.
+the forward pass of ``DirectBackprop(checkpoints=k)``, per-sample step control (the largest ``h * rho``
+of the accepted rows, read with the loop's per-step read) and the device loop (the last attempt of
+each run, read with the run's summary: :func:`~hybrid_node.loop.device.stiffness_sample`).
 """
 
 from __future__ import annotations
