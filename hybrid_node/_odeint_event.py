@@ -32,7 +32,7 @@ def odeint_event(
     t_end: float | None = None,
     per_sample: bool | None = None,
     throw: bool | None = None,
-    event_direction: int = 0,
+    event_direction: int | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Integrate from ``t0`` until ``event_fn(t, y)`` changes sign, as ``torchdiffeq.odeint_event``.
@@ -71,8 +71,8 @@ def odeint_event(
             event time (their ``solution[-1]`` is the state where the search stopped) instead of
             raising; use :func:`solve` with ``per_sample_events=True`` for the status per sample.
         event_direction: with ``per_sample``, +1 stops each sample only where its event value
-            increases through zero, -1 only where it decreases, 0 (default) at its first root either
-            way; in the user's time (also with ``reverse_time``), as :class:`~hybrid_node.Event`'s
+            increases through zero, -1 only where it decreases, 0 or None (default) at its first root
+            either way; in the user's time (also with ``reverse_time``), as :class:`~hybrid_node.Event`'s
             ``direction``. Crossings the other way are passed over. Refused without ``per_sample``.
         **kwargs: passed to the interface (rtol, atol, method, options, ...).
 
@@ -107,6 +107,7 @@ def odeint_event(
             f"{tuple(t0.shape)}; the event search runs from t0 until event_fn changes sign."
         )
     t0 = t0.reshape(-1)
+    event_direction = 0 if event_direction is None else event_direction  # None: either way, as torchdiffeq
     check_event_direction(event_direction, bool(per_sample))
     direction = -1.0 if reverse_time else 1.0
     t = torch.cat([t0, t0.detach() + direction])

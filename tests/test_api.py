@@ -61,8 +61,9 @@ def test_signature_extends_torchdiffeqs(name):
             assert ours[pname].default == p.default, pname
     extra = set(ours) - set(theirs)
     # odeint_event's t_end: where a search for an event that never comes gives up (issue 19);
-    # per_sample, throw: one event per sample of a batch (issue 23)
-    assert extra <= ({"backend", "t_end", "per_sample", "throw"} if name == "odeint_event" else {"backend"}), extra
+    # per_sample, throw: one event per sample of a batch (issue 23); event_direction: its crossing direction
+    allowed = {"backend", "t_end", "per_sample", "throw", "event_direction"} if name == "odeint_event" else {"backend"}
+    assert extra <= allowed, extra
     for pname in extra:
         assert ours[pname].default is None and ours[pname].kind is inspect.Parameter.KEYWORD_ONLY, pname
 
