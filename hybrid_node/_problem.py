@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import sys
 import warnings
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ._complex import ComplexJacobian, ComplexNorm, ComplexState, real_tolerance
+from ._stack import caller_stacklevel
 from ._term import Term, TupleLayout, unflatten
 from ._transforms import derivative_mode, inside_transform, is_batched, plain
 from .controllers import PIDController
@@ -293,11 +291,6 @@ def warn_unresolvable_tolerance(rtol, atol, y0: torch.Tensor, prefix: str = "") 
         if not bool(below.any()):  # atol covers the elements where rtol is below the resolution
             return
         count = int(below.sum())
-    frame: FrameType | None = sys._getframe(0)
-    level = 1
-    package = os.path.dirname(os.path.abspath(__file__))
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1  # point the warning at the caller's line
     warnings.warn(
         f"{prefix}rtol={smallest:.3g} is below the unit roundoff of {real_dtype(y0.dtype)} (u = eps/2 = {u:.3g}), "
         f"and {prefix}atol does not make up for it: at {count} of the {y0.numel()} initial state elements "
@@ -306,7 +299,7 @@ def warn_unresolvable_tolerance(rtol, atol, y0: torch.Tensor, prefix: str = "") 
         f"{prefix}rtol >= {u:.3g} (scipy's solve_ivp raises it to 100 * eps = {200 * u:.3g}) or a larger "
         f"{prefix}atol, or a float64 state for tighter tolerances.",
         UserWarning,
-        stacklevel=level,
+        stacklevel=caller_stacklevel(),  # the caller's line
     )
 
 

@@ -44,9 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import sys
-import types
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -56,6 +53,7 @@ import torch
 
 from .._errors import SolverError, Status
 from .._solution import Stats
+from .._stack import caller_stacklevel
 from .._term import Term
 from .._transforms import inside_transform
 from ..controllers import ConstantStepSize, PIDController, error_ratio, rms_norm
@@ -271,7 +269,7 @@ class FrozenRows:
                 f"but {consequence}. Keep the field finite past each sample's event, e.g. clamp the argument "
                 "into its domain: sqrt((c - t).clamp(min=0)).",
                 RuntimeWarning,
-                stacklevel=_caller_level(),
+                stacklevel=caller_stacklevel(),
             )
 
     def __getattr__(self, name: str):
@@ -281,17 +279,6 @@ class FrozenRows:
         if name not in ("nfe", "n_jacobian", "n_switches"):
             raise AttributeError(f"FrozenRows is immutable; cannot set {name!r}.")
         setattr(self._term, name, value)  # the counters are the term's
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` that makes a warning issued by the calling function name the first frame
-    outside this package (the user's call of the solve), whichever entry point led there."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame: types.FrameType | None = sys._getframe(1)
-    level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def check_event_controller(problem, what: str) -> None:

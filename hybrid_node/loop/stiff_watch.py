@@ -29,14 +29,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
-import types
 import warnings
 
 import numpy as np
 import torch
 
 from .._errors import StiffGradientWarning
+from .._stack import PACKAGE_DIR, caller_stacklevel
 from ..controllers import error_precision
 from ..interpolation import linear_combination
 from ..solvers.auto_switch import has_end_stage_pair, stage_rho
@@ -178,7 +177,7 @@ class StiffnessWatch:
                 h_rho=self.largest,
                 limit=self.limit,
             ),
-            stacklevel=user_stacklevel(),
+            stacklevel=caller_stacklevel(_SKIPPED),
         )
 
 
@@ -228,22 +227,7 @@ def message_for(name: str) -> str:
 
 
 #: the folders whose frames are skipped when naming the warning's line: this package's and torch's
-_SKIPPED = tuple(
-    os.path.dirname(os.path.abspath(str(m.__file__))) + os.sep for m in (sys.modules[__package__.split(".")[0]], torch)
-)
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` for :func:`warnings.warn` called by the caller of this function that names the
-    first frame outside hybrid_node and torch (the user's line, so the default filter's once-per-line
-    dedup is per user call site, not per line of the library; Python 3.12's ``skip_file_prefixes`` in
-    a form that also runs on 3.10-3.11)."""
-    frame: types.FrameType | None = sys._getframe(2)  # the caller of warn()'s caller
-    level = 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_SKIPPED):
-        frame = frame.f_back
-        level += 1
-    return level
+_SKIPPED = (PACKAGE_DIR, os.path.dirname(os.path.abspath(str(torch.__file__))) + os.sep)
 
 
 def watch_for(solver, rtol, atol, differentiated: bool | None = None) -> StiffnessWatch | None:
