@@ -9,7 +9,7 @@ accurate, so nothing else would report it.
 
 The test is Hairer's DOPRI5 stiffness detection (Hairer & Wanner, Solving ODEs II, Section IV.2):
 ``h * rho`` is estimated from the last two stages of an accepted step, which both sit at the step's
-end (:func:`~hybrid_node.solvers.auto_switch.stage_rho`), and the step counts as stiff where it
+end (:func:`~hybrid_node.solvers.auto_switch.stage_ratios`), and the step counts as stiff where it
 exceeds :data:`BOUNDARY_FRACTION` of the length of the method's stability region on the negative real
 axis. Every :data:`SAMPLE_EVERY`-th accepted step is tested, and every step once one was stiff (as
 Hairer's code does, there every 1000th); after :data:`STIFF_STEPS` stiff steps with no
@@ -36,9 +36,7 @@ import torch
 
 from .._errors import StiffGradientWarning
 from .._stack import PACKAGE_DIR, caller_stacklevel
-from ..controllers import error_precision
-from ..interpolation import linear_combination
-from ..solvers.auto_switch import has_end_stage_pair, stage_rho
+from ..solvers.auto_switch import has_end_stage_pair, stage_ratios, stage_rho
 from ..solvers.newton import tolerances
 
 #: stiff steps in a run before the solve counts as stiff (Hairer's DOPRI5: IASTI = 15)
@@ -186,10 +184,10 @@ def row_hrho(
 ) -> torch.Tensor:
     """``h * rho`` of each row (first dimension) of a batched explicit step, on the state's device.
 
-    The estimate of :func:`~hybrid_node.solvers.auto_switch.stage_rho` (Hairer & Wanner, Solving ODEs II,
-    Section IV.2: ``|k_s - k_(s-1)| / |y1 - Y_(s-1)|``, both stages at the step's end, weighted by the
-    tolerances) row by row, for per-sample step control, where every row has its own step; nothing is
-    read on the host, so the loop can fold the result into a read it makes anyway.
+    ``|h|`` times :func:`~hybrid_node.solvers.auto_switch.stage_ratios` of each row (Hairer & Wanner,
+    Solving ODEs II, Section IV.2: ``|k_s - k_(s-1)| / |y1 - Y_(s-1)|``, both stages at the step's end,
+    weighted by the tolerances), for per-sample step control, where every row has its own step;
+    nothing is read on the host, so the loop can fold the result into a read it makes anyway.
 
     Args:
         tableau: the method's tableau (its row ``a[s-2]`` rebuilds the stage state ``Y_(s-1)``).
@@ -200,18 +198,15 @@ def row_hrho(
     Returns:
         Shape (batch,), in ``h``'s dtype; 0 where the two stage states coincide.
     """
-    with torch.no_grad():
-        col = h.reshape((-1,) + (1,) * (y0.dim() - 1))
-        y_stage = linear_combination(y0, col, tableau.a[-2], ks[: len(ks) - 2])
-        # in float32 for a half-precision state, as the error test (float16 rounds atol = 1e-9 to 0)
-        a, b = error_precision(y0.detach()), error_precision(y1.detach())
-        scale = atol + rtol * torch.maximum(a.abs(), b.abs())
-        dk = (error_precision((ks[-1] - ks[-2]).detach()) / scale).reshape(h.shape[0], -1)
-        dy = ((b - error_precision(y_stage.detach())) / scale).reshape(h.shape[0], -1)
-        num = torch.linalg.vector_norm(dk, dim=1)
-        den = torch.linalg.vector_norm(dy, dim=1)
-        rho = torch.where(den > 0, num / den.clamp_min(torch.finfo(dy.dtype).tiny), 0.0)
-        return h.abs() * rho.to(h.dtype)
+    rows = h.shape[0]
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        # one row per sample (elementwise work is unchanged by it); the size is spelt out, as -1 is
+        # ambiguous for an empty state
+        return x.reshape(rows, math.prod(x.shape[1:]))
+
+    rho = stage_ratios(tableau, flat(y0), flat(y1), [flat(k) for k in ks], h.reshape(rows, 1), rtol, atol, 1)
+    return h.abs() * rho.to(h.dtype)
 
 
 def message_for(name: str) -> str:

@@ -286,6 +286,57 @@ def has_end_stage_pair(tableau: Any) -> bool:
     return bool(tableau.fsal and len(c) >= 3 and c[-1] == 1.0 and c[-2] == 1.0)
 
 
+def stage_ratios(
+    tableau: Any,
+    y0: torch.Tensor,
+    y1: torch.Tensor,
+    ks: Sequence[torch.Tensor],
+    h: float | torch.Tensor,
+    rtol: float,
+    atol: float,
+    batch_dims: int | None = None,
+) -> torch.Tensor:
+    """The spectral radius estimate ``|k_s - k_(s-1)| / |y1 - Y_(s-1)|`` of each sample of an explicit step
+    whose last two stages sit at its end (:func:`has_end_stage_pair`), on the state's device.
+
+    Both stages are evaluated at ``t + h``, at two nearby states, so their difference quotient
+    estimates the largest eigenvalue magnitude of the Jacobian there for free (Hairer & Wanner, Solving
+    ODEs II, Section IV.2, the stiffness test of DOPRI5 and DOP853). The weights
+    ``1 / (atol + rtol max(|y0|, |y1|))`` make it an estimate for ``W J W^-1``, whose eigenvalues are the
+    Jacobian's: unweighted, the differences of the large smooth components hid the stiff small ones
+    (Robertson at rtol 1e-8, steps at Tsit5's stability limit from t = 0.3 to 7 estimated at 0.35-0.8 of
+    it, 0.9-1.05 weighted). It is the one estimate behind ``auto``'s switch (:func:`stage_rho`) and the
+    stiffness watch of direct backpropagation (:func:`~hybrid_node.loop.stiff_watch.row_hrho`); nothing
+    is read on the host, so a loop can fold it into a read it makes anyway.
+
+    Args:
+        tableau: the method's tableau (its row ``a[s-2]`` rebuilds the stage state ``Y_(s-1)``).
+        y0, y1: the step's start and end states; ks: its stage derivatives.
+        h: the step: a float, or a per-sample column tensor (batch, 1, ...) for per-sample steps
+            (:func:`~hybrid_node.interpolation.linear_combination`'s forms).
+        rtol, atol: the solve's (smallest) tolerances, for the weights.
+        batch_dims: which leading dimensions index samples (:func:`~.linalg.system_shape`).
+
+    Returns:
+        The estimates, of the batch shape, in the error test's precision (float32 for a half-precision
+        state); 0 where the two stage states coincide.
+
+    Raises:
+        ValueError: ``batch_dims`` leaves no system dimension.
+    """
+    with torch.no_grad():
+        y_stage = linear_combination(y0, h, tableau.a[-2], ks[: len(ks) - 2])
+        # in float32 for a half-precision state, as the error test: float16 rounds atol = 1e-9 to 0
+        y0, y1 = error_precision(y0.detach()), error_precision(y1.detach())
+        scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
+        dk = error_precision((ks[-1] - ks[-2]).detach()) / scale
+        dy = (y1 - error_precision(y_stage.detach())) / scale
+        batch, d = system_shape(dy, batch_dims)
+        num = torch.linalg.vector_norm(dk.reshape(batch + (d,)), dim=-1)
+        den = torch.linalg.vector_norm(dy.reshape(batch + (d,)), dim=-1)
+        return torch.where(den > 0, num / den.clamp_min(torch.finfo(dy.dtype).tiny), 0.0)
+
+
 def stage_rho(
     tableau: Any,
     y0: torch.Tensor,
@@ -296,38 +347,17 @@ def stage_rho(
     atol: float,
     batch_dims: int | None = None,
 ) -> float:
-    """The spectral radius estimate ``|k_s - k_(s-1)| / |y1 - Y_(s-1)|`` of an explicit step whose last
-    two stages sit at its end (:func:`has_end_stage_pair`), largest over the samples.
-
-    Both stages are evaluated at ``t + dt``, at two nearby states, so their difference quotient
-    estimates the largest eigenvalue magnitude of the Jacobian there for free (Hairer & Wanner, Solving
-    ODEs II, Section IV.2, the stiffness test of DOPRI5 and DOP853). The weights
-    ``1 / (atol + rtol max(|y0|, |y1|))`` make it an estimate for ``W J W^-1``, whose eigenvalues are the
-    Jacobian's: unweighted, the differences of the large smooth components hid the stiff small ones
-    (Robertson at rtol 1e-8, steps at Tsit5's stability limit from t = 0.3 to 7 estimated at 0.35-0.8 of
-    it, 0.9-1.05 weighted).
+    """The largest of the samples' :func:`stage_ratios` of one step, as a host float (``auto``'s vote).
 
     Args:
-        tableau: the method's tableau (its row ``a[s-2]`` rebuilds the stage state ``Y_(s-1)``).
-        y0, y1: the step's start and end states; ks: its stage derivatives; dt: its size.
-        rtol, atol: the solve's (smallest) tolerances, for the weights.
-        batch_dims: which leading dimensions index samples (:func:`~.linalg.system_shape`).
+        tableau, y0, y1, ks, rtol, atol, batch_dims: as :func:`stage_ratios`.
+        dt: the step's size.
 
     Returns:
         The estimate (0 for an empty state or where the two stage states coincide).
     """
-    with torch.no_grad():
-        y_stage = linear_combination(y0, dt, tableau.a[-2], ks[: len(ks) - 2])
-        # in float32 for a half-precision state, as the error test: float16 rounds atol = 1e-9 to 0
-        y0, y1 = error_precision(y0.detach()), error_precision(y1.detach())
-        scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
-        dk = error_precision((ks[-1] - ks[-2]).detach()) / scale
-        dy = (y1 - error_precision(y_stage.detach())) / scale
-        batch, d = system_shape(dy, batch_dims)
-        num = torch.linalg.vector_norm(dk.reshape(batch + (d,)), dim=-1)
-        den = torch.linalg.vector_norm(dy.reshape(batch + (d,)), dim=-1)
-        ratio = torch.where(den > 0, num / den.clamp_min(torch.finfo(dy.dtype).tiny), 0.0)
-        return float(ratio.max()) if ratio.numel() else 0.0
+    ratio = stage_ratios(tableau, y0, y1, ks, dt, rtol, atol, batch_dims)
+    return float(ratio.max()) if ratio.numel() else 0.0
 
 
 def _jacobian_rho(state: RosenbrockState | NordsieckState) -> float:
