@@ -7,7 +7,8 @@ output times, which a tracer cannot read. Here the grid is tensor arithmetic on 
 the output times themselves without a step size; a ``while_loop`` takes the steps, and each step
 writes the output times it covers (:func:`~hybrid_node.loop.core.emission`): the linear interpolant
 between its ends (the fixed grid's default, as in torchdiffeq) or the cubic Hermite one
-(``interp="cubic"``) and, at its end, the end state itself.
+(``interp="cubic"``) and, at its end, the end state itself. Differentiated (a traced program run
+with autograd), the loop's carries start marked as differentiable (:mod:`.while_grad`).
 
 Reference: Hairer, Nørsett, Wanner, Solving ODEs I, 2nd ed., Sections II.1 (explicit Runge-Kutta steps)
 and II.6 (Hermite interpolation).
@@ -27,6 +28,7 @@ from ..solvers.base import AbstractSolver
 from ..solvers.runge_kutta import ExplicitRungeKutta
 from . import core
 from .core import TENSOR
+from .while_grad import differentiable_carries
 from .whole import solver_time
 
 #: the message of a traced fixed-step solve whose grid is longer than ``max_num_steps``
@@ -114,5 +116,8 @@ def odeint_graph_fixed(
 
     outs = y0.new_zeros((ts.shape[0] - 1, *y0.shape))
     k0 = torch.zeros((), dtype=torch.int64, device=ts.device)
-    *_, outs = while_loop(lambda k, y, f, outs: k < n, body, (k0, y0, field(start, y0), outs))
+    # under autograd the state, its derivative and the output buffer start as differentiable carries:
+    # torch 2.13's while_loop backward otherwise drops the gradient of a carry that starts constant
+    carries = differentiable_carries((k0, y0, field(start, y0), outs), which=(1, 2, 3))
+    *_, outs = while_loop(lambda k, y, f, outs: k < n, body, carries)
     return torch.cat([y0.unsqueeze(0), outs])
