@@ -388,3 +388,99 @@ def test_host_loop_variants_warn(option):
             hn.odeint(field, Y0, T, rtol=1e-6, atol=1e-6, options={option: torch.tensor([0.1], dtype=F64)})
 
     assert len(stiff_warnings(solve)) == 1
+
+
+def sample_event_solve(field, y0, t_stop, rtol=1e-6, atol=1e-6, event_fn=None):
+    """odeint_event with one event per sample (dopri5): sample i stops at t_stop[i] (a time event, so the
+    stiff stretch each sample runs through is known)."""
+    if event_fn is None:
+
+        def event_fn(t, y):
+            return t - t_stop + 0 * y[..., 0]
+
+    return hn.odeint_event(field, y0, 0.0, event_fn=event_fn, per_sample=True, rtol=rtol, atol=atol)
+
+
+def test_per_sample_events_warn():
+    """Per-sample events differentiate the shared steps with their sizes frozen, as the host loop does
+    (events at t = 2: dy1/dmu = +6.3e22 where the solution's is -3.65e-5, measured), so they warn too; the
+    estimate (the largest over the samples) joins the sign read at each step's end. The range lies in the
+    stiff stretch of the host loop's solve to the same time."""
+    field = VdpField()
+    y0 = Y0.expand(2, 2).clone()
+    t_stop = torch.tensor([0.15, 0.2], dtype=F64)
+    plain = stiff_warnings(lambda: grad_solve(field, Y0, T, field.mu))
+    messages = stiff_warnings(lambda: sample_event_solve(field, y0, t_stop)[1][-1, :, 0].sum().backward())
+    assert len(plain) == len(messages) == 1
+    start, end = stiff_range(messages[0])
+    # the same steps as the host loop while both samples run (so the same first stiff run), up to the step
+    # that brackets the later event (it ends past it: measured 0.2004; a step here is ~3e-3 long)
+    assert start == pytest.approx(plain[0].t_start, abs=2e-3) and 0.15 < end < 0.2 + 1e-2
+    assert messages[0].limit < messages[0].h_rho < 5 * messages[0].limit
+    with torch.no_grad():  # nothing recorded: not watched
+        assert not stiff_warnings(lambda: sample_event_solve(field, y0, t_stop))
+
+
+def test_per_sample_events_integer_event_values_and_no_false_positive(monkeypatch):
+    """A batch of spirals (non-stiff) with an integer event value (a sign read with the estimate is read as
+    a float): every step tested, no warning, and the events fire where the float event finds them."""
+    monkeypatch.setattr(stiff_watch, "SAMPLE_EVERY", 1)  # test every step, not every 10th
+    w = torch.tensor([[0.5], [1.0], [2.0]], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[2.0, 0.0]] * 3, dtype=F64)
+
+    def spiral(t, y):
+        return torch.tanh(y @ ROT) * w + 0.3 * torch.sin(2 * t)
+
+    def below(t, y):  # 0 while y1 > 0.5, then 1: an integer event
+        return (y[..., 0] < 0.5).long()
+
+    def crossing(t, y):
+        return y[..., 0] - 0.5
+
+    caught = []
+    caught += stiff_warnings(lambda: sample_event_solve(spiral, y0, None, 1e-7, 1e-9, below)[1][-1].sum().backward())
+    t_int, _ = sample_event_solve(spiral, y0, None, 1e-7, 1e-9, below)
+    t_float, _ = sample_event_solve(spiral, y0, None, 1e-7, 1e-9, crossing)
+    assert not caught
+    # both locate the same crossing, to the event search's resolution
+    assert torch.allclose(t_int.detach(), t_float.detach(), atol=1e-6)
+
+
+def test_bosh3_stays_unwatched_as_its_stages_do_not_estimate_the_eigenvalue(monkeypatch):
+    """bosh3's last two stages sit at t + h and t + 3h/4, so ``|k4 - k3| / |y1 - Y3|`` is not the stage
+    estimate: ``y1 - Y3 ~ (h/4) y'`` and the quotient measures ``|y''| / |y'|``, the solution's own rate.
+    On van der Pol (mu = 1000) bosh3's accepted steps sit at its stability boundary (h times the Jacobian's
+    spectral radius at y1, computed exactly, is 2.5 in the median of the second half; boundary 2.513)
+    while the quotient gives ~0.13 there (measured), so it would never warn; OrdinaryDiffEq.jl has no
+    estimate for BS3 either. The watch leaves bosh3 alone: no warning although its gradient is wrong."""
+    from hybrid_node.loop import host
+
+    tab = hn.METHODS["bosh3"].solver().tableau
+    assert stiff_watch.watch_for(hn.METHODS["bosh3"].solver(), 1e-6, 1e-6, differentiated=True) is None
+    rows = []
+
+    class Recorder:
+        def observe(self, step, t0, y0, t1):
+            h, ks, y0, y1 = t1 - t0, [k.detach() for k in step.ks], y0.detach(), step.y1.detach()
+            y3 = y0 + h * sum(c * k for c, k in zip(tab.a[-2], ks[:-2]))
+            w = 1 / (1e-6 + 1e-6 * torch.maximum(y0.abs(), y1.abs()))
+            quotient = float(((ks[-1] - ks[-2]) * w).norm() / ((y1 - y3) * w).norm())
+            a, b = float(y1[0]), float(y1[1])
+            jac = torch.tensor([[0.0, 1.0], [-1000.0 * (1 + 2 * a * b), 1000.0 * (1 - a * a)]], dtype=F64)
+            rows.append((h * quotient, h * float(torch.linalg.eigvals(jac).abs().max())))
+
+        def count(self, *args):
+            pass
+
+        def warn(self, reverse):
+            pass
+
+    monkeypatch.setattr(host, "watch_for", lambda *args, **kwargs: Recorder())
+    mu = torch.tensor(1000.0, dtype=F64, requires_grad=True)
+    grad_solve(vdp(mu), Y0, T, mu, "bosh3")
+    late = torch.tensor(rows[len(rows) // 2 :], dtype=F64)
+    boundary = real_stability_boundary(tab.a, tab.b)
+    assert late[:, 1].median() > 0.9 * boundary  # held at the boundary: stiff
+    assert late[:, 0].max() < 0.2 * boundary  # the cross-time quotient sees none of it
+    monkeypatch.undo()
+    assert not stiff_warnings(lambda: grad_solve(vdp(mu), Y0, T, mu, "bosh3"))

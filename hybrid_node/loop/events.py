@@ -62,6 +62,7 @@ from .core import _EPS, FLOAT, RUNNING
 from .diagnose import failure_cause
 from .host import DenseSegment, check_no_nan, check_points, first_step, take_counters
 from .host import _emit as _emit_outputs
+from .stiff_watch import largest_rho, records_steps, watch_for
 
 # a bracket narrower than this many ulps of the time is closed (as the single event's bisection)
 _BRACKET_ULPS = 4.0
@@ -646,6 +647,10 @@ def integrate_sample_events(
     state = solver.init(mterm, t, y)
     steps = _Steps(controller, solver, y0.dtype)
     c = steps.c
+    # direct backprop through an explicit method at its stability limit gives unreliable gradients; its
+    # estimate joins the sign read at each step's end, so watching adds no host read (fixed steps are not
+    # held at the limit by a controller: not watched)
+    watch = None if steps.fixed else watch_for(solver, rtol, atol)
     dt = steps.first(term, t, y, state, rtol, atol, running_norm)  # nothing frozen yet
     r1, r2 = steps.memory()
     n_attempts = 0
@@ -671,6 +676,11 @@ def integrate_sample_events(
         if seg is not None:
             stats.n_accepted += 1
             y1 = step.y1
+            if watch is not None and not records_steps(step):  # no graph recorded: nothing to watch
+                watch = None
+            # this step's largest h * rho is read with the signs at its end, where it is due
+            rho = largest_rho(watch, y, step, step_dt, len(batch_shape)) if watch is not None and watch.due() else None
+            rho_read = None
             running = (~frozen).nonzero().reshape(-1)  # a fired sample's value is not read
             # each running sample's bracket: from the last check point with its start sign to the
             # first one without (inf: none in this step); the step's end is the last check point
@@ -683,11 +693,14 @@ def integrate_sample_events(
             still = ~frozen.cpu().numpy()
             with torch.no_grad():
                 inner = seg.many(points[:-1])
-                for p, yp in zip(points, [*inner, y1]):
+                for i, (p, yp) in enumerate(zip(points, [*inner, y1])):
                     g = event_fn(term.time(p), yp).reshape(n)
                     check_no_nan(g[running], user_t(p), yp.reshape(n, -1)[running], running)
                     open_ = still & np.isinf(hi)  # running, and not yet bracketed in this step
-                    sign = torch.sign(g).detach().cpu().numpy()
+                    if rho is not None and i == len(points) - 1:
+                        sign, rho_read = _signs_and(g, rho)
+                    else:
+                        sign = torch.sign(g).detach().cpu().numpy()
                     fires = open_ & _fires(ref, sign, loop_direction)
                     hi[fires] = p
                     passed = open_ & ~fires
@@ -696,6 +709,8 @@ def integrate_sample_events(
                     # (a zero keeps the side it came from, so a touch of zero and back is no crossing)
                     turned = passed & (sign != 0)
                     ref[turned] = sign[turned]
+            if watch is not None:
+                watch.count(None if rho_read is None else abs(step_dt) * rho_read, t, t1)
             crossed = torch.from_numpy(np.isfinite(hi)).to(frozen.device)
             if bool(crossed.any()):
                 idx = crossed.nonzero().reshape(-1)
@@ -728,10 +743,29 @@ def integrate_sample_events(
                 raise SolverError(status, user_t(t), detail, failure_cause(status, mterm, t, y, y0))
             break
     mterm.warn_nonfinite()
+    if watch is not None:
+        watch.warn(term.reverse)
     fired = frozen.cpu().numpy().copy()
     t_event = np.where(fired, t_event, t)
     take_counters(stats, term)
     return SampleEvents(y, t_event, fired, f_event, batch_shape, stats, status, t, detail)
+
+
+def _signs_and(g: torch.Tensor, value: torch.Tensor) -> tuple[np.ndarray, float]:
+    """The signs of the event values ``g`` and the 0-d ``value`` in one host read.
+
+    The signs are cast to the value's floating dtype (exact: -1, 0 and 1), so an integer event value
+    reads as its float signs.
+
+    Args:
+        g: (n,) event values; value: a 0-d tensor (the stiffness watch's estimate).
+
+    Returns:
+        The signs, shape (n,), and the value as a float.
+    """
+    sign = torch.sign(g).detach()
+    both = torch.cat([sign.to(value.dtype), value.reshape(1).to(sign.device)]).cpu().numpy()
+    return both[:-1], float(both[-1])
 
 
 def _fires(ref: np.ndarray, sign: np.ndarray, direction: int) -> np.ndarray:

@@ -18,10 +18,16 @@ Hairer's code does, there every 1000th); after :data:`STIFF_STEPS` stiff steps w
 text is constant per method, so a training loop is told once per calling line, not every step). It runs only
 where autograd records the steps (the state or the field's parameters require grad and grad mode is
 on), so no-grad and adjoint solves pay nothing, and only for methods whose last two stages both sit at
-the step's end (dopri5, tsit5, dopri8; not bosh3 or the low-order pairs). It watches the host loop,
-the forward pass of ``DirectBackprop(checkpoints=k)``, per-sample step control (the largest ``h * rho``
-of the accepted rows, read with the loop's per-step read) and the device loop (the last attempt of
-each run, read with the run's summary: :func:`~hybrid_node.loop.device.stiffness_sample`).
+the step's end (dopri5, tsit5, dopri8). Not bosh3 or the low-order pairs: bosh3's last two stages sit
+at t + h and t + 3h/4, and their difference quotient measures the solution's rate |y''| / |y'|, not the
+Jacobian's spectral radius (on van der Pol with mu = 1000, h * rho 0.13 where the steps sit at bosh3's
+boundary of 2.51); OrdinaryDiffEq.jl sets no eigenvalue estimate for BS3 either (only methods with two
+stages at t + h set ``eigen_est``, lib/OrdinaryDiffEqLowOrderRK/src/low_order_rk_perform_step.jl: DP5).
+It watches the host loop, the forward pass of ``DirectBackprop(checkpoints=k)``, per-sample step control
+(the largest ``h * rho`` of the accepted rows, read with the loop's per-step read), per-sample events
+(the largest over the samples of a shared step, read with the event signs at its end:
+:func:`largest_rho`) and the device loop (the last attempt of each run, read with the run's summary:
+:func:`~hybrid_node.loop.device.stiffness_sample`).
 """
 
 from __future__ import annotations
@@ -207,6 +213,23 @@ def row_hrho(
 
     rho = stage_ratios(tableau, flat(y0), flat(y1), [flat(k) for k in ks], h.reshape(rows, 1), rtol, atol, 1)
     return h.abs() * rho.to(h.dtype)
+
+
+def largest_rho(watch: StiffnessWatch, y0: torch.Tensor, step, dt: float, batch_dims: int) -> torch.Tensor:
+    """The largest of the samples' :func:`~hybrid_node.solvers.auto_switch.stage_ratios` of a shared
+    step, as a 0-d tensor on the state's device (0 for an empty state): a loop that reads on the host
+    anyway folds it into that read.
+
+    Args:
+        watch: the solve's watch (its tableau and tolerances).
+        y0: the step's start state; step: the explicit step (its ``y1`` and ``ks``); dt: its size.
+        batch_dims: the leading dimensions that index samples.
+
+    Returns:
+        The estimate, in the error test's precision.
+    """
+    ratios = stage_ratios(watch.tableau, y0, step.y1, step.ks, dt, watch.rtol, watch.atol, batch_dims)
+    return ratios.max() if ratios.numel() else ratios.new_zeros(())
 
 
 def message_for(name: str) -> str:
