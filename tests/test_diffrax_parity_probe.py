@@ -509,6 +509,16 @@ def test_inputs_diffrax_runs_and_we_refuse():
     assert peer.result == diffrax.RESULTS.max_steps_reached
     with pytest.raises(ValueError, match="both 0"):
         _solve_decay([0.0, 1.0], rtol=0.0, atol=0.0)
+    # safety above 1 (a rejected step's factor is capped at safety, so its retry may be longer): diffrax
+    # runs until max_steps; no weight on the current error (pcoeff + icoeff + dcoeff = 0): diffrax's
+    # steps ignore the error (it succeeds, the helper checks); here a ValueError for each
+    peer = _decay(0.0, 1.0, diffrax.SaveAt(t1=True), ok=False, safety=2.0)
+    assert peer.result == diffrax.RESULTS.max_steps_reached
+    with pytest.raises(ValueError, match="safety must be in"):
+        _solve_decay([0.0, 1.0], safety=2.0)
+    _decay(0.0, 1.0, diffrax.SaveAt(t1=True), icoeff=0.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        _solve_decay([0.0, 1.0], icoeff=0.0)
 
 
 def test_first_step_sign():
