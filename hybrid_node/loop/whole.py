@@ -15,9 +15,11 @@ What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and do
 
 - forward solves (no autograd graph: ``torch.no_grad``, the adjoints' forward passes, inference)
   compile and run, with the eager solver's steps and outputs up to rounding;
-- direct backpropagation: autograd differentiates ``while_loop``, but through this graph its
-  gradients disagreed with the eager solver's and compiling the backward took minutes, so a solve
-  that needs an autograd graph runs with per-step graphs instead (see :func:`integrate_whole`);
+- direct backpropagation: autograd differentiates ``while_loop``, with the eager gradients once the
+  loop's state, derivative and output buffer start as differentiable carries (torch 2.13 drops the
+  gradient through a carry that starts constant, :mod:`.while_grad`), but Inductor refuses the C++
+  wrapper for its backward and without it the first call and the step were slower than with
+  per-step graphs, so a solve that needs an autograd graph runs with those (see :func:`integrate_whole`);
 - ``torch.export`` of a module containing the loop works (:func:`export_solve` is the entry point);
 - ``torch.func.vmap`` and ``jacrev`` over ``while_loop`` raise inside torch (no batching rule for the
   operator), see :func:`hybrid_node.loop.whole` tests; those transforms are documented limitations;
@@ -90,8 +92,11 @@ from .diagnose import solve_cause
 from .graph_inputs import graph_control, settings_vector, tolerance_tensor, with_settings
 from .host import Integration
 from .inductor import compile_for, inductor_options, own_code
+from .while_grad import differentiable_carries
 
 _STATUS = LoopState._fields.index("status")
+#: the carries that a tensor requiring grad can reach: the state, its derivative, the output buffer
+_DIFFERENTIABLE = tuple(LoopState._fields.index(k) for k in ("y", "f0", "outs"))
 
 #: the largest buffer of stage derivatives (bytes) whose attempts loop over their stages (about a
 #: core's second-level cache; :meth:`WholeSolve.loops_stages`)
@@ -215,7 +220,11 @@ def _loop(
     def body_fn(*s):
         return tuple(attempt(field, solver, c, tables, rtol, atol, norm, LoopState(*s), impulses))
 
-    return LoopState(*while_loop(cond_fn, body_fn, tuple(state)))
+    # under autograd (a traced solve run with gradients), torch 2.13's while_loop backward passes no
+    # gradient across iterations through a carry that starts constant (the NaN output buffer; the
+    # state when only the field's parameters require grad): they start differentiable
+    carried = differentiable_carries(tuple(state), _DIFFERENTIABLE)
+    return LoopState(*while_loop(cond_fn, body_fn, carried))
 
 
 def _impulses_function(pure: PureField, solver: ExplicitRungeKutta, c: core.StepControl) -> Callable:
@@ -513,9 +522,9 @@ def integrate_whole(
         # tangents came out zero, silently (d y(1) / d theta . v read 0 for y' = A y); eager steps carry them
         return None
     if torch.is_grad_enabled() and (y0.requires_grad or _has_grad_params(pure.owner)):
-        # torch 2.13 differentiates while_loop, but on this graph its gradients were wrong (up to
-        # 30 absolute against the eager solver's, docs/compiled_solve.md) and compiling the backward
-        # took minutes: direct backprop keeps the per-step graphs, whose gradients are tested
+        # through the loop the gradients are the eager ones (_loop), but Inductor refuses the C++
+        # wrapper for its backward, and without it the first call took 145 against 35 s and the step
+        # 24.5 against 20.3 ms of the per-step graphs (docs/compiled/fixes.md): those run it
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
     heuristic = controller.first_step is None
