@@ -29,7 +29,8 @@ def in_users_graph(func, y0) -> bool:
     :func:`hybrid_node.loop.whole.odeint_graph`: always under ``torch.export``; under ``torch.compile``
     (e.g. of a model holding an ODE block) when no gradient can flow through it. A differentiated
     solve keeps the host loop, run untraced behind a graph break: autograd through the traced
-    ``while_loop`` is not trusted (docs/compiled_solve.md)."""
+    ``while_loop`` needs a workaround for a torch 2.13 bug (:mod:`hybrid_node.loop.while_grad`) and
+    compiles its backward for minutes; the host loop's gradients are the tested ones."""
     if not traced():
         return False
     if torch.compiler.is_exporting():
