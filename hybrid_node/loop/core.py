@@ -95,7 +95,7 @@ class _TensorOps:
         return torch.where(cond, a, b)
 
     @staticmethod
-    def minimum(a: torch.Tensor, b: float) -> torch.Tensor:
+    def minimum(a: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
         return torch.clamp(a, max=b)
 
     @staticmethod
@@ -111,7 +111,9 @@ class _TensorOps:
         return torch.maximum(a, b)
 
     @staticmethod
-    def full_like(like: torch.Tensor, value: float) -> torch.Tensor:
+    def full_like(like: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):  # a setting that is a graph input (a 0-d element of it)
+            return value.to(like.dtype).expand_as(like)
         return torch.full_like(like, value)
 
     @staticmethod
@@ -170,6 +172,27 @@ class StepControl:
         :func:`settle`). A compiled graph whose ``min_step`` is a tensor input states it apart
         (:class:`hybrid_node.loop.graph_inputs.InputControl`), since a graph cannot branch on an input."""
         return self.min_step > 0
+
+    @property
+    def ratio_bounds(self) -> tuple[Any, Any] | None:
+        """The interval :func:`propose` holds the error ratio in, or None where it need not.
+
+        With an exponent above 1 in magnitude (gains summing above the order k) a ratio far from 1
+        raises a power beyond float64's range: the host's float power raised ``OverflowError`` (gains
+        (0, 160, 0) from rest, 1e-10 ** -32), and on tensors an infinite power times a zero one made
+        the step NaN. The ratio is then held in ``[1 / bound, bound]`` with ``bound = 10 ** (300 /
+        largest exponent)``, where every power is within [1e-300, 1e300]. A compiled graph whose
+        exponents are inputs holds it in bounds that are inputs too, ``(0, inf)`` where none is needed
+        (:class:`hybrid_node.loop.graph_inputs.InputControl`): that clamp changes no ratio.
+
+        Returns:
+            ``(1 / bound, bound)`` as host floats, or None when every exponent is at most 1 in magnitude.
+        """
+        largest = max(abs(self.e1), abs(self.e2), abs(self.e3))
+        if not largest > 1.0:
+            return None
+        bound = 10.0 ** (300.0 / largest)
+        return 1.0 / bound, bound
 
     @staticmethod
     def of(controller: PIDController, error_order: int, dtype: torch.dtype, attempts: int = 1) -> StepControl:
@@ -282,9 +305,13 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
     ``r1`` stays positive and the steps are unchanged.
 
     The ratio is floored at ``floor`` (a zero error would divide by 0), and with exponents above 1 in
-    magnitude (gains summing above the order k) the ratios are held where every power is within
-    [1e-300, 1e300]: beyond, the host's float power raised ``OverflowError`` (gains (0, 160, 0) from
-    rest, 1e-10 ** -32), and on tensors an infinite power times a zero one made the step NaN.
+    magnitude held within :attr:`StepControl.ratio_bounds`, where every power is finite and non-zero.
+
+    The numbers of ``c`` are floats (the host loop, the eager device loop) or, in a compiled graph,
+    0-d float64 tensors that are elements of the graph's settings input
+    (:class:`~hybrid_node.loop.graph_inputs.InputControl`): the operations and their order are the
+    same, so both round alike; only the two rules ``keep_after_accept`` and ``hold_after_reject``
+    and the namespace choose operations.
 
     Args:
         xp: the array namespace.
@@ -302,11 +329,10 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
     if c.hold_after_reject:  # a constant of the solve: no branch on data
         after_reject = r1 < 0.0
         r1 = abs(r1)
-    largest = max(abs(c.e1), abs(c.e2), abs(c.e3))
     r = xp.maximum(ratio, floor)  # a NaN ratio stays NaN on tensors; it is replaced below anyway
-    if largest > 1.0:  # 10 ** (300 / largest) is then a float (a constant of the solve: no branch on data)
-        bound = 10.0 ** (300.0 / largest)
-        r = xp.minimum(xp.maximum(r, 1.0 / bound), bound)
+    bounds = c.ratio_bounds  # decided from the settings, not from data: no branch in a graph
+    if bounds is not None:
+        r = xp.minimum(xp.maximum(r, bounds[0]), bounds[1])
     elementary = c.safety * r**c.e1
     factor = xp.where(accepted, elementary * r1**c.e2 * r2**c.e3, elementary)
     grow = xp.full_like(r, c.ifactor)

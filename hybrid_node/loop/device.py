@@ -381,7 +381,7 @@ def _run_function(
     """``run(owner, state, tables, rtol, atol, norm, settings) -> (state, summary)``: ``c.attempts``
     attempts. ``c`` is a :func:`~hybrid_node.loop.graph_inputs.graph_control` and ``settings`` its
     :func:`~hybrid_node.loop.graph_inputs.settings_vector` (the first step is the state's: its entry is not
-    read), an input of a compiled run as of the whole-solve graph: a new max_step compiles nothing.
+    read), an input of a compiled run as of the whole-solve graph: a new max_step or safety compiles nothing.
     With a ``watch``, the summary ends with the run's last attempt's :func:`stiffness_sample`."""
 
     def run(owner, state, tables, rtol, atol, norm, settings):
@@ -573,9 +573,10 @@ def integrate_device(
         return Integration([y0], stats, Status.SUCCESS, ts[0])
     assert solver.error_order is not None  # supports_device_loop: an embedded pair
 
-    # the step settings are inputs of the runs (as of the whole-solve graph): a new one compiles nothing
-    c = graph_control(core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every))
-    settings = settings_vector(controller, y0)
+    # the step settings and PID numbers are inputs of the runs (as of the whole-solve graph): a new one
+    # compiles nothing
+    control = core.StepControl.of(controller, solver.error_order, y0.dtype, controller.sync_every)
+    c, settings = graph_control(control), settings_vector(controller, control, y0)
     grad = _needs_grad(y0, f0)
     # direct backprop through an explicit method at its stability limit gives unreliable gradients: one
     # sample of the test per run, read with the run's summary (no host read of its own)

@@ -37,7 +37,8 @@ graph with :func:`initial_step_tensor`, the same stretch rule, controller, floor
 compiled kernels may round differently, so a
 step whose error ratio lies within rounding of 1 may be decided the other way. Tolerances enter the
 graph as tensors, so a new ``rtol`` or ``atol`` reuses the compiled graph; so do the step settings
-``first_step``, ``min_step``, ``max_step`` and ``max_num_steps`` of a forward solve
+``first_step``, ``min_step``, ``max_step`` and ``max_num_steps`` of a forward solve and the PID
+numbers ``pcoeff``, ``icoeff``, ``dcoeff``, ``safety``, ``ifactor`` and ``dfactor``
 (:func:`settings_vector`).
 
 Scope: solves with an explicit first-same-as-last pair: dopri5, tsit5, bosh3 (as the device loop) and
@@ -541,7 +542,7 @@ def integrate_whole(
         return None
     y0 = y0.contiguous()  # the loop's carried state must keep its strides (a column slice has others)
     tables = cached_tables(solver, graph.padded(ts), y0)
-    settings = settings_vector(controller, y0)
+    settings = settings_vector(controller, c, y0)
     out = graph(y0, settings, tables, tolerance_tensor(rtol, y0), tolerance_tensor(atol, y0, 1), counters=counters)
     if out is None:
         return None

@@ -106,7 +106,8 @@ def integrate_whole_impulses(
         # (the ``*_adjoint`` step callbacks are host Python between attempts: the host loop calls them)
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
-    # the step settings are inputs (as in the forward graph): a new max_step compiles nothing
+    # the step settings and PID numbers are inputs (as in the forward graph): a new max_step or safety
+    # compiles nothing
     graph = WholeSolve(pure, solver, graph_control(c), norm, device_type=x0.device.type, start="impulses")
     if graph.failed:
         return None
@@ -125,7 +126,7 @@ def integrate_whole_impulses(
     pad = impulses.add.new_zeros(len(padded) - len(rs), impulses.add.shape[1])
     impulses = impulses._replace(add=torch.cat([impulses.add, pad]))
     rtol_t, atol_t = tolerance_tensor(rtol, x0), tolerance_tensor(atol, x0, 1)
-    settings = settings_vector(controller, x0)
+    settings = settings_vector(controller, c, x0)
     out = graph(*packed, tables, rtol_t, atol_t, counters=counters, extra=(impulses, settings))
     if out is None:  # the compiler rejected the field: the host loop runs instead
         term.nfe = nfe_before

@@ -275,9 +275,10 @@ def integrate_segments(
     zs = torch.stack([states[c] for c in checkpoints])  # one tensor: the graph's inputs may not alias
     z_like = zs[0]
     row_bytes = (solver.tableau.stages + 1) * z_like.numel() * z_like.element_size()
-    # the step settings are inputs (as in the forward graph): a new max_step compiles nothing
-    c = graph_control(core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype))
-    settings = settings_vector(controller, x0)
+    # the step settings and PID numbers are inputs (as in the forward graph): a new max_step or safety
+    # compiles nothing
+    control = core.StepControl.of(controller, int(solver.error_order or 0), x0.dtype)
+    c, settings = graph_control(control), settings_vector(controller, control, x0)
     dev = x0.device
     dense = torch.tensor(solver.tableau.dense, dtype=torch.float64, device=dev)
     tables = Tables(
