@@ -340,49 +340,67 @@ SAVE = np.array([0.0, 2.5, 5.0])
 
 
 def _our_gradient(sensitivity, rtol=RTOL) -> np.ndarray:
-    """d/d(y0, mu) of the sum of squares of y(2.5) and y(5)."""
+    """d/d(y0, mu, t0, t1) of the sum of squares of y(2.5) and y(5) (t0 = 0, t1 = 5)."""
     field, y0 = _Mu(), torch.tensor(Y0, requires_grad=True)
+    t = torch.tensor(SAVE, requires_grad=True)
     controller = hn.PIDController(rtol=rtol, atol=rtol * 1e-3, first_step=FIRST, shrink_after_accept=False)
-    sol = hn.solve(field, y0, torch.tensor(SAVE), solver=hn.Tsit5(), controller=controller, sensitivity=sensitivity)
-    grads = torch.autograd.grad((sol.ys[1:] ** 2).sum(), (y0, field.mu))
-    return np.concatenate([grads[0].numpy(), grads[1].reshape(1).numpy()])
+    sol = hn.solve(field, y0, t, solver=hn.Tsit5(), controller=controller, sensitivity=sensitivity)
+    grads = torch.autograd.grad((sol.ys[1:] ** 2).sum(), (y0, field.mu, t))
+    return np.concatenate([grads[0].numpy(), grads[1].reshape(1).numpy(), grads[2][[0, 2]].numpy()])
 
 
-def _their_gradient(adjoint) -> np.ndarray:
-    def loss(y0, mu):
+def _their_gradient(adjoint, times: bool) -> np.ndarray:
+    """As :func:`_our_gradient`; with ``times=False`` the t0 and t1 entries are NaN (not differentiated:
+    diffrax's BacksolveAdjoint refuses a tangent in them)."""
+
+    def loss(y0, mu, t0, t1):
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(lambda t, y, mu: van_der_pol(t, y, jnp, mu)),
             diffrax.Tsit5(),
-            0.0,
-            5.0,
+            t0,
+            t1,
             FIRST,
             y0,
             args=mu,
             stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=RTOL * 1e-3),
-            saveat=diffrax.SaveAt(ts=SAVE[1:]),
+            saveat=diffrax.SaveAt(ts=jnp.stack([jnp.asarray(SAVE[1]), t1])),
             adjoint=adjoint,
         )
         return (sol.ys**2).sum()
 
-    grads = jax.grad(loss, argnums=(0, 1))(jnp.asarray(Y0), jnp.asarray(MU))
-    return np.concatenate([np.asarray(grads[0]), [float(grads[1])]])
+    ends = (jnp.asarray(SAVE[0]), jnp.asarray(SAVE[-1]))
+    if times:
+        grads = jax.grad(loss, argnums=(0, 1, 2, 3))(jnp.asarray(Y0), jnp.asarray(MU), *ends)
+        return np.concatenate([np.asarray(grads[0]), [float(g) for g in grads[1:]]])
+    grads = jax.grad(lambda y0, mu: loss(y0, mu, *ends), argnums=(0, 1))(jnp.asarray(Y0), jnp.asarray(MU))
+    return np.concatenate([np.asarray(grads[0]), [float(grads[1]), np.nan, np.nan]])
 
 
 def test_gradients_direct_and_backsolve():
-    # converged gradient: direct backprop at rtol 1e-10 (its error falls with the tolerance, 6.5e-5 at 1e-6
-    # and 2.3e-7 at 1e-8 against this one; the gradient is about 7 in size)
+    # entries: d/dy0 (2), d/dmu, d/dt0, d/dt1; the gradient is about 7 in size. Converged gradient: direct
+    # backprop at rtol 1e-10 (its error falls with the tolerance: 6.5e-5 at 1e-6, 2.3e-7 at 1e-8)
     exact = _our_gradient(hn.DirectBackprop(), rtol=1e-10)
     # direct backprop is the exact derivative of the discrete solve, with the step sizes held constant in
     # both (diffrax stops their gradient); the same steps, so the same numbers to rounding (1.1e-11)
     direct = _our_gradient(hn.DirectBackprop())
-    np.testing.assert_allclose(direct, _their_gradient(diffrax.RecursiveCheckpointAdjoint()), rtol=0, atol=1e-8)
-    assert 1e-6 < np.abs(direct - exact).max() < 1e-3
+    peer = _their_gradient(diffrax.RecursiveCheckpointAdjoint(), times=True)
+    np.testing.assert_allclose(direct[:3], peer[:3], rtol=0, atol=1e-8)
+    assert 1e-6 < np.abs(direct - exact)[:3].max() < 1e-3
+    # the times: here the continuous solution's derivatives, <dL/dy(t1), f(t1, y(t1))> and -<a(t0), f(t0,
+    # y0)> (docs/gradients.md), on every path; diffrax differentiates its discrete solve, whose steps
+    # move with t0 and whose last step with t1. Apart by the solve's error: measured 8.3e-5 (t0) and
+    # 6.1e-8 (t1), diffrax's 6.1e-5 and 5.7e-8 from the converged values, ours 2.2e-5 and 3.9e-9
+    np.testing.assert_allclose(direct[3:], peer[3:], rtol=0, atol=1e-3)
+    assert np.abs(direct - exact)[3:].max() < 1e-4 and np.abs(peer - exact)[3:].max() < 1e-3
     # BacksolveAdjoint solves the adjoint equation backwards, reconstructing y: another discretisation in
     # each library, so they agree only to the tolerance's effect on each. Measured at rtol 1e-6: 1.3e-3
     # here, 9.1e-4 in diffrax from the converged gradient, 3.8e-4 apart (at 1e-4: 2.3e-2 and 1.1e-1)
-    ours, theirs = _our_gradient(hn.BacksolveAdjoint()), _their_gradient(diffrax.BacksolveAdjoint())
-    assert np.abs(ours - exact).max() < 5e-3 and np.abs(theirs - exact).max() < 5e-3
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=5e-3)
+    ours, theirs = _our_gradient(hn.BacksolveAdjoint()), _their_gradient(diffrax.BacksolveAdjoint(), times=False)
+    assert np.abs(ours - exact).max() < 5e-3 and np.abs(theirs - exact)[:3].max() < 5e-3
+    np.testing.assert_allclose(ours[:3], theirs[:3], rtol=0, atol=5e-3)
+    # diffrax's BacksolveAdjoint takes no gradient in t0 or t1; ours does (2e-6 from the converged value)
+    with pytest.raises(Exception, match="Unexpected tangent"):
+        _their_gradient(diffrax.BacksolveAdjoint(), times=True)
 
 
 @pytest.mark.parametrize(
