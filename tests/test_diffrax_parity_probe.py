@@ -3,9 +3,10 @@
 ``tests/test_steps_vs_diffrax.py`` checks the I and PI step rule on Tsit5 and Dopri5. This file probes
 what a diffrax user sets besides: the PID gains and clip factors, ``jump_ts``/``step_ts``, ``dtmin`` (and
 ``force_dtmin``), ``dtmax``, ``max_steps``, ``SaveAt`` (decreasing ``ts``, ``dense=True``, ``t0``/``t1``),
-gradients (``RecursiveCheckpointAdjoint`` and ``BacksolveAdjoint``), the solvers both libraries have, and
-inputs diffrax refuses. Each test states what agrees, to what tolerance and why; a difference is
-asserted as measured, so that ``docs/solvers.md#parity-probe-against-diffrax`` stays true.
+gradients (``RecursiveCheckpointAdjoint`` and ``BacksolveAdjoint``, in y0, a parameter, t0 and t1),
+``jax.vmap`` against ``per_sample=True``, the solvers both libraries have, and inputs where the two
+part. Each test states what agrees, to what tolerance and why; a difference is asserted as measured,
+so that ``docs/solvers.md#parity-probe-against-diffrax`` stays true.
 
 The problem is van der Pol with mu = 2 from (2, 0): it rejects steps at every tolerance used here, so
 the rejection branch of both controllers is exercised. float64 throughout; jax's x64 mode is switched on
