@@ -352,6 +352,11 @@ def test_dense_output_is_diffraxs_evaluate(method, peer, t0, t1, tol):
     q = np.linspace(t0, t1, 401)
     ours = dense(torch.tensor(q)).numpy()
     np.testing.assert_allclose(ours, np.asarray(jax.vmap(theirs.evaluate)(jnp.asarray(q))), rtol=0, atol=tol)
+    # past the end diffrax's evaluate returns NaN; here a ValueError naming the solved interval
+    beyond = t1 + 0.1 * (t1 - t0)
+    assert np.isnan(np.asarray(theirs.evaluate(jnp.asarray(beyond)))).all()
+    with pytest.raises(ValueError, match="outside the solved interval"):
+        dense(torch.tensor(beyond, dtype=F64))
 
 
 class _Mu(torch.nn.Module):
