@@ -18,8 +18,8 @@ What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and do
 - direct backpropagation: autograd differentiates ``while_loop``, with the eager gradients once the
   loop's state, derivative and output buffer start as differentiable carries (torch 2.13 drops the
   gradient through a carry that starts constant, :mod:`.while_grad`), but Inductor refuses the C++
-  wrapper for its backward and without it the first call and the step were slower than with
-  per-step graphs, so a solve that needs an autograd graph runs with those (see :func:`integrate_whole`);
+  wrapper for its backward and without it the first call took 4x longer than with per-step graphs
+  (the step 2.4x shorter), so a solve that needs an autograd graph runs with those (see :func:`integrate_whole`);
 - ``torch.export`` of a module containing the loop works (:func:`export_solve` is the entry point);
 - ``torch.func.vmap`` and ``jacrev`` over ``while_loop`` raise inside torch (no batching rule for the
   operator), see :func:`hybrid_node.loop.whole` tests; those transforms are documented limitations;
@@ -524,8 +524,8 @@ def integrate_whole(
         return None
     if torch.is_grad_enabled() and (y0.requires_grad or _has_grad_params(pure.owner)):
         # through the loop the gradients are the eager ones (_loop), but Inductor refuses the C++
-        # wrapper for its backward, and without it the first call took 145 against 35 s and the step
-        # 24.5 against 20.3 ms of the per-step graphs (docs/compiled/fixes.md): those run it
+        # wrapper for its backward, and without it the first call took 63 against 16 s of the
+        # per-step graphs (its step 3.8 against 9.1 ms; docs/compiled/fixes.md): those run it
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
     heuristic = controller.first_step is None
