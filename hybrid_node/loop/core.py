@@ -307,9 +307,9 @@ def propose(xp, c: StepControl, dt, ratio, accepted, r1, r2, floor: float = RATI
     The ratio is floored at ``floor`` (a zero error would divide by 0), and with exponents above 1 in
     magnitude held within :attr:`StepControl.ratio_bounds`, where every power is finite and non-zero.
 
-    The numbers of ``c`` are floats (the host loop, the eager device loop) or, in a compiled graph,
-    0-d float64 tensors that are elements of the graph's settings input
-    (:class:`~hybrid_node.loop.graph_inputs.InputControl`): the operations and their order are the
+    The numbers of ``c`` are floats (the host and per-sample loops) or 0-d float64 tensors, elements
+    of a settings input (:class:`~hybrid_node.loop.graph_inputs.InputControl`: the compiled graphs,
+    and the device loop's runs, compiled or not): the operations and their order are the
     same, so both round alike; only the two rules ``keep_after_accept`` and ``hold_after_reject``
     and the namespace choose operations.
 
