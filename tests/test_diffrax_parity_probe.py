@@ -489,6 +489,63 @@ def test_kvaerno5_with_newton_takes_diffraxs_steps():
     assert _counts(chord) == (195, 196)
 
 
+def _reference_y10() -> np.ndarray:
+    """y(10) by scipy's Radau at rtol 1e-12 (atol 1e-14): 4e-14 from its value at rtol 1e-13."""
+    scipy_integrate = pytest.importorskip("scipy.integrate")
+    sol = scipy_integrate.solve_ivp(
+        lambda t, y: van_der_pol(t, y, np), (0.0, 10.0), Y0, method="Radau", rtol=1e-12, atol=1e-14
+    )
+    return sol.y[:, -1]
+
+
+def test_kvaerno5_with_a_tight_newton_tolerance_rejects_more_steps_than_diffraxs_newton(monkeypatch):
+    # A documented difference, not a rounding stall. With the Newton test asked for 1e-12 (diffrax's Newton
+    # at rtol 1e-12, atol 1e-15) at rtol 1e-4, diffrax takes 44 / 13 steps and we take 72 / 36. Each of our
+    # 32 Newton failures is a stage iteration that used all max_newton_iters = 10 iterations while it
+    # contracted steadily (rate 0.06 to 0.17): simplified Newton, with one Jacobian per step (Hairer &
+    # Wanner IV.8), gains one digit per iteration at rate 0.1, and its first increments measured 3e9 to
+    # 1e11 units of the Newton scale, so it needs 11 iterations and more. The step is then rejected and
+    # halved, as RADAU5 does after a Newton failure. A stall at rounding would show rates near 1; the
+    # round-off floor of the test (10 eps / newton_rtol, RADAU5's floor 10 uround / rtol on its Newton
+    # tolerance) never decides here. diffrax's optimistix.Newton takes the Jacobian at every iterate and
+    # converges quadratically, within its 10 iterations; with 20 ours takes 44 / 14.
+    from hybrid_node.solvers import implicit_common
+
+    results = []
+    newton_solve = implicit_common.newton_solve
+
+    def recorded(*args):
+        res = newton_solve(*args)
+        results.append(res)
+        return res
+
+    monkeypatch.setattr(implicit_common, "newton_solve", recorded)
+    rtol, newton_rtol, newton_atol = 1e-4, 1e-12, 1e-15
+    tight = {"smooth_error": False, "newton_rtol": newton_rtol, "newton_atol": newton_atol}
+    sol, _ = _ours(solver=hn.Kvaerno5(**tight), rtol=rtol)
+    assert _counts(sol) == (72, 36)
+    failed = [res for res in results if not res.converged]
+    assert len(failed) == 32
+    # every failure ran out of iterations while contracting (measured rates 0.060 to 0.167)
+    assert all(res.iters == 10 for res in failed)
+    # no rate of any stage came near 1 (at most 0.167 measured): the round-off floor 10 eps / 1e-12 =
+    # 2.2e-3 accepts an iterate the rate test would not only where eta > kappa / floor, a rate above 0.82
+    assert max(res.theta for res in results) < 0.25
+
+    newton = diffrax.Kvaerno5(root_finder=optx.Newton(rtol=newton_rtol, atol=newton_atol))
+    peer = _theirs(solver=newton, rtol=rtol, saveat=diffrax.SaveAt(t1=True))
+    assert _counts(peer) == (44, 13)
+    more_iters, _ = _ours(solver=hn.Kvaerno5(max_newton_iters=20, **tight), rtol=rtol)
+    assert _counts(more_iters) == (44, 14)
+
+    # The extra rejections cost steps, not accuracy: y(10) is 6.4e-5 from the reference on the smaller
+    # steps, 1.8e-3 with 20 iterations, 1.9e-3 in diffrax (each measured; the bounds allow 50% more)
+    ref = _reference_y10()
+    assert np.abs(sol.ys[-1].numpy() - ref).max() < 1e-4
+    assert np.abs(more_iters.ys[-1].numpy() - ref).max() < 2.7e-3
+    assert np.abs(np.asarray(peer.ys)[-1] - ref).max() < 2.9e-3
+
+
 def test_dopri8_is_another_method_than_diffraxs():
     # hn.Dopri8 is DOP853 (Hairer's 12-stage pair, c2 = 0.0526...); diffrax's Dopri8 is Prince and
     # Dormand's RK8(7)13M (c2 = 1/18). Different methods: their answers agree to the tolerance, not to
