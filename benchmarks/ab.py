@@ -7,6 +7,11 @@ checkout's ``hybrid_node`` (imported under another name), this
 one's and the eager solver, each on its own copy of the field, in shuffled interleaved rounds::
 
     python -m benchmarks.ab --workload cnf-adjoint --baseline /path/to/other/checkout --rounds 8
+
+Without ``--baseline``, ``--modes`` compares values of ``options["compile"]`` of this checkout (and
+eager), e.g. per-step graphs against the whole-solve graph for direct backprop::
+
+    python -m benchmarks.ab --workload mlp-train-direct --modes true fullgraph --rounds 20
 """
 
 from __future__ import annotations
@@ -64,18 +69,29 @@ def first_calls(runs: dict[str, Callable]) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="mlp-fwd", choices=WORKLOADS)
-    parser.add_argument("--baseline", required=True, help="the other checkout (its hybrid_node package)")
+    parser.add_argument("--baseline", help="the other checkout (its hybrid_node package)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("true", "fullgraph"),
+        help="without --baseline: the values of options['compile'] to compare (this checkout)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=8)
     args = parser.parse_args(argv)
+    if (args.baseline is None) == (args.modes is None):
+        parser.error("give either --baseline or --modes")
     check_baseline(parser, args.baseline)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # fallback warnings of fields the compiler refuses (the CNF's trace)
     w = make(args.workload)
-    runs = {
-        "baseline": unit(w, baseline_package(args.baseline), {"compile": True}),
-        "this": unit(w, hybrid_node, {"compile": True}),
-        "eager": unit(w, hybrid_node, None),
-    }
+    if args.baseline is not None:
+        runs = {
+            "baseline": unit(w, baseline_package(args.baseline), {"compile": True}),
+            "this": unit(w, hybrid_node, {"compile": True}),
+        }
+    else:
+        runs = {m: unit(w, hybrid_node, {"compile": True if m == "true" else m}) for m in args.modes}
+    runs["eager"] = unit(w, hybrid_node, None)
     first_calls(runs)
     for name, ts in interleaved(runs, args.rounds).items():
         print(f"{args.workload} {name:9s} median {1e3 * statistics.median(ts):8.2f} ms  min {1e3 * min(ts):8.2f} ms")

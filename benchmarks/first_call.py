@@ -9,6 +9,10 @@ time in a process (importing the compiler, Dynamo's trace, lowering, code genera
 solve); the second call is the solve alone::
 
     python -m benchmarks.first_call --workloads mlp-fwd mlp-train-direct mlp-train-adjoint
+    python -m benchmarks.first_call --workloads mlp-train-direct --compile fullgraph
+
+``--compile fullgraph`` measures ``options={"compile": "fullgraph"}`` (direct backprop through the
+whole-solve graph) instead of ``compile=True``.
 
 ``--linear`` replaces each workload's field by one linear layer on the same state (same initial
 state, times, tolerances and loss): what is left is the cost of compiling the solver itself, the
@@ -46,7 +50,7 @@ class Linear(Counted):
 w = make(sys.argv[1])
 if sys.argv[2] == "linear":
     w = dataclasses.replace(w, field=Linear(w.y0.shape[-1]))
-run = unit(w, hybrid_node, {"compile": True})
+run = unit(w, hybrid_node, {"compile": True if sys.argv[3] == "true" else sys.argv[3]})
 start = time.perf_counter(); run(); first = time.perf_counter() - start
 start = time.perf_counter(); run(); second = time.perf_counter() - start
 print(json.dumps({"first_s": first, "second_ms": 1e3 * second}))
@@ -75,12 +79,13 @@ def _python(code: str, cache: str, *args: str) -> str:
     return done.stdout
 
 
-def first_call(workload: str, field: str = "own") -> dict:
+def first_call(workload: str, field: str = "own", compile_mode: str = "true") -> dict:
     """The first and second call of ``workload`` compiled, in a new process with a new Inductor cache
-    (``field="linear"``: with a linear field instead of the workload's)."""
+    (``field="linear"``: with a linear field instead of the workload's; ``compile_mode``: "true" or
+    "fullgraph", the value of ``options["compile"]``)."""
     with tempfile.TemporaryDirectory(prefix="hn_first_call_") as cache:
         _python(_PREPARE, cache)
-        return json.loads(_python(_MEASURE, cache, workload, field).strip().splitlines()[-1])
+        return json.loads(_python(_MEASURE, cache, workload, field, compile_mode).strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
@@ -89,13 +94,14 @@ def main(argv=None) -> None:
         "--workloads", nargs="+", default=["mlp-fwd", "mlp-train-direct", "mlp-train-adjoint"], choices=WORKLOADS
     )
     parser.add_argument("--linear", action="store_true", help="a linear field instead of each workload's")
+    parser.add_argument("--compile", choices=("true", "fullgraph"), default="true", help="options['compile']")
     args = parser.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
     print("| workload | first call s | second call ms |")
     print("| --- | --- | --- |")
     for name in args.workloads:
-        r = first_call(name, "linear" if args.linear else "own")
-        label = f"{name} (linear field)" if args.linear else name
+        r = first_call(name, "linear" if args.linear else "own", args.compile)
+        label = (f"{name} (linear field)" if args.linear else name) + ("" if args.compile == "true" else " fullgraph")
         print(f"| {label} | {r['first_s']:.1f} | {r['second_ms']:.1f} |", flush=True)
 
 

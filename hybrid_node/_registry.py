@@ -45,6 +45,34 @@ _SHOWN = {"torch": "torch", "julia": "Julia"}  # backend names as the messages w
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", "compile", "max_num_steps")
 
 
+#: ``options={"compile": FULLGRAPH}``: as True, and direct backprop through the whole-solve graph too
+#: (torch.compile's word for one graph of the entire function, ``fullgraph=True``)
+FULLGRAPH = "fullgraph"
+
+
+def compile_mode(value: Any) -> bool | str:
+    """The checked value of ``options["compile"]``.
+
+    Args:
+        value: the option as given.
+
+    Returns:
+        False, True, or :data:`FULLGRAPH`.
+
+    Raises:
+        TypeError: another value (a string such as "no" is truthy, so it is refused rather than read
+            as True), with the valid ones.
+    """
+    if isinstance(value, str) and value == FULLGRAPH:
+        return FULLGRAPH
+    if not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise TypeError(
+            f"options['compile'] must be True or False, or {FULLGRAPH!r} (as True, and direct backprop "
+            f"through the whole solve as one graph: slower first call, faster steps), got {value!r}."
+        )
+    return bool(value)
+
+
 def method_spec(method: str, backend: str) -> MethodSpec:
     """The registry entry of ``method`` for ``backend``.
 
@@ -457,11 +485,10 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
         solver = solver.fixed_steps()
     _time_dtype_option(options.pop("dtype", None))
     extras: dict[str, Any] = {"jump_t": (), "step_t": (), "event_t_end": event_t_end}
-    compiled = options.pop("compile", False)
-    if not isinstance(compiled, (bool, int)) or compiled not in (0, 1):  # a string such as "no" is truthy
-        raise TypeError(f"options['compile'] must be True or False, got {compiled!r}.")
+    compiled = compile_mode(options.pop("compile", False))
     if compiled:
-        solver = solver.compiled()  # raises ValueError, naming the method, where supports_compile is False
+        # raises ValueError, naming the method, where supports_compile is False
+        solver = solver.compiled(fullgraph=compiled == FULLGRAPH)
     if solver.adaptive:
         nordsieck = isinstance(solver, Nordsieck)
         # the options among the controller fields it does not read (a Nordsieck method's: the PID formula's);

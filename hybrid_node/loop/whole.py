@@ -19,7 +19,9 @@ What torch 2.13 does with it (measured, see ``tests/test_whole_solve.py`` and do
   loop's state, derivative and output buffer start as differentiable carries (torch 2.13 drops the
   gradient through a carry that starts constant, :mod:`.while_grad`), but Inductor refuses the C++
   wrapper for its backward and without it the first call took 4x longer than with per-step graphs
-  (the step 2.4x shorter), so a solve that needs an autograd graph runs with those (see :func:`integrate_whole`);
+  (the step 2.4x shorter), so a solve that needs an autograd graph runs with those (see :func:`integrate_whole`),
+  unless ``options={"compile": "fullgraph"}`` asks for the whole-solve graph (compiled without the
+  C++ wrapper, its backward in the first call: :class:`WholeSolve`'s ``backprop``);
 - ``torch.export`` of a module containing the loop works (:func:`export_solve` is the entry point);
 - ``torch.func.vmap`` and ``jacrev`` over ``while_loop`` raise inside torch (no batching rule for the
   operator), see :func:`hybrid_node.loop.whole` tests; those transforms are documented limitations;
@@ -332,6 +334,11 @@ class WholeSolve:
             CPU its attempts may run their stages in an inner loop, :meth:`loops_stages`); any other
             name: the graph is ``build()`` (:mod:`.whole_segments`).
         heuristic: see ``start``.
+        backprop: the graph is differentiated (a "forward" graph called under autograd: direct
+            backprop with ``compile="fullgraph"``): a graph of its own, compiled without Inductor's C++
+            wrapper (it refuses the loop's backward, "NYI cpp wrapper for while_loop_stack_output") and
+            with its backward compiled in the first call (:meth:`_call`), so that a compiler failure
+            there falls back like one in the forward graph instead of raising in ``backward()``.
         build: for another ``start``, makes the function to compile, called as ``fn(owner, *args,
             norm, *extra)``; ``variant`` is what tells its graphs apart besides the other arguments.
     """
@@ -347,15 +354,17 @@ class WholeSolve:
         heuristic: bool = True,
         build: Callable[[], Callable] | None = None,
         variant: tuple = (),
+        backprop: bool = False,
     ):
         self.owner = pure.owner
+        self.backprop = backprop
         self.cuda_graphs = cuda_graphs = device_type == "cuda"
         self._may_loop_stages = start == "impulses" and device_type == "cpu"
         # a plain function norm is its own key; an instance (the adjoint's GroupRMS, built per backward
         # pass) is keyed by its class, and the compiler's guards tell its instances apart if they differ
         norm_key = norm if isinstance(norm, types.FunctionType) else type(norm)
         self.norm = norm
-        variant = (start, heuristic) if start == "forward" else (start, *variant)
+        variant = (start, heuristic, backprop) if start == "forward" else (start, *variant)
         self.key = ("whole_solve", pure.key, solver, c, norm_key, device_type) + variant
         self._graphs = graphs_of(pure.owner)
         if self.key not in self._graphs:
@@ -377,6 +386,8 @@ class WholeSolve:
             # the guards on the library's own objects are left out (see library_guards)
             cpu = device_type == "cpu"
             options = {**inductor_options(cuda_graphs, cpu=cpu), "guard_filter_fn": library_guards(fn)}
+            if backprop:
+                options = without_cpp_wrapper(options)
             self._graphs[self.key] = compile_for(fn, cpu, fullgraph=True, options=options, dynamic=False)
             self._graphs[(self.key, "first")] = True
 
@@ -471,12 +482,28 @@ class WholeSolve:
         return out
 
     def _call(self, graph, args, extra) -> tuple:
+        if self.backprop:
+            # AOTAutograd compiles a backward graph at the first backward() (lazily) by default; a
+            # failure there would come out of the user's backward(), past the fallback: compile it with
+            # the forward graph (the flag is read only while a graph is compiled)
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                return self._run(graph, args, extra)
+        return self._run(graph, args, extra)
+
+    def _run(self, graph, args, extra) -> tuple:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
             out = graph(self.owner, *args, self.norm, *extra)
             # the graph's outputs live in its memory pool until the next replay: copy them out
             return torch.utils._pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out)
         return graph(self.owner, *args, self.norm, *extra)
+
+
+def without_cpp_wrapper(options: dict) -> dict:
+    """``options`` of :func:`~.inductor.inductor_options` for a graph whose backward holds a ``while_loop``:
+    Python's wrapper instead of the C++ one, which Inductor 2.13 refuses there ("NYI cpp wrapper for
+    while_loop_stack_output"), and none of the C++ wrapper's own settings."""
+    return {k: v for k, v in options.items() if not k.startswith(("cpp_wrapper", "aot_inductor."))}
 
 
 def integrate_whole(
@@ -505,8 +532,9 @@ def integrate_whole(
 
     Returns:
         Integration as the host loop returns it, or None when the field has no traceable form, has
-        step callbacks (``callback_step`` ...) or the compiler rejects it (the caller then runs
-        another loop; ``term.nfe`` is left as it was).
+        step callbacks (``callback_step`` ...), the solve needs an autograd graph and the solver
+        is not ``fullgraph`` (``compile=True``: per-step graphs compile 4x faster), or the compiler
+        rejects it (the caller then runs another loop; ``term.nfe`` is left as it was).
 
     Raises:
         SolverError: on max steps, step-size underflow or a non-finite state, when ``throw``.
@@ -522,16 +550,25 @@ def integrate_whole(
         # dual inputs (torch.autograd.forward_ad) neither require grad nor survive the graph: their
         # tangents came out zero, silently (d y(1) / d theta . v read 0 for y' = A y); eager steps carry them
         return None
-    if torch.is_grad_enabled() and (y0.requires_grad or _has_grad_params(pure.owner)):
+    backprop = torch.is_grad_enabled() and (y0.requires_grad or _has_grad_params(pure.owner))
+    if backprop and not solver.fullgraph:
         # through the loop the gradients are the eager ones (_loop), but Inductor refuses the C++
         # wrapper for its backward, and without it the first call took 63 against 16 s of the
-        # per-step graphs (its step 3.8 against 9.1 ms; docs/compiled/fixes.md): those run it
+        # per-step graphs (its step 3.8 against 9.1 ms; docs/compiled/fixes.md): those run it,
+        # unless the user chose the whole graph (compile="fullgraph")
         return None
     c = core.StepControl.of(controller, int(solver.error_order or 0), y0.dtype)  # adaptive: never 0
     heuristic = controller.first_step is None
     # the settings a user varies between solves are inputs: the key and closure leave them out
     graph = WholeSolve(
-        pure, solver, graph_control(c), norm, device_type=y0.device.type, start="forward", heuristic=heuristic
+        pure,
+        solver,
+        graph_control(c),
+        norm,
+        device_type=y0.device.type,
+        start="forward",
+        heuristic=heuristic,
+        backprop=backprop,
     )
     if graph.failed:
         return None

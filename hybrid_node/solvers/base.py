@@ -179,8 +179,9 @@ class AbstractSolver(abc.ABC):
         """This method for fixed steps (an adaptive method that has a fixed-step variant returns it)."""
         return self
 
-    def compiled(self) -> AbstractSolver:
-        """This method with compiled step attempts (``options={"compile": True}``).
+    def compiled(self, fullgraph: bool = False) -> AbstractSolver:
+        """This method with compiled step attempts (``options={"compile": True}``; ``fullgraph``: the
+        whole solve as one graph for direct backprop too, ``"compile": "fullgraph"``).
 
         Raises:
             ValueError: the method cannot be compiled (``supports_compile`` is False).

@@ -44,6 +44,10 @@ class ExplicitRungeKutta(AbstractSolver):
             behaves like O(h^(q+1))); default the tableau's ``error_order``.
         compile: run each step attempt (stages, field and error norm) as one torch.compile graph
             (see :mod:`hybrid_node.loop.compiled_step`); ``solver.compiled()`` sets it.
+        fullgraph: with ``compile``, a direct-backprop solve that the whole-solve graph can run
+            (:func:`hybrid_node.loop.whole.applies`) runs as that one graph with autograd through its
+            ``while_loop`` (``options={"compile": "fullgraph"}``); else such a solve runs per-step
+            graphs. It only routes solves (the graphs' caches do not tell it apart).
     """
 
     tableau: ButcherTableau
@@ -52,6 +56,7 @@ class ExplicitRungeKutta(AbstractSolver):
     error_estimate: Callable | None = None
     error_estimate_order: int | None = None
     compile: bool = False
+    fullgraph: bool = dataclasses.field(default=False, compare=False)
 
     supports_compile = True
     transformable = True
@@ -59,9 +64,10 @@ class ExplicitRungeKutta(AbstractSolver):
     #: build it on every attempt (the whole-solve graph)
     dense_output_evaluations = 0
 
-    def compiled(self) -> ExplicitRungeKutta:
-        """This method with compiled step attempts (the ``options={"compile": True}`` of odeint)."""
-        return dataclasses.replace(self, compile=True)
+    def compiled(self, fullgraph: bool = False) -> ExplicitRungeKutta:
+        """This method with compiled step attempts (the ``options={"compile": True}`` of odeint);
+        ``fullgraph``: direct backprop through the whole-solve graph too (``"compile": "fullgraph"``)."""
+        return dataclasses.replace(self, compile=True, fullgraph=fullgraph)
 
     @property
     def order(self) -> int:
