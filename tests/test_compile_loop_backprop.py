@@ -16,7 +16,7 @@ from conftest import CountingMLP
 
 import hybrid_node as hn
 from hybrid_node._registry import build_solver
-from hybrid_node.loop import compiled_step, whole
+from hybrid_node.loop import compiled_step
 
 # float64: the graph and the eager solver take the same steps and differ by rounding only (measured
 # 4e-14 on gradients of size 68); 1e-9 relative leaves room for a few thousand ulps of accumulation
@@ -137,11 +137,21 @@ def test_float32_parameters_only_decreasing_times_equal_eager(one_thread):
 def test_a_backward_graph_inductor_refuses_falls_back_in_the_solve_not_in_backward(
     float64_default, one_thread, monkeypatch
 ):
-    """Inductor refuses its C++ wrapper for the loop's backward: kept on here, that backward fails to
-    compile. It is compiled with the forward graph, so the solve falls back to per-step graphs with
-    one warning and the gradients are eager direct backprop's (compiled lazily, the failure came out
-    of ``torch.autograd.grad``, past any fallback)."""
-    monkeypatch.setattr(whole, "without_cpp_wrapper", lambda options: options)
+    """Inductor made to refuse the loop's backward graph (and only that graph): it is compiled with
+    the forward graph, so the solve falls back to per-step graphs with one warning and the gradients
+    are eager direct backprop's. Compiled lazily (AOTAutograd's default), the failure came out of
+    ``torch.autograd.grad``, past any fallback."""
+    import torch._inductor.compile_fx as compile_fx
+
+    real = compile_fx.compile_fx_inner
+
+    def refusing(gm, *args, **kwargs):
+        loop = any("while_loop" in str(node.target) for node in gm.graph.nodes)
+        if kwargs.get("is_backward") and loop:
+            raise RuntimeError("refused for the test: the loop's backward graph")
+        return real(gm, *args, **kwargs)
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", refusing)
     torch.manual_seed(2)
     field = CountingMLP()
     y0 = torch.randn(4, 2, requires_grad=True)
