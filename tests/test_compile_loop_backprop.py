@@ -119,6 +119,12 @@ def test_gradients_through_the_loop_equal_eager_and_a_second_step_compiles_nothi
     second = _train_step(field, y0, t, target, {"compile": "fullgraph"})
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert not torch.equal(first[0], second[0])  # the new parameters were read
+    # the loop's backward is torch.compile's, first-order: a gradient recorded for a second pass is
+    # refused in the first pass with the remedy, as through the per-step graphs
+    solver, controller, _ = build_solver("dopri5", {"compile": "fullgraph"}, 1e-7, 1e-9)
+    ys = hn.solve(field, y0, t, solver=solver, controller=controller).ys
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(ys.square().sum(), y0, create_graph=True)
 
 
 @pytest.mark.slow
