@@ -500,9 +500,18 @@ class WholeSolve:
 
 
 def without_cpp_wrapper(options: dict) -> dict:
-    """``options`` of :func:`~.inductor.inductor_options` for a graph whose backward holds a ``while_loop``:
-    Python's wrapper instead of the C++ one, which Inductor 2.13 refuses there ("NYI cpp wrapper for
-    while_loop_stack_output"), and none of the C++ wrapper's own settings."""
+    """The options for a differentiated whole-solve graph: Python's wrapper instead of the C++ one.
+
+    Inductor 2.13 refuses the C++ wrapper for a ``while_loop`` whose iterations are kept for the
+    backward pass ("NYI cpp wrapper for while_loop_stack_output"), so such a graph runs the kernels
+    from Python (a host loop over the attempts, as Inductor writes every ``while_loop``).
+
+    Args:
+        options: :func:`~.inductor.inductor_options` of a graph.
+
+    Returns:
+        The same options without ``cpp_wrapper`` and the settings that only the C++ wrapper reads.
+    """
     return {k: v for k, v in options.items() if not k.startswith(("cpp_wrapper", "aot_inductor."))}
 
 
