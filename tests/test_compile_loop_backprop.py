@@ -40,6 +40,8 @@ def test_fullgraph_marks_the_solver_and_shares_its_caches():
     assert solver == plain and hash(solver) == hash(plain)
     fixed, _, _ = build_solver("rk4", {"compile": "fullgraph", "step_size": 0.1}, 1e-6, 1e-8)
     assert fixed.compile  # a fixed-step method behaves as with compile=True
+    with pytest.raises(ValueError, match=r"fullgraph=True .* needs compile=True"):
+        hn.Dopri5(fullgraph=True)  # it would change nothing
 
 
 def test_a_field_the_compiler_rejects_falls_back_with_one_warning_and_eager_gradients(float64_default, one_thread):

@@ -64,6 +64,18 @@ class ExplicitRungeKutta(AbstractSolver):
     #: build it on every attempt (the whole-solve graph)
     dense_output_evaluations = 0
 
+    def __post_init__(self) -> None:
+        """Refuse ``fullgraph`` without ``compile``, which would change nothing.
+
+        Raises:
+            ValueError: ``fullgraph=True`` with ``compile=False``.
+        """
+        if self.fullgraph and not self.compile:
+            raise ValueError(
+                f"{self.name}: fullgraph=True chooses the compiled whole-solve graph for direct backprop and "
+                "needs compile=True; write solver.compiled(fullgraph=True) or options={'compile': 'fullgraph'}."
+            )
+
     def compiled(self, fullgraph: bool = False) -> ExplicitRungeKutta:
         """This method with compiled step attempts (the ``options={"compile": True}`` of odeint);
         ``fullgraph``: direct backprop through the whole-solve graph too (``"compile": "fullgraph"``)."""
