@@ -78,3 +78,41 @@ class SDESolver(abc.ABC):
             rate = logqp_rate(sde, t0, y)
             y1, extra1 = self.step(sde, bm, t0, t1, y, extra)
         return y1, extra1, rate * (t1 - t0), None
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedKLSolver(SDESolver):
+    """Base of the one-step methods that integrate ``logqp``'s KL rate with their own stages.
+
+    A subclass writes one :meth:`advance`, which takes the step and, when asked, the KL rate averaged by
+    the method's own quadrature over its stages; ``step`` and ``logqp_step`` are both that call.
+    """
+
+    @abc.abstractmethod
+    def advance(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step and the mean KL rate over it.
+
+        Args:
+            sde, bm, t0, t1, y: as :meth:`SDESolver.step`.
+            kl: whether to evaluate the KL rate at the stages (each stage's f and g shared with it).
+
+        Returns:
+            (y1, the method's quadrature of the KL rate over the step divided by its length, or None
+            unless ``kl``): what the step does to one more component dk = rate dt without diffusion.
+        """
+
+    def step(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
+    ) -> tuple[torch.Tensor, Extra]:
+        """One step; args and returns as :meth:`SDESolver.step`."""
+        return self.advance(sde, bm, t0, t1, y, False)[0], extra
+
+    def logqp_step(
+        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
+    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
+        """One step and its KL increment h * :meth:`advance`'s mean rate; as :meth:`SDESolver.logqp_step`."""
+        y1, rate = self.advance(sde, bm, t0, t1, y, True)
+        assert rate is not None  # advance evaluates the rate when kl is True
+        return y1, extra, (t1 - t0) * rate, None

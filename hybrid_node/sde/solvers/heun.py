@@ -9,7 +9,7 @@ import torch
 
 from .._kl import logqp_rate, stage
 from .._sde import SDEView
-from .base import Extra, SDESolver
+from .base import Extra, SDESolver, StagedKLSolver
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ class EulerHeun(_TwoStage):
 
 
 @dataclasses.dataclass(frozen=True)
-class Heun(_TwoStage):
+class Heun(_TwoStage, StagedKLSolver):
     """Heun's method: a full Euler predictor, then the trapezoidal average of drift and diffusion.
 
     Converges to the Stratonovich solution: strong order 0.5 (1.0 for diagonal, scalar, additive noise).
@@ -70,23 +70,9 @@ class Heun(_TwoStage):
 
     name = "heun"
 
-    def step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
-    ) -> tuple[torch.Tensor, Extra]:
-        """One Heun step; args and returns as :meth:`SDESolver.step`."""
-        return self._heun(sde, bm, t0, t1, y, False)[0], extra
-
-    def logqp_step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
-    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
-        """One Heun step; the KL increment is the trapezoid h (r(t0, y) + r(t1, y_bar)) / 2, y_bar the
-        predictor (what the step does to a component without diffusion); as :meth:`SDESolver.logqp_step`."""
-        y1, r0, r1 = self._heun(sde, bm, t0, t1, y, True)
-        return y1, extra, 0.5 * (t1 - t0) * (r0 + r1), None
-
-    @staticmethod
-    def _heun(sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
-        """(y1, the KL rate at the start, at the predictor), the rates None unless ``kl``."""
+    def advance(self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """One Heun step; the mean KL rate is the trapezoid (r(t0, y) + r(t1, y_bar)) / 2, y_bar the
+        predictor; as :meth:`StagedKLSolver.advance`."""
         h = t1 - t0
         dw = bm(t0, t1)
         with stage(sde, t0, y, kl):
@@ -96,11 +82,13 @@ class Heun(_TwoStage):
         with stage(sde, t1, y_bar, kl):
             f1, gdw1 = sde.f_and_g_prod(t1, y_bar, dw)
             r1 = logqp_rate(sde, t1, y_bar) if kl else None
-        return y + 0.5 * ((f0 + f1) * h + gdw0 + gdw1), r0, r1
+        # 0.5 is exact, so h * this mean is the trapezoid h (r0 + r1) / 2 bit for bit
+        rate = 0.5 * (r0 + r1) if r0 is not None and r1 is not None else None
+        return y + 0.5 * ((f0 + f1) * h + gdw0 + gdw1), rate
 
 
 @dataclasses.dataclass(frozen=True)
-class Midpoint(_TwoStage):
+class Midpoint(_TwoStage, StagedKLSolver):
     """The stochastic midpoint method: a half Euler step, then a full step with the midpoint's fields.
 
     Converges to the Stratonovich solution: strong order 0.5 (1.0 for diagonal, scalar, additive noise).
@@ -112,23 +100,9 @@ class Midpoint(_TwoStage):
 
     name = "midpoint"
 
-    def step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
-    ) -> tuple[torch.Tensor, Extra]:
-        """One midpoint step; args and returns as :meth:`SDESolver.step`."""
-        return self._midpoint(sde, bm, t0, t1, y, False)[0], extra
-
-    def logqp_step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
-    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
-        """One midpoint step; the KL increment is h r(t_mid, y_mid) at the midpoint stage (what the step
-        does to a component without diffusion); as :meth:`SDESolver.logqp_step`."""
-        y1, rate = self._midpoint(sde, bm, t0, t1, y, True)
-        return y1, extra, (t1 - t0) * rate, None
-
-    @staticmethod
-    def _midpoint(sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
-        """(y1, the KL rate at the midpoint stage or None unless ``kl``)."""
+    def advance(self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """One midpoint step; the mean KL rate is r(t_mid, y_mid) at the midpoint stage; as
+        :meth:`StagedKLSolver.advance`."""
         h = t1 - t0
         t_mid = t0 + 0.5 * h
         dw = bm(t0, t1)

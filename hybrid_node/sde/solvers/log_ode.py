@@ -10,7 +10,7 @@ import torch
 from ..._autocast import full_precision
 from .._kl import logqp_rate, stage
 from .._sde import SDEView
-from .base import Extra, SDESolver
+from .base import StagedKLSolver
 
 
 def bracket_term(sde: SDEView, t, y: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def bracket_term(sde: SDEView, t, y: torch.Tensor, area: torch.Tensor) -> torch.
 
 
 @dataclasses.dataclass(frozen=True)
-class LogODEMidpoint(SDESolver):
+class LogODEMidpoint(StagedKLSolver):
     """Log-ODE midpoint method: the midpoint method plus the Levy-area (Lie bracket) term.
 
     Over a step the SDE is replaced by the ODE driven by the log-signature (W, A) of the Brownian path
@@ -77,23 +77,10 @@ class LogODEMidpoint(SDESolver):
     def strong_order(self, noise_type: str) -> float:
         return 0.5 if noise_type == "general" else 1.0
 
-    def step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
-    ) -> tuple[torch.Tensor, Extra]:
-        """One log-ODE midpoint step; args and returns as :meth:`SDESolver.step` (bm must give areas)."""
-        return self._log_ode(sde, bm, t0, t1, y, False)[0], extra
-
-    def logqp_step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
-    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
-        """One log-ODE step; the KL increment is h r(t_mid, y_mid), as the midpoint method's (a component
-        without diffusion has no bracket term); as :meth:`SDESolver.logqp_step`."""
-        y1, rate = self._log_ode(sde, bm, t0, t1, y, True)
-        return y1, extra, (t1 - t0) * rate, None
-
-    @staticmethod
-    def _log_ode(sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
-        """(y1, the KL rate at the midpoint stage or None unless ``kl``)."""
+    def advance(self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """One log-ODE midpoint step (bm must give areas); the mean KL rate is r(t_mid, y_mid), as the
+        midpoint method's (a component without diffusion has no bracket term); as
+        :meth:`StagedKLSolver.advance`."""
         h = t1 - t0
         dw, area = bm(t0, t1, return_A=True)
         f, gw = sde.f_and_g_prod(t0, y, dw)

@@ -10,7 +10,7 @@ import torch
 
 from .._kl import logqp_rate, stage
 from .._sde import SDEView
-from .base import Extra, SDESolver
+from .base import StagedKLSolver
 
 # Roessler's SRA1 tableau (two stages): drift nodes c0, diffusion nodes c1, stage coupling A0, B0 and
 # weights alpha, beta1, beta2 (Roessler 2010, Table 5.1).
@@ -24,7 +24,7 @@ _SRA1_BETA2 = (-1.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class SRK(SDESolver):
+class SRK(StagedKLSolver):
     """Strong order 1.5 stochastic Runge-Kutta for Ito SDEs; needs the space-time Levy area U.
 
     Additive noise: Roessler's SRA1, two drift and two diffusion evaluations per step.
@@ -50,37 +50,16 @@ class SRK(SDESolver):
     def strong_order(self, noise_type: str) -> float:
         return 1.5
 
-    def step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra
-    ) -> tuple[torch.Tensor, Extra]:
-        """One SRK step.
-
-        Args:
-            sde: the SDE; bm: a Brownian motion with a space-time Levy area; t0, t1: step ends; y: state
-                at t0; extra: unused.
-
-        Returns:
-            (y at t1, ()).
-        """
-        return self._srk(sde, bm, t0, t1, y, False)[0], extra
-
-    def logqp_step(
-        self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, extra: Extra, carry: Any
-    ) -> tuple[torch.Tensor, Extra, torch.Tensor, Any]:
-        """One SRK step; the KL increment is SRA1's drift quadrature h (r0 / 3 + 2 r1 / 3), r0 the rate at
-        (t0, y) and r1 at the second drift stage, which is what both schemes do to a component without
-        diffusion (its diffusion terms vanish); as :meth:`SDESolver.logqp_step`."""
-        y1, rates = self._srk(sde, bm, t0, t1, y, True)
-        r0, r1 = rates
-        return y1, extra, (_SRA1_ALPHA[0] * r0 + _SRA1_ALPHA[1] * r1) * (t1 - t0), None
-
-    def _srk(self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
-        """(y1, the KL rates at the two drift stages, or (None, None) unless ``kl``)."""
+    def advance(self, sde: SDEView, bm: Any, t0: float, t1: float, y: torch.Tensor, kl: bool):
+        """One SRK step (bm: a Brownian motion with a space-time Levy area); the mean KL rate is SRA1's
+        drift quadrature r0 / 3 + 2 r1 / 3, r0 the rate at (t0, y) and r1 at the second drift stage,
+        which is what both schemes do to a component without diffusion (its diffusion terms vanish); as
+        :meth:`StagedKLSolver.advance`."""
         h = t1 - t0
         dw, du = bm(t0, t1, return_U=True)  # du = I_(1,0) = int (W - W(t0)) ds
-        if sde.noise_type == "additive":
-            return self._additive(sde, t0, h, y, dw, du, kl)
-        return self._diagonal(sde, t0, h, y, dw, du, kl)
+        stages = self._additive if sde.noise_type == "additive" else self._diagonal
+        y1, (r0, r1) = stages(sde, t0, h, y, dw, du, kl)
+        return y1, (_SRA1_ALPHA[0] * r0 + _SRA1_ALPHA[1] * r1 if kl else None)
 
     @staticmethod
     def _additive(sde: SDEView, t0: float, h: float, y, dw, du, kl: bool = False):
