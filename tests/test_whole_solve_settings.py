@@ -115,6 +115,23 @@ def test_the_graph_inputs_propose_the_host_loops_steps_bit_for_bit(ctrl, order):
                 assert [float(x) for x in tensor] == list(host), (ratio, accepted, r1, r2)
 
 
+def _variants_against_eager(field, variants, **tols):
+    """Solve with each controller setting of ``variants`` (:func:`_check_against_eager`, no fallback to
+    per-step graphs allowed) and return each eager solve's (status, nfe, accepted, rejected) and how
+    many graphs Dynamo compiled after the first solve's."""
+    y0, t = torch.randn(8, 2), torch.linspace(0.0, 2.0, 5)
+    counters = torch._dynamo.utils.counters
+    outcomes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
+        for i, ctrl in enumerate(variants):
+            eager = _check_against_eager(field, y0, t, **tols, **ctrl)
+            outcomes.append((eager.status, eager.stats.nfe, eager.stats.n_accepted, eager.stats.n_rejected))
+            if i == 0:  # the one compilation
+                graphs = counters["stats"]["unique_graphs"]
+    return outcomes, counters["stats"]["unique_graphs"] - graphs
+
+
 def _check_against_eager(field, y0, t, **ctrl):
     """The compiled solve with ``ctrl`` takes the eager solve's steps (same counts and status) and its
     outputs agree to 1e-12 relative: the compiled kernels may round the field's sums differently
@@ -155,20 +172,11 @@ def test_new_step_settings_reuse_the_graph_and_take_the_eager_steps(field, varia
     """Each new first_step, min_step, max_step or max_num_steps compiles nothing (before, each new
     value was a graph of its own: a new key, and a constant of the loop body), and every solve is
     the eager one with the same settings."""
-    y0, t = torch.randn(8, 2), torch.linspace(0.0, 2.0, 5)
-    counters = torch._dynamo.utils.counters
-    outcomes = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
-        for i, ctrl in enumerate(variants):
-            eager = _check_against_eager(field, y0, t, rtol=1e-10, atol=1e-12, **ctrl)
-            outcomes.append((eager.status, eager.stats.n_accepted, eager.stats.n_rejected))
-            if i == 0:  # the one compilation
-                graphs = counters["stats"]["unique_graphs"]
-    assert counters["stats"]["unique_graphs"] == graphs
+    outcomes, new_graphs = _variants_against_eager(field, variants, rtol=1e-10, atol=1e-12)
+    assert new_graphs == 0
     # the settings did change the solves: each its own steps, and a step budget that ran out
-    assert len(set(outcomes)) == len(variants)
-    assert {status for status, _, _ in outcomes} == {hn.Status.SUCCESS, hn.Status.MAX_STEPS}
+    assert len({(status, acc, rej) for status, _, acc, rej in outcomes}) == len(variants)
+    assert {status for status, _, _, _ in outcomes} == {hn.Status.SUCCESS, hn.Status.MAX_STEPS}
 
 
 #: the PID formula's numbers a user tunes, under each of the two proposal rules (graphs of their own):
@@ -198,18 +206,9 @@ def test_new_pid_numbers_reuse_the_graph_and_take_the_eager_steps(field, rule):
     a constant of the loop body and a new key: 14-29 s of compilation here), and every solve takes
     the eager solve's steps (equal counts) with its outputs to 1e-12 relative."""
     variants = _NUMBER_VARIANTS[rule]
-    y0, t = torch.randn(8, 2), torch.linspace(0.0, 2.0, 5)
-    counters = torch._dynamo.utils.counters
-    outcomes = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to per-step graphs
-        for i, ctrl in enumerate(variants):
-            eager = _check_against_eager(field, y0, t, rtol=1e-8, atol=1e-10, **ctrl)
-            outcomes.append((eager.stats.nfe, eager.stats.n_accepted, eager.stats.n_rejected))
-            if i == 0:  # the one compilation
-                graphs = counters["stats"]["unique_graphs"]
-    assert counters["stats"]["unique_graphs"] == graphs
-    assert len(set(outcomes)) == len(variants)  # the numbers did change the steps
+    outcomes, new_graphs = _variants_against_eager(field, variants, rtol=1e-8, atol=1e-10)
+    assert new_graphs == 0
+    assert len({(nfe, acc, rej) for _, nfe, acc, rej in outcomes}) == len(variants)  # the numbers changed the steps
 
 
 def _adjoint_gradients(field, compiled: bool, sensitivity, **settings):
