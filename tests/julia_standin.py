@@ -61,7 +61,7 @@ import numpy as np
 from scipy.integrate import DOP853, OdeSolution, Radau
 
 from hybrid_node._solution import Stats
-from hybrid_node.julia.backend import ForwardOutput
+from hybrid_node.julia.backend import ForwardOutput, SolveConfig
 from hybrid_node.julia.translate import MLPSpec
 
 
@@ -597,6 +597,31 @@ def _initial_nonfinite_stop(config, ts: np.ndarray, f0: np.ndarray) -> tuple[str
 
 class ArgumentError(Exception):
     """Julia's ArgumentError (what the stand-in's JuliaError carries for a bad argument)."""
+
+
+def gauss_config(algorithm: str, *, dt: float | None = None, maxiters: int | None = None) -> SolveConfig:
+    """The settings of the engine-level tests: ``algorithm`` with GaussAdjoint at tight tolerances.
+
+    Args:
+        algorithm: the Julia algorithm's name.
+        dt: a fixed step (then ``fixed_step``), or None for adaptive steps.
+        maxiters: the step budget, or None for the default.
+
+    Returns:
+        The glue's SolveConfig.
+    """
+    return SolveConfig(
+        algorithm=algorithm,
+        sensitivity="GaussAdjoint",
+        checkpointing=False,
+        rtol=1e-8,
+        atol=1e-10,
+        quad_rtol=1e-8,
+        quad_atol=1e-10,
+        maxiters=maxiters,
+        dt=dt,
+        fixed_step=dt is not None,
+    )
 
 
 class DimensionMismatch(Exception):

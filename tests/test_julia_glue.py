@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from julia_standin import DEFAULT_MAXITERS, JuliaError, JuliaVector, StandinEngine
+from julia_standin import DEFAULT_MAXITERS, JuliaError, JuliaVector, StandinEngine, gauss_config
 from torch import nn
 
 import hybrid_node as hn
@@ -727,18 +727,7 @@ def test_standin_returns_sorted_saveat_except_for_backsolve():
 
 def _dp5_config(maxiters: int | None = None) -> jb.SolveConfig:
     """DP5 with GaussAdjoint at tight tolerances: the settings of the stand-in's engine-level tests."""
-    return jb.SolveConfig(
-        algorithm="DP5",
-        sensitivity="GaussAdjoint",
-        checkpointing=False,
-        rtol=1e-8,
-        atol=1e-10,
-        quad_rtol=1e-8,
-        quad_atol=1e-10,
-        maxiters=maxiters,
-        dt=None,
-        fixed_step=False,
-    )
+    return gauss_config("DP5", maxiters=maxiters)
 
 
 def test_standin_extrapolates_and_reports_the_last_output_time_after_a_failure():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from julia_standin import StandinEngine, _fixed_step_holding
+from julia_standin import StandinEngine, _fixed_step_holding, gauss_config
 
 from hybrid_node._errors import SolverError, Status
 from hybrid_node.julia import backend as jb
@@ -41,18 +41,7 @@ def _nan_everywhere(t, y):
 
 
 def _config(algorithm: str, dt: float | None = None) -> jb.SolveConfig:
-    return jb.SolveConfig(
-        algorithm=algorithm,
-        sensitivity="GaussAdjoint",
-        checkpointing=False,
-        rtol=1e-8,
-        atol=1e-10,
-        quad_rtol=1e-8,
-        quad_atol=1e-10,
-        maxiters=None,
-        dt=dt,
-        fixed_step=dt is not None,
-    )
+    return gauss_config(algorithm, dt=dt)
 
 
 def _forward(field, config: jb.SolveConfig):
