@@ -145,10 +145,11 @@ def warn_fallback(owner, error: Exception, outcome: str, hint: str = "", stackle
     )
 
 
-def _compile(fn: Callable, mode: str | None = None) -> Callable:
+def _compile(fn: Callable, mode: str | None = None, background: bool = False) -> Callable:
     """``torch.compile(fn)``, per device type of its tensor arguments (the options differ: see
     :func:`inductor_options`), run with integer module attributes as inputs; ``mode``
-    "reduce-overhead" replays it as a CUDA graph.
+    "reduce-overhead" replays it as a CUDA graph; ``background``: CPU graphs compiled in a worker
+    process (:mod:`.background`).
 
     Without autograd (the compiler specialises on the mode) ``fn``'s outputs leave the graph
     detached: a field that takes its own gradient (``requires_grad_`` and ``torch.autograd.grad``
@@ -173,7 +174,9 @@ def _compile(fn: Callable, mode: str | None = None) -> Callable:
             # ``torch.autograd.grad`` in an exact CNF trace) would return to Python inside every
             # stage and ran slower than eagerly (docs/compiled/fixes.md, "Fields that take their own
             # gradient, and graph breaks"), so it raises and runs eagerly
-            graph = compiled[kind] = compile_for(own_code(values), kind == "cpu", fullgraph=True, options=options)
+            graph = compiled[kind] = compile_for(
+                own_code(values), kind == "cpu", background=background, fullgraph=True, options=options
+            )
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
         # is common) must be a graph input, not a constant guarded on: else every call recompiles
         with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True, trace_autograd_ops=True):
@@ -192,7 +195,7 @@ def _build_attempt(field: Callable, solver: ExplicitRungeKutta, adaptive: bool) 
         )
         return step.y1, step.error, step.ks, ratio
 
-    return _compile(attempt)
+    return _compile(attempt, background=solver.background)
 
 
 class CompiledAttempt:
@@ -229,7 +232,7 @@ class CompiledAttempt:
         self._graphs = graphs_of(pure.owner)
         if self._step_key not in self._graphs:
             self._graphs[self._step_key] = _build_attempt(pure.field, solver, self.adaptive)
-            self._graphs[self._field_key] = _compile(pure.field)
+            self._graphs[self._field_key] = _compile(pure.field, background=solver.background)
 
     def _run(self, key, t: float, y: torch.Tensor, *args):
         """The graph ``key`` on (t, y, *args), or None when it has failed (now or in an earlier solve).
@@ -264,7 +267,7 @@ class CompiledAttempt:
             return False
         self._graphs[taken] = True
         self._graphs[self._step_key] = _build_attempt(self.pure.alternative, self.solver, self.adaptive)
-        self._graphs[self._field_key] = _compile(self.pure.alternative)
+        self._graphs[self._field_key] = _compile(self.pure.alternative, background=self.solver.background)
         return True
 
     def _tracked(self, y: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
 import types
@@ -123,17 +124,17 @@ def fast_tanh_enabled() -> bool:
     return os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0"
 
 
-def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None):
+def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, background: bool = False):
     """Inductor with this library's CPU decompositions (:func:`cpu_decompositions`; loop bodies included)
-    and its float32 ``tanh`` (:func:`rational_tanh_codegen`, for the graph and a backward graph
-    compiled later).
+    and code generation (:func:`codegen_contexts`, for the graph and a backward graph compiled later).
 
     The entries are put into Inductor's own decomposition table for the duration of this compilation
     and taken out after: handing ``compile_fx`` a table of its own would keep the graph out of torch's
     on-disk cache (the table is part of the compile arguments it hashes and cannot be pickled), and
     the cache key still tells these graphs apart from others (``inductor_options`` tags them with
     :data:`DECOMPOSITIONS`). A compilation running in another thread at the same moment would see the
-    entries too.
+    entries too. With ``background``, a graph the on-disk cache does not hold is compiled by
+    :mod:`~hybrid_node.loop.background`'s worker and runs uncompiled until then.
     """
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
@@ -145,13 +146,10 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
     table.update(entries)
 
     def inner(*args, **kwargs):  # every graph of this compilation, a backward compiled later included
-        from . import cpu_gemm  # imports Inductor's lowering, which only a compilation needs
-
-        tanh = rational_tanh_codegen() if fast_tanh_enabled() else contextlib.nullcontext()
-        own = own_sgemm_enabled() and cpu_gemm.supported()
-        products = cpu_gemm.own_products() if own else contextlib.nullcontext()
-        with tanh, products, parallel_cpp_builds():
-            return compile_fx_inner(*args, **kwargs)
+        with codegen_contexts():
+            if not background:
+                return compile_fx_inner(*args, **kwargs)
+            return _compile_or_defer(compile_fx_inner, *args, **kwargs)
 
     try:
         with patterns_left_unregistered():
@@ -163,6 +161,36 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
                 del table[op]
             else:
                 table[op] = entry
+
+
+def _compile_or_defer(compile_fx_inner: Callable, *args, **kwargs):
+    """``compile_fx_inner(*args, **kwargs)`` with a cache miss sent to the background worker."""
+    from torch._inductor import compile_fx as module
+    from torch._inductor.exc import InductorError
+
+    from . import background
+
+    try:
+        with _replaced(module, "fx_codegen_and_compile", background.deferring(module.fx_codegen_and_compile)):
+            return compile_fx_inner(*args, **kwargs)
+    except InductorError as error:  # Inductor wraps what its code generation raises
+        if isinstance(error.inner_exception, background._Deferred):
+            return error.inner_exception.graph
+        raise
+
+
+@contextlib.contextmanager
+def codegen_contexts():
+    """The solver's code generation, open for a CPU graph's compilation (here or in the background worker):
+    :func:`rational_tanh_codegen` (unless switched off), the product kernel of :mod:`~hybrid_node.loop.cpu_gemm`
+    (on CPUs it supports) and :func:`parallel_cpp_builds`."""
+    from . import cpu_gemm  # imports Inductor's lowering, which only a compilation needs
+
+    tanh = rational_tanh_codegen() if fast_tanh_enabled() else contextlib.nullcontext()
+    own = own_sgemm_enabled() and cpu_gemm.supported()
+    products = cpu_gemm.own_products() if own else contextlib.nullcontext()
+    with tanh, products, parallel_cpp_builds():
+        yield
 
 
 def eager_rounding(options: dict | None, example_inputs) -> dict | None:
@@ -361,12 +389,16 @@ def _row_sums(mat1, mat2, bias=None) -> torch.Tensor:
     return torch.stack(columns if bias is None else [c + bias[j] for j, c in enumerate(columns)], 1)
 
 
-def compile_for(fn: Callable, cpu: bool, **kwargs) -> Callable:
+def compile_for(fn: Callable, cpu: bool, background: bool = False, **kwargs) -> Callable:
     """``torch.compile(fn, **kwargs)``, with :func:`_cpu_backend` for CPU graphs (``options`` go to
-    Inductor either way); the first CPU graph of a process starts :func:`_detect_vector_isa`."""
-    if cpu:
-        _detect_vector_isa()
-    return torch.compile(fn, backend=_cpu_backend if cpu else "inductor", **kwargs)
+    Inductor either way); the first CPU graph of a process starts :func:`_detect_vector_isa`.
+    ``background``: CPU graphs are compiled by :mod:`.background`'s worker on POSIX systems (other devices
+    and systems compile here)."""
+    if not cpu:
+        return torch.compile(fn, backend="inductor", **kwargs)
+    _detect_vector_isa()
+    background = background and os.name == "posix"  # the worker runs in a process group of its own
+    return torch.compile(fn, backend=functools.partial(_cpu_backend, background=background), **kwargs)
 
 
 _ISA_DETECTION: list[threading.Thread] = []

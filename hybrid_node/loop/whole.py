@@ -388,7 +388,9 @@ class WholeSolve:
             options = {**inductor_options(cuda_graphs, cpu=cpu), "guard_filter_fn": library_guards(fn)}
             if backprop:
                 options = without_cpp_wrapper(options)
-            self._graphs[self.key] = compile_for(fn, cpu, fullgraph=True, options=options, dynamic=False)
+            self._graphs[self.key] = compile_for(
+                fn, cpu, background=solver.background, fullgraph=True, options=options, dynamic=False
+            )
             self._graphs[(self.key, "first")] = True
 
     def loops_stages(self, solver: ExplicitRungeKutta, state: torch.Tensor) -> bool:

@@ -48,6 +48,9 @@ class ExplicitRungeKutta(AbstractSolver):
             (:func:`hybrid_node.loop.whole.applies`) runs as that one graph with autograd through its
             ``while_loop`` (``options={"compile": "fullgraph"}``); else such a solve runs per-step
             graphs. It only routes solves (the graphs' caches do not tell it apart).
+        background: with ``compile``, CPU graphs not yet in Inductor's on-disk cache are compiled in a
+            worker process and run uncompiled until then (``options={"compile": "background"}``,
+            :mod:`hybrid_node.loop.background`). Like ``fullgraph``, not part of the graphs' keys.
     """
 
     tableau: ButcherTableau
@@ -57,6 +60,7 @@ class ExplicitRungeKutta(AbstractSolver):
     error_estimate_order: int | None = None
     compile: bool = False
     fullgraph: bool = dataclasses.field(default=False, compare=False)
+    background: bool = dataclasses.field(default=False, compare=False)
 
     supports_compile = True
     transformable = True
@@ -65,21 +69,23 @@ class ExplicitRungeKutta(AbstractSolver):
     dense_output_evaluations = 0
 
     def __post_init__(self) -> None:
-        """Refuse ``fullgraph`` without ``compile``, which would change nothing.
+        """Refuse ``fullgraph`` or ``background`` without ``compile``, which would change nothing.
 
         Raises:
-            ValueError: ``fullgraph=True`` with ``compile=False``.
+            ValueError: ``fullgraph=True`` or ``background=True`` with ``compile=False``.
         """
-        if self.fullgraph and not self.compile:
-            raise ValueError(
-                f"{self.name}: fullgraph=True chooses the compiled whole-solve graph for direct backprop and "
-                "needs compile=True; write solver.compiled(fullgraph=True) or options={'compile': 'fullgraph'}."
-            )
+        for name, value in (("fullgraph", self.fullgraph), ("background", self.background)):
+            if value and not self.compile:
+                raise ValueError(
+                    f"{self.name}: {name}=True changes how the compiled graphs are made and needs compile=True; "
+                    f"write solver.compiled({name}=True) or options={{'compile': {name!r}}}."
+                )
 
-    def compiled(self, fullgraph: bool = False) -> ExplicitRungeKutta:
+    def compiled(self, fullgraph: bool = False, background: bool = False) -> ExplicitRungeKutta:
         """This method with compiled step attempts (the ``options={"compile": True}`` of odeint);
-        ``fullgraph``: direct backprop through the whole-solve graph too (``"compile": "fullgraph"``)."""
-        return dataclasses.replace(self, compile=True, fullgraph=fullgraph)
+        ``fullgraph``: direct backprop through the whole-solve graph too (``"compile": "fullgraph"``);
+        ``background``: graphs compiled in a worker process (``"compile": "background"``)."""
+        return dataclasses.replace(self, compile=True, fullgraph=fullgraph, background=background)
 
     @property
     def order(self) -> int:

@@ -1,0 +1,355 @@
+"""Compiling a solve's graphs in a worker process while the solves run them uncompiled.
+
+``options={"compile": "background"}`` shortens the first call of a compiled solve to the part that must
+happen in the user's process: Dynamo's trace of the solve (the field included, with its guards) and
+AOTAutograd's graph. What follows, Inductor's lowering, C++ generation and ``g++`` (more than half of
+a first call; docs/compiled/first_call.md), runs in one worker process started on the first such
+graph. Until the worker answers, each call runs the traced ATen graph eagerly (the same operations
+the compiled graph fuses, so the results equal the eager solver's up to rounding); the first call
+after the answer loads the compiled graph and every later call runs it.
+
+How it plugs into torch 2.13: a CPU graph's ``compile_fx_inner`` first looks the graph up in
+Inductor's on-disk cache, and only on a miss calls ``fx_codegen_and_compile``. That function is
+replaced for the compilation by one that sends the graph to the worker and raises :class:`_Deferred`,
+which the solver's backend catches (:func:`~hybrid_node.loop.inductor._cpu_backend`): a graph compiled
+before on the machine still loads at once, and nothing unfinished enters the cache. The worker
+compiles with the same Inductor settings and code generation (:func:`compile_in_worker`) and writes
+the compiled files into the same cache directory. Graphs whose output strides feed a later backward
+compilation (the forward graph of direct backprop) are compiled in the process as before: Inductor
+reports those strides only when it compiles.
+
+Safe where a compiling thread is not (docs/compiled/first_call.md, "Compiling in a background
+thread"): the worker shares no random state, class patches or interpreter lock with the user's
+process. It is killed, with its ``g++`` children, when the process exits; an answer that cannot be
+used (a failed compilation, a worker that died) leaves the graph running uncompiled, with a warning.
+
+Reference: Ansel et al., "PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
+Transformation and Graph Compilation", ASPLOS 2024 (TorchDynamo, AOTAutograd and TorchInductor).
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import io
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+#: the length prefix of every message between the process and its worker
+_HEADER = struct.Struct("<Q")
+#: the deferred graphs still alive in this process (read by tests and diagnostics)
+GRAPHS: weakref.WeakSet[TieredGraph] = weakref.WeakSet()
+
+
+class _Deferred(Exception):
+    """Raised in place of Inductor's code generation: the graph (a :class:`TieredGraph`) is being
+    compiled by the worker."""
+
+    def __init__(self, graph: TieredGraph) -> None:
+        super().__init__("compiled in the background")
+        self.graph = graph
+
+
+def deferring(original: Callable) -> Callable:
+    """A stand-in for Inductor's ``fx_codegen_and_compile`` that defers the graph to the worker.
+
+    Args:
+        original: torch's function, still called for a training forward graph (see the module notes).
+
+    Returns:
+        The function to put in its place while ``compile_fx_inner`` runs.
+    """
+
+    def codegen(gm, example_inputs, inputs_to_check, compile_region_name=None, **graph_kwargs):
+        if not (graph_kwargs.get("is_inference") or graph_kwargs.get("is_backward")):
+            return original(
+                gm, example_inputs, inputs_to_check, compile_region_name=compile_region_name, **graph_kwargs
+            )
+        future = _worker().submit(_job(gm, example_inputs, inputs_to_check, graph_kwargs))
+        _SUBMITTED.append(future)
+        raise _Deferred(TieredGraph(gm, future, (example_inputs, gm, graph_kwargs)))
+
+    return codegen
+
+
+def _job(gm, example_inputs, inputs_to_check, graph_kwargs) -> bytes:
+    """The pickled compilation of ``gm``: the graph, its example inputs and Inductor's current settings."""
+    from torch._inductor.compile_fx_ext import (
+        _current_fake_mode,
+        _FakeTensorModeSerializer,
+        _LoggerState,
+        _LoweringSerializer,
+        _VirtualizedSerializer,
+        _WireProtocolInput,
+    )
+    from torch.fx._graph_pickler import GraphPickler, Options
+
+    context = torch._guards.TracingContext.try_get()
+    # Dynamo's own context holds code objects and weak dictionaries; Inductor reads only the metadata
+    portable = torch._guards.TracingContext(None)
+    portable.fw_metadata = None if context is None else context.fw_metadata
+    wire = _WireProtocolInput(
+        gm,
+        example_inputs,
+        inputs_to_check,
+        graph_kwargs,
+        portable,
+        torch._inductor.config.save_config_portable(),
+        _VirtualizedSerializer.serialize(),
+        None,
+        _LoggerState(),
+        _LoweringSerializer(),
+        _FakeTensorModeSerializer(_current_fake_mode()),
+    )
+    # ops_filter=None: the graphs hold prims and the solver's own operators, which torch's default
+    # filter (aten only) refuses. GraphPickler.dumps is not used: it registers ``slice`` as a pytree
+    # node for its duration, a change of pytree's registry that fails a guard of every graph compiled
+    # before (each then recompiled)
+    with io.BytesIO() as stream:
+        GraphPickler(stream, Options(ops_filter=None)).dump(wire)
+        return stream.getvalue()
+
+
+class TieredGraph:
+    """A graph that runs uncompiled until its compiled form arrives from the worker.
+
+    Called as Inductor's compiled graphs are (boxed: one list of inputs).
+
+    Args:
+        gm: the traced ATen graph, run eagerly until then.
+        future: the worker's answer (the pickled compiled graph).
+        post: ``(example_inputs, gm, graph_kwargs)`` for the compiled graph's ``post_compile``.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, future: concurrent.futures.Future, post: tuple) -> None:
+        self._boxed_call = True  # an instance attribute: the wrappers that copy __dict__ keep it
+        self._gm: torch.fx.GraphModule | None = gm
+        self._future: concurrent.futures.Future | None = future
+        self._post: tuple | None = post
+        self._compiled: Any = None
+        self.uncompiled_calls = 0
+        GRAPHS.add(self)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls run the compiled graph."""
+        return self._compiled is not None
+
+    def __call__(self, args: list) -> Any:
+        if self._future is not None and self._future.done():
+            self._load(self._future)
+        if self._compiled is not None:
+            return self._compiled(args)
+        self.uncompiled_calls += 1
+        assert self._gm is not None
+        return self._gm(*args)
+
+    def _load(self, future: concurrent.futures.Future) -> None:
+        from torch._inductor.output_code import CompiledFxGraphConstantsWithGm
+
+        self._future = None
+        try:
+            graph = pickle.loads(future.result())
+        except Exception as error:  # noqa: BLE001 - any failure leaves the graph running uncompiled
+            warnings.warn(
+                f"compile='background': the worker could not compile a graph ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:300] if str(error) else ''}); it keeps running uncompiled "
+                "(same results, slower). compile=True compiles in this process and reports the compiler's error.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        assert self._post is not None
+        example_inputs, gm, graph_kwargs = self._post
+        constants = CompiledFxGraphConstantsWithGm(gm)
+        graph.after_deserialization(constants)
+        graph.post_compile(example_inputs, constants, graph_kwargs)
+        self._compiled, self._gm, self._post = graph, None, None
+
+
+def compile_in_worker(data: bytes) -> bytes:
+    """Compile one job of :func:`_job` in the worker; returns the pickled compiled graph.
+
+    The settings are the user's process's (Inductor's configuration at the time of the trace), and the
+    code generation is the solver's (:func:`~hybrid_node.loop.inductor.codegen_contexts`).
+    """
+    from torch._inductor.compile_fx import _InProcessFxCompile
+    from torch._inductor.compile_fx_ext import _current_fake_mode, _WireProtocolPickledInput
+    from torch._inductor.debug import DebugContext
+
+    from .inductor import codegen_contexts
+
+    wire = _WireProtocolPickledInput(data).deserialize()
+    for module in wire.gm.modules():  # the loop bodies come back without their generated code
+        if isinstance(module, torch.fx.GraphModule):
+            module.recompile()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(wire.virtualized.patch())
+        stack.enter_context(wire.lowering.patch())
+        stack.enter_context(torch._inductor.config.patch(wire.config))
+        stack.enter_context(torch._guards.tracing(wire.tracing_context))
+        stack.enter_context(DebugContext())
+        stack.enter_context(wire.fake_tensor_mode.patch(_current_fake_mode()))
+        stack.enter_context(codegen_contexts())
+        graph = _InProcessFxCompile().codegen_and_compile(
+            wire.gm, wire.example_inputs, wire.inputs_to_check, wire.graph_kwargs
+        )
+    # what Inductor's on-disk cache stores: the generated code and the compiled library's path
+    graph.prepare_for_serialization()
+    return pickle.dumps(graph)
+
+
+class _Worker:
+    """One worker process (``python -m hybrid_node.loop.background``) and the answers it owes.
+
+    Jobs are answered in the order they are sent. Sending happens in a thread: a new worker reads its
+    first job only once it has imported torch (~2 s), and writing a job larger than the pipe's buffer
+    waits for that.
+    """
+
+    def __init__(self, command: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # this process's imports, a checkout included
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # its own process group: killed with its g++ children
+            preexec_fn=_lower_priority,  # before it imports torch
+        )
+        self._pending: deque[concurrent.futures.Future] = deque()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="hybrid_node-compile-answers", daemon=True).start()
+
+    def submit(self, data: bytes) -> concurrent.futures.Future:
+        """Send one job; the future's result is the worker's answer (bytes), or its error."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def send() -> None:
+            with self._lock:
+                try:
+                    assert self.process.stdin is not None
+                    self.process.stdin.write(_HEADER.pack(len(data)) + data)
+                    self.process.stdin.flush()
+                except (OSError, ValueError) as error:  # ValueError: the answers' reader closed the pipe
+                    future.set_exception(RuntimeError(f"the compile worker has exited ({error})"))
+                    return
+                self._pending.append(future)
+
+        threading.Thread(target=send, name="hybrid_node-compile-send", daemon=True).start()
+        return future
+
+    def _read(self) -> None:
+        stream = self.process.stdout
+        assert stream is not None
+        while True:
+            message = _read_message(stream)
+            if message is None:
+                break
+            ok, payload = pickle.loads(message)
+            with self._lock:
+                future = self._pending.popleft()
+            if ok:
+                future.set_result(payload)
+            else:
+                future.set_exception(RuntimeError(payload))
+        with self._lock:  # the worker has exited: nothing more will come
+            while self._pending:
+                self._pending.popleft().set_exception(RuntimeError("the compile worker has exited"))
+            for pipe in (self.process.stdin, stream):
+                with contextlib.suppress(OSError, AttributeError):
+                    pipe.close()  # type: ignore[union-attr]
+
+    def kill(self) -> None:
+        """End the worker and whatever it started (its ``g++`` processes)."""
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        self.process.wait()
+
+
+#: the worker's scheduling priority below the process's (its ``g++`` children inherit it): on a machine
+#: with few cores, the user's process keeps its core while both are busy
+NICENESS = 10
+#: the command that starts a worker (tests replace it to see a worker fail)
+WORKER_COMMAND = [sys.executable, "-m", "hybrid_node.loop.background"]
+_WORKERS: list[_Worker] = []
+_WORKER_LOCK = threading.Lock()
+#: the answers owed so far (for :func:`wait`)
+_SUBMITTED: list[concurrent.futures.Future] = []
+
+
+def _lower_priority() -> None:
+    os.nice(NICENESS)
+
+
+def _worker() -> _Worker:
+    with _WORKER_LOCK:
+        if not _WORKERS or _WORKERS[-1].process.poll() is not None:
+            if not _WORKERS:
+                atexit.register(_kill_workers)
+            _WORKERS.append(_Worker(list(WORKER_COMMAND)))
+        return _WORKERS[-1]
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Wait until the worker has answered every graph sent to it so far (each graph switches to its
+    compiled form on its next call).
+
+    Args:
+        timeout: the longest wait in seconds (None: no limit).
+
+    Returns:
+        Whether every answer has arrived.
+    """
+    pending = [f for f in _SUBMITTED if not f.done()]
+    _SUBMITTED[:] = pending
+    return not concurrent.futures.wait(pending, timeout).not_done
+
+
+def _kill_workers() -> None:
+    for worker in _WORKERS:
+        worker.kill()
+
+
+def _read_message(stream) -> bytes | None:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def _serve() -> None:
+    """The worker's loop: read a job from stdin, answer ``(ok, compiled graph or error text)`` on stdout."""
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a print in the compiler must not enter the channel
+    torch.set_num_threads(1)
+    while (message := _read_message(sys.stdin.buffer)) is not None:
+        try:
+            answer: tuple[bool, Any] = (True, compile_in_worker(message))
+        except Exception as error:  # noqa: BLE001 - reported to the process, which keeps the graph uncompiled
+            answer = (False, f"{type(error).__name__}: {error}")
+        body = pickle.dumps(answer)
+        channel.write(_HEADER.pack(len(body)) + body)
+        channel.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,158 @@
+"""``options={"compile": "background"}``: graphs compiled by a worker process while the solves run them uncompiled.
+
+Until the worker answers, a deferred graph runs its traced ATen graph eagerly; after, the compiled
+graph. Both must give the eager solver's results up to rounding: float64 fields, where the compiled
+kernels and the eager operations differ by a few ulps per operation over the same steps (the
+whole-solve tests measure ~1e-14), so 1e-10 relative leaves room for accumulation. The worker's
+failure and the process's exit are tested with real processes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+from conftest import CountingMLP
+
+import hybrid_node as hn
+from hybrid_node._registry import build_solver
+from hybrid_node.loop import background
+
+TOL = {"rtol": 1e-10, "atol": 1e-12}
+WAIT_S = 600  # a generous bound on one worker compilation on a loaded 2-core machine (measured 10-20 s)
+
+
+def _field():
+    torch.manual_seed(0)
+    return CountingMLP()
+
+
+def _solve(func, y0, t, compile_mode, adjoint=False):
+    options = {} if compile_mode is None else {"compile": compile_mode}
+    odeint = hn.odeint_adjoint if adjoint else hn.odeint
+    return odeint(func, y0, t, rtol=1e-7, atol=1e-9, options=options)
+
+
+def _deferred_since(before: set) -> list:
+    return [g for g in background.GRAPHS if g not in before]
+
+
+def test_background_is_an_option_of_the_compiled_solvers():
+    solver, _, _ = build_solver("dopri5", {"compile": "background"}, 1e-6, 1e-8)
+    plain, _, _ = build_solver("dopri5", {"compile": True}, 1e-6, 1e-8)
+    assert solver.compile and solver.background and not plain.background
+    assert solver == plain  # the graphs cached per method are shared: the flag only says how they are made
+    with pytest.raises(ValueError, match=r"background=True .* needs compile=True"):
+        hn.Dopri5(background=True)
+    with pytest.raises(ValueError, match="explicit Runge-Kutta methods only"):
+        hn.odeint(
+            lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method="bdf", options={"compile": "background"}
+        )
+
+
+def test_forward_solve_runs_uncompiled_then_compiled_with_the_eager_results(float64_default, one_thread):
+    func = _field()
+    y0, t = torch.randn(16, 2), torch.linspace(0.0, 1.0, 5)
+    before = set(background.GRAPHS)
+    with torch.no_grad():
+        eager = _solve(func, y0, t, None)
+        first = _solve(func, y0, t, "background")
+        deferred = _deferred_since(before)
+        assert len(deferred) == 1 and not deferred[0].compiled  # the whole-solve graph, not yet compiled
+        torch.testing.assert_close(first, eager, **TOL)
+        assert background.wait(WAIT_S)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        second = _solve(func, y0, t, "background")
+        third = _solve(func, y0, t, "background")
+    assert deferred[0].compiled and deferred[0].uncompiled_calls == 1
+    torch.testing.assert_close(second, eager, **TOL)
+    torch.testing.assert_close(third, eager, **TOL)
+    # loading the compiled graph changes nothing Dynamo guards on: no new trace
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "direct"])
+def test_gradients_equal_eager_before_and_after_the_worker_answers(float64_default, one_thread, adjoint):
+    func = _field()
+    y0, t = torch.randn(16, 2, requires_grad=True), torch.linspace(0.0, 1.0, 5)
+    params = [y0, *func.parameters()]
+
+    def gradients(compile_mode):
+        ys = _solve(func, y0, t, compile_mode, adjoint=adjoint)
+        return [ys.detach(), *torch.autograd.grad((ys**2).sum(), params)]
+
+    eager = gradients(None)
+    before = set(background.GRAPHS)
+    first = gradients("background")
+    deferred = _deferred_since(before)
+    # the adjoint defers its forward and backward solves; direct backprop its backward graphs (its
+    # forward graphs report their output strides to the backward compilation and compile here)
+    assert deferred and not any(g.compiled for g in deferred)
+    assert background.wait(WAIT_S)
+    second = gradients("background")
+    assert all(g.compiled for g in deferred)
+    for got in (first, second):
+        for a, b in zip(got, eager, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+
+
+def test_a_worker_that_fails_leaves_the_graph_uncompiled_with_a_warning(float64_default, one_thread, monkeypatch):
+    # a worker that exits at once: every answer it owes fails
+    monkeypatch.setattr(background, "WORKER_COMMAND", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    monkeypatch.setattr(background, "_WORKERS", [])
+    net = torch.nn.Sequential(torch.nn.Linear(2, 7), torch.nn.Softplus(), torch.nn.Linear(7, 2))
+
+    def func(t, y):
+        return net(y)
+
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    before = set(background.GRAPHS)
+    with torch.no_grad():
+        eager = hn.odeint(func, y0, t)
+        # said on the first call that finds the answer: the first, or the one after the wait
+        with pytest.warns(RuntimeWarning, match="worker could not compile a graph .* keeps running uncompiled"):
+            first = hn.odeint(func, y0, t, options={"compile": "background"})
+            deferred = _deferred_since(before)
+            assert len(deferred) == 1
+            background.wait(WAIT_S)
+            second = hn.odeint(func, y0, t, options={"compile": "background"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # and only once
+            third = hn.odeint(func, y0, t, options={"compile": "background"})
+    assert not deferred[0].compiled and deferred[0].uncompiled_calls == 3
+    for got in (first, second, third):
+        torch.testing.assert_close(got, eager, **TOL)
+
+
+def test_the_worker_ends_with_the_process(tmp_path):
+    """A script that exits while its worker compiles neither waits for it nor leaves it running."""
+    script = textwrap.dedent(
+        """
+        import torch, hybrid_node as hn
+        from hybrid_node.loop import background
+        torch.set_num_threads(1)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 9), torch.nn.Tanh(), torch.nn.Linear(9, 2))
+        with torch.no_grad():
+            hn.odeint(lambda t, y: net(y), torch.ones(3, 2), torch.linspace(0, 1, 3), options={"compile": "background"})
+        print(background._WORKERS[-1].process.pid, flush=True)
+        """
+    )
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}  # a cache miss, so that the graph is deferred
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env={**_env(), **env}
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    pid = int(done.stdout.split()[-1])
+    # the worker was the script's child: once reaped it is gone, and a kill finds no process
+    ps = subprocess.run(["ps", "-o", "pid=", "-p", str(pid)], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""
+
+
+def _env() -> dict:
+    import os
+
+    return dict(os.environ)
