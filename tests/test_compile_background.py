@@ -9,6 +9,7 @@ failure and the process's exit are tested with real processes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,20 @@ from hybrid_node.loop import background
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 WAIT_S = 600  # a generous bound on one worker compilation on a loaded 2-core machine (measured 10-20 s)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache_and_worker(monkeypatch):
+    """A new on-disk cache (the graphs saved by an earlier test or run would load at once, and nothing
+    would be deferred) and a worker of this test's own, which compiles into that cache."""
+    from torch._inductor.utils import fresh_cache
+
+    workers: list = []
+    monkeypatch.setattr(background, "_WORKERS", workers)
+    with fresh_cache():
+        yield
+    for worker in workers:
+        worker.kill()
 
 
 def _field():
@@ -103,7 +118,6 @@ def test_gradients_equal_eager_before_and_after_the_worker_answers(float64_defau
 def test_a_worker_that_fails_leaves_the_graph_uncompiled_with_a_warning(float64_default, one_thread, monkeypatch):
     # a worker that exits at once: every answer it owes fails
     monkeypatch.setattr(background, "WORKER_COMMAND", [sys.executable, "-c", "import sys; sys.exit(3)"])
-    monkeypatch.setattr(background, "_WORKERS", [])
     net = torch.nn.Sequential(torch.nn.Linear(2, 7), torch.nn.Softplus(), torch.nn.Linear(7, 2))
 
     def func(t, y):
@@ -150,6 +164,41 @@ def test_the_worker_ends_with_the_process(tmp_path):
     # the worker was the script's child: once reaped it is gone, and a kill finds no process
     ps = subprocess.run(["ps", "-o", "pid=", "-p", str(pid)], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
+
+
+def test_a_new_process_loads_the_graph_the_worker_compiled(tmp_path):
+    """The worker's graph is saved in Inductor's on-disk cache when it arrives: the next process
+    compiles nothing and defers nothing, and gives the same results."""
+    script = textwrap.dedent(
+        """
+        import json, torch, hybrid_node as hn
+        from hybrid_node.loop import background
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 9), torch.nn.Tanh(), torch.nn.Linear(9, 2)).double()
+        y0 = torch.randn(5, 2, dtype=torch.float64)
+        field = lambda t, y: net(y)  # one field object: the graphs are cached per field
+        solve = lambda: hn.odeint(field, y0, torch.linspace(0, 1, 3, dtype=torch.float64),
+                                  rtol=1e-8, atol=1e-10, options={"compile": "background"})
+        with torch.no_grad():
+            first = solve()
+            deferred = len(background.GRAPHS)
+            background.wait(600)
+            second = solve()
+        print(json.dumps({"deferred": deferred, "compiled": all(g.compiled for g in background.GRAPHS),
+                          "ys": second.tolist(), "first": first.tolist()}))
+        """
+    )
+    env = {**_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    assert runs[0]["deferred"] == 1 and runs[0]["compiled"]
+    assert runs[1]["deferred"] == 0  # a cache hit: compiled at once
+    for got in (runs[0]["first"], runs[1]["ys"]):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(runs[0]["ys"]), **TOL)
 
 
 def _env() -> dict:

@@ -14,9 +14,10 @@ replaced for the compilation by one that sends the graph to the worker and raise
 which the solver's backend catches (:func:`~hybrid_node.loop.inductor._cpu_backend`): a graph compiled
 before on the machine still loads at once, and nothing unfinished enters the cache. The worker
 compiles with the same Inductor settings and code generation (:func:`compile_in_worker`) and writes
-the compiled files into the same cache directory. Graphs whose output strides feed a later backward
-compilation (the forward graph of direct backprop) are compiled in the process as before: Inductor
-reports those strides only when it compiles.
+the compiled files into the same cache directory; the process saves the compiled graph in the cache
+under the key Inductor computed for it, so the next process loads it at once. Graphs whose output
+strides feed a later backward compilation (the forward graph of direct backprop) are compiled in the
+process as before: Inductor reports those strides only when it compiles.
 
 Safe where a compiling thread is not (docs/compiled/first_call.md, "Compiling in a background
 thread"): the worker shares no random state, class patches or interpreter lock with the user's
@@ -63,11 +64,13 @@ class _Deferred(Exception):
         self.graph = graph
 
 
-def deferring(original: Callable) -> Callable:
+def deferring(original: Callable, keys: list) -> Callable:
     """A stand-in for Inductor's ``fx_codegen_and_compile`` that defers the graph to the worker.
 
     Args:
         original: torch's function, still called for a training forward graph (see the module notes).
+        keys: the on-disk cache keys ``compile_fx_inner`` computed so far (the last is this graph's, or
+            None where the cache is bypassed): the compiled graph is saved under it when it arrives.
 
     Returns:
         The function to put in its place while ``compile_fx_inner`` runs.
@@ -80,7 +83,8 @@ def deferring(original: Callable) -> Callable:
             )
         future = _worker().submit(_job(gm, example_inputs, inputs_to_check, graph_kwargs))
         _SUBMITTED.append(future)
-        raise _Deferred(TieredGraph(gm, future, (example_inputs, gm, graph_kwargs)))
+        cache = (keys[-1], torch._guards.TracingContext.try_get()) if keys and keys[-1] is not None else None
+        raise _Deferred(TieredGraph(gm, future, (example_inputs, gm, graph_kwargs), cache))
 
     return codegen
 
@@ -132,13 +136,18 @@ class TieredGraph:
         gm: the traced ATen graph, run eagerly until then.
         future: the worker's answer (the pickled compiled graph).
         post: ``(example_inputs, gm, graph_kwargs)`` for the compiled graph's ``post_compile``.
+        cache: ``((key, debug_lines), tracing_context)`` to save the compiled graph in Inductor's on-disk
+            cache under (a new process then loads it at once, as after ``compile=True``), or None.
     """
 
-    def __init__(self, gm: torch.fx.GraphModule, future: concurrent.futures.Future, post: tuple) -> None:
+    def __init__(
+        self, gm: torch.fx.GraphModule, future: concurrent.futures.Future, post: tuple, cache: tuple | None = None
+    ) -> None:
         self._boxed_call = True  # an instance attribute: the wrappers that copy __dict__ keep it
         self._gm: torch.fx.GraphModule | None = gm
         self._future: concurrent.futures.Future | None = future
         self._post: tuple | None = post
+        self._cache = cache
         self._compiled: Any = None
         self.uncompiled_calls = 0
         GRAPHS.add(self)
@@ -176,8 +185,24 @@ class TieredGraph:
         example_inputs, gm, graph_kwargs = self._post
         constants = CompiledFxGraphConstantsWithGm(gm)
         graph.after_deserialization(constants)
+        if self._cache is not None:
+            _save(graph, example_inputs, *self._cache)
         graph.post_compile(example_inputs, constants, graph_kwargs)
-        self._compiled, self._gm, self._post = graph, None, None
+        self._compiled, self._gm, self._post, self._cache = graph, None, None, None
+
+
+def _save(graph: Any, example_inputs: Any, key_info: tuple, context: Any) -> None:
+    """Save a compiled graph in Inductor's on-disk cache, as ``compile_fx_inner`` does after a miss.
+
+    Under the tracing context of its compilation, whose shape environment gives the entry's guards.
+    A failure leaves the cache without the entry (Inductor's own save logs and skips its errors).
+    """
+    from torch._inductor.codecache import FxGraphCache
+
+    key, debug_lines = key_info
+    graph._fx_graph_cache_key, graph._fx_graph_cache_debug_lines = key, debug_lines
+    with torch._guards.tracing(context), contextlib.suppress(Exception):
+        FxGraphCache._save_graph(key, graph, example_inputs, local=True, remote_cache=None)
 
 
 def compile_in_worker(data: bytes) -> bytes:

@@ -166,12 +166,22 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
 def _compile_or_defer(compile_fx_inner: Callable, *args, **kwargs):
     """``compile_fx_inner(*args, **kwargs)`` with a cache miss sent to the background worker."""
     from torch._inductor import compile_fx as module
+    from torch._inductor.codecache import FxGraphCache
     from torch._inductor.exc import InductorError
 
     from . import background
 
+    keys: list = []  # the on-disk cache's key of the graph, for the compiled graph when it arrives
+    prepare_key = FxGraphCache.prepare_key
+
+    def recorded(*key_args, **key_kwargs):
+        key_info, cache_info = prepare_key(*key_args, **key_kwargs)
+        keys.append(key_info)
+        return key_info, cache_info
+
+    defer = background.deferring(module.fx_codegen_and_compile, keys)
     try:
-        with _replaced(module, "fx_codegen_and_compile", background.deferring(module.fx_codegen_and_compile)):
+        with _replaced(module, "fx_codegen_and_compile", defer), _replaced(FxGraphCache, "prepare_key", recorded):
             return compile_fx_inner(*args, **kwargs)
     except InductorError as error:  # Inductor wraps what its code generation raises
         if isinstance(error.inner_exception, background._Deferred):
