@@ -142,6 +142,21 @@ def test_a_worker_that_fails_leaves_the_graph_uncompiled_with_a_warning(float64_
         torch.testing.assert_close(got, eager, **TOL)
 
 
+def test_a_graph_that_cannot_be_sent_compiles_in_the_process(float64_default, one_thread, monkeypatch):
+    def unpicklable(*args):
+        raise TypeError("cannot pickle")
+
+    monkeypatch.setattr(background, "_job", unpicklable)
+    func = _field()
+    y0, t = torch.randn(8, 2), torch.linspace(0.0, 1.0, 3)
+    before = set(background.GRAPHS)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning: it compiles as with compile=True
+        got = _solve(func, y0, t, "background")
+    assert _deferred_since(before) == []
+    torch.testing.assert_close(got, _solve(func, y0, t, None), **TOL)
+
+
 def test_the_worker_ends_with_the_process(tmp_path):
     """A script that exits while its worker compiles neither waits for it nor leaves it running."""
     script = textwrap.dedent(

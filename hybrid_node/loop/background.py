@@ -68,7 +68,8 @@ def deferring(original: Callable, keys: list) -> Callable:
     """A stand-in for Inductor's ``fx_codegen_and_compile`` that defers the graph to the worker.
 
     Args:
-        original: torch's function, still called for a training forward graph (see the module notes).
+        original: torch's function, still called for a training forward graph (see the module notes) and
+            for a graph that cannot be pickled.
         keys: the on-disk cache keys ``compile_fx_inner`` computed so far (the last is this graph's, or
             None where the cache is bypassed): the compiled graph is saved under it when it arrives.
 
@@ -77,11 +78,18 @@ def deferring(original: Callable, keys: list) -> Callable:
     """
 
     def codegen(gm, example_inputs, inputs_to_check, compile_region_name=None, **graph_kwargs):
-        if not (graph_kwargs.get("is_inference") or graph_kwargs.get("is_backward")):
+        def here():
             return original(
                 gm, example_inputs, inputs_to_check, compile_region_name=compile_region_name, **graph_kwargs
             )
-        future = _worker().submit(_job(gm, example_inputs, inputs_to_check, graph_kwargs))
+
+        if not (graph_kwargs.get("is_inference") or graph_kwargs.get("is_backward")):
+            return here()
+        try:
+            job = _job(gm, example_inputs, inputs_to_check, graph_kwargs)
+        except Exception:  # noqa: BLE001 - a graph that cannot be sent is compiled here, as with compile=True
+            return here()
+        future = _worker().submit(job)
         _SUBMITTED.append(future)
         cache = (keys[-1], torch._guards.TracingContext.try_get()) if keys and keys[-1] is not None else None
         raise _Deferred(TieredGraph(gm, future, (example_inputs, gm, graph_kwargs), cache))
