@@ -84,6 +84,7 @@ def test_forward_solve_runs_uncompiled_then_compiled_with_the_eager_results(floa
         second = _solve(func, y0, t, "background")
         third = _solve(func, y0, t, "background")
     assert deferred[0].compiled and deferred[0].uncompiled_calls == 1
+    assert not background._SUBMITTED  # the answers, compiled graphs in bytes, are not kept
     torch.testing.assert_close(second, eager, **TOL)
     torch.testing.assert_close(third, eager, **TOL)
     # loading the compiled graph changes nothing Dynamo guards on: no new trace

@@ -90,7 +90,7 @@ def deferring(original: Callable, keys: list) -> Callable:
         except Exception:  # noqa: BLE001 - a graph that cannot be sent is compiled here, as with compile=True
             return here()
         future = _worker().submit(job)
-        _SUBMITTED.append(future)
+        _SUBMITTED[:] = [f for f in _SUBMITTED if not f.done()] + [future]  # an answer holds a compiled graph
         cache = (keys[-1], torch._guards.TracingContext.try_get()) if keys and keys[-1] is not None else None
         raise _Deferred(TieredGraph(gm, future, (example_inputs, gm, graph_kwargs), cache))
 
@@ -350,9 +350,9 @@ def wait(timeout: float | None = None) -> bool:
     Returns:
         Whether every answer has arrived.
     """
-    pending = [f for f in _SUBMITTED if not f.done()]
-    _SUBMITTED[:] = pending
-    return not concurrent.futures.wait(pending, timeout).not_done
+    answered = not concurrent.futures.wait(list(_SUBMITTED), timeout).not_done
+    _SUBMITTED[:] = [f for f in _SUBMITTED if not f.done()]
+    return answered
 
 
 def _kill_workers() -> None:
