@@ -10,6 +10,7 @@ failure and the process's exit are tested with real processes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -171,10 +172,8 @@ def test_the_worker_ends_with_the_process(tmp_path):
         print(background._WORKERS[-1].process.pid, flush=True)
         """
     )
-    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}  # a cache miss, so that the graph is deferred
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env={**_env(), **env}
-    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}  # a cache miss, so that the graph is deferred
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     pid = int(done.stdout.split()[-1])
     # the worker was the script's child: once reaped it is gone, and a kill finds no process
@@ -205,7 +204,7 @@ def test_a_new_process_loads_the_graph_the_worker_compiled(tmp_path):
                           "ys": second.tolist(), "first": first.tolist()}))
         """
     )
-    env = {**_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
     runs = []
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
@@ -215,9 +214,3 @@ def test_a_new_process_loads_the_graph_the_worker_compiled(tmp_path):
     assert runs[1]["deferred"] == 0  # a cache hit: compiled at once
     for got in (runs[0]["first"], runs[1]["ys"]):
         torch.testing.assert_close(torch.tensor(got), torch.tensor(runs[0]["ys"]), **TOL)
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)

@@ -92,7 +92,7 @@ def deferring(original: Callable, keys: list) -> Callable:
         future = _worker().submit(job)
         _SUBMITTED[:] = [f for f in _SUBMITTED if not f.done()] + [future]  # an answer holds a compiled graph
         cache = (keys[-1], torch._guards.TracingContext.try_get()) if keys and keys[-1] is not None else None
-        raise _Deferred(TieredGraph(gm, future, (example_inputs, gm, graph_kwargs), cache))
+        raise _Deferred(TieredGraph(gm, future, example_inputs, graph_kwargs, cache))
 
     return codegen
 
@@ -143,18 +143,23 @@ class TieredGraph:
     Args:
         gm: the traced ATen graph, run eagerly until then.
         future: the worker's answer (the pickled compiled graph).
-        post: ``(example_inputs, gm, graph_kwargs)`` for the compiled graph's ``post_compile``.
+        example_inputs, graph_kwargs: the compilation's, for the compiled graph's ``post_compile``.
         cache: ``((key, debug_lines), tracing_context)`` to save the compiled graph in Inductor's on-disk
             cache under (a new process then loads it at once, as after ``compile=True``), or None.
     """
 
     def __init__(
-        self, gm: torch.fx.GraphModule, future: concurrent.futures.Future, post: tuple, cache: tuple | None = None
+        self,
+        gm: torch.fx.GraphModule,
+        future: concurrent.futures.Future,
+        example_inputs: Any,
+        graph_kwargs: dict,
+        cache: tuple | None = None,
     ) -> None:
         self._boxed_call = True  # an instance attribute: the wrappers that copy __dict__ keep it
         self._gm: torch.fx.GraphModule | None = gm
         self._future: concurrent.futures.Future | None = future
-        self._post: tuple | None = post
+        self._post: tuple | None = (example_inputs, graph_kwargs)
         self._cache = cache
         self._compiled: Any = None
         self.uncompiled_calls = 0
@@ -189,9 +194,9 @@ class TieredGraph:
                 stacklevel=4,
             )
             return
-        assert self._post is not None
-        example_inputs, gm, graph_kwargs = self._post
-        constants = CompiledFxGraphConstantsWithGm(gm)
+        assert self._post is not None and self._gm is not None
+        example_inputs, graph_kwargs = self._post
+        constants = CompiledFxGraphConstantsWithGm(self._gm)
         graph.after_deserialization(constants)
         if self._cache is not None:
             _save(graph, example_inputs, *self._cache)
