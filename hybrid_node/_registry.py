@@ -48,9 +48,9 @@ FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", 
 #: ``options={"compile": FULLGRAPH}``: as True, and direct backprop through the whole-solve graph too
 #: (torch.compile's word for one graph of the entire function, ``fullgraph=True``)
 FULLGRAPH = "fullgraph"
-#: ``options={"compile": BACKGROUND}``: as True, with the CPU graphs compiled in a worker process while
-#: the solves run them uncompiled (:mod:`hybrid_node.loop.background`)
-BACKGROUND = "background"
+#: ``options={"compile": name}`` for each of these: as True, with the CPU graphs compiled there
+#: (:data:`~hybrid_node.solvers.runge_kutta.COMPILERS`; True: a worker process, :mod:`hybrid_node.loop.background`)
+COMPILE_WHERE = ("worker", "background", "in_process")
 
 
 def compile_mode(value: Any) -> bool | str:
@@ -60,20 +60,21 @@ def compile_mode(value: Any) -> bool | str:
         value: the option as given.
 
     Returns:
-        False, True, :data:`FULLGRAPH` or :data:`BACKGROUND`.
+        False, True, :data:`FULLGRAPH` or one of :data:`COMPILE_WHERE`.
 
     Raises:
         TypeError: another value (a string such as "no" is truthy, so it is refused rather than read
             as True), with the valid ones.
     """
-    if isinstance(value, str) and value in (FULLGRAPH, BACKGROUND):
+    if isinstance(value, str) and value in (FULLGRAPH, *COMPILE_WHERE):
         return value
     if not isinstance(value, (bool, int)) or value not in (0, 1):
         raise TypeError(
             f"options['compile'] must be True or False, {FULLGRAPH!r} (as True, and direct backprop "
-            f"through the whole solve as one graph: slower first call, faster steps) or {BACKGROUND!r} "
-            f"(as True, compiled in a worker process while the first solves run uncompiled: shorter "
-            f"first call), got {value!r}."
+            f"through the whole solve as one graph: slower first call, faster steps), 'background' "
+            f"(as True, and no solve waits for the compiler: the graphs run uncompiled until ready) or "
+            f"'in_process' (as True, compiled within the first call instead of by a worker process), "
+            f"got {value!r}."
         )
     return bool(value)
 
@@ -493,7 +494,8 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
     compiled = compile_mode(options.pop("compile", False))
     if compiled:
         # raises ValueError, naming the method, where supports_compile is False
-        solver = solver.compiled(fullgraph=compiled == FULLGRAPH, background=compiled == BACKGROUND)
+        where = compiled if compiled in COMPILE_WHERE else None
+        solver = solver.compiled(fullgraph=compiled == FULLGRAPH, compiler=where)
     if solver.adaptive:
         nordsieck = isinstance(solver, Nordsieck)
         # the options among the controller fields it does not read (a Nordsieck method's: the PID formula's);

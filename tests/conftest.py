@@ -10,9 +10,15 @@ import torch
 
 def pytest_configure(config):
     """Under pytest-xdist, one torch thread per worker: the workers already fill the cores, and torch's
-    own pool on top of them would oversubscribe (spinning threads make every worker slower)."""
+    own pool on top of them would oversubscribe (spinning threads make every worker slower).
+
+    ``compile=True`` compiles in the test process unless a test names another compiler: the tests of
+    compiled graphs compare what the compiled kernels compute, which the default compiler would run
+    only from a graph's second solve on (tests/test_compile_background.py tests the worker).
+    """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+    os.environ.setdefault("HYBRID_NODE_COMPILER", "in_process")
 
 
 @pytest.fixture

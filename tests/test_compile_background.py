@@ -1,4 +1,5 @@
-"""``options={"compile": "background"}``: graphs compiled by a worker process while the solves run them uncompiled.
+"""``options={"compile": True}`` (the "worker" compiler) and ``"background"``: graphs compiled by a worker
+process while the first solves run them uncompiled.
 
 Until the worker answers, a deferred graph runs its traced ATen graph eagerly; after, the compiled
 graph. Both must give the eager solver's results up to rounding: float64 fields, where the compiled
@@ -57,17 +58,78 @@ def _deferred_since(before: set) -> list:
     return [g for g in background.GRAPHS if g not in before]
 
 
-def test_background_is_an_option_of_the_compiled_solvers():
-    solver, _, _ = build_solver("dopri5", {"compile": "background"}, 1e-6, 1e-8)
+def test_the_compiler_is_an_option_of_the_compiled_solvers(monkeypatch):
+    monkeypatch.delenv("HYBRID_NODE_COMPILER", raising=False)
     plain, _, _ = build_solver("dopri5", {"compile": True}, 1e-6, 1e-8)
-    assert solver.compile and solver.background and not plain.background
-    assert solver == plain  # the graphs cached per method are shared: the flag only says how they are made
-    with pytest.raises(ValueError, match=r"background=True .* needs compile=True"):
-        hn.Dopri5(background=True)
+    assert plain.compile and plain.compiler is None and plain.compiled_in == "worker"  # the default
+    for name in ("background", "in_process", "worker"):
+        solver, _, _ = build_solver("dopri5", {"compile": name}, 1e-6, 1e-8)
+        assert solver.compile and solver.compiled_in == name
+        assert solver == plain  # the graphs cached per method are shared: it only says how they are made
+    monkeypatch.setenv("HYBRID_NODE_COMPILER", "background")
+    assert plain.compiled_in == "background"
+    monkeypatch.setenv("HYBRID_NODE_COMPILER", "later")
+    with pytest.raises(ValueError, match=r"HYBRID_NODE_COMPILER='later': expected one of worker, background, in_process"):
+        plain.compiled_in  # noqa: B018 - read for its error
+    with pytest.raises(ValueError, match=r"compiler='background' .* needs compile=True"):
+        hn.Dopri5(compiler="background")
+    with pytest.raises(ValueError, match=r"compiler='gpu'; expected one of"):
+        hn.Dopri5().compiled(compiler="gpu")
     with pytest.raises(ValueError, match="explicit Runge-Kutta methods only"):
         hn.odeint(
             lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method="bdf", options={"compile": "background"}
         )
+
+
+def _traced_graph(answer: Exception, wait: bool) -> background.TieredGraph:
+    """A deferred graph of ``x + 1`` whose worker has already answered (with ``answer``, a failure)."""
+    import concurrent.futures
+
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_exception(answer)
+    gm = torch.fx.symbolic_trace(lambda x: x + 1)
+    return background.TieredGraph(gm, future, [torch.zeros(1)], {}, wait=wait)
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["worker", "background"])
+def test_when_a_graph_takes_the_answer(wait):
+    """"worker": only in a later solve than its first, however early the answer came; "background": at
+    the first call after the answer. A failed answer is taken the same way: with one warning."""
+    graph = _traced_graph(RuntimeError("the compile worker has exited"), wait)
+    if wait:
+        for _ in range(2):  # the solve that made it: uncompiled, the answer untouched
+            graph([torch.zeros(1)])
+        assert graph.uncompiled_calls == 2 and graph._future is not None
+        background.new_solve()
+    with pytest.warns(RuntimeWarning, match="worker process could not compile a graph"):
+        out = graph([torch.ones(1)])
+    assert graph._future is None and not graph.compiled
+    torch.testing.assert_close(out, torch.full((1,), 2.0))
+
+
+def test_a_backward_pass_begins_no_solve():
+    count = background._SOLVES[0]
+    x = torch.ones(2, requires_grad=True)
+    y = Recorded.apply(x)
+    background.new_solve()
+    y.sum().backward()
+    assert Recorded.seen == count + 1 and background._SOLVES[0] == count + 1
+
+
+class Recorded(torch.autograd.Function):
+    """The identity, whose backward pass begins a solve (which :func:`background.new_solve` must not count)."""
+
+    seen = -1
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        background.new_solve()
+        Recorded.seen = background._SOLVES[0]
+        return grad
 
 
 def test_forward_solve_runs_uncompiled_then_compiled_with_the_eager_results(float64_default, one_thread):
@@ -90,6 +152,49 @@ def test_forward_solve_runs_uncompiled_then_compiled_with_the_eager_results(floa
     torch.testing.assert_close(third, eager, **TOL)
     # loading the compiled graph changes nothing Dynamo guards on: no new trace
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_the_default_runs_a_graph_uncompiled_in_its_first_solve_and_compiled_from_the_next(float64_default, one_thread, monkeypatch):
+    """compile=True: the second solve waits for the worker (no explicit wait here) and runs the compiled
+    graph; the results are the eager solver's either way."""
+    monkeypatch.delenv("HYBRID_NODE_COMPILER", raising=False)
+    func = _field()
+    y0, t = torch.randn(16, 2), torch.linspace(0.0, 1.0, 5)
+    before = set(background.GRAPHS)
+    with torch.no_grad():
+        eager = _solve(func, y0, t, None)
+        first = _solve(func, y0, t, True)
+        deferred = _deferred_since(before)
+        assert len(deferred) == 1 and not deferred[0].compiled
+        second = _solve(func, y0, t, True)
+    assert deferred[0].compiled and deferred[0].uncompiled_calls == 1
+    for got in (first, second):
+        torch.testing.assert_close(got, eager, **TOL)
+
+
+@pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "direct"])
+def test_the_default_compiles_a_training_steps_graphs_for_the_next_step(float64_default, one_thread, monkeypatch, adjoint):
+    """A training step's backward graphs (the adjoint's backward solve, direct backprop's backward graphs)
+    belong to the step's solve: uncompiled in the first step, compiled in the second."""
+    monkeypatch.delenv("HYBRID_NODE_COMPILER", raising=False)
+    func = _field()
+    y0, t = torch.randn(8, 2, requires_grad=True), torch.linspace(0.0, 1.0, 4)
+    params = [y0, *func.parameters()]
+
+    def gradients(compile_mode):
+        ys = _solve(func, y0, t, compile_mode, adjoint=adjoint)
+        return [ys.detach(), *torch.autograd.grad((ys**2).sum(), params)]
+
+    eager = gradients(None)
+    before = set(background.GRAPHS)
+    first = gradients(True)
+    deferred = _deferred_since(before)
+    assert deferred and not any(g.compiled for g in deferred)
+    second = gradients(True)
+    assert all(g.compiled for g in deferred)
+    for got in (first, second):
+        for a, b in zip(got, eager, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
 
 
 @pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "direct"])
@@ -130,7 +235,7 @@ def test_a_worker_that_fails_leaves_the_graph_uncompiled_with_a_warning(float64_
     with torch.no_grad():
         eager = hn.odeint(func, y0, t)
         # said on the first call that finds the answer: the first, or the one after the wait
-        with pytest.warns(RuntimeWarning, match="worker could not compile a graph .* keeps running uncompiled"):
+        with pytest.warns(RuntimeWarning, match="worker process could not compile a graph .* keeps running uncompiled"):
             first = hn.odeint(func, y0, t, options={"compile": "background"})
             deferred = _deferred_since(before)
             assert len(deferred) == 1
@@ -153,7 +258,7 @@ def test_a_graph_that_cannot_be_sent_compiles_in_the_process(float64_default, on
     y0, t = torch.randn(8, 2), torch.linspace(0.0, 1.0, 3)
     before = set(background.GRAPHS)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning: it compiles as with compile=True
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning: it compiles as "in_process" does
         got = _solve(func, y0, t, "background")
     assert _deferred_since(before) == []
     torch.testing.assert_close(got, _solve(func, y0, t, None), **TOL)
@@ -168,11 +273,13 @@ def test_the_worker_ends_with_the_process(tmp_path):
         torch.set_num_threads(1)
         net = torch.nn.Sequential(torch.nn.Linear(2, 9), torch.nn.Tanh(), torch.nn.Linear(9, 2))
         with torch.no_grad():
-            hn.odeint(lambda t, y: net(y), torch.ones(3, 2), torch.linspace(0, 1, 3), options={"compile": "background"})
+            hn.odeint(lambda t, y: net(y), torch.ones(3, 2), torch.linspace(0, 1, 3), options={"compile": True})
         print(background._WORKERS[-1].process.pid, flush=True)
         """
     )
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}  # a cache miss, so that the graph is deferred
+    # a cache miss, so that the graph is deferred; the default compiler
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    env.pop("HYBRID_NODE_COMPILER")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     pid = int(done.stdout.split()[-1])

@@ -159,7 +159,7 @@ _SOLVER_VALUES: dict[str, Callable[[Any], Any]] = {
     "batch_dims": lambda s: 0,  # one coupled system where the default takes each sample's block alone
     "autonomous": lambda s: True,  # wrong for this time-dependent field: it must change the solve
     "fullgraph": lambda s: True,  # without compile=True: refused
-    "background": lambda s: True,  # without compile=True: refused
+    "compiler": lambda s: "background",  # without compile=True: refused
     "time_derivative": lambda s: "fd",
     "stiff_method": lambda s: "bdf",
     "max_newton_iters": lambda s: 2,

@@ -1,12 +1,18 @@
-"""Compiling a solve's graphs in a worker process while the solves run them uncompiled.
+"""Compiling a solve's graphs in a worker process while the first solves run them uncompiled.
 
-``options={"compile": "background"}`` shortens the first call of a compiled solve to the part that must
-happen in the user's process: Dynamo's trace of the solve (the field included, with its guards) and
-AOTAutograd's graph. What follows, Inductor's lowering, C++ generation and ``g++`` (more than half of
-a first call; docs/compiled/first_call.md), runs in one worker process started on the first such
-graph. Until the worker answers, each call runs the traced ATen graph eagerly (the same operations
-the compiled graph fuses, so the results equal the eager solver's up to rounding); the first call
-after the answer loads the compiled graph and every later call runs it.
+``options={"compile": True}`` on the CPU shortens the first call of a compiled solve to the part that
+must happen in the user's process: Dynamo's trace of the solve (the field included, with its guards)
+and AOTAutograd's graph. What follows, Inductor's lowering, C++ generation and ``g++`` (more than half
+of a first call; docs/compiled/first_call.md), runs in one worker process started on the first such
+graph. Meanwhile the graph runs its traced ATen graph eagerly (the same operations the compiled graph
+fuses, so the results equal the eager solver's up to rounding). When it switches to the compiled
+graph depends on the solver's compiler (:data:`~hybrid_node.solvers.runge_kutta.COMPILERS`):
+
+- "worker" (the default): after the solve that made it. The next solve waits for the worker's
+  answer, so which solves ran uncompiled never depends on the machine's speed or load: a run gives
+  the same numbers each time. A solve begins at each call of the solve loop outside a backward pass
+  (:func:`new_solve`), so an adjoint's backward solve belongs to its forward solve.
+- "background": at the first call after the answer arrives; no solve ever waits.
 
 How it plugs into torch 2.13: a CPU graph's ``compile_fx_inner`` first looks the graph up in
 Inductor's on-disk cache, and only on a miss calls ``fx_codegen_and_compile``. That function is
@@ -64,7 +70,7 @@ class _Deferred(Exception):
         self.graph = graph
 
 
-def deferring(original: Callable, keys: list) -> Callable:
+def deferring(original: Callable, keys: list, wait: bool) -> Callable:
     """A stand-in for Inductor's ``fx_codegen_and_compile`` that defers the graph to the worker.
 
     Args:
@@ -72,6 +78,7 @@ def deferring(original: Callable, keys: list) -> Callable:
             for a graph that cannot be pickled.
         keys: the on-disk cache keys ``compile_fx_inner`` computed so far (the last is this graph's, or
             None where the cache is bypassed): the compiled graph is saved under it when it arrives.
+        wait: a solve after the graph's first waits for the compiled graph (the "worker" compiler).
 
     Returns:
         The function to put in its place while ``compile_fx_inner`` runs.
@@ -87,12 +94,12 @@ def deferring(original: Callable, keys: list) -> Callable:
             return here()
         try:
             job = _job(gm, example_inputs, inputs_to_check, graph_kwargs)
-        except Exception:  # noqa: BLE001 - a graph that cannot be sent is compiled here, as with compile=True
+        except Exception:  # noqa: BLE001 - a graph that cannot be sent is compiled here, as "in_process" does
             return here()
         future = _worker().submit(job)
         _SUBMITTED[:] = [f for f in _SUBMITTED if not f.done()] + [future]  # an answer holds a compiled graph
         cache = (keys[-1], torch._guards.TracingContext.try_get()) if keys and keys[-1] is not None else None
-        raise _Deferred(TieredGraph(gm, future, example_inputs, graph_kwargs, cache))
+        raise _Deferred(TieredGraph(gm, future, example_inputs, graph_kwargs, cache, wait))
 
     return codegen
 
@@ -135,6 +142,17 @@ def _job(gm, example_inputs, inputs_to_check, graph_kwargs) -> bytes:
         return stream.getvalue()
 
 
+#: the solves begun in this process (:func:`new_solve`)
+_SOLVES = [0]
+
+
+def new_solve() -> None:
+    """Count a solve: called by the solve loop's dispatch on each call outside a backward pass (a call
+    inside one, an adjoint's backward solve, belongs to the solve whose gradient it computes)."""
+    if torch._C._current_graph_task_id() == -1:
+        _SOLVES[0] += 1
+
+
 class TieredGraph:
     """A graph that runs uncompiled until its compiled form arrives from the worker.
 
@@ -145,7 +163,8 @@ class TieredGraph:
         future: the worker's answer (the pickled compiled graph).
         example_inputs, graph_kwargs: the compilation's, for the compiled graph's ``post_compile``.
         cache: ``((key, debug_lines), tracing_context)`` to save the compiled graph in Inductor's on-disk
-            cache under (a new process then loads it at once, as after ``compile=True``), or None.
+            cache under (a new process then loads it at once, as after ``"in_process"``), or None.
+        wait: a call in a later solve than the one that made the graph waits for the answer.
     """
 
     def __init__(
@@ -155,6 +174,7 @@ class TieredGraph:
         example_inputs: Any,
         graph_kwargs: dict,
         cache: tuple | None = None,
+        wait: bool = False,
     ) -> None:
         self._boxed_call = True  # an instance attribute: the wrappers that copy __dict__ keep it
         self._gm: torch.fx.GraphModule | None = gm
@@ -162,6 +182,7 @@ class TieredGraph:
         self._post: tuple | None = (example_inputs, graph_kwargs)
         self._cache = cache
         self._compiled: Any = None
+        self._solve = _SOLVES[0] if wait else None  # the solve that may run it uncompiled
         self.uncompiled_calls = 0
         GRAPHS.add(self)
 
@@ -171,8 +192,10 @@ class TieredGraph:
         return self._compiled is not None
 
     def __call__(self, args: list) -> Any:
-        if self._future is not None and self._future.done():
-            self._load(self._future)
+        pending = self._future
+        # "worker": from the next solve on, waiting for the answer where it has not come; "background": once it has
+        if pending is not None and (pending.done() if self._solve is None else self._solve != _SOLVES[0]):
+            self._load(pending)
         if self._compiled is not None:
             return self._compiled(args)
         self.uncompiled_calls += 1
@@ -187,9 +210,10 @@ class TieredGraph:
             graph = pickle.loads(future.result())
         except Exception as error:  # noqa: BLE001 - any failure leaves the graph running uncompiled
             warnings.warn(
-                f"compile='background': the worker could not compile a graph ({type(error).__name__}: "
+                f"compile=True: the compiler's worker process could not compile a graph ({type(error).__name__}: "
                 f"{str(error).splitlines()[0][:300] if str(error) else ''}); it keeps running uncompiled "
-                "(same results, slower). compile=True compiles in this process and reports the compiler's error.",
+                "(same results, slower). options={'compile': 'in_process'} compiles in this process and "
+                "reports the compiler's error.",
                 RuntimeWarning,
                 stacklevel=4,
             )

@@ -145,11 +145,11 @@ def warn_fallback(owner, error: Exception, outcome: str, hint: str = "", stackle
     )
 
 
-def _compile(fn: Callable, mode: str | None = None, background: bool = False) -> Callable:
+def _compile(fn: Callable, mode: str | None = None, compiler: str = "in_process") -> Callable:
     """``torch.compile(fn)``, per device type of its tensor arguments (the options differ: see
     :func:`inductor_options`), run with integer module attributes as inputs; ``mode``
-    "reduce-overhead" replays it as a CUDA graph; ``background``: CPU graphs compiled in a worker
-    process (:mod:`.background`).
+    "reduce-overhead" replays it as a CUDA graph; ``compiler``: where CPU graphs are compiled
+    (:func:`~hybrid_node.loop.inductor.compile_for`).
 
     Without autograd (the compiler specialises on the mode) ``fn``'s outputs leave the graph
     detached: a field that takes its own gradient (``requires_grad_`` and ``torch.autograd.grad``
@@ -175,7 +175,7 @@ def _compile(fn: Callable, mode: str | None = None, background: bool = False) ->
             # stage and ran slower than eagerly (docs/compiled/fixes.md, "Fields that take their own
             # gradient, and graph breaks"), so it raises and runs eagerly
             graph = compiled[kind] = compile_for(
-                own_code(values), kind == "cpu", background=background, fullgraph=True, options=options
+                own_code(values), kind == "cpu", compiler=compiler, fullgraph=True, options=options
             )
         # an integer attribute the field updates (a module counting its own calls, ``self.nfe += 1``,
         # is common) must be a graph input, not a constant guarded on: else every call recompiles
@@ -195,7 +195,7 @@ def _build_attempt(field: Callable, solver: ExplicitRungeKutta, adaptive: bool) 
         )
         return step.y1, step.error, step.ks, ratio
 
-    return _compile(attempt, background=solver.background)
+    return _compile(attempt, compiler=solver.compiled_in)
 
 
 class CompiledAttempt:
@@ -232,7 +232,7 @@ class CompiledAttempt:
         self._graphs = graphs_of(pure.owner)
         if self._step_key not in self._graphs:
             self._graphs[self._step_key] = _build_attempt(pure.field, solver, self.adaptive)
-            self._graphs[self._field_key] = _compile(pure.field, background=solver.background)
+            self._graphs[self._field_key] = _compile(pure.field, compiler=solver.compiled_in)
 
     def _run(self, key, t: float, y: torch.Tensor, *args):
         """The graph ``key`` on (t, y, *args), or None when it has failed (now or in an earlier solve).
@@ -267,7 +267,7 @@ class CompiledAttempt:
             return False
         self._graphs[taken] = True
         self._graphs[self._step_key] = _build_attempt(self.pure.alternative, self.solver, self.adaptive)
-        self._graphs[self._field_key] = _compile(self.pure.alternative, background=self.solver.background)
+        self._graphs[self._field_key] = _compile(self.pure.alternative, compiler=self.solver.compiled_in)
         return True
 
     def _tracked(self, y: torch.Tensor) -> torch.Tensor:

@@ -458,7 +458,7 @@ class DeviceRuns:
             self._key = ("device_loop", pure.key, solver, c, mode, watched)
             self._graphs = graphs_of(pure.owner)
             if self._key not in self._graphs:
-                self._graphs[self._key] = _compile(self.eager, mode=mode)
+                self._graphs[self._key] = _compile(self.eager, mode=mode, compiler=solver.compiled_in)
 
     def __call__(
         self, state: LoopState, tables: Tables, rtol, atol, norm, settings: torch.Tensor

@@ -15,6 +15,7 @@ from .._term import CALLBACK_NAMES, Term
 from .._transforms import inside_transform, members
 from ..controllers import ConstantStepSize, PIDController
 from ..solvers.base import ExternalSolver
+from .background import new_solve
 from .device import check_device_loop, integrate_device
 from .host import Integration, integrate_adaptive, integrate_fixed
 from .per_sample import check_per_sample, integrate_per_sample
@@ -149,6 +150,7 @@ def integrate(
         SolverError: the solve failed (with ``throw``); ValueError, TypeError: settings the loop cannot
             serve, or an event function whose result is not a real tensor.
     """
+    new_solve()  # the graphs a worker compiles for earlier solves are used from here on
     ctrl = problem.controller
     if len(ts) == 1 and event_fn is None:
         # nothing to integrate: y0 is the whole answer, and torchdiffeq does not evaluate func either

@@ -124,7 +124,7 @@ def fast_tanh_enabled() -> bool:
     return os.environ.get("TORCHINDUCTOR_CPP_USE_DECOMPOSE_TANH", "1") != "0"
 
 
-def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, background: bool = False):
+def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, worker: str | None = None):
     """Inductor with this library's CPU decompositions (:func:`cpu_decompositions`; loop bodies included)
     and code generation (:func:`codegen_contexts`, for the graph and a backward graph compiled later).
 
@@ -133,8 +133,9 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
     on-disk cache (the table is part of the compile arguments it hashes and cannot be pickled), and
     the cache key still tells these graphs apart from others (``inductor_options`` tags them with
     :data:`DECOMPOSITIONS`). A compilation running in another thread at the same moment would see the
-    entries too. With ``background``, a graph the on-disk cache does not hold is compiled by
-    :mod:`~hybrid_node.loop.background`'s worker and runs uncompiled until then.
+    entries too. With a ``worker`` ("worker" or "background", see
+    :data:`~hybrid_node.solvers.runge_kutta.COMPILERS`), a graph the on-disk cache does not hold is
+    compiled by :mod:`~hybrid_node.loop.background`'s worker process and runs uncompiled until then.
     """
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
@@ -147,9 +148,9 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
 
     def inner(*args, **kwargs):  # every graph of this compilation, a backward compiled later included
         with codegen_contexts():
-            if not background:
+            if worker is None:
                 return compile_fx_inner(*args, **kwargs)
-            return _compile_or_defer(compile_fx_inner, *args, **kwargs)
+            return _compile_or_defer(compile_fx_inner, worker == "worker", *args, **kwargs)
 
     try:
         with patterns_left_unregistered():
@@ -163,8 +164,9 @@ def _cpu_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None 
                 table[op] = entry
 
 
-def _compile_or_defer(compile_fx_inner: Callable, *args, **kwargs):
-    """``compile_fx_inner(*args, **kwargs)`` with a cache miss sent to the background worker."""
+def _compile_or_defer(compile_fx_inner: Callable, wait: bool, *args, **kwargs):
+    """``compile_fx_inner(*args, **kwargs)`` with a cache miss sent to the worker process (``wait``: a
+    solve after the graph's first waits for it, :class:`~hybrid_node.loop.background.TieredGraph`)."""
     from torch._inductor import compile_fx as module
     from torch._inductor.codecache import FxGraphCache
     from torch._inductor.exc import InductorError
@@ -179,7 +181,7 @@ def _compile_or_defer(compile_fx_inner: Callable, *args, **kwargs):
         keys.append(key_info)
         return key_info, cache_info
 
-    defer = background.deferring(module.fx_codegen_and_compile, keys)
+    defer = background.deferring(module.fx_codegen_and_compile, keys, wait)
     try:
         with _replaced(module, "fx_codegen_and_compile", defer), _replaced(FxGraphCache, "prepare_key", recorded):
             return compile_fx_inner(*args, **kwargs)
@@ -399,16 +401,18 @@ def _row_sums(mat1, mat2, bias=None) -> torch.Tensor:
     return torch.stack(columns if bias is None else [c + bias[j] for j, c in enumerate(columns)], 1)
 
 
-def compile_for(fn: Callable, cpu: bool, background: bool = False, **kwargs) -> Callable:
+def compile_for(fn: Callable, cpu: bool, compiler: str = "in_process", **kwargs) -> Callable:
     """``torch.compile(fn, **kwargs)``, with :func:`_cpu_backend` for CPU graphs (``options`` go to
     Inductor either way); the first CPU graph of a process starts :func:`_detect_vector_isa`.
-    ``background``: CPU graphs are compiled by :mod:`.background`'s worker on POSIX systems (other devices
-    and systems compile here)."""
+    ``compiler``: one of :data:`~hybrid_node.solvers.runge_kutta.COMPILERS`; "worker" and "background"
+    compile CPU graphs in :mod:`.background`'s worker process on POSIX systems (other devices and
+    systems compile in the process)."""
     if not cpu:
         return torch.compile(fn, backend="inductor", **kwargs)
     _detect_vector_isa()
-    background = background and os.name == "posix"  # the worker runs in a process group of its own
-    return torch.compile(fn, backend=functools.partial(_cpu_backend, background=background), **kwargs)
+    # the worker runs in a process group of its own
+    worker = compiler if compiler != "in_process" and os.name == "posix" else None
+    return torch.compile(fn, backend=functools.partial(_cpu_backend, worker=worker), **kwargs)
 
 
 _ISA_DETECTION: list[threading.Thread] = []

@@ -389,7 +389,7 @@ class WholeSolve:
             if backprop:
                 options = without_cpp_wrapper(options)
             self._graphs[self.key] = compile_for(
-                fn, cpu, background=solver.background, fullgraph=True, options=options, dynamic=False
+                fn, cpu, compiler=solver.compiled_in, fullgraph=True, options=options, dynamic=False
             )
             self._graphs[(self.key, "first")] = True
 

@@ -179,10 +179,10 @@ class AbstractSolver(abc.ABC):
         """This method for fixed steps (an adaptive method that has a fixed-step variant returns it)."""
         return self
 
-    def compiled(self, fullgraph: bool = False, background: bool = False) -> AbstractSolver:
+    def compiled(self, fullgraph: bool = False, compiler: str | None = None) -> AbstractSolver:
         """This method with compiled step attempts (``options={"compile": True}``; ``fullgraph``: the
-        whole solve as one graph for direct backprop too, ``"compile": "fullgraph"``; ``background``:
-        the graphs compiled in a worker process, ``"compile": "background"``).
+        whole solve as one graph for direct backprop too, ``"compile": "fullgraph"``; ``compiler``:
+        where the graphs are compiled, ``"compile": "background"`` or ``"in_process"``).
 
         Raises:
             ValueError: the method cannot be compiled (``supports_compile`` is False).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,6 +14,26 @@ from .base import AbstractSolver
 from .tableau import ButcherTableau
 
 Field = Callable[[float, torch.Tensor], torch.Tensor]
+
+#: where ``compile=True`` compiles a CPU graph (:mod:`hybrid_node.loop.background`): "worker" (a worker
+#: process; the graph's first solve runs it uncompiled, a later solve waits for it), "background" (a
+#: worker; solves never wait, and run it uncompiled until it is ready) or "in_process" (in the call,
+#: as ``torch.compile`` does)
+COMPILERS = ("worker", "background", "in_process")
+#: the environment variable that sets the default of :data:`COMPILERS` ("worker" when unset)
+COMPILER_VARIABLE = "HYBRID_NODE_COMPILER"
+
+
+def default_compiler() -> str:
+    """The compiler of a solver that names none: ``$HYBRID_NODE_COMPILER``, else "worker".
+
+    Raises:
+        ValueError: the variable names another compiler.
+    """
+    name = os.environ.get(COMPILER_VARIABLE, "worker")
+    if name not in COMPILERS:
+        raise ValueError(f"{COMPILER_VARIABLE}={name!r}: expected one of {', '.join(COMPILERS)}, or unset for 'worker'.")
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +69,9 @@ class ExplicitRungeKutta(AbstractSolver):
             (:func:`hybrid_node.loop.whole.applies`) runs as that one graph with autograd through its
             ``while_loop`` (``options={"compile": "fullgraph"}``); else such a solve runs per-step
             graphs. It only routes solves (the graphs' caches do not tell it apart).
-        background: with ``compile``, CPU graphs not yet in Inductor's on-disk cache are compiled in a
-            worker process and run uncompiled until then (``options={"compile": "background"}``,
-            :mod:`hybrid_node.loop.background`). Like ``fullgraph``, not part of the graphs' keys.
+        compiler: with ``compile``, where CPU graphs not yet in Inductor's on-disk cache are compiled, one
+            of :data:`COMPILERS` (``options={"compile": "background"}`` or ``"in_process"``; None:
+            :func:`default_compiler`, a worker process). Like ``fullgraph``, not part of the graphs' keys.
     """
 
     tableau: ButcherTableau
@@ -60,7 +81,7 @@ class ExplicitRungeKutta(AbstractSolver):
     error_estimate_order: int | None = None
     compile: bool = False
     fullgraph: bool = dataclasses.field(default=False, compare=False)
-    background: bool = dataclasses.field(default=False, compare=False)
+    compiler: str | None = dataclasses.field(default=None, compare=False)
 
     supports_compile = True
     transformable = True
@@ -69,23 +90,32 @@ class ExplicitRungeKutta(AbstractSolver):
     dense_output_evaluations = 0
 
     def __post_init__(self) -> None:
-        """Refuse ``fullgraph`` or ``background`` without ``compile``, which would change nothing.
+        """Refuse ``fullgraph`` or ``compiler`` without ``compile``, which would change nothing, and an
+        unknown compiler.
 
         Raises:
-            ValueError: ``fullgraph=True`` or ``background=True`` with ``compile=False``.
+            ValueError: ``fullgraph=True`` or a ``compiler`` with ``compile=False``; a compiler not in
+                :data:`COMPILERS`.
         """
-        for name, value in (("fullgraph", self.fullgraph), ("background", self.background)):
+        if self.compiler is not None and self.compiler not in COMPILERS:
+            raise ValueError(f"{self.name}: compiler={self.compiler!r}; expected one of {', '.join(COMPILERS)}.")
+        for name, value in (("fullgraph", self.fullgraph), ("compiler", self.compiler)):
             if value and not self.compile:
                 raise ValueError(
-                    f"{self.name}: {name}=True changes how the compiled graphs are made and needs compile=True; "
-                    f"write solver.compiled({name}=True) or options={{'compile': {name!r}}}."
+                    f"{self.name}: {name}={value!r} changes how the compiled graphs are made and needs compile=True; "
+                    f"write solver.compiled({name}={value!r}) or the matching options={{'compile': ...}}."
                 )
 
-    def compiled(self, fullgraph: bool = False, background: bool = False) -> ExplicitRungeKutta:
+    def compiled(self, fullgraph: bool = False, compiler: str | None = None) -> ExplicitRungeKutta:
         """This method with compiled step attempts (the ``options={"compile": True}`` of odeint);
         ``fullgraph``: direct backprop through the whole-solve graph too (``"compile": "fullgraph"``);
-        ``background``: graphs compiled in a worker process (``"compile": "background"``)."""
-        return dataclasses.replace(self, compile=True, fullgraph=fullgraph, background=background)
+        ``compiler``: where the CPU graphs are compiled, one of :data:`COMPILERS` (None: the default)."""
+        return dataclasses.replace(self, compile=True, fullgraph=fullgraph, compiler=compiler)
+
+    @property
+    def compiled_in(self) -> str:
+        """Where this solver's CPU graphs are compiled: its ``compiler``, else :func:`default_compiler`."""
+        return self.compiler or default_compiler()
 
     @property
     def order(self) -> int:
