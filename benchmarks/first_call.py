@@ -1,21 +1,22 @@
-"""First call of ``options={"compile": True}`` for a model never compiled on the machine.
+"""First call of ``options={"compile": True}`` (or another value) for a model never compiled on the machine.
 
 Each workload runs in a new process whose Inductor cache directory is new too, so no graph or kernel
 of it can come from torch's on-disk caches. Before it, another process compiles a small unrelated
 solve into that directory (a 2x2 linear field, batch 3), which builds what every graph shares once
 per machine (the C++ compiler's precompiled header): what is measured is the first call of a new
-model on a machine that has compiled before. The timed call includes everything it does the first
-time in a process (importing the compiler, Dynamo's trace, lowering, code generation, ``g++``, the
-solve); the second call is the solve alone::
+model on a machine that has compiled before. The first call includes everything it does the first
+time in a process (importing the compiler, Dynamo's trace, the solve; in the process or in the worker,
+lowering, code generation and ``g++``)::
 
     python -m benchmarks.first_call --workloads mlp-fwd mlp-train-direct mlp-train-adjoint
     python -m benchmarks.first_call --workloads mlp-train-direct --compile fullgraph
 
-``--compile fullgraph`` measures ``options={"compile": "fullgraph"}`` (direct backprop through the
-whole-solve graph) instead of ``compile=True``. ``--compile background`` measures
-``options={"compile": "background"}``: its second call still runs uncompiled, so the table adds when
-the compiled graphs were in use (the process waits for the worker after the second call, then calls
-once more; counted from the first call's start) and the time of a call after that.
+``--compile`` names the value of ``options["compile"]`` measured ("true": True, whose graphs a worker
+process compiles while the first call runs them uncompiled, and whose second call waits for them;
+"in_process": compiled within the first call; "fullgraph": direct backprop through the whole-solve
+graph; "background": never waits, so the process waits for the worker after the second call, then
+calls once more). The table adds when the compiled graphs were in use, counted from the first call's
+start, and the time of a call after that.
 
 ``--linear`` replaces each workload's field by one linear layer on the same state (same initial
 state, times, tolerances and loss): what is left is the cost of compiling the solver itself, the
@@ -53,11 +54,15 @@ class Linear(Counted):
 w = make(sys.argv[1])
 if sys.argv[2] == "linear":
     w = dataclasses.replace(w, field=Linear(w.y0.shape[-1]))
-run = unit(w, hybrid_node, {"compile": True if sys.argv[3] == "true" else sys.argv[3]})
+mode = sys.argv[3]
+run = unit(w, hybrid_node, {"compile": True if mode == "true" else mode})
 start = time.perf_counter(); run(); first = time.perf_counter() - start
 start = time.perf_counter(); run(); second = time.perf_counter() - start
-compiled = None
-if sys.argv[3] == "background":  # until the worker's graphs are in use, counted from the first call's start
+# until the compiled graphs are in use, counted from the first call's start: in-process, the first call
+# compiles them; compile=True's second call waits for the worker's; "background" never waits, so the
+# process waits after its second call and calls once more
+compiled = first if mode == "in_process" else first + second
+if mode == "background":
     from hybrid_node.loop import background
     background.wait()
     run()
@@ -77,7 +82,7 @@ class Field(torch.nn.Module):
     def forward(self, t, y):
         return self.linear(y)
 with torch.no_grad():
-    hn.odeint(Field(), torch.ones(3, 2), torch.linspace(0, 1, 3), options={"compile": True})
+    hn.odeint(Field(), torch.ones(3, 2), torch.linspace(0, 1, 3), options={"compile": "in_process"})
 """
 
 
@@ -92,7 +97,7 @@ def _python(code: str, cache: str, *args: str) -> str:
 def first_call(workload: str, field: str = "own", compile_mode: str = "true") -> dict:
     """The first and second call of ``workload`` compiled, in a new process with a new Inductor cache
     (``field="linear"``: with a linear field instead of the workload's; ``compile_mode``: "true",
-    "fullgraph" or "background", the value of ``options["compile"]``)."""
+    "in_process", "fullgraph" or "background", the value of ``options["compile"]``)."""
     with tempfile.TemporaryDirectory(prefix="hn_first_call_") as cache:
         _python(_PREPARE, cache)
         return json.loads(_python(_MEASURE, cache, workload, field, compile_mode).strip().splitlines()[-1])
@@ -105,24 +110,24 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--linear", action="store_true", help="a linear field instead of each workload's")
     parser.add_argument(
-        "--compile", choices=("true", "fullgraph", "background"), default="true", help="options['compile']"
+        "--compile",
+        choices=("true", "in_process", "fullgraph", "background"),
+        default="true",
+        help="options['compile']",
     )
     args = parser.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
-    background = args.compile == "background"
-    print(
-        "| workload | first call s | second call ms |" + (" compiled after s | then a call ms |" if background else "")
-    )
-    print("| --- | --- | --- |" + (" --- | --- |" if background else ""))
+    print("| workload | first call s | second call ms | compiled after s | then a call ms |")
+    print("| --- | --- | --- | --- | --- |")
     for name in args.workloads:
         r = first_call(name, "linear" if args.linear else "own", args.compile)
         label = (f"{name} (linear field)" if args.linear else name) + (
             "" if args.compile == "true" else f" {args.compile}"
         )
-        row = f"| {label} | {r['first_s']:.1f} | {r['second_ms']:.1f} |"
-        if background:
-            row += f" {r['compiled_s']:.1f} | {r['last_ms']:.1f} |"
-        print(row, flush=True)
+        print(
+            f"| {label} | {r['first_s']:.1f} | {r['second_ms']:.1f} | {r['compiled_s']:.1f} | {r['last_ms']:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

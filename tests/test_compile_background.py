@@ -10,6 +10,7 @@ failure and the process's exit are tested with real processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -54,6 +55,25 @@ def _solve(func, y0, t, compile_mode, adjoint=False):
     return odeint(func, y0, t, rtol=1e-7, atol=1e-9, options=options)
 
 
+@contextlib.contextmanager
+def _cpp_builds():
+    """The C++ compiler's command lines run in this process meanwhile."""
+    from torch._inductor import cpp_builder
+
+    commands: list[str] = []
+    run = cpp_builder._run_compile_cmd
+
+    def recorded(command, cwd):
+        commands.append(command)
+        return run(command, cwd)
+
+    cpp_builder._run_compile_cmd = recorded
+    try:
+        yield commands
+    finally:
+        cpp_builder._run_compile_cmd = run
+
+
 def _deferred_since(before: set) -> list:
     return [g for g in background.GRAPHS if g not in before]
 
@@ -69,7 +89,9 @@ def test_the_compiler_is_an_option_of_the_compiled_solvers(monkeypatch):
     monkeypatch.setenv("HYBRID_NODE_COMPILER", "background")
     assert plain.compiled_in == "background"
     monkeypatch.setenv("HYBRID_NODE_COMPILER", "later")
-    with pytest.raises(ValueError, match=r"HYBRID_NODE_COMPILER='later': expected one of worker, background, in_process"):
+    with pytest.raises(
+        ValueError, match=r"HYBRID_NODE_COMPILER='later': expected one of worker, background, in_process"
+    ):
         plain.compiled_in  # noqa: B018 - read for its error
     with pytest.raises(ValueError, match=r"compiler='background' .* needs compile=True"):
         hn.Dopri5(compiler="background")
@@ -88,12 +110,12 @@ def _traced_graph(answer: Exception, wait: bool) -> background.TieredGraph:
     future: concurrent.futures.Future = concurrent.futures.Future()
     future.set_exception(answer)
     gm = torch.fx.symbolic_trace(lambda x: x + 1)
-    return background.TieredGraph(gm, future, [torch.zeros(1)], {}, wait=wait)
+    return background.TieredGraph(gm, future, [torch.zeros(1)], {}, {}, wait=wait)
 
 
 @pytest.mark.parametrize("wait", [True, False], ids=["worker", "background"])
 def test_when_a_graph_takes_the_answer(wait):
-    """"worker": only in a later solve than its first, however early the answer came; "background": at
+    """ "worker": only in a later solve than its first, however early the answer came; "background": at
     the first call after the answer. A failed answer is taken the same way: with one warning."""
     graph = _traced_graph(RuntimeError("the compile worker has exited"), wait)
     if wait:
@@ -144,7 +166,8 @@ def test_forward_solve_runs_uncompiled_then_compiled_with_the_eager_results(floa
         torch.testing.assert_close(first, eager, **TOL)
         assert background.wait(WAIT_S)
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        second = _solve(func, y0, t, "background")
+        with _cpp_builds() as builds:
+            second = _solve(func, y0, t, "background")
         third = _solve(func, y0, t, "background")
     assert deferred[0].compiled and deferred[0].uncompiled_calls == 1
     assert not background._SUBMITTED  # the answers, compiled graphs in bytes, are not kept
@@ -152,9 +175,14 @@ def test_forward_solve_runs_uncompiled_then_compiled_with_the_eager_results(floa
     torch.testing.assert_close(third, eager, **TOL)
     # loading the compiled graph changes nothing Dynamo guards on: no new trace
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    # and builds none of its C++ again (loaded under other settings, its libraries' keys would differ);
+    # only Inductor's check of the precompiled header runs the preprocessor
+    assert all(" -E " in command for command in builds)
 
 
-def test_the_default_runs_a_graph_uncompiled_in_its_first_solve_and_compiled_from_the_next(float64_default, one_thread, monkeypatch):
+def test_the_default_runs_a_graph_uncompiled_in_its_first_solve_and_compiled_from_the_next(
+    float64_default, one_thread, monkeypatch
+):
     """compile=True: the second solve waits for the worker (no explicit wait here) and runs the compiled
     graph; the results are the eager solver's either way."""
     monkeypatch.delenv("HYBRID_NODE_COMPILER", raising=False)
@@ -173,7 +201,9 @@ def test_the_default_runs_a_graph_uncompiled_in_its_first_solve_and_compiled_fro
 
 
 @pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "direct"])
-def test_the_default_compiles_a_training_steps_graphs_for_the_next_step(float64_default, one_thread, monkeypatch, adjoint):
+def test_the_default_compiles_a_training_steps_graphs_for_the_next_step(
+    float64_default, one_thread, monkeypatch, adjoint
+):
     """A training step's backward graphs (the adjoint's backward solve, direct backprop's backward graphs)
     belong to the step's solve: uncompiled in the first step, compiled in the second."""
     monkeypatch.delenv("HYBRID_NODE_COMPILER", raising=False)

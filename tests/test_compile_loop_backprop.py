@@ -28,7 +28,9 @@ F32 = {"rtol": 1e-4, "atol": 1e-5}
 
 @pytest.mark.parametrize("value", ["loop", "yes", "Fullgraph", 2, None])
 def test_unknown_compile_values_are_refused_with_the_valid_ones(value):
-    with pytest.raises(TypeError, match=r"options\['compile'\] must be True or False, 'fullgraph' .* 'background' .* 'in_process'"):
+    with pytest.raises(
+        TypeError, match=r"options\['compile'\] must be True or False, 'fullgraph' .* 'background' .* 'in_process'"
+    ):
         hn.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), options={"compile": value})
 
 

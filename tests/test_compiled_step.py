@@ -397,7 +397,9 @@ def test_a_function_made_anew_for_every_solve_is_warned_about(float64_default, o
     from hybrid_node.loop import compiled_step
 
     monkeypatch.setattr(compiled_step, "_FUNCTIONS", {})
-    monkeypatch.setattr(compiled_step, "_compile", lambda fn, mode=None, compiler="in_process": fn)  # no compilation needed
+    monkeypatch.setattr(
+        compiled_step, "_compile", lambda fn, mode=None, compiler="in_process": fn
+    )  # no compilation needed
     y0, t = torch.ones(3, 2), torch.linspace(0.0, 1.0, 3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

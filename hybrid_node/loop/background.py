@@ -99,7 +99,8 @@ def deferring(original: Callable, keys: list, wait: bool) -> Callable:
         future = _worker().submit(job)
         _SUBMITTED[:] = [f for f in _SUBMITTED if not f.done()] + [future]  # an answer holds a compiled graph
         cache = (keys[-1], torch._guards.TracingContext.try_get()) if keys and keys[-1] is not None else None
-        raise _Deferred(TieredGraph(gm, future, example_inputs, graph_kwargs, cache, wait))
+        settings = torch._inductor.config.save_config_portable()  # the compilation's, for loading it here
+        raise _Deferred(TieredGraph(gm, future, example_inputs, graph_kwargs, settings, cache, wait))
 
     return codegen
 
@@ -162,6 +163,9 @@ class TieredGraph:
         gm: the traced ATen graph, run eagerly until then.
         future: the worker's answer (the pickled compiled graph).
         example_inputs, graph_kwargs: the compilation's, for the compiled graph's ``post_compile``.
+        settings: Inductor's settings during the compilation (the worker's), under which the compiled
+            graph is loaded: its C++ libraries are found by a key that includes the compiler flags
+            they set, and loading under other settings would build them again with other flags.
         cache: ``((key, debug_lines), tracing_context)`` to save the compiled graph in Inductor's on-disk
             cache under (a new process then loads it at once, as after ``"in_process"``), or None.
         wait: a call in a later solve than the one that made the graph waits for the answer.
@@ -173,13 +177,14 @@ class TieredGraph:
         future: concurrent.futures.Future,
         example_inputs: Any,
         graph_kwargs: dict,
+        settings: dict,
         cache: tuple | None = None,
         wait: bool = False,
     ) -> None:
         self._boxed_call = True  # an instance attribute: the wrappers that copy __dict__ keep it
         self._gm: torch.fx.GraphModule | None = gm
         self._future: concurrent.futures.Future | None = future
-        self._post: tuple | None = (example_inputs, graph_kwargs)
+        self._post: tuple | None = (example_inputs, graph_kwargs, settings)
         self._cache = cache
         self._compiled: Any = None
         self._solve = _SOLVES[0] if wait else None  # the solve that may run it uncompiled
@@ -219,12 +224,13 @@ class TieredGraph:
             )
             return
         assert self._post is not None and self._gm is not None
-        example_inputs, graph_kwargs = self._post
+        example_inputs, graph_kwargs, settings = self._post
         constants = CompiledFxGraphConstantsWithGm(self._gm)
-        graph.after_deserialization(constants)
-        if self._cache is not None:
-            _save(graph, example_inputs, *self._cache)
-        graph.post_compile(example_inputs, constants, graph_kwargs)
+        with torch._inductor.config.patch(settings):
+            graph.after_deserialization(constants)
+            if self._cache is not None:
+                _save(graph, example_inputs, *self._cache)
+            graph.post_compile(example_inputs, constants, graph_kwargs)
         self._compiled, self._gm, self._post, self._cache = graph, None, None, None
 
 
@@ -360,6 +366,11 @@ def _lower_priority() -> None:
     os.nice(NICENESS)
 
 
+def start() -> None:
+    """Start the worker process now (it prepares while the process traces its first graph)."""
+    _worker()
+
+
 def _worker() -> _Worker:
     with _WORKER_LOCK:
         if not _WORKERS or _WORKERS[-1].process.poll() is not None:
@@ -398,11 +409,25 @@ def _read_message(stream) -> bytes | None:
     return body if len(body) == size else None
 
 
+def _prepare() -> None:
+    """What every compilation in the worker needs first: Inductor's compiler and code generation
+    imported (~2.5 s) and the CPU's vector instruction set detected (~1 s), done while the process traces."""
+    from torch._inductor import compile_fx, lowering  # noqa: F401
+    from torch._inductor.codegen import cpp_wrapper_cpu  # noqa: F401
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    from . import cpu_gemm  # noqa: F401
+
+    pick_vec_isa()
+
+
 def _serve() -> None:
     """The worker's loop: read a job from stdin, answer ``(ok, compiled graph or error text)`` on stdout."""
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a print in the compiler must not enter the channel
     torch.set_num_threads(1)
+    with contextlib.suppress(Exception):  # a failure here is met again, and reported, by the compilation
+        _prepare()
     while (message := _read_message(sys.stdin.buffer)) is not None:
         try:
             answer: tuple[bool, Any] = (True, compile_in_worker(message))

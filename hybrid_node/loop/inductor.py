@@ -412,6 +412,10 @@ def compile_for(fn: Callable, cpu: bool, compiler: str = "in_process", **kwargs)
     _detect_vector_isa()
     # the worker runs in a process group of its own
     worker = compiler if compiler != "in_process" and os.name == "posix" else None
+    if worker is not None:
+        from . import background
+
+        background.start()
     return torch.compile(fn, backend=functools.partial(_cpu_backend, worker=worker), **kwargs)
 
 

@@ -32,7 +32,9 @@ def default_compiler() -> str:
     """
     name = os.environ.get(COMPILER_VARIABLE, "worker")
     if name not in COMPILERS:
-        raise ValueError(f"{COMPILER_VARIABLE}={name!r}: expected one of {', '.join(COMPILERS)}, or unset for 'worker'.")
+        raise ValueError(
+            f"{COMPILER_VARIABLE}={name!r}: expected one of {', '.join(COMPILERS)}, or unset for 'worker'."
+        )
     return name
 
 
