@@ -20,6 +20,7 @@ from .solvers.newton import tolerances
 from .solvers.registry import LOOPS as LOOPS
 from .solvers.registry import METHOD_SPECS as METHOD_SPECS
 from .solvers.registry import MethodSpec as MethodSpec
+from .solvers.runge_kutta import COMPILERS
 
 ADAPTIVE_OPTIONS = (
     "first_step",
@@ -48,9 +49,6 @@ FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "dtype", 
 #: ``options={"compile": FULLGRAPH}``: as True, and direct backprop through the whole-solve graph too
 #: (torch.compile's word for one graph of the entire function, ``fullgraph=True``)
 FULLGRAPH = "fullgraph"
-#: ``options={"compile": name}`` for each of these: as True, with the CPU graphs compiled there
-#: (:data:`~hybrid_node.solvers.runge_kutta.COMPILERS`; True: a worker process, :mod:`hybrid_node.loop.background`)
-COMPILE_WHERE = ("worker", "background", "in_process")
 
 
 def compile_mode(value: Any) -> bool | str:
@@ -60,13 +58,14 @@ def compile_mode(value: Any) -> bool | str:
         value: the option as given.
 
     Returns:
-        False, True, :data:`FULLGRAPH` or one of :data:`COMPILE_WHERE`.
+        False, True, :data:`FULLGRAPH` or one of :data:`~hybrid_node.solvers.runge_kutta.COMPILERS` (as
+        True, with the CPU graphs compiled there).
 
     Raises:
         TypeError: another value (a string such as "no" is truthy, so it is refused rather than read
             as True), with the valid ones.
     """
-    if isinstance(value, str) and value in (FULLGRAPH, *COMPILE_WHERE):
+    if isinstance(value, str) and value in (FULLGRAPH, *COMPILERS):
         return value
     if not isinstance(value, (bool, int)) or value not in (0, 1):
         raise TypeError(
@@ -494,7 +493,7 @@ def _build_solver(method: str | None, options: Mapping[str, Any] | None, rtol, a
     compiled = compile_mode(options.pop("compile", False))
     if compiled:
         # raises ValueError, naming the method, where supports_compile is False
-        where = compiled if compiled in COMPILE_WHERE else None
+        where = compiled if compiled in COMPILERS else None
         solver = solver.compiled(fullgraph=compiled == FULLGRAPH, compiler=where)
     if solver.adaptive:
         nordsieck = isinstance(solver, Nordsieck)
