@@ -4,9 +4,10 @@
 must happen in the user's process: Dynamo's trace of the solve (the field included, with its guards)
 and AOTAutograd's graph. What follows, Inductor's lowering, C++ generation and ``g++`` (more than half
 of a first call; docs/compiled/first_call.md), runs in one worker process, started with the first
-compiled function so that it imports the compiler while the process traces. Meanwhile the graph runs its traced ATen graph eagerly (the same operations the compiled graph
-fuses, so the results equal the eager solver's up to rounding). When it switches to the compiled
-graph depends on the solver's compiler (:data:`~hybrid_node.solvers.runge_kutta.COMPILERS`):
+compiled function so that it imports the compiler while the process traces. Meanwhile the graph
+runs its traced ATen graph eagerly (the same operations the compiled graph fuses, so the results
+equal the eager solver's up to rounding). When it switches to the compiled graph depends on the
+solver's compiler (:data:`~hybrid_node.solvers.runge_kutta.COMPILERS`):
 
 - "worker" (the default): after the solve that made it. The next solve waits for the worker's
   answer, so which solves ran uncompiled never depends on the machine's speed or load: a run gives
