@@ -10,6 +10,7 @@ failure and the process's exit are tested with real processes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -103,21 +104,15 @@ def test_the_compiler_is_an_option_of_the_compiled_solvers(monkeypatch):
         )
 
 
-def _traced_graph(answer: Exception, wait: bool) -> background.TieredGraph:
-    """A deferred graph of ``x + 1`` whose worker has already answered (with ``answer``, a failure)."""
-    import concurrent.futures
-
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    future.set_exception(answer)
-    gm = torch.fx.symbolic_trace(lambda x: x + 1)
-    return background.TieredGraph(gm, future, [torch.zeros(1)], {}, {}, wait=wait)
-
-
 @pytest.mark.parametrize("wait", [True, False], ids=["worker", "background"])
 def test_when_a_graph_takes_the_answer(wait):
     """ "worker": only in a later solve than its first, however early the answer came; "background": at
     the first call after the answer. A failed answer is taken the same way: with one warning."""
-    graph = _traced_graph(RuntimeError("the compile worker has exited"), wait)
+    answer: concurrent.futures.Future = concurrent.futures.Future()
+    answer.set_exception(RuntimeError("the compile worker has exited"))  # x + 1, answered already
+    graph = background.TieredGraph(
+        torch.fx.symbolic_trace(lambda x: x + 1), answer, [torch.zeros(1)], {}, {}, wait=wait
+    )
     if wait:
         for _ in range(2):  # the solve that made it: uncompiled, the answer untouched
             graph([torch.zeros(1)])
@@ -127,15 +122,6 @@ def test_when_a_graph_takes_the_answer(wait):
         out = graph([torch.ones(1)])
     assert graph._future is None and not graph.compiled
     torch.testing.assert_close(out, torch.full((1,), 2.0))
-
-
-def test_a_backward_pass_begins_no_solve():
-    count = background._SOLVES[0]
-    x = torch.ones(2, requires_grad=True)
-    y = Recorded.apply(x)
-    background.new_solve()
-    y.sum().backward()
-    assert Recorded.seen == count + 1 and background._SOLVES[0] == count + 1
 
 
 class Recorded(torch.autograd.Function):
@@ -152,6 +138,14 @@ class Recorded(torch.autograd.Function):
         background.new_solve()
         Recorded.seen = background._SOLVES[0]
         return grad
+
+
+def test_a_backward_pass_begins_no_solve():
+    count = background._SOLVES[0]
+    y = Recorded.apply(torch.ones(2, requires_grad=True))
+    background.new_solve()
+    y.sum().backward()
+    assert Recorded.seen == count + 1 and background._SOLVES[0] == count + 1
 
 
 def test_forward_solve_runs_uncompiled_then_compiled_with_the_eager_results(float64_default, one_thread):
@@ -200,35 +194,15 @@ def test_the_default_runs_a_graph_uncompiled_in_its_first_solve_and_compiled_fro
         torch.testing.assert_close(got, eager, **TOL)
 
 
+@pytest.mark.parametrize("compile_mode", [True, "background"], ids=["worker", "background"])
 @pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "direct"])
-def test_the_default_compiles_a_training_steps_graphs_for_the_next_step(
-    float64_default, one_thread, monkeypatch, adjoint
+def test_gradients_equal_eager_before_and_after_the_worker_answers(
+    float64_default, one_thread, monkeypatch, adjoint, compile_mode
 ):
-    """A training step's backward graphs (the adjoint's backward solve, direct backprop's backward graphs)
-    belong to the step's solve: uncompiled in the first step, compiled in the second."""
+    """compile=True: a training step's backward graphs (the adjoint's backward solve, direct backprop's
+    backward graphs) belong to the step's solve, uncompiled in the first step; the second step waits
+    for them. "background": compiled once the worker has answered."""
     monkeypatch.delenv("HYBRID_NODE_COMPILER", raising=False)
-    func = _field()
-    y0, t = torch.randn(8, 2, requires_grad=True), torch.linspace(0.0, 1.0, 4)
-    params = [y0, *func.parameters()]
-
-    def gradients(compile_mode):
-        ys = _solve(func, y0, t, compile_mode, adjoint=adjoint)
-        return [ys.detach(), *torch.autograd.grad((ys**2).sum(), params)]
-
-    eager = gradients(None)
-    before = set(background.GRAPHS)
-    first = gradients(True)
-    deferred = _deferred_since(before)
-    assert deferred and not any(g.compiled for g in deferred)
-    second = gradients(True)
-    assert all(g.compiled for g in deferred)
-    for got in (first, second):
-        for a, b in zip(got, eager, strict=True):
-            torch.testing.assert_close(a, b, **TOL)
-
-
-@pytest.mark.parametrize("adjoint", [True, False], ids=["adjoint", "direct"])
-def test_gradients_equal_eager_before_and_after_the_worker_answers(float64_default, one_thread, adjoint):
     func = _field()
     y0, t = torch.randn(16, 2, requires_grad=True), torch.linspace(0.0, 1.0, 5)
     params = [y0, *func.parameters()]
@@ -239,13 +213,14 @@ def test_gradients_equal_eager_before_and_after_the_worker_answers(float64_defau
 
     eager = gradients(None)
     before = set(background.GRAPHS)
-    first = gradients("background")
+    first = gradients(compile_mode)
     deferred = _deferred_since(before)
     # the adjoint defers its forward and backward solves; direct backprop its backward graphs (its
     # forward graphs report their output strides to the backward compilation and compile here)
     assert deferred and not any(g.compiled for g in deferred)
-    assert background.wait(WAIT_S)
-    second = gradients("background")
+    if compile_mode == "background":
+        assert background.wait(WAIT_S)  # no solve waits for it
+    second = gradients(compile_mode)
     assert all(g.compiled for g in deferred)
     for got in (first, second):
         for a, b in zip(got, eager, strict=True):
