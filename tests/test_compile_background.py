@@ -124,6 +124,34 @@ def test_when_a_graph_takes_the_answer(wait):
     torch.testing.assert_close(out, torch.full((1,), 2.0))
 
 
+class _Interrupted:
+    """An answer awaited when Ctrl-C is pressed, and a failure when awaited again."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def done(self) -> bool:
+        return False
+
+    def result(self):
+        self.waits += 1
+        raise KeyboardInterrupt if self.waits == 1 else RuntimeError("the compile worker has exited")
+
+
+def test_an_interrupted_wait_leaves_the_answer_awaited():
+    answer = _Interrupted()
+    graph = background.TieredGraph(
+        torch.fx.symbolic_trace(lambda x: x + 1), answer, [torch.zeros(1)], {}, {}, wait=True
+    )
+    background.new_solve()
+    with pytest.raises(KeyboardInterrupt):
+        graph([torch.zeros(1)])
+    assert graph._future is answer and graph.uncompiled_calls == 0
+    with pytest.warns(RuntimeWarning, match="worker process could not compile a graph"):
+        graph([torch.zeros(1)])  # the next call waits again, and takes the failure
+    assert graph._future is None and graph.uncompiled_calls == 1
+
+
 class Recorded(torch.autograd.Function):
     """The identity, whose backward pass begins a solve (which :func:`background.new_solve` must not count)."""
 

@@ -211,10 +211,11 @@ class TieredGraph:
     def _load(self, future: concurrent.futures.Future) -> None:
         from torch._inductor.output_code import CompiledFxGraphConstantsWithGm
 
-        self._future = None
         try:
+            # waits for the answer where it has not come: an interruption (Ctrl-C) leaves it awaited
             graph = pickle.loads(future.result())
         except Exception as error:  # noqa: BLE001 - any failure leaves the graph running uncompiled
+            self._future = None
             warnings.warn(
                 f"compile=True: the compiler's worker process could not compile a graph ({type(error).__name__}: "
                 f"{str(error).splitlines()[0][:300] if str(error) else ''}); it keeps running uncompiled "
@@ -224,6 +225,7 @@ class TieredGraph:
                 stacklevel=4,
             )
             return
+        self._future = None
         assert self._post is not None and self._gm is not None
         example_inputs, graph_kwargs, settings = self._post
         constants = CompiledFxGraphConstantsWithGm(self._gm)
