@@ -297,6 +297,29 @@ def test_a_graph_that_cannot_be_sent_compiles_in_the_process(float64_default, on
     torch.testing.assert_close(got, _solve(func, y0, t, None), **TOL)
 
 
+def test_a_graph_with_an_operator_of_the_users_code_compiles_in_the_process(float64_default, one_thread, monkeypatch):
+    """The worker would not know it: the graph is compiled here, as "in_process" does, not deferred."""
+    monkeypatch.delenv("HYBRID_NODE_COMPILER", raising=False)
+
+    @torch.library.custom_op("hn_test_background::softsign", mutates_args=())
+    def softsign(x: torch.Tensor) -> torch.Tensor:
+        return x / (1 + x.abs())
+
+    softsign.register_fake(torch.empty_like)
+    net = torch.nn.Linear(2, 2)
+
+    def func(t, y):
+        return softsign(net(y))
+
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    before = set(background.GRAPHS)
+    with torch.no_grad():
+        eager = hn.odeint(func, y0, t, **TOL)
+        got = hn.odeint(func, y0, t, options={"compile": True}, **TOL)
+    assert _deferred_since(before) == []
+    torch.testing.assert_close(got, eager, **TOL)
+
+
 def test_the_worker_ends_with_the_process(tmp_path):
     """A script that exits while its worker compiles neither waits for it nor leaves it running."""
     script = textwrap.dedent(

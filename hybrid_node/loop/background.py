@@ -135,13 +135,19 @@ def _job(gm, example_inputs, inputs_to_check, graph_kwargs) -> bytes:
         _LoweringSerializer(),
         _FakeTensorModeSerializer(_current_fake_mode()),
     )
-    # ops_filter=None: the graphs hold prims and the solver's own operators, which torch's default
-    # filter (aten only) refuses. GraphPickler.dumps is not used: it registers ``slice`` as a pytree
-    # node for its duration, a change of pytree's registry that fails a guard of every graph compiled
-    # before (each then recompiled)
+    # the graphs hold prims, which torch's default filter (aten only) refuses. GraphPickler.dumps is not
+    # used: it registers ``slice`` as a pytree node for its duration, a change of pytree's registry that
+    # fails a guard of every graph compiled before (each then recompiled)
     with io.BytesIO() as stream:
-        GraphPickler(stream, Options(ops_filter=None)).dump(wire)
+        GraphPickler(stream, Options(ops_filter=_portable_op)).dump(wire)
         return stream.getvalue()
+
+
+def _portable_op(name: str) -> bool:
+    """Whether the worker process has the operator ``name``: torch's own. One that the user's code
+    registers (``torch.library``) exists only in its process, so such a graph is compiled there (the
+    pickler refuses it)."""
+    return name.startswith(("torch.ops.aten.", "torch.ops.prims."))
 
 
 #: the solves begun in this process (:func:`new_solve`)
