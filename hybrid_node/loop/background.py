@@ -93,21 +93,22 @@ def deferring(original: Callable, keys: list, wait: bool) -> Callable:
 
         if not (graph_kwargs.get("is_inference") or graph_kwargs.get("is_backward")):
             return here()
+        # Inductor's settings: the worker compiles under them, and this process loads the answer under them
+        settings = torch._inductor.config.save_config_portable()
         try:
-            job = _job(gm, example_inputs, inputs_to_check, graph_kwargs)
+            job = _job(gm, example_inputs, inputs_to_check, graph_kwargs, settings)
         except Exception:  # noqa: BLE001 - a graph that cannot be sent is compiled here, as "in_process" does
             return here()
         future = _worker().submit(job)
         _SUBMITTED[:] = [f for f in _SUBMITTED if not f.done()] + [future]  # an answer holds a compiled graph
         cache = (keys[-1], torch._guards.TracingContext.try_get()) if keys and keys[-1] is not None else None
-        settings = torch._inductor.config.save_config_portable()  # the compilation's, for loading it here
         raise _Deferred(TieredGraph(gm, future, example_inputs, graph_kwargs, settings, cache, wait))
 
     return codegen
 
 
-def _job(gm, example_inputs, inputs_to_check, graph_kwargs) -> bytes:
-    """The pickled compilation of ``gm``: the graph, its example inputs and Inductor's current settings."""
+def _job(gm, example_inputs, inputs_to_check, graph_kwargs, settings: dict) -> bytes:
+    """The pickled compilation of ``gm``: the graph, its example inputs and Inductor's settings."""
     from torch._inductor.compile_fx_ext import (
         _current_fake_mode,
         _FakeTensorModeSerializer,
@@ -128,7 +129,7 @@ def _job(gm, example_inputs, inputs_to_check, graph_kwargs) -> bytes:
         inputs_to_check,
         graph_kwargs,
         portable,
-        torch._inductor.config.save_config_portable(),
+        settings,
         _VirtualizedSerializer.serialize(),
         None,
         _LoggerState(),
